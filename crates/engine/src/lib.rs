@@ -1,0 +1,2 @@
+//! verre-engine: a GGUF model file in, tokens out.
+pub mod tokenizer;

@@ -1,0 +1,1 @@
+//! verre model store
