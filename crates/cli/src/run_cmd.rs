@@ -1,0 +1,135 @@
+//! `verre run`: one generation from the terminal.
+
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde_json::json;
+use verre_engine::{GenerateRequest, LoadedModel, Message, SamplingParams};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Model: a name in the store (see `verre models`) or a path to a .gguf file.
+    #[arg(short, long)]
+    pub model: String,
+    /// The prompt; `-` reads it from standard input.
+    pub prompt: String,
+    /// A system message before the prompt (chat mode only).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Send the prompt to the model as-is, without the chat template (like a completion).
+    #[arg(long)]
+    pub raw: bool,
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop before this text (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Keep generating past end-of-generation tokens (for measurements).
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print one JSON object (text, token ids, counts, timings) instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    crate::set_threads(args.threads)?;
+    let prompt = if args.prompt == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the prompt from standard input")?;
+        s
+    } else {
+        args.prompt.clone()
+    };
+
+    let entry = verre_models::ModelStore::from_env()?.resolve(&args.model)?;
+    let load_start = Instant::now();
+    let model = LoadedModel::load(&entry.path)?;
+    let load_ms = load_start.elapsed().as_secs_f64() * 1000.0;
+
+    let prompt_ids = if args.raw {
+        model.encode_prompt(&prompt)?
+    } else {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(Message::new("system", system));
+        }
+        messages.push(Message::new("user", &prompt));
+        model.chat_prompt(&messages)?
+    };
+    let req = GenerateRequest {
+        prompt_ids,
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            min_p: args.min_p,
+            repetition_penalty: args.repeat_penalty,
+            seed: args.seed,
+            ..Default::default()
+        },
+        stop: args.stop.clone(),
+        ignore_eos: args.ignore_eos,
+    };
+
+    let stdout = std::io::stdout();
+    let out = model.generate(&req, |ev| {
+        if !args.json {
+            let mut out = stdout.lock();
+            // A closed pipe (`| head`) ends the generation instead of failing it.
+            return out
+                .write_all(ev.text.as_bytes())
+                .and_then(|_| out.flush())
+                .is_ok();
+        }
+        true
+    })?;
+
+    if args.json {
+        let out = json!({
+            "model": args.model,
+            "path": entry.path,
+            "text": out.text,
+            "token_ids": out.token_ids,
+            "finish_reason": out.finish_reason.as_str(),
+            "prompt_tokens": out.prompt_tokens,
+            "completion_tokens": out.completion_tokens,
+            "timings": {
+                "load_ms": round2(load_ms),
+                "prefill_ms": round2(out.prefill_ms),
+                "decode_ms": round2(out.decode_ms),
+                "prefill_tokens_per_second": round2(out.prefill_tokens_per_second()),
+                "decode_tokens_per_second": round2(out.decode_tokens_per_second()),
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!();
+    }
+    Ok(())
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}

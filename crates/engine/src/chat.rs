@@ -1,0 +1,205 @@
+//! Chat templates: the model's own Jinja template from `tokenizer.chat_template`, rendered
+//! with minijinja the way Hugging Face renders it (trimmed blocks, Python string methods),
+//! or a built-in Mistral `[INST]` template for files that carry none.
+
+use anyhow::{Context, Result, anyhow};
+use minijinja::{Environment, Error, ErrorKind, Value, context};
+use serde::{Deserialize, Serialize};
+
+/// Mistral's instruct format, used when a model file has no template of its own.
+pub const MISTRAL_FALLBACK: &str = "\
+{%- if messages and messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}{% set msgs = messages[1:] %}\
+{%- else %}{% set system = '' %}{% set msgs = messages %}{% endif %}\
+{{- bos_token }}\
+{%- for m in msgs %}\
+{%- if m['role'] == 'user' %}{% if loop.first and system %}[INST] {{ system }}\n\n{{ m['content'] }} [/INST]{% else %}[INST] {{ m['content'] }} [/INST]{% endif %}\
+{%- elif m['role'] == 'assistant' %}{{ ' ' ~ m['content'] ~ eos_token }}\
+{%- else %}{{ raise_exception('Mistral instruct format has no role ' ~ m['role']) }}{% endif %}\
+{%- endfor %}";
+
+/// One chat message. Content is plain text here; the API layer flattens content parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Self {
+        Self {
+            role: role.to_string(),
+            content: content.to_string(),
+        }
+    }
+}
+
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    /// True when the model file had no template and the Mistral fallback is in use.
+    pub is_fallback: bool,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl ChatTemplate {
+    /// Compile a template. `source` is `None` when the model has no template.
+    pub fn new(source: Option<&str>, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let is_fallback = source.is_none();
+        let source = source.unwrap_or(MISTRAL_FALLBACK).to_string();
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
+            Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("chat template: {msg}"),
+            ))
+        });
+        env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
+        env.add_template_owned("chat", source)
+            .context("compiling the model's chat template")?;
+        Ok(Self {
+            env,
+            is_fallback,
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        })
+    }
+
+    /// Render a conversation to the prompt text. With `add_generation_prompt` the text ends
+    /// where the assistant's answer begins.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let tmpl = self.env.get_template("chat").map_err(|e| anyhow!("{e}"))?;
+        tmpl.render(context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        })
+        .map_err(|e| anyhow!("rendering chat template: {e:#}"))
+    }
+}
+
+/// The current UTC date and time in a strftime subset (`%d %b %B %Y %m %H %M %S %%`),
+/// for templates such as Llama 3.1's that print today's date.
+fn strftime_now(fmt: &str) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let (hh, mm, ss) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let mut out = String::new();
+    let mut chars = fmt.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&format!("{d:02}")),
+            Some('m') => out.push_str(&format!("{m:02}")),
+            Some('Y') => out.push_str(&y.to_string()),
+            Some('b') => out.push_str(&MONTHS[(m - 1) as usize][..3]),
+            Some('B') => out.push_str(MONTHS[(m - 1) as usize]),
+            Some('H') => out.push_str(&format!("{hh:02}")),
+            Some('M') => out.push_str(&format!("{mm:02}")),
+            Some('S') => out.push_str(&format!("{ss:02}")),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn renders_chatml_with_generation_prompt() {
+        let t = ChatTemplate::new(Some(CHATML), "<s>", "</s>").unwrap();
+        let out = t.render(&[Message::new("user", "Hi")], true).unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let out = t.render(&[Message::new("user", "Hi")], false).unwrap();
+        assert!(!out.contains("assistant"));
+    }
+
+    #[test]
+    fn mistral_fallback_folds_the_system_prompt_into_the_first_turn() {
+        let t = ChatTemplate::new(None, "<s>", "</s>").unwrap();
+        assert!(t.is_fallback);
+        let msgs = [
+            Message::new("system", "Be brief."),
+            Message::new("user", "Hi"),
+            Message::new("assistant", "Hello!"),
+            Message::new("user", "Bye"),
+        ];
+        let out = t.render(&msgs, true).unwrap();
+        assert_eq!(
+            out,
+            "<s>[INST] Be brief.\n\nHi [/INST] Hello!</s>[INST] Bye [/INST]"
+        );
+    }
+
+    #[test]
+    fn python_string_methods_and_raise_exception_work() {
+        let src = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}{% endif %}{{ messages[0]['content'].strip().upper() }}";
+        let t = ChatTemplate::new(Some(src), "", "").unwrap();
+        assert_eq!(
+            t.render(&[Message::new("user", "  hi ")], false).unwrap(),
+            "HI"
+        );
+        let err = t
+            .render(&[Message::new("assistant", "x")], false)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("first must be user"), "{err:#}");
+    }
+
+    #[test]
+    fn a_broken_template_is_an_error_not_a_panic() {
+        assert!(ChatTemplate::new(Some("{% for x in %}"), "", "").is_err());
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_820), (2027, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}

@@ -1,0 +1,628 @@
+//! The Llama family: Llama 1-3, Mistral 7B, SmolLM and their kin.
+//!
+//! Per layer: RMSNorm, attention with grouped-query heads and rotary position embeddings
+//! (llama.cpp's "normal" RoPE: adjacent pairs rotate), residual; RMSNorm, SwiGLU MLP,
+//! residual. Mistral's sliding-window attention applies when the metadata declares a window.
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use candle_core::quantized::QMatMul;
+use candle_core::{Device, Module, Tensor};
+use half::f16;
+use rayon::prelude::*;
+
+use super::{Logits, ModelInfo, SeqChunk};
+use crate::gguf::GgufFile;
+use crate::kv::KvCache;
+
+/// Hyper-parameters read from `{arch}.*` metadata.
+#[derive(Debug, Clone)]
+pub struct LlamaConfig {
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub rms_eps: f32,
+    pub context_length: usize,
+    pub rope: RopeConfig,
+    /// Mistral: each position attends to at most this many positions (itself included).
+    pub sliding_window: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RopeConfig {
+    /// Dimensions of each head that rotate (`rope.dimension_count`), the rest pass through.
+    pub n_rot: usize,
+    pub freq_base: f32,
+    /// 1 / scaling factor; 1.0 when the model asks for no scaling.
+    pub freq_scale: f32,
+    pub scaling: RopeScaling,
+    /// Llama 3.1's per-frequency divisors (`rope_freqs.weight`), when present.
+    pub freq_factors: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    Linear,
+    Yarn {
+        original_context: usize,
+        ext_factor: f32,
+        attn_factor: f32,
+        beta_fast: f32,
+        beta_slow: f32,
+    },
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    ffn_norm: Vec<f32>,
+    w_gate: QMatMul,
+    w_up: QMatMul,
+    w_down: QMatMul,
+}
+
+pub struct Llama {
+    cfg: LlamaConfig,
+    info: ModelInfo,
+    device: Device,
+    token_embd: candle_core::quantized::QTensor,
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>,
+    output: QMatMul,
+}
+
+impl LlamaConfig {
+    pub fn from_gguf(g: &GgufFile, arch: &str) -> Result<Self> {
+        let key = |k: &str| format!("{arch}.{k}");
+        let n_embd = g.get_u64(&key("embedding_length"))? as usize;
+        let n_head = g.get_u64(&key("attention.head_count"))? as usize;
+        let n_kv_head = g
+            .get_u64_opt(&key("attention.head_count_kv"))?
+            .map_or(n_head, |v| v as usize);
+        ensure!(
+            n_head > 0 && n_kv_head > 0,
+            "{}: attention.head_count must be positive",
+            g.path().display()
+        );
+        ensure!(
+            n_head.is_multiple_of(n_kv_head),
+            "{}: {n_head} attention heads do not divide into {n_kv_head} key/value heads",
+            g.path().display()
+        );
+        let head_dim = match g.get_u64_opt(&key("attention.key_length"))? {
+            Some(v) => v as usize,
+            None => {
+                ensure!(
+                    n_embd.is_multiple_of(n_head),
+                    "{}: embedding length {n_embd} is not a multiple of {n_head} heads",
+                    g.path().display()
+                );
+                n_embd / n_head
+            }
+        };
+        let n_rot = g
+            .get_u64_opt(&key("rope.dimension_count"))?
+            .map_or(head_dim, |v| v as usize);
+        ensure!(
+            n_rot <= head_dim && n_rot % 2 == 0,
+            "{}: rope.dimension_count {n_rot} is invalid for head size {head_dim}",
+            g.path().display()
+        );
+        let context_length = g.get_u64(&key("context_length"))? as usize;
+
+        let scaling_type = match g.get(&key("rope.scaling.type")) {
+            Some(_) => g.get_str(&key("rope.scaling.type"))?,
+            None => "none".to_string(),
+        };
+        let factor = match g.get_f32_opt(&key("rope.scaling.factor"))? {
+            Some(f) => Some(f),
+            None => g.get_f32_opt(&key("rope.scale_linear"))?,
+        };
+        let factor = factor.filter(|f| *f > 0.0 && *f != 1.0);
+        let scaling = match (scaling_type.as_str(), factor) {
+            (_, None) | ("none", _) => RopeScaling::None,
+            ("linear", Some(_)) => RopeScaling::Linear,
+            ("yarn", Some(_)) => RopeScaling::Yarn {
+                original_context: g
+                    .get_u64_opt(&key("rope.scaling.original_context_length"))?
+                    .map_or(context_length, |v| v as usize),
+                ext_factor: 1.0,
+                attn_factor: g
+                    .get_f32_opt(&key("rope.scaling.attn_factor"))?
+                    .unwrap_or(1.0),
+                beta_fast: g
+                    .get_f32_opt(&key("rope.scaling.yarn_beta_fast"))?
+                    .unwrap_or(32.0),
+                beta_slow: g
+                    .get_f32_opt(&key("rope.scaling.yarn_beta_slow"))?
+                    .unwrap_or(1.0),
+            },
+            (other, Some(_)) => bail!(
+                "{}: rope scaling {other:?} is not supported (linear, yarn)",
+                g.path().display()
+            ),
+        };
+        let freq_scale = match scaling {
+            RopeScaling::None => 1.0,
+            _ => 1.0 / factor.unwrap_or(1.0),
+        };
+
+        Ok(Self {
+            n_layer: g.get_u64(&key("block_count"))? as usize,
+            n_embd,
+            n_ff: g.get_u64(&key("feed_forward_length"))? as usize,
+            n_head,
+            n_kv_head,
+            head_dim,
+            rms_eps: g
+                .get_f32_opt(&key("attention.layer_norm_rms_epsilon"))?
+                .unwrap_or(1e-5),
+            context_length,
+            rope: RopeConfig {
+                n_rot,
+                freq_base: g.get_f32_opt(&key("rope.freq_base"))?.unwrap_or(10_000.0),
+                freq_scale,
+                scaling,
+                freq_factors: None,
+            },
+            sliding_window: g
+                .get_u64_opt(&key("attention.sliding_window"))?
+                .map(|v| v as usize)
+                .filter(|&w| w > 0 && w < context_length),
+        })
+    }
+}
+
+impl Llama {
+    pub fn load(g: &GgufFile, arch: &str, device: &Device) -> Result<Self> {
+        let mut cfg = LlamaConfig::from_gguf(g, arch)?;
+        if g.has_tensor("blk.0.ffn_gate_exps.weight") {
+            bail!(
+                "{}: mixture-of-experts llama models (Mixtral) are not supported yet",
+                g.path().display()
+            );
+        }
+        let (d, hd) = (cfg.n_embd, cfg.head_dim);
+        let q_dim = cfg.n_head * hd;
+        let kv_dim = cfg.n_kv_head * hd;
+
+        let token_embd = g.tensor("token_embd.weight", device)?;
+        let (vocab, embd_cols) = token_embd
+            .shape()
+            .dims2()
+            .map_err(|e| anyhow!("{}: token_embd.weight: {e}", g.path().display()))?;
+        ensure!(
+            embd_cols == d,
+            "{}: token_embd.weight has {embd_cols} columns, expected embedding length {d}",
+            g.path().display()
+        );
+
+        let qmatmul = |name: &str, rows: usize, cols: usize| -> Result<QMatMul> {
+            let t = g.tensor_with_shape(name, &[rows, cols], device)?;
+            QMatMul::from_qtensor(t).map_err(|e| anyhow!("{}: {name}: {e}", g.path().display()))
+        };
+        let vector = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let t = g.tensor_with_shape(name, &[len], device)?;
+            t.dequantize(device)
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| anyhow!("{}: {name}: {e}", g.path().display()))
+        };
+
+        if g.has_tensor("rope_freqs.weight") {
+            cfg.rope.freq_factors = Some(vector("rope_freqs.weight", cfg.rope.n_rot / 2)?);
+        }
+
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            layers.push(Layer {
+                attn_norm: vector(&p("attn_norm.weight"), d)?,
+                wq: qmatmul(&p("attn_q.weight"), q_dim, d)?,
+                wk: qmatmul(&p("attn_k.weight"), kv_dim, d)?,
+                wv: qmatmul(&p("attn_v.weight"), kv_dim, d)?,
+                wo: qmatmul(&p("attn_output.weight"), d, q_dim)?,
+                ffn_norm: vector(&p("ffn_norm.weight"), d)?,
+                w_gate: qmatmul(&p("ffn_gate.weight"), cfg.n_ff, d)?,
+                w_up: qmatmul(&p("ffn_up.weight"), cfg.n_ff, d)?,
+                w_down: qmatmul(&p("ffn_down.weight"), d, cfg.n_ff)?,
+            });
+        }
+        let output_norm = vector("output_norm.weight", d)?;
+        // Models with tied embeddings (SmolLM2) have no output.weight: the embedding table
+        // doubles as the output projection.
+        let output = if g.has_tensor("output.weight") {
+            qmatmul("output.weight", vocab, d)?
+        } else {
+            qmatmul("token_embd.weight", vocab, d)?
+        };
+
+        let info = ModelInfo {
+            architecture: arch.to_string(),
+            name: g.get_str("general.name").ok(),
+            vocab_size: vocab,
+            context_length: cfg.context_length,
+            embedding_length: d,
+            block_count: cfg.n_layer,
+        };
+        Ok(Self {
+            cfg,
+            info,
+            device: device.clone(),
+            token_embd,
+            layers,
+            output_norm,
+            output,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn new_kv_cache(&self) -> KvCache {
+        KvCache::new(
+            self.cfg.n_layer,
+            self.cfg.n_kv_head * self.cfg.head_dim,
+            self.cfg.context_length,
+        )
+    }
+
+    /// One pass over the weights for every sequence of the batch. The new tokens of all
+    /// sequences are stacked into one activation matrix for the matrix products; attention
+    /// runs per sequence over its own cache.
+    pub fn forward(&self, batch: &mut [SeqChunk<'_>]) -> Result<Logits> {
+        let cfg = &self.cfg;
+        let (d, hd) = (cfg.n_embd, cfg.head_dim);
+        let q_dim = cfg.n_head * hd;
+        let kv_dim = cfg.n_kv_head * hd;
+
+        // Where each stacked row comes from: its sequence and its absolute position.
+        let mut row_seq = Vec::new();
+        let mut row_pos = Vec::new();
+        let mut ids = Vec::new();
+        for (s, chunk) in batch.iter().enumerate() {
+            ensure!(
+                !chunk.tokens.is_empty(),
+                "forward: sequence {s} has no new tokens"
+            );
+            let start = chunk.kv.len();
+            let end = start + chunk.tokens.len();
+            ensure!(
+                end <= chunk.kv.capacity(),
+                "sequence of {end} tokens exceeds the model's context length of {}",
+                chunk.kv.capacity()
+            );
+            for (i, &t) in chunk.tokens.iter().enumerate() {
+                ensure!(
+                    (t as usize) < self.info.vocab_size,
+                    "token id {t} is outside the vocabulary ({})",
+                    self.info.vocab_size
+                );
+                row_seq.push(s);
+                row_pos.push(start + i);
+                ids.push(t);
+            }
+        }
+        let n_rows = ids.len();
+        let rope = RopeTable::new(&cfg.rope, &row_pos);
+
+        let ids_t = Tensor::from_vec(ids, n_rows, &self.device)?;
+        let mut x = self
+            .token_embd
+            .embedding(&ids_t)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            // Attention block.
+            let h = rms_norm(&x, &layer.attn_norm, cfg.rms_eps);
+            let h = Tensor::from_vec(h, (n_rows, d), &self.device)?;
+            let mut q = matmul(&layer.wq, &h)?;
+            let mut k = matmul(&layer.wk, &h)?;
+            let v = matmul(&layer.wv, &h)?;
+            rope.apply(&mut q, cfg.n_head, hd);
+            rope.apply(&mut k, cfg.n_kv_head, hd);
+
+            let mut row = 0;
+            for chunk in batch.iter_mut() {
+                let n = chunk.tokens.len();
+                chunk.kv.append(
+                    li,
+                    &k[row * kv_dim..(row + n) * kv_dim],
+                    &v[row * kv_dim..(row + n) * kv_dim],
+                );
+                row += n;
+            }
+            let caches: Vec<(&[f16], &[f16])> = batch.iter().map(|c| c.kv.layer(li)).collect();
+            let attn = self.attention(&q, &caches, &row_seq, &row_pos);
+            let o = matmul(
+                &layer.wo,
+                &Tensor::from_vec(attn, (n_rows, q_dim), &self.device)?,
+            )?;
+            add_assign(&mut x, &o);
+
+            // Feed-forward block.
+            let h = rms_norm(&x, &layer.ffn_norm, cfg.rms_eps);
+            let h = Tensor::from_vec(h, (n_rows, d), &self.device)?;
+            let mut gate = matmul(&layer.w_gate, &h)?;
+            let up = matmul(&layer.w_up, &h)?;
+            for (g, u) in gate.iter_mut().zip(&up) {
+                *g = silu(*g) * u;
+            }
+            let down = matmul(
+                &layer.w_down,
+                &Tensor::from_vec(gate, (n_rows, cfg.n_ff), &self.device)?,
+            )?;
+            add_assign(&mut x, &down);
+        }
+        for chunk in batch.iter_mut() {
+            chunk.kv.commit(chunk.tokens.len());
+        }
+
+        // Logits only for the rows that were asked for.
+        let mut selected = Vec::new();
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut row = 0;
+        for chunk in batch.iter() {
+            let n = chunk.tokens.len();
+            let first = if chunk.all_logits { row } else { row + n - 1 };
+            let start = selected.len() / d;
+            selected.extend_from_slice(&x[first * d..(row + n) * d]);
+            rows.push(start..selected.len() / d);
+            row += n;
+        }
+        let n_out = selected.len() / d;
+        let h = rms_norm(&selected, &self.output_norm, cfg.rms_eps);
+        let data = matmul(
+            &self.output,
+            &Tensor::from_vec(h, (n_out, d), &self.device)?,
+        )?;
+        Ok(Logits {
+            data,
+            vocab: self.info.vocab_size,
+            rows,
+        })
+    }
+
+    /// Causal attention of every stacked row over its own sequence's cache.
+    /// Output rows are `[n_head * head_dim]`, heads in order.
+    fn attention(
+        &self,
+        q: &[f32],
+        caches: &[(&[f16], &[f16])],
+        row_seq: &[usize],
+        row_pos: &[usize],
+    ) -> Vec<f32> {
+        let cfg = &self.cfg;
+        let hd = cfg.head_dim;
+        let kv_dim = cfg.n_kv_head * hd;
+        let group = cfg.n_head / cfg.n_kv_head;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut out = vec![0f32; q.len()];
+        out.par_chunks_mut(hd).enumerate().for_each_init(
+            Vec::new,
+            |scores: &mut Vec<f32>, (i, out)| {
+                let (row, head) = (i / cfg.n_head, i % cfg.n_head);
+                let (k_cache, v_cache) = caches[row_seq[row]];
+                let pos = row_pos[row];
+                let first = match cfg.sliding_window {
+                    Some(w) => (pos + 1).saturating_sub(w),
+                    None => 0,
+                };
+                let q = &q[i * hd..(i + 1) * hd];
+                let kv_off = (head / group) * hd;
+
+                scores.clear();
+                let mut max = f32::NEG_INFINITY;
+                for p in first..=pos {
+                    let k = &k_cache[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
+                    let s = q.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
+                    max = max.max(s);
+                    scores.push(s);
+                }
+                let mut sum = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let inv = 1.0 / sum;
+                for (j, p) in (first..=pos).enumerate() {
+                    let w = scores[j] * inv;
+                    let v = &v_cache[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
+                    for (o, v) in out.iter_mut().zip(v) {
+                        *o += w * v.to_f32();
+                    }
+                }
+            },
+        );
+        out
+    }
+}
+
+/// `x @ w.T` through candle's quantized kernels, returned as a flat row-major vector.
+fn matmul(w: &QMatMul, x: &Tensor) -> Result<Vec<f32>> {
+    w.forward(x)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .context("quantized matrix product")
+}
+
+/// Root-mean-square normalisation of each row, scaled by `weight`. The mean of squares is
+/// summed in f64, as ggml does.
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let d = weight.len();
+    let mut out = vec![0f32; x.len()];
+    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let mean = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / d as f64;
+        let scale = 1.0 / ((mean as f32) + eps).sqrt();
+        for ((o, &v), &w) in o.iter_mut().zip(row).zip(weight) {
+            *o = v * scale * w;
+        }
+    }
+    out
+}
+
+fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Cosines and sines for every stacked row's position, computed once per forward and
+/// shared by all layers.
+struct RopeTable {
+    n_rot: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeTable {
+    fn new(cfg: &RopeConfig, positions: &[usize]) -> Self {
+        let half = cfg.n_rot / 2;
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        let theta_scale = cfg.freq_base.powf(-2.0 / cfg.n_rot as f32);
+        let yarn = match cfg.scaling {
+            RopeScaling::Yarn {
+                original_context,
+                ext_factor,
+                attn_factor,
+                beta_fast,
+                beta_slow,
+            } => {
+                let dims = yarn_corr_dims(
+                    cfg.n_rot,
+                    original_context,
+                    cfg.freq_base,
+                    beta_fast,
+                    beta_slow,
+                );
+                Some((dims, ext_factor, attn_factor))
+            }
+            _ => None,
+        };
+        for &pos in positions {
+            let mut theta_extrap = pos as f32;
+            for i in 0..half {
+                let ff = cfg.freq_factors.as_ref().map_or(1.0, |f| f[i]);
+                let base = theta_extrap / ff;
+                let (theta, mscale) = match yarn {
+                    None => (cfg.freq_scale * base, 1.0),
+                    Some(((low, high), ext, attn)) => {
+                        let interp = cfg.freq_scale * base;
+                        let ramp = yarn_ramp(low, high, 2 * i) * ext;
+                        let theta = interp * (1.0 - ramp) + base * ramp;
+                        let mscale = attn * (1.0 + 0.1 * (1.0 / cfg.freq_scale).ln());
+                        (theta, mscale)
+                    }
+                };
+                cos.push(theta.cos() * mscale);
+                sin.push(theta.sin() * mscale);
+                theta_extrap *= theta_scale;
+            }
+        }
+        Self {
+            n_rot: cfg.n_rot,
+            cos,
+            sin,
+        }
+    }
+
+    /// Rotate the first `n_rot` dimensions of every head of every row, pairs (2i, 2i+1).
+    fn apply(&self, x: &mut [f32], n_heads: usize, head_dim: usize) {
+        let half = self.n_rot / 2;
+        for (row, xr) in x.chunks_exact_mut(n_heads * head_dim).enumerate() {
+            let cos = &self.cos[row * half..(row + 1) * half];
+            let sin = &self.sin[row * half..(row + 1) * half];
+            for head in xr.chunks_exact_mut(head_dim) {
+                for i in 0..half {
+                    let (x0, x1) = (head[2 * i], head[2 * i + 1]);
+                    head[2 * i] = x0 * cos[i] - x1 * sin[i];
+                    head[2 * i + 1] = x0 * sin[i] + x1 * cos[i];
+                }
+            }
+        }
+    }
+}
+
+/// The first and last rotary dimension YaRN blends between interpolation and extrapolation.
+fn yarn_corr_dims(
+    n_rot: usize,
+    original_context: usize,
+    base: f32,
+    beta_fast: f32,
+    beta_slow: f32,
+) -> (f32, f32) {
+    let corr_dim = |n_rotations: f32| {
+        n_rot as f32 * (original_context as f32 / (n_rotations * 2.0 * std::f32::consts::PI)).ln()
+            / (2.0 * base.ln())
+    };
+    let start = corr_dim(beta_fast).floor().max(0.0);
+    let end = corr_dim(beta_slow).ceil().min(n_rot as f32 - 1.0);
+    (start, end)
+}
+
+fn yarn_ramp(low: f32, high: f32, i0: usize) -> f32 {
+    let y = (i0 as f32 / 2.0 - low) / (high - low).max(0.001);
+    1.0 - y.clamp(0.0, 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_matches_definition() {
+        let x = [1.0f32, -2.0, 3.0, 0.5, 4.0, 4.0, 4.0, 4.0];
+        let w = [1.0f32, 2.0, 0.5, 1.0];
+        let out = rms_norm(&x, &w, 1e-5);
+        let ms: f32 = (1.0 + 4.0 + 9.0 + 0.25) / 4.0;
+        let s = 1.0 / (ms + 1e-5).sqrt();
+        assert!((out[1] - (-2.0 * s * 2.0)).abs() < 1e-6);
+        // A constant row normalises to the weights.
+        assert!((out[4] - 1.0).abs() < 1e-5 && (out[5] - 2.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn rope_at_position_zero_is_identity_and_preserves_norm() {
+        let cfg = RopeConfig {
+            n_rot: 4,
+            freq_base: 10_000.0,
+            freq_scale: 1.0,
+            scaling: RopeScaling::None,
+            freq_factors: None,
+        };
+        let table = RopeTable::new(&cfg, &[0, 7]);
+        let mut x = vec![1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0];
+        table.apply(&mut x, 1, 4);
+        assert_eq!(&x[..4], &[1.0, 2.0, 3.0, 4.0]);
+        let n0: f32 = [1.0f32, 2.0].iter().map(|v| v * v).sum();
+        let n1: f32 = x[4..6].iter().map(|v| v * v).sum();
+        assert!((n0 - n1).abs() < 1e-4);
+        // First pair rotates by exactly 7 radians.
+        let (c, s) = (7f32.cos(), 7f32.sin());
+        assert!((x[4] - (c - 2.0 * s)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn yarn_ramp_is_one_below_low_and_zero_above_high() {
+        assert_eq!(yarn_ramp(4.0, 10.0, 2), 1.0);
+        assert_eq!(yarn_ramp(4.0, 10.0, 40), 0.0);
+        let mid = yarn_ramp(4.0, 10.0, 14);
+        assert!(mid > 0.0 && mid < 1.0);
+    }
+}

