@@ -45,19 +45,17 @@ For every case:
 Numerical caveat (measured, important for test tolerances)
 ------------------------------------------------------------
 llama.cpp's CPU logits for this Q4_1 model are only reproducible to roughly
-0.1-0.25 nats (median over rows) and up to ~1 nat (worst row) on the top-5
+0.15-0.2 nats (median over rows; p95 ~0.5, worst ~1 nat) on the top-5
 logprobs under benign changes: batched vs token-by-token evaluation with the
 default F16 KV cache, F16 vs F32 KV cache, or an exact float64 forward pass
 on the dequantized weights all differ from each other by that much
 (llama.cpp quantizes activations to Q8_1/Q8_0 inside its matmuls and rounds
-Q/K/V/attention weights to F16).  The fixture is the token-by-token (decode)
-schedule: prompt in one llama_decode batch, then one token per call,
+Q/K/V/attention weights to F16), and the argmax flips between them at rows
+whose top-1/top-2 gap was up to ~0.34.  The fixture uses the token-by-token
+(decode) schedule: prompt in one llama_decode batch, then one token per call,
 F16 KV cache, no flash attention, n_threads=2.  Consumers should compare
-logprobs with a tolerance of that order and greedy ids only where `gap` is
-clearly larger than it.
-
-Tie-breaking: argmax / top-5 order is by descending logprob of the float32
-logits, ties broken by ascending token id (numpy's stable sort).
+logprobs with a tolerance of ~1 nat and greedy ids (teacher-forced) only
+where `gap` >= ~0.5.
 
 JSON format
 -----------
@@ -181,29 +179,22 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-def read_gguf_meta(path):
-    """Read the few metadata values we need straight from the GGUF file."""
-    import gguf  # ships with llama.cpp; `pip install gguf` otherwise
-
-    r = gguf.GGUFReader(path)
-
-    def get(key, default=None):
-        f = r.fields.get(key)
-        if f is None:
-            return default
-        return f.contents()
-
-    tokens = get("tokenizer.ggml.tokens")
-    bos_id = int(get("tokenizer.ggml.bos_token_id"))
-    eos_id = int(get("tokenizer.ggml.eos_token_id"))
+def read_meta(llm):
+    """The metadata we need, as llama.cpp itself reads it from the GGUF."""
+    md = llm.metadata
+    bos_id = int(md["tokenizer.ggml.bos_token_id"])
+    eos_id = int(md["tokenizer.ggml.eos_token_id"])
+    add_bos = md.get("tokenizer.ggml.add_bos_token")
+    add_bos = llm._model.add_bos_token() if add_bos is None else add_bos == "true"
+    im_end = llm.tokenize(b"<|im_end|>", add_bos=False, special=True)
     return {
-        "chat_template": get("tokenizer.chat_template"),
-        "add_bos": bool(get("tokenizer.ggml.add_bos_token", True)),
+        "chat_template": md.get("tokenizer.chat_template"),
+        "add_bos": bool(add_bos),
         "bos_id": bos_id,
         "eos_id": eos_id,
-        "bos_token": tokens[bos_id],
-        "eos_token": tokens[eos_id],
-        "tokens": tokens,
+        "bos_token": llm._model.token_get_text(bos_id),
+        "eos_token": llm._model.token_get_text(eos_id),
+        "im_end_id": im_end[0] if len(im_end) == 1 else eos_id,
     }
 
 
@@ -359,17 +350,13 @@ def main():
         sys.exit(f"usage: {sys.argv[0]} MODEL.gguf OUT.json")
     model_path, out_path = sys.argv[1], sys.argv[2]
 
-    meta = read_gguf_meta(model_path)
+    llm = Llama(model_path=model_path, n_ctx=N_CTX, n_threads=N_THREADS,
+                logits_all=True, verbose=False)
+    meta = read_meta(llm)
     if not meta["chat_template"]:
         sys.exit("model has no tokenizer.chat_template")
     render = make_renderer(meta["chat_template"])
-    try:
-        im_end_id = meta["tokens"].index("<|im_end|>")
-    except ValueError:
-        im_end_id = meta["eos_id"]
-
-    llm = Llama(model_path=model_path, n_ctx=N_CTX, n_threads=N_THREADS,
-                logits_all=True, verbose=False)
+    im_end_id = meta["im_end_id"]
 
     cases, diags = [], []
     for case in CASES:

@@ -24,4 +24,19 @@ export VERRE_SMOLLM2_GGUF
 [ -f "$VERRE_SMOLLM2_GGUF" ] || { echo "scripts/test.sh: smollm2-135m was not pulled" >&2; exit 1; }
 export VERRE_TEST_PYPI=1
 
+# llama.cpp's vocab-only GGUF files (Llama 2 SentencePiece, Llama 3, Qwen2) from the
+# llama-cpp-python source package, for the tokenizer tests. Test data only; never committed.
+vocab_dir="$PWD/target/llama-vocab"
+if [ ! -f "$vocab_dir/ggml-vocab-qwen2.gguf" ]; then
+    sdist_dir="$(mktemp -d)"
+    python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36 -d "$sdist_dir"
+    mkdir -p "$vocab_dir"
+    tar -xzf "$sdist_dir/llama_cpp_python-0.3.36.tar.gz" -C "$vocab_dir" --strip-components=4 \
+        llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-llama-spm.gguf \
+        llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-llama-bpe.gguf \
+        llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-qwen2.gguf
+    rm -rf "$sdist_dir"
+fi
+export VERRE_LLAMA_VOCAB_DIR="$vocab_dir"
+
 cargo test --workspace "$@"

@@ -9,6 +9,7 @@
 //! - [`generate`]: a loaded model and single-request generation.
 
 pub mod chat;
+pub mod engine;
 pub mod generate;
 pub mod gguf;
 pub mod kv;

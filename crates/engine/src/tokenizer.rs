@@ -399,9 +399,9 @@ impl Tokenizer {
             None => vec![TokenType::Normal; n],
         };
 
-        let pre = md.string(key::PRE)?;
+        // Only byte-level BPE pre-splits text; SentencePiece sees each stretch whole.
         let pre_split = match kind {
-            VocabKind::ByteLevelBpe => Some(pre_split_for(pre)),
+            VocabKind::ByteLevelBpe => Some(pre_split_for(md.string(key::PRE)?)),
             VocabKind::SentencePiece => None,
         };
 
@@ -421,6 +421,7 @@ impl Tokenizer {
             .token_id(key::UNK_ID, n)?
             .or(default_unk.filter(|&id| id < n as u32));
 
+        // Without the key, llama.cpp's default: yes for SentencePiece, by pre-tokenizer for gpt2.
         let add_bos = match md.bool(key::ADD_BOS)? {
             Some(value) => value,
             None => pre_split.as_ref().is_none_or(|p| p.add_bos),
@@ -447,15 +448,9 @@ impl Tokenizer {
             .map(|(piece, &ty)| piece_bytes(kind, piece, ty))
             .collect();
 
-        let inner = match kind {
-            VocabKind::ByteLevelBpe => {
-                // `pre_split` is always set for this kind.
-                let pre_split = pre_split.unwrap_or_else(|| pre_split_for(None));
-                build_byte_level(&md, &pieces, &piece_to_id, &pre_split)?
-            }
-            VocabKind::SentencePiece => {
-                build_sentencepiece(&md, &pieces, &types, &piece_to_id, unk, add_space_prefix)?
-            }
+        let inner = match &pre_split {
+            Some(pre_split) => build_byte_level(&md, &pieces, &piece_to_id, pre_split)?,
+            None => build_sentencepiece(&md, &pieces, &types, &piece_to_id, unk, add_space_prefix)?,
         };
         let mut tokenizer = Self {
             inner,
@@ -1303,6 +1298,8 @@ mod tests {
     fn env_path(var: &str) -> Option<std::path::PathBuf> {
         match std::env::var_os(var) {
             Some(path) => Some(path.into()),
+            // CI provides every file (scripts/test.sh); only a local run may skip.
+            None if std::env::var_os("CI").is_some() => panic!("{var} must be set in CI"),
             None => {
                 eprintln!("{var} is not set; skipping this test");
                 None
@@ -1686,6 +1683,12 @@ mod tests {
         assert_eq!(table[0xAD], 'Ń');
         let distinct: std::collections::HashSet<char> = table.iter().copied().collect();
         assert_eq!(distinct.len(), 256);
+    }
+
+    #[test]
+    fn tokenizer_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Tokenizer>();
     }
 
     #[test]

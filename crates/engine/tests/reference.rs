@@ -5,9 +5,19 @@
 //! and its top-5 log-probabilities at each of those steps. verre is fed the prompt plus
 //! the reference's greedy tokens in one pass (teacher forcing) and must agree:
 //! - the chat template renders the same text and the tokenizer gives the same ids;
-//! - wherever llama.cpp's top-1 leads its top-2 by >= 0.25 nats, verre's top-1 is the same;
-//! - over the reference's top-5 tokens, |verre logprob - llama.cpp logprob| has
-//!   mean <= 0.05 and max <= 0.3.
+//! - wherever llama.cpp's top-1 leads its top-2 by >= `CONFIDENT_GAP` nats, verre's top-1
+//!   is the same;
+//! - over the reference's top-5 tokens, |verre logprob - llama.cpp logprob| stays within
+//!   `MEAN_TOLERANCE` on average and `MAX_TOLERANCE` at worst.
+//!
+//! Why these bounds and not tighter ones: on this model llama.cpp does not agree with
+//! itself more closely. Evaluating the same fixture tokens in one pass instead of token by
+//! token (the fixture's schedule) moves llama.cpp's own top-5 logprobs by mean 0.082 /
+//! max 0.727 nats, and with flash attention on by mean 0.103 / max 1.086 (measured with
+//! llama-cpp-python 0.3.36 on this machine; SmolLM2's activations have large outliers, so
+//! the per-block Q8 quantization of activations amplifies tiny rounding differences).
+//! verre measures mean 0.100 / max 0.850 and 406 of 407 top-1 agreements at gaps >= 0.25
+//! (the one flip is at a gap of 0.29), all greedy choices agreeing at gaps >= 0.5.
 //!
 //! Greedy text is not compared free-running: quantized kernels that sum in a different
 //! order flip near-ties, after which two correct engines legitimately part ways.
@@ -21,6 +31,12 @@ use serde::Deserialize;
 use verre_engine::model::SeqChunk;
 use verre_engine::sampler::log_softmax;
 use verre_engine::{LoadedModel, Message};
+
+/// Where llama.cpp's top-1 leads by at least this much, verre must pick the same token.
+const CONFIDENT_GAP: f32 = 0.5;
+/// Bounds on |verre - llama.cpp| over the reference's top-5 logprobs (see the module doc).
+const MEAN_TOLERANCE: f64 = 0.12;
+const MAX_TOLERANCE: f32 = 1.0;
 
 #[derive(Deserialize)]
 struct Fixture {
@@ -95,6 +111,7 @@ fn logits_match_llama_cpp_under_teacher_forcing() {
     let fx = fixture();
     let (mut n_diffs, mut sum_diff, mut max_diff) = (0usize, 0f64, 0f32);
     let (mut confident, mut agree_confident, mut agree_all, mut steps) = (0, 0, 0, 0);
+    let mut flips = Vec::new();
     for case in &fx.cases {
         let steps_here = case.greedy_ids.len();
         assert_eq!(case.top5.len(), steps_here, "{}: fixture rows", case.name);
@@ -122,11 +139,11 @@ fn logits_match_llama_cpp_under_teacher_forcing() {
             if gap >= 0.25 {
                 confident += 1;
                 agree_confident += usize::from(ours == ref_top[0].0);
-                assert_eq!(
-                    ours, ref_top[0].0,
-                    "{} step {step}: llama.cpp's top-1 leads by {gap:.3} but verre picks another token",
-                    case.name
-                );
+            }
+            if gap >= CONFIDENT_GAP {
+                if ours != ref_top[0].0 {
+                    flips.push(format!("{} step {step} (gap {gap:.3})", case.name));
+                }
             }
             for &(id, ref_lp) in ref_top {
                 let d = (lp[id as usize] - ref_lp).abs();
@@ -143,8 +160,18 @@ fn logits_match_llama_cpp_under_teacher_forcing() {
         "top-5 |Δlogprob|: mean {mean:.4}, max {max_diff:.4} over {n_diffs}; top-1 agreement {agree_all}/{steps} \
          ({agree_confident}/{confident} where the reference's gap >= 0.25)"
     );
-    assert!(mean <= 0.05, "mean |Δlogprob| {mean:.4} > 0.05");
-    assert!(max_diff <= 0.3, "max |Δlogprob| {max_diff:.4} > 0.3");
+    assert!(
+        flips.is_empty(),
+        "verre's top-1 differs where llama.cpp's top-1 leads by >= {CONFIDENT_GAP}: {flips:?}"
+    );
+    assert!(
+        mean <= MEAN_TOLERANCE,
+        "mean |Δlogprob| {mean:.4} > {MEAN_TOLERANCE}"
+    );
+    assert!(
+        max_diff <= MAX_TOLERANCE,
+        "max |Δlogprob| {max_diff:.4} > {MAX_TOLERANCE}"
+    );
 }
 
 #[test]
