@@ -1,5 +1,6 @@
 //! The `verre` binary: argument parsing and wiring, nothing else.
 
+mod bench_cmd;
 mod models_cmd;
 mod run_cmd;
 
@@ -37,6 +38,8 @@ enum Command {
     },
     /// Generate once from a prompt and stream the answer to the terminal.
     Run(run_cmd::RunArgs),
+    /// Measure prefill and decode speed (tokens/s), batched decode and peak memory.
+    Bench(bench_cmd::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Pull { spec, force, json } => models_cmd::pull(&spec, force, json),
         Command::Models { json } => models_cmd::list(json),
         Command::Run(args) => run_cmd::run(args),
+        Command::Bench(args) => bench_cmd::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
