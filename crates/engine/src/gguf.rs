@@ -5,12 +5,15 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use candle_core::Device;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use memmap2::Mmap;
+
+use crate::kernels::{QuantMatrix, QuantType, SharedBytes};
 
 /// Tensor types verre loads. Anything else is refused at load time, naming the tensor.
 pub const SUPPORTED_TENSOR_TYPES: &[GgmlDType] = &[
@@ -33,7 +36,7 @@ pub const SUPPORTED_TENSOR_TYPES: &[GgmlDType] = &[
 pub struct GgufFile {
     path: PathBuf,
     content: Content,
-    map: Mmap,
+    map: Arc<Mmap>,
 }
 
 impl GgufFile {
@@ -62,7 +65,7 @@ impl GgufFile {
                     path.display()
                 )
             })?;
-        Ok(Self { path, content, map })
+        Ok(Self { path, content, map: Arc::new(map) })
     }
 
     pub fn path(&self) -> &Path {
@@ -128,6 +131,31 @@ impl GgufFile {
                 self.path.display()
             )
         })
+    }
+
+    /// A 2-D weight as verre's kernels read it: in place in the memory map, not copied.
+    /// `None` when verre has no kernel for the tensor's type (candle's then serve it).
+    pub fn mapped_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Option<QuantMatrix>> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| anyhow!("{}: tensor {name} is missing", self.path.display()))?;
+        if info.shape.dims() != [rows, cols] {
+            bail!(
+                "{}: tensor {name} has shape {:?}, expected {:?} from the model's metadata",
+                self.path.display(),
+                info.shape.dims(),
+                [rows, cols]
+            );
+        }
+        let Ok(qtype) = QuantType::try_from(info.ggml_dtype) else { return Ok(None) };
+        let offset = usize::try_from(self.content.tensor_data_offset + info.offset)
+            .with_context(|| format!("{}: tensor {name} offset", self.path.display()))?;
+        let bytes: SharedBytes = self.map.clone();
+        QuantMatrix::new(bytes, offset, qtype, rows, cols)
+            .map(Some)
+            .with_context(|| format!("{}: tensor {name} (truncated file?)", self.path.display()))
     }
 
     /// Load a tensor and check its shape (candle's order: `[rows, cols]` where the GGUF
@@ -266,6 +294,8 @@ fn ggml_type_name(id: u32) -> &'static str {
 
 /// candle says "unknown dtype for tensor 16"; say which type that is and what is supported.
 fn explain_header_error(msg: &str) -> String {
+    // candle may append a backtrace after the message: keep its first line only.
+    let msg = msg.lines().next().unwrap_or_default();
     if let Some(rest) = msg.strip_prefix("unknown dtype for tensor ")
         && let Ok(id) = rest.trim().parse::<u32>()
     {

@@ -12,6 +12,7 @@ pub mod chat;
 pub mod engine;
 pub mod generate;
 pub mod gguf;
+pub mod kernels;
 pub mod kv;
 pub mod model;
 pub mod sampler;

@@ -49,6 +49,10 @@ pub enum QuantType {
     Q4_0,
     /// 32 weights: f16 scale, f16 minimum, 16 bytes of 4-bit values.
     Q4_1,
+    /// 32 weights: f16 scale, 32 fifth bits, 4-bit values; offset by 16.
+    Q5_0,
+    /// 32 weights: f16 scale, f16 minimum, 32 fifth bits, 4-bit values.
+    Q5_1,
     /// 32 weights: f16 scale, 32 signed bytes.
     Q8_0,
     /// 256 weights: f16 scale and min-scale, 12 bytes of 6-bit sub-block scales and mins, 4-bit values.
@@ -64,7 +68,11 @@ impl QuantType {
     pub const fn block_len(self) -> usize {
         match self {
             QuantType::F32 | QuantType::F16 => 1,
-            QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q8_0 => 32,
+            QuantType::Q4_0
+            | QuantType::Q4_1
+            | QuantType::Q5_0
+            | QuantType::Q5_1
+            | QuantType::Q8_0 => 32,
             QuantType::Q4K | QuantType::Q5K | QuantType::Q6K => 256,
         }
     }
@@ -76,6 +84,8 @@ impl QuantType {
             QuantType::F16 => 2,
             QuantType::Q4_0 => 18,
             QuantType::Q4_1 => 20,
+            QuantType::Q5_0 => 22,
+            QuantType::Q5_1 => 24,
             QuantType::Q8_0 => 34,
             QuantType::Q4K => 144,
             QuantType::Q5K => 176,
@@ -95,6 +105,8 @@ impl QuantType {
             1 => QuantType::F16,
             2 => QuantType::Q4_0,
             3 => QuantType::Q4_1,
+            6 => QuantType::Q5_0,
+            7 => QuantType::Q5_1,
             8 => QuantType::Q8_0,
             12 => QuantType::Q4K,
             13 => QuantType::Q5K,
@@ -107,7 +119,11 @@ impl QuantType {
     fn act_kind(self) -> ActKind {
         match self {
             QuantType::F32 | QuantType::F16 => ActKind::F32,
-            QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q8_0 => ActKind::Q8,
+            QuantType::Q4_0
+            | QuantType::Q4_1
+            | QuantType::Q5_0
+            | QuantType::Q5_1
+            | QuantType::Q8_0 => ActKind::Q8,
             QuantType::Q4K | QuantType::Q5K | QuantType::Q6K => ActKind::Q8K,
         }
     }
@@ -120,6 +136,8 @@ impl fmt::Display for QuantType {
             QuantType::F16 => "F16",
             QuantType::Q4_0 => "Q4_0",
             QuantType::Q4_1 => "Q4_1",
+            QuantType::Q5_0 => "Q5_0",
+            QuantType::Q5_1 => "Q5_1",
             QuantType::Q8_0 => "Q8_0",
             QuantType::Q4K => "Q4_K",
             QuantType::Q5K => "Q5_K",
@@ -138,6 +156,8 @@ impl TryFrom<candle_core::quantized::GgmlDType> for QuantType {
             G::F16 => QuantType::F16,
             G::Q4_0 => QuantType::Q4_0,
             G::Q4_1 => QuantType::Q4_1,
+            G::Q5_0 => QuantType::Q5_0,
+            G::Q5_1 => QuantType::Q5_1,
             G::Q8_0 => QuantType::Q8_0,
             G::Q4K => QuantType::Q4K,
             G::Q5K => QuantType::Q5K,
@@ -163,6 +183,9 @@ pub enum Isa {
     Scalar,
     /// AVX2 + FMA + F16C (x86-64-v3).
     Avx2,
+    /// The above with AVX-VNNI (`vpdpbusd` on 256-bit vectors): same results, fewer
+    /// instructions for the 32-block formats.
+    Avx2Vnni,
 }
 
 /// The kernels this machine runs, detected once.
@@ -177,6 +200,11 @@ pub fn isa() -> Isa {
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
+            if is_x86_feature_detected!("avxvnni")
+                && !std::env::var("VERRE_KERNELS").is_ok_and(|v| v == "avx2")
+            {
+                return Isa::Avx2Vnni;
+            }
             return Isa::Avx2;
         }
         Isa::Scalar
@@ -271,24 +299,7 @@ impl QuantMatrix {
     }
 
     fn matmul_with(&self, isa: Isa, x: &[f32], m: usize, out: &mut [f32], scratch: &mut Scratch) {
-        self.check_shapes(x, m, out);
-        if m == 0 || self.rows == 0 {
-            return;
-        }
-        match self.qtype.act_kind() {
-            ActKind::F32 => {
-                let acts = F32Acts { x, k: self.cols };
-                product(self, &acts, m, out, &f32_tiles(self.qtype, isa));
-            }
-            ActKind::Q8 => {
-                scratch.q8.quantize(x, m, self.cols, isa);
-                product(self, &scratch.q8.view(), m, out, &q8_tiles(self.qtype, isa));
-            }
-            ActKind::Q8K => {
-                scratch.q8k.quantize(x, m, self.cols, isa);
-                product(self, &scratch.q8k.view(), m, out, &q8k_tiles(self.qtype, isa));
-            }
-        }
+        matmul_many_with(isa, &[self], x, m, &mut [out], scratch);
     }
 
     fn check_shapes(&self, x: &[f32], m: usize, out: &[f32]) {
@@ -319,9 +330,9 @@ impl QuantMatrix {
     }
 }
 
-/// Several matrices that read the same input (Q, K and V; gate and up), computed with one
-/// quantization of the input and one parallel pass. `outs[i]` receives `m` rows of
-/// `mats[i].rows()` values, exactly what `mats[i].matmul` would write.
+/// Several matrices that read the same input (Q, K and V; gate and up) in one parallel pass,
+/// with one quantization of the input. `outs[i]` receives `m` rows of `mats[i].rows()`
+/// values, bit for bit what `mats[i].matmul` would write.
 pub fn matmul_many(
     mats: &[&QuantMatrix],
     x: &[f32],
@@ -348,30 +359,25 @@ fn matmul_many_with(
         return;
     }
     let kind = mats[0].qtype.act_kind();
-    if mats.iter().any(|mat| mat.qtype.act_kind() != kind) {
+    if mats.len() > MANY_MAX || mats.iter().any(|mat| mat.qtype.act_kind() != kind) {
         for (mat, out) in mats.iter().zip(outs.iter_mut()) {
-            mat.matmul_with(isa, x, m, out, scratch);
+            matmul_many_with(isa, &[*mat], x, m, &mut [&mut **out], scratch);
         }
         return;
     }
     let k = mats[0].cols;
-    let jobs: Vec<Job<'_>> = Vec::with_capacity(0); // placeholder, replaced below
-    drop(jobs);
     match kind {
         ActKind::F32 => {
             let acts = F32Acts { x, k };
-            let tiles: Vec<_> = mats.iter().map(|w| f32_tiles(w.qtype, isa)).collect();
-            product_many(mats, &acts, m, outs, &tiles);
+            product(mats, &acts, m, outs, |q| f32_tiles(q, isa));
         }
         ActKind::Q8 => {
             scratch.q8.quantize(x, m, k, isa);
-            let tiles: Vec<_> = mats.iter().map(|w| q8_tiles(w.qtype, isa)).collect();
-            product_many(mats, &scratch.q8.view(), m, outs, &tiles);
+            product(mats, &scratch.q8.view(), m, outs, |q| q8_tiles(q, isa));
         }
         ActKind::Q8K => {
             scratch.q8k.quantize(x, m, k, isa);
-            let tiles: Vec<_> = mats.iter().map(|w| q8k_tiles(w.qtype, isa)).collect();
-            product_many(mats, &scratch.q8k.view(), m, outs, &tiles);
+            product(mats, &scratch.q8k.view(), m, outs, |q| q8k_tiles(q, isa));
         }
     }
 }
@@ -390,13 +396,21 @@ impl Scratch {
     }
 }
 
-/// Dot products of one weight row with `R` consecutive activation rows starting at `row0`.
-type TileFn<A, const R: usize> = unsafe fn(&[u8], &A, usize) -> [f32; R];
+/// Dot products of `RW` consecutive weight rows (from the start of the slice) with `R`
+/// consecutive activation rows from `row0`: `out[weight row][activation row]`.
+type TileFn<A, const RW: usize, const R: usize> = unsafe fn(&[u8], &A, usize) -> [[f32; R]; RW];
 
-/// The kernels of one weight type against one activation format.
+/// The kernels of one weight type against one activation format, for 1 or 2 weight rows
+/// by 1 or 4 activation rows: the same code, so a (row, column) pair is summed identically
+/// by each.
 struct Tiles<A> {
-    one: TileFn<A, 1>,
-    four: TileFn<A, 4>,
+    w1a1: TileFn<A, 1, 1>,
+    w1a4: TileFn<A, 1, 4>,
+    w2a1: TileFn<A, 2, 1>,
+    w2a4: TileFn<A, 2, 4>,
+    /// Whether the GEMM takes weight rows two at a time (`w2a4`) or one (`w1a4`): pairs
+    /// share the activation loads but need more registers than signed formats leave free.
+    gemm_pairs: bool,
 }
 
 impl<A> Clone for Tiles<A> {
@@ -406,31 +420,252 @@ impl<A> Clone for Tiles<A> {
 }
 impl<A> Copy for Tiles<A> {}
 
-fn f32_tiles(qtype: QuantType, isa: Isa) -> Tiles<F32Acts<'static>> {
+macro_rules! tiles {
+    ($module:ident :: $kernel:ident) => {
+        tiles!($module::$kernel, gemm_pairs: false)
+    };
+    ($module:ident :: $kernel:ident, gemm_pairs: $pairs:expr) => {
+        Tiles {
+            w1a1: $module::$kernel::<1, 1>,
+            w1a4: $module::$kernel::<1, 4>,
+            w2a1: $module::$kernel::<2, 1>,
+            w2a4: $module::$kernel::<2, 4>,
+            gemm_pairs: $pairs,
+        }
+    };
+}
+
+fn f32_tiles<'a>(qtype: QuantType, isa: Isa) -> Tiles<F32Acts<'a>> {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if isa != Isa::Scalar {
         return match qtype {
-            QuantType::F32 => Tiles {
-                one: x86::f32w::<1>,
-                four: x86::f32w::<4>,
-            },
-            QuantType::F16 => Tiles {
-                one: x86::f16w::<1>,
-                four: x86::f16w::<4>,
-            },
-            _ => unreachable!("{qtype} does not take f32 activations"),
+            QuantType::F32 => tiles!(x86::f32w),
+            QuantType::F16 => tiles!(x86::f16w),
+            _ => unreachable!("{qtype} weights take quantized activations"),
         };
     }
     let _ = isa;
     match qtype {
-        QuantType::F32 => Tiles {
-            one: scalar::f32w::<1>,
-            four: scalar::f32w::<4>,
-        },
-        QuantType::F16 => Tiles {
-            one: scalar::f16w::<1>,
-            four: scalar::f16w::<4>,
-        },
-        _ => unreachable!("{qtype} does not take f32 activations"),
+        QuantType::F32 => tiles!(scalar::f32w),
+        QuantType::F16 => tiles!(scalar::f16w),
+        _ => unreachable!("{qtype} weights take quantized activations"),
+    }
+}
+
+fn q8_tiles<'a>(qtype: QuantType, isa: Isa) -> Tiles<Q8Acts<'a>> {
+    #[cfg(target_arch = "x86_64")]
+    match (isa, qtype) {
+        (Isa::Scalar, _) => {}
+        (Isa::Avx2, QuantType::Q4_0) => return tiles!(x86::q4_0),
+        (Isa::Avx2, QuantType::Q4_1) => return tiles!(x86::q4_1, gemm_pairs: true),
+        (Isa::Avx2, QuantType::Q5_0) => return tiles!(x86::q5_0),
+        (Isa::Avx2, QuantType::Q5_1) => return tiles!(x86::q5_1, gemm_pairs: true),
+        (Isa::Avx2, QuantType::Q8_0) => return tiles!(x86::q8_0),
+        (Isa::Avx2Vnni, QuantType::Q4_0) => return tiles!(x86::q4_0_vnni),
+        (Isa::Avx2Vnni, QuantType::Q4_1) => return tiles!(x86::q4_1_vnni, gemm_pairs: true),
+        (Isa::Avx2Vnni, QuantType::Q5_0) => return tiles!(x86::q5_0_vnni),
+        (Isa::Avx2Vnni, QuantType::Q5_1) => return tiles!(x86::q5_1_vnni, gemm_pairs: true),
+        (Isa::Avx2Vnni, QuantType::Q8_0) => return tiles!(x86::q8_0_vnni),
+        _ => unreachable!("{qtype} weights do not take Q8_0 activations"),
+    }
+    let _ = isa;
+    match qtype {
+        QuantType::Q4_0 => tiles!(scalar::q4_0),
+        QuantType::Q4_1 => tiles!(scalar::q4_1),
+        QuantType::Q5_0 => tiles!(scalar::q5_0),
+        QuantType::Q5_1 => tiles!(scalar::q5_1),
+        QuantType::Q8_0 => tiles!(scalar::q8_0),
+        _ => unreachable!("{qtype} weights do not take Q8_0 activations"),
+    }
+}
+
+fn q8k_tiles<'a>(qtype: QuantType, isa: Isa) -> Tiles<Q8KActs<'a>> {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar {
+        return match qtype {
+            QuantType::Q4K => tiles!(x86::q4k),
+            QuantType::Q5K => tiles!(x86::q5k),
+            QuantType::Q6K => tiles!(x86::q6k),
+            _ => unreachable!("{qtype} weights do not take Q8_K activations"),
+        };
+    }
+    let _ = isa;
+    match qtype {
+        QuantType::Q4K => tiles!(scalar::q4k),
+        QuantType::Q5K => tiles!(scalar::q5k),
+        QuantType::Q6K => tiles!(scalar::q6k),
+        _ => unreachable!("{qtype} weights do not take Q8_K activations"),
+    }
+}
+
+/// Most matrices [`matmul_many`] computes in one pass.
+const MANY_MAX: usize = 4;
+
+/// Work below which a gemv task is not worth handing to another thread (multiply-adds).
+const MIN_TASK_MACS: usize = 32 * 1024;
+
+/// Bytes of quantized activation rows kept hot while a weight row is applied to them.
+const ACT_BLOCK_BYTES: usize = 32 * 1024;
+
+/// Most weight rows in one GEMM task: their blocks stay in L2 while the activation
+/// blocks pass over them.
+const GEMM_TASK_ROWS: usize = 64;
+
+/// Weight rows per parallel task.
+fn rows_per_task(n: usize, m: usize, k: usize, threads: usize) -> usize {
+    if threads <= 1 {
+        return n.max(1);
+    }
+    let balanced = n.div_ceil(threads * 4);
+    let rows = if m == 1 {
+        balanced.max(MIN_TASK_MACS.div_ceil(k.max(1)))
+    } else {
+        balanced.clamp(4, GEMM_TASK_ROWS)
+    };
+    rows.next_multiple_of(4).clamp(1, n.max(1))
+}
+
+/// Activation rows that one weight row meets before the next weight row comes.
+fn act_block_rows(k: usize) -> usize {
+    (ACT_BLOCK_BYTES / (k + k / 8).max(1)).max(4) / 4 * 4
+}
+
+/// A raw output pointer shared by the tasks of one product; each task writes only the
+/// columns of its own weight rows.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements and the product waits for all of them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `outs[i] = x @ mats[i].T`, the rows of all matrices split into tasks over the rayon pool.
+fn product<'a, A: Sync>(
+    mats: &[&QuantMatrix],
+    acts: &A,
+    m: usize,
+    outs: &mut [&mut [f32]],
+    tiles_for: impl Fn(QuantType) -> Tiles<A>,
+) {
+    debug_assert!(!mats.is_empty() && mats.len() <= MANY_MAX);
+    let threads = rayon::current_num_threads();
+    let first = mats[0];
+    let pick = |i: usize| mats[i.min(mats.len() - 1)];
+    let tiles: [Tiles<A>; MANY_MAX] = std::array::from_fn(|i| tiles_for(pick(i).qtype));
+    let rpt: [usize; MANY_MAX] =
+        std::array::from_fn(|i| rows_per_task(pick(i).rows, m, first.cols, threads));
+    let tasks: [usize; MANY_MAX] = std::array::from_fn(|i| {
+        if i < mats.len() {
+            mats[i].rows.div_ceil(rpt[i])
+        } else {
+            0
+        }
+    });
+    let ptrs: [OutPtr; MANY_MAX] = std::array::from_fn(|i| {
+        OutPtr(
+            outs.get_mut(i)
+                .map_or(std::ptr::null_mut(), |o| o.as_mut_ptr()),
+        )
+    });
+    let run = |mut t: usize| {
+        let mut i = 0;
+        while t >= tasks[i] {
+            t -= tasks[i];
+            i += 1;
+        }
+        let mat = mats[i];
+        let rows = t * rpt[i]..((t + 1) * rpt[i]).min(mat.rows);
+        // SAFETY: `ptrs[i]` holds `m * mat.rows` floats (checked by the caller) and this task
+        // alone writes the columns `rows`; the activations hold `m` rows of `mat.cols`.
+        unsafe { rows_product(mat, rows, acts, m, ptrs[i], tiles[i]) };
+    };
+    let total: usize = tasks.iter().sum();
+    if total == 1 {
+        run(0);
+    } else {
+        (0..total).into_par_iter().for_each(run);
+    }
+}
+
+/// Columns `rows` of `out = x @ mat.T`.
+///
+/// # Safety
+/// `out` points to `m * mat.rows` floats that nothing else touches in columns `rows`, and
+/// `acts` holds `m` rows of `mat.cols` activations in the format `tiles` reads.
+unsafe fn rows_product<A>(
+    mat: &QuantMatrix,
+    rows: Range<usize>,
+    acts: &A,
+    m: usize,
+    out: OutPtr,
+    tiles: Tiles<A>,
+) {
+    let data = mat.data();
+    let rb = mat.qtype.row_bytes(mat.cols);
+    let n = mat.rows;
+    let out = out.0;
+    // SAFETY (all writes): row `i < m`, column `j` in `rows`, as the caller allows.
+    let store = |i: usize, j: usize, v: f32| unsafe { *out.add(i * n + j) = v };
+    let mut tiles = tiles;
+    if let Ok(v) = std::env::var("VERRE_GEMM_PAIRS") {
+        tiles.gemm_pairs = v == "1";
+    }
+    unsafe {
+        if m == 1 {
+            let mut j = rows.start;
+            while j + 2 <= rows.end {
+                let [[v0], [v1]] = (tiles.w2a1)(&data[j * rb..(j + 2) * rb], acts, 0);
+                store(0, j, v0);
+                store(0, j + 1, v1);
+                j += 2;
+            }
+            if j < rows.end {
+                let [[v]] = (tiles.w1a1)(&data[j * rb..(j + 1) * rb], acts, 0);
+                store(0, j, v);
+            }
+            return;
+        }
+        let block = act_block_rows(mat.cols);
+        let mut i0 = 0;
+        while i0 < m {
+            let i1 = m.min(i0 + block);
+            let mut j = rows.start;
+            while tiles.gemm_pairs && j + 2 <= rows.end {
+                let w = &data[j * rb..(j + 2) * rb];
+                let mut i = i0;
+                while i + 4 <= i1 {
+                    let v = (tiles.w2a4)(w, acts, i);
+                    for r in 0..4 {
+                        store(i + r, j, v[0][r]);
+                        store(i + r, j + 1, v[1][r]);
+                    }
+                    i += 4;
+                }
+                while i < i1 {
+                    let [[v0], [v1]] = (tiles.w2a1)(w, acts, i);
+                    store(i, j, v0);
+                    store(i, j + 1, v1);
+                    i += 1;
+                }
+                j += 2;
+            }
+            while j < rows.end {
+                let w = &data[j * rb..(j + 1) * rb];
+                let mut i = i0;
+                while i + 4 <= i1 {
+                    let [v] = (tiles.w1a4)(w, acts, i);
+                    for (r, v) in v.into_iter().enumerate() {
+                        store(i + r, j, v);
+                    }
+                    i += 4;
+                }
+                while i < i1 {
+                    let [[v]] = (tiles.w1a1)(w, acts, i);
+                    store(i, j, v);
+                    i += 1;
+                }
+                j += 1;
+            }
+            i0 = i1;
+        }
     }
 }

@@ -5,6 +5,8 @@
 //! residual. Mistral's sliding-window attention applies when the metadata declares a window.
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use std::sync::Mutex;
+
 use candle_core::quantized::QMatMul;
 use candle_core::{Device, Module, Tensor};
 use half::f16;
@@ -12,6 +14,7 @@ use rayon::prelude::*;
 
 use super::{Logits, ModelInfo, SeqChunk};
 use crate::gguf::GgufFile;
+use crate::kernels::{self, QuantMatrix, Scratch};
 use crate::kv::KvCache;
 
 /// Hyper-parameters read from `{arch}.*` metadata.
@@ -55,26 +58,108 @@ pub enum RopeScaling {
     },
 }
 
+/// A weight matrix: read in place from the memory map by verre's kernels, or, for the
+/// few types they do not cover, loaded into candle's quantized storage.
+enum Weight {
+    Mapped(QuantMatrix),
+    Candle(QMatMul),
+}
+
+impl Weight {
+    fn load(g: &GgufFile, name: &str, rows: usize, cols: usize, device: &Device) -> Result<Self> {
+        if device.is_cpu()
+            && let Some(m) = g.mapped_matrix(name, rows, cols)?
+        {
+            return Ok(Weight::Mapped(m));
+        }
+        let t = g.tensor_with_shape(name, &[rows, cols], device)?;
+        Ok(Weight::Candle(QMatMul::from_qtensor(t).map_err(|e| anyhow!("{}: {name}: {e}", g.path().display()))?))
+    }
+
+    /// `x @ W.T` for `m` rows of `x`.
+    fn matmul(&self, x: &[f32], m: usize, scratch: &mut Scratch, device: &Device) -> Result<Vec<f32>> {
+        match self {
+            Weight::Mapped(w) => {
+                let mut out = vec![0f32; m * w.rows()];
+                w.matmul(x, m, &mut out, scratch);
+                Ok(out)
+            }
+            Weight::Candle(w) => {
+                let cols = x.len() / m.max(1);
+                let t = Tensor::from_slice(x, (m, cols), device)?;
+                matmul(w, &t)
+            }
+        }
+    }
+}
+
+/// Products of several weights with one input (Q, K, V; gate, up): one quantization of the
+/// input and one parallel pass when all are mapped.
+fn matmul_shared_input(ws: &[&Weight], x: &[f32], m: usize, scratch: &mut Scratch, device: &Device) -> Result<Vec<Vec<f32>>> {
+    let mapped: Option<Vec<&QuantMatrix>> = ws
+        .iter()
+        .map(|w| match w {
+            Weight::Mapped(q) => Some(q),
+            Weight::Candle(_) => None,
+        })
+        .collect();
+    match mapped {
+        Some(mats) => {
+            let mut outs: Vec<Vec<f32>> = mats.iter().map(|q| vec![0f32; m * q.rows()]).collect();
+            let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+            kernels::matmul_many(&mats, x, m, &mut views, scratch);
+            Ok(outs)
+        }
+        None => ws.iter().map(|w| w.matmul(x, m, scratch, device)).collect(),
+    }
+}
+
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Weight,
+    wk: Weight,
+    wv: Weight,
+    wo: Weight,
     ffn_norm: Vec<f32>,
-    w_gate: QMatMul,
-    w_up: QMatMul,
-    w_down: QMatMul,
+    w_gate: Weight,
+    w_up: Weight,
+    w_down: Weight,
 }
 
 pub struct Llama {
     cfg: LlamaConfig,
     info: ModelInfo,
     device: Device,
-    token_embd: candle_core::quantized::QTensor,
+    token_embd: Embedding,
     layers: Vec<Layer>,
     output_norm: Vec<f32>,
-    output: QMatMul,
+    output: Weight,
+    /// Quantized-activation buffers reused across forwards (one engine thread runs them).
+    scratch: Mutex<Scratch>,
+}
+
+/// The token embedding table: rows dequantized on lookup.
+enum Embedding {
+    Mapped(QuantMatrix),
+    Candle(candle_core::quantized::QTensor),
+}
+
+impl Embedding {
+    fn lookup(&self, ids: &[u32], dim: usize, device: &Device) -> Result<Vec<f32>> {
+        match self {
+            Embedding::Mapped(m) => {
+                let mut x = vec![0f32; ids.len() * dim];
+                for (row, &id) in x.chunks_exact_mut(dim).zip(ids) {
+                    m.dequantize_row(id as usize, row);
+                }
+                Ok(x)
+            }
+            Embedding::Candle(t) => {
+                let ids_t = Tensor::from_slice(ids, ids.len(), device)?;
+                Ok(t.embedding(&ids_t)?.flatten_all()?.to_vec1::<f32>()?)
+            }
+        }
+    }
 }
 
 impl LlamaConfig {
@@ -192,21 +277,18 @@ impl Llama {
         let q_dim = cfg.n_head * hd;
         let kv_dim = cfg.n_kv_head * hd;
 
-        let token_embd = g.tensor("token_embd.weight", device)?;
-        let (vocab, embd_cols) = token_embd
-            .shape()
-            .dims2()
-            .map_err(|e| anyhow!("{}: token_embd.weight: {e}", g.path().display()))?;
-        ensure!(
-            embd_cols == d,
-            "{}: token_embd.weight has {embd_cols} columns, expected embedding length {d}",
-            g.path().display()
-        );
-
-        let qmatmul = |name: &str, rows: usize, cols: usize| -> Result<QMatMul> {
-            let t = g.tensor_with_shape(name, &[rows, cols], device)?;
-            QMatMul::from_qtensor(t).map_err(|e| anyhow!("{}: {name}: {e}", g.path().display()))
+        let (embd_type, embd_shape) =
+            g.tensor_info("token_embd.weight").ok_or_else(|| anyhow!("{}: tensor token_embd.weight is missing", g.path().display()))?;
+        let [vocab, embd_cols] = embd_shape[..] else {
+            bail!("{}: token_embd.weight is not a matrix ({embd_type:?} {embd_shape:?})", g.path().display())
         };
+        ensure!(embd_cols == d, "{}: token_embd.weight has {embd_cols} columns, expected embedding length {d}", g.path().display());
+        let token_embd = match g.mapped_matrix("token_embd.weight", vocab, d)? {
+            Some(m) if device.is_cpu() => Embedding::Mapped(m),
+            _ => Embedding::Candle(g.tensor("token_embd.weight", device)?),
+        };
+
+        let qmatmul = |name: &str, rows: usize, cols: usize| Weight::load(g, name, rows, cols, device);
         let vector = |name: &str, len: usize| -> Result<Vec<f32>> {
             let t = g.tensor_with_shape(name, &[len], device)?;
             t.dequantize(device)
@@ -258,6 +340,7 @@ impl Llama {
             layers,
             output_norm,
             output,
+            scratch: Mutex::new(Scratch::new()),
         })
     }
 
@@ -316,53 +399,42 @@ impl Llama {
         let n_rows = ids.len();
         let rope = RopeTable::new(&cfg.rope, &row_pos);
 
-        let ids_t = Tensor::from_vec(ids, n_rows, &self.device)?;
-        let mut x = self
-            .token_embd
-            .embedding(&ids_t)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let mut x = self.token_embd.lookup(&ids, d, &self.device)?;
+        // A poisoned lock only means an earlier forward panicked; the buffers are still fine.
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let scratch = &mut *scratch;
+        let dev = &self.device;
 
         for (li, layer) in self.layers.iter().enumerate() {
             // Attention block.
             let h = rms_norm(&x, &layer.attn_norm, cfg.rms_eps);
-            let h = Tensor::from_vec(h, (n_rows, d), &self.device)?;
-            let mut q = matmul(&layer.wq, &h)?;
-            let mut k = matmul(&layer.wk, &h)?;
-            let v = matmul(&layer.wv, &h)?;
+            let [mut q, mut k, v]: [Vec<f32>; 3] = matmul_shared_input(&[&layer.wq, &layer.wk, &layer.wv], &h, n_rows, scratch, dev)?
+                .try_into()
+                .map_err(|_| anyhow!("q/k/v products"))?;
             rope.apply(&mut q, cfg.n_head, hd);
             rope.apply(&mut k, cfg.n_kv_head, hd);
 
             let mut row = 0;
             for chunk in batch.iter_mut() {
                 let n = chunk.tokens.len();
-                chunk.kv.append(
-                    li,
-                    &k[row * kv_dim..(row + n) * kv_dim],
-                    &v[row * kv_dim..(row + n) * kv_dim],
-                );
+                chunk.kv.append(li, &k[row * kv_dim..(row + n) * kv_dim], &v[row * kv_dim..(row + n) * kv_dim]);
                 row += n;
             }
             let caches: Vec<(&[f16], &[f16])> = batch.iter().map(|c| c.kv.layer(li)).collect();
             let attn = self.attention(&q, &caches, &row_seq, &row_pos);
-            let o = matmul(
-                &layer.wo,
-                &Tensor::from_vec(attn, (n_rows, q_dim), &self.device)?,
-            )?;
+            debug_assert_eq!(attn.len(), n_rows * q_dim);
+            let o = layer.wo.matmul(&attn, n_rows, scratch, dev)?;
             add_assign(&mut x, &o);
 
             // Feed-forward block.
             let h = rms_norm(&x, &layer.ffn_norm, cfg.rms_eps);
-            let h = Tensor::from_vec(h, (n_rows, d), &self.device)?;
-            let mut gate = matmul(&layer.w_gate, &h)?;
-            let up = matmul(&layer.w_up, &h)?;
+            let [mut gate, up]: [Vec<f32>; 2] = matmul_shared_input(&[&layer.w_gate, &layer.w_up], &h, n_rows, scratch, dev)?
+                .try_into()
+                .map_err(|_| anyhow!("gate/up products"))?;
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = silu(*g) * u;
             }
-            let down = matmul(
-                &layer.w_down,
-                &Tensor::from_vec(gate, (n_rows, cfg.n_ff), &self.device)?,
-            )?;
+            let down = layer.w_down.matmul(&gate, n_rows, scratch, dev)?;
             add_assign(&mut x, &down);
         }
         for chunk in batch.iter_mut() {
@@ -383,10 +455,7 @@ impl Llama {
         }
         let n_out = selected.len() / d;
         let h = rms_norm(&selected, &self.output_norm, cfg.rms_eps);
-        let data = matmul(
-            &self.output,
-            &Tensor::from_vec(h, (n_out, d), &self.device)?,
-        )?;
+        let data = self.output.matmul(&h, n_out, scratch, dev)?;
         Ok(Logits {
             data,
             vocab: self.info.vocab_size,
@@ -410,8 +479,8 @@ impl Llama {
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![0f32; q.len()];
         out.par_chunks_mut(hd).enumerate().for_each_init(
-            Vec::new,
-            |scores: &mut Vec<f32>, (i, out)| {
+            || (Vec::new(), vec![0f32; hd]),
+            |(scores, q_f16): &mut (Vec<f32>, Vec<f32>), (i, out)| {
                 let (row, head) = (i / cfg.n_head, i % cfg.n_head);
                 let (k_cache, v_cache) = caches[row_seq[row]];
                 let pos = row_pos[row];
@@ -419,7 +488,12 @@ impl Llama {
                     Some(w) => (pos + 1).saturating_sub(w),
                     None => 0,
                 };
-                let q = &q[i * hd..(i + 1) * hd];
+                // As in llama.cpp's attention, the query meets the f16 keys as f16 and the
+                // weights meet the f16 values as f16; this model's logits are that sensitive.
+                for (r, &x) in q_f16.iter_mut().zip(&q[i * hd..(i + 1) * hd]) {
+                    *r = f16::from_f32(x).to_f32();
+                }
+                let q = &q_f16[..];
                 let kv_off = (head / group) * hd;
 
                 scores.clear();
@@ -437,7 +511,7 @@ impl Llama {
                 }
                 let inv = 1.0 / sum;
                 for (j, p) in (first..=pos).enumerate() {
-                    let w = scores[j] * inv;
+                    let w = f16::from_f32(scores[j] * inv).to_f32();
                     let v = &v_cache[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
                     for (o, v) in out.iter_mut().zip(v) {
                         *o += w * v.to_f32();
