@@ -46,3 +46,6 @@ fi
 export VERRE_LLAMA_VOCAB_DIR="$vocab_dir"
 
 cargo test --workspace "$@"
+
+# The OpenAI API as the official clients see it: Python `openai` + pytest, npm `openai`.
+VERRE_BIN=./target/debug/verre tests/openai/run.sh

@@ -3,6 +3,7 @@
 mod bench_cmd;
 mod models_cmd;
 mod run_cmd;
+mod serve_cmd;
 
 use std::process::ExitCode;
 
@@ -40,6 +41,13 @@ enum Command {
     Run(run_cmd::RunArgs),
     /// Measure prefill and decode speed (tokens/s), batched decode and peak memory.
     Bench(bench_cmd::BenchArgs),
+    /// Serve the OpenAI-compatible API (chat, completions, models) over HTTP.
+    Serve(serve_cmd::ServeArgs),
+    /// Manage the API keys that `verre serve --api-key-file` accepts.
+    Keys {
+        #[command(subcommand)]
+        command: serve_cmd::KeysCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +64,8 @@ fn main() -> ExitCode {
         Command::Models { json } => models_cmd::list(json),
         Command::Run(args) => run_cmd::run(args),
         Command::Bench(args) => bench_cmd::bench(args),
+        Command::Serve(args) => serve_cmd::serve(args),
+        Command::Keys { command } => serve_cmd::keys(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

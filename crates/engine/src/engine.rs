@@ -14,7 +14,7 @@
 //!
 //! The plan is plain data and the step that executes it knows nothing about queues, so the
 //! paged KV cache and the token-budget scheduler (preemption, prefix sharing) can replace
-//! [`Scheduler::plan`] and the per-sequence caches without changing the loop's shape.
+//! `Scheduler::plan` and the per-sequence caches without changing the loop's shape.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -175,7 +175,10 @@ impl EngineHandle {
     /// Start the engine thread for a model.
     pub fn spawn(model: Arc<LoadedModel>, options: EngineOptions) -> Result<Self> {
         anyhow::ensure!(options.max_running >= 1, "max_running must be at least 1");
-        anyhow::ensure!(options.prefill_chunk >= 1, "prefill_chunk must be at least 1");
+        anyhow::ensure!(
+            options.prefill_chunk >= 1,
+            "prefill_chunk must be at least 1"
+        );
         let (submissions, inbox) = mpsc::channel();
         let shared = Arc::new(Shared {
             options,
@@ -205,7 +208,11 @@ impl EngineHandle {
             })
             .map_err(SubmitError::QueueFull)?;
         let (events, rx) = tokio_mpsc::unbounded_channel();
-        if self.submissions.send(Submission { request, events }).is_err() {
+        if self
+            .submissions
+            .send(Submission { request, events })
+            .is_err()
+        {
             self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(SubmitError::Stopped);
         }
@@ -322,7 +329,8 @@ impl Scheduler {
                     continue;
                 }
                 let start = seq.kv.len();
-                let end = if start < req.prompt.len() {
+                let in_prefill = start < req.prompt.len();
+                let end = if in_prefill {
                     let take = prefill_budget.min(req.prompt.len() - start);
                     prefill_budget -= take;
                     start + take
@@ -338,7 +346,7 @@ impl Scheduler {
                     choice: c,
                     positions: start..end,
                     tokens,
-                    all_logits: c == 0 && req.prompt_logprobs.is_some() && start < req.prompt.len(),
+                    all_logits: in_prefill && c == 0 && req.prompt_logprobs.is_some(),
                 });
             }
         }
@@ -393,7 +401,8 @@ impl<'m> EngineLoop<'m> {
                 }
                 self.metrics.steps += 1;
             }
-            self.running.retain(|r| r.choices.iter().any(|s| !s.finished));
+            self.running
+                .retain(|r| r.choices.iter().any(|s| !s.finished));
             self.publish();
         }
     }
@@ -466,7 +475,9 @@ impl<'m> EngineLoop<'m> {
             .collect();
         Running {
             events: s.events,
-            max_tokens: g.max_tokens.min(self.shared.context_length - g.prompt_ids.len()),
+            max_tokens: g
+                .max_tokens
+                .min(self.shared.context_length - g.prompt_ids.len()),
             prompt_logprobs: prompt_logprobs.then(|| vec![None]),
             prompt: g.prompt_ids,
             ignore_eos: g.ignore_eos,
@@ -592,7 +603,12 @@ impl Sequence<'_> {
 
 /// Prompt log-probabilities from the rows of a prompt chunk: row `i` predicts the token at
 /// position `start + i + 1`.
-fn record_prompt_logprobs(req: &mut Running<'_>, chunk: &PlannedChunk, logits: &Logits, row: usize) {
+fn record_prompt_logprobs(
+    req: &mut Running<'_>,
+    chunk: &PlannedChunk,
+    logits: &Logits,
+    row: usize,
+) {
     let top_logprobs = req.choices[0].sampler.params().top_logprobs;
     let Some(lps) = req.prompt_logprobs.as_mut() else {
         return;
@@ -678,7 +694,11 @@ mod tests {
     fn batched_requests_match_single_request_generation() {
         let Some(model) = model() else { return };
         let engine = EngineHandle::spawn(model.clone(), EngineOptions::default()).unwrap();
-        let prompts = ["What is the capital of France?", "Count to five.", "Say hi."];
+        let prompts = [
+            "What is the capital of France?",
+            "Count to five.",
+            "Say hi.",
+        ];
         let streams: Vec<_> = prompts
             .iter()
             .map(|p| engine.submit(request(&model, p, 24).into()).unwrap())
@@ -716,7 +736,10 @@ mod tests {
         assert_eq!(a.tokens, b.tokens);
         assert_ne!(a.tokens[0], a.tokens[1]);
         let usage = a.usage.unwrap();
-        assert_eq!(usage.completion_tokens, a.tokens[0].len() + a.tokens[1].len());
+        assert_eq!(
+            usage.completion_tokens,
+            a.tokens[0].len() + a.tokens[1].len()
+        );
     }
 
     #[test]
@@ -764,7 +787,9 @@ mod tests {
             stream.events.blocking_recv(),
             Some(EngineEvent::Token { .. })
         ));
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(watch.wait_for(|m| m.running == 1)).unwrap();
         drop(stream);
         rt.block_on(watch.wait_for(|m| m.running == 0)).unwrap();

@@ -1,0 +1,111 @@
+//! `verre serve` and `verre keys add`: arguments, wired to verre-server.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use verre_engine::engine::EngineOptions;
+use verre_server::ServeConfig;
+use verre_server::auth::{self, ApiKeys};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Models to serve, comma-separated: names in the store (see `verre models`) or paths
+    /// to .gguf files. Clients pick one by name in `model`.
+    #[arg(short, long, value_delimiter = ',', required = true)]
+    pub model: Vec<String>,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port; the address is printed at start either way.
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// API keys file (make keys with `verre keys add NAME --file F`). Without it every
+    /// request is let in, so only a loopback address may be bound.
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
+    /// Bind a non-loopback address even without API keys.
+    #[arg(long)]
+    pub insecure_public: bool,
+    /// Most sequences decoded together per model.
+    #[arg(long, default_value_t = 8)]
+    pub max_running: usize,
+    /// Most requests waiting per model; past that, clients get 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub max_waiting: usize,
+    /// Worker threads for the model (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Make a new API key, store its hash in the keys file and print the key (once).
+    Add(KeysAddArgs),
+}
+
+#[derive(Args)]
+pub struct KeysAddArgs {
+    /// A name for the key (who or what uses it).
+    pub name: String,
+    /// The keys file, created if missing; pass the same to `verre serve --api-key-file`.
+    #[arg(long)]
+    pub file: PathBuf,
+}
+
+pub fn serve(args: ServeArgs) -> Result<()> {
+    crate::set_threads(args.threads)?;
+    let store = verre_models::ModelStore::from_env()?;
+    let mut models = Vec::new();
+    for name in &args.model {
+        let entry = store.resolve(name)?;
+        if entry.format != verre_models::ModelFormat::Gguf {
+            bail!(
+                "{} is not a GGUF text model ({}): /v1/embeddings does not serve it yet",
+                entry.name,
+                entry.architecture
+            );
+        }
+        if models.iter().any(|(id, _)| id == &entry.name) {
+            bail!("model {} is given twice", entry.name);
+        }
+        models.push((entry.name, entry.path));
+    }
+    let keys = args
+        .api_key_file
+        .as_deref()
+        .map(ApiKeys::load)
+        .transpose()?;
+    if keys.as_ref().is_some_and(ApiKeys::is_empty) {
+        eprintln!("verre serve: the keys file holds no keys: every API request will be refused");
+    }
+    verre_server::run(ServeConfig {
+        models,
+        host: args.host,
+        port: args.port,
+        keys,
+        insecure_public: args.insecure_public,
+        engine: EngineOptions {
+            max_running: args.max_running,
+            max_waiting: args.max_waiting,
+            ..EngineOptions::default()
+        },
+    })
+}
+
+pub fn keys(command: KeysCommand) -> Result<()> {
+    match command {
+        KeysCommand::Add(args) => keys_add(&args),
+    }
+}
+
+pub fn keys_add(args: &KeysAddArgs) -> Result<()> {
+    let key = auth::add_key(&args.file, &args.name)
+        .with_context(|| format!("adding key {:?}", args.name))?;
+    println!("{key}");
+    eprintln!(
+        "verre keys: added {:?} to {}. The key above is shown only now: store it safely.",
+        args.name,
+        args.file.display()
+    );
+    Ok(())
+}

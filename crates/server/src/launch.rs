@@ -1,0 +1,141 @@
+//! Running a server for real: bind (loopback only unless there are API keys or the operator
+//! insists), answer 503 while the models load in the background, stop on Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use verre_engine::LoadedModel;
+use verre_engine::engine::EngineOptions;
+
+use crate::auth::ApiKeys;
+use crate::{AppState, ServedModel, is_loopback, router};
+
+/// How long open streams may run on after a stop signal before the server closes anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+pub struct ServeConfig {
+    /// `(id, file)`: the name clients use, and the `.gguf` to load.
+    pub models: Vec<(String, PathBuf)>,
+    pub host: String,
+    /// 0 picks a free port; the address is printed either way.
+    pub port: u16,
+    /// `None`: every request is let in, which is allowed on loopback only...
+    pub keys: Option<ApiKeys>,
+    /// ...unless this is set.
+    pub insecure_public: bool,
+    pub engine: EngineOptions,
+}
+
+/// Serve until Ctrl-C or SIGTERM. Blocks; builds its own async runtime.
+pub fn run(config: ServeConfig) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("verre-http")
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(config))
+}
+
+async fn serve(config: ServeConfig) -> Result<()> {
+    let listener = bind(&config).await?;
+    let address = listener.local_addr().context("reading the bound address")?;
+    let ids: Vec<&str> = config.models.iter().map(|(id, _)| id.as_str()).collect();
+    eprintln!(
+        "verre serve: listening on http://{address} (models: {}; loading)",
+        ids.join(", ")
+    );
+
+    let state = Arc::new(AppState::new(config.keys));
+    let (load_failed_tx, load_failed) = oneshot::channel();
+    let loading_state = state.clone();
+    let models = config.models.clone();
+    let options = config.engine.clone();
+    tokio::task::spawn_blocking(move || match load(&models, &options) {
+        Ok(served) => {
+            loading_state.set_models(served);
+            eprintln!("verre serve: ready");
+        }
+        Err(e) => {
+            let _ = load_failed_tx.send(e);
+        }
+    });
+
+    let (stop_tx, stop) = watch::channel(false);
+    let load_error = tokio::spawn(async move {
+        let error = tokio::select! {
+            _ = stop_signal() => None,
+            // A loader that succeeds drops its sender: that is no reason to stop.
+            Ok(e) = load_failed => Some(e),
+        };
+        let _ = stop_tx.send(true);
+        error
+    });
+    let stopped = |mut stop: watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(stopped(stop.clone()));
+    tokio::select! {
+        result = async { server.await } => result.context("serving HTTP")?,
+        _ = async { stopped(stop).await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::warn!("closing with requests still open");
+        }
+    }
+    match load_error.await {
+        Ok(Some(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Bind the configured address, refusing one that other machines can reach when no API
+/// keys guard it.
+async fn bind(config: &ServeConfig) -> Result<TcpListener> {
+    let addresses: Vec<_> = tokio::net::lookup_host((config.host.as_str(), config.port))
+        .await
+        .with_context(|| format!("resolving --host {}", config.host))?
+        .collect();
+    let Some(&address) = addresses.first() else {
+        bail!("--host {} resolves to no address", config.host);
+    };
+    if config.keys.is_none()
+        && !config.insecure_public
+        && let Some(public) = addresses.iter().find(|a| !is_loopback(a.ip()))
+    {
+        bail!(
+            "refusing to listen on {public} without API keys: anyone who can reach it could use the model. \
+                 Pass --api-key-file F (make keys with `verre keys add NAME --file F`), \
+                 or --insecure-public to do it anyway"
+        );
+    }
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("listening on {address}"))
+}
+
+fn load(models: &[(String, PathBuf)], options: &EngineOptions) -> Result<Vec<ServedModel>> {
+    models
+        .iter()
+        .map(|(id, path)| {
+            let model = LoadedModel::load(path)
+                .with_context(|| format!("loading model {id} from {}", path.display()))?;
+            ServedModel::start(id, Arc::new(model), options.clone())
+        })
+        .collect()
+}
+
+async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+        return;
+    }
+    let _ = ctrl_c.await;
+}

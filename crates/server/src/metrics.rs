@@ -1,0 +1,238 @@
+//! `/metrics` in the Prometheus text format, with vLLM's metric shapes under the `verre:`
+//! prefix (`vllm:time_to_first_token_seconds` is `verre:time_to_first_token_seconds`, with
+//! the same buckets and the same `model_name` label), so vLLM's dashboards adapt by a rename.
+//!
+//! Counters and gauges come from each engine; latency histograms are measured here, where
+//! the tokens leave for the client.
+
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use verre_engine::engine::EngineMetrics;
+
+use crate::state::ServedModel;
+
+const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+];
+const ITL_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+];
+const E2E_BUCKETS: &[f64] = &[
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+    480.0, 960.0, 1920.0, 7680.0,
+];
+
+/// A Prometheus histogram: cumulative bucket counts, a sum and a count.
+pub struct Histogram {
+    bounds: &'static [f64],
+    state: Mutex<HistogramState>,
+}
+
+#[derive(Default, Clone)]
+struct HistogramState {
+    /// Observations per bucket (not cumulative); the last is `+Inf`.
+    counts: Vec<u64>,
+    sum: f64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            state: Mutex::new(HistogramState {
+                counts: vec![0; bounds.len() + 1],
+                sum: 0.0,
+            }),
+        }
+    }
+
+    pub fn observe(&self, value: Duration) {
+        let v = value.as_secs_f64();
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|&b| v <= b)
+            .unwrap_or(self.bounds.len());
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.counts[bucket] += 1;
+        s.sum += v;
+    }
+
+    pub fn count(&self) -> u64 {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.counts.iter().sum()
+    }
+
+    /// The samples of this histogram (the family's HELP and TYPE lines come before).
+    fn render(&self, out: &mut String, name: &str, label: &str) {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut cumulative = 0;
+        for (i, count) in s.counts.iter().enumerate() {
+            cumulative += count;
+            let le = self
+                .bounds
+                .get(i)
+                .map_or("+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(out, "{name}_bucket{{{label},le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_sum{{{label}}} {}", s.sum);
+        let _ = writeln!(out, "{name}_count{{{label}}} {cumulative}");
+    }
+}
+
+/// Latency histograms of one model.
+pub struct RequestLatency {
+    pub time_to_first_token: Histogram,
+    pub inter_token: Histogram,
+    pub end_to_end: Histogram,
+}
+
+impl Default for RequestLatency {
+    fn default() -> Self {
+        Self {
+            time_to_first_token: Histogram::new(TTFT_BUCKETS),
+            inter_token: Histogram::new(ITL_BUCKETS),
+            end_to_end: Histogram::new(E2E_BUCKETS),
+        }
+    }
+}
+
+/// Times one request as its tokens go out: the first token of any choice, the gaps
+/// between the tokens of each choice, and the whole request when it is done.
+pub struct RequestTimer {
+    latency: Arc<RequestLatency>,
+    start: Instant,
+    first_seen: bool,
+    /// When each choice's last token went out.
+    last: Vec<Option<Instant>>,
+}
+
+impl RequestTimer {
+    pub fn start(latency: Arc<RequestLatency>, choices: usize) -> Self {
+        Self {
+            latency,
+            start: Instant::now(),
+            first_seen: false,
+            last: vec![None; choices],
+        }
+    }
+
+    pub fn token(&mut self, choice: usize) {
+        let now = Instant::now();
+        if !self.first_seen {
+            self.first_seen = true;
+            self.latency.time_to_first_token.observe(now - self.start);
+        }
+        if let Some(slot) = self.last.get_mut(choice) {
+            if let Some(previous) = *slot {
+                self.latency.inter_token.observe(now - previous);
+            }
+            *slot = Some(now);
+        }
+    }
+
+    pub fn done(&self) {
+        self.latency.end_to_end.observe(self.start.elapsed());
+    }
+}
+
+/// The whole `/metrics` page.
+pub fn render(models: &[Arc<ServedModel>]) -> String {
+    let mut out = String::new();
+    let labels: Vec<String> = models
+        .iter()
+        .map(|m| format!("model_name=\"{}\"", escape_label(&m.id)))
+        .collect();
+    let engines: Vec<EngineMetrics> = models.iter().map(|m| m.engine.metrics()).collect();
+    let mut family = |name: &str, kind: &str, help: &str, values: Vec<u64>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (label, value) in labels.iter().zip(values) {
+            let _ = writeln!(out, "{name}{{{label}}} {value}");
+        }
+    };
+    family(
+        "verre:num_requests_running",
+        "gauge",
+        "Number of requests being decoded.",
+        engines.iter().map(|m| m.running as u64).collect(),
+    );
+    family(
+        "verre:num_requests_waiting",
+        "gauge",
+        "Number of requests waiting to be admitted.",
+        engines.iter().map(|m| m.waiting as u64).collect(),
+    );
+    family(
+        "verre:prompt_tokens_total",
+        "counter",
+        "Number of prompt tokens processed.",
+        engines.iter().map(|m| m.prompt_tokens).collect(),
+    );
+    family(
+        "verre:generation_tokens_total",
+        "counter",
+        "Number of tokens generated.",
+        engines.iter().map(|m| m.generation_tokens).collect(),
+    );
+    let mut histograms = |name: &str, help: &str, pick: fn(&RequestLatency) -> &Histogram| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (model, label) in models.iter().zip(&labels) {
+            pick(&model.latency).render(&mut out, name, label);
+        }
+    };
+    histograms(
+        "verre:time_to_first_token_seconds",
+        "Histogram of time to first token in seconds.",
+        |l| &l.time_to_first_token,
+    );
+    histograms(
+        "verre:inter_token_latency_seconds",
+        "Histogram of inter-token latency in seconds.",
+        |l| &l.inter_token,
+    );
+    histograms(
+        "verre:e2e_request_latency_seconds",
+        "Histogram of end-to-end request latency in seconds.",
+        |l| &l.end_to_end,
+    );
+    out
+}
+
+fn escape_label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::new(&[0.1, 1.0]);
+        for ms in [50, 500, 5000] {
+            h.observe(Duration::from_millis(ms));
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x", "model_name=\"m\"");
+        assert!(
+            out.contains("x_bucket{model_name=\"m\",le=\"0.1\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{model_name=\"m\",le=\"1\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{model_name=\"m\",le=\"+Inf\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_count{model_name=\"m\"} 3\n"), "{out}");
+        assert!(out.contains("x_sum{model_name=\"m\"} 5.55\n"), "{out}");
+    }
+}

@@ -1,0 +1,426 @@
+"""OpenAI conformance: the official `openai` Python package against a real `verre serve`.
+
+Each server is started by the test on 127.0.0.1 with `--port 0` (the address is read from
+its stderr) and stopped at the end. Environment:
+  VERRE_BIN         the verre binary (required)
+  VERRE_TEST_MODEL  the model to serve (default smollm2-135m; VERRE_HOME must hold it)
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+
+MODEL = os.environ.get("VERRE_TEST_MODEL", "smollm2-135m")
+HI = [{"role": "user", "content": "What is 2+2?"}]
+
+
+class Reply:
+    def __init__(self, status, headers, body):
+        self.status_code, self.headers, self.text = status, headers, body
+
+    def json(self):
+        return json.loads(self.text)
+
+
+def http(method, url, body=None):
+    """A plain HTTP request, errors included (the openai client hides some of them)."""
+    req = urllib.request.Request(url, data=body, method=method,
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return Reply(r.status, r.headers, r.read().decode())
+    except urllib.error.HTTPError as e:
+        return Reply(e.code, e.headers, e.read().decode())
+
+
+class Server:
+    """A `verre serve` child process on a free loopback port."""
+
+    def __init__(self, *args):
+        self.proc = subprocess.Popen(
+            [os.environ["VERRE_BIN"], "serve", "-m", MODEL, "--port", "0", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        self.url = None
+        while self.url is None:
+            line = self.proc.stderr.readline()
+            if not line:
+                raise RuntimeError(f"verre serve exited with {self.proc.wait()} before listening")
+            m = re.search(r"listening on (http://\S+)", line)
+            if m:
+                self.url = m.group(1)
+            assert time.monotonic() < deadline, "verre serve did not start in 60 s"
+        self.first_health = http("GET", f"{self.url}/health")
+        # Keep reading stderr so that the server never blocks on a full pipe.
+        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
+        self.wait_ready()
+
+    def wait_ready(self):
+        deadline = time.monotonic() + 60
+        while http("GET", f"{self.url}/health").status_code != 200:
+            assert time.monotonic() < deadline, "the model did not load in 60 s"
+            time.sleep(0.05)
+
+    def client(self, api_key="none", **kw):
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kw)
+
+    def metric(self, name):
+        text = http("GET", f"{self.url}/metrics").text
+        m = re.search(rf'^{re.escape(name)}{{model_name="{re.escape(MODEL)}"}} (\S+)$', text, re.M)
+        assert m, f"{name} missing from /metrics:\n{text}"
+        return float(m.group(1))
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server():
+    s = Server()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    return server.client()
+
+
+@pytest.fixture(scope="session")
+def keyed():
+    """A server with API keys and room for one running and one waiting request."""
+    with tempfile.TemporaryDirectory() as d:
+        keys = os.path.join(d, "keys")
+        out = subprocess.run(
+            [os.environ["VERRE_BIN"], "keys", "add", "pytest", "--file", keys],
+            check=True, capture_output=True, text=True,
+        )
+        key = out.stdout.strip()
+        assert key.startswith("vk-") and key not in open(keys).read()
+        s = Server("--api-key-file", keys, "--max-running", "1", "--max-waiting", "1")
+        s.key = key
+        yield s
+        s.stop()
+
+
+def error_of(exc):
+    body = exc.response.json()
+    assert set(body["error"]) >= {"message", "type", "param", "code"}, body
+    return body["error"]
+
+
+# --- chat ---------------------------------------------------------------------------
+
+def test_chat(client):
+    r = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=24, temperature=0)
+    assert r.object == "chat.completion" and r.model == MODEL
+    c = r.choices[0]
+    assert c.message.role == "assistant" and "4" in c.message.content
+    assert c.finish_reason in ("stop", "length")
+    u = r.usage
+    assert u.prompt_tokens > 0 and 0 < u.completion_tokens <= 24
+    assert u.total_tokens == u.prompt_tokens + u.completion_tokens
+
+
+def test_chat_content_parts_and_system_role(client):
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "system", "content": "You answer in one word."},
+            {"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]},
+        ],
+        max_completion_tokens=8,
+        temperature=0,
+    )
+    assert r.choices[0].message.content
+
+
+def test_stream_with_usage_matches_the_whole_answer(client):
+    whole = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=24, temperature=0)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=HI, max_tokens=24, temperature=0,
+        stream=True, stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert all(c.usage is None for c in chunks[:-1])
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert text == whole.choices[0].message.content
+    assert finish == [whole.choices[0].finish_reason]
+    assert last.usage.completion_tokens == whole.usage.completion_tokens
+    assert last.usage.prompt_tokens == whole.usage.prompt_tokens
+
+
+def test_n_choices(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=HI, max_tokens=12, temperature=1.0, seed=7, n=2, logprobs=True,
+    )
+    assert [c.index for c in r.choices] == [0, 1]
+    assert r.choices[0].message.content != r.choices[1].message.content
+    assert r.usage.completion_tokens == sum(len(c.logprobs.content) for c in r.choices)
+
+
+def test_n_choices_stream(client):
+    stream = client.chat.completions.create(
+        model=MODEL, messages=HI, max_tokens=8, temperature=1.0, seed=3, n=2, stream=True,
+    )
+    finished = {c.choices[0].index for c in stream if c.choices and c.choices[0].finish_reason}
+    assert finished == {0, 1}
+
+
+def test_stop_string(client):
+    free = client.chat.completions.create(
+        model=MODEL, messages=HI, max_tokens=24, temperature=0
+    ).choices[0].message.content
+    words = free.split()
+    assert len(words) >= 3, free
+    stop = " " + words[2]
+    r = client.chat.completions.create(
+        model=MODEL, messages=HI, max_tokens=24, temperature=0, stop=[stop, "never-there"],
+    )
+    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].message.content == free[: free.index(stop)]
+
+
+def test_seed_reproduces(client):
+    def sample(seed):
+        return client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Tell me a story."}],
+            max_tokens=16, temperature=1.0, top_p=0.95, seed=seed,
+        ).choices[0].message.content
+
+    first = sample(1234)
+    assert sample(1234) == first
+    assert any(sample(s) != first for s in (1, 2, 3))
+
+
+def test_penalties_are_accepted(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=HI, max_tokens=16, temperature=0,
+        presence_penalty=1.5, frequency_penalty=1.5, user="pytest",
+    )
+    assert r.choices[0].message.content
+
+
+def test_logprobs(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=HI, max_tokens=10, temperature=0, logprobs=True, top_logprobs=3,
+    )
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        # Greedy: the chosen token is the most likely one.
+        assert entry.top_logprobs[0].token == entry.token
+        assert bytes(entry.bytes).decode("utf-8", "replace") == entry.token
+    assert "".join(e.token for e in content).startswith(r.choices[0].message.content)
+
+
+# --- completions --------------------------------------------------------------------
+
+def test_completions(client):
+    r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=5, temperature=0)
+    assert r.object == "text_completion"
+    assert r.choices[0].text and r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.completion_tokens <= 5
+
+
+def test_completions_prompt_array_echo_logprobs(client):
+    prompts = ["One, two, three,", "The sky is"]
+    r = client.completions.create(
+        model=MODEL, prompt=prompts, max_tokens=4, temperature=0, echo=True, logprobs=2,
+    )
+    assert [c.index for c in r.choices] == [0, 1]
+    for c, p in zip(r.choices, prompts):
+        assert c.text.startswith(p)
+        lp = c.logprobs
+        assert lp.token_logprobs[0] is None
+        assert all(x <= 0 for x in lp.token_logprobs[1:])
+        assert len(lp.tokens) == len(lp.text_offset) == len(lp.top_logprobs)
+        assert lp.text_offset == sorted(lp.text_offset)
+    assert r.usage.completion_tokens == 8
+
+
+def test_completions_token_prompt(client):
+    r = client.completions.create(model=MODEL, prompt=[[504, 3158, 314], [28, 29]], max_tokens=3, echo=True)
+    assert len(r.choices) == 2 and all(c.text for c in r.choices)
+    assert r.usage.prompt_tokens == 5
+    scored = client.completions.create(
+        model=MODEL, prompt="Hello, my name is", max_tokens=0, echo=True, logprobs=0,
+    ).choices[0]
+    assert scored.text == "Hello, my name is" and scored.logprobs.tokens
+
+
+def test_completions_stream(client):
+    whole = client.completions.create(model=MODEL, prompt="Hello, my name is", max_tokens=6, temperature=0)
+    stream = client.completions.create(
+        model=MODEL, prompt="Hello, my name is", max_tokens=6, temperature=0,
+        stream=True, stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+# --- models -------------------------------------------------------------------------
+
+def test_models(client):
+    assert MODEL in [m.id for m in client.models.list()]
+    m = client.models.retrieve(MODEL)
+    assert m.id == MODEL and m.object == "model"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("gpt-4o")
+    assert error_of(e.value)["code"] == "model_not_found"
+
+
+# --- errors -------------------------------------------------------------------------
+
+def test_bad_json_is_400(server):
+    r = http("POST", f"{server.url}/v1/chat/completions", b'{"model": ')
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_bad_field_is_400_naming_it(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=HI, temperature=5)
+    assert error_of(e.value)["param"] == "temperature"
+
+
+def test_unsupported_field_is_400_naming_it(client):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=HI, tools=tools)
+    err = error_of(e.value)
+    assert err["param"] == "tools" and err["code"] == "unsupported_parameter"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=HI, response_format={"type": "json_object"})
+    assert error_of(e.value)["param"] == "response_format"
+    # Unknown fields are ignored, as OpenAI ignores them.
+    r = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=2, extra_body={"frobnicate": 1})
+    assert r.choices
+
+
+def test_context_too_long_is_400(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi " * 10000}])
+    assert error_of(e.value)["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=HI, max_tokens=10**6)
+    assert error_of(e.value)["code"] == "context_length_exceeded"
+
+
+def test_unknown_model_is_404(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-4o", messages=HI)
+    assert error_of(e.value)["param"] == "model"
+
+
+def test_embeddings_without_an_embedding_model_is_404(client):
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="minilm-l6", input="hello")
+
+
+def test_missing_or_wrong_key_is_401(keyed):
+    for key in ("none", "vk-" + "0" * 48):
+        with pytest.raises(openai.AuthenticationError) as e:
+            keyed.client(api_key=key).models.list()
+        assert error_of(e.value)["code"] == "invalid_api_key"
+    assert http("GET", f"{keyed.url}/v1/models").status_code == 401
+    assert MODEL in [m.id for m in keyed.client(api_key=keyed.key).models.list()]
+    assert http("GET", f"{keyed.url}/health").status_code == 200
+
+
+def test_full_queue_is_429_with_retry_after(keyed):
+    c = keyed.client(api_key=keyed.key)
+    long = dict(model=MODEL, messages=HI, max_tokens=2000, stream=True, extra_body={"ignore_eos": True})
+    running = c.chat.completions.create(**long)
+    next(iter(running))  # admitted and decoding: the one running slot is taken
+    waiting = c.chat.completions.create(**long)  # answered with headers: queued
+    try:
+        with pytest.raises(openai.RateLimitError) as e:
+            c.chat.completions.create(model=MODEL, messages=HI, max_tokens=2)
+        assert int(e.value.response.headers["retry-after"]) >= 1
+        assert error_of(e.value)["code"] == "rate_limit_exceeded"
+    finally:
+        running.close()
+        waiting.close()
+    wait_for(lambda: keyed.metric("verre:num_requests_running") == 0
+             and keyed.metric("verre:num_requests_waiting") == 0)
+
+
+def test_503_while_loading():
+    """A fresh server answers 503 until its model is loaded. Loading the small model takes a
+    fraction of a second, so the first probe may already find it ready; when it does not,
+    the answer must be a proper 503."""
+    s = Server()
+    try:
+        r = s.first_health
+        assert r.status_code in (200, 503)
+        if r.status_code == 503:
+            assert r.json()["error"]["code"] == "model_loading"
+    finally:
+        s.stop()
+
+
+# --- cancellation and metrics -------------------------------------------------------
+
+def wait_for(cond, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_disconnect_cancels_generation(server, client):
+    stream = client.chat.completions.create(
+        model=MODEL, messages=HI, max_tokens=3000, stream=True, extra_body={"ignore_eos": True},
+    )
+    it = iter(stream)
+    for _ in range(4):
+        next(it)
+    assert server.metric("verre:num_requests_running") == 1
+    stream.close()
+    wait_for(lambda: server.metric("verre:num_requests_running") == 0)
+    tokens = server.metric("verre:generation_tokens_total")
+    time.sleep(0.5)
+    assert server.metric("verre:generation_tokens_total") == tokens, "still generating"
+
+
+def test_metrics_have_vllm_shapes(server, client):
+    client.chat.completions.create(model=MODEL, messages=HI, max_tokens=4)
+    text = http("GET", f"{server.url}/metrics").text
+    for name, kind in [
+        ("verre:time_to_first_token_seconds", "histogram"),
+        ("verre:inter_token_latency_seconds", "histogram"),
+        ("verre:e2e_request_latency_seconds", "histogram"),
+        ("verre:num_requests_running", "gauge"),
+        ("verre:num_requests_waiting", "gauge"),
+        ("verre:prompt_tokens_total", "counter"),
+        ("verre:generation_tokens_total", "counter"),
+    ]:
+        assert f"# TYPE {name} {kind}" in text, name
+    assert server.metric("verre:e2e_request_latency_seconds_count") >= 1
+    assert server.metric("verre:prompt_tokens_total") > 0
