@@ -1,12 +1,15 @@
 """OpenAI conformance: the official `openai` Python package against a real `verre serve`.
 
 Each server is started by the test on 127.0.0.1 with `--port 0` (the address is read from
-its stderr) and stopped at the end. Environment:
-  VERRE_BIN         the verre binary (required)
-  VERRE_TEST_MODEL  the model to serve (default smollm2-135m; VERRE_HOME must hold it)
+its stderr) and stopped at the end. It serves a chat model and an embedding model.
+Environment:
+  VERRE_BIN                   the verre binary (required)
+  VERRE_TEST_MODEL            the chat model (default smollm2-135m; VERRE_HOME must hold it)
+  VERRE_TEST_EMBEDDING_MODEL  the embedding model (default minilm-l6; VERRE_HOME must hold it)
 """
 
 import json
+import math
 import os
 import re
 import signal
@@ -22,6 +25,11 @@ import openai
 import pytest
 
 MODEL = os.environ.get("VERRE_TEST_MODEL", "smollm2-135m")
+EMBEDDING_MODEL = os.environ.get("VERRE_TEST_EMBEDDING_MODEL", "minilm-l6")
+# Vectors from sentence-transformers' own pipeline for all-MiniLM-L6-v2.
+EMBEDDING_FIXTURE = os.path.join(
+    os.path.dirname(__file__), "..", "..", "crates", "engine", "tests", "fixtures", "minilm-l6.json"
+)
 HI = [{"role": "user", "content": "What is 2+2?"}]
 
 
@@ -49,7 +57,7 @@ class Server:
 
     def __init__(self, *args):
         self.proc = subprocess.Popen(
-            [os.environ["VERRE_BIN"], "serve", "-m", MODEL, "--port", "0", *args],
+            [os.environ["VERRE_BIN"], "serve", "-m", f"{MODEL},{EMBEDDING_MODEL}", "--port", "0", *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -78,9 +86,9 @@ class Server:
     def client(self, api_key="none", **kw):
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kw)
 
-    def metric(self, name):
+    def metric(self, name, model=MODEL):
         text = http("GET", f"{self.url}/metrics").text
-        m = re.search(rf'^{re.escape(name)}{{model_name="{re.escape(MODEL)}"}} (\S+)$', text, re.M)
+        m = re.search(rf'^{re.escape(name)}{{model_name="{re.escape(model)}"}} (\S+)$', text, re.M)
         assert m, f"{name} missing from /metrics:\n{text}"
         return float(m.group(1))
 
@@ -284,10 +292,47 @@ def test_completions_stream(client):
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
+# --- embeddings ---------------------------------------------------------------------
+
+def cosine(a, b):
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def test_embeddings_match_sentence_transformers(server, client):
+    cases = json.load(open(EMBEDDING_FIXTURE))["cases"]
+    before = server.metric("verre:prompt_tokens_total", EMBEDDING_MODEL)
+    # The SDK asks for base64 unless told otherwise, and decodes it to floats.
+    r = client.embeddings.create(model=EMBEDDING_MODEL, input=[c["text"] for c in cases])
+    assert r.object == "list" and r.model == EMBEDDING_MODEL and len(r.data) == len(cases)
+    for i, (d, case) in enumerate(zip(r.data, cases)):
+        assert d.object == "embedding" and d.index == i
+        assert len(d.embedding) == len(case["embedding"]) == 384
+        assert cosine(d.embedding, case["embedding"]) >= 0.9999, case["text"]
+    tokens = sum(c["n_tokens"] for c in cases)
+    assert r.usage.prompt_tokens == r.usage.total_tokens == tokens
+    assert server.metric("verre:prompt_tokens_total", EMBEDDING_MODEL) == before + tokens
+    floats = client.embeddings.create(model=EMBEDDING_MODEL, input=cases[0]["text"],
+                                      encoding_format="float", dimensions=384)
+    assert floats.data[0].embedding == pytest.approx(r.data[0].embedding, abs=1e-6)
+
+
+def test_embeddings_of_token_ids_and_similarity(client):
+    texts = ["The quick brown fox jumps over the lazy dog.",
+             "A fast auburn fox leapt over a sleepy hound.",
+             "Invoice 2024-117: amount due EUR 1,250.00 by 30 June."]
+    a, b, c = (d.embedding for d in client.embeddings.create(model=EMBEDDING_MODEL, input=texts).data)
+    assert cosine(a, b) > cosine(a, c) + 0.2
+    # Ids are this model's (BERT WordPiece, [CLS]=101 ... [SEP]=102), taken as given.
+    r = client.embeddings.create(model=EMBEDDING_MODEL, input=[[101, 7592, 2088, 102], [101, 7592, 102]])
+    assert len(r.data) == 2 and r.usage.prompt_tokens == 7
+
+
 # --- models -------------------------------------------------------------------------
 
 def test_models(client):
-    assert MODEL in [m.id for m in client.models.list()]
+    ids = [m.id for m in client.models.list()]
+    assert MODEL in ids and EMBEDDING_MODEL in ids
     m = client.models.retrieve(MODEL)
     assert m.id == MODEL and m.object == "model"
     with pytest.raises(openai.NotFoundError) as e:
@@ -338,9 +383,33 @@ def test_unknown_model_is_404(client):
     assert error_of(e.value)["param"] == "model"
 
 
-def test_embeddings_without_an_embedding_model_is_404(client):
-    with pytest.raises(openai.NotFoundError):
-        client.embeddings.create(model="minilm-l6", input="hello")
+def test_unknown_embedding_model_is_404(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.embeddings.create(model="text-embedding-3-small", input="hello")
+    assert error_of(e.value)["code"] == "model_not_found"
+
+
+def test_each_kind_of_model_is_refused_by_the_other_endpoint(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model=MODEL, input="hello")
+    err = error_of(e.value)
+    assert err["param"] == "model" and f"{MODEL} is a chat model" in err["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=EMBEDDING_MODEL, messages=HI)
+    err = error_of(e.value)
+    assert err["param"] == "model" and f"{EMBEDDING_MODEL} is an embedding model" in err["message"]
+
+
+def test_bad_embedding_requests_are_400(client):
+    for kwargs, param in [
+        (dict(input=""), "input"),
+        (dict(input=["a", ""]), "input"),
+        (dict(input="a", dimensions=128), "dimensions"),
+        (dict(input=[[101, 10**6, 102]]), "input"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.embeddings.create(model=EMBEDDING_MODEL, **kwargs)
+        assert error_of(e.value)["param"] == param, kwargs
 
 
 def test_missing_or_wrong_key_is_401(keyed):

@@ -5,13 +5,15 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use verre_engine::engine::EngineOptions;
-use verre_server::ServeConfig;
+use verre_models::ModelFormat;
 use verre_server::auth::{self, ApiKeys};
+use verre_server::{ModelKind, ModelSpec, ServeConfig};
 
 #[derive(Args)]
 pub struct ServeArgs {
     /// Models to serve, comma-separated: names in the store (see `verre models`) or paths
-    /// to .gguf files. Clients pick one by name in `model`.
+    /// to .gguf files. Clients pick one by name in `model`. GGUF models answer chat and
+    /// completions; BERT models (`minilm-l6`) answer /v1/embeddings.
     #[arg(short, long, value_delimiter = ',', required = true)]
     pub model: Vec<String>,
     #[arg(long, default_value = "127.0.0.1")]
@@ -58,17 +60,23 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let mut models = Vec::new();
     for name in &args.model {
         let entry = store.resolve(name)?;
-        if entry.format != verre_models::ModelFormat::Gguf {
-            bail!(
-                "{} is not a GGUF text model ({}): /v1/embeddings does not serve it yet",
+        let kind = match entry.format {
+            ModelFormat::Gguf => ModelKind::Chat,
+            ModelFormat::SafetensorsDir if entry.architecture == "bert" => ModelKind::Embedding,
+            ModelFormat::SafetensorsDir => bail!(
+                "{} is a {} safetensors model: verre serves GGUF text models and BERT embedding models",
                 entry.name,
                 entry.architecture
-            );
-        }
-        if models.iter().any(|(id, _)| id == &entry.name) {
+            ),
+        };
+        if models.iter().any(|m: &ModelSpec| m.id == entry.name) {
             bail!("model {} is given twice", entry.name);
         }
-        models.push((entry.name, entry.path));
+        models.push(ModelSpec {
+            id: entry.name,
+            path: entry.path,
+            kind,
+        });
     }
     let keys = args
         .api_key_file

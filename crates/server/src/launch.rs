@@ -10,16 +10,34 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use verre_engine::LoadedModel;
 use verre_engine::engine::EngineOptions;
+use verre_engine::model::bert::Embedder;
 
 use crate::auth::ApiKeys;
-use crate::{AppState, ServedModel, is_loopback, router};
+use crate::{AppState, EmbeddingModel, ServedModel, is_loopback, router};
 
 /// How long open streams may run on after a stop signal before the server closes anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// One model to serve.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// The name clients use.
+    pub id: String,
+    /// The `.gguf` of a chat model, or the directory of an embedding model.
+    pub path: PathBuf,
+    pub kind: ModelKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// A GGUF text model, for chat and completions.
+    Chat,
+    /// A BERT sentence-embedding model directory, for `/v1/embeddings`.
+    Embedding,
+}
+
 pub struct ServeConfig {
-    /// `(id, file)`: the name clients use, and the `.gguf` to load.
-    pub models: Vec<(String, PathBuf)>,
+    pub models: Vec<ModelSpec>,
     pub host: String,
     /// 0 picks a free port; the address is printed either way.
     pub port: u16,
@@ -43,7 +61,7 @@ pub fn run(config: ServeConfig) -> Result<()> {
 async fn serve(config: ServeConfig) -> Result<()> {
     let listener = bind(&config).await?;
     let address = listener.local_addr().context("reading the bound address")?;
-    let ids: Vec<&str> = config.models.iter().map(|(id, _)| id.as_str()).collect();
+    let ids: Vec<&str> = config.models.iter().map(|m| m.id.as_str()).collect();
     eprintln!(
         "verre serve: listening on http://{address} (models: {}; loading)",
         ids.join(", ")
@@ -55,8 +73,8 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let models = config.models.clone();
     let options = config.engine.clone();
     tokio::task::spawn_blocking(move || match load(&models, &options) {
-        Ok(served) => {
-            loading_state.set_models(served);
+        Ok((chat, embedding)) => {
+            loading_state.set_models(chat, embedding);
             eprintln!("verre serve: ready");
         }
         Err(e) => {
@@ -115,15 +133,29 @@ async fn bind(config: &ServeConfig) -> Result<TcpListener> {
         .with_context(|| format!("listening on {address}"))
 }
 
-fn load(models: &[(String, PathBuf)], options: &EngineOptions) -> Result<Vec<ServedModel>> {
-    models
-        .iter()
-        .map(|(id, path)| {
-            let model = LoadedModel::load(path)
-                .with_context(|| format!("loading model {id} from {}", path.display()))?;
-            ServedModel::start(id, Arc::new(model), options.clone())
-        })
-        .collect()
+fn load(
+    models: &[ModelSpec],
+    options: &EngineOptions,
+) -> Result<(Vec<ServedModel>, Vec<EmbeddingModel>)> {
+    let (mut chat, mut embedding) = (Vec::new(), Vec::new());
+    for ModelSpec { id, path, kind } in models {
+        let context = || format!("loading model {id} from {}", path.display());
+        match kind {
+            ModelKind::Chat => {
+                let model = LoadedModel::load(path).with_context(context)?;
+                chat.push(ServedModel::start(id, Arc::new(model), options.clone())?);
+            }
+            ModelKind::Embedding => {
+                let embedder = Embedder::load(path).with_context(context)?;
+                embedding.push(EmbeddingModel::start(
+                    id,
+                    Arc::new(embedder),
+                    options.max_waiting,
+                )?);
+            }
+        }
+    }
+    Ok((chat, embedding))
 }
 
 async fn stop_signal() {

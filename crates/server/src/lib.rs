@@ -1,14 +1,16 @@
 //! verre-server: the HTTP side of verre. An OpenAI-compatible API (`/v1/chat/completions`,
-//! `/v1/completions`, `/v1/models`) over local engines, API keys, `/health` and Prometheus
-//! `/metrics`.
+//! `/v1/completions`, `/v1/embeddings`, `/v1/models`) over local engines, API keys,
+//! `/health` and Prometheus `/metrics`.
 //!
 //! - [`openai`]: validation at the edge, handlers, response and stream shapes, errors.
+//! - [`embedding`]: an embedding model on its own thread.
 //! - [`auth`]: the API keys file.
 //! - [`metrics`]: the `/metrics` page.
 //!
 //! [`router`] builds the whole app over an [`AppState`]; [`run`] serves it for real.
 
 pub mod auth;
+pub mod embedding;
 mod launch;
 pub mod metrics;
 pub mod openai;
@@ -24,8 +26,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-pub use launch::{ServeConfig, run};
-pub use state::{AppState, ServedModel, unix_now};
+pub use embedding::EmbeddingModel;
+pub use launch::{ModelKind, ModelSpec, ServeConfig, run};
+pub use state::{AppState, Models, ServedModel, unix_now};
 
 use openai::error::ApiError;
 
@@ -86,13 +89,16 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics_page(State(state): State<Arc<AppState>>) -> Response {
-    let models = state.models().unwrap_or(&[]);
+    let page = match state.models() {
+        Ok(models) => metrics::render(models),
+        Err(_) => metrics::render(&Models::default()),
+    };
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics::render(models),
+        page,
     )
         .into_response()
 }

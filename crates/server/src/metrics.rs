@@ -3,15 +3,17 @@
 //! the same buckets and the same `model_name` label), so vLLM's dashboards adapt by a rename.
 //!
 //! Counters and gauges come from each engine; latency histograms are measured here, where
-//! the tokens leave for the client.
+//! the tokens leave for the client. Embedding models count their input tokens in
+//! `verre:prompt_tokens_total` and appear in no other family.
 
 use std::fmt::Write;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use verre_engine::engine::EngineMetrics;
 
-use crate::state::ServedModel;
+use crate::state::Models;
 
 const TTFT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -141,16 +143,17 @@ impl RequestTimer {
 }
 
 /// The whole `/metrics` page.
-pub fn render(models: &[Arc<ServedModel>]) -> String {
+pub fn render(all: &Models) -> String {
     let mut out = String::new();
-    let labels: Vec<String> = models
-        .iter()
-        .map(|m| format!("model_name=\"{}\"", escape_label(&m.id)))
-        .collect();
+    let label = |id: &str| format!("model_name=\"{}\"", escape_label(id));
+    let models = &all.chat;
+    let labels: Vec<String> = models.iter().map(|m| label(&m.id)).collect();
+    let embedding_labels: Vec<String> = all.embedding.iter().map(|m| label(&m.id)).collect();
     let engines: Vec<EngineMetrics> = models.iter().map(|m| m.engine.metrics()).collect();
+    // Chat models' values first, then (prompt tokens only) the embedding models'.
     let mut family = |name: &str, kind: &str, help: &str, values: Vec<u64>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (label, value) in labels.iter().zip(values) {
+        for (label, value) in labels.iter().chain(&embedding_labels).zip(values) {
             let _ = writeln!(out, "{name}{{{label}}} {value}");
         }
     };
@@ -170,7 +173,15 @@ pub fn render(models: &[Arc<ServedModel>]) -> String {
         "verre:prompt_tokens_total",
         "counter",
         "Number of prompt tokens processed.",
-        engines.iter().map(|m| m.prompt_tokens).collect(),
+        engines
+            .iter()
+            .map(|m| m.prompt_tokens)
+            .chain(
+                all.embedding
+                    .iter()
+                    .map(|m| m.prompt_tokens.load(Ordering::Relaxed)),
+            )
+            .collect(),
     );
     family(
         "verre:generation_tokens_total",

@@ -1,4 +1,5 @@
-//! What every handler shares: the served models (each with its engine) and the API keys.
+//! What every handler shares: the served models (chat models each with its engine, embedding
+//! models each with its thread) and the API keys.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -8,6 +9,7 @@ use verre_engine::LoadedModel;
 use verre_engine::engine::{EngineHandle, EngineOptions};
 
 use crate::auth::ApiKeys;
+use crate::embedding::EmbeddingModel;
 use crate::metrics::RequestLatency;
 use crate::openai::error::ApiError;
 
@@ -36,10 +38,17 @@ impl ServedModel {
     }
 }
 
+/// Every model the server answers for, by kind.
+#[derive(Default)]
+pub struct Models {
+    pub chat: Vec<Arc<ServedModel>>,
+    pub embedding: Vec<Arc<EmbeddingModel>>,
+}
+
 /// Shared by every handler. Models are set once, when loading is done; until then the API
 /// answers 503.
 pub struct AppState {
-    models: OnceLock<Vec<Arc<ServedModel>>>,
+    models: OnceLock<Models>,
     keys: Option<ApiKeys>,
 }
 
@@ -54,34 +63,60 @@ impl AppState {
     }
 
     /// A server ready at once.
-    pub fn with_models(models: Vec<ServedModel>, keys: Option<ApiKeys>) -> Self {
+    pub fn with_models(
+        chat: Vec<ServedModel>,
+        embedding: Vec<EmbeddingModel>,
+        keys: Option<ApiKeys>,
+    ) -> Self {
         let state = Self::new(keys);
-        state.set_models(models);
+        state.set_models(chat, embedding);
         state
     }
 
     /// Loading is done; the first call wins.
-    pub fn set_models(&self, models: Vec<ServedModel>) {
-        let _ = self.models.set(models.into_iter().map(Arc::new).collect());
+    pub fn set_models(&self, chat: Vec<ServedModel>, embedding: Vec<EmbeddingModel>) {
+        let _ = self.models.set(Models {
+            chat: chat.into_iter().map(Arc::new).collect(),
+            embedding: embedding.into_iter().map(Arc::new).collect(),
+        });
     }
 
     pub fn is_ready(&self) -> bool {
         self.models.get().is_some()
     }
 
-    pub fn models(&self) -> Result<&[Arc<ServedModel>], ApiError> {
-        self.models
-            .get()
-            .map(Vec::as_slice)
-            .ok_or_else(ApiError::loading)
+    pub fn models(&self) -> Result<&Models, ApiError> {
+        self.models.get().ok_or_else(ApiError::loading)
     }
 
+    /// The chat model `id`, for generation.
     pub fn model(&self, id: &str) -> Result<Arc<ServedModel>, ApiError> {
-        self.models()?
-            .iter()
-            .find(|m| m.id == id)
-            .cloned()
-            .ok_or_else(|| ApiError::model_not_found(id))
+        let models = self.models()?;
+        if let Some(m) = models.chat.iter().find(|m| m.id == id) {
+            return Ok(m.clone());
+        }
+        if models.embedding.iter().any(|m| m.id == id) {
+            return Err(ApiError::wrong_model_kind(
+                id,
+                "is an embedding model: use it with /v1/embeddings",
+            ));
+        }
+        Err(ApiError::model_not_found(id))
+    }
+
+    /// The embedding model `id`, for `/v1/embeddings`.
+    pub fn embedding_model(&self, id: &str) -> Result<Arc<EmbeddingModel>, ApiError> {
+        let models = self.models()?;
+        if let Some(m) = models.embedding.iter().find(|m| m.id == id) {
+            return Ok(m.clone());
+        }
+        if models.chat.iter().any(|m| m.id == id) {
+            return Err(ApiError::wrong_model_kind(
+                id,
+                "is a chat model, not an embedding model: use it with /v1/chat/completions or /v1/completions",
+            ));
+        }
+        Err(ApiError::model_not_found(id))
     }
 
     pub fn keys(&self) -> Option<&ApiKeys> {

@@ -1,6 +1,7 @@
 //! The API in-process (no sockets): error shapes and statuses, auth, and — with the
 //! embedded default model from `VERRE_SMOLLM2_GGUF` — generation, streaming, the queue
-//! limit and cancellation when a client goes away.
+//! limit and cancellation when a client goes away; with all-MiniLM-L6-v2 from
+//! `VERRE_MINILM_DIR`, embeddings.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -13,10 +14,12 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use verre_engine::LoadedModel;
 use verre_engine::engine::EngineOptions;
+use verre_engine::model::bert::{Embedder, cosine};
 use verre_server::auth::{ApiKeys, add_key};
-use verre_server::{AppState, ServedModel, router};
+use verre_server::{AppState, EmbeddingModel, ServedModel, router};
 
 const MODEL: &str = "smollm2-135m";
+const EMBEDDING_MODEL: &str = "minilm-l6";
 
 fn model() -> Option<Arc<LoadedModel>> {
     static MODEL: OnceLock<Option<Arc<LoadedModel>>> = OnceLock::new();
@@ -34,10 +37,37 @@ fn model() -> Option<Arc<LoadedModel>> {
         .clone()
 }
 
+fn embedder() -> Option<Arc<Embedder>> {
+    static EMBEDDER: OnceLock<Option<Arc<Embedder>>> = OnceLock::new();
+    EMBEDDER
+        .get_or_init(|| match std::env::var_os("VERRE_MINILM_DIR") {
+            Some(dir) => Some(Arc::new(Embedder::load(PathBuf::from(dir)).unwrap())),
+            None if std::env::var_os("CI").is_some() => {
+                panic!("VERRE_MINILM_DIR must point at the minilm-l6 model directory in CI")
+            }
+            None => {
+                eprintln!("skipped: set VERRE_MINILM_DIR to the minilm-l6 model directory");
+                None
+            }
+        })
+        .clone()
+}
+
 /// An app serving the embedded model, or `None` (test skipped) without it.
 fn app_with(options: EngineOptions) -> Option<(Router, Arc<AppState>)> {
     let served = ServedModel::start(MODEL, model()?, options).unwrap();
-    let state = Arc::new(AppState::with_models(vec![served], None));
+    let state = Arc::new(AppState::with_models(vec![served], vec![], None));
+    Some((router(state.clone()), state))
+}
+
+/// An app serving the embedding model, and the chat model too when `with_chat`.
+fn embedding_app(with_chat: bool) -> Option<(Router, Arc<AppState>)> {
+    let chat = match with_chat {
+        true => vec![ServedModel::start(MODEL, model()?, EngineOptions::default()).unwrap()],
+        false => vec![],
+    };
+    let embedding = EmbeddingModel::start(EMBEDDING_MODEL, embedder()?, 4).unwrap();
+    let state = Arc::new(AppState::with_models(chat, vec![embedding], None));
     Some((router(state.clone()), state))
 }
 
@@ -168,8 +198,8 @@ async fn malformed_requests_get_400_naming_the_field() {
 }
 
 #[tokio::test]
-async fn unknown_routes_and_embeddings_are_404() {
-    let app = loading_app(None);
+async fn unknown_routes_and_unserved_models_are_404() {
+    let app = router(Arc::new(AppState::with_models(vec![], vec![], None)));
     let (status, _, body) = call(&app, request("GET", "/v2/nothing", None, None)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_error(&body, None, Some("not_found"));
@@ -399,4 +429,243 @@ async fn a_client_that_goes_away_cancels_its_generation() {
     let added = answer["usage"]["completion_tokens"].as_u64().unwrap();
     let after = *watch.wait_for(|m| m.running == 0).await.unwrap();
     assert_eq!(after.generation_tokens, m.generation_tokens + added);
+}
+
+async fn embed(app: &Router, extra: Value) -> (StatusCode, Value) {
+    let mut body = json!({"model": EMBEDDING_MODEL});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let (status, _, body) = post(app, "/v1/embeddings", body).await;
+    (status, body)
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// What the official SDKs do with `encoding_format: "base64"`: little-endian f32s.
+fn from_base64(v: &Value) -> Vec<f32> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().unwrap())
+        .unwrap();
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+/// The sentence-transformers vector of the fixture's first case.
+fn reference_vector() -> (String, Vec<f32>) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../engine/tests/fixtures/minilm-l6.json"
+    );
+    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let case = &fixture["cases"][0];
+    (
+        case["text"].as_str().unwrap().to_string(),
+        floats(&case["embedding"]),
+    )
+}
+
+#[tokio::test]
+async fn embeddings_float_and_base64_agree_and_rank_by_meaning() {
+    let Some((app, _)) = embedding_app(false) else {
+        return;
+    };
+    let (reference_text, reference) = reference_vector();
+    let inputs = [
+        reference_text.as_str(),
+        "A fast auburn fox leapt over a sleepy hound.",
+        "Invoice 2024-117: amount due EUR 1,250.00 by 30 June.",
+    ];
+    let (status, body) = embed(&app, json!({"input": inputs, "user": "u1"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["object"].as_str(), body["model"].as_str()),
+        (Some("list"), Some(EMBEDDING_MODEL))
+    );
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3);
+    let vectors: Vec<Vec<f32>> = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            assert_eq!(
+                (d["object"].as_str(), d["index"].as_u64()),
+                (Some("embedding"), Some(i as u64))
+            );
+            floats(&d["embedding"])
+        })
+        .collect();
+    for v in &vectors {
+        assert_eq!(v.len(), 384);
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+    }
+    let embedder = embedder().unwrap();
+    let tokens: usize = inputs
+        .iter()
+        .map(|t| embedder.tokenize(t).unwrap().len())
+        .sum();
+    assert_eq!(body["usage"]["prompt_tokens"].as_u64(), Some(tokens as u64));
+    assert_eq!(body["usage"]["total_tokens"].as_u64(), Some(tokens as u64));
+    let similar = cosine(&vectors[0], &vectors[1]);
+    let unrelated = cosine(&vectors[0], &vectors[2]);
+    assert!(
+        similar > unrelated + 0.2,
+        "similar {similar}, unrelated {unrelated}"
+    );
+    let against_reference = cosine(&vectors[0], &reference);
+    assert!(
+        against_reference >= 0.9999,
+        "cosine to sentence-transformers {against_reference}"
+    );
+
+    let (status, body) = embed(&app, json!({"input": inputs, "encoding_format": "base64"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for (d, v) in body["data"].as_array().unwrap().iter().zip(&vectors) {
+        assert_eq!(&from_base64(&d["embedding"]), v);
+    }
+
+    // Token ids are this model's, taken as given: the text's own ids give the text's vector.
+    let ids = embedder.tokenize(inputs[0]).unwrap();
+    let (status, body) = embed(
+        &app,
+        json!({"input": [ids.clone(), ids], "dimensions": 384}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(floats(&body["data"][1]["embedding"]), vectors[0]);
+    // A single string and a single id array are one input each.
+    let (_, body) = embed(&app, json!({"input": inputs[2]})).await;
+    assert_eq!(floats(&body["data"][0]["embedding"]), vectors[2]);
+    // Longer than the model takes: truncated, as sentence-transformers does.
+    let (status, body) = embed(&app, json!({"input": "word ".repeat(1000)})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["usage"]["prompt_tokens"].as_u64(),
+        Some(embedder.max_tokens() as u64)
+    );
+
+    let (_, _, metrics) = call(&app, request("GET", "/metrics", None, None)).await;
+    let line = format!("verre:prompt_tokens_total{{model_name=\"{EMBEDDING_MODEL}\"}} ");
+    let counted: u64 = metrics
+        .as_str()
+        .and_then(|m| m.lines().find_map(|l| l.strip_prefix(&line)))
+        .unwrap_or_else(|| panic!("{line} missing from {metrics}"))
+        .parse()
+        .unwrap();
+    assert!(counted >= 2 * tokens as u64 + 256, "{counted}");
+}
+
+#[tokio::test]
+async fn embedding_requests_are_validated() {
+    let Some((app, _)) = embedding_app(false) else {
+        return;
+    };
+    let vocab = embedder().unwrap().vocab_size();
+    let too_many: Vec<&str> = vec!["a"; 2049];
+    let cases = [
+        (json!({"input": ""}), "input", "invalid_value"),
+        (json!({"input": []}), "input", "invalid_value"),
+        (json!({"input": ["a", ""]}), "input", "invalid_value"),
+        (json!({"input": [[]]}), "input", "invalid_value"),
+        (json!({"input": 3}), "input", "invalid_value"),
+        (json!({"input": too_many}), "input", "invalid_value"),
+        (
+            json!({"input": [101, vocab, 102]}),
+            "input",
+            "invalid_value",
+        ),
+        (
+            json!({"input": vec![100; 257]}),
+            "input",
+            "context_length_exceeded",
+        ),
+        (
+            json!({"input": "a", "encoding_format": "hex"}),
+            "encoding_format",
+            "invalid_value",
+        ),
+        (
+            json!({"input": "a", "dimensions": 128}),
+            "dimensions",
+            "invalid_value",
+        ),
+        (
+            json!({"input": "a", "dimensions": 0}),
+            "dimensions",
+            "invalid_value",
+        ),
+    ];
+    for (extra, param, code) in cases {
+        let (status, body) = embed(&app, extra.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{extra}: {body}");
+        assert_error(&body, Some(param), Some(code));
+    }
+    let (status, _, body) = post(&app, "/v1/embeddings", json!({"input": "a"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = embed(
+        &app,
+        json!({"model": "text-embedding-3-small", "input": "a"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body, Some("model"), Some("model_not_found"));
+}
+
+#[tokio::test]
+async fn chat_and_embedding_models_each_answer_their_own_endpoints() {
+    let Some((app, _)) = embedding_app(true) else {
+        return;
+    };
+    let (status, _, body) = call(&app, request("GET", "/v1/models", None, None)).await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [MODEL, EMBEDDING_MODEL]);
+    let (status, _, body) = call(
+        &app,
+        request("GET", &format!("/v1/models/{EMBEDDING_MODEL}"), None, None),
+    )
+    .await;
+    assert_eq!(
+        (status, body["max_model_len"].as_u64()),
+        (StatusCode::OK, Some(256))
+    );
+
+    for uri in ["/v1/chat/completions", "/v1/completions"] {
+        let body = hi(json!({"model": EMBEDDING_MODEL, "prompt": "a"}));
+        let (status, _, body) = post(&app, uri, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert_error(&body, Some("model"), Some("model_not_supported"));
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("minilm-l6 is an embedding model"),
+            "{message}"
+        );
+    }
+    let (status, body) = embed(&app, json!({"model": MODEL, "input": "a"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_error(&body, Some("model"), Some("model_not_supported"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("smollm2-135m is a chat model")
+    );
+    // The chat model still chats.
+    let (status, _, body) = post(&app, "/v1/chat/completions", hi(json!({}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }

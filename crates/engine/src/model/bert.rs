@@ -191,6 +191,11 @@ impl Embedder {
         self.max_tokens
     }
 
+    /// Token ids run `0..vocab_size()`.
+    pub fn vocab_size(&self) -> usize {
+        self.word.dims()[0]
+    }
+
     /// Token ids of an input, with [CLS]/[SEP], truncated to `max_tokens`.
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.tokenizer.encode(text, true).map_err(|e| anyhow!("tokenizing input: {e}"))?;

@@ -94,6 +94,17 @@ impl ApiError {
         .code("model_not_found")
     }
 
+    /// A model that is served, but not by this endpoint (a chat model asked for embeddings).
+    pub fn wrong_model_kind(model: &str, what: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            format!("{model} {what}"),
+        )
+        .param("model")
+        .code("model_not_supported")
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message).code("not_found")
     }

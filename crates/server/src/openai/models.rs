@@ -7,10 +7,10 @@ use axum::extract::{Path, State};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use crate::state::{AppState, ServedModel};
+use crate::state::{AppState, Models};
 
 pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let data: Vec<Value> = state.models()?.iter().map(|m| model_json(m)).collect();
+    let data = model_list(state.models()?);
     Ok(Json(json!({ "object": "list", "data": data })))
 }
 
@@ -18,16 +18,32 @@ pub async fn get(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let model = state.model(&id)?;
-    Ok(Json(model_json(&model)))
+    model_list(state.models()?)
+        .into_iter()
+        .find(|m| m["id"] == id.as_str())
+        .map(Json)
+        .ok_or_else(|| ApiError::model_not_found(&id))
 }
 
-fn model_json(m: &ServedModel) -> Value {
+/// Chat models, then embedding models; `max_model_len` is the longest input in tokens.
+fn model_list(models: &Models) -> Vec<Value> {
+    let chat = models
+        .chat
+        .iter()
+        .map(|m| model_json(&m.id, m.created, m.model.info().context_length));
+    let embedding = models
+        .embedding
+        .iter()
+        .map(|m| model_json(&m.id, m.created, m.embedder.max_tokens()));
+    chat.chain(embedding).collect()
+}
+
+fn model_json(id: &str, created: u64, max_model_len: usize) -> Value {
     json!({
-        "id": m.id,
+        "id": id,
         "object": "model",
-        "created": m.created,
+        "created": created,
         "owned_by": "verre",
-        "max_model_len": m.model.info().context_length,
+        "max_model_len": max_model_len,
     })
 }

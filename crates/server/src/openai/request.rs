@@ -15,6 +15,8 @@ use super::error::ApiError;
 
 /// Most stop strings per request.
 const MAX_STOP: usize = 16;
+/// Most inputs in one embeddings request (OpenAI's limit).
+const MAX_EMBEDDING_INPUTS: usize = 2048;
 /// Most alternatives per token in logprobs (OpenAI's limit for chat).
 const MAX_TOP_LOGPROBS: i64 = 20;
 
@@ -76,10 +78,29 @@ pub struct CompletionRequest {
     pub logprobs: Option<usize>,
 }
 
+/// A completion's prompt or an embedding's input: text, or ids in the model's vocabulary.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prompt {
     Text(String),
     Tokens(Vec<u32>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    /// One vector per input, in order; none is empty.
+    pub inputs: Vec<Prompt>,
+    pub encoding: EmbeddingEncoding,
+    /// Checked against the model's by the handler: verre does not shorten vectors.
+    pub dimensions: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbeddingEncoding {
+    /// A JSON array of numbers.
+    Float,
+    /// The little-endian `f32` bytes in standard base64, as the official SDKs decode them.
+    Base64,
 }
 
 #[derive(Deserialize)]
@@ -129,6 +150,17 @@ struct RawSampling {
     min_p: Option<f32>,
     repetition_penalty: Option<f32>,
     ignore_eos: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RawEmbedding {
+    model: String,
+    input: Value,
+    encoding_format: Option<String>,
+    dimensions: Option<i64>,
+    /// Accepted and unused, as for generation.
+    #[allow(dead_code)]
+    user: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -198,10 +230,54 @@ impl CompletionRequest {
         params.sampling.top_logprobs = logprobs.unwrap_or(0);
         Ok(Self {
             model: raw.model,
-            prompts: prompts(raw.prompt)?,
+            prompts: prompts(raw.prompt, "prompt")?,
             params,
             echo: raw.echo.unwrap_or(false),
             logprobs,
+        })
+    }
+}
+
+impl EmbeddingRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let raw: RawEmbedding = typed(&parse_object(body)?)?;
+        let inputs = prompts(raw.input, "input")?;
+        if inputs.len() > MAX_EMBEDDING_INPUTS {
+            return Err(ApiError::invalid(
+                "input",
+                format!(
+                    "input holds {} items; at most {MAX_EMBEDDING_INPUTS} are allowed",
+                    inputs.len()
+                ),
+            ));
+        }
+        if let Some(i) = inputs
+            .iter()
+            .position(|p| matches!(p, Prompt::Text(t) if t.is_empty()))
+        {
+            return Err(ApiError::invalid(
+                "input",
+                format!("input[{i}] is an empty string: every input must hold text"),
+            ));
+        }
+        let encoding = match raw.encoding_format.as_deref() {
+            None | Some("float") => EmbeddingEncoding::Float,
+            Some("base64") => EmbeddingEncoding::Base64,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "encoding_format",
+                    format!("encoding_format must be `float` or `base64`, not `{other}`"),
+                ));
+            }
+        };
+        Ok(Self {
+            model: raw.model,
+            inputs,
+            encoding,
+            dimensions: raw
+                .dimensions
+                .map(|d| count("dimensions", d, 1))
+                .transpose()?,
         })
     }
 }
@@ -454,13 +530,15 @@ fn message(i: usize, m: RawMessage) -> Result<verre_engine::Message, ApiError> {
     Ok(verre_engine::Message::new(role, &content))
 }
 
-/// A completion's `prompt`: a string, an array of strings, an array of token ids, or an
-/// array of arrays of token ids.
-fn prompts(prompt: Value) -> Result<Vec<Prompt>, ApiError> {
+/// A completion's `prompt` or an embedding's `input` (named by `param`): a string, an array
+/// of strings, an array of token ids, or an array of arrays of token ids.
+fn prompts(prompt: Value, param: &str) -> Result<Vec<Prompt>, ApiError> {
     let invalid = || {
         ApiError::invalid(
-            "prompt",
-            "prompt must be a string, an array of strings, an array of token ids or an array of arrays of token ids",
+            param,
+            format!(
+                "{param} must be a string, an array of strings, an array of token ids or an array of arrays of token ids"
+            ),
         )
     };
     let tokens = |items: &[Value]| -> Option<Vec<u32>> {
@@ -640,5 +718,42 @@ mod tests {
         let e = CompletionRequest::parse(br#"{"model": "m", "prompt": "a", "suffix": "b"}"#)
             .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("suffix"));
+    }
+
+    #[test]
+    fn embedding_inputs_and_encodings() {
+        let parse = |extra: &str| {
+            EmbeddingRequest::parse(format!(r#"{{"model": "m", {extra}}}"#).as_bytes())
+        };
+        let r = parse(r#""input": "a", "user": "u""#).unwrap();
+        assert_eq!(r.inputs, vec![Prompt::Text("a".into())]);
+        assert_eq!((r.encoding, r.dimensions), (EmbeddingEncoding::Float, None));
+        let r = parse(r#""input": [[1, 2], [3]], "encoding_format": "base64", "dimensions": 384"#)
+            .unwrap();
+        assert_eq!(
+            r.inputs,
+            vec![Prompt::Tokens(vec![1, 2]), Prompt::Tokens(vec![3])]
+        );
+        assert_eq!(
+            (r.encoding, r.dimensions),
+            (EmbeddingEncoding::Base64, Some(384))
+        );
+        for (bad, param) in [
+            (r#""input": """#, "input"),
+            (r#""input": ["a", ""]"#, "input"),
+            (r#""input": []"#, "input"),
+            (r#""input": {}"#, "input"),
+            (
+                r#""input": "a", "encoding_format": "hex""#,
+                "encoding_format",
+            ),
+            (r#""input": "a", "dimensions": -1"#, "dimensions"),
+        ] {
+            assert_eq!(
+                parse(bad).unwrap_err().param.as_deref(),
+                Some(param),
+                "{bad}"
+            );
+        }
     }
 }

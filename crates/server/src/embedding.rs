@@ -1,0 +1,102 @@
+//! One embedding model behind the API: the BERT encoder on a thread of its own, fed through a
+//! bounded queue so that HTTP never waits on the forward and a flood of requests gets 429.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+use anyhow::{Context, Result};
+use tokio::sync::oneshot;
+use verre_engine::model::bert::Embedder;
+
+use crate::openai::error::ApiError;
+use crate::openai::request::Prompt;
+use crate::state::unix_now;
+
+/// One input's unit-length vector and the tokens it took (after truncation).
+pub struct Embedding {
+    pub vector: Vec<f32>,
+    pub tokens: usize,
+}
+
+/// A batch of inputs and where its vectors go.
+struct Job {
+    inputs: Vec<Prompt>,
+    reply: oneshot::Sender<Result<Vec<Embedding>>>,
+}
+
+pub struct EmbeddingModel {
+    /// The name clients put in `model`.
+    pub id: String,
+    pub embedder: Arc<Embedder>,
+    /// Unix time it was loaded (`created` in `/v1/models`).
+    pub created: u64,
+    /// Input tokens embedded so far (`verre:prompt_tokens_total`).
+    pub prompt_tokens: Arc<AtomicU64>,
+    jobs: SyncSender<Job>,
+}
+
+impl EmbeddingModel {
+    /// Start the model's thread, with room for `max_waiting` requests behind the running one.
+    pub fn start(id: &str, embedder: Arc<Embedder>, max_waiting: usize) -> Result<Self> {
+        let (jobs, queue) = sync_channel(max_waiting);
+        let prompt_tokens = Arc::new(AtomicU64::new(0));
+        let (worker_embedder, worker_tokens) = (embedder.clone(), prompt_tokens.clone());
+        std::thread::Builder::new()
+            .name(format!("verre-embed-{id}"))
+            .spawn(move || work(&worker_embedder, &worker_tokens, &queue))
+            .with_context(|| format!("starting the thread of embedding model {id}"))?;
+        Ok(Self {
+            id: id.to_string(),
+            embedder,
+            created: unix_now(),
+            prompt_tokens,
+            jobs,
+        })
+    }
+
+    /// Embed validated inputs (token ids in range and within `max_tokens`), in order.
+    pub async fn embed(&self, inputs: Vec<Prompt>) -> Result<Vec<Embedding>, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .try_send(Job { inputs, reply })
+            .map_err(|e| match e {
+                TrySendError::Full(_) => ApiError::queue_full(format!(
+                    "embedding model {} has too many requests waiting; retry shortly",
+                    self.id
+                )),
+                TrySendError::Disconnected(_) => {
+                    ApiError::internal(format!("embedding model {} has stopped", self.id))
+                }
+            })?;
+        answer
+            .await
+            .map_err(|_| ApiError::internal(format!("embedding model {} has stopped", self.id)))?
+            .map_err(|e| ApiError::internal(format!("embedding failed: {e:#}")))
+    }
+}
+
+/// The model's thread: one job at a time until the model is dropped.
+fn work(embedder: &Embedder, prompt_tokens: &AtomicU64, queue: &Receiver<Job>) {
+    while let Ok(job) = queue.recv() {
+        let mut out = Vec::with_capacity(job.inputs.len());
+        let result = job.inputs.iter().try_for_each(|input| {
+            // A client that went away wants nothing more.
+            if job.reply.is_closed() {
+                anyhow::bail!("the client went away");
+            }
+            let ids = match input {
+                Prompt::Text(text) => embedder.tokenize(text)?,
+                Prompt::Tokens(ids) => ids.clone(),
+            };
+            let vector = embedder.embed_ids(&ids)?;
+            prompt_tokens.fetch_add(ids.len() as u64, Ordering::Relaxed);
+            out.push(Embedding {
+                vector,
+                tokens: ids.len(),
+            });
+            Ok(())
+        });
+        let _ = job.reply.send(result.map(|()| out));
+    }
+}
