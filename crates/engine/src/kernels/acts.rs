@@ -17,7 +17,7 @@ pub(crate) const QK8: usize = 32;
 /// Weights per K-quant super-block.
 pub(crate) const QK_K: usize = 256;
 
-/// Activation rows of more values than this are quantized in parallel.
+/// Activations of more values than this (all rows together) are quantized in parallel.
 const PAR_MIN_VALUES: usize = 64 * 1024;
 
 /// 32 quants on a 32-byte boundary, so that rows of whole blocks load aligned.
@@ -79,24 +79,17 @@ impl Q8Buf {
         if k == 0 {
             return;
         }
-        let rows = x
-            .par_chunks(k)
-            .zip(self.qs.par_chunks_mut(nb))
-            .zip(self.d.par_chunks_mut(nb))
-            .zip(self.s.par_chunks_mut(nb));
-        let quantize = |(((x, qs), d), s): (((&[f32], &mut [Lane]), &mut [f32]), &mut [f32])| {
-            quantize_q8_row(isa, x, qs, d, s)
-        };
         if m * k >= PAR_MIN_VALUES {
-            rows.with_min_len(4).for_each(quantize);
+            x.par_chunks(k)
+                .zip(self.qs.par_chunks_mut(nb))
+                .zip(self.d.par_chunks_mut(nb))
+                .zip(self.s.par_chunks_mut(nb))
+                .with_min_len(4)
+                .for_each(|(((x, qs), d), s)| quantize_q8_row(isa, x, qs, d, s));
         } else {
-            for row in x
-                .chunks(k)
-                .zip(self.qs.chunks_mut(nb))
-                .zip(self.d.chunks_mut(nb))
-                .zip(self.s.chunks_mut(nb))
-            {
-                quantize(row);
+            let rows = x.chunks(k).zip(self.qs.chunks_mut(nb));
+            for (((x, qs), d), s) in rows.zip(self.d.chunks_mut(nb)).zip(self.s.chunks_mut(nb)) {
+                quantize_q8_row(isa, x, qs, d, s);
             }
         }
     }
@@ -131,25 +124,18 @@ impl Q8KBuf {
         if k == 0 {
             return;
         }
-        let quantize =
-            |(((x, qs), d), bsums): (((&[f32], &mut [Lane]), &mut [f32]), &mut [i16])| {
-                quantize_q8k_row(isa, x, qs, d, bsums)
-            };
         if m * k >= PAR_MIN_VALUES {
             x.par_chunks(k)
                 .zip(self.qs.par_chunks_mut(k / 32))
                 .zip(self.d.par_chunks_mut(nsb))
                 .zip(self.bsums.par_chunks_mut(nsb * 16))
                 .with_min_len(4)
-                .for_each(quantize);
+                .for_each(|(((x, qs), d), bsums)| quantize_q8k_row(isa, x, qs, d, bsums));
         } else {
-            for row in x
-                .chunks(k)
-                .zip(self.qs.chunks_mut(k / 32))
-                .zip(self.d.chunks_mut(nsb))
-                .zip(self.bsums.chunks_mut(nsb * 16))
-            {
-                quantize(row);
+            let rows = x.chunks(k).zip(self.qs.chunks_mut(k / 32));
+            let rows = rows.zip(self.d.chunks_mut(nsb));
+            for (((x, qs), d), bsums) in rows.zip(self.bsums.chunks_mut(nsb * 16)) {
+                quantize_q8k_row(isa, x, qs, d, bsums);
             }
         }
     }

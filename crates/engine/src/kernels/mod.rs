@@ -2,23 +2,29 @@
 //!
 //! A [`QuantMatrix`] is an `[n, k]` weight exactly as GGUF stores it (rows of ggml blocks),
 //! borrowed from shared bytes such as a memory map: nothing is copied. [`QuantMatrix::matmul`]
-//! computes `out[m][n] = sum_k x[m][k] * W[n][k]`.
+//! computes `out[m][n] = sum_k x[m][k] * W[n][k]`; [`matmul_many`] does several matrices that
+//! read the same input (Q/K/V, gate/up) in one pass.
 //!
 //! Numerics follow llama.cpp's CPU backend, which is what verre is tested against:
-//! activations are quantized once per call (Q8_0/Q8_1 32-blocks for Q4_0, Q4_1 and Q8_0
-//! weights; Q8_K 256-blocks for the K-quants), dot products are exact integer sums per
-//! block, scaled and summed in f32. The activation quantizers round exactly as ggml's x86
-//! build does (see [`acts`]).
+//! activations are quantized once per call (Q8_0/Q8_1 32-blocks for Q4_0, Q4_1, Q5_0, Q5_1
+//! and Q8_0 weights; Q8_K 256-blocks for the K-quants), dot products are exact integer sums
+//! per block, scaled and summed in f32. The activation quantizers round as ggml's x86 build
+//! does (see `acts`). Only the order of the f32 sums differs from llama.cpp's.
 //!
 //! Every output element is summed in the same order whatever the number of activation rows
 //! `m` and however the rows are split across threads, so a sequence decoded alone or in a
-//! batch gets bit-identical logits. The GEMM path (m > 1) only changes which weight block
-//! is reused for which activation rows, never the arithmetic of one (row, column) pair.
+//! batch gets bit-identical logits. The GEMM (m > 1) only changes which weight blocks are
+//! reused for which activation rows, never the arithmetic of one (row, column) pair.
 //!
-//! Kernels: a portable scalar reference for every type (also the test oracle) and AVX2+FMA
-//! kernels on x86_64 for all quantized types, chosen once at run time. On other
-//! architectures (aarch64 included) the scalar kernels run: NEON is not written yet.
-//! `VERRE_KERNELS=scalar` forces the scalar kernels, for comparison.
+//! Kernels: a portable scalar reference for every type (also the test oracle) and, on
+//! x86_64, AVX2+FMA+F16C kernels for every type, with an AVX-VNNI build of the 32-block
+//! ones (same integers, fewer instructions), chosen once at run time. Elsewhere (aarch64
+//! included) the scalar kernels run: there is no NEON code yet. `VERRE_KERNELS=scalar` or
+//! `=avx2` forces lesser kernels, for comparison.
+//!
+//! Threads: the output rows are split across the rayon pool the call runs in. Call from a
+//! thread of that pool (inside `ThreadPool::install`) in the decode loop: from outside, each
+//! product pays a round trip through the pool's queue, which costs more than a small gemv.
 
 mod acts;
 mod scalar;
@@ -408,9 +414,11 @@ struct Tiles<A> {
     w1a4: TileFn<A, 1, 4>,
     w2a1: TileFn<A, 2, 1>,
     w2a4: TileFn<A, 2, 4>,
-    /// Whether the GEMM takes weight rows two at a time (`w2a4`) or one (`w1a4`): pairs
-    /// share the activation loads but need more registers than signed formats leave free.
-    gemm_pairs: bool,
+    /// Whether the GEMM takes weight rows two at a time (`w2a*`) or one (`w1a*`). Pairs
+    /// share the activation loads, but signed formats need the registers for a second chain
+    /// of FMAs per (row, column) pair instead. Either way a (row, column) pair is computed
+    /// by the same arithmetic.
+    pairs: bool,
 }
 
 impl<A> Clone for Tiles<A> {
@@ -422,15 +430,15 @@ impl<A> Copy for Tiles<A> {}
 
 macro_rules! tiles {
     ($module:ident :: $kernel:ident) => {
-        tiles!($module::$kernel, gemm_pairs: false)
+        tiles!($module::$kernel, pairs: false)
     };
-    ($module:ident :: $kernel:ident, gemm_pairs: $pairs:expr) => {
+    ($module:ident :: $kernel:ident, pairs: $pairs:expr) => {
         Tiles {
             w1a1: $module::$kernel::<1, 1>,
             w1a4: $module::$kernel::<1, 4>,
             w2a1: $module::$kernel::<2, 1>,
             w2a4: $module::$kernel::<2, 4>,
-            gemm_pairs: $pairs,
+            pairs: $pairs,
         }
     };
 }
@@ -457,14 +465,14 @@ fn q8_tiles<'a>(qtype: QuantType, isa: Isa) -> Tiles<Q8Acts<'a>> {
     match (isa, qtype) {
         (Isa::Scalar, _) => {}
         (Isa::Avx2, QuantType::Q4_0) => return tiles!(x86::q4_0),
-        (Isa::Avx2, QuantType::Q4_1) => return tiles!(x86::q4_1, gemm_pairs: true),
+        (Isa::Avx2, QuantType::Q4_1) => return tiles!(x86::q4_1, pairs: true),
         (Isa::Avx2, QuantType::Q5_0) => return tiles!(x86::q5_0),
-        (Isa::Avx2, QuantType::Q5_1) => return tiles!(x86::q5_1, gemm_pairs: true),
+        (Isa::Avx2, QuantType::Q5_1) => return tiles!(x86::q5_1, pairs: true),
         (Isa::Avx2, QuantType::Q8_0) => return tiles!(x86::q8_0),
         (Isa::Avx2Vnni, QuantType::Q4_0) => return tiles!(x86::q4_0_vnni),
-        (Isa::Avx2Vnni, QuantType::Q4_1) => return tiles!(x86::q4_1_vnni, gemm_pairs: true),
+        (Isa::Avx2Vnni, QuantType::Q4_1) => return tiles!(x86::q4_1_vnni, pairs: true),
         (Isa::Avx2Vnni, QuantType::Q5_0) => return tiles!(x86::q5_0_vnni),
-        (Isa::Avx2Vnni, QuantType::Q5_1) => return tiles!(x86::q5_1_vnni, gemm_pairs: true),
+        (Isa::Avx2Vnni, QuantType::Q5_1) => return tiles!(x86::q5_1_vnni, pairs: true),
         (Isa::Avx2Vnni, QuantType::Q8_0) => return tiles!(x86::q8_0_vnni),
         _ => unreachable!("{qtype} weights do not take Q8_0 activations"),
     }
@@ -539,7 +547,7 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 /// `outs[i] = x @ mats[i].T`, the rows of all matrices split into tasks over the rayon pool.
-fn product<'a, A: Sync>(
+fn product<A: Sync>(
     mats: &[&QuantMatrix],
     acts: &A,
     m: usize,
@@ -605,20 +613,11 @@ unsafe fn rows_product<A>(
     let out = out.0;
     // SAFETY (all writes): row `i < m`, column `j` in `rows`, as the caller allows.
     let store = |i: usize, j: usize, v: f32| unsafe { *out.add(i * n + j) = v };
-    let mut tiles = tiles;
-    if let Ok(v) = std::env::var("VERRE_GEMM_PAIRS") {
-        tiles.gemm_pairs = v == "1";
-    }
     unsafe {
         if m == 1 {
-            let mut j = rows.start;
-            while j + 2 <= rows.end {
-                let [[v0], [v1]] = (tiles.w2a1)(&data[j * rb..(j + 2) * rb], acts, 0);
-                store(0, j, v0);
-                store(0, j + 1, v1);
-                j += 2;
-            }
-            if j < rows.end {
+            // One weight row at a time: pairs would read two streams of cold weights, which
+            // the prefetchers serve worse than one.
+            for j in rows {
                 let [[v]] = (tiles.w1a1)(&data[j * rb..(j + 1) * rb], acts, 0);
                 store(0, j, v);
             }
@@ -629,14 +628,14 @@ unsafe fn rows_product<A>(
         while i0 < m {
             let i1 = m.min(i0 + block);
             let mut j = rows.start;
-            while tiles.gemm_pairs && j + 2 <= rows.end {
+            while tiles.pairs && j + 2 <= rows.end {
                 let w = &data[j * rb..(j + 2) * rb];
                 let mut i = i0;
                 while i + 4 <= i1 {
-                    let v = (tiles.w2a4)(w, acts, i);
-                    for r in 0..4 {
-                        store(i + r, j, v[0][r]);
-                        store(i + r, j + 1, v[1][r]);
+                    let [v0, v1] = (tiles.w2a4)(w, acts, i);
+                    for (r, (v0, v1)) in v0.into_iter().zip(v1).enumerate() {
+                        store(i + r, j, v0);
+                        store(i + r, j + 1, v1);
                     }
                     i += 4;
                 }

@@ -13,7 +13,7 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 
 /// The 6-bit scales and mins of the 8 sub-blocks of a Q4_K/Q5_K super-block, from its 12
 /// packed bytes (ggml's `get_scale_min_k4`).
-pub(crate) fn k4_scales(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+fn k4_scales(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let mut scales = [0; 8];
     let mut mins = [0; 8];
     for j in 0..8 {

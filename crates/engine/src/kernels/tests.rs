@@ -422,3 +422,27 @@ fn types_know_their_blocks() {
     assert_eq!(QuantType::from_ggml_id(6), Some(QuantType::Q5_0));
     assert_eq!(QuantType::from_ggml_id(9), None);
 }
+
+#[test]
+fn reads_blocks_in_place_from_a_memory_map() {
+    use std::io::Write;
+    let (n, k) = (8, 256);
+    let bytes = ggml_bytes(QuantType::Q4K, &random(n * k, 101), n, k);
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(&[0u8; 13]).unwrap(); // a header before the tensor, unaligned on purpose
+    file.write_all(&bytes).unwrap();
+    // SAFETY: the file is private to this test and not modified while mapped.
+    let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.unwrap());
+    let w = QuantMatrix::new(map.clone(), 13, QuantType::Q4K, n, k).unwrap();
+    assert_eq!(
+        w.data().as_ptr(),
+        map[13..].as_ptr(),
+        "the blocks are not copied"
+    );
+    let owned = QuantMatrix::from_vec(bytes, QuantType::Q4K, n, k).unwrap();
+    let x = random(2 * k, 102);
+    let (mut a, mut b) = (vec![0f32; 2 * n], vec![0f32; 2 * n]);
+    w.matmul(&x, 2, &mut a, &mut Scratch::new());
+    owned.matmul(&x, 2, &mut b, &mut Scratch::new());
+    assert_eq!(a, b);
+}

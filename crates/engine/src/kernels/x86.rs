@@ -2,13 +2,19 @@
 //! `maddubs` (unsigned x signed bytes into i16 pairs) then `madd` into i32 lanes, exact per
 //! block, scaled in f32.
 //!
-//! Each kernel takes one weight row and `R` activation rows. Every (weight row, activation
-//! row) pair has its own accumulator that sees the same sequence of operations whatever
-//! `R` is, which is what makes a batched product bit-identical to one row at a time; the
-//! gain of `R > 1` is that each weight block is loaded and unpacked once for `R` rows.
+//! Each kernel takes `RW` consecutive weight rows and `R` activation rows. Every (weight
+//! row, activation row) pair has its own accumulators that see the same sequence of
+//! operations whatever `RW` and `R` are, which is what makes a batched product
+//! bit-identical to one row at a time; the gain of `R > 1` is that each weight block is
+//! loaded and unpacked once for `R` rows, that of `RW = 2` that each activation block is
+//! loaded once for two weight rows.
 //!
-//! Callers guarantee the CPU features (see `super::isa`) and the slice sizes: `w` holds a
-//! whole row of blocks for `a.k` columns and the activations hold rows `row0..row0 + R`.
+//! Callers guarantee the CPU features (see `super::isa`) and the slice sizes: `w` holds
+//! `RW` whole rows of blocks for `a.k` columns and the activations hold rows
+//! `row0..row0 + R`.
+
+// The kernels index several per-row arrays (accumulators, sums, scales) in lockstep.
+#![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
 
@@ -120,30 +126,33 @@ const MIN_AT: usize = 2;
 /// per group of 8 blocks, or block by block in a scalar for the blocks after the last full
 /// group. Everything is summed at the end.
 macro_rules! q8_kernel {
-    ($name:ident, $vnni:ident, $bytes:expr, $has_min:expr, |$blk:ident| $weight:block) => {
-        q8_kernel!(@build $name, "avx2,fma,f16c", dot_u8_i8, $bytes, $has_min, |$blk| $weight);
-        q8_kernel!(@build $vnni, "avx2,fma,f16c,avxvnni", dot_u8_i8_vnni, $bytes, $has_min,
+    ($name:ident, $vnni:ident, $bytes:expr, $has_min:expr, chains: $chains:expr,
+        |$blk:ident| $weight:block) => {
+        q8_kernel!(@build $name, "avx2,fma,f16c", dot_u8_i8, $bytes, $has_min, $chains,
             |$blk| $weight);
+        q8_kernel!(@build $vnni, "avx2,fma,f16c,avxvnni", dot_u8_i8_vnni, $bytes, $has_min,
+            $chains, |$blk| $weight);
     };
     (@build $name:ident, $features:literal, $dot:ident, $bytes:expr, $has_min:expr,
-        |$blk:ident| $weight:block) => {
+        $chains:expr, |$blk:ident| $weight:block) => {
         #[target_feature(enable = $features)]
         pub(crate) unsafe fn $name<const RW: usize, const R: usize>(
             w: &[u8],
             a: &Q8Acts<'_>,
             row0: usize,
         ) -> [[f32; R]; RW] {
+            const C: usize = $chains;
             let k = a.k;
             let nb = k / QK8;
             let rb = nb * $bytes;
             debug_assert!(w.len() >= RW * rb);
             debug_assert!(a.qs.len() >= (row0 + R) * k && a.d.len() >= (row0 + R) * nb);
-            let mut acc = [[_mm256_setzero_ps(); R]; RW];
+            let mut acc = [[[_mm256_setzero_ps(); C]; R]; RW];
             let mut summ = [[0f32; R]; RW];
             unsafe {
                 let (qs, ad, asum) = (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr());
                 macro_rules! block {
-                    ($b:expr, $scalar_min:expr) => {{
+                    ($b:expr, $chain:expr, $scalar_min:expr) => {{
                         let b = $b;
                         let mut us = [_mm256_setzero_si256(); RW];
                         let mut signs = [None; RW];
@@ -166,7 +175,7 @@ macro_rules! q8_kernel {
                                 };
                                 let p = _mm256_cvtepi32_ps($dot(us[wr], q));
                                 let d = _mm256_mul_ps(dws[wr], da);
-                                acc[wr][r] = _mm256_fmadd_ps(d, p, acc[wr][r]);
+                                acc[wr][r][$chain] = _mm256_fmadd_ps(d, p, acc[wr][r][$chain]);
                                 if $scalar_min {
                                     summ[wr][r] += mws[wr] * *asum.add(at);
                                 }
@@ -176,8 +185,10 @@ macro_rules! q8_kernel {
                 }
                 let mut b = 0;
                 while b + 8 <= nb {
-                    for i in 0..8 {
-                        block!(b + i, false);
+                    for i in (0..8).step_by(C) {
+                        for c in 0..C {
+                            block!(b + i + c, c, false);
+                        }
                     }
                     if $has_min {
                         for wr in 0..RW {
@@ -189,43 +200,52 @@ macro_rules! q8_kernel {
                             let mins = _mm256_cvtph_ps(_mm_loadu_si128(mins.as_ptr().cast()));
                             for r in 0..R {
                                 let sums = _mm256_loadu_ps(asum.add((row0 + r) * nb + b));
-                                acc[wr][r] = _mm256_fmadd_ps(mins, sums, acc[wr][r]);
+                                acc[wr][r][0] = _mm256_fmadd_ps(mins, sums, acc[wr][r][0]);
                             }
                         }
                     }
                     b += 8;
                 }
-                while b < nb {
-                    block!(b, $has_min);
-                    b += 1;
+                while b + C <= nb {
+                    for c in 0..C {
+                        block!(b + c, c, $has_min);
+                    }
+                    b += C;
+                }
+                if b < nb {
+                    block!(b, 0, $has_min);
                 }
             }
             let mut out = [[0f32; R]; RW];
             for wr in 0..RW {
-                out[wr] = finish(acc[wr], summ[wr]);
+                for r in 0..R {
+                    let chains = &acc[wr][r];
+                    let sum = chains[1..].iter().fold(chains[0], |s, c| _mm256_add_ps(s, *c));
+                    out[wr][r] = hsum_f32(sum) + summ[wr][r];
+                }
             }
             out
         }
     };
 }
 
-q8_kernel!(q4_0, q4_0_vnni, 18, false, |blk| {
+q8_kernel!(q4_0, q4_0_vnni, 18, false, chains: 2, |blk| {
     let q = _mm256_sub_epi8(nibbles(blk.add(2)), _mm256_set1_epi8(8));
     (_mm256_sign_epi8(q, q), Some(q), f16_at(blk), 0.0)
 });
 
-q8_kernel!(q4_1, q4_1_vnni, 20, true, |blk| {
+q8_kernel!(q4_1, q4_1_vnni, 20, true, chains: 1, |blk| {
     (nibbles(blk.add(4)), None, f16_at(blk), f16_at(blk.add(2)))
 });
 
 // The fifth bit, where clear, turns `nibble` into `nibble - 16` (as a signed byte).
-q8_kernel!(q5_0, q5_0_vnni, 22, false, |blk| {
+q8_kernel!(q5_0, q5_0_vnni, 22, false, chains: 2, |blk| {
     let clear = _mm256_andnot_si256(bits_to_bytes(blk.add(2)), _mm256_set1_epi8(0xF0u8 as i8));
     let q = _mm256_or_si256(nibbles(blk.add(6)), clear);
     (_mm256_sign_epi8(q, q), Some(q), f16_at(blk), 0.0)
 });
 
-q8_kernel!(q5_1, q5_1_vnni, 24, true, |blk| {
+q8_kernel!(q5_1, q5_1_vnni, 24, true, chains: 1, |blk| {
     let high = _mm256_and_si256(bits_to_bytes(blk.add(4)), _mm256_set1_epi8(0x10));
     (
         _mm256_or_si256(nibbles(blk.add(8)), high),
@@ -235,7 +255,7 @@ q8_kernel!(q5_1, q5_1_vnni, 24, true, |blk| {
     )
 });
 
-q8_kernel!(q8_0, q8_0_vnni, 34, false, |blk| {
+q8_kernel!(q8_0, q8_0_vnni, 34, false, chains: 2, |blk| {
     let q = load(blk.add(2).cast());
     (_mm256_sign_epi8(q, q), Some(q), f16_at(blk), 0.0)
 });
