@@ -407,9 +407,19 @@ impl Llama {
         let rope = RopeTable::new(&cfg.rope, &row_pos);
 
         let mut x = self.token_embd.lookup(&ids, d, &self.device)?;
-        // A poisoned lock only means an earlier forward panicked; the buffers are still fine.
-        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let scratch = &mut *scratch;
+        // The shared buffers when free. Never wait for them: two engines may share one model,
+        // and a pool worker blocked inside one forward can pick up another forward of the same
+        // model (work stealing), which would then wait on a lock its own stack holds.
+        let mut own = None;
+        let mut shared = match self.scratch.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        let scratch: &mut Scratch = match shared.as_deref_mut() {
+            Some(s) => s,
+            None => own.insert(Scratch::new()),
+        };
         let dev = &self.device;
 
         for (li, layer) in self.layers.iter().enumerate() {
