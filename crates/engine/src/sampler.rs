@@ -111,13 +111,17 @@ impl Sampler {
     /// Pick the next token. `prompt` and `output` are the tokens so far, for the penalties.
     pub fn sample(&mut self, logits: &[f32], prompt: &[u32], output: &[u32]) -> Sampled {
         let p = &self.params;
-        let logprobs = log_softmax(logits);
+        // log p(i) = logit(i) - log_norm: one pass over the vocabulary, no vector of logprobs.
+        let log_norm = log_normalizer(logits);
         let top = if p.top_logprobs > 0 {
-            top_n(&logprobs, p.top_logprobs)
+            let mut top = top_n(logits, p.top_logprobs);
+            top.iter_mut().for_each(|(_, l)| *l -= log_norm);
+            top
         } else {
             Vec::new()
         };
 
+        let logits_raw = logits;
         let mut adjusted;
         let logits = if self.has_penalties() {
             adjusted = logits.to_vec();
@@ -134,7 +138,7 @@ impl Sampler {
         };
         Sampled {
             token,
-            logprob: logprobs[token as usize],
+            logprob: logits_raw[token as usize] - log_norm,
             top,
         }
     }
@@ -238,12 +242,17 @@ pub fn argmax(xs: &[f32]) -> u32 {
     best as u32
 }
 
-/// Natural-log probabilities of a row of logits, computed with an f64 sum.
+/// Natural-log probabilities of a row of logits.
 pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let log_norm = log_normalizer(logits);
+    logits.iter().map(|&l| l - log_norm).collect()
+}
+
+/// `log(sum(exp(logits)))`, computed stably (max subtracted) with an f64 sum.
+pub fn log_normalizer(logits: &[f32]) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    let log_sum = sum.ln() as f32;
-    logits.iter().map(|&l| l - max - log_sum).collect()
+    let sum: f64 = logits.iter().map(|&l| (l - max).exp() as f64).sum();
+    max + sum.ln() as f32
 }
 
 /// The `n` largest values with their indices, largest first (ties: lower index first).
