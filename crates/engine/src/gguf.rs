@@ -57,7 +57,7 @@ impl GgufFile {
                 map.len()
             );
         }
-        let content = Content::read(&mut Cursor::new(&map[..]))
+        let content = read_header(&map[..])
             .map_err(|e| anyhow!(explain_header_error(&e.to_string())))
             .with_context(|| {
                 format!(
@@ -65,7 +65,11 @@ impl GgufFile {
                     path.display()
                 )
             })?;
-        Ok(Self { path, content, map: Arc::new(map) })
+        Ok(Self {
+            path,
+            content,
+            map: Arc::new(map),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -135,7 +139,12 @@ impl GgufFile {
 
     /// A 2-D weight as verre's kernels read it: in place in the memory map, not copied.
     /// `None` when verre has no kernel for the tensor's type (candle's then serve it).
-    pub fn mapped_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Option<QuantMatrix>> {
+    pub fn mapped_matrix(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<QuantMatrix>> {
         let info = self
             .content
             .tensor_infos
@@ -149,8 +158,15 @@ impl GgufFile {
                 [rows, cols]
             );
         }
-        let Ok(qtype) = QuantType::try_from(info.ggml_dtype) else { return Ok(None) };
-        let offset = usize::try_from(self.content.tensor_data_offset + info.offset)
+        let Ok(qtype) = QuantType::try_from(info.ggml_dtype) else {
+            return Ok(None);
+        };
+        let offset = self
+            .content
+            .tensor_data_offset
+            .checked_add(info.offset)
+            .ok_or_else(|| anyhow!("{}: tensor {name} offset overflows", self.path.display()))?;
+        let offset = usize::try_from(offset)
             .with_context(|| format!("{}: tensor {name} offset", self.path.display()))?;
         let bytes: SharedBytes = self.map.clone();
         QuantMatrix::new(bytes, offset, qtype, rows, cols)
@@ -243,6 +259,21 @@ impl GgufFile {
             },
         }
     }
+}
+
+/// candle's header reader, with its panics on crafted files (e.g. `general.alignment = 0`
+/// divides by zero) turned into errors.
+pub fn read_header(bytes: &[u8]) -> candle_core::Result<Content> {
+    std::panic::catch_unwind(|| Content::read(&mut Cursor::new(bytes))).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "malformed header".into());
+        Err(candle_core::Error::Msg(format!(
+            "invalid GGUF header: {why}"
+        )))
+    })
 }
 
 fn value_as_u64(v: &Value) -> Option<u64> {

@@ -70,8 +70,9 @@ impl SamplingParams {
         Ok(())
     }
 
+    /// Temperatures this small divide logits into infinities; they mean greedy anyway.
     pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0
+        self.temperature < 1e-5
     }
 }
 

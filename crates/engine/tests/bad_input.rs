@@ -28,6 +28,8 @@ fn byte_token(b: u8) -> String {
 struct Spec {
     architecture: &'static str,
     with_tokenizer: bool,
+    /// Extra metadata, e.g. a hostile `general.alignment`.
+    extra: Vec<(String, Value)>,
 }
 
 /// Write a tiny one-layer llama model with a byte-level BPE vocabulary.
@@ -53,6 +55,7 @@ fn write_model(path: &Path, spec: &Spec) {
             Value::F32(1e-5),
         ),
     ];
+    md.extend(spec.extra.iter().cloned());
     if spec.with_tokenizer {
         md.extend([
             ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
@@ -110,6 +113,7 @@ fn good_model(dir: &Path) -> PathBuf {
         &Spec {
             architecture: "llama",
             with_tokenizer: true,
+            extra: vec![],
         },
     );
     path
@@ -181,6 +185,7 @@ fn unknown_architecture() {
         &Spec {
             architecture: "mamba",
             with_tokenizer: true,
+            extra: vec![],
         },
     );
     let e = load_err(&path);
@@ -223,6 +228,7 @@ fn missing_tokenizer() {
         &Spec {
             architecture: "llama",
             with_tokenizer: false,
+            extra: vec![],
         },
     );
     let e = load_err(&path);
@@ -268,4 +274,24 @@ fn prompt_longer_than_the_context() {
     let out = model.generate(&req, |_| true).unwrap();
     assert_eq!(out.completion_tokens, 1);
     assert_eq!(out.finish_reason, verre_engine::FinishReason::Length);
+}
+
+#[test]
+fn zero_alignment_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("align0.gguf");
+    let extra = vec![("general.alignment".to_string(), Value::U32(0))];
+    write_model(
+        &path,
+        &Spec {
+            architecture: "llama",
+            with_tokenizer: true,
+            extra,
+        },
+    );
+    let e = load_err(&path);
+    assert!(
+        e.contains("align0.gguf") && e.contains("GGUF header"),
+        "{e}"
+    );
 }

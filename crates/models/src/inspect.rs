@@ -63,8 +63,11 @@ fn inspect_gguf(path: &Path) -> anyhow::Result<ModelInfo> {
         .with_context(|| format!("reading the size of {}", path.display()))?
         .len();
     let mut reader = BufReader::new(file);
-    let content = Content::read(&mut reader)
-        .with_context(|| format!("reading the GGUF header of {}", path.display()))?;
+    // candle panics on some crafted headers (`general.alignment = 0` divides by zero).
+    let content =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)))
+            .unwrap_or_else(|_| Err(candle_core::Error::Msg("invalid GGUF header".into())))
+            .with_context(|| format!("reading the GGUF header of {}", path.display()))?;
 
     let needed = gguf_bytes_needed(&content)
         .with_context(|| format!("reading the GGUF header of {}", path.display()))?;

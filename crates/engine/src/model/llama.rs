@@ -239,10 +239,21 @@ impl LlamaConfig {
             _ => 1.0 / factor.unwrap_or(1.0),
         };
 
+        let n_layer = g.get_u64(&key("block_count"))? as usize;
+        let n_ff = g.get_u64(&key("feed_forward_length"))? as usize;
+        for (name, v) in [
+            ("embedding_length", n_embd),
+            ("attention.key_length", head_dim),
+            ("feed_forward_length", n_ff),
+            ("block_count", n_layer),
+            ("context_length", context_length),
+        ] {
+            ensure!(v > 0, "{}: {arch}.{name} is 0", g.path().display());
+        }
         Ok(Self {
-            n_layer: g.get_u64(&key("block_count"))? as usize,
+            n_layer,
             n_embd,
-            n_ff: g.get_u64(&key("feed_forward_length"))? as usize,
+            n_ff,
             n_head,
             n_kv_head,
             head_dim,

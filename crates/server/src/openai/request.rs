@@ -15,6 +15,8 @@ use super::error::ApiError;
 
 /// Most stop strings per request.
 const MAX_STOP: usize = 16;
+/// Longest stop string, in bytes: matching holds back up to this much text per step.
+const MAX_STOP_BYTES: usize = 1024;
 /// Most inputs in one embeddings request (OpenAI's limit).
 const MAX_EMBEDDING_INPUTS: usize = 2048;
 /// Most alternatives per token in logprobs (OpenAI's limit for chat).
@@ -462,6 +464,12 @@ fn stop_strings(stop: Option<Value>) -> Result<Vec<String>, ApiError> {
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(invalid()),
     };
+    if stops.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::invalid(
+            "stop",
+            format!("each stop string must be at most {MAX_STOP_BYTES} bytes"),
+        ));
+    }
     Ok(stops.into_iter().filter(|s| !s.is_empty()).collect())
 }
 
