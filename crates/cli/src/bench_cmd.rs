@@ -44,7 +44,9 @@ fn filler(n: usize, vocab: usize, salt: u64) -> Vec<u32> {
     let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ salt;
     (0..n)
         .map(|_| {
-            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             // Stay clear of the special tokens at the start of most vocabularies.
             (1000 + (x >> 33) as usize % (vocab - 1000)) as u32
         })
@@ -54,7 +56,10 @@ fn filler(n: usize, vocab: usize, salt: u64) -> Vec<u32> {
 pub fn bench(args: BenchArgs) -> Result<()> {
     crate::set_threads(args.threads)?;
     ensure!(args.repetitions > 0, "--repetitions must be at least 1");
-    ensure!(args.batch.iter().all(|&b| b > 0), "--batch sizes must be at least 1");
+    ensure!(
+        args.batch.iter().all(|&b| b > 0),
+        "--batch sizes must be at least 1"
+    );
     let entry = verre_models::ModelStore::from_env()?.resolve(&args.model)?;
     let model = LoadedModel::load(&entry.path)?;
     let info = model.info().clone();
@@ -85,13 +90,19 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             for (i, kv) in caches.iter_mut().enumerate() {
                 model.prefill(kv, &filler(16, info.vocab_size, (rep * 1000 + i) as u64))?;
             }
-            let steps: Vec<Vec<u32>> = (0..b).map(|i| filler(args.gen_tokens, info.vocab_size, 7 + i as u64)).collect();
+            let steps: Vec<Vec<u32>> = (0..b)
+                .map(|i| filler(args.gen_tokens, info.vocab_size, 7 + i as u64))
+                .collect();
             let t = Instant::now();
             for step in 0..args.gen_tokens {
                 let mut batch: Vec<SeqChunk<'_>> = caches
                     .iter_mut()
                     .zip(&steps)
-                    .map(|(kv, toks)| SeqChunk { tokens: &toks[step..step + 1], kv, all_logits: false })
+                    .map(|(kv, toks)| SeqChunk {
+                        tokens: &toks[step..step + 1],
+                        kv,
+                        all_logits: false,
+                    })
                     .collect();
                 model.model.forward(&mut batch)?;
             }
@@ -117,18 +128,41 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("{} ({}, {} threads)", args.model, entry.path.display(), threads);
-    println!("{:<22} {:>10} {:>10} {:>10}", "test", "min t/s", "median", "max");
+    println!(
+        "{} ({}, {} threads)",
+        args.model,
+        entry.path.display(),
+        threads
+    );
+    println!(
+        "{:<22} {:>10} {:>10} {:>10}",
+        "test", "min t/s", "median", "max"
+    );
     let row = |name: String, v: &serde_json::Value| {
         let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-        println!("{name:<22} {:>10.2} {:>10.2} {:>10.2}", f("min"), f("median"), f("max"));
+        println!(
+            "{name:<22} {:>10.2} {:>10.2} {:>10.2}",
+            f("min"),
+            f("median"),
+            f("max")
+        );
     };
-    row(format!("pp{}", args.prompt_tokens), &out["prefill_tokens_per_second"]);
+    row(
+        format!("pp{}", args.prompt_tokens),
+        &out["prefill_tokens_per_second"],
+    );
     for d in out["decode"].as_array().into_iter().flatten() {
-        row(format!("tg{} x{}", args.gen_tokens, d["batch"]), &d["tokens_per_second"]);
+        row(
+            format!("tg{} x{}", args.gen_tokens, d["batch"]),
+            &d["tokens_per_second"],
+        );
     }
     if let Some(rss) = rss {
-        println!("peak RSS {:.1} MB (model file {:.1} MB)", rss as f64 / 1e6, model.file_size as f64 / 1e6);
+        println!(
+            "peak RSS {:.1} MB (model file {:.1} MB)",
+            rss as f64 / 1e6,
+            model.file_size as f64 / 1e6
+        );
     }
     Ok(())
 }

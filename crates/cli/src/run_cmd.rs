@@ -91,6 +91,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         },
         stop: args.stop.clone(),
         ignore_eos: args.ignore_eos,
+        grammar: None,
     };
 
     let stdout = std::io::stdout();

@@ -19,7 +19,10 @@ fn stderr(o: &Output) -> String {
 /// A failure must be an `error: ...` line and a non-zero exit, never a panic.
 fn assert_clean_failure(o: &Output, needles: &[&str]) {
     let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
     assert!(!err.contains("panicked"), "verre panicked: {err}");
     assert!(err.starts_with("error: "), "{err}");
     for n in needles {
@@ -60,7 +63,10 @@ fn empty_store_lists_nothing() {
 #[test]
 fn run_answers_and_reports_json_on_the_real_model() {
     let Some(model) = std::env::var_os("VERRE_SMOLLM2_GGUF") else {
-        assert!(std::env::var_os("CI").is_none(), "VERRE_SMOLLM2_GGUF must be set in CI");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "VERRE_SMOLLM2_GGUF must be set in CI"
+        );
         eprintln!("skipped: VERRE_SMOLLM2_GGUF is not set");
         return;
     };
@@ -68,18 +74,34 @@ fn run_answers_and_reports_json_on_the_real_model() {
     let model = model.to_str().unwrap();
     let o = verre(
         home.path(),
-        &["run", "-m", model, "--json", "--max-tokens", "24", "--threads", "2", "Who wrote Les Misérables?"],
+        &[
+            "run",
+            "-m",
+            model,
+            "--json",
+            "--max-tokens",
+            "24",
+            "--threads",
+            "2",
+            "Who wrote Les Misérables?",
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let text = v["text"].as_str().unwrap();
     assert!(text.contains("Victor Hugo"), "unexpected answer: {text}");
-    assert_eq!(v["completion_tokens"].as_u64().unwrap() as usize, v["token_ids"].as_array().unwrap().len());
+    assert_eq!(
+        v["completion_tokens"].as_u64().unwrap() as usize,
+        v["token_ids"].as_array().unwrap().len()
+    );
     assert!(v["prompt_tokens"].as_u64().unwrap() > 10);
     assert!(v["timings"]["decode_tokens_per_second"].as_f64().unwrap() > 0.0);
 
     // A prompt longer than the context is refused with the numbers.
     let long = "word ".repeat(9000);
-    let o = verre(home.path(), &["run", "-m", model, "--raw", "--max-tokens", "1", &long]);
+    let o = verre(
+        home.path(),
+        &["run", "-m", model, "--raw", "--max-tokens", "1", &long],
+    );
     assert_clean_failure(&o, &["context length"]);
 }

@@ -18,10 +18,18 @@ pub const MISTRAL_FALLBACK: &str = "\
 {%- endfor %}";
 
 /// One chat message. Content is plain text here; the API layer flattens content parts.
+/// Tool calls and tool results carry the fields Hugging Face chat templates read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// An assistant's calls, OpenAI-shaped (`[{"id", "type": "function", "function":
+    /// {"name", "arguments"}}]`) with `arguments` as a JSON object, as templates expect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// A tool result: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl Message {
@@ -29,12 +37,15 @@ impl Message {
         Self {
             role: role.to_string(),
             content: content.to_string(),
+            tool_calls: None,
+            tool_call_id: None,
         }
     }
 }
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     /// True when the model file had no template and the Mistral fallback is in use.
     pub is_fallback: bool,
     bos_token: String,
@@ -57,10 +68,11 @@ impl ChatTemplate {
             ))
         });
         env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
-        env.add_template_owned("chat", source)
+        env.add_template_owned("chat", source.clone())
             .context("compiling the model's chat template")?;
         Ok(Self {
             env,
+            source,
             is_fallback,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
@@ -70,14 +82,36 @@ impl ChatTemplate {
     /// Render a conversation to the prompt text. With `add_generation_prompt` the text ends
     /// where the assistant's answer begins.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// Render with tool definitions (OpenAI-shaped `[{"type": "function", "function":
+    /// {...}}]`) passed to the template as `tools`, as Hugging Face does.
+    pub fn render_with_tools(
+        &self,
+        messages: &[Message],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let tmpl = self.env.get_template("chat").map_err(|e| anyhow!("{e}"))?;
         tmpl.render(context! {
             messages => messages,
+            tools => tools.map(Value::from_serialize),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
         })
         .map_err(|e| anyhow!("rendering chat template: {e:#}"))
+    }
+
+    /// The template's source text (to tell which tool-call format a model was taught).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether the template renders tool definitions and tool messages itself.
+    pub fn handles_tools(&self) -> bool {
+        self.source.contains("tools") && self.source.contains("tool_calls")
     }
 }
 

@@ -27,6 +27,7 @@ use anyhow::Result;
 use tokio::sync::{mpsc as tokio_mpsc, watch};
 
 use crate::EngineError;
+use crate::constraint::Constraint;
 use crate::generate::{FinishReason, GenerateRequest, LoadedModel, PREFILL_CHUNK, StopMatcher};
 use crate::kv::KvCache;
 use crate::model::{Logits, SeqChunk};
@@ -270,6 +271,8 @@ struct Running<'m> {
     /// Filled during prefill when the request asked for prompt log-probabilities.
     prompt_logprobs: Option<Vec<Option<Sampled>>>,
     choices: Vec<Sequence<'m>>,
+    /// Ended with an error (already sent); its remaining chunks are skipped.
+    failed: bool,
 }
 
 /// One choice of a request: its cache and the state of its output.
@@ -279,6 +282,8 @@ struct Sequence<'m> {
     sampler: Sampler,
     decoder: StreamDecoder<'m>,
     stops: StopMatcher,
+    /// The grammar the output must follow (structured outputs).
+    constraint: Option<Constraint>,
     finished: bool,
 }
 
@@ -469,6 +474,7 @@ impl<'m> EngineLoop<'m> {
                     sampler: Sampler::new(sampling),
                     decoder: StreamDecoder::new(&self.model.tokenizer, true),
                     stops: StopMatcher::new(&g.stop),
+                    constraint: g.grammar.as_ref().map(|g| g.start()),
                     finished: false,
                 }
             })
@@ -482,31 +488,57 @@ impl<'m> EngineLoop<'m> {
             prompt: g.prompt_ids,
             ignore_eos: g.ignore_eos,
             choices,
+            failed: false,
         }
     }
 
-    /// One batched pass over the weights for every chunk of the plan.
+    /// One batched pass over the weights for every chunk of the plan. The token masks of
+    /// constrained sequences that sample in this step are computed meanwhile: they need
+    /// the tokens so far, not the logits.
     fn forward(&mut self, plan: &StepPlan) -> Result<Logits> {
+        let model = self.model;
         let mut planned = plan.chunks.iter().peekable();
         let mut batch = Vec::with_capacity(plan.chunks.len());
+        let mut constraints = Vec::new();
         for (r, req) in self.running.iter_mut().enumerate() {
+            let prompt_len = req.prompt.len();
             for (c, seq) in req.choices.iter_mut().enumerate() {
                 if let Some(chunk) = planned.next_if(|p| (p.request, p.choice) == (r, c)) {
+                    let Sequence { kv, constraint, .. } = seq;
                     batch.push(SeqChunk {
                         tokens: &chunk.tokens,
-                        kv: &mut seq.kv,
+                        kv,
                         all_logits: chunk.all_logits,
                     });
+                    if chunk.positions.end >= prompt_len {
+                        constraints.extend(constraint.as_mut());
+                    }
                 }
             }
         }
-        self.model.model.forward(&mut batch)
+        if constraints.is_empty() {
+            return model.model.forward(&mut batch);
+        }
+        let (logits, ()) = rayon::join(
+            || model.model.forward(&mut batch),
+            || {
+                for c in constraints {
+                    // An error shows again, for this request only, when the mask is applied.
+                    let _ = c.compute_mask();
+                }
+            },
+        );
+        logits
     }
 
     fn sample_and_emit(&mut self, plan: &StepPlan, logits: &Logits) {
         let eog = self.model.tokenizer.eog_ids();
+        let mut masked = Vec::new();
         for (row, chunk) in plan.chunks.iter().enumerate() {
             let req = &mut self.running[chunk.request];
+            if req.failed {
+                continue;
+            }
             if chunk.all_logits {
                 record_prompt_logprobs(req, chunk, logits, row);
             }
@@ -521,11 +553,35 @@ impl<'m> EngineLoop<'m> {
             let (event, finish) = if req.max_tokens == 0 {
                 (None, Some(FinishReason::Length))
             } else {
-                let sampled = seq
-                    .sampler
-                    .sample(logits.last_row(row), &req.prompt, &seq.output);
+                let sampled = match seq.constraint.as_mut() {
+                    None => seq
+                        .sampler
+                        .sample(logits.last_row(row), &req.prompt, &seq.output),
+                    Some(c) => {
+                        masked.clear();
+                        masked.extend_from_slice(logits.last_row(row));
+                        if let Err(e) = c.apply_mask(&mut masked) {
+                            fail_request(req, &format!("constrained decoding failed: {e:#}"));
+                            continue;
+                        }
+                        seq.sampler.sample(&masked, &req.prompt, &seq.output)
+                    }
+                };
                 self.metrics.generation_tokens += 1;
-                let (text, finish) = seq.accept(sampled.token, eog, req.ignore_eos, req.max_tokens);
+                let grammar_done = match seq.constraint.as_mut().map(|c| {
+                    c.commit(sampled.token)?;
+                    anyhow::Ok(c.is_finished())
+                }) {
+                    None => false,
+                    Some(Ok(done)) => done,
+                    Some(Err(e)) => {
+                        fail_request(req, &format!("constrained decoding failed: {e:#}"));
+                        continue;
+                    }
+                };
+                let ignore_eos = req.ignore_eos && seq.constraint.is_none();
+                let (text, finish) =
+                    seq.accept(sampled.token, eog, ignore_eos, req.max_tokens, grammar_done);
                 (Some((sampled, text)), finish)
             };
             if let Some((sampled, text)) = event {
@@ -567,16 +623,27 @@ impl<'m> EngineLoop<'m> {
     }
 }
 
+/// End one request with an error; the others go on.
+fn fail_request(req: &mut Running<'_>, error: &str) {
+    tracing::warn!("request failed: {error}");
+    req.failed = true;
+    for seq in &mut req.choices {
+        seq.finished = true;
+    }
+    let _ = req.events.send(EngineEvent::Failed(error.to_string()));
+}
+
 impl Sequence<'_> {
     /// Take a sampled token: the text it lets out, and whether the choice ends here (an
-    /// end-of-generation token, a stop string, or the token limit) — as
-    /// [`LoadedModel::generate`] decides it.
+    /// end-of-generation token, a stop string, a complete grammar, or the token limit) —
+    /// as [`LoadedModel::generate`] decides it.
     fn accept(
         &mut self,
         token: u32,
         eog_ids: &[u32],
         ignore_eos: bool,
         max_tokens: usize,
+        grammar_done: bool,
     ) -> (String, Option<FinishReason>) {
         self.output.push(token);
         let eog = !ignore_eos && eog_ids.contains(&token);
@@ -589,6 +656,13 @@ impl Sequence<'_> {
         };
         let (mut text, hit_stop) = self.stops.push(&piece);
         if eog || hit_stop {
+            return (text, Some(FinishReason::Stop));
+        }
+        if grammar_done {
+            // Complete under its grammar: what is held back cannot become a stop string.
+            let tail = self.decoder.finish();
+            text.push_str(&self.stops.push(&tail).0);
+            text.push_str(&self.stops.flush());
             return (text, Some(FinishReason::Stop));
         }
         if self.output.len() >= max_tokens {
@@ -651,6 +725,7 @@ mod tests {
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             ignore_eos: false,
+            grammar: None,
         }
     }
 

@@ -2,13 +2,15 @@
 //! prefill, then decode token by token until EOS, a stop string or the token limit.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use candle_core::Device;
 
 use crate::EngineError;
 use crate::chat::{ChatTemplate, Message};
+use crate::constraint::{ConstraintCompiler, Grammar, GrammarError, GrammarSpec};
 use crate::gguf::GgufFile;
 use crate::kv::KvCache;
 use crate::model::{Model, ModelInfo, SeqChunk};
@@ -25,6 +27,8 @@ pub struct LoadedModel {
     pub template: ChatTemplate,
     pub path: PathBuf,
     pub file_size: u64,
+    /// Built on the first constrained request (the token trie takes a moment).
+    constraints: OnceLock<Result<ConstraintCompiler, String>>,
 }
 
 /// What to generate after a prompt.
@@ -38,6 +42,22 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Keep going past end-of-generation tokens (benchmarks).
     pub ignore_eos: bool,
+    /// The output must follow this grammar (structured outputs); compile it with
+    /// [`LoadedModel::compile_grammar`].
+    pub grammar: Option<Arc<Grammar>>,
+}
+
+impl Default for GenerateRequest {
+    fn default() -> Self {
+        Self {
+            prompt_ids: Vec::new(),
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+            grammar: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +103,8 @@ pub struct Generation {
     pub prefill_ms: f64,
     /// Everything after the first token.
     pub decode_ms: f64,
+    /// Under a grammar: the time each token mask took.
+    pub mask_times: Vec<Duration>,
 }
 
 impl Generation {
@@ -149,6 +171,7 @@ impl LoadedModel {
             template,
             path: path.to_path_buf(),
             file_size: gguf.file_size(),
+            constraints: OnceLock::new(),
         })
     }
 
@@ -163,6 +186,16 @@ impl LoadedModel {
         self.encode_prompt(&text)
     }
 
+    /// As [`LoadedModel::chat_prompt`], with tool definitions given to the template.
+    pub fn chat_prompt_with_tools(
+        &self,
+        messages: &[Message],
+        tools: Option<&serde_json::Value>,
+    ) -> Result<Vec<u32>> {
+        let text = self.template.render_with_tools(messages, tools, true)?;
+        self.encode_prompt(&text)
+    }
+
     /// Tokenize prompt text as-is (no template), with BOS if the model wants one.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
         // A template that writes BOS itself must not get a second one from the tokenizer.
@@ -172,6 +205,19 @@ impl LoadedModel {
             .and_then(|id| self.tokenizer.decode(&[id], false).ok());
         let has_bos = bos_text.is_some_and(|b| !b.is_empty() && text.starts_with(&b));
         self.tokenizer.encode(text, !has_bos, true)
+    }
+
+    /// Compile a grammar for this model's vocabulary, or say why it cannot be enforced.
+    pub fn compile_grammar(&self, spec: &GrammarSpec) -> Result<Arc<Grammar>, GrammarError> {
+        let compiler = self
+            .constraints
+            .get_or_init(|| ConstraintCompiler::new(&self.tokenizer).map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| GrammarError {
+                kind: "grammar",
+                reason: format!("this model's tokenizer cannot be used for constraints: {e}"),
+            })?;
+        compiler.compile(spec).map(Arc::new)
     }
 
     pub fn new_kv_cache(&self) -> KvCache {
@@ -234,18 +280,42 @@ impl LoadedModel {
         let mut logprobs = Vec::new();
         let mut finish = FinishReason::Length;
 
+        let mut constraint = req.grammar.as_ref().map(|g| g.start());
+        let mut masked = Vec::new();
+        let mut grammar_done = false;
+
         while token_ids.len() < max_tokens {
-            let sampled = sampler.sample(&logits, &req.prompt_ids, &token_ids);
+            let row: &[f32] = match constraint.as_mut() {
+                Some(c) => {
+                    masked.clear();
+                    masked.extend_from_slice(&logits);
+                    c.apply_mask(&mut masked)?;
+                    &masked
+                }
+                None => &logits,
+            };
+            let sampled = sampler.sample(row, &req.prompt_ids, &token_ids);
             let token = sampled.token;
             token_ids.push(token);
             logprobs.push(sampled.logprob);
-            let eog = !req.ignore_eos && self.tokenizer.eog_ids().contains(&token);
+            if let Some(c) = constraint.as_mut() {
+                c.commit(token)?;
+                grammar_done = c.is_finished();
+            }
+            let eog = (!req.ignore_eos || constraint.is_some())
+                && self.tokenizer.eog_ids().contains(&token);
             let piece = if eog {
                 String::new()
             } else {
                 decoder.push(token)?
             };
-            let (text, hit_stop) = stops.push(&piece);
+            let (mut text, hit_stop) = stops.push(&piece);
+            if grammar_done && !eog && !hit_stop {
+                // The grammar is complete: nothing held back can become a stop string now.
+                let tail = decoder.finish();
+                text.push_str(&stops.push(&tail).0);
+                text.push_str(&stops.flush());
+            }
             if !on_token(&TokenEvent {
                 sampled: Some(sampled),
                 text,
@@ -253,7 +323,7 @@ impl LoadedModel {
                 finish = FinishReason::Cancelled;
                 break;
             }
-            if eog || hit_stop {
+            if eog || hit_stop || grammar_done {
                 finish = FinishReason::Stop;
                 break;
             }
@@ -287,6 +357,9 @@ impl LoadedModel {
             prompt_tokens: req.prompt_ids.len(),
             prefill_ms,
             decode_ms: decode_start.elapsed().as_secs_f64() * 1000.0,
+            mask_times: constraint
+                .map(|c| c.mask_times().to_vec())
+                .unwrap_or_default(),
         })
     }
 }

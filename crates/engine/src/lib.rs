@@ -6,9 +6,11 @@
 //! - [`model`]: architectures, each with one batched forward over many sequences.
 //! - [`kv`]: per-sequence key/value caches.
 //! - [`sampler`]: choosing tokens from logits.
+//! - [`constraint`]: JSON Schema / regex / Lark grammars enforced during decoding.
 //! - [`generate`]: a loaded model and single-request generation.
 
 pub mod chat;
+pub mod constraint;
 pub mod engine;
 pub mod generate;
 pub mod gguf;
@@ -19,6 +21,7 @@ pub mod sampler;
 pub mod tokenizer;
 
 pub use chat::{ChatTemplate, Message};
+pub use constraint::{Constraint, ConstraintCompiler, Grammar, GrammarError, GrammarSpec};
 pub use generate::{FinishReason, GenerateRequest, Generation, LoadedModel, TokenEvent};
 pub use sampler::{Sampled, Sampler, SamplingParams};
 

@@ -314,6 +314,7 @@ const ROLES_BY_TEXT: &[RoleByText] = &[
 
 /// A model's tokenizer: encodes prompts exactly as llama.cpp does and decodes ids to
 /// the bytes the model meant.
+#[derive(Clone)]
 pub struct Tokenizer {
     /// Normalizer, pre-tokenizer and BPE model, plus control and user-defined tokens
     /// as added tokens (so it also works on its own, e.g. for llguidance).

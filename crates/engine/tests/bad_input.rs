@@ -138,6 +138,7 @@ fn the_crafted_model_itself_loads_and_generates() {
         sampling: SamplingParams::default(),
         stop: vec![],
         ignore_eos: true,
+        grammar: None,
     };
     let out = model.generate(&req, |_| true).unwrap();
     assert_eq!(out.completion_tokens, 5);
@@ -251,6 +252,7 @@ fn prompt_longer_than_the_context() {
         sampling: SamplingParams::default(),
         stop: vec![],
         ignore_eos: true,
+        grammar: None,
     };
     let err = model.generate(&req, |_| true).unwrap_err();
     match err.downcast_ref::<EngineError>() {
@@ -270,6 +272,7 @@ fn prompt_longer_than_the_context() {
         sampling: SamplingParams::default(),
         stop: vec![],
         ignore_eos: true,
+        grammar: None,
     };
     let out = model.generate(&req, |_| true).unwrap();
     assert_eq!(out.completion_tokens, 1);

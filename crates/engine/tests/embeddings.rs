@@ -44,7 +44,11 @@ fn embeddings_match_sentence_transformers() {
         assert!((norm - 1.0).abs() < 1e-4, "not unit length: {norm}");
         let c = cosine(vec, &case.embedding);
         worst = worst.min(c);
-        assert!(c > 0.9999, "{:?}: cosine {c} against sentence-transformers", case.text);
+        assert!(
+            c > 0.9999,
+            "{:?}: cosine {c} against sentence-transformers",
+            case.text
+        );
     }
     eprintln!("lowest cosine against sentence-transformers: {worst:.6}");
     // The similar pair is closer than an unrelated one (the vectors mean something).

@@ -59,7 +59,9 @@ impl LayerNorm {
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+        Ok(normed
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)?)
     }
 }
 
@@ -93,14 +95,24 @@ impl Embedder {
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let read = |name: &str| {
-            std::fs::read_to_string(dir.join(name)).with_context(|| format!("reading {}", dir.join(name).display()))
+            std::fs::read_to_string(dir.join(name))
+                .with_context(|| format!("reading {}", dir.join(name).display()))
         };
-        let cfg: BertConfig =
-            serde_json::from_str(&read("config.json")?).with_context(|| format!("{}/config.json", dir.display()))?;
+        let cfg: BertConfig = serde_json::from_str(&read("config.json")?)
+            .with_context(|| format!("{}/config.json", dir.display()))?;
         if !cfg.model_type.is_empty() && cfg.model_type != "bert" {
-            bail!("{}: model_type {:?} is not a BERT model", dir.display(), cfg.model_type);
+            bail!(
+                "{}: model_type {:?} is not a BERT model",
+                dir.display(),
+                cfg.model_type
+            );
         }
-        ensure!(cfg.hidden_act == "gelu", "{}: activation {:?} is not supported (gelu)", dir.display(), cfg.hidden_act);
+        ensure!(
+            cfg.hidden_act == "gelu",
+            "{}: activation {:?} is not supported (gelu)",
+            dir.display(),
+            cfg.hidden_act
+        );
         ensure!(
             cfg.num_attention_heads > 0 && cfg.hidden_size.is_multiple_of(cfg.num_attention_heads),
             "{}: hidden size {} does not divide into {} heads",
@@ -122,12 +134,16 @@ impl Embedder {
             .map_err(|e| anyhow!("{}: {e}", tok_path.display()))?;
         tokenizer.with_padding(None);
         tokenizer
-            .with_truncation(Some(tokenizers::TruncationParams { max_length: max_tokens, ..Default::default() }))
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: max_tokens,
+                ..Default::default()
+            }))
             .map_err(|e| anyhow!("{}: {e}", tok_path.display()))?;
 
         let weights_path = dir.join("model.safetensors");
-        let mut w: HashMap<String, Tensor> = candle_core::safetensors::load(&weights_path, &Device::Cpu)
-            .map_err(|e| anyhow!("{}: {e}", weights_path.display()))?;
+        let mut w: HashMap<String, Tensor> =
+            candle_core::safetensors::load(&weights_path, &Device::Cpu)
+                .map_err(|e| anyhow!("{}: {e}", weights_path.display()))?;
         // Some exports prefix every name with "bert.".
         let mut take = |name: &str| -> Result<Tensor> {
             let t = w
@@ -137,11 +153,18 @@ impl Embedder {
             Ok(t.to_dtype(DType::F32)?)
         };
         let linear = |take: &mut dyn FnMut(&str) -> Result<Tensor>, p: &str| -> Result<Linear> {
-            Ok(Linear { weight_t: take(&format!("{p}.weight"))?.t()?.contiguous()?, bias: take(&format!("{p}.bias"))? })
+            Ok(Linear {
+                weight_t: take(&format!("{p}.weight"))?.t()?.contiguous()?,
+                bias: take(&format!("{p}.bias"))?,
+            })
         };
         let eps = cfg.layer_norm_eps;
         let norm = |take: &mut dyn FnMut(&str) -> Result<Tensor>, p: &str| -> Result<LayerNorm> {
-            Ok(LayerNorm { weight: take(&format!("{p}.weight"))?, bias: take(&format!("{p}.bias"))?, eps })
+            Ok(LayerNorm {
+                weight: take(&format!("{p}.weight"))?,
+                bias: take(&format!("{p}.bias"))?,
+                eps,
+            })
         };
 
         let word = take("embeddings.word_embeddings.weight")?;
@@ -198,7 +221,10 @@ impl Embedder {
 
     /// Token ids of an input, with [CLS]/[SEP], truncated to `max_tokens`.
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.tokenizer.encode(text, true).map_err(|e| anyhow!("tokenizing input: {e}"))?;
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| anyhow!("tokenizing input: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -216,7 +242,12 @@ impl Embedder {
     /// One sequence through the encoder, mean-pooled and normalised.
     pub fn embed_ids(&self, ids: &[u32]) -> Result<Vec<f32>> {
         ensure!(!ids.is_empty(), "empty input");
-        ensure!(ids.len() <= self.max_tokens, "input of {} tokens exceeds {}", ids.len(), self.max_tokens);
+        ensure!(
+            ids.len() <= self.max_tokens,
+            "input of {} tokens exceeds {}",
+            ids.len(),
+            self.max_tokens
+        );
         let n = ids.len();
         let (h, heads) = (self.cfg.hidden_size, self.cfg.num_attention_heads);
         let hd = h / heads;
@@ -231,20 +262,35 @@ impl Embedder {
         let scale = 1.0 / (hd as f64).sqrt();
         for l in &self.layers {
             // [n, h] -> [heads, n, hd]
-            let split = |t: Tensor| -> Result<Tensor> { Ok(t.reshape((n, heads, hd))?.transpose(0, 1)?.contiguous()?) };
+            let split = |t: Tensor| -> Result<Tensor> {
+                Ok(t.reshape((n, heads, hd))?.transpose(0, 1)?.contiguous()?)
+            };
             let q = split(l.query.forward(&x)?)?;
             let k = split(l.key.forward(&x)?)?;
             let v = split(l.value.forward(&x)?)?;
             let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
             let probs = softmax_last(&scores)?;
-            let ctx = probs.matmul(&v)?.transpose(0, 1)?.contiguous()?.reshape((n, h))?;
+            let ctx = probs
+                .matmul(&v)?
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((n, h))?;
             x = l.attn_norm.forward(&(l.attn_out.forward(&ctx)? + &x)?)?;
             let inner = l.intermediate.forward(&x)?.gelu_erf()?;
             x = l.out_norm.forward(&(l.output.forward(&inner)? + &x)?)?;
         }
         let pooled = x.mean(0)?;
-        let norm = pooled.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?.max(1e-12);
-        Ok(pooled.to_vec1::<f32>()?.into_iter().map(|v| v / norm).collect())
+        let norm = pooled
+            .sqr()?
+            .sum_all()?
+            .sqrt()?
+            .to_scalar::<f32>()?
+            .max(1e-12);
+        Ok(pooled
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|v| v / norm)
+            .collect())
     }
 }
 

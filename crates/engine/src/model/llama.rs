@@ -74,11 +74,19 @@ impl Weight {
             return Ok(Weight::Mapped(m));
         }
         let t = g.tensor_with_shape(name, &[rows, cols], device)?;
-        Ok(Weight::Candle(QMatMul::from_qtensor(t).map_err(|e| anyhow!("{}: {name}: {e}", g.path().display()))?))
+        Ok(Weight::Candle(QMatMul::from_qtensor(t).map_err(|e| {
+            anyhow!("{}: {name}: {e}", g.path().display())
+        })?))
     }
 
     /// `x @ W.T` for `m` rows of `x`.
-    fn matmul(&self, x: &[f32], m: usize, scratch: &mut Scratch, device: &Device) -> Result<Vec<f32>> {
+    fn matmul(
+        &self,
+        x: &[f32],
+        m: usize,
+        scratch: &mut Scratch,
+        device: &Device,
+    ) -> Result<Vec<f32>> {
         match self {
             Weight::Mapped(w) => {
                 let mut out = vec![0f32; m * w.rows()];
@@ -96,7 +104,13 @@ impl Weight {
 
 /// Products of several weights with one input (Q, K, V; gate, up): one quantization of the
 /// input and one parallel pass when all are mapped.
-fn matmul_shared_input(ws: &[&Weight], x: &[f32], m: usize, scratch: &mut Scratch, device: &Device) -> Result<Vec<Vec<f32>>> {
+fn matmul_shared_input(
+    ws: &[&Weight],
+    x: &[f32],
+    m: usize,
+    scratch: &mut Scratch,
+    device: &Device,
+) -> Result<Vec<Vec<f32>>> {
     let mapped: Option<Vec<&QuantMatrix>> = ws
         .iter()
         .map(|w| match w {
@@ -289,18 +303,30 @@ impl Llama {
         let q_dim = cfg.n_head * hd;
         let kv_dim = cfg.n_kv_head * hd;
 
-        let (embd_type, embd_shape) =
-            g.tensor_info("token_embd.weight").ok_or_else(|| anyhow!("{}: tensor token_embd.weight is missing", g.path().display()))?;
+        let (embd_type, embd_shape) = g.tensor_info("token_embd.weight").ok_or_else(|| {
+            anyhow!(
+                "{}: tensor token_embd.weight is missing",
+                g.path().display()
+            )
+        })?;
         let [vocab, embd_cols] = embd_shape[..] else {
-            bail!("{}: token_embd.weight is not a matrix ({embd_type:?} {embd_shape:?})", g.path().display())
+            bail!(
+                "{}: token_embd.weight is not a matrix ({embd_type:?} {embd_shape:?})",
+                g.path().display()
+            )
         };
-        ensure!(embd_cols == d, "{}: token_embd.weight has {embd_cols} columns, expected embedding length {d}", g.path().display());
+        ensure!(
+            embd_cols == d,
+            "{}: token_embd.weight has {embd_cols} columns, expected embedding length {d}",
+            g.path().display()
+        );
         let token_embd = match g.mapped_matrix("token_embd.weight", vocab, d)? {
             Some(m) if device.is_cpu() => Embedding::Mapped(m),
             _ => Embedding::Candle(g.tensor("token_embd.weight", device)?),
         };
 
-        let qmatmul = |name: &str, rows: usize, cols: usize| Weight::load(g, name, rows, cols, device);
+        let qmatmul =
+            |name: &str, rows: usize, cols: usize| Weight::load(g, name, rows, cols, device);
         let vector = |name: &str, len: usize| -> Result<Vec<f32>> {
             let t = g.tensor_with_shape(name, &[len], device)?;
             t.dequantize(device)
@@ -436,16 +462,21 @@ impl Llama {
         for (li, layer) in self.layers.iter().enumerate() {
             // Attention block.
             let h = rms_norm(&x, &layer.attn_norm, cfg.rms_eps);
-            let [mut q, mut k, v]: [Vec<f32>; 3] = matmul_shared_input(&[&layer.wq, &layer.wk, &layer.wv], &h, n_rows, scratch, dev)?
-                .try_into()
-                .map_err(|_| anyhow!("q/k/v products"))?;
+            let [mut q, mut k, v]: [Vec<f32>; 3] =
+                matmul_shared_input(&[&layer.wq, &layer.wk, &layer.wv], &h, n_rows, scratch, dev)?
+                    .try_into()
+                    .map_err(|_| anyhow!("q/k/v products"))?;
             rope.apply(&mut q, cfg.n_head, hd);
             rope.apply(&mut k, cfg.n_kv_head, hd);
 
             let mut row = 0;
             for chunk in batch.iter_mut() {
                 let n = chunk.tokens.len();
-                chunk.kv.append(li, &k[row * kv_dim..(row + n) * kv_dim], &v[row * kv_dim..(row + n) * kv_dim]);
+                chunk.kv.append(
+                    li,
+                    &k[row * kv_dim..(row + n) * kv_dim],
+                    &v[row * kv_dim..(row + n) * kv_dim],
+                );
                 row += n;
             }
             let caches: Vec<(&[f16], &[f16])> = batch.iter().map(|c| c.kv.layer(li)).collect();
@@ -456,9 +487,10 @@ impl Llama {
 
             // Feed-forward block.
             let h = rms_norm(&x, &layer.ffn_norm, cfg.rms_eps);
-            let [mut gate, up]: [Vec<f32>; 2] = matmul_shared_input(&[&layer.w_gate, &layer.w_up], &h, n_rows, scratch, dev)?
-                .try_into()
-                .map_err(|_| anyhow!("gate/up products"))?;
+            let [mut gate, up]: [Vec<f32>; 2] =
+                matmul_shared_input(&[&layer.w_gate, &layer.w_up], &h, n_rows, scratch, dev)?
+                    .try_into()
+                    .map_err(|_| anyhow!("gate/up products"))?;
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = silu(*g) * u;
             }
@@ -557,7 +589,12 @@ impl Llama {
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for l in 0..8 {
             acc[l] = x[l].mul_add(y[l], acc[l]);

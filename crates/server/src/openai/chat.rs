@@ -12,9 +12,12 @@ use verre_engine::engine::{EngineEvent, Usage};
 use super::error::ApiError;
 use super::generation::{self, ChunkWriter, Outcome, ResponseMeta, finish_reason, usage_json};
 use super::logprobs;
-use super::request::ChatRequest;
+use super::request::{ChatRequest, ToolChoice};
+use super::structured;
+use super::tools::{self, ToolCallParser, ToolDelta, ToolFormat};
 use crate::metrics::RequestTimer;
 use crate::state::{AppState, ServedModel};
+use verre_engine::{FinishReason, GrammarSpec};
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
@@ -22,10 +25,30 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let req = ChatRequest::parse(&body)?;
     let served = state.model(&req.model)?;
+    let tool_format = ToolFormat::for_model(&served.model);
+    let (messages, tools_value) =
+        tools::prepare_prompt(&served.model, &req.messages, &req.tools, &req.tool_choice);
     let prompt_ids = served
         .model
-        .chat_prompt(&req.messages)
+        .chat_prompt_with_tools(&messages, tools_value.as_ref())
         .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+    // A required call is constrained by the tools' schemas; otherwise the response format
+    // (if any) constrains the answer.
+    let (spec, param) = match tools::call_grammar(
+        tool_format,
+        &req.tools,
+        &req.tool_choice,
+        req.parallel_tool_calls,
+    ) {
+        Some(lark) => (Some(GrammarSpec::Lark(lark)), "tools"),
+        None => (
+            structured::response_format_spec(&req.response_format),
+            "response_format",
+        ),
+    };
+    let grammar = structured::compile(&served.model, spec, param).await?;
+    let parse_tools =
+        (!req.tools.is_empty() && req.tool_choice != ToolChoice::None).then_some(tool_format);
     let max_tokens = generation::max_tokens(
         req.params.max_tokens,
         None,
@@ -38,6 +61,7 @@ pub async fn chat_completions(
         max_tokens,
         &req.params,
         false,
+        grammar,
     ))?;
     let n = req.params.n;
     let timer = RequestTimer::start(served.latency.clone(), n);
@@ -50,14 +74,62 @@ pub async fn chat_completions(
             n,
             logprobs: req.logprobs,
             include_usage: options.include_usage,
+            parsers: parse_tools
+                .map(|f| (0..n).map(|_| ToolCallParser::new(f)).collect())
+                .unwrap_or_default(),
         };
         return Ok(generation::sse(events, writer, 1, n, timer));
     }
     let outcome = generation::collect(events, 1, n, timer).await?;
-    Ok(Json(chat_response(&served, &meta, req.logprobs, outcome)).into_response())
+    Ok(Json(chat_response(
+        &served,
+        &meta,
+        req.logprobs,
+        parse_tools,
+        outcome,
+    ))
+    .into_response())
 }
 
-fn chat_response(served: &ServedModel, meta: &ResponseMeta, logprobs: bool, out: Outcome) -> Value {
+/// A choice's text split into content and tool calls.
+fn split_tool_calls(format: ToolFormat, c: &generation::ChoiceOutput) -> (String, Vec<Value>) {
+    let mut parser = ToolCallParser::new(format);
+    let mut deltas = Vec::new();
+    if let ToolFormat::Mistral {
+        marker_id: Some(marker),
+    } = format
+        && c.tokens.iter().any(|s| s.token == marker)
+    {
+        deltas.extend(parser.push(marker, ""));
+    }
+    deltas.extend(parser.push(u32::MAX, &c.text));
+    deltas.extend(parser.finish());
+    let mut content = String::new();
+    let mut calls = Vec::new();
+    for d in deltas {
+        match d {
+            ToolDelta::Content(t) => content.push_str(&t),
+            ToolDelta::Call(call) => calls.push(call.to_json()),
+        }
+    }
+    (content, calls)
+}
+
+/// OpenAI's finish reason: `tool_calls` when the model stopped after calling.
+fn chat_finish_reason(reason: Option<FinishReason>, calls: usize) -> Value {
+    match reason {
+        Some(FinishReason::Stop) if calls > 0 => "tool_calls".into(),
+        other => finish_reason(other),
+    }
+}
+
+fn chat_response(
+    served: &ServedModel,
+    meta: &ResponseMeta,
+    logprobs: bool,
+    tools: Option<ToolFormat>,
+    out: Outcome,
+) -> Value {
     let choices: Vec<Value> = out
         .choices
         .into_iter()
@@ -71,11 +143,22 @@ fn chat_response(served: &ServedModel, meta: &ResponseMeta, logprobs: bool, out:
                     .collect();
                 json!({ "content": content })
             });
+            let (content, calls) = match tools {
+                Some(format) => split_tool_calls(format, &c),
+                None => (c.text.clone(), Vec::new()),
+            };
+            let mut message = json!({ "role": "assistant", "content": content });
+            if !calls.is_empty() {
+                if content.trim().is_empty() {
+                    message["content"] = Value::Null;
+                }
+                message["tool_calls"] = Value::Array(calls.clone());
+            }
             json!({
                 "index": index,
-                "message": { "role": "assistant", "content": c.text },
+                "message": message,
                 "logprobs": logprobs,
-                "finish_reason": finish_reason(c.finish),
+                "finish_reason": chat_finish_reason(c.finish, calls.len()),
             })
         })
         .collect();
@@ -96,9 +179,52 @@ struct ChatChunks {
     n: usize,
     logprobs: bool,
     include_usage: bool,
+    /// One per choice when tool calls are parsed from the output.
+    parsers: Vec<ToolCallParser>,
 }
 
 impl ChatChunks {
+    /// Chunks for what a choice's tool-call parser let out.
+    fn tool_chunks(&self, index: usize, deltas: Vec<ToolDelta>, calls_before: usize) -> Vec<Value> {
+        let mut call_index = calls_before;
+        let mut chunks = Vec::new();
+        for d in deltas {
+            match d {
+                ToolDelta::Content(text) => chunks.push(self.chunk(vec![json!({
+                    "index": index,
+                    "delta": { "content": text },
+                    "logprobs": null,
+                    "finish_reason": null,
+                })])),
+                ToolDelta::Call(call) => {
+                    // As OpenAI streams a call: id and name first, then the arguments.
+                    chunks.push(self.chunk(vec![json!({
+                        "index": index,
+                        "delta": { "tool_calls": [{
+                            "index": call_index,
+                            "id": call.id,
+                            "type": "function",
+                            "function": { "name": call.name, "arguments": "" },
+                        }]},
+                        "logprobs": null,
+                        "finish_reason": null,
+                    })]));
+                    chunks.push(self.chunk(vec![json!({
+                        "index": index,
+                        "delta": { "tool_calls": [{
+                            "index": call_index,
+                            "function": { "arguments": call.arguments },
+                        }]},
+                        "logprobs": null,
+                        "finish_reason": null,
+                    })]));
+                    call_index += 1;
+                }
+            }
+        }
+        chunks
+    }
+
     fn chunk(&self, choices: Vec<Value>) -> Value {
         let mut chunk = json!({
             "id": self.meta.id,
@@ -129,6 +255,9 @@ impl ChunkWriter for ChatChunks {
     }
 
     fn event(&mut self, _prompt: usize, event: EngineEvent) -> Vec<Value> {
+        if !self.parsers.is_empty() {
+            return self.tool_event(event);
+        }
         let choice = match event {
             EngineEvent::Token {
                 index,
@@ -161,6 +290,41 @@ impl ChunkWriter for ChatChunks {
     }
 
     fn usage(&mut self, usage: Usage) -> Option<Value> {
+        self.usage_chunk(usage)
+    }
+}
+
+impl ChatChunks {
+    /// An event of a request whose output may hold tool calls.
+    fn tool_event(&mut self, event: EngineEvent) -> Vec<Value> {
+        match event {
+            EngineEvent::Token {
+                index,
+                sampled,
+                text,
+            } => {
+                let before = self.parsers[index].calls();
+                let deltas = self.parsers[index].push(sampled.token, &text);
+                self.tool_chunks(index, deltas, before)
+            }
+            EngineEvent::Finished { index, reason, .. } => {
+                let before = self.parsers[index].calls();
+                let deltas = self.parsers[index].finish();
+                let mut chunks = self.tool_chunks(index, deltas, before);
+                let calls = self.parsers[index].calls();
+                chunks.push(self.chunk(vec![json!({
+                    "index": index,
+                    "delta": {},
+                    "logprobs": null,
+                    "finish_reason": chat_finish_reason(Some(reason), calls),
+                })]));
+                chunks
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn usage_chunk(&mut self, usage: Usage) -> Option<Value> {
         self.include_usage.then(|| {
             let mut chunk = self.chunk(Vec::new());
             chunk["usage"] = usage_json(usage);

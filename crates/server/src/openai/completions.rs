@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::generation::{self, ChunkWriter, Outcome, ResponseMeta, finish_reason, usage_json};
 use super::logprobs::CompletionLogprobs;
 use super::request::{CompletionRequest, Prompt};
+use super::structured;
 use crate::metrics::RequestTimer;
 use crate::state::{AppState, ServedModel};
 
@@ -37,6 +38,12 @@ pub async fn completions(
         .map(|p| prompt_input(&served, p))
         .collect::<Result<Vec<_>, _>>()?;
     let prompt_logprobs = req.echo && req.logprobs.is_some();
+    let grammar = structured::compile(
+        &served.model,
+        structured::response_format_spec(&req.response_format),
+        "response_format",
+    )
+    .await?;
     let context_length = served.model.info().context_length;
     let mut streams = Vec::with_capacity(prompts.len());
     for p in &prompts {
@@ -47,8 +54,13 @@ pub async fn completions(
             context_length,
             "prompt",
         )?;
-        let request =
-            generation::engine_request(p.ids.clone(), max_tokens, &req.params, prompt_logprobs);
+        let request = generation::engine_request(
+            p.ids.clone(),
+            max_tokens,
+            &req.params,
+            prompt_logprobs,
+            grammar.clone(),
+        );
         // A refusal drops the streams already submitted, which cancels them.
         streams.push(served.engine.submit(request)?);
     }

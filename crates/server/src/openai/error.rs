@@ -71,6 +71,18 @@ impl ApiError {
         .code("unsupported_parameter")
     }
 
+    /// A schema or grammar that constrained decoding cannot enforce: refused, never
+    /// generated without it.
+    pub fn unsupported_grammar(param: &str, reason: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            format!("`{param}`: {reason}"),
+        )
+        .param(param)
+        .code("unsupported_schema")
+    }
+
     pub fn context_length(param: &str, message: String) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
             .param(param)

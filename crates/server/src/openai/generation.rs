@@ -6,13 +6,14 @@
 //! cancels the generation at the engine's next step.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, BoxStream, StreamExt};
 use serde_json::{Value, json};
 use verre_engine::engine::{EngineEvent, EngineRequest, RequestStream, Usage};
-use verre_engine::{FinishReason, GenerateRequest, Sampled};
+use verre_engine::{FinishReason, GenerateRequest, Grammar, Sampled};
 
 use super::error::ApiError;
 use super::request::GenerationParams;
@@ -56,6 +57,7 @@ pub fn engine_request(
     max_tokens: usize,
     params: &GenerationParams,
     prompt_logprobs: bool,
+    grammar: Option<Arc<Grammar>>,
 ) -> EngineRequest {
     EngineRequest {
         generate: GenerateRequest {
@@ -64,6 +66,7 @@ pub fn engine_request(
             sampling: params.sampling.clone(),
             stop: params.stop.clone(),
             ignore_eos: params.ignore_eos,
+            grammar,
         },
         n: params.n,
         prompt_logprobs,

@@ -8,6 +8,8 @@ pub mod generation;
 pub mod logprobs;
 pub mod models;
 pub mod request;
+pub mod structured;
+pub mod tools;
 
 use std::sync::Arc;
 

@@ -24,11 +24,8 @@ const MAX_TOP_LOGPROBS: i64 = 20;
 
 /// Chat fields that verre does not serve yet.
 const CHAT_UNSUPPORTED: &[&str] = &[
-    "tools",
-    "tool_choice",
     "functions",
     "function_call",
-    "response_format",
     "logit_bias",
     "audio",
     "modalities",
@@ -39,7 +36,9 @@ const CHAT_UNSUPPORTED: &[&str] = &[
 ];
 
 /// Completion fields that verre does not serve yet.
-const COMPLETION_UNSUPPORTED: &[&str] = &["suffix", "logit_bias", "response_format"];
+const COMPLETION_UNSUPPORTED: &[&str] = &["suffix", "logit_bias"];
+/// Most tools in one request (OpenAI's limit).
+const MAX_TOOLS: usize = 128;
 
 /// What every generation request carries, chat or completion.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +66,50 @@ pub struct ChatRequest {
     pub params: GenerationParams,
     /// Report each token's log-probability (`logprobs: true`).
     pub logprobs: bool,
+    pub response_format: ResponseFormat,
+    pub tools: Vec<Tool>,
+    pub tool_choice: ToolChoice,
+    /// More than one call per answer may be made.
+    pub parallel_tool_calls: bool,
+}
+
+/// What shape the answer must take (`response_format`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFormat {
+    /// Free text.
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// An instance of a JSON Schema (`strict` or not, verre enforces it).
+    JsonSchema {
+        name: String,
+        schema: Value,
+    },
+    /// verre's extension: `{"type": "grammar", "syntax": "regex" | "lark", "grammar": "..."}`.
+    Regex(String),
+    Lark(String),
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    /// JSON Schema of the arguments (an object schema; `{"type": "object"}` when absent).
+    pub parameters: Value,
+    /// The tool as the client sent it, for the chat template.
+    pub raw: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolChoice {
+    /// No calls: the tools are not shown to the model.
+    None,
+    /// The model decides; its calls are parsed from its output.
+    Auto,
+    /// At least one call, arguments constrained by the schemas.
+    Required,
+    /// Exactly this function, arguments constrained by its schema.
+    Function(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +121,7 @@ pub struct CompletionRequest {
     pub echo: bool,
     /// Log-probabilities with this many alternatives per token (`logprobs: N`).
     pub logprobs: Option<usize>,
+    pub response_format: ResponseFormat,
 }
 
 /// A completion's prompt or an embedding's input: text, or ids in the model's vocabulary.
@@ -113,6 +157,9 @@ struct RawChat {
     max_completion_tokens: Option<i64>,
     logprobs: Option<bool>,
     top_logprobs: Option<i64>,
+    tools: Option<Vec<Value>>,
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +167,7 @@ struct RawMessage {
     role: String,
     content: Option<Value>,
     tool_calls: Option<Value>,
+    tool_call_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -200,11 +248,28 @@ impl ChatRequest {
             .enumerate()
             .map(|(i, m)| message(i, m))
             .collect::<Result<_, _>>()?;
+        let tools = raw.tools.unwrap_or_default();
+        if tools.len() > MAX_TOOLS {
+            return Err(ApiError::invalid(
+                "tools",
+                format!("at most {MAX_TOOLS} tools are allowed"),
+            ));
+        }
+        let tools = tools
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| tool(i, t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tool_choice = tool_choice(raw.tool_choice, &tools)?;
         Ok(Self {
             model: raw.model,
             messages,
             params,
             logprobs,
+            response_format: response_format(object.get("response_format"))?,
+            tools,
+            tool_choice,
+            parallel_tool_calls: raw.parallel_tool_calls.unwrap_or(true),
         })
     }
 }
@@ -236,6 +301,7 @@ impl CompletionRequest {
             params,
             echo: raw.echo.unwrap_or(false),
             logprobs,
+            response_format: response_format(object.get("response_format"))?,
         })
     }
 }
@@ -480,20 +546,37 @@ fn message(i: usize, m: RawMessage) -> Result<verre_engine::Message, ApiError> {
         "system" | "developer" => "system",
         "user" => "user",
         "assistant" => "assistant",
-        "tool" | "function" => return Err(ApiError::unsupported(&format!("messages[{i}].role"))),
+        "tool" => "tool",
+        "function" => return Err(ApiError::unsupported(&format!("messages[{i}].role"))),
         other => {
             return Err(ApiError::invalid(
                 &format!("messages[{i}].role"),
-                format!("unknown role `{other}`: use system, developer, user or assistant"),
+                format!("unknown role `{other}`: use system, developer, user, assistant or tool"),
             ));
         }
     };
-    if m.tool_calls
-        .as_ref()
-        .is_some_and(|v| !is_neutral("tool_calls", v))
-    {
-        return Err(ApiError::unsupported(&format!("messages[{i}].tool_calls")));
-    }
+    let tool_calls = match m.tool_calls {
+        Some(v) if !is_neutral("tool_calls", &v) => {
+            if role != "assistant" {
+                return Err(ApiError::invalid(
+                    &format!("messages[{i}].tool_calls"),
+                    "only assistant messages carry tool_calls",
+                ));
+            }
+            Some(assistant_tool_calls(i, v)?)
+        }
+        _ => None,
+    };
+    let tool_call_id = match (role, m.tool_call_id) {
+        ("tool", Some(id)) => Some(id),
+        ("tool", None) => {
+            return Err(ApiError::invalid(
+                &format!("messages[{i}].tool_call_id"),
+                "a tool message needs the `tool_call_id` of the call it answers",
+            ));
+        }
+        _ => None,
+    };
     let content = match m.content {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s,
@@ -535,7 +618,232 @@ fn message(i: usize, m: RawMessage) -> Result<verre_engine::Message, ApiError> {
             ));
         }
     };
-    Ok(verre_engine::Message::new(role, &content))
+    let mut message = verre_engine::Message::new(role, &content);
+    message.tool_calls = tool_calls;
+    message.tool_call_id = tool_call_id;
+    Ok(message)
+}
+
+/// An assistant's earlier calls: checked, with `arguments` parsed from the JSON string
+/// OpenAI sends into the object chat templates expect.
+fn assistant_tool_calls(i: usize, value: Value) -> Result<Value, ApiError> {
+    let param = format!("messages[{i}].tool_calls");
+    let Value::Array(calls) = value else {
+        return Err(ApiError::invalid(&param, "tool_calls must be an array"));
+    };
+    let mut out = Vec::with_capacity(calls.len());
+    for (j, call) in calls.into_iter().enumerate() {
+        let param = format!("{param}[{j}]");
+        let function = call.get("function").and_then(Value::as_object);
+        let name = function
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    &format!("{param}.function.name"),
+                    "a tool call needs a function name",
+                )
+            })?;
+        let arguments = match function.and_then(|f| f.get("arguments")) {
+            None | Some(Value::Null) => Value::Object(Map::new()),
+            Some(Value::String(s)) => serde_json::from_str(s).map_err(|e| {
+                ApiError::invalid(
+                    &format!("{param}.function.arguments"),
+                    format!("arguments must be a JSON string of an object: {e}"),
+                )
+            })?,
+            Some(v @ Value::Object(_)) => v.clone(),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    &format!("{param}.function.arguments"),
+                    "arguments must be a JSON string",
+                ));
+            }
+        };
+        let id = call.get("id").and_then(Value::as_str).unwrap_or_default();
+        out.push(serde_json::json!({
+            "id": id,
+            "type": "function",
+            "function": {"name": name, "arguments": arguments},
+        }));
+    }
+    Ok(Value::Array(out))
+}
+
+/// One entry of `tools`.
+fn tool(i: usize, value: Value) -> Result<Tool, ApiError> {
+    let param = format!("tools[{i}]");
+    if value.get("type").and_then(Value::as_str) != Some("function") {
+        return Err(ApiError::invalid(
+            &format!("{param}.type"),
+            "only tools of type `function` are supported",
+        ));
+    }
+    let function = value
+        .get("function")
+        .and_then(Value::as_object)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                &format!("{param}.function"),
+                "a tool needs a `function` object",
+            )
+        })?;
+    let name = function
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        })
+        .ok_or_else(|| {
+            ApiError::invalid(
+                &format!("{param}.function.name"),
+                "a function name must be 1-64 characters of a-z, A-Z, 0-9, _ and -",
+            )
+        })?;
+    let parameters = match function.get("parameters") {
+        None | Some(Value::Null) => serde_json::json!({"type": "object", "properties": {}}),
+        Some(p @ Value::Object(_)) => p.clone(),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                &format!("{param}.function.parameters"),
+                "parameters must be a JSON Schema object",
+            ));
+        }
+    };
+    Ok(Tool {
+        name: name.to_string(),
+        parameters,
+        raw: value,
+    })
+}
+
+fn tool_choice(value: Option<Value>, tools: &[Tool]) -> Result<ToolChoice, ApiError> {
+    let choice = match value {
+        None | Some(Value::Null) if tools.is_empty() => ToolChoice::None,
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => ToolChoice::None,
+            "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    format!(
+                        "tool_choice must be none, auto, required or a function, not `{other}`"
+                    ),
+                ));
+            }
+        },
+        Some(v @ Value::Object(_)) => {
+            let name = v
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .filter(|_| v.get("type").and_then(Value::as_str) == Some("function"))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "tool_choice",
+                        "a named tool_choice is {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                    )
+                })?;
+            if !tools.iter().any(|t| t.name == name) {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    format!("tool_choice names `{name}`, which is not in tools"),
+                ));
+            }
+            ToolChoice::Function(name.to_string())
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "tool_choice must be a string or an object",
+            ));
+        }
+    };
+    if tools.is_empty() && matches!(choice, ToolChoice::Auto | ToolChoice::Required) {
+        return Err(ApiError::invalid(
+            "tool_choice",
+            "tool_choice needs tools to choose from",
+        ));
+    }
+    Ok(choice)
+}
+
+fn response_format(value: Option<&Value>) -> Result<ResponseFormat, ApiError> {
+    let object = match value {
+        None | Some(Value::Null) => return Ok(ResponseFormat::Text),
+        Some(Value::Object(o)) => o,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "response_format",
+                "response_format must be an object",
+            ));
+        }
+    };
+    let string = |key: &str| {
+        object
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    &format!("response_format.{key}"),
+                    format!("`{key}` must be a string"),
+                )
+            })
+    };
+    match object.get("type").and_then(Value::as_str) {
+        None | Some("text") => Ok(ResponseFormat::Text),
+        Some("json_object") => Ok(ResponseFormat::JsonObject),
+        Some("json_schema") => {
+            let spec = object
+                .get("json_schema")
+                .and_then(Value::as_object)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "response_format.json_schema",
+                        "json_schema must be an object with `name` and `schema`",
+                    )
+                })?;
+            let schema = match spec.get("schema") {
+                Some(s @ (Value::Object(_) | Value::Bool(_))) => s.clone(),
+                None => serde_json::json!({}),
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        "response_format.json_schema.schema",
+                        "schema must be a JSON Schema object",
+                    ));
+                }
+            };
+            let name = spec
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("response")
+                .to_string();
+            Ok(ResponseFormat::JsonSchema { name, schema })
+        }
+        Some("grammar") => {
+            let grammar = string("grammar")?;
+            match object.get("syntax").and_then(Value::as_str) {
+                Some("regex") => Ok(ResponseFormat::Regex(grammar)),
+                None | Some("lark") => Ok(ResponseFormat::Lark(grammar)),
+                Some(other) => Err(ApiError::invalid(
+                    "response_format.syntax",
+                    format!("syntax must be `lark` or `regex`, not `{other}`"),
+                )),
+            }
+        }
+        Some(other) => Err(ApiError::invalid(
+            "response_format.type",
+            format!(
+                "response_format.type must be text, json_object, json_schema or grammar, not `{other}`"
+            ),
+        )),
+    }
 }
 
 /// A completion's `prompt` or an embedding's `input` (named by `param`): a string, an array
@@ -606,17 +914,12 @@ mod tests {
     #[test]
     fn unknown_fields_are_ignored_and_unsupported_ones_are_named() {
         assert!(chat(&format!(r#"{{{HI}, "frobnicate": 3, "store": false}}"#)).is_ok());
-        let e = chat(&format!(r#"{{{HI}, "tools": [{{"type": "function"}}]}}"#)).unwrap_err();
+        let e = chat(&format!(r#"{{{HI}, "functions": [{{"name": "f"}}]}}"#)).unwrap_err();
         assert_eq!(
             (e.status.as_u16(), e.param.as_deref()),
-            (400, Some("tools"))
+            (400, Some("functions"))
         );
-        assert!(e.message.contains("`tools`"), "{}", e.message);
-        let e = chat(&format!(
-            r#"{{{HI}, "response_format": {{"type": "json_object"}}}}"#
-        ))
-        .unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("response_format"));
+        assert!(e.message.contains("`functions`"), "{}", e.message);
         // Neutral values ask for nothing and pass.
         let ok = format!(
             r#"{{{HI}, "tool_choice": "none", "response_format": {{"type": "text"}}, "logit_bias": {{}}, "tools": null}}"#
@@ -662,6 +965,9 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("messages[0].content[0].type"));
         let e =
             chat(r#"{"model": "m", "messages": [{"role": "tool", "content": "x"}]}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].tool_call_id"));
+        let e = chat(r#"{"model": "m", "messages": [{"role": "function", "content": "x"}]}"#)
+            .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].role"));
     }
 
@@ -763,5 +1069,120 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn response_formats() {
+        let parse = |rf: &str| chat(&format!(r#"{{{HI}, "response_format": {rf}}}"#));
+        assert_eq!(
+            parse(r#"{"type": "text"}"#).unwrap().response_format,
+            ResponseFormat::Text
+        );
+        assert_eq!(
+            parse(r#"{"type": "json_object"}"#).unwrap().response_format,
+            ResponseFormat::JsonObject
+        );
+        let r = parse(
+            r#"{"type": "json_schema", "json_schema": {"name": "p", "strict": true, "schema": {"type": "object"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.response_format,
+            ResponseFormat::JsonSchema {
+                name: "p".into(),
+                schema: serde_json::json!({"type": "object"})
+            }
+        );
+        assert_eq!(
+            parse(r#"{"type": "grammar", "syntax": "regex", "grammar": "[0-9]+"}"#)
+                .unwrap()
+                .response_format,
+            ResponseFormat::Regex("[0-9]+".into())
+        );
+        for (bad, param) in [
+            (r#"{"type": "xml"}"#, "response_format.type"),
+            (r#"{"type": "json_schema"}"#, "response_format.json_schema"),
+            (
+                r#"{"type": "json_schema", "json_schema": {"schema": 3}}"#,
+                "response_format.json_schema.schema",
+            ),
+            (r#"{"type": "grammar"}"#, "response_format.grammar"),
+            (
+                r#"{"type": "grammar", "syntax": "ebnf", "grammar": "x"}"#,
+                "response_format.syntax",
+            ),
+            ("3", "response_format"),
+        ] {
+            assert_eq!(
+                parse(bad).unwrap_err().param.as_deref(),
+                Some(param),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn tools_and_tool_choice() {
+        let tools = r#""tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]"#;
+        let r = chat(&format!(r#"{{{HI}, {tools}}}"#)).unwrap();
+        assert_eq!((r.tools.len(), &r.tool_choice), (1, &ToolChoice::Auto));
+        assert!(r.parallel_tool_calls);
+        let r = chat(&format!(
+            r#"{{{HI}, {tools}, "tool_choice": {{"type": "function", "function": {{"name": "get_weather"}}}}, "parallel_tool_calls": false}}"#
+        ))
+        .unwrap();
+        assert_eq!(r.tool_choice, ToolChoice::Function("get_weather".into()));
+        assert!(!r.parallel_tool_calls);
+        for (bad, param) in [
+            (format!(r#""tool_choice": "required""#), "tool_choice"),
+            (
+                format!(r#"{tools}, "tool_choice": "sometimes""#),
+                "tool_choice",
+            ),
+            (
+                format!(
+                    r#"{tools}, "tool_choice": {{"type": "function", "function": {{"name": "nope"}}}}"#
+                ),
+                "tool_choice",
+            ),
+            (
+                r#""tools": [{"type": "retrieval"}]"#.to_string(),
+                "tools[0].type",
+            ),
+            (
+                r#""tools": [{"type": "function", "function": {"name": "has space"}}]"#.to_string(),
+                "tools[0].function.name",
+            ),
+            (
+                r#""tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]"#
+                    .to_string(),
+                "tools[0].function.parameters",
+            ),
+        ] {
+            let e = chat(&format!(r#"{{{HI}, {bad}}}"#)).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tool_messages_round_trip() {
+        let r = chat(
+            r#"{"model": "m", "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "18C"}]}"#,
+        )
+        .unwrap();
+        let calls = r.messages[1].tool_calls.as_ref().unwrap();
+        assert_eq!(calls[0]["function"]["arguments"]["city"], "Paris");
+        assert_eq!(r.messages[2].tool_call_id.as_deref(), Some("call_1"));
+        let e = chat(
+            r#"{"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{oops"}}]}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.param.as_deref(),
+            Some("messages[0].tool_calls[0].function.arguments")
+        );
     }
 }

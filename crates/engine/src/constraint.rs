@@ -1,0 +1,314 @@
+//! Constrained decoding: JSON Schema, regular expressions and Lark grammars enforced token
+//! by token with llguidance, so that what the model writes is valid by construction.
+//!
+//! - [`ConstraintCompiler`] is built once per model from its tokenizer (a token trie over
+//!   the bytes of every token);
+//! - [`ConstraintCompiler::compile`] turns a [`GrammarSpec`] into a [`Grammar`], or refuses
+//!   it with a [`GrammarError`] that names what is not supported — a caller must never fall
+//!   back to unconstrained generation;
+//! - [`Grammar::start`] gives each sequence its own [`Constraint`]: before each token,
+//!   [`Constraint::compute_mask`] says which tokens may come next and
+//!   [`Constraint::apply_mask`] rules the others out of the logits; after it,
+//!   [`Constraint::commit`] advances the parser.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::{SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
+use llguidance::{Matcher, ParserFactory};
+use serde_json::Value;
+
+use crate::tokenizer::Tokenizer;
+
+/// What the output must match.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GrammarSpec {
+    /// Any JSON object (`response_format: {"type": "json_object"}`).
+    JsonObject,
+    /// An instance of this JSON Schema.
+    JsonSchema(Value),
+    /// A string matching this regular expression (whole output).
+    Regex(String),
+    /// A Lark grammar in llguidance's dialect (may embed `%json { ... }`).
+    Lark(String),
+}
+
+impl GrammarSpec {
+    fn kind(&self) -> &'static str {
+        match self {
+            GrammarSpec::JsonObject => "json_object",
+            GrammarSpec::JsonSchema(_) => "JSON schema",
+            GrammarSpec::Regex(_) => "regex",
+            GrammarSpec::Lark(_) => "Lark grammar",
+        }
+    }
+}
+
+/// A grammar that cannot be enforced: the request must be refused (an API answers 400).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind} not supported for constrained decoding: {reason}")]
+pub struct GrammarError {
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+/// Token masks for one model's vocabulary.
+pub struct ConstraintCompiler {
+    factory: ParserFactory,
+    eos: u32,
+    /// Every end-of-generation token: allowed exactly when the grammar may end.
+    eog: Arc<[u32]>,
+}
+
+impl std::fmt::Debug for ConstraintCompiler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConstraintCompiler")
+            .field("eos", &self.eos)
+            .field("eog", &self.eog)
+            .finish_non_exhaustive()
+    }
+}
+
+/// llguidance's view of our tokenizer: the bytes of every token (control tokens marked
+/// with the trie's special-token byte) and a way to tokenize text.
+struct VerreTokEnv {
+    trie: TokTrie,
+    tokenizer: Tokenizer,
+}
+
+impl TokenizerEnv for VerreTokEnv {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+
+    fn tokenize_bytes(&self, s: &[u8]) -> Vec<u32> {
+        // llguidance asks for text in the middle of an output: no BOS, no control tokens.
+        let text = String::from_utf8_lossy(s);
+        self.tokenizer
+            .encode(&text, false, false)
+            .unwrap_or_default()
+    }
+}
+
+impl ConstraintCompiler {
+    /// Build the token trie for a tokenizer (tens of milliseconds for a 50k vocabulary).
+    pub fn new(tokenizer: &Tokenizer) -> Result<Self> {
+        let vocab = tokenizer.vocab_size();
+        let eog: Arc<[u32]> = tokenizer.eog_ids().into();
+        let eos = tokenizer
+            .eos_id()
+            .or_else(|| eog.first().copied())
+            .ok_or_else(|| anyhow::anyhow!("the tokenizer has no end-of-sequence token"))?;
+        let words: Vec<Vec<u8>> = (0..vocab as u32)
+            .map(|id| {
+                let bytes = tokenizer.token_bytes(id);
+                if tokenizer.is_special(id) {
+                    let mut marked = Vec::with_capacity(bytes.len() + 1);
+                    marked.push(TokTrie::SPECIAL_TOKEN_MARKER);
+                    marked.extend_from_slice(&bytes);
+                    marked
+                } else {
+                    bytes
+                }
+            })
+            .collect();
+        let mut info = TokRxInfo::new(vocab as u32, eos);
+        info.tok_bos = tokenizer.bos_id();
+        let trie = TokTrie::from(&info, &words);
+        let env: TokEnv = Arc::new(VerreTokEnv {
+            trie,
+            tokenizer: tokenizer.clone(),
+        });
+        let mut factory = ParserFactory::new_simple(&env)?;
+        factory.quiet();
+        Ok(Self { factory, eos, eog })
+    }
+
+    /// Compile a grammar, or say why it cannot be enforced.
+    pub fn compile(&self, spec: &GrammarSpec) -> Result<Grammar, GrammarError> {
+        let started = Instant::now();
+        let error = |reason: String| GrammarError {
+            kind: spec.kind(),
+            reason,
+        };
+        let top = match spec {
+            GrammarSpec::JsonObject => TopLevelGrammar::from_json_schema(with_compact_json(
+                serde_json::json!({"type": "object"}),
+            )),
+            GrammarSpec::JsonSchema(schema) => {
+                if !(schema.is_object() || schema.is_boolean()) {
+                    return Err(error("a JSON schema must be an object or a boolean".into()));
+                }
+                TopLevelGrammar::from_json_schema(with_compact_json(schema.clone()))
+            }
+            GrammarSpec::Regex(rx) => TopLevelGrammar::from_regex(rx),
+            GrammarSpec::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
+        };
+        // llguidance reports unsupported keywords, bad regexes and grammars too large for
+        // its limits here; a panic inside it is a refusal too, never a crash.
+        let parser = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.factory.create_parser(top)
+        }))
+        .map_err(|_| error("the grammar compiler failed on this input".into()))?
+        .map_err(|e| error(format!("{e:#}")))?;
+        let mut matcher = Matcher::new(Ok(parser));
+        // Compiling is lazy in places: the first mask surfaces errors the parser found late.
+        if let Err(e) = matcher.compute_mask() {
+            return Err(error(format!("{e:#}")));
+        }
+        if let Some(e) = matcher.get_error() {
+            return Err(error(e));
+        }
+        Ok(Grammar {
+            template: Mutex::new(matcher),
+            eos: self.eos,
+            eog: self.eog.clone(),
+            compile_time: started.elapsed(),
+        })
+    }
+}
+
+/// Generated JSON without free whitespace: a small model given the freedom to add spaces
+/// and newlines between tokens can spend its whole budget on them.
+fn with_compact_json(mut schema: Value) -> Value {
+    if let Value::Object(map) = &mut schema {
+        let options = map
+            .entry("x-guidance")
+            .or_insert_with(|| serde_json::json!({}));
+        if let Value::Object(options) = options {
+            options
+                .entry("whitespace_flexible")
+                .or_insert(Value::Bool(false));
+            options
+                .entry("item_separator")
+                .or_insert(Value::String(", ".into()));
+            options
+                .entry("key_separator")
+                .or_insert(Value::String(": ".into()));
+        }
+    } else if schema == Value::Bool(true) {
+        schema = serde_json::json!({"x-guidance": {"whitespace_flexible": false}});
+    }
+    schema
+}
+
+/// A compiled grammar, shared by every sequence that must follow it.
+pub struct Grammar {
+    template: Mutex<Matcher>,
+    eos: u32,
+    eog: Arc<[u32]>,
+    compile_time: Duration,
+}
+
+impl std::fmt::Debug for Grammar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grammar")
+            .field("compile_time", &self.compile_time)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Grammar {
+    /// A fresh constraint at the start of the output.
+    pub fn start(&self) -> Constraint {
+        let matcher = self
+            .template
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .deep_clone();
+        Constraint {
+            matcher,
+            eos: self.eos,
+            eog: self.eog.clone(),
+            mask: None,
+            mask_times: Vec::new(),
+        }
+    }
+
+    /// How long compiling took (includes the first mask).
+    pub fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+}
+
+/// The state of one sequence under a grammar.
+pub struct Constraint {
+    matcher: Matcher,
+    eos: u32,
+    eog: Arc<[u32]>,
+    /// The mask for the next token, once computed.
+    mask: Option<SimpleVob>,
+    mask_times: Vec<Duration>,
+}
+
+impl Constraint {
+    /// Work out which tokens may come next. Cheap to call again before the next commit.
+    /// Can run while the model computes the logits (it needs none).
+    pub fn compute_mask(&mut self) -> Result<()> {
+        if self.mask.is_some() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mask = self.matcher.compute_mask_or_eos()?;
+        self.mask_times.push(started.elapsed());
+        if mask.is_zero() {
+            anyhow::bail!(
+                "the grammar allows no token here: {}",
+                self.matcher.get_error().unwrap_or_default()
+            );
+        }
+        self.mask = Some(mask);
+        Ok(())
+    }
+
+    /// Rule out every token the grammar forbids (logit −∞). End-of-generation tokens are
+    /// allowed exactly when the grammar may end here.
+    pub fn apply_mask(&mut self, logits: &mut [f32]) -> Result<()> {
+        self.compute_mask()?;
+        let mask = self.mask.as_ref().expect("computed above");
+        let may_end = mask.is_allowed(self.eos);
+        // Other end-of-generation tokens mean the same as EOS: keep their logits when the
+        // output may end, rule them out when it may not.
+        let ends: Vec<(usize, f32)> = self
+            .eog
+            .iter()
+            .filter_map(|&id| logits.get(id as usize).map(|&l| (id as usize, l)))
+            .collect();
+        let limit = mask.len().min(logits.len());
+        for (id, logit) in logits.iter_mut().enumerate() {
+            if id >= limit || !mask.is_allowed(id as u32) {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+        for (id, l) in ends {
+            logits[id] = if may_end { l } else { f32::NEG_INFINITY };
+        }
+        if logits.iter().all(|l| *l == f32::NEG_INFINITY) {
+            anyhow::bail!("the grammar allows no token of this model's vocabulary here");
+        }
+        Ok(())
+    }
+
+    /// Advance past a token the sampler chose. End-of-generation tokens end the output and
+    /// are not fed to the parser.
+    pub fn commit(&mut self, token: u32) -> Result<()> {
+        self.mask = None;
+        if self.eog.contains(&token) {
+            return Ok(());
+        }
+        self.matcher.consume_token(token)?;
+        Ok(())
+    }
+
+    /// The grammar is complete and allows nothing more: the output ends here.
+    pub fn is_finished(&self) -> bool {
+        self.matcher.is_stopped()
+    }
+
+    /// Time spent computing each mask so far.
+    pub fn mask_times(&self) -> &[Duration] {
+        &self.mask_times
+    }
+}
