@@ -21,7 +21,10 @@ import time
 import urllib.error
 import urllib.request
 
+import typing
+
 import openai
+import pydantic
 import pytest
 
 MODEL = os.environ.get("VERRE_TEST_MODEL", "smollm2-135m")
@@ -355,17 +358,136 @@ def test_bad_field_is_400_naming_it(client):
 
 
 def test_unsupported_field_is_400_naming_it(client):
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, messages=HI, tools=tools)
+        client.chat.completions.create(model=MODEL, messages=HI, logit_bias={"1": 5})
     err = error_of(e.value)
-    assert err["param"] == "tools" and err["code"] == "unsupported_parameter"
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, messages=HI, response_format={"type": "json_object"})
-    assert error_of(e.value)["param"] == "response_format"
+    assert err["param"] == "logit_bias" and err["code"] == "unsupported_parameter"
     # Unknown fields are ignored, as OpenAI ignores them.
     r = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=2, extra_body={"frobnicate": 1})
     assert r.choices
+
+
+class City(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=30)
+    country: typing.Literal["France", "Germany", "Italy", "Spain"]
+    population: int = pydantic.Field(ge=0)
+    landmarks: typing.List[str] = pydantic.Field(max_length=3)
+
+
+def test_parse_with_a_pydantic_model(client):
+    r = client.chat.completions.parse(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell me about Paris."}],
+        response_format=City,
+        max_tokens=300,
+        temperature=0,
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "stop", choice.message.content
+    city = choice.message.parsed
+    assert isinstance(city, City), choice.message.content
+    assert city.country in ("France", "Germany", "Italy", "Spain")
+    assert len(city.landmarks) <= 3 and city.population >= 0
+
+
+def test_json_object_and_seeded_sampling(client):
+    for seed in (1, 2):
+        r = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Give me a recipe as JSON."}],
+            response_format={"type": "json_object"}, max_tokens=400, temperature=1.0, seed=seed,
+        )
+        if r.choices[0].finish_reason == "stop":
+            assert isinstance(json.loads(r.choices[0].message.content), dict)
+        else:
+            # Cut by max_tokens: a prefix of a JSON object, never free text.
+            assert r.choices[0].message.content.startswith("{")
+
+
+def test_regex_grammar_extension_on_completions(client):
+    r = client.completions.create(
+        model=MODEL, prompt="The year the Eiffel Tower opened:", max_tokens=10, temperature=0,
+        extra_body={"response_format": {"type": "grammar", "syntax": "regex", "grammar": " [0-9]{4}"}},
+    )
+    assert re.fullmatch(r" [0-9]{4}", r.choices[0].text), r.choices[0].text
+
+
+def test_unenforceable_schema_is_400_not_free_text(client):
+    schema = {"type": "object", "properties": {"a": {"type": "string"}},
+              "if": {"required": ["a"]}, "then": {"required": ["b"]}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=MODEL, messages=HI, max_tokens=20,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+        )
+    err = error_of(e.value)
+    assert err["param"] == "response_format" and err["code"] == "unsupported_schema"
+    assert "if" in err["message"], err["message"]
+
+
+WEATHER = [{
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 40},
+                           "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}, {
+    "type": "function",
+    "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}}},
+}]
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Lyon?"}]
+
+
+def test_streamed_tool_call_reassembles(client):
+    calls = {}
+    finish = None
+    for chunk in client.chat.completions.create(
+        model=MODEL, messages=ASK_WEATHER, tools=WEATHER, tool_choice="required",
+        parallel_tool_calls=False, max_tokens=120, temperature=0, stream=True,
+    ):
+        for choice in chunk.choices:
+            for tc in choice.delta.tool_calls or []:
+                entry = calls.setdefault(tc.index, {"name": "", "arguments": "", "id": None})
+                if tc.id:
+                    entry["id"] = tc.id
+                if tc.function and tc.function.name:
+                    entry["name"] += tc.function.name
+                if tc.function and tc.function.arguments:
+                    entry["arguments"] += tc.function.arguments
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls"
+    assert len(calls) == 1
+    call = calls[0]
+    assert call["id"].startswith("call_") and call["name"] in ("get_weather", "get_time")
+    args = json.loads(call["arguments"])
+    if call["name"] == "get_weather":
+        assert set(args) == {"city", "unit"} and args["unit"] in ("celsius", "fahrenheit")
+
+
+def test_named_tool_choice_and_result_fed_back(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=ASK_WEATHER, tools=WEATHER, max_tokens=120, temperature=0,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    msg = r.choices[0].message
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert len(msg.tool_calls) == 1 and msg.tool_calls[0].function.name == "get_weather"
+    args = json.loads(msg.tool_calls[0].function.arguments)
+    assert isinstance(args["city"], str)
+    follow = ASK_WEATHER + [
+        {"role": "assistant", "content": None, "tool_calls": [tc.model_dump() for tc in msg.tool_calls]},
+        {"role": "tool", "tool_call_id": msg.tool_calls[0].id, "content": json.dumps({"temp_c": 21})},
+    ]
+    r = client.chat.completions.create(model=MODEL, messages=follow, tools=WEATHER, tool_choice="none",
+                                       max_tokens=30, temperature=0)
+    assert r.choices[0].message.tool_calls is None
+    assert r.choices[0].message.content
 
 
 def test_context_too_long_is_400(client):
