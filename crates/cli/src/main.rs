@@ -1,6 +1,7 @@
 //! The `verre` binary: argument parsing and wiring, nothing else.
 
 mod bench_cmd;
+mod bench_schemas_cmd;
 mod models_cmd;
 mod run_cmd;
 mod serve_cmd;
@@ -41,6 +42,9 @@ enum Command {
     Run(run_cmd::RunArgs),
     /// Measure prefill and decode speed (tokens/s), batched decode and peak memory.
     Bench(bench_cmd::BenchArgs),
+    /// Run every JSON Schema in a folder through constrained generation and validation:
+    /// declared and empirical coverage, compile and mask times.
+    BenchSchemas(bench_schemas_cmd::BenchSchemasArgs),
     /// Serve the OpenAI-compatible API (chat, completions, models) over HTTP.
     Serve(serve_cmd::ServeArgs),
     /// Manage the API keys that `verre serve --api-key-file` accepts.
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Command::Models { json } => models_cmd::list(json),
         Command::Run(args) => run_cmd::run(args),
         Command::Bench(args) => bench_cmd::bench(args),
+        Command::BenchSchemas(args) => bench_schemas_cmd::bench_schemas(args),
         Command::Serve(args) => serve_cmd::serve(args),
         Command::Keys { command } => serve_cmd::keys(command),
     };
