@@ -1,0 +1,263 @@
+//! Person names. A name is a chain of one to four capitalised words on one line
+//! ("Jean-Pierre", "O'Brien", "DUPONT", initials "J."), with particles ("van der", "de",
+//! "von") between them, and it is reported when something says it is a name:
+//!
+//! | rule | example | score |
+//! |---|---|---|
+//! | a name the caller supplied ([`DetectOptions::extra_names`]) | "Dupont" | 1.0 |
+//! | after a title | "M. Dupont", "Frau Dr. Sabine Weber" | 0.85 |
+//! | after a greeting | "Dear Anna,", "Bonjour Claire" | 0.8 |
+//! | alone on the line after a closing | "Best regards,\nTom Baker" | 0.8 |
+//! | after a field label | "Name: …", "Kontoinhaber: …", "From: … <" | 0.75 |
+//! | a known given name followed by a surname | "Olivier Jacquet" | 0.7 (0.85 with a known surname) |
+//!
+//! Titles are not part of the span. A chain followed by an organisation word ("GmbH",
+//! "Street") is an organisation or a place, not a person.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use super::{char_at, char_before, is_word_bounded};
+use crate::detect::{Candidate, DetectOptions, PiiKind};
+use crate::names::{is_ambiguous_given, is_given, is_not_a_name, is_organisation_suffix, is_surname};
+
+/// A capitalised word: a capital, then letters, apostrophes or hyphens inside.
+static WORD: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\p{Lu}(?:[\p{L}\p{M}]|['’\-][\p{L}])*").expect("word pattern")
+});
+static PARTICLE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?:van der|van den|van de|von der|von|van|de la|de|du|des|der|den|di|da|del|della|dos|le|la|ten|ter|zu|d['’]|l['’])[ \u{a0}]?")
+        .expect("particle pattern")
+});
+static TITLE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\b(?:(?:Mr|Mrs|Ms|Mx|Dr|Prof|Herr|Frau|Dhr|Mevr|Mme|Mlle|Mmes|Sig|Sra|Ing|Dipl\.-Ing)\.?|(?:M|Hr|Fr|Pr|Sr|St)\.|(?:Mister|Miss|Sir|Monsieur|Madame|Mademoiselle|Docteur|Doktor|Professor|Professeur|Maître|Meneer|Mevrouw|Signor|Signora|Señor|Señora|Lord|Lady)\b)")
+        .expect("title pattern")
+});
+static GREETING: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b(?:dear|hi|hello|hey|bonjour|bonsoir|salut|cher|chère|liebe|lieber|hallo|moin|servus|beste|geachte|ciao|caro|cara|gentile|hola|estimado|estimada|querido|querida)[ \t]+")
+        .expect("greeting pattern")
+});
+static CLOSING: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?im)^[ \t>]*(?:best regards|kind regards|warm regards|regards|best wishes|best|sincerely|yours sincerely|yours truly|yours faithfully|cheers|thanks|thank you|many thanks|cordialement|bien cordialement|bien à vous|salutations distinguées|salutations|meilleures salutations|amicalement|mit freundlichen grüßen|mit freundlichen grüssen|mit freundlichen gruessen|freundliche grüße|viele grüße|beste grüße|liebe grüße|mfg|gruß|grüße|met vriendelijke groeten|met vriendelijke groet|vriendelijke groeten|vriendelijke groet|groeten|cordiali saluti|distinti saluti|saluti|saludos|atentamente|un saludo)[ \t]*[,.!]?[ \t]*\r?\n(?:[ \t]*\r?\n)?[ \t>]*")
+        .expect("closing pattern")
+});
+static FIELD: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?im)^[ \t]*(?:name|full name|your name|customer name|nom|nom complet|prénom et nom|nom et prénom|prénom|vorname|nachname|familienname|name des kontoinhabers|kontoinhaber|kontoinhaberin|account holder|account name|titulaire du compte|titulaire|contact person|contact|ansprechpartner|ansprechpartnerin|kontaktperson|patient|employee|employé|employée|mitarbeiter|mitarbeiterin|attn|attention|z\. ?hd\.?|à l'attention de|destinataire|empfänger|recipient|sender|expéditeur|absender|naam|voornaam|achternaam|from|to|cc|bcc|reply-to|an|von|de|à|signed|signé|unterschrift|signature|beneficiary|bénéficiaire|begünstigter|cardholder|card holder|titular|nome|cognome|nombre|apellidos)[ \t]*:[ \t]*"?"#)
+        .expect("field pattern")
+});
+
+pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
+    let mut push = |start: usize, end: usize, score: f32| {
+        out.push(Candidate { kind: PiiKind::Person, start, end, score });
+    };
+    for m in TITLE.find_iter(text) {
+        if let Some((start, end)) = chain(text, skip_titles(text, m.end()), Strictness::Lexicon) {
+            push(start, end, 0.85);
+        }
+    }
+    for m in GREETING.find_iter(text) {
+        if let Some((start, end)) = chain(text, m.end(), Strictness::Any) {
+            push(start, end, 0.8);
+        }
+    }
+    for m in CLOSING.find_iter(text) {
+        if let Some((start, end)) = chain(text, m.end(), Strictness::Any)
+            && ends_line(text, end)
+        {
+            push(start, end, 0.8);
+        }
+    }
+    for m in FIELD.find_iter(text) {
+        if let Some((start, end)) = chain(text, skip_titles(text, m.end()), Strictness::Any) {
+            push(start, end, 0.75);
+        }
+    }
+    for m in WORD.find_iter(text) {
+        let word = m.as_str();
+        if char_before(text, m.start()).is_some_and(char::is_alphanumeric) || !is_given(word) {
+            continue;
+        }
+        if let Some((start, end)) = chain(text, m.start(), Strictness::Lexicon)
+            && end > m.end()
+        {
+            let surname_known = WORD.find_iter(&text[m.end()..end]).any(|w| is_surname(w.as_str()));
+            if is_ambiguous_given(word) && !surname_known {
+                continue;
+            }
+            push(start, end, if surname_known { 0.85 } else { 0.7 });
+        }
+    }
+    extra_names(text, &opts.extra_names, &mut push);
+}
+
+fn extra_names(text: &str, names: &[String], push: &mut impl FnMut(usize, usize, f32)) {
+    let mut needles: Vec<&str> = Vec::new();
+    for name in names {
+        let name = name.trim();
+        if name.is_empty() {
+            continue;
+        }
+        needles.push(name);
+        if name.contains(char::is_whitespace) {
+            needles.extend(name.split_whitespace().filter(|w| {
+                w.chars().count() >= 3 && w.chars().next().is_some_and(char::is_uppercase)
+            }));
+        }
+    }
+    for needle in needles {
+        let pattern = format!(r"(?i){}", regex::escape(needle));
+        let Ok(re) = Regex::new(&pattern) else { continue };
+        for m in re.find_iter(text) {
+            if is_word_bounded(text, m.start(), m.end()) {
+                push(m.start(), m.end(), 1.0);
+            }
+        }
+    }
+}
+
+/// How much a word after the first must prove to join the chain.
+#[derive(Clone, Copy, PartialEq)]
+enum Strictness {
+    /// Any capitalised word that is not a stop word (after a greeting, a field label).
+    Any,
+    /// A known given name or surname, a word in capitals, or any word right after a
+    /// given name or an initial (after a title, in the dictionary rule).
+    Lexicon,
+}
+
+/// A word of a name: its span, and whether it is an initial ("J.").
+struct NameWord {
+    start: usize,
+    end: usize,
+    initial: bool,
+}
+
+/// The capitalised word starting at `pos` after spaces or tabs (never a newline).
+fn word_at(text: &str, pos: usize) -> Option<NameWord> {
+    let rest = &text[pos..];
+    let start = pos + (rest.len() - rest.trim_start_matches([' ', '\t', '\u{a0}']).len());
+    let m = WORD.find_at(text, start).filter(|m| m.start() == start)?;
+    let mut end = m.end();
+    let word = m.as_str();
+    for possessive in ["'s", "’s"] {
+        if word.len() > 3 && word.ends_with(possessive) {
+            end -= possessive.len();
+        }
+    }
+    if char_at(text, end).is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '@') {
+        return None;
+    }
+    let initial = word.chars().count() == 1;
+    if initial {
+        if char_at(text, end) != Some('.') {
+            return None;
+        }
+        end += 1;
+    }
+    Some(NameWord { start, end, initial })
+}
+
+/// After a title, further titles ("Herr Dr. Prof.") are skipped too.
+fn skip_titles(text: &str, mut pos: usize) -> usize {
+    loop {
+        let rest = &text[pos..];
+        let trimmed = rest.trim_start_matches([' ', '\t', '\u{a0}']);
+        let at = pos + rest.len() - trimmed.len();
+        match TITLE.find_at(text, at).filter(|m| m.start() == at) {
+            Some(m) => pos = m.end(),
+            None => return pos,
+        }
+    }
+}
+
+/// The span of the name that starts at `pos`, if any.
+fn chain(text: &str, pos: usize, strictness: Strictness) -> Option<(usize, usize)> {
+    let first = word_at(text, pos)?;
+    if first.initial && word_at(text, first.end).is_none() {
+        return None;
+    }
+    let first_text = &text[first.start..first.end];
+    if is_not_a_name(first_text) {
+        return None;
+    }
+    let mut end = first.end;
+    let mut vouches_for_next = first.initial || is_given(first_text);
+    for _ in 0..3 {
+        let gap = &text[end..];
+        let spaces = gap.len() - gap.trim_start_matches([' ', '\u{a0}']).len();
+        if spaces == 0 || spaces > 2 {
+            break;
+        }
+        let mut next = end + spaces;
+        if let Some(p) = PARTICLE.find(&text[next..]) {
+            next += p.end();
+        }
+        let Some(word) = word_at(text, next) else { break };
+        let word_text = &text[word.start..word.end];
+        if is_not_a_name(word_text) {
+            break;
+        }
+        let vouched = strictness == Strictness::Any
+            || vouches_for_next
+            || is_given(word_text)
+            || is_surname(word_text)
+            || (word_text.chars().count() > 1 && word_text.chars().all(|c| !c.is_lowercase()));
+        if !vouched {
+            break;
+        }
+        end = word.end;
+        vouches_for_next = word.initial || is_given(word_text);
+    }
+    if text[first.start..end].chars().filter(|c| c.is_alphabetic()).count() < 2 {
+        return None;
+    }
+    // "Peter Müller GmbH" is a company, "Thomas Street" a place.
+    if let Some(after) = word_at(text, end)
+        && is_organisation_suffix(&text[after.start..after.end])
+    {
+        return None;
+    }
+    Some((first.start, end))
+}
+
+/// Whether only a separator or the end of the line follows `end`.
+fn ends_line(text: &str, end: usize) -> bool {
+    let rest = text[end..].trim_start_matches([' ', '\t', ',']);
+    rest.is_empty() || rest.starts_with(['\n', '\r', '|', '–', '-', '('])
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{DetectOptions, PiiKind, detect};
+
+    fn persons(text: &str) -> Vec<String> {
+        detect(text, &DetectOptions::only(&[PiiKind::Person])).into_iter().map(|s| s.text).collect()
+    }
+
+    #[test]
+    fn titles_greetings_closings_and_fields() {
+        assert_eq!(persons("Sehr geehrte Frau Dr. Sabine Weber,"), ["Sabine Weber"]);
+        assert_eq!(persons("M. Dupont a appelé."), ["Dupont"]);
+        assert_eq!(persons("Dear Anna, thanks."), ["Anna"]);
+        assert_eq!(persons("Best regards,\nTom Baker\nACME Ltd"), ["Tom Baker"]);
+        assert_eq!(persons("Kontoinhaber: Lukas Brenner"), ["Lukas Brenner"]);
+        assert_eq!(persons("Mme Claire van der Berg est là"), ["Claire van der Berg"]);
+    }
+
+    #[test]
+    fn dictionary_rule_wants_a_surname_after_a_given_name() {
+        assert_eq!(persons("Le dossier de Olivier Jacquet est prêt."), ["Olivier Jacquet"]);
+        assert_eq!(persons("contact JEAN DUPONT today"), ["JEAN DUPONT"]);
+        assert!(persons("Will Shipping be late? Grant Application, Olive Oil").is_empty());
+        assert!(persons("Peter Müller GmbH, Thomas Street").is_empty());
+        assert!(persons("Dear Sir or Madam, Dear customer").is_empty());
+    }
+
+    #[test]
+    fn extra_names_match_whole_names_and_their_capitalised_words() {
+        let opts = DetectOptions { extra_names: vec!["Zoé Kraszewski".into()], ..DetectOptions::only(&[PiiKind::Person]) };
+        let found: Vec<String> = detect("zoé kraszewski wrote; later Kraszewski replied", &opts).into_iter().map(|s| s.text).collect();
+        assert_eq!(found, ["zoé kraszewski", "Kraszewski"]);
+    }
+}
