@@ -45,7 +45,9 @@ pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) 
             continue;
         }
         let glued = char_before(text, m.start()).is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
-            || char_at(text, m.end()).is_some_and(|c| c.is_alphanumeric() || matches!(c, '_' | ':' | '.'));
+            || char_at(text, m.end()).is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
+            || (char_at(text, m.end()) == Some('.')
+                && char_at(text, m.end() + 1).is_some_and(|c| c.is_ascii_hexdigit()));
         if glued || s.parse::<Ipv6Addr>().is_err() {
             continue;
         }
