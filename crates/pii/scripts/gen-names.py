@@ -20,7 +20,7 @@ import zipfile
 FAKER_VERSION = "40.63.0"
 # Locales of the mail and invoices verre reads: Western and Central Europe, plus English.
 LOCALES = [
-    "en_US", "en_GB", "en_IE", "en_NZ",
+    "en_US", "en_GB", "en_IE", "en_NZ", "en_IN", "en_PK", "en_NG",
     "fr_FR", "fr_BE", "fr_CH", "fr_CA", "fr_QC",
     "de_DE", "de_AT", "de_CH", "de_LI", "de_LU",
     "nl_NL", "nl_BE", "it_IT", "es_ES", "pt_PT", "pt_BR", "pl_PL", "cs_CZ", "sk_SK",

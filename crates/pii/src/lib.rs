@@ -28,6 +28,7 @@
 
 mod checksum;
 mod detect;
+pub mod eval;
 mod names;
 mod pseudonym;
 mod recognizers;

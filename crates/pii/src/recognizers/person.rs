@@ -8,7 +8,8 @@
 //! | after a title | "M. Dupont", "Frau Dr. Sabine Weber" | 0.85 |
 //! | after a greeting | "Dear Anna,", "Bonjour Claire" | 0.8 |
 //! | alone on the line after a closing | "Best regards,\nTom Baker" | 0.8 |
-//! | after a field label | "Name: …", "Kontoinhaber: …", "From: … <" | 0.75 |
+//! | after a label for a person ("Kontoinhaber:", "Prénom :", "Patient:") | | 0.75 |
+//! | after a generic label ("Name:", "From:") with a known name inside, or a word of it in the address that follows | "From: Kevin Walsh <…>" | 0.75 |
 //! | a known given name followed by a surname | "Olivier Jacquet" | 0.7 (0.85 with a known surname) |
 //!
 //! Titles are not part of the span. A chain followed by an organisation word ("GmbH",
@@ -31,7 +32,7 @@ static PARTICLE: LazyLock<Regex> = LazyLock::new(|| {
         .expect("particle pattern")
 });
 static TITLE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\b(?:(?:Mr|Mrs|Ms|Mx|Dr|Prof|Herr|Frau|Dhr|Mevr|Mme|Mlle|Mmes|Sig|Sra|Ing|Dipl\.-Ing)\.?|(?:M|Hr|Fr|Pr|Sr|St)\.|(?:Mister|Miss|Sir|Monsieur|Madame|Mademoiselle|Docteur|Doktor|Professor|Professeur|Maître|Meneer|Mevrouw|Signor|Signora|Señor|Señora|Lord|Lady)\b)")
+    Regex::new(r"\b(?:(?:Mr|Mrs|Ms|Mx|Dr|Prof|Herr|Frau|Dhr|Mevr|Mme|Mlle|Mmes|Sig|Sra|Ing|Dipl\.-Ing)\b\.?|(?:M|Hr|Fr|Pr|Sr|St)\.|(?:Mister|Miss|Sir|Monsieur|Madame|Mademoiselle|Docteur|Doktor|Professor|Professeur|Maître|Meneer|Mevrouw|Signor|Signora|Señor|Señora|Lord|Lady)\b)")
         .expect("title pattern")
 });
 static GREETING: LazyLock<Regex> = LazyLock::new(|| {
@@ -42,10 +43,19 @@ static CLOSING: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?im)^[ \t>]*(?:best regards|kind regards|warm regards|regards|best wishes|best|sincerely|yours sincerely|yours truly|yours faithfully|cheers|thanks|thank you|many thanks|cordialement|bien cordialement|bien à vous|salutations distinguées|salutations|meilleures salutations|amicalement|mit freundlichen grüßen|mit freundlichen grüssen|mit freundlichen gruessen|freundliche grüße|viele grüße|beste grüße|liebe grüße|mfg|gruß|grüße|met vriendelijke groeten|met vriendelijke groet|vriendelijke groeten|vriendelijke groet|groeten|cordiali saluti|distinti saluti|saluti|saludos|atentamente|un saludo)[ \t]*[,.!]?[ \t]*\r?\n(?:[ \t]*\r?\n)?[ \t>]*")
         .expect("closing pattern")
 });
-static FIELD: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"(?im)^[ \t]*(?:name|full name|your name|customer name|nom|nom complet|prénom et nom|nom et prénom|prénom|vorname|nachname|familienname|name des kontoinhabers|kontoinhaber|kontoinhaberin|account holder|account name|titulaire du compte|titulaire|contact person|contact|ansprechpartner|ansprechpartnerin|kontaktperson|patient|employee|employé|employée|mitarbeiter|mitarbeiterin|attn|attention|z\. ?hd\.?|à l'attention de|destinataire|empfänger|recipient|sender|expéditeur|absender|naam|voornaam|achternaam|from|to|cc|bcc|reply-to|an|von|de|à|signed|signé|unterschrift|signature|beneficiary|bénéficiaire|begünstigter|cardholder|card holder|titular|nome|cognome|nombre|apellidos)[ \t]*:[ \t]*"?"#)
-        .expect("field pattern")
+/// Labels whose value is a person's name.
+static PERSON_FIELD: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?im)^[ \t]*(?:full name|your name|customer name|nom|nom complet|prénom et nom|nom et prénom|prénom|vorname|nachname|familienname|name des kontoinhabers|kontoinhaber|kontoinhaberin|account holder|account name|titulaire du compte|titulaire|contact person|ansprechpartner|ansprechpartnerin|kontaktperson|patient|employee|employé|employée|mitarbeiter|mitarbeiterin|attn|attention|z\. ?hd\.?|à l'attention de|naam|voornaam|achternaam|signed|signé|unterschrift|beneficiary|bénéficiaire|begünstigter|cardholder|card holder|titular|nome|cognome|nombre|apellidos)[ \t]*:[ \t]*"?"#)
+        .expect("person field pattern")
 });
+/// Labels whose value is often, not always, a person: a product's "Name", a mail header.
+static GENERIC_FIELD: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?im)^[ \t]*(?:name|contact|sender|recipient|destinataire|expéditeur|empfänger|absender|from|to|cc|bcc|reply-to|an|von|de|à|signature)[ \t]*:[ \t]*"?"#)
+        .expect("generic field pattern")
+});
+/// The local part of an address right after a display name (`Kevin Walsh <kevin.w@`).
+static ADDRESS_AFTER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r#"^"?[ \t]*<([^@<>\s]+)@"#).expect("address pattern"));
 
 pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
     let mut push = |start: usize, end: usize, score: f32| {
@@ -68,8 +78,15 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
             push(start, end, 0.8);
         }
     }
-    for m in FIELD.find_iter(text) {
+    for m in PERSON_FIELD.find_iter(text) {
         if let Some((start, end)) = chain(text, skip_titles(text, m.end()), Strictness::Any) {
+            push(start, end, 0.75);
+        }
+    }
+    for m in GENERIC_FIELD.find_iter(text) {
+        if let Some((start, end)) = chain(text, skip_titles(text, m.end()), Strictness::Any)
+            && (known_name_inside(&text[start..end]) || named_in_address(text, start, end))
+        {
             push(start, end, 0.75);
         }
     }
@@ -114,6 +131,22 @@ fn extra_names(text: &str, names: &[String], push: &mut impl FnMut(usize, usize,
             }
         }
     }
+}
+
+/// Whether a word of `name` is a known given name or surname.
+fn known_name_inside(name: &str) -> bool {
+    WORD.find_iter(name).any(|w| {
+        let w = w.as_str();
+        (is_given(w) && !is_ambiguous_given(w)) || is_surname(w)
+    })
+}
+
+/// Whether a display name is followed by an address whose local part contains one of
+/// its words ("Test User <test@example.org>").
+fn named_in_address(text: &str, start: usize, end: usize) -> bool {
+    let Some(local) = ADDRESS_AFTER.captures(&text[end..]).and_then(|c| c.get(1)) else { return false };
+    let local = local.as_str().to_lowercase();
+    WORD.find_iter(&text[start..end]).any(|w| w.as_str().chars().count() >= 3 && local.contains(&w.as_str().to_lowercase()))
 }
 
 /// How much a word after the first must prove to join the chain.

@@ -39,11 +39,12 @@ const PHONE_WORDS: [&str; 22] = [
     "sms", "hotline", "standard", "telephone",
 ];
 /// Words that announce some other number (lower case).
-const REFERENCE_WORDS: [&str; 36] = [
+const REFERENCE_WORDS: [&str; 44] = [
     "invoice", "facture", "rechnung", "factuur", "order", "commande", "bestell", "auftrag",
     "customer", "client", "kunde", "klant", "account", "konto", "compte", "iban", "bic", "swift",
     "vat", "tva", "ust", "btw", "siret", "siren", "steuer", "tax", "ref", "référence",
-    "reference", "referenz", "serial", "serie", "ticket", "case", "mandat", "kvk",
+    "reference", "referenz", "serial", "serie", "ticket", "case", "mandat", "kvk", "dossier",
+    "vorgang", "aktenzeichen", "contrat", "vertrag", "contract", "policy", "police",
 ];
 
 pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
@@ -91,7 +92,14 @@ fn context(text: &str, start: usize) -> Context {
         from += 1;
     }
     let before = text[from..start].to_lowercase();
-    let last = |words: &[&str]| words.iter().filter_map(|w| before.rfind(w)).max();
+    // Words count where they start a word: "Bestellnummer" holds "tel", "Brasserie" "serie".
+    let last = |words: &[&str]| {
+        words
+            .iter()
+            .flat_map(|w| before.match_indices(w).map(|(i, _)| i))
+            .filter(|&i| !before[..i].chars().next_back().is_some_and(char::is_alphabetic))
+            .max()
+    };
     match (last(&PHONE_WORDS), last(&REFERENCE_WORDS)) {
         (Some(p), Some(r)) if r > p => Context::Reference,
         (Some(_), _) => Context::Phone,
