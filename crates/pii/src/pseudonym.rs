@@ -8,14 +8,20 @@
 //! the placeholders back — in whole text, in a stream of chunks ([`StreamRestorer`]), and
 //! in JSON values such as tool-call arguments.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
+use regex::Regex;
 use serde_json::Value;
 
 use crate::detect::{DetectOptions, PiiKind, PiiSpan, detect};
 use crate::recognizers::normalize_phone;
+
+/// Anything shaped like a placeholder, to keep a user's own `<EMAIL_1>` from being
+/// mistaken for one of ours.
+static PLACEHOLDER_SHAPE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"<([A-Z_]+)_([0-9]{1,9})>").expect("placeholder pattern"));
 
 /// What a [`Pseudonymizer`] replaces.
 #[derive(Debug, Clone)]
@@ -46,6 +52,9 @@ pub struct Pseudonymizer {
     placeholder_of: HashMap<(PiiKind, String), String>,
     original_of: HashMap<String, String>,
     counts: HashMap<PiiKind, usize>,
+    /// Placeholder-shaped strings the request itself contains; never handed out, so that
+    /// restoring the answer cannot turn the user's literal text into someone's data.
+    taken: HashSet<String>,
 }
 
 impl Pseudonymizer {
@@ -55,6 +64,7 @@ impl Pseudonymizer {
             placeholder_of: HashMap::new(),
             original_of: HashMap::new(),
             counts: HashMap::new(),
+            taken: HashSet::new(),
         }
     }
 
@@ -73,6 +83,11 @@ impl Pseudonymizer {
     /// Replaces the given spans (sorted, non-overlapping, as [`detect`] returns them) with
     /// their placeholders. Spans of kinds these options do not replace are left as they are.
     pub fn pseudonymize_spans(&mut self, text: &str, spans: &[PiiSpan]) -> String {
+        for m in PLACEHOLDER_SHAPE.find_iter(text) {
+            if !self.original_of.contains_key(m.as_str()) {
+                self.taken.insert(m.as_str().to_string());
+            }
+        }
         let mut out = String::with_capacity(text.len());
         let mut at = 0;
         for span in spans {
@@ -104,8 +119,13 @@ impl Pseudonymizer {
             return p.clone();
         }
         let n = self.counts.entry(kind).or_insert(0);
-        *n += 1;
-        let placeholder = format!("<{}_{}>", kind.placeholder_label(), n);
+        let placeholder = loop {
+            *n += 1;
+            let candidate = format!("<{}_{}>", kind.placeholder_label(), n);
+            if !self.taken.contains(&candidate) {
+                break candidate;
+            }
+        };
         self.placeholder_of.insert(key, placeholder.clone());
         self.original_of.insert(placeholder.clone(), value.to_string());
         placeholder
@@ -250,8 +270,9 @@ impl StreamRestorer {
         while let Some(lt) = pending[at..].find('<').map(|i| at + i) {
             out.push_str(&pending[at..lt]);
             let rest = &pending[lt..];
-            let window = &rest[..self.restorer.longest.min(rest.len())];
-            match window.find('>') {
+            // '>' is ASCII, so its byte position is a char boundary wherever it falls.
+            let window = &rest.as_bytes()[..self.restorer.longest.min(rest.len())];
+            match window.iter().position(|&b| b == b'>') {
                 Some(gt) => {
                     if let Some(original) = self.restorer.original(&rest[..=gt]) {
                         self.restorer.write_original(original, self.escape, &mut out);
@@ -373,6 +394,15 @@ mod tests {
         let r = p.restorer();
         assert_eq!(r.restore("<EMAIL_2> / <EMAIL_1>"), "other@example.org / Jean.Dupont@Example.fr");
         assert_eq!(p.len(), 3);
+    }
+
+    #[test]
+    fn placeholders_already_in_the_request_are_never_handed_out() {
+        let mut p = Pseudonymizer::new(PseudonymizeOptions::default());
+        let out = p.pseudonymize("Template: Hello <PERSON_1>, write to <EMAIL_1>. Mine: ana@example.pt");
+        assert_eq!(out, "Template: Hello <PERSON_1>, write to <EMAIL_1>. Mine: <EMAIL_2>");
+        let r = p.restorer();
+        assert_eq!(r.restore("<EMAIL_1> / <EMAIL_2>"), "<EMAIL_1> / ana@example.pt");
     }
 
     #[test]

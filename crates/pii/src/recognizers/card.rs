@@ -9,32 +9,46 @@ use super::{char_at, char_before};
 use crate::checksum::luhn_is_valid;
 use crate::detect::{Candidate, DetectOptions, PiiKind};
 
-static DIGITS: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"[0-9](?:[ \-]?[0-9]){11,22}").expect("card pattern"));
+/// Groups of digits separated by single spaces or dashes.
+static RUN: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"[0-9]+(?:[ \-][0-9]+)*").expect("card pattern"));
 
 pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) {
-    for m in DIGITS.find_iter(text) {
+    for m in RUN.find_iter(text) {
         if char_before(text, m.start()).is_some_and(|c| c.is_alphanumeric() || c == '.' || c == ',')
         {
             continue;
         }
-        if char_at(text, m.end()).is_some_and(char::is_alphanumeric) {
-            continue;
-        }
-        // The run may go on into a following number ("4111 1111 1111 1111 2025"): try the
-        // whole run, then each shorter prefix that ends at a group boundary.
-        let run = m.as_str();
-        let mut ends: Vec<usize> =
-            run.char_indices().filter(|(_, c)| !c.is_ascii_digit()).map(|(i, _)| i).collect();
-        ends.push(run.len());
-        for &end in ends.iter().rev() {
-            let digits: String = run[..end].chars().filter(char::is_ascii_digit).collect();
-            if (13..=19).contains(&digits.len()) && luhn_is_valid(&digits) && known_issuer(&digits)
-            {
-                let grouped = end != digits.len();
-                let score = if grouped { 0.95 } else { 0.9 };
-                out.push(Candidate { kind: PiiKind::Card, start: m.start(), end: m.start() + end, score });
-                break;
+        let glued_after = char_at(text, m.end()).is_some_and(char::is_alphanumeric);
+        // A run can hold a card between other numbers ("order 1234 4111 1111 1111 1111
+        // 2025"): from each group, take the longest run of whole groups that is a card.
+        let groups: Vec<(usize, usize)> = m
+            .as_str()
+            .split([' ', '-'])
+            .scan(m.start(), |at, g| {
+                let span = (*at, *at + g.len());
+                *at += g.len() + 1;
+                Some(span)
+            })
+            .collect();
+        let mut i = 0;
+        while i < groups.len() {
+            let found = (i + 1..=groups.len()).rev().find_map(|j| {
+                if j == groups.len() && glued_after {
+                    return None;
+                }
+                let (start, end) = (groups[i].0, groups[j - 1].1);
+                let digits: String = text[start..end].chars().filter(char::is_ascii_digit).collect();
+                ((13..=19).contains(&digits.len()) && luhn_is_valid(&digits) && known_issuer(&digits))
+                    .then_some((j, start, end, j - i > 1))
+            });
+            match found {
+                Some((j, start, end, grouped)) => {
+                    let score = if grouped { 0.95 } else { 0.9 };
+                    out.push(Candidate { kind: PiiKind::Card, start, end, score });
+                    i = j;
+                }
+                None => i += 1,
             }
         }
     }
@@ -75,6 +89,10 @@ mod tests {
         assert_eq!(cards("Amex 3782 822463 10005."), ["3782 822463 10005"]);
         assert_eq!(cards("4012888888881881"), ["4012888888881881"]);
         assert_eq!(cards("4111 1111 1111 1111 2025"), ["4111 1111 1111 1111"]);
+        assert_eq!(
+            cards("order 1234 4111 1111 1111 1111 5555-5555-5555-4444"),
+            ["4111 1111 1111 1111", "5555-5555-5555-4444"]
+        );
     }
 
     #[test]

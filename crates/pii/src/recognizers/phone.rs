@@ -50,31 +50,70 @@ const REFERENCE_WORDS: [&str; 44] = [
 pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
     let regions: Vec<country::Id> =
         opts.phone_regions.iter().filter_map(|r| country::Id::from_str(&r.to_ascii_uppercase()).ok()).collect();
-    for m in RUN.find_iter(text) {
-        let (start, mut end) = (m.start(), m.end());
-        if text[start..end].starts_with('(') && !text[start..end].contains(')') {
-            continue;
+    let mut pos = 0;
+    // Inside a run that did not start with a phone number ("Ref 1234 0044 20 …", an
+    // invalid IBAN, a social security number) only an international number counts.
+    let mut failed_run_end = 0;
+    while let Some(m) = RUN.find_at(text, pos) {
+        let inside_failed_run = m.start() < failed_run_end;
+        let international = m.as_str().trim_start_matches('(').starts_with(['+']) || m.as_str().starts_with("00");
+        let found = if inside_failed_run && !international {
+            None
+        } else {
+            longest_number_at(text, m.start(), m.end(), &regions)
+        };
+        match found {
+            Some((end, score)) => {
+                out.push(Candidate { kind: PiiKind::Phone, start: m.start(), end, score });
+                pos = end;
+            }
+            None => {
+                failed_run_end = failed_run_end.max(m.end());
+                pos = m.as_str()[1..]
+                    .find(|c: char| !c.is_ascii_digit() && c != '+' && c != '(')
+                    .map_or(m.end(), |i| m.start() + 1 + i + 1);
+                while !text.is_char_boundary(pos) {
+                    pos += 1;
+                }
+            }
         }
-        // An unmatched "(" at the end belongs to the next run, not this one.
-        while text[start..end].ends_with(['(', ' ']) {
-            end -= 1;
-        }
-        let glued_before = char_before(text, start).is_some_and(|c| {
-            c.is_alphanumeric()
-                || (matches!(c, '/' | '.' | '-' | '_' | '#' | ',')
-                    && char_before(text, start - 1).is_some_and(char::is_alphanumeric))
-        });
+    }
+}
+
+/// The longest phone number that starts at `start` and ends at a group boundary of the
+/// run `start..run_end` ("+44 20 7946 0958 4111 …" is a number followed by another).
+fn longest_number_at(text: &str, start: usize, run_end: usize, regions: &[country::Id]) -> Option<(usize, f32)> {
+    let run = &text[start..run_end];
+    if run.starts_with('(') && !run.contains(')') {
+        return None;
+    }
+    let glued_before = char_before(text, start).is_some_and(|c| {
+        c.is_alphanumeric()
+            || (matches!(c, '/' | '.' | '-' | '_' | '#' | ',')
+                && char_before(text, start - 1).is_some_and(char::is_alphanumeric))
+    });
+    if glued_before {
+        return None;
+    }
+    let context = context(text, start);
+    let bytes = run.as_bytes();
+    let mut ends: Vec<usize> =
+        (1..bytes.len()).filter(|&i| bytes[i - 1].is_ascii_digit() && !bytes[i].is_ascii_digit()).collect();
+    ends.push(bytes.len());
+    for &end in ends.iter().rev() {
+        let end = start + end;
         let after = char_at(text, end);
         let glued_after = after.is_some_and(|c| c.is_alphanumeric() || c == '@')
             || (matches!(after, Some(',' | '.' | '/' | '-' | ':'))
                 && char_at(text, end + 1).is_some_and(|c| c.is_ascii_digit()));
-        if glued_before || glued_after {
+        if glued_after {
             continue;
         }
-        if let Some(score) = score(&text[start..end], context(text, start), &regions) {
-            out.push(Candidate { kind: PiiKind::Phone, start, end, score });
+        if let Some(score) = score(&text[start..end], context, regions) {
+            return Some((end, score));
         }
     }
+    None
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -84,7 +123,8 @@ enum Context {
     None,
 }
 
-/// The nearest announcing word on the line before `start`, within 32 bytes.
+/// The nearest announcing word on the line before `start`, within 32 bytes and after
+/// any other number.
 fn context(text: &str, start: usize) -> Context {
     let from = line_start(text, start).max(start.saturating_sub(32));
     let mut from = from;
@@ -92,6 +132,11 @@ fn context(text: &str, start: usize) -> Context {
         from += 1;
     }
     let before = text[from..start].to_lowercase();
+    // A label speaks for the number right after it, not for one after another number.
+    let before = match before.rfind(|c: char| c.is_ascii_digit()) {
+        Some(i) => &before[i + 1..],
+        None => &before[..],
+    };
     // Words count where they start a word: "Bestellnummer" holds "tel", "Brasserie" "serie".
     let last = |words: &[&str]| {
         words
@@ -110,7 +155,8 @@ fn context(text: &str, start: usize) -> Context {
 
 fn score(candidate: &str, context: Context, regions: &[country::Id]) -> Option<f32> {
     let digits = candidate.chars().filter(char::is_ascii_digit).count();
-    if !(7..=15).contains(&digits) || context == Context::Reference {
+    // A reference label does not turn "+44 20 …" into an order number.
+    if !(7..=15).contains(&digits) || (context == Context::Reference && !candidate.starts_with(['+', '('])) {
         return None;
     }
     if DATE_SHAPED.is_match(candidate) {
@@ -173,6 +219,11 @@ mod tests {
         assert_eq!(phones("0049 30 12345678"), ["0049 30 12345678"]);
         assert_eq!(phones("call (870)-931-0505 now"), ["(870)-931-0505"]);
         assert_eq!(phones("+44 20 7946 0958"), ["+44 20 7946 0958"]);
+        assert_eq!(phones("+44 20 7946 0958 4111 1111"), ["+44 20 7946 0958"]);
+        assert_eq!(phones("2024-06-03 +33 6 12 34 56 78"), ["+33 6 12 34 56 78"]);
+        assert_eq!(phones("Ref 1234 0044 20 7946 0958"), ["0044 20 7946 0958"]);
+        assert!(phones("DE85 1860 9139 0996 0308 25, 2 79 04 69 123 456 78").is_empty());
+        assert_eq!(phones("01 42 68 53 00 06 12 34 56 78"), ["01 42 68 53 00", "06 12 34 56 78"]);
     }
 
     #[test]
