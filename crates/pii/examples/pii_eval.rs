@@ -14,7 +14,8 @@ fn main() -> Result<(), String> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/eval"));
     if shared.join("invoices").is_dir() {
-        let labels = std::fs::read_to_string(data.join("shared_eval_labels.tsv")).map_err(|e| e.to_string())?;
+        let labels = std::fs::read_to_string(data.join("shared_eval_labels.tsv"))
+            .map_err(|e| e.to_string())?;
         docs.extend(load_shared_eval(&shared, &labels)?);
     } else {
         eprintln!("{} not found: fixtures only", shared.display());

@@ -125,7 +125,10 @@ impl Default for DetectOptions {
 impl DetectOptions {
     /// Default options restricted to `kinds`.
     pub fn only(kinds: &[PiiKind]) -> Self {
-        DetectOptions { kinds: kinds.to_vec(), ..DetectOptions::default() }
+        DetectOptions {
+            kinds: kinds.to_vec(),
+            ..DetectOptions::default()
+        }
     }
 
     pub(crate) fn wants(&self, kind: PiiKind) -> bool {
@@ -189,7 +192,12 @@ mod tests {
     use super::*;
 
     fn cand(kind: PiiKind, start: usize, end: usize, score: f32) -> Candidate {
-        Candidate { kind, start, end, score }
+        Candidate {
+            kind,
+            start,
+            end,
+            score,
+        }
     }
 
     #[test]
@@ -200,7 +208,13 @@ mod tests {
             cand(PiiKind::Phone, 0, 8, 0.8),
         ];
         resolve_overlaps(&mut c);
-        assert_eq!(c, vec![cand(PiiKind::Phone, 0, 8, 0.8), cand(PiiKind::Url, 10, 40, 0.85)]);
+        assert_eq!(
+            c,
+            vec![
+                cand(PiiKind::Phone, 0, 8, 0.8),
+                cand(PiiKind::Url, 10, 40, 0.85)
+            ]
+        );
     }
 
     #[test]
@@ -244,7 +258,10 @@ mod tests {
     fn kind_names_round_trip() {
         for k in PiiKind::ALL {
             assert_eq!(k.as_str().parse::<PiiKind>().unwrap(), k);
-            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{}\"", k.as_str()));
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.as_str())
+            );
         }
         assert!("ssn".parse::<PiiKind>().is_err());
     }

@@ -37,37 +37,65 @@ impl LabelledText {
         while let Some(open) = rest.find("[[") {
             text.push_str(&rest[..open]);
             let inner = &rest[open + 2..];
-            let close = inner.find("]]").ok_or_else(|| format!("{name}: unclosed [[ near {:?}", excerpt(inner)))?;
+            let close = inner
+                .find("]]")
+                .ok_or_else(|| format!("{name}: unclosed [[ near {:?}", excerpt(inner)))?;
             let (kind, value) = inner[..close]
                 .split_once(':')
                 .ok_or_else(|| format!("{name}: label without kind: {:?}", &inner[..close]))?;
             let kind: PiiKind = kind.parse().map_err(|e| format!("{name}: {e}"))?;
-            labels.push(Label { kind, start: text.len(), end: text.len() + value.len() });
+            labels.push(Label {
+                kind,
+                start: text.len(),
+                end: text.len() + value.len(),
+            });
             text.push_str(value);
             rest = &inner[close + 2..];
         }
         text.push_str(rest);
-        Ok(LabelledText { name: name.to_string(), text, labels })
+        Ok(LabelledText {
+            name: name.to_string(),
+            text,
+            labels,
+        })
     }
 
     /// Labels every occurrence of each `(kind, value)` in `text` that is not glued to a
     /// letter or digit: for texts that cannot carry inline marks (files read from
     /// elsewhere), with labels kept in a side file.
-    pub fn from_occurrences(name: &str, text: String, values: &[(PiiKind, String)]) -> LabelledText {
+    pub fn from_occurrences(
+        name: &str,
+        text: String,
+        values: &[(PiiKind, String)],
+    ) -> LabelledText {
         let mut labels = Vec::new();
         for (kind, value) in values {
             for (start, _) in text.match_indices(value.as_str()) {
                 let end = start + value.len();
-                let glued = text[..start].chars().next_back().is_some_and(char::is_alphanumeric)
-                    || text[end..].chars().next().is_some_and(char::is_alphanumeric);
+                let glued = text[..start]
+                    .chars()
+                    .next_back()
+                    .is_some_and(char::is_alphanumeric)
+                    || text[end..]
+                        .chars()
+                        .next()
+                        .is_some_and(char::is_alphanumeric);
                 if !glued {
-                    labels.push(Label { kind: *kind, start, end });
+                    labels.push(Label {
+                        kind: *kind,
+                        start,
+                        end,
+                    });
                 }
             }
         }
         labels.sort_by_key(|l| (l.start, l.end));
         labels.dedup();
-        LabelledText { name: name.to_string(), text, labels }
+        LabelledText {
+            name: name.to_string(),
+            text,
+            labels,
+        }
     }
 }
 
@@ -91,13 +119,21 @@ impl Counts {
     /// Share of detections that are right; 1.0 when nothing was detected.
     pub fn precision(&self) -> f64 {
         let detected = self.true_positives + self.false_positives;
-        if detected == 0 { 1.0 } else { self.true_positives as f64 / detected as f64 }
+        if detected == 0 {
+            1.0
+        } else {
+            self.true_positives as f64 / detected as f64
+        }
     }
 
     /// Share of labels that were detected; 1.0 when there is no label.
     pub fn recall(&self) -> f64 {
         let labelled = self.true_positives + self.false_negatives;
-        if labelled == 0 { 1.0 } else { self.true_positives as f64 / labelled as f64 }
+        if labelled == 0 {
+            1.0
+        } else {
+            self.true_positives as f64 / labelled as f64
+        }
     }
 }
 
@@ -117,7 +153,9 @@ impl Report {
 
     /// The table for docs/GDPR.md: one row per kind, then all kinds together.
     pub fn markdown_table(&self) -> String {
-        let mut out = String::from("| kind | labels | detected | correct | precision | recall |\n|---|---:|---:|---:|---:|---:|\n");
+        let mut out = String::from(
+            "| kind | labels | detected | correct | precision | recall |\n|---|---:|---:|---:|---:|---:|\n",
+        );
         let mut total = Counts::default();
         for kind in PiiKind::ALL {
             let c = self.get(kind);
@@ -153,7 +191,10 @@ pub fn evaluate(texts: &[LabelledText], opts: &DetectOptions) -> Report {
             let gold: Vec<&Label> = doc.labels.iter().filter(|l| l.kind == kind).collect();
             let predicted: Vec<_> = found.iter().filter(|s| s.kind == kind).collect();
             for l in &gold {
-                if predicted.iter().any(|s| s.start == l.start && s.end == l.end) {
+                if predicted
+                    .iter()
+                    .any(|s| s.start == l.start && s.end == l.end)
+                {
                     counts.true_positives += 1;
                 } else {
                     counts.false_negatives += 1;
@@ -166,14 +207,20 @@ pub fn evaluate(texts: &[LabelledText], opts: &DetectOptions) -> Report {
                         "{}: missed {kind} {:?}{}",
                         doc.name,
                         &doc.text[l.start..l.end],
-                        if near.is_empty() { String::new() } else { format!(" (overlapped by {})", near.join(", ")) }
+                        if near.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (overlapped by {})", near.join(", "))
+                        }
                     ));
                 }
             }
             for s in &predicted {
                 if !gold.iter().any(|l| s.start == l.start && s.end == l.end) {
                     counts.false_positives += 1;
-                    report.errors.push(format!("{}: false {kind} {:?}", doc.name, s.text));
+                    report
+                        .errors
+                        .push(format!("{}: false {kind} {:?}", doc.name, s.text));
                 }
             }
         }
@@ -192,8 +239,12 @@ pub fn load_marked_dir(dir: &Path) -> Result<Vec<LabelledText>, String> {
     files.sort();
     let mut docs = Vec::new();
     for path in files {
-        let content = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let content = std::fs::read_to_string(&path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let file = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         for (i, part) in content.split("\n%%\n").enumerate() {
             docs.push(LabelledText::parse(&format!("{file}#{}", i + 1), part)?);
         }
@@ -213,10 +264,18 @@ pub fn load_shared_eval(eval_dir: &Path, labels: &str) -> Result<Vec<LabelledTex
         }
         let mut cols = line.splitn(3, '\t');
         let (Some(file), Some(kind), Some(value)) = (cols.next(), cols.next(), cols.next()) else {
-            return Err(format!("labels line {}: expected file, kind, value separated by tabs", n + 1));
+            return Err(format!(
+                "labels line {}: expected file, kind, value separated by tabs",
+                n + 1
+            ));
         };
-        let kind: PiiKind = kind.parse().map_err(|e| format!("labels line {}: {e}", n + 1))?;
-        values.entry(file.to_string()).or_default().push((kind, value.to_string()));
+        let kind: PiiKind = kind
+            .parse()
+            .map_err(|e| format!("labels line {}: {e}", n + 1))?;
+        values
+            .entry(file.to_string())
+            .or_default()
+            .push((kind, value.to_string()));
     }
     let mut docs = Vec::new();
     for (folder, ext) in [("invoices", "json"), ("mail/malformed", "eml")] {
@@ -228,23 +287,36 @@ pub fn load_shared_eval(eval_dir: &Path, labels: &str) -> Result<Vec<LabelledTex
             .collect();
         files.sort();
         for path in files {
-            let name = format!("{folder}/{}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
-            let bytes = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let name = format!(
+                "{folder}/{}",
+                path.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            );
+            let bytes =
+                std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
             let text = if ext == "json" {
-                let value: serde_json::Value =
-                    serde_json::from_slice(&bytes).map_err(|e| format!("parsing {}: {e}", path.display()))?;
+                let value: serde_json::Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("parsing {}: {e}", path.display()))?;
                 let mut text = String::new();
                 render_json(&value, "", &mut text);
                 text
             } else {
                 String::from_utf8_lossy(&bytes).into_owned()
             };
-            docs.push(LabelledText::from_occurrences(&name, text, values.get(&name).map_or(&[], |v| v)));
+            docs.push(LabelledText::from_occurrences(
+                &name,
+                text,
+                values.get(&name).map_or(&[], |v| v),
+            ));
         }
     }
     for file in values.keys() {
         if !docs.iter().any(|d| &d.name == file) {
-            return Err(format!("labels name {file}, which is not in {}", eval_dir.display()));
+            return Err(format!(
+                "labels name {file}, which is not in {}",
+                eval_dir.display()
+            ));
         }
     }
     Ok(docs)
@@ -280,17 +352,36 @@ mod tests {
 
     #[test]
     fn counts_exact_matches_only() {
-        let docs = [LabelledText::parse("t", "Dear [[person:Anna Schmidt]], mail [[email:a@example.org]] or 06 12").unwrap()];
+        let docs = [LabelledText::parse(
+            "t",
+            "Dear [[person:Anna Schmidt]], mail [[email:a@example.org]] or 06 12",
+        )
+        .unwrap()];
         let report = evaluate(&docs, &DetectOptions::default());
-        assert_eq!(report.get(PiiKind::Email), Counts { true_positives: 1, false_positives: 0, false_negatives: 0 });
+        assert_eq!(
+            report.get(PiiKind::Email),
+            Counts {
+                true_positives: 1,
+                false_positives: 0,
+                false_negatives: 0
+            }
+        );
         assert_eq!(report.get(PiiKind::Person).true_positives, 1);
         assert_eq!(report.get(PiiKind::Phone), Counts::default());
-        assert!(report.markdown_table().contains("| email | 1 | 1 | 1 | 1.000 | 1.000 |"));
+        assert!(
+            report
+                .markdown_table()
+                .contains("| email | 1 | 1 | 1 | 1.000 | 1.000 |")
+        );
     }
 
     #[test]
     fn occurrences_skip_glued_matches() {
-        let t = LabelledText::from_occurrences("t", "Anna, Annabel, Anna".into(), &[(PiiKind::Person, "Anna".into())]);
+        let t = LabelledText::from_occurrences(
+            "t",
+            "Anna, Annabel, Anna".into(),
+            &[(PiiKind::Person, "Anna".into())],
+        );
         assert_eq!(t.labels.len(), 2);
     }
 }

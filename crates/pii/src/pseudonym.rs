@@ -24,7 +24,7 @@ static PLACEHOLDER_SHAPE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"<([A-Z_]+)_([0-9]{1,9})>").expect("placeholder pattern"));
 
 /// What a [`Pseudonymizer`] replaces.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PseudonymizeOptions {
     /// Detection settings; its `kinds` are the kinds that get replaced (default: all).
     /// Put names the model extracted in `detect.extra_names`, or add them later with
@@ -32,16 +32,12 @@ pub struct PseudonymizeOptions {
     pub detect: DetectOptions,
 }
 
-impl Default for PseudonymizeOptions {
-    fn default() -> Self {
-        PseudonymizeOptions { detect: DetectOptions::default() }
-    }
-}
-
 impl PseudonymizeOptions {
     /// Replace only `kinds`.
     pub fn only(kinds: &[PiiKind]) -> Self {
-        PseudonymizeOptions { detect: DetectOptions::only(kinds) }
+        PseudonymizeOptions {
+            detect: DetectOptions::only(kinds),
+        }
     }
 }
 
@@ -71,7 +67,9 @@ impl Pseudonymizer {
     /// Adds names known to be persons (for instance extracted by a model) for the texts
     /// pseudonymised from now on.
     pub fn add_names<S: Into<String>>(&mut self, names: impl IntoIterator<Item = S>) {
-        self.detect.extra_names.extend(names.into_iter().map(Into::into));
+        self.detect
+            .extra_names
+            .extend(names.into_iter().map(Into::into));
     }
 
     /// Detects PII in `text` and returns it with every span replaced by its placeholder.
@@ -127,7 +125,8 @@ impl Pseudonymizer {
             }
         };
         self.placeholder_of.insert(key, placeholder.clone());
-        self.original_of.insert(placeholder.clone(), value.to_string());
+        self.original_of
+            .insert(placeholder.clone(), value.to_string());
         placeholder
     }
 
@@ -151,11 +150,19 @@ impl Pseudonymizer {
             PiiKind::Email => value.to_lowercase(),
             PiiKind::Phone => normalize_phone(value, &self.detect.phone_regions)
                 .unwrap_or_else(|| value.chars().filter(char::is_ascii_digit).collect()),
-            PiiKind::Iban | PiiKind::Card => {
-                value.chars().filter(char::is_ascii_alphanumeric).collect::<String>().to_ascii_uppercase()
-            }
-            PiiKind::Ip => value.parse::<IpAddr>().map_or_else(|_| value.to_lowercase(), |ip| ip.to_string()),
-            PiiKind::Person => value.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase(),
+            PiiKind::Iban | PiiKind::Card => value
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .collect::<String>()
+                .to_ascii_uppercase(),
+            PiiKind::Ip => value
+                .parse::<IpAddr>()
+                .map_or_else(|_| value.to_lowercase(), |ip| ip.to_string()),
+            PiiKind::Person => value
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_lowercase(),
             PiiKind::Url | PiiKind::DateOfBirth => value.to_string(),
         }
     }
@@ -183,7 +190,10 @@ impl Restorer {
     /// A restorer for an explicit placeholder → original map.
     pub fn new(original_of: HashMap<String, String>) -> Self {
         let longest = original_of.keys().map(String::len).max().unwrap_or(0);
-        Restorer { original_of: Arc::new(original_of), longest }
+        Restorer {
+            original_of: Arc::new(original_of),
+            longest,
+        }
     }
 
     /// The original value behind `placeholder`.
@@ -230,7 +240,11 @@ impl Restorer {
     /// A restorer for a stream of chunks that writes originals with `escape`
     /// ([`Escape::JsonString`] for streamed tool-call arguments).
     pub fn stream_escaped(&self, escape: Escape) -> StreamRestorer {
-        StreamRestorer { restorer: self.clone(), pending: String::new(), escape }
+        StreamRestorer {
+            restorer: self.clone(),
+            pending: String::new(),
+            escape,
+        }
     }
 
     /// Whether `s` (which starts with `<` and has no `>`) could still grow into a known
@@ -275,7 +289,8 @@ impl StreamRestorer {
             match window.iter().position(|&b| b == b'>') {
                 Some(gt) => {
                     if let Some(original) = self.restorer.original(&rest[..=gt]) {
-                        self.restorer.write_original(original, self.escape, &mut out);
+                        self.restorer
+                            .write_original(original, self.escape, &mut out);
                         at = lt + gt + 1;
                         continue;
                     }
@@ -325,8 +340,13 @@ mod tests {
         let r = restorer();
         let text = "Bonjour <PERSON_1>, écrivez à <EMAIL_1> ou <PERSON_10>; <PERSON_3> <<PERSON_1>< PERSON_1> <EMAIL_1";
         let expected = r.restore(text);
-        assert!(expected.contains("Jean \"JD\" Dupont, écrivez à jd@example.fr ou Zoé; <PERSON_3> <Jean"));
-        let boundaries: Vec<usize> = (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect();
+        assert!(
+            expected
+                .contains("Jean \"JD\" Dupont, écrivez à jd@example.fr ou Zoé; <PERSON_3> <Jean")
+        );
+        let boundaries: Vec<usize> = (0..=text.len())
+            .filter(|&i| text.is_char_boundary(i))
+            .collect();
         for &i in &boundaries {
             for &j in boundaries.iter().filter(|&&j| j >= i) {
                 let mut s = r.stream();
@@ -392,17 +412,27 @@ mod tests {
         assert_eq!(a, "Mail <EMAIL_1> or call <PHONE_1>.");
         assert_eq!(b, "Again: <EMAIL_1>, <PHONE_1>, <EMAIL_2>");
         let r = p.restorer();
-        assert_eq!(r.restore("<EMAIL_2> / <EMAIL_1>"), "other@example.org / Jean.Dupont@Example.fr");
+        assert_eq!(
+            r.restore("<EMAIL_2> / <EMAIL_1>"),
+            "other@example.org / Jean.Dupont@Example.fr"
+        );
         assert_eq!(p.len(), 3);
     }
 
     #[test]
     fn placeholders_already_in_the_request_are_never_handed_out() {
         let mut p = Pseudonymizer::new(PseudonymizeOptions::default());
-        let out = p.pseudonymize("Template: Hello <PERSON_1>, write to <EMAIL_1>. Mine: ana@example.pt");
-        assert_eq!(out, "Template: Hello <PERSON_1>, write to <EMAIL_1>. Mine: <EMAIL_2>");
+        let out =
+            p.pseudonymize("Template: Hello <PERSON_1>, write to <EMAIL_1>. Mine: ana@example.pt");
+        assert_eq!(
+            out,
+            "Template: Hello <PERSON_1>, write to <EMAIL_1>. Mine: <EMAIL_2>"
+        );
         let r = p.restorer();
-        assert_eq!(r.restore("<EMAIL_1> / <EMAIL_2>"), "<EMAIL_1> / ana@example.pt");
+        assert_eq!(
+            r.restore("<EMAIL_1> / <EMAIL_2>"),
+            "<EMAIL_1> / ana@example.pt"
+        );
     }
 
     #[test]

@@ -18,9 +18,15 @@ fn shared_eval_dir() -> Option<PathBuf> {
     if dir.join("invoices").is_dir() {
         Some(dir)
     } else if std::env::var_os("CI").is_some() {
-        panic!("shared evaluation data not found at {} (set VERRE_SHARED_EVAL)", dir.display());
+        panic!(
+            "shared evaluation data not found at {} (set VERRE_SHARED_EVAL)",
+            dir.display()
+        );
     } else {
-        eprintln!("note: {} not found, evaluating on the crate's fixtures only", dir.display());
+        eprintln!(
+            "note: {} not found, evaluating on the crate's fixtures only",
+            dir.display()
+        );
         None
     }
 }
@@ -46,15 +52,39 @@ fn precision_and_recall_meet_the_targets() {
     // The targets: recall ≥ 0.95 for the kinds with checksums or metadata.
     for kind in [PiiKind::Email, PiiKind::Phone, PiiKind::Iban, PiiKind::Card] {
         let c = report.get(kind);
-        assert!(c.true_positives + c.false_negatives >= 10, "{kind}: too few labels to measure");
-        assert!(c.recall() >= 0.95, "{kind}: recall {:.3} < 0.95", c.recall());
-        assert!(c.precision() >= 0.95, "{kind}: precision {:.3} < 0.95", c.precision());
+        assert!(
+            c.true_positives + c.false_negatives >= 10,
+            "{kind}: too few labels to measure"
+        );
+        assert!(
+            c.recall() >= 0.95,
+            "{kind}: recall {:.3} < 0.95",
+            c.recall()
+        );
+        assert!(
+            c.precision() >= 0.95,
+            "{kind}: precision {:.3} < 0.95",
+            c.precision()
+        );
     }
     // Regression floors for the context-based kinds, a little under what was measured.
-    for (kind, floor) in [(PiiKind::Ip, 0.9), (PiiKind::Url, 0.8), (PiiKind::DateOfBirth, 0.9), (PiiKind::Person, 0.8)] {
+    for (kind, floor) in [
+        (PiiKind::Ip, 0.9),
+        (PiiKind::Url, 0.8),
+        (PiiKind::DateOfBirth, 0.9),
+        (PiiKind::Person, 0.8),
+    ] {
         let c = report.get(kind);
-        assert!(c.recall() >= floor, "{kind}: recall {:.3} < {floor}", c.recall());
-        assert!(c.precision() >= floor, "{kind}: precision {:.3} < {floor}", c.precision());
+        assert!(
+            c.recall() >= floor,
+            "{kind}: recall {:.3} < {floor}",
+            c.recall()
+        );
+        assert!(
+            c.precision() >= floor,
+            "{kind}: precision {:.3} < {floor}",
+            c.precision()
+        );
     }
 }
 
@@ -62,6 +92,9 @@ fn precision_and_recall_meet_the_targets() {
 fn fixtures_parse_and_label_every_kind() {
     let docs = labelled_set();
     for kind in PiiKind::ALL {
-        assert!(docs.iter().flat_map(|d| &d.labels).any(|l| l.kind == kind), "no {kind} label");
+        assert!(
+            docs.iter().flat_map(|d| &d.labels).any(|l| l.kind == kind),
+            "no {kind} label"
+        );
     }
 }

@@ -42,15 +42,40 @@ const VALUES: &[(PiiKind, &str)] = &[
 
 /// Filler: prose in several scripts, emoji, and things that look like PII but are not.
 const FILLER: &[&str] = &[
-    "Grüße", "à bientôt", "日本語のテキスト", "👍🏽", "naïve café", "Ελληνικά", "—", "…", "«»",
-    "order 1234 5678 9012 3456", "total 1.234,56 €", "v1.2.3.4", "2024-06-03", "12/03/2024",
-    "INV/2023/03/0008", "DE89 3704 0044 0532 0130 01", "4111 1111 1111 1112", "10:30:00",
-    "<PERSON_1>", "a < b > c", "<EMAIL_", "x@y", "Kundennummer 0049301234567", "\n", "\t", ",",
+    "Grüße",
+    "à bientôt",
+    "日本語のテキスト",
+    "👍🏽",
+    "naïve café",
+    "Ελληνικά",
+    "—",
+    "…",
+    "«»",
+    "order 1234 5678 9012 3456",
+    "total 1.234,56 €",
+    "v1.2.3.4",
+    "2024-06-03",
+    "12/03/2024",
+    "INV/2023/03/0008",
+    "DE89 3704 0044 0532 0130 01",
+    "4111 1111 1111 1112",
+    "10:30:00",
+    "<PERSON_1>",
+    "a < b > c",
+    "<EMAIL_",
+    "x@y",
+    "Kundennummer 0049301234567",
+    "\n",
+    "\t",
+    ",",
 ];
 
 /// Rounds per property; `VERRE_PII_ROUNDS` raises it for a longer hunt.
 fn rounds(default: usize) -> usize {
-    std::env::var("VERRE_PII_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(default)
+    std::env::var("VERRE_PII_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(default)
 }
 
 fn random_text(rng: &mut Rng, inserted: &mut Vec<(PiiKind, &'static str)>) -> String {
@@ -81,7 +106,10 @@ fn spans_are_sorted_disjoint_on_char_boundaries_and_find_every_inserted_value() 
         let text = random_text(&mut rng, &mut inserted);
         let spans = detect(&text, &opts);
         for pair in spans.windows(2) {
-            assert!(pair[0].end <= pair[1].start, "round {round}: overlap in {text:?}: {spans:?}");
+            assert!(
+                pair[0].end <= pair[1].start,
+                "round {round}: overlap in {text:?}: {spans:?}"
+            );
         }
         for s in &spans {
             assert!(text.is_char_boundary(s.start) && text.is_char_boundary(s.end));
@@ -102,11 +130,16 @@ fn pseudonymise_then_restore_gives_back_the_text_whole_and_streamed() {
     let mut rng = Rng(0xC0FFEE);
     for round in 0..rounds(300) {
         let mut inserted = Vec::new();
-        let messages: Vec<String> = (0..3).map(|_| random_text(&mut rng, &mut inserted)).collect();
+        let messages: Vec<String> = (0..3)
+            .map(|_| random_text(&mut rng, &mut inserted))
+            .collect();
         let mut p = Pseudonymizer::new(PseudonymizeOptions::default());
         let sent: Vec<String> = messages.iter().map(|m| p.pseudonymize(m)).collect();
         for (_, value) in &inserted {
-            assert!(sent.iter().all(|s| !s.contains(value)), "round {round}: {value:?} left in {sent:?}");
+            assert!(
+                sent.iter().all(|s| !s.contains(value)),
+                "round {round}: {value:?} left in {sent:?}"
+            );
         }
         let restorer = p.restorer();
         for (original, sent) in messages.iter().zip(&sent) {

@@ -38,14 +38,24 @@ pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) 
                     return None;
                 }
                 let (start, end) = (groups[i].0, groups[j - 1].1);
-                let digits: String = text[start..end].chars().filter(char::is_ascii_digit).collect();
-                ((13..=19).contains(&digits.len()) && luhn_is_valid(&digits) && known_issuer(&digits))
-                    .then_some((j, start, end, j - i > 1))
+                let digits: String = text[start..end]
+                    .chars()
+                    .filter(char::is_ascii_digit)
+                    .collect();
+                ((13..=19).contains(&digits.len())
+                    && luhn_is_valid(&digits)
+                    && known_issuer(&digits))
+                .then_some((j, start, end, j - i > 1))
             });
             match found {
                 Some((j, start, end, grouped)) => {
                     let score = if grouped { 0.95 } else { 0.9 };
-                    out.push(Candidate { kind: PiiKind::Card, start, end, score });
+                    out.push(Candidate {
+                        kind: PiiKind::Card,
+                        start,
+                        end,
+                        score,
+                    });
                     i = j;
                 }
                 None => i += 1,
@@ -61,8 +71,13 @@ fn known_issuer(digits: &str) -> bool {
     let len = digits.len();
     match digits.as_bytes()[0] {
         b'4' => matches!(len, 13 | 16 | 19),
-        b'2' => (2221..=2720).contains(&prefix(4)) && len == 16 || (2200..=2204).contains(&prefix(4)),
-        b'5' => (51..=55).contains(&prefix(2)) && len == 16 || (len >= 13 && matches!(prefix(2), 50 | 56..=58)),
+        b'2' => {
+            (2221..=2720).contains(&prefix(4)) && len == 16 || (2200..=2204).contains(&prefix(4))
+        }
+        b'5' => {
+            (51..=55).contains(&prefix(2)) && len == 16
+                || (len >= 13 && matches!(prefix(2), 50 | 56..=58))
+        }
         b'3' => {
             matches!(prefix(2), 34 | 37) && len == 15
                 || (300..=305).contains(&prefix(3)) && len >= 14
@@ -79,12 +94,18 @@ mod tests {
     use crate::{DetectOptions, PiiKind, detect};
 
     fn cards(text: &str) -> Vec<String> {
-        detect(text, &DetectOptions::only(&[PiiKind::Card])).into_iter().map(|s| s.text).collect()
+        detect(text, &DetectOptions::only(&[PiiKind::Card]))
+            .into_iter()
+            .map(|s| s.text)
+            .collect()
     }
 
     #[test]
     fn finds_cards_in_common_layouts() {
-        assert_eq!(cards("Visa 4111 1111 1111 1111 exp 12/27"), ["4111 1111 1111 1111"]);
+        assert_eq!(
+            cards("Visa 4111 1111 1111 1111 exp 12/27"),
+            ["4111 1111 1111 1111"]
+        );
         assert_eq!(cards("card=5555-5555-5555-4444;"), ["5555-5555-5555-4444"]);
         assert_eq!(cards("Amex 3782 822463 10005."), ["3782 822463 10005"]);
         assert_eq!(cards("4012888888881881"), ["4012888888881881"]);

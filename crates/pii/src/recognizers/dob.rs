@@ -21,9 +21,26 @@ static DATE: LazyLock<Regex> = LazyLock::new(|| {
 
 /// Lower-case words that say the next date is a birth date.
 const BIRTH_WORDS: [&str; 20] = [
-    "born", "birth", "dob", "d.o.b", "birthday", "né le", "née le", "né(e) le", "né(e)",
-    "naissance", "geboren", "geb.", "geburtsdatum", "geburtstag", "geboortedatum", "nato il",
-    "nata il", "nascita", "nacimiento", "nacido",
+    "born",
+    "birth",
+    "dob",
+    "d.o.b",
+    "birthday",
+    "né le",
+    "née le",
+    "né(e) le",
+    "né(e)",
+    "naissance",
+    "geboren",
+    "geb.",
+    "geburtsdatum",
+    "geburtstag",
+    "geboortedatum",
+    "nato il",
+    "nata il",
+    "nascita",
+    "nacimiento",
+    "nacido",
 ];
 
 pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) {
@@ -39,7 +56,12 @@ pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) 
             None => &before[..],
         };
         if BIRTH_WORDS.iter().any(|w| before.contains(w)) {
-            out.push(Candidate { kind: PiiKind::DateOfBirth, start: m.start(), end: m.end(), score: 0.9 });
+            out.push(Candidate {
+                kind: PiiKind::DateOfBirth,
+                start: m.start(),
+                end: m.end(),
+                score: 0.9,
+            });
         }
     }
 }
@@ -49,12 +71,18 @@ mod tests {
     use crate::{DetectOptions, PiiKind, detect};
 
     fn dobs(text: &str) -> Vec<String> {
-        detect(text, &DetectOptions::only(&[PiiKind::DateOfBirth])).into_iter().map(|s| s.text).collect()
+        detect(text, &DetectOptions::only(&[PiiKind::DateOfBirth]))
+            .into_iter()
+            .map(|s| s.text)
+            .collect()
     }
 
     #[test]
     fn finds_birth_dates_next_to_birth_words() {
-        assert_eq!(dobs("Jean Dupont, né le 3 avril 1979 à Lyon"), ["3 avril 1979"]);
+        assert_eq!(
+            dobs("Jean Dupont, né le 3 avril 1979 à Lyon"),
+            ["3 avril 1979"]
+        );
         assert_eq!(dobs("Date of birth: 12/03/1985"), ["12/03/1985"]);
         assert_eq!(dobs("geb. 07.05.1962 in Köln"), ["07.05.1962"]);
         assert_eq!(dobs("born on March 4, 1990."), ["March 4, 1990"]);

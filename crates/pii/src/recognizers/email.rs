@@ -16,8 +16,13 @@ static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
     .expect("e-mail pattern")
 });
 
-const MESSAGE_ID_HEADERS: [&str; 5] =
-    ["message-id:", "content-id:", "in-reply-to:", "references:", "resent-message-id:"];
+const MESSAGE_ID_HEADERS: [&str; 5] = [
+    "message-id:",
+    "content-id:",
+    "in-reply-to:",
+    "references:",
+    "resent-message-id:",
+];
 
 pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) {
     for m in EMAIL.find_iter(text) {
@@ -30,7 +35,12 @@ pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) 
         if MESSAGE_ID_HEADERS.iter().any(|h| header.starts_with(h)) {
             continue;
         }
-        out.push(Candidate { kind: PiiKind::Email, start: m.start(), end: m.end(), score: 0.95 });
+        out.push(Candidate {
+            kind: PiiKind::Email,
+            start: m.start(),
+            end: m.end(),
+            score: 0.95,
+        });
     }
 }
 
@@ -39,15 +49,30 @@ mod tests {
     use crate::{DetectOptions, PiiKind, detect};
 
     fn emails(text: &str) -> Vec<String> {
-        detect(text, &DetectOptions::only(&[PiiKind::Email])).into_iter().map(|s| s.text).collect()
+        detect(text, &DetectOptions::only(&[PiiKind::Email]))
+            .into_iter()
+            .map(|s| s.text)
+            .collect()
     }
 
     #[test]
     fn finds_addresses_in_prose_and_headers() {
-        assert_eq!(emails("write to jean.dupont@example.fr."), ["jean.dupont@example.fr"]);
-        assert_eq!(emails("From: Test User <test@example.org>"), ["test@example.org"]);
-        assert_eq!(emails("(max+tag@mail.example.co.uk)"), ["max+tag@mail.example.co.uk"]);
-        assert_eq!(emails("Grüße an jürgen.müller@bücher.de"), ["jürgen.müller@bücher.de"]);
+        assert_eq!(
+            emails("write to jean.dupont@example.fr."),
+            ["jean.dupont@example.fr"]
+        );
+        assert_eq!(
+            emails("From: Test User <test@example.org>"),
+            ["test@example.org"]
+        );
+        assert_eq!(
+            emails("(max+tag@mail.example.co.uk)"),
+            ["max+tag@mail.example.co.uk"]
+        );
+        assert_eq!(
+            emails("Grüße an jürgen.müller@bücher.de"),
+            ["jürgen.müller@bücher.de"]
+        );
     }
 
     #[test]

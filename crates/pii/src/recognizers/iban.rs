@@ -18,11 +18,18 @@ pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) 
         if char_before(text, m.start()).is_some_and(char::is_alphanumeric) {
             continue;
         }
-        let Some(len) = iban_length(&m.as_str()[..2]) else { continue };
+        let Some(len) = iban_length(&m.as_str()[..2]) else {
+            continue;
+        };
         if let Some(end) = take_alnum(text, m.start(), len)
             && iban_is_valid(&text[m.start()..end].replace([' ', '\u{a0}', '-'], ""))
         {
-            out.push(Candidate { kind: PiiKind::Iban, start: m.start(), end, score: 1.0 });
+            out.push(Candidate {
+                kind: PiiKind::Iban,
+                start: m.start(),
+                end,
+                score: 1.0,
+            });
         }
     }
 }
@@ -53,14 +60,23 @@ mod tests {
     use crate::{DetectOptions, PiiKind, detect};
 
     fn ibans(text: &str) -> Vec<String> {
-        detect(text, &DetectOptions::only(&[PiiKind::Iban])).into_iter().map(|s| s.text).collect()
+        detect(text, &DetectOptions::only(&[PiiKind::Iban]))
+            .into_iter()
+            .map(|s| s.text)
+            .collect()
     }
 
     #[test]
     fn finds_grouped_and_compact_ibans() {
-        assert_eq!(ibans("IBAN: DE89 3704 0044 0532 0130 00 BIC: COBADEFFXXX"), ["DE89 3704 0044 0532 0130 00"]);
+        assert_eq!(
+            ibans("IBAN: DE89 3704 0044 0532 0130 00 BIC: COBADEFFXXX"),
+            ["DE89 3704 0044 0532 0130 00"]
+        );
         assert_eq!(ibans("IBAN NL91ABNA0417164300."), ["NL91ABNA0417164300"]);
-        assert_eq!(ibans("FR14 2004 1010 0505 0001 3M02 606"), ["FR14 2004 1010 0505 0001 3M02 606"]);
+        assert_eq!(
+            ibans("FR14 2004 1010 0505 0001 3M02 606"),
+            ["FR14 2004 1010 0505 0001 3M02 606"]
+        );
     }
 
     #[test]

@@ -25,15 +25,24 @@ pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) 
         let after = char_at(text, m.end());
         let glued_before = before.is_some_and(|c| c.is_alphanumeric() || c == '.' || c == '-');
         let glued_after = after.is_some_and(|c| c.is_alphanumeric() || c == '@' || c == '-')
-            || (after == Some('.') && char_at(text, m.end() + 1).is_some_and(|c| c.is_ascii_digit()));
+            || (after == Some('.')
+                && char_at(text, m.end() + 1).is_some_and(|c| c.is_ascii_digit()));
         if glued_before || glued_after || m.as_str().parse::<Ipv4Addr>().is_err() {
             continue;
         }
         let context = window_before(text, m.start(), 16);
-        if VERSION_WORDS.iter().any(|w| context.trim_end().ends_with(w)) {
+        if VERSION_WORDS
+            .iter()
+            .any(|w| context.trim_end().ends_with(w))
+        {
             continue;
         }
-        out.push(Candidate { kind: PiiKind::Ip, start: m.start(), end: m.end(), score: 0.9 });
+        out.push(Candidate {
+            kind: PiiKind::Ip,
+            start: m.start(),
+            end: m.end(),
+            score: 0.9,
+        });
     }
     for m in V6.find_iter(text) {
         let s = m.as_str();
@@ -44,14 +53,20 @@ pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) 
         if !s.chars().any(|c| c.is_ascii_digit()) {
             continue;
         }
-        let glued = char_before(text, m.start()).is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
+        let glued = char_before(text, m.start())
+            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
             || char_at(text, m.end()).is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
             || (char_at(text, m.end()) == Some('.')
                 && char_at(text, m.end() + 1).is_some_and(|c| c.is_ascii_hexdigit()));
         if glued || s.parse::<Ipv6Addr>().is_err() {
             continue;
         }
-        out.push(Candidate { kind: PiiKind::Ip, start: m.start(), end: m.end(), score: 0.9 });
+        out.push(Candidate {
+            kind: PiiKind::Ip,
+            start: m.start(),
+            end: m.end(),
+            score: 0.9,
+        });
     }
 }
 
@@ -60,15 +75,27 @@ mod tests {
     use crate::{DetectOptions, PiiKind, detect};
 
     fn ips(text: &str) -> Vec<String> {
-        detect(text, &DetectOptions::only(&[PiiKind::Ip])).into_iter().map(|s| s.text).collect()
+        detect(text, &DetectOptions::only(&[PiiKind::Ip]))
+            .into_iter()
+            .map(|s| s.text)
+            .collect()
     }
 
     #[test]
     fn finds_v4_and_v6() {
         assert_eq!(ips("from [192.168.1.20] by mx"), ["192.168.1.20"]);
-        assert_eq!(ips("client 2001:db8::8a2e:370:7334 connected"), ["2001:db8::8a2e:370:7334"]);
-        assert_eq!(ips("loopback ::1, mapped ::ffff:10.0.0.1."), ["::1", "::ffff:10.0.0.1"]);
-        assert_eq!(ips("fe80:0:0:0:202:b3ff:fe1e:8329"), ["fe80:0:0:0:202:b3ff:fe1e:8329"]);
+        assert_eq!(
+            ips("client 2001:db8::8a2e:370:7334 connected"),
+            ["2001:db8::8a2e:370:7334"]
+        );
+        assert_eq!(
+            ips("loopback ::1, mapped ::ffff:10.0.0.1."),
+            ["::1", "::ffff:10.0.0.1"]
+        );
+        assert_eq!(
+            ips("fe80:0:0:0:202:b3ff:fe1e:8329"),
+            ["fe80:0:0:0:202:b3ff:fe1e:8329"]
+        );
     }
 
     #[test]

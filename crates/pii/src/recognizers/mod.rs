@@ -17,10 +17,13 @@ use crate::detect::{Candidate, DetectOptions, PiiKind};
 
 pub(crate) use phone::normalize as normalize_phone;
 
+/// A recogniser appends its candidates for a text.
+type Recognizer = fn(&str, &DetectOptions, &mut Vec<Candidate>);
+
 /// Runs every recogniser that `opts` asks for.
 pub(crate) fn all(text: &str, opts: &DetectOptions) -> Vec<Candidate> {
     let mut out = Vec::new();
-    let recognizers: [(PiiKind, fn(&str, &DetectOptions, &mut Vec<Candidate>)); 8] = [
+    let recognizers: [(PiiKind, Recognizer); 8] = [
         (PiiKind::Email, email::find),
         (PiiKind::Phone, phone::find),
         (PiiKind::Iban, iban::find),

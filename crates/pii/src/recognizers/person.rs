@@ -21,12 +21,13 @@ use regex::Regex;
 
 use super::{char_at, char_before, is_word_bounded};
 use crate::detect::{Candidate, DetectOptions, PiiKind};
-use crate::names::{is_ambiguous_given, is_given, is_not_a_name, is_organisation_suffix, is_surname};
+use crate::names::{
+    is_ambiguous_given, is_given, is_not_a_name, is_organisation_suffix, is_surname,
+};
 
 /// A capitalised word: a capital, then letters, apostrophes or hyphens inside.
-static WORD: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\p{Lu}(?:[\p{L}\p{M}]|['’\-][\p{L}])*").expect("word pattern")
-});
+static WORD: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\p{Lu}(?:[\p{L}\p{M}]|['’\-][\p{L}])*").expect("word pattern"));
 static PARTICLE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(?:van der|van den|van de|von der|von|van|de la|de|du|des|der|den|di|da|del|della|dos|le|la|ten|ter|zu|d['’]|l['’])[ \u{a0}]?")
         .expect("particle pattern")
@@ -59,7 +60,12 @@ static ADDRESS_AFTER: LazyLock<Regex> =
 
 pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
     let mut push = |start: usize, end: usize, score: f32| {
-        out.push(Candidate { kind: PiiKind::Person, start, end, score });
+        out.push(Candidate {
+            kind: PiiKind::Person,
+            start,
+            end,
+            score,
+        });
     };
     for m in TITLE.find_iter(text) {
         if let Some((start, end)) = chain(text, skip_titles(text, m.end()), Strictness::Lexicon) {
@@ -98,7 +104,9 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
         if let Some((start, end)) = chain(text, m.start(), Strictness::Lexicon)
             && end > m.end()
         {
-            let surname_known = WORD.find_iter(&text[m.end()..end]).any(|w| is_surname(w.as_str()));
+            let surname_known = WORD
+                .find_iter(&text[m.end()..end])
+                .any(|w| is_surname(w.as_str()));
             if is_ambiguous_given(word) && !surname_known {
                 continue;
             }
@@ -124,7 +132,9 @@ fn extra_names(text: &str, names: &[String], push: &mut impl FnMut(usize, usize,
     }
     for needle in needles {
         let pattern = format!(r"(?i){}", regex::escape(needle));
-        let Ok(re) = Regex::new(&pattern) else { continue };
+        let Ok(re) = Regex::new(&pattern) else {
+            continue;
+        };
         for m in re.find_iter(text) {
             if is_word_bounded(text, m.start(), m.end()) {
                 push(m.start(), m.end(), 1.0);
@@ -144,9 +154,12 @@ fn known_name_inside(name: &str) -> bool {
 /// Whether a display name is followed by an address whose local part contains one of
 /// its words ("Test User <test@example.org>").
 fn named_in_address(text: &str, start: usize, end: usize) -> bool {
-    let Some(local) = ADDRESS_AFTER.captures(&text[end..]).and_then(|c| c.get(1)) else { return false };
+    let Some(local) = ADDRESS_AFTER.captures(&text[end..]).and_then(|c| c.get(1)) else {
+        return false;
+    };
     let local = local.as_str().to_lowercase();
-    WORD.find_iter(&text[start..end]).any(|w| w.as_str().chars().count() >= 3 && local.contains(&w.as_str().to_lowercase()))
+    WORD.find_iter(&text[start..end])
+        .any(|w| w.as_str().chars().count() >= 3 && local.contains(&w.as_str().to_lowercase()))
 }
 
 /// How much a word after the first must prove to join the chain.
@@ -188,7 +201,11 @@ fn word_at(text: &str, pos: usize) -> Option<NameWord> {
         }
         end += 1;
     }
-    Some(NameWord { start, end, initial })
+    Some(NameWord {
+        start,
+        end,
+        initial,
+    })
 }
 
 /// After a title, further titles ("Herr Dr. Prof.") are skipped too.
@@ -226,7 +243,9 @@ fn chain(text: &str, pos: usize, strictness: Strictness) -> Option<(usize, usize
         if let Some(p) = PARTICLE.find(&text[next..]) {
             next += p.end();
         }
-        let Some(word) = word_at(text, next) else { break };
+        let Some(word) = word_at(text, next) else {
+            break;
+        };
         let word_text = &text[word.start..word.end];
         if is_not_a_name(word_text) {
             break;
@@ -242,7 +261,12 @@ fn chain(text: &str, pos: usize, strictness: Strictness) -> Option<(usize, usize
         end = word.end;
         vouches_for_next = word.initial || is_given(word_text);
     }
-    if text[first.start..end].chars().filter(|c| c.is_alphabetic()).count() < 2 {
+    if text[first.start..end]
+        .chars()
+        .filter(|c| c.is_alphabetic())
+        .count()
+        < 2
+    {
         return None;
     }
     // "Peter Müller GmbH" is a company, "Thomas Street" a place.
@@ -265,22 +289,34 @@ mod tests {
     use crate::{DetectOptions, PiiKind, detect};
 
     fn persons(text: &str) -> Vec<String> {
-        detect(text, &DetectOptions::only(&[PiiKind::Person])).into_iter().map(|s| s.text).collect()
+        detect(text, &DetectOptions::only(&[PiiKind::Person]))
+            .into_iter()
+            .map(|s| s.text)
+            .collect()
     }
 
     #[test]
     fn titles_greetings_closings_and_fields() {
-        assert_eq!(persons("Sehr geehrte Frau Dr. Sabine Weber,"), ["Sabine Weber"]);
+        assert_eq!(
+            persons("Sehr geehrte Frau Dr. Sabine Weber,"),
+            ["Sabine Weber"]
+        );
         assert_eq!(persons("M. Dupont a appelé."), ["Dupont"]);
         assert_eq!(persons("Dear Anna, thanks."), ["Anna"]);
         assert_eq!(persons("Best regards,\nTom Baker\nACME Ltd"), ["Tom Baker"]);
         assert_eq!(persons("Kontoinhaber: Lukas Brenner"), ["Lukas Brenner"]);
-        assert_eq!(persons("Mme Claire van der Berg est là"), ["Claire van der Berg"]);
+        assert_eq!(
+            persons("Mme Claire van der Berg est là"),
+            ["Claire van der Berg"]
+        );
     }
 
     #[test]
     fn dictionary_rule_wants_a_surname_after_a_given_name() {
-        assert_eq!(persons("Le dossier de Olivier Jacquet est prêt."), ["Olivier Jacquet"]);
+        assert_eq!(
+            persons("Le dossier de Olivier Jacquet est prêt."),
+            ["Olivier Jacquet"]
+        );
         assert_eq!(persons("contact JEAN DUPONT today"), ["JEAN DUPONT"]);
         assert!(persons("Will Shipping be late? Grant Application, Olive Oil").is_empty());
         assert!(persons("Peter Müller GmbH, Thomas Street").is_empty());
@@ -289,8 +325,14 @@ mod tests {
 
     #[test]
     fn extra_names_match_whole_names_and_their_capitalised_words() {
-        let opts = DetectOptions { extra_names: vec!["Zoé Kraszewski".into()], ..DetectOptions::only(&[PiiKind::Person]) };
-        let found: Vec<String> = detect("zoé kraszewski wrote; later Kraszewski replied", &opts).into_iter().map(|s| s.text).collect();
+        let opts = DetectOptions {
+            extra_names: vec!["Zoé Kraszewski".into()],
+            ..DetectOptions::only(&[PiiKind::Person])
+        };
+        let found: Vec<String> = detect("zoé kraszewski wrote; later Kraszewski replied", &opts)
+            .into_iter()
+            .map(|s| s.text)
+            .collect();
         assert_eq!(found, ["zoé kraszewski", "Kraszewski"]);
     }
 }

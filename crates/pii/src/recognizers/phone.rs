@@ -29,34 +29,97 @@ static DATE_SHAPED: LazyLock<Regex> = LazyLock::new(|| {
     .expect("date pattern")
 });
 static NANP: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(?:\([0-9]{3}\)[ \-]?|[0-9]{3}[ .\-])[0-9]{3}[ .\-][0-9]{4}$").expect("NANP pattern")
+    Regex::new(r"^(?:\([0-9]{3}\)[ \-]?|[0-9]{3}[ .\-])[0-9]{3}[ .\-][0-9]{4}$")
+        .expect("NANP pattern")
 });
 
 /// Words that announce a phone number (lower case).
 const PHONE_WORDS: [&str; 22] = [
-    "tel", "tél", "phone", "fax", "mobile", "mobil", "cell", "portable", "handy", "telefon",
-    "téléphone", "telefoon", "gsm", "call", "appel", "ruf", "numéro de téléphone", "whatsapp",
-    "sms", "hotline", "standard", "telephone",
+    "tel",
+    "tél",
+    "phone",
+    "fax",
+    "mobile",
+    "mobil",
+    "cell",
+    "portable",
+    "handy",
+    "telefon",
+    "téléphone",
+    "telefoon",
+    "gsm",
+    "call",
+    "appel",
+    "ruf",
+    "numéro de téléphone",
+    "whatsapp",
+    "sms",
+    "hotline",
+    "standard",
+    "telephone",
 ];
 /// Words that announce some other number (lower case).
 const REFERENCE_WORDS: [&str; 44] = [
-    "invoice", "facture", "rechnung", "factuur", "order", "commande", "bestell", "auftrag",
-    "customer", "client", "kunde", "klant", "account", "konto", "compte", "iban", "bic", "swift",
-    "vat", "tva", "ust", "btw", "siret", "siren", "steuer", "tax", "ref", "référence",
-    "reference", "referenz", "serial", "serie", "ticket", "case", "mandat", "kvk", "dossier",
-    "vorgang", "aktenzeichen", "contrat", "vertrag", "contract", "policy", "police",
+    "invoice",
+    "facture",
+    "rechnung",
+    "factuur",
+    "order",
+    "commande",
+    "bestell",
+    "auftrag",
+    "customer",
+    "client",
+    "kunde",
+    "klant",
+    "account",
+    "konto",
+    "compte",
+    "iban",
+    "bic",
+    "swift",
+    "vat",
+    "tva",
+    "ust",
+    "btw",
+    "siret",
+    "siren",
+    "steuer",
+    "tax",
+    "ref",
+    "référence",
+    "reference",
+    "referenz",
+    "serial",
+    "serie",
+    "ticket",
+    "case",
+    "mandat",
+    "kvk",
+    "dossier",
+    "vorgang",
+    "aktenzeichen",
+    "contrat",
+    "vertrag",
+    "contract",
+    "policy",
+    "police",
 ];
 
 pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
-    let regions: Vec<country::Id> =
-        opts.phone_regions.iter().filter_map(|r| country::Id::from_str(&r.to_ascii_uppercase()).ok()).collect();
+    let regions: Vec<country::Id> = opts
+        .phone_regions
+        .iter()
+        .filter_map(|r| country::Id::from_str(&r.to_ascii_uppercase()).ok())
+        .collect();
     let mut pos = 0;
     // Inside a run that did not start with a phone number ("Ref 1234 0044 20 …", an
     // invalid IBAN, a social security number) only an international number counts.
     let mut failed_run_end = 0;
     while let Some(m) = RUN.find_at(text, pos) {
         let inside_failed_run = m.start() < failed_run_end;
-        let international = m.as_str().trim_start_matches('(').starts_with(['+']) || m.as_str().starts_with("00");
+        let international =
+            m.as_str().trim_start_matches('(').starts_with(['+']) || m.as_str().starts_with("00");
         let found = if inside_failed_run && !international {
             None
         } else {
@@ -64,7 +127,12 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
         };
         match found {
             Some((end, score)) => {
-                out.push(Candidate { kind: PiiKind::Phone, start: m.start(), end, score });
+                out.push(Candidate {
+                    kind: PiiKind::Phone,
+                    start: m.start(),
+                    end,
+                    score,
+                });
                 pos = end;
             }
             None => {
@@ -82,7 +150,12 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
 
 /// The longest phone number that starts at `start` and ends at a group boundary of the
 /// run `start..run_end` ("+44 20 7946 0958 4111 …" is a number followed by another).
-fn longest_number_at(text: &str, start: usize, run_end: usize, regions: &[country::Id]) -> Option<(usize, f32)> {
+fn longest_number_at(
+    text: &str,
+    start: usize,
+    run_end: usize,
+    regions: &[country::Id],
+) -> Option<(usize, f32)> {
     let run = &text[start..run_end];
     if run.starts_with('(') && !run.contains(')') {
         return None;
@@ -97,8 +170,9 @@ fn longest_number_at(text: &str, start: usize, run_end: usize, regions: &[countr
     }
     let context = context(text, start);
     let bytes = run.as_bytes();
-    let mut ends: Vec<usize> =
-        (1..bytes.len()).filter(|&i| bytes[i - 1].is_ascii_digit() && !bytes[i].is_ascii_digit()).collect();
+    let mut ends: Vec<usize> = (1..bytes.len())
+        .filter(|&i| bytes[i - 1].is_ascii_digit() && !bytes[i].is_ascii_digit())
+        .collect();
     ends.push(bytes.len());
     for &end in ends.iter().rev() {
         let end = start + end;
@@ -142,7 +216,12 @@ fn context(text: &str, start: usize) -> Context {
         words
             .iter()
             .flat_map(|w| before.match_indices(w).map(|(i, _)| i))
-            .filter(|&i| !before[..i].chars().next_back().is_some_and(char::is_alphabetic))
+            .filter(|&i| {
+                !before[..i]
+                    .chars()
+                    .next_back()
+                    .is_some_and(char::is_alphabetic)
+            })
             .max()
     };
     match (last(&PHONE_WORDS), last(&REFERENCE_WORDS)) {
@@ -156,7 +235,9 @@ fn context(text: &str, start: usize) -> Context {
 fn score(candidate: &str, context: Context, regions: &[country::Id]) -> Option<f32> {
     let digits = candidate.chars().filter(char::is_ascii_digit).count();
     // A reference label does not turn "+44 20 …" into an order number.
-    if !(7..=15).contains(&digits) || (context == Context::Reference && !candidate.starts_with(['+', '('])) {
+    if !(7..=15).contains(&digits)
+        || (context == Context::Reference && !candidate.starts_with(['+', '(']))
+    {
         return None;
     }
     if DATE_SHAPED.is_match(candidate) {
@@ -164,7 +245,10 @@ fn score(candidate: &str, context: Context, regions: &[country::Id]) -> Option<f
     }
     let bonus = if context == Context::Phone { 0.1 } else { 0.0 };
     let international = candidate.trim_start_matches('(');
-    if let Some(rest) = international.strip_prefix('+').or_else(|| international.strip_prefix("00")) {
+    if let Some(rest) = international
+        .strip_prefix('+')
+        .or_else(|| international.strip_prefix("00"))
+    {
         let number = phonenumber::parse(None, format!("+{rest}")).ok()?;
         return phonenumber::is_valid(&number).then_some(0.9 + bonus);
     }
@@ -172,7 +256,11 @@ fn score(candidate: &str, context: Context, regions: &[country::Id]) -> Option<f
     let nanp_shaped = NANP.is_match(candidate);
     for &region in regions {
         let nanp_region = matches!(region, country::Id::US | country::Id::CA);
-        let shaped = if nanp_region { nanp_shaped } else { first_digit == '0' };
+        let shaped = if nanp_region {
+            nanp_shaped
+        } else {
+            first_digit == '0'
+        };
         if !shaped && context != Context::Phone {
             continue;
         }
@@ -189,7 +277,9 @@ fn score(candidate: &str, context: Context, regions: &[country::Id]) -> Option<f
 /// number written two ways under one placeholder.
 pub(crate) fn normalize(candidate: &str, regions: &[String]) -> Option<String> {
     let trimmed = candidate.trim_start_matches('(');
-    let international = trimmed.strip_prefix('+').or_else(|| trimmed.strip_prefix("00"));
+    let international = trimmed
+        .strip_prefix('+')
+        .or_else(|| trimmed.strip_prefix("00"));
     let parsed = match international {
         Some(rest) => phonenumber::parse(None, format!("+{rest}")).ok(),
         None => regions
@@ -206,24 +296,39 @@ mod tests {
     use crate::{DetectOptions, PiiKind, detect};
 
     fn phones(text: &str) -> Vec<String> {
-        detect(text, &DetectOptions::only(&[PiiKind::Phone])).into_iter().map(|s| s.text).collect()
+        detect(text, &DetectOptions::only(&[PiiKind::Phone]))
+            .into_iter()
+            .map(|s| s.text)
+            .collect()
     }
 
     #[test]
     fn finds_international_and_national_numbers() {
-        assert_eq!(phones("Appelez le +33 6 12 34 56 78."), ["+33 6 12 34 56 78"]);
+        assert_eq!(
+            phones("Appelez le +33 6 12 34 56 78."),
+            ["+33 6 12 34 56 78"]
+        );
         assert_eq!(phones("Tél. : 01 42 68 53 00"), ["01 42 68 53 00"]);
         assert_eq!(phones("06.12.34.56.78"), ["06.12.34.56.78"]);
         assert_eq!(phones("Tel. 030 1234567"), ["030 1234567"]);
-        assert_eq!(phones("Telefon: +49 (0)89 1234 5678"), ["+49 (0)89 1234 5678"]);
+        assert_eq!(
+            phones("Telefon: +49 (0)89 1234 5678"),
+            ["+49 (0)89 1234 5678"]
+        );
         assert_eq!(phones("0049 30 12345678"), ["0049 30 12345678"]);
         assert_eq!(phones("call (870)-931-0505 now"), ["(870)-931-0505"]);
         assert_eq!(phones("+44 20 7946 0958"), ["+44 20 7946 0958"]);
         assert_eq!(phones("+44 20 7946 0958 4111 1111"), ["+44 20 7946 0958"]);
-        assert_eq!(phones("2024-06-03 +33 6 12 34 56 78"), ["+33 6 12 34 56 78"]);
+        assert_eq!(
+            phones("2024-06-03 +33 6 12 34 56 78"),
+            ["+33 6 12 34 56 78"]
+        );
         assert_eq!(phones("Ref 1234 0044 20 7946 0958"), ["0044 20 7946 0958"]);
         assert!(phones("DE85 1860 9139 0996 0308 25, 2 79 04 69 123 456 78").is_empty());
-        assert_eq!(phones("01 42 68 53 00 06 12 34 56 78"), ["01 42 68 53 00", "06 12 34 56 78"]);
+        assert_eq!(
+            phones("01 42 68 53 00 06 12 34 56 78"),
+            ["01 42 68 53 00", "06 12 34 56 78"]
+        );
     }
 
     #[test]

@@ -17,11 +17,19 @@ pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) 
         let end = m.start() + url.len();
         // "www." or "http://" alone is not a URL.
         if !url.trim_end_matches('/').contains('.')
-            || url.to_ascii_lowercase().trim_end_matches('/').ends_with("www.")
+            || url
+                .to_ascii_lowercase()
+                .trim_end_matches('/')
+                .ends_with("www.")
         {
             continue;
         }
-        out.push(Candidate { kind: PiiKind::Url, start: m.start(), end, score: 0.85 });
+        out.push(Candidate {
+            kind: PiiKind::Url,
+            start: m.start(),
+            end,
+            score: 0.85,
+        });
     }
 }
 
@@ -30,7 +38,9 @@ fn trim_trailing(url: &str) -> &str {
     let mut url = url;
     loop {
         let trimmed = url.trim_end_matches(['.', ',', ';', ':', '!', '?', '*']);
-        let trimmed = if trimmed.ends_with(')') && trimmed.matches('(').count() < trimmed.matches(')').count() {
+        let trimmed = if trimmed.ends_with(')')
+            && trimmed.matches('(').count() < trimmed.matches(')').count()
+        {
             &trimmed[..trimmed.len() - 1]
         } else {
             trimmed
@@ -47,15 +57,27 @@ mod tests {
     use crate::{DetectOptions, PiiKind, detect};
 
     fn urls(text: &str) -> Vec<String> {
-        detect(text, &DetectOptions::only(&[PiiKind::Url])).into_iter().map(|s| s.text).collect()
+        detect(text, &DetectOptions::only(&[PiiKind::Url]))
+            .into_iter()
+            .map(|s| s.text)
+            .collect()
     }
 
     #[test]
     fn finds_urls_without_trailing_punctuation() {
-        assert_eq!(urls("See https://example.com/a?b=c."), ["https://example.com/a?b=c"]);
+        assert_eq!(
+            urls("See https://example.com/a?b=c."),
+            ["https://example.com/a?b=c"]
+        );
         assert_eq!(urls("(voir www.exemple.fr/page)"), ["www.exemple.fr/page"]);
-        assert_eq!(urls("wiki http://en.wikipedia.org/wiki/Foo_(bar), ok"), ["http://en.wikipedia.org/wiki/Foo_(bar)"]);
-        assert_eq!(urls("\"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">"), ["http://www.apple.com/DTDs/PropertyList-1.0.dtd"]);
+        assert_eq!(
+            urls("wiki http://en.wikipedia.org/wiki/Foo_(bar), ok"),
+            ["http://en.wikipedia.org/wiki/Foo_(bar)"]
+        );
+        assert_eq!(
+            urls("\"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">"),
+            ["http://www.apple.com/DTDs/PropertyList-1.0.dtd"]
+        );
     }
 
     #[test]
