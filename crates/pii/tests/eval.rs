@@ -1,5 +1,5 @@
 //! Precision and recall of `detect` on the labelled set: this crate's fixtures
-//! (`tests/data/*.txt`) and, where present, the shared evaluation data (invoice answers
+//! (`tests/data/*.txt`, `tests/data/heldout/*.txt`) and, where present, the shared evaluation data (invoice answers
 //! and malformed mails, labelled in `tests/data/shared_eval_labels.tsv`).
 //!
 //! The shared folder is `$VERRE_SHARED_EVAL`, else `../shared/eval` beside the repository.
@@ -34,6 +34,7 @@ fn shared_eval_dir() -> Option<PathBuf> {
 fn labelled_set() -> Vec<LabelledText> {
     let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data");
     let mut docs = load_marked_dir(&data).expect("fixtures");
+    docs.extend(load_marked_dir(&data.join("heldout")).expect("held-out fixtures"));
     if let Some(dir) = shared_eval_dir() {
         let labels = std::fs::read_to_string(data.join("shared_eval_labels.tsv")).expect("labels");
         docs.extend(load_shared_eval(&dir, &labels).expect("shared evaluation data"));
