@@ -24,9 +24,16 @@ fn main() -> Result<(), String> {
     let heldout = load_marked_dir(&data.join("heldout"))?;
     let all: Vec<LabelledText> = development.iter().chain(&heldout).cloned().collect();
     let opts = DetectOptions::default();
-    for (title, docs) in [("development", &development), ("held-out", &heldout), ("all", &all)] {
+    for (title, docs) in [
+        ("development", &development),
+        ("held-out", &heldout),
+        ("all", &all),
+    ] {
         let labels: usize = docs.iter().map(|d| d.labels.len()).sum();
-        println!("### {title}: {} texts, {labels} labelled spans\n", docs.len());
+        println!(
+            "### {title}: {} texts, {labels} labelled spans\n",
+            docs.len()
+        );
         println!("{}", evaluate(docs, &opts).markdown_table());
     }
     for e in &evaluate(&all, &opts).errors {

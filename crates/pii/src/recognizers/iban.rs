@@ -11,18 +11,18 @@ use crate::checksum::{iban_is_valid, iban_length};
 use crate::detect::{Candidate, DetectOptions, PiiKind};
 
 static START: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"[A-Z]{2}[0-9]{2}").expect("IBAN start pattern"));
+    LazyLock::new(|| Regex::new(r"[A-Za-z]{2}[0-9]{2}").expect("IBAN start pattern"));
 
 pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) {
     for m in START.find_iter(text) {
         if char_before(text, m.start()).is_some_and(char::is_alphanumeric) {
             continue;
         }
-        let Some(len) = iban_length(&m.as_str()[..2]) else {
+        let Some(len) = iban_length(&m.as_str()[..2].to_ascii_uppercase()) else {
             continue;
         };
         if let Some(end) = take_alnum(text, m.start(), len)
-            && iban_is_valid(&text[m.start()..end].replace([' ', '\u{a0}', '-'], ""))
+            && iban_is_valid(&text[m.start()..end].replace([' ', '\u{a0}', '-', '\r', '\n'], ""))
         {
             out.push(Candidate {
                 kind: PiiKind::Iban,
@@ -35,7 +35,8 @@ pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) 
 }
 
 /// The end of `count` ASCII letters and digits from `start`, allowing one space, no-break
-/// space or dash between groups; `None` if the text runs out or the last group goes on.
+/// space, dash or line break (PDF text wraps long IBANs) between groups; `None` if the
+/// text runs out or the last group goes on.
 fn take_alnum(text: &str, start: usize, count: usize) -> Option<usize> {
     let mut taken = 0;
     let mut i = start;
@@ -45,7 +46,10 @@ fn take_alnum(text: &str, start: usize, count: usize) -> Option<usize> {
         if c.is_ascii_alphanumeric() {
             taken += 1;
             last_was_sep = false;
-        } else if matches!(c, ' ' | '\u{a0}' | '-') && !last_was_sep && taken > 0 {
+        } else if c == '\r' && text[i..].starts_with("\r\n") && !last_was_sep && taken > 0 {
+            i += 1;
+            last_was_sep = true;
+        } else if matches!(c, ' ' | '\u{a0}' | '-' | '\n') && !last_was_sep && taken > 0 {
             last_was_sep = true;
         } else {
             return None;
@@ -76,6 +80,11 @@ mod tests {
         assert_eq!(
             ibans("FR14 2004 1010 0505 0001 3M02 606"),
             ["FR14 2004 1010 0505 0001 3M02 606"]
+        );
+        assert_eq!(ibans("iban nl91abna0417164300"), ["nl91abna0417164300"]);
+        assert_eq!(
+            ibans("DE89 3704 0044\r\n0532 0130 00\nBIC"),
+            ["DE89 3704 0044\r\n0532 0130 00"]
         );
     }
 

@@ -7,7 +7,7 @@
 //! | a name the caller supplied ([`DetectOptions::extra_names`]) | "Dupont" | 1.0 |
 //! | after a title | "M. Dupont", "Frau Dr. Sabine Weber" | 0.85 |
 //! | after a greeting | "Dear Anna,", "Bonjour Claire" | 0.8 |
-//! | alone on the line after a closing | "Best regards,\nTom Baker" | 0.8 |
+//! | alone on its line after a closing, or after "Thanks, " at the end of a line | "Best regards,\nTom Baker" | 0.8 |
 //! | after a label for a person ("Kontoinhaber:", "Prénom :", "Patient:") | | 0.75 |
 //! | after a generic label ("Name:", "From:") with a known name inside, or a word of it in the address that follows | "From: Kevin Walsh <…>" | 0.75 |
 //! | a known given name followed by a surname | "Olivier Jacquet" | 0.7 (0.85 with a known surname) |
@@ -41,7 +41,7 @@ static GREETING: LazyLock<Regex> = LazyLock::new(|| {
         .expect("greeting pattern")
 });
 static CLOSING: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?im)^[ \t>]*(?:best regards|kind regards|warm regards|regards|best wishes|best|sincerely|yours sincerely|yours truly|yours faithfully|cheers|thanks|thank you|many thanks|cordialement|bien cordialement|bien à vous|salutations distinguées|salutations|meilleures salutations|amicalement|mit freundlichen grüßen|mit freundlichen grüssen|mit freundlichen gruessen|freundliche grüße|viele grüße|beste grüße|liebe grüße|mfg|gruß|grüße|met vriendelijke groeten|met vriendelijke groet|vriendelijke groeten|vriendelijke groet|groeten|cordiali saluti|distinti saluti|saluti|saludos|atentamente|un saludo)[ \t]*[,.!]?[ \t]*\r?\n(?:[ \t]*\r?\n)?[ \t>]*")
+    Regex::new(r"(?im)^[ \t>]*(?:best regards|kind regards|warm regards|regards|best wishes|best|sincerely|yours sincerely|yours truly|yours faithfully|cheers|thanks|thank you|many thanks|cordialement|bien cordialement|bien à vous|salutations distinguées|salutations|meilleures salutations|amicalement|mit freundlichen grüßen|mit freundlichen grüssen|mit freundlichen gruessen|freundliche grüße|viele grüße|beste grüße|liebe grüße|mfg|gruß|grüße|met vriendelijke groeten|met vriendelijke groet|vriendelijke groeten|vriendelijke groet|groeten|cordiali saluti|distinti saluti|saluti|saludos|atentamente|un saludo|merci d'avance|merci beaucoup|merci|vielen dank|danke schön|danke|bedankt|grazie|gracias|all the best|take care|à bientôt|bis bald)(?:[ \t]*[,.!]?[ \t]*\r?\n(?:[ \t]*\r?\n)?[ \t>]*|[ \t]*,[ \t]+)")
         .expect("closing pattern")
 });
 /// Labels whose value is a person's name.
@@ -253,8 +253,7 @@ fn chain(text: &str, pos: usize, strictness: Strictness) -> Option<(usize, usize
         let vouched = strictness == Strictness::Any
             || vouches_for_next
             || is_given(word_text)
-            || is_surname(word_text)
-            || (word_text.chars().count() > 1 && word_text.chars().all(|c| !c.is_lowercase()));
+            || is_surname(word_text);
         if !vouched {
             break;
         }
@@ -304,6 +303,9 @@ mod tests {
         assert_eq!(persons("M. Dupont a appelé."), ["Dupont"]);
         assert_eq!(persons("Dear Anna, thanks."), ["Anna"]);
         assert_eq!(persons("Best regards,\nTom Baker\nACME Ltd"), ["Tom Baker"]);
+        assert_eq!(persons("see you then.\nThanks, Megan\n"), ["Megan"]);
+        assert_eq!(persons("Merci d'avance,\nY. Benali"), ["Y. Benali"]);
+        assert!(persons("Thanks, The Team\nThank you for your order, we ship soon").is_empty());
         assert_eq!(persons("Kontoinhaber: Lukas Brenner"), ["Lukas Brenner"]);
         assert_eq!(
             persons("Mme Claire van der Berg est là"),
@@ -320,6 +322,10 @@ mod tests {
         assert_eq!(persons("contact JEAN DUPONT today"), ["JEAN DUPONT"]);
         assert!(persons("Will Shipping be late? Grant Application, Olive Oil").is_empty());
         assert!(persons("Peter Müller GmbH, Thomas Street").is_empty());
+        assert_eq!(
+            persons("Account holder Luís Ferreira IBAN PT50"),
+            ["Luís Ferreira"]
+        );
         assert!(persons("Dear Sir or Madam, Dear customer").is_empty());
     }
 

@@ -19,7 +19,7 @@ use super::{char_at, char_before, line_start};
 use crate::detect::{Candidate, DetectOptions, PiiKind};
 
 static RUN: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?:\+|\(\+?)?[0-9](?:(?:[ \u{a0}.\-/]|\)[ \u{a0}\-]?|[ \u{a0}]?\()?[0-9]){6,16}")
+    Regex::new(r"(?:\+|\(\+?)?[0-9](?:(?:[ \u{a0}]?[.\-/][ \u{a0}]?|[ \u{a0}]|\)[ \u{a0}\-]?|[ \u{a0}]?\()?[0-9]){6,16}")
         .expect("phone pattern")
 });
 static DATE_SHAPED: LazyLock<Regex> = LazyLock::new(|| {
@@ -27,6 +27,11 @@ static DATE_SHAPED: LazyLock<Regex> = LazyLock::new(|| {
         r"^(?:[0-9]{1,2}([./\-])[0-9]{1,2}[./\-][0-9]{2,4}|[0-9]{4}([./\-])[0-9]{1,2}[./\-][0-9]{1,2})(?:\s*[\-/]\s*(?:[0-9]{1,2}[./\-][0-9]{1,2}[./\-][0-9]{2,4}|[0-9]{4}[./\-][0-9]{1,2}[./\-][0-9]{1,2}))?$",
     )
     .expect("date pattern")
+});
+/// A day, month and four-digit year inside a longer run ("02/05/2024 (1 980").
+static HAS_DATE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?:^|[^0-9])[0-9]{1,2}[./][0-9]{1,2}[./](?:19|20)[0-9]{2}(?:$|[^0-9])")
+        .expect("date pattern")
 });
 static NANP: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(?:\([0-9]{3}\)[ \-]?|[0-9]{3}[ .\-])[0-9]{3}[ .\-][0-9]{4}$")
@@ -126,10 +131,10 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
             longest_number_at(text, m.start(), m.end(), &regions)
         };
         match found {
-            Some((end, score)) => {
+            Some((start, end, score)) => {
                 out.push(Candidate {
                     kind: PiiKind::Phone,
-                    start: m.start(),
+                    start,
                     end,
                     score,
                 });
@@ -155,11 +160,14 @@ fn longest_number_at(
     start: usize,
     run_end: usize,
     regions: &[country::Id],
-) -> Option<(usize, f32)> {
+) -> Option<(usize, usize, f32)> {
+    // "(+33 6 12 34 56 78)": the parenthesis opens around the number, not inside it.
+    let start = if text[start..run_end].starts_with('(') && !text[start..run_end].contains(')') {
+        start + 1
+    } else {
+        start
+    };
     let run = &text[start..run_end];
-    if run.starts_with('(') && !run.contains(')') {
-        return None;
-    }
     let glued_before = char_before(text, start).is_some_and(|c| {
         c.is_alphanumeric()
             || (matches!(c, '/' | '.' | '-' | '_' | '#' | ',')
@@ -184,7 +192,7 @@ fn longest_number_at(
             continue;
         }
         if let Some(score) = score(&text[start..end], context, regions) {
-            return Some((end, score));
+            return Some((start, end, score));
         }
     }
     None
@@ -240,7 +248,10 @@ fn score(candidate: &str, context: Context, regions: &[country::Id]) -> Option<f
     {
         return None;
     }
-    if DATE_SHAPED.is_match(candidate) {
+    if DATE_SHAPED.is_match(candidate) || HAS_DATE.is_match(candidate) {
+        return None;
+    }
+    if candidate.matches('(').count() != candidate.matches(')').count() {
         return None;
     }
     let bonus = if context == Context::Phone { 0.1 } else { 0.0 };
@@ -249,7 +260,7 @@ fn score(candidate: &str, context: Context, regions: &[country::Id]) -> Option<f
         .strip_prefix('+')
         .or_else(|| international.strip_prefix("00"))
     {
-        let number = phonenumber::parse(None, format!("+{rest}")).ok()?;
+        let number = parse_international(rest)?;
         return phonenumber::is_valid(&number).then_some(0.9 + bonus);
     }
     let first_digit = candidate.chars().find(char::is_ascii_digit)?;
@@ -273,6 +284,12 @@ fn score(candidate: &str, context: Context, regions: &[country::Id]) -> Option<f
     None
 }
 
+/// Parses what follows `+` or `00`, without a trunk prefix in parentheses ("+44 (0) 20 …":
+/// the 0 is not dialled from abroad).
+fn parse_international(rest: &str) -> Option<phonenumber::PhoneNumber> {
+    phonenumber::parse(None, format!("+{}", rest.replacen("(0)", "", 1))).ok()
+}
+
 /// The number in E.164 form (`+33612345678`) when it parses, for grouping the same
 /// number written two ways under one placeholder.
 pub(crate) fn normalize(candidate: &str, regions: &[String]) -> Option<String> {
@@ -281,7 +298,7 @@ pub(crate) fn normalize(candidate: &str, regions: &[String]) -> Option<String> {
         .strip_prefix('+')
         .or_else(|| trimmed.strip_prefix("00"));
     let parsed = match international {
-        Some(rest) => phonenumber::parse(None, format!("+{rest}")).ok(),
+        Some(rest) => parse_international(rest),
         None => regions
             .iter()
             .filter_map(|r| country::Id::from_str(&r.to_ascii_uppercase()).ok())
@@ -316,6 +333,12 @@ mod tests {
             ["+49 (0)89 1234 5678"]
         );
         assert_eq!(phones("0049 30 12345678"), ["0049 30 12345678"]);
+        assert_eq!(
+            phones("Tel. +49 (0) 711 / 123 456 78"),
+            ["+49 (0) 711 / 123 456 78"]
+        );
+        assert_eq!(phones("Anna (+33 6 12 34 56 78)"), ["+33 6 12 34 56 78"]);
+        assert_eq!(phones("+44 (0) 20 7946 0958"), ["+44 (0) 20 7946 0958"]);
         assert_eq!(phones("call (870)-931-0505 now"), ["(870)-931-0505"]);
         assert_eq!(phones("+44 20 7946 0958"), ["+44 20 7946 0958"]);
         assert_eq!(phones("+44 20 7946 0958 4111 1111"), ["+44 20 7946 0958"]);
@@ -342,6 +365,7 @@ mod tests {
         assert!(phones("Klantnummer: 6669263").is_empty());
         assert!(phones("version 10.0.19045.2965").is_empty());
         assert!(phones("12572103").is_empty());
+        assert!(phones("facture du 02/05/2024 (1 980,00 €)").is_empty());
     }
 
     #[test]
