@@ -1,6 +1,8 @@
 //! The public detection API: kinds, spans, options, and the overlap resolution that turns
 //! every recogniser's candidates into one sorted, non-overlapping list.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::recognizers;
@@ -177,14 +179,19 @@ pub(crate) fn resolve_overlaps(candidates: &mut Vec<Candidate>) {
             .then(a.start.cmp(&b.start))
             .then(a.kind.cmp(&b.kind))
     });
-    let mut kept: Vec<Candidate> = Vec::with_capacity(candidates.len());
+    // Kept spans are disjoint, so the only one that can overlap a candidate is the last
+    // kept span starting before the candidate ends.
+    let mut kept: BTreeMap<usize, Candidate> = BTreeMap::new();
     for c in candidates.drain(..) {
-        if kept.iter().all(|k| c.end <= k.start || k.end <= c.start) {
-            kept.push(c);
+        let free = kept
+            .range(..c.end)
+            .next_back()
+            .is_none_or(|(_, k)| k.end <= c.start);
+        if free {
+            kept.insert(c.start, c);
         }
     }
-    kept.sort_by_key(|c| c.start);
-    *candidates = kept;
+    *candidates = kept.into_values().collect();
 }
 
 #[cfg(test)]

@@ -45,7 +45,10 @@ impl PseudonymizeOptions {
 #[derive(Debug, Clone)]
 pub struct Pseudonymizer {
     detect: DetectOptions,
+    /// Normalised value → placeholder.
     placeholder_of: HashMap<(PiiKind, String), String>,
+    /// Value as written → placeholder, so each spelling is normalised once.
+    placeholder_of_written: HashMap<(PiiKind, String), String>,
     original_of: HashMap<String, String>,
     counts: HashMap<PiiKind, usize>,
     /// Placeholder-shaped strings the request itself contains; never handed out, so that
@@ -58,6 +61,7 @@ impl Pseudonymizer {
         Pseudonymizer {
             detect: opts.detect,
             placeholder_of: HashMap::new(),
+            placeholder_of_written: HashMap::new(),
             original_of: HashMap::new(),
             counts: HashMap::new(),
             taken: HashSet::new(),
@@ -112,9 +116,14 @@ impl Pseudonymizer {
 
     /// The placeholder for `value` of `kind`, allocating the next number on first sight.
     pub fn placeholder(&mut self, kind: PiiKind, value: &str) -> String {
-        let key = (kind, self.normalize(kind, value));
-        if let Some(p) = self.placeholder_of.get(&key) {
+        if let Some(p) = self.placeholder_of_written.get(&(kind, value.to_string())) {
             return p.clone();
+        }
+        let key = (kind, self.normalize(kind, value));
+        if let Some(p) = self.placeholder_of.get(&key).cloned() {
+            self.placeholder_of_written
+                .insert((kind, value.to_string()), p.clone());
+            return p;
         }
         let n = self.counts.entry(kind).or_insert(0);
         let placeholder = loop {
@@ -125,6 +134,8 @@ impl Pseudonymizer {
             }
         };
         self.placeholder_of.insert(key, placeholder.clone());
+        self.placeholder_of_written
+            .insert((kind, value.to_string()), placeholder.clone());
         self.original_of
             .insert(placeholder.clone(), value.to_string());
         placeholder

@@ -130,15 +130,28 @@ fn extra_names(text: &str, names: &[String], push: &mut impl FnMut(usize, usize,
             }));
         }
     }
-    for needle in needles {
-        let pattern = format!(r"(?i){}", regex::escape(needle));
-        let Ok(re) = Regex::new(&pattern) else {
-            continue;
-        };
-        for m in re.find_iter(text) {
-            if is_word_bounded(text, m.start(), m.end()) {
-                push(m.start(), m.end(), 1.0);
-            }
+    if needles.is_empty() {
+        return;
+    }
+    // One pattern for all names, longest first so that a full name wins over its parts;
+    // any run of white space between words, as a line may wrap inside a name.
+    needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    needles.dedup();
+    let alternatives: Vec<String> = needles
+        .iter()
+        .map(|n| {
+            n.split_whitespace()
+                .map(regex::escape)
+                .collect::<Vec<_>>()
+                .join(r"\s+")
+        })
+        .collect();
+    let Ok(re) = Regex::new(&format!("(?i)(?:{})", alternatives.join("|"))) else {
+        return;
+    };
+    for m in re.find_iter(text) {
+        if is_word_bounded(text, m.start(), m.end()) {
+            push(m.start(), m.end(), 1.0);
         }
     }
 }
@@ -340,5 +353,10 @@ mod tests {
             .map(|s| s.text)
             .collect();
         assert_eq!(found, ["zoé kraszewski", "Kraszewski"]);
+        let found: Vec<String> = detect("signed ZOÉ\n  KRASZEWSKI.", &opts)
+            .into_iter()
+            .map(|s| s.text)
+            .collect();
+        assert_eq!(found, ["ZOÉ\n  KRASZEWSKI"]);
     }
 }
