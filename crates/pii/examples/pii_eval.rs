@@ -1,5 +1,5 @@
-//! Prints the precision/recall tables of docs/GDPR.md — development set, held-out set,
-//! both — then every miss and false alarm.
+//! Prints the precision/recall tables of docs/GDPR.md — development set, each held-out
+//! file, all — then every miss and false alarm.
 //!
 //!     VERRE_SHARED_EVAL=../shared/eval cargo run -p verre-pii --example pii_eval
 
@@ -24,11 +24,18 @@ fn main() -> Result<(), String> {
     let heldout = load_marked_dir(&data.join("heldout"))?;
     let all: Vec<LabelledText> = development.iter().chain(&heldout).cloned().collect();
     let opts = DetectOptions::default();
-    for (title, docs) in [
-        ("development", &development),
-        ("held-out", &heldout),
-        ("all", &all),
-    ] {
+    let mut sets = vec![("development".to_string(), development)];
+    for file in ["heldout.txt", "heldout2.txt"] {
+        let prefix = format!("{file}#");
+        let docs = heldout
+            .iter()
+            .filter(|d| d.name.starts_with(&prefix))
+            .cloned()
+            .collect();
+        sets.push((format!("held-out {file}"), docs));
+    }
+    sets.push(("all".to_string(), all.clone()));
+    for (title, docs) in &sets {
         let labels: usize = docs.iter().map(|d| d.labels.len()).sum();
         println!(
             "### {title}: {} texts, {labels} labelled spans\n",
