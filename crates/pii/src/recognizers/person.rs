@@ -37,16 +37,24 @@ static TITLE: LazyLock<Regex> = LazyLock::new(|| {
         .expect("title pattern")
 });
 static GREETING: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(?:dear|hi|hello|hey|bonjour|bonsoir|salut|cher|chère|liebe|lieber|hallo|moin|servus|beste|geachte|ciao|caro|cara|gentile|hola|estimado|estimada|querido|querida)[ \t]+")
+    Regex::new(r"(?i)\b(?:dear|hi|hello|hey|bonjour|bonsoir|salut|cher|chère|liebe|lieber|hallo|moin|servus|beste|geachte|ciao|caro|cara|gentile|hola|estimado|estimada|querido|querida|hoi|hej|goedemorgen|goedemiddag|guten morgen|guten tag|grüß gott|grüezi|buongiorno|buenos días)[ \t]+")
         .expect("greeting pattern")
 });
+/// A person naming themselves, or someone named by their relation to the writer.
+static INTRODUCTION: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b(?:my name is|je m'appelle|mon nom est|ich heiße|ich heisse|mein name ist|mijn naam is|mi chiamo|me llamo|the undersigned|je soussignée?|der unterzeichnende|die unterzeichnende|(?:my|our|your|his|her|mon|ma|notre|votre|son|sa|mein|meine|unser|unsere|ihr|ihre|mijn|onze)\s+(?:wife|husband|partner|son|daughter|mother|father|sister|brother|colleague|manager|assistant|lawyer|femme|mari|conjoint|conjointe|fils|fille|mère|père|sœur|soeur|frère|collègue|avocat|avocate|frau|mann|sohn|tochter|mutter|vater|schwester|bruder|kollege|kollegin|anwalt|anwältin|vrouw|man|zoon|dochter|moeder|vader|zus|broer|collega))[ \t,]+")
+        .expect("introduction pattern")
+});
+/// "I, Name Surname, …" at the start of a sentence, as in declarations and mandates.
+static FIRST_PERSON: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?m)(?:^|[.!?:][ \t]+)I,[ \t]+").expect("first person pattern"));
 static CLOSING: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?im)^[ \t>]*(?:best regards|kind regards|warm regards|regards|best wishes|best|sincerely|yours sincerely|yours truly|yours faithfully|cheers|thanks|thank you|many thanks|cordialement|bien cordialement|bien à vous|salutations distinguées|salutations|meilleures salutations|amicalement|mit freundlichen grüßen|mit freundlichen grüssen|mit freundlichen gruessen|freundliche grüße|viele grüße|beste grüße|liebe grüße|mfg|gruß|grüße|met vriendelijke groeten|met vriendelijke groet|vriendelijke groeten|vriendelijke groet|groeten|cordiali saluti|distinti saluti|saluti|saludos|atentamente|un saludo|merci d'avance|merci beaucoup|merci|vielen dank|danke schön|danke|bedankt|grazie|gracias|all the best|take care|à bientôt|bis bald)(?:[ \t]*[,.!]?[ \t]*\r?\n(?:[ \t]*\r?\n)?[ \t>]*|[ \t]*,[ \t]+)")
+    Regex::new(r"(?im)^[ \t>]*(?:best regards|kind regards|warm regards|regards|best wishes|best|sincerely|yours sincerely|yours truly|yours faithfully|cheers|thanks|thank you|many thanks|cordialement|bien cordialement|bien à vous|salutations distinguées|salutations|meilleures salutations|amicalement|mit freundlichen grüßen|mit freundlichen grüssen|mit freundlichen gruessen|freundliche grüße|viele grüße|beste grüße|liebe grüße|mfg|gruß|grüße|met vriendelijke groeten|met vriendelijke groet|vriendelijke groeten|vriendelijke groet|groeten|cordiali saluti|distinti saluti|saluti|saludos|atentamente|un saludo|merci d'avance|merci beaucoup|merci|vielen dank|danke schön|danke|bedankt|grazie|gracias|all the best|take care|à bientôt|bis bald|bonne journée|bonne soirée|bonne fin de journée|schönen gruß|schöne grüße|herzliche grüße|groetjes|hartelijke groet|signed|signé|gezeichnet|unterzeichnet)(?:[ \t]*[,.!]?[ \t]*\r?\n(?:[ \t]*\r?\n)?[ \t>]*|[ \t]*,[ \t]+)")
         .expect("closing pattern")
 });
 /// Labels whose value is a person's name.
 static PERSON_FIELD: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"(?im)^[ \t]*(?:full name|your name|customer name|nom|nom complet|prénom et nom|nom et prénom|prénom|vorname|nachname|familienname|name des kontoinhabers|kontoinhaber|kontoinhaberin|account holder|account name|titulaire du compte|titulaire|contact person|ansprechpartner|ansprechpartnerin|kontaktperson|patient|employee|employé|employée|mitarbeiter|mitarbeiterin|attn|attention|z\. ?hd\.?|à l'attention de|naam|voornaam|achternaam|signed|signé|unterschrift|beneficiary|bénéficiaire|begünstigter|cardholder|card holder|titular|nome|cognome|nombre|apellidos)[ \t]*:[ \t]*"?"#)
+    Regex::new(r#"(?im)^[ \t]*(?:full name|your name|customer name|nom|nom complet|prénom et nom|nom et prénom|prénom|vorname|nachname|familienname|name des kontoinhabers|kontoinhaber|kontoinhaberin|account holder|account name|titulaire du compte|titulaire|contact person|ansprechpartner|ansprechpartnerin|kontaktperson|patient|employee|employé|employée|mitarbeiter|mitarbeiterin|attn|attention|z\. ?hd\.?|à l'attention de|naam|voornaam|achternaam|signed|signé|unterschrift|beneficiary|bénéficiaire|begünstigter|cardholder|card holder|titular|nome|cognome|nombre|apellidos|dipendente|ship to|deliver to|delivery to|bill to|billing name|invoice to|lieferung an|liefern an|rechnung an|livraison à|livrer à|facturer à|t\.n\.v\.|ter attentie van)[ \t]*:[ \t]*"?"#)
         .expect("person field pattern")
 });
 /// Labels whose value is often, not always, a person: a product's "Name", a mail header.
@@ -59,8 +67,9 @@ static ADDRESS_AFTER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r#"^"?[ \t]*<([^@<>\s]+)@"#).expect("address pattern"));
 
 pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
+    let mut found = Vec::new();
     let mut push = |start: usize, end: usize, score: f32| {
-        out.push(Candidate {
+        found.push(Candidate {
             kind: PiiKind::Person,
             start,
             end,
@@ -75,6 +84,18 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
     for m in GREETING.find_iter(text) {
         if let Some((start, end)) = chain(text, m.end(), Strictness::Any) {
             push(start, end, 0.8);
+        }
+    }
+    for m in INTRODUCTION.find_iter(text) {
+        if let Some((start, end)) = chain(text, skip_titles(text, m.end()), Strictness::Any) {
+            push(start, end, 0.75);
+        }
+    }
+    for m in FIRST_PERSON.find_iter(text) {
+        if let Some((start, end)) = chain(text, m.end(), Strictness::Any)
+            && text[end..].starts_with(',')
+        {
+            push(start, end, 0.75);
         }
     }
     for m in CLOSING.find_iter(text) {
@@ -113,29 +134,57 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
             push(start, end, if surname_known { 0.85 } else { 0.7 });
         }
     }
-    extra_names(text, &opts.extra_names, &mut push);
-}
-
-fn extra_names(text: &str, names: &[String], push: &mut impl FnMut(usize, usize, f32)) {
-    let mut needles: Vec<&str> = Vec::new();
-    for name in names {
-        let name = name.trim();
-        if name.is_empty() {
-            continue;
-        }
-        needles.push(name);
-        if name.contains(char::is_whitespace) {
-            needles.extend(name.split_whitespace().filter(|w| {
-                w.chars().count() >= 3 && w.chars().next().is_some_and(char::is_uppercase)
-            }));
+    // A name found once is a name wherever else it is written in the same text
+    // ("Signed, Olumide Adeyemi" after "I, Olumide Adeyemi, born …"), and so is its last
+    // word when the lexicon knows it as a name ("Herr Zimmermann" after "Klaus Zimmermann").
+    let mut again: Vec<String> = Vec::new();
+    for c in &found {
+        let name = &text[c.start..c.end];
+        again.push(name.to_string());
+        let words: Vec<&str> = WORD.find_iter(name).map(|w| w.as_str()).collect();
+        if let [_, .., last] = words[..]
+            && last.chars().count() >= 3
+            && (is_surname(last) || is_given(last))
+        {
+            again.push(last.to_string());
         }
     }
+    let mut caller = Vec::new();
+    for name in &opts.extra_names {
+        let name = name.trim();
+        caller.push(name.to_string());
+        caller.extend(
+            name.split_whitespace()
+                .filter(|w| {
+                    w.chars().count() >= 3 && w.chars().next().is_some_and(char::is_uppercase)
+                })
+                .map(str::to_string),
+        );
+    }
+    let before = out.len();
+    occurrences(text, again, 0.7, out);
+    // "Müller Metallbau GmbH" after "Thomas Müller" names the company, not the person.
+    let mut i = before;
+    while i < out.len() {
+        if followed_by_organisation(text, out[i].end) {
+            out.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    occurrences(text, caller, 1.0, out);
+    out.append(&mut found);
+}
+
+/// Every word-bounded occurrence of `names` (any case, any white space between words).
+fn occurrences(text: &str, mut needles: Vec<String>, score: f32, out: &mut Vec<Candidate>) {
+    needles.retain(|n| !n.trim().is_empty());
     if needles.is_empty() {
         return;
     }
     // One pattern for all names, longest first so that a full name wins over its parts;
     // any run of white space between words, as a line may wrap inside a name.
-    needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    needles.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
     needles.dedup();
     let alternatives: Vec<String> = needles
         .iter()
@@ -151,9 +200,28 @@ fn extra_names(text: &str, names: &[String], push: &mut impl FnMut(usize, usize,
     };
     for m in re.find_iter(text) {
         if is_word_bounded(text, m.start(), m.end()) {
-            push(m.start(), m.end(), 1.0);
+            out.push(Candidate {
+                kind: PiiKind::Person,
+                start: m.start(),
+                end: m.end(),
+                score,
+            });
         }
     }
+}
+
+/// Whether one of the next two capitalised words on the line is an organisation word.
+fn followed_by_organisation(text: &str, mut end: usize) -> bool {
+    for _ in 0..2 {
+        let Some(word) = word_at(text, end) else {
+            return false;
+        };
+        if is_organisation_suffix(&text[word.start..word.end]) {
+            return true;
+        }
+        end = word.end;
+    }
+    false
 }
 
 /// Whether a word of `name` is a known given name or surname.
@@ -323,6 +391,36 @@ mod tests {
         assert_eq!(
             persons("Mme Claire van der Berg est là"),
             ["Claire van der Berg"]
+        );
+    }
+
+    #[test]
+    fn introductions_relations_and_names_seen_before() {
+        assert_eq!(
+            persons(
+                "I, Olumide Adeyemi, born in Lagos, authorise my sister Funmilayo Adeyemi.\nSigned,\nOlumide Adeyemi"
+            ),
+            ["Olumide Adeyemi", "Funmilayo Adeyemi", "Olumide Adeyemi"]
+        );
+        assert_eq!(
+            persons("Bonjour, je m'appelle Kofi Boateng."),
+            ["Kofi Boateng"]
+        );
+        assert_eq!(
+            persons("Anwesend: Klaus Zimmermann. Später sagte Zimmermann nichts."),
+            ["Klaus Zimmermann", "Zimmermann"]
+        );
+        assert_eq!(
+            persons("Thomas Müller\nMüller Metallbau GmbH"),
+            ["Thomas Müller"]
+        );
+        assert_eq!(
+            persons("Mon conjoint, M. Antoine Girard, appelle."),
+            ["Antoine Girard"]
+        );
+        assert_eq!(
+            persons("Ship to: Kwame Mensah\nHoi Daan,"),
+            ["Kwame Mensah", "Daan"]
         );
     }
 
