@@ -10,7 +10,9 @@
 //! | alone on its line after a closing, or after "Thanks, " at the end of a line | "Best regards,\nTom Baker" | 0.8 |
 //! | after a label for a person ("Kontoinhaber:", "Prénom :", "Patient:") | | 0.75 |
 //! | after a generic label ("Name:", "From:") with a known name inside, or a word of it in the address that follows | "From: Kevin Walsh <…>" | 0.75 |
+//! | after an introduction or a relation | "my name is …", "I, …,", "my sister …" | 0.75 |
 //! | a known given name followed by a surname | "Olivier Jacquet" | 0.7 (0.85 with a known surname) |
+//! | a name found by a rule above, written again elsewhere in the text (and its last word if the lexicon knows it) | "Signed, Olumide Adeyemi" | 0.7 |
 //!
 //! Titles are not part of the span. A chain followed by an organisation word ("GmbH",
 //! "Street") is an organisation or a place, not a person.
@@ -29,7 +31,7 @@ use crate::names::{
 static WORD: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\p{Lu}(?:[\p{L}\p{M}]|['’\-][\p{L}])*").expect("word pattern"));
 static PARTICLE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(?:van der|van den|van de|von der|von|van|de la|de|du|des|der|den|di|da|del|della|dos|le|la|ten|ter|zu|d['’]|l['’])[ \u{a0}]?")
+    Regex::new(r"^(?:(?:van der|van den|van de|von der|von|van|de la|de|du|des|der|den|di|da|del|della|dos|le|la|ten|ter|zu)[ \u{a0}]|d['’]|l['’])")
         .expect("particle pattern")
 });
 static TITLE: LazyLock<Regex> = LazyLock::new(|| {
@@ -161,17 +163,11 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
                 .map(str::to_string),
         );
     }
-    let before = out.len();
-    occurrences(text, again, 0.7, out);
+    let mut seen_again = Vec::new();
+    occurrences(text, again, 0.7, &mut seen_again);
     // "Müller Metallbau GmbH" after "Thomas Müller" names the company, not the person.
-    let mut i = before;
-    while i < out.len() {
-        if followed_by_organisation(text, out[i].end) {
-            out.remove(i);
-        } else {
-            i += 1;
-        }
-    }
+    seen_again.retain(|c| !followed_by_organisation(text, c.end));
+    out.append(&mut seen_again);
     occurrences(text, caller, 1.0, out);
     out.append(&mut found);
 }
@@ -248,8 +244,8 @@ fn named_in_address(text: &str, start: usize, end: usize) -> bool {
 enum Strictness {
     /// Any capitalised word that is not a stop word (after a greeting, a field label).
     Any,
-    /// A known given name or surname, a word in capitals, or any word right after a
-    /// given name or an initial (after a title, in the dictionary rule).
+    /// A known given name or surname, or any word right after a given name or an
+    /// initial (after a title, in the dictionary rule).
     Lexicon,
 }
 
@@ -392,6 +388,8 @@ mod tests {
             persons("Mme Claire van der Berg est là"),
             ["Claire van der Berg"]
         );
+        assert_eq!(persons("Herr Johann der Ältere"), ["Johann der Ältere"]);
+        assert_eq!(persons("M. Jean d'Ormesson"), ["Jean d'Ormesson"]);
     }
 
     #[test]
