@@ -95,8 +95,10 @@ pub struct PiiSpan {
     pub score: f32,
 }
 
-/// What [`detect`] looks for and how.
-#[derive(Debug, Clone)]
+/// What [`detect`] looks for and how. Deserialises from configuration with every field
+/// optional (`{"kinds": ["email", "person"], "phone_regions": ["CH"]}`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DetectOptions {
     /// Kinds to report; the others are not searched for. Default: all.
     pub kinds: Vec<PiiKind>,
@@ -258,6 +260,40 @@ mod tests {
             c.reverse();
             resolve_overlaps(&mut c);
             assert_eq!(c, expected);
+        }
+    }
+
+    #[test]
+    fn options_deserialise_with_defaults() {
+        let opts: DetectOptions =
+            serde_json::from_str(r#"{"kinds": ["email", "person"], "phone_regions": ["CH"]}"#)
+                .unwrap();
+        assert_eq!(opts.kinds, [PiiKind::Email, PiiKind::Person]);
+        assert_eq!(opts.phone_regions, ["CH"]);
+        assert_eq!(opts.min_score, 0.5);
+        assert!(serde_json::from_str::<DetectOptions>(r#"{"kind": []}"#).is_err());
+    }
+
+    #[test]
+    fn offsets_are_bytes_on_char_boundaries_in_non_ascii_text() {
+        let text =
+            "Ελληνικά 日本 — Grüße von Jürgen Weiß: jürgen.weiß@beispiel.de, ☎ +49 30 901820 🎉";
+        let spans = detect(text, &DetectOptions::default());
+        let found: Vec<(PiiKind, &str)> = spans
+            .iter()
+            .map(|s| (s.kind, &text[s.start..s.end]))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (PiiKind::Person, "Jürgen Weiß"),
+                (PiiKind::Email, "jürgen.weiß@beispiel.de"),
+                (PiiKind::Phone, "+49 30 901820"),
+            ]
+        );
+        for s in &spans {
+            assert!(text.is_char_boundary(s.start) && text.is_char_boundary(s.end));
+            assert_eq!(s.text, &text[s.start..s.end]);
         }
     }
 

@@ -24,7 +24,8 @@ static PLACEHOLDER_SHAPE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"<([A-Z_]+)_([0-9]{1,9})>").expect("placeholder pattern"));
 
 /// What a [`Pseudonymizer`] replaces.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PseudonymizeOptions {
     /// Detection settings; its `kinds` are the kinds that get replaced (default: all).
     /// Put names the model extracted in `detect.extra_names`, or add them later with

@@ -164,16 +164,31 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
         );
     }
     let mut seen_again = Vec::new();
-    occurrences(text, again, 0.7, &mut seen_again);
+    occurrences(text, again, 0.7, Case::AsWritten, &mut seen_again);
     // "Müller Metallbau GmbH" after "Thomas Müller" names the company, not the person.
     seen_again.retain(|c| !followed_by_organisation(text, c.end));
     out.append(&mut seen_again);
-    occurrences(text, caller, 1.0, out);
+    occurrences(text, caller, 1.0, Case::Any, out);
     out.append(&mut found);
 }
 
-/// Every word-bounded occurrence of `names` (any case, any white space between words).
-fn occurrences(text: &str, mut needles: Vec<String>, score: f32, out: &mut Vec<Candidate>) {
+/// How [`occurrences`] compares letters.
+#[derive(Clone, Copy, PartialEq)]
+enum Case {
+    /// Names the caller vouches for: "DUPONT" is "Dupont".
+    Any,
+    /// Names found in the text: "Rose Martin" does not make every "rose" a person.
+    AsWritten,
+}
+
+/// Every word-bounded occurrence of `names`, with any white space between words.
+fn occurrences(
+    text: &str,
+    mut needles: Vec<String>,
+    score: f32,
+    case: Case,
+    out: &mut Vec<Candidate>,
+) {
     needles.retain(|n| !n.trim().is_empty());
     if needles.is_empty() {
         return;
@@ -191,7 +206,8 @@ fn occurrences(text: &str, mut needles: Vec<String>, score: f32, out: &mut Vec<C
                 .join(r"\s+")
         })
         .collect();
-    let Ok(re) = Regex::new(&format!("(?i)(?:{})", alternatives.join("|"))) else {
+    let flags = if case == Case::Any { "(?i)" } else { "" };
+    let Ok(re) = Regex::new(&format!("{flags}(?:{})", alternatives.join("|"))) else {
         return;
     };
     for m in re.find_iter(text) {
