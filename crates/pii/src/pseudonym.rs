@@ -105,13 +105,48 @@ impl Pseudonymizer {
         out
     }
 
-    /// Pseudonymises every string inside `value`, recursively (object keys stay).
+    /// Pseudonymises every string inside `value`, recursively (object keys stay). Every
+    /// string means every string: for a whole chat request, where image data and tool
+    /// schemas must stay intact, use [`Pseudonymizer::pseudonymize_chat_messages`].
     pub fn pseudonymize_json(&mut self, value: &mut Value) {
         match value {
             Value::String(s) => *s = self.pseudonymize(s),
             Value::Array(items) => items.iter_mut().for_each(|v| self.pseudonymize_json(v)),
             Value::Object(map) => map.values_mut().for_each(|v| self.pseudonymize_json(v)),
             Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+
+    /// Pseudonymises the text of OpenAI-shaped chat `messages` (an array): each message's
+    /// `content` when it is a string, the `text` of its `{"type": "text"}` parts, and the
+    /// `arguments` of its `tool_calls` (JSON text; placeholders need no escaping). Roles,
+    /// tool-call ids, image parts and anything else stay as they are.
+    pub fn pseudonymize_chat_messages(&mut self, messages: &mut Value) {
+        let Some(messages) = messages.as_array_mut() else {
+            return;
+        };
+        for message in messages {
+            match message.get_mut("content") {
+                Some(Value::String(text)) => *text = self.pseudonymize(text),
+                Some(Value::Array(parts)) => {
+                    for part in parts {
+                        if part.get("type").and_then(Value::as_str) == Some("text")
+                            && let Some(Value::String(text)) = part.get_mut("text")
+                        {
+                            *text = self.pseudonymize(text);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if let Some(Value::Array(calls)) = message.get_mut("tool_calls") {
+                for call in calls {
+                    if let Some(Value::String(arguments)) = call.pointer_mut("/function/arguments")
+                    {
+                        *arguments = self.pseudonymize(arguments);
+                    }
+                }
+            }
         }
     }
 
@@ -453,6 +488,34 @@ mod tests {
         p.add_names(["Kowalczyk"]);
         let out = p.pseudonymize("Kowalczyk <k@example.com> paid.");
         assert_eq!(out, "<PERSON_1> <k@example.com> paid.");
+    }
+
+    #[test]
+    fn chat_messages_keep_everything_but_their_text() {
+        let mut p = Pseudonymizer::new(PseudonymizeOptions::default());
+        let image = "data:image/png;base64,4111111111111111AAAA+33612345678";
+        let mut messages = serde_json::json!([
+            {"role": "system", "content": "You help Mme Lefèvre."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "Mail lefevre@example.fr"},
+                {"type": "image_url", "image_url": {"url": image}},
+            ]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_4111111111111111", "type": "function",
+                 "function": {"name": "send", "arguments": "{\"to\": \"lefevre@example.fr\"}"}},
+            ]},
+        ]);
+        p.pseudonymize_chat_messages(&mut messages);
+        assert_eq!(messages[0]["content"], "You help Mme <PERSON_1>.");
+        assert_eq!(messages[1]["content"][0]["text"], "Mail <EMAIL_1>");
+        assert_eq!(messages[1]["content"][1]["image_url"]["url"], image);
+        let call = &messages[2]["tool_calls"][0];
+        assert_eq!(call["id"], "call_4111111111111111");
+        assert_eq!(call["function"]["arguments"], "{\"to\": \"<EMAIL_1>\"}");
+        let mut args: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        p.restorer().restore_json(&mut args);
+        assert_eq!(args["to"], "lefevre@example.fr");
     }
 
     #[test]
