@@ -25,11 +25,18 @@ fn main() -> Result<(), String> {
     let all: Vec<LabelledText> = development.iter().chain(&heldout).cloned().collect();
     let opts = DetectOptions::default();
     let mut sets = vec![("development".to_string(), development)];
-    let mut files: Vec<&str> = heldout.iter().filter_map(|d| d.name.split('#').next()).collect();
+    let mut files: Vec<&str> = heldout
+        .iter()
+        .filter_map(|d| d.name.split('#').next())
+        .collect();
     files.dedup();
     for file in files {
         let prefix = format!("{file}#");
-        let docs = heldout.iter().filter(|d| d.name.starts_with(&prefix)).cloned().collect();
+        let docs = heldout
+            .iter()
+            .filter(|d| d.name.starts_with(&prefix))
+            .cloned()
+            .collect();
         sets.push((format!("held-out {file}"), docs));
     }
     sets.push(("all".to_string(), all.clone()));

@@ -51,7 +51,7 @@ static INTRODUCTION: LazyLock<Regex> = LazyLock::new(|| {
 static FIRST_PERSON: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?m)(?:^|[.!?:][ \t]+)I,[ \t]+").expect("first person pattern"));
 static CLOSING: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?im)^[ \t>]*(?:best regards|kind regards|warm regards|regards|best wishes|best|sincerely|yours sincerely|yours truly|yours faithfully|cheers|thanks|thank you|many thanks|cordialement|bien cordialement|bien à vous|salutations distinguées|salutations|meilleures salutations|amicalement|mit freundlichen grüßen|mit freundlichen grüssen|mit freundlichen gruessen|freundliche grüße|viele grüße|beste grüße|liebe grüße|mfg|gruß|grüße|met vriendelijke groeten|met vriendelijke groet|vriendelijke groeten|vriendelijke groet|groeten|cordiali saluti|distinti saluti|saluti|saludos|atentamente|un saludo|merci d'avance|merci beaucoup|merci|vielen dank|danke schön|danke|bedankt|grazie|gracias|all the best|take care|à bientôt|bis bald|bonne journée|bonne soirée|bonne fin de journée|schönen gruß|schöne grüße|herzliche grüße|groetjes|hartelijke groet|signed|signé|gezeichnet|unterzeichnet)(?:[ \t]*[,.!]?[ \t]*\r?\n(?:[ \t]*\r?\n)?[ \t>]*|[ \t]*,[ \t]+)")
+    Regex::new(r"(?im)^[ \t>]*(?:best regards|kind regards|warm regards|regards|best wishes|best|sincerely|yours sincerely|yours truly|yours faithfully|cheers|thanks|thank you|many thanks|cordialement|bien cordialement|bien à vous|salutations distinguées|salutations|meilleures salutations|amicalement|mit freundlichen grüßen|mit freundlichen grüssen|mit freundlichen gruessen|freundliche grüße|viele grüße|beste grüße|liebe grüße|mfg|gruß|grüße|met vriendelijke groeten|met vriendelijke groet|vriendelijke groeten|vriendelijke groet|groeten|cordiali saluti|distinti saluti|saluti|saludos|atentamente|un saludo|merci d'avance|merci beaucoup|merci|vielen dank|danke schön|danke|bedankt|grazie|gracias|all the best|take care|à bientôt|bis bald|bonne journée|bonne soirée|bonne fin de journée|schönen gruß|schöne grüße|herzliche grüße|groetjes|hartelijke groet|bises|bisous|grosses bises|amitiés|lg|vg|signed|signé|gezeichnet|unterzeichnet)(?:[ \t]*[,.!]?[ \t]*\r?\n(?:[ \t]*\r?\n)?[ \t>]*|[ \t]*,[ \t]+)")
         .expect("closing pattern")
 });
 /// Labels whose value is a person's name.
@@ -63,6 +63,11 @@ static PERSON_FIELD: LazyLock<Regex> = LazyLock::new(|| {
 static GENERIC_FIELD: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r#"(?im)^[ \t]*(?:name|contact|sender|recipient|destinataire|expéditeur|empfänger|absender|from|to|cc|bcc|reply-to|an|von|de|à|signature)[ \t]*:[ \t]*"?"#)
         .expect("generic field pattern")
+});
+/// "Weber, Julia": surname, comma, given name, as address books write display names.
+static SURNAME_FIRST: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(\p{Lu}[\p{L}\p{M}'’\-]+),[ \t]+(\p{Lu}[\p{L}\p{M}'’\-]+)\b")
+        .expect("surname-first pattern")
 });
 /// The local part of an address right after a display name (`Kevin Walsh <kevin.w@`).
 static ADDRESS_AFTER: LazyLock<Regex> =
@@ -110,6 +115,17 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
     for m in PERSON_FIELD.find_iter(text) {
         if let Some((start, end)) = chain(text, skip_titles(text, m.end()), Strictness::Any) {
             push(start, end, 0.75);
+        }
+    }
+    for m in PERSON_FIELD
+        .find_iter(text)
+        .chain(GENERIC_FIELD.find_iter(text))
+    {
+        if let Some(c) = SURNAME_FIRST.captures(&text[m.end()..])
+            && is_given(&c[2])
+            && !is_not_a_name(&c[1])
+        {
+            push(m.end(), m.end() + c[0].len(), 0.75);
         }
     }
     for m in GENERIC_FIELD.find_iter(text) {
@@ -435,6 +451,10 @@ mod tests {
         assert_eq!(
             persons("Ship to: Kwame Mensah\nHoi Daan,"),
             ["Kwame Mensah", "Daan"]
+        );
+        assert_eq!(
+            persons("From: \"Weber, Julia\" <j.weber@example.de>\nName: Smith, Invoice"),
+            ["Weber, Julia", "Smith"]
         );
     }
 
