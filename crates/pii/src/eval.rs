@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::detect::{DetectOptions, PiiKind, detect};
 
@@ -226,6 +226,60 @@ pub fn evaluate(texts: &[LabelledText], opts: &DetectOptions) -> Report {
         }
     }
     report
+}
+
+/// This crate's labelled set, split as docs/GDPR.md reports it.
+#[derive(Debug, Clone, Default)]
+pub struct LabelledSet {
+    /// `tests/data/*.txt`, plus the shared evaluation data when it was found.
+    pub development: Vec<LabelledText>,
+    /// `tests/data/heldout/*.txt`, each written after the rules it first measured.
+    pub held_out: Vec<LabelledText>,
+    /// Whether `development` includes the shared evaluation data.
+    pub with_shared_data: bool,
+}
+
+impl LabelledSet {
+    /// Loads the crate's fixtures and, if `shared_eval` is given, the shared evaluation
+    /// data labelled by `tests/data/shared_eval_labels.tsv`.
+    pub fn load(shared_eval: Option<&Path>) -> Result<LabelledSet, String> {
+        let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let mut development = load_marked_dir(&data)?;
+        if let Some(dir) = shared_eval {
+            let labels_path = data.join("shared_eval_labels.tsv");
+            let labels = std::fs::read_to_string(&labels_path)
+                .map_err(|e| format!("reading {}: {e}", labels_path.display()))?;
+            development.extend(load_shared_eval(dir, &labels)?);
+        }
+        Ok(LabelledSet {
+            development,
+            held_out: load_marked_dir(&data.join("heldout"))?,
+            with_shared_data: shared_eval.is_some(),
+        })
+    }
+
+    /// Every text, development first.
+    pub fn all(&self) -> Vec<LabelledText> {
+        self.development
+            .iter()
+            .chain(&self.held_out)
+            .cloned()
+            .collect()
+    }
+}
+
+/// The shared evaluation folder: `$VERRE_SHARED_EVAL`, else `shared/eval` beside the
+/// repository (as CI lays it out); `Err` with the path looked at when it is not there.
+pub fn shared_eval_dir() -> Result<PathBuf, PathBuf> {
+    let dir = match std::env::var_os("VERRE_SHARED_EVAL") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/eval"),
+    };
+    if dir.join("invoices").is_dir() {
+        Ok(dir)
+    } else {
+        Err(dir)
+    }
 }
 
 /// Reads every `*.txt` of `dir` as labelled text; documents inside a file are separated

@@ -1,45 +1,34 @@
 //! Precision and recall of `detect` on the labelled set: this crate's fixtures
-//! (`tests/data/*.txt`, `tests/data/heldout/*.txt`) and, where present, the shared evaluation data (invoice answers
-//! and malformed mails, labelled in `tests/data/shared_eval_labels.tsv`).
+//! (`tests/data/*.txt`, `tests/data/heldout/*.txt`) and, where present, the shared
+//! evaluation data (invoice answers and malformed mails, labelled in
+//! `tests/data/shared_eval_labels.tsv`).
 //!
 //! The shared folder is `$VERRE_SHARED_EVAL`, else `../shared/eval` beside the repository.
 //! Without it the test runs on the fixtures alone, except in CI (`CI` set), where it fails.
 
-use std::path::PathBuf;
-
-use verre_pii::eval::{LabelledText, evaluate, load_marked_dir, load_shared_eval};
+use verre_pii::eval::{LabelledSet, LabelledText, evaluate, shared_eval_dir};
 use verre_pii::{DetectOptions, PiiKind};
 
-fn shared_eval_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("VERRE_SHARED_EVAL") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/eval"),
-    };
-    if dir.join("invoices").is_dir() {
-        Some(dir)
-    } else if std::env::var_os("CI").is_some() {
-        panic!(
-            "shared evaluation data not found at {} (set VERRE_SHARED_EVAL)",
-            dir.display()
-        );
-    } else {
-        eprintln!(
-            "note: {} not found, evaluating on the crate's fixtures only",
-            dir.display()
-        );
-        None
-    }
-}
-
 fn labelled_set() -> Vec<LabelledText> {
-    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-    let mut docs = load_marked_dir(&data).expect("fixtures");
-    docs.extend(load_marked_dir(&data.join("heldout")).expect("held-out fixtures"));
-    if let Some(dir) = shared_eval_dir() {
-        let labels = std::fs::read_to_string(data.join("shared_eval_labels.tsv")).expect("labels");
-        docs.extend(load_shared_eval(&dir, &labels).expect("shared evaluation data"));
-    }
-    docs
+    let shared = match shared_eval_dir() {
+        Ok(dir) => Some(dir),
+        Err(dir) if std::env::var_os("CI").is_some() => {
+            panic!(
+                "shared evaluation data not found at {} (set VERRE_SHARED_EVAL)",
+                dir.display()
+            )
+        }
+        Err(dir) => {
+            eprintln!(
+                "note: {} not found, evaluating on the crate's fixtures only",
+                dir.display()
+            );
+            None
+        }
+    };
+    LabelledSet::load(shared.as_deref())
+        .expect("labelled set")
+        .all()
 }
 
 #[test]
