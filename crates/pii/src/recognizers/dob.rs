@@ -1,0 +1,99 @@
+//! Dates of birth: a date (numeric, ISO, or with a month name in English, French, German,
+//! Dutch, Italian or Spanish) reported only when a birth word comes shortly before it
+//! ("born", "date of birth", "DOB", "né(e) le", "geboren", "Geburtsdatum", …). Other dates
+//! — invoice dates, due dates — are not personal data on their own.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use super::{is_word_bounded, window_before};
+use crate::detect::{Candidate, DetectOptions, PiiKind};
+
+const MONTHS: &str = "jan(?:uary|vier|uar|uari|naio)?|j[äa]nner|feb(?:ruary|ruar|ruari|braio)?|f[ée]v(?:rier)?|m[äa]r(?:ch|s|z|zo)?|maerz|maart|apr(?:il|ile)?|avr(?:il)?|may|mai|mei|maggio|mayo|june?|juin|juni|giugno|junio|july?|juil(?:let)?|juli|luglio|julio|aug(?:ust|ustus)?|ao[ûu]t|agosto|sep(?:t|tember|tembre)?|sett(?:embre)?|oct(?:ober|obre)?|okt(?:ober)?|ottobre|nov(?:ember|embre)?|dec(?:ember)?|d[ée]c(?:embre)?|dez(?:ember)?|dicembre|diciembre|enero|febrero|marzo|abril|agosto|septiembre|octubre|noviembre";
+
+static DATE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(&format!(
+        r"(?i)[0-9]{{1,2}}[./\-][0-9]{{1,2}}[./\-](?:[0-9]{{4}}|[0-9]{{2}})|[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}|[0-9]{{1,2}}(?:er|st|nd|rd|th|\.)?\s+(?:de\s+)?(?:{MONTHS})\.?\s+(?:de\s+)?[0-9]{{4}}|(?:{MONTHS})\.?\s+[0-9]{{1,2}}(?:st|nd|rd|th)?,?\s+[0-9]{{4}}"
+    ))
+    .expect("date pattern")
+});
+
+/// Lower-case words that say the next date is a birth date.
+const BIRTH_WORDS: [&str; 20] = [
+    "born",
+    "birth",
+    "dob",
+    "d.o.b",
+    "birthday",
+    "né le",
+    "née le",
+    "né(e) le",
+    "né(e)",
+    "naissance",
+    "geboren",
+    "geb.",
+    "geburtsdatum",
+    "geburtstag",
+    "geboortedatum",
+    "nato il",
+    "nata il",
+    "nascita",
+    "nacimiento",
+    "nacido",
+];
+
+pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) {
+    for m in DATE.find_iter(text) {
+        if !is_word_bounded(text, m.start(), m.end()) {
+            continue;
+        }
+        // The birth word must be close: on the same line or the one before (forms put
+        // the label above the value), within 40 bytes.
+        let before = window_before(text, m.start(), 40);
+        let before = match before.rmatch_indices('\n').nth(1) {
+            Some((i, _)) => &before[i + 1..],
+            None => &before[..],
+        };
+        if BIRTH_WORDS.iter().any(|w| before.contains(w)) {
+            out.push(Candidate {
+                kind: PiiKind::DateOfBirth,
+                start: m.start(),
+                end: m.end(),
+                score: 0.9,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{DetectOptions, PiiKind, detect};
+
+    fn dobs(text: &str) -> Vec<String> {
+        detect(text, &DetectOptions::only(&[PiiKind::DateOfBirth]))
+            .into_iter()
+            .map(|s| s.text)
+            .collect()
+    }
+
+    #[test]
+    fn finds_birth_dates_next_to_birth_words() {
+        assert_eq!(
+            dobs("Jean Dupont, né le 3 avril 1979 à Lyon"),
+            ["3 avril 1979"]
+        );
+        assert_eq!(dobs("Date of birth: 12/03/1985"), ["12/03/1985"]);
+        assert_eq!(dobs("geb. 07.05.1962 in Köln"), ["07.05.1962"]);
+        assert_eq!(dobs("born on March 4, 1990."), ["March 4, 1990"]);
+        assert_eq!(dobs("Geburtsdatum:\n1. März 1975"), ["1. März 1975"]);
+        assert_eq!(dobs("DOB 1988-11-30"), ["1988-11-30"]);
+    }
+
+    #[test]
+    fn ignores_other_dates() {
+        assert!(dobs("Invoice date: 12/03/2023, due 2023-04-04").is_empty());
+        assert!(dobs("Rechnungsdatum 7. Mai 2014").is_empty());
+        assert!(dobs("born\n\n\nlong ago, then 01/02/2000").is_empty());
+    }
+}

@@ -1,0 +1,494 @@
+//! Person names. A name is a chain of one to four capitalised words on one line
+//! ("Jean-Pierre", "O'Brien", "DUPONT", initials "J."), with particles ("van der", "de",
+//! "von") between them, and it is reported when something says it is a name:
+//!
+//! | rule | example | score |
+//! |---|---|---|
+//! | a name the caller supplied ([`DetectOptions::extra_names`]) | "Dupont" | 1.0 |
+//! | after a title | "M. Dupont", "Frau Dr. Sabine Weber" | 0.85 |
+//! | after a greeting | "Dear Anna,", "Bonjour Claire" | 0.8 |
+//! | alone on its line after a closing, or after "Thanks, " at the end of a line | "Best regards,\nTom Baker" | 0.8 |
+//! | after a label for a person ("Kontoinhaber:", "Prénom :", "Patient:") | | 0.75 |
+//! | after a generic label ("Name:", "From:") with a known name inside, or a word of it in the address that follows | "From: Kevin Walsh <…>" | 0.75 |
+//! | after an introduction or a relation | "my name is …", "I, …,", "my sister …" | 0.75 |
+//! | a known given name followed by a surname | "Olivier Jacquet" | 0.7 (0.85 with a known surname) |
+//! | a name found by a rule above, written again elsewhere in the text (and its last word if the lexicon knows it) | "Signed, Olumide Adeyemi" | 0.7 |
+//!
+//! Titles are not part of the span. A chain followed by an organisation word ("GmbH",
+//! "Street") is an organisation or a place, not a person.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use super::{char_at, char_before, is_word_bounded};
+use crate::detect::{Candidate, DetectOptions, PiiKind};
+use crate::names::{
+    is_ambiguous_given, is_given, is_not_a_name, is_organisation_suffix, is_surname,
+};
+
+/// A capitalised word: a capital, then letters, apostrophes or hyphens inside.
+static WORD: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\p{Lu}(?:[\p{L}\p{M}]|['’\-][\p{L}])*").expect("word pattern"));
+static PARTICLE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?:(?:van der|van den|van de|von der|von|van|de la|de|du|des|der|den|di|da|del|della|dos|le|la|ten|ter|zu)[ \u{a0}]|d['’]|l['’])")
+        .expect("particle pattern")
+});
+static TITLE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\b(?:(?:Mr|Mrs|Ms|Mx|Dr|Prof|Herr|Frau|Dhr|Mevr|Mme|Mlle|Mmes|Sig|Sra|Ing|Dipl\.-Ing)\b\.?|(?:M|Hr|Fr|Pr|Sr|St)\.|(?:Mister|Miss|Sir|Monsieur|Madame|Mademoiselle|Docteur|Doktor|Professor|Professeur|Maître|Meneer|Mevrouw|Signor|Signora|Señor|Señora|Lord|Lady)\b)")
+        .expect("title pattern")
+});
+static GREETING: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b(?:dear|hi|hello|hey|bonjour|bonsoir|salut|cher|chère|liebe|lieber|hallo|moin|servus|beste|geachte|ciao|caro|cara|gentile|hola|estimado|estimada|querido|querida|hoi|hej|goedemorgen|goedemiddag|guten morgen|guten tag|grüß gott|grüezi|buongiorno|buenos días)[ \t]+")
+        .expect("greeting pattern")
+});
+/// A person naming themselves, or someone named by their relation to the writer.
+static INTRODUCTION: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b(?:my name is|je m'appelle|mon nom est|ich heiße|ich heisse|mein name ist|mijn naam is|mi chiamo|me llamo|the undersigned|je soussignée?|der unterzeichnende|die unterzeichnende|(?:my|our|your|his|her|mon|ma|notre|votre|son|sa|mein|meine|unser|unsere|ihr|ihre|mijn|onze)\s+(?:wife|husband|partner|son|daughter|mother|father|sister|brother|colleague|manager|assistant|lawyer|femme|mari|conjoint|conjointe|fils|fille|mère|père|sœur|soeur|frère|collègue|avocat|avocate|frau|mann|sohn|tochter|mutter|vater|schwester|bruder|kollege|kollegin|anwalt|anwältin|vrouw|man|zoon|dochter|moeder|vader|zus|broer|collega))[ \t,]+")
+        .expect("introduction pattern")
+});
+/// "I, Name Surname, …" at the start of a sentence, as in declarations and mandates.
+static FIRST_PERSON: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?m)(?:^|[.!?:][ \t]+)I,[ \t]+").expect("first person pattern"));
+static CLOSING: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?im)^[ \t>]*(?:best regards|kind regards|warm regards|regards|best wishes|best|sincerely|yours sincerely|yours truly|yours faithfully|cheers|thanks|thank you|many thanks|cordialement|bien cordialement|bien à vous|salutations distinguées|salutations|meilleures salutations|amicalement|mit freundlichen grüßen|mit freundlichen grüssen|mit freundlichen gruessen|freundliche grüße|viele grüße|beste grüße|liebe grüße|mfg|gruß|grüße|met vriendelijke groeten|met vriendelijke groet|vriendelijke groeten|vriendelijke groet|groeten|cordiali saluti|distinti saluti|saluti|saludos|atentamente|un saludo|merci d'avance|merci beaucoup|merci|vielen dank|danke schön|danke|bedankt|grazie|gracias|all the best|take care|à bientôt|bis bald|bonne journée|bonne soirée|bonne fin de journée|schönen gruß|schöne grüße|herzliche grüße|groetjes|hartelijke groet|bises|bisous|grosses bises|amitiés|lg|vg|signed|signé|gezeichnet|unterzeichnet)(?:[ \t]*[,.!]?[ \t]*\r?\n(?:[ \t]*\r?\n)?[ \t>]*|[ \t]*,[ \t]+)")
+        .expect("closing pattern")
+});
+/// Labels whose value is a person's name.
+static PERSON_FIELD: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?im)^[ \t]*(?:full name|your name|customer name|nom|nom complet|prénom et nom|nom et prénom|prénom|vorname|nachname|familienname|name des kontoinhabers|kontoinhaber|kontoinhaberin|account holder|account name|titulaire du compte|titulaire|contact person|ansprechpartner|ansprechpartnerin|kontaktperson|patient|employee|employé|employée|mitarbeiter|mitarbeiterin|attn|attention|z\. ?hd\.?|à l'attention de|naam|voornaam|achternaam|signed|signé|unterschrift|beneficiary|bénéficiaire|begünstigter|cardholder|card holder|titular|nome|cognome|nombre|apellidos|dipendente|ship to|deliver to|delivery to|bill to|billing name|invoice to|lieferung an|liefern an|rechnung an|livraison à|livrer à|facturer à|t\.n\.v\.|ter attentie van)[ \t]*:[ \t]*"?"#)
+        .expect("person field pattern")
+});
+/// Labels whose value is often, not always, a person: a product's "Name", a mail header.
+static GENERIC_FIELD: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?im)^[ \t]*(?:name|contact|sender|recipient|destinataire|expéditeur|empfänger|absender|from|to|cc|bcc|reply-to|an|von|de|à|signature)[ \t]*:[ \t]*"?"#)
+        .expect("generic field pattern")
+});
+/// "Weber, Julia": surname, comma, given name, as address books write display names.
+static SURNAME_FIRST: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(\p{Lu}[\p{L}\p{M}'’\-]+),[ \t]+(\p{Lu}[\p{L}\p{M}'’\-]+)\b")
+        .expect("surname-first pattern")
+});
+/// The local part of an address right after a display name (`Kevin Walsh <kevin.w@`).
+static ADDRESS_AFTER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r#"^"?[ \t]*<([^@<>\s]+)@"#).expect("address pattern"));
+
+pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
+    let mut found = Vec::new();
+    let mut push = |start: usize, end: usize, score: f32| {
+        found.push(Candidate {
+            kind: PiiKind::Person,
+            start,
+            end,
+            score,
+        });
+    };
+    for m in TITLE.find_iter(text) {
+        if let Some((start, end)) = chain(text, skip_titles(text, m.end()), Strictness::Lexicon) {
+            push(start, end, 0.85);
+        }
+    }
+    for m in GREETING.find_iter(text) {
+        if let Some((start, end)) = chain(text, m.end(), Strictness::Any) {
+            push(start, end, 0.8);
+        }
+    }
+    for m in INTRODUCTION.find_iter(text) {
+        if let Some((start, end)) = chain(text, skip_titles(text, m.end()), Strictness::Any) {
+            push(start, end, 0.75);
+        }
+    }
+    for m in FIRST_PERSON.find_iter(text) {
+        if let Some((start, end)) = chain(text, m.end(), Strictness::Any)
+            && text[end..].starts_with(',')
+        {
+            push(start, end, 0.75);
+        }
+    }
+    for m in CLOSING.find_iter(text) {
+        if let Some((start, end)) = chain(text, m.end(), Strictness::Any)
+            && ends_line(text, end)
+        {
+            push(start, end, 0.8);
+        }
+    }
+    for m in PERSON_FIELD.find_iter(text) {
+        if let Some((start, end)) = chain(text, skip_titles(text, m.end()), Strictness::Any) {
+            push(start, end, 0.75);
+        }
+    }
+    for m in PERSON_FIELD
+        .find_iter(text)
+        .chain(GENERIC_FIELD.find_iter(text))
+    {
+        if let Some(c) = SURNAME_FIRST.captures(&text[m.end()..])
+            && is_given(&c[2])
+            && !is_not_a_name(&c[1])
+        {
+            push(m.end(), m.end() + c[0].len(), 0.75);
+        }
+    }
+    for m in GENERIC_FIELD.find_iter(text) {
+        if let Some((start, end)) = chain(text, skip_titles(text, m.end()), Strictness::Any)
+            && (known_name_inside(&text[start..end]) || named_in_address(text, start, end))
+        {
+            push(start, end, 0.75);
+        }
+    }
+    for m in WORD.find_iter(text) {
+        let word = m.as_str();
+        if char_before(text, m.start()).is_some_and(char::is_alphanumeric) || !is_given(word) {
+            continue;
+        }
+        if let Some((start, end)) = chain(text, m.start(), Strictness::Lexicon)
+            && end > m.end()
+        {
+            let surname_known = WORD
+                .find_iter(&text[m.end()..end])
+                .any(|w| is_surname(w.as_str()));
+            if is_ambiguous_given(word) && !surname_known {
+                continue;
+            }
+            push(start, end, if surname_known { 0.85 } else { 0.7 });
+        }
+    }
+    // A name found once is a name wherever else it is written in the same text
+    // ("Signed, Olumide Adeyemi" after "I, Olumide Adeyemi, born …"), and so is its last
+    // word when the lexicon knows it as a name ("Herr Zimmermann" after "Klaus Zimmermann").
+    let mut again: Vec<String> = Vec::new();
+    for c in &found {
+        let name = &text[c.start..c.end];
+        again.push(name.to_string());
+        let words: Vec<&str> = WORD.find_iter(name).map(|w| w.as_str()).collect();
+        if let [_, .., last] = words[..]
+            && last.chars().count() >= 3
+            && (is_surname(last) || is_given(last))
+        {
+            again.push(last.to_string());
+        }
+    }
+    let mut caller = Vec::new();
+    for name in &opts.extra_names {
+        let name = name.trim();
+        caller.push(name.to_string());
+        caller.extend(
+            name.split_whitespace()
+                .filter(|w| {
+                    w.chars().count() >= 3 && w.chars().next().is_some_and(char::is_uppercase)
+                })
+                .map(str::to_string),
+        );
+    }
+    let mut seen_again = Vec::new();
+    occurrences(text, again, 0.7, Case::AsWritten, &mut seen_again);
+    // "Müller Metallbau GmbH" after "Thomas Müller" names the company, not the person.
+    seen_again.retain(|c| !followed_by_organisation(text, c.end));
+    out.append(&mut seen_again);
+    occurrences(text, caller, 1.0, Case::Any, out);
+    out.append(&mut found);
+}
+
+/// How [`occurrences`] compares letters.
+#[derive(Clone, Copy, PartialEq)]
+enum Case {
+    /// Names the caller vouches for: "DUPONT" is "Dupont".
+    Any,
+    /// Names found in the text: "Rose Martin" does not make every "rose" a person.
+    AsWritten,
+}
+
+/// Every word-bounded occurrence of `names`, with any white space between words.
+fn occurrences(
+    text: &str,
+    mut needles: Vec<String>,
+    score: f32,
+    case: Case,
+    out: &mut Vec<Candidate>,
+) {
+    needles.retain(|n| !n.trim().is_empty());
+    if needles.is_empty() {
+        return;
+    }
+    // One pattern for all names, longest first so that a full name wins over its parts;
+    // any run of white space between words, as a line may wrap inside a name.
+    needles.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+    needles.dedup();
+    let alternatives: Vec<String> = needles
+        .iter()
+        .map(|n| {
+            n.split_whitespace()
+                .map(regex::escape)
+                .collect::<Vec<_>>()
+                .join(r"\s+")
+        })
+        .collect();
+    let flags = if case == Case::Any { "(?i)" } else { "" };
+    let Ok(re) = Regex::new(&format!("{flags}(?:{})", alternatives.join("|"))) else {
+        return;
+    };
+    for m in re.find_iter(text) {
+        if is_word_bounded(text, m.start(), m.end()) {
+            out.push(Candidate {
+                kind: PiiKind::Person,
+                start: m.start(),
+                end: m.end(),
+                score,
+            });
+        }
+    }
+}
+
+/// Whether one of the next two capitalised words on the line is an organisation word.
+fn followed_by_organisation(text: &str, mut end: usize) -> bool {
+    for _ in 0..2 {
+        let Some(word) = word_at(text, end) else {
+            return false;
+        };
+        if is_organisation_suffix(&text[word.start..word.end]) {
+            return true;
+        }
+        end = word.end;
+    }
+    false
+}
+
+/// Whether a word of `name` is a known given name or surname.
+fn known_name_inside(name: &str) -> bool {
+    WORD.find_iter(name).any(|w| {
+        let w = w.as_str();
+        (is_given(w) && !is_ambiguous_given(w)) || is_surname(w)
+    })
+}
+
+/// Whether a display name is followed by an address whose local part contains one of
+/// its words ("Test User <test@example.org>").
+fn named_in_address(text: &str, start: usize, end: usize) -> bool {
+    let Some(local) = ADDRESS_AFTER.captures(&text[end..]).and_then(|c| c.get(1)) else {
+        return false;
+    };
+    let local = local.as_str().to_lowercase();
+    WORD.find_iter(&text[start..end])
+        .any(|w| w.as_str().chars().count() >= 3 && local.contains(&w.as_str().to_lowercase()))
+}
+
+/// How much a word after the first must prove to join the chain.
+#[derive(Clone, Copy, PartialEq)]
+enum Strictness {
+    /// Any capitalised word that is not a stop word (after a greeting, a field label).
+    Any,
+    /// A known given name or surname, or any word right after a given name or an
+    /// initial (after a title, in the dictionary rule).
+    Lexicon,
+}
+
+/// A word of a name: its span, and whether it is an initial ("J.").
+struct NameWord {
+    start: usize,
+    end: usize,
+    initial: bool,
+}
+
+/// The capitalised word starting at `pos` after spaces or tabs (never a newline).
+fn word_at(text: &str, pos: usize) -> Option<NameWord> {
+    let rest = &text[pos..];
+    let start = pos + (rest.len() - rest.trim_start_matches([' ', '\t', '\u{a0}']).len());
+    let m = WORD.find_at(text, start).filter(|m| m.start() == start)?;
+    let mut end = m.end();
+    let word = m.as_str();
+    for possessive in ["'s", "’s"] {
+        if word.len() > 3 && word.ends_with(possessive) {
+            end -= possessive.len();
+        }
+    }
+    if char_at(text, end).is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '@') {
+        return None;
+    }
+    let initial = word.chars().count() == 1;
+    if initial {
+        if char_at(text, end) != Some('.') {
+            return None;
+        }
+        end += 1;
+    }
+    Some(NameWord {
+        start,
+        end,
+        initial,
+    })
+}
+
+/// After a title, further titles ("Herr Dr. Prof.") are skipped too.
+fn skip_titles(text: &str, mut pos: usize) -> usize {
+    loop {
+        let rest = &text[pos..];
+        let trimmed = rest.trim_start_matches([' ', '\t', '\u{a0}']);
+        let at = pos + rest.len() - trimmed.len();
+        match TITLE.find_at(text, at).filter(|m| m.start() == at) {
+            Some(m) => pos = m.end(),
+            None => return pos,
+        }
+    }
+}
+
+/// The span of the name that starts at `pos`, if any.
+fn chain(text: &str, pos: usize, strictness: Strictness) -> Option<(usize, usize)> {
+    let first = word_at(text, pos)?;
+    if first.initial && word_at(text, first.end).is_none() {
+        return None;
+    }
+    let first_text = &text[first.start..first.end];
+    if is_not_a_name(first_text) {
+        return None;
+    }
+    let mut end = first.end;
+    let mut vouches_for_next = first.initial || is_given(first_text);
+    for _ in 0..3 {
+        let gap = &text[end..];
+        let spaces = gap.len() - gap.trim_start_matches([' ', '\u{a0}']).len();
+        if spaces == 0 || spaces > 2 {
+            break;
+        }
+        let mut next = end + spaces;
+        if let Some(p) = PARTICLE.find(&text[next..]) {
+            next += p.end();
+        }
+        let Some(word) = word_at(text, next) else {
+            break;
+        };
+        let word_text = &text[word.start..word.end];
+        if is_not_a_name(word_text) {
+            break;
+        }
+        let vouched = strictness == Strictness::Any
+            || vouches_for_next
+            || is_given(word_text)
+            || is_surname(word_text);
+        if !vouched {
+            break;
+        }
+        end = word.end;
+        vouches_for_next = word.initial || is_given(word_text);
+    }
+    if text[first.start..end]
+        .chars()
+        .filter(|c| c.is_alphabetic())
+        .count()
+        < 2
+    {
+        return None;
+    }
+    // "Peter Müller GmbH" is a company, "Thomas Street" a place.
+    if let Some(after) = word_at(text, end)
+        && is_organisation_suffix(&text[after.start..after.end])
+    {
+        return None;
+    }
+    Some((first.start, end))
+}
+
+/// Whether only a separator or the end of the line follows `end`.
+fn ends_line(text: &str, end: usize) -> bool {
+    let rest = text[end..].trim_start_matches([' ', '\t', ',']);
+    rest.is_empty() || rest.starts_with(['\n', '\r', '|', '–', '-', '('])
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{DetectOptions, PiiKind, detect};
+
+    fn persons(text: &str) -> Vec<String> {
+        detect(text, &DetectOptions::only(&[PiiKind::Person]))
+            .into_iter()
+            .map(|s| s.text)
+            .collect()
+    }
+
+    #[test]
+    fn titles_greetings_closings_and_fields() {
+        assert_eq!(
+            persons("Sehr geehrte Frau Dr. Sabine Weber,"),
+            ["Sabine Weber"]
+        );
+        assert_eq!(persons("M. Dupont a appelé."), ["Dupont"]);
+        assert_eq!(persons("Dear Anna, thanks."), ["Anna"]);
+        assert_eq!(persons("Best regards,\nTom Baker\nACME Ltd"), ["Tom Baker"]);
+        assert_eq!(persons("see you then.\nThanks, Megan\n"), ["Megan"]);
+        assert_eq!(persons("Merci d'avance,\nY. Benali"), ["Y. Benali"]);
+        assert!(persons("Thanks, The Team\nThank you for your order, we ship soon").is_empty());
+        assert_eq!(persons("Kontoinhaber: Lukas Brenner"), ["Lukas Brenner"]);
+        assert_eq!(
+            persons("Mme Claire van der Berg est là"),
+            ["Claire van der Berg"]
+        );
+        assert_eq!(persons("Herr Johann der Ältere"), ["Johann der Ältere"]);
+        assert_eq!(persons("M. Jean d'Ormesson"), ["Jean d'Ormesson"]);
+    }
+
+    #[test]
+    fn introductions_relations_and_names_seen_before() {
+        assert_eq!(
+            persons(
+                "I, Olumide Adeyemi, born in Lagos, authorise my sister Funmilayo Adeyemi.\nSigned,\nOlumide Adeyemi"
+            ),
+            ["Olumide Adeyemi", "Funmilayo Adeyemi", "Olumide Adeyemi"]
+        );
+        assert_eq!(
+            persons("Bonjour, je m'appelle Kofi Boateng."),
+            ["Kofi Boateng"]
+        );
+        assert_eq!(
+            persons("Anwesend: Klaus Zimmermann. Später sagte Zimmermann nichts."),
+            ["Klaus Zimmermann", "Zimmermann"]
+        );
+        assert_eq!(
+            persons("Thomas Müller\nMüller Metallbau GmbH"),
+            ["Thomas Müller"]
+        );
+        assert_eq!(
+            persons("Mon conjoint, M. Antoine Girard, appelle."),
+            ["Antoine Girard"]
+        );
+        assert_eq!(
+            persons("Ship to: Kwame Mensah\nHoi Daan,"),
+            ["Kwame Mensah", "Daan"]
+        );
+        assert_eq!(
+            persons("From: \"Weber, Julia\" <j.weber@example.de>\nName: Smith, Invoice"),
+            ["Weber, Julia", "Smith"]
+        );
+    }
+
+    #[test]
+    fn dictionary_rule_wants_a_surname_after_a_given_name() {
+        assert_eq!(
+            persons("Le dossier de Olivier Jacquet est prêt."),
+            ["Olivier Jacquet"]
+        );
+        assert_eq!(persons("contact JEAN DUPONT today"), ["JEAN DUPONT"]);
+        assert!(persons("Will Shipping be late? Grant Application, Olive Oil").is_empty());
+        assert!(persons("Peter Müller GmbH, Thomas Street").is_empty());
+        assert_eq!(
+            persons("Account holder Luís Ferreira IBAN PT50"),
+            ["Luís Ferreira"]
+        );
+        assert!(persons("Dear Sir or Madam, Dear customer").is_empty());
+    }
+
+    #[test]
+    fn extra_names_match_whole_names_and_their_capitalised_words() {
+        let opts = DetectOptions {
+            extra_names: vec!["Zoé Kraszewski".into()],
+            ..DetectOptions::only(&[PiiKind::Person])
+        };
+        let found: Vec<String> = detect("zoé kraszewski wrote; later Kraszewski replied", &opts)
+            .into_iter()
+            .map(|s| s.text)
+            .collect();
+        assert_eq!(found, ["zoé kraszewski", "Kraszewski"]);
+        let found: Vec<String> = detect("signed ZOÉ\n  KRASZEWSKI.", &opts)
+            .into_iter()
+            .map(|s| s.text)
+            .collect();
+        assert_eq!(found, ["ZOÉ\n  KRASZEWSKI"]);
+    }
+}

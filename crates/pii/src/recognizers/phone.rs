@@ -1,0 +1,376 @@
+//! Phone numbers. A run of digits and separators is a candidate; libphonenumber's
+//! metadata (the `phonenumber` crate) decides whether it is a valid number:
+//! - international form (`+33 6 12 34 56 78`, `0049 30 1234567`): valid for its country;
+//! - national form: valid in one of [`DetectOptions::phone_regions`] and written with the
+//!   trunk prefix `0`, or NANP-shaped (`(870) 931-0505`) when US or CA is a region;
+//! - any other run of digits (an invoice or customer number can be a valid number) only
+//!   next to a word such as "Tel", "phone", "Fax", "Handy", "portable".
+//!
+//! Dates, amounts and numbers preceded by a reference label ("Invoice", "Kundennummer",
+//! "IBAN") are not phone numbers.
+
+use std::str::FromStr;
+use std::sync::LazyLock;
+
+use phonenumber::country;
+use regex::Regex;
+
+use super::{char_at, char_before, line_start};
+use crate::detect::{Candidate, DetectOptions, PiiKind};
+
+static RUN: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?:\+|\(\+?)?[0-9](?:(?:[ \u{a0}]?[.\-/][ \u{a0}]?|[ \u{a0}]|\)[ \u{a0}\-]?|[ \u{a0}]?\()?[0-9]){6,16}")
+        .expect("phone pattern")
+});
+static DATE_SHAPED: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"^(?:[0-9]{1,2}([./\-])[0-9]{1,2}[./\-][0-9]{2,4}|[0-9]{4}([./\-])[0-9]{1,2}[./\-][0-9]{1,2})(?:\s*[\-/]\s*(?:[0-9]{1,2}[./\-][0-9]{1,2}[./\-][0-9]{2,4}|[0-9]{4}[./\-][0-9]{1,2}[./\-][0-9]{1,2}))?$",
+    )
+    .expect("date pattern")
+});
+/// A day, month and four-digit year inside a longer run ("02/05/2024 (1 980").
+static HAS_DATE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?:^|[^0-9])[0-9]{1,2}[./][0-9]{1,2}[./](?:19|20)[0-9]{2}(?:$|[^0-9])")
+        .expect("date pattern")
+});
+static NANP: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?:\([0-9]{3}\)[ \-]?|[0-9]{3}[ .\-])[0-9]{3}[ .\-][0-9]{4}$")
+        .expect("NANP pattern")
+});
+
+/// Words that announce a phone number (lower case).
+const PHONE_WORDS: [&str; 22] = [
+    "tel",
+    "tél",
+    "phone",
+    "fax",
+    "mobile",
+    "mobil",
+    "cell",
+    "portable",
+    "handy",
+    "telefon",
+    "téléphone",
+    "telefoon",
+    "gsm",
+    "call",
+    "appel",
+    "ruf",
+    "numéro de téléphone",
+    "whatsapp",
+    "sms",
+    "hotline",
+    "standard",
+    "telephone",
+];
+/// Words that announce some other number (lower case).
+const REFERENCE_WORDS: [&str; 44] = [
+    "invoice",
+    "facture",
+    "rechnung",
+    "factuur",
+    "order",
+    "commande",
+    "bestell",
+    "auftrag",
+    "customer",
+    "client",
+    "kunde",
+    "klant",
+    "account",
+    "konto",
+    "compte",
+    "iban",
+    "bic",
+    "swift",
+    "vat",
+    "tva",
+    "ust",
+    "btw",
+    "siret",
+    "siren",
+    "steuer",
+    "tax",
+    "ref",
+    "référence",
+    "reference",
+    "referenz",
+    "serial",
+    "serie",
+    "ticket",
+    "case",
+    "mandat",
+    "kvk",
+    "dossier",
+    "vorgang",
+    "aktenzeichen",
+    "contrat",
+    "vertrag",
+    "contract",
+    "policy",
+    "police",
+];
+
+pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
+    let regions: Vec<country::Id> = opts
+        .phone_regions
+        .iter()
+        .filter_map(|r| country::Id::from_str(&r.to_ascii_uppercase()).ok())
+        .collect();
+    let mut pos = 0;
+    // Inside a run that did not start with a phone number ("Ref 1234 0044 20 …", an
+    // invalid IBAN, a social security number) only an international number counts.
+    let mut failed_run_end = 0;
+    while let Some(m) = RUN.find_at(text, pos) {
+        let inside_failed_run = m.start() < failed_run_end;
+        let international =
+            m.as_str().trim_start_matches('(').starts_with(['+']) || m.as_str().starts_with("00");
+        let found = if inside_failed_run && !international {
+            None
+        } else {
+            longest_number_at(text, m.start(), m.end(), &regions)
+        };
+        match found {
+            Some((start, end, score)) => {
+                out.push(Candidate {
+                    kind: PiiKind::Phone,
+                    start,
+                    end,
+                    score,
+                });
+                pos = end;
+            }
+            None => {
+                failed_run_end = failed_run_end.max(m.end());
+                pos = m.as_str()[1..]
+                    .find(|c: char| !c.is_ascii_digit() && c != '+' && c != '(')
+                    .map_or(m.end(), |i| m.start() + 1 + i + 1);
+                while !text.is_char_boundary(pos) {
+                    pos += 1;
+                }
+            }
+        }
+    }
+}
+
+/// The longest phone number that starts at `start` and ends at a group boundary of the
+/// run `start..run_end` ("+44 20 7946 0958 4111 …" is a number followed by another).
+fn longest_number_at(
+    text: &str,
+    start: usize,
+    run_end: usize,
+    regions: &[country::Id],
+) -> Option<(usize, usize, f32)> {
+    // "(+33 6 12 34 56 78)": the parenthesis opens around the number, not inside it.
+    let start = if text[start..run_end].starts_with('(') && !text[start..run_end].contains(')') {
+        start + 1
+    } else {
+        start
+    };
+    let run = &text[start..run_end];
+    let glued_before = char_before(text, start).is_some_and(|c| {
+        c.is_alphanumeric()
+            || (matches!(c, '/' | '.' | '-' | '_' | '#' | ',')
+                && char_before(text, start - 1).is_some_and(char::is_alphanumeric))
+    });
+    if glued_before {
+        return None;
+    }
+    let context = context(text, start);
+    let bytes = run.as_bytes();
+    let mut ends: Vec<usize> = (1..bytes.len())
+        .filter(|&i| bytes[i - 1].is_ascii_digit() && !bytes[i].is_ascii_digit())
+        .collect();
+    ends.push(bytes.len());
+    for &end in ends.iter().rev() {
+        let end = start + end;
+        let after = char_at(text, end);
+        let glued_after = after.is_some_and(|c| c.is_alphanumeric() || c == '@')
+            || (matches!(after, Some(',' | '.' | '/' | '-' | ':'))
+                && char_at(text, end + 1).is_some_and(|c| c.is_ascii_digit()));
+        if glued_after {
+            continue;
+        }
+        if let Some(score) = score(&text[start..end], context, regions) {
+            return Some((start, end, score));
+        }
+    }
+    None
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Context {
+    Phone,
+    Reference,
+    None,
+}
+
+/// The nearest announcing word on the line before `start`, within 32 bytes and after
+/// any other number.
+fn context(text: &str, start: usize) -> Context {
+    let from = line_start(text, start).max(start.saturating_sub(32));
+    let mut from = from;
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    let before = text[from..start].to_lowercase();
+    // A label speaks for the number right after it, not for one after another number.
+    let before = match before.rfind(|c: char| c.is_ascii_digit()) {
+        Some(i) => &before[i + 1..],
+        None => &before[..],
+    };
+    // Words count where they start a word: "Bestellnummer" holds "tel", "Brasserie" "serie".
+    let last = |words: &[&str]| {
+        words
+            .iter()
+            .flat_map(|w| before.match_indices(w).map(|(i, _)| i))
+            .filter(|&i| {
+                !before[..i]
+                    .chars()
+                    .next_back()
+                    .is_some_and(char::is_alphabetic)
+            })
+            .max()
+    };
+    match (last(&PHONE_WORDS), last(&REFERENCE_WORDS)) {
+        (Some(p), Some(r)) if r > p => Context::Reference,
+        (Some(_), _) => Context::Phone,
+        (None, Some(_)) => Context::Reference,
+        (None, None) => Context::None,
+    }
+}
+
+fn score(candidate: &str, context: Context, regions: &[country::Id]) -> Option<f32> {
+    let digits = candidate.chars().filter(char::is_ascii_digit).count();
+    // A reference label does not turn "+44 20 …" into an order number.
+    if !(7..=15).contains(&digits)
+        || (context == Context::Reference && !candidate.starts_with(['+', '(']))
+    {
+        return None;
+    }
+    if DATE_SHAPED.is_match(candidate) || HAS_DATE.is_match(candidate) {
+        return None;
+    }
+    if candidate.matches('(').count() != candidate.matches(')').count() {
+        return None;
+    }
+    let bonus = if context == Context::Phone { 0.1 } else { 0.0 };
+    let international = candidate.trim_start_matches('(');
+    if let Some(rest) = international
+        .strip_prefix('+')
+        .or_else(|| international.strip_prefix("00"))
+    {
+        let number = parse_international(rest)?;
+        return phonenumber::is_valid(&number).then_some(0.9 + bonus);
+    }
+    let first_digit = candidate.chars().find(char::is_ascii_digit)?;
+    let nanp_shaped = NANP.is_match(candidate);
+    for &region in regions {
+        let nanp_region = matches!(region, country::Id::US | country::Id::CA);
+        let shaped = if nanp_region {
+            nanp_shaped
+        } else {
+            first_digit == '0'
+        };
+        if !shaped && context != Context::Phone {
+            continue;
+        }
+        if let Ok(number) = phonenumber::parse(Some(region), candidate)
+            && phonenumber::is_valid(&number)
+        {
+            return Some(if shaped { 0.8 + bonus } else { 0.75 });
+        }
+    }
+    None
+}
+
+/// Parses what follows `+` or `00`, without a trunk prefix in parentheses ("+44 (0) 20 …":
+/// the 0 is not dialled from abroad).
+fn parse_international(rest: &str) -> Option<phonenumber::PhoneNumber> {
+    phonenumber::parse(None, format!("+{}", rest.replacen("(0)", "", 1))).ok()
+}
+
+/// The number in E.164 form (`+33612345678`) when it parses, for grouping the same
+/// number written two ways under one placeholder.
+pub(crate) fn normalize(candidate: &str, regions: &[String]) -> Option<String> {
+    let trimmed = candidate.trim_start_matches('(');
+    let international = trimmed
+        .strip_prefix('+')
+        .or_else(|| trimmed.strip_prefix("00"));
+    let parsed = match international {
+        Some(rest) => parse_international(rest),
+        None => regions
+            .iter()
+            .filter_map(|r| country::Id::from_str(&r.to_ascii_uppercase()).ok())
+            .filter_map(|r| phonenumber::parse(Some(r), candidate).ok())
+            .find(phonenumber::is_valid),
+    }?;
+    Some(parsed.format().mode(phonenumber::Mode::E164).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{DetectOptions, PiiKind, detect};
+
+    fn phones(text: &str) -> Vec<String> {
+        detect(text, &DetectOptions::only(&[PiiKind::Phone]))
+            .into_iter()
+            .map(|s| s.text)
+            .collect()
+    }
+
+    #[test]
+    fn finds_international_and_national_numbers() {
+        assert_eq!(
+            phones("Appelez le +33 6 12 34 56 78."),
+            ["+33 6 12 34 56 78"]
+        );
+        assert_eq!(phones("Tél. : 01 42 68 53 00"), ["01 42 68 53 00"]);
+        assert_eq!(phones("06.12.34.56.78"), ["06.12.34.56.78"]);
+        assert_eq!(phones("Tel. 030 1234567"), ["030 1234567"]);
+        assert_eq!(
+            phones("Telefon: +49 (0)89 1234 5678"),
+            ["+49 (0)89 1234 5678"]
+        );
+        assert_eq!(phones("0049 30 12345678"), ["0049 30 12345678"]);
+        assert_eq!(
+            phones("Tel. +49 (0) 711 / 123 456 78"),
+            ["+49 (0) 711 / 123 456 78"]
+        );
+        assert_eq!(phones("Anna (+33 6 12 34 56 78)"), ["+33 6 12 34 56 78"]);
+        assert_eq!(phones("+44 (0) 20 7946 0958"), ["+44 (0) 20 7946 0958"]);
+        assert_eq!(phones("call (870)-931-0505 now"), ["(870)-931-0505"]);
+        assert_eq!(phones("+44 20 7946 0958"), ["+44 20 7946 0958"]);
+        assert_eq!(phones("+44 20 7946 0958 4111 1111"), ["+44 20 7946 0958"]);
+        assert_eq!(
+            phones("2024-06-03 +33 6 12 34 56 78"),
+            ["+33 6 12 34 56 78"]
+        );
+        assert_eq!(phones("Ref 1234 0044 20 7946 0958"), ["0044 20 7946 0958"]);
+        assert!(phones("DE85 1860 9139 0996 0308 25, 2 79 04 69 123 456 78").is_empty());
+        assert_eq!(
+            phones("01 42 68 53 00 06 12 34 56 78"),
+            ["01 42 68 53 00", "06 12 34 56 78"]
+        );
+    }
+
+    #[test]
+    fn skips_dates_amounts_and_reference_numbers() {
+        assert!(phones("Rechnungsnummer 30064443").is_empty());
+        assert!(phones("INV/2023/03/0008 due 2023-04-04").is_empty());
+        assert!(phones("Zeitraum 01.05.14-31.05.14").is_empty());
+        assert!(phones("Total 1 234 567,89 EUR").is_empty());
+        assert!(phones("Ordernummer: 12572103").is_empty());
+        assert!(phones("IBAN NL50INGB0683251309").is_empty());
+        assert!(phones("Klantnummer: 6669263").is_empty());
+        assert!(phones("version 10.0.19045.2965").is_empty());
+        assert!(phones("12572103").is_empty());
+        assert!(phones("facture du 02/05/2024 (1 980,00 €)").is_empty());
+    }
+
+    #[test]
+    fn a_bare_number_counts_only_next_to_a_phone_word() {
+        assert!(phones("Ref 612345678").is_empty());
+        assert_eq!(phones("mobile: 612345678"), ["612345678"]);
+    }
+}
