@@ -86,16 +86,31 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     for &b in &args.batch {
         let mut samples = Vec::new();
         for rep in 0..args.repetitions {
-            let mut caches: Vec<_> = (0..b).map(|_| model.new_kv_cache()).collect();
-            for (i, kv) in caches.iter_mut().enumerate() {
-                model.prefill(kv, &filler(16, info.vocab_size, (rep * 1000 + i) as u64))?;
+            // One pool for the batch, as the engine has: each sequence a block table in it.
+            let per_seq = 16 + args.gen_tokens + 1;
+            let mut pool = model
+                .model
+                .new_kv_pool(b * verre_engine::kv::KvPool::blocks_for(per_seq));
+            let mut seqs: Vec<_> = (0..b)
+                .map(|_| verre_engine::kv::SeqKv::new(info.context_length))
+                .collect();
+            for (i, kv) in seqs.iter_mut().enumerate() {
+                let prompt = filler(16, info.vocab_size, (rep * 1000 + i) as u64);
+                model.model.forward(
+                    &mut pool,
+                    &mut [SeqChunk {
+                        tokens: &prompt,
+                        kv,
+                        all_logits: false,
+                    }],
+                )?;
             }
             let steps: Vec<Vec<u32>> = (0..b)
                 .map(|i| filler(args.gen_tokens, info.vocab_size, 7 + i as u64))
                 .collect();
             let t = Instant::now();
             for step in 0..args.gen_tokens {
-                let mut batch: Vec<SeqChunk<'_>> = caches
+                let mut batch: Vec<SeqChunk<'_>> = seqs
                     .iter_mut()
                     .zip(&steps)
                     .map(|(kv, toks)| SeqChunk {
@@ -104,7 +119,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                         all_logits: false,
                     })
                     .collect();
-                model.model.forward(&mut batch)?;
+                model.model.forward(&mut pool, &mut batch)?;
             }
             samples.push((b * args.gen_tokens) as f64 / t.elapsed().as_secs_f64());
         }

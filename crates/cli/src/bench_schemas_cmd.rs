@@ -270,6 +270,10 @@ fn report(
         .iter()
         .zip(outcomes)
         .filter_map(|(f, o)| match o {
+            Outcome::Truncated(tail) => Some(json!({
+                "schema": f.file_name().unwrap_or_default().to_string_lossy(),
+                "why": format!("cut by --max-tokens: …{tail}"),
+            })),
             Outcome::Invalid(why) | Outcome::Failed(why) => Some(json!({
                 "schema": f.file_name().unwrap_or_default().to_string_lossy(),
                 "why": why,
@@ -309,7 +313,7 @@ fn report(
             "samples": free_tps.len(),
         },
         "refusal_reasons": reasons.iter().take(10).map(|(r, c)| json!({"reason": r, "count": c})).collect::<Vec<_>>(),
-        "invalid_or_failed_examples": invalid_examples,
+        "not_valid_examples": invalid_examples,
         "seconds": r3(elapsed.as_secs_f64()),
     });
     if args.json {

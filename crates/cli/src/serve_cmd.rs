@@ -34,6 +34,14 @@ pub struct ServeArgs {
     /// Most requests waiting per model; past that, clients get 429 with Retry-After.
     #[arg(long, default_value_t = 64)]
     pub max_waiting: usize,
+    /// Memory for each model's paged KV cache, in MiB (pages become resident as blocks are
+    /// first used). Requests wait for blocks, and the last admitted are preempted when
+    /// the cache runs out.
+    #[arg(long, default_value_t = verre_engine::engine::DEFAULT_KV_CACHE_MB)]
+    pub kv_cache_mb: usize,
+    /// Most tokens per engine step: decode tokens first, then prompt chunks.
+    #[arg(long, default_value_t = verre_engine::generate::PREFILL_CHUNK)]
+    pub max_batched_tokens: usize,
     /// Worker threads for the model (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -95,7 +103,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         engine: EngineOptions {
             max_running: args.max_running,
             max_waiting: args.max_waiting,
-            ..EngineOptions::default()
+            kv_cache_bytes: args.kv_cache_mb << 20,
+            prefill_chunk: args.max_batched_tokens,
         },
     })
 }

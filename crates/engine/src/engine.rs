@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::task::{Context, Poll};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use tokio::sync::{mpsc as tokio_mpsc, watch};
@@ -29,10 +30,13 @@ use tokio::sync::{mpsc as tokio_mpsc, watch};
 use crate::EngineError;
 use crate::constraint::Constraint;
 use crate::generate::{FinishReason, GenerateRequest, LoadedModel, PREFILL_CHUNK, StopMatcher};
-use crate::kv::KvCache;
+use crate::kv::{BLOCK_TOKENS, KvPool, SeqKv};
 use crate::model::{Logits, SeqChunk};
 use crate::sampler::{Sampled, Sampler, log_softmax, top_n};
 use crate::tokenizer::StreamDecoder;
+
+/// Default KV cache budget: pages become resident only as blocks are first written.
+pub const DEFAULT_KV_CACHE_MB: usize = 1024;
 
 /// Limits of one engine.
 #[derive(Debug, Clone)]
@@ -41,9 +45,11 @@ pub struct EngineOptions {
     pub max_running: usize,
     /// Most requests waiting for room; past that, `submit` answers [`SubmitError::QueueFull`].
     pub max_waiting: usize,
-    /// Most prompt tokens processed in one step, over all sequences in prefill, so that a
-    /// long prompt does not stall everyone else's stream.
+    /// Most tokens processed in one step (decode tokens first, then prompt chunks), so
+    /// that a long prompt does not stall everyone else's stream.
     pub prefill_chunk: usize,
+    /// Memory for the paged KV cache; the pool has as many blocks as fit.
+    pub kv_cache_bytes: usize,
 }
 
 impl Default for EngineOptions {
@@ -52,6 +58,7 @@ impl Default for EngineOptions {
             max_running: 8,
             max_waiting: 64,
             prefill_chunk: PREFILL_CHUNK,
+            kv_cache_bytes: DEFAULT_KV_CACHE_MB << 20,
         }
     }
 }
@@ -80,6 +87,8 @@ impl From<GenerateRequest> for EngineRequest {
 /// What a request hears from the engine, in order.
 #[derive(Debug, Clone)]
 pub enum EngineEvent {
+    /// Once, when the request leaves the waiting queue.
+    Admitted { queue_time: Duration },
     /// Once, before any token, when asked for: each prompt token with its log-probability
     /// (and top alternatives); the first token has none.
     PromptLogprobs(Vec<Option<Sampled>>),
@@ -134,6 +143,14 @@ pub struct EngineMetrics {
     pub generation_tokens: u64,
     /// Forward passes run.
     pub steps: u64,
+    /// KV blocks referenced by running sequences, and in the pool.
+    pub kv_blocks_used: usize,
+    pub kv_blocks_total: usize,
+    /// Prompt tokens looked up in the prefix cache, and found there.
+    pub prefix_cache_queries: u64,
+    pub prefix_cache_hits: u64,
+    /// Requests preempted (blocks freed, tokens recomputed later) for lack of KV blocks.
+    pub preemptions: u64,
 }
 
 /// The events of one request. Dropping it cancels the request at the engine's next step.
@@ -162,6 +179,8 @@ pub struct EngineHandle {
 struct Shared {
     options: EngineOptions,
     context_length: usize,
+    /// Blocks in the KV pool.
+    kv_blocks: usize,
     /// Submitted, not yet admitted: the bound that turns into `QueueFull`.
     waiting: AtomicUsize,
     metrics: watch::Sender<EngineMetrics>,
@@ -170,6 +189,7 @@ struct Shared {
 struct Submission {
     request: EngineRequest,
     events: tokio_mpsc::UnboundedSender<EngineEvent>,
+    submitted: Instant,
 }
 
 impl EngineHandle {
@@ -180,8 +200,17 @@ impl EngineHandle {
             options.prefill_chunk >= 1,
             "prefill_chunk must be at least 1"
         );
+        let (layers, width) = model.model.kv_geometry();
+        let kv_blocks = options.kv_cache_bytes / KvPool::block_bytes(layers, width);
+        anyhow::ensure!(
+            kv_blocks >= 1,
+            "the KV cache budget of {} bytes holds no block of {} bytes",
+            options.kv_cache_bytes,
+            KvPool::block_bytes(layers, width)
+        );
         let (submissions, inbox) = mpsc::channel();
         let shared = Arc::new(Shared {
+            kv_blocks,
             options,
             context_length: model.info().context_length,
             waiting: AtomicUsize::new(0),
@@ -211,7 +240,11 @@ impl EngineHandle {
         let (events, rx) = tokio_mpsc::unbounded_channel();
         if self
             .submissions
-            .send(Submission { request, events })
+            .send(Submission {
+                request,
+                events,
+                submitted: Instant::now(),
+            })
             .is_err()
         {
             self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -240,6 +273,13 @@ impl EngineHandle {
                 prompt_tokens,
                 context_length,
             });
+        }
+        let blocks = KvPool::blocks_for(prompt_tokens + 1);
+        if blocks > self.shared.kv_blocks {
+            return Err(EngineError::InvalidParameter(format!(
+                "the prompt of {prompt_tokens} tokens needs {blocks} KV cache blocks; the cache holds {} (raise --kv-cache-mb)",
+                self.shared.kv_blocks
+            )));
         }
         Ok(())
     }
@@ -275,9 +315,11 @@ struct Running<'m> {
     failed: bool,
 }
 
-/// One choice of a request: its cache and the state of its output.
+/// One choice of a request: its blocks in the pool and the state of its output.
 struct Sequence<'m> {
-    kv: KvCache,
+    kv: SeqKv,
+    /// The prefix cache was consulted since the sequence (re)started.
+    looked_up: bool,
     output: Vec<u32>,
     sampler: Sampler,
     decoder: StreamDecoder<'m>,
@@ -285,6 +327,20 @@ struct Sequence<'m> {
     /// The grammar the output must follow (structured outputs).
     constraint: Option<Constraint>,
     finished: bool,
+}
+
+impl Running<'_> {
+    /// Prompt then output so far: the tokens whose keys and values a choice holds.
+    fn tokens_of(&self, choice: usize) -> Vec<u32> {
+        let mut t = self.prompt.clone();
+        t.extend_from_slice(&self.choices[choice].output);
+        t
+    }
+
+    /// Positions a choice must have computed before it samples again.
+    fn target_len(&self, choice: usize) -> usize {
+        self.prompt.len() + self.choices[choice].output.len()
+    }
 }
 
 /// The tokens one sequence adds in a step: positions `positions` of prompt-then-output.
@@ -302,61 +358,11 @@ struct StepPlan {
     chunks: Vec<PlannedChunk>,
 }
 
-/// Decides who runs: admission from the waiting queue and the plan of each step.
+/// Decides who runs: admission (FCFS, preempted requests first), the token budget of each
+/// step, blocks for what is planned, and preemption when the pool runs out.
 struct Scheduler {
     waiting: VecDeque<Submission>,
     options: EngineOptions,
-}
-
-impl Scheduler {
-    /// Requests to admit now, first come first served, while `running_sequences` leaves
-    /// room.
-    fn admit(&mut self, mut running_sequences: usize) -> Vec<Submission> {
-        let mut admitted = Vec::new();
-        while let Some(next) = self.waiting.front() {
-            if running_sequences + next.request.n > self.options.max_running {
-                break;
-            }
-            running_sequences += next.request.n;
-            admitted.extend(self.waiting.pop_front());
-        }
-        admitted
-    }
-
-    /// One chunk per unfinished sequence: its next prompt tokens (within the step's
-    /// prefill budget) or its last sampled token.
-    fn plan(&self, running: &[Running<'_>]) -> StepPlan {
-        let mut prefill_budget = self.options.prefill_chunk;
-        let mut chunks = Vec::new();
-        for (r, req) in running.iter().enumerate() {
-            for (c, seq) in req.choices.iter().enumerate() {
-                if seq.finished {
-                    continue;
-                }
-                let start = seq.kv.len();
-                let in_prefill = start < req.prompt.len();
-                let end = if in_prefill {
-                    let take = prefill_budget.min(req.prompt.len() - start);
-                    prefill_budget -= take;
-                    start + take
-                } else {
-                    start + 1
-                };
-                if end == start {
-                    continue;
-                }
-                let tokens = (start..end).map(|p| token_at(req, seq, p)).collect();
-                chunks.push(PlannedChunk {
-                    request: r,
-                    choice: c,
-                    positions: start..end,
-                    tokens,
-                    all_logits: in_prefill && c == 0 && req.prompt_logprobs.is_some(),
-                });
-            }
-        }
-        StepPlan { chunks }
-    }
 }
 
 /// The token at position `p` of a sequence: the prompt, then the output.
@@ -374,12 +380,16 @@ struct EngineLoop<'m> {
     inbox_open: bool,
     scheduler: Scheduler,
     running: Vec<Running<'m>>,
+    /// Preempted requests waiting to resume (their blocks are given back).
+    preempted: VecDeque<Running<'m>>,
+    pool: KvPool,
     metrics: EngineMetrics,
 }
 
 impl<'m> EngineLoop<'m> {
     fn new(model: &'m LoadedModel, shared: Arc<Shared>, inbox: mpsc::Receiver<Submission>) -> Self {
         let options = shared.options.clone();
+        let pool = model.model.new_kv_pool(shared.kv_blocks);
         Self {
             model,
             shared,
@@ -390,6 +400,8 @@ impl<'m> EngineLoop<'m> {
                 options,
             },
             running: Vec::new(),
+            preempted: VecDeque::new(),
+            pool,
             metrics: EngineMetrics::default(),
         }
     }
@@ -398,16 +410,18 @@ impl<'m> EngineLoop<'m> {
         while self.receive() {
             self.cancel_dropped();
             self.admit();
-            let plan = self.scheduler.plan(&self.running);
+            let plan = self.plan();
             if !plan.chunks.is_empty() {
                 match self.forward(&plan) {
-                    Ok(logits) => self.sample_and_emit(&plan, &logits),
+                    Ok(logits) => {
+                        self.register_blocks(&plan);
+                        self.sample_and_emit(&plan, &logits);
+                    }
                     Err(e) => self.fail_all(&format!("{e:#}")),
                 }
                 self.metrics.steps += 1;
             }
-            self.running
-                .retain(|r| r.choices.iter().any(|s| !s.finished));
+            self.release_finished();
             self.publish();
         }
     }
@@ -415,7 +429,9 @@ impl<'m> EngineLoop<'m> {
     /// Take new submissions; wait for one when there is nothing else to do. False when
     /// every handle is gone and no work is left.
     fn receive(&mut self) -> bool {
-        let idle = self.running.is_empty() && self.scheduler.waiting.is_empty();
+        let idle = self.running.is_empty()
+            && self.preempted.is_empty()
+            && self.scheduler.waiting.is_empty();
         if idle {
             if !self.inbox_open {
                 return false;
@@ -437,24 +453,69 @@ impl<'m> EngineLoop<'m> {
         }
     }
 
-    /// Requests whose receiver was dropped stop here; their caches go with them.
+    /// Requests whose receiver was dropped stop here; their blocks go back to the pool.
     fn cancel_dropped(&mut self) {
-        self.running.retain(|r| !r.events.is_closed());
+        let pool = &mut self.pool;
+        self.running.retain_mut(|r| {
+            let keep = !r.events.is_closed();
+            if !keep {
+                release_all(pool, r);
+            }
+            keep
+        });
+        self.preempted.retain(|r| !r.events.is_closed());
         let waiting = self.scheduler.waiting.len();
         self.scheduler.waiting.retain(|s| !s.events.is_closed());
         let dropped = waiting - self.scheduler.waiting.len();
         self.shared.waiting.fetch_sub(dropped, Ordering::AcqRel);
     }
 
+    /// Blocks a request needs to start (or resume): its tokens so far and one more, for
+    /// each choice; the choices of a fresh request share the prompt's full blocks.
+    fn blocks_to_start(&self, prompt: usize, outputs: &[usize]) -> usize {
+        let shared = prompt / BLOCK_TOKENS;
+        outputs
+            .iter()
+            .map(|o| KvPool::blocks_for(prompt + o + 1) - shared)
+            .sum::<usize>()
+            + shared
+    }
+
+    /// Admit preempted requests, then waiting ones, first come first served, while there
+    /// is room in sequences and in free blocks (with a small reserve so that what runs
+    /// can grow).
     fn admit(&mut self) {
-        let running_sequences = self.running.iter().map(|r| r.choices.len()).sum();
-        let admitted = self.scheduler.admit(running_sequences);
-        self.shared
-            .waiting
-            .fetch_sub(admitted.len(), Ordering::AcqRel);
-        for s in admitted {
+        let max_running = self.scheduler.options.max_running;
+        let reserve = self.pool.num_blocks() / 100;
+        let mut running_sequences: usize = self.running.iter().map(|r| r.choices.len()).sum();
+        while let Some(r) = self.preempted.front() {
+            let outputs: Vec<usize> = r.choices.iter().map(|s| s.output.len()).collect();
+            let need = self.blocks_to_start(r.prompt.len(), &outputs);
+            if running_sequences + r.choices.len() > max_running
+                || need + reserve > self.pool.available()
+            {
+                return;
+            }
+            running_sequences += r.choices.len();
+            let r = self.preempted.pop_front().expect("front exists");
+            self.running.push(r);
+        }
+        while let Some(next) = self.scheduler.waiting.front() {
+            let g = &next.request.generate;
+            let n = next.request.n;
+            let need = self.blocks_to_start(g.prompt_ids.len(), &vec![0; n]);
+            if running_sequences + n > max_running || need + reserve > self.pool.available() {
+                break;
+            }
+            running_sequences += n;
+            let s = self.scheduler.waiting.pop_front().expect("front exists");
+            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
             self.metrics.prompt_tokens += s.request.generate.prompt_ids.len() as u64;
-            self.running.push(self.start(s));
+            let _ = s.events.send(EngineEvent::Admitted {
+                queue_time: s.submitted.elapsed(),
+            });
+            let r = self.start(s);
+            self.running.push(r);
         }
     }
 
@@ -469,7 +530,8 @@ impl<'m> EngineLoop<'m> {
                 let mut sampling = g.sampling.clone();
                 sampling.seed = sampling.seed.map(|seed| seed.wrapping_add(i as u64));
                 Sequence {
-                    kv: self.model.new_kv_cache(),
+                    kv: SeqKv::new(self.shared.context_length),
+                    looked_up: false,
                     output: Vec::new(),
                     sampler: Sampler::new(sampling),
                     decoder: StreamDecoder::new(&self.model.tokenizer, true),
@@ -492,6 +554,141 @@ impl<'m> EngineLoop<'m> {
         }
     }
 
+    /// The step's plan: one token for every sequence in decode, then prompt (or
+    /// recomputed) tokens for the others within what is left of the token budget. Blocks
+    /// are reserved for everything planned; when the pool runs out, the request admitted
+    /// last is preempted (its blocks freed, its tokens recomputed later).
+    fn plan(&mut self) -> StepPlan {
+        let decodes = self
+            .running
+            .iter()
+            .flat_map(|r| {
+                r.choices.iter().enumerate().filter(move |(c, s)| {
+                    !s.finished && r.target_len(*c) - s.kv.len() == 1 && s.kv.len() > 0
+                })
+            })
+            .count();
+        let mut prefill_budget = self
+            .scheduler
+            .options
+            .prefill_chunk
+            .saturating_sub(decodes)
+            .max(1);
+        let mut chunks = Vec::new();
+        let mut r = 0;
+        while r < self.running.len() {
+            let mut c = 0;
+            while c < self.running[r].choices.len() {
+                let req = &self.running[r];
+                let seq = &req.choices[c];
+                if seq.finished || req.failed {
+                    c += 1;
+                    continue;
+                }
+                // Later choices of a fresh request wait for the first one's prompt, then
+                // share its full blocks through the prefix cache.
+                if c > 0
+                    && !seq.looked_up
+                    && req.choices[0].kv.len() < req.prompt.len()
+                    && !req.choices[0].finished
+                {
+                    c += 1;
+                    continue;
+                }
+                if !seq.looked_up {
+                    let tokens = req.tokens_of(c);
+                    let use_cache = req.prompt_logprobs.is_none();
+                    let seq = &mut self.running[r].choices[c];
+                    seq.looked_up = true;
+                    if use_cache {
+                        self.pool.attach_prefix(&mut seq.kv, &tokens);
+                    }
+                }
+                let req = &self.running[r];
+                let seq = &req.choices[c];
+                let start = seq.kv.len();
+                let need = req.target_len(c) - start;
+                let take = if need == 1 && start > 0 {
+                    1
+                } else {
+                    let t = need.min(prefill_budget);
+                    prefill_budget -= t;
+                    t
+                };
+                if take == 0 {
+                    c += 1;
+                    continue;
+                }
+                // Blocks for the planned tokens, preempting from the back when short.
+                let mut ok = self
+                    .pool
+                    .reserve(&mut self.running[r].choices[c].kv, start + take);
+                while !ok && self.running.len() > r + 1 {
+                    self.preempt_last();
+                    ok = self
+                        .pool
+                        .reserve(&mut self.running[r].choices[c].kv, start + take);
+                }
+                if !ok {
+                    // Alone and out of blocks: this choice cannot grow any further.
+                    self.finish_out_of_blocks(r, c);
+                    c += 1;
+                    continue;
+                }
+                let req = &self.running[r];
+                let seq = &req.choices[c];
+                let end = start + take;
+                let in_prompt = start < req.prompt.len();
+                chunks.push(PlannedChunk {
+                    request: r,
+                    choice: c,
+                    positions: start..end,
+                    tokens: (start..end).map(|p| token_at(req, seq, p)).collect(),
+                    all_logits: in_prompt && c == 0 && req.prompt_logprobs.is_some(),
+                });
+                c += 1;
+            }
+            r += 1;
+        }
+        StepPlan { chunks }
+    }
+
+    /// Free the blocks of the request admitted last and queue it to resume first.
+    fn preempt_last(&mut self) {
+        let mut victim = self.running.pop().expect("a request to preempt");
+        release_all(&mut self.pool, &mut victim);
+        for seq in &mut victim.choices {
+            seq.looked_up = false;
+        }
+        self.metrics.preemptions += 1;
+        tracing::debug!("preempted a request of {} tokens", victim.prompt.len());
+        self.preempted.push_front(victim);
+    }
+
+    /// A choice that cannot get a block even with nothing else running ends here, as if
+    /// it had reached its token limit.
+    fn finish_out_of_blocks(&mut self, r: usize, c: usize) {
+        let req = &mut self.running[r];
+        let seq = &mut req.choices[c];
+        seq.finished = true;
+        let mut text = String::new();
+        let tail = seq.decoder.finish();
+        text.push_str(&seq.stops.push(&tail).0);
+        text.push_str(&seq.stops.flush());
+        tracing::warn!(
+            "the KV cache is full: a sequence of {} tokens ends early ({} bytes of held-back text dropped)",
+            seq.kv.len(),
+            text.len()
+        );
+        let completion_tokens = seq.output.len();
+        let _ = req.events.send(EngineEvent::Finished {
+            index: c,
+            reason: FinishReason::Length,
+            completion_tokens,
+        });
+        send_done_if_complete(req);
+    }
+
     /// One batched pass over the weights for every chunk of the plan. The token masks of
     /// constrained sequences that sample in this step are computed meanwhile: they need
     /// the tokens so far, not the logits.
@@ -501,7 +698,7 @@ impl<'m> EngineLoop<'m> {
         let mut batch = Vec::with_capacity(plan.chunks.len());
         let mut constraints = Vec::new();
         for (r, req) in self.running.iter_mut().enumerate() {
-            let prompt_len = req.prompt.len();
+            let target: Vec<usize> = (0..req.choices.len()).map(|c| req.target_len(c)).collect();
             for (c, seq) in req.choices.iter_mut().enumerate() {
                 if let Some(chunk) = planned.next_if(|p| (p.request, p.choice) == (r, c)) {
                     let Sequence { kv, constraint, .. } = seq;
@@ -510,17 +707,18 @@ impl<'m> EngineLoop<'m> {
                         kv,
                         all_logits: chunk.all_logits,
                     });
-                    if chunk.positions.end >= prompt_len {
+                    if chunk.positions.end >= target[c] {
                         constraints.extend(constraint.as_mut());
                     }
                 }
             }
         }
+        let pool = &mut self.pool;
         if constraints.is_empty() {
-            return model.model.forward(&mut batch);
+            return model.model.forward(pool, &mut batch);
         }
         let (logits, ()) = rayon::join(
-            || model.model.forward(&mut batch),
+            || model.model.forward(pool, &mut batch),
             || {
                 for c in constraints {
                     // An error shows again, for this request only, when the mask is applied.
@@ -529,6 +727,20 @@ impl<'m> EngineLoop<'m> {
             },
         );
         logits
+    }
+
+    /// Name the blocks the step filled, so that later requests can share them.
+    fn register_blocks(&mut self, plan: &StepPlan) {
+        for chunk in &plan.chunks {
+            let req = &self.running[chunk.request];
+            let full_before = chunk.positions.start / BLOCK_TOKENS;
+            if chunk.positions.end / BLOCK_TOKENS == full_before {
+                continue;
+            }
+            let tokens = req.tokens_of(chunk.choice);
+            let seq = &mut self.running[chunk.request].choices[chunk.choice];
+            self.pool.register(&mut seq.kv, &tokens);
+        }
     }
 
     fn sample_and_emit(&mut self, plan: &StepPlan, logits: &Logits) {
@@ -542,8 +754,8 @@ impl<'m> EngineLoop<'m> {
             if chunk.all_logits {
                 record_prompt_logprobs(req, chunk, logits, row);
             }
-            if chunk.positions.end < req.prompt.len() {
-                continue; // more prompt to go
+            if chunk.positions.end < req.target_len(chunk.choice) {
+                continue; // more prompt (or recomputed output) to go
             }
             if let Some(lps) = req.prompt_logprobs.take() {
                 // The prompt is done: its log-probabilities go out before any token.
@@ -598,19 +810,29 @@ impl<'m> EngineLoop<'m> {
                     reason,
                     completion_tokens: seq.output.len(),
                 });
-                if req.choices.iter().all(|s| s.finished) {
-                    let _ = req.events.send(EngineEvent::Done(Usage {
-                        prompt_tokens: req.prompt.len(),
-                        completion_tokens: req.choices.iter().map(|s| s.output.len()).sum(),
-                    }));
-                }
+                send_done_if_complete(req);
             }
         }
     }
 
+    /// Finished sequences give their blocks back (named ones stay cached); finished
+    /// requests leave.
+    fn release_finished(&mut self) {
+        for req in &mut self.running {
+            for seq in &mut req.choices {
+                if seq.finished && !seq.kv.blocks().is_empty() {
+                    self.pool.release(&mut seq.kv);
+                }
+            }
+        }
+        self.running
+            .retain(|r| r.choices.iter().any(|s| !s.finished));
+    }
+
     fn fail_all(&mut self, error: &str) {
         tracing::error!("engine step failed: {error}");
-        for req in self.running.drain(..) {
+        for mut req in self.running.drain(..) {
+            release_all(&mut self.pool, &mut req);
             let _ = req.events.send(EngineEvent::Failed(error.to_string()));
         }
     }
@@ -618,8 +840,29 @@ impl<'m> EngineLoop<'m> {
     fn publish(&mut self) {
         self.metrics.running = self.running.len();
         self.metrics.running_sequences = self.running.iter().map(|r| r.choices.len()).sum();
-        self.metrics.waiting = self.shared.waiting.load(Ordering::Acquire);
+        self.metrics.waiting = self.shared.waiting.load(Ordering::Acquire) + self.preempted.len();
+        self.metrics.kv_blocks_used = self.pool.allocator().used();
+        self.metrics.kv_blocks_total = self.pool.num_blocks();
+        self.metrics.prefix_cache_queries = self.pool.stats.queries;
+        self.metrics.prefix_cache_hits = self.pool.stats.hits;
         self.shared.metrics.send_replace(self.metrics);
+    }
+}
+
+/// Give back every block of a request's choices.
+fn release_all(pool: &mut KvPool, req: &mut Running<'_>) {
+    for seq in &mut req.choices {
+        pool.release(&mut seq.kv);
+    }
+}
+
+/// `Done` once every choice has finished.
+fn send_done_if_complete(req: &Running<'_>) {
+    if req.choices.iter().all(|s| s.finished) {
+        let _ = req.events.send(EngineEvent::Done(Usage {
+            prompt_tokens: req.prompt.len(),
+            completion_tokens: req.choices.iter().map(|s| s.output.len()).sum(),
+        }));
     }
 }
 
@@ -747,6 +990,7 @@ mod tests {
         };
         while let Some(ev) = stream.events.blocking_recv() {
             match ev {
+                EngineEvent::Admitted { .. } => {}
                 EngineEvent::PromptLogprobs(lps) => c.prompt_logprobs = Some(lps),
                 EngineEvent::Token {
                     index,
@@ -860,6 +1104,10 @@ mod tests {
         let mut watch = engine.watch_metrics();
         assert!(matches!(
             stream.events.blocking_recv(),
+            Some(EngineEvent::Admitted { .. })
+        ));
+        assert!(matches!(
+            stream.events.blocking_recv(),
             Some(EngineEvent::Token { .. })
         ));
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -906,5 +1154,130 @@ mod tests {
             engine.submit(many),
             Err(SubmitError::Invalid(EngineError::InvalidParameter(_)))
         ));
+    }
+
+    /// Waits until the engine has published a step with nothing running.
+    fn idle_metrics(engine: &EngineHandle) -> EngineMetrics {
+        let mut rx = engine.watch_metrics();
+        loop {
+            let m = *rx.borrow_and_update();
+            if m.running == 0 && m.waiting == 0 {
+                return m;
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(rx.changed()).unwrap();
+        }
+    }
+
+    /// A pool too small for everyone at once: requests wait for blocks, the last admitted
+    /// are preempted and recomputed, and every answer is still the one a lone run gives —
+    /// greedy and seeded alike.
+    #[test]
+    fn preemption_recomputes_to_the_same_answers() {
+        let Some(model) = model() else { return };
+        let (layers, width) = model.model.kv_geometry();
+        let options = EngineOptions {
+            kv_cache_bytes: 14 * KvPool::block_bytes(layers, width),
+            max_running: 4,
+            ..Default::default()
+        };
+        let engine = EngineHandle::spawn(model.clone(), options).unwrap();
+        let prompts = [
+            "Write a short poem about the sea.",
+            "List three fruits.",
+            "Explain what a compiler does.",
+            "Tell me a joke about cats.",
+        ];
+        let requests: Vec<GenerateRequest> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut r = request(&model, p, 56);
+                r.ignore_eos = true;
+                if i % 2 == 1 {
+                    r.sampling = SamplingParams {
+                        temperature: 0.8,
+                        seed: Some(i as u64),
+                        ..Default::default()
+                    };
+                }
+                r
+            })
+            .collect();
+        let streams: Vec<_> = requests
+            .iter()
+            .map(|r| engine.submit(r.clone().into()).unwrap())
+            .collect();
+        for (r, stream) in requests.iter().zip(streams) {
+            let got = collect(stream, 1);
+            let want = model.generate(r, |_| true).unwrap();
+            assert_eq!(got.tokens[0], want.token_ids);
+            assert_eq!(got.text[0], want.text);
+        }
+        let m = idle_metrics(&engine);
+        assert!(m.preemptions > 0, "the pool was meant to run out: {m:?}");
+        assert_eq!(m.kv_blocks_used, 0, "blocks leaked: {m:?}");
+        assert_eq!(m.kv_blocks_total, 14);
+    }
+
+    /// The same long prompt twice: the second is served from the prefix cache (all but
+    /// the last partial block), with the same answer.
+    #[test]
+    fn a_repeated_long_prompt_is_served_from_the_prefix_cache() {
+        let Some(model) = model() else { return };
+        let engine = EngineHandle::spawn(model.clone(), EngineOptions::default()).unwrap();
+        let doc = "The quick brown fox jumps over the lazy dog near the river bank. ".repeat(40);
+        let r = request(&model, &format!("{doc}\nSummarise this."), 8);
+        let prompt = r.prompt_ids.len();
+        assert!(prompt > 400);
+        let first = collect(engine.submit(r.clone().into()).unwrap(), 1);
+        let m1 = idle_metrics(&engine);
+        let second = collect(engine.submit(r.clone().into()).unwrap(), 1);
+        let m2 = idle_metrics(&engine);
+        assert_eq!(first.tokens, second.tokens);
+        let hits = m2.prefix_cache_hits - m1.prefix_cache_hits;
+        assert!(
+            hits as f64 >= 0.9 * prompt as f64,
+            "{hits} of {prompt} prompt tokens from the cache"
+        );
+        assert_eq!(
+            m2.prefix_cache_queries - m1.prefix_cache_queries,
+            prompt as u64
+        );
+    }
+
+    /// The choices of one request share the prompt's blocks instead of each computing it.
+    #[test]
+    fn n_choices_share_the_prompt_blocks() {
+        let Some(model) = model() else { return };
+        let engine = EngineHandle::spawn(model.clone(), EngineOptions::default()).unwrap();
+        let mut r = request(&model, &"Tell me about the history of Lyon. ".repeat(10), 4);
+        r.sampling = SamplingParams {
+            temperature: 1.0,
+            seed: Some(3),
+            ..Default::default()
+        };
+        let prompt = r.prompt_ids.len();
+        let got = collect(
+            engine
+                .submit(EngineRequest {
+                    generate: r,
+                    n: 3,
+                    prompt_logprobs: false,
+                })
+                .unwrap(),
+            3,
+        );
+        assert!(got.finish.iter().all(Option::is_some));
+        let m = idle_metrics(&engine);
+        let shareable = (prompt - 1) / BLOCK_TOKENS * BLOCK_TOKENS;
+        assert!(
+            m.prefix_cache_hits >= 2 * shareable as u64,
+            "{} hits, {shareable} shareable tokens per extra choice",
+            m.prefix_cache_hits
+        );
+        assert_eq!(m.kv_blocks_used, 0);
     }
 }

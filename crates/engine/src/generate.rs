@@ -13,7 +13,7 @@ use crate::chat::{ChatTemplate, Message};
 use crate::constraint::{ConstraintCompiler, Grammar, GrammarError, GrammarSpec};
 use crate::gguf::GgufFile;
 use crate::kv::KvCache;
-use crate::model::{Model, ModelInfo, SeqChunk};
+use crate::model::{Model, ModelInfo};
 use crate::sampler::{Sampled, Sampler, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -228,11 +228,7 @@ impl LoadedModel {
     pub fn prefill(&self, kv: &mut KvCache, prompt: &[u32]) -> Result<Vec<f32>> {
         let mut last = Vec::new();
         for chunk in prompt.chunks(PREFILL_CHUNK) {
-            let logits = self.model.forward(&mut [SeqChunk {
-                tokens: chunk,
-                kv: &mut *kv,
-                all_logits: false,
-            }])?;
+            let logits = self.model.forward_cache(kv, chunk, false)?;
             last = logits.last_row(0).to_vec();
         }
         Ok(last)
@@ -330,11 +326,7 @@ impl LoadedModel {
             if token_ids.len() >= max_tokens {
                 break;
             }
-            let out = self.model.forward(&mut [SeqChunk {
-                tokens: &[token],
-                kv: &mut kv,
-                all_logits: false,
-            }])?;
+            let out = self.model.forward_cache(&mut kv, &[token], false)?;
             logits = out.last_row(0).to_vec();
         }
         if finish == FinishReason::Length {

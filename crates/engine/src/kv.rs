@@ -1,38 +1,178 @@
-//! Per-sequence key/value cache.
+//! The paged key/value cache: fixed-size blocks in one pool, a block table per sequence,
+//! and automatic prefix caching.
 //!
-//! Keys and values are stored as f16, as llama.cpp stores them, position-major per layer:
-//! `[position][kv_head * head_dim]`. Memory grows with the sequence, up to the model's
-//! context length. (The paged block pool with prefix sharing replaces this per-sequence
-//! layout in the batching work; the forward already reads the cache through this type only.)
+//! Keys and values are stored as f16, as llama.cpp stores them. A block holds
+//! [`BLOCK_TOKENS`] positions of every layer: in layer `l`, block `b` is
+//! `[position][kv_head * head_dim]` at `b * BLOCK_TOKENS * width` of that layer's keys (and
+//! values). A sequence ([`SeqKv`]) owns a list of block ids; attention reads its blocks in
+//! order.
+//!
+//! Prefix caching: once a block is full, it is named by a hash of its tokens chained with
+//! the hash of the block before it, so equal names mean equal prefixes. A new sequence
+//! whose first blocks' names are known takes those blocks (reference counted) instead of
+//! computing them. A block nobody references keeps its contents and its name until its
+//! memory is needed: free blocks without a name are used first, then named ones, least
+//! recently used first.
+//!
+//! [`KvCache`] is one sequence with a pool of its own, for single-sequence generation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 
 use half::f16;
 
-pub struct KvCache {
-    layers: Vec<LayerKv>,
-    /// Floats per position per layer: kv_heads * head_dim.
-    width: usize,
-    len: usize,
-    capacity: usize,
+/// Positions per block (a multiple of the attention kernel's key chunk).
+pub const BLOCK_TOKENS: usize = 16;
+
+/// What a block's name covers: the name of the block before it and its own tokens. The
+/// tokens are kept to rule out hash collisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BlockName {
+    hash: u64,
+    tokens: [u32; BLOCK_TOKENS],
 }
 
-struct LayerKv {
-    k: Vec<f16>,
-    v: Vec<f16>,
+/// Block bookkeeping: reference counts, free lists and the prefix-cache index. No memory.
+#[derive(Debug)]
+pub struct BlockAllocator {
+    refs: Vec<u32>,
+    names: Vec<Option<BlockName>>,
+    /// Free blocks without a name.
+    empty: Vec<u32>,
+    /// Free blocks with a name, by last use (oldest first), and each one's key in it.
+    evictable: BTreeMap<u64, u32>,
+    evict_key: Vec<u64>,
+    tick: u64,
+    by_hash: HashMap<u64, u32>,
 }
 
-impl KvCache {
-    pub fn new(n_layers: usize, width: usize, capacity: usize) -> Self {
-        let layers = (0..n_layers)
-            .map(|_| LayerKv {
-                k: Vec::new(),
-                v: Vec::new(),
-            })
-            .collect();
+impl BlockAllocator {
+    pub fn new(num_blocks: usize) -> Self {
         Self {
-            layers,
-            width,
+            refs: vec![0; num_blocks],
+            names: vec![None; num_blocks],
+            empty: (0..num_blocks as u32).rev().collect(),
+            evictable: BTreeMap::new(),
+            evict_key: vec![0; num_blocks],
+            tick: 0,
+            by_hash: HashMap::new(),
+        }
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.refs.len()
+    }
+
+    /// Blocks that can be handed out now (empty or evictable).
+    pub fn available(&self) -> usize {
+        self.empty.len() + self.evictable.len()
+    }
+
+    /// Blocks referenced by at least one sequence.
+    pub fn used(&self) -> usize {
+        self.num_blocks() - self.available()
+    }
+
+    /// A block for new contents, or `None` when every block is in use.
+    pub fn allocate(&mut self) -> Option<u32> {
+        let block = match self.empty.pop() {
+            Some(b) => b,
+            None => {
+                let (_, b) = self.evictable.pop_first()?;
+                if let Some(name) = self.names[b as usize].take() {
+                    self.by_hash.remove(&name.hash);
+                }
+                b
+            }
+        };
+        debug_assert_eq!(self.refs[block as usize], 0);
+        self.refs[block as usize] = 1;
+        Some(block)
+    }
+
+    /// One more reference to a block in use or cached.
+    fn retain(&mut self, block: u32) {
+        let b = block as usize;
+        if self.refs[b] == 0 {
+            let removed = self.evictable.remove(&self.evict_key[b]);
+            debug_assert_eq!(removed, Some(block));
+        }
+        self.refs[b] += 1;
+    }
+
+    /// Drop a reference. A block nobody uses keeps its contents if it has a name.
+    pub fn release(&mut self, block: u32) {
+        let b = block as usize;
+        assert!(
+            self.refs[b] > 0,
+            "block {block} released more often than taken"
+        );
+        self.refs[b] -= 1;
+        if self.refs[b] == 0 {
+            if self.names[b].is_some() {
+                self.tick += 1;
+                self.evict_key[b] = self.tick;
+                self.evictable.insert(self.tick, block);
+            } else {
+                self.empty.push(block);
+            }
+        }
+    }
+
+    /// The cached block holding exactly these tokens after the prefix named `parent`.
+    fn lookup(&self, hash: u64, tokens: &[u32]) -> Option<u32> {
+        let &b = self.by_hash.get(&hash)?;
+        let name = self.names[b as usize].as_ref()?;
+        (name.tokens[..] == *tokens).then_some(b)
+    }
+
+    /// Name a full block so that later sequences can find it. A block already named, or a
+    /// name already taken by another block, is left as it is.
+    fn name(&mut self, block: u32, hash: u64, tokens: &[u32]) {
+        let b = block as usize;
+        if self.names[b].is_some() || self.by_hash.contains_key(&hash) {
+            return;
+        }
+        let mut t = [0; BLOCK_TOKENS];
+        t.copy_from_slice(tokens);
+        self.names[b] = Some(BlockName { hash, tokens: t });
+        self.by_hash.insert(hash, block);
+    }
+
+    /// References held on a block (tests and invariants).
+    pub fn refs(&self, block: u32) -> u32 {
+        self.refs[block as usize]
+    }
+}
+
+/// The name of a block: its tokens chained with the name of the prefix before it.
+fn chain_hash(parent: u64, tokens: &[u32]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parent.hash(&mut h);
+    tokens.hash(&mut h);
+    h.finish()
+}
+
+/// One sequence's place in the pool.
+#[derive(Debug, Clone)]
+pub struct SeqKv {
+    blocks: Vec<u32>,
+    len: usize,
+    /// The most positions this sequence may hold: the model's context length.
+    capacity: usize,
+    /// Leading full blocks already named, and the name of the last of them.
+    named: usize,
+    last_hash: u64,
+}
+
+impl SeqKv {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            blocks: Vec::new(),
             len: 0,
             capacity,
+            named: 0,
+            last_hash: 0,
         }
     }
 
@@ -45,50 +185,424 @@ impl KvCache {
         self.len == 0
     }
 
-    /// The most positions this cache may hold: the model's context length.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
-    /// Drop every position from `len` on (e.g. to re-run a prompt's tail).
-    pub fn truncate(&mut self, len: usize) {
-        if len < self.len {
-            for l in &mut self.layers {
-                l.k.truncate(len * self.width);
-                l.v.truncate(len * self.width);
-            }
-            self.len = len;
+    /// Positions the blocks held now can take without allocating.
+    pub fn reserved(&self) -> usize {
+        self.blocks.len() * BLOCK_TOKENS
+    }
+
+    pub fn blocks(&self) -> &[u32] {
+        &self.blocks
+    }
+
+    /// Mark `n` positions written in every layer as stored.
+    pub(crate) fn commit(&mut self, n: usize) {
+        self.len += n;
+        debug_assert!(self.len <= self.reserved());
+    }
+}
+
+/// Prefix-cache counters (tokens), as vLLM counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefixStats {
+    /// Prompt tokens looked up in the cache.
+    pub queries: u64,
+    /// Of those, tokens found.
+    pub hits: u64,
+}
+
+/// The memory of every block, and their bookkeeping.
+pub struct KvPool {
+    width: usize,
+    k: Vec<Vec<f16>>,
+    v: Vec<Vec<f16>>,
+    alloc: BlockAllocator,
+    pub stats: PrefixStats,
+}
+
+impl KvPool {
+    /// A pool of `num_blocks` blocks for a model with `n_layers` layers of `width` =
+    /// `kv_heads * head_dim` values per position. Memory is zeroed lazily by the OS: pages
+    /// are only resident once written.
+    pub fn new(n_layers: usize, width: usize, num_blocks: usize) -> Self {
+        let per_layer = num_blocks * BLOCK_TOKENS * width;
+        Self {
+            width,
+            k: (0..n_layers).map(|_| vec![f16::ZERO; per_layer]).collect(),
+            v: (0..n_layers).map(|_| vec![f16::ZERO; per_layer]).collect(),
+            alloc: BlockAllocator::new(num_blocks),
+            stats: PrefixStats::default(),
         }
     }
 
-    /// Bytes held by keys and values.
-    pub fn size_bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|l| (l.k.len() + l.v.len()) * 2)
-            .sum()
+    /// Bytes one block takes over all layers (keys and values).
+    pub fn block_bytes(n_layers: usize, width: usize) -> usize {
+        n_layers * 2 * BLOCK_TOKENS * width * std::mem::size_of::<f16>()
     }
 
-    /// Append keys and values for `n` new positions of one layer (`n * width` floats each).
-    pub(crate) fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) {
-        let l = &mut self.layers[layer];
-        l.k.extend(k.iter().map(|&x| f16::from_f32(x)));
-        l.v.extend(v.iter().map(|&x| f16::from_f32(x)));
+    pub fn allocator(&self) -> &BlockAllocator {
+        &self.alloc
     }
 
-    /// Mark `n` positions appended in every layer as stored.
-    pub(crate) fn commit(&mut self, n: usize) {
-        self.len += n;
-        debug_assert!(
-            self.layers
-                .iter()
-                .all(|l| l.k.len() == self.len * self.width)
+    pub fn num_blocks(&self) -> usize {
+        self.alloc.num_blocks()
+    }
+
+    /// Share of the blocks referenced by some sequence, 0..=1.
+    pub fn usage(&self) -> f64 {
+        if self.num_blocks() == 0 {
+            return 0.0;
+        }
+        self.alloc.used() as f64 / self.num_blocks() as f64
+    }
+
+    /// Blocks a sequence needs to hold `len` positions.
+    pub fn blocks_for(len: usize) -> usize {
+        len.div_ceil(BLOCK_TOKENS)
+    }
+
+    /// Make room for positions up to `len` (exclusive). False when the pool has too few
+    /// free blocks (what was taken stays with the sequence) or `len` exceeds its capacity.
+    pub fn reserve(&mut self, seq: &mut SeqKv, len: usize) -> bool {
+        if len > seq.capacity {
+            return false;
+        }
+        while seq.blocks.len() < Self::blocks_for(len) {
+            match self.alloc.allocate() {
+                Some(b) => seq.blocks.push(b),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Free blocks the pool could hand out now.
+    pub fn available(&self) -> usize {
+        self.alloc.available()
+    }
+
+    /// Give back every block of a sequence and empty it (a finished or preempted one).
+    pub fn release(&mut self, seq: &mut SeqKv) {
+        for b in seq.blocks.drain(..) {
+            self.alloc.release(b);
+        }
+        seq.len = 0;
+        seq.named = 0;
+        seq.last_hash = 0;
+    }
+
+    /// Keep only the first `len` positions.
+    pub fn truncate(&mut self, seq: &mut SeqKv, len: usize) {
+        if len >= seq.len {
+            return;
+        }
+        seq.len = len;
+        // Named blocks keep describing what they hold; only the tail goes.
+        let keep = Self::blocks_for(len);
+        for b in seq.blocks.drain(keep..) {
+            self.alloc.release(b);
+        }
+        if seq.named * BLOCK_TOKENS > len {
+            // The partly kept block may be rewritten: unname the chain from there on.
+            seq.named = len / BLOCK_TOKENS;
+            seq.last_hash = 0;
+            if seq.named > 0 {
+                seq.named = 0; // re-derived on the next `register`
+            }
+        }
+    }
+
+    /// Start an empty sequence from the cache: take the cached blocks that hold the
+    /// longest prefix of `tokens` (whole blocks), leaving at least one token to compute.
+    /// Returns the positions covered.
+    pub fn attach_prefix(&mut self, seq: &mut SeqKv, tokens: &[u32]) -> usize {
+        assert!(
+            seq.blocks.is_empty(),
+            "attach_prefix: the sequence already has blocks"
         );
+        // The last token must be computed to get its logits.
+        let usable = tokens.len().saturating_sub(1) / BLOCK_TOKENS;
+        self.stats.queries += tokens.len() as u64;
+        let mut hash = 0;
+        for block_tokens in tokens.chunks_exact(BLOCK_TOKENS).take(usable) {
+            let h = chain_hash(hash, block_tokens);
+            match self.alloc.lookup(h, block_tokens) {
+                Some(b) => {
+                    self.alloc.retain(b);
+                    seq.blocks.push(b);
+                    hash = h;
+                }
+                None => break,
+            }
+        }
+        seq.len = seq.blocks.len() * BLOCK_TOKENS;
+        seq.named = seq.blocks.len();
+        seq.last_hash = hash;
+        self.stats.hits += seq.len as u64;
+        seq.len
     }
 
-    /// Keys and values of one layer for all positions appended so far (committed or not).
-    pub(crate) fn layer(&self, layer: usize) -> (&[f16], &[f16]) {
-        let l = &self.layers[layer];
-        (&l.k, &l.v)
+    /// Name the sequence's blocks that have become full, so that others can share them.
+    /// `tokens` are the sequence's tokens from position 0 (at least `seq.len()` of them).
+    pub fn register(&mut self, seq: &mut SeqKv, tokens: &[u32]) {
+        if seq.named == 0 {
+            seq.last_hash = 0;
+        }
+        let full = seq.len.min(tokens.len()) / BLOCK_TOKENS;
+        while seq.named < full {
+            let i = seq.named;
+            let block_tokens = &tokens[i * BLOCK_TOKENS..(i + 1) * BLOCK_TOKENS];
+            let h = chain_hash(seq.last_hash, block_tokens);
+            self.alloc.name(seq.blocks[i], h, block_tokens);
+            seq.last_hash = h;
+            seq.named += 1;
+        }
+    }
+
+    /// Write keys and values of `n` new positions of one layer, from position `start`
+    /// (`n * width` floats each). The blocks must be reserved.
+    pub(crate) fn write(&mut self, layer: usize, seq: &SeqKv, start: usize, k: &[f32], v: &[f32]) {
+        let w = self.width;
+        let n = k.len() / w;
+        assert!(
+            start + n <= seq.reserved(),
+            "KV write past the reserved blocks"
+        );
+        for i in 0..n {
+            let pos = start + i;
+            let block = seq.blocks[pos / BLOCK_TOKENS] as usize;
+            let at = (block * BLOCK_TOKENS + pos % BLOCK_TOKENS) * w;
+            for (dst, src) in self.k[layer][at..at + w]
+                .iter_mut()
+                .zip(&k[i * w..(i + 1) * w])
+            {
+                *dst = f16::from_f32(*src);
+            }
+            for (dst, src) in self.v[layer][at..at + w]
+                .iter_mut()
+                .zip(&v[i * w..(i + 1) * w])
+            {
+                *dst = f16::from_f32(*src);
+            }
+        }
+    }
+
+    /// The key and value blocks of one layer covering positions `..len`, in order; the
+    /// last block is cut to the positions it holds.
+    pub(crate) fn layer_blocks(
+        &self,
+        layer: usize,
+        seq: &SeqKv,
+        len: usize,
+    ) -> (Vec<&[f16]>, Vec<&[f16]>) {
+        let w = self.width;
+        let n = Self::blocks_for(len);
+        let mut ks = Vec::with_capacity(n);
+        let mut vs = Vec::with_capacity(n);
+        for (i, &b) in seq.blocks[..n].iter().enumerate() {
+            let held = (len - i * BLOCK_TOKENS).min(BLOCK_TOKENS);
+            let at = b as usize * BLOCK_TOKENS * w;
+            ks.push(&self.k[layer][at..at + held * w]);
+            vs.push(&self.v[layer][at..at + held * w]);
+        }
+        (ks, vs)
+    }
+}
+
+/// One sequence with a pool of its own: single-request generation and tests.
+pub struct KvCache {
+    pub(crate) pool: KvPool,
+    pub(crate) seq: SeqKv,
+}
+
+impl KvCache {
+    /// Room for `capacity` positions (memory becomes resident as it is written).
+    pub fn new(n_layers: usize, width: usize, capacity: usize) -> Self {
+        Self {
+            pool: KvPool::new(n_layers, width, KvPool::blocks_for(capacity)),
+            seq: SeqKv::new(capacity),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.seq.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seq.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.seq.capacity()
+    }
+
+    /// Drop every position from `len` on (e.g. to re-run a prompt's tail).
+    pub fn truncate(&mut self, len: usize) {
+        self.pool.truncate(&mut self.seq, len);
+    }
+
+    /// Bytes of keys and values written so far (whole blocks).
+    pub fn size_bytes(&self) -> usize {
+        self.seq.blocks.len() * BLOCK_TOKENS * self.pool.width * 2 * 2 * self.pool.k.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn tokens(seed: u32, n: usize) -> Vec<u32> {
+        (0..n as u32).map(|i| seed * 1000 + i).collect()
+    }
+
+    #[test]
+    fn allocate_release_and_reuse() {
+        let mut a = BlockAllocator::new(3);
+        let b: Vec<u32> = (0..3).map(|_| a.allocate().unwrap()).collect();
+        assert_eq!(a.allocate(), None);
+        assert_eq!(a.used(), 3);
+        a.release(b[1]);
+        assert_eq!(a.allocate(), Some(b[1]));
+        for &x in &b {
+            a.release(x);
+        }
+        assert_eq!((a.used(), a.available()), (0, 3));
+    }
+
+    #[test]
+    #[should_panic(expected = "released more often")]
+    fn double_release_is_caught() {
+        let mut a = BlockAllocator::new(1);
+        let b = a.allocate().unwrap();
+        a.release(b);
+        a.release(b);
+    }
+
+    #[test]
+    fn prefix_blocks_are_shared_and_evicted_lru() {
+        let mut pool = KvPool::new(1, 2, 8);
+        let prompt = tokens(1, 40); // 2 full blocks + 8
+        let mut a = SeqKv::new(1000);
+        assert_eq!(pool.attach_prefix(&mut a, &prompt), 0);
+        assert!(pool.reserve(&mut a, 40));
+        a.commit(40);
+        pool.register(&mut a, &prompt);
+        // Same prompt: both full blocks come from the cache, shared.
+        let mut b = SeqKv::new(1000);
+        assert_eq!(pool.attach_prefix(&mut b, &prompt), 32);
+        assert_eq!(&b.blocks()[..2], &a.blocks()[..2]);
+        assert_eq!(pool.allocator().refs(a.blocks()[0]), 2);
+        // A prompt of exactly two blocks keeps its last token to compute: one block.
+        let mut c = SeqKv::new(1000);
+        assert_eq!(pool.attach_prefix(&mut c, &prompt[..32]), 16);
+        // Another prompt sharing only the first block.
+        let mut other = prompt.clone();
+        other[20] = 7;
+        let mut d = SeqKv::new(1000);
+        assert_eq!(pool.attach_prefix(&mut d, &other), 16);
+        for s in [&mut a, &mut b, &mut c, &mut d] {
+            pool.release(s);
+        }
+        assert_eq!(pool.allocator().used(), 0);
+        // Cached blocks survive release until their memory is needed...
+        let mut e = SeqKv::new(1000);
+        assert_eq!(pool.attach_prefix(&mut e, &prompt), 32);
+        pool.release(&mut e);
+        // ...and are evicted when it is: 8 fresh blocks take every block.
+        let mut f = SeqKv::new(1000);
+        assert!(pool.reserve(&mut f, 8 * BLOCK_TOKENS));
+        assert!(!pool.reserve(&mut f, 9 * BLOCK_TOKENS));
+        pool.release(&mut f);
+        let mut g = SeqKv::new(1000);
+        assert_eq!(pool.attach_prefix(&mut g, &prompt), 0);
+        assert!(pool.stats.hits > 0 && pool.stats.queries >= pool.stats.hits);
+    }
+
+    #[test]
+    fn reads_and_writes_go_through_the_block_table() {
+        let mut pool = KvPool::new(2, 3, 4);
+        let mut s = SeqKv::new(100);
+        assert!(pool.reserve(&mut s, 20));
+        let k: Vec<f32> = (0..20 * 3).map(|i| i as f32).collect();
+        let v: Vec<f32> = k.iter().map(|x| -x).collect();
+        pool.write(1, &s, 0, &k[..30], &v[..30]);
+        pool.write(1, &s, 10, &k[30..], &v[30..]);
+        s.commit(20);
+        let (ks, vs) = pool.layer_blocks(1, &s, 20);
+        assert_eq!((ks.len(), ks[0].len(), ks[1].len()), (2, 48, 12));
+        let flat: Vec<f32> = ks
+            .iter()
+            .flat_map(|b| b.iter().map(|x| x.to_f32()))
+            .collect();
+        assert_eq!(flat, k);
+        assert_eq!(vs[1][11].to_f32(), -59.0);
+        assert!(!pool.reserve(&mut s, 101), "past the capacity");
+    }
+
+    /// 10,000 random operations: allocate, extend, share prefixes, release, evict. The
+    /// reference counts always match the sequences alive, no block is both free and used,
+    /// and when every sequence is gone every block is free again.
+    #[test]
+    fn no_leak_after_random_operations() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut pool = KvPool::new(1, 1, 64);
+        let prompts: Vec<Vec<u32>> = (0..6).map(|p| tokens(p, 16 * 6 + p as usize)).collect();
+        let mut live: Vec<(SeqKv, Vec<u32>)> = Vec::new();
+        for _ in 0..10_000 {
+            match rng.random_range(0..4) {
+                0 => {
+                    let mut toks = prompts[rng.random_range(0..prompts.len())].clone();
+                    let cut = rng.random_range(1..toks.len());
+                    toks.truncate(cut);
+                    let mut s = SeqKv::new(10_000);
+                    let cached = pool.attach_prefix(&mut s, &toks);
+                    if pool.reserve(&mut s, toks.len()) {
+                        s.commit(toks.len() - cached);
+                        pool.register(&mut s, &toks);
+                        live.push((s, toks));
+                    } else {
+                        pool.release(&mut s);
+                    }
+                }
+                1 if !live.is_empty() => {
+                    let i = rng.random_range(0..live.len());
+                    let (s, toks) = &mut live[i];
+                    let extra = rng.random_range(1..20);
+                    if pool.reserve(s, s.len() + extra) {
+                        toks.extend((0..extra as u32).map(|x| 900_000 + x));
+                        s.commit(extra);
+                        pool.register(s, toks);
+                    }
+                }
+                2 | 3 if !live.is_empty() => {
+                    let i = rng.random_range(0..live.len());
+                    let (mut s, _) = live.swap_remove(i);
+                    pool.release(&mut s);
+                }
+                _ => {}
+            }
+            let mut refs = vec![0u32; pool.num_blocks()];
+            for (s, _) in &live {
+                for &b in s.blocks() {
+                    refs[b as usize] += 1;
+                }
+            }
+            for (b, &r) in refs.iter().enumerate() {
+                assert_eq!(pool.allocator().refs(b as u32), r, "block {b}");
+            }
+            let used = refs.iter().filter(|&&r| r > 0).count();
+            assert_eq!(pool.allocator().used(), used);
+        }
+        for (mut s, _) in live.drain(..) {
+            pool.release(&mut s);
+        }
+        assert_eq!(pool.allocator().available(), pool.num_blocks());
+        assert!(pool.stats.hits > 0, "the random prompts shared prefixes");
     }
 }

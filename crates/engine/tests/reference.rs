@@ -29,6 +29,7 @@
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use verre_engine::kv::SeqKv;
 use verre_engine::model::SeqChunk;
 use verre_engine::sampler::log_softmax;
 use verre_engine::{LoadedModel, Message};
@@ -121,14 +122,7 @@ fn logits_match_llama_cpp_under_teacher_forcing() {
         let mut tokens = case.prompt_ids.clone();
         tokens.extend_from_slice(&case.greedy_ids[..steps_here - 1]);
         let mut kv = model.new_kv_cache();
-        let logits = model
-            .model
-            .forward(&mut [SeqChunk {
-                tokens: &tokens,
-                kv: &mut kv,
-                all_logits: true,
-            }])
-            .unwrap();
+        let logits = model.model.forward_cache(&mut kv, &tokens, true).unwrap();
         let first = case.prompt_ids.len() - 1;
         let mut case_max = 0f32;
         for (step, ref_top) in case.top5.iter().enumerate() {
@@ -185,32 +179,31 @@ fn batched_forward_equals_one_sequence_at_a_time() {
         .unwrap();
     let single = |toks: &[u32]| {
         let mut kv = model.new_kv_cache();
-        let l = model
-            .model
-            .forward(&mut [SeqChunk {
-                tokens: toks,
-                kv: &mut kv,
-                all_logits: false,
-            }])
-            .unwrap();
+        let l = model.model.forward_cache(&mut kv, toks, false).unwrap();
         l.last_row(0).to_vec()
     };
     let (la, lb) = (single(&a), single(&b));
-    let (mut ka, mut kb) = (model.new_kv_cache(), model.new_kv_cache());
+    // Both in one pool, as the engine runs them.
+    let mut pool = model.model.new_kv_pool(64);
+    let ctx = model.info().context_length;
+    let (mut ka, mut kb) = (SeqKv::new(ctx), SeqKv::new(ctx));
     let both = model
         .model
-        .forward(&mut [
-            SeqChunk {
-                tokens: &a,
-                kv: &mut ka,
-                all_logits: false,
-            },
-            SeqChunk {
-                tokens: &b,
-                kv: &mut kb,
-                all_logits: false,
-            },
-        ])
+        .forward(
+            &mut pool,
+            &mut [
+                SeqChunk {
+                    tokens: &a,
+                    kv: &mut ka,
+                    all_logits: false,
+                },
+                SeqChunk {
+                    tokens: &b,
+                    kv: &mut kb,
+                    all_logits: false,
+                },
+            ],
+        )
         .unwrap();
     let close = |x: &[f32], y: &[f32]| {
         x.iter()
@@ -238,33 +231,15 @@ fn incremental_decode_equals_one_pass() {
         .encode_prompt("Les Misérables was written by Victor Hugo in")
         .unwrap();
     let mut kv = model.new_kv_cache();
-    let full = model
-        .model
-        .forward(&mut [SeqChunk {
-            tokens: &ids,
-            kv: &mut kv,
-            all_logits: true,
-        }])
-        .unwrap();
+    let full = model.model.forward_cache(&mut kv, &ids, true).unwrap();
     let mut kv = model.new_kv_cache();
     let split = ids.len() / 2;
     model
         .model
-        .forward(&mut [SeqChunk {
-            tokens: &ids[..split],
-            kv: &mut kv,
-            all_logits: false,
-        }])
+        .forward_cache(&mut kv, &ids[..split], false)
         .unwrap();
     for (i, &t) in ids[split..].iter().enumerate() {
-        let step = model
-            .model
-            .forward(&mut [SeqChunk {
-                tokens: &[t],
-                kv: &mut kv,
-                all_logits: false,
-            }])
-            .unwrap();
+        let step = model.model.forward_cache(&mut kv, &[t], false).unwrap();
         let want = full.row(split + i);
         let diff = step
             .last_row(0)

@@ -91,6 +91,7 @@ pub struct RequestLatency {
     pub time_to_first_token: Histogram,
     pub inter_token: Histogram,
     pub end_to_end: Histogram,
+    pub queue_time: Histogram,
 }
 
 impl Default for RequestLatency {
@@ -99,6 +100,7 @@ impl Default for RequestLatency {
             time_to_first_token: Histogram::new(TTFT_BUCKETS),
             inter_token: Histogram::new(ITL_BUCKETS),
             end_to_end: Histogram::new(E2E_BUCKETS),
+            queue_time: Histogram::new(E2E_BUCKETS),
         }
     }
 }
@@ -135,6 +137,11 @@ impl RequestTimer {
             }
             *slot = Some(now);
         }
+    }
+
+    /// The time one engine request waited before it was admitted.
+    pub fn queued(&self, wait: Duration) {
+        self.latency.queue_time.observe(wait);
     }
 
     pub fn done(&self) {
@@ -189,6 +196,36 @@ pub fn render(all: &Models) -> String {
         "Number of tokens generated.",
         engines.iter().map(|m| m.generation_tokens).collect(),
     );
+    family(
+        "verre:prefix_cache_queries_total",
+        "counter",
+        "Prompt tokens looked up in the prefix cache.",
+        engines.iter().map(|m| m.prefix_cache_queries).collect(),
+    );
+    family(
+        "verre:prefix_cache_hits_total",
+        "counter",
+        "Prompt tokens found in the prefix cache (not recomputed).",
+        engines.iter().map(|m| m.prefix_cache_hits).collect(),
+    );
+    family(
+        "verre:num_preemptions_total",
+        "counter",
+        "Requests preempted for lack of KV cache blocks (recomputed later).",
+        engines.iter().map(|m| m.preemptions).collect(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP verre:kv_cache_usage_perc KV cache usage: share of blocks in use, 1 means 100 percent.\n# TYPE verre:kv_cache_usage_perc gauge"
+    );
+    for (m, label) in engines.iter().zip(&labels) {
+        let usage = if m.kv_blocks_total == 0 {
+            0.0
+        } else {
+            m.kv_blocks_used as f64 / m.kv_blocks_total as f64
+        };
+        let _ = writeln!(out, "verre:kv_cache_usage_perc{{{label}}} {usage}");
+    }
     let mut histograms = |name: &str, help: &str, pick: fn(&RequestLatency) -> &Histogram| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for (model, label) in models.iter().zip(&labels) {
@@ -204,6 +241,11 @@ pub fn render(all: &Models) -> String {
         "verre:inter_token_latency_seconds",
         "Histogram of inter-token latency in seconds.",
         |l| &l.inter_token,
+    );
+    histograms(
+        "verre:request_queue_time_seconds",
+        "Histogram of time spent waiting for admission in seconds.",
+        |l| &l.queue_time,
     );
     histograms(
         "verre:e2e_request_latency_seconds",

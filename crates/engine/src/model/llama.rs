@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use super::{Logits, ModelInfo, SeqChunk};
 use crate::gguf::GgufFile;
 use crate::kernels::{self, QuantMatrix, Scratch};
-use crate::kv::KvCache;
+use crate::kv::{KvCache, KvPool};
 
 /// Hyper-parameters read from `{arch}.*` metadata.
 #[derive(Debug, Clone)]
@@ -398,16 +398,21 @@ impl Llama {
         )
     }
 
+    /// Layers and values per position: the shape of this model's KV blocks.
+    pub fn kv_geometry(&self) -> (usize, usize) {
+        (self.cfg.n_layer, self.cfg.n_kv_head * self.cfg.head_dim)
+    }
+
     /// One pass over the weights for every sequence of the batch. The new tokens of all
     /// sequences are stacked into one activation matrix for the matrix products; attention
     /// runs per sequence over its own cache.
-    pub fn forward(&self, batch: &mut [SeqChunk<'_>]) -> Result<Logits> {
+    pub fn forward(&self, pool: &mut KvPool, batch: &mut [SeqChunk<'_>]) -> Result<Logits> {
         // Run on a worker of the pool: the kernels' parallel loops then start without a trip
         // through the pool's injection queue (roughly halves the cost of a small product).
-        rayon::scope(|_| self.forward_in_pool(batch))
+        rayon::scope(|_| self.forward_in_pool(pool, batch))
     }
 
-    fn forward_in_pool(&self, batch: &mut [SeqChunk<'_>]) -> Result<Logits> {
+    fn forward_in_pool(&self, pool: &mut KvPool, batch: &mut [SeqChunk<'_>]) -> Result<Logits> {
         let cfg = &self.cfg;
         let (d, hd) = (cfg.n_embd, cfg.head_dim);
         let q_dim = cfg.n_head * hd;
@@ -417,7 +422,7 @@ impl Llama {
         let mut row_seq = Vec::new();
         let mut row_pos = Vec::new();
         let mut ids = Vec::new();
-        for (s, chunk) in batch.iter().enumerate() {
+        for (s, chunk) in batch.iter_mut().enumerate() {
             ensure!(
                 !chunk.tokens.is_empty(),
                 "forward: sequence {s} has no new tokens"
@@ -428,6 +433,10 @@ impl Llama {
                 end <= chunk.kv.capacity(),
                 "sequence of {end} tokens exceeds the model's context length of {}",
                 chunk.kv.capacity()
+            );
+            ensure!(
+                pool.reserve(chunk.kv, end),
+                "the KV cache is full: no free block for sequence {s}"
             );
             for (i, &t) in chunk.tokens.iter().enumerate() {
                 ensure!(
@@ -470,16 +479,27 @@ impl Llama {
             rope.apply(&mut k, cfg.n_kv_head, hd);
 
             let mut row = 0;
-            for chunk in batch.iter_mut() {
+            for chunk in batch.iter() {
                 let n = chunk.tokens.len();
-                chunk.kv.append(
+                pool.write(
                     li,
+                    chunk.kv,
+                    chunk.kv.len(),
                     &k[row * kv_dim..(row + n) * kv_dim],
                     &v[row * kv_dim..(row + n) * kv_dim],
                 );
                 row += n;
             }
-            let caches: Vec<(&[f16], &[f16])> = batch.iter().map(|c| c.kv.layer(li)).collect();
+            // The contiguous attention below reads each sequence's blocks gathered.
+            let gathered: Vec<(Vec<f16>, Vec<f16>)> = batch
+                .iter()
+                .map(|c| {
+                    let (ks, vs) = pool.layer_blocks(li, c.kv, c.kv.len() + c.tokens.len());
+                    (ks.concat(), vs.concat())
+                })
+                .collect();
+            let caches: Vec<(&[f16], &[f16])> =
+                gathered.iter().map(|(k, v)| (&k[..], &v[..])).collect();
             let attn = self.attention(&q, &caches, &row_seq, &row_pos);
             debug_assert_eq!(attn.len(), n_rows * q_dim);
             let o = layer.wo.matmul(&attn, n_rows, scratch, dev)?;

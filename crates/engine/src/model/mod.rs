@@ -10,13 +10,13 @@ use anyhow::{Result, bail};
 use candle_core::Device;
 
 use crate::gguf::GgufFile;
-use crate::kv::KvCache;
+use crate::kv::{KvCache, KvPool, SeqKv};
 
 /// One sequence's part of a forward pass: the tokens it adds now (a prompt chunk or one
 /// decoded token) and its cache, whose length is the position of the first new token.
 pub struct SeqChunk<'a> {
     pub tokens: &'a [u32],
-    pub kv: &'a mut KvCache,
+    pub kv: &'a mut SeqKv,
     /// Logits for every new token (teacher forcing, prompt logprobs) or only for the last.
     pub all_logits: bool,
 }
@@ -81,9 +81,42 @@ impl Model {
         }
     }
 
-    pub fn forward(&self, batch: &mut [SeqChunk<'_>]) -> Result<Logits> {
+    /// A pool of `num_blocks` KV blocks shaped for this model.
+    pub fn new_kv_pool(&self, num_blocks: usize) -> KvPool {
+        let (layers, width) = self.kv_geometry();
+        KvPool::new(layers, width, num_blocks)
+    }
+
+    /// Layers and values per position of this model's KV blocks.
+    pub fn kv_geometry(&self) -> (usize, usize) {
         match self {
-            Model::Llama(m) => m.forward(batch),
+            Model::Llama(m) => m.kv_geometry(),
         }
+    }
+
+    /// One batched pass: every sequence's new tokens, their keys and values written into
+    /// `pool` through each sequence's block table.
+    pub fn forward(&self, pool: &mut KvPool, batch: &mut [SeqChunk<'_>]) -> Result<Logits> {
+        match self {
+            Model::Llama(m) => m.forward(pool, batch),
+        }
+    }
+
+    /// One sequence with a cache of its own.
+    pub fn forward_cache(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        all_logits: bool,
+    ) -> Result<Logits> {
+        let KvCache { pool, seq } = cache;
+        self.forward(
+            pool,
+            &mut [SeqChunk {
+                tokens,
+                kv: seq,
+                all_logits,
+            }],
+        )
     }
 }

@@ -152,6 +152,7 @@ pub async fn collect(
     let mut done = 0;
     while let Some((p, event)) = events.next().await {
         match event {
+            EngineEvent::Admitted { queue_time } => timer.queued(queue_time),
             EngineEvent::PromptLogprobs(lps) => out.prompt_logprobs[p] = Some(lps),
             EngineEvent::Token {
                 index,
@@ -273,6 +274,10 @@ impl<W: ChunkWriter> SseState<W> {
             Some((_, EngineEvent::Failed(e))) => {
                 self.phase = Phase::Ended;
                 vec![ApiError::internal(e).body()]
+            }
+            Some((_, EngineEvent::Admitted { queue_time })) => {
+                self.timer.queued(queue_time);
+                Vec::new()
             }
             Some((p, event)) => {
                 if let EngineEvent::Token { index, .. } = &event {
