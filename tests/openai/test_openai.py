@@ -611,7 +611,20 @@ def test_metrics_have_vllm_shapes(server, client):
         ("verre:num_requests_waiting", "gauge"),
         ("verre:prompt_tokens_total", "counter"),
         ("verre:generation_tokens_total", "counter"),
+        ("verre:kv_cache_usage_perc", "gauge"),
+        ("verre:prefix_cache_queries_total", "counter"),
+        ("verre:prefix_cache_hits_total", "counter"),
+        ("verre:num_preemptions_total", "counter"),
+        ("verre:request_queue_time_seconds", "histogram"),
     ]:
         assert f"# TYPE {name} {kind}" in text, name
     assert server.metric("verre:e2e_request_latency_seconds_count") >= 1
+    assert server.metric("verre:request_queue_time_seconds_count") >= 1
     assert server.metric("verre:prompt_tokens_total") > 0
+    # The same prompt again: its system-prompt blocks come from the prefix cache.
+    hits = server.metric("verre:prefix_cache_hits_total")
+    long = [{"role": "user", "content": "Repeat after me: " + "red green blue " * 30}]
+    client.chat.completions.create(model=MODEL, messages=long, max_tokens=2)
+    client.chat.completions.create(model=MODEL, messages=long, max_tokens=2)
+    assert server.metric("verre:prefix_cache_hits_total") - hits >= 64
+    assert 0 <= server.metric("verre:kv_cache_usage_perc") <= 1

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
 use half::f16;
+use half::vec::HalfBitsVecExt;
 
 /// Positions per block (a multiple of the attention kernel's key chunk).
 pub const BLOCK_TOKENS: usize = 16;
@@ -229,10 +230,13 @@ impl KvPool {
     /// are only resident once written.
     pub fn new(n_layers: usize, width: usize, num_blocks: usize) -> Self {
         let per_layer = num_blocks * BLOCK_TOKENS * width;
+        // Zeroed u16s come from the allocator's zeroed pages (no memset, nothing resident
+        // until written); f16 has the same layout.
+        let zeroed = || -> Vec<f16> { vec![0u16; per_layer].reinterpret_into() };
         Self {
             width,
-            k: (0..n_layers).map(|_| vec![f16::ZERO; per_layer]).collect(),
-            v: (0..n_layers).map(|_| vec![f16::ZERO; per_layer]).collect(),
+            k: (0..n_layers).map(|_| zeroed()).collect(),
+            v: (0..n_layers).map(|_| zeroed()).collect(),
             alloc: BlockAllocator::new(num_blocks),
             stats: PrefixStats::default(),
         }

@@ -186,7 +186,7 @@ async fn malformed_requests_get_400_naming_the_field() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_error(&body, Some("tools"), Some("unsupported_parameter"));
+    assert_error(&body, Some("tools[0].function"), Some("invalid_value"));
     let (status, _, body) = post(
         &app,
         "/v1/completions",
