@@ -562,6 +562,50 @@ def test_full_queue_is_429_with_retry_after(keyed):
              and keyed.metric("verre:num_requests_waiting") == 0)
 
 
+def test_64_concurrent_clients_get_answers_or_429():
+    """64 streaming clients at once against room for 8 running and 24 waiting: every client
+    gets a whole answer or a clean 429, nothing else; the engine drains to idle."""
+    s = Server("--max-running", "8", "--max-waiting", "24")
+    try:
+        c = openai.OpenAI(base_url=f"{s.url}/v1", api_key="none", max_retries=0, timeout=300)
+        outcomes = []
+        lock = threading.Lock()
+
+        def one(i):
+            try:
+                text, finish = "", None
+                for chunk in c.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": f"Count to {i % 7 + 3}."}],
+                    max_tokens=12, temperature=0, stream=True,
+                ):
+                    for ch in chunk.choices:
+                        text += ch.delta.content or ""
+                        finish = ch.finish_reason or finish
+                result = ("ok", finish)
+            except openai.RateLimitError:
+                result = ("429", None)
+            except Exception as e:  # anything else is a failure of the server
+                result = ("error", repr(e))
+            with lock:
+                outcomes.append(result)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(64)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+        assert len(outcomes) == 64
+        errors = [o for o in outcomes if o[0] == "error"]
+        assert not errors, errors
+        ok = [o for o in outcomes if o[0] == "ok"]
+        assert len(ok) >= 8 and all(f in ("stop", "length") for _, f in ok), outcomes
+        wait_for(lambda: s.metric("verre:num_requests_running") == 0
+                 and s.metric("verre:num_requests_waiting") == 0)
+        assert s.metric("verre:kv_cache_usage_perc") == 0
+    finally:
+        s.stop()
+
+
 def test_503_while_loading():
     """A fresh server answers 503 until its model is loaded. Loading the small model takes a
     fraction of a second, so the first probe may already find it ready; when it does not,
