@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
-use verre_engine::{GenerateRequest, LoadedModel, Message, SamplingParams};
+use verre_engine::{GenerateRequest, GrammarSpec, LoadedModel, Message, SamplingParams};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -42,6 +42,15 @@ pub struct RunArgs {
     /// Keep generating past end-of-generation tokens (for measurements).
     #[arg(long)]
     pub ignore_eos: bool,
+    /// The answer must be an instance of the JSON Schema in this file.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["regex", "grammar"])]
+    pub json_schema: Option<std::path::PathBuf>,
+    /// The answer must match this regular expression.
+    #[arg(long, conflicts_with = "grammar")]
+    pub regex: Option<String>,
+    /// The answer must be a sentence of the Lark grammar in this file.
+    #[arg(long, value_name = "FILE")]
+    pub grammar: Option<std::path::PathBuf>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -91,7 +100,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         },
         stop: args.stop.clone(),
         ignore_eos: args.ignore_eos,
-        grammar: None,
+        grammar: grammar_spec(&args)?
+            .map(|spec| model.compile_grammar(&spec))
+            .transpose()?,
     };
 
     let stdout = std::io::stdout();
@@ -133,4 +144,22 @@ pub fn run(args: RunArgs) -> Result<()> {
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
+}
+
+/// The grammar the answer must follow, from `--json-schema`, `--regex` or `--grammar`.
+fn grammar_spec(args: &RunArgs) -> Result<Option<GrammarSpec>> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+    };
+    Ok(if let Some(path) = &args.json_schema {
+        let schema = serde_json::from_str(&read(path)?)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        Some(GrammarSpec::JsonSchema(schema))
+    } else if let Some(rx) = &args.regex {
+        Some(GrammarSpec::Regex(rx.clone()))
+    } else if let Some(path) = &args.grammar {
+        Some(GrammarSpec::Lark(read(path)?))
+    } else {
+        None
+    })
 }

@@ -104,4 +104,26 @@ fn run_answers_and_reports_json_on_the_real_model() {
         &["run", "-m", model, "--raw", "--max-tokens", "1", &long],
     );
     assert_clean_failure(&o, &["context length"]);
+
+    // Under a regex the answer matches it; a bad one is refused, not ignored.
+    let o = verre(
+        home.path(),
+        &[
+            "run",
+            "-m",
+            model,
+            "--regex",
+            "[0-9]{4}",
+            "In which year was Victor Hugo born?",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let answer = String::from_utf8_lossy(&o.stdout);
+    let answer = answer.trim();
+    assert!(
+        answer.len() == 4 && answer.bytes().all(|b| b.is_ascii_digit()),
+        "{answer}"
+    );
+    let o = verre(home.path(), &["run", "-m", model, "--regex", "(", "x"]);
+    assert_clean_failure(&o, &["regex not supported"]);
 }
