@@ -28,12 +28,11 @@ use anyhow::Result;
 use tokio::sync::{mpsc as tokio_mpsc, watch};
 
 use crate::EngineError;
-use crate::constraint::Constraint;
-use crate::generate::{FinishReason, GenerateRequest, LoadedModel, PREFILL_CHUNK, StopMatcher};
+use crate::decoding::Decoding;
+use crate::generate::{FinishReason, GenerateRequest, LoadedModel, PREFILL_CHUNK};
 use crate::kv::{BLOCK_TOKENS, KvPool, SeqKv};
 use crate::model::{Logits, SeqChunk};
-use crate::sampler::{Sampled, Sampler, log_softmax, top_n};
-use crate::tokenizer::StreamDecoder;
+use crate::sampler::{Sampled, log_softmax, top_n};
 
 /// Default KV cache budget: pages become resident only as blocks are first written.
 pub const DEFAULT_KV_CACHE_MB: usize = 1024;
@@ -307,7 +306,6 @@ struct Running<'m> {
     prompt: Vec<u32>,
     /// Generated tokens per choice, at most; already capped by the context.
     max_tokens: usize,
-    ignore_eos: bool,
     /// Filled during prefill when the request asked for prompt log-probabilities.
     prompt_logprobs: Option<Vec<Option<Sampled>>>,
     choices: Vec<Sequence<'m>>,
@@ -320,12 +318,7 @@ struct Sequence<'m> {
     kv: SeqKv,
     /// The prefix cache was consulted since the sequence (re)started.
     looked_up: bool,
-    output: Vec<u32>,
-    sampler: Sampler,
-    decoder: StreamDecoder<'m>,
-    stops: StopMatcher,
-    /// The grammar the output must follow (structured outputs).
-    constraint: Option<Constraint>,
+    dec: Decoding<'m>,
     finished: bool,
 }
 
@@ -333,13 +326,13 @@ impl Running<'_> {
     /// Prompt then output so far: the tokens whose keys and values a choice holds.
     fn tokens_of(&self, choice: usize) -> Vec<u32> {
         let mut t = self.prompt.clone();
-        t.extend_from_slice(&self.choices[choice].output);
+        t.extend_from_slice(&self.choices[choice].dec.output);
         t
     }
 
     /// Positions a choice must have computed before it samples again.
     fn target_len(&self, choice: usize) -> usize {
-        self.prompt.len() + self.choices[choice].output.len()
+        self.prompt.len() + self.choices[choice].dec.output.len()
     }
 }
 
@@ -369,7 +362,7 @@ struct Scheduler {
 fn token_at(req: &Running<'_>, seq: &Sequence<'_>, p: usize) -> u32 {
     match p.checked_sub(req.prompt.len()) {
         None => req.prompt[p],
-        Some(i) => seq.output[i],
+        Some(i) => seq.dec.output[i],
     }
 }
 
@@ -489,7 +482,7 @@ impl<'m> EngineLoop<'m> {
         let reserve = self.pool.num_blocks() / 100;
         let mut running_sequences: usize = self.running.iter().map(|r| r.choices.len()).sum();
         while let Some(r) = self.preempted.front() {
-            let outputs: Vec<usize> = r.choices.iter().map(|s| s.output.len()).collect();
+            let outputs: Vec<usize> = r.choices.iter().map(|s| s.dec.output.len()).collect();
             let need = self.blocks_to_start(r.prompt.len(), &outputs);
             if running_sequences + r.choices.len() > max_running
                 || need + reserve > self.pool.available()
@@ -525,6 +518,9 @@ impl<'m> EngineLoop<'m> {
             n,
             prompt_logprobs,
         } = s.request;
+        let max_tokens = g
+            .max_tokens
+            .min(self.shared.context_length - g.prompt_ids.len());
         let choices = (0..n)
             .map(|i| {
                 let mut sampling = g.sampling.clone();
@@ -532,23 +528,16 @@ impl<'m> EngineLoop<'m> {
                 Sequence {
                     kv: SeqKv::new(self.shared.context_length),
                     looked_up: false,
-                    output: Vec::new(),
-                    sampler: Sampler::new(sampling),
-                    decoder: StreamDecoder::new(&self.model.tokenizer, true),
-                    stops: StopMatcher::new(&g.stop),
-                    constraint: g.grammar.as_ref().map(|g| g.start()),
+                    dec: Decoding::new(&self.model.tokenizer, &g, sampling, max_tokens),
                     finished: false,
                 }
             })
             .collect();
         Running {
             events: s.events,
-            max_tokens: g
-                .max_tokens
-                .min(self.shared.context_length - g.prompt_ids.len()),
+            max_tokens,
             prompt_logprobs: prompt_logprobs.then(|| vec![None]),
             prompt: g.prompt_ids,
-            ignore_eos: g.ignore_eos,
             choices,
             failed: false,
         }
@@ -671,16 +660,13 @@ impl<'m> EngineLoop<'m> {
         let req = &mut self.running[r];
         let seq = &mut req.choices[c];
         seq.finished = true;
-        let mut text = String::new();
-        let tail = seq.decoder.finish();
-        text.push_str(&seq.stops.push(&tail).0);
-        text.push_str(&seq.stops.flush());
+        let text = seq.dec.flush();
         tracing::warn!(
             "the KV cache is full: a sequence of {} tokens ends early ({} bytes of held-back text dropped)",
             seq.kv.len(),
             text.len()
         );
-        let completion_tokens = seq.output.len();
+        let completion_tokens = seq.dec.output.len();
         let _ = req.events.send(EngineEvent::Finished {
             index: c,
             reason: FinishReason::Length,
@@ -701,14 +687,14 @@ impl<'m> EngineLoop<'m> {
             let target: Vec<usize> = (0..req.choices.len()).map(|c| req.target_len(c)).collect();
             for (c, seq) in req.choices.iter_mut().enumerate() {
                 if let Some(chunk) = planned.next_if(|p| (p.request, p.choice) == (r, c)) {
-                    let Sequence { kv, constraint, .. } = seq;
+                    let Sequence { kv, dec, .. } = seq;
                     batch.push(SeqChunk {
                         tokens: &chunk.tokens,
                         kv,
                         all_logits: chunk.all_logits,
                     });
                     if chunk.positions.end >= target[c] {
-                        constraints.extend(constraint.as_mut());
+                        constraints.extend(dec.constraint.as_mut());
                     }
                 }
             }
@@ -744,8 +730,6 @@ impl<'m> EngineLoop<'m> {
     }
 
     fn sample_and_emit(&mut self, plan: &StepPlan, logits: &Logits) {
-        let eog = self.model.tokenizer.eog_ids();
-        let mut masked = Vec::new();
         for (row, chunk) in plan.chunks.iter().enumerate() {
             let req = &mut self.running[chunk.request];
             if req.failed {
@@ -765,36 +749,15 @@ impl<'m> EngineLoop<'m> {
             let (event, finish) = if req.max_tokens == 0 {
                 (None, Some(FinishReason::Length))
             } else {
-                let sampled = match seq.constraint.as_mut() {
-                    None => seq
-                        .sampler
-                        .sample(logits.last_row(row), &req.prompt, &seq.output),
-                    Some(c) => {
-                        masked.clear();
-                        masked.extend_from_slice(logits.last_row(row));
-                        if let Err(e) = c.apply_mask(&mut masked) {
-                            fail_request(req, &format!("constrained decoding failed: {e:#}"));
-                            continue;
-                        }
-                        seq.sampler.sample(&masked, &req.prompt, &seq.output)
-                    }
-                };
-                self.metrics.generation_tokens += 1;
-                let grammar_done = match seq.constraint.as_mut().map(|c| {
-                    c.commit(sampled.token)?;
-                    anyhow::Ok(c.is_finished())
-                }) {
-                    None => false,
-                    Some(Ok(done)) => done,
-                    Some(Err(e)) => {
+                let step = match seq.dec.step(logits.last_row(row), &req.prompt) {
+                    Ok(step) => step,
+                    Err(e) => {
                         fail_request(req, &format!("constrained decoding failed: {e:#}"));
                         continue;
                     }
                 };
-                let ignore_eos = req.ignore_eos && seq.constraint.is_none();
-                let (text, finish) =
-                    seq.accept(sampled.token, eog, ignore_eos, req.max_tokens, grammar_done);
-                (Some((sampled, text)), finish)
+                self.metrics.generation_tokens += 1;
+                (Some((step.sampled, step.text)), step.finish)
             };
             if let Some((sampled, text)) = event {
                 let _ = req.events.send(EngineEvent::Token {
@@ -808,7 +771,7 @@ impl<'m> EngineLoop<'m> {
                 let _ = req.events.send(EngineEvent::Finished {
                     index: chunk.choice,
                     reason,
-                    completion_tokens: seq.output.len(),
+                    completion_tokens: seq.dec.output.len(),
                 });
                 send_done_if_complete(req);
             }
@@ -861,7 +824,7 @@ fn send_done_if_complete(req: &Running<'_>) {
     if req.choices.iter().all(|s| s.finished) {
         let _ = req.events.send(EngineEvent::Done(Usage {
             prompt_tokens: req.prompt.len(),
-            completion_tokens: req.choices.iter().map(|s| s.output.len()).sum(),
+            completion_tokens: req.choices.iter().map(|s| s.dec.output.len()).sum(),
         }));
     }
 }
@@ -876,48 +839,6 @@ fn fail_request(req: &mut Running<'_>, error: &str) {
     let _ = req.events.send(EngineEvent::Failed(error.to_string()));
 }
 
-impl Sequence<'_> {
-    /// Take a sampled token: the text it lets out, and whether the choice ends here (an
-    /// end-of-generation token, a stop string, a complete grammar, or the token limit) —
-    /// as [`LoadedModel::generate`] decides it.
-    fn accept(
-        &mut self,
-        token: u32,
-        eog_ids: &[u32],
-        ignore_eos: bool,
-        max_tokens: usize,
-        grammar_done: bool,
-    ) -> (String, Option<FinishReason>) {
-        self.output.push(token);
-        let eog = !ignore_eos && eog_ids.contains(&token);
-        // A token that the tokenizer cannot decode shows as nothing rather than ending the
-        // stream; detokenizing known ids does not fail in practice.
-        let piece = if eog {
-            String::new()
-        } else {
-            self.decoder.push(token).unwrap_or_default()
-        };
-        let (mut text, hit_stop) = self.stops.push(&piece);
-        if eog || hit_stop {
-            return (text, Some(FinishReason::Stop));
-        }
-        if grammar_done {
-            // Complete under its grammar: what is held back cannot become a stop string.
-            let tail = self.decoder.finish();
-            text.push_str(&self.stops.push(&tail).0);
-            text.push_str(&self.stops.flush());
-            return (text, Some(FinishReason::Stop));
-        }
-        if self.output.len() >= max_tokens {
-            let tail = self.decoder.finish();
-            text.push_str(&self.stops.push(&tail).0);
-            text.push_str(&self.stops.flush());
-            return (text, Some(FinishReason::Length));
-        }
-        (text, None)
-    }
-}
-
 /// Prompt log-probabilities from the rows of a prompt chunk: row `i` predicts the token at
 /// position `start + i + 1`.
 fn record_prompt_logprobs(
@@ -926,7 +847,7 @@ fn record_prompt_logprobs(
     logits: &Logits,
     row: usize,
 ) {
-    let top_logprobs = req.choices[0].sampler.params().top_logprobs;
+    let top_logprobs = req.choices[0].dec.sampler.params().top_logprobs;
     let Some(lps) = req.prompt_logprobs.as_mut() else {
         return;
     };

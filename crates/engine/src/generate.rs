@@ -11,11 +11,12 @@ use candle_core::Device;
 use crate::EngineError;
 use crate::chat::{ChatTemplate, Message};
 use crate::constraint::{ConstraintCompiler, Grammar, GrammarError, GrammarSpec};
+use crate::decoding::Decoding;
 use crate::gguf::GgufFile;
 use crate::kv::KvCache;
 use crate::model::{Model, ModelInfo};
-use crate::sampler::{Sampled, Sampler, SamplingParams};
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::sampler::{Sampled, SamplingParams};
+use crate::tokenizer::Tokenizer;
 
 /// Prompt tokens per forward pass during prefill; bounds activation memory for long prompts.
 pub const PREFILL_CHUNK: usize = 512;
@@ -269,79 +270,35 @@ impl LoadedModel {
         let prefill_ms = start.elapsed().as_secs_f64() * 1000.0;
         let decode_start = Instant::now();
 
-        let mut sampler = Sampler::new(req.sampling.clone());
-        let mut decoder = StreamDecoder::new(&self.tokenizer, true);
-        let mut stops = StopMatcher::new(&req.stop);
-        let mut token_ids = Vec::new();
+        let mut dec = Decoding::new(&self.tokenizer, req, req.sampling.clone(), max_tokens);
         let mut logprobs = Vec::new();
         let mut finish = FinishReason::Length;
-
-        let mut constraint = req.grammar.as_ref().map(|g| g.start());
-        let mut masked = Vec::new();
-        let mut grammar_done = false;
-
-        while token_ids.len() < max_tokens {
-            let row: &[f32] = match constraint.as_mut() {
-                Some(c) => {
-                    masked.clear();
-                    masked.extend_from_slice(&logits);
-                    c.apply_mask(&mut masked)?;
-                    &masked
-                }
-                None => &logits,
-            };
-            let sampled = sampler.sample(row, &req.prompt_ids, &token_ids);
-            let token = sampled.token;
-            token_ids.push(token);
-            logprobs.push(sampled.logprob);
-            if let Some(c) = constraint.as_mut() {
-                c.commit(token)?;
-                grammar_done = c.is_finished();
-            }
-            let eog = (!req.ignore_eos || constraint.is_some())
-                && self.tokenizer.eog_ids().contains(&token);
-            let piece = if eog {
-                String::new()
-            } else {
-                decoder.push(token)?
-            };
-            let (mut text, hit_stop) = stops.push(&piece);
-            if grammar_done && !eog && !hit_stop {
-                // The grammar is complete: nothing held back can become a stop string now.
-                let tail = decoder.finish();
-                text.push_str(&stops.push(&tail).0);
-                text.push_str(&stops.flush());
-            }
+        while dec.output.len() < max_tokens {
+            let step = dec.step(&logits, &req.prompt_ids)?;
+            let token = step.sampled.token;
+            logprobs.push(step.sampled.logprob);
             if !on_token(&TokenEvent {
-                sampled: Some(sampled),
-                text,
+                sampled: Some(step.sampled),
+                text: step.text,
             }) {
                 finish = FinishReason::Cancelled;
                 break;
             }
-            if eog || hit_stop || grammar_done {
-                finish = FinishReason::Stop;
-                break;
-            }
-            if token_ids.len() >= max_tokens {
+            if let Some(reason) = step.finish {
+                finish = reason;
                 break;
             }
             let out = self.model.forward_cache(&mut kv, &[token], false)?;
             logits = out.last_row(0).to_vec();
         }
-        if finish == FinishReason::Length {
-            let tail = decoder.finish();
-            let (mut text, _) = stops.push(&tail);
-            text.push_str(&stops.flush());
-            if !text.is_empty() {
-                on_token(&TokenEvent {
-                    sampled: None,
-                    text,
-                });
-            }
-        }
+        let token_ids = dec.output.clone();
+        let mask_times = dec
+            .constraint
+            .as_ref()
+            .map(|c| c.mask_times().to_vec())
+            .unwrap_or_default();
         Ok(Generation {
-            text: stops.into_text(),
+            text: dec.into_text(),
             completion_tokens: token_ids.len(),
             token_ids,
             logprobs,
@@ -349,9 +306,7 @@ impl LoadedModel {
             prompt_tokens: req.prompt_ids.len(),
             prefill_ms,
             decode_ms: decode_start.elapsed().as_secs_f64() * 1000.0,
-            mask_times: constraint
-                .map(|c| c.mask_times().to_vec())
-                .unwrap_or_default(),
+            mask_times,
         })
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod chat;
 pub mod constraint;
+mod decoding;
 pub mod engine;
 pub mod generate;
 pub mod gguf;

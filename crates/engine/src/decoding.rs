@@ -1,0 +1,126 @@
+//! The output side of one sequence, shared by the engine and single-request generation:
+//! pick a token from the logits (under the grammar, if any), then decide what text it lets
+//! out and whether the output ends there.
+
+use anyhow::Result;
+
+use crate::constraint::Constraint;
+use crate::generate::{FinishReason, GenerateRequest, StopMatcher};
+use crate::sampler::{Sampled, Sampler, SamplingParams};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+/// One step's result: the token, the text it completed (may be empty while a multi-byte
+/// character or a possible stop string is held back), and the end of the output if it is
+/// reached.
+pub(crate) struct Step {
+    pub sampled: Sampled,
+    pub text: String,
+    pub finish: Option<FinishReason>,
+}
+
+pub(crate) struct Decoding<'t> {
+    pub output: Vec<u32>,
+    pub sampler: Sampler,
+    decoder: StreamDecoder<'t>,
+    stops: StopMatcher,
+    /// The grammar the output must follow (structured outputs).
+    pub constraint: Option<Constraint>,
+    eog: &'t [u32],
+    ignore_eos: bool,
+    max_tokens: usize,
+    /// Logits with the grammar's mask applied (reused between steps).
+    masked: Vec<f32>,
+}
+
+impl<'t> Decoding<'t> {
+    /// `max_tokens` is already capped by the room left in the context.
+    pub fn new(
+        tokenizer: &'t Tokenizer,
+        req: &GenerateRequest,
+        sampling: SamplingParams,
+        max_tokens: usize,
+    ) -> Self {
+        Self {
+            output: Vec::new(),
+            sampler: Sampler::new(sampling),
+            decoder: StreamDecoder::new(tokenizer, true),
+            stops: StopMatcher::new(&req.stop),
+            constraint: req.grammar.as_ref().map(|g| g.start()),
+            eog: tokenizer.eog_ids(),
+            // A grammar decides where the output ends: end tokens are never ignored then.
+            ignore_eos: req.ignore_eos && req.grammar.is_none(),
+            max_tokens,
+            masked: Vec::new(),
+        }
+    }
+
+    /// Choose the next token from `logits` and take it. An error (a grammar that allows no
+    /// token) ends this sequence only.
+    pub fn step(&mut self, logits: &[f32], prompt: &[u32]) -> Result<Step> {
+        let sampled = match self.constraint.as_mut() {
+            None => self.sampler.sample(logits, prompt, &self.output),
+            Some(c) => {
+                self.masked.clear();
+                self.masked.extend_from_slice(logits);
+                c.apply_mask(&mut self.masked)?;
+                self.sampler.sample(&self.masked, prompt, &self.output)
+            }
+        };
+        let grammar_done = match self.constraint.as_mut() {
+            Some(c) => {
+                c.commit(sampled.token)?;
+                c.is_finished()
+            }
+            None => false,
+        };
+        let (text, finish) = self.accept(sampled.token, grammar_done);
+        Ok(Step {
+            sampled,
+            text,
+            finish,
+        })
+    }
+
+    /// The text a token lets out, and whether the output ends here: an end-of-generation
+    /// token, a stop string, a complete grammar, or the token limit.
+    fn accept(&mut self, token: u32, grammar_done: bool) -> (String, Option<FinishReason>) {
+        self.output.push(token);
+        let eog = !self.ignore_eos && self.eog.contains(&token);
+        // A token that the tokenizer cannot decode shows as nothing rather than ending the
+        // stream; detokenizing known ids does not fail in practice.
+        let piece = if eog {
+            String::new()
+        } else {
+            self.decoder.push(token).unwrap_or_default()
+        };
+        let (mut text, hit_stop) = self.stops.push(&piece);
+        if eog || hit_stop {
+            return (text, Some(FinishReason::Stop));
+        }
+        if grammar_done || self.output.len() >= self.max_tokens {
+            // Nothing held back can become a stop string now.
+            text.push_str(&self.flush());
+            let reason = if grammar_done {
+                FinishReason::Stop
+            } else {
+                FinishReason::Length
+            };
+            return (text, Some(reason));
+        }
+        (text, None)
+    }
+
+    /// Text still held back (a partial character or a possible stop string), let out at
+    /// an end that is not a stop.
+    pub fn flush(&mut self) -> String {
+        let tail = self.decoder.finish();
+        let mut text = self.stops.push(&tail).0;
+        text.push_str(&self.stops.flush());
+        text
+    }
+
+    /// The whole output text (stop strings excluded).
+    pub fn into_text(self) -> String {
+        self.stops.into_text()
+    }
+}
