@@ -1,0 +1,170 @@
+//! When to try a delivery again, and what a target's answer means.
+//!
+//! The schedule is the Standard Webhooks one: at once, then after 5 s, 5 min, 30 min, 2 h,
+//! 5 h, 10 h and 10 h. A `Retry-After` from the target pushes the next attempt later (never
+//! earlier). `410 Gone` disables the endpoint. After the last attempt the delivery is
+//! failed — kept, shown, and retried only by a person — never dropped.
+
+use std::time::Duration;
+
+/// Delay before each attempt, the first immediate.
+pub const RETRY_SCHEDULE: [Duration; 8] = [
+    Duration::ZERO,
+    Duration::from_secs(5),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(5 * 3600),
+    Duration::from_secs(10 * 3600),
+    Duration::from_secs(10 * 3600),
+];
+
+/// What happened on one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// The target answered with this status (and maybe `Retry-After`, in seconds).
+    Status {
+        code: u16,
+        retry_after: Option<Duration>,
+    },
+    /// No answer: connection refused, reset, TLS failure or timeout.
+    NoAnswer(String),
+}
+
+/// What to do after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// Try again after this delay.
+    RetryAfter(Duration),
+    /// The attempts are used up: the delivery is failed (and stays visible).
+    Failed(String),
+    /// The endpoint said it is gone (410): disable it; nothing more is sent there.
+    EndpointGone,
+}
+
+/// Decide after attempt number `attempt` (1 for the first).
+pub fn next(attempt: usize, result: &Attempt) -> Outcome {
+    let why = match result {
+        Attempt::Status { code, .. } if (200..300).contains(code) => return Outcome::Delivered,
+        Attempt::Status { code: 410, .. } => return Outcome::EndpointGone,
+        Attempt::Status { code, .. } => format!("HTTP {code}"),
+        Attempt::NoAnswer(e) => e.clone(),
+    };
+    let Some(&scheduled) = RETRY_SCHEDULE.get(attempt) else {
+        return Outcome::Failed(format!("{why} after {attempt} attempts"));
+    };
+    let asked = match result {
+        Attempt::Status {
+            retry_after: Some(d),
+            ..
+        } => *d,
+        _ => Duration::ZERO,
+    };
+    Outcome::RetryAfter(scheduled.max(asked))
+}
+
+/// `Retry-After` as seconds or an HTTP date, relative to `now` (seconds since the epoch).
+pub fn parse_retry_after(value: &str, now: u64) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate_to_unix(v)?;
+    Some(Duration::from_secs(when.saturating_sub(now)))
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) as seconds since the epoch.
+fn httpdate_to_unix(s: &str) -> Option<u64> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    if parts.len() != 6 || parts[5] != "GMT" {
+        return None;
+    }
+    let day: i64 = parts[1].parse().ok()?;
+    let month = MONTHS.iter().position(|m| *m == parts[2])? as i64 + 1;
+    let year: i64 = parts[3].parse().ok()?;
+    let hms: Vec<i64> = parts[4]
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    if hms.len() != 3 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2];
+    u64::try_from(secs).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> Attempt {
+        Attempt::Status {
+            code,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn the_schedule_then_failure() {
+        assert_eq!(next(1, &status(204)), Outcome::Delivered);
+        assert_eq!(
+            next(1, &status(500)),
+            Outcome::RetryAfter(Duration::from_secs(5))
+        );
+        assert_eq!(
+            next(2, &status(503)),
+            Outcome::RetryAfter(Duration::from_secs(300))
+        );
+        assert_eq!(
+            next(7, &Attempt::NoAnswer("connection refused".into())),
+            Outcome::RetryAfter(Duration::from_secs(36_000))
+        );
+        match next(8, &status(500)) {
+            Outcome::Failed(why) => assert!(why.contains("HTTP 500") && why.contains("8 attempts")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(next(3, &status(410)), Outcome::EndpointGone);
+    }
+
+    #[test]
+    fn retry_after_only_ever_delays() {
+        let later = Attempt::Status {
+            code: 429,
+            retry_after: Some(Duration::from_secs(60)),
+        };
+        assert_eq!(
+            next(1, &later),
+            Outcome::RetryAfter(Duration::from_secs(60))
+        );
+        // A Retry-After shorter than the schedule does not bring the attempt forward.
+        assert_eq!(
+            next(2, &later),
+            Outcome::RetryAfter(Duration::from_secs(300))
+        );
+        assert_eq!(parse_retry_after("120", 0), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 784_111_717),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 900_000_000),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", 0), None);
+    }
+}
