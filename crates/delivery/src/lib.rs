@@ -5,11 +5,13 @@
 //!   signing and verifying;
 //! - [`retry`]: the retry schedule and how each answer of a target is read (success, retry
 //!   later — honouring `Retry-After` —, endpoint gone);
-//! - [`send`]: one delivery attempt over HTTP.
+//! - [`send`]: one delivery attempt over HTTP;
+//! - [`mail`]: reply mail over SMTP (lettre; STARTTLS or TLS, plain only to loopback).
 //!
 //! The durable part — the outbox table that makes a crash between approval and sending
 //! still send exactly once — lives in the store; this crate is what each attempt does.
 
+pub mod mail;
 pub mod retry;
 pub mod send;
 pub mod webhook;
