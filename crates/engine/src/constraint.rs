@@ -141,7 +141,9 @@ impl ConstraintCompiler {
                 if !(schema.is_object() || schema.is_boolean()) {
                     return Err(error("a JSON schema must be an object or a boolean".into()));
                 }
-                TopLevelGrammar::from_json_schema(with_compact_json(schema.clone()))
+                let mut schema = schema.clone();
+                strip_unknown_formats(&mut schema);
+                TopLevelGrammar::from_json_schema(with_compact_json(schema))
             }
             GrammarSpec::Regex(rx) => TopLevelGrammar::from_regex(rx),
             GrammarSpec::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
@@ -167,6 +169,53 @@ impl ConstraintCompiler {
             eog: self.eog.clone(),
             compile_time: started.elapsed(),
         })
+    }
+}
+
+/// Formats defined by JSON Schema (draft 2020-12 and earlier). A `format` outside this
+/// list is an annotation any validator ignores, so it is dropped before compiling; a known
+/// one that llguidance cannot enforce is refused by the compiler (never ignored).
+const KNOWN_FORMATS: &[&str] = &[
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uri-template",
+    "uuid",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
+];
+
+fn strip_unknown_formats(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map
+                .get("format")
+                .and_then(Value::as_str)
+                .is_some_and(|f| !KNOWN_FORMATS.contains(&f))
+            {
+                map.remove("format");
+            }
+            for (key, value) in map.iter_mut() {
+                // Instances, not schemas: left as written.
+                if !matches!(key.as_str(), "enum" | "const" | "default" | "examples") {
+                    strip_unknown_formats(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_unknown_formats),
+        _ => {}
     }
 }
 
