@@ -180,6 +180,8 @@ struct Shared {
     context_length: usize,
     /// Blocks in the KV pool.
     kv_blocks: usize,
+    /// Token ids must be below this (the embedding table's size).
+    vocab_size: usize,
     /// Submitted, not yet admitted: the bound that turns into `QueueFull`.
     waiting: AtomicUsize,
     metrics: watch::Sender<EngineMetrics>,
@@ -210,6 +212,7 @@ impl EngineHandle {
         let (submissions, inbox) = mpsc::channel();
         let shared = Arc::new(Shared {
             kv_blocks,
+            vocab_size: model.info().vocab_size,
             options,
             context_length: model.info().context_length,
             waiting: AtomicUsize::new(0),
@@ -266,6 +269,14 @@ impl EngineHandle {
         let (prompt_tokens, context_length) = (g.prompt_ids.len(), self.shared.context_length);
         if prompt_tokens == 0 {
             return Err(EngineError::EmptyPrompt);
+        }
+        // Checked here, not in the forward pass, where it would fail every request batched
+        // with this one.
+        let vocab = self.shared.vocab_size;
+        if let Some(bad) = g.prompt_ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::InvalidParameter(format!(
+                "token id {bad} is outside the model's vocabulary of {vocab} tokens"
+            )));
         }
         if prompt_tokens >= context_length {
             return Err(EngineError::ContextLength {
@@ -1075,6 +1086,22 @@ mod tests {
             engine.submit(many),
             Err(SubmitError::Invalid(EngineError::InvalidParameter(_)))
         ));
+    }
+
+    #[test]
+    fn out_of_vocabulary_prompt_ids_are_refused_at_submission() {
+        let Some(model) = model() else { return };
+        let engine = EngineHandle::spawn(model.clone(), EngineOptions::default()).unwrap();
+        let vocab = model.info().vocab_size as u32;
+        let mut r = request(&model, "hi", 4);
+        r.prompt_ids.push(vocab);
+        match engine.submit(r.into()) {
+            Err(SubmitError::Invalid(EngineError::InvalidParameter(m))) => {
+                assert!(m.contains(&vocab.to_string()), "{m}")
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("accepted an id outside the vocabulary"),
+        }
     }
 
     /// Waits until the engine has published a step with nothing running.
