@@ -1,6 +1,8 @@
 //! The `verre` binary: argument parsing and wiring, nothing else.
 
 mod bench_cmd;
+mod eval_cmd;
+mod intake_cmd;
 mod models_cmd;
 mod run_cmd;
 mod serve_cmd;
@@ -48,6 +50,13 @@ enum Command {
         #[command(subcommand)]
         command: serve_cmd::KeysCommand,
     },
+    /// The intake pipeline: mail and PDFs in, validated JSON and staged actions out.
+    Intake {
+        #[command(subcommand)]
+        command: intake_cmd::IntakeCommand,
+    },
+    /// Measure extraction accuracy on a folder of invoice PDFs with .json answers.
+    EvalExtract(eval_cmd::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +75,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench_cmd::bench(args),
         Command::Serve(args) => serve_cmd::serve(args),
         Command::Keys { command } => serve_cmd::keys(command),
+        Command::Intake { command } => intake_cmd::intake(command),
+        Command::EvalExtract(args) => eval_cmd::eval_extract(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -188,7 +188,7 @@ impl ExtractBackend for EngineBackend {
 /// hash of the document, so the same message always gets the same answer.
 ///
 /// Test hooks (environment): `VERRE_INTAKE_STUB_DELAY_MS` makes each call take that long;
-/// `VERRE_INTAKE_STUB_LOG=FILE` appends the first line of each extracted prompt to FILE, so
+/// `VERRE_INTAKE_STUB_LOG=FILE` appends a hash of each extraction prompt to FILE, so
 /// a test can count how often each message was extracted.
 #[derive(Default)]
 pub struct StubBackend {
@@ -205,6 +205,18 @@ impl StubBackend {
                 .map(std::time::Duration::from_millis),
             log: std::env::var_os("VERRE_INTAKE_STUB_LOG").map(Into::into),
         }
+    }
+
+    /// Make each call take `delay` (a stand-in for a model's latency).
+    pub fn with_delay(mut self, delay: std::time::Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Append a hash of each extraction prompt to `log` (see the type's doc).
+    pub fn with_log(mut self, log: impl Into<std::path::PathBuf>) -> Self {
+        self.log = Some(log.into());
+        self
     }
 
     fn pause(&self) {
@@ -245,14 +257,14 @@ impl ExtractBackend for StubBackend {
     fn extract(&self, req: &ExtractRequest) -> Result<Extraction> {
         self.pause();
         if let Some(log) = &self.log {
-            let first = req.prompt.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let digest = hex::encode(Sha256::digest(req.prompt.as_bytes()));
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(log)
                 .with_context(|| format!("opening stub log {}", log.display()))?;
             // One write per line: appends from several processes do not interleave.
-            f.write_all(format!("{first}\n").as_bytes())?;
+            f.write_all(format!("{}\n", &digest[..16]).as_bytes())?;
         }
         let value = stub_value(req.schema, req.prompt.as_bytes(), "");
         validate(req.schema, &value).map_err(|e| anyhow::anyhow!("the stub cannot satisfy this schema: {e}"))?;

@@ -59,7 +59,8 @@ pub fn load_models(pipeline: &Pipeline, choice: BackendChoice) -> Result<Models>
 }
 
 /// Store every message of a source (each once, by content hash) and enqueue its parse
-/// stage. Returns the message ids in source order, and how many were new.
+/// stage. Returns the distinct message ids in source order (a message that appears twice
+/// in the source, or was stored by an earlier run, is listed once), and how many were new.
 pub async fn ingest(store: &Store, source: &Source, max_attempts: u32) -> Result<(Vec<i64>, usize)> {
     let mails = tokio::task::spawn_blocking({
         let source = source.clone();
@@ -72,7 +73,9 @@ pub async fn ingest(store: &Store, source: &Source, max_attempts: u32) -> Result
     for m in mails {
         let r = store.ingest(&name, &m.source_ref, &m.bytes, STAGES[0], max_attempts).await?;
         new += r.new as usize;
-        ids.push(r.message_id);
+        if !ids.contains(&r.message_id) {
+            ids.push(r.message_id);
+        }
     }
     Ok((ids, new))
 }
@@ -80,8 +83,8 @@ pub async fn ingest(store: &Store, source: &Source, max_attempts: u32) -> Result
 /// Run `workers` workers in this process until the queue is idle.
 pub async fn run_until_idle(runner: Arc<StageRunner>, workers: usize, lease: std::time::Duration) -> Result<WorkerStats> {
     let mut tasks = Vec::new();
-    for i in 0..workers.max(1) {
-        let mut opts = WorkerOptions::new(i);
+    for _ in 0..workers.max(1) {
+        let mut opts = WorkerOptions::new();
         opts.lease = lease;
         let worker = Worker::new(runner.clone(), opts);
         tasks.push(tokio::spawn(async move { worker.run().await }));

@@ -417,7 +417,7 @@ impl Pipeline {
                     });
                 }
                 Some(Crossref {
-                    database: db.clone(),
+                    database: business_db_url(path, db),
                     lookups,
                 })
             }
@@ -507,6 +507,24 @@ impl Pipeline {
     pub fn action(&self, name: &str) -> Option<&Action> {
         self.actions.iter().find(|a| a.name == name)
     }
+}
+
+/// The business database as the crossref stage opens it: a relative SQLite path is
+/// relative to the pipeline file, and SQLite is opened read-only (a lookup never writes,
+/// and a missing file is an error rather than a new empty database).
+fn business_db_url(pipeline: &Path, url: &str) -> String {
+    let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) else {
+        return url.to_string();
+    };
+    let (file, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let file = Path::new(file);
+    let file = if file.is_relative() {
+        pipeline.parent().unwrap_or(Path::new(".")).join(file)
+    } else {
+        file.to_path_buf()
+    };
+    let query = if query.is_empty() { "mode=ro".to_string() } else { query.to_string() };
+    format!("sqlite://{}?{query}", file.display())
 }
 
 fn model_ref(c: &Checker, m: &Spanned<String>) -> Result<String, PipelineError> {
@@ -619,6 +637,13 @@ schema = { type = "object", properties = { a = { type = "string" } } }
         let e = error_of("name = \"t\"\n[extract\n");
         assert_eq!(e.line, 2, "{e}");
         assert!(e.to_string().starts_with("p.toml:2: "), "{e}");
+    }
+
+    #[test]
+    fn business_sqlite_paths_are_relative_to_the_pipeline_and_read_only() {
+        assert_eq!(business_db_url(Path::new("/p/x.toml"), "sqlite://crm.db"), "sqlite:///p/crm.db?mode=ro");
+        assert_eq!(business_db_url(Path::new("/p/x.toml"), "sqlite:///abs/crm.db"), "sqlite:///abs/crm.db?mode=ro");
+        assert_eq!(business_db_url(Path::new("x.toml"), "postgres://h/db"), "postgres://h/db");
     }
 
     #[test]

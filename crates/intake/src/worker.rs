@@ -24,8 +24,13 @@ pub struct WorkerOptions {
     pub stop_when_idle: bool,
 }
 
+/// Distinguishes the workers of one process (several runners may share a process).
+static NEXT_WORKER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 impl WorkerOptions {
-    pub fn new(index: usize) -> Self {
+    /// Defaults, with an id unique to this host, process and worker.
+    pub fn new() -> Self {
+        let index = NEXT_WORKER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
         Self {
             id: format!("{host}-{}-{index}", std::process::id()),
@@ -33,6 +38,12 @@ impl WorkerOptions {
             poll: Duration::from_millis(100),
             stop_when_idle: true,
         }
+    }
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
