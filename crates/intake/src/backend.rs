@@ -102,43 +102,61 @@ impl EngineBackend {
         Ok(Self { model: Arc::new(model) })
     }
 
-    fn generate(&self, messages: &[Message], max_tokens: usize) -> Result<(String, usize, usize)> {
-        let prompt_ids = self.model.chat_prompt(messages)?;
+    /// Generate after the chat template's assistant header, with the answer begun with
+    /// `answer_prefix` (returned as part of the text).
+    fn generate(&self, messages: &[Message], answer_prefix: &str, max_tokens: usize, sampling: SamplingParams) -> Result<(String, usize, usize)> {
+        let mut text = self.model.template.render(messages, true)?;
+        text.push_str(answer_prefix);
+        let prompt_ids = self.model.encode_prompt(&text)?;
         let req = GenerateRequest {
             prompt_ids,
             max_tokens,
-            // Greedy: the same message gives the same extraction.
-            sampling: SamplingParams::default(),
+            sampling,
             stop: Vec::new(),
             ignore_eos: false,
             // constrained decoding: pass schema here (llguidance grammar from ExtractRequest::schema)
         };
         let g = self.model.generate(&req, |_| true)?;
-        Ok((g.text, g.prompt_tokens, g.completion_tokens))
+        Ok((format!("{answer_prefix}{}", g.text), g.prompt_tokens, g.completion_tokens))
     }
+}
+
+/// A one-line JSON skeleton of a schema's properties, for the prompt:
+/// `{"customer": "...", "threat_level": "low" | "medium", "amount": 0}`.
+fn skeleton(schema: &Value) -> String {
+    let Some(props) = schema["properties"].as_object() else { return "{}".into() };
+    let fields: Vec<String> = props
+        .iter()
+        .map(|(k, v)| {
+            let example = match (v.get("enum").and_then(Value::as_array), v.get("type")) {
+                (Some(options), _) => options.iter().map(Value::to_string).collect::<Vec<_>>().join(" | "),
+                (None, Some(t)) if t == "number" || t == "integer" => "0".to_string(),
+                (None, Some(t)) if t == "boolean" => "false".to_string(),
+                (None, Some(t)) if t == "array" => "[]".to_string(),
+                _ => "\"...\"".to_string(),
+            };
+            format!("\"{k}\": {example}")
+        })
+        .collect();
+    format!("{{{}}}", fields.join(", "))
 }
 
 impl ExtractBackend for EngineBackend {
     fn extract(&self, req: &ExtractRequest) -> Result<Extraction> {
-        let fields = req.schema["properties"]
-            .as_object()
-            .map(|p| {
-                p.iter()
-                    .map(|(k, v)| match v.get("enum") {
-                        Some(e) => format!("\"{k}\": one of {e}"),
-                        None => format!("\"{k}\": {}", v.get("type").and_then(Value::as_str).unwrap_or("value")),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default();
-        let system = format!("{}\nAnswer with one JSON object with these keys: {fields}.", req.system);
+        let system = format!("{}\nAnswer with one JSON object only, in this form: {}", req.system, skeleton(req.schema));
         let mut messages = vec![Message::new("system", &system), Message::new("user", req.prompt)];
+        // Small models answer in prose unless the answer is begun for them; beginning it
+        // with the first key keeps them on the object (until constrained decoding does it).
+        let prefix = match req.schema["properties"].as_object().and_then(|p| p.keys().next()) {
+            Some(k) => format!("{{\"{k}\":"),
+            None => "{".to_string(),
+        };
         let (mut prompt_tokens, mut completion_tokens) = (0, 0);
         let mut last_error = String::new();
         let mut last_answer = String::new();
         for call in 1..=req.retries + 1 {
-            let (text, p, c) = self.generate(&messages, req.max_tokens)?;
+            // Greedy: the same message gives the same extraction.
+            let (text, p, c) = self.generate(&messages, &prefix, req.max_tokens, SamplingParams::default())?;
             prompt_tokens += p;
             completion_tokens += c;
             let error = match first_json_object(&text) {
@@ -173,7 +191,9 @@ impl ExtractBackend for EngineBackend {
 
     fn complete(&self, system: &str, prompt: &str, max_tokens: usize) -> Result<Completion> {
         let messages = [Message::new("system", system), Message::new("user", prompt)];
-        let (text, prompt_tokens, completion_tokens) = self.generate(&messages, max_tokens)?;
+        // Greedy too, with a repetition penalty: small models loop on free text without one.
+        let sampling = SamplingParams { repetition_penalty: 1.15, ..SamplingParams::default() };
+        let (text, prompt_tokens, completion_tokens) = self.generate(&messages, "", max_tokens, sampling)?;
         Ok(Completion {
             text: text.trim().to_string(),
             prompt_tokens,
@@ -305,6 +325,12 @@ mod tests {
         let e = validate(&schema, &json!({"n": "x"})).unwrap_err();
         assert!(e.contains("/n"), "{e}");
         assert!(validate(&schema, &json!({})).unwrap_err().contains("required"));
+    }
+
+    #[test]
+    fn skeletons_show_keys_and_choices() {
+        let schema = json!({"type": "object", "properties": {"a": {"type": "string"}, "n": {"type": "number"}, "l": {"enum": ["x", "y"]}}});
+        assert_eq!(skeleton(&schema), r#"{"a": "...", "n": 0, "l": "x" | "y"}"#);
     }
 
     #[test]

@@ -213,6 +213,20 @@ fn join_pages(pages: &[String]) -> String {
 /// The text the extraction model reads: the headers, the bodies and every attachment's
 /// text, each introduced by a line saying what it is, cut to `max_chars` characters.
 pub fn document_text(parts: &[verre_store::PartRow], max_chars: usize) -> String {
+    text_of(parts.iter(), max_chars)
+}
+
+/// The bodies only (no headers, no attachments).
+pub fn body_text(parts: &[verre_store::PartRow], max_chars: usize) -> String {
+    text_of(parts.iter().filter(|p| p.kind == "text" || p.kind == "html"), max_chars)
+}
+
+/// The attachments only, each introduced by its name.
+pub fn attachments_text(parts: &[verre_store::PartRow], max_chars: usize) -> String {
+    text_of(parts.iter().filter(|p| p.kind == "attachment"), max_chars)
+}
+
+fn text_of<'a>(parts: impl Iterator<Item = &'a verre_store::PartRow>, max_chars: usize) -> String {
     let mut doc = String::new();
     for p in parts {
         let Some(text) = p.text.as_deref() else {
@@ -236,9 +250,10 @@ pub fn document_text(parts: &[verre_store::PartRow], max_chars: usize) -> String
         doc.push_str(text.trim());
         doc.push('\n');
     }
+    let doc = doc.trim();
     match doc.char_indices().nth(max_chars) {
         Some((cut, _)) => doc[..cut].to_string(),
-        None => doc,
+        None => doc.to_string(),
     }
 }
 

@@ -588,6 +588,13 @@ mod tests {
         assert!(p.crossref.is_some() && p.draft.is_some() && !p.routes.is_empty());
     }
 
+    #[test]
+    fn schema_properties_keep_the_order_written() {
+        let p = parse(include_str!("../../../examples/invoice-pipeline.toml")).unwrap();
+        let keys: Vec<&String> = p.extract.schema["properties"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["invoice_number", "date", "amount", "currency", "issuer"]);
+    }
+
     fn error_of(text: &str) -> PipelineError {
         match parse(text) {
             Ok(_) => panic!("accepted:\n{text}"),

@@ -12,7 +12,7 @@ use tokio::sync::OnceCell;
 use verre_store::{NewAction, PiiTag, StageEffects, Store};
 
 use crate::backend::{ExtractBackend, ExtractFailed, ExtractRequest, validate};
-use crate::parse::{ParseError, document_text, parse_mail};
+use crate::parse::{ParseError, attachments_text, body_text, document_text, parse_mail};
 use crate::pipeline::{ActionKind, Pipeline, template_env};
 
 /// The stages in order.
@@ -144,10 +144,15 @@ impl StageRunner {
 
     async fn extract(&self, message_id: i64) -> StageResult {
         let parts = self.store.parts(message_id).await?;
-        let document = document_text(&parts, self.pipeline.max_document_chars);
+        let max = self.pipeline.max_document_chars;
         let message = self.message_context(message_id).await?;
         let ex = &self.pipeline.extract;
-        let ctx = json!({"document": document, "message": message});
+        let ctx = json!({
+            "document": document_text(&parts, max),
+            "body": body_text(&parts, max),
+            "attachments": attachments_text(&parts, max),
+            "message": message,
+        });
         let system = render(&ex.system, &ctx, "extract.system")?;
         let prompt = render(&ex.prompt, &ctx, "extract.prompt")?;
         let schema = ex.schema.clone();
