@@ -51,7 +51,7 @@ pub enum QuarantineCommand {
 pub struct DbArgs {
     /// verre's database: sqlite://PATH or postgres://USER@HOST/DB
     /// (default: sqlite://$VERRE_HOME/verre.db).
-    #[arg(long, env = "VERRE_DATABASE")]
+    #[arg(long, env = "VERRE_DATABASE", global = true)]
     pub database: Option<String>,
 }
 

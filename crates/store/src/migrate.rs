@@ -75,6 +75,19 @@ async fn apply(conn: &mut sqlx::AnyConnection, migrations: &[Migration]) -> Resu
             continue;
         }
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        // A write first: on SQLite it takes the database's write lock, so a second process
+        // migrating at the same moment waits here and then sees the migration applied.
+        sqlx::query("UPDATE verre_migrations SET applied_at = applied_at WHERE version < 0")
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("SELECT version FROM verre_migrations WHERE version = $1")
+            .bind(version)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if done.is_some() {
+            tx.rollback().await?;
+            continue;
+        }
         sqlx::raw_sql(*sql)
             .execute(&mut *tx)
             .await
