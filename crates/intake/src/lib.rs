@@ -8,6 +8,7 @@
 //! ([`pipeline::Pipeline`], docs/INTAKE.md).
 
 pub mod backend;
+pub mod imap;
 pub mod parse;
 pub mod pipeline;
 pub mod source;
@@ -62,11 +63,7 @@ pub fn load_models(pipeline: &Pipeline, choice: BackendChoice) -> Result<Models>
 /// stage. Returns the distinct message ids in source order (a message that appears twice
 /// in the source, or was stored by an earlier run, is listed once), and how many were new.
 pub async fn ingest(store: &Store, source: &Source, max_attempts: u32) -> Result<(Vec<i64>, usize)> {
-    let mails = tokio::task::spawn_blocking({
-        let source = source.clone();
-        move || source.read_all()
-    })
-    .await??;
+    let mails = source.read().await?;
     let name = source.describe();
     let mut ids = Vec::with_capacity(mails.len());
     let mut new = 0;

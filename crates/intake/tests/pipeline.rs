@@ -319,3 +319,64 @@ async fn the_real_model_extracts_valid_json_or_the_message_is_quarantined_with_w
         other => panic!("ended {other}"),
     }
 }
+
+/// The Dovecot that scripts/ci-services.sh starts: (URL, CA file, Maildir to drop mail in).
+fn imap_server() -> Option<(String, PathBuf, PathBuf)> {
+    match (
+        std::env::var("VERRE_TEST_IMAP_URL"),
+        std::env::var_os("VERRE_TEST_IMAP_CA"),
+        std::env::var_os("VERRE_TEST_IMAP_MAILDIR"),
+    ) {
+        (Ok(url), Some(ca), Some(maildir)) if !url.is_empty() => Some((url, ca.into(), maildir.into())),
+        _ if std::env::var_os("CI").is_some() => panic!("VERRE_TEST_IMAP_URL/_CA/_MAILDIR must be set in CI (scripts/ci-services.sh)"),
+        _ => {
+            eprintln!("skipped IMAP: source scripts/ci-services.sh to start Dovecot");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imap_mailbox_over_tls_is_read_once_and_processed() {
+    let Some((url, ca, maildir)) = imap_server() else { return };
+    // The server may be shared with earlier runs: this run's mails carry a token.
+    let token = format!("{}-{}", std::process::id(), verre_store::now_ms());
+    for i in 0..3 {
+        let tmp = maildir.join("tmp").join(format!("{token}.{i}"));
+        std::fs::write(&tmp, mail("carol@example.com", &format!("imap {token} {i}"), "Hello over IMAP")).unwrap();
+        std::fs::rename(&tmp, maildir.join("new").join(format!("{token}.{i}"))).unwrap();
+    }
+    let ours = |mails: &[verre_intake::RawMail]| mails.iter().filter(|m| String::from_utf8_lossy(&m.bytes).contains(&token)).count();
+
+    let Source::Imap(imap) = Source::detect(&url).unwrap() else { panic!("an IMAP source") };
+    let source = Source::Imap(imap.with_ca(&ca));
+    assert_eq!(ours(&source.read().await.unwrap()), 3);
+    assert_eq!(ours(&source.read().await.unwrap()), 0, "each message is fetched once per process");
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(dir.path()).await;
+    let pipeline = write_pipeline(dir.path()).await;
+    let Source::Imap(fresh) = Source::detect(&url).unwrap() else { unreachable!() };
+    let (ids, _) = verre_intake::ingest(&store, &Source::Imap(fresh.with_ca(&ca)), 2).await.unwrap();
+    let runner = Arc::new(StageRunner::new(store.clone(), Arc::new(pipeline), stub_models(StubBackend::default()), None));
+    verre_intake::run_until_idle(runner, 2, Duration::from_secs(30)).await.unwrap();
+    let mut processed = 0;
+    for id in ids {
+        let parse = store.stage_output(id, "parse").await.unwrap().unwrap();
+        if parse["subject"].as_str().unwrap().contains(&token) {
+            assert_eq!(store.message(id).await.unwrap().unwrap().status, "processed");
+            processed += 1;
+        }
+    }
+    assert_eq!(processed, 3);
+
+    let wrong = url.replacen("verre-test-secret", "wrong", 1);
+    let Source::Imap(bad) = Source::detect(&wrong).unwrap() else { unreachable!() };
+    let err = Source::Imap(bad.with_ca(&ca)).read().await.unwrap_err();
+    assert!(format!("{err:#}").contains("logging in"), "{err:#}");
+    // The test CA is not among the system's roots: without it the server is refused.
+    let Source::Imap(mut untrusted) = Source::detect(&url).unwrap() else { unreachable!() };
+    untrusted.ca = None;
+    let err = Source::Imap(untrusted).read().await.unwrap_err();
+    assert!(format!("{err:#}").contains("TLS handshake"), "{err:#}");
+}
