@@ -52,28 +52,55 @@ async fn eval(args: EvalArgs) -> Result<()> {
     anyhow::ensure!(!pdfs.is_empty(), "no .pdf files in {}", args.dir.display());
     for (i, pdf) in pdfs.iter().enumerate() {
         let answer_path = pdf.with_extension("json");
-        let text = std::fs::read_to_string(&answer_path).with_context(|| format!("reading {}", answer_path.display()))?;
-        let answer: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", answer_path.display()))?;
+        let text = std::fs::read_to_string(&answer_path)
+            .with_context(|| format!("reading {}", answer_path.display()))?;
+        let answer: Value = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", answer_path.display()))?;
         let answer = match answer {
             Value::Array(mut a) if !a.is_empty() => a.swap_remove(0),
             other => other,
         };
         let name = format!("{:03}.eml", i + 1);
-        std::fs::write(mail_dir.join(&name), invoice_mail(i + 1, &std::fs::read(pdf)?))?;
-        cases.push((pdf.file_stem().unwrap_or_default().to_string_lossy().into_owned(), name, answer));
+        std::fs::write(
+            mail_dir.join(&name),
+            invoice_mail(i + 1, &std::fs::read(pdf)?),
+        )?;
+        cases.push((
+            pdf.file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+            name,
+            answer,
+        ));
     }
 
     let (pipeline, pipeline_path) = match &args.pipeline {
         Some(p) => (crate::intake_cmd::load_pipeline(p)?, p.clone()),
         None => {
             let p = Path::new("examples/invoice-pipeline.toml");
-            (Pipeline::parse(p, DEFAULT_PIPELINE).map_err(|e| anyhow::anyhow!("built-in pipeline: {e}"))?, p.to_path_buf())
+            (
+                Pipeline::parse(p, DEFAULT_PIPELINE)
+                    .map_err(|e| anyhow::anyhow!("built-in pipeline: {e}"))?,
+                p.to_path_buf(),
+            )
         }
     };
     let db = DbArgs {
-        database: Some(args.db.database.clone().unwrap_or_else(|| format!("sqlite://{}", tmp.path().join("eval.db").display()))),
+        database: Some(
+            args.db
+                .database
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", tmp.path().join("eval.db").display())),
+        ),
     };
-    let work = WorkArgs { pipeline: pipeline_path, db, workers: 1, backend: args.backend, lease_secs: 120 };
+    let work = WorkArgs {
+        pipeline: pipeline_path,
+        db,
+        workers: 1,
+        backend: args.backend,
+        lease_secs: 120,
+    };
     let source = Source::detect(mail_dir.to_str().context("a UTF-8 temporary path")?)?;
     let (store, ids, summary) = ingest_and_run(&source, &work, pipeline, !args.json).await?;
 
@@ -104,7 +131,10 @@ async fn eval(args: EvalArgs) -> Result<()> {
         rows.push(row);
     }
     let n = cases.len();
-    let accuracy: BTreeMap<&str, f64> = correct.iter().map(|(f, c)| (*f, *c as f64 / n as f64)).collect();
+    let accuracy: BTreeMap<&str, f64> = correct
+        .iter()
+        .map(|(f, c)| (*f, *c as f64 / n as f64))
+        .collect();
     if args.json {
         println!(
             "{}",
@@ -126,7 +156,11 @@ async fn eval(args: EvalArgs) -> Result<()> {
             let r = &row[f];
             println!(
                 "  {} {:<15} expected {:<28} got {}",
-                if r["ok"] == json!(true) { "ok  " } else { "MISS" },
+                if r["ok"] == json!(true) {
+                    "ok  "
+                } else {
+                    "MISS"
+                },
                 f,
                 r["expected"].to_string(),
                 r["got"]
@@ -135,7 +169,12 @@ async fn eval(args: EvalArgs) -> Result<()> {
     }
     println!("\naccuracy over {n} invoice(s):");
     for f in FIELDS {
-        println!("  {:<15} {}/{n} ({:.0}%)", f, correct[f], accuracy[f] * 100.0);
+        println!(
+            "  {:<15} {}/{n} ({:.0}%)",
+            f,
+            correct[f],
+            accuracy[f] * 100.0
+        );
     }
     println!(
         "tokens {} prompt + {} completion, {:.1} s, {} quarantined",
@@ -148,7 +187,11 @@ async fn eval(args: EvalArgs) -> Result<()> {
 /// the invoice, so only the PDF's text can answer.
 fn invoice_mail(n: usize, pdf: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(pdf);
-    let wrapped: Vec<&str> = b64.as_bytes().chunks(76).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
+    let wrapped: Vec<&str> = b64
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
+        .collect();
     format!(
         "From: Accounts <accounts@example.com>\r\nTo: intake@example.org\r\nSubject: Invoice {n}\r\n\
          Date: Mon, 2 Mar 2026 09:00:00 +0000\r\nMessage-ID: <eval-{n}@example.com>\r\nMIME-Version: 1.0\r\n\
@@ -183,7 +226,9 @@ pub fn field_matches(field: &str, got: &Value, expected: &Value) -> bool {
         },
         "issuer" => match (got.as_str().map(words), expected.as_str().map(words)) {
             // "Amazon Web Services, Inc." names "Amazon Web Services"; either may be the longer.
-            (Some(a), Some(b)) => !a.is_empty() && !b.is_empty() && (a.contains(&b) || b.contains(&a)),
+            (Some(a), Some(b)) => {
+                !a.is_empty() && !b.is_empty() && (a.contains(&b) || b.contains(&a))
+            }
             _ => false,
         },
         _ => got == expected,
@@ -191,11 +236,23 @@ pub fn field_matches(field: &str, got: &Value, expected: &Value) -> bool {
 }
 
 fn alnum(s: &str) -> String {
-    s.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect()
+    s.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 fn words(s: &str) -> String {
-    let s: String = s.chars().map(|c| if c.is_alphanumeric() { c.to_ascii_lowercase() } else { ' ' }).collect();
+    let s: String = s
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                ' '
+            }
+        })
+        .collect();
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -203,11 +260,18 @@ fn number(v: &Value) -> Option<f64> {
     if let Some(n) = v.as_f64() {
         return Some(n);
     }
-    let s: String = v.as_str()?.chars().filter(|c| c.is_ascii_digit() || *c == '.' || *c == ',' || *c == '-').collect();
+    let s: String = v
+        .as_str()?
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == '.' || *c == ',' || *c == '-')
+        .collect();
     // "1.234,56" and "1,234.56": the last separator is the decimal one when two digits follow.
     let last = s.rfind(['.', ','])?;
     let (int, frac) = s.split_at(last);
-    let int: String = int.chars().filter(|c| c.is_ascii_digit() || *c == '-').collect();
+    let int: String = int
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == '-')
+        .collect();
     if frac.len() == 3 {
         format!("{int}.{}", &frac[1..]).parse().ok()
     } else {
@@ -218,27 +282,51 @@ fn number(v: &Value) -> Option<f64> {
 
 fn currency_code(s: &str) -> Option<String> {
     let t = s.trim();
-    let by_symbol = [("€", "EUR"), ("$", "USD"), ("£", "GBP"), ("₹", "INR"), ("rs", "INR"), ("euro", "EUR"), ("dollar", "USD"), ("rupee", "INR")];
+    let by_symbol = [
+        ("€", "EUR"),
+        ("$", "USD"),
+        ("£", "GBP"),
+        ("₹", "INR"),
+        ("rs", "INR"),
+        ("euro", "EUR"),
+        ("dollar", "USD"),
+        ("rupee", "INR"),
+    ];
     let lower = t.to_lowercase();
     if t.len() == 3 && t.chars().all(|c| c.is_ascii_alphabetic()) {
         return Some(t.to_ascii_uppercase());
     }
-    by_symbol.iter().find(|(sym, _)| lower.contains(sym)).map(|(_, c)| c.to_string())
+    by_symbol
+        .iter()
+        .find(|(sym, _)| lower.contains(sym))
+        .map(|(_, c)| c.to_string())
 }
 
 /// A date in the forms invoices use, as YYYY-MM-DD.
 fn normalise_date(s: &str) -> Option<String> {
-    const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+    const MONTHS: [&str; 12] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
     let s = s.trim();
     let tokens: Vec<String> = s
         .split(|c: char| !c.is_alphanumeric())
         .filter(|t| !t.is_empty())
         .map(|t| t.to_lowercase())
         .collect();
-    let month_of = |t: &str| MONTHS.iter().position(|m| t.starts_with(m)).map(|i| i as u32 + 1);
-    let num = |t: &str| t.trim_end_matches(|c: char| c.is_alphabetic()).parse::<u32>().ok();
+    let month_of = |t: &str| {
+        MONTHS
+            .iter()
+            .position(|m| t.starts_with(m))
+            .map(|i| i as u32 + 1)
+    };
+    let num = |t: &str| {
+        t.trim_end_matches(|c: char| c.is_alphabetic())
+            .parse::<u32>()
+            .ok()
+    };
     let ymd = |y: u32, m: u32, d: u32| {
-        ((1900..2200).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&d)).then(|| format!("{y:04}-{m:02}-{d:02}"))
+        ((1900..2200).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&d))
+            .then(|| format!("{y:04}-{m:02}-{d:02}"))
     };
     match tokens.as_slice() {
         [a, b, c] => {
@@ -274,14 +362,34 @@ mod tests {
         assert!(field_matches("amount", &json!("1,234.50"), &json!(1234.5)));
         assert!(field_matches("amount", &json!(4.11), &json!(4.11)));
         assert!(!field_matches("amount", &json!(4.12), &json!(4.11)));
-        assert!(field_matches("date", &json!("August 3, 2014"), &json!("2014-08-03")));
-        assert!(field_matches("date", &json!("07.05.2014"), &json!("2014-05-07")));
-        assert!(field_matches("date", &json!("2023-03-20"), &json!("2023-03-20")));
+        assert!(field_matches(
+            "date",
+            &json!("August 3, 2014"),
+            &json!("2014-08-03")
+        ));
+        assert!(field_matches(
+            "date",
+            &json!("07.05.2014"),
+            &json!("2014-05-07")
+        ));
+        assert!(field_matches(
+            "date",
+            &json!("2023-03-20"),
+            &json!("2023-03-20")
+        ));
         assert!(!field_matches("date", &json!("2023"), &json!("2023-03-20")));
         assert!(field_matches("currency", &json!("€"), &json!("EUR")));
         assert!(field_matches("currency", &json!("usd"), &json!("USD")));
-        assert!(field_matches("invoice_number", &json!("BLR_WFLD20151000982590"), &json!("#BLR_WFLD20151000982590")));
-        assert!(field_matches("issuer", &json!("Amazon Web Services, Inc."), &json!("Amazon Web Services")));
+        assert!(field_matches(
+            "invoice_number",
+            &json!("BLR_WFLD20151000982590"),
+            &json!("#BLR_WFLD20151000982590")
+        ));
+        assert!(field_matches(
+            "issuer",
+            &json!("Amazon Web Services, Inc."),
+            &json!("Amazon Web Services")
+        ));
         assert!(!field_matches("issuer", &json!(""), &json!("Flipkart")));
     }
 }

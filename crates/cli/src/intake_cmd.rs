@@ -106,7 +106,10 @@ pub struct WatchArgs {
 }
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 pub(crate) async fn open_store(db: &DbArgs) -> Result<Store> {
@@ -131,13 +134,22 @@ pub(crate) fn load_pipeline(path: &std::path::Path) -> Result<Pipeline> {
     Pipeline::load(path).map_err(|e| anyhow::anyhow!("invalid pipeline: {e}"))
 }
 
-pub(crate) fn runner(store: Store, pipeline: Pipeline, backend: BackendArg) -> Result<Arc<StageRunner>> {
+pub(crate) fn runner(
+    store: Store,
+    pipeline: Pipeline,
+    backend: BackendArg,
+) -> Result<Arc<StageRunner>> {
     let choice = match backend {
         BackendArg::Engine => BackendChoice::Engine,
         BackendArg::Stub => BackendChoice::Stub,
     };
     let models = verre_intake::load_models(&pipeline, choice)?;
-    Ok(Arc::new(StageRunner::new(store, Arc::new(pipeline), models, None)))
+    Ok(Arc::new(StageRunner::new(
+        store,
+        Arc::new(pipeline),
+        models,
+        None,
+    )))
 }
 
 /// What one `intake run` did, over the messages of its source.
@@ -173,12 +185,18 @@ pub(crate) async fn ingest_and_run(
     let bar = progress.then(|| {
         let bar = indicatif::ProgressBar::new(ids.len() as u64);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} messages {msg}")
-                .expect("a valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} messages {msg}",
+            )
+            .expect("a valid template"),
         );
         bar
     });
-    let work_task = tokio::spawn(verre_intake::run_until_idle(runner, work.workers, Duration::from_secs(work.lease_secs)));
+    let work_task = tokio::spawn(verre_intake::run_until_idle(
+        runner,
+        work.workers,
+        Duration::from_secs(work.lease_secs),
+    ));
     if let Some(bar) = &bar {
         while !work_task.is_finished() {
             let statuses = store.statuses(&ids).await?;
@@ -200,12 +218,18 @@ pub(crate) async fn ingest_and_run(
     for (_, value, _, _) in store.stage_outputs(&ids, "extract").await? {
         for l in &labels {
             let v = value[l].as_str().unwrap_or("?").to_string();
-            *label_counts.entry(l.clone()).or_default().entry(v).or_default() += 1;
+            *label_counts
+                .entry(l.clone())
+                .or_default()
+                .entry(v)
+                .or_default() += 1;
         }
     }
     let mut routes = BTreeMap::new();
     for (_, value, _, _) in store.stage_outputs(&ids, "route").await? {
-        *routes.entry(value["route"].as_str().unwrap_or("(none)").to_string()).or_default() += 1;
+        *routes
+            .entry(value["route"].as_str().unwrap_or("(none)").to_string())
+            .or_default() += 1;
     }
     let (prompt_tokens, completion_tokens) = store.tokens_for(&ids).await?;
     let summary = Summary {
@@ -226,7 +250,8 @@ pub(crate) async fn ingest_and_run(
 async fn run(args: RunArgs) -> Result<()> {
     let pipeline = load_pipeline(&args.work.pipeline)?;
     let source = Source::detect(&args.source)?;
-    let (_, _, s) = ingest_and_run(&source, &args.work, pipeline, !args.quiet && !args.json).await?;
+    let (_, _, s) =
+        ingest_and_run(&source, &args.work, pipeline, !args.quiet && !args.json).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
@@ -247,7 +272,10 @@ async fn run(args: RunArgs) -> Result<()> {
     if !routes.is_empty() {
         println!("{:<22} {}", "routes", routes.join(", "));
     }
-    println!("{:<22} {} prompt + {} completion", "tokens", s.prompt_tokens, s.completion_tokens);
+    println!(
+        "{:<22} {} prompt + {} completion",
+        "tokens", s.prompt_tokens, s.completion_tokens
+    );
     println!("{:<22} {:.2} s ({rate:.1} messages/s)", "time", s.seconds);
     if s.quarantined > 0 {
         println!("see `verre intake quarantine list` for the reasons");
@@ -269,7 +297,11 @@ async fn watch(args: WatchArgs) -> Result<()> {
         let w = verre_intake::Worker::new(runner.clone(), opts);
         workers.push(tokio::spawn(async move { w.run().await }));
     }
-    eprintln!("watching {} ({} worker(s)); Ctrl-C to stop", source.describe(), workers.len());
+    eprintln!(
+        "watching {} ({} worker(s)); Ctrl-C to stop",
+        source.describe(),
+        workers.len()
+    );
     loop {
         let (_, new) = verre_intake::ingest(&store, &source, max_attempts).await?;
         if new > 0 {
@@ -289,21 +321,38 @@ async fn watch(args: WatchArgs) -> Result<()> {
 
 async fn show(id: i64, db: &DbArgs, json: bool) -> Result<()> {
     let store = open_store(db).await?;
-    let d = store.detail(id).await?.with_context(|| format!("no message {id}"))?;
+    let d = store
+        .detail(id)
+        .await?
+        .with_context(|| format!("no message {id}"))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&d)?);
         return Ok(());
     }
     let m = &d.message;
-    println!("message {}  {}  ({} bytes, sha256 {})", m.id, m.status, m.size, &m.content_hash[..16]);
+    println!(
+        "message {}  {}  ({} bytes, sha256 {})",
+        m.id,
+        m.status,
+        m.size,
+        &m.content_hash[..16]
+    );
     println!("source  {} {}", m.source, m.source_ref);
     if let Some(q) = &d.quarantine {
-        println!("QUARANTINED at {} after {} attempt(s): {}", q.stage, q.attempts, q.reason);
+        println!(
+            "QUARANTINED at {} after {} attempt(s): {}",
+            q.stage, q.attempts, q.reason
+        );
     }
     println!("\nparts:");
     for p in &d.parts {
         let len = p.text.as_deref().map(str::len).unwrap_or(0);
-        let pages = p.pages.as_ref().and_then(|v| v.as_array()).map(|a| format!(", {} pages", a.len())).unwrap_or_default();
+        let pages = p
+            .pages
+            .as_ref()
+            .and_then(|v| v.as_array())
+            .map(|a| format!(", {} pages", a.len()))
+            .unwrap_or_default();
         println!(
             "  #{} {} {} {}{} — {} chars of text{}{}",
             p.idx,
@@ -313,7 +362,10 @@ async fn show(id: i64, db: &DbArgs, json: bool) -> Result<()> {
             if p.supported { "" } else { " [unsupported]" },
             len,
             pages,
-            p.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
+            p.note
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
         );
     }
     println!("\nstages:");
@@ -324,7 +376,10 @@ async fn show(id: i64, db: &DbArgs, json: bool) -> Result<()> {
             j.state,
             j.attempts,
             j.max_attempts,
-            j.last_error.as_deref().map(|e| format!("  last error: {e}")).unwrap_or_default()
+            j.last_error
+                .as_deref()
+                .map(|e| format!("  last error: {e}"))
+                .unwrap_or_default()
         );
     }
     for r in &d.results {
@@ -333,18 +388,29 @@ async fn show(id: i64, db: &DbArgs, json: bool) -> Result<()> {
         } else {
             String::new()
         };
-        println!("\n{} (by {}){tokens}:\n{}", r.stage, r.worker, serde_json::to_string_pretty(&r.output)?);
+        println!(
+            "\n{} (by {}){tokens}:\n{}",
+            r.stage,
+            r.worker,
+            serde_json::to_string_pretty(&r.output)?
+        );
     }
     if !d.actions.is_empty() {
         println!("\nstaged actions:");
         for a in &d.actions {
-            println!("  {} {} -> {} [{}]\n    {}", a.name, a.kind, a.target, a.status, a.payload);
+            println!(
+                "  {} {} -> {} [{}]\n    {}",
+                a.name, a.kind, a.target, a.status, a.payload
+            );
         }
     }
     if !d.pii_tags.is_empty() {
         println!("\nPII tags:");
         for t in &d.pii_tags {
-            println!("  part {:?} {} bytes {}..{}", t.part_idx, t.kind, t.start, t.end);
+            println!(
+                "  part {:?} {} bytes {}..{}",
+                t.part_idx, t.kind, t.start, t.end
+            );
         }
     }
     Ok(())
@@ -362,13 +428,18 @@ async fn quarantine(cmd: Option<QuarantineCommand>, db: &DbArgs) -> Result<()> {
             } else {
                 println!("{:>6}  {:<9} {:<20} reason", "id", "stage", "source");
                 for q in rows {
-                    println!("{:>6}  {:<9} {:<20} {}", q.message_id, q.stage, q.source_ref, q.reason);
+                    println!(
+                        "{:>6}  {:<9} {:<20} {}",
+                        q.message_id, q.stage, q.source_ref, q.reason
+                    );
                 }
             }
         }
         QuarantineCommand::Retry { id } => {
             store.retry_quarantined(id).await?;
-            println!("message {id} is back on the queue; `verre intake run` or `watch` picks it up");
+            println!(
+                "message {id} is back on the queue; `verre intake run` or `watch` picks it up"
+            );
         }
     }
     Ok(())

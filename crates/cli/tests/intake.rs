@@ -11,7 +11,9 @@ use serde_json::Value;
 
 fn verre() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_verre"));
-    c.env_remove("VERRE_DATABASE").env_remove("VERRE_INTAKE_STUB_DELAY_MS").env_remove("VERRE_INTAKE_STUB_LOG");
+    c.env_remove("VERRE_DATABASE")
+        .env_remove("VERRE_INTAKE_STUB_DELAY_MS")
+        .env_remove("VERRE_INTAKE_STUB_LOG");
     c
 }
 
@@ -33,7 +35,10 @@ fn example_pipeline(dir: &Path) -> PathBuf {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/intake-pipeline.toml");
     let path = dir.join("pipeline.toml");
     std::fs::copy(example, &path).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         sqlx::any::install_default_drivers();
         let url = format!("sqlite://{}?mode=rwc", dir.join("crm.db").display());
@@ -53,10 +58,18 @@ fn example_pipeline(dir: &Path) -> PathBuf {
 fn generate_mails(dir: &Path, n: usize) {
     std::fs::create_dir_all(dir).unwrap();
     for i in 0..n {
-        let from = if i % 10 == 0 { "Alice <alice@example.com>".to_string() } else { format!("user{i}@example.net") };
+        let from = if i % 10 == 0 {
+            "Alice <alice@example.com>".to_string()
+        } else {
+            format!("user{i}@example.net")
+        };
         let body = match i % 3 {
-            0 => format!("Content-Type: text/plain\r\n\r\nHello, this is message {i}. My order #{i} has not arrived.\r\n"),
-            1 => format!("Content-Type: text/html\r\n\r\n<html><body><p>Message <b>{i}</b>: please call me.</p></body></html>\r\n"),
+            0 => format!(
+                "Content-Type: text/plain\r\n\r\nHello, this is message {i}. My order #{i} has not arrived.\r\n"
+            ),
+            1 => format!(
+                "Content-Type: text/html\r\n\r\n<html><body><p>Message <b>{i}</b>: please call me.</p></body></html>\r\n"
+            ),
             _ => format!(
                 "Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\nContent-Type: text/plain\r\n\r\nSee the attached notes ({i}).\r\n\
                  --b{i}\r\nContent-Type: text/plain; name=\"notes.txt\"\r\nContent-Disposition: attachment; filename=\"notes.txt\"\r\n\r\nnotes for {i}\r\n--b{i}--\r\n"
@@ -79,8 +92,22 @@ fn a_thousand_generated_mails_run_through_intake_run() {
     let start = Instant::now();
     let out = run_ok(
         verre()
-            .args(["intake", "run", inbox.to_str().unwrap(), "--pipeline", pipeline.to_str().unwrap()])
-            .args(["--database", &db, "--backend", "stub", "--workers", "4", "--json"]),
+            .args([
+                "intake",
+                "run",
+                inbox.to_str().unwrap(),
+                "--pipeline",
+                pipeline.to_str().unwrap(),
+            ])
+            .args([
+                "--database",
+                &db,
+                "--backend",
+                "stub",
+                "--workers",
+                "4",
+                "--json",
+            ]),
     );
     let elapsed = start.elapsed();
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -88,26 +115,54 @@ fn a_thousand_generated_mails_run_through_intake_run() {
     assert_eq!(summary["messages"], 1000);
     assert_eq!(summary["processed"], 1000, "{summary:#}");
     assert_eq!(summary["quarantined"], 0);
-    assert_eq!(summary["routes"]["known_customer"].as_u64().unwrap() + summary["routes"].get("escalate").and_then(Value::as_u64).unwrap_or(0) + summary["routes"]["file"].as_u64().unwrap(), 1000);
-    let by_threat: u64 = summary["labels"]["threat_level"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(
+        summary["routes"]["known_customer"].as_u64().unwrap()
+            + summary["routes"]
+                .get("escalate")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+            + summary["routes"]["file"].as_u64().unwrap(),
+        1000
+    );
+    let by_threat: u64 = summary["labels"]["threat_level"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     assert_eq!(by_threat, 1000);
     assert!(summary["prompt_tokens"].as_i64().unwrap() > 0);
 
     // A second run over the same source stores nothing again and does nothing again.
     let out = run_ok(
         verre()
-            .args(["intake", "run", inbox.to_str().unwrap(), "--pipeline", pipeline.to_str().unwrap()])
+            .args([
+                "intake",
+                "run",
+                inbox.to_str().unwrap(),
+                "--pipeline",
+                pipeline.to_str().unwrap(),
+            ])
             .args(["--database", &db, "--backend", "stub", "--json"]),
     );
     let again: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((again["new"].as_u64(), again["processed"].as_u64()), (Some(0), Some(1000)));
+    assert_eq!(
+        (again["new"].as_u64(), again["processed"].as_u64()),
+        (Some(0), Some(1000))
+    );
 }
 
 fn count(db: &str, sql: &str) -> i64 {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let store = verre_store::Store::open(db).await.unwrap();
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(store.pool()).await.unwrap();
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
         n
     })
 }
@@ -123,20 +178,46 @@ fn a_worker_killed_mid_run_resumes_and_no_effect_is_duplicated() {
     let log = dir.path().join("extractions.log");
     let run = |extra: &[&str]| {
         let mut c = verre();
-        c.args(["intake", "run", inbox.to_str().unwrap(), "--pipeline", pipeline.to_str().unwrap()])
-            .args(["--database", &db, "--backend", "stub", "--workers", "2", "--lease-secs", "2", "--json"])
-            .args(extra)
-            .env("VERRE_INTAKE_STUB_DELAY_MS", "10")
-            .env("VERRE_INTAKE_STUB_LOG", &log);
+        c.args([
+            "intake",
+            "run",
+            inbox.to_str().unwrap(),
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+        ])
+        .args([
+            "--database",
+            &db,
+            "--backend",
+            "stub",
+            "--workers",
+            "2",
+            "--lease-secs",
+            "2",
+            "--json",
+        ])
+        .args(extra)
+        .env("VERRE_INTAKE_STUB_DELAY_MS", "10")
+        .env("VERRE_INTAKE_STUB_LOG", &log);
         c
     };
-    let mut child = run(&[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = run(&[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     // Kill it once part of the work is done (polling the store, which the worker shares).
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run finished before it could be killed"
+        );
         if dir.path().join("verre.db").exists()
-            && count(&db, "SELECT COUNT(*) FROM messages WHERE status = 'processed'") >= 40
+            && count(
+                &db,
+                "SELECT COUNT(*) FROM messages WHERE status = 'processed'",
+            ) >= 40
         {
             break;
         }
@@ -145,7 +226,10 @@ fn a_worker_killed_mid_run_resumes_and_no_effect_is_duplicated() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let processed_at_kill = count(&db, "SELECT COUNT(*) FROM messages WHERE status = 'processed'");
+    let processed_at_kill = count(
+        &db,
+        "SELECT COUNT(*) FROM messages WHERE status = 'processed'",
+    );
     assert!(processed_at_kill < n as i64, "killed mid-run");
 
     let out = run_ok(&mut run(&[]));
@@ -155,17 +239,40 @@ fn a_worker_killed_mid_run_resumes_and_no_effect_is_duplicated() {
 
     // Every stage's effect exactly once: one result per message and stage, the staged
     // actions the routes asked for and no more.
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM stage_results"), 6 * n as i64);
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM parts WHERE kind = 'headers'"), n as i64);
-    let known = count(&db, "SELECT COUNT(*) FROM stage_results WHERE stage = 'route' AND output LIKE '%\"reply\"%'");
-    let escalated = count(&db, "SELECT COUNT(*) FROM stage_results WHERE stage = 'route' AND output LIKE '%crm_ticket%'");
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM actions"), known + escalated);
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM stage_results"),
+        6 * n as i64
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM parts WHERE kind = 'headers'"),
+        n as i64
+    );
+    let known = count(
+        &db,
+        "SELECT COUNT(*) FROM stage_results WHERE stage = 'route' AND output LIKE '%\"reply\"%'",
+    );
+    let escalated = count(
+        &db,
+        "SELECT COUNT(*) FROM stage_results WHERE stage = 'route' AND output LIKE '%crm_ticket%'",
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM actions"),
+        known + escalated
+    );
     // Re-running work is allowed only for what was in flight at the kill (one job per
     // worker), never for what was already done.
-    let lines: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(str::to_string).collect();
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
     let distinct: HashSet<&String> = lines.iter().collect();
     assert_eq!(distinct.len(), n);
-    assert!(lines.len() <= n + 2, "{} extractions for {n} messages", lines.len());
+    assert!(
+        lines.len() <= n + 2,
+        "{} extractions for {n} messages",
+        lines.len()
+    );
 }
 
 #[test]
@@ -180,13 +287,27 @@ fn a_pipeline_that_does_not_validate_is_refused_with_its_line_and_reason() {
     let inbox = dir.path().join("inbox");
     generate_mails(&inbox, 1);
     let out = verre()
-        .args(["intake", "run", inbox.to_str().unwrap(), "--pipeline", bad.to_str().unwrap(), "--backend", "stub"])
-        .args(["--database", &format!("sqlite://{}", dir.path().join("v.db").display())])
+        .args([
+            "intake",
+            "run",
+            inbox.to_str().unwrap(),
+            "--pipeline",
+            bad.to_str().unwrap(),
+            "--backend",
+            "stub",
+        ])
+        .args([
+            "--database",
+            &format!("sqlite://{}", dir.path().join("v.db").display()),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml:8:") && err.contains("not a valid expression"), "{err}");
+    assert!(
+        err.contains("bad.toml:8:") && err.contains("not a valid expression"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -200,13 +321,22 @@ fn show_and_quarantine_list_and_retry() {
     let run = || {
         let out = run_ok(
             verre()
-                .args(["intake", "run", inbox.to_str().unwrap(), "--pipeline", pipeline.to_str().unwrap()])
+                .args([
+                    "intake",
+                    "run",
+                    inbox.to_str().unwrap(),
+                    "--pipeline",
+                    pipeline.to_str().unwrap(),
+                ])
                 .args(["--database", &db, "--backend", "stub", "--quiet"]),
         );
         String::from_utf8(out.stdout).unwrap()
     };
     let table = run();
-    assert!(table.contains("processed              2") && table.contains("quarantined            1"), "{table}");
+    assert!(
+        table.contains("processed              2") && table.contains("quarantined            1"),
+        "{table}"
+    );
 
     let out = run_ok(verre().args(["intake", "quarantine", "list", "--json", "--database", &db]));
     let q: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -222,18 +352,56 @@ fn show_and_quarantine_list_and_retry() {
 
     // A processed message: its parts, stage results and staged actions.
     let ok_id = (1..=3).find(|i| *i != id).unwrap();
-    let out = run_ok(verre().args(["intake", "show", &ok_id.to_string(), "--json", "--database", &db]));
+    let out = run_ok(verre().args([
+        "intake",
+        "show",
+        &ok_id.to_string(),
+        "--json",
+        "--database",
+        &db,
+    ]));
     let detail: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(detail["message"]["status"], "processed");
     assert_eq!(detail["results"].as_array().unwrap().len(), 6);
 
-    run_ok(verre().args(["intake", "quarantine", "retry", &id.to_string(), "--database", &db]));
+    run_ok(verre().args([
+        "intake",
+        "quarantine",
+        "retry",
+        &id.to_string(),
+        "--database",
+        &db,
+    ]));
     let out = run_ok(verre().args(["intake", "quarantine", "list", "--json", "--database", &db]));
-    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().len(), 0);
-    let out = verre().args(["intake", "quarantine", "retry", &id.to_string(), "--database", &db]).output().unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let out = verre()
+        .args([
+            "intake",
+            "quarantine",
+            "retry",
+            &id.to_string(),
+            "--database",
+            &db,
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "not in quarantine any more");
     // Run again: the empty mail fails the same way and is back in quarantine, once.
     run();
     let out = run_ok(verre().args(["intake", "quarantine", "list", "--json", "--database", &db]));
-    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().len(), 1);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }

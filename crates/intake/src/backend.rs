@@ -42,7 +42,9 @@ pub struct Completion {
 /// Why an extraction failed; `attempts` holds the last answer and its error for the
 /// quarantine reason.
 #[derive(Debug, thiserror::Error)]
-#[error("no valid extraction after {calls} model call(s); last error: {last_error}; last answer: {last_answer:?}")]
+#[error(
+    "no valid extraction after {calls} model call(s); last error: {last_error}; last answer: {last_answer:?}"
+)]
 pub struct ExtractFailed {
     pub calls: u32,
     pub last_error: String,
@@ -60,15 +62,24 @@ pub trait ExtractBackend: Send + Sync {
 
 /// Validate `value` against `schema`, joining every error into one line.
 pub fn validate(schema: &Value, value: &Value) -> Result<(), String> {
-    let validator = jsonschema::validator_for(schema).map_err(|e| format!("invalid schema: {e}"))?;
+    let validator =
+        jsonschema::validator_for(schema).map_err(|e| format!("invalid schema: {e}"))?;
     let errors: Vec<String> = validator
         .iter_errors(value)
         .map(|e| {
             let at = e.instance_path().to_string();
-            if at.is_empty() { e.to_string() } else { format!("{at}: {e}") }
+            if at.is_empty() {
+                e.to_string()
+            } else {
+                format!("{at}: {e}")
+            }
         })
         .collect();
-    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
 }
 
 /// The first JSON object in a model's answer (models wrap JSON in prose or code fences).
@@ -98,13 +109,22 @@ pub struct EngineBackend {
 
 impl EngineBackend {
     pub fn load(path: &Path) -> Result<Self> {
-        let model = LoadedModel::load(path).with_context(|| format!("loading {}", path.display()))?;
-        Ok(Self { model: Arc::new(model) })
+        let model =
+            LoadedModel::load(path).with_context(|| format!("loading {}", path.display()))?;
+        Ok(Self {
+            model: Arc::new(model),
+        })
     }
 
     /// Generate after the chat template's assistant header, with the answer begun with
     /// `answer_prefix` (returned as part of the text).
-    fn generate(&self, messages: &[Message], answer_prefix: &str, max_tokens: usize, sampling: SamplingParams) -> Result<(String, usize, usize)> {
+    fn generate(
+        &self,
+        messages: &[Message],
+        answer_prefix: &str,
+        max_tokens: usize,
+        sampling: SamplingParams,
+    ) -> Result<(String, usize, usize)> {
         let mut text = self.model.template.render(messages, true)?;
         text.push_str(answer_prefix);
         let prompt_ids = self.model.encode_prompt(&text)?;
@@ -117,19 +137,29 @@ impl EngineBackend {
             // constrained decoding: pass schema here (llguidance grammar from ExtractRequest::schema)
         };
         let g = self.model.generate(&req, |_| true)?;
-        Ok((format!("{answer_prefix}{}", g.text), g.prompt_tokens, g.completion_tokens))
+        Ok((
+            format!("{answer_prefix}{}", g.text),
+            g.prompt_tokens,
+            g.completion_tokens,
+        ))
     }
 }
 
 /// A one-line JSON skeleton of a schema's properties, for the prompt:
 /// `{"customer": "...", "threat_level": "low" | "medium", "amount": 0}`.
 fn skeleton(schema: &Value) -> String {
-    let Some(props) = schema["properties"].as_object() else { return "{}".into() };
+    let Some(props) = schema["properties"].as_object() else {
+        return "{}".into();
+    };
     let fields: Vec<String> = props
         .iter()
         .map(|(k, v)| {
             let example = match (v.get("enum").and_then(Value::as_array), v.get("type")) {
-                (Some(options), _) => options.iter().map(Value::to_string).collect::<Vec<_>>().join(" | "),
+                (Some(options), _) => options
+                    .iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" | "),
                 (None, Some(t)) if t == "number" || t == "integer" => "0".to_string(),
                 (None, Some(t)) if t == "boolean" => "false".to_string(),
                 (None, Some(t)) if t == "array" => "[]".to_string(),
@@ -143,11 +173,21 @@ fn skeleton(schema: &Value) -> String {
 
 impl ExtractBackend for EngineBackend {
     fn extract(&self, req: &ExtractRequest) -> Result<Extraction> {
-        let system = format!("{}\nAnswer with one JSON object only, in this form: {}", req.system, skeleton(req.schema));
-        let mut messages = vec![Message::new("system", &system), Message::new("user", req.prompt)];
+        let system = format!(
+            "{}\nAnswer with one JSON object only, in this form: {}",
+            req.system,
+            skeleton(req.schema)
+        );
+        let mut messages = vec![
+            Message::new("system", &system),
+            Message::new("user", req.prompt),
+        ];
         // Small models answer in prose unless the answer is begun for them; beginning it
         // with the first key keeps them on the object (until constrained decoding does it).
-        let prefix = match req.schema["properties"].as_object().and_then(|p| p.keys().next()) {
+        let prefix = match req.schema["properties"]
+            .as_object()
+            .and_then(|p| p.keys().next())
+        {
             Some(k) => format!("{{\"{k}\":"),
             None => "{".to_string(),
         };
@@ -156,7 +196,12 @@ impl ExtractBackend for EngineBackend {
         let mut last_answer = String::new();
         for call in 1..=req.retries + 1 {
             // Greedy: the same message gives the same extraction.
-            let (text, p, c) = self.generate(&messages, &prefix, req.max_tokens, SamplingParams::default())?;
+            let (text, p, c) = self.generate(
+                &messages,
+                &prefix,
+                req.max_tokens,
+                SamplingParams::default(),
+            )?;
             prompt_tokens += p;
             completion_tokens += c;
             let error = match first_json_object(&text) {
@@ -192,8 +237,12 @@ impl ExtractBackend for EngineBackend {
     fn complete(&self, system: &str, prompt: &str, max_tokens: usize) -> Result<Completion> {
         let messages = [Message::new("system", system), Message::new("user", prompt)];
         // Greedy too, with a repetition penalty: small models loop on free text without one.
-        let sampling = SamplingParams { repetition_penalty: 1.15, ..SamplingParams::default() };
-        let (text, prompt_tokens, completion_tokens) = self.generate(&messages, "", max_tokens, sampling)?;
+        let sampling = SamplingParams {
+            repetition_penalty: 1.15,
+            ..SamplingParams::default()
+        };
+        let (text, prompt_tokens, completion_tokens) =
+            self.generate(&messages, "", max_tokens, sampling)?;
         Ok(Completion {
             text: text.trim().to_string(),
             prompt_tokens,
@@ -247,7 +296,10 @@ impl StubBackend {
 }
 
 fn stub_value(schema: &Value, seed: &[u8], key: &str) -> Value {
-    let h = Sha256::new().chain_update(seed).chain_update(key.as_bytes()).finalize();
+    let h = Sha256::new()
+        .chain_update(seed)
+        .chain_update(key.as_bytes())
+        .finalize();
     let n = u64::from_le_bytes(h[..8].try_into().expect("8 bytes"));
     if let Some(options) = schema.get("enum").and_then(Value::as_array)
         && !options.is_empty()
@@ -287,7 +339,8 @@ impl ExtractBackend for StubBackend {
             f.write_all(format!("{}\n", &digest[..16]).as_bytes())?;
         }
         let value = stub_value(req.schema, req.prompt.as_bytes(), "");
-        validate(req.schema, &value).map_err(|e| anyhow::anyhow!("the stub cannot satisfy this schema: {e}"))?;
+        validate(req.schema, &value)
+            .map_err(|e| anyhow::anyhow!("the stub cannot satisfy this schema: {e}"))?;
         Ok(Extraction {
             prompt_tokens: req.prompt.len() / 4 + req.system.len() / 4,
             completion_tokens: value.to_string().len() / 4,
@@ -298,7 +351,10 @@ impl ExtractBackend for StubBackend {
 
     fn complete(&self, _system: &str, prompt: &str, _max_tokens: usize) -> Result<Completion> {
         self.pause();
-        let text = format!("Thank you for your message. (stub draft {})", &hex::encode(Sha256::digest(prompt))[..8]);
+        let text = format!(
+            "Thank you for your message. (stub draft {})",
+            &hex::encode(Sha256::digest(prompt))[..8]
+        );
         Ok(Completion {
             prompt_tokens: prompt.len() / 4,
             completion_tokens: text.len() / 4,
@@ -313,18 +369,29 @@ mod tests {
 
     #[test]
     fn finds_json_in_prose() {
-        assert_eq!(first_json_object("Sure! ```json\n{\"a\": 1}\n```").unwrap()["a"], 1);
-        assert_eq!(first_json_object("{broken {\"b\": [1]}").unwrap()["b"][0], 1);
+        assert_eq!(
+            first_json_object("Sure! ```json\n{\"a\": 1}\n```").unwrap()["a"],
+            1
+        );
+        assert_eq!(
+            first_json_object("{broken {\"b\": [1]}").unwrap()["b"][0],
+            1
+        );
         assert!(first_json_object("no json here").is_none());
     }
 
     #[test]
     fn validation_names_the_field() {
-        let schema = json!({"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}});
+        let schema =
+            json!({"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}});
         assert!(validate(&schema, &json!({"n": 3})).is_ok());
         let e = validate(&schema, &json!({"n": "x"})).unwrap_err();
         assert!(e.contains("/n"), "{e}");
-        assert!(validate(&schema, &json!({})).unwrap_err().contains("required"));
+        assert!(
+            validate(&schema, &json!({}))
+                .unwrap_err()
+                .contains("required")
+        );
     }
 
     #[test]
@@ -338,7 +405,13 @@ mod tests {
         let schema = json!({"type": "object", "required": ["level", "who", "n"], "properties": {
             "level": {"type": "string", "enum": ["low", "high"]}, "who": {"type": "string"},
             "n": {"type": "number"}, "ok": {"type": "boolean"}}});
-        let req = ExtractRequest { system: "s", prompt: "doc", schema: &schema, max_tokens: 10, retries: 0 };
+        let req = ExtractRequest {
+            system: "s",
+            prompt: "doc",
+            schema: &schema,
+            max_tokens: 10,
+            retries: 0,
+        };
         let stub = StubBackend::default();
         let a = stub.extract(&req).unwrap();
         let b = stub.extract(&req).unwrap();

@@ -19,7 +19,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Result;
-pub use backend::{Completion, EngineBackend, ExtractBackend, ExtractRequest, Extraction, StubBackend};
+pub use backend::{
+    Completion, EngineBackend, ExtractBackend, ExtractRequest, Extraction, StubBackend,
+};
 pub use pipeline::{Pipeline, PipelineError};
 pub use source::{RawMail, Source};
 pub use stages::{Models, PiiSpan, PiiTagger, STAGES, StageRunner};
@@ -41,7 +43,10 @@ pub enum BackendChoice {
 pub fn load_models(pipeline: &Pipeline, choice: BackendChoice) -> Result<Models> {
     if choice == BackendChoice::Stub {
         let stub: Arc<dyn ExtractBackend> = Arc::new(StubBackend::from_env());
-        return Ok(Models { extract: stub.clone(), draft: pipeline.draft.as_ref().map(|_| stub) });
+        return Ok(Models {
+            extract: stub.clone(),
+            draft: pipeline.draft.as_ref().map(|_| stub),
+        });
     }
     let store = verre_models::ModelStore::from_env()?;
     let mut loaded: HashMap<std::path::PathBuf, Arc<dyn ExtractBackend>> = HashMap::new();
@@ -55,20 +60,30 @@ pub fn load_models(pipeline: &Pipeline, choice: BackendChoice) -> Result<Models>
         Ok(m)
     };
     let extract = load(&pipeline.extract.model)?;
-    let draft = pipeline.draft.as_ref().map(|d| load(&d.model)).transpose()?;
+    let draft = pipeline
+        .draft
+        .as_ref()
+        .map(|d| load(&d.model))
+        .transpose()?;
     Ok(Models { extract, draft })
 }
 
 /// Store every message of a source (each once, by content hash) and enqueue its parse
 /// stage. Returns the distinct message ids in source order (a message that appears twice
 /// in the source, or was stored by an earlier run, is listed once), and how many were new.
-pub async fn ingest(store: &Store, source: &Source, max_attempts: u32) -> Result<(Vec<i64>, usize)> {
+pub async fn ingest(
+    store: &Store,
+    source: &Source,
+    max_attempts: u32,
+) -> Result<(Vec<i64>, usize)> {
     let mails = source.read().await?;
     let name = source.describe();
     let mut ids = Vec::with_capacity(mails.len());
     let mut new = 0;
     for m in mails {
-        let r = store.ingest(&name, &m.source_ref, &m.bytes, STAGES[0], max_attempts).await?;
+        let r = store
+            .ingest(&name, &m.source_ref, &m.bytes, STAGES[0], max_attempts)
+            .await?;
         new += r.new as usize;
         if !ids.contains(&r.message_id) {
             ids.push(r.message_id);
@@ -78,7 +93,11 @@ pub async fn ingest(store: &Store, source: &Source, max_attempts: u32) -> Result
 }
 
 /// Run `workers` workers in this process until the queue is idle.
-pub async fn run_until_idle(runner: Arc<StageRunner>, workers: usize, lease: std::time::Duration) -> Result<WorkerStats> {
+pub async fn run_until_idle(
+    runner: Arc<StageRunner>,
+    workers: usize,
+    lease: std::time::Duration,
+) -> Result<WorkerStats> {
     let mut tasks = Vec::new();
     for _ in 0..workers.max(1) {
         let mut opts = WorkerOptions::new();

@@ -31,8 +31,12 @@ pub fn parse_mail(raw: &[u8]) -> Result<ParsedMail, ParseError> {
         .parse(raw)
         .ok_or(ParseError::NotMime(raw.len()))?;
     let addr = |a: Option<&mail_parser::Address>| -> Vec<String> {
-        a.map(|a| a.iter().filter_map(|x| x.address().map(str::to_string)).collect())
-            .unwrap_or_default()
+        a.map(|a| {
+            a.iter()
+                .filter_map(|x| x.address().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
     };
     let from = msg.from().and_then(|a| a.first());
     let fields = json!({
@@ -80,9 +84,13 @@ pub fn parse_mail(raw: &[u8]) -> Result<ParsedMail, ParseError> {
     for part in msg.text_bodies() {
         match &part.body {
             PartType::Text(t) => push_text(&mut parts, "text", None, "text/plain", t.to_string()),
-            PartType::Html(h) => {
-                push_text(&mut parts, "html", None, "text/html", mail_parser::decoders::html::html_to_text(h))
-            }
+            PartType::Html(h) => push_text(
+                &mut parts,
+                "html",
+                None,
+                "text/html",
+                mail_parser::decoders::html::html_to_text(h),
+            ),
             _ => {}
         }
     }
@@ -109,21 +117,47 @@ pub fn parse_mail(raw: &[u8]) -> Result<ParsedMail, ParseError> {
             PartType::Message(m) => {
                 let text = m.body_text(0).map(|t| t.to_string()).unwrap_or_default();
                 let subject = m.subject().unwrap_or("");
-                (m.raw_message().len(), true, Some("attached message".to_string()), Some(format!("Subject: {subject}\n{text}")), None)
+                (
+                    m.raw_message().len(),
+                    true,
+                    Some("attached message".to_string()),
+                    Some(format!("Subject: {subject}\n{text}")),
+                    None,
+                )
             }
             PartType::Binary(b) | PartType::InlineBinary(b) => {
                 let is_pdf = ctype == "application/pdf"
-                    || filename.as_deref().is_some_and(|f| f.to_ascii_lowercase().ends_with(".pdf"))
+                    || filename
+                        .as_deref()
+                        .is_some_and(|f| f.to_ascii_lowercase().ends_with(".pdf"))
                     || b.starts_with(b"%PDF-");
                 if is_pdf && b.len() <= MAX_EXTRACT_BYTES {
                     match pdf_pages(b) {
                         Ok(pages) => (b.len(), true, None, Some(join_pages(&pages)), Some(pages)),
-                        Err(e) => (b.len(), false, Some(format!("PDF text could not be extracted: {e}")), None, None),
+                        Err(e) => (
+                            b.len(),
+                            false,
+                            Some(format!("PDF text could not be extracted: {e}")),
+                            None,
+                            None,
+                        ),
                     }
                 } else if is_pdf {
-                    (b.len(), false, Some(format!("PDF larger than {MAX_EXTRACT_BYTES} bytes")), None, None)
+                    (
+                        b.len(),
+                        false,
+                        Some(format!("PDF larger than {MAX_EXTRACT_BYTES} bytes")),
+                        None,
+                        None,
+                    )
                 } else {
-                    (b.len(), false, Some(format!("unsupported attachment type {ctype}")), None, None)
+                    (
+                        b.len(),
+                        false,
+                        Some(format!("unsupported attachment type {ctype}")),
+                        None,
+                        None,
+                    )
                 }
             }
             PartType::Multipart(_) => continue,
@@ -141,7 +175,10 @@ pub fn parse_mail(raw: &[u8]) -> Result<ParsedMail, ParseError> {
         });
     }
 
-    let has_body = parts.iter().skip(1).any(|p| p.text.as_deref().is_some_and(|t| !t.trim().is_empty()) || !p.supported);
+    let has_body = parts
+        .iter()
+        .skip(1)
+        .any(|p| p.text.as_deref().is_some_and(|t| !t.trim().is_empty()) || !p.supported);
     if msg.headers().is_empty() && !has_body {
         return Err(ParseError::Empty);
     }
@@ -169,7 +206,13 @@ fn header_value_text(v: &mail_parser::HeaderValue) -> Option<String> {
     }
 }
 
-fn push_text(parts: &mut Vec<NewPart>, kind: &str, filename: Option<String>, ctype: &str, text: String) {
+fn push_text(
+    parts: &mut Vec<NewPart>,
+    kind: &str,
+    filename: Option<String>,
+    ctype: &str,
+    text: String,
+) {
     parts.push(NewPart {
         idx: parts.len() as i64,
         kind: kind.into(),
@@ -218,7 +261,12 @@ pub fn document_text(parts: &[verre_store::PartRow], max_chars: usize) -> String
 
 /// The bodies only (no headers, no attachments).
 pub fn body_text(parts: &[verre_store::PartRow], max_chars: usize) -> String {
-    text_of(parts.iter().filter(|p| p.kind == "text" || p.kind == "html"), max_chars)
+    text_of(
+        parts
+            .iter()
+            .filter(|p| p.kind == "text" || p.kind == "html"),
+        max_chars,
+    )
 }
 
 /// The attachments only, each introduced by its name.
@@ -278,12 +326,24 @@ mod tests {
         assert_eq!(p.fields["subject"], "Facture n°12");
         assert_eq!(p.fields["from_name"], "Jérôme");
         assert_eq!(p.fields["from"], "jerome@example.fr");
-        let html = p.parts.iter().find(|p| p.kind == "html").expect("html body as text");
+        let html = p
+            .parts
+            .iter()
+            .find(|p| p.kind == "html")
+            .expect("html body as text");
         let text = html.text.as_deref().unwrap();
         assert!(text.contains("Hello") && !text.contains("<b>"), "{text}");
-        let notes = p.parts.iter().find(|p| p.filename.as_deref() == Some("notes.txt")).unwrap();
+        let notes = p
+            .parts
+            .iter()
+            .find(|p| p.filename.as_deref() == Some("notes.txt"))
+            .unwrap();
         assert_eq!(notes.text.as_deref().map(str::trim), Some("plain notes"));
-        let png = p.parts.iter().find(|p| p.content_type == "image/png").unwrap();
+        let png = p
+            .parts
+            .iter()
+            .find(|p| p.content_type == "image/png")
+            .unwrap();
         assert_eq!(png.filename.as_deref(), Some("résumé.png"));
         assert!(!png.supported && png.note.as_deref().unwrap().contains("unsupported"));
     }
@@ -297,7 +357,11 @@ mod tests {
     fn a_broken_pdf_is_kept_and_marked() {
         let raw = "Subject: x\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b\r\nContent-Type: application/pdf; name=a.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQKZ2FyYmFnZQ==\r\n--b--\r\n";
         let p = parse_mail(raw.as_bytes()).unwrap();
-        let pdf = p.parts.iter().find(|p| p.content_type == "application/pdf").unwrap();
+        let pdf = p
+            .parts
+            .iter()
+            .find(|p| p.content_type == "application/pdf")
+            .unwrap();
         assert!(!pdf.supported, "{pdf:?}");
         assert!(pdf.note.as_deref().unwrap().contains("PDF"));
     }

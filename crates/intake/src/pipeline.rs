@@ -253,13 +253,21 @@ impl Checker<'_> {
         Ok(t.get_ref().clone())
     }
 
-    fn name(&self, what: &str, n: &Spanned<String>, seen: &mut BTreeSet<String>) -> Result<String, PipelineError> {
+    fn name(
+        &self,
+        what: &str,
+        n: &Spanned<String>,
+        seen: &mut BTreeSet<String>,
+    ) -> Result<String, PipelineError> {
         let s = n.get_ref();
         let ok = !s.is_empty()
             && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !s.starts_with(|c: char| c.is_ascii_digit());
         if !ok {
-            return Err(self.err(n.span(), format!("{what} name {s:?}: use letters, digits and _ (not first)")));
+            return Err(self.err(
+                n.span(),
+                format!("{what} name {s:?}: use letters, digits and _ (not first)"),
+            ));
         }
         if !seen.insert(s.clone()) {
             return Err(self.err(n.span(), format!("{what} {s:?} is declared twice")));
@@ -309,7 +317,10 @@ impl Pipeline {
             let name = c.name("label", &l.get_ref().name, &mut names)?;
             let values = l.get_ref().values.get_ref().clone();
             if values.is_empty() {
-                return Err(c.err(l.get_ref().values.span(), format!("label {name:?} has no values")));
+                return Err(c.err(
+                    l.get_ref().values.span(),
+                    format!("label {name:?} has no values"),
+                ));
             }
             labels.push(Label {
                 name,
@@ -325,13 +336,22 @@ impl Pipeline {
                 let p = path.parent().unwrap_or(Path::new(".")).join(f.get_ref());
                 let text = std::fs::read_to_string(&p)
                     .map_err(|e| c.err(f.span(), format!("schema_file {}: {e}", p.display())))?;
-                serde_json::from_str(&text)
-                    .map_err(|e| c.err(f.span(), format!("schema_file {}: not JSON: {e}", p.display())))?
+                serde_json::from_str(&text).map_err(|e| {
+                    c.err(
+                        f.span(),
+                        format!("schema_file {}: not JSON: {e}", p.display()),
+                    )
+                })?
             }
             (Some(s), Some(_)) => {
                 return Err(c.err(s.span(), "extract: give schema or schema_file, not both"));
             }
-            (None, None) => return Err(c.err(file.extract.span(), "extract: a schema (or schema_file) is required")),
+            (None, None) => {
+                return Err(c.err(
+                    file.extract.span(),
+                    "extract: a schema (or schema_file) is required",
+                ));
+            }
         };
         let schema_span = ex
             .schema
@@ -340,7 +360,10 @@ impl Pipeline {
             .or(ex.schema_file.as_ref().map(|s| s.span()))
             .unwrap_or(0..0);
         if schema.get("type") != Some(&json!("object")) {
-            return Err(c.err(schema_span, "extract.schema: the top level must be {type = \"object\"}"));
+            return Err(c.err(
+                schema_span,
+                "extract.schema: the top level must be {type = \"object\"}",
+            ));
         }
         for l in &labels {
             let obj = schema.as_object_mut().expect("checked: an object");
@@ -349,7 +372,10 @@ impl Pipeline {
                 return Err(c.err(schema_span, "extract.schema: properties must be a table"));
             };
             if props.contains_key(&l.name) {
-                return Err(c.err(schema_span, format!("label {:?} is also a schema property", l.name)));
+                return Err(c.err(
+                    schema_span,
+                    format!("label {:?} is also a schema property", l.name),
+                ));
             }
             let mut prop = json!({"type": "string", "enum": l.values});
             if let Some(d) = &l.description {
@@ -362,8 +388,12 @@ impl Pipeline {
                 None => return Err(c.err(schema_span, "extract.schema: required must be a list")),
             }
         }
-        jsonschema::validator_for(&schema)
-            .map_err(|e| c.err(schema_span, format!("extract.schema: not a valid JSON Schema: {e}")))?;
+        jsonschema::validator_for(&schema).map_err(|e| {
+            c.err(
+                schema_span,
+                format!("extract.schema: not a valid JSON Schema: {e}"),
+            )
+        })?;
         let extract = ExtractConfig {
             model: model_ref(&c, &ex.model)?,
             system: c.template("extract.system", &ex.system)?,
@@ -381,8 +411,14 @@ impl Pipeline {
             Some(x) => {
                 let x_ref = x.get_ref();
                 let db = x_ref.database.get_ref();
-                if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
-                    return Err(c.err(x_ref.database.span(), "crossref.database: expected sqlite://PATH or postgres://..."));
+                if !(db.starts_with("sqlite:")
+                    || db.starts_with("postgres://")
+                    || db.starts_with("postgresql://"))
+                {
+                    return Err(c.err(
+                        x_ref.database.span(),
+                        "crossref.database: expected sqlite://PATH or postgres://...",
+                    ));
                 }
                 let mut names = BTreeSet::new();
                 let mut lookups = Vec::new();
@@ -428,12 +464,19 @@ impl Pipeline {
         for a in &file.action {
             let a = a.get_ref();
             let name = c.name("action", &a.name, &mut names)?;
-            let need = |f: &Option<Spanned<String>>, field: &str| -> Result<String, PipelineError> {
-                match f {
-                    Some(t) => c.template(&format!("action {name:?} {field}"), t),
-                    None => Err(c.err(a.kind.span(), format!("action {name:?}: {field} is required for kind {:?}", a.kind.get_ref()))),
-                }
-            };
+            let need =
+                |f: &Option<Spanned<String>>, field: &str| -> Result<String, PipelineError> {
+                    match f {
+                        Some(t) => c.template(&format!("action {name:?} {field}"), t),
+                        None => Err(c.err(
+                            a.kind.span(),
+                            format!(
+                                "action {name:?}: {field} is required for kind {:?}",
+                                a.kind.get_ref()
+                            ),
+                        )),
+                    }
+                };
             let kind = match a.kind.get_ref().as_str() {
                 "reply" => ActionKind::Reply {
                     to: a.to.as_ref().map(|t| c.template(&format!("action {name:?} to"), t)).transpose()?,
@@ -462,15 +505,28 @@ impl Pipeline {
             let name = c.name("route", &r.name, &mut names)?;
             for a in &r.actions {
                 if !actions.iter().any(|x| &x.name == a.get_ref()) {
-                    return Err(c.err(a.span(), format!("route {name:?}: no action named {:?} is declared", a.get_ref())));
+                    return Err(c.err(
+                        a.span(),
+                        format!(
+                            "route {name:?}: no action named {:?} is declared",
+                            a.get_ref()
+                        ),
+                    ));
                 }
             }
             if r.draft && file.draft.is_none() {
-                return Err(c.err(r.name.span(), format!("route {name:?} asks for a draft but there is no [draft] section")));
+                return Err(c.err(
+                    r.name.span(),
+                    format!("route {name:?} asks for a draft but there is no [draft] section"),
+                ));
             }
             routes.push(Route {
                 name,
-                when: r.when.as_ref().map(|w| c.expression("route when", w)).transpose()?,
+                when: r
+                    .when
+                    .as_ref()
+                    .map(|w| c.expression("route when", w))
+                    .transpose()?,
                 draft: r.draft,
                 actions: r.actions.iter().map(|a| a.get_ref().clone()).collect(),
             });
@@ -513,7 +569,10 @@ impl Pipeline {
 /// relative to the pipeline file, and SQLite is opened read-only (a lookup never writes,
 /// and a missing file is an error rather than a new empty database).
 fn business_db_url(pipeline: &Path, url: &str) -> String {
-    let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) else {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
         return url.to_string();
     };
     let (file, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -523,13 +582,20 @@ fn business_db_url(pipeline: &Path, url: &str) -> String {
     } else {
         file.to_path_buf()
     };
-    let query = if query.is_empty() { "mode=ro".to_string() } else { query.to_string() };
+    let query = if query.is_empty() {
+        "mode=ro".to_string()
+    } else {
+        query.to_string()
+    };
     format!("sqlite://{}?{query}", file.display())
 }
 
 fn model_ref(c: &Checker, m: &Spanned<String>) -> Result<String, PipelineError> {
     if m.get_ref().trim().is_empty() {
-        return Err(c.err(m.span(), "model: a store name (smollm2-135m) or a path to a .gguf file"));
+        return Err(c.err(
+            m.span(),
+            "model: a store name (smollm2-135m) or a path to a .gguf file",
+        ));
     }
     Ok(m.get_ref().clone())
 }
@@ -591,8 +657,15 @@ mod tests {
     #[test]
     fn schema_properties_keep_the_order_written() {
         let p = parse(include_str!("../../../examples/invoice-pipeline.toml")).unwrap();
-        let keys: Vec<&String> = p.extract.schema["properties"].as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["invoice_number", "date", "amount", "currency", "issuer"]);
+        let keys: Vec<&String> = p.extract.schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(
+            keys,
+            ["invoice_number", "date", "amount", "currency", "issuer"]
+        );
     }
 
     fn error_of(text: &str) -> PipelineError {
@@ -611,7 +684,9 @@ schema = { type = "object", properties = { a = { type = "string" } } }
 
     #[test]
     fn errors_name_the_line_and_the_reason() {
-        let e = error_of(&format!("{BASE}[[route]]\nname = \"r\"\nwhen = \"extract.a ==\"\n"));
+        let e = error_of(&format!(
+            "{BASE}[[route]]\nname = \"r\"\nwhen = \"extract.a ==\"\n"
+        ));
         assert_eq!(e.line, 8, "{e}");
         assert!(e.reason.contains("not a valid expression"), "{e}");
 
@@ -626,7 +701,9 @@ schema = { type = "object", properties = { a = { type = "string" } } }
         ));
         assert!(e.reason.contains("never interpolated"), "{e}");
 
-        let e = error_of(&format!("{BASE}[[route]]\nname = \"r\"\nactions = [\"nope\"]\n"));
+        let e = error_of(&format!(
+            "{BASE}[[route]]\nname = \"r\"\nactions = [\"nope\"]\n"
+        ));
         assert_eq!(e.line, 8, "{e}");
         assert!(e.reason.contains("no action named"), "{e}");
 
@@ -648,14 +725,26 @@ schema = { type = "object", properties = { a = { type = "string" } } }
 
     #[test]
     fn business_sqlite_paths_are_relative_to_the_pipeline_and_read_only() {
-        assert_eq!(business_db_url(Path::new("/p/x.toml"), "sqlite://crm.db"), "sqlite:///p/crm.db?mode=ro");
-        assert_eq!(business_db_url(Path::new("/p/x.toml"), "sqlite:///abs/crm.db"), "sqlite:///abs/crm.db?mode=ro");
-        assert_eq!(business_db_url(Path::new("x.toml"), "postgres://h/db"), "postgres://h/db");
+        assert_eq!(
+            business_db_url(Path::new("/p/x.toml"), "sqlite://crm.db"),
+            "sqlite:///p/crm.db?mode=ro"
+        );
+        assert_eq!(
+            business_db_url(Path::new("/p/x.toml"), "sqlite:///abs/crm.db"),
+            "sqlite:///abs/crm.db?mode=ro"
+        );
+        assert_eq!(
+            business_db_url(Path::new("x.toml"), "postgres://h/db"),
+            "postgres://h/db"
+        );
     }
 
     #[test]
     fn placeholders_skip_quoted_text() {
-        assert_eq!(placeholders("SELECT '$3' FROM t WHERE a = $1 AND b = $2"), BTreeSet::from([1, 2]));
+        assert_eq!(
+            placeholders("SELECT '$3' FROM t WHERE a = $1 AND b = $2"),
+            BTreeSet::from([1, 2])
+        );
         assert!(placeholders("SELECT 1").is_empty());
     }
 }

@@ -41,7 +41,10 @@ impl Source {
             } else {
                 Ok(Source::EmlDir(path))
             }
-        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("eml")) {
+        } else if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("eml"))
+        {
             Ok(Source::EmlFile(path))
         } else {
             Ok(Source::Mbox(path))
@@ -84,17 +87,26 @@ impl Source {
             Source::Maildir(dir) => {
                 let mut files = list(&dir.join("new"))?;
                 files.extend(list(&dir.join("cur"))?);
-                files.retain(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')));
+                files.retain(|p| {
+                    !p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                });
                 files.into_iter().map(|p| read_file(&p)).collect()
             }
             Source::Mbox(path) => {
-                let file = std::fs::File::open(path).with_context(|| format!("opening mbox {}", path.display()))?;
+                let file = std::fs::File::open(path)
+                    .with_context(|| format!("opening mbox {}", path.display()))?;
                 let reader = std::io::BufReader::new(file);
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 mail_parser::mailbox::mbox::MessageIterator::new(reader)
                     .enumerate()
                     .map(|(i, m)| {
-                        let m = m.with_context(|| format!("reading mbox {} at message {}", path.display(), i + 1))?;
+                        let m = m.with_context(|| {
+                            format!("reading mbox {} at message {}", path.display(), i + 1)
+                        })?;
                         Ok(RawMail {
                             source_ref: format!("{name}#{}", i + 1),
                             bytes: m.unwrap_contents(),
@@ -120,7 +132,10 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>> {
 
 fn read_file(p: &Path) -> Result<RawMail> {
     Ok(RawMail {
-        source_ref: p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        source_ref: p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         bytes: std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
     })
 }
@@ -140,7 +155,13 @@ mod tests {
         let s = Source::detect(eml.to_str().unwrap()).unwrap();
         assert!(matches!(s, Source::EmlDir(_)));
         let mails = s.read_all().unwrap();
-        assert_eq!(mails.iter().map(|m| m.source_ref.as_str()).collect::<Vec<_>>(), ["a.eml", "b.eml"]);
+        assert_eq!(
+            mails
+                .iter()
+                .map(|m| m.source_ref.as_str())
+                .collect::<Vec<_>>(),
+            ["a.eml", "b.eml"]
+        );
 
         let md = dir.path().join("md");
         for sub in ["cur", "new", "tmp"] {
@@ -165,6 +186,9 @@ mod tests {
         assert!(String::from_utf8_lossy(&mails[1].bytes).contains("Subject: two"));
         assert_eq!(mails[1].source_ref, "box.mbox#2");
 
-        assert!(matches!(Source::detect("imaps://u:p@mail.example").unwrap(), Source::Imap(_)));
+        assert!(matches!(
+            Source::detect("imaps://u:p@mail.example").unwrap(),
+            Source::Imap(_)
+        ));
     }
 }

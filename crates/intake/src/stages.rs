@@ -35,10 +35,16 @@ pub struct StageError {
 
 impl StageError {
     pub fn permanent(reason: impl Into<String>) -> Self {
-        Self { permanent: true, reason: reason.into() }
+        Self {
+            permanent: true,
+            reason: reason.into(),
+        }
     }
     pub fn transient(reason: impl Into<String>) -> Self {
-        Self { permanent: false, reason: reason.into() }
+        Self {
+            permanent: false,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -83,8 +89,19 @@ pub struct StageRunner {
 type StageResult = Result<StageEffects, StageError>;
 
 impl StageRunner {
-    pub fn new(store: Store, pipeline: Arc<Pipeline>, models: Models, pii: Option<Arc<dyn PiiTagger>>) -> Self {
-        Self { store, pipeline, models, pii, business_db: OnceCell::new() }
+    pub fn new(
+        store: Store,
+        pipeline: Arc<Pipeline>,
+        models: Models,
+        pii: Option<Arc<dyn PiiTagger>>,
+    ) -> Self {
+        Self {
+            store,
+            pipeline,
+            models,
+            pii,
+            business_db: OnceCell::new(),
+        }
     }
 
     pub async fn run(&self, stage: &str, message_id: i64) -> StageResult {
@@ -95,7 +112,9 @@ impl StageRunner {
             "route" => self.route(message_id).await,
             "draft" => self.draft(message_id).await,
             "stage" => self.stage(message_id).await,
-            other => Err(StageError::permanent(format!("unknown stage {other:?} (from a newer verre?)"))),
+            other => Err(StageError::permanent(format!(
+                "unknown stage {other:?} (from a newer verre?)"
+            ))),
         }
     }
 
@@ -139,7 +158,12 @@ impl StageRunner {
         let mut output = parsed.fields.clone();
         output["parts"] = json!(parsed.parts.len());
         output["unsupported"] = json!(unsupported);
-        Ok(StageEffects { output, parts: parsed.parts, pii_tags, ..Default::default() })
+        Ok(StageEffects {
+            output,
+            parts: parsed.parts,
+            pii_tags,
+            ..Default::default()
+        })
     }
 
     async fn extract(&self, message_id: i64) -> StageResult {
@@ -159,7 +183,13 @@ impl StageRunner {
         let (max_tokens, retries) = (ex.max_tokens, ex.retries);
         let backend = self.models.extract.clone();
         let result = tokio::task::spawn_blocking(move || {
-            backend.extract(&ExtractRequest { system: &system, prompt: &prompt, schema: &schema, max_tokens, retries })
+            backend.extract(&ExtractRequest {
+                system: &system,
+                prompt: &prompt,
+                schema: &schema,
+                max_tokens,
+                retries,
+            })
         })
         .await
         .map_err(|e| StageError::transient(format!("the extraction model crashed: {e}")))?;
@@ -190,7 +220,12 @@ impl StageRunner {
                     .max_connections(4)
                     .connect(url)
                     .await
-                    .map_err(|e| StageError::transient(format!("connecting to the business database {}: {e}", verre_store::redact(url))))
+                    .map_err(|e| {
+                        StageError::transient(format!(
+                            "connecting to the business database {}: {e}",
+                            verre_store::redact(url)
+                        ))
+                    })
             })
             .await
     }
@@ -212,9 +247,20 @@ impl StageRunner {
                     let value = env
                         .compile_expression(expr)
                         .and_then(|e| e.eval(&mj_ctx))
-                        .map_err(|e| StageError::permanent(format!("lookup {:?} param {}: {e:#}", lookup.name, i + 1)))?;
-                    let value = serde_json::to_value(&value)
-                        .map_err(|e| StageError::permanent(format!("lookup {:?} param {}: {e}", lookup.name, i + 1)))?;
+                        .map_err(|e| {
+                            StageError::permanent(format!(
+                                "lookup {:?} param {}: {e:#}",
+                                lookup.name,
+                                i + 1
+                            ))
+                        })?;
+                    let value = serde_json::to_value(&value).map_err(|e| {
+                        StageError::permanent(format!(
+                            "lookup {:?} param {}: {e}",
+                            lookup.name,
+                            i + 1
+                        ))
+                    })?;
                     query = match value {
                         Value::Null => query.bind(None::<String>),
                         Value::Bool(b) => query.bind(b),
@@ -232,7 +278,10 @@ impl StageRunner {
                 results.insert(lookup.name.clone(), Value::Array(rows));
             }
         }
-        Ok(StageEffects { output: Value::Object(results), ..Default::default() })
+        Ok(StageEffects {
+            output: Value::Object(results),
+            ..Default::default()
+        })
     }
 
     async fn route(&self, message_id: i64) -> StageResult {
@@ -259,7 +308,10 @@ impl StageRunner {
                 });
             }
         }
-        Ok(StageEffects { output: json!({"route": null, "draft": false, "actions": []}), ..Default::default() })
+        Ok(StageEffects {
+            output: json!({"route": null, "draft": false, "actions": []}),
+            ..Default::default()
+        })
     }
 
     async fn full_context(&self, message_id: i64) -> Result<Value, StageError> {
@@ -274,8 +326,15 @@ impl StageRunner {
 
     async fn draft(&self, message_id: i64) -> StageResult {
         let route = self.output(message_id, "route").await?;
-        let (Some(cfg), Some(model), true) = (&self.pipeline.draft, &self.models.draft, route["draft"] == json!(true)) else {
-            return Ok(StageEffects { output: json!({"draft": null}), ..Default::default() });
+        let (Some(cfg), Some(model), true) = (
+            &self.pipeline.draft,
+            &self.models.draft,
+            route["draft"] == json!(true),
+        ) else {
+            return Ok(StageEffects {
+                output: json!({"draft": null}),
+                ..Default::default()
+            });
         };
         let ctx = self.full_context(message_id).await?;
         let system = render(&cfg.system, &ctx, "draft.system")?;
@@ -295,31 +354,59 @@ impl StageRunner {
     async fn stage(&self, message_id: i64) -> StageResult {
         let route = self.output(message_id, "route").await?;
         let mut ctx = self.full_context(message_id).await?;
-        ctx["draft"] = self.output(message_id, "draft").await?["draft"].as_str().unwrap_or("").into();
+        ctx["draft"] = self.output(message_id, "draft").await?["draft"]
+            .as_str()
+            .unwrap_or("")
+            .into();
         let mut actions = Vec::new();
-        for name in route["actions"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-            let action = self
-                .pipeline
-                .action(name)
-                .ok_or_else(|| StageError::permanent(format!("route names action {name:?}, which the pipeline no longer declares")))?;
+        for name in route["actions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            let action = self.pipeline.action(name).ok_or_else(|| {
+                StageError::permanent(format!(
+                    "route names action {name:?}, which the pipeline no longer declares"
+                ))
+            })?;
             let what = |field: &str| format!("action {name:?} {field}");
             let staged = match &action.kind {
                 ActionKind::Reply { to, subject, body } => {
                     let to = match to {
                         Some(t) => render(t, &ctx, &what("to"))?,
-                        None => ctx["message"]["reply_to"].as_str().unwrap_or("").to_string(),
+                        None => ctx["message"]["reply_to"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string(),
                     };
                     if to.is_empty() {
-                        return Err(StageError::permanent(format!("action {name:?}: the message has no sender to reply to")));
+                        return Err(StageError::permanent(format!(
+                            "action {name:?}: the message has no sender to reply to"
+                        )));
                     }
                     let payload = json!({"to": to, "subject": render(subject, &ctx, &what("subject"))?, "body": render(body, &ctx, &what("body"))?});
-                    NewAction { name: name.into(), kind: "reply".into(), target: to, payload: payload.to_string() }
+                    NewAction {
+                        name: name.into(),
+                        kind: "reply".into(),
+                        target: to,
+                        payload: payload.to_string(),
+                    }
                 }
                 ActionKind::Webhook { url, payload } => {
                     let text = render(payload, &ctx, &what("payload"))?;
-                    let value: Value = serde_json::from_str(&text)
-                        .map_err(|e| StageError::permanent(format!("{} did not render JSON: {e}: {text:.200}", what("payload"))))?;
-                    NewAction { name: name.into(), kind: "webhook".into(), target: render(url, &ctx, &what("url"))?, payload: value.to_string() }
+                    let value: Value = serde_json::from_str(&text).map_err(|e| {
+                        StageError::permanent(format!(
+                            "{} did not render JSON: {e}: {text:.200}",
+                            what("payload")
+                        ))
+                    })?;
+                    NewAction {
+                        name: name.into(),
+                        kind: "webhook".into(),
+                        target: render(url, &ctx, &what("url"))?,
+                        payload: value.to_string(),
+                    }
                 }
             };
             actions.push(staged);
@@ -356,7 +443,10 @@ fn row_to_json(row: &sqlx::any::AnyRow) -> Value {
                 .or_else(|_| row.try_get::<f64, _>(i).map(Value::from))
                 .or_else(|_| row.try_get::<String, _>(i).map(Value::from))
                 .or_else(|_| row.try_get::<bool, _>(i).map(Value::from))
-                .or_else(|_| row.try_get::<Vec<u8>, _>(i).map(|b| Value::from(hex::encode(b))))
+                .or_else(|_| {
+                    row.try_get::<Vec<u8>, _>(i)
+                        .map(|b| Value::from(hex::encode(b)))
+                })
                 .unwrap_or(Value::Null),
             Err(_) => Value::Null,
         };

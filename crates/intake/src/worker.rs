@@ -31,7 +31,9 @@ impl WorkerOptions {
     /// Defaults, with an id unique to this host, process and worker.
     pub fn new() -> Self {
         let index = NEXT_WORKER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
         Self {
             id: format!("{host}-{}-{index}", std::process::id()),
             lease: Duration::from_secs(30),
@@ -97,7 +99,10 @@ impl Worker {
                 "the {} stage was started {} times and its worker stopped each time (lease expired)",
                 job.stage, job.max_attempts
             );
-            self.record(self.store().fail(&job, &reason, true, backoff).await?, stats);
+            self.record(
+                self.store().fail(&job, &reason, true, backoff).await?,
+                stats,
+            );
             return Ok(());
         }
         let renewer = {
@@ -118,7 +123,11 @@ impl Worker {
         match result {
             Ok(effects) => {
                 let next = next_stage(&job.stage);
-                if self.store().complete(&job, &effects, next, pipeline.max_attempts).await? {
+                if self
+                    .store()
+                    .complete(&job, &effects, next, pipeline.max_attempts)
+                    .await?
+                {
                     stats.completed += 1;
                 } else {
                     stats.lease_lost += 1;
@@ -126,7 +135,10 @@ impl Worker {
             }
             Err(StageError { permanent, reason }) => {
                 tracing::info!(message = job.message_id, stage = %job.stage, %reason, "stage failed");
-                self.record(self.store().fail(&job, &reason, permanent, backoff).await?, stats);
+                self.record(
+                    self.store().fail(&job, &reason, permanent, backoff).await?,
+                    stats,
+                );
             }
         }
         Ok(())

@@ -172,7 +172,9 @@ impl Store {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres
         } else {
-            anyhow::bail!("unsupported database URL {url:?}: expected sqlite://PATH or postgres://...")
+            anyhow::bail!(
+                "unsupported database URL {url:?}: expected sqlite://PATH or postgres://..."
+            )
         };
         let connect_url = match backend {
             Backend::Sqlite if !url.contains('?') && !url.contains(":memory:") => {
@@ -189,9 +191,15 @@ impl Store {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         // Readers never wait for the writer; writers wait (not fail) for each other.
-                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA busy_timeout = 30000").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 30000")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA foreign_keys = ON")
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
@@ -208,8 +216,7 @@ impl Store {
 
     /// The default database: `sqlite://$VERRE_HOME/verre.db`.
     pub async fn open_in_home(home: &Path) -> Result<Self> {
-        std::fs::create_dir_all(home)
-            .with_context(|| format!("creating {}", home.display()))?;
+        std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
         Self::open(&format!("sqlite://{}", home.join("verre.db").display())).await
     }
 
@@ -290,12 +297,17 @@ impl Store {
     }
 
     /// The output a stage stored for a message, if it ran.
-    pub async fn stage_output(&self, message_id: i64, stage: &str) -> Result<Option<serde_json::Value>> {
-        let row = sqlx::query("SELECT output FROM stage_results WHERE message_id = $1 AND stage = $2")
-            .bind(message_id)
-            .bind(stage)
-            .fetch_optional(&self.pool)
-            .await?;
+    pub async fn stage_output(
+        &self,
+        message_id: i64,
+        stage: &str,
+    ) -> Result<Option<serde_json::Value>> {
+        let row =
+            sqlx::query("SELECT output FROM stage_results WHERE message_id = $1 AND stage = $2")
+                .bind(message_id)
+                .bind(stage)
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|r| -> Result<serde_json::Value> {
             let text: String = r.try_get("output")?;
             Ok(serde_json::from_str(&text)?)
@@ -515,10 +527,15 @@ impl Store {
     }
 
     /// Outputs of one stage over the given messages.
-    pub async fn stage_outputs(&self, ids: &[i64], stage: &str) -> Result<Vec<(i64, serde_json::Value, i64, i64)>> {
+    pub async fn stage_outputs(
+        &self,
+        ids: &[i64],
+        stage: &str,
+    ) -> Result<Vec<(i64, serde_json::Value, i64, i64)>> {
         let mut out = Vec::new();
         for chunk in ids.chunks(500) {
-            let placeholders: Vec<String> = (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
+            let placeholders: Vec<String> =
+                (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT message_id, output, prompt_tokens, completion_tokens FROM stage_results
                  WHERE stage = $1 AND message_id IN ({})",
@@ -614,23 +631,40 @@ pub mod testing {
         let admin = match std::env::var("VERRE_TEST_POSTGRES_URL") {
             Ok(u) if !u.is_empty() => u,
             _ if std::env::var_os("CI").is_some() => {
-                panic!("VERRE_TEST_POSTGRES_URL must be set in CI (scripts/ci-services.sh starts PostgreSQL)")
+                panic!(
+                    "VERRE_TEST_POSTGRES_URL must be set in CI (scripts/ci-services.sh starts PostgreSQL)"
+                )
             }
             _ => {
-                eprintln!("skipped PostgreSQL: set VERRE_TEST_POSTGRES_URL (scripts/ci-services.sh)");
+                eprintln!(
+                    "skipped PostgreSQL: set VERRE_TEST_POSTGRES_URL (scripts/ci-services.sh)"
+                );
                 return None;
             }
         };
-        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "a plain database name");
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "a plain database name"
+        );
         let db = format!("verre_test_{name}_{}", std::process::id());
-        let base = admin.rsplit_once('/').expect("a database URL").0.to_string();
+        let base = admin
+            .rsplit_once('/')
+            .expect("a database URL")
+            .0
+            .to_string();
         sqlx::any::install_default_drivers();
         let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
             .await
             .unwrap_or_else(|e| panic!("connecting to {admin}: {e}"));
-        for sql in [format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"), format!("CREATE DATABASE {db}")] {
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+            format!("CREATE DATABASE {db}"),
+        ] {
             // A checked identifier (above), not message data.
-            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.expect("creating the test database");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+                .expect("creating the test database");
         }
         Some(format!("{base}/{db}"))
     }

@@ -92,12 +92,14 @@ async fn apply(conn: &mut sqlx::AnyConnection, migrations: &[Migration]) -> Resu
             .execute(&mut *tx)
             .await
             .with_context(|| format!("applying migration {version} ({description})"))?;
-        sqlx::query("INSERT INTO verre_migrations (version, description, applied_at) VALUES ($1, $2, $3)")
-            .bind(version)
-            .bind(*description)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO verre_migrations (version, description, applied_at) VALUES ($1, $2, $3)",
+        )
+        .bind(version)
+        .bind(*description)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
     }
     Ok(())

@@ -124,7 +124,8 @@ const CLAIM_SQLITE: &str = "UPDATE jobs SET state = 'leased', lease_owner = $1, 
          ORDER BY run_after, id LIMIT 1)
      RETURNING id, message_id, stage, attempts, max_attempts";
 
-const CLAIM_POSTGRES: &str = "UPDATE jobs SET state = 'leased', lease_owner = $1, lease_expires = $2,
+const CLAIM_POSTGRES: &str =
+    "UPDATE jobs SET state = 'leased', lease_owner = $1, lease_expires = $2,
          attempts = attempts + 1, updated_at = $3
      WHERE id = (
          SELECT id FROM jobs
@@ -203,7 +204,12 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        let ctx = || format!("storing the {} result of message {}", job.stage, job.message_id);
+        let ctx = || {
+            format!(
+                "storing the {} result of message {}",
+                job.stage, job.message_id
+            )
+        };
         sqlx::query(
             "INSERT INTO stage_results (message_id, stage, output, prompt_tokens, completion_tokens, worker, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -268,11 +274,13 @@ impl Store {
         match next {
             Some(stage) => enqueue(&mut tx, job.message_id, stage, next_max_attempts, now).await?,
             None => {
-                sqlx::query("UPDATE messages SET status = 'processed', finished_at = $2 WHERE id = $1")
-                    .bind(job.message_id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE messages SET status = 'processed', finished_at = $2 WHERE id = $1",
+                )
+                .bind(job.message_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             }
         }
         tx.commit().await.with_context(ctx)?;
