@@ -304,8 +304,20 @@ fn currency_code(s: &str) -> Option<String> {
 
 /// A date in the forms invoices use, as YYYY-MM-DD.
 fn normalise_date(s: &str) -> Option<String> {
-    const MONTHS: [&str; 12] = [
-        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    // English, then the German, French and Dutch spellings that differ.
+    const MONTHS: [&[&str]; 12] = [
+        &["jan"],
+        &["feb", "fév", "fev"],
+        &["mar", "mär", "maa"],
+        &["apr", "avr"],
+        &["may", "mai", "mei"],
+        &["jun", "juin"],
+        &["jul", "juil"],
+        &["aug", "aoû", "aou"],
+        &["sep"],
+        &["oct", "okt"],
+        &["nov"],
+        &["dec", "dez", "déc"],
     ];
     let s = s.trim();
     let tokens: Vec<String> = s
@@ -316,7 +328,7 @@ fn normalise_date(s: &str) -> Option<String> {
     let month_of = |t: &str| {
         MONTHS
             .iter()
-            .position(|m| t.starts_with(m))
+            .position(|names| names.iter().any(|m| t.starts_with(m)))
             .map(|i| i as u32 + 1)
     };
     let num = |t: &str| {
@@ -362,6 +374,8 @@ mod tests {
         assert!(field_matches("amount", &json!("1,234.50"), &json!(1234.5)));
         assert!(field_matches("amount", &json!(4.11), &json!(4.11)));
         assert!(!field_matches("amount", &json!(4.12), &json!(4.11)));
+        assert!(field_matches("date", &json!("7. Mai 2014"), &json!("2014-05-07")));
+        assert!(field_matches("date", &json!("19 avril 2014"), &json!("2014-04-19")));
         assert!(field_matches(
             "date",
             &json!("August 3, 2014"),

@@ -249,7 +249,7 @@ impl StageRunner {
                         .and_then(|e| e.eval(&mj_ctx))
                         .map_err(|e| {
                             StageError::permanent(format!(
-                                "lookup {:?} param {}: {e:#}",
+                                "lookup {:?} param {}: {e}",
                                 lookup.name,
                                 i + 1
                             ))
@@ -298,7 +298,7 @@ impl StageRunner {
                 Some(expr) => env
                     .compile_expression(expr)
                     .and_then(|e| e.eval(&mj_ctx))
-                    .map_err(|e| StageError::permanent(format!("route {:?}: {e:#}", r.name)))?
+                    .map_err(|e| StageError::permanent(format!("route {:?}: {e}", r.name)))?
                     .is_true(),
             };
             if taken {
@@ -426,10 +426,12 @@ impl StageRunner {
     }
 }
 
+/// Render a pipeline template. Errors are one line (minijinja's alternate form dumps the
+/// template and every variable, which does not belong in a quarantine reason).
 fn render(template: &str, ctx: &Value, what: &str) -> Result<String, StageError> {
     template_env()
         .render_str(template, minijinja::Value::from_serialize(ctx))
-        .map_err(|e| StageError::permanent(format!("{what}: {e:#}")))
+        .map_err(|e| StageError::permanent(format!("{what}: {e}")))
 }
 
 fn row_to_json(row: &sqlx::any::AnyRow) -> Value {
