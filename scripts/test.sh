@@ -45,6 +45,9 @@ if [ ! -f "$vocab_dir/ggml-vocab-qwen2.gguf" ]; then
 fi
 export VERRE_LLAMA_VOCAB_DIR="$vocab_dir"
 
+# A throwaway PostgreSQL on loopback for the store and intake tests (exports VERRE_TEST_POSTGRES_URL; stopped on exit).
+. scripts/ci-services.sh
+
 cargo test --workspace "$@"
 
 # The OpenAI API as the official clients see it: Python `openai` + pytest, npm `openai`.

@@ -2,6 +2,8 @@
 
 mod bench_cmd;
 mod bench_schemas_cmd;
+mod eval_cmd;
+mod intake_cmd;
 mod models_cmd;
 mod run_cmd;
 mod serve_cmd;
@@ -52,6 +54,13 @@ enum Command {
         #[command(subcommand)]
         command: serve_cmd::KeysCommand,
     },
+    /// The intake pipeline: mail and PDFs in, validated JSON and staged actions out.
+    Intake {
+        #[command(subcommand)]
+        command: intake_cmd::IntakeCommand,
+    },
+    /// Measure extraction accuracy on a folder of invoice PDFs with .json answers.
+    EvalExtract(eval_cmd::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +80,8 @@ fn main() -> ExitCode {
         Command::BenchSchemas(args) => bench_schemas_cmd::bench_schemas(args),
         Command::Serve(args) => serve_cmd::serve(args),
         Command::Keys { command } => serve_cmd::keys(command),
+        Command::Intake { command } => intake_cmd::intake(command),
+        Command::EvalExtract(args) => eval_cmd::eval_extract(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

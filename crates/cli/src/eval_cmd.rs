@@ -1,0 +1,417 @@
+//! `verre eval-extract DIR`: each `X.pdf` in DIR (with its answers in `X.json` beside it)
+//! becomes a mail with the PDF attached; the intake pipeline runs over them with an
+//! invoice schema; each field is compared with the answer, and accuracy per field printed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use base64::Engine as _;
+use clap::Args;
+use serde_json::{Value, json};
+use verre_intake::{Pipeline, Source};
+
+use crate::intake_cmd::{BackendArg, DbArgs, WorkArgs, ingest_and_run};
+
+/// The fields compared, in the order printed.
+pub const FIELDS: [&str; 5] = ["invoice_number", "date", "amount", "currency", "issuer"];
+
+const DEFAULT_PIPELINE: &str = include_str!("../../../examples/invoice-pipeline.toml");
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A folder of invoice PDFs, each with its answers in a .json file of the same name.
+    pub dir: PathBuf,
+    /// The pipeline to run (default: examples/invoice-pipeline.toml, built in).
+    #[arg(long)]
+    pub pipeline: Option<PathBuf>,
+    /// Where the run is stored (default: a temporary SQLite database).
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[arg(long, value_enum, default_value_t = BackendArg::Engine)]
+    pub backend: BackendArg,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn eval_extract(args: EvalArgs) -> Result<()> {
+    crate::intake_cmd::runtime()?.block_on(eval(args))
+}
+
+async fn eval(args: EvalArgs) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut cases = Vec::new();
+    let mail_dir = tmp.path().join("mail");
+    std::fs::create_dir(&mail_dir)?;
+    let mut pdfs: Vec<PathBuf> = std::fs::read_dir(&args.dir)
+        .with_context(|| format!("reading {}", args.dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("pdf")))
+        .collect();
+    pdfs.sort();
+    anyhow::ensure!(!pdfs.is_empty(), "no .pdf files in {}", args.dir.display());
+    for (i, pdf) in pdfs.iter().enumerate() {
+        let answer_path = pdf.with_extension("json");
+        let text = std::fs::read_to_string(&answer_path)
+            .with_context(|| format!("reading {}", answer_path.display()))?;
+        let answer: Value = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", answer_path.display()))?;
+        let answer = match answer {
+            Value::Array(mut a) if !a.is_empty() => a.swap_remove(0),
+            other => other,
+        };
+        let name = format!("{:03}.eml", i + 1);
+        std::fs::write(
+            mail_dir.join(&name),
+            invoice_mail(i + 1, &std::fs::read(pdf)?),
+        )?;
+        cases.push((
+            pdf.file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+            name,
+            answer,
+        ));
+    }
+
+    let (pipeline, pipeline_path) = match &args.pipeline {
+        Some(p) => (crate::intake_cmd::load_pipeline(p)?, p.clone()),
+        None => {
+            let p = Path::new("examples/invoice-pipeline.toml");
+            (
+                Pipeline::parse(p, DEFAULT_PIPELINE)
+                    .map_err(|e| anyhow::anyhow!("built-in pipeline: {e}"))?,
+                p.to_path_buf(),
+            )
+        }
+    };
+    let db = DbArgs {
+        database: Some(
+            args.db
+                .database
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", tmp.path().join("eval.db").display())),
+        ),
+    };
+    let work = WorkArgs {
+        pipeline: pipeline_path,
+        db,
+        workers: 1,
+        backend: args.backend,
+        lease_secs: 120,
+    };
+    let source = Source::detect(mail_dir.to_str().context("a UTF-8 temporary path")?)?;
+    let (store, ids, summary) = ingest_and_run(&source, &work, pipeline, !args.json).await?;
+
+    let mut correct: BTreeMap<&str, usize> = FIELDS.iter().map(|f| (*f, 0)).collect();
+    let mut rows = Vec::new();
+    for ((stem, _, answer), id) in cases.iter().zip(&ids) {
+        let got = store.stage_output(*id, "extract").await?;
+        let mut row = json!({"file": stem, "message": id});
+        match &got {
+            None => {
+                let reason = store
+                    .quarantined()
+                    .await?
+                    .into_iter()
+                    .find(|q| q.message_id == *id)
+                    .map(|q| format!("{}: {}", q.stage, q.reason))
+                    .unwrap_or_else(|| "not extracted".into());
+                row["error"] = json!(reason);
+            }
+            Some(got) => {
+                for f in FIELDS {
+                    let ok = field_matches(f, &got[f], &answer[f]);
+                    *correct.get_mut(f).expect("a known field") += ok as usize;
+                    row[f] = json!({"expected": answer[f], "got": got[f], "ok": ok});
+                }
+            }
+        }
+        rows.push(row);
+    }
+    let n = cases.len();
+    let accuracy: BTreeMap<&str, f64> = correct
+        .iter()
+        .map(|(f, c)| (*f, *c as f64 / n as f64))
+        .collect();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "documents": n, "accuracy": accuracy, "cases": rows,
+                "prompt_tokens": summary.prompt_tokens, "completion_tokens": summary.completion_tokens,
+                "seconds": summary.seconds, "quarantined": summary.quarantined,
+            }))?
+        );
+        return Ok(());
+    }
+    for row in &rows {
+        println!("{}:", row["file"].as_str().unwrap_or(""));
+        if let Some(e) = row.get("error") {
+            println!("  not extracted: {}", e.as_str().unwrap_or(""));
+            continue;
+        }
+        for f in FIELDS {
+            let r = &row[f];
+            println!(
+                "  {} {:<15} expected {:<28} got {}",
+                if r["ok"] == json!(true) {
+                    "ok  "
+                } else {
+                    "MISS"
+                },
+                f,
+                r["expected"].to_string(),
+                r["got"]
+            );
+        }
+    }
+    println!("\naccuracy over {n} invoice(s):");
+    for f in FIELDS {
+        println!(
+            "  {:<15} {}/{n} ({:.0}%)",
+            f,
+            correct[f],
+            accuracy[f] * 100.0
+        );
+    }
+    println!(
+        "tokens {} prompt + {} completion, {:.1} s, {} quarantined",
+        summary.prompt_tokens, summary.completion_tokens, summary.seconds, summary.quarantined
+    );
+    Ok(())
+}
+
+/// A plain mail with the invoice attached. The subject and file name say nothing about
+/// the invoice, so only the PDF's text can answer.
+fn invoice_mail(n: usize, pdf: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(pdf);
+    let wrapped: Vec<&str> = b64
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
+        .collect();
+    format!(
+        "From: Accounts <accounts@example.com>\r\nTo: intake@example.org\r\nSubject: Invoice {n}\r\n\
+         Date: Mon, 2 Mar 2026 09:00:00 +0000\r\nMessage-ID: <eval-{n}@example.com>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"verre-eval\"\r\n\r\n\
+         --verre-eval\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nPlease find the invoice attached.\r\n\
+         --verre-eval\r\nContent-Type: application/pdf; name=\"invoice-{n}.pdf\"\r\n\
+         Content-Disposition: attachment; filename=\"invoice-{n}.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+         {}\r\n--verre-eval--\r\n",
+        wrapped.join("\r\n")
+    )
+}
+
+/// Does an extracted value match the answer? Each field is compared the way a person
+/// checking the invoice would: numbers as numbers, dates as dates, names loosely.
+pub fn field_matches(field: &str, got: &Value, expected: &Value) -> bool {
+    match field {
+        "amount" => match (number(got), number(expected)) {
+            (Some(a), Some(b)) => (a - b).abs() < 0.005,
+            _ => false,
+        },
+        "date" => match (got.as_str().and_then(normalise_date), expected.as_str()) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        },
+        "currency" => match (got.as_str(), expected.as_str()) {
+            (Some(a), Some(b)) => currency_code(a).as_deref() == Some(b),
+            _ => false,
+        },
+        "invoice_number" => match (got.as_str().map(alnum), expected.as_str().map(alnum)) {
+            (Some(a), Some(b)) => !a.is_empty() && a == b,
+            _ => false,
+        },
+        "issuer" => match (got.as_str().map(words), expected.as_str().map(words)) {
+            // "Amazon Web Services, Inc." names "Amazon Web Services"; either may be the longer.
+            (Some(a), Some(b)) => {
+                !a.is_empty() && !b.is_empty() && (a.contains(&b) || b.contains(&a))
+            }
+            _ => false,
+        },
+        _ => got == expected,
+    }
+}
+
+fn alnum(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn words(s: &str) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                ' '
+            }
+        })
+        .collect();
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn number(v: &Value) -> Option<f64> {
+    if let Some(n) = v.as_f64() {
+        return Some(n);
+    }
+    let s: String = v
+        .as_str()?
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == '.' || *c == ',' || *c == '-')
+        .collect();
+    // "1.234,56" and "1,234.56": the last separator is the decimal one when two digits follow.
+    let last = s.rfind(['.', ','])?;
+    let (int, frac) = s.split_at(last);
+    let int: String = int
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == '-')
+        .collect();
+    if frac.len() == 3 {
+        format!("{int}.{}", &frac[1..]).parse().ok()
+    } else {
+        s.replace(',', "").parse().ok()
+    }
+    .or_else(|| s.replace(',', "").parse().ok())
+}
+
+fn currency_code(s: &str) -> Option<String> {
+    let t = s.trim();
+    let by_symbol = [
+        ("€", "EUR"),
+        ("$", "USD"),
+        ("£", "GBP"),
+        ("₹", "INR"),
+        ("rs", "INR"),
+        ("euro", "EUR"),
+        ("dollar", "USD"),
+        ("rupee", "INR"),
+    ];
+    let lower = t.to_lowercase();
+    if t.len() == 3 && t.chars().all(|c| c.is_ascii_alphabetic()) {
+        return Some(t.to_ascii_uppercase());
+    }
+    by_symbol
+        .iter()
+        .find(|(sym, _)| lower.contains(sym))
+        .map(|(_, c)| c.to_string())
+}
+
+/// A date in the forms invoices use, as YYYY-MM-DD.
+fn normalise_date(s: &str) -> Option<String> {
+    // English, then the German, French and Dutch spellings that differ.
+    const MONTHS: [&[&str]; 12] = [
+        &["jan"],
+        &["feb", "fév", "fev"],
+        &["mar", "mär", "maa"],
+        &["apr", "avr"],
+        &["may", "mai", "mei"],
+        &["jun", "juin"],
+        &["jul", "juil"],
+        &["aug", "aoû", "aou"],
+        &["sep"],
+        &["oct", "okt"],
+        &["nov"],
+        &["dec", "dez", "déc"],
+    ];
+    let s = s.trim();
+    let tokens: Vec<String> = s
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .map(|t| t.to_lowercase())
+        .collect();
+    let month_of = |t: &str| {
+        MONTHS
+            .iter()
+            .position(|names| names.iter().any(|m| t.starts_with(m)))
+            .map(|i| i as u32 + 1)
+    };
+    let num = |t: &str| {
+        t.trim_end_matches(|c: char| c.is_alphabetic())
+            .parse::<u32>()
+            .ok()
+    };
+    let ymd = |y: u32, m: u32, d: u32| {
+        ((1900..2200).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&d))
+            .then(|| format!("{y:04}-{m:02}-{d:02}"))
+    };
+    match tokens.as_slice() {
+        [a, b, c] => {
+            let (a_n, b_n, c_n) = (num(a), num(b), num(c));
+            if let (Some(y), Some(m), Some(d)) = (a_n, b_n, c_n)
+                && a.len() == 4
+            {
+                return ymd(y, m, d);
+            }
+            if let (Some(d), Some(m), Some(y)) = (a_n, b_n, c_n) {
+                // Day first (European invoices), unless that is impossible.
+                return ymd(y, m, d).or_else(|| ymd(y, d, m));
+            }
+            if let (Some(m), Some(d), Some(y)) = (month_of(a), b_n, c_n) {
+                return ymd(y, m, d);
+            }
+            if let (Some(d), Some(m), Some(y)) = (a_n, month_of(b), c_n) {
+                return ymd(y, m, d);
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_compare_like_a_person_would() {
+        assert!(field_matches("amount", &json!("€ 717,97"), &json!(717.97)));
+        assert!(field_matches("amount", &json!("1,234.50"), &json!(1234.5)));
+        assert!(field_matches("amount", &json!(4.11), &json!(4.11)));
+        assert!(!field_matches("amount", &json!(4.12), &json!(4.11)));
+        assert!(field_matches(
+            "date",
+            &json!("7. Mai 2014"),
+            &json!("2014-05-07")
+        ));
+        assert!(field_matches(
+            "date",
+            &json!("19 avril 2014"),
+            &json!("2014-04-19")
+        ));
+        assert!(field_matches(
+            "date",
+            &json!("August 3, 2014"),
+            &json!("2014-08-03")
+        ));
+        assert!(field_matches(
+            "date",
+            &json!("07.05.2014"),
+            &json!("2014-05-07")
+        ));
+        assert!(field_matches(
+            "date",
+            &json!("2023-03-20"),
+            &json!("2023-03-20")
+        ));
+        assert!(!field_matches("date", &json!("2023"), &json!("2023-03-20")));
+        assert!(field_matches("currency", &json!("€"), &json!("EUR")));
+        assert!(field_matches("currency", &json!("usd"), &json!("USD")));
+        assert!(field_matches(
+            "invoice_number",
+            &json!("BLR_WFLD20151000982590"),
+            &json!("#BLR_WFLD20151000982590")
+        ));
+        assert!(field_matches(
+            "issuer",
+            &json!("Amazon Web Services, Inc."),
+            &json!("Amazon Web Services")
+        ));
+        assert!(!field_matches("issuer", &json!(""), &json!("Flipkart")));
+    }
+}

@@ -1,0 +1,466 @@
+//! `verre intake`: run the pipeline over a source, work the queue, inspect messages and
+//! quarantine. Wiring only; the pipeline is verre-intake, the queue verre-store.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use verre_intake::{BackendChoice, Pipeline, Source, StageRunner};
+use verre_store::Store;
+
+#[derive(Subcommand)]
+pub enum IntakeCommand {
+    /// Store every message of SOURCE, run the pipeline over the queue until it is idle,
+    /// then print a summary.
+    Run(RunArgs),
+    /// Keep reading SOURCE and working the queue (a worker; several may share a
+    /// PostgreSQL queue).
+    Watch(WatchArgs),
+    /// Everything known about one message: headers, parts, stage results, actions, PII tags.
+    Show {
+        id: i64,
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List quarantined messages, or put one back on the queue.
+    Quarantine {
+        #[command(subcommand)]
+        command: Option<QuarantineCommand>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum QuarantineCommand {
+    /// Quarantined messages with their stage and reason (the default).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a quarantined message back on the queue at the stage that failed.
+    Retry { id: i64 },
+}
+
+#[derive(Args, Clone)]
+pub struct DbArgs {
+    /// verre's database: sqlite://PATH or postgres://USER@HOST/DB
+    /// (default: sqlite://$VERRE_HOME/verre.db).
+    #[arg(long, env = "VERRE_DATABASE", global = true)]
+    pub database: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum BackendArg {
+    /// The pipeline's models, in-process.
+    Engine,
+    /// A deterministic stand-in for every model (tests; measuring the pipeline itself).
+    Stub,
+}
+
+#[derive(Args, Clone)]
+pub struct WorkArgs {
+    /// The pipeline file (TOML; see docs/INTAKE.md).
+    #[arg(long)]
+    pub pipeline: PathBuf,
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Workers in this process.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    #[arg(long, value_enum, default_value_t = BackendArg::Engine)]
+    pub backend: BackendArg,
+    /// Seconds a claimed job is held before another worker may take it over (renewed
+    /// while the stage runs).
+    #[arg(long, default_value_t = 30)]
+    pub lease_secs: u64,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// A folder of .eml files, a Maildir, an mbox file or one .eml file.
+    pub source: String,
+    #[command(flatten)]
+    pub work: WorkArgs,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct WatchArgs {
+    pub source: String,
+    #[command(flatten)]
+    pub work: WorkArgs,
+    /// Seconds between reads of the source.
+    #[arg(long, default_value_t = 10)]
+    pub poll_secs: u64,
+}
+
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+pub(crate) async fn open_store(db: &DbArgs) -> Result<Store> {
+    match &db.database {
+        Some(url) => Store::open(url).await,
+        None => Store::open_in_home(&verre_models::ModelStore::default_home()?).await,
+    }
+}
+
+pub fn intake(cmd: IntakeCommand) -> Result<()> {
+    let rt = runtime()?;
+    match cmd {
+        IntakeCommand::Run(args) => rt.block_on(run(args)),
+        IntakeCommand::Watch(args) => rt.block_on(watch(args)),
+        IntakeCommand::Show { id, db, json } => rt.block_on(show(id, &db, json)),
+        IntakeCommand::Quarantine { command, db } => rt.block_on(quarantine(command, &db)),
+    }
+}
+
+pub(crate) fn load_pipeline(path: &std::path::Path) -> Result<Pipeline> {
+    // The error already says file:line: reason.
+    Pipeline::load(path).map_err(|e| anyhow::anyhow!("invalid pipeline: {e}"))
+}
+
+pub(crate) fn runner(
+    store: Store,
+    pipeline: Pipeline,
+    backend: BackendArg,
+) -> Result<Arc<StageRunner>> {
+    let choice = match backend {
+        BackendArg::Engine => BackendChoice::Engine,
+        BackendArg::Stub => BackendChoice::Stub,
+    };
+    let models = verre_intake::load_models(&pipeline, choice)?;
+    Ok(Arc::new(StageRunner::new(
+        store,
+        Arc::new(pipeline),
+        models,
+        Some(Arc::new(PiiDetector::default())),
+    )))
+}
+
+/// verre-pii's detector as the parse stage's PII tagger (email, phone, IBAN, card, IP,
+/// URL, dates of birth, person names), for the governance features to use.
+#[derive(Default)]
+struct PiiDetector {
+    options: verre_pii::DetectOptions,
+}
+
+impl verre_intake::PiiTagger for PiiDetector {
+    fn tag(&self, text: &str) -> Vec<verre_intake::PiiSpan> {
+        verre_pii::detect(text, &self.options)
+            .into_iter()
+            .map(|s| verre_intake::PiiSpan {
+                kind: s.kind.as_str().to_string(),
+                start: s.start,
+                end: s.end,
+            })
+            .collect()
+    }
+}
+
+/// What one `intake run` did, over the messages of its source.
+#[derive(serde::Serialize)]
+pub(crate) struct Summary {
+    pub messages: usize,
+    pub new: usize,
+    pub processed: usize,
+    pub quarantined: usize,
+    pub pending: usize,
+    pub labels: BTreeMap<String, BTreeMap<String, usize>>,
+    pub routes: BTreeMap<String, usize>,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub seconds: f64,
+}
+
+/// Ingest a source and work the queue until it is idle, with a progress bar over the
+/// source's messages.
+pub(crate) async fn ingest_and_run(
+    source: &Source,
+    work: &WorkArgs,
+    pipeline: Pipeline,
+    progress: bool,
+) -> Result<(Store, Vec<i64>, Summary)> {
+    let start = Instant::now();
+    let store = open_store(&work.db).await?;
+    let labels: Vec<String> = pipeline.labels.iter().map(|l| l.name.clone()).collect();
+    let max_attempts = pipeline.max_attempts;
+    let runner = runner(store.clone(), pipeline, work.backend)?;
+    let (ids, new) = verre_intake::ingest(&store, source, max_attempts).await?;
+
+    let bar = progress.then(|| {
+        let bar = indicatif::ProgressBar::new(ids.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} messages {msg}",
+            )
+            .expect("a valid template"),
+        );
+        bar
+    });
+    let work_task = tokio::spawn(verre_intake::run_until_idle(
+        runner,
+        work.workers,
+        Duration::from_secs(work.lease_secs),
+    ));
+    if let Some(bar) = &bar {
+        while !work_task.is_finished() {
+            let statuses = store.statuses(&ids).await?;
+            let done = statuses.iter().filter(|(_, s)| s != "pending").count();
+            let q = statuses.iter().filter(|(_, s)| s == "quarantined").count();
+            bar.set_position(done as u64);
+            bar.set_message(format!("({q} quarantined)"));
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    work_task.await.context("the workers stopped")??;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+
+    let statuses = store.statuses(&ids).await?;
+    let count = |s: &str| statuses.iter().filter(|(_, x)| x == s).count();
+    let mut label_counts: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for (_, value, _, _) in store.stage_outputs(&ids, "extract").await? {
+        for l in &labels {
+            let v = value[l].as_str().unwrap_or("?").to_string();
+            *label_counts
+                .entry(l.clone())
+                .or_default()
+                .entry(v)
+                .or_default() += 1;
+        }
+    }
+    let mut routes = BTreeMap::new();
+    for (_, value, _, _) in store.stage_outputs(&ids, "route").await? {
+        *routes
+            .entry(value["route"].as_str().unwrap_or("(none)").to_string())
+            .or_default() += 1;
+    }
+    let (prompt_tokens, completion_tokens) = store.tokens_for(&ids).await?;
+    let summary = Summary {
+        messages: ids.len(),
+        new,
+        processed: count("processed"),
+        quarantined: count("quarantined"),
+        pending: count("pending"),
+        labels: label_counts,
+        routes,
+        prompt_tokens,
+        completion_tokens,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    Ok((store, ids, summary))
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let pipeline = load_pipeline(&args.work.pipeline)?;
+    let source = Source::detect(&args.source)?;
+    let (_, _, s) =
+        ingest_and_run(&source, &args.work, pipeline, !args.quiet && !args.json).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let rate = s.messages as f64 / s.seconds.max(1e-9);
+    println!("{:<22} {}", "messages", s.messages);
+    println!("{:<22} {}", "  new this run", s.new);
+    println!("{:<22} {}", "processed", s.processed);
+    println!("{:<22} {}", "quarantined", s.quarantined);
+    if s.pending > 0 {
+        println!("{:<22} {}", "pending", s.pending);
+    }
+    for (label, counts) in &s.labels {
+        let parts: Vec<String> = counts.iter().map(|(v, n)| format!("{v} {n}")).collect();
+        println!("{:<22} {}", format!("label {label}"), parts.join(", "));
+    }
+    let routes: Vec<String> = s.routes.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    if !routes.is_empty() {
+        println!("{:<22} {}", "routes", routes.join(", "));
+    }
+    println!(
+        "{:<22} {} prompt + {} completion",
+        "tokens", s.prompt_tokens, s.completion_tokens
+    );
+    println!("{:<22} {:.2} s ({rate:.1} messages/s)", "time", s.seconds);
+    if s.quarantined > 0 {
+        println!("see `verre intake quarantine list` for the reasons");
+    }
+    Ok(())
+}
+
+async fn watch(args: WatchArgs) -> Result<()> {
+    let pipeline = load_pipeline(&args.work.pipeline)?;
+    let source = Source::detect(&args.source)?;
+    let store = open_store(&args.work.db).await?;
+    let max_attempts = pipeline.max_attempts;
+    let runner = runner(store.clone(), pipeline, args.work.backend)?;
+    let mut workers = Vec::new();
+    for _ in 0..args.work.workers.max(1) {
+        let mut opts = verre_intake::WorkerOptions::new();
+        opts.lease = Duration::from_secs(args.work.lease_secs);
+        opts.stop_when_idle = false;
+        let w = verre_intake::Worker::new(runner.clone(), opts);
+        workers.push(tokio::spawn(async move { w.run().await }));
+    }
+    eprintln!(
+        "watching {} ({} worker(s)); Ctrl-C to stop",
+        source.describe(),
+        workers.len()
+    );
+    loop {
+        let (_, new) = verre_intake::ingest(&store, &source, max_attempts).await?;
+        if new > 0 {
+            eprintln!("{new} new message(s)");
+        }
+        if let Some(done) = workers.iter().position(|w| w.is_finished()) {
+            let w = workers.swap_remove(done);
+            w.await??;
+            anyhow::bail!("a worker stopped");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(args.poll_secs)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+async fn show(id: i64, db: &DbArgs, json: bool) -> Result<()> {
+    let store = open_store(db).await?;
+    let d = store
+        .detail(id)
+        .await?
+        .with_context(|| format!("no message {id}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(());
+    }
+    let m = &d.message;
+    println!(
+        "message {}  {}  ({} bytes, sha256 {})",
+        m.id,
+        m.status,
+        m.size,
+        &m.content_hash[..16]
+    );
+    println!("source  {} {}", m.source, m.source_ref);
+    if let Some(q) = &d.quarantine {
+        println!(
+            "QUARANTINED at {} after {} attempt(s): {}",
+            q.stage, q.attempts, q.reason
+        );
+    }
+    println!("\nparts:");
+    for p in &d.parts {
+        let len = p.text.as_deref().map(str::len).unwrap_or(0);
+        let pages = p
+            .pages
+            .as_ref()
+            .and_then(|v| v.as_array())
+            .map(|a| format!(", {} pages", a.len()))
+            .unwrap_or_default();
+        println!(
+            "  #{} {} {} {}{} — {} chars of text{}{}",
+            p.idx,
+            p.kind,
+            p.content_type,
+            p.filename.as_deref().unwrap_or(""),
+            if p.supported { "" } else { " [unsupported]" },
+            len,
+            pages,
+            p.note
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        );
+    }
+    println!("\nstages:");
+    for j in &d.jobs {
+        println!(
+            "  {:<9} {:<7} attempts {}/{}{}",
+            j.stage,
+            j.state,
+            j.attempts,
+            j.max_attempts,
+            j.last_error
+                .as_deref()
+                .map(|e| format!("  last error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    for r in &d.results {
+        let tokens = if r.prompt_tokens + r.completion_tokens > 0 {
+            format!("  [{} + {} tokens]", r.prompt_tokens, r.completion_tokens)
+        } else {
+            String::new()
+        };
+        println!(
+            "\n{} (by {}){tokens}:\n{}",
+            r.stage,
+            r.worker,
+            serde_json::to_string_pretty(&r.output)?
+        );
+    }
+    if !d.actions.is_empty() {
+        println!("\nstaged actions:");
+        for a in &d.actions {
+            println!(
+                "  {} {} -> {} [{}]\n    {}",
+                a.name, a.kind, a.target, a.status, a.payload
+            );
+        }
+    }
+    if !d.pii_tags.is_empty() {
+        println!("\nPII tags:");
+        for t in &d.pii_tags {
+            println!(
+                "  part {:?} {} bytes {}..{}",
+                t.part_idx, t.kind, t.start, t.end
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn quarantine(cmd: Option<QuarantineCommand>, db: &DbArgs) -> Result<()> {
+    let store = open_store(db).await?;
+    match cmd.unwrap_or(QuarantineCommand::List { json: false }) {
+        QuarantineCommand::List { json } => {
+            let rows = store.quarantined().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if rows.is_empty() {
+                println!("quarantine is empty");
+            } else {
+                println!("{:>6}  {:<9} {:<20} reason", "id", "stage", "source");
+                for q in rows {
+                    println!(
+                        "{:>6}  {:<9} {:<20} {}",
+                        q.message_id, q.stage, q.source_ref, q.reason
+                    );
+                }
+            }
+        }
+        QuarantineCommand::Retry { id } => {
+            store.retry_quarantined(id).await?;
+            println!(
+                "message {id} is back on the queue; `verre intake run` or `watch` picks it up"
+            );
+        }
+    }
+    Ok(())
+}

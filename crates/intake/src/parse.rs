@@ -1,0 +1,368 @@
+//! MIME parsing (mail-parser) and document text: text bodies as they are, HTML reduced to
+//! text (never rendered or executed), PDF text per page (pdf-extract), plain-text
+//! attachments; anything else is kept as a part marked unsupported, never dropped.
+
+use mail_parser::{MessageParser, MimeHeaders, PartType};
+use serde_json::{Value, json};
+use verre_store::NewPart;
+
+/// A parsed message: the header fields the pipeline uses, and its parts in order. Part 0 is
+/// always the headers as text (so PII in them can be tagged like any other text).
+#[derive(Debug, Clone)]
+pub struct ParsedMail {
+    pub fields: Value,
+    pub parts: Vec<NewPart>,
+}
+
+/// Why a message cannot be parsed at all (it goes to quarantine with this reason).
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("not a MIME message (mail-parser found no message in {0} bytes)")]
+    NotMime(usize),
+    #[error("empty message: no headers and no body")]
+    Empty,
+}
+
+/// Largest attachment whose text is extracted; larger ones are kept, marked unsupported.
+const MAX_EXTRACT_BYTES: usize = 50 << 20;
+
+pub fn parse_mail(raw: &[u8]) -> Result<ParsedMail, ParseError> {
+    let msg = MessageParser::default()
+        .parse(raw)
+        .ok_or(ParseError::NotMime(raw.len()))?;
+    let addr = |a: Option<&mail_parser::Address>| -> Vec<String> {
+        a.map(|a| {
+            a.iter()
+                .filter_map(|x| x.address().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let from = msg.from().and_then(|a| a.first());
+    let fields = json!({
+        "subject": msg.subject().unwrap_or(""),
+        "from": from.and_then(|a| a.address()).unwrap_or(""),
+        "from_name": from.and_then(|a| a.name()).unwrap_or(""),
+        "reply_to": msg.reply_to().and_then(|a| a.first()).and_then(|a| a.address())
+            .or(from.and_then(|a| a.address())).unwrap_or(""),
+        "to": addr(msg.to()),
+        "cc": addr(msg.cc()),
+        "date": msg.date().map(|d| d.to_rfc3339()).unwrap_or_default(),
+        "message_id": msg.message_id().unwrap_or(""),
+    });
+
+    let mut parts = Vec::new();
+    let header_text: String = msg
+        .headers()
+        .iter()
+        .filter(|h| {
+            matches!(
+                h.name().to_ascii_lowercase().as_str(),
+                "from" | "to" | "cc" | "reply-to" | "subject" | "date"
+            )
+        })
+        .filter_map(|h| {
+            let name = h.name();
+            let v = header_value_text(h.value())?;
+            Some(format!("{name}: {v}\n"))
+        })
+        .collect();
+    parts.push(NewPart {
+        idx: 0,
+        kind: "headers".into(),
+        filename: None,
+        content_type: "text/rfc822-headers".into(),
+        size: header_text.len() as i64,
+        supported: true,
+        note: None,
+        text: Some(header_text.clone()),
+        pages: None,
+    });
+
+    // Bodies: mail-parser picks the alternative to read (an HTML part when there is no
+    // plain-text one); HTML is reduced to text, never rendered.
+    for part in msg.text_bodies() {
+        match &part.body {
+            PartType::Text(t) => push_text(&mut parts, "text", None, "text/plain", t.to_string()),
+            PartType::Html(h) => push_text(
+                &mut parts,
+                "html",
+                None,
+                "text/html",
+                mail_parser::decoders::html::html_to_text(h),
+            ),
+            _ => {}
+        }
+    }
+    for att in msg.attachments() {
+        let filename = att.attachment_name().map(str::to_string);
+        let ctype = att
+            .content_type()
+            .map(|c| match c.subtype() {
+                Some(s) => format!("{}/{}", c.ctype(), s),
+                None => c.ctype().to_string(),
+            })
+            .unwrap_or_else(|| "application/octet-stream".into())
+            .to_ascii_lowercase();
+        let idx = parts.len() as i64;
+        let (size, supported, note, text, pages) = match &att.body {
+            PartType::Text(t) | PartType::Html(t) => {
+                let text = if matches!(att.body, PartType::Html(_)) {
+                    mail_parser::decoders::html::html_to_text(t)
+                } else {
+                    t.to_string()
+                };
+                (t.len(), true, None, Some(text), None)
+            }
+            PartType::Message(m) => {
+                let text = m.body_text(0).map(|t| t.to_string()).unwrap_or_default();
+                let subject = m.subject().unwrap_or("");
+                (
+                    m.raw_message().len(),
+                    true,
+                    Some("attached message".to_string()),
+                    Some(format!("Subject: {subject}\n{text}")),
+                    None,
+                )
+            }
+            PartType::Binary(b) | PartType::InlineBinary(b) => {
+                let is_pdf = ctype == "application/pdf"
+                    || filename
+                        .as_deref()
+                        .is_some_and(|f| f.to_ascii_lowercase().ends_with(".pdf"))
+                    || b.starts_with(b"%PDF-");
+                if is_pdf && b.len() <= MAX_EXTRACT_BYTES {
+                    match pdf_pages(b) {
+                        Ok(pages) => (b.len(), true, None, Some(join_pages(&pages)), Some(pages)),
+                        Err(e) => (
+                            b.len(),
+                            false,
+                            Some(format!("PDF text could not be extracted: {e}")),
+                            None,
+                            None,
+                        ),
+                    }
+                } else if is_pdf {
+                    (
+                        b.len(),
+                        false,
+                        Some(format!("PDF larger than {MAX_EXTRACT_BYTES} bytes")),
+                        None,
+                        None,
+                    )
+                } else {
+                    (
+                        b.len(),
+                        false,
+                        Some(format!("unsupported attachment type {ctype}")),
+                        None,
+                        None,
+                    )
+                }
+            }
+            PartType::Multipart(_) => continue,
+        };
+        parts.push(NewPart {
+            idx,
+            kind: "attachment".into(),
+            filename,
+            content_type: ctype,
+            size: size as i64,
+            supported,
+            note,
+            text,
+            pages,
+        });
+    }
+
+    let has_body = parts
+        .iter()
+        .skip(1)
+        .any(|p| p.text.as_deref().is_some_and(|t| !t.trim().is_empty()) || !p.supported);
+    if msg.headers().is_empty() && !has_body {
+        return Err(ParseError::Empty);
+    }
+    Ok(ParsedMail { fields, parts })
+}
+
+fn header_value_text(v: &mail_parser::HeaderValue) -> Option<String> {
+    use mail_parser::HeaderValue as H;
+    match v {
+        H::Text(t) => Some(t.to_string()),
+        H::TextList(l) => Some(l.join(", ")),
+        H::Address(a) => Some(
+            a.iter()
+                .map(|x| match (x.name(), x.address()) {
+                    (Some(n), Some(e)) => format!("{n} <{e}>"),
+                    (None, Some(e)) => e.to_string(),
+                    (Some(n), None) => n.to_string(),
+                    (None, None) => String::new(),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        H::DateTime(d) => Some(d.to_rfc3339()),
+        _ => None,
+    }
+}
+
+fn push_text(
+    parts: &mut Vec<NewPart>,
+    kind: &str,
+    filename: Option<String>,
+    ctype: &str,
+    text: String,
+) {
+    parts.push(NewPart {
+        idx: parts.len() as i64,
+        kind: kind.into(),
+        filename,
+        content_type: ctype.into(),
+        size: text.len() as i64,
+        supported: true,
+        note: None,
+        text: Some(text),
+        pages: None,
+    });
+}
+
+/// Page texts of a PDF. pdf-extract panics on some malformed files; a panic is an error
+/// here, not a dead worker.
+pub fn pdf_pages(bytes: &[u8]) -> Result<Vec<String>, String> {
+    let result = std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem_by_pages(bytes));
+    match result {
+        Ok(Ok(pages)) => Ok(pages),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => Err(format!(
+            "the PDF reader failed: {}",
+            panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or(panic.downcast_ref::<&str>().copied())
+                .unwrap_or("panic")
+        )),
+    }
+}
+
+fn join_pages(pages: &[String]) -> String {
+    pages
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("[page {}]\n{}", i + 1, p.trim()))
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+/// The text the extraction model reads: the headers, the bodies and every attachment's
+/// text, each introduced by a line saying what it is, cut to `max_chars` characters.
+pub fn document_text(parts: &[verre_store::PartRow], max_chars: usize) -> String {
+    text_of(parts.iter(), max_chars)
+}
+
+/// The bodies only (no headers, no attachments).
+pub fn body_text(parts: &[verre_store::PartRow], max_chars: usize) -> String {
+    text_of(
+        parts
+            .iter()
+            .filter(|p| p.kind == "text" || p.kind == "html"),
+        max_chars,
+    )
+}
+
+/// The attachments only, each introduced by its name.
+pub fn attachments_text(parts: &[verre_store::PartRow], max_chars: usize) -> String {
+    text_of(parts.iter().filter(|p| p.kind == "attachment"), max_chars)
+}
+
+fn text_of<'a>(parts: impl Iterator<Item = &'a verre_store::PartRow>, max_chars: usize) -> String {
+    let mut doc = String::new();
+    for p in parts {
+        let Some(text) = p.text.as_deref() else {
+            if p.kind == "attachment" {
+                doc.push_str(&format!(
+                    "\n[attachment {} ({}): not readable]\n",
+                    p.filename.as_deref().unwrap_or("unnamed"),
+                    p.content_type
+                ));
+            }
+            continue;
+        };
+        match p.kind.as_str() {
+            "headers" => {}
+            "attachment" => doc.push_str(&format!(
+                "\n[attachment {}]\n",
+                p.filename.as_deref().unwrap_or("unnamed")
+            )),
+            _ => doc.push('\n'),
+        }
+        doc.push_str(text.trim());
+        doc.push('\n');
+    }
+    let doc = doc.trim();
+    match doc.char_indices().nth(max_chars) {
+        Some((cut, _)) => doc[..cut].to_string(),
+        None => doc.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bodies_html_attachments_and_encoded_names() {
+        let raw = concat!(
+            "From: =?UTF-8?B?SsOpcsO0bWU=?= <jerome@example.fr>\r\n",
+            "To: desk@example.com\r\n",
+            "Subject: =?UTF-8?Q?Facture_n=C2=B012?=\r\n",
+            "MIME-Version: 1.0\r\n",
+            "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n",
+            "--b\r\nContent-Type: text/html\r\n\r\n<p>Hello <b>there</b></p><script>alert(1)</script>\r\n",
+            "--b\r\nContent-Type: text/plain; name=\"notes.txt\"\r\nContent-Disposition: attachment; filename=\"notes.txt\"\r\n\r\nplain notes\r\n",
+            "--b\r\nContent-Type: image/png; name=\"=?UTF-8?Q?r=C3=A9sum=C3=A9.png?=\"\r\nContent-Disposition: attachment\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n",
+            "--b--\r\n"
+        );
+        let p = parse_mail(raw.as_bytes()).unwrap();
+        assert_eq!(p.fields["subject"], "Facture n°12");
+        assert_eq!(p.fields["from_name"], "Jérôme");
+        assert_eq!(p.fields["from"], "jerome@example.fr");
+        let html = p
+            .parts
+            .iter()
+            .find(|p| p.kind == "html")
+            .expect("html body as text");
+        let text = html.text.as_deref().unwrap();
+        assert!(text.contains("Hello") && !text.contains("<b>"), "{text}");
+        let notes = p
+            .parts
+            .iter()
+            .find(|p| p.filename.as_deref() == Some("notes.txt"))
+            .unwrap();
+        assert_eq!(notes.text.as_deref().map(str::trim), Some("plain notes"));
+        let png = p
+            .parts
+            .iter()
+            .find(|p| p.content_type == "image/png")
+            .unwrap();
+        assert_eq!(png.filename.as_deref(), Some("résumé.png"));
+        assert!(!png.supported && png.note.as_deref().unwrap().contains("unsupported"));
+    }
+
+    #[test]
+    fn an_empty_message_is_an_error() {
+        assert!(parse_mail(b"").is_err());
+    }
+
+    #[test]
+    fn a_broken_pdf_is_kept_and_marked() {
+        let raw = "Subject: x\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b\r\nContent-Type: application/pdf; name=a.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQKZ2FyYmFnZQ==\r\n--b--\r\n";
+        let p = parse_mail(raw.as_bytes()).unwrap();
+        let pdf = p
+            .parts
+            .iter()
+            .find(|p| p.content_type == "application/pdf")
+            .unwrap();
+        assert!(!pdf.supported, "{pdf:?}");
+        assert!(pdf.note.as_deref().unwrap().contains("PDF"));
+    }
+}

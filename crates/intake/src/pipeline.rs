@@ -1,0 +1,750 @@
+//! The pipeline file: a declarative TOML description of what the intake does with a
+//! message (see docs/INTAKE.md and examples/intake-pipeline.toml).
+//!
+//! [`Pipeline::load`] parses and validates the whole file before anything runs: the JSON
+//! Schema compiles, every template and expression compiles, every lookup is parameterised
+//! SQL whose `$N` placeholders match its parameters, every route names declared actions.
+//! A file that does not validate is refused with its line and the reason.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use toml::Spanned;
+
+/// A pipeline file that failed to load: where, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}:{line}: {reason}", path.display())]
+pub struct PipelineError {
+    pub path: PathBuf,
+    /// 1-based line of the offending value (the first line for whole-file problems).
+    pub line: usize,
+    pub reason: String,
+}
+
+/// A validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub path: PathBuf,
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
+    pub max_document_chars: usize,
+    pub extract: ExtractConfig,
+    pub labels: Vec<Label>,
+    pub crossref: Option<Crossref>,
+    pub routes: Vec<Route>,
+    pub draft: Option<DraftConfig>,
+    pub actions: Vec<Action>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExtractConfig {
+    pub model: String,
+    pub system: String,
+    /// minijinja template of the user turn; `document` is the message's text.
+    pub prompt: String,
+    pub max_tokens: usize,
+    /// How many times the model is asked again, with the validation error, after an
+    /// answer that does not validate.
+    pub retries: u32,
+    /// The schema the model answers to: the file's schema with the labels merged in as
+    /// required enum properties.
+    pub schema: Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct Label {
+    pub name: String,
+    pub values: Vec<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Crossref {
+    /// The business database (`sqlite://...` or `postgres://...`), never verre's own.
+    pub database: String,
+    pub lookups: Vec<Lookup>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    pub name: String,
+    /// SQL with `$1`, `$2`... placeholders, bound from `params`; never interpolated.
+    pub sql: String,
+    /// minijinja expressions over the context, one per placeholder.
+    pub params: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    /// minijinja expression; a route without one always matches (a default).
+    pub when: Option<String>,
+    pub draft: bool,
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DraftConfig {
+    pub model: String,
+    pub system: String,
+    pub prompt: String,
+    pub max_tokens: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum ActionKind {
+    /// A reply to the sender: `to` (default: Reply-To or From), `subject`, `body` templates.
+    Reply {
+        to: Option<String>,
+        subject: String,
+        body: String,
+    },
+    /// A webhook call: `url`, and a `payload` template that must render JSON.
+    Webhook { url: String, payload: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Action {
+    pub name: String,
+    pub kind: ActionKind,
+}
+
+// ---- the file as written ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    name: Spanned<String>,
+    #[serde(default)]
+    limits: Limits,
+    extract: Spanned<ExtractFile>,
+    #[serde(default)]
+    labels: Vec<Spanned<LabelFile>>,
+    crossref: Option<Spanned<CrossrefFile>>,
+    #[serde(default)]
+    route: Vec<Spanned<RouteFile>>,
+    draft: Option<Spanned<DraftFile>>,
+    #[serde(default)]
+    action: Vec<Spanned<ActionFile>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Limits {
+    max_attempts: Option<u32>,
+    backoff_ms: Option<u64>,
+    max_document_chars: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExtractFile {
+    model: Spanned<String>,
+    system: Spanned<String>,
+    prompt: Option<Spanned<String>>,
+    max_tokens: Option<usize>,
+    retries: Option<u32>,
+    schema: Option<Spanned<Value>>,
+    schema_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabelFile {
+    name: Spanned<String>,
+    values: Spanned<Vec<String>>,
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CrossrefFile {
+    database: Spanned<String>,
+    #[serde(default)]
+    lookup: Vec<Spanned<LookupFile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LookupFile {
+    name: Spanned<String>,
+    sql: Spanned<String>,
+    #[serde(default)]
+    params: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    name: Spanned<String>,
+    when: Option<Spanned<String>>,
+    #[serde(default)]
+    draft: bool,
+    #[serde(default)]
+    actions: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DraftFile {
+    model: Spanned<String>,
+    system: Spanned<String>,
+    prompt: Spanned<String>,
+    max_tokens: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionFile {
+    name: Spanned<String>,
+    kind: Spanned<String>,
+    to: Option<Spanned<String>>,
+    subject: Option<Spanned<String>>,
+    body: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    payload: Option<Spanned<String>>,
+}
+
+/// The minijinja environment every pipeline template and expression runs in: strict
+/// undefined (a typo is an error, not an empty string), no auto-escaping, no loader (a
+/// template cannot read files).
+pub fn template_env() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env
+}
+
+struct Checker<'a> {
+    path: &'a Path,
+    text: &'a str,
+    env: minijinja::Environment<'static>,
+}
+
+impl Checker<'_> {
+    fn line(&self, span: Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text[..end].bytes().filter(|b| *b == b'\n').count() + 1
+    }
+
+    fn err(&self, span: Range<usize>, reason: impl Into<String>) -> PipelineError {
+        PipelineError {
+            path: self.path.to_path_buf(),
+            line: self.line(span),
+            reason: reason.into(),
+        }
+    }
+
+    fn template(&self, what: &str, t: &Spanned<String>) -> Result<String, PipelineError> {
+        self.env
+            .template_from_str(t.get_ref())
+            .map_err(|e| self.err(t.span(), format!("{what}: not a valid template: {e}")))?;
+        Ok(t.get_ref().clone())
+    }
+
+    fn expression(&self, what: &str, t: &Spanned<String>) -> Result<String, PipelineError> {
+        self.env
+            .compile_expression(t.get_ref())
+            .map_err(|e| self.err(t.span(), format!("{what}: not a valid expression: {e}")))?;
+        Ok(t.get_ref().clone())
+    }
+
+    fn name(
+        &self,
+        what: &str,
+        n: &Spanned<String>,
+        seen: &mut BTreeSet<String>,
+    ) -> Result<String, PipelineError> {
+        let s = n.get_ref();
+        let ok = !s.is_empty()
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !s.starts_with(|c: char| c.is_ascii_digit());
+        if !ok {
+            return Err(self.err(
+                n.span(),
+                format!("{what} name {s:?}: use letters, digits and _ (not first)"),
+            ));
+        }
+        if !seen.insert(s.clone()) {
+            return Err(self.err(n.span(), format!("{what} {s:?} is declared twice")));
+        }
+        Ok(s.clone())
+    }
+}
+
+impl Pipeline {
+    /// Read, parse and validate a pipeline file.
+    pub fn load(path: &Path) -> Result<Self, PipelineError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PipelineError {
+            path: path.to_path_buf(),
+            line: 1,
+            reason: format!("cannot read the file: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parse and validate pipeline text; `path` names it in errors and anchors
+    /// `schema_file`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, PipelineError> {
+        let c = Checker {
+            path,
+            text,
+            env: template_env(),
+        };
+        let file: File = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| c.line(s)).unwrap_or(1);
+            PipelineError {
+                path: path.to_path_buf(),
+                line,
+                reason: e.message().to_string(),
+            }
+        })?;
+
+        let limits = &file.limits;
+        let max_attempts = limits.max_attempts.unwrap_or(3);
+        if max_attempts == 0 {
+            return Err(c.err(0..0, "limits.max_attempts must be at least 1"));
+        }
+
+        // Labels first: they become part of the extraction schema.
+        let mut names = BTreeSet::new();
+        let mut labels = Vec::new();
+        for l in &file.labels {
+            let name = c.name("label", &l.get_ref().name, &mut names)?;
+            let values = l.get_ref().values.get_ref().clone();
+            if values.is_empty() {
+                return Err(c.err(
+                    l.get_ref().values.span(),
+                    format!("label {name:?} has no values"),
+                ));
+            }
+            labels.push(Label {
+                name,
+                values,
+                description: l.get_ref().description.clone(),
+            });
+        }
+
+        let ex = file.extract.get_ref();
+        let mut schema = match (&ex.schema, &ex.schema_file) {
+            (Some(s), None) => s.get_ref().clone(),
+            (None, Some(f)) => {
+                let p = path.parent().unwrap_or(Path::new(".")).join(f.get_ref());
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| c.err(f.span(), format!("schema_file {}: {e}", p.display())))?;
+                serde_json::from_str(&text).map_err(|e| {
+                    c.err(
+                        f.span(),
+                        format!("schema_file {}: not JSON: {e}", p.display()),
+                    )
+                })?
+            }
+            (Some(s), Some(_)) => {
+                return Err(c.err(s.span(), "extract: give schema or schema_file, not both"));
+            }
+            (None, None) => {
+                return Err(c.err(
+                    file.extract.span(),
+                    "extract: a schema (or schema_file) is required",
+                ));
+            }
+        };
+        let schema_span = ex
+            .schema
+            .as_ref()
+            .map(|s| s.span())
+            .or(ex.schema_file.as_ref().map(|s| s.span()))
+            .unwrap_or(0..0);
+        if schema.get("type") != Some(&json!("object")) {
+            return Err(c.err(
+                schema_span,
+                "extract.schema: the top level must be {type = \"object\"}",
+            ));
+        }
+        for l in &labels {
+            let obj = schema.as_object_mut().expect("checked: an object");
+            let props = obj.entry("properties").or_insert_with(|| json!({}));
+            let Some(props) = props.as_object_mut() else {
+                return Err(c.err(schema_span, "extract.schema: properties must be a table"));
+            };
+            if props.contains_key(&l.name) {
+                return Err(c.err(
+                    schema_span,
+                    format!("label {:?} is also a schema property", l.name),
+                ));
+            }
+            let mut prop = json!({"type": "string", "enum": l.values});
+            if let Some(d) = &l.description {
+                prop["description"] = json!(d);
+            }
+            props.insert(l.name.clone(), prop);
+            let required = obj.entry("required").or_insert_with(|| json!([]));
+            match required.as_array_mut() {
+                Some(r) => r.push(json!(l.name)),
+                None => return Err(c.err(schema_span, "extract.schema: required must be a list")),
+            }
+        }
+        jsonschema::validator_for(&schema).map_err(|e| {
+            c.err(
+                schema_span,
+                format!("extract.schema: not a valid JSON Schema: {e}"),
+            )
+        })?;
+        let extract = ExtractConfig {
+            model: model_ref(&c, &ex.model)?,
+            system: c.template("extract.system", &ex.system)?,
+            prompt: match &ex.prompt {
+                Some(p) => c.template("extract.prompt", p)?,
+                None => "{{ document }}".to_string(),
+            },
+            max_tokens: ex.max_tokens.unwrap_or(256),
+            retries: ex.retries.unwrap_or(2),
+            schema,
+        };
+
+        let crossref = match &file.crossref {
+            None => None,
+            Some(x) => {
+                let x_ref = x.get_ref();
+                let db = x_ref.database.get_ref();
+                if !(db.starts_with("sqlite:")
+                    || db.starts_with("postgres://")
+                    || db.starts_with("postgresql://"))
+                {
+                    return Err(c.err(
+                        x_ref.database.span(),
+                        "crossref.database: expected sqlite://PATH or postgres://...",
+                    ));
+                }
+                let mut names = BTreeSet::new();
+                let mut lookups = Vec::new();
+                for l in &x_ref.lookup {
+                    let l = l.get_ref();
+                    let name = c.name("lookup", &l.name, &mut names)?;
+                    let sql = l.sql.get_ref();
+                    if sql.contains("{{") || sql.contains("{%") {
+                        return Err(c.err(l.sql.span(), format!(
+                            "lookup {name:?}: the SQL contains a template; pass values as params and use $1, $2... (values are bound, never interpolated)"
+                        )));
+                    }
+                    let used = placeholders(sql);
+                    let expected: BTreeSet<usize> = (1..=l.params.len()).collect();
+                    if used != expected {
+                        return Err(c.err(l.sql.span(), format!(
+                            "lookup {name:?}: the SQL uses placeholders {:?} but {} param(s) are given (expected $1..${})",
+                            used.iter().map(|n| format!("${n}")).collect::<Vec<_>>(),
+                            l.params.len(),
+                            l.params.len()
+                        )));
+                    }
+                    let params = l
+                        .params
+                        .iter()
+                        .map(|p| c.expression(&format!("lookup {name:?} param"), p))
+                        .collect::<Result<_, _>>()?;
+                    lookups.push(Lookup {
+                        name,
+                        sql: sql.clone(),
+                        params,
+                    });
+                }
+                Some(Crossref {
+                    database: business_db_url(path, db),
+                    lookups,
+                })
+            }
+        };
+
+        let mut names = BTreeSet::new();
+        let mut actions = Vec::new();
+        for a in &file.action {
+            let a = a.get_ref();
+            let name = c.name("action", &a.name, &mut names)?;
+            let need =
+                |f: &Option<Spanned<String>>, field: &str| -> Result<String, PipelineError> {
+                    match f {
+                        Some(t) => c.template(&format!("action {name:?} {field}"), t),
+                        None => Err(c.err(
+                            a.kind.span(),
+                            format!(
+                                "action {name:?}: {field} is required for kind {:?}",
+                                a.kind.get_ref()
+                            ),
+                        )),
+                    }
+                };
+            let kind = match a.kind.get_ref().as_str() {
+                "reply" => ActionKind::Reply {
+                    to: a.to.as_ref().map(|t| c.template(&format!("action {name:?} to"), t)).transpose()?,
+                    subject: need(&a.subject, "subject")?,
+                    body: need(&a.body, "body")?,
+                },
+                "webhook" => {
+                    let url = need(&a.url, "url")?;
+                    if !(url.starts_with("https://") || url.starts_with("http://")) {
+                        return Err(c.err(a.url.as_ref().map(|u| u.span()).unwrap_or(0..0), format!("action {name:?}: url must be http(s)://")));
+                    }
+                    ActionKind::Webhook {
+                        url,
+                        payload: need(&a.payload, "payload")?,
+                    }
+                }
+                other => return Err(c.err(a.kind.span(), format!("action {name:?}: unknown kind {other:?} (expected \"reply\" or \"webhook\")"))),
+            };
+            actions.push(Action { name, kind });
+        }
+
+        let mut names = BTreeSet::new();
+        let mut routes = Vec::new();
+        for r in &file.route {
+            let r = r.get_ref();
+            let name = c.name("route", &r.name, &mut names)?;
+            for a in &r.actions {
+                if !actions.iter().any(|x| &x.name == a.get_ref()) {
+                    return Err(c.err(
+                        a.span(),
+                        format!(
+                            "route {name:?}: no action named {:?} is declared",
+                            a.get_ref()
+                        ),
+                    ));
+                }
+            }
+            if r.draft && file.draft.is_none() {
+                return Err(c.err(
+                    r.name.span(),
+                    format!("route {name:?} asks for a draft but there is no [draft] section"),
+                ));
+            }
+            routes.push(Route {
+                name,
+                when: r
+                    .when
+                    .as_ref()
+                    .map(|w| c.expression("route when", w))
+                    .transpose()?,
+                draft: r.draft,
+                actions: r.actions.iter().map(|a| a.get_ref().clone()).collect(),
+            });
+        }
+
+        let draft = match &file.draft {
+            None => None,
+            Some(d) => {
+                let d = d.get_ref();
+                Some(DraftConfig {
+                    model: model_ref(&c, &d.model)?,
+                    system: c.template("draft.system", &d.system)?,
+                    prompt: c.template("draft.prompt", &d.prompt)?,
+                    max_tokens: d.max_tokens.unwrap_or(200),
+                })
+            }
+        };
+
+        Ok(Pipeline {
+            name: file.name.get_ref().clone(),
+            path: path.to_path_buf(),
+            max_attempts,
+            backoff_ms: limits.backoff_ms.unwrap_or(1000),
+            max_document_chars: limits.max_document_chars.unwrap_or(6000),
+            extract,
+            labels,
+            crossref,
+            routes,
+            draft,
+            actions,
+        })
+    }
+
+    pub fn action(&self, name: &str) -> Option<&Action> {
+        self.actions.iter().find(|a| a.name == name)
+    }
+}
+
+/// The business database as the crossref stage opens it: a relative SQLite path is
+/// relative to the pipeline file, and SQLite is opened read-only (a lookup never writes,
+/// and a missing file is an error rather than a new empty database).
+fn business_db_url(pipeline: &Path, url: &str) -> String {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return url.to_string();
+    };
+    let (file, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let file = Path::new(file);
+    let file = if file.is_relative() {
+        pipeline.parent().unwrap_or(Path::new(".")).join(file)
+    } else {
+        file.to_path_buf()
+    };
+    let query = if query.is_empty() {
+        "mode=ro".to_string()
+    } else {
+        query.to_string()
+    };
+    format!("sqlite://{}?{query}", file.display())
+}
+
+fn model_ref(c: &Checker, m: &Spanned<String>) -> Result<String, PipelineError> {
+    if m.get_ref().trim().is_empty() {
+        return Err(c.err(
+            m.span(),
+            "model: a store name (smollm2-135m) or a path to a .gguf file",
+        ));
+    }
+    Ok(m.get_ref().clone())
+}
+
+/// The `$N` placeholders an SQL text uses (outside quoted strings).
+fn placeholders(sql: &str) -> BTreeSet<usize> {
+    let mut out = BTreeSet::new();
+    let b = sql.as_bytes();
+    let mut i = 0;
+    let mut quote: Option<u8> = None;
+    while i < b.len() {
+        let ch = b[i];
+        match quote {
+            Some(q) if ch == q => quote = None,
+            Some(_) => {}
+            None if ch == b'\'' || ch == b'"' => quote = Some(ch),
+            None if ch == b'$' => {
+                let start = i + 1;
+                let mut end = start;
+                while end < b.len() && b[end].is_ascii_digit() {
+                    end += 1;
+                }
+                if end > start
+                    && let Ok(n) = sql[start..end].parse()
+                {
+                    out.insert(n);
+                }
+                i = end.max(i + 1);
+                continue;
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../examples/intake-pipeline.toml");
+
+    fn parse(text: &str) -> Result<Pipeline, PipelineError> {
+        Pipeline::parse(Path::new("p.toml"), text)
+    }
+
+    #[test]
+    fn the_example_validates_and_labels_join_the_schema() {
+        let p = parse(EXAMPLE).unwrap();
+        assert!(!p.labels.is_empty());
+        let props = &p.extract.schema["properties"];
+        for l in &p.labels {
+            assert_eq!(props[&l.name]["enum"], json!(l.values));
+        }
+        assert!(p.crossref.is_some() && p.draft.is_some() && !p.routes.is_empty());
+    }
+
+    #[test]
+    fn schema_properties_keep_the_order_written() {
+        let p = parse(include_str!("../../../examples/invoice-pipeline.toml")).unwrap();
+        let keys: Vec<&String> = p.extract.schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(
+            keys,
+            ["invoice_number", "date", "amount", "currency", "issuer"]
+        );
+    }
+
+    fn error_of(text: &str) -> PipelineError {
+        match parse(text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    const BASE: &str = r#"name = "t"
+[extract]
+model = "smollm2-135m"
+system = "Extract."
+schema = { type = "object", properties = { a = { type = "string" } } }
+"#;
+
+    #[test]
+    fn errors_name_the_line_and_the_reason() {
+        let e = error_of(&format!(
+            "{BASE}[[route]]\nname = \"r\"\nwhen = \"extract.a ==\"\n"
+        ));
+        assert_eq!(e.line, 8, "{e}");
+        assert!(e.reason.contains("not a valid expression"), "{e}");
+
+        let e = error_of(&format!(
+            "{BASE}[crossref]\ndatabase = \"sqlite://b.db\"\n[[crossref.lookup]]\nname = \"c\"\nsql = \"SELECT * FROM c WHERE e = $1 AND f = $2\"\nparams = [\"message.from\"]\n"
+        ));
+        assert_eq!(e.line, 10, "{e}");
+        assert!(e.reason.contains("placeholders"), "{e}");
+
+        let e = error_of(&format!(
+            "{BASE}[crossref]\ndatabase = \"sqlite://b.db\"\n[[crossref.lookup]]\nname = \"c\"\nsql = \"SELECT * FROM c WHERE e = '{{{{ message.from }}}}'\"\n"
+        ));
+        assert!(e.reason.contains("never interpolated"), "{e}");
+
+        let e = error_of(&format!(
+            "{BASE}[[route]]\nname = \"r\"\nactions = [\"nope\"]\n"
+        ));
+        assert_eq!(e.line, 8, "{e}");
+        assert!(e.reason.contains("no action named"), "{e}");
+
+        let e = error_of(&format!("{BASE}bogus = 1\n"));
+        assert_eq!(e.line, 6, "{e}");
+        assert!(e.reason.contains("unknown field"), "{e}");
+
+        let e = error_of(&BASE.replace("type = \"string\"", "type = \"strang\""));
+        assert_eq!(e.line, 5, "{e}");
+        assert!(e.reason.contains("JSON Schema"), "{e}");
+
+        let e = error_of(&format!("{BASE}[[labels]]\nname = \"x\"\nvalues = []\n"));
+        assert_eq!(e.line, 8, "{e}");
+
+        let e = error_of("name = \"t\"\n[extract\n");
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.to_string().starts_with("p.toml:2: "), "{e}");
+    }
+
+    #[test]
+    fn business_sqlite_paths_are_relative_to_the_pipeline_and_read_only() {
+        assert_eq!(
+            business_db_url(Path::new("/p/x.toml"), "sqlite://crm.db"),
+            "sqlite:///p/crm.db?mode=ro"
+        );
+        assert_eq!(
+            business_db_url(Path::new("/p/x.toml"), "sqlite:///abs/crm.db"),
+            "sqlite:///abs/crm.db?mode=ro"
+        );
+        assert_eq!(
+            business_db_url(Path::new("x.toml"), "postgres://h/db"),
+            "postgres://h/db"
+        );
+    }
+
+    #[test]
+    fn placeholders_skip_quoted_text() {
+        assert_eq!(
+            placeholders("SELECT '$3' FROM t WHERE a = $1 AND b = $2"),
+            BTreeSet::from([1, 2])
+        );
+        assert!(placeholders("SELECT 1").is_empty());
+    }
+}

@@ -1,0 +1,458 @@
+//! The stages, each a function from what the store holds about a message to the effects
+//! of the stage (written by the worker, atomically with the job's completion).
+//!
+//! `parse -> extract -> crossref -> route -> draft -> stage`
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Column, Row, ValueRef};
+use tokio::sync::OnceCell;
+use verre_store::{NewAction, PiiTag, StageEffects, Store};
+
+use crate::backend::{ExtractBackend, ExtractFailed, ExtractRequest, validate};
+use crate::parse::{ParseError, attachments_text, body_text, document_text, parse_mail};
+use crate::pipeline::{ActionKind, Pipeline, template_env};
+
+/// The stages in order.
+pub const STAGES: [&str; 6] = ["parse", "extract", "crossref", "route", "draft", "stage"];
+
+/// The stage after `stage`, or None after the last.
+pub fn next_stage(stage: &str) -> Option<&'static str> {
+    let i = STAGES.iter().position(|s| *s == stage)?;
+    STAGES.get(i + 1).copied()
+}
+
+/// A stage that did not complete. `permanent` failures (the same input would fail the same
+/// way: a message that is not MIME, a template that does not render) skip the remaining
+/// attempts and go straight to quarantine.
+#[derive(Debug)]
+pub struct StageError {
+    pub permanent: bool,
+    pub reason: String,
+}
+
+impl StageError {
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Self {
+            permanent: true,
+            reason: reason.into(),
+        }
+    }
+    pub fn transient(reason: impl Into<String>) -> Self {
+        Self {
+            permanent: false,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for StageError {
+    fn from(e: anyhow::Error) -> Self {
+        StageError::transient(format!("{e:#}"))
+    }
+}
+
+/// Where PII detection plugs in (the `verre-pii` crate): given one part's text, the spans
+/// it finds. Kinds are short names: `email`, `phone`, `iban`, `card`, `ip`.
+pub trait PiiTagger: Send + Sync {
+    fn tag(&self, text: &str) -> Vec<PiiSpan>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PiiSpan {
+    pub kind: String,
+    /// Byte offsets into the text.
+    pub start: usize,
+    pub end: usize,
+}
+
+/// The models a pipeline's stages call.
+#[derive(Clone)]
+pub struct Models {
+    pub extract: Arc<dyn ExtractBackend>,
+    /// None when the pipeline has no [draft] section.
+    pub draft: Option<Arc<dyn ExtractBackend>>,
+}
+
+/// What the stages share: the pipeline, the models, the optional PII tagger and the
+/// business database (connected on first use).
+pub struct StageRunner {
+    pub store: Store,
+    pub pipeline: Arc<Pipeline>,
+    pub models: Models,
+    pub pii: Option<Arc<dyn PiiTagger>>,
+    business_db: OnceCell<AnyPool>,
+}
+
+type StageResult = Result<StageEffects, StageError>;
+
+impl StageRunner {
+    pub fn new(
+        store: Store,
+        pipeline: Arc<Pipeline>,
+        models: Models,
+        pii: Option<Arc<dyn PiiTagger>>,
+    ) -> Self {
+        Self {
+            store,
+            pipeline,
+            models,
+            pii,
+            business_db: OnceCell::new(),
+        }
+    }
+
+    pub async fn run(&self, stage: &str, message_id: i64) -> StageResult {
+        match stage {
+            "parse" => self.parse(message_id).await,
+            "extract" => self.extract(message_id).await,
+            "crossref" => self.crossref(message_id).await,
+            "route" => self.route(message_id).await,
+            "draft" => self.draft(message_id).await,
+            "stage" => self.stage(message_id).await,
+            other => Err(StageError::permanent(format!(
+                "unknown stage {other:?} (from a newer verre?)"
+            ))),
+        }
+    }
+
+    async fn output(&self, message_id: i64, stage: &str) -> Result<Value, StageError> {
+        self.store
+            .stage_output(message_id, stage)
+            .await?
+            .ok_or_else(|| StageError::permanent(format!("the {stage} result is missing")))
+    }
+
+    async fn parse(&self, message_id: i64) -> StageResult {
+        let raw = self.store.raw_message(message_id).await?;
+        let pii = self.pii.clone();
+        // PDF text extraction is CPU work: off the async threads.
+        let parsed = tokio::task::spawn_blocking(move || {
+            let parsed = parse_mail(&raw)?;
+            let mut tags = Vec::new();
+            if let Some(tagger) = pii {
+                for p in &parsed.parts {
+                    if let Some(text) = &p.text {
+                        tags.extend(tagger.tag(text).into_iter().map(|s| PiiTag {
+                            part_idx: Some(p.idx),
+                            kind: s.kind,
+                            start: s.start as i64,
+                            end: s.end as i64,
+                        }));
+                    }
+                }
+            }
+            Ok::<_, ParseError>((parsed, tags))
+        })
+        .await
+        .map_err(|e| StageError::permanent(format!("the parser crashed: {e}")))?;
+        let (parsed, pii_tags) = parsed.map_err(|e| StageError::permanent(e.to_string()))?;
+        let unsupported: Vec<Value> = parsed
+            .parts
+            .iter()
+            .filter(|p| !p.supported)
+            .map(|p| json!({"part": p.idx, "filename": p.filename, "content_type": p.content_type, "note": p.note}))
+            .collect();
+        let mut output = parsed.fields.clone();
+        output["parts"] = json!(parsed.parts.len());
+        output["unsupported"] = json!(unsupported);
+        Ok(StageEffects {
+            output,
+            parts: parsed.parts,
+            pii_tags,
+            ..Default::default()
+        })
+    }
+
+    async fn extract(&self, message_id: i64) -> StageResult {
+        let parts = self.store.parts(message_id).await?;
+        let max = self.pipeline.max_document_chars;
+        let message = self.message_context(message_id).await?;
+        let ex = &self.pipeline.extract;
+        let ctx = json!({
+            "document": document_text(&parts, max),
+            "body": body_text(&parts, max),
+            "attachments": attachments_text(&parts, max),
+            "message": message,
+        });
+        let system = render(&ex.system, &ctx, "extract.system")?;
+        let prompt = render(&ex.prompt, &ctx, "extract.prompt")?;
+        let schema = ex.schema.clone();
+        let (max_tokens, retries) = (ex.max_tokens, ex.retries);
+        let backend = self.models.extract.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            backend.extract(&ExtractRequest {
+                system: &system,
+                prompt: &prompt,
+                schema: &schema,
+                max_tokens,
+                retries,
+            })
+        })
+        .await
+        .map_err(|e| StageError::transient(format!("the extraction model crashed: {e}")))?;
+        let extraction = match result {
+            Ok(x) => x,
+            // The model was already asked again with the error; the same input fails the same way.
+            Err(e) if e.downcast_ref::<ExtractFailed>().is_some() => {
+                return Err(StageError::permanent(format!("{e:#}")));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // Never store an extraction that does not validate, whatever the backend claims.
+        validate(&ex.schema, &extraction.value)
+            .map_err(|e| StageError::permanent(format!("the extraction does not validate: {e}")))?;
+        Ok(StageEffects {
+            output: extraction.value,
+            prompt_tokens: extraction.prompt_tokens as i64,
+            completion_tokens: extraction.completion_tokens as i64,
+            ..Default::default()
+        })
+    }
+
+    async fn business_db(&self, url: &str) -> Result<&AnyPool, StageError> {
+        self.business_db
+            .get_or_try_init(|| async {
+                sqlx::any::install_default_drivers();
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .connect(url)
+                    .await
+                    .map_err(|e| {
+                        StageError::transient(format!(
+                            "connecting to the business database {}: {e}",
+                            verre_store::redact(url)
+                        ))
+                    })
+            })
+            .await
+    }
+
+    async fn crossref(&self, message_id: i64) -> StageResult {
+        let mut results = Map::new();
+        if let Some(x) = &self.pipeline.crossref {
+            let ctx = json!({
+                "message": self.message_context(message_id).await?,
+                "extract": self.output(message_id, "extract").await?,
+            });
+            let pool = self.business_db(&x.database).await?;
+            let env = template_env();
+            let mj_ctx = minijinja::Value::from_serialize(&ctx);
+            for lookup in &x.lookups {
+                // The operator's own SQL from the pipeline file; message values are only ever bound.
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(lookup.sql.clone()));
+                for (i, expr) in lookup.params.iter().enumerate() {
+                    let value = env
+                        .compile_expression(expr)
+                        .and_then(|e| e.eval(&mj_ctx))
+                        .map_err(|e| {
+                            StageError::permanent(format!(
+                                "lookup {:?} param {}: {e}",
+                                lookup.name,
+                                i + 1
+                            ))
+                        })?;
+                    let value = serde_json::to_value(&value).map_err(|e| {
+                        StageError::permanent(format!(
+                            "lookup {:?} param {}: {e}",
+                            lookup.name,
+                            i + 1
+                        ))
+                    })?;
+                    query = match value {
+                        Value::Null => query.bind(None::<String>),
+                        Value::Bool(b) => query.bind(b),
+                        Value::Number(n) if n.is_i64() => query.bind(n.as_i64()),
+                        Value::Number(n) => query.bind(n.as_f64()),
+                        Value::String(s) => query.bind(s),
+                        other => query.bind(other.to_string()),
+                    };
+                }
+                let rows = query
+                    .fetch_all(pool)
+                    .await
+                    .map_err(|e| StageError::transient(format!("lookup {:?}: {e}", lookup.name)))?;
+                let rows: Vec<Value> = rows.iter().map(row_to_json).collect();
+                results.insert(lookup.name.clone(), Value::Array(rows));
+            }
+        }
+        Ok(StageEffects {
+            output: Value::Object(results),
+            ..Default::default()
+        })
+    }
+
+    async fn route(&self, message_id: i64) -> StageResult {
+        let ctx = json!({
+            "message": self.message_context(message_id).await?,
+            "extract": self.output(message_id, "extract").await?,
+            "lookup": self.output(message_id, "crossref").await?,
+        });
+        let env = template_env();
+        let mj_ctx = minijinja::Value::from_serialize(&ctx);
+        for r in &self.pipeline.routes {
+            let taken = match &r.when {
+                None => true,
+                Some(expr) => env
+                    .compile_expression(expr)
+                    .and_then(|e| e.eval(&mj_ctx))
+                    .map_err(|e| StageError::permanent(format!("route {:?}: {e}", r.name)))?
+                    .is_true(),
+            };
+            if taken {
+                return Ok(StageEffects {
+                    output: json!({"route": r.name, "draft": r.draft, "actions": r.actions}),
+                    ..Default::default()
+                });
+            }
+        }
+        Ok(StageEffects {
+            output: json!({"route": null, "draft": false, "actions": []}),
+            ..Default::default()
+        })
+    }
+
+    async fn full_context(&self, message_id: i64) -> Result<Value, StageError> {
+        let route = self.output(message_id, "route").await?;
+        Ok(json!({
+            "message": self.message_context(message_id).await?,
+            "extract": self.output(message_id, "extract").await?,
+            "lookup": self.output(message_id, "crossref").await?,
+            "route": route["route"],
+        }))
+    }
+
+    async fn draft(&self, message_id: i64) -> StageResult {
+        let route = self.output(message_id, "route").await?;
+        let (Some(cfg), Some(model), true) = (
+            &self.pipeline.draft,
+            &self.models.draft,
+            route["draft"] == json!(true),
+        ) else {
+            return Ok(StageEffects {
+                output: json!({"draft": null}),
+                ..Default::default()
+            });
+        };
+        let ctx = self.full_context(message_id).await?;
+        let system = render(&cfg.system, &ctx, "draft.system")?;
+        let prompt = render(&cfg.prompt, &ctx, "draft.prompt")?;
+        let (model, max_tokens) = (model.clone(), cfg.max_tokens);
+        let c = tokio::task::spawn_blocking(move || model.complete(&system, &prompt, max_tokens))
+            .await
+            .map_err(|e| StageError::transient(format!("the drafting model crashed: {e}")))??;
+        Ok(StageEffects {
+            output: json!({"draft": c.text}),
+            prompt_tokens: c.prompt_tokens as i64,
+            completion_tokens: c.completion_tokens as i64,
+            ..Default::default()
+        })
+    }
+
+    async fn stage(&self, message_id: i64) -> StageResult {
+        let route = self.output(message_id, "route").await?;
+        let mut ctx = self.full_context(message_id).await?;
+        ctx["draft"] = self.output(message_id, "draft").await?["draft"]
+            .as_str()
+            .unwrap_or("")
+            .into();
+        let mut actions = Vec::new();
+        for name in route["actions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            let action = self.pipeline.action(name).ok_or_else(|| {
+                StageError::permanent(format!(
+                    "route names action {name:?}, which the pipeline no longer declares"
+                ))
+            })?;
+            let what = |field: &str| format!("action {name:?} {field}");
+            let staged = match &action.kind {
+                ActionKind::Reply { to, subject, body } => {
+                    let to = match to {
+                        Some(t) => render(t, &ctx, &what("to"))?,
+                        None => ctx["message"]["reply_to"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string(),
+                    };
+                    if to.is_empty() {
+                        return Err(StageError::permanent(format!(
+                            "action {name:?}: the message has no sender to reply to"
+                        )));
+                    }
+                    let payload = json!({"to": to, "subject": render(subject, &ctx, &what("subject"))?, "body": render(body, &ctx, &what("body"))?});
+                    NewAction {
+                        name: name.into(),
+                        kind: "reply".into(),
+                        target: to,
+                        payload: payload.to_string(),
+                    }
+                }
+                ActionKind::Webhook { url, payload } => {
+                    let text = render(payload, &ctx, &what("payload"))?;
+                    let value: Value = serde_json::from_str(&text).map_err(|e| {
+                        StageError::permanent(format!(
+                            "{} did not render JSON: {e}: {text:.200}",
+                            what("payload")
+                        ))
+                    })?;
+                    NewAction {
+                        name: name.into(),
+                        kind: "webhook".into(),
+                        target: render(url, &ctx, &what("url"))?,
+                        payload: value.to_string(),
+                    }
+                }
+            };
+            actions.push(staged);
+        }
+        Ok(StageEffects {
+            output: json!({"actions": actions.iter().map(|a| a.name.clone()).collect::<Vec<_>>()}),
+            actions,
+            ..Default::default()
+        })
+    }
+
+    /// `message` in templates: the parse stage's header fields and the message id.
+    async fn message_context(&self, message_id: i64) -> Result<Value, StageError> {
+        let mut m = self.output(message_id, "parse").await?;
+        m["id"] = json!(message_id);
+        Ok(m)
+    }
+}
+
+/// Render a pipeline template. Errors are one line (minijinja's alternate form dumps the
+/// template and every variable, which does not belong in a quarantine reason).
+fn render(template: &str, ctx: &Value, what: &str) -> Result<String, StageError> {
+    template_env()
+        .render_str(template, minijinja::Value::from_serialize(ctx))
+        .map_err(|e| StageError::permanent(format!("{what}: {e}")))
+}
+
+fn row_to_json(row: &sqlx::any::AnyRow) -> Value {
+    let mut obj = Map::new();
+    for (i, col) in row.columns().iter().enumerate() {
+        let v = match row.try_get_raw(i) {
+            Ok(raw) if raw.is_null() => Value::Null,
+            Ok(_) => row
+                .try_get::<i64, _>(i)
+                .map(Value::from)
+                .or_else(|_| row.try_get::<f64, _>(i).map(Value::from))
+                .or_else(|_| row.try_get::<String, _>(i).map(Value::from))
+                .or_else(|_| row.try_get::<bool, _>(i).map(Value::from))
+                .or_else(|_| {
+                    row.try_get::<Vec<u8>, _>(i)
+                        .map(|b| Value::from(hex::encode(b)))
+                })
+                .unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        obj.insert(col.name().to_string(), v);
+    }
+    Value::Object(obj)
+}

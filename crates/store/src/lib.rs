@@ -1,0 +1,671 @@
+//! verre's persistence: SQLite by default (`$VERRE_HOME/verre.db`), PostgreSQL at scale.
+//!
+//! Holds the intake pipeline's durable state: each raw message once (by content hash), its
+//! parsed parts, the job queue that moves it from stage to stage, each stage's result,
+//! quarantine, staged actions and PII tags. Both backends go through sqlx's `Any` driver
+//! with the same SQL (positional `$N` parameters work on both); where they differ (claiming
+//! a job: `FOR UPDATE SKIP LOCKED` on PostgreSQL) the backend picks its statement.
+//!
+//! Exactly-once effects: a stage computes without writing, then [`Store::complete`] writes
+//! its effects, marks its job done and enqueues the next stage in one transaction, guarded
+//! by the lease. A worker killed mid-stage leaves no effect; its lease expires and another
+//! worker runs the stage again.
+
+mod migrate;
+mod queue;
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+pub use queue::{FailOutcome, Job, NewAction, NewPart, PiiTag, StageEffects};
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection pool to verre's database, migrated and ready.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Unix time in milliseconds, the unit of every timestamp in the store.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The hex SHA-256 a raw message is deduplicated by.
+pub fn content_hash(raw: &[u8]) -> String {
+    hex::encode(Sha256::digest(raw))
+}
+
+/// The result of storing one raw message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    pub message_id: i64,
+    /// False when the same bytes were stored before (nothing was enqueued again).
+    pub new: bool,
+}
+
+/// One stored message, without its raw bytes.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageRow {
+    pub id: i64,
+    pub content_hash: String,
+    pub source: String,
+    pub source_ref: String,
+    pub size: i64,
+    /// `pending`, `processed` or `quarantined`.
+    pub status: String,
+    pub received_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartRow {
+    pub idx: i64,
+    pub kind: String,
+    pub filename: Option<String>,
+    pub content_type: String,
+    pub size: i64,
+    pub supported: bool,
+    pub note: Option<String>,
+    pub text: Option<String>,
+    /// JSON array of page texts, for documents with pages (PDF).
+    pub pages: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageResultRow {
+    pub stage: String,
+    pub output: serde_json::Value,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub worker: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRow {
+    pub id: i64,
+    pub message_id: i64,
+    pub stage: String,
+    pub state: String,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub run_after: i64,
+    pub lease_owner: Option<String>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineRow {
+    pub message_id: i64,
+    pub stage: String,
+    pub reason: String,
+    pub attempts: i64,
+    pub created_at: i64,
+    pub source_ref: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionRow {
+    pub id: i64,
+    pub name: String,
+    pub kind: String,
+    pub target: String,
+    pub payload: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PiiTagRow {
+    pub part_idx: Option<i64>,
+    pub kind: String,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// Everything the store knows about one message.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageDetail {
+    pub message: MessageRow,
+    pub parts: Vec<PartRow>,
+    pub jobs: Vec<JobRow>,
+    pub results: Vec<StageResultRow>,
+    pub quarantine: Option<QuarantineRow>,
+    pub actions: Vec<ActionRow>,
+    pub pii_tags: Vec<PiiTagRow>,
+}
+
+/// Message counts by status, and tokens spent, over the whole store.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    pub messages: i64,
+    pub pending: i64,
+    pub processed: i64,
+    pub quarantined: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+impl Store {
+    /// Connect to `url` (`sqlite://PATH`, `postgres://...`) and apply pending migrations.
+    /// A SQLite file is created if missing.
+    pub async fn open(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            anyhow::bail!(
+                "unsupported database URL {url:?}: expected sqlite://PATH or postgres://..."
+            )
+        };
+        let connect_url = match backend {
+            Backend::Sqlite if !url.contains('?') && !url.contains(":memory:") => {
+                format!("{url}?mode=rwc")
+            }
+            _ => url.to_string(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 4,
+                Backend::Postgres => 8,
+            })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // Readers never wait for the writer; writers wait (not fail) for each other.
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 30000")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA foreign_keys = ON")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&connect_url)
+            .await
+            .with_context(|| format!("connecting to {}", redact(url)))?;
+        let store = Store { pool, backend };
+        migrate::run(&store)
+            .await
+            .with_context(|| format!("migrating {}", redact(url)))?;
+        Ok(store)
+    }
+
+    /// The default database: `sqlite://$VERRE_HOME/verre.db`.
+    pub async fn open_in_home(home: &Path) -> Result<Self> {
+        std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
+        Self::open(&format!("sqlite://{}", home.join("verre.db").display())).await
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Store a raw message once, keyed by its content hash, and enqueue `first_stage` for it
+    /// in the same transaction. Storing the same bytes again changes nothing.
+    pub async fn ingest(
+        &self,
+        source: &str,
+        source_ref: &str,
+        raw: &[u8],
+        first_stage: &str,
+        max_attempts: u32,
+    ) -> Result<Ingested> {
+        let hash = content_hash(raw);
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO messages (content_hash, source, source_ref, raw, size, status, received_at)
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6)
+             ON CONFLICT (content_hash) DO NOTHING RETURNING id",
+        )
+        .bind(&hash)
+        .bind(source)
+        .bind(source_ref)
+        .bind(raw.to_vec())
+        .bind(raw.len() as i64)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .with_context(|| format!("storing message {source_ref}"))?;
+        let Some(row) = inserted else {
+            tx.rollback().await?;
+            let id: i64 = sqlx::query("SELECT id FROM messages WHERE content_hash = $1")
+                .bind(&hash)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("id")?;
+            return Ok(Ingested {
+                message_id: id,
+                new: false,
+            });
+        };
+        let id: i64 = row.try_get("id")?;
+        queue::enqueue(&mut tx, id, first_stage, max_attempts, now).await?;
+        tx.commit().await?;
+        Ok(Ingested {
+            message_id: id,
+            new: true,
+        })
+    }
+
+    pub async fn raw_message(&self, id: i64) -> Result<Vec<u8>> {
+        let row = sqlx::query("SELECT raw FROM messages WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .with_context(|| format!("no message {id}"))?;
+        Ok(row.try_get("raw")?)
+    }
+
+    pub async fn message(&self, id: i64) -> Result<Option<MessageRow>> {
+        let row = sqlx::query(
+            "SELECT id, content_hash, source, source_ref, size, status, received_at, finished_at
+             FROM messages WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| message_row(&r)).transpose()
+    }
+
+    /// The output a stage stored for a message, if it ran.
+    pub async fn stage_output(
+        &self,
+        message_id: i64,
+        stage: &str,
+    ) -> Result<Option<serde_json::Value>> {
+        let row =
+            sqlx::query("SELECT output FROM stage_results WHERE message_id = $1 AND stage = $2")
+                .bind(message_id)
+                .bind(stage)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| -> Result<serde_json::Value> {
+            let text: String = r.try_get("output")?;
+            Ok(serde_json::from_str(&text)?)
+        })
+        .transpose()
+    }
+
+    pub async fn parts(&self, message_id: i64) -> Result<Vec<PartRow>> {
+        let rows = sqlx::query(
+            "SELECT idx, kind, filename, content_type, size, supported, note, text, pages
+             FROM parts WHERE message_id = $1 ORDER BY idx",
+        )
+        .bind(message_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let pages: Option<String> = r.try_get("pages")?;
+                Ok(PartRow {
+                    idx: r.try_get("idx")?,
+                    kind: r.try_get("kind")?,
+                    filename: r.try_get("filename")?,
+                    content_type: r.try_get("content_type")?,
+                    size: r.try_get("size")?,
+                    supported: r.try_get::<i64, _>("supported")? != 0,
+                    note: r.try_get("note")?,
+                    text: r.try_get("text")?,
+                    pages: pages.map(|p| serde_json::from_str(&p)).transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Everything known about one message, or `None` if there is no such message.
+    pub async fn detail(&self, id: i64) -> Result<Option<MessageDetail>> {
+        let Some(message) = self.message(id).await? else {
+            return Ok(None);
+        };
+        let parts = self.parts(id).await?;
+        let jobs = sqlx::query(
+            "SELECT id, message_id, stage, state, attempts, max_attempts, run_after, lease_owner, last_error
+             FROM jobs WHERE message_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(job_row)
+        .collect::<Result<Vec<_>>>()?;
+        let results = sqlx::query(
+            "SELECT stage, output, prompt_tokens, completion_tokens, worker, created_at
+             FROM stage_results WHERE message_id = $1 ORDER BY created_at",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            let output: String = r.try_get("output")?;
+            Ok(StageResultRow {
+                stage: r.try_get("stage")?,
+                output: serde_json::from_str(&output)?,
+                prompt_tokens: r.try_get("prompt_tokens")?,
+                completion_tokens: r.try_get("completion_tokens")?,
+                worker: r.try_get("worker")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        let quarantine = self
+            .quarantined()
+            .await?
+            .into_iter()
+            .find(|q| q.message_id == id);
+        let actions = sqlx::query(
+            "SELECT id, name, kind, target, payload, status FROM actions WHERE message_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ActionRow {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                kind: r.try_get("kind")?,
+                target: r.try_get("target")?,
+                payload: r.try_get("payload")?,
+                status: r.try_get("status")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        let pii_tags = sqlx::query(
+            "SELECT part_idx, kind, span_start, span_end FROM pii_tags WHERE message_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(PiiTagRow {
+                part_idx: r.try_get("part_idx")?,
+                kind: r.try_get("kind")?,
+                start: r.try_get("span_start")?,
+                end: r.try_get("span_end")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        Ok(Some(MessageDetail {
+            message,
+            parts,
+            jobs,
+            results,
+            quarantine,
+            actions,
+            pii_tags,
+        }))
+    }
+
+    /// Quarantined messages, oldest first.
+    pub async fn quarantined(&self) -> Result<Vec<QuarantineRow>> {
+        let rows = sqlx::query(
+            "SELECT q.message_id, q.stage, q.reason, q.attempts, q.created_at, m.source_ref
+             FROM quarantine q JOIN messages m ON m.id = q.message_id ORDER BY q.created_at, q.message_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QuarantineRow {
+                    message_id: r.try_get("message_id")?,
+                    stage: r.try_get("stage")?,
+                    reason: r.try_get("reason")?,
+                    attempts: r.try_get("attempts")?,
+                    created_at: r.try_get("created_at")?,
+                    source_ref: r.try_get("source_ref")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Put a quarantined message back on the queue at the stage that failed, with its
+    /// attempts reset. Errors if the message is not in quarantine.
+    pub async fn retry_quarantined(&self, message_id: i64) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let removed = sqlx::query("DELETE FROM quarantine WHERE message_id = $1")
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        anyhow::ensure!(removed == 1, "message {message_id} is not in quarantine");
+        sqlx::query(
+            "UPDATE jobs SET state = 'ready', attempts = 0, run_after = $2, lease_owner = NULL,
+                 lease_expires = NULL, updated_at = $2
+             WHERE message_id = $1 AND state = 'failed'",
+        )
+        .bind(message_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE messages SET status = 'pending', finished_at = NULL WHERE id = $1")
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Counts over the whole store.
+    pub async fn totals(&self) -> Result<Totals> {
+        let r = sqlx::query(
+            "SELECT COUNT(*) AS n,
+                 CAST(COALESCE(SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END), 0) AS BIGINT) AS pending,
+                 CAST(COALESCE(SUM(CASE WHEN status = 'processed' THEN 1 ELSE 0 END), 0) AS BIGINT) AS processed,
+                 CAST(COALESCE(SUM(CASE WHEN status = 'quarantined' THEN 1 ELSE 0 END), 0) AS BIGINT) AS quarantined
+             FROM messages",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let t = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS p,
+                    CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS c FROM stage_results",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Totals {
+            messages: r.try_get("n")?,
+            pending: r.try_get("pending")?,
+            processed: r.try_get("processed")?,
+            quarantined: r.try_get("quarantined")?,
+            prompt_tokens: t.try_get("p")?,
+            completion_tokens: t.try_get("c")?,
+        })
+    }
+
+    /// Status of each of the given messages (for a run's progress and summary).
+    pub async fn statuses(&self, ids: &[i64]) -> Result<Vec<(i64, String)>> {
+        let mut out = Vec::with_capacity(ids.len());
+        // Chunked: both backends cap the number of bound parameters.
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT id, status FROM messages WHERE id IN ({})",
+                placeholders.join(", ")
+            );
+            // Only generated placeholders are formatted in; the values are bound.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.push((r.try_get("id")?, r.try_get("status")?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Outputs of one stage over the given messages.
+    pub async fn stage_outputs(
+        &self,
+        ids: &[i64],
+        stage: &str,
+    ) -> Result<Vec<(i64, serde_json::Value, i64, i64)>> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> =
+                (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT message_id, output, prompt_tokens, completion_tokens FROM stage_results
+                 WHERE stage = $1 AND message_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(stage);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                let text: String = r.try_get("output")?;
+                out.push((
+                    r.try_get("message_id")?,
+                    serde_json::from_str(&text)?,
+                    r.try_get("prompt_tokens")?,
+                    r.try_get("completion_tokens")?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Tokens spent on the given messages, all stages.
+    pub async fn tokens_for(&self, ids: &[i64]) -> Result<(i64, i64)> {
+        let mut p = 0;
+        let mut c = 0;
+        for stage in ["extract", "draft"] {
+            for (_, _, pt, ct) in self.stage_outputs(ids, stage).await? {
+                p += pt;
+                c += ct;
+            }
+        }
+        Ok((p, c))
+    }
+}
+
+fn message_row(r: &AnyRow) -> Result<MessageRow> {
+    Ok(MessageRow {
+        id: r.try_get("id")?,
+        content_hash: r.try_get("content_hash")?,
+        source: r.try_get("source")?,
+        source_ref: r.try_get("source_ref")?,
+        size: r.try_get("size")?,
+        status: r.try_get("status")?,
+        received_at: r.try_get("received_at")?,
+        finished_at: r.try_get("finished_at")?,
+    })
+}
+
+fn job_row(r: &AnyRow) -> Result<JobRow> {
+    Ok(JobRow {
+        id: r.try_get("id")?,
+        message_id: r.try_get("message_id")?,
+        stage: r.try_get("stage")?,
+        state: r.try_get("state")?,
+        attempts: r.try_get("attempts")?,
+        max_attempts: r.try_get("max_attempts")?,
+        run_after: r.try_get("run_after")?,
+        lease_owner: r.try_get("lease_owner")?,
+        last_error: r.try_get("last_error")?,
+    })
+}
+
+/// A database URL fit for messages: the password, if any, replaced.
+pub fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((creds, host)) = rest.split_once('@')
+        && let Some((user, _)) = creds.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    }
+}
+
+/// Helpers for tests of this crate and the crates above it.
+pub mod testing {
+    /// A fresh, empty PostgreSQL database named after `name` and this process, on the
+    /// server `VERRE_TEST_POSTGRES_URL` points at (an admin URL such as
+    /// `postgres://postgres@127.0.0.1:5433/postgres`; scripts/ci-services.sh starts one).
+    /// None when the variable is unset, except under CI, where that is a failure.
+    pub async fn postgres_url(name: &str) -> Option<String> {
+        let admin = match std::env::var("VERRE_TEST_POSTGRES_URL") {
+            Ok(u) if !u.is_empty() => u,
+            _ if std::env::var_os("CI").is_some() => {
+                panic!(
+                    "VERRE_TEST_POSTGRES_URL must be set in CI (scripts/ci-services.sh starts PostgreSQL)"
+                )
+            }
+            _ => {
+                eprintln!(
+                    "skipped PostgreSQL: set VERRE_TEST_POSTGRES_URL (scripts/ci-services.sh)"
+                );
+                return None;
+            }
+        };
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "a plain database name"
+        );
+        let db = format!("verre_test_{name}_{}", std::process::id());
+        let base = admin
+            .rsplit_once('/')
+            .expect("a database URL")
+            .0
+            .to_string();
+        sqlx::any::install_default_drivers();
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {admin}: {e}"));
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+            format!("CREATE DATABASE {db}"),
+        ] {
+            // A checked identifier (above), not message data.
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+                .expect("creating the test database");
+        }
+        Some(format!("{base}/{db}"))
+    }
+}
