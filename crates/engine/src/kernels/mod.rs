@@ -27,6 +27,9 @@
 //! product pays a round trip through the pool's queue, which costs more than a small gemv.
 
 mod acts;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod packed;
 mod scalar;
 #[cfg(test)]
 mod tests;
@@ -41,6 +44,7 @@ use anyhow::{Result, bail, ensure};
 use rayon::prelude::*;
 
 use acts::{F32Acts, Q8Acts, Q8Buf, Q8KActs, Q8KBuf};
+use packed::{GROUP, Packed};
 
 /// Bytes shared with whoever owns them: a memory-mapped model file (`Arc<memmap2::Mmap>`),
 /// a `Vec<u8>`, a `&'static [u8]`.
@@ -192,6 +196,28 @@ pub enum Isa {
     /// The above with AVX-VNNI (`vpdpbusd` on 256-bit vectors): same results, fewer
     /// instructions for the 32-block formats.
     Avx2Vnni,
+    /// AVX-512 F/BW/VNNI on top of AVX2: packed 16-row kernels for matrices that were
+    /// [`QuantMatrix::pack`]ed, the AVX2 kernels (VNNI where present) for the rest.
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// The 256-bit kernel set this ISA includes.
+    fn vex(self) -> Isa {
+        match self {
+            Isa::Avx512Vnni if has_avxvnni() => Isa::Avx2Vnni,
+            Isa::Avx512Vnni => Isa::Avx2,
+            other => other,
+        }
+    }
+}
+
+fn has_avxvnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avxvnni") {
+        return true;
+    }
+    false
 }
 
 /// The kernels this machine runs, detected once.
@@ -206,9 +232,15 @@ pub fn isa() -> Isa {
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
-            if is_x86_feature_detected!("avxvnni")
-                && !std::env::var("VERRE_KERNELS").is_ok_and(|v| v == "avx2")
+            let forced = std::env::var("VERRE_KERNELS").ok();
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+                && forced.is_none()
             {
+                return Isa::Avx512Vnni;
+            }
+            if is_x86_feature_detected!("avxvnni") && forced.as_deref() != Some("avx2") {
                 return Isa::Avx2Vnni;
             }
             return Isa::Avx2;
@@ -226,6 +258,8 @@ pub struct QuantMatrix {
     qtype: QuantType,
     rows: usize,
     cols: usize,
+    /// The same weights interleaved for the AVX-512 kernels, once [`Self::pack`]ed.
+    packed: Option<Arc<Packed>>,
 }
 
 impl fmt::Debug for QuantMatrix {
@@ -269,7 +303,27 @@ impl QuantMatrix {
             qtype,
             rows,
             cols,
+            packed: None,
         })
+    }
+
+    /// Add a copy of the weights in the layout of this machine's fastest kernels, where
+    /// there is one (AVX-512 VNNI, for Q4_0, Q4_1 and Q8_0). Products then read the copy;
+    /// [`Self::data`] and [`Self::dequantize_row`] still read the original blocks.
+    pub fn pack(self) -> Self {
+        self.pack_for(isa())
+    }
+
+    fn pack_for(mut self, isa: Isa) -> Self {
+        if isa == Isa::Avx512Vnni && self.packed.is_none() {
+            self.packed = Packed::new(self.qtype, self.data(), self.rows, self.cols).map(Arc::new);
+        }
+        self
+    }
+
+    /// Whether products read a packed copy of the weights.
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
     }
 
     /// A matrix that owns its blocks.
@@ -372,6 +426,13 @@ fn matmul_many_with(
         return;
     }
     let k = mats[0].cols;
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && kind == ActKind::Q8 && mats.iter().all(|mat| mat.is_packed()) {
+        scratch.q8.quantize(x, m, k, isa.vex());
+        packed_product(mats, &scratch.q8.view(), m, outs);
+        return;
+    }
+    let isa = isa.vex();
     match kind {
         ActKind::F32 => {
             let acts = F32Acts { x, k };
@@ -666,5 +727,112 @@ unsafe fn rows_product<A>(
             }
             i0 = i1;
         }
+    }
+}
+
+/// Weight groups (of [`GROUP`] rows) per parallel task of a packed product.
+fn groups_per_task(groups: usize, m: usize, k: usize, threads: usize) -> usize {
+    if threads <= 1 {
+        return groups.max(1);
+    }
+    let balanced = groups.div_ceil(threads * 4);
+    let per_task = if m == 1 {
+        balanced.max(MIN_TASK_MACS.div_ceil((k * GROUP).max(1)))
+    } else {
+        balanced.clamp(1, 2)
+    };
+    per_task.clamp(1, groups.max(1))
+}
+
+/// `outs[i] = x @ mats[i].T` for packed matrices, groups of rows split into tasks over the
+/// rayon pool.
+#[cfg(target_arch = "x86_64")]
+fn packed_product(mats: &[&QuantMatrix], acts: &Q8Acts<'_>, m: usize, outs: &mut [&mut [f32]]) {
+    debug_assert!(!mats.is_empty() && mats.len() <= MANY_MAX);
+    let threads = rayon::current_num_threads();
+    let groups = |i: usize| mats.get(i).map_or(0, |mat| mat.rows.div_ceil(GROUP));
+    let gpt: [usize; MANY_MAX] =
+        std::array::from_fn(|i| groups_per_task(groups(i), m, mats[0].cols, threads));
+    let tasks: [usize; MANY_MAX] = std::array::from_fn(|i| groups(i).div_ceil(gpt[i]));
+    let ptrs: [OutPtr; MANY_MAX] = std::array::from_fn(|i| {
+        OutPtr(
+            outs.get_mut(i)
+                .map_or(std::ptr::null_mut(), |o| o.as_mut_ptr()),
+        )
+    });
+    let run = |mut t: usize| {
+        let mut i = 0;
+        while t >= tasks[i] {
+            t -= tasks[i];
+            i += 1;
+        }
+        let range = t * gpt[i]..((t + 1) * gpt[i]).min(groups(i));
+        // SAFETY: `ptrs[i]` holds `m * rows` floats (checked by the caller), this task alone
+        // writes the columns of its groups, and `isa()` chose AVX-512 VNNI.
+        unsafe { packed_rows(mats[i], range, acts, m, ptrs[i]) };
+    };
+    let total: usize = tasks.iter().sum();
+    if total == 1 {
+        run(0);
+    } else {
+        (0..total).into_par_iter().for_each(run);
+    }
+}
+
+/// Columns of the row groups `groups` of `out = x @ mat.T`, for a packed `mat`.
+///
+/// # Safety
+/// As [`rows_product`], for the columns of `groups`; the CPU has AVX-512 F/BW/VNNI.
+#[cfg(target_arch = "x86_64")]
+unsafe fn packed_rows(
+    mat: &QuantMatrix,
+    groups: Range<usize>,
+    acts: &Q8Acts<'_>,
+    m: usize,
+    out: OutPtr,
+) {
+    let packed = mat.packed.as_deref().expect("a packed matrix");
+    let (one, four) = avx512::kernels(packed.qtype);
+    let group_bytes = mat.cols / 32 * packed.stride;
+    let n = mat.rows;
+    let block = act_block_rows(mat.cols);
+    let bytes = packed.bytes().as_ptr();
+    let mut i0 = 0;
+    while i0 < m {
+        let i1 = m.min(i0 + block);
+        for g in groups.clone() {
+            let lanes = (n - g * GROUP).min(GROUP);
+            // SAFETY: group `g` lies in the packed bytes; rows `i < m` and columns of group
+            // `g` lie in `out`, as the caller guarantees.
+            unsafe {
+                let w = bytes.add(g * group_bytes);
+                let mut i = i0;
+                while i + 4 <= i1 {
+                    four(
+                        w,
+                        packed.stride,
+                        acts,
+                        i,
+                        out.0.add(i * n + g * GROUP),
+                        n,
+                        lanes,
+                    );
+                    i += 4;
+                }
+                while i < i1 {
+                    one(
+                        w,
+                        packed.stride,
+                        acts,
+                        i,
+                        out.0.add(i * n + g * GROUP),
+                        n,
+                        lanes,
+                    );
+                    i += 1;
+                }
+            }
+        }
+        i0 = i1;
     }
 }

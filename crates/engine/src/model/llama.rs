@@ -71,7 +71,7 @@ impl Weight {
         if device.is_cpu()
             && let Some(m) = g.mapped_matrix(name, rows, cols)?
         {
-            return Ok(Weight::Mapped(m));
+            return Ok(Weight::Mapped(m.pack()));
         }
         let t = g.tensor_with_shape(name, &[rows, cols], device)?;
         Ok(Weight::Candle(QMatMul::from_qtensor(t).map_err(|e| anyhow!("{}: {name}: {e}", g.path().display()))?))
