@@ -27,6 +27,7 @@
 //! product pays a round trip through the pool's queue, which costs more than a small gemv.
 
 mod acts;
+pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod packed;

@@ -10,11 +10,10 @@ use std::sync::Mutex;
 use candle_core::quantized::QMatMul;
 use candle_core::{Device, Module, Tensor};
 use half::f16;
-use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
 
 use super::{Logits, ModelInfo, SeqChunk};
 use crate::gguf::GgufFile;
+use crate::kernels::attention::{AttentionShape, SeqAttention, attention};
 use crate::kernels::{self, QuantMatrix, Scratch};
 use crate::kv::KvCache;
 
@@ -387,8 +386,7 @@ impl Llama {
         let q_dim = cfg.n_head * hd;
         let kv_dim = cfg.n_kv_head * hd;
 
-        // Where each stacked row comes from: its sequence and its absolute position.
-        let mut row_seq = Vec::new();
+        // The absolute position of each stacked row.
         let mut row_pos = Vec::new();
         let mut ids = Vec::new();
         for (s, chunk) in batch.iter().enumerate() {
@@ -409,7 +407,6 @@ impl Llama {
                     "token id {t} is outside the vocabulary ({})",
                     self.info.vocab_size
                 );
-                row_seq.push(s);
                 row_pos.push(start + i);
                 ids.push(t);
             }
@@ -432,6 +429,13 @@ impl Llama {
             None => own.insert(Scratch::new()),
         };
         let dev = &self.device;
+        let attn_shape = AttentionShape {
+            n_head: cfg.n_head,
+            n_kv_head: cfg.n_kv_head,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            window: cfg.sliding_window,
+        };
 
         for (li, layer) in self.layers.iter().enumerate() {
             // Attention block.
@@ -448,8 +452,32 @@ impl Llama {
                 chunk.kv.append(li, &k[row * kv_dim..(row + n) * kv_dim], &v[row * kv_dim..(row + n) * kv_dim]);
                 row += n;
             }
-            let caches: Vec<(&[f16], &[f16])> = batch.iter().map(|c| c.kv.layer(li)).collect();
-            let attn = self.attention(&q, &caches, &row_seq, &row_pos);
+            // Today's cache is one contiguous block per sequence and layer.
+            let blocks: Vec<([&[f16]; 1], [&[f16]; 1])> = batch
+                .iter()
+                .map(|c| {
+                    let (k, v) = c.kv.layer(li);
+                    ([k], [v])
+                })
+                .collect();
+            let mut row = 0;
+            let seqs: Vec<SeqAttention<'_>> = batch
+                .iter()
+                .zip(&blocks)
+                .map(|(c, (k, v))| {
+                    let n = c.tokens.len();
+                    row += n;
+                    SeqAttention {
+                        k,
+                        v,
+                        block_len: k[0].len() / kv_dim,
+                        len: k[0].len() / kv_dim,
+                        rows: row - n..row,
+                    }
+                })
+                .collect();
+            let mut attn = vec![0f32; n_rows * q_dim];
+            attention(&attn_shape, &seqs, &q, &mut attn);
             debug_assert_eq!(attn.len(), n_rows * q_dim);
             let o = layer.wo.matmul(&attn, n_rows, scratch, dev)?;
             add_assign(&mut x, &o);
@@ -490,80 +518,6 @@ impl Llama {
             rows,
         })
     }
-
-    /// Causal attention of every stacked row over its own sequence's cache.
-    /// Output rows are `[n_head * head_dim]`, heads in order.
-    fn attention(
-        &self,
-        q: &[f32],
-        caches: &[(&[f16], &[f16])],
-        row_seq: &[usize],
-        row_pos: &[usize],
-    ) -> Vec<f32> {
-        let cfg = &self.cfg;
-        let hd = cfg.head_dim;
-        let kv_dim = cfg.n_kv_head * hd;
-        let group = cfg.n_head / cfg.n_kv_head;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let mut out = vec![0f32; q.len()];
-        out.par_chunks_mut(hd).enumerate().for_each_init(
-            || (Vec::new(), vec![0f32; hd], vec![0f32; hd]),
-            |(scores, q_f16, row_f32): &mut (Vec<f32>, Vec<f32>, Vec<f32>), (i, out)| {
-                let (row, head) = (i / cfg.n_head, i % cfg.n_head);
-                let (k_cache, v_cache) = caches[row_seq[row]];
-                let pos = row_pos[row];
-                let first = match cfg.sliding_window {
-                    Some(w) => (pos + 1).saturating_sub(w),
-                    None => 0,
-                };
-                // As in llama.cpp's attention, the query meets the f16 keys as f16 and the
-                // weights meet the f16 values as f16; this model's logits are that sensitive.
-                for (r, &x) in q_f16.iter_mut().zip(&q[i * hd..(i + 1) * hd]) {
-                    *r = f16::from_f32(x).to_f32();
-                }
-                let kv_off = (head / group) * hd;
-
-                scores.clear();
-                let mut max = f32::NEG_INFINITY;
-                for p in first..=pos {
-                    let k = &k_cache[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
-                    k.convert_to_f32_slice(row_f32);
-                    let s = dot(q_f16, row_f32) * scale;
-                    max = max.max(s);
-                    scores.push(s);
-                }
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let inv = 1.0 / sum;
-                for (j, p) in (first..=pos).enumerate() {
-                    let w = f16::from_f32(scores[j] * inv).to_f32();
-                    let v = &v_cache[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
-                    v.convert_to_f32_slice(row_f32);
-                    for (o, v) in out.iter_mut().zip(row_f32.iter()) {
-                        *o += w * v;
-                    }
-                }
-            },
-        );
-        out
-    }
-}
-
-/// Dot product with eight independent accumulators, so the compiler keeps it in vector
-/// registers (a single running sum would force one addition at a time).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] = x[l].mul_add(y[l], acc[l]);
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// `x @ w.T` through candle's quantized kernels, returned as a flat row-major vector.
