@@ -322,6 +322,30 @@ impl QuantMatrix {
         self
     }
 
+    /// Drop the original blocks' pages from the resident set once products read a packed
+    /// copy: pages of a memory-mapped file are read back from the file if they are touched
+    /// again (an embedding lookup), so packing does not hold the weights in memory twice.
+    ///
+    /// # Safety
+    /// The bytes must be a read-only mapping of a file (`memmap2::Mmap`): on anonymous
+    /// memory (a `Vec`) this would zero them.
+    pub unsafe fn release_source_pages(&self) {
+        #[cfg(target_os = "linux")]
+        if self.is_packed() {
+            const PAGE: usize = 4096;
+            let data = self.data();
+            let start = (data.as_ptr() as usize).next_multiple_of(PAGE);
+            let end = (data.as_ptr() as usize + data.len()) / PAGE * PAGE;
+            if end > start {
+                // SAFETY: whole pages inside the matrix's bytes, which the caller guarantees
+                // are a file mapping; products no longer read them.
+                unsafe {
+                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED)
+                };
+            }
+        }
+    }
+
     /// Whether products read a packed copy of the weights.
     pub fn is_packed(&self) -> bool {
         self.packed.is_some()

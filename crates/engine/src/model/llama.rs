@@ -70,7 +70,10 @@ impl Weight {
         if device.is_cpu()
             && let Some(m) = g.mapped_matrix(name, rows, cols)?
         {
-            return Ok(Weight::Mapped(m.pack()));
+            let m = m.pack();
+            // SAFETY: `mapped_matrix` reads the file's read-only memory map.
+            unsafe { m.release_source_pages() };
+            return Ok(Weight::Mapped(m));
         }
         let t = g.tensor_with_shape(name, &[rows, cols], device)?;
         Ok(Weight::Candle(QMatMul::from_qtensor(t).map_err(|e| anyhow!("{}: {name}: {e}", g.path().display()))?))
