@@ -197,8 +197,9 @@ pub enum Isa {
     /// The above with AVX-VNNI (`vpdpbusd` on 256-bit vectors): same results, fewer
     /// instructions for the 32-block formats.
     Avx2Vnni,
-    /// AVX-512 F/BW/VNNI on top of AVX2: packed 16-row kernels for matrices that were
-    /// [`QuantMatrix::pack`]ed, the AVX2 kernels (VNNI where present) for the rest.
+    /// AVX-512 F/BW/VNNI on top of AVX2: packed 16-row kernels (Q4_0, Q4_1, Q8_0, Q4_K,
+    /// Q6_K) for matrices that were [`QuantMatrix::pack`]ed, the AVX2 kernels (VNNI where
+    /// present) for the rest.
     Avx512Vnni,
 }
 
@@ -309,7 +310,7 @@ impl QuantMatrix {
     }
 
     /// Add a copy of the weights in the layout of this machine's fastest kernels, where
-    /// there is one (AVX-512 VNNI, for Q4_0, Q4_1 and Q8_0). Products then read the copy;
+    /// there is one (AVX-512 VNNI, for Q4_0, Q4_1, Q8_0, Q4_K and Q6_K). Products then read the copy;
     /// [`Self::data`] and [`Self::dequantize_row`] still read the original blocks.
     pub fn pack(self) -> Self {
         self.pack_for(isa())
@@ -452,10 +453,28 @@ fn matmul_many_with(
     }
     let k = mats[0].cols;
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && kind == ActKind::Q8 && mats.iter().all(|mat| mat.is_packed()) {
-        scratch.q8.quantize(x, m, k, isa.vex());
-        packed_product(mats, &scratch.q8.view(), m, outs);
-        return;
+    if isa == Isa::Avx512Vnni && mats.iter().all(|mat| mat.is_packed()) {
+        match kind {
+            ActKind::Q8 => {
+                scratch.q8.quantize(x, m, k, isa.vex());
+                let kernels = |q| {
+                    let (one, four) = avx512::kernels(q);
+                    (one as PackedFn<Q8Acts<'_>>, four as PackedFn<Q8Acts<'_>>)
+                };
+                packed_product(mats, &scratch.q8.view(), m, outs, kernels);
+                return;
+            }
+            ActKind::Q8K => {
+                scratch.q8k.quantize(x, m, k, isa.vex());
+                let kernels = |q| {
+                    let (one, four) = avx512::k_kernels(q);
+                    (one as PackedFn<Q8KActs<'_>>, four as PackedFn<Q8KActs<'_>>)
+                };
+                packed_product(mats, &scratch.q8k.view(), m, outs, kernels);
+                return;
+            }
+            ActKind::F32 => {}
+        }
     }
     let isa = isa.vex();
     match kind {
@@ -755,6 +774,10 @@ unsafe fn rows_product<A>(
     }
 }
 
+/// A packed kernel: one group of [`GROUP`] weight rows (its blocks of `stride` bytes)
+/// against activation rows from `row0`, into `out + r * n` (`lanes` valid columns).
+type PackedFn<A> = unsafe fn(*const u8, usize, &A, usize, *mut f32, usize, usize);
+
 /// Weight groups (of [`GROUP`] rows) per parallel task of a packed product.
 fn groups_per_task(groups: usize, m: usize, k: usize, threads: usize) -> usize {
     if threads <= 1 {
@@ -772,7 +795,13 @@ fn groups_per_task(groups: usize, m: usize, k: usize, threads: usize) -> usize {
 /// `outs[i] = x @ mats[i].T` for packed matrices, groups of rows split into tasks over the
 /// rayon pool.
 #[cfg(target_arch = "x86_64")]
-fn packed_product(mats: &[&QuantMatrix], acts: &Q8Acts<'_>, m: usize, outs: &mut [&mut [f32]]) {
+fn packed_product<A: Sync>(
+    mats: &[&QuantMatrix],
+    acts: &A,
+    m: usize,
+    outs: &mut [&mut [f32]],
+    kernels: impl Fn(QuantType) -> (PackedFn<A>, PackedFn<A>) + Sync,
+) {
     debug_assert!(!mats.is_empty() && mats.len() <= MANY_MAX);
     let threads = rayon::current_num_threads();
     let groups = |i: usize| mats.get(i).map_or(0, |mat| mat.rows.div_ceil(GROUP));
@@ -794,7 +823,7 @@ fn packed_product(mats: &[&QuantMatrix], acts: &Q8Acts<'_>, m: usize, outs: &mut
         let range = t * gpt[i]..((t + 1) * gpt[i]).min(groups(i));
         // SAFETY: `ptrs[i]` holds `m * rows` floats (checked by the caller), this task alone
         // writes the columns of its groups, and `isa()` chose AVX-512 VNNI.
-        unsafe { packed_rows(mats[i], range, acts, m, ptrs[i]) };
+        unsafe { packed_rows(mats[i], range, acts, m, ptrs[i], kernels(mats[i].qtype)) };
     };
     let total: usize = tasks.iter().sum();
     if total == 1 {
@@ -809,16 +838,16 @@ fn packed_product(mats: &[&QuantMatrix], acts: &Q8Acts<'_>, m: usize, outs: &mut
 /// # Safety
 /// As [`rows_product`], for the columns of `groups`; the CPU has AVX-512 F/BW/VNNI.
 #[cfg(target_arch = "x86_64")]
-unsafe fn packed_rows(
+unsafe fn packed_rows<A>(
     mat: &QuantMatrix,
     groups: Range<usize>,
-    acts: &Q8Acts<'_>,
+    acts: &A,
     m: usize,
     out: OutPtr,
+    (one, four): (PackedFn<A>, PackedFn<A>),
 ) {
     let packed = mat.packed.as_deref().expect("a packed matrix");
-    let (one, four) = avx512::kernels(packed.qtype);
-    let group_bytes = mat.cols / 32 * packed.stride;
+    let group_bytes = mat.cols / mat.qtype.block_len() * packed.stride;
     let n = mat.rows;
     let block = act_block_rows(mat.cols);
     let bytes = packed.bytes().as_ptr();
