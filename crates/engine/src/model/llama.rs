@@ -79,42 +79,77 @@ impl Weight {
         Ok(Weight::Candle(QMatMul::from_qtensor(t).map_err(|e| anyhow!("{}: {name}: {e}", g.path().display()))?))
     }
 
-    /// `x @ W.T` for `m` rows of `x`.
-    fn matmul(&self, x: &[f32], m: usize, scratch: &mut Scratch, device: &Device) -> Result<Vec<f32>> {
+    /// `out = x @ W.T` for `m` rows of `x`; `out` is resized to fit and reused.
+    fn matmul_into(&self, x: &[f32], m: usize, out: &mut Vec<f32>, scratch: &mut Scratch, device: &Device) -> Result<()> {
         match self {
             Weight::Mapped(w) => {
-                let mut out = vec![0f32; m * w.rows()];
-                w.matmul(x, m, &mut out, scratch);
-                Ok(out)
+                out.resize(m * w.rows(), 0.0);
+                w.matmul(x, m, out, scratch);
             }
             Weight::Candle(w) => {
                 let cols = x.len() / m.max(1);
                 let t = Tensor::from_slice(x, (m, cols), device)?;
-                matmul(w, &t)
+                *out = matmul(w, &t)?;
             }
         }
+        Ok(())
     }
 }
 
-/// Products of several weights with one input (Q, K, V; gate, up): one quantization of the
-/// input and one parallel pass when all are mapped.
-fn matmul_shared_input(ws: &[&Weight], x: &[f32], m: usize, scratch: &mut Scratch, device: &Device) -> Result<Vec<Vec<f32>>> {
-    let mapped: Option<Vec<&QuantMatrix>> = ws
+/// Products of several weights with one input (Q, K, V; gate, up) into `outs`: one
+/// quantization of the input and one parallel pass when all are mapped.
+fn matmul_shared_input<const N: usize>(
+    ws: [&Weight; N],
+    x: &[f32],
+    m: usize,
+    outs: [&mut Vec<f32>; N],
+    scratch: &mut Scratch,
+    device: &Device,
+) -> Result<()> {
+    let mapped: Option<[&QuantMatrix; N]> = ws
         .iter()
         .map(|w| match w {
             Weight::Mapped(q) => Some(q),
             Weight::Candle(_) => None,
         })
-        .collect();
+        .collect::<Option<Vec<_>>>()
+        .and_then(|v| v.try_into().ok());
     match mapped {
         Some(mats) => {
-            let mut outs: Vec<Vec<f32>> = mats.iter().map(|q| vec![0f32; m * q.rows()]).collect();
-            let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+            let mut views: [&mut [f32]; N] = {
+                let mut i = 0;
+                outs.map(|o| {
+                    o.resize(m * mats[i].rows(), 0.0);
+                    i += 1;
+                    o.as_mut_slice()
+                })
+            };
             kernels::matmul_many(&mats, x, m, &mut views, scratch);
-            Ok(outs)
         }
-        None => ws.iter().map(|w| w.matmul(x, m, scratch, device)).collect(),
+        None => {
+            for (w, out) in ws.into_iter().zip(outs) {
+                w.matmul_into(x, m, out, scratch, device)?;
+            }
+        }
     }
+    Ok(())
+}
+
+/// The buffers of a forward pass, kept between passes: once grown to the batch's size,
+/// decoding allocates nothing for activations.
+#[derive(Default)]
+struct ForwardBuffers {
+    kernels: Scratch,
+    /// Normalised input of the current block.
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    /// A block's output, before it joins the residual stream.
+    out: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
 }
 
 struct Layer {
@@ -137,8 +172,8 @@ pub struct Llama {
     layers: Vec<Layer>,
     output_norm: Vec<f32>,
     output: Weight,
-    /// Quantized-activation buffers reused across forwards (one engine thread runs them).
-    scratch: Mutex<Scratch>,
+    /// Buffers reused across forwards (one engine thread runs them).
+    buffers: Mutex<ForwardBuffers>,
 }
 
 /// The token embedding table: rows dequantized on lookup.
@@ -354,7 +389,7 @@ impl Llama {
             layers,
             output_norm,
             output,
-            scratch: Mutex::new(Scratch::new()),
+            buffers: Mutex::new(ForwardBuffers::default()),
         })
     }
 
@@ -422,15 +457,26 @@ impl Llama {
         // and a pool worker blocked inside one forward can pick up another forward of the same
         // model (work stealing), which would then wait on a lock its own stack holds.
         let mut own = None;
-        let mut shared = match self.scratch.try_lock() {
+        let mut shared = match self.buffers.try_lock() {
             Ok(guard) => Some(guard),
             Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
             Err(std::sync::TryLockError::WouldBlock) => None,
         };
-        let scratch: &mut Scratch = match shared.as_deref_mut() {
-            Some(s) => s,
-            None => own.insert(Scratch::new()),
+        let bufs: &mut ForwardBuffers = match shared.as_deref_mut() {
+            Some(b) => b,
+            None => own.insert(ForwardBuffers::default()),
         };
+        let ForwardBuffers {
+            kernels: scratch,
+            h,
+            q,
+            k,
+            v,
+            attn,
+            out,
+            gate,
+            up,
+        } = bufs;
         let dev = &self.device;
         let attn_shape = AttentionShape {
             n_head: cfg.n_head,
@@ -442,12 +488,10 @@ impl Llama {
 
         for (li, layer) in self.layers.iter().enumerate() {
             // Attention block.
-            let h = rms_norm(&x, &layer.attn_norm, cfg.rms_eps);
-            let [mut q, mut k, v]: [Vec<f32>; 3] = matmul_shared_input(&[&layer.wq, &layer.wk, &layer.wv], &h, n_rows, scratch, dev)?
-                .try_into()
-                .map_err(|_| anyhow!("q/k/v products"))?;
-            rope.apply(&mut q, cfg.n_head, hd);
-            rope.apply(&mut k, cfg.n_kv_head, hd);
+            rms_norm(&x, &layer.attn_norm, cfg.rms_eps, h);
+            matmul_shared_input([&layer.wq, &layer.wk, &layer.wv], h, n_rows, [&mut *q, &mut *k, &mut *v], scratch, dev)?;
+            rope.apply(q, cfg.n_head, hd);
+            rope.apply(k, cfg.n_kv_head, hd);
 
             let mut row = 0;
             for chunk in batch.iter_mut() {
@@ -479,22 +523,19 @@ impl Llama {
                     }
                 })
                 .collect();
-            let mut attn = vec![0f32; n_rows * q_dim];
-            attention(&attn_shape, &seqs, &q, &mut attn);
-            debug_assert_eq!(attn.len(), n_rows * q_dim);
-            let o = layer.wo.matmul(&attn, n_rows, scratch, dev)?;
-            add_assign(&mut x, &o);
+            attn.resize(n_rows * q_dim, 0.0);
+            attention(&attn_shape, &seqs, q, attn);
+            layer.wo.matmul_into(attn, n_rows, out, scratch, dev)?;
+            add_assign(&mut x, out);
 
             // Feed-forward block.
-            let h = rms_norm(&x, &layer.ffn_norm, cfg.rms_eps);
-            let [mut gate, up]: [Vec<f32>; 2] = matmul_shared_input(&[&layer.w_gate, &layer.w_up], &h, n_rows, scratch, dev)?
-                .try_into()
-                .map_err(|_| anyhow!("gate/up products"))?;
-            for (g, u) in gate.iter_mut().zip(&up) {
+            rms_norm(&x, &layer.ffn_norm, cfg.rms_eps, h);
+            matmul_shared_input([&layer.w_gate, &layer.w_up], h, n_rows, [&mut *gate, &mut *up], scratch, dev)?;
+            for (g, u) in gate.iter_mut().zip(up.iter()) {
                 *g = silu(*g) * u;
             }
-            let down = layer.w_down.matmul(&gate, n_rows, scratch, dev)?;
-            add_assign(&mut x, &down);
+            layer.w_down.matmul_into(gate, n_rows, out, scratch, dev)?;
+            add_assign(&mut x, out);
         }
         for chunk in batch.iter_mut() {
             chunk.kv.commit(chunk.tokens.len());
@@ -513,8 +554,9 @@ impl Llama {
             row += n;
         }
         let n_out = selected.len() / d;
-        let h = rms_norm(&selected, &self.output_norm, cfg.rms_eps);
-        let data = self.output.matmul(&h, n_out, scratch, dev)?;
+        rms_norm(&selected, &self.output_norm, cfg.rms_eps, h);
+        let mut data = Vec::new();
+        self.output.matmul_into(h, n_out, &mut data, scratch, dev)?;
         Ok(Logits {
             data,
             vocab: self.info.vocab_size,
@@ -533,9 +575,9 @@ fn matmul(w: &QMatMul, x: &Tensor) -> Result<Vec<f32>> {
 
 /// Root-mean-square normalisation of each row, scaled by `weight`. The mean of squares is
 /// summed in f64, as ggml does.
-fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut Vec<f32>) {
     let d = weight.len();
-    let mut out = vec![0f32; x.len()];
+    out.resize(x.len(), 0.0);
     for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
         let mean = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / d as f64;
         let scale = 1.0 / ((mean as f32) + eps).sqrt();
@@ -543,7 +585,6 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
             *o = v * scale * w;
         }
     }
-    out
 }
 
 fn add_assign(x: &mut [f32], y: &[f32]) {
@@ -663,7 +704,8 @@ mod tests {
     fn rms_norm_matches_definition() {
         let x = [1.0f32, -2.0, 3.0, 0.5, 4.0, 4.0, 4.0, 4.0];
         let w = [1.0f32, 2.0, 0.5, 1.0];
-        let out = rms_norm(&x, &w, 1e-5);
+        let mut out = Vec::new();
+        rms_norm(&x, &w, 1e-5, &mut out);
         let ms: f32 = (1.0 + 4.0 + 9.0 + 0.25) / 4.0;
         let s = 1.0 / (ms + 1e-5).sqrt();
         assert!((out[1] - (-2.0 * s * 2.0)).abs() < 1e-6);
