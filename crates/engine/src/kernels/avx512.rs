@@ -95,6 +95,29 @@ packed_q8_kernel!(q4_1, offset: 0, min: true, quants_at: 64, |q, u| {
     unpack_nibbles!(q, u)
 });
 
+// The fifth bits of chunk `t` (bits 4t..4t + 4 of each row's word) move to bit 4 of bytes
+// 0..4 by one multiply with 2^4 + 2^11 + 2^18 + 2^25: bit i lands at 8i + 4, the other
+// products where the mask drops them, and no two products share a bit (no carries).
+packed_q8_kernel!(q5_0, offset: -16, min: false, quants_at: 32, |q, u| {
+    let m4 = _mm512_set1_epi8(0x0F);
+    let qh = _mm512_loadu_si512(q.cast());
+    let spread = _mm512_set1_epi32(0x0204_0810);
+    let fifth = _mm512_set1_epi32(0x1010_1010);
+    let nibble4 = _mm512_set1_epi32(0xF);
+    let bits = |t: u32| {
+        let four = _mm512_and_si512(_mm512_srlv_epi32(qh, _mm512_set1_epi32(4 * t as i32)), nibble4);
+        _mm512_and_si512(_mm512_mullo_epi32(four, spread), fifth)
+    };
+    for c in 0..4 {
+        let x = _mm512_loadu_si512(q.add(64 + 64 * c).cast());
+        u[c] = _mm512_or_si512(_mm512_and_si512(x, m4), bits(c as u32));
+        u[c + 4] = _mm512_or_si512(
+            _mm512_and_si512(_mm512_srli_epi16(x, 4), m4),
+            bits(c as u32 + 4),
+        );
+    }
+});
+
 packed_q8_kernel!(q8_0, offset: -128, min: false, quants_at: 32, |q, u| {
     for c in 0..8 {
         u[c] = _mm512_loadu_si512(q.add(64 * c).cast());
@@ -111,6 +134,7 @@ pub(crate) fn kernels(qtype: super::QuantType) -> (PackedFn, PackedFn) {
         Q::Q4_0 => (q4_0::<1>, q4_0::<4>),
         Q::Q4_1 => (q4_1::<1>, q4_1::<4>),
         Q::Q8_0 => (q8_0::<1>, q8_0::<4>),
+        Q::Q5_0 => (q5_0::<1>, q5_0::<4>),
         other => unreachable!("{other} has no packed kernel"),
     }
 }

@@ -197,8 +197,8 @@ pub enum Isa {
     /// The above with AVX-VNNI (`vpdpbusd` on 256-bit vectors): same results, fewer
     /// instructions for the 32-block formats.
     Avx2Vnni,
-    /// AVX-512 F/BW/VNNI on top of AVX2: packed 16-row kernels (Q4_0, Q4_1, Q8_0, Q4_K,
-    /// Q6_K) for matrices that were [`QuantMatrix::pack`]ed, the AVX2 kernels (VNNI where
+    /// AVX-512 F/BW/VNNI on top of AVX2: packed 16-row kernels (Q4_0, Q4_1, Q5_0, Q8_0,
+    /// Q4_K, Q6_K) for matrices that were [`QuantMatrix::pack`]ed, the AVX2 kernels (VNNI where
     /// present) for the rest.
     Avx512Vnni,
 }
@@ -310,7 +310,7 @@ impl QuantMatrix {
     }
 
     /// Add a copy of the weights in the layout of this machine's fastest kernels, where
-    /// there is one (AVX-512 VNNI, for Q4_0, Q4_1, Q8_0, Q4_K and Q6_K). Products then read the copy;
+    /// there is one (AVX-512 VNNI, for Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K). Products then read the copy;
     /// [`Self::data`] and [`Self::dequantize_row`] still read the original blocks.
     pub fn pack(self) -> Self {
         self.pack_for(isa())

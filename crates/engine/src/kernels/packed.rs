@@ -11,9 +11,10 @@
 //!   Q4_0/Q4_1 keep nibbles packed: chunk `c` (`c < 4`) holds bytes `4c..4c + 4` of each
 //!   row's 16 quant bytes, whose low nibbles are elements `4c..4c + 4` and high nibbles
 //!   elements `16 + 4c..16 + 4c + 4` (4 x 64 bytes). Q8_0 stores its 32 signed bytes plus
-//!   128, as unsigned (8 x 64 bytes).
+//!   128, as unsigned (8 x 64 bytes). Q5_0 stores the 16 rows' 32-bit words of fifth bits
+//!   (64 bytes) and then its nibbles as Q4_0 does: the same 22 bytes per row as the file.
 //!
-//! The offsets (Q4_0's 8, Q8_0's 128) come back through the activation's integer block
+//! The offsets (Q4_0's 8, Q5_0's 16, Q8_0's 128) come back through the activation's integer block
 //! sum, so every block sum is the same integer the scalar kernel computes.
 //!
 //! The K-quants pack per 256-value super-block the same way (their layouts are described
@@ -46,6 +47,7 @@ impl Packed {
             QuantType::Q4_0 => Some(32 + 256),
             QuantType::Q4_1 => Some(64 + 256),
             QuantType::Q8_0 => Some(32 + 512),
+            QuantType::Q5_0 => Some(32 + 64 + 256),
             QuantType::Q4K => Some(Q4K_QUANTS + 2048),
             QuantType::Q6K => Some(Q6K_QUANTS + 4096),
             _ => None,
@@ -96,16 +98,21 @@ impl Packed {
                             }
                         }
                     }
+                    QuantType::Q5_0 => {
+                        dst[2 * l..2 * l + 2].copy_from_slice(&src[0..2]);
+                        dst[32 + 4 * l..32 + 4 * l + 4].copy_from_slice(&src[2..6]);
+                        for c in 0..4 {
+                            let at = 96 + c * 64 + 4 * l;
+                            dst[at..at + 4].copy_from_slice(&src[6 + 4 * c..6 + 4 * c + 4]);
+                        }
+                    }
                     QuantType::Q4K => pack_q4k(src, dst, l),
                     QuantType::Q6K => pack_q6k(src, dst, l),
                     _ => unreachable!("{qtype} does not pack"),
                 }
             }
         }
-        Some(Self {
-            lines,
-            stride,
-        })
+        Some(Self { lines, stride })
     }
 
     pub fn bytes(&self) -> &[u8] {
