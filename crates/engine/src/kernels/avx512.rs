@@ -16,6 +16,31 @@ use std::arch::x86_64::*;
 use super::acts::{Q8Acts, Q8KActs, QK_K, QK8};
 use super::packed::{Q4K_MINS, Q4K_QUANTS, Q4K_SCALES, Q6K_PAIRS, Q6K_QUANTS, Q6K_SCALES};
 
+/// `for r in 0..R { body }` written out for `R <= 4` with `r` a literal in each copy, so
+/// that per-row arrays of vectors are indexed by constants and live in registers (LLVM
+/// does not unroll the loop by itself once the body is large).
+macro_rules! for_rows {
+    ($R:ident, |$r:ident| $body:block) => {{
+        const { assert!($R <= 4, "at most 4 activation rows per call") };
+        if 0 < $R {
+            let $r: usize = 0;
+            $body
+        }
+        if 1 < $R {
+            let $r: usize = 1;
+            $body
+        }
+        if 2 < $R {
+            let $r: usize = 2;
+            $body
+        }
+        if 3 < $R {
+            let $r: usize = 3;
+            $body
+        }
+    }};
+}
+
 macro_rules! packed_q8_kernel {
     ($name:ident, offset: $offset:expr, min: $min:expr, quants_at: $quants_at:expr,
         |$q:ident, $u:ident| $unpack:block) => {
@@ -47,7 +72,7 @@ macro_rules! packed_q8_kernel {
                     let $q = blk.add($quants_at);
                     let mut $u = [_mm512_setzero_si512(); 8];
                     $unpack
-                    for r in 0..R {
+                    for_rows!(R, |r| {
                         let at = (row0 + r) * nb + b;
                         let x = qs.add(at * QK8).cast::<i32>();
                         let mut s0 = _mm512_set1_epi32($offset * *isum.add(at));
@@ -64,7 +89,7 @@ macro_rules! packed_q8_kernel {
                         if $min {
                             acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(*asum.add(at)), acc[r]);
                         }
-                    }
+                    });
                 }
                 let mask = ((1u32 << lanes) - 1) as u16;
                 for (r, acc) in acc.iter().enumerate() {
@@ -165,7 +190,8 @@ pub(crate) unsafe fn q4k<const R: usize>(
             let dminw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32).cast()));
             let mut isum = [_mm512_setzero_si512(); R];
             let mut msum = [_mm512_setzero_si512(); R];
-            for (r, msum) in msum.iter_mut().enumerate() {
+            for_rows!(R, |r| {
+                let msum = &mut msum[r];
                 let bs = bsums.add(((row0 + r) * nsb + b) * 16);
                 for p in 0..4 {
                     let lo = *bs.add(4 * p) + *bs.add(4 * p + 1);
@@ -175,7 +201,7 @@ pub(crate) unsafe fn q4k<const R: usize>(
                     *msum =
                         _mm512_add_epi32(*msum, _mm512_madd_epi16(mins, _mm512_set1_epi32(pair)));
                 }
-            }
+            });
             for j in 0..4 {
                 let mut lo = [_mm512_setzero_si512(); 8];
                 let mut hi = [_mm512_setzero_si512(); 8];
@@ -188,7 +214,8 @@ pub(crate) unsafe fn q4k<const R: usize>(
                     _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(Q4K_SCALES + 16 * s).cast()))
                 };
                 let (slo, shi) = (scale(2 * j), scale(2 * j + 1));
-                for (r, isum) in isum.iter_mut().enumerate() {
+                for_rows!(R, |r| {
+                    let isum = &mut isum[r];
                     let x = qs.add(((row0 + r) * nsb + b) * QK_K + 64 * j).cast::<i32>();
                     let bcast = |i: usize| _mm512_set1_epi32(x.add(i).read_unaligned());
                     let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
@@ -202,15 +229,15 @@ pub(crate) unsafe fn q4k<const R: usize>(
                     let l = _mm512_mullo_epi32(_mm512_add_epi32(s0, s1), slo);
                     let h = _mm512_mullo_epi32(_mm512_add_epi32(t0, t1), shi);
                     *isum = _mm512_add_epi32(*isum, _mm512_add_epi32(l, h));
-                }
+                });
             }
-            for r in 0..R {
+            for_rows!(R, |r| {
                 let da = _mm512_set1_ps(*ad.add((row0 + r) * nsb + b));
                 let sums = _mm512_cvtepi32_ps(isum[r]);
                 acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), sums, acc[r]);
                 let mins = _mm512_cvtepi32_ps(msum[r]);
                 acc[r] = _mm512_fnmadd_ps(_mm512_mul_ps(dminw, da), mins, acc[r]);
-            }
+            });
         }
         let mask = ((1u32 << lanes) - 1) as u16;
         for (r, acc) in acc.iter().enumerate() {
@@ -241,7 +268,8 @@ pub(crate) unsafe fn q6k<const R: usize>(
             let blk = g.add(b * stride);
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
             let mut isum = [_mm512_setzero_si512(); R];
-            for (r, isum) in isum.iter_mut().enumerate() {
+            for_rows!(R, |r| {
+                let isum = &mut isum[r];
                 let bs = bsums.add(((row0 + r) * nsb + b) * 16).cast::<i32>();
                 let mut offset = _mm512_setzero_si512();
                 for p in 0..8 {
@@ -250,14 +278,15 @@ pub(crate) unsafe fn q6k<const R: usize>(
                     offset = _mm512_add_epi32(offset, _mm512_madd_epi16(scales, pair));
                 }
                 *isum = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<5>(offset));
-            }
+            });
             for s in 0..16 {
                 let u: [__m512i; 4] = std::array::from_fn(|c| {
                     _mm512_loadu_si512(blk.add(Q6K_QUANTS + 64 * (4 * s + c)).cast())
                 });
                 let scale =
                     _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(Q6K_SCALES + 16 * s).cast()));
-                for (r, isum) in isum.iter_mut().enumerate() {
+                for_rows!(R, |r| {
+                    let isum = &mut isum[r];
                     let x = qs.add(((row0 + r) * nsb + b) * QK_K + 16 * s).cast::<i32>();
                     let bcast = |i: usize| _mm512_set1_epi32(x.add(i).read_unaligned());
                     let s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], bcast(0));
@@ -266,13 +295,13 @@ pub(crate) unsafe fn q6k<const R: usize>(
                     let s1 = _mm512_dpbusd_epi32(s1, u[3], bcast(3));
                     let p = _mm512_mullo_epi32(_mm512_add_epi32(s0, s1), scale);
                     *isum = _mm512_add_epi32(*isum, p);
-                }
+                });
             }
-            for r in 0..R {
+            for_rows!(R, |r| {
                 let da = _mm512_set1_ps(*ad.add((row0 + r) * nsb + b));
                 let sums = _mm512_cvtepi32_ps(isum[r]);
                 acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), sums, acc[r]);
-            }
+            });
         }
         let mask = ((1u32 << lanes) - 1) as u16;
         for (r, acc) in acc.iter().enumerate() {
