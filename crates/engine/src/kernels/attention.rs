@@ -248,18 +248,26 @@ unsafe fn attend(
             );
             c0 += CHUNK;
         }
+        // Softmax per query over its own span; zero weights elsewhere in the tile's span,
+        // so that the tile's values are read once for all its queries.
+        let span_of =
+            |qv: &Query| (qv.first / CHUNK * CHUNK - start)..((qv.pos / CHUNK + 1) * CHUNK - start);
+        let tile_span =
+            (tile_first / CHUNK * CHUNK - start)..((tile_last / CHUNK + 1) * CHUNK - start);
+        let mut dsts = [std::ptr::null_mut(); TILE];
         for (i, qv) in queries.iter().enumerate() {
-            // SAFETY: this task alone writes head `qv.head` of row `qv.row`.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(out.0.add(qv.row * width + qv.head * hd), hd)
-            };
-            let span = (qv.first / CHUNK * CHUNK - start)..((qv.pos / CHUNK + 1) * CHUNK - start);
-            let scores = &mut scores[i * n..][span.clone()];
+            let span = span_of(qv);
+            let row = &mut scores[i * n..(i + 1) * n];
             // SAFETY: `Kernels::for_head_dim` chose kernels this CPU runs.
-            unsafe { (kernels.softmax_f16)(scores) };
-            let values = &vw[span.start * hd..span.end * hd];
-            unsafe { (kernels.weighted_sum)(scores, values, dst) };
+            unsafe { (kernels.softmax_f16)(&mut row[span.clone()]) };
+            row[tile_span.start..span.start].fill(0.0);
+            row[span.end..tile_span.end].fill(0.0);
+            // SAFETY: `out` holds every row; this task alone writes head `qv.head` of `qv.row`.
+            dsts[i] = unsafe { out.0.add(qv.row * width + qv.head * hd) };
         }
+        let values = &vw[tile_span.start * hd..tile_span.end * hd];
+        // SAFETY: as above; `dsts[..queries.len()]` each have room for `hd` floats.
+        unsafe { (kernels.weighted_sum)(scores, n, tile_span, values, &dsts[..queries.len()], hd) };
     }
 }
 
@@ -304,7 +312,9 @@ struct Kernels {
     /// `dots(q, kt)`: the dot products of `q` with a chunk of 16 keys, transposed.
     dots: unsafe fn(&[f32], &[f32]) -> [f32; CHUNK],
     softmax_f16: unsafe fn(&mut [f32]),
-    weighted_sum: unsafe fn(&[f32], &[f32], &mut [f32]),
+    /// `weighted_sum(w, n, span, values, outs, hd)`: for each query `i`,
+    /// `outs[i] = sum over p in span of w[i * n + p] * values[p - span.start]`.
+    weighted_sum: unsafe fn(&[f32], usize, Range<usize>, &[f32], &[*mut f32], usize),
 }
 
 impl Kernels {
@@ -403,23 +413,36 @@ fn softmax_f16(scores: &mut [f32]) {
     }
 }
 
-/// `out = sum_p w[p] * values[p]`, `values` rows of `out.len()` floats: one running sum
-/// per output element, positions in order. (Summing in llama.cpp's 16 lanes here, as the
+/// Portable `Kernels::weighted_sum`: per query, one running sum per output element,
+/// positions in order, zero weights skipped. (Summing in llama.cpp's 16 lanes here, as the
 /// scores do, measured further from the fixtures, by chance: this model amplifies any
 /// rounding change.)
-fn weighted_sum(w: &[f32], values: &[f32], out: &mut [f32]) {
-    let hd = out.len();
-    let mut acc = [0f32; MAX_HEAD_DIM];
-    let acc = &mut acc[..hd];
-    for (&wp, v) in w.iter().zip(values.chunks_exact(hd)) {
-        if wp == 0.0 {
-            continue;
+///
+/// # Safety
+/// Each of `outs` points to `hd` floats that nothing else touches.
+unsafe fn weighted_sum(
+    w: &[f32],
+    n: usize,
+    span: Range<usize>,
+    values: &[f32],
+    outs: &[*mut f32],
+    hd: usize,
+) {
+    for (i, &out) in outs.iter().enumerate() {
+        let mut acc = [0f32; MAX_HEAD_DIM];
+        let acc = &mut acc[..hd];
+        let w = &w[i * n..][span.clone()];
+        for (&wp, v) in w.iter().zip(values.chunks_exact(hd)) {
+            if wp == 0.0 {
+                continue;
+            }
+            for (a, &x) in acc.iter_mut().zip(v) {
+                *a = wp.mul_add(x, *a);
+            }
         }
-        for (a, &x) in acc.iter_mut().zip(v) {
-            *a = wp.mul_add(x, *a);
-        }
+        // SAFETY: the caller's.
+        unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out, hd) };
     }
-    out.copy_from_slice(acc);
 }
 
 /// `e^x` for 16 values (relative error about 2e-7), written to vectorise; `x <= 0` here.
@@ -562,25 +585,53 @@ mod avx512 {
         _mm_cvtss_f32(h1)
     }
 
-    /// `super::weighted_sum` for `N * 16` dimensions, the sums in `N` registers.
+    /// `super::weighted_sum` for `N * 16` dimensions and up to 4 queries, each query's
+    /// sums in `N` registers: the same order per query, with zero weights added instead
+    /// of skipped (which leaves every sum unchanged), and each row of values loaded once.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub(super) unsafe fn weighted_sum<const N: usize>(w: &[f32], values: &[f32], out: &mut [f32]) {
+    pub(super) unsafe fn weighted_sum<const N: usize>(
+        w: &[f32],
+        n: usize,
+        span: std::ops::Range<usize>,
+        values: &[f32],
+        outs: &[*mut f32],
+        hd: usize,
+    ) {
+        debug_assert!(hd == N * 16 && outs.len() <= 4 && values.len() >= span.len() * hd);
+        match outs.len() {
+            1 => unsafe { tile::<N, 1>(w, n, span, values, outs) },
+            2 => unsafe { tile::<N, 2>(w, n, span, values, outs) },
+            3 => unsafe { tile::<N, 3>(w, n, span, values, outs) },
+            _ => unsafe { tile::<N, 4>(w, n, span, values, outs) },
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn tile<const N: usize, const Q: usize>(
+        w: &[f32],
+        n: usize,
+        span: std::ops::Range<usize>,
+        values: &[f32],
+        outs: &[*mut f32],
+    ) {
         let hd = N * 16;
-        debug_assert!(out.len() == hd && values.len() >= w.len() * hd);
-        let mut acc = [_mm512_setzero_ps(); N];
+        let mut acc = [[_mm512_setzero_ps(); N]; Q];
         unsafe {
-            for (i, &wp) in w.iter().enumerate() {
-                if wp == 0.0 {
-                    continue;
-                }
-                let wv = _mm512_set1_ps(wp);
+            for (i, p) in span.clone().enumerate() {
                 let v = values.as_ptr().add(i * hd);
-                for (n, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(v.add(16 * n)), *a);
+                let rows: [__m512; N] = std::array::from_fn(|c| _mm512_loadu_ps(v.add(16 * c)));
+                for (q, acc) in acc.iter_mut().enumerate() {
+                    let wq = _mm512_set1_ps(*w.get_unchecked(q * n + p));
+                    for (a, row) in acc.iter_mut().zip(&rows) {
+                        *a = _mm512_fmadd_ps(wq, *row, *a);
+                    }
                 }
             }
-            for (n, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(out.as_mut_ptr().add(16 * n), *a);
+            for (acc, &out) in acc.iter().zip(outs) {
+                for (c, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(out.add(16 * c), *a);
+                }
             }
         }
     }
