@@ -106,30 +106,22 @@ fn matmul_shared_input<const N: usize>(
     scratch: &mut Scratch,
     device: &Device,
 ) -> Result<()> {
-    let mapped: Option<[&QuantMatrix; N]> = ws
-        .iter()
-        .map(|w| match w {
-            Weight::Mapped(q) => Some(q),
-            Weight::Candle(_) => None,
-        })
-        .collect::<Option<Vec<_>>>()
-        .and_then(|v| v.try_into().ok());
-    match mapped {
-        Some(mats) => {
-            let mut views: [&mut [f32]; N] = {
-                let mut i = 0;
-                outs.map(|o| {
-                    o.resize(m * mats[i].rows(), 0.0);
-                    i += 1;
-                    o.as_mut_slice()
-                })
-            };
-            kernels::matmul_many(&mats, x, m, &mut views, scratch);
-        }
-        None => {
-            for (w, out) in ws.into_iter().zip(outs) {
-                w.matmul_into(x, m, out, scratch, device)?;
-            }
+    let mapped: [Option<&QuantMatrix>; N] = ws.map(|w| match w {
+        Weight::Mapped(q) => Some(q),
+        Weight::Candle(_) => None,
+    });
+    if mapped.iter().all(Option::is_some) {
+        let mats = mapped.map(|q| q.expect("checked above"));
+        let mut i = 0;
+        let mut views: [&mut [f32]; N] = outs.map(|o| {
+            o.resize(m * mats[i].rows(), 0.0);
+            i += 1;
+            o.as_mut_slice()
+        });
+        kernels::matmul_many(&mats, x, m, &mut views, scratch);
+    } else {
+        for (w, out) in ws.into_iter().zip(outs) {
+            w.matmul_into(x, m, out, scratch, device)?;
         }
     }
     Ok(())
