@@ -84,7 +84,7 @@ fn attention_with(
     let hd = shape.head_dim;
     let width = shape.n_head * hd;
     assert!(
-        hd <= MAX_HEAD_DIM && shape.n_kv_head > 0 && shape.n_head % shape.n_kv_head == 0,
+        hd <= MAX_HEAD_DIM && shape.n_kv_head > 0 && shape.n_head.is_multiple_of(shape.n_kv_head),
         "attention: unsupported shape {shape:?}"
     );
     assert_eq!(q.len(), out.len(), "attention: query and output sizes");
@@ -159,6 +159,7 @@ impl Query {
 ///
 /// # Safety
 /// `out` holds as many floats as `q`, and nothing else writes those heads of these rows.
+#[allow(clippy::too_many_arguments)]
 unsafe fn attend(
     shape: &AttentionShape,
     s: &SeqAttention<'_>,
@@ -306,6 +307,9 @@ fn chunk_scores(
     }
 }
 
+/// See `Kernels::weighted_sum`.
+type WeightedSumFn = unsafe fn(&[f32], usize, Range<usize>, &[f32], &[*mut f32], usize);
+
 /// The three inner loops, portable or for this CPU.
 #[derive(Clone, Copy)]
 struct Kernels {
@@ -314,7 +318,7 @@ struct Kernels {
     softmax_f16: unsafe fn(&mut [f32]),
     /// `weighted_sum(w, n, span, values, outs, hd)`: for each query `i`,
     /// `outs[i] = sum over p in span of w[i * n + p] * values[p - span.start]`.
-    weighted_sum: unsafe fn(&[f32], usize, Range<usize>, &[f32], &[*mut f32], usize),
+    weighted_sum: WeightedSumFn,
 }
 
 impl Kernels {
@@ -449,7 +453,7 @@ unsafe fn weighted_sum(
 fn exp16(x: &[f32; CHUNK]) -> [f32; CHUNK] {
     let mut out = [0f32; CHUNK];
     for j in 0..CHUNK {
-        let v = x[j].max(-87.0).min(88.0);
+        let v = x[j].clamp(-87.0, 88.0);
         let z = v.mul_add(std::f32::consts::LOG2_E, EXP_ROUND);
         let n = z - EXP_ROUND;
         let r = n.mul_add(-EXP_LN2_LO, n.mul_add(-EXP_LN2_HI, v));

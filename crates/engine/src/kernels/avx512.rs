@@ -144,8 +144,8 @@ packed_q8_kernel!(q5_0, offset: -16, min: false, quants_at: 32, |q, u| {
 });
 
 packed_q8_kernel!(q8_0, offset: -128, min: false, quants_at: 32, |q, u| {
-    for c in 0..8 {
-        u[c] = _mm512_loadu_si512(q.add(64 * c).cast());
+    for (c, u) in u.iter_mut().enumerate() {
+        *u = _mm512_loadu_si512(q.add(64 * c).cast());
     }
 });
 

@@ -127,6 +127,10 @@ fn matmul_shared_input<const N: usize>(
     Ok(())
 }
 
+/// A sequence's keys or values of one layer as a list of one block (today's contiguous
+/// cache) for the attention kernel, which reads a list of blocks.
+type OneBlock<'a> = [&'a [f16]; 1];
+
 /// The buffers of a forward pass, kept between passes: once grown to the batch's size,
 /// decoding allocates nothing for activations.
 #[derive(Default)]
@@ -492,7 +496,7 @@ impl Llama {
                 row += n;
             }
             // Today's cache is one contiguous block per sequence and layer.
-            let blocks: Vec<([&[f16]; 1], [&[f16]; 1])> = batch
+            let blocks: Vec<(OneBlock<'_>, OneBlock<'_>)> = batch
                 .iter()
                 .map(|c| {
                     let (k, v) = c.kv.layer(li);
