@@ -18,9 +18,11 @@
 //!
 //! Kernels: a portable scalar reference for every type (also the test oracle) and, on
 //! x86_64, AVX2+FMA+F16C kernels for every type, with an AVX-VNNI build of the 32-block
-//! ones (same integers, fewer instructions), chosen once at run time. Elsewhere (aarch64
-//! included) the scalar kernels run: there is no NEON code yet. `VERRE_KERNELS=scalar` or
-//! `=avx2` forces lesser kernels, for comparison.
+//! ones (same integers, fewer instructions), and, where the CPU has AVX-512 F/BW/VNNI,
+//! kernels over weights [`QuantMatrix::pack`]ed 16 rows at a time (Q4_0, Q4_1, Q5_0, Q8_0,
+//! Q4_K, Q6_K; see `packed`), chosen once at run time. Elsewhere (aarch64 included) the
+//! scalar kernels run: there is no NEON code yet. `VERRE_KERNELS=scalar` or `=avx2` forces
+//! lesser kernels, for comparison. Attention over the KV cache is in [`attention`].
 //!
 //! Threads: the output rows are split across the rayon pool the call runs in. Call from a
 //! thread of that pool (inside `ThreadPool::install`) in the decode loop: from outside, each
