@@ -47,6 +47,10 @@ for q in "$@"; do
     models+=("$out")
 done
 
+# llama.cpp's threads spin while they wait for each other, so it loses far more than verre
+# when other processes want the same cores: ratios from a busy machine mean little. The
+# load average is printed with the table for that reason.
+load_before="$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo '?')"
 results="$(mktemp)"
 for m in "${models[@]}"; do
     "$build/bin/llama-bench" -m "$m" -p 512 -n 128 -t "$threads" -r "$reps" -o json > "$results.llama"
@@ -67,7 +71,9 @@ print(f"| {os.path.basename(name)} | pp512 | {pp_v:.1f} | {pp_l:.1f} | {pp_v / p
 print(f"| {os.path.basename(name)} | tg128 | {tg_v:.1f} | {tg_l:.1f} | {tg_v / tg_l:.2f}x |")
 PY
 done
-echo "threads: $threads, repetitions: $reps, llama.cpp: llama-cpp-python $version sdist, $(date -u +%F)"
+load_after="$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo '?')"
+echo "threads: $threads, repetitions: $reps, llama.cpp: llama-cpp-python $version sdist, $(date -u +%F)," \
+    "load average $load_before before, $load_after after"
 echo "| model | test | verre t/s | llama.cpp t/s | verre/llama.cpp |"
 echo "| --- | --- | --- | --- | --- |"
 cat "$results"

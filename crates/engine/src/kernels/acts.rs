@@ -39,12 +39,13 @@ pub(crate) struct F32Acts<'a> {
 
 /// Rows of `k` activations as ggml Q8_1 blocks (Q8_0 is the same without `s`): block `b` of
 /// row `i` has quants `qs[i*k + 32*b..][..32]`, scale `d[i*k/32 + b]` (an f16 widened) and
-/// `s[..]` = f16(d * sum of its quants).
+/// `s[..]` = f16(d * sum of its quants); `isum[..]` is that sum of quants, exact.
 #[derive(Clone, Copy)]
 pub(crate) struct Q8Acts<'a> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
     pub s: &'a [f32],
+    pub isum: &'a [i32],
     pub k: usize,
 }
 
@@ -64,6 +65,7 @@ pub(crate) struct Q8Buf {
     qs: Vec<Lane>,
     d: Vec<f32>,
     s: Vec<f32>,
+    isum: Vec<i32>,
     k: usize,
 }
 
@@ -76,6 +78,7 @@ impl Q8Buf {
         self.qs.resize(m * nb, Lane::default());
         self.d.resize(m * nb, 0.0);
         self.s.resize(m * nb, 0.0);
+        self.isum.resize(m * nb, 0);
         if k == 0 {
             return;
         }
@@ -92,6 +95,9 @@ impl Q8Buf {
                 quantize_q8_row(isa, x, qs, d, s);
             }
         }
+        for (sum, lane) in self.isum.iter_mut().zip(&self.qs) {
+            *sum = lane.0.iter().map(|&q| q as i32).sum();
+        }
     }
 
     pub fn view(&self) -> Q8Acts<'_> {
@@ -99,6 +105,7 @@ impl Q8Buf {
             qs: lanes_as_i8(&self.qs),
             d: &self.d,
             s: &self.s,
+            isum: &self.isum,
             k: self.k,
         }
     }

@@ -18,15 +18,21 @@
 //!
 //! Kernels: a portable scalar reference for every type (also the test oracle) and, on
 //! x86_64, AVX2+FMA+F16C kernels for every type, with an AVX-VNNI build of the 32-block
-//! ones (same integers, fewer instructions), chosen once at run time. Elsewhere (aarch64
-//! included) the scalar kernels run: there is no NEON code yet. `VERRE_KERNELS=scalar` or
-//! `=avx2` forces lesser kernels, for comparison.
+//! ones (same integers, fewer instructions), and, where the CPU has AVX-512 F/BW/VNNI,
+//! kernels over weights [`QuantMatrix::pack`]ed 16 rows at a time (Q4_0, Q4_1, Q5_0, Q8_0,
+//! Q4_K, Q6_K; see `packed`), chosen once at run time. Elsewhere (aarch64 included) the
+//! scalar kernels run: there is no NEON code yet. `VERRE_KERNELS=scalar` or `=avx2` forces
+//! lesser kernels, for comparison. Attention over the KV cache is in [`attention`].
 //!
 //! Threads: the output rows are split across the rayon pool the call runs in. Call from a
 //! thread of that pool (inside `ThreadPool::install`) in the decode loop: from outside, each
 //! product pays a round trip through the pool's queue, which costs more than a small gemv.
 
 mod acts;
+pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod packed;
 mod scalar;
 #[cfg(test)]
 mod tests;
@@ -41,6 +47,7 @@ use anyhow::{Result, bail, ensure};
 use rayon::prelude::*;
 
 use acts::{F32Acts, Q8Acts, Q8Buf, Q8KActs, Q8KBuf};
+use packed::{GROUP, Packed};
 
 /// Bytes shared with whoever owns them: a memory-mapped model file (`Arc<memmap2::Mmap>`),
 /// a `Vec<u8>`, a `&'static [u8]`.
@@ -192,6 +199,29 @@ pub enum Isa {
     /// The above with AVX-VNNI (`vpdpbusd` on 256-bit vectors): same results, fewer
     /// instructions for the 32-block formats.
     Avx2Vnni,
+    /// AVX-512 F/BW/VNNI on top of AVX2: packed 16-row kernels (Q4_0, Q4_1, Q5_0, Q8_0,
+    /// Q4_K, Q6_K) for matrices that were [`QuantMatrix::pack`]ed, the AVX2 kernels (VNNI where
+    /// present) for the rest.
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// The 256-bit kernel set this ISA includes.
+    fn vex(self) -> Isa {
+        match self {
+            Isa::Avx512Vnni if has_avxvnni() => Isa::Avx2Vnni,
+            Isa::Avx512Vnni => Isa::Avx2,
+            other => other,
+        }
+    }
+}
+
+fn has_avxvnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avxvnni") {
+        return true;
+    }
+    false
 }
 
 /// The kernels this machine runs, detected once.
@@ -206,9 +236,15 @@ pub fn isa() -> Isa {
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
-            if is_x86_feature_detected!("avxvnni")
-                && !std::env::var("VERRE_KERNELS").is_ok_and(|v| v == "avx2")
+            let forced = std::env::var("VERRE_KERNELS").ok();
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+                && forced.is_none()
             {
+                return Isa::Avx512Vnni;
+            }
+            if is_x86_feature_detected!("avxvnni") && forced.as_deref() != Some("avx2") {
                 return Isa::Avx2Vnni;
             }
             return Isa::Avx2;
@@ -226,6 +262,8 @@ pub struct QuantMatrix {
     qtype: QuantType,
     rows: usize,
     cols: usize,
+    /// The same weights interleaved for the AVX-512 kernels, once [`Self::pack`]ed.
+    packed: Option<Arc<Packed>>,
 }
 
 impl fmt::Debug for QuantMatrix {
@@ -269,7 +307,51 @@ impl QuantMatrix {
             qtype,
             rows,
             cols,
+            packed: None,
         })
+    }
+
+    /// Add a copy of the weights in the layout of this machine's fastest kernels, where
+    /// there is one (AVX-512 VNNI, for Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K). Products then read the copy;
+    /// [`Self::data`] and [`Self::dequantize_row`] still read the original blocks.
+    pub fn pack(self) -> Self {
+        self.pack_for(isa())
+    }
+
+    fn pack_for(mut self, isa: Isa) -> Self {
+        if isa == Isa::Avx512Vnni && self.packed.is_none() {
+            self.packed = Packed::new(self.qtype, self.data(), self.rows, self.cols).map(Arc::new);
+        }
+        self
+    }
+
+    /// Drop the original blocks' pages from the resident set once products read a packed
+    /// copy: pages of a memory-mapped file are read back from the file if they are touched
+    /// again (an embedding lookup), so packing does not hold the weights in memory twice.
+    ///
+    /// # Safety
+    /// The bytes must be a read-only mapping of a file (`memmap2::Mmap`): on anonymous
+    /// memory (a `Vec`) this would zero them.
+    pub unsafe fn release_source_pages(&self) {
+        #[cfg(target_os = "linux")]
+        if self.is_packed() {
+            const PAGE: usize = 4096;
+            let data = self.data();
+            let start = (data.as_ptr() as usize).next_multiple_of(PAGE);
+            let end = (data.as_ptr() as usize + data.len()) / PAGE * PAGE;
+            if end > start {
+                // SAFETY: whole pages inside the matrix's bytes, which the caller guarantees
+                // are a file mapping; products no longer read them.
+                unsafe {
+                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED)
+                };
+            }
+        }
+    }
+
+    /// Whether products read a packed copy of the weights.
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
     }
 
     /// A matrix that owns its blocks.
@@ -372,6 +454,31 @@ fn matmul_many_with(
         return;
     }
     let k = mats[0].cols;
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && mats.iter().all(|mat| mat.is_packed()) {
+        match kind {
+            ActKind::Q8 => {
+                scratch.q8.quantize(x, m, k, isa.vex());
+                let kernels = |q| {
+                    let (one, four) = avx512::kernels(q);
+                    (one as PackedFn<Q8Acts<'_>>, four as PackedFn<Q8Acts<'_>>)
+                };
+                packed_product(mats, &scratch.q8.view(), m, outs, kernels);
+                return;
+            }
+            ActKind::Q8K => {
+                scratch.q8k.quantize(x, m, k, isa.vex());
+                let kernels = |q| {
+                    let (one, four) = avx512::k_kernels(q);
+                    (one as PackedFn<Q8KActs<'_>>, four as PackedFn<Q8KActs<'_>>)
+                };
+                packed_product(mats, &scratch.q8k.view(), m, outs, kernels);
+                return;
+            }
+            ActKind::F32 => {}
+        }
+    }
+    let isa = isa.vex();
     match kind {
         ActKind::F32 => {
             let acts = F32Acts { x, k };
@@ -666,5 +773,122 @@ unsafe fn rows_product<A>(
             }
             i0 = i1;
         }
+    }
+}
+
+/// A packed kernel: one group of [`GROUP`] weight rows (its blocks of `stride` bytes)
+/// against activation rows from `row0`, into `out + r * n` (`lanes` valid columns).
+type PackedFn<A> = unsafe fn(*const u8, usize, &A, usize, *mut f32, usize, usize);
+
+/// Weight groups (of [`GROUP`] rows) per parallel task of a packed product.
+fn groups_per_task(groups: usize, m: usize, k: usize, threads: usize) -> usize {
+    if threads <= 1 {
+        return groups.max(1);
+    }
+    let balanced = groups.div_ceil(threads * 4);
+    let per_task = if m == 1 {
+        balanced.max(MIN_TASK_MACS.div_ceil((k * GROUP).max(1)))
+    } else {
+        balanced.clamp(1, 2)
+    };
+    per_task.clamp(1, groups.max(1))
+}
+
+/// `outs[i] = x @ mats[i].T` for packed matrices, groups of rows split into tasks over the
+/// rayon pool.
+#[cfg(target_arch = "x86_64")]
+fn packed_product<A: Sync>(
+    mats: &[&QuantMatrix],
+    acts: &A,
+    m: usize,
+    outs: &mut [&mut [f32]],
+    kernels: impl Fn(QuantType) -> (PackedFn<A>, PackedFn<A>) + Sync,
+) {
+    debug_assert!(!mats.is_empty() && mats.len() <= MANY_MAX);
+    let threads = rayon::current_num_threads();
+    let groups = |i: usize| mats.get(i).map_or(0, |mat| mat.rows.div_ceil(GROUP));
+    let gpt: [usize; MANY_MAX] =
+        std::array::from_fn(|i| groups_per_task(groups(i), m, mats[0].cols, threads));
+    let tasks: [usize; MANY_MAX] = std::array::from_fn(|i| groups(i).div_ceil(gpt[i]));
+    let ptrs: [OutPtr; MANY_MAX] = std::array::from_fn(|i| {
+        OutPtr(
+            outs.get_mut(i)
+                .map_or(std::ptr::null_mut(), |o| o.as_mut_ptr()),
+        )
+    });
+    let run = |mut t: usize| {
+        let mut i = 0;
+        while t >= tasks[i] {
+            t -= tasks[i];
+            i += 1;
+        }
+        let range = t * gpt[i]..((t + 1) * gpt[i]).min(groups(i));
+        // SAFETY: `ptrs[i]` holds `m * rows` floats (checked by the caller), this task alone
+        // writes the columns of its groups, and `isa()` chose AVX-512 VNNI.
+        unsafe { packed_rows(mats[i], range, acts, m, ptrs[i], kernels(mats[i].qtype)) };
+    };
+    let total: usize = tasks.iter().sum();
+    if total == 1 {
+        run(0);
+    } else {
+        (0..total).into_par_iter().for_each(run);
+    }
+}
+
+/// Columns of the row groups `groups` of `out = x @ mat.T`, for a packed `mat`.
+///
+/// # Safety
+/// As [`rows_product`], for the columns of `groups`; the CPU has AVX-512 F/BW/VNNI.
+#[cfg(target_arch = "x86_64")]
+unsafe fn packed_rows<A>(
+    mat: &QuantMatrix,
+    groups: Range<usize>,
+    acts: &A,
+    m: usize,
+    out: OutPtr,
+    (one, four): (PackedFn<A>, PackedFn<A>),
+) {
+    let packed = mat.packed.as_deref().expect("a packed matrix");
+    let group_bytes = mat.cols / mat.qtype.block_len() * packed.stride;
+    let n = mat.rows;
+    let block = act_block_rows(mat.cols);
+    let bytes = packed.bytes().as_ptr();
+    let mut i0 = 0;
+    while i0 < m {
+        let i1 = m.min(i0 + block);
+        for g in groups.clone() {
+            let lanes = (n - g * GROUP).min(GROUP);
+            // SAFETY: group `g` lies in the packed bytes; rows `i < m` and columns of group
+            // `g` lie in `out`, as the caller guarantees.
+            unsafe {
+                let w = bytes.add(g * group_bytes);
+                let mut i = i0;
+                while i + 4 <= i1 {
+                    four(
+                        w,
+                        packed.stride,
+                        acts,
+                        i,
+                        out.0.add(i * n + g * GROUP),
+                        n,
+                        lanes,
+                    );
+                    i += 4;
+                }
+                while i < i1 {
+                    one(
+                        w,
+                        packed.stride,
+                        acts,
+                        i,
+                        out.0.add(i * n + g * GROUP),
+                        n,
+                        lanes,
+                    );
+                    i += 1;
+                }
+            }
+        }
+        i0 = i1;
     }
 }

@@ -13,7 +13,7 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 
 /// The 6-bit scales and mins of the 8 sub-blocks of a Q4_K/Q5_K super-block, from its 12
 /// packed bytes (ggml's `get_scale_min_k4`).
-fn k4_scales(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub(crate) fn k4_scales(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let mut scales = [0; 8];
     let mut mins = [0; 8];
     for j in 0..8 {
@@ -208,7 +208,7 @@ fn q5k_row<const R: usize>(w: &[u8], a: &Q8KActs<'_>, row0: usize) -> [f32; R] {
 }
 
 /// Element `128 * h + 32 * t + l` of a Q6_K super-block, in 0..64 (ggml subtracts 32).
-fn q6k_quant(blk: &[u8], h: usize, t: usize, l: usize) -> i32 {
+pub(crate) fn q6k_quant(blk: &[u8], h: usize, t: usize, l: usize) -> i32 {
     let ql = blk[64 * h + 32 * (t % 2) + l];
     let low4 = if t < 2 { ql & 15 } else { ql >> 4 };
     let high2 = (blk[128 + 32 * h + l] >> (2 * t)) & 3;

@@ -70,11 +70,21 @@ fn isas() -> Vec<Isa> {
         Isa::Scalar => vec![Isa::Scalar],
         Isa::Avx2 => vec![Isa::Scalar, Isa::Avx2],
         Isa::Avx2Vnni => vec![Isa::Scalar, Isa::Avx2, Isa::Avx2Vnni],
+        Isa::Avx512Vnni => {
+            let mut v = vec![Isa::Scalar, Isa::Avx2];
+            if Isa::Avx512Vnni.vex() == Isa::Avx2Vnni {
+                v.push(Isa::Avx2Vnni);
+            }
+            v.push(Isa::Avx512Vnni);
+            v
+        }
     }
 }
 
+/// `w @ x` with the kernels of `isa`; for AVX-512 the matrix is packed first.
 fn run(w: &QuantMatrix, isa: Isa, x: &[f32], m: usize) -> Vec<f32> {
     let mut out = vec![f32::NAN; m * w.rows()];
+    let w = w.clone().pack_for(isa);
     w.matmul_with(isa, x, m, &mut out, &mut Scratch::new());
     out
 }
@@ -119,7 +129,7 @@ fn simd_matches_scalar() {
 
 #[test]
 fn vnni_matches_avx2_exactly() {
-    if isa() != Isa::Avx2Vnni {
+    if isa().vex() != Isa::Avx2Vnni {
         return;
     }
     for qtype in ALL {
@@ -307,31 +317,43 @@ fn products_match_candle_qmatmul() {
 #[test]
 fn many_matches_one_at_a_time() {
     for isa in isas() {
-        let mats = [
+        let k_quants = [
             random_matrix(QuantType::Q4K, 64, 512, 51),
             random_matrix(QuantType::Q6K, 24, 512, 52),
             random_matrix(QuantType::Q4K, 24, 512, 53),
         ];
-        for m in [1, 6] {
-            let x = random(m * 512, 54);
-            let mut outs: Vec<Vec<f32>> = mats.iter().map(|w| vec![0.0; m * w.rows()]).collect();
-            let refs: Vec<&QuantMatrix> = mats.iter().collect();
-            let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-            matmul_many_with(isa, &refs, &x, m, &mut slices, &mut Scratch::new());
-            for (w, out) in mats.iter().zip(&outs) {
-                let single = run(w, isa, &x, m);
-                assert!(
-                    out.iter()
-                        .zip(&single)
-                        .all(|(a, b)| a.to_bits() == b.to_bits())
-                );
+        // 32-block types (packed for AVX-512), row counts that leave partial groups.
+        let blocks_32 = [
+            random_matrix(QuantType::Q4_0, 40, 512, 58),
+            random_matrix(QuantType::Q8_0, 24, 512, 59),
+            random_matrix(QuantType::Q4_1, 17, 512, 60),
+        ];
+        for mats in [k_quants, blocks_32] {
+            let mats = mats.map(|w| w.pack_for(isa));
+            for m in [1, 6] {
+                let x = random(m * 512, 54);
+                let mut outs: Vec<Vec<f32>> =
+                    mats.iter().map(|w| vec![0.0; m * w.rows()]).collect();
+                let refs: Vec<&QuantMatrix> = mats.iter().collect();
+                let mut slices: Vec<&mut [f32]> =
+                    outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+                matmul_many_with(isa, &refs, &x, m, &mut slices, &mut Scratch::new());
+                for (w, out) in mats.iter().zip(&outs) {
+                    let single = run(w, isa, &x, m);
+                    assert!(
+                        out.iter()
+                            .zip(&single)
+                            .all(|(a, b)| a.to_bits() == b.to_bits())
+                    );
+                }
             }
         }
         // Mixed activation formats fall back to one product at a time.
         let mixed = [
             random_matrix(QuantType::Q4_1, 8, 512, 55),
             random_matrix(QuantType::Q6K, 8, 512, 56),
-        ];
+        ]
+        .map(|w| w.pack_for(isa));
         let x = random(512, 57);
         let (mut a, mut b) = (vec![0.0; 8], vec![0.0; 8]);
         matmul_many_with(

@@ -9,14 +9,12 @@ use std::sync::Mutex;
 
 use candle_core::quantized::QMatMul;
 use candle_core::{Device, Module, Tensor};
-use half::f16;
-use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
 
 use super::{Logits, ModelInfo, SeqChunk};
 use crate::gguf::GgufFile;
+use crate::kernels::attention::{AttentionShape, SeqAttention, attention};
 use crate::kernels::{self, QuantMatrix, Scratch};
-use crate::kv::{KvCache, KvPool};
+use crate::kv::{BLOCK_TOKENS, KvCache, KvPool};
 
 /// Hyper-parameters read from `{arch}.*` metadata.
 #[derive(Debug, Clone)]
@@ -71,6 +69,9 @@ impl Weight {
         if device.is_cpu()
             && let Some(m) = g.mapped_matrix(name, rows, cols)?
         {
+            let m = m.pack();
+            // SAFETY: `mapped_matrix` reads the file's read-only memory map.
+            unsafe { m.release_source_pages() };
             return Ok(Weight::Mapped(m));
         }
         let t = g.tensor_with_shape(name, &[rows, cols], device)?;
@@ -79,54 +80,76 @@ impl Weight {
         })?))
     }
 
-    /// `x @ W.T` for `m` rows of `x`.
-    fn matmul(
+    /// `out = x @ W.T` for `m` rows of `x`; `out` is resized to fit and reused.
+    fn matmul_into(
         &self,
         x: &[f32],
         m: usize,
+        out: &mut Vec<f32>,
         scratch: &mut Scratch,
         device: &Device,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<()> {
         match self {
             Weight::Mapped(w) => {
-                let mut out = vec![0f32; m * w.rows()];
-                w.matmul(x, m, &mut out, scratch);
-                Ok(out)
+                out.resize(m * w.rows(), 0.0);
+                w.matmul(x, m, out, scratch);
             }
             Weight::Candle(w) => {
                 let cols = x.len() / m.max(1);
                 let t = Tensor::from_slice(x, (m, cols), device)?;
-                matmul(w, &t)
+                *out = matmul(w, &t)?;
             }
         }
+        Ok(())
     }
 }
 
-/// Products of several weights with one input (Q, K, V; gate, up): one quantization of the
-/// input and one parallel pass when all are mapped.
-fn matmul_shared_input(
-    ws: &[&Weight],
+/// Products of several weights with one input (Q, K, V; gate, up) into `outs`: one
+/// quantization of the input and one parallel pass when all are mapped.
+fn matmul_shared_input<const N: usize>(
+    ws: [&Weight; N],
     x: &[f32],
     m: usize,
+    outs: [&mut Vec<f32>; N],
     scratch: &mut Scratch,
     device: &Device,
-) -> Result<Vec<Vec<f32>>> {
-    let mapped: Option<Vec<&QuantMatrix>> = ws
-        .iter()
-        .map(|w| match w {
-            Weight::Mapped(q) => Some(q),
-            Weight::Candle(_) => None,
-        })
-        .collect();
-    match mapped {
-        Some(mats) => {
-            let mut outs: Vec<Vec<f32>> = mats.iter().map(|q| vec![0f32; m * q.rows()]).collect();
-            let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-            kernels::matmul_many(&mats, x, m, &mut views, scratch);
-            Ok(outs)
+) -> Result<()> {
+    let mapped: [Option<&QuantMatrix>; N] = ws.map(|w| match w {
+        Weight::Mapped(q) => Some(q),
+        Weight::Candle(_) => None,
+    });
+    if mapped.iter().all(Option::is_some) {
+        let mats = mapped.map(|q| q.expect("checked above"));
+        let mut i = 0;
+        let mut views: [&mut [f32]; N] = outs.map(|o| {
+            o.resize(m * mats[i].rows(), 0.0);
+            i += 1;
+            o.as_mut_slice()
+        });
+        kernels::matmul_many(&mats, x, m, &mut views, scratch);
+    } else {
+        for (w, out) in ws.into_iter().zip(outs) {
+            w.matmul_into(x, m, out, scratch, device)?;
         }
-        None => ws.iter().map(|w| w.matmul(x, m, scratch, device)).collect(),
     }
+    Ok(())
+}
+
+/// The buffers of a forward pass, kept between passes: once grown to the batch's size,
+/// decoding allocates nothing for activations.
+#[derive(Default)]
+struct ForwardBuffers {
+    kernels: Scratch,
+    /// Normalised input of the current block.
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    /// A block's output, before it joins the residual stream.
+    out: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
 }
 
 struct Layer {
@@ -149,8 +172,8 @@ pub struct Llama {
     layers: Vec<Layer>,
     output_norm: Vec<f32>,
     output: Weight,
-    /// Quantized-activation buffers reused across forwards (one engine thread runs them).
-    scratch: Mutex<Scratch>,
+    /// Buffers reused across forwards (one engine thread runs them).
+    buffers: Mutex<ForwardBuffers>,
 }
 
 /// The token embedding table: rows dequantized on lookup.
@@ -378,7 +401,7 @@ impl Llama {
             layers,
             output_norm,
             output,
-            scratch: Mutex::new(Scratch::new()),
+            buffers: Mutex::new(ForwardBuffers::default()),
         })
     }
 
@@ -418,8 +441,7 @@ impl Llama {
         let q_dim = cfg.n_head * hd;
         let kv_dim = cfg.n_kv_head * hd;
 
-        // Where each stacked row comes from: its sequence and its absolute position.
-        let mut row_seq = Vec::new();
+        // The absolute position of each stacked row.
         let mut row_pos = Vec::new();
         let mut ids = Vec::new();
         for (s, chunk) in batch.iter_mut().enumerate() {
@@ -444,7 +466,6 @@ impl Llama {
                     "token id {t} is outside the vocabulary ({})",
                     self.info.vocab_size
                 );
-                row_seq.push(s);
                 row_pos.push(start + i);
                 ids.push(t);
             }
@@ -457,29 +478,51 @@ impl Llama {
         // and a pool worker blocked inside one forward can pick up another forward of the same
         // model (work stealing), which would then wait on a lock its own stack holds.
         let mut own = None;
-        let mut shared = match self.scratch.try_lock() {
+        let mut shared = match self.buffers.try_lock() {
             Ok(guard) => Some(guard),
             Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
             Err(std::sync::TryLockError::WouldBlock) => None,
         };
-        let scratch: &mut Scratch = match shared.as_deref_mut() {
-            Some(s) => s,
-            None => own.insert(Scratch::new()),
+        let bufs: &mut ForwardBuffers = match shared.as_deref_mut() {
+            Some(b) => b,
+            None => own.insert(ForwardBuffers::default()),
         };
+        let ForwardBuffers {
+            kernels: scratch,
+            h,
+            q,
+            k,
+            v,
+            attn,
+            out,
+            gate,
+            up,
+        } = bufs;
         let dev = &self.device;
+        let attn_shape = AttentionShape {
+            n_head: cfg.n_head,
+            n_kv_head: cfg.n_kv_head,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            window: cfg.sliding_window,
+        };
 
         for (li, layer) in self.layers.iter().enumerate() {
             // Attention block.
-            let h = rms_norm(&x, &layer.attn_norm, cfg.rms_eps);
-            let [mut q, mut k, v]: [Vec<f32>; 3] =
-                matmul_shared_input(&[&layer.wq, &layer.wk, &layer.wv], &h, n_rows, scratch, dev)?
-                    .try_into()
-                    .map_err(|_| anyhow!("q/k/v products"))?;
-            rope.apply(&mut q, cfg.n_head, hd);
-            rope.apply(&mut k, cfg.n_kv_head, hd);
+            rms_norm(&x, &layer.attn_norm, cfg.rms_eps, h);
+            matmul_shared_input(
+                [&layer.wq, &layer.wk, &layer.wv],
+                h,
+                n_rows,
+                [&mut *q, &mut *k, &mut *v],
+                scratch,
+                dev,
+            )?;
+            rope.apply(q, cfg.n_head, hd);
+            rope.apply(k, cfg.n_kv_head, hd);
 
             let mut row = 0;
-            for chunk in batch.iter() {
+            for chunk in batch.iter_mut() {
                 let n = chunk.tokens.len();
                 pool.write(
                     li,
@@ -490,32 +533,47 @@ impl Llama {
                 );
                 row += n;
             }
-            // The contiguous attention below reads each sequence's blocks gathered.
-            let gathered: Vec<(Vec<f16>, Vec<f16>)> = batch
+            // Each sequence's blocks, through its block table, up to its new positions.
+            let blocks: Vec<_> = batch
                 .iter()
-                .map(|c| {
-                    let (ks, vs) = pool.layer_blocks(li, c.kv, c.kv.len() + c.tokens.len());
-                    (ks.concat(), vs.concat())
+                .map(|c| pool.layer_blocks(li, c.kv, c.kv.len() + c.tokens.len()))
+                .collect();
+            let mut row = 0;
+            let seqs: Vec<SeqAttention<'_>> = batch
+                .iter()
+                .zip(&blocks)
+                .map(|(c, (k, v))| {
+                    let n = c.tokens.len();
+                    row += n;
+                    SeqAttention {
+                        k,
+                        v,
+                        block_len: BLOCK_TOKENS,
+                        len: c.kv.len() + n,
+                        rows: row - n..row,
+                    }
                 })
                 .collect();
-            let caches: Vec<(&[f16], &[f16])> =
-                gathered.iter().map(|(k, v)| (&k[..], &v[..])).collect();
-            let attn = self.attention(&q, &caches, &row_seq, &row_pos);
-            debug_assert_eq!(attn.len(), n_rows * q_dim);
-            let o = layer.wo.matmul(&attn, n_rows, scratch, dev)?;
-            add_assign(&mut x, &o);
+            attn.resize(n_rows * q_dim, 0.0);
+            attention(&attn_shape, &seqs, q, attn);
+            layer.wo.matmul_into(attn, n_rows, out, scratch, dev)?;
+            add_assign(&mut x, out);
 
             // Feed-forward block.
-            let h = rms_norm(&x, &layer.ffn_norm, cfg.rms_eps);
-            let [mut gate, up]: [Vec<f32>; 2] =
-                matmul_shared_input(&[&layer.w_gate, &layer.w_up], &h, n_rows, scratch, dev)?
-                    .try_into()
-                    .map_err(|_| anyhow!("gate/up products"))?;
-            for (g, u) in gate.iter_mut().zip(&up) {
+            rms_norm(&x, &layer.ffn_norm, cfg.rms_eps, h);
+            matmul_shared_input(
+                [&layer.w_gate, &layer.w_up],
+                h,
+                n_rows,
+                [&mut *gate, &mut *up],
+                scratch,
+                dev,
+            )?;
+            for (g, u) in gate.iter_mut().zip(up.iter()) {
                 *g = silu(*g) * u;
             }
-            let down = layer.w_down.matmul(&gate, n_rows, scratch, dev)?;
-            add_assign(&mut x, &down);
+            layer.w_down.matmul_into(gate, n_rows, out, scratch, dev)?;
+            add_assign(&mut x, out);
         }
         for chunk in batch.iter_mut() {
             chunk.kv.commit(chunk.tokens.len());
@@ -534,93 +592,15 @@ impl Llama {
             row += n;
         }
         let n_out = selected.len() / d;
-        let h = rms_norm(&selected, &self.output_norm, cfg.rms_eps);
-        let data = self.output.matmul(&h, n_out, scratch, dev)?;
+        rms_norm(&selected, &self.output_norm, cfg.rms_eps, h);
+        let mut data = Vec::new();
+        self.output.matmul_into(h, n_out, &mut data, scratch, dev)?;
         Ok(Logits {
             data,
             vocab: self.info.vocab_size,
             rows,
         })
     }
-
-    /// Causal attention of every stacked row over its own sequence's cache.
-    /// Output rows are `[n_head * head_dim]`, heads in order.
-    fn attention(
-        &self,
-        q: &[f32],
-        caches: &[(&[f16], &[f16])],
-        row_seq: &[usize],
-        row_pos: &[usize],
-    ) -> Vec<f32> {
-        let cfg = &self.cfg;
-        let hd = cfg.head_dim;
-        let kv_dim = cfg.n_kv_head * hd;
-        let group = cfg.n_head / cfg.n_kv_head;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let mut out = vec![0f32; q.len()];
-        out.par_chunks_mut(hd).enumerate().for_each_init(
-            || (Vec::new(), vec![0f32; hd], vec![0f32; hd]),
-            |(scores, q_f16, row_f32): &mut (Vec<f32>, Vec<f32>, Vec<f32>), (i, out)| {
-                let (row, head) = (i / cfg.n_head, i % cfg.n_head);
-                let (k_cache, v_cache) = caches[row_seq[row]];
-                let pos = row_pos[row];
-                let first = match cfg.sliding_window {
-                    Some(w) => (pos + 1).saturating_sub(w),
-                    None => 0,
-                };
-                // As in llama.cpp's attention, the query meets the f16 keys as f16 and the
-                // weights meet the f16 values as f16; this model's logits are that sensitive.
-                for (r, &x) in q_f16.iter_mut().zip(&q[i * hd..(i + 1) * hd]) {
-                    *r = f16::from_f32(x).to_f32();
-                }
-                let kv_off = (head / group) * hd;
-
-                scores.clear();
-                let mut max = f32::NEG_INFINITY;
-                for p in first..=pos {
-                    let k = &k_cache[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
-                    k.convert_to_f32_slice(row_f32);
-                    let s = dot(q_f16, row_f32) * scale;
-                    max = max.max(s);
-                    scores.push(s);
-                }
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let inv = 1.0 / sum;
-                for (j, p) in (first..=pos).enumerate() {
-                    let w = f16::from_f32(scores[j] * inv).to_f32();
-                    let v = &v_cache[p * kv_dim + kv_off..p * kv_dim + kv_off + hd];
-                    v.convert_to_f32_slice(row_f32);
-                    for (o, v) in out.iter_mut().zip(row_f32.iter()) {
-                        *o += w * v;
-                    }
-                }
-            },
-        );
-        out
-    }
-}
-
-/// Dot product with eight independent accumulators, so the compiler keeps it in vector
-/// registers (a single running sum would force one addition at a time).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] = x[l].mul_add(y[l], acc[l]);
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// `x @ w.T` through candle's quantized kernels, returned as a flat row-major vector.
@@ -633,9 +613,9 @@ fn matmul(w: &QMatMul, x: &Tensor) -> Result<Vec<f32>> {
 
 /// Root-mean-square normalisation of each row, scaled by `weight`. The mean of squares is
 /// summed in f64, as ggml does.
-fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut Vec<f32>) {
     let d = weight.len();
-    let mut out = vec![0f32; x.len()];
+    out.resize(x.len(), 0.0);
     for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
         let mean = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / d as f64;
         let scale = 1.0 / ((mean as f32) + eps).sqrt();
@@ -643,7 +623,6 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
             *o = v * scale * w;
         }
     }
-    out
 }
 
 fn add_assign(x: &mut [f32], y: &[f32]) {
@@ -763,7 +742,8 @@ mod tests {
     fn rms_norm_matches_definition() {
         let x = [1.0f32, -2.0, 3.0, 0.5, 4.0, 4.0, 4.0, 4.0];
         let w = [1.0f32, 2.0, 0.5, 1.0];
-        let out = rms_norm(&x, &w, 1e-5);
+        let mut out = Vec::new();
+        rms_norm(&x, &w, 1e-5, &mut out);
         let ms: f32 = (1.0 + 4.0 + 9.0 + 0.25) / 4.0;
         let s = 1.0 / (ms + 1e-5).sqrt();
         assert!((out[1] - (-2.0 * s * 2.0)).abs() < 1e-6);

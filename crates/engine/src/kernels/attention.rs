@@ -1,0 +1,854 @@
+//! Causal attention of new query rows over a sequence's cached keys and values, read as a
+//! list of blocks (a paged cache's blocks, or one block for a contiguous cache).
+//!
+//! Blocked: per task, the keys and values of one KV head are widened from f16 once into a
+//! per-thread buffer (keys transposed within each chunk of [`CHUNK`] positions, so that one
+//! vector FMA gives 16 scores) and then serve every query head of the group and every
+//! query row of the task; a tile of [`TILE`] query vectors reads each chunk of keys once.
+//! The softmax is exact two-pass over a tile's stored scores rather than online
+//! (flash-style): llama.cpp (without flash attention, as verre's fixtures were made)
+//! rounds the *normalised* weights to f16, and this small model's logits are sensitive
+//! enough for that to matter. The buffer holds `TILE` rows of scores, a few KB per 1K of
+//! context.
+//!
+//! Numerics follow llama.cpp: the query meets the f16 keys rounded to f16, the softmax
+//! weights meet the f16 values rounded to f16, sums in f32. Chunks sit at fixed absolute
+//! positions and masked keys weigh exactly 0, so a row's output depends only on its own
+//! position and the cache: the same whether its sequence is prefilled, decoded one token
+//! at a time or batched with others.
+//!
+//! The code is plain Rust over fixed-size arrays, which the compiler vectorises for the
+//! build's target (AVX2 on x86-64-v3, NEON on aarch64); the exponential is a polynomial
+//! that vectorises with it.
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+
+/// Positions per key chunk; KV blocks hold a multiple of this many positions.
+pub const CHUNK: usize = 16;
+
+/// Largest head size the kernel takes.
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// Query vectors (row, head) that share each chunk of widened keys in registers.
+const TILE: usize = 4;
+
+/// Query rows per parallel task.
+const TASK_ROWS: usize = 32;
+
+/// The shape of one layer's attention.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    /// Multiplies every score (usually `1 / sqrt(head_dim)`).
+    pub scale: f32,
+    /// A position attends to at most this many positions, itself included.
+    pub window: Option<usize>,
+}
+
+/// One sequence's part of an attention call.
+pub struct SeqAttention<'a> {
+    /// Key blocks: each `block_len` positions (the last may hold fewer) of
+    /// `n_kv_head * head_dim` f16 values, position-major.
+    pub k: &'a [&'a [f16]],
+    /// Value blocks, laid out as the keys.
+    pub v: &'a [&'a [f16]],
+    /// Positions per block, a multiple of [`CHUNK`] (a single block may hold any number).
+    pub block_len: usize,
+    /// Positions in the cache, the new ones included.
+    pub len: usize,
+    /// The stacked query rows of this sequence: rows `rows.start + i` is at position
+    /// `len - rows.len() + i`.
+    pub rows: Range<usize>,
+}
+
+/// `out[row] = softmax(q[row] K^T * scale) V` for every stacked query row of every
+/// sequence, heads in order. `q` and `out` hold rows of `n_head * head_dim` values.
+pub fn attention(shape: &AttentionShape, seqs: &[SeqAttention<'_>], q: &[f32], out: &mut [f32]) {
+    attention_with(Kernels::for_head_dim(shape.head_dim), shape, seqs, q, out);
+}
+
+fn attention_with(
+    kernels: Kernels,
+    shape: &AttentionShape,
+    seqs: &[SeqAttention<'_>],
+    q: &[f32],
+    out: &mut [f32],
+) {
+    let hd = shape.head_dim;
+    let width = shape.n_head * hd;
+    assert!(
+        hd <= MAX_HEAD_DIM && shape.n_kv_head > 0 && shape.n_head.is_multiple_of(shape.n_kv_head),
+        "attention: unsupported shape {shape:?}"
+    );
+    assert_eq!(q.len(), out.len(), "attention: query and output sizes");
+    for s in seqs {
+        assert!(s.rows.len() <= s.len && s.rows.end * width <= q.len());
+        assert!(
+            s.k.len() == 1 || s.block_len.is_multiple_of(CHUNK),
+            "attention: blocks of {} positions are not whole chunks",
+            s.block_len
+        );
+    }
+    // Tasks: (sequence, kv head, slice of up to TASK_ROWS query rows), numbered in order.
+    let tasks_of = |s: &SeqAttention<'_>| shape.n_kv_head * s.rows.len().div_ceil(TASK_ROWS);
+    let total: usize = seqs.iter().map(tasks_of).sum();
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let run = |mut t: usize| {
+        let mut si = 0;
+        while t >= tasks_of(&seqs[si]) {
+            t -= tasks_of(&seqs[si]);
+            si += 1;
+        }
+        let s = &seqs[si];
+        let slices = s.rows.len().div_ceil(TASK_ROWS);
+        let (kvh, slice) = (t / slices, t % slices);
+        let start = s.rows.start + slice * TASK_ROWS;
+        let rows = start..s.rows.end.min(start + TASK_ROWS);
+        WIDENED.with_borrow_mut(|buf| {
+            // SAFETY: each task writes the heads of KV head `kvh` of its own rows only.
+            unsafe { attend(shape, s, kvh, rows, q, out_ptr, buf, kernels) }
+        });
+    };
+    if total == 1 {
+        run(0);
+    } else {
+        (0..total).into_par_iter().for_each(run);
+    }
+}
+
+thread_local! {
+    /// Widened keys and values of the task a thread runs; grows to the longest context
+    /// seen, then stays.
+    static WIDENED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint parts and `attention` waits for all of them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// One query vector of a tile.
+struct Query {
+    q: [f32; MAX_HEAD_DIM],
+    pos: usize,
+    first: usize,
+    /// Where its output goes: stacked row and head.
+    row: usize,
+    head: usize,
+}
+
+impl Query {
+    const EMPTY: Query = Query {
+        q: [0.0; MAX_HEAD_DIM],
+        pos: 0,
+        first: 0,
+        row: 0,
+        head: 0,
+    };
+}
+
+/// Attention of rows `rows` of `s`, the query heads of KV head `kvh`.
+///
+/// # Safety
+/// `out` holds as many floats as `q`, and nothing else writes those heads of these rows.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend(
+    shape: &AttentionShape,
+    s: &SeqAttention<'_>,
+    kvh: usize,
+    rows: Range<usize>,
+    q: &[f32],
+    out: OutPtr,
+    buf: &mut Vec<f32>,
+    kernels: Kernels,
+) {
+    let hd = shape.head_dim;
+    let width = shape.n_head * hd;
+    let kv_dim = shape.n_kv_head * hd;
+    let group = shape.n_head / shape.n_kv_head;
+    let pos_of = |row: usize| s.len - s.rows.len() + (row - s.rows.start);
+    let first_of = |pos: usize| shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+
+    // Widen the keys and values this task needs, whole chunks from an aligned start.
+    let last_pos = pos_of(rows.end - 1);
+    let start = first_of(pos_of(rows.start)) / CHUNK * CHUNK;
+    let end = (last_pos + 1).next_multiple_of(CHUNK);
+    let n = end - start;
+    buf.resize(2 * n * hd + TILE * n, 0.0);
+    let (kt, rest) = buf.split_at_mut(n * hd);
+    let (vw, scores) = rest.split_at_mut(n * hd);
+    let block_len = if s.k.len() == 1 {
+        usize::MAX
+    } else {
+        s.block_len
+    };
+    let mut row_f32 = [0f32; MAX_HEAD_DIM];
+    for p in start..end {
+        let (c, j) = ((p - start) / CHUNK, (p - start) % CHUNK);
+        let v_dst = &mut vw[(p - start) * hd..][..hd];
+        if p < s.len {
+            let (b, o) = (p / block_len, p % block_len);
+            let at = o * kv_dim + kvh * hd;
+            s.k[b][at..at + hd].convert_to_f32_slice(&mut row_f32[..hd]);
+            s.v[b][at..at + hd].convert_to_f32_slice(v_dst);
+        } else {
+            row_f32[..hd].fill(0.0);
+            v_dst.fill(0.0);
+        }
+        let kt_chunk = &mut kt[c * hd * CHUNK..][..hd * CHUNK];
+        for (d, &x) in row_f32[..hd].iter().enumerate() {
+            kt_chunk[d * CHUNK + j] = x;
+        }
+    }
+
+    let n_vectors = rows.len() * group;
+    let mut tile = [const { Query::EMPTY }; TILE];
+    for v0 in (0..n_vectors).step_by(TILE) {
+        let queries = &mut tile[..TILE.min(n_vectors - v0)];
+        for (i, qv) in queries.iter_mut().enumerate() {
+            let (row, head) = (
+                rows.start + (v0 + i) / group,
+                kvh * group + (v0 + i) % group,
+            );
+            *qv = Query {
+                pos: pos_of(row),
+                first: first_of(pos_of(row)),
+                row,
+                head,
+                ..Query::EMPTY
+            };
+            let src = &q[row * width + head * hd..][..hd];
+            for (d, &x) in qv.q[..hd].iter_mut().zip(src) {
+                *d = f16::from_f32(x).to_f32();
+            }
+        }
+        let tile_first = queries.iter().map(|qv| qv.first).min().unwrap_or(0);
+        let tile_last = queries.iter().map(|qv| qv.pos).max().unwrap_or(0);
+        let mut c0 = tile_first / CHUNK * CHUNK;
+        while c0 <= tile_last {
+            let c = (c0 - start) / CHUNK;
+            let kt_chunk = &kt[c * hd * CHUNK..][..hd * CHUNK];
+            chunk_scores(
+                kernels,
+                queries,
+                hd,
+                shape.scale,
+                c0,
+                kt_chunk,
+                scores,
+                n,
+                start,
+            );
+            c0 += CHUNK;
+        }
+        // Softmax per query over its own span; zero weights elsewhere in the tile's span,
+        // so that the tile's values are read once for all its queries.
+        let span_of =
+            |qv: &Query| (qv.first / CHUNK * CHUNK - start)..((qv.pos / CHUNK + 1) * CHUNK - start);
+        let tile_span =
+            (tile_first / CHUNK * CHUNK - start)..((tile_last / CHUNK + 1) * CHUNK - start);
+        let mut dsts = [std::ptr::null_mut(); TILE];
+        for (i, qv) in queries.iter().enumerate() {
+            let span = span_of(qv);
+            let row = &mut scores[i * n..(i + 1) * n];
+            // SAFETY: `Kernels::for_head_dim` chose kernels this CPU runs.
+            unsafe { (kernels.softmax_f16)(&mut row[span.clone()]) };
+            row[tile_span.start..span.start].fill(0.0);
+            row[span.end..tile_span.end].fill(0.0);
+            // SAFETY: `out` holds every row; this task alone writes head `qv.head` of `qv.row`.
+            dsts[i] = unsafe { out.0.add(qv.row * width + qv.head * hd) };
+        }
+        let values = &vw[tile_span.start * hd..tile_span.end * hd];
+        // SAFETY: as above; `dsts[..queries.len()]` each have room for `hd` floats.
+        unsafe { (kernels.weighted_sum)(scores, n, tile_span, values, &dsts[..queries.len()], hd) };
+    }
+}
+
+/// Lanes of the partial sums that llama.cpp's CPU kernels keep per score (16 f32 lanes of
+/// a 512-bit vector, element `i` in lane `i % 16`), summed in its order: lanes in sequence,
+/// then halves folded (8, 4, 2, 1). Summing as the reference sums keeps this small model,
+/// whose logits are sensitive to rounding, near where llama.cpp puts it.
+const LANES: usize = 16;
+
+/// Scores of every query of the tile against keys `c0..c0 + CHUNK` into
+/// `scores[query * n + c0 - start..][..CHUNK]`, masked keys at minus infinity.
+#[allow(clippy::too_many_arguments)]
+fn chunk_scores(
+    kernels: Kernels,
+    queries: &[Query],
+    hd: usize,
+    scale: f32,
+    c0: usize,
+    kt: &[f32],
+    scores: &mut [f32],
+    n: usize,
+    start: usize,
+) {
+    for (i, qv) in queries.iter().enumerate() {
+        // SAFETY: `Kernels::for_head_dim` chose kernels this CPU runs.
+        let dots = unsafe { (kernels.dots)(&qv.q[..hd], kt) };
+        let dst = &mut scores[i * n + c0 - start..][..CHUNK];
+        for (j, (d, &s)) in dst.iter_mut().zip(&dots).enumerate() {
+            let p = c0 + j;
+            *d = if p <= qv.pos && p >= qv.first {
+                s * scale
+            } else {
+                f32::NEG_INFINITY
+            };
+        }
+    }
+}
+
+/// See `Kernels::weighted_sum`.
+type WeightedSumFn = unsafe fn(&[f32], usize, Range<usize>, &[f32], &[*mut f32], usize);
+
+/// The three inner loops, portable or for this CPU.
+#[derive(Clone, Copy)]
+struct Kernels {
+    /// `dots(q, kt)`: the dot products of `q` with a chunk of 16 keys, transposed.
+    dots: unsafe fn(&[f32], &[f32]) -> [f32; CHUNK],
+    softmax_f16: unsafe fn(&mut [f32]),
+    /// `weighted_sum(w, n, span, values, outs, hd)`: for each query `i`,
+    /// `outs[i] = sum over p in span of w[i * n + p] * values[p - span.start]`.
+    weighted_sum: WeightedSumFn,
+}
+
+impl Kernels {
+    fn for_head_dim(hd: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if super::isa() == super::Isa::Avx512Vnni && hd.is_multiple_of(16) {
+            return Kernels {
+                dots: avx512::dots,
+                softmax_f16: avx512::softmax_f16,
+                weighted_sum: match hd / 16 {
+                    4 => avx512::weighted_sum::<4>,
+                    8 => avx512::weighted_sum::<8>,
+                    _ => weighted_sum,
+                },
+            };
+        }
+        let _ = hd;
+        Self::PORTABLE
+    }
+
+    const PORTABLE: Kernels = Kernels {
+        dots,
+        softmax_f16,
+        weighted_sum,
+    };
+}
+
+/// Portable `Kernels::dots`.
+fn dots(q: &[f32], kt: &[f32]) -> [f32; CHUNK] {
+    let hd = q.len();
+    // lanes[l][j]: key j's partial sum over the dimensions d = l (mod 16).
+    let mut lanes = [[0f32; CHUNK]; LANES];
+    for d in 0..hd {
+        let k: &[f32; CHUNK] = kt[d * CHUNK..][..CHUNK].try_into().unwrap();
+        let (x, lane) = (q[d], &mut lanes[d % LANES]);
+        for j in 0..CHUNK {
+            lane[j] = x.mul_add(k[j], lane[j]);
+        }
+    }
+    fold_lanes(&mut lanes);
+    lanes[0]
+}
+
+/// `lanes[0] = sum of lanes`, folding halves: `l += l + 8`, then 4, 2, 1.
+fn fold_lanes<const W: usize>(lanes: &mut [[f32; W]; LANES]) {
+    let mut half = LANES / 2;
+    while half > 0 {
+        for l in 0..half {
+            let (lo, hi) = lanes.split_at_mut(half);
+            for (a, b) in lo[l].iter_mut().zip(&hi[l]) {
+                *a += b;
+            }
+        }
+        half /= 2;
+    }
+}
+
+/// The 16 values summed as `fold_lanes` sums lanes.
+fn fold16(x: &[f32]) -> f32 {
+    let mut v: [f32; LANES] = x.try_into().unwrap();
+    let mut half = LANES / 2;
+    while half > 0 {
+        for l in 0..half {
+            v[l] += v[l + half];
+        }
+        half /= 2;
+    }
+    v[0]
+}
+
+/// Scores (whole chunks from a multiple of 16, masked ones at minus infinity) into softmax
+/// weights rounded to f16, as llama.cpp hands them to its f16 product with the values
+/// (sum of exponentials in f64, 16 at a time).
+fn softmax_f16(scores: &mut [f32]) {
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    let mut sum = 0f64;
+    for chunk in scores.chunks_exact_mut(CHUNK) {
+        let mut shifted = [0f32; CHUNK];
+        for (x, &s) in shifted.iter_mut().zip(chunk.iter()) {
+            *x = s - max;
+        }
+        let e = exp16(&shifted);
+        for (s, e) in chunk.iter_mut().zip(e) {
+            *s = if *s == f32::NEG_INFINITY { 0.0 } else { e };
+        }
+        sum += fold16(chunk) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    let mut w16 = [f16::ZERO; CHUNK];
+    for chunk in scores.chunks_exact_mut(CHUNK) {
+        for s in chunk.iter_mut() {
+            *s *= inv;
+        }
+        w16.convert_from_f32_slice(chunk);
+        w16.convert_to_f32_slice(chunk);
+    }
+}
+
+/// Portable `Kernels::weighted_sum`: per query, one running sum per output element,
+/// positions in order, zero weights skipped. (Summing in llama.cpp's 16 lanes here, as the
+/// scores do, measured further from the fixtures, by chance: this model amplifies any
+/// rounding change.)
+///
+/// # Safety
+/// Each of `outs` points to `hd` floats that nothing else touches.
+unsafe fn weighted_sum(
+    w: &[f32],
+    n: usize,
+    span: Range<usize>,
+    values: &[f32],
+    outs: &[*mut f32],
+    hd: usize,
+) {
+    for (i, &out) in outs.iter().enumerate() {
+        let mut acc = [0f32; MAX_HEAD_DIM];
+        let acc = &mut acc[..hd];
+        let w = &w[i * n..][span.clone()];
+        for (&wp, v) in w.iter().zip(values.chunks_exact(hd)) {
+            if wp == 0.0 {
+                continue;
+            }
+            for (a, &x) in acc.iter_mut().zip(v) {
+                *a = wp.mul_add(x, *a);
+            }
+        }
+        // SAFETY: the caller's.
+        unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out, hd) };
+    }
+}
+
+/// `e^x` for 16 values (relative error about 2e-7), written to vectorise; `x <= 0` here.
+fn exp16(x: &[f32; CHUNK]) -> [f32; CHUNK] {
+    let mut out = [0f32; CHUNK];
+    for j in 0..CHUNK {
+        let v = x[j].clamp(-87.0, 88.0);
+        let z = v.mul_add(std::f32::consts::LOG2_E, EXP_ROUND);
+        let n = z - EXP_ROUND;
+        let r = n.mul_add(-EXP_LN2_LO, n.mul_add(-EXP_LN2_HI, v));
+        let mut p = EXP_POLY[0];
+        for &c in &EXP_POLY[1..] {
+            p = p.mul_add(r, c);
+        }
+        let e = (p * r).mul_add(r, r) + 1.0;
+        // n, an integer in [-126, 127], sits in the low mantissa bits of `z`.
+        let n_int = z.to_bits().wrapping_sub(EXP_ROUND.to_bits());
+        out[j] = e * f32::from_bits(n_int.wrapping_add(127) << 23);
+    }
+    out
+}
+
+/// Adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
+const EXP_ROUND: f32 = 12_582_912.0;
+/// ln 2 in two parts, for an exact range reduction.
+const EXP_LN2_HI: f32 = 0.693_359_4;
+const EXP_LN2_LO: f32 = -2.121_944_4e-4;
+/// Minimax polynomial for (e^r - 1 - r) / r^2 on [-ln2/2, ln2/2] (Cephes expf), highest
+/// degree first.
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    0.166_666_66,
+    0.5,
+];
+
+/// The inner loops on 512-bit vectors: a chunk of 16 keys is one register.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{CHUNK, LANES};
+
+    /// `super::dots`, the 16 lanes as 16 registers. `q.len()` is a multiple of 16.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn dots(q: &[f32], kt: &[f32]) -> [f32; CHUNK] {
+        let hd = q.len();
+        debug_assert!(hd.is_multiple_of(LANES) && kt.len() >= hd * CHUNK);
+        let mut lanes = [_mm512_setzero_ps(); LANES];
+        unsafe {
+            for d0 in (0..hd).step_by(LANES) {
+                for (l, lane) in lanes.iter_mut().enumerate() {
+                    let k = _mm512_loadu_ps(kt.as_ptr().add((d0 + l) * CHUNK));
+                    *lane = _mm512_fmadd_ps(_mm512_set1_ps(*q.get_unchecked(d0 + l)), k, *lane);
+                }
+            }
+        }
+        let mut half = LANES / 2;
+        while half > 0 {
+            for l in 0..half {
+                lanes[l] = _mm512_add_ps(lanes[l], lanes[l + half]);
+            }
+            half /= 2;
+        }
+        let mut out = [0f32; CHUNK];
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), lanes[0]) };
+        out
+    }
+
+    /// `super::exp16` on one register; the same arithmetic.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    fn exp16(x: __m512) -> __m512 {
+        let v = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(-87.0)),
+            _mm512_set1_ps(88.0),
+        );
+        let round = _mm512_set1_ps(super::EXP_ROUND);
+        let z = _mm512_fmadd_ps(v, _mm512_set1_ps(std::f32::consts::LOG2_E), round);
+        let n = _mm512_sub_ps(z, round);
+        let r = _mm512_fmadd_ps(
+            n,
+            _mm512_set1_ps(-super::EXP_LN2_LO),
+            _mm512_fmadd_ps(n, _mm512_set1_ps(-super::EXP_LN2_HI), v),
+        );
+        let mut p = _mm512_set1_ps(super::EXP_POLY[0]);
+        for c in &super::EXP_POLY[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+        }
+        let e = _mm512_add_ps(
+            _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r),
+            _mm512_set1_ps(1.0),
+        );
+        let n_int = _mm512_sub_epi32(_mm512_castps_si512(z), _mm512_castps_si512(round));
+        let scale = _mm512_slli_epi32::<23>(_mm512_add_epi32(n_int, _mm512_set1_epi32(127)));
+        _mm512_mul_ps(e, _mm512_castsi512_ps(scale))
+    }
+
+    /// `super::softmax_f16`; the same arithmetic.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn softmax_f16(scores: &mut [f32]) {
+        debug_assert!(scores.len().is_multiple_of(CHUNK));
+        let p = scores.as_mut_ptr();
+        let chunks = scores.len() / CHUNK;
+        unsafe {
+            let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+            for c in 0..chunks {
+                vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(p.add(c * CHUNK)));
+            }
+            let max = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+            let mut sum = 0f64;
+            let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+            for c in 0..chunks {
+                let s = _mm512_loadu_ps(p.add(c * CHUNK));
+                let live = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(s, ninf);
+                let e = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(s, max)));
+                _mm512_storeu_ps(p.add(c * CHUNK), e);
+                sum += fold(e) as f64;
+            }
+            let inv = _mm512_set1_ps((1.0 / sum) as f32);
+            for c in 0..chunks {
+                let w = _mm512_mul_ps(_mm512_loadu_ps(p.add(c * CHUNK)), inv);
+                let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(w);
+                _mm512_storeu_ps(p.add(c * CHUNK), _mm512_cvtph_ps(h));
+            }
+        }
+    }
+
+    /// The 16 lanes summed as `super::fold16` sums them.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    fn fold(v: __m512) -> f32 {
+        let v8 = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        let h8 = _mm256_add_ps(_mm512_castps512_ps256(v), v8);
+        let h4 = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps::<1>(h8));
+        let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+        let h1 = _mm_add_ss(h2, _mm_movehdup_ps(h2));
+        _mm_cvtss_f32(h1)
+    }
+
+    /// `super::weighted_sum` for `N * 16` dimensions and up to 4 queries, each query's
+    /// sums in `N` registers: the same order per query, with zero weights added instead
+    /// of skipped (which leaves every sum unchanged), and each row of values loaded once.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn weighted_sum<const N: usize>(
+        w: &[f32],
+        n: usize,
+        span: std::ops::Range<usize>,
+        values: &[f32],
+        outs: &[*mut f32],
+        hd: usize,
+    ) {
+        debug_assert!(hd == N * 16 && outs.len() <= 4 && values.len() >= span.len() * hd);
+        match outs.len() {
+            1 => unsafe { tile::<N, 1>(w, n, span, values, outs) },
+            2 => unsafe { tile::<N, 2>(w, n, span, values, outs) },
+            3 => unsafe { tile::<N, 3>(w, n, span, values, outs) },
+            _ => unsafe { tile::<N, 4>(w, n, span, values, outs) },
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn tile<const N: usize, const Q: usize>(
+        w: &[f32],
+        n: usize,
+        span: std::ops::Range<usize>,
+        values: &[f32],
+        outs: &[*mut f32],
+    ) {
+        let hd = N * 16;
+        let mut acc = [[_mm512_setzero_ps(); N]; Q];
+        unsafe {
+            for (i, p) in span.clone().enumerate() {
+                let v = values.as_ptr().add(i * hd);
+                let rows: [__m512; N] = std::array::from_fn(|c| _mm512_loadu_ps(v.add(16 * c)));
+                for (q, acc) in acc.iter_mut().enumerate() {
+                    let wq = _mm512_set1_ps(*w.get_unchecked(q * n + p));
+                    for (a, row) in acc.iter_mut().zip(&rows) {
+                        *a = _mm512_fmadd_ps(wq, *row, *a);
+                    }
+                }
+            }
+            for (acc, &out) in acc.iter().zip(outs) {
+                for (c, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(out.add(16 * c), *a);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain attention: all scores, one softmax, the weights rounded to f16 as llama.cpp does.
+    fn reference(
+        shape: &AttentionShape,
+        k: &[f16],
+        v: &[f16],
+        len: usize,
+        q: &[f32],
+        n_rows: usize,
+    ) -> Vec<f32> {
+        let hd = shape.head_dim;
+        let kv_dim = shape.n_kv_head * hd;
+        let group = shape.n_head / shape.n_kv_head;
+        let mut out = vec![0f32; n_rows * shape.n_head * hd];
+        for r in 0..n_rows {
+            let pos = len - n_rows + r;
+            let first = shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            for h in 0..shape.n_head {
+                let qv: Vec<f32> = q[(r * shape.n_head + h) * hd..][..hd]
+                    .iter()
+                    .map(|&x| f16::from_f32(x).to_f32())
+                    .collect();
+                let off = (h / group) * hd;
+                let scores: Vec<f32> = (first..=pos)
+                    .map(|p| {
+                        let kr = &k[p * kv_dim + off..][..hd];
+                        qv.iter().zip(kr).map(|(a, b)| a * b.to_f32()).sum::<f32>() * shape.scale
+                    })
+                    .collect();
+                let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let e: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f32 = e.iter().sum();
+                let o = &mut out[(r * shape.n_head + h) * hd..][..hd];
+                for (i, p) in (first..=pos).enumerate() {
+                    let w = f16::from_f32(e[i] / sum).to_f32();
+                    for (d, o) in o.iter_mut().enumerate() {
+                        *o += w * v[p * kv_dim + off + d].to_f32();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s >> 12;
+                s ^= s << 25;
+                s ^= s >> 27;
+                (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    fn run_blocks(
+        shape: &AttentionShape,
+        k: &[f16],
+        v: &[f16],
+        len: usize,
+        q: &[f32],
+        n_rows: usize,
+        block_len: usize,
+    ) -> Vec<f32> {
+        let kv_dim = shape.n_kv_head * shape.head_dim;
+        let kb: Vec<&[f16]> = k[..len * kv_dim].chunks(block_len * kv_dim).collect();
+        let vb: Vec<&[f16]> = v[..len * kv_dim].chunks(block_len * kv_dim).collect();
+        let mut out = vec![f32::NAN; q.len()];
+        let seq = SeqAttention {
+            k: &kb,
+            v: &vb,
+            block_len,
+            len,
+            rows: 0..n_rows,
+        };
+        attention(shape, &[seq], q, &mut out);
+        out
+    }
+
+    #[test]
+    fn exp_is_accurate() {
+        let xs: Vec<f32> = (0..CHUNK).map(|i| -(i as f32) * 5.3 - 0.01).collect();
+        let got = exp16(xs.as_slice().try_into().unwrap());
+        for (x, g) in xs.iter().zip(got) {
+            let want = x.exp();
+            assert!(
+                (g - want).abs() <= 4e-7 * want,
+                "exp({x}) = {g}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn matches_plain_attention() {
+        for (hd, heads, kv_heads, window) in [
+            (64, 9, 3, None),
+            (40, 4, 4, None),
+            (128, 8, 2, Some(21)),
+            (8, 2, 1, None),
+        ] {
+            let shape = AttentionShape {
+                n_head: heads,
+                n_kv_head: kv_heads,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+                window,
+            };
+            let kv_dim = kv_heads * hd;
+            for (len, n_rows) in [(1, 1), (37, 37), (70, 5), (16, 1), (33, 2), (300, 300)] {
+                let k: Vec<f16> = random(len * kv_dim, 1)
+                    .iter()
+                    .map(|&x| f16::from_f32(3.0 * x))
+                    .collect();
+                let v: Vec<f16> = random(len * kv_dim, 2)
+                    .iter()
+                    .map(|&x| f16::from_f32(x))
+                    .collect();
+                let q: Vec<f32> = random(n_rows * heads * hd, 3)
+                    .iter()
+                    .map(|x| 4.0 * x)
+                    .collect();
+                let want = reference(&shape, &k, &v, len, &q, n_rows);
+                for block_len in [len.max(1), 16, 32] {
+                    let got = run_blocks(&shape, &k, &v, len, &q, n_rows, block_len);
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        // Both round the weights to f16 (2^-11 relative), from differently rounded
+                        // scores: a weight may land on either side of a rounding step.
+                        assert!(
+                            (g - w).abs() <= 5e-4 * w.abs().max(1.0),
+                            "hd {hd} len {len} rows {n_rows} blocks {block_len} element {i}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_matches_portable_exactly() {
+        for hd in [64, 128, 96] {
+            let shape = AttentionShape {
+                n_head: 4,
+                n_kv_head: 2,
+                head_dim: hd,
+                scale: 0.1,
+                window: None,
+            };
+            let (len, kv_dim) = (75, 2 * hd);
+            let k: Vec<f16> = random(len * kv_dim, 7)
+                .iter()
+                .map(|&x| f16::from_f32(2.0 * x))
+                .collect();
+            let v: Vec<f16> = random(len * kv_dim, 8)
+                .iter()
+                .map(|&x| f16::from_f32(x))
+                .collect();
+            let q = random(len * 4 * hd, 9);
+            let (kb, vb) = ([&k[..]], [&v[..]]);
+            let seqs = [SeqAttention {
+                k: &kb,
+                v: &vb,
+                block_len: len,
+                len,
+                rows: 0..len,
+            }];
+            let mut simd = vec![0f32; q.len()];
+            let mut portable = vec![0f32; q.len()];
+            attention(&shape, &seqs, &q, &mut simd);
+            attention_with(Kernels::PORTABLE, &shape, &seqs, &q, &mut portable);
+            assert!(
+                simd.iter()
+                    .zip(&portable)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "head size {hd}"
+            );
+        }
+    }
+
+    #[test]
+    fn rows_do_not_depend_on_the_batch() {
+        let shape = AttentionShape {
+            n_head: 6,
+            n_kv_head: 2,
+            head_dim: 64,
+            scale: 0.125,
+            window: None,
+        };
+        let kv_dim = 2 * 64;
+        let len = 90;
+        let k: Vec<f16> = random(len * kv_dim, 4)
+            .iter()
+            .map(|&x| f16::from_f32(x))
+            .collect();
+        let v: Vec<f16> = random(len * kv_dim, 5)
+            .iter()
+            .map(|&x| f16::from_f32(x))
+            .collect();
+        let q = random(len * 6 * 64, 6);
+        let all = run_blocks(&shape, &k, &v, len, &q, len, 32);
+        // Each row alone, over the cache as it stood when that row was new.
+        let width = 6 * 64;
+        for r in [0, 15, 16, 17, 63, 89] {
+            let one = run_blocks(&shape, &k, &v, r + 1, &q[r * width..][..width], 1, 32);
+            assert_eq!(one, all[r * width..][..width], "row {r}");
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! AVX-512 VNNI kernels over weights in the packed layout (see `packed`): one group of 16
+//! weight rows against `R` activation rows. Lane `l` of every vector belongs to weight row
+//! `16g + l`; a (weight row, activation row) pair sees the same instructions whatever `R`
+//! is, so batched products are bit-identical to one row at a time.
+//!
+//! Per block: the block's exact integer sum per lane (8 `vpdpbusd` in two chains, started
+//! at the activation's integer sum times the weight offset), converted to f32 and added
+//! with one FMA by `d_w * d_a`; Q4_1 adds its minimum times the activation's scaled sum.
+//!
+//! Callers guarantee AVX-512 F/BW/VNNI and F16C (see `super::isa`), that `g` points at
+//! the group's `k / 32` blocks of `stride` bytes, that the activations hold rows
+//! `row0..row0 + R`, and that `out + r * n` has room for `lanes` floats for each `r < R`.
+
+use std::arch::x86_64::*;
+
+use super::acts::{Q8Acts, Q8KActs, QK_K, QK8};
+use super::packed::{Q4K_MINS, Q4K_QUANTS, Q4K_SCALES, Q6K_PAIRS, Q6K_QUANTS, Q6K_SCALES};
+
+/// `for r in 0..R { body }` written out for `R <= 4` with `r` a literal in each copy, so
+/// that per-row arrays of vectors are indexed by constants and live in registers (LLVM
+/// does not unroll the loop by itself once the body is large).
+macro_rules! for_rows {
+    ($R:ident, |$r:ident| $body:block) => {{
+        const { assert!($R <= 4, "at most 4 activation rows per call") };
+        if 0 < $R {
+            let $r: usize = 0;
+            $body
+        }
+        if 1 < $R {
+            let $r: usize = 1;
+            $body
+        }
+        if 2 < $R {
+            let $r: usize = 2;
+            $body
+        }
+        if 3 < $R {
+            let $r: usize = 3;
+            $body
+        }
+    }};
+}
+
+macro_rules! packed_q8_kernel {
+    ($name:ident, offset: $offset:expr, min: $min:expr, quants_at: $quants_at:expr,
+        |$q:ident, $u:ident| $unpack:block) => {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+        pub(crate) unsafe fn $name<const R: usize>(
+            g: *const u8,
+            stride: usize,
+            a: &Q8Acts<'_>,
+            row0: usize,
+            out: *mut f32,
+            n: usize,
+            lanes: usize,
+        ) {
+            let nb = a.k / QK8;
+            debug_assert!(a.qs.len() >= (row0 + R) * a.k && a.isum.len() >= (row0 + R) * nb);
+            debug_assert!((1..=16).contains(&lanes));
+            let mut acc = [_mm512_setzero_ps(); R];
+            unsafe {
+                let (qs, ad, asum, isum) =
+                    (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.isum.as_ptr());
+                for b in 0..nb {
+                    let blk = g.add(b * stride);
+                    let dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
+                    let mw = if $min {
+                        _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32).cast()))
+                    } else {
+                        _mm512_setzero_ps()
+                    };
+                    let $q = blk.add($quants_at);
+                    let mut $u = [_mm512_setzero_si512(); 8];
+                    $unpack
+                    for_rows!(R, |r| {
+                        let at = (row0 + r) * nb + b;
+                        let x = qs.add(at * QK8).cast::<i32>();
+                        let mut s0 = _mm512_set1_epi32($offset * *isum.add(at));
+                        let mut s1 = _mm512_setzero_si512();
+                        for c in (0..8).step_by(2) {
+                            let x0 = _mm512_set1_epi32(x.add(c).read_unaligned());
+                            let x1 = _mm512_set1_epi32(x.add(c + 1).read_unaligned());
+                            s0 = _mm512_dpbusd_epi32(s0, $u[c], x0);
+                            s1 = _mm512_dpbusd_epi32(s1, $u[c + 1], x1);
+                        }
+                        let p = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+                        let d = _mm512_mul_ps(dw, _mm512_set1_ps(*ad.add(at)));
+                        acc[r] = _mm512_fmadd_ps(d, p, acc[r]);
+                        if $min {
+                            acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(*asum.add(at)), acc[r]);
+                        }
+                    });
+                }
+                let mask = ((1u32 << lanes) - 1) as u16;
+                for (r, acc) in acc.iter().enumerate() {
+                    _mm512_mask_storeu_ps(out.add(r * n), mask, *acc);
+                }
+            }
+        }
+    };
+}
+
+/// Chunks `c` and `c + 4` from the low and high nibbles of 64 packed bytes each.
+macro_rules! unpack_nibbles {
+    ($q:ident, $u:ident) => {{
+        let m4 = _mm512_set1_epi8(0x0F);
+        for c in 0..4 {
+            let x = _mm512_loadu_si512($q.add(64 * c).cast());
+            $u[c] = _mm512_and_si512(x, m4);
+            $u[c + 4] = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
+        }
+    }};
+}
+
+packed_q8_kernel!(q4_0, offset: -8, min: false, quants_at: 32, |q, u| {
+    unpack_nibbles!(q, u)
+});
+
+packed_q8_kernel!(q4_1, offset: 0, min: true, quants_at: 64, |q, u| {
+    unpack_nibbles!(q, u)
+});
+
+// The fifth bits of chunk `t` (bits 4t..4t + 4 of each row's word) move to bit 4 of bytes
+// 0..4 by one multiply with 2^4 + 2^11 + 2^18 + 2^25: bit i lands at 8i + 4, the other
+// products where the mask drops them, and no two products share a bit (no carries).
+packed_q8_kernel!(q5_0, offset: -16, min: false, quants_at: 32, |q, u| {
+    let m4 = _mm512_set1_epi8(0x0F);
+    let qh = _mm512_loadu_si512(q.cast());
+    let spread = _mm512_set1_epi32(0x0204_0810);
+    let fifth = _mm512_set1_epi32(0x1010_1010);
+    let nibble4 = _mm512_set1_epi32(0xF);
+    let bits = |t: u32| {
+        let four = _mm512_and_si512(_mm512_srlv_epi32(qh, _mm512_set1_epi32(4 * t as i32)), nibble4);
+        _mm512_and_si512(_mm512_mullo_epi32(four, spread), fifth)
+    };
+    for c in 0..4 {
+        let x = _mm512_loadu_si512(q.add(64 + 64 * c).cast());
+        u[c] = _mm512_or_si512(_mm512_and_si512(x, m4), bits(c as u32));
+        u[c + 4] = _mm512_or_si512(
+            _mm512_and_si512(_mm512_srli_epi16(x, 4), m4),
+            bits(c as u32 + 4),
+        );
+    }
+});
+
+packed_q8_kernel!(q8_0, offset: -128, min: false, quants_at: 32, |q, u| {
+    for (c, u) in u.iter_mut().enumerate() {
+        *u = _mm512_loadu_si512(q.add(64 * c).cast());
+    }
+});
+
+/// A packed kernel for one group against `R` activation rows.
+pub(crate) type PackedFn = unsafe fn(*const u8, usize, &Q8Acts<'_>, usize, *mut f32, usize, usize);
+
+/// The 1-row and 4-row kernels of a packed type.
+pub(crate) fn kernels(qtype: super::QuantType) -> (PackedFn, PackedFn) {
+    use super::QuantType as Q;
+    match qtype {
+        Q::Q4_0 => (q4_0::<1>, q4_0::<4>),
+        Q::Q4_1 => (q4_1::<1>, q4_1::<4>),
+        Q::Q8_0 => (q8_0::<1>, q8_0::<4>),
+        Q::Q5_0 => (q5_0::<1>, q5_0::<4>),
+        other => unreachable!("{other} has no packed kernel"),
+    }
+}
+
+/// Q4_K: per super-block, `d * sum_s(scale_s * q_s . a_s) - dmin * sum_s(min_s * bsum_s)`,
+/// both sums exact in i32 lanes (sub-block sums times scales by `vpmulld`, minimums by
+/// `vpmaddwd` against pairs of activation sums).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn q4k<const R: usize>(
+    g: *const u8,
+    stride: usize,
+    a: &Q8KActs<'_>,
+    row0: usize,
+    out: *mut f32,
+    n: usize,
+    lanes: usize,
+) {
+    let nsb = a.k / QK_K;
+    debug_assert!(a.qs.len() >= (row0 + R) * a.k && a.d.len() >= (row0 + R) * nsb);
+    debug_assert!((1..=16).contains(&lanes));
+    let mut acc = [_mm512_setzero_ps(); R];
+    let m4 = _mm512_set1_epi8(0x0F);
+    unsafe {
+        let (qs, ad, bsums) = (a.qs.as_ptr(), a.d.as_ptr(), a.bsums.as_ptr());
+        for b in 0..nsb {
+            let blk = g.add(b * stride);
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
+            let dminw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32).cast()));
+            let mut isum = [_mm512_setzero_si512(); R];
+            let mut msum = [_mm512_setzero_si512(); R];
+            for_rows!(R, |r| {
+                let msum = &mut msum[r];
+                let bs = bsums.add(((row0 + r) * nsb + b) * 16);
+                for p in 0..4 {
+                    let lo = *bs.add(4 * p) + *bs.add(4 * p + 1);
+                    let hi = *bs.add(4 * p + 2) + *bs.add(4 * p + 3);
+                    let pair = (lo as u16 as u32 | (hi as u16 as u32) << 16) as i32;
+                    let mins = _mm512_loadu_si512(blk.add(Q4K_MINS + 64 * p).cast());
+                    *msum =
+                        _mm512_add_epi32(*msum, _mm512_madd_epi16(mins, _mm512_set1_epi32(pair)));
+                }
+            });
+            for j in 0..4 {
+                let mut lo = [_mm512_setzero_si512(); 8];
+                let mut hi = [_mm512_setzero_si512(); 8];
+                for c in 0..8 {
+                    let x = _mm512_loadu_si512(blk.add(Q4K_QUANTS + 64 * (8 * j + c)).cast());
+                    lo[c] = _mm512_and_si512(x, m4);
+                    hi[c] = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
+                }
+                let scale = |s: usize| {
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(Q4K_SCALES + 16 * s).cast()))
+                };
+                let (slo, shi) = (scale(2 * j), scale(2 * j + 1));
+                for_rows!(R, |r| {
+                    let isum = &mut isum[r];
+                    let x = qs.add(((row0 + r) * nsb + b) * QK_K + 64 * j).cast::<i32>();
+                    let bcast = |i: usize| _mm512_set1_epi32(x.add(i).read_unaligned());
+                    let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                    let (mut t0, mut t1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                    for c in (0..8).step_by(2) {
+                        s0 = _mm512_dpbusd_epi32(s0, lo[c], bcast(c));
+                        s1 = _mm512_dpbusd_epi32(s1, lo[c + 1], bcast(c + 1));
+                        t0 = _mm512_dpbusd_epi32(t0, hi[c], bcast(8 + c));
+                        t1 = _mm512_dpbusd_epi32(t1, hi[c + 1], bcast(9 + c));
+                    }
+                    let l = _mm512_mullo_epi32(_mm512_add_epi32(s0, s1), slo);
+                    let h = _mm512_mullo_epi32(_mm512_add_epi32(t0, t1), shi);
+                    *isum = _mm512_add_epi32(*isum, _mm512_add_epi32(l, h));
+                });
+            }
+            for_rows!(R, |r| {
+                let da = _mm512_set1_ps(*ad.add((row0 + r) * nsb + b));
+                let sums = _mm512_cvtepi32_ps(isum[r]);
+                acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), sums, acc[r]);
+                let mins = _mm512_cvtepi32_ps(msum[r]);
+                acc[r] = _mm512_fnmadd_ps(_mm512_mul_ps(dminw, da), mins, acc[r]);
+            });
+        }
+        let mask = ((1u32 << lanes) - 1) as u16;
+        for (r, acc) in acc.iter().enumerate() {
+            _mm512_mask_storeu_ps(out.add(r * n), mask, *acc);
+        }
+    }
+}
+
+/// Q6_K: per super-block, `d * sum_s(scale_s * (q_s - 32) . a_s)`, exact in i32 lanes;
+/// the `- 32` applied once through the activation's sums of 16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn q6k<const R: usize>(
+    g: *const u8,
+    stride: usize,
+    a: &Q8KActs<'_>,
+    row0: usize,
+    out: *mut f32,
+    n: usize,
+    lanes: usize,
+) {
+    let nsb = a.k / QK_K;
+    debug_assert!(a.qs.len() >= (row0 + R) * a.k && a.d.len() >= (row0 + R) * nsb);
+    debug_assert!((1..=16).contains(&lanes));
+    let mut acc = [_mm512_setzero_ps(); R];
+    unsafe {
+        let (qs, ad, bsums) = (a.qs.as_ptr(), a.d.as_ptr(), a.bsums.as_ptr());
+        for b in 0..nsb {
+            let blk = g.add(b * stride);
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
+            let mut isum = [_mm512_setzero_si512(); R];
+            for_rows!(R, |r| {
+                let isum = &mut isum[r];
+                let bs = bsums.add(((row0 + r) * nsb + b) * 16).cast::<i32>();
+                let mut offset = _mm512_setzero_si512();
+                for p in 0..8 {
+                    let scales = _mm512_loadu_si512(blk.add(Q6K_PAIRS + 64 * p).cast());
+                    let pair = _mm512_set1_epi32(bs.add(p).read_unaligned());
+                    offset = _mm512_add_epi32(offset, _mm512_madd_epi16(scales, pair));
+                }
+                *isum = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<5>(offset));
+            });
+            for s in 0..16 {
+                let u: [__m512i; 4] = std::array::from_fn(|c| {
+                    _mm512_loadu_si512(blk.add(Q6K_QUANTS + 64 * (4 * s + c)).cast())
+                });
+                let scale =
+                    _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(Q6K_SCALES + 16 * s).cast()));
+                for_rows!(R, |r| {
+                    let isum = &mut isum[r];
+                    let x = qs.add(((row0 + r) * nsb + b) * QK_K + 16 * s).cast::<i32>();
+                    let bcast = |i: usize| _mm512_set1_epi32(x.add(i).read_unaligned());
+                    let s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], bcast(0));
+                    let s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[1], bcast(1));
+                    let s0 = _mm512_dpbusd_epi32(s0, u[2], bcast(2));
+                    let s1 = _mm512_dpbusd_epi32(s1, u[3], bcast(3));
+                    let p = _mm512_mullo_epi32(_mm512_add_epi32(s0, s1), scale);
+                    *isum = _mm512_add_epi32(*isum, p);
+                });
+            }
+            for_rows!(R, |r| {
+                let da = _mm512_set1_ps(*ad.add((row0 + r) * nsb + b));
+                let sums = _mm512_cvtepi32_ps(isum[r]);
+                acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), sums, acc[r]);
+            });
+        }
+        let mask = ((1u32 << lanes) - 1) as u16;
+        for (r, acc) in acc.iter().enumerate() {
+            _mm512_mask_storeu_ps(out.add(r * n), mask, *acc);
+        }
+    }
+}
+
+/// A packed K-quant kernel for one group against `R` activation rows.
+pub(crate) type PackedKFn =
+    unsafe fn(*const u8, usize, &Q8KActs<'_>, usize, *mut f32, usize, usize);
+
+/// The 1-row and 4-row kernels of a packed K-quant type.
+pub(crate) fn k_kernels(qtype: super::QuantType) -> (PackedKFn, PackedKFn) {
+    use super::QuantType as Q;
+    match qtype {
+        Q::Q4K => (q4k::<1>, q4k::<4>),
+        Q::Q6K => (q6k::<1>, q6k::<4>),
+        other => unreachable!("{other} has no packed kernel"),
+    }
+}
