@@ -609,6 +609,9 @@ struct Report {
     /// Successful requests whose stream ended with a usage chunk (the others' completion
     /// tokens are counted as content chunks).
     usage_reported: usize,
+    /// Successful requests that made fewer than `max_tokens` tokens (stopped at
+    /// end-of-sequence or a stop string; with --ignore-eos, a server ignoring the field).
+    short: usize,
     ttft_ms: Option<Distribution>,
     /// Time between consecutive content chunks, over all successful requests.
     itl_ms: Option<Distribution>,
@@ -679,6 +682,10 @@ impl Report {
             prompt_tokens_mean: mean(prompt, prompt_counted.len()),
             completion_tokens_mean: mean(completion, ok.len()),
             usage_reported: ok.iter().filter(|s| s.usage_reported).count(),
+            short: ok
+                .iter()
+                .filter(|s| s.completion_tokens < args.max_tokens as u64)
+                .count(),
             ttft_ms: ms(ok.iter().filter_map(|s| s.ttft).collect()),
             itl_ms: ms(ok.iter().flat_map(|s| s.gaps.iter().copied()).collect()),
             tpot_ms: ms(ok
@@ -762,6 +769,14 @@ impl Report {
             out.push(')');
         }
         out.push('\n');
+        if self.short > 0 && self.ignore_eos {
+            writeln!(
+                out,
+                "note: {} requests made fewer than {} tokens despite --ignore-eos",
+                self.short, self.max_tokens
+            )
+            .unwrap();
+        }
         writeln!(
             out,
             "{:<14} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -935,7 +950,7 @@ mod tests {
             #[command(flatten)]
             args: LoadtestArgs,
         }
-        let args = Cli::parse_from(["verre", "-m", "m", "-n", "6"]).args;
+        let args = Cli::parse_from(["verre", "-m", "m", "-n", "6", "--ignore-eos"]).args;
         let mut samples = vec![
             sample(Outcome::Ok, 11, 0.1, 1.1),
             sample(Outcome::Ok, 21, 0.3, 2.3),
@@ -955,6 +970,8 @@ mod tests {
         assert_eq!(r.output_tokens_per_second, 8.0);
         assert_eq!(r.prompt_tokens_per_second, 50.0);
         assert_eq!(r.completion_tokens_mean, Some(16.0));
+        // Both made fewer than the default --max-tokens 128.
+        assert_eq!(r.short, 2);
         let ttft = r.ttft_ms.as_ref().unwrap();
         assert_eq!((ttft.min, ttft.max), (100.0, 300.0));
         let tpot = r.tpot_ms.as_ref().unwrap();
@@ -962,6 +979,10 @@ mod tests {
         assert_eq!(r.itl_ms.as_ref().unwrap().count, 30);
         assert_eq!(r.error_samples, vec!["HTTP 500: boom".to_string()]);
         let table = r.table();
+        assert!(
+            table.contains("note: 2 requests made fewer than 128 tokens despite --ignore-eos"),
+            "{table}"
+        );
         assert!(
             table.contains("2 ok, 1 rejected (429), 2 errors (500: 1, timeout: 1)"),
             "{table}"

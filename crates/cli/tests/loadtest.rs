@@ -231,6 +231,7 @@ fn counts_requests_rejections_and_latencies() {
     assert_eq!(r["cut"], 0);
     assert_eq!(r["usage_reported"], 16);
     assert_eq!(r["completion_tokens_mean"], 8.0);
+    assert_eq!(r["short"], 0);
     let prompt = r["prompt_tokens_mean"].as_f64().unwrap();
     assert!((58.0..=70.0).contains(&prompt), "prompt tokens {prompt}");
 
