@@ -9,18 +9,20 @@
 # Usage: bench/compare-llama-server.sh MODEL.gguf
 # Environment: THREADS (2), CONCURRENCY (8; also llama-server's -np and verre's --max-running),
 #   REQUESTS (32), PROMPT (128), MAX_TOKENS (128), WARMUP (2), SLOT_CTX (2048: context per
-#   sequence; llama-server gets -c SLOT_CTX*CONCURRENCY), PREFIX_PROMPT (1500),
-#   PORT_VERRE (18080), PORT_LLAMA (18081), VERRE (default target/release/verre),
+#   sequence; llama-server gets -c SLOT_CTX*CONCURRENCY), PREFIX_PROMPT (1500), DURATION
+#   (1800: cap in seconds on each load test), PORT_VERRE (18080), PORT_LLAMA (18081),
+#   VERRE_SERVE_ARGS and LLAMA_SERVER_ARGS (more flags for each server, e.g.
+#   LLAMA_SERVER_ARGS="--poll 0"), VERRE (target/release/verre),
 #   VERRE_BENCH_CACHE (default ~/.cache/verre-bench): llama.cpp is built there as by
 #   bench/compare-llamacpp.sh, once. Both servers listen on 127.0.0.1 and are stopped at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -eq 1 ] || { sed -n 2,14p "$0"; exit 2; }
+[ $# -eq 1 ] || { sed -n '2,/^set /{/^#/p}' "$0"; exit 2; }
 model="$1"
 [ -f "$model" ] || { echo "compare-llama-server: no such file: $model" >&2; exit 1; }
 threads="${THREADS:-2}"; concurrency="${CONCURRENCY:-8}"; requests="${REQUESTS:-32}"
 prompt="${PROMPT:-128}"; max_tokens="${MAX_TOKENS:-128}"; warmup="${WARMUP:-2}"
-slot_ctx="${SLOT_CTX:-2048}"; prefix_prompt="${PREFIX_PROMPT:-1500}"
+slot_ctx="${SLOT_CTX:-2048}"; prefix_prompt="${PREFIX_PROMPT:-1500}"; duration="${DURATION:-1800}"
 port_verre="${PORT_VERRE:-18080}"; port_llama="${PORT_LLAMA:-18081}"
 verre="${VERRE:-target/release/verre}"
 cache="${VERRE_BENCH_CACHE:-$HOME/.cache/verre-bench}"
@@ -65,10 +67,10 @@ stop() {
 trap stop EXIT
 
 "$verre" serve -m "$model" --host 127.0.0.1 --port "$port_verre" --threads "$threads" \
-    --max-running "$concurrency" >"$work/verre.log" 2>&1 &
+    --max-running "$concurrency" ${VERRE_SERVE_ARGS:-} >"$work/verre.log" 2>&1 &
 pids+=($!)
 "$build/bin/llama-server" -m "$model" --host 127.0.0.1 --port "$port_llama" -t "$threads" -tb "$threads" \
-    -np "$concurrency" -c $((slot_ctx * concurrency)) --no-webui >"$work/llama.log" 2>&1 &
+    -np "$concurrency" -c $((slot_ctx * concurrency)) --no-webui ${LLAMA_SERVER_ARGS:-} >"$work/llama.log" 2>&1 &
 pids+=($!)
 
 # Wait for /health to answer 200 (both answer 503 while loading); give up after 5 minutes.
@@ -88,7 +90,7 @@ model_id() { curl -sf "http://127.0.0.1:$1/v1/models" | python3 -c 'import json,
 # A failed request does not stop the comparison: the table shows the ok count.
 loadtest() { # PORT OUT ARGS...
     local port="$1" out="$2"; shift 2
-    "$verre" loadtest --url "http://127.0.0.1:$port" -m "$(model_id "$port")" --json "$@" >"$out" ||
+    "$verre" loadtest --url "http://127.0.0.1:$port" -m "$(model_id "$port")" --duration "$duration" --json "$@" >"$out" ||
         echo "compare-llama-server: loadtest against port $port failed (see the table)" >&2
 }
 
@@ -111,7 +113,7 @@ done
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 echo "model: $(basename "$model"), threads: $threads, $(date -u '+%F %H:%M UTC'), load average before: $load_before, after: $load_after"
-echo "llama-server: llama-cpp-python $version sdist, -np $concurrency -c $((slot_ctx * concurrency)); verre: $("$verre" --version), --max-running $concurrency"
+echo "llama-server: llama-cpp-python $version sdist, -np $concurrency -c $((slot_ctx * concurrency)) ${LLAMA_SERVER_ARGS:-}; verre: $("$verre" --version), --max-running $concurrency ${VERRE_SERVE_ARGS:-}"
 echo "throughput: concurrency $concurrency, $requests requests (+$warmup warm-up), prompt ~$prompt tokens, max_tokens $max_tokens, ignore_eos"
 echo "prefix cache: one ~$prefix_prompt-token prompt sent twice in a row, max_tokens 16"
 python3 - "$work" <<'PY'
@@ -131,10 +133,13 @@ def get(report, *path):
 rows = []
 def row(label, path, fmt="{:.1f}", files=("{}-throughput.json",), ratio=True):
     v, l = (get(load(files[0].format(s)), *path) for s in ("verre", "llama"))
+    v, l = (sum(x.values()) if isinstance(x, dict) else x for x in (v, l))
     show = lambda x: "-" if x is None else fmt.format(x)
     numbers = ratio and all(isinstance(x, (int, float)) for x in (v, l)) and l
     rows.append((label, show(v), show(l), f"{v / l:.2f}x" if numbers else ""))
-row("requests ok", ("ok",), "{}", ratio=False)
+for key, label in (("ok", "requests ok"), ("rejected", "requests rejected (429)"), ("cut", "requests cut at DURATION")):
+    row(label, (key,), "{}", ratio=False)
+row("requests failed", ("errors",), "{}", ratio=False)
 row("prompt tokens (server count)", ("prompt_tokens_mean",), ratio=False)
 row("output tok/s", ("output_tokens_per_second",))
 row("requests/s", ("requests_per_second",), "{:.2f}")

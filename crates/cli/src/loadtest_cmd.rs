@@ -295,7 +295,7 @@ struct Sample {
     gaps: Vec<f64>,
     e2e: f64,
     prompt_tokens: Option<u64>,
-    /// From the server's usage, else the number of content chunks.
+    /// From the server's usage, else (and while streaming) the number of content chunks.
     completion_tokens: u64,
     usage_reported: bool,
 }
@@ -361,7 +361,6 @@ async fn stream(
     let stream_error = |message: String| (Outcome::Stream, Some(message));
     let mut bytes = response.bytes_stream();
     let mut lines = SseLines::default();
-    let mut chunks = 0u64;
     let mut last_chunk: Option<Instant> = None;
     let mut usage = None;
     while let Some(piece) = bytes.next().await {
@@ -369,10 +368,9 @@ async fn stream(
         let now = Instant::now();
         for data in lines.push(&piece) {
             if data == "[DONE]" {
-                sample.completion_tokens = match usage {
-                    Some(Usage { completion, .. }) => completion,
-                    None => chunks,
-                };
+                if let Some(Usage { completion, .. }) = usage {
+                    sample.completion_tokens = completion;
+                }
                 sample.prompt_tokens = usage.map(|u| u.prompt);
                 sample.usage_reported = usage.is_some();
                 return Ok(());
@@ -389,7 +387,7 @@ async fn stream(
                     Some(prev) => sample.gaps.push((now - prev).as_secs_f64()),
                 }
                 last_chunk = Some(now);
-                chunks += 1;
+                sample.completion_tokens += 1;
             }
             usage = chunk.usage.or(usage);
         }
@@ -601,6 +599,8 @@ struct Report {
     cut: usize,
     wall_seconds: f64,
     requests_per_second: f64,
+    /// Completion tokens of the successful requests, and the tokens streamed so far by
+    /// those cut at --duration, over the wall time.
     output_tokens_per_second: f64,
     prompt_tokens_per_second: f64,
     /// Means over the successful requests; prompt tokens as the server counted them.
@@ -655,6 +655,11 @@ impl Report {
         }
         let ms = |xs: Vec<f64>| Distribution::of(xs.into_iter().map(|x| x * 1e3).collect());
         let completion: u64 = ok.iter().map(|s| s.completion_tokens).sum();
+        let streamed_when_cut: u64 = samples
+            .iter()
+            .filter(|s| s.outcome == Outcome::Cut)
+            .map(|s| s.completion_tokens)
+            .sum();
         let prompt_counted: Vec<u64> = ok.iter().filter_map(|s| s.prompt_tokens).collect();
         let prompt: u64 = prompt_counted.iter().sum();
         let mean = |sum: u64, n: usize| (n > 0).then(|| round2(sum as f64 / n as f64));
@@ -677,7 +682,7 @@ impl Report {
             cut,
             wall_seconds: round2(wall),
             requests_per_second: per_second(ok.len() as f64),
-            output_tokens_per_second: per_second(completion as f64),
+            output_tokens_per_second: per_second((completion + streamed_when_cut) as f64),
             prompt_tokens_per_second: per_second(prompt as f64),
             prompt_tokens_mean: mean(prompt, prompt_counted.len()),
             completion_tokens_mean: mean(completion, ok.len()),
@@ -967,7 +972,8 @@ mod tests {
             BTreeMap::from([("500".to_string(), 1), ("timeout".to_string(), 1)])
         );
         assert_eq!(r.requests_per_second, 0.5);
-        assert_eq!(r.output_tokens_per_second, 8.0);
+        // 32 tokens from the successful requests and 2 streamed by the cut one, in 4 s.
+        assert_eq!(r.output_tokens_per_second, 8.5);
         assert_eq!(r.prompt_tokens_per_second, 50.0);
         assert_eq!(r.completion_tokens_mean, Some(16.0));
         // Both made fewer than the default --max-tokens 128.
