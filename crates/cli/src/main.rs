@@ -4,6 +4,7 @@ mod bench_cmd;
 mod bench_schemas_cmd;
 mod eval_cmd;
 mod intake_cmd;
+mod loadtest_cmd;
 mod models_cmd;
 mod run_cmd;
 mod serve_cmd;
@@ -49,6 +50,9 @@ enum Command {
     BenchSchemas(bench_schemas_cmd::BenchSchemasArgs),
     /// Serve the OpenAI-compatible API (chat, completions, models) over HTTP.
     Serve(serve_cmd::ServeArgs),
+    /// Load-test an OpenAI-compatible server (verre or a peer) with streamed chat
+    /// completions: TTFT, inter-token latency, throughput.
+    Loadtest(loadtest_cmd::LoadtestArgs),
     /// Manage the API keys that `verre serve --api-key-file` accepts.
     Keys {
         #[command(subcommand)]
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench_cmd::bench(args),
         Command::BenchSchemas(args) => bench_schemas_cmd::bench_schemas(args),
         Command::Serve(args) => serve_cmd::serve(args),
+        Command::Loadtest(args) => loadtest_cmd::loadtest(args),
         Command::Keys { command } => serve_cmd::keys(command),
         Command::Intake { command } => intake_cmd::intake(command),
         Command::EvalExtract(args) => eval_cmd::eval_extract(args),
