@@ -10,7 +10,7 @@ use super::error::ApiError;
 use crate::state::{AppState, Models};
 
 pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let data = model_list(state.models()?);
+    let data = model_list(&state)?;
     Ok(Json(json!({ "object": "list", "data": data })))
 }
 
@@ -18,15 +18,36 @@ pub async fn get(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    model_list(state.models()?)
+    model_list(&state)?
         .into_iter()
         .find(|m| m["id"] == id.as_str())
         .map(Json)
         .ok_or_else(|| ApiError::model_not_found(&id))
 }
 
+/// The models in this process, then the gateway's (remote models and local ones under
+/// their configured names). Before loading is done that is an error without a gateway,
+/// and the gateway's models alone with one.
+fn model_list(state: &AppState) -> Result<Vec<Value>, ApiError> {
+    let Some(gateway) = state.gateway() else {
+        return Ok(local_models(state.models()?));
+    };
+    let mut list = state.models().map(local_models).unwrap_or_default();
+    for (id, backend) in gateway.model_names() {
+        if !list.iter().any(|m| m["id"] == id.as_str()) {
+            list.push(json!({
+                "id": id,
+                "object": "model",
+                "created": gateway.created(),
+                "owned_by": backend,
+            }));
+        }
+    }
+    Ok(list)
+}
+
 /// Chat models, then embedding models; `max_model_len` is the longest input in tokens.
-fn model_list(models: &Models) -> Vec<Value> {
+fn local_models(models: &Models) -> Vec<Value> {
     let chat = models
         .chat
         .iter()
