@@ -81,6 +81,8 @@ struct Fake {
     requests: AtomicUsize,
     /// The `model` of each request received.
     models: Mutex<Vec<String>>,
+    /// The last user message of each request received.
+    prompts: Mutex<Vec<String>>,
     /// A stream waits for a permit between its first and second chunk.
     gate: Semaphore,
 }
@@ -91,6 +93,7 @@ impl Fake {
             name: name.to_string(),
             requests: AtomicUsize::new(0),
             models: Mutex::default(),
+            prompts: Mutex::default(),
             gate: Semaphore::new(0),
         })
     }
@@ -101,6 +104,11 @@ async fn fake_chat(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap();
     let model = body["model"].as_str().unwrap_or_default().to_string();
     fake.models.lock().unwrap().push(model.clone());
+    let prompt = body["messages"][0]["content"].as_str().unwrap_or_default().to_string();
+    fake.prompts.lock().unwrap().push(prompt.clone());
+    if let Some(echo) = prompt.strip_prefix("echo: ") {
+        return echo_answer(echo, &model, body["stream"] == true);
+    }
     if body["stream"] == true {
         let chunk = |text: &str| {
             let c = json!({ "object": "chat.completion.chunk", "model": model, "choices": [{ "index": 0, "delta": { "content": text } }] });
@@ -130,6 +138,36 @@ async fn fake_chat(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
         "usage": { "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5 },
     }))
     .into_response()
+}
+
+/// The prompt back as content and as a tool call's arguments; streamed in pieces of 5
+/// bytes, which split placeholders.
+fn echo_answer(echo: &str, model: &str, stream: bool) -> Response {
+    let arguments = json!({ "text": echo }).to_string();
+    if !stream {
+        return axum::Json(json!({
+            "object": "chat.completion",
+            "model": model,
+            "choices": [{ "index": 0, "message": { "role": "assistant", "content": echo, "tool_calls": [
+                { "id": "call_1", "type": "function", "function": { "name": "say", "arguments": arguments } },
+            ] }, "finish_reason": "tool_calls" }],
+        }))
+        .into_response();
+    }
+    let mut events = String::new();
+    let delta = |d: Value, finish: Value| {
+        format!("data: {}\n\n", json!({ "object": "chat.completion.chunk", "choices": [{ "index": 0, "delta": d, "finish_reason": finish }] }))
+    };
+    for piece in echo.as_bytes().chunks(5) {
+        events += &delta(json!({ "content": std::str::from_utf8(piece).unwrap() }), Value::Null);
+    }
+    for piece in arguments.as_bytes().chunks(5) {
+        let call = json!({ "index": 0, "function": { "arguments": std::str::from_utf8(piece).unwrap() } });
+        events += &delta(json!({ "tool_calls": [call] }), Value::Null);
+    }
+    events += &delta(json!({}), json!("tool_calls"));
+    events += "data: [DONE]\n\n";
+    ([(header::CONTENT_TYPE, "text/event-stream")], events).into_response()
 }
 
 async fn fake_models() -> axum::Json<Value> {
@@ -478,5 +516,63 @@ async fn a_second_verre_behind_the_gateway() {
     let first: Value = serde_json::from_str(events[0]).unwrap();
     assert_eq!(first["model"], "smollm2-135m");
     assert!(events.len() > 3, "{text}");
+    assert_trap_untouched();
+}
+
+#[tokio::test]
+async fn personal_data_stays_home_unless_a_backend_is_local() {
+    let (remote_url, remote) = good("remote").await;
+    let (trusted_url, trusted) = good("trusted").await;
+    let base = gateway(&format!(
+        "{}{}",
+        backend("remote", &remote_url, r#"["far"]"#, ""),
+        backend("trusted", &trusted_url, r#"["near"]"#, "pseudonymize = false"),
+    ))
+    .await;
+    let text = "echo: Write to jean.dupont@example.fr, IBAN FR14 2004 1010 0505 0001 3M02 606.";
+    let ask = |model: &'static str, stream: bool| {
+        post_json(
+            format!("{base}/v1/chat/completions"),
+            &json!({ "model": model, "stream": stream, "messages": [{ "role": "user", "content": text }] }),
+        )
+        .send()
+    };
+    let echo = &text["echo: ".len()..];
+
+    let answer = json_of(ask("far", false).await.unwrap()).await;
+    let message = &answer["choices"][0]["message"];
+    assert_eq!(message["content"], echo, "{answer}");
+    let arguments: Value =
+        serde_json::from_str(message["tool_calls"][0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments["text"], echo);
+
+    let mut response = ask("far", true).await.unwrap();
+    let mut events = String::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        events.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let (mut content, mut arguments) = (String::new(), String::new());
+    for data in events.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(data).unwrap();
+        let delta = &chunk["choices"][0]["delta"];
+        content += delta["content"].as_str().unwrap_or_default();
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            arguments += call["function"]["arguments"].as_str().unwrap_or_default();
+        }
+    }
+    assert_eq!(content, echo, "{events}");
+    let arguments: Value = serde_json::from_str(&arguments).unwrap();
+    assert_eq!(arguments["text"], echo);
+
+    for prompt in remote.prompts.lock().unwrap().iter() {
+        assert!(!prompt.contains("jean.dupont") && !prompt.contains("FR14"), "{prompt}");
+        assert!(prompt.contains("<EMAIL_1>") && prompt.contains("<IBAN_1>"), "{prompt}");
+    }
+    let answer = json_of(ask("near", false).await.unwrap()).await;
+    assert_eq!(answer["choices"][0]["message"]["content"], echo);
+    assert_eq!(*trusted.prompts.lock().unwrap(), [text], "pseudonymize = false sends it as it is");
     assert_trap_untouched();
 }

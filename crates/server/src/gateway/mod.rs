@@ -3,12 +3,15 @@
 //! they are tried by priority (lower first), shared by weight within a priority, skipped
 //! while unhealthy, and the next is tried on a connect error, a 5xx, a 429 or a timeout
 //! before the response headers. Once an upstream answers, its body streams through as it
-//! arrives. Every connection is checked against the egress [`policy`] first.
+//! arrives. Every connection is checked against the egress [`policy`] first, and a
+//! request to a backend that is not local loses its personal data on the way out
+//! (`pii`), which its answer gets back.
 //!
 //! It sits in front of the `/v1` handlers as a middleware ([`route`]): a model served in
 //! this process goes on to the handlers (under its local name when asked for by alias),
 //! one served remotely never reaches them.
 
+mod pii;
 pub mod policy;
 mod quota;
 mod upstream;
@@ -215,8 +218,18 @@ impl Gateway {
                 Ok(b) => b,
                 Err(e) => return Decision::Respond(e.into_response()),
             };
+            let (body, restorer) = match backend.config.pseudonymize {
+                true => match pii::pseudonymize(&body, path) {
+                    Some((body, restorer)) => (body, Some(restorer)),
+                    None => (body, None),
+                },
+                false => (body, None),
+            };
             match upstream.send(path, body).await {
                 Ok(mut response) => {
+                    if let Some(restorer) = restorer {
+                        response = pii::restore(response, restorer).await;
+                    }
                     if let Ok(name) = backend.config.name.parse() {
                         response.headers_mut().insert("x-verre-backend", name);
                     }
