@@ -72,7 +72,11 @@ pub struct KeysAddArgs {
 
 pub fn serve(args: ServeArgs) -> Result<()> {
     crate::set_threads(args.threads)?;
-    let gateway_config = args.config.as_deref().map(GatewayConfig::load).transpose()?;
+    let gateway_config = args
+        .config
+        .as_deref()
+        .map(GatewayConfig::load)
+        .transpose()?;
     let mut names = args.model.clone();
     for name in gateway_config.iter().flat_map(GatewayConfig::local_models) {
         if !names.contains(&name) {

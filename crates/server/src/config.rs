@@ -117,7 +117,9 @@ impl GatewayConfig {
     /// [`GatewayConfig::load`] on text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| format!(", line {}", line_of(text, s.start)));
+            let line = e
+                .span()
+                .map(|s| format!(", line {}", line_of(text, s.start)));
             anyhow::anyhow!("{origin}{}: {}", line.unwrap_or_default(), e.message())
         })?;
         let at = |span: Range<usize>| format!("{origin}, line {}", line_of(text, span.start));
@@ -243,7 +245,10 @@ fn check_backend(raw: RawBackend) -> Result<BackendConfig> {
     if models.is_empty() {
         bail!("{name:?}: `models` lists no model");
     }
-    if let Some(m) = models.iter().find(|m| m.name.is_empty() || m.upstream.is_empty()) {
+    if let Some(m) = models
+        .iter()
+        .find(|m| m.name.is_empty() || m.upstream.is_empty())
+    {
         bail!("{name:?}: `models` has an empty name ({m:?})");
     }
     if raw.weight == Some(0) {
@@ -256,7 +261,9 @@ fn check_backend(raw: RawBackend) -> Result<BackendConfig> {
                 ("api_key_env", raw.api_key_env.is_some()),
             ] {
                 if set {
-                    bail!("{name:?}: `{key}` is for kind = \"openai\"; a local backend runs in this process");
+                    bail!(
+                        "{name:?}: `{key}` is for kind = \"openai\"; a local backend runs in this process"
+                    );
                 }
             }
             if raw.local == Some(false) {
@@ -266,7 +273,9 @@ fn check_backend(raw: RawBackend) -> Result<BackendConfig> {
         }
         "openai" => {
             let Some(url) = raw.url else {
-                bail!("{name:?}: `url` is required for kind = \"openai\" (e.g. \"http://10.0.0.5:8000/v1\")");
+                bail!(
+                    "{name:?}: `url` is required for kind = \"openai\" (e.g. \"http://10.0.0.5:8000/v1\")"
+                );
             };
             let url = Url::parse(url.trim_end_matches('/'))
                 .with_context(|| format!("{name:?}: `url` = {url:?} is not a URL"))?;
@@ -423,27 +432,50 @@ mod tests {
             "{:#}",
             parse("[[backend]]\nname = \"a\"\nkind = \"openai\"\nmodels = [\"m\"]\n").unwrap_err()
         );
-        assert!(e.contains("line 1") && e.contains("`url` is required"), "{e}");
+        assert!(
+            e.contains("line 1") && e.contains("`url` is required"),
+            "{e}"
+        );
 
-        let e = format!("{:#}", parse("[gateway]\nhealth_check_interval_s = \"x\"\n").unwrap_err());
+        let e = format!(
+            "{:#}",
+            parse("[gateway]\nhealth_check_interval_s = \"x\"\n").unwrap_err()
+        );
         assert!(e.contains("line 2"), "{e}");
     }
 
     #[test]
     fn a_backend_outside_the_policy_is_refused_at_load() {
         let backend = |j: &str, url: &str| {
-            format!("[[backend]]\nname = \"x\"\nkind = \"openai\"\nurl = \"{url}\"\njurisdiction = \"{j}\"\nmodels = [\"m\"]\n")
+            format!(
+                "[[backend]]\nname = \"x\"\nkind = \"openai\"\nurl = \"{url}\"\njurisdiction = \"{j}\"\nmodels = [\"m\"]\n"
+            )
         };
         let eu = "[policy]\nallow_jurisdictions = [\"EU\"]\n";
         assert!(parse(&format!("{eu}{}", backend("EU-DE", "https://a.example/v1"))).is_ok());
-        let e = format!("{:#}", parse(&format!("{eu}{}", backend("US-VA", "https://a.example/v1"))).unwrap_err());
+        let e = format!(
+            "{:#}",
+            parse(&format!("{eu}{}", backend("US-VA", "https://a.example/v1"))).unwrap_err()
+        );
         assert!(e.contains("line 3") && e.contains("US-VA"), "{e}");
         // No policy: nothing remote is allowed.
         assert!(parse(&backend("EU-DE", "https://a.example/v1")).is_err());
         // With a host list, the host must be on it too.
         let hosts = "[policy]\nallow_jurisdictions = [\"EU\"]\nallow_hosts = [\"a.example\"]\n";
-        assert!(parse(&format!("{hosts}{}", backend("EU-FI", "https://a.example/v1"))).is_ok());
-        assert!(parse(&format!("{hosts}{}", backend("EU-FI", "https://b.example/v1"))).is_err());
+        assert!(
+            parse(&format!(
+                "{hosts}{}",
+                backend("EU-FI", "https://a.example/v1")
+            ))
+            .is_ok()
+        );
+        assert!(
+            parse(&format!(
+                "{hosts}{}",
+                backend("EU-FI", "https://b.example/v1")
+            ))
+            .is_err()
+        );
     }
 
     #[test]

@@ -72,7 +72,11 @@ async fn serve(config: ServeConfig) -> Result<()> {
 
     let mut state = AppState::new(config.keys);
     if let Some(gateway) = &config.gateway {
-        let remote: Vec<String> = gateway.model_names().into_iter().map(|(id, _)| id).collect();
+        let remote: Vec<String> = gateway
+            .model_names()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         eprintln!("verre serve: gateway models: {}", remote.join(", "));
         gateway.spawn_health_checks();
         state = state.with_gateway(gateway.clone());

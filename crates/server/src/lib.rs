@@ -40,7 +40,10 @@ use openai::error::ApiError;
 /// `/metrics` open, and an OpenAI-shaped 404 for everything else.
 pub fn router(state: Arc<AppState>) -> Router {
     let api = openai::routes()
-        .layer(middleware::from_fn_with_state(state.clone(), gateway::route))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            gateway::route,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .merge(api)

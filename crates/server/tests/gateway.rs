@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use verre_engine::LoadedModel;
 use verre_engine::engine::EngineOptions;
 use verre_server::config::GatewayConfig;
@@ -61,8 +61,16 @@ fn trap() -> SocketAddr {
 }
 
 fn assert_trap_untouched() {
-    assert_eq!(TRAP_CONNECTIONS.load(Ordering::SeqCst), 0, "the trap was connected to");
-    assert_eq!(TRAP_BYTES.load(Ordering::SeqCst), 0, "the trap received bytes");
+    assert_eq!(
+        TRAP_CONNECTIONS.load(Ordering::SeqCst),
+        0,
+        "the trap was connected to"
+    );
+    assert_eq!(
+        TRAP_BYTES.load(Ordering::SeqCst),
+        0,
+        "the trap received bytes"
+    );
 }
 
 /// A `[[backend]]` for the trap, in a jurisdiction the tests' policy does not allow. It is
@@ -85,6 +93,11 @@ struct Fake {
     prompts: Mutex<Vec<String>>,
     /// A stream waits for a permit between its first and second chunk.
     gate: Semaphore,
+    /// Answer 500 to everything while set.
+    down: AtomicBool,
+    /// Health probes (`GET /v1/models`) received, each announced.
+    probes: AtomicUsize,
+    probed: Notify,
 }
 
 impl Fake {
@@ -95,16 +108,25 @@ impl Fake {
             models: Mutex::default(),
             prompts: Mutex::default(),
             gate: Semaphore::new(0),
+            down: AtomicBool::new(false),
+            probes: AtomicUsize::new(0),
+            probed: Notify::new(),
         })
     }
 }
 
 async fn fake_chat(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
     fake.requests.fetch_add(1, Ordering::SeqCst);
+    if fake.down.load(Ordering::SeqCst) {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
     let body: Value = serde_json::from_slice(&body).unwrap();
     let model = body["model"].as_str().unwrap_or_default().to_string();
     fake.models.lock().unwrap().push(model.clone());
-    let prompt = body["messages"][0]["content"].as_str().unwrap_or_default().to_string();
+    let prompt = body["messages"][0]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     fake.prompts.lock().unwrap().push(prompt.clone());
     if let Some(echo) = prompt.strip_prefix("echo: ") {
         return echo_answer(echo, &model, body["stream"] == true);
@@ -114,7 +136,11 @@ async fn fake_chat(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
             let c = json!({ "object": "chat.completion.chunk", "model": model, "choices": [{ "index": 0, "delta": { "content": text } }] });
             Bytes::from(format!("data: {c}\n\n"))
         };
-        let chunks = vec![chunk("chunk-1"), chunk("chunk-2"), Bytes::from("data: [DONE]\n\n")];
+        let chunks = vec![
+            chunk("chunk-1"),
+            chunk("chunk-2"),
+            Bytes::from("data: [DONE]\n\n"),
+        ];
         let stream = futures_util::stream::unfold((0, fake.clone()), move |(i, fake)| {
             let chunks = chunks.clone();
             async move {
@@ -156,13 +182,20 @@ fn echo_answer(echo: &str, model: &str, stream: bool) -> Response {
     }
     let mut events = String::new();
     let delta = |d: Value, finish: Value| {
-        format!("data: {}\n\n", json!({ "object": "chat.completion.chunk", "choices": [{ "index": 0, "delta": d, "finish_reason": finish }] }))
+        format!(
+            "data: {}\n\n",
+            json!({ "object": "chat.completion.chunk", "choices": [{ "index": 0, "delta": d, "finish_reason": finish }] })
+        )
     };
     for piece in echo.as_bytes().chunks(5) {
-        events += &delta(json!({ "content": std::str::from_utf8(piece).unwrap() }), Value::Null);
+        events += &delta(
+            json!({ "content": std::str::from_utf8(piece).unwrap() }),
+            Value::Null,
+        );
     }
     for piece in arguments.as_bytes().chunks(5) {
-        let call = json!({ "index": 0, "function": { "arguments": std::str::from_utf8(piece).unwrap() } });
+        let call =
+            json!({ "index": 0, "function": { "arguments": std::str::from_utf8(piece).unwrap() } });
         events += &delta(json!({ "tool_calls": [call] }), Value::Null);
     }
     events += &delta(json!({}), json!("tool_calls"));
@@ -170,8 +203,13 @@ fn echo_answer(echo: &str, model: &str, stream: bool) -> Response {
     ([(header::CONTENT_TYPE, "text/event-stream")], events).into_response()
 }
 
-async fn fake_models() -> axum::Json<Value> {
-    axum::Json(json!({ "object": "list", "data": [] }))
+async fn fake_models(State(fake): State<Arc<Fake>>) -> Response {
+    fake.probes.fetch_add(1, Ordering::SeqCst);
+    fake.probed.notify_waiters();
+    if fake.down.load(Ordering::SeqCst) {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    axum::Json(json!({ "object": "list", "data": [] })).into_response()
 }
 
 /// Counts what is not a health probe.
@@ -226,8 +264,12 @@ fn backend(name: &str, url: &str, models: &str, extra: &str) -> String {
 /// a backend the policy refuses can be configured at all, to show the check at request
 /// time (the refusal at load has its own test).
 async fn gateway(backends: &str) -> String {
+    gateway_probing_every(60.0, backends).await
+}
+
+async fn gateway_probing_every(interval_s: f64, backends: &str) -> String {
     let text = format!(
-        "[policy]\nallow_jurisdictions = [\"EU\", \"US\"]\n[gateway]\nhealth_check_interval_s = 60\nconnect_timeout_s = 2\nfirst_byte_timeout_s = 10\n{backends}"
+        "[policy]\nallow_jurisdictions = [\"EU\", \"US\"]\n[gateway]\nhealth_check_interval_s = {interval_s}\nconnect_timeout_s = 2\nfirst_byte_timeout_s = 10\n{backends}"
     );
     let mut config = GatewayConfig::parse(&text, "test.toml").unwrap();
     config.policy = Policy::new(vec!["EU".into()], vec![]);
@@ -280,7 +322,12 @@ async fn routes_by_name_and_alias_and_lists_the_union() {
     let (b_url, b) = good("b").await;
     let base = gateway(&format!(
         "{}{}{}",
-        backend("A", &a_url, r#"[{ name = "alpha", upstream = "org/Alpha-7B", aliases = ["al"] }]"#, ""),
+        backend(
+            "A",
+            &a_url,
+            r#"[{ name = "alpha", upstream = "org/Alpha-7B", aliases = ["al"] }]"#,
+            ""
+        ),
         backend("B", &b_url, r#"["beta"]"#, ""),
         trap_backend(r#"["alpha", "beta"]"#),
     ))
@@ -290,7 +337,11 @@ async fn routes_by_name_and_alias_and_lists_the_union() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["choices"][0]["message"]["content"], "from a");
     assert_eq!(headers["x-verre-backend"], "A");
-    assert_eq!(*a.models.lock().unwrap(), ["org/Alpha-7B"], "sent under the upstream's name");
+    assert_eq!(
+        *a.models.lock().unwrap(),
+        ["org/Alpha-7B"],
+        "sent under the upstream's name"
+    );
 
     let (status, _, body) = chat(&base, "beta").await;
     assert_eq!(status, StatusCode::OK);
@@ -301,7 +352,14 @@ async fn routes_by_name_and_alias_and_lists_the_union() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "model_not_found");
 
-    let models = json_of(client().get(format!("{base}/v1/models")).send().await.unwrap()).await;
+    let models = json_of(
+        client()
+            .get(format!("{base}/v1/models"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .unwrap()
@@ -348,7 +406,10 @@ async fn all_backends_failing_is_502_then_503() {
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert_eq!(body["error"]["code"], "bad_gateway");
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("broken: answered 500") && message.contains("refusing:"), "{message}");
+    assert!(
+        message.contains("broken: answered 500") && message.contains("refusing:"),
+        "{message}"
+    );
 
     let (status, _, body) = chat(&base, "x").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
@@ -365,13 +426,17 @@ async fn streams_pass_through_as_they_arrive() {
         trap_backend(r#"["s"]"#)
     ))
     .await;
-    let body = json!({ "model": "s", "stream": true, "messages": [{ "role": "user", "content": "hi" }] });
+    let body =
+        json!({ "model": "s", "stream": true, "messages": [{ "role": "user", "content": "hi" }] });
     let mut response = post_json(format!("{base}/v1/chat/completions"), &body)
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
     // The upstream holds its second chunk until the first has come out of the gateway.
     let mut seen = String::new();
     while !seen.contains("chunk-1") {
@@ -411,7 +476,10 @@ async fn weights_share_the_load() {
     for _ in 0..100 {
         assert_eq!(chat(&base, "w").await.0, StatusCode::OK);
     }
-    let (h, l) = (heavy.requests.load(Ordering::SeqCst), light.requests.load(Ordering::SeqCst));
+    let (h, l) = (
+        heavy.requests.load(Ordering::SeqCst),
+        light.requests.load(Ordering::SeqCst),
+    );
     assert_eq!(h + l, 100);
     // Expected 80/20; the bounds are many standard deviations (4) wide.
     assert!((60..=96).contains(&h), "heavy {h}, light {l}");
@@ -424,8 +492,14 @@ async fn the_egress_policy_refuses_at_load_and_at_request_time() {
         "[policy]\nallow_jurisdictions = [\"EU\"]\n\n{}",
         trap_backend(r#"["t"]"#)
     );
-    let e = format!("{:#}", GatewayConfig::parse(&text, "verre.toml").unwrap_err());
-    assert!(e.contains("verre.toml, line 4") && e.contains("US-VA") && e.contains("trap"), "{e}");
+    let e = format!(
+        "{:#}",
+        GatewayConfig::parse(&text, "verre.toml").unwrap_err()
+    );
+    assert!(
+        e.contains("verre.toml, line 4") && e.contains("US-VA") && e.contains("trap"),
+        "{e}"
+    );
 
     let base = gateway(&trap_backend(r#"["t"]"#)).await;
     let (status, _, body) = chat(&base, "t").await;
@@ -454,12 +528,15 @@ async fn keys_are_limited_to_their_models_and_rate() {
     let ask = |key: String, model: &'static str| {
         let base = base.clone();
         async move {
-            post_json(format!("{base}/v1/chat/completions"), &json!({ "model": model, "messages": [] }))
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap()
-                .status()
+            post_json(
+                format!("{base}/v1/chat/completions"),
+                &json!({ "model": model, "messages": [] }),
+            )
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .status()
         }
     };
     assert_eq!(ask(limited.clone(), "two").await, StatusCode::FORBIDDEN);
@@ -474,7 +551,11 @@ async fn keys_are_limited_to_their_models_and_rate() {
         "{second} {third}"
     );
     for _ in 0..3 {
-        assert_eq!(ask(free.clone(), "one").await, StatusCode::OK, "other keys are not limited");
+        assert_eq!(
+            ask(free.clone(), "one").await,
+            StatusCode::OK,
+            "other keys are not limited"
+        );
     }
 }
 
@@ -491,7 +572,12 @@ async fn a_second_verre_behind_the_gateway() {
     let upstream = format!("http://{}/v1", serve(router(Arc::new(upstream))).await);
     let base = gateway(&format!(
         "{}{}",
-        backend("other-verre", &upstream, r#"[{ name = "tiny", upstream = "smollm2-135m" }]"#, ""),
+        backend(
+            "other-verre",
+            &upstream,
+            r#"[{ name = "tiny", upstream = "smollm2-135m" }]"#,
+            ""
+        ),
         trap_backend(r#"["tiny"]"#),
     ))
     .await;
@@ -526,7 +612,12 @@ async fn personal_data_stays_home_unless_a_backend_is_local() {
     let base = gateway(&format!(
         "{}{}",
         backend("remote", &remote_url, r#"["far"]"#, ""),
-        backend("trusted", &trusted_url, r#"["near"]"#, "pseudonymize = false"),
+        backend(
+            "trusted",
+            &trusted_url,
+            r#"["near"]"#,
+            "pseudonymize = false"
+        ),
     ))
     .await;
     let text = "echo: Write to jean.dupont@example.fr, IBAN FR14 2004 1010 0505 0001 3M02 606.";
@@ -542,8 +633,12 @@ async fn personal_data_stays_home_unless_a_backend_is_local() {
     let answer = json_of(ask("far", false).await.unwrap()).await;
     let message = &answer["choices"][0]["message"];
     assert_eq!(message["content"], echo, "{answer}");
-    let arguments: Value =
-        serde_json::from_str(message["tool_calls"][0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    let arguments: Value = serde_json::from_str(
+        message["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(arguments["text"], echo);
 
     let mut response = ask("far", true).await.unwrap();
@@ -568,11 +663,68 @@ async fn personal_data_stays_home_unless_a_backend_is_local() {
     assert_eq!(arguments["text"], echo);
 
     for prompt in remote.prompts.lock().unwrap().iter() {
-        assert!(!prompt.contains("jean.dupont") && !prompt.contains("FR14"), "{prompt}");
-        assert!(prompt.contains("<EMAIL_1>") && prompt.contains("<IBAN_1>"), "{prompt}");
+        assert!(
+            !prompt.contains("jean.dupont") && !prompt.contains("FR14"),
+            "{prompt}"
+        );
+        assert!(
+            prompt.contains("<EMAIL_1>") && prompt.contains("<IBAN_1>"),
+            "{prompt}"
+        );
     }
     let answer = json_of(ask("near", false).await.unwrap()).await;
     assert_eq!(answer["choices"][0]["message"]["content"], echo);
-    assert_eq!(*trusted.prompts.lock().unwrap(), [text], "pseudonymize = false sends it as it is");
+    assert_eq!(
+        *trusted.prompts.lock().unwrap(),
+        [text],
+        "pseudonymize = false sends it as it is"
+    );
+    assert_trap_untouched();
+}
+
+/// Waits until `fake` has seen `n` more health probes.
+async fn probes(fake: &Fake, n: usize) {
+    let target = fake.probes.load(Ordering::SeqCst) + n;
+    tokio::time::timeout(PATIENCE, async {
+        while fake.probes.load(Ordering::SeqCst) < target {
+            let notified = fake.probed.notified();
+            if fake.probes.load(Ordering::SeqCst) >= target {
+                break;
+            }
+            notified.await;
+        }
+    })
+    .await
+    .expect("no health probe came");
+}
+
+#[tokio::test]
+async fn health_checks_take_a_backend_out_and_bring_it_back() {
+    let (url, flaky) = good("flaky").await;
+    let base = gateway_probing_every(
+        0.05,
+        &format!(
+            "{}{}",
+            backend("flaky", &url, r#"["h"]"#, ""),
+            trap_backend(r#"["h"]"#)
+        ),
+    )
+    .await;
+    flaky.down.store(true, Ordering::SeqCst);
+    probes(&flaky, 2).await;
+    let (status, _, body) = chat(&base, "h").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        flaky.requests.load(Ordering::SeqCst),
+        0,
+        "a backend down is not sent requests"
+    );
+
+    flaky.down.store(false, Ordering::SeqCst);
+    // The second probe starts after the first one's answer was taken in.
+    probes(&flaky, 2).await;
+    let (status, _, body) = chat(&base, "h").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Probes went on all along; none went to the trap, which the policy refuses.
     assert_trap_untouched();
 }

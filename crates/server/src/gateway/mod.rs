@@ -130,7 +130,9 @@ impl Gateway {
                     tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
                 loop {
                     ticks.tick().await;
-                    let Some(gateway) = gateway.upgrade() else { return };
+                    let Some(gateway) = gateway.upgrade() else {
+                        return;
+                    };
                     let backend = &gateway.backends[index];
                     if gateway.permits(backend).is_err() {
                         continue;
@@ -196,7 +198,13 @@ impl Gateway {
     }
 
     /// Try the targets in order until one answers.
-    async fn dispatch(&self, path: &str, body: &Bytes, model: &str, plan: Vec<&Target>) -> Decision {
+    async fn dispatch(
+        &self,
+        path: &str,
+        body: &Bytes,
+        model: &str,
+        plan: Vec<&Target>,
+    ) -> Decision {
         let mut refused = Vec::new();
         let mut failures = Vec::new();
         let mut down = Vec::new();
@@ -248,7 +256,10 @@ impl Gateway {
             gateway_error(
                 StatusCode::BAD_GATEWAY,
                 "bad_gateway",
-                format!("every backend for `{model}` failed: {}", failures.join("; ")),
+                format!(
+                    "every backend for `{model}` failed: {}",
+                    failures.join("; ")
+                ),
             )
         } else if !down.is_empty() {
             gateway_error(
@@ -293,7 +304,9 @@ fn with_model(body: &Bytes, asked: &str, upstream: &str) -> Result<Bytes, ApiErr
     let mut value: Value =
         serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(e.to_string(), None))?;
     value["model"] = Value::String(upstream.to_string());
-    Ok(Bytes::from(serde_json::to_vec(&value).map_err(|e| ApiError::internal(e.to_string()))?))
+    Ok(Bytes::from(
+        serde_json::to_vec(&value).map_err(|e| ApiError::internal(e.to_string()))?,
+    ))
 }
 
 /// The endpoint path at an upstream for one of ours: `/v1/chat/completions` ->
@@ -318,13 +331,16 @@ pub async fn route(State(state): State<Arc<AppState>>, request: Request, next: N
         return next.run(request).await;
     };
     let path = request.uri().path();
-    let Some(upstream_path) = upstream_path(path).filter(|_| request.method() == Method::POST) else {
+    let Some(upstream_path) = upstream_path(path).filter(|_| request.method() == Method::POST)
+    else {
         return next.run(request).await;
     };
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
-        Err(e) => return ApiError::bad_request(format!("reading the request body: {e}")).into_response(),
+        Err(e) => {
+            return ApiError::bad_request(format!("reading the request body: {e}")).into_response();
+        }
     };
     // A body without a model goes on to the handler, which says what is wrong with it.
     let Ok(ModelField { model }) = serde_json::from_slice::<ModelField>(&body) else {

@@ -191,7 +191,9 @@ impl SseRestorer {
                     .or_insert_with(|| Value::Array(Vec::new()));
                 if let Value::Array(calls) = calls {
                     for (call, rest) in held {
-                        calls.push(serde_json::json!({ "index": call, "function": { "arguments": rest } }));
+                        calls.push(
+                            serde_json::json!({ "index": call, "function": { "arguments": rest } }),
+                        );
                     }
                 }
             }
@@ -224,7 +226,11 @@ mod tests {
     }
 
     fn sse(chunks: &[Value]) -> String {
-        chunks.iter().map(|c| format!("data: {c}\n\n")).collect::<String>() + "data: [DONE]\n\n"
+        chunks
+            .iter()
+            .map(|c| format!("data: {c}\n\n"))
+            .collect::<String>()
+            + "data: [DONE]\n\n"
     }
 
     #[test]
@@ -273,9 +279,16 @@ mod tests {
         );
         let (sent, restorer) = pseudonymize(&body, "/chat/completions").unwrap();
         let sent = String::from_utf8(sent.to_vec()).unwrap();
-        assert!(!sent.contains("jean.dupont") && sent.contains("<EMAIL_1>"), "{sent}");
-        assert_eq!(restorer.restore("ok <EMAIL_1>"), "ok jean.dupont@example.fr");
-        let plain = Bytes::from(r#"{"model": "m", "messages": [{"role": "user", "content": "hello"}]}"#);
+        assert!(
+            !sent.contains("jean.dupont") && sent.contains("<EMAIL_1>"),
+            "{sent}"
+        );
+        assert_eq!(
+            restorer.restore("ok <EMAIL_1>"),
+            "ok jean.dupont@example.fr"
+        );
+        let plain =
+            Bytes::from(r#"{"model": "m", "messages": [{"role": "user", "content": "hello"}]}"#);
         assert!(pseudonymize(&plain, "/chat/completions").is_none());
     }
 }

@@ -22,7 +22,12 @@ impl Policy {
 
     /// `Ok` when `target` (a backend named `name`, labelled `jurisdiction`) may receive
     /// data; otherwise why not, in words for the operator.
-    pub fn check(&self, name: &str, target: &Url, jurisdiction: Option<&str>) -> Result<(), String> {
+    pub fn check(
+        &self,
+        name: &str,
+        target: &Url,
+        jurisdiction: Option<&str>,
+    ) -> Result<(), String> {
         let Some(jurisdiction) = jurisdiction else {
             return Err(format!(
                 "backend {name:?} ({target}) has no `jurisdiction`, so [policy] cannot allow it"
@@ -38,7 +43,8 @@ impl Policy {
                 self.allow_jurisdictions
             ));
         }
-        if !self.allow_hosts.is_empty() && !self.allow_hosts.iter().any(|h| host_matches(target, h)) {
+        if !self.allow_hosts.is_empty() && !self.allow_hosts.iter().any(|h| host_matches(target, h))
+        {
             return Err(format!(
                 "backend {name:?} ({target}): its host is not on [policy] allow_hosts = {:?}",
                 self.allow_hosts
@@ -100,6 +106,10 @@ mod tests {
     fn no_policy_allows_nothing() {
         let url = Url::parse("https://vllm.example.eu/v1").unwrap();
         assert!(Policy::default().check("x", &url, Some("EU-DE")).is_err());
-        assert!(Policy::new(vec!["EU".into()], vec![]).check("x", &url, None).is_err());
+        assert!(
+            Policy::new(vec!["EU".into()], vec![])
+                .check("x", &url, None)
+                .is_err()
+        );
     }
 }

@@ -89,14 +89,26 @@ mod tests {
             tokens_per_day: None,
         };
         let q = Quotas::new(HashMap::from([("ci".to_string(), limits)]));
-        assert!(q.admit_at(None, "large", None, 7).is_ok(), "no key, no limits");
-        assert!(q.admit_at(Some("other"), "large", None, 7).is_ok(), "a key without limits");
+        assert!(
+            q.admit_at(None, "large", None, 7).is_ok(),
+            "no key, no limits"
+        );
+        assert!(
+            q.admit_at(Some("other"), "large", None, 7).is_ok(),
+            "a key without limits"
+        );
         let e = q.admit_at(Some("ci"), "large", None, 7).unwrap_err();
         assert_eq!(e.status, StatusCode::FORBIDDEN);
-        assert!(q.admit_at(Some("ci"), "alias-of-small", Some("small"), 7).is_ok());
+        assert!(
+            q.admit_at(Some("ci"), "alias-of-small", Some("small"), 7)
+                .is_ok()
+        );
         assert!(q.admit_at(Some("ci"), "small", None, 7).is_ok());
         let e = q.admit_at(Some("ci"), "small", None, 7).unwrap_err();
         assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
-        assert!(q.admit_at(Some("ci"), "small", None, 8).is_ok(), "a new minute");
+        assert!(
+            q.admit_at(Some("ci"), "small", None, 8).is_ok(),
+            "a new minute"
+        );
     }
 }

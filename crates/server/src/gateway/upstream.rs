@@ -114,7 +114,11 @@ impl Upstream {
             });
         }
         let mut reply = Response::builder().status(status);
-        for name in [header::CONTENT_TYPE, header::CACHE_CONTROL, header::RETRY_AFTER] {
+        for name in [
+            header::CONTENT_TYPE,
+            header::CACHE_CONTROL,
+            header::RETRY_AFTER,
+        ] {
             if let Some(value) = response.headers().get(&name) {
                 reply = reply.header(name, value.clone());
             }
