@@ -540,6 +540,15 @@ async fn keys_are_limited_to_their_models_and_rate() {
         }
     };
     assert_eq!(ask(limited.clone(), "two").await, StatusCode::FORBIDDEN);
+    let models = client()
+        .get(format!("{base}/v1/models"))
+        .bearer_auth(&limited)
+        .send()
+        .await
+        .unwrap();
+    let models = json_of(models).await;
+    assert_eq!(models["data"].as_array().unwrap().len(), 1, "{models}");
+    assert_eq!(models["data"][0]["id"], "one");
     assert_eq!(ask(free.clone(), "two").await, StatusCode::OK);
     let first = ask(limited.clone(), "one").await;
     let second = ask(limited.clone(), "one").await;

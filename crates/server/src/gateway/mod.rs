@@ -164,6 +164,12 @@ impl Gateway {
         list
     }
 
+    /// Whether the API key named `key` may use `model` (`[[key]] models`).
+    pub fn key_may_use(&self, key: Option<&str>, model: &str) -> bool {
+        let canonical = self.names.get(model).map(String::as_str);
+        self.quotas.allows(key, model, canonical)
+    }
+
     /// Unix time the gateway was built (`created` in `/v1/models`).
     pub fn created(&self) -> u64 {
         self.created

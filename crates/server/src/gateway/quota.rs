@@ -37,6 +37,18 @@ impl Quotas {
         self.admit_at(key, model, canonical, unix_now() / 60)
     }
 
+    /// Whether `key` may use `model` (known to the gateway as `canonical`); counts nothing.
+    pub fn allows(&self, key: Option<&str>, model: &str, canonical: Option<&str>) -> bool {
+        let models = key
+            .and_then(|k| self.limits.get(k))
+            .and_then(|l| l.models.as_ref());
+        models.is_none_or(|models| {
+            models
+                .iter()
+                .any(|m| m == model || Some(m.as_str()) == canonical)
+        })
+    }
+
     fn admit_at(
         &self,
         key: Option<&str>,
@@ -47,11 +59,7 @@ impl Quotas {
         let Some((key, limits)) = key.and_then(|k| self.limits.get_key_value(k)) else {
             return Ok(());
         };
-        if let Some(models) = &limits.models
-            && !models
-                .iter()
-                .any(|m| m == model || Some(m.as_str()) == canonical)
-        {
+        if !self.allows(Some(key), model, canonical) {
             return Err(ApiError {
                 status: StatusCode::FORBIDDEN,
                 message: format!("the API key {key:?} may not use the model `{model}`"),

@@ -3,14 +3,23 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use crate::gateway::KeyName;
 use crate::state::{AppState, Models};
 
-pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let data = model_list(&state)?;
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    key: Option<Extension<KeyName>>,
+) -> Result<Json<Value>, ApiError> {
+    let key = key.as_ref().map(|Extension(KeyName(name))| name.as_str());
+    let mut data = model_list(&state)?;
+    // A key limited to some models sees only those.
+    if let Some(gateway) = state.gateway() {
+        data.retain(|m| gateway.key_may_use(key, m["id"].as_str().unwrap_or_default()));
+    }
     Ok(Json(json!({ "object": "list", "data": data })))
 }
 
