@@ -18,6 +18,8 @@ pub struct Upstream {
     api_key: Option<String>,
     client: reqwest::Client,
     first_byte_timeout: Duration,
+    /// A health probe's answer is a short list: it gets the connect timeout plus this.
+    probe_timeout: Duration,
     /// Milliseconds since `epoch` before which the backend is skipped; 0 when up.
     down_until_ms: AtomicU64,
     epoch: Instant,
@@ -46,6 +48,7 @@ impl Upstream {
             api_key,
             client,
             first_byte_timeout: health.first_byte_timeout,
+            probe_timeout: health.connect_timeout + Duration::from_secs(5),
             down_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             cooldown: health.interval.max(Duration::from_secs(1)),
@@ -138,7 +141,7 @@ impl Upstream {
             request = request.bearer_auth(key);
         }
         let up = matches!(
-            tokio::time::timeout(self.first_byte_timeout, request.send()).await,
+            tokio::time::timeout(self.probe_timeout, request.send()).await,
             Ok(Ok(r)) if r.status().is_success()
         );
         self.set_health(up);
