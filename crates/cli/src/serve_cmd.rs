@@ -1,12 +1,15 @@
 //! `verre serve` and `verre keys add`: arguments, wired to verre-server.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use verre_engine::engine::EngineOptions;
 use verre_models::ModelFormat;
 use verre_server::auth::{self, ApiKeys};
+use verre_server::config::GatewayConfig;
+use verre_server::gateway::Gateway;
 use verre_server::{ModelKind, ModelSpec, ServeConfig};
 
 #[derive(Args)]
@@ -14,8 +17,13 @@ pub struct ServeArgs {
     /// Models to serve, comma-separated: names in the store (see `verre models`) or paths
     /// to .gguf files. Clients pick one by name in `model`. GGUF models answer chat and
     /// completions; BERT models (`minilm-l6`) answer /v1/embeddings.
-    #[arg(short, long, value_delimiter = ',', required = true)]
+    #[arg(short, long, value_delimiter = ',', required_unless_present = "config")]
     pub model: Vec<String>,
+    /// Gateway config (verre.toml, see docs/CONFIG.md): remote OpenAI-compatible backends,
+    /// routing, the egress policy, per-key limits. Models of `kind = "local"` backends
+    /// are loaded as if given with --model.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// 0 picks a free port; the address is printed at start either way.
@@ -64,9 +72,25 @@ pub struct KeysAddArgs {
 
 pub fn serve(args: ServeArgs) -> Result<()> {
     crate::set_threads(args.threads)?;
+    let gateway_config = args
+        .config
+        .as_deref()
+        .map(GatewayConfig::load)
+        .transpose()?;
+    let mut names = args.model.clone();
+    for name in gateway_config.iter().flat_map(GatewayConfig::local_models) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let gateway = gateway_config
+        .as_ref()
+        .map(|c| Gateway::new(c).map(Arc::new))
+        .transpose()
+        .context("setting up the gateway")?;
     let store = verre_models::ModelStore::from_env()?;
     let mut models = Vec::new();
-    for name in &args.model {
+    for name in &names {
         let entry = store.resolve(name)?;
         let kind = match entry.format {
             ModelFormat::Gguf => ModelKind::Chat,
@@ -106,6 +130,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             kv_cache_bytes: args.kv_cache_mb << 20,
             prefill_chunk: args.max_batched_tokens,
         },
+        gateway,
     })
 }
 

@@ -13,6 +13,7 @@ use verre_engine::engine::EngineOptions;
 use verre_engine::model::bert::Embedder;
 
 use crate::auth::ApiKeys;
+use crate::gateway::Gateway;
 use crate::{AppState, EmbeddingModel, ServedModel, is_loopback, router};
 
 /// How long open streams may run on after a stop signal before the server closes anyway.
@@ -46,6 +47,8 @@ pub struct ServeConfig {
     /// ...unless this is set.
     pub insecure_public: bool,
     pub engine: EngineOptions,
+    /// Backends, policy and key limits from `verre.toml` (`--config`).
+    pub gateway: Option<Arc<Gateway>>,
 }
 
 /// Serve until Ctrl-C or SIGTERM. Blocks; builds its own async runtime.
@@ -67,7 +70,18 @@ async fn serve(config: ServeConfig) -> Result<()> {
         ids.join(", ")
     );
 
-    let state = Arc::new(AppState::new(config.keys));
+    let mut state = AppState::new(config.keys);
+    if let Some(gateway) = &config.gateway {
+        let remote: Vec<String> = gateway
+            .model_names()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        eprintln!("verre serve: gateway models: {}", remote.join(", "));
+        gateway.spawn_health_checks();
+        state = state.with_gateway(gateway.clone());
+    }
+    let state = Arc::new(state);
     let (load_failed_tx, load_failed) = oneshot::channel();
     let loading_state = state.clone();
     let models = config.models.clone();

@@ -6,11 +6,15 @@
 //! - [`embedding`]: an embedding model on its own thread.
 //! - [`auth`]: the API keys file.
 //! - [`metrics`]: the `/metrics` page.
+//! - [`gateway`] and [`config`]: `verre.toml` backends (local and remote OpenAI-compatible
+//!   upstreams), routing with failover, the egress policy, per-key limits.
 //!
 //! [`router`] builds the whole app over an [`AppState`]; [`run`] serves it for real.
 
 pub mod auth;
+pub mod config;
 pub mod embedding;
+pub mod gateway;
 mod launch;
 pub mod metrics;
 pub mod openai;
@@ -35,7 +39,12 @@ use openai::error::ApiError;
 /// The whole app: `/v1/*` behind the API keys (when there are any), `/health` and
 /// `/metrics` open, and an OpenAI-shaped 404 for everything else.
 pub fn router(state: Arc<AppState>) -> Router {
-    let api = openai::routes().layer(middleware::from_fn_with_state(state.clone(), require_key));
+    let api = openai::routes()
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            gateway::route,
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .merge(api)
         .route("/health", get(health))
@@ -54,7 +63,11 @@ pub fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
-async fn require_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+async fn require_key(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let Some(keys) = state.keys() else {
         return next.run(request).await;
     };
@@ -69,10 +82,14 @@ async fn require_key(State(state): State<Arc<AppState>>, request: Request, next:
             "You didn't provide an API key. Send it as `Authorization: Bearer KEY`.",
         )
         .into_response(),
-        Some(key) if keys.verify(key).is_none() => {
-            ApiError::unauthorized("Incorrect API key provided.").into_response()
-        }
-        Some(_) => next.run(request).await,
+        Some(key) => match keys.verify(key) {
+            None => ApiError::unauthorized("Incorrect API key provided.").into_response(),
+            Some(name) => {
+                let name = gateway::KeyName(name.to_string());
+                request.extensions_mut().insert(name);
+                next.run(request).await
+            }
+        },
     }
 }
 

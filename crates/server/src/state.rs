@@ -10,6 +10,7 @@ use verre_engine::engine::{EngineHandle, EngineOptions};
 
 use crate::auth::ApiKeys;
 use crate::embedding::EmbeddingModel;
+use crate::gateway::Gateway;
 use crate::metrics::RequestLatency;
 use crate::openai::error::ApiError;
 
@@ -50,6 +51,7 @@ pub struct Models {
 pub struct AppState {
     models: OnceLock<Models>,
     keys: Option<ApiKeys>,
+    gateway: Option<Arc<Gateway>>,
 }
 
 impl AppState {
@@ -59,7 +61,14 @@ impl AppState {
         Self {
             models: OnceLock::new(),
             keys,
+            gateway: None,
         }
+    }
+
+    /// Route requests through `gateway` (backends from `verre.toml`).
+    pub fn with_gateway(mut self, gateway: Arc<Gateway>) -> Self {
+        self.gateway = Some(gateway);
+        self
     }
 
     /// A server ready at once.
@@ -121,6 +130,10 @@ impl AppState {
 
     pub fn keys(&self) -> Option<&ApiKeys> {
         self.keys.as_ref()
+    }
+
+    pub fn gateway(&self) -> Option<&Gateway> {
+        self.gateway.as_deref()
     }
 }
 

@@ -3,14 +3,23 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use crate::gateway::KeyName;
 use crate::state::{AppState, Models};
 
-pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let data = model_list(state.models()?);
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    key: Option<Extension<KeyName>>,
+) -> Result<Json<Value>, ApiError> {
+    let key = key.as_ref().map(|Extension(KeyName(name))| name.as_str());
+    let mut data = model_list(&state)?;
+    // A key limited to some models sees only those.
+    if let Some(gateway) = state.gateway() {
+        data.retain(|m| gateway.key_may_use(key, m["id"].as_str().unwrap_or_default()));
+    }
     Ok(Json(json!({ "object": "list", "data": data })))
 }
 
@@ -18,15 +27,36 @@ pub async fn get(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    model_list(state.models()?)
+    model_list(&state)?
         .into_iter()
         .find(|m| m["id"] == id.as_str())
         .map(Json)
         .ok_or_else(|| ApiError::model_not_found(&id))
 }
 
+/// The models in this process, then the gateway's (remote models and local ones under
+/// their configured names). Before loading is done that is an error without a gateway,
+/// and the gateway's models alone with one.
+fn model_list(state: &AppState) -> Result<Vec<Value>, ApiError> {
+    let Some(gateway) = state.gateway() else {
+        return Ok(local_models(state.models()?));
+    };
+    let mut list = state.models().map(local_models).unwrap_or_default();
+    for (id, backend) in gateway.model_names() {
+        if !list.iter().any(|m| m["id"] == id.as_str()) {
+            list.push(json!({
+                "id": id,
+                "object": "model",
+                "created": gateway.created(),
+                "owned_by": backend,
+            }));
+        }
+    }
+    Ok(list)
+}
+
 /// Chat models, then embedding models; `max_model_len` is the longest input in tokens.
-fn model_list(models: &Models) -> Vec<Value> {
+fn local_models(models: &Models) -> Vec<Value> {
     let chat = models
         .chat
         .iter()

@@ -1,0 +1,370 @@
+//! The gateway: verre as the one endpoint in front of models in this process and remote
+//! OpenAI-compatible upstreams. A request's `model` picks the backends that serve it;
+//! they are tried by priority (lower first), shared by weight within a priority, skipped
+//! while unhealthy, and the next is tried on a connect error, a 5xx, a 429 or a timeout
+//! before the response headers. Once an upstream answers, its body streams through as it
+//! arrives. Every connection is checked against the egress [`policy`] first, and a
+//! request to a backend that is not local loses its personal data on the way out
+//! (`pii`), which its answer gets back.
+//!
+//! It sits in front of the `/v1` handlers as a middleware ([`route`]): a model served in
+//! this process goes on to the handlers (under its local name when asked for by alias),
+//! one served remotely never reaches them.
+
+mod pii;
+pub mod policy;
+mod quota;
+mod upstream;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use anyhow::Result;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::{BackendConfig, BackendKind, GatewayConfig, HealthConfig};
+use crate::openai::error::ApiError;
+use crate::state::{AppState, unix_now};
+use policy::Policy;
+use quota::Quotas;
+use upstream::Upstream;
+
+/// Largest request body the gateway reads to find the model.
+const MAX_BODY_BYTES: usize = 32 << 20;
+
+/// The name of the API key a request came with, put there by the auth middleware.
+#[derive(Debug, Clone)]
+pub struct KeyName(pub String);
+
+pub struct Gateway {
+    policy: Policy,
+    backends: Vec<Backend>,
+    /// Every name a client may use (names and aliases) to the model's name.
+    names: HashMap<String, String>,
+    /// A model's name to the backends that serve it, in config order.
+    routes: HashMap<String, Vec<Target>>,
+    health: HealthConfig,
+    quotas: Quotas,
+    created: u64,
+}
+
+struct Backend {
+    config: BackendConfig,
+    /// `None` for a local backend.
+    upstream: Option<Upstream>,
+}
+
+/// One backend that serves a model, and the model's name there.
+struct Target {
+    backend: usize,
+    upstream_model: String,
+}
+
+/// What to do with a request for a gateway model.
+enum Decision {
+    /// Serve it in this process, as this model.
+    Local(String),
+    Respond(Response),
+}
+
+impl Gateway {
+    /// The gateway for a checked config. Starts nothing: call
+    /// [`Gateway::spawn_health_checks`] inside a runtime.
+    pub fn new(config: &GatewayConfig) -> Result<Self> {
+        let mut backends = Vec::new();
+        let mut names = HashMap::new();
+        let mut routes: HashMap<String, Vec<Target>> = HashMap::new();
+        for (index, b) in config.backends.iter().enumerate() {
+            let upstream = match &b.kind {
+                BackendKind::Local => None,
+                BackendKind::OpenAi { url, api_key } => {
+                    Some(Upstream::new(url.clone(), api_key.clone(), &config.health)?)
+                }
+            };
+            for m in &b.models {
+                for n in std::iter::once(&m.name).chain(&m.aliases) {
+                    names.insert(n.clone(), m.name.clone());
+                }
+                routes.entry(m.name.clone()).or_default().push(Target {
+                    backend: index,
+                    upstream_model: m.upstream.clone(),
+                });
+            }
+            backends.push(Backend {
+                config: b.clone(),
+                upstream,
+            });
+        }
+        Ok(Self {
+            policy: config.policy.clone(),
+            backends,
+            names,
+            routes,
+            health: config.health.clone(),
+            quotas: Quotas::new(config.keys.clone()),
+            created: unix_now(),
+        })
+    }
+
+    /// Probe every remote backend the policy allows every `health_check_interval_s`, for
+    /// as long as the gateway lives.
+    pub fn spawn_health_checks(self: &Arc<Self>) {
+        if self.health.interval.is_zero() {
+            return;
+        }
+        for index in 0..self.backends.len() {
+            if self.backends[index].upstream.is_none() {
+                continue;
+            }
+            let gateway: Weak<Self> = Arc::downgrade(self);
+            let interval = self.health.interval;
+            tokio::spawn(async move {
+                // Backends start up; the first probe is one interval in.
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                loop {
+                    ticks.tick().await;
+                    let Some(gateway) = gateway.upgrade() else {
+                        return;
+                    };
+                    let backend = &gateway.backends[index];
+                    if gateway.permits(backend).is_err() {
+                        continue;
+                    }
+                    if let Some(upstream) = &backend.upstream {
+                        let was_up = upstream.is_up();
+                        let up = upstream.probe().await;
+                        if up != was_up {
+                            tracing::info!(backend = backend.config.name, up, "health changed");
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// Every model name clients may use, with the backend that serves it first.
+    pub fn model_names(&self) -> Vec<(String, String)> {
+        let mut list: Vec<(String, String)> = Vec::new();
+        for b in &self.backends {
+            for m in &b.config.models {
+                for n in std::iter::once(&m.name).chain(&m.aliases) {
+                    if !list.iter().any(|(seen, _)| seen == n) {
+                        list.push((n.clone(), b.config.name.clone()));
+                    }
+                }
+            }
+        }
+        list
+    }
+
+    /// Whether the API key named `key` may use `model` (`[[key]] models`).
+    pub fn key_may_use(&self, key: Option<&str>, model: &str) -> bool {
+        let canonical = self.names.get(model).map(String::as_str);
+        self.quotas.allows(key, model, canonical)
+    }
+
+    /// Unix time the gateway was built (`created` in `/v1/models`).
+    pub fn created(&self) -> u64 {
+        self.created
+    }
+
+    fn permits(&self, backend: &Backend) -> Result<(), String> {
+        match (&backend.config.kind, &backend.upstream) {
+            (BackendKind::OpenAi { .. }, Some(upstream)) => self.policy.check(
+                &backend.config.name,
+                &upstream.url,
+                backend.config.jurisdiction.as_deref(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// The targets of `model` in the order to try them: by priority, then a weighted
+    /// random order within each priority.
+    fn plan(&self, model: &str) -> Option<Vec<&Target>> {
+        let targets = self.routes.get(self.names.get(model)?)?;
+        let mut keyed: Vec<(u32, f64, &Target)> = targets
+            .iter()
+            .map(|t| {
+                let b = &self.backends[t.backend].config;
+                // Efraimidis-Spirakis: sorting by u^(1/w) draws without replacement by weight.
+                let u: f64 = rand::random::<f64>().max(f64::MIN_POSITIVE);
+                (b.priority, u.powf(1.0 / f64::from(b.weight)), t)
+            })
+            .collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
+        Some(keyed.into_iter().map(|(_, _, t)| t).collect())
+    }
+
+    /// Try the targets in order until one answers.
+    async fn dispatch(
+        &self,
+        path: &str,
+        body: &Bytes,
+        model: &str,
+        plan: Vec<&Target>,
+    ) -> Decision {
+        let mut refused = Vec::new();
+        let mut failures = Vec::new();
+        let mut down = Vec::new();
+        for target in plan {
+            let backend = &self.backends[target.backend];
+            let Some(upstream) = &backend.upstream else {
+                return Decision::Local(target.upstream_model.clone());
+            };
+            if let Err(refusal) = self.permits(backend) {
+                tracing::warn!("egress refused: {refusal}");
+                refused.push(refusal);
+                continue;
+            }
+            if !upstream.is_up() {
+                down.push(backend.config.name.as_str());
+                continue;
+            }
+            let body = match with_model(body, model, &target.upstream_model) {
+                Ok(b) => b,
+                Err(e) => return Decision::Respond(e.into_response()),
+            };
+            let (body, restorer) = match backend.config.pseudonymize {
+                true => match pii::pseudonymize(&body, path) {
+                    Some((body, restorer)) => (body, Some(restorer)),
+                    None => (body, None),
+                },
+                false => (body, None),
+            };
+            match upstream.send(path, body).await {
+                Ok(mut response) => {
+                    if let Some(restorer) = restorer {
+                        response = pii::restore(response, restorer).await;
+                    }
+                    if let Ok(name) = backend.config.name.parse() {
+                        response.headers_mut().insert("x-verre-backend", name);
+                    }
+                    return Decision::Respond(response);
+                }
+                Err(failure) => {
+                    tracing::warn!(backend = backend.config.name, "{}", failure.reason);
+                    if failure.mark_down {
+                        upstream.mark_down();
+                    }
+                    failures.push(format!("{}: {}", backend.config.name, failure.reason));
+                }
+            }
+        }
+        let error = if !failures.is_empty() {
+            gateway_error(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                format!(
+                    "every backend for `{model}` failed: {}",
+                    failures.join("; ")
+                ),
+            )
+        } else if !down.is_empty() {
+            gateway_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_healthy_backend",
+                format!(
+                    "no healthy backend for `{model}` ({} failing health checks); try again shortly",
+                    down.join(", ")
+                ),
+            )
+        } else {
+            ApiError {
+                status: StatusCode::FORBIDDEN,
+                message: format!(
+                    "the egress policy allows no backend for `{model}`: {}",
+                    refused.join("; ")
+                ),
+                kind: "invalid_request_error",
+                param: Some("model".into()),
+                code: Some("egress_refused"),
+            }
+        };
+        Decision::Respond(error.into_response())
+    }
+}
+
+fn gateway_error(status: StatusCode, code: &'static str, message: String) -> ApiError {
+    ApiError {
+        status,
+        message,
+        kind: "server_error",
+        param: None,
+        code: Some(code),
+    }
+}
+
+/// The body with `model` set to the backend's name for it (unchanged when it is the same).
+fn with_model(body: &Bytes, asked: &str, upstream: &str) -> Result<Bytes, ApiError> {
+    if asked == upstream {
+        return Ok(body.clone());
+    }
+    let mut value: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(e.to_string(), None))?;
+    value["model"] = Value::String(upstream.to_string());
+    Ok(Bytes::from(
+        serde_json::to_vec(&value).map_err(|e| ApiError::internal(e.to_string()))?,
+    ))
+}
+
+/// The endpoint path at an upstream for one of ours: `/v1/chat/completions` ->
+/// `/chat/completions` (the config's `url` ends in `/v1`).
+fn upstream_path(path: &str) -> Option<&'static str> {
+    match path {
+        "/v1/chat/completions" => Some("/chat/completions"),
+        "/v1/completions" => Some("/completions"),
+        "/v1/embeddings" => Some("/embeddings"),
+        _ => None,
+    }
+}
+
+#[derive(Deserialize)]
+struct ModelField {
+    model: String,
+}
+
+/// The middleware in front of the `/v1` handlers: key limits, then routing.
+pub async fn route(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let Some(gateway) = state.gateway() else {
+        return next.run(request).await;
+    };
+    let path = request.uri().path();
+    let Some(upstream_path) = upstream_path(path).filter(|_| request.method() == Method::POST)
+    else {
+        return next.run(request).await;
+    };
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::bad_request(format!("reading the request body: {e}")).into_response();
+        }
+    };
+    // A body without a model goes on to the handler, which says what is wrong with it.
+    let Ok(ModelField { model }) = serde_json::from_slice::<ModelField>(&body) else {
+        return next.run(Request::from_parts(parts, Body::from(body))).await;
+    };
+    let key = parts.extensions.get::<KeyName>().map(|k| k.0.as_str());
+    let canonical = gateway.names.get(&model).map(String::as_str);
+    if let Err(e) = gateway.quotas.admit(key, &model, canonical) {
+        return e.into_response();
+    }
+    let Some(plan) = gateway.plan(&model) else {
+        return next.run(Request::from_parts(parts, Body::from(body))).await;
+    };
+    match gateway.dispatch(upstream_path, &body, &model, plan).await {
+        Decision::Respond(response) => response,
+        Decision::Local(local) => match with_model(&body, &model, &local) {
+            Ok(body) => next.run(Request::from_parts(parts, Body::from(body))).await,
+            Err(e) => e.into_response(),
+        },
+    }
+}

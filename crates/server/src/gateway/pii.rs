@@ -1,0 +1,294 @@
+//! Personal data out of requests to backends that are not local, and back into their
+//! answers: verre-pii replaces each value with a placeholder (`<PERSON_1>`) before the
+//! request leaves, and the answer — a JSON body, or a stream of SSE events in which a
+//! placeholder may be split across chunks — gets the originals back in its content, text
+//! and tool-call arguments.
+
+use std::collections::HashMap;
+
+use axum::body::{Body, Bytes};
+use axum::http::header;
+use axum::response::Response;
+use futures_util::StreamExt;
+use serde_json::Value;
+use verre_pii::{Escape, PseudonymizeOptions, Pseudonymizer, Restorer, StreamRestorer};
+
+/// `body` (a request for the upstream endpoint `path`) with its personal data replaced,
+/// and the restorer for the answer; `None` when there was nothing to replace.
+pub fn pseudonymize(body: &Bytes, path: &str) -> Option<(Bytes, Restorer)> {
+    let mut value: Value = serde_json::from_slice(body).ok()?;
+    let mut p = Pseudonymizer::new(PseudonymizeOptions::default());
+    match path {
+        "/chat/completions" => p.pseudonymize_chat_messages(value.get_mut("messages")?),
+        "/completions" => p.pseudonymize_json(value.get_mut("prompt")?),
+        "/embeddings" => p.pseudonymize_json(value.get_mut("input")?),
+        _ => return None,
+    }
+    if p.is_empty() {
+        return None;
+    }
+    let body = serde_json::to_vec(&value).ok()?;
+    Some((Bytes::from(body), p.restorer()))
+}
+
+/// The upstream's answer with the originals back.
+pub async fn restore(response: Response, restorer: Restorer) -> Response {
+    let streamed = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let (mut parts, body) = response.into_parts();
+    if streamed {
+        let mut events = SseRestorer::new(restorer);
+        let stream = body
+            .into_data_stream()
+            .map(move |chunk| chunk.map(|bytes| events.push(&bytes)));
+        return Response::from_parts(parts, Body::from_stream(stream));
+    }
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            let error = super::gateway_error(
+                axum::http::StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                format!("reading the upstream's answer: {e}"),
+            );
+            return axum::response::IntoResponse::into_response(error);
+        }
+    };
+    let body = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(mut value) => {
+            restore_choices(&mut value, &restorer);
+            Bytes::from(serde_json::to_vec(&value).unwrap_or_else(|_| bytes.to_vec()))
+        }
+        Err(_) => bytes,
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// A whole answer: chat messages (content, tool-call arguments) and completion texts.
+fn restore_choices(value: &mut Value, restorer: &Restorer) {
+    let Some(choices) = value.get_mut("choices").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for choice in choices {
+        if let Some(Value::String(text)) = choice.get_mut("text") {
+            *text = restorer.restore(text);
+        }
+        let Some(message) = choice.get_mut("message") else {
+            continue;
+        };
+        if let Some(Value::String(content)) = message.get_mut("content") {
+            *content = restorer.restore(content);
+        }
+        if let Some(Value::Array(calls)) = message.get_mut("tool_calls") {
+            for call in calls {
+                if let Some(Value::String(arguments)) = call.pointer_mut("/function/arguments") {
+                    *arguments = restorer.restore_escaped(arguments, Escape::JsonString);
+                }
+            }
+        }
+    }
+}
+
+/// Restores a stream of server-sent events chunk by chunk: each `data:` event is parsed
+/// once complete, and its text runs through a [`StreamRestorer`] per choice (and per
+/// tool call), which holds back only what could be the start of a placeholder.
+struct SseRestorer {
+    restorer: Restorer,
+    /// Bytes of an event not complete yet.
+    partial: Vec<u8>,
+    /// Per choice index: its content (chat) or text (completions).
+    texts: HashMap<u64, StreamRestorer>,
+    /// Per (choice index, tool-call index): the arguments.
+    arguments: HashMap<(u64, u64), StreamRestorer>,
+}
+
+impl SseRestorer {
+    fn new(restorer: Restorer) -> Self {
+        Self {
+            restorer,
+            partial: Vec::new(),
+            texts: HashMap::new(),
+            arguments: HashMap::new(),
+        }
+    }
+
+    /// The next bytes from upstream; what may go to the client now.
+    fn push(&mut self, bytes: &[u8]) -> Bytes {
+        self.partial.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(end) = self.partial.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = self.partial.drain(..end + 2).collect();
+            out.extend(self.event(&event));
+        }
+        Bytes::from(out)
+    }
+
+    fn event(&mut self, event: &[u8]) -> Vec<u8> {
+        let Some(mut chunk) = std::str::from_utf8(event)
+            .ok()
+            .and_then(|text| text.trim_end().strip_prefix("data:"))
+            .and_then(|data| serde_json::from_str::<Value>(data.trim_start()).ok())
+        else {
+            return event.to_vec();
+        };
+        if let Some(choices) = chunk.get_mut("choices").and_then(Value::as_array_mut) {
+            for choice in choices {
+                self.choice(choice);
+            }
+        }
+        format!("data: {chunk}\n\n").into_bytes()
+    }
+
+    fn choice(&mut self, choice: &mut Value) {
+        let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let finished = choice.get("finish_reason").is_some_and(|f| !f.is_null());
+        if let Some(Value::String(text)) = choice.get_mut("text") {
+            *text = self.text(index, text, finished);
+            return;
+        }
+        let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) else {
+            return;
+        };
+        match delta.get_mut("content") {
+            Some(Value::String(content)) => *content = self.text(index, content, finished),
+            _ if finished => {
+                let rest = self.text(index, "", true);
+                if !rest.is_empty() {
+                    delta.insert("content".into(), Value::String(rest));
+                }
+            }
+            _ => {}
+        }
+        if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
+            for call in calls.iter_mut() {
+                let call_index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                if let Some(Value::String(arguments)) = call.pointer_mut("/function/arguments") {
+                    let restorer = self
+                        .arguments
+                        .entry((index, call_index))
+                        .or_insert_with(|| self.restorer.stream_escaped(Escape::JsonString));
+                    *arguments = restorer.push(arguments);
+                }
+            }
+        }
+        if finished {
+            let mut held: Vec<(u64, String)> = Vec::new();
+            self.arguments.retain(|&(choice, call), restorer| {
+                if choice != index {
+                    return true;
+                }
+                held.push((call, restorer.clone().finish()));
+                false
+            });
+            held.retain(|(_, rest)| !rest.is_empty());
+            if !held.is_empty() {
+                let calls = delta
+                    .entry("tool_calls")
+                    .or_insert_with(|| Value::Array(Vec::new()));
+                if let Value::Array(calls) = calls {
+                    for (call, rest) in held {
+                        calls.push(
+                            serde_json::json!({ "index": call, "function": { "arguments": rest } }),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A piece of a choice's text, restored; the held-back rest too when it is the last.
+    fn text(&mut self, index: u64, piece: &str, last: bool) -> String {
+        let restorer = self
+            .texts
+            .entry(index)
+            .or_insert_with(|| self.restorer.stream());
+        let mut out = restorer.push(piece);
+        if last && let Some(restorer) = self.texts.remove(&index) {
+            out.push_str(&restorer.finish());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn restorer() -> Restorer {
+        Restorer::new(HashMap::from([
+            ("<PERSON_1>".to_string(), "Jean \"JD\" Dupont".to_string()),
+            ("<EMAIL_1>".to_string(), "jd@example.fr".to_string()),
+        ]))
+    }
+
+    fn sse(chunks: &[Value]) -> String {
+        chunks
+            .iter()
+            .map(|c| format!("data: {c}\n\n"))
+            .collect::<String>()
+            + "data: [DONE]\n\n"
+    }
+
+    #[test]
+    fn streamed_content_and_arguments_are_restored_across_any_split() {
+        let input = sse(&[
+            serde_json::json!({ "choices": [{ "index": 0, "delta": { "content": "Hi <PERS" }, "finish_reason": null }] }),
+            serde_json::json!({ "choices": [{ "index": 0, "delta": { "content": "ON_1>, mail <EMA" }, "finish_reason": null }] }),
+            serde_json::json!({ "choices": [{ "index": 0, "delta": { "tool_calls": [{ "index": 0, "function": { "arguments": "{\"to\": \"<PERSON" } }] }, "finish_reason": null }] }),
+            serde_json::json!({ "choices": [{ "index": 0, "delta": { "tool_calls": [{ "index": 0, "function": { "arguments": "_1>\"}" } }] }, "finish_reason": null }] }),
+            serde_json::json!({ "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }] }),
+        ]);
+        // Every split of the byte stream gives the same events.
+        for size in [1, 7, 64, input.len()] {
+            let mut events = SseRestorer::new(restorer());
+            let mut out = Vec::new();
+            for piece in input.as_bytes().chunks(size) {
+                out.extend_from_slice(&events.push(piece));
+            }
+            let out = String::from_utf8(out).unwrap();
+            let (mut content, mut arguments) = (String::new(), String::new());
+            for data in out.lines().filter_map(|l| l.strip_prefix("data: ")) {
+                let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+                    assert_eq!(data, "[DONE]");
+                    continue;
+                };
+                let delta = &chunk["choices"][0]["delta"];
+                content += delta["content"].as_str().unwrap_or_default();
+                if let Some(calls) = delta["tool_calls"].as_array() {
+                    for c in calls {
+                        arguments += c["function"]["arguments"].as_str().unwrap_or_default();
+                    }
+                }
+            }
+            assert_eq!(content, "Hi Jean \"JD\" Dupont, mail <EMA", "split {size}");
+            let arguments: Value = serde_json::from_str(&arguments).unwrap();
+            assert_eq!(arguments["to"], "Jean \"JD\" Dupont");
+            assert!(out.ends_with("data: [DONE]\n\n"));
+        }
+    }
+
+    #[test]
+    fn requests_lose_their_personal_data() {
+        let body = Bytes::from(
+            serde_json::json!({ "model": "m", "messages": [{ "role": "user", "content": "Write to jean.dupont@example.fr" }] })
+                .to_string(),
+        );
+        let (sent, restorer) = pseudonymize(&body, "/chat/completions").unwrap();
+        let sent = String::from_utf8(sent.to_vec()).unwrap();
+        assert!(
+            !sent.contains("jean.dupont") && sent.contains("<EMAIL_1>"),
+            "{sent}"
+        );
+        assert_eq!(
+            restorer.restore("ok <EMAIL_1>"),
+            "ok jean.dupont@example.fr"
+        );
+        let plain =
+            Bytes::from(r#"{"model": "m", "messages": [{"role": "user", "content": "hello"}]}"#);
+        assert!(pseudonymize(&plain, "/chat/completions").is_none());
+    }
+}

@@ -1,0 +1,739 @@
+//! The gateway against real upstreams on loopback: fake OpenAI-compatible servers (one that
+//! answers and streams, one that answers 500, a port that refuses connections), a second
+//! verre serving the embedded model when `VERRE_SMOLLM2_GGUF` is set, and a trap: a
+//! socket configured as a backend the egress policy does not allow, which must see no
+//! connection and no byte in any test.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, Semaphore};
+use verre_engine::LoadedModel;
+use verre_engine::engine::EngineOptions;
+use verre_server::config::GatewayConfig;
+use verre_server::gateway::Gateway;
+use verre_server::gateway::policy::Policy;
+use verre_server::{AppState, ServedModel, router};
+
+/// Bound for anything a test awaits.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+// ---- the trap ----
+
+static TRAP_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+static TRAP_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// The trap's address: a plain socket on its own thread that counts what reaches it.
+fn trap() -> SocketAddr {
+    static ADDRESS: OnceLock<SocketAddr> = OnceLock::new();
+    *ADDRESS.get_or_init(|| {
+        let listener = StdListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                TRAP_CONNECTIONS.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let mut buffer = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buffer) {
+                        if n == 0 {
+                            break;
+                        }
+                        TRAP_BYTES.fetch_add(n, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        address
+    })
+}
+
+fn assert_trap_untouched() {
+    assert_eq!(
+        TRAP_CONNECTIONS.load(Ordering::SeqCst),
+        0,
+        "the trap was connected to"
+    );
+    assert_eq!(
+        TRAP_BYTES.load(Ordering::SeqCst),
+        0,
+        "the trap received bytes"
+    );
+}
+
+/// A `[[backend]]` for the trap, in a jurisdiction the tests' policy does not allow. It is
+/// tried first (priority 0) for the models it lists.
+fn trap_backend(models: &str) -> String {
+    format!(
+        "[[backend]]\nname = \"trap\"\nkind = \"openai\"\nurl = \"http://{}/v1\"\njurisdiction = \"US-VA\"\npriority = 0\nmodels = {models}\n",
+        trap()
+    )
+}
+
+// ---- fake upstreams ----
+
+struct Fake {
+    name: String,
+    requests: AtomicUsize,
+    /// The `model` of each request received.
+    models: Mutex<Vec<String>>,
+    /// The last user message of each request received.
+    prompts: Mutex<Vec<String>>,
+    /// A stream waits for a permit between its first and second chunk.
+    gate: Semaphore,
+    /// Answer 500 to everything while set.
+    down: AtomicBool,
+    /// Health probes (`GET /v1/models`) received, each announced.
+    probes: AtomicUsize,
+    probed: Notify,
+}
+
+impl Fake {
+    fn new(name: &str) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.to_string(),
+            requests: AtomicUsize::new(0),
+            models: Mutex::default(),
+            prompts: Mutex::default(),
+            gate: Semaphore::new(0),
+            down: AtomicBool::new(false),
+            probes: AtomicUsize::new(0),
+            probed: Notify::new(),
+        })
+    }
+}
+
+async fn fake_chat(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
+    fake.requests.fetch_add(1, Ordering::SeqCst);
+    if fake.down.load(Ordering::SeqCst) {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    let model = body["model"].as_str().unwrap_or_default().to_string();
+    fake.models.lock().unwrap().push(model.clone());
+    let prompt = body["messages"][0]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    fake.prompts.lock().unwrap().push(prompt.clone());
+    if let Some(echo) = prompt.strip_prefix("echo: ") {
+        return echo_answer(echo, &model, body["stream"] == true);
+    }
+    if body["stream"] == true {
+        let chunk = |text: &str| {
+            let c = json!({ "object": "chat.completion.chunk", "model": model, "choices": [{ "index": 0, "delta": { "content": text } }] });
+            Bytes::from(format!("data: {c}\n\n"))
+        };
+        let chunks = vec![
+            chunk("chunk-1"),
+            chunk("chunk-2"),
+            Bytes::from("data: [DONE]\n\n"),
+        ];
+        let stream = futures_util::stream::unfold((0, fake.clone()), move |(i, fake)| {
+            let chunks = chunks.clone();
+            async move {
+                if i == 1 {
+                    fake.gate.acquire().await.unwrap().forget();
+                }
+                let chunk = chunks.get(i)?.clone();
+                Some((Ok::<_, std::io::Error>(chunk), (i + 1, fake)))
+            }
+        });
+        return (
+            [(header::CONTENT_TYPE, "text/event-stream")],
+            Body::from_stream(stream),
+        )
+            .into_response();
+    }
+    axum::Json(json!({
+        "object": "chat.completion",
+        "model": model,
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": format!("from {}", fake.name) }, "finish_reason": "stop" }],
+        "usage": { "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5 },
+    }))
+    .into_response()
+}
+
+/// The prompt back as content and as a tool call's arguments; streamed in pieces of 5
+/// bytes, which split placeholders.
+fn echo_answer(echo: &str, model: &str, stream: bool) -> Response {
+    let arguments = json!({ "text": echo }).to_string();
+    if !stream {
+        return axum::Json(json!({
+            "object": "chat.completion",
+            "model": model,
+            "choices": [{ "index": 0, "message": { "role": "assistant", "content": echo, "tool_calls": [
+                { "id": "call_1", "type": "function", "function": { "name": "say", "arguments": arguments } },
+            ] }, "finish_reason": "tool_calls" }],
+        }))
+        .into_response();
+    }
+    let mut events = String::new();
+    let delta = |d: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({ "object": "chat.completion.chunk", "choices": [{ "index": 0, "delta": d, "finish_reason": finish }] })
+        )
+    };
+    for piece in echo.as_bytes().chunks(5) {
+        events += &delta(
+            json!({ "content": std::str::from_utf8(piece).unwrap() }),
+            Value::Null,
+        );
+    }
+    for piece in arguments.as_bytes().chunks(5) {
+        let call =
+            json!({ "index": 0, "function": { "arguments": std::str::from_utf8(piece).unwrap() } });
+        events += &delta(json!({ "tool_calls": [call] }), Value::Null);
+    }
+    events += &delta(json!({}), json!("tool_calls"));
+    events += "data: [DONE]\n\n";
+    ([(header::CONTENT_TYPE, "text/event-stream")], events).into_response()
+}
+
+async fn fake_models(State(fake): State<Arc<Fake>>) -> Response {
+    fake.probes.fetch_add(1, Ordering::SeqCst);
+    fake.probed.notify_waiters();
+    if fake.down.load(Ordering::SeqCst) {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    axum::Json(json!({ "object": "list", "data": [] })).into_response()
+}
+
+/// Counts what is not a health probe.
+async fn failing(State(fake): State<Arc<Fake>>, request: axum::extract::Request) -> StatusCode {
+    if request.uri().path() == "/v1/models" {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    fake.requests.fetch_add(1, Ordering::SeqCst);
+    StatusCode::INTERNAL_SERVER_ERROR
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    address
+}
+
+/// A fake upstream that answers; its URL and its counters.
+async fn good(name: &str) -> (String, Arc<Fake>) {
+    let fake = Fake::new(name);
+    let app = Router::new()
+        .route("/v1/chat/completions", post(fake_chat))
+        .route("/v1/models", get(fake_models))
+        .with_state(fake.clone());
+    (format!("http://{}/v1", serve(app).await), fake)
+}
+
+/// A fake upstream that answers 500 to everything.
+async fn broken() -> (String, Arc<Fake>) {
+    let fake = Fake::new("broken");
+    let app = Router::new().fallback(failing).with_state(fake.clone());
+    (format!("http://{}/v1", serve(app).await), fake)
+}
+
+/// A loopback URL on which nothing listens.
+fn refusing() -> String {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{address}/v1")
+}
+
+fn backend(name: &str, url: &str, models: &str, extra: &str) -> String {
+    format!(
+        "[[backend]]\nname = \"{name}\"\nkind = \"openai\"\nurl = \"{url}\"\njurisdiction = \"EU-DE\"\nmodels = {models}\n{extra}\n"
+    )
+}
+
+/// A gateway over `backends` (TOML) behind the EU-only policy. The config is loaded under
+/// a policy that also allows the trap's US label, then the policy is swapped: that is how
+/// a backend the policy refuses can be configured at all, to show the check at request
+/// time (the refusal at load has its own test).
+async fn gateway(backends: &str) -> String {
+    gateway_probing_every(60.0, backends).await
+}
+
+async fn gateway_probing_every(interval_s: f64, backends: &str) -> String {
+    let text = format!(
+        "[policy]\nallow_jurisdictions = [\"EU\", \"US\"]\n[gateway]\nhealth_check_interval_s = {interval_s}\nconnect_timeout_s = 2\nfirst_byte_timeout_s = 10\n{backends}"
+    );
+    let mut config = GatewayConfig::parse(&text, "test.toml").unwrap();
+    config.policy = Policy::new(vec!["EU".into()], vec![]);
+    let gateway = Arc::new(Gateway::new(&config).unwrap());
+    gateway.spawn_health_checks();
+    let state = AppState::with_models(vec![], vec![], None).with_gateway(gateway);
+    format!("http://{}", serve(router(Arc::new(state))).await)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(PATIENCE)
+        .build()
+        .unwrap()
+}
+
+/// A POST of `body` as JSON.
+fn post_json(url: String, body: &Value) -> reqwest::RequestBuilder {
+    client()
+        .post(url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.to_string())
+}
+
+async fn json_of(response: reqwest::Response) -> Value {
+    serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
+}
+
+async fn chat(base: &str, model: &str) -> (StatusCode, HashMap<String, String>, Value) {
+    let body = json!({ "model": model, "messages": [{ "role": "user", "content": "hi" }] });
+    let response = post_json(format!("{base}/v1/chat/completions"), &body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+        .collect();
+    (status, headers, json_of(response).await)
+}
+
+// ---- tests ----
+
+#[tokio::test]
+async fn routes_by_name_and_alias_and_lists_the_union() {
+    let (a_url, a) = good("a").await;
+    let (b_url, b) = good("b").await;
+    let base = gateway(&format!(
+        "{}{}{}",
+        backend(
+            "A",
+            &a_url,
+            r#"[{ name = "alpha", upstream = "org/Alpha-7B", aliases = ["al"] }]"#,
+            ""
+        ),
+        backend("B", &b_url, r#"["beta"]"#, ""),
+        trap_backend(r#"["alpha", "beta"]"#),
+    ))
+    .await;
+
+    let (status, headers, body) = chat(&base, "al").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "from a");
+    assert_eq!(headers["x-verre-backend"], "A");
+    assert_eq!(
+        *a.models.lock().unwrap(),
+        ["org/Alpha-7B"],
+        "sent under the upstream's name"
+    );
+
+    let (status, _, body) = chat(&base, "beta").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["choices"][0]["message"]["content"], "from b");
+    assert_eq!(*b.models.lock().unwrap(), ["beta"]);
+
+    let (status, _, body) = chat(&base, "gamma").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "model_not_found");
+
+    let models = json_of(
+        client()
+            .get(format!("{base}/v1/models"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["alpha", "al", "beta"]);
+    assert_trap_untouched();
+}
+
+#[tokio::test]
+async fn fails_over_on_refused_connections_and_500s() {
+    let (good_url, good_fake) = good("good").await;
+    let (broken_url, broken_fake) = broken().await;
+    let base = gateway(&format!(
+        "{}{}{}{}",
+        backend("refusing", &refusing(), r#"["m"]"#, "priority = 1"),
+        backend("broken", &broken_url, r#"["m"]"#, "priority = 1"),
+        backend("good", &good_url, r#"["m"]"#, "priority = 2"),
+        trap_backend(r#"["m"]"#),
+    ))
+    .await;
+    for _ in 0..4 {
+        let (status, headers, body) = chat(&base, "m").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(headers["x-verre-backend"], "good");
+    }
+    assert_eq!(good_fake.requests.load(Ordering::SeqCst), 4);
+    // A backend that failed is skipped afterwards (until a health check or the cooldown).
+    assert_eq!(broken_fake.requests.load(Ordering::SeqCst), 1);
+    assert_trap_untouched();
+}
+
+#[tokio::test]
+async fn all_backends_failing_is_502_then_503() {
+    let (broken_url, _) = broken().await;
+    let base = gateway(&format!(
+        "{}{}",
+        backend("broken", &broken_url, r#"["x"]"#, ""),
+        backend("refusing", &refusing(), r#"["x"]"#, ""),
+    ))
+    .await;
+    let (status, _, body) = chat(&base, "x").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["error"]["code"], "bad_gateway");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("broken: answered 500") && message.contains("refusing:"),
+        "{message}"
+    );
+
+    let (status, _, body) = chat(&base, "x").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "no_healthy_backend");
+    assert_trap_untouched();
+}
+
+#[tokio::test]
+async fn streams_pass_through_as_they_arrive() {
+    let (url, fake) = good("s").await;
+    let base = gateway(&format!(
+        "{}{}",
+        backend("s", &url, r#"["s"]"#, ""),
+        trap_backend(r#"["s"]"#)
+    ))
+    .await;
+    let body =
+        json!({ "model": "s", "stream": true, "messages": [{ "role": "user", "content": "hi" }] });
+    let mut response = post_json(format!("{base}/v1/chat/completions"), &body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
+    // The upstream holds its second chunk until the first has come out of the gateway.
+    let mut seen = String::new();
+    while !seen.contains("chunk-1") {
+        let chunk = tokio::time::timeout(PATIENCE, response.chunk())
+            .await
+            .expect("the first chunk did not come through on its own")
+            .unwrap()
+            .expect("the stream ended early");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!seen.contains("chunk-2"));
+    fake.gate.add_permits(1);
+    while let Some(chunk) = tokio::time::timeout(PATIENCE, response.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let one = seen.find("chunk-1").unwrap();
+    let two = seen.find("chunk-2").unwrap();
+    let done = seen.find("data: [DONE]").unwrap();
+    assert!(one < two && two < done, "{seen}");
+    assert_trap_untouched();
+}
+
+#[tokio::test]
+async fn weights_share_the_load() {
+    let (heavy_url, heavy) = good("heavy").await;
+    let (light_url, light) = good("light").await;
+    let base = gateway(&format!(
+        "{}{}",
+        backend("heavy", &heavy_url, r#"["w"]"#, "weight = 4"),
+        backend("light", &light_url, r#"["w"]"#, "weight = 1"),
+    ))
+    .await;
+    for _ in 0..100 {
+        assert_eq!(chat(&base, "w").await.0, StatusCode::OK);
+    }
+    let (h, l) = (
+        heavy.requests.load(Ordering::SeqCst),
+        light.requests.load(Ordering::SeqCst),
+    );
+    assert_eq!(h + l, 100);
+    // Expected 80/20; the bounds are many standard deviations (4) wide.
+    assert!((60..=96).contains(&h), "heavy {h}, light {l}");
+    assert_trap_untouched();
+}
+
+#[tokio::test]
+async fn the_egress_policy_refuses_at_load_and_at_request_time() {
+    let text = format!(
+        "[policy]\nallow_jurisdictions = [\"EU\"]\n\n{}",
+        trap_backend(r#"["t"]"#)
+    );
+    let e = format!(
+        "{:#}",
+        GatewayConfig::parse(&text, "verre.toml").unwrap_err()
+    );
+    assert!(
+        e.contains("verre.toml, line 4") && e.contains("US-VA") && e.contains("trap"),
+        "{e}"
+    );
+
+    let base = gateway(&trap_backend(r#"["t"]"#)).await;
+    let (status, _, body) = chat(&base, "t").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "egress_refused");
+    assert_trap_untouched();
+}
+
+#[tokio::test]
+async fn keys_are_limited_to_their_models_and_rate() {
+    let (url, _) = good("k").await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = dir.path().join("keys");
+    let limited = verre_server::auth::add_key(&keys_file, "limited").unwrap();
+    let free = verre_server::auth::add_key(&keys_file, "free").unwrap();
+    let text = format!(
+        "[policy]\nallow_jurisdictions = [\"EU\"]\n{}{}[[key]]\nname = \"limited\"\nmodels = [\"one\"]\nrequests_per_minute = 2\n",
+        backend("k1", &url, r#"["one"]"#, ""),
+        backend("k2", &url, r#"["two"]"#, ""),
+    );
+    let config = GatewayConfig::parse(&text, "test.toml").unwrap();
+    let keys = verre_server::auth::ApiKeys::load(&keys_file).unwrap();
+    let state = AppState::with_models(vec![], vec![], Some(keys))
+        .with_gateway(Arc::new(Gateway::new(&config).unwrap()));
+    let base = format!("http://{}", serve(router(Arc::new(state))).await);
+    let ask = |key: String, model: &'static str| {
+        let base = base.clone();
+        async move {
+            post_json(
+                format!("{base}/v1/chat/completions"),
+                &json!({ "model": model, "messages": [] }),
+            )
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .status()
+        }
+    };
+    assert_eq!(ask(limited.clone(), "two").await, StatusCode::FORBIDDEN);
+    let models = client()
+        .get(format!("{base}/v1/models"))
+        .bearer_auth(&limited)
+        .send()
+        .await
+        .unwrap();
+    let models = json_of(models).await;
+    assert_eq!(models["data"].as_array().unwrap().len(), 1, "{models}");
+    assert_eq!(models["data"][0]["id"], "one");
+    assert_eq!(ask(free.clone(), "two").await, StatusCode::OK);
+    let first = ask(limited.clone(), "one").await;
+    let second = ask(limited.clone(), "one").await;
+    let third = ask(limited.clone(), "one").await;
+    assert_eq!(first, StatusCode::OK);
+    // Two per calendar minute: a minute that turns between the calls lets one more in.
+    assert!(
+        second == StatusCode::TOO_MANY_REQUESTS || third == StatusCode::TOO_MANY_REQUESTS,
+        "{second} {third}"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            ask(free.clone(), "one").await,
+            StatusCode::OK,
+            "other keys are not limited"
+        );
+    }
+}
+
+/// A second verre serving the embedded model, behind the gateway under another name.
+#[tokio::test]
+async fn a_second_verre_behind_the_gateway() {
+    let Some(path) = std::env::var_os("VERRE_SMOLLM2_GGUF") else {
+        eprintln!("skipped: set VERRE_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf");
+        return;
+    };
+    let model = Arc::new(LoadedModel::load(PathBuf::from(path)).unwrap());
+    let served = ServedModel::start("smollm2-135m", model, EngineOptions::default()).unwrap();
+    let upstream = AppState::with_models(vec![served], vec![], None);
+    let upstream = format!("http://{}/v1", serve(router(Arc::new(upstream))).await);
+    let base = gateway(&format!(
+        "{}{}",
+        backend(
+            "other-verre",
+            &upstream,
+            r#"[{ name = "tiny", upstream = "smollm2-135m" }]"#,
+            ""
+        ),
+        trap_backend(r#"["tiny"]"#),
+    ))
+    .await;
+    let request = json!({
+        "model": "tiny", "max_tokens": 8, "temperature": 0, "stream": true,
+        "messages": [{ "role": "user", "content": "Say hello." }],
+    });
+    let mut response = post_json(format!("{base}/v1/chat/completions"), &request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut text = String::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    let first: Value = serde_json::from_str(events[0]).unwrap();
+    assert_eq!(first["model"], "smollm2-135m");
+    assert!(events.len() > 3, "{text}");
+    assert_trap_untouched();
+}
+
+#[tokio::test]
+async fn personal_data_stays_home_unless_a_backend_is_local() {
+    let (remote_url, remote) = good("remote").await;
+    let (trusted_url, trusted) = good("trusted").await;
+    let base = gateway(&format!(
+        "{}{}",
+        backend("remote", &remote_url, r#"["far"]"#, ""),
+        backend(
+            "trusted",
+            &trusted_url,
+            r#"["near"]"#,
+            "pseudonymize = false"
+        ),
+    ))
+    .await;
+    let text = "echo: Write to jean.dupont@example.fr, IBAN FR14 2004 1010 0505 0001 3M02 606.";
+    let ask = |model: &'static str, stream: bool| {
+        post_json(
+            format!("{base}/v1/chat/completions"),
+            &json!({ "model": model, "stream": stream, "messages": [{ "role": "user", "content": text }] }),
+        )
+        .send()
+    };
+    let echo = &text["echo: ".len()..];
+
+    let answer = json_of(ask("far", false).await.unwrap()).await;
+    let message = &answer["choices"][0]["message"];
+    assert_eq!(message["content"], echo, "{answer}");
+    let arguments: Value = serde_json::from_str(
+        message["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(arguments["text"], echo);
+
+    let mut response = ask("far", true).await.unwrap();
+    let mut events = String::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        events.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let (mut content, mut arguments) = (String::new(), String::new());
+    for data in events.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(data).unwrap();
+        let delta = &chunk["choices"][0]["delta"];
+        content += delta["content"].as_str().unwrap_or_default();
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            arguments += call["function"]["arguments"].as_str().unwrap_or_default();
+        }
+    }
+    assert_eq!(content, echo, "{events}");
+    let arguments: Value = serde_json::from_str(&arguments).unwrap();
+    assert_eq!(arguments["text"], echo);
+
+    for prompt in remote.prompts.lock().unwrap().iter() {
+        assert!(
+            !prompt.contains("jean.dupont") && !prompt.contains("FR14"),
+            "{prompt}"
+        );
+        assert!(
+            prompt.contains("<EMAIL_1>") && prompt.contains("<IBAN_1>"),
+            "{prompt}"
+        );
+    }
+    let answer = json_of(ask("near", false).await.unwrap()).await;
+    assert_eq!(answer["choices"][0]["message"]["content"], echo);
+    assert_eq!(
+        *trusted.prompts.lock().unwrap(),
+        [text],
+        "pseudonymize = false sends it as it is"
+    );
+    assert_trap_untouched();
+}
+
+/// Waits until `fake` has seen `n` more health probes.
+async fn probes(fake: &Fake, n: usize) {
+    let target = fake.probes.load(Ordering::SeqCst) + n;
+    tokio::time::timeout(PATIENCE, async {
+        while fake.probes.load(Ordering::SeqCst) < target {
+            let notified = fake.probed.notified();
+            if fake.probes.load(Ordering::SeqCst) >= target {
+                break;
+            }
+            notified.await;
+        }
+    })
+    .await
+    .expect("no health probe came");
+}
+
+#[tokio::test]
+async fn health_checks_take_a_backend_out_and_bring_it_back() {
+    let (url, flaky) = good("flaky").await;
+    let base = gateway_probing_every(
+        0.05,
+        &format!(
+            "{}{}",
+            backend("flaky", &url, r#"["h"]"#, ""),
+            trap_backend(r#"["h"]"#)
+        ),
+    )
+    .await;
+    flaky.down.store(true, Ordering::SeqCst);
+    probes(&flaky, 2).await;
+    let (status, _, body) = chat(&base, "h").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        flaky.requests.load(Ordering::SeqCst),
+        0,
+        "a backend down is not sent requests"
+    );
+
+    flaky.down.store(false, Ordering::SeqCst);
+    // The second probe starts after the first one's answer was taken in.
+    probes(&flaky, 2).await;
+    let (status, _, body) = chat(&base, "h").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Probes went on all along; none went to the trap, which the policy refuses.
+    assert_trap_untouched();
+}
