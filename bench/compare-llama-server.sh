@@ -25,30 +25,7 @@ prompt="${PROMPT:-128}"; max_tokens="${MAX_TOKENS:-128}"; warmup="${WARMUP:-2}"
 slot_ctx="${SLOT_CTX:-2048}"; prefix_prompt="${PREFIX_PROMPT:-1500}"; duration="${DURATION:-1800}"
 port_verre="${PORT_VERRE:-18080}"; port_llama="${PORT_LLAMA:-18081}"
 verre="${VERRE:-target/release/verre}"
-cache="${VERRE_BENCH_CACHE:-$HOME/.cache/verre-bench}"
-version=0.3.36
-build="$cache/llama.cpp-$version/build"
-
-# Same source, flags and cache as bench/compare-llamacpp.sh.
-if [ ! -x "$build/bin/llama-server" ]; then
-    mkdir -p "$cache"
-    if ! command -v cmake >/dev/null; then
-        python3 -m venv "$cache/venv"
-        "$cache/venv/bin/pip" install --quiet cmake ninja
-        export PATH="$cache/venv/bin:$PATH"
-    fi
-    src="$cache/llama.cpp-$version/src"
-    if [ ! -f "$src/CMakeLists.txt" ]; then
-        python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python "llama-cpp-python==$version" -d "$cache"
-        mkdir -p "$src"
-        tar -xzf "$cache/llama_cpp_python-$version.tar.gz" -C "$src" --strip-components=3 \
-            "llama_cpp_python-$version/vendor/llama.cpp"
-    fi
-    cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
-        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON >/dev/null
-    cmake --build "$build" -j"$(nproc)" --target llama-bench llama-quantize llama-server
-fi
-[ -x "$verre" ] || cargo build --release --bin verre
+. bench/llamacpp.sh
 
 for port in "$port_verre" "$port_llama"; do
     if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
