@@ -76,6 +76,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        quiet_on_closed_pipe();
+    }
     let result = match cli.command {
         Command::Pull { spec, force, json } => models_cmd::pull(&spec, force, json),
         Command::Models { json } => models_cmd::list(json),
@@ -109,4 +112,16 @@ pub(crate) fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
         .num_threads(n)
         .build_global()
         .map_err(|e| anyhow::anyhow!("setting up {n} worker threads: {e}"))
+}
+
+/// A command whose output is piped into `head` ends quietly when the pipe closes, as Unix
+/// tools do, instead of panicking in `println!`. Not for `serve`, whose sockets must never
+/// end the process.
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called once from main's thread before any other thread exists; restores the
+    // default disposition of SIGPIPE, which Rust's runtime set to "ignore".
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
