@@ -11,6 +11,7 @@
 //! by the lease. A worker killed mid-stage leaves no effect; its lease expires and another
 //! worker runs the stage again.
 
+pub mod audit;
 mod migrate;
 mod queue;
 
@@ -23,6 +24,7 @@ use sha2::{Digest, Sha256};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+pub use audit::{AuditEntry, AuditEvent, AuditProblem, AuditReport};
 pub use queue::{FailOutcome, Job, NewAction, NewPart, PiiTag, StageEffects};
 
 /// Which database a [`Store`] talks to.

@@ -14,17 +14,31 @@ use crate::{Backend, Store, now_ms};
 /// (version, description, SQL) in order.
 type Migration = (i64, &'static str, &'static str);
 
-const SQLITE: &[Migration] = &[(
-    1,
-    "intake",
-    include_str!("../migrations/sqlite/0001_intake.sql"),
-)];
+const SQLITE: &[Migration] = &[
+    (
+        1,
+        "intake",
+        include_str!("../migrations/sqlite/0001_intake.sql"),
+    ),
+    (
+        2,
+        "audit",
+        include_str!("../migrations/sqlite/0002_audit.sql"),
+    ),
+];
 
-const POSTGRES: &[Migration] = &[(
-    1,
-    "intake",
-    include_str!("../migrations/postgres/0001_intake.sql"),
-)];
+const POSTGRES: &[Migration] = &[
+    (
+        1,
+        "intake",
+        include_str!("../migrations/postgres/0001_intake.sql"),
+    ),
+    (
+        2,
+        "audit",
+        include_str!("../migrations/postgres/0002_audit.sql"),
+    ),
+];
 
 /// Arbitrary, fixed: the key of the advisory lock migrations hold on PostgreSQL.
 const PG_LOCK_KEY: i64 = 0x7665_7272_655f_6d67;
