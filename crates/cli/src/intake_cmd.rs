@@ -112,11 +112,24 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-pub(crate) async fn open_store(db: &DbArgs) -> Result<Store> {
-    match &db.database {
-        Some(url) => Store::open(url).await,
-        None => Store::open_in_home(&verre_models::ModelStore::default_home()?).await,
+impl DbArgs {
+    /// The database URL: `--database`, else `sqlite://$VERRE_HOME/verre.db` (the directory
+    /// is created).
+    pub fn url(&self) -> Result<String> {
+        match &self.database {
+            Some(url) => Ok(url.clone()),
+            None => {
+                let home = verre_models::ModelStore::default_home()?;
+                std::fs::create_dir_all(&home)
+                    .with_context(|| format!("creating {}", home.display()))?;
+                Ok(format!("sqlite://{}", home.join("verre.db").display()))
+            }
+        }
     }
+}
+
+pub(crate) async fn open_store(db: &DbArgs) -> Result<Store> {
+    Store::open(&db.url()?).await
 }
 
 pub fn intake(cmd: IntakeCommand) -> Result<()> {

@@ -53,6 +53,8 @@ pub struct ServeArgs {
     /// Worker threads for the model (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub db: crate::intake_cmd::DbArgs,
 }
 
 #[derive(Subcommand)]
@@ -131,6 +133,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             prefill_chunk: args.max_batched_tokens,
         },
         gateway,
+        database: Some(args.db.url()?),
     })
 }
 

@@ -49,6 +49,8 @@ pub struct ServeConfig {
     pub engine: EngineOptions,
     /// Backends, policy and key limits from `verre.toml` (`--config`).
     pub gateway: Option<Arc<Gateway>>,
+    /// The database URL (`sqlite://PATH`, `postgres://...`); None serves without one.
+    pub database: Option<String>,
 }
 
 /// Serve until Ctrl-C or SIGTERM. Blocks; builds its own async runtime.
@@ -71,6 +73,11 @@ async fn serve(config: ServeConfig) -> Result<()> {
     );
 
     let mut state = AppState::new(config.keys);
+    if let Some(url) = &config.database {
+        let store = verre_store::Store::open(url).await?;
+        eprintln!("verre serve: database {}", verre_store::redact(url));
+        state = state.with_store(store);
+    }
     if let Some(gateway) = &config.gateway {
         let remote: Vec<String> = gateway
             .model_names()

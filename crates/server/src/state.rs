@@ -8,6 +8,8 @@ use anyhow::Result;
 use verre_engine::LoadedModel;
 use verre_engine::engine::{EngineHandle, EngineOptions};
 
+use verre_store::Store;
+
 use crate::auth::ApiKeys;
 use crate::embedding::EmbeddingModel;
 use crate::gateway::Gateway;
@@ -52,6 +54,7 @@ pub struct AppState {
     models: OnceLock<Models>,
     keys: Option<ApiKeys>,
     gateway: Option<Arc<Gateway>>,
+    store: Option<Store>,
 }
 
 impl AppState {
@@ -62,12 +65,20 @@ impl AppState {
             models: OnceLock::new(),
             keys,
             gateway: None,
+            store: None,
         }
     }
 
     /// Route requests through `gateway` (backends from `verre.toml`).
     pub fn with_gateway(mut self, gateway: Arc<Gateway>) -> Self {
         self.gateway = Some(gateway);
+        self
+    }
+
+    /// Keep durable state (the review queue, the outbox, the ledger, the audit log) in
+    /// `store`.
+    pub fn with_store(mut self, store: Store) -> Self {
+        self.store = Some(store);
         self
     }
 
@@ -134,6 +145,11 @@ impl AppState {
 
     pub fn gateway(&self) -> Option<&Gateway> {
         self.gateway.as_deref()
+    }
+
+    /// The database, when the server was started with one (`verre serve` always is).
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
     }
 }
 

@@ -247,9 +247,8 @@ impl Store {
             after = last.seq;
             for e in page {
                 report.entries += 1;
-                let mut problem = |reason: String| {
-                    report.problems.push(AuditProblem { seq: e.seq, reason })
-                };
+                let mut problem =
+                    |reason: String| report.problems.push(AuditProblem { seq: e.seq, reason });
                 if e.seq != expected_seq {
                     problem(format!(
                         "sequence jumps from {} to {}: entries removed",
