@@ -8,6 +8,7 @@
 //! ([`pipeline::Pipeline`], docs/INTAKE.md).
 
 pub mod backend;
+pub mod demo;
 pub mod imap;
 pub mod parse;
 pub mod pipeline;
