@@ -56,6 +56,8 @@ pub struct WorkerStats {
     pub retried: u64,
     pub quarantined: u64,
     pub lease_lost: u64,
+    /// Jobs given back unfinished at shutdown.
+    pub released: u64,
 }
 
 pub struct Worker {
@@ -74,10 +76,36 @@ impl Worker {
 
     /// Work until the queue is idle (with `stop_when_idle`) or forever.
     pub async fn run(&self) -> Result<WorkerStats> {
+        let (_keep, stop) = tokio::sync::watch::channel(false);
+        self.run_until(stop).await
+    }
+
+    /// As [`Worker::run`], until `stop` turns true: then no new job is claimed, and a stage
+    /// still running is cancelled and its job released (ready again for the next worker,
+    /// the attempt not counted). Nothing a cancelled stage computed was written: effects are
+    /// written only when a stage completes.
+    pub async fn run_until(
+        &self,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<WorkerStats> {
         let mut stats = WorkerStats::default();
         loop {
+            if *stop.borrow() {
+                return Ok(stats);
+            }
             match self.store().claim(&self.opts.id, self.opts.lease).await? {
-                Some(job) => self.run_job(job, &mut stats).await?,
+                Some(job) => {
+                    let cancelled = tokio::select! {
+                        r = self.run_job(job.clone(), &mut stats) => { r?; false }
+                        _ = stop.wait_for(|s| *s) => true,
+                    };
+                    if cancelled {
+                        if self.store().release(&job).await? {
+                            stats.released += 1;
+                        }
+                        return Ok(stats);
+                    }
+                }
                 None => {
                     if self.opts.stop_when_idle {
                         let (active, waiting) = self.store().open_jobs().await?;
@@ -85,7 +113,10 @@ impl Worker {
                             return Ok(stats);
                         }
                     }
-                    tokio::time::sleep(self.opts.poll).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.opts.poll) => {}
+                        _ = stop.wait_for(|s| *s) => return Ok(stats),
+                    }
                 }
             }
         }

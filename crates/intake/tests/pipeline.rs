@@ -14,7 +14,8 @@ use std::time::Duration;
 use serde_json::json;
 use verre_intake::backend::validate;
 use verre_intake::{
-    ExtractBackend, Models, PiiSpan, PiiTagger, Pipeline, Source, StageRunner, StubBackend,
+    ExtractBackend, Models, PiiSpan, PiiTagger, Pipeline, Source, StageRunner, StubBackend, Worker,
+    WorkerOptions,
 };
 use verre_store::Store;
 
@@ -607,4 +608,83 @@ async fn an_imap_mailbox_over_tls_is_read_once_and_processed() {
     untrusted.ca = None;
     let err = Source::Imap(untrusted).read().await.unwrap_err();
     assert!(format!("{err:#}").contains("TLS handshake"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_worker_releases_its_job_and_the_next_one_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(dir.path()).await;
+    let pipeline = Arc::new(write_pipeline(dir.path()).await);
+    let slow = Arc::new(StageRunner::new(
+        store.clone(),
+        pipeline.clone(),
+        stub_models(StubBackend::default().with_delay(Duration::from_secs(4))),
+        None,
+    ));
+    let id = store
+        .ingest(
+            "t",
+            "1",
+            &mail("Alice <alice@example.com>", "Order", "Where?"),
+            "parse",
+            2,
+        )
+        .await
+        .unwrap()
+        .message_id;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let worker = Worker::new(slow, WorkerOptions::new());
+    let running = tokio::spawn(async move { worker.run_until(stop).await });
+    // Wait until the worker is inside the (slow) extract stage.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let leased: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE stage = 'extract' AND state = 'leased'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if leased == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "extract never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_tx.send(true).unwrap();
+    let stats = running.await.unwrap().unwrap();
+    // Released, not finished: the stage (4 s) was cancelled, not waited for.
+    assert_eq!(
+        (stats.released, stats.completed),
+        (1, 1),
+        "parse done, extract released"
+    );
+    let (state, attempts): (String, i64) = sqlx::query_as(
+        "SELECT state, attempts FROM jobs WHERE message_id = $1 AND stage = 'extract'",
+    )
+    .bind(id)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        (state.as_str(), attempts),
+        ("ready", 0),
+        "released, attempt not counted"
+    );
+    assert!(store.stage_output(id, "extract").await.unwrap().is_none());
+
+    // A fast worker picks it up at once and the message completes.
+    let fast = Arc::new(StageRunner::new(
+        store.clone(),
+        pipeline,
+        stub_models(StubBackend::default()),
+        None,
+    ));
+    Worker::new(fast, WorkerOptions::new()).run().await.unwrap();
+    assert_eq!(
+        store.message(id).await.unwrap().unwrap().status,
+        "processed"
+    );
 }

@@ -163,6 +163,26 @@ impl Store {
         .transpose()
     }
 
+    /// Give a claimed job back unfinished (the worker is shutting down): it is ready again at
+    /// once and the interrupted attempt is not counted. Returns false if the lease was
+    /// already lost.
+    pub async fn release(&self, job: &Job) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE jobs SET state = 'ready', lease_owner = NULL, lease_expires = NULL,
+                 attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, run_after = $3,
+                 updated_at = $3
+             WHERE id = $1 AND lease_owner = $2 AND state = 'leased'",
+        )
+        .bind(job.id)
+        .bind(&job.worker)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .context("releasing a job")?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
     /// Extend a job's lease (a long stage, e.g. a slow model, calls this periodically).
     pub async fn renew(&self, job: &Job, lease: Duration) -> Result<bool> {
         let n = sqlx::query(
