@@ -134,6 +134,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         },
         gateway,
         database: Some(args.db.url()?),
+        on_listening: None,
     })
 }
 

@@ -51,6 +51,8 @@ pub struct ServeConfig {
     pub gateway: Option<Arc<Gateway>>,
     /// The database URL (`sqlite://PATH`, `postgres://...`); None serves without one.
     pub database: Option<String>,
+    /// Called once with the bound address, before the models are loaded.
+    pub on_listening: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>,
 }
 
 /// Serve until Ctrl-C or SIGTERM. Blocks; builds its own async runtime.
@@ -60,12 +62,21 @@ pub fn run(config: ServeConfig) -> Result<()> {
         .thread_name("verre-http")
         .build()
         .context("starting the async runtime")?
-        .block_on(serve(config))
+        .block_on(serve(config, stop_signal()))
 }
 
-async fn serve(config: ServeConfig) -> Result<()> {
+/// Serve until `shutdown` completes (or the models fail to load), then stop taking requests
+/// and give open ones [`SHUTDOWN_GRACE`] to finish. For callers with their own runtime and
+/// their own idea of when to stop (`verre up`).
+pub async fn serve(
+    mut config: ServeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let listener = bind(&config).await?;
     let address = listener.local_addr().context("reading the bound address")?;
+    if let Some(announce) = config.on_listening.take() {
+        announce(address);
+    }
     let ids: Vec<&str> = config.models.iter().map(|m| m.id.as_str()).collect();
     eprintln!(
         "verre serve: listening on http://{address} (models: {}; loading)",
@@ -106,7 +117,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
     let (stop_tx, stop) = watch::channel(false);
     let load_error = tokio::spawn(async move {
         let error = tokio::select! {
-            _ = stop_signal() => None,
+            _ = shutdown => None,
             // A loader that succeeds drops its sender: that is no reason to stop.
             Ok(e) = load_failed => Some(e),
         };
@@ -179,7 +190,8 @@ fn load(
     Ok((chat, embedding))
 }
 
-async fn stop_signal() {
+/// Ctrl-C or SIGTERM.
+pub async fn stop_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
