@@ -9,6 +9,42 @@ use crate::generate::{FinishReason, GenerateRequest, StopMatcher};
 use crate::sampler::{Sampled, Sampler, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
+/// The longest cycle [`loop_continuation`] looks for, in tokens.
+const MAX_LOOP_PERIOD: usize = 12;
+
+/// The token that would make the output repeat its latest cycle once more, when the output
+/// already ends with that cycle repeated: 8 times for a one-token cycle (runs of one digit
+/// or character token are legitimate for a while), 4 times for longer ones.
+fn loop_continuation(output: &[u32]) -> Option<u32> {
+    (1..=MAX_LOOP_PERIOD).find_map(|period| {
+        let repeats = if period == 1 { 8 } else { 4 };
+        let span = period * repeats;
+        let tail = output.get(output.len().checked_sub(span)?..)?;
+        (period..span)
+            .all(|i| tail[i] == tail[i - period])
+            .then(|| output[output.len() - period])
+    })
+}
+
+/// Under a grammar, rule out the token that would continue a tight loop (a small model
+/// repeating `NANANA` inside a string, or the same array item, until the token limit cuts
+/// the output and it no longer validates), provided the grammar allows some other token.
+/// The model then takes its next choice, usually the closing quote or bracket. Outputs stay
+/// valid: only tokens the grammar allows remain.
+fn break_loop(masked: &mut [f32], output: &[u32]) {
+    let Some(token) = loop_continuation(output) else {
+        return;
+    };
+    let t = token as usize;
+    let others = masked
+        .iter()
+        .enumerate()
+        .any(|(i, l)| i != t && *l != f32::NEG_INFINITY);
+    if others && t < masked.len() {
+        masked[t] = f32::NEG_INFINITY;
+    }
+}
+
 /// One step's result: the token, the text it completed (may be empty while a multi-byte
 /// character or a possible stop string is held back), and the end of the output if it is
 /// reached.
@@ -63,6 +99,7 @@ impl<'t> Decoding<'t> {
                 self.masked.clear();
                 self.masked.extend_from_slice(logits);
                 c.apply_mask(&mut self.masked)?;
+                break_loop(&mut self.masked, &self.output);
                 self.sampler.sample(&self.masked, prompt, &self.output)
             }
         };
@@ -122,5 +159,43 @@ impl<'t> Decoding<'t> {
     /// The whole output text (stop strings excluded).
     pub fn into_text(self) -> String {
         self.stops.into_text()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tight_loops_are_found_and_ordinary_repetition_is_not() {
+        // "NA" x4 (period 2): the next "N" would repeat it again.
+        assert_eq!(loop_continuation(&[9, 5, 6, 5, 6, 5, 6, 5, 6]), Some(5));
+        // A three-token array item repeated four times.
+        let item = [11, 12, 13];
+        let out: Vec<u32> = [1].iter().chain(item.iter().cycle().take(12)).copied().collect();
+        assert_eq!(loop_continuation(&out), Some(11));
+        // One token seven times is not yet a loop; eight times is.
+        assert_eq!(loop_continuation(&[3, 7, 7, 7, 7, 7, 7, 7]), None);
+        assert_eq!(loop_continuation(&[3, 7, 7, 7, 7, 7, 7, 7, 7]), Some(7));
+        // Three repeats of a longer cycle, or varied JSON, are left alone.
+        assert_eq!(loop_continuation(&[1, 2, 1, 2, 1, 2]), None);
+        assert_eq!(loop_continuation(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), None);
+        assert_eq!(loop_continuation(&[]), None);
+    }
+
+    #[test]
+    fn the_loop_token_is_ruled_out_only_when_another_is_allowed() {
+        let out = [5, 6, 5, 6, 5, 6, 5, 6];
+        let mut logits = vec![f32::NEG_INFINITY; 8];
+        logits[5] = 3.0;
+        logits[2] = 1.0;
+        break_loop(&mut logits, &out);
+        assert_eq!(logits[5], f32::NEG_INFINITY);
+        assert_eq!(logits[2], 1.0);
+        // The grammar allows only the loop token: it stays (never an empty mask).
+        let mut only = vec![f32::NEG_INFINITY; 8];
+        only[5] = 3.0;
+        break_loop(&mut only, &out);
+        assert_eq!(only[5], 3.0);
     }
 }
