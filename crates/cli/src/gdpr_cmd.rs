@@ -652,7 +652,7 @@ pub(crate) fn records(
     let r = &config.retention;
     let kept = |d: Option<u32>| match d {
         Some(d) => json!(format!("{d} days")),
-        None => json!("until erased (no limit set)"),
+        None => json!("no limit set"),
     };
     let encryption = match keys {
         Ok(Some(k)) => json!({
@@ -767,7 +767,13 @@ fn markdown(r: &Value) -> String {
             .map(&s)
             .collect();
         for l in c["labels"].as_array().into_iter().flatten() {
-            fields.push(format!("label {} ({})", s(&l["name"]), s(&l["values"])));
+            let values: Vec<String> = l["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(&s)
+                .collect();
+            fields.push(format!("label {}: {}", s(&l["name"]), values.join(" / ")));
         }
         md.push_str(&format!(
             "| {} | {} | {} |\n",

@@ -403,7 +403,7 @@ fn gdpr_report_as_markdown_and_json() {
     assert_eq!(json["retention"]["raw_messages"], "30 days");
     assert_eq!(
         json["retention"]["extracted_data"],
-        "until erased (no limit set)"
+        "no limit set"
     );
     assert_eq!(
         json["transfers"]["allowed_jurisdictions"],
