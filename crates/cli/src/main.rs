@@ -3,6 +3,7 @@
 mod bench_cmd;
 mod bench_schemas_cmd;
 mod eval_cmd;
+mod gdpr_cmd;
 mod intake_cmd;
 mod loadtest_cmd;
 mod models_cmd;
@@ -70,6 +71,22 @@ enum Command {
     },
     /// Measure extraction accuracy on a folder of invoice PDFs with .json answers.
     EvalExtract(eval_cmd::EvalArgs),
+    /// The tamper-evident audit log: verify its hash chain, show entries.
+    Audit {
+        #[command(subcommand)]
+        command: gdpr_cmd::AuditCommand,
+    },
+    /// Erase a data subject (GDPR Art. 17): their messages and everything derived, with
+    /// audit tombstones.
+    Erase(gdpr_cmd::EraseArgs),
+    /// Apply verre.toml's [retention]: remove raw messages, extracted data and audit
+    /// entries past their time.
+    Purge(gdpr_cmd::PurgeArgs),
+    /// GDPR: records of processing (Art. 30), data keys for encryption at rest.
+    Gdpr {
+        #[command(subcommand)]
+        command: gdpr_cmd::GdprCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -96,6 +113,10 @@ fn main() -> ExitCode {
         Command::Keys { command } => serve_cmd::keys(command),
         Command::Intake { command } => intake_cmd::intake(command),
         Command::EvalExtract(args) => eval_cmd::eval_extract(args),
+        Command::Audit { command } => gdpr_cmd::audit(command),
+        Command::Erase(args) => gdpr_cmd::erase(args),
+        Command::Purge(args) => gdpr_cmd::purge(args),
+        Command::Gdpr { command } => gdpr_cmd::gdpr(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -35,6 +35,25 @@ pub struct GatewayConfig {
     pub health: HealthConfig,
     /// Limits by API key name (the names in the keys file).
     pub keys: HashMap<String, KeyLimits>,
+    /// `[retention]`: how long personal data is kept (`verre purge`).
+    pub retention: verre_store::Retention,
+    /// `[gdpr]`: who the controller is and why data is processed (`verre gdpr report`).
+    pub gdpr: GdprConfig,
+}
+
+/// `[gdpr]`: what the records of processing (Art. 30) say about the controller.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GdprConfig {
+    /// The controller's name (the organisation running verre).
+    pub controller: Option<String>,
+    /// How to reach the controller, or its representative.
+    pub contact: Option<String>,
+    /// The data protection officer, if one is appointed.
+    pub dpo: Option<String>,
+    /// Why personal data is processed; the report lists defaults when empty.
+    #[serde(default)]
+    pub purposes: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +135,24 @@ impl GatewayConfig {
 
     /// [`GatewayConfig::load`] on text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        Self::parse_with(text, origin, true)
+    }
+
+    /// [`GatewayConfig::parse`] without reading the backends' API keys from the
+    /// environment (for commands that describe the configuration and connect nowhere:
+    /// `verre gdpr report`, `verre purge`).
+    pub fn parse_offline(text: &str, origin: &str) -> Result<Self> {
+        Self::parse_with(text, origin, false)
+    }
+
+    /// [`GatewayConfig::load`] for commands that connect nowhere.
+    pub fn load_offline(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        Self::parse_offline(&text, &path.display().to_string())
+    }
+
+    fn parse_with(text: &str, origin: &str, read_secrets: bool) -> Result<Self> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
@@ -128,7 +165,7 @@ impl GatewayConfig {
         let mut backends: Vec<BackendConfig> = Vec::new();
         for entry in raw.backend {
             let span = entry.span();
-            let backend = check_backend(entry.into_inner())
+            let backend = check_backend(entry.into_inner(), read_secrets)
                 .with_context(|| format!("{}: [[backend]]", at(span.clone())))?;
             if backends.iter().any(|b| b.name == backend.name) {
                 bail!(
@@ -198,6 +235,12 @@ impl GatewayConfig {
             backends,
             health,
             keys,
+            retention: verre_store::Retention {
+                raw_days: raw.retention.raw_days,
+                extracted_days: raw.retention.extracted_days,
+                audit_days: raw.retention.audit_days,
+            },
+            gdpr: raw.gdpr,
         })
     }
 
@@ -217,7 +260,7 @@ impl GatewayConfig {
     }
 }
 
-fn check_backend(raw: RawBackend) -> Result<BackendConfig> {
+fn check_backend(raw: RawBackend, read_secrets: bool) -> Result<BackendConfig> {
     let name = raw.name;
     if name.is_empty() {
         bail!("`name` is empty");
@@ -284,6 +327,7 @@ fn check_backend(raw: RawBackend) -> Result<BackendConfig> {
             }
             let api_key = match raw.api_key_env {
                 None => None,
+                Some(_) if !read_secrets => None,
                 Some(var) => Some(std::env::var(&var).map_err(|_| {
                     anyhow::anyhow!("{name:?}: `api_key_env` = {var:?}, but that environment variable is not set")
                 })?),
@@ -340,6 +384,18 @@ struct RawConfig {
     backend: Vec<Spanned<RawBackend>>,
     #[serde(default)]
     key: Vec<Spanned<RawKey>>,
+    #[serde(default)]
+    retention: RawRetention,
+    #[serde(default)]
+    gdpr: GdprConfig,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    raw_days: Option<u32>,
+    extracted_days: Option<u32>,
+    audit_days: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -476,6 +532,26 @@ mod tests {
             ))
             .is_err()
         );
+    }
+
+    #[test]
+    fn retention_and_gdpr_sections() {
+        let c = parse(
+            "[retention]\nraw_days = 30\naudit_days = 365\n\n[gdpr]\ncontroller = \"ACME SAS\"\npurposes = [\"invoices\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.retention.raw_days, Some(30));
+        assert_eq!(c.retention.extracted_days, None);
+        assert_eq!(c.retention.audit_days, Some(365));
+        assert_eq!(c.gdpr.controller.as_deref(), Some("ACME SAS"));
+        let e = format!("{:#}", parse("[retention]\nraw_dayz = 3\n").unwrap_err());
+        assert!(e.contains("line 2") && e.contains("raw_dayz"), "{e}");
+        let e = format!("{:#}", parse("[retention]\nraw_days = -1\n").unwrap_err());
+        assert!(e.contains("line 2"), "{e}");
+        // Describing a config needs no API key from the environment.
+        let remote = "[policy]\nallow_jurisdictions = [\"EU\"]\n[[backend]]\nname = \"x\"\nkind = \"openai\"\nurl = \"https://a.example/v1\"\napi_key_env = \"VERRE_TEST_SURELY_UNSET\"\njurisdiction = \"EU-DE\"\nmodels = [\"m\"]\n";
+        assert!(parse(remote).is_err());
+        assert!(GatewayConfig::parse_offline(remote, "verre.toml").is_ok());
     }
 
     #[test]

@@ -8,6 +8,17 @@
 //! Erasure (GDPR Art. 17) blanks an entry's `detail` and sets `erased_at`: a tombstone. The
 //! chain covers `detail_hash`, not the detail itself, so a tombstoned log still verifies.
 //!
+//! Retention ([`crate::retention`]) may remove the oldest entries: it leaves a checkpoint
+//! (the last removed entry's sequence number and hash) and appends an `audit.purge` entry
+//! recording the same, so verification starts from the checkpoint and the checkpoint is
+//! itself covered by the chain.
+//!
+//! What the chain alone cannot show: entries cut from the end (the rest still verifies), or
+//! a whole chain recomputed by someone with write access (the hash has no secret). Record
+//! [`AuditReport::head`] outside the database and give it back to
+//! [`Store::audit_check_head`] (`verre audit verify` keeps it in a file) to detect both
+//! since the last check.
+//!
 //! Appends are serialised: on PostgreSQL by a transaction-scoped advisory lock, on SQLite by
 //! the database's single write lock, taken by the append's first statement.
 
@@ -60,8 +71,12 @@ pub struct AuditEntry {
 pub struct AuditReport {
     pub entries: i64,
     pub tombstones: i64,
+    /// The sequence number of the last entry (that of the checkpoint when none is left).
+    pub head_seq: i64,
     /// The last entry's hash: record it elsewhere to detect truncation of the tail.
     pub head: String,
+    /// The last entry removed by retention, if any: the chain starts after it.
+    pub checkpoint: Option<AuditCheckpoint>,
     /// Empty when the chain is intact.
     pub problems: Vec<AuditProblem>,
 }
@@ -70,6 +85,15 @@ impl AuditReport {
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
     }
+}
+
+/// Where a retention purge cut the log: its last removed entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditCheckpoint {
+    pub seq: i64,
+    pub hash: String,
+    pub removed: i64,
+    pub at: i64,
 }
 
 /// Where and how the chain is broken.
@@ -148,6 +172,15 @@ async fn append_conn(
     let head = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut *conn)
         .await?;
+    // An empty log continues from its retention checkpoint, if entries were purged.
+    let head = match head {
+        Some(r) => Some(r),
+        None => {
+            sqlx::query("SELECT seq, hash FROM audit_checkpoint ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+    };
     let (prev_seq, prev_hash) = match head {
         Some(r) => (r.try_get::<i64, _>("seq")?, r.try_get::<String, _>("hash")?),
         None => (0, GENESIS.to_string()),
@@ -232,15 +265,37 @@ impl Store {
     /// not match the entry's fields, a detail that does not match its hash, a blanked detail
     /// without a tombstone.
     pub async fn audit_verify(&self) -> Result<AuditReport> {
+        let checkpoint = self.audit_checkpoint().await?;
         let mut report = AuditReport {
             entries: 0,
             tombstones: 0,
+            head_seq: 0,
             head: GENESIS.to_string(),
+            checkpoint: checkpoint.clone(),
             problems: Vec::new(),
         };
-        let mut expected_seq = 1;
-        let mut prev_hash = GENESIS.to_string();
-        let mut after = 0;
+        let (mut expected_seq, mut prev_hash) = match &checkpoint {
+            Some(c) => (c.seq + 1, c.hash.clone()),
+            None => (1, GENESIS.to_string()),
+        };
+        let mut after = expected_seq - 1;
+        // Entries at or before the checkpoint should be gone; any left is reported.
+        if let Some(c) = &checkpoint {
+            let left: i64 = sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE seq <= $1")
+                .bind(c.seq)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?;
+            if left > 0 {
+                report.problems.push(AuditProblem {
+                    seq: c.seq,
+                    reason: format!(
+                        "{left} entries at or before the retention checkpoint are still present"
+                    ),
+                });
+            }
+        }
+        let mut purge_recorded = false;
         loop {
             let page = self.audit_entries(after, 2000).await?;
             let Some(last) = page.last() else { break };
@@ -280,12 +335,132 @@ impl Store {
                     (None, Some(_)) => report.tombstones += 1,
                     (None, None) => problem("the detail was removed without a tombstone".into()),
                 }
+                if let (Some(c), "audit.purge", Some(d)) =
+                    (&checkpoint, e.action.as_str(), &e.detail)
+                    && d["through_seq"].as_i64() == Some(c.seq)
+                    && d["through_hash"].as_str() == Some(c.hash.as_str())
+                {
+                    purge_recorded = true;
+                }
                 expected_seq = e.seq + 1;
                 prev_hash = e.hash.clone();
             }
         }
+        if let Some(c) = &checkpoint
+            && !purge_recorded
+        {
+            report.problems.push(AuditProblem {
+                seq: c.seq,
+                reason: "the retention checkpoint is not recorded by an audit.purge entry in the chain: entries removed outside verre purge".into(),
+            });
+        }
+        report.head_seq = expected_seq - 1;
         report.head = prev_hash;
         Ok(report)
+    }
+
+    /// The newest retention checkpoint, if entries were ever purged.
+    pub async fn audit_checkpoint(&self) -> Result<Option<AuditCheckpoint>> {
+        let row = sqlx::query(
+            "SELECT seq, hash, removed, at FROM audit_checkpoint ORDER BY seq DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(AuditCheckpoint {
+                seq: r.try_get("seq")?,
+                hash: r.try_get("hash")?,
+                removed: r.try_get("removed")?,
+                at: r.try_get("at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Check a head recorded earlier (sequence number and hash from [`AuditReport`])
+    /// against the log now: the entry must still be there with the same hash, or have been
+    /// removed by a recorded retention purge. Catches a tail cut off, and a chain rewritten
+    /// from that entry on, since the head was recorded.
+    pub async fn audit_check_head(&self, seq: i64, hash: &str) -> Result<Vec<AuditProblem>> {
+        let mut problems = Vec::new();
+        if seq == 0 {
+            return Ok(problems);
+        }
+        let row = sqlx::query("SELECT hash FROM audit_log WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => {
+                if r.try_get::<String, _>("hash")? != hash {
+                    problems.push(AuditProblem {
+                        seq,
+                        reason: "the entry recorded as the head at the last check has a different hash now: the log was rewritten".into(),
+                    });
+                }
+            }
+            None => {
+                let checkpoint = self.audit_checkpoint().await?;
+                match checkpoint {
+                    Some(c) if c.seq > seq => {}
+                    Some(c) if c.seq == seq && c.hash == hash => {}
+                    _ => problems.push(AuditProblem {
+                        seq,
+                        reason: format!(
+                            "entry {seq}, the head at the last check, is gone and no retention purge removed it: entries were cut from the end"
+                        ),
+                    }),
+                }
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Entries matching a filter, oldest first: `subjects` (any of them; empty: all) and an
+    /// `action` prefix (`intake.`, `gdpr.erase`); at most `limit`, the newest ones.
+    pub async fn audit_find(
+        &self,
+        subjects: &[String],
+        action: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>> {
+        let mut sql = String::from(
+            "SELECT seq, at, actor, action, subject, detail, detail_hash, prev_hash, hash, erased_at
+             FROM audit_log WHERE 1 = 1",
+        );
+        let mut n = 0;
+        if !subjects.is_empty() {
+            let ph: Vec<String> = subjects
+                .iter()
+                .map(|_| {
+                    n += 1;
+                    format!("${n}")
+                })
+                .collect();
+            sql.push_str(&format!(" AND subject IN ({})", ph.join(", ")));
+        }
+        if action.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND action LIKE ${n}"));
+        }
+        sql.push_str(&format!(" ORDER BY seq DESC LIMIT ${}", n + 1));
+        // Only generated placeholders are formatted in; the values are bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for s in subjects {
+            q = q.bind(s);
+        }
+        if let Some(a) = action {
+            q = q.bind(format!("{}%", a.replace('%', "")));
+        }
+        let mut entries = q
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        entries.reverse();
+        Ok(entries)
     }
 }
 

@@ -12,10 +12,14 @@
 //! worker runs the stage again.
 
 pub mod audit;
+pub mod crypto;
+pub mod erase;
 mod migrate;
 mod queue;
+pub mod retention;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -24,8 +28,13 @@ use sha2::{Digest, Sha256};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+use crypto::Column;
+
 pub use audit::{AuditEntry, AuditEvent, AuditProblem, AuditReport};
+pub use crypto::{Keyring, RekeyReport};
+pub use erase::{ErasureReport, Subject};
 pub use queue::{FailOutcome, Job, NewAction, NewPart, PiiTag, StageEffects};
+pub use retention::{PurgeReport, Retention};
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -39,6 +48,11 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Data keys for encryption at rest (docs/GDPR.md); None: content is stored in clear.
+    keys: Option<Arc<Keyring>>,
+    /// True when opened without keys on a database that holds encrypted rows: writing
+    /// content would then store it in clear, so writes are refused.
+    needs_key: bool,
 }
 
 /// Unix time in milliseconds, the unit of every timestamp in the store.
@@ -202,6 +216,10 @@ impl Store {
                         sqlx::query("PRAGMA foreign_keys = ON")
                             .execute(&mut *conn)
                             .await?;
+                        // Deleted content is overwritten, not left in free pages (erasure).
+                        sqlx::query("PRAGMA secure_delete = ON")
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
@@ -209,10 +227,17 @@ impl Store {
             .connect(&connect_url)
             .await
             .with_context(|| format!("connecting to {}", redact(url)))?;
-        let store = Store { pool, backend };
+        let keys = Keyring::from_env()?.map(Arc::new);
+        let mut store = Store {
+            pool,
+            backend,
+            keys,
+            needs_key: false,
+        };
         migrate::run(&store)
             .await
             .with_context(|| format!("migrating {}", redact(url)))?;
+        store.needs_key = store.keys.is_none() && store.holds_encrypted().await?;
         Ok(store)
     }
 
@@ -230,6 +255,39 @@ impl Store {
         &self.pool
     }
 
+    /// Use these data keys instead of the environment's (None: store content in clear).
+    pub async fn with_keys(mut self, keys: Option<Keyring>) -> Result<Self> {
+        self.keys = keys.map(Arc::new);
+        self.needs_key = self.keys.is_none() && self.holds_encrypted().await?;
+        Ok(self)
+    }
+
+    /// Whether any message is stored encrypted.
+    async fn holds_encrypted(&self) -> Result<bool> {
+        Ok(
+            sqlx::query("SELECT id FROM messages WHERE key_id IS NOT NULL LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
+    }
+
+    /// Refuse to write content in clear into a database that holds encrypted content.
+    fn check_writable(&self) -> Result<()> {
+        anyhow::ensure!(
+            !self.needs_key,
+            "this database holds encrypted messages and no data key is configured: set {} or {} (writing now would store content in clear)",
+            crypto::KEY_ENV,
+            crypto::KEY_FILE_ENV
+        );
+        Ok(())
+    }
+
+    /// The data keys content is encrypted with, if any.
+    pub fn keys(&self) -> Option<&Keyring> {
+        self.keys.as_deref()
+    }
+
     /// Store a raw message once, keyed by its content hash, and enqueue `first_stage` for it
     /// in the same transaction. Storing the same bytes again changes nothing.
     pub async fn ingest(
@@ -240,20 +298,29 @@ impl Store {
         first_stage: &str,
         max_attempts: u32,
     ) -> Result<Ingested> {
+        self.check_writable()?;
         let hash = content_hash(raw);
         let now = now_ms();
+        let (stored, key_id) = match self.keys() {
+            Some(k) => (
+                k.seal(crypto::Column::MessageRaw, raw)?,
+                Some(k.current_id().to_string()),
+            ),
+            None => (raw.to_vec(), None),
+        };
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO messages (content_hash, source, source_ref, raw, size, status, received_at)
-             VALUES ($1, $2, $3, $4, $5, 'pending', $6)
+            "INSERT INTO messages (content_hash, source, source_ref, raw, size, status, received_at, key_id)
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7)
              ON CONFLICT (content_hash) DO NOTHING RETURNING id",
         )
         .bind(&hash)
         .bind(source)
         .bind(source_ref)
-        .bind(raw.to_vec())
+        .bind(stored)
         .bind(raw.len() as i64)
         .bind(now)
+        .bind(key_id)
         .fetch_optional(&mut *tx)
         .await
         .with_context(|| format!("storing message {source_ref}"))?;
@@ -271,6 +338,20 @@ impl Store {
         };
         let id: i64 = row.try_get("id")?;
         queue::enqueue(&mut tx, id, first_stage, max_attempts, now).await?;
+        audit::append_in(
+            &mut tx,
+            self.backend,
+            &AuditEvent {
+                actor: "system:intake",
+                action: "intake.ingest",
+                subject: &format!("message:{id}"),
+                detail: serde_json::json!({
+                    "source": source, "source_ref": source_ref, "size": raw.len(),
+                    "encrypted": self.keys.is_some(),
+                }),
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(Ingested {
             message_id: id,
@@ -278,13 +359,39 @@ impl Store {
         })
     }
 
+    /// The bytes of a message as received (decrypted when stored encrypted).
     pub async fn raw_message(&self, id: i64) -> Result<Vec<u8>> {
-        let row = sqlx::query("SELECT raw FROM messages WHERE id = $1")
+        let row = sqlx::query("SELECT raw, key_id, raw_purged_at FROM messages WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
             .with_context(|| format!("no message {id}"))?;
-        Ok(row.try_get("raw")?)
+        if let Some(at) = row.try_get::<Option<i64>, _>("raw_purged_at")? {
+            anyhow::bail!(
+                "the raw bytes of message {id} were removed by retention ([retention] raw_days) at {at} ms"
+            );
+        }
+        let key_id: Option<String> = row.try_get("key_id")?;
+        crypto::open_bytes(
+            self.keys(),
+            key_id.as_deref(),
+            crypto::Column::MessageRaw,
+            row.try_get("raw")?,
+        )
+        .with_context(|| format!("reading message {id}"))
+    }
+
+    /// A stage output as stored, decrypted.
+    fn open_output(&self, r: &AnyRow) -> Result<serde_json::Value> {
+        let key_id: Option<String> = r.try_get("key_id")?;
+        let text = crypto::open_text(
+            self.keys(),
+            key_id.as_deref(),
+            crypto::Column::StageOutput,
+            Some(r.try_get("output")?),
+        )?
+        .unwrap_or_default();
+        Ok(serde_json::from_str(&text)?)
     }
 
     pub async fn message(&self, id: i64) -> Result<Option<MessageRow>> {
@@ -304,22 +411,19 @@ impl Store {
         message_id: i64,
         stage: &str,
     ) -> Result<Option<serde_json::Value>> {
-        let row =
-            sqlx::query("SELECT output FROM stage_results WHERE message_id = $1 AND stage = $2")
-                .bind(message_id)
-                .bind(stage)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|r| -> Result<serde_json::Value> {
-            let text: String = r.try_get("output")?;
-            Ok(serde_json::from_str(&text)?)
-        })
-        .transpose()
+        let row = sqlx::query(
+            "SELECT output, key_id FROM stage_results WHERE message_id = $1 AND stage = $2",
+        )
+        .bind(message_id)
+        .bind(stage)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| self.open_output(&r)).transpose()
     }
 
     pub async fn parts(&self, message_id: i64) -> Result<Vec<PartRow>> {
         let rows = sqlx::query(
-            "SELECT idx, kind, filename, content_type, size, supported, note, text, pages
+            "SELECT idx, kind, filename, content_type, size, supported, note, text, pages, key_id
              FROM parts WHERE message_id = $1 ORDER BY idx",
         )
         .bind(message_id)
@@ -327,7 +431,12 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| {
-                let pages: Option<String> = r.try_get("pages")?;
+                let key_id: Option<String> = r.try_get("key_id")?;
+                let key_id = key_id.as_deref();
+                let keys = self.keys();
+                let text = crypto::open_text(keys, key_id, Column::PartText, r.try_get("text")?)?;
+                let pages =
+                    crypto::open_text(keys, key_id, Column::PartPages, r.try_get("pages")?)?;
                 Ok(PartRow {
                     idx: r.try_get("idx")?,
                     kind: r.try_get("kind")?,
@@ -336,7 +445,7 @@ impl Store {
                     size: r.try_get("size")?,
                     supported: r.try_get::<i64, _>("supported")? != 0,
                     note: r.try_get("note")?,
-                    text: r.try_get("text")?,
+                    text,
                     pages: pages.map(|p| serde_json::from_str(&p)).transpose()?,
                 })
             })
@@ -360,7 +469,7 @@ impl Store {
         .map(job_row)
         .collect::<Result<Vec<_>>>()?;
         let results = sqlx::query(
-            "SELECT stage, output, prompt_tokens, completion_tokens, worker, created_at
+            "SELECT stage, output, key_id, prompt_tokens, completion_tokens, worker, created_at
              FROM stage_results WHERE message_id = $1 ORDER BY created_at",
         )
         .bind(id)
@@ -368,10 +477,9 @@ impl Store {
         .await?
         .iter()
         .map(|r| {
-            let output: String = r.try_get("output")?;
             Ok(StageResultRow {
                 stage: r.try_get("stage")?,
-                output: serde_json::from_str(&output)?,
+                output: self.open_output(r)?,
                 prompt_tokens: r.try_get("prompt_tokens")?,
                 completion_tokens: r.try_get("completion_tokens")?,
                 worker: r.try_get("worker")?,
@@ -475,6 +583,17 @@ impl Store {
             .bind(message_id)
             .execute(&mut *tx)
             .await?;
+        audit::append_in(
+            &mut tx,
+            self.backend,
+            &AuditEvent {
+                actor: "cli",
+                action: "intake.retry",
+                subject: &format!("message:{message_id}"),
+                detail: serde_json::json!({"from": "quarantine"}),
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -539,7 +658,7 @@ impl Store {
             let placeholders: Vec<String> =
                 (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "SELECT message_id, output, prompt_tokens, completion_tokens FROM stage_results
+                "SELECT message_id, output, key_id, prompt_tokens, completion_tokens FROM stage_results
                  WHERE stage = $1 AND message_id IN ({})",
                 placeholders.join(", ")
             );
@@ -548,10 +667,9 @@ impl Store {
                 q = q.bind(*id);
             }
             for r in q.fetch_all(&self.pool).await? {
-                let text: String = r.try_get("output")?;
                 out.push((
                     r.try_get("message_id")?,
-                    serde_json::from_str(&text)?,
+                    self.open_output(&r)?,
                     r.try_get("prompt_tokens")?,
                     r.try_get("completion_tokens")?,
                 ));

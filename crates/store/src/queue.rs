@@ -11,7 +11,10 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use sqlx::{Any, Row, Transaction};
 
-use crate::{Backend, Store, now_ms};
+use serde_json::json;
+
+use crate::crypto::Column;
+use crate::{AuditEvent, Backend, Store, audit, now_ms};
 
 /// A claimed job. Only the worker named in `worker` may complete or fail it, and only
 /// while its lease holds.
@@ -207,7 +210,26 @@ impl Store {
         next: Option<&str>,
         next_max_attempts: u32,
     ) -> Result<bool> {
+        self.check_writable()?;
         let now = now_ms();
+        let keys = self.keys();
+        let seal = |column: Column, text: Option<&str>| -> Result<Option<String>> {
+            match (text, keys) {
+                (Some(t), Some(k)) => k.seal_text(column, t).map(Some),
+                (t, _) => Ok(t.map(str::to_string)),
+            }
+        };
+        let key_id = keys.map(|k| k.current_id().to_string());
+        let output = seal(Column::StageOutput, Some(&effects.output.to_string()))?;
+        let mut parts = Vec::with_capacity(effects.parts.len());
+        for p in &effects.parts {
+            let pages = p.pages.as_ref().map(serde_json::to_string).transpose()?;
+            parts.push((
+                p,
+                seal(Column::PartText, p.text.as_deref())?,
+                seal(Column::PartPages, pages.as_deref())?,
+            ));
+        }
         let mut tx = self.pool.begin().await?;
         // The guard comes first: it is also the write that takes SQLite's lock.
         let held = sqlx::query(
@@ -231,23 +253,24 @@ impl Store {
             )
         };
         sqlx::query(
-            "INSERT INTO stage_results (message_id, stage, output, prompt_tokens, completion_tokens, worker, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO stage_results (message_id, stage, output, prompt_tokens, completion_tokens, worker, created_at, key_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(job.message_id)
         .bind(&job.stage)
-        .bind(effects.output.to_string())
+        .bind(output)
         .bind(effects.prompt_tokens)
         .bind(effects.completion_tokens)
         .bind(&job.worker)
         .bind(now)
+        .bind(&key_id)
         .execute(&mut *tx)
         .await
         .with_context(ctx)?;
-        for p in &effects.parts {
+        for (p, text, pages) in parts {
             sqlx::query(
-                "INSERT INTO parts (message_id, idx, kind, filename, content_type, size, supported, note, text, pages)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                "INSERT INTO parts (message_id, idx, kind, filename, content_type, size, supported, note, text, pages, key_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(job.message_id)
             .bind(p.idx)
@@ -257,8 +280,9 @@ impl Store {
             .bind(p.size)
             .bind(p.supported as i64)
             .bind(&p.note)
-            .bind(&p.text)
-            .bind(p.pages.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default()))
+            .bind(text)
+            .bind(pages)
+            .bind(&key_id)
             .execute(&mut *tx)
             .await
             .with_context(ctx)?;
@@ -303,6 +327,29 @@ impl Store {
                 .await?;
             }
         }
+        // Last, so that PostgreSQL's audit lock is held only until the commit just below.
+        audit::append_in(
+            &mut tx,
+            self.backend,
+            &AuditEvent {
+                actor: "system:intake",
+                action: &format!("intake.{}", job.stage),
+                subject: &format!("message:{}", job.message_id),
+                detail: json!({
+                    "outcome": "done",
+                    "worker": job.worker,
+                    "attempt": job.attempts,
+                    "next": next,
+                    "prompt_tokens": effects.prompt_tokens,
+                    "completion_tokens": effects.completion_tokens,
+                    "parts": effects.parts.len(),
+                    "pii_tags": effects.pii_tags.len(),
+                    "actions": effects.actions.iter().map(|a| &a.name).collect::<Vec<_>>(),
+                }),
+            },
+        )
+        .await
+        .with_context(ctx)?;
         tx.commit().await.with_context(ctx)?;
         Ok(true)
     }
@@ -344,7 +391,30 @@ impl Store {
             tx.rollback().await?;
             return Ok(FailOutcome::LeaseLost);
         }
+        let event = |outcome: &str| {
+            json!({
+                "outcome": outcome,
+                "worker": job.worker,
+                "attempt": job.attempts,
+                "max_attempts": job.max_attempts,
+                "permanent": permanent,
+                "reason": reason,
+            })
+        };
+        let action = format!("intake.{}", job.stage);
+        let subject = format!("message:{}", job.message_id);
         if !terminal {
+            audit::append_in(
+                &mut tx,
+                self.backend,
+                &AuditEvent {
+                    actor: "system:intake",
+                    action: &action,
+                    subject: &subject,
+                    detail: event("retry"),
+                },
+            )
+            .await?;
             tx.commit().await?;
             return Ok(FailOutcome::Retry { run_after });
         }
@@ -364,6 +434,17 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        audit::append_in(
+            &mut tx,
+            self.backend,
+            &AuditEvent {
+                actor: "system:intake",
+                action: &action,
+                subject: &subject,
+                detail: event("quarantined"),
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(FailOutcome::Quarantined)
     }

@@ -1,0 +1,860 @@
+//! GDPR commands: `verre audit verify|show`, `verre erase`, `verre purge`,
+//! `verre gdpr report|keygen|rekey|rotate-key`. The logic lives in verre-store
+//! (audit, erase, retention, crypto); this file parses, prints and keeps the audit head file.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use verre_server::config::{BackendKind, GatewayConfig};
+use verre_store::erase::Subject;
+use verre_store::{AuditEntry, Keyring, Store, crypto};
+
+use crate::intake_cmd::{DbArgs, open_store, runtime};
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check the whole hash chain; exits non-zero and lists the problems when an entry was
+    /// edited, removed or reordered, or when the tail recorded at the last check is gone.
+    Verify(VerifyArgs),
+    /// Print entries, oldest first (the newest --limit).
+    Show(ShowArgs),
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Where the head (last entry) is recorded between checks, to detect entries cut from
+    /// the end (default: $VERRE_HOME/audit.head).
+    #[arg(long)]
+    pub head_file: Option<PathBuf>,
+    /// Neither read nor write the head file.
+    #[arg(long)]
+    pub no_head: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Only entries about this: `message:12`, `action:7`; an e-mail address or a name
+    /// shows its erasure record (the log names erased subjects by a keyed hash).
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Only actions starting with this: `intake.`, `gdpr.erase`, `review.`.
+    #[arg(long)]
+    pub action: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct EraseArgs {
+    /// The data subject: an e-mail address or a full name (case and spacing are ignored).
+    #[arg(long)]
+    pub subject: String,
+    /// Show what would be erased and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Args)]
+pub struct PurgeArgs {
+    /// The verre.toml whose [retention] applies.
+    #[arg(long, default_value = "verre.toml")]
+    pub config: PathBuf,
+    /// Show what would be removed and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Subcommand)]
+pub enum GdprCommand {
+    /// Records of processing activities (Art. 30), generated from the configuration.
+    Report(ReportArgs),
+    /// Print a new random data key (64 hex digits) for VERRE_DATA_KEY or a key file.
+    Keygen,
+    /// Encrypt every row stored in clear or under an older key with the current data key
+    /// (the first in VERRE_DATA_KEY / VERRE_DATA_KEY_FILE); old keys must stay listed
+    /// until it has finished.
+    Rekey {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Rotate the data key of a key file: add a new key in front, re-encrypt everything
+    /// with it, then drop the old keys from the file (unless --keep-old).
+    RotateKey {
+        /// The key file (default: $VERRE_DATA_KEY_FILE). Created when missing.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        #[arg(long)]
+        keep_old: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Md,
+    Json,
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// The verre.toml describing backends, retention and the controller ([gdpr]).
+    #[arg(long, default_value = "verre.toml")]
+    pub config: PathBuf,
+    /// Intake pipelines (repeatable): their schema, labels and actions add data categories
+    /// and recipients.
+    #[arg(long)]
+    pub pipeline: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Md)]
+    pub format: Format,
+}
+
+pub fn audit(cmd: AuditCommand) -> Result<()> {
+    runtime()?.block_on(async {
+        match cmd {
+            AuditCommand::Verify(a) => verify(a).await,
+            AuditCommand::Show(a) => show(a).await,
+        }
+    })
+}
+
+async fn verify(a: VerifyArgs) -> Result<()> {
+    let url = a.db.url()?;
+    let store = open_store(&a.db).await?;
+    let mut report = store.audit_verify().await?;
+    let head_file = match (&a.head_file, a.no_head) {
+        (_, true) => None,
+        (Some(p), false) => Some(p.clone()),
+        (None, false) => Some(verre_models::ModelStore::default_home()?.join("audit.head")),
+    };
+    let db_key = verre_store::redact(&url);
+    let mut heads = match &head_file {
+        Some(p) => read_heads(p)?,
+        None => BTreeMap::new(),
+    };
+    let recorded = heads.get(&db_key).cloned();
+    if let Some(h) = &recorded {
+        let seq = h["seq"].as_i64().unwrap_or(0);
+        let hash = h["hash"].as_str().unwrap_or_default();
+        report
+            .problems
+            .extend(store.audit_check_head(seq, hash).await?);
+    }
+    if let (Some(p), true) = (&head_file, report.ok()) {
+        heads.insert(
+            db_key,
+            json!({"seq": report.head_seq, "hash": report.head, "checked_at": verre_store::now_ms()}),
+        );
+        write_heads(p, &heads)?;
+    }
+    if a.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["ok"] = json!(report.ok());
+        v["head_file"] = json!(head_file);
+        v["recorded_head"] = json!(recorded);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "audit log: {} entries ({} tombstoned), head {} {}",
+            report.entries,
+            report.tombstones,
+            report.head_seq,
+            &report.head[..16]
+        );
+        if let Some(c) = &report.checkpoint {
+            println!(
+                "starts after retention checkpoint {} ({} entries purged then)",
+                c.seq, c.removed
+            );
+        }
+        match (&head_file, &recorded) {
+            (None, _) => println!("head file: not used (--no-head): a cut tail cannot be seen"),
+            (Some(p), None) => println!(
+                "head file {}: no earlier check of this database recorded",
+                p.display()
+            ),
+            (Some(p), Some(h)) => println!(
+                "head file {}: entry {} recorded at the last check",
+                p.display(),
+                h["seq"]
+            ),
+        }
+        for p in &report.problems {
+            println!("problem at entry {}: {}", p.seq, p.reason);
+        }
+        if report.ok() {
+            println!("ok: the chain is intact");
+        }
+    }
+    if !report.ok() {
+        bail!(
+            "the audit log failed verification: {} problem(s); the head file was left as it was",
+            report.problems.len()
+        );
+    }
+    Ok(())
+}
+
+fn read_heads(path: &Path) -> Result<BTreeMap<String, Value>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("reading the audit head file {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn write_heads(path: &Path, heads: &BTreeMap<String, Value>) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("head.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(heads)? + "\n")
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Whether a --subject is a person (e-mail or name) rather than an audit subject such as
+/// `message:12`.
+fn is_person(s: &str) -> bool {
+    s.contains('@') || s.contains(' ') || !s.contains(':')
+}
+
+async fn show(a: ShowArgs) -> Result<()> {
+    let store = open_store(&a.db).await?;
+    let mut subjects = Vec::new();
+    if let Some(s) = &a.subject {
+        subjects.push(s.clone());
+        if is_person(s) {
+            let hash = store.subject_hash(&Subject::parse(s)?).await?;
+            subjects.push(format!("subject:{hash}"));
+        }
+    }
+    let entries = store
+        .audit_find(&subjects, a.action.as_deref(), a.limit)
+        .await?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&entries)?)?;
+        return Ok(());
+    }
+    if entries.is_empty() {
+        writeln!(out, "no audit entries match")?;
+    }
+    for e in &entries {
+        writeln!(out, "{}", entry_line(e))?;
+    }
+    Ok(())
+}
+
+fn entry_line(e: &AuditEntry) -> String {
+    let detail = match (&e.detail, e.erased_at) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(at)) => format!("[erased {}]", utc(at)),
+        (None, None) => "[detail missing]".into(),
+    };
+    format!(
+        "{:>6}  {}  {}  {}  {}  {}",
+        e.seq,
+        utc(e.at),
+        e.actor,
+        e.action,
+        if e.subject.is_empty() {
+            "-"
+        } else {
+            &e.subject
+        },
+        detail
+    )
+}
+
+/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SSZ`.
+pub(crate) fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+pub fn erase(a: EraseArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let subject = Subject::parse(&a.subject)?;
+        let store = open_store(&a.db).await?;
+        let r = store.erase(&subject, "cli", a.dry_run).await?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            let verb = if a.dry_run { "would erase" } else { "erased" };
+            println!(
+                "subject: keyed hash {} (the audit log names the subject only by this)",
+                r.subject_hash
+            );
+            println!("{verb} {} message(s):", r.messages.len());
+            for m in &r.messages {
+                println!(
+                    "  message {}  {}  received {}",
+                    m.id,
+                    m.source_ref,
+                    utc(m.received_at)
+                );
+            }
+            let rows: Vec<String> = r.rows.iter().map(|(t, n)| format!("{t} {n}")).collect();
+            println!(
+                "rows: {}",
+                if rows.is_empty() {
+                    "none".into()
+                } else {
+                    rows.join(", ")
+                }
+            );
+            println!(
+                "audit entries {}: {}",
+                if a.dry_run {
+                    "to tombstone"
+                } else {
+                    "tombstoned"
+                },
+                r.tombstoned
+            );
+            if let Some(seq) = r.audit_seq {
+                println!("recorded as audit entry {seq} (gdpr.erase)");
+            }
+            if a.dry_run {
+                println!("dry run: nothing was changed");
+            }
+        }
+        if !r.residual.is_empty() {
+            let left: Vec<String> = r
+                .residual
+                .iter()
+                .map(|x| format!("{}.{} ({} rows)", x.table, x.column, x.rows))
+                .collect();
+            bail!(
+                "the subject is still mentioned in {}: those tables need an entry in the erasure registry (crates/store/src/erase.rs)",
+                left.join(", ")
+            );
+        }
+        Ok(())
+    })
+}
+
+pub fn purge(a: PurgeArgs) -> Result<()> {
+    let config = GatewayConfig::load_offline(&a.config)?;
+    let retention = config.retention;
+    runtime()?.block_on(async {
+        if retention.is_empty() {
+            println!(
+                "{} has no [retention] keys: nothing is purged (docs/CONFIG.md)",
+                a.config.display()
+            );
+            return Ok(());
+        }
+        let store = open_store(&a.db).await?;
+        let r = verre_store::retention::purge(&store, &retention, a.dry_run).await?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            return Ok(());
+        }
+        let verb = if a.dry_run { "would remove" } else { "removed" };
+        println!(
+            "raw messages past raw_days ({}): {verb} the raw bytes of {}",
+            days(retention.raw_days),
+            r.raw_purged
+        );
+        println!(
+            "messages past extracted_days ({}): {verb} {} with {}",
+            days(retention.extracted_days),
+            r.messages_deleted,
+            r.rows
+                .iter()
+                .map(|(t, n)| format!("{t} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!(
+            "audit entries past audit_days ({}): {verb} {}{}",
+            days(retention.audit_days),
+            r.audit_removed,
+            r.audit_checkpoint
+                .map(|s| format!(" (the chain now starts after entry {s})"))
+                .unwrap_or_default()
+        );
+        if a.dry_run {
+            println!("dry run: nothing was changed");
+        }
+        Ok(())
+    })
+}
+
+fn days(d: Option<u32>) -> String {
+    d.map(|d| format!("{d} days"))
+        .unwrap_or_else(|| "not set: kept".into())
+}
+
+pub fn gdpr(cmd: GdprCommand) -> Result<()> {
+    match cmd {
+        GdprCommand::Report(a) => report(a),
+        GdprCommand::Keygen => {
+            println!("{}", crypto::generate_key()?);
+            Ok(())
+        }
+        GdprCommand::Rekey { db } => runtime()?.block_on(async {
+            let store = open_store(&db).await?;
+            rekey(&store).await
+        }),
+        GdprCommand::RotateKey {
+            key_file,
+            keep_old,
+            db,
+        } => rotate_key(key_file, keep_old, db),
+    }
+}
+
+async fn rekey(store: &Store) -> Result<()> {
+    let r = store.rekey().await?;
+    println!(
+        "re-encrypted with key {}: {} messages, {} parts, {} stage results",
+        r.key_id, r.messages, r.parts, r.stage_results
+    );
+    for (id, n) in store.key_usage().await? {
+        println!(
+            "  {n} rows under {}",
+            id.as_deref()
+                .unwrap_or("no key (raw bytes purged or empty)")
+        );
+    }
+    Ok(())
+}
+
+fn rotate_key(key_file: Option<PathBuf>, keep_old: bool, db: DbArgs) -> Result<()> {
+    let path = match key_file.or_else(|| std::env::var_os(crypto::KEY_FILE_ENV).map(PathBuf::from))
+    {
+        Some(p) => p,
+        None => bail!(
+            "rotate-key needs a key file (--key-file or {}); with keys in {}, put a new key first (`verre gdpr keygen`), keep the old one after it, and run `verre gdpr rekey`",
+            crypto::KEY_FILE_ENV,
+            crypto::KEY_ENV
+        ),
+    };
+    let old = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let old_keys: Vec<&str> = old
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let new_key = crypto::generate_key()?;
+    // The new key first, the old ones still readable: safe to interrupt from here on.
+    let mut both =
+        format!("# verre data keys: the first encrypts, the others only decrypt\n{new_key}\n");
+    for k in &old_keys {
+        both.push_str(k);
+        both.push('\n');
+    }
+    write_secret(&path, &both)?;
+    let keys = Keyring::from_file(&path)?;
+    runtime()?.block_on(async {
+        let store = open_store(&db).await?.with_keys(Some(keys)).await?;
+        rekey(&store).await?;
+        let usage = store.key_usage().await?;
+        let new_id = Keyring::parse(&new_key, "the new key")?
+            .current_id()
+            .to_string();
+        let still_old = usage
+            .iter()
+            .any(|(id, n)| *n > 0 && id.as_deref().is_some_and(|id| id != new_id));
+        if keep_old || still_old {
+            println!(
+                "{}: new key {new_id} first, {} old key(s) kept",
+                path.display(),
+                old_keys.len()
+            );
+        } else {
+            write_secret(&path, &format!("# verre data key\n{new_key}\n"))?;
+            println!(
+                "{}: now holds only the new key {new_id}; {} old key(s) removed",
+                path.display(),
+                old_keys.len()
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Write a key file atomically, readable by its owner only.
+fn write_secret(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+// ---- verre gdpr report ----
+
+fn report(a: ReportArgs) -> Result<()> {
+    let config = GatewayConfig::load_offline(&a.config)?;
+    let mut pipelines = Vec::new();
+    for p in &a.pipeline {
+        pipelines.push(verre_intake::Pipeline::load(p)?);
+    }
+    let keys = Keyring::from_env();
+    let records = records(&config, &pipelines, keys, &a.config);
+    match a.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&records)?),
+        Format::Md => print!("{}", markdown(&records)),
+    }
+    Ok(())
+}
+
+/// The records of processing as JSON: the one source both formats are written from.
+pub(crate) fn records(
+    config: &GatewayConfig,
+    pipelines: &[verre_intake::Pipeline],
+    keys: Result<Option<Keyring>>,
+    config_path: &Path,
+) -> Value {
+    let g = &config.gdpr;
+    let purposes: Vec<String> = if g.purposes.is_empty() {
+        let mut p = vec![
+            "answering requests to the API (chat, completions, embeddings) for the key holders"
+                .to_string(),
+        ];
+        if !pipelines.is_empty() {
+            p.push("processing incoming mail and documents: extraction, cross-referencing with the business database, routing and drafting replies for human review".into());
+        }
+        p
+    } else {
+        g.purposes.clone()
+    };
+
+    let mut categories = vec![json!({
+        "category": "personal data detected in text",
+        "source": "verre-pii (crates/pii): tagged at intake, replaced by placeholders before non-local backends",
+        "fields": verre_pii::PiiKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+    })];
+    categories.push(json!({
+        "category": "message content",
+        "source": "mail and documents received by intake; API requests (not stored)",
+        "fields": ["headers (sender, recipients, subject)", "body text", "attachment text"],
+    }));
+    for p in pipelines {
+        let fields: Vec<Value> = p.extract.schema["properties"]
+            .as_object()
+            .map(|props| {
+                props
+                    .iter()
+                    .map(|(name, s)| match s["description"].as_str() {
+                        Some(d) => json!(format!("{name}: {d}")),
+                        None => json!(name),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        categories.push(json!({
+            "category": format!("fields extracted by pipeline {:?}", p.name),
+            "source": p.path.display().to_string(),
+            "fields": fields,
+            "labels": p.labels.iter().map(|l| json!({"name": l.name, "values": l.values})).collect::<Vec<_>>(),
+        }));
+    }
+
+    let mut recipients = Vec::new();
+    for b in &config.backends {
+        let (kind, host) = match &b.kind {
+            BackendKind::Local => ("model in this process".to_string(), None),
+            BackendKind::OpenAi { url, .. } => (
+                "OpenAI-compatible server".to_string(),
+                url.host_str().map(str::to_string),
+            ),
+        };
+        recipients.push(json!({
+            "name": b.name,
+            "kind": kind,
+            "host": host,
+            "jurisdiction": b.jurisdiction,
+            "local": b.local,
+            "pseudonymised": !b.local && b.pseudonymize,
+            "models": b.models.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
+        }));
+    }
+    for p in pipelines {
+        for action in &p.actions {
+            let (kind, host) = match &action.kind {
+                verre_intake::pipeline::ActionKind::Webhook { url, .. } => (
+                    "webhook",
+                    reqwest::Url::parse(url)
+                        .ok()
+                        .and_then(|u| u.host_str().map(str::to_string))
+                        .or(Some(url.clone())),
+                ),
+                verre_intake::pipeline::ActionKind::Reply { .. } => {
+                    ("reply by e-mail to the sender", None)
+                }
+            };
+            recipients.push(json!({
+                "name": format!("{}/{}", p.name, action.name),
+                "kind": kind,
+                "host": host,
+                "jurisdiction": Value::Null,
+                "local": false,
+                "pseudonymised": false,
+                "note": "staged for human review before anything is sent",
+            }));
+        }
+    }
+
+    let r = &config.retention;
+    let kept = |d: Option<u32>| match d {
+        Some(d) => json!(format!("{d} days")),
+        None => json!("no limit set"),
+    };
+    let encryption = match keys {
+        Ok(Some(k)) => json!({
+            "at_rest": "AES-256-GCM",
+            "columns": ["messages.raw", "parts.text", "parts.pages", "stage_results.output"],
+            "current_key_id": k.current_id(),
+            "keys": k.ids().len(),
+        }),
+        Ok(None) => json!({
+            "at_rest": "not configured (set VERRE_DATA_KEY or VERRE_DATA_KEY_FILE)",
+        }),
+        Err(e) => json!({"at_rest": format!("misconfigured: {e:#}")}),
+    };
+    json!({
+        "title": "Records of processing activities (GDPR Art. 30)",
+        "generated_from": config_path.display().to_string(),
+        "generated_at": crate::gdpr_cmd::utc(verre_store::now_ms()),
+        "controller": {
+            "name": g.controller,
+            "contact": g.contact,
+            "dpo": g.dpo,
+        },
+        "purposes": purposes,
+        "data_subjects": [
+            "senders, recipients and people named in the mail and documents processed",
+            "holders of API keys and people named in their requests",
+        ],
+        "data_categories": categories,
+        "recipients": recipients,
+        "transfers": {
+            "allowed_jurisdictions": allowed_jurisdictions(config_path),
+            "non_local_backends": config.backends.iter().filter(|b| !b.local).map(|b| json!({"name": b.name, "jurisdiction": b.jurisdiction})).collect::<Vec<_>>(),
+        },
+        "retention": {
+            "raw_messages": kept(r.raw_days),
+            "extracted_data": kept(r.extracted_days),
+            "audit_log": kept(r.audit_days),
+        },
+        "security": {
+            "encryption": encryption,
+            "pseudonymisation": "personal data replaced by placeholders before any backend with local = false and pseudonymize on; restored in answers",
+            "audit": "append-only hash-chained log of API calls, intake stages, review decisions, deliveries and erasures (verre audit verify)",
+            "erasure": "verre erase --subject EMAIL|NAME",
+            "egress": "no connection to a backend outside [policy]; no telemetry",
+        },
+    })
+}
+
+/// `[policy] allow_jurisdictions` as written (the parsed policy keeps it private).
+fn allowed_jurisdictions(config_path: &Path) -> Vec<String> {
+    std::fs::read_to_string(config_path)
+        .ok()
+        .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
+        .and_then(|t| {
+            t.get("policy")?
+                .get("allow_jurisdictions")?
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+        })
+        .unwrap_or_default()
+}
+
+fn markdown(r: &Value) -> String {
+    let s = |v: &Value| match v {
+        Value::Null => "—".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut md = String::new();
+    md.push_str(&format!("# {}\n\n", s(&r["title"])));
+    md.push_str(&format!(
+        "Generated from `{}` at {}.\n\n",
+        s(&r["generated_from"]),
+        s(&r["generated_at"])
+    ));
+    md.push_str("## Controller\n\n| | |\n|---|---|\n");
+    for (k, label) in [
+        ("name", "Controller"),
+        ("contact", "Contact"),
+        ("dpo", "Data protection officer"),
+    ] {
+        let v = &r["controller"][k];
+        md.push_str(&format!(
+            "| {label} | {} |\n",
+            if v.is_null() {
+                "not set ([gdpr] in verre.toml)".into()
+            } else {
+                s(v)
+            }
+        ));
+    }
+    md.push_str("\n## Purposes\n\n");
+    for p in r["purposes"].as_array().into_iter().flatten() {
+        md.push_str(&format!("- {}\n", s(p)));
+    }
+    md.push_str("\n## Data subjects\n\n");
+    for p in r["data_subjects"].as_array().into_iter().flatten() {
+        md.push_str(&format!("- {}\n", s(p)));
+    }
+    md.push_str(
+        "\n## Categories of personal data\n\n| category | source | fields |\n|---|---|---|\n",
+    );
+    for c in r["data_categories"].as_array().into_iter().flatten() {
+        let mut fields: Vec<String> = c["fields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(&s)
+            .collect();
+        for l in c["labels"].as_array().into_iter().flatten() {
+            let values: Vec<String> = l["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(&s)
+                .collect();
+            fields.push(format!("label {}: {}", s(&l["name"]), values.join(" / ")));
+        }
+        md.push_str(&format!(
+            "| {} | {} | {} |\n",
+            s(&c["category"]),
+            s(&c["source"]),
+            fields.join(", ")
+        ));
+    }
+    md.push_str("\n## Recipients\n\n| recipient | kind | host | jurisdiction | local | pseudonymised |\n|---|---|---|---|---|---|\n");
+    for x in r["recipients"].as_array().into_iter().flatten() {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            s(&x["name"]),
+            s(&x["kind"]),
+            s(&x["host"]),
+            s(&x["jurisdiction"]),
+            if x["local"] == true { "yes" } else { "no" },
+            if x["pseudonymised"] == true {
+                "yes"
+            } else {
+                "no"
+            },
+        ));
+    }
+    md.push_str(&format!(
+        "\nTransfers: remote backends are allowed only in {}.\n",
+        s(&r["transfers"]["allowed_jurisdictions"])
+    ));
+    md.push_str("\n## Retention\n\n| data | kept |\n|---|---|\n");
+    for (k, label) in [
+        ("raw_messages", "raw messages (as received)"),
+        (
+            "extracted_data",
+            "extracted data (parts, extractions, actions)",
+        ),
+        ("audit_log", "audit log"),
+    ] {
+        md.push_str(&format!("| {label} | {} |\n", s(&r["retention"][k])));
+    }
+    md.push_str("\n## Security measures\n\n");
+    let enc = &r["security"]["encryption"];
+    md.push_str(&format!(
+        "- Encryption at rest: {}{}\n",
+        s(&enc["at_rest"]),
+        if enc["current_key_id"].is_null() {
+            String::new()
+        } else {
+            format!(
+                " on {} (key {}, {} key(s) configured)",
+                s(&enc["columns"]),
+                s(&enc["current_key_id"]),
+                s(&enc["keys"])
+            )
+        }
+    ));
+    for (k, label) in [
+        ("pseudonymisation", "Pseudonymisation"),
+        ("audit", "Audit"),
+        ("erasure", "Erasure"),
+        ("egress", "Egress"),
+    ] {
+        md.push_str(&format!("- {label}: {}\n", s(&r["security"][k])));
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_735_689_599_000), "2024-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn a_person_is_told_from_an_audit_subject() {
+        assert!(is_person("jean@example.fr"));
+        assert!(is_person("Jean Dupont"));
+        assert!(!is_person("message:12"));
+    }
+}

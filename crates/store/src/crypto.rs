@@ -1,0 +1,451 @@
+//! Encryption at rest: AES-256-GCM over the columns that hold message content — a
+//! message's raw bytes, a part's text and pages, a stage's output.
+//!
+//! The data keys come from the environment: `VERRE_DATA_KEY` (keys inline) or
+//! `VERRE_DATA_KEY_FILE` (a file of keys, one a line, `#` comments). A key is 32 bytes
+//! written as 64 hex digits. The first key is the current one, used for every new value;
+//! the others stay readable, so a rotation can re-encrypt row by row ([`crate::Store::rekey`])
+//! while the old key still opens what is not done yet.
+//!
+//! Each encrypted row stores the id of its key (`key_id`: a hash of the key, never the
+//! key). A value is `nonce (12 bytes) || ciphertext || tag (16 bytes)`, with a fresh random
+//! nonce each time; text columns hold it in base64. The associated data names the column,
+//! so a value copied into another column does not open.
+
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+/// The variable holding data keys inline (hex, separated by commas or white space).
+pub const KEY_ENV: &str = "VERRE_DATA_KEY";
+/// The variable naming a file of data keys.
+pub const KEY_FILE_ENV: &str = "VERRE_DATA_KEY_FILE";
+
+const NONCE_LEN: usize = 12;
+
+/// Which column a sealed value belongs to: its associated data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    MessageRaw,
+    PartText,
+    PartPages,
+    StageOutput,
+}
+
+impl Column {
+    fn aad(self) -> &'static [u8] {
+        match self {
+            Column::MessageRaw => b"verre:messages.raw",
+            Column::PartText => b"verre:parts.text",
+            Column::PartPages => b"verre:parts.pages",
+            Column::StageOutput => b"verre:stage_results.output",
+        }
+    }
+}
+
+struct DataKey {
+    id: String,
+    cipher: Aes256Gcm,
+}
+
+/// The data keys: the current one first, then older ones still readable.
+pub struct Keyring {
+    keys: Vec<DataKey>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<&str> = self.keys.iter().map(|k| k.id.as_str()).collect();
+        f.debug_struct("Keyring").field("key_ids", &ids).finish()
+    }
+}
+
+/// The id stored with each row: the first 16 hex digits of a hash of the key.
+pub fn key_id(key: &[u8; 32]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"verre data key id\0");
+    h.update(key);
+    hex::encode(&h.finalize()[..8])
+}
+
+/// A new random key, as the 64 hex digits a key file or `VERRE_DATA_KEY` holds.
+pub fn generate_key() -> Result<String> {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("reading random bytes: {e}"))?;
+    Ok(hex::encode(key))
+}
+
+impl Keyring {
+    /// Keys from text: hex keys separated by commas, white space or lines; `#` starts a
+    /// comment. `origin` names the text in errors. Empty text is an error.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let mut keys: Vec<DataKey> = Vec::new();
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("");
+            for word in line.split(|c: char| c == ',' || c.is_whitespace()) {
+                if word.is_empty() {
+                    continue;
+                }
+                let bytes = hex::decode(word).ok().filter(|b| b.len() == 32);
+                let Some(bytes) = bytes else {
+                    bail!(
+                        "{origin}: a data key must be 64 hex digits (32 bytes); `verre gdpr keygen` makes one"
+                    );
+                };
+                let key: [u8; 32] = bytes.try_into().expect("checked length");
+                let id = key_id(&key);
+                if keys.iter().any(|k| k.id == id) {
+                    continue;
+                }
+                keys.push(DataKey {
+                    id,
+                    cipher: Aes256Gcm::new(&key.into()),
+                });
+            }
+        }
+        if keys.is_empty() {
+            bail!("{origin} holds no data key");
+        }
+        Ok(Self { keys })
+    }
+
+    /// Read a key file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the data key file {}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The keys the environment names (`VERRE_DATA_KEY`, else `VERRE_DATA_KEY_FILE`), or
+    /// None when neither is set: data is then stored in clear.
+    pub fn from_env() -> Result<Option<Self>> {
+        if let Ok(text) = std::env::var(KEY_ENV)
+            && !text.trim().is_empty()
+        {
+            return Self::parse(&text, KEY_ENV).map(Some);
+        }
+        if let Some(path) = std::env::var_os(KEY_FILE_ENV).filter(|p| !p.is_empty()) {
+            return Self::from_file(Path::new(&path))
+                .with_context(|| format!("{KEY_FILE_ENV} names it"))
+                .map(Some);
+        }
+        Ok(None)
+    }
+
+    /// The id of the key new values are sealed with.
+    pub fn current_id(&self) -> &str {
+        &self.keys[0].id
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.keys.iter().map(|k| k.id.clone()).collect()
+    }
+
+    /// Encrypt with the current key: `nonce || ciphertext || tag`.
+    pub fn seal(&self, column: Column, plain: &[u8]) -> Result<Vec<u8>> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("reading random bytes: {e}"))?;
+        let ct = self.keys[0]
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: column.aad(),
+                },
+            )
+            .map_err(|_| anyhow::anyhow!("encrypting {column:?}"))?;
+        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Decrypt a value sealed with key `id`.
+    pub fn open(&self, id: &str, column: Column, sealed: &[u8]) -> Result<Vec<u8>> {
+        let Some(key) = self.keys.iter().find(|k| k.id == id) else {
+            bail!(
+                "the data was encrypted with key {id}, which is not among the configured keys ({}): add it to {KEY_ENV} or {KEY_FILE_ENV}",
+                self.ids().join(", ")
+            );
+        };
+        if sealed.len() < NONCE_LEN + 16 {
+            bail!("an encrypted {column:?} value is truncated");
+        }
+        let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        key.cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: column.aad(),
+                },
+            )
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "an encrypted {column:?} value does not open with key {id}: altered or corrupted"
+                )
+            })
+    }
+
+    /// Seal text for a text column: base64 of the sealed bytes.
+    pub fn seal_text(&self, column: Column, plain: &str) -> Result<String> {
+        Ok(base64::engine::general_purpose::STANDARD.encode(self.seal(column, plain.as_bytes())?))
+    }
+
+    pub fn open_text(&self, id: &str, column: Column, sealed: &str) -> Result<String> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .with_context(|| format!("an encrypted {column:?} value is not base64"))?;
+        String::from_utf8(self.open(id, column, &bytes)?)
+            .with_context(|| format!("a decrypted {column:?} value is not UTF-8"))
+    }
+}
+
+/// Decrypt with an optional keyring: a row without a key id is in clear.
+pub(crate) fn open_bytes(
+    keys: Option<&Keyring>,
+    key_id: Option<&str>,
+    column: Column,
+    value: Vec<u8>,
+) -> Result<Vec<u8>> {
+    match (key_id, keys) {
+        (None, _) => Ok(value),
+        (Some(id), Some(k)) => k.open(id, column, &value),
+        (Some(id), None) => Err(no_key(id)),
+    }
+}
+
+pub(crate) fn open_text(
+    keys: Option<&Keyring>,
+    key_id: Option<&str>,
+    column: Column,
+    value: Option<String>,
+) -> Result<Option<String>> {
+    match (value, key_id, keys) {
+        (None, _, _) => Ok(None),
+        (Some(v), None, _) => Ok(Some(v)),
+        (Some(v), Some(id), Some(k)) => k.open_text(id, column, &v).map(Some),
+        (Some(_), Some(id), None) => Err(no_key(id)),
+    }
+}
+
+fn no_key(id: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "this data is encrypted (key {id}) and no data key is configured: set {KEY_ENV} or {KEY_FILE_ENV}"
+    )
+}
+
+/// What [`Store::rekey`] re-encrypted.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RekeyReport {
+    /// The key everything is now encrypted with.
+    pub key_id: String,
+    pub messages: i64,
+    pub parts: i64,
+    pub stage_results: i64,
+}
+
+impl crate::Store {
+    /// Encrypt with the current key every row stored in clear or under another key, a
+    /// batch per transaction: interrupted, it can simply run again. Old keys must stay
+    /// configured until it has finished.
+    pub async fn rekey(&self) -> Result<RekeyReport> {
+        let Some(keys) = self.keys() else {
+            bail!(
+                "no data key is configured: set {KEY_ENV} or {KEY_FILE_ENV} (`verre gdpr keygen` makes a key)"
+            );
+        };
+        let current = keys.current_id().to_string();
+        let mut report = RekeyReport {
+            key_id: current.clone(),
+            ..Default::default()
+        };
+        let pending = "(key_id IS NULL OR key_id <> $1)";
+        loop {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT id, raw, key_id FROM messages WHERE {pending} AND raw_purged_at IS NULL ORDER BY id LIMIT 100"
+            )))
+            .bind(&current)
+            .fetch_all(self.pool())
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut tx = self.pool().begin().await?;
+            for r in &rows {
+                let id: i64 = r.try_get("id")?;
+                let key_id: Option<String> = r.try_get("key_id")?;
+                let plain = open_bytes(
+                    Some(keys),
+                    key_id.as_deref(),
+                    Column::MessageRaw,
+                    r.try_get("raw")?,
+                )
+                .with_context(|| format!("decrypting message {id}"))?;
+                sqlx::query("UPDATE messages SET raw = $1, key_id = $2 WHERE id = $3")
+                    .bind(keys.seal(Column::MessageRaw, &plain)?)
+                    .bind(&current)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            report.messages += rows.len() as i64;
+        }
+        loop {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT id, text, pages, key_id FROM parts WHERE {pending} ORDER BY id LIMIT 200"
+            )))
+            .bind(&current)
+            .fetch_all(self.pool())
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut tx = self.pool().begin().await?;
+            for r in &rows {
+                let id: i64 = r.try_get("id")?;
+                let key_id: Option<String> = r.try_get("key_id")?;
+                let text = open_text(
+                    Some(keys),
+                    key_id.as_deref(),
+                    Column::PartText,
+                    r.try_get("text")?,
+                )?;
+                let pages = open_text(
+                    Some(keys),
+                    key_id.as_deref(),
+                    Column::PartPages,
+                    r.try_get("pages")?,
+                )?;
+                sqlx::query("UPDATE parts SET text = $1, pages = $2, key_id = $3 WHERE id = $4")
+                    .bind(
+                        text.map(|t| keys.seal_text(Column::PartText, &t))
+                            .transpose()?,
+                    )
+                    .bind(
+                        pages
+                            .map(|t| keys.seal_text(Column::PartPages, &t))
+                            .transpose()?,
+                    )
+                    .bind(&current)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            report.parts += rows.len() as i64;
+        }
+        loop {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT message_id, stage, output, key_id FROM stage_results WHERE {pending} ORDER BY message_id, stage LIMIT 200"
+            )))
+            .bind(&current)
+            .fetch_all(self.pool())
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut tx = self.pool().begin().await?;
+            for r in &rows {
+                let id: i64 = r.try_get("message_id")?;
+                let stage: String = r.try_get("stage")?;
+                let key_id: Option<String> = r.try_get("key_id")?;
+                let output = open_text(
+                    Some(keys),
+                    key_id.as_deref(),
+                    Column::StageOutput,
+                    r.try_get("output")?,
+                )?
+                .unwrap_or_default();
+                sqlx::query("UPDATE stage_results SET output = $1, key_id = $2 WHERE message_id = $3 AND stage = $4")
+                    .bind(keys.seal_text(Column::StageOutput, &output)?)
+                    .bind(&current)
+                    .bind(id)
+                    .bind(&stage)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            report.stage_results += rows.len() as i64;
+        }
+        self.flush_deleted().await?;
+        Ok(report)
+    }
+
+    /// The key ids rows are encrypted with now, and how many rows each.
+    pub async fn key_usage(&self) -> Result<Vec<(Option<String>, i64)>> {
+        let mut usage: Vec<(Option<String>, i64)> = Vec::new();
+        for table in ["messages", "parts", "stage_results"] {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT key_id, COUNT(*) AS n FROM {table} GROUP BY key_id"
+            )))
+            .fetch_all(self.pool())
+            .await?;
+            for r in rows {
+                let id: Option<String> = r.try_get("key_id")?;
+                let n: i64 = r.try_get("n")?;
+                match usage.iter_mut().find(|u| u.0 == id) {
+                    Some(u) => u.1 += n,
+                    None => usage.push((id, n)),
+                }
+            }
+        }
+        Ok(usage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seals_and_opens_and_refuses_the_wrong_key_or_column() {
+        let k1 = generate_key().unwrap();
+        let k2 = generate_key().unwrap();
+        let old = Keyring::parse(&k1, "t").unwrap();
+        let both = Keyring::parse(&format!("{k2}\n# old\n{k1}\n"), "t").unwrap();
+        assert_eq!(both.ids().len(), 2);
+        assert_ne!(both.current_id(), old.current_id());
+        let sealed = old.seal(Column::MessageRaw, b"Bonjour Jean").unwrap();
+        assert!(!sealed.windows(4).any(|w| w == b"Jean"));
+        // An old key stays readable through the new keyring.
+        let opened = both
+            .open(old.current_id(), Column::MessageRaw, &sealed)
+            .unwrap();
+        assert_eq!(opened, b"Bonjour Jean");
+        assert!(
+            both.open(old.current_id(), Column::PartText, &sealed)
+                .is_err()
+        );
+        let only_new = Keyring::parse(&k2, "t").unwrap();
+        let e = only_new
+            .open(old.current_id(), Column::MessageRaw, &sealed)
+            .unwrap_err();
+        assert!(e.to_string().contains(old.current_id()), "{e}");
+        let mut tampered = sealed.clone();
+        tampered[20] ^= 1;
+        assert!(
+            old.open(old.current_id(), Column::MessageRaw, &tampered)
+                .is_err()
+        );
+        // Two seals of one value differ (fresh nonces).
+        assert_ne!(
+            sealed,
+            old.seal(Column::MessageRaw, b"Bonjour Jean").unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_keys_are_refused_clearly() {
+        assert!(Keyring::parse("", "VERRE_DATA_KEY").is_err());
+        let e = Keyring::parse("abcd", "VERRE_DATA_KEY").unwrap_err();
+        assert!(e.to_string().contains("64 hex digits"), "{e}");
+    }
+}

@@ -1,0 +1,625 @@
+//! Erasure of a data subject (GDPR Art. 17): `verre erase --subject EMAIL|NAME`.
+//!
+//! 1. Find the subject's messages: every message whose raw bytes (decrypted), parts
+//!    (headers, bodies, attachment text), stage outputs, staged actions, quarantine reason or
+//!    job errors mention the subject — compared case-insensitively, white space collapsed.
+//! 2. Delete them and every row that hangs off them, table by table, as [`REGISTRY`] says;
+//!    a table with a `message_id` column that the registry does not name is treated as
+//!    hanging off its message too (so tables added later are covered without an entry).
+//!    Rows that mention the subject without belonging to a message are deleted
+//!    ([`Relation::Mentions`]) or have the mentioning columns blanked ([`Relation::Blank`],
+//!    for ledgers that must keep their amounts).
+//! 3. Tombstone the audit entries about those messages, and any whose detail mentions the
+//!    subject: the detail is blanked, the chain still verifies (see [`crate::audit`]).
+//! 4. Append one `gdpr.erase` entry naming the subject only by a keyed hash
+//!    ([`Store::subject_hash`]), with the counts. All of the above is one transaction.
+//! 5. Scan every text column of every table for the subject: anything left is reported
+//!    ([`ErasureReport::residual`]) — a table that needs a registry entry.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use sha2::Sha256;
+use sqlx::{Any, Row, Transaction};
+
+use crate::crypto::{self, Column};
+use crate::{AuditEvent, Backend, Store, audit, now_ms};
+
+/// How a table's rows relate to an erased subject.
+#[derive(Debug, Clone, Copy)]
+pub enum Relation {
+    /// Rows whose `column` holds an erased message's id: deleted with the message.
+    Message(&'static str),
+    /// Rows where one of these text columns mentions the subject: deleted.
+    Mentions(&'static [&'static str]),
+    /// These columns are set to NULL where they mention the subject; the row stays.
+    Blank(&'static [&'static str]),
+}
+
+/// One table's part in an erasure.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    pub table: &'static str,
+    pub relation: Relation,
+}
+
+/// What erasure does, table by table, in this order (children before their parents). A
+/// table that does not exist (an older schema) is skipped. Tables with a `message_id`
+/// column need no entry unless rows must go before another table's (foreign keys that do
+/// not go through `message_id`): unlisted ones are deleted just before `messages`.
+/// `audit_log` is never deleted from: its entries are tombstoned.
+pub const REGISTRY: &[Rule] = &[
+    Rule {
+        table: "pii_tags",
+        relation: Relation::Message("message_id"),
+    },
+    Rule {
+        table: "actions",
+        relation: Relation::Message("message_id"),
+    },
+    Rule {
+        table: "quarantine",
+        relation: Relation::Message("message_id"),
+    },
+    Rule {
+        table: "jobs",
+        relation: Relation::Message("message_id"),
+    },
+    Rule {
+        table: "stage_results",
+        relation: Relation::Message("message_id"),
+    },
+    Rule {
+        table: "parts",
+        relation: Relation::Message("message_id"),
+    },
+    Rule {
+        table: "messages",
+        relation: Relation::Message("id"),
+    },
+];
+
+/// A data subject to erase: an e-mail address or a name.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// Lower case, white space collapsed: what texts are searched for.
+    needle: String,
+}
+
+impl Subject {
+    pub fn parse(text: &str) -> Result<Self> {
+        let needle = normalize(text);
+        anyhow::ensure!(
+            needle.chars().count() >= 3,
+            "the subject {text:?} is too short to search for: give an e-mail address or a full name"
+        );
+        Ok(Self { needle })
+    }
+
+    /// The normalised form searched for.
+    pub fn needle(&self) -> &str {
+        &self.needle
+    }
+
+    pub fn matches(&self, text: &str) -> bool {
+        normalize(text).contains(&self.needle)
+    }
+
+    /// A `LIKE` pattern (with `ESCAPE '\'`) for a lower-cased column.
+    fn like(&self) -> String {
+        let mut p = String::from("%");
+        for c in self.needle.chars() {
+            if matches!(c, '%' | '_' | '\\') {
+                p.push('\\');
+            }
+            p.push(c);
+        }
+        p.push('%');
+        p
+    }
+}
+
+fn normalize(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// One message that goes.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErasedMessage {
+    pub id: i64,
+    pub source_ref: String,
+    pub received_at: i64,
+}
+
+/// A column that still mentions the subject after erasure.
+#[derive(Debug, Clone, Serialize)]
+pub struct Residual {
+    pub table: String,
+    pub column: String,
+    pub rows: i64,
+}
+
+/// What an erasure did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct ErasureReport {
+    pub dry_run: bool,
+    /// The keyed hash the audit log names the subject by.
+    pub subject_hash: String,
+    pub messages: Vec<ErasedMessage>,
+    /// Rows deleted (or blanked) per table.
+    pub rows: BTreeMap<String, i64>,
+    /// Audit entries whose detail was blanked.
+    pub tombstoned: i64,
+    /// The `gdpr.erase` entry's sequence number.
+    pub audit_seq: Option<i64>,
+    /// Columns that still mention the subject (empty after a complete erasure).
+    pub residual: Vec<Residual>,
+}
+
+/// A column of the database, as the catalog lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColumnInfo {
+    pub table: String,
+    pub column: String,
+    /// The declared type, lower case (`text`, `bigint`, `blob`, `bytea`...).
+    pub kind: String,
+}
+
+impl ColumnInfo {
+    /// Whether the column holds text that `LOWER(...) LIKE` can search.
+    pub fn is_text(&self) -> bool {
+        let k = self.kind.as_str();
+        k.contains("text") || k.contains("char") || k.contains("clob") || k.contains("json")
+    }
+
+    pub fn is_binary(&self) -> bool {
+        self.kind.contains("blob") || self.kind.contains("bytea")
+    }
+}
+
+/// A catalog name quoted for SQL.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Store {
+    /// Every column of every table (verre's own and any other in the database/schema).
+    pub async fn columns(&self) -> Result<Vec<ColumnInfo>> {
+        let mut out = Vec::new();
+        match self.backend {
+            Backend::Sqlite => {
+                let tables: Vec<String> = sqlx::query(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+                )
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| r.try_get("name"))
+                .collect::<Result<_, _>>()?;
+                for table in tables {
+                    let cols = sqlx::query("SELECT name, type FROM pragma_table_info($1)")
+                        .bind(&table)
+                        .fetch_all(&self.pool)
+                        .await?;
+                    for c in cols {
+                        out.push(ColumnInfo {
+                            table: table.clone(),
+                            column: c.try_get("name")?,
+                            kind: c.try_get::<String, _>("type")?.to_lowercase(),
+                        });
+                    }
+                }
+            }
+            Backend::Postgres => {
+                for c in sqlx::query(
+                    "SELECT CAST(table_name AS TEXT) AS t, CAST(column_name AS TEXT) AS c,
+                            CAST(data_type AS TEXT) AS k
+                     FROM information_schema.columns
+                     WHERE table_schema = current_schema()
+                     ORDER BY table_name, ordinal_position",
+                )
+                .fetch_all(&self.pool)
+                .await?
+                {
+                    out.push(ColumnInfo {
+                        table: c.try_get("t")?,
+                        column: c.try_get("c")?,
+                        kind: c.try_get::<String, _>("k")?.to_lowercase(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The keyed hash that names a subject in the audit log: HMAC-SHA256 of the normalised
+    /// subject under a random key kept in this database (`gdpr_secrets`), 128 bits in hex.
+    /// The same subject always gets the same hash here, so `verre audit show --subject`
+    /// finds its erasure; without the database the hash cannot be tested against guesses.
+    pub async fn subject_hash(&self, subject: &Subject) -> Result<String> {
+        let salt = crypto::generate_key()?;
+        sqlx::query(
+            "INSERT INTO gdpr_secrets (name, value) VALUES ('erase_salt', $1) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(salt)
+        .execute(&self.pool)
+        .await?;
+        let salt: String = sqlx::query("SELECT value FROM gdpr_secrets WHERE name = 'erase_salt'")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("value")?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(salt.as_bytes())
+            .map_err(|e| anyhow::anyhow!("the erasure key: {e}"))?;
+        mac.update(subject.needle.as_bytes());
+        Ok(hex::encode(&mac.finalize().into_bytes()[..16]))
+    }
+
+    /// The messages that mention `subject` anywhere the store keeps their content.
+    pub async fn messages_of(&self, subject: &Subject) -> Result<Vec<ErasedMessage>> {
+        let mut found = Vec::new();
+        let mut after = 0i64;
+        loop {
+            let page = sqlx::query(
+                "SELECT id, source_ref, received_at, raw, key_id FROM messages WHERE id > $1 ORDER BY id LIMIT 200",
+            )
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
+            let Some(last) = page.last() else { break };
+            after = last.try_get("id")?;
+            for r in &page {
+                let id: i64 = r.try_get("id")?;
+                let source_ref: String = r.try_get("source_ref")?;
+                let key_id: Option<String> = r.try_get("key_id")?;
+                let raw = crypto::open_bytes(
+                    self.keys(),
+                    key_id.as_deref(),
+                    Column::MessageRaw,
+                    r.try_get("raw")?,
+                )
+                .with_context(|| format!("reading message {id} to search it"))?;
+                let hit = subject.matches(&source_ref)
+                    || subject.matches(&String::from_utf8_lossy(&raw))
+                    || self.derived_mentions(id, subject).await?;
+                if hit {
+                    found.push(ErasedMessage {
+                        id,
+                        source_ref,
+                        received_at: r.try_get("received_at")?,
+                    });
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether what the pipeline derived from a message mentions the subject.
+    async fn derived_mentions(&self, id: i64, subject: &Subject) -> Result<bool> {
+        for p in self.parts(id).await? {
+            let texts = [p.filename, p.text, p.pages.map(|v| v.to_string())];
+            if texts.iter().flatten().any(|t| subject.matches(t)) {
+                return Ok(true);
+            }
+        }
+        let outputs = sqlx::query("SELECT output, key_id FROM stage_results WHERE message_id = $1")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        for r in &outputs {
+            let key_id: Option<String> = r.try_get("key_id")?;
+            let text = crypto::open_text(
+                self.keys(),
+                key_id.as_deref(),
+                Column::StageOutput,
+                r.try_get("output")?,
+            )?;
+            // JSON escapes non-ASCII; compare the parsed value's strings too.
+            if let Some(t) = text {
+                let unescaped = serde_json::from_str::<serde_json::Value>(&t)
+                    .map(|v| json_strings(&v))
+                    .unwrap_or_default();
+                if subject.matches(&t) || subject.matches(&unescaped) {
+                    return Ok(true);
+                }
+            }
+        }
+        for sql in [
+            "SELECT target AS a, payload AS b FROM actions WHERE message_id = $1",
+            "SELECT reason AS a, stage AS b FROM quarantine WHERE message_id = $1",
+            "SELECT last_error AS a, stage AS b FROM jobs WHERE message_id = $1",
+        ] {
+            for r in sqlx::query(sql).bind(id).fetch_all(&self.pool).await? {
+                let a: Option<String> = r.try_get("a")?;
+                let b: Option<String> = r.try_get("b")?;
+                if [a, b].iter().flatten().any(|t| subject.matches(t)) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Erase a data subject (see the module documentation). With `dry_run`, count what
+    /// would go and change nothing.
+    pub async fn erase(
+        &self,
+        subject: &Subject,
+        actor: &str,
+        dry_run: bool,
+    ) -> Result<ErasureReport> {
+        let subject_hash = self.subject_hash(subject).await?;
+        let messages = self.messages_of(subject).await?;
+        let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
+        let columns = self.columns().await?;
+        let rules = effective_rules(&columns);
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let mut rows = BTreeMap::new();
+        for rule in &rules {
+            let n = apply_rule(&mut tx, rule, &ids, Some(subject), dry_run).await?;
+            if n > 0 {
+                *rows.entry(rule.0.clone()).or_insert(0) += n;
+            }
+        }
+        let tombstoned = tombstone(&mut tx, &ids, subject, now, dry_run).await?;
+        let mut report = ErasureReport {
+            dry_run,
+            subject_hash: subject_hash.clone(),
+            messages,
+            rows,
+            tombstoned,
+            audit_seq: None,
+            residual: Vec::new(),
+        };
+        if dry_run {
+            tx.rollback().await?;
+            return Ok(report);
+        }
+        report.audit_seq = Some(
+            audit::append_in(
+                &mut tx,
+                self.backend,
+                &AuditEvent {
+                    actor,
+                    action: "gdpr.erase",
+                    subject: &format!("subject:{subject_hash}"),
+                    detail: serde_json::json!({
+                        "messages": report.messages.len(),
+                        "rows": report.rows,
+                        "tombstoned": report.tombstoned,
+                    }),
+                },
+            )
+            .await?,
+        );
+        tx.commit().await.context("committing the erasure")?;
+        self.flush_deleted().await?;
+        report.residual = self.scan(subject).await?;
+        Ok(report)
+    }
+
+    /// On SQLite, move committed changes out of the write-ahead log into the database file
+    /// and empty the log, so erased content is not left in the `-wal` file.
+    pub async fn flush_deleted(&self) -> Result<()> {
+        if self.backend == Backend::Sqlite {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await
+                .context("checkpointing the write-ahead log")?;
+        }
+        Ok(())
+    }
+
+    /// Every text column of every table that mentions the subject, with a row count.
+    pub async fn scan(&self, subject: &Subject) -> Result<Vec<Residual>> {
+        let mut out = Vec::new();
+        for c in self.columns().await? {
+            if !c.is_text() {
+                continue;
+            }
+            let sql = format!(
+                "SELECT COUNT(*) AS n FROM {} WHERE LOWER(CAST({} AS TEXT)) LIKE $1 ESCAPE '\\'",
+                ident(&c.table),
+                ident(&c.column)
+            );
+            // Identifiers from the database's own catalog, quoted; the pattern is bound.
+            let n: i64 = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(subject.like())
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?;
+            if n > 0 {
+                out.push(Residual {
+                    table: c.table,
+                    column: c.column,
+                    rows: n,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// All strings of a JSON value, joined by spaces.
+fn json_strings(v: &serde_json::Value) -> String {
+    let mut out = String::new();
+    fn walk(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::String(s) => {
+                out.push_str(s);
+                out.push(' ');
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            serde_json::Value::Object(o) => o.iter().for_each(|(k, x)| {
+                out.push_str(k);
+                out.push(' ');
+                walk(x, out)
+            }),
+            _ => {}
+        }
+    }
+    walk(v, &mut out);
+    out
+}
+
+/// The registry's rules for the tables that exist, with every unlisted table that has a
+/// `message_id` column added just before `messages`.
+pub fn effective_rules(columns: &[ColumnInfo]) -> Vec<(String, Relation)> {
+    let exists = |t: &str| columns.iter().any(|c| c.table == t);
+    let mut rules: Vec<(String, Relation)> = REGISTRY
+        .iter()
+        .filter(|r| exists(r.table))
+        .map(|r| (r.table.to_string(), r.relation))
+        .collect();
+    let mut extra: Vec<&str> = columns
+        .iter()
+        .filter(|c| c.column == "message_id" && c.table != "audit_log")
+        .map(|c| c.table.as_str())
+        .filter(|t| !REGISTRY.iter().any(|r| r.table == *t))
+        .collect();
+    extra.dedup();
+    let at = rules
+        .iter()
+        .position(|r| r.0 == "messages")
+        .unwrap_or(rules.len());
+    for (i, t) in extra.into_iter().enumerate() {
+        rules.insert(at + i, (t.to_string(), Relation::Message("message_id")));
+    }
+    rules
+}
+
+/// Delete (or count, with `dry_run`) the rows a rule selects; returns how many.
+pub(crate) async fn apply_rule(
+    tx: &mut Transaction<'_, Any>,
+    (name, relation): &(String, Relation),
+    ids: &[i64],
+    subject: Option<&Subject>,
+    dry_run: bool,
+) -> Result<i64> {
+    let table = ident(name);
+    let mut total = 0;
+    match *relation {
+        Relation::Message(column) => {
+            for chunk in ids.chunks(500) {
+                let cond = format!("{} IN ({})", ident(column), placeholders(1, chunk.len()));
+                let sql = if dry_run {
+                    format!("SELECT COUNT(*) AS n FROM {table} WHERE {cond}")
+                } else {
+                    format!("DELETE FROM {table} WHERE {cond}")
+                };
+                // Identifiers from the registry or the catalog, quoted; values are bound.
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                total += if dry_run {
+                    q.fetch_one(&mut **tx).await?.try_get::<i64, _>("n")?
+                } else {
+                    q.execute(&mut **tx)
+                        .await
+                        .with_context(|| format!("erasing from {name}"))?
+                        .rows_affected() as i64
+                };
+            }
+        }
+        Relation::Mentions(columns) | Relation::Blank(columns) => {
+            let Some(subject) = subject else {
+                return Ok(0);
+            };
+            let cond = columns
+                .iter()
+                .map(|c| format!("LOWER(CAST({} AS TEXT)) LIKE $1 ESCAPE '\\'", ident(c)))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let sql = match (dry_run, relation) {
+                (true, _) => format!("SELECT COUNT(*) AS n FROM {table} WHERE {cond}"),
+                (false, Relation::Mentions(_)) => format!("DELETE FROM {table} WHERE {cond}"),
+                (false, _) => {
+                    let set = columns
+                        .iter()
+                        .map(|c| {
+                            format!(
+                                "{0} = CASE WHEN LOWER(CAST({0} AS TEXT)) LIKE $1 ESCAPE '\\' THEN NULL ELSE {0} END",
+                                ident(c)
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    format!("UPDATE {table} SET {set} WHERE {cond}")
+                }
+            };
+            let q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(subject.like());
+            total += if dry_run {
+                q.fetch_one(&mut **tx).await?.try_get::<i64, _>("n")?
+            } else {
+                q.execute(&mut **tx)
+                    .await
+                    .with_context(|| format!("erasing from {name}"))?
+                    .rows_affected() as i64
+            };
+        }
+    }
+    Ok(total)
+}
+
+/// Blank the detail of the audit entries about the erased messages or mentioning the
+/// subject (or count them, with `dry_run`).
+async fn tombstone(
+    tx: &mut Transaction<'_, Any>,
+    ids: &[i64],
+    subject: &Subject,
+    now: i64,
+    dry_run: bool,
+) -> Result<i64> {
+    let mut total = 0;
+    let subjects: Vec<String> = ids.iter().map(|id| format!("message:{id}")).collect();
+    let run = |cond: String, binds: Vec<String>| {
+        let sql = if dry_run {
+            format!("SELECT COUNT(*) AS n FROM audit_log WHERE erased_at IS NULL AND ({cond})")
+        } else {
+            format!(
+                "UPDATE audit_log SET detail = NULL, erased_at = {now} WHERE erased_at IS NULL AND ({cond})"
+            )
+        };
+        (sql, binds)
+    };
+    let mentions = "LOWER(detail) LIKE $1 ESCAPE '\\'";
+    let mut statements = vec![run(mentions.into(), vec![subject.like()])];
+    for chunk in subjects.chunks(500) {
+        // Not those counted above (a dry run would count them twice).
+        let mut binds = vec![subject.like()];
+        binds.extend(chunk.iter().cloned());
+        statements.push(run(
+            format!(
+                "subject IN ({}) AND NOT (COALESCE({mentions}, FALSE))",
+                placeholders(2, chunk.len())
+            ),
+            binds,
+        ));
+    }
+    for (sql, binds) in statements {
+        // Only placeholders and a number are formatted in; values are bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for b in binds {
+            q = q.bind(b);
+        }
+        total += if dry_run {
+            q.fetch_one(&mut **tx).await?.try_get::<i64, _>("n")?
+        } else {
+            q.execute(&mut **tx).await?.rows_affected() as i64
+        };
+    }
+    Ok(total)
+}

@@ -1,0 +1,632 @@
+//! GDPR properties of the store: intake stages are audited, erasure leaves nothing of the
+//! subject in any column of any table, content is encrypted at rest, retention purges and
+//! the audit chain still verifies. Each runs on SQLite, and on PostgreSQL when
+//! VERRE_TEST_POSTGRES_URL is set.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::Row;
+use verre_store::erase::Subject;
+use verre_store::{
+    AuditEvent, Keyring, NewAction, NewPart, PiiTag, Retention, StageEffects, Store, crypto,
+};
+
+const JEANNE_EMAIL: &str = "jeanne.martin@example.fr";
+const JEANNE_NAME: &str = "Jeanne Martin";
+const PAUL_EMAIL: &str = "paul.durand@example.de";
+const BODY_SECRET: &str = "ultramarine-otter-42";
+const ATTACHMENT_SECRET: &str = "cobalt-heron-77";
+
+fn mail(from_name: &str, from: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: {from_name} <{from}>\r\nTo: factures@acme.example\r\nSubject: Facture 2024\r\n\r\n{body}\r\n"
+    )
+    .into_bytes()
+}
+
+/// Three messages: two from Jeanne (one ends in quarantine), one from Paul; each with
+/// parts, PII tags, a stage output and, for the processed ones, a staged action.
+async fn fill(store: &Store) -> Vec<i64> {
+    let inputs = [
+        mail(
+            JEANNE_NAME,
+            JEANNE_EMAIL,
+            &format!("Bonjour, je suis {JEANNE_NAME}. {BODY_SECRET}"),
+        ),
+        mail("Paul Durand", PAUL_EMAIL, "Hallo, anbei die Rechnung."),
+        mail(
+            "Accounts",
+            "accounts@vendor.example",
+            &format!("Re: the invoice for Ms {JEANNE_NAME}"),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (i, raw) in inputs.iter().enumerate() {
+        let r = store
+            .ingest("test", &format!("mail-{i}.eml"), raw, "parse", 1)
+            .await
+            .unwrap();
+        ids.push(r.message_id);
+    }
+    while let Some(job) = store.claim("w1", Duration::from_secs(30)).await.unwrap() {
+        let raw = String::from_utf8(store.raw_message(job.message_id).await.unwrap()).unwrap();
+        if job.message_id == ids[2] {
+            let reason = format!("no invoice found in the mail about {JEANNE_NAME}");
+            store
+                .fail(&job, &reason, true, Duration::from_millis(1))
+                .await
+                .unwrap();
+            continue;
+        }
+        let from = if raw.contains(JEANNE_EMAIL) {
+            JEANNE_EMAIL
+        } else {
+            PAUL_EMAIL
+        };
+        let attachment = if from == JEANNE_EMAIL {
+            format!("Invoice for {JEANNE_NAME}, {ATTACHMENT_SECRET}")
+        } else {
+            "Rechnung 17".to_string()
+        };
+        let effects = StageEffects {
+            output: json!({"from": from, "parts": 2}),
+            parts: vec![
+                NewPart {
+                    idx: 0,
+                    kind: "text".into(),
+                    filename: None,
+                    content_type: "text/plain".into(),
+                    size: raw.len() as i64,
+                    supported: true,
+                    note: None,
+                    text: Some(raw.clone()),
+                    pages: None,
+                },
+                NewPart {
+                    idx: 1,
+                    kind: "attachment".into(),
+                    filename: Some("invoice.pdf".into()),
+                    content_type: "application/pdf".into(),
+                    size: 100,
+                    supported: true,
+                    note: None,
+                    text: Some(attachment.clone()),
+                    pages: Some(vec![attachment]),
+                },
+            ],
+            pii_tags: vec![PiiTag {
+                part_idx: Some(0),
+                kind: "email".into(),
+                start: 6,
+                end: 20,
+            }],
+            actions: vec![NewAction {
+                name: "reply".into(),
+                kind: "reply".into(),
+                target: from.into(),
+                payload: json!({"to": from, "body": "Merci"}).to_string(),
+            }],
+            ..Default::default()
+        };
+        assert!(store.complete(&job, &effects, None, 1).await.unwrap());
+    }
+    // What another component records about the subject: a review note.
+    store
+        .audit(AuditEvent {
+            actor: "user:reviewer",
+            action: "review.approve",
+            subject: "action:1",
+            detail: json!({"note": format!("reply to {JEANNE_NAME} approved")}),
+        })
+        .await
+        .unwrap();
+    ids
+}
+
+/// Every value of every column of every table, found through the catalog (so tables added
+/// by later migrations are scanned too), as text; binary columns as bytes.
+async fn every_value(store: &Store) -> Vec<(String, String, Vec<u8>)> {
+    let pool = store.pool();
+    let columns: Vec<(String, String, bool)> = match store.backend() {
+        verre_store::Backend::Sqlite => {
+            let mut out = Vec::new();
+            let tables = sqlx::query(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            for t in tables {
+                let table: String = t.get("name");
+                for c in sqlx::query("SELECT name FROM pragma_table_info($1)")
+                    .bind(&table)
+                    .fetch_all(pool)
+                    .await
+                    .unwrap()
+                {
+                    out.push((table.clone(), c.get("name"), false));
+                }
+            }
+            out
+        }
+        verre_store::Backend::Postgres => sqlx::query(
+            "SELECT CAST(table_name AS TEXT) AS t, CAST(column_name AS TEXT) AS c,
+                    CAST(data_type AS TEXT) AS k
+             FROM information_schema.columns WHERE table_schema = current_schema()",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get("t"), r.get("c"), r.get::<String, _>("k") == "bytea"))
+        .collect(),
+    };
+    assert!(columns.len() > 40, "the catalog lists the schema");
+    let mut values = Vec::new();
+    for (table, column, bytea) in columns {
+        // Binary columns come back as their bytes; everything else as its text.
+        let expr = match (store.backend(), bytea) {
+            (verre_store::Backend::Sqlite, _) => format!("CAST(\"{column}\" AS BLOB)"),
+            (verre_store::Backend::Postgres, true) => format!("\"{column}\""),
+            (verre_store::Backend::Postgres, false) => {
+                format!("convert_to(CAST(\"{column}\" AS TEXT), 'UTF8')")
+            }
+        };
+        let sql = format!("SELECT {expr} AS v FROM \"{table}\"");
+        for r in sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(pool)
+            .await
+            .unwrap()
+        {
+            let v: Option<Vec<u8>> = r.get("v");
+            values.push((table.clone(), column.clone(), v.unwrap_or_default()));
+        }
+    }
+    values
+}
+
+fn mentions(values: &[(String, String, Vec<u8>)], needle: &str) -> Vec<String> {
+    let needle = needle.to_lowercase();
+    values
+        .iter()
+        .filter(|(_, _, v)| String::from_utf8_lossy(v).to_lowercase().contains(&needle))
+        .map(|(t, c, _)| format!("{t}.{c}"))
+        .collect()
+}
+
+async fn sqlite() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_in_home(dir.path()).await.unwrap();
+    (dir, store)
+}
+
+fn keyring() -> Keyring {
+    Keyring::parse(&crypto::generate_key().unwrap(), "test").unwrap()
+}
+
+async fn erasure_leaves_nothing(store: Store) {
+    let ids = fill(&store).await;
+    let subject = Subject::parse(JEANNE_EMAIL).unwrap();
+    // Creates the erasure key first, so that the dry run below changes nothing at all.
+    store.subject_hash(&subject).await.unwrap();
+    let before = every_value(&store).await;
+    assert!(!mentions(&before, PAUL_EMAIL).is_empty());
+    if store.keys().is_none() {
+        assert!(!mentions(&before, JEANNE_EMAIL).is_empty());
+    }
+
+    // A dry run reports and changes nothing.
+    let dry = store.erase(&subject, "cli", true).await.unwrap();
+    assert_eq!(
+        dry.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [ids[0]]
+    );
+    assert_eq!(dry.rows["messages"], 1);
+    assert_eq!(every_value(&store).await, before);
+
+    // By e-mail: the message from Jeanne goes, Paul's stays.
+    let r = store.erase(&subject, "cli", false).await.unwrap();
+    assert!(r.residual.is_empty(), "{:?}", r.residual);
+    assert_eq!(r.rows["parts"], 2);
+    assert_eq!(r.tombstoned, 2, "its ingest and parse entries: {r:?}");
+    // By name: the quarantined mail that mentions her, and the review note.
+    let by_name = store
+        .erase(&Subject::parse(JEANNE_NAME).unwrap(), "cli", false)
+        .await
+        .unwrap();
+    assert_eq!(
+        by_name.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [ids[2]]
+    );
+    assert!(by_name.residual.is_empty(), "{:?}", by_name.residual);
+    assert_eq!(
+        by_name.tombstoned, 3,
+        "ingest, quarantine and the review note"
+    );
+
+    let after = every_value(&store).await;
+    for needle in [JEANNE_EMAIL, JEANNE_NAME, BODY_SECRET, ATTACHMENT_SECRET] {
+        assert!(
+            mentions(&after, needle).is_empty(),
+            "{needle} is still in {:?}",
+            mentions(&after, needle)
+        );
+    }
+    if store.keys().is_none() {
+        assert!(
+            !mentions(&after, PAUL_EMAIL).is_empty(),
+            "Paul's data stays"
+        );
+    }
+    assert!(store.detail(ids[1]).await.unwrap().is_some());
+
+    let audit = store.audit_verify().await.unwrap();
+    assert!(audit.ok(), "{:?}", audit.problems);
+    assert!(audit.tombstones >= 3);
+    let erasures = store
+        .audit_find(
+            &[format!("subject:{}", r.subject_hash)],
+            Some("gdpr.erase"),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(erasures.len(), 1);
+    assert_eq!(erasures[0].detail.as_ref().unwrap()["messages"], 1);
+    // The same subject always gets the same hash; another one a different hash.
+    assert_eq!(store.subject_hash(&subject).await.unwrap(), r.subject_hash);
+    assert_ne!(
+        store
+            .subject_hash(&Subject::parse(PAUL_EMAIL).unwrap())
+            .await
+            .unwrap(),
+        r.subject_hash
+    );
+}
+
+#[tokio::test]
+async fn erasure_sqlite_clear() {
+    let (_d, store) = sqlite().await;
+    erasure_leaves_nothing(store).await;
+}
+
+#[tokio::test]
+async fn erasure_sqlite_encrypted() {
+    let (_d, store) = sqlite().await;
+    erasure_leaves_nothing(store.with_keys(Some(keyring())).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn erasure_postgres() {
+    let Some(url) = verre_store::testing::postgres_url("gdpr_erase").await else {
+        return;
+    };
+    let store = Store::open(&url).await.unwrap();
+    erasure_leaves_nothing(store.with_keys(Some(keyring())).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn intake_stages_are_audited() {
+    let (_d, store) = sqlite().await;
+    let ids = fill(&store).await;
+    let entries = store
+        .audit_find(&[format!("message:{}", ids[0])], None, 100)
+        .await
+        .unwrap();
+    let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["intake.ingest", "intake.parse"]);
+    assert_eq!(entries[1].detail.as_ref().unwrap()["outcome"], "done");
+    let quarantined = store
+        .audit_find(&[format!("message:{}", ids[2])], Some("intake.parse"), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        quarantined[0].detail.as_ref().unwrap()["outcome"],
+        "quarantined"
+    );
+    // A retry is audited as such.
+    store
+        .ingest("test", "retry.eml", b"Subject: x\r\n\r\ny", "parse", 3)
+        .await
+        .unwrap();
+    let job = store
+        .claim("w1", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .fail(&job, "model unavailable", false, Duration::from_millis(1))
+        .await
+        .unwrap();
+    let retry = store
+        .audit_find(&[format!("message:{}", job.message_id)], None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        retry.last().unwrap().detail.as_ref().unwrap()["outcome"],
+        "retry"
+    );
+    assert!(store.audit_verify().await.unwrap().ok());
+}
+
+/// The bytes of the database as a copy would have them: the file and its write-ahead log.
+fn file_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for name in ["verre.db", "verre.db-wal"] {
+        if let Ok(b) = std::fs::read(dir.join(name)) {
+            bytes.extend(b);
+        }
+    }
+    bytes
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn a_copy_without_the_key_reveals_no_content_and_rotation_reencrypts() {
+    let dir = tempfile::tempdir().unwrap();
+    let k1 = crypto::generate_key().unwrap();
+    let store = Store::open_in_home(dir.path())
+        .await
+        .unwrap()
+        .with_keys(Some(Keyring::parse(&k1, "k1").unwrap()))
+        .await
+        .unwrap();
+    let ids = fill(&store).await;
+    // With the key, everything reads back.
+    let detail = store.detail(ids[0]).await.unwrap().unwrap();
+    assert!(
+        detail.parts[1]
+            .text
+            .as_deref()
+            .unwrap()
+            .contains(ATTACHMENT_SECRET)
+    );
+    assert!(
+        String::from_utf8(store.raw_message(ids[0]).await.unwrap())
+            .unwrap()
+            .contains(BODY_SECRET)
+    );
+    assert_eq!(detail.results[0].output["from"], JEANNE_EMAIL);
+    store.flush_deleted().await.unwrap();
+    let bytes = file_bytes(dir.path());
+    assert!(bytes.len() > 10_000);
+    for secret in [
+        BODY_SECRET,
+        ATTACHMENT_SECRET,
+        "Bonjour, je suis",
+        "Hallo, anbei",
+    ] {
+        assert!(
+            !contains(&bytes, secret),
+            "{secret} is readable in the file"
+        );
+    }
+    // The check can fail: the same data stored in clear is found.
+    let (clear_dir, clear) = sqlite().await;
+    fill(&clear).await;
+    clear.flush_deleted().await.unwrap();
+    assert!(contains(&file_bytes(clear_dir.path()), BODY_SECRET));
+
+    // Without the key: reads fail clearly, and writes are refused rather than stored in clear.
+    let keyless = Store::open_in_home(dir.path()).await.unwrap();
+    let e = format!("{:#}", keyless.raw_message(ids[0]).await.unwrap_err());
+    assert!(e.contains("VERRE_DATA_KEY"), "{e}");
+    let e = format!(
+        "{:#}",
+        keyless
+            .ingest("test", "new.eml", b"Subject: new\r\n\r\nhello", "parse", 1)
+            .await
+            .unwrap_err()
+    );
+    assert!(e.contains("no data key"), "{e}");
+
+    // Rotation: a new key first, the old one still readable; rekey; then the new key alone.
+    let k2 = crypto::generate_key().unwrap();
+    let both = Keyring::parse(&format!("{k2}\n{k1}"), "both").unwrap();
+    let new_id = both.current_id().to_string();
+    let rotated = Store::open_in_home(dir.path())
+        .await
+        .unwrap()
+        .with_keys(Some(both))
+        .await
+        .unwrap();
+    let r = rotated.rekey().await.unwrap();
+    assert_eq!((r.messages, r.parts), (3, 4));
+    assert_eq!(r.stage_results, 2);
+    let usage = rotated.key_usage().await.unwrap();
+    assert_eq!(usage, [(Some(new_id), 9)]);
+    let only_new = Store::open_in_home(dir.path())
+        .await
+        .unwrap()
+        .with_keys(Some(Keyring::parse(&k2, "k2").unwrap()))
+        .await
+        .unwrap();
+    let detail = only_new.detail(ids[0]).await.unwrap().unwrap();
+    assert!(
+        detail.parts[0]
+            .text
+            .as_deref()
+            .unwrap()
+            .contains(BODY_SECRET)
+    );
+    // Encrypting a database that was in clear.
+    let clear = clear.with_keys(Some(keyring())).await.unwrap();
+    let r = clear.rekey().await.unwrap();
+    assert_eq!(r.messages, 3);
+    assert!(!contains(&file_bytes(clear_dir.path()), BODY_SECRET));
+}
+
+const DAY: i64 = 24 * 3600 * 1000;
+
+/// Make every message so far `days` older (arrival times are not in the audit chain; audit
+/// entries are aged by purging as of a later time instead).
+async fn age(store: &Store, days: i64) {
+    sqlx::query("UPDATE messages SET received_at = received_at - $1")
+        .bind(days * DAY)
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
+
+async fn retention_purges_and_the_chain_still_verifies(store: Store) {
+    let ids = fill(&store).await;
+    age(&store, 40).await;
+    // A recent message and recent audit entries.
+    let fresh = store
+        .ingest(
+            "test",
+            "fresh.eml",
+            b"Subject: fresh\r\n\r\nnew",
+            "parse",
+            1,
+        )
+        .await
+        .unwrap();
+
+    // Nothing configured: nothing happens.
+    let none = verre_store::retention::purge(&store, &Retention::default(), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (none.raw_purged, none.messages_deleted, none.audit_removed),
+        (0, 0, 0)
+    );
+
+    let raw_only = Retention {
+        raw_days: Some(30),
+        ..Default::default()
+    };
+    let dry = verre_store::retention::purge(&store, &raw_only, true)
+        .await
+        .unwrap();
+    assert_eq!(dry.raw_purged, 3);
+    assert!(
+        store.raw_message(ids[0]).await.is_ok(),
+        "a dry run changes nothing"
+    );
+    let r = verre_store::retention::purge(&store, &raw_only, false)
+        .await
+        .unwrap();
+    assert_eq!(r.raw_purged, 3);
+    let e = format!("{:#}", store.raw_message(ids[0]).await.unwrap_err());
+    assert!(e.contains("raw_days"), "{e}");
+    assert_eq!(
+        store.parts(ids[0]).await.unwrap().len(),
+        2,
+        "extractions stay"
+    );
+    assert!(
+        store.raw_message(fresh.message_id).await.is_ok(),
+        "pending and recent stay"
+    );
+
+    let all = Retention {
+        raw_days: Some(30),
+        extracted_days: Some(35),
+        audit_days: Some(35),
+    };
+    let r = verre_store::retention::purge(&store, &all, false)
+        .await
+        .unwrap();
+    assert_eq!(r.messages_deleted, 3);
+    assert_eq!(r.rows["parts"], 4);
+    assert_eq!(r.audit_removed, 0, "every entry is recent");
+    assert!(store.detail(ids[0]).await.unwrap().is_none());
+    assert!(store.detail(fresh.message_id).await.unwrap().is_some());
+    assert!(store.audit_verify().await.unwrap().ok());
+
+    // 40 days later the audit entries are past audit_days (the fresh message is now too,
+    // but it is still pending).
+    let later = verre_store::now_ms() + 40 * DAY;
+    let entries = store.audit_verify().await.unwrap().entries;
+    let r = store.purge_at(&all, later, false).await.unwrap();
+    assert_eq!(r.audit_removed, entries, "{r:?}");
+    assert!(store.detail(fresh.message_id).await.unwrap().is_some());
+    let report = store.audit_verify().await.unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(
+        report.checkpoint.as_ref().unwrap().seq,
+        r.audit_checkpoint.unwrap()
+    );
+    // Appends continue the chain from the checkpoint.
+    store
+        .audit(AuditEvent {
+            actor: "cli",
+            action: "test",
+            subject: "",
+            detail: json!(1),
+        })
+        .await
+        .unwrap();
+    let after = store.audit_verify().await.unwrap();
+    assert!(after.ok(), "{:?}", after.problems);
+    // A second purge removes the first purge's own entries once they are old, and still verifies.
+    let r2 = store.purge_at(&all, later + 40 * DAY, false).await.unwrap();
+    assert!(r2.audit_removed > 0);
+    let again = store.audit_verify().await.unwrap();
+    assert!(again.ok(), "{:?}", again.problems);
+
+    // Tampering is still detected: entries removed without a purge, a forged checkpoint.
+    let head = again.head_seq;
+    sqlx::query("DELETE FROM audit_checkpoint")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert!(
+        !store.audit_verify().await.unwrap().ok(),
+        "checkpoint removed"
+    );
+    // Forge one that skips the real one's entry.
+    sqlx::query("INSERT INTO audit_checkpoint (seq, hash, removed, at) VALUES ($1, $2, 1, 1)")
+        .bind(head - 1)
+        .bind("00")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert!(
+        !store.audit_verify().await.unwrap().ok(),
+        "forged checkpoint"
+    );
+}
+
+#[tokio::test]
+async fn retention_sqlite() {
+    let (_d, store) = sqlite().await;
+    retention_purges_and_the_chain_still_verifies(store).await;
+}
+
+#[tokio::test]
+async fn retention_postgres() {
+    let Some(url) = verre_store::testing::postgres_url("gdpr_retention").await else {
+        return;
+    };
+    retention_purges_and_the_chain_still_verifies(Store::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn a_recorded_head_detects_a_cut_tail() {
+    let (_d, store) = sqlite().await;
+    fill(&store).await;
+    let r = store.audit_verify().await.unwrap();
+    assert!(
+        store
+            .audit_check_head(r.head_seq, &r.head)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    sqlx::query("DELETE FROM audit_log WHERE seq >= $1")
+        .bind(r.head_seq - 1)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    // The chain alone still verifies: the cut is invisible without the recorded head.
+    assert!(store.audit_verify().await.unwrap().ok());
+    let problems = store.audit_check_head(r.head_seq, &r.head).await.unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].reason.contains("cut"), "{problems:?}");
+}
