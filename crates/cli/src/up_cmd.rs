@@ -76,9 +76,11 @@ struct Home {
 }
 
 pub fn up(args: UpArgs) -> Result<()> {
-    crate::set_threads(args.threads)?;
     let root = ModelStore::default_home()?;
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    // Before any thread starts: the environment is read by the store and set here.
+    let data_key = data_key(&root)?;
+    crate::set_threads(args.threads)?;
     let home = Home {
         keys: root.join("api-keys"),
         inbox: args.inbox.clone().unwrap_or_else(|| root.join("inbox")),
@@ -117,6 +119,10 @@ pub fn up(args: UpArgs) -> Result<()> {
     let keys = ApiKeys::load(&home.keys)?;
     let database = args.db.url()?;
     let pipeline = crate::intake_cmd::load_pipeline(&home.pipeline)?;
+    let retention = gateway_config
+        .as_ref()
+        .map(|c| c.retention)
+        .unwrap_or_default();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -145,7 +151,8 @@ pub fn up(args: UpArgs) -> Result<()> {
             // The server failed before binding: its error says why.
             Err(_) => return server.await.context("the server task")?,
         };
-        announce(&home, address, new_key.as_deref());
+        announce(&home, address, new_key.as_deref(), data_key.as_deref());
+        let purge = tokio::spawn(purge_on_schedule(database.clone(), retention, stop.clone()));
 
         let mut intake = tokio::spawn(run_intake(
             database,
@@ -173,6 +180,7 @@ pub fn up(args: UpArgs) -> Result<()> {
                 (server.await, r)
             }
         };
+        purge.abort();
         server_result.context("the server task")??;
         intake_result.context("the intake task")??;
         eprintln!("verre up: stopped");
@@ -254,7 +262,80 @@ fn prepare_inbox(inbox: &Path, demo: bool) -> Result<()> {
     Ok(())
 }
 
-fn announce(home: &Home, address: std::net::SocketAddr, new_key: Option<&str>) {
+/// Encryption at rest on by default: without `VERRE_DATA_KEY` or `VERRE_DATA_KEY_FILE` in
+/// the environment, use `$VERRE_HOME/data-keys` (made on the first start, readable by its
+/// owner only). Returns the key file's path when it is the one in use.
+fn data_key(root: &Path) -> Result<Option<PathBuf>> {
+    let (inline, file) = (
+        verre_store::crypto::KEY_ENV,
+        verre_store::crypto::KEY_FILE_ENV,
+    );
+    if std::env::var_os(inline).is_some() || std::env::var_os(file).is_some() {
+        return Ok(None);
+    }
+    let path = root.join("data-keys");
+    if !path.exists() {
+        let key = verre_store::crypto::generate_key()?;
+        let text = format!(
+            "# verre's data keys (AES-256-GCM), the current one first. Keep a copy apart from\n\
+             # the database: without it the stored mail cannot be read. docs/GDPR.md\n{key}\n"
+        );
+        write_private(&path, &text)?;
+    }
+    // SAFETY: called before this process starts any other thread.
+    unsafe { std::env::set_var(file, &path) };
+    Ok(Some(path))
+}
+
+/// Create `path` with `text`, readable and writable by the owner only.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Apply the `[retention]` policy now and then every hour until `stop`.
+async fn purge_on_schedule(
+    database: String,
+    retention: verre_store::Retention,
+    mut stop: watch::Receiver<bool>,
+) {
+    if retention.is_empty() {
+        return;
+    }
+    let store = match verre_store::Store::open(&database).await {
+        Ok(s) => s,
+        Err(e) => return eprintln!("verre up: retention purge disabled: {e:#}"),
+    };
+    loop {
+        match verre_store::retention::purge(&store, &retention, false).await {
+            Ok(r) if r.raw_purged + r.messages_deleted + r.audit_removed > 0 => eprintln!(
+                "verre up: retention purge: raw bytes of {} message(s), {} message(s), {} audit entries",
+                r.raw_purged, r.messages_deleted, r.audit_removed
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("verre up: retention purge failed (retried in an hour): {e:#}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+fn announce(
+    home: &Home,
+    address: std::net::SocketAddr,
+    new_key: Option<&str>,
+    data_key: Option<&Path>,
+) {
     let base = format!("http://{address}");
     eprintln!();
     eprintln!("verre up: running");
@@ -266,6 +347,12 @@ fn announce(home: &Home, address: std::net::SocketAddr, new_key: Option<&str>) {
         home.inbox.display()
     );
     eprintln!("  pipeline     {}", home.pipeline.display());
+    if let Some(path) = data_key {
+        eprintln!(
+            "  data key     {} (mail is encrypted at rest)",
+            path.display()
+        );
+    }
     if let Some(key) = new_key {
         eprintln!();
         eprintln!(

@@ -172,7 +172,11 @@ mod tests {
         assert_eq!(loop_continuation(&[9, 5, 6, 5, 6, 5, 6, 5, 6]), Some(5));
         // A three-token array item repeated four times.
         let item = [11, 12, 13];
-        let out: Vec<u32> = [1].iter().chain(item.iter().cycle().take(12)).copied().collect();
+        let out: Vec<u32> = [1]
+            .iter()
+            .chain(item.iter().cycle().take(12))
+            .copied()
+            .collect();
         assert_eq!(loop_continuation(&out), Some(11));
         // One token seven times is not yet a loop; eight times is.
         assert_eq!(loop_continuation(&[3, 7, 7, 7, 7, 7, 7, 7]), None);
