@@ -188,7 +188,12 @@ fn run_one(
     mask_us.extend(generation.mask_times.iter().map(|d| micros(*d)));
     on_output(&generation, &prompt);
     if generation.finish_reason != FinishReason::Stop {
-        let tail = &generation.text[generation.text.len().saturating_sub(120)..];
+        let text = &generation.text;
+        let mut start = text.len().saturating_sub(120);
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        let tail = &text[start..];
         return Outcome::Truncated(tail.chars().filter(|c| !c.is_control()).collect());
     }
     let instance: Value = match serde_json::from_str(&generation.text) {

@@ -143,6 +143,7 @@ impl ConstraintCompiler {
                 }
                 let mut schema = schema.clone();
                 strip_unknown_formats(&mut schema);
+                close_open_objects(&mut schema);
                 TopLevelGrammar::from_json_schema(with_compact_json(schema))
             }
             GrammarSpec::Regex(rx) => TopLevelGrammar::from_regex(rx),
@@ -216,6 +217,60 @@ fn strip_unknown_formats(schema: &mut Value) {
         }
         Value::Array(items) => items.iter_mut().for_each(strip_unknown_formats),
         _ => {}
+    }
+}
+
+/// Objects that declare their `properties` and say nothing of others are generated with the
+/// declared ones only (`additionalProperties: false`), as OpenAI's strict mode requires of
+/// every schema: a small model otherwise keeps inventing keys until the token limit cuts the
+/// output. What is generated is still valid under the schema as written (it only narrows
+/// what may be generated). Left alone: objects combined with `allOf`/`anyOf`/`oneOf`/`$ref`
+/// or `patternProperties`, objects inside those combinators (a sibling branch may declare
+/// the other properties), and objects requiring a property they do not declare.
+fn close_open_objects(schema: &mut Value) {
+    let Value::Object(map) = schema else { return };
+    let combined = [
+        "allOf",
+        "anyOf",
+        "oneOf",
+        "$ref",
+        "patternProperties",
+        "unevaluatedProperties",
+        "if",
+    ]
+    .iter()
+    .any(|k| map.contains_key(*k));
+    if !combined
+        && !map.contains_key("additionalProperties")
+        && let Some(Value::Object(props)) = map.get("properties")
+    {
+        let declared = |name: &Value| name.as_str().is_some_and(|n| props.contains_key(n));
+        let required_declared = match map.get("required") {
+            Some(Value::Array(names)) => names.iter().all(declared),
+            _ => true,
+        };
+        if required_declared {
+            map.insert("additionalProperties".into(), Value::Bool(false));
+        }
+    }
+    for (key, value) in map.iter_mut() {
+        match key.as_str() {
+            "properties" | "$defs" | "definitions" | "dependentSchemas" => {
+                if let Value::Object(children) = value {
+                    children.values_mut().for_each(close_open_objects);
+                }
+            }
+            "items" | "additionalProperties" | "contains" | "additionalItems" => {
+                close_open_objects(value)
+            }
+            "prefixItems" => {
+                if let Value::Array(items) = value {
+                    items.iter_mut().for_each(close_open_objects);
+                }
+            }
+            // allOf/anyOf/oneOf branches, not, if/then/else, and instances: as written.
+            _ => {}
+        }
     }
 }
 
@@ -359,5 +414,45 @@ impl Constraint {
     /// Time spent computing each mask so far.
     pub fn mask_times(&self) -> &[Duration] {
         &self.mask_times
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn open_objects_are_closed_where_that_only_narrows_the_output() {
+        let mut schema = json!({
+            "type": "object",
+            "properties": {
+                "a": {"type": "object", "properties": {"x": {"type": "string"}}},
+                "b": {"type": "array", "items": {"type": "object", "properties": {"y": {}}}},
+                "c": {"allOf": [{"properties": {"p": {}}}, {"properties": {"q": {}}}]},
+                "d": {"type": "object", "properties": {"z": {}}, "additionalProperties": {"type": "number"}},
+                "e": {"type": "object", "properties": {"k": {}}, "required": ["k", "undeclared"]},
+                "f": {"enum": [{"properties": {}}]}
+            },
+            "$defs": {"g": {"properties": {"w": {}}}}
+        });
+        close_open_objects(&mut schema);
+        let closed = |ptr: &str| {
+            schema
+                .pointer(ptr)
+                .unwrap()
+                .get("additionalProperties")
+                .cloned()
+        };
+        assert_eq!(closed(""), Some(json!(false)));
+        assert_eq!(closed("/properties/a"), Some(json!(false)));
+        assert_eq!(closed("/properties/b/items"), Some(json!(false)));
+        assert_eq!(closed("/$defs/g"), Some(json!(false)));
+        // Combinator branches, explicit additionalProperties, undeclared required names and
+        // instances are left as written.
+        assert_eq!(closed("/properties/c/allOf/0"), None);
+        assert_eq!(closed("/properties/d"), Some(json!({"type": "number"})));
+        assert_eq!(closed("/properties/e"), None);
+        assert_eq!(closed("/properties/f/enum/0"), None);
     }
 }
