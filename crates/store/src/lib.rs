@@ -13,7 +13,9 @@
 
 pub mod audit;
 mod migrate;
+pub mod outbox;
 mod queue;
+pub mod review;
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -584,6 +586,17 @@ fn message_row(r: &AnyRow) -> Result<MessageRow> {
         status: r.try_get("status")?,
         received_at: r.try_get("received_at")?,
         finished_at: r.try_get("finished_at")?,
+    })
+}
+
+fn action_row(r: &AnyRow) -> Result<ActionRow> {
+    Ok(ActionRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        kind: r.try_get("kind")?,
+        target: r.try_get("target")?,
+        payload: r.try_get("payload")?,
+        status: r.try_get("status")?,
     })
 }
 
