@@ -8,6 +8,7 @@ mod loadtest_cmd;
 mod models_cmd;
 mod run_cmd;
 mod serve_cmd;
+mod users_cmd;
 
 use std::process::ExitCode;
 
@@ -65,6 +66,11 @@ enum Command {
     },
     /// Measure extraction accuracy on a folder of invoice PDFs with .json answers.
     EvalExtract(eval_cmd::EvalArgs),
+    /// Accounts of the review UI (`verre serve` at /review).
+    Users {
+        #[command(subcommand)]
+        command: users_cmd::UsersCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -90,6 +96,7 @@ fn main() -> ExitCode {
         Command::Keys { command } => serve_cmd::keys(command),
         Command::Intake { command } => intake_cmd::intake(command),
         Command::EvalExtract(args) => eval_cmd::eval_extract(args),
+        Command::Users { command } => users_cmd::users(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -134,6 +134,10 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         },
         gateway,
         database: Some(args.db.url()?),
+        review: gateway_config
+            .as_ref()
+            .map(|c| c.review.clone())
+            .unwrap_or_default(),
     })
 }
 

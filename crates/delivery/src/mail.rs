@@ -36,6 +36,9 @@ pub struct Reply {
     pub body: String,
     /// The `Message-ID` of the mail being answered.
     pub in_reply_to: Option<String>,
+    /// This reply's own `Message-ID` (`<...@...>`), the same on every attempt so a repeat
+    /// can be recognised; None: a new one.
+    pub message_id: Option<String>,
 }
 
 pub struct Mailer {
@@ -80,6 +83,11 @@ impl Mailer {
         })
     }
 
+    /// The domain of the sender address (for `Message-ID`s).
+    pub fn domain(&self) -> &str {
+        self.from.email.domain()
+    }
+
     /// Send one reply; returns the `Message-ID` it was given.
     pub async fn send(&self, reply: &Reply) -> Result<String> {
         let to: Mailbox = reply
@@ -87,7 +95,10 @@ impl Mailer {
             .parse()
             .with_context(|| format!("recipient address {:?}", reply.to))?;
         let domain = self.from.email.domain().to_string();
-        let id = format!("<{}@{domain}>", crate::webhook::new_message_id());
+        let id = reply
+            .message_id
+            .clone()
+            .unwrap_or_else(|| format!("<{}@{domain}>", crate::webhook::new_message_id()));
         let mut message = Message::builder()
             .from(self.from.clone())
             .to(to)

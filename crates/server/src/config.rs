@@ -35,6 +35,8 @@ pub struct GatewayConfig {
     pub health: HealthConfig,
     /// Limits by API key name (the names in the keys file).
     pub keys: HashMap<String, KeyLimits>,
+    /// `[review]` and `[delivery]`: the review UI's sessions, webhook targets, SMTP.
+    pub review: crate::review::ReviewSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -193,11 +195,14 @@ impl GatewayConfig {
                 defaults.first_byte_timeout,
             )?,
         };
+        let review = crate::review::settings::parse(raw.review, raw.delivery, &policy)
+            .with_context(|| origin.to_string())?;
         Ok(Self {
             policy,
             backends,
             health,
             keys,
+            review,
         })
     }
 
@@ -340,6 +345,10 @@ struct RawConfig {
     backend: Vec<Spanned<RawBackend>>,
     #[serde(default)]
     key: Vec<Spanned<RawKey>>,
+    #[serde(default)]
+    review: crate::review::settings::RawReview,
+    #[serde(default)]
+    delivery: crate::review::settings::RawDelivery,
 }
 
 #[derive(Deserialize, Default)]

@@ -564,6 +564,15 @@ impl Store {
         .collect()
     }
 
+    /// The message an action belongs to.
+    pub async fn action_message(&self, action_id: i64) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT message_id FROM actions WHERE id = $1")
+            .bind(action_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("message_id")).transpose()?)
+    }
+
     /// Replace a staged action's payload (valid JSON) while its message is undecided.
     pub async fn edit_action(&self, action_id: i64, payload: &str, user: &str) -> Result<()> {
         let value: Value = serde_json::from_str(payload)
