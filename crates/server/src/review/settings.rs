@@ -197,7 +197,7 @@ pub(crate) fn parse(
                 from: s.from,
             };
             // Fails now on a bad address, plain SMTP off loopback, or unset credentials.
-            verre_delivery::mail::Mailer::new(&cfg).context("[delivery.smtp]")?;
+            cfg.check().context("[delivery.smtp]")?;
             Ok(cfg)
         })
         .transpose()?;
