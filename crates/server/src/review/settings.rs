@@ -268,4 +268,66 @@ mod tests {
         };
         assert!(s.allow(&reply).unwrap_err().contains("smtp"));
     }
+
+    #[test]
+    fn the_sections_parse_and_errors_name_the_key() {
+        let parse = |t: &str| crate::config::GatewayConfig::parse(t, "verre.toml");
+        // SAFETY: no other test reads this variable.
+        unsafe {
+            std::env::set_var(
+                "VERRE_TEST_REVIEW_HOOK_SECRET",
+                WebhookSecret::generate().expose(),
+            )
+        };
+        let ok = parse(
+            r#"
+[policy]
+allow_jurisdictions = ["EU"]
+[review]
+session_hours = 2
+secure_cookies = true
+[delivery]
+timeout_s = 3
+[[delivery.webhook]]
+url = "https://crm.example.eu/hooks/"
+jurisdiction = "EU-FR"
+secret_env = "VERRE_TEST_REVIEW_HOOK_SECRET"
+[delivery.smtp]
+host = "127.0.0.1"
+security = "plain"
+from = "Support <support@example.eu>"
+"#,
+        )
+        .unwrap();
+        let r = &ok.review;
+        assert_eq!(r.session_ttl, Duration::from_secs(7200));
+        assert_eq!(r.secure_cookies, Some(true));
+        assert_eq!(r.delivery.timeout, Duration::from_secs(3));
+        assert_eq!(r.delivery.smtp.as_ref().unwrap().port, 25);
+        assert!(
+            r.delivery
+                .webhook_target("https://crm.example.eu/hooks/x")
+                .is_ok()
+        );
+
+        for (text, expect) in [
+            ("[delivery]\nretries = 3\n", "retries"),
+            (
+                "[[delivery.webhook]]\nurl = \"https://a.example/\"\njurisdiction = \"EU-FR\"\nsecret_env = \"VERRE_TEST_REVIEW_HOOK_SECRET\"\n",
+                "allow_jurisdictions",
+            ),
+            (
+                "[policy]\nallow_jurisdictions = [\"EU\"]\n[[delivery.webhook]]\nurl = \"https://a.example/\"\njurisdiction = \"EU-FR\"\nsecret_env = \"VERRE_TEST_REVIEW_UNSET\"\n",
+                "VERRE_TEST_REVIEW_UNSET",
+            ),
+            (
+                "[delivery.smtp]\nhost = \"mail.example.eu\"\nsecurity = \"plain\"\nfrom = \"a@b.test\"\n",
+                "unencrypted",
+            ),
+            ("[review]\nsession_hours = 0\n", "session_hours"),
+        ] {
+            let e = format!("{:#}", parse(text).unwrap_err());
+            assert!(e.contains(expect), "{text}: {e}");
+        }
+    }
 }
