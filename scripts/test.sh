@@ -52,3 +52,7 @@ cargo test --workspace "$@"
 
 # The OpenAI API as the official clients see it: Python `openai` + pytest, npm `openai`.
 VERRE_BIN=./target/debug/verre tests/openai/run.sh
+
+# The review UI in real headless Chromium: login, draft edit, approve (signed webhook and
+# reply mail received on loopback), reject, a forged CSRF token refused.
+VERRE_BIN=./target/debug/verre tests/browser/run.sh

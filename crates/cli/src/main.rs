@@ -10,6 +10,7 @@ mod models_cmd;
 mod run_cmd;
 mod serve_cmd;
 mod up_cmd;
+mod users_cmd;
 
 use std::process::ExitCode;
 
@@ -87,6 +88,11 @@ enum Command {
         #[command(subcommand)]
         command: gdpr_cmd::GdprCommand,
     },
+    /// Accounts of the review UI (`verre serve` at /review).
+    Users {
+        #[command(subcommand)]
+        command: users_cmd::UsersCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -117,6 +123,7 @@ fn main() -> ExitCode {
         Command::Erase(args) => gdpr_cmd::erase(args),
         Command::Purge(args) => gdpr_cmd::purge(args),
         Command::Gdpr { command } => gdpr_cmd::gdpr(command),
+        Command::Users { command } => users_cmd::users(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

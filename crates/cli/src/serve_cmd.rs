@@ -114,6 +114,10 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         gateway,
         database: Some(args.db.url()?),
         on_listening: None,
+        review: gateway_config
+            .as_ref()
+            .map(|c| c.review.clone())
+            .unwrap_or_default(),
     })
 }
 

@@ -117,6 +117,10 @@ pub fn up(args: UpArgs) -> Result<()> {
         .transpose()
         .context("setting up the gateway")?;
     let keys = ApiKeys::load(&home.keys)?;
+    let review = gateway_config
+        .as_ref()
+        .map(|c| c.review.clone())
+        .unwrap_or_default();
     let database = args.db.url()?;
     let pipeline = crate::intake_cmd::load_pipeline(&home.pipeline)?;
     let retention = gateway_config
@@ -144,14 +148,22 @@ pub fn up(args: UpArgs) -> Result<()> {
             on_listening: Some(Box::new(move |address| {
                 let _ = listening_tx.send(address);
             })),
+            review,
         };
+        let admin_password = first_admin(&database).await?;
         let mut server = tokio::spawn(verre_server::serve(serve_config, stopped(stop.clone())));
         let address = match listening.await {
             Ok(address) => address,
             // The server failed before binding: its error says why.
             Err(_) => return server.await.context("the server task")?,
         };
-        announce(&home, address, new_key.as_deref(), data_key.as_deref());
+        announce(
+            &home,
+            address,
+            new_key.as_deref(),
+            admin_password.as_deref(),
+            data_key.as_deref(),
+        );
         let purge = tokio::spawn(purge_on_schedule(database.clone(), retention, stop.clone()));
 
         let mut intake = tokio::spawn(run_intake(
@@ -224,6 +236,32 @@ fn first_api_key(keys: &Path) -> Result<Option<String>> {
     }
     let key = auth::add_key(keys, "admin").context("making the first API key")?;
     Ok(Some(key))
+}
+
+/// Make the review UI's first account, `admin`, with a random password, when there is no
+/// account at all; the password is returned to be printed once.
+async fn first_admin(database: &str) -> Result<Option<String>> {
+    let store = verre_store::Store::open(database).await?;
+    if !store.users().await?.is_empty() {
+        return Ok(None);
+    }
+    let password = random_password();
+    let hash = verre_server::review::auth::hash_password(&password)?;
+    store
+        .add_user("admin", &hash, "admin")
+        .await
+        .context("making the first review account")?;
+    Ok(Some(password))
+}
+
+/// 20 characters from an alphabet without look-alikes (about 115 bits).
+fn random_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..20)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// Write the default pipeline and its CRM database on the first start.
@@ -334,6 +372,7 @@ fn announce(
     home: &Home,
     address: std::net::SocketAddr,
     new_key: Option<&str>,
+    admin_password: Option<&str>,
     data_key: Option<&Path>,
 ) {
     let base = format!("http://{address}");
@@ -352,6 +391,11 @@ fn announce(
             "  data key     {} (mail is encrypted at rest)",
             path.display()
         );
+    }
+    if let Some(password) = admin_password {
+        eprintln!();
+        eprintln!("  review UI login (shown once; `verre users remove admin`, then `verre users add admin --role admin` to change it):");
+        eprintln!("    user admin   password {password}");
     }
     if let Some(key) = new_key {
         eprintln!();

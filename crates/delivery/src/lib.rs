@@ -14,6 +14,7 @@
 pub mod mail;
 pub mod retry;
 pub mod send;
+pub mod testing;
 pub mod webhook;
 
 pub use retry::{Attempt, Outcome, RETRY_SCHEDULE};

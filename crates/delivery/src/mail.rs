@@ -36,6 +36,43 @@ pub struct Reply {
     pub body: String,
     /// The `Message-ID` of the mail being answered.
     pub in_reply_to: Option<String>,
+    /// This reply's own `Message-ID` (`<...@...>`), the same on every attempt so a repeat
+    /// can be recognised; None: a new one.
+    pub message_id: Option<String>,
+}
+
+impl SmtpConfig {
+    /// Check the configuration without connecting (and without a runtime): the sender
+    /// address, plain SMTP only to loopback, credentials present in the environment.
+    pub fn check(&self) -> Result<()> {
+        self.from
+            .parse::<Mailbox>()
+            .with_context(|| format!("SMTP from address {:?}", self.from))?;
+        if self.security == Security::PlainLoopback {
+            let loopback = self.host == "localhost"
+                || self
+                    .host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !loopback {
+                bail!(
+                    "plain SMTP to {} would send mail unencrypted: use starttls or tls (plain is for a loopback relay only)",
+                    self.host
+                );
+            }
+        }
+        self.credentials().map(|_| ())
+    }
+
+    fn credentials(&self) -> Result<Option<Credentials>> {
+        let (Some(user), Some(pass)) = (&self.username_env, &self.password_env) else {
+            return Ok(None);
+        };
+        let user = std::env::var(user).with_context(|| format!("SMTP user: ${user} is not set"))?;
+        let pass =
+            std::env::var(pass).with_context(|| format!("SMTP password: ${pass} is not set"))?;
+        Ok(Some(Credentials::new(user, pass)))
+    }
 }
 
 pub struct Mailer {
@@ -44,32 +81,20 @@ pub struct Mailer {
 }
 
 impl Mailer {
+    /// A transport for `cfg` (checked first); connects on the first send. Needs a Tokio
+    /// runtime.
     pub fn new(cfg: &SmtpConfig) -> Result<Self> {
+        cfg.check()?;
         let builder = match cfg.security {
             Security::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.host)?,
             Security::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.host)?,
             Security::PlainLoopback => {
-                let loopback = cfg.host == "localhost"
-                    || cfg
-                        .host
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback());
-                if !loopback {
-                    bail!(
-                        "plain SMTP to {} would send mail unencrypted: use starttls or tls (plain is for a loopback relay only)",
-                        cfg.host
-                    );
-                }
                 AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host)
             }
         };
         let mut builder = builder.port(cfg.port);
-        if let (Some(user), Some(pass)) = (&cfg.username_env, &cfg.password_env) {
-            let user =
-                std::env::var(user).with_context(|| format!("SMTP user: ${user} is not set"))?;
-            let pass = std::env::var(pass)
-                .with_context(|| format!("SMTP password: ${pass} is not set"))?;
-            builder = builder.credentials(Credentials::new(user, pass));
+        if let Some(credentials) = cfg.credentials()? {
+            builder = builder.credentials(credentials);
         }
         Ok(Self {
             transport: builder.build(),
@@ -80,6 +105,11 @@ impl Mailer {
         })
     }
 
+    /// The domain of the sender address (for `Message-ID`s).
+    pub fn domain(&self) -> &str {
+        self.from.email.domain()
+    }
+
     /// Send one reply; returns the `Message-ID` it was given.
     pub async fn send(&self, reply: &Reply) -> Result<String> {
         let to: Mailbox = reply
@@ -87,7 +117,10 @@ impl Mailer {
             .parse()
             .with_context(|| format!("recipient address {:?}", reply.to))?;
         let domain = self.from.email.domain().to_string();
-        let id = format!("<{}@{domain}>", crate::webhook::new_message_id());
+        let id = reply
+            .message_id
+            .clone()
+            .unwrap_or_else(|| format!("<{}@{domain}>", crate::webhook::new_message_id()));
         let mut message = Message::builder()
             .from(self.from.clone())
             .to(to)

@@ -39,6 +39,8 @@ pub struct GatewayConfig {
     pub retention: verre_store::Retention,
     /// `[gdpr]`: who the controller is and why data is processed (`verre gdpr report`).
     pub gdpr: GdprConfig,
+    /// `[review]` and `[delivery]`: the review UI's sessions, webhook targets, SMTP.
+    pub review: crate::review::ReviewSettings,
 }
 
 /// `[gdpr]`: what the records of processing (Art. 30) say about the controller.
@@ -230,6 +232,8 @@ impl GatewayConfig {
                 defaults.first_byte_timeout,
             )?,
         };
+        let review = crate::review::settings::parse(raw.review, raw.delivery, &policy)
+            .with_context(|| origin.to_string())?;
         Ok(Self {
             policy,
             backends,
@@ -241,6 +245,7 @@ impl GatewayConfig {
                 audit_days: raw.retention.audit_days,
             },
             gdpr: raw.gdpr,
+            review,
         })
     }
 
@@ -388,6 +393,10 @@ struct RawConfig {
     retention: RawRetention,
     #[serde(default)]
     gdpr: GdprConfig,
+    #[serde(default)]
+    review: crate::review::settings::RawReview,
+    #[serde(default)]
+    delivery: crate::review::settings::RawDelivery,
 }
 
 #[derive(Deserialize, Default)]

@@ -53,6 +53,8 @@ pub struct ServeConfig {
     pub database: Option<String>,
     /// Called once with the bound address, before the models are loaded.
     pub on_listening: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send + Sync>>,
+    /// `[review]` and `[delivery]` from verre.toml (defaults without `--config`).
+    pub review: crate::review::ReviewSettings,
 }
 
 /// Serve until Ctrl-C or SIGTERM. Blocks; builds its own async runtime.
@@ -83,10 +85,12 @@ pub async fn serve(
         ids.join(", ")
     );
 
-    let mut state = AppState::new(config.keys);
+    let mut state = AppState::new(config.keys).with_review(config.review.clone());
+    let (stop_tx, stop) = watch::channel(false);
     if let Some(url) = &config.database {
         let store = verre_store::Store::open(url).await?;
         eprintln!("verre serve: database {}", verre_store::redact(url));
+        crate::review::worker::spawn(store.clone(), config.review.clone(), stop.clone())?;
         state = state.with_store(store);
     }
     if let Some(gateway) = &config.gateway {
@@ -114,7 +118,6 @@ pub async fn serve(
         }
     });
 
-    let (stop_tx, stop) = watch::channel(false);
     let load_error = tokio::spawn(async move {
         let error = tokio::select! {
             _ = shutdown => None,
@@ -127,7 +130,9 @@ pub async fn serve(
     let stopped = |mut stop: watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(stopped(stop.clone()));
+    // The peer address feeds the review UI's login rate limit.
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop.clone()));
     tokio::select! {
         result = async { server.await } => result.context("serving HTTP")?,
         _ = async { stopped(stop).await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {

@@ -8,6 +8,7 @@
 //! - [`metrics`]: the `/metrics` page.
 //! - [`gateway`] and [`config`]: `verre.toml` backends (local and remote OpenAI-compatible
 //!   upstreams), routing with failover, the egress policy, per-key limits.
+//! - [`review`]: the human review UI at `/review` and the outbox delivery worker.
 //!
 //! [`router`] builds the whole app over an [`AppState`]; [`run`] serves it for real.
 
@@ -18,6 +19,7 @@ pub mod gateway;
 mod launch;
 pub mod metrics;
 pub mod openai;
+pub mod review;
 mod state;
 
 use std::net::IpAddr;
@@ -47,6 +49,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .merge(api)
+        .merge(review::routes())
         .route("/health", get(health))
         .route("/metrics", get(metrics_page))
         .fallback(not_found)

@@ -55,6 +55,7 @@ pub struct AppState {
     keys: Option<ApiKeys>,
     gateway: Option<Arc<Gateway>>,
     store: Option<Store>,
+    review: crate::review::ReviewSettings,
 }
 
 impl AppState {
@@ -66,6 +67,7 @@ impl AppState {
             keys,
             gateway: None,
             store: None,
+            review: Default::default(),
         }
     }
 
@@ -79,6 +81,12 @@ impl AppState {
     /// `store`.
     pub fn with_store(mut self, store: Store) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Review UI and delivery settings (`[review]`, `[delivery]` of verre.toml).
+    pub fn with_review(mut self, review: crate::review::ReviewSettings) -> Self {
+        self.review = review;
         self
     }
 
@@ -150,6 +158,10 @@ impl AppState {
     /// The database, when the server was started with one (`verre serve` always is).
     pub fn store(&self) -> Option<&Store> {
         self.store.as_ref()
+    }
+
+    pub fn review(&self) -> &crate::review::ReviewSettings {
+        &self.review
     }
 }
 

@@ -15,8 +15,10 @@ pub mod audit;
 pub mod crypto;
 pub mod erase;
 mod migrate;
+pub mod outbox;
 mod queue;
 pub mod retention;
+pub mod review;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -702,6 +704,17 @@ fn message_row(r: &AnyRow) -> Result<MessageRow> {
         status: r.try_get("status")?,
         received_at: r.try_get("received_at")?,
         finished_at: r.try_get("finished_at")?,
+    })
+}
+
+fn action_row(r: &AnyRow) -> Result<ActionRow> {
+    Ok(ActionRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        kind: r.try_get("kind")?,
+        target: r.try_get("target")?,
+        payload: r.try_get("payload")?,
+        status: r.try_get("status")?,
     })
 }
 

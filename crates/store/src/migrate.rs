@@ -26,6 +26,11 @@ const SQLITE: &[Migration] = &[
         include_str!("../migrations/sqlite/0002_audit.sql"),
     ),
     (
+        3,
+        "review",
+        include_str!("../migrations/sqlite/0003_review.sql"),
+    ),
+    (
         5,
         "gdpr",
         include_str!("../migrations/sqlite/0005_gdpr.sql"),
@@ -42,6 +47,11 @@ const POSTGRES: &[Migration] = &[
         2,
         "audit",
         include_str!("../migrations/postgres/0002_audit.sql"),
+    ),
+    (
+        3,
+        "review",
+        include_str!("../migrations/postgres/0003_review.sql"),
     ),
     (
         5,

@@ -1,0 +1,157 @@
+//! Reviewer authentication: argon2 passwords, session cookies (HttpOnly, SameSite=Strict,
+//! Secure behind TLS) holding a random token the store keeps only hashed, a CSRF token
+//! per session checked on every form, and a login rate limit per user name and address.
+
+use std::net::SocketAddr;
+
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, header};
+use verre_store::review::Session;
+
+use super::settings::ReviewSettings;
+
+pub const SESSION_COOKIE: &str = "verre_session";
+/// Before login there is no session: the login form's CSRF token is double-submitted
+/// (cookie and field must match).
+pub const LOGIN_CSRF_COOKIE: &str = "verre_login_csrf";
+/// Failed logins allowed per user name and address within [`LOGIN_WINDOW_MS`].
+pub const LOGIN_MAX_FAILURES: i64 = 5;
+pub const LOGIN_WINDOW_MS: i64 = 15 * 60 * 1000;
+
+/// A PHC string (`$argon2id$v=19$...`) for a new password, with a random salt.
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    if password.chars().count() < 8 {
+        anyhow::bail!("the password is too short: use at least 8 characters");
+    }
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))
+}
+
+/// Whether `password` matches the stored PHC string. Constant-time in the password.
+pub fn verify_password(stored: &str, password: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(stored) else {
+        return false;
+    };
+    Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok()
+}
+
+/// Spent on unknown user names, so their answer takes as long as a wrong password.
+pub fn dummy_verify(password: &str) {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let stored = DUMMY.get_or_init(|| hash_password("not a real password").unwrap_or_default());
+    let _ = verify_password(stored, password);
+}
+
+/// 32 random bytes, hex: session tokens and CSRF tokens.
+pub fn random_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// Equal without an early exit on the first differing byte.
+pub fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && !a.is_empty()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// A cookie's value from the request.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Whether cookies get `Secure`: as configured, else when the proxy says the client
+/// came over TLS.
+pub fn secure(settings: &ReviewSettings, headers: &HeaderMap) -> bool {
+    settings.secure_cookies.unwrap_or_else(|| {
+        headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|p| p.eq_ignore_ascii_case("https"))
+    })
+}
+
+/// A `Set-Cookie` value scoped to the review UI; `max_age` 0 deletes it.
+pub fn set_cookie(name: &str, value: &str, max_age_secs: u64, secure: bool) -> String {
+    format!(
+        "{name}={value}; Path=/review; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// The client's address for the rate limit: the TCP peer (a proxy's address when there
+/// is one in front; `X-Forwarded-For` is not trusted, as anyone can send it).
+pub fn client_ip(connect: Option<&ConnectInfo<SocketAddr>>) -> String {
+    connect.map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string())
+}
+
+/// The signed-in reviewer of a request.
+#[derive(Debug, Clone)]
+pub struct Reviewer {
+    pub session: Session,
+}
+
+impl Reviewer {
+    pub fn name(&self) -> &str {
+        &self.session.user
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.session.role == "admin"
+    }
+
+    /// Whether a submitted form carries this session's CSRF token.
+    pub fn csrf_ok(&self, submitted: &str) -> bool {
+        same_token(&self.session.csrf_token, submitted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(verify_password(&h, "correct horse"));
+        assert!(!verify_password(&h, "correct horsf"));
+        assert!(!verify_password("garbage", "correct horse"));
+        assert!(hash_password("short").is_err());
+    }
+
+    #[test]
+    fn tokens_and_cookies() {
+        let t = random_token();
+        assert_eq!(t.len(), 64);
+        assert_ne!(t, random_token());
+        assert!(same_token(&t, &t.clone()));
+        assert!(!same_token(&t, &random_token()));
+        assert!(!same_token("", ""));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            "a=1; verre_session=abc; b=2".parse().unwrap(),
+        );
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("abc"));
+        assert_eq!(cookie(&h, "c"), None);
+        let c = set_cookie(SESSION_COOKIE, "abc", 60, true);
+        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.ends_with("; Secure"));
+    }
+}

@@ -1,0 +1,46 @@
+//! Human review and delivery: the web UI at `/review` where a person approves or rejects
+//! what the intake pipeline staged, and the worker that delivers what was approved.
+//!
+//! - [`settings`]: `[review]` and `[delivery]` of verre.toml (webhook targets under the
+//!   egress policy, their `whsec_` secrets, the SMTP relay);
+//! - [`auth`]: argon2 passwords, session cookies, CSRF tokens, the login rate limit;
+//! - `pages`: the server-rendered pages and forms (no JavaScript, strict CSP);
+//! - [`worker`]: the outbox delivery loop (signed webhooks, reply mail, retries).
+//!
+//! The durable state (users, sessions, drafts, decisions, the outbox) is in verre-store.
+
+pub mod auth;
+mod pages;
+pub mod settings;
+pub mod worker;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::middleware;
+use axum::routing::{get, post};
+
+pub use pages::{CSP, sanitize_mail_html};
+pub use settings::{DeliverySettings, ReviewSettings, WebhookTarget};
+
+use crate::AppState;
+
+/// Every route under `/review`, with the UI's security headers.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/review", get(pages::queue))
+        .route("/review/", get(pages::queue))
+        .route("/review/static/style.css", get(pages::style))
+        .route("/review/login", get(pages::login_form).post(pages::login))
+        .route("/review/logout", post(pages::logout))
+        .route("/review/deliveries", get(pages::deliveries))
+        .route("/review/messages/{id}", get(pages::message))
+        .route("/review/messages/{id}/draft", post(pages::save_draft))
+        .route("/review/messages/{id}/approve", post(pages::approve))
+        .route("/review/messages/{id}/reject", post(pages::reject))
+        .route("/review/messages/{id}/rerun", post(pages::rerun))
+        .route("/review/actions/{id}/payload", post(pages::save_payload))
+        .route("/review/deliveries/{id}/retry", post(pages::retry_delivery))
+        .route("/review/endpoints/enable", post(pages::enable_endpoint))
+        .layer(middleware::map_response(pages::security_headers))
+}

@@ -1,0 +1,931 @@
+//! The review UI's pages and forms: server-rendered HTML (minijinja templates embedded in
+//! the binary), no JavaScript. Every response carries a strict Content-Security-Policy;
+//! every form carries the session's CSRF token, checked here before anything changes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::{ConnectInfo, Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use minijinja::{Environment, Value as Tpl, context};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use verre_store::review::{QueueFilter, ReviewStatus};
+use verre_store::{Store, now_ms};
+
+use super::auth::{self, LOGIN_CSRF_COOKIE, Reviewer, SESSION_COOKIE};
+use crate::AppState;
+
+/// Nothing loads from anywhere but this server, no script runs, no page frames this one.
+pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+     frame-ancestors 'none'; base-uri 'none'";
+
+const STYLE: &str = include_str!("templates/style.css");
+
+fn templates() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        for (name, text) in [
+            ("base.html", include_str!("templates/base.html")),
+            ("login.html", include_str!("templates/login.html")),
+            ("error.html", include_str!("templates/error.html")),
+            ("queue.html", include_str!("templates/queue.html")),
+            ("message.html", include_str!("templates/message.html")),
+            ("deliveries.html", include_str!("templates/deliveries.html")),
+        ] {
+            env.add_template(name, text)
+                .expect("the review templates are valid (tested)");
+        }
+        env.add_filter("when", when);
+        env
+    })
+}
+
+/// Unix ms as `2026-05-04 13:07 UTC`.
+fn when(ms: Option<i64>) -> String {
+    let Some(ms) = ms else { return String::new() };
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60
+    )
+}
+
+/// A rendered page (or an error page) with the review UI's security headers.
+fn page(status: StatusCode, name: &str, ctx: Tpl) -> Response {
+    match templates().get_template(name).and_then(|t| t.render(ctx)) {
+        Ok(html) => (
+            status,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            html,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!("rendering {name}: {e:#}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// An error shown as a page.
+pub struct PageError {
+    status: StatusCode,
+    message: String,
+}
+
+impl PageError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for PageError {
+    fn from(e: anyhow::Error) -> Self {
+        tracing::error!("review: {e:#}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the database could not be read; see the server log",
+        )
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        page(
+            self.status,
+            "error.html",
+            context! {
+                status => self.status.as_u16(),
+                reason => self.status.canonical_reason().unwrap_or(""),
+                message => self.message,
+            },
+        )
+    }
+}
+
+type PageResult = Result<Response, PageError>;
+
+/// Security headers on every review response.
+pub async fn security_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    for (name, value) in [
+        ("content-security-policy", CSP),
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+fn store(state: &AppState) -> Result<&Store, PageError> {
+    state.store().ok_or_else(|| {
+        PageError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this server was started without a database",
+        )
+    })
+}
+
+/// The signed-in reviewer, or a redirect to the login page.
+async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Reviewer, Response> {
+    let store = store(state).map_err(IntoResponse::into_response)?;
+    let token = auth::cookie(headers, SESSION_COOKIE).unwrap_or("");
+    if token.is_empty() {
+        return Err(Redirect::to("/review/login").into_response());
+    }
+    match store.session(token).await {
+        Ok(Some(session)) => Ok(Reviewer { session }),
+        Ok(None) => Err(Redirect::to("/review/login").into_response()),
+        Err(e) => Err(PageError::from(e).into_response()),
+    }
+}
+
+/// The reviewer of a form post, whose CSRF token must match the session's.
+async fn form_author(
+    state: &AppState,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<Reviewer, Response> {
+    let reviewer = signed_in(state, headers).await?;
+    if !reviewer.csrf_ok(csrf) {
+        return Err(PageError::new(
+            StatusCode::FORBIDDEN,
+            "this form's security token is wrong or out of date: reload the page and try again",
+        )
+        .into_response());
+    }
+    Ok(reviewer)
+}
+
+fn user_ctx(r: &Reviewer) -> Tpl {
+    context! { name => r.name(), role => &r.session.role }
+}
+
+pub async fn style() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
+}
+
+// --- login ----------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+pub struct LoginQuery {
+    #[serde(default)]
+    name: String,
+}
+
+fn login_page(
+    state: &AppState,
+    headers: &HeaderMap,
+    status: StatusCode,
+    name: &str,
+    error: Option<&str>,
+) -> Response {
+    let token = auth::random_token();
+    let secure = auth::secure(state.review(), headers);
+    let mut response = page(
+        status,
+        "login.html",
+        context! { login_csrf => &token, name => name, error => error },
+    );
+    if let Ok(v) = HeaderValue::from_str(&auth::set_cookie(LOGIN_CSRF_COOKIE, &token, 3600, secure))
+    {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+pub async fn login_form(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<LoginQuery>,
+) -> Response {
+    login_page(&state, &headers, StatusCode::OK, &q.name, None)
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    csrf: String,
+    name: String,
+    password: String,
+}
+
+pub async fn login(
+    State(state): State<Arc<AppState>>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> PageResult {
+    let store = store(&state)?;
+    let expected = auth::cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or("");
+    if !auth::same_token(expected, &form.csrf) {
+        return Err(PageError::new(
+            StatusCode::FORBIDDEN,
+            "the login form's security token is wrong or out of date: reload the login page",
+        ));
+    }
+    let ip = auth::client_ip(extensions.get::<ConnectInfo<SocketAddr>>());
+    let now = now_ms();
+    let since = now - auth::LOGIN_WINDOW_MS;
+    if store.login_failures(&form.name, &ip, since).await? >= auth::LOGIN_MAX_FAILURES {
+        let mut r = login_page(
+            &state,
+            &headers,
+            StatusCode::TOO_MANY_REQUESTS,
+            &form.name,
+            Some("Too many failed logins for this user from this address: wait 15 minutes."),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("900"));
+        return Ok(r);
+    }
+    let user = store.user(&form.name).await?;
+    let password = form.password.clone();
+    let stored = user.as_ref().map(|u| u.password_hash.clone());
+    // argon2 is deliberately slow: off the async threads.
+    let ok = tokio::task::spawn_blocking(move || match stored {
+        Some(h) => auth::verify_password(&h, &password),
+        None => {
+            auth::dummy_verify(&password);
+            false
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if !ok {
+        store.record_login_failure(&form.name, &ip, since).await?;
+        return Ok(login_page(
+            &state,
+            &headers,
+            StatusCode::UNAUTHORIZED,
+            &form.name,
+            Some("Wrong user name or password."),
+        ));
+    }
+    store.clear_login_failures(&form.name, &ip).await?;
+    let token = auth::random_token();
+    let ttl = state.review().session_ttl;
+    store
+        .create_session(
+            &token,
+            &form.name,
+            &auth::random_token(),
+            now + ttl.as_millis() as i64,
+        )
+        .await?;
+    store
+        .audit(verre_store::AuditEvent {
+            actor: &format!("user:{}", form.name),
+            action: "review.login",
+            subject: "",
+            detail: serde_json::json!({"ip": ip}),
+        })
+        .await?;
+    let secure = auth::secure(state.review(), &headers);
+    let mut r = Redirect::to("/review").into_response();
+    for c in [
+        auth::set_cookie(SESSION_COOKIE, &token, ttl.as_secs(), secure),
+        auth::set_cookie(LOGIN_CSRF_COOKIE, "", 0, secure),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    Ok(r)
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    csrf: String,
+}
+
+pub async fn logout(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    let reviewer = match form_author(&state, &headers, &f.csrf).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if let (Some(store), Some(token)) = (state.store(), auth::cookie(&headers, SESSION_COOKIE)) {
+        if let Err(e) = store.end_session(token).await {
+            return PageError::from(e).into_response();
+        }
+    }
+    tracing::debug!(user = reviewer.name(), "logged out");
+    let mut r = Redirect::to("/review/login").into_response();
+    let secure = auth::secure(state.review(), &headers);
+    if let Ok(v) = HeaderValue::from_str(&auth::set_cookie(SESSION_COOKIE, "", 0, secure)) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+// --- the queue ------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+pub struct QueueQuery {
+    status: Option<String>,
+    label: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Label {
+    key: String,
+    value: String,
+}
+
+/// The short string values of an extraction: its labels (threat_level, intent...).
+fn labels_of(extract: Option<&Value>) -> Vec<Label> {
+    let Some(Value::Object(map)) = extract else {
+        return Vec::new();
+    };
+    map.iter()
+        .filter_map(|(k, v)| {
+            let v = v.as_str()?;
+            (v.len() <= 24 && !v.contains(char::is_whitespace)).then(|| Label {
+                key: k.clone(),
+                value: v.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// `Subject` and `From` from the stored header text.
+fn subject_and_from(headers: Option<&str>) -> (String, String) {
+    let mut out = (String::new(), String::new());
+    for line in headers.unwrap_or("").lines() {
+        if let Some((name, value)) = line.split_once(':') {
+            match name.trim().to_ascii_lowercase().as_str() {
+                "subject" => out.0 = value.trim().to_string(),
+                "from" => out.1 = value.trim().to_string(),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+async fn headers_text(store: &Store, message_id: i64) -> anyhow::Result<Option<String>> {
+    Ok(store
+        .parts(message_id)
+        .await?
+        .into_iter()
+        .find(|p| p.kind == "headers")
+        .and_then(|p| p.text))
+}
+
+pub async fn queue(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<QueueQuery>,
+) -> PageResult {
+    let reviewer = match signed_in(&state, &headers).await {
+        Ok(r) => r,
+        Err(r) => return Ok(r),
+    };
+    let store = store(&state)?;
+    let status_name = q.status.unwrap_or_else(|| "to_review".into());
+    let status = match status_name.as_str() {
+        "all" => None,
+        s => Some(ReviewStatus::parse(s).ok_or_else(|| {
+            PageError::new(StatusCode::BAD_REQUEST, format!("unknown status {s:?}"))
+        })?),
+    };
+    let label = q.label.filter(|l| !l.is_empty());
+    let all = store
+        .review_queue(&QueueFilter {
+            status,
+            label: None,
+            limit: 0,
+        })
+        .await?;
+    let mut options: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for item in &all {
+        for l in labels_of(item.extract.as_ref()) {
+            *options.entry((l.key, l.value)).or_default() += 1;
+        }
+    }
+    let wanted = label.as_deref().and_then(|l| l.split_once('='));
+    let mut items = Vec::new();
+    for item in all
+        .iter()
+        .filter(|i| {
+            wanted.is_none_or(|(k, v)| {
+                labels_of(i.extract.as_ref())
+                    .iter()
+                    .any(|l| l.key == k && l.value == v)
+            })
+        })
+        .take(200)
+    {
+        let (subject, from) =
+            subject_and_from(headers_text(store, item.message.id).await?.as_deref());
+        items.push(context! {
+            id => item.message.id,
+            received_at => item.message.received_at,
+            source_ref => &item.message.source_ref,
+            subject => subject,
+            from => from,
+            labels => labels_of(item.extract.as_ref()),
+            route => &item.route,
+            actions => item.actions,
+            status => item.status.as_str(),
+        });
+    }
+    let failed = store.deliveries_with_status("failed").await?.len();
+    Ok(page(
+        StatusCode::OK,
+        "queue.html",
+        context! {
+            user => user_ctx(&reviewer),
+            csrf => &reviewer.session.csrf_token,
+            items => items,
+            statuses => ReviewStatus::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            status => status_name,
+            labels => options.keys().map(|(k, v)| Label { key: k.clone(), value: v.clone() }).collect::<Vec<_>>(),
+            label => label.unwrap_or_default(),
+            failed => failed,
+        },
+    ))
+}
+
+pub async fn deliveries(State(state): State<Arc<AppState>>, headers: HeaderMap) -> PageResult {
+    let reviewer = match signed_in(&state, &headers).await {
+        Ok(r) => r,
+        Err(r) => return Ok(r),
+    };
+    let store = store(&state)?;
+    let mut rows = store.deliveries_with_status("failed").await?;
+    rows.extend(store.deliveries_with_status("gone").await?);
+    let endpoints: Vec<Tpl> = store
+        .gone_endpoints()
+        .await?
+        .into_iter()
+        .map(|(url, reason, since)| context! { url => url, reason => reason, since => since })
+        .collect();
+    Ok(page(
+        StatusCode::OK,
+        "deliveries.html",
+        context! {
+            user => user_ctx(&reviewer),
+            csrf => &reviewer.session.csrf_token,
+            deliveries => rows,
+            endpoints => endpoints,
+        },
+    ))
+}
+
+// --- one message ----------------------------------------------------------------------
+
+/// The mail's HTML with everything active removed: no scripts, styles, forms, frames or
+/// images (so nothing remote loads), links made `noopener noreferrer`.
+pub fn sanitize_mail_html(html: &str) -> String {
+    let mut b = ammonia::Builder::default();
+    b.rm_tags(["img"]);
+    b.url_schemes(["http", "https", "mailto"].into_iter().collect());
+    b.clean(html).to_string()
+}
+
+/// What the page shows about an edit that did not go through.
+struct Problem {
+    action: Option<(i64, String)>,
+    message: String,
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+async fn message_page(
+    state: &AppState,
+    reviewer: &Reviewer,
+    id: i64,
+    status: StatusCode,
+    notice: Option<&str>,
+    problem: Option<Problem>,
+) -> PageResult {
+    let store = store(state)?;
+    let Some(detail) = store.detail(id).await? else {
+        return Err(PageError::new(
+            StatusCode::NOT_FOUND,
+            format!("there is no message {id}"),
+        ));
+    };
+    let raw = store.raw_message(id).await?;
+    let parsed = mail_parser::MessageParser::default().parse(&raw);
+    let (mut html, mut text) = (None, String::new());
+    if let Some(m) = &parsed {
+        match m.html_part(0).map(|p| &p.body) {
+            Some(mail_parser::PartType::Html(h)) => html = Some(sanitize_mail_html(h)),
+            _ => text = m.body_text(0).map(|t| t.to_string()).unwrap_or_default(),
+        }
+    } else {
+        text = String::from_utf8_lossy(&raw).into_owned();
+    }
+    let header_text = detail
+        .parts
+        .iter()
+        .find(|p| p.kind == "headers")
+        .and_then(|p| p.text.clone())
+        .unwrap_or_default();
+    let (subject, _) = subject_and_from(Some(&header_text));
+    let attachments: Vec<Tpl> = detail
+        .parts
+        .iter()
+        .filter(|p| p.kind == "attachment")
+        .map(|p| {
+            context! {
+                filename => &p.filename, content_type => &p.content_type, size => p.size,
+                note => &p.note, text => p.text.as_deref().map(|t| t.chars().take(20_000).collect::<String>()),
+            }
+        })
+        .collect();
+    let output = |stage: &str| {
+        detail
+            .results
+            .iter()
+            .find(|r| r.stage == stage)
+            .map(|r| &r.output)
+    };
+    let route = output("route")
+        .and_then(|r| r["route"].as_str())
+        .map(str::to_string);
+    let decision = store.decision(id).await?;
+    let review_status = store
+        .review_status(id)
+        .await?
+        .unwrap_or(ReviewStatus::InProgress);
+    let drafts = store.drafts(id).await?;
+    let draft = drafts.last().map(|d| d.body.clone()).unwrap_or_default();
+    let actions: Vec<Tpl> = detail
+        .actions
+        .iter()
+        .map(|a| {
+            let (payload, error) = match &problem {
+                Some(Problem {
+                    action: Some((aid, submitted)),
+                    message,
+                }) if *aid == a.id => (submitted.clone(), Some(message.clone())),
+                _ => (
+                    serde_json::from_str::<Value>(&a.payload)
+                        .map(|v| pretty(&v))
+                        .unwrap_or_else(|_| a.payload.clone()),
+                    None,
+                ),
+            };
+            context! { id => a.id, name => &a.name, kind => &a.kind, target => &a.target,
+            status => &a.status, payload => payload, error => error }
+        })
+        .collect();
+    let stages: Vec<&str> = detail
+        .jobs
+        .iter()
+        .filter(|j| j.stage != "parse" && matches!(j.state.as_str(), "done" | "failed"))
+        .map(|j| j.stage.as_str())
+        .collect();
+    let page_error = problem
+        .as_ref()
+        .filter(|p| p.action.is_none())
+        .map(|p| p.message.clone());
+    Ok(page(
+        status,
+        "message.html",
+        context! {
+            user => user_ctx(reviewer),
+            csrf => &reviewer.session.csrf_token,
+            notice => notice,
+            error => page_error,
+            m => &detail.message,
+            subject => subject,
+            status => review_status.as_str(),
+            undecided => review_status == ReviewStatus::ToReview,
+            decision => decision,
+            headers => header_text,
+            html => html.map(Tpl::from_safe_string),
+            text => text,
+            attachments => attachments,
+            extract => output("extract").map(pretty),
+            lookup => output("crossref").map(pretty),
+            route => route,
+            draft => draft,
+            drafts => drafts,
+            actions => actions,
+            deliveries => store.deliveries(id).await?,
+            stages => stages,
+        },
+    ))
+}
+
+#[derive(Deserialize, Default)]
+pub struct NoticeQuery {
+    notice: Option<String>,
+}
+
+pub async fn message(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Query(q): Query<NoticeQuery>,
+) -> PageResult {
+    let reviewer = match signed_in(&state, &headers).await {
+        Ok(r) => r,
+        Err(r) => return Ok(r),
+    };
+    let notice = q.notice.as_deref().and_then(notice_text);
+    message_page(&state, &reviewer, id, StatusCode::OK, notice, None).await
+}
+
+/// Notices are picked from a fixed list (never echoed from the URL).
+fn notice_text(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "draft" => "Draft saved.",
+        "payload" => "Payload saved.",
+        "approved" => "Approved: the actions are in the outbox and being delivered.",
+        "rejected" => "Rejected.",
+        "rerun" => "The stage is queued again; intake workers will run it.",
+        _ => return None,
+    })
+}
+
+fn back_to(id: i64, notice: &str) -> Response {
+    Redirect::to(&format!("/review/messages/{id}?notice={notice}")).into_response()
+}
+
+/// A store refusal (decided already, invalid payload...) shown on the message page.
+async fn refused(
+    state: &AppState,
+    reviewer: &Reviewer,
+    id: i64,
+    action: Option<(i64, String)>,
+    e: anyhow::Error,
+) -> PageResult {
+    message_page(
+        state,
+        reviewer,
+        id,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        None,
+        Some(Problem {
+            action,
+            message: format!("{e:#}"),
+        }),
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+pub struct DraftForm {
+    csrf: String,
+    body: String,
+}
+
+pub async fn save_draft(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(f): Form<DraftForm>,
+) -> PageResult {
+    let reviewer = match form_author(&state, &headers, &f.csrf).await {
+        Ok(r) => r,
+        Err(r) => return Ok(r),
+    };
+    let body = f.body.replace("\r\n", "\n");
+    match store(&state)?.save_draft(id, &body, reviewer.name()).await {
+        Ok(_) => Ok(back_to(id, "draft")),
+        Err(e) => refused(&state, &reviewer, id, None, e).await,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct PayloadForm {
+    csrf: String,
+    payload: String,
+}
+
+pub async fn save_payload(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(action_id): Path<i64>,
+    Form(f): Form<PayloadForm>,
+) -> PageResult {
+    let reviewer = match form_author(&state, &headers, &f.csrf).await {
+        Ok(r) => r,
+        Err(r) => return Ok(r),
+    };
+    let store = store(&state)?;
+    let Some(id) = store.action_message(action_id).await? else {
+        return Err(PageError::new(
+            StatusCode::NOT_FOUND,
+            format!("there is no action {action_id}"),
+        ));
+    };
+    match store
+        .edit_action(action_id, &f.payload, reviewer.name())
+        .await
+    {
+        Ok(()) => Ok(back_to(id, "payload")),
+        Err(e) => refused(&state, &reviewer, id, Some((action_id, f.payload)), e).await,
+    }
+}
+
+pub async fn approve(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(f): Form<CsrfForm>,
+) -> PageResult {
+    let reviewer = match form_author(&state, &headers, &f.csrf).await {
+        Ok(r) => r,
+        Err(r) => return Ok(r),
+    };
+    let settings = state.review();
+    let delivery = settings.delivery.clone();
+    let allow = move |a: &verre_store::ActionRow| delivery.allow(a);
+    match store(&state)?.approve(id, reviewer.name(), &allow).await {
+        Ok(_) => {
+            settings.wake.notify_one();
+            Ok(back_to(id, "approved"))
+        }
+        Err(e) => refused(&state, &reviewer, id, None, e).await,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct RejectForm {
+    csrf: String,
+    reason: String,
+}
+
+pub async fn reject(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(f): Form<RejectForm>,
+) -> PageResult {
+    let reviewer = match form_author(&state, &headers, &f.csrf).await {
+        Ok(r) => r,
+        Err(r) => return Ok(r),
+    };
+    match store(&state)?.reject(id, reviewer.name(), &f.reason).await {
+        Ok(_) => Ok(back_to(id, "rejected")),
+        Err(e) => refused(&state, &reviewer, id, None, e).await,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct RerunForm {
+    csrf: String,
+    stage: String,
+}
+
+pub async fn rerun(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(f): Form<RerunForm>,
+) -> PageResult {
+    let reviewer = match form_author(&state, &headers, &f.csrf).await {
+        Ok(r) => r,
+        Err(r) => return Ok(r),
+    };
+    match store(&state)?
+        .rerun_stage(id, &f.stage, reviewer.name())
+        .await
+    {
+        Ok(()) => Ok(back_to(id, "rerun")),
+        Err(e) => refused(&state, &reviewer, id, None, e).await,
+    }
+}
+
+fn admin_only(reviewer: &Reviewer) -> Result<(), PageError> {
+    if reviewer.is_admin() {
+        Ok(())
+    } else {
+        Err(PageError::new(
+            StatusCode::FORBIDDEN,
+            "only an admin may do this",
+        ))
+    }
+}
+
+pub async fn retry_delivery(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(outbox_id): Path<i64>,
+    Form(f): Form<CsrfForm>,
+) -> PageResult {
+    let reviewer = match form_author(&state, &headers, &f.csrf).await {
+        Ok(r) => r,
+        Err(r) => return Ok(r),
+    };
+    admin_only(&reviewer)?;
+    store(&state)?
+        .retry_delivery(outbox_id, reviewer.name())
+        .await
+        .map_err(|e| PageError::new(StatusCode::CONFLICT, format!("{e:#}")))?;
+    state.review().wake.notify_one();
+    Ok(Redirect::to("/review/deliveries").into_response())
+}
+
+#[derive(Deserialize)]
+pub struct EndpointForm {
+    csrf: String,
+    url: String,
+}
+
+pub async fn enable_endpoint(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Form(f): Form<EndpointForm>,
+) -> PageResult {
+    let reviewer = match form_author(&state, &headers, &f.csrf).await {
+        Ok(r) => r,
+        Err(r) => return Ok(r),
+    };
+    admin_only(&reviewer)?;
+    store(&state)?
+        .enable_endpoint(&f.url, reviewer.name())
+        .await
+        .map_err(|e| PageError::new(StatusCode::CONFLICT, format!("{e:#}")))?;
+    Ok(Redirect::to("/review/deliveries").into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_renders_with_little_context() {
+        for name in [
+            "login.html",
+            "error.html",
+            "queue.html",
+            "message.html",
+            "deliveries.html",
+        ] {
+            let t = templates().get_template(name).unwrap();
+            // The smallest context each page is rendered with.
+            let ctx =
+                context! { m => context! { id => 1, source_ref => "m.eml", received_at => 0 } };
+            if let Err(e) = t.render(ctx) {
+                panic!("{name}: {e:#}");
+            }
+        }
+    }
+
+    #[test]
+    fn mail_html_loses_everything_active() {
+        let clean = sanitize_mail_html(
+            r#"<p onclick="x()">Hi <b>there</b></p><script>alert(1)</script><img src="https://track.example/p.gif"><a href="javascript:alert(1)">a</a><a href="https://ok.example/">b</a><style>p{}</style><iframe src="https://x"></iframe>"#,
+        );
+        assert!(clean.contains("<b>there</b>"), "{clean}");
+        for gone in [
+            "script",
+            "onclick",
+            "<img",
+            "track.example",
+            "javascript:",
+            "<style",
+            "iframe",
+        ] {
+            assert!(!clean.contains(gone), "{gone} survived: {clean}");
+        }
+        assert!(
+            clean.contains(r#"href="https://ok.example/""#) && clean.contains("noopener"),
+            "{clean}"
+        );
+    }
+
+    #[test]
+    fn times_read_as_utc() {
+        assert_eq!(when(Some(0)), "1970-01-01 00:00 UTC");
+        assert_eq!(when(Some(1_700_000_000_000)), "2023-11-14 22:13 UTC");
+        assert_eq!(when(None), "");
+    }
+}

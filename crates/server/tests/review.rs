@@ -1,0 +1,723 @@
+//! The review UI through the router (login, CSRF, rate limit, decisions) and the delivery
+//! worker against a webhook receiver and an SMTP sink on 127.0.0.1.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use http_body_util::BodyExt;
+use reqwest::Url;
+use serde_json::json;
+use tower::ServiceExt;
+use verre_delivery::WebhookSecret;
+use verre_delivery::mail::{Security, SmtpConfig};
+use verre_delivery::testing::SmtpSink;
+use verre_server::AppState;
+use verre_server::gateway::policy::Policy;
+use verre_server::review::worker::Deliverer;
+use verre_server::review::{DeliverySettings, ReviewSettings, WebhookTarget, auth};
+use verre_store::{NewAction, StageEffects, Store, now_ms};
+
+// --- fixtures -------------------------------------------------------------------------
+
+/// Receives webhooks, checks each signature, answers from a script (then 204).
+struct Receiver {
+    secret: WebhookSecret,
+    /// (webhook-id, signature valid, body) per request.
+    seen: Mutex<Vec<(String, bool, String)>>,
+    script: Mutex<Vec<Response>>,
+}
+
+async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> Response {
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ok = r
+        .secret
+        .verify(
+            &h("webhook-id"),
+            &h("webhook-timestamp"),
+            &h("webhook-signature"),
+            &body,
+            now,
+            300,
+        )
+        .is_ok();
+    r.seen.lock().unwrap().push((
+        h("webhook-id"),
+        ok,
+        String::from_utf8_lossy(&body).into_owned(),
+    ));
+    let mut script = r.script.lock().unwrap();
+    if script.is_empty() {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        script.remove(0)
+    }
+}
+
+async fn receiver(script: Vec<Response>) -> (String, Arc<Receiver>) {
+    let r = Arc::new(Receiver {
+        secret: WebhookSecret::generate(),
+        seen: Mutex::default(),
+        script: Mutex::new(script),
+    });
+    let app = Router::new()
+        .route("/hooks/{name}", post(receive))
+        .with_state(r.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/hooks/"), r)
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    url: String,
+    store: Store,
+    settings: ReviewSettings,
+    hooks: String,
+    receiver: Arc<Receiver>,
+    sink: SmtpSink,
+}
+
+async fn fixture(script: Vec<Response>) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("verre.db").display());
+    let store = Store::open(&url).await.unwrap();
+    let (hooks, receiver) = receiver(script).await;
+    let sink = SmtpSink::start().await.unwrap();
+    let settings = ReviewSettings {
+        delivery: Arc::new(DeliverySettings {
+            policy: Policy::new(vec!["EU".into()], vec![]),
+            webhooks: vec![WebhookTarget {
+                url: Url::parse(&hooks).unwrap(),
+                jurisdiction: "EU-FR".into(),
+                secret: receiver.secret.clone(),
+            }],
+            smtp: Some(SmtpConfig {
+                host: "127.0.0.1".into(),
+                port: sink.port,
+                security: Security::PlainLoopback,
+                username_env: None,
+                password_env: None,
+                from: "Support <support@verre.test>".into(),
+            }),
+            timeout: Duration::from_secs(5),
+        }),
+        ..Default::default()
+    };
+    Fixture {
+        _dir: dir,
+        url,
+        store,
+        settings,
+        hooks,
+        receiver,
+        sink,
+    }
+}
+
+/// A message through extract -> draft -> stage with a reply and a webhook to `hook`.
+async fn processed(store: &Store, n: u32, hook: &str) -> i64 {
+    let raw = format!(
+        "Message-ID: <m{n}@client.test>\r\nFrom: Alice <alice@client.test>\r\nSubject: Order {n}\r\n\r\nPlease call me.\r\n"
+    );
+    let id = store
+        .ingest("test", "m.eml", raw.as_bytes(), "extract", 3)
+        .await
+        .unwrap()
+        .message_id;
+    let steps = [
+        (json!({"customer": "ACME", "threat_level": "high"}), Some("draft"), vec![]),
+        (json!({"draft": "We will call you."}), Some("stage"), vec![]),
+        (
+            json!({"actions": ["reply", "crm"]}),
+            None,
+            vec![
+                NewAction {
+                    name: "reply".into(),
+                    kind: "reply".into(),
+                    target: "alice@client.test".into(),
+                    payload: json!({"to": "alice@client.test", "subject": format!("Re: Order {n}"), "body": "We will call you."}).to_string(),
+                },
+                NewAction {
+                    name: "crm".into(),
+                    kind: "webhook".into(),
+                    target: hook.to_string(),
+                    payload: json!({"message": id, "n": n}).to_string(),
+                },
+            ],
+        ),
+    ];
+    for (output, next, actions) in steps {
+        let job = store
+            .claim("w", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        let effects = StageEffects {
+            output,
+            actions,
+            ..Default::default()
+        };
+        assert!(store.complete(&job, &effects, next, 3).await.unwrap());
+    }
+    id
+}
+
+fn app(f: &Fixture) -> Router {
+    verre_server::router(Arc::new(
+        AppState::new(None)
+            .with_store(f.store.clone())
+            .with_review(f.settings.clone()),
+    ))
+}
+
+async fn send(app: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, String) {
+    let r = app.clone().oneshot(req).await.unwrap();
+    let (parts, body) = r.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+fn get(path: &str, cookie: &str) -> Request<Body> {
+    Request::get(path)
+        .header(header::COOKIE, cookie)
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn form(path: &str, cookie: &str, fields: &[(&str, &str)]) -> Request<Body> {
+    let body = fields
+        .iter()
+        .map(|(k, v)| format!("{k}={}", urlencode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    Request::post(path)
+        .header(header::COOKIE, cookie)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The value of the first `name="csrf"` field in a page.
+fn csrf_in(html: &str) -> String {
+    let at =
+        html.find(r#"name="csrf" value=""#).expect("a csrf field") + r#"name="csrf" value=""#.len();
+    html[at..].split('"').next().unwrap().to_string()
+}
+
+fn set_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .map(str::to_string)
+}
+
+/// Log in through the form; returns the session cookie header.
+async fn log_in(app: &Router, name: &str, password: &str) -> String {
+    let (_, headers, html) = send(app, get("/review/login", "")).await;
+    let login_cookie = set_cookie(&headers, auth::LOGIN_CSRF_COOKIE).unwrap();
+    let pair = login_cookie.split(';').next().unwrap().to_string();
+    let (status, headers, body) = send(
+        app,
+        form(
+            "/review/login",
+            &pair,
+            &[
+                ("csrf", &csrf_in(&html)),
+                ("name", name),
+                ("password", password),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    set_cookie(&headers, auth::SESSION_COOKIE)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+async fn add_user(store: &Store, name: &str, password: &str, role: &str) {
+    let hash = auth::hash_password(password).unwrap();
+    store.add_user(name, &hash, role).await.unwrap();
+}
+
+// --- the UI ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn login_sessions_csrf_and_the_rate_limit() {
+    let f = fixture(vec![]).await;
+    add_user(&f.store, "alice", "alice-password", "reviewer").await;
+    let app = app(&f);
+
+    // Not signed in: to the login page.
+    let (status, headers, _) = send(&app, get("/review", "")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[header::LOCATION], "/review/login");
+
+    // The login form's own CSRF token (double submit) is required.
+    let (status, headers, html) = send(&app, get("/review/login", "")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    let token = csrf_in(&html);
+    let cookie = format!("{}={token}", auth::LOGIN_CSRF_COOKIE);
+    let fields = |pw: &'static str| {
+        [
+            ("csrf", token.clone()),
+            ("name", "alice".into()),
+            ("password", pw.to_string()),
+        ]
+    };
+    let as_refs = |f: &[(&'static str, String); 3]| {
+        f.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>()
+    };
+    let post = |c: &str, f: Vec<(&'static str, String)>| {
+        let refs: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        form("/review/login", c, &refs)
+    };
+    let (status, _, _) = send(
+        &app,
+        post(
+            &format!("{}=other", auth::LOGIN_CSRF_COOKIE),
+            as_refs(&fields("alice-password")),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a wrong login CSRF token");
+
+    // Five wrong passwords, then even the right one is refused for a while.
+    for _ in 0..5 {
+        let (status, _, body) = send(&app, post(&cookie, as_refs(&fields("wrong-password")))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(body.contains("Wrong user name or password"));
+    }
+    let (status, headers, _) = send(&app, post(&cookie, as_refs(&fields("alice-password")))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers[header::RETRY_AFTER], "900");
+    // An unknown user is refused like a wrong password.
+    add_user(&f.store, "bob", "bob-password", "admin").await;
+    let unknown = [
+        ("csrf", token.clone()),
+        ("name", "nobody".to_string()),
+        ("password", "x".to_string()),
+    ];
+    let (status, _, _) = send(&app, post(&cookie, unknown.to_vec())).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // bob logs in: the cookie is HttpOnly, SameSite=Strict, and Secure behind TLS.
+    let (_, headers, html) = send(&app, get("/review/login", "")).await;
+    let pair = set_cookie(&headers, auth::LOGIN_CSRF_COOKIE)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let req = Request::post("/review/login")
+        .header(header::COOKIE, &pair)
+        .header("x-forwarded-proto", "https")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!(
+            "csrf={}&name=bob&password=bob-password",
+            csrf_in(&html)
+        )))
+        .unwrap();
+    let (status, headers, _) = send(&app, req).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let session = set_cookie(&headers, auth::SESSION_COOKIE).unwrap();
+    for attr in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/review"] {
+        assert!(session.contains(attr), "{attr} missing: {session}");
+    }
+    let bob = session.split(';').next().unwrap().to_string();
+    let (status, _, html) = send(&app, get("/review", &bob)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("Review queue") && html.contains("bob (admin)"));
+
+    // Log out ends the session.
+    let (status, _, _) = send(
+        &app,
+        form("/review/logout", &bob, &[("csrf", &csrf_in(&html))]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, _, _) = send(&app, get("/review", &bob)).await;
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "the old cookie no longer works"
+    );
+}
+
+#[tokio::test]
+async fn decisions_need_the_csrf_token_and_are_audited_with_the_user() {
+    let f = fixture(vec![]).await;
+    add_user(&f.store, "alice", "alice-password", "reviewer").await;
+    let hook = format!("{}crm", f.hooks);
+    let id = processed(&f.store, 1, &hook).await;
+    let outside = processed(&f.store, 2, "https://elsewhere.example/hook").await;
+    let app = app(&f);
+    let alice = log_in(&app, "alice", "alice-password").await;
+
+    let (status, headers, html) = send(&app, get(&format!("/review/messages/{id}"), &alice)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    assert!(html.contains("Please call me.") && html.contains("threat_level"));
+    let csrf = csrf_in(&html);
+
+    // A wrong token changes nothing.
+    let (status, _, body) = send(
+        &app,
+        form(
+            &format!("/review/messages/{id}/approve"),
+            &alice,
+            &[("csrf", "forged")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(f.store.decision(id).await.unwrap().is_none());
+    let (status, _, _) = send(
+        &app,
+        form(
+            &format!("/review/messages/{id}/draft"),
+            &alice,
+            &[("body", "x")],
+        ),
+    )
+    .await;
+    assert!(status.is_client_error(), "no token at all: {status}");
+
+    // An invalid payload is shown back with the error.
+    let crm = f.store.actions(id).await.unwrap()[1].id;
+    let (status, _, html) = send(
+        &app,
+        form(
+            &format!("/review/actions/{crm}/payload"),
+            &alice,
+            &[("csrf", &csrf), ("payload", "{\"n\": ")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        html.contains("not valid JSON") && html.contains("{&quot;n&quot;: "),
+        "{html}"
+    );
+
+    // Draft edit, approve.
+    let (status, _, _) = send(
+        &app,
+        form(
+            &format!("/review/messages/{id}/draft"),
+            &alice,
+            &[("csrf", &csrf), ("body", "We called you today.")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, _, _) = send(
+        &app,
+        form(
+            &format!("/review/messages/{id}/approve"),
+            &alice,
+            &[("csrf", &csrf)],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(f.store.deliveries(id).await.unwrap().len(), 2);
+
+    // A webhook outside the configured targets cannot be approved.
+    let (status, _, html) = send(
+        &app,
+        form(
+            &format!("/review/messages/{outside}/approve"),
+            &alice,
+            &[("csrf", &csrf)],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("under no [[delivery.webhook]]"), "{html}");
+    assert!(f.store.deliveries(outside).await.unwrap().is_empty());
+    // Reject it instead, with a reason.
+    let (status, _, _) = send(
+        &app,
+        form(
+            &format!("/review/messages/{outside}/reject"),
+            &alice,
+            &[("csrf", &csrf), ("reason", "not ours")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+
+    let log = f.store.audit_entries(0, 100).await.unwrap();
+    let decisions: Vec<(&str, &str)> = log
+        .iter()
+        .filter(|e| e.action.starts_with("review.") && e.action != "review.login")
+        .map(|e| (e.actor.as_str(), e.action.as_str()))
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            ("user:alice", "review.edit_draft"),
+            ("user:alice", "review.approve"),
+            ("user:alice", "review.reject")
+        ]
+    );
+    // Queue filters: by status and label.
+    let (_, _, html) = send(
+        &app,
+        get("/review?status=approved&label=threat_level%3Dhigh", &alice),
+    )
+    .await;
+    assert!(
+        html.contains(&format!("/review/messages/{id}\""))
+            && !html.contains(&format!("/review/messages/{outside}\""))
+    );
+    let (_, _, html) = send(&app, get("/review?status=to_review", &alice)).await;
+    assert!(!html.contains(&format!("/review/messages/{id}\"")));
+}
+
+// --- the delivery worker --------------------------------------------------------------
+
+async fn force_due(store: &Store) {
+    sqlx::query("UPDATE outbox SET next_attempt_at = 0 WHERE status = 'pending'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_retried_as_scheduled_and_replies_are_mailed() {
+    let busy = (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "600")]).into_response();
+    let f = fixture(vec![StatusCode::SERVICE_UNAVAILABLE.into_response(), busy]).await;
+    let id = processed(&f.store, 1, &format!("{}crm", f.hooks)).await;
+    f.store
+        .save_draft(id, "We called you today.", "alice")
+        .await
+        .unwrap();
+    f.store
+        .approve(id, "alice", &|a| f.settings.delivery.allow(a))
+        .await
+        .unwrap();
+    let worker = Deliverer::new(f.store.clone(), f.settings.delivery.clone()).unwrap();
+
+    // The reply, then the webhook's first attempt (503: again in 5 s).
+    assert!(worker.run_once().await.unwrap());
+    let before = now_ms();
+    assert!(worker.run_once().await.unwrap());
+    assert!(!worker.run_once().await.unwrap(), "nothing due");
+    let hook = f
+        .store
+        .deliveries(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.kind == "webhook")
+        .unwrap();
+    assert_eq!(
+        (hook.status.as_str(), hook.attempts, hook.last_status),
+        ("pending", 1, Some(503))
+    );
+    let wait = hook.next_attempt_at - before;
+    assert!((4_900..6_000).contains(&wait), "{wait}");
+
+    // 429 with Retry-After: 600 s, more than the schedule's 5 min.
+    force_due(&f.store).await;
+    let before = now_ms();
+    assert!(worker.run_once().await.unwrap());
+    let hook = f
+        .store
+        .deliveries(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.kind == "webhook")
+        .unwrap();
+    let wait = hook.next_attempt_at - before;
+    assert!((599_000..601_000).contains(&wait), "{wait}");
+
+    force_due(&f.store).await;
+    assert!(worker.run_once().await.unwrap());
+    let hook = f
+        .store
+        .deliveries(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.kind == "webhook")
+        .unwrap();
+    assert_eq!((hook.status.as_str(), hook.attempts), ("sent", 3));
+    let seen = f.receiver.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter()
+            .all(|(wid, ok, _)| *ok && *wid == hook.webhook_id),
+        "{seen:?}"
+    );
+    assert_eq!(f.store.delivery_attempts(hook.id).await.unwrap().len(), 3);
+
+    // The reply reached the relay, threaded, with the edited draft.
+    let mail = f.sink.received();
+    assert_eq!(mail.len(), 1);
+    assert_eq!(mail[0].to, ["<alice@client.test>"]);
+    assert!(
+        mail[0].data.contains("In-Reply-To: <m1@client.test>"),
+        "{}",
+        mail[0].data
+    );
+    assert!(mail[0].data.contains("Subject: Re: Order 1"));
+    assert!(mail[0].data.contains("We called you today."));
+    let actions: Vec<String> = f
+        .store
+        .actions(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.status)
+        .collect();
+    assert_eq!(actions, ["sent", "sent"]);
+    assert!(f.store.audit_verify().await.unwrap().ok());
+}
+
+#[tokio::test]
+async fn gone_endpoints_are_disabled_and_the_last_attempt_fails_visibly() {
+    let f = fixture(vec![StatusCode::GONE.into_response()]).await;
+    let hook = format!("{}crm", f.hooks);
+    let a = processed(&f.store, 1, &hook).await;
+    let b = processed(&f.store, 2, &hook).await;
+    let c = processed(&f.store, 3, &format!("{}other", f.hooks)).await;
+    for id in [a, b, c] {
+        // Only the webhooks matter here.
+        let reply = f.store.actions(id).await.unwrap()[0].id;
+        sqlx::query("UPDATE actions SET status = 'rejected' WHERE id = $1")
+            .bind(reply)
+            .execute(f.store.pool())
+            .await
+            .unwrap();
+        f.store
+            .approve(id, "alice", &|x| f.settings.delivery.allow(x))
+            .await
+            .unwrap();
+    }
+    let worker = Deliverer::new(f.store.clone(), f.settings.delivery.clone()).unwrap();
+    // a: 410. b: same URL, disabled now, not even sent.
+    assert!(worker.run_once().await.unwrap());
+    assert!(worker.run_once().await.unwrap());
+    assert_eq!(f.store.deliveries(a).await.unwrap()[0].status, "gone");
+    assert_eq!(f.store.deliveries(b).await.unwrap()[0].status, "gone");
+    assert!(f.store.endpoint_gone(&hook).await.unwrap());
+    // c: its seventh failure was the schedule's last but one; the eighth fails it.
+    sqlx::query("UPDATE outbox SET attempts = 7 WHERE message_id = $1")
+        .bind(c)
+        .execute(f.store.pool())
+        .await
+        .unwrap();
+    *f.receiver.script.lock().unwrap() = vec![StatusCode::INTERNAL_SERVER_ERROR.into_response()];
+    assert!(worker.run_once().await.unwrap());
+    let failed = f.store.deliveries_with_status("failed").await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        (
+            failed[0].message_id,
+            failed[0].attempts,
+            failed[0].last_status
+        ),
+        (c, 8, Some(500))
+    );
+    assert_eq!(f.receiver.seen.lock().unwrap().len(), 2, "b was never sent");
+    let actions: Vec<String> = f
+        .store
+        .audit_entries(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.actor == "system:delivery")
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        ["delivery.gone", "delivery.gone", "delivery.failed"]
+    );
+}
+
+#[tokio::test]
+async fn a_crash_between_approval_and_sending_still_sends_once() {
+    let f = fixture(vec![]).await;
+    let id = processed(&f.store, 1, &format!("{}crm", f.hooks)).await;
+    f.store
+        .approve(id, "alice", &|a| f.settings.delivery.allow(a))
+        .await
+        .unwrap();
+    // The process dies here: no worker ran. A new one opens the same database.
+    drop(f.store.clone());
+    let reopened = Store::open(&f.url).await.unwrap();
+    // A first worker claims the webhook and dies mid-send (its lease lapses).
+    let dead = reopened
+        .claim_delivery("dead-worker", Duration::from_millis(1))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let worker = Deliverer::new(reopened.clone(), f.settings.delivery.clone()).unwrap();
+    while worker.run_once().await.unwrap() {}
+    // The dead worker wakes up and tries to record: refused.
+    let late = verre_store::outbox::AttemptRecord {
+        response_status: Some(204),
+        error: None,
+        result: verre_store::outbox::DeliveryResult::Sent,
+    };
+    assert!(!reopened.record_delivery(&dead, &late).await.unwrap());
+    while worker.run_once().await.unwrap() {}
+    let seen = f.receiver.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(f.sink.received().len(), 1);
+    let rows = reopened.deliveries(id).await.unwrap();
+    assert!(rows.iter().all(|r| r.status == "sent"), "{rows:?}");
+    let webhook = rows.iter().find(|r| r.kind == "webhook").unwrap();
+    assert_eq!(seen[0].0, webhook.webhook_id);
+}

@@ -1,0 +1,934 @@
+//! Human review: reviewer accounts and sessions, failed logins, draft versions, and the
+//! decisions on messages.
+//!
+//! A decision is written with everything it causes in one transaction: approving records
+//! the decision, marks the staged actions approved, puts one outbox row per action (see
+//! [`crate::outbox`]) and appends to the audit log — so a crash between approval and
+//! sending still sends, once. Passwords arrive here already hashed (argon2, by the server);
+//! session tokens are stored as their SHA-256 only.
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::{Any, Row, Transaction};
+
+use crate::audit::{AuditEvent, append_in};
+use crate::{ActionRow, MessageRow, Store, now_ms};
+
+/// What a reviewer may do: `reviewer` decides on messages; `admin` also re-enables
+/// endpoints and retries failed deliveries.
+pub const ROLES: [&str; 2] = ["reviewer", "admin"];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    pub name: String,
+    pub role: String,
+    #[serde(skip)]
+    pub password_hash: String,
+    pub created_at: i64,
+}
+
+/// A signed-in reviewer, found by the hash of the session cookie.
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    pub user: String,
+    pub role: String,
+    pub csrf_token: String,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DraftVersion {
+    pub version: i64,
+    pub body: String,
+    /// `model` for the drafting model's text, else `user:NAME`.
+    pub author: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    /// `approved` or `rejected`.
+    pub decision: String,
+    pub reviewer: String,
+    pub reason: Option<String>,
+    pub decided_at: i64,
+}
+
+/// Where a message stands for review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewStatus {
+    /// The pipeline is still working on it.
+    InProgress,
+    Quarantined,
+    /// Processed and not yet decided.
+    ToReview,
+    Approved,
+    Rejected,
+}
+
+impl ReviewStatus {
+    pub const ALL: [ReviewStatus; 5] = [
+        ReviewStatus::ToReview,
+        ReviewStatus::Approved,
+        ReviewStatus::Rejected,
+        ReviewStatus::InProgress,
+        ReviewStatus::Quarantined,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewStatus::InProgress => "in_progress",
+            ReviewStatus::Quarantined => "quarantined",
+            ReviewStatus::ToReview => "to_review",
+            ReviewStatus::Approved => "approved",
+            ReviewStatus::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    fn of(message_status: &str, decision: Option<&str>) -> Self {
+        match (decision, message_status) {
+            (Some("approved"), _) => ReviewStatus::Approved,
+            (Some(_), _) => ReviewStatus::Rejected,
+            (None, "processed") => ReviewStatus::ToReview,
+            (None, "quarantined") => ReviewStatus::Quarantined,
+            (None, _) => ReviewStatus::InProgress,
+        }
+    }
+
+    /// The SQL condition selecting this status (over `m` messages, `d` decisions).
+    fn condition(self) -> &'static str {
+        match self {
+            ReviewStatus::InProgress => "d.decision IS NULL AND m.status = 'pending'",
+            ReviewStatus::Quarantined => "d.decision IS NULL AND m.status = 'quarantined'",
+            ReviewStatus::ToReview => "d.decision IS NULL AND m.status = 'processed'",
+            ReviewStatus::Approved => "d.decision = 'approved'",
+            ReviewStatus::Rejected => "d.decision = 'rejected'",
+        }
+    }
+}
+
+/// Which messages the review queue lists.
+#[derive(Debug, Clone, Default)]
+pub struct QueueFilter {
+    /// None: every status.
+    pub status: Option<ReviewStatus>,
+    /// An extraction label and the value it must have, e.g. (`threat_level`, `high`).
+    pub label: Option<(String, String)>,
+    pub limit: usize,
+}
+
+/// One line of the review queue.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueItem {
+    pub message: MessageRow,
+    pub status: ReviewStatus,
+    /// The validated extraction, when the stage ran.
+    pub extract: Option<Value>,
+    /// The route taken.
+    pub route: Option<String>,
+    pub actions: i64,
+    pub decision: Option<Decision>,
+}
+
+/// What approving a message did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Approval {
+    /// (action id, outbox id, webhook id) per action released.
+    pub released: Vec<(i64, i64, String)>,
+    pub audit_seq: i64,
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// The stored form of a session token.
+pub fn session_token_hash(token: &str) -> String {
+    sha256_hex(token)
+}
+
+/// The message's body text as its reply action will carry it after the draft changed from
+/// `old` to `new`: the old draft replaced where the reply quotes it, else the new draft.
+fn body_with_draft(body: &str, old: &str, new: &str) -> String {
+    if !old.is_empty() && body.contains(old) {
+        body.replace(old, new)
+    } else {
+        new.to_string()
+    }
+}
+
+impl Store {
+    // --- accounts -------------------------------------------------------------------
+
+    /// Add a reviewer. `password_hash` is a PHC string (argon2). Errors if the name is taken.
+    pub async fn add_user(&self, name: &str, password_hash: &str, role: &str) -> Result<()> {
+        ensure!(
+            ROLES.contains(&role),
+            "role {role:?}: expected one of {ROLES:?}"
+        );
+        ensure!(
+            !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c)),
+            "user name {name:?}: use 1 to 64 letters, digits, `.`, `_`, `-` or `@`"
+        );
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO users (name, password_hash, role, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(password_hash)
+        .bind(role)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        ensure!(
+            inserted == 1,
+            "user {name:?} exists already (remove it first to replace it)"
+        );
+        append_in(
+            &mut tx,
+            self.backend,
+            &AuditEvent {
+                actor: "cli",
+                action: "users.add",
+                subject: &format!("user:{name}"),
+                detail: json!({"role": role}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Remove a reviewer and end their sessions; false if there was no such user.
+    pub async fn remove_user(&self, name: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM sessions WHERE user_name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let n = sqlx::query("DELETE FROM users WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        append_in(
+            &mut tx,
+            self.backend,
+            &AuditEvent {
+                actor: "cli",
+                action: "users.remove",
+                subject: &format!("user:{name}"),
+                detail: Value::Null,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn users(&self) -> Result<Vec<User>> {
+        sqlx::query("SELECT name, password_hash, role, created_at FROM users ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(user_row)
+            .collect()
+    }
+
+    pub async fn user(&self, name: &str) -> Result<Option<User>> {
+        sqlx::query("SELECT name, password_hash, role, created_at FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(user_row)
+            .transpose()
+    }
+
+    /// Start a session for `user`: `token` is the cookie's secret (stored hashed).
+    pub async fn create_session(
+        &self,
+        token: &str,
+        user: &str,
+        csrf_token: &str,
+        expires_at: i64,
+    ) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, user_name, csrf_token, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(session_token_hash(token))
+        .bind(user)
+        .bind(csrf_token)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The live session of a cookie token, if any.
+    pub async fn session(&self, token: &str) -> Result<Option<Session>> {
+        let row = sqlx::query(
+            "SELECT s.user_name, u.role, s.csrf_token, s.expires_at
+             FROM sessions s JOIN users u ON u.name = s.user_name
+             WHERE s.token_hash = $1 AND s.expires_at > $2",
+        )
+        .bind(session_token_hash(token))
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(Session {
+                user: r.try_get("user_name")?,
+                role: r.try_get("role")?,
+                csrf_token: r.try_get("csrf_token")?,
+                expires_at: r.try_get("expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn end_session(&self, token: &str) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+            .bind(session_token_hash(token))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Failed logins for this user name from this address since `since` (ms).
+    pub async fn login_failures(&self, user: &str, ip: &str, since: i64) -> Result<i64> {
+        let r = sqlx::query(
+            "SELECT COUNT(*) AS n FROM login_failures WHERE user_name = $1 AND ip = $2 AND at >= $3",
+        )
+        .bind(user)
+        .bind(ip)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(r.try_get("n")?)
+    }
+
+    /// Record a failed login (and forget those older than `keep_since`).
+    pub async fn record_login_failure(&self, user: &str, ip: &str, keep_since: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM login_failures WHERE at < $1")
+            .bind(keep_since)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO login_failures (user_name, ip, at) VALUES ($1, $2, $3)")
+            .bind(user)
+            .bind(ip)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn clear_login_failures(&self, user: &str, ip: &str) -> Result<()> {
+        sqlx::query("DELETE FROM login_failures WHERE user_name = $1 AND ip = $2")
+            .bind(user)
+            .bind(ip)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // --- the queue ------------------------------------------------------------------
+
+    /// Messages for review, newest first, filtered by review status and extraction label.
+    pub async fn review_queue(&self, filter: &QueueFilter) -> Result<Vec<QueueItem>> {
+        let condition = filter.status.map_or("1 = 1", ReviewStatus::condition);
+        // A fixed condition from the enum above; no value is formatted into the SQL.
+        let sql = format!(
+            "SELECT m.id, m.content_hash, m.source, m.source_ref, m.size, m.status, m.received_at,
+                    m.finished_at, d.decision, d.reviewer, d.reason, d.decided_at,
+                    e.output AS extract, r.output AS route,
+                    (SELECT COUNT(*) FROM actions a WHERE a.message_id = m.id) AS n_actions
+             FROM messages m
+             LEFT JOIN decisions d ON d.message_id = m.id
+             LEFT JOIN stage_results e ON e.message_id = m.id AND e.stage = 'extract'
+             LEFT JOIN stage_results r ON r.message_id = m.id AND r.stage = 'route'
+             WHERE {condition}
+             ORDER BY m.id DESC"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .context("reading the review queue")?;
+        let mut items = Vec::new();
+        for r in &rows {
+            let extract: Option<String> = r.try_get("extract")?;
+            let extract: Option<Value> = extract.map(|e| serde_json::from_str(&e)).transpose()?;
+            if let Some((label, value)) = &filter.label {
+                let found = extract
+                    .as_ref()
+                    .and_then(|e| e.get(label))
+                    .is_some_and(|v| v.as_str().map_or(v.to_string(), str::to_string) == *value);
+                if !found {
+                    continue;
+                }
+            }
+            let route: Option<String> = r.try_get("route")?;
+            let route = route
+                .map(|t| serde_json::from_str::<Value>(&t))
+                .transpose()?
+                .and_then(|v| v["route"].as_str().map(str::to_string));
+            let message = crate::message_row(r)?;
+            let decision = decision_from(r)?;
+            items.push(QueueItem {
+                status: ReviewStatus::of(
+                    &message.status,
+                    decision.as_ref().map(|d| d.decision.as_str()),
+                ),
+                message,
+                extract,
+                route,
+                actions: r.try_get("n_actions")?,
+                decision,
+            });
+            if filter.limit > 0 && items.len() >= filter.limit {
+                break;
+            }
+        }
+        Ok(items)
+    }
+
+    pub async fn decision(&self, message_id: i64) -> Result<Option<Decision>> {
+        let row = sqlx::query(
+            "SELECT decision, reviewer, reason, decided_at FROM decisions WHERE message_id = $1",
+        )
+        .bind(message_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => decision_from(&r),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn review_status(&self, message_id: i64) -> Result<Option<ReviewStatus>> {
+        let Some(m) = self.message(message_id).await? else {
+            return Ok(None);
+        };
+        let d = self.decision(message_id).await?;
+        Ok(Some(ReviewStatus::of(
+            &m.status,
+            d.as_ref().map(|d| d.decision.as_str()),
+        )))
+    }
+
+    // --- drafts ---------------------------------------------------------------------
+
+    /// The draft's versions, oldest first. The drafting model's text is version 1 once a
+    /// person saved an edit; before that it is the only version (0, not yet stored).
+    pub async fn drafts(&self, message_id: i64) -> Result<Vec<DraftVersion>> {
+        let rows = sqlx::query(
+            "SELECT version, body, author, created_at FROM drafts WHERE message_id = $1 ORDER BY version",
+        )
+        .bind(message_id)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(self.model_draft(message_id).await?.into_iter().collect());
+        }
+        rows.iter()
+            .map(|r| {
+                Ok(DraftVersion {
+                    version: r.try_get("version")?,
+                    body: r.try_get("body")?,
+                    author: r.try_get("author")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn model_draft(&self, message_id: i64) -> Result<Option<DraftVersion>> {
+        let row = sqlx::query(
+            "SELECT output, created_at FROM stage_results WHERE message_id = $1 AND stage = 'draft'",
+        )
+        .bind(message_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let output: Value = serde_json::from_str(&r.try_get::<String, _>("output")?)?;
+        Ok(output["draft"].as_str().map(|text| DraftVersion {
+            version: 0,
+            body: text.to_string(),
+            author: "model".into(),
+            created_at: r.try_get("created_at").unwrap_or(0),
+        }))
+    }
+
+    /// Save a new version of the draft (a person's edit), while the message is undecided.
+    /// Staged reply actions follow the draft: where a reply's body quotes the previous
+    /// draft, that text is replaced by the new one; otherwise the body becomes the draft.
+    /// Returns the new version number.
+    pub async fn save_draft(&self, message_id: i64, body: &str, user: &str) -> Result<i64> {
+        let model = self.model_draft(message_id).await?;
+        let mut tx = self.pool.begin().await?;
+        // First statement is a write: it takes SQLite's lock before anything is read.
+        undecided_guard(&mut tx, message_id).await?;
+        let last = sqlx::query(
+            "SELECT version, body FROM drafts WHERE message_id = $1 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(message_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (mut version, previous) = match last {
+            Some(r) => (r.try_get::<i64, _>("version")?, r.try_get("body")?),
+            None => (
+                0,
+                model.as_ref().map(|m| m.body.clone()).unwrap_or_default(),
+            ),
+        };
+        if version == 0
+            && let Some(m) = &model
+        {
+            version = 1;
+            insert_draft(&mut tx, message_id, 1, &m.body, "model", m.created_at).await?;
+        }
+        version += 1;
+        let author = format!("user:{user}");
+        insert_draft(&mut tx, message_id, version, body, &author, now_ms()).await?;
+        let replies = sqlx::query(
+            "SELECT id, payload FROM actions WHERE message_id = $1 AND kind = 'reply' AND status = 'staged'",
+        )
+        .bind(message_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in replies {
+            let id: i64 = r.try_get("id")?;
+            let mut payload: Value = serde_json::from_str(&r.try_get::<String, _>("payload")?)?;
+            let old_body = payload["body"].as_str().unwrap_or("").to_string();
+            payload["body"] = body_with_draft(&old_body, &previous, body).into();
+            sqlx::query("UPDATE actions SET payload = $2 WHERE id = $1")
+                .bind(id)
+                .bind(payload.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        append_in(
+            &mut tx,
+            self.backend,
+            &AuditEvent {
+                actor: &author,
+                action: "review.edit_draft",
+                subject: &format!("message:{message_id}"),
+                detail: json!({"version": version, "chars": body.chars().count()}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    // --- actions and decisions -----------------------------------------------------
+
+    pub async fn actions(&self, message_id: i64) -> Result<Vec<ActionRow>> {
+        sqlx::query(
+            "SELECT id, name, kind, target, payload, status FROM actions WHERE message_id = $1 ORDER BY id",
+        )
+        .bind(message_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(crate::action_row)
+        .collect()
+    }
+
+    /// The message an action belongs to.
+    pub async fn action_message(&self, action_id: i64) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT message_id FROM actions WHERE id = $1")
+            .bind(action_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("message_id")).transpose()?)
+    }
+
+    /// Replace a staged action's payload (valid JSON) while its message is undecided.
+    pub async fn edit_action(&self, action_id: i64, payload: &str, user: &str) -> Result<()> {
+        let value: Value = serde_json::from_str(payload)
+            .map_err(|e| anyhow::anyhow!("the payload is not valid JSON: {e}"))?;
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE actions SET payload = $2 WHERE id = $1 AND status = 'staged'
+             RETURNING message_id, kind",
+        )
+        .bind(action_id)
+        .bind(value.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            bail!("action {action_id} is not staged (decided already, or no such action)");
+        };
+        let message_id: i64 = row.try_get("message_id")?;
+        let kind: String = row.try_get("kind")?;
+        if kind == "reply" {
+            for field in ["to", "subject", "body"] {
+                ensure!(
+                    value.get(field).is_some_and(Value::is_string),
+                    "a reply's payload needs a string `{field}`"
+                );
+            }
+        }
+        undecided_guard(&mut tx, message_id).await?;
+        append_in(
+            &mut tx,
+            self.backend,
+            &AuditEvent {
+                actor: &format!("user:{user}"),
+                action: "review.edit_action",
+                subject: &format!("action:{action_id}"),
+                detail: json!({"message": message_id, "payload_sha256": sha256_hex(&value.to_string())}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Approve a processed message: record the decision, mark its staged actions approved
+    /// and put each in the outbox, audited as `user:NAME` — one transaction. `allow` is
+    /// asked about each action as it stands in that transaction (the egress policy); one
+    /// refusal approves nothing.
+    pub async fn approve(
+        &self,
+        message_id: i64,
+        user: &str,
+        allow: &(dyn Fn(&ActionRow) -> Result<(), String> + Sync),
+    ) -> Result<Approval> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        decide(&mut tx, message_id, "approved", user, None, now).await?;
+        let actions: Vec<ActionRow> = sqlx::query(
+            "SELECT id, name, kind, target, payload, status FROM actions
+             WHERE message_id = $1 AND status = 'staged' ORDER BY id",
+        )
+        .bind(message_id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(crate::action_row)
+        .collect::<Result<_>>()?;
+        let hash: String = sqlx::query("SELECT content_hash FROM messages WHERE id = $1")
+            .bind(message_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("content_hash")?;
+        let mut released = Vec::new();
+        for a in &actions {
+            if let Err(why) = allow(a) {
+                bail!("action {:?} cannot be approved: {why}", a.name);
+            }
+            sqlx::query("UPDATE actions SET status = 'approved' WHERE id = $1")
+                .bind(a.id)
+                .execute(&mut *tx)
+                .await?;
+            // Stable and unique: derived from the message's content, the action and the time.
+            let webhook_id = format!(
+                "msg_{}",
+                &sha256_hex(&format!("{hash}.{}.{now}", a.id))[..32]
+            );
+            let outbox_id: i64 = sqlx::query(
+                "INSERT INTO outbox (action_id, message_id, webhook_id, kind, target, payload, status,
+                     attempts, next_attempt_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $7) RETURNING id",
+            )
+            .bind(a.id)
+            .bind(message_id)
+            .bind(&webhook_id)
+            .bind(&a.kind)
+            .bind(&a.target)
+            .bind(&a.payload)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .with_context(|| format!("putting action {} in the outbox", a.name))?
+            .try_get("id")?;
+            released.push((a.id, outbox_id, webhook_id));
+        }
+        let audit_seq = append_in(
+            &mut tx,
+            self.backend,
+            &AuditEvent {
+                actor: &format!("user:{user}"),
+                action: "review.approve",
+                subject: &format!("message:{message_id}"),
+                detail: json!({
+                    "actions": released.iter().map(|r| json!({"action": r.0, "outbox": r.1, "webhook_id": r.2})).collect::<Vec<_>>(),
+                }),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Approval {
+            released,
+            audit_seq,
+        })
+    }
+
+    /// Reject a message with a reason: nothing it staged is ever sent.
+    pub async fn reject(&self, message_id: i64, user: &str, reason: &str) -> Result<i64> {
+        let reason = reason.trim();
+        ensure!(!reason.is_empty(), "a rejection needs a reason");
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        decide(&mut tx, message_id, "rejected", user, Some(reason), now).await?;
+        let n = sqlx::query(
+            "UPDATE actions SET status = 'rejected' WHERE message_id = $1 AND status = 'staged'",
+        )
+        .bind(message_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let seq = append_in(
+            &mut tx,
+            self.backend,
+            &AuditEvent {
+                actor: &format!("user:{user}"),
+                action: "review.reject",
+                subject: &format!("message:{message_id}"),
+                detail: json!({"reason": reason, "actions": n}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    /// Run `stage` again for an undecided message: its job goes back on the queue with its
+    /// attempts reset, and the jobs, results and staged actions of the stages after it are
+    /// removed (they run again in turn). The intake workers (`verre intake watch`) pick it
+    /// up. `parse` cannot be re-run: its parts and PII tags are the message's record.
+    pub async fn rerun_stage(&self, message_id: i64, stage: &str, user: &str) -> Result<()> {
+        ensure!(
+            stage != "parse",
+            "the parse stage cannot be re-run (its output is the message's record)"
+        );
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let job = sqlx::query(
+            "UPDATE jobs SET state = 'ready', attempts = 0, run_after = $3, lease_owner = NULL,
+                 lease_expires = NULL, last_error = NULL, updated_at = $3
+             WHERE message_id = $1 AND stage = $2 AND state IN ('done', 'failed') RETURNING id",
+        )
+        .bind(message_id)
+        .bind(stage)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(job) = job else {
+            bail!("message {message_id} has no finished {stage:?} stage to re-run");
+        };
+        let job_id: i64 = job.try_get("id")?;
+        undecided_guard(&mut tx, message_id).await?;
+        let later: Vec<String> =
+            sqlx::query("SELECT stage FROM jobs WHERE message_id = $1 AND id > $2 ORDER BY id")
+                .bind(message_id)
+                .bind(job_id)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get("stage"))
+                .collect::<Result<_, _>>()?;
+        for s in std::iter::once(stage).chain(later.iter().map(String::as_str)) {
+            sqlx::query("DELETE FROM stage_results WHERE message_id = $1 AND stage = $2")
+                .bind(message_id)
+                .bind(s)
+                .execute(&mut *tx)
+                .await?;
+            if s == "stage" {
+                sqlx::query("DELETE FROM actions WHERE message_id = $1 AND status = 'staged'")
+                    .bind(message_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        sqlx::query("DELETE FROM jobs WHERE message_id = $1 AND id > $2")
+            .bind(message_id)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM quarantine WHERE message_id = $1")
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE messages SET status = 'pending', finished_at = NULL WHERE id = $1")
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?;
+        append_in(
+            &mut tx,
+            self.backend,
+            &AuditEvent {
+                actor: &format!("user:{user}"),
+                action: "review.rerun",
+                subject: &format!("message:{message_id}"),
+                detail: json!({"stage": stage, "removed": later}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Insert the decision (the first write of a decision's transaction). A message decided
+/// already, or not processed, is an error.
+async fn decide(
+    tx: &mut Transaction<'_, Any>,
+    message_id: i64,
+    decision: &str,
+    user: &str,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    let inserted = sqlx::query(
+        "INSERT INTO decisions (message_id, decision, reviewer, reason, decided_at)
+         SELECT id, $2, $3, $4, $5 FROM messages WHERE id = $1 AND status = 'processed'
+         ON CONFLICT (message_id) DO NOTHING",
+    )
+    .bind(message_id)
+    .bind(decision)
+    .bind(user)
+    .bind(reason)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(());
+    }
+    let earlier = sqlx::query("SELECT decision, reviewer FROM decisions WHERE message_id = $1")
+        .bind(message_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    match earlier {
+        Some(r) => bail!(
+            "message {message_id} was {} by {} already",
+            r.try_get::<String, _>("decision")?,
+            r.try_get::<String, _>("reviewer")?
+        ),
+        None => bail!(
+            "message {message_id} is not processed (or does not exist): nothing to decide yet"
+        ),
+    }
+}
+
+/// Fail unless the message is still undecided. Also a write on SQLite (takes the lock).
+async fn undecided_guard(tx: &mut Transaction<'_, Any>, message_id: i64) -> Result<()> {
+    sqlx::query("UPDATE messages SET size = size WHERE id = $1")
+        .bind(message_id)
+        .execute(&mut **tx)
+        .await?;
+    let d = sqlx::query("SELECT decision FROM decisions WHERE message_id = $1")
+        .bind(message_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if let Some(d) = d {
+        bail!(
+            "message {message_id} was {} already: it can no longer be changed",
+            d.try_get::<String, _>("decision")?
+        );
+    }
+    Ok(())
+}
+
+async fn insert_draft(
+    tx: &mut Transaction<'_, Any>,
+    message_id: i64,
+    version: i64,
+    body: &str,
+    author: &str,
+    at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO drafts (message_id, version, body, author, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(message_id)
+    .bind(version)
+    .bind(body)
+    .bind(author)
+    .bind(at)
+    .execute(&mut **tx)
+    .await
+    .with_context(|| format!("saving draft version {version} of message {message_id}"))?;
+    Ok(())
+}
+
+fn user_row(r: &sqlx::any::AnyRow) -> Result<User> {
+    Ok(User {
+        name: r.try_get("name")?,
+        role: r.try_get("role")?,
+        password_hash: r.try_get("password_hash")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn decision_from(r: &sqlx::any::AnyRow) -> Result<Option<Decision>> {
+    let decision: Option<String> = r.try_get("decision")?;
+    let Some(decision) = decision else {
+        return Ok(None);
+    };
+    Ok(Some(Decision {
+        decision,
+        reviewer: r.try_get("reviewer")?,
+        reason: r.try_get("reason")?,
+        decided_at: r.try_get("decided_at")?,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_follows_the_draft() {
+        assert_eq!(
+            body_with_draft("Hello,\nold text\n-- team", "old text", "new text"),
+            "Hello,\nnew text\n-- team"
+        );
+        assert_eq!(body_with_draft("hand-edited", "old", "new"), "new");
+        assert_eq!(body_with_draft("anything", "", "new"), "new");
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in ReviewStatus::ALL {
+            assert_eq!(ReviewStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(ReviewStatus::of("processed", None), ReviewStatus::ToReview);
+        assert_eq!(
+            ReviewStatus::of("processed", Some("rejected")),
+            ReviewStatus::Rejected
+        );
+    }
+}

@@ -1,0 +1,311 @@
+// The review UI in real headless Chromium: log in, open a message, edit the draft, approve
+// (the webhook reaches a local receiver with a valid Standard Webhooks signature, the reply
+// reaches a local SMTP sink), reject another, and a forged CSRF token is refused.
+//
+// Run: VERRE_BIN=target/debug/verre node --test tests/browser/review.test.mjs
+// (tests/browser/run.sh installs Chromium and playwright-core first). VERRE_SCREENSHOT=PATH
+// saves a screenshot of the message page there. Everything listens on 127.0.0.1 only.
+
+import { execFileSync, spawn } from "node:child_process";
+import { once } from "node:events";
+import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from "node:fs";
+import { createServer } from "node:http";
+import { createServer as createTcpServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+
+import { chromium } from "playwright-core";
+
+const CHROMIUM = process.env.VERRE_CHROMIUM ?? "/usr/bin/chromium";
+const SECRET = "whsec_" + randomBytes(32).toString("base64");
+
+let dir, db, server, baseURL, browser, page;
+const webhooks = []; // { headers, body, valid }
+const mails = []; // { from, to, data }
+let receiver, smtp;
+
+function verre(args, input) {
+  return execFileSync(process.env.VERRE_BIN, args, {
+    input,
+    env: { ...process.env, VERRE_HOME: dir },
+    stdio: ["pipe", "pipe", "pipe"],
+  }).toString();
+}
+
+/** Standard Webhooks verification, written from the spec (not verre's code). */
+function verify(headers, body) {
+  const id = headers["webhook-id"];
+  const ts = headers["webhook-timestamp"];
+  const key = Buffer.from(SECRET.slice("whsec_".length), "base64");
+  const expected = createHmac("sha256", key).update(`${id}.${ts}.${body}`).digest();
+  if (Math.abs(Date.now() / 1000 - Number(ts)) > 300) return false;
+  return (headers["webhook-signature"] ?? "").split(" ").some((entry) => {
+    const [version, sig] = entry.split(",");
+    const given = Buffer.from(sig ?? "", "base64");
+    return version === "v1" && given.length === expected.length && timingSafeEqual(given, expected);
+  });
+}
+
+async function listen(srv) {
+  srv.listen(0, "127.0.0.1");
+  await once(srv, "listening");
+  return srv.address().port;
+}
+
+/** A minimal SMTP server that accepts everything and records each message. */
+function smtpSink() {
+  return createTcpServer((sock) => {
+    let buffer = "", inData = false, data = "", from = "", to = [];
+    sock.write("220 sink ESMTP\r\n");
+    sock.on("data", (chunk) => {
+      buffer += chunk.toString("utf8");
+      let nl;
+      while ((nl = buffer.indexOf("\r\n")) >= 0) {
+        const line = buffer.slice(0, nl);
+        buffer = buffer.slice(nl + 2);
+        if (inData) {
+          if (line === ".") {
+            inData = false;
+            mails.push({ from, to, data });
+            data = "";
+            to = [];
+            sock.write("250 queued\r\n");
+          } else data += line + "\n";
+          continue;
+        }
+        const upper = line.toUpperCase();
+        if (upper.startsWith("EHLO") || upper.startsWith("HELO")) sock.write("250-sink\r\n250 8BITMIME\r\n");
+        else if (upper.startsWith("MAIL FROM:")) { from = line.slice(10).trim(); sock.write("250 ok\r\n"); }
+        else if (upper.startsWith("RCPT TO:")) { to.push(line.slice(8).trim()); sock.write("250 ok\r\n"); }
+        else if (upper === "DATA") { inData = true; sock.write("354 go\r\n"); }
+        else if (upper === "QUIT") { sock.end("221 bye\r\n"); }
+        else sock.write("250 ok\r\n");
+      }
+    });
+    sock.on("error", () => {});
+  });
+}
+
+async function waitFor(what, check, ms = 15_000) {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    assert.ok(Date.now() < deadline, `timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const MAIL = (n, subject, html) => [
+  `Message-ID: <order-${n}@client.test>`,
+  "From: Alice Martin <alice@client.test>",
+  "To: support@verre.test",
+  `Subject: ${subject}`,
+  "MIME-Version: 1.0",
+  ...(html
+    ? ["Content-Type: text/html; charset=utf-8", "", html]
+    : ["Content-Type: text/plain; charset=utf-8", "", "Hello, please call me back about my order."]),
+  "",
+].join("\r\n");
+
+before(async () => {
+  assert.ok(process.env.VERRE_BIN, "set VERRE_BIN to the verre binary");
+  dir = mkdtempSync(join(tmpdir(), "verre-browser-"));
+  db = `sqlite://${join(dir, "verre.db")}`;
+
+  receiver = createServer((req, res) => {
+    let body = "";
+    req.on("data", (c) => (body += c));
+    req.on("end", () => {
+      webhooks.push({ path: req.url, headers: req.headers, body, valid: verify(req.headers, body) });
+      res.writeHead(204).end();
+    });
+  });
+  const hookPort = await listen(receiver);
+  smtp = smtpSink();
+  const smtpPort = await listen(smtp);
+
+  // Three mails through the intake pipeline, with the stub models (deterministic, fast).
+  const inbox = join(dir, "inbox");
+  mkdirSync(inbox);
+  writeFileSync(
+    join(inbox, "1.eml"),
+    MAIL(1, "Order 1042 is late", `<p>Hello, <b>please call me</b> about order 1042.</p>
+<script>document.title = "pwned"</script><img src="http://127.0.0.1:${hookPort}/tracker.gif">
+<p onclick="document.title='pwned'">Thanks, Alice</p>`),
+  );
+  writeFileSync(join(inbox, "2.eml"), MAIL(2, "Cheap watches", null));
+  writeFileSync(join(inbox, "3.eml"), MAIL(3, "Invoice question", null));
+  writeFileSync(
+    join(dir, "pipeline.toml"),
+    `name = "browser-test"
+[extract]
+model = "stub"
+system = "Extract."
+schema = { type = "object", required = ["customer", "summary"], properties = { customer = { type = "string" }, summary = { type = "string" } } }
+[[labels]]
+name = "threat_level"
+values = ["low", "high"]
+[[labels]]
+name = "intent"
+values = ["question", "complaint"]
+[[route]]
+name = "answer"
+draft = true
+actions = ["reply", "crm_ticket"]
+[draft]
+model = "stub"
+system = "Reply."
+prompt = "Reply to {{ extract.customer }}."
+[[action]]
+name = "reply"
+kind = "reply"
+subject = "Re: {{ message.subject }}"
+body = "{{ draft }}"
+[[action]]
+name = "crm_ticket"
+kind = "webhook"
+url = "http://127.0.0.1:${hookPort}/hooks/crm"
+payload = '{"message": {{ message.id }}, "customer": {{ extract.customer | tojson }}, "draft": {{ draft | tojson }}}'
+`,
+  );
+  verre(["intake", "run", inbox, "--pipeline", join(dir, "pipeline.toml"), "--database", db, "--backend", "stub", "--quiet"]);
+  verre(["users", "add", "alice", "--role", "reviewer", "--password-stdin", "--database", db], "correct horse battery\n");
+
+  writeFileSync(
+    join(dir, "verre.toml"),
+    `[policy]
+allow_jurisdictions = ["EU"]
+[[delivery.webhook]]
+url = "http://127.0.0.1:${hookPort}/hooks/"
+jurisdiction = "EU-FR"
+secret_env = "VERRE_BROWSER_WEBHOOK_SECRET"
+[delivery.smtp]
+host = "127.0.0.1"
+port = ${smtpPort}
+security = "plain"
+from = "Support <support@verre.test>"
+`,
+  );
+  server = spawn(
+    process.env.VERRE_BIN,
+    ["serve", "--config", join(dir, "verre.toml"), "--database", db, "--port", "0"],
+    { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, VERRE_HOME: dir, VERRE_BROWSER_WEBHOOK_SECRET: SECRET } },
+  );
+  const lines = createInterface({ input: server.stderr });
+  const said = [];
+  for await (const line of lines) {
+    said.push(line);
+    const m = line.match(/listening on (http:\/\/\S+)/);
+    if (m) {
+      baseURL = m[1];
+      break;
+    }
+  }
+  assert.ok(baseURL, `verre serve exited before listening:\n${said.join("\n")}`);
+  server.stderr.resume();
+
+  const profile = mkdtempSync(join(tmpdir(), "verre-chromium-"));
+  browser = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+    viewport: { width: 1200, height: 900 },
+  });
+  page = browser.pages()[0] ?? (await browser.newPage());
+});
+
+after(async () => {
+  await browser?.close();
+  if (server && server.exitCode === null) {
+    server.kill("SIGTERM");
+    await once(server, "exit");
+  }
+  receiver?.close();
+  smtp?.close();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+test("log in, edit the draft, approve: signed webhook and reply delivered; reject; forged CSRF refused", async () => {
+  // Not signed in: the login page.
+  await page.goto(`${baseURL}/review`);
+  assert.match(page.url(), /\/review\/login$/);
+  await page.fill("input[name=name]", "alice");
+  await page.fill("input[name=password]", "correct horse battery");
+  await page.click("button[type=submit]");
+  await page.waitForURL(`${baseURL}/review`);
+  assert.ok(await page.isVisible("text=Review queue"));
+  const rows = await page.locator("table.queue tbody tr").count();
+  assert.equal(rows, 3, "three messages to review");
+
+  // The message with HTML: sanitised, no script ran, nothing remote loaded.
+  const remote = [];
+  page.on("request", (r) => { if (!r.url().startsWith(baseURL)) remote.push(r.url()); });
+  await page.click("text=Order 1042 is late");
+  await page.waitForURL(/\/review\/messages\/\d+$/);
+  const messageURL = page.url();
+  assert.ok(await page.isVisible(".mail-html >> text=please call me"));
+  assert.notEqual(await page.title(), "pwned");
+  assert.equal(await page.locator(".mail-html script, .mail-html img, .mail-html [onclick]").count(), 0);
+  assert.ok(await page.isVisible("#extraction >> text=threat_level"));
+
+  // Edit the draft: a new version, and the reply follows it.
+  const draft = "Dear Alice, we called the carrier: order 1042 arrives on Monday.";
+  await page.fill("#draft textarea[name=body]", draft);
+  await page.click("#draft button[type=submit]");
+  await page.waitForURL(/notice=draft/);
+  assert.ok(await page.isVisible("text=Draft saved."));
+  assert.ok(await page.isVisible("text=Version history (2)"));
+
+  // An invalid payload is refused, with the error shown.
+  const payloadBox = page.locator(".action textarea[name=payload]").last();
+  await payloadBox.fill('{"message": ');
+  await page.locator(".action button[type=submit]").last().click();
+  assert.ok(await page.isVisible("text=not valid JSON"));
+  await page.goto(messageURL);
+
+  if (process.env.VERRE_SCREENSHOT) await page.screenshot({ path: process.env.VERRE_SCREENSHOT, fullPage: true });
+
+  await page.click("button.approve");
+  await page.waitForURL(/notice=approved/);
+  await waitFor("the webhook", () => webhooks.length >= 1);
+  await waitFor("the reply mail", () => mails.length >= 1);
+  assert.equal(webhooks.length, 1);
+  const hook = webhooks[0];
+  assert.equal(hook.path, "/hooks/crm");
+  assert.ok(hook.valid, "the webhook's signature verifies with the shared secret");
+  assert.match(hook.headers["webhook-id"], /^msg_/);
+  assert.equal(JSON.parse(hook.body).customer.length > 0, true);
+  assert.equal(mails[0].to[0], "<alice@client.test>");
+  assert.match(mails[0].data, /In-Reply-To: <order-1@client\.test>/);
+  assert.ok(mails[0].data.includes("order 1042 arrives on Monday"), mails[0].data);
+  assert.deepEqual(remote, [], "the page loaded nothing from elsewhere");
+  await waitFor("the deliveries shown as sent", () => true);
+  await page.goto(messageURL);
+  assert.equal(await page.locator("#deliveries .status.sent").count(), 2);
+
+  // Reject another with a reason.
+  await page.goto(`${baseURL}/review`);
+  await page.click("text=Cheap watches");
+  await page.fill("form.reject input[name=reason]", "spam");
+  await page.click("form.reject button[type=submit]");
+  await page.waitForURL(/notice=rejected/);
+  assert.ok(await page.isVisible("text=rejected by alice"));
+
+  // A forged CSRF token: 403, and the message stays undecided.
+  await page.goto(`${baseURL}/review`);
+  await page.click("text=Invoice question");
+  const third = page.url();
+  await page.locator("form[action$='/approve'] input[name=csrf]").evaluate((el) => { el.value = "forged"; });
+  const [response] = await Promise.all([page.waitForResponse((r) => r.url().endsWith("/approve")), page.click("button.approve")]);
+  assert.equal(response.status(), 403);
+  assert.ok(await page.isVisible("text=security token is wrong"));
+  await page.goto(third);
+  assert.ok(await page.isVisible("#decide button.approve"), "still undecided");
+  assert.equal(webhooks.length, 1, "nothing more was sent");
+});
