@@ -47,6 +47,10 @@ pub struct UpArgs {
     /// the first start.
     #[arg(long, default_value = "http://127.0.0.1:8099/hooks/crm")]
     pub crm_webhook_url: String,
+    /// The SMTP relay (HOST:PORT, plain, loopback) written into verre.toml on the first
+    /// start, through which approved replies go.
+    #[arg(long, default_value = "127.0.0.1:25")]
+    pub smtp_relay: String,
     /// Intake workers (each runs one stage of one message at a time).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -78,8 +82,11 @@ struct Home {
 pub fn up(args: UpArgs) -> Result<()> {
     let root = ModelStore::default_home()?;
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    // Before any thread starts: the environment is read by the store and set here.
+    // Before any thread starts: the environment is read by the store and the config, and
+    // set here.
     let data_key = data_key(&root)?;
+    let webhook_secret = webhook_secret(&root)?;
+    first_config(&root, &args)?;
     crate::set_threads(args.threads)?;
     let home = Home {
         keys: root.join("api-keys"),
@@ -90,10 +97,11 @@ pub fn up(args: UpArgs) -> Result<()> {
             .unwrap_or_else(|| root.join("pipeline.toml")),
         root,
     };
-    let config_path = args.config.clone().or_else(|| {
-        let p = home.root.join("verre.toml");
-        p.exists().then_some(p)
-    });
+    let config_path = Some(
+        args.config
+            .clone()
+            .unwrap_or_else(|| home.root.join("verre.toml")),
+    );
     let gateway_config = config_path
         .as_deref()
         .map(GatewayConfig::load)
@@ -111,8 +119,10 @@ pub fn up(args: UpArgs) -> Result<()> {
         }
     }
     let models = crate::serve_cmd::model_specs(&names)?;
+    // Without remote backends the local models answer directly.
     let gateway = gateway_config
         .as_ref()
+        .filter(|c| !c.backends.is_empty())
         .map(|c| Gateway::new(c).map(Arc::new))
         .transpose()
         .context("setting up the gateway")?;
@@ -162,6 +172,7 @@ pub fn up(args: UpArgs) -> Result<()> {
             address,
             new_key.as_deref(),
             admin_password.as_deref(),
+            webhook_secret.as_deref(),
             data_key.as_deref(),
         );
         let purge = tokio::spawn(purge_on_schedule(database.clone(), retention, stop.clone()));
@@ -300,6 +311,58 @@ fn prepare_inbox(inbox: &Path, demo: bool) -> Result<()> {
     Ok(())
 }
 
+/// The default verre.toml (`$VERRE_HOME/verre.toml`), written on the first start: the CRM
+/// webhook receiver and the SMTP relay for approved actions, retention, the policy.
+fn first_config(root: &Path, args: &UpArgs) -> Result<()> {
+    let path = root.join("verre.toml");
+    if args.config.is_some() || path.exists() {
+        return Ok(());
+    }
+    let (host, port) = args
+        .smtp_relay
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        .with_context(|| format!("--smtp-relay {}: expected HOST:PORT", args.smtp_relay))?;
+    let text = include_str!("up-config.toml")
+        .replace("{crm_webhook_url}", &args.crm_webhook_url)
+        .replace("{smtp_host}", host)
+        .replace("{smtp_port}", &port.to_string());
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("verre up: wrote {}", path.display());
+    Ok(())
+}
+
+/// The CRM webhook's Standard Webhooks secret: `$VERRE_CRM_WEBHOOK_SECRET`, else the file
+/// `webhook-secret` (made on the first start). Returns the secret when it was just made,
+/// to be printed once.
+fn webhook_secret(root: &Path) -> Result<Option<String>> {
+    const VAR: &str = "VERRE_CRM_WEBHOOK_SECRET";
+    if std::env::var_os(VAR).is_some() {
+        return Ok(None);
+    }
+    let path = root.join("webhook-secret");
+    let made = if path.exists() {
+        None
+    } else {
+        use base64::Engine as _;
+        use rand::Rng;
+        let bytes: [u8; 32] = rand::rng().random();
+        let secret = format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        );
+        write_private(&path, &format!("{secret}\n"))?;
+        Some(secret)
+    };
+    let secret = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_string();
+    // SAFETY: called before this process starts any other thread.
+    unsafe { std::env::set_var(VAR, &secret) };
+    Ok(made)
+}
+
 /// Encryption at rest on by default: without `VERRE_DATA_KEY` or `VERRE_DATA_KEY_FILE` in
 /// the environment, use `$VERRE_HOME/data-keys` (made on the first start, readable by its
 /// owner only). Returns the key file's path when it is the one in use.
@@ -373,6 +436,7 @@ fn announce(
     address: std::net::SocketAddr,
     new_key: Option<&str>,
     admin_password: Option<&str>,
+    webhook_secret: Option<&str>,
     data_key: Option<&Path>,
 ) {
     let base = format!("http://{address}");
@@ -394,8 +458,15 @@ fn announce(
     }
     if let Some(password) = admin_password {
         eprintln!();
-        eprintln!("  review UI login (shown once; `verre users remove admin`, then `verre users add admin --role admin` to change it):");
+        eprintln!(
+            "  review UI login (shown once; `verre users remove admin`, then `verre users add admin --role admin` to change it):"
+        );
         eprintln!("    user admin   password {password}");
+    }
+    if let Some(secret) = webhook_secret {
+        eprintln!();
+        eprintln!("  CRM webhook secret (Standard Webhooks; give it to the receiver):");
+        eprintln!("    {secret}");
     }
     if let Some(key) = new_key {
         eprintln!();
