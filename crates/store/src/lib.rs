@@ -12,6 +12,7 @@
 //! worker runs the stage again.
 
 pub mod audit;
+pub mod ledger;
 mod migrate;
 mod queue;
 

@@ -25,6 +25,11 @@ const SQLITE: &[Migration] = &[
         "audit",
         include_str!("../migrations/sqlite/0002_audit.sql"),
     ),
+    (
+        4,
+        "ledger",
+        include_str!("../migrations/sqlite/0004_ledger.sql"),
+    ),
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -37,6 +42,11 @@ const POSTGRES: &[Migration] = &[
         2,
         "audit",
         include_str!("../migrations/postgres/0002_audit.sql"),
+    ),
+    (
+        4,
+        "ledger",
+        include_str!("../migrations/postgres/0004_ledger.sql"),
     ),
 ];
 
