@@ -2,6 +2,7 @@
 
 mod bench_cmd;
 mod bench_schemas_cmd;
+mod cost_cmd;
 mod eval_cmd;
 mod intake_cmd;
 mod loadtest_cmd;
@@ -65,6 +66,9 @@ enum Command {
     },
     /// Measure extraction accuracy on a folder of invoice PDFs with .json answers.
     EvalExtract(eval_cmd::EvalArgs),
+    /// Tokens served, what they cost on your hardware, and what the same tokens would
+    /// have cost at API list prices (from the ledger `verre serve` keeps).
+    Cost(cost_cmd::CostArgs),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         Command::Keys { command } => serve_cmd::keys(command),
         Command::Intake { command } => intake_cmd::intake(command),
         Command::EvalExtract(args) => eval_cmd::eval_extract(args),
+        Command::Cost(args) => cost_cmd::cost(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -76,6 +76,15 @@ async fn serve(config: ServeConfig) -> Result<()> {
     if let Some(url) = &config.database {
         let store = verre_store::Store::open(url).await?;
         eprintln!("verre serve: database {}", verre_store::redact(url));
+        let audit = config
+            .gateway
+            .as_ref()
+            .map(|g| g.audit().clone())
+            .unwrap_or_default();
+        state = state.with_ledger(crate::ledger::Ledger {
+            writer: verre_store::ledger::LedgerWriter::spawn(store.clone()),
+            audit,
+        });
         state = state.with_store(store);
     }
     if let Some(gateway) = &config.gateway {
@@ -89,6 +98,7 @@ async fn serve(config: ServeConfig) -> Result<()> {
         state = state.with_gateway(gateway.clone());
     }
     let state = Arc::new(state);
+    let state_for_flush = state.clone();
     let (load_failed_tx, load_failed) = oneshot::channel();
     let loading_state = state.clone();
     let models = config.models.clone();
@@ -122,6 +132,9 @@ async fn serve(config: ServeConfig) -> Result<()> {
         _ = async { stopped(stop).await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
             tracing::warn!("closing with requests still open");
         }
+    }
+    if let Some(ledger) = state_for_flush.ledger() {
+        ledger.writer.flush().await;
     }
     match load_error.await {
         Ok(Some(e)) => Err(e),

@@ -13,6 +13,7 @@ use verre_store::Store;
 use crate::auth::ApiKeys;
 use crate::embedding::EmbeddingModel;
 use crate::gateway::Gateway;
+use crate::ledger::Ledger;
 use crate::metrics::RequestLatency;
 use crate::openai::error::ApiError;
 
@@ -55,6 +56,7 @@ pub struct AppState {
     keys: Option<ApiKeys>,
     gateway: Option<Arc<Gateway>>,
     store: Option<Store>,
+    ledger: Option<Ledger>,
 }
 
 impl AppState {
@@ -66,6 +68,7 @@ impl AppState {
             keys,
             gateway: None,
             store: None,
+            ledger: None,
         }
     }
 
@@ -79,6 +82,12 @@ impl AppState {
     /// `store`.
     pub fn with_store(mut self, store: Store) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Record every API call in the cost ledger (and the audit log) through `ledger`.
+    pub fn with_ledger(mut self, ledger: Ledger) -> Self {
+        self.ledger = Some(ledger);
         self
     }
 
@@ -150,6 +159,10 @@ impl AppState {
     /// The database, when the server was started with one (`verre serve` always is).
     pub fn store(&self) -> Option<&Store> {
         self.store.as_ref()
+    }
+
+    pub fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.as_ref()
     }
 }
 
