@@ -806,7 +806,9 @@ async fn read_all(response: reqwest::Response) -> String {
 
 #[tokio::test]
 async fn the_ledger_records_upstream_calls_and_refusals() {
-    let (url, _) = good("up").await;
+    let (url, fake) = good("up").await;
+    // Its streams do not wait between chunks.
+    fake.gate.add_permits(100);
     let dir = tempfile::tempdir().unwrap();
     let keys_file = dir.path().join("keys");
     let ops = verre_server::auth::add_key(&keys_file, "ops").unwrap();
