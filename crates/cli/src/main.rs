@@ -2,6 +2,7 @@
 
 mod bench_cmd;
 mod bench_schemas_cmd;
+mod cost_cmd;
 mod eval_cmd;
 mod gdpr_cmd;
 mod intake_cmd;
@@ -93,6 +94,9 @@ enum Command {
         #[command(subcommand)]
         command: users_cmd::UsersCommand,
     },
+    /// Tokens served, what they cost on your hardware, and what the same tokens would
+    /// have cost at API list prices (from the ledger `verre serve` keeps).
+    Cost(cost_cmd::CostArgs),
 }
 
 fn main() -> ExitCode {
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
         Command::Purge(args) => gdpr_cmd::purge(args),
         Command::Gdpr { command } => gdpr_cmd::gdpr(command),
         Command::Users { command } => users_cmd::users(command),
+        Command::Cost(args) => cost_cmd::cost(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,7 +25,9 @@ use reqwest::Url;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::cost::CostConfig;
 use crate::gateway::policy::Policy;
+use crate::ledger::AuditConfig;
 
 /// A parsed and checked `verre.toml`.
 #[derive(Debug, Clone)]
@@ -41,6 +43,10 @@ pub struct GatewayConfig {
     pub gdpr: GdprConfig,
     /// `[review]` and `[delivery]`: the review UI's sessions, webhook targets, SMTP.
     pub review: crate::review::ReviewSettings,
+    /// `[cost]`: hardware and list prices for `verre cost` and `/v1/verre/usage`.
+    pub cost: CostConfig,
+    /// `[audit]`: what the audit log keeps of API calls.
+    pub audit: AuditConfig,
 }
 
 /// `[gdpr]`: what the records of processing (Art. 30) say about the controller.
@@ -124,6 +130,8 @@ pub struct KeyLimits {
     pub models: Option<Vec<String>>,
     pub requests_per_minute: Option<u32>,
     pub tokens_per_day: Option<u64>,
+    /// May read every key's usage (`GET /v1/verre/usage`).
+    pub admin: bool,
 }
 
 impl GatewayConfig {
@@ -193,6 +201,7 @@ impl GatewayConfig {
                 models,
                 requests_per_minute,
                 tokens_per_day,
+                admin,
             } = entry.into_inner();
             if keys.contains_key(&name) {
                 bail!("{}: [[key]] name {name:?} is used twice", at(span));
@@ -203,6 +212,7 @@ impl GatewayConfig {
                     models,
                     requests_per_minute,
                     tokens_per_day,
+                    admin: admin.unwrap_or(false),
                 },
             );
         }
@@ -234,6 +244,8 @@ impl GatewayConfig {
         };
         let review = crate::review::settings::parse(raw.review, raw.delivery, &policy)
             .with_context(|| origin.to_string())?;
+        let cost = raw.cost.unwrap_or_default();
+        cost.check().with_context(|| origin.to_string())?;
         Ok(Self {
             policy,
             backends,
@@ -246,6 +258,8 @@ impl GatewayConfig {
             },
             gdpr: raw.gdpr,
             review,
+            cost,
+            audit: raw.audit,
         })
     }
 
@@ -397,6 +411,9 @@ struct RawConfig {
     review: crate::review::settings::RawReview,
     #[serde(default)]
     delivery: crate::review::settings::RawDelivery,
+    cost: Option<CostConfig>,
+    #[serde(default)]
+    audit: AuditConfig,
 }
 
 #[derive(Deserialize, Default)]
@@ -458,6 +475,7 @@ struct RawKey {
     models: Option<Vec<String>>,
     requests_per_minute: Option<u32>,
     tokens_per_day: Option<u64>,
+    admin: Option<bool>,
 }
 
 #[cfg(test)]
@@ -483,6 +501,24 @@ mod tests {
         let remote = c.backends.iter().find(|b| !b.local).unwrap();
         assert!(remote.pseudonymize);
         assert_eq!(remote.jurisdiction.as_deref(), Some("EU-DE"));
+        assert!(c.keys["ops"].admin && !c.keys["ci-runner"].admin);
+        assert_eq!(c.cost.eur_per_month, Some(1200.0));
+        assert_eq!(c.cost.list_price.len(), 2);
+        assert!(c.audit.api_calls && !c.audit.content);
+    }
+
+    #[test]
+    fn cost_and_audit_are_checked() {
+        let e = format!(
+            "{:#}",
+            parse("[cost]\neur_per_month = 1\neur_per_hour = 2\n").unwrap_err()
+        );
+        assert!(e.contains("not both"), "{e}");
+        let e = format!("{:#}", parse("[audit]\ncontents = true\n").unwrap_err());
+        assert!(e.contains("line 2") && e.contains("contents"), "{e}");
+        let c = parse("").unwrap();
+        assert!(c.audit.api_calls && !c.audit.content, "audit defaults");
+        assert_eq!(c.cost.usd_per_eur, 1.08);
     }
 
     #[test]

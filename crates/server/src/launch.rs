@@ -91,6 +91,15 @@ pub async fn serve(
         let store = verre_store::Store::open(url).await?;
         eprintln!("verre serve: database {}", verre_store::redact(url));
         crate::review::worker::spawn(store.clone(), config.review.clone(), stop.clone())?;
+        let audit = config
+            .gateway
+            .as_ref()
+            .map(|g| g.audit().clone())
+            .unwrap_or_default();
+        state = state.with_ledger(crate::ledger::Ledger {
+            writer: verre_store::ledger::LedgerWriter::spawn(store.clone()),
+            audit,
+        });
         state = state.with_store(store);
     }
     if let Some(gateway) = &config.gateway {
@@ -104,6 +113,7 @@ pub async fn serve(
         state = state.with_gateway(gateway.clone());
     }
     let state = Arc::new(state);
+    let state_for_flush = state.clone();
     let (load_failed_tx, load_failed) = oneshot::channel();
     let loading_state = state.clone();
     let models = config.models.clone();
@@ -138,6 +148,9 @@ pub async fn serve(
         _ = async { stopped(stop).await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
             tracing::warn!("closing with requests still open");
         }
+    }
+    if let Some(ledger) = state_for_flush.ledger() {
+        ledger.writer.flush().await;
     }
     match load_error.await {
         Ok(Some(e)) => Err(e),

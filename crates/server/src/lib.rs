@@ -9,14 +9,17 @@
 //! - [`gateway`] and [`config`]: `verre.toml` backends (local and remote OpenAI-compatible
 //!   upstreams), routing with failover, the egress policy, per-key limits.
 //! - [`review`]: the human review UI at `/review` and the outbox delivery worker.
+//! - [`ledger`] and [`cost`]: every API call in the cost ledger; `GET /v1/verre/usage`.
 //!
 //! [`router`] builds the whole app over an [`AppState`]; [`run`] serves it for real.
 
 pub mod auth;
 pub mod config;
+pub mod cost;
 pub mod embedding;
 pub mod gateway;
 mod launch;
+pub mod ledger;
 pub mod metrics;
 pub mod openai;
 pub mod review;
@@ -42,9 +45,14 @@ use openai::error::ApiError;
 /// `/metrics` open, and an OpenAI-shaped 404 for everything else.
 pub fn router(state: Arc<AppState>) -> Router {
     let api = openai::routes()
+        .route("/v1/verre/usage", get(ledger::usage))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             gateway::route,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            ledger::record,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()

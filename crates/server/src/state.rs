@@ -13,6 +13,7 @@ use verre_store::Store;
 use crate::auth::ApiKeys;
 use crate::embedding::EmbeddingModel;
 use crate::gateway::Gateway;
+use crate::ledger::Ledger;
 use crate::metrics::RequestLatency;
 use crate::openai::error::ApiError;
 
@@ -56,6 +57,7 @@ pub struct AppState {
     gateway: Option<Arc<Gateway>>,
     store: Option<Store>,
     review: crate::review::ReviewSettings,
+    ledger: Option<Ledger>,
 }
 
 impl AppState {
@@ -68,6 +70,7 @@ impl AppState {
             gateway: None,
             store: None,
             review: Default::default(),
+            ledger: None,
         }
     }
 
@@ -87,6 +90,12 @@ impl AppState {
     /// Review UI and delivery settings (`[review]`, `[delivery]` of verre.toml).
     pub fn with_review(mut self, review: crate::review::ReviewSettings) -> Self {
         self.review = review;
+        self
+    }
+
+    /// Record every API call in the cost ledger (and the audit log) through `ledger`.
+    pub fn with_ledger(mut self, ledger: Ledger) -> Self {
+        self.ledger = Some(ledger);
         self
     }
 
@@ -162,6 +171,10 @@ impl AppState {
 
     pub fn review(&self) -> &crate::review::ReviewSettings {
         &self.review
+    }
+
+    pub fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.as_ref()
     }
 }
 

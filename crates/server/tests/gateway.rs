@@ -136,11 +136,14 @@ async fn fake_chat(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
             let c = json!({ "object": "chat.completion.chunk", "model": model, "choices": [{ "index": 0, "delta": { "content": text } }] });
             Bytes::from(format!("data: {c}\n\n"))
         };
-        let chunks = vec![
-            chunk("chunk-1"),
-            chunk("chunk-2"),
-            Bytes::from("data: [DONE]\n\n"),
-        ];
+        let mut chunks = vec![chunk("chunk-1"), chunk("chunk-2")];
+        // As vLLM: the usage in a last chunk without choices, when asked for.
+        if body["stream_options"]["include_usage"] == true {
+            let c = json!({ "object": "chat.completion.chunk", "model": model, "choices": [],
+                "usage": { "prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6 } });
+            chunks.push(Bytes::from(format!("data: {c}\n\n")));
+        }
+        chunks.push(Bytes::from("data: [DONE]\n\n"));
         let stream = futures_util::stream::unfold((0, fake.clone()), move |(i, fake)| {
             let chunks = chunks.clone();
             async move {
@@ -736,4 +739,290 @@ async fn health_checks_take_a_backend_out_and_bring_it_back() {
     assert_eq!(status, StatusCode::OK, "{body}");
     // Probes went on all along; none went to the trap, which the policy refuses.
     assert_trap_untouched();
+}
+
+// ---- the ledger, tokens per day, usage ----
+
+/// A gateway over `backends` (TOML, EU-only policy, `extra` appended: keys, [cost]) that
+/// keeps its ledger in `db`, with the API keys of `keys_file`. The state is returned too,
+/// to flush the ledger.
+async fn gateway_with_ledger(
+    backends: &str,
+    extra: &str,
+    db: &std::path::Path,
+    keys_file: Option<&std::path::Path>,
+) -> (String, Arc<AppState>, verre_store::Store) {
+    let text = format!(
+        "[policy]\nallow_jurisdictions = [\"EU\"]\n[gateway]\nhealth_check_interval_s = 60\n{backends}{extra}"
+    );
+    let config = GatewayConfig::parse(&text, "test.toml").unwrap();
+    let store = verre_store::Store::open_in_home(db).await.unwrap();
+    let keys = keys_file.map(|f| verre_server::auth::ApiKeys::load(f).unwrap());
+    let state = AppState::with_models(vec![], vec![], keys)
+        .with_gateway(Arc::new(Gateway::new(&config).unwrap()))
+        .with_ledger(verre_server::ledger::Ledger {
+            writer: verre_store::ledger::LedgerWriter::spawn(store.clone()),
+            audit: config.audit.clone(),
+        })
+        .with_store(store.clone());
+    let state = Arc::new(state);
+    let base = format!("http://{}", serve(router(state.clone())).await);
+    (base, state, store)
+}
+
+async fn flush(state: &AppState) {
+    state.ledger().unwrap().writer.flush().await;
+}
+
+/// Every ledger row, oldest first.
+async fn ledger_rows(store: &verre_store::Store) -> Vec<Value> {
+    use sqlx::Row;
+    sqlx::query(
+        "SELECT api_key, endpoint, model, backend, local, status, prompt_tokens, completion_tokens
+         FROM ledger ORDER BY id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        json!({
+            "key": r.get::<String, _>("api_key"),
+            "endpoint": r.get::<String, _>("endpoint"),
+            "model": r.get::<String, _>("model"),
+            "backend": r.get::<String, _>("backend"),
+            "local": r.get::<i64, _>("local"),
+            "status": r.get::<i64, _>("status"),
+            "prompt": r.get::<i64, _>("prompt_tokens"),
+            "completion": r.get::<i64, _>("completion_tokens"),
+        })
+    })
+    .collect()
+}
+
+async fn read_all(response: reqwest::Response) -> String {
+    String::from_utf8(response.bytes().await.unwrap().to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn the_ledger_records_upstream_calls_and_refusals() {
+    let (url, fake) = good("up").await;
+    // Its streams do not wait between chunks.
+    fake.gate.add_permits(100);
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = dir.path().join("keys");
+    let ops = verre_server::auth::add_key(&keys_file, "ops").unwrap();
+    let ci = verre_server::auth::add_key(&keys_file, "ci").unwrap();
+    let (base, state, store) = gateway_with_ledger(
+        &backend("up", &url, r#"["m"]"#, ""),
+        "[[key]]\nname = \"ops\"\nadmin = true\n[[key]]\nname = \"ci\"\nmodels = [\"other\"]\n",
+        dir.path(),
+        Some(&keys_file),
+    )
+    .await;
+    let ask = |key: &str, body: Value| {
+        post_json(format!("{base}/v1/chat/completions"), &body).bearer_auth(key.to_string())
+    };
+    let hi = json!([{ "role": "user", "content": "hi" }]);
+
+    let answer = ask(&ops, json!({ "model": "m", "messages": hi }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    json_of(answer).await;
+
+    // Streamed without asking for usage: the ledger has it, the client does not.
+    let streamed = ask(
+        &ops,
+        json!({ "model": "m", "stream": true, "messages": hi }),
+    )
+    .send()
+    .await
+    .unwrap();
+    let text = read_all(streamed).await;
+    assert!(
+        text.contains("chunk-2") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
+    assert!(!text.contains("prompt_tokens"), "{text}");
+
+    // Asked for: passed through as it came.
+    let body = json!({ "model": "m", "stream": true, "stream_options": { "include_usage": true }, "messages": hi });
+    let text = read_all(ask(&ops, body).send().await.unwrap()).await;
+    assert!(text.contains(r#""prompt_tokens":4"#), "{text}");
+
+    // A model the key may not use: refused, and recorded.
+    let refused = ask(&ci, json!({ "model": "m", "messages": hi }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(json_of(refused).await["error"]["code"], "model_not_allowed");
+
+    flush(&state).await;
+    let rows = ledger_rows(&store).await;
+    let expect = |key: &str, backend: &str, local: i64, status: i64, p: i64, c: i64| {
+        json!({ "key": key, "endpoint": "chat", "model": "m", "backend": backend, "local": local,
+                "status": status, "prompt": p, "completion": c })
+    };
+    assert_eq!(
+        rows,
+        [
+            expect("ops", "up", 0, 200, 3, 2),
+            expect("ops", "up", 0, 200, 4, 2),
+            expect("ops", "up", 0, 200, 4, 2),
+            expect("ci", "", 0, 403, 0, 0),
+        ]
+    );
+    let audit = store.audit_entries(0, 100).await.unwrap();
+    assert_eq!(audit.len(), 4);
+    assert!(audit.iter().all(|e| e.action == "api.chat"));
+    assert_eq!(audit[0].actor, "key:ops");
+    assert_eq!(audit[3].actor, "key:ci");
+    let detail = audit[0].detail.as_ref().unwrap().to_string();
+    assert!(
+        !detail.contains("hi") && !detail.contains("from up"),
+        "metadata only: {detail}"
+    );
+
+    // Usage: an admin sees every key, another key only its own.
+    let usage = |key: &str, query: &str| {
+        client()
+            .get(format!("{base}/v1/verre/usage{query}"))
+            .bearer_auth(key.to_string())
+            .send()
+    };
+    let all = json_of(usage(&ops, "?by=key").await.unwrap()).await;
+    assert_eq!(all["total"]["requests"], 4, "{all}");
+    assert_eq!(all["total"]["prompt_tokens"], 11);
+    assert_eq!(all["groups"][0]["group"], "ops");
+    assert_eq!(all["groups"][1]["group"], "ci");
+    assert_eq!(all["currencies"]["list_prices"], "USD");
+    // All 15 tokens of ops at GPT-4 Turbo: (11 × $10 + 6 × $30) / 1M.
+    let usd = all["total"]["api_equivalent"][0]["usd"].as_f64().unwrap();
+    assert!((usd - 290e-6).abs() < 1e-12, "{usd}");
+    let own = json_of(usage(&ci, "").await.unwrap()).await;
+    assert_eq!(own["total"]["requests"], 1, "{own}");
+    assert_eq!(own["total"]["errors"], 1);
+    let other = usage(&ci, "?key=ops").await.unwrap();
+    assert_eq!(other.status(), StatusCode::FORBIDDEN);
+    let bad = usage(&ops, "?by=colour").await.unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let anonymous = client()
+        .get(format!("{base}/v1/verre/usage"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn tokens_per_day_are_refused_with_429_across_a_restart() {
+    let (url, fake) = good("t").await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = dir.path().join("keys");
+    let small = verre_server::auth::add_key(&keys_file, "small").unwrap();
+    let free = verre_server::auth::add_key(&keys_file, "free").unwrap();
+    let config = (
+        backend("t", &url, r#"["m"]"#, ""),
+        "[[key]]\nname = \"small\"\ntokens_per_day = 5\n",
+    );
+    let ask = |base: &str, key: &str| {
+        post_json(
+            format!("{base}/v1/chat/completions"),
+            &json!({ "model": "m", "messages": [{ "role": "user", "content": "hi" }] }),
+        )
+        .bearer_auth(key.to_string())
+        .send()
+    };
+    let (base, state, _) =
+        gateway_with_ledger(&config.0, config.1, dir.path(), Some(&keys_file)).await;
+    // 3 + 2 tokens: the day's 5 are used.
+    assert_eq!(ask(&base, &small).await.unwrap().status(), StatusCode::OK);
+    let refused = ask(&base, &small).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key(header::RETRY_AFTER));
+    assert_eq!(
+        json_of(refused).await["error"]["code"],
+        "rate_limit_exceeded"
+    );
+    assert_eq!(ask(&base, &free).await.unwrap().status(), StatusCode::OK);
+    flush(&state).await;
+
+    // A new server on the same database remembers.
+    let (base, _, _) = gateway_with_ledger(&config.0, config.1, dir.path(), Some(&keys_file)).await;
+    let before = fake.requests.load(Ordering::SeqCst);
+    let refused = ask(&base, &small).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let message = json_of(refused).await["error"]["message"].to_string();
+    assert!(message.contains("used 5 of its 5 tokens"), "{message}");
+    assert_eq!(ask(&base, &free).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        fake.requests.load(Ordering::SeqCst),
+        before + 1,
+        "a refused request never reaches the upstream"
+    );
+}
+
+/// Local requests (the embedded model, no gateway) are recorded with the engine's counts.
+#[tokio::test]
+async fn the_ledger_records_local_calls() {
+    let Some(path) = std::env::var_os("VERRE_SMOLLM2_GGUF") else {
+        eprintln!("skipped: set VERRE_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = verre_store::Store::open_in_home(dir.path()).await.unwrap();
+    let model = Arc::new(LoadedModel::load(PathBuf::from(path)).unwrap());
+    let served = ServedModel::start("smollm2-135m", model, EngineOptions::default()).unwrap();
+    let state = AppState::with_models(vec![served], vec![], None)
+        .with_ledger(verre_server::ledger::Ledger {
+            writer: verre_store::ledger::LedgerWriter::spawn(store.clone()),
+            audit: Default::default(),
+        })
+        .with_store(store.clone());
+    let state = Arc::new(state);
+    let base = format!("http://{}", serve(router(state.clone())).await);
+    let request = |stream: bool| {
+        json!({
+            "model": "smollm2-135m", "max_tokens": 6, "temperature": 0, "stream": stream,
+            "messages": [{ "role": "user", "content": "Say hello." }],
+        })
+    };
+    let answer = json_of(
+        post_json(format!("{base}/v1/chat/completions"), &request(false))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let text = read_all(
+        post_json(format!("{base}/v1/chat/completions"), &request(true))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        text.ends_with("data: [DONE]\n\n") && !text.contains("prompt_tokens"),
+        "{text}"
+    );
+    flush(&state).await;
+    let rows = ledger_rows(&store).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for row in &rows {
+        assert_eq!(
+            (&row["backend"], &row["local"], &row["status"], &row["key"]),
+            (&json!("local"), &json!(1), &json!(200), &json!(""))
+        );
+        assert_eq!(row["prompt"], answer["usage"]["prompt_tokens"], "{row}");
+        assert_eq!(
+            row["completion"], answer["usage"]["completion_tokens"],
+            "{row}"
+        );
+    }
+    let audit = store.audit_entries(0, 10).await.unwrap();
+    assert_eq!(audit.len(), 2);
+    assert_eq!(audit[0].actor, "anonymous");
 }

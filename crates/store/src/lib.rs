@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod crypto;
 pub mod erase;
+pub mod ledger;
 mod migrate;
 pub mod outbox;
 mod queue;

@@ -31,6 +31,11 @@ const SQLITE: &[Migration] = &[
         include_str!("../migrations/sqlite/0003_review.sql"),
     ),
     (
+        4,
+        "ledger",
+        include_str!("../migrations/sqlite/0004_ledger.sql"),
+    ),
+    (
         5,
         "gdpr",
         include_str!("../migrations/sqlite/0005_gdpr.sql"),
@@ -52,6 +57,11 @@ const POSTGRES: &[Migration] = &[
         3,
         "review",
         include_str!("../migrations/postgres/0003_review.sql"),
+    ),
+    (
+        4,
+        "ledger",
+        include_str!("../migrations/postgres/0004_ledger.sql"),
     ),
     (
         5,

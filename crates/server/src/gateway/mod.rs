@@ -29,6 +29,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{BackendConfig, BackendKind, GatewayConfig, HealthConfig};
+use crate::cost::CostConfig;
+use crate::ledger::{AuditConfig, ServedBy};
 use crate::openai::error::ApiError;
 use crate::state::{AppState, unix_now};
 use policy::Policy;
@@ -52,6 +54,8 @@ pub struct Gateway {
     health: HealthConfig,
     quotas: Quotas,
     created: u64,
+    cost: CostConfig,
+    audit: AuditConfig,
 }
 
 struct Backend {
@@ -69,7 +73,7 @@ struct Target {
 /// What to do with a request for a gateway model.
 enum Decision {
     /// Serve it in this process, as this model.
-    Local(String),
+    Local(String, ServedBy),
     Respond(Response),
 }
 
@@ -109,6 +113,8 @@ impl Gateway {
             health: config.health.clone(),
             quotas: Quotas::new(config.keys.clone()),
             created: unix_now(),
+            cost: config.cost.clone(),
+            audit: config.audit.clone(),
         })
     }
 
@@ -170,12 +176,32 @@ impl Gateway {
         self.quotas.allows(key, model, canonical)
     }
 
+    /// Whether the API key named `key` has `admin = true` (sees every key's usage).
+    pub fn key_is_admin(&self, key: &str) -> bool {
+        self.quotas.is_admin(key)
+    }
+
+    /// Count the tokens of a request `key` made at `at_ms` against its `tokens_per_day`.
+    pub fn spend_tokens(&self, key: &str, tokens: u64, at_ms: i64) {
+        self.quotas.spend(key, tokens, at_ms);
+    }
+
+    /// `[cost]` of the config.
+    pub fn cost(&self) -> &CostConfig {
+        &self.cost
+    }
+
+    /// `[audit]` of the config.
+    pub fn audit(&self) -> &AuditConfig {
+        &self.audit
+    }
+
     /// Unix time the gateway was built (`created` in `/v1/models`).
     pub fn created(&self) -> u64 {
         self.created
     }
 
-    fn permits(&self, backend: &Backend) -> Result<(), String> {
+    fn permits(&self, backend: &Backend) -> Result<(), policy::PolicyError> {
         match (&backend.config.kind, &backend.upstream) {
             (BackendKind::OpenAi { .. }, Some(upstream)) => self.policy.check(
                 &backend.config.name,
@@ -217,11 +243,11 @@ impl Gateway {
         for target in plan {
             let backend = &self.backends[target.backend];
             let Some(upstream) = &backend.upstream else {
-                return Decision::Local(target.upstream_model.clone());
+                return Decision::Local(target.upstream_model.clone(), served_by(backend));
             };
             if let Err(refusal) = self.permits(backend) {
                 tracing::warn!("egress refused: {refusal}");
-                refused.push(refusal);
+                refused.push(refusal.to_string());
                 continue;
             }
             if !upstream.is_up() {
@@ -247,6 +273,7 @@ impl Gateway {
                     if let Ok(name) = backend.config.name.parse() {
                         response.headers_mut().insert("x-verre-backend", name);
                     }
+                    response.extensions_mut().insert(served_by(backend));
                     return Decision::Respond(response);
                 }
                 Err(failure) => {
@@ -289,6 +316,13 @@ impl Gateway {
             }
         };
         Decision::Respond(error.into_response())
+    }
+}
+
+fn served_by(backend: &Backend) -> ServedBy {
+    ServedBy {
+        backend: backend.config.name.clone(),
+        local: backend.config.local,
     }
 }
 
@@ -354,16 +388,33 @@ pub async fn route(State(state): State<Arc<AppState>>, request: Request, next: N
     };
     let key = parts.extensions.get::<KeyName>().map(|k| k.0.as_str());
     let canonical = gateway.names.get(&model).map(String::as_str);
-    if let Err(e) = gateway.quotas.admit(key, &model, canonical) {
-        return e.into_response();
+    if let Err(refusal) = gateway
+        .quotas
+        .admit(key, &model, canonical, state.store())
+        .await
+    {
+        return refusal;
     }
     let Some(plan) = gateway.plan(&model) else {
-        return next.run(Request::from_parts(parts, Body::from(body))).await;
+        // Not a gateway model: the models of this process.
+        let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
+        response.extensions_mut().insert(ServedBy {
+            backend: "local".into(),
+            local: true,
+        });
+        return response;
     };
     match gateway.dispatch(upstream_path, &body, &model, plan).await {
         Decision::Respond(response) => response,
-        Decision::Local(local) => match with_model(&body, &model, &local) {
-            Ok(body) => next.run(Request::from_parts(parts, Body::from(body))).await,
+        Decision::Local(local, served) => match with_model(&body, &model, &local) {
+            Ok(body) => {
+                let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
+                if let Ok(name) = served.backend.parse() {
+                    response.headers_mut().insert("x-verre-backend", name);
+                }
+                response.extensions_mut().insert(served);
+                response
+            }
             Err(e) => e.into_response(),
         },
     }

@@ -1,10 +1,22 @@
-//! The egress policy: where data may be sent. A remote backend (or, later, a webhook
-//! target) is allowed only when its jurisdiction label is on `allow_jurisdictions` and,
-//! if `allow_hosts` is set, its host is on that list too. No policy allows nothing: a
-//! sovereign default. It is checked when the config loads and again before every
-//! connection.
+//! The egress policy: where data may be sent. A remote backend is allowed only when its
+//! jurisdiction label is on `allow_jurisdictions` and, if `allow_hosts` is set, its host
+//! is on that list too. A target without a label (a webhook URL) is allowed only when its
+//! host is on `allow_hosts`. No policy allows nothing: a sovereign default. It is checked
+//! when the config loads and again before every connection.
+//!
+//! Whatever sends data out of verre calls [`Policy::check`] (a backend) or
+//! [`Policy::check_url`] (any other target, such as a webhook) first.
 
+use std::path::Path;
+
+use anyhow::Context;
 use reqwest::Url;
+use serde::Deserialize;
+
+/// Why the policy refuses a target, in words for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PolicyError(String);
 
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -20,35 +32,77 @@ impl Policy {
         }
     }
 
+    /// The `[policy]` of a `verre.toml`, without checking the rest of the file (for
+    /// commands that send data out but serve no backends).
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        #[derive(Deserialize)]
+        struct File {
+            #[serde(default)]
+            policy: Option<Raw>,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            #[serde(default)]
+            allow_jurisdictions: Vec<String>,
+            #[serde(default)]
+            allow_hosts: Vec<String>,
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        let file: File = toml::from_str(&text)
+            .with_context(|| format!("reading [policy] in {}", path.display()))?;
+        Ok(file.policy.map_or_else(Self::default, |p| {
+            Self::new(p.allow_jurisdictions, p.allow_hosts)
+        }))
+    }
+
+    /// `Ok` when `target`, a URL without a jurisdiction label (a webhook), may receive
+    /// data: its host (or `host:port`) must be on `allow_hosts`. Only http and https.
+    pub fn check_url(&self, target: &Url) -> Result<(), PolicyError> {
+        if !matches!(target.scheme(), "http" | "https") || target.host_str().is_none() {
+            return Err(PolicyError(format!(
+                "{target} is not an http:// or https:// URL with a host"
+            )));
+        }
+        if !self.allow_hosts.iter().any(|h| host_matches(target, h)) {
+            return Err(PolicyError(format!(
+                "{target}: its host is not on [policy] allow_hosts = {:?}, so no data may be sent there",
+                self.allow_hosts
+            )));
+        }
+        Ok(())
+    }
+
     /// `Ok` when `target` (a backend named `name`, labelled `jurisdiction`) may receive
-    /// data; otherwise why not, in words for the operator.
+    /// data; otherwise why not.
     pub fn check(
         &self,
         name: &str,
         target: &Url,
         jurisdiction: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PolicyError> {
         let Some(jurisdiction) = jurisdiction else {
-            return Err(format!(
+            return Err(PolicyError(format!(
                 "backend {name:?} ({target}) has no `jurisdiction`, so [policy] cannot allow it"
-            ));
+            )));
         };
         if !self
             .allow_jurisdictions
             .iter()
             .any(|allowed| jurisdiction_within(jurisdiction, allowed))
         {
-            return Err(format!(
+            return Err(PolicyError(format!(
                 "backend {name:?} ({target}) is in jurisdiction {jurisdiction:?}, which [policy] allow_jurisdictions = {:?} does not allow",
                 self.allow_jurisdictions
-            ));
+            )));
         }
         if !self.allow_hosts.is_empty() && !self.allow_hosts.iter().any(|h| host_matches(target, h))
         {
-            return Err(format!(
+            return Err(PolicyError(format!(
                 "backend {name:?} ({target}): its host is not on [policy] allow_hosts = {:?}",
                 self.allow_hosts
-            ));
+            )));
         }
         Ok(())
     }
@@ -100,6 +154,47 @@ mod tests {
         let url = Url::parse("https://vllm.example.eu/v1").unwrap();
         assert!(host_matches(&url, "vllm.example.eu:443"));
         assert!(!host_matches(&url, "example.eu"));
+    }
+
+    #[test]
+    fn a_webhook_target_must_be_on_allow_hosts() {
+        let policy = Policy::new(vec!["EU".into()], vec!["hooks.example.eu".into()]);
+        let ok = Url::parse("https://hooks.example.eu/verre").unwrap();
+        assert!(policy.check_url(&ok).is_ok());
+        for refused in [
+            "https://evil.example.com/hook",
+            "http://127.0.0.1:9/hook",
+            "ftp://hooks.example.eu/x",
+        ] {
+            let e = policy.check_url(&Url::parse(refused).unwrap()).unwrap_err();
+            assert!(!e.to_string().is_empty(), "{refused}");
+        }
+        // A jurisdiction list alone allows no unlabelled target.
+        assert!(
+            Policy::new(vec!["EU".into()], vec![])
+                .check_url(&ok)
+                .is_err()
+        );
+        assert!(Policy::default().check_url(&ok).is_err());
+    }
+
+    #[test]
+    fn the_policy_loads_alone_from_a_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("verre.toml");
+        std::fs::write(
+            &path,
+            "[policy]\nallow_hosts = [\"hooks.example.eu\"]\n[[backend]]\nname = \"x\"\n",
+        )
+        .unwrap();
+        let policy = Policy::load(&path).unwrap();
+        assert!(
+            policy
+                .check_url(&Url::parse("https://hooks.example.eu/").unwrap())
+                .is_ok()
+        );
+        std::fs::write(&path, "[policy]\nallow_host = []\n").unwrap();
+        assert!(Policy::load(&path).is_err(), "a misspelt key is an error");
     }
 
     #[test]

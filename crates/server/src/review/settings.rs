@@ -71,7 +71,8 @@ impl DeliverySettings {
             ));
         };
         self.policy
-            .check(&format!("webhook {}", t.url), &url, Some(&t.jurisdiction))?;
+            .check(&format!("webhook {}", t.url), &url, Some(&t.jurisdiction))
+            .map_err(|e| e.to_string())?;
         Ok(t)
     }
 

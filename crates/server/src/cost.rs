@@ -1,0 +1,616 @@
+//! What the tokens in the ledger cost here, and what they would have cost at an API
+//! provider: `verre cost` prints it, `GET /v1/verre/usage` returns it as JSON.
+//!
+//! The local cost of a period is the hardware's price for that period (`[cost]
+//! eur_per_month` or `eur_per_hour`) plus its energy (`watts` × hours × `eur_per_kwh`),
+//! spread evenly over every token (prompt and completion) that backends with `local =
+//! true` served in the period. Hardware is priced in euros, API list prices in dollars;
+//! `usd_per_eur` converts for the saving, and both currencies are reported as they are.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+use verre_store::Store;
+use verre_store::ledger::{GroupBy, UsageQuery, UsageRow};
+
+/// Hours in an average month (365.25 × 24 / 12).
+const HOURS_PER_MONTH: f64 = 730.5;
+
+/// `[cost]` in `verre.toml`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostConfig {
+    /// What the hardware of `local = true` backends costs per month (rent, or purchase
+    /// spread over its life), in euros. At most one of this and `eur_per_hour`.
+    pub eur_per_month: Option<f64>,
+    pub eur_per_hour: Option<f64>,
+    /// Its average electrical draw.
+    pub watts: Option<f64>,
+    pub eur_per_kwh: Option<f64>,
+    /// Dollars for one euro, to set list prices against local cost.
+    #[serde(default = "default_usd_per_eur")]
+    pub usd_per_eur: f64,
+    /// The API prices to compare with; the default is GPT-4 Turbo and Claude 3 Opus.
+    #[serde(default = "default_list_prices")]
+    pub list_price: Vec<ListPrice>,
+}
+
+/// An API provider's price per million tokens, in dollars.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListPrice {
+    pub name: String,
+    pub input_usd_per_mtok: f64,
+    pub output_usd_per_mtok: f64,
+}
+
+fn default_usd_per_eur() -> f64 {
+    1.08
+}
+
+fn default_list_prices() -> Vec<ListPrice> {
+    vec![
+        ListPrice {
+            name: "GPT-4 Turbo".into(),
+            input_usd_per_mtok: 10.0,
+            output_usd_per_mtok: 30.0,
+        },
+        ListPrice {
+            name: "Claude 3 Opus".into(),
+            input_usd_per_mtok: 15.0,
+            output_usd_per_mtok: 75.0,
+        },
+    ]
+}
+
+impl Default for CostConfig {
+    fn default() -> Self {
+        Self {
+            eur_per_month: None,
+            eur_per_hour: None,
+            watts: None,
+            eur_per_kwh: None,
+            usd_per_eur: default_usd_per_eur(),
+            list_price: default_list_prices(),
+        }
+    }
+}
+
+impl CostConfig {
+    /// `[cost]` of a `verre.toml`, alone: `verre cost` needs no backend to be reachable.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct File {
+            cost: Option<CostConfig>,
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading the config file {}: {e}", path.display()))?;
+        let file: File = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: [cost]: {}", path.display(), e.message()))?;
+        let config = file.cost.unwrap_or_default();
+        config
+            .check()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    /// The checks [`crate::config::GatewayConfig::parse`] and [`CostConfig::load`] run.
+    pub fn check(&self) -> Result<()> {
+        let numbers = [
+            ("eur_per_month", self.eur_per_month),
+            ("eur_per_hour", self.eur_per_hour),
+            ("watts", self.watts),
+            ("eur_per_kwh", self.eur_per_kwh),
+            ("usd_per_eur", Some(self.usd_per_eur)),
+        ];
+        for (key, value) in numbers {
+            if let Some(v) = value
+                && !(v.is_finite() && v >= 0.0)
+            {
+                bail!("[cost] {key} = {v} must be a number of at least 0");
+            }
+        }
+        if self.usd_per_eur == 0.0 {
+            bail!("[cost] usd_per_eur must be more than 0");
+        }
+        if self.eur_per_month.is_some() && self.eur_per_hour.is_some() {
+            bail!("[cost] set eur_per_month or eur_per_hour, not both");
+        }
+        if self.watts.is_some() != self.eur_per_kwh.is_some() {
+            bail!(
+                "[cost] watts and eur_per_kwh go together: energy is watts × hours × eur_per_kwh"
+            );
+        }
+        for p in &self.list_price {
+            if p.name.is_empty()
+                || ![p.input_usd_per_mtok, p.output_usd_per_mtok]
+                    .iter()
+                    .all(|v| v.is_finite() && *v >= 0.0)
+            {
+                bail!(
+                    "[[cost.list_price]] {:?}: a name and prices of at least 0",
+                    p.name
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn hardware_eur(&self, hours: f64) -> f64 {
+        self.eur_per_hour.unwrap_or(0.0) * hours
+            + self.eur_per_month.unwrap_or(0.0) * hours / HOURS_PER_MONTH
+    }
+
+    fn energy_eur(&self, hours: f64) -> f64 {
+        self.watts.unwrap_or(0.0) / 1000.0 * hours * self.eur_per_kwh.unwrap_or(0.0)
+    }
+}
+
+/// A slice of the ledger to price.
+#[derive(Debug, Clone, Default)]
+pub struct CostQuery {
+    /// Unix ms; `None`: from the first request in the ledger.
+    pub since: Option<i64>,
+    pub by: Option<GroupBy>,
+    /// Only this key's requests (they still share the hardware with every other key).
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CostReport {
+    /// The period priced, Unix ms.
+    pub since: i64,
+    pub until: i64,
+    pub hours: f64,
+    pub by: Option<GroupBy>,
+    pub currencies: Currencies,
+    pub local: LocalCost,
+    pub list_prices: Vec<ListPrice>,
+    pub total: CostLine,
+    pub groups: Vec<CostLine>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Currencies {
+    /// Local cost: hardware and energy.
+    pub local_cost: &'static str,
+    /// List prices.
+    pub list_prices: &'static str,
+    pub usd_per_eur: f64,
+}
+
+/// The hardware's cost over the period and the tokens it is spread over.
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalCost {
+    pub hardware_eur: f64,
+    pub energy_eur: f64,
+    pub total_eur: f64,
+    /// Every token local backends served in the period, whoever asked.
+    pub tokens: u64,
+    pub eur_per_mtok: Option<f64>,
+}
+
+/// One group (a key, a model, a backend) or the total.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct CostLine {
+    pub group: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// The part served by `local = true` backends.
+    pub local_prompt_tokens: u64,
+    pub local_completion_tokens: u64,
+    /// Its share of the local cost.
+    pub local_cost_eur: f64,
+    /// One per list price, in its order.
+    pub api_equivalent: Vec<Equivalent>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Equivalent {
+    pub name: String,
+    /// Every token of the line at this list price.
+    pub usd: f64,
+    /// The locally served tokens at this price, in euros, less their local cost.
+    pub saving_eur: f64,
+}
+
+/// Price the ledger from `query.since` until now.
+pub async fn report(store: &Store, config: &CostConfig, query: &CostQuery) -> Result<CostReport> {
+    let until = now_ms() + 1;
+    // Every key's local tokens share the hardware, so spread it over all of them.
+    let everyone = store
+        .ledger_usage(&UsageQuery {
+            since: query.since,
+            until: Some(until),
+            by: None,
+            api_key: None,
+        })
+        .await?;
+    let rows = store
+        .ledger_usage(&UsageQuery {
+            since: query.since,
+            until: Some(until),
+            by: query.by,
+            api_key: query.api_key.clone(),
+        })
+        .await?;
+    let since = query
+        .since
+        .or(everyone.first_at)
+        .unwrap_or(until)
+        .min(until);
+    let hours = (until - since) as f64 / 3_600_000.0;
+    let local_tokens: u64 = everyone
+        .rows
+        .iter()
+        .filter(|r| r.local)
+        .map(|r| r.prompt_tokens + r.completion_tokens)
+        .sum();
+    let hardware_eur = config.hardware_eur(hours);
+    let energy_eur = config.energy_eur(hours);
+    let total_eur = hardware_eur + energy_eur;
+    let per_token = (local_tokens > 0).then(|| total_eur / local_tokens as f64);
+
+    let mut groups: Vec<CostLine> = Vec::new();
+    for row in &rows.rows {
+        let index = match groups.iter().position(|g| g.group == row.group) {
+            Some(i) => i,
+            None => {
+                groups.push(CostLine {
+                    group: row.group.clone(),
+                    ..Default::default()
+                });
+                groups.len() - 1
+            }
+        };
+        add(&mut groups[index], row);
+    }
+    let mut total = CostLine {
+        group: "total".into(),
+        ..Default::default()
+    };
+    for row in &rows.rows {
+        add(&mut total, row);
+    }
+    for line in groups.iter_mut().chain(std::iter::once(&mut total)) {
+        price(line, config, per_token);
+    }
+    Ok(CostReport {
+        since,
+        until,
+        hours,
+        by: query.by,
+        currencies: Currencies {
+            local_cost: "EUR",
+            list_prices: "USD",
+            usd_per_eur: config.usd_per_eur,
+        },
+        local: LocalCost {
+            hardware_eur,
+            energy_eur,
+            total_eur,
+            tokens: local_tokens,
+            eur_per_mtok: per_token.map(|t| t * 1e6),
+        },
+        list_prices: config.list_price.clone(),
+        total,
+        groups: if query.by.is_some() {
+            groups
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+fn add(line: &mut CostLine, row: &UsageRow) {
+    line.requests += row.requests;
+    line.errors += row.errors;
+    line.prompt_tokens += row.prompt_tokens;
+    line.completion_tokens += row.completion_tokens;
+    if row.local {
+        line.local_prompt_tokens += row.prompt_tokens;
+        line.local_completion_tokens += row.completion_tokens;
+    }
+}
+
+fn price(line: &mut CostLine, config: &CostConfig, per_token: Option<f64>) {
+    let local_tokens = line.local_prompt_tokens + line.local_completion_tokens;
+    line.local_cost_eur = per_token.map_or(0.0, |t| t * local_tokens as f64);
+    line.api_equivalent = config
+        .list_price
+        .iter()
+        .map(|p| {
+            let at_price = |input: u64, output: u64| {
+                (input as f64 * p.input_usd_per_mtok + output as f64 * p.output_usd_per_mtok) / 1e6
+            };
+            let local_usd = at_price(line.local_prompt_tokens, line.local_completion_tokens);
+            Equivalent {
+                name: p.name.clone(),
+                usd: at_price(line.prompt_tokens, line.completion_tokens),
+                saving_eur: local_usd / config.usd_per_eur - line.local_cost_eur,
+            }
+        })
+        .collect();
+}
+
+/// The report as a table for a terminal.
+pub fn render(report: &CostReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let local = &report.local;
+    let _ = writeln!(
+        out,
+        "{} to {} UTC ({:.1} h)",
+        format_ms(report.since),
+        format_ms(report.until),
+        report.hours
+    );
+    let _ = writeln!(
+        out,
+        "local cost: hardware €{:.2} + energy €{:.2} = €{:.2}, spread over {} tokens served locally{}",
+        local.hardware_eur,
+        local.energy_eur,
+        local.total_eur,
+        local.tokens,
+        local
+            .eur_per_mtok
+            .map(|c| format!(" (€{c:.4} per million)"))
+            .unwrap_or_default()
+    );
+    if local.total_eur == 0.0 {
+        let _ = writeln!(
+            out,
+            "  (no hardware cost configured: set [cost] eur_per_month or eur_per_hour, watts and eur_per_kwh)"
+        );
+    }
+    let prices: Vec<String> = report
+        .list_prices
+        .iter()
+        .map(|p| {
+            format!(
+                "{} ${}/${}",
+                p.name, p.input_usd_per_mtok, p.output_usd_per_mtok
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "list prices per million input/output tokens: {}; saving at ${} = €1",
+        prices.join(", "),
+        report.currencies.usd_per_eur
+    );
+    out.push('\n');
+
+    let mut header = vec![
+        match report.by {
+            Some(GroupBy::Key) => "KEY",
+            Some(GroupBy::Model) => "MODEL",
+            Some(GroupBy::Backend) => "BACKEND",
+            None => "",
+        }
+        .to_string(),
+        "REQUESTS".into(),
+        "ERRORS".into(),
+        "PROMPT".into(),
+        "COMPLETION".into(),
+        "LOCAL".into(),
+        "LOCAL COST €".into(),
+    ];
+    for p in &report.list_prices {
+        header.push(format!("{} $", p.name));
+        header.push("SAVING €".into());
+    }
+    let mut table = vec![header];
+    for line in report.groups.iter().chain(std::iter::once(&report.total)) {
+        let mut cells = vec![
+            if line.group.is_empty() {
+                "(none)".to_string()
+            } else {
+                line.group.clone()
+            },
+            line.requests.to_string(),
+            line.errors.to_string(),
+            line.prompt_tokens.to_string(),
+            line.completion_tokens.to_string(),
+            (line.local_prompt_tokens + line.local_completion_tokens).to_string(),
+            format!("{:.2}", line.local_cost_eur),
+        ];
+        for e in &line.api_equivalent {
+            cells.push(format!("{:.2}", e.usd));
+            cells.push(format!("{:.2}", e.saving_eur));
+        }
+        table.push(cells);
+    }
+    let widths: Vec<usize> = (0..table[0].len())
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in &table {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| match c {
+                0 => format!("{cell:<w$}", w = widths[c]),
+                _ => format!("{cell:>w$}", w = widths[c]),
+            })
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+    out
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A time for `--since` or `?since=`, in UTC: `2024-05-01`, `2024-05-01T08:30`,
+/// `2024-05-01T08:30:00Z`, or a span back from now: `7d`, `24h`, `30m`.
+pub fn parse_since(text: &str) -> Result<i64> {
+    let text = text.trim();
+    let bad = || {
+        anyhow::anyhow!(
+            "{text:?} is not a time: use a UTC date (2024-05-01), date and time (2024-05-01T08:30) or a span back from now (7d, 24h, 30m)"
+        )
+    };
+    if let Some(unit) = text.chars().last().filter(|c| "dhm".contains(*c)) {
+        let n: i64 = text[..text.len() - 1].parse().map_err(|_| bad())?;
+        let ms = match unit {
+            'd' => 86_400_000,
+            'h' => 3_600_000,
+            _ => 60_000,
+        };
+        return Ok(now_ms() - n.checked_mul(ms).ok_or_else(bad)?);
+    }
+    let text = text.trim_end_matches('Z');
+    let (date, time) = text.split_once(['T', ' ']).unwrap_or((text, "00:00"));
+    let date: Vec<i64> = date
+        .split('-')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_>>()?;
+    let time: Vec<i64> = time
+        .split(':')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_>>()?;
+    let (&[y, m, d], &[hh, mm, ref seconds @ ..]) = (&date[..], &time[..]) else {
+        return Err(bad());
+    };
+    if seconds.len() > 1 {
+        return Err(bad());
+    }
+    let ss = seconds.first().copied().unwrap_or(0);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return Err(bad());
+    }
+    Ok(((days_from_civil(y, m, d) * 24 + hh) * 60 + mm) * 60_000 + ss * 1000)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `2024-05-01 08:30` (UTC) for Unix ms.
+pub fn format_ms(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let minutes = ms.rem_euclid(86_400_000) / 60_000;
+    // Inverse of days_from_civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        minutes / 60,
+        minutes % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_parse_as_utc() {
+        assert_eq!(parse_since("1970-01-02").unwrap(), 86_400_000);
+        assert_eq!(parse_since("2024-05-01").unwrap(), 1_714_521_600_000);
+        assert_eq!(
+            parse_since("2024-05-01T08:30:15Z").unwrap(),
+            1_714_521_600_000 + (8 * 3600 + 30 * 60 + 15) * 1000
+        );
+        assert_eq!(
+            format_ms(1_714_521_600_000 + 90 * 60_000),
+            "2024-05-01 01:30"
+        );
+        assert_eq!(
+            format_ms(parse_since("2000-02-29").unwrap()),
+            "2000-02-29 00:00"
+        );
+        let week = now_ms() - parse_since("7d").unwrap();
+        assert!((7 * 86_400_000..7 * 86_400_000 + 5_000).contains(&week));
+        for bad in ["yesterday", "2024-13-01", "2024-05", "7w", "d"] {
+            assert!(parse_since(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_config_is_checked() {
+        let parse = |t: &str| -> Result<CostConfig> {
+            let c: CostConfig = toml::from_str(t)?;
+            c.check()?;
+            Ok(c)
+        };
+        let c = parse("eur_per_month = 730.5\nwatts = 500\neur_per_kwh = 0.2\n").unwrap();
+        assert_eq!(c.list_price.len(), 2, "the default table");
+        // 10 hours: €10 of hardware, 5 kWh of energy.
+        assert!((c.hardware_eur(10.0) - 10.0).abs() < 1e-9);
+        assert!((c.energy_eur(10.0) - 1.0).abs() < 1e-9);
+        assert!(parse("eur_per_month = 1\neur_per_hour = 1\n").is_err());
+        assert!(parse("watts = 300\n").is_err());
+        assert!(parse("eur_per_hour = -1\n").is_err());
+        assert!(parse("eur_per_huor = 1\n").is_err());
+        let c = parse(
+            "[[list_price]]\nname = \"X\"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.list_price.len(), 1, "a table replaces the default");
+    }
+
+    #[test]
+    fn lines_are_priced_by_their_local_share() {
+        let config = CostConfig {
+            usd_per_eur: 2.0,
+            ..Default::default()
+        };
+        let mut line = CostLine::default();
+        add(
+            &mut line,
+            &UsageRow {
+                group: "a".into(),
+                local: true,
+                requests: 1,
+                errors: 0,
+                prompt_tokens: 1_000_000,
+                completion_tokens: 1_000_000,
+            },
+        );
+        add(
+            &mut line,
+            &UsageRow {
+                group: "a".into(),
+                local: false,
+                requests: 1,
+                errors: 0,
+                prompt_tokens: 1_000_000,
+                completion_tokens: 0,
+            },
+        );
+        // €1 per million local tokens: €2 for these.
+        price(&mut line, &config, Some(1e-6));
+        assert!((line.local_cost_eur - 2.0).abs() < 1e-9);
+        let gpt = &line.api_equivalent[0];
+        // All tokens: 2M in × $10 + 1M out × $30 = $50.
+        assert!((gpt.usd - 50.0).abs() < 1e-9);
+        // Local tokens: $10 + $30 = $40 = €20, less €2.
+        assert!((gpt.saving_eur - 18.0).abs() < 1e-9);
+    }
+}
