@@ -369,7 +369,8 @@ impl Store {
         let sql = format!(
             "SELECT m.id, m.content_hash, m.source, m.source_ref, m.size, m.status, m.received_at,
                     m.finished_at, d.decision, d.reviewer, d.reason, d.decided_at,
-                    e.output AS extract, r.output AS route,
+                    e.output AS extract, e.key_id AS extract_key, r.output AS route,
+                    r.key_id AS route_key,
                     (SELECT COUNT(*) FROM actions a WHERE a.message_id = m.id) AS n_actions
              FROM messages m
              LEFT JOIN decisions d ON d.message_id = m.id
@@ -384,8 +385,7 @@ impl Store {
             .context("reading the review queue")?;
         let mut items = Vec::new();
         for r in &rows {
-            let extract: Option<String> = r.try_get("extract")?;
-            let extract: Option<Value> = extract.map(|e| serde_json::from_str(&e)).transpose()?;
+            let extract = self.open_stage_output(r, "extract", "extract_key")?;
             if let Some((label, value)) = &filter.label {
                 let found = extract
                     .as_ref()
@@ -395,10 +395,8 @@ impl Store {
                     continue;
                 }
             }
-            let route: Option<String> = r.try_get("route")?;
-            let route = route
-                .map(|t| serde_json::from_str::<Value>(&t))
-                .transpose()?
+            let route = self
+                .open_stage_output(r, "route", "route_key")?
                 .and_then(|v| v["route"].as_str().map(str::to_string));
             let message = crate::message_row(r)?;
             let decision = decision_from(r)?;
@@ -470,15 +468,37 @@ impl Store {
             .collect()
     }
 
+    /// A stage output read from `column` of a joined row (None when the stage has not run),
+    /// decrypted with the key `key_column` names when encryption at rest is on.
+    fn open_stage_output(
+        &self,
+        r: &sqlx::any::AnyRow,
+        column: &str,
+        key_column: &str,
+    ) -> Result<Option<Value>> {
+        let key_id: Option<String> = r.try_get(key_column)?;
+        let text: Option<String> = r.try_get(column)?;
+        let text = crate::crypto::open_text(
+            self.keys(),
+            key_id.as_deref(),
+            crate::crypto::Column::StageOutput,
+            text,
+        )?;
+        text.map(|t| serde_json::from_str(&t).context("a stage output is not JSON"))
+            .transpose()
+    }
+
     async fn model_draft(&self, message_id: i64) -> Result<Option<DraftVersion>> {
         let row = sqlx::query(
-            "SELECT output, created_at FROM stage_results WHERE message_id = $1 AND stage = 'draft'",
+            "SELECT output, key_id, created_at FROM stage_results WHERE message_id = $1 AND stage = 'draft'",
         )
         .bind(message_id)
         .fetch_optional(&self.pool)
         .await?;
         let Some(r) = row else { return Ok(None) };
-        let output: Value = serde_json::from_str(&r.try_get::<String, _>("output")?)?;
+        let output = self
+            .open_stage_output(&r, "output", "key_id")?
+            .unwrap_or_default();
         Ok(output["draft"].as_str().map(|text| DraftVersion {
             version: 0,
             body: text.to_string(),

@@ -1,5 +1,5 @@
-//! Review and outbox, the same tests on SQLite and on PostgreSQL (`VERRE_TEST_POSTGRES_URL`,
-//! skipped locally without it, required under CI).
+//! Review and outbox, the same tests on SQLite (plain and encrypted at rest) and on
+//! PostgreSQL (`VERRE_TEST_POSTGRES_URL`, skipped locally without it, required under CI).
 
 use std::time::Duration;
 
@@ -16,6 +16,12 @@ where
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("verre.db").display());
     test(Store::open(&url).await.unwrap()).await;
+    // Again with encryption at rest on: stage outputs are read through their keys.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("verre.db").display());
+    let key = verre_store::crypto::generate_key().unwrap();
+    let keys = verre_store::Keyring::parse(&key, "test key").unwrap();
+    test(Store::open(&url).await.unwrap().with_keys(Some(keys)).await.unwrap()).await;
     if let Some(url) = verre_store::testing::postgres_url(name).await {
         test(Store::open(&url).await.unwrap()).await;
     }
