@@ -401,10 +401,7 @@ fn gdpr_report_as_markdown_and_json() {
     let webhook = recipients.iter().find(|r| r["kind"] == "webhook").unwrap();
     assert_eq!(webhook["host"], "crm.internal.example");
     assert_eq!(json["retention"]["raw_messages"], "30 days");
-    assert_eq!(
-        json["retention"]["extracted_data"],
-        "no limit set"
-    );
+    assert_eq!(json["retention"]["extracted_data"], "no limit set");
     assert_eq!(
         json["transfers"]["allowed_jurisdictions"],
         serde_json::json!(["EU"])
