@@ -5,7 +5,8 @@
 //!    job errors mention the subject — compared case-insensitively, white space collapsed.
 //! 2. Delete them and every row that hangs off them, table by table, as [`REGISTRY`] says;
 //!    a table with a `message_id` column that the registry does not name is treated as
-//!    hanging off its message too (so tables added later are covered without an entry).
+//!    hanging off its message too, deleted from first (so tables added later are covered
+//!    without an entry).
 //!    Rows that mention the subject without belonging to a message are deleted
 //!    ([`Relation::Mentions`]) or have the mentioning columns blanked ([`Relation::Blank`],
 //!    for ledgers that must keep their amounts).
@@ -47,8 +48,10 @@ pub struct Rule {
 
 /// What erasure does, table by table, in this order (children before their parents). A
 /// table that does not exist (an older schema) is skipped. Tables with a `message_id`
-/// column need no entry unless rows must go before another table's (foreign keys that do
-/// not go through `message_id`): unlisted ones are deleted just before `messages`.
+/// column need no entry: unlisted ones are deleted from first (a table added later is more
+/// likely to reference these than the other way round). A table whose rows relate to a
+/// message only through another table (`outbox.draft_id` -> `drafts.message_id`) needs an
+/// entry before that table, or foreign keys stop the erasure (nothing is changed then).
 /// `audit_log` is never deleted from: its entries are tombstoned.
 pub const REGISTRY: &[Rule] = &[
     Rule {
@@ -474,8 +477,8 @@ fn json_strings(v: &serde_json::Value) -> String {
     out
 }
 
-/// The registry's rules for the tables that exist, with every unlisted table that has a
-/// `message_id` column added just before `messages`.
+/// The registry's rules for the tables that exist, after every unlisted table that has a
+/// `message_id` column.
 pub fn effective_rules(columns: &[ColumnInfo]) -> Vec<(String, Relation)> {
     let exists = |t: &str| columns.iter().any(|c| c.table == t);
     let mut rules: Vec<(String, Relation)> = REGISTRY
@@ -490,14 +493,12 @@ pub fn effective_rules(columns: &[ColumnInfo]) -> Vec<(String, Relation)> {
         .filter(|t| !REGISTRY.iter().any(|r| r.table == *t))
         .collect();
     extra.dedup();
-    let at = rules
-        .iter()
-        .position(|r| r.0 == "messages")
-        .unwrap_or(rules.len());
-    for (i, t) in extra.into_iter().enumerate() {
-        rules.insert(at + i, (t.to_string(), Relation::Message("message_id")));
-    }
-    rules
+    let mut all: Vec<(String, Relation)> = extra
+        .into_iter()
+        .map(|t| (t.to_string(), Relation::Message("message_id")))
+        .collect();
+    all.append(&mut rules);
+    all
 }
 
 /// Delete (or count, with `dry_run`) the rows a rule selects; returns how many.

@@ -630,3 +630,44 @@ async fn a_recorded_head_detects_a_cut_tail() {
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].reason.contains("cut"), "{problems:?}");
 }
+
+#[tokio::test]
+async fn tables_added_later_are_covered_or_reported() {
+    let (_d, store) = sqlite().await;
+    let ids = fill(&store).await;
+    // A table another component might add: rows hang off a message by `message_id`.
+    // And one that mentions people without any message: the registry must name it.
+    sqlx::raw_sql(
+        "CREATE TABLE review_notes (id INTEGER PRIMARY KEY, message_id BIGINT NOT NULL REFERENCES messages(id), note TEXT);
+         CREATE TABLE contacts (id INTEGER PRIMARY KEY, email TEXT);",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO review_notes (message_id, note) VALUES ($1, 'call back'), ($2, 'ok')")
+        .bind(ids[0])
+        .bind(ids[1])
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO contacts (email) VALUES ($1)")
+        .bind(JEANNE_EMAIL.to_uppercase())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let r = store
+        .erase(&Subject::parse(JEANNE_EMAIL).unwrap(), "cli", false)
+        .await
+        .unwrap();
+    assert_eq!(r.rows["review_notes"], 1, "{r:?}");
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM review_notes")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 1, "the other message's note stays");
+    assert_eq!(r.residual.len(), 1, "{:?}", r.residual);
+    assert_eq!(
+        (r.residual[0].table.as_str(), r.residual[0].column.as_str()),
+        ("contacts", "email")
+    );
+}
