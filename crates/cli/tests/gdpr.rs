@@ -433,3 +433,42 @@ fn gdpr_report_as_markdown_and_json() {
     let md = stdout(&run_ok(args("md").env("VERRE_DATA_KEY", "11".repeat(32))));
     assert!(md.contains("AES-256-GCM"), "{md}");
 }
+
+/// The shipped configurations (deploy/, examples/, and the verre.toml `verre up` writes)
+/// load, and describe themselves without any secret in the environment.
+#[test]
+fn shipped_configs_load_and_report_without_secrets() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("up-verre.toml");
+    std::fs::write(
+        &up,
+        include_str!("../src/up-config.toml")
+            .replace("{crm_webhook_url}", "http://127.0.0.1:8099/hooks/crm")
+            .replace("{smtp_host}", "127.0.0.1")
+            .replace("{smtp_port}", "25"),
+    )
+    .unwrap();
+    for config in [
+        root.join("deploy/verre.vllm.toml"),
+        root.join("deploy/verre.compose.toml"),
+        root.join("examples/verre.toml"),
+        up,
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_verre"))
+            .args(["gdpr", "report", "--format", "json", "--config"])
+            .arg(&config)
+            .env("VERRE_HOME", dir.path())
+            .env_remove("VERRE_CRM_WEBHOOK_SECRET")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            config.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(report.is_object(), "{}", config.display());
+    }
+}

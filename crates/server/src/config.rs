@@ -242,7 +242,7 @@ impl GatewayConfig {
                 defaults.first_byte_timeout,
             )?,
         };
-        let review = crate::review::settings::parse(raw.review, raw.delivery, &policy)
+        let review = crate::review::settings::parse(raw.review, raw.delivery, &policy, read_secrets)
             .with_context(|| origin.to_string())?;
         let cost = raw.cost.unwrap_or_default();
         cost.check().with_context(|| origin.to_string())?;
