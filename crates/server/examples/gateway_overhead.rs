@@ -34,6 +34,10 @@ struct Options {
     requests: usize,
     rounds: usize,
     chunks: usize,
+    /// Pause between chunks, as a model's decode steps; 0 answers at once.
+    interval_ms: u64,
+    /// Serve without the ledger (to see what it costs).
+    ledger: bool,
 }
 
 fn options() -> Options {
@@ -42,8 +46,14 @@ fn options() -> Options {
         requests: 4000,
         rounds: 8,
         chunks: 16,
+        interval_ms: 0,
+        ledger: true,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--no-ledger") {
+        o.ledger = false;
+        args.remove(i);
+    }
     for pair in args.chunks(2) {
         let value = || -> usize {
             pair.get(1)
@@ -55,33 +65,44 @@ fn options() -> Options {
             "--requests" => o.requests = value(),
             "--rounds" => o.rounds = value(),
             "--chunks" => o.chunks = value(),
+            "--interval-ms" => o.interval_ms = value() as u64,
             other => panic!(
-                "unknown option {other}; options: --concurrency N --requests N --rounds N --chunks N"
+                "unknown option {other}; options: --concurrency N --requests N --rounds N --chunks N --interval-ms N --no-ledger"
             ),
         }
     }
     o
 }
 
-async fn fake_chat(chunks: usize, body: Bytes) -> Response {
+async fn fake_chat(chunks: usize, interval_ms: u64, body: Bytes) -> Response {
     let request: Value = serde_json::from_slice(&body).unwrap_or_default();
-    let mut events = String::new();
+    let mut events = Vec::new();
     for i in 0..chunks {
         let chunk = json!({ "object": "chat.completion.chunk", "model": "m",
             "choices": [{ "index": 0, "delta": { "content": format!("tok{i} ") }, "finish_reason": null }] });
-        events += &format!("data: {chunk}\n\n");
+        events.push(format!("data: {chunk}\n\n"));
     }
     if request["stream_options"]["include_usage"] == true {
         let usage = json!({ "object": "chat.completion.chunk", "model": "m", "choices": [],
             "usage": { "prompt_tokens": 12, "completion_tokens": chunks, "total_tokens": 12 + chunks } });
-        events += &format!("data: {usage}\n\n");
+        events.push(format!("data: {usage}\n\n"));
     }
-    events += "data: [DONE]\n\n";
-    (
-        [(header::CONTENT_TYPE, "text/event-stream")],
-        Body::from(events),
-    )
-        .into_response()
+    events.push("data: [DONE]\n\n".to_string());
+    let sse = [(header::CONTENT_TYPE, "text/event-stream")];
+    if interval_ms == 0 {
+        return (sse, Body::from(events.concat())).into_response();
+    }
+    // The first chunk at once, then one per interval, as a model's decode steps; the
+    // usage and `[DONE]` right after the last (as vLLM sends them).
+    let paced = futures_util::stream::iter(events.into_iter().enumerate()).then(
+        move |(i, event)| async move {
+            if (1..chunks).contains(&i) {
+                tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+            }
+            Ok::<_, std::io::Error>(Bytes::from(event))
+        },
+    );
+    (sse, Body::from_stream(paced)).into_response()
 }
 
 async fn serve(app: Router) -> SocketAddr {
@@ -160,7 +181,7 @@ async fn main() {
     let upstream = Router::new()
         .route(
             "/v1/chat/completions",
-            post(move |body: Bytes| fake_chat(o.chunks, body)),
+            post(move |body: Bytes| fake_chat(o.chunks, o.interval_ms, body)),
         )
         .route(
             "/v1/models",
@@ -179,17 +200,19 @@ async fn main() {
     )
     .unwrap();
     let store = verre_store::Store::open_in_home(dir.path()).await.unwrap();
-    let state = AppState::with_models(
+    let mut state = AppState::with_models(
         vec![],
         vec![],
         Some(verre_server::auth::ApiKeys::load(&keys_file).unwrap()),
     )
-    .with_gateway(Arc::new(Gateway::new(&config).unwrap()))
-    .with_ledger(verre_server::ledger::Ledger {
-        writer: verre_store::ledger::LedgerWriter::spawn(store.clone()),
-        audit: config.audit.clone(),
-    })
-    .with_store(store.clone());
+    .with_gateway(Arc::new(Gateway::new(&config).unwrap()));
+    if o.ledger {
+        state = state.with_ledger(verre_server::ledger::Ledger {
+            writer: verre_store::ledger::LedgerWriter::spawn(store.clone()),
+            audit: config.audit.clone(),
+        });
+    }
+    let state = state.with_store(store.clone());
     let state = Arc::new(state);
     let gateway = serve(router(state.clone())).await;
 
@@ -220,7 +243,9 @@ async fn main() {
         through.extend(batch(&client, &gateway_url, &key, o.concurrency, per_round).await);
     }
     let elapsed = started.elapsed();
-    state.ledger().unwrap().writer.flush().await;
+    if let Some(ledger) = state.ledger() {
+        ledger.writer.flush().await;
+    }
     let recorded = store
         .ledger_usage(&Default::default())
         .await
@@ -231,11 +256,16 @@ async fn main() {
         .sum::<u64>();
 
     println!(
-        "gateway overhead: {} streamed requests each way, {} concurrent, {} chunks per answer, {} rounds, {:.1} s",
+        "gateway overhead: {} streamed requests each way, {} concurrent, {} chunks per answer ({}), {} rounds, ledger {}, {:.1} s",
         direct.len(),
         o.concurrency,
         o.chunks,
+        match o.interval_ms {
+            0 => "at once".to_string(),
+            ms => format!("{ms} ms apart"),
+        },
         o.rounds,
+        if o.ledger { "on" } else { "off" },
         elapsed.as_secs_f64()
     );
     println!(

@@ -216,6 +216,11 @@ impl Store {
             filters.push("api_key = $3".to_string());
         }
         let group = query.by.map_or("''", GroupBy::column);
+        // PostgreSQL does not group by a constant.
+        let group_by = match query.by {
+            Some(by) => format!("{}, local", by.column()),
+            None => "local".to_string(),
+        };
         // `group` is one of four fixed column names, never input.
         let sql = format!(
             "SELECT {group} AS grp, local, COUNT(*) AS requests,
@@ -223,13 +228,8 @@ impl Store {
                  CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens,
                  CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens,
                  MIN(at) AS first_at, MAX(at) AS last_at
-             FROM ledger WHERE {} GROUP BY {}",
-            filters.join(" AND "),
-            // PostgreSQL refuses a constant in GROUP BY: without a grouping, by `local` only.
-            match query.by {
-                Some(by) => format!("{}, local", by.column()),
-                None => "local".to_string(),
-            }
+             FROM ledger WHERE {} GROUP BY {group_by}",
+            filters.join(" AND ")
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(query.since.unwrap_or(i64::MIN))
