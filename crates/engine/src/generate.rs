@@ -288,7 +288,20 @@ impl LoadedModel {
                 finish = reason;
                 break;
             }
-            let out = self.model.forward_cache(&mut kv, &[token], false)?;
+            // The next token's mask is worked out while the model computes its logits, as
+            // the engine does; an error shows again when the mask is applied.
+            let out = match dec.constraint.as_mut() {
+                Some(c) => {
+                    rayon::join(
+                        || self.model.forward_cache(&mut kv, &[token], false),
+                        || {
+                            let _ = c.compute_mask();
+                        },
+                    )
+                    .0
+                }
+                None => self.model.forward_cache(&mut kv, &[token], false),
+            }?;
             logits = out.last_row(0).to_vec();
         }
         let token_ids = dec.output.clone();
