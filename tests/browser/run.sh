@@ -32,4 +32,4 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 cd "$here"
 npm ci --silent --no-audit --no-fund
-node --test review.test.mjs
+node --test review.test.mjs up.test.mjs

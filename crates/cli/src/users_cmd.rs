@@ -70,7 +70,12 @@ pub fn users(command: UsersCommand) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&users)?);
             } else {
                 for u in users {
-                    println!("{}\t{}\t{}", u.name, u.role, u.created_at);
+                    println!(
+                        "{}\t{}\t{}",
+                        u.name,
+                        u.role,
+                        verre_server::review::utc_time(Some(u.created_at))
+                    );
                 }
             }
             Ok(())

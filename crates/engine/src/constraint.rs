@@ -60,6 +60,97 @@ pub struct ConstraintCompiler {
     eos: u32,
     /// Every end-of-generation token: allowed exactly when the grammar may end.
     eog: Arc<[u32]>,
+    /// The vocabulary's tokens that close a JSON string, array or object.
+    json: Arc<JsonVocab>,
+}
+
+/// What JSON closing needs to know of a vocabulary: each token's bytes, and the tokens that
+/// close a string, an array or an object and do nothing else.
+struct JsonVocab {
+    bytes: Vec<Vec<u8>>,
+    quote: Vec<u32>,
+    bracket: Vec<u32>,
+    brace: Vec<u32>,
+}
+
+impl JsonVocab {
+    fn new(tokenizer: &Tokenizer) -> Self {
+        let mut v = JsonVocab {
+            bytes: Vec::with_capacity(tokenizer.vocab_size()),
+            quote: Vec::new(),
+            bracket: Vec::new(),
+            brace: Vec::new(),
+        };
+        for id in 0..tokenizer.vocab_size() as u32 {
+            let bytes = if tokenizer.is_special(id) {
+                Vec::new()
+            } else {
+                tokenizer.token_bytes(id)
+            };
+            // Only tokens that close and nothing else (`"`, `"}`, `]}`...): a closer that
+            // goes on (`"},`) would open the next item instead.
+            let only_closing = bytes.iter().skip(1).all(|b| matches!(b, b']' | b'}'));
+            match bytes.first() {
+                Some(b'"') if only_closing => v.quote.push(id),
+                Some(b']') if only_closing => v.bracket.push(id),
+                Some(b'}') if only_closing => v.brace.push(id),
+                _ => {}
+            }
+            v.bytes.push(bytes);
+        }
+        v
+    }
+}
+
+/// Where a JSON output is, lexically: inside a string or not, and in which containers.
+#[derive(Clone)]
+struct JsonState {
+    vocab: Arc<JsonVocab>,
+    in_string: bool,
+    escaped: bool,
+    open: Vec<u8>,
+}
+
+impl JsonState {
+    fn feed(&mut self, token: u32) {
+        let vocab = self.vocab.clone();
+        for &b in vocab
+            .bytes
+            .get(token as usize)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
+            if self.in_string {
+                match (self.escaped, b) {
+                    (true, _) => self.escaped = false,
+                    (false, b'\\') => self.escaped = true,
+                    (false, b'"') => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'[' | b'{' => self.open.push(b),
+                b']' | b'}' => {
+                    self.open.pop();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The tokens that would close the innermost open thing.
+    fn closers(&self) -> &[u32] {
+        if self.in_string {
+            return &self.vocab.quote;
+        }
+        match self.open.last() {
+            Some(b'[') => &self.vocab.bracket,
+            Some(b'{') => &self.vocab.brace,
+            _ => &[],
+        }
+    }
 }
 
 impl std::fmt::Debug for ConstraintCompiler {
@@ -123,7 +214,12 @@ impl ConstraintCompiler {
         });
         let mut factory = ParserFactory::new_simple(&env)?;
         factory.quiet();
-        Ok(Self { factory, eos, eog })
+        Ok(Self {
+            factory,
+            eos,
+            eog,
+            json: Arc::new(JsonVocab::new(tokenizer)),
+        })
     }
 
     /// Compile a grammar, or say why it cannot be enforced.
@@ -164,11 +260,14 @@ impl ConstraintCompiler {
         if let Some(e) = matcher.get_error() {
             return Err(error(e));
         }
+        let json = matches!(spec, GrammarSpec::JsonObject | GrammarSpec::JsonSchema(_))
+            .then(|| self.json.clone());
         Ok(Grammar {
             template: Mutex::new(matcher),
             eos: self.eos,
             eog: self.eog.clone(),
             compile_time: started.elapsed(),
+            json,
         })
     }
 }
@@ -304,6 +403,8 @@ pub struct Grammar {
     eos: u32,
     eog: Arc<[u32]>,
     compile_time: Duration,
+    /// Set when the grammar produces JSON (a schema or `json_object`).
+    json: Option<Arc<JsonVocab>>,
 }
 
 impl std::fmt::Debug for Grammar {
@@ -328,6 +429,12 @@ impl Grammar {
             eog: self.eog.clone(),
             mask: None,
             mask_times: Vec::new(),
+            json: self.json.clone().map(|vocab| JsonState {
+                vocab,
+                in_string: false,
+                escaped: false,
+                open: Vec::new(),
+            }),
         }
     }
 
@@ -345,6 +452,8 @@ pub struct Constraint {
     /// The mask for the next token, once computed.
     mask: Option<SimpleVob>,
     mask_times: Vec<Duration>,
+    /// Where a JSON output is, for closing it when the token budget runs low.
+    json: Option<JsonState>,
 }
 
 impl Constraint {
@@ -403,7 +512,37 @@ impl Constraint {
             return Ok(());
         }
         self.matcher.consume_token(token)?;
+        if let Some(json) = &mut self.json {
+            json.feed(token);
+        }
         Ok(())
+    }
+
+    /// For a JSON output running out of tokens: keep only the allowed tokens that close
+    /// the innermost open string, array or object (`masked` already has the grammar's
+    /// mask applied), so the output completes instead of being cut. Nothing changes when
+    /// the grammar allows no closer here (a required property still missing, say): the
+    /// model goes on, and the next string it opens is closed at once.
+    pub fn close_json(&self, masked: &mut [f32]) {
+        let Some(json) = &self.json else { return };
+        let closers = json.closers();
+        let allowed = |id: &u32| {
+            masked
+                .get(*id as usize)
+                .is_some_and(|l| *l != f32::NEG_INFINITY)
+        };
+        if !closers.iter().any(allowed) {
+            return;
+        }
+        let keep: Vec<(u32, f32)> = closers
+            .iter()
+            .filter(|id| allowed(id))
+            .map(|&id| (id, masked[id as usize]))
+            .collect();
+        masked.fill(f32::NEG_INFINITY);
+        for (id, logit) in keep {
+            masked[id as usize] = logit;
+        }
     }
 
     /// The grammar is complete and allows nothing more: the output ends here.

@@ -45,6 +45,12 @@ fn break_loop(masked: &mut [f32], output: &[u32]) {
     }
 }
 
+/// How many tokens before the limit a JSON output starts closing what it has open (a
+/// quarter of the budget, 8 to 64 tokens).
+fn closing_margin(max_tokens: usize) -> usize {
+    (max_tokens / 4).clamp(8, 64)
+}
+
 /// One step's result: the token, the text it completed (may be empty while a multi-byte
 /// character or a possible stop string is held back), and the end of the output if it is
 /// reached.
@@ -100,6 +106,9 @@ impl<'t> Decoding<'t> {
                 self.masked.extend_from_slice(logits);
                 c.apply_mask(&mut self.masked)?;
                 break_loop(&mut self.masked, &self.output);
+                if self.output.len() + closing_margin(self.max_tokens) >= self.max_tokens {
+                    c.close_json(&mut self.masked);
+                }
                 self.sampler.sample(&self.masked, prompt, &self.output)
             }
         };

@@ -232,3 +232,41 @@ fn engine_batch_under_a_schema() {
         }
     });
 }
+
+#[test]
+fn a_json_output_short_of_tokens_is_closed_not_cut() {
+    let Some(model) = model() else { return };
+    // Unbounded strings in nested containers and a budget far too small for the story the
+    // prompt asks for: the output must still end as complete JSON under the schema.
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "title": {"type": "string"},
+            "chapters": {"type": "array", "items": {
+                "type": "object",
+                "properties": {"text": {"type": "string"}},
+                "required": ["text"]
+            }}
+        },
+        "required": ["title", "chapters"]
+    });
+    for max_tokens in [24, 40, 64] {
+        let req = request(
+            &model,
+            "Write a very long fantasy saga with many chapters, each chapter several pages long.",
+            &GrammarSpec::JsonSchema(schema.clone()),
+            max_tokens,
+        );
+        let out = model.generate(&req, |_| true).unwrap();
+        assert!(out.completion_tokens <= max_tokens);
+        assert_eq!(
+            out.finish_reason,
+            FinishReason::Stop,
+            "{max_tokens}: {}",
+            out.text
+        );
+        let v: Value = serde_json::from_str(&out.text)
+            .unwrap_or_else(|e| panic!("{max_tokens}: {e}: {}", out.text));
+        assert!(v["title"].is_string() && v["chapters"].is_array(), "{v}");
+    }
+}

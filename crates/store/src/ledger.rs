@@ -223,8 +223,13 @@ impl Store {
                  CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens,
                  CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens,
                  MIN(at) AS first_at, MAX(at) AS last_at
-             FROM ledger WHERE {} GROUP BY {group}, local",
-            filters.join(" AND ")
+             FROM ledger WHERE {} GROUP BY {}",
+            filters.join(" AND "),
+            // PostgreSQL refuses a constant in GROUP BY: without a grouping, by `local` only.
+            match query.by {
+                Some(by) => format!("{}, local", by.column()),
+                None => "local".to_string(),
+            }
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(query.since.unwrap_or(i64::MIN))

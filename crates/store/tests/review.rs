@@ -21,7 +21,15 @@ where
     let url = format!("sqlite://{}", dir.path().join("verre.db").display());
     let key = verre_store::crypto::generate_key().unwrap();
     let keys = verre_store::Keyring::parse(&key, "test key").unwrap();
-    test(Store::open(&url).await.unwrap().with_keys(Some(keys)).await.unwrap()).await;
+    test(
+        Store::open(&url)
+            .await
+            .unwrap()
+            .with_keys(Some(keys))
+            .await
+            .unwrap(),
+    )
+    .await;
     if let Some(url) = verre_store::testing::postgres_url(name).await {
         test(Store::open(&url).await.unwrap()).await;
     }

@@ -20,7 +20,7 @@ use axum::Router;
 use axum::middleware;
 use axum::routing::{get, post};
 
-pub use pages::{CSP, sanitize_mail_html};
+pub use pages::{CSP, sanitize_mail_html, utc_time};
 pub use settings::{DeliverySettings, ReviewSettings, WebhookTarget};
 
 use crate::AppState;

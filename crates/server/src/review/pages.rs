@@ -39,13 +39,13 @@ fn templates() -> &'static Environment<'static> {
             env.add_template(name, text)
                 .expect("the review templates are valid (tested)");
         }
-        env.add_filter("when", when);
+        env.add_filter("when", utc_time);
         env
     })
 }
 
 /// Unix ms as `2026-05-04 13:07 UTC`.
-fn when(ms: Option<i64>) -> String {
+pub fn utc_time(ms: Option<i64>) -> String {
     let Some(ms) = ms else { return String::new() };
     let secs = ms.div_euclid(1000);
     let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -332,10 +332,10 @@ pub async fn logout(
         Ok(r) => r,
         Err(r) => return r,
     };
-    if let (Some(store), Some(token)) = (state.store(), auth::cookie(&headers, SESSION_COOKIE)) {
-        if let Err(e) = store.end_session(token).await {
-            return PageError::from(e).into_response();
-        }
+    if let (Some(store), Some(token)) = (state.store(), auth::cookie(&headers, SESSION_COOKIE))
+        && let Err(e) = store.end_session(token).await
+    {
+        return PageError::from(e).into_response();
     }
     tracing::debug!(user = reviewer.name(), "logged out");
     let mut r = Redirect::to("/review/login").into_response();
@@ -924,8 +924,8 @@ mod tests {
 
     #[test]
     fn times_read_as_utc() {
-        assert_eq!(when(Some(0)), "1970-01-01 00:00 UTC");
-        assert_eq!(when(Some(1_700_000_000_000)), "2023-11-14 22:13 UTC");
-        assert_eq!(when(None), "");
+        assert_eq!(utc_time(Some(0)), "1970-01-01 00:00 UTC");
+        assert_eq!(utc_time(Some(1_700_000_000_000)), "2023-11-14 22:13 UTC");
+        assert_eq!(utc_time(None), "");
     }
 }
