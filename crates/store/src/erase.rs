@@ -487,6 +487,11 @@ impl Store {
         let rules = effective_rules(&columns);
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        // A write first: on SQLite it takes the write lock before anything is read, so a
+        // delivery recorded meanwhile cannot slip between what is read and what is deleted.
+        sqlx::query("UPDATE audit_log SET seq = seq WHERE seq < 0")
+            .execute(&mut *tx)
+            .await?;
         if exists("outbox") && exists("drafts") && exists("decisions") {
             describe_review(&mut tx, &mut messages).await?;
         }
