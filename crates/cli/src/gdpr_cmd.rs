@@ -331,6 +331,22 @@ pub fn erase(a: EraseArgs) -> Result<()> {
                     m.source_ref,
                     utc(m.received_at)
                 );
+                let mut review = Vec::new();
+                if m.drafts > 0 {
+                    review.push(format!("{} draft version(s)", m.drafts));
+                }
+                if let Some(d) = &m.decision {
+                    review.push(format!("decision: {d}"));
+                }
+                for d in &m.deliveries {
+                    review.push(format!(
+                        "outbox {} ({}, {}, {} attempt(s))",
+                        d.outbox_id, d.kind, d.status, d.attempts
+                    ));
+                }
+                if !review.is_empty() {
+                    println!("    {}", review.join("; "));
+                }
             }
             let rows: Vec<String> = r.rows.iter().map(|(t, n)| format!("{t} {n}")).collect();
             println!(
@@ -350,12 +366,28 @@ pub fn erase(a: EraseArgs) -> Result<()> {
                 },
                 r.tombstoned
             );
+            if let Some(n) = r.rows.get("ledger") {
+                println!(
+                    "ledger: {n} row(s) keep their tokens; the API key name that names the subject {} {:?}",
+                    if a.dry_run { "would become" } else { "became" },
+                    verre_store::erase::ERASED
+                );
+            }
             if let Some(seq) = r.audit_seq {
                 println!("recorded as audit entry {seq} (gdpr.erase)");
             }
             if a.dry_run {
                 println!("dry run: nothing was changed");
             }
+        }
+        for x in &r.retained {
+            eprintln!(
+                "warning: {}.{} still names the subject ({} rows), kept on purpose: {}",
+                x.table,
+                x.column,
+                x.rows,
+                x.why.as_deref().unwrap_or("")
+            );
         }
         if !r.residual.is_empty() {
             let left: Vec<String> = r

@@ -147,6 +147,78 @@ fn setup() -> Env {
     env
 }
 
+/// Message 1 (Jeanne's): a person's draft naming her, approval (its staged actions go to
+/// the outbox), one delivery attempt each; a ledger row under a key named after her.
+fn review_deliver_and_bill(env: &Env) {
+    use verre_store::ledger::{ApiAudit, ApiCall, LedgerEntry};
+    use verre_store::outbox::{AttemptRecord, DeliveryResult};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let keys = verre_store::Keyring::from_file(&env.key_file).unwrap();
+        let store = verre_store::Store::open(&env.db())
+            .await
+            .unwrap()
+            .with_keys(Some(keys))
+            .await
+            .unwrap();
+        // The stub pipeline stages nothing for it: a reply, as the stage stage would.
+        if store.actions(1).await.unwrap().is_empty() {
+            let payload =
+                serde_json::json!({"to": EMAIL, "subject": "Re: Facture", "body": "Bonjour"});
+            sqlx::query(
+                "INSERT INTO actions (message_id, name, kind, target, payload, status, created_at)
+                 VALUES (1, 'reply', 'reply', $1, $2, 'staged', 0)",
+            )
+            .bind(EMAIL)
+            .bind(payload.to_string())
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+        store
+            .save_draft(
+                1,
+                &format!("Dear {NAME}, your order is on its way."),
+                "alice",
+            )
+            .await
+            .unwrap();
+        let approval = store.approve(1, "alice", &|_| Ok(())).await.unwrap();
+        assert!(!approval.released.is_empty());
+        let lease = std::time::Duration::from_secs(60);
+        while let Some(e) = store.claim_delivery("w1", lease).await.unwrap() {
+            let record = AttemptRecord {
+                response_status: Some(250),
+                error: None,
+                result: DeliveryResult::Sent,
+            };
+            assert!(store.record_delivery(&e, &record).await.unwrap());
+        }
+        store
+            .insert_api_calls(&[ApiCall {
+                entry: LedgerEntry {
+                    at: verre_store::now_ms(),
+                    api_key: EMAIL.into(),
+                    endpoint: "chat".into(),
+                    model: "stub".into(),
+                    backend: "local".into(),
+                    local: true,
+                    status: 200,
+                    prompt_tokens: 12,
+                    completion_tokens: 3,
+                    first_byte_ms: 1,
+                    latency_ms: 2,
+                },
+                audit: ApiAudit::None,
+            }])
+            .await
+            .unwrap();
+    });
+}
+
 #[test]
 fn encrypted_intake_rotation_erasure_audit_and_purge() {
     let env = setup();
@@ -227,7 +299,12 @@ fn encrypted_intake_rotation_erasure_audit_and_purge() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not among the configured keys"));
 
-    // Erasure: the dry run names one message and changes nothing; then no byte is left.
+    // Review and delivery of her message, and the cost ledger under a key named after
+    // her, as the review UI, the delivery worker and the gateway would write them.
+    review_deliver_and_bill(&env);
+
+    // Erasure: the dry run names one message with its review, outbox and ledger rows and
+    // changes nothing; then no byte is left.
     let dry = stdout(&run_ok(env.verre().args([
         "erase",
         "--subject",
@@ -240,6 +317,18 @@ fn encrypted_intake_rotation_erasure_audit_and_purge() {
         dry.contains("would erase 1 message(s)") && dry.contains("1.eml"),
         "{dry}"
     );
+    for listed in [
+        "1 draft version(s)",
+        "decision: approved",
+        "(reply, sent, 1 attempt(s))",
+        "outbox_attempts 1",
+        "drafts 1",
+        "decisions 1",
+        "ledger 1",
+        "ledger: 1 row(s) keep their tokens",
+    ] {
+        assert!(dry.contains(listed), "{listed} missing from:\n{dry}");
+    }
     let out = run_ok(
         env.verre()
             .args(["erase", "--subject", EMAIL, "--database", &db, "--json"]),

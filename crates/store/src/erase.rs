@@ -7,15 +7,25 @@
 //!    a table with a `message_id` column that the registry does not name is treated as
 //!    hanging off its message too, deleted from first (so tables added later are covered
 //!    without an entry).
-//!    Rows that mention the subject without belonging to a message are deleted
-//!    ([`Relation::Mentions`]) or have the mentioning columns blanked ([`Relation::Blank`],
-//!    for ledgers that must keep their amounts).
-//! 3. Tombstone the audit entries about those messages, and any whose detail mentions the
-//!    subject: the detail is blanked, the chain still verifies (see [`crate::audit`]).
+//!    Rows that reach a message only through another table ([`Relation::Via`]:
+//!    `outbox_attempts` -> `outbox`) go before that table. Rows that mention the subject
+//!    without belonging to a message are deleted ([`Relation::Mentions`]) or have the
+//!    mentioning columns replaced by [`ERASED`] ([`Relation::Blank`], for the cost ledger,
+//!    which keeps its token counts).
+//! 3. Tombstone the audit entries about those messages and their actions (`message:ID`,
+//!    `action:ID`), and any whose detail mentions the subject: the detail is blanked, the
+//!    chain still verifies (see [`crate::audit`]).
 //! 4. Append one `gdpr.erase` entry naming the subject only by a keyed hash
 //!    ([`Store::subject_hash`]), with the counts. All of the above is one transaction.
-//! 5. Scan every text column of every table for the subject: anything left is reported
-//!    ([`ErasureReport::residual`]) — a table that needs a registry entry.
+//! 5. Scan every text column of every table for the subject: anything left is reported —
+//!    in [`ErasureReport::retained`] where it is kept on purpose ([`RETAINED`]: reviewer
+//!    accounts, the audit log's chained `actor` and `subject`), otherwise in
+//!    [`ErasureReport::residual`]: a table that needs a registry entry.
+//!
+//! Reviewer accounts (`users`, `sessions`) are the operator's staff, not data subjects of
+//! the pipeline: erasure never removes an account (`verre users remove` does). A failed
+//! login is kept only for the rate limit's window; one whose user name mentions the subject
+//! is deleted (`login_failures`).
 
 use std::collections::BTreeMap;
 
@@ -35,9 +45,43 @@ pub enum Relation {
     Message(&'static str),
     /// Rows where one of these text columns mentions the subject: deleted.
     Mentions(&'static [&'static str]),
-    /// These columns are set to NULL where they mention the subject; the row stays.
+    /// These columns are set to [`ERASED`] where they mention the subject; the row stays.
     Blank(&'static [&'static str]),
+    /// Rows whose `column` holds the `id` of a `parent` row that belongs to an erased
+    /// message by its `message_id`: deleted (before the parent, which needs its own rule).
+    Via {
+        column: &'static str,
+        parent: &'static str,
+    },
 }
+
+/// What [`Relation::Blank`] leaves in a column that mentioned an erased subject.
+pub const ERASED: &str = "[erased]";
+
+/// Where the residual scan may find a subject on purpose, and why; reported in
+/// [`ErasureReport::retained`], not as a missing registry entry.
+pub const RETAINED: &[(&str, &str, &str)] = &[
+    (
+        "users",
+        "name",
+        "a reviewer account is named after the subject: remove it with `verre users remove NAME`",
+    ),
+    (
+        "sessions",
+        "user_name",
+        "a session of a reviewer account named after the subject: `verre users remove NAME` ends it",
+    ),
+    (
+        "audit_log",
+        "actor",
+        "an account or API key named after the subject acted: the actor is part of the hash chain and cannot be changed; rename the key or account",
+    ),
+    (
+        "audit_log",
+        "subject",
+        "an audit entry is about an account, key or endpoint named after the subject: part of the hash chain, cannot be changed",
+    ),
+];
 
 /// One table's part in an erasure.
 #[derive(Debug, Clone, Copy)]
@@ -50,10 +94,50 @@ pub struct Rule {
 /// table that does not exist (an older schema) is skipped. Tables with a `message_id`
 /// column need no entry: unlisted ones are deleted from first (a table added later is more
 /// likely to reference these than the other way round). A table whose rows relate to a
-/// message only through another table (`outbox.draft_id` -> `drafts.message_id`) needs an
-/// entry before that table, or foreign keys stop the erasure (nothing is changed then).
-/// `audit_log` is never deleted from: its entries are tombstoned.
+/// message only through another table (`outbox_attempts.outbox_id` -> `outbox.message_id`)
+/// needs a [`Relation::Via`] entry before that table, or foreign keys stop the erasure
+/// (nothing is changed then). `audit_log` is never deleted from: its entries are
+/// tombstoned. `users` and `sessions` have no entry (see the module documentation).
 pub const REGISTRY: &[Rule] = &[
+    // Review and delivery (0003_review.sql). Attempts reach their message through the
+    // outbox; the outbox references actions, so it goes before them.
+    Rule {
+        table: "outbox_attempts",
+        relation: Relation::Via {
+            column: "outbox_id",
+            parent: "outbox",
+        },
+    },
+    Rule {
+        table: "outbox",
+        relation: Relation::Message("message_id"),
+    },
+    Rule {
+        table: "decisions",
+        relation: Relation::Message("message_id"),
+    },
+    Rule {
+        table: "drafts",
+        relation: Relation::Message("message_id"),
+    },
+    // A gone endpoint whose URL or reason names the subject: forgetting it only means the
+    // next delivery there is tried (and disabled again on another 410).
+    Rule {
+        table: "endpoints",
+        relation: Relation::Mentions(&["url", "reason"]),
+    },
+    // Failed logins with the subject as user name (kept only for the rate limit's window).
+    Rule {
+        table: "login_failures",
+        relation: Relation::Mentions(&["user_name"]),
+    },
+    // The cost ledger (0004_ledger.sql): an API key named after the subject loses its
+    // name; the row, its tokens and its cost stay.
+    Rule {
+        table: "ledger",
+        relation: Relation::Blank(&["api_key"]),
+    },
+    // Intake (0001_intake.sql).
     Rule {
         table: "pii_tags",
         relation: Relation::Message("message_id"),
@@ -131,12 +215,27 @@ fn normalize(text: &str) -> String {
         .to_lowercase()
 }
 
-/// One message that goes.
+/// One message that goes, with what review and delivery made of it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ErasedMessage {
     pub id: i64,
     pub source_ref: String,
     pub received_at: i64,
+    /// Saved draft versions (the model's first draft counts once a person edited it).
+    pub drafts: i64,
+    /// `approved` or `rejected`; None while undecided.
+    pub decision: Option<String>,
+    /// Its outbox entries.
+    pub deliveries: Vec<ErasedDelivery>,
+}
+
+/// An outbox entry that goes with its message, and its attempts.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErasedDelivery {
+    pub outbox_id: i64,
+    pub kind: String,
+    pub status: String,
+    pub attempts: i64,
 }
 
 /// A column that still mentions the subject after erasure.
@@ -145,6 +244,9 @@ pub struct Residual {
     pub table: String,
     pub column: String,
     pub rows: i64,
+    /// Why it is kept, for the columns in [`RETAINED`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 /// What an erasure did (or, with `dry_run`, would do).
@@ -160,8 +262,11 @@ pub struct ErasureReport {
     pub tombstoned: i64,
     /// The `gdpr.erase` entry's sequence number.
     pub audit_seq: Option<i64>,
-    /// Columns that still mention the subject (empty after a complete erasure).
+    /// Columns that still mention the subject and need a registry entry (empty after a
+    /// complete erasure).
     pub residual: Vec<Residual>,
+    /// Columns that still mention the subject on purpose ([`RETAINED`]), each with why.
+    pub retained: Vec<Residual>,
 }
 
 /// A column of the database, as the catalog lists it.
@@ -301,6 +406,9 @@ impl Store {
                         id,
                         source_ref,
                         received_at: r.try_get("received_at")?,
+                        drafts: 0,
+                        decision: None,
+                        deliveries: Vec::new(),
                     });
                 }
             }
@@ -342,6 +450,15 @@ impl Store {
             "SELECT target AS a, payload AS b FROM actions WHERE message_id = $1",
             "SELECT reason AS a, stage AS b FROM quarantine WHERE message_id = $1",
             "SELECT last_error AS a, stage AS b FROM jobs WHERE message_id = $1",
+            // Review and delivery: a person's draft or reason, what went out, what came back.
+            // Not who reviewed: erasing a reviewer's name must not take every message they
+            // decided.
+            "SELECT body AS a, body AS b FROM drafts WHERE message_id = $1",
+            "SELECT reason AS a, decision AS b FROM decisions WHERE message_id = $1",
+            "SELECT payload AS a, target AS b FROM outbox WHERE message_id = $1",
+            "SELECT last_error AS a, webhook_id AS b FROM outbox WHERE message_id = $1",
+            "SELECT t.error AS a, o.target AS b FROM outbox_attempts t
+             JOIN outbox o ON o.id = t.outbox_id WHERE o.message_id = $1",
         ] {
             for r in sqlx::query(sql).bind(id).fetch_all(&self.pool).await? {
                 let a: Option<String> = r.try_get("a")?;
@@ -363,12 +480,38 @@ impl Store {
         dry_run: bool,
     ) -> Result<ErasureReport> {
         let subject_hash = self.subject_hash(subject).await?;
-        let messages = self.messages_of(subject).await?;
+        let mut messages = self.messages_of(subject).await?;
         let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
         let columns = self.columns().await?;
+        let exists = |t: &str| columns.iter().any(|c| c.table == t);
         let rules = effective_rules(&columns);
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        // A write first: on SQLite it takes the write lock before anything is read, so a
+        // delivery recorded meanwhile cannot slip between what is read and what is deleted.
+        sqlx::query("UPDATE audit_log SET seq = seq WHERE seq < 0")
+            .execute(&mut *tx)
+            .await?;
+        if exists("outbox") && exists("drafts") && exists("decisions") {
+            describe_review(&mut tx, &mut messages).await?;
+        }
+        // The audit log names actions by their own id (`delivery.sent`, `review.edit_action`):
+        // read them before they go.
+        let mut audit_subjects: Vec<String> =
+            ids.iter().map(|id| format!("message:{id}")).collect();
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "SELECT id FROM actions WHERE message_id IN ({}) ORDER BY id",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for r in q.fetch_all(&mut *tx).await? {
+                audit_subjects.push(format!("action:{}", r.try_get::<i64, _>("id")?));
+            }
+        }
         let mut rows = BTreeMap::new();
         for rule in &rules {
             let n = apply_rule(&mut tx, rule, &ids, Some(subject), dry_run).await?;
@@ -376,7 +519,7 @@ impl Store {
                 *rows.entry(rule.0.clone()).or_insert(0) += n;
             }
         }
-        let tombstoned = tombstone(&mut tx, &ids, subject, now, dry_run).await?;
+        let tombstoned = tombstone(&mut tx, &audit_subjects, subject, now, dry_run).await?;
         let mut report = ErasureReport {
             dry_run,
             subject_hash: subject_hash.clone(),
@@ -385,6 +528,7 @@ impl Store {
             tombstoned,
             audit_seq: None,
             residual: Vec::new(),
+            retained: Vec::new(),
         };
         if dry_run {
             tx.rollback().await?;
@@ -409,7 +553,11 @@ impl Store {
         );
         tx.commit().await.context("committing the erasure")?;
         self.flush_deleted().await?;
-        report.residual = self.scan(subject).await?;
+        (report.retained, report.residual) = self
+            .scan(subject)
+            .await?
+            .into_iter()
+            .partition(|r| r.why.is_some());
         Ok(report)
     }
 
@@ -425,7 +573,8 @@ impl Store {
         Ok(())
     }
 
-    /// Every text column of every table that mentions the subject, with a row count.
+    /// Every text column of every table that mentions the subject, with a row count, and
+    /// why for the columns where that is expected ([`RETAINED`]).
     pub async fn scan(&self, subject: &Subject) -> Result<Vec<Residual>> {
         let mut out = Vec::new();
         for c in self.columns().await? {
@@ -444,10 +593,15 @@ impl Store {
                 .await?
                 .try_get("n")?;
             if n > 0 {
+                let why = RETAINED
+                    .iter()
+                    .find(|(t, col, _)| *t == c.table && *col == c.column)
+                    .map(|(_, _, why)| why.to_string());
                 out.push(Residual {
                     table: c.table,
                     column: c.column,
                     rows: n,
+                    why,
                 });
             }
         }
@@ -501,6 +655,43 @@ pub fn effective_rules(columns: &[ColumnInfo]) -> Vec<(String, Relation)> {
     all
 }
 
+/// Fill in each message's drafts, decision and deliveries (for the report).
+async fn describe_review(
+    tx: &mut Transaction<'_, Any>,
+    messages: &mut [ErasedMessage],
+) -> Result<()> {
+    for m in messages {
+        m.drafts = sqlx::query("SELECT COUNT(*) AS n FROM drafts WHERE message_id = $1")
+            .bind(m.id)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("n")?;
+        m.decision = sqlx::query("SELECT decision FROM decisions WHERE message_id = $1")
+            .bind(m.id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| r.try_get("decision"))
+            .transpose()?;
+        m.deliveries = sqlx::query(
+            "SELECT id, kind, status, attempts FROM outbox WHERE message_id = $1 ORDER BY id",
+        )
+        .bind(m.id)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ErasedDelivery {
+                outbox_id: r.try_get("id")?,
+                kind: r.try_get("kind")?,
+                status: r.try_get("status")?,
+                attempts: r.try_get("attempts")?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    }
+    Ok(())
+}
+
 /// Delete (or count, with `dry_run`) the rows a rule selects; returns how many.
 pub(crate) async fn apply_rule(
     tx: &mut Transaction<'_, Any>,
@@ -512,9 +703,18 @@ pub(crate) async fn apply_rule(
     let table = ident(name);
     let mut total = 0;
     match *relation {
-        Relation::Message(column) => {
+        Relation::Message(_) | Relation::Via { .. } => {
             for chunk in ids.chunks(500) {
-                let cond = format!("{} IN ({})", ident(column), placeholders(1, chunk.len()));
+                let list = placeholders(1, chunk.len());
+                let cond = match *relation {
+                    Relation::Via { column, parent } => format!(
+                        "{} IN (SELECT id FROM {} WHERE message_id IN ({list}))",
+                        ident(column),
+                        ident(parent)
+                    ),
+                    Relation::Message(column) => format!("{} IN ({list})", ident(column)),
+                    Relation::Mentions(_) | Relation::Blank(_) => unreachable!("matched below"),
+                };
                 let sql = if dry_run {
                     format!("SELECT COUNT(*) AS n FROM {table} WHERE {cond}")
                 } else {
@@ -552,7 +752,7 @@ pub(crate) async fn apply_rule(
                         .iter()
                         .map(|c| {
                             format!(
-                                "{0} = CASE WHEN LOWER(CAST({0} AS TEXT)) LIKE $1 ESCAPE '\\' THEN NULL ELSE {0} END",
+                                "{0} = CASE WHEN LOWER(CAST({0} AS TEXT)) LIKE $1 ESCAPE '\\' THEN $2 ELSE {0} END",
                                 ident(c)
                             )
                         })
@@ -561,7 +761,10 @@ pub(crate) async fn apply_rule(
                     format!("UPDATE {table} SET {set} WHERE {cond}")
                 }
             };
-            let q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(subject.like());
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(subject.like());
+            if !dry_run && matches!(relation, Relation::Blank(_)) {
+                q = q.bind(ERASED);
+            }
             total += if dry_run {
                 q.fetch_one(&mut **tx).await?.try_get::<i64, _>("n")?
             } else {
@@ -575,17 +778,16 @@ pub(crate) async fn apply_rule(
     Ok(total)
 }
 
-/// Blank the detail of the audit entries about the erased messages or mentioning the
-/// subject (or count them, with `dry_run`).
+/// Blank the detail of the audit entries about `subjects` (`message:ID`, `action:ID`) or
+/// mentioning the subject (or count them, with `dry_run`).
 async fn tombstone(
     tx: &mut Transaction<'_, Any>,
-    ids: &[i64],
+    subjects: &[String],
     subject: &Subject,
     now: i64,
     dry_run: bool,
 ) -> Result<i64> {
     let mut total = 0;
-    let subjects: Vec<String> = ids.iter().map(|id| format!("message:{id}")).collect();
     let run = |cond: String, binds: Vec<String>| {
         let sql = if dry_run {
             format!("SELECT COUNT(*) AS n FROM audit_log WHERE erased_at IS NULL AND ({cond})")

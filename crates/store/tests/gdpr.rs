@@ -111,13 +111,24 @@ async fn fill(store: &Store) -> Vec<i64> {
         };
         assert!(store.complete(&job, &effects, None, 1).await.unwrap());
     }
-    // What another component records about the subject: a review note.
+    // What another component records about the subject: a review note on Paul's reply
+    // (found by the name in its detail), and a delivery of Jeanne's (found by its action).
+    let action = |id: i64| async move { store.actions(id).await.unwrap()[0].id };
     store
         .audit(AuditEvent {
             actor: "user:reviewer",
             action: "review.approve",
-            subject: "action:1",
-            detail: json!({"note": format!("reply to {JEANNE_NAME} approved")}),
+            subject: &format!("action:{}", action(ids[1]).await),
+            detail: json!({"note": format!("reply cc {JEANNE_NAME} approved")}),
+        })
+        .await
+        .unwrap();
+    store
+        .audit(AuditEvent {
+            actor: "system:delivery",
+            action: "delivery.sent",
+            subject: &format!("action:{}", action(ids[0]).await),
+            detail: json!({"message": ids[0], "response_status": 200}),
         })
         .await
         .unwrap();
@@ -229,7 +240,10 @@ async fn erasure_leaves_nothing(store: Store) {
     let r = store.erase(&subject, "cli", false).await.unwrap();
     assert!(r.residual.is_empty(), "{:?}", r.residual);
     assert_eq!(r.rows["parts"], 2);
-    assert_eq!(r.tombstoned, 2, "its ingest and parse entries: {r:?}");
+    assert_eq!(
+        r.tombstoned, 3,
+        "its ingest and parse entries and its action's delivery: {r:?}"
+    );
     // By name: the quarantined mail that mentions her, and the review note.
     let by_name = store
         .erase(&Subject::parse(JEANNE_NAME).unwrap(), "cli", false)
