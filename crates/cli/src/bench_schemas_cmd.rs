@@ -110,10 +110,16 @@ pub fn bench_schemas(args: BenchSchemasArgs) -> Result<()> {
             |g, prompt| {
                 if constrained_tps.len() < args.compare && g.completion_tokens >= 8 {
                     constrained_tps.push(g.decode_tokens_per_second());
+                    // The same prompt, length and sampling, without the grammar: the ratio
+                    // is the grammar's cost alone.
                     let free = GenerateRequest {
                         prompt_ids: prompt.to_vec(),
                         max_tokens: g.completion_tokens,
                         ignore_eos: true,
+                        sampling: verre_engine::SamplingParams {
+                            repetition_penalty: args.repetition_penalty,
+                            ..Default::default()
+                        },
                         ..Default::default()
                     };
                     if let Ok(f) = model.generate(&free, |_| true) {
