@@ -8,19 +8,17 @@
 
 import { execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
-import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from "node:fs";
 import { createServer } from "node:http";
-import { createServer as createTcpServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
-import { chromium } from "playwright-core";
+import { launchChromium, listen, smtpSink, verifyWebhook } from "./helpers.mjs";
 
-const CHROMIUM = process.env.VERRE_CHROMIUM ?? "/usr/bin/chromium";
 const SECRET = "whsec_" + randomBytes(32).toString("base64");
 
 let dir, db, server, baseURL, browser, page;
@@ -34,60 +32,6 @@ function verre(args, input) {
     env: { ...process.env, VERRE_HOME: dir },
     stdio: ["pipe", "pipe", "pipe"],
   }).toString();
-}
-
-/** Standard Webhooks verification, written from the spec (not verre's code). */
-function verify(headers, body) {
-  const id = headers["webhook-id"];
-  const ts = headers["webhook-timestamp"];
-  const key = Buffer.from(SECRET.slice("whsec_".length), "base64");
-  const expected = createHmac("sha256", key).update(`${id}.${ts}.${body}`).digest();
-  if (Math.abs(Date.now() / 1000 - Number(ts)) > 300) return false;
-  return (headers["webhook-signature"] ?? "").split(" ").some((entry) => {
-    const [version, sig] = entry.split(",");
-    const given = Buffer.from(sig ?? "", "base64");
-    return version === "v1" && given.length === expected.length && timingSafeEqual(given, expected);
-  });
-}
-
-async function listen(srv) {
-  srv.listen(0, "127.0.0.1");
-  await once(srv, "listening");
-  return srv.address().port;
-}
-
-/** A minimal SMTP server that accepts everything and records each message. */
-function smtpSink() {
-  return createTcpServer((sock) => {
-    let buffer = "", inData = false, data = "", from = "", to = [];
-    sock.write("220 sink ESMTP\r\n");
-    sock.on("data", (chunk) => {
-      buffer += chunk.toString("utf8");
-      let nl;
-      while ((nl = buffer.indexOf("\r\n")) >= 0) {
-        const line = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 2);
-        if (inData) {
-          if (line === ".") {
-            inData = false;
-            mails.push({ from, to, data });
-            data = "";
-            to = [];
-            sock.write("250 queued\r\n");
-          } else data += line + "\n";
-          continue;
-        }
-        const upper = line.toUpperCase();
-        if (upper.startsWith("EHLO") || upper.startsWith("HELO")) sock.write("250-sink\r\n250 8BITMIME\r\n");
-        else if (upper.startsWith("MAIL FROM:")) { from = line.slice(10).trim(); sock.write("250 ok\r\n"); }
-        else if (upper.startsWith("RCPT TO:")) { to.push(line.slice(8).trim()); sock.write("250 ok\r\n"); }
-        else if (upper === "DATA") { inData = true; sock.write("354 go\r\n"); }
-        else if (upper === "QUIT") { sock.end("221 bye\r\n"); }
-        else sock.write("250 ok\r\n");
-      }
-    });
-    sock.on("error", () => {});
-  });
 }
 
 async function waitFor(what, check, ms = 15_000) {
@@ -119,12 +63,12 @@ before(async () => {
     let body = "";
     req.on("data", (c) => (body += c));
     req.on("end", () => {
-      webhooks.push({ path: req.url, headers: req.headers, body, valid: verify(req.headers, body) });
+      webhooks.push({ path: req.url, headers: req.headers, body, valid: verifyWebhook(SECRET, req.headers, body) });
       res.writeHead(204).end();
     });
   });
   const hookPort = await listen(receiver);
-  smtp = smtpSink();
+  smtp = smtpSink(mails);
   const smtpPort = await listen(smtp);
 
   // Three mails through the intake pipeline, with the stub models (deterministic, fast).
@@ -207,16 +151,7 @@ from = "Support <support@verre.test>"
   assert.ok(baseURL, `verre serve exited before listening:\n${said.join("\n")}`);
   server.stderr.resume();
 
-  const profile = mkdtempSync(join(tmpdir(), "verre-chromium-"));
-  browser = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ],
-    viewport: { width: 1200, height: 900 },
-  });
+  browser = await launchChromium({ viewport: { width: 1200, height: 900 } });
   page = browser.pages()[0] ?? (await browser.newPage());
 });
 

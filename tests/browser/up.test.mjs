@@ -11,10 +11,8 @@
 
 import { execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
-import { createHmac, timingSafeEqual } from "node:crypto";
 import { existsSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
 import { createServer } from "node:http";
-import { createServer as createTcpServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -22,9 +20,8 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
 import OpenAI from "openai";
-import { chromium } from "playwright-core";
+import { launchChromium, listen, smtpSink, verifyWebhook } from "./helpers.mjs";
 
-const CHROMIUM = process.env.VERRE_CHROMIUM ?? "/usr/bin/chromium";
 // The demo mails run through a real (small) model in a debug build on 2 cores.
 const QUEUE_TIMEOUT_MS = 8 * 60_000;
 
@@ -39,58 +36,6 @@ function verre(args) {
     env: { ...process.env, VERRE_HOME: home },
     stdio: ["ignore", "pipe", "pipe"],
   }).toString();
-}
-
-/** Standard Webhooks verification, written from the spec (not verre's code). */
-function verify(secret, headers, body) {
-  const key = Buffer.from(secret.slice("whsec_".length), "base64");
-  const expected = createHmac("sha256", key)
-    .update(`${headers["webhook-id"]}.${headers["webhook-timestamp"]}.${body}`)
-    .digest();
-  return (headers["webhook-signature"] ?? "").split(" ").some((entry) => {
-    const [version, sig] = entry.split(",");
-    const given = Buffer.from(sig ?? "", "base64");
-    return version === "v1" && given.length === expected.length && timingSafeEqual(given, expected);
-  });
-}
-
-async function listen(srv) {
-  srv.listen(0, "127.0.0.1");
-  await once(srv, "listening");
-  return srv.address().port;
-}
-
-/** An SMTP server that accepts everything and records each message. */
-function smtpSink() {
-  return createTcpServer((sock) => {
-    let buffer = "", inData = false, data = "", to = [];
-    sock.write("220 sink ESMTP\r\n");
-    sock.on("data", (chunk) => {
-      buffer += chunk.toString("utf8");
-      let nl;
-      while ((nl = buffer.indexOf("\r\n")) >= 0) {
-        const line = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 2);
-        if (inData) {
-          if (line === ".") {
-            inData = false;
-            mails.push({ to, data });
-            data = "";
-            to = [];
-            sock.write("250 queued\r\n");
-          } else data += line + "\n";
-          continue;
-        }
-        const upper = line.toUpperCase();
-        if (upper.startsWith("EHLO") || upper.startsWith("HELO")) sock.write("250-sink\r\n250 8BITMIME\r\n");
-        else if (upper.startsWith("RCPT TO:")) { to.push(line.slice(8).trim()); sock.write("250 ok\r\n"); }
-        else if (upper === "DATA") { inData = true; sock.write("354 go\r\n"); }
-        else if (upper === "QUIT") { sock.end("221 bye\r\n"); }
-        else sock.write("250 ok\r\n");
-      }
-    });
-    sock.on("error", () => {});
-  });
 }
 
 async function waitFor(what, check, ms) {
@@ -118,7 +63,7 @@ before(async () => {
     });
   });
   const hookPort = await listen(receiver);
-  smtp = smtpSink();
+  smtp = smtpSink(mails);
   const smtpPort = await listen(smtp);
 
   const env = { ...process.env, VERRE_HOME: home };
@@ -147,15 +92,7 @@ before(async () => {
   printed.secret = find(/^\s+(whsec_\S+)/);
   printed.key = find(/OPENAI_API_KEY=(\S+)/);
 
-  const profile = mkdtempSync(join(tmpdir(), "verre-chromium-"));
-  browser = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ],
-  });
+  browser = await launchChromium();
   page = browser.pages()[0] ?? (await browser.newPage());
 });
 
@@ -199,7 +136,7 @@ test("verre up --demo: review queue fills, an approval is delivered signed, the 
   await waitFor("the CRM webhook", () => webhooks.length >= 1, 60_000);
   const hook = webhooks[0];
   assert.equal(hook.path, "/hooks/crm");
-  assert.ok(verify(printed.secret, hook.headers, hook.body), "signed with the printed secret");
+  assert.ok(verifyWebhook(printed.secret, hook.headers, hook.body), "signed with the printed secret");
   const payload = JSON.parse(hook.body);
   assert.equal(typeof payload.message, "number");
   assert.ok(["low", "medium", "high", "critical"].includes(payload.threat_level), hook.body);
