@@ -276,7 +276,7 @@ fn report(
         }
     }
     let mut reasons: Vec<(String, usize)> = reasons.into_iter().collect();
-    reasons.sort_by(|a, b| b.1.cmp(&a.1));
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
     let invalid_examples: Vec<Value> = files
         .iter()
         .zip(outcomes)

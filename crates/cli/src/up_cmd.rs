@@ -211,10 +211,8 @@ pub fn up(args: UpArgs) -> Result<()> {
     })
 }
 
-fn stopped(mut stop: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send {
-    async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Pull the embedded default models unless they are already in the store (from PyPI, with

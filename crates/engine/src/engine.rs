@@ -564,7 +564,7 @@ impl<'m> EngineLoop<'m> {
             .iter()
             .flat_map(|r| {
                 r.choices.iter().enumerate().filter(move |(c, s)| {
-                    !s.finished && r.target_len(*c) - s.kv.len() == 1 && s.kv.len() > 0
+                    !s.finished && r.target_len(*c) - s.kv.len() == 1 && !s.kv.is_empty()
                 })
             })
             .count();

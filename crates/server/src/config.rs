@@ -242,8 +242,9 @@ impl GatewayConfig {
                 defaults.first_byte_timeout,
             )?,
         };
-        let review = crate::review::settings::parse(raw.review, raw.delivery, &policy, read_secrets)
-            .with_context(|| origin.to_string())?;
+        let review =
+            crate::review::settings::parse(raw.review, raw.delivery, &policy, read_secrets)
+                .with_context(|| origin.to_string())?;
         let cost = raw.cost.unwrap_or_default();
         cost.check().with_context(|| origin.to_string())?;
         Ok(Self {

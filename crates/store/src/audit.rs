@@ -225,10 +225,7 @@ fn entry_from_row(r: &sqlx::any::AnyRow) -> Result<AuditEntry> {
         actor: r.try_get("actor")?,
         action: r.try_get("action")?,
         subject: r.try_get("subject")?,
-        detail: match detail {
-            Some(d) => Some(serde_json::from_str(&d).unwrap_or(Value::String(d))),
-            None => None,
-        },
+        detail: detail.map(|d| serde_json::from_str(&d).unwrap_or(Value::String(d))),
         detail_hash: r.try_get("detail_hash")?,
         prev_hash: r.try_get("prev_hash")?,
         hash: r.try_get("hash")?,
