@@ -1,5 +1,8 @@
 //! The Llama family: Llama 1-3, Mistral 7B, SmolLM and their kin.
 //!
+//! The block structure here is shared with the families that differ from Llama only in
+//! details ([`Family`]): Qwen2 (`qwen2.rs`) adds Q/K/V biases and rotates NeoX-style.
+//!
 //! Per layer: RMSNorm, attention with grouped-query heads and rotary position embeddings
 //! (llama.cpp's "normal" RoPE: adjacent pairs rotate), residual; RMSNorm, SwiGLU MLP,
 //! residual. Mistral's sliding-window attention applies when the metadata declares a window.
@@ -42,6 +45,32 @@ pub struct RopeConfig {
     pub scaling: RopeScaling,
     /// Llama 3.1's per-frequency divisors (`rope_freqs.weight`), when present.
     pub freq_factors: Option<Vec<f32>>,
+    /// Which dimensions of a head rotate together.
+    pub style: RopeStyle,
+}
+
+/// How a head's dimensions pair up for rotation (llama.cpp's rope types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs `(2i, 2i+1)`: Llama, Mistral, SmolLM (`LLAMA_ROPE_TYPE_NORM`).
+    Normal,
+    /// Halves `(i, i + n_rot/2)`: Qwen2, Gemma, GPT-NeoX (`LLAMA_ROPE_TYPE_NEOX`).
+    Neox,
+}
+
+/// What sets a family apart from plain Llama while sharing its block structure.
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    pub rope_style: RopeStyle,
+    /// Qwen2: the Q, K and V projections carry biases (`attn_{q,k,v}.bias`).
+    pub qkv_bias: bool,
+}
+
+impl Family {
+    pub const LLAMA: Family = Family {
+        rope_style: RopeStyle::Normal,
+        qkv_bias: false,
+    };
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -59,13 +88,13 @@ pub enum RopeScaling {
 
 /// A weight matrix: read in place from the memory map by verre's kernels, or, for the
 /// few types they do not cover, loaded into candle's quantized storage.
-enum Weight {
+pub(super) enum Weight {
     Mapped(QuantMatrix),
     Candle(QMatMul),
 }
 
 impl Weight {
-    fn load(g: &GgufFile, name: &str, rows: usize, cols: usize, device: &Device) -> Result<Self> {
+    pub(super) fn load(g: &GgufFile, name: &str, rows: usize, cols: usize, device: &Device) -> Result<Self> {
         if device.is_cpu()
             && let Some(m) = g.mapped_matrix(name, rows, cols)?
         {
@@ -81,7 +110,7 @@ impl Weight {
     }
 
     /// `out = x @ W.T` for `m` rows of `x`; `out` is resized to fit and reused.
-    fn matmul_into(
+    pub(super) fn matmul_into(
         &self,
         x: &[f32],
         m: usize,
@@ -106,7 +135,7 @@ impl Weight {
 
 /// Products of several weights with one input (Q, K, V; gate, up) into `outs`: one
 /// quantization of the input and one parallel pass when all are mapped.
-fn matmul_shared_input<const N: usize>(
+pub(super) fn matmul_shared_input<const N: usize>(
     ws: [&Weight; N],
     x: &[f32],
     m: usize,
@@ -157,6 +186,8 @@ struct Layer {
     wq: Weight,
     wk: Weight,
     wv: Weight,
+    /// Biases of Q, K and V (Qwen2), added after the products.
+    qkv_bias: Option<[Vec<f32>; 3]>,
     wo: Weight,
     ffn_norm: Vec<f32>,
     w_gate: Weight,
@@ -177,13 +208,13 @@ pub struct Llama {
 }
 
 /// The token embedding table: rows dequantized on lookup.
-enum Embedding {
+pub(super) enum Embedding {
     Mapped(QuantMatrix),
     Candle(candle_core::quantized::QTensor),
 }
 
 impl Embedding {
-    fn lookup(&self, ids: &[u32], dim: usize, device: &Device) -> Result<Vec<f32>> {
+    pub(super) fn lookup(&self, ids: &[u32], dim: usize, device: &Device) -> Result<Vec<f32>> {
         match self {
             Embedding::Mapped(m) => {
                 let mut x = vec![0f32; ids.len() * dim];
@@ -202,6 +233,10 @@ impl Embedding {
 
 impl LlamaConfig {
     pub fn from_gguf(g: &GgufFile, arch: &str) -> Result<Self> {
+        Self::from_gguf_family(g, arch, Family::LLAMA)
+    }
+
+    pub fn from_gguf_family(g: &GgufFile, arch: &str, family: Family) -> Result<Self> {
         let key = |k: &str| format!("{arch}.{k}");
         let n_embd = g.get_u64(&key("embedding_length"))? as usize;
         let n_head = g.get_u64(&key("attention.head_count"))? as usize;
@@ -218,8 +253,19 @@ impl LlamaConfig {
             "{}: {n_head} attention heads do not divide into {n_kv_head} key/value heads",
             g.path().display()
         );
+        let value_length = g.get_u64_opt(&key("attention.value_length"))?;
         let head_dim = match g.get_u64_opt(&key("attention.key_length"))? {
-            Some(v) => v as usize,
+            Some(v) => {
+                if let Some(vl) = value_length {
+                    ensure!(
+                        vl == v,
+                        "{}: attention.key_length {v} differs from attention.value_length {vl}: \
+                         verre supports equal key and value head sizes only",
+                        g.path().display()
+                    );
+                }
+                v as usize
+            }
             None => {
                 ensure!(
                     n_embd.is_multiple_of(n_head),
@@ -304,6 +350,7 @@ impl LlamaConfig {
                 freq_scale,
                 scaling,
                 freq_factors: None,
+                style: family.rope_style,
             },
             sliding_window: g
                 .get_u64_opt(&key("attention.sliding_window"))?
@@ -315,7 +362,12 @@ impl LlamaConfig {
 
 impl Llama {
     pub fn load(g: &GgufFile, arch: &str, device: &Device) -> Result<Self> {
-        let mut cfg = LlamaConfig::from_gguf(g, arch)?;
+        Self::load_family(g, arch, Family::LLAMA, device)
+    }
+
+    /// Load a model of Llama's block structure with a family's differences.
+    pub fn load_family(g: &GgufFile, arch: &str, family: Family, device: &Device) -> Result<Self> {
+        let mut cfg = LlamaConfig::from_gguf_family(g, arch, family)?;
         if g.has_tensor("blk.0.ffn_gate_exps.weight") {
             bail!(
                 "{}: mixture-of-experts llama models (Mixtral) are not supported yet",
@@ -369,6 +421,15 @@ impl Llama {
                 wq: qmatmul(&p("attn_q.weight"), q_dim, d)?,
                 wk: qmatmul(&p("attn_k.weight"), kv_dim, d)?,
                 wv: qmatmul(&p("attn_v.weight"), kv_dim, d)?,
+                qkv_bias: if family.qkv_bias {
+                    Some([
+                        vector(&p("attn_q.bias"), q_dim)?,
+                        vector(&p("attn_k.bias"), kv_dim)?,
+                        vector(&p("attn_v.bias"), kv_dim)?,
+                    ])
+                } else {
+                    None
+                },
                 wo: qmatmul(&p("attn_output.weight"), d, q_dim)?,
                 ffn_norm: vector(&p("ffn_norm.weight"), d)?,
                 w_gate: qmatmul(&p("ffn_gate.weight"), cfg.n_ff, d)?,
@@ -518,6 +579,11 @@ impl Llama {
                 scratch,
                 dev,
             )?;
+            if let Some([bq, bk, bv]) = &layer.qkv_bias {
+                add_row_bias(q, bq);
+                add_row_bias(k, bk);
+                add_row_bias(v, bv);
+            }
             rope.apply(q, cfg.n_head, hd);
             rope.apply(k, cfg.n_kv_head, hd);
 
@@ -613,7 +679,7 @@ fn matmul(w: &QMatMul, x: &Tensor) -> Result<Vec<f32>> {
 
 /// Root-mean-square normalisation of each row, scaled by `weight`. The mean of squares is
 /// summed in f64, as ggml does.
-fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut Vec<f32>) {
+pub(super) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut Vec<f32>) {
     let d = weight.len();
     out.resize(x.len(), 0.0);
     for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
@@ -625,26 +691,36 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut Vec<f32>) {
     }
 }
 
-fn add_assign(x: &mut [f32], y: &[f32]) {
+/// Add `bias` to every row of `x`.
+pub(super) fn add_row_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (a, b) in row.iter_mut().zip(bias) {
+            *a += b;
+        }
+    }
+}
+
+pub(super) fn add_assign(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
     }
 }
 
-fn silu(x: f32) -> f32 {
+pub(super) fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
 /// Cosines and sines for every stacked row's position, computed once per forward and
 /// shared by all layers.
-struct RopeTable {
+pub(super) struct RopeTable {
     n_rot: usize,
+    style: RopeStyle,
     cos: Vec<f32>,
     sin: Vec<f32>,
 }
 
 impl RopeTable {
-    fn new(cfg: &RopeConfig, positions: &[usize]) -> Self {
+    pub(super) fn new(cfg: &RopeConfig, positions: &[usize]) -> Self {
         let half = cfg.n_rot / 2;
         let mut cos = Vec::with_capacity(positions.len() * half);
         let mut sin = Vec::with_capacity(positions.len() * half);
@@ -690,22 +766,29 @@ impl RopeTable {
         }
         Self {
             n_rot: cfg.n_rot,
+            style: cfg.style,
             cos,
             sin,
         }
     }
 
-    /// Rotate the first `n_rot` dimensions of every head of every row, pairs (2i, 2i+1).
-    fn apply(&self, x: &mut [f32], n_heads: usize, head_dim: usize) {
+    /// Rotate the first `n_rot` dimensions of every head of every row: pairs (2i, 2i+1) in
+    /// the normal style, (i, i + n_rot/2) in the NeoX style.
+    pub(super) fn apply(&self, x: &mut [f32], n_heads: usize, head_dim: usize) {
         let half = self.n_rot / 2;
+        let (stride, offset) = match self.style {
+            RopeStyle::Normal => (2, 1),
+            RopeStyle::Neox => (1, half),
+        };
         for (row, xr) in x.chunks_exact_mut(n_heads * head_dim).enumerate() {
             let cos = &self.cos[row * half..(row + 1) * half];
             let sin = &self.sin[row * half..(row + 1) * half];
             for head in xr.chunks_exact_mut(head_dim) {
                 for i in 0..half {
-                    let (x0, x1) = (head[2 * i], head[2 * i + 1]);
-                    head[2 * i] = x0 * cos[i] - x1 * sin[i];
-                    head[2 * i + 1] = x0 * sin[i] + x1 * cos[i];
+                    let (a, b) = (stride * i, stride * i + offset);
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * cos[i] - x1 * sin[i];
+                    head[b] = x0 * sin[i] + x1 * cos[i];
                 }
             }
         }
@@ -759,6 +842,7 @@ mod tests {
             freq_scale: 1.0,
             scaling: RopeScaling::None,
             freq_factors: None,
+            style: RopeStyle::Normal,
         };
         let table = RopeTable::new(&cfg, &[0, 7]);
         let mut x = vec![1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0];
@@ -770,6 +854,28 @@ mod tests {
         // First pair rotates by exactly 7 radians.
         let (c, s) = (7f32.cos(), 7f32.sin());
         assert!((x[4] - (c - 2.0 * s)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn neox_rope_rotates_halves_together() {
+        let cfg = RopeConfig {
+            n_rot: 4,
+            freq_base: 10_000.0,
+            freq_scale: 1.0,
+            scaling: RopeScaling::None,
+            freq_factors: None,
+            style: RopeStyle::Neox,
+        };
+        let table = RopeTable::new(&cfg, &[3]);
+        let mut x = vec![1.0, 2.0, 3.0, 4.0];
+        table.apply(&mut x, 1, 4);
+        // Pair (0, 2) turns by 3 radians, pair (1, 3) by 3 / sqrt(10000) radians.
+        let (c0, s0) = (3f32.cos(), 3f32.sin());
+        assert!((x[0] - (1.0 * c0 - 3.0 * s0)).abs() < 1e-5);
+        assert!((x[2] - (1.0 * s0 + 3.0 * c0)).abs() < 1e-5);
+        let t1 = 3.0 * 10_000f32.powf(-0.5);
+        assert!((x[1] - (2.0 * t1.cos() - 4.0 * t1.sin())).abs() < 1e-5);
+        assert!((x[3] - (2.0 * t1.sin() + 4.0 * t1.cos())).abs() < 1e-5);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod bert;
 pub mod llama;
+pub mod qwen2;
 
 use std::ops::Range;
 
@@ -62,8 +63,9 @@ impl Model {
         let arch = gguf.architecture()?;
         match arch.as_str() {
             "llama" | "mistral" => Ok(Model::Llama(llama::Llama::load(gguf, &arch, device)?)),
+            "qwen2" => Ok(Model::Llama(qwen2::load(gguf, device)?)),
             other => bail!(
-                "{}: architecture {other:?} is not supported (verre runs: llama, mistral — Llama, Mistral, SmolLM and their kin)",
+                "{}: architecture {other:?} is not supported (verre runs: llama, mistral, qwen2 — Llama, Mistral, SmolLM, Qwen2/2.5 and their kin)",
                 gguf.path().display()
             ),
         }
