@@ -11,6 +11,7 @@ pub mod backend;
 pub mod demo;
 pub mod imap;
 pub mod parse;
+pub mod pdf;
 pub mod pipeline;
 pub mod source;
 pub mod stages;

@@ -1,5 +1,5 @@
 //! MIME parsing (mail-parser) and document text: text bodies as they are, HTML reduced to
-//! text (never rendered or executed), PDF text per page (pdf-extract), plain-text
+//! text (never rendered or executed), PDF text per page in reading order (pdf-extract's glyphs, laid out by `pdf.rs`), plain-text
 //! attachments; anything else is kept as a part marked unsupported, never dropped.
 
 use mail_parser::{MessageParser, MimeHeaders, PartType};
@@ -226,10 +226,10 @@ fn push_text(
     });
 }
 
-/// Page texts of a PDF. pdf-extract panics on some malformed files; a panic is an error
-/// here, not a dead worker.
+/// Page texts of a PDF in reading order ([`crate::pdf`]). pdf-extract panics on some
+/// malformed files; a panic is an error here, not a dead worker.
 pub fn pdf_pages(bytes: &[u8]) -> Result<Vec<String>, String> {
-    let result = std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem_by_pages(bytes));
+    let result = std::panic::catch_unwind(|| crate::pdf::pages(bytes));
     match result {
         Ok(Ok(pages)) => Ok(pages),
         Ok(Err(e)) => Err(e.to_string()),
