@@ -19,6 +19,8 @@ pub struct ExtractRequest<'a> {
     pub max_tokens: usize,
     /// Extra tries after an answer that is not valid JSON for the schema.
     pub retries: u32,
+    /// 1.0 for none (see `ExtractConfig::repetition_penalty`).
+    pub repetition_penalty: f32,
 }
 
 /// A validated extraction and what it cost.
@@ -211,10 +213,8 @@ impl ExtractBackend for EngineBackend {
         let mut last_answer = String::new();
         for call in 1..=req.retries + 1 {
             // Greedy: the same message gives the same extraction.
-            // A small repetition penalty keeps a small model from repeating array items or
-            // digits until the token limit; the grammar keeps the answer valid.
             let sampling = SamplingParams {
-                repetition_penalty: 1.1,
+                repetition_penalty: req.repetition_penalty,
                 ..SamplingParams::default()
             };
             let (text, p, c) = self.generate(
@@ -433,6 +433,7 @@ mod tests {
             schema: &schema,
             max_tokens: 10,
             retries: 0,
+            repetition_penalty: 1.0,
         };
         let stub = StubBackend::default();
         let a = stub.extract(&req).unwrap();

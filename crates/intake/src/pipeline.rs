@@ -50,6 +50,10 @@ pub struct ExtractConfig {
     /// How many times the model is asked again, with the validation error, after an
     /// answer that does not validate.
     pub retries: u32,
+    /// Penalty on tokens already in the prompt or the answer (1.0: none). Extraction copies
+    /// values out of the document, so the default is none; the engine's loop breaker and
+    /// the grammar's closing near the limit stop runaway answers instead.
+    pub repetition_penalty: f32,
     /// The schema the model answers to: the file's schema with the labels merged in as
     /// required enum properties.
     pub schema: Value,
@@ -148,6 +152,7 @@ struct ExtractFile {
     prompt: Option<Spanned<String>>,
     max_tokens: Option<usize>,
     retries: Option<u32>,
+    repetition_penalty: Option<Spanned<f32>>,
     schema: Option<Spanned<Value>>,
     schema_file: Option<Spanned<String>>,
 }
@@ -403,6 +408,16 @@ impl Pipeline {
             },
             max_tokens: ex.max_tokens.unwrap_or(256),
             retries: ex.retries.unwrap_or(2),
+            repetition_penalty: match &ex.repetition_penalty {
+                None => 1.0,
+                Some(p) if (1.0..=2.0).contains(p.get_ref()) => *p.get_ref(),
+                Some(p) => {
+                    return Err(c.err(
+                        p.span(),
+                        "extract.repetition_penalty: between 1.0 (none) and 2.0",
+                    ));
+                }
+            },
             schema,
         };
 

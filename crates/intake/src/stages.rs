@@ -180,7 +180,8 @@ impl StageRunner {
         let system = render(&ex.system, &ctx, "extract.system")?;
         let prompt = render(&ex.prompt, &ctx, "extract.prompt")?;
         let schema = ex.schema.clone();
-        let (max_tokens, retries) = (ex.max_tokens, ex.retries);
+        let (max_tokens, retries, repetition_penalty) =
+            (ex.max_tokens, ex.retries, ex.repetition_penalty);
         let backend = self.models.extract.clone();
         let result = tokio::task::spawn_blocking(move || {
             backend.extract(&ExtractRequest {
@@ -189,6 +190,7 @@ impl StageRunner {
                 schema: &schema,
                 max_tokens,
                 retries,
+                repetition_penalty,
             })
         })
         .await
