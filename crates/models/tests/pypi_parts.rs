@@ -45,7 +45,13 @@ fn split_model(wheels: &Path, count: usize) -> Vec<u8> {
     let slice_len = gguf.len().div_ceil(count);
     for (index, slice) in gguf.chunks(slice_len).enumerate() {
         let number = index + 1;
-        write_part_wheel(wheels, &format!("tiny-model-part{number}"), "1.0", number, slice);
+        write_part_wheel(
+            wheels,
+            &format!("tiny-model-part{number}"),
+            "1.0",
+            number,
+            slice,
+        );
     }
     assert_eq!(gguf.chunks(slice_len).count(), count);
     gguf
@@ -127,7 +133,11 @@ fn a_missing_part_names_it_and_leaves_nothing() {
             && err.contains("No matching distribution found for tiny-model-part2==1.0"),
         "{err}"
     );
-    assert!(store_contents(&store).is_empty(), "{:?}", store_contents(&store));
+    assert!(
+        store_contents(&store).is_empty(),
+        "{:?}",
+        store_contents(&store)
+    );
 }
 
 #[test]
@@ -167,7 +177,11 @@ fn joined_bytes_that_are_not_a_model_are_refused() {
             .unwrap_err()
     );
     assert!(err.contains("not a model verre can load"), "{err}");
-    assert!(store_contents(&store).is_empty(), "{:?}", store_contents(&store));
+    assert!(
+        store_contents(&store).is_empty(),
+        "{:?}",
+        store_contents(&store)
+    );
 }
 
 #[test]
