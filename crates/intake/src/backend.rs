@@ -149,6 +149,18 @@ impl EngineBackend {
 }
 
 /// A one-line JSON skeleton of a schema's properties, for the prompt:
+/// The schema's own words about its fields (`description`: a label's definition of its
+/// values, a field's meaning), one line each, for the model to read beside the skeleton.
+fn field_descriptions(schema: &Value) -> String {
+    let Some(props) = schema["properties"].as_object() else {
+        return String::new();
+    };
+    props
+        .iter()
+        .filter_map(|(k, v)| v["description"].as_str().map(|d| format!("\n- {k}: {d}")))
+        .collect()
+}
+
 /// `{"customer": "...", "threat_level": "low" | "medium", "amount": 0}`.
 fn skeleton(schema: &Value) -> String {
     let Some(props) = schema["properties"].as_object() else {
@@ -177,9 +189,10 @@ fn skeleton(schema: &Value) -> String {
 impl ExtractBackend for EngineBackend {
     fn extract(&self, req: &ExtractRequest) -> Result<Extraction> {
         let system = format!(
-            "{}\nAnswer with one JSON object only, in this form: {}",
+            "{}\nAnswer with one JSON object only, in this form: {}{}",
             req.system,
-            skeleton(req.schema)
+            skeleton(req.schema),
+            field_descriptions(req.schema)
         );
         let mut messages = vec![
             Message::new("system", &system),
@@ -400,6 +413,17 @@ mod tests {
             1
         );
         assert!(first_json_object("no json here").is_none());
+    }
+
+    #[test]
+    fn the_model_reads_each_described_field_once() {
+        let schema = json!({"type": "object", "properties": {
+            "summary": {"type": "string"},
+            "level": {"enum": ["low", "high"], "description": "high: legal threats"},
+        }});
+        assert_eq!(skeleton(&schema), r#"{"summary": "...", "level": "low" | "high"}"#);
+        assert_eq!(field_descriptions(&schema), "\n- level: high: legal threats");
+        assert_eq!(field_descriptions(&json!({"type": "string"})), "");
     }
 
     #[test]
