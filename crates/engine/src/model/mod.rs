@@ -2,7 +2,9 @@
 //! each with its own new tokens and its own KV cache, in a single pass over the weights.
 
 pub mod bert;
+pub mod gemma3;
 pub mod llama;
+pub mod mistral3;
 pub mod qwen2;
 
 use std::ops::Range;
@@ -52,6 +54,10 @@ pub struct ModelInfo {
     pub block_count: usize,
 }
 
+/// The GGUF architectures [`Model::load`] accepts, for error messages.
+pub const SUPPORTED: &str = "llama, mistral, mistral3, qwen2, gemma3 — Llama, Mistral 7B/Nemo/Small, \
+     Ministral 3, SmolLM, Qwen2/2.5, Gemma 3 and their kin";
+
 /// A loaded model of any supported architecture.
 pub enum Model {
     Llama(llama::Llama),
@@ -64,8 +70,15 @@ impl Model {
         match arch.as_str() {
             "llama" | "mistral" => Ok(Model::Llama(llama::Llama::load(gguf, &arch, device)?)),
             "qwen2" => Ok(Model::Llama(qwen2::load(gguf, device)?)),
+            "mistral3" => Ok(Model::Llama(mistral3::load(gguf, device)?)),
+            "gemma3" => Ok(Model::Llama(gemma3::load(gguf, device)?)),
+            "mistral4" => bail!(
+                "{}: architecture \"mistral4\" is not supported: it is DeepSeek-V2's block \
+                 (multi-head latent attention and mixture-of-experts), which verre does not run",
+                gguf.path().display()
+            ),
             other => bail!(
-                "{}: architecture {other:?} is not supported (verre runs: llama, mistral, qwen2 — Llama, Mistral, SmolLM, Qwen2/2.5 and their kin)",
+                "{}: architecture {other:?} is not supported (verre runs: {SUPPORTED})",
                 gguf.path().display()
             ),
         }
