@@ -45,6 +45,13 @@ if [ ! -f "$vocab_dir/ggml-vocab-qwen2.gguf" ]; then
 fi
 export VERRE_LLAMA_VOCAB_DIR="$vocab_dir"
 
+# Tiny seeded models (windowed Llama, Mistral 3, Gemma 3) for the float64 reference test;
+# regenerated every run, their sha256 pinned in the fixture. Needs numpy and gguf-py.
+python3 -c 'import numpy, gguf' 2>/dev/null || python3 -m pip install --quiet numpy gguf==0.19.0
+VERRE_F64_MODELS_DIR="$PWD/target/f64-models"
+python3 scripts/reference_forward.py gen "$VERRE_F64_MODELS_DIR" >/dev/null
+export VERRE_F64_MODELS_DIR
+
 # A throwaway PostgreSQL on loopback for the store and intake tests (exports VERRE_TEST_POSTGRES_URL; stopped on exit).
 . scripts/ci-services.sh
 
