@@ -466,6 +466,28 @@ def mean_max_abs(a: list[dict], b: np.ndarray) -> tuple[float, float]:
     return float(np.mean(diffs)), float(np.max(diffs))
 
 
+def ablations(m: Model, ids: list[int], positions: list[int], rows: list[dict]) -> dict:
+    """How far the logits move without each feature the model uses: a test's tolerances
+    must be well below this, or it could not tell the feature is there."""
+    out = {}
+
+    def without(attr, value, name):
+        saved = getattr(m, attr)
+        setattr(m, attr, value)
+        out[name] = mean_max_abs(rows, forward(m, ids, positions))
+        setattr(m, attr, saved)
+
+    if m.window is not None:
+        without("window", None, "no_window")
+    if m.temp_scale:
+        without("temp_scale", 0.0, "no_temperature")
+    if m.yarn:
+        without("yarn", False, "no_yarn")
+    if m.gemma and m.window is not None:
+        without("freq_base_swa", m.freq_base, "one_rope_base")
+    return {k: {"mean": round(v[0], 4), "max": round(v[1], 4)} for k, v in out.items()}
+
+
 def cmd_fixture(args) -> None:
     cases = []
     for spec in MODELS:
@@ -483,29 +505,7 @@ def cmd_fixture(args) -> None:
             "positions": positions,
             "rows": rows,
         }
-        # How far the logits move without the feature under test: the tolerances must be
-        # well below this, or the test could not tell the feature is there.
-        ablations = {}
-        if m.window is not None:
-            saved = m.window
-            m.window = None
-            ablations["no_window"] = mean_max_abs(rows, forward(m, ids, positions))
-            m.window = saved
-        if m.temp_scale:
-            saved = m.temp_scale
-            m.temp_scale = 0.0
-            ablations["no_temperature"] = mean_max_abs(rows, forward(m, ids, positions))
-            m.temp_scale = saved
-        if m.yarn:
-            m.yarn = False
-            ablations["no_yarn"] = mean_max_abs(rows, forward(m, ids, positions))
-            m.yarn = True
-        if m.gemma:
-            saved = m.freq_base_swa
-            m.freq_base_swa = m.freq_base
-            ablations["one_rope_base"] = mean_max_abs(rows, forward(m, ids, positions))
-            m.freq_base_swa = saved
-        case["ablations"] = {k: {"mean": round(v[0], 4), "max": round(v[1], 4)} for k, v in ablations.items()}
+        case["ablations"] = ablations(m, ids, positions, rows)
         gaps = [r["gap"] for r in rows]
         print(f"{spec.name}: {len(rows)} rows, {sum(g >= 0.25 for g in gaps)} with gap >= 0.25, "
               f"ablations {case['ablations']}", file=sys.stderr)
@@ -549,6 +549,7 @@ def cmd_logits(args) -> None:
         "ids": ids,
         "positions": positions,
         "rows": rows,
+        "ablations": ablations(m, ids, positions, rows) if args.ablations else {},
     }
     args.out_json.write_text(json.dumps(out, separators=(",", ":")) + "\n")
 
@@ -565,6 +566,7 @@ def main():
     lg.add_argument("model", type=Path)
     lg.add_argument("--ids", required=True, help="comma-separated token ids")
     lg.add_argument("--positions", help="e.g. 0-10,500-700 (default: all)")
+    lg.add_argument("--ablations", action="store_true", help="also measure each feature's effect")
     lg.add_argument("out_json", type=Path)
     args = ap.parse_args()
     {"gen": cmd_gen, "fixture": cmd_fixture, "logits": cmd_logits}[args.cmd](args)
