@@ -81,3 +81,80 @@ pub fn config(g: &GgufFile) -> Result<LlamaConfig> {
 pub fn load(g: &GgufFile, device: &Device) -> Result<Llama> {
     Llama::load_config(g, ARCH, FAMILY, config(g)?, device)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::test_gguf;
+    use candle_core::quantized::gguf_file::Value;
+
+    fn config_of(n_layer: u32, extra: Vec<(&str, Value)>) -> Result<LlamaConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut md = test_gguf::base_metadata(ARCH, n_layer);
+        md.push(("gemma3.attention.key_length".into(), Value::U32(16)));
+        md.push(("gemma3.attention.value_length".into(), Value::U32(16)));
+        md.push(("gemma3.rope.freq_base".into(), Value::F32(1e6)));
+        md.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+        config(&test_gguf::write(&dir, "g3.gguf", &md, &[]))
+    }
+
+    #[test]
+    fn five_local_layers_then_one_global_by_default() {
+        let cfg = config_of(8, vec![("gemma3.attention.sliding_window", Value::U32(64))]).unwrap();
+        let local = [true, true, true, true, true, false, true, true];
+        assert_eq!(cfg.swa_layers, local);
+        for (l, &is_local) in local.iter().enumerate() {
+            assert_eq!(cfg.window(l), is_local.then_some(64));
+            let base = if is_local { 10_000.0 } else { 1e6 };
+            assert_eq!(cfg.rope_of(l).freq_base, base, "layer {l}");
+            assert_eq!(cfg.rope_of(l).style, RopeStyle::Neox);
+        }
+        assert_eq!(cfg.attention_scale, 0.25);
+        assert_eq!(cfg.final_logit_softcap, None);
+    }
+
+    #[test]
+    fn local_base_pattern_and_softcap_from_the_metadata() {
+        let cfg = config_of(
+            4,
+            vec![
+                ("gemma3.attention.sliding_window", Value::U32(64)),
+                ("gemma3.attention.sliding_window_pattern", Value::U32(2)),
+                ("gemma3.rope.freq_base_swa", Value::F32(5e4)),
+                ("gemma3.rope.scaling.type", Value::String("linear".into())),
+                ("gemma3.rope.scaling.factor", Value::F32(8.0)),
+                ("gemma3.final_logit_softcapping", Value::F32(30.0)),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.swa_layers, [true, false, true, false]);
+        assert_eq!(cfg.rope_of(0).freq_base, 5e4);
+        // Linear scaling applies to the global layers only.
+        assert_eq!(cfg.rope_of(0).freq_scale, 1.0);
+        assert_eq!(cfg.rope_of(1).freq_scale, 0.125);
+        assert_eq!(cfg.final_logit_softcap, Some(30.0));
+    }
+
+    #[test]
+    fn without_a_window_every_layer_is_global() {
+        let cfg = config_of(6, vec![]).unwrap();
+        assert_eq!(cfg.swa_layers, [false; 6]);
+        assert!(cfg.rope_swa.is_none());
+        assert_eq!(cfg.window(0), None);
+    }
+
+    #[test]
+    fn the_27b_scales_attention_by_embedding_over_heads() {
+        // 62 layers: llama.cpp's marker of Gemma 3 27B (query_pre_attn_scalar = 168).
+        let cfg = config_of(62, vec![]).unwrap();
+        assert_eq!(cfg.attention_scale, 1.0 / ((32 / 4) as f32).sqrt());
+    }
+
+    #[test]
+    fn a_different_local_head_size_is_refused() {
+        let e = config_of(6, vec![("gemma3.attention.key_length_swa", Value::U32(8))])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("g3.gguf") && e.contains("key_length_swa = 8"), "{e}");
+    }
+}

@@ -1075,6 +1075,7 @@ fn yarn_ramp(low: f32, high: f32, i0: usize) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_gguf;
 
     #[test]
     fn rms_norm_matches_definition() {
@@ -1131,6 +1132,134 @@ mod tests {
         let t1 = 3.0 * 10_000f32.powf(-0.5);
         assert!((x[1] - (2.0 * t1.cos() - 4.0 * t1.sin())).abs() < 1e-5);
         assert!((x[3] - (2.0 * t1.sin() + 4.0 * t1.cos())).abs() < 1e-5);
+    }
+
+    #[test]
+    fn rope_base_1e9_stays_within_f32_rounding_of_exact_angles() {
+        // Mistral Small 3 / Ministral 3 rotate with base 1e9 (exact in f32). Angles are
+        // computed as ggml computes them (f32, one multiplication per pair), so their
+        // error grows with the position: measured <= 3.4e-8 x position, 0.004 rad at 128K.
+        let cfg = RopeConfig {
+            n_rot: 128,
+            freq_base: 1e9,
+            freq_scale: 1.0,
+            scaling: RopeScaling::None,
+            freq_factors: None,
+            style: RopeStyle::Normal,
+        };
+        assert_eq!(cfg.freq_base as f64, 1e9);
+        let positions = [0usize, 1, 4095, 32767, 131071];
+        let table = RopeTable::new(&cfg, &positions);
+        for (r, &pos) in positions.iter().enumerate() {
+            for i in 0..64 {
+                let theta = pos as f64 * 1e9f64.powf(-2.0 * i as f64 / 128.0);
+                let (c, s) = (table.cos[r * 64 + i] as f64, table.sin[r * 64 + i] as f64);
+                let bound = 1e-7 * pos as f64 + 1e-6;
+                assert!(
+                    (c - theta.cos()).abs() <= bound && (s - theta.sin()).abs() <= bound,
+                    "position {pos}, pair {i}: ({c}, {s}) vs angle {theta}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn attention_temperature_steps_with_the_original_context() {
+        let t = AttnTemperature {
+            scale: 0.1,
+            floor_scale: 16,
+        };
+        assert_eq!(t.factor(0), 1.0);
+        assert_eq!(t.factor(15), 1.0);
+        assert!((t.factor(16) - (1.0 + 0.1 * 2f32.ln())).abs() < 1e-7);
+        assert!((t.factor(50) - (1.0 + 0.1 * 4f32.ln())).abs() < 1e-7);
+    }
+
+    fn config(md: &[(String, Value)]) -> Result<LlamaConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let g = test_gguf::write(&dir, "cfg.gguf", md, &[]);
+        LlamaConfig::from_gguf(&g, "llama")
+    }
+
+    fn with(extra: Vec<(&str, Value)>) -> Vec<(String, Value)> {
+        let mut md = test_gguf::base_metadata("llama", 4);
+        md.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+        md
+    }
+
+    #[test]
+    fn sliding_window_applies_to_every_layer_without_a_pattern() {
+        let cfg = config(&with(vec![("llama.attention.sliding_window", Value::U32(16))])).unwrap();
+        assert_eq!((0..4).map(|l| cfg.window(l)).collect::<Vec<_>>(), vec![Some(16); 4]);
+        let cfg = config(&with(vec![])).unwrap();
+        assert_eq!(cfg.window(0), None);
+        // A window as long as the context is no window.
+        let cfg = config(&with(vec![("llama.attention.sliding_window", Value::U32(256))])).unwrap();
+        assert_eq!(cfg.window(3), None);
+    }
+
+    #[test]
+    fn sliding_window_pattern_as_booleans_or_a_period() {
+        let flags = |v: &[bool]| Value::Array(v.iter().map(|&b| Value::Bool(b)).collect());
+        let cfg = config(&with(vec![
+            ("llama.attention.sliding_window", Value::U32(16)),
+            ("llama.attention.sliding_window_pattern", flags(&[true, false, true, true])),
+        ]))
+        .unwrap();
+        let windows: Vec<_> = (0..4).map(|l| cfg.window(l)).collect();
+        assert_eq!(windows, vec![Some(16), None, Some(16), Some(16)]);
+        // Period 2: every second layer global (llama.cpp: windowed when i % n < n - 1).
+        let cfg = config(&with(vec![
+            ("llama.attention.sliding_window", Value::U32(16)),
+            ("llama.attention.sliding_window_pattern", Value::U32(2)),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.swa_layers, vec![true, false, true, false]);
+        let cfg = config(&with(vec![
+            ("llama.attention.sliding_window", Value::U32(16)),
+            ("llama.attention.sliding_window_pattern", Value::U32(0)),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.swa_layers, vec![true; 4]);
+    }
+
+    #[test]
+    fn a_malformed_pattern_is_an_error_naming_the_key() {
+        let e = config(&with(vec![
+            ("llama.attention.sliding_window", Value::U32(16)),
+            ("llama.attention.sliding_window_pattern", Value::Array(vec![Value::Bool(true)])),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sliding_window_pattern has 1 entries for 4 layers"), "{e}");
+        let e = config(&with(vec![(
+            "llama.attention.sliding_window_pattern",
+            Value::Array(vec![Value::U32(1); 4]),
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sliding_window_pattern[0]") && e.contains("expected a boolean"), "{e}");
+    }
+
+    #[test]
+    fn head_size_and_rope_base_come_from_the_metadata() {
+        // Mistral Nemo's shape in small: 4 heads of 16 where 32 / 4 = 8.
+        let cfg = config(&with(vec![
+            ("llama.attention.key_length", Value::U32(16)),
+            ("llama.attention.value_length", Value::U32(16)),
+            ("llama.rope.freq_base", Value::F32(1e9)),
+        ]))
+        .unwrap();
+        assert_eq!((cfg.head_dim, cfg.rope.n_rot, cfg.n_embd), (16, 16, 32));
+        assert_eq!(cfg.rope.freq_base, 1e9);
+        assert_eq!(cfg.attention_scale, 0.25);
+        let e = config(&with(vec![
+            ("llama.attention.key_length", Value::U32(16)),
+            ("llama.attention.value_length", Value::U32(8)),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("differs from attention.value_length"), "{e}");
     }
 
     #[test]

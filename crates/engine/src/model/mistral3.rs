@@ -82,3 +82,78 @@ pub fn config(g: &GgufFile) -> Result<LlamaConfig> {
 pub fn load(g: &GgufFile, device: &Device) -> Result<Llama> {
     Llama::load_config(g, ARCH, FAMILY, config(g)?, device)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::test_gguf;
+    use candle_core::quantized::gguf_file::Value;
+
+    fn config_of(extra: Vec<(&str, Value)>) -> Result<LlamaConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut md = test_gguf::base_metadata(ARCH, 2);
+        md.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+        config(&test_gguf::write(&dir, "m3.gguf", &md, &[]))
+    }
+
+    fn ministral3_keys() -> Vec<(&'static str, Value)> {
+        vec![
+            ("mistral3.attention.key_length", Value::U32(16)),
+            ("mistral3.attention.value_length", Value::U32(16)),
+            ("mistral3.rope.freq_base", Value::F32(1e9)),
+            ("mistral3.rope.scaling.type", Value::String("yarn".into())),
+            ("mistral3.rope.scaling.factor", Value::F32(16.0)),
+            ("mistral3.rope.scaling.original_context_length", Value::U32(16)),
+            ("mistral3.rope.scaling.yarn_log_multiplier", Value::F32(1.0)),
+            ("mistral3.attention.temperature_scale", Value::F32(0.1)),
+        ]
+    }
+
+    #[test]
+    fn ministral3_yarn_and_temperature() {
+        let cfg = config_of(ministral3_keys()).unwrap();
+        assert_eq!(cfg.head_dim, 16);
+        assert_eq!(cfg.rope.freq_base, 1e9);
+        assert_eq!(cfg.rope.freq_scale, 1.0 / 16.0);
+        let RopeScaling::Yarn {
+            original_context,
+            attn_factor,
+            ..
+        } = cfg.rope.scaling
+        else {
+            panic!("expected YaRN, got {:?}", cfg.rope.scaling)
+        };
+        assert_eq!(original_context, 16);
+        // With log_mul 1 the rotation's magnitude, attn_factor x (1 + 0.1 ln 16), is 1.
+        assert!((attn_factor * (1.0 + 0.1 * 16f32.ln()) - 1.0).abs() < 1e-6);
+        assert_eq!(
+            cfg.attn_temperature,
+            Some(AttnTemperature {
+                scale: 0.1,
+                floor_scale: 16
+            })
+        );
+    }
+
+    #[test]
+    fn without_log_multiplier_yarn_keeps_its_magnitude_and_no_temperature() {
+        let keys = ministral3_keys()
+            .into_iter()
+            .filter(|(k, _)| !k.ends_with("yarn_log_multiplier") && !k.ends_with("temperature_scale"))
+            .collect();
+        let cfg = config_of(keys).unwrap();
+        let RopeScaling::Yarn { attn_factor, .. } = cfg.rope.scaling else {
+            panic!("expected YaRN")
+        };
+        assert_eq!(attn_factor, 1.0);
+        assert_eq!(cfg.attn_temperature, None);
+    }
+
+    #[test]
+    fn partial_rotation_is_refused() {
+        let mut keys = ministral3_keys();
+        keys.push(("mistral3.rope.dimension_count", Value::U32(8)));
+        let e = config_of(keys).unwrap_err().to_string();
+        assert!(e.contains("m3.gguf") && e.contains("rope.dimension_count is 8 for head size 16"), "{e}");
+    }
+}
