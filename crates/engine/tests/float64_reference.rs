@@ -70,7 +70,9 @@ fn models_dir() -> Option<PathBuf> {
     match std::env::var_os("VERRE_F64_MODELS_DIR") {
         Some(p) => Some(PathBuf::from(p)),
         None if std::env::var_os("CI").is_some() => {
-            panic!("VERRE_F64_MODELS_DIR must point at scripts/reference_forward.py gen's output in CI")
+            panic!(
+                "VERRE_F64_MODELS_DIR must point at scripts/reference_forward.py gen's output in CI"
+            )
         }
         None => {
             eprintln!(
@@ -148,7 +150,8 @@ fn verre_matches_float64_reference() {
         let path = dir.join(&case.model);
         let sha = sha256_hex(&path);
         assert_eq!(
-            sha, case.sha256,
+            sha,
+            case.sha256,
             "{}: the generated model differs from the one the fixture was made with \
              (numpy or gguf version, or the generator changed): regenerate the fixture",
             path.display()
@@ -184,7 +187,11 @@ fn verre_matches_float64_reference() {
             }
         }
     }
-    assert!(failures.is_empty(), "verre departs from the float64 reference:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "verre departs from the float64 reference:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// The real Gemma 3 270M (Q4_K_M, `verre pull gemma3-270m`) on 641 tokens of its own
@@ -199,7 +206,9 @@ fn verre_matches_float64_reference() {
 #[test]
 fn gemma3_270m_matches_float64_reference() {
     let Some(path) = std::env::var_os("VERRE_GEMMA3_GGUF").map(PathBuf::from) else {
-        eprintln!("skipped: set VERRE_GEMMA3_GGUF to gemma-3-270m-q4_k_m.gguf (verre pull gemma3-270m)");
+        eprintln!(
+            "skipped: set VERRE_GEMMA3_GGUF to gemma-3-270m-q4_k_m.gguf (verre pull gemma3-270m)"
+        );
         return;
     };
     let text = std::fs::read_to_string(concat!(
@@ -208,12 +217,20 @@ fn gemma3_270m_matches_float64_reference() {
     ))
     .expect("reading the Gemma 3 fixture");
     let case: Case = serde_json::from_str(&text).expect("parsing the Gemma 3 fixture");
-    assert_eq!(sha256_hex(&path), case.sha256, "{} is not the file the fixture was made with", path.display());
+    assert_eq!(
+        sha256_hex(&path),
+        case.sha256,
+        "{} is not the file the fixture was made with",
+        path.display()
+    );
     let gguf = GgufFile::open(&path).expect("opening the model");
     let model = Model::load(&gguf, &Device::Cpu).expect("loading the model");
     let logits = logits_in_chunks(&model, &case.ids, 256);
     let (mean, max, misses) = compare(&case, &logits);
-    eprintln!("gemma3-270m: mean |d logprob| {mean:.4}, max {max:.4}, {} confident top-1 misses", misses.len());
+    eprintln!(
+        "gemma3-270m: mean |d logprob| {mean:.4}, max {max:.4}, {} confident top-1 misses",
+        misses.len()
+    );
     assert!(
         mean <= GEMMA_MEAN_TOLERANCE && max <= GEMMA_MAX_TOLERANCE && misses.is_empty(),
         "gemma3-270m departs from the float64 reference: mean {mean:.4} (<= {GEMMA_MEAN_TOLERANCE}), max {max:.4} (<= {GEMMA_MAX_TOLERANCE}), misses {misses:?}"

@@ -22,7 +22,7 @@
 use anyhow::{Result, ensure};
 use candle_core::Device;
 
-use super::llama::{self, FfnActivation, Family, Llama, LlamaConfig, RopeScaling, RopeStyle};
+use super::llama::{self, Family, FfnActivation, Llama, LlamaConfig, RopeScaling, RopeStyle};
 use crate::gguf::GgufFile;
 
 pub const FAMILY: Family = Family {
@@ -155,6 +155,9 @@ mod tests {
         let e = config_of(6, vec![("gemma3.attention.key_length_swa", Value::U32(8))])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("g3.gguf") && e.contains("key_length_swa = 8"), "{e}");
+        assert!(
+            e.contains("g3.gguf") && e.contains("key_length_swa = 8"),
+            "{e}"
+        );
     }
 }

@@ -23,7 +23,7 @@ use candle_core::{Device, Module, Tensor};
 
 use super::{Logits, ModelInfo, SeqChunk};
 use crate::gguf::GgufFile;
-use crate::kernels::attention::{AttentionShape, SeqAttention, attention};
+use crate::kernels::attention::{AttentionShape, MAX_HEAD_DIM, SeqAttention, attention};
 use crate::kernels::{self, QuantMatrix, Scratch};
 use crate::kv::{BLOCK_TOKENS, KvCache, KvPool};
 
@@ -150,7 +150,13 @@ pub(super) enum Weight {
 }
 
 impl Weight {
-    pub(super) fn load(g: &GgufFile, name: &str, rows: usize, cols: usize, device: &Device) -> Result<Self> {
+    pub(super) fn load(
+        g: &GgufFile,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        device: &Device,
+    ) -> Result<Self> {
         if device.is_cpu()
             && let Some(m) = g.mapped_matrix(name, rows, cols)?
         {
@@ -518,6 +524,11 @@ impl Llama {
             );
         }
         let (d, hd) = (cfg.n_embd, cfg.head_dim);
+        ensure!(
+            hd <= MAX_HEAD_DIM,
+            "{}: head size {hd} (attention.key_length) is larger than verre's attention kernel takes ({MAX_HEAD_DIM})",
+            g.path().display()
+        );
         let q_dim = cfg.n_head * hd;
         let kv_dim = cfg.n_kv_head * hd;
 
@@ -545,7 +556,7 @@ impl Llama {
 
         // Names of the tensors taken, to find any the model would silently ignore.
         let used = std::cell::RefCell::new(std::collections::HashSet::from([
-            "token_embd.weight".to_string(),
+            "token_embd.weight".to_string()
         ]));
         let qmatmul = |name: &str, rows: usize, cols: usize| {
             used.borrow_mut().insert(name.to_string());
@@ -558,7 +569,8 @@ impl Llama {
                 .and_then(|t| t.to_vec1::<f32>())
                 .map_err(|e| anyhow!("{}: {name}: {e}", g.path().display()))
         };
-        let vector_if = |on: bool, name: &str, len: usize| on.then(|| vector(name, len)).transpose();
+        let vector_if =
+            |on: bool, name: &str, len: usize| on.then(|| vector(name, len)).transpose();
 
         if g.has_tensor("rope_freqs.weight") {
             cfg.rope.freq_factors = Some(vector("rope_freqs.weight", cfg.rope.n_rot / 2)?);
@@ -900,8 +912,7 @@ pub(super) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut Vec<f32>) 
 /// weights are a head's (Gemma 3's query and key norms).
 pub(super) fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     for row in x.chunks_exact_mut(weight.len()) {
-        let mean =
-            row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / weight.len() as f64;
+        let mean = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / weight.len() as f64;
         let scale = 1.0 / ((mean as f32) + eps).sqrt();
         for (v, &w) in row.iter_mut().zip(weight) {
             *v = *v * scale * w;
@@ -1189,12 +1200,23 @@ mod tests {
 
     #[test]
     fn sliding_window_applies_to_every_layer_without_a_pattern() {
-        let cfg = config(&with(vec![("llama.attention.sliding_window", Value::U32(16))])).unwrap();
-        assert_eq!((0..4).map(|l| cfg.window(l)).collect::<Vec<_>>(), vec![Some(16); 4]);
+        let cfg = config(&with(vec![(
+            "llama.attention.sliding_window",
+            Value::U32(16),
+        )]))
+        .unwrap();
+        assert_eq!(
+            (0..4).map(|l| cfg.window(l)).collect::<Vec<_>>(),
+            vec![Some(16); 4]
+        );
         let cfg = config(&with(vec![])).unwrap();
         assert_eq!(cfg.window(0), None);
         // A window as long as the context is no window.
-        let cfg = config(&with(vec![("llama.attention.sliding_window", Value::U32(256))])).unwrap();
+        let cfg = config(&with(vec![(
+            "llama.attention.sliding_window",
+            Value::U32(256),
+        )]))
+        .unwrap();
         assert_eq!(cfg.window(3), None);
     }
 
@@ -1203,7 +1225,10 @@ mod tests {
         let flags = |v: &[bool]| Value::Array(v.iter().map(|&b| Value::Bool(b)).collect());
         let cfg = config(&with(vec![
             ("llama.attention.sliding_window", Value::U32(16)),
-            ("llama.attention.sliding_window_pattern", flags(&[true, false, true, true])),
+            (
+                "llama.attention.sliding_window_pattern",
+                flags(&[true, false, true, true]),
+            ),
         ]))
         .unwrap();
         let windows: Vec<_> = (0..4).map(|l| cfg.window(l)).collect();
@@ -1227,18 +1252,27 @@ mod tests {
     fn a_malformed_pattern_is_an_error_naming_the_key() {
         let e = config(&with(vec![
             ("llama.attention.sliding_window", Value::U32(16)),
-            ("llama.attention.sliding_window_pattern", Value::Array(vec![Value::Bool(true)])),
+            (
+                "llama.attention.sliding_window_pattern",
+                Value::Array(vec![Value::Bool(true)]),
+            ),
         ]))
         .unwrap_err()
         .to_string();
-        assert!(e.contains("sliding_window_pattern has 1 entries for 4 layers"), "{e}");
+        assert!(
+            e.contains("sliding_window_pattern has 1 entries for 4 layers"),
+            "{e}"
+        );
         let e = config(&with(vec![(
             "llama.attention.sliding_window_pattern",
             Value::Array(vec![Value::U32(1); 4]),
         )]))
         .unwrap_err()
         .to_string();
-        assert!(e.contains("sliding_window_pattern[0]") && e.contains("expected a boolean"), "{e}");
+        assert!(
+            e.contains("sliding_window_pattern[0]") && e.contains("expected a boolean"),
+            "{e}"
+        );
     }
 
     #[test]

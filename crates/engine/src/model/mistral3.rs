@@ -103,7 +103,10 @@ mod tests {
             ("mistral3.rope.freq_base", Value::F32(1e9)),
             ("mistral3.rope.scaling.type", Value::String("yarn".into())),
             ("mistral3.rope.scaling.factor", Value::F32(16.0)),
-            ("mistral3.rope.scaling.original_context_length", Value::U32(16)),
+            (
+                "mistral3.rope.scaling.original_context_length",
+                Value::U32(16),
+            ),
             ("mistral3.rope.scaling.yarn_log_multiplier", Value::F32(1.0)),
             ("mistral3.attention.temperature_scale", Value::F32(0.1)),
         ]
@@ -139,7 +142,9 @@ mod tests {
     fn without_log_multiplier_yarn_keeps_its_magnitude_and_no_temperature() {
         let keys = ministral3_keys()
             .into_iter()
-            .filter(|(k, _)| !k.ends_with("yarn_log_multiplier") && !k.ends_with("temperature_scale"))
+            .filter(|(k, _)| {
+                !k.ends_with("yarn_log_multiplier") && !k.ends_with("temperature_scale")
+            })
             .collect();
         let cfg = config_of(keys).unwrap();
         let RopeScaling::Yarn { attn_factor, .. } = cfg.rope.scaling else {
@@ -154,6 +159,9 @@ mod tests {
         let mut keys = ministral3_keys();
         keys.push(("mistral3.rope.dimension_count", Value::U32(8)));
         let e = config_of(keys).unwrap_err().to_string();
-        assert!(e.contains("m3.gguf") && e.contains("rope.dimension_count is 8 for head size 16"), "{e}");
+        assert!(
+            e.contains("m3.gguf") && e.contains("rope.dimension_count is 8 for head size 16"),
+            "{e}"
+        );
     }
 }

@@ -221,9 +221,16 @@ mod tests {
     #[test]
     fn a_tiny_llama_loads_and_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let g = write(&dir, "ok.gguf", &base_metadata("llama", 1), &llama_tensors(8));
+        let g = write(
+            &dir,
+            "ok.gguf",
+            &base_metadata("llama", 1),
+            &llama_tensors(8),
+        );
         let model = Model::load(&g, &Device::Cpu).unwrap();
-        let logits = model.forward_cache(&mut model.new_kv_cache(), &[1, 2, 3], false).unwrap();
+        let logits = model
+            .forward_cache(&mut model.new_kv_cache(), &[1, 2, 3], false)
+            .unwrap();
         assert_eq!(logits.last_row(0).len(), VOCAB);
     }
 
@@ -232,11 +239,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let g = write(&dir, "m4.gguf", &base_metadata("mistral4", 1), &[]);
         let e = load_err(&g);
-        assert!(e.contains("m4.gguf") && e.contains("\"mistral4\" is not supported"), "{e}");
+        assert!(
+            e.contains("m4.gguf") && e.contains("\"mistral4\" is not supported"),
+            "{e}"
+        );
         assert!(e.contains("latent attention"), "{e}");
         let g = write(&dir, "dsv2.gguf", &base_metadata("deepseek2", 1), &[]);
         let e = load_err(&g);
-        assert!(e.contains("\"deepseek2\" is not supported") && e.contains("gemma3"), "{e}");
+        assert!(
+            e.contains("\"deepseek2\" is not supported") && e.contains("gemma3"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -278,6 +291,16 @@ mod tests {
     }
 
     #[test]
+    fn a_head_larger_than_the_kernel_takes_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut md = base_metadata("llama", 1);
+        md.push(("llama.attention.key_length".into(), Value::U32(512)));
+        let g = write(&dir, "big.gguf", &md, &llama_tensors(512));
+        let e = load_err(&g);
+        assert!(e.contains("big.gguf") && e.contains("head size 512"), "{e}");
+    }
+
+    #[test]
     fn head_size_apart_from_embedding_over_heads_runs() {
         // 4 heads of 16: q_dim 64 != n_embd 32 (as Mistral Nemo: 32 x 128 != 5120).
         let dir = tempfile::tempdir().unwrap();
@@ -287,7 +310,9 @@ mod tests {
         let g = write(&dir, "hd.gguf", &md, &llama_tensors(16));
         let model = Model::load(&g, &Device::Cpu).unwrap();
         assert_eq!(model.kv_geometry(), (1, 32));
-        let logits = model.forward_cache(&mut model.new_kv_cache(), &[1, 2, 3], true).unwrap();
+        let logits = model
+            .forward_cache(&mut model.new_kv_cache(), &[1, 2, 3], true)
+            .unwrap();
         assert_eq!(logits.data.len(), 3 * VOCAB);
         assert!(logits.data.iter().all(|v| v.is_finite()));
     }
