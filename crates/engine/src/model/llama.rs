@@ -10,9 +10,14 @@
 //! (llama.cpp's "normal" RoPE: adjacent pairs rotate), residual; RMSNorm, SwiGLU MLP,
 //! residual. A sliding window applies where the metadata declares one: to every layer
 //! (`attention.sliding_window`, Mistral 7B v0.1) or to the layers that
-//! `attention.sliding_window_pattern` marks (interleaved local and global layers). The
-//! head size may differ from `n_embd / n_head` (`attention.key_length`: Mistral Nemo and
-//! Small 3 use 128 where 5120 / 32 = 160).
+//! `attention.sliding_window_pattern` marks (interleaved local and global layers: an array
+//! of booleans, one per layer, or a period, as llama.cpp reads it for gemma3 and kin).
+//! llama.cpp's own `llama` architecture ignores both keys, and its converter writes
+//! Mistral 7B and Ministral 8B without them, so their GGUFs from llama.cpp run with full
+//! attention here as there; files that do declare a window get it.
+//!
+//! The head size may differ from `n_embd / n_head` (`attention.key_length`: Mistral Nemo
+//! and Small 3 use 128 where 5120 / 32 = 160).
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use std::sync::Mutex;
