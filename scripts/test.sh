@@ -20,6 +20,7 @@ cargo build --bin verre
 # the end-to-end test runs `verre up` on the real default, the reference tests check both.
 ./target/debug/verre pull qwen2.5-coder-1.5b
 ./target/debug/verre pull qwen2.5-coder-0.5b
+./target/debug/verre pull gemma3-270m
 model_path() {
     ./target/debug/verre models --json | python3 -c '
 import json, sys
@@ -32,11 +33,12 @@ VERRE_SMOLLM2_GGUF="$(model_path smollm2-135m)"
 VERRE_MINILM_DIR="$(model_path minilm-l6)"
 VERRE_QWEN15_GGUF="$(model_path qwen2.5-coder-1.5b)"
 VERRE_QWEN05_GGUF="$(model_path qwen2.5-coder-0.5b)"
-export VERRE_SMOLLM2_GGUF VERRE_MINILM_DIR VERRE_QWEN15_GGUF VERRE_QWEN05_GGUF
+VERRE_GEMMA3_GGUF="$(model_path gemma3-270m)"
+export VERRE_SMOLLM2_GGUF VERRE_MINILM_DIR VERRE_QWEN15_GGUF VERRE_QWEN05_GGUF VERRE_GEMMA3_GGUF
 [ -f "$VERRE_SMOLLM2_GGUF" ] || { echo "scripts/test.sh: smollm2-135m was not pulled" >&2; exit 1; }
 [ -d "$VERRE_MINILM_DIR" ] || { echo "scripts/test.sh: minilm-l6 was not pulled" >&2; exit 1; }
-for f in "$VERRE_QWEN15_GGUF" "$VERRE_QWEN05_GGUF"; do
-    [ -f "$f" ] || { echo "scripts/test.sh: a Qwen2.5-Coder model was not pulled ($f)" >&2; exit 1; }
+for f in "$VERRE_QWEN15_GGUF" "$VERRE_QWEN05_GGUF" "$VERRE_GEMMA3_GGUF"; do
+    [ -f "$f" ] || { echo "scripts/test.sh: a model was not pulled ($f)" >&2; exit 1; }
 done
 export VERRE_TEST_PYPI=1
 
@@ -54,6 +56,13 @@ if [ ! -f "$vocab_dir/ggml-vocab-qwen2.gguf" ]; then
     rm -rf "$sdist_dir"
 fi
 export VERRE_LLAMA_VOCAB_DIR="$vocab_dir"
+
+# Tiny seeded models (windowed Llama, Mistral 3, Gemma 3) for the float64 reference test;
+# regenerated every run, their sha256 pinned in the fixture. Needs numpy and gguf-py.
+python3 -c 'import numpy, gguf' 2>/dev/null || python3 -m pip install --quiet "numpy>=2,<3" gguf==0.19.0
+VERRE_F64_MODELS_DIR="$PWD/target/f64-models"
+python3 scripts/reference_forward.py gen "$VERRE_F64_MODELS_DIR" >/dev/null
+export VERRE_F64_MODELS_DIR
 
 # A throwaway PostgreSQL on loopback for the store and intake tests (exports VERRE_TEST_POSTGRES_URL; stopped on exit).
 . scripts/ci-services.sh

@@ -194,6 +194,11 @@ impl GgufFile {
         Ok(t)
     }
 
+    /// The names of every tensor in the file, in no particular order.
+    pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
+        self.content.tensor_infos.keys().map(String::as_str)
+    }
+
     /// Every tensor type used in the file with its count, for `verre models` and errors.
     pub fn tensor_type_counts(&self) -> Vec<(GgmlDType, usize)> {
         let mut counts: Vec<(GgmlDType, usize)> = Vec::new();

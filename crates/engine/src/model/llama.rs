@@ -1,21 +1,34 @@
-//! The Llama family: Llama 1-3, Mistral 7B, SmolLM and their kin.
+//! The Llama family: Llama 1-3, Mistral 7B / Nemo / Small, SmolLM and their kin.
 //!
 //! The block structure here is shared with the families that differ from Llama only in
-//! details ([`Family`]): Qwen2 (`qwen2.rs`) adds Q/K/V biases and rotates NeoX-style.
+//! details ([`Family`]): Qwen2 (`qwen2.rs`) adds Q/K/V biases and rotates NeoX-style;
+//! Mistral 3 (`mistral3.rs`) adds YaRN's attention factor and a query temperature; Gemma 3
+//! (`gemma3.rs`) adds query/key norms, norms after each block, GeGLU, scaled embeddings and
+//! local layers with their own RoPE base.
 //!
 //! Per layer: RMSNorm, attention with grouped-query heads and rotary position embeddings
 //! (llama.cpp's "normal" RoPE: adjacent pairs rotate), residual; RMSNorm, SwiGLU MLP,
-//! residual. Mistral's sliding-window attention applies when the metadata declares a window.
+//! residual. A sliding window applies where the metadata declares one: to every layer
+//! (`attention.sliding_window`, Mistral 7B v0.1) or to the layers that
+//! `attention.sliding_window_pattern` marks (interleaved local and global layers: an array
+//! of booleans, one per layer, or a period, as llama.cpp reads it for gemma3 and kin).
+//! llama.cpp's own `llama` architecture ignores both keys, and its converter writes
+//! Mistral 7B and Ministral 8B without them, so their GGUFs from llama.cpp run with full
+//! attention here as there; files that do declare a window get it.
+//!
+//! The head size may differ from `n_embd / n_head` (`attention.key_length`: Mistral Nemo
+//! and Small 3 use 128 where 5120 / 32 = 160).
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use std::sync::Mutex;
 
 use candle_core::quantized::QMatMul;
+use candle_core::quantized::gguf_file::Value;
 use candle_core::{Device, Module, Tensor};
 
 use super::{Logits, ModelInfo, SeqChunk};
 use crate::gguf::GgufFile;
-use crate::kernels::attention::{AttentionShape, SeqAttention, attention};
+use crate::kernels::attention::{AttentionShape, MAX_HEAD_DIM, SeqAttention, attention};
 use crate::kernels::{self, QuantMatrix, Scratch};
 use crate::kv::{BLOCK_TOKENS, KvCache, KvPool};
 
@@ -31,8 +44,35 @@ pub struct LlamaConfig {
     pub rms_eps: f32,
     pub context_length: usize,
     pub rope: RopeConfig,
-    /// Mistral: each position attends to at most this many positions (itself included).
+    /// Windowed layers attend to at most this many positions (themselves included).
     pub sliding_window: Option<usize>,
+    /// Per layer: whether the window applies (all `true` when no pattern is declared).
+    pub swa_layers: Vec<bool>,
+    /// The RoPE of windowed layers where it differs from `rope` (Gemma 3's local base).
+    pub rope_swa: Option<RopeConfig>,
+    /// Multiplies every attention score (`1 / sqrt(head_dim)` unless a family says otherwise).
+    pub attention_scale: f32,
+    /// Mistral 3 / Llama 4: queries scaled up with their position.
+    pub attn_temperature: Option<AttnTemperature>,
+    /// Gemma: logits pass through `cap * tanh(logit / cap)`.
+    pub final_logit_softcap: Option<f32>,
+}
+
+/// Llama 4-style attention temperature (llama.cpp's `attention.temperature_scale`): the
+/// query at position `p` is multiplied by `1 + scale * ln(floor(p / floor_scale) + 1)`,
+/// so attention sharpens past the original context.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnTemperature {
+    pub scale: f32,
+    pub floor_scale: usize,
+}
+
+impl AttnTemperature {
+    pub fn factor(&self, pos: usize) -> f32 {
+        // As llama.cpp: position as f32, the logarithm in f64.
+        let steps = (pos as f32 / self.floor_scale as f32).floor() as f64;
+        ((steps + 1.0).ln() * self.scale as f64 + 1.0) as f32
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -64,12 +104,33 @@ pub struct Family {
     pub rope_style: RopeStyle,
     /// Qwen2: the Q, K and V projections carry biases (`attn_{q,k,v}.bias`).
     pub qkv_bias: bool,
+    /// Gemma 3: each query and key head is RMS-normalised before RoPE (`attn_{q,k}_norm`).
+    pub qk_norm: bool,
+    /// Gemma 2/3: each block's output is RMS-normalised before it joins the residual
+    /// stream (`post_attention_norm`, `post_ffw_norm`).
+    pub post_norms: bool,
+    pub ffn: FfnActivation,
+    /// Gemma: token embeddings are multiplied by `sqrt(n_embd)`.
+    pub scale_embeddings: bool,
+}
+
+/// The gated feed-forward's activation: `act(gate) * up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FfnActivation {
+    /// SiLU: Llama, Mistral, Qwen.
+    SwiGlu,
+    /// GELU, tanh approximation: Gemma.
+    GeGlu,
 }
 
 impl Family {
     pub const LLAMA: Family = Family {
         rope_style: RopeStyle::Normal,
         qkv_bias: false,
+        qk_norm: false,
+        post_norms: false,
+        ffn: FfnActivation::SwiGlu,
+        scale_embeddings: false,
     };
 }
 
@@ -94,7 +155,13 @@ pub(super) enum Weight {
 }
 
 impl Weight {
-    pub(super) fn load(g: &GgufFile, name: &str, rows: usize, cols: usize, device: &Device) -> Result<Self> {
+    pub(super) fn load(
+        g: &GgufFile,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        device: &Device,
+    ) -> Result<Self> {
         if device.is_cpu()
             && let Some(m) = g.mapped_matrix(name, rows, cols)?
         {
@@ -188,15 +255,23 @@ struct Layer {
     wv: Weight,
     /// Biases of Q, K and V (Qwen2), added after the products.
     qkv_bias: Option<[Vec<f32>; 3]>,
+    /// Per-head RMSNorm weights of queries and keys (Gemma 3), applied before RoPE.
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
     wo: Weight,
+    /// Norm of the attention output before the residual (Gemma).
+    post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     w_gate: Weight,
     w_up: Weight,
     w_down: Weight,
+    /// Norm of the feed-forward output before the residual (Gemma).
+    post_ffn_norm: Option<Vec<f32>>,
 }
 
 pub struct Llama {
     cfg: LlamaConfig,
+    family: Family,
     info: ModelInfo,
     device: Device,
     token_embd: Embedding,
@@ -356,7 +431,67 @@ impl LlamaConfig {
                 .get_u64_opt(&key("attention.sliding_window"))?
                 .map(|v| v as usize)
                 .filter(|&w| w > 0 && w < context_length),
+            swa_layers: swa_pattern(g, arch, n_layer, None)?,
+            rope_swa: None,
+            attention_scale: 1.0 / (head_dim as f32).sqrt(),
+            attn_temperature: None,
+            final_logit_softcap: None,
         })
+    }
+
+    /// The window of layer `layer`, if it has one.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        self.sliding_window.filter(|_| self.swa_layers[layer])
+    }
+
+    /// The RoPE of layer `layer`.
+    pub fn rope_of(&self, layer: usize) -> &RopeConfig {
+        match &self.rope_swa {
+            Some(r) if self.swa_layers[layer] => r,
+            _ => &self.rope,
+        }
+    }
+}
+
+/// Which layers are windowed, from `{arch}.attention.sliding_window_pattern` as llama.cpp
+/// reads it: an array of booleans, one per layer (`true`: windowed), or a period `n` (layer
+/// `i` is windowed unless `i % n == n - 1`; 0 windows every layer). Without the key:
+/// `default_period` (Gemma 3: 6, five local layers then one global) or every layer.
+pub(super) fn swa_pattern(
+    g: &GgufFile,
+    arch: &str,
+    n_layer: usize,
+    default_period: Option<u64>,
+) -> Result<Vec<bool>> {
+    let key = format!("{arch}.attention.sliding_window_pattern");
+    let period = |n: u64| -> Vec<bool> {
+        (0..n_layer as u64)
+            .map(|i| n == 0 || i % n < n - 1)
+            .collect()
+    };
+    match g.get(&key) {
+        None => Ok(default_period.map_or_else(|| vec![true; n_layer], period)),
+        Some(Value::Array(items)) => {
+            ensure!(
+                items.len() == n_layer,
+                "{}: {key} has {} entries for {n_layer} layers",
+                g.path().display(),
+                items.len()
+            );
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::Bool(b) => Ok(*b),
+                    other => bail!(
+                        "{}: {key}[{i}] is {:?}, expected a boolean",
+                        g.path().display(),
+                        other.value_type()
+                    ),
+                })
+                .collect()
+        }
+        Some(_) => Ok(period(g.get_u64(&key)?)),
     }
 }
 
@@ -367,14 +502,38 @@ impl Llama {
 
     /// Load a model of Llama's block structure with a family's differences.
     pub fn load_family(g: &GgufFile, arch: &str, family: Family, device: &Device) -> Result<Self> {
-        let mut cfg = LlamaConfig::from_gguf_family(g, arch, family)?;
-        if g.has_tensor("blk.0.ffn_gate_exps.weight") {
+        let cfg = LlamaConfig::from_gguf_family(g, arch, family)?;
+        Self::load_config(g, arch, family, cfg, device)
+    }
+
+    /// Load the weights for a configuration a family has already adjusted (Gemma 3's local
+    /// layers, Mistral 3's temperature). Every tensor of the file must find its place: one
+    /// left over belongs to a layout verre does not run, and is named in the error.
+    pub fn load_config(
+        g: &GgufFile,
+        arch: &str,
+        family: Family,
+        mut cfg: LlamaConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        if g.has_tensor("blk.0.ffn_gate_exps.weight") || g.has_tensor("blk.0.ffn_gate_inp.weight") {
             bail!(
-                "{}: mixture-of-experts llama models (Mixtral) are not supported yet",
+                "{}: mixture-of-experts {arch} models (Mixtral and kin) are not supported yet",
+                g.path().display()
+            );
+        }
+        if g.has_tensor("blk.0.attn_qkv.weight") {
+            bail!(
+                "{}: fused Q/K/V projections (blk.N.attn_qkv.weight) are not supported for {arch}",
                 g.path().display()
             );
         }
         let (d, hd) = (cfg.n_embd, cfg.head_dim);
+        ensure!(
+            hd <= MAX_HEAD_DIM,
+            "{}: head size {hd} (attention.key_length) is larger than verre's attention kernel takes ({MAX_HEAD_DIM})",
+            g.path().display()
+        );
         let q_dim = cfg.n_head * hd;
         let kv_dim = cfg.n_kv_head * hd;
 
@@ -400,14 +559,23 @@ impl Llama {
             _ => Embedding::Candle(g.tensor("token_embd.weight", device)?),
         };
 
-        let qmatmul =
-            |name: &str, rows: usize, cols: usize| Weight::load(g, name, rows, cols, device);
+        // Names of the tensors taken, to find any the model would silently ignore.
+        let used = std::cell::RefCell::new(std::collections::HashSet::from([
+            "token_embd.weight".to_string()
+        ]));
+        let qmatmul = |name: &str, rows: usize, cols: usize| {
+            used.borrow_mut().insert(name.to_string());
+            Weight::load(g, name, rows, cols, device)
+        };
         let vector = |name: &str, len: usize| -> Result<Vec<f32>> {
+            used.borrow_mut().insert(name.to_string());
             let t = g.tensor_with_shape(name, &[len], device)?;
             t.dequantize(device)
                 .and_then(|t| t.to_vec1::<f32>())
                 .map_err(|e| anyhow!("{}: {name}: {e}", g.path().display()))
         };
+        let vector_if =
+            |on: bool, name: &str, len: usize| on.then(|| vector(name, len)).transpose();
 
         if g.has_tensor("rope_freqs.weight") {
             cfg.rope.freq_factors = Some(vector("rope_freqs.weight", cfg.rope.n_rot / 2)?);
@@ -430,11 +598,15 @@ impl Llama {
                 } else {
                     None
                 },
+                q_norm: vector_if(family.qk_norm, &p("attn_q_norm.weight"), hd)?,
+                k_norm: vector_if(family.qk_norm, &p("attn_k_norm.weight"), hd)?,
                 wo: qmatmul(&p("attn_output.weight"), d, q_dim)?,
+                post_attn_norm: vector_if(family.post_norms, &p("post_attention_norm.weight"), d)?,
                 ffn_norm: vector(&p("ffn_norm.weight"), d)?,
                 w_gate: qmatmul(&p("ffn_gate.weight"), cfg.n_ff, d)?,
                 w_up: qmatmul(&p("ffn_up.weight"), cfg.n_ff, d)?,
                 w_down: qmatmul(&p("ffn_down.weight"), d, cfg.n_ff)?,
+                post_ffn_norm: vector_if(family.post_norms, &p("post_ffw_norm.weight"), d)?,
             });
         }
         let output_norm = vector("output_norm.weight", d)?;
@@ -446,6 +618,22 @@ impl Llama {
             qmatmul("token_embd.weight", vocab, d)?
         };
 
+        let used = used.into_inner();
+        let mut unused: Vec<&str> = g.tensor_names().filter(|n| !used.contains(*n)).collect();
+        if !unused.is_empty() {
+            unused.sort_unstable();
+            let more = if unused.len() > 4 {
+                format!(" and {} more", unused.len() - 4)
+            } else {
+                String::new()
+            };
+            bail!(
+                "{}: tensor layout not supported for architecture {arch}: verre's {arch} model has no place for {}{more}",
+                g.path().display(),
+                unused[..unused.len().min(4)].join(", ")
+            );
+        }
+
         let info = ModelInfo {
             architecture: arch.to_string(),
             name: g.get_str("general.name").ok(),
@@ -456,6 +644,7 @@ impl Llama {
         };
         Ok(Self {
             cfg,
+            family,
             info,
             device: device.clone(),
             token_embd,
@@ -533,8 +722,16 @@ impl Llama {
         }
         let n_rows = ids.len();
         let rope = RopeTable::new(&cfg.rope, &row_pos);
+        let rope_swa = cfg.rope_swa.as_ref().map(|r| RopeTable::new(r, &row_pos));
+        let temperature: Option<Vec<f32>> = cfg
+            .attn_temperature
+            .map(|t| row_pos.iter().map(|&p| t.factor(p)).collect());
 
         let mut x = self.token_embd.lookup(&ids, d, &self.device)?;
+        if self.family.scale_embeddings {
+            let scale = (d as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= scale);
+        }
         // The shared buffers when free. Never wait for them: two engines may share one model,
         // and a pool worker blocked inside one forward can pick up another forward of the same
         // model (work stealing), which would then wait on a lock its own stack holds.
@@ -560,15 +757,19 @@ impl Llama {
             up,
         } = bufs;
         let dev = &self.device;
-        let attn_shape = AttentionShape {
-            n_head: cfg.n_head,
-            n_kv_head: cfg.n_kv_head,
-            head_dim: hd,
-            scale: 1.0 / (hd as f32).sqrt(),
-            window: cfg.sliding_window,
-        };
 
         for (li, layer) in self.layers.iter().enumerate() {
+            let attn_shape = AttentionShape {
+                n_head: cfg.n_head,
+                n_kv_head: cfg.n_kv_head,
+                head_dim: hd,
+                scale: cfg.attention_scale,
+                window: cfg.window(li),
+            };
+            let rope = match &rope_swa {
+                Some(local) if cfg.swa_layers[li] => local,
+                _ => &rope,
+            };
             // Attention block.
             rms_norm(&x, &layer.attn_norm, cfg.rms_eps, h);
             matmul_shared_input(
@@ -584,8 +785,17 @@ impl Llama {
                 add_row_bias(k, bk);
                 add_row_bias(v, bv);
             }
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                rms_norm_in_place(q, qn, cfg.rms_eps);
+                rms_norm_in_place(k, kn, cfg.rms_eps);
+            }
             rope.apply(q, cfg.n_head, hd);
             rope.apply(k, cfg.n_kv_head, hd);
+            if let Some(t) = &temperature {
+                for (row, &f) in q.chunks_exact_mut(q_dim).zip(t) {
+                    row.iter_mut().for_each(|v| *v *= f);
+                }
+            }
 
             let mut row = 0;
             for chunk in batch.iter_mut() {
@@ -623,7 +833,7 @@ impl Llama {
             attn.resize(n_rows * q_dim, 0.0);
             attention(&attn_shape, &seqs, q, attn);
             layer.wo.matmul_into(attn, n_rows, out, scratch, dev)?;
-            add_assign(&mut x, out);
+            add_block_output(&mut x, out, layer.post_attn_norm.as_deref(), cfg.rms_eps, h);
 
             // Feed-forward block.
             rms_norm(&x, &layer.ffn_norm, cfg.rms_eps, h);
@@ -635,11 +845,20 @@ impl Llama {
                 scratch,
                 dev,
             )?;
-            for (g, u) in gate.iter_mut().zip(up.iter()) {
-                *g = silu(*g) * u;
+            match self.family.ffn {
+                FfnActivation::SwiGlu => {
+                    for (g, u) in gate.iter_mut().zip(up.iter()) {
+                        *g = silu(*g) * u;
+                    }
+                }
+                FfnActivation::GeGlu => {
+                    for (g, u) in gate.iter_mut().zip(up.iter()) {
+                        *g = gelu_f16_table(*g) * u;
+                    }
+                }
             }
             layer.w_down.matmul_into(gate, n_rows, out, scratch, dev)?;
-            add_assign(&mut x, out);
+            add_block_output(&mut x, out, layer.post_ffn_norm.as_deref(), cfg.rms_eps, h);
         }
         for chunk in batch.iter_mut() {
             chunk.kv.commit(chunk.tokens.len());
@@ -661,6 +880,9 @@ impl Llama {
         rms_norm(&selected, &self.output_norm, cfg.rms_eps, h);
         let mut data = Vec::new();
         self.output.matmul_into(h, n_out, &mut data, scratch, dev)?;
+        if let Some(cap) = cfg.final_logit_softcap {
+            data.iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
+        }
         Ok(Logits {
             data,
             vocab: self.info.vocab_size,
@@ -691,6 +913,36 @@ pub(super) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut Vec<f32>) 
     }
 }
 
+/// RMS normalisation of each `weight.len()` values of `x` in place: per head when the
+/// weights are a head's (Gemma 3's query and key norms).
+pub(super) fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(weight.len()) {
+        let mean = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / weight.len() as f64;
+        let scale = 1.0 / ((mean as f32) + eps).sqrt();
+        for (v, &w) in row.iter_mut().zip(weight) {
+            *v = *v * scale * w;
+        }
+    }
+}
+
+/// `x += out`, through the block's post-norm when it has one (`scratch` holds the normed
+/// output).
+fn add_block_output(
+    x: &mut [f32],
+    out: &[f32],
+    post_norm: Option<&[f32]>,
+    eps: f32,
+    scratch: &mut Vec<f32>,
+) {
+    match post_norm {
+        Some(w) => {
+            rms_norm(out, w, eps, scratch);
+            add_assign(x, scratch);
+        }
+        None => add_assign(x, out),
+    }
+}
+
 /// Add `bias` to every row of `x`.
 pub(super) fn add_row_bias(x: &mut [f32], bias: &[f32]) {
     for row in x.chunks_exact_mut(bias.len()) {
@@ -708,6 +960,25 @@ pub(super) fn add_assign(x: &mut [f32], y: &[f32]) {
 
 pub(super) fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
+}
+
+/// GELU, tanh approximation.
+pub(super) fn gelu(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh())
+}
+
+/// GELU as llama.cpp's CPU backend computes it: the input rounded to f16 and looked up in a
+/// table of f16 results; identity above 10 and zero below -10.
+pub(super) fn gelu_f16_table(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        let xh = half::f16::from_f32(x).to_f32();
+        half::f16::from_f32(gelu(xh)).to_f32()
+    }
 }
 
 /// Cosines and sines for every stacked row's position, computed once per forward and
@@ -820,6 +1091,7 @@ fn yarn_ramp(low: f32, high: f32, i0: usize) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_gguf;
 
     #[test]
     fn rms_norm_matches_definition() {
@@ -876,6 +1148,157 @@ mod tests {
         let t1 = 3.0 * 10_000f32.powf(-0.5);
         assert!((x[1] - (2.0 * t1.cos() - 4.0 * t1.sin())).abs() < 1e-5);
         assert!((x[3] - (2.0 * t1.sin() + 4.0 * t1.cos())).abs() < 1e-5);
+    }
+
+    #[test]
+    fn rope_base_1e9_stays_within_f32_rounding_of_exact_angles() {
+        // Mistral Small 3 / Ministral 3 rotate with base 1e9 (exact in f32). Angles are
+        // computed as ggml computes them (f32, one multiplication per pair), so their
+        // error grows with the position: measured <= 3.4e-8 x position, 0.004 rad at 128K.
+        let cfg = RopeConfig {
+            n_rot: 128,
+            freq_base: 1e9,
+            freq_scale: 1.0,
+            scaling: RopeScaling::None,
+            freq_factors: None,
+            style: RopeStyle::Normal,
+        };
+        assert_eq!(cfg.freq_base as f64, 1e9);
+        let positions = [0usize, 1, 4095, 32767, 131071];
+        let table = RopeTable::new(&cfg, &positions);
+        for (r, &pos) in positions.iter().enumerate() {
+            for i in 0..64 {
+                let theta = pos as f64 * 1e9f64.powf(-2.0 * i as f64 / 128.0);
+                let (c, s) = (table.cos[r * 64 + i] as f64, table.sin[r * 64 + i] as f64);
+                let bound = 1e-7 * pos as f64 + 1e-6;
+                assert!(
+                    (c - theta.cos()).abs() <= bound && (s - theta.sin()).abs() <= bound,
+                    "position {pos}, pair {i}: ({c}, {s}) vs angle {theta}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn attention_temperature_steps_with_the_original_context() {
+        let t = AttnTemperature {
+            scale: 0.1,
+            floor_scale: 16,
+        };
+        assert_eq!(t.factor(0), 1.0);
+        assert_eq!(t.factor(15), 1.0);
+        assert!((t.factor(16) - (1.0 + 0.1 * 2f32.ln())).abs() < 1e-7);
+        assert!((t.factor(50) - (1.0 + 0.1 * 4f32.ln())).abs() < 1e-7);
+    }
+
+    fn config(md: &[(String, Value)]) -> Result<LlamaConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let g = test_gguf::write(&dir, "cfg.gguf", md, &[]);
+        LlamaConfig::from_gguf(&g, "llama")
+    }
+
+    fn with(extra: Vec<(&str, Value)>) -> Vec<(String, Value)> {
+        let mut md = test_gguf::base_metadata("llama", 4);
+        md.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+        md
+    }
+
+    #[test]
+    fn sliding_window_applies_to_every_layer_without_a_pattern() {
+        let cfg = config(&with(vec![(
+            "llama.attention.sliding_window",
+            Value::U32(16),
+        )]))
+        .unwrap();
+        assert_eq!(
+            (0..4).map(|l| cfg.window(l)).collect::<Vec<_>>(),
+            vec![Some(16); 4]
+        );
+        let cfg = config(&with(vec![])).unwrap();
+        assert_eq!(cfg.window(0), None);
+        // A window as long as the context is no window.
+        let cfg = config(&with(vec![(
+            "llama.attention.sliding_window",
+            Value::U32(256),
+        )]))
+        .unwrap();
+        assert_eq!(cfg.window(3), None);
+    }
+
+    #[test]
+    fn sliding_window_pattern_as_booleans_or_a_period() {
+        let flags = |v: &[bool]| Value::Array(v.iter().map(|&b| Value::Bool(b)).collect());
+        let cfg = config(&with(vec![
+            ("llama.attention.sliding_window", Value::U32(16)),
+            (
+                "llama.attention.sliding_window_pattern",
+                flags(&[true, false, true, true]),
+            ),
+        ]))
+        .unwrap();
+        let windows: Vec<_> = (0..4).map(|l| cfg.window(l)).collect();
+        assert_eq!(windows, vec![Some(16), None, Some(16), Some(16)]);
+        // Period 2: every second layer global (llama.cpp: windowed when i % n < n - 1).
+        let cfg = config(&with(vec![
+            ("llama.attention.sliding_window", Value::U32(16)),
+            ("llama.attention.sliding_window_pattern", Value::U32(2)),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.swa_layers, vec![true, false, true, false]);
+        let cfg = config(&with(vec![
+            ("llama.attention.sliding_window", Value::U32(16)),
+            ("llama.attention.sliding_window_pattern", Value::U32(0)),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.swa_layers, vec![true; 4]);
+    }
+
+    #[test]
+    fn a_malformed_pattern_is_an_error_naming_the_key() {
+        let e = config(&with(vec![
+            ("llama.attention.sliding_window", Value::U32(16)),
+            (
+                "llama.attention.sliding_window_pattern",
+                Value::Array(vec![Value::Bool(true)]),
+            ),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("sliding_window_pattern has 1 entries for 4 layers"),
+            "{e}"
+        );
+        let e = config(&with(vec![(
+            "llama.attention.sliding_window_pattern",
+            Value::Array(vec![Value::U32(1); 4]),
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("sliding_window_pattern[0]") && e.contains("expected a boolean"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn head_size_and_rope_base_come_from_the_metadata() {
+        // Mistral Nemo's shape in small: 4 heads of 16 where 32 / 4 = 8.
+        let cfg = config(&with(vec![
+            ("llama.attention.key_length", Value::U32(16)),
+            ("llama.attention.value_length", Value::U32(16)),
+            ("llama.rope.freq_base", Value::F32(1e9)),
+        ]))
+        .unwrap();
+        assert_eq!((cfg.head_dim, cfg.rope.n_rot, cfg.n_embd), (16, 16, 32));
+        assert_eq!(cfg.rope.freq_base, 1e9);
+        assert_eq!(cfg.attention_scale, 0.25);
+        let e = config(&with(vec![
+            ("llama.attention.key_length", Value::U32(16)),
+            ("llama.attention.value_length", Value::U32(8)),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("differs from attention.value_length"), "{e}");
     }
 
     #[test]

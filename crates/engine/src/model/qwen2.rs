@@ -12,6 +12,7 @@ use crate::gguf::GgufFile;
 pub const FAMILY: Family = Family {
     rope_style: RopeStyle::Neox,
     qkv_bias: true,
+    ..Family::LLAMA
 };
 
 pub fn load(g: &GgufFile, device: &Device) -> Result<Llama> {
