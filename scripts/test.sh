@@ -59,7 +59,8 @@ export VERRE_LLAMA_VOCAB_DIR="$vocab_dir"
 
 # Tiny seeded models (windowed Llama, Mistral 3, Gemma 3) for the float64 reference test;
 # regenerated every run, their sha256 pinned in the fixture. Needs numpy and gguf-py.
-python3 -c 'import numpy, gguf' 2>/dev/null || python3 -m pip install --quiet "numpy>=2,<3" gguf==0.19.0
+python3 -c 'import importlib.metadata as m; assert m.version("numpy") == "2.4.6" and m.version("gguf") == "0.19.0"' 2>/dev/null \
+    || python3 -m pip install --quiet numpy==2.4.6 gguf==0.19.0
 VERRE_F64_MODELS_DIR="$PWD/target/f64-models"
 python3 scripts/reference_forward.py gen "$VERRE_F64_MODELS_DIR" >/dev/null
 export VERRE_F64_MODELS_DIR
