@@ -14,7 +14,9 @@
 use std::arch::x86_64::*;
 
 use super::acts::{Q8Acts, Q8KActs, QK_K, QK8};
-use super::packed::{Q4K_MINS, Q4K_QUANTS, Q4K_SCALES, Q6K_PAIRS, Q6K_QUANTS, Q6K_SCALES};
+use super::packed::{
+    Q4K_MINS, Q4K_QUANTS, Q4K_SCALES, Q6K_PAIRS, Q6K_QUANTS, Q6K_SCALES, Q6K_SUB_BLOCK,
+};
 
 /// `for r in 0..R { body }` written out for `R <= 4` with `r` a literal in each copy, so
 /// that per-row arrays of vectors are indexed by constants and live in registers (LLVM
@@ -279,10 +281,26 @@ pub(crate) unsafe fn q6k<const R: usize>(
                 }
                 *isum = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<5>(offset));
             });
+            let (low4, high2) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
             for s in 0..16 {
-                let u: [__m512i; 4] = std::array::from_fn(|c| {
-                    _mm512_loadu_si512(blk.add(Q6K_QUANTS + 64 * (4 * s + c)).cast())
-                });
+                // The 6-bit quants of chunks 0..4 from their nibbles and high-bit pairs
+                // (layout at `Q6K_SUB_BLOCK`); 16-bit shifts are safe under the byte masks.
+                let sub = blk.add(Q6K_QUANTS + Q6K_SUB_BLOCK * s);
+                let n02 = _mm512_loadu_si512(sub.cast());
+                let n13 = _mm512_loadu_si512(sub.add(64).cast());
+                let hi = _mm512_loadu_si512(sub.add(128).cast());
+                let join = |nib: __m512i, high: __m512i| {
+                    _mm512_or_si512(
+                        _mm512_and_si512(nib, low4),
+                        _mm512_and_si512(high, high2),
+                    )
+                };
+                let u = [
+                    join(n02, _mm512_slli_epi16::<4>(hi)),
+                    join(n13, _mm512_slli_epi16::<2>(hi)),
+                    join(_mm512_srli_epi16::<4>(n02), hi),
+                    join(_mm512_srli_epi16::<4>(n13), _mm512_srli_epi16::<2>(hi)),
+                ];
                 let scale =
                     _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(Q6K_SCALES + 16 * s).cast()));
                 for_rows!(R, |r| {

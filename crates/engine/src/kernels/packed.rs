@@ -20,8 +20,9 @@
 //! The K-quants pack per 256-value super-block the same way (their layouts are described
 //! at [`pack_q4k`] and [`pack_q6k`]), with the sub-block scales unpacked row-interleaved
 //! beside the quants, so that a sub-block's 16 row sums meet their 16 scales in one
-//! vector multiply. Q6_K's quants take a byte each (46% more than the file holds) to keep
-//! its kernel to loads and `vpdpbusd`.
+//! vector multiply. Q6_K keeps its 6-bit quants as the file does, four low bits and two
+//! high bits apart (15% more than the file holds, for the unpacked scales), and its kernel
+//! puts each byte back together with a few shifts and masks per 256 quants.
 
 use super::QuantType;
 
@@ -49,7 +50,7 @@ impl Packed {
             QuantType::Q8_0 => Some(32 + 512),
             QuantType::Q5_0 => Some(32 + 64 + 256),
             QuantType::Q4K => Some(Q4K_QUANTS + 2048),
-            QuantType::Q6K => Some(Q6K_QUANTS + 4096),
+            QuantType::Q6K => Some(Q6K_QUANTS + 16 * Q6K_SUB_BLOCK),
             _ => None,
         }
     }
@@ -157,6 +158,11 @@ fn pack_q4k(src: &[u8], dst: &mut [u8], l: usize) {
 /// (`[pair][row][2]`).
 pub(crate) const Q6K_QUANTS: usize = 32 + 16 * 16 + 8 * 16 * 4;
 pub(crate) const Q6K_SCALES: usize = 32;
+/// Bytes of one 16-value sub-block of 16 rows: three vectors, each holding 4 bytes per
+/// row (`4 * row + j` for element `j` of a chunk of 4). The first holds the low four bits
+/// of chunk 0 (low nibble) and chunk 2 (high nibble), the second those of chunks 1 and 3,
+/// the third the two high bits of chunks 0, 1, 2, 3 (bits 0-1, 2-3, 4-5, 6-7).
+pub(crate) const Q6K_SUB_BLOCK: usize = 3 * 64;
 pub(crate) const Q6K_PAIRS: usize = 32 + 256;
 
 /// Q6_K, row `l` of a group: each 6-bit quant (0..64, the 32 offset left to the kernel)
@@ -169,13 +175,23 @@ fn pack_q6k(src: &[u8], dst: &mut [u8], l: usize) {
         let at = Q6K_PAIRS + 64 * (s / 2) + 4 * l + 2 * (s % 2);
         dst[at..at + 2].copy_from_slice(&(scale as i8 as i16).to_le_bytes());
     }
+    // Element e of the super-block (e = 128h + 32t + i) is element 4c + j of sub-block
+    // s = e / 16, in chunk c; see `Q6K_SUB_BLOCK` for where its bits go.
+    let mut q = [0u8; 256];
     for h in 0..2 {
         for t in 0..4 {
             for i in 0..32 {
-                let e = 128 * h + 32 * t + i;
-                let at = Q6K_QUANTS + 64 * (e / 4) + 4 * l + e % 4;
-                dst[at] = super::scalar::q6k_quant(src, h, t, i) as u8;
+                q[128 * h + 32 * t + i] = super::scalar::q6k_quant(src, h, t, i) as u8;
             }
+        }
+    }
+    for (s, q) in q.chunks_exact(16).enumerate() {
+        let base = Q6K_QUANTS + Q6K_SUB_BLOCK * s + 4 * l;
+        for j in 0..4 {
+            let [q0, q1, q2, q3] = [q[j], q[4 + j], q[8 + j], q[12 + j]];
+            dst[base + j] = (q0 & 15) | (q2 & 15) << 4;
+            dst[base + 64 + j] = (q1 & 15) | (q3 & 15) << 4;
+            dst[base + 128 + j] = q0 >> 4 | (q1 >> 4) << 2 | (q2 >> 4) << 4 | (q3 >> 4) << 6;
         }
     }
 }

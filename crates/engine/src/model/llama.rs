@@ -581,6 +581,17 @@ impl Llama {
             cfg.rope.freq_factors = Some(vector("rope_freqs.weight", cfg.rope.n_rot / 2)?);
         }
 
+        let output_norm = vector("output_norm.weight", d)?;
+        // Models with tied embeddings (SmolLM2) have no output.weight: the embedding table
+        // doubles as the output projection. The largest matrix is repacked first: while a
+        // matrix is repacked its file pages are resident too, and the peak is lowest when
+        // that happens before the other matrices are held.
+        let output = if g.has_tensor("output.weight") {
+            qmatmul("output.weight", vocab, d)?
+        } else {
+            qmatmul("token_embd.weight", vocab, d)?
+        };
+
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}");
@@ -609,14 +620,6 @@ impl Llama {
                 post_ffn_norm: vector_if(family.post_norms, &p("post_ffw_norm.weight"), d)?,
             });
         }
-        let output_norm = vector("output_norm.weight", d)?;
-        // Models with tied embeddings (SmolLM2) have no output.weight: the embedding table
-        // doubles as the output projection.
-        let output = if g.has_tensor("output.weight") {
-            qmatmul("output.weight", vocab, d)?
-        } else {
-            qmatmul("token_embd.weight", vocab, d)?
-        };
 
         let used = used.into_inner();
         let mut unused: Vec<&str> = g.tensor_names().filter(|n| !used.contains(*n)).collect();
