@@ -94,13 +94,7 @@ pub(super) enum Weight {
 }
 
 impl Weight {
-    pub(super) fn load(
-        g: &GgufFile,
-        name: &str,
-        rows: usize,
-        cols: usize,
-        device: &Device,
-    ) -> Result<Self> {
+    pub(super) fn load(g: &GgufFile, name: &str, rows: usize, cols: usize, device: &Device) -> Result<Self> {
         if device.is_cpu()
             && let Some(m) = g.mapped_matrix(name, rows, cols)?
         {
