@@ -6,6 +6,10 @@
 //!   completion no longer read as the text the model produced.
 //! - A chat template from the model file that loops (almost) for ever fails the request
 //!   in bounded time, off the async runtime: other requests are served meanwhile.
+//! - With Mistral Small 3.2's real template (`[TOOL_CALLS]name[CALL_ID]id[ARGS]{...}`), a
+//!   required call is constrained to that form, parsed (whole and streamed) with a
+//!   9-character id, and the conversation with the call and its result renders again
+//!   (the template refuses other ids; OpenAI-style ids from a client are mapped).
 //!
 //! No real model with those vocabularies can be downloaded here, so each test writes a
 //! one-layer GGUF (llama architecture, the vocabulary's `tokenizer.*` metadata) whose
@@ -95,7 +99,7 @@ fn one_word_model(
             V::String("one-word test model".into()),
         ),
         ("llama.block_count".into(), V::U32(1)),
-        ("llama.context_length".into(), V::U32(256)),
+        ("llama.context_length".into(), V::U32(4096)),
         ("llama.embedding_length".into(), V::U32(EMBEDDING as u32)),
         ("llama.feed_forward_length".into(), V::U32(EMBEDDING as u32)),
         ("llama.attention.head_count".into(), V::U32(2)),
@@ -327,4 +331,91 @@ async fn a_hostile_chat_template_cannot_hang_a_worker() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("more work than allowed"), "{body}");
     assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+}
+
+fn is_mistral_id(id: &Value) -> bool {
+    id.as_str()
+        .is_some_and(|id| id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+#[tokio::test]
+async fn mistral_small_tool_calls_round_trip() {
+    let (Some(vocab), Some(templates)) = (
+        env_path("VERRE_LLAMA_VOCAB_DIR"),
+        env_path("VERRE_LLAMA_TEMPLATES_DIR"),
+    ) else {
+        return;
+    };
+    let template =
+        std::fs::read_to_string(templates.join("Mistral-Small-3.2-24B-Instruct-2506.jinja"))
+            .expect("reading Mistral Small 3.2's template");
+    let tmp = tempfile::tempdir().unwrap();
+    // A byte-level BPE vocabulary, as Mistral Small's own (tekken) is; its markers are
+    // not single tokens here, so they are matched as text.
+    let path = one_word_model(
+        &vocab.join("ggml-vocab-llama-bpe.gguf"),
+        "Ġgobierno",
+        Some(&template),
+        tmp.path(),
+    );
+    let model = Arc::new(LoadedModel::load(path).expect("loading the test model"));
+    let served = ServedModel::start(MODEL, model, EngineOptions::default()).unwrap();
+    let app = router(Arc::new(AppState::with_models(vec![served], vec![], None)));
+
+    let tools = json!([{"type": "function", "function": {
+        "name": "get_weather",
+        // An enum, so that this model (which only ever wants "gobierno") closes the string.
+        "parameters": {"type": "object", "properties": {"city": {"enum": ["Madrid", "Paris"]}}, "required": ["city"], "additionalProperties": false},
+    }}]);
+    let question = json!({"role": "user", "content": "¿Qué tiempo hace en Madrid?"});
+    let body = json!({
+        "model": MODEL, "messages": [question], "tools": tools,
+        "tool_choice": "required", "parallel_tool_calls": false,
+        "max_tokens": 40, "temperature": 0,
+    });
+    let (status, text) = call(&app, "/v1/chat/completions", Some(body.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    let choice = &answer["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{answer}");
+    let call_value = &choice["message"]["tool_calls"][0];
+    assert_eq!(call_value["function"]["name"], "get_weather", "{answer}");
+    assert!(is_mistral_id(&call_value["id"]), "{answer}");
+    let arguments: Value =
+        serde_json::from_str(call_value["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(arguments["city"].is_string(), "{answer}");
+
+    // Streamed: the call's first delta carries a 9-character id and the name.
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let (status, events) = call(&app, "/v1/chat/completions", Some(streamed)).await;
+    assert_eq!(status, StatusCode::OK, "{events}");
+    let chunks: Vec<Value> = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let first_call = chunks
+        .iter()
+        .find_map(|c| c["choices"][0]["delta"]["tool_calls"][0].get("id").cloned())
+        .unwrap_or_else(|| panic!("no streamed call: {events}"));
+    assert!(is_mistral_id(&first_call), "{events}");
+
+    // The conversation goes back to the template, with our id and with an OpenAI-style
+    // one a client may hold from another API.
+    for id in [call_value["id"].clone(), json!("call_0123456789abcdef")] {
+        let mut assistant_call = call_value.clone();
+        assistant_call["id"] = id.clone();
+        let body = json!({
+            "model": MODEL, "tools": tools, "max_tokens": 2,
+            "messages": [
+                question,
+                {"role": "assistant", "content": null, "tool_calls": [assistant_call]},
+                {"role": "tool", "tool_call_id": id, "content": "{\"temperature\": 21}"},
+            ],
+        });
+        let (status, text) = call(&app, "/v1/chat/completions", Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "id {id}: {text}");
+    }
 }
