@@ -43,9 +43,11 @@ done
 export VERRE_TEST_PYPI=1
 
 # llama.cpp's vocab-only GGUF files (Llama 2 SentencePiece, Llama 3, Qwen2) from the
-# llama-cpp-python source package, for the tokenizer tests. Test data only; never committed.
+# llama-cpp-python source package, for the tokenizer tests, and its real chat templates
+# (models/templates/*.jinja), for the chat-template test. Test data only; never committed.
 vocab_dir="$PWD/target/llama-vocab"
-if [ ! -f "$vocab_dir/ggml-vocab-qwen2.gguf" ]; then
+templates_dir="$PWD/target/llama-templates"
+if [ ! -f "$vocab_dir/ggml-vocab-qwen2.gguf" ] || [ ! -f "$templates_dir/Mistral-Small-3.2-24B-Instruct-2506.jinja" ]; then
     sdist_dir="$(mktemp -d)"
     python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36 -d "$sdist_dir"
     mkdir -p "$vocab_dir"
@@ -53,9 +55,13 @@ if [ ! -f "$vocab_dir/ggml-vocab-qwen2.gguf" ]; then
         llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-llama-spm.gguf \
         llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-llama-bpe.gguf \
         llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-qwen2.gguf
+    mkdir -p "$templates_dir"
+    tar -xzf "$sdist_dir/llama_cpp_python-0.3.36.tar.gz" -C "$templates_dir" --strip-components=5 \
+        llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates/
     rm -rf "$sdist_dir"
 fi
 export VERRE_LLAMA_VOCAB_DIR="$vocab_dir"
+export VERRE_LLAMA_TEMPLATES_DIR="$templates_dir"
 
 # Tiny seeded models (windowed Llama, Mistral 3, Gemma 3) for the float64 reference test;
 # regenerated every run, their sha256 pinned in the fixture. Needs numpy and gguf-py.

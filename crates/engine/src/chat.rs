@@ -6,6 +6,8 @@ use anyhow::{Context, Result, anyhow};
 use minijinja::{Environment, Error, ErrorKind, Value, context};
 use serde::{Deserialize, Serialize};
 
+mod python;
+
 /// Mistral's instruct format, used when a model file has no template of its own.
 pub const MISTRAL_FALLBACK: &str = "\
 {%- if messages and messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}{% set msgs = messages[1:] %}\
@@ -43,6 +45,12 @@ impl Message {
     }
 }
 
+/// Work a template may do in one rendering, in minijinja "fuel" (about one unit per
+/// instruction). The largest real templates (Kimi, gpt-oss, Devstral with tools) use well
+/// under 1% of it; a template from a model file is untrusted input, and nested loops over
+/// `range(10**6)` would otherwise hold a thread for hours.
+pub const RENDER_FUEL: u64 = 20_000_000;
+
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,
@@ -52,23 +60,61 @@ pub struct ChatTemplate {
     eos_token: String,
 }
 
+/// Where `strftime_now` reads the time.
+#[derive(Clone, Copy)]
+enum Clock {
+    System,
+    /// Seconds since the Unix epoch (UTC): reproducible renderings.
+    Fixed(u64),
+}
+
+impl Clock {
+    fn unix_secs(self) -> u64 {
+        match self {
+            Clock::System => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            Clock::Fixed(secs) => secs,
+        }
+    }
+}
+
 impl ChatTemplate {
     /// Compile a template. `source` is `None` when the model has no template.
     pub fn new(source: Option<&str>, bos_token: &str, eos_token: &str) -> Result<Self> {
+        Self::build(source, bos_token, eos_token, Clock::System)
+    }
+
+    /// As [`ChatTemplate::new`], with `strftime_now` fixed at `unix_secs` (UTC), so that a
+    /// template that prints today's date renders the same every day.
+    pub fn with_fixed_clock(
+        source: Option<&str>,
+        bos_token: &str,
+        eos_token: &str,
+        unix_secs: u64,
+    ) -> Result<Self> {
+        Self::build(source, bos_token, eos_token, Clock::Fixed(unix_secs))
+    }
+
+    fn build(source: Option<&str>, bos_token: &str, eos_token: &str, clock: Clock) -> Result<Self> {
         let is_fallback = source.is_none();
         let source = source.unwrap_or(MISTRAL_FALLBACK).to_string();
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(RENDER_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
-            Err(Error::new(
-                ErrorKind::InvalidOperation,
-                format!("chat template: {msg}"),
-            ))
+            Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
-        env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
-        env.add_template_owned("chat", source.clone())
+        env.add_function("strftime_now", move |fmt: String| {
+            strftime(&fmt, clock.unix_secs())
+        });
+        env.add_filter("tojson", python::tojson);
+        env.add_filter("string", python::string_filter);
+        env.add_test("iterable", python::is_iterable);
+        env.set_formatter(python::format);
+        env.add_template_owned("chat", without_generation_tags(&source))
             .context("compiling the model's chat template")?;
         Ok(Self {
             env,
@@ -86,7 +132,8 @@ impl ChatTemplate {
     }
 
     /// Render with tool definitions (OpenAI-shaped `[{"type": "function", "function":
-    /// {...}}]`) passed to the template as `tools`, as Hugging Face does.
+    /// {...}}]`) passed to the template as `tools`, as Hugging Face does (`tools` and
+    /// `documents` are none when absent, not undefined).
     pub fn render_with_tools(
         &self,
         messages: &[Message],
@@ -97,11 +144,17 @@ impl ChatTemplate {
         tmpl.render(context! {
             messages => messages,
             tools => tools.map(Value::from_serialize),
+            documents => Value::from(()),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
         })
-        .map_err(|e| anyhow!("rendering chat template: {e:#}"))
+        .map_err(|e| match e.kind() {
+            ErrorKind::OutOfFuel => anyhow!(
+                "rendering chat template: the template did more work than allowed ({RENDER_FUEL} steps); a template that loops this much is broken or hostile"
+            ),
+            _ => anyhow!("rendering chat template: {}", error_chain(&e)),
+        })
     }
 
     /// The template's source text (to tell which tool-call format a model was taught).
@@ -115,9 +168,58 @@ impl ChatTemplate {
     }
 }
 
-/// The current UTC date and time in a strftime subset (`%d %b %B %Y %m %H %M %S %%`),
-/// for templates such as Llama 3.1's that print today's date.
-fn strftime_now(fmt: &str) -> String {
+/// An error and its causes on one line (minijinja's alternate form would also dump the
+/// template's variables, the whole conversation, into the message).
+fn error_chain(e: &Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// transformers marks the assistant's part of a template with `{% generation %}` ...
+/// `{% endgeneration %}` (to compute a training mask); when rendering, the block is just
+/// its body. minijinja has no such tag: the markers become an always-true `if`, keeping
+/// their whitespace control.
+fn without_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(at) = rest.find("{%") {
+        out.push_str(&rest[..at]);
+        let tag = &rest[at..];
+        let Some(close) = tag.find("%}") else {
+            break;
+        };
+        let inner = &tag[2..close];
+        let (open_trim, body) = match inner.strip_prefix(['-', '+']) {
+            Some(body) => (&inner[..1], body),
+            None => ("", inner),
+        };
+        let (body, close_trim) = match body.strip_suffix(['-', '+']) {
+            Some(body) => (body, &inner[inner.len() - 1..]),
+            None => (body, ""),
+        };
+        let replacement = match body.trim() {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        match replacement {
+            Some(r) => out.push_str(&format!("{{%{open_trim} {r} {close_trim}%}}")),
+            None => out.push_str(&tag[..close + 2]),
+        }
+        rest = &tag[close + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A UTC time in a strftime subset (`%d %b %B %Y %m %H %M %S %%`), for templates such as
+/// Llama 3.2's that print today's date.
+fn strftime(fmt: &str, secs: u64) -> String {
     const MONTHS: [&str; 12] = [
         "January",
         "February",
@@ -132,9 +234,6 @@ fn strftime_now(fmt: &str) -> String {
         "November",
         "December",
     ];
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let (hh, mm, ss) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
     let mut out = String::new();
@@ -153,6 +252,7 @@ fn strftime_now(fmt: &str) -> String {
             Some('H') => out.push_str(&format!("{hh:02}")),
             Some('M') => out.push_str(&format!("{mm:02}")),
             Some('S') => out.push_str(&format!("{ss:02}")),
+            Some('%') => out.push('%'),
             Some(other) => {
                 out.push('%');
                 out.push(other);
@@ -223,6 +323,38 @@ mod tests {
             .render(&[Message::new("assistant", "x")], false)
             .unwrap_err();
         assert!(format!("{err:#}").contains("first must be user"), "{err:#}");
+    }
+
+    /// A model file's template is untrusted: one that loops (almost) for ever must fail
+    /// fast with a message that says why, not hold a thread.
+    #[test]
+    fn a_template_that_loops_for_ever_errors_out_in_bounded_time() {
+        let src = "{% for a in range(100000) %}{% for b in range(100000) %}{% set c = a * b %}{% endfor %}{% endfor %}";
+        let t = ChatTemplate::new(Some(src), "", "").unwrap();
+        let start = std::time::Instant::now();
+        let err = t.render(&[Message::new("user", "hi")], true).unwrap_err();
+        let took = start.elapsed();
+        assert!(
+            format!("{err:#}").contains("more work than allowed"),
+            "{err:#}"
+        );
+        // 10^10 iterations would take hours; the cap stops it within seconds even in a
+        // debug build.
+        assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+        eprintln!("stopped after {took:?}");
+    }
+
+    #[test]
+    fn real_conversations_stay_far_below_the_fuel_cap() {
+        // A long conversation with tools (the largest real templates use about 4,000 steps
+        // for six messages and two tools).
+        let src = "{% for m in messages %}{% for t in tools %}{{ t | tojson }}{% endfor %}{{ m.role }}: {{ m.content | trim }}\n{% endfor %}";
+        let t = ChatTemplate::new(Some(src), "", "").unwrap();
+        let messages: Vec<Message> = (0..500)
+            .map(|i| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, "some text"))
+            .collect();
+        let tools = serde_json::json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+        assert!(t.render_with_tools(&messages, Some(&tools), true).is_ok());
     }
 
     #[test]

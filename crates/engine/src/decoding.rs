@@ -85,7 +85,9 @@ impl<'t> Decoding<'t> {
         Self {
             output: Vec::new(),
             sampler: Sampler::new(sampling),
-            decoder: StreamDecoder::new(tokenizer, true),
+            // The output continues the prompt's text (a first `▁word` keeps its space
+            // after prompt text).
+            decoder: StreamDecoder::continuing(tokenizer, true, &req.prompt_ids),
             stops: StopMatcher::new(&req.stop),
             constraint: req.grammar.as_ref().map(|g| g.start()),
             eog: tokenizer.eog_ids(),

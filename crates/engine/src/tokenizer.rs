@@ -674,17 +674,31 @@ impl Tokenizer {
             if !(skip_special && ty.is_special()) {
                 out.extend_from_slice(bytes);
             }
-            // Encoding put a space in front of the text that follows a special token.
-            state.strip_space = self.add_space_prefix;
         } else {
             let bytes = match bytes {
                 [b' ', rest @ ..] if state.strip_space && ty == TokenType::Normal => rest,
                 _ => bytes,
             };
             out.extend_from_slice(bytes);
-            state.strip_space = false;
         }
+        *state = self.state_after(ty);
         Ok(())
+    }
+
+    /// Decoding state once a token of type `ty` is decoded.
+    fn state_after(&self, ty: TokenType) -> DecodeState {
+        DecodeState {
+            // Encoding put a space in front of the text that follows a special token.
+            strip_space: self.add_space_prefix && ty.is_partitioned(),
+        }
+    }
+
+    /// Decoding state once `ids` are decoded: only the last token matters.
+    fn state_after_ids(&self, ids: &[u32]) -> DecodeState {
+        match ids.last().and_then(|&id| self.types.get(id as usize)) {
+            Some(&ty) => self.state_after(ty),
+            None => self.decode_start(),
+        }
     }
 }
 
@@ -709,12 +723,26 @@ pub struct StreamDecoder<'a> {
 }
 
 impl<'a> StreamDecoder<'a> {
+    /// A decoder for a sequence from its start.
     pub fn new(tokenizer: &'a Tokenizer, skip_special: bool) -> Self {
         Self {
             tokenizer,
             skip_special,
             state: tokenizer.decode_start(),
             pending: Vec::new(),
+        }
+    }
+
+    /// A decoder for tokens that continue `prompt` (a model's output): what it returns is
+    /// what the output adds to the prompt's text, so that `decode(prompt)` followed by it
+    /// is `decode(prompt + output)`. With a SentencePiece vocabulary the space of a first
+    /// `▁word` stays when the prompt ends in text (`"El"` + `▁gobierno` is
+    /// `"El gobierno"`); it goes only where encoding would have added it, at the very start
+    /// or after a control token such as `[/INST]`.
+    pub fn continuing(tokenizer: &'a Tokenizer, skip_special: bool, prompt: &[u32]) -> Self {
+        Self {
+            state: tokenizer.state_after_ids(prompt),
+            ..Self::new(tokenizer, skip_special)
         }
     }
 
@@ -1496,6 +1524,128 @@ mod tests {
         let ids = tok.encode("<s>", false, false).expect("encode");
         assert_eq!(ids, ids_of(&tok, &["▁", "<0x3C>", "<0x73>", "<0x3E>"]));
         assert_eq!(tok.decode(&ids, true).expect("decode"), "<s>");
+    }
+
+    /// Texts for the continuation checks: prompt-like text in several scripts, spaces,
+    /// newlines, and control tokens of the vocabularies at hand.
+    const CONTINUATION_TEXTS: &[&str] = &[
+        "El presidente del gobierno dijo que",
+        "Hola, el gobierno",
+        "  two leading spaces, then  two inside",
+        "naïve café, 日本語 and 🎉 emoji",
+        "line\nbreak\n\n  indented\tcode()",
+        "<s>[INST] Hi [/INST] gobierno</s>",
+        "<|im_start|>user\nhola<|im_end|>\n<|im_start|>assistant\n gobierno",
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhola<|eot_id|> gobierno",
+    ];
+
+    /// A model's output continues its prompt: for every split of a text's tokens into a
+    /// prompt and an output, decoding the prompt and then the output with
+    /// [`StreamDecoder::continuing`] gives the text of the whole (the output's first
+    /// `▁word` keeps its space). Splits inside a character are skipped.
+    fn check_continuation(tok: &Tokenizer, name: &str) {
+        for text in CONTINUATION_TEXTS {
+            let ids = tok.encode(text, true, true).expect("encode");
+            for skip_special in [false, true] {
+                let whole = tok.decode(&ids, skip_special).expect("decode");
+                for k in 0..=ids.len() {
+                    let (prompt, output) = ids.split_at(k);
+                    let head = tok.decode(prompt, skip_special).expect("decode");
+                    if head.contains(char::REPLACEMENT_CHARACTER) {
+                        continue;
+                    }
+                    let mut stream = StreamDecoder::continuing(tok, skip_special, prompt);
+                    let mut tail = String::new();
+                    for &id in output {
+                        tail.push_str(&stream.push(id).expect("push"));
+                    }
+                    tail.push_str(&stream.finish());
+                    assert_eq!(
+                        format!("{head}{tail}"),
+                        whole,
+                        "{name}: {text:?} split after {k} tokens (skip_special {skip_special}): prompt {head:?}, output {tail:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The first output token of the bug report: the word piece `gobierno` after the
+    /// prompt "El" comes out as " gobierno", as llama.cpp returns it.
+    fn check_first_word_keeps_its_space(tok: &Tokenizer, name: &str, piece: &str) {
+        let word = tok
+            .token_id(piece)
+            .unwrap_or_else(|| panic!("{name}: no piece {piece:?}"));
+        let prompt = tok.encode("El", true, true).expect("encode");
+        let mut stream = StreamDecoder::continuing(tok, true, &prompt);
+        assert_eq!(stream.push(word).expect("push"), " gobierno", "{name}");
+        assert_eq!(stream.push(word).expect("push"), " gobierno", "{name}");
+    }
+
+    #[test]
+    fn output_continues_the_prompt_tiny_sentencepiece() {
+        let tok = Tokenizer::from_gguf_metadata(&tiny_spm(SPM_PIECES, &[])).expect("tokenizer");
+        check_continuation(&tok, "tiny spm");
+        let hello = ids_of(&tok, &["▁hello"])[0];
+        // After prompt text the space stays; at the start, or after a control token such as
+        // BOS, it is the one encoding added, and goes.
+        let prompt = tok.encode("hello", true, false).expect("encode");
+        assert_eq!(
+            StreamDecoder::continuing(&tok, true, &prompt)
+                .push(hello)
+                .expect("push"),
+            " hello"
+        );
+        assert_eq!(
+            StreamDecoder::continuing(&tok, true, &[1])
+                .push(hello)
+                .expect("push"),
+            "hello"
+        );
+        assert_eq!(
+            StreamDecoder::continuing(&tok, true, &[])
+                .push(hello)
+                .expect("push"),
+            "hello"
+        );
+    }
+
+    #[test]
+    fn output_continues_the_prompt_llama_spm() {
+        let Some(dir) = env_path("VERRE_LLAMA_VOCAB_DIR") else {
+            return;
+        };
+        let tok = load_gguf(&dir.join("ggml-vocab-llama-spm.gguf"));
+        check_continuation(&tok, "llama-spm");
+        check_first_word_keeps_its_space(&tok, "llama-spm", "▁gobierno");
+    }
+
+    #[test]
+    fn output_continues_the_prompt_llama_bpe() {
+        let Some(dir) = env_path("VERRE_LLAMA_VOCAB_DIR") else {
+            return;
+        };
+        let tok = load_gguf(&dir.join("ggml-vocab-llama-bpe.gguf"));
+        check_continuation(&tok, "llama-bpe");
+        check_first_word_keeps_its_space(&tok, "llama-bpe", "Ġgobierno");
+    }
+
+    #[test]
+    fn output_continues_the_prompt_qwen2() {
+        let Some(dir) = env_path("VERRE_LLAMA_VOCAB_DIR") else {
+            return;
+        };
+        let tok = load_gguf(&dir.join("ggml-vocab-qwen2.gguf"));
+        check_continuation(&tok, "qwen2");
+        check_first_word_keeps_its_space(&tok, "qwen2", "Ġgobierno");
+    }
+
+    #[test]
+    fn output_continues_the_prompt_smollm2() {
+        let Some(path) = env_path("VERRE_SMOLLM2_GGUF") else {
+            return;
+        };
+        check_continuation(&load_gguf(&path), "smollm2");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `POST /v1/chat/completions`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -17,7 +18,7 @@ use super::structured;
 use super::tools::{self, ToolCallParser, ToolDelta, ToolFormat};
 use crate::metrics::RequestTimer;
 use crate::state::{AppState, ServedModel};
-use verre_engine::{FinishReason, GrammarSpec};
+use verre_engine::{FinishReason, GrammarSpec, Message};
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
@@ -28,10 +29,7 @@ pub async fn chat_completions(
     let tool_format = ToolFormat::for_model(&served.model);
     let (messages, tools_value) =
         tools::prepare_prompt(&served.model, &req.messages, &req.tools, &req.tool_choice);
-    let prompt_ids = served
-        .model
-        .chat_prompt_with_tools(&messages, tools_value.as_ref())
-        .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+    let prompt_ids = render_prompt(served.clone(), messages, tools_value).await?;
     // A required call is constrained by the tools' schemas; otherwise the response format
     // (if any) constrains the answer.
     let (spec, param) = match tools::call_grammar(
@@ -91,18 +89,48 @@ pub async fn chat_completions(
     .into_response())
 }
 
+/// How long a chat template may take to render before the request fails. The template's
+/// fuel cap bounds its work; this bounds the time of what a step can do that fuel does
+/// not see (a huge string built in one step).
+const TEMPLATE_TIME_LIMIT: Duration = Duration::from_secs(5);
+
+/// The prompt's token ids. The template comes from the model file — untrusted input — so
+/// it renders on a blocking thread, not on the async runtime's workers, and within a time
+/// limit.
+async fn render_prompt(
+    served: Arc<ServedModel>,
+    messages: Vec<Message>,
+    tools: Option<Value>,
+) -> Result<Vec<u32>, ApiError> {
+    let render = tokio::task::spawn_blocking(move || {
+        served
+            .model
+            .chat_prompt_with_tools(&messages, tools.as_ref())
+    });
+    match tokio::time::timeout(TEMPLATE_TIME_LIMIT, render).await {
+        Ok(Ok(Ok(ids))) => Ok(ids),
+        Ok(Ok(Err(e))) => Err(ApiError::invalid("messages", format!("{e:#}"))),
+        Ok(Err(e)) => Err(ApiError::internal(format!(
+            "rendering the chat template: {e}"
+        ))),
+        Err(_) => Err(ApiError::invalid(
+            "messages",
+            format!(
+                "rendering the model's chat template took more than {} seconds; the template is broken or hostile",
+                TEMPLATE_TIME_LIMIT.as_secs()
+            ),
+        )),
+    }
+}
+
 /// A choice's text split into content and tool calls.
 fn split_tool_calls(format: ToolFormat, c: &generation::ChoiceOutput) -> (String, Vec<Value>) {
     let mut parser = ToolCallParser::new(format);
-    let mut deltas = Vec::new();
-    if let ToolFormat::Mistral {
-        marker_id: Some(marker),
-    } = format
-        && c.tokens.iter().any(|s| s.token == marker)
-    {
-        deltas.extend(parser.push(marker, ""));
-    }
-    deltas.extend(parser.push(u32::MAX, &c.text));
+    let mut deltas: Vec<ToolDelta> = c
+        .pieces
+        .iter()
+        .flat_map(|(token, text)| parser.push(*token, text))
+        .collect();
     deltas.extend(parser.finish());
     let mut content = String::new();
     let mut calls = Vec::new();

@@ -134,6 +134,9 @@ pub struct Outcome {
 pub struct ChoiceOutput {
     pub text: String,
     pub tokens: Vec<Sampled>,
+    /// Each token with the text it let out (the pieces of `text`), for parsers that also
+    /// need control tokens, which let out no text.
+    pub pieces: Vec<(u32, String)>,
     pub finish: Option<FinishReason>,
 }
 
@@ -162,6 +165,7 @@ pub async fn collect(
                 timer.token(p * n + index);
                 let choice = &mut out.choices[p * n + index];
                 choice.text.push_str(&text);
+                choice.pieces.push((sampled.token, text));
                 choice.tokens.push(sampled);
             }
             EngineEvent::Finished { index, reason, .. } => {

@@ -2,10 +2,17 @@
 //! constraining the calls when the client requires one, and parsing the model's calls out
 //! of its text — as a whole or token by token for a stream.
 //!
-//! Two formats are known:
+//! Two families of formats are known:
 //! - **Hermes** (SmolLM, Qwen, Hermes and most ChatML models): each call is
 //!   `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`;
-//! - **Mistral**: `[TOOL_CALLS]` then a JSON array of `{"name", "arguments"}` objects.
+//! - **Mistral**, in its two generations: `[TOOL_CALLS]` then a JSON array of
+//!   `{"name", "arguments"}` objects (v3: Mistral 7B v0.3, Nemo), or
+//!   `[TOOL_CALLS]name[ARGS]{...}` once per call (v11 and later: Devstral, Magistral,
+//!   Ministral 3, Mistral Small 3.2, which also writes `[CALL_ID]id` before `[ARGS]`).
+//!   The parser reads both whatever the template says; the template decides which one a
+//!   required call is constrained to. Mistral's templates refuse call ids that are not 9
+//!   characters long: calls get 9 alphanumeric characters, and ids a client sends back in
+//!   another shape are mapped to such ids before rendering.
 //!
 //! A template that renders `tools` itself gets them as Hugging Face passes them; for one
 //! that does not, verre describes the tools in the system message (Hermes format) and
@@ -18,42 +25,126 @@ use super::request::{Tool, ToolChoice};
 
 const HERMES_OPEN: &str = "<tool_call>";
 const HERMES_CLOSE: &str = "</tool_call>";
-const MISTRAL_MARKER: &str = "[TOOL_CALLS]";
+const MISTRAL_CALLS: &str = "[TOOL_CALLS]";
+const MISTRAL_ARGS: &str = "[ARGS]";
+const MISTRAL_CALL_ID: &str = "[CALL_ID]";
+/// Length of the call ids Mistral's templates insist on.
+const MISTRAL_ID_LEN: usize = 9;
+const ALPHANUMERIC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ToolFormat {
     Hermes,
-    /// `marker_id`: the id of `[TOOL_CALLS]` when it is one token of the vocabulary.
-    Mistral {
-        marker_id: Option<u32>,
-    },
+    Mistral(Mistral),
+}
+
+/// What a Mistral template writes for a call, and which of its markers are single tokens
+/// of the vocabulary (control tokens decode to no text: the parser needs their ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Mistral {
+    /// `[TOOL_CALLS]name[ARGS]{...}` (v11 and later) rather than `[TOOL_CALLS][{...}]`.
+    pub name_args: bool,
+    /// `[CALL_ID]id` between the name and `[ARGS]` (Mistral Small 3.2).
+    pub call_id: bool,
+    pub calls_token: Option<u32>,
+    pub args_token: Option<u32>,
+    pub call_id_token: Option<u32>,
 }
 
 impl ToolFormat {
     /// The format the model's chat template speaks.
     pub fn for_model(model: &LoadedModel) -> Self {
-        if model.template.source().contains(MISTRAL_MARKER) {
-            ToolFormat::Mistral {
-                marker_id: model.tokenizer.token_id(MISTRAL_MARKER),
-            }
-        } else {
-            ToolFormat::Hermes
+        Self::for_template(model.template.source(), |piece| {
+            model.tokenizer.token_id(piece)
+        })
+    }
+
+    /// The format a template speaks; `token_id` finds a marker in the vocabulary.
+    pub fn for_template(source: &str, token_id: impl Fn(&str) -> Option<u32>) -> Self {
+        if !source.contains(MISTRAL_CALLS) {
+            return ToolFormat::Hermes;
         }
+        ToolFormat::Mistral(Mistral {
+            name_args: source.contains(MISTRAL_ARGS),
+            call_id: source.contains(MISTRAL_CALL_ID),
+            calls_token: token_id(MISTRAL_CALLS),
+            args_token: token_id(MISTRAL_ARGS),
+            call_id_token: token_id(MISTRAL_CALL_ID),
+        })
     }
 
     fn marker(&self) -> &'static str {
         match self {
             ToolFormat::Hermes => HERMES_OPEN,
-            ToolFormat::Mistral { .. } => MISTRAL_MARKER,
+            ToolFormat::Mistral(_) => MISTRAL_CALLS,
         }
     }
 
-    fn marker_id(&self) -> Option<u32> {
+    /// The text of a marker that is a control token (its decoded text is empty).
+    fn control_text(&self, token: u32) -> Option<&'static str> {
+        let ToolFormat::Mistral(m) = self else {
+            return None;
+        };
+        [
+            (m.calls_token, MISTRAL_CALLS),
+            (m.args_token, MISTRAL_ARGS),
+            (m.call_id_token, MISTRAL_CALL_ID),
+        ]
+        .into_iter()
+        .find(|(id, _)| *id == Some(token))
+        .map(|(_, text)| text)
+    }
+
+    /// A new call id in the shape the format's templates accept.
+    fn new_call_id(&self) -> String {
         match self {
-            ToolFormat::Hermes => None,
-            ToolFormat::Mistral { marker_id } => *marker_id,
+            ToolFormat::Hermes => format!("call_{}", hex_id()),
+            ToolFormat::Mistral(_) => (0..MISTRAL_ID_LEN)
+                .map(|_| ALPHANUMERIC[rand::random_range(0..ALPHANUMERIC.len())] as char)
+                .collect(),
         }
     }
+}
+
+/// Whether `id` is a call id Mistral's templates accept.
+fn is_mistral_id(id: &str) -> bool {
+    id.len() == MISTRAL_ID_LEN && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// A 9-character alphanumeric id standing for `id` (the same for the same id, so a call
+/// and its result still match): ids from another API (`call_...`) become ids Mistral's
+/// templates accept.
+fn mistral_id_for(id: &str) -> String {
+    if is_mistral_id(id) {
+        return id.to_string();
+    }
+    use sha2::{Digest, Sha256};
+    Sha256::digest(id.as_bytes())
+        .iter()
+        .take(MISTRAL_ID_LEN)
+        .map(|b| ALPHANUMERIC[*b as usize % ALPHANUMERIC.len()] as char)
+        .collect()
+}
+
+/// Call ids in earlier messages, as a Mistral template accepts them.
+fn with_mistral_ids(messages: &[Message]) -> Vec<Message> {
+    messages
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            if let Some(id) = &m.tool_call_id {
+                m.tool_call_id = Some(mistral_id_for(id));
+            }
+            if let Some(Value::Array(calls)) = &mut m.tool_calls {
+                for call in calls {
+                    if let Some(id) = call.get("id").and_then(Value::as_str) {
+                        call["id"] = Value::String(mistral_id_for(id));
+                    }
+                }
+            }
+            m
+        })
+        .collect()
 }
 
 /// The messages and `tools` value to render for a request with tools.
@@ -71,7 +162,11 @@ pub fn prepare_prompt(
     if model.template.handles_tools() {
         let value = (!shown.is_empty())
             .then(|| Value::Array(shown.iter().map(|t| t.raw.clone()).collect()));
-        return (messages.to_vec(), value);
+        let messages = match ToolFormat::for_model(model) {
+            ToolFormat::Mistral(_) => with_mistral_ids(messages),
+            ToolFormat::Hermes => messages.to_vec(),
+        };
+        return (messages, value);
     }
     let mut out: Vec<Message> = messages.iter().map(as_plain_text).collect();
     if !shown.is_empty() {
@@ -147,6 +242,15 @@ pub fn call_grammar(
         ToolChoice::Required => tools.iter().collect(),
         ToolChoice::Function(name) => tools.iter().filter(|t| &t.name == name).collect(),
     };
+    // The separators Python's json.dumps (the templates' `tojson`) writes.
+    let layout =
+        json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "});
+    let many = parallel && !matches!(choice, ToolChoice::Function(_));
+    if let ToolFormat::Mistral(m) = format
+        && m.name_args
+    {
+        return Some(name_args_grammar(m, &allowed, &layout, many));
+    }
     let variants: Vec<Value> = allowed
         .iter()
         .map(|t| {
@@ -161,27 +265,55 @@ pub fn call_grammar(
             })
         })
         .collect();
-    let schema = json!({
-        "anyOf": variants,
-        "x-guidance": {"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "},
-    });
-    let many = parallel && !matches!(choice, ToolChoice::Function(_));
+    let schema = json!({"anyOf": variants, "x-guidance": layout});
     Some(match format {
         ToolFormat::Hermes => format!(
             "start: {}\ncall: \"{HERMES_OPEN}\\n\" body \"\\n{HERMES_CLOSE}\"\nbody: %json {schema}\n",
             if many { "call (\"\\n\" call)*" } else { "call" }
         ),
-        ToolFormat::Mistral { marker_id } => {
-            let marker = match marker_id {
-                Some(id) => format!("<[{id}]>"),
-                None => format!("\"{MISTRAL_MARKER}\""),
-            };
-            format!(
-                "start: {marker} \"[\" {} \"]\"\nbody: %json {schema}\n",
-                if many { "body (\", \" body)*" } else { "body" }
-            )
-        }
+        ToolFormat::Mistral(m) => format!(
+            "start: {} \"[\" {} \"]\"\nbody: %json {schema}\n",
+            lark_marker(m.calls_token, MISTRAL_CALLS),
+            if many { "body (\", \" body)*" } else { "body" }
+        ),
     })
+}
+
+/// A marker in a Lark grammar: its token when it is one, else its text.
+fn lark_marker(token: Option<u32>, text: &str) -> String {
+    match token {
+        Some(id) => format!("<[{id}]>"),
+        None => format!("\"{text}\""),
+    }
+}
+
+/// `[TOOL_CALLS]name[ARGS]{...}` (with `[CALL_ID]id` before `[ARGS]` where the template
+/// writes one), one alternative per function so that the arguments follow its schema.
+fn name_args_grammar(m: Mistral, allowed: &[&Tool], layout: &Value, many: bool) -> String {
+    let calls = lark_marker(m.calls_token, MISTRAL_CALLS);
+    let args = lark_marker(m.args_token, MISTRAL_ARGS);
+    let call_id = if m.call_id {
+        format!(
+            "{} /[a-zA-Z0-9]{{9}}/ ",
+            lark_marker(m.call_id_token, MISTRAL_CALL_ID)
+        )
+    } else {
+        String::new()
+    };
+    let mut lark = format!("start: {}\n", if many { "call+" } else { "call" });
+    let alternatives: Vec<String> = (0..allowed.len()).map(|i| format!("call{i}")).collect();
+    lark.push_str(&format!("call: {}\n", alternatives.join(" | ")));
+    for (i, tool) in allowed.iter().enumerate() {
+        let mut schema = tool.parameters.clone();
+        if let Some(object) = schema.as_object_mut() {
+            object.insert("x-guidance".into(), layout.clone());
+        }
+        lark.push_str(&format!(
+            "call{i}: {calls} {} {call_id}{args} args{i}\nargs{i}: %json {schema}\n",
+            Value::String(tool.name.clone())
+        ));
+    }
+    lark
 }
 
 /// A call as it goes to the client.
@@ -210,6 +342,15 @@ pub enum ToolDelta {
     Call(ToolCall),
 }
 
+/// A call as read from the output, before it gets an id: the id the model wrote, if any
+/// (`[CALL_ID]`, or `"id"` in a v3 call object), its name and its arguments as JSON text.
+#[derive(Debug)]
+struct ParsedCall {
+    id: Option<String>,
+    name: String,
+    arguments: String,
+}
+
 /// Reads a model's output as it comes: text goes out as content, except what might be the
 /// start of a call, which is held back until it is known; each call goes out when it is
 /// complete. A call that does not parse goes out as the text it was.
@@ -236,16 +377,11 @@ impl ToolCallParser {
         self.calls
     }
 
+    /// One token of output and the text it let out. A marker that is a control token
+    /// decodes to nothing; its id stands for its text.
     pub fn push(&mut self, token: u32, text: &str) -> Vec<ToolDelta> {
+        let text = self.format.control_text(token).unwrap_or(text);
         let mut out = Vec::new();
-        if !self.in_calls && self.format.marker_id() == Some(token) {
-            // The marker as a control token: its text may not be shown at all.
-            out.extend(content(std::mem::take(&mut self.buffer)));
-            self.in_calls = true;
-            self.buffer
-                .push_str(text.trim_start_matches(MISTRAL_MARKER));
-            return out;
-        }
         self.buffer.push_str(text);
         if !self.in_calls {
             let marker = self.format.marker();
@@ -280,22 +416,21 @@ impl ToolCallParser {
         if body.is_empty() {
             return out;
         }
-        match self.format {
+        let last = match self.format {
             ToolFormat::Hermes => {
                 let body = body.strip_prefix(HERMES_OPEN).unwrap_or(body).trim();
-                match parse_call(body) {
-                    Some(call) => out.push(self.call(call)),
-                    None => out.extend(content(self.unparsed(&rest))),
+                parse_call(body).map(|call| vec![call])
+            }
+            // What is left did not parse as a complete call.
+            ToolFormat::Mistral(_) => None,
+        };
+        match last {
+            Some(calls) => {
+                for call in calls {
+                    out.push(self.call(call));
                 }
             }
-            ToolFormat::Mistral { .. } => match parse_call_list(body) {
-                Some(calls) => {
-                    for call in calls {
-                        out.push(self.call(call));
-                    }
-                }
-                None => out.extend(content(self.unparsed(&rest))),
-            },
+            None => out.extend(content(self.unparsed(&rest))),
         }
         out
     }
@@ -328,12 +463,9 @@ impl ToolCallParser {
                     }
                 }
             }
-            ToolFormat::Mistral { .. } => {
-                let body = self.buffer.trim();
-                if body.ends_with(']')
-                    && let Some(calls) = parse_call_list(body)
-                {
-                    self.buffer.clear();
+            ToolFormat::Mistral(_) => {
+                while let Some((calls, used)) = next_mistral_calls(&self.buffer) {
+                    self.buffer.drain(..used);
                     for call in calls {
                         out.push(self.call(call));
                     }
@@ -342,14 +474,73 @@ impl ToolCallParser {
         }
     }
 
-    fn call(&mut self, (name, arguments): (String, String)) -> ToolDelta {
+    fn call(&mut self, parsed: ParsedCall) -> ToolDelta {
         self.calls += 1;
+        let id = match (self.format, parsed.id) {
+            (ToolFormat::Mistral(_), Some(id)) if is_mistral_id(&id) => id,
+            _ => self.format.new_call_id(),
+        };
         ToolDelta::Call(ToolCall {
-            id: format!("call_{}", hex_id()),
-            name,
-            arguments,
+            id,
+            name: parsed.name,
+            arguments: parsed.arguments,
         })
     }
+}
+
+/// The complete Mistral call(s) at the start of `text` (what follows a `[TOOL_CALLS]`, or
+/// the next call's own `[TOOL_CALLS]`), in either form, and the bytes they took. `None`
+/// while the text is not yet a complete call, or does not parse as one.
+fn next_mistral_calls(text: &str) -> Option<(Vec<ParsedCall>, usize)> {
+    let mut body = text.trim_start();
+    // Each call of the v11 form has its own marker.
+    if let Some(rest) = body.strip_prefix(MISTRAL_CALLS) {
+        body = rest.trim_start();
+    } else if MISTRAL_CALLS.starts_with(body) {
+        return None;
+    }
+    let start = text.len() - body.len();
+    let (calls, used) = if body.starts_with('[') || body.starts_with('{') {
+        // v3: a JSON array of calls (or one call object).
+        let (value, used) = first_json_value(body)?;
+        let calls = match value {
+            Value::Array(items) => items.iter().map(parsed_from_value).collect::<Option<_>>()?,
+            single @ Value::Object(_) => vec![parsed_from_value(&single)?],
+            _ => return None,
+        };
+        (calls, used)
+    } else {
+        // v11 and later: name, maybe [CALL_ID]id, [ARGS], then the arguments object.
+        let args_at = body.find(MISTRAL_ARGS)?;
+        let (name, id) = match body[..args_at].split_once(MISTRAL_CALL_ID) {
+            Some((name, id)) => (name, Some(id.trim().to_string())),
+            None => (&body[..args_at], None),
+        };
+        let name = name.trim();
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return None;
+        }
+        let after = args_at + MISTRAL_ARGS.len();
+        let (arguments, used) = first_json_value(&body[after..])?;
+        if !arguments.is_object() {
+            return None;
+        }
+        let call = ParsedCall {
+            id,
+            name: name.to_string(),
+            arguments: arguments.to_string(),
+        };
+        (vec![call], after + used)
+    };
+    Some((calls, start + used))
+}
+
+/// The JSON value at the start of `text` (after whitespace) and the bytes it took; `None`
+/// when it is incomplete or malformed.
+fn first_json_value(text: &str) -> Option<(Value, usize)> {
+    let mut values = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+    let value = values.next()?.ok()?;
+    Some((value, values.byte_offset()))
 }
 
 fn content(text: String) -> Option<ToolDelta> {
@@ -367,12 +558,12 @@ fn partial_suffix(text: &str, marker: &str) -> usize {
 }
 
 /// `{"name": ..., "arguments": {...}}` (or `"parameters"`, or arguments as a JSON string).
-fn parse_call(body: &str) -> Option<(String, String)> {
+fn parse_call(body: &str) -> Option<ParsedCall> {
     let value: Value = serde_json::from_str(body).ok()?;
-    call_from_value(&value)
+    parsed_from_value(&value)
 }
 
-fn call_from_value(value: &Value) -> Option<(String, String)> {
+fn parsed_from_value(value: &Value) -> Option<ParsedCall> {
     let object = value.as_object()?;
     let name = object.get("name")?.as_str()?.to_string();
     let arguments = match object.get("arguments").or_else(|| object.get("parameters")) {
@@ -380,15 +571,12 @@ fn call_from_value(value: &Value) -> Option<(String, String)> {
         Some(Value::String(s)) => serde_json::from_str(s).ok()?,
         Some(v) => v.clone(),
     };
-    arguments.is_object().then(|| (name, arguments.to_string()))
-}
-
-fn parse_call_list(body: &str) -> Option<Vec<(String, String)>> {
-    match serde_json::from_str::<Value>(body).ok()? {
-        Value::Array(items) => items.iter().map(call_from_value).collect(),
-        single @ Value::Object(_) => call_from_value(&single).map(|c| vec![c]),
-        _ => None,
-    }
+    let id = object.get("id").and_then(Value::as_str).map(str::to_string);
+    arguments.is_object().then(|| ParsedCall {
+        id,
+        name,
+        arguments: arguments.to_string(),
+    })
 }
 
 fn hex_id() -> String {
@@ -469,28 +657,213 @@ mod tests {
         assert_eq!(content, "<tool_call>{not json}</tool_call>");
     }
 
+    /// Mistral's markers as control tokens 9, 10 and 11 (they decode to no text).
+    fn mistral(name_args: bool) -> ToolFormat {
+        ToolFormat::Mistral(Mistral {
+            name_args,
+            call_id: false,
+            calls_token: Some(9),
+            args_token: Some(10),
+            call_id_token: Some(11),
+        })
+    }
+
+    fn ids(format: ToolFormat, pieces: &[(u32, &str)]) -> Vec<String> {
+        let mut p = ToolCallParser::new(format);
+        let mut deltas: Vec<ToolDelta> = pieces.iter().flat_map(|(t, s)| p.push(*t, s)).collect();
+        deltas.extend(p.finish());
+        deltas
+            .into_iter()
+            .filter_map(|d| match d {
+                ToolDelta::Call(c) => Some(c.id),
+                ToolDelta::Content(_) => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn mistral_calls_by_text_and_by_control_token() {
-        let format = ToolFormat::Mistral { marker_id: Some(9) };
-        let (content, calls) = every_split(
-            format,
-            "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {\"x\": 1}}, {\"name\": \"b\", \"arguments\": {}}]",
+    fn mistral_v3_calls_by_text_and_by_control_token() {
+        for format in [mistral(false), mistral(true)] {
+            let (content, calls) = every_split(
+                format,
+                "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {\"x\": 1}}, {\"name\": \"b\", \"arguments\": {}}]",
+            );
+            assert_eq!(content, "");
+            assert_eq!(
+                calls,
+                vec![("a".into(), r#"{"x":1}"#.into()), ("b".into(), "{}".into())]
+            );
+            // The marker as a control token decodes to nothing.
+            let (content, calls) = run(
+                format,
+                &[
+                    (9, ""),
+                    (1, "[{\"name\": \"a\", "),
+                    (2, "\"arguments\": {}}]"),
+                ],
+            );
+            assert_eq!((content.as_str(), calls.len()), ("", 1));
+        }
+    }
+
+    #[test]
+    fn mistral_v11_calls_from_any_split() {
+        // Whatever the template says, both forms are read (a model may answer in either).
+        for format in [mistral(true), mistral(false)] {
+            let (content, calls) = every_split(
+                format,
+                "Let me check. [TOOL_CALLS]get_weather[ARGS]{\"city\": \"Zürich\", \"q\": \"a [ARGS] {b}\"}[TOOL_CALLS]lookup_invoice[ARGS]{\"number\": 1042, \"tags\": [\"x\", {\"y\": []}]}",
+            );
+            assert_eq!(content, "Let me check. ");
+            assert_eq!(
+                calls,
+                vec![
+                    (
+                        "get_weather".into(),
+                        r#"{"city":"Zürich","q":"a [ARGS] {b}"}"#.into()
+                    ),
+                    (
+                        "lookup_invoice".into(),
+                        r#"{"number":1042,"tags":["x",{"y":[]}]}"#.into()
+                    ),
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn mistral_v11_markers_as_control_tokens_stream_each_call_when_complete() {
+        let format = mistral(true);
+        let mut p = ToolCallParser::new(format);
+        let mut out = Vec::new();
+        for (t, s) in [
+            (9, ""),
+            (1, "get_weather"),
+            (10, ""),
+            (2, "{\"city\": "),
+            (3, "\"Paris\"}"),
+        ] {
+            out.extend(p.push(t, s));
+        }
+        // The first call goes out as soon as its arguments close, before the output ends.
+        assert!(
+            matches!(&out[..], [ToolDelta::Call(c)] if c.name == "get_weather" && c.arguments == r#"{"city":"Paris"}"#),
+            "{out:?}"
         );
-        assert_eq!(content, "");
+        for (t, s) in [(9, ""), (4, "f"), (10, ""), (5, "{}")] {
+            out.extend(p.push(t, s));
+        }
+        out.extend(p.finish());
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(p.calls(), 2);
+    }
+
+    #[test]
+    fn mistral_call_ids_are_nine_alphanumerics_or_the_models_own() {
+        let text = "[TOOL_CALLS]a[ARGS]{}[TOOL_CALLS]b[CALL_ID]Xy7Zq01Ab[ARGS]{}[TOOL_CALLS]c[CALL_ID]too-long-id[ARGS]{}";
+        let got = ids(mistral(true), &[(0, text)]);
+        assert_eq!(got.len(), 3);
+        assert!(got.iter().all(|id| is_mistral_id(id)), "{got:?}");
+        assert_eq!(got[1], "Xy7Zq01Ab");
+        // v3: an id the model wrote in the call object.
+        let got = ids(
+            mistral(false),
+            &[(
+                0,
+                "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {}, \"id\": \"k9L8m7N6p\"}]",
+            )],
+        );
+        assert_eq!(got, ["k9L8m7N6p"]);
+        // Random ids differ; Hermes keeps OpenAI's shape.
+        let a = ids(mistral(true), &[(0, "[TOOL_CALLS]a[ARGS]{}")]);
+        let b = ids(mistral(true), &[(0, "[TOOL_CALLS]a[ARGS]{}")]);
+        assert_ne!(a, b);
+        let h = ids(
+            ToolFormat::Hermes,
+            &[(0, "<tool_call>{\"name\": \"a\"}</tool_call>")],
+        );
+        assert!(h[0].starts_with("call_") && h[0].len() > 9, "{h:?}");
+    }
+
+    #[test]
+    fn a_malformed_mistral_call_is_shown_as_written() {
+        for text in [
+            "[TOOL_CALLS]get_weather[ARGS]{\"city\": ",
+            "[TOOL_CALLS]get_weather{\"city\": 1}",
+            "[TOOL_CALLS][{\"name\": 3}]",
+        ] {
+            let (content, calls) = every_split(mistral(true), text);
+            assert_eq!((content.as_str(), calls.len()), (text, 0));
+        }
+    }
+
+    #[test]
+    fn client_call_ids_are_mapped_to_ids_mistral_templates_accept() {
+        assert_eq!(mistral_id_for("a1B2c3D4e"), "a1B2c3D4e");
+        let mapped = mistral_id_for("call_0123456789abcdef");
+        assert!(is_mistral_id(&mapped), "{mapped}");
+        assert_eq!(mapped, mistral_id_for("call_0123456789abcdef"));
+        assert_ne!(mapped, mistral_id_for("call_0123456789abcdeg"));
+
+        let mut assistant = Message::new("assistant", "");
+        assistant.tool_calls = Some(json!([{"id": "call_0123456789abcdef", "type": "function",
+            "function": {"name": "f", "arguments": {}}}]));
+        let mut result = Message::new("tool", "ok");
+        result.tool_call_id = Some("call_0123456789abcdef".into());
+        let out = with_mistral_ids(&[Message::new("user", "hi"), assistant, result]);
+        assert_eq!(out[0], Message::new("user", "hi"));
+        assert_eq!(out[1].tool_calls.as_ref().unwrap()[0]["id"], json!(mapped));
+        assert_eq!(out[2].tool_call_id.as_deref(), Some(mapped.as_str()));
+    }
+
+    #[test]
+    fn the_template_decides_the_mistral_form() {
+        let token = |piece: &str| (piece == "[ARGS]").then_some(7);
         assert_eq!(
-            calls,
-            vec![("a".into(), r#"{"x":1}"#.into()), ("b".into(), "{}".into())]
+            ToolFormat::for_template("{{ messages }}", token),
+            ToolFormat::Hermes
         );
-        // The marker as a control token decodes to nothing.
-        let (content, calls) = run(
-            format,
-            &[
-                (9, ""),
-                (1, "[{\"name\": \"a\", "),
-                (2, "\"arguments\": {}}]"),
-            ],
-        );
-        assert_eq!((content.as_str(), calls.len()), ("", 1));
+        let v3 = "{{- '[TOOL_CALLS][' }}{{ call|tojson }}";
+        let v11 = "{{- '[TOOL_CALLS]' + name + '[ARGS]' + arguments }}";
+        let v13 = "{{- '[TOOL_CALLS]' + name }}{{ '[CALL_ID]' + id }}{{ '[ARGS]' }}";
+        let ToolFormat::Mistral(m) = ToolFormat::for_template(v3, token) else {
+            panic!()
+        };
+        assert!(!m.name_args && !m.call_id);
+        let ToolFormat::Mistral(m) = ToolFormat::for_template(v11, token) else {
+            panic!()
+        };
+        assert!(m.name_args && !m.call_id && m.args_token == Some(7) && m.calls_token.is_none());
+        let ToolFormat::Mistral(m) = ToolFormat::for_template(v13, token) else {
+            panic!()
+        };
+        assert!(m.name_args && m.call_id);
+    }
+
+    /// llama.cpp's real Mistral templates, when the test data is at hand.
+    #[test]
+    fn real_mistral_templates_are_told_apart() {
+        let Some(dir) = std::env::var_os("VERRE_LLAMA_TEMPLATES_DIR") else {
+            eprintln!("skipped: set VERRE_LLAMA_TEMPLATES_DIR");
+            return;
+        };
+        let dir = std::path::PathBuf::from(dir);
+        for (file, name_args, call_id) in [
+            ("mistralai-Mistral-Nemo-Instruct-2407.jinja", false, false),
+            ("unsloth-mistral-Devstral-Small-2507.jinja", true, false),
+            (
+                "mistralai-Ministral-3-14B-Reasoning-2512.jinja",
+                true,
+                false,
+            ),
+            ("Mistral-Small-3.2-24B-Instruct-2506.jinja", true, true),
+        ] {
+            let source = std::fs::read_to_string(dir.join(file)).expect(file);
+            let ToolFormat::Mistral(m) = ToolFormat::for_template(&source, |_| None) else {
+                panic!("{file}: not a Mistral template")
+            };
+            assert_eq!((m.name_args, m.call_id), (name_args, call_id), "{file}");
+        }
     }
 
     #[test]
@@ -509,16 +882,31 @@ mod tests {
                 && g.contains("call (\"\\n\" call)*"),
             "{g}"
         );
-        let g = call_grammar(
-            ToolFormat::Mistral { marker_id: Some(5) },
-            &tools,
-            &ToolChoice::Function("lookup".into()),
-            true,
-        )
-        .unwrap();
+        let v3 = ToolFormat::Mistral(Mistral {
+            calls_token: Some(5),
+            ..Mistral::default()
+        });
+        let g = call_grammar(v3, &tools, &ToolChoice::Function("lookup".into()), true).unwrap();
         assert!(
             g.contains("<[5]>") && g.contains("\"lookup\"") && !g.contains("\"search\""),
             "{g}"
         );
+        // v11 and later: one alternative per function, its name then [ARGS] then its
+        // arguments' schema (and a 9-character [CALL_ID] where the template writes one).
+        let v13 = ToolFormat::Mistral(Mistral {
+            name_args: true,
+            call_id: true,
+            calls_token: Some(5),
+            args_token: Some(6),
+            call_id_token: None,
+        });
+        let g = call_grammar(v13, &tools, &ToolChoice::Required, true).unwrap();
+        assert!(g.starts_with("start: call+\ncall: call0 | call1\n"), "{g}");
+        assert!(
+            g.contains("call0: <[5]> \"search\" \"[CALL_ID]\" /[a-zA-Z0-9]{9}/ <[6]> args0\n"),
+            "{g}"
+        );
+        assert!(g.contains("args1: %json {\"type\":\"object\""), "{g}");
+        assert!(g.contains("\"key_separator\":\": \""), "{g}");
     }
 }
