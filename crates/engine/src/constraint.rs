@@ -175,10 +175,11 @@ impl TokenizerEnv for VerreTokEnv {
     }
 
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<u32> {
-        // llguidance asks for text in the middle of an output: no BOS, no control tokens.
+        // llguidance asks for text in the middle of an output: no BOS, no control tokens,
+        // no SentencePiece space prefix.
         let text = String::from_utf8_lossy(s);
         self.tokenizer
-            .encode(&text, false, false)
+            .encode_continuation(&text)
             .unwrap_or_default()
     }
 }

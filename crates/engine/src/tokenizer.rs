@@ -607,11 +607,33 @@ impl Tokenizer {
     /// Run normalizer, pre-tokenizer and BPE on text that holds no partitioned token.
     /// (Calling `inner.encode` instead would match added tokens again, ignoring
     /// `parse_special`.)
+    /// Encode text that continues an output already under way (a grammar's forced text):
+    /// no BOS, control tokens as plain text, and no SentencePiece space in front — that
+    /// space belongs to the start of a text, and here the text starts mid-sequence.
+    pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        self.encode_plain_with(text, !self.add_space_prefix, &mut ids)?;
+        Ok(ids)
+    }
+
     fn encode_plain(&self, text: &str, ids: &mut Vec<u32>) -> Result<()> {
+        self.encode_plain_with(text, true, ids)
+    }
+
+    /// `prefix`: normalize as the vocabulary does, SentencePiece's space prefix included;
+    /// otherwise only spaces become `▁`.
+    fn encode_plain_with(&self, text: &str, prefix: bool, ids: &mut Vec<u32>) -> Result<()> {
         let mut pretokenized = PreTokenizedString::from(text);
-        if let Some(normalizer) = self.inner.get_normalizer() {
+        if prefix {
+            if let Some(normalizer) = self.inner.get_normalizer() {
+                pretokenized
+                    .normalize(|s| normalizer.normalize(s))
+                    .map_err(|e| anyhow!("normalizing text: {e}"))?;
+            }
+        } else {
+            let spaces = Replace::new(" ", SPM_SPACE).map_err(|e| anyhow!("{e}"))?;
             pretokenized
-                .normalize(|s| normalizer.normalize(s))
+                .normalize(|s| spaces.normalize(s))
                 .map_err(|e| anyhow!("normalizing text: {e}"))?;
         }
         if let Some(pre_tokenizer) = self.inner.get_pre_tokenizer() {
@@ -1618,6 +1640,27 @@ mod tests {
         let tok = load_gguf(&dir.join("ggml-vocab-llama-spm.gguf"));
         check_continuation(&tok, "llama-spm");
         check_first_word_keeps_its_space(&tok, "llama-spm", "▁gobierno");
+    }
+
+    /// Forced text in the middle of an output (a grammar's `{"`) must decode to exactly
+    /// itself: no SentencePiece space in front.
+    #[test]
+    fn continuation_text_gets_no_space_prefix() {
+        let Some(dir) = env_path("VERRE_LLAMA_VOCAB_DIR") else {
+            return;
+        };
+        for vocab in ["ggml-vocab-llama-spm.gguf", "ggml-vocab-llama-bpe.gguf", "ggml-vocab-qwen2.gguf"] {
+            let tok = load_gguf(&dir.join(vocab));
+            for text in ["{\"", " {\"name\": 1}", "gobierno", "\n  \"x\""] {
+                let ids = tok.encode_continuation(text).expect("encode");
+                let bytes: Vec<u8> = ids.iter().flat_map(|&id| tok.token_bytes(id)).collect();
+                assert_eq!(String::from_utf8_lossy(&bytes), text, "{vocab}: {ids:?}");
+            }
+        }
+        // The ordinary encoding of the start of a text keeps its prefix.
+        let spm = load_gguf(&dir.join("ggml-vocab-llama-spm.gguf"));
+        let first = spm.encode("{", false, false).expect("encode")[0];
+        assert!(spm.pieces()[first as usize].starts_with('▁'));
     }
 
     #[test]
