@@ -1,6 +1,7 @@
 //! Chat templates: the model's own Jinja template from `tokenizer.chat_template`, rendered
 //! with minijinja the way Hugging Face renders it (trimmed blocks, Python string methods),
-//! or a built-in Mistral `[INST]` template for files that carry none.
+//! or, for files that carry none, a built-in template of the model's family: Gemma's turns
+//! for Gemma, Mistral's `[INST]` otherwise.
 
 use anyhow::{Context, Result, anyhow};
 use minijinja::{Environment, Error, ErrorKind, Value, context};
@@ -18,6 +19,29 @@ pub const MISTRAL_FALLBACK: &str = "\
 {%- elif m['role'] == 'assistant' %}{{ ' ' ~ m['content'] ~ eos_token }}\
 {%- else %}{{ raise_exception('Mistral instruct format has no role ' ~ m['role']) }}{% endif %}\
 {%- endfor %}";
+
+/// Gemma's turn format (`<start_of_turn>user` / `model`, `<end_of_turn>`), for Gemma files
+/// without a template of their own (the pretrained 270M). Gemma has no system role: a system
+/// message is put at the head of the first user turn.
+pub const GEMMA_FALLBACK: &str = "\
+{{- bos_token }}\
+{%- if messages and messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] ~ '\n\n' %}{% set msgs = messages[1:] %}\
+{%- else %}{% set prefix = '' %}{% set msgs = messages %}{% endif %}\
+{%- for m in msgs %}\
+{%- if m['role'] == 'user' %}<start_of_turn>user\n{% if loop.first %}{{ prefix }}{% endif %}{{ m['content'] | trim }}<end_of_turn>{{ '\n' }}\
+{%- elif m['role'] == 'assistant' %}<start_of_turn>model\n{{ m['content'] | trim }}<end_of_turn>{{ '\n' }}\
+{%- else %}{{ raise_exception('Gemma turn format has no role ' ~ m['role']) }}{% endif %}\
+{%- endfor %}\
+{%- if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
+
+/// The built-in template for a model of `architecture` whose file carries none.
+pub fn fallback_template(architecture: &str) -> &'static str {
+    if architecture.starts_with("gemma") {
+        GEMMA_FALLBACK
+    } else {
+        MISTRAL_FALLBACK
+    }
+}
 
 /// One chat message. Content is plain text here; the API layer flattens content parts.
 /// Tool calls and tool results carry the fields Hugging Face chat templates read.
@@ -80,9 +104,22 @@ impl Clock {
 }
 
 impl ChatTemplate {
-    /// Compile a template. `source` is `None` when the model has no template.
+    /// Compile a template. `source` is `None` when the model has no template: Mistral's
+    /// `[INST]` format is used.
     pub fn new(source: Option<&str>, bos_token: &str, eos_token: &str) -> Result<Self> {
-        Self::build(source, bos_token, eos_token, Clock::System)
+        Self::build(source, MISTRAL_FALLBACK, bos_token, eos_token, Clock::System)
+    }
+
+    /// As [`ChatTemplate::new`], with the built-in template of the model's family
+    /// ([`fallback_template`]) when the file has none.
+    pub fn for_architecture(
+        source: Option<&str>,
+        architecture: &str,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<Self> {
+        let fallback = fallback_template(architecture);
+        Self::build(source, fallback, bos_token, eos_token, Clock::System)
     }
 
     /// As [`ChatTemplate::new`], with `strftime_now` fixed at `unix_secs` (UTC), so that a
@@ -93,12 +130,18 @@ impl ChatTemplate {
         eos_token: &str,
         unix_secs: u64,
     ) -> Result<Self> {
-        Self::build(source, bos_token, eos_token, Clock::Fixed(unix_secs))
+        Self::build(source, MISTRAL_FALLBACK, bos_token, eos_token, Clock::Fixed(unix_secs))
     }
 
-    fn build(source: Option<&str>, bos_token: &str, eos_token: &str, clock: Clock) -> Result<Self> {
+    fn build(
+        source: Option<&str>,
+        fallback: &str,
+        bos_token: &str,
+        eos_token: &str,
+        clock: Clock,
+    ) -> Result<Self> {
         let is_fallback = source.is_none();
-        let source = source.unwrap_or(MISTRAL_FALLBACK).to_string();
+        let source = source.unwrap_or(fallback).to_string();
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -292,6 +335,28 @@ mod tests {
         );
         let out = t.render(&[Message::new("user", "Hi")], false).unwrap();
         assert!(!out.contains("assistant"));
+    }
+
+    #[test]
+    fn gemma_files_without_a_template_get_gemma_turns() {
+        let t = ChatTemplate::for_architecture(None, "gemma3", "<bos>", "<eos>").unwrap();
+        assert!(t.is_fallback);
+        let msgs = [
+            Message::new("system", "Be brief."),
+            Message::new("user", "Hi "),
+            Message::new("assistant", "Hello!"),
+            Message::new("user", "Bye"),
+        ];
+        assert_eq!(
+            t.render(&msgs, true).unwrap(),
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n\
+             <start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+        );
+        // Other families keep the Mistral fallback; a file's own template always wins.
+        let llama = ChatTemplate::for_architecture(None, "llama", "<s>", "</s>").unwrap();
+        assert!(llama.render(&[Message::new("user", "Hi")], true).unwrap().contains("[INST]"));
+        let own = ChatTemplate::for_architecture(Some(CHATML), "gemma3", "<s>", "</s>").unwrap();
+        assert!(!own.is_fallback);
     }
 
     #[test]

@@ -160,8 +160,9 @@ impl LoadedModel {
             Some(_) => Some(gguf.get_str("tokenizer.chat_template")?),
             None => None,
         };
-        let template = ChatTemplate::new(
+        let template = ChatTemplate::for_architecture(
             template_src.as_deref(),
+            &model.info().architecture,
             &piece(tokenizer.bos_id()),
             &piece(tokenizer.eos_id()),
         )
