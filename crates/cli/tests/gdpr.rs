@@ -213,6 +213,7 @@ fn review_deliver_and_bill(env: &Env) {
                     latency_ms: 2,
                 },
                 audit: ApiAudit::None,
+                pseudonymized: false,
             }])
             .await
             .unwrap();
