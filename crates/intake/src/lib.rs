@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod demo;
 pub mod imap;
+pub mod isolation;
 pub mod parse;
 pub mod pipeline;
 pub mod source;
@@ -20,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Result;
+pub use isolation::MailParser;
 pub use backend::{
     Completion, EngineBackend, ExtractBackend, ExtractRequest, Extraction, StubBackend,
 };
