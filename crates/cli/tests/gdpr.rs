@@ -419,8 +419,10 @@ fn encrypted_intake_rotation_erasure_audit_and_purge() {
     let purged: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(purged["messages_deleted"], 0, "{purged:#}");
     // Once a reviewer decided them (rejected: nothing to deliver), all four go.
-    sql("INSERT INTO decisions (message_id, decision, reviewer, reason, decided_at)
-         SELECT id, 'rejected', 'alice', 'test', 1 FROM messages");
+    sql(
+        "INSERT INTO decisions (message_id, decision, reviewer, reason, decided_at)
+         SELECT id, 'rejected', 'alice', 'test', 1 FROM messages",
+    );
     let dry = stdout(&run_ok(env.verre().args([
         "purge",
         "--config",

@@ -60,14 +60,14 @@ fn pdf(objects: &[Vec<u8>]) -> Vec<u8> {
     let mut offsets = Vec::new();
     for (i, body) in objects.iter().enumerate() {
         offsets.push(out.len());
-        write!(out, "{} 0 obj\n", i + 1).unwrap();
+        writeln!(out, "{} 0 obj", i + 1).unwrap();
         out.extend_from_slice(body);
         out.extend_from_slice(b"\nendobj\n");
     }
     let xref = out.len();
     write!(out, "xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).unwrap();
     for o in offsets {
-        write!(out, "{o:010} 00000 n \n").unwrap();
+        writeln!(out, "{o:010} 00000 n ").unwrap();
     }
     write!(
         out,
@@ -140,7 +140,11 @@ fn zlib_of_zeros(total: usize) -> Vec<u8> {
     deflate
         .compress_vec(&vec![0u8; CHUNK], &mut block, flate2::FlushCompress::Full)
         .unwrap();
-    assert_eq!(deflate.total_in(), CHUNK as u64, "one call deflates the chunk");
+    assert_eq!(
+        deflate.total_in(),
+        CHUNK as u64,
+        "one call deflates the chunk"
+    );
     let mut out = vec![0x78, 0x01];
     for _ in 0..total / CHUNK {
         out.extend_from_slice(&block);
@@ -292,7 +296,11 @@ fn hostile_pdfs_end_as_unreadable_parts_and_intake_run_goes_on() {
         .args(["--database", &db, "--backend", "stub", "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "verre intake run died: {}", describe(&out));
+    assert!(
+        out.status.success(),
+        "verre intake run died: {}",
+        describe(&out)
+    );
     eprintln!("three hostile mails: {:.1?}", started.elapsed());
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["messages"], 3, "{summary:#}");
@@ -363,7 +371,10 @@ fn verre_up_keeps_serving_through_hostile_mail() {
     let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             if lines_tx.send(line).is_err() {
                 break;
             }
@@ -376,7 +387,10 @@ fn verre_up_keeps_serving_through_hostile_mail() {
         let line = lines
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .unwrap_or_else(|_| panic!("verre up did not start:\n{}", printed.join("\n")));
-        if let Some(url) = line.split_whitespace().find(|w| w.starts_with("http") && w.ends_with("/v1")) {
+        if let Some(url) = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http") && w.ends_with("/v1"))
+        {
             api = Some(url.trim_end_matches("/v1").to_string());
         }
         printed.push(line);
@@ -404,7 +418,11 @@ fn verre_up_keeps_serving_through_hostile_mail() {
         if done == 3 {
             break;
         }
-        assert!(Instant::now() < deadline, "the mails were not processed:\n{}", printed.join("\n"));
+        assert!(
+            Instant::now() < deadline,
+            "the mails were not processed:\n{}",
+            printed.join("\n")
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let health = block_on(async {
@@ -418,10 +436,17 @@ fn verre_up_keeps_serving_through_hostile_mail() {
             .map(|r| r.status())
     });
     assert_eq!(health.unwrap(), reqwest::StatusCode::OK);
-    assert!(up.try_wait().unwrap().is_none(), "verre up is still running");
+    assert!(
+        up.try_wait().unwrap().is_none(),
+        "verre up is still running"
+    );
     // SAFETY: a signal to the child this test started.
     unsafe { libc::kill(up.id() as libc::pid_t, libc::SIGINT) };
     let status = up.wait().unwrap();
-    assert!(status.success(), "verre up: {status}\n{}", printed.join("\n"));
+    assert!(
+        status.success(),
+        "verre up: {status}\n{}",
+        printed.join("\n")
+    );
     assert_unreadable(&attachment_notes(&db));
 }

@@ -89,7 +89,9 @@ impl ParserLimits {
                     .ok()
                     .filter(|n| *n > 0)
                     .map(Some)
-                    .ok_or_else(|| anyhow::anyhow!("{name}={v:?}: expected a whole number above 0")),
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("{name}={v:?}: expected a whole number above 0")
+                    }),
                 Err(_) => Ok(None),
             }
         };
@@ -275,7 +277,9 @@ impl ChildParser {
             Ok(answer) => return mail_of(answer),
             Err(why) => why,
         };
-        tracing::warn!("parsing a message in a child process failed ({whole}); reading its documents one by one");
+        tracing::warn!(
+            "parsing a message in a child process failed ({whole}); reading its documents one by one"
+        );
         let answer = self
             .run(raw, ChildMode::MailWithoutDocuments)
             .map_err(ParseError::Unreadable)?;
@@ -590,7 +594,10 @@ mod tests {
         assert!(why.contains("crashed (signal 11)"), "{why}");
         // The message itself cannot be read: the stage fails with the reason.
         let e = crash.parse(MAIL).unwrap_err();
-        assert!(e.to_string().starts_with("unreadable: the parser crashed"), "{e}");
+        assert!(
+            e.to_string().starts_with("unreadable: the parser crashed"),
+            "{e}"
+        );
 
         let hang = script("exec sleep 30");
         let started = Instant::now();
@@ -616,7 +623,10 @@ mod tests {
 
     #[test]
     fn the_child_gets_no_environment_and_its_limits() {
-        assert!(std::env::var_os("HOME").is_some(), "the test needs HOME set");
+        assert!(
+            std::env::var_os("HOME").is_some(),
+            "the test needs HOME set"
+        );
         let probe = script(
             "cat >/dev/null; [ -z \"$HOME\" ] || exit 3; \
              [ \"$(ulimit -c)\" = 0 ] || exit 4; [ \"$(ulimit -t)\" = 30 ] || exit 5; \

@@ -21,10 +21,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Result;
-pub use isolation::MailParser;
 pub use backend::{
     Completion, EngineBackend, ExtractBackend, ExtractRequest, Extraction, StubBackend,
 };
+pub use isolation::MailParser;
 pub use pipeline::{Pipeline, PipelineError};
 pub use source::{RawMail, Source};
 pub use stages::{Models, PiiSpan, PiiTagger, STAGES, StageRunner};

@@ -1063,8 +1063,10 @@ async fn record_request(
         )
             .into_response();
     }
-    axum::Json(json!({ "object": "chat.completion", "choices": [{ "index": 0, "text": "ok",
-        "message": { "role": "assistant", "content": "ok" }, "finish_reason": "stop" }] }))
+    axum::Json(
+        json!({ "object": "chat.completion", "choices": [{ "index": 0, "text": "ok",
+        "message": { "role": "assistant", "content": "ok" }, "finish_reason": "stop" }] }),
+    )
     .into_response()
 }
 
@@ -1073,7 +1075,10 @@ async fn recorder() -> (String, Arc<Recorder>) {
         bodies: Mutex::default(),
     });
     let app = Router::new()
-        .route("/v1/models", get(|| async { axum::Json(json!({ "data": [] })) }))
+        .route(
+            "/v1/models",
+            get(|| async { axum::Json(json!({ "data": [] })) }),
+        )
         .fallback(record_request)
         .with_state(recorder.clone());
     (format!("http://{}/v1", serve(app).await), recorder)
@@ -1086,7 +1091,10 @@ const CLEAR: [&str; 4] = ["Dupont", "jean.dupont@", "12 34 56 78", "FR14"];
 fn assert_no_personal_data(what: &str, sent: &[u8]) {
     let sent = String::from_utf8_lossy(sent);
     for clear in CLEAR {
-        assert!(!sent.contains(clear), "{what}: {clear:?} reached the upstream: {sent}");
+        assert!(
+            !sent.contains(clear),
+            "{what}: {clear:?} reached the upstream: {sent}"
+        );
     }
 }
 
@@ -1151,13 +1159,23 @@ async fn a_body_that_cannot_be_pseudonymised_is_refused_never_forwarded() {
                 let case = format!("{endpoint}, stream {stream}, {what}");
                 assert_eq!(status, StatusCode::BAD_REQUEST, "{case}: {text}");
                 let error: Value = serde_json::from_str(&text).unwrap();
-                assert_eq!(error["error"]["type"], "invalid_request_error", "{case}: {text}");
-                assert_eq!(error["error"]["code"], "cannot_pseudonymize", "{case}: {text}");
+                assert_eq!(
+                    error["error"]["type"], "invalid_request_error",
+                    "{case}: {text}"
+                );
+                assert_eq!(
+                    error["error"]["code"], "cannot_pseudonymize",
+                    "{case}: {text}"
+                );
                 let sent = recorder.bodies.lock().unwrap().clone();
                 for (path, body) in &sent {
                     assert_no_personal_data(&format!("{case} ({path})"), body);
                 }
-                assert!(sent.is_empty(), "{case}: forwarded {} request(s)", sent.len());
+                assert!(
+                    sent.is_empty(),
+                    "{case}: forwarded {} request(s)",
+                    sent.len()
+                );
             }
         }
     }
@@ -1191,8 +1209,14 @@ async fn every_text_field_is_pseudonymised_and_the_rewritten_body_is_what_goes()
     });
     let bodies = [
         ("chat", chat),
-        ("completions", json!({ "model": "far", "prompt": [PERSONAL, PERSONAL], "suffix": PERSONAL, "user": PERSONAL })),
-        ("embeddings", json!({ "model": "far", "input": PERSONAL, "user": PERSONAL })),
+        (
+            "completions",
+            json!({ "model": "far", "prompt": [PERSONAL, PERSONAL], "suffix": PERSONAL, "user": PERSONAL }),
+        ),
+        (
+            "embeddings",
+            json!({ "model": "far", "input": PERSONAL, "user": PERSONAL }),
+        ),
     ];
     for (endpoint, body) in &bodies {
         // Pretty-printed with a duplicate key inside a message: what goes is the parsed,
@@ -1231,10 +1255,16 @@ async fn every_text_field_is_pseudonymised_and_the_rewritten_body_is_what_goes()
     assert_eq!(chat["messages"][1]["role"], "user");
     assert_eq!(chat["messages"][3]["tool_call_id"], "call_1");
     assert_eq!(chat["tools"][0]["function"]["name"], "send_mail");
-    assert_eq!(chat["tools"][0]["function"]["parameters"]["required"][0], "to");
+    assert_eq!(
+        chat["tools"][0]["function"]["parameters"]["required"][0],
+        "to"
+    );
     assert_eq!(chat["response_format"]["json_schema"]["name"], "reply");
     assert!(
-        chat["messages"][1]["name"].as_str().unwrap().starts_with("<PERSON_"),
+        chat["messages"][1]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("<PERSON_"),
         "{chat}"
     );
 }
@@ -1321,5 +1351,9 @@ async fn a_duplicate_top_level_key_is_refused_before_the_key_limits() {
         assert_eq!(error["error"]["code"], "duplicate_key", "{answer}");
         assert!(error["error"]["param"].is_string(), "{answer}");
     }
-    assert_eq!(fake.requests.load(Ordering::SeqCst), 0, "nothing was forwarded");
+    assert_eq!(
+        fake.requests.load(Ordering::SeqCst),
+        0,
+        "nothing was forwarded"
+    );
 }

@@ -765,7 +765,10 @@ async fn retention_keeps_the_undecided_and_undelivered_and_a_missing_raw_message
     assert!(f.store.detail(delivered).await.unwrap().is_none());
     for kept in [undecided, undelivered] {
         assert!(f.store.detail(kept).await.unwrap().is_some());
-        assert!(f.store.raw_message(kept).await.is_ok(), "raw of {kept} kept");
+        assert!(
+            f.store.raw_message(kept).await.is_ok(),
+            "raw of {kept} kept"
+        );
     }
 
     // Raw bytes removed all the same: the page and the delivery carry on without them.

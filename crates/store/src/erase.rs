@@ -212,7 +212,8 @@ impl Subject {
                 !before.is_some_and(|c| c.is_alphanumeric() || "._%+-'".contains(c))
                     && !after.is_some_and(continues_domain)
             } else {
-                !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+                !before.is_some_and(char::is_alphanumeric)
+                    && !after.is_some_and(char::is_alphanumeric)
             }
         })
     }

@@ -365,7 +365,9 @@ impl Store {
     /// The bytes of a message as received (decrypted when stored encrypted).
     pub async fn raw_message(&self, id: i64) -> Result<Vec<u8>> {
         self.raw_message_kept(id).await?.with_context(|| {
-            format!("the raw bytes of message {id} were removed by retention ([retention] raw_days)")
+            format!(
+                "the raw bytes of message {id} were removed by retention ([retention] raw_days)"
+            )
         })
     }
 

@@ -698,20 +698,33 @@ async fn erasure_matches_whole_addresses_and_words_in_any_case() {
     let (_dir, store) = sqlite().await;
     let inputs = [
         ("ann", mail("Ann Lee", "ann@example.com", "Hello.")),
-        ("joann", mail("Joann Leeds", "joann@example.com", "Hi, I am Joann.")),
-        ("x.ann", mail("Someone", "x.ann@example.com.au", "Nothing here.")),
+        (
+            "joann",
+            mail("Joann Leeds", "joann@example.com", "Hi, I am Joann."),
+        ),
+        (
+            "x.ann",
+            mail("Someone", "x.ann@example.com.au", "Nothing here."),
+        ),
         (
             "cc-ann",
             mail("Bob", "bob@example.com", "Copying ANN@EXAMPLE.COM. Thanks."),
         ),
-        ("emile", mail("Bob", "bob@example.com", "Cher ÉMILE ZOLA, merci.")),
+        (
+            "emile",
+            mail("Bob", "bob@example.com", "Cher ÉMILE ZOLA, merci."),
+        ),
         (
             "zolachenko",
             mail("Bob", "bob@example.com", "Cher Émile Zolachenko, merci."),
         ),
         (
             "nfd",
-            mail("Bob", "bob@example.com", "Dear E\u{301}mile  zola (decomposed)."),
+            mail(
+                "Bob",
+                "bob@example.com",
+                "Dear E\u{301}mile  zola (decomposed).",
+            ),
         ),
     ];
     let mut ids = std::collections::HashMap::new();

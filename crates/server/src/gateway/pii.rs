@@ -11,9 +11,7 @@ use axum::http::header;
 use axum::response::Response;
 use futures_util::StreamExt;
 use serde_json::Value;
-use verre_pii::{
-    Escape, PiiKind, PseudonymizeOptions, Pseudonymizer, Restorer, StreamRestorer,
-};
+use verre_pii::{Escape, PiiKind, PseudonymizeOptions, Pseudonymizer, Restorer, StreamRestorer};
 
 use crate::openai::error::ApiError;
 
@@ -84,7 +82,9 @@ pub fn pseudonymize(body: &Bytes) -> Result<Pseudonymized, ApiError> {
         }
     }
     let body = serde_json::to_vec(&value).map_err(|e| {
-        cannot_pseudonymize(format!("writing the pseudonymised request: {e}; it was not sent"))
+        cannot_pseudonymize(format!(
+            "writing the pseudonymised request: {e}; it was not sent"
+        ))
     })?;
     Ok(Pseudonymized {
         body: Bytes::from(body),
@@ -384,7 +384,10 @@ mod tests {
             serde_json::json!({ "model": "m", "messages": [{ "role": "user", "content": "Write to jean.dupont@example.fr" }] })
                 .to_string(),
         );
-        let Pseudonymized { body: sent, restorer } = pseudonymize(&body).unwrap();
+        let Pseudonymized {
+            body: sent,
+            restorer,
+        } = pseudonymize(&body).unwrap();
         let restorer = restorer.unwrap();
         let sent = String::from_utf8(sent.to_vec()).unwrap();
         assert!(
