@@ -157,12 +157,18 @@ pub(crate) fn runner(
         BackendArg::Stub => BackendChoice::Stub,
     };
     let models = verre_intake::load_models(&pipeline, choice)?;
-    Ok(Arc::new(StageRunner::new(
-        store,
-        Arc::new(pipeline),
-        models,
-        Some(Arc::new(PiiDetector::default())),
-    )))
+    // Mail from outside is parsed by this binary in a child process under limits.
+    let exe = std::env::current_exe().context("finding the verre binary to parse mail with")?;
+    let parser = verre_intake::MailParser::child(exe)?;
+    Ok(Arc::new(
+        StageRunner::new(
+            store,
+            Arc::new(pipeline),
+            models,
+            Some(Arc::new(PiiDetector::default())),
+        )
+        .with_mail_parser(parser),
+    ))
 }
 
 /// verre-pii's detector as the parse stage's PII tagger (email, phone, IBAN, card, IP,

@@ -101,6 +101,10 @@ enum Command {
     /// Tokens served, what they cost on your hardware, and what the same tokens would
     /// have cost at API list prices (from the ledger `verre serve` keeps).
     Cost(cost_cmd::CostArgs),
+    /// Parse one untrusted message read on stdin, as the intake stage's child process
+    /// (verre_intake::isolation); not for people.
+    #[command(name = "__parse-untrusted", hide = true)]
+    ParseUntrusted { mode: String },
 }
 
 fn main() -> ExitCode {
@@ -133,6 +137,7 @@ fn main() -> ExitCode {
         Command::Gdpr { command } => gdpr_cmd::gdpr(command),
         Command::Users { command } => users_cmd::users(command),
         Command::Cost(args) => cost_cmd::cost(args),
+        Command::ParseUntrusted { mode } => verre_intake::isolation::serve_child(&mode),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

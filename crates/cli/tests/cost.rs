@@ -33,6 +33,7 @@ fn call(key: &str, model: &str, backend: &str, local: bool, at: i64, p: u64, c: 
             latency_ms: 50,
         },
         audit: ApiAudit::None,
+        pseudonymized: false,
     }
 }
 

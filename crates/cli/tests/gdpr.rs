@@ -213,6 +213,7 @@ fn review_deliver_and_bill(env: &Env) {
                     latency_ms: 2,
                 },
                 audit: ApiAudit::None,
+                pseudonymized: false,
             }])
             .await
             .unwrap();
@@ -387,9 +388,41 @@ fn encrypted_intake_rotation_erasure_audit_and_purge() {
         "{verified}"
     );
 
-    // Retention: everything finished is past extracted_days = 0.
+    let sql = |sql: &str| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            sqlx::any::install_default_drivers();
+            let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db)
+                .await
+                .unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        });
+    };
+
+    // Retention: past extracted_days = 0, but nothing is decided yet: nothing goes.
     let config = env.dir.path().join("verre.toml");
     std::fs::write(&config, "[retention]\nraw_days = 0\nextracted_days = 0\n").unwrap();
+    let out = run_ok(env.verre().args([
+        "purge",
+        "--config",
+        config.to_str().unwrap(),
+        "--database",
+        &db,
+        "--json",
+    ]));
+    let purged: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(purged["messages_deleted"], 0, "{purged:#}");
+    // Once a reviewer decided them (rejected: nothing to deliver), all four go.
+    sql(
+        "INSERT INTO decisions (message_id, decision, reviewer, reason, decided_at)
+         SELECT id, 'rejected', 'alice', 'test', 1 FROM messages",
+    );
     let dry = stdout(&run_ok(env.verre().args([
         "purge",
         "--config",
@@ -415,22 +448,7 @@ fn encrypted_intake_rotation_erasure_audit_and_purge() {
     );
 
     // Tampering: an edited entry fails verification, with the entry named.
-    let tamper = |sql: &str| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            sqlx::any::install_default_drivers();
-            let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db)
-                .await
-                .unwrap();
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        });
-    };
+    let tamper = sql;
     tamper("DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)");
     let out = run(env
         .verre()

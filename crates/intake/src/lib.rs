@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod demo;
 pub mod imap;
+pub mod isolation;
 pub mod parse;
 pub mod pdf;
 pub mod pipeline;
@@ -24,6 +25,7 @@ use anyhow::Result;
 pub use backend::{
     Completion, EngineBackend, ExtractBackend, ExtractRequest, Extraction, StubBackend,
 };
+pub use isolation::MailParser;
 pub use pipeline::{Pipeline, PipelineError};
 pub use source::{RawMail, Source};
 pub use stages::{Models, PiiSpan, PiiTagger, STAGES, StageRunner};

@@ -21,12 +21,40 @@ pub enum ParseError {
     NotMime(usize),
     #[error("empty message: no headers and no body")]
     Empty,
+    /// The parser process crashed or reached a limit on the message itself (not only on
+    /// one of its documents).
+    #[error("unreadable: {0}")]
+    Unreadable(String),
+}
+
+/// What became of a document attachment's text.
+#[derive(Debug, Clone)]
+pub enum DocumentText {
+    Pages(Vec<String>),
+    /// The reader said the document is broken.
+    Failed(String),
+    /// The reader was stopped (a crash, a limit), or not run: the part keeps
+    /// `unreadable: <why>`.
+    Unreadable(String),
 }
 
 /// Largest attachment whose text is extracted; larger ones are kept, marked unsupported.
 const MAX_EXTRACT_BYTES: usize = 50 << 20;
 
+/// Parse a message in this process, reading its PDFs with [`pdf_pages`]. Mail from outside
+/// goes through [`crate::isolation::MailParser`], which runs this in a child process.
 pub fn parse_mail(raw: &[u8]) -> Result<ParsedMail, ParseError> {
+    parse_mail_reading(raw, &mut |_, bytes| match pdf_pages(bytes) {
+        Ok(pages) => DocumentText::Pages(pages),
+        Err(e) => DocumentText::Failed(e),
+    })
+}
+
+/// As [`parse_mail`], with each PDF attachment's text from `read_pdf(part index, bytes)`.
+pub fn parse_mail_reading(
+    raw: &[u8],
+    read_pdf: &mut dyn FnMut(i64, &[u8]) -> DocumentText,
+) -> Result<ParsedMail, ParseError> {
     let msg = MessageParser::default()
         .parse(raw)
         .ok_or(ParseError::NotMime(raw.len()))?;
@@ -132,12 +160,21 @@ pub fn parse_mail(raw: &[u8]) -> Result<ParsedMail, ParseError> {
                         .is_some_and(|f| f.to_ascii_lowercase().ends_with(".pdf"))
                     || b.starts_with(b"%PDF-");
                 if is_pdf && b.len() <= MAX_EXTRACT_BYTES {
-                    match pdf_pages(b) {
-                        Ok(pages) => (b.len(), true, None, Some(join_pages(&pages)), Some(pages)),
-                        Err(e) => (
+                    match read_pdf(idx, b) {
+                        DocumentText::Pages(pages) => {
+                            (b.len(), true, None, Some(join_pages(&pages)), Some(pages))
+                        }
+                        DocumentText::Failed(e) => (
                             b.len(),
                             false,
                             Some(format!("PDF text could not be extracted: {e}")),
+                            None,
+                            None,
+                        ),
+                        DocumentText::Unreadable(why) => (
+                            b.len(),
+                            false,
+                            Some(format!("unreadable: {why}")),
                             None,
                             None,
                         ),
@@ -244,7 +281,7 @@ pub fn pdf_pages(bytes: &[u8]) -> Result<Vec<String>, String> {
     }
 }
 
-fn join_pages(pages: &[String]) -> String {
+pub(crate) fn join_pages(pages: &[String]) -> String {
     pages
         .iter()
         .enumerate()

@@ -12,7 +12,8 @@ use tokio::sync::OnceCell;
 use verre_store::{NewAction, PiiTag, StageEffects, Store};
 
 use crate::backend::{ExtractBackend, ExtractFailed, ExtractRequest, validate};
-use crate::parse::{ParseError, attachments_text, body_text, document_text, parse_mail};
+use crate::isolation::MailParser;
+use crate::parse::{ParseError, attachments_text, body_text, document_text};
 use crate::pipeline::{ActionKind, Pipeline, template_env};
 
 /// The stages in order.
@@ -83,6 +84,9 @@ pub struct StageRunner {
     pub pipeline: Arc<Pipeline>,
     pub models: Models,
     pub pii: Option<Arc<dyn PiiTagger>>,
+    /// How raw messages are parsed: in a child process under limits when a `verre`
+    /// binary is known (see [`crate::isolation`]).
+    pub parser: MailParser,
     business_db: OnceCell<AnyPool>,
 }
 
@@ -100,8 +104,15 @@ impl StageRunner {
             pipeline,
             models,
             pii,
+            parser: MailParser::from_env_or_defaults(),
             business_db: OnceCell::new(),
         }
+    }
+
+    /// The same runner, parsing raw messages with `parser`.
+    pub fn with_mail_parser(mut self, parser: MailParser) -> Self {
+        self.parser = parser;
+        self
     }
 
     pub async fn run(&self, stage: &str, message_id: i64) -> StageResult {
@@ -128,9 +139,11 @@ impl StageRunner {
     async fn parse(&self, message_id: i64) -> StageResult {
         let raw = self.store.raw_message(message_id).await?;
         let pii = self.pii.clone();
-        // PDF text extraction is CPU work: off the async threads.
+        let parser = self.parser.clone();
+        // PDF text extraction is CPU work (and waiting for the parser process blocks): off
+        // the async threads.
         let parsed = tokio::task::spawn_blocking(move || {
-            let parsed = parse_mail(&raw)?;
+            let parsed = parser.parse(&raw)?;
             let mut tags = Vec::new();
             if let Some(tagger) = pii {
                 for p in &parsed.parts {

@@ -72,6 +72,8 @@ pub struct Ledger {
 pub struct ServedBy {
     pub backend: String,
     pub local: bool,
+    /// Whether the request went through the pseudonymiser on its way to the backend.
+    pub pseudonymized: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -132,8 +134,11 @@ pub async fn record(State(state): State<Arc<AppState>>, request: Request, next: 
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
     let strip = endpoint != "embeddings" && fields.stream == Some(true) && !asked_usage;
+    // `"stream_options": null` reads as absent, but the key is there: never write a second.
+    let has_options =
+        fields.stream_options.is_some() || bytes.windows(16).any(|w| w == b"\"stream_options\"");
     let forwarded = match strip {
-        true => ask_for_usage(&bytes, fields.stream_options.is_some()).unwrap_or(bytes.clone()),
+        true => ask_for_usage(&bytes, has_options).unwrap_or(bytes.clone()),
         false => bytes.clone(),
     };
     let audit = match (ledger.audit.api_calls, ledger.audit.content) {
@@ -151,12 +156,12 @@ pub async fn record(State(state): State<Arc<AppState>>, request: Request, next: 
         .await;
 
     let served = response.extensions().get::<ServedBy>().cloned();
-    let (backend, local) = match (served, state.gateway()) {
-        (Some(s), _) => (s.backend, s.local),
+    let (backend, local, pseudonymized) = match (served, state.gateway()) {
+        (Some(s), _) => (s.backend, s.local, s.pseudonymized),
         // Without a gateway everything is served in this process.
-        (None, None) => ("local".to_string(), true),
+        (None, None) => ("local".to_string(), true, false),
         // Refused before a backend was chosen.
-        (None, Some(_)) => (String::new(), false),
+        (None, Some(_)) => (String::new(), false, false),
     };
     let streamed = response
         .headers()
@@ -180,6 +185,7 @@ pub async fn record(State(state): State<Arc<AppState>>, request: Request, next: 
                 latency_ms: 0,
             },
             audit,
+            pseudonymized,
         },
         started,
         scan: match streamed {
@@ -215,7 +221,10 @@ fn ask_for_usage(body: &Bytes, has_options: bool) -> Option<Bytes> {
         return Some(Bytes::from(out));
     }
     let mut value: Value = serde_json::from_slice(body).ok()?;
-    let options = value.get_mut("stream_options")?;
+    let options = value
+        .as_object_mut()?
+        .entry("stream_options")
+        .or_insert(Value::Null);
     if !options.is_object() {
         *options = Value::Object(Default::default());
     }

@@ -1026,3 +1026,334 @@ async fn the_ledger_records_local_calls() {
     assert_eq!(audit.len(), 2);
     assert_eq!(audit[0].actor, "anonymous");
 }
+
+// ---- hostile request bodies (issue 18, items 2 and 4) ----
+
+/// An upstream that records every request body as it arrived, on chat, completions and
+/// embeddings, and answers each (streamed when asked) with a fixed text.
+struct Recorder {
+    bodies: Mutex<Vec<(String, Vec<u8>)>>,
+}
+
+async fn record_request(
+    State(recorder): State<Arc<Recorder>>,
+    request: axum::extract::Request,
+) -> Response {
+    let path = request.uri().path().to_string();
+    let body = axum::body::to_bytes(request.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    recorder
+        .bodies
+        .lock()
+        .unwrap()
+        .push((path.clone(), body.to_vec()));
+    if path.ends_with("/embeddings") {
+        return axum::Json(json!({ "object": "list", "data": [{ "object": "embedding", "index": 0, "embedding": [0.5] }],
+            "usage": { "prompt_tokens": 1, "total_tokens": 1 } }))
+        .into_response();
+    }
+    let streamed = serde_json::from_slice::<Value>(&body).is_ok_and(|b| b["stream"] == true)
+        || body.windows(14).any(|w| w == b"\"stream\":true,");
+    if streamed {
+        let chunk = json!({ "object": "chat.completion.chunk", "choices": [{ "index": 0, "delta": { "content": "ok" }, "text": "ok", "finish_reason": "stop" }] });
+        return (
+            [(header::CONTENT_TYPE, "text/event-stream")],
+            format!("data: {chunk}\n\ndata: [DONE]\n\n"),
+        )
+            .into_response();
+    }
+    axum::Json(
+        json!({ "object": "chat.completion", "choices": [{ "index": 0, "text": "ok",
+        "message": { "role": "assistant", "content": "ok" }, "finish_reason": "stop" }] }),
+    )
+    .into_response()
+}
+
+async fn recorder() -> (String, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder {
+        bodies: Mutex::default(),
+    });
+    let app = Router::new()
+        .route(
+            "/v1/models",
+            get(|| async { axum::Json(json!({ "data": [] })) }),
+        )
+        .fallback(record_request)
+        .with_state(recorder.clone());
+    (format!("http://{}/v1", serve(app).await), recorder)
+}
+
+/// A person's name, email, phone number and IBAN, as a client would send them.
+const PERSONAL: &str = "Jean Dupont writes from jean.dupont@example.fr, phone +33 6 12 34 56 78, IBAN FR14 2004 1010 0505 0001 3M02 606";
+const CLEAR: [&str; 4] = ["Dupont", "jean.dupont@", "12 34 56 78", "FR14"];
+
+fn assert_no_personal_data(what: &str, sent: &[u8]) {
+    let sent = String::from_utf8_lossy(sent);
+    for clear in CLEAR {
+        assert!(
+            !sent.contains(clear),
+            "{what}: {clear:?} reached the upstream: {sent}"
+        );
+    }
+}
+
+fn path_of(endpoint: &str) -> &'static str {
+    match endpoint {
+        "chat" => "/v1/chat/completions",
+        "completions" => "/v1/completions",
+        _ => "/v1/embeddings",
+    }
+}
+
+/// The request of `endpoint` (chat, completions, embeddings) with [`PERSONAL`] in its text
+/// and `hostile` (raw JSON text) as one more member of the body.
+fn hostile_body(endpoint: &str, stream: bool, hostile: &[u8]) -> Vec<u8> {
+    let text = match endpoint {
+        "chat" => format!(r#""messages": [{{"role": "user", "content": "{PERSONAL}"}}]"#),
+        "completions" => format!(r#""prompt": "{PERSONAL}""#),
+        _ => format!(r#""input": ["{PERSONAL}"]"#),
+    };
+    let stream = match endpoint {
+        "embeddings" => String::new(),
+        _ => format!(r#""stream": {stream}, "#),
+    };
+    let mut body = format!(r#"{{"model": "far", {stream}{text}, "#).into_bytes();
+    body.extend_from_slice(hostile);
+    body.push(b'}');
+    body
+}
+
+#[tokio::test]
+async fn a_body_that_cannot_be_pseudonymised_is_refused_never_forwarded() {
+    let (url, recorder) = recorder().await;
+    let base = gateway(&backend("remote", &url, r#"["far"]"#, "")).await;
+    let nested = format!(
+        r#""metadata": {{"deep": {}1{}}}"#,
+        "[".repeat(130),
+        "]".repeat(130)
+    );
+    let hostile: [(&str, Vec<u8>); 4] = [
+        // A JS client cutting an emoji in half.
+        ("lone surrogate", br#""user": "abc \ud83d""#.to_vec()),
+        ("raw 0xff byte", b"\"user\": \"abc \xff\"".to_vec()),
+        ("130 levels of nesting", nested.into_bytes()),
+        ("1e999", br#""metadata": {"score": 1e999}"#.to_vec()),
+    ];
+    for endpoint in ["chat", "completions", "embeddings"] {
+        for stream in [false, true] {
+            if endpoint == "embeddings" && stream {
+                continue;
+            }
+            for (what, member) in &hostile {
+                let body = hostile_body(endpoint, stream, member);
+                let response = client()
+                    .post(format!("{base}{}", path_of(endpoint)))
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let text = read_all(response).await;
+                let case = format!("{endpoint}, stream {stream}, {what}");
+                assert_eq!(status, StatusCode::BAD_REQUEST, "{case}: {text}");
+                let error: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(
+                    error["error"]["type"], "invalid_request_error",
+                    "{case}: {text}"
+                );
+                assert_eq!(
+                    error["error"]["code"], "cannot_pseudonymize",
+                    "{case}: {text}"
+                );
+                let sent = recorder.bodies.lock().unwrap().clone();
+                for (path, body) in &sent {
+                    assert_no_personal_data(&format!("{case} ({path})"), body);
+                }
+                assert!(
+                    sent.is_empty(),
+                    "{case}: forwarded {} request(s)",
+                    sent.len()
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_text_field_is_pseudonymised_and_the_rewritten_body_is_what_goes() {
+    let (url, recorder) = recorder().await;
+    let base = gateway(&backend("remote", &url, r#"["far"]"#, "")).await;
+    let tool = json!({ "type": "function", "function": {
+        "name": "send_mail",
+        "description": format!("Mails the customer. {PERSONAL}"),
+        "parameters": { "type": "object", "properties": { "to": { "type": "string",
+            "description": format!("for instance {PERSONAL}"), "enum": ["jean.dupont@example.fr"] } },
+            "required": ["to"] },
+    } });
+    let chat = json!({
+        "model": "far",
+        "user": "jean.dupont@example.fr",
+        "metadata": { "customer": PERSONAL },
+        "tools": [tool],
+        "response_format": { "type": "json_schema", "json_schema": { "name": "reply",
+            "schema": { "type": "object", "description": PERSONAL } } },
+        "messages": [
+            { "role": "system", "content": [{ "type": "text", "text": PERSONAL }] },
+            { "role": "user", "name": "Jean_Dupont", "content": PERSONAL },
+            { "role": "assistant", "content": null, "tool_calls": [{ "id": "call_1", "type": "function",
+                "function": { "name": "send_mail", "arguments": json!({ "to": PERSONAL }).to_string() } }] },
+            { "role": "tool", "tool_call_id": "call_1", "content": PERSONAL },
+        ],
+    });
+    let bodies = [
+        ("chat", chat),
+        (
+            "completions",
+            json!({ "model": "far", "prompt": [PERSONAL, PERSONAL], "suffix": PERSONAL, "user": PERSONAL }),
+        ),
+        (
+            "embeddings",
+            json!({ "model": "far", "input": PERSONAL, "user": PERSONAL }),
+        ),
+    ];
+    for (endpoint, body) in &bodies {
+        // Pretty-printed with a duplicate key inside a message: what goes is the parsed,
+        // rewritten body, never the bytes as they came.
+        let mut text = serde_json::to_string_pretty(body).unwrap();
+        if *endpoint == "chat" {
+            text = text.replacen(
+                "\"role\": \"user\",",
+                &format!("\"role\": \"user\", \"content\": \"{PERSONAL}\","),
+                1,
+            );
+        }
+        let response = client()
+            .post(format!("{base}{}", path_of(endpoint)))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(text)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{endpoint}");
+        read_all(response).await;
+    }
+    let sent = recorder.bodies.lock().unwrap().clone();
+    assert_eq!(sent.len(), 3);
+    for (path, body) in &sent {
+        assert_no_personal_data(path, body);
+        let forwarded: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(
+            body,
+            &serde_json::to_vec(&forwarded).unwrap(),
+            "{path}: the forwarded body is the re-serialised one"
+        );
+    }
+    let chat: Value = serde_json::from_slice(&sent[0].1).unwrap();
+    // Structure stays: roles, ids, tool names, schema keywords.
+    assert_eq!(chat["messages"][1]["role"], "user");
+    assert_eq!(chat["messages"][3]["tool_call_id"], "call_1");
+    assert_eq!(chat["tools"][0]["function"]["name"], "send_mail");
+    assert_eq!(
+        chat["tools"][0]["function"]["parameters"]["required"][0],
+        "to"
+    );
+    assert_eq!(chat["response_format"]["json_schema"]["name"], "reply");
+    assert!(
+        chat["messages"][1]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("<PERSON_"),
+        "{chat}"
+    );
+}
+
+#[tokio::test]
+async fn the_audit_says_whether_a_call_was_pseudonymised() {
+    let (url, _recorder) = recorder().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (base, state, store) = gateway_with_ledger(
+        &format!(
+            "{}{}",
+            backend("remote", &url, r#"["far"]"#, ""),
+            backend("trusted", &url, r#"["near"]"#, "pseudonymize = false"),
+        ),
+        "",
+        dir.path(),
+        None,
+    )
+    .await;
+    for model in ["far", "near"] {
+        let body = json!({ "model": model, "messages": [{ "role": "user", "content": PERSONAL }] });
+        let response = post_json(format!("{base}/v1/chat/completions"), &body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        read_all(response).await;
+    }
+    let refused = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(hostile_body("chat", false, br#""user": "\ud83d""#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    flush(&state).await;
+    let audit = store.audit_entries(0, 10).await.unwrap();
+    let details: Vec<Value> = audit.iter().map(|e| e.detail.clone().unwrap()).collect();
+    assert_eq!(details.len(), 3, "{details:?}");
+    assert_eq!(details[0]["pseudonymized"], true, "{}", details[0]);
+    assert_eq!(details[1]["pseudonymized"], false, "{}", details[1]);
+    assert_eq!(details[2]["pseudonymized"], false, "{}", details[2]);
+    assert_eq!(details[2]["status"], 400, "{}", details[2]);
+}
+
+#[tokio::test]
+async fn a_duplicate_top_level_key_is_refused_before_the_key_limits() {
+    let (url, fake) = good("d").await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = dir.path().join("keys");
+    let limited = verre_server::auth::add_key(&keys_file, "limited").unwrap();
+    let text = format!(
+        "[policy]\nallow_jurisdictions = [\"EU\"]\n{}{}[[key]]\nname = \"limited\"\nmodels = [\"one\"]\n",
+        backend("d1", &url, r#"["one"]"#, ""),
+        backend("d2", &url, r#"["two"]"#, ""),
+    );
+    let config = GatewayConfig::parse(&text, "test.toml").unwrap();
+    let keys = verre_server::auth::ApiKeys::load(&keys_file).unwrap();
+    let state = AppState::with_models(vec![], vec![], Some(keys))
+        .with_gateway(Arc::new(Gateway::new(&config).unwrap()));
+    let base = format!("http://{}", serve(router(Arc::new(state))).await);
+    let bodies = [
+        r#"{"model": "one", "messages": [{"role": "user", "content": "hi"}], "model": "two"}"#,
+        r#"{"model": "two", "messages": [], "model": "one"}"#,
+        // The same key spelled with an escape.
+        r#"{"model": "one", "messages": [], "mod\u0065l": "two"}"#,
+        r#"{"model": "one", "messages": [], "stream": false, "stream": true}"#,
+    ];
+    for body in bodies {
+        let response = client()
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&limited)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let answer = read_all(response).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        let error: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(error["error"]["type"], "invalid_request_error", "{answer}");
+        assert_eq!(error["error"]["code"], "duplicate_key", "{answer}");
+        assert!(error["error"]["param"].is_string(), "{answer}");
+    }
+    assert_eq!(
+        fake.requests.load(Ordering::SeqCst),
+        0,
+        "nothing was forwarded"
+    );
+}

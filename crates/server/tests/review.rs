@@ -721,3 +721,75 @@ async fn a_crash_between_approval_and_sending_still_sends_once() {
     let webhook = rows.iter().find(|r| r.kind == "webhook").unwrap();
     assert_eq!(seen[0].0, webhook.webhook_id);
 }
+
+// --- retention (issue 18, item 9) -------------------------------------------------------
+
+/// Retention removes only what is decided and delivered; a message whose raw bytes are gone
+/// (removed before this rule, or by hand) still has its page, and its approved reply still
+/// goes out.
+#[tokio::test]
+async fn retention_keeps_the_undecided_and_undelivered_and_a_missing_raw_message_is_tolerated() {
+    let f = fixture(vec![]).await;
+    let hook = format!("{}crm", f.hooks);
+    let undecided = processed(&f.store, 1, &hook).await;
+    let undelivered = processed(&f.store, 2, &hook).await;
+    let delivered = processed(&f.store, 3, &hook).await;
+    let allow = |a: &_| f.settings.delivery.allow(a);
+    f.store.approve(delivered, "alice", &allow).await.unwrap();
+    let worker = Deliverer::new(f.store.clone(), f.settings.delivery.clone()).unwrap();
+    while worker.run_once().await.unwrap() {}
+    assert!(
+        f.store
+            .deliveries(delivered)
+            .await
+            .unwrap()
+            .iter()
+            .all(|d| d.status == "sent")
+    );
+    f.store.approve(undelivered, "alice", &allow).await.unwrap();
+    sqlx::query("UPDATE messages SET received_at = received_at - $1")
+        .bind(40 * 86_400_000i64)
+        .execute(f.store.pool())
+        .await
+        .unwrap();
+
+    let retention = verre_store::retention::Retention {
+        raw_days: Some(30),
+        extracted_days: Some(35),
+        audit_days: None,
+    };
+    let report = verre_store::retention::purge(&f.store, &retention, false)
+        .await
+        .unwrap();
+    assert_eq!(report.messages_deleted, 1, "{report:?}");
+    assert!(f.store.detail(delivered).await.unwrap().is_none());
+    for kept in [undecided, undelivered] {
+        assert!(f.store.detail(kept).await.unwrap().is_some());
+        assert!(
+            f.store.raw_message(kept).await.is_ok(),
+            "raw of {kept} kept"
+        );
+    }
+
+    // Raw bytes removed all the same: the page and the delivery carry on without them.
+    sqlx::query("UPDATE messages SET raw = $1, key_id = NULL, raw_purged_at = $2")
+        .bind(Vec::<u8>::new())
+        .bind(now_ms())
+        .execute(f.store.pool())
+        .await
+        .unwrap();
+    add_user(&f.store, "alice", "correct horse", "reviewer").await;
+    let app = app(&f);
+    let cookie = log_in(&app, "alice", "correct horse").await;
+    for id in [undecided, undelivered] {
+        let (status, _, html) = send(&app, get(&format!("/review/messages/{id}"), &cookie)).await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+        assert!(html.contains("removed by retention"), "{html}");
+    }
+    while worker.run_once().await.unwrap() {}
+    let deliveries = f.store.deliveries(undelivered).await.unwrap();
+    assert!(
+        deliveries.iter().all(|d| d.status == "sent"),
+        "{deliveries:?}"
+    );
+}

@@ -190,8 +190,32 @@ impl Subject {
         &self.needle
     }
 
+    /// Whether `text` mentions the subject: an e-mail address as a whole address (erasing
+    /// `ann@example.com` does not take `joann@example.com`), a name on word boundaries
+    /// (`Ann Lee` is not in `Joann Leeds`), both after Unicode case folding.
     pub fn matches(&self, text: &str) -> bool {
-        normalize(text).contains(&self.needle)
+        let text = normalize(text);
+        let address = self.needle.contains('@');
+        text.match_indices(self.needle.as_str()).any(|(at, found)| {
+            let before = text[..at].chars().next_back();
+            let mut rest = text[at + found.len()..].chars();
+            let after = rest.next();
+            if address {
+                // `x.ann@…` and `…@example.com.au` are other addresses; a full stop that
+                // ends a sentence is not part of one.
+                let continues_domain = |c: char| {
+                    c.is_alphanumeric()
+                        || c == '-'
+                        || c == '_'
+                        || (c == '.' && rest.clone().next().is_some_and(char::is_alphanumeric))
+                };
+                !before.is_some_and(|c| c.is_alphanumeric() || "._%+-'".contains(c))
+                    && !after.is_some_and(continues_domain)
+            } else {
+                !before.is_some_and(char::is_alphanumeric)
+                    && !after.is_some_and(char::is_alphanumeric)
+            }
+        })
     }
 
     /// A `LIKE` pattern (with `ESCAPE '\'`) for a lower-cased column.
@@ -208,11 +232,17 @@ impl Subject {
     }
 }
 
+/// White space collapsed and Unicode case folded: compatibility-composed (NFKC, so a
+/// decomposed `É` is the composed one), lower-cased, `ß` as `ss`.
 fn normalize(text: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
     text.split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
+        .nfkc()
+        .collect::<String>()
         .to_lowercase()
+        .replace('ß', "ss")
 }
 
 /// One message that goes, with what review and delivery made of it.

@@ -66,6 +66,8 @@ pub enum ApiAudit {
 pub struct ApiCall {
     pub entry: LedgerEntry,
     pub audit: ApiAudit,
+    /// Whether the request's personal data was replaced before it left for the backend.
+    pub pseudonymized: bool,
 }
 
 impl ApiCall {
@@ -86,6 +88,7 @@ impl ApiCall {
             "prompt_tokens": e.prompt_tokens,
             "completion_tokens": e.completion_tokens,
             "latency_ms": e.latency_ms,
+            "pseudonymized": self.pseudonymized,
         });
         if let ApiAudit::WithContent(content) = &self.audit {
             detail["content"] = content.clone();
@@ -384,6 +387,7 @@ mod tests {
                 latency_ms: 2,
             },
             audit: ApiAudit::Metadata,
+            pseudonymized: false,
         }
     }
 

@@ -364,15 +364,23 @@ impl Store {
 
     /// The bytes of a message as received (decrypted when stored encrypted).
     pub async fn raw_message(&self, id: i64) -> Result<Vec<u8>> {
+        self.raw_message_kept(id).await?.with_context(|| {
+            format!(
+                "the raw bytes of message {id} were removed by retention ([retention] raw_days)"
+            )
+        })
+    }
+
+    /// As [`Store::raw_message`], with `None` when retention removed the raw bytes (the
+    /// message and what was derived from it may still be there).
+    pub async fn raw_message_kept(&self, id: i64) -> Result<Option<Vec<u8>>> {
         let row = sqlx::query("SELECT raw, key_id, raw_purged_at FROM messages WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
             .with_context(|| format!("no message {id}"))?;
-        if let Some(at) = row.try_get::<Option<i64>, _>("raw_purged_at")? {
-            anyhow::bail!(
-                "the raw bytes of message {id} were removed by retention ([retention] raw_days) at {at} ms"
-            );
+        if row.try_get::<Option<i64>, _>("raw_purged_at")?.is_some() {
+            return Ok(None);
         }
         let key_id: Option<String> = row.try_get("key_id")?;
         crypto::open_bytes(
@@ -381,6 +389,7 @@ impl Store {
             crypto::Column::MessageRaw,
             row.try_get("raw")?,
         )
+        .map(Some)
         .with_context(|| format!("reading message {id}"))
     }
 

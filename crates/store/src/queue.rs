@@ -37,8 +37,9 @@ impl Job {
     }
 }
 
-/// A parsed part of a message (body or attachment) to store.
-#[derive(Debug, Clone)]
+/// A parsed part of a message (body or attachment) to store. Serialisable: the parser
+/// child process of verre-intake sends parts to its parent as JSON.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct NewPart {
     pub idx: i64,
     /// `text`, `html`, `attachment`.

@@ -9,7 +9,8 @@
 //!   a checkpoint (the last removed entry's sequence number and hash) and an `audit.purge`
 //!   entry let the rest still verify.
 //!
-//! Messages still in the pipeline (`pending`) are never purged. Each purge writes a
+//! Messages still in the pipeline (`pending`), still to review, or with a delivery still
+//! to make are never purged ([`FINISHED`]). Each purge writes a
 //! `retention.purge` audit entry with its counts, in the same transaction.
 
 use std::collections::BTreeMap;
@@ -22,6 +23,13 @@ use crate::erase::{apply_rule, effective_rules};
 use crate::{AuditEvent, Store, audit, now_ms};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Messages retention may remove: out of the pipeline, and either quarantined or decided
+/// by a reviewer with every delivery finished (sent, failed or gone). A message still to
+/// review, or with a reply or webhook still to send, stays whatever its age.
+const FINISHED: &str = "status <> 'pending' AND (status = 'quarantined' OR (\
+    EXISTS (SELECT 1 FROM decisions d WHERE d.message_id = messages.id) \
+    AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message_id = messages.id AND o.status = 'pending')))";
 
 /// How long each kind of data is kept, in days; None keeps it forever.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,9 +86,9 @@ impl Store {
             .await?;
 
         if let Some(days) = retention.extracted_days {
-            let ids: Vec<i64> = sqlx::query(
-                "SELECT id FROM messages WHERE received_at < $1 AND status <> 'pending' ORDER BY id",
-            )
+            let ids: Vec<i64> = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT id FROM messages WHERE received_at < $1 AND {FINISHED} ORDER BY id"
+            )))
             .bind(cutoff(days))
             .fetch_all(&mut *tx)
             .await?
@@ -100,7 +108,7 @@ impl Store {
         }
 
         if let Some(days) = retention.raw_days {
-            let cond = "received_at < $1 AND status <> 'pending' AND raw_purged_at IS NULL";
+            let cond = format!("received_at < $1 AND raw_purged_at IS NULL AND {FINISHED}");
             report.raw_purged = if dry_run {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "SELECT COUNT(*) AS n FROM messages WHERE {cond}"

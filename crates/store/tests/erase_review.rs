@@ -114,6 +114,7 @@ fn call(api_key: &str, tokens: u64, audit: ApiAudit) -> ApiCall {
             latency_ms: 9,
         },
         audit,
+        pseudonymized: false,
     }
 }
 

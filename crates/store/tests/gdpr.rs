@@ -488,6 +488,10 @@ async fn age(store: &Store, days: i64) {
 
 async fn retention_purges_and_the_chain_still_verifies(store: Store) {
     let ids = fill(&store).await;
+    // Retention takes only what is decided and delivered (or quarantined, as ids[2]).
+    for id in &ids[..2] {
+        store.reject(*id, "alice", "not an invoice").await.unwrap();
+    }
     age(&store, 40).await;
     // A recent message and recent audit entries.
     let fresh = store
@@ -684,4 +688,73 @@ async fn tables_added_later_are_covered_or_reported() {
         (r.residual[0].table.as_str(), r.residual[0].column.as_str()),
         ("contacts", "email")
     );
+}
+
+/// Issue 18, item 8: an address matches as a whole address and a name on word boundaries,
+/// with Unicode case folding: erasing `ann@example.com` leaves `joann@example.com`'s mail,
+/// `Émile Zola` finds `ÉMILE ZOLA` but not `Émile Zolachenko`.
+#[tokio::test]
+async fn erasure_matches_whole_addresses_and_words_in_any_case() {
+    let (_dir, store) = sqlite().await;
+    let inputs = [
+        ("ann", mail("Ann Lee", "ann@example.com", "Hello.")),
+        (
+            "joann",
+            mail("Joann Leeds", "joann@example.com", "Hi, I am Joann."),
+        ),
+        (
+            "x.ann",
+            mail("Someone", "x.ann@example.com.au", "Nothing here."),
+        ),
+        (
+            "cc-ann",
+            mail("Bob", "bob@example.com", "Copying ANN@EXAMPLE.COM. Thanks."),
+        ),
+        (
+            "emile",
+            mail("Bob", "bob@example.com", "Cher ÉMILE ZOLA, merci."),
+        ),
+        (
+            "zolachenko",
+            mail("Bob", "bob@example.com", "Cher Émile Zolachenko, merci."),
+        ),
+        (
+            "nfd",
+            mail(
+                "Bob",
+                "bob@example.com",
+                "Dear E\u{301}mile  zola (decomposed).",
+            ),
+        ),
+    ];
+    let mut ids = std::collections::HashMap::new();
+    for (name, raw) in &inputs {
+        let r = store
+            .ingest("test", &format!("{name}.eml"), raw, "parse", 1)
+            .await
+            .unwrap();
+        ids.insert(*name, r.message_id);
+    }
+    let found = |subject: &'static str| {
+        let store = store.clone();
+        async move {
+            let subject = Subject::parse(subject).unwrap();
+            let mut found: Vec<i64> = store
+                .messages_of(&subject)
+                .await
+                .unwrap()
+                .iter()
+                .map(|m| m.id)
+                .collect();
+            found.sort();
+            found
+        }
+    };
+    let mut expected = vec![ids["ann"], ids["cc-ann"]];
+    expected.sort();
+    assert_eq!(found("ann@example.com").await, expected, "{ids:?}");
+    let mut expected = vec![ids["emile"], ids["nfd"]];
+    expected.sort();
+    assert_eq!(found("Émile Zola").await, expected, "{ids:?}");
+    assert_eq!(found("joann@example.com").await, [ids["joann"]]);
 }

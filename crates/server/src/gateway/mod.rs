@@ -25,7 +25,6 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{BackendConfig, BackendKind, GatewayConfig, HealthConfig};
@@ -258,10 +257,11 @@ impl Gateway {
                 Ok(b) => b,
                 Err(e) => return Decision::Respond(e.into_response()),
             };
+            // Fails closed: a body that cannot be rewritten is refused, not sent as it is.
             let (body, restorer) = match backend.config.pseudonymize {
-                true => match pii::pseudonymize(&body, path) {
-                    Some((body, restorer)) => (body, Some(restorer)),
-                    None => (body, None),
+                true => match pii::pseudonymize(&body) {
+                    Ok(p) => (p.body, p.restorer),
+                    Err(refusal) => return Decision::Respond(refusal.into_response()),
                 },
                 false => (body, None),
             };
@@ -323,6 +323,7 @@ fn served_by(backend: &Backend) -> ServedBy {
     ServedBy {
         backend: backend.config.name.clone(),
         local: backend.config.local,
+        pseudonymized: backend.upstream.is_some() && backend.config.pseudonymize,
     }
 }
 
@@ -360,9 +361,69 @@ fn upstream_path(path: &str) -> Option<&'static str> {
     }
 }
 
-#[derive(Deserialize)]
-struct ModelField {
-    model: String,
+/// The request's `model`, read with every top-level key checked for a duplicate. JSON
+/// parsers disagree on which duplicate wins (serde keeps the last, others the first), so
+/// a limit checked against one `model` and a request served as the other is a bypass:
+/// a duplicate is refused. `Ok(None)` for a body that is not a JSON object or has no
+/// string `model`; the handler says what is wrong with it.
+fn request_model(body: &[u8]) -> Result<Option<String>, ApiError> {
+    use serde::de::{Deserializer, Error, IgnoredAny, MapAccess, Visitor};
+
+    struct TopLevel;
+    impl<'de> Visitor<'de> for TopLevel {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut model = None;
+            // Keys are compared unescaped: `"mod\u0065l"` is `model`.
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "model" {
+                    model = map.next_value::<Value>()?.as_str().map(str::to_string);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                if !seen.insert(key.clone()) {
+                    return Err(A::Error::custom(Duplicate(key)));
+                }
+            }
+            Ok(model)
+        }
+    }
+
+    /// A duplicate key's name, carried through serde_json's error as its message.
+    struct Duplicate(String);
+    impl std::fmt::Display for Duplicate {
+        fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "{DUPLICATE_MARK}{}", self.0)
+        }
+    }
+    const DUPLICATE_MARK: &str = "duplicate top-level key: ";
+
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    match deserializer.deserialize_map(TopLevel) {
+        Ok(model) => Ok(model),
+        Err(e) => match e.to_string().strip_prefix(DUPLICATE_MARK) {
+            Some(rest) => {
+                // serde_json appends " at line L column C".
+                let key = rest.rsplit_once(" at line ").map_or(rest, |(key, _)| key);
+                Err(ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    message: format!(
+                        "the request has the key `{key}` more than once; send each key once"
+                    ),
+                    kind: "invalid_request_error",
+                    param: Some(key.to_string()),
+                    code: Some("duplicate_key"),
+                })
+            }
+            None => Ok(None),
+        },
+    }
 }
 
 /// The middleware in front of the `/v1` handlers: key limits, then routing.
@@ -382,9 +443,12 @@ pub async fn route(State(state): State<Arc<AppState>>, request: Request, next: N
             return ApiError::bad_request(format!("reading the request body: {e}")).into_response();
         }
     };
-    // A body without a model goes on to the handler, which says what is wrong with it.
-    let Ok(ModelField { model }) = serde_json::from_slice::<ModelField>(&body) else {
-        return next.run(Request::from_parts(parts, Body::from(body))).await;
+    // Before any limit is checked: a limit must apply to the request that is served.
+    let model = match request_model(&body) {
+        Ok(Some(model)) => model,
+        // A body without a model goes on to the handler, which says what is wrong with it.
+        Ok(None) => return next.run(Request::from_parts(parts, Body::from(body))).await,
+        Err(refusal) => return refusal.into_response(),
     };
     let key = parts.extensions.get::<KeyName>().map(|k| k.0.as_str());
     let canonical = gateway.names.get(&model).map(String::as_str);
@@ -401,6 +465,7 @@ pub async fn route(State(state): State<Arc<AppState>>, request: Request, next: N
         response.extensions_mut().insert(ServedBy {
             backend: "local".into(),
             local: true,
+            pseudonymized: false,
         });
         return response;
     };

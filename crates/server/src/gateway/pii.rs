@@ -11,24 +11,131 @@ use axum::http::header;
 use axum::response::Response;
 use futures_util::StreamExt;
 use serde_json::Value;
-use verre_pii::{Escape, PseudonymizeOptions, Pseudonymizer, Restorer, StreamRestorer};
+use verre_pii::{Escape, PiiKind, PseudonymizeOptions, Pseudonymizer, Restorer, StreamRestorer};
 
-/// `body` (a request for the upstream endpoint `path`) with its personal data replaced,
-/// and the restorer for the answer; `None` when there was nothing to replace.
-pub fn pseudonymize(body: &Bytes, path: &str) -> Option<(Bytes, Restorer)> {
-    let mut value: Value = serde_json::from_slice(body).ok()?;
+use crate::openai::error::ApiError;
+
+/// Keys whose values are structure, identifiers or binary data, never text to read: left
+/// as they are wherever they appear. Everything else that is a string is pseudonymised.
+const NOT_TEXT: &[&str] = &[
+    "model",
+    "role",
+    "type",
+    "id",
+    "tool_call_id",
+    "encoding_format",
+    "image_url",
+    "input_audio",
+    "file_data",
+    "file_id",
+    "logit_bias",
+    "required",
+    "pattern",
+    "format",
+    "$ref",
+    "$schema",
+];
+
+/// Objects whose `name` is an identifier (a tool, a schema), not a person's name.
+const NAMED_BY_IDENTIFIER: &[&str] = &[
+    "function",
+    "functions",
+    "function_call",
+    "custom",
+    "json_schema",
+    "tool_choice",
+];
+
+/// A request on its way to a pseudonymising backend: the body to send, always the parsed
+/// and re-serialised one, and how the answer gets the originals back.
+pub struct Pseudonymized {
+    pub body: Bytes,
+    /// `None` when nothing was replaced.
+    pub restorer: Option<Restorer>,
+}
+
+/// `body` (a request for the upstream endpoint `path`) with the personal data in every
+/// text-bearing field replaced: message contents, names, tool-call arguments, tool and
+/// schema descriptions, prompts, inputs, `user`, `metadata`... A body that cannot be
+/// parsed in full (invalid UTF-8, a lone surrogate, nesting past serde_json's limit, a
+/// number out of range) is refused: it is never forwarded as it came.
+pub fn pseudonymize(body: &Bytes) -> Result<Pseudonymized, ApiError> {
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| {
+        cannot_pseudonymize(format!(
+            "the request body could not be read in full to pseudonymise it before it leaves \
+             for a backend that is not local ({e}); it was not sent"
+        ))
+    })?;
+    let Value::Object(request) = &mut value else {
+        return Err(cannot_pseudonymize(
+            "the request body is not a JSON object; it was not sent".into(),
+        ));
+    };
     let mut p = Pseudonymizer::new(PseudonymizeOptions::default());
-    match path {
-        "/chat/completions" => p.pseudonymize_chat_messages(value.get_mut("messages")?),
-        "/completions" => p.pseudonymize_json(value.get_mut("prompt")?),
-        "/embeddings" => p.pseudonymize_json(value.get_mut("input")?),
-        _ => return None,
+    for (key, field) in request.iter_mut() {
+        if key == "messages" {
+            for message in field.as_array_mut().into_iter().flatten() {
+                pseudonymize_message(&mut p, message);
+            }
+        } else {
+            pseudonymize_field(&mut p, key, field);
+        }
     }
-    if p.is_empty() {
-        return None;
+    let body = serde_json::to_vec(&value).map_err(|e| {
+        cannot_pseudonymize(format!(
+            "writing the pseudonymised request: {e}; it was not sent"
+        ))
+    })?;
+    Ok(Pseudonymized {
+        body: Bytes::from(body),
+        restorer: (!p.is_empty()).then(|| p.restorer()),
+    })
+}
+
+fn cannot_pseudonymize(message: String) -> ApiError {
+    ApiError {
+        status: axum::http::StatusCode::BAD_REQUEST,
+        message,
+        kind: "invalid_request_error",
+        param: None,
+        code: Some("cannot_pseudonymize"),
     }
-    let body = serde_json::to_vec(&value).ok()?;
-    Some((Bytes::from(body), p.restorer()))
+}
+
+/// One chat message: its `name` is a participant's name as a whole (OpenAI allows no
+/// spaces in it, so `Jean_Dupont` is how a name is written there).
+fn pseudonymize_message(p: &mut Pseudonymizer, message: &mut Value) {
+    let Value::Object(message) = message else {
+        return pseudonymize_field(p, "messages", message);
+    };
+    for (key, field) in message.iter_mut() {
+        match (key.as_str(), field) {
+            ("name", Value::String(name)) if !name.is_empty() => {
+                *name = p.placeholder(PiiKind::Person, &name.replace(['_', '-'], " "));
+            }
+            (key, field) => pseudonymize_field(p, key, field),
+        }
+    }
+}
+
+/// Every string under the member `key`, but for [`NOT_TEXT`] and identifier names.
+fn pseudonymize_field(p: &mut Pseudonymizer, key: &str, value: &mut Value) {
+    if NOT_TEXT.contains(&key) {
+        return;
+    }
+    match value {
+        Value::String(text) => *text = p.pseudonymize(text),
+        Value::Array(items) => items.iter_mut().for_each(|v| pseudonymize_field(p, key, v)),
+        Value::Object(members) => {
+            let identifier_name = NAMED_BY_IDENTIFIER.contains(&key);
+            for (member, v) in members.iter_mut() {
+                if !(identifier_name && member == "name") {
+                    pseudonymize_field(p, member, v);
+                }
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
 }
 
 /// The upstream's answer with the originals back.
@@ -277,7 +384,11 @@ mod tests {
             serde_json::json!({ "model": "m", "messages": [{ "role": "user", "content": "Write to jean.dupont@example.fr" }] })
                 .to_string(),
         );
-        let (sent, restorer) = pseudonymize(&body, "/chat/completions").unwrap();
+        let Pseudonymized {
+            body: sent,
+            restorer,
+        } = pseudonymize(&body).unwrap();
+        let restorer = restorer.unwrap();
         let sent = String::from_utf8(sent.to_vec()).unwrap();
         assert!(
             !sent.contains("jean.dupont") && sent.contains("<EMAIL_1>"),
@@ -289,6 +400,6 @@ mod tests {
         );
         let plain =
             Bytes::from(r#"{"model": "m", "messages": [{"role": "user", "content": "hello"}]}"#);
-        assert!(pseudonymize(&plain, "/chat/completions").is_none());
+        assert!(pseudonymize(&plain).unwrap().restorer.is_none());
     }
 }

@@ -537,16 +537,23 @@ async fn message_page(
             format!("there is no message {id}"),
         ));
     };
-    let raw = store.raw_message(id).await?;
-    let parsed = mail_parser::MessageParser::default().parse(&raw);
+    // Retention may have removed the raw bytes of a message that is still on the queue.
+    let raw = store.raw_message_kept(id).await?;
+    let parsed = raw
+        .as_deref()
+        .and_then(|raw| mail_parser::MessageParser::default().parse(raw));
     let (mut html, mut text) = (None, String::new());
-    if let Some(m) = &parsed {
+    if raw.is_none() {
+        text = "(The message as received was removed by retention ([retention] raw_days); \
+                its parts and extraction are below.)"
+            .to_string();
+    } else if let Some(m) = &parsed {
         match m.html_part(0).map(|p| &p.body) {
             Some(mail_parser::PartType::Html(h)) => html = Some(sanitize_mail_html(h)),
             _ => text = m.body_text(0).map(|t| t.to_string()).unwrap_or_default(),
         }
-    } else {
-        text = String::from_utf8_lossy(&raw).into_owned();
+    } else if let Some(raw) = &raw {
+        text = String::from_utf8_lossy(raw).into_owned();
     }
     let header_text = detail
         .parts

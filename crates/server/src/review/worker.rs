@@ -152,10 +152,12 @@ impl Deliverer {
             Err(e) => return final_failure(format!("the reply's payload is not JSON: {e}")),
         };
         let field = |k: &str| payload[k].as_str().unwrap_or("").to_string();
-        let in_reply_to = match self.store.raw_message(entry.message_id).await {
-            Ok(raw) => mail_parser::MessageParser::default()
+        let in_reply_to = match self.store.raw_message_kept(entry.message_id).await {
+            Ok(Some(raw)) => mail_parser::MessageParser::default()
                 .parse(&raw)
                 .and_then(|m| m.message_id().map(|id| format!("<{id}>"))),
+            // Removed by retention: the reply goes out, not threaded.
+            Ok(None) => None,
             Err(e) => return retry_later(entry, format!("reading the original message: {e:#}")),
         };
         let reply = Reply {
