@@ -30,7 +30,7 @@ Weights: zero-mean Gaussian, scaled by 1/sqrt(fan-in) (a token embedding's fan-i
 it is only looked up; a table that doubles as the output projection is scaled by
 1/sqrt(n_embd) so that logits have unit spread), drawn in float32, then quantized. Norm
 weights are 1 + N(0, 0.1^2) so that a norm applied wrongly shows. Biases (qwen2) are
-N(0, 0.5^2). With weights like these the next-token distribution depends on the prompt
+N(0, 0.5^2) on K and N(0, 0.1^2) on Q and V (larger V biases make it collapse). With weights like these the next-token distribution depends on the prompt
 (the fixture generator checks that its top-1 varies); larger weights make the model
 collapse onto one token and a comparison with llama.cpp prove nothing.
 
@@ -218,8 +218,8 @@ class Weights:
     def norm(self, n: int) -> np.ndarray:
         return (1.0 + 0.1 * self.rng.standard_normal(n, dtype=np.float32)).astype(np.float32)
 
-    def bias(self, n: int) -> np.ndarray:
-        return (0.5 * self.rng.standard_normal(n, dtype=np.float32)).astype(np.float32)
+    def bias(self, n: int, scale: float) -> np.ndarray:
+        return (scale * self.rng.standard_normal(n, dtype=np.float32)).astype(np.float32)
 
 
 def draw_tensors(spec: Spec, n_vocab: int):
@@ -237,9 +237,12 @@ def draw_tensors(spec: Spec, n_vocab: int):
         out[p + "attn_k.weight"] = (w.matrix(kv_dim, d), t["k"])
         out[p + "attn_v.weight"] = (w.matrix(kv_dim, d), t["v"])
         if spec.qkv_bias:
-            out[p + "attn_q.bias"] = (w.bias(q_dim), Q.F32)
-            out[p + "attn_k.bias"] = (w.bias(kv_dim), Q.F32)
-            out[p + "attn_v.bias"] = (w.bias(kv_dim), Q.F32)
+            # Large on K as in Qwen2 (rotated with the keys, so not softmax-invariant),
+            # small on Q and V: a large V bias is a constant the whole residual stream
+            # would carry, and the model would predict the same tokens everywhere.
+            out[p + "attn_q.bias"] = (w.bias(q_dim, 0.1), Q.F32)
+            out[p + "attn_k.bias"] = (w.bias(kv_dim, 0.5), Q.F32)
+            out[p + "attn_v.bias"] = (w.bias(kv_dim, 0.1), Q.F32)
         if spec.gemma:
             out[p + "attn_q_norm.weight"] = (w.norm(hd), Q.F32)
             out[p + "attn_k_norm.weight"] = (w.norm(hd), Q.F32)
@@ -317,19 +320,68 @@ def tokenizer_keys(spec: Spec, vocab: list) -> list:
     return keys
 
 
+def check_quantizers(vocab_dir: Path, out_dir: Path, llama_quantize: Path):
+    """Quantize every model's float32 weights with llama-quantize --pure to each type used
+    here and compare the bytes with gguf-py's quantizers."""
+    import subprocess
+
+    types = sorted({t for s in MODELS for t in s.types.values()}, key=lambda t: t.value)
+    work = out_dir / "quantizer-check"
+    work.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for spec in MODELS:
+        vocab, n_vocab = vocab_fields(vocab_dir, spec.vocab)
+        tensors = draw_tensors(spec, n_vocab)
+        f32 = {name: (arr, Q.F32) for name, (arr, _) in tensors.items()}
+        src = work / f"{spec.name}.f32.gguf"
+        write_gguf(src, spec.arch, spec, arch_keys(spec, spec.arch) + tokenizer_keys(spec, vocab), f32)
+        for qtype in types:
+            dst = work / f"{spec.name}.{qtype.name}.gguf"
+            subprocess.run([str(llama_quantize), "--pure", str(src), str(dst), qtype.name],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            reader = gguf.GGUFReader(dst)
+            for t in reader.tensors:
+                arr = tensors[t.name][0]
+                if arr.ndim != 2:
+                    continue
+                if t.tensor_type != qtype:
+                    sys.exit(f"{dst}: {t.name} is {t.tensor_type.name}, expected {qtype.name}")
+                ours = np.ascontiguousarray(quantize(arr, qtype)).view(np.uint8).reshape(-1)
+                theirs = np.asarray(t.data).view(np.uint8).reshape(-1)
+                if ours.shape != theirs.shape or not np.array_equal(ours, theirs):
+                    n = int((ours != theirs).sum()) if ours.shape == theirs.shape else -1
+                    print(f"DIFFERS {spec.name} {t.name} {qtype.name}: {n} bytes", file=sys.stderr)
+                    failures += 1
+            dst.unlink()
+        src.unlink()
+        print(f"{spec.name}: {', '.join(t.name for t in types)} checked", file=sys.stderr)
+    if failures:
+        sys.exit(f"{failures} tensors differ from llama-quantize")
+    print("gguf-py's quantizers are bit-exact with llama-quantize for every tensor and type", file=sys.stderr)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("vocab_dir", type=Path)
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--reference", action="store_true",
                     help="also write reference/ (llama.cpp twins and ablations for the fixture generator)")
+    ap.add_argument("--check-quantizers", type=Path, metavar="LLAMA_QUANTIZE",
+                    help="instead of writing the models, check gguf-py's quantizers byte for byte "
+                         "against this llama-quantize binary")
+    ap.add_argument("--only", nargs="*", help="model names to write (default: all)")
     args = ap.parse_args()
+    if args.check_quantizers:
+        check_quantizers(args.vocab_dir, args.out_dir, args.check_quantizers)
+        return
     args.out_dir.mkdir(parents=True, exist_ok=True)
     ref_dir = args.out_dir / "reference"
     if args.reference:
         ref_dir.mkdir(exist_ok=True)
 
     for spec in MODELS:
+        if args.only and spec.name not in args.only:
+            continue
         vocab, n_vocab = vocab_fields(args.vocab_dir, spec.vocab)
         tensors = draw_tensors(spec, n_vocab)
         tok = tokenizer_keys(spec, vocab)
