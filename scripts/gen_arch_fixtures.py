@@ -39,7 +39,12 @@ What it records, per model file and per case:
 
 Settings: CPU, n_threads=2, n_ctx=1024 (2048 for the real files), F16 KV cache (llama.cpp's
 default), flash attention off, YaRN parameters from the model (llama-cpp-python's own
-defaults would override the file's yarn_beta_* and attention factor, so -1 is passed).
+defaults would override the file's yarn_beta_* and attention factor, so -1 is passed), and
+weights in their GGUF layout (use_extra_bufts=false): llama.cpp's default on an AVX2/AVX-512
+CPU repacks Q4_0/Q4_K/... weights into interleaved blocks whose kernels round activations
+differently; that path is machine-specific, so the fixture records it only as a diagnostic
+(llama_cpp_repacked: on the real Qwen files it moves llama.cpp's own top-5 logprobs by a
+mean of ~0.05-0.07 and a max of ~0.4-0.55 nats).
 
 JSON (one file per model, arch-<name>.json):
 {
@@ -49,6 +54,7 @@ JSON (one file per model, arch-<name>.json):
   "reference": "llama.cpp via llama-cpp-python 0.3.36", "generated_by": "...",
   "settings": {...},
   "llama_cpp_self": {"mean": .., "max": .., "top1_flips": ..},
+  "llama_cpp_repacked": {...},   # llama.cpp's default repacked-weights path vs the reference
   "ablations": {"no_window": {"mean": .., "max": .., "top1_flips": .., "rows": ..}, ...},
   "cases": [{"name": .., "prompt_text": .., ("messages": [..],) "prompt_ids": [..],
              "continuation_ids": [..], "top5": [[[id, lp] x5] per row], "gap": [..]}]
@@ -131,12 +137,28 @@ REAL_CASES = [
 ]
 
 
-def open_llama(path, n_ctx):
-    return Llama(
-        model_path=str(path), n_ctx=n_ctx, n_threads=N_THREADS, n_threads_batch=N_THREADS,
-        logits_all=True, flash_attn=False, verbose=False,
-        yarn_attn_factor=-1.0, yarn_beta_fast=-1.0, yarn_beta_slow=-1.0,
-    )
+def open_llama(path, n_ctx, repack=False):
+    """llama.cpp on the CPU. `repack=False` (the reference) keeps the weights in their GGUF
+    layout: llama.cpp's CPU-specific "extra buffer types" (weights repacked into interleaved
+    blocks for AVX2/AVX-512, AMX) are an optimisation whose activation rounding differs, and
+    which a machine without those instructions would not take."""
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+    def model_params():
+        p = defaults()
+        p.use_extra_bufts = repack
+        return p
+
+    # llama-cpp-python exposes no argument for use_extra_bufts; Llama() reads the defaults.
+    llama_cpp.llama_cpp.llama_model_default_params = model_params
+    try:
+        return Llama(
+            model_path=str(path), n_ctx=n_ctx, n_threads=N_THREADS, n_threads_batch=N_THREADS,
+            logits_all=True, flash_attn=False, verbose=False,
+            yarn_attn_factor=-1.0, yarn_beta_fast=-1.0, yarn_beta_slow=-1.0,
+        )
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = defaults
 
 
 def one_pass(llm, tokens):
@@ -251,6 +273,7 @@ def random_model_fixture(models_dir: Path, spec):
 
     self_cmp = aggregate([compare(top5, token_by_token(llm, p, cont)) for p, cont, _, top5 in evaluated])
     del llm
+    repacked = repacked_comparison(ref_path, n_ctx, evaluated)
 
     ablations = {}
     variants = []
@@ -284,10 +307,19 @@ def random_model_fixture(models_dir: Path, spec):
         "window_pattern": list(spec.window_pattern) if spec.window_pattern else None,
         **common_header(n_ctx),
         "llama_cpp_self": self_cmp,
+        "llama_cpp_repacked": repacked,
         "ablations": ablations,
         "cases": cases,
     }
     return doc
+
+
+def repacked_comparison(path, n_ctx, evaluated):
+    """llama.cpp's default CPU path (repacked weights) against the reference."""
+    llm = open_llama(path, n_ctx, repack=True)
+    out = aggregate([compare(top5, one_pass(llm, tokens)) for _, _, tokens, top5 in evaluated])
+    del llm
+    return out
 
 
 def real_model_fixture(path: Path, name: str):
@@ -295,6 +327,7 @@ def real_model_fixture(path: Path, name: str):
     n_ctx = 2048
     llm = open_llama(path, n_ctx)
     meta = read_meta(llm)
+    meta_arch, meta_name = llm.metadata.get("general.architecture"), llm.metadata.get("general.name")
     render = make_renderer(meta["chat_template"])
     cases, evaluated = [], []
     for c in REAL_CASES:
@@ -309,16 +342,19 @@ def real_model_fixture(path: Path, name: str):
         evaluated.append((prompt, cont, tokens, top5))
     check_not_collapsed(name, cases)
     self_cmp = aggregate([compare(top5, token_by_token(llm, p, cont)) for p, cont, _, top5 in evaluated])
+    del llm
+    repacked = repacked_comparison(path, n_ctx, evaluated)
     doc = {
         "model_file": path.name,
         "model_sha256": sha256_file(path),
         "model_size": path.stat().st_size,
         "reference_file": path.name,
-        "architecture": llm.metadata.get("general.architecture"),
-        "general_name": llm.metadata.get("general.name"),
+        "architecture": meta_arch,
+        "general_name": meta_name,
         "window": None,
         **common_header(n_ctx),
         "llama_cpp_self": self_cmp,
+        "llama_cpp_repacked": repacked,
         "ablations": {},
         "cases": cases,
     }
@@ -330,6 +366,7 @@ def common_header(n_ctx):
         "reference": f"llama.cpp via llama-cpp-python {llama_cpp.__version__}",
         "generated_by": "scripts/gen_arch_fixtures.py",
         "settings": {"n_ctx": n_ctx, "n_threads": N_THREADS, "kv_cache": "f16", "flash_attn": False,
+                     "use_extra_bufts": False,
                      "schedule": "prompt + continuation in one llama_decode batch, logits for every position"},
     }
 
@@ -363,9 +400,10 @@ def dump_json(doc):
 def write(out_dir: Path, name: str, doc):
     path = out_dir / f"arch-{name}.json"
     path.write_text(dump_json(doc), encoding="utf-8")
-    s, a = doc["llama_cpp_self"], doc["ablations"]
+    s, r, a = doc["llama_cpp_self"], doc["llama_cpp_repacked"], doc["ablations"]
     print(f"wrote {path}: llama.cpp one pass vs token by token: mean {s['mean']} max {s['max']} "
-          f"flips {s['top1_flips']}/{s['confident_rows']}", file=sys.stderr)
+          f"flips {s['top1_flips']}/{s['confident_rows']}; repacked weights: mean {r['mean']} "
+          f"max {r['max']} flips {r['top1_flips']}", file=sys.stderr)
     for k, v in a.items():
         print(f"    ablation {k}: mean {v['mean']} max {v['max']} flips {v['top1_flips']}/{v['confident_rows']}",
               file=sys.stderr)
