@@ -358,7 +358,8 @@ fn verre_up_keeps_serving_through_hostile_mail() {
     hostile_mails(&inbox.join("new"));
     let mut up = verre(None)
         .args(["up", "--port", "0", "--poll-secs", "1"])
-        .args(["--intake-backend", "stub"])
+        // The plumbing is under test, not the model: the small one loads in a moment.
+        .args(["--model", "smollm2-135m", "--intake-backend", "stub"])
         .env("VERRE_HOME", home.path())
         .env_remove("VERRE_DATA_KEY")
         .env_remove("VERRE_DATA_KEY_FILE")
