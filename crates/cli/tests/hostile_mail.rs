@@ -426,17 +426,37 @@ fn verre_up_keeps_serving_through_hostile_mail() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let health = block_on(async {
-        reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .unwrap()
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .map(|r| r.status())
-    });
-    assert_eq!(health.unwrap(), reqwest::StatusCode::OK);
+    // Serving: /health answers 200 once the models are loaded (503 "loading" before;
+    // intake may finish first). verre up must stay alive all along.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let health = block_on(async {
+            reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap()
+                .get(format!("{base}/health"))
+                .send()
+                .await
+                .map(|r| r.status())
+        });
+        match health {
+            Ok(reqwest::StatusCode::OK) => break,
+            Ok(reqwest::StatusCode::SERVICE_UNAVAILABLE) => {}
+            other => panic!("/health: {other:?}\n{}", printed.join("\n")),
+        }
+        assert!(
+            up.try_wait().unwrap().is_none(),
+            "verre up died:\n{}",
+            printed.join("\n")
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the models never finished loading:\n{}",
+            printed.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(
         up.try_wait().unwrap().is_none(),
         "verre up is still running"
