@@ -22,7 +22,7 @@ import { after, before, test } from "node:test";
 import OpenAI from "openai";
 import { launchChromium, listen, smtpSink, verifyWebhook } from "./helpers.mjs";
 
-// The demo mails run through a real (small) model in a debug build on 2 cores.
+// The demo mails run through the default model (Qwen2.5-Coder-1.5B) in a debug build on 2 cores.
 const QUEUE_TIMEOUT_MS = 8 * 60_000;
 
 let home, up, browser, page;
@@ -88,6 +88,9 @@ before(async () => {
   };
   printed.review = find(/review UI\s+(http:\/\/\S+\/review)/);
   printed.api = find(/OpenAI API\s+(http:\/\/\S+\/v1)/);
+  // The chat model it serves: the default, as a newcomer gets it.
+  printed.model = find(/OpenAI API\s+\S+\s+\(models: ([^,)]+)/);
+  assert.equal(printed.model, "qwen2.5-coder-1.5b");
   printed.password = find(/user admin\s+password (\S+)/);
   printed.secret = find(/^\s+(whsec_\S+)/);
   printed.key = find(/OPENAI_API_KEY=(\S+)/);
@@ -146,7 +149,7 @@ test("verre up --demo: review queue fills, an approval is delivered signed, the 
   // The OpenAI API with the official client and the printed key.
   const client = new OpenAI({ baseURL: printed.api, apiKey: printed.key });
   const chat = await client.chat.completions.create({
-    model: "smollm2-135m",
+    model: printed.model,
     messages: [{ role: "user", content: "Say hello." }],
     max_tokens: 8,
   });
@@ -164,7 +167,7 @@ test("verre up --demo: review queue fills, an approval is delivered signed, the 
   assert.ok(printed.lines.some((l) => l.includes("verre up: stopped")));
 
   const cost = JSON.parse(verre(["cost", "--json", "--by", "model"]));
-  const row = cost.groups.find((g) => g.group === "smollm2-135m");
+  const row = cost.groups.find((g) => g.group === printed.model);
   assert.ok(row && row.requests >= 1 && row.completion_tokens > 0, JSON.stringify(cost));
   const audit = verre(["audit", "verify"]);
   assert.match(audit, /^ok: the chain is intact/m, audit);
