@@ -116,17 +116,18 @@ pub fn up(args: UpArgs) -> Result<()> {
 
     let defaults = [args.model.clone(), EMBEDDING_MODEL.to_string()];
     pull_defaults(&defaults)?;
-    let new_key = first_api_key(&home.keys)?;
-    first_pipeline(&home, &args)?;
-    prepare_inbox(&home.inbox, args.demo)?;
-
     let mut names: Vec<String> = defaults.to_vec();
     for name in gateway_config.iter().flat_map(GatewayConfig::local_models) {
         if !names.contains(&name) {
             names.push(name);
         }
     }
+    // Before the first start writes the pipeline: a model that resolves nowhere must not
+    // end up in it.
     let models = crate::serve_cmd::model_specs(&names)?;
+    let new_key = first_api_key(&home.keys)?;
+    first_pipeline(&home, &args)?;
+    prepare_inbox(&home.inbox, args.demo)?;
     // Without remote backends the local models answer directly.
     let gateway = gateway_config
         .as_ref()
