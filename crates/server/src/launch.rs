@@ -124,6 +124,7 @@ pub async fn serve(
             eprintln!("verre serve: ready");
         }
         Err(e) => {
+            loading_state.set_load_failed(&e);
             let _ = load_failed_tx.send(e);
         }
     });

@@ -18,6 +18,7 @@ pub mod config;
 pub mod cost;
 pub mod embedding;
 pub mod gateway;
+pub mod internal;
 mod launch;
 pub mod ledger;
 pub mod metrics;
@@ -44,7 +45,21 @@ use openai::error::ApiError;
 /// The whole app: `/v1/*` behind the API keys (when there are any), `/health` and
 /// `/metrics` open, and an OpenAI-shaped 404 for everything else.
 pub fn router(state: Arc<AppState>) -> Router {
-    let api = openai::routes()
+    let api = api_routes(&state).layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .merge(api)
+        .merge(review::routes())
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_page))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// `/v1/*` as every caller sees it past authentication: the gateway (routing, egress
+/// policy, pseudonymisation, per-key limits), then the ledger and audit, then the handlers.
+/// The HTTP app puts the API keys in front; [`internal::ApiClient`] calls it in-process.
+pub(crate) fn api_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    openai::routes()
         .route("/v1/verre/usage", get(ledger::usage))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -54,14 +69,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             ledger::record,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), require_key));
-    Router::new()
-        .merge(api)
-        .merge(review::routes())
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_page))
-        .fallback(not_found)
-        .with_state(state)
 }
 
 /// Whether an address only this machine can reach: the loopback range, or `::1`.

@@ -53,6 +53,8 @@ pub struct Models {
 /// answers 503.
 pub struct AppState {
     models: OnceLock<Models>,
+    /// `None` while loading, then whether the models loaded (with the error if not).
+    loaded: tokio::sync::watch::Sender<Option<Result<(), String>>>,
     keys: Option<ApiKeys>,
     gateway: Option<Arc<Gateway>>,
     store: Option<Store>,
@@ -66,6 +68,7 @@ impl AppState {
     pub fn new(keys: Option<ApiKeys>) -> Self {
         Self {
             models: OnceLock::new(),
+            loaded: tokio::sync::watch::Sender::new(None),
             keys,
             gateway: None,
             store: None,
@@ -116,6 +119,22 @@ impl AppState {
             chat: chat.into_iter().map(Arc::new).collect(),
             embedding: embedding.into_iter().map(Arc::new).collect(),
         });
+        self.loaded.send_replace(Some(Ok(())));
+    }
+
+    /// Loading failed: whoever waits in [`AppState::wait_ready`] hears why.
+    pub fn set_load_failed(&self, error: &anyhow::Error) {
+        self.loaded.send_replace(Some(Err(format!("{error:#}"))));
+    }
+
+    /// Wait until the models are loaded, or the loading failed.
+    pub async fn wait_ready(&self) -> Result<(), String> {
+        let mut loaded = self.loaded.subscribe();
+        let outcome = loaded
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| "the server stopped before its models loaded".to_string())?;
+        outcome.clone().expect("waited for Some")
     }
 
     pub fn is_ready(&self) -> bool {
