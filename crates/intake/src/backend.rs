@@ -421,14 +421,8 @@ mod tests {
             "summary": {"type": "string"},
             "level": {"enum": ["low", "high"], "description": "high: legal threats"},
         }});
-        assert_eq!(
-            skeleton(&schema),
-            r#"{"summary": "...", "level": "low" | "high"}"#
-        );
-        assert_eq!(
-            field_descriptions(&schema),
-            "\n- level: high: legal threats"
-        );
+        assert_eq!(skeleton(&schema), r#"{"summary": "...", "level": "low" | "high"}"#);
+        assert_eq!(field_descriptions(&schema), "\n- level: high: legal threats");
         assert_eq!(field_descriptions(&json!({"type": "string"})), "");
     }
 
