@@ -254,14 +254,17 @@ pub(crate) async fn in_process_api(
             names.push(name);
         }
     }
+    // Before anything loads: a name that resolves nowhere is the pipeline's error, with
+    // its line.
+    let model_store = verre_models::ModelStore::from_env()?;
+    pipeline
+        .check_models(|name| remote.iter().any(|n| n == name) || model_store.resolve(name).is_ok())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut specs = crate::serve_cmd::model_specs(&names)?;
     // Served under the name the pipeline (or the backend) asks for, path or store name.
     for (spec, name) in specs.iter_mut().zip(&names) {
         spec.id = name.clone();
     }
-    pipeline
-        .check_models(|name| remote.iter().chain(&names).any(|n| n == name))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let options = verre_engine::engine::EngineOptions::default();
     let (chat, embedding) =
         tokio::task::spawn_blocking(move || verre_server::load_models(&specs, &options))

@@ -485,3 +485,107 @@ models = [{{ name = "large", upstream = "smollm2-135m" }}]
     up.alive();
     remote.alive();
 }
+
+/// Errors found at start are found at start: a pipeline model that resolves nowhere, and
+/// a backend the egress policy does not allow, stop `verre up` and `verre intake run`
+/// before any mail is read, with the file, the line and the reason.
+#[test]
+fn a_model_that_resolves_nowhere_or_a_backend_outside_the_policy_is_refused_at_start() {
+    let Some(models) = models() else { return };
+    let home = home(&models);
+    let inbox = home.path().join("inbox");
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(inbox.join(sub)).unwrap();
+    }
+    std::fs::write(
+        inbox.join("new/1.eml"),
+        "From: a@example.org\r\nSubject: x\r\n\r\nhello\r\n",
+    )
+    .unwrap();
+    let pipeline = home.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        PIPELINE.replace("draft_model = \"large\"", "draft_model = \"mistral-large\""),
+    )
+    .unwrap();
+    let db = format!("sqlite://{}", home.path().join("verre.db").display());
+    let line = PIPELINE
+        .lines()
+        .position(|l| l.starts_with("draft_model"))
+        .unwrap()
+        + 1;
+    let expected = format!("pipeline.toml:{line}: model \"mistral-large\"");
+
+    let out = verre(home.path())
+        .args([
+            "intake",
+            "run",
+            inbox.to_str().unwrap(),
+            "--json",
+            "--database",
+            &db,
+        ])
+        .arg("--pipeline")
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(&expected),
+        "{stderr}"
+    );
+    let out = verre(home.path())
+        .args(["up", "--port", "0", "--model", "smollm2-135m"])
+        .arg("--pipeline")
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(&expected),
+        "{stderr}"
+    );
+    assert!(inbox.join("new/1.eml").exists(), "no mail was touched");
+    assert!(
+        !home.path().join("verre.db").exists() || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let store = verre_store::Store::open(&db).await.unwrap();
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages")
+                    .fetch_one(store.pool())
+                    .await
+                    .unwrap();
+                n == 0
+            })
+        },
+        "no mail was read"
+    );
+
+    // A backend outside the policy: US jurisdiction under an EU-only policy.
+    let config = home.path().join("us.toml");
+    std::fs::write(
+        &config,
+        "[policy]\nallow_jurisdictions = [\"EU\"]\n\n[[backend]]\nname = \"virginia\"\nkind = \"openai\"\nurl = \"http://127.0.0.1:9/v1\"\njurisdiction = \"US-VA\"\nlocal = false\nmodels = [\"large\"]\n",
+    )
+    .unwrap();
+    std::fs::write(&pipeline, PIPELINE).unwrap();
+    for args in [
+        vec!["intake", "run", inbox.to_str().unwrap(), "--database", &db],
+        vec!["up", "--port", "0", "--model", "smollm2-135m"],
+    ] {
+        let out = verre(home.path())
+            .args(&args)
+            .arg("--pipeline")
+            .arg(&pipeline)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("virginia") && stderr.contains("US-VA"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(inbox.join("new/1.eml").exists(), "no mail was touched");
+}
