@@ -825,7 +825,7 @@ pub(crate) fn records(
         "security": {
             "encryption": encryption,
             "pseudonymisation": "personal data replaced by placeholders before any backend with local = false and pseudonymize on; restored in answers",
-            "audit": "append-only hash-chained log of API calls, intake stages, review decisions, deliveries and erasures (verre audit verify)",
+            "audit": "append-only log of API calls, intake stages, review decisions, deliveries and erasures, chained by HMAC-SHA256 under a key kept outside the database (verre audit verify)",
             "erasure": "verre erase --subject EMAIL|NAME",
             "egress": "no connection to a backend outside [policy]; no telemetry",
         },

@@ -502,7 +502,7 @@ fn announce(
     eprintln!("  review UI    {base}/review");
     eprintln!("  metrics      {base}/metrics");
     eprintln!(
-        "  inbox        {} (a Maildir: drop mail into new/)",
+        "  inbox        {} (a Maildir: drop mail into new/; each is deleted once stored)",
         home.inbox.display()
     );
     eprintln!("  pipeline     {}", home.pipeline.display());
