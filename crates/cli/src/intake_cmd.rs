@@ -346,6 +346,8 @@ impl verre_intake::PiiTagger for PiiDetector {
 pub(crate) struct Summary {
     pub messages: usize,
     pub new: usize,
+    /// Messages of the source that were erased or purged before: not stored again.
+    pub forgotten: usize,
     pub processed: usize,
     pub quarantined: usize,
     pub pending: usize,
@@ -370,7 +372,12 @@ pub(crate) async fn ingest_and_run(
     let max_attempts = pipeline.max_attempts;
     let (api, server) = in_process_api(work, &pipeline, &store).await?;
     let runner = runner(store.clone(), pipeline, api)?;
-    let (ids, new) = verre_intake::ingest(&store, source, max_attempts).await?;
+    let verre_intake::IngestReport {
+        ids,
+        new,
+        forgotten,
+        ..
+    } = verre_intake::ingest_source(&store, source, max_attempts).await?;
 
     let bar = progress.then(|| {
         let bar = indicatif::ProgressBar::new(ids.len() as u64);
@@ -428,6 +435,7 @@ pub(crate) async fn ingest_and_run(
     let summary = Summary {
         messages: ids.len(),
         new,
+        forgotten,
         processed: count("processed"),
         quarantined: count("quarantined"),
         pending: count("pending"),
@@ -452,6 +460,12 @@ async fn run(args: RunArgs) -> Result<()> {
     let rate = s.messages as f64 / s.seconds.max(1e-9);
     println!("{:<22} {}", "messages", s.messages);
     println!("{:<22} {}", "  new this run", s.new);
+    if s.forgotten > 0 {
+        println!(
+            "{:<22} {} (erased or purged before: not stored again)",
+            "  forgotten", s.forgotten
+        );
+    }
     println!("{:<22} {}", "processed", s.processed);
     println!("{:<22} {}", "quarantined", s.quarantined);
     if s.pending > 0 {
