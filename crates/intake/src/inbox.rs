@@ -9,6 +9,7 @@
 //! are the operator's and are never modified ([`crate::ingest`]).
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use verre_store::erase::Subject;
@@ -39,6 +40,20 @@ pub fn maildir_files(inbox: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// How long a file must have been left unchanged before it is taken. A Maildir delivery
+/// writes in `tmp/` and renames into `new/`, complete; a file written straight into `new/`
+/// (by hand, by a script) may still be growing, and deleting it then would lose the rest.
+pub const SETTLE: Duration = Duration::from_secs(1);
+
+/// Whether a file was last changed more than [`SETTLE`] ago (a time in the future counts
+/// as settled: a clock skew must not hold mail back forever).
+fn settled(meta: &std::fs::Metadata) -> bool {
+    meta.modified()
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .is_none_or(|age| age >= SETTLE)
+}
+
 /// A file gone already (taken by another reader) is not an error.
 fn remove(path: &Path) -> Result<bool> {
     match std::fs::remove_file(path) {
@@ -50,7 +65,8 @@ fn remove(path: &Path) -> Result<bool> {
 
 /// Take every message of the Maildir `inbox`: store it and enqueue its parse stage, then
 /// delete its file (also when the same bytes were stored before, or are forgotten). A
-/// message that cannot be stored keeps its file and fails the read.
+/// message that cannot be stored keeps its file and fails the read; a file changed less
+/// than [`SETTLE`] ago waits for the next read.
 pub async fn take_inbox(store: &Store, inbox: &Path, max_attempts: u32) -> Result<IngestReport> {
     let source = Source::Maildir(inbox.to_path_buf()).describe();
     let files = {
@@ -59,6 +75,12 @@ pub async fn take_inbox(store: &Store, inbox: &Path, max_attempts: u32) -> Resul
     };
     let mut report = IngestReport::default();
     for path in files {
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) if !settled(&meta) => continue,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
         let bytes = match tokio::fs::read(&path).await {
             Ok(b) => b,
             // Taken meanwhile (another verre on the same inbox, or an erasure).
@@ -166,6 +188,18 @@ fn mentions(raw: &[u8], subject: &Subject, parser: &MailParser) -> bool {
 mod tests {
     use super::*;
 
+    /// Write a file as if delivered a while ago (see [`SETTLE`]).
+    fn deliver(path: PathBuf, bytes: impl AsRef<[u8]>) {
+        std::fs::write(&path, bytes).unwrap();
+        let past = SystemTime::now() - 3 * SETTLE;
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+    }
+
     fn maildir(dir: &Path) -> PathBuf {
         let inbox = dir.join("inbox");
         for sub in ["new", "cur", "tmp"] {
@@ -181,16 +215,20 @@ mod tests {
         let inbox = maildir(dir.path());
         let a = b"From: a@example.com\r\nSubject: a\r\n\r\nA\r\n";
         let b = b"From: b@example.com\r\nSubject: b\r\n\r\nB\r\n";
-        std::fs::write(inbox.join("new/1"), a).unwrap();
-        std::fs::write(inbox.join("cur/2:2,S"), b).unwrap();
+        deliver(inbox.join("new/1"), a);
+        deliver(inbox.join("cur/2:2,S"), b);
         std::fs::write(inbox.join("tmp/3"), b"being delivered").unwrap();
+        // Still being written (changed just now): left for the next read.
+        std::fs::write(inbox.join("new/0"), b"Subject: half").unwrap();
         let r = take_inbox(&store, &inbox, 3).await.unwrap();
         assert_eq!((r.new, r.forgotten, r.taken, r.ids.len()), (2, 0, 2, 2));
+        assert!(inbox.join("new/0").exists(), "not settled yet");
+        std::fs::remove_file(inbox.join("new/0")).unwrap();
         assert!(maildir_files(&inbox).unwrap().is_empty(), "taken");
         assert!(inbox.join("tmp/3").exists(), "tmp/ is not read");
 
         // The same bytes again: already stored, the file still goes.
-        std::fs::write(inbox.join("new/4"), a).unwrap();
+        deliver(inbox.join("new/4"), a);
         let r = take_inbox(&store, &inbox, 3).await.unwrap();
         assert_eq!((r.new, r.forgotten, r.taken), (0, 0, 1));
 
@@ -210,7 +248,7 @@ mod tests {
             .execute(store.pool())
             .await
             .unwrap();
-        std::fs::write(inbox.join("new/5"), a).unwrap();
+        deliver(inbox.join("new/5"), a);
         let r = take_inbox(&store, &inbox, 3).await.unwrap();
         assert_eq!((r.new, r.forgotten, r.taken), (0, 1, 1));
         assert!(maildir_files(&inbox).unwrap().is_empty());
@@ -226,7 +264,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_in_home(dir.path()).await.unwrap();
         let inbox = maildir(dir.path());
-        std::fs::write(inbox.join("new/1"), b"Subject: a\r\n\r\nA\r\n").unwrap();
+        deliver(inbox.join("new/1"), b"Subject: a\r\n\r\nA\r\n");
         let eml = dir.path().join("eml");
         std::fs::create_dir(&eml).unwrap();
         std::fs::write(eml.join("1.eml"), b"Subject: e\r\n\r\nE\r\n").unwrap();
@@ -260,8 +298,8 @@ mod tests {
         let hers = "From: =?utf-8?q?Jos=C3=A9e_M=C3=BCller?= <j@example.org>\r\nSubject: hi\r\n\
                     Content-Transfer-Encoding: base64\r\n\r\nSm9zw6llIE3DvGxsZXIgaGVyZQ==\r\n";
         let other = "From: Ann <ann@example.org>\r\nSubject: hi\r\n\r\nnothing\r\n";
-        std::fs::write(inbox.join("new/1"), hers).unwrap();
-        std::fs::write(inbox.join("cur/2:2,S"), other).unwrap();
+        deliver(inbox.join("new/1"), hers);
+        deliver(inbox.join("cur/2:2,S"), other);
         let subject = Subject::parse("Josée Müller").unwrap();
         let parser = MailParser::InProcess;
         let listed = erase_from_inbox(&store, &inbox, &subject, &parser, true)
@@ -276,7 +314,7 @@ mod tests {
         assert!(!inbox.join("new/1").exists());
         assert!(inbox.join("cur/2:2,S").exists());
         // Delivered again: not stored.
-        std::fs::write(inbox.join("new/3"), hers).unwrap();
+        deliver(inbox.join("new/3"), hers);
         let r = take_inbox(&store, &inbox, 3).await.unwrap();
         assert_eq!(
             (r.new, r.forgotten),
