@@ -549,6 +549,10 @@ async fn run_intake(
     let store = verre_store::Store::open(&database).await?;
     let max_attempts = pipeline.max_attempts;
     let runner = crate::intake_cmd::runner(store.clone(), pipeline, api)?;
+    runner
+        .check_at_start()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let source = Source::Maildir(inbox);
     let mut tasks = Vec::new();
     for _ in 0..workers.max(1) {
