@@ -331,7 +331,18 @@ models = [{{ name = "large", upstream = "smollm2-135m" }}]
         .arg(&pipeline);
         c
     });
+    let base = up.wait_for("verre up's API", |l| {
+        l.contains("OpenAI API").then(|| http_address(l)).flatten()
+    });
     up.wait_for("verre up running", |l| l.contains("Ctrl-C").then_some(()));
+    // A second mail, with no personal data: its extraction shares the pipeline's fixed
+    // prompt with the first one's.
+    std::fs::write(
+        inbox.join("new/2.eml"),
+        "From: orders@shop.example\r\nTo: support@example.org\r\nSubject: Order 4411\r\n\
+         Message-ID: <order-4411@shop.example>\r\n\r\nWhere is order 4411?\r\n",
+    )
+    .unwrap();
     std::fs::write(
         inbox.join("new/1.eml"),
         format!(
@@ -356,15 +367,19 @@ models = [{{ name = "large", upstream = "smollm2-135m" }}]
     let deadline = Instant::now() + Duration::from_secs(600);
     let status = loop {
         up.alive();
-        let status: Option<String> = rt.block_on(async {
-            sqlx::query_scalar("SELECT status FROM messages WHERE id = 1")
-                .fetch_optional(store.pool())
+        let statuses: Vec<(String, String)> = rt.block_on(async {
+            sqlx::query_as("SELECT source_ref, status FROM messages ORDER BY source_ref")
+                .fetch_all(store.pool())
                 .await
                 .unwrap()
         });
-        match status.as_deref() {
-            Some("pending") | None => {}
-            Some(s) => break s.to_string(),
+        if statuses.len() == 2 && statuses.iter().all(|(_, s)| s != "pending") {
+            assert_eq!(statuses[0].0, "1.eml");
+            break statuses
+                .into_iter()
+                .map(|(_, s)| s)
+                .collect::<Vec<_>>()
+                .join(",");
         }
         assert!(
             Instant::now() < deadline,
@@ -373,10 +388,16 @@ models = [{{ name = "large", upstream = "smollm2-135m" }}]
         );
         std::thread::sleep(Duration::from_millis(300));
     };
-    let detail = rt.block_on(store.detail(1)).unwrap().unwrap();
+    let refund: i64 = rt.block_on(async {
+        sqlx::query_scalar("SELECT id FROM messages WHERE source_ref = '1.eml'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    });
+    let detail = rt.block_on(store.detail(refund)).unwrap().unwrap();
     assert_eq!(
         status,
-        "processed",
+        "processed,processed",
         "{detail:#?}\n{}",
         up.printed.join("\n")
     );
@@ -388,8 +409,15 @@ models = [{{ name = "large", upstream = "smollm2-135m" }}]
         .filter(|(path, _)| path == "/v1/chat/completions")
         .map(|(_, body)| body)
         .collect();
-    assert_eq!(chats.len(), 1, "one drafting call went out: {recorded:?}");
-    let sent = chats[0];
+    assert_eq!(
+        chats.len(),
+        2,
+        "one drafting call per mail went out: {recorded:?}"
+    );
+    let sent = *chats
+        .iter()
+        .find(|b| contains(b, "Please refund"))
+        .unwrap_or_else(|| panic!("the refund mail's draft request: {recorded:?}"));
     for secret in [
         NAME,
         "Johanna",
@@ -412,7 +440,7 @@ models = [{{ name = "large", upstream = "smollm2-135m" }}]
 
     // Back inside: the draft quotes the customer with the real values restored.
     let draft = rt
-        .block_on(store.stage_output(1, "draft"))
+        .block_on(store.stage_output(refund, "draft"))
         .unwrap()
         .unwrap();
     assert_eq!(draft["model"], "large", "{draft}");
@@ -423,6 +451,37 @@ models = [{{ name = "large", upstream = "smollm2-135m" }}]
             "{real:?} not restored in the draft: {text}"
         );
     }
+
+    // The extractions went through the local engine: in /metrics, and the second one's
+    // fixed prompt came from the prefix cache.
+    let metrics = rt
+        .block_on(async {
+            reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap()
+                .get(format!("{base}/metrics"))
+                .send()
+                .await?
+                .text()
+                .await
+        })
+        .unwrap();
+    let metric = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains("smollm2-135m"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        metric("verre:e2e_request_latency_seconds_count") >= 2.0,
+        "both extractions are in /metrics:\n{metrics}"
+    );
+    assert!(
+        metric("verre:prefix_cache_hits_total") > 0.0,
+        "the pipeline's fixed prompt was served from the prefix cache:\n{metrics}"
+    );
 
     // The ledger: extraction tokens local, drafting tokens remote, both as the pipeline.
     up.alive();
