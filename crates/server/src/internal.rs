@@ -69,12 +69,7 @@ impl ApiClient {
 
     /// POST `body` to `path` (`/v1/chat/completions`, ...) as `caller`, once the models are
     /// loaded, and return the JSON answer. Not for `stream: true` requests.
-    pub async fn post(
-        &self,
-        caller: &str,
-        path: &str,
-        body: &Value,
-    ) -> Result<Value, ApiCallError> {
+    pub async fn post(&self, caller: &str, path: &str, body: &Value) -> Result<Value, ApiCallError> {
         self.state
             .wait_ready()
             .await
@@ -85,7 +80,9 @@ impl ApiClient {
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(bytes))
             .map_err(|e| ApiCallError::new(400, format!("building the request: {e}")))?;
-        request.extensions_mut().insert(KeyName(caller.to_string()));
+        request
+            .extensions_mut()
+            .insert(KeyName(caller.to_string()));
         let response = match self.app.clone().oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
