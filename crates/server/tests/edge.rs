@@ -4,20 +4,34 @@
 //!   function unless `parallel_tool_calls` is true, arguments closed near the token limit,
 //!   and never a partial call left in `content`.
 //!
-//! Model tests are skipped without the model file locally and fail without it under CI.
+//! - browsers and untrusted peers: CORS for the origins `[http] cors_origins` lists
+//!   (preflight before the key check), the loopback guard of a server without keys (JSON
+//!   content type, loopback `Host`), `/metrics` keyed for remote peers, keys as `x-api-key`,
+//!   OpenAI-shaped 405s;
+//! - answers: `system_fingerprint`, chat logprobs that match the text (no final
+//!   `<|im_end|>`), embeddings over the model's limit refused unless `truncate: true`
+//!   (all-MiniLM-L6-v2 from `VERRE_MINILM_DIR`).
+//!
+//! Model tests are skipped without the model files locally and fail without them under CI.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use verre_engine::LoadedModel;
 use verre_engine::engine::EngineOptions;
-use verre_server::{AppState, ServedModel, router};
+use verre_engine::model::bert::Embedder;
+use verre_server::auth::{ApiKeys, add_key};
+use verre_server::config::GatewayConfig;
+use verre_server::gateway::Gateway;
+use verre_server::{AppState, EmbeddingModel, ServedModel, router};
 
 const MODEL: &str = "smollm2-135m";
 
@@ -337,4 +351,371 @@ async fn a_forced_call_near_the_token_limit_closes_or_says_length() {
         assert_eq!(calls.len(), 1, "{body}");
         assert_keys_within(&calls[0].1, &["title", "body"]);
     }
+}
+
+// --- Browsers and untrusted peers -------------------------------------------------------
+
+/// A server still loading its models (the edge answers before any model is needed), with
+/// API keys when `keys` and `verre.toml` text `config`. Returns the app and the key.
+fn edge_app(keys: bool, config: &str) -> (Router, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys");
+    let key = add_key(&path, "test").unwrap();
+    let keys = keys.then(|| ApiKeys::load(&path).unwrap());
+    let gateway = Gateway::new(&GatewayConfig::parse(config, "verre.toml").unwrap()).unwrap();
+    let state = AppState::new(keys).with_gateway(Arc::new(gateway));
+    (router(Arc::new(state)), key, dir)
+}
+
+const APP_ORIGIN: &str = "https://app.example";
+const CORS_CONFIG: &str = "[http]\ncors_origins = [\"https://app.example\"]\n";
+
+fn build(method: &str, uri: &str, headers: &[(&str, &str)], body: &str) -> Request<Body> {
+    let mut r = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        r = r.header(*name, *value);
+    }
+    r.body(Body::from(body.to_string())).unwrap()
+}
+
+/// The request as it arrives over a connection from `peer`.
+fn from_peer(mut req: Request<Body>, peer: [u8; 4]) -> Request<Body> {
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from((peer, 40000))));
+    req
+}
+
+fn assert_error_code(body: &Value, code: &str) {
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(body["error"]["type"].is_string(), "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+}
+
+fn preflight(origin: &str) -> Request<Body> {
+    build(
+        "OPTIONS",
+        "/v1/chat/completions",
+        &[
+            ("origin", origin),
+            ("access-control-request-method", "POST"),
+            (
+                "access-control-request-headers",
+                "authorization, content-type, x-api-key, openai-organization, x-stainless-os, x-evil",
+            ),
+        ],
+        "",
+    )
+}
+
+#[tokio::test]
+async fn cors_preflight_is_answered_before_the_key_for_listed_origins_only() {
+    let (app, key, _dir) = edge_app(true, CORS_CONFIG);
+    let (status, headers, _) = call(&app, preflight(APP_ORIGIN)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(headers["access-control-allow-origin"], APP_ORIGIN);
+    let methods = headers["access-control-allow-methods"].to_str().unwrap();
+    assert!(
+        methods.contains("POST") && methods.contains("GET"),
+        "{methods}"
+    );
+    let allowed = headers["access-control-allow-headers"].to_str().unwrap();
+    for h in [
+        "authorization",
+        "content-type",
+        "x-api-key",
+        "openai-organization",
+        "x-stainless-os",
+    ] {
+        assert!(allowed.contains(h), "{h} not in {allowed}");
+    }
+    assert!(!allowed.contains("x-evil"), "{allowed}");
+
+    // The request itself still needs the key; its answer carries the origin.
+    let get = |key: Option<&str>| {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let mut headers = vec![("origin", APP_ORIGIN)];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
+        }
+        build("GET", "/v1/models", &headers, "")
+    };
+    let (status, headers, _) = call(&app, get(None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["access-control-allow-origin"], APP_ORIGIN);
+    let (status, headers, _) = call(&app, get(Some(&key))).await;
+    assert_eq!(status, StatusCode::OK, "past the key");
+    assert_eq!(headers["access-control-allow-origin"], APP_ORIGIN);
+
+    // Another origin gets no CORS headers, and no preflight answer.
+    let (status, headers, _) = call(&app, preflight("https://evil.example")).await;
+    assert_ne!(status, StatusCode::NO_CONTENT);
+    assert!(!headers.contains_key("access-control-allow-origin"));
+    assert!(!headers.contains_key("access-control-allow-headers"));
+
+    // None listed (the default): no CORS at all.
+    let (app, _, _dir) = edge_app(true, "");
+    let (status, headers, _) = call(&app, preflight(APP_ORIGIN)).await;
+    assert_ne!(status, StatusCode::NO_CONTENT);
+    assert!(!headers.contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
+async fn keys_are_taken_as_x_api_key_too() {
+    let (app, key, _dir) = edge_app(true, "");
+    let with = |value: &str| build("GET", "/v1/models", &[("x-api-key", value)], "");
+    let (status, _, _) = call(&app, with(&key)).await;
+    assert_eq!(status, StatusCode::OK, "past the key");
+    let (status, _, body) = call(&app, with("vk-nope")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_error_code(&body, "invalid_api_key");
+}
+
+#[tokio::test]
+async fn method_not_allowed_has_an_openai_body() {
+    let (app, _, _dir) = edge_app(false, "");
+    for (method, uri, allow) in [
+        ("GET", "/v1/chat/completions", "POST"),
+        ("DELETE", "/v1/embeddings", "POST"),
+        ("POST", "/v1/models", "GET"),
+    ] {
+        let (status, headers, body) = call(&app, build(method, uri, &[], "")).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+        assert_error_code(&body, "method_not_allowed");
+        assert!(
+            headers["allow"].to_str().unwrap().contains(allow),
+            "{headers:?}"
+        );
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_need_a_key_from_other_machines() {
+    let (app, key, _dir) = edge_app(true, "");
+    let metrics = |auth: Option<String>, peer: [u8; 4]| {
+        let mut headers = Vec::new();
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
+        }
+        from_peer(build("GET", "/metrics", &headers, ""), peer)
+    };
+    let (status, _, body) = call(&app, metrics(None, [192, 0, 2, 7])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_error_code(&body, "invalid_api_key");
+    let (status, _, _) = call(&app, metrics(Some("Bearer vk-nope".into()), [192, 0, 2, 7])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = call(&app, metrics(Some(format!("Bearer {key}")), [192, 0, 2, 7])).await;
+    assert_eq!(status, StatusCode::OK);
+    // This machine reads them without a key.
+    let (status, _, _) = call(&app, metrics(None, [127, 0, 0, 1])).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn loopback_without_keys_refuses_what_a_web_page_can_send() {
+    let (app, _, _dir) = edge_app(false, "");
+    let body = json!({ "model": MODEL, "messages": user("hi") }).to_string();
+    let post_with = |headers: &[(&str, &str)]| {
+        from_peer(
+            build("POST", "/v1/chat/completions", headers, &body),
+            [127, 0, 0, 1],
+        )
+    };
+    // A cross-origin form or fetch without a preflight: text/plain, or no type at all.
+    for headers in [
+        vec![("host", "localhost:8080"), ("content-type", "text/plain")],
+        vec![
+            ("host", "127.0.0.1:8080"),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        vec![("host", "localhost:8080")],
+    ] {
+        let (status, _, answer) = call(&app, post_with(&headers)).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{headers:?}");
+        assert_error_code(&answer, "unsupported_media_type");
+    }
+    // DNS rebinding: the page's own name in Host.
+    for host in ["evil.example:8080", "evil.example", "192.168.1.10:8080"] {
+        let (status, _, answer) = call(
+            &app,
+            post_with(&[("host", host), ("content-type", "application/json")]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{host}");
+        assert_error_code(&answer, "host_not_allowed");
+        let (status, _, _) = call(
+            &app,
+            from_peer(
+                build("GET", "/v1/models", &[("host", host)], ""),
+                [127, 0, 0, 1],
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "GET with {host}");
+    }
+    // What a real client sends passes (to a server still loading).
+    for host in ["localhost:8080", "127.0.0.1:8080", "[::1]:8080"] {
+        let (status, _, _) = call(
+            &app,
+            post_with(&[
+                ("host", host),
+                ("content-type", "application/json; charset=utf-8"),
+            ]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{host}");
+    }
+    // With keys, the key is the guard: no Host or type check.
+    let (app, key, _dir) = edge_app(true, "");
+    let auth = format!("Bearer {key}");
+    let (status, _, _) = call(
+        &app,
+        from_peer(
+            build(
+                "GET",
+                "/v1/models",
+                &[("host", "verre.example"), ("authorization", &auth)],
+                "",
+            ),
+            [127, 0, 0, 1],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+// --- Answers ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn fingerprints_and_logprobs_that_match_the_text() {
+    let Some(app) = app() else { return };
+    let ask = json!({ "model": MODEL, "messages": user("Say hello."), "temperature": 0,
+                      "max_tokens": 60, "logprobs": true });
+    let (status, body) = post(&app, "/v1/chat/completions", ask.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let fingerprint = body["system_fingerprint"].as_str().expect("a fingerprint");
+    assert!(fingerprint.starts_with("smollm2-135m-"), "{fingerprint}");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop", "{body}");
+    let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+    let bytes: Vec<u8> = body["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| {
+            t["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8)
+        })
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&bytes), content, "{body}");
+
+    // Streamed: the same fingerprint on every chunk, and no logprobs past the text.
+    let mut streamed = ask;
+    streamed["stream"] = json!(true);
+    let req = build(
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        &streamed.to_string(),
+    );
+    let (_, _, text) = call(&app, req).await;
+    let mut bytes = Vec::new();
+    let mut content = String::new();
+    for line in text.as_str().unwrap().lines() {
+        let Some(data) = line.strip_prefix("data: ").filter(|d| *d != "[DONE]") else {
+            continue;
+        };
+        let chunk: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(chunk["system_fingerprint"], fingerprint, "{chunk}");
+        let choice = &chunk["choices"][0];
+        content.push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+        for t in choice["logprobs"]["content"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            bytes.extend(
+                t["bytes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| b.as_u64().unwrap() as u8),
+            );
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&bytes), content);
+
+    // Completions carry it too.
+    let (_, body) = post(
+        &app,
+        "/v1/completions",
+        json!({ "model": MODEL, "prompt": "Hello", "max_tokens": 2 }),
+    )
+    .await;
+    assert_eq!(body["system_fingerprint"], fingerprint, "{body}");
+}
+
+fn embedder() -> Option<Arc<Embedder>> {
+    static EMBEDDER: OnceLock<Option<Arc<Embedder>>> = OnceLock::new();
+    EMBEDDER
+        .get_or_init(|| match std::env::var_os("VERRE_MINILM_DIR") {
+            Some(dir) => Some(Arc::new(Embedder::load(PathBuf::from(dir)).unwrap())),
+            None if std::env::var_os("CI").is_some() => {
+                panic!("VERRE_MINILM_DIR must point at the minilm-l6 model directory in CI")
+            }
+            None => {
+                eprintln!("skipped: set VERRE_MINILM_DIR to the minilm-l6 model directory");
+                None
+            }
+        })
+        .clone()
+}
+
+#[tokio::test]
+async fn embeddings_over_the_limit_are_refused_unless_truncation_is_asked_for() {
+    let Some(embedder) = embedder() else { return };
+    let limit = embedder.max_tokens();
+    let model = EmbeddingModel::start("minilm-l6", embedder, 4).unwrap();
+    let app = router(Arc::new(AppState::with_models(vec![], vec![model], None)));
+    let long = "word ".repeat(limit * 2);
+    let ids: Vec<u32> = vec![1000; limit + 1];
+    for input in [json!(long), json!(["short", long]), json!(ids)] {
+        let ask = json!({ "model": "minilm-l6", "input": input });
+        let (status, body) = post(&app, "/v1/embeddings", ask.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_error_code(&body, "context_length_exceeded");
+        assert_eq!(body["error"]["param"], "input");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&limit.to_string()) && message.contains("truncate"),
+            "{message}"
+        );
+
+        let mut cut = ask;
+        cut["truncate"] = json!(true);
+        let (status, body) = post(&app, "/v1/embeddings", cut).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let last = body["data"].as_array().unwrap().len() - 1;
+        assert!(body["data"][last]["embedding"].as_array().unwrap().len() > 100);
+    }
+    // Within the limit, nothing changes.
+    let (status, _) = post(
+        &app,
+        "/v1/embeddings",
+        json!({ "model": "minilm-l6", "input": "word ".repeat(limit / 2) }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
 }
