@@ -719,3 +719,101 @@ async fn embeddings_over_the_limit_are_refused_unless_truncation_is_asked_for() 
     .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+// --- Upstream answers ---------------------------------------------------------------------
+
+/// An OpenAI-compatible upstream whose answers are larger than verre takes: 33 MiB of
+/// content, whole or streamed.
+async fn huge_upstream() -> SocketAddr {
+    async fn answer(body: axum::body::Bytes) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let request: Value = serde_json::from_slice(&body).unwrap();
+        let content = "x".repeat(33 << 20);
+        if request["stream"] == json!(true) {
+            let chunk = |text: &str| {
+                format!(
+                    "data: {}\n\n",
+                    json!({ "choices": [{ "index": 0, "delta": { "content": text } }] })
+                )
+            };
+            let events: Vec<Result<String, std::convert::Infallible>> = content
+                .as_bytes()
+                .chunks(1 << 20)
+                .map(|piece| Ok(chunk(std::str::from_utf8(piece).unwrap())))
+                .collect();
+            return (
+                [("content-type", "text/event-stream")],
+                Body::from_stream(futures_util::stream::iter(events)),
+            )
+                .into_response();
+        }
+        axum::Json(
+            json!({ "object": "chat.completion", "choices": [{ "index": 0,
+            "message": { "role": "assistant", "content": content }, "finish_reason": "stop" }] }),
+        )
+        .into_response()
+    }
+    let app = Router::new().route("/v1/chat/completions", axum::routing::post(answer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    address
+}
+
+#[tokio::test]
+async fn upstream_answers_are_read_up_to_32_mib() {
+    let upstream = huge_upstream().await;
+    let backend = |name: &str, pseudonymize: bool| {
+        format!(
+            "[[backend]]\nname = \"{name}\"\nkind = \"openai\"\nurl = \"http://{upstream}/v1\"\njurisdiction = \"EU\"\npseudonymize = {pseudonymize}\nmodels = [\"{name}\"]\n"
+        )
+    };
+    let config = format!(
+        "[policy]\nallow_jurisdictions = [\"EU\"]\n[gateway]\nhealth_check_interval_s = 0\n{}{}",
+        backend("plain", false),
+        backend("masked", true)
+    );
+    let gateway = Gateway::new(&GatewayConfig::parse(&config, "verre.toml").unwrap()).unwrap();
+    let app = router(Arc::new(
+        AppState::with_models(vec![], vec![], None).with_gateway(Arc::new(gateway)),
+    ));
+    for model in ["plain", "masked"] {
+        let ask = json!({ "model": model, "messages": user("Write a lot to jean.dupont@example.fr.") });
+        let (status, body) = post(&app, "/v1/chat/completions", ask.clone()).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{model}");
+        assert_error_code(&body, "bad_gateway");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("32 MiB"),
+            "{body}"
+        );
+
+        // Streamed: what arrived within the cap, then an error event, then the end.
+        let mut streamed = ask;
+        streamed["stream"] = json!(true);
+        let req = build(
+            "POST",
+            "/v1/chat/completions",
+            &[("content-type", "application/json")],
+            &streamed.to_string(),
+        );
+        let response = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            bytes.len() <= (32 << 20) + 4096,
+            "{model}: {} bytes",
+            bytes.len()
+        );
+        let text = String::from_utf8_lossy(&bytes);
+        let last = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .last()
+            .unwrap();
+        let last: Value = serde_json::from_str(last).unwrap();
+        assert_error_code(&last, "bad_gateway");
+    }
+}
