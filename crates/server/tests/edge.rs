@@ -811,7 +811,7 @@ async fn upstream_answers_are_read_up_to_32_mib() {
         let last = text
             .lines()
             .filter_map(|l| l.strip_prefix("data: "))
-            .last()
+            .next_back()
             .unwrap();
         let last: Value = serde_json::from_str(last).unwrap();
         assert_error_code(&last, "bad_gateway");
