@@ -4,7 +4,9 @@
 //!
 //! - [`openai`]: validation at the edge, handlers, response and stream shapes, errors.
 //! - [`embedding`]: an embedding model on its own thread.
-//! - [`auth`]: the API keys file.
+//! - [`auth`]: the API keys file (keys presented as `Authorization: Bearer` or `x-api-key`).
+//! - `edge`: CORS for the listed origins, the loopback guard of a server without keys,
+//!   `/metrics` keyed for remote peers, OpenAI-shaped 405s.
 //! - [`metrics`]: the `/metrics` page.
 //! - [`gateway`] and [`config`]: `verre.toml` backends (local and remote OpenAI-compatible
 //!   upstreams), routing with failover, the egress policy, per-key limits.
