@@ -778,7 +778,8 @@ async fn upstream_answers_are_read_up_to_32_mib() {
         AppState::with_models(vec![], vec![], None).with_gateway(Arc::new(gateway)),
     ));
     for model in ["plain", "masked"] {
-        let ask = json!({ "model": model, "messages": user("Write a lot to jean.dupont@example.fr.") });
+        let ask =
+            json!({ "model": model, "messages": user("Write a lot to jean.dupont@example.fr.") });
         let (status, body) = post(&app, "/v1/chat/completions", ask.clone()).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{model}");
         assert_error_code(&body, "bad_gateway");

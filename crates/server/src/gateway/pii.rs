@@ -427,7 +427,10 @@ mod tests {
                 out.extend_from_slice(&events.push(piece));
             }
             let out = String::from_utf8(out).unwrap();
-            assert!(out.contains("Hi Jean \\\"JD\\\" Dupont"), "split {size}: {out:?}");
+            assert!(
+                out.contains("Hi Jean \\\"JD\\\" Dupont"),
+                "split {size}: {out:?}"
+            );
             assert!(!out.contains("<PERSON_1>"), "{out:?}");
             assert!(out.contains("[DONE]"), "{out:?}");
         }
