@@ -199,7 +199,7 @@ impl Store {
         );
         append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: "cli",
                 action: "users.add",
@@ -230,7 +230,7 @@ impl Store {
         }
         append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: "cli",
                 action: "users.remove",
@@ -557,7 +557,7 @@ impl Store {
         }
         append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: &author,
                 action: "review.edit_draft",
@@ -622,7 +622,7 @@ impl Store {
         undecided_guard(&mut tx, message_id).await?;
         append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: &format!("user:{user}"),
                 action: "review.edit_action",
@@ -697,7 +697,7 @@ impl Store {
         }
         let audit_seq = append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: &format!("user:{user}"),
                 action: "review.approve",
@@ -731,7 +731,7 @@ impl Store {
         .rows_affected();
         let seq = append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: &format!("user:{user}"),
                 action: "review.reject",
@@ -807,7 +807,7 @@ impl Store {
             .await?;
         append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: &format!("user:{user}"),
                 action: "review.rerun",
