@@ -40,6 +40,11 @@ const SQLITE: &[Migration] = &[
         "gdpr",
         include_str!("../migrations/sqlite/0005_gdpr.sql"),
     ),
+    (
+        6,
+        "review guards",
+        include_str!("../migrations/sqlite/0006_review_guards.sql"),
+    ),
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -67,6 +72,11 @@ const POSTGRES: &[Migration] = &[
         5,
         "gdpr",
         include_str!("../migrations/postgres/0005_gdpr.sql"),
+    ),
+    (
+        6,
+        "review guards",
+        include_str!("../migrations/postgres/0006_review_guards.sql"),
     ),
 ];
 

@@ -13,7 +13,9 @@ use tokio::sync::Notify;
 use verre_delivery::WebhookSecret;
 use verre_delivery::mail::{Security, SmtpConfig};
 use verre_store::ActionRow;
+use verre_store::review::LoginLimits;
 
+use super::auth::PasswordChecks;
 use crate::gateway::policy::Policy;
 
 /// Everything the review UI and the delivery worker are configured with.
@@ -23,9 +25,15 @@ pub struct ReviewSettings {
     /// came over TLS (`X-Forwarded-Proto: https` from the proxy in front).
     pub secure_cookies: Option<bool>,
     pub session_ttl: Duration,
+    /// A reply whose recipient a reviewer changed needs a second approver.
+    pub second_approver: bool,
     pub delivery: Arc<DeliverySettings>,
     /// Wakes the delivery worker when an approval put something in the outbox.
     pub wake: Arc<Notify>,
+    /// Failed logins allowed before attempts are refused.
+    pub login_limits: LoginLimits,
+    /// The password checks running at once.
+    pub password_checks: Arc<PasswordChecks>,
 }
 
 impl Default for ReviewSettings {
@@ -33,8 +41,11 @@ impl Default for ReviewSettings {
         Self {
             secure_cookies: None,
             session_ttl: Duration::from_secs(12 * 3600),
+            second_approver: true,
             delivery: Arc::default(),
             wake: Arc::default(),
+            login_limits: LoginLimits::default(),
+            password_checks: Arc::default(),
         }
     }
 }
@@ -103,6 +114,7 @@ fn under(url: &Url, prefix: &Url) -> bool {
 pub(crate) struct RawReview {
     secure_cookies: Option<bool>,
     session_hours: Option<f64>,
+    second_approver: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -212,6 +224,7 @@ pub(crate) fn parse(
     Ok(ReviewSettings {
         secure_cookies: review.secure_cookies,
         session_ttl: Duration::from_secs_f64(hours * 3600.0),
+        second_approver: review.second_approver.unwrap_or(true),
         delivery: Arc::new(DeliverySettings {
             policy: policy.clone(),
             webhooks,
@@ -219,6 +232,8 @@ pub(crate) fn parse(
             timeout: Duration::from_secs_f64(timeout),
         }),
         wake: Arc::default(),
+        login_limits: LoginLimits::default(),
+        password_checks: Arc::default(),
     })
 }
 
