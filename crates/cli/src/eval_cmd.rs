@@ -30,6 +30,10 @@ pub struct EvalArgs {
     pub db: DbArgs,
     #[arg(long, value_enum, default_value_t = BackendArg::Engine)]
     pub backend: BackendArg,
+    /// verre.toml, for a pipeline whose model is a backend of it (default:
+    /// $VERRE_HOME/verre.toml when it exists).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -99,6 +103,7 @@ async fn eval(args: EvalArgs) -> Result<()> {
         db,
         workers: 1,
         backend: args.backend,
+        config: args.config.clone(),
         lease_secs: 120,
     };
     let source = Source::detect(mail_dir.to_str().context("a UTF-8 temporary path")?)?;

@@ -8,7 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use verre_intake::{BackendChoice, Pipeline, Source, StageRunner};
+use serde_json::Value;
+use verre_intake::{BoxFuture, ModelApi, ModelCallError, Pipeline, Source, StageRunner};
+use verre_server::AppState;
+use verre_server::config::GatewayConfig;
+use verre_server::gateway::Gateway;
+use verre_server::internal::ApiClient;
 use verre_store::Store;
 
 #[derive(Subcommand)]
@@ -57,7 +62,8 @@ pub struct DbArgs {
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum BackendArg {
-    /// The pipeline's models, in-process.
+    /// The pipeline's models through verre's `/v1` in this process: models this process
+    /// loads, or backends of verre.toml, under its policy, ledger and audit.
     Engine,
     /// A deterministic stand-in for every model (tests; measuring the pipeline itself).
     Stub,
@@ -75,6 +81,11 @@ pub struct WorkArgs {
     pub workers: usize,
     #[arg(long, value_enum, default_value_t = BackendArg::Engine)]
     pub backend: BackendArg,
+    /// verre.toml (docs/CONFIG.md): backends the pipeline's model names may resolve to,
+    /// the egress policy, `[cost]` and `[audit]` (default: $VERRE_HOME/verre.toml when it
+    /// exists).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Seconds a claimed job is held before another worker may take it over (renewed
     /// while the stage runs).
     #[arg(long, default_value_t = 30)]
@@ -150,13 +161,8 @@ pub(crate) fn load_pipeline(path: &std::path::Path) -> Result<Pipeline> {
 pub(crate) fn runner(
     store: Store,
     pipeline: Pipeline,
-    backend: BackendArg,
+    models: Arc<dyn ModelApi>,
 ) -> Result<Arc<StageRunner>> {
-    let choice = match backend {
-        BackendArg::Engine => BackendChoice::Engine,
-        BackendArg::Stub => BackendChoice::Stub,
-    };
-    let models = verre_intake::load_models(&pipeline, choice)?;
     // Mail from outside is parsed by this binary in a child process under limits.
     let exe = std::env::current_exe().context("finding the verre binary to parse mail with")?;
     let parser = verre_intake::MailParser::child(exe)?;
@@ -168,6 +174,122 @@ pub(crate) fn runner(
             Some(Arc::new(PiiDetector::default())),
         )
         .with_mail_parser(parser),
+    ))
+}
+
+/// verre's `/v1` in this process as a pipeline's model API. The pipeline is the caller:
+/// its calls are metered, limited (`[[key]] name = "pipeline:NAME"`) and audited under
+/// that name.
+pub(crate) struct PipelineApi {
+    client: ApiClient,
+    caller: String,
+}
+
+impl PipelineApi {
+    pub(crate) fn new(state: Arc<AppState>, pipeline: &Pipeline) -> Self {
+        Self {
+            client: ApiClient::new(state),
+            caller: format!("pipeline:{}", pipeline.name),
+        }
+    }
+}
+
+impl ModelApi for PipelineApi {
+    fn chat(&self, request: Value) -> BoxFuture<'_, Result<Value, ModelCallError>> {
+        Box::pin(async move {
+            self.client
+                .post(&self.caller, "/v1/chat/completions", &request)
+                .await
+                .map_err(|e| ModelCallError {
+                    permanent: e.is_permanent(),
+                    param: e.param.clone(),
+                    message: e.to_string(),
+                })
+        })
+    }
+}
+
+/// verre.toml as `--config` names it, else `$VERRE_HOME/verre.toml` when there is one.
+pub(crate) fn config_path(given: Option<&std::path::Path>) -> Result<Option<PathBuf>> {
+    if let Some(path) = given {
+        return Ok(Some(path.to_path_buf()));
+    }
+    let default = verre_models::ModelStore::default_home()?.join("verre.toml");
+    Ok(default.is_file().then_some(default))
+}
+
+/// The models the pipeline names, as `/v1` in this process answers for them: verre.toml's
+/// gateway (its backends, policy, `[cost]`, `[audit]`), and the local models loaded once.
+/// Every model name is checked before any mail is touched. The returned state holds the
+/// ledger to flush when the run ends.
+pub(crate) async fn in_process_api(
+    work: &WorkArgs,
+    pipeline: &Pipeline,
+    store: &Store,
+) -> Result<(Arc<dyn ModelApi>, Option<Arc<AppState>>)> {
+    if work.backend == BackendArg::Stub {
+        return Ok((Arc::new(verre_intake::StubBackend::from_env()), None));
+    }
+    let config = config_path(work.config.as_deref())?
+        .map(|p| GatewayConfig::load(&p))
+        .transpose()?;
+    let gateway = config
+        .as_ref()
+        .map(|c| Gateway::new(c).map(Arc::new))
+        .transpose()
+        .context("setting up the gateway")?;
+    let remote: Vec<String> = gateway
+        .iter()
+        .flat_map(|g| g.model_names())
+        .map(|(name, _)| name)
+        .collect();
+    // What this process loads: the models of local backends, and every name the pipeline
+    // uses that no backend answers for (a store name or a .gguf path).
+    let mut names: Vec<String> = config
+        .iter()
+        .flat_map(GatewayConfig::local_models)
+        .collect();
+    for (name, _) in pipeline.models() {
+        if !remote.contains(&name) && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    // Before anything loads: a name that resolves nowhere is the pipeline's error, with
+    // its line.
+    let model_store = verre_models::ModelStore::from_env()?;
+    pipeline
+        .check_models(|name| remote.iter().any(|n| n == name) || model_store.resolve(name).is_ok())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut specs = crate::serve_cmd::model_specs(&names)?;
+    // Served under the name the pipeline (or the backend) asks for, path or store name.
+    for (spec, name) in specs.iter_mut().zip(&names) {
+        spec.id = name.clone();
+    }
+    let options = verre_engine::engine::EngineOptions::default();
+    let (chat, embedding) =
+        tokio::task::spawn_blocking(move || verre_server::load_models(&specs, &options))
+            .await
+            .context("loading the pipeline's models")??;
+    let audit = gateway
+        .as_ref()
+        .map(|g| g.audit().clone())
+        .unwrap_or_default();
+    let mut state =
+        AppState::new(None)
+            .with_store(store.clone())
+            .with_ledger(verre_server::ledger::Ledger {
+                writer: verre_store::ledger::LedgerWriter::spawn(store.clone()),
+                audit,
+            });
+    if let Some(gateway) = gateway {
+        gateway.spawn_health_checks();
+        state = state.with_gateway(gateway);
+    }
+    state.set_models(chat, embedding);
+    let state = Arc::new(state);
+    Ok((
+        Arc::new(PipelineApi::new(state.clone(), pipeline)),
+        Some(state),
     ))
 }
 
@@ -218,7 +340,8 @@ pub(crate) async fn ingest_and_run(
     let store = open_store(&work.db).await?;
     let labels: Vec<String> = pipeline.labels.iter().map(|l| l.name.clone()).collect();
     let max_attempts = pipeline.max_attempts;
-    let runner = runner(store.clone(), pipeline, work.backend)?;
+    let (api, server) = in_process_api(work, &pipeline, &store).await?;
+    let runner = runner(store.clone(), pipeline, api)?;
     let (ids, new) = verre_intake::ingest(&store, source, max_attempts).await?;
 
     let bar = progress.then(|| {
@@ -249,6 +372,9 @@ pub(crate) async fn ingest_and_run(
     work_task.await.context("the workers stopped")??;
     if let Some(bar) = bar {
         bar.finish_and_clear();
+    }
+    if let Some(ledger) = server.as_ref().and_then(|s| s.ledger()) {
+        ledger.writer.flush().await;
     }
 
     let statuses = store.statuses(&ids).await?;
@@ -327,7 +453,8 @@ async fn watch(args: WatchArgs) -> Result<()> {
     let source = Source::detect(&args.source)?;
     let store = open_store(&args.work.db).await?;
     let max_attempts = pipeline.max_attempts;
-    let runner = runner(store.clone(), pipeline, args.work.backend)?;
+    let (api, _server) = in_process_api(&args.work, &pipeline, &store).await?;
+    let runner = runner(store.clone(), pipeline, api)?;
     let mut workers = Vec::new();
     for _ in 0..args.work.workers.max(1) {
         let mut opts = verre_intake::WorkerOptions::new();

@@ -114,6 +114,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         gateway,
         database: Some(args.db.url()?),
         on_listening: None,
+        on_state: None,
         review: gateway_config
             .as_ref()
             .map(|c| c.review.clone())

@@ -124,14 +124,14 @@ pub fn up(args: UpArgs) -> Result<()> {
     }
     // Before the first start writes the pipeline: a model that resolves nowhere must not
     // end up in it.
-    let models = crate::serve_cmd::model_specs(&names)?;
+    let mut models = crate::serve_cmd::model_specs(&names)?;
     let new_key = first_api_key(&home.keys)?;
-    first_pipeline(&home, &args)?;
+    first_pipeline(&home, &args, &models[0].id)?;
     prepare_inbox(&home.inbox, args.demo)?;
-    // Without remote backends the local models answer directly.
+    // verre.toml's gateway always: its backends, and its `[cost]`, `[audit]` and `[[key]]`
+    // limits, which apply to local models too.
     let gateway = gateway_config
         .as_ref()
-        .filter(|c| !c.backends.is_empty())
         .map(|c| Gateway::new(c).map(Arc::new))
         .transpose()
         .context("setting up the gateway")?;
@@ -142,6 +142,33 @@ pub fn up(args: UpArgs) -> Result<()> {
         .unwrap_or_default();
     let database = args.db.url()?;
     let pipeline = crate::intake_cmd::load_pipeline(&home.pipeline)?;
+    // The pipeline calls models as any client does: each name is served here or by a
+    // backend of verre.toml. A local model only the pipeline names is loaded beside the
+    // others (once, for the API and the pipeline alike); anything else is refused now,
+    // before any mail is read.
+    let remote: Vec<String> = gateway
+        .iter()
+        .flat_map(|g| g.model_names())
+        .map(|(name, _)| name)
+        .collect();
+    let extra: Vec<String> = pipeline
+        .models()
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|n| !remote.contains(n) && !models.iter().any(|m| &m.id == n))
+        .filter(|n| verre_models::ModelStore::from_env().is_ok_and(|s| s.resolve(n).is_ok()))
+        .collect();
+    for (mut spec, name) in crate::serve_cmd::model_specs(&extra)?
+        .into_iter()
+        .zip(&extra)
+    {
+        spec.id = name.clone();
+        models.push(spec);
+    }
+    pipeline
+        .check_models(|n| remote.iter().any(|r| r == n) || models.iter().any(|m| m.id == n))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let names: Vec<String> = models.iter().map(|m| m.id.clone()).collect();
     let retention = gateway_config
         .as_ref()
         .map(|c| c.retention)
@@ -155,6 +182,7 @@ pub fn up(args: UpArgs) -> Result<()> {
     runtime.block_on(async move {
         let (stop_tx, stop) = watch::channel(false);
         let (listening_tx, listening) = tokio::sync::oneshot::channel();
+        let (state_tx, state) = tokio::sync::oneshot::channel();
         let serve_config = ServeConfig {
             models,
             host: args.host.clone(),
@@ -167,6 +195,9 @@ pub fn up(args: UpArgs) -> Result<()> {
             on_listening: Some(Box::new(move |address| {
                 let _ = listening_tx.send(address);
             })),
+            on_state: Some(Box::new(move |state| {
+                let _ = state_tx.send(state);
+            })),
             review,
         };
         let admin_password = first_admin(&database).await?;
@@ -175,6 +206,13 @@ pub fn up(args: UpArgs) -> Result<()> {
             Ok(address) => address,
             // The server failed before binding: its error says why.
             Err(_) => return server.await.context("the server task")?,
+        };
+        let api: Arc<dyn verre_intake::ModelApi> = match (args.intake_backend, state.await) {
+            (BackendArg::Stub, _) => Arc::new(verre_intake::StubBackend::from_env()),
+            (BackendArg::Engine, Ok(state)) => {
+                Arc::new(crate::intake_cmd::PipelineApi::new(state, &pipeline))
+            }
+            (BackendArg::Engine, Err(_)) => return server.await.context("the server task")?,
         };
         announce(
             &home,
@@ -193,7 +231,7 @@ pub fn up(args: UpArgs) -> Result<()> {
             home.inbox.clone(),
             args.workers,
             Duration::from_secs(args.poll_secs.max(1)),
-            args.intake_backend,
+            api,
             stop.clone(),
         ));
 
@@ -289,12 +327,12 @@ fn random_password() -> String {
 }
 
 /// Write the default pipeline and its CRM database on the first start.
-fn first_pipeline(home: &Home, args: &UpArgs) -> Result<()> {
+fn first_pipeline(home: &Home, args: &UpArgs, model: &str) -> Result<()> {
     let dir = home.pipeline.parent().unwrap_or(Path::new("."));
     if !home.pipeline.exists() {
         let text = verre_intake::demo::UP_PIPELINE
             .replace("{crm_webhook_url}", &args.crm_webhook_url)
-            .replace("{model}", &args.model);
+            .replace("{model}", model);
         std::fs::write(&home.pipeline, text)
             .with_context(|| format!("writing {}", home.pipeline.display()))?;
         eprintln!(
@@ -559,17 +597,12 @@ async fn run_intake(
     inbox: PathBuf,
     workers: usize,
     poll: Duration,
-    backend: BackendArg,
+    api: Arc<dyn verre_intake::ModelApi>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let store = verre_store::Store::open(&database).await?;
     let max_attempts = pipeline.max_attempts;
-    let runner = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || crate::intake_cmd::runner(store, pipeline, backend))
-            .await
-            .context("loading the pipeline's models")??
-    };
+    let runner = crate::intake_cmd::runner(store.clone(), pipeline, api)?;
     let source = Source::Maildir(inbox);
     let mut tasks = Vec::new();
     for _ in 0..workers.max(1) {

@@ -107,7 +107,13 @@ impl ChatTemplate {
     /// Compile a template. `source` is `None` when the model has no template: Mistral's
     /// `[INST]` format is used.
     pub fn new(source: Option<&str>, bos_token: &str, eos_token: &str) -> Result<Self> {
-        Self::build(source, MISTRAL_FALLBACK, bos_token, eos_token, Clock::System)
+        Self::build(
+            source,
+            MISTRAL_FALLBACK,
+            bos_token,
+            eos_token,
+            Clock::System,
+        )
     }
 
     /// As [`ChatTemplate::new`], with the built-in template of the model's family
@@ -130,7 +136,13 @@ impl ChatTemplate {
         eos_token: &str,
         unix_secs: u64,
     ) -> Result<Self> {
-        Self::build(source, MISTRAL_FALLBACK, bos_token, eos_token, Clock::Fixed(unix_secs))
+        Self::build(
+            source,
+            MISTRAL_FALLBACK,
+            bos_token,
+            eos_token,
+            Clock::Fixed(unix_secs),
+        )
     }
 
     fn build(
@@ -354,7 +366,12 @@ mod tests {
         );
         // Other families keep the Mistral fallback; a file's own template always wins.
         let llama = ChatTemplate::for_architecture(None, "llama", "<s>", "</s>").unwrap();
-        assert!(llama.render(&[Message::new("user", "Hi")], true).unwrap().contains("[INST]"));
+        assert!(
+            llama
+                .render(&[Message::new("user", "Hi")], true)
+                .unwrap()
+                .contains("[INST]")
+        );
         let own = ChatTemplate::for_architecture(Some(CHATML), "gemma3", "<s>", "</s>").unwrap();
         assert!(!own.is_fallback);
     }

@@ -1649,7 +1649,11 @@ mod tests {
         let Some(dir) = env_path("VERRE_LLAMA_VOCAB_DIR") else {
             return;
         };
-        for vocab in ["ggml-vocab-llama-spm.gguf", "ggml-vocab-llama-bpe.gguf", "ggml-vocab-qwen2.gguf"] {
+        for vocab in [
+            "ggml-vocab-llama-spm.gguf",
+            "ggml-vocab-llama-bpe.gguf",
+            "ggml-vocab-qwen2.gguf",
+        ] {
             let tok = load_gguf(&dir.join(vocab));
             for text in ["{\"", " {\"name\": 1}", "gobierno", "\n  \"x\""] {
                 let ids = tok.encode_continuation(text).expect("encode");

@@ -1,17 +1,67 @@
-//! The models behind the `extract` and `draft` stages, behind one small trait so that the
-//! pipeline does not care whether a model runs in-process, remotely, or is stubbed out.
+//! How the `extract` and `draft` stages call models: as a client of verre's own `/v1`.
+//!
+//! The pipeline names models exactly as an API client does (`qwen2.5-coder-1.5b`, or
+//! `large` on a vLLM cluster of verre.toml), and every call goes through [`ModelApi`]: in
+//! `verre up` and `verre intake run` that is the server's `/v1` in-process, with its
+//! gateway (egress policy, pseudonymisation before any backend that is not local), its
+//! engines (batching, prefix cache, admission, `/metrics`), its cost ledger and its audit
+//! log. [`StubBackend`] answers instead for tests and for measuring the pipeline itself.
+//!
+//! Extraction asks for a JSON answer under the schema (`response_format` json_schema,
+//! strict: constrained decoding on the local engine, guided decoding on vLLM), validates
+//! what comes back and, when it does not validate, asks again with the error.
 
+use std::future::Future;
 use std::io::Write;
-use std::path::Path;
-use std::sync::Arc;
+use std::pin::Pin;
 
-use anyhow::{Context, Result};
+use anyhow::Context;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use verre_engine::{GenerateRequest, LoadedModel, Message, SamplingParams};
 
-/// An extraction request: answer `document` as JSON that satisfies `schema`.
+/// A boxed future, for the object-safe [`ModelApi`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// `/v1/chat/completions` as the pipeline calls it.
+pub trait ModelApi: Send + Sync {
+    /// The answer to an OpenAI-shaped chat request (never streamed).
+    fn chat(&self, request: Value) -> BoxFuture<'_, Result<Value, ModelCallError>>;
+}
+
+/// A model call that did not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ModelCallError {
+    /// The request itself was refused (invalid, not allowed, unknown model): asking again
+    /// cannot help. Otherwise (a limit, a backend down, a timeout) a later attempt may pass.
+    pub permanent: bool,
+    /// The OpenAI error's `param`, when it names one (`response_format`).
+    pub param: Option<String>,
+    pub message: String,
+}
+
+impl ModelCallError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            permanent: false,
+            param: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            permanent: true,
+            param: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// An extraction request: answer `prompt` as JSON that satisfies `schema`.
 pub struct ExtractRequest<'a> {
+    /// The model name, resolved as `/v1` resolves it.
+    pub model: &'a str,
     pub system: &'a str,
     /// The user turn: the pipeline's prompt rendered over the document.
     pub prompt: &'a str,
@@ -19,7 +69,17 @@ pub struct ExtractRequest<'a> {
     pub max_tokens: usize,
     /// Extra tries after an answer that is not valid JSON for the schema.
     pub retries: u32,
-    /// 1.0 for none (see `ExtractConfig::repetition_penalty`).
+    /// 1.0 for none (see `ExtractConfig::repetition_penalty`); sent only when not 1.0.
+    pub repetition_penalty: f32,
+}
+
+/// A drafting request: free text for a system prompt and a user prompt.
+pub struct CompleteRequest<'a> {
+    pub model: &'a str,
+    pub system: &'a str,
+    pub prompt: &'a str,
+    pub max_tokens: usize,
+    /// Sent only when not 1.0.
     pub repetition_penalty: f32,
 }
 
@@ -41,8 +101,7 @@ pub struct Completion {
     pub completion_tokens: usize,
 }
 
-/// Why an extraction failed; `attempts` holds the last answer and its error for the
-/// quarantine reason.
+/// The model answered every time, and never with JSON valid for the schema.
 #[derive(Debug, thiserror::Error)]
 #[error(
     "no valid extraction after {calls} model call(s); last error: {last_error}; last answer: {last_answer:?}"
@@ -53,13 +112,13 @@ pub struct ExtractFailed {
     pub last_answer: String,
 }
 
-/// A model the pipeline can ask for structured output and for free text.
-pub trait ExtractBackend: Send + Sync {
-    /// A JSON value valid against `req.schema` (the implementation validates; the stage
-    /// validates again before storing).
-    fn extract(&self, req: &ExtractRequest) -> Result<Extraction>;
-    /// Free text for a system prompt and a user prompt.
-    fn complete(&self, system: &str, prompt: &str, max_tokens: usize) -> Result<Completion>;
+/// Why an extraction did not come back.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error(transparent)]
+    Invalid(#[from] ExtractFailed),
+    #[error("the extraction model call failed: {0}")]
+    Call(#[from] ModelCallError),
 }
 
 /// Validate `value` against `schema`, joining every error into one line.
@@ -98,57 +157,6 @@ pub fn first_json_object(text: &str) -> Option<Value> {
     None
 }
 
-/// The in-process engine: a GGUF model loaded once and shared by every stage that names it.
-///
-/// Extraction today: generate, parse the first JSON object, validate with `jsonschema`,
-/// and on failure ask again with the error fed back. When the engine's constrained decoding
-/// lands, the schema goes into the generate request and the first answer is valid by
-/// construction (the validation stays: it is cheap and the store must never hold an
-/// unvalidated extraction).
-pub struct EngineBackend {
-    model: Arc<LoadedModel>,
-}
-
-impl EngineBackend {
-    pub fn load(path: &Path) -> Result<Self> {
-        let model =
-            LoadedModel::load(path).with_context(|| format!("loading {}", path.display()))?;
-        Ok(Self {
-            model: Arc::new(model),
-        })
-    }
-
-    /// Generate after the chat template's assistant header, with the answer begun with
-    /// `answer_prefix` (returned as part of the text), under `grammar` if given.
-    fn generate(
-        &self,
-        messages: &[Message],
-        answer_prefix: &str,
-        max_tokens: usize,
-        sampling: SamplingParams,
-        grammar: Option<std::sync::Arc<verre_engine::Grammar>>,
-    ) -> Result<(String, usize, usize)> {
-        let mut text = self.model.template.render(messages, true)?;
-        text.push_str(answer_prefix);
-        let prompt_ids = self.model.encode_prompt(&text)?;
-        let req = GenerateRequest {
-            prompt_ids,
-            max_tokens,
-            sampling,
-            stop: Vec::new(),
-            ignore_eos: false,
-            grammar,
-        };
-        let g = self.model.generate(&req, |_| true)?;
-        Ok((
-            format!("{answer_prefix}{}", g.text),
-            g.prompt_tokens,
-            g.completion_tokens,
-        ))
-    }
-}
-
-/// A one-line JSON skeleton of a schema's properties, for the prompt:
 /// The schema's own words about its fields (`description`: a label's definition of its
 /// values, a field's meaning), one line each, for the model to read beside the skeleton.
 fn field_descriptions(schema: &Value) -> String {
@@ -161,6 +169,7 @@ fn field_descriptions(schema: &Value) -> String {
         .collect()
 }
 
+/// A one-line JSON skeleton of a schema's properties, for the prompt:
 /// `{"customer": "...", "threat_level": "low" | "medium", "amount": 0}`.
 fn skeleton(schema: &Value) -> String {
     let Some(props) = schema["properties"].as_object() else {
@@ -186,110 +195,142 @@ fn skeleton(schema: &Value) -> String {
     format!("{{{}}}", fields.join(", "))
 }
 
-impl ExtractBackend for EngineBackend {
-    fn extract(&self, req: &ExtractRequest) -> Result<Extraction> {
-        let system = format!(
-            "{}\nAnswer with one JSON object only, in this form: {}{}",
-            req.system,
-            skeleton(req.schema),
-            field_descriptions(req.schema)
-        );
-        let mut messages = vec![
-            Message::new("system", &system),
-            Message::new("user", req.prompt),
-        ];
-        // The answer is generated under the schema (constrained decoding): valid JSON of the
-        // right shape by construction. A schema the grammar compiler cannot enforce falls
-        // back to starting the answer for the model and validating what comes back.
-        let grammar = match self
-            .model
-            .compile_grammar(&verre_engine::GrammarSpec::JsonSchema(req.schema.clone()))
-        {
-            Ok(g) => Some(g),
-            Err(e) => {
-                tracing::warn!("extraction schema not enforceable, validating instead: {e}");
-                None
-            }
-        };
-        let prefix = match (
-            &grammar,
-            req.schema["properties"]
-                .as_object()
-                .and_then(|p| p.keys().next()),
-        ) {
-            (Some(_), _) => String::new(),
-            (None, Some(k)) => format!("{{\"{k}\":"),
-            (None, None) => "{".to_string(),
-        };
-        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
-        let mut last_error = String::new();
-        let mut last_answer = String::new();
-        for call in 1..=req.retries + 1 {
-            // Greedy: the same message gives the same extraction.
-            let sampling = SamplingParams {
-                repetition_penalty: req.repetition_penalty,
-                ..SamplingParams::default()
-            };
-            let (text, p, c) = self.generate(
-                &messages,
-                &prefix,
-                req.max_tokens,
-                sampling,
-                grammar.clone(),
-            )?;
-            prompt_tokens += p;
-            completion_tokens += c;
-            let error = match first_json_object(&text) {
-                None => "the answer contains no JSON object".to_string(),
-                Some(v) => match validate(req.schema, &v) {
-                    Ok(()) => {
-                        return Ok(Extraction {
-                            value: v,
-                            prompt_tokens,
-                            completion_tokens,
-                            calls: call,
-                        });
-                    }
-                    Err(e) => e,
-                },
-            };
-            messages.push(Message::new("assistant", &text));
-            messages.push(Message::new(
-                "user",
-                &format!("That is not valid: {error}. Answer again with only the JSON object."),
-            ));
-            last_error = error;
-            last_answer = text;
-        }
-        Err(ExtractFailed {
-            calls: req.retries + 1,
-            last_error,
-            last_answer: last_answer.chars().take(300).collect(),
-        }
-        .into())
-    }
-
-    fn complete(&self, system: &str, prompt: &str, max_tokens: usize) -> Result<Completion> {
-        let messages = [Message::new("system", system), Message::new("user", prompt)];
-        // Greedy too, with a repetition penalty: small models loop on free text without one.
-        let sampling = SamplingParams {
-            repetition_penalty: 1.15,
-            ..SamplingParams::default()
-        };
-        let (text, prompt_tokens, completion_tokens) =
-            self.generate(&messages, "", max_tokens, sampling, None)?;
-        Ok(Completion {
-            text: text.trim().to_string(),
-            prompt_tokens,
-            completion_tokens,
-        })
-    }
+/// What a chat answer holds: the text and the tokens it cost.
+fn answer(response: &Value) -> Result<(String, usize, usize), ModelCallError> {
+    let choice = &response["choices"][0];
+    let text = choice["message"]["content"].as_str().ok_or_else(|| {
+        ModelCallError::transient(format!(
+            "the answer has no choices[0].message.content: {:.300}",
+            response.to_string()
+        ))
+    })?;
+    let usage = &response["usage"];
+    let tokens = |k: &str| usage[k].as_u64().unwrap_or(0) as usize;
+    Ok((
+        text.to_string(),
+        tokens("prompt_tokens"),
+        tokens("completion_tokens"),
+    ))
 }
 
-/// A deterministic stand-in for a model, for tests and for measuring the pipeline itself
-/// (`verre intake run --backend stub`). Its extraction is valid for any schema made of
-/// objects, strings, numbers, booleans, arrays and enums: each value is derived from a
-/// hash of the document, so the same message always gets the same answer.
+/// A chat request body: greedy (the same message gives the same answer).
+fn chat_request(model: &str, messages: &[Value], max_tokens: usize, penalty: f32) -> Value {
+    let mut request = json!({
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    });
+    if penalty != 1.0 {
+        // As written in the pipeline (an f32 printed as f64 reads 1.149999976...).
+        request["repetition_penalty"] = json!((penalty as f64 * 1e4).round() / 1e4);
+    }
+    request
+}
+
+/// Ask `api` for JSON valid against `req.schema`: under the schema first; again with the
+/// validation error after an answer that does not validate, up to `req.retries` times.
+/// A backend that refuses the schema (`response_format` unsupported) is asked without it,
+/// and its answers are validated the same way.
+pub async fn extract(
+    api: &dyn ModelApi,
+    req: &ExtractRequest<'_>,
+) -> Result<Extraction, ExtractError> {
+    let system = format!(
+        "{}\nAnswer with one JSON object only, in this form: {}{}",
+        req.system,
+        skeleton(req.schema),
+        field_descriptions(req.schema)
+    );
+    let mut messages = vec![
+        json!({"role": "system", "content": system}),
+        json!({"role": "user", "content": req.prompt}),
+    ];
+    let mut constrained = true;
+    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    let mut last_error = String::new();
+    let mut last_answer = String::new();
+    let mut call = 0;
+    while call <= req.retries {
+        let mut request =
+            chat_request(req.model, &messages, req.max_tokens, req.repetition_penalty);
+        if constrained {
+            request["response_format"] = json!({
+                "type": "json_schema",
+                "json_schema": {"name": "extraction", "schema": req.schema, "strict": true},
+            });
+        }
+        let response = match api.chat(request).await {
+            Ok(r) => r,
+            Err(e)
+                if constrained && e.permanent && e.param.as_deref() == Some("response_format") =>
+            {
+                tracing::warn!(
+                    "the extraction schema is refused by the model's backend, validating instead: {e}"
+                );
+                constrained = false;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        call += 1;
+        let (text, p, c) = answer(&response)?;
+        prompt_tokens += p;
+        completion_tokens += c;
+        let error = match first_json_object(&text) {
+            None => "the answer contains no JSON object".to_string(),
+            Some(v) => match validate(req.schema, &v) {
+                Ok(()) => {
+                    return Ok(Extraction {
+                        value: v,
+                        prompt_tokens,
+                        completion_tokens,
+                        calls: call,
+                    });
+                }
+                Err(e) => e,
+            },
+        };
+        messages.push(json!({"role": "assistant", "content": text}));
+        messages.push(json!({
+            "role": "user",
+            "content": format!("That is not valid: {error}. Answer again with only the JSON object."),
+        }));
+        last_error = error;
+        last_answer = text;
+    }
+    Err(ExtractFailed {
+        calls: call,
+        last_error,
+        last_answer: last_answer.chars().take(300).collect(),
+    }
+    .into())
+}
+
+/// Free text from `api` for a system prompt and a user prompt.
+pub async fn complete(
+    api: &dyn ModelApi,
+    req: &CompleteRequest<'_>,
+) -> Result<Completion, ModelCallError> {
+    let messages = [
+        json!({"role": "system", "content": req.system}),
+        json!({"role": "user", "content": req.prompt}),
+    ];
+    let request = chat_request(req.model, &messages, req.max_tokens, req.repetition_penalty);
+    let (text, prompt_tokens, completion_tokens) = answer(&api.chat(request).await?)?;
+    Ok(Completion {
+        text: text.trim().to_string(),
+        prompt_tokens,
+        completion_tokens,
+    })
+}
+
+/// A deterministic stand-in for every model, for tests and for measuring the pipeline
+/// itself (`verre intake run --backend stub`). It answers `/v1/chat/completions` requests:
+/// one with a `response_format` schema gets JSON valid for any schema made of objects,
+/// strings, numbers, booleans, arrays and enums, each value derived from a hash of the last
+/// user turn, so the same message always gets the same answer; one without gets a short
+/// fixed reply.
 ///
 /// Test hooks (environment): `VERRE_INTAKE_STUB_DELAY_MS` makes each call take that long;
 /// `VERRE_INTAKE_STUB_LOG=FILE` appends a hash of each extraction prompt to FILE, so
@@ -323,10 +364,70 @@ impl StubBackend {
         self
     }
 
-    fn pause(&self) {
-        if let Some(d) = self.delay {
-            std::thread::sleep(d);
-        }
+    fn log_prompt(&self, prompt: &str) -> anyhow::Result<()> {
+        let Some(log) = &self.log else { return Ok(()) };
+        let digest = hex::encode(Sha256::digest(prompt.as_bytes()));
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening stub log {}", log.display()))?;
+        // One write per line: appends from several processes do not interleave.
+        f.write_all(format!("{}\n", &digest[..16]).as_bytes())?;
+        Ok(())
+    }
+
+    fn answer(&self, request: &Value) -> Result<Value, ModelCallError> {
+        let messages = request["messages"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let text = |role: &str| -> String {
+            messages
+                .iter()
+                .filter(|m| m["role"] == role)
+                .filter_map(|m| m["content"].as_str())
+                .collect()
+        };
+        let prompt = messages
+            .iter()
+            .rev()
+            .find(|m| m["role"] == "user")
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or("");
+        let content = match request["response_format"]["json_schema"].get("schema") {
+            Some(schema) => {
+                self.log_prompt(prompt)
+                    .map_err(|e| ModelCallError::transient(format!("{e:#}")))?;
+                let value = stub_value(schema, prompt.as_bytes(), "");
+                validate(schema, &value).map_err(|e| {
+                    ModelCallError::permanent(format!("the stub cannot satisfy this schema: {e}"))
+                })?;
+                value.to_string()
+            }
+            None => format!(
+                "Thank you for your message. (stub draft {})",
+                &hex::encode(Sha256::digest(prompt))[..8]
+            ),
+        };
+        let prompt_tokens = (text("system").len() + text("user").len()) / 4;
+        Ok(json!({
+            "object": "chat.completion",
+            "model": request["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": content.len() / 4},
+        }))
+    }
+}
+
+impl ModelApi for StubBackend {
+    fn chat(&self, request: Value) -> BoxFuture<'_, Result<Value, ModelCallError>> {
+        Box::pin(async move {
+            if let Some(d) = self.delay {
+                tokio::time::sleep(d).await;
+            }
+            self.answer(&request)
+        })
     }
 }
 
@@ -360,46 +461,10 @@ fn stub_value(schema: &Value, seed: &[u8], key: &str) -> Value {
     }
 }
 
-impl ExtractBackend for StubBackend {
-    fn extract(&self, req: &ExtractRequest) -> Result<Extraction> {
-        self.pause();
-        if let Some(log) = &self.log {
-            let digest = hex::encode(Sha256::digest(req.prompt.as_bytes()));
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .with_context(|| format!("opening stub log {}", log.display()))?;
-            // One write per line: appends from several processes do not interleave.
-            f.write_all(format!("{}\n", &digest[..16]).as_bytes())?;
-        }
-        let value = stub_value(req.schema, req.prompt.as_bytes(), "");
-        validate(req.schema, &value)
-            .map_err(|e| anyhow::anyhow!("the stub cannot satisfy this schema: {e}"))?;
-        Ok(Extraction {
-            prompt_tokens: req.prompt.len() / 4 + req.system.len() / 4,
-            completion_tokens: value.to_string().len() / 4,
-            value,
-            calls: 1,
-        })
-    }
-
-    fn complete(&self, _system: &str, prompt: &str, _max_tokens: usize) -> Result<Completion> {
-        self.pause();
-        let text = format!(
-            "Thank you for your message. (stub draft {})",
-            &hex::encode(Sha256::digest(prompt))[..8]
-        );
-        Ok(Completion {
-            prompt_tokens: prompt.len() / 4,
-            completion_tokens: text.len() / 4,
-            text,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
 
     #[test]
@@ -421,8 +486,14 @@ mod tests {
             "summary": {"type": "string"},
             "level": {"enum": ["low", "high"], "description": "high: legal threats"},
         }});
-        assert_eq!(skeleton(&schema), r#"{"summary": "...", "level": "low" | "high"}"#);
-        assert_eq!(field_descriptions(&schema), "\n- level: high: legal threats");
+        assert_eq!(
+            skeleton(&schema),
+            r#"{"summary": "...", "level": "low" | "high"}"#
+        );
+        assert_eq!(
+            field_descriptions(&schema),
+            "\n- level: high: legal threats"
+        );
         assert_eq!(field_descriptions(&json!({"type": "string"})), "");
     }
 
@@ -446,23 +517,108 @@ mod tests {
         assert_eq!(skeleton(&schema), r#"{"a": "...", "n": 0, "l": "x" | "y"}"#);
     }
 
-    #[test]
-    fn the_stub_is_deterministic_and_valid() {
+    fn request<'a>(schema: &'a Value, retries: u32) -> ExtractRequest<'a> {
+        ExtractRequest {
+            model: "m",
+            system: "s",
+            prompt: "doc",
+            schema,
+            max_tokens: 10,
+            retries,
+            repetition_penalty: 1.0,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_stub_is_deterministic_and_valid() {
         let schema = json!({"type": "object", "required": ["level", "who", "n"], "properties": {
             "level": {"type": "string", "enum": ["low", "high"]}, "who": {"type": "string"},
             "n": {"type": "number"}, "ok": {"type": "boolean"}}});
-        let req = ExtractRequest {
-            system: "s",
-            prompt: "doc",
-            schema: &schema,
-            max_tokens: 10,
-            retries: 0,
-            repetition_penalty: 1.0,
-        };
         let stub = StubBackend::default();
-        let a = stub.extract(&req).unwrap();
-        let b = stub.extract(&req).unwrap();
+        let a = extract(&stub, &request(&schema, 0)).await.unwrap();
+        let b = extract(&stub, &request(&schema, 0)).await.unwrap();
         assert_eq!(a.value, b.value);
         assert!(validate(&schema, &a.value).is_ok());
+    }
+
+    /// A model that answers from a script, recording every request.
+    struct Scripted {
+        answers: Mutex<Vec<Result<&'static str, ModelCallError>>>,
+        requests: Mutex<Vec<Value>>,
+    }
+
+    impl Scripted {
+        fn new(answers: Vec<Result<&'static str, ModelCallError>>) -> Self {
+            Self {
+                answers: Mutex::new(answers),
+                requests: Mutex::default(),
+            }
+        }
+    }
+
+    impl ModelApi for Scripted {
+        fn chat(&self, request: Value) -> BoxFuture<'_, Result<Value, ModelCallError>> {
+            self.requests.lock().unwrap().push(request);
+            let next = self.answers.lock().unwrap().remove(0);
+            Box::pin(async move {
+                next.map(|text| {
+                    json!({"choices": [{"message": {"content": text}}],
+                           "usage": {"prompt_tokens": 10, "completion_tokens": 2}})
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_invalid_answer_is_asked_again_with_the_error() {
+        let schema =
+            json!({"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}});
+        let api = Scripted::new(vec![Ok("{\"n\": \"three\"}"), Ok("{\"n\": 3}")]);
+        let x = extract(&api, &request(&schema, 1)).await.unwrap();
+        assert_eq!(
+            (x.value, x.calls, x.prompt_tokens),
+            (json!({"n": 3}), 2, 20)
+        );
+        let requests = api.requests.lock().unwrap();
+        let first = &requests[0];
+        assert_eq!(first["model"], "m");
+        assert_eq!(first["temperature"], 0);
+        assert_eq!(first["response_format"]["json_schema"]["schema"], schema);
+        assert!(first.get("repetition_penalty").is_none(), "1.0 is not sent");
+        let again = requests[1]["messages"].as_array().unwrap();
+        assert_eq!(again.len(), 4);
+        assert!(
+            again[3]["content"].as_str().unwrap().contains("/n"),
+            "{again:?}"
+        );
+
+        let api = Scripted::new(vec![Ok("no"), Ok("still no")]);
+        match extract(&api, &request(&schema, 1)).await {
+            Err(ExtractError::Invalid(f)) => assert_eq!(f.calls, 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_refuses_the_schema_is_asked_without_it() {
+        let schema =
+            json!({"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}});
+        let refused = ModelCallError {
+            permanent: true,
+            param: Some("response_format".into()),
+            message: "unsupported".into(),
+        };
+        let api = Scripted::new(vec![Err(refused), Ok("Here: {\"n\": 1}")]);
+        let x = extract(&api, &request(&schema, 0)).await.unwrap();
+        assert_eq!((x.value, x.calls), (json!({"n": 1}), 1));
+        let requests = api.requests.lock().unwrap();
+        assert!(requests[1].get("response_format").is_none());
+
+        // Any other refusal is the stage's error, not a fallback.
+        let api = Scripted::new(vec![Err(ModelCallError::permanent("model not found"))]);
+        assert!(matches!(
+            extract(&api, &request(&schema, 3)).await,
+            Err(ExtractError::Call(e)) if e.permanent
+        ));
     }
 }

@@ -18,59 +18,20 @@ pub mod source;
 pub mod stages;
 pub mod worker;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Result;
 pub use backend::{
-    Completion, EngineBackend, ExtractBackend, ExtractRequest, Extraction, StubBackend,
+    BoxFuture, CompleteRequest, Completion, ExtractError, ExtractRequest, Extraction, ModelApi,
+    ModelCallError, StubBackend,
 };
 pub use isolation::MailParser;
 pub use pipeline::{Pipeline, PipelineError};
 pub use source::{RawMail, Source};
-pub use stages::{Models, PiiSpan, PiiTagger, STAGES, StageRunner};
+pub use stages::{PiiSpan, PiiTagger, STAGES, StageRunner};
 pub use worker::{Worker, WorkerOptions, WorkerStats};
 
 use verre_store::Store;
-
-/// Which models the stages use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendChoice {
-    /// The pipeline's models, in-process.
-    Engine,
-    /// [`StubBackend`] for every model (tests, pipeline speed).
-    Stub,
-}
-
-/// Load the models a pipeline names (each distinct model once), resolving store names
-/// through `$VERRE_HOME`.
-pub fn load_models(pipeline: &Pipeline, choice: BackendChoice) -> Result<Models> {
-    if choice == BackendChoice::Stub {
-        let stub: Arc<dyn ExtractBackend> = Arc::new(StubBackend::from_env());
-        return Ok(Models {
-            extract: stub.clone(),
-            draft: pipeline.draft.as_ref().map(|_| stub),
-        });
-    }
-    let store = verre_models::ModelStore::from_env()?;
-    let mut loaded: HashMap<std::path::PathBuf, Arc<dyn ExtractBackend>> = HashMap::new();
-    let mut load = |name: &str| -> Result<Arc<dyn ExtractBackend>> {
-        let entry = store.resolve(name)?;
-        if let Some(m) = loaded.get(&entry.path) {
-            return Ok(m.clone());
-        }
-        let m: Arc<dyn ExtractBackend> = Arc::new(EngineBackend::load(&entry.path)?);
-        loaded.insert(entry.path, m.clone());
-        Ok(m)
-    };
-    let extract = load(&pipeline.extract.model)?;
-    let draft = pipeline
-        .draft
-        .as_ref()
-        .map(|d| load(&d.model))
-        .transpose()?;
-    Ok(Models { extract, draft })
-}
 
 /// Store every message of a source (each once, by content hash) and enqueue its parse
 /// stage. Returns the distinct message ids in source order (a message that appears twice

@@ -32,6 +32,9 @@ pub struct Pipeline {
     pub max_attempts: u32,
     pub backoff_ms: u64,
     pub max_document_chars: usize,
+    /// How long a stage may run before it fails like any other error (`[limits]
+    /// stage_timeout_s`, and per stage `[limits.stage_timeouts]`), by stage name.
+    pub timeouts: std::collections::BTreeMap<String, std::time::Duration>,
     pub extract: ExtractConfig,
     pub labels: Vec<Label>,
     pub crossref: Option<Crossref>,
@@ -42,7 +45,11 @@ pub struct Pipeline {
 
 #[derive(Debug, Clone)]
 pub struct ExtractConfig {
+    /// A model name as `/v1` knows it: a model this process serves, or a backend's model
+    /// from verre.toml.
     pub model: String,
+    /// The line of `model` in the file, for errors found at start.
+    pub model_line: usize,
     pub system: String,
     /// minijinja template of the user turn; `document` is the message's text.
     pub prompt: String,
@@ -88,15 +95,21 @@ pub struct Route {
     /// minijinja expression; a route without one always matches (a default).
     pub when: Option<String>,
     pub draft: bool,
+    /// The model that drafts for this route instead of `[draft] model` (escalations to a
+    /// larger model), with its line in the file.
+    pub draft_model: Option<(String, usize)>,
     pub actions: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
 pub struct DraftConfig {
     pub model: String,
+    pub model_line: usize,
     pub system: String,
     pub prompt: String,
     pub max_tokens: usize,
+    /// Sent to the model when not 1.0 (small models loop on free text without one).
+    pub repetition_penalty: f32,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +155,9 @@ struct Limits {
     max_attempts: Option<u32>,
     backoff_ms: Option<u64>,
     max_document_chars: Option<usize>,
+    stage_timeout_s: Option<Spanned<u64>>,
+    #[serde(default)]
+    stage_timeouts: std::collections::BTreeMap<String, Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +205,7 @@ struct RouteFile {
     when: Option<Spanned<String>>,
     #[serde(default)]
     draft: bool,
+    draft_model: Option<Spanned<String>>,
     #[serde(default)]
     actions: Vec<Spanned<String>>,
 }
@@ -200,6 +217,7 @@ struct DraftFile {
     system: Spanned<String>,
     prompt: Spanned<String>,
     max_tokens: Option<usize>,
+    repetition_penalty: Option<Spanned<f32>>,
 }
 
 #[derive(Deserialize)]
@@ -314,6 +332,7 @@ impl Pipeline {
         if max_attempts == 0 {
             return Err(c.err(0..0, "limits.max_attempts must be at least 1"));
         }
+        let timeouts = stage_timeouts(&c, limits)?;
 
         // Labels first: they become part of the extraction schema.
         let mut names = BTreeSet::new();
@@ -401,6 +420,7 @@ impl Pipeline {
         })?;
         let extract = ExtractConfig {
             model: model_ref(&c, &ex.model)?,
+            model_line: c.line(ex.model.span()),
             system: c.template("extract.system", &ex.system)?,
             prompt: match &ex.prompt {
                 Some(p) => c.template("extract.prompt", p)?,
@@ -408,16 +428,7 @@ impl Pipeline {
             },
             max_tokens: ex.max_tokens.unwrap_or(256),
             retries: ex.retries.unwrap_or(2),
-            repetition_penalty: match &ex.repetition_penalty {
-                None => 1.0,
-                Some(p) if (1.0..=2.0).contains(p.get_ref()) => *p.get_ref(),
-                Some(p) => {
-                    return Err(c.err(
-                        p.span(),
-                        "extract.repetition_penalty: between 1.0 (none) and 2.0",
-                    ));
-                }
-            },
+            repetition_penalty: penalty(&c, "extract", &ex.repetition_penalty, 1.0)?,
             schema,
         };
 
@@ -535,6 +546,16 @@ impl Pipeline {
                     format!("route {name:?} asks for a draft but there is no [draft] section"),
                 ));
             }
+            let draft_model = match &r.draft_model {
+                None => None,
+                Some(m) if !r.draft => {
+                    return Err(c.err(
+                        m.span(),
+                        format!("route {name:?}: draft_model without draft = true"),
+                    ));
+                }
+                Some(m) => Some((model_ref(&c, m)?, c.line(m.span()))),
+            };
             routes.push(Route {
                 name,
                 when: r
@@ -543,6 +564,7 @@ impl Pipeline {
                     .map(|w| c.expression("route when", w))
                     .transpose()?,
                 draft: r.draft,
+                draft_model,
                 actions: r.actions.iter().map(|a| a.get_ref().clone()).collect(),
             });
         }
@@ -553,9 +575,11 @@ impl Pipeline {
                 let d = d.get_ref();
                 Some(DraftConfig {
                     model: model_ref(&c, &d.model)?,
+                    model_line: c.line(d.model.span()),
                     system: c.template("draft.system", &d.system)?,
                     prompt: c.template("draft.prompt", &d.prompt)?,
                     max_tokens: d.max_tokens.unwrap_or(200),
+                    repetition_penalty: penalty(&c, "draft", &d.repetition_penalty, 1.15)?,
                 })
             }
         };
@@ -566,6 +590,7 @@ impl Pipeline {
             max_attempts,
             backoff_ms: limits.backoff_ms.unwrap_or(1000),
             max_document_chars: limits.max_document_chars.unwrap_or(6000),
+            timeouts,
             extract,
             labels,
             crossref,
@@ -577,6 +602,97 @@ impl Pipeline {
 
     pub fn action(&self, name: &str) -> Option<&Action> {
         self.actions.iter().find(|a| a.name == name)
+    }
+
+    /// How long `stage` may run.
+    pub fn timeout(&self, stage: &str) -> std::time::Duration {
+        self.timeouts
+            .get(stage)
+            .copied()
+            .unwrap_or(DEFAULT_STAGE_TIMEOUT)
+    }
+
+    /// Every model the pipeline calls, each once, with the line that first names it.
+    pub fn models(&self) -> Vec<(String, usize)> {
+        let mut models: Vec<(String, usize)> =
+            vec![(self.extract.model.clone(), self.extract.model_line)];
+        let drafts = self.draft.iter().map(|d| (d.model.clone(), d.model_line));
+        let routes = self.routes.iter().filter_map(|r| r.draft_model.clone());
+        for (name, line) in drafts.chain(routes) {
+            if !models.iter().any(|(seen, _)| *seen == name) {
+                models.push((name, line));
+            }
+        }
+        models
+    }
+
+    /// Check at start that every model the pipeline names resolves (`resolves` says
+    /// whether `/v1` knows a name): the first that does not is an error with its line.
+    pub fn check_models(&self, resolves: impl Fn(&str) -> bool) -> Result<(), PipelineError> {
+        match self.models().into_iter().find(|(name, _)| !resolves(name)) {
+            None => Ok(()),
+            Some((name, line)) => Err(PipelineError {
+                path: self.path.clone(),
+                line,
+                reason: format!(
+                    "model {name:?} is neither served by this process nor a model of a [[backend]] in verre.toml"
+                ),
+            }),
+        }
+    }
+}
+
+/// A stage's time limit when the file sets none: generous for a 1.5B model drafting on two
+/// cores, short enough that a hung backend frees its worker.
+pub const DEFAULT_STAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn stage_timeouts(
+    c: &Checker,
+    limits: &Limits,
+) -> Result<std::collections::BTreeMap<String, std::time::Duration>, PipelineError> {
+    let seconds = |what: &str, s: &Spanned<u64>| match *s.get_ref() {
+        0 => Err(c.err(s.span(), format!("{what}: at least 1 second"))),
+        n => Ok(std::time::Duration::from_secs(n)),
+    };
+    let default = match &limits.stage_timeout_s {
+        Some(s) => seconds("limits.stage_timeout_s", s)?,
+        None => DEFAULT_STAGE_TIMEOUT,
+    };
+    let mut timeouts: std::collections::BTreeMap<String, std::time::Duration> = crate::STAGES
+        .iter()
+        .map(|s| (s.to_string(), default))
+        .collect();
+    for (stage, s) in &limits.stage_timeouts {
+        if !crate::STAGES.contains(&stage.as_str()) {
+            return Err(c.err(
+                s.span(),
+                format!(
+                    "limits.stage_timeouts: no stage named {stage:?} (the stages: {})",
+                    crate::STAGES.join(", ")
+                ),
+            ));
+        }
+        timeouts.insert(
+            stage.clone(),
+            seconds(&format!("limits.stage_timeouts.{stage}"), s)?,
+        );
+    }
+    Ok(timeouts)
+}
+
+fn penalty(
+    c: &Checker,
+    section: &str,
+    value: &Option<Spanned<f32>>,
+    default: f32,
+) -> Result<f32, PipelineError> {
+    match value {
+        None => Ok(default),
+        Some(p) if (1.0..=2.0).contains(p.get_ref()) => Ok(*p.get_ref()),
+        Some(p) => Err(c.err(
+            p.span(),
+            format!("{section}.repetition_penalty: between 1.0 (none) and 2.0"),
+        )),
     }
 }
 

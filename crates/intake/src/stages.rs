@@ -11,7 +11,7 @@ use sqlx::{AnyPool, Column, Row, ValueRef};
 use tokio::sync::OnceCell;
 use verre_store::{NewAction, PiiTag, StageEffects, Store};
 
-use crate::backend::{ExtractBackend, ExtractFailed, ExtractRequest, validate};
+use crate::backend::{CompleteRequest, ExtractError, ExtractRequest, ModelApi, validate};
 use crate::isolation::MailParser;
 use crate::parse::{ParseError, attachments_text, body_text, document_text};
 use crate::pipeline::{ActionKind, Pipeline, template_env};
@@ -69,20 +69,13 @@ pub struct PiiSpan {
     pub end: usize,
 }
 
-/// The models a pipeline's stages call.
-#[derive(Clone)]
-pub struct Models {
-    pub extract: Arc<dyn ExtractBackend>,
-    /// None when the pipeline has no [draft] section.
-    pub draft: Option<Arc<dyn ExtractBackend>>,
-}
-
-/// What the stages share: the pipeline, the models, the optional PII tagger and the
+/// What the stages share: the pipeline, the model API, the optional PII tagger and the
 /// business database (connected on first use).
 pub struct StageRunner {
     pub store: Store,
     pub pipeline: Arc<Pipeline>,
-    pub models: Models,
+    /// Where the `extract` and `draft` stages send the pipeline's model names.
+    pub models: Arc<dyn ModelApi>,
     pub pii: Option<Arc<dyn PiiTagger>>,
     /// How raw messages are parsed: in a child process under limits when a `verre`
     /// binary is known (see [`crate::isolation`]).
@@ -96,7 +89,7 @@ impl StageRunner {
     pub fn new(
         store: Store,
         pipeline: Arc<Pipeline>,
-        models: Models,
+        models: Arc<dyn ModelApi>,
         pii: Option<Arc<dyn PiiTagger>>,
     ) -> Self {
         Self {
@@ -192,29 +185,20 @@ impl StageRunner {
         });
         let system = render(&ex.system, &ctx, "extract.system")?;
         let prompt = render(&ex.prompt, &ctx, "extract.prompt")?;
-        let schema = ex.schema.clone();
-        let (max_tokens, retries, repetition_penalty) =
-            (ex.max_tokens, ex.retries, ex.repetition_penalty);
-        let backend = self.models.extract.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            backend.extract(&ExtractRequest {
-                system: &system,
-                prompt: &prompt,
-                schema: &schema,
-                max_tokens,
-                retries,
-                repetition_penalty,
-            })
-        })
-        .await
-        .map_err(|e| StageError::transient(format!("the extraction model crashed: {e}")))?;
-        let extraction = match result {
+        let request = ExtractRequest {
+            model: &ex.model,
+            system: &system,
+            prompt: &prompt,
+            schema: &ex.schema,
+            max_tokens: ex.max_tokens,
+            retries: ex.retries,
+            repetition_penalty: ex.repetition_penalty,
+        };
+        let extraction = match crate::backend::extract(self.models.as_ref(), &request).await {
             Ok(x) => x,
             // The model was already asked again with the error; the same input fails the same way.
-            Err(e) if e.downcast_ref::<ExtractFailed>().is_some() => {
-                return Err(StageError::permanent(format!("{e:#}")));
-            }
-            Err(e) => return Err(e.into()),
+            Err(e @ ExtractError::Invalid(_)) => return Err(StageError::permanent(e.to_string())),
+            Err(ExtractError::Call(e)) => return Err(call_failed("extraction", &ex.model, e)),
         };
         // Never store an extraction that does not validate, whatever the backend claims.
         validate(&ex.schema, &extraction.value)
@@ -317,8 +301,9 @@ impl StageRunner {
                     .is_true(),
             };
             if taken {
+                let draft_model = r.draft_model.as_ref().map(|(m, _)| m);
                 return Ok(StageEffects {
-                    output: json!({"route": r.name, "draft": r.draft, "actions": r.actions}),
+                    output: json!({"route": r.name, "draft": r.draft, "draft_model": draft_model, "actions": r.actions}),
                     ..Default::default()
                 });
             }
@@ -341,25 +326,34 @@ impl StageRunner {
 
     async fn draft(&self, message_id: i64) -> StageResult {
         let route = self.output(message_id, "route").await?;
-        let (Some(cfg), Some(model), true) = (
-            &self.pipeline.draft,
-            &self.models.draft,
-            route["draft"] == json!(true),
-        ) else {
+        let (Some(cfg), true) = (&self.pipeline.draft, route["draft"] == json!(true)) else {
             return Ok(StageEffects {
                 output: json!({"draft": null}),
                 ..Default::default()
             });
         };
-        let ctx = self.full_context(message_id).await?;
+        let mut ctx = self.full_context(message_id).await?;
+        // The message's own words, as in the extract prompt: a reply answers them.
+        let parts = self.store.parts(message_id).await?;
+        let max = self.pipeline.max_document_chars;
+        ctx["document"] = document_text(&parts, max).into();
+        ctx["body"] = body_text(&parts, max).into();
         let system = render(&cfg.system, &ctx, "draft.system")?;
         let prompt = render(&cfg.prompt, &ctx, "draft.prompt")?;
-        let (model, max_tokens) = (model.clone(), cfg.max_tokens);
-        let c = tokio::task::spawn_blocking(move || model.complete(&system, &prompt, max_tokens))
+        // A route may escalate to a larger model than the pipeline's default drafter.
+        let model = route["draft_model"].as_str().unwrap_or(&cfg.model);
+        let request = CompleteRequest {
+            model,
+            system: &system,
+            prompt: &prompt,
+            max_tokens: cfg.max_tokens,
+            repetition_penalty: cfg.repetition_penalty,
+        };
+        let c = crate::backend::complete(self.models.as_ref(), &request)
             .await
-            .map_err(|e| StageError::transient(format!("the drafting model crashed: {e}")))??;
+            .map_err(|e| call_failed("drafting", model, e))?;
         Ok(StageEffects {
-            output: json!({"draft": c.text}),
+            output: json!({"draft": c.text, "model": model}),
             prompt_tokens: c.prompt_tokens as i64,
             completion_tokens: c.completion_tokens as i64,
             ..Default::default()
@@ -438,6 +432,16 @@ impl StageRunner {
         let mut m = self.output(message_id, "parse").await?;
         m["id"] = json!(message_id);
         Ok(m)
+    }
+}
+
+/// A model call that failed, as the stage's error: permanent when the request itself was
+/// refused (unknown model, not allowed by the policy), else worth another attempt.
+fn call_failed(what: &str, model: &str, e: crate::backend::ModelCallError) -> StageError {
+    let reason = format!("the {what} model {model:?}: {e}");
+    match e.permanent {
+        true => StageError::permanent(reason),
+        false => StageError::transient(reason),
     }
 }
 

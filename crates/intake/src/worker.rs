@@ -149,7 +149,18 @@ impl Worker {
                 }
             })
         };
-        let result = self.runner.run(&job.stage, job.message_id).await;
+        let limit = pipeline.timeout(&job.stage);
+        let result = match tokio::time::timeout(limit, self.runner.run(&job.stage, job.message_id))
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(StageError::transient(format!(
+                "the {} stage ran past its time limit of {} s ([limits] stage_timeout_s or stage_timeouts.{} in the pipeline)",
+                job.stage,
+                limit.as_secs(),
+                job.stage
+            ))),
+        };
         renewer.abort();
         match result {
             Ok(effects) => {

@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde_json::json;
 use verre_intake::backend::validate;
 use verre_intake::{
-    ExtractBackend, Models, PiiSpan, PiiTagger, Pipeline, Source, StageRunner, StubBackend, Worker,
-    WorkerOptions,
+    BoxFuture, ModelApi, ModelCallError, PiiSpan, PiiTagger, Pipeline, Source, StageRunner,
+    StubBackend, Worker, WorkerOptions,
 };
 use verre_store::Store;
 
@@ -98,12 +98,8 @@ fn mail(from: &str, subject: &str, body: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-fn stub_models(stub: StubBackend) -> Models {
-    let stub: Arc<dyn ExtractBackend> = Arc::new(stub);
-    Models {
-        extract: stub.clone(),
-        draft: Some(stub),
-    }
+fn stub_models(stub: StubBackend) -> Arc<dyn ModelApi> {
+    Arc::new(stub)
 }
 
 async fn sqlite(dir: &Path) -> Store {
@@ -458,12 +454,7 @@ async fn the_real_model_extracts_valid_json_or_the_message_is_quarantined_with_w
     let store = sqlite(dir.path()).await;
     let pipeline = write_pipeline(dir.path()).await;
     let schema = pipeline.extract.schema.clone();
-    let engine: Arc<dyn ExtractBackend> =
-        Arc::new(verre_intake::EngineBackend::load(&model).unwrap());
-    let models = Models {
-        extract: engine.clone(),
-        draft: Some(engine),
-    };
+    let models = served(&model, "smollm2-135m").await;
     let id = store
         .ingest("t", "1", &mail("Alice <alice@example.com>", "Server down", "Our production server has been down since 3 AM. Please help urgently. Alice, ACME Corp."), "parse", 2)
         .await
@@ -504,6 +495,42 @@ async fn the_real_model_extracts_valid_json_or_the_message_is_quarantined_with_w
         }
         other => panic!("ended {other}"),
     }
+}
+
+/// verre's `/v1` in-process over one loaded model, as `verre intake run` and `verre up`
+/// give it to the pipeline.
+async fn served(model: &Path, id: &str) -> Arc<dyn ModelApi> {
+    struct Api(verre_server::internal::ApiClient);
+    impl ModelApi for Api {
+        fn chat(
+            &self,
+            request: serde_json::Value,
+        ) -> BoxFuture<'_, Result<serde_json::Value, ModelCallError>> {
+            Box::pin(async move {
+                self.0
+                    .post("pipeline:test", "/v1/chat/completions", &request)
+                    .await
+                    .map_err(|e| ModelCallError {
+                        permanent: e.is_permanent(),
+                        param: e.param.clone(),
+                        message: e.to_string(),
+                    })
+            })
+        }
+    }
+    let specs = vec![verre_server::ModelSpec {
+        id: id.into(),
+        path: model.into(),
+        kind: verre_server::ModelKind::Chat,
+    }];
+    let (chat, embedding) =
+        tokio::task::spawn_blocking(move || verre_server::load_models(&specs, &Default::default()))
+            .await
+            .unwrap()
+            .unwrap();
+    let state = verre_server::AppState::new(None);
+    state.set_models(chat, embedding);
+    Arc::new(Api(verre_server::internal::ApiClient::new(Arc::new(state))))
 }
 
 /// The Dovecot that scripts/ci-services.sh starts: (URL, CA file, Maildir to drop mail in).

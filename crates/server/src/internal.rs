@@ -36,6 +36,8 @@ pub struct ApiCallError {
     pub status: u16,
     /// `error.code`, else `error.type`, when the answer had one.
     pub code: Option<String>,
+    /// `error.param`: the request field the error is about.
+    pub param: Option<String>,
     pub message: String,
 }
 
@@ -51,6 +53,7 @@ impl ApiCallError {
         Self {
             status,
             code: None,
+            param: None,
             message: message.into(),
         }
     }
@@ -69,7 +72,12 @@ impl ApiClient {
 
     /// POST `body` to `path` (`/v1/chat/completions`, ...) as `caller`, once the models are
     /// loaded, and return the JSON answer. Not for `stream: true` requests.
-    pub async fn post(&self, caller: &str, path: &str, body: &Value) -> Result<Value, ApiCallError> {
+    pub async fn post(
+        &self,
+        caller: &str,
+        path: &str,
+        body: &Value,
+    ) -> Result<Value, ApiCallError> {
         self.state
             .wait_ready()
             .await
@@ -80,9 +88,7 @@ impl ApiClient {
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(bytes))
             .map_err(|e| ApiCallError::new(400, format!("building the request: {e}")))?;
-        request
-            .extensions_mut()
-            .insert(KeyName(caller.to_string()));
+        request.extensions_mut().insert(KeyName(caller.to_string()));
         let response = match self.app.clone().oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
@@ -109,6 +115,7 @@ impl ApiClient {
             code: error
                 .and_then(|e| e["code"].as_str().or(e["type"].as_str()))
                 .map(str::to_string),
+            param: error.and_then(|e| e["param"].as_str()).map(str::to_string),
             message: error
                 .and_then(|e| e["message"].as_str())
                 .map(str::to_string)

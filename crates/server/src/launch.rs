@@ -55,6 +55,10 @@ pub struct ServeConfig {
     pub on_listening: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send + Sync>>,
     /// `[review]` and `[delivery]` from verre.toml (defaults without `--config`).
     pub review: crate::review::ReviewSettings,
+    /// Called once with the server's state, before the models are loaded: for callers in
+    /// the same process that use `/v1` without a socket (`verre up`'s intake, through
+    /// [`crate::internal::ApiClient`]).
+    pub on_state: Option<Box<dyn FnOnce(Arc<AppState>) + Send + Sync>>,
 }
 
 /// Serve until Ctrl-C or SIGTERM. Blocks; builds its own async runtime.
@@ -113,12 +117,15 @@ pub async fn serve(
         state = state.with_gateway(gateway.clone());
     }
     let state = Arc::new(state);
+    if let Some(give) = config.on_state.take() {
+        give(state.clone());
+    }
     let state_for_flush = state.clone();
     let (load_failed_tx, load_failed) = oneshot::channel();
     let loading_state = state.clone();
     let models = config.models.clone();
     let options = config.engine.clone();
-    tokio::task::spawn_blocking(move || match load(&models, &options) {
+    tokio::task::spawn_blocking(move || match load_models(&models, &options) {
         Ok((chat, embedding)) => {
             loading_state.set_models(chat, embedding);
             eprintln!("verre serve: ready");
@@ -184,7 +191,9 @@ async fn bind(config: &ServeConfig) -> Result<TcpListener> {
         .with_context(|| format!("listening on {address}"))
 }
 
-fn load(
+/// Load each model and start its engine (chat) or thread (embedding). Blocks: call it off
+/// the async threads.
+pub fn load_models(
     models: &[ModelSpec],
     options: &EngineOptions,
 ) -> Result<(Vec<ServedModel>, Vec<EmbeddingModel>)> {

@@ -37,7 +37,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 pub use embedding::EmbeddingModel;
-pub use launch::{ModelKind, ModelSpec, ServeConfig, run, serve, stop_signal};
+pub use launch::{ModelKind, ModelSpec, ServeConfig, load_models, run, serve, stop_signal};
 pub use state::{AppState, Models, ServedModel, unix_now};
 
 use openai::error::ApiError;

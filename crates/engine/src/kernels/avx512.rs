@@ -290,10 +290,7 @@ pub(crate) unsafe fn q6k<const R: usize>(
                 let n13 = _mm512_loadu_si512(sub.add(64).cast());
                 let hi = _mm512_loadu_si512(sub.add(128).cast());
                 let join = |nib: __m512i, high: __m512i| {
-                    _mm512_or_si512(
-                        _mm512_and_si512(nib, low4),
-                        _mm512_and_si512(high, high2),
-                    )
+                    _mm512_or_si512(_mm512_and_si512(nib, low4), _mm512_and_si512(high, high2))
                 };
                 let u = [
                     join(n02, _mm512_slli_epi16::<4>(hi)),
