@@ -539,7 +539,10 @@ fn announce(
                 eprintln!(
                     "    readable by you only and shown nowhere else: keep them somewhere safe, then delete the file."
                 );
-                eprintln!("    The review UI's user is `admin`; the API key is hashed in {}.", home.keys.display());
+                eprintln!(
+                    "    The review UI's user is `admin`; the API key is hashed in {}.",
+                    home.keys.display()
+                );
             }
             Err(e) => {
                 eprintln!("  the first-start credentials could not be written: {e:#}");

@@ -332,7 +332,11 @@ async fn login_sessions_csrf_and_the_rate_limit() {
     let (status, headers, _) = send(&app, post(&cookie, as_refs(&fields("alice-password")))).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     // Until the first failure leaves the 15-minute window.
-    let wait: u64 = headers[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    let wait: u64 = headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((800..=900).contains(&wait), "{wait}");
     // An unknown user is refused like a wrong password.
     add_user(&f.store, "bob", "bob-password", "admin").await;
@@ -861,7 +865,11 @@ async fn parallel_wrong_logins_reach_the_password_check_at_most_the_limit() {
     let req = login_from(&app, "198.51.100.7:4001", "alice", "alice-password").await;
     let (status, headers, _) = send(&app, req).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    let wait: u64 = headers[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    let wait: u64 = headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=900).contains(&wait), "{wait}");
     assert_eq!(checks.started(), before);
 }
@@ -876,7 +884,13 @@ async fn ipv6_addresses_in_one_64_share_the_login_limit() {
         let req = login_from(&app, &format!("[2001:db8:1:2::{n}]:4000"), "alice", "wrong").await;
         assert_eq!(send(&app, req).await.0, StatusCode::UNAUTHORIZED);
     }
-    let req = login_from(&app, "[2001:db8:1:2:ab::99]:4000", "alice", "alice-password").await;
+    let req = login_from(
+        &app,
+        "[2001:db8:1:2:ab::99]:4000",
+        "alice",
+        "alice-password",
+    )
+    .await;
     assert_eq!(send(&app, req).await.0, StatusCode::TOO_MANY_REQUESTS);
     let req = login_from(&app, "[2001:db8:1:3::1]:4000", "alice", "alice-password").await;
     assert_eq!(send(&app, req).await.0, StatusCode::SEE_OTHER);

@@ -767,14 +767,12 @@ impl Store {
                 "a reply's `to` must be one e-mail address, not {to:?}"
             );
             if to != old_target {
-                sqlx::query(
-                    "UPDATE actions SET target = $2, staged_target = $3 WHERE id = $1",
-                )
-                .bind(action_id)
-                .bind(to)
-                .bind(staged_target.as_deref().unwrap_or(&old_target))
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query("UPDATE actions SET target = $2, staged_target = $3 WHERE id = $1")
+                    .bind(action_id)
+                    .bind(to)
+                    .bind(staged_target.as_deref().unwrap_or(&old_target))
+                    .execute(&mut *tx)
+                    .await?;
                 recipient = json!({"from": old_target, "to": to});
             }
         }
@@ -856,13 +854,14 @@ impl Store {
         };
         let mut approvers = Vec::new();
         if !changes.is_empty() {
-            approvers = sqlx::query("SELECT user_name FROM approvals WHERE message_id = $1 ORDER BY at")
-                .bind(message_id)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| r.try_get::<String, _>("user_name"))
-                .collect::<Result<Vec<_>, _>>()?;
+            approvers =
+                sqlx::query("SELECT user_name FROM approvals WHERE message_id = $1 ORDER BY at")
+                    .bind(message_id)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get::<String, _>("user_name"))
+                    .collect::<Result<Vec<_>, _>>()?;
             if !approvers.iter().any(|a| a != user) {
                 ensure!(
                     approvers.is_empty(),
@@ -878,12 +877,14 @@ impl Store {
                     processed.as_deref() == Some("processed"),
                     "message {message_id} is not processed (or does not exist): nothing to decide yet"
                 );
-                sqlx::query("INSERT INTO approvals (message_id, user_name, at) VALUES ($1, $2, $3)")
-                    .bind(message_id)
-                    .bind(user)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO approvals (message_id, user_name, at) VALUES ($1, $2, $3)",
+                )
+                .bind(message_id)
+                .bind(user)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
                 let changed: Vec<Value> = changes
                     .iter()
                     .map(|(id, from, to)| json!({"action": id, "from": from, "to": to}))
@@ -1163,7 +1164,10 @@ async fn undecided_guard(tx: &mut Transaction<'_, Any>, message_id: i64) -> Resu
 }
 
 /// Staged actions whose target differs from the one the pipeline staged.
-async fn recipient_changes_in<'e, E>(executor: E, message_id: i64) -> Result<Vec<(i64, String, String)>>
+async fn recipient_changes_in<'e, E>(
+    executor: E,
+    message_id: i64,
+) -> Result<Vec<(i64, String, String)>>
 where
     E: sqlx::Executor<'e, Database = Any>,
 {
@@ -1176,7 +1180,13 @@ where
     .fetch_all(executor)
     .await?
     .iter()
-    .map(|r| Ok((r.try_get("id")?, r.try_get("staged_target")?, r.try_get("target")?)))
+    .map(|r| {
+        Ok((
+            r.try_get("id")?,
+            r.try_get("staged_target")?,
+            r.try_get("target")?,
+        ))
+    })
     .collect()
 }
 
@@ -1263,7 +1273,11 @@ mod tests {
 
     #[test]
     fn a_reply_goes_to_one_address() {
-        for ok in ["a@b.test", "Jan Weber <j.weber@example.eu>", "x+tag@mail.example.eu"] {
+        for ok in [
+            "a@b.test",
+            "Jan Weber <j.weber@example.eu>",
+            "x+tag@mail.example.eu",
+        ] {
             assert!(is_one_address(ok), "{ok}");
         }
         for bad in [

@@ -490,7 +490,10 @@ async fn login_failures_are_reserved_per_client_and_back_off_per_account() {
         assert_eq!(reserve("10.0.0.5", 7_020).await, LoginReservation::Reserved);
         assert_eq!(reserve("10.0.0.6", 7_020).await, refused(4_000), "capped");
         // A right password clears its client's failures, not the others'.
-        store.clear_login_failures("alice", "10.0.0.1").await.unwrap();
+        store
+            .clear_login_failures("alice", "10.0.0.1")
+            .await
+            .unwrap();
         assert_eq!(
             store.login_failures("alice", "10.0.0.1", 0).await.unwrap(),
             0
