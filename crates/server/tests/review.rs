@@ -1075,3 +1075,50 @@ async fn without_the_second_approver_one_approval_decides() {
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(f.store.deliveries(id).await.unwrap().len(), 2);
 }
+
+// --- a spoofable From (issue 18, item 12) -------------------------------------------------
+
+/// The parse stage's view of the sender is on the page: a Reply-To other than From and a
+/// sender the receiving server did not authenticate are flagged; an authenticated one is not.
+#[tokio::test]
+async fn a_differing_reply_to_and_an_unauthenticated_sender_are_flagged() {
+    let f = fixture(vec![]).await;
+    add_user(&f.store, "alice", "alice-password", "reviewer").await;
+    let hook = format!("{}crm", f.hooks);
+    let parse_output = |reply_to: &str, dmarc: &str| {
+        json!({
+            "from": "alice@client.test",
+            "reply_to": reply_to,
+            "auth": {"authserv_id": "mx.verre.test", "dmarc": dmarc, "dkim": "none", "spf": "softfail"},
+        })
+    };
+    let mut ids = Vec::new();
+    for (n, output) in [
+        (1, parse_output("collect@elsewhere.test", "fail")),
+        (2, parse_output("Alice@Client.test", "pass")),
+    ] {
+        let id = processed(&f.store, n, &hook).await;
+        sqlx::query(
+            "INSERT INTO stage_results (message_id, stage, output, worker, created_at)
+             VALUES ($1, 'parse', $2, 'w', 0)",
+        )
+        .bind(id)
+        .bind(output.to_string())
+        .execute(f.store.pool())
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    let app = app(&f);
+    let alice = log_in(&app, "alice", "alice-password").await;
+    let (_, _, html) = send(&app, get(&format!("/review/messages/{}", ids[0]), &alice)).await;
+    assert!(html.contains(r#"id="reply-to-differs""#), "{html}");
+    assert!(html.contains("collect@elsewhere.test"));
+    assert!(
+        html.contains(r#"id="unauthenticated""#) && html.contains("DMARC fail"),
+        "{html}"
+    );
+    let (_, _, html) = send(&app, get(&format!("/review/messages/{}", ids[1]), &alice)).await;
+    assert!(!html.contains("reply-to-differs") && !html.contains("unauthenticated"));
+    assert!(html.contains(r#"id="authenticated""#), "{html}");
+}

@@ -606,6 +606,7 @@ async fn message_page(
     let route = output("route")
         .and_then(|r| r["route"].as_str())
         .map(str::to_string);
+    let sender = sender_ctx(output("parse"));
     let decision = store.decision(id).await?;
     let review_status = store
         .review_status(id)
@@ -668,6 +669,7 @@ async fn message_page(
             undecided => review_status == ReviewStatus::ToReview,
             decision => decision,
             headers => header_text,
+            sender => sender,
             html => html.map(Tpl::from_safe_string),
             text => text,
             attachments => attachments,
@@ -683,6 +685,26 @@ async fn message_page(
             stages => stages,
         },
     ))
+}
+
+/// What the page flags about the sender, from the parse stage's fields: a `Reply-To`
+/// other than `From` (replies go there), and whether the receiving server authenticated
+/// the sender (`message.auth`, from `Authentication-Results`; None for mail parsed before
+/// it was read).
+fn sender_ctx(parse: Option<&Value>) -> Tpl {
+    let Some(fields) = parse else {
+        return Tpl::UNDEFINED;
+    };
+    let text = |k: &str| fields[k].as_str().unwrap_or("").to_string();
+    let (from, reply_to) = (text("from"), text("reply_to"));
+    let auth = fields.get("auth").filter(|a| a.is_object());
+    context! {
+        from => &from,
+        reply_to => &reply_to,
+        reply_to_differs => !reply_to.is_empty() && !reply_to.eq_ignore_ascii_case(&from),
+        auth => auth,
+        authenticated => auth.is_some_and(|a| a["dmarc"] == "pass"),
+    }
 }
 
 #[derive(Deserialize, Default)]
