@@ -101,12 +101,17 @@ impl DeliverySettings {
     }
 }
 
-/// Same scheme, host and port, and the path within the prefix's path.
+/// Same scheme, host and port, and the path within the prefix's path on a segment
+/// boundary (`/hooks` covers `/hooks` and `/hooks/crm`, not `/hooks-admin`).
 fn under(url: &Url, prefix: &Url) -> bool {
+    let within = match url.path().strip_prefix(prefix.path()) {
+        Some(rest) => prefix.path().ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    };
     url.scheme() == prefix.scheme()
         && url.host_str() == prefix.host_str()
         && url.port_or_known_default() == prefix.port_or_known_default()
-        && url.path().starts_with(prefix.path())
+        && within
 }
 
 #[derive(Deserialize, Default)]
@@ -252,6 +257,11 @@ mod tests {
                     secret: secret.clone(),
                 },
                 WebhookTarget {
+                    url: Url::parse("https://crm.example.eu/api").unwrap(),
+                    jurisdiction: "EU-FR".into(),
+                    secret: secret.clone(),
+                },
+                WebhookTarget {
                     url: Url::parse("https://us.example.com/").unwrap(),
                     jurisdiction: "US-VA".into(),
                     secret,
@@ -269,7 +279,12 @@ mod tests {
             s.webhook_target("https://crm.example.eu/hooks/intake")
                 .is_ok()
         );
+        for ok in ["https://crm.example.eu/api", "https://crm.example.eu/api/tickets"] {
+            assert!(s.webhook_target(ok).is_ok(), "{ok}");
+        }
         for bad in [
+            "https://crm.example.eu/api-admin",
+            "https://crm.example.eu/apix/tickets",
             "https://crm.example.eu/other",
             "http://crm.example.eu/hooks/intake",
             "https://crm.example.eu:8443/hooks/intake",
