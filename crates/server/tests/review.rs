@@ -348,9 +348,14 @@ async fn login_sessions_csrf_and_the_rate_limit() {
     let (status, _, _) = send(&app, post(&cookie, unknown.to_vec())).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    // bob logs in: the cookie is HttpOnly, SameSite=Strict, and Secure behind TLS.
-    let (_, headers, html) = send(&app, get("/review/login", "")).await;
-    let pair = set_cookie(&headers, auth::LOGIN_CSRF_COOKIE)
+    // bob logs in over TLS (the proxy says so): the cookies are HttpOnly, SameSite=Strict,
+    // Secure and __Host- prefixed.
+    let mut login_page = get("/review/login", "");
+    login_page
+        .headers_mut()
+        .insert("x-forwarded-proto", "https".parse().unwrap());
+    let (_, headers, html) = send(&app, login_page).await;
+    let pair = set_cookie(&headers, &format!("__Host-{}", auth::LOGIN_CSRF_COOKIE))
         .unwrap()
         .split(';')
         .next()
@@ -367,23 +372,33 @@ async fn login_sessions_csrf_and_the_rate_limit() {
         .unwrap();
     let (status, headers, _) = send(&app, req).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    let session = set_cookie(&headers, auth::SESSION_COOKIE).unwrap();
-    for attr in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/review"] {
+    // Over TLS the cookie takes the __Host- prefix (so Path=/).
+    let session = set_cookie(&headers, &format!("__Host-{}", auth::SESSION_COOKIE)).unwrap();
+    for attr in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/;"] {
         assert!(session.contains(attr), "{attr} missing: {session}");
     }
     let bob = session.split(';').next().unwrap().to_string();
-    let (status, _, html) = send(&app, get("/review", &bob)).await;
+    let https = |mut req: Request<Body>| {
+        req.headers_mut()
+            .insert("x-forwarded-proto", "https".parse().unwrap());
+        req
+    };
+    let (status, _, html) = send(&app, https(get("/review", &bob))).await;
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains("Review queue") && html.contains("bob (admin)"));
+    // The same token without the prefix is not the session cookie over TLS.
+    let unprefixed = bob.trim_start_matches("__Host-").to_string();
+    let (status, _, _) = send(&app, https(get("/review", &unprefixed))).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
 
     // Log out ends the session.
     let (status, _, _) = send(
         &app,
-        form("/review/logout", &bob, &[("csrf", &csrf_in(&html))]),
+        https(form("/review/logout", &bob, &[("csrf", &csrf_in(&html))])),
     )
     .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    let (status, _, _) = send(&app, get("/review", &bob)).await;
+    let (status, _, _) = send(&app, https(get("/review", &bob))).await;
     assert_eq!(
         status,
         StatusCode::SEE_OTHER,
@@ -1121,4 +1136,38 @@ async fn a_differing_reply_to_and_an_unauthenticated_sender_are_flagged() {
     let (_, _, html) = send(&app, get(&format!("/review/messages/{}", ids[1]), &alice)).await;
     assert!(!html.contains("reply-to-differs") && !html.contains("unauthenticated"));
     assert!(html.contains(r#"id="authenticated""#), "{html}");
+}
+
+// --- idle sessions (issue 18, low) --------------------------------------------------------
+
+/// A session unused for longer than `[review] idle_minutes` ends; use keeps it alive.
+#[tokio::test]
+async fn an_idle_session_ends() {
+    let f = fixture(vec![]).await;
+    add_user(&f.store, "alice", "alice-password", "reviewer").await;
+    let app = app(&f);
+    let alice = log_in(&app, "alice", "alice-password").await;
+    let idle_for = |minutes: i64| {
+        sqlx::query("UPDATE sessions SET last_seen_at = $1, created_at = $1")
+            .bind(now_ms() - minutes * 60_000)
+            .execute(f.store.pool())
+    };
+    idle_for(29).await.unwrap();
+    assert_eq!(send(&app, get("/review", &alice)).await.0, StatusCode::OK);
+    // That use counted: 29 more minutes are fine again.
+    sqlx::query("UPDATE sessions SET last_seen_at = last_seen_at - $1")
+        .bind(29 * 60_000i64)
+        .execute(f.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(send(&app, get("/review", &alice)).await.0, StatusCode::OK);
+    idle_for(31).await.unwrap();
+    let (status, headers, _) = send(&app, get("/review", &alice)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[header::LOCATION], "/review/login");
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
+        .fetch_one(f.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the idle session is ended");
 }

@@ -367,6 +367,36 @@ impl Store {
         .transpose()
     }
 
+    /// The live session of a cookie token that was used within `idle_ms` of `now`, marked
+    /// used now; None when there is none, it expired, or it sat idle too long (then it is
+    /// ended).
+    pub async fn use_session(
+        &self,
+        token: &str,
+        idle_ms: i64,
+        now: i64,
+    ) -> Result<Option<Session>> {
+        let hash = session_token_hash(token);
+        let used = sqlx::query(
+            "UPDATE sessions SET last_seen_at = $2
+             WHERE token_hash = $1 AND expires_at > $2 AND COALESCE(last_seen_at, created_at) >= $3",
+        )
+        .bind(&hash)
+        .bind(now)
+        .bind(now - idle_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if used == 0 {
+            sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+                .bind(&hash)
+                .execute(&self.pool)
+                .await?;
+            return Ok(None);
+        }
+        self.session(token).await
+    }
+
     pub async fn end_session(&self, token: &str) -> Result<()> {
         sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
             .bind(session_token_hash(token))

@@ -89,10 +89,33 @@ pub fn secure(settings: &ReviewSettings, headers: &HeaderMap) -> bool {
     })
 }
 
-/// A `Set-Cookie` value scoped to the review UI; `max_age` 0 deletes it.
+/// The name a cookie goes by: over TLS with the `__Host-` prefix, which a browser accepts
+/// only from this exact origin over TLS (no `Domain`, `Path=/`), so a sibling subdomain or
+/// a plain-HTTP answer cannot plant or shadow it.
+pub fn cookie_name(name: &str, secure: bool) -> String {
+    if secure {
+        format!("__Host-{name}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// A cookie of the review UI from the request, under the name [`cookie_name`] gives it.
+pub fn review_cookie<'a>(
+    settings: &ReviewSettings,
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Option<&'a str> {
+    cookie(headers, &cookie_name(name, secure(settings, headers)))
+}
+
+/// A `Set-Cookie` value for the review UI; `max_age` 0 deletes it. Over TLS: `__Host-`,
+/// `Secure` and `Path=/` (which the prefix requires); otherwise scoped to `/review`.
 pub fn set_cookie(name: &str, value: &str, max_age_secs: u64, secure: bool) -> String {
     format!(
-        "{name}={value}; Path=/review; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}{}",
+        "{}={value}; Path={}; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}{}",
+        cookie_name(name, secure),
+        if secure { "/" } else { "/review" },
         if secure { "; Secure" } else { "" }
     )
 }
@@ -244,5 +267,8 @@ mod tests {
         assert_eq!(cookie(&h, "c"), None);
         let c = set_cookie(SESSION_COOKIE, "abc", 60, true);
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.ends_with("; Secure"));
+        assert!(c.starts_with("__Host-verre_session=abc; Path=/;"), "{c}");
+        let c = set_cookie(SESSION_COOKIE, "abc", 60, false);
+        assert!(c.starts_with("verre_session=abc; Path=/review;") && !c.contains("Secure"));
     }
 }

@@ -154,11 +154,12 @@ fn store(state: &AppState) -> Result<&Store, PageError> {
 /// The signed-in reviewer, or a redirect to the login page.
 async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Reviewer, Response> {
     let store = store(state).map_err(IntoResponse::into_response)?;
-    let token = auth::cookie(headers, SESSION_COOKIE).unwrap_or("");
+    let token = auth::review_cookie(state.review(), headers, SESSION_COOKIE).unwrap_or("");
     if token.is_empty() {
         return Err(Redirect::to("/review/login").into_response());
     }
-    match store.session(token).await {
+    let idle = state.review().session_idle.as_millis() as i64;
+    match store.use_session(token, idle, now_ms()).await {
         Ok(Some(session)) => Ok(Reviewer { session }),
         Ok(None) => Err(Redirect::to("/review/login").into_response()),
         Err(e) => Err(PageError::from(e).into_response()),
@@ -241,7 +242,7 @@ pub async fn login(
     Form(form): Form<LoginForm>,
 ) -> PageResult {
     let store = store(&state)?;
-    let expected = auth::cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or("");
+    let expected = auth::review_cookie(state.review(), &headers, LOGIN_CSRF_COOKIE).unwrap_or("");
     if !auth::same_token(expected, &form.csrf) {
         return Err(PageError::new(
             StatusCode::FORBIDDEN,
@@ -355,8 +356,10 @@ pub async fn logout(
         Ok(r) => r,
         Err(r) => return r,
     };
-    if let (Some(store), Some(token)) = (state.store(), auth::cookie(&headers, SESSION_COOKIE))
-        && let Err(e) = store.end_session(token).await
+    if let (Some(store), Some(token)) = (
+        state.store(),
+        auth::review_cookie(state.review(), &headers, SESSION_COOKIE),
+    ) && let Err(e) = store.end_session(token).await
     {
         return PageError::from(e).into_response();
     }
