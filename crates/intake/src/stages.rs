@@ -241,7 +241,8 @@ impl StageRunner {
                 sqlx::any::install_default_drivers();
                 AnyPoolOptions::new()
                     .max_connections(4)
-                    .connect(url)
+                    // Lookups only read: on PostgreSQL the server refuses any write.
+                    .connect(&verre_store::read_only_url(url))
                     .await
                     .map_err(|e| {
                         StageError::transient(format!(
