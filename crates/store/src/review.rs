@@ -921,7 +921,7 @@ impl Store {
                     .collect();
                 let audit_seq = append_in(
                     &mut tx,
-                    self.backend,
+                    self,
                     &AuditEvent {
                         actor: &format!("user:{user}"),
                         action: "review.approve_first",
