@@ -157,13 +157,18 @@ payload = '{{"message": {{{{ message.id }}}}}}'
     };
     // One after the other: the first start makes the home's keys and secrets.
     let (mut a, base_a) = start("0");
-    let key = a
-        .printed
-        .iter()
-        .find_map(|l| l.trim().strip_prefix("OPENAI_BASE_URL="))
-        .and_then(|l| l.split("OPENAI_API_KEY=").nth(1))
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("no API key printed:\n{}", a.printed.join("\n")));
+    // The first start's API key, from the secrets file it wrote (never on stderr).
+    let secrets = std::fs::read_to_string(home.path().join("first-start-secrets")).unwrap();
+    let key = secrets
+        .lines()
+        .find_map(|l| l.strip_prefix("api_key = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| {
+            panic!(
+                "no api_key in the first-start secrets:\n{}",
+                a.printed.join("\n")
+            )
+        });
     let (mut b, base_b) = start("0");
 
     let keys = verre_store::Keyring::from_file(&home.path().join("data-keys")).unwrap();
