@@ -372,6 +372,10 @@ pub(crate) async fn ingest_and_run(
     let max_attempts = pipeline.max_attempts;
     let (api, server) = in_process_api(work, &pipeline, &store).await?;
     let runner = runner(store.clone(), pipeline, api)?;
+    runner
+        .check_at_start()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let verre_intake::IngestReport {
         ids,
         new,
@@ -497,6 +501,10 @@ async fn watch(args: WatchArgs) -> Result<()> {
     let max_attempts = pipeline.max_attempts;
     let (api, _server) = in_process_api(&args.work, &pipeline, &store).await?;
     let runner = runner(store.clone(), pipeline, api)?;
+    runner
+        .check_at_start()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut workers = Vec::new();
     for _ in 0..args.work.workers.max(1) {
         let mut opts = verre_intake::WorkerOptions::new();

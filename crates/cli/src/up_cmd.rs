@@ -419,14 +419,18 @@ fn webhook_secret(root: &Path) -> Result<Option<String>> {
 }
 
 /// Encryption at rest on by default: without `VERRE_DATA_KEY` or `VERRE_DATA_KEY_FILE` in
-/// the environment, use `$VERRE_HOME/data-keys` (made on the first start, readable by its
-/// owner only). Returns the key file's path when it is the one in use.
+/// the environment or a `verre-data-keys` systemd credential (all of which keep the key
+/// away from the database), use `$VERRE_HOME/data-keys` (made on the first start, readable
+/// by its owner only). Returns the key file's path when it is the one in use.
 fn data_key(root: &Path) -> Result<Option<PathBuf>> {
     let (inline, file) = (
         verre_store::crypto::KEY_ENV,
         verre_store::crypto::KEY_FILE_ENV,
     );
-    if std::env::var_os(inline).is_some() || std::env::var_os(file).is_some() {
+    if std::env::var_os(inline).is_some()
+        || std::env::var_os(file).is_some()
+        || verre_store::crypto::credential_key_file().is_some()
+    {
         return Ok(None);
     }
     let path = root.join(DATA_KEYS_FILE);
@@ -486,6 +490,10 @@ async fn purge_on_schedule(
     }
 }
 
+/// Where `verre up` writes the credentials it makes on a first start, readable by its owner
+/// only: never to stderr, which the service manager keeps in its journal.
+const SECRETS_FILE: &str = "first-start-secrets";
+
 fn announce(
     home: &Home,
     models: &[String],
@@ -508,34 +516,83 @@ fn announce(
     eprintln!("  pipeline     {}", home.pipeline.display());
     if let Some(path) = data_key {
         eprintln!(
-            "  data key     {} (mail is encrypted at rest)",
+            "  data key     {} (mail is encrypted at rest; keep the key apart from the database: docs/GDPR.md)",
             path.display()
         );
     }
-    if let Some(password) = admin_password {
+    let secrets: Vec<(&str, &str)> = [
+        ("admin_password", admin_password),
+        ("crm_webhook_secret", webhook_secret),
+        ("api_key", new_key),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| Some((name, value?)))
+    .collect();
+    if !secrets.is_empty() {
+        let path = home.root.join(SECRETS_FILE);
+        let names: Vec<&str> = secrets.iter().map(|(name, _)| *name).collect();
         eprintln!();
-        eprintln!(
-            "  review UI login (shown once; `verre users remove admin`, then `verre users add admin --role admin` to change it):"
-        );
-        eprintln!("    user admin   password {password}");
-    }
-    if let Some(secret) = webhook_secret {
-        eprintln!();
-        eprintln!("  CRM webhook secret (Standard Webhooks; give it to the receiver):");
-        eprintln!("    {secret}");
-    }
-    if let Some(key) = new_key {
-        eprintln!();
-        eprintln!(
-            "  API key (shown once; its hash is in {}):",
-            home.keys.display()
-        );
-        eprintln!("    {key}");
-        eprintln!("  Point an OpenAI client at it:");
-        eprintln!("    OPENAI_BASE_URL={base}/v1 OPENAI_API_KEY={key}");
+        match write_first_start_secrets(&path, &secrets) {
+            Ok(()) => {
+                eprintln!(
+                    "  first-start credentials ({}) written to {}",
+                    names.join(", "),
+                    path.display()
+                );
+                eprintln!(
+                    "    readable by you only and shown nowhere else: keep them somewhere safe, then delete the file."
+                );
+                eprintln!(
+                    "    The review UI's user is `admin`; the API key is hashed in {}.",
+                    home.keys.display()
+                );
+            }
+            Err(e) => {
+                eprintln!("  the first-start credentials could not be written: {e:#}");
+                eprintln!(
+                    "    make new ones: `verre users remove admin`, then `verre users add admin --role admin`; `verre keys add NAME --file {}`",
+                    home.keys.display()
+                );
+            }
+        }
+        if new_key.is_some() {
+            eprintln!("  Point an OpenAI client at it:");
+            eprintln!(
+                "    OPENAI_BASE_URL={base}/v1 OPENAI_API_KEY=<api_key from {}>",
+                path.display()
+            );
+        }
     }
     eprintln!();
     eprintln!("  Ctrl-C stops everything cleanly.");
+}
+
+/// Append `secrets` (name, value) to `path` as `name = "value"` lines under a dated
+/// comment; the file is created, or kept, readable and writable by its owner only.
+fn write_first_start_secrets(path: &Path, secrets: &[(&str, &str)]) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} private", path.display()))?;
+    }
+    let mut text = format!(
+        "# verre up, {}: credentials made on this start\n",
+        verre_server::review::utc_time(Some(verre_store::now_ms()))
+    );
+    for (name, value) in secrets {
+        text.push_str(&format!("{name} = \"{value}\"\n"));
+    }
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Read the inbox and work the queue until `stop`: workers cancel and release a running
@@ -552,6 +609,10 @@ async fn run_intake(
     let store = verre_store::Store::open(&database).await?;
     let max_attempts = pipeline.max_attempts;
     let runner = crate::intake_cmd::runner(store.clone(), pipeline, api)?;
+    runner
+        .check_at_start()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut tasks = Vec::new();
     for _ in 0..workers.max(1) {
         let w = verre_intake::Worker::new(runner.clone(), {

@@ -862,9 +862,33 @@ pub fn redact(url: &str) -> String {
     url.to_string()
 }
 
+/// A business database URL opened read-only where the server can enforce it: on
+/// PostgreSQL every transaction starts read-only (`default_transaction_read_only`), so a
+/// lookup cannot write, whatever its SQL. Other URLs are returned as they are.
+pub fn read_only_url(url: &str) -> String {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return url.to_string();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options%5Bdefault_transaction_read_only%5D=on")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn business_databases_on_postgres_open_read_only() {
+        assert_eq!(
+            read_only_url("postgres://u@h/crm"),
+            "postgres://u@h/crm?options%5Bdefault_transaction_read_only%5D=on"
+        );
+        assert_eq!(
+            read_only_url("postgresql://u@h/crm?sslmode=require"),
+            "postgresql://u@h/crm?sslmode=require&options%5Bdefault_transaction_read_only%5D=on"
+        );
+        assert_eq!(read_only_url("sqlite://crm.db"), "sqlite://crm.db");
+    }
 
     #[test]
     fn redacts_passwords() {

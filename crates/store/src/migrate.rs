@@ -45,6 +45,11 @@ const SQLITE: &[Migration] = &[
         "forget",
         include_str!("../migrations/sqlite/0006_forget.sql"),
     ),
+    (
+        7,
+        "review guards",
+        include_str!("../migrations/sqlite/0007_review_guards.sql"),
+    ),
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -77,6 +82,11 @@ const POSTGRES: &[Migration] = &[
         6,
         "forget",
         include_str!("../migrations/postgres/0006_forget.sql"),
+    ),
+    (
+        7,
+        "review guards",
+        include_str!("../migrations/postgres/0007_review_guards.sql"),
     ),
 ];
 
