@@ -352,8 +352,12 @@ fn erase_inbox(a: &EraseArgs) -> Result<Option<PathBuf>> {
         );
         return Ok(Some(p.clone()));
     }
-    let home = verre_models::ModelStore::default_home()?.join("inbox");
-    Ok((home.join("new").is_dir() && home.join("cur").is_dir()).then_some(home))
+    // No home at all (neither VERRE_HOME nor HOME): no inbox of verre up's to search.
+    let Ok(home) = verre_models::ModelStore::default_home() else {
+        return Ok(None);
+    };
+    let inbox = home.join("inbox");
+    Ok((inbox.join("new").is_dir() && inbox.join("cur").is_dir()).then_some(inbox))
 }
 
 pub fn erase(a: EraseArgs) -> Result<()> {

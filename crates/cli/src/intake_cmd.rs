@@ -158,7 +158,10 @@ pub(crate) async fn open_store_as_up(db: &DbArgs) -> Result<Store> {
     if configured {
         return Ok(store);
     }
-    let home_keys = verre_models::ModelStore::default_home()?.join(crate::up_cmd::DATA_KEYS_FILE);
+    let Ok(home) = verre_models::ModelStore::default_home() else {
+        return Ok(store);
+    };
+    let home_keys = home.join(crate::up_cmd::DATA_KEYS_FILE);
     if !home_keys.exists() {
         return Ok(store);
     }
