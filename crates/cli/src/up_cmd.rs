@@ -11,7 +11,6 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tokio::sync::watch;
 use verre_engine::engine::EngineOptions;
-use verre_intake::Source;
 use verre_models::{ModelStore, PullOptions};
 use verre_server::ServeConfig;
 use verre_server::auth::{self, ApiKeys};
@@ -22,6 +21,10 @@ use crate::intake_cmd::{BackendArg, DbArgs};
 
 /// The chat, extraction and drafting model of `verre up` and its pipeline.
 pub const DEFAULT_CHAT_MODEL: &str = "qwen2.5-coder-1.5b";
+/// The data keys `verre up` makes in `$VERRE_HOME` when none are configured.
+pub const DATA_KEYS_FILE: &str = "data-keys";
+/// The configuration `verre up` writes in `$VERRE_HOME` on the first start.
+pub const CONFIG_FILE: &str = "verre.toml";
 /// The embedding model `verre up` serves beside it.
 const EMBEDDING_MODEL: &str = "minilm-l6";
 
@@ -366,7 +369,7 @@ fn prepare_inbox(inbox: &Path, demo: bool) -> Result<()> {
 /// The default verre.toml (`$VERRE_HOME/verre.toml`), written on the first start: the CRM
 /// webhook receiver and the SMTP relay for approved actions, retention, the policy.
 fn first_config(root: &Path, args: &UpArgs) -> Result<()> {
-    let path = root.join("verre.toml");
+    let path = root.join(CONFIG_FILE);
     if args.config.is_some() || path.exists() {
         return Ok(());
     }
@@ -430,7 +433,7 @@ fn data_key(root: &Path) -> Result<Option<PathBuf>> {
     {
         return Ok(None);
     }
-    let path = root.join("data-keys");
+    let path = root.join(DATA_KEYS_FILE);
     if !path.exists() {
         let key = verre_store::crypto::generate_key()?;
         let text = format!(
@@ -507,7 +510,7 @@ fn announce(
     eprintln!("  review UI    {base}/review");
     eprintln!("  metrics      {base}/metrics");
     eprintln!(
-        "  inbox        {} (a Maildir: drop mail into new/)",
+        "  inbox        {} (a Maildir: drop mail into new/; each is deleted once stored)",
         home.inbox.display()
     );
     eprintln!("  pipeline     {}", home.pipeline.display());
@@ -606,7 +609,10 @@ async fn run_intake(
     let store = verre_store::Store::open(&database).await?;
     let max_attempts = pipeline.max_attempts;
     let runner = crate::intake_cmd::runner(store.clone(), pipeline, api)?;
-    let source = Source::Maildir(inbox);
+    runner
+        .check_at_start()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut tasks = Vec::new();
     for _ in 0..workers.max(1) {
         let w = verre_intake::Worker::new(runner.clone(), {
@@ -618,8 +624,12 @@ async fn run_intake(
         tasks.push(tokio::spawn(async move { w.run_until(stop).await }));
     }
     loop {
-        match verre_intake::ingest(&store, &source, max_attempts).await {
-            Ok((_, new)) if new > 0 => eprintln!("verre up: {new} new message(s) in the inbox"),
+        // verre up owns its inbox: each mail is stored, then its file deleted.
+        match verre_intake::inbox::take_inbox(&store, &inbox, max_attempts).await {
+            Ok(r) if r.new + r.forgotten > 0 => eprintln!(
+                "verre up: {} new message(s) in the inbox, {} forgotten (erased or purged before, not stored again)",
+                r.new, r.forgotten
+            ),
             Ok(_) => {}
             Err(e) => eprintln!("verre up: reading the inbox: {e:#}"),
         }

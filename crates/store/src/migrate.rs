@@ -42,8 +42,13 @@ const SQLITE: &[Migration] = &[
     ),
     (
         6,
+        "forget",
+        include_str!("../migrations/sqlite/0006_forget.sql"),
+    ),
+    (
+        7,
         "review guards",
-        include_str!("../migrations/sqlite/0006_review_guards.sql"),
+        include_str!("../migrations/sqlite/0007_review_guards.sql"),
     ),
 ];
 
@@ -75,8 +80,13 @@ const POSTGRES: &[Migration] = &[
     ),
     (
         6,
+        "forget",
+        include_str!("../migrations/postgres/0006_forget.sql"),
+    ),
+    (
+        7,
         "review guards",
-        include_str!("../migrations/postgres/0006_review_guards.sql"),
+        include_str!("../migrations/postgres/0007_review_guards.sql"),
     ),
 ];
 

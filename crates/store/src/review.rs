@@ -253,7 +253,7 @@ impl Store {
         );
         append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: "cli",
                 action: "users.add",
@@ -284,7 +284,7 @@ impl Store {
         }
         append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: "cli",
                 action: "users.remove",
@@ -724,7 +724,7 @@ impl Store {
         }
         append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: &author,
                 action: "review.edit_draft",
@@ -818,7 +818,7 @@ impl Store {
         }
         append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: &format!("user:{user}"),
                 action: "review.edit_action",
@@ -921,7 +921,7 @@ impl Store {
                     .collect();
                 let audit_seq = append_in(
                     &mut tx,
-                    self.backend,
+                    self,
                     &AuditEvent {
                         actor: &format!("user:{user}"),
                         action: "review.approve_first",
@@ -1001,7 +1001,7 @@ impl Store {
             .collect();
         let audit_seq = append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: &format!("user:{user}"),
                 action: "review.approve",
@@ -1042,7 +1042,7 @@ impl Store {
         .rows_affected();
         let seq = append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: &format!("user:{user}"),
                 action: "review.reject",
@@ -1118,7 +1118,7 @@ impl Store {
             .await?;
         append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: &format!("user:{user}"),
                 action: "review.rerun",
