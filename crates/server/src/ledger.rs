@@ -28,11 +28,10 @@ use verre_store::ledger::{ApiAudit, ApiCall, GroupBy, LedgerEntry, LedgerWriter}
 
 use crate::cost::{self, CostConfig, CostQuery};
 use crate::gateway::KeyName;
+use crate::openai::body::{ApiBody, Parsed};
 use crate::openai::error::ApiError;
 use crate::state::AppState;
 
-/// Largest request body read to find the model (as the gateway).
-const MAX_BODY_BYTES: usize = 32 << 20;
 /// How much of the end of a JSON answer is kept to find its `usage`.
 const JSON_TAIL: usize = 64 << 10;
 
@@ -76,22 +75,6 @@ pub struct ServedBy {
     pub pseudonymized: bool,
 }
 
-#[derive(Deserialize, Default)]
-struct RequestFields {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    stream: Option<bool>,
-    #[serde(default)]
-    stream_options: Option<StreamOptions>,
-}
-
-#[derive(Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: Option<bool>,
-}
-
 fn endpoint(method: &Method, path: &str) -> Option<&'static str> {
     if method != Method::POST {
         return None;
@@ -120,40 +103,45 @@ pub async fn record(State(state): State<Arc<AppState>>, request: Request, next: 
         .get::<KeyName>()
         .map(|k| k.0.clone())
         .unwrap_or_default();
-    let (parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(b) => b,
-        Err(e) => {
-            return ApiError::bad_request(format!("reading the request body: {e}")).into_response();
-        }
+    // Read once at the edge (openai::body); a body that is not one is metered as asked.
+    let body = match request.extensions().get::<Parsed>() {
+        Some(Parsed(Ok(body))) => Some(body.clone()),
+        _ => None,
     };
-    let fields: RequestFields = serde_json::from_slice(&bytes).unwrap_or_default();
-    let asked_usage = fields
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.include_usage)
+    let object = body.as_ref().map(ApiBody::object);
+    let field = |name: &str| object.and_then(|o| o.get(name));
+    let asked_usage = field("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
         .unwrap_or(false);
-    let strip = endpoint != "embeddings" && fields.stream == Some(true) && !asked_usage;
-    // `"stream_options": null` reads as absent, but the key is there: never write a second.
-    let has_options =
-        fields.stream_options.is_some() || bytes.windows(16).any(|w| w == b"\"stream_options\"");
-    let forwarded = match strip {
-        true => ask_for_usage(&bytes, has_options).unwrap_or(bytes.clone()),
-        false => bytes.clone(),
-    };
+    let strip =
+        endpoint != "embeddings" && field("stream") == Some(&Value::Bool(true)) && !asked_usage;
     let audit = match (ledger.audit.api_calls, ledger.audit.content) {
         (false, _) => ApiAudit::None,
         (true, false) => ApiAudit::Metadata,
         (true, true) => ApiAudit::WithContent(
-            serde_json::from_slice::<Value>(&bytes)
+            object
                 .map(|request| serde_json::json!({ "request": request }))
                 .unwrap_or(Value::Null),
         ),
     };
+    let model = body
+        .as_ref()
+        .and_then(ApiBody::model)
+        .unwrap_or_default()
+        .to_string();
+    let request = match (strip, body) {
+        (true, Some(body)) => {
+            let (parts, _) = request.into_parts();
+            match ask_for_usage(&body) {
+                Ok(asked) => asked.into_request(parts),
+                Err(_) => body.into_request(parts),
+            }
+        }
+        _ => request,
+    };
 
-    let response = next
-        .run(Request::from_parts(parts, Body::from(forwarded)))
-        .await;
+    let response = next.run(request).await;
 
     let served = response.extensions().get::<ServedBy>().cloned();
     let (backend, local, pseudonymized) = match (served, state.gateway()) {
@@ -175,7 +163,7 @@ pub async fn record(State(state): State<Arc<AppState>>, request: Request, next: 
                 at,
                 api_key,
                 endpoint: endpoint.to_string(),
-                model: fields.model.unwrap_or_default(),
+                model,
                 backend,
                 local,
                 status: response.status().as_u16(),
@@ -206,30 +194,15 @@ pub async fn record(State(state): State<Arc<AppState>>, request: Request, next: 
     )
 }
 
-/// The request with `stream_options.include_usage = true`; `None` if it is not a JSON
-/// object. Without `stream_options` the field is written in front, unparsed.
-fn ask_for_usage(body: &Bytes, has_options: bool) -> Option<Bytes> {
-    if !has_options {
-        let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
-        if body[start] != b'{' {
-            return None;
-        }
-        let mut out = Vec::with_capacity(body.len() + 40);
-        out.extend_from_slice(&body[..=start]);
-        out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
-        out.extend_from_slice(&body[start + 1..]);
-        return Some(Bytes::from(out));
-    }
-    let mut value: Value = serde_json::from_slice(body).ok()?;
-    let options = value
-        .as_object_mut()?
-        .entry("stream_options")
-        .or_insert(Value::Null);
+/// The request with `stream_options.include_usage = true`.
+fn ask_for_usage(body: &ApiBody) -> Result<ApiBody, ApiError> {
+    let mut object = body.to_object();
+    let options = object.entry("stream_options").or_insert(Value::Null);
     if !options.is_object() {
         *options = Value::Object(Default::default());
     }
     options["include_usage"] = Value::Bool(true);
-    serde_json::to_vec(&value).ok().map(Bytes::from)
+    ApiBody::from_object(object)
 }
 
 #[derive(Deserialize, Clone, Copy, Default)]
@@ -675,13 +648,21 @@ mod tests {
 
     #[test]
     fn usage_is_asked_for_in_the_request() {
-        let body = Bytes::from(r#" {"model":"m","stream":true}"#);
-        let asked: Value = serde_json::from_slice(&ask_for_usage(&body, false).unwrap()).unwrap();
-        assert_eq!(asked["stream_options"]["include_usage"], true);
-        assert_eq!(asked["model"], "m");
-        let body = Bytes::from(r#"{"model":"m","stream_options":{"include_usage":false}}"#);
-        let asked: Value = serde_json::from_slice(&ask_for_usage(&body, true).unwrap()).unwrap();
-        assert_eq!(asked["stream_options"]["include_usage"], true);
-        assert!(ask_for_usage(&Bytes::from("[1]"), false).is_none());
+        let parse = |s: &'static str| ApiBody::parse(Bytes::from(s)).unwrap();
+        let asked = ask_for_usage(&parse(r#" {"model":"m","stream":true}"#)).unwrap();
+        assert_eq!(asked.object()["stream_options"]["include_usage"], true);
+        assert_eq!(asked.model(), Some("m"));
+        let asked = ask_for_usage(&parse(
+            r#"{"model":"m","stream_options":{"include_usage":false}}"#,
+        ))
+        .unwrap();
+        assert_eq!(asked.object()["stream_options"]["include_usage"], true);
+        let asked = ask_for_usage(&parse(r#"{"model":"m","stream_options":null}"#)).unwrap();
+        assert_eq!(asked.object()["stream_options"]["include_usage"], true);
+        let bytes: Value = serde_json::from_slice(asked.bytes()).unwrap();
+        assert_eq!(
+            bytes["stream_options"]["include_usage"], true,
+            "the bytes say it too"
+        );
     }
 }

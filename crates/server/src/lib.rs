@@ -97,6 +97,9 @@ pub(crate) fn api_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
             state.clone(),
             ledger::record,
         ))
+        // Outermost: each body is read and parsed once, for the ledger, the gateway and
+        // the handlers alike.
+        .layer(middleware::from_fn(openai::body::read_once))
 }
 
 /// Whether an address only this machine can reach: the loopback range, or `::1`.

@@ -1163,8 +1163,12 @@ async fn a_body_that_cannot_be_pseudonymised_is_refused_never_forwarded() {
                     error["error"]["type"], "invalid_request_error",
                     "{case}: {text}"
                 );
-                assert_eq!(
-                    error["error"]["code"], "cannot_pseudonymize",
+                // Refused by the edge, which parses each body once (serde reads none of
+                // these), or else by the pseudonymiser: never forwarded either way.
+                let message = error["error"]["message"].as_str().unwrap_or("");
+                assert!(
+                    error["error"]["code"] == "cannot_pseudonymize"
+                        || message.contains("not valid JSON"),
                     "{case}: {text}"
                 );
                 let sent = recorder.bodies.lock().unwrap().clone();

@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use anyhow::Result;
-use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
@@ -30,14 +29,12 @@ use serde_json::Value;
 use crate::config::{BackendConfig, BackendKind, GatewayConfig, HealthConfig};
 use crate::cost::CostConfig;
 use crate::ledger::{AuditConfig, ServedBy};
+use crate::openai::body::{ApiBody, Parsed};
 use crate::openai::error::ApiError;
 use crate::state::{AppState, unix_now};
 use policy::Policy;
 use quota::Quotas;
 use upstream::Upstream;
-
-/// Largest request body the gateway reads to find the model.
-const MAX_BODY_BYTES: usize = 32 << 20;
 
 /// The name of the API key a request came with, put there by the auth middleware.
 #[derive(Debug, Clone)]
@@ -239,7 +236,7 @@ impl Gateway {
     async fn dispatch(
         &self,
         path: &str,
-        body: &Bytes,
+        body: &ApiBody,
         model: &str,
         plan: Vec<&Target>,
     ) -> Decision {
@@ -260,17 +257,17 @@ impl Gateway {
                 down.push(backend.config.name.as_str());
                 continue;
             }
-            let body = match with_model(body, model, &target.upstream_model) {
+            let body = match with_model(body.clone(), model, &target.upstream_model) {
                 Ok(b) => b,
                 Err(e) => return Decision::Respond(e.into_response()),
             };
             // Fails closed: a body that cannot be rewritten is refused, not sent as it is.
             let (body, restorer) = match backend.config.pseudonymize {
-                true => match pii::pseudonymize(&body) {
+                true => match pii::pseudonymize(body.bytes()) {
                     Ok(p) => (p.body, p.restorer),
                     Err(refusal) => return Decision::Respond(refusal.into_response()),
                 },
-                false => (body, None),
+                false => (body.bytes().clone(), None),
             };
             match upstream.send(path, body).await {
                 Ok(mut response) => {
@@ -345,16 +342,13 @@ fn gateway_error(status: StatusCode, code: &'static str, message: String) -> Api
 }
 
 /// The body with `model` set to the backend's name for it (unchanged when it is the same).
-fn with_model(body: &Bytes, asked: &str, upstream: &str) -> Result<Bytes, ApiError> {
+fn with_model(body: ApiBody, asked: &str, upstream: &str) -> Result<ApiBody, ApiError> {
     if asked == upstream {
-        return Ok(body.clone());
+        return Ok(body);
     }
-    let mut value: Value =
-        serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(e.to_string(), None))?;
-    value["model"] = Value::String(upstream.to_string());
-    Ok(Bytes::from(
-        serde_json::to_vec(&value).map_err(|e| ApiError::internal(e.to_string()))?,
-    ))
+    let mut object = body.to_object();
+    object.insert("model".into(), Value::String(upstream.to_string()));
+    ApiBody::from_object(object)
 }
 
 /// The endpoint path at an upstream for one of ours: `/v1/chat/completions` ->
@@ -368,71 +362,6 @@ fn upstream_path(path: &str) -> Option<&'static str> {
     }
 }
 
-/// The request's `model`, read with every top-level key checked for a duplicate. JSON
-/// parsers disagree on which duplicate wins (serde keeps the last, others the first), so
-/// a limit checked against one `model` and a request served as the other is a bypass:
-/// a duplicate is refused. `Ok(None)` for a body that is not a JSON object or has no
-/// string `model`; the handler says what is wrong with it.
-fn request_model(body: &[u8]) -> Result<Option<String>, ApiError> {
-    use serde::de::{Deserializer, Error, IgnoredAny, MapAccess, Visitor};
-
-    struct TopLevel;
-    impl<'de> Visitor<'de> for TopLevel {
-        type Value = Option<String>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut seen = std::collections::HashSet::new();
-            let mut model = None;
-            // Keys are compared unescaped: `"mod\u0065l"` is `model`.
-            while let Some(key) = map.next_key::<String>()? {
-                if key == "model" {
-                    model = map.next_value::<Value>()?.as_str().map(str::to_string);
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
-                if !seen.insert(key.clone()) {
-                    return Err(A::Error::custom(Duplicate(key)));
-                }
-            }
-            Ok(model)
-        }
-    }
-
-    /// A duplicate key's name, carried through serde_json's error as its message.
-    struct Duplicate(String);
-    impl std::fmt::Display for Duplicate {
-        fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            write!(f, "{DUPLICATE_MARK}{}", self.0)
-        }
-    }
-    const DUPLICATE_MARK: &str = "duplicate top-level key: ";
-
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    match deserializer.deserialize_map(TopLevel) {
-        Ok(model) => Ok(model),
-        Err(e) => match e.to_string().strip_prefix(DUPLICATE_MARK) {
-            Some(rest) => {
-                // serde_json appends " at line L column C".
-                let key = rest.rsplit_once(" at line ").map_or(rest, |(key, _)| key);
-                Err(ApiError {
-                    status: StatusCode::BAD_REQUEST,
-                    message: format!(
-                        "the request has the key `{key}` more than once; send each key once"
-                    ),
-                    kind: "invalid_request_error",
-                    param: Some(key.to_string()),
-                    code: Some("duplicate_key"),
-                })
-            }
-            None => Ok(None),
-        },
-    }
-}
-
 /// The middleware in front of the `/v1` handlers: key limits, then routing.
 pub async fn route(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let Some(gateway) = state.gateway() else {
@@ -443,19 +372,18 @@ pub async fn route(State(state): State<Arc<AppState>>, request: Request, next: N
     else {
         return next.run(request).await;
     };
-    let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(b) => b,
-        Err(e) => {
-            return ApiError::bad_request(format!("reading the request body: {e}")).into_response();
-        }
+    // Read once at the edge (openai::body): a limit applies to the request that is served.
+    let parsed = request.extensions().get::<Parsed>().cloned();
+    let (parts, _) = request.into_parts();
+    let body = match parsed {
+        Some(Parsed(Ok(body))) => body,
+        // A duplicate key, not JSON, not an object: refused before any limit.
+        Some(Parsed(Err(refusal))) => return refusal.into_response(),
+        None => return ApiError::internal("the request body was not read").into_response(),
     };
-    // Before any limit is checked: a limit must apply to the request that is served.
-    let model = match request_model(&body) {
-        Ok(Some(model)) => model,
-        // A body without a model goes on to the handler, which says what is wrong with it.
-        Ok(None) => return next.run(Request::from_parts(parts, Body::from(body))).await,
-        Err(refusal) => return refusal.into_response(),
+    // A body without a model goes on to the handler, which says what is wrong with it.
+    let Some(model) = body.model().map(str::to_string) else {
+        return next.run(body.into_request(parts)).await;
     };
     let key = parts.extensions.get::<KeyName>().map(|k| k.0.as_str());
     let canonical = gateway.names.get(&model).map(String::as_str);
@@ -468,7 +396,7 @@ pub async fn route(State(state): State<Arc<AppState>>, request: Request, next: N
     }
     let Some(plan) = gateway.plan(&model) else {
         // Not a gateway model: the models of this process.
-        let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
+        let mut response = next.run(body.into_request(parts)).await;
         response.extensions_mut().insert(ServedBy {
             backend: "local".into(),
             local: true,
@@ -478,9 +406,9 @@ pub async fn route(State(state): State<Arc<AppState>>, request: Request, next: N
     };
     match gateway.dispatch(upstream_path, &body, &model, plan).await {
         Decision::Respond(response) => response,
-        Decision::Local(local, served) => match with_model(&body, &model, &local) {
+        Decision::Local(local, served) => match with_model(body, &model, &local) {
             Ok(body) => {
-                let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
+                let mut response = next.run(body.into_request(parts)).await;
                 if let Ok(name) = served.backend.parse() {
                     response.headers_mut().insert("x-verre-backend", name);
                 }

@@ -4,12 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use verre_engine::engine::{EngineEvent, Usage};
 
+use super::body::ApiBody;
 use super::error::ApiError;
 use super::generation::{self, ChunkWriter, Outcome, ResponseMeta, finish_reason, usage_json};
 use super::logprobs;
@@ -23,9 +23,9 @@ use verre_engine::{FinishReason, GrammarSpec, Message};
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
-    body: Bytes,
+    body: ApiBody,
 ) -> Result<Response, ApiError> {
-    let req = ChatRequest::parse(&body)?;
+    let req = ChatRequest::from_object(body.object())?;
     let served = state.model(&req.model)?;
     let tool_format = ToolFormat::for_model(&served.model);
     let (messages, tools_value) =

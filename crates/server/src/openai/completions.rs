@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use verre_engine::engine::{EngineEvent, Usage};
 
+use super::body::ApiBody;
 use super::error::ApiError;
 use super::generation::{self, ChunkWriter, Outcome, ResponseMeta, finish_reason, usage_json};
 use super::logprobs::CompletionLogprobs;
@@ -28,9 +28,9 @@ struct PromptInput {
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
-    body: Bytes,
+    body: ApiBody,
 ) -> Result<Response, ApiError> {
-    let req = CompletionRequest::parse(&body)?;
+    let req = CompletionRequest::from_object(body.object())?;
     let served = state.model(&req.model)?;
     let prompts = req
         .prompts

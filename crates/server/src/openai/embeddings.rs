@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
+use super::body::ApiBody;
 use super::error::ApiError;
 use super::request::{EmbeddingEncoding, EmbeddingRequest, Prompt};
 use crate::embedding::{Embedding, EmbeddingModel};
@@ -16,9 +16,9 @@ use crate::state::AppState;
 
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
-    body: Bytes,
+    body: ApiBody,
 ) -> Result<Json<Value>, ApiError> {
-    let req = EmbeddingRequest::parse(&body)?;
+    let req = EmbeddingRequest::from_object(body.object())?;
     let model = state.embedding_model(&req.model)?;
     check_for_model(&model, &req)?;
     let embeddings = model.embed(req.inputs, req.truncate).await?;

@@ -1,5 +1,6 @@
 //! The OpenAI-compatible API: request validation, handlers, and response and stream shapes.
 
+pub mod body;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;

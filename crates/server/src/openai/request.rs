@@ -224,8 +224,14 @@ struct RawStreamOptions {
 }
 
 impl ChatRequest {
+    /// Parse a body (the HTTP path reads it once, with `openai::body`, and calls
+    /// [`Self::from_object`]).
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let object = parse_object(body)?;
+        Self::from_object(&parse_object(body)?)
+    }
+
+    pub fn from_object(object: &Map<String, Value>) -> Result<Self, ApiError> {
+        let object = object.clone();
         refuse_unsupported(&object, CHAT_UNSUPPORTED)?;
         let raw: RawChat = typed(&object)?;
         let max_tokens = match (raw.max_completion_tokens, raw.max_tokens) {
@@ -280,8 +286,14 @@ impl ChatRequest {
 }
 
 impl CompletionRequest {
+    /// Parse a body (the HTTP path reads it once, with `openai::body`, and calls
+    /// [`Self::from_object`]).
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let object = parse_object(body)?;
+        Self::from_object(&parse_object(body)?)
+    }
+
+    pub fn from_object(object: &Map<String, Value>) -> Result<Self, ApiError> {
+        let object = object.clone();
         refuse_unsupported(&object, COMPLETION_UNSUPPORTED)?;
         let raw: RawCompletion = typed(&object)?;
         let max_tokens = raw
@@ -313,7 +325,11 @@ impl CompletionRequest {
 
 impl EmbeddingRequest {
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let raw: RawEmbedding = typed(&parse_object(body)?)?;
+        Self::from_object(&parse_object(body)?)
+    }
+
+    pub fn from_object(object: &Map<String, Value>) -> Result<Self, ApiError> {
+        let raw: RawEmbedding = typed(object)?;
         let inputs = prompts(raw.input, "input")?;
         if inputs.len() > MAX_EMBEDDING_INPUTS {
             return Err(ApiError::invalid(
