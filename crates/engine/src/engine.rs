@@ -51,6 +51,21 @@ pub struct EngineOptions {
     pub kv_cache_bytes: usize,
 }
 
+impl EngineOptions {
+    /// One request at a time with room for a whole context: a terminal command
+    /// (`verre run`), a benchmark, or the reference a batched run is compared with.
+    pub fn one_at_a_time(model: &LoadedModel) -> Self {
+        let (layers, width) = model.model.kv_geometry();
+        Self {
+            max_running: 1,
+            max_waiting: 1,
+            kv_cache_bytes: KvPool::blocks_for(model.info().context_length)
+                * KvPool::block_bytes(layers, width),
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
@@ -103,6 +118,8 @@ pub enum EngineEvent {
         index: usize,
         reason: FinishReason,
         completion_tokens: usize,
+        /// Under a grammar: the time each token's mask took (benchmarks).
+        mask_times: Vec<Duration>,
     },
     /// Every choice ended; the last event.
     Done(Usage),
@@ -150,6 +167,47 @@ pub struct EngineMetrics {
     pub prefix_cache_hits: u64,
     /// Requests preempted (blocks freed, tokens recomputed later) for lack of KV blocks.
     pub preemptions: u64,
+}
+
+/// One finished generation, as [`EngineHandle::generate`] collects it.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    /// Log-probability of each generated token, in order.
+    pub logprobs: Vec<f32>,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// From admission to the first token.
+    pub prefill_ms: f64,
+    /// Everything after the first token.
+    pub decode_ms: f64,
+    /// Under a grammar: the time each token mask took.
+    pub mask_times: Vec<Duration>,
+}
+
+impl Generation {
+    pub fn prefill_tokens_per_second(&self) -> f64 {
+        per_second(self.prompt_tokens, self.prefill_ms)
+    }
+
+    /// Tokens after the first, over the time after the first.
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        per_second(self.completion_tokens.saturating_sub(1), self.decode_ms)
+    }
+}
+
+fn per_second(n: usize, ms: f64) -> f64 {
+    if ms > 0.0 {
+        n as f64 * 1000.0 / ms
+    } else {
+        0.0
+    }
+}
+
+fn millis_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
 }
 
 /// The events of one request. Dropping it cancels the request at the engine's next step.
@@ -292,6 +350,72 @@ impl EngineHandle {
             )));
         }
         Ok(())
+    }
+
+    /// Submit one request and wait for its answer, from a thread that is not running an
+    /// async runtime (a terminal command, a test). `on_text` sees the text of each token
+    /// as it comes; returning `false` cancels the request (finish reason `Cancelled`).
+    /// A refused request is an [`EngineError`] when it is invalid.
+    pub fn generate(
+        &self,
+        request: GenerateRequest,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let prompt_tokens = request.prompt_ids.len();
+        let mut stream = self.submit(request.into()).map_err(|e| match e {
+            // The caller can downcast to the `EngineError` itself.
+            SubmitError::Invalid(e) => anyhow::Error::new(e),
+            e => anyhow::Error::new(e),
+        })?;
+        let mut g = Generation {
+            text: String::new(),
+            token_ids: Vec::new(),
+            logprobs: Vec::new(),
+            finish_reason: FinishReason::Length,
+            prompt_tokens,
+            completion_tokens: 0,
+            prefill_ms: 0.0,
+            decode_ms: 0.0,
+            mask_times: Vec::new(),
+        };
+        let mut admitted = Instant::now();
+        let mut first_token = None;
+        loop {
+            let Some(event) = stream.events.blocking_recv() else {
+                anyhow::bail!("the engine stopped before the request was done");
+            };
+            match event {
+                EngineEvent::Admitted { .. } => admitted = Instant::now(),
+                EngineEvent::PromptLogprobs(_) => {}
+                EngineEvent::Token { sampled, text, .. } => {
+                    if first_token.is_none() {
+                        g.prefill_ms = millis_since(admitted);
+                        first_token = Some(Instant::now());
+                    }
+                    g.token_ids.push(sampled.token);
+                    g.logprobs.push(sampled.logprob);
+                    g.text.push_str(&text);
+                    if !on_text(&text) {
+                        // Dropping the stream cancels the request at the engine's next step.
+                        g.finish_reason = FinishReason::Cancelled;
+                        break;
+                    }
+                }
+                EngineEvent::Finished {
+                    reason, mask_times, ..
+                } => {
+                    g.finish_reason = reason;
+                    g.mask_times = mask_times;
+                }
+                EngineEvent::Done(_) => break,
+                EngineEvent::Failed(e) => anyhow::bail!("{e}"),
+            }
+        }
+        g.completion_tokens = g.token_ids.len();
+        if let Some(t) = first_token {
+            g.decode_ms = millis_since(t);
+        }
+        Ok(g)
     }
 
     /// The counters now.
@@ -677,11 +801,11 @@ impl<'m> EngineLoop<'m> {
             seq.kv.len(),
             text.len()
         );
-        let completion_tokens = seq.dec.output.len();
         let _ = req.events.send(EngineEvent::Finished {
             index: c,
             reason: FinishReason::Length,
-            completion_tokens,
+            completion_tokens: seq.dec.output.len(),
+            mask_times: seq.dec.mask_times(),
         });
         send_done_if_complete(req);
     }
@@ -783,6 +907,7 @@ impl<'m> EngineLoop<'m> {
                     index: chunk.choice,
                     reason,
                     completion_tokens: seq.dec.output.len(),
+                    mask_times: seq.dec.mask_times(),
                 });
                 send_done_if_complete(req);
             }
@@ -904,6 +1029,32 @@ mod tests {
         }
     }
 
+    /// What a lone run of `req` gives, worked out without the engine: the model's plain
+    /// forward over a cache of its own and the sampler, token by token. Covers what these
+    /// tests ask for (greedy or seeded sampling, EOS, the token limit), not grammars or
+    /// stop strings.
+    fn reference(model: &LoadedModel, req: &GenerateRequest) -> (Vec<u32>, FinishReason) {
+        assert!(req.grammar.is_none() && req.stop.is_empty());
+        let mut kv = model.new_kv_cache();
+        let mut logits = model.prefill(&mut kv, &req.prompt_ids).unwrap();
+        let mut sampler = crate::Sampler::new(req.sampling.clone());
+        let mut output = Vec::new();
+        while output.len() < req.max_tokens {
+            let token = sampler.sample(&logits, &req.prompt_ids, &output).token;
+            output.push(token);
+            if !req.ignore_eos && model.tokenizer.eog_ids().contains(&token) {
+                return (output, FinishReason::Stop);
+            }
+            logits = model
+                .model
+                .forward_cache(&mut kv, &[token], false)
+                .unwrap()
+                .last_row(0)
+                .to_vec();
+        }
+        (output, FinishReason::Length)
+    }
+
     struct Collected {
         text: Vec<String>,
         tokens: Vec<Vec<u32>>,
@@ -942,7 +1093,7 @@ mod tests {
     }
 
     #[test]
-    fn batched_requests_match_single_request_generation() {
+    fn batched_requests_match_the_plain_forward_and_a_lone_run() {
         let Some(model) = model() else { return };
         let engine = EngineHandle::spawn(model.clone(), EngineOptions::default()).unwrap();
         let prompts = [
@@ -954,19 +1105,24 @@ mod tests {
             .iter()
             .map(|p| engine.submit(request(&model, p, 24).into()).unwrap())
             .collect();
+        let lone =
+            EngineHandle::spawn(model.clone(), EngineOptions::one_at_a_time(&model)).unwrap();
         for (p, stream) in prompts.iter().zip(streams) {
             let got = collect(stream, 1);
-            let want = model.generate(&request(&model, p, 24), |_| true).unwrap();
-            assert_eq!(got.text[0], want.text, "{p}");
-            assert_eq!(got.tokens[0], want.token_ids, "{p}");
-            assert_eq!(got.finish[0], Some(want.finish_reason));
+            let r = request(&model, p, 24);
+            let (tokens, finish) = reference(&model, &r);
+            assert_eq!(got.tokens[0], tokens, "{p}");
+            assert_eq!(got.finish[0], Some(finish));
             assert_eq!(
                 got.usage,
                 Some(Usage {
-                    prompt_tokens: want.prompt_tokens,
-                    completion_tokens: want.completion_tokens
+                    prompt_tokens: r.prompt_ids.len(),
+                    completion_tokens: tokens.len()
                 })
             );
+            let alone = lone.generate(r, |_| true).unwrap();
+            assert_eq!(got.text[0], alone.text, "{p}");
+            assert_eq!(alone.token_ids, tokens, "{p}");
         }
     }
 
@@ -1160,9 +1316,7 @@ mod tests {
             .collect();
         for (r, stream) in requests.iter().zip(streams) {
             let got = collect(stream, 1);
-            let want = model.generate(r, |_| true).unwrap();
-            assert_eq!(got.tokens[0], want.token_ids);
-            assert_eq!(got.text[0], want.text);
+            assert_eq!(got.tokens[0], reference(&model, r).0);
         }
         let m = idle_metrics(&engine);
         assert!(m.preemptions > 0, "the pool was meant to run out: {m:?}");
