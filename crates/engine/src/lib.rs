@@ -8,7 +8,8 @@
 //! - [`sampler`]: choosing tokens from logits.
 //! - [`constraint`]: JSON Schema / regex / Lark grammars enforced during decoding.
 //! - [`generate`]: a loaded model and what a request asks for.
-//! - [`engine`]: the engine loop every generation goes through: [`EngineHandle`].
+//! - [`engine`]: the engine loop every generation goes through: [`EngineHandle`]; its
+//!   scheduler (`scheduler.rs`) plans each step.
 
 pub mod chat;
 pub mod constraint;
@@ -20,6 +21,7 @@ pub mod kernels;
 pub mod kv;
 pub mod model;
 pub mod sampler;
+mod scheduler;
 pub mod tokenizer;
 
 pub use chat::{ChatTemplate, Message};
