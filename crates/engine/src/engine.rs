@@ -1040,6 +1040,38 @@ mod tests {
         assert_eq!(m.generation_tokens, after + c.tokens[0].len() as u64);
     }
 
+    /// `generate` streams text to its callback; `false` from it (a closed pipe) cancels the
+    /// request, which the engine then frees.
+    #[test]
+    fn generate_streams_and_a_callback_can_cancel() {
+        let Some(model) = model() else { return };
+        let engine =
+            EngineHandle::spawn(model.clone(), EngineOptions::one_at_a_time(&model)).unwrap();
+        let mut streamed = String::new();
+        let done = engine
+            .generate(request(&model, "Count to five.", 12), |t| {
+                streamed.push_str(t);
+                true
+            })
+            .unwrap();
+        assert_eq!(streamed, done.text);
+        assert_eq!(done.completion_tokens, done.token_ids.len());
+        assert_eq!(done.logprobs.len(), done.token_ids.len());
+        let mut calls = 0;
+        let mut r = request(&model, "Write a long essay about the sea.", 10_000);
+        r.ignore_eos = true;
+        let cut = engine
+            .generate(r, |_| {
+                calls += 1;
+                calls < 3
+            })
+            .unwrap();
+        assert_eq!(cut.finish_reason, FinishReason::Cancelled);
+        assert_eq!(cut.token_ids.len(), 3);
+        let m = idle_metrics(&engine);
+        assert_eq!((m.running, m.kv_blocks_used), (0, 0));
+    }
+
     #[test]
     fn a_full_queue_refuses_and_bad_requests_are_invalid() {
         let Some(model) = model() else { return };
