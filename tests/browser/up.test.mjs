@@ -11,7 +11,7 @@
 
 import { execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
-import { existsSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -91,9 +91,18 @@ before(async () => {
   // The chat model it serves: the default, as a newcomer gets it.
   printed.model = find(/OpenAI API\s+\S+\s+\(models: ([^,)]+)/);
   assert.equal(printed.model, "qwen2.5-coder-1.5b");
-  printed.password = find(/user admin\s+password (\S+)/);
-  printed.secret = find(/^\s+(whsec_\S+)/);
-  printed.key = find(/OPENAI_API_KEY=(\S+)/);
+  // The first start's credentials are in a file readable by its owner only, never on stderr.
+  const secretsFile = find(/first-start credentials \(.*\) written to (\S+)/);
+  assert.equal(statSync(secretsFile).mode & 0o777, 0o600);
+  const secrets = Object.fromEntries(
+    [...readFileSync(secretsFile, "utf8").matchAll(/^(\w+) = "([^"]*)"$/gm)].map((m) => [m[1], m[2]]),
+  );
+  printed.password = secrets.admin_password;
+  printed.secret = secrets.crm_webhook_secret;
+  printed.key = secrets.api_key;
+  for (const [name, value] of Object.entries(secrets)) {
+    assert.ok(value && !printed.lines.some((l) => l.includes(value)), `${name} is missing or was printed`);
+  }
 
   browser = await launchChromium();
   page = browser.pages()[0] ?? (await browser.newPage());

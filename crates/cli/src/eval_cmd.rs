@@ -34,6 +34,13 @@ pub struct EvalArgs {
     /// $VERRE_HOME/verre.toml when it exists).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Intake workers sharing the model's engine (their requests are batched).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Send this many mails, going round the invoices again (each mail distinct), to
+    /// measure throughput; accuracy is counted over every mail.
+    #[arg(long)]
+    pub mails: Option<usize>,
     #[arg(long)]
     pub json: bool,
 }
@@ -54,7 +61,8 @@ async fn eval(args: EvalArgs) -> Result<()> {
         .collect();
     pdfs.sort();
     anyhow::ensure!(!pdfs.is_empty(), "no .pdf files in {}", args.dir.display());
-    for (i, pdf) in pdfs.iter().enumerate() {
+    let mails = args.mails.unwrap_or(pdfs.len()).max(1);
+    for (i, pdf) in pdfs.iter().cycle().take(mails).enumerate() {
         let answer_path = pdf.with_extension("json");
         let text = std::fs::read_to_string(&answer_path)
             .with_context(|| format!("reading {}", answer_path.display()))?;
@@ -101,7 +109,7 @@ async fn eval(args: EvalArgs) -> Result<()> {
     let work = WorkArgs {
         pipeline: pipeline_path,
         db,
-        workers: 1,
+        workers: args.workers,
         backend: args.backend,
         config: args.config.clone(),
         lease_secs: 120,
@@ -147,6 +155,7 @@ async fn eval(args: EvalArgs) -> Result<()> {
                 "documents": n, "accuracy": accuracy, "cases": rows,
                 "prompt_tokens": summary.prompt_tokens, "completion_tokens": summary.completion_tokens,
                 "seconds": summary.seconds, "quarantined": summary.quarantined,
+                "workers": args.workers,
             }))?
         );
         return Ok(());

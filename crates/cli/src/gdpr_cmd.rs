@@ -13,7 +13,7 @@ use verre_server::config::{BackendKind, GatewayConfig};
 use verre_store::erase::Subject;
 use verre_store::{AuditEntry, Keyring, Store, crypto};
 
-use crate::intake_cmd::{DbArgs, open_store, runtime};
+use crate::intake_cmd::{DbArgs, open_store, open_store_as_up, runtime};
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
@@ -35,6 +35,10 @@ pub struct VerifyArgs {
     /// Neither read nor write the head file.
     #[arg(long)]
     pub no_head: bool,
+    /// The file each entry's head was exported to as it was written (default:
+    /// $VERRE_AUDIT_SINK_FILE): every head in it must still be in the log.
+    #[arg(long, env = "VERRE_AUDIT_SINK_FILE")]
+    pub sink: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -64,6 +68,10 @@ pub struct EraseArgs {
     /// Show what would be erased and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// The Maildir inbox whose mail not yet stored is searched too (default:
+    /// $VERRE_HOME/inbox, `verre up`'s, when it exists).
+    #[arg(long)]
+    pub inbox: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -72,9 +80,10 @@ pub struct EraseArgs {
 
 #[derive(Args)]
 pub struct PurgeArgs {
-    /// The verre.toml whose [retention] applies.
-    #[arg(long, default_value = "verre.toml")]
-    pub config: PathBuf,
+    /// The verre.toml whose [retention] applies (default: ./verre.toml, else the one
+    /// `verre up` wrote in $VERRE_HOME).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Show what would be removed and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -140,8 +149,11 @@ pub fn audit(cmd: AuditCommand) -> Result<()> {
 
 async fn verify(a: VerifyArgs) -> Result<()> {
     let url = a.db.url()?;
-    let store = open_store(&a.db).await?;
+    let store = open_store_as_up(&a.db).await?;
     let mut report = store.audit_verify().await?;
+    if let Some(sink) = &a.sink {
+        report.problems.extend(store.audit_check_sink(sink).await?);
+    }
     let head_file = match (&a.head_file, a.no_head) {
         (_, true) => None,
         (Some(p), false) => Some(p.clone()),
@@ -172,6 +184,12 @@ async fn verify(a: VerifyArgs) -> Result<()> {
         v["ok"] = json!(report.ok());
         v["head_file"] = json!(head_file);
         v["recorded_head"] = json!(recorded);
+        v["sink"] = json!(a.sink);
+        v["audit_key"] = json!({
+            "id": store.audit_key().id(),
+            "path": store.audit_key().path(),
+            "keyed_after": store.audit_key().keyed_after(),
+        });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(
@@ -186,6 +204,20 @@ async fn verify(a: VerifyArgs) -> Result<()> {
                 "starts after retention checkpoint {} ({} entries purged then)",
                 c.seq, c.removed
             );
+        }
+        let key = store.audit_key();
+        println!(
+            "keyed: HMAC-SHA256 under audit key {} ({}){}",
+            key.id(),
+            key.path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "in memory".into()),
+            key.keyed_after()
+                .map(|n| format!(", every entry after {n}"))
+                .unwrap_or_default()
+        );
+        if let Some(sink) = &a.sink {
+            println!("sink {}: every exported head checked", sink.display());
         }
         match (&head_file, &recorded) {
             (None, _) => println!("head file: not used (--no-head): a cut tail cannot be seen"),
@@ -241,7 +273,7 @@ fn is_person(s: &str) -> bool {
 }
 
 async fn show(a: ShowArgs) -> Result<()> {
-    let store = open_store(&a.db).await?;
+    let store = open_store_as_up(&a.db).await?;
     let mut subjects = Vec::new();
     if let Some(s) = &a.subject {
         subjects.push(s.clone());
@@ -310,14 +342,64 @@ pub(crate) fn utc(ms: i64) -> String {
     )
 }
 
+/// The inbox erasure searches: `--inbox`, else `verre up`'s when it is a Maildir.
+fn erase_inbox(a: &EraseArgs) -> Result<Option<PathBuf>> {
+    if let Some(p) = &a.inbox {
+        anyhow::ensure!(
+            p.join("new").is_dir() && p.join("cur").is_dir(),
+            "--inbox {}: not a Maildir (no new/ and cur/)",
+            p.display()
+        );
+        return Ok(Some(p.clone()));
+    }
+    // No home at all (neither VERRE_HOME nor HOME): no inbox of verre up's to search.
+    let Ok(home) = verre_models::ModelStore::default_home() else {
+        return Ok(None);
+    };
+    let inbox = home.join("inbox");
+    Ok((inbox.join("new").is_dir() && inbox.join("cur").is_dir()).then_some(inbox))
+}
+
 pub fn erase(a: EraseArgs) -> Result<()> {
     runtime()?.block_on(async {
         let subject = Subject::parse(&a.subject)?;
-        let store = open_store(&a.db).await?;
+        let store = open_store_as_up(&a.db).await?;
+        // Mail not stored yet first: once its file is gone (and its bytes remembered),
+        // `verre up` cannot store it behind the erasure's back.
+        let inbox = erase_inbox(&a)?;
+        let inbox_files = match &inbox {
+            Some(dir) => {
+                let exe =
+                    std::env::current_exe().context("finding the verre binary to parse mail with")?;
+                let parser = verre_intake::MailParser::child(exe)?;
+                verre_intake::inbox::erase_from_inbox(&store, dir, &subject, &parser, a.dry_run)
+                    .await?
+            }
+            None => Vec::new(),
+        };
         let r = store.erase(&subject, "cli", a.dry_run).await?;
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            let mut v = serde_json::to_value(&r)?;
+            v["inbox"] = json!(inbox);
+            v["inbox_files"] = json!(inbox_files);
+            println!("{}", serde_json::to_string_pretty(&v)?);
         } else {
+            if let Some(dir) = &inbox {
+                println!(
+                    "inbox {}: {} {} file(s) not stored yet that mention the subject{}",
+                    dir.display(),
+                    if a.dry_run { "would remove" } else { "removed" },
+                    inbox_files.len(),
+                    if inbox_files.is_empty() || a.dry_run {
+                        String::new()
+                    } else {
+                        " (their bytes are remembered as erased: delivered again, they are not stored)".into()
+                    }
+                );
+                for f in &inbox_files {
+                    println!("  {}", f.path.display());
+                }
+            }
             let verb = if a.dry_run { "would erase" } else { "erased" };
             println!(
                 "subject: keyed hash {} (the audit log names the subject only by this)",
@@ -404,24 +486,45 @@ pub fn erase(a: EraseArgs) -> Result<()> {
     })
 }
 
+/// `--config`, else `./verre.toml`, else the `verre.toml` that `verre up` wrote in
+/// `$VERRE_HOME`.
+fn purge_config(a: &PurgeArgs) -> Result<PathBuf> {
+    if let Some(p) = &a.config {
+        return Ok(p.clone());
+    }
+    let here = PathBuf::from(crate::up_cmd::CONFIG_FILE);
+    if here.exists() {
+        return Ok(here);
+    }
+    let home = verre_models::ModelStore::default_home()?.join(crate::up_cmd::CONFIG_FILE);
+    anyhow::ensure!(
+        home.exists(),
+        "no verre.toml here nor in {}: give --config FILE",
+        home.parent().unwrap_or(&home).display()
+    );
+    Ok(home)
+}
+
 pub fn purge(a: PurgeArgs) -> Result<()> {
-    let config = GatewayConfig::load_offline(&a.config)?;
+    let config_path = purge_config(&a)?;
+    let config = GatewayConfig::load_offline(&config_path)?;
     let retention = config.retention;
     runtime()?.block_on(async {
         if retention.is_empty() {
             println!(
                 "{} has no [retention] keys: nothing is purged (docs/CONFIG.md)",
-                a.config.display()
+                config_path.display()
             );
             return Ok(());
         }
-        let store = open_store(&a.db).await?;
+        let store = open_store_as_up(&a.db).await?;
         let r = verre_store::retention::purge(&store, &retention, a.dry_run).await?;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&r)?);
             return Ok(());
         }
         let verb = if a.dry_run { "would remove" } else { "removed" };
+        println!("retention from {}", config_path.display());
         println!(
             "raw messages past raw_days ({}): {verb} the raw bytes of {}",
             days(retention.raw_days),
@@ -726,7 +829,7 @@ pub(crate) fn records(
         "security": {
             "encryption": encryption,
             "pseudonymisation": "personal data replaced by placeholders before any backend with local = false and pseudonymize on; restored in answers",
-            "audit": "append-only hash-chained log of API calls, intake stages, review decisions, deliveries and erasures (verre audit verify)",
+            "audit": "append-only log of API calls, intake stages, review decisions, deliveries and erasures, chained by HMAC-SHA256 under a key kept outside the database (verre audit verify)",
             "erasure": "verre erase --subject EMAIL|NAME",
             "egress": "no connection to a backend outside [policy]; no telemetry",
         },

@@ -143,6 +143,37 @@ pub(crate) async fn open_store(db: &DbArgs) -> Result<Store> {
     Store::open(&db.url()?).await
 }
 
+/// As [`open_store`], for the commands that read or remove what `verre up` stored
+/// (`intake show|quarantine`, `erase`, `audit`, `purge`): without `VERRE_DATA_KEY` or
+/// `VERRE_DATA_KEY_FILE`, the data keys `verre up` made in `$VERRE_HOME/data-keys` are used
+/// when that file exists, as `verre up` itself does.
+pub(crate) async fn open_store_as_up(db: &DbArgs) -> Result<Store> {
+    let store = open_store(db).await?;
+    let configured = [
+        verre_store::crypto::KEY_ENV,
+        verre_store::crypto::KEY_FILE_ENV,
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
+    if configured {
+        return Ok(store);
+    }
+    let Ok(home) = verre_models::ModelStore::default_home() else {
+        return Ok(store);
+    };
+    let home_keys = home.join(crate::up_cmd::DATA_KEYS_FILE);
+    if !home_keys.exists() {
+        return Ok(store);
+    }
+    let keys = verre_store::Keyring::from_file(&home_keys).with_context(|| {
+        format!(
+            "reading the data keys verre up made, {}",
+            home_keys.display()
+        )
+    })?;
+    store.with_keys(Some(keys)).await
+}
+
 pub fn intake(cmd: IntakeCommand) -> Result<()> {
     let rt = runtime()?;
     match cmd {
@@ -318,6 +349,8 @@ impl verre_intake::PiiTagger for PiiDetector {
 pub(crate) struct Summary {
     pub messages: usize,
     pub new: usize,
+    /// Messages of the source that were erased or purged before: not stored again.
+    pub forgotten: usize,
     pub processed: usize,
     pub quarantined: usize,
     pub pending: usize,
@@ -342,7 +375,16 @@ pub(crate) async fn ingest_and_run(
     let max_attempts = pipeline.max_attempts;
     let (api, server) = in_process_api(work, &pipeline, &store).await?;
     let runner = runner(store.clone(), pipeline, api)?;
-    let (ids, new) = verre_intake::ingest(&store, source, max_attempts).await?;
+    runner
+        .check_at_start()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let verre_intake::IngestReport {
+        ids,
+        new,
+        forgotten,
+        ..
+    } = verre_intake::ingest_source(&store, source, max_attempts).await?;
 
     let bar = progress.then(|| {
         let bar = indicatif::ProgressBar::new(ids.len() as u64);
@@ -400,6 +442,7 @@ pub(crate) async fn ingest_and_run(
     let summary = Summary {
         messages: ids.len(),
         new,
+        forgotten,
         processed: count("processed"),
         quarantined: count("quarantined"),
         pending: count("pending"),
@@ -424,6 +467,12 @@ async fn run(args: RunArgs) -> Result<()> {
     let rate = s.messages as f64 / s.seconds.max(1e-9);
     println!("{:<22} {}", "messages", s.messages);
     println!("{:<22} {}", "  new this run", s.new);
+    if s.forgotten > 0 {
+        println!(
+            "{:<22} {} (erased or purged before: not stored again)",
+            "  forgotten", s.forgotten
+        );
+    }
     println!("{:<22} {}", "processed", s.processed);
     println!("{:<22} {}", "quarantined", s.quarantined);
     if s.pending > 0 {
@@ -455,6 +504,10 @@ async fn watch(args: WatchArgs) -> Result<()> {
     let max_attempts = pipeline.max_attempts;
     let (api, _server) = in_process_api(&args.work, &pipeline, &store).await?;
     let runner = runner(store.clone(), pipeline, api)?;
+    runner
+        .check_at_start()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut workers = Vec::new();
     for _ in 0..args.work.workers.max(1) {
         let mut opts = verre_intake::WorkerOptions::new();
@@ -486,7 +539,7 @@ async fn watch(args: WatchArgs) -> Result<()> {
 }
 
 async fn show(id: i64, db: &DbArgs, json: bool) -> Result<()> {
-    let store = open_store(db).await?;
+    let store = open_store_as_up(db).await?;
     let d = store
         .detail(id)
         .await?
@@ -583,7 +636,7 @@ async fn show(id: i64, db: &DbArgs, json: bool) -> Result<()> {
 }
 
 async fn quarantine(cmd: Option<QuarantineCommand>, db: &DbArgs) -> Result<()> {
-    let store = open_store(db).await?;
+    let store = open_store_as_up(db).await?;
     match cmd.unwrap_or(QuarantineCommand::List { json: false }) {
         QuarantineCommand::List { json } => {
             let rows = store.quarantined().await?;

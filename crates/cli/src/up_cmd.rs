@@ -11,7 +11,6 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tokio::sync::watch;
 use verre_engine::engine::EngineOptions;
-use verre_intake::Source;
 use verre_models::{ModelStore, PullOptions};
 use verre_server::ServeConfig;
 use verre_server::auth::{self, ApiKeys};
@@ -22,6 +21,10 @@ use crate::intake_cmd::{BackendArg, DbArgs};
 
 /// The chat, extraction and drafting model of `verre up` and its pipeline.
 pub const DEFAULT_CHAT_MODEL: &str = "qwen2.5-coder-1.5b";
+/// The data keys `verre up` makes in `$VERRE_HOME` when none are configured.
+pub const DATA_KEYS_FILE: &str = "data-keys";
+/// The configuration `verre up` writes in `$VERRE_HOME` on the first start.
+pub const CONFIG_FILE: &str = "verre.toml";
 /// The embedding model `verre up` serves beside it.
 const EMBEDDING_MODEL: &str = "minilm-l6";
 
@@ -366,7 +369,7 @@ fn prepare_inbox(inbox: &Path, demo: bool) -> Result<()> {
 /// The default verre.toml (`$VERRE_HOME/verre.toml`), written on the first start: the CRM
 /// webhook receiver and the SMTP relay for approved actions, retention, the policy.
 fn first_config(root: &Path, args: &UpArgs) -> Result<()> {
-    let path = root.join("verre.toml");
+    let path = root.join(CONFIG_FILE);
     if args.config.is_some() || path.exists() {
         return Ok(());
     }
@@ -416,17 +419,21 @@ fn webhook_secret(root: &Path) -> Result<Option<String>> {
 }
 
 /// Encryption at rest on by default: without `VERRE_DATA_KEY` or `VERRE_DATA_KEY_FILE` in
-/// the environment, use `$VERRE_HOME/data-keys` (made on the first start, readable by its
-/// owner only). Returns the key file's path when it is the one in use.
+/// the environment or a `verre-data-keys` systemd credential (all of which keep the key
+/// away from the database), use `$VERRE_HOME/data-keys` (made on the first start, readable
+/// by its owner only). Returns the key file's path when it is the one in use.
 fn data_key(root: &Path) -> Result<Option<PathBuf>> {
     let (inline, file) = (
         verre_store::crypto::KEY_ENV,
         verre_store::crypto::KEY_FILE_ENV,
     );
-    if std::env::var_os(inline).is_some() || std::env::var_os(file).is_some() {
+    if std::env::var_os(inline).is_some()
+        || std::env::var_os(file).is_some()
+        || verre_store::crypto::credential_key_file().is_some()
+    {
         return Ok(None);
     }
-    let path = root.join("data-keys");
+    let path = root.join(DATA_KEYS_FILE);
     if !path.exists() {
         let key = verre_store::crypto::generate_key()?;
         let text = format!(
@@ -483,6 +490,10 @@ async fn purge_on_schedule(
     }
 }
 
+/// Where `verre up` writes the credentials it makes on a first start, readable by its owner
+/// only: never to stderr, which the service manager keeps in its journal.
+const SECRETS_FILE: &str = "first-start-secrets";
+
 fn announce(
     home: &Home,
     models: &[String],
@@ -499,40 +510,89 @@ fn announce(
     eprintln!("  review UI    {base}/review");
     eprintln!("  metrics      {base}/metrics");
     eprintln!(
-        "  inbox        {} (a Maildir: drop mail into new/)",
+        "  inbox        {} (a Maildir: drop mail into new/; each is deleted once stored)",
         home.inbox.display()
     );
     eprintln!("  pipeline     {}", home.pipeline.display());
     if let Some(path) = data_key {
         eprintln!(
-            "  data key     {} (mail is encrypted at rest)",
+            "  data key     {} (mail is encrypted at rest; keep the key apart from the database: docs/GDPR.md)",
             path.display()
         );
     }
-    if let Some(password) = admin_password {
+    let secrets: Vec<(&str, &str)> = [
+        ("admin_password", admin_password),
+        ("crm_webhook_secret", webhook_secret),
+        ("api_key", new_key),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| Some((name, value?)))
+    .collect();
+    if !secrets.is_empty() {
+        let path = home.root.join(SECRETS_FILE);
+        let names: Vec<&str> = secrets.iter().map(|(name, _)| *name).collect();
         eprintln!();
-        eprintln!(
-            "  review UI login (shown once; `verre users remove admin`, then `verre users add admin --role admin` to change it):"
-        );
-        eprintln!("    user admin   password {password}");
-    }
-    if let Some(secret) = webhook_secret {
-        eprintln!();
-        eprintln!("  CRM webhook secret (Standard Webhooks; give it to the receiver):");
-        eprintln!("    {secret}");
-    }
-    if let Some(key) = new_key {
-        eprintln!();
-        eprintln!(
-            "  API key (shown once; its hash is in {}):",
-            home.keys.display()
-        );
-        eprintln!("    {key}");
-        eprintln!("  Point an OpenAI client at it:");
-        eprintln!("    OPENAI_BASE_URL={base}/v1 OPENAI_API_KEY={key}");
+        match write_first_start_secrets(&path, &secrets) {
+            Ok(()) => {
+                eprintln!(
+                    "  first-start credentials ({}) written to {}",
+                    names.join(", "),
+                    path.display()
+                );
+                eprintln!(
+                    "    readable by you only and shown nowhere else: keep them somewhere safe, then delete the file."
+                );
+                eprintln!(
+                    "    The review UI's user is `admin`; the API key is hashed in {}.",
+                    home.keys.display()
+                );
+            }
+            Err(e) => {
+                eprintln!("  the first-start credentials could not be written: {e:#}");
+                eprintln!(
+                    "    make new ones: `verre users remove admin`, then `verre users add admin --role admin`; `verre keys add NAME --file {}`",
+                    home.keys.display()
+                );
+            }
+        }
+        if new_key.is_some() {
+            eprintln!("  Point an OpenAI client at it:");
+            eprintln!(
+                "    OPENAI_BASE_URL={base}/v1 OPENAI_API_KEY=<api_key from {}>",
+                path.display()
+            );
+        }
     }
     eprintln!();
     eprintln!("  Ctrl-C stops everything cleanly.");
+}
+
+/// Append `secrets` (name, value) to `path` as `name = "value"` lines under a dated
+/// comment; the file is created, or kept, readable and writable by its owner only.
+fn write_first_start_secrets(path: &Path, secrets: &[(&str, &str)]) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} private", path.display()))?;
+    }
+    let mut text = format!(
+        "# verre up, {}: credentials made on this start\n",
+        verre_server::review::utc_time(Some(verre_store::now_ms()))
+    );
+    for (name, value) in secrets {
+        text.push_str(&format!("{name} = \"{value}\"\n"));
+    }
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Read the inbox and work the queue until `stop`: workers cancel and release a running
@@ -549,7 +609,10 @@ async fn run_intake(
     let store = verre_store::Store::open(&database).await?;
     let max_attempts = pipeline.max_attempts;
     let runner = crate::intake_cmd::runner(store.clone(), pipeline, api)?;
-    let source = Source::Maildir(inbox);
+    runner
+        .check_at_start()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut tasks = Vec::new();
     for _ in 0..workers.max(1) {
         let w = verre_intake::Worker::new(runner.clone(), {
@@ -561,8 +624,12 @@ async fn run_intake(
         tasks.push(tokio::spawn(async move { w.run_until(stop).await }));
     }
     loop {
-        match verre_intake::ingest(&store, &source, max_attempts).await {
-            Ok((_, new)) if new > 0 => eprintln!("verre up: {new} new message(s) in the inbox"),
+        // verre up owns its inbox: each mail is stored, then its file deleted.
+        match verre_intake::inbox::take_inbox(&store, &inbox, max_attempts).await {
+            Ok(r) if r.new + r.forgotten > 0 => eprintln!(
+                "verre up: {} new message(s) in the inbox, {} forgotten (erased or purged before, not stored again)",
+                r.new, r.forgotten
+            ),
             Ok(_) => {}
             Err(e) => eprintln!("verre up: reading the inbox: {e:#}"),
         }

@@ -405,3 +405,76 @@ fn show_and_quarantine_list_and_retry() {
         1
     );
 }
+
+/// The shipped example runs as shipped once its business database is made from
+/// examples/crm.sql; without it, `verre intake run` refuses to start with the file, the
+/// line and the reason, and stores no mail (it used to quarantine every message).
+#[test]
+fn the_example_runs_as_shipped_and_a_missing_business_database_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let pipeline = dir.path().join("intake-pipeline.toml");
+    std::fs::copy(examples.join("intake-pipeline.toml"), &pipeline).unwrap();
+    let inbox = dir.path().join("inbox");
+    generate_mails(&inbox, 3);
+    let db = format!("sqlite://{}", dir.path().join("verre.db").display());
+    let run = |pipeline: &Path| {
+        verre()
+            .args([
+                "intake",
+                "run",
+                inbox.to_str().unwrap(),
+                "--backend",
+                "stub",
+                "--json",
+            ])
+            .args(["--database", &db])
+            .arg("--pipeline")
+            .arg(pipeline)
+            .output()
+            .unwrap()
+    };
+    let out = run(&pipeline);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = std::fs::read_to_string(&pipeline)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("database ="))
+        .unwrap()
+        + 1;
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("intake-pipeline.toml:{line}:")) && stderr.contains("crm.db"),
+        "{stderr}"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stored: i64 = rt.block_on(async {
+        let store = verre_store::Store::open(&db).await.unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM messages")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    });
+    assert_eq!(stored, 0, "no mail was read");
+
+    // Made as the example's comment says (Python's sqlite3 runs crm.sql).
+    let status = Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3, sys; sqlite3.connect(sys.argv[1]).executescript(open(sys.argv[2]).read())")
+        .arg(dir.path().join("crm.db"))
+        .arg(examples.join("crm.sql"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = run(&pipeline);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["processed"], 3, "{summary:#}");
+}

@@ -13,127 +13,18 @@
 //! audit log has both calls, under the pipeline's name. Needs smollm2-135m and minilm-l6
 //! in `$VERRE_HOME/models` (scripts/test.sh pulls them); skipped without, outside CI.
 
-use std::io::BufRead;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod common;
+use common::{Running, contains, home, http_address, models, run_ok, verre};
+
 const NAME: &str = "Johanna Weber";
 const EMAIL: &str = "johanna.weber@example.de";
 const IBAN: &str = "DE89 3704 0044 0532 0130 00";
-
-fn models() -> Option<PathBuf> {
-    let models = std::env::var_os("VERRE_HOME")
-        .map(|h| PathBuf::from(h).join("models"))
-        .filter(|m| m.join("smollm2-135m").exists() && m.join("minilm-l6").exists());
-    if models.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "VERRE_HOME must hold smollm2-135m and minilm-l6 in CI"
-        );
-        eprintln!("skipped: set VERRE_HOME to a home with smollm2-135m and minilm-l6 pulled");
-    }
-    models
-}
-
-fn verre(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_verre"));
-    c.env("VERRE_HOME", home)
-        .env_remove("VERRE_DATABASE")
-        .env_remove("VERRE_DATA_KEY")
-        .env_remove("VERRE_DATA_KEY_FILE")
-        .env_remove("VERRE_CRM_WEBHOOK_SECRET")
-        .env_remove("VERRE_INTAKE_STUB_DELAY_MS")
-        .env_remove("VERRE_INTAKE_STUB_LOG")
-        .env_remove("VERRE_PARSER_BIN");
-    c
-}
-
-/// A home with the test store's models in it.
-fn home(models: &Path) -> tempfile::TempDir {
-    let home = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(models, home.path().join("models")).unwrap();
-    home
-}
-
-/// A started process whose stderr is read line by line.
-struct Running {
-    child: Child,
-    lines: Receiver<String>,
-    printed: Vec<String>,
-}
-
-impl Running {
-    fn start(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            printed: Vec::new(),
-        }
-    }
-
-    /// Read lines until one satisfies `pick`; its answer.
-    fn wait_for<T>(&mut self, what: &str, pick: impl Fn(&str) -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("no {what}:\n{}", self.printed.join("\n")));
-            let found = pick(&line);
-            self.printed.push(line);
-            if let Some(found) = found {
-                return found;
-            }
-        }
-    }
-
-    fn alive(&mut self) {
-        while let Ok(line) = self.lines.try_recv() {
-            self.printed.push(line);
-        }
-        assert!(
-            self.child.try_wait().unwrap().is_none(),
-            "the process died:\n{}",
-            self.printed.join("\n")
-        );
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http_address(line: &str) -> Option<String> {
-    line.split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .map(|w| w.trim_end_matches("/v1").to_string())
-}
 
 /// What the proxy saw: (path, request body).
 type Recording = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
@@ -213,22 +104,6 @@ fn recording_proxy(rt: &tokio::runtime::Runtime, upstream: String) -> (SocketAdd
     let app = axum::Router::new().fallback(forward).with_state(proxy);
     rt.spawn(async move { axum::serve(listener, app).await });
     (address, seen)
-}
-
-fn contains(hay: &[u8], needle: &str) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{:?} failed:\n{}{}",
-        cmd,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 const PIPELINE: &str = r#"
@@ -331,7 +206,18 @@ models = [{{ name = "large", upstream = "smollm2-135m" }}]
         .arg(&pipeline);
         c
     });
+    let base = up.wait_for("verre up's API", |l| {
+        l.contains("OpenAI API").then(|| http_address(l)).flatten()
+    });
     up.wait_for("verre up running", |l| l.contains("Ctrl-C").then_some(()));
+    // A second mail, with no personal data: its extraction shares the pipeline's fixed
+    // prompt with the first one's.
+    std::fs::write(
+        inbox.join("new/2.eml"),
+        "From: orders@shop.example\r\nTo: support@example.org\r\nSubject: Order 4411\r\n\
+         Message-ID: <order-4411@shop.example>\r\n\r\nWhere is order 4411?\r\n",
+    )
+    .unwrap();
     std::fs::write(
         inbox.join("new/1.eml"),
         format!(
@@ -356,15 +242,19 @@ models = [{{ name = "large", upstream = "smollm2-135m" }}]
     let deadline = Instant::now() + Duration::from_secs(600);
     let status = loop {
         up.alive();
-        let status: Option<String> = rt.block_on(async {
-            sqlx::query_scalar("SELECT status FROM messages WHERE id = 1")
-                .fetch_optional(store.pool())
+        let statuses: Vec<(String, String)> = rt.block_on(async {
+            sqlx::query_as("SELECT source_ref, status FROM messages ORDER BY source_ref")
+                .fetch_all(store.pool())
                 .await
                 .unwrap()
         });
-        match status.as_deref() {
-            Some("pending") | None => {}
-            Some(s) => break s.to_string(),
+        if statuses.len() == 2 && statuses.iter().all(|(_, s)| s != "pending") {
+            assert_eq!(statuses[0].0, "1.eml");
+            break statuses
+                .into_iter()
+                .map(|(_, s)| s)
+                .collect::<Vec<_>>()
+                .join(",");
         }
         assert!(
             Instant::now() < deadline,
@@ -373,10 +263,16 @@ models = [{{ name = "large", upstream = "smollm2-135m" }}]
         );
         std::thread::sleep(Duration::from_millis(300));
     };
-    let detail = rt.block_on(store.detail(1)).unwrap().unwrap();
+    let refund: i64 = rt.block_on(async {
+        sqlx::query_scalar("SELECT id FROM messages WHERE source_ref = '1.eml'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    });
+    let detail = rt.block_on(store.detail(refund)).unwrap().unwrap();
     assert_eq!(
         status,
-        "processed",
+        "processed,processed",
         "{detail:#?}\n{}",
         up.printed.join("\n")
     );
@@ -388,8 +284,15 @@ models = [{{ name = "large", upstream = "smollm2-135m" }}]
         .filter(|(path, _)| path == "/v1/chat/completions")
         .map(|(_, body)| body)
         .collect();
-    assert_eq!(chats.len(), 1, "one drafting call went out: {recorded:?}");
-    let sent = chats[0];
+    assert_eq!(
+        chats.len(),
+        2,
+        "one drafting call per mail went out: {recorded:?}"
+    );
+    let sent = *chats
+        .iter()
+        .find(|b| contains(b, "Please refund"))
+        .unwrap_or_else(|| panic!("the refund mail's draft request: {recorded:?}"));
     for secret in [
         NAME,
         "Johanna",
@@ -412,7 +315,7 @@ models = [{{ name = "large", upstream = "smollm2-135m" }}]
 
     // Back inside: the draft quotes the customer with the real values restored.
     let draft = rt
-        .block_on(store.stage_output(1, "draft"))
+        .block_on(store.stage_output(refund, "draft"))
         .unwrap()
         .unwrap();
     assert_eq!(draft["model"], "large", "{draft}");
@@ -423,6 +326,37 @@ models = [{{ name = "large", upstream = "smollm2-135m" }}]
             "{real:?} not restored in the draft: {text}"
         );
     }
+
+    // The extractions went through the local engine: in /metrics, and the second one's
+    // fixed prompt came from the prefix cache.
+    let metrics = rt
+        .block_on(async {
+            reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap()
+                .get(format!("{base}/metrics"))
+                .send()
+                .await?
+                .text()
+                .await
+        })
+        .unwrap();
+    let metric = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains("smollm2-135m"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        metric("verre:e2e_request_latency_seconds_count") >= 2.0,
+        "both extractions are in /metrics:\n{metrics}"
+    );
+    assert!(
+        metric("verre:prefix_cache_hits_total") > 0.0,
+        "the pipeline's fixed prompt was served from the prefix cache:\n{metrics}"
+    );
 
     // The ledger: extraction tokens local, drafting tokens remote, both as the pipeline.
     up.alive();

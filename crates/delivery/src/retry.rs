@@ -2,7 +2,8 @@
 //!
 //! The schedule is the Standard Webhooks one: at once, then after 5 s, 5 min, 30 min, 2 h,
 //! 5 h, 10 h and 10 h. A `Retry-After` from the target pushes the next attempt later (never
-//! earlier). `410 Gone` disables the endpoint. After the last attempt the delivery is
+//! earlier), by at most [`MAX_RETRY_AFTER`]: a target cannot park a delivery for a year.
+//! `410 Gone` disables the endpoint. After the last attempt the delivery is
 //! failed — kept, shown, and retried only by a person — never dropped.
 
 use std::time::Duration;
@@ -18,6 +19,9 @@ pub const RETRY_SCHEDULE: [Duration; 8] = [
     Duration::from_secs(10 * 3600),
     Duration::from_secs(10 * 3600),
 ];
+
+/// The longest delay a target's `Retry-After` may ask for.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// What happened on one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +62,7 @@ pub fn next(attempt: usize, result: &Attempt) -> Outcome {
         Attempt::Status {
             retry_after: Some(d),
             ..
-        } => *d,
+        } => (*d).min(MAX_RETRY_AFTER),
         _ => Duration::ZERO,
     };
     Outcome::RetryAfter(scheduled.max(asked))
@@ -155,6 +159,16 @@ mod tests {
         assert_eq!(
             next(2, &later),
             Outcome::RetryAfter(Duration::from_secs(300))
+        );
+        // A year asked for: an hour at most, or the schedule's own delay when longer.
+        let a_year = Attempt::Status {
+            code: 503,
+            retry_after: Some(Duration::from_secs(365 * 86_400)),
+        };
+        assert_eq!(next(1, &a_year), Outcome::RetryAfter(MAX_RETRY_AFTER));
+        assert_eq!(
+            next(7, &a_year),
+            Outcome::RetryAfter(Duration::from_secs(36_000))
         );
         assert_eq!(parse_retry_after("120", 0), Some(Duration::from_secs(120)));
         assert_eq!(

@@ -23,10 +23,13 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// A client that follows no redirects (a redirect could leave the allowed hosts) and
-    /// gives up on a target after `timeout`.
+    /// A client that follows no redirects (a redirect could leave the allowed hosts),
+    /// takes no proxy from the environment (`HTTPS_PROXY` would send mail content to a
+    /// host the operator never named as a target) and gives up on a target after
+    /// `timeout`.
     pub fn new(timeout: Duration) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
+            .no_proxy()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("verre/", env!("CARGO_PKG_VERSION")))

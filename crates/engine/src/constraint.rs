@@ -33,6 +33,10 @@ pub enum GrammarSpec {
     Regex(String),
     /// A Lark grammar in llguidance's dialect (may embed `%json { ... }`).
     Lark(String),
+    /// A Lark grammar of tool calls: JSON arguments inside the model's call markers. Its
+    /// JSON is closed near the token limit as a schema's is (see [`Constraint::close_json`]);
+    /// the schemas it embeds should be narrowed with [`narrow_schema`] first.
+    ToolCalls(String),
 }
 
 impl GrammarSpec {
@@ -41,7 +45,7 @@ impl GrammarSpec {
             GrammarSpec::JsonObject => "json_object",
             GrammarSpec::JsonSchema(_) => "JSON schema",
             GrammarSpec::Regex(_) => "regex",
-            GrammarSpec::Lark(_) => "Lark grammar",
+            GrammarSpec::Lark(_) | GrammarSpec::ToolCalls(_) => "Lark grammar",
         }
     }
 }
@@ -239,12 +243,13 @@ impl ConstraintCompiler {
                     return Err(error("a JSON schema must be an object or a boolean".into()));
                 }
                 let mut schema = schema.clone();
-                strip_unknown_formats(&mut schema);
-                close_open_objects(&mut schema);
+                narrow_schema(&mut schema);
                 TopLevelGrammar::from_json_schema(with_compact_json(schema))
             }
             GrammarSpec::Regex(rx) => TopLevelGrammar::from_regex(rx),
-            GrammarSpec::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
+            GrammarSpec::Lark(lark) | GrammarSpec::ToolCalls(lark) => {
+                TopLevelGrammar::from_lark(lark.clone())
+            }
         };
         // llguidance reports unsupported keywords, bad regexes and grammars too large for
         // its limits here; a panic inside it is a refusal too, never a crash.
@@ -261,8 +266,11 @@ impl ConstraintCompiler {
         if let Some(e) = matcher.get_error() {
             return Err(error(e));
         }
-        let json = matches!(spec, GrammarSpec::JsonObject | GrammarSpec::JsonSchema(_))
-            .then(|| self.json.clone());
+        let json = matches!(
+            spec,
+            GrammarSpec::JsonObject | GrammarSpec::JsonSchema(_) | GrammarSpec::ToolCalls(_)
+        )
+        .then(|| self.json.clone());
         Ok(Grammar {
             template: Mutex::new(matcher),
             eos: self.eos,
@@ -297,6 +305,14 @@ const KNOWN_FORMATS: &[&str] = &[
     "relative-json-pointer",
     "regex",
 ];
+
+/// A JSON schema as verre generates it: formats no validator knows dropped, and objects
+/// closed where that only narrows the output ([`close_open_objects`]). Every instance
+/// generated under the result is an instance of the schema as written.
+pub fn narrow_schema(schema: &mut Value) {
+    strip_unknown_formats(schema);
+    close_open_objects(schema);
+}
 
 fn strip_unknown_formats(schema: &mut Value) {
     match schema {

@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod demo;
 pub mod imap;
+pub mod inbox;
 pub mod isolation;
 pub mod parse;
 pub mod pdf;
@@ -33,28 +34,58 @@ pub use worker::{Worker, WorkerOptions, WorkerStats};
 
 use verre_store::Store;
 
+/// What one read of a source stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestReport {
+    /// The distinct message ids, in source order (a message that appears twice, or was
+    /// stored by an earlier read, is listed once); not the forgotten ones.
+    pub ids: Vec<i64>,
+    /// How many were stored for the first time.
+    pub new: usize,
+    /// How many were refused because the same bytes were erased or purged before.
+    pub forgotten: usize,
+    /// Inbox files deleted once stored ([`inbox::take_inbox`]; 0 for other sources).
+    pub taken: usize,
+}
+
 /// Store every message of a source (each once, by content hash) and enqueue its parse
 /// stage. Returns the distinct message ids in source order (a message that appears twice
 /// in the source, or was stored by an earlier run, is listed once), and how many were new.
+/// Bytes erased or purged before are skipped ([`ingest_source`] counts them). The source
+/// is not modified.
 pub async fn ingest(
     store: &Store,
     source: &Source,
     max_attempts: u32,
 ) -> Result<(Vec<i64>, usize)> {
+    let r = ingest_source(store, source, max_attempts).await?;
+    Ok((r.ids, r.new))
+}
+
+/// As [`ingest`], with the forgotten messages counted.
+pub async fn ingest_source(
+    store: &Store,
+    source: &Source,
+    max_attempts: u32,
+) -> Result<IngestReport> {
     let mails = source.read().await?;
     let name = source.describe();
-    let mut ids = Vec::with_capacity(mails.len());
-    let mut new = 0;
+    let mut report = IngestReport::default();
     for m in mails {
-        let r = store
-            .ingest(&name, &m.source_ref, &m.bytes, STAGES[0], max_attempts)
-            .await?;
-        new += r.new as usize;
-        if !ids.contains(&r.message_id) {
-            ids.push(r.message_id);
+        match store
+            .ingest_unless_forgotten(&name, &m.source_ref, &m.bytes, STAGES[0], max_attempts)
+            .await?
+        {
+            verre_store::IngestOutcome::Stored(r) => {
+                report.new += r.new as usize;
+                if !report.ids.contains(&r.message_id) {
+                    report.ids.push(r.message_id);
+                }
+            }
+            verre_store::IngestOutcome::Forgotten => report.forgotten += 1,
         }
     }
-    Ok((ids, new))
+    Ok(report)
 }
 
 /// Run `workers` workers in this process until the queue is idle.

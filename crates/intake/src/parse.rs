@@ -77,6 +77,7 @@ pub fn parse_mail_reading(
         "cc": addr(msg.cc()),
         "date": msg.date().map(|d| d.to_rfc3339()).unwrap_or_default(),
         "message_id": msg.message_id().unwrap_or(""),
+        "auth": authentication_results(&msg),
     });
 
     let mut parts = Vec::new();
@@ -220,6 +221,69 @@ pub fn parse_mail_reading(
         return Err(ParseError::Empty);
     }
     Ok(ParsedMail { fields, parts })
+}
+
+/// What the receiving mail server found about the sender (RFC 8601
+/// `Authentication-Results`): `{"authserv_id", "dmarc", "dkim", "spf"}`, each result as
+/// written (`pass`, `fail`, `softfail`, `none`...; `none` when not reported). Only the
+/// topmost header counts: it is the one the last server added, and anything below it may
+/// have come with the mail (a sender can write any header it likes). DKIM passes when any
+/// signature passed.
+fn authentication_results(msg: &mail_parser::Message) -> Value {
+    let header = msg
+        .headers_raw()
+        .find(|(name, _)| name.eq_ignore_ascii_case("Authentication-Results"))
+        .map(|(_, value)| value);
+    let (authserv_id, results) = header.map(parse_authentication_results).unwrap_or_default();
+    let result = |method: &str| {
+        let mut found = results.iter().filter(|(m, _)| m == method).map(|(_, r)| r);
+        let first = found.clone().next().cloned();
+        if method == "dkim" && found.any(|r| r == "pass") {
+            return "pass".to_string();
+        }
+        first.unwrap_or_else(|| "none".to_string())
+    };
+    json!({
+        "authserv_id": authserv_id,
+        "dmarc": result("dmarc"),
+        "dkim": result("dkim"),
+        "spf": result("spf"),
+    })
+}
+
+/// The authserv-id and the (method, result) pairs of one `Authentication-Results` value,
+/// lower case, comments removed.
+fn parse_authentication_results(value: &str) -> (String, Vec<(String, String)>) {
+    let mut text = String::new();
+    let (mut depth, mut quoted) = (0usize, false);
+    for c in value.chars() {
+        match c {
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                text.push(c);
+            }
+            '(' if !quoted => depth += 1,
+            ')' if !quoted && depth > 0 => depth -= 1,
+            _ if depth > 0 => {}
+            '\r' | '\n' | '\t' => text.push(' '),
+            _ => text.push(c),
+        }
+    }
+    let mut clauses = text.split(';');
+    let authserv_id = clauses
+        .next()
+        .and_then(|c| c.split_whitespace().next())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let results = clauses
+        .filter_map(|clause| {
+            let (method, result) = clause.split_whitespace().next()?.split_once('=')?;
+            // `dkim/1=pass`: the method's version is not needed.
+            let method = method.split('/').next()?.trim().to_ascii_lowercase();
+            Some((method, result.trim().to_ascii_lowercase()))
+        })
+        .collect();
+    (authserv_id, results)
 }
 
 fn header_value_text(v: &mail_parser::HeaderValue) -> Option<String> {
@@ -383,6 +447,40 @@ mod tests {
             .unwrap();
         assert_eq!(png.filename.as_deref(), Some("résumé.png"));
         assert!(!png.supported && png.note.as_deref().unwrap().contains("unsupported"));
+    }
+
+    #[test]
+    fn the_topmost_authentication_results_are_read() {
+        let raw = concat!(
+            "Authentication-Results: mx.example.eu;\r\n",
+            "  dkim=fail (bad signature) header.d=bank.test;\r\n",
+            "  dkim=pass header.d=mailer.test; spf=softfail smtp.mailfrom=bank.test;\r\n",
+            "  dmarc=FAIL (p=reject) header.from=bank.test\r\n",
+            "Received: from somewhere\r\n",
+            "Authentication-Results: mx.example.eu; dmarc=pass; spf=pass; dkim=pass\r\n",
+            "From: Bank <support@bank.test>\r\n",
+            "Reply-To: collect@elsewhere.test\r\n",
+            "Subject: x\r\n\r\nhello\r\n"
+        );
+        let p = parse_mail(raw.as_bytes()).unwrap();
+        assert_eq!(
+            p.fields["auth"],
+            json!({"authserv_id": "mx.example.eu", "dmarc": "fail", "dkim": "pass", "spf": "softfail"})
+        );
+        assert_eq!(p.fields["reply_to"], "collect@elsewhere.test");
+        let bare = parse_mail(b"From: a@b.test\r\nSubject: x\r\n\r\nhi\r\n").unwrap();
+        assert_eq!(
+            bare.fields["auth"],
+            json!({"authserv_id": "", "dmarc": "none", "dkim": "none", "spf": "none"})
+        );
+        assert_eq!(
+            parse_authentication_results("mx; none").1,
+            Vec::<(String, String)>::new()
+        );
+        assert_eq!(
+            parse_authentication_results("mx 1; dkim/1=pass (\"a;b\" x=y) header.i=@a.test").1,
+            [("dkim".to_string(), "pass".to_string())]
+        );
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub struct Label {
 pub struct Crossref {
     /// The business database (`sqlite://...` or `postgres://...`), never verre's own.
     pub database: String,
+    /// The line of `database` in the file, for errors found at start.
+    pub database_line: usize,
     pub lookups: Vec<Lookup>,
 }
 
@@ -480,6 +482,7 @@ impl Pipeline {
                 }
                 Some(Crossref {
                     database: business_db_url(path, db),
+                    database_line: c.line(x_ref.database.span()),
                     lookups,
                 })
             }

@@ -108,6 +108,30 @@ impl StageRunner {
         self
     }
 
+    /// Check at start what can be checked before any mail is touched: the business
+    /// database opens (and answers a query). The error names the pipeline file and line.
+    pub async fn check_at_start(&self) -> Result<(), crate::PipelineError> {
+        let Some(x) = &self.pipeline.crossref else {
+            return Ok(());
+        };
+        let fail = |reason: String| crate::PipelineError {
+            path: self.pipeline.path.clone(),
+            line: x.database_line,
+            reason,
+        };
+        let pool = self
+            .business_db(&x.database)
+            .await
+            .map_err(|e| fail(e.reason))?;
+        sqlx::query("SELECT 1").fetch_one(pool).await.map_err(|e| {
+            fail(format!(
+                "the business database {} does not answer: {e}",
+                verre_store::redact(&x.database)
+            ))
+        })?;
+        Ok(())
+    }
+
     pub async fn run(&self, stage: &str, message_id: i64) -> StageResult {
         match stage {
             "parse" => self.parse(message_id).await,
@@ -217,7 +241,8 @@ impl StageRunner {
                 sqlx::any::install_default_drivers();
                 AnyPoolOptions::new()
                     .max_connections(4)
-                    .connect(url)
+                    // Lookups only read: on PostgreSQL the server refuses any write.
+                    .connect(&verre_store::read_only_url(url))
                     .await
                     .map_err(|e| {
                         StageError::transient(format!(

@@ -715,3 +715,73 @@ async fn a_stopped_worker_releases_its_job_and_the_next_one_finishes_it() {
         "processed"
     );
 }
+
+/// Routes see the receiving server's verdict on the sender as `message.auth` (issue 18,
+/// item 12): only the topmost `Authentication-Results` counts, not one the mail brought.
+#[tokio::test]
+async fn routes_see_the_topmost_authentication_results_as_message_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(dir.path()).await;
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &path,
+        r#"
+name = "auth"
+[extract]
+model = "smollm2-135m"
+system = "Extract."
+schema = { type = "object", required = ["customer"], properties = { customer = { type = "string" } } }
+
+[[route]]
+name = "authenticated"
+when = "message.auth.dmarc == 'pass' and message.auth.authserv_id == 'mx.example.org'"
+
+[[route]]
+name = "suspect"
+"#,
+    )
+    .unwrap();
+    let runner = Arc::new(StageRunner::new(
+        store.clone(),
+        Arc::new(Pipeline::load(&path).unwrap()),
+        stub_models(StubBackend::default()),
+        None,
+    ));
+    let with_results = |results: &str| {
+        let mut raw = results.as_bytes().to_vec();
+        raw.extend(mail("Bank <support@bank.test>", "Invoice", "Please pay."));
+        raw
+    };
+    let mut ids = Vec::new();
+    for (n, raw) in [
+        with_results("Authentication-Results: mx.example.org; dkim=pass; spf=pass; dmarc=pass\r\n"),
+        // The top header is the server's; the forged "pass" below it came with the mail.
+        with_results(
+            "Authentication-Results: mx.example.org; dmarc=fail (p=reject)\r\nReceived: by x\r\nAuthentication-Results: mx.example.org; dmarc=pass\r\n",
+        ),
+        mail("Bank <support@bank.test>", "No header", "Please pay."),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        ids.push(
+            store
+                .ingest("t", &n.to_string(), &raw, "parse", 2)
+                .await
+                .unwrap()
+                .message_id,
+        );
+    }
+    verre_intake::run_until_idle(runner, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let route = |id| {
+        let store = store.clone();
+        async move { store.stage_output(id, "route").await.unwrap().unwrap()["route"].clone() }
+    };
+    assert_eq!(route(ids[0]).await, "authenticated");
+    assert_eq!(route(ids[1]).await, "suspect");
+    assert_eq!(route(ids[2]).await, "suspect");
+    let parsed = store.stage_output(ids[1], "parse").await.unwrap().unwrap();
+    assert_eq!(parsed["auth"]["dmarc"], "fail");
+}

@@ -47,6 +47,16 @@ pub struct GatewayConfig {
     pub cost: CostConfig,
     /// `[audit]`: what the audit log keeps of API calls.
     pub audit: AuditConfig,
+    /// `[http]`: what browsers may do.
+    pub http: HttpConfig,
+}
+
+/// `[http]`: the HTTP edge.
+#[derive(Debug, Clone, Default)]
+pub struct HttpConfig {
+    /// Origins (`https://app.example`) whose pages may call the API from a browser
+    /// (CORS). None by default.
+    pub cors_origins: Vec<String>,
 }
 
 /// `[gdpr]`: what the records of processing (Art. 30) say about the controller.
@@ -247,6 +257,15 @@ impl GatewayConfig {
                 .with_context(|| origin.to_string())?;
         let cost = raw.cost.unwrap_or_default();
         cost.check().with_context(|| origin.to_string())?;
+        let http = HttpConfig {
+            cors_origins: raw
+                .http
+                .cors_origins
+                .iter()
+                .map(|o| check_origin(o))
+                .collect::<Result<_>>()
+                .with_context(|| format!("{origin}: [http] cors_origins"))?,
+        };
         Ok(Self {
             policy,
             backends,
@@ -261,6 +280,7 @@ impl GatewayConfig {
             review,
             cost,
             audit: raw.audit,
+            http,
         })
     }
 
@@ -369,6 +389,23 @@ fn check_backend(raw: RawBackend, read_secrets: bool) -> Result<BackendConfig> {
     })
 }
 
+/// An origin as a browser sends it: `scheme://host[:port]`, nothing after.
+fn check_origin(origin: &str) -> Result<String> {
+    let url = Url::parse(origin).with_context(|| format!("{origin:?} is not an origin"))?;
+    let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none();
+    if !matches!(url.scheme(), "http" | "https")
+        || url.host_str().is_none()
+        || !url.username().is_empty()
+        || !bare
+        || origin.ends_with('/')
+    {
+        bail!(
+            "{origin:?} is not an origin: write scheme, host and port only, as the browser sends it (\"https://app.example\", \"http://localhost:3000\")"
+        );
+    }
+    Ok(origin.to_string())
+}
+
 /// A name clients use must mean one model: an alias may not be another model's name.
 fn check_names(backends: &[BackendConfig]) -> Result<()> {
     let mut meaning: HashMap<&str, &str> = HashMap::new();
@@ -415,6 +452,15 @@ struct RawConfig {
     cost: Option<CostConfig>,
     #[serde(default)]
     audit: AuditConfig,
+    #[serde(default)]
+    http: RawHttp,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    #[serde(default)]
+    cors_origins: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -506,6 +552,34 @@ mod tests {
         assert_eq!(c.cost.eur_per_month, Some(1200.0));
         assert_eq!(c.cost.list_price.len(), 2);
         assert!(c.audit.api_calls && !c.audit.content);
+    }
+
+    #[test]
+    fn cors_origins_are_origins() {
+        let c = parse("").unwrap();
+        assert!(c.http.cors_origins.is_empty(), "none by default");
+        let c =
+            parse("[http]\ncors_origins = [\"https://app.example\", \"http://localhost:3000\"]\n")
+                .unwrap();
+        assert_eq!(
+            c.http.cors_origins,
+            ["https://app.example", "http://localhost:3000"]
+        );
+        for bad in [
+            "https://app.example/",
+            "https://app.example/path",
+            "app.example",
+            "*",
+            "ftp://app.example",
+        ] {
+            let e = format!(
+                "{:#}",
+                parse(&format!("[http]\ncors_origins = [{bad:?}]\n")).unwrap_err()
+            );
+            assert!(e.contains("cors_origins"), "{bad}: {e}");
+        }
+        let e = format!("{:#}", parse("[http]\ncors = []\n").unwrap_err());
+        assert!(e.contains("cors"), "{e}");
     }
 
     #[test]

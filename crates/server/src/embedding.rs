@@ -22,7 +22,20 @@ pub struct Embedding {
 /// A batch of inputs and where its vectors go.
 struct Job {
     inputs: Vec<Prompt>,
-    reply: oneshot::Sender<Result<Vec<Embedding>>>,
+    /// Cut inputs longer than the model takes, rather than refuse them.
+    truncate: bool,
+    reply: oneshot::Sender<Result<Vec<Embedding>, ApiError>>,
+}
+
+/// The refusal of an input longer than the model takes.
+pub fn too_long(model: &str, index: usize, max_tokens: usize) -> ApiError {
+    ApiError::context_length(
+        "input",
+        format!(
+            "input[{index}] is longer than the {max_tokens} tokens {model} takes; shorten it, \
+             or send `\"truncate\": true` to embed its first {max_tokens} tokens"
+        ),
+    )
 }
 
 pub struct EmbeddingModel {
@@ -42,9 +55,10 @@ impl EmbeddingModel {
         let (jobs, queue) = sync_channel(max_waiting);
         let prompt_tokens = Arc::new(AtomicU64::new(0));
         let (worker_embedder, worker_tokens) = (embedder.clone(), prompt_tokens.clone());
+        let worker_id = id.to_string();
         std::thread::Builder::new()
             .name(format!("verre-embed-{id}"))
-            .spawn(move || work(&worker_embedder, &worker_tokens, &queue))
+            .spawn(move || work(&worker_id, &worker_embedder, &worker_tokens, &queue))
             .with_context(|| format!("starting the thread of embedding model {id}"))?;
         Ok(Self {
             id: id.to_string(),
@@ -55,11 +69,20 @@ impl EmbeddingModel {
         })
     }
 
-    /// Embed validated inputs (token ids in range and within `max_tokens`), in order.
-    pub async fn embed(&self, inputs: Vec<Prompt>) -> Result<Vec<Embedding>, ApiError> {
+    /// Embed validated inputs (token ids in range), in order. An input longer than the
+    /// model takes is refused, or cut to its limit when `truncate`.
+    pub async fn embed(
+        &self,
+        inputs: Vec<Prompt>,
+        truncate: bool,
+    ) -> Result<Vec<Embedding>, ApiError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .try_send(Job { inputs, reply })
+            .try_send(Job {
+                inputs,
+                truncate,
+                reply,
+            })
             .map_err(|e| match e {
                 TrySendError::Full(_) => ApiError::queue_full(format!(
                     "embedding model {} has too many requests waiting; retry shortly",
@@ -72,24 +95,31 @@ impl EmbeddingModel {
         answer
             .await
             .map_err(|_| ApiError::internal(format!("embedding model {} has stopped", self.id)))?
-            .map_err(|e| ApiError::internal(format!("embedding failed: {e:#}")))
     }
 }
 
 /// The model's thread: one job at a time until the model is dropped.
-fn work(embedder: &Embedder, prompt_tokens: &AtomicU64, queue: &Receiver<Job>) {
+fn work(id: &str, embedder: &Embedder, prompt_tokens: &AtomicU64, queue: &Receiver<Job>) {
+    let max_tokens = embedder.max_tokens();
+    let failed = |e: anyhow::Error| ApiError::internal(format!("embedding failed: {e:#}"));
     while let Ok(job) = queue.recv() {
         let mut out = Vec::with_capacity(job.inputs.len());
-        let result = job.inputs.iter().try_for_each(|input| {
+        let result = job.inputs.iter().enumerate().try_for_each(|(i, input)| {
             // A client that went away wants nothing more.
             if job.reply.is_closed() {
-                anyhow::bail!("the client went away");
+                return Err(ApiError::internal("the client went away"));
             }
-            let ids = match input {
-                Prompt::Text(text) => embedder.tokenize(text)?,
-                Prompt::Tokens(ids) => ids.clone(),
+            let (ids, cut) = match input {
+                Prompt::Text(text) => embedder.tokenize_truncated(text).map_err(failed)?,
+                Prompt::Tokens(ids) => (
+                    ids[..ids.len().min(max_tokens)].to_vec(),
+                    ids.len() > max_tokens,
+                ),
             };
-            let vector = embedder.embed_ids(&ids)?;
+            if cut && !job.truncate {
+                return Err(too_long(id, i, max_tokens));
+            }
+            let vector = embedder.embed_ids(&ids).map_err(failed)?;
             prompt_tokens.fetch_add(ids.len() as u64, Ordering::Relaxed);
             out.push(Embedding {
                 vector,

@@ -4,7 +4,9 @@
 //!
 //! - [`openai`]: validation at the edge, handlers, response and stream shapes, errors.
 //! - [`embedding`]: an embedding model on its own thread.
-//! - [`auth`]: the API keys file.
+//! - [`auth`]: the API keys file (keys presented as `Authorization: Bearer` or `x-api-key`).
+//! - `edge`: CORS for the listed origins, the loopback guard of a server without keys,
+//!   `/metrics` keyed for remote peers, OpenAI-shaped 405s.
 //! - [`metrics`]: the `/metrics` page.
 //! - [`gateway`] and [`config`]: `verre.toml` backends (local and remote OpenAI-compatible
 //!   upstreams), routing with failover, the egress policy, per-key limits.
@@ -16,6 +18,7 @@
 pub mod auth;
 pub mod config;
 pub mod cost;
+mod edge;
 pub mod embedding;
 pub mod gateway;
 pub mod internal;
@@ -31,7 +34,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -42,17 +45,42 @@ pub use state::{AppState, Models, ServedModel, unix_now};
 
 use openai::error::ApiError;
 
-/// The whole app: `/v1/*` behind the API keys (when there are any), `/health` and
-/// `/metrics` open, and an OpenAI-shaped 404 for everything else.
+/// The whole app: `/v1/*` behind the API keys (when there are any; on loopback without
+/// keys, behind the checks a web page cannot pass), `/health` open, `/metrics` open to this
+/// machine, CORS for the origins `[http] cors_origins` lists, and OpenAI-shaped 404s and
+/// 405s for everything else.
 pub fn router(state: Arc<AppState>) -> Router {
-    let api = api_routes(&state).layer(middleware::from_fn_with_state(state.clone(), require_key));
-    Router::new()
+    let api = api_routes(&state)
+        .layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            edge::loopback_guard,
+        ));
+    let metrics =
+        Router::new()
+            .route("/metrics", get(metrics_page))
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                edge::metrics_guard,
+            ));
+    let origins = edge::CorsOrigins::new(
+        state
+            .gateway()
+            .map(|g| g.cors_origins())
+            .unwrap_or_default(),
+    );
+    let app = Router::new()
         .merge(api)
         .merge(review::routes())
+        .merge(metrics)
         .route("/health", get(health))
-        .route("/metrics", get(metrics_page))
         .fallback(not_found)
-        .with_state(state)
+        .layer(middleware::map_response(edge::json_method_not_allowed));
+    let app = match origins.is_empty() {
+        true => app,
+        false => app.layer(middleware::from_fn_with_state(origins, edge::cors)),
+    };
+    app.with_state(state)
 }
 
 /// `/v1/*` as every caller sees it past authentication: the gateway (routing, egress
@@ -81,6 +109,17 @@ pub fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
+/// The API key a request presents: `Authorization: Bearer KEY` (OpenAI's clients) or
+/// `x-api-key: KEY` (Anthropic-style clients).
+pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let api_key = || headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    bearer.or_else(api_key).map(str::trim)
+}
+
 async fn require_key(
     State(state): State<Arc<AppState>>,
     mut request: Request,
@@ -89,15 +128,9 @@ async fn require_key(
     let Some(keys) = state.keys() else {
         return next.run(request).await;
     };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
+    match presented_key(request.headers()) {
         None => ApiError::unauthorized(
-            "You didn't provide an API key. Send it as `Authorization: Bearer KEY`.",
+            "You didn't provide an API key. Send it as `Authorization: Bearer KEY` or `x-api-key: KEY`.",
         )
         .into_response(),
         Some(key) => match keys.verify(key) {

@@ -331,7 +331,13 @@ async fn login_sessions_csrf_and_the_rate_limit() {
     }
     let (status, headers, _) = send(&app, post(&cookie, as_refs(&fields("alice-password")))).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(headers[header::RETRY_AFTER], "900");
+    // Until the first failure leaves the 15-minute window.
+    let wait: u64 = headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((800..=900).contains(&wait), "{wait}");
     // An unknown user is refused like a wrong password.
     add_user(&f.store, "bob", "bob-password", "admin").await;
     let unknown = [
@@ -342,9 +348,14 @@ async fn login_sessions_csrf_and_the_rate_limit() {
     let (status, _, _) = send(&app, post(&cookie, unknown.to_vec())).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    // bob logs in: the cookie is HttpOnly, SameSite=Strict, and Secure behind TLS.
-    let (_, headers, html) = send(&app, get("/review/login", "")).await;
-    let pair = set_cookie(&headers, auth::LOGIN_CSRF_COOKIE)
+    // bob logs in over TLS (the proxy says so): the cookies are HttpOnly, SameSite=Strict,
+    // Secure and __Host- prefixed.
+    let mut login_page = get("/review/login", "");
+    login_page
+        .headers_mut()
+        .insert("x-forwarded-proto", "https".parse().unwrap());
+    let (_, headers, html) = send(&app, login_page).await;
+    let pair = set_cookie(&headers, &format!("__Host-{}", auth::LOGIN_CSRF_COOKIE))
         .unwrap()
         .split(';')
         .next()
@@ -361,23 +372,33 @@ async fn login_sessions_csrf_and_the_rate_limit() {
         .unwrap();
     let (status, headers, _) = send(&app, req).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    let session = set_cookie(&headers, auth::SESSION_COOKIE).unwrap();
-    for attr in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/review"] {
+    // Over TLS the cookie takes the __Host- prefix (so Path=/).
+    let session = set_cookie(&headers, &format!("__Host-{}", auth::SESSION_COOKIE)).unwrap();
+    for attr in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/;"] {
         assert!(session.contains(attr), "{attr} missing: {session}");
     }
     let bob = session.split(';').next().unwrap().to_string();
-    let (status, _, html) = send(&app, get("/review", &bob)).await;
+    let https = |mut req: Request<Body>| {
+        req.headers_mut()
+            .insert("x-forwarded-proto", "https".parse().unwrap());
+        req
+    };
+    let (status, _, html) = send(&app, https(get("/review", &bob))).await;
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains("Review queue") && html.contains("bob (admin)"));
+    // The same token without the prefix is not the session cookie over TLS.
+    let unprefixed = bob.trim_start_matches("__Host-").to_string();
+    let (status, _, _) = send(&app, https(get("/review", &unprefixed))).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
 
     // Log out ends the session.
     let (status, _, _) = send(
         &app,
-        form("/review/logout", &bob, &[("csrf", &csrf_in(&html))]),
+        https(form("/review/logout", &bob, &[("csrf", &csrf_in(&html))])),
     )
     .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    let (status, _, _) = send(&app, get("/review", &bob)).await;
+    let (status, _, _) = send(&app, https(get("/review", &bob))).await;
     assert_eq!(
         status,
         StatusCode::SEE_OTHER,
@@ -792,4 +813,361 @@ async fn retention_keeps_the_undecided_and_undelivered_and_a_missing_raw_message
         deliveries.iter().all(|d| d.status == "sent"),
         "{deliveries:?}"
     );
+}
+
+// --- login throttling (issue 18, item 5) -------------------------------------------------
+
+/// A login form post from `addr`, with a fresh login CSRF token.
+async fn login_from(app: &Router, addr: &str, name: &str, password: &str) -> Request<Body> {
+    let (_, headers, html) = send(app, get("/review/login", "")).await;
+    let pair = set_cookie(&headers, auth::LOGIN_CSRF_COOKIE)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut req = form(
+        "/review/login",
+        &pair,
+        &[
+            ("csrf", &csrf_in(&html)),
+            ("name", name),
+            ("password", password),
+        ],
+    );
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(addr));
+    req
+}
+
+/// Twenty wrong passwords at once for one account: the failures are reserved before the
+/// password is checked, so no more than the limit reach argon2, and then it is locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_wrong_logins_reach_the_password_check_at_most_the_limit() {
+    let mut f = fixture(vec![]).await;
+    add_user(&f.store, "alice", "alice-password", "reviewer").await;
+    let checks = Arc::new(auth::PasswordChecks::new(64));
+    f.settings.password_checks = checks.clone();
+    let app = app(&f);
+    let mut requests = Vec::new();
+    for _ in 0..20 {
+        requests.push(login_from(&app, "198.51.100.7:4000", "alice", "wrong-password").await);
+    }
+    let answers = futures_util::future::join_all(requests.into_iter().map(|req| {
+        let app = app.clone();
+        tokio::spawn(async move { send(&app, req).await.0 })
+    }))
+    .await;
+    let statuses: Vec<StatusCode> = answers.into_iter().map(Result::unwrap).collect();
+    let checked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert!(
+        checks.started() <= 5 && checked <= 5,
+        "{} password checks, statuses {statuses:?}",
+        checks.started()
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| matches!(*s, StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS)),
+        "{statuses:?}"
+    );
+    // Locked now, even for the right password, with no check made.
+    let before = checks.started();
+    let req = login_from(&app, "198.51.100.7:4001", "alice", "alice-password").await;
+    let (status, headers, _) = send(&app, req).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=900).contains(&wait), "{wait}");
+    assert_eq!(checks.started(), before);
+}
+
+/// Addresses in one IPv6 /64 share a counter; the next /64 has its own.
+#[tokio::test]
+async fn ipv6_addresses_in_one_64_share_the_login_limit() {
+    let f = fixture(vec![]).await;
+    add_user(&f.store, "alice", "alice-password", "reviewer").await;
+    let app = app(&f);
+    for n in 1..=5 {
+        let req = login_from(&app, &format!("[2001:db8:1:2::{n}]:4000"), "alice", "wrong").await;
+        assert_eq!(send(&app, req).await.0, StatusCode::UNAUTHORIZED);
+    }
+    let req = login_from(
+        &app,
+        "[2001:db8:1:2:ab::99]:4000",
+        "alice",
+        "alice-password",
+    )
+    .await;
+    assert_eq!(send(&app, req).await.0, StatusCode::TOO_MANY_REQUESTS);
+    let req = login_from(&app, "[2001:db8:1:3::1]:4000", "alice", "alice-password").await;
+    assert_eq!(send(&app, req).await.0, StatusCode::SEE_OTHER);
+}
+
+/// With every password-check slot taken, a login is answered 429 at once: no check is
+/// started and no failure counted.
+#[tokio::test]
+async fn logins_beyond_the_concurrent_password_checks_get_429_at_once() {
+    let mut f = fixture(vec![]).await;
+    add_user(&f.store, "alice", "alice-password", "reviewer").await;
+    let checks = Arc::new(auth::PasswordChecks::new(1));
+    f.settings.password_checks = checks.clone();
+    let app = app(&f);
+    let busy = checks.try_slot().unwrap();
+    let req = login_from(&app, "198.51.100.9:4000", "alice", "alice-password").await;
+    let (status, headers, body) = send(&app, req).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    assert!(body.contains("busy"), "{body}");
+    assert_eq!(checks.started(), 0);
+    let counted = f
+        .store
+        .login_failures("alice", "198.51.100.9", 0)
+        .await
+        .unwrap();
+    assert_eq!(counted, 0);
+    drop(busy);
+    let req = login_from(&app, "198.51.100.9:4000", "alice", "alice-password").await;
+    assert_eq!(send(&app, req).await.0, StatusCode::SEE_OTHER);
+}
+
+// --- a changed recipient (issue 18, item 6) -----------------------------------------------
+
+/// A reviewer points the reply elsewhere: the target follows the payload, the audit has both
+/// addresses, and it takes a second reviewer to approve.
+#[tokio::test]
+async fn a_changed_recipient_is_audited_and_needs_a_second_approver() {
+    let f = fixture(vec![]).await;
+    add_user(&f.store, "alice", "alice-password", "reviewer").await;
+    add_user(&f.store, "bob", "bob-password", "reviewer").await;
+    let id = processed(&f.store, 1, &format!("{}crm", f.hooks)).await;
+    let app = app(&f);
+    let alice = log_in(&app, "alice", "alice-password").await;
+    let (_, _, html) = send(&app, get(&format!("/review/messages/{id}"), &alice)).await;
+    let csrf = csrf_in(&html);
+    let reply = f.store.actions(id).await.unwrap()[0].id;
+    let edit = |to: &str| {
+        json!({"to": to, "subject": "Re: Order 1", "body": "We will call you."}).to_string()
+    };
+
+    // Not an address: refused, nothing changes.
+    let (status, _, _) = send(
+        &app,
+        form(
+            &format!("/review/actions/{reply}/payload"),
+            &alice,
+            &[("csrf", &csrf), ("payload", &edit("a@x.test, b@y.test"))],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let (status, _, _) = send(
+        &app,
+        form(
+            &format!("/review/actions/{reply}/payload"),
+            &alice,
+            &[("csrf", &csrf), ("payload", &edit("mallory@evil.test"))],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        f.store.actions(id).await.unwrap()[0].target,
+        "mallory@evil.test"
+    );
+    let edits: Vec<serde_json::Value> = f
+        .store
+        .audit_entries(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "review.edit_action")
+        .filter_map(|e| e.detail)
+        .collect();
+    assert_eq!(
+        edits.last().unwrap()["recipient"],
+        json!({"from": "alice@client.test", "to": "mallory@evil.test"})
+    );
+    let (_, _, html) = send(&app, get(&format!("/review/messages/{id}"), &alice)).await;
+    assert!(
+        html.contains("Recipient changed") && html.contains("two reviewers must approve"),
+        "{html}"
+    );
+
+    // alice approves: recorded, nothing decided or sent; she cannot be the second.
+    let approve = |who: &str| {
+        form(
+            &format!("/review/messages/{id}/approve"),
+            who,
+            &[("csrf", &csrf)],
+        )
+    };
+    let (status, headers, _) = send(&app, approve(&alice)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        headers[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .contains("awaiting")
+    );
+    assert!(f.store.decision(id).await.unwrap().is_none());
+    assert!(f.store.deliveries(id).await.unwrap().is_empty());
+    let (status, _, html) = send(&app, approve(&alice)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("another reviewer"), "{html}");
+
+    // bob approves: decided, both released, the reply to the new address.
+    let bob = log_in(&app, "bob", "bob-password").await;
+    let (_, _, html) = send(&app, get(&format!("/review/messages/{id}"), &bob)).await;
+    assert!(html.contains("Approved so far by alice"), "{html}");
+    let bob_csrf = csrf_in(&html);
+    let (status, headers, _) = send(
+        &app,
+        form(
+            &format!("/review/messages/{id}/approve"),
+            &bob,
+            &[("csrf", &bob_csrf)],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        headers[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .contains("approved")
+    );
+    assert_eq!(f.store.decision(id).await.unwrap().unwrap().reviewer, "bob");
+    let deliveries = f.store.deliveries(id).await.unwrap();
+    assert_eq!(deliveries.len(), 2);
+    assert!(deliveries.iter().any(|d| d.target == "mallory@evil.test"));
+    let log = f.store.audit_entries(0, 100).await.unwrap();
+    let approve = log.iter().find(|e| e.action == "review.approve").unwrap();
+    assert_eq!(
+        approve.detail.as_ref().unwrap()["approvers"],
+        json!(["alice", "bob"])
+    );
+    assert!(log.iter().any(|e| e.action == "review.approve_first"));
+    assert!(f.store.audit_verify().await.unwrap().ok());
+}
+
+/// `[review] second_approver = false`: one approval sends to the changed recipient.
+#[tokio::test]
+async fn without_the_second_approver_one_approval_decides() {
+    let mut f = fixture(vec![]).await;
+    f.settings.second_approver = false;
+    add_user(&f.store, "alice", "alice-password", "reviewer").await;
+    let id = processed(&f.store, 1, &format!("{}crm", f.hooks)).await;
+    let reply = f.store.actions(id).await.unwrap()[0].id;
+    f.store
+        .edit_action(
+            reply,
+            &json!({"to": "other@client.test", "subject": "Re", "body": "Hi"}).to_string(),
+            "alice",
+        )
+        .await
+        .unwrap();
+    let app = app(&f);
+    let alice = log_in(&app, "alice", "alice-password").await;
+    let (_, _, html) = send(&app, get(&format!("/review/messages/{id}"), &alice)).await;
+    let (status, _, _) = send(
+        &app,
+        form(
+            &format!("/review/messages/{id}/approve"),
+            &alice,
+            &[("csrf", &csrf_in(&html))],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(f.store.deliveries(id).await.unwrap().len(), 2);
+}
+
+// --- a spoofable From (issue 18, item 12) -------------------------------------------------
+
+/// The parse stage's view of the sender is on the page: a Reply-To other than From and a
+/// sender the receiving server did not authenticate are flagged; an authenticated one is not.
+#[tokio::test]
+async fn a_differing_reply_to_and_an_unauthenticated_sender_are_flagged() {
+    let f = fixture(vec![]).await;
+    add_user(&f.store, "alice", "alice-password", "reviewer").await;
+    let hook = format!("{}crm", f.hooks);
+    let parse_output = |reply_to: &str, dmarc: &str| {
+        json!({
+            "from": "alice@client.test",
+            "reply_to": reply_to,
+            "auth": {"authserv_id": "mx.verre.test", "dmarc": dmarc, "dkim": "none", "spf": "softfail"},
+        })
+    };
+    let mut ids = Vec::new();
+    for (n, output) in [
+        (1, parse_output("collect@elsewhere.test", "fail")),
+        (2, parse_output("Alice@Client.test", "pass")),
+    ] {
+        let id = processed(&f.store, n, &hook).await;
+        sqlx::query(
+            "INSERT INTO stage_results (message_id, stage, output, worker, created_at)
+             VALUES ($1, 'parse', $2, 'w', 0)",
+        )
+        .bind(id)
+        .bind(output.to_string())
+        .execute(f.store.pool())
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    let app = app(&f);
+    let alice = log_in(&app, "alice", "alice-password").await;
+    let (_, _, html) = send(&app, get(&format!("/review/messages/{}", ids[0]), &alice)).await;
+    assert!(html.contains(r#"id="reply-to-differs""#), "{html}");
+    assert!(html.contains("collect@elsewhere.test"));
+    assert!(
+        html.contains(r#"id="unauthenticated""#) && html.contains("DMARC fail"),
+        "{html}"
+    );
+    let (_, _, html) = send(&app, get(&format!("/review/messages/{}", ids[1]), &alice)).await;
+    assert!(!html.contains("reply-to-differs") && !html.contains("unauthenticated"));
+    assert!(html.contains(r#"id="authenticated""#), "{html}");
+}
+
+// --- idle sessions (issue 18, low) --------------------------------------------------------
+
+/// A session unused for longer than `[review] idle_minutes` ends; use keeps it alive.
+#[tokio::test]
+async fn an_idle_session_ends() {
+    let f = fixture(vec![]).await;
+    add_user(&f.store, "alice", "alice-password", "reviewer").await;
+    let app = app(&f);
+    let alice = log_in(&app, "alice", "alice-password").await;
+    let idle_for = |minutes: i64| {
+        sqlx::query("UPDATE sessions SET last_seen_at = $1, created_at = $1")
+            .bind(now_ms() - minutes * 60_000)
+            .execute(f.store.pool())
+    };
+    idle_for(29).await.unwrap();
+    assert_eq!(send(&app, get("/review", &alice)).await.0, StatusCode::OK);
+    // That use counted: 29 more minutes are fine again.
+    sqlx::query("UPDATE sessions SET last_seen_at = last_seen_at - $1")
+        .bind(29 * 60_000i64)
+        .execute(f.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(send(&app, get("/review", &alice)).await.0, StatusCode::OK);
+    idle_for(31).await.unwrap();
+    let (status, headers, _) = send(&app, get("/review", &alice)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[header::LOCATION], "/review/login");
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
+        .fetch_one(f.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the idle session is ended");
 }

@@ -1,8 +1,10 @@
 //! Encryption at rest: AES-256-GCM over the columns that hold message content — a
 //! message's raw bytes, a part's text and pages, a stage's output.
 //!
-//! The data keys come from the environment: `VERRE_DATA_KEY` (keys inline) or
-//! `VERRE_DATA_KEY_FILE` (a file of keys, one a line, `#` comments). A key is 32 bytes
+//! The data keys come from the environment: `VERRE_DATA_KEY` (keys inline),
+//! `VERRE_DATA_KEY_FILE` (a file of keys, one a line, `#` comments), or a systemd
+//! credential named `verre-data-keys` (`LoadCredential=`, found in
+//! `$CREDENTIALS_DIRECTORY`), so the keys need not sit beside the database. A key is 32 bytes
 //! written as 64 hex digits. The first key is the current one, used for every new value;
 //! the others stay readable, so a rotation can re-encrypt row by row ([`crate::Store::rekey`])
 //! while the old key still opens what is not done yet.
@@ -12,7 +14,7 @@
 //! nonce each time; text columns hold it in base64. The associated data names the column,
 //! so a value copied into another column does not open.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -25,6 +27,16 @@ use sqlx::Row;
 pub const KEY_ENV: &str = "VERRE_DATA_KEY";
 /// The variable naming a file of data keys.
 pub const KEY_FILE_ENV: &str = "VERRE_DATA_KEY_FILE";
+
+/// The systemd credential holding a file of data keys (`LoadCredential=verre-data-keys:PATH`).
+pub const KEY_CREDENTIAL: &str = "verre-data-keys";
+
+/// The data key file systemd passed as the credential [`KEY_CREDENTIAL`], if any.
+pub fn credential_key_file() -> Option<PathBuf> {
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty())?;
+    let path = Path::new(&dir).join(KEY_CREDENTIAL);
+    path.is_file().then_some(path)
+}
 
 const NONCE_LEN: usize = 12;
 
@@ -121,8 +133,9 @@ impl Keyring {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// The keys the environment names (`VERRE_DATA_KEY`, else `VERRE_DATA_KEY_FILE`), or
-    /// None when neither is set: data is then stored in clear.
+    /// The keys the environment names (`VERRE_DATA_KEY`, else `VERRE_DATA_KEY_FILE`, else
+    /// the systemd credential [`KEY_CREDENTIAL`]), or None when there are none: data is
+    /// then stored in clear.
     pub fn from_env() -> Result<Option<Self>> {
         if let Ok(text) = std::env::var(KEY_ENV)
             && !text.trim().is_empty()
@@ -132,6 +145,11 @@ impl Keyring {
         if let Some(path) = std::env::var_os(KEY_FILE_ENV).filter(|p| !p.is_empty()) {
             return Self::from_file(Path::new(&path))
                 .with_context(|| format!("{KEY_FILE_ENV} names it"))
+                .map(Some);
+        }
+        if let Some(path) = credential_key_file() {
+            return Self::from_file(&path)
+                .with_context(|| format!("the systemd credential {KEY_CREDENTIAL}"))
                 .map(Some);
         }
         Ok(None)

@@ -190,7 +190,7 @@ impl Store {
                 subject: &subject,
                 detail: call.audit_detail(),
             };
-            append_in(&mut tx, self.backend, &event).await?;
+            append_in(&mut tx, self, &event).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -12,6 +12,7 @@
 //! worker runs the stage again.
 
 pub mod audit;
+pub mod audit_key;
 pub mod crypto;
 pub mod erase;
 pub mod ledger;
@@ -34,6 +35,7 @@ use sqlx::{AnyPool, Row};
 use crypto::Column;
 
 pub use audit::{AuditEntry, AuditEvent, AuditProblem, AuditReport};
+pub use audit_key::AuditKey;
 pub use crypto::{Keyring, RekeyReport};
 pub use erase::{ErasureReport, Subject};
 pub use queue::{FailOutcome, Job, NewAction, NewPart, PiiTag, StageEffects};
@@ -56,6 +58,10 @@ pub struct Store {
     /// True when opened without keys on a database that holds encrypted rows: writing
     /// content would then store it in clear, so writes are refused.
     needs_key: bool,
+    /// The key kept outside the database: audit chain, forgotten content.
+    audit_key: Arc<AuditKey>,
+    /// Where each audit entry's hash is also appended (`VERRE_AUDIT_SINK_FILE`).
+    audit_sink: Option<Arc<std::path::PathBuf>>,
 }
 
 /// Unix time in milliseconds, the unit of every timestamp in the store.
@@ -77,6 +83,14 @@ pub struct Ingested {
     pub message_id: i64,
     /// False when the same bytes were stored before (nothing was enqueued again).
     pub new: bool,
+}
+
+/// What [`Store::ingest_unless_forgotten`] did with one raw message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestOutcome {
+    Stored(Ingested),
+    /// The same bytes were erased or purged before ([`Store::forget`]): not stored again.
+    Forgotten,
 }
 
 /// One stored message, without its raw bytes.
@@ -236,10 +250,18 @@ impl Store {
             backend,
             keys,
             needs_key: false,
+            audit_key: Arc::new(AuditKey::ephemeral()?),
+            audit_sink: audit::sink_from_env().map(Arc::new),
         };
         migrate::run(&store)
             .await
             .with_context(|| format!("migrating {}", redact(url)))?;
+        store.audit_key = Arc::new(
+            store
+                .load_audit_key(url)
+                .await
+                .context("loading the audit key")?,
+        );
         store.needs_key = store.keys.is_none() && store.holds_encrypted().await?;
         Ok(store)
     }
@@ -263,6 +285,18 @@ impl Store {
         self.keys = keys.map(Arc::new);
         self.needs_key = self.keys.is_none() && self.holds_encrypted().await?;
         Ok(self)
+    }
+
+    /// Also write each audit entry's head to this file (instead of
+    /// `$VERRE_AUDIT_SINK_FILE`; None: nowhere).
+    pub fn with_audit_sink(mut self, sink: Option<std::path::PathBuf>) -> Self {
+        self.audit_sink = sink.map(Arc::new);
+        self
+    }
+
+    /// The file audit heads are exported to, if any.
+    pub fn audit_sink(&self) -> Option<&Path> {
+        self.audit_sink.as_deref().map(|p| p.as_path())
     }
 
     /// Whether any message is stored encrypted.
@@ -292,7 +326,9 @@ impl Store {
     }
 
     /// Store a raw message once, keyed by its content hash, and enqueue `first_stage` for it
-    /// in the same transaction. Storing the same bytes again changes nothing.
+    /// in the same transaction. Storing the same bytes again changes nothing; bytes that
+    /// were erased or purged before are refused with an error (sources read through
+    /// [`Store::ingest_unless_forgotten`] count them instead).
     pub async fn ingest(
         &self,
         source: &str,
@@ -301,6 +337,27 @@ impl Store {
         first_stage: &str,
         max_attempts: u32,
     ) -> Result<Ingested> {
+        match self
+            .ingest_unless_forgotten(source, source_ref, raw, first_stage, max_attempts)
+            .await?
+        {
+            IngestOutcome::Stored(i) => Ok(i),
+            IngestOutcome::Forgotten => anyhow::bail!(
+                "message {source_ref}: these bytes were erased or purged before and are not stored again"
+            ),
+        }
+    }
+
+    /// As [`Store::ingest`], telling bytes that were erased or purged before
+    /// ([`IngestOutcome::Forgotten`]) from the rest.
+    pub async fn ingest_unless_forgotten(
+        &self,
+        source: &str,
+        source_ref: &str,
+        raw: &[u8],
+        first_stage: &str,
+        max_attempts: u32,
+    ) -> Result<IngestOutcome> {
         self.check_writable()?;
         let hash = content_hash(raw);
         let now = now_ms();
@@ -334,16 +391,25 @@ impl Store {
                 .fetch_one(&self.pool)
                 .await?
                 .try_get("id")?;
-            return Ok(Ingested {
+            return Ok(IngestOutcome::Stored(Ingested {
                 message_id: id,
                 new: false,
-            });
+            }));
         };
+        // Checked under the write lock the insert took: an erasure that commits first is seen.
+        let forgotten = sqlx::query("SELECT hash FROM forgotten WHERE hash = $1")
+            .bind(self.audit_key.forgotten_hash(&hash))
+            .fetch_optional(&mut *tx)
+            .await?;
+        if forgotten.is_some() {
+            tx.rollback().await?;
+            return Ok(IngestOutcome::Forgotten);
+        }
         let id: i64 = row.try_get("id")?;
         queue::enqueue(&mut tx, id, first_stage, max_attempts, now).await?;
         audit::append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: "system:intake",
                 action: "intake.ingest",
@@ -356,10 +422,29 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok(Ingested {
+        Ok(IngestOutcome::Stored(Ingested {
             message_id: id,
             new: true,
-        })
+        }))
+    }
+
+    /// Remember raw messages (by [`content_hash`]) as erased or purged, so the same bytes
+    /// are never stored again. Each is kept as an HMAC under the audit key
+    /// ([`AuditKey::forgotten_hash`]), never as content. Returns how many were new.
+    pub async fn forget(&self, content_hashes: &[String], reason: &str) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let n = forget_in(&mut tx, &self.audit_key, content_hashes, reason).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Whether these bytes were erased or purged before.
+    pub async fn is_forgotten(&self, content_hash: &str) -> Result<bool> {
+        Ok(sqlx::query("SELECT hash FROM forgotten WHERE hash = $1")
+            .bind(self.audit_key.forgotten_hash(content_hash))
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
     }
 
     /// The bytes of a message as received (decrypted when stored encrypted).
@@ -597,7 +682,7 @@ impl Store {
             .await?;
         audit::append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: "cli",
                 action: "intake.retry",
@@ -704,6 +789,30 @@ impl Store {
     }
 }
 
+/// [`Store::forget`] inside the caller's transaction (erasure, retention).
+pub(crate) async fn forget_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    key: &AuditKey,
+    content_hashes: &[String],
+    reason: &str,
+) -> Result<u64> {
+    let now = now_ms();
+    let mut n = 0;
+    for h in content_hashes {
+        n += sqlx::query(
+            "INSERT INTO forgotten (hash, reason, at) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(key.forgotten_hash(h))
+        .bind(reason)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .context("remembering forgotten content")?
+        .rows_affected();
+    }
+    Ok(n)
+}
+
 fn message_row(r: &AnyRow) -> Result<MessageRow> {
     Ok(MessageRow {
         id: r.try_get("id")?,
@@ -753,9 +862,33 @@ pub fn redact(url: &str) -> String {
     url.to_string()
 }
 
+/// A business database URL opened read-only where the server can enforce it: on
+/// PostgreSQL every transaction starts read-only (`default_transaction_read_only`), so a
+/// lookup cannot write, whatever its SQL. Other URLs are returned as they are.
+pub fn read_only_url(url: &str) -> String {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return url.to_string();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options%5Bdefault_transaction_read_only%5D=on")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn business_databases_on_postgres_open_read_only() {
+        assert_eq!(
+            read_only_url("postgres://u@h/crm"),
+            "postgres://u@h/crm?options%5Bdefault_transaction_read_only%5D=on"
+        );
+        assert_eq!(
+            read_only_url("postgresql://u@h/crm?sslmode=require"),
+            "postgresql://u@h/crm?sslmode=require&options%5Bdefault_transaction_read_only%5D=on"
+        );
+        assert_eq!(read_only_url("sqlite://crm.db"), "sqlite://crm.db");
+    }
 
     #[test]
     fn redacts_passwords() {

@@ -40,6 +40,16 @@ const SQLITE: &[Migration] = &[
         "gdpr",
         include_str!("../migrations/sqlite/0005_gdpr.sql"),
     ),
+    (
+        6,
+        "forget",
+        include_str!("../migrations/sqlite/0006_forget.sql"),
+    ),
+    (
+        7,
+        "review guards",
+        include_str!("../migrations/sqlite/0007_review_guards.sql"),
+    ),
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -67,6 +77,16 @@ const POSTGRES: &[Migration] = &[
         5,
         "gdpr",
         include_str!("../migrations/postgres/0005_gdpr.sql"),
+    ),
+    (
+        6,
+        "forget",
+        include_str!("../migrations/postgres/0006_forget.sql"),
+    ),
+    (
+        7,
+        "review guards",
+        include_str!("../migrations/postgres/0007_review_guards.sql"),
     ),
 ];
 

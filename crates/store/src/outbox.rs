@@ -221,7 +221,7 @@ impl Store {
                 .await?;
             append_in(
                 &mut tx,
-                self.backend,
+                self,
                 &AuditEvent {
                     actor: "system:delivery",
                     action: &format!("delivery.{status}"),
@@ -281,7 +281,7 @@ impl Store {
         }
         append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: &format!("user:{user}"),
                 action: "delivery.enable_endpoint",
@@ -325,7 +325,7 @@ impl Store {
             .await?;
         append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: &format!("user:{user}"),
                 action: "delivery.retry",

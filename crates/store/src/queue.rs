@@ -331,7 +331,7 @@ impl Store {
         // Last, so that PostgreSQL's audit lock is held only until the commit just below.
         audit::append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: "system:intake",
                 action: &format!("intake.{}", job.stage),
@@ -407,7 +407,7 @@ impl Store {
         if !terminal {
             audit::append_in(
                 &mut tx,
-                self.backend,
+                self,
                 &AuditEvent {
                     actor: "system:intake",
                     action: &action,
@@ -437,7 +437,7 @@ impl Store {
             .await?;
         audit::append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: "system:intake",
                 action: &action,

@@ -19,8 +19,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use crate::erase::{apply_rule, effective_rules};
-use crate::{AuditEvent, Store, audit, now_ms};
+use crate::erase::{apply_rule, content_hashes, effective_rules};
+use crate::{AuditEvent, Store, audit, forget_in, now_ms};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -85,6 +85,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
 
+        // Messages deleted below; their raw bytes are not counted again as purged.
+        let mut deleted: Vec<i64> = Vec::new();
         if let Some(days) = retention.extracted_days {
             let ids: Vec<i64> = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT id FROM messages WHERE received_at < $1 AND {FINISHED} ORDER BY id"
@@ -97,6 +99,11 @@ impl Store {
             .collect::<Result<_, _>>()?;
             report.messages_deleted = ids.len() as i64;
             if !ids.is_empty() {
+                if !dry_run {
+                    // Read again from an inbox or a source, the same bytes are not stored.
+                    let hashes = content_hashes(&mut tx, &ids).await?;
+                    forget_in(&mut tx, &self.audit_key, &hashes, "purged").await?;
+                }
                 let columns = self.columns().await?;
                 for rule in effective_rules(&columns) {
                     let n = apply_rule(&mut tx, &rule, &ids, None, dry_run).await?;
@@ -105,36 +112,54 @@ impl Store {
                     }
                 }
             }
+            deleted = ids;
         }
 
         if let Some(days) = retention.raw_days {
-            let cond = format!("received_at < $1 AND raw_purged_at IS NULL AND {FINISHED}");
-            report.raw_purged = if dry_run {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT COUNT(*) AS n FROM messages WHERE {cond}"
-                )))
-                .bind(cutoff(days))
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("n")?
-            } else {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE messages SET raw = $2, key_id = NULL, raw_purged_at = $3 WHERE {cond}"
-                )))
-                .bind(cutoff(days))
-                .bind(Vec::<u8>::new())
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .context("removing raw messages past raw_days")?
-                .rows_affected() as i64
-            };
+            // The same messages in a dry run and in the real one: not those deleted above
+            // (a dry run deletes nothing, so they would still be found here).
+            let ids: Vec<i64> = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT id FROM messages WHERE received_at < $1 AND raw_purged_at IS NULL AND {FINISHED} ORDER BY id"
+            )))
+            .bind(cutoff(days))
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<Vec<i64>, _>>()?
+            .into_iter()
+            .filter(|id| deleted.binary_search(id).is_err())
+            .collect();
+            report.raw_purged = ids.len() as i64;
+            if !dry_run && !ids.is_empty() {
+                let hashes = content_hashes(&mut tx, &ids).await?;
+                forget_in(&mut tx, &self.audit_key, &hashes, "purged").await?;
+                for chunk in ids.chunks(500) {
+                    let sql = format!(
+                        "UPDATE messages SET raw = $1, key_id = NULL, raw_purged_at = $2 WHERE id IN ({})",
+                        (3..3 + chunk.len())
+                            .map(|i| format!("${i}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    // Only placeholders are formatted in; the values are bound.
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(Vec::<u8>::new())
+                        .bind(now);
+                    for id in chunk {
+                        q = q.bind(*id);
+                    }
+                    q.execute(&mut *tx)
+                        .await
+                        .context("removing raw messages past raw_days")?;
+                }
+            }
         }
 
         if !dry_run && (report.raw_purged > 0 || report.messages_deleted > 0) {
             audit::append_in(
                 &mut tx,
-                self.backend,
+                self,
                 &AuditEvent {
                     actor: "system:retention",
                     action: "retention.purge",
@@ -185,7 +210,7 @@ impl Store {
                     .await?;
                     audit::append_in(
                         &mut tx,
-                        self.backend,
+                        self,
                         &AuditEvent {
                             actor: "system:retention",
                             action: "audit.purge",

@@ -137,12 +137,66 @@ pub struct QueueItem {
     pub decision: Option<Decision>,
 }
 
+/// How failed logins are throttled (see [`Store::reserve_login_failure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginLimits {
+    /// Failed logins allowed per user name and client (an address, or an IPv6 /64).
+    pub per_client: i64,
+    /// Failed logins per user name, from anywhere, before each further attempt must wait.
+    pub per_account: i64,
+    /// How long a failure counts.
+    pub window_ms: i64,
+    /// The longest wait the account's backoff imposes.
+    pub max_backoff_ms: i64,
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        Self {
+            per_client: 5,
+            per_account: 10,
+            window_ms: 15 * 60 * 1000,
+            max_backoff_ms: 15 * 60 * 1000,
+        }
+    }
+}
+
+/// Whether a login attempt may check its password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginReservation {
+    /// A failure is recorded in advance; a right password clears it.
+    Reserved,
+    Refused {
+        retry_after_ms: i64,
+        reason: LoginRefusal,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginRefusal {
+    /// Too many failures for this user name from this client.
+    Client,
+    /// The account is backing off after failures from anywhere.
+    Account,
+}
+
+/// The account's wait after `excess` failures beyond the free ones: 1 s, doubling.
+fn backoff_ms(excess: i64, max_ms: i64) -> i64 {
+    1000i64
+        .checked_shl(excess.clamp(0, 40) as u32)
+        .unwrap_or(max_ms)
+        .min(max_ms)
+}
+
 /// What approving a message did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Approval {
     /// (action id, outbox id, webhook id) per action released.
     pub released: Vec<(i64, i64, String)>,
     pub audit_seq: i64,
+    /// Set when this approval was recorded but the message waits for a second approver
+    /// (why); nothing was decided or released.
+    pub awaiting: Option<String>,
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -199,7 +253,7 @@ impl Store {
         );
         append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: "cli",
                 action: "users.add",
@@ -230,7 +284,7 @@ impl Store {
         }
         append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: "cli",
                 action: "users.remove",
@@ -313,6 +367,36 @@ impl Store {
         .transpose()
     }
 
+    /// The live session of a cookie token that was used within `idle_ms` of `now`, marked
+    /// used now; None when there is none, it expired, or it sat idle too long (then it is
+    /// ended).
+    pub async fn use_session(
+        &self,
+        token: &str,
+        idle_ms: i64,
+        now: i64,
+    ) -> Result<Option<Session>> {
+        let hash = session_token_hash(token);
+        let used = sqlx::query(
+            "UPDATE sessions SET last_seen_at = $2
+             WHERE token_hash = $1 AND expires_at > $2 AND COALESCE(last_seen_at, created_at) >= $3",
+        )
+        .bind(&hash)
+        .bind(now)
+        .bind(now - idle_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if used == 0 {
+            sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+                .bind(&hash)
+                .execute(&self.pool)
+                .await?;
+            return Ok(None);
+        }
+        self.session(token).await
+    }
+
     pub async fn end_session(&self, token: &str) -> Result<()> {
         sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
             .bind(session_token_hash(token))
@@ -349,6 +433,84 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Reserve a failed login for `user` from `client` before the password is checked: the
+    /// failure is written first, so attempts running in parallel each see the others, and
+    /// the limits below hold however many arrive at once. A right password then clears the
+    /// client's failures ([`Store::clear_login_failures`]); a wrong one leaves the
+    /// reservation as the failure. Refused without a reservation when:
+    /// - `user` failed `limits.per_client` times from `client` within the window, or
+    /// - `user` failed `limits.per_account` times or more from anywhere within the window
+    ///   and the account's backoff (1 s, doubling per further failure, at most
+    ///   `limits.max_backoff_ms`) has not passed since its last failure.
+    pub async fn reserve_login_failure(
+        &self,
+        user: &str,
+        client: &str,
+        now: i64,
+        limits: &LoginLimits,
+    ) -> Result<LoginReservation> {
+        let since = now - limits.window_ms;
+        let mut tx = self.pool.begin().await?;
+        if self.backend == crate::Backend::Postgres {
+            // Serialises the reservations of one user name across servers sharing the database.
+            let key = i64::from_be_bytes(Sha256::digest(user.as_bytes())[..8].try_into()?);
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // A write first: on SQLite it takes the write lock, so the counts below are current.
+        sqlx::query("DELETE FROM login_failures WHERE at < $1")
+            .bind(since)
+            .execute(&mut *tx)
+            .await?;
+        let from_client = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(at) AS first FROM login_failures
+             WHERE user_name = $1 AND ip = $2 AND at >= $3",
+        )
+        .bind(user)
+        .bind(client)
+        .bind(since)
+        .fetch_one(&mut *tx)
+        .await?;
+        let n: i64 = from_client.try_get("n")?;
+        if n >= limits.per_client {
+            let first: Option<i64> = from_client.try_get("first")?;
+            return Ok(LoginReservation::Refused {
+                retry_after_ms: (first.unwrap_or(now) + limits.window_ms - now).max(1000),
+                reason: LoginRefusal::Client,
+            });
+        }
+        let account = sqlx::query(
+            "SELECT COUNT(*) AS n, MAX(at) AS last FROM login_failures
+             WHERE user_name = $1 AND at >= $2",
+        )
+        .bind(user)
+        .bind(since)
+        .fetch_one(&mut *tx)
+        .await?;
+        let n: i64 = account.try_get("n")?;
+        if n >= limits.per_account {
+            let last: Option<i64> = account.try_get("last")?;
+            let wait = backoff_ms(n - limits.per_account, limits.max_backoff_ms);
+            let ready_at = last.unwrap_or(now) + wait;
+            if now < ready_at {
+                return Ok(LoginReservation::Refused {
+                    retry_after_ms: ready_at - now,
+                    reason: LoginRefusal::Account,
+                });
+            }
+        }
+        sqlx::query("INSERT INTO login_failures (user_name, ip, at) VALUES ($1, $2, $3)")
+            .bind(user)
+            .bind(client)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(LoginReservation::Reserved)
     }
 
     pub async fn clear_login_failures(&self, user: &str, ip: &str) -> Result<()> {
@@ -516,6 +678,11 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // First statement is a write: it takes SQLite's lock before anything is read.
         undecided_guard(&mut tx, message_id).await?;
+        // What was approved so far is not what will be sent any more.
+        sqlx::query("DELETE FROM approvals WHERE message_id = $1")
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?;
         let last = sqlx::query(
             "SELECT version, body FROM drafts WHERE message_id = $1 ORDER BY version DESC LIMIT 1",
         )
@@ -557,7 +724,7 @@ impl Store {
         }
         append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: &author,
                 action: "review.edit_draft",
@@ -593,14 +760,17 @@ impl Store {
         Ok(row.map(|r| r.try_get("message_id")).transpose()?)
     }
 
-    /// Replace a staged action's payload (valid JSON) while its message is undecided.
+    /// Replace a staged action's payload (valid JSON) while its message is undecided. A
+    /// reply's target is its payload's `to`: a changed recipient is recomputed here, audited
+    /// with the old and new address, and remembered ([`Store::recipient_changes`]), so that
+    /// approval can ask for a second approver. Approvals given so far are withdrawn.
     pub async fn edit_action(&self, action_id: i64, payload: &str, user: &str) -> Result<()> {
         let value: Value = serde_json::from_str(payload)
             .map_err(|e| anyhow::anyhow!("the payload is not valid JSON: {e}"))?;
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "UPDATE actions SET payload = $2 WHERE id = $1 AND status = 'staged'
-             RETURNING message_id, kind",
+             RETURNING message_id, kind, target, staged_target",
         )
         .bind(action_id)
         .bind(value.to_string())
@@ -611,6 +781,9 @@ impl Store {
         };
         let message_id: i64 = row.try_get("message_id")?;
         let kind: String = row.try_get("kind")?;
+        let old_target: String = row.try_get("target")?;
+        let staged_target: Option<String> = row.try_get("staged_target")?;
+        let mut recipient = Value::Null;
         if kind == "reply" {
             for field in ["to", "subject", "body"] {
                 ensure!(
@@ -618,16 +791,39 @@ impl Store {
                     "a reply's payload needs a string `{field}`"
                 );
             }
+            let to = value["to"].as_str().unwrap_or("").trim();
+            ensure!(
+                is_one_address(to),
+                "a reply's `to` must be one e-mail address, not {to:?}"
+            );
+            if to != old_target {
+                sqlx::query("UPDATE actions SET target = $2, staged_target = $3 WHERE id = $1")
+                    .bind(action_id)
+                    .bind(to)
+                    .bind(staged_target.as_deref().unwrap_or(&old_target))
+                    .execute(&mut *tx)
+                    .await?;
+                recipient = json!({"from": old_target, "to": to});
+            }
         }
         undecided_guard(&mut tx, message_id).await?;
+        sqlx::query("DELETE FROM approvals WHERE message_id = $1")
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?;
+        let mut detail =
+            json!({"message": message_id, "payload_sha256": sha256_hex(&value.to_string())});
+        if !recipient.is_null() {
+            detail["recipient"] = recipient;
+        }
         append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: &format!("user:{user}"),
                 action: "review.edit_action",
                 subject: &format!("action:{action_id}"),
-                detail: json!({"message": message_id, "payload_sha256": sha256_hex(&value.to_string())}),
+                detail,
             },
         )
         .await?;
@@ -635,18 +831,122 @@ impl Store {
         Ok(())
     }
 
+    /// The staged actions of a message whose target a reviewer changed: (action id, target
+    /// as staged, target now).
+    pub async fn recipient_changes(&self, message_id: i64) -> Result<Vec<(i64, String, String)>> {
+        recipient_changes_in(&self.pool, message_id).await
+    }
+
+    /// Who approved a message that waits for a second approver, with when.
+    pub async fn approvals(&self, message_id: i64) -> Result<Vec<(String, i64)>> {
+        sqlx::query("SELECT user_name, at FROM approvals WHERE message_id = $1 ORDER BY at")
+            .bind(message_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("user_name")?, r.try_get("at")?)))
+            .collect()
+    }
+
     /// Approve a processed message: record the decision, mark its staged actions approved
     /// and put each in the outbox, audited as `user:NAME` — one transaction. `allow` is
     /// asked about each action as it stands in that transaction (the egress policy); one
     /// refusal approves nothing.
+    ///
+    /// A message with a reply whose recipient a reviewer changed needs two approvers: the
+    /// first approval is recorded and audited (`review.approve_first`) and releases nothing
+    /// ([`Approval::awaiting`]); the approval of another user then decides.
     pub async fn approve(
         &self,
         message_id: i64,
         user: &str,
         allow: &(dyn Fn(&ActionRow) -> Result<(), String> + Sync),
     ) -> Result<Approval> {
+        self.approve_with(message_id, user, allow, true).await
+    }
+
+    /// [`Store::approve`], with the second approver for a changed recipient required or not
+    /// (`[review] second_approver`).
+    pub async fn approve_with(
+        &self,
+        message_id: i64,
+        user: &str,
+        allow: &(dyn Fn(&ActionRow) -> Result<(), String> + Sync),
+        second_approver: bool,
+    ) -> Result<Approval> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        let changes = if second_approver {
+            undecided_guard(&mut tx, message_id).await?;
+            recipient_changes_in(&mut *tx, message_id).await?
+        } else {
+            Vec::new()
+        };
+        let mut approvers = Vec::new();
+        if !changes.is_empty() {
+            approvers =
+                sqlx::query("SELECT user_name FROM approvals WHERE message_id = $1 ORDER BY at")
+                    .bind(message_id)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get::<String, _>("user_name"))
+                    .collect::<Result<Vec<_>, _>>()?;
+            if !approvers.iter().any(|a| a != user) {
+                ensure!(
+                    approvers.is_empty(),
+                    "you approved message {message_id} already: its reply's recipient was changed, so another reviewer must approve it too"
+                );
+                let processed = sqlx::query("SELECT status FROM messages WHERE id = $1")
+                    .bind(message_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| r.try_get::<String, _>("status"))
+                    .transpose()?;
+                ensure!(
+                    processed.as_deref() == Some("processed"),
+                    "message {message_id} is not processed (or does not exist): nothing to decide yet"
+                );
+                sqlx::query(
+                    "INSERT INTO approvals (message_id, user_name, at) VALUES ($1, $2, $3)",
+                )
+                .bind(message_id)
+                .bind(user)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let changed: Vec<Value> = changes
+                    .iter()
+                    .map(|(id, from, to)| json!({"action": id, "from": from, "to": to}))
+                    .collect();
+                let audit_seq = append_in(
+                    &mut tx,
+                    self,
+                    &AuditEvent {
+                        actor: &format!("user:{user}"),
+                        action: "review.approve_first",
+                        subject: &format!("message:{message_id}"),
+                        detail: json!({"recipient_changed": changed}),
+                    },
+                )
+                .await?;
+                tx.commit().await?;
+                return Ok(Approval {
+                    released: Vec::new(),
+                    audit_seq,
+                    awaiting: Some(
+                        "a reply's recipient was changed: a second reviewer must approve too"
+                            .to_string(),
+                    ),
+                });
+            }
+            approvers.retain(|a| a != user);
+            approvers.push(user.to_string());
+            sqlx::query("DELETE FROM approvals WHERE message_id = $1")
+                .bind(message_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         decide(&mut tx, message_id, "approved", user, None, now).await?;
         let actions: Vec<ActionRow> = sqlx::query(
             "SELECT id, name, kind, target, payload, status FROM actions
@@ -695,16 +995,22 @@ impl Store {
             .try_get("id")?;
             released.push((a.id, outbox_id, webhook_id));
         }
+        let released_json: Vec<Value> = released
+            .iter()
+            .map(|r| json!({"action": r.0, "outbox": r.1, "webhook_id": r.2}))
+            .collect();
         let audit_seq = append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: &format!("user:{user}"),
                 action: "review.approve",
                 subject: &format!("message:{message_id}"),
-                detail: json!({
-                    "actions": released.iter().map(|r| json!({"action": r.0, "outbox": r.1, "webhook_id": r.2})).collect::<Vec<_>>(),
-                }),
+                detail: if approvers.is_empty() {
+                    json!({"actions": released_json})
+                } else {
+                    json!({"actions": released_json, "approvers": approvers})
+                },
             },
         )
         .await?;
@@ -712,6 +1018,7 @@ impl Store {
         Ok(Approval {
             released,
             audit_seq,
+            awaiting: None,
         })
     }
 
@@ -722,6 +1029,10 @@ impl Store {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         decide(&mut tx, message_id, "rejected", user, Some(reason), now).await?;
+        sqlx::query("DELETE FROM approvals WHERE message_id = $1")
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?;
         let n = sqlx::query(
             "UPDATE actions SET status = 'rejected' WHERE message_id = $1 AND status = 'staged'",
         )
@@ -731,7 +1042,7 @@ impl Store {
         .rows_affected();
         let seq = append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: &format!("user:{user}"),
                 action: "review.reject",
@@ -807,7 +1118,7 @@ impl Store {
             .await?;
         append_in(
             &mut tx,
-            self.backend,
+            self,
             &AuditEvent {
                 actor: &format!("user:{user}"),
                 action: "review.rerun",
@@ -882,6 +1193,56 @@ async fn undecided_guard(tx: &mut Transaction<'_, Any>, message_id: i64) -> Resu
     Ok(())
 }
 
+/// Staged actions whose target differs from the one the pipeline staged.
+async fn recipient_changes_in<'e, E>(
+    executor: E,
+    message_id: i64,
+) -> Result<Vec<(i64, String, String)>>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
+    sqlx::query(
+        "SELECT id, staged_target, target FROM actions
+         WHERE message_id = $1 AND status = 'staged' AND staged_target IS NOT NULL
+           AND staged_target <> target ORDER BY id",
+    )
+    .bind(message_id)
+    .fetch_all(executor)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok((
+            r.try_get("id")?,
+            r.try_get("staged_target")?,
+            r.try_get("target")?,
+        ))
+    })
+    .collect()
+}
+
+/// One `local@domain` address, bare or as `Name <local@domain>`: no list, no line breaks.
+fn is_one_address(to: &str) -> bool {
+    let address = match to.rfind('<') {
+        Some(at) if to.ends_with('>') => &to[at + 1..to.len() - 1],
+        _ => to,
+    };
+    let Some((local, domain)) = address.split_once('@') else {
+        return false;
+    };
+    let plain = |s: &str| {
+        !s.is_empty()
+            && !s
+                .chars()
+                .any(|c| c.is_whitespace() || ",;<>@\"()[]\\".contains(c))
+    };
+    !to.chars().any(char::is_control)
+        && plain(local)
+        && plain(domain)
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+}
+
 async fn insert_draft(
     tx: &mut Transaction<'_, Any>,
     message_id: i64,
@@ -938,6 +1299,28 @@ mod tests {
         );
         assert_eq!(body_with_draft("hand-edited", "old", "new"), "new");
         assert_eq!(body_with_draft("anything", "", "new"), "new");
+    }
+
+    #[test]
+    fn a_reply_goes_to_one_address() {
+        for ok in [
+            "a@b.test",
+            "Jan Weber <j.weber@example.eu>",
+            "x+tag@mail.example.eu",
+        ] {
+            assert!(is_one_address(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "nobody",
+            "a@b.test, c@d.test",
+            "a@b.test\r\nBcc: c@d.test",
+            "a b@c.test",
+            "a@localhost",
+            "<a@b.test",
+        ] {
+            assert!(!is_one_address(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -442,3 +442,66 @@ async fn a_stage_runs_again_with_the_stages_after_it() {
     })
     .await;
 }
+
+/// Failures are reserved before the password check: per user name and client up to the
+/// limit, and per account from anywhere with a doubling wait (issue 18, item 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_failures_are_reserved_per_client_and_back_off_per_account() {
+    use verre_store::review::{LoginLimits, LoginRefusal, LoginReservation};
+    on_both("review_login_backoff", |store| async move {
+        let limits = LoginLimits {
+            per_client: 2,
+            per_account: 3,
+            window_ms: 60_000,
+            max_backoff_ms: 4_000,
+        };
+        let t0 = now_ms();
+        let reserve = |client: &'static str, at: i64| {
+            let store = store.clone();
+            async move {
+                store
+                    .reserve_login_failure("alice", client, t0 + at, &limits)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(reserve("10.0.0.1", 0).await, LoginReservation::Reserved);
+        assert_eq!(reserve("10.0.0.1", 0).await, LoginReservation::Reserved);
+        // The third from the same client: refused until the first leaves the window.
+        assert_eq!(
+            reserve("10.0.0.1", 10).await,
+            LoginReservation::Refused {
+                retry_after_ms: 59_990,
+                reason: LoginRefusal::Client
+            }
+        );
+        // Another client: the account's third failure is still free.
+        assert_eq!(reserve("10.0.0.2", 20).await, LoginReservation::Reserved);
+        // From here on the account waits 1 s after its last failure, then 2 s, capped at 4 s.
+        let refused = |retry_after_ms| LoginReservation::Refused {
+            retry_after_ms,
+            reason: LoginRefusal::Account,
+        };
+        assert_eq!(reserve("10.0.0.3", 520).await, refused(500));
+        assert_eq!(reserve("10.0.0.3", 1_020).await, LoginReservation::Reserved);
+        assert_eq!(reserve("10.0.0.4", 2_020).await, refused(1_000));
+        assert_eq!(reserve("10.0.0.4", 3_020).await, LoginReservation::Reserved);
+        assert_eq!(reserve("10.0.0.5", 3_020).await, refused(4_000));
+        assert_eq!(reserve("10.0.0.5", 7_020).await, LoginReservation::Reserved);
+        assert_eq!(reserve("10.0.0.6", 7_020).await, refused(4_000), "capped");
+        // A right password clears its client's failures, not the others'.
+        store
+            .clear_login_failures("alice", "10.0.0.1")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.login_failures("alice", "10.0.0.1", 0).await.unwrap(),
+            0
+        );
+        assert_eq!(
+            store.login_failures("alice", "10.0.0.2", 0).await.unwrap(),
+            1
+        );
+    })
+    .await;
+}

@@ -221,11 +221,17 @@ impl Embedder {
 
     /// Token ids of an input, with [CLS]/[SEP], truncated to `max_tokens`.
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.tokenize_truncated(text)?.0)
+    }
+
+    /// [`Embedder::tokenize`], and whether the input was longer than `max_tokens` (its
+    /// end was cut).
+    pub fn tokenize_truncated(&self, text: &str) -> Result<(Vec<u32>, bool)> {
         let enc = self
             .tokenizer
             .encode(text, true)
             .map_err(|e| anyhow!("tokenizing input: {e}"))?;
-        Ok(enc.get_ids().to_vec())
+        Ok((enc.get_ids().to_vec(), !enc.get_overflowing().is_empty()))
     }
 
     /// Unit-length sentence vectors, one per input, and the tokens each used.

@@ -55,6 +55,7 @@ pub struct Gateway {
     created: u64,
     cost: CostConfig,
     audit: AuditConfig,
+    cors_origins: Vec<String>,
 }
 
 struct Backend {
@@ -114,6 +115,7 @@ impl Gateway {
             created: unix_now(),
             cost: config.cost.clone(),
             audit: config.audit.clone(),
+            cors_origins: config.http.cors_origins.clone(),
         })
     }
 
@@ -188,6 +190,11 @@ impl Gateway {
     /// `[cost]` of the config.
     pub fn cost(&self) -> &CostConfig {
         &self.cost
+    }
+
+    /// `[http] cors_origins` of the config: where browser apps may call from.
+    pub fn cors_origins(&self) -> &[String] {
+        &self.cors_origins
     }
 
     /// `[audit]` of the config.

@@ -153,7 +153,7 @@ pub async fn restore(response: Response, restorer: Restorer) -> Response {
             .map(move |chunk| chunk.map(|bytes| events.push(&bytes)));
         return Response::from_parts(parts, Body::from_stream(stream));
     }
-    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+    let bytes = match axum::body::to_bytes(body, super::upstream::MAX_ANSWER_BYTES).await {
         Ok(b) => b,
         Err(e) => {
             let error = super::gateway_error(
@@ -200,6 +200,31 @@ fn restore_choices(value: &mut Value, restorer: &Restorer) {
     }
 }
 
+/// Where the first complete event of `buffer` ends (after the blank line that closes it).
+/// Lines end in LF, CRLF or CR, as the SSE format allows; a CR at the very end may be the
+/// first half of a CRLF and waits for the next bytes.
+fn event_end(buffer: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    let mut line_start = 0;
+    while i < buffer.len() {
+        let end_of_line = match buffer[i] {
+            b'\n' => i + 1,
+            b'\r' if i + 1 < buffer.len() => i + 1 + usize::from(buffer[i + 1] == b'\n'),
+            b'\r' => return None,
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        if i == line_start && line_start > 0 {
+            return Some(end_of_line);
+        }
+        line_start = end_of_line;
+        i = end_of_line;
+    }
+    None
+}
+
 /// Restores a stream of server-sent events chunk by chunk: each `data:` event is parsed
 /// once complete, and its text runs through a [`StreamRestorer`] per choice (and per
 /// tool call), which holds back only what could be the start of a placeholder.
@@ -227,8 +252,8 @@ impl SseRestorer {
     fn push(&mut self, bytes: &[u8]) -> Bytes {
         self.partial.extend_from_slice(bytes);
         let mut out = Vec::new();
-        while let Some(end) = self.partial.windows(2).position(|w| w == b"\n\n") {
-            let event: Vec<u8> = self.partial.drain(..end + 2).collect();
+        while let Some(end) = event_end(&self.partial) {
+            let event: Vec<u8> = self.partial.drain(..end).collect();
             out.extend(self.event(&event));
         }
         Bytes::from(out)
@@ -237,7 +262,7 @@ impl SseRestorer {
     fn event(&mut self, event: &[u8]) -> Vec<u8> {
         let Some(mut chunk) = std::str::from_utf8(event)
             .ok()
-            .and_then(|text| text.trim_end().strip_prefix("data:"))
+            .and_then(|text| text.trim().strip_prefix("data:"))
             .and_then(|data| serde_json::from_str::<Value>(data.trim_start()).ok())
         else {
             return event.to_vec();
@@ -375,6 +400,39 @@ mod tests {
             let arguments: Value = serde_json::from_str(&arguments).unwrap();
             assert_eq!(arguments["to"], "Jean \"JD\" Dupont");
             assert!(out.ends_with("data: [DONE]\n\n"));
+        }
+    }
+
+    #[test]
+    fn events_end_at_a_blank_line_in_any_line_ending() {
+        assert_eq!(event_end(b"data: 1\n\ndata: 2\n\n"), Some(9));
+        assert_eq!(event_end(b"data: 1\r\n\r\ndata: 2"), Some(11));
+        assert_eq!(event_end(b"data: 1\r\rdata: 2"), Some(9));
+        assert_eq!(event_end(b"event: x\r\ndata: 1\r\n\r\n"), Some(21));
+        // Not complete yet: no blank line, or a CR that may be half of a CRLF.
+        assert_eq!(event_end(b"data: 1\r\n"), None);
+        assert_eq!(event_end(b"data: 1\r\n\r"), None);
+        assert_eq!(event_end(b"data: 1"), None);
+        assert_eq!(event_end(b""), None);
+    }
+
+    #[test]
+    fn crlf_streams_are_restored_not_swallowed() {
+        let chunk = serde_json::json!({ "choices": [{ "index": 0, "delta": { "content": "Hi <PERSON_1>" }, "finish_reason": "stop" }] });
+        let input = format!("data: {chunk}\r\n\r\ndata: [DONE]\r\n\r\n");
+        for size in [1, 5, input.len()] {
+            let mut events = SseRestorer::new(restorer());
+            let mut out = Vec::new();
+            for piece in input.as_bytes().chunks(size) {
+                out.extend_from_slice(&events.push(piece));
+            }
+            let out = String::from_utf8(out).unwrap();
+            assert!(
+                out.contains("Hi Jean \\\"JD\\\" Dupont"),
+                "split {size}: {out:?}"
+            );
+            assert!(!out.contains("<PERSON_1>"), "{out:?}");
+            assert!(out.contains("[DONE]"), "{out:?}");
         }
     }
 

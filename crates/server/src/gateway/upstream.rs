@@ -11,6 +11,10 @@ use reqwest::Url;
 
 use crate::config::HealthConfig;
 
+/// Largest answer taken from an upstream: a JSON answer past it is a failure (502 when no
+/// other backend answers), a stream past it ends with an error event.
+pub const MAX_ANSWER_BYTES: usize = 32 << 20;
+
 /// The remote half of a backend.
 pub struct Upstream {
     /// `url` from the config, without a trailing slash (`http://10.0.0.5:8000/v1`).
@@ -126,12 +130,19 @@ impl Upstream {
                 reply = reply.header(name, value.clone());
             }
         }
-        reply
-            .body(Body::from_stream(response.bytes_stream()))
-            .map_err(|e| Failure {
-                reason: e.to_string(),
-                mark_down: false,
-            })
+        let streamed = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let body = match streamed {
+            true => Body::from_stream(capped_stream(response)),
+            false => Body::from(read_capped(response).await?),
+        };
+        reply.body(body).map_err(|e| Failure {
+            reason: e.to_string(),
+            mark_down: false,
+        })
     }
 
     /// `GET {url}/models`: up when it answers 2xx in time.
@@ -147,6 +158,74 @@ impl Upstream {
         self.set_health(up);
         up
     }
+}
+
+/// A whole JSON answer, up to [`MAX_ANSWER_BYTES`].
+async fn read_capped(mut response: reqwest::Response) -> Result<Bytes, Failure> {
+    let too_large = || Failure {
+        reason: format!(
+            "its answer is larger than {} MiB; it was not read",
+            MAX_ANSWER_BYTES >> 20
+        ),
+        mark_down: false,
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(Bytes::from(body)),
+            Err(e) => {
+                return Err(Failure {
+                    reason: format!("reading its answer: {}", error_chain(&e)),
+                    mark_down: true,
+                });
+            }
+        }
+    }
+}
+
+/// A streamed answer passed on as it arrives, up to [`MAX_ANSWER_BYTES`]; past it, an
+/// OpenAI-shaped error event ends the stream.
+fn capped_stream(
+    response: reqwest::Response,
+) -> impl futures_util::Stream<Item = Result<Bytes, reqwest::Error>> + Send {
+    use futures_util::StreamExt;
+    let mut sent = 0usize;
+    let mut over = false;
+    response
+        .bytes_stream()
+        .map(move |chunk| {
+            let chunk = chunk?;
+            sent += chunk.len();
+            if sent <= MAX_ANSWER_BYTES {
+                return Ok(Some(chunk));
+            }
+            if std::mem::replace(&mut over, true) {
+                return Ok(None);
+            }
+            let error = super::gateway_error(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                format!(
+                    "the upstream's answer grew past {} MiB and was cut",
+                    MAX_ANSWER_BYTES >> 20
+                ),
+            );
+            Ok(Some(Bytes::from(format!("\n\ndata: {}\n\n", error.body()))))
+        })
+        .take_while(|item| std::future::ready(!matches!(item, Ok(None))))
+        .map(|item| item.map(|chunk| chunk.unwrap_or_default()))
 }
 
 /// An error and its causes on one line: "error sending request ...: connection refused".

@@ -18,6 +18,7 @@ use super::structured;
 use super::tools::{self, ToolCallParser, ToolDelta, ToolFormat};
 use crate::metrics::RequestTimer;
 use crate::state::{AppState, ServedModel};
+use verre_engine::tokenizer::Tokenizer;
 use verre_engine::{FinishReason, GrammarSpec, Message};
 
 pub async fn chat_completions(
@@ -38,7 +39,7 @@ pub async fn chat_completions(
         &req.tool_choice,
         req.parallel_tool_calls,
     ) {
-        Some(lark) => (Some(GrammarSpec::Lark(lark)), "tools"),
+        Some(lark) => (Some(GrammarSpec::ToolCalls(lark)), "tools"),
         None => (
             structured::response_format_spec(&req.response_format),
             "response_format",
@@ -46,7 +47,10 @@ pub async fn chat_completions(
     };
     let grammar = structured::compile(&served.model, spec, param).await?;
     let parse_tools =
-        (!req.tools.is_empty() && req.tool_choice != ToolChoice::None).then_some(tool_format);
+        (!req.tools.is_empty() && req.tool_choice != ToolChoice::None).then_some(CallReading {
+            format: tool_format,
+            constrained: param == "tools",
+        });
     let max_tokens = generation::max_tokens(
         req.params.max_tokens,
         None,
@@ -64,7 +68,7 @@ pub async fn chat_completions(
     let n = req.params.n;
     let timer = RequestTimer::start(served.latency.clone(), n);
     let events = generation::merge(vec![stream]);
-    let meta = ResponseMeta::new("chatcmpl", &req.model);
+    let meta = ResponseMeta::new("chatcmpl", &req.model, &served);
     if let Some(options) = req.params.stream {
         let writer = ChatChunks {
             served,
@@ -73,7 +77,7 @@ pub async fn chat_completions(
             logprobs: req.logprobs,
             include_usage: options.include_usage,
             parsers: parse_tools
-                .map(|f| (0..n).map(|_| ToolCallParser::new(f)).collect())
+                .map(|r| (0..n).map(|_| r.parser()).collect())
                 .unwrap_or_default(),
         };
         return Ok(generation::sse(events, writer, 1, n, timer));
@@ -123,15 +127,35 @@ async fn render_prompt(
     }
 }
 
+/// How tool calls are read from a request's output.
+#[derive(Debug, Clone, Copy)]
+struct CallReading {
+    format: ToolFormat,
+    /// The calls were constrained (`required` or a named function): a repeated call is
+    /// dropped.
+    constrained: bool,
+}
+
+impl CallReading {
+    fn parser(self) -> ToolCallParser {
+        let parser = ToolCallParser::new(self.format);
+        if self.constrained {
+            parser.distinct()
+        } else {
+            parser
+        }
+    }
+}
+
 /// A choice's text split into content and tool calls.
-fn split_tool_calls(format: ToolFormat, c: &generation::ChoiceOutput) -> (String, Vec<Value>) {
-    let mut parser = ToolCallParser::new(format);
+fn split_tool_calls(reading: CallReading, c: &generation::ChoiceOutput) -> (String, Vec<Value>) {
+    let mut parser = reading.parser();
     let mut deltas: Vec<ToolDelta> = c
         .pieces
         .iter()
         .flat_map(|(token, text)| parser.push(*token, text))
         .collect();
-    deltas.extend(parser.finish());
+    deltas.extend(parser.finish(c.finish == Some(FinishReason::Length)));
     let mut content = String::new();
     let mut calls = Vec::new();
     for d in deltas {
@@ -141,6 +165,12 @@ fn split_tool_calls(format: ToolFormat, c: &generation::ChoiceOutput) -> (String
         }
     }
     (content, calls)
+}
+
+/// The end-of-generation token that closed the answer (`<|im_end|>`): it is not in the
+/// text, so it is not in the log-probabilities either.
+fn is_unseen_end(tokenizer: &Tokenizer, token: u32, text: &str) -> bool {
+    text.is_empty() && tokenizer.eog_ids().contains(&token)
 }
 
 /// OpenAI's finish reason: `tool_calls` when the model stopped after calling.
@@ -155,7 +185,7 @@ fn chat_response(
     served: &ServedModel,
     meta: &ResponseMeta,
     logprobs: bool,
-    tools: Option<ToolFormat>,
+    tools: Option<CallReading>,
     out: Outcome,
 ) -> Value {
     let choices: Vec<Value> = out
@@ -164,15 +194,18 @@ fn chat_response(
         .enumerate()
         .map(|(index, c)| {
             let logprobs = logprobs.then(|| {
+                let tokenizer = &served.model.tokenizer;
                 let content: Vec<Value> = c
                     .tokens
                     .iter()
-                    .map(|s| logprobs::chat_entry(&served.model.tokenizer, s))
+                    .zip(&c.pieces)
+                    .filter(|(_, (token, text))| !is_unseen_end(tokenizer, *token, text))
+                    .map(|(s, _)| logprobs::chat_entry(tokenizer, s))
                     .collect();
                 json!({ "content": content })
             });
             let (content, calls) = match tools {
-                Some(format) => split_tool_calls(format, &c),
+                Some(reading) => split_tool_calls(reading, &c),
                 None => (c.text.clone(), Vec::new()),
             };
             let mut message = json!({ "role": "assistant", "content": content });
@@ -195,6 +228,7 @@ fn chat_response(
         "object": "chat.completion",
         "created": meta.created,
         "model": meta.model,
+        "system_fingerprint": meta.system_fingerprint,
         "choices": choices,
         "usage": usage_json(out.usage),
     })
@@ -259,6 +293,7 @@ impl ChatChunks {
             "object": "chat.completion.chunk",
             "created": self.meta.created,
             "model": self.meta.model,
+            "system_fingerprint": self.meta.system_fingerprint,
             "choices": choices,
         });
         if self.include_usage {
@@ -292,7 +327,10 @@ impl ChunkWriter for ChatChunks {
                 sampled,
                 text,
             } => {
-                if text.is_empty() && !self.logprobs {
+                let tokenizer = &self.served.model.tokenizer;
+                if text.is_empty()
+                    && (!self.logprobs || is_unseen_end(tokenizer, sampled.token, &text))
+                {
                     return Vec::new();
                 }
                 let logprobs = self.logprobs.then(|| {
@@ -337,7 +375,7 @@ impl ChatChunks {
             }
             EngineEvent::Finished { index, reason, .. } => {
                 let before = self.parsers[index].calls();
-                let deltas = self.parsers[index].finish();
+                let deltas = self.parsers[index].finish(reason == FinishReason::Length);
                 let mut chunks = self.tool_chunks(index, deltas, before);
                 let calls = self.parsers[index].calls();
                 chunks.push(self.chunk(vec![json!({

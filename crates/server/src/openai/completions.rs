@@ -67,7 +67,7 @@ pub async fn completions(
     let n = req.params.n;
     let timer = RequestTimer::start(served.latency.clone(), prompts.len() * n);
     let events = generation::merge(streams);
-    let meta = ResponseMeta::new("cmpl", &req.model);
+    let meta = ResponseMeta::new("cmpl", &req.model, &served);
     if let Some(options) = req.params.stream {
         let writer = CompletionChunks {
             logprobs: vec![CompletionLogprobs::default(); prompts.len() * n],
@@ -155,6 +155,7 @@ fn completion_response(
         "object": "text_completion",
         "created": meta.created,
         "model": meta.model,
+        "system_fingerprint": meta.system_fingerprint,
         "choices": choices,
         "usage": usage_json(out.usage),
     })
@@ -180,6 +181,7 @@ impl CompletionChunks {
             "object": "text_completion",
             "created": self.meta.created,
             "model": self.meta.model,
+            "system_fingerprint": self.meta.system_fingerprint,
             "choices": [{
                 "index": index,
                 "text": text,

@@ -21,7 +21,7 @@ pub async fn embeddings(
     let req = EmbeddingRequest::parse(&body)?;
     let model = state.embedding_model(&req.model)?;
     check_for_model(&model, &req)?;
-    let embeddings = model.embed(req.inputs).await?;
+    let embeddings = model.embed(req.inputs, req.truncate).await?;
     Ok(Json(embedding_response(
         &req.model,
         req.encoding,
@@ -29,9 +29,9 @@ pub async fn embeddings(
     )))
 }
 
-/// What only the model can tell: its width, and which token ids and lengths it takes.
-/// Text longer than the model's limit is truncated (as sentence-transformers does); token
-/// ids are taken as given, so too many of them is an error.
+/// What only the model can tell: its width, and which token ids it takes. Inputs longer
+/// than the model's limit are refused unless the request asks for truncation (text is
+/// measured on the model's thread, which tokenizes it anyway).
 fn check_for_model(model: &EmbeddingModel, req: &EmbeddingRequest) -> Result<(), ApiError> {
     let embedder = &model.embedder;
     if let Some(d) = req.dimensions
@@ -56,15 +56,8 @@ fn check_for_model(model: &EmbeddingModel, req: &EmbeddingRequest) -> Result<(),
                 format!("input[{i}]: token id {t} is outside the vocabulary (0..{vocab})"),
             ));
         }
-        if ids.len() > max_tokens {
-            return Err(ApiError::context_length(
-                "input",
-                format!(
-                    "input[{i}] holds {} tokens; {} takes at most {max_tokens}",
-                    ids.len(),
-                    model.id
-                ),
-            ));
+        if ids.len() > max_tokens && !req.truncate {
+            return Err(crate::embedding::too_long(&model.id, i, max_tokens));
         }
     }
     Ok(())

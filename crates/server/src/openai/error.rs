@@ -117,6 +117,31 @@ impl ApiError {
         .code("model_not_supported")
     }
 
+    /// A method the route does not serve (the `Allow` header says which it does).
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            message,
+        )
+        .code("method_not_allowed")
+    }
+
+    /// A request this server will not serve to this caller (`code` says why).
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "invalid_request_error", message).code(code)
+    }
+
+    /// A body not sent as JSON.
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            message,
+        )
+        .code("unsupported_media_type")
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message).code("not_found")
     }

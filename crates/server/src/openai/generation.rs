@@ -18,7 +18,7 @@ use verre_engine::{FinishReason, GenerateRequest, Grammar, Sampled};
 use super::error::ApiError;
 use super::request::GenerationParams;
 use crate::metrics::RequestTimer;
-use crate::state::unix_now;
+use crate::state::{ServedModel, unix_now};
 
 /// The tokens to generate: the requested count if prompt and completion fit in the
 /// context, else a 400 as OpenAI words it; without a request, `default` or what the
@@ -85,22 +85,49 @@ pub fn merge(streams: Vec<RequestStream>) -> EventStream {
     stream::select_all(tagged).boxed()
 }
 
-/// `id`, `created` and `model` of a response: the same on every chunk of a stream.
+/// `id`, `created`, `model` and `system_fingerprint` of a response: the same on every
+/// chunk of a stream.
 #[derive(Debug, Clone)]
 pub struct ResponseMeta {
     pub id: String,
     pub created: u64,
     pub model: String,
+    pub system_fingerprint: String,
 }
 
 impl ResponseMeta {
-    pub fn new(prefix: &str, model: &str) -> Self {
+    /// `model` is the name the client asked for; `served` what answers it.
+    pub fn new(prefix: &str, model: &str, served: &ServedModel) -> Self {
         Self {
             id: format!("{prefix}-{}", hex_id()),
             created: unix_now(),
             model: model.to_string(),
+            system_fingerprint: system_fingerprint(served),
         }
     }
+}
+
+/// What produced an answer, as OpenAI's `system_fingerprint` says it: the model's name and
+/// a short hash of the model file (name, size, chat template) and verre's version. Answers
+/// with the same fingerprint came from the same weights under the same code.
+pub fn system_fingerprint(served: &ServedModel) -> String {
+    use sha2::{Digest, Sha256};
+    let model = &served.model;
+    let mut hash = Sha256::new();
+    for part in [
+        model
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        model.file_size.to_string(),
+        model.template.source().to_string(),
+        env!("CARGO_PKG_VERSION").to_string(),
+    ] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    format!("{}-{}", served.id, &hex::encode(hash.finalize())[..10])
 }
 
 fn hex_id() -> String {

@@ -69,7 +69,8 @@ pub struct ChatRequest {
     pub response_format: ResponseFormat,
     pub tools: Vec<Tool>,
     pub tool_choice: ToolChoice,
-    /// More than one call per answer may be made.
+    /// More than one call per answer may be made (`parallel_tool_calls: true`; false by
+    /// default: a required or named call is exactly one call).
     pub parallel_tool_calls: bool,
 }
 
@@ -139,6 +140,9 @@ pub struct EmbeddingRequest {
     pub encoding: EmbeddingEncoding,
     /// Checked against the model's by the handler: verre does not shorten vectors.
     pub dimensions: Option<usize>,
+    /// Inputs longer than the model takes are cut to its limit (`truncate: true`, as TEI
+    /// and vLLM accept it) rather than refused.
+    pub truncate: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +212,7 @@ struct RawEmbedding {
     input: Value,
     encoding_format: Option<String>,
     dimensions: Option<i64>,
+    truncate: Option<bool>,
     /// Accepted and unused, as for generation.
     #[allow(dead_code)]
     user: Option<String>,
@@ -269,7 +274,7 @@ impl ChatRequest {
             response_format: response_format(object.get("response_format"))?,
             tools,
             tool_choice,
-            parallel_tool_calls: raw.parallel_tool_calls.unwrap_or(true),
+            parallel_tool_calls: raw.parallel_tool_calls.unwrap_or(false),
         })
     }
 }
@@ -346,6 +351,7 @@ impl EmbeddingRequest {
                 .dimensions
                 .map(|d| count("dimensions", d, 1))
                 .transpose()?,
+            truncate: raw.truncate.unwrap_or(false),
         })
     }
 }
@@ -1126,13 +1132,14 @@ mod tests {
         let tools = r#""tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]"#;
         let r = chat(&format!(r#"{{{HI}, {tools}}}"#)).unwrap();
         assert_eq!((r.tools.len(), &r.tool_choice), (1, &ToolChoice::Auto));
-        assert!(r.parallel_tool_calls);
+        // One call per answer unless the client asks for more.
+        assert!(!r.parallel_tool_calls);
         let r = chat(&format!(
-            r#"{{{HI}, {tools}, "tool_choice": {{"type": "function", "function": {{"name": "get_weather"}}}}, "parallel_tool_calls": false}}"#
+            r#"{{{HI}, {tools}, "tool_choice": {{"type": "function", "function": {{"name": "get_weather"}}}}, "parallel_tool_calls": true}}"#
         ))
         .unwrap();
         assert_eq!(r.tool_choice, ToolChoice::Function("get_weather".into()));
-        assert!(!r.parallel_tool_calls);
+        assert!(r.parallel_tool_calls);
         for (bad, param) in [
             (format!(r#""tool_choice": "required""#), "tool_choice"),
             (

@@ -230,7 +230,11 @@ fn as_plain_text(m: &Message) -> Message {
 
 /// A Lark grammar whose every sentence is one (or, when `parallel`, one or more) valid
 /// call(s) in the model's format, each naming a function and holding arguments valid
-/// under its schema. `None` when the choice does not constrain.
+/// under its schema. `None` when the choice does not constrain. The arguments' schemas
+/// are narrowed as a `response_format` schema is (closed objects), and the engine closes
+/// their JSON near the token limit ([`GrammarSpec::ToolCalls`]).
+///
+/// [`GrammarSpec::ToolCalls`]: verre_engine::GrammarSpec::ToolCalls
 pub fn call_grammar(
     format: ToolFormat,
     tools: &[Tool],
@@ -251,21 +255,26 @@ pub fn call_grammar(
     {
         return Some(name_args_grammar(m, &allowed, &layout, many));
     }
+    let mut defs = Map::new();
     let variants: Vec<Value> = allowed
         .iter()
-        .map(|t| {
+        .enumerate()
+        .map(|(i, t)| {
             json!({
                 "type": "object",
                 "properties": {
                     "name": {"const": t.name},
-                    "arguments": t.parameters,
+                    "arguments": rooted_parameters(i, &t.parameters, &mut defs),
                 },
                 "required": ["name", "arguments"],
                 "additionalProperties": false,
             })
         })
         .collect();
-    let schema = json!({"anyOf": variants, "x-guidance": layout});
+    let mut schema = json!({"anyOf": variants, "x-guidance": layout});
+    if !defs.is_empty() {
+        schema["$defs"] = Value::Object(defs);
+    }
     Some(match format {
         ToolFormat::Hermes => format!(
             "start: {}\ncall: \"{HERMES_OPEN}\\n\" body \"\\n{HERMES_CLOSE}\"\nbody: %json {schema}\n",
@@ -277,6 +286,66 @@ pub fn call_grammar(
             if many { "body (\", \" body)*" } else { "body" }
         ),
     })
+}
+
+/// Where the definitions of the `index`-th tool live in a combined schema.
+fn tool_root(index: usize) -> String {
+    format!("verre_tool_{index}")
+}
+
+/// A tool's arguments schema as it sits in the combined schema, narrowed. A schema that
+/// refers to itself (`$ref` to `#/$defs/...`, `#/definitions/...` or `#`: any Pydantic
+/// model nesting another) no longer has its own root there, so it moves whole under
+/// `$defs/verre_tool_<index>` of the combined root, its local references rewritten to
+/// point into it, and a reference to it takes its place.
+fn rooted_parameters(index: usize, parameters: &Value, defs: &mut Map<String, Value>) -> Value {
+    let mut schema = parameters.clone();
+    verre_engine::constraint::narrow_schema(&mut schema);
+    if !has_local_ref(&schema) {
+        return schema;
+    }
+    let root = format!("#/$defs/{}", tool_root(index));
+    rebase_local_refs(&mut schema, &root);
+    defs.insert(tool_root(index), schema);
+    json!({ "$ref": root })
+}
+
+/// Keywords whose values are instances, not schemas: a `$ref` inside is data.
+fn is_instance_keyword(key: &str) -> bool {
+    matches!(key, "enum" | "const" | "default" | "examples")
+}
+
+fn has_local_ref(schema: &Value) -> bool {
+    match schema {
+        Value::Object(map) => map.iter().any(|(key, value)| match (key.as_str(), value) {
+            ("$ref", Value::String(r)) => r.starts_with('#'),
+            (key, _) if is_instance_keyword(key) => false,
+            _ => has_local_ref(value),
+        }),
+        Value::Array(items) => items.iter().any(has_local_ref),
+        _ => false,
+    }
+}
+
+/// `#` becomes `root`, `#/x/y` becomes `root/x/y`.
+fn rebase_local_refs(schema: &mut Value, root: &str) {
+    match schema {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                match (key.as_str(), value) {
+                    ("$ref", Value::String(r)) if r.starts_with('#') => {
+                        *r = format!("{root}{}", &r[1..]);
+                    }
+                    (key, _) if is_instance_keyword(key) => {}
+                    (_, value) => rebase_local_refs(value, root),
+                }
+            }
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|item| rebase_local_refs(item, root)),
+        _ => {}
+    }
 }
 
 /// A marker in a Lark grammar: its token when it is one, else its text.
@@ -304,7 +373,9 @@ fn name_args_grammar(m: Mistral, allowed: &[&Tool], layout: &Value, many: bool) 
     let alternatives: Vec<String> = (0..allowed.len()).map(|i| format!("call{i}")).collect();
     lark.push_str(&format!("call: {}\n", alternatives.join(" | ")));
     for (i, tool) in allowed.iter().enumerate() {
+        // Each call's arguments are a schema of their own: references resolve as written.
         let mut schema = tool.parameters.clone();
+        verre_engine::constraint::narrow_schema(&mut schema);
         if let Some(object) = schema.as_object_mut() {
             object.insert("x-guidance".into(), layout.clone());
         }
@@ -353,13 +424,16 @@ struct ParsedCall {
 
 /// Reads a model's output as it comes: text goes out as content, except what might be the
 /// start of a call, which is held back until it is known; each call goes out when it is
-/// complete. A call that does not parse goes out as the text it was.
+/// complete. A call that does not parse goes out as the text it was — unless the token
+/// limit cut it: a partial call is not content.
 pub struct ToolCallParser {
     format: ToolFormat,
     in_calls: bool,
     /// Content held back (could be the start of the marker), or the calls' text so far.
     buffer: String,
     calls: usize,
+    /// Calls let out so far (name, arguments), when a repeated call is dropped.
+    distinct: Option<Vec<(String, String)>>,
 }
 
 impl ToolCallParser {
@@ -369,7 +443,15 @@ impl ToolCallParser {
             in_calls: false,
             buffer: String::new(),
             calls: 0,
+            distinct: None,
         }
+    }
+
+    /// A call with the same name and arguments as an earlier one of the same answer is
+    /// dropped (a constrained model asked for several calls tends to repeat its first).
+    pub fn distinct(mut self) -> Self {
+        self.distinct = Some(Vec::new());
+        self
     }
 
     /// Calls made so far.
@@ -402,9 +484,10 @@ impl ToolCallParser {
         out
     }
 
-    /// The end of the output: the last call (even without its closing tag), or the text
-    /// held back.
-    pub fn finish(&mut self) -> Vec<ToolDelta> {
+    /// The end of the output: the last call (even without its closing tag, or cut inside
+    /// it), or the text held back. `cut`: the token limit ended the output, so what is
+    /// left of a call that does not parse is dropped rather than shown as content.
+    pub fn finish(&mut self, cut: bool) -> Vec<ToolDelta> {
         let mut out = Vec::new();
         if !self.in_calls {
             out.extend(content(std::mem::take(&mut self.buffer)));
@@ -419,7 +502,9 @@ impl ToolCallParser {
         let last = match self.format {
             ToolFormat::Hermes => {
                 let body = body.strip_prefix(HERMES_OPEN).unwrap_or(body).trim();
-                parse_call(body).map(|call| vec![call])
+                parse_call(body)
+                    .or_else(|| parse_call_before_partial_close(body))
+                    .map(|call| vec![call])
             }
             // What is left did not parse as a complete call.
             ToolFormat::Mistral(_) => None,
@@ -427,9 +512,10 @@ impl ToolCallParser {
         match last {
             Some(calls) => {
                 for call in calls {
-                    out.push(self.call(call));
+                    out.extend(self.call(call));
                 }
             }
+            None if cut => {}
             None => out.extend(content(self.unparsed(&rest))),
         }
         out
@@ -458,7 +544,7 @@ impl ToolCallParser {
                     let trimmed = self.buffer.trim_start().to_string();
                     self.buffer = trimmed;
                     match parse_call(&body) {
-                        Some(call) => out.push(self.call(call)),
+                        Some(call) => out.extend(self.call(call)),
                         None => out.extend(content(format!("{HERMES_OPEN}{body}{HERMES_CLOSE}"))),
                     }
                 }
@@ -467,24 +553,32 @@ impl ToolCallParser {
                 while let Some((calls, used)) = next_mistral_calls(&self.buffer) {
                     self.buffer.drain(..used);
                     for call in calls {
-                        out.push(self.call(call));
+                        out.extend(self.call(call));
                     }
                 }
             }
         }
     }
 
-    fn call(&mut self, parsed: ParsedCall) -> ToolDelta {
+    /// A parsed call as it goes out; `None` for a repeat when repeats are dropped.
+    fn call(&mut self, parsed: ParsedCall) -> Option<ToolDelta> {
+        if let Some(seen) = &mut self.distinct {
+            let key = (parsed.name.clone(), parsed.arguments.clone());
+            if seen.contains(&key) {
+                return None;
+            }
+            seen.push(key);
+        }
         self.calls += 1;
         let id = match (self.format, parsed.id) {
             (ToolFormat::Mistral(_), Some(id)) if is_mistral_id(&id) => id,
             _ => self.format.new_call_id(),
         };
-        ToolDelta::Call(ToolCall {
+        Some(ToolDelta::Call(ToolCall {
             id,
             name: parsed.name,
             arguments: parsed.arguments,
-        })
+        }))
     }
 }
 
@@ -557,6 +651,16 @@ fn partial_suffix(text: &str, marker: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// A Hermes call whose closing tag the token limit cut: the call object, then nothing but
+/// the start of `</tool_call>`.
+fn parse_call_before_partial_close(body: &str) -> Option<ParsedCall> {
+    let (value, used) = first_json_value(body)?;
+    let tail = body[used..].trim();
+    (!tail.is_empty() && HERMES_CLOSE.starts_with(tail))
+        .then(|| parsed_from_value(&value))
+        .flatten()
+}
+
 /// `{"name": ..., "arguments": {...}}` (or `"parameters"`, or arguments as a JSON string).
 fn parse_call(body: &str) -> Option<ParsedCall> {
     let value: Value = serde_json::from_str(body).ok()?;
@@ -596,7 +700,7 @@ mod tests {
         for (t, s) in pieces {
             deltas.extend(p.push(*t, s));
         }
-        deltas.extend(p.finish());
+        deltas.extend(p.finish(false));
         let mut text = String::new();
         let mut calls = Vec::new();
         for d in deltas {
@@ -671,7 +775,7 @@ mod tests {
     fn ids(format: ToolFormat, pieces: &[(u32, &str)]) -> Vec<String> {
         let mut p = ToolCallParser::new(format);
         let mut deltas: Vec<ToolDelta> = pieces.iter().flat_map(|(t, s)| p.push(*t, s)).collect();
-        deltas.extend(p.finish());
+        deltas.extend(p.finish(false));
         deltas
             .into_iter()
             .filter_map(|d| match d {
@@ -753,7 +857,7 @@ mod tests {
         for (t, s) in [(9, ""), (4, "f"), (10, ""), (5, "{}")] {
             out.extend(p.push(t, s));
         }
-        out.extend(p.finish());
+        out.extend(p.finish(false));
         assert_eq!(out.len(), 2, "{out:?}");
         assert_eq!(p.calls(), 2);
     }
@@ -908,5 +1012,150 @@ mod tests {
         );
         assert!(g.contains("args1: %json {\"type\":\"object\""), "{g}");
         assert!(g.contains("\"key_separator\":\": \""), "{g}");
+    }
+    /// A Pydantic model nesting another: `Person` with an `Addr`, referenced from the root.
+    fn pydantic_tool(name: &str) -> Tool {
+        Tool {
+            name: name.into(),
+            parameters: json!({
+                "$defs": {"Addr": {"type": "object", "title": "Addr",
+                    "properties": {"city": {"type": "string"}, "zip": {"type": "string"}},
+                    "required": ["city", "zip"]}},
+                "type": "object", "title": "Person",
+                "properties": {"name": {"type": "string"}, "home": {"$ref": "#/$defs/Addr"},
+                    "old": {"anyOf": [{"$ref": "#/definitions/Old"}, {"type": "null"}]},
+                    "friend": {"$ref": "#"}, "example": {"const": {"$ref": "#/kept"}}},
+                "definitions": {"Old": {"type": "object", "properties": {"x": {}}}},
+                "required": ["name", "home"],
+            }),
+            raw: json!({"type": "function", "function": {"name": name}}),
+        }
+    }
+
+    /// The schema a Hermes grammar embeds.
+    fn embedded_schema(grammar: &str) -> Value {
+        let at = grammar.find("%json ").unwrap() + "%json ".len();
+        first_json_value(&grammar[at..]).unwrap().0
+    }
+
+    #[test]
+    fn references_of_each_tool_resolve_from_the_combined_root() {
+        let plain = Tool {
+            name: "plain".into(),
+            parameters: json!({"type": "object", "properties": {"q": {"type": "string"}}}),
+            raw: json!({}),
+        };
+        let tools = [plain, pydantic_tool("person"), pydantic_tool("other")];
+        let g = call_grammar(ToolFormat::Hermes, &tools, &ToolChoice::Required, false).unwrap();
+        let schema = embedded_schema(&g);
+        // A tool without references stays inline (closed, as response_format's are).
+        assert_eq!(
+            schema.pointer("/anyOf/0/properties/arguments"),
+            Some(
+                &json!({"type": "object", "properties": {"q": {"type": "string"}}, "additionalProperties": false})
+            )
+        );
+        for (i, name) in [(1, "verre_tool_1"), (2, "verre_tool_2")] {
+            assert_eq!(
+                schema.pointer(&format!("/anyOf/{i}/properties/arguments")),
+                Some(&json!({"$ref": format!("#/$defs/{name}")}))
+            );
+            let lifted = schema.pointer(&format!("/$defs/{name}")).unwrap();
+            let prop = |p: &str| lifted.pointer(&format!("/properties/{p}")).unwrap().clone();
+            assert_eq!(
+                prop("home"),
+                json!({"$ref": format!("#/$defs/{name}/$defs/Addr")})
+            );
+            assert_eq!(
+                prop("old")["anyOf"][0],
+                json!({"$ref": format!("#/$defs/{name}/definitions/Old")})
+            );
+            assert_eq!(prop("friend"), json!({"$ref": format!("#/$defs/{name}")}));
+            // Instances are data, not references.
+            assert_eq!(prop("example"), json!({"const": {"$ref": "#/kept"}}));
+            // Every rewritten reference points at something that exists.
+            for r in ["/$defs/Addr", "/definitions/Old", ""] {
+                assert!(
+                    schema.pointer(&format!("/$defs/{name}{r}")).is_some(),
+                    "{r}"
+                );
+            }
+            assert_eq!(lifted["additionalProperties"], json!(false));
+            assert_eq!(
+                lifted["$defs"]["Addr"]["additionalProperties"],
+                json!(false)
+            );
+        }
+        // Mistral v11 grammars embed each tool's schema as its own root: left as written.
+        let v11 = ToolFormat::Mistral(Mistral {
+            name_args: true,
+            ..Mistral::default()
+        });
+        let g = call_grammar(v11, &tools[1..2], &ToolChoice::Required, false).unwrap();
+        assert!(g.contains(r##""$ref":"#/$defs/Addr""##), "{g}");
+    }
+
+    #[test]
+    fn one_call_unless_parallel() {
+        let tools = [pydantic_tool("a"), pydantic_tool("b")];
+        for choice in [ToolChoice::Required, ToolChoice::Function("a".into())] {
+            let g = call_grammar(ToolFormat::Hermes, &tools, &choice, false).unwrap();
+            assert!(g.starts_with("start: call\n"), "{g}");
+        }
+        let g = call_grammar(ToolFormat::Hermes, &tools, &ToolChoice::Required, true).unwrap();
+        assert!(g.starts_with("start: call (\"\\n\" call)*\n"), "{g}");
+    }
+
+    #[test]
+    fn a_call_cut_by_the_token_limit_is_not_content() {
+        let cut = |text: &str| {
+            let mut p = ToolCallParser::new(ToolFormat::Hermes);
+            let mut out = p.push(0, text);
+            out.extend(p.finish(true));
+            out
+        };
+        // Cut inside the arguments: no call, and no call text as content.
+        let out = cut("Sure. <tool_call>\n{\"name\": \"f\", \"arguments\": {\"city\": \"Par");
+        assert_eq!(out, vec![ToolDelta::Content("Sure. ".into())]);
+        // Cut inside the closing tag: the call is complete.
+        for tail in ["\n</tool", "</", "\n<"] {
+            let out = cut(&format!(
+                "<tool_call>\n{{\"name\": \"f\", \"arguments\": {{}}}}{tail}"
+            ));
+            assert!(
+                matches!(&out[..], [ToolDelta::Call(c)] if c.name == "f"),
+                "{tail:?}: {out:?}"
+            );
+        }
+        // Not cut: a malformed call is still shown as written.
+        let mut p = ToolCallParser::new(ToolFormat::Hermes);
+        let mut out = p.push(0, "<tool_call>{\"name\": ");
+        out.extend(p.finish(false));
+        assert_eq!(
+            out,
+            vec![ToolDelta::Content("<tool_call>{\"name\": ".into())]
+        );
+    }
+
+    #[test]
+    fn repeated_constrained_calls_go_out_once() {
+        let call = |args: &str| {
+            format!("<tool_call>\n{{\"name\": \"f\", \"arguments\": {args}}}\n</tool_call>\n")
+        };
+        let text = [call("{\"x\": 1}"), call("{\"x\": 1}"), call("{\"x\": 2}")].concat();
+        let names = |mut p: ToolCallParser| {
+            let mut out = p.push(0, &text);
+            out.extend(p.finish(false));
+            assert!(
+                out.iter().all(|d| matches!(d, ToolDelta::Call(_))),
+                "{out:?}"
+            );
+            (out.len(), p.calls())
+        };
+        assert_eq!(
+            names(ToolCallParser::new(ToolFormat::Hermes).distinct()),
+            (2, 2)
+        );
+        assert_eq!(names(ToolCallParser::new(ToolFormat::Hermes)), (3, 3));
     }
 }

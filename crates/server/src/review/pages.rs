@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use minijinja::{Environment, Value as Tpl, context};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use verre_store::review::{QueueFilter, ReviewStatus};
+use verre_store::review::{LoginRefusal, LoginReservation, QueueFilter, ReviewStatus};
 use verre_store::{Store, now_ms};
 
 use super::auth::{self, LOGIN_CSRF_COOKIE, Reviewer, SESSION_COOKIE};
@@ -154,11 +154,12 @@ fn store(state: &AppState) -> Result<&Store, PageError> {
 /// The signed-in reviewer, or a redirect to the login page.
 async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Reviewer, Response> {
     let store = store(state).map_err(IntoResponse::into_response)?;
-    let token = auth::cookie(headers, SESSION_COOKIE).unwrap_or("");
+    let token = auth::review_cookie(state.review(), headers, SESSION_COOKIE).unwrap_or("");
     if token.is_empty() {
         return Err(Redirect::to("/review/login").into_response());
     }
-    match store.session(token).await {
+    let idle = state.review().session_idle.as_millis() as i64;
+    match store.use_session(token, idle, now_ms()).await {
         Ok(Some(session)) => Ok(Reviewer { session }),
         Ok(None) => Err(Redirect::to("/review/login").into_response()),
         Err(e) => Err(PageError::from(e).into_response()),
@@ -241,43 +242,66 @@ pub async fn login(
     Form(form): Form<LoginForm>,
 ) -> PageResult {
     let store = store(&state)?;
-    let expected = auth::cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or("");
+    let expected = auth::review_cookie(state.review(), &headers, LOGIN_CSRF_COOKIE).unwrap_or("");
     if !auth::same_token(expected, &form.csrf) {
         return Err(PageError::new(
             StatusCode::FORBIDDEN,
             "the login form's security token is wrong or out of date: reload the login page",
         ));
     }
-    let ip = auth::client_ip(extensions.get::<ConnectInfo<SocketAddr>>());
+    let connect = extensions.get::<ConnectInfo<SocketAddr>>();
+    let (ip, client) = (auth::client_ip(connect), auth::client_key(connect));
     let now = now_ms();
-    let since = now - auth::LOGIN_WINDOW_MS;
-    if store.login_failures(&form.name, &ip, since).await? >= auth::LOGIN_MAX_FAILURES {
+    let settings = state.review();
+    let too_many = |retry_after_ms: i64, why: &str| {
         let mut r = login_page(
             &state,
             &headers,
             StatusCode::TOO_MANY_REQUESTS,
             &form.name,
-            Some("Too many failed logins for this user from this address: wait 15 minutes."),
+            Some(why),
         );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("900"));
-        return Ok(r);
+        let secs = (retry_after_ms.max(0) as u64).div_ceil(1000).max(1);
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        r
+    };
+    // Busy checking other passwords: refused before anything is counted or computed.
+    let Some(slot) = settings.password_checks.try_slot() else {
+        return Ok(too_many(
+            1000,
+            "The server is busy checking other logins: try again in a moment.",
+        ));
+    };
+    match store
+        .reserve_login_failure(&form.name, &client, now, &settings.login_limits)
+        .await?
+    {
+        LoginReservation::Reserved => {}
+        LoginReservation::Refused {
+            retry_after_ms,
+            reason,
+        } => {
+            let why = match reason {
+                LoginRefusal::Client => {
+                    "Too many failed logins for this user from this address: wait and try again later."
+                }
+                LoginRefusal::Account => {
+                    "Too many failed logins for this user: wait and try again later."
+                }
+            };
+            return Ok(too_many(retry_after_ms, why));
+        }
     }
     let user = store.user(&form.name).await?;
-    let password = form.password.clone();
     let stored = user.as_ref().map(|u| u.password_hash.clone());
-    // argon2 is deliberately slow: off the async threads.
-    let ok = tokio::task::spawn_blocking(move || match stored {
-        Some(h) => auth::verify_password(&h, &password),
-        None => {
-            auth::dummy_verify(&password);
-            false
-        }
-    })
-    .await
-    .unwrap_or(false);
+    let ok = settings
+        .password_checks
+        .check(slot, stored, form.password.clone())
+        .await;
     if !ok {
-        store.record_login_failure(&form.name, &ip, since).await?;
+        // The failure reserved above stays.
         return Ok(login_page(
             &state,
             &headers,
@@ -286,7 +310,7 @@ pub async fn login(
             Some("Wrong user name or password."),
         ));
     }
-    store.clear_login_failures(&form.name, &ip).await?;
+    store.clear_login_failures(&form.name, &client).await?;
     let token = auth::random_token();
     let ttl = state.review().session_ttl;
     store
@@ -332,8 +356,10 @@ pub async fn logout(
         Ok(r) => r,
         Err(r) => return r,
     };
-    if let (Some(store), Some(token)) = (state.store(), auth::cookie(&headers, SESSION_COOKIE))
-        && let Err(e) = store.end_session(token).await
+    if let (Some(store), Some(token)) = (
+        state.store(),
+        auth::review_cookie(state.review(), &headers, SESSION_COOKIE),
+    ) && let Err(e) = store.end_session(token).await
     {
         return PageError::from(e).into_response();
     }
@@ -583,11 +609,19 @@ async fn message_page(
     let route = output("route")
         .and_then(|r| r["route"].as_str())
         .map(str::to_string);
+    let sender = sender_ctx(output("parse"));
     let decision = store.decision(id).await?;
     let review_status = store
         .review_status(id)
         .await?
         .unwrap_or(ReviewStatus::InProgress);
+    let approvals: Vec<Tpl> = store
+        .approvals(id)
+        .await?
+        .into_iter()
+        .map(|(user, at)| context! { user => user, at => at })
+        .collect();
+    let changed = store.recipient_changes(id).await?;
     let drafts = store.drafts(id).await?;
     let draft = drafts.last().map(|d| d.body.clone()).unwrap_or_default();
     let actions: Vec<Tpl> = detail
@@ -606,8 +640,12 @@ async fn message_page(
                     None,
                 ),
             };
+            let staged_target = changed
+                .iter()
+                .find(|(aid, _, _)| *aid == a.id)
+                .map(|(_, staged, _)| staged.clone());
             context! { id => a.id, name => &a.name, kind => &a.kind, target => &a.target,
-            status => &a.status, payload => payload, error => error }
+            staged_target => staged_target, status => &a.status, payload => payload, error => error }
         })
         .collect();
     let stages: Vec<&str> = detail
@@ -634,6 +672,7 @@ async fn message_page(
             undecided => review_status == ReviewStatus::ToReview,
             decision => decision,
             headers => header_text,
+            sender => sender,
             html => html.map(Tpl::from_safe_string),
             text => text,
             attachments => attachments,
@@ -643,10 +682,32 @@ async fn message_page(
             draft => draft,
             drafts => drafts,
             actions => actions,
+            approvals => approvals,
+            second_approver => state.review().second_approver && !changed.is_empty(),
             deliveries => store.deliveries(id).await?,
             stages => stages,
         },
     ))
+}
+
+/// What the page flags about the sender, from the parse stage's fields: a `Reply-To`
+/// other than `From` (replies go there), and whether the receiving server authenticated
+/// the sender (`message.auth`, from `Authentication-Results`; None for mail parsed before
+/// it was read).
+fn sender_ctx(parse: Option<&Value>) -> Tpl {
+    let Some(fields) = parse else {
+        return Tpl::UNDEFINED;
+    };
+    let text = |k: &str| fields[k].as_str().unwrap_or("").to_string();
+    let (from, reply_to) = (text("from"), text("reply_to"));
+    let auth = fields.get("auth").filter(|a| a.is_object());
+    context! {
+        from => &from,
+        reply_to => &reply_to,
+        reply_to_differs => !reply_to.is_empty() && !reply_to.eq_ignore_ascii_case(&from),
+        auth => auth,
+        authenticated => auth.is_some_and(|a| a["dmarc"] == "pass"),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -674,6 +735,9 @@ fn notice_text(key: &str) -> Option<&'static str> {
         "draft" => "Draft saved.",
         "payload" => "Payload saved.",
         "approved" => "Approved: the actions are in the outbox and being delivered.",
+        "awaiting" => {
+            "Your approval is recorded. A reply's recipient was changed, so another reviewer must approve before anything is sent."
+        }
         "rejected" => "Rejected.",
         "rerun" => "The stage is queued again; intake workers will run it.",
         _ => return None,
@@ -774,7 +838,11 @@ pub async fn approve(
     let settings = state.review();
     let delivery = settings.delivery.clone();
     let allow = move |a: &verre_store::ActionRow| delivery.allow(a);
-    match store(&state)?.approve(id, reviewer.name(), &allow).await {
+    match store(&state)?
+        .approve_with(id, reviewer.name(), &allow, settings.second_approver)
+        .await
+    {
+        Ok(approval) if approval.awaiting.is_some() => Ok(back_to(id, "awaiting")),
         Ok(_) => {
             settings.wake.notify_one();
             Ok(back_to(id, "approved"))

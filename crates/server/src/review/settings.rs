@@ -13,7 +13,9 @@ use tokio::sync::Notify;
 use verre_delivery::WebhookSecret;
 use verre_delivery::mail::{Security, SmtpConfig};
 use verre_store::ActionRow;
+use verre_store::review::LoginLimits;
 
+use super::auth::PasswordChecks;
 use crate::gateway::policy::Policy;
 
 /// Everything the review UI and the delivery worker are configured with.
@@ -23,9 +25,17 @@ pub struct ReviewSettings {
     /// came over TLS (`X-Forwarded-Proto: https` from the proxy in front).
     pub secure_cookies: Option<bool>,
     pub session_ttl: Duration,
+    /// A session unused this long ends (`[review] idle_minutes`).
+    pub session_idle: Duration,
+    /// A reply whose recipient a reviewer changed needs a second approver.
+    pub second_approver: bool,
     pub delivery: Arc<DeliverySettings>,
     /// Wakes the delivery worker when an approval put something in the outbox.
     pub wake: Arc<Notify>,
+    /// Failed logins allowed before attempts are refused.
+    pub login_limits: LoginLimits,
+    /// The password checks running at once.
+    pub password_checks: Arc<PasswordChecks>,
 }
 
 impl Default for ReviewSettings {
@@ -33,8 +43,12 @@ impl Default for ReviewSettings {
         Self {
             secure_cookies: None,
             session_ttl: Duration::from_secs(12 * 3600),
+            session_idle: Duration::from_secs(30 * 60),
+            second_approver: true,
             delivery: Arc::default(),
             wake: Arc::default(),
+            login_limits: LoginLimits::default(),
+            password_checks: Arc::default(),
         }
     }
 }
@@ -90,12 +104,17 @@ impl DeliverySettings {
     }
 }
 
-/// Same scheme, host and port, and the path within the prefix's path.
+/// Same scheme, host and port, and the path within the prefix's path on a segment
+/// boundary (`/hooks` covers `/hooks` and `/hooks/crm`, not `/hooks-admin`).
 fn under(url: &Url, prefix: &Url) -> bool {
+    let within = match url.path().strip_prefix(prefix.path()) {
+        Some(rest) => prefix.path().ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    };
     url.scheme() == prefix.scheme()
         && url.host_str() == prefix.host_str()
         && url.port_or_known_default() == prefix.port_or_known_default()
-        && url.path().starts_with(prefix.path())
+        && within
 }
 
 #[derive(Deserialize, Default)]
@@ -103,6 +122,8 @@ fn under(url: &Url, prefix: &Url) -> bool {
 pub(crate) struct RawReview {
     secure_cookies: Option<bool>,
     session_hours: Option<f64>,
+    idle_minutes: Option<f64>,
+    second_approver: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -143,6 +164,10 @@ pub(crate) fn parse(
     let hours = review.session_hours.unwrap_or(12.0);
     if !(hours.is_finite() && hours > 0.0) {
         bail!("[review] session_hours = {hours} must be a positive number of hours");
+    }
+    let idle = review.idle_minutes.unwrap_or(30.0);
+    if !(idle.is_finite() && idle > 0.0) {
+        bail!("[review] idle_minutes = {idle} must be a positive number of minutes");
     }
     let timeout = delivery.timeout_s.unwrap_or(10.0);
     if !(timeout.is_finite() && timeout > 0.0) {
@@ -212,6 +237,8 @@ pub(crate) fn parse(
     Ok(ReviewSettings {
         secure_cookies: review.secure_cookies,
         session_ttl: Duration::from_secs_f64(hours * 3600.0),
+        session_idle: Duration::from_secs_f64(idle * 60.0),
+        second_approver: review.second_approver.unwrap_or(true),
         delivery: Arc::new(DeliverySettings {
             policy: policy.clone(),
             webhooks,
@@ -219,6 +246,8 @@ pub(crate) fn parse(
             timeout: Duration::from_secs_f64(timeout),
         }),
         wake: Arc::default(),
+        login_limits: LoginLimits::default(),
+        password_checks: Arc::default(),
     })
 }
 
@@ -233,6 +262,11 @@ mod tests {
             webhooks: vec![
                 WebhookTarget {
                     url: Url::parse("https://crm.example.eu/hooks/").unwrap(),
+                    jurisdiction: "EU-FR".into(),
+                    secret: secret.clone(),
+                },
+                WebhookTarget {
+                    url: Url::parse("https://crm.example.eu/api").unwrap(),
                     jurisdiction: "EU-FR".into(),
                     secret: secret.clone(),
                 },
@@ -254,7 +288,15 @@ mod tests {
             s.webhook_target("https://crm.example.eu/hooks/intake")
                 .is_ok()
         );
+        for ok in [
+            "https://crm.example.eu/api",
+            "https://crm.example.eu/api/tickets",
+        ] {
+            assert!(s.webhook_target(ok).is_ok(), "{ok}");
+        }
         for bad in [
+            "https://crm.example.eu/api-admin",
+            "https://crm.example.eu/apix/tickets",
             "https://crm.example.eu/other",
             "http://crm.example.eu/hooks/intake",
             "https://crm.example.eu:8443/hooks/intake",
@@ -293,6 +335,8 @@ mod tests {
 allow_jurisdictions = ["EU"]
 [review]
 session_hours = 2
+idle_minutes = 10
+second_approver = false
 secure_cookies = true
 [delivery]
 timeout_s = 3
@@ -309,6 +353,8 @@ from = "Support <support@example.eu>"
         .unwrap();
         let r = &ok.review;
         assert_eq!(r.session_ttl, Duration::from_secs(7200));
+        assert_eq!(r.session_idle, Duration::from_secs(600));
+        assert!(!r.second_approver);
         assert_eq!(r.secure_cookies, Some(true));
         assert_eq!(r.delivery.timeout, Duration::from_secs(3));
         assert_eq!(r.delivery.smtp.as_ref().unwrap().port, 25);
@@ -333,6 +379,7 @@ from = "Support <support@example.eu>"
                 "unencrypted",
             ),
             ("[review]\nsession_hours = 0\n", "session_hours"),
+            ("[review]\nidle_minutes = -1\n", "idle_minutes"),
         ] {
             let e = format!("{:#}", parse(text).unwrap_err());
             assert!(e.contains(expect), "{text}: {e}");
