@@ -11,12 +11,16 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use clap::Args;
 use serde_json::{Value, json};
-use verre_engine::{FinishReason, GenerateRequest, GrammarSpec, LoadedModel, Message};
+use verre_engine::{
+    EngineHandle, EngineOptions, FinishReason, GenerateRequest, Generation, GrammarSpec,
+    LoadedModel, Message,
+};
 
 #[derive(Args)]
 pub struct BenchSchemasArgs {
@@ -87,7 +91,9 @@ pub fn bench_schemas(args: BenchSchemasArgs) -> Result<()> {
         args.dir.display()
     );
     let entry = verre_models::ModelStore::from_env()?.resolve(&args.model)?;
-    let model = LoadedModel::load(&entry.path)?;
+    let model = Arc::new(LoadedModel::load(&entry.path)?);
+    // One schema at a time: the timings are those of a lone request.
+    let engine = EngineHandle::spawn(model.clone(), EngineOptions::one_at_a_time(&model))?;
 
     let started = Instant::now();
     let mut outcomes = Vec::with_capacity(files.len());
@@ -103,6 +109,7 @@ pub fn bench_schemas(args: BenchSchemasArgs) -> Result<()> {
         .with_context(|| format!("{} is not JSON", file.display()))?;
         let outcome = run_one(
             &model,
+            &engine,
             &schema,
             &args,
             &mut compile_ms,
@@ -122,7 +129,7 @@ pub fn bench_schemas(args: BenchSchemasArgs) -> Result<()> {
                         },
                         ..Default::default()
                     };
-                    if let Ok(f) = model.generate(&free, |_| true) {
+                    if let Ok(f) = engine.generate(free, |_| true) {
                         free_tps.push(f.decode_tokens_per_second());
                     }
                 }
@@ -152,11 +159,12 @@ pub fn bench_schemas(args: BenchSchemasArgs) -> Result<()> {
 
 fn run_one(
     model: &LoadedModel,
+    engine: &EngineHandle,
     schema: &Value,
     args: &BenchSchemasArgs,
     compile_ms: &mut Vec<f64>,
     mask_us: &mut Vec<f64>,
-    mut on_output: impl FnMut(&verre_engine::Generation, &[u32]),
+    mut on_output: impl FnMut(&Generation, &[u32]),
 ) -> Outcome {
     let t = Instant::now();
     let grammar = match model.compile_grammar(&GrammarSpec::JsonSchema(schema.clone())) {
@@ -187,7 +195,7 @@ fn run_one(
         },
         ..Default::default()
     };
-    let generation = match model.generate(&req, |_| true) {
+    let generation = match engine.generate(req, |_| true) {
         Ok(g) => g,
         Err(e) => return Outcome::Failed(format!("{e:#}")),
     };

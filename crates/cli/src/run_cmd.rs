@@ -1,12 +1,15 @@
 //! `verre run`: one generation from the terminal.
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
-use verre_engine::{GenerateRequest, GrammarSpec, LoadedModel, Message, SamplingParams};
+use verre_engine::{
+    EngineHandle, EngineOptions, GenerateRequest, GrammarSpec, LoadedModel, Message, SamplingParams,
+};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -73,7 +76,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 
     let entry = verre_models::ModelStore::from_env()?.resolve(&args.model)?;
     let load_start = Instant::now();
-    let model = LoadedModel::load(&entry.path)?;
+    let model = Arc::new(LoadedModel::load(&entry.path)?);
     let load_ms = load_start.elapsed().as_secs_f64() * 1000.0;
 
     let prompt_ids = if args.raw {
@@ -105,13 +108,14 @@ pub fn run(args: RunArgs) -> Result<()> {
             .transpose()?,
     };
 
+    let engine = EngineHandle::spawn(model.clone(), EngineOptions::one_at_a_time(&model))?;
     let stdout = std::io::stdout();
-    let out = model.generate(&req, |ev| {
+    let out = engine.generate(req, |text| {
         if !args.json {
             let mut out = stdout.lock();
             // A closed pipe (`| head`) ends the generation instead of failing it.
             return out
-                .write_all(ev.text.as_bytes())
+                .write_all(text.as_bytes())
                 .and_then(|_| out.flush())
                 .is_ok();
         }

@@ -127,3 +127,57 @@ fn run_answers_and_reports_json_on_the_real_model() {
     let o = verre(home.path(), &["run", "-m", model, "--regex", "(", "x"]);
     assert_clean_failure(&o, &["regex not supported"]);
 }
+
+#[test]
+fn bench_schemas_reports_coverage_on_the_real_model() {
+    let Some(model) = std::env::var_os("VERRE_SMOLLM2_GGUF") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "VERRE_SMOLLM2_GGUF must be set in CI"
+        );
+        eprintln!("skipped: VERRE_SMOLLM2_GGUF is not set");
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("schemas");
+    std::fs::create_dir(&dir).unwrap();
+    let person = r#"{"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+        "required": ["name", "age"], "additionalProperties": false}"#;
+    std::fs::write(dir.join("a-person.json"), person).unwrap();
+    let refused = r#"{"type": "object", "if": {"required": ["a"]}, "then": {"required": ["b"]}}"#;
+    std::fs::write(dir.join("b-if-then.json"), refused).unwrap();
+    let o = verre(
+        home.path(),
+        &[
+            "bench-schemas",
+            dir.to_str().unwrap(),
+            "-m",
+            model.to_str().unwrap(),
+            "--max-tokens",
+            "64",
+            "--compare",
+            "1",
+            "--threads",
+            "2",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["schemas"], 2, "{v}");
+    assert_eq!(v["compiled"], 1, "{v}");
+    assert_eq!(v["valid"], 1, "{v}");
+    assert!(
+        v["mask_us_per_token"]["tokens"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    assert_eq!(v["decode_tps"]["samples"], 1, "{v}");
+    assert!(
+        v["refusal_reasons"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("if"),
+        "{v}"
+    );
+}

@@ -1,11 +1,12 @@
-//! The output side of one sequence, shared by the engine and single-request generation:
-//! pick a token from the logits (under the grammar, if any), then decide what text it lets
-//! out and whether the output ends there.
+//! The output side of one sequence in the engine: pick a token from the logits (under the
+//! grammar, if any), then decide what text it lets out and whether the output ends there.
+
+use std::time::Duration;
 
 use anyhow::Result;
 
 use crate::constraint::Constraint;
-use crate::generate::{FinishReason, GenerateRequest, StopMatcher};
+use crate::generate::{FinishReason, GenerateRequest};
 use crate::sampler::{Sampled, Sampler, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -167,9 +168,85 @@ impl<'t> Decoding<'t> {
         text
     }
 
-    /// The whole output text (stop strings excluded).
-    pub fn into_text(self) -> String {
-        self.stops.into_text()
+    /// Under a grammar: the time each token's mask took so far.
+    pub fn mask_times(&self) -> Vec<Duration> {
+        self.constraint
+            .as_ref()
+            .map(|c| c.mask_times().to_vec())
+            .unwrap_or_default()
+    }
+}
+
+/// Finds stop strings in streamed text. Text that might be the start of a stop string is
+/// held back until it is known not to be.
+pub(crate) struct StopMatcher {
+    stops: Vec<String>,
+    text: String,
+    /// Bytes of `text` already handed out.
+    emitted: usize,
+    stopped: bool,
+}
+
+impl StopMatcher {
+    pub fn new(stops: &[String]) -> Self {
+        Self {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            text: String::new(),
+            emitted: 0,
+            stopped: false,
+        }
+    }
+
+    /// Add text; returns what may be shown now and whether a stop string was reached.
+    pub fn push(&mut self, piece: &str) -> (String, bool) {
+        if self.stopped {
+            return (String::new(), true);
+        }
+        let search_from = self.emitted;
+        self.text.push_str(piece);
+        let hit = self
+            .stops
+            .iter()
+            .filter_map(|s| {
+                self.text[search_from..]
+                    .find(s.as_str())
+                    .map(|i| i + search_from)
+            })
+            .min();
+        if let Some(at) = hit {
+            self.text.truncate(at);
+            self.stopped = true;
+            let out = self.text[self.emitted..].to_string();
+            self.emitted = self.text.len();
+            return (out, true);
+        }
+        let held = self.held_back();
+        let upto = self.text.len() - held;
+        let out = self.text[self.emitted..upto].to_string();
+        self.emitted = upto;
+        (out, false)
+    }
+
+    /// Release whatever was held back (the generation ended without a stop string).
+    pub fn flush(&mut self) -> String {
+        let out = self.text[self.emitted..].to_string();
+        self.emitted = self.text.len();
+        out
+    }
+
+    /// Length of the longest suffix of the text that is a proper prefix of a stop string.
+    fn held_back(&self) -> usize {
+        let mut held = 0;
+        for s in &self.stops {
+            for (i, _) in self.text[self.emitted..].char_indices() {
+                let suffix = &self.text[self.emitted + i..];
+                if suffix.len() < s.len() && s.starts_with(suffix) {
+                    held = held.max(suffix.len());
+                    break;
+                }
+            }
+        }
+        held
     }
 }
 
@@ -212,5 +289,48 @@ mod tests {
         only[5] = 3.0;
         break_loop(&mut only, &out);
         assert_eq!(only[5], 3.0);
+    }
+
+    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool, String) {
+        let mut m = StopMatcher::new(&stops.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let mut shown = String::new();
+        let mut hit = false;
+        for p in pieces {
+            let (t, h) = m.push(p);
+            shown.push_str(&t);
+            if h {
+                hit = true;
+                break;
+            }
+        }
+        if !hit {
+            shown.push_str(&m.flush());
+        }
+        (shown, hit, m.text)
+    }
+
+    #[test]
+    fn stop_string_split_across_pieces_is_never_shown() {
+        let (shown, hit, text) = run(&["\nUser:"], &["Hello", "\nUs", "er:", " more"]);
+        assert!(hit);
+        assert_eq!(shown, "Hello");
+        assert_eq!(text, "Hello");
+    }
+
+    #[test]
+    fn near_miss_is_released() {
+        let (shown, hit, text) = run(&["STOP"], &["a ST", "OP", ""]);
+        assert!(hit);
+        assert_eq!((shown.as_str(), text.as_str()), ("a ", "a "));
+        let (shown, hit, _) = run(&["STOP"], &["a ST", "ONE"]);
+        assert!(!hit);
+        assert_eq!(shown, "a STONE");
+    }
+
+    #[test]
+    fn held_back_text_is_flushed_at_the_end_and_multibyte_is_safe() {
+        let (shown, hit, _) = run(&["éé"], &["café"]);
+        assert!(!hit);
+        assert_eq!(shown, "café");
     }
 }

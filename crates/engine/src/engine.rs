@@ -2,22 +2,23 @@
 //!
 //! Callers [`EngineHandle::submit`] a request and read its events from a [`RequestStream`]:
 //! a text delta with each token, one `Finished` per choice, then `Done` with the usage.
-//! Each step of the loop:
+//! [`EngineHandle::generate`] does that for one request from a plain thread (a terminal
+//! command, a test). Each step of the loop:
 //!
-//! 1. **schedule** — take in new submissions, drop requests whose receiver is gone (their
-//!    caches are freed), admit waiting requests first come first served while there is room,
-//!    and plan one forward pass: a prompt chunk for each sequence still in prefill (at most
-//!    `prefill_chunk` prompt tokens in all) and one token for each sequence in decode;
-//! 2. **forward** — one batched pass over the weights for the whole plan;
-//! 3. **sample** — pick the next token of every sequence whose prompt is done;
-//! 4. **emit** — send each request its events and publish the counters.
+//! 1. **schedule** — the scheduler (`scheduler.rs`) admits waiting requests and returns the
+//!    step's plan: which sequences compute which positions into which blocks, who was
+//!    preempted, who ran out of blocks;
+//! 2. **execute** — one batched forward over the plan (the token masks of constrained
+//!    sequences computed beside it), then a token for every sequence that reached its end;
+//! 3. **update** — the scheduler hears the tokens and the finished choices, names the
+//!    blocks the step filled and gives back finished sequences' blocks;
+//! 4. **emit** — each request's events on its channel, and the counters.
 //!
-//! The plan is plain data and the step that executes it knows nothing about queues, so the
-//! paged KV cache and the token-budget scheduler (preemption, prefix sharing) can replace
-//! `Scheduler::plan` and the per-sequence caches without changing the loop's shape.
+//! The scheduler owns the queues and the block tables and alone asks the KV manager
+//! ([`KvPool`]) for blocks; this loop owns each request's output side (`Decoding`:
+//! sampling, grammar, stop strings, text) and knows nothing about queues.
 
-use std::collections::VecDeque;
-use std::ops::Range;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::task::{Context, Poll};
@@ -28,11 +29,15 @@ use anyhow::Result;
 use tokio::sync::{mpsc as tokio_mpsc, watch};
 
 use crate::EngineError;
+use crate::constraint::Constraint;
 use crate::decoding::Decoding;
 use crate::generate::{FinishReason, GenerateRequest, LoadedModel, PREFILL_CHUNK};
-use crate::kv::{BLOCK_TOKENS, KvPool, SeqKv};
-use crate::model::{Logits, SeqChunk};
+use crate::kv::KvPool;
+use crate::model::Logits;
 use crate::sampler::{Sampled, log_softmax, top_n};
+use crate::scheduler::{
+    NewRequest, RequestId, ScheduledChunk, Scheduler, SchedulerConfig, SchedulerOutput,
+};
 
 /// Default KV cache budget: pages become resident only as blocks are first written.
 pub const DEFAULT_KV_CACHE_MB: usize = 1024;
@@ -49,6 +54,21 @@ pub struct EngineOptions {
     pub prefill_chunk: usize,
     /// Memory for the paged KV cache; the pool has as many blocks as fit.
     pub kv_cache_bytes: usize,
+}
+
+impl EngineOptions {
+    /// One request at a time with room for a whole context: a terminal command
+    /// (`verre run`), a benchmark, or the reference a batched run is compared with.
+    pub fn one_at_a_time(model: &LoadedModel) -> Self {
+        let (layers, width) = model.model.kv_geometry();
+        Self {
+            max_running: 1,
+            max_waiting: 1,
+            kv_cache_bytes: KvPool::blocks_for(model.info().context_length)
+                * KvPool::block_bytes(layers, width),
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for EngineOptions {
@@ -103,6 +123,8 @@ pub enum EngineEvent {
         index: usize,
         reason: FinishReason,
         completion_tokens: usize,
+        /// Under a grammar: the time each token's mask took (benchmarks).
+        mask_times: Vec<Duration>,
     },
     /// Every choice ended; the last event.
     Done(Usage),
@@ -150,6 +172,47 @@ pub struct EngineMetrics {
     pub prefix_cache_hits: u64,
     /// Requests preempted (blocks freed, tokens recomputed later) for lack of KV blocks.
     pub preemptions: u64,
+}
+
+/// One finished generation, as [`EngineHandle::generate`] collects it.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    /// Log-probability of each generated token, in order.
+    pub logprobs: Vec<f32>,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// From admission to the first token.
+    pub prefill_ms: f64,
+    /// Everything after the first token.
+    pub decode_ms: f64,
+    /// Under a grammar: the time each token mask took.
+    pub mask_times: Vec<Duration>,
+}
+
+impl Generation {
+    pub fn prefill_tokens_per_second(&self) -> f64 {
+        per_second(self.prompt_tokens, self.prefill_ms)
+    }
+
+    /// Tokens after the first, over the time after the first.
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        per_second(self.completion_tokens.saturating_sub(1), self.decode_ms)
+    }
+}
+
+fn per_second(n: usize, ms: f64) -> f64 {
+    if ms > 0.0 {
+        n as f64 * 1000.0 / ms
+    } else {
+        0.0
+    }
+}
+
+fn millis_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
 }
 
 /// The events of one request. Dropping it cancels the request at the engine's next step.
@@ -294,6 +357,72 @@ impl EngineHandle {
         Ok(())
     }
 
+    /// Submit one request and wait for its answer, from a thread that is not running an
+    /// async runtime (a terminal command, a test). `on_text` sees the text of each token
+    /// as it comes; returning `false` cancels the request (finish reason `Cancelled`).
+    /// A refused request is an [`EngineError`] when it is invalid.
+    pub fn generate(
+        &self,
+        request: GenerateRequest,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let prompt_tokens = request.prompt_ids.len();
+        let mut stream = self.submit(request.into()).map_err(|e| match e {
+            // The caller can downcast to the `EngineError` itself.
+            SubmitError::Invalid(e) => anyhow::Error::new(e),
+            e => anyhow::Error::new(e),
+        })?;
+        let mut g = Generation {
+            text: String::new(),
+            token_ids: Vec::new(),
+            logprobs: Vec::new(),
+            finish_reason: FinishReason::Length,
+            prompt_tokens,
+            completion_tokens: 0,
+            prefill_ms: 0.0,
+            decode_ms: 0.0,
+            mask_times: Vec::new(),
+        };
+        let mut admitted = Instant::now();
+        let mut first_token = None;
+        loop {
+            let Some(event) = stream.events.blocking_recv() else {
+                anyhow::bail!("the engine stopped before the request was done");
+            };
+            match event {
+                EngineEvent::Admitted { .. } => admitted = Instant::now(),
+                EngineEvent::PromptLogprobs(_) => {}
+                EngineEvent::Token { sampled, text, .. } => {
+                    if first_token.is_none() {
+                        g.prefill_ms = millis_since(admitted);
+                        first_token = Some(Instant::now());
+                    }
+                    g.token_ids.push(sampled.token);
+                    g.logprobs.push(sampled.logprob);
+                    g.text.push_str(&text);
+                    if !on_text(&text) {
+                        // Dropping the stream cancels the request at the engine's next step.
+                        g.finish_reason = FinishReason::Cancelled;
+                        break;
+                    }
+                }
+                EngineEvent::Finished {
+                    reason, mask_times, ..
+                } => {
+                    g.finish_reason = reason;
+                    g.mask_times = mask_times;
+                }
+                EngineEvent::Done(_) => break,
+                EngineEvent::Failed(e) => anyhow::bail!("{e}"),
+            }
+        }
+        g.completion_tokens = g.token_ids.len();
+        if let Some(t) = first_token {
+            g.decode_ms = millis_since(t);
+        }
+        Ok(g)
+    }
+
     /// The counters now.
     pub fn metrics(&self) -> EngineMetrics {
         let mut m = *self.shared.metrics.borrow();
@@ -311,101 +440,60 @@ impl EngineHandle {
     }
 }
 
-/// One request being decoded: its prompt, its choices and where its events go.
-struct Running<'m> {
+/// A request the engine has taken in: where its events go, and the output side of each
+/// choice. The scheduler keeps what decides who runs (tokens, blocks, queues).
+struct Request<'m> {
     events: tokio_mpsc::UnboundedSender<EngineEvent>,
     prompt: Vec<u32>,
     /// Generated tokens per choice, at most; already capped by the context.
     max_tokens: usize,
     /// Filled during prefill when the request asked for prompt log-probabilities.
     prompt_logprobs: Option<Vec<Option<Sampled>>>,
-    choices: Vec<Sequence<'m>>,
+    choices: Vec<Choice<'m>>,
     /// Ended with an error (already sent); its remaining chunks are skipped.
     failed: bool,
 }
 
-/// One choice of a request: its blocks in the pool and the state of its output.
-struct Sequence<'m> {
-    kv: SeqKv,
-    /// The prefix cache was consulted since the sequence (re)started.
-    looked_up: bool,
+struct Choice<'m> {
     dec: Decoding<'m>,
     finished: bool,
 }
 
-impl Running<'_> {
-    /// Prompt then output so far: the tokens whose keys and values a choice holds.
-    fn tokens_of(&self, choice: usize) -> Vec<u32> {
-        let mut t = self.prompt.clone();
-        t.extend_from_slice(&self.choices[choice].dec.output);
-        t
-    }
-
-    /// Positions a choice must have computed before it samples again.
-    fn target_len(&self, choice: usize) -> usize {
-        self.prompt.len() + self.choices[choice].dec.output.len()
-    }
-}
-
-/// The tokens one sequence adds in a step: positions `positions` of prompt-then-output.
-struct PlannedChunk {
-    request: usize,
-    choice: usize,
-    positions: Range<usize>,
-    tokens: Vec<u32>,
-    /// Logits for every row (prompt log-probabilities), not only the last.
-    all_logits: bool,
-}
-
-/// What one forward pass carries, in the order of the running requests and choices.
-struct StepPlan {
-    chunks: Vec<PlannedChunk>,
-}
-
-/// Decides who runs: admission (FCFS, preempted requests first), the token budget of each
-/// step, blocks for what is planned, and preemption when the pool runs out.
-struct Scheduler {
-    waiting: VecDeque<Submission>,
-    options: EngineOptions,
-}
-
-/// The token at position `p` of a sequence: the prompt, then the output.
-fn token_at(req: &Running<'_>, seq: &Sequence<'_>, p: usize) -> u32 {
-    match p.checked_sub(req.prompt.len()) {
-        None => req.prompt[p],
-        Some(i) => seq.dec.output[i],
-    }
-}
-
+/// The engine's thread: schedule, execute (forward, sample), update, emit.
 struct EngineLoop<'m> {
     model: &'m LoadedModel,
     shared: Arc<Shared>,
     inbox: mpsc::Receiver<Submission>,
     inbox_open: bool,
     scheduler: Scheduler,
-    running: Vec<Running<'m>>,
-    /// Preempted requests waiting to resume (their blocks are given back).
-    preempted: VecDeque<Running<'m>>,
     pool: KvPool,
+    next_id: RequestId,
+    /// Submitted, waiting in the scheduler's queue.
+    pending: HashMap<RequestId, Submission>,
+    /// Admitted (running or preempted).
+    requests: HashMap<RequestId, Request<'m>>,
     metrics: EngineMetrics,
 }
 
 impl<'m> EngineLoop<'m> {
     fn new(model: &'m LoadedModel, shared: Arc<Shared>, inbox: mpsc::Receiver<Submission>) -> Self {
-        let options = shared.options.clone();
+        let options = &shared.options;
+        let scheduler = Scheduler::new(SchedulerConfig {
+            max_running: options.max_running,
+            token_budget: options.prefill_chunk,
+            context_length: shared.context_length,
+        });
         let pool = model.model.new_kv_pool(shared.kv_blocks);
         Self {
             model,
             shared,
             inbox,
             inbox_open: true,
-            scheduler: Scheduler {
-                waiting: VecDeque::new(),
-                options,
-            },
-            running: Vec::new(),
-            preempted: VecDeque::new(),
+            scheduler,
             pool,
+            next_id: 0,
+            pending: HashMap::new(),
+            requests: HashMap::new(),
             metrics: EngineMetrics::default(),
         }
     }
@@ -413,19 +501,21 @@ impl<'m> EngineLoop<'m> {
     fn run(mut self) {
         while self.receive() {
             self.cancel_dropped();
-            self.admit();
-            let plan = self.plan();
+            let plan = self.scheduler.schedule(&mut self.pool);
+            self.start_admitted(&plan);
             if !plan.chunks.is_empty() {
                 match self.forward(&plan) {
                     Ok(logits) => {
-                        self.register_blocks(&plan);
+                        self.scheduler.register_filled(&plan, &mut self.pool);
                         self.sample_and_emit(&plan, &logits);
                     }
                     Err(e) => self.fail_all(&format!("{e:#}")),
                 }
                 self.metrics.steps += 1;
             }
-            self.release_finished();
+            for id in self.scheduler.free_finished(&mut self.pool) {
+                self.requests.remove(&id);
+            }
             self.publish();
         }
     }
@@ -433,21 +523,18 @@ impl<'m> EngineLoop<'m> {
     /// Take new submissions; wait for one when there is nothing else to do. False when
     /// every handle is gone and no work is left.
     fn receive(&mut self) -> bool {
-        let idle = self.running.is_empty()
-            && self.preempted.is_empty()
-            && self.scheduler.waiting.is_empty();
-        if idle {
+        if self.scheduler.is_idle() {
             if !self.inbox_open {
                 return false;
             }
             match self.inbox.recv() {
-                Ok(s) => self.scheduler.waiting.push_back(s),
+                Ok(s) => self.take(s),
                 Err(_) => return false,
             }
         }
         loop {
             match self.inbox.try_recv() {
-                Ok(s) => self.scheduler.waiting.push_back(s),
+                Ok(s) => self.take(s),
                 Err(mpsc::TryRecvError::Empty) => return true,
                 Err(mpsc::TryRecvError::Disconnected) => {
                     self.inbox_open = false;
@@ -457,73 +544,75 @@ impl<'m> EngineLoop<'m> {
         }
     }
 
+    /// Queue a submission with the scheduler. `submit` has checked it already; one the
+    /// scheduler still refuses fails alone.
+    fn take(&mut self, submission: Submission) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = NewRequest {
+            id,
+            prompt: submission.request.generate.prompt_ids.clone(),
+            n: submission.request.n,
+            prompt_logprobs: submission.request.prompt_logprobs,
+        };
+        match self.scheduler.add(request, &self.pool) {
+            Ok(()) => {
+                self.pending.insert(id, submission);
+            }
+            Err(e) => {
+                self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+                let _ = submission.events.send(EngineEvent::Failed(e.to_string()));
+            }
+        }
+    }
+
     /// Requests whose receiver was dropped stop here; their blocks go back to the pool.
     fn cancel_dropped(&mut self) {
-        let pool = &mut self.pool;
-        self.running.retain_mut(|r| {
-            let keep = !r.events.is_closed();
-            if !keep {
-                release_all(pool, r);
-            }
-            keep
-        });
-        self.preempted.retain(|r| !r.events.is_closed());
-        let waiting = self.scheduler.waiting.len();
-        self.scheduler.waiting.retain(|s| !s.events.is_closed());
-        let dropped = waiting - self.scheduler.waiting.len();
-        self.shared.waiting.fetch_sub(dropped, Ordering::AcqRel);
-    }
-
-    /// Blocks a request needs to start (or resume): its tokens so far and one more, for
-    /// each choice; the choices of a fresh request share the prompt's full blocks.
-    fn blocks_to_start(&self, prompt: usize, outputs: &[usize]) -> usize {
-        let shared = prompt / BLOCK_TOKENS;
-        outputs
+        let dropped: Vec<RequestId> = self
+            .pending
             .iter()
-            .map(|o| KvPool::blocks_for(prompt + o + 1) - shared)
-            .sum::<usize>()
-            + shared
+            .filter(|(_, s)| s.events.is_closed())
+            .map(|(id, _)| *id)
+            .chain(
+                self.requests
+                    .iter()
+                    .filter(|(_, r)| r.events.is_closed())
+                    .map(|(id, _)| *id),
+            )
+            .collect();
+        for id in dropped {
+            if self.scheduler.abort(id, &mut self.pool) {
+                self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            }
+            self.pending.remove(&id);
+            self.requests.remove(&id);
+        }
     }
 
-    /// Admit preempted requests, then waiting ones, first come first served, while there
-    /// is room in sequences and in free blocks (with a small reserve so that what runs
-    /// can grow).
-    fn admit(&mut self) {
-        let max_running = self.scheduler.options.max_running;
-        let reserve = self.pool.num_blocks() / 100;
-        let mut running_sequences: usize = self.running.iter().map(|r| r.choices.len()).sum();
-        while let Some(r) = self.preempted.front() {
-            let outputs: Vec<usize> = r.choices.iter().map(|s| s.dec.output.len()).collect();
-            let need = self.blocks_to_start(r.prompt.len(), &outputs);
-            if running_sequences + r.choices.len() > max_running
-                || need + reserve > self.pool.available()
-            {
-                return;
-            }
-            running_sequences += r.choices.len();
-            let r = self.preempted.pop_front().expect("front exists");
-            self.running.push(r);
-        }
-        while let Some(next) = self.scheduler.waiting.front() {
-            let g = &next.request.generate;
-            let n = next.request.n;
-            let need = self.blocks_to_start(g.prompt_ids.len(), &vec![0; n]);
-            if running_sequences + n > max_running || need + reserve > self.pool.available() {
-                break;
-            }
-            running_sequences += n;
-            let s = self.scheduler.waiting.pop_front().expect("front exists");
+    /// Requests the scheduler admitted get their output side and hear `Admitted`; choices
+    /// it ended for lack of blocks hear `Finished`.
+    fn start_admitted(&mut self, plan: &SchedulerOutput) {
+        for id in &plan.admitted {
+            let Some(s) = self.pending.remove(id) else {
+                continue;
+            };
             self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
             self.metrics.prompt_tokens += s.request.generate.prompt_ids.len() as u64;
             let _ = s.events.send(EngineEvent::Admitted {
                 queue_time: s.submitted.elapsed(),
             });
-            let r = self.start(s);
-            self.running.push(r);
+            let request = self.start(s);
+            self.requests.insert(*id, request);
+        }
+        self.metrics.preemptions += plan.preempted.len() as u64;
+        for &(id, c) in &plan.out_of_blocks {
+            if let Some(req) = self.requests.get_mut(&id) {
+                finish_out_of_blocks(req, c);
+            }
         }
     }
 
-    fn start(&self, s: Submission) -> Running<'m> {
+    fn start(&self, s: Submission) -> Request<'m> {
         let EngineRequest {
             generate: g,
             n,
@@ -536,15 +625,13 @@ impl<'m> EngineLoop<'m> {
             .map(|i| {
                 let mut sampling = g.sampling.clone();
                 sampling.seed = sampling.seed.map(|seed| seed.wrapping_add(i as u64));
-                Sequence {
-                    kv: SeqKv::new(self.shared.context_length),
-                    looked_up: false,
+                Choice {
                     dec: Decoding::new(&self.model.tokenizer, &g, sampling, max_tokens),
                     finished: false,
                 }
             })
             .collect();
-        Running {
+        Request {
             events: s.events,
             max_tokens,
             prompt_logprobs: prompt_logprobs.then(|| vec![None]),
@@ -554,168 +641,37 @@ impl<'m> EngineLoop<'m> {
         }
     }
 
-    /// The step's plan: one token for every sequence in decode, then prompt (or
-    /// recomputed) tokens for the others within what is left of the token budget. Blocks
-    /// are reserved for everything planned; when the pool runs out, the request admitted
-    /// last is preempted (its blocks freed, its tokens recomputed later).
-    fn plan(&mut self) -> StepPlan {
-        let decodes = self
-            .running
-            .iter()
-            .flat_map(|r| {
-                r.choices.iter().enumerate().filter(move |(c, s)| {
-                    !s.finished && r.target_len(*c) - s.kv.len() == 1 && !s.kv.is_empty()
-                })
-            })
-            .count();
-        let mut prefill_budget = self
-            .scheduler
-            .options
-            .prefill_chunk
-            .saturating_sub(decodes)
-            .max(1);
-        let mut chunks = Vec::new();
-        let mut r = 0;
-        while r < self.running.len() {
-            let mut c = 0;
-            while c < self.running[r].choices.len() {
-                let req = &self.running[r];
-                let seq = &req.choices[c];
-                if seq.finished || req.failed {
-                    c += 1;
-                    continue;
-                }
-                // Later choices of a fresh request wait for the first one's prompt, then
-                // share its full blocks through the prefix cache.
-                if c > 0
-                    && !seq.looked_up
-                    && req.choices[0].kv.len() < req.prompt.len()
-                    && !req.choices[0].finished
-                {
-                    c += 1;
-                    continue;
-                }
-                if !seq.looked_up {
-                    let tokens = req.tokens_of(c);
-                    let use_cache = req.prompt_logprobs.is_none();
-                    let seq = &mut self.running[r].choices[c];
-                    seq.looked_up = true;
-                    if use_cache {
-                        self.pool.attach_prefix(&mut seq.kv, &tokens);
-                    }
-                }
-                let req = &self.running[r];
-                let seq = &req.choices[c];
-                let start = seq.kv.len();
-                let need = req.target_len(c) - start;
-                let take = if need == 1 && start > 0 {
-                    1
-                } else {
-                    let t = need.min(prefill_budget);
-                    prefill_budget -= t;
-                    t
-                };
-                if take == 0 {
-                    c += 1;
-                    continue;
-                }
-                // Blocks for the planned tokens, preempting from the back when short.
-                let mut ok = self
-                    .pool
-                    .reserve(&mut self.running[r].choices[c].kv, start + take);
-                while !ok && self.running.len() > r + 1 {
-                    self.preempt_last();
-                    ok = self
-                        .pool
-                        .reserve(&mut self.running[r].choices[c].kv, start + take);
-                }
-                if !ok {
-                    // Alone and out of blocks: this choice cannot grow any further.
-                    self.finish_out_of_blocks(r, c);
-                    c += 1;
-                    continue;
-                }
-                let req = &self.running[r];
-                let seq = &req.choices[c];
-                let end = start + take;
-                let in_prompt = start < req.prompt.len();
-                chunks.push(PlannedChunk {
-                    request: r,
-                    choice: c,
-                    positions: start..end,
-                    tokens: (start..end).map(|p| token_at(req, seq, p)).collect(),
-                    all_logits: in_prompt && c == 0 && req.prompt_logprobs.is_some(),
-                });
-                c += 1;
-            }
-            r += 1;
-        }
-        StepPlan { chunks }
-    }
-
-    /// Free the blocks of the request admitted last and queue it to resume first.
-    fn preempt_last(&mut self) {
-        let mut victim = self.running.pop().expect("a request to preempt");
-        release_all(&mut self.pool, &mut victim);
-        for seq in &mut victim.choices {
-            seq.looked_up = false;
-        }
-        self.metrics.preemptions += 1;
-        tracing::debug!("preempted a request of {} tokens", victim.prompt.len());
-        self.preempted.push_front(victim);
-    }
-
-    /// A choice that cannot get a block even with nothing else running ends here, as if
-    /// it had reached its token limit.
-    fn finish_out_of_blocks(&mut self, r: usize, c: usize) {
-        let req = &mut self.running[r];
-        let seq = &mut req.choices[c];
-        seq.finished = true;
-        let text = seq.dec.flush();
-        tracing::warn!(
-            "the KV cache is full: a sequence of {} tokens ends early ({} bytes of held-back text dropped)",
-            seq.kv.len(),
-            text.len()
-        );
-        let completion_tokens = seq.dec.output.len();
-        let _ = req.events.send(EngineEvent::Finished {
-            index: c,
-            reason: FinishReason::Length,
-            completion_tokens,
-        });
-        send_done_if_complete(req);
-    }
-
     /// One batched pass over the weights for every chunk of the plan. The token masks of
     /// constrained sequences that sample in this step are computed meanwhile: they need
     /// the tokens so far, not the logits.
-    fn forward(&mut self, plan: &StepPlan) -> Result<Logits> {
-        let model = self.model;
-        let mut planned = plan.chunks.iter().peekable();
-        let mut batch = Vec::with_capacity(plan.chunks.len());
-        let mut constraints = Vec::new();
-        for (r, req) in self.running.iter_mut().enumerate() {
-            let target: Vec<usize> = (0..req.choices.len()).map(|c| req.target_len(c)).collect();
-            for (c, seq) in req.choices.iter_mut().enumerate() {
-                if let Some(chunk) = planned.next_if(|p| (p.request, p.choice) == (r, c)) {
-                    let Sequence { kv, dec, .. } = seq;
-                    batch.push(SeqChunk {
-                        tokens: &chunk.tokens,
-                        kv,
-                        all_logits: chunk.all_logits,
-                    });
-                    if chunk.positions.end >= target[c] {
-                        constraints.extend(dec.constraint.as_mut());
-                    }
-                }
-            }
-        }
+    fn forward(&mut self, plan: &SchedulerOutput) -> Result<Logits> {
+        let mut sampling: Vec<(RequestId, usize)> = plan
+            .chunks
+            .iter()
+            .filter(|c| c.samples)
+            .map(|c| (c.request, c.choice))
+            .collect();
+        sampling.sort_unstable();
+        let constraints: Vec<&mut Constraint> = self
+            .requests
+            .iter_mut()
+            .flat_map(|(id, req)| {
+                req.choices
+                    .iter_mut()
+                    .enumerate()
+                    .map(move |(c, choice)| (*id, c, choice))
+            })
+            .filter(|(id, c, _)| sampling.binary_search(&(*id, *c)).is_ok())
+            .filter_map(|(_, _, choice)| choice.dec.constraint.as_mut())
+            .collect();
+        let model = &self.model.model;
         let pool = &mut self.pool;
+        let mut batch = self.scheduler.batch(plan);
         if constraints.is_empty() {
-            return model.model.forward(pool, &mut batch);
+            return model.forward(pool, &mut batch);
         }
         let (logits, ()) = rayon::join(
-            || model.model.forward(pool, &mut batch),
+            || model.forward(pool, &mut batch),
             || {
                 for c in constraints {
                     // An error shows again, for this request only, when the mask is applied.
@@ -726,48 +682,39 @@ impl<'m> EngineLoop<'m> {
         logits
     }
 
-    /// Name the blocks the step filled, so that later requests can share them.
-    fn register_blocks(&mut self, plan: &StepPlan) {
-        for chunk in &plan.chunks {
-            let req = &self.running[chunk.request];
-            let full_before = chunk.positions.start / BLOCK_TOKENS;
-            if chunk.positions.end / BLOCK_TOKENS == full_before {
-                continue;
-            }
-            let tokens = req.tokens_of(chunk.choice);
-            let seq = &mut self.running[chunk.request].choices[chunk.choice];
-            self.pool.register(&mut seq.kv, &tokens);
-        }
-    }
-
-    fn sample_and_emit(&mut self, plan: &StepPlan, logits: &Logits) {
+    fn sample_and_emit(&mut self, plan: &SchedulerOutput, logits: &Logits) {
         for (row, chunk) in plan.chunks.iter().enumerate() {
-            let req = &mut self.running[chunk.request];
+            let Some(req) = self.requests.get_mut(&chunk.request) else {
+                continue;
+            };
             if req.failed {
                 continue;
             }
             if chunk.all_logits {
                 record_prompt_logprobs(req, chunk, logits, row);
             }
-            if chunk.positions.end < req.target_len(chunk.choice) {
+            if !chunk.samples {
                 continue; // more prompt (or recomputed output) to go
             }
             if let Some(lps) = req.prompt_logprobs.take() {
                 // The prompt is done: its log-probabilities go out before any token.
                 let _ = req.events.send(EngineEvent::PromptLogprobs(lps));
             }
-            let seq = &mut req.choices[chunk.choice];
+            let choice = &mut req.choices[chunk.choice];
             let (event, finish) = if req.max_tokens == 0 {
                 (None, Some(FinishReason::Length))
             } else {
-                let step = match seq.dec.step(logits.last_row(row), &req.prompt) {
+                let step = match choice.dec.step(logits.last_row(row), &req.prompt) {
                     Ok(step) => step,
                     Err(e) => {
                         fail_request(req, &format!("constrained decoding failed: {e:#}"));
+                        self.scheduler.finish_request(chunk.request);
                         continue;
                     }
                 };
                 self.metrics.generation_tokens += 1;
+                self.scheduler
+                    .append_token(chunk.request, chunk.choice, step.sampled.token);
                 (Some((step.sampled, step.text)), step.finish)
             };
             if let Some((sampled, text)) = event {
@@ -778,43 +725,33 @@ impl<'m> EngineLoop<'m> {
                 });
             }
             if let Some(reason) = finish {
-                seq.finished = true;
+                choice.finished = true;
+                self.scheduler.finish(chunk.request, chunk.choice);
                 let _ = req.events.send(EngineEvent::Finished {
                     index: chunk.choice,
                     reason,
-                    completion_tokens: seq.dec.output.len(),
+                    completion_tokens: choice.dec.output.len(),
+                    mask_times: choice.dec.mask_times(),
                 });
                 send_done_if_complete(req);
             }
         }
     }
 
-    /// Finished sequences give their blocks back (named ones stay cached); finished
-    /// requests leave.
-    fn release_finished(&mut self) {
-        for req in &mut self.running {
-            for seq in &mut req.choices {
-                if seq.finished && !seq.kv.blocks().is_empty() {
-                    self.pool.release(&mut seq.kv);
-                }
-            }
-        }
-        self.running
-            .retain(|r| r.choices.iter().any(|s| !s.finished));
-    }
-
     fn fail_all(&mut self, error: &str) {
         tracing::error!("engine step failed: {error}");
-        for mut req in self.running.drain(..) {
-            release_all(&mut self.pool, &mut req);
-            let _ = req.events.send(EngineEvent::Failed(error.to_string()));
+        for id in self.scheduler.abort_running(&mut self.pool) {
+            if let Some(req) = self.requests.remove(&id) {
+                let _ = req.events.send(EngineEvent::Failed(error.to_string()));
+            }
         }
     }
 
     fn publish(&mut self) {
-        self.metrics.running = self.running.len();
-        self.metrics.running_sequences = self.running.iter().map(|r| r.choices.len()).sum();
-        self.metrics.waiting = self.shared.waiting.load(Ordering::Acquire) + self.preempted.len();
+        self.metrics.running = self.scheduler.num_running();
+        self.metrics.running_sequences = self.scheduler.num_running_sequences();
+        self.metrics.waiting =
+            self.shared.waiting.load(Ordering::Acquire) + self.scheduler.num_preempted();
         self.metrics.kv_blocks_used = self.pool.allocator().used();
         self.metrics.kv_blocks_total = self.pool.num_blocks();
         self.metrics.prefix_cache_queries = self.pool.stats.queries;
@@ -823,15 +760,28 @@ impl<'m> EngineLoop<'m> {
     }
 }
 
-/// Give back every block of a request's choices.
-fn release_all(pool: &mut KvPool, req: &mut Running<'_>) {
-    for seq in &mut req.choices {
-        pool.release(&mut seq.kv);
-    }
+/// A choice that cannot get a block even with nothing else running ends here, as if it had
+/// reached its token limit.
+fn finish_out_of_blocks(req: &mut Request<'_>, c: usize) {
+    let choice = &mut req.choices[c];
+    choice.finished = true;
+    let text = choice.dec.flush();
+    tracing::warn!(
+        "the KV cache is full: a sequence of {} tokens ends early ({} bytes of held-back text dropped)",
+        req.prompt.len() + choice.dec.output.len(),
+        text.len()
+    );
+    let _ = req.events.send(EngineEvent::Finished {
+        index: c,
+        reason: FinishReason::Length,
+        completion_tokens: choice.dec.output.len(),
+        mask_times: choice.dec.mask_times(),
+    });
+    send_done_if_complete(req);
 }
 
 /// `Done` once every choice has finished.
-fn send_done_if_complete(req: &Running<'_>) {
+fn send_done_if_complete(req: &Request<'_>) {
     if req.choices.iter().all(|s| s.finished) {
         let _ = req.events.send(EngineEvent::Done(Usage {
             prompt_tokens: req.prompt.len(),
@@ -841,11 +791,11 @@ fn send_done_if_complete(req: &Running<'_>) {
 }
 
 /// End one request with an error; the others go on.
-fn fail_request(req: &mut Running<'_>, error: &str) {
+fn fail_request(req: &mut Request<'_>, error: &str) {
     tracing::warn!("request failed: {error}");
     req.failed = true;
-    for seq in &mut req.choices {
-        seq.finished = true;
+    for choice in &mut req.choices {
+        choice.finished = true;
     }
     let _ = req.events.send(EngineEvent::Failed(error.to_string()));
 }
@@ -853,8 +803,8 @@ fn fail_request(req: &mut Running<'_>, error: &str) {
 /// Prompt log-probabilities from the rows of a prompt chunk: row `i` predicts the token at
 /// position `start + i + 1`.
 fn record_prompt_logprobs(
-    req: &mut Running<'_>,
-    chunk: &PlannedChunk,
+    req: &mut Request<'_>,
+    chunk: &ScheduledChunk,
     logits: &Logits,
     row: usize,
 ) {
@@ -882,6 +832,7 @@ mod tests {
 
     use super::*;
     use crate::SamplingParams;
+    use crate::kv::BLOCK_TOKENS;
 
     fn model() -> Option<Arc<LoadedModel>> {
         let Some(path) = std::env::var_os("VERRE_SMOLLM2_GGUF").map(PathBuf::from) else {
@@ -902,6 +853,32 @@ mod tests {
             ignore_eos: false,
             grammar: None,
         }
+    }
+
+    /// What a lone run of `req` gives, worked out without the engine: the model's plain
+    /// forward over a cache of its own and the sampler, token by token. Covers what these
+    /// tests ask for (greedy or seeded sampling, EOS, the token limit), not grammars or
+    /// stop strings.
+    fn reference(model: &LoadedModel, req: &GenerateRequest) -> (Vec<u32>, FinishReason) {
+        assert!(req.grammar.is_none() && req.stop.is_empty());
+        let mut kv = model.new_kv_cache();
+        let mut logits = model.prefill(&mut kv, &req.prompt_ids).unwrap();
+        let mut sampler = crate::Sampler::new(req.sampling.clone());
+        let mut output = Vec::new();
+        while output.len() < req.max_tokens {
+            let token = sampler.sample(&logits, &req.prompt_ids, &output).token;
+            output.push(token);
+            if !req.ignore_eos && model.tokenizer.eog_ids().contains(&token) {
+                return (output, FinishReason::Stop);
+            }
+            logits = model
+                .model
+                .forward_cache(&mut kv, &[token], false)
+                .unwrap()
+                .last_row(0)
+                .to_vec();
+        }
+        (output, FinishReason::Length)
     }
 
     struct Collected {
@@ -942,7 +919,7 @@ mod tests {
     }
 
     #[test]
-    fn batched_requests_match_single_request_generation() {
+    fn batched_requests_match_the_plain_forward_and_a_lone_run() {
         let Some(model) = model() else { return };
         let engine = EngineHandle::spawn(model.clone(), EngineOptions::default()).unwrap();
         let prompts = [
@@ -954,19 +931,24 @@ mod tests {
             .iter()
             .map(|p| engine.submit(request(&model, p, 24).into()).unwrap())
             .collect();
+        let lone =
+            EngineHandle::spawn(model.clone(), EngineOptions::one_at_a_time(&model)).unwrap();
         for (p, stream) in prompts.iter().zip(streams) {
             let got = collect(stream, 1);
-            let want = model.generate(&request(&model, p, 24), |_| true).unwrap();
-            assert_eq!(got.text[0], want.text, "{p}");
-            assert_eq!(got.tokens[0], want.token_ids, "{p}");
-            assert_eq!(got.finish[0], Some(want.finish_reason));
+            let r = request(&model, p, 24);
+            let (tokens, finish) = reference(&model, &r);
+            assert_eq!(got.tokens[0], tokens, "{p}");
+            assert_eq!(got.finish[0], Some(finish));
             assert_eq!(
                 got.usage,
                 Some(Usage {
-                    prompt_tokens: want.prompt_tokens,
-                    completion_tokens: want.completion_tokens
+                    prompt_tokens: r.prompt_ids.len(),
+                    completion_tokens: tokens.len()
                 })
             );
+            let alone = lone.generate(r, |_| true).unwrap();
+            assert_eq!(got.text[0], alone.text, "{p}");
+            assert_eq!(alone.token_ids, tokens, "{p}");
         }
     }
 
@@ -1056,6 +1038,38 @@ mod tests {
             .map(|m| *m)
             .unwrap();
         assert_eq!(m.generation_tokens, after + c.tokens[0].len() as u64);
+    }
+
+    /// `generate` streams text to its callback; `false` from it (a closed pipe) cancels the
+    /// request, which the engine then frees.
+    #[test]
+    fn generate_streams_and_a_callback_can_cancel() {
+        let Some(model) = model() else { return };
+        let engine =
+            EngineHandle::spawn(model.clone(), EngineOptions::one_at_a_time(&model)).unwrap();
+        let mut streamed = String::new();
+        let done = engine
+            .generate(request(&model, "Count to five.", 12), |t| {
+                streamed.push_str(t);
+                true
+            })
+            .unwrap();
+        assert_eq!(streamed, done.text);
+        assert_eq!(done.completion_tokens, done.token_ids.len());
+        assert_eq!(done.logprobs.len(), done.token_ids.len());
+        let mut calls = 0;
+        let mut r = request(&model, "Write a long essay about the sea.", 10_000);
+        r.ignore_eos = true;
+        let cut = engine
+            .generate(r, |_| {
+                calls += 1;
+                calls < 3
+            })
+            .unwrap();
+        assert_eq!(cut.finish_reason, FinishReason::Cancelled);
+        assert_eq!(cut.token_ids.len(), 3);
+        let m = idle_metrics(&engine);
+        assert_eq!((m.running, m.kv_blocks_used), (0, 0));
     }
 
     #[test]
@@ -1160,9 +1174,7 @@ mod tests {
             .collect();
         for (r, stream) in requests.iter().zip(streams) {
             let got = collect(stream, 1);
-            let want = model.generate(r, |_| true).unwrap();
-            assert_eq!(got.tokens[0], want.token_ids);
-            assert_eq!(got.text[0], want.text);
+            assert_eq!(got.tokens[0], reference(&model, r).0);
         }
         let m = idle_metrics(&engine);
         assert!(m.preemptions > 0, "the pool was meant to run out: {m:?}");

@@ -1,21 +1,18 @@
-//! A loaded model with its tokenizer and chat template, and single-request generation:
-//! prefill, then decode token by token until EOS, a stop string or the token limit.
+//! A loaded model with its tokenizer and chat template, and what a generation request
+//! asks for. Generating is the engine's work ([`crate::engine::EngineHandle`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use candle_core::Device;
 
-use crate::EngineError;
 use crate::chat::{ChatTemplate, Message};
 use crate::constraint::{ConstraintCompiler, Grammar, GrammarError, GrammarSpec};
-use crate::decoding::Decoding;
 use crate::gguf::GgufFile;
 use crate::kv::KvCache;
 use crate::model::{Model, ModelInfo};
-use crate::sampler::{Sampled, SamplingParams};
+use crate::sampler::SamplingParams;
 use crate::tokenizer::Tokenizer;
 
 /// Prompt tokens per forward pass during prefill; bounds activation memory for long prompts.
@@ -78,52 +75,6 @@ impl FinishReason {
             FinishReason::Length => "length",
             FinishReason::Cancelled => "cancelled",
         }
-    }
-}
-
-/// One step of a generation as it happens: the token, and the text it completed (may be
-/// empty while a multi-byte character or a possible stop string is held back). The last
-/// event of a generation that ends without a stop may carry no token, only the text that
-/// was held back until then.
-#[derive(Debug, Clone)]
-pub struct TokenEvent {
-    pub sampled: Option<Sampled>,
-    pub text: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct Generation {
-    pub text: String,
-    pub token_ids: Vec<u32>,
-    /// Log-probability of each generated token, in order.
-    pub logprobs: Vec<f32>,
-    pub finish_reason: FinishReason,
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-    /// Prompt processing, up to the first token's logits.
-    pub prefill_ms: f64,
-    /// Everything after the first token.
-    pub decode_ms: f64,
-    /// Under a grammar: the time each token mask took.
-    pub mask_times: Vec<Duration>,
-}
-
-impl Generation {
-    pub fn prefill_tokens_per_second(&self) -> f64 {
-        per_second(self.prompt_tokens, self.prefill_ms)
-    }
-
-    /// Tokens after the first, over the time after the first.
-    pub fn decode_tokens_per_second(&self) -> f64 {
-        per_second(self.completion_tokens.saturating_sub(1), self.decode_ms)
-    }
-}
-
-fn per_second(n: usize, ms: f64) -> f64 {
-    if ms > 0.0 {
-        n as f64 * 1000.0 / ms
-    } else {
-        0.0
     }
 }
 
@@ -234,218 +185,5 @@ impl LoadedModel {
             last = logits.last_row(0).to_vec();
         }
         Ok(last)
-    }
-
-    /// Check that a prompt fits: at least one token of room must be left to generate.
-    pub fn check_prompt_length(&self, n: usize) -> Result<(), EngineError> {
-        let context = self.info().context_length;
-        if n == 0 {
-            return Err(EngineError::EmptyPrompt);
-        }
-        if n >= context {
-            return Err(EngineError::ContextLength {
-                prompt_tokens: n,
-                context_length: context,
-            });
-        }
-        Ok(())
-    }
-
-    /// Generate for one request. `on_token` sees each token as it is chosen; returning
-    /// `false` stops the generation (finish reason `Cancelled`).
-    pub fn generate(
-        &self,
-        req: &GenerateRequest,
-        mut on_token: impl FnMut(&TokenEvent) -> bool,
-    ) -> Result<Generation> {
-        self.check_prompt_length(req.prompt_ids.len())?;
-        req.sampling
-            .validate()
-            .map_err(EngineError::InvalidParameter)?;
-        let context = self.info().context_length;
-        let max_tokens = req.max_tokens.min(context - req.prompt_ids.len());
-
-        let start = Instant::now();
-        let mut kv = self.new_kv_cache();
-        let mut logits = self.prefill(&mut kv, &req.prompt_ids)?;
-        let prefill_ms = start.elapsed().as_secs_f64() * 1000.0;
-        let decode_start = Instant::now();
-
-        let mut dec = Decoding::new(&self.tokenizer, req, req.sampling.clone(), max_tokens);
-        let mut logprobs = Vec::new();
-        let mut finish = FinishReason::Length;
-        while dec.output.len() < max_tokens {
-            let step = dec.step(&logits, &req.prompt_ids)?;
-            let token = step.sampled.token;
-            logprobs.push(step.sampled.logprob);
-            if !on_token(&TokenEvent {
-                sampled: Some(step.sampled),
-                text: step.text,
-            }) {
-                finish = FinishReason::Cancelled;
-                break;
-            }
-            if let Some(reason) = step.finish {
-                finish = reason;
-                break;
-            }
-            // The next token's mask is worked out while the model computes its logits, as
-            // the engine does; an error shows again when the mask is applied.
-            let out = match dec.constraint.as_mut() {
-                Some(c) => {
-                    rayon::join(
-                        || self.model.forward_cache(&mut kv, &[token], false),
-                        || {
-                            let _ = c.compute_mask();
-                        },
-                    )
-                    .0
-                }
-                None => self.model.forward_cache(&mut kv, &[token], false),
-            }?;
-            logits = out.last_row(0).to_vec();
-        }
-        let token_ids = dec.output.clone();
-        let mask_times = dec
-            .constraint
-            .as_ref()
-            .map(|c| c.mask_times().to_vec())
-            .unwrap_or_default();
-        Ok(Generation {
-            text: dec.into_text(),
-            completion_tokens: token_ids.len(),
-            token_ids,
-            logprobs,
-            finish_reason: finish,
-            prompt_tokens: req.prompt_ids.len(),
-            prefill_ms,
-            decode_ms: decode_start.elapsed().as_secs_f64() * 1000.0,
-            mask_times,
-        })
-    }
-}
-
-/// Finds stop strings in streamed text. Text that might be the start of a stop string is
-/// held back until it is known not to be.
-pub struct StopMatcher {
-    stops: Vec<String>,
-    text: String,
-    /// Bytes of `text` already handed out.
-    emitted: usize,
-    stopped: bool,
-}
-
-impl StopMatcher {
-    pub fn new(stops: &[String]) -> Self {
-        Self {
-            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
-            text: String::new(),
-            emitted: 0,
-            stopped: false,
-        }
-    }
-
-    /// Add text; returns what may be shown now and whether a stop string was reached.
-    pub fn push(&mut self, piece: &str) -> (String, bool) {
-        if self.stopped {
-            return (String::new(), true);
-        }
-        let search_from = self.emitted;
-        self.text.push_str(piece);
-        let hit = self
-            .stops
-            .iter()
-            .filter_map(|s| {
-                self.text[search_from..]
-                    .find(s.as_str())
-                    .map(|i| i + search_from)
-            })
-            .min();
-        if let Some(at) = hit {
-            self.text.truncate(at);
-            self.stopped = true;
-            let out = self.text[self.emitted..].to_string();
-            self.emitted = self.text.len();
-            return (out, true);
-        }
-        let held = self.held_back();
-        let upto = self.text.len() - held;
-        let out = self.text[self.emitted..upto].to_string();
-        self.emitted = upto;
-        (out, false)
-    }
-
-    /// Release whatever was held back (the generation ended without a stop string).
-    pub fn flush(&mut self) -> String {
-        let out = self.text[self.emitted..].to_string();
-        self.emitted = self.text.len();
-        out
-    }
-
-    pub fn into_text(self) -> String {
-        self.text
-    }
-
-    /// Length of the longest suffix of the text that is a proper prefix of a stop string.
-    fn held_back(&self) -> usize {
-        let mut held = 0;
-        for s in &self.stops {
-            for (i, _) in self.text[self.emitted..].char_indices() {
-                let suffix = &self.text[self.emitted + i..];
-                if suffix.len() < s.len() && s.starts_with(suffix) {
-                    held = held.max(suffix.len());
-                    break;
-                }
-            }
-        }
-        held
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool, String) {
-        let mut m = StopMatcher::new(&stops.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        let mut shown = String::new();
-        let mut hit = false;
-        for p in pieces {
-            let (t, h) = m.push(p);
-            shown.push_str(&t);
-            if h {
-                hit = true;
-                break;
-            }
-        }
-        if !hit {
-            shown.push_str(&m.flush());
-        }
-        (shown, hit, m.into_text())
-    }
-
-    #[test]
-    fn stop_string_split_across_pieces_is_never_shown() {
-        let (shown, hit, text) = run(&["\nUser:"], &["Hello", "\nUs", "er:", " more"]);
-        assert!(hit);
-        assert_eq!(shown, "Hello");
-        assert_eq!(text, "Hello");
-    }
-
-    #[test]
-    fn near_miss_is_released() {
-        let (shown, hit, text) = run(&["STOP"], &["a ST", "OP", ""]);
-        assert!(hit);
-        assert_eq!((shown.as_str(), text.as_str()), ("a ", "a "));
-        let (shown, hit, _) = run(&["STOP"], &["a ST", "ONE"]);
-        assert!(!hit);
-        assert_eq!(shown, "a STONE");
-    }
-
-    #[test]
-    fn held_back_text_is_flushed_at_the_end_and_multibyte_is_safe() {
-        let (shown, hit, _) = run(&["éé"], &["café"]);
-        assert!(!hit);
-        assert_eq!(shown, "café");
     }
 }

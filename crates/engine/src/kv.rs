@@ -14,7 +14,7 @@
 //! memory is needed: free blocks without a name are used first, then named ones, least
 //! recently used first.
 //!
-//! [`KvCache`] is one sequence with a pool of its own, for single-sequence generation.
+//! [`KvCache`]: one sequence with a pool of its own, for the plain forward (tests, benches).
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -416,7 +416,7 @@ impl KvPool {
     }
 }
 
-/// One sequence with a pool of its own: single-request generation and tests.
+/// One sequence with a pool of its own: the plain forward of reference tests and benches.
 pub struct KvCache {
     pub(crate) pool: KvPool,
     pub(crate) seq: SeqKv,

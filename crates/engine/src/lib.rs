@@ -7,7 +7,9 @@
 //! - [`kv`]: per-sequence key/value caches.
 //! - [`sampler`]: choosing tokens from logits.
 //! - [`constraint`]: JSON Schema / regex / Lark grammars enforced during decoding.
-//! - [`generate`]: a loaded model and single-request generation.
+//! - [`generate`]: a loaded model and what a request asks for.
+//! - [`engine`]: the engine loop every generation goes through: [`EngineHandle`]; its
+//!   scheduler (`scheduler.rs`) plans each step.
 
 pub mod chat;
 pub mod constraint;
@@ -19,11 +21,13 @@ pub mod kernels;
 pub mod kv;
 pub mod model;
 pub mod sampler;
+mod scheduler;
 pub mod tokenizer;
 
 pub use chat::{ChatTemplate, Message};
 pub use constraint::{Constraint, ConstraintCompiler, Grammar, GrammarError, GrammarSpec};
-pub use generate::{FinishReason, GenerateRequest, Generation, LoadedModel, TokenEvent};
+pub use engine::{EngineHandle, EngineOptions, Generation};
+pub use generate::{FinishReason, GenerateRequest, LoadedModel};
 pub use sampler::{Sampled, Sampler, SamplingParams};
 
 /// Errors a caller may want to tell apart (an API maps them to 400s); everything else is

@@ -6,7 +6,11 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use verre_engine::{EngineError, GenerateRequest, LoadedModel, SamplingParams};
+use std::sync::Arc;
+
+use verre_engine::{
+    EngineError, EngineHandle, EngineOptions, GenerateRequest, LoadedModel, SamplingParams,
+};
 
 const DIM: usize = 32;
 const FF: usize = 64;
@@ -129,7 +133,8 @@ fn load_err(path: &Path) -> String {
 #[test]
 fn the_crafted_model_itself_loads_and_generates() {
     let dir = tempfile::tempdir().unwrap();
-    let model = LoadedModel::load(good_model(dir.path())).unwrap();
+    let model = Arc::new(LoadedModel::load(good_model(dir.path())).unwrap());
+    let engine = EngineHandle::spawn(model.clone(), EngineOptions::one_at_a_time(&model)).unwrap();
     let ids = model.encode_prompt("hi").unwrap();
     assert_eq!(ids, vec![b'h' as u32, b'i' as u32]);
     let req = GenerateRequest {
@@ -140,7 +145,7 @@ fn the_crafted_model_itself_loads_and_generates() {
         ignore_eos: true,
         grammar: None,
     };
-    let out = model.generate(&req, |_| true).unwrap();
+    let out = engine.generate(req, |_| true).unwrap();
     assert_eq!(out.completion_tokens, 5);
 }
 
@@ -242,7 +247,8 @@ fn missing_tokenizer() {
 #[test]
 fn prompt_longer_than_the_context() {
     let dir = tempfile::tempdir().unwrap();
-    let model = LoadedModel::load(good_model(dir.path())).unwrap();
+    let model = Arc::new(LoadedModel::load(good_model(dir.path())).unwrap());
+    let engine = EngineHandle::spawn(model.clone(), EngineOptions::one_at_a_time(&model)).unwrap();
     let ids = model
         .encode_prompt(&"x".repeat(CONTEXT as usize + 4))
         .unwrap();
@@ -254,7 +260,7 @@ fn prompt_longer_than_the_context() {
         ignore_eos: true,
         grammar: None,
     };
-    let err = model.generate(&req, |_| true).unwrap_err();
+    let err = engine.generate(req, |_| true).unwrap_err();
     match err.downcast_ref::<EngineError>() {
         Some(EngineError::ContextLength {
             prompt_tokens: 20,
@@ -274,7 +280,7 @@ fn prompt_longer_than_the_context() {
         ignore_eos: true,
         grammar: None,
     };
-    let out = model.generate(&req, |_| true).unwrap();
+    let out = engine.generate(req, |_| true).unwrap();
     assert_eq!(out.completion_tokens, 1);
     assert_eq!(out.finish_reason, verre_engine::FinishReason::Length);
 }

@@ -29,6 +29,16 @@ fn model() -> Option<Arc<LoadedModel>> {
         .clone()
 }
 
+/// The engine every test here submits to (they run in parallel: their requests batch).
+fn engine() -> Option<(Arc<LoadedModel>, EngineHandle)> {
+    static ENGINE: OnceLock<Option<EngineHandle>> = OnceLock::new();
+    let model = model()?;
+    let engine = ENGINE
+        .get_or_init(|| Some(EngineHandle::spawn(model.clone(), EngineOptions::default()).unwrap()))
+        .clone()?;
+    Some((model, engine))
+}
+
 fn request(
     model: &LoadedModel,
     prompt: &str,
@@ -80,14 +90,16 @@ fn check_person(v: &Value) {
 
 #[test]
 fn json_schema_output_is_an_instance() {
-    let Some(model) = model() else { return };
+    let Some((model, engine)) = engine() else {
+        return;
+    };
     let req = request(
         &model,
         "Tell me about your favourite novelist in one sentence.",
         &GrammarSpec::JsonSchema(person_schema()),
         200,
     );
-    let out = model.generate(&req, |_| true).unwrap();
+    let out = engine.generate(req, |_| true).unwrap();
     assert_eq!(out.finish_reason, FinishReason::Stop, "{}", out.text);
     let v: Value = serde_json::from_str(&out.text).unwrap_or_else(|e| panic!("{e}: {}", out.text));
     check_person(&v);
@@ -96,11 +108,13 @@ fn json_schema_output_is_an_instance() {
 
 #[test]
 fn regex_and_lark_grammars() {
-    let Some(model) = model() else { return };
+    let Some((model, engine)) = engine() else {
+        return;
+    };
     let spec = GrammarSpec::Regex("[A-Z]{3}-[0-9]{4}".into());
-    let out = model
+    let out = engine
         .generate(
-            &request(&model, "Invent a licence plate.", &spec, 30),
+            request(&model, "Invent a licence plate.", &spec, 30),
             |_| true,
         )
         .unwrap();
@@ -115,9 +129,9 @@ fn regex_and_lark_grammars() {
     assert_eq!(out.finish_reason, FinishReason::Stop);
 
     let lark = r#"start: "Answer: " ("yes" | "no") "." "#;
-    let out = model
+    let out = engine
         .generate(
-            &request(
+            request(
                 &model,
                 "Is Paris in France?",
                 &GrammarSpec::Lark(lark.into()),
@@ -235,7 +249,9 @@ fn engine_batch_under_a_schema() {
 
 #[test]
 fn a_json_output_short_of_tokens_is_closed_not_cut() {
-    let Some(model) = model() else { return };
+    let Some((model, engine)) = engine() else {
+        return;
+    };
     // Unbounded strings in nested containers and a budget far too small for the story the
     // prompt asks for: the output must still end as complete JSON under the schema.
     let schema = json!({
@@ -257,7 +273,7 @@ fn a_json_output_short_of_tokens_is_closed_not_cut() {
             &GrammarSpec::JsonSchema(schema.clone()),
             max_tokens,
         );
-        let out = model.generate(&req, |_| true).unwrap();
+        let out = engine.generate(req, |_| true).unwrap();
         assert!(out.completion_tokens <= max_tokens);
         assert_eq!(
             out.finish_reason,

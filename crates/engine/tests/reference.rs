@@ -135,10 +135,8 @@ fn logits_match_llama_cpp_under_teacher_forcing() {
                 confident += 1;
                 agree_confident += usize::from(ours == ref_top[0].0);
             }
-            if gap >= CONFIDENT_GAP {
-                if ours != ref_top[0].0 {
-                    flips.push(format!("{} step {step} (gap {gap:.3})", case.name));
-                }
+            if gap >= CONFIDENT_GAP && ours != ref_top[0].0 {
+                flips.push(format!("{} step {step} (gap {gap:.3})", case.name));
             }
             for &(id, ref_lp) in ref_top {
                 let d = (lp[id as usize] - ref_lp).abs();
