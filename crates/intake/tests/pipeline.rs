@@ -785,3 +785,78 @@ name = "suspect"
     let parsed = store.stage_output(ids[1], "parse").await.unwrap().unwrap();
     assert_eq!(parsed["auth"]["dmarc"], "fail");
 }
+
+/// A stage past its time limit fails like any other error (issue 17, item 5): retried, then
+/// quarantined after its attempts with the limit in the reason; the other stages keep
+/// theirs (parse, under the default, completes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_past_its_time_limit_is_retried_then_quarantined_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(dir.path()).await;
+    write_pipeline(dir.path()).await;
+    let path = dir.path().join("pipeline.toml");
+    let text = PIPELINE.replace(
+        "backoff_ms = 10\n",
+        "backoff_ms = 10\n\n[limits.stage_timeouts]\nextract = 1\n",
+    );
+    assert_ne!(text, PIPELINE);
+    std::fs::write(&path, &text).unwrap();
+    let pipeline = Pipeline::load(&path).unwrap();
+    assert_eq!(pipeline.timeout("extract"), Duration::from_secs(1));
+    assert_eq!(
+        pipeline.timeout("parse"),
+        verre_intake::pipeline::DEFAULT_STAGE_TIMEOUT
+    );
+    let id = store
+        .ingest(
+            "t",
+            "1",
+            &mail("Alice <alice@example.com>", "Order", "Where?"),
+            "parse",
+            2,
+        )
+        .await
+        .unwrap()
+        .message_id;
+    // Every model call takes 3 s: longer than the extract stage may run.
+    let runner = Arc::new(StageRunner::new(
+        store.clone(),
+        Arc::new(pipeline),
+        stub_models(StubBackend::default().with_delay(Duration::from_secs(3))),
+        None,
+    ));
+    let started = std::time::Instant::now();
+    verre_intake::run_until_idle(runner, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // Two attempts of about 1 s each, not two of 3 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let d = store.detail(id).await.unwrap().unwrap();
+    assert_eq!(d.message.status, "quarantined");
+    let q = d.quarantine.unwrap();
+    assert_eq!(
+        (q.stage.as_str(), q.attempts),
+        ("extract", 2),
+        "{}",
+        q.reason
+    );
+    assert!(q.reason.contains("time limit of 1 s"), "{}", q.reason);
+
+    // The limits are checked when the file is read.
+    for (bad, what) in [
+        (
+            "[limits.stage_timeouts]\nextrct = 5\n",
+            "no stage named \"extrct\"",
+        ),
+        ("[limits.stage_timeouts]\ndraft = 0\n", "at least 1 second"),
+    ] {
+        let text = PIPELINE.replace("backoff_ms = 10\n", &format!("backoff_ms = 10\n\n{bad}"));
+        std::fs::write(&path, &text).unwrap();
+        let e = Pipeline::load(&path).unwrap_err();
+        assert!(e.reason.contains(what), "{e}");
+    }
+}
