@@ -523,3 +523,80 @@ fn a_model_that_resolves_nowhere_or_a_backend_outside_the_policy_is_refused_at_s
     }
     assert!(inbox.join("new/1.eml").exists(), "no mail was touched");
 }
+
+/// verre.toml's `[[key]]` limits apply under `verre up` without any remote backend (they
+/// used to apply only when a `[[backend]]` made `verre up` build its gateway).
+#[test]
+fn verre_up_applies_key_limits_without_remote_backends() {
+    let Some(models) = models() else { return };
+    let home = home(&models);
+    let config = home.path().join("limits.toml");
+    std::fs::write(
+        &config,
+        "[policy]\nallow_jurisdictions = [\"EU\"]\n\n[[key]]\nname = \"admin\"\nrequests_per_minute = 1\n",
+    )
+    .unwrap();
+    let mut up = Running::start({
+        let mut c = verre(home.path());
+        c.args([
+            "up",
+            "--port",
+            "0",
+            "--model",
+            "smollm2-135m",
+            "--intake-backend",
+            "stub",
+        ])
+        .arg("--config")
+        .arg(&config);
+        c
+    });
+    let base = up.wait_for("verre up's API", |l| {
+        l.contains("OpenAI API").then(|| http_address(l)).flatten()
+    });
+    up.wait_for("verre up running", |l| l.contains("Ctrl-C").then_some(()));
+    let secrets = std::fs::read_to_string(home.path().join("first-start-secrets")).unwrap();
+    let key = secrets
+        .lines()
+        .find_map(|l| l.strip_prefix("api_key = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let ask = || {
+        rt.block_on(
+            client
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(&key)
+                .header("content-type", "application/json")
+                .body(
+                    json!({"model": "smollm2-135m", "max_tokens": 1,
+                           "messages": [{"role": "user", "content": "Hi"}]})
+                    .to_string(),
+                )
+                .send(),
+        )
+        .unwrap()
+        .status()
+        .as_u16()
+    };
+    // Once the models are loaded (/health is 200; a 503 while loading counts too).
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while rt
+        .block_on(client.get(format!("{base}/health")).send())
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+        != 200
+    {
+        assert!(Instant::now() < deadline, "the models never loaded");
+        up.alive();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(ask(), 200);
+    assert_eq!(
+        ask(),
+        429,
+        "the second request in the minute is over the key's limit"
+    );
+    up.alive();
+}
