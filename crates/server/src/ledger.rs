@@ -30,6 +30,7 @@ use crate::cost::{self, CostConfig, CostQuery};
 use crate::gateway::KeyName;
 use crate::openai::body::{ApiBody, Parsed};
 use crate::openai::error::ApiError;
+use crate::sse::{self, event_data, event_end};
 use crate::state::AppState;
 
 /// How much of the end of a JSON answer is kept to find its `usage`.
@@ -305,7 +306,7 @@ impl SseScan {
         let Some(data) = event_data(event) else {
             return true;
         };
-        if data.trim() == "[DONE]" {
+        if data.trim() == sse::DONE {
             return true;
         }
         if has_usage_object(data.as_bytes()) {
@@ -328,41 +329,17 @@ impl SseScan {
     }
 }
 
-/// The length of the first complete event (with its blank line), if there is one.
-fn event_end(bytes: &[u8]) -> Option<usize> {
-    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
-    let crlf = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 /// `data:` events in a chunk of whole events, `[DONE]` aside.
 fn count_events(bytes: &[u8]) -> u64 {
     let mut n = 0;
     let mut rest = bytes;
     while let Some(end) = event_end(rest) {
-        if event_data(&rest[..end]).is_some_and(|d| d.trim() != "[DONE]") {
+        if event_data(&rest[..end]).is_some_and(|d| d.trim() != sse::DONE) {
             n += 1;
         }
         rest = &rest[end..];
     }
     n
-}
-
-/// The `data:` lines of an event, joined.
-fn event_data(event: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(event).ok()?;
-    let lines: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|l| l.strip_prefix(' ').unwrap_or(l))
-        .collect();
-    (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
 /// Whether `"usage":` is followed by an object somewhere (not `null`).

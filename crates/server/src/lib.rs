@@ -27,6 +27,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod openai;
 pub mod review;
+pub mod sse;
 mod state;
 
 use std::net::IpAddr;

@@ -14,6 +14,7 @@ use serde_json::Value;
 use verre_pii::{Escape, PiiKind, PseudonymizeOptions, Pseudonymizer, Restorer, StreamRestorer};
 
 use crate::openai::error::ApiError;
+use crate::sse;
 
 /// Keys whose values are structure, identifiers or binary data, never text to read: left
 /// as they are wherever they appear. Everything else that is a string is pseudonymised.
@@ -200,31 +201,6 @@ fn restore_choices(value: &mut Value, restorer: &Restorer) {
     }
 }
 
-/// Where the first complete event of `buffer` ends (after the blank line that closes it).
-/// Lines end in LF, CRLF or CR, as the SSE format allows; a CR at the very end may be the
-/// first half of a CRLF and waits for the next bytes.
-fn event_end(buffer: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    let mut line_start = 0;
-    while i < buffer.len() {
-        let end_of_line = match buffer[i] {
-            b'\n' => i + 1,
-            b'\r' if i + 1 < buffer.len() => i + 1 + usize::from(buffer[i + 1] == b'\n'),
-            b'\r' => return None,
-            _ => {
-                i += 1;
-                continue;
-            }
-        };
-        if i == line_start && line_start > 0 {
-            return Some(end_of_line);
-        }
-        line_start = end_of_line;
-        i = end_of_line;
-    }
-    None
-}
-
 /// Restores a stream of server-sent events chunk by chunk: each `data:` event is parsed
 /// once complete, and its text runs through a [`StreamRestorer`] per choice (and per
 /// tool call), which holds back only what could be the start of a placeholder.
@@ -252,7 +228,7 @@ impl SseRestorer {
     fn push(&mut self, bytes: &[u8]) -> Bytes {
         self.partial.extend_from_slice(bytes);
         let mut out = Vec::new();
-        while let Some(end) = event_end(&self.partial) {
+        while let Some(end) = sse::event_end(&self.partial) {
             let event: Vec<u8> = self.partial.drain(..end).collect();
             out.extend(self.event(&event));
         }
@@ -260,10 +236,8 @@ impl SseRestorer {
     }
 
     fn event(&mut self, event: &[u8]) -> Vec<u8> {
-        let Some(mut chunk) = std::str::from_utf8(event)
-            .ok()
-            .and_then(|text| text.trim().strip_prefix("data:"))
-            .and_then(|data| serde_json::from_str::<Value>(data.trim_start()).ok())
+        let Some(mut chunk) =
+            sse::event_data(event).and_then(|data| serde_json::from_str::<Value>(&data).ok())
         else {
             return event.to_vec();
         };
@@ -272,7 +246,7 @@ impl SseRestorer {
                 self.choice(choice);
             }
         }
-        format!("data: {chunk}\n\n").into_bytes()
+        sse::data_event(&chunk.to_string()).into_bytes()
     }
 
     fn choice(&mut self, choice: &mut Value) {
@@ -401,19 +375,6 @@ mod tests {
             assert_eq!(arguments["to"], "Jean \"JD\" Dupont");
             assert!(out.ends_with("data: [DONE]\n\n"));
         }
-    }
-
-    #[test]
-    fn events_end_at_a_blank_line_in_any_line_ending() {
-        assert_eq!(event_end(b"data: 1\n\ndata: 2\n\n"), Some(9));
-        assert_eq!(event_end(b"data: 1\r\n\r\ndata: 2"), Some(11));
-        assert_eq!(event_end(b"data: 1\r\rdata: 2"), Some(9));
-        assert_eq!(event_end(b"event: x\r\ndata: 1\r\n\r\n"), Some(21));
-        // Not complete yet: no blank line, or a CR that may be half of a CRLF.
-        assert_eq!(event_end(b"data: 1\r\n"), None);
-        assert_eq!(event_end(b"data: 1\r\n\r"), None);
-        assert_eq!(event_end(b"data: 1"), None);
-        assert_eq!(event_end(b""), None);
     }
 
     #[test]

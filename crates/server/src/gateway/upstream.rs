@@ -222,7 +222,10 @@ fn capped_stream(
                     MAX_ANSWER_BYTES >> 20
                 ),
             );
-            Ok(Some(Bytes::from(format!("\n\ndata: {}\n\n", error.body()))))
+            Ok(Some(Bytes::from(format!(
+                "\n\n{}",
+                crate::sse::data_event(&error.body().to_string())
+            ))))
         })
         .take_while(|item| std::future::ready(!matches!(item, Ok(None))))
         .map(|item| item.map(|chunk| chunk.unwrap_or_default()))
