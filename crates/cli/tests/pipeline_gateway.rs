@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 mod common;
-use common::{Running, contains, home, http_address, models, run_ok, verre};
+use common::{
+    Running, chat_status, contains, first_api_key, home, http_address, models, run_ok, verre,
+};
 
 const NAME: &str = "Johanna Weber";
 const EMAIL: &str = "johanna.weber@example.de";
@@ -555,31 +557,10 @@ fn verre_up_applies_key_limits_without_remote_backends() {
         l.contains("OpenAI API").then(|| http_address(l)).flatten()
     });
     up.wait_for("verre up running", |l| l.contains("Ctrl-C").then_some(()));
-    let secrets = std::fs::read_to_string(home.path().join("first-start-secrets")).unwrap();
-    let key = secrets
-        .lines()
-        .find_map(|l| l.strip_prefix("api_key = "))
-        .map(|v| v.trim_matches('"').to_string())
-        .unwrap();
+    let key = first_api_key(home.path());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let ask = || {
-        rt.block_on(
-            client
-                .post(format!("{base}/v1/chat/completions"))
-                .bearer_auth(&key)
-                .header("content-type", "application/json")
-                .body(
-                    json!({"model": "smollm2-135m", "max_tokens": 1,
-                           "messages": [{"role": "user", "content": "Hi"}]})
-                    .to_string(),
-                )
-                .send(),
-        )
-        .unwrap()
-        .status()
-        .as_u16()
-    };
+    let ask = || chat_status(&base, &key, "smollm2-135m");
     // Once the models are loaded (/health is 200; a 503 while loading counts too).
     let deadline = Instant::now() + Duration::from_secs(300);
     while rt

@@ -5,10 +5,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 
 mod common;
-use common::{Running, home, http_address, models, run_ok, verre};
+use common::{Running, chat_status, first_api_key, home, http_address, models, run_ok, verre};
 
 /// Scale-out: two `verre up` processes (two ports, one PostgreSQL, one inbox) share the
 /// queue, the review queue, the outbox and the ledger. Every mail is processed once (and
@@ -158,17 +157,7 @@ payload = '{{"message": {{{{ message.id }}}}}}'
     // One after the other: the first start makes the home's keys and secrets.
     let (mut a, base_a) = start("0");
     // The first start's API key, from the secrets file it wrote (never on stderr).
-    let secrets = std::fs::read_to_string(home.path().join("first-start-secrets")).unwrap();
-    let key = secrets
-        .lines()
-        .find_map(|l| l.strip_prefix("api_key = "))
-        .map(|v| v.trim_matches('"').to_string())
-        .unwrap_or_else(|| {
-            panic!(
-                "no api_key in the first-start secrets:\n{}",
-                a.printed.join("\n")
-            )
-        });
+    let key = first_api_key(home.path());
     let (mut b, base_b) = start("0");
 
     let keys = verre_store::Keyring::from_file(&home.path().join("data-keys")).unwrap();
@@ -233,24 +222,8 @@ payload = '{{"message": {{{{ message.id }}}}}}'
     );
 
     // One API call to each process: one ledger.
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
     for base in [&base_a, &base_b] {
-        let status = rt
-            .block_on(
-                client
-                    .post(format!("{base}/v1/chat/completions"))
-                    .bearer_auth(&key)
-                    .header("content-type", "application/json")
-                    .body(
-                        json!({"model": "smollm2-135m", "max_tokens": 2,
-                               "messages": [{"role": "user", "content": "Hi"}]})
-                        .to_string(),
-                    )
-                    .send(),
-            )
-            .unwrap()
-            .status();
-        assert_eq!(status, 200);
+        assert_eq!(chat_status(base, &key, "smollm2-135m"), 200);
     }
     // The ledger is written in batches shortly after each call.
     let deadline = Instant::now() + Duration::from_secs(30);

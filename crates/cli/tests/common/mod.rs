@@ -130,3 +130,39 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     );
     out
 }
+
+/// The API key `verre up`'s first start wrote to `$VERRE_HOME/first-start-secrets`.
+pub fn first_api_key(home: &Path) -> String {
+    let secrets = std::fs::read_to_string(home.join("first-start-secrets")).unwrap();
+    secrets
+        .lines()
+        .find_map(|l| l.strip_prefix("api_key = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| panic!("no api_key in the first-start secrets:\n{secrets}"))
+}
+
+/// The status of a one-token chat request to `model` at `base` with `key`.
+pub fn chat_status(base: &str, key: &str, model: &str) -> u16 {
+    let body = format!(
+        r#"{{"model": "{model}", "max_tokens": 1, "messages": [{{"role": "user", "content": "Hi"}}]}}"#
+    );
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap()
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+}
