@@ -176,7 +176,9 @@ impl Worker {
                 }
             }
             Err(StageError { permanent, reason }) => {
-                tracing::info!(message = job.message_id, stage = %job.stage, %reason, "stage failed");
+                // The reason may quote the message or the model's answer: it stays in the
+                // store (`verre intake show`), out of the logs.
+                tracing::info!(message = job.message_id, stage = %job.stage, permanent, "stage failed");
                 self.record(
                     self.store().fail(&job, &reason, permanent, backoff).await?,
                     stats,
