@@ -5,7 +5,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-
 mod common;
 use common::{Running, chat_status, first_api_key, home, http_address, models, run_ok, verre};
 

@@ -218,10 +218,21 @@ impl Subject {
         })
     }
 
-    /// A `LIKE` pattern (with `ESCAPE '\'`) for a lower-cased column.
+    /// A `LIKE` pattern (with `ESCAPE '\'`) for a lower-cased column: a prefilter that
+    /// finds every row [`Subject::matches`] may accept, and more (SQL's `LOWER` folds ASCII
+    /// only, so a needle with other letters is searched for by its longest ASCII run).
     fn like(&self) -> String {
+        let needle = if self.needle.is_ascii() {
+            self.needle.clone()
+        } else {
+            self.needle
+                .split(|c: char| !c.is_ascii())
+                .max_by_key(|run| run.len())
+                .unwrap_or("")
+                .to_string()
+        };
         let mut p = String::from("%");
-        for c in self.needle.chars() {
+        for c in needle.chars() {
             if matches!(c, '%' | '_' | '\\') {
                 p.push('\\');
             }
@@ -629,16 +640,24 @@ impl Store {
                 continue;
             }
             let sql = format!(
-                "SELECT COUNT(*) AS n FROM {} WHERE LOWER(CAST({} AS TEXT)) LIKE $1 ESCAPE '\\'",
+                "SELECT CAST({1} AS TEXT) AS v FROM {0} WHERE LOWER(CAST({1} AS TEXT)) LIKE $1 ESCAPE '\\'",
                 ident(&c.table),
                 ident(&c.column)
             );
             // Identifiers from the database's own catalog, quoted; the pattern is bound.
-            let n: i64 = sqlx::query(sqlx::AssertSqlSafe(sql))
+            // LIKE finds candidates; `Subject::matches` decides, as erasure does.
+            let n = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(subject.like())
-                .fetch_one(&self.pool)
+                .fetch_all(&self.pool)
                 .await?
-                .try_get("n")?;
+                .iter()
+                .filter(|row| {
+                    row.try_get::<Option<String>, _>("v")
+                        .ok()
+                        .flatten()
+                        .is_some_and(|v| subject.matches(&v))
+                })
+                .count() as i64;
             if n > 0 {
                 let why = RETAINED
                     .iter()
@@ -809,43 +828,96 @@ pub(crate) async fn apply_rule(
             let Some(subject) = subject else {
                 return Ok(0);
             };
-            let cond = columns
-                .iter()
-                .map(|c| format!("LOWER(CAST({} AS TEXT)) LIKE $1 ESCAPE '\\'", ident(c)))
-                .collect::<Vec<_>>()
-                .join(" OR ");
-            let sql = match (dry_run, relation) {
-                (true, _) => format!("SELECT COUNT(*) AS n FROM {table} WHERE {cond}"),
-                (false, Relation::Mentions(_)) => format!("DELETE FROM {table} WHERE {cond}"),
-                (false, _) => {
-                    let set = columns
-                        .iter()
-                        .map(|c| {
-                            format!(
-                                "{0} = CASE WHEN LOWER(CAST({0} AS TEXT)) LIKE $1 ESCAPE '\\' THEN $2 ELSE {0} END",
-                                ident(c)
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    format!("UPDATE {table} SET {set} WHERE {cond}")
-                }
-            };
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(subject.like());
-            if !dry_run && matches!(relation, Relation::Blank(_)) {
-                q = q.bind(ERASED);
+            let rows = mentioning_rows(tx, name, columns, subject).await?;
+            if dry_run {
+                return Ok(rows.len() as i64);
             }
-            total += if dry_run {
-                q.fetch_one(&mut **tx).await?.try_get::<i64, _>("n")?
-            } else {
-                q.execute(&mut **tx)
+            let rid = row_id(tx);
+            for (id, matched) in &rows {
+                let (sql, blank) = match relation {
+                    Relation::Mentions(_) => {
+                        (format!("DELETE FROM {table} WHERE {rid} = $1"), false)
+                    }
+                    _ => {
+                        let set = matched
+                            .iter()
+                            .map(|&i| format!("{} = $2", ident(columns[i])))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        (format!("UPDATE {table} SET {set} WHERE {rid} = $1"), true)
+                    }
+                };
+                // Identifiers from the registry, quoted; values are bound.
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.clone());
+                if blank {
+                    q = q.bind(ERASED);
+                }
+                total += q
+                    .execute(&mut **tx)
                     .await
                     .with_context(|| format!("erasing from {name}"))?
-                    .rows_affected() as i64
-            };
+                    .rows_affected() as i64;
+            }
         }
     }
     Ok(total)
+}
+
+/// The row identity both backends have, as text: SQLite's `rowid`, PostgreSQL's `ctid`
+/// (stable within the transaction that uses it).
+fn row_id(tx: &mut Transaction<'_, Any>) -> &'static str {
+    match (**tx).backend_name() {
+        "PostgreSQL" => "ctid::text",
+        _ => "CAST(rowid AS TEXT)",
+    }
+}
+
+/// The rows of `table` where one of `columns` mentions the subject, each with the indexes
+/// of the columns that do. SQL's `LIKE` finds the candidates (a substring: `ann@…` is in
+/// `joann@…`); [`Subject::matches`] decides (whole addresses, whole words, Unicode case).
+async fn mentioning_rows(
+    tx: &mut Transaction<'_, Any>,
+    table: &str,
+    columns: &[&str],
+    subject: &Subject,
+) -> Result<Vec<(String, Vec<usize>)>> {
+    let rid = row_id(tx);
+    let values = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("CAST({} AS TEXT) AS c{i}", ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cond = columns
+        .iter()
+        .map(|c| format!("LOWER(CAST({} AS TEXT)) LIKE $1 ESCAPE '\\'", ident(c)))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let sql = format!(
+        "SELECT {rid} AS rid, {values} FROM {} WHERE {cond}",
+        ident(table)
+    );
+    // Identifiers from the registry, quoted; the pattern is bound.
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(subject.like())
+        .fetch_all(&mut **tx)
+        .await
+        .with_context(|| format!("reading {table}"))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let matched: Vec<usize> = (0..columns.len())
+            .filter(|i| {
+                row.try_get::<Option<String>, _>(format!("c{i}").as_str())
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| subject.matches(&v))
+            })
+            .collect();
+        if !matched.is_empty() {
+            out.push((row.try_get::<String, _>("rid")?, matched));
+        }
+    }
+    Ok(out)
 }
 
 /// Blank the detail of the audit entries about `subjects` (`message:ID`, `action:ID`) or
@@ -857,42 +929,52 @@ async fn tombstone(
     now: i64,
     dry_run: bool,
 ) -> Result<i64> {
-    let mut total = 0;
-    let run = |cond: String, binds: Vec<String>| {
-        let sql = if dry_run {
-            format!("SELECT COUNT(*) AS n FROM audit_log WHERE erased_at IS NULL AND ({cond})")
-        } else {
-            format!(
-                "UPDATE audit_log SET detail = NULL, erased_at = {now} WHERE erased_at IS NULL AND ({cond})"
-            )
-        };
-        (sql, binds)
-    };
-    let mentions = "LOWER(detail) LIKE $1 ESCAPE '\\'";
-    let mut statements = vec![run(mentions.into(), vec![subject.like()])];
-    for chunk in subjects.chunks(500) {
-        // Not those counted above (a dry run would count them twice).
-        let mut binds = vec![subject.like()];
-        binds.extend(chunk.iter().cloned());
-        statements.push(run(
-            format!(
-                "subject IN ({}) AND NOT (COALESCE({mentions}, FALSE))",
-                placeholders(2, chunk.len())
-            ),
-            binds,
-        ));
+    // The entries about the erased messages and actions, and those whose detail mentions
+    // the subject (LIKE finds candidates, `Subject::matches` decides): each once.
+    let mut seqs = std::collections::BTreeSet::new();
+    let candidates = sqlx::query(
+        "SELECT seq, detail FROM audit_log WHERE erased_at IS NULL AND LOWER(detail) LIKE $1 ESCAPE '\\'",
+    )
+    .bind(subject.like())
+    .fetch_all(&mut **tx)
+    .await
+    .context("reading the audit log")?;
+    for row in candidates {
+        let detail: Option<String> = row.try_get("detail")?;
+        if detail.is_some_and(|d| subject.matches(&d)) {
+            seqs.insert(row.try_get::<i64, _>("seq")?);
+        }
     }
-    for (sql, binds) in statements {
+    for chunk in subjects.chunks(500) {
+        let sql = format!(
+            "SELECT seq FROM audit_log WHERE erased_at IS NULL AND subject IN ({})",
+            placeholders(1, chunk.len())
+        );
+        // Only placeholders are formatted in; values are bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for s in chunk {
+            q = q.bind(s.clone());
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            seqs.insert(row.try_get::<i64, _>("seq")?);
+        }
+    }
+    if dry_run {
+        return Ok(seqs.len() as i64);
+    }
+    let seqs: Vec<i64> = seqs.into_iter().collect();
+    let mut total = 0;
+    for chunk in seqs.chunks(500) {
+        let sql = format!(
+            "UPDATE audit_log SET detail = NULL, erased_at = {now} WHERE erased_at IS NULL AND seq IN ({})",
+            placeholders(1, chunk.len())
+        );
         // Only placeholders and a number are formatted in; values are bound.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for b in binds {
-            q = q.bind(b);
+        for seq in chunk {
+            q = q.bind(*seq);
         }
-        total += if dry_run {
-            q.fetch_one(&mut **tx).await?.try_get::<i64, _>("n")?
-        } else {
-            q.execute(&mut **tx).await?.rows_affected() as i64
-        };
+        total += q.execute(&mut **tx).await?.rows_affected() as i64;
     }
     Ok(total)
 }

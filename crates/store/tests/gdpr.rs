@@ -758,3 +758,100 @@ async fn erasure_matches_whole_addresses_and_words_in_any_case() {
     assert_eq!(found("Émile Zola").await, expected, "{ids:?}");
     assert_eq!(found("joann@example.com").await, [ids["joann"]]);
 }
+
+/// Issue 18, item 8, the rest: rows that mention a subject without belonging to a message
+/// (failed logins, the cost ledger's key names, audit details) are matched as whole
+/// addresses too. Erasing `ann@example.com` used to blank `joann@example.com`'s ledger rows,
+/// delete her failed logins and tombstone her audit entries, and to report them as left over.
+#[tokio::test]
+async fn erasure_outside_messages_matches_whole_addresses_too() {
+    use verre_store::ledger::{ApiAudit, ApiCall, LedgerEntry};
+    let (_dir, store) = sqlite().await;
+    let call = |key: &str| ApiCall {
+        entry: LedgerEntry {
+            at: verre_store::now_ms(),
+            api_key: key.into(),
+            endpoint: "chat".into(),
+            model: "m".into(),
+            backend: "local".into(),
+            local: true,
+            status: 200,
+            prompt_tokens: 3,
+            completion_tokens: 1,
+            first_byte_ms: 1,
+            latency_ms: 1,
+        },
+        audit: ApiAudit::Metadata,
+        pseudonymized: false,
+    };
+    store
+        .insert_api_calls(&[call("ann@example.com"), call("joann@example.com")])
+        .await
+        .unwrap();
+    for user in ["ANN@example.com", "joann@example.com"] {
+        sqlx::query("INSERT INTO login_failures (user_name, ip, at) VALUES ($1, '127.0.0.1', $2)")
+            .bind(user)
+            .bind(verre_store::now_ms())
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    let count = |sql: &'static str| {
+        let store = store.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+        }
+    };
+    let subject = Subject::parse("ann@example.com").unwrap();
+    let dry = store.erase(&subject, "test", true).await.unwrap();
+    assert_eq!(dry.rows.get("ledger"), Some(&1), "{dry:#?}");
+    assert_eq!(dry.rows.get("login_failures"), Some(&1), "{dry:#?}");
+    let report = store.erase(&subject, "test", false).await.unwrap();
+    assert_eq!(
+        report.rows, dry.rows,
+        "the dry run counts what the run does"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM ledger WHERE api_key = 'joann@example.com'").await,
+        1,
+        "joann's ledger row keeps her key name"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM ledger WHERE api_key = '[erased]'").await,
+        1
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM login_failures WHERE user_name = 'joann@example.com'").await,
+        1,
+        "joann's failed login stays"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM login_failures").await,
+        1,
+        "ann's failed login is gone"
+    );
+    // Her api.chat entry names her key: it stays; ann's is tombstoned.
+    assert_eq!(
+        count("SELECT COUNT(*) FROM audit_log WHERE erased_at IS NULL AND detail LIKE '%joann@example.com%'")
+            .await,
+        0,
+        "details do not carry the key; actors do"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM audit_log WHERE actor = 'key:joann@example.com' AND erased_at IS NULL").await,
+        1,
+        "joann's audit entry is not tombstoned"
+    );
+    assert!(
+        report.residual.is_empty(),
+        "nothing of ann is left: {:#?}",
+        report.residual
+    );
+    assert!(
+        store.audit_verify().await.unwrap().ok(),
+        "the chain still verifies"
+    );
+}
