@@ -7,6 +7,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use chrono::DateTime;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use verre_server::config::{BackendKind, GatewayConfig};
@@ -320,25 +321,11 @@ fn entry_line(e: &AuditEntry) -> String {
     )
 }
 
-/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SSZ`.
+/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SSZ` (as a count of ms when past any calendar).
 pub(crate) fn utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+    DateTime::from_timestamp_millis(ms).map_or_else(
+        || format!("{ms} ms"),
+        |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
     )
 }
 
@@ -984,6 +971,12 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(utc(1_735_689_599_000), "2024-12-31T23:59:59Z");
+        assert_eq!(utc(-1_000), "1969-12-31T23:59:59Z");
+        assert_eq!(
+            utc(i64::MIN),
+            format!("{} ms", i64::MIN),
+            "past any calendar"
+        );
     }
 
     #[test]

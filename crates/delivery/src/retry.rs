@@ -8,6 +8,8 @@
 
 use std::time::Duration;
 
+use chrono::NaiveDateTime;
+
 /// Delay before each attempt, the first immediate.
 pub const RETRY_SCHEDULE: [Duration; 8] = [
     Duration::ZERO,
@@ -80,36 +82,8 @@ pub fn parse_retry_after(value: &str, now: u64) -> Option<Duration> {
 
 /// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) as seconds since the epoch.
 fn httpdate_to_unix(s: &str) -> Option<u64> {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    if parts.len() != 6 || parts[5] != "GMT" {
-        return None;
-    }
-    let day: i64 = parts[1].parse().ok()?;
-    let month = MONTHS.iter().position(|m| *m == parts[2])? as i64 + 1;
-    let year: i64 = parts[3].parse().ok()?;
-    let hms: Vec<i64> = parts[4]
-        .split(':')
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
-    if hms.len() != 3 {
-        return None;
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let (y, m) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2];
-    u64::try_from(secs).ok()
+    let when = NaiveDateTime::parse_from_str(s, "%a, %d %b %Y %H:%M:%S GMT").ok()?;
+    u64::try_from(when.and_utc().timestamp()).ok()
 }
 
 #[cfg(test)]
@@ -180,5 +154,22 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", 0), None);
+    }
+
+    #[test]
+    fn a_retry_after_date_is_a_real_date() {
+        assert_eq!(
+            parse_retry_after("Thu, 29 Feb 2024 23:59:59 GMT", 1_709_251_139),
+            Some(Duration::from_secs(60))
+        );
+        for bad in [
+            "Sun, 06 Nov 1994 24:49:37 GMT",
+            "Sun, 31 Nov 1994 08:49:37 GMT",
+            "Wed, 29 Feb 2023 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:37 CET",
+            "Sun, 06 Nov 1994 08:49 GMT",
+        ] {
+            assert_eq!(parse_retry_after(bad, 0), None, "{bad}");
+        }
     }
 }

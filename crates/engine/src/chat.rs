@@ -4,6 +4,7 @@
 //! for Gemma, Mistral's `[INST]` otherwise.
 
 use anyhow::{Context, Result, anyhow};
+use chrono::{DateTime, format::StrftimeItems};
 use minijinja::{Environment, Error, ErrorKind, Value, context};
 use serde::{Deserialize, Serialize};
 
@@ -272,63 +273,23 @@ fn without_generation_tags(source: &str) -> String {
     out
 }
 
-/// A UTC time in a strftime subset (`%d %b %B %Y %m %H %M %S %%`), for templates such as
-/// Llama 3.2's that print today's date.
-fn strftime(fmt: &str, secs: u64) -> String {
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let (hh, mm, ss) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    let mut out = String::new();
-    let mut chars = fmt.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('d') => out.push_str(&format!("{d:02}")),
-            Some('m') => out.push_str(&format!("{m:02}")),
-            Some('Y') => out.push_str(&y.to_string()),
-            Some('b') => out.push_str(&MONTHS[(m - 1) as usize][..3]),
-            Some('B') => out.push_str(MONTHS[(m - 1) as usize]),
-            Some('H') => out.push_str(&format!("{hh:02}")),
-            Some('M') => out.push_str(&format!("{mm:02}")),
-            Some('S') => out.push_str(&format!("{ss:02}")),
-            Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                out.push(other);
-            }
-            None => out.push('%'),
-        }
-    }
-    out
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+/// A UTC time formatted as Python's `strftime` does, for templates such as Llama 3.2's that
+/// print today's date; a format with an unknown `%` directive is a template error.
+fn strftime(fmt: &str, secs: u64) -> Result<String, Error> {
+    let error = |why: &str| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now({fmt:?}): {why}"),
+        )
+    };
+    let items = StrftimeItems::new(fmt)
+        .parse()
+        .map_err(|_| error("not a format Python's strftime knows"))?;
+    let when = i64::try_from(secs)
+        .ok()
+        .and_then(|secs| DateTime::from_timestamp(secs, 0))
+        .ok_or_else(|| error("the clock is out of range"))?;
+    Ok(when.format_with_items(items.iter()).to_string())
 }
 
 #[cfg(test)]
@@ -444,10 +405,33 @@ mod tests {
         assert!(ChatTemplate::new(Some("{% for x in %}"), "", "").is_err());
     }
 
+    /// `strftime_now(fmt)` rendered with the clock fixed at `unix_secs`.
+    fn strftime_now(fmt: &str, unix_secs: u64) -> Result<String> {
+        let source = format!("{{{{ strftime_now({fmt:?}) }}}}");
+        ChatTemplate::with_fixed_clock(Some(&source), "", "", unix_secs)?.render(&[], false)
+    }
+
     #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_819), (2027, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    fn strftime_now_prints_utc_dates() {
+        assert_eq!(strftime_now("%Y-%m-%d", 0).unwrap(), "1970-01-01");
+        assert_eq!(
+            strftime_now("%d %b %Y", 20_819 * 86_400).unwrap(),
+            "01 Jan 2027"
+        );
+        assert_eq!(
+            strftime_now("%B %d, %Y %H:%M:%S %%", 11_016 * 86_400 + 3723).unwrap(),
+            "February 29, 2000 01:02:03 %"
+        );
+        // As Python's strftime on Linux: weekdays and unpadded days (Llama 3.1's "26 Jul 2024").
+        assert_eq!(
+            strftime_now("%A %-d %B %Y", 1_741_064_767).unwrap(),
+            "Tuesday 4 March 2025"
+        );
+    }
+
+    #[test]
+    fn strftime_now_refuses_a_format_it_does_not_know() {
+        let err = strftime_now("%Q", 0).unwrap_err();
+        assert!(format!("{err:#}").contains("%Q"), "{err:#}");
     }
 }

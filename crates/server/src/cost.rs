@@ -7,12 +7,11 @@
 //! true` served in the period. Hardware is priced in euros, API list prices in dollars;
 //! `usd_per_eur` converts for the saving, and both currencies are reported as they are.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use anyhow::{Result, bail};
+use chrono::{DateTime, NaiveDate, NaiveTime};
 use serde::{Deserialize, Serialize};
-use verre_store::Store;
 use verre_store::ledger::{GroupBy, UsageQuery, UsageRow};
+use verre_store::{Store, now_ms};
 
 /// Hours in an average month (365.25 × 24 / 12).
 const HOURS_PER_MONTH: f64 = 730.5;
@@ -447,12 +446,6 @@ pub fn render(report: &CostReport) -> String {
     out
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// A time for `--since` or `?since=`, in UTC: `2024-05-01`, `2024-05-01T08:30`,
 /// `2024-05-01T08:30:00Z`, or a span back from now: `7d`, `24h`, `30m`.
 pub fn parse_since(text: &str) -> Result<i64> {
@@ -473,55 +466,18 @@ pub fn parse_since(text: &str) -> Result<i64> {
     }
     let text = text.trim_end_matches('Z');
     let (date, time) = text.split_once(['T', ' ']).unwrap_or((text, "00:00"));
-    let date: Vec<i64> = date
-        .split('-')
-        .map(|p| p.parse().map_err(|_| bad()))
-        .collect::<Result<_>>()?;
-    let time: Vec<i64> = time
-        .split(':')
-        .map(|p| p.parse().map_err(|_| bad()))
-        .collect::<Result<_>>()?;
-    let (&[y, m, d], &[hh, mm, ref seconds @ ..]) = (&date[..], &time[..]) else {
-        return Err(bad());
-    };
-    if seconds.len() > 1 {
-        return Err(bad());
-    }
-    let ss = seconds.first().copied().unwrap_or(0);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
-        return Err(bad());
-    }
-    Ok(((days_from_civil(y, m, d) * 24 + hh) * 60 + mm) * 60_000 + ss * 1000)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|_| bad())?;
+    let time = NaiveTime::parse_from_str(time, "%H:%M:%S")
+        .or_else(|_| NaiveTime::parse_from_str(time, "%H:%M"))
+        .map_err(|_| bad())?;
+    Ok(date.and_time(time).and_utc().timestamp_millis())
 }
 
 /// `2024-05-01 08:30` (UTC) for Unix ms.
 pub fn format_ms(ms: i64) -> String {
-    let days = ms.div_euclid(86_400_000);
-    let minutes = ms.rem_euclid(86_400_000) / 60_000;
-    // Inverse of days_from_civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
-        minutes / 60,
-        minutes % 60
+    DateTime::from_timestamp_millis(ms).map_or_else(
+        || format!("{ms} ms"),
+        |t| t.format("%Y-%m-%d %H:%M").to_string(),
     )
 }
 
@@ -547,7 +503,16 @@ mod tests {
         );
         let week = now_ms() - parse_since("7d").unwrap();
         assert!((7 * 86_400_000..7 * 86_400_000 + 5_000).contains(&week));
-        for bad in ["yesterday", "2024-13-01", "2024-05", "7w", "d"] {
+        for bad in [
+            "yesterday",
+            "2024-13-01",
+            "2024-05",
+            "7w",
+            "d",
+            "2023-02-29",
+            "2024-04-31",
+            "2024-05-01T24:00",
+        ] {
             assert!(parse_since(bad).is_err(), "{bad}");
         }
     }

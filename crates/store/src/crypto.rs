@@ -269,6 +269,80 @@ pub struct RekeyReport {
     pub stage_results: i64,
 }
 
+/// How a row of an encrypted table is found again.
+enum RowKey {
+    Integer,
+    Text,
+}
+
+/// An encrypted column: sealed bytes (BLOB) or sealed text (base64 in TEXT).
+struct EncryptedColumn {
+    name: &'static str,
+    column: Column,
+    bytes: bool,
+}
+
+/// A table whose columns are sealed under the row's `key_id`.
+struct EncryptedTable {
+    name: &'static str,
+    key: &'static [(&'static str, RowKey)],
+    columns: &'static [EncryptedColumn],
+    /// A further condition on the rows to re-encrypt.
+    only: &'static str,
+    /// Rows per transaction.
+    batch: u32,
+    /// Where [`RekeyReport`] counts the table's rows.
+    count: fn(&mut RekeyReport) -> &mut i64,
+}
+
+/// Every encrypted table, in the order `rekey` walks them.
+const ENCRYPTED: &[EncryptedTable] = &[
+    EncryptedTable {
+        name: "messages",
+        key: &[("id", RowKey::Integer)],
+        columns: &[EncryptedColumn {
+            name: "raw",
+            column: Column::MessageRaw,
+            bytes: true,
+        }],
+        // A purged mail has nothing left to encrypt.
+        only: " AND raw_purged_at IS NULL",
+        batch: 100,
+        count: |r| &mut r.messages,
+    },
+    EncryptedTable {
+        name: "parts",
+        key: &[("id", RowKey::Integer)],
+        columns: &[
+            EncryptedColumn {
+                name: "text",
+                column: Column::PartText,
+                bytes: false,
+            },
+            EncryptedColumn {
+                name: "pages",
+                column: Column::PartPages,
+                bytes: false,
+            },
+        ],
+        only: "",
+        batch: 200,
+        count: |r| &mut r.parts,
+    },
+    EncryptedTable {
+        name: "stage_results",
+        key: &[("message_id", RowKey::Integer), ("stage", RowKey::Text)],
+        columns: &[EncryptedColumn {
+            name: "output",
+            column: Column::StageOutput,
+            bytes: false,
+        }],
+        only: "",
+        batch: 200,
+        count: |r| &mut r.stage_results,
+    },
+];
+
 impl crate::Store {
     /// Encrypt with the current key every row stored in clear or under another key, a
     /// batch per transaction: interrupted, it can simply run again. Old keys must stay
@@ -284,123 +358,100 @@ impl crate::Store {
             key_id: current.clone(),
             ..Default::default()
         };
-        let pending = "(key_id IS NULL OR key_id <> $1)";
-        loop {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT id, raw, key_id FROM messages WHERE {pending} AND raw_purged_at IS NULL ORDER BY id LIMIT 100"
-            )))
-            .bind(&current)
-            .fetch_all(self.pool())
-            .await?;
-            if rows.is_empty() {
-                break;
-            }
-            let mut tx = self.pool().begin().await?;
-            for r in &rows {
-                let id: i64 = r.try_get("id")?;
-                let key_id: Option<String> = r.try_get("key_id")?;
-                let plain = open_bytes(
-                    Some(keys),
-                    key_id.as_deref(),
-                    Column::MessageRaw,
-                    r.try_get("raw")?,
-                )
-                .with_context(|| format!("decrypting message {id}"))?;
-                sqlx::query("UPDATE messages SET raw = $1, key_id = $2 WHERE id = $3")
-                    .bind(keys.seal(Column::MessageRaw, &plain)?)
-                    .bind(&current)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            report.messages += rows.len() as i64;
-        }
-        loop {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT id, text, pages, key_id FROM parts WHERE {pending} ORDER BY id LIMIT 200"
-            )))
-            .bind(&current)
-            .fetch_all(self.pool())
-            .await?;
-            if rows.is_empty() {
-                break;
-            }
-            let mut tx = self.pool().begin().await?;
-            for r in &rows {
-                let id: i64 = r.try_get("id")?;
-                let key_id: Option<String> = r.try_get("key_id")?;
-                let text = open_text(
-                    Some(keys),
-                    key_id.as_deref(),
-                    Column::PartText,
-                    r.try_get("text")?,
-                )?;
-                let pages = open_text(
-                    Some(keys),
-                    key_id.as_deref(),
-                    Column::PartPages,
-                    r.try_get("pages")?,
-                )?;
-                sqlx::query("UPDATE parts SET text = $1, pages = $2, key_id = $3 WHERE id = $4")
-                    .bind(
-                        text.map(|t| keys.seal_text(Column::PartText, &t))
-                            .transpose()?,
-                    )
-                    .bind(
-                        pages
-                            .map(|t| keys.seal_text(Column::PartPages, &t))
-                            .transpose()?,
-                    )
-                    .bind(&current)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            report.parts += rows.len() as i64;
-        }
-        loop {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT message_id, stage, output, key_id FROM stage_results WHERE {pending} ORDER BY message_id, stage LIMIT 200"
-            )))
-            .bind(&current)
-            .fetch_all(self.pool())
-            .await?;
-            if rows.is_empty() {
-                break;
-            }
-            let mut tx = self.pool().begin().await?;
-            for r in &rows {
-                let id: i64 = r.try_get("message_id")?;
-                let stage: String = r.try_get("stage")?;
-                let key_id: Option<String> = r.try_get("key_id")?;
-                let output = open_text(
-                    Some(keys),
-                    key_id.as_deref(),
-                    Column::StageOutput,
-                    r.try_get("output")?,
-                )?
-                .unwrap_or_default();
-                sqlx::query("UPDATE stage_results SET output = $1, key_id = $2 WHERE message_id = $3 AND stage = $4")
-                    .bind(keys.seal_text(Column::StageOutput, &output)?)
-                    .bind(&current)
-                    .bind(id)
-                    .bind(&stage)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            report.stage_results += rows.len() as i64;
+        for table in ENCRYPTED {
+            *(table.count)(&mut report) = self.rekey_table(keys, &current, table).await?;
         }
         self.flush_deleted().await?;
         Ok(report)
     }
 
+    /// Re-encrypt one table's rows that are in clear or under another key than `current`,
+    /// a batch per transaction; the number of rows re-encrypted.
+    async fn rekey_table(
+        &self,
+        keys: &Keyring,
+        current: &str,
+        table: &EncryptedTable,
+    ) -> Result<i64> {
+        let key_names: Vec<&str> = table.key.iter().map(|(name, _)| *name).collect();
+        let columns: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
+        let select = format!(
+            "SELECT {}, {}, key_id FROM {} WHERE (key_id IS NULL OR key_id <> $1){} ORDER BY {} LIMIT {}",
+            key_names.join(", "),
+            columns.join(", "),
+            table.name,
+            table.only,
+            key_names.join(", "),
+            table.batch
+        );
+        let n = columns.len();
+        let update = format!(
+            "UPDATE {} SET {}, key_id = ${} WHERE {}",
+            table.name,
+            (1..=n)
+                .map(|i| format!("{} = ${i}", columns[i - 1]))
+                .collect::<Vec<_>>()
+                .join(", "),
+            n + 1,
+            (1..=key_names.len())
+                .map(|i| format!("{} = ${}", key_names[i - 1], n + 1 + i))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        );
+        let mut done = 0;
+        loop {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(select.clone()))
+                .bind(current)
+                .fetch_all(self.pool())
+                .await?;
+            if rows.is_empty() {
+                return Ok(done);
+            }
+            let mut tx = self.pool().begin().await?;
+            for r in &rows {
+                let key_id: Option<String> = r.try_get("key_id")?;
+                let key_id = key_id.as_deref();
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(update.clone()));
+                let mut row_key = Vec::new();
+                for (name, kind) in table.key {
+                    row_key.push(match kind {
+                        RowKey::Integer => r.try_get::<i64, _>(*name)?.to_string(),
+                        RowKey::Text => r.try_get::<String, _>(*name)?,
+                    });
+                }
+                let what = || format!("re-encrypting {} {}", table.name, row_key.join(" "));
+                for c in table.columns {
+                    query = if c.bytes {
+                        let value: Option<Vec<u8>> = r.try_get(c.name)?;
+                        let plain = value
+                            .map(|v| open_bytes(Some(keys), key_id, c.column, v))
+                            .transpose()
+                            .with_context(what)?;
+                        query.bind(plain.map(|p| keys.seal(c.column, &p)).transpose()?)
+                    } else {
+                        let plain = open_text(Some(keys), key_id, c.column, r.try_get(c.name)?)
+                            .with_context(what)?;
+                        query.bind(plain.map(|p| keys.seal_text(c.column, &p)).transpose()?)
+                    };
+                }
+                query = query.bind(current);
+                for ((_, kind), value) in table.key.iter().zip(&row_key) {
+                    query = match kind {
+                        RowKey::Integer => query.bind(value.parse::<i64>()?),
+                        RowKey::Text => query.bind(value.clone()),
+                    };
+                }
+                query.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            done += rows.len() as i64;
+        }
+    }
+
     /// The key ids rows are encrypted with now, and how many rows each.
     pub async fn key_usage(&self) -> Result<Vec<(Option<String>, i64)>> {
         let mut usage: Vec<(Option<String>, i64)> = Vec::new();
-        for table in ["messages", "parts", "stage_results"] {
+        for table in ENCRYPTED.iter().map(|t| t.name) {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT key_id, COUNT(*) AS n FROM {table} GROUP BY key_id"
             )))

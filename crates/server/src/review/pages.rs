@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use axum::extract::{ConnectInfo, Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use chrono::DateTime;
 use minijinja::{Environment, Value as Tpl, context};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -44,26 +45,10 @@ fn templates() -> &'static Environment<'static> {
     })
 }
 
-/// Unix ms as `2026-05-04 13:07 UTC`.
+/// Unix ms as `2026-05-04 13:07 UTC`; nothing for no time (or one past any calendar).
 pub fn utc_time(ms: Option<i64>) -> String {
-    let Some(ms) = ms else { return String::new() };
-    let secs = ms.div_euclid(1000);
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rest / 3600,
-        rest % 3600 / 60
-    )
+    ms.and_then(DateTime::from_timestamp_millis)
+        .map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M UTC").to_string())
 }
 
 /// A rendered page (or an error page) with the review UI's security headers.
@@ -1002,5 +987,12 @@ mod tests {
         assert_eq!(utc_time(Some(0)), "1970-01-01 00:00 UTC");
         assert_eq!(utc_time(Some(1_700_000_000_000)), "2023-11-14 22:13 UTC");
         assert_eq!(utc_time(None), "");
+        assert_eq!(utc_time(Some(951_868_799_999)), "2000-02-29 23:59 UTC");
+        assert_eq!(utc_time(Some(-60_000)), "1969-12-31 23:59 UTC");
+        assert_eq!(
+            utc_time(Some(i64::MAX)),
+            "",
+            "past any calendar: nothing shown"
+        );
     }
 }
