@@ -16,7 +16,8 @@ use serde_json::json;
 use sqlx::Row;
 
 use crate::audit::{AuditEvent, append_in};
-use crate::{Backend, Store, now_ms};
+use crate::queue::LeaseClaim;
+use crate::{Store, now_ms};
 
 /// A claimed delivery. Only `worker` may record its attempt, while its lease holds.
 #[derive(Debug, Clone, Serialize)]
@@ -85,23 +86,14 @@ pub struct AttemptRecord {
     pub result: DeliveryResult,
 }
 
-const CLAIM_SQLITE: &str = "UPDATE outbox SET lease_owner = $1, lease_expires = $2,
-         attempts = attempts + 1, updated_at = $3
-     WHERE id = (
-         SELECT id FROM outbox
-         WHERE status = 'pending' AND next_attempt_at <= $3
-             AND (lease_expires IS NULL OR lease_expires < $3)
-         ORDER BY next_attempt_at, id LIMIT 1)
-     RETURNING id, action_id, message_id, webhook_id, kind, target, payload, attempts";
-
-const CLAIM_POSTGRES: &str = "UPDATE outbox SET lease_owner = $1, lease_expires = $2,
-         attempts = attempts + 1, updated_at = $3
-     WHERE id = (
-         SELECT id FROM outbox
-         WHERE status = 'pending' AND next_attempt_at <= $3
-             AND (lease_expires IS NULL OR lease_expires < $3)
-         ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
-     RETURNING id, action_id, message_id, webhook_id, kind, target, payload, attempts";
+const DELIVERY_CLAIM: LeaseClaim = LeaseClaim {
+    table: "outbox",
+    set: "",
+    claimable: "status = 'pending' AND next_attempt_at <= $3
+        AND (lease_expires IS NULL OR lease_expires < $3)",
+    order: "next_attempt_at, id",
+    returning: "id, action_id, message_id, webhook_id, kind, target, payload, attempts",
+};
 
 const OUTBOX_COLUMNS: &str =
     "id, action_id, message_id, webhook_id, kind, target, payload, status, attempts,
@@ -115,16 +107,8 @@ impl Store {
         worker: &str,
         lease: Duration,
     ) -> Result<Option<OutboxEntry>> {
-        let now = now_ms();
-        let sql = match self.backend {
-            Backend::Postgres => CLAIM_POSTGRES,
-            Backend::Sqlite => CLAIM_SQLITE,
-        };
-        let row = sqlx::query(sql)
-            .bind(worker)
-            .bind(now + lease.as_millis() as i64)
-            .bind(now)
-            .fetch_optional(&self.pool)
+        let row = self
+            .claim_lease(&DELIVERY_CLAIM, worker, lease)
             .await
             .context("claiming a delivery")?;
         row.map(|r| {

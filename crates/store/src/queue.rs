@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use serde_json::json;
@@ -118,40 +119,71 @@ pub(crate) async fn enqueue(
     Ok(())
 }
 
-/// Claim one runnable job. SQLite runs one writer at a time, so the statement is atomic
-/// as it is; PostgreSQL's claimers lock the row they pick and skip rows others hold.
-const CLAIM_SQLITE: &str = "UPDATE jobs SET state = 'leased', lease_owner = $1, lease_expires = $2,
-         attempts = attempts + 1, updated_at = $3
-     WHERE id = (
-         SELECT id FROM jobs
-         WHERE (state = 'ready' AND run_after <= $3) OR (state = 'leased' AND lease_expires < $3)
-         ORDER BY run_after, id LIMIT 1)
-     RETURNING id, message_id, stage, attempts, max_attempts";
+/// A lease claim on a table with `id`, `lease_owner`, `lease_expires`, `attempts` and
+/// `updated_at`: the first claimable row in `order` is leased to a worker, and the claim counts
+/// as an attempt. The job queue and the outbox both claim this way.
+pub(crate) struct LeaseClaim {
+    pub table: &'static str,
+    /// Further assignments made by a claim, each followed by a comma.
+    pub set: &'static str,
+    /// Which rows may be claimed; `$3` is now.
+    pub claimable: &'static str,
+    pub order: &'static str,
+    pub returning: &'static str,
+}
 
-const CLAIM_POSTGRES: &str =
-    "UPDATE jobs SET state = 'leased', lease_owner = $1, lease_expires = $2,
-         attempts = attempts + 1, updated_at = $3
-     WHERE id = (
-         SELECT id FROM jobs
-         WHERE (state = 'ready' AND run_after <= $3) OR (state = 'leased' AND lease_expires < $3)
-         ORDER BY run_after, id LIMIT 1 FOR UPDATE SKIP LOCKED)
-     RETURNING id, message_id, stage, attempts, max_attempts";
+impl Store {
+    /// Lease the first claimable row to `worker` for `lease`. SQLite runs one writer at a
+    /// time, so the statement is atomic as it is; PostgreSQL's claimers lock the row they
+    /// pick and skip rows others hold (`FOR UPDATE SKIP LOCKED`).
+    pub(crate) async fn claim_lease(
+        &self,
+        claim: &LeaseClaim,
+        worker: &str,
+        lease: Duration,
+    ) -> sqlx::Result<Option<AnyRow>> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let LeaseClaim {
+            table,
+            set,
+            claimable,
+            order,
+            returning,
+        } = claim;
+        let sql = format!(
+            "UPDATE {table} SET {set} lease_owner = $1, lease_expires = $2,
+                 attempts = attempts + 1, updated_at = $3
+             WHERE id = (SELECT id FROM {table} WHERE {claimable} ORDER BY {order} LIMIT 1{lock})
+             RETURNING {returning}"
+        );
+        let now = now_ms();
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(worker)
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+    }
+}
+
+const JOB_CLAIM: LeaseClaim = LeaseClaim {
+    table: "jobs",
+    set: "state = 'leased',",
+    claimable: "(state = 'ready' AND run_after <= $3) OR (state = 'leased' AND lease_expires < $3)",
+    order: "run_after, id",
+    returning: "id, message_id, stage, attempts, max_attempts",
+};
 
 impl Store {
     /// Claim the oldest runnable job (ready and due, or leased with an expired lease) for
     /// `worker`, leased for `lease`. On PostgreSQL concurrent claimers skip each other's
     /// rows (`FOR UPDATE SKIP LOCKED`); SQLite has one writer at a time.
     pub async fn claim(&self, worker: &str, lease: Duration) -> Result<Option<Job>> {
-        let now = now_ms();
-        let sql = match self.backend {
-            Backend::Postgres => CLAIM_POSTGRES,
-            Backend::Sqlite => CLAIM_SQLITE,
-        };
-        let row = sqlx::query(sql)
-            .bind(worker)
-            .bind(now + lease.as_millis() as i64)
-            .bind(now)
-            .fetch_optional(&self.pool)
+        let row = self
+            .claim_lease(&JOB_CLAIM, worker, lease)
             .await
             .context("claiming a job")?;
         row.map(|r| {

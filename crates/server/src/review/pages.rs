@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::{ConnectInfo, Form, Path, Query, State};
+use axum::extract::{ConnectInfo, Form, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::DateTime;
@@ -166,6 +166,37 @@ async fn form_author(
         .into_response());
     }
     Ok(reviewer)
+}
+
+/// A form posted by the signed-in reviewer with the session's CSRF token; otherwise the
+/// login redirect or a 403 page. `T` is the form's other fields.
+pub struct Posted<T> {
+    reviewer: Reviewer,
+    form: T,
+}
+
+#[derive(Deserialize)]
+struct WithCsrf<T> {
+    csrf: String,
+    #[serde(flatten)]
+    form: T,
+}
+
+/// A form with nothing but its CSRF token.
+#[derive(Deserialize)]
+pub struct NoFields {}
+
+impl<T: serde::de::DeserializeOwned + Send> FromRequest<Arc<AppState>> for Posted<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Response> {
+        let headers = req.headers().clone();
+        let Form(WithCsrf { csrf, form }) = Form::<WithCsrf<T>>::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let reviewer = form_author(state, &headers, &csrf).await?;
+        Ok(Posted { reviewer, form })
+    }
 }
 
 fn user_ctx(r: &Reviewer) -> Tpl {
@@ -757,20 +788,14 @@ async fn refused(
 
 #[derive(Deserialize)]
 pub struct DraftForm {
-    csrf: String,
     body: String,
 }
 
 pub async fn save_draft(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     Path(id): Path<i64>,
-    Form(f): Form<DraftForm>,
+    Posted { reviewer, form: f }: Posted<DraftForm>,
 ) -> PageResult {
-    let reviewer = match form_author(&state, &headers, &f.csrf).await {
-        Ok(r) => r,
-        Err(r) => return Ok(r),
-    };
     let body = f.body.replace("\r\n", "\n");
     match store(&state)?.save_draft(id, &body, reviewer.name()).await {
         Ok(_) => Ok(back_to(id, "draft")),
@@ -780,20 +805,14 @@ pub async fn save_draft(
 
 #[derive(Deserialize)]
 pub struct PayloadForm {
-    csrf: String,
     payload: String,
 }
 
 pub async fn save_payload(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     Path(action_id): Path<i64>,
-    Form(f): Form<PayloadForm>,
+    Posted { reviewer, form: f }: Posted<PayloadForm>,
 ) -> PageResult {
-    let reviewer = match form_author(&state, &headers, &f.csrf).await {
-        Ok(r) => r,
-        Err(r) => return Ok(r),
-    };
     let store = store(&state)?;
     let Some(id) = store.action_message(action_id).await? else {
         return Err(PageError::new(
@@ -812,14 +831,9 @@ pub async fn save_payload(
 
 pub async fn approve(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     Path(id): Path<i64>,
-    Form(f): Form<CsrfForm>,
+    Posted { reviewer, .. }: Posted<NoFields>,
 ) -> PageResult {
-    let reviewer = match form_author(&state, &headers, &f.csrf).await {
-        Ok(r) => r,
-        Err(r) => return Ok(r),
-    };
     let settings = state.review();
     let delivery = settings.delivery.clone();
     let allow = move |a: &verre_store::ActionRow| delivery.allow(a);
@@ -838,20 +852,14 @@ pub async fn approve(
 
 #[derive(Deserialize)]
 pub struct RejectForm {
-    csrf: String,
     reason: String,
 }
 
 pub async fn reject(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     Path(id): Path<i64>,
-    Form(f): Form<RejectForm>,
+    Posted { reviewer, form: f }: Posted<RejectForm>,
 ) -> PageResult {
-    let reviewer = match form_author(&state, &headers, &f.csrf).await {
-        Ok(r) => r,
-        Err(r) => return Ok(r),
-    };
     match store(&state)?.reject(id, reviewer.name(), &f.reason).await {
         Ok(_) => Ok(back_to(id, "rejected")),
         Err(e) => refused(&state, &reviewer, id, None, e).await,
@@ -860,20 +868,14 @@ pub async fn reject(
 
 #[derive(Deserialize)]
 pub struct RerunForm {
-    csrf: String,
     stage: String,
 }
 
 pub async fn rerun(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     Path(id): Path<i64>,
-    Form(f): Form<RerunForm>,
+    Posted { reviewer, form: f }: Posted<RerunForm>,
 ) -> PageResult {
-    let reviewer = match form_author(&state, &headers, &f.csrf).await {
-        Ok(r) => r,
-        Err(r) => return Ok(r),
-    };
     match store(&state)?
         .rerun_stage(id, &f.stage, reviewer.name())
         .await
@@ -896,14 +898,9 @@ fn admin_only(reviewer: &Reviewer) -> Result<(), PageError> {
 
 pub async fn retry_delivery(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     Path(outbox_id): Path<i64>,
-    Form(f): Form<CsrfForm>,
+    Posted { reviewer, .. }: Posted<NoFields>,
 ) -> PageResult {
-    let reviewer = match form_author(&state, &headers, &f.csrf).await {
-        Ok(r) => r,
-        Err(r) => return Ok(r),
-    };
     admin_only(&reviewer)?;
     store(&state)?
         .retry_delivery(outbox_id, reviewer.name())
@@ -915,19 +912,13 @@ pub async fn retry_delivery(
 
 #[derive(Deserialize)]
 pub struct EndpointForm {
-    csrf: String,
     url: String,
 }
 
 pub async fn enable_endpoint(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Form(f): Form<EndpointForm>,
+    Posted { reviewer, form: f }: Posted<EndpointForm>,
 ) -> PageResult {
-    let reviewer = match form_author(&state, &headers, &f.csrf).await {
-        Ok(r) => r,
-        Err(r) => return Ok(r),
-    };
     admin_only(&reviewer)?;
     store(&state)?
         .enable_endpoint(&f.url, reviewer.name())
