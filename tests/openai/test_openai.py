@@ -305,8 +305,14 @@ def cosine(a, b):
 def test_embeddings_match_sentence_transformers(server, client):
     cases = json.load(open(EMBEDDING_FIXTURE))["cases"]
     before = server.metric("verre:prompt_tokens_total", EMBEDDING_MODEL)
+    # One case is longer than the model's 256 tokens: sentence-transformers cuts it, and
+    # verre does too when asked (`truncate`); unasked, it refuses rather than cut silently.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model=EMBEDDING_MODEL, input=[c["text"] for c in cases])
+    assert "truncate" in error_of(e.value)["message"]
     # The SDK asks for base64 unless told otherwise, and decodes it to floats.
-    r = client.embeddings.create(model=EMBEDDING_MODEL, input=[c["text"] for c in cases])
+    r = client.embeddings.create(model=EMBEDDING_MODEL, input=[c["text"] for c in cases],
+                                 extra_body={"truncate": True})
     assert r.object == "list" and r.model == EMBEDDING_MODEL and len(r.data) == len(cases)
     for i, (d, case) in enumerate(zip(r.data, cases)):
         assert d.object == "embedding" and d.index == i
