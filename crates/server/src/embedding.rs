@@ -101,32 +101,51 @@ impl EmbeddingModel {
 /// The model's thread: one job at a time until the model is dropped.
 fn work(id: &str, embedder: &Embedder, prompt_tokens: &AtomicU64, queue: &Receiver<Job>) {
     let max_tokens = embedder.max_tokens();
-    let failed = |e: anyhow::Error| ApiError::internal(format!("embedding failed: {e:#}"));
     while let Ok(job) = queue.recv() {
-        let mut out = Vec::with_capacity(job.inputs.len());
-        let result = job.inputs.iter().enumerate().try_for_each(|(i, input)| {
-            // A client that went away wants nothing more.
-            if job.reply.is_closed() {
-                return Err(ApiError::internal("the client went away"));
-            }
-            let (ids, cut) = match input {
-                Prompt::Text(text) => embedder.tokenize_truncated(text).map_err(failed)?,
-                Prompt::Tokens(ids) => (
-                    ids[..ids.len().min(max_tokens)].to_vec(),
-                    ids.len() > max_tokens,
-                ),
-            };
-            if cut && !job.truncate {
-                return Err(too_long(id, i, max_tokens));
-            }
-            let vector = embedder.embed_ids(&ids).map_err(failed)?;
-            prompt_tokens.fetch_add(ids.len() as u64, Ordering::Relaxed);
-            out.push(Embedding {
-                vector,
-                tokens: ids.len(),
-            });
-            Ok(())
-        });
-        let _ = job.reply.send(result.map(|()| out));
+        let result = embed_job(id, embedder, max_tokens, &job);
+        // Only a request that was answered counts its tokens.
+        if let Ok(out) = &result {
+            let tokens: usize = out.iter().map(|e| e.tokens).sum();
+            prompt_tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+        }
+        let _ = job.reply.send(result);
     }
+}
+
+/// Every input tokenized and checked against the model's limit first (a refused request
+/// costs no embedding), then embedded.
+fn embed_job(
+    id: &str,
+    embedder: &Embedder,
+    max_tokens: usize,
+    job: &Job,
+) -> Result<Vec<Embedding>, ApiError> {
+    let failed = |e: anyhow::Error| ApiError::internal(format!("embedding failed: {e:#}"));
+    let mut tokenized = Vec::with_capacity(job.inputs.len());
+    for (i, input) in job.inputs.iter().enumerate() {
+        let (ids, cut) = match input {
+            Prompt::Text(text) => embedder.tokenize_truncated(text).map_err(failed)?,
+            Prompt::Tokens(ids) => (
+                ids[..ids.len().min(max_tokens)].to_vec(),
+                ids.len() > max_tokens,
+            ),
+        };
+        if cut && !job.truncate {
+            return Err(too_long(id, i, max_tokens));
+        }
+        tokenized.push(ids);
+    }
+    let mut out = Vec::with_capacity(tokenized.len());
+    for ids in tokenized {
+        // A client that went away wants nothing more.
+        if job.reply.is_closed() {
+            return Err(ApiError::internal("the client went away"));
+        }
+        let vector = embedder.embed_ids(&ids).map_err(failed)?;
+        out.push(Embedding {
+            vector,
+            tokens: ids.len(),
+        });
+    }
+    Ok(out)
 }
