@@ -508,34 +508,36 @@ async fn watch(args: WatchArgs) -> Result<()> {
         .check_at_start()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut workers = Vec::new();
-    for _ in 0..args.work.workers.max(1) {
-        let mut opts = verre_intake::WorkerOptions::new();
-        opts.lease = Duration::from_secs(args.work.lease_secs);
-        opts.stop_when_idle = false;
-        let w = verre_intake::Worker::new(runner.clone(), opts);
-        workers.push(tokio::spawn(async move { w.run().await }));
-    }
     eprintln!(
         "watching {} ({} worker(s)); Ctrl-C to stop",
         source.describe(),
-        workers.len()
+        args.work.workers.max(1)
     );
-    loop {
-        let (_, new) = verre_intake::ingest(&store, &source, max_attempts).await?;
-        if new > 0 {
-            eprintln!("{new} new message(s)");
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = stop_tx.send(true);
+    });
+    let read = || async {
+        match verre_intake::ingest(&store, &source, max_attempts).await {
+            Ok((_, new)) if new > 0 => eprintln!("{new} new message(s)"),
+            Ok(_) => {}
+            Err(e) => eprintln!("reading {}: {e:#}", source.describe()),
         }
-        if let Some(done) = workers.iter().position(|w| w.is_finished()) {
-            let w = workers.swap_remove(done);
-            w.await??;
-            anyhow::bail!("a worker stopped");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(args.poll_secs)) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        }
+    };
+    let stats = verre_intake::watch(
+        runner,
+        args.work.workers,
+        Duration::from_secs(args.work.lease_secs),
+        Duration::from_secs(args.poll_secs),
+        read,
+        stop,
+    )
+    .await?;
+    if stats.released > 0 {
+        eprintln!("released {} unfinished job(s)", stats.released);
     }
+    Ok(())
 }
 
 async fn show(id: i64, db: &DbArgs, json: bool) -> Result<()> {

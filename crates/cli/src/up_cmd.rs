@@ -604,7 +604,7 @@ async fn run_intake(
     workers: usize,
     poll: Duration,
     api: Arc<dyn verre_intake::ModelApi>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let store = verre_store::Store::open(&database).await?;
     let max_attempts = pipeline.max_attempts;
@@ -613,17 +613,7 @@ async fn run_intake(
         .check_at_start()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut tasks = Vec::new();
-    for _ in 0..workers.max(1) {
-        let w = verre_intake::Worker::new(runner.clone(), {
-            let mut o = verre_intake::WorkerOptions::new();
-            o.stop_when_idle = false;
-            o
-        });
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move { w.run_until(stop).await }));
-    }
-    loop {
+    let read = || async {
         // verre up owns its inbox: each mail is stored, then its file deleted.
         match verre_intake::inbox::take_inbox(&store, &inbox, max_attempts).await {
             Ok(r) if r.new + r.forgotten > 0 => eprintln!(
@@ -633,17 +623,14 @@ async fn run_intake(
             Ok(_) => {}
             Err(e) => eprintln!("verre up: reading the inbox: {e:#}"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(poll) => {}
-            _ = stop.wait_for(|s| *s) => break,
-        }
-    }
-    let mut released = 0;
-    for t in tasks {
-        released += t.await.context("an intake worker")??.released;
-    }
-    if released > 0 {
-        eprintln!("verre up: released {released} unfinished intake job(s)");
+    };
+    let lease = verre_intake::WorkerOptions::new().lease;
+    let stats = verre_intake::watch(runner, workers, lease, poll, read, stop).await?;
+    if stats.released > 0 {
+        eprintln!(
+            "verre up: released {} unfinished intake job(s)",
+            stats.released
+        );
     }
     Ok(())
 }

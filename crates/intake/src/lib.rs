@@ -88,6 +88,64 @@ pub async fn ingest_source(
     Ok(report)
 }
 
+/// Work the queue with `workers` workers in this process while `read` brings new mail in
+/// every `poll` (a source read, an inbox taken), until `stop` turns true: then no job is
+/// claimed any more, a stage still running is cancelled and its job released for the next
+/// worker. `verre up` and `verre intake watch` run their intake this way. A worker that
+/// fails stops the others, and its error is the result.
+pub async fn watch<F, Fut>(
+    runner: Arc<StageRunner>,
+    workers: usize,
+    lease: std::time::Duration,
+    poll: std::time::Duration,
+    mut read: F,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<WorkerStats>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (stop_workers, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for _ in 0..workers.max(1) {
+        let mut opts = WorkerOptions::new();
+        opts.lease = lease;
+        opts.stop_when_idle = false;
+        let worker = Worker::new(runner.clone(), opts);
+        let stopped = stopped.clone();
+        tasks.push(tokio::spawn(async move { worker.run_until(stopped).await }));
+    }
+    loop {
+        read().await;
+        if tasks.iter().any(|t| t.is_finished()) {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    let _ = stop_workers.send(true);
+    let mut total = WorkerStats::default();
+    let mut failed = None;
+    for t in tasks {
+        match t.await? {
+            Ok(s) => {
+                total.completed += s.completed;
+                total.retried += s.retried;
+                total.quarantined += s.quarantined;
+                total.lease_lost += s.lease_lost;
+                total.released += s.released;
+            }
+            Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    match failed {
+        Some(e) => Err(e.context("an intake worker stopped")),
+        None => Ok(total),
+    }
+}
+
 /// Run `workers` workers in this process until the queue is idle.
 pub async fn run_until_idle(
     runner: Arc<StageRunner>,
