@@ -452,35 +452,29 @@ fn a_model_that_resolves_nowhere_or_a_backend_outside_the_policy_is_refused_at_s
         + 1;
     let expected = format!("pipeline.toml:{line}: model \"mistral-large\"");
 
-    let out = verre(home.path())
-        .args([
+    for args in [
+        vec![
             "intake",
             "run",
             inbox.to_str().unwrap(),
             "--json",
             "--database",
             &db,
-        ])
-        .arg("--pipeline")
-        .arg(&pipeline)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains(&expected),
-        "{stderr}"
-    );
-    let out = verre(home.path())
-        .args(["up", "--port", "0", "--model", "smollm2-135m"])
-        .arg("--pipeline")
-        .arg(&pipeline)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains(&expected),
-        "{stderr}"
-    );
+        ],
+        vec!["up", "--port", "0", "--model", "smollm2-135m"],
+    ] {
+        let out = verre(home.path())
+            .args(&args)
+            .arg("--pipeline")
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(&expected),
+            "{args:?}: {stderr}"
+        );
+    }
     assert!(inbox.join("new/1.eml").exists(), "no mail was touched");
     assert!(
         !home.path().join("verre.db").exists() || {
