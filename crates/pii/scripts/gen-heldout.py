@@ -68,7 +68,8 @@ def phone_de(rng):
 def phone_fr(rng):
     r = rng.random()
     if r < 0.35:
-        return "6", digits(rng, 8, "0123456789"), "mobile"
+        # 063 and 069 are partly overseas ranges (+590 690 …): metropolitan 06 only.
+        return "6", rng.choice("0124578") + digits(rng, 7, "0123456789"), "mobile"
     if r < 0.45:
         return "7", rng.choice("3456789") + digits(rng, 7, "0123456789"), "mobile"
     return rng.choice("12345"), digits(rng, 8, "123456789"), "fixed"
@@ -233,11 +234,15 @@ def make_person(rng, fakers, foreign, loc):
         surname = rng.choice(foreign).last_name()
     else:
         surname = f.last_name()
+        while "," in surname:  # Faker's Dutch index forms ("Erve, van 't")
+            surname = f.last_name()
         if loc == "nl" and " " in surname:
             pass  # Faker's Dutch surnames carry their particles already
         elif rng.random() < 0.25:
             particle = weighted(rng, PARTICLES[loc])
             base = f.last_name().split()[-1]
+            if particle.endswith("'") and base[0] not in "AEIOUÉ":
+                particle = "de"  # d' before a vowel only
             surname = f"{particle}{base}" if particle.endswith("'") else f"{particle} {base}"
         elif loc == "es" and rng.random() < 0.5:
             surname = f"{surname} {f.last_name()}"  # two surnames
@@ -425,7 +430,7 @@ T = {
 # The `{s}` title when writing to someone: German "Sehr geehrte Frau …"/"Sehr geehrter Herr …".
 GREETING_TITLES = {
     "de": ("Frau", "Herr"), "fr": ("Madame", "Monsieur"), "it": ("Sig.ra", "Sig."),
-    "es": ("Sra.", "Sr."), "nl": ("mevrouw", "heer"),
+    "es": ("Sra.", "Sr."), "nl": ("mevrouw", "meneer"),
 }
 
 
@@ -549,7 +554,8 @@ def clean_mail(rng, fakers, foreign, loc):
     for body in rng.sample(t["clean_body"], 3):
         lines.append(m.fill(body, None, False))
     lines += ["", rng.choice(t["close"]), rng.choice(t["clean_sig"])]
-    lines.append(f"{f.company()}, {f.street_address()}, {f.postcode()} {f.city()}")
+    # Faker's companies and streets are often named after people: only numbers and towns.
+    lines.append(f"{rng.choice(t['clean_sig'])}, Postfach {rng.randrange(100, 9999)}, {f.postcode()} {f.city()}")
     return "\n".join(lines)
 
 

@@ -182,20 +182,52 @@ fn longest_number_at(
         .filter(|&i| bytes[i - 1].is_ascii_digit() && !bytes[i].is_ascii_digit())
         .collect();
     ends.push(bytes.len());
-    for &end in ends.iter().rev() {
+    ends.retain(|&end| {
         let end = start + end;
         let after = char_at(text, end);
         let glued_after = after.is_some_and(|c| c.is_alphanumeric() || c == '@')
             || (matches!(after, Some(',' | '.' | '/' | '-' | ':'))
                 && char_at(text, end + 1).is_some_and(|c| c.is_ascii_digit()));
-        if glued_after {
+        !glued_after
+    });
+    let score_at = |end: usize| score(&text[start..start + end], context, regions);
+    for (i, &end) in ends.iter().enumerate().rev() {
+        let Some(found) = score_at(end) else {
             continue;
+        };
+        // Two numbers side by side ("01 42 68 53 00 06 12 34 56 78"): where numbers have
+        // variable lengths (Austria, Italy) the first with digits of the second is valid
+        // too; end the first where the rest of the run is a number of its own.
+        for &first_end in ends[..i].iter().rev() {
+            if number_follows(text, start + first_end, regions)
+                && let Some(first) = score_at(first_end)
+            {
+                return Some((start, start + first_end, first));
+            }
         }
-        if let Some(score) = score(&text[start..end], context, regions) {
-            return Some((start, end, score));
-        }
+        return Some((start, start + end, found));
     }
     None
+}
+
+/// Whether a number starts at `pos`, after separators: one that reads as a number with
+/// no label before it.
+fn number_follows(text: &str, pos: usize, regions: &[country::Id]) -> bool {
+    let rest = &text[pos..];
+    let at = pos + rest.len()
+        - rest
+            .trim_start_matches([' ', '\u{a0}', '-', '/', '.'])
+            .len();
+    let Some(run) = RUN.find_at(text, at).filter(|m| m.start() == at) else {
+        return false;
+    };
+    let run = run.as_str();
+    let bytes = run.as_bytes();
+    (1..=bytes.len())
+        .filter(|&i| {
+            bytes[i - 1].is_ascii_digit() && bytes.get(i).is_none_or(|b| !b.is_ascii_digit())
+        })
+        .any(|end| score(&run[..end], Context::None, regions).is_some())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -241,7 +273,17 @@ fn context(text: &str, start: usize) -> Context {
 }
 
 fn score(candidate: &str, context: Context, regions: &[country::Id]) -> Option<f32> {
-    let digits = candidate.chars().filter(char::is_ascii_digit).count();
+    let international = candidate.trim_start_matches('(');
+    let international = international
+        .strip_prefix('+')
+        .or_else(|| international.strip_prefix("00"));
+    // Digits as dialled: without the `00` and the trunk prefix in "(0)".
+    let digits = international
+        .map_or(candidate, |rest| rest)
+        .replacen("(0)", "", 1)
+        .chars()
+        .filter(char::is_ascii_digit)
+        .count();
     // A reference label does not turn "+44 20 …" into an order number.
     if !(7..=15).contains(&digits)
         || (context == Context::Reference && !candidate.starts_with(['+', '(']))
@@ -255,22 +297,22 @@ fn score(candidate: &str, context: Context, regions: &[country::Id]) -> Option<f
         return None;
     }
     let bonus = if context == Context::Phone { 0.1 } else { 0.0 };
-    let international = candidate.trim_start_matches('(');
-    if let Some(rest) = international
-        .strip_prefix('+')
-        .or_else(|| international.strip_prefix("00"))
-    {
+    if let Some(rest) = international {
         let number = parse_international(rest)?;
         return phonenumber::is_valid(&number).then_some(0.9 + bonus);
     }
     let first_digit = candidate.chars().find(char::is_ascii_digit)?;
     let nanp_shaped = NANP.is_match(candidate);
+    // Written in groups ("347 123 4567"), not one run of digits like a reference number.
+    let grouped = candidate.contains(|c: char| !c.is_ascii_digit());
     for &region in regions {
-        let nanp_region = matches!(region, country::Id::US | country::Id::CA);
-        let shaped = if nanp_region {
-            nanp_shaped
-        } else {
-            first_digit == '0'
+        let shaped = match region {
+            country::Id::US | country::Id::CA => nanp_shaped,
+            // Where no trunk prefix is dialled (Italian mobiles, all Spanish numbers), a
+            // national number starts with any digit: its grouping and length have to say
+            // it (nine digits or more; "4111 1111" is a card number's tail).
+            _ if !has_trunk_prefix(region) => first_digit == '0' || (grouped && digits >= 9),
+            _ => first_digit == '0',
         };
         if !shaped && context != Context::Phone {
             continue;
@@ -281,7 +323,24 @@ fn score(candidate: &str, context: Context, regions: &[country::Id]) -> Option<f
             return Some(if shaped { 0.8 + bonus } else { 0.75 });
         }
     }
+    // After a phone label, an international number written without `+` or `00`
+    // ("Tel. 49 30 1234567").
+    if context == Context::Phone
+        && first_digit != '0'
+        && let Some(number) = parse_international(candidate)
+        && phonenumber::is_valid(&number)
+    {
+        return Some(0.8);
+    }
     None
+}
+
+/// Whether national numbers of `region` are dialled with a trunk prefix (the `0` of
+/// "030 1234567"), per libphonenumber's metadata.
+fn has_trunk_prefix(region: country::Id) -> bool {
+    phonenumber::metadata::DATABASE
+        .by_id(region.as_ref())
+        .is_some_and(|m| m.national_prefix().is_some())
 }
 
 /// Parses what follows `+` or `00`, without a trunk prefix in parentheses ("+44 (0) 20 …":
