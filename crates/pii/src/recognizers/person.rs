@@ -513,6 +513,31 @@ mod tests {
     }
 
     #[test]
+    fn surnames_with_particles_are_taken_whole() {
+        assert_eq!(persons("Frau von Liebelt ruft an."), ["von Liebelt"]);
+        assert_eq!(persons("M. de la Bourdon a écrit."), ["de la Bourdon"]);
+        assert_eq!(persons("Geachte mevrouw van 't Erve,"), ["van 't Erve"]);
+        assert_eq!(persons("de heer van den Corput belde"), ["van den Corput"]);
+        assert_eq!(persons("Buongiorno Sig.ra Di Salvemini,"), ["Di Salvemini"]);
+        assert_eq!(
+            persons("Il collega Luchino De Traetta segue l'ordine."),
+            ["Luchino De Traetta"]
+        );
+        assert_eq!(persons("Merci, Françoise Le Gall"), ["Françoise Le Gall"]);
+        assert_eq!(persons("el Sr. de Sosa llamó"), ["de Sosa"]);
+        assert_eq!(persons("Gruß\nH.-Dieter Niit"), ["H.-Dieter Niit"]);
+    }
+
+    #[test]
+    fn titles_and_greetings_are_not_names() {
+        assert_eq!(persons("Gentile Sig.ra Platini,"), ["Platini"]);
+        assert_eq!(persons("Estimada Sra. Valero:"), ["Valero"]);
+        assert!(persons("Beste Grüße\nIhr Kundenservice").is_empty());
+        assert!(persons("Boulangerie, 12 avenue Jean Jaurès, Lyon").is_empty());
+        assert!(persons("Calle de Vicenta Carrera 4").is_empty());
+    }
+
+    #[test]
     fn introductions_relations_and_names_seen_before() {
         assert_eq!(
             persons(

@@ -414,6 +414,36 @@ mod tests {
     }
 
     #[test]
+    fn international_forms_with_trunk_prefix_parentheses_and_no_plus() {
+        assert_eq!(
+            phones("Mobil: 0049 (0)176 74609122"),
+            ["0049 (0)176 74609122"]
+        );
+        assert_eq!(phones("(+49) 30 1234567"), ["(+49) 30 1234567"]);
+        assert_eq!(phones("+49 (341) 9130 1116"), ["+49 (341) 9130 1116"]);
+        assert_eq!(phones("+49-172-4845632"), ["+49-172-4845632"]);
+        assert_eq!(phones("0033 6 12 34 56 78"), ["0033 6 12 34 56 78"]);
+        // Without `+` or `00`, only a phone label says it is a number.
+        assert_eq!(phones("Tel. 31 6 10 60 40 38"), ["31 6 10 60 40 38"]);
+        assert_eq!(phones("Tel: 49 711 663 0699"), ["49 711 663 0699"]);
+        assert!(phones("Lieferung 49 711 663 0699").is_empty());
+    }
+
+    #[test]
+    fn national_numbers_of_the_default_regions() {
+        // Italian and Spanish numbers have no trunk prefix: grouped, nine digits or more.
+        assert_eq!(phones("mi chiami al 347 123 4567"), ["347 123 4567"]);
+        assert_eq!(phones("llámeme al 612 34 56 78"), ["612 34 56 78"]);
+        assert_eq!(phones("Roma 06 1234 5678"), ["06 1234 5678"]);
+        assert_eq!(phones("bel me op 06-12345678"), ["06-12345678"]);
+        assert!(phones("pedido 612345678").is_empty());
+        assert!(phones("4111 1111").is_empty());
+        // A French number followed by another is two numbers, though Austria and Italy
+        // would read the first with digits of the second.
+        assert_eq!(phones("0221/54 74 07 78"), ["0221/54 74 07 78"]);
+    }
+
+    #[test]
     fn skips_dates_amounts_and_reference_numbers() {
         assert!(phones("Rechnungsnummer 30064443").is_empty());
         assert!(phones("INV/2023/03/0008 due 2023-04-04").is_empty());
