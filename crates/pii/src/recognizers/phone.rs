@@ -39,8 +39,27 @@ static NANP: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 /// Words that announce a phone number (lower case).
-const PHONE_WORDS: [&str; 22] = [
+const PHONE_WORDS: [&str; 40] = [
     "tel",
+    "mob",
+    "móvil",
+    "movil",
+    "port.",
+    "tlf",
+    "cel",
+    // Verbs: "rufen Sie mich an", "rappelez-moi au", "mi chiami al", "llámeme al", "bel me op".
+    "anruf",
+    "rückruf",
+    "erreich",
+    "rappel",
+    "joindre",
+    "joignable",
+    "chiam",
+    "richiam",
+    "llam",
+    "bel me",
+    "bellen",
+    "terugbel",
     "tél",
     "phone",
     "fax",
@@ -317,7 +336,7 @@ fn score(candidate: &str, context: Context, regions: &[country::Id]) -> Option<f
         if !shaped && context != Context::Phone {
             continue;
         }
-        if let Ok(number) = phonenumber::parse(Some(region), candidate)
+        if let Some(number) = parse_national(region, candidate)
             && phonenumber::is_valid(&number)
         {
             return Some(if shaped { 0.8 + bonus } else { 0.75 });
@@ -333,6 +352,22 @@ fn score(candidate: &str, context: Context, regions: &[country::Id]) -> Option<f
         return Some(0.8);
     }
     None
+}
+
+/// `candidate` read as a national number of `region`.
+fn parse_national(region: country::Id, candidate: &str) -> Option<phonenumber::PhoneNumber> {
+    let number = phonenumber::parse(Some(region), candidate).ok()?;
+    if phonenumber::is_valid(&number) || has_trunk_prefix(region) {
+        return Some(number);
+    }
+    // Without a trunk prefix, a national number can start with the country's own code
+    // (Italian mobiles "392 …", code 39), which the parser strips as if it were dialled
+    // from abroad: read the digits as they are, after the code.
+    let code = phonenumber::metadata::DATABASE
+        .by_id(region.as_ref())?
+        .country_code();
+    let digits: String = candidate.chars().filter(char::is_ascii_digit).collect();
+    phonenumber::parse(None, format!("+{code}{digits}")).ok()
 }
 
 /// Whether national numbers of `region` are dialled with a trunk prefix (the `0` of
@@ -361,7 +396,7 @@ pub(crate) fn normalize(candidate: &str, regions: &[String]) -> Option<String> {
         None => regions
             .iter()
             .filter_map(|r| country::Id::from_str(&r.to_ascii_uppercase()).ok())
-            .filter_map(|r| phonenumber::parse(Some(r), candidate).ok())
+            .filter_map(|r| parse_national(r, candidate))
             .find(phonenumber::is_valid),
     }?;
     Some(parsed.format().mode(phonenumber::Mode::E164).to_string())
@@ -433,6 +468,7 @@ mod tests {
     fn national_numbers_of_the_default_regions() {
         // Italian and Spanish numbers have no trunk prefix: grouped, nine digits or more.
         assert_eq!(phones("mi chiami al 347 123 4567"), ["347 123 4567"]);
+        assert_eq!(phones("richiamarlo al 392-3432590."), ["392-3432590"]);
         assert_eq!(phones("llámeme al 612 34 56 78"), ["612 34 56 78"]);
         assert_eq!(phones("Roma 06 1234 5678"), ["06 1234 5678"]);
         assert_eq!(phones("bel me op 06-12345678"), ["06-12345678"]);
