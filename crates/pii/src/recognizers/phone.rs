@@ -216,10 +216,18 @@ fn longest_number_at(
         };
         // Two numbers side by side ("01 42 68 53 00 06 12 34 56 78"): where numbers have
         // variable lengths (Austria, Italy) the first with digits of the second is valid
-        // too; end the first where the rest of the run is a number of its own.
+        // too; end the first where the rest of the run is a number of its own. Only a
+        // long reading can have swallowed digits of another number.
+        let digits = text[start..start + end]
+            .bytes()
+            .filter(u8::is_ascii_digit)
+            .count();
+        if digits < 12 {
+            return Some((start, start + end, found));
+        }
         for &first_end in ends[..i].iter().rev() {
-            if number_follows(text, start + first_end, regions)
-                && let Some(first) = score_at(first_end)
+            if let Some(first) = score_at(first_end)
+                && number_follows(text, start + first_end, regions)
             {
                 return Some((start, start + first_end, first));
             }
@@ -237,7 +245,9 @@ fn number_follows(text: &str, pos: usize, regions: &[country::Id]) -> bool {
         - rest
             .trim_start_matches([' ', '\u{a0}', '-', '/', '.'])
             .len();
-    let Some(run) = RUN.find_at(text, at).filter(|m| m.start() == at) else {
+    // A run never crosses a line: look no further than its end.
+    let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let Some(run) = RUN.find(&text[at..line_end]).filter(|m| m.start() == 0) else {
         return false;
     };
     let run = run.as_str();
