@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use chrono::DateTime;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
-use verre_server::config::{BackendKind, GatewayConfig};
+use verre_server::config::{BackendKind, VerreConfig};
 use verre_store::erase::Subject;
 use verre_store::{AuditEntry, Keyring, Store, crypto};
 
@@ -81,8 +81,8 @@ pub struct EraseArgs {
 
 #[derive(Args)]
 pub struct PurgeArgs {
-    /// The verre.toml whose [retention] applies (default: ./verre.toml, else the one
-    /// `verre up` wrote in $VERRE_HOME).
+    /// The verre.toml whose [retention] applies (default: $VERRE_HOME/verre.toml, the one
+    /// `verre up` wrote, else ./verre.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Show what would be removed and change nothing.
@@ -128,9 +128,10 @@ pub enum Format {
 
 #[derive(Args)]
 pub struct ReportArgs {
-    /// The verre.toml describing backends, retention and the controller ([gdpr]).
-    #[arg(long, default_value = "verre.toml")]
-    pub config: PathBuf,
+    /// The verre.toml describing backends, retention and the controller ([gdpr])
+    /// (default: $VERRE_HOME/verre.toml, else ./verre.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Intake pipelines (repeatable): their schema, labels and actions add data categories
     /// and recipients.
     #[arg(long)]
@@ -473,34 +474,14 @@ pub fn erase(a: EraseArgs) -> Result<()> {
     })
 }
 
-/// `--config`, else `./verre.toml`, else the `verre.toml` that `verre up` wrote in
-/// `$VERRE_HOME`.
-fn purge_config(a: &PurgeArgs) -> Result<PathBuf> {
-    if let Some(p) = &a.config {
-        return Ok(p.clone());
-    }
-    let here = PathBuf::from(crate::up_cmd::CONFIG_FILE);
-    if here.exists() {
-        return Ok(here);
-    }
-    let home = verre_models::ModelStore::default_home()?.join(crate::up_cmd::CONFIG_FILE);
-    anyhow::ensure!(
-        home.exists(),
-        "no verre.toml here nor in {}: give --config FILE",
-        home.parent().unwrap_or(&home).display()
-    );
-    Ok(home)
-}
-
 pub fn purge(a: PurgeArgs) -> Result<()> {
-    let config_path = purge_config(&a)?;
-    let config = GatewayConfig::load_offline(&config_path)?;
+    let config = crate::config_file::require(a.config.as_deref())?;
     let retention = config.retention;
     runtime()?.block_on(async {
         if retention.is_empty() {
             println!(
                 "{} has no [retention] keys: nothing is purged (docs/CONFIG.md)",
-                config_path.display()
+                config.origin
             );
             return Ok(());
         }
@@ -511,7 +492,7 @@ pub fn purge(a: PurgeArgs) -> Result<()> {
             return Ok(());
         }
         let verb = if a.dry_run { "would remove" } else { "removed" };
-        println!("retention from {}", config_path.display());
+        println!("retention from {}", config.origin);
         println!(
             "raw messages past raw_days ({}): {verb} the raw bytes of {}",
             days(retention.raw_days),
@@ -660,13 +641,13 @@ fn write_secret(path: &Path, text: &str) -> Result<()> {
 // ---- verre gdpr report ----
 
 fn report(a: ReportArgs) -> Result<()> {
-    let config = GatewayConfig::load_offline(&a.config)?;
+    let config = crate::config_file::require(a.config.as_deref())?;
     let mut pipelines = Vec::new();
     for p in &a.pipeline {
         pipelines.push(verre_intake::Pipeline::load(p)?);
     }
     let keys = Keyring::from_env();
-    let records = records(&config, &pipelines, keys, &a.config);
+    let records = records(&config, &pipelines, keys);
     match a.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&records)?),
         Format::Md => print!("{}", markdown(&records)),
@@ -676,10 +657,9 @@ fn report(a: ReportArgs) -> Result<()> {
 
 /// The records of processing as JSON: the one source both formats are written from.
 pub(crate) fn records(
-    config: &GatewayConfig,
+    config: &VerreConfig,
     pipelines: &[verre_intake::Pipeline],
     keys: Result<Option<Keyring>>,
-    config_path: &Path,
 ) -> Value {
     let g = &config.gdpr;
     let purposes: Vec<String> = if g.purposes.is_empty() {
@@ -790,7 +770,7 @@ pub(crate) fn records(
     };
     json!({
         "title": "Records of processing activities (GDPR Art. 30)",
-        "generated_from": config_path.display().to_string(),
+        "generated_from": config.origin,
         "generated_at": crate::gdpr_cmd::utc(verre_store::now_ms()),
         "controller": {
             "name": g.controller,
@@ -805,7 +785,7 @@ pub(crate) fn records(
         "data_categories": categories,
         "recipients": recipients,
         "transfers": {
-            "allowed_jurisdictions": allowed_jurisdictions(config_path),
+            "allowed_jurisdictions": config.policy.allow_jurisdictions(),
             "non_local_backends": config.backends.iter().filter(|b| !b.local).map(|b| json!({"name": b.name, "jurisdiction": b.jurisdiction})).collect::<Vec<_>>(),
         },
         "retention": {
@@ -821,24 +801,6 @@ pub(crate) fn records(
             "egress": "no connection to a backend outside [policy]; no telemetry",
         },
     })
-}
-
-/// `[policy] allow_jurisdictions` as written (the parsed policy keeps it private).
-fn allowed_jurisdictions(config_path: &Path) -> Vec<String> {
-    std::fs::read_to_string(config_path)
-        .ok()
-        .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
-        .and_then(|t| {
-            t.get("policy")?
-                .get("allow_jurisdictions")?
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-        })
-        .unwrap_or_default()
 }
 
 fn markdown(r: &Value) -> String {
