@@ -610,7 +610,8 @@ fn verre_up_applies_key_limits_without_remote_backends() {
     let config = home.path().join("limits.toml");
     std::fs::write(
         &config,
-        "[policy]\nallow_jurisdictions = [\"EU\"]\n\n[[key]]\nname = \"admin\"\nrequests_per_minute = 1\n",
+        // The default pipeline's crm_ticket webhook must go to a declared target.
+        "[policy]\nallow_jurisdictions = [\"EU\"]\n\n[[delivery.webhook]]\nurl = \"http://127.0.0.1:8099/hooks/\"\njurisdiction = \"EU\"\nsecret_env = \"VERRE_CRM_WEBHOOK_SECRET\"\n\n[[key]]\nname = \"admin\"\nrequests_per_minute = 1\n",
     )
     .unwrap();
     let mut up = Running::start({
