@@ -77,11 +77,19 @@ pub struct VerreConfig {
 /// The verre.toml a command uses: `given` (`--config FILE`), else `verre.toml` in `home`
 /// (`$VERRE_HOME`) when there is one, else `./verre.toml` when there is one, else none.
 pub fn discover(given: Option<&Path>, home: Option<&Path>) -> Option<PathBuf> {
+    discover_from(given, home, Path::new(""))
+}
+
+/// [`discover`] with `here` for the current directory.
+fn discover_from(given: Option<&Path>, home: Option<&Path>, here: &Path) -> Option<PathBuf> {
     if let Some(path) = given {
         return Some(path.to_path_buf());
     }
-    let in_home = home.map(|h| h.join(FILE_NAME)).filter(|p| p.is_file());
-    in_home.or_else(|| Some(PathBuf::from(FILE_NAME)).filter(|p| p.is_file()))
+    [home, Some(here)]
+        .into_iter()
+        .flatten()
+        .map(|dir| dir.join(FILE_NAME))
+        .find(|p| p.is_file())
 }
 
 impl VerreConfig {

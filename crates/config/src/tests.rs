@@ -308,20 +308,23 @@ fn names_and_keys_mean_one_thing() {
 
 #[test]
 fn discovery_prefers_the_flag_then_verre_home_then_here() {
-    let home = tempfile::tempdir().unwrap();
+    let (home, here) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (home, here) = (home.path(), here.path());
     let given = Path::new("/etc/verre/verre.toml");
+    let find = |given| discover_from(given, Some(home), here);
     // --config wins, whether or not the file exists (loading it says so).
+    assert_eq!(find(Some(given)).as_deref(), Some(given));
+    assert_eq!(find(None), None, "no file anywhere: none");
+    std::fs::write(here.join(FILE_NAME), "").unwrap();
+    assert_eq!(find(None), Some(here.join(FILE_NAME)));
+    std::fs::write(home.join(FILE_NAME), "").unwrap();
+    assert_eq!(find(None), Some(home.join(FILE_NAME)), "$VERRE_HOME first");
+    assert_eq!(find(Some(given)).as_deref(), Some(given));
+    // Without a home, the current directory's.
+    assert_eq!(discover_from(None, None, here), Some(here.join(FILE_NAME)));
+    // The current directory is named as the user would write it.
     assert_eq!(
-        discover(Some(given), Some(home.path())).as_deref(),
-        Some(given)
-    );
-    // The tests run in crates/config, which has no verre.toml: none anywhere.
-    assert!(!Path::new(FILE_NAME).exists());
-    assert_eq!(discover(None, Some(home.path())), None);
-    assert_eq!(discover(None, None), None);
-    std::fs::write(home.path().join(FILE_NAME), "").unwrap();
-    assert_eq!(
-        discover(None, Some(home.path())),
-        Some(home.path().join(FILE_NAME))
+        discover_from(None, None, Path::new("")).map(|p| p == Path::new(FILE_NAME)),
+        Path::new(FILE_NAME).is_file().then_some(true)
     );
 }
