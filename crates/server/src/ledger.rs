@@ -37,29 +37,7 @@ use crate::state::AppState;
 const JSON_TAIL: usize = 64 << 10;
 
 /// `[audit]` in `verre.toml`: what the audit log keeps of API calls.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditConfig {
-    /// One metadata entry per API call (`api.chat`, actor `key:NAME`).
-    #[serde(default = "yes")]
-    pub api_calls: bool,
-    /// Add the request body (messages, prompt, input) to each entry.
-    #[serde(default)]
-    pub content: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        Self {
-            api_calls: true,
-            content: false,
-        }
-    }
-}
+pub use verre_config::AuditConfig;
 
 /// The ledger of a running server: its writer and what to audit.
 pub struct Ledger {

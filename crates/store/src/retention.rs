@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::Row;
 
 use crate::erase::{apply_rule, content_hashes, effective_rules};
@@ -31,19 +31,9 @@ const FINISHED: &str = "status <> 'pending' AND (status = 'quarantined' OR (\
     EXISTS (SELECT 1 FROM decisions d WHERE d.message_id = messages.id) \
     AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message_id = messages.id AND o.status = 'pending')))";
 
-/// How long each kind of data is kept, in days; None keeps it forever.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Retention {
-    pub raw_days: Option<u32>,
-    pub extracted_days: Option<u32>,
-    pub audit_days: Option<u32>,
-}
-
-impl Retention {
-    pub fn is_empty(&self) -> bool {
-        self.raw_days.is_none() && self.extracted_days.is_none() && self.audit_days.is_none()
-    }
-}
+/// How long each kind of data is kept, in days (None keeps it forever): verre.toml's
+/// `[retention]`, as verre-config parses it.
+pub use verre_config::Retention;
 
 /// What a purge removed (or, with `dry_run`, would remove).
 #[derive(Debug, Clone, Default, Serialize)]

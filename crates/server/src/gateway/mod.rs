@@ -26,7 +26,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use crate::config::{BackendConfig, BackendKind, GatewayConfig, HealthConfig};
+use crate::config::{BackendConfig, BackendKind, HealthConfig, VerreConfig};
 use crate::cost::CostConfig;
 use crate::ledger::{AuditConfig, ServedBy};
 use crate::openai::body::{ApiBody, Parsed};
@@ -75,17 +75,29 @@ enum Decision {
 }
 
 impl Gateway {
-    /// The gateway for a checked config. Starts nothing: call
-    /// [`Gateway::spawn_health_checks`] inside a runtime.
-    pub fn new(config: &GatewayConfig) -> Result<Self> {
+    /// The gateway for a checked config; each remote backend's API key is read from the
+    /// environment now (`api_key_env`; unset is an error with the backend's line). Starts
+    /// nothing: call [`Gateway::spawn_health_checks`] inside a runtime.
+    pub fn new(config: &VerreConfig) -> Result<Self> {
         let mut backends = Vec::new();
         let mut names = HashMap::new();
         let mut routes: HashMap<String, Vec<Target>> = HashMap::new();
         for (index, b) in config.backends.iter().enumerate() {
             let upstream = match &b.kind {
                 BackendKind::Local => None,
-                BackendKind::OpenAi { url, api_key } => {
-                    Some(Upstream::new(url.clone(), api_key.clone(), &config.health)?)
+                BackendKind::OpenAi { url, api_key_env } => {
+                    let api_key = api_key_env
+                        .as_deref()
+                        .map(|var| {
+                            std::env::var(var).map_err(|_| {
+                                config.error(b.line, format!(
+                                    "[[backend]] {:?}: api_key_env = {var:?}, but that environment variable is not set",
+                                    b.name
+                                ))
+                            })
+                        })
+                        .transpose()?;
+                    Some(Upstream::new(url.clone(), api_key, &config.health)?)
                 }
             };
             for m in &b.models {
