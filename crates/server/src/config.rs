@@ -89,6 +89,9 @@ pub struct BackendConfig {
     /// Replace personal data with placeholders before a request leaves for a backend that
     /// is not local (restored in the answer).
     pub pseudonymize: bool,
+    /// The backend serves `/v1/responses` itself (`responses = true`): Responses requests
+    /// are passed through to it instead of being served as chat completions.
+    pub responses: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -376,6 +379,11 @@ fn check_backend(raw: RawBackend, read_secrets: bool) -> Result<BackendConfig> {
         }
         other => bail!("{name:?}: `kind` = {other:?}; expected \"local\" or \"openai\""),
     };
+    if raw.responses == Some(true) && matches!(kind, BackendKind::Local) {
+        bail!(
+            "{name:?}: `responses` is for kind = \"openai\"; a local backend's Responses requests are served by verre"
+        );
+    }
     let local = matches!(kind, BackendKind::Local) || raw.local.unwrap_or(false);
     Ok(BackendConfig {
         name,
@@ -386,6 +394,7 @@ fn check_backend(raw: RawBackend, read_secrets: bool) -> Result<BackendConfig> {
         priority: raw.priority.unwrap_or(1),
         weight: raw.weight.unwrap_or(1),
         pseudonymize: raw.pseudonymize.unwrap_or(!local),
+        responses: raw.responses.unwrap_or(false),
     })
 }
 
@@ -501,6 +510,7 @@ struct RawBackend {
     priority: Option<u32>,
     weight: Option<u32>,
     pseudonymize: Option<bool>,
+    responses: Option<bool>,
 }
 
 #[derive(Deserialize)]

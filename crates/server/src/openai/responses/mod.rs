@@ -74,8 +74,24 @@ struct Run {
     conversation: Arc<Vec<Value>>,
 }
 
+/// Marks a Responses answer whose chat completion the ledger already recorded (as it went
+/// through `/v1`): the ledger does not count it twice.
+#[derive(Debug, Clone, Copy)]
+pub struct ServedAsChat;
+
 pub async fn create(
     State(state): State<Arc<AppState>>,
+    key: Option<Extension<KeyName>>,
+    body: ApiBody,
+) -> Result<Response, ApiError> {
+    let mut response = respond(state, key, body).await?;
+    response.extensions_mut().insert(ServedAsChat);
+    Ok(response)
+}
+
+/// A response, or the refusal of a request that never became a chat completion.
+async fn respond(
+    state: Arc<AppState>,
     key: Option<Extension<KeyName>>,
     body: ApiBody,
 ) -> Result<Response, ApiError> {
