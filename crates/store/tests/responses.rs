@@ -31,10 +31,42 @@ async fn raw_columns(store: &Store, id: &str) -> (String, String, Option<String>
     row
 }
 
-#[tokio::test]
-async fn kept_responses_read_back_update_and_delete() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_in_home(dir.path()).await.unwrap();
+/// Each check on SQLite, and on PostgreSQL when `VERRE_TEST_POSTGRES_URL` is set.
+macro_rules! on_both {
+    ($check:ident, $sqlite:ident, $postgres:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            let dir = tempfile::tempdir().unwrap();
+            $check(Store::open_in_home(dir.path()).await.unwrap()).await;
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            let Some(url) = verre_store::testing::postgres_url(stringify!($postgres)).await else {
+                return;
+            };
+            $check(Store::open(&url).await.unwrap()).await;
+        }
+    };
+}
+
+on_both!(
+    read_back_update_delete,
+    kept_responses_read_back_update_and_delete,
+    kept_responses_read_back_update_and_delete_postgres
+);
+on_both!(
+    sealed_and_rekeyed,
+    kept_responses_are_sealed_and_rekeyed,
+    kept_responses_are_sealed_and_rekeyed_postgres
+);
+on_both!(
+    erased_and_purged,
+    erasure_and_retention_delete_kept_responses,
+    erasure_and_retention_delete_kept_responses_postgres
+);
+
+async fn read_back_update_delete(store: Store) {
     let mut kept = response("resp_1", "hello");
     store.put_response(&kept).await.unwrap();
     assert_eq!(store.response("resp_1").await.unwrap(), Some(kept.clone()));
@@ -47,10 +79,7 @@ async fn kept_responses_read_back_update_and_delete() {
     assert_eq!(store.response("resp_1").await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn kept_responses_are_sealed_and_rekeyed() {
-    let dir = tempfile::tempdir().unwrap();
-    let clear = Store::open_in_home(dir.path()).await.unwrap();
+async fn sealed_and_rekeyed(clear: Store) {
     clear
         .put_response(&response("resp_clear", "Jeanne Martin"))
         .await
@@ -79,13 +108,9 @@ async fn kept_responses_are_sealed_and_rekeyed() {
     assert!(!input.contains("Jeanne") && key_id.is_some());
 }
 
-#[tokio::test]
-async fn erasure_and_retention_delete_kept_responses() {
-    let dir = tempfile::tempdir().unwrap();
+async fn erased_and_purged(store: Store) {
     let key = generate_key().unwrap();
-    let store = Store::open_in_home(dir.path())
-        .await
-        .unwrap()
+    let store = store
         .with_keys(Some(Keyring::parse(&key, "t").unwrap()))
         .await
         .unwrap();
