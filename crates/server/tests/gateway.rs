@@ -1372,6 +1372,30 @@ async fn fake_responses(State(fake): State<Arc<Fake>>, body: Bytes) -> Response 
     fake.models.lock().unwrap().push(model.clone());
     let input = body["input"].as_str().unwrap_or_default().to_string();
     fake.prompts.lock().unwrap().push(input.clone());
+    if body["stream"] == true {
+        // The input back in deltas of 5 bytes, which split placeholders.
+        let mut events = String::new();
+        let mut event = |e: Value| {
+            events += &format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap());
+        };
+        for piece in input.as_bytes().chunks(5) {
+            let delta = std::str::from_utf8(piece).unwrap();
+            event(
+                json!({ "type": "response.output_text.delta", "item_id": "msg_1",
+                "output_index": 0, "content_index": 0, "delta": delta, "logprobs": [] }),
+            );
+        }
+        event(
+            json!({ "type": "response.output_text.done", "item_id": "msg_1",
+            "output_index": 0, "content_index": 0, "text": input, "logprobs": [] }),
+        );
+        event(
+            json!({ "type": "response.completed", "response": { "id": "resp_up",
+            "output": [{ "type": "message", "content": [{ "type": "output_text", "text": input }] }],
+            "usage": { "input_tokens": 7, "output_tokens": 3, "total_tokens": 10 } } }),
+        );
+        return ([(header::CONTENT_TYPE, "text/event-stream")], events).into_response();
+    }
     axum::Json(json!({
         "id": "resp_up", "object": "response", "created_at": 1, "status": "completed", "model": model,
         "output": [{ "type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
@@ -1480,12 +1504,49 @@ async fn a_backend_that_serves_responses_gets_them_passed_through() {
     let sent = fake.prompts.lock().unwrap().clone();
     assert!(!sent[0].contains("jean.dupont@example.fr"), "{sent:?}");
 
+    // Streamed: the deltas put together, the done text and the final response restored.
+    let answer = post_json(
+        format!("{base}/v1/responses"),
+        &json!({ "model": "m", "input": PERSONAL, "stream": true }),
+    )
+    .send()
+    .await
+    .unwrap();
+    let text = read_all(answer).await;
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let deltas: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, PERSONAL, "{text}");
+    let done = events
+        .iter()
+        .find(|e| e["type"] == "response.output_text.done")
+        .unwrap();
+    assert_eq!(done["text"], PERSONAL);
+    let completed = events
+        .iter()
+        .find(|e| e["type"] == "response.completed")
+        .unwrap();
+    assert_eq!(
+        completed["response"]["output"][0]["content"][0]["text"],
+        PERSONAL
+    );
+    assert!(text.contains("event: response.completed\n"), "{text}");
+
     flush(&state).await;
     let rows = ledger_rows(&store).await;
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!(rows[0]["endpoint"], "responses");
-    assert_eq!(
-        (rows[0]["prompt"].clone(), rows[0]["completion"].clone()),
-        (json!(7), json!(3))
-    );
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row["endpoint"], "responses");
+        assert_eq!(
+            (row["prompt"].clone(), row["completion"].clone()),
+            (json!(7), json!(3))
+        );
+    }
 }

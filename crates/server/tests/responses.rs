@@ -532,3 +532,55 @@ async fn a_kept_response_is_audited_and_erased_with_its_subject() {
     let (status, _) = call(&app, "GET", &format!("/v1/responses/{id}"), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_kept_response_is_its_api_keys_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = dir.path().join("keys");
+    let alice = verre_server::auth::add_key(&keys_file, "alice").unwrap();
+    let bob = verre_server::auth::add_key(&keys_file, "bob").unwrap();
+    let keys = verre_server::auth::ApiKeys::load(&keys_file).unwrap();
+    let Some(model) = model() else { return };
+    let served = ServedModel::start(MODEL, model, EngineOptions::default()).unwrap();
+    let app = router(Arc::new(AppState::with_models(
+        vec![served],
+        vec![],
+        Some(keys),
+    )));
+    let as_key = |method: &str, uri: &str, key: &str, body: Option<Value>| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"))
+            .body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
+            .unwrap()
+    };
+    let send = |request: Request<Body>| {
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+        }
+    };
+    let body = json!({"model": MODEL, "input": "Hi", "max_output_tokens": 2});
+    let (status, response) = send(as_key("POST", "/v1/responses", &alice, Some(body))).await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    let uri = format!("/v1/responses/{}", response["id"].as_str().unwrap());
+    for method in ["GET", "DELETE"] {
+        let (status, e) = send(as_key(method, &uri, &bob, None)).await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{method} by another key: {e}"
+        );
+    }
+    let continued =
+        json!({"model": MODEL, "input": "And?", "previous_response_id": response["id"]});
+    let (status, _) = send(as_key("POST", "/v1/responses", &bob, Some(continued))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, kept) = send(as_key("GET", &uri, &alice, None)).await;
+    assert_eq!((status, &kept["id"]), (StatusCode::OK, &response["id"]));
+}
