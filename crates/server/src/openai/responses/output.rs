@@ -102,6 +102,30 @@ fn output_text(text: &str) -> Value {
     json!({ "type": "output_text", "text": text, "annotations": [], "logprobs": [] })
 }
 
+/// A reasoning model's thinking in a chat message or delta: `reasoning_content`, or
+/// `reasoning` as vLLM and Ollama now name it.
+fn reasoning_of(message: &Value) -> Option<&str> {
+    message["reasoning_content"]
+        .as_str()
+        .or(message["reasoning"].as_str())
+        .filter(|r| !r.is_empty())
+}
+
+fn reasoning_text(text: &str) -> Value {
+    json!({ "type": "reasoning_text", "text": text })
+}
+
+/// A `reasoning` output item; its text once known.
+fn reasoning_item(id: &str, status: &str, text: Option<&str>) -> Value {
+    json!({
+        "type": "reasoning",
+        "id": id,
+        "summary": [],
+        "content": text.map(|t| vec![reasoning_text(t)]).unwrap_or_default(),
+        "status": status,
+    })
+}
+
 fn message_item(id: &str, status: &str, content: Vec<Value>) -> Value {
     json!({
         "type": "message",
@@ -130,6 +154,9 @@ pub fn from_chat_completion(chat: &Value) -> Answer {
     let cut = choice["finish_reason"] == "length";
     let item_status = if cut { "incomplete" } else { "completed" };
     let mut output = Vec::new();
+    if let Some(reasoning) = reasoning_of(message) {
+        output.push(reasoning_item(&new_id("rs"), "completed", Some(reasoning)));
+    }
     let text = message["content"].as_str().unwrap_or_default();
     let calls = message["tool_calls"]
         .as_array()
@@ -166,6 +193,10 @@ pub fn from_chat_completion(chat: &Value) -> Answer {
 /// The item being streamed.
 enum Open {
     None,
+    Reasoning {
+        id: String,
+        text: String,
+    },
     Message {
         id: String,
         text: String,
@@ -221,6 +252,36 @@ impl EventWriter {
             return events;
         };
         let delta = &choice["delta"];
+        if let Some(text) = reasoning_of(delta) {
+            if !matches!(self.open, Open::Reasoning { .. }) {
+                self.close(&mut events);
+                let id = new_id("rs");
+                let index = self.output_index();
+                let item = reasoning_item(&id, "in_progress", None);
+                events.push(self.event(
+                    "response.output_item.added",
+                    json!({ "output_index": index, "item": item }),
+                ));
+                events.push(self.event(
+                    "response.content_part.added",
+                    json!({ "output_index": index, "item_id": id, "content_index": 0, "part": reasoning_text("") }),
+                ));
+                self.open = Open::Reasoning {
+                    id,
+                    text: String::new(),
+                };
+            }
+            let index = self.output_index();
+            let Open::Reasoning { id, text: all } = &mut self.open else {
+                unreachable!("opened above")
+            };
+            all.push_str(text);
+            let id = id.clone();
+            events.push(self.event(
+                "response.reasoning_text.delta",
+                json!({ "output_index": index, "item_id": id, "content_index": 0, "delta": text }),
+            ));
+        }
         if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
             if !matches!(self.open, Open::Message { .. }) {
                 self.close(&mut events);
@@ -305,6 +366,22 @@ impl EventWriter {
         };
         match std::mem::replace(&mut self.open, Open::None) {
             Open::None => return,
+            Open::Reasoning { id, text } => {
+                events.push(self.event(
+                    "response.reasoning_text.done",
+                    json!({ "output_index": index, "item_id": id, "content_index": 0, "text": text }),
+                ));
+                events.push(self.event(
+                    "response.content_part.done",
+                    json!({ "output_index": index, "item_id": id, "content_index": 0, "part": reasoning_text(&text) }),
+                ));
+                let item = reasoning_item(&id, "completed", Some(&text));
+                events.push(self.event(
+                    "response.output_item.done",
+                    json!({ "output_index": index, "item": item }),
+                ));
+                self.answer.output.push(item);
+            }
             Open::Message { id, text } => {
                 events.push(self.event(
                     "response.output_text.done",
@@ -430,6 +507,7 @@ mod tests {
                 "response.output_item.done",
             ]
         );
+        assert_eq!(w.answer.output.len(), 2);
         let numbers: Vec<u64> = events
             .iter()
             .map(|e| e["sequence_number"].as_u64().unwrap())
@@ -439,5 +517,44 @@ mod tests {
         assert_eq!(events[7]["output_index"], 1);
         assert_eq!(w.answer.output[1]["arguments"], "{}");
         assert_eq!(w.answer.usage.as_ref().unwrap()["output_tokens"], 2);
+    }
+
+    #[test]
+    fn reasoning_is_its_own_item_before_the_answer() {
+        let chat = json!({"choices": [{"message": {"content": "4", "reasoning_content": "2+2 is 4"}, "finish_reason": "stop"}]});
+        let answer = from_chat_completion(&chat);
+        assert_eq!(answer.output[0]["type"], "reasoning");
+        assert_eq!(
+            answer.output[0]["content"][0],
+            json!({"type": "reasoning_text", "text": "2+2 is 4"})
+        );
+        assert_eq!(answer.output[1]["content"][0]["text"], "4");
+
+        let mut w = EventWriter::new();
+        let mut events = Vec::new();
+        for chunk in [
+            json!({"choices": [{"delta": {"reasoning": "2+2"}}]}),
+            json!({"choices": [{"delta": {"reasoning": " is 4"}}]}),
+            json!({"choices": [{"delta": {"content": "4"}, "finish_reason": "stop"}]}),
+        ] {
+            events.extend(w.chunk(&chunk));
+        }
+        events.extend(w.finish());
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            &kinds[..6],
+            [
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.reasoning_text.delta",
+                "response.reasoning_text.delta",
+                "response.reasoning_text.done",
+                "response.content_part.done",
+            ]
+        );
+        assert_eq!(events[4]["text"], "2+2 is 4");
+        assert_eq!(w.answer.output[0]["type"], "reasoning");
+        assert_eq!(w.answer.output[1]["type"], "message");
+        assert_eq!(events[7]["output_index"], 1, "{}", events[7]);
     }
 }

@@ -43,6 +43,10 @@ pub struct ResponsesRequest {
     pub user: Option<String>,
     /// `reasoning.effort`, passed on as chat's `reasoning_effort` (chat decides).
     pub reasoning_effort: Option<Value>,
+    /// `tools`, `tool_choice` and `text.format` as chat takes them.
+    chat_tools: Vec<Value>,
+    chat_tool_choice: Value,
+    response_format: Option<Value>,
 }
 
 impl ResponsesRequest {
@@ -87,23 +91,23 @@ impl ResponsesRequest {
             Some(Value::Array(tools)) => tools.clone(),
             Some(_) => return Err(ApiError::invalid("tools", "tools must be an array")),
         };
-        for (i, t) in tools.iter().enumerate() {
-            chat_tool(i, t)?;
-        }
+        let chat_tools = tools
+            .iter()
+            .enumerate()
+            .map(|(i, t)| chat_tool(i, t))
+            .collect::<Result<_, _>>()?;
         let tool_choice = object
             .get("tool_choice")
             .filter(|v| !v.is_null())
             .cloned()
             .unwrap_or_else(|| "auto".into());
-        chat_tool_choice(&tool_choice)?;
+        let chat_tool_choice = chat_tool_choice(&tool_choice)?;
         let text = match object.get("text") {
             None | Some(Value::Null) => json!({ "format": { "type": "text" } }),
             Some(Value::Object(t)) => {
-                if let Some(v) = t
-                    .get("verbosity")
-                    .filter(|v| !v.is_null() && *v != "medium")
+                if t.get("verbosity")
+                    .is_some_and(|v| !v.is_null() && *v != "medium")
                 {
-                    let _ = v;
                     return Err(ApiError::unsupported("text.verbosity"));
                 }
                 let mut text = t.clone();
@@ -112,12 +116,12 @@ impl ResponsesRequest {
                     .filter(|f| !f.is_null())
                     .cloned()
                     .unwrap_or_else(|| json!({ "type": "text" }));
-                response_format(&format)?;
                 text.insert("format".into(), format);
                 Value::Object(text)
             }
             Some(_) => return Err(ApiError::invalid("text", "text must be an object")),
         };
+        let response_format = response_format(&text["format"])?;
         let metadata = match object.get("metadata") {
             None | Some(Value::Null) => json!({}),
             Some(Value::Object(m))
@@ -182,6 +186,9 @@ impl ResponsesRequest {
             background,
             user: optional_string(object, "user")?,
             reasoning_effort,
+            chat_tools,
+            chat_tool_choice,
+            response_format,
         })
     }
 
@@ -198,18 +205,12 @@ impl ResponsesRequest {
             "messages": messages,
             "parallel_tool_calls": self.parallel_tool_calls,
         });
-        if !self.tools.is_empty() {
-            let tools: Vec<Value> = self
-                .tools
-                .iter()
-                .enumerate()
-                .map(|(i, t)| chat_tool(i, t).expect("checked when parsed"))
-                .collect();
-            body["tools"] = Value::Array(tools);
-            body["tool_choice"] = chat_tool_choice(&self.tool_choice).expect("checked when parsed");
+        if !self.chat_tools.is_empty() {
+            body["tools"] = Value::Array(self.chat_tools.clone());
+            body["tool_choice"] = self.chat_tool_choice.clone();
         }
-        if let Some(format) = response_format(&self.text["format"]).expect("checked when parsed") {
-            body["response_format"] = format;
+        if let Some(format) = &self.response_format {
+            body["response_format"] = format.clone();
         }
         if let Some(n) = self.max_output_tokens {
             body["max_completion_tokens"] = n.into();
