@@ -20,6 +20,9 @@ pub struct BackendConfig {
     /// Replace personal data with placeholders before a request leaves for a backend that
     /// is not local (restored in the answer).
     pub pseudonymize: bool,
+    /// The backend serves `/v1/responses` itself (`responses = true`): Responses requests
+    /// are passed through to it instead of being served as chat completions.
+    pub responses: bool,
     /// The line of its `[[backend]]` in the file, for errors found later at start.
     pub line: usize,
 }
@@ -70,6 +73,7 @@ pub(crate) struct RawBackend {
     priority: Option<u32>,
     weight: Option<u32>,
     pseudonymize: Option<bool>,
+    responses: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +191,11 @@ pub(crate) fn check_backend(raw: RawBackend, line: usize) -> Result<BackendConfi
             ));
         }
     };
+    if raw.responses == Some(true) && matches!(kind, BackendKind::Local) {
+        return Err(format!(
+            "{at}: `responses` is for kind = \"openai\"; a local backend's Responses requests are served by verre"
+        ));
+    }
     let local = matches!(kind, BackendKind::Local) || raw.local.unwrap_or(false);
     Ok(BackendConfig {
         name,
@@ -197,6 +206,7 @@ pub(crate) fn check_backend(raw: RawBackend, line: usize) -> Result<BackendConfi
         priority: raw.priority.unwrap_or(1),
         weight: raw.weight.unwrap_or(1),
         pseudonymize: raw.pseudonymize.unwrap_or(!local),
+        responses: raw.responses.unwrap_or(false),
         line,
     })
 }

@@ -40,7 +40,7 @@ fn errors_say_file_line_and_reason() {
         error(
             "[policy]\nallow_jurisdictions = [\"EU\"]\n\n[[backend]]\nname = \"a\"\nkind = \"local\"\nmodels = [\"m\"]\nwieght = 2\n"
         ),
-        "verre.toml:8: unknown field `wieght`, expected one of `name`, `kind`, `url`, `api_key_env`, `models`, `jurisdiction`, `local`, `priority`, `weight`, `pseudonymize`"
+        "verre.toml:8: unknown field `wieght`, expected one of `name`, `kind`, `url`, `api_key_env`, `models`, `jurisdiction`, `local`, `priority`, `weight`, `pseudonymize`, `responses`"
     );
     let e = error("[[backend]]\nname = \"a\"\nkind = \"openai\"\nmodels = [\"m\"]\n");
     assert!(

@@ -5,6 +5,7 @@
 //!   that many days after it arrived; its parts, extraction and actions stay.
 //! - `extracted_days`: a finished message and everything derived from it (parts, stage
 //!   results, staged actions, PII tags, jobs, quarantine) are deleted.
+//!   Responses kept by `/v1/responses` are deleted that many days after they were made.
 //! - `audit_days`: audit entries older than that are removed from the start of the chain;
 //!   a checkpoint (the last removed entry's sequence number and hash) and an `audit.purge`
 //!   entry let the rest still verify.
@@ -103,6 +104,11 @@ impl Store {
                 }
             }
             deleted = ids;
+            // Kept `/v1/responses` conversations age out with the extracted data.
+            let n = crate::responses::purge_in(&mut tx, cutoff(days), dry_run).await?;
+            if n > 0 {
+                report.rows.insert("responses".to_string(), n);
+            }
         }
 
         if let Some(days) = retention.raw_days {
@@ -146,7 +152,9 @@ impl Store {
             }
         }
 
-        if !dry_run && (report.raw_purged > 0 || report.messages_deleted > 0) {
+        if !dry_run
+            && (report.raw_purged > 0 || report.messages_deleted > 0 || !report.rows.is_empty())
+        {
             audit::append_in(
                 &mut tx,
                 self,

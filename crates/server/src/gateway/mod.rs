@@ -244,6 +244,18 @@ impl Gateway {
         Some(keyed.into_iter().map(|(_, _, t)| t).collect())
     }
 
+    /// The targets at the head of `plan` that serve `/v1/responses` themselves
+    /// (`responses = true`): a Responses request is passed through to those, in order;
+    /// none when the first in line does not.
+    fn responses_backends<'a>(&self, plan: Vec<&'a Target>) -> Vec<&'a Target> {
+        plan.into_iter()
+            .take_while(|t| {
+                let b = &self.backends[t.backend];
+                b.upstream.is_some() && b.config.responses
+            })
+            .collect()
+    }
+
     /// Try the targets in order until one answers.
     async fn dispatch(
         &self,
@@ -370,6 +382,7 @@ fn upstream_path(path: &str) -> Option<&'static str> {
         "/v1/chat/completions" => Some("/chat/completions"),
         "/v1/completions" => Some("/completions"),
         "/v1/embeddings" => Some("/embeddings"),
+        "/v1/responses" => Some("/responses"),
         _ => None,
     }
 }
@@ -399,6 +412,30 @@ pub async fn route(State(state): State<Arc<AppState>>, request: Request, next: N
     };
     let key = parts.extensions.get::<KeyName>().map(|k| k.0.as_str());
     let canonical = gateway.names.get(&model).map(String::as_str);
+    if upstream_path == "/responses" {
+        // Served as a chat completion (which comes back through here, and is counted
+        // then), unless the first backends in line serve `/v1/responses` themselves.
+        let Some(plan) = gateway
+            .plan(&model)
+            .map(|plan| gateway.responses_backends(plan))
+        else {
+            return next.run(body.into_request(parts)).await;
+        };
+        if plan.is_empty() {
+            return next.run(body.into_request(parts)).await;
+        }
+        if let Err(refusal) = gateway
+            .quotas
+            .admit(key, &model, canonical, state.store())
+            .await
+        {
+            return refusal;
+        }
+        return match gateway.dispatch(upstream_path, &body, &model, plan).await {
+            Decision::Respond(response) => response,
+            Decision::Local(..) => unreachable!("only remote backends pass Responses through"),
+        };
+    }
     if let Err(refusal) = gateway
         .quotas
         .admit(key, &model, canonical, state.store())
