@@ -8,6 +8,7 @@ pub mod error;
 pub mod generation;
 pub mod logprobs;
 pub mod models;
+pub mod reasoning;
 pub mod request;
 pub mod structured;
 pub mod tools;
