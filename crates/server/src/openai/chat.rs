@@ -29,30 +29,9 @@ pub async fn chat_completions(
     let req = ChatRequest::from_object(body.object())?;
     let served = state.model(&req.model)?;
     let tool_format = ToolFormat::for_model(&served.model);
-    let (messages, tools_value) =
-        tools::prepare_prompt(&served.model, &req.messages, &req.tools, &req.tool_choice);
-    // A required call is constrained by the tools' schemas; otherwise the response format
-    // (if any) constrains the answer.
-    let (spec, param) = match tools::call_grammar(
-        tool_format,
-        &req.tools,
-        &req.tool_choice,
-        req.parallel_tool_calls,
-    ) {
-        Some(lark) => (Some(GrammarSpec::ToolCalls(lark)), "tools"),
-        None => (
-            structured::response_format_spec(&req.response_format),
-            "response_format",
-        ),
-    };
+    let (spec, param) = grammar_spec(tool_format, &req);
     let constrained = spec.is_some();
-    let kwargs = reasoning::template_kwargs(
-        served.model.template.source(),
-        req.reasoning_effort,
-        &req.template_kwargs,
-        constrained,
-    );
-    let prompt = render_prompt(served.clone(), messages, tools_value, kwargs).await?;
+    let prompt = chat_prompt(&served, &req, constrained).await?;
     let grammar = structured::compile(&served.model, spec, param).await?;
     let calls =
         (!req.tools.is_empty() && req.tool_choice != ToolChoice::None).then_some(CallReading {
@@ -109,6 +88,52 @@ pub async fn chat_completions(
         outcome,
     ))
     .into_response())
+}
+
+/// What constrains the output, and the field that asked for it: a required call is
+/// constrained by the tools' schemas; otherwise the response format (if any) constrains
+/// the answer.
+fn grammar_spec(tool_format: ToolFormat, req: &ChatRequest) -> (Option<GrammarSpec>, &'static str) {
+    match tools::call_grammar(
+        tool_format,
+        &req.tools,
+        &req.tool_choice,
+        req.parallel_tool_calls,
+    ) {
+        Some(lark) => (Some(GrammarSpec::ToolCalls(lark)), "tools"),
+        None => (
+            structured::response_format_spec(&req.response_format),
+            "response_format",
+        ),
+    }
+}
+
+/// The request's prompt: its messages and tools through the model's template, with the
+/// template's thinking switch set.
+async fn chat_prompt(
+    served: &Arc<ServedModel>,
+    req: &ChatRequest,
+    constrained: bool,
+) -> Result<Prompt, ApiError> {
+    let (messages, tools_value) =
+        tools::prepare_prompt(&served.model, &req.messages, &req.tools, &req.tool_choice);
+    let kwargs = reasoning::template_kwargs(
+        served.model.template.source(),
+        req.reasoning_effort,
+        &req.template_kwargs,
+        constrained,
+    );
+    render_prompt(served.clone(), messages, tools_value, kwargs).await
+}
+
+/// The number of prompt tokens a chat request has on a model of this process (Anthropic's
+/// `count_tokens`).
+pub async fn prompt_tokens(
+    served: &Arc<ServedModel>,
+    req: &ChatRequest,
+) -> Result<usize, ApiError> {
+    let (spec, _) = grammar_spec(ToolFormat::for_model(&served.model), req);
+    Ok(chat_prompt(served, req, spec.is_some()).await?.ids.len())
 }
 
 /// How long a chat template may take to render before the request fails. The template's
