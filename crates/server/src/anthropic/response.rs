@@ -43,9 +43,13 @@ pub fn anthropic_error(status: StatusCode, body: &Value) -> Value {
 }
 
 /// `msg_...` for a chat completion's `chatcmpl-...`.
-fn message_id(chat_id: &str) -> String {
-    let id = chat_id.strip_prefix("chatcmpl-").unwrap_or(chat_id);
-    format!("msg_{id}")
+/// `msg_...` for a chat completion's `chatcmpl-...`; a fresh one when the answer has none
+/// (some upstreams send no id).
+fn message_id(chat_id: Option<&str>) -> String {
+    match chat_id.filter(|id| !id.is_empty()) {
+        Some(id) => format!("msg_{}", id.strip_prefix("chatcmpl-").unwrap_or(id)),
+        None => format!("msg_{:024x}", rand::random::<u128>() >> 32),
+    }
 }
 
 /// `toolu_...` for a chat call id.
@@ -111,7 +115,7 @@ pub fn message(chat: &Value, model: &str, stop_sequences: &[String]) -> Value {
     }
     let (stop_reason, stop_sequence) = stop_reason(choice, stop_sequences);
     json!({
-        "id": message_id(chat["id"].as_str().unwrap_or_default()),
+        "id": message_id(chat["id"].as_str()),
         "type": "message",
         "role": "assistant",
         "model": model,
@@ -126,7 +130,8 @@ pub fn message(chat: &Value, model: &str, stop_sequences: &[String]) -> Value {
 enum Block {
     Thinking,
     Text,
-    ToolUse,
+    /// The call's `index` in the chat stream.
+    ToolUse(u64),
 }
 
 /// Turns a chat stream's chunks into a Messages stream's events, one chunk at a time.
@@ -134,6 +139,8 @@ pub struct MessageEvents {
     model: String,
     stop_sequences: Vec<String>,
     started: bool,
+    /// The message's id without `msg_`, once started.
+    message_id: String,
     /// The open content block and its index.
     open: Option<(usize, Block)>,
     next_index: usize,
@@ -152,6 +159,7 @@ impl MessageEvents {
             model: model.to_string(),
             stop_sequences,
             started: false,
+            message_id: String::new(),
             open: None,
             next_index: 0,
             stop_reason: Value::Null,
@@ -229,7 +237,8 @@ impl MessageEvents {
             return Vec::new();
         }
         self.started = true;
-        let id = message_id(chunk["id"].as_str().unwrap_or("chatcmpl-stream"));
+        let id = message_id(chunk["id"].as_str());
+        self.message_id = id["msg_".len()..].to_string();
         vec![
             (
                 "message_start",
@@ -271,22 +280,36 @@ impl MessageEvents {
             ));
         }
         for call in delta["tool_calls"].as_array().into_iter().flatten() {
-            if let Some(id) = call["id"].as_str() {
-                // A new call: its own block.
-                self.close(events);
-                let index = self.open_block(
-                    json!({
-                        "type": "tool_use",
-                        "id": tool_use_id(id),
-                        "name": call["function"]["name"],
-                        "input": {},
-                    }),
-                    events,
-                );
-                self.open = Some((index, Block::ToolUse));
-            }
+            let call_index = call["index"].as_u64().unwrap_or(0);
+            let index = match self.open {
+                // More of the open call's arguments.
+                Some((index, Block::ToolUse(open)))
+                    if open == call_index && call["id"].is_null() =>
+                {
+                    index
+                }
+                // A new call: its own block (with an id of its own if the stream gives none).
+                _ => {
+                    self.close(events);
+                    let id = match call["id"].as_str() {
+                        Some(id) => tool_use_id(id),
+                        None => format!("toolu_{}_{call_index}", self.message_id),
+                    };
+                    let index = self.open_block(
+                        json!({
+                            "type": "tool_use",
+                            "id": id,
+                            "name": call["function"]["name"].as_str().unwrap_or_default(),
+                            "input": {},
+                        }),
+                        events,
+                    );
+                    self.open = Some((index, Block::ToolUse(call_index)));
+                    index
+                }
+            };
             let arguments = call["function"]["arguments"].as_str().unwrap_or("");
-            if let (false, Some((index, Block::ToolUse))) = (arguments.is_empty(), self.open) {
+            if !arguments.is_empty() {
                 events.push(block_delta(
                     index,
                     json!({ "type": "input_json_delta", "partial_json": arguments }),
@@ -310,7 +333,7 @@ impl MessageEvents {
         let start = match kind {
             Block::Thinking => json!({ "type": "thinking", "thinking": "", "signature": "" }),
             Block::Text => json!({ "type": "text", "text": "" }),
-            Block::ToolUse => json!({ "type": "tool_use", "input": {} }),
+            Block::ToolUse(_) => json!({ "type": "tool_use", "input": {} }),
         };
         let index = self.open_block(start, events);
         self.open = Some((index, kind));
