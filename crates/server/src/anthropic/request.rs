@@ -131,6 +131,7 @@ pub fn translate(object: &Map<String, Value>, purpose: Purpose) -> Result<Transl
             json!({ "enable_thinking": enabled }),
         );
     }
+    output_config(object.get("output_config"), &mut chat)?;
     let stream = match object.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -432,16 +433,70 @@ fn tool_choice(value: Option<&Value>) -> Result<Option<(Value, Option<bool>)>, A
     Ok(Some((chat, parallel)))
 }
 
+/// `output_config`: `format` (a JSON Schema the answer follows, under the same constrained
+/// decoding as the chat's `response_format`) and `effort` (the chat's `reasoning_effort`;
+/// `xhigh` and `max` are `high`).
+fn output_config(value: Option<&Value>, chat: &mut Map<String, Value>) -> Result<(), ApiError> {
+    let config = match value {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Object(c)) => c,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "output_config",
+                "output_config: must be an object",
+            ));
+        }
+    };
+    if let Some(format) = config.get("format").filter(|f| !f.is_null()) {
+        let schema = match (
+            format.get("type").and_then(Value::as_str),
+            format.get("schema"),
+        ) {
+            (Some("json_schema"), Some(schema @ Value::Object(_))) => schema.clone(),
+            (Some("json_schema"), _) => {
+                return Err(ApiError::invalid(
+                    "output_config.format.schema",
+                    "output_config.format.schema: a JSON Schema object is required",
+                ));
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "output_config.format.type",
+                    "output_config.format.type: must be json_schema",
+                ));
+            }
+        };
+        chat.insert(
+            "response_format".into(),
+            json!({ "type": "json_schema", "json_schema": { "name": "output", "strict": true, "schema": schema } }),
+        );
+    }
+    if let Some(effort) = config.get("effort").filter(|e| !e.is_null()) {
+        let effort = match effort.as_str() {
+            Some(e @ ("low" | "medium" | "high")) => e,
+            Some("xhigh" | "max") => "high",
+            _ => {
+                return Err(ApiError::invalid(
+                    "output_config.effort",
+                    "output_config.effort: must be low, medium, high, xhigh or max",
+                ));
+            }
+        };
+        chat.insert("reasoning_effort".into(), effort.into());
+    }
+    Ok(())
+}
+
 /// `thinking`: whether the model thinks (`None`: as the model does by default).
 fn thinking(value: Option<&Value>) -> Result<Option<bool>, ApiError> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.get("type").and_then(Value::as_str) {
-            Some("enabled" | "adaptive") => Ok(Some(true)),
+            Some("enabled" | "adaptive" | "between_tools") => Ok(Some(true)),
             Some("disabled") => Ok(Some(false)),
             _ => Err(ApiError::invalid(
                 "thinking.type",
-                "thinking.type: must be enabled, adaptive or disabled",
+                "thinking.type: must be enabled, adaptive, between_tools or disabled",
             )),
         },
     }
@@ -538,6 +593,14 @@ mod tests {
             chat["chat_template_kwargs"],
             json!({"enable_thinking": true})
         );
+        let chat = with(
+            json!({"output_config": {"effort": "max", "format": {"type": "json_schema", "schema": {"type": "object"}}}}),
+        );
+        assert_eq!(chat["reasoning_effort"], "high");
+        assert_eq!(
+            chat["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "output", "strict": true, "schema": {"type": "object"}}})
+        );
     }
 
     #[test]
@@ -578,6 +641,14 @@ mod tests {
             (
                 json!({"model": "m", "max_tokens": 1, "messages": hi, "stop_sequences": "x"}),
                 "stop_sequences",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": hi, "output_config": {"format": {"type": "xml"}}}),
+                "output_config.format.type",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": hi, "output_config": {"effort": "huge"}}),
+                "output_config.effort",
             ),
         ] {
             let e = parse(body.clone()).unwrap_err();

@@ -628,3 +628,117 @@ impl ChatChunks {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openai::tools::Mistral;
+
+    /// Everything a reader lets out for `pieces` (token id, text), then at the end.
+    fn read(reading: OutputReading, pieces: &[(u32, &str)]) -> Vec<OutputDelta> {
+        let mut reader = reading.reader();
+        let mut out: Vec<OutputDelta> = pieces
+            .iter()
+            .flat_map(|(token, text)| reader.push(*token, text))
+            .collect();
+        out.extend(reader.finish(false));
+        out
+    }
+
+    fn reasoning_of(deltas: &[OutputDelta]) -> String {
+        deltas
+            .iter()
+            .filter_map(|d| match d {
+                OutputDelta::Reasoning(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn calls_of(deltas: &[OutputDelta]) -> Vec<(String, String)> {
+        deltas
+            .iter()
+            .filter_map(|d| match d {
+                OutputDelta::Call(c) => Some((c.name.clone(), c.arguments.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tool_calls_after_or_inside_the_thinking_still_parse() {
+        let tags = ReasoningTags::for_template("<think>", |_| None).unwrap();
+        let reading = |inside| OutputReading {
+            thinking: Some(Thinking { tags, inside }),
+            calls: Some(CallReading {
+                format: ToolFormat::Hermes,
+                constrained: false,
+            }),
+        };
+        let call = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>";
+        let after = format!("<think>I need f.</think>\n\n{call}");
+        let inside = format!("I need f.{call}");
+        for (text, opened) in [(after.as_str(), false), (inside.as_str(), true)] {
+            // Token by token, a few bytes each.
+            let pieces: Vec<(u32, &str)> = text
+                .as_bytes()
+                .chunks(3)
+                .map(|c| (1, std::str::from_utf8(c).unwrap()))
+                .collect();
+            let deltas = read(reading(opened), &pieces);
+            assert_eq!(reasoning_of(&deltas), "I need f.", "{text}");
+            assert_eq!(
+                calls_of(&deltas),
+                vec![("f".to_string(), "{\"a\":1}".to_string())],
+                "{text}"
+            );
+            assert!(
+                !deltas.iter().any(|d| matches!(d, OutputDelta::Content(_))),
+                "{deltas:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn mistral_thinking_then_a_call_by_control_tokens() {
+        let ids = |p: &str| match p {
+            "[THINK]" => Some(34),
+            "[/THINK]" => Some(35),
+            _ => None,
+        };
+        let tags = ReasoningTags::for_template("[THINK]", ids).unwrap();
+        let format = ToolFormat::Mistral(Mistral {
+            name_args: true,
+            calls_token: Some(9),
+            args_token: Some(32),
+            ..Mistral::default()
+        });
+        let reading = OutputReading {
+            thinking: Some(Thinking {
+                tags,
+                inside: false,
+            }),
+            calls: Some(CallReading {
+                format,
+                constrained: false,
+            }),
+        };
+        let deltas = read(
+            reading,
+            &[
+                (34, ""),
+                (1, "Call f."),
+                (35, ""),
+                (9, ""),
+                (2, "f"),
+                (32, ""),
+                (3, "{\"a\": 1}"),
+            ],
+        );
+        assert_eq!(reasoning_of(&deltas), "Call f.");
+        assert_eq!(
+            calls_of(&deltas),
+            vec![("f".to_string(), "{\"a\":1}".to_string())]
+        );
+    }
+}
