@@ -606,5 +606,26 @@ mod tests {
         );
         assert_eq!(tags("Qwen-Qwen2.5-7B-Instruct.jinja"), None);
         assert_eq!(tags("meta-llama-Llama-3.1-8B-Instruct.jinja"), None);
+
+        // The switch reaches the real templates: Qwen3 closes an empty block in the prompt
+        // when thinking is off; DeepSeek-R1 (as llama.cpp ships it) opens the block in the
+        // prompt when it is on.
+        let opened = |name: &str, effort| {
+            let source = std::fs::read_to_string(dir.join(name)).unwrap();
+            let t = ReasoningTags::for_template(&source, |_| None).unwrap();
+            let template = verre_engine::ChatTemplate::new(Some(&source), "<s>", "</s>").unwrap();
+            let kwargs = template_kwargs(&source, effort, &Map::new(), false);
+            let messages = [verre_engine::Message::new("user", "hi")];
+            let prompt = template
+                .render_with_kwargs(&messages, None, &kwargs, true)
+                .unwrap();
+            (t.opened_by(&prompt), prompt.trim_end().ends_with(t.close))
+        };
+        let qwen3 = "Qwen-Qwen3-0.6B.jinja";
+        assert_eq!(opened(qwen3, None), (false, false));
+        assert_eq!(opened(qwen3, Some(ReasoningEffort::None)), (false, true));
+        let r1 = "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja";
+        assert_eq!(opened(r1, None), (true, false));
+        assert_eq!(opened(r1, Some(ReasoningEffort::None)), (false, true));
     }
 }
