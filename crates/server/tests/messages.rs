@@ -6,7 +6,6 @@
 
 mod scripted;
 
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
@@ -27,7 +26,7 @@ fn model() -> Option<Arc<LoadedModel>> {
     MODEL
         .get_or_init(|| {
             let path = scripted::smollm2()?;
-            Some(Arc::new(LoadedModel::load(PathBuf::from(path)).unwrap()))
+            Some(Arc::new(LoadedModel::load(path).unwrap()))
         })
         .clone()
 }

@@ -227,7 +227,7 @@ impl ReasoningSplitter {
     /// anything here: it starts the answer, and ends a block it is written in. (Other
     /// tokens let out no text while a character or a stop string is incomplete.)
     fn control_token(&mut self, token: u32) -> Vec<Piece> {
-        if !self.call_marker.is_some_and(|(_, id)| id == Some(token)) {
+        if self.call_marker.is_none_or(|(_, id)| id != Some(token)) {
             return Vec::new();
         }
         let mut out = match self.phase {

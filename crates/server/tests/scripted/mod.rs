@@ -9,6 +9,9 @@
 //! After a prompt that ends in any other token the model says the whole script; after
 //! one that ends in the script's `i`-th token it says the rest.
 
+// Each test file that includes this module uses a part of it.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
