@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# OpenAI conformance: the official Python client (pytest) and the official npm client
-# (node --test) against a real `verre serve` that each test starts on 127.0.0.1.
+# OpenAI conformance: the official Python clients of OpenAI and Anthropic (pytest) and
+# the official npm client (node --test) against a real `verre serve` that each test starts
+# on 127.0.0.1.
 #
 # Usage: VERRE_BIN=target/debug/verre tests/openai/run.sh
 # The model to serve is VERRE_TEST_MODEL (default smollm2-135m), looked up in VERRE_HOME's
@@ -25,7 +26,7 @@ venv="$root/target/openai-venv"
 
 cd "$here"
 status=0
-"$venv/bin/python" -m pytest -q -p no:cacheprovider test_openai.py || status=$?
+"$venv/bin/python" -m pytest -q -p no:cacheprovider test_openai.py test_anthropic.py || status=$?
 if [ "$status" -eq 5 ]; then
   echo "tests/openai/run.sh: pytest collected no tests" >&2
   exit 1

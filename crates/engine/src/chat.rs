@@ -196,6 +196,24 @@ impl ChatTemplate {
         tools: Option<&serde_json::Value>,
         add_generation_prompt: bool,
     ) -> Result<String> {
+        self.render_with_kwargs(
+            messages,
+            tools,
+            &serde_json::Map::new(),
+            add_generation_prompt,
+        )
+    }
+
+    /// As [`ChatTemplate::render_with_tools`], with more variables for the template (the
+    /// `chat_template_kwargs` of vLLM and transformers, such as Qwen3's `enable_thinking`).
+    /// They cannot replace the variables named above.
+    pub fn render_with_kwargs(
+        &self,
+        messages: &[Message],
+        tools: Option<&serde_json::Value>,
+        kwargs: &serde_json::Map<String, serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let tmpl = self.env.get_template("chat").map_err(|e| anyhow!("{e}"))?;
         tmpl.render(context! {
             messages => messages,
@@ -204,6 +222,7 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
+            ..Value::from_serialize(kwargs)
         })
         .map_err(|e| match e.kind() {
             ErrorKind::OutOfFuel => anyhow!(
@@ -398,6 +417,23 @@ mod tests {
             .collect();
         let tools = serde_json::json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
         assert!(t.render_with_tools(&messages, Some(&tools), true).is_ok());
+    }
+
+    #[test]
+    fn template_kwargs_reach_the_template_and_cannot_replace_its_variables() {
+        let src = "{{ messages[0].content }}{% if enable_thinking is defined and enable_thinking is false %}<think></think>{% endif %}";
+        let t = ChatTemplate::new(Some(src), "", "").unwrap();
+        let hi = [Message::new("user", "hi")];
+        let off: serde_json::Map<_, _> =
+            serde_json::json!({"enable_thinking": false, "messages": []})
+                .as_object()
+                .unwrap()
+                .clone();
+        assert_eq!(
+            t.render_with_kwargs(&hi, None, &off, true).unwrap(),
+            "hi<think></think>"
+        );
+        assert_eq!(t.render(&hi, true).unwrap(), "hi");
     }
 
     #[test]

@@ -168,6 +168,11 @@ impl<'t> Decoding<'t> {
         text
     }
 
+    /// The stop string that ended the output, if one did.
+    pub fn stop_string(&self) -> Option<&str> {
+        self.stops.matched()
+    }
+
     /// Under a grammar: the time each token's mask took so far.
     pub fn mask_times(&self) -> Vec<Duration> {
         self.constraint
@@ -185,6 +190,8 @@ pub(crate) struct StopMatcher {
     /// Bytes of `text` already handed out.
     emitted: usize,
     stopped: bool,
+    /// The stop string that was reached.
+    matched: Option<String>,
 }
 
 impl StopMatcher {
@@ -194,6 +201,7 @@ impl StopMatcher {
             text: String::new(),
             emitted: 0,
             stopped: false,
+            matched: None,
         }
     }
 
@@ -210,10 +218,11 @@ impl StopMatcher {
             .filter_map(|s| {
                 self.text[search_from..]
                     .find(s.as_str())
-                    .map(|i| i + search_from)
+                    .map(|i| (i + search_from, s))
             })
-            .min();
-        if let Some(at) = hit {
+            .min_by_key(|(at, _)| *at);
+        if let Some((at, stop)) = hit {
+            self.matched = Some(stop.clone());
             self.text.truncate(at);
             self.stopped = true;
             let out = self.text[self.emitted..].to_string();
@@ -225,6 +234,11 @@ impl StopMatcher {
         let out = self.text[self.emitted..upto].to_string();
         self.emitted = upto;
         (out, false)
+    }
+
+    /// The stop string that ended the text, once one has.
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.as_deref()
     }
 
     /// Release whatever was held back (the generation ended without a stop string).
@@ -325,6 +339,19 @@ mod tests {
         let (shown, hit, _) = run(&["STOP"], &["a ST", "ONE"]);
         assert!(!hit);
         assert_eq!(shown, "a STONE");
+    }
+
+    #[test]
+    fn the_stop_string_reached_first_is_named() {
+        let stops = ["END".to_string(), "\n\n".to_string()];
+        let mut m = StopMatcher::new(&stops);
+        assert_eq!(m.push("one\n"), ("one".to_string(), false));
+        assert_eq!(m.matched(), None);
+        assert_eq!(m.push("\nEND"), (String::new(), true));
+        assert_eq!(m.matched(), Some("\n\n"));
+        let mut m = StopMatcher::new(&stops);
+        m.push("xEND\n\n");
+        assert_eq!(m.matched(), Some("END"));
     }
 
     #[test]

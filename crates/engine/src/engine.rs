@@ -125,6 +125,8 @@ pub enum EngineEvent {
         completion_tokens: usize,
         /// Under a grammar: the time each token's mask took (benchmarks).
         mask_times: Vec<Duration>,
+        /// The stop string that ended the choice (`reason` is `Stop`), if one did.
+        stop: Option<String>,
     },
     /// Every choice ended; the last event.
     Done(Usage),
@@ -732,6 +734,7 @@ impl<'m> EngineLoop<'m> {
                     reason,
                     completion_tokens: choice.dec.output.len(),
                     mask_times: choice.dec.mask_times(),
+                    stop: choice.dec.stop_string().map(str::to_string),
                 });
                 send_done_if_complete(req);
             }
@@ -776,6 +779,7 @@ fn finish_out_of_blocks(req: &mut Request<'_>, c: usize) {
         reason: FinishReason::Length,
         completion_tokens: choice.dec.output.len(),
         mask_times: choice.dec.mask_times(),
+        stop: None,
     });
     send_done_if_complete(req);
 }

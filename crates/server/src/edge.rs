@@ -30,10 +30,11 @@ const PREFLIGHT_MAX_AGE_SECONDS: u32 = 600;
 
 /// Request headers a browser app may send: the API key in either form, the body's type,
 /// and what the official SDKs add (`OpenAI-Organization`, `OpenAI-Project`,
-/// `OpenAI-Beta`, `X-Stainless-*`).
+/// `OpenAI-Beta`, `anthropic-version`, `anthropic-beta`, `X-Stainless-*`).
 fn is_allowed_header(name: &str) -> bool {
     matches!(name, "authorization" | "content-type" | "x-api-key")
         || name.starts_with("openai-")
+        || name.starts_with("anthropic-")
         || name.starts_with("x-stainless-")
 }
 

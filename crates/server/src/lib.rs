@@ -3,6 +3,8 @@
 //! `/health` and Prometheus `/metrics`.
 //!
 //! - [`openai`]: validation at the edge, handlers, response and stream shapes, errors.
+//! - [`anthropic`]: Anthropic's Messages API (`/v1/messages`), served by translating to
+//!   and from chat completions.
 //! - [`embedding`]: an embedding model on its own thread.
 //! - [`auth`]: the API keys file (keys presented as `Authorization: Bearer` or `x-api-key`).
 //! - `edge`: CORS for the listed origins, the loopback guard of a server without keys,
@@ -15,6 +17,7 @@
 //!
 //! [`router`] builds the whole app over an [`AppState`]; [`run`] serves it for real.
 
+pub mod anthropic;
 pub mod auth;
 pub mod config;
 pub mod cost;
@@ -53,11 +56,13 @@ use openai::error::ApiError;
 /// 405s for everything else.
 pub fn router(state: Arc<AppState>) -> Router {
     let api = api_routes(&state)
+        .merge(anthropic::routes(&state))
         .layer(middleware::from_fn_with_state(state.clone(), require_key))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             edge::loopback_guard,
-        ));
+        ))
+        .layer(middleware::from_fn(anthropic::anthropic_errors));
     let metrics =
         Router::new()
             .route("/metrics", get(metrics_page))

@@ -694,6 +694,61 @@ async fn personal_data_stays_home_unless_a_backend_is_local() {
     assert_trap_untouched();
 }
 
+#[tokio::test]
+async fn messages_reach_a_remote_backend_as_pseudonymized_chat() {
+    let (remote_url, remote) = good("remote").await;
+    let base = gateway(&backend("remote", &remote_url, r#"["far"]"#, "")).await;
+    let text = "echo: Write to jean.dupont@example.fr, IBAN FR14 2004 1010 0505 0001 3M02 606.";
+    let echo = &text["echo: ".len()..];
+    let ask = |stream: bool| {
+        post_json(
+            format!("{base}/v1/messages"),
+            &json!({ "model": "far", "max_tokens": 64, "stream": stream,
+                     "messages": [{ "role": "user", "content": text }] }),
+        )
+        .header("anthropic-version", "2023-06-01")
+        .send()
+    };
+    let response = ask(false).await.unwrap();
+    assert_eq!(response.headers()["x-verre-backend"], "remote");
+    let message = json_of(response).await;
+    assert_eq!(message["type"], "message", "{message}");
+    assert_eq!(
+        message["content"][0],
+        json!({ "type": "text", "text": echo })
+    );
+    assert_eq!(message["content"][1]["type"], "tool_use");
+    assert_eq!(message["content"][1]["input"]["text"], echo);
+    assert_eq!(message["stop_reason"], "tool_use");
+
+    let mut response = ask(true).await.unwrap();
+    let mut events = String::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        events.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let (mut content, mut arguments) = (String::new(), String::new());
+    for data in events.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        let event: Value = serde_json::from_str(data).unwrap();
+        let delta = &event["delta"];
+        content += delta["text"].as_str().unwrap_or_default();
+        arguments += delta["partial_json"].as_str().unwrap_or_default();
+    }
+    assert_eq!(content, echo, "{events}");
+    let arguments: Value = serde_json::from_str(&arguments).unwrap();
+    assert_eq!(arguments["text"], echo);
+    assert!(events.contains("event: message_stop"), "{events}");
+
+    // The backend got chat completions, with the personal data replaced.
+    assert_eq!(remote.prompts.lock().unwrap().len(), 2);
+    for prompt in remote.prompts.lock().unwrap().iter() {
+        assert!(
+            !prompt.contains("jean.dupont") && prompt.contains("<EMAIL_1>"),
+            "{prompt}"
+        );
+    }
+    assert_trap_untouched();
+}
+
 /// Waits until `fake` has seen `n` more health probes.
 async fn probes(fake: &Fake, n: usize) {
     let target = fake.probes.load(Ordering::SeqCst) + n;

@@ -165,6 +165,8 @@ pub struct ChoiceOutput {
     /// need control tokens, which let out no text.
     pub pieces: Vec<(u32, String)>,
     pub finish: Option<FinishReason>,
+    /// The stop string that ended the choice, if one did.
+    pub stop: Option<String>,
 }
 
 /// Read every event to the end.
@@ -195,8 +197,15 @@ pub async fn collect(
                 choice.pieces.push((sampled.token, text));
                 choice.tokens.push(sampled);
             }
-            EngineEvent::Finished { index, reason, .. } => {
-                out.choices[p * n + index].finish = Some(reason)
+            EngineEvent::Finished {
+                index,
+                reason,
+                stop,
+                ..
+            } => {
+                let choice = &mut out.choices[p * n + index];
+                choice.finish = Some(reason);
+                choice.stop = stop;
             }
             EngineEvent::Done(usage) => {
                 out.usage.prompt_tokens += usage.prompt_tokens;

@@ -8,6 +8,7 @@ pub mod error;
 pub mod generation;
 pub mod logprobs;
 pub mod models;
+pub mod reasoning;
 pub mod request;
 pub mod responses;
 pub mod structured;

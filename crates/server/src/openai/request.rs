@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use verre_engine::SamplingParams;
 
 use super::error::ApiError;
+use super::reasoning::{RESERVED_TEMPLATE_VARIABLES, ReasoningEffort};
 
 /// Most stop strings per request.
 const MAX_STOP: usize = 16;
@@ -31,7 +32,6 @@ const CHAT_UNSUPPORTED: &[&str] = &[
     "modalities",
     "prediction",
     "web_search_options",
-    "reasoning_effort",
     "verbosity",
 ];
 
@@ -72,6 +72,10 @@ pub struct ChatRequest {
     /// More than one call per answer may be made (`parallel_tool_calls: true`; false by
     /// default: a required or named call is exactly one call).
     pub parallel_tool_calls: bool,
+    /// `reasoning_effort`, for the template's thinking switch (`reasoning::template_kwargs`).
+    pub reasoning_effort: Option<ReasoningEffort>,
+    /// `chat_template_kwargs` (vLLM's extension): more variables for the chat template.
+    pub template_kwargs: Map<String, Value>,
 }
 
 /// What shape the answer must take (`response_format`).
@@ -164,6 +168,8 @@ struct RawChat {
     tools: Option<Vec<Value>>,
     tool_choice: Option<Value>,
     parallel_tool_calls: Option<bool>,
+    reasoning_effort: Option<Value>,
+    chat_template_kwargs: Option<Map<String, Value>>,
 }
 
 #[derive(Deserialize)]
@@ -272,6 +278,20 @@ impl ChatRequest {
             .map(|(i, t)| tool(i, t))
             .collect::<Result<Vec<_>, _>>()?;
         let tool_choice = tool_choice(raw.tool_choice, &tools)?;
+        let reasoning_effort = match raw.reasoning_effort {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(ReasoningEffort::parse(&v)?),
+        };
+        let template_kwargs = raw.chat_template_kwargs.unwrap_or_default();
+        if let Some(key) = RESERVED_TEMPLATE_VARIABLES
+            .iter()
+            .find(|k| template_kwargs.contains_key(**k))
+        {
+            return Err(ApiError::invalid(
+                &format!("chat_template_kwargs.{key}"),
+                format!("`{key}` is set by the server and cannot be passed to the template"),
+            ));
+        }
         Ok(Self {
             model: raw.model,
             messages,
@@ -281,6 +301,8 @@ impl ChatRequest {
             tools,
             tool_choice,
             parallel_tool_calls: raw.parallel_tool_calls.unwrap_or(false),
+            reasoning_effort,
+            template_kwargs,
         })
     }
 }
@@ -1180,6 +1202,28 @@ mod tests {
                 r#""tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]"#
                     .to_string(),
                 "tools[0].function.parameters",
+            ),
+        ] {
+            let e = chat(&format!(r#"{{{HI}, {bad}}}"#)).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reasoning_effort_and_template_kwargs() {
+        let r = chat(&format!(
+            r#"{{{HI}, "reasoning_effort": "none", "chat_template_kwargs": {{"enable_thinking": true}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(r.reasoning_effort, Some(ReasoningEffort::None));
+        assert_eq!(r.template_kwargs["enable_thinking"], Value::Bool(true));
+        for (bad, param) in [
+            (r#""reasoning_effort": "extreme""#, "reasoning_effort"),
+            (r#""reasoning_effort": 3"#, "reasoning_effort"),
+            (r#""chat_template_kwargs": []"#, "chat_template_kwargs"),
+            (
+                r#""chat_template_kwargs": {"messages": []}"#,
+                "chat_template_kwargs.messages",
             ),
         ] {
             let e = chat(&format!(r#"{{{HI}, {bad}}}"#)).unwrap_err();

@@ -73,6 +73,14 @@ impl ToolFormat {
         })
     }
 
+    /// The text that starts a call, and its token where it is a control token.
+    pub fn call_marker(&self) -> (&'static str, Option<u32>) {
+        match self {
+            ToolFormat::Hermes => (HERMES_OPEN, None),
+            ToolFormat::Mistral(m) => (MISTRAL_CALLS, m.calls_token),
+        }
+    }
+
     fn marker(&self) -> &'static str {
         match self {
             ToolFormat::Hermes => HERMES_OPEN,
