@@ -31,7 +31,7 @@ pub struct EvalArgs {
     #[arg(long, value_enum, default_value_t = BackendArg::Engine)]
     pub backend: BackendArg,
     /// verre.toml, for a pipeline whose model is a backend of it (default:
-    /// $VERRE_HOME/verre.toml when it exists).
+    /// $VERRE_HOME/verre.toml, else ./verre.toml, when there is one).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Intake workers sharing the model's engine (their requests are batched).

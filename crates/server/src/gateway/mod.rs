@@ -468,3 +468,20 @@ pub async fn route(State(state): State<Arc<AppState>>, request: Request, next: N
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unset_api_key_is_refused_with_its_backends_line() {
+        let text = "[policy]\nallow_jurisdictions = [\"EU\"]\n\n[[backend]]\nname = \"fra\"\nkind = \"openai\"\nurl = \"https://vllm.example.eu/v1\"\napi_key_env = \"VERRE_TEST_GATEWAY_KEY_UNSET\"\njurisdiction = \"EU-DE\"\nmodels = [\"large\"]\n";
+        // Parsing reads no secret: describing the file needs none.
+        let config = VerreConfig::parse(text, "verre.toml").unwrap();
+        let e = Gateway::new(&config).err().unwrap().to_string();
+        assert_eq!(
+            e,
+            "verre.toml:4: [[backend]] \"fra\": api_key_env = \"VERRE_TEST_GATEWAY_KEY_UNSET\", but that environment variable is not set"
+        );
+    }
+}
