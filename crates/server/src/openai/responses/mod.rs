@@ -256,7 +256,7 @@ impl Run {
 
     /// Stream the chat answer as Responses events; keep the response at the end.
     fn stream(self, chat: Response) -> Response {
-        let mut writer = EventWriter::new();
+        let mut writer = EventWriter::default();
         let mut first = Vec::new();
         let created = self.object("in_progress", &Answer::default());
         first.push(writer.event("response.created", json!({ "response": created })));
