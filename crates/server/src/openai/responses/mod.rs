@@ -110,6 +110,15 @@ async fn respond(
             .get(state.store(), previous, &api_key)
             .await?
             .ok_or_else(|| kept::not_found(previous, Some("previous_response_id")))?;
+        if matches!(kept.status.as_str(), "queued" | "in_progress") {
+            return Err(ApiError::invalid(
+                "previous_response_id",
+                format!(
+                    "the response {previous} is still {}: wait until it ends",
+                    kept.status
+                ),
+            ));
+        }
         conversation.extend(kept.input.as_array().cloned().unwrap_or_default());
         conversation.extend(kept.body["output"].as_array().cloned().unwrap_or_default());
     }
