@@ -569,8 +569,8 @@ pub fn gdpr(cmd: GdprCommand) -> Result<()> {
 async fn rekey(store: &Store) -> Result<()> {
     let r = store.rekey().await?;
     println!(
-        "re-encrypted with key {}: {} messages, {} parts, {} stage results",
-        r.key_id, r.messages, r.parts, r.stage_results
+        "re-encrypted with key {}: {} messages, {} parts, {} stage results, {} kept API responses",
+        r.key_id, r.messages, r.parts, r.stage_results, r.responses
     );
     for (id, n) in store.key_usage().await? {
         println!(
@@ -779,7 +779,7 @@ pub(crate) fn records(
     let encryption = match keys {
         Ok(Some(k)) => json!({
             "at_rest": "AES-256-GCM",
-            "columns": ["messages.raw", "parts.text", "parts.pages", "stage_results.output"],
+            "columns": ["messages.raw", "parts.text", "parts.pages", "stage_results.output", "responses.input", "responses.body"],
             "current_key_id": k.current_id(),
             "keys": k.ids().len(),
         }),
