@@ -98,3 +98,34 @@ test("a stream can be abandoned midway", async () => {
   const models = await client.models.list();
   assert.ok(models.data.some((m) => m.id === MODEL));
 });
+
+test("responses: create, and a stream whose final response matches its deltas", async () => {
+  const whole = await client.responses.create({
+    model: MODEL,
+    input: "What is 2+2?",
+    max_output_tokens: 200,
+    temperature: 0,
+  });
+  assert.equal(whole.object, "response");
+  assert.equal(whole.status, "completed");
+  assert.ok(whole.output_text.length > 0);
+
+  const stream = client.responses.stream({
+    model: MODEL,
+    input: "What is 2+2?",
+    max_output_tokens: 200,
+    temperature: 0,
+  });
+  const kinds = [];
+  let text = "";
+  for await (const event of stream) {
+    assert.equal(event.sequence_number, kinds.length);
+    kinds.push(event.type);
+    if (event.type === "response.output_text.delta") text += event.delta;
+  }
+  const final = await stream.finalResponse();
+  assert.equal(kinds[0], "response.created");
+  assert.equal(kinds.at(-1), "response.completed");
+  assert.equal(text, final.output_text);
+  assert.equal(final.output_text, whole.output_text, "the same greedy answer");
+});

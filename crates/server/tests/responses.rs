@@ -481,6 +481,15 @@ async fn a_background_response_runs_and_one_can_be_cancelled() {
     )
     .await;
     let id = long["id"].as_str().unwrap();
+    let (status, e) = call(
+        &app,
+        "POST",
+        "/v1/responses",
+        Some(json!({"model": MODEL, "input": "And?", "previous_response_id": id})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "still running: {e}");
+    assert_eq!(e["error"]["param"], "previous_response_id");
     let (status, cancelled) = call(&app, "POST", &format!("/v1/responses/{id}/cancel"), None).await;
     assert_eq!(status, StatusCode::OK, "{cancelled}");
     assert_eq!(cancelled["status"], "cancelled");

@@ -110,6 +110,15 @@ async fn respond(
             .get(state.store(), previous, &api_key)
             .await?
             .ok_or_else(|| kept::not_found(previous, Some("previous_response_id")))?;
+        if matches!(kept.status.as_str(), "queued" | "in_progress") {
+            return Err(ApiError::invalid(
+                "previous_response_id",
+                format!(
+                    "the response {previous} is still {}: wait until it ends",
+                    kept.status
+                ),
+            ));
+        }
         conversation.extend(kept.input.as_array().cloned().unwrap_or_default());
         conversation.extend(kept.body["output"].as_array().cloned().unwrap_or_default());
     }
@@ -256,7 +265,7 @@ impl Run {
 
     /// Stream the chat answer as Responses events; keep the response at the end.
     fn stream(self, chat: Response) -> Response {
-        let mut writer = EventWriter::new();
+        let mut writer = EventWriter::default();
         let mut first = Vec::new();
         let created = self.object("in_progress", &Answer::default());
         first.push(writer.event("response.created", json!({ "response": created })));

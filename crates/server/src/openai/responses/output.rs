@@ -191,7 +191,9 @@ pub fn from_chat_completion(chat: &Value) -> Answer {
 }
 
 /// The item being streamed.
+#[derive(Default)]
 enum Open {
+    #[default]
     None,
     Reasoning {
         id: String,
@@ -210,6 +212,7 @@ enum Open {
 }
 
 /// Turns the chunks of a streamed chat completion into Responses events.
+#[derive(Default)]
 pub struct EventWriter {
     sequence: u64,
     open: Open,
@@ -219,15 +222,6 @@ pub struct EventWriter {
 }
 
 impl EventWriter {
-    pub fn new() -> Self {
-        Self {
-            sequence: 0,
-            open: Open::None,
-            call_index: None,
-            answer: Answer::default(),
-        }
-    }
-
     /// An event of `kind` with `fields`, numbered.
     pub fn event(&mut self, kind: &str, fields: Value) -> Value {
         let mut event = json!({ "type": kind, "sequence_number": self.sequence });
@@ -476,7 +470,7 @@ mod tests {
 
     #[test]
     fn chat_chunks_become_numbered_events() {
-        let mut w = EventWriter::new();
+        let mut w = EventWriter::default();
         let mut events = Vec::new();
         for chunk in [
             json!({"choices": [{"delta": {"role": "assistant", "content": ""}}]}),
@@ -530,7 +524,7 @@ mod tests {
         );
         assert_eq!(answer.output[1]["content"][0]["text"], "4");
 
-        let mut w = EventWriter::new();
+        let mut w = EventWriter::default();
         let mut events = Vec::new();
         for chunk in [
             json!({"choices": [{"delta": {"reasoning": "2+2"}}]}),
