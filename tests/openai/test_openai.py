@@ -626,6 +626,114 @@ def test_503_while_loading():
         s.stop()
 
 
+# --- responses ----------------------------------------------------------------------
+
+# The weather tool in the Responses API's flat shape.
+RESPONSES_WEATHER = [{"type": "function", "name": "get_weather", "strict": True,
+                      "description": WEATHER[0]["function"]["description"],
+                      "parameters": WEATHER[0]["function"]["parameters"]}]
+
+
+def test_responses_create_retrieve_continue_delete(client):
+    r = client.responses.create(model=MODEL, instructions="Answer in one short sentence.",
+                                input="What is 2+2?", max_output_tokens=24, temperature=0,
+                                metadata={"suite": "openai"})
+    assert r.object == "response" and r.id.startswith("resp_")
+    assert r.status in ("completed", "incomplete"), r
+    assert r.output[0].type == "message" and r.output[0].content[0].type == "output_text"
+    assert r.output_text, r
+    assert r.usage.input_tokens > 0 and r.usage.output_tokens > 0
+    assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+    assert r.metadata == {"suite": "openai"} and r.store is True
+
+    again = client.responses.retrieve(r.id)
+    assert again.id == r.id and again.output_text == r.output_text
+    items = client.responses.input_items.list(r.id)
+    assert [i.type for i in items.data] == ["message"] and items.data[0].role == "user"
+
+    follow = client.responses.create(model=MODEL, previous_response_id=r.id,
+                                     input="And 3+3?", max_output_tokens=16)
+    assert follow.previous_response_id == r.id
+    history = client.responses.input_items.list(follow.id, order="asc")
+    assert [i.type for i in history.data] == ["message", "message", "message"]
+    client.responses.delete(follow.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(follow.id)
+
+
+def test_responses_store_false_cannot_be_continued(client):
+    r = client.responses.create(model=MODEL, input="Hi", store=False, max_output_tokens=4)
+    with pytest.raises(openai.NotFoundError) as e:
+        client.responses.create(model=MODEL, input="Hi", previous_response_id=r.id)
+    assert error_of(e.value)["param"] == "previous_response_id"
+
+
+def test_responses_stream_helper_parses_every_event(client):
+    # Room to finish: the helper's final response is the `response.completed` event's.
+    with client.responses.stream(model=MODEL, input="Say hello.", max_output_tokens=200,
+                                 temperature=0) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [e.type for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress",
+                         "response.output_item.added", "response.content_part.added"], kinds
+    assert kinds[-4:-1] == ["response.output_text.done", "response.content_part.done",
+                            "response.output_item.done"], kinds
+    assert kinds[-1] == "response.completed", kinds
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert streamed and streamed == final.output_text
+
+
+def test_responses_stream_true_yields_typed_events(client):
+    events = list(client.responses.create(model=MODEL, input="Say hello.",
+                                          max_output_tokens=8, stream=True))
+    assert isinstance(events[0], openai.types.responses.ResponseCreatedEvent)
+    assert isinstance(events[-1], (openai.types.responses.ResponseCompletedEvent,
+                                   openai.types.responses.ResponseIncompleteEvent))
+    assert events[-1].response.usage.output_tokens > 0
+
+
+def test_responses_parse_with_a_pydantic_model(client):
+    r = client.responses.parse(model=MODEL, input="Tell me about Paris.", text_format=City,
+                               max_output_tokens=300, temperature=0)
+    assert r.status == "completed", r.output_text
+    city = r.output_parsed
+    assert isinstance(city, City), r.output_text
+    assert city.country in ("France", "Germany", "Italy", "Spain")
+
+
+def test_responses_function_call_and_its_output(client):
+    r = client.responses.create(model=MODEL, input=ASK_WEATHER, tools=RESPONSES_WEATHER,
+                                tool_choice={"type": "function", "name": "get_weather"},
+                                max_output_tokens=120, temperature=0)
+    calls = [o for o in r.output if o.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "get_weather", r.output
+    args = json.loads(calls[0].arguments)
+    assert isinstance(args["city"], str)
+    follow = client.responses.create(
+        model=MODEL, previous_response_id=r.id, tools=RESPONSES_WEATHER, max_output_tokens=30,
+        input=[{"type": "function_call_output", "call_id": calls[0].call_id,
+                "output": json.dumps({"temp_c": 21})}],
+    )
+    assert follow.status in ("completed", "incomplete"), follow
+
+
+def test_responses_background_and_cancel(client):
+    r = client.responses.create(model=MODEL, input="Tell a very long story.", background=True,
+                                max_output_tokens=4000)
+    assert r.status == "queued" and r.background is True
+    cancelled = client.responses.cancel(r.id)
+    assert cancelled.status == "cancelled"
+    assert client.responses.retrieve(r.id).status == "cancelled"
+
+
+def test_responses_hosted_tools_are_400_naming_them(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=MODEL, input="hi", tools=[{"type": "web_search"}])
+    assert error_of(e.value)["param"] == "tools[0].type"
+
+
 # --- cancellation and metrics -------------------------------------------------------
 
 def wait_for(cond, timeout=30):

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use verre_server::cost::{self, CostConfig, CostQuery};
+use verre_server::cost::{self, CostQuery};
 use verre_store::ledger::GroupBy;
 
 #[derive(Args)]
@@ -20,8 +20,9 @@ pub struct CostArgs {
     /// The report as JSON (what `GET /v1/verre/usage` returns).
     #[arg(long)]
     pub json: bool,
-    /// The verre.toml whose `[cost]` prices hardware and lists API prices (only that
-    /// section is read).
+    /// The verre.toml whose `[cost]` prices hardware and lists API prices (default:
+    /// $VERRE_HOME/verre.toml, else ./verre.toml, when there is one). No backend need be
+    /// reachable nor its API key set.
     #[arg(long)]
     pub config: Option<PathBuf>,
     #[command(flatten)]
@@ -36,10 +37,9 @@ pub enum By {
 }
 
 pub fn cost(args: CostArgs) -> Result<()> {
-    let config = match &args.config {
-        Some(path) => CostConfig::load(path)?,
-        None => CostConfig::default(),
-    };
+    let config = crate::config_file::load(args.config.as_deref())?
+        .map(|c| c.cost)
+        .unwrap_or_default();
     let since = args
         .since
         .as_deref()

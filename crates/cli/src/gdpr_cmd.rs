@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use chrono::DateTime;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
-use verre_server::config::{BackendKind, GatewayConfig};
+use verre_server::gdpr;
 use verre_store::erase::Subject;
 use verre_store::{AuditEntry, Keyring, Store, crypto};
 
@@ -81,8 +81,8 @@ pub struct EraseArgs {
 
 #[derive(Args)]
 pub struct PurgeArgs {
-    /// The verre.toml whose [retention] applies (default: ./verre.toml, else the one
-    /// `verre up` wrote in $VERRE_HOME).
+    /// The verre.toml whose [retention] applies (default: $VERRE_HOME/verre.toml, the one
+    /// `verre up` wrote, else ./verre.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Show what would be removed and change nothing.
@@ -128,9 +128,10 @@ pub enum Format {
 
 #[derive(Args)]
 pub struct ReportArgs {
-    /// The verre.toml describing backends, retention and the controller ([gdpr]).
-    #[arg(long, default_value = "verre.toml")]
-    pub config: PathBuf,
+    /// The verre.toml describing backends, retention and the controller ([gdpr])
+    /// (default: $VERRE_HOME/verre.toml, else ./verre.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Intake pipelines (repeatable): their schema, labels and actions add data categories
     /// and recipients.
     #[arg(long)]
@@ -473,34 +474,14 @@ pub fn erase(a: EraseArgs) -> Result<()> {
     })
 }
 
-/// `--config`, else `./verre.toml`, else the `verre.toml` that `verre up` wrote in
-/// `$VERRE_HOME`.
-fn purge_config(a: &PurgeArgs) -> Result<PathBuf> {
-    if let Some(p) = &a.config {
-        return Ok(p.clone());
-    }
-    let here = PathBuf::from(crate::up_cmd::CONFIG_FILE);
-    if here.exists() {
-        return Ok(here);
-    }
-    let home = verre_models::ModelStore::default_home()?.join(crate::up_cmd::CONFIG_FILE);
-    anyhow::ensure!(
-        home.exists(),
-        "no verre.toml here nor in {}: give --config FILE",
-        home.parent().unwrap_or(&home).display()
-    );
-    Ok(home)
-}
-
 pub fn purge(a: PurgeArgs) -> Result<()> {
-    let config_path = purge_config(&a)?;
-    let config = GatewayConfig::load_offline(&config_path)?;
+    let config = crate::config_file::require(a.config.as_deref())?;
     let retention = config.retention;
     runtime()?.block_on(async {
         if retention.is_empty() {
             println!(
                 "{} has no [retention] keys: nothing is purged (docs/CONFIG.md)",
-                config_path.display()
+                config.origin
             );
             return Ok(());
         }
@@ -511,7 +492,7 @@ pub fn purge(a: PurgeArgs) -> Result<()> {
             return Ok(());
         }
         let verb = if a.dry_run { "would remove" } else { "removed" };
-        println!("retention from {}", config_path.display());
+        println!("retention from {}", config.origin);
         println!(
             "raw messages past raw_days ({}): {verb} the raw bytes of {}",
             days(retention.raw_days),
@@ -660,306 +641,56 @@ fn write_secret(path: &Path, text: &str) -> Result<()> {
 // ---- verre gdpr report ----
 
 fn report(a: ReportArgs) -> Result<()> {
-    let config = GatewayConfig::load_offline(&a.config)?;
+    let config = crate::config_file::require(a.config.as_deref())?;
     let mut pipelines = Vec::new();
     for p in &a.pipeline {
-        pipelines.push(verre_intake::Pipeline::load(p)?);
+        pipelines.push(processing(&verre_intake::Pipeline::load(p)?));
     }
-    let keys = Keyring::from_env();
-    let records = records(&config, &pipelines, keys, &a.config);
+    let records = gdpr::records(
+        &config,
+        &pipelines,
+        Keyring::from_env(),
+        verre_store::now_ms(),
+    );
     match a.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&records)?),
-        Format::Md => print!("{}", markdown(&records)),
+        Format::Md => print!("{}", gdpr::markdown(&records)),
     }
     Ok(())
 }
 
-/// The records of processing as JSON: the one source both formats are written from.
-pub(crate) fn records(
-    config: &GatewayConfig,
-    pipelines: &[verre_intake::Pipeline],
-    keys: Result<Option<Keyring>>,
-    config_path: &Path,
-) -> Value {
-    let g = &config.gdpr;
-    let purposes: Vec<String> = if g.purposes.is_empty() {
-        let mut p = vec![
-            "answering requests to the API (chat, completions, embeddings) for the key holders"
-                .to_string(),
-        ];
-        if !pipelines.is_empty() {
-            p.push("processing incoming mail and documents: extraction, cross-referencing with the business database, routing and drafting replies for human review".into());
-        }
-        p
-    } else {
-        g.purposes.clone()
-    };
-
-    let mut categories = vec![json!({
-        "category": "personal data detected in text",
-        "source": "verre-pii (crates/pii): tagged at intake, replaced by placeholders before non-local backends",
-        "fields": verre_pii::PiiKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
-    })];
-    categories.push(json!({
-        "category": "message content",
-        "source": "mail and documents received by intake; API requests (not stored)",
-        "fields": ["headers (sender, recipients, subject)", "body text", "attachment text"],
-    }));
-    for p in pipelines {
-        let fields: Vec<Value> = p.extract.schema["properties"]
-            .as_object()
-            .map(|props| {
-                props
-                    .iter()
-                    .map(|(name, s)| match s["description"].as_str() {
-                        Some(d) => json!(format!("{name}: {d}")),
-                        None => json!(name),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        categories.push(json!({
-            "category": format!("fields extracted by pipeline {:?}", p.name),
-            "source": p.path.display().to_string(),
-            "fields": fields,
-            "labels": p.labels.iter().map(|l| json!({"name": l.name, "values": l.values})).collect::<Vec<_>>(),
-        }));
-    }
-
-    let mut recipients = Vec::new();
-    for b in &config.backends {
-        let (kind, host) = match &b.kind {
-            BackendKind::Local => ("model in this process".to_string(), None),
-            BackendKind::OpenAi { url, .. } => (
-                "OpenAI-compatible server".to_string(),
-                url.host_str().map(str::to_string),
-            ),
-        };
-        recipients.push(json!({
-            "name": b.name,
-            "kind": kind,
-            "host": host,
-            "jurisdiction": b.jurisdiction,
-            "local": b.local,
-            "pseudonymised": !b.local && b.pseudonymize,
-            "models": b.models.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
-        }));
-    }
-    for p in pipelines {
-        for action in &p.actions {
-            let (kind, host) = match &action.kind {
-                verre_intake::pipeline::ActionKind::Webhook { url, .. } => (
-                    "webhook",
-                    reqwest::Url::parse(url)
-                        .ok()
-                        .and_then(|u| u.host_str().map(str::to_string))
-                        .or(Some(url.clone())),
-                ),
-                verre_intake::pipeline::ActionKind::Reply { .. } => {
-                    ("reply by e-mail to the sender", None)
-                }
-            };
-            recipients.push(json!({
-                "name": format!("{}/{}", p.name, action.name),
-                "kind": kind,
-                "host": host,
-                "jurisdiction": Value::Null,
-                "local": false,
-                "pseudonymised": false,
-                "note": "staged for human review before anything is sent",
-            }));
-        }
-    }
-
-    let r = &config.retention;
-    let kept = |d: Option<u32>| match d {
-        Some(d) => json!(format!("{d} days")),
-        None => json!("no limit set"),
-    };
-    let encryption = match keys {
-        Ok(Some(k)) => json!({
-            "at_rest": "AES-256-GCM",
-            "columns": ["messages.raw", "parts.text", "parts.pages", "stage_results.output"],
-            "current_key_id": k.current_id(),
-            "keys": k.ids().len(),
-        }),
-        Ok(None) => json!({
-            "at_rest": "not configured (set VERRE_DATA_KEY or VERRE_DATA_KEY_FILE)",
-        }),
-        Err(e) => json!({"at_rest": format!("misconfigured: {e:#}")}),
-    };
-    json!({
-        "title": "Records of processing activities (GDPR Art. 30)",
-        "generated_from": config_path.display().to_string(),
-        "generated_at": crate::gdpr_cmd::utc(verre_store::now_ms()),
-        "controller": {
-            "name": g.controller,
-            "contact": g.contact,
-            "dpo": g.dpo,
-        },
-        "purposes": purposes,
-        "data_subjects": [
-            "senders, recipients and people named in the mail and documents processed",
-            "holders of API keys and people named in their requests",
-        ],
-        "data_categories": categories,
-        "recipients": recipients,
-        "transfers": {
-            "allowed_jurisdictions": allowed_jurisdictions(config_path),
-            "non_local_backends": config.backends.iter().filter(|b| !b.local).map(|b| json!({"name": b.name, "jurisdiction": b.jurisdiction})).collect::<Vec<_>>(),
-        },
-        "retention": {
-            "raw_messages": kept(r.raw_days),
-            "extracted_data": kept(r.extracted_days),
-            "audit_log": kept(r.audit_days),
-        },
-        "security": {
-            "encryption": encryption,
-            "pseudonymisation": "personal data replaced by placeholders before any backend with local = false and pseudonymize on; restored in answers",
-            "audit": "append-only log of API calls, intake stages, review decisions, deliveries and erasures, chained by HMAC-SHA256 under a key kept outside the database (verre audit verify)",
-            "erasure": "verre erase --subject EMAIL|NAME",
-            "egress": "no connection to a backend outside [policy]; no telemetry",
-        },
-    })
-}
-
-/// `[policy] allow_jurisdictions` as written (the parsed policy keeps it private).
-fn allowed_jurisdictions(config_path: &Path) -> Vec<String> {
-    std::fs::read_to_string(config_path)
-        .ok()
-        .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
-        .and_then(|t| {
-            t.get("policy")?
-                .get("allow_jurisdictions")?
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
+/// What the records say about a pipeline: its fields, labels and where its actions send.
+fn processing(p: &verre_intake::Pipeline) -> gdpr::PipelineProcessing {
+    let fields = p.extract.schema["properties"]
+        .as_object()
+        .map(|props| {
+            props
+                .iter()
+                .map(|(name, s)| (name.clone(), s["description"].as_str().map(str::to_string)))
+                .collect()
         })
-        .unwrap_or_default()
-}
-
-fn markdown(r: &Value) -> String {
-    let s = |v: &Value| match v {
-        Value::Null => "—".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let mut md = String::new();
-    md.push_str(&format!("# {}\n\n", s(&r["title"])));
-    md.push_str(&format!(
-        "Generated from `{}` at {}.\n\n",
-        s(&r["generated_from"]),
-        s(&r["generated_at"])
-    ));
-    md.push_str("## Controller\n\n| | |\n|---|---|\n");
-    for (k, label) in [
-        ("name", "Controller"),
-        ("contact", "Contact"),
-        ("dpo", "Data protection officer"),
-    ] {
-        let v = &r["controller"][k];
-        md.push_str(&format!(
-            "| {label} | {} |\n",
-            if v.is_null() {
-                "not set ([gdpr] in verre.toml)".into()
-            } else {
-                s(v)
-            }
-        ));
+        .unwrap_or_default();
+    gdpr::PipelineProcessing {
+        name: p.name.clone(),
+        source: p.path.display().to_string(),
+        fields,
+        labels: p
+            .labels
+            .iter()
+            .map(|l| (l.name.clone(), l.values.clone()))
+            .collect(),
+        actions: p
+            .actions
+            .iter()
+            .map(|a| gdpr::ActionRecipient {
+                name: a.name.clone(),
+                webhook: match &a.kind {
+                    verre_intake::pipeline::ActionKind::Webhook { url, .. } => Some(url.clone()),
+                    verre_intake::pipeline::ActionKind::Reply { .. } => None,
+                },
+            })
+            .collect(),
     }
-    md.push_str("\n## Purposes\n\n");
-    for p in r["purposes"].as_array().into_iter().flatten() {
-        md.push_str(&format!("- {}\n", s(p)));
-    }
-    md.push_str("\n## Data subjects\n\n");
-    for p in r["data_subjects"].as_array().into_iter().flatten() {
-        md.push_str(&format!("- {}\n", s(p)));
-    }
-    md.push_str(
-        "\n## Categories of personal data\n\n| category | source | fields |\n|---|---|---|\n",
-    );
-    for c in r["data_categories"].as_array().into_iter().flatten() {
-        let mut fields: Vec<String> = c["fields"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(&s)
-            .collect();
-        for l in c["labels"].as_array().into_iter().flatten() {
-            let values: Vec<String> = l["values"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(&s)
-                .collect();
-            fields.push(format!("label {}: {}", s(&l["name"]), values.join(" / ")));
-        }
-        md.push_str(&format!(
-            "| {} | {} | {} |\n",
-            s(&c["category"]),
-            s(&c["source"]),
-            fields.join(", ")
-        ));
-    }
-    md.push_str("\n## Recipients\n\n| recipient | kind | host | jurisdiction | local | pseudonymised |\n|---|---|---|---|---|---|\n");
-    for x in r["recipients"].as_array().into_iter().flatten() {
-        md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
-            s(&x["name"]),
-            s(&x["kind"]),
-            s(&x["host"]),
-            s(&x["jurisdiction"]),
-            if x["local"] == true { "yes" } else { "no" },
-            if x["pseudonymised"] == true {
-                "yes"
-            } else {
-                "no"
-            },
-        ));
-    }
-    md.push_str(&format!(
-        "\nTransfers: remote backends are allowed only in {}.\n",
-        s(&r["transfers"]["allowed_jurisdictions"])
-    ));
-    md.push_str("\n## Retention\n\n| data | kept |\n|---|---|\n");
-    for (k, label) in [
-        ("raw_messages", "raw messages (as received)"),
-        (
-            "extracted_data",
-            "extracted data (parts, extractions, actions)",
-        ),
-        ("audit_log", "audit log"),
-    ] {
-        md.push_str(&format!("| {label} | {} |\n", s(&r["retention"][k])));
-    }
-    md.push_str("\n## Security measures\n\n");
-    let enc = &r["security"]["encryption"];
-    md.push_str(&format!(
-        "- Encryption at rest: {}{}\n",
-        s(&enc["at_rest"]),
-        if enc["current_key_id"].is_null() {
-            String::new()
-        } else {
-            format!(
-                " on {} (key {}, {} key(s) configured)",
-                s(&enc["columns"]),
-                s(&enc["current_key_id"]),
-                s(&enc["keys"])
-            )
-        }
-    ));
-    for (k, label) in [
-        ("pseudonymisation", "Pseudonymisation"),
-        ("audit", "Audit"),
-        ("erasure", "Erasure"),
-        ("egress", "Egress"),
-    ] {
-        md.push_str(&format!("- {label}: {}\n", s(&r["security"][k])));
-    }
-    md
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
 use verre_intake::{BoxFuture, ModelApi, ModelCallError, Pipeline, Source, StageRunner};
 use verre_server::AppState;
-use verre_server::config::GatewayConfig;
+use verre_server::config::VerreConfig;
 use verre_server::gateway::Gateway;
 use verre_server::internal::ApiClient;
 use verre_store::Store;
@@ -82,8 +82,8 @@ pub struct WorkArgs {
     #[arg(long, value_enum, default_value_t = BackendArg::Engine)]
     pub backend: BackendArg,
     /// verre.toml (docs/CONFIG.md): backends the pipeline's model names may resolve to,
-    /// the egress policy, `[cost]` and `[audit]` (default: $VERRE_HOME/verre.toml when it
-    /// exists).
+    /// the egress policy, webhook targets, `[cost]` and `[audit]` (default:
+    /// $VERRE_HOME/verre.toml, else ./verre.toml, when there is one).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Seconds a claimed job is held before another worker may take it over (renewed
@@ -240,13 +240,30 @@ impl ModelApi for PipelineApi {
     }
 }
 
-/// verre.toml as `--config` names it, else `$VERRE_HOME/verre.toml` when there is one.
-pub(crate) fn config_path(given: Option<&std::path::Path>) -> Result<Option<PathBuf>> {
-    if let Some(path) = given {
-        return Ok(Some(path.to_path_buf()));
+/// verre.toml by the rule of every command, checked with the pipeline before any mail
+/// is touched: each webhook action must send under a `[[delivery.webhook]]` target the
+/// egress policy allows (without a verre.toml nothing is checked here: only a server whose
+/// verre.toml declares the target ever delivers, and it checks again).
+pub(crate) fn start_config(
+    given: Option<&std::path::Path>,
+    pipeline: &Pipeline,
+) -> Result<Option<VerreConfig>> {
+    let config = crate::config_file::load(given)?;
+    if let Some(config) = &config {
+        check_webhooks(pipeline, config)?;
     }
-    let default = verre_models::ModelStore::default_home()?.join("verre.toml");
-    Ok(default.is_file().then_some(default))
+    Ok(config)
+}
+
+/// The pipeline's webhook actions against verre.toml's declared targets and policy.
+pub(crate) fn check_webhooks(pipeline: &Pipeline, config: &VerreConfig) -> Result<()> {
+    pipeline
+        .check_webhooks(|url| {
+            config
+                .check_webhook_template(url)
+                .map_err(|e| format!("{e} ({})", config.origin))
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// The models the pipeline names, as `/v1` in this process answers for them: verre.toml's
@@ -255,17 +272,14 @@ pub(crate) fn config_path(given: Option<&std::path::Path>) -> Result<Option<Path
 /// ledger to flush when the run ends.
 pub(crate) async fn in_process_api(
     work: &WorkArgs,
+    config: Option<&VerreConfig>,
     pipeline: &Pipeline,
     store: &Store,
 ) -> Result<(Arc<dyn ModelApi>, Option<Arc<AppState>>)> {
     if work.backend == BackendArg::Stub {
         return Ok((Arc::new(verre_intake::StubBackend::from_env()), None));
     }
-    let config = config_path(work.config.as_deref())?
-        .map(|p| GatewayConfig::load(&p))
-        .transpose()?;
     let gateway = config
-        .as_ref()
         .map(|c| Gateway::new(c).map(Arc::new))
         .transpose()
         .context("setting up the gateway")?;
@@ -276,10 +290,7 @@ pub(crate) async fn in_process_api(
         .collect();
     // What this process loads: the models of local backends, and every name the pipeline
     // uses that no backend answers for (a store name or a .gguf path).
-    let mut names: Vec<String> = config
-        .iter()
-        .flat_map(GatewayConfig::local_models)
-        .collect();
+    let mut names: Vec<String> = config.iter().flat_map(|c| c.local_models()).collect();
     for (name, _) in pipeline.models() {
         if !remote.contains(&name) && !names.contains(&name) {
             names.push(name);
@@ -370,10 +381,11 @@ pub(crate) async fn ingest_and_run(
     progress: bool,
 ) -> Result<(Store, Vec<i64>, Summary)> {
     let start = Instant::now();
+    let config = start_config(work.config.as_deref(), &pipeline)?;
     let store = open_store(&work.db).await?;
     let labels: Vec<String> = pipeline.labels.iter().map(|l| l.name.clone()).collect();
     let max_attempts = pipeline.max_attempts;
-    let (api, server) = in_process_api(work, &pipeline, &store).await?;
+    let (api, server) = in_process_api(work, config.as_ref(), &pipeline, &store).await?;
     let runner = runner(store.clone(), pipeline, api)?;
     runner
         .check_at_start()
@@ -500,9 +512,10 @@ async fn run(args: RunArgs) -> Result<()> {
 async fn watch(args: WatchArgs) -> Result<()> {
     let pipeline = load_pipeline(&args.work.pipeline)?;
     let source = Source::detect(&args.source)?;
+    let config = start_config(args.work.config.as_deref(), &pipeline)?;
     let store = open_store(&args.work.db).await?;
     let max_attempts = pipeline.max_attempts;
-    let (api, _server) = in_process_api(&args.work, &pipeline, &store).await?;
+    let (api, _server) = in_process_api(&args.work, config.as_ref(), &pipeline, &store).await?;
     let runner = runner(store.clone(), pipeline, api)?;
     runner
         .check_at_start()

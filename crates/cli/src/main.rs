@@ -2,6 +2,7 @@
 
 mod bench_cmd;
 mod bench_schemas_cmd;
+mod config_file;
 mod cost_cmd;
 mod eval_cmd;
 mod gdpr_cmd;

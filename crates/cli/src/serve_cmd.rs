@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use verre_engine::engine::EngineOptions;
 use verre_models::ModelFormat;
 use verre_server::auth::{self, ApiKeys};
-use verre_server::config::GatewayConfig;
+use verre_server::config::VerreConfig;
 use verre_server::gateway::Gateway;
 use verre_server::{ModelKind, ModelSpec, ServeConfig};
 
@@ -21,7 +21,8 @@ pub struct ServeArgs {
     pub model: Vec<String>,
     /// Gateway config (verre.toml, see docs/CONFIG.md): remote OpenAI-compatible backends,
     /// routing, the egress policy, per-key limits. Models of `kind = "local"` backends
-    /// are loaded as if given with --model.
+    /// are loaded as if given with --model. Default: $VERRE_HOME/verre.toml, else
+    /// ./verre.toml, when there is one.
     #[arg(long)]
     pub config: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1")]
@@ -74,13 +75,9 @@ pub struct KeysAddArgs {
 
 pub fn serve(args: ServeArgs) -> Result<()> {
     crate::set_threads(args.threads)?;
-    let gateway_config = args
-        .config
-        .as_deref()
-        .map(GatewayConfig::load)
-        .transpose()?;
+    let gateway_config = crate::config_file::load(args.config.as_deref())?;
     let mut names = args.model.clone();
-    for name in gateway_config.iter().flat_map(GatewayConfig::local_models) {
+    for name in gateway_config.iter().flat_map(VerreConfig::local_models) {
         if !names.contains(&name) {
             names.push(name);
         }
@@ -117,7 +114,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         on_state: None,
         review: gateway_config
             .as_ref()
-            .map(|c| c.review.clone())
+            .map(verre_server::review::ReviewSettings::from_config)
+            .transpose()?
             .unwrap_or_default(),
     })
 }

@@ -14,7 +14,7 @@ use verre_engine::engine::EngineOptions;
 use verre_models::{ModelStore, PullOptions};
 use verre_server::ServeConfig;
 use verre_server::auth::{self, ApiKeys};
-use verre_server::config::GatewayConfig;
+use verre_server::config::VerreConfig;
 use verre_server::gateway::Gateway;
 
 use crate::intake_cmd::{BackendArg, DbArgs};
@@ -31,7 +31,7 @@ const EMBEDDING_MODEL: &str = "minilm-l6";
 #[derive(Args)]
 pub struct UpArgs {
     /// verre.toml: remote backends, the egress policy, key limits (docs/CONFIG.md).
-    /// Default: $VERRE_HOME/verre.toml when it exists.
+    /// Default: $VERRE_HOME/verre.toml (written on the first start).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// The chat model served and written into the pipeline on the first start for
@@ -107,20 +107,13 @@ pub fn up(args: UpArgs) -> Result<()> {
             .unwrap_or_else(|| root.join("pipeline.toml")),
         root,
     };
-    let config_path = Some(
-        args.config
-            .clone()
-            .unwrap_or_else(|| home.root.join("verre.toml")),
-    );
-    let gateway_config = config_path
-        .as_deref()
-        .map(GatewayConfig::load)
-        .transpose()?;
+    // The one rule of every command; the first start wrote $VERRE_HOME/verre.toml.
+    let gateway_config = crate::config_file::load(args.config.as_deref())?;
 
     let defaults = [args.model.clone(), EMBEDDING_MODEL.to_string()];
     pull_defaults(&defaults)?;
     let mut names: Vec<String> = defaults.to_vec();
-    for name in gateway_config.iter().flat_map(GatewayConfig::local_models) {
+    for name in gateway_config.iter().flat_map(VerreConfig::local_models) {
         if !names.contains(&name) {
             names.push(name);
         }
@@ -141,7 +134,8 @@ pub fn up(args: UpArgs) -> Result<()> {
     let keys = ApiKeys::load(&home.keys)?;
     let review = gateway_config
         .as_ref()
-        .map(|c| c.review.clone())
+        .map(verre_server::review::ReviewSettings::from_config)
+        .transpose()?
         .unwrap_or_default();
     let database = args.db.url()?;
     let pipeline = crate::intake_cmd::load_pipeline(&home.pipeline)?;
@@ -171,6 +165,9 @@ pub fn up(args: UpArgs) -> Result<()> {
     pipeline
         .check_models(|n| remote.iter().any(|r| r == n) || models.iter().any(|m| m.id == n))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(config) = &gateway_config {
+        crate::intake_cmd::check_webhooks(&pipeline, config)?;
+    }
     let names: Vec<String> = models.iter().map(|m| m.id.clone()).collect();
     let retention = gateway_config
         .as_ref()

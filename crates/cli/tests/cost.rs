@@ -66,7 +66,7 @@ async fn cost_prices_the_ledger() {
     let config = home.path().join("verre.toml");
     std::fs::write(
         &config,
-        "[[backend]]\nname = \"needs-an-env-var\"\nkind = \"openai\"\napi_key_env = \"VERRE_TEST_UNSET_VARIABLE\"\n\n[cost]\neur_per_hour = 9\nwatts = 500\neur_per_kwh = 2\nusd_per_eur = 2\n",
+        "[policy]\nallow_jurisdictions = [\"EU\"]\n\n[[backend]]\nname = \"needs-an-env-var\"\nkind = \"openai\"\nurl = \"https://vllm.example.eu/v1\"\njurisdiction = \"EU-DE\"\nmodels = [\"large\"]\napi_key_env = \"VERRE_TEST_UNSET_VARIABLE\"\n\n[cost]\neur_per_hour = 9\nwatts = 500\neur_per_kwh = 2\nusd_per_eur = 2\n",
     )
     .unwrap();
     let config = config.to_str().unwrap();

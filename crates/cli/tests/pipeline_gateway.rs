@@ -513,11 +513,92 @@ fn a_model_that_resolves_nowhere_or_a_backend_outside_the_policy_is_refused_at_s
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            !out.status.success() && stderr.contains("virginia") && stderr.contains("US-VA"),
+            !out.status.success()
+                && stderr.contains(&format!("{}:4: ", config.display()))
+                && stderr.contains("virginia")
+                && stderr.contains("US-VA"),
             "{args:?}: {stderr}"
         );
     }
     assert!(inbox.join("new/1.eml").exists(), "no mail was touched");
+}
+
+/// A webhook target outside the policy is refused at start with the file and line that
+/// declares it: a pipeline action sending where verre.toml declares no allowed target,
+/// and a `[[delivery.webhook]]` in a jurisdiction the policy does not allow.
+#[test]
+fn a_webhook_outside_the_policy_is_refused_at_start_with_file_and_line() {
+    let Some(models) = models() else { return };
+    let home = home(&models);
+    let inbox = home.path().join("inbox");
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(inbox.join(sub)).unwrap();
+    }
+    std::fs::write(
+        inbox.join("new/1.eml"),
+        "From: a@example.org\r\nSubject: x\r\n\r\nhello\r\n",
+    )
+    .unwrap();
+    let db = format!("sqlite://{}", home.path().join("verre.db").display());
+    let webhook = "\n[[action]]\nname = \"crm\"\nkind = \"webhook\"\nurl = \"https://evil.example/hooks/{{ message.id }}\"\npayload = \"{}\"\n";
+    let pipeline = home.path().join("pipeline.toml");
+    std::fs::write(&pipeline, format!("{PIPELINE}{webhook}")).unwrap();
+    let url_line = format!("{PIPELINE}{webhook}")
+        .lines()
+        .position(|l| l.starts_with("url = \"https://evil"))
+        .unwrap()
+        + 1;
+    let config = |jurisdiction: &str| {
+        format!(
+            "[policy]\nallow_jurisdictions = [\"EU\"]\n\n[[backend]]\nname = \"frankfurt\"\nkind = \"openai\"\nurl = \"http://127.0.0.1:9/v1\"\njurisdiction = \"EU-DE\"\nmodels = [\"large\"]\n\n[[delivery.webhook]]\nurl = \"https://crm.example.eu/hooks/\"\njurisdiction = \"{jurisdiction}\"\nsecret_env = \"VERRE_CRM_WEBHOOK_SECRET\"\n"
+        )
+    };
+    let eu = home.path().join("eu.toml");
+    std::fs::write(&eu, config("EU-FR")).unwrap();
+    let us = home.path().join("us.toml");
+    std::fs::write(&us, config("US-VA")).unwrap();
+    let cases = [
+        (
+            &eu,
+            format!("{}:{url_line}: action \"crm\": ", pipeline.display()),
+            "evil.example",
+        ),
+        (&us, format!("{}:11: ", us.display()), "US-VA"),
+    ];
+    for (config, expected, why) in &cases {
+        for args in [
+            vec![
+                "intake",
+                "run",
+                inbox.to_str().unwrap(),
+                "--backend",
+                "stub",
+                "--database",
+                &db,
+            ],
+            vec!["up", "--port", "0", "--model", "smollm2-135m"],
+        ] {
+            let out = verre(home.path())
+                .args(&args)
+                .arg("--pipeline")
+                .arg(&pipeline)
+                .arg("--config")
+                .arg(config)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && stderr.contains(expected.as_str()) && stderr.contains(why),
+                "{args:?} {}: {stderr}",
+                config.display()
+            );
+        }
+    }
+    assert!(inbox.join("new/1.eml").exists(), "no mail was touched");
+    assert!(
+        !home.path().join("verre.db").exists(),
+        "refused before verre's database was opened"
+    );
 }
 
 /// verre.toml's `[[key]]` limits apply under `verre up` without any remote backend (they
@@ -529,7 +610,8 @@ fn verre_up_applies_key_limits_without_remote_backends() {
     let config = home.path().join("limits.toml");
     std::fs::write(
         &config,
-        "[policy]\nallow_jurisdictions = [\"EU\"]\n\n[[key]]\nname = \"admin\"\nrequests_per_minute = 1\n",
+        // The default pipeline's crm_ticket webhook must go to a declared target.
+        "[policy]\nallow_jurisdictions = [\"EU\"]\n\n[[delivery.webhook]]\nurl = \"http://127.0.0.1:8099/hooks/\"\njurisdiction = \"EU\"\nsecret_env = \"VERRE_CRM_WEBHOOK_SECRET\"\n\n[[key]]\nname = \"admin\"\nrequests_per_minute = 1\n",
     )
     .unwrap();
     let mut up = Running::start({

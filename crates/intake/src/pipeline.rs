@@ -130,6 +130,8 @@ pub enum ActionKind {
 pub struct Action {
     pub name: String,
     pub kind: ActionKind,
+    /// The line of its `url` (a webhook) or `kind` in the file, for errors found at start.
+    pub line: usize,
 }
 
 // ---- the file as written ----
@@ -506,6 +508,7 @@ impl Pipeline {
                         )),
                     }
                 };
+            let line = c.line(a.url.as_ref().map_or(a.kind.span(), |u| u.span()));
             let kind = match a.kind.get_ref().as_str() {
                 "reply" => ActionKind::Reply {
                     to: a.to.as_ref().map(|t| c.template(&format!("action {name:?} to"), t)).transpose()?,
@@ -524,7 +527,7 @@ impl Pipeline {
                 }
                 other => return Err(c.err(a.kind.span(), format!("action {name:?}: unknown kind {other:?} (expected \"reply\" or \"webhook\")"))),
             };
-            actions.push(Action { name, kind });
+            actions.push(Action { name, kind, line });
         }
 
         let mut names = BTreeSet::new();
@@ -642,6 +645,27 @@ impl Pipeline {
                 ),
             }),
         }
+    }
+
+    /// Check at start that every webhook action may send where its `url` points
+    /// (`allowed` says why not: verre.toml's declared targets and egress policy); the
+    /// first that may not is an error with its line.
+    pub fn check_webhooks(
+        &self,
+        allowed: impl Fn(&str) -> Result<(), String>,
+    ) -> Result<(), PipelineError> {
+        for action in &self.actions {
+            if let ActionKind::Webhook { url, .. } = &action.kind
+                && let Err(why) = allowed(url)
+            {
+                return Err(PipelineError {
+                    path: self.path.clone(),
+                    line: action.line,
+                    reason: format!("action {:?}: {why}", action.name),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -786,6 +810,27 @@ mod tests {
             assert_eq!(props[&l.name]["enum"], json!(l.values));
         }
         assert!(p.crossref.is_some() && p.draft.is_some() && !p.routes.is_empty());
+    }
+
+    #[test]
+    fn a_webhook_that_may_not_send_is_refused_with_its_line() {
+        let p = parse(EXAMPLE).unwrap();
+        let line = EXAMPLE
+            .lines()
+            .position(|l| l.starts_with("url = \"https://crm.internal.example"))
+            .unwrap()
+            + 1;
+        assert!(p.check_webhooks(|_| Ok(())).is_ok());
+        let e = p
+            .check_webhooks(|url| Err(format!("{url} is not allowed")))
+            .unwrap_err();
+        assert_eq!(e.line, line);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "p.toml:{line}: action \"crm_ticket\": https://crm.internal.example/hooks/intake is not allowed"
+            )
+        );
     }
 
     #[test]

@@ -104,7 +104,8 @@ pub struct DetectOptions {
     pub kinds: Vec<PiiKind>,
     /// Regions (ISO 3166 alpha-2, e.g. `"FR"`) whose national formats a phone number may
     /// be written in; numbers in international form (`+49 …`, `0049 …`) are recognised
-    /// whatever this says. Unknown codes are ignored. Default: FR, DE, GB, US.
+    /// whatever this says. Unknown codes are ignored. Default: the countries of the mail
+    /// verre reads, FR, DE, IT, ES, NL, BE, AT, CH, GB, US.
     pub phone_regions: Vec<String>,
     /// Names known to be persons (for instance extracted by a model); every occurrence is
     /// reported with score 1.0, and so is each of their words of three letters or more
@@ -119,7 +120,9 @@ impl Default for DetectOptions {
     fn default() -> Self {
         DetectOptions {
             kinds: PiiKind::ALL.to_vec(),
-            phone_regions: ["FR", "DE", "GB", "US"].map(String::from).to_vec(),
+            phone_regions: ["FR", "DE", "IT", "ES", "NL", "BE", "AT", "CH", "GB", "US"]
+                .map(String::from)
+                .to_vec(),
             extra_names: Vec::new(),
             min_score: 0.5,
         }

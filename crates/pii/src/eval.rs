@@ -1,5 +1,6 @@
 //! Measuring [`detect`](crate::detect) against labelled text: precision and recall per
-//! kind, with the misses and false alarms listed so that a regression can be read.
+//! kind, with the misses and false alarms listed so that a regression can be read; and
+//! [`measure_leaks`], what a [`Pseudonymizer`](crate::Pseudonymizer) leaves in clear.
 //!
 //! Labelled text marks each span inline as `[[kind:text]]`, for instance
 //! `Call [[phone:+33 6 12 34 56 78]] or write to [[email:jd@example.fr]]`; everything
@@ -228,6 +229,169 @@ pub fn evaluate(texts: &[LabelledText], opts: &DetectOptions) -> Report {
     report
 }
 
+/// What a pseudonymiser left in clear, per kind: the measure of the gateway's promise
+/// that personal data does not leave, where [`evaluate`] measures the detector's spans.
+#[derive(Debug, Clone, Default)]
+pub struct LeakReport {
+    pub counts: BTreeMap<PiiKind, LeakCounts>,
+    /// Words of text that is not personal data (outside every label), and how many of
+    /// them were replaced anyway.
+    pub other_words: usize,
+    pub other_words_replaced: usize,
+    /// One line per value not wholly replaced, with what the backend would have read.
+    pub leaks: Vec<String>,
+    /// One line per replaced word outside the labels.
+    pub false_alarms: Vec<String>,
+}
+
+/// Counts for one kind in a [`LeakReport`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeakCounts {
+    /// Labelled values.
+    pub values: usize,
+    /// Values whose text does not appear in the pseudonymised document.
+    pub text_gone: usize,
+    /// Values whose text is gone and every letter and digit of which was inside a
+    /// replaced span: no word of the value, not a particle ("van", "de"), was left.
+    pub replaced: usize,
+}
+
+impl LeakCounts {
+    /// Share of values wholly replaced; 1.0 when there is none.
+    pub fn recall(&self) -> f64 {
+        if self.values == 0 {
+            1.0
+        } else {
+            self.replaced as f64 / self.values as f64
+        }
+    }
+}
+
+impl LeakReport {
+    /// Counts of `kind` (zero if it never occurred).
+    pub fn get(&self, kind: PiiKind) -> LeakCounts {
+        self.counts.get(&kind).copied().unwrap_or_default()
+    }
+
+    /// Share of the words outside the labels that were replaced.
+    pub fn other_words_replaced_share(&self) -> f64 {
+        if self.other_words == 0 {
+            0.0
+        } else {
+            self.other_words_replaced as f64 / self.other_words as f64
+        }
+    }
+
+    /// The table for docs/GDPR.md: one row per kind that has values, then all together.
+    pub fn markdown_table(&self) -> String {
+        let mut out = String::from(
+            "| kind | values | text gone | wholly replaced | recall |\n|---|---:|---:|---:|---:|\n",
+        );
+        let mut total = LeakCounts::default();
+        for kind in PiiKind::ALL {
+            let c = self.get(kind);
+            if c.values == 0 {
+                continue;
+            }
+            total.values += c.values;
+            total.text_gone += c.text_gone;
+            total.replaced += c.replaced;
+            leak_row(&mut out, kind.as_str(), c);
+        }
+        leak_row(&mut out, "**all**", total);
+        out
+    }
+}
+
+fn leak_row(out: &mut String, name: &str, c: LeakCounts) {
+    let _ = writeln!(
+        out,
+        "| {name} | {} | {} | {} | {:.3} |",
+        c.values,
+        c.text_gone,
+        c.replaced,
+        c.recall()
+    );
+}
+
+/// Sends every text through a [`Pseudonymizer`](crate::Pseudonymizer) with `opts` (one
+/// per text, as the gateway makes one per request) and measures, for each label, whether
+/// its value left in clear, and for the words outside the labels, how many were replaced.
+pub fn measure_leaks(texts: &[LabelledText], opts: &crate::PseudonymizeOptions) -> LeakReport {
+    let mut report = LeakReport::default();
+    for doc in texts {
+        // What `Pseudonymizer::pseudonymize` does, with the spans kept to see what each
+        // label was covered by.
+        let spans = detect(&doc.text, &opts.detect);
+        let sent = crate::Pseudonymizer::new(opts.clone()).pseudonymize_spans(&doc.text, &spans);
+        let replaced = |i: usize| spans.iter().any(|s| s.start <= i && i < s.end);
+        for l in &doc.labels {
+            let value = &doc.text[l.start..l.end];
+            let counts = report.counts.entry(l.kind).or_default();
+            counts.values += 1;
+            let text_gone = !sent.contains(value);
+            let covered = doc.text[l.start..l.end]
+                .char_indices()
+                .all(|(i, c)| !c.is_alphanumeric() || replaced(l.start + i));
+            counts.text_gone += usize::from(text_gone);
+            counts.replaced += usize::from(text_gone && covered);
+            if !(text_gone && covered) {
+                let near: Vec<&str> = spans
+                    .iter()
+                    .filter(|s| s.start < l.end && l.start < s.end)
+                    .map(|s| s.text.as_str())
+                    .collect();
+                report.leaks.push(format!(
+                    "{}: {} {value:?} {}",
+                    doc.name,
+                    l.kind,
+                    if near.is_empty() {
+                        "left in clear".to_string()
+                    } else {
+                        format!("only partly replaced ({near:?})")
+                    }
+                ));
+            }
+        }
+        for (start, end) in words(&doc.text) {
+            if doc.labels.iter().any(|l| l.start < end && start < l.end) {
+                continue;
+            }
+            report.other_words += 1;
+            if let Some(s) = spans.iter().find(|s| s.start < end && start < s.end) {
+                report.other_words_replaced += 1;
+                report.false_alarms.push(format!(
+                    "{}: {:?} replaced as {} {:?}",
+                    doc.name,
+                    &doc.text[start..end],
+                    s.kind,
+                    s.text
+                ));
+            }
+        }
+    }
+    report
+}
+
+/// Byte ranges of the white-space separated words of `text` that hold a letter or digit.
+fn words(text: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, c) in text.char_indices().chain([(text.len(), ' ')]) {
+        match (c.is_whitespace(), start) {
+            (false, None) => start = Some(i),
+            (true, Some(s)) => {
+                if text[s..i].chars().any(char::is_alphanumeric) {
+                    out.push((s, i));
+                }
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// This crate's labelled set, split as docs/GDPR.md reports it.
 #[derive(Debug, Clone, Default)]
 pub struct LabelledSet {
@@ -293,17 +457,28 @@ pub fn load_marked_dir(dir: &Path) -> Result<Vec<LabelledText>, String> {
     files.sort();
     let mut docs = Vec::new();
     for path in files {
-        let content = std::fs::read_to_string(&path)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        let file = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        for (i, part) in content.split("\n%%\n").enumerate() {
-            docs.push(LabelledText::parse(&format!("{file}#{}", i + 1), part)?);
-        }
+        docs.extend(load_marked_file(&path)?);
     }
     Ok(docs)
+}
+
+/// Reads one file of labelled text: documents separated by a line holding only `%%`,
+/// named `file.txt#n`; lines starting with `# ` before the first document are comments.
+pub fn load_marked_file(path: &Path) -> Result<Vec<LabelledText>, String> {
+    let content =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let file = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut body = content.as_str();
+    while body.starts_with("# ") {
+        body = body.split_once('\n').map_or("", |(_, rest)| rest);
+    }
+    body.split("\n%%\n")
+        .enumerate()
+        .map(|(i, part)| LabelledText::parse(&format!("{file}#{}", i + 1), part))
+        .collect()
 }
 
 /// Reads the invoice answers (`invoices/*.json`, as `key: value` lines) and malformed
@@ -426,6 +601,49 @@ mod tests {
             report
                 .markdown_table()
                 .contains("| email | 1 | 1 | 1 | 1.000 | 1.000 |")
+        );
+    }
+
+    #[test]
+    fn leaks_count_values_left_whole_or_in_part() {
+        let docs = [LabelledText::parse(
+            "t",
+            "Dear [[person:Anna Schmidt]], mail [[email:a@example.org]] or [[phone:12]]. Thanks",
+        )
+        .unwrap()];
+        let report = measure_leaks(&docs, &crate::PseudonymizeOptions::default());
+        assert_eq!(report.get(PiiKind::Person).replaced, 1);
+        assert_eq!(report.get(PiiKind::Email).replaced, 1);
+        // "12" is no phone number anyone recognises: it stays, and is reported.
+        let phone = report.get(PiiKind::Phone);
+        assert_eq!((phone.values, phone.text_gone, phone.replaced), (1, 0, 0));
+        assert_eq!(report.leaks, ["t: phone \"12\" left in clear"]);
+        assert_eq!(report.other_words, 4);
+        assert_eq!(report.other_words_replaced, 0);
+        assert!(
+            report
+                .markdown_table()
+                .contains("| phone | 1 | 0 | 0 | 0.000 |")
+        );
+    }
+
+    #[test]
+    fn a_partly_replaced_value_is_a_leak() {
+        // "Anna" is replaced, "Xyzzyq" is not: the value's text is gone from what is sent,
+        // and still it is a leak.
+        let docs = [LabelledText::parse("t", "wrote [[person:Anna / Xyzzyq]] today").unwrap()];
+        let opts = crate::PseudonymizeOptions {
+            detect: DetectOptions {
+                extra_names: vec!["Anna".into()],
+                ..DetectOptions::only(&[PiiKind::Person])
+            },
+        };
+        let report = measure_leaks(&docs, &opts);
+        let c = report.get(PiiKind::Person);
+        assert_eq!((c.values, c.text_gone, c.replaced), (1, 1, 0));
+        assert_eq!(
+            report.leaks,
+            ["t: person \"Anna / Xyzzyq\" only partly replaced ([\"Anna\"])"]
         );
     }
 

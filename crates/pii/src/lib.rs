@@ -13,8 +13,9 @@
 //!   back into an answer: whole text, a stream of chunks ([`StreamRestorer`]) in which a
 //!   placeholder may be split anywhere, or JSON such as tool-call arguments.
 //!
-//! [`eval`] measures precision and recall on labelled text; docs/GDPR.md has the numbers
-//! and the licence of the name lexicon.
+//! [`eval`] measures precision and recall on labelled text, and what a pseudonymiser
+//! leaves in clear ([`eval::measure_leaks`]); docs/GDPR.md has the numbers and the licence
+//! of the name lexicon.
 //!
 //! ```
 //! use verre_pii::{DetectOptions, PiiKind, Pseudonymizer, PseudonymizeOptions};

@@ -7,144 +7,14 @@
 //! true` served in the period. Hardware is priced in euros, API list prices in dollars;
 //! `usd_per_eur` converts for the saving, and both currencies are reported as they are.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use chrono::{DateTime, NaiveDate, NaiveTime};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use verre_store::ledger::{GroupBy, UsageQuery, UsageRow};
 use verre_store::{Store, now_ms};
 
-/// Hours in an average month (365.25 × 24 / 12).
-const HOURS_PER_MONTH: f64 = 730.5;
-
-/// `[cost]` in `verre.toml`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CostConfig {
-    /// What the hardware of `local = true` backends costs per month (rent, or purchase
-    /// spread over its life), in euros. At most one of this and `eur_per_hour`.
-    pub eur_per_month: Option<f64>,
-    pub eur_per_hour: Option<f64>,
-    /// Its average electrical draw.
-    pub watts: Option<f64>,
-    pub eur_per_kwh: Option<f64>,
-    /// Dollars for one euro, to set list prices against local cost.
-    #[serde(default = "default_usd_per_eur")]
-    pub usd_per_eur: f64,
-    /// The API prices to compare with; the default is GPT-4 Turbo and Claude 3 Opus.
-    #[serde(default = "default_list_prices")]
-    pub list_price: Vec<ListPrice>,
-}
-
-/// An API provider's price per million tokens, in dollars.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ListPrice {
-    pub name: String,
-    pub input_usd_per_mtok: f64,
-    pub output_usd_per_mtok: f64,
-}
-
-fn default_usd_per_eur() -> f64 {
-    1.08
-}
-
-fn default_list_prices() -> Vec<ListPrice> {
-    vec![
-        ListPrice {
-            name: "GPT-4 Turbo".into(),
-            input_usd_per_mtok: 10.0,
-            output_usd_per_mtok: 30.0,
-        },
-        ListPrice {
-            name: "Claude 3 Opus".into(),
-            input_usd_per_mtok: 15.0,
-            output_usd_per_mtok: 75.0,
-        },
-    ]
-}
-
-impl Default for CostConfig {
-    fn default() -> Self {
-        Self {
-            eur_per_month: None,
-            eur_per_hour: None,
-            watts: None,
-            eur_per_kwh: None,
-            usd_per_eur: default_usd_per_eur(),
-            list_price: default_list_prices(),
-        }
-    }
-}
-
-impl CostConfig {
-    /// `[cost]` of a `verre.toml`, alone: `verre cost` needs no backend to be reachable.
-    pub fn load(path: &std::path::Path) -> Result<Self> {
-        #[derive(Deserialize)]
-        struct File {
-            cost: Option<CostConfig>,
-        }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("reading the config file {}: {e}", path.display()))?;
-        let file: File = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: [cost]: {}", path.display(), e.message()))?;
-        let config = file.cost.unwrap_or_default();
-        config
-            .check()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        Ok(config)
-    }
-
-    /// The checks [`crate::config::GatewayConfig::parse`] and [`CostConfig::load`] run.
-    pub fn check(&self) -> Result<()> {
-        let numbers = [
-            ("eur_per_month", self.eur_per_month),
-            ("eur_per_hour", self.eur_per_hour),
-            ("watts", self.watts),
-            ("eur_per_kwh", self.eur_per_kwh),
-            ("usd_per_eur", Some(self.usd_per_eur)),
-        ];
-        for (key, value) in numbers {
-            if let Some(v) = value
-                && !(v.is_finite() && v >= 0.0)
-            {
-                bail!("[cost] {key} = {v} must be a number of at least 0");
-            }
-        }
-        if self.usd_per_eur == 0.0 {
-            bail!("[cost] usd_per_eur must be more than 0");
-        }
-        if self.eur_per_month.is_some() && self.eur_per_hour.is_some() {
-            bail!("[cost] set eur_per_month or eur_per_hour, not both");
-        }
-        if self.watts.is_some() != self.eur_per_kwh.is_some() {
-            bail!(
-                "[cost] watts and eur_per_kwh go together: energy is watts × hours × eur_per_kwh"
-            );
-        }
-        for p in &self.list_price {
-            if p.name.is_empty()
-                || ![p.input_usd_per_mtok, p.output_usd_per_mtok]
-                    .iter()
-                    .all(|v| v.is_finite() && *v >= 0.0)
-            {
-                bail!(
-                    "[[cost.list_price]] {:?}: a name and prices of at least 0",
-                    p.name
-                );
-            }
-        }
-        Ok(())
-    }
-
-    fn hardware_eur(&self, hours: f64) -> f64 {
-        self.eur_per_hour.unwrap_or(0.0) * hours
-            + self.eur_per_month.unwrap_or(0.0) * hours / HOURS_PER_MONTH
-    }
-
-    fn energy_eur(&self, hours: f64) -> f64 {
-        self.watts.unwrap_or(0.0) / 1000.0 * hours * self.eur_per_kwh.unwrap_or(0.0)
-    }
-}
+/// `[cost]` in `verre.toml`, as verre-config parses and checks it.
+pub use verre_config::{CostConfig, ListPrice};
 
 /// A slice of the ledger to price.
 #[derive(Debug, Clone, Default)]
@@ -515,29 +385,6 @@ mod tests {
         ] {
             assert!(parse_since(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn the_config_is_checked() {
-        let parse = |t: &str| -> Result<CostConfig> {
-            let c: CostConfig = toml::from_str(t)?;
-            c.check()?;
-            Ok(c)
-        };
-        let c = parse("eur_per_month = 730.5\nwatts = 500\neur_per_kwh = 0.2\n").unwrap();
-        assert_eq!(c.list_price.len(), 2, "the default table");
-        // 10 hours: €10 of hardware, 5 kWh of energy.
-        assert!((c.hardware_eur(10.0) - 10.0).abs() < 1e-9);
-        assert!((c.energy_eur(10.0) - 1.0).abs() < 1e-9);
-        assert!(parse("eur_per_month = 1\neur_per_hour = 1\n").is_err());
-        assert!(parse("watts = 300\n").is_err());
-        assert!(parse("eur_per_hour = -1\n").is_err());
-        assert!(parse("eur_per_huor = 1\n").is_err());
-        let c = parse(
-            "[[list_price]]\nname = \"X\"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n",
-        )
-        .unwrap();
-        assert_eq!(c.list_price.len(), 1, "a table replaces the default");
     }
 
     #[test]

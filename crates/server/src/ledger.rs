@@ -37,29 +37,7 @@ use crate::state::AppState;
 const JSON_TAIL: usize = 64 << 10;
 
 /// `[audit]` in `verre.toml`: what the audit log keeps of API calls.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditConfig {
-    /// One metadata entry per API call (`api.chat`, actor `key:NAME`).
-    #[serde(default = "yes")]
-    pub api_calls: bool,
-    /// Add the request body (messages, prompt, input) to each entry.
-    #[serde(default)]
-    pub content: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        Self {
-            api_calls: true,
-            content: false,
-        }
-    }
-}
+pub use verre_config::AuditConfig;
 
 /// The ledger of a running server: its writer and what to audit.
 pub struct Ledger {
@@ -84,6 +62,7 @@ fn endpoint(method: &Method, path: &str) -> Option<&'static str> {
         "/v1/chat/completions" => Some("chat"),
         "/v1/completions" => Some("completions"),
         "/v1/embeddings" => Some("embeddings"),
+        "/v1/responses" => Some("responses"),
         _ => None,
     }
 }
@@ -115,8 +94,10 @@ pub async fn record(State(state): State<Arc<AppState>>, request: Request, next: 
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let strip =
-        endpoint != "embeddings" && field("stream") == Some(&Value::Bool(true)) && !asked_usage;
+    // A Responses stream always ends with its usage.
+    let strip = !matches!(endpoint, "embeddings" | "responses")
+        && field("stream") == Some(&Value::Bool(true))
+        && !asked_usage;
     let audit = match (ledger.audit.api_calls, ledger.audit.content) {
         (false, _) => ApiAudit::None,
         (true, false) => ApiAudit::Metadata,
@@ -143,6 +124,14 @@ pub async fn record(State(state): State<Arc<AppState>>, request: Request, next: 
     };
 
     let response = next.run(request).await;
+    if response
+        .extensions()
+        .get::<crate::openai::responses::ServedAsChat>()
+        .is_some()
+    {
+        // Its chat completion was recorded as it went through /v1.
+        return response;
+    }
 
     let served = response.extensions().get::<ServedBy>().cloned();
     let (backend, local, pseudonymized) = match (served, state.gateway()) {
@@ -206,11 +195,12 @@ fn ask_for_usage(body: &ApiBody) -> Result<ApiBody, ApiError> {
     ApiBody::from_object(object)
 }
 
+/// A `usage` object: chat's and completions' names, or the Responses API's.
 #[derive(Deserialize, Clone, Copy, Default)]
 struct Tokens {
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens")]
     prompt_tokens: u64,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens")]
     completion_tokens: u64,
 }
 
@@ -314,9 +304,15 @@ impl SseScan {
             struct Chunk {
                 choices: Option<Vec<IgnoredAny>>,
                 usage: Option<Tokens>,
+                /// A Responses event's response (`response.completed` has the usage).
+                response: Option<Nested>,
+            }
+            #[derive(Deserialize)]
+            struct Nested {
+                usage: Option<Tokens>,
             }
             if let Ok(chunk) = serde_json::from_str::<Chunk>(&data)
-                && let Some(usage) = chunk.usage
+                && let Some(usage) = chunk.usage.or(chunk.response.and_then(|r| r.usage))
             {
                 self.usage = Some(usage);
                 if chunk.choices.is_none_or(|c| c.is_empty()) {

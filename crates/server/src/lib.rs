@@ -24,6 +24,7 @@ pub mod cost;
 mod edge;
 pub mod embedding;
 pub mod gateway;
+pub mod gdpr;
 pub mod internal;
 mod launch;
 pub mod ledger;

@@ -46,6 +46,12 @@ pub fn data_event(data: &str) -> String {
     format!("data: {data}\n\n")
 }
 
+/// One event named `name` carrying `data` (one line), as the Responses API sends its
+/// typed events.
+pub fn named_event(name: &str, data: &str) -> String {
+    format!("event: {name}\ndata: {data}\n\n")
+}
+
 /// The data of the event that ends an OpenAI stream.
 pub const DONE: &str = "[DONE]";
 
@@ -78,5 +84,8 @@ mod tests {
         );
         assert_eq!(event_data(b": keep-alive\n\n"), None);
         assert_eq!(data_event(DONE), "data: [DONE]\n\n");
+        let named = named_event("response.created", "{}");
+        assert_eq!(event_end(named.as_bytes()), Some(named.len()));
+        assert_eq!(event_data(named.as_bytes()).as_deref(), Some("{}"));
     }
 }

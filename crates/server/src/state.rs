@@ -60,6 +60,8 @@ pub struct AppState {
     store: Option<Store>,
     review: crate::review::ReviewSettings,
     ledger: Option<Ledger>,
+    /// `/v1/responses` kept without a store, and background ones running.
+    responses: crate::openai::responses::kept::KeptResponses,
 }
 
 impl AppState {
@@ -74,6 +76,7 @@ impl AppState {
             store: None,
             review: Default::default(),
             ledger: None,
+            responses: Default::default(),
         }
     }
 
@@ -194,6 +197,11 @@ impl AppState {
 
     pub fn ledger(&self) -> Option<&Ledger> {
         self.ledger.as_ref()
+    }
+
+    /// Responses kept by `/v1/responses` (in the store when there is one).
+    pub fn responses(&self) -> &crate::openai::responses::kept::KeptResponses {
+        &self.responses
     }
 }
 

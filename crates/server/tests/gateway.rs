@@ -500,7 +500,7 @@ async fn the_egress_policy_refuses_at_load_and_at_request_time() {
         GatewayConfig::parse(&text, "verre.toml").unwrap_err()
     );
     assert!(
-        e.contains("verre.toml, line 4") && e.contains("US-VA") && e.contains("trap"),
+        e.starts_with("verre.toml:4: ") && e.contains("US-VA") && e.contains("trap"),
         "{e}"
     );
 
@@ -1415,4 +1415,193 @@ async fn a_duplicate_top_level_key_is_refused_before_the_key_limits() {
         0,
         "nothing was forwarded"
     );
+}
+
+// ---- the Responses API through the gateway ----
+
+/// An upstream that serves `/v1/responses` itself: its input back as the answer's text.
+async fn fake_responses(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
+    fake.requests.fetch_add(1, Ordering::SeqCst);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    let model = body["model"].as_str().unwrap_or_default().to_string();
+    fake.models.lock().unwrap().push(model.clone());
+    let input = body["input"].as_str().unwrap_or_default().to_string();
+    fake.prompts.lock().unwrap().push(input.clone());
+    if body["stream"] == true {
+        // The input back in deltas of 5 bytes, which split placeholders.
+        let mut events = String::new();
+        let mut event = |e: Value| {
+            events += &format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap());
+        };
+        for piece in input.as_bytes().chunks(5) {
+            let delta = std::str::from_utf8(piece).unwrap();
+            event(
+                json!({ "type": "response.output_text.delta", "item_id": "msg_1",
+                "output_index": 0, "content_index": 0, "delta": delta, "logprobs": [] }),
+            );
+        }
+        event(
+            json!({ "type": "response.output_text.done", "item_id": "msg_1",
+            "output_index": 0, "content_index": 0, "text": input, "logprobs": [] }),
+        );
+        event(
+            json!({ "type": "response.completed", "response": { "id": "resp_up",
+            "output": [{ "type": "message", "content": [{ "type": "output_text", "text": input }] }],
+            "usage": { "input_tokens": 7, "output_tokens": 3, "total_tokens": 10 } } }),
+        );
+        return ([(header::CONTENT_TYPE, "text/event-stream")], events).into_response();
+    }
+    axum::Json(json!({
+        "id": "resp_up", "object": "response", "created_at": 1, "status": "completed", "model": model,
+        "output": [{ "type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+            "content": [{ "type": "output_text", "text": input, "annotations": [] }] }],
+        "usage": { "input_tokens": 7, "output_tokens": 3, "total_tokens": 10 },
+    }))
+    .into_response()
+}
+
+async fn good_with_responses(name: &str) -> (String, Arc<Fake>) {
+    let fake = Fake::new(name);
+    let app = Router::new()
+        .route("/v1/chat/completions", post(fake_chat))
+        .route("/v1/responses", post(fake_responses))
+        .route("/v1/models", get(fake_models))
+        .with_state(fake.clone());
+    (format!("http://{}/v1", serve(app).await), fake)
+}
+
+#[tokio::test]
+async fn a_response_for_a_remote_model_is_a_pseudonymised_chat_completion_in_the_ledger() {
+    let (url, fake) = good("up").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (base, state, store) =
+        gateway_with_ledger(&backend("up", &url, r#"["m"]"#, ""), "", dir.path(), None).await;
+    let input = format!("echo: {PERSONAL}");
+    let answer = post_json(
+        format!("{base}/v1/responses"),
+        &json!({ "model": "m", "input": input }),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let response = json_of(answer).await;
+    assert_eq!(response["object"], "response", "{response}");
+    // What left had no personal data; what came back has it again, text and arguments.
+    let sent = fake.prompts.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    assert!(!sent[0].contains("jean.dupont@example.fr"), "{sent:?}");
+    assert_eq!(response["output"][0]["content"][0]["text"], PERSONAL);
+    let arguments: Value =
+        serde_json::from_str(response["output"][1]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments["text"], PERSONAL, "{response}");
+
+    // Streamed: the events carry the restored text.
+    let answer = post_json(
+        format!("{base}/v1/responses"),
+        &json!({ "model": "m", "input": input, "stream": true }),
+    )
+    .send()
+    .await
+    .unwrap();
+    let text = read_all(answer).await;
+    let completed: Value = text
+        .split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .find(|e| e["type"] == "response.completed")
+        .unwrap_or_else(|| panic!("no response.completed in {text}"));
+    assert_eq!(
+        completed["response"]["output"][0]["content"][0]["text"],
+        PERSONAL
+    );
+
+    // The ledger has the two chat completions, not the Responses calls on top.
+    flush(&state).await;
+    let rows = ledger_rows(&store).await;
+    let endpoints: Vec<&str> = rows
+        .iter()
+        .map(|r| r["endpoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(endpoints, ["chat", "chat"], "{rows:?}");
+    assert_eq!(rows[0]["backend"], "up");
+}
+
+#[tokio::test]
+async fn a_backend_that_serves_responses_gets_them_passed_through() {
+    let (url, fake) = good_with_responses("up").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (base, state, store) = gateway_with_ledger(
+        &backend(
+            "up",
+            &url,
+            r#"[{ name = "m", upstream = "big" }]"#,
+            "responses = true",
+        ),
+        "",
+        dir.path(),
+        None,
+    )
+    .await;
+    let answer = post_json(
+        format!("{base}/v1/responses"),
+        &json!({ "model": "m", "input": PERSONAL }),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.headers()["x-verre-backend"], "up");
+    let response = json_of(answer).await;
+    assert_eq!(response["id"], "resp_up", "passed through: {response}");
+    assert_eq!(response["output"][0]["content"][0]["text"], PERSONAL);
+    assert_eq!(*fake.models.lock().unwrap(), ["big"]);
+    let sent = fake.prompts.lock().unwrap().clone();
+    assert!(!sent[0].contains("jean.dupont@example.fr"), "{sent:?}");
+
+    // Streamed: the deltas put together, the done text and the final response restored.
+    let answer = post_json(
+        format!("{base}/v1/responses"),
+        &json!({ "model": "m", "input": PERSONAL, "stream": true }),
+    )
+    .send()
+    .await
+    .unwrap();
+    let text = read_all(answer).await;
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let deltas: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, PERSONAL, "{text}");
+    let done = events
+        .iter()
+        .find(|e| e["type"] == "response.output_text.done")
+        .unwrap();
+    assert_eq!(done["text"], PERSONAL);
+    let completed = events
+        .iter()
+        .find(|e| e["type"] == "response.completed")
+        .unwrap();
+    assert_eq!(
+        completed["response"]["output"][0]["content"][0]["text"],
+        PERSONAL
+    );
+    assert!(text.contains("event: response.completed\n"), "{text}");
+
+    flush(&state).await;
+    let rows = ledger_rows(&store).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row["endpoint"], "responses");
+        assert_eq!(
+            (row["prompt"].clone(), row["completion"].clone()),
+            (json!(7), json!(3))
+        );
+    }
 }

@@ -47,6 +47,10 @@ pub enum Column {
     PartText,
     PartPages,
     StageOutput,
+    /// A kept response's conversation (`responses.input`).
+    ResponseInput,
+    /// A kept response's object (`responses.body`).
+    ResponseBody,
 }
 
 impl Column {
@@ -56,6 +60,8 @@ impl Column {
             Column::PartText => b"verre:parts.text",
             Column::PartPages => b"verre:parts.pages",
             Column::StageOutput => b"verre:stage_results.output",
+            Column::ResponseInput => b"verre:responses.input",
+            Column::ResponseBody => b"verre:responses.body",
         }
     }
 }
@@ -267,6 +273,8 @@ pub struct RekeyReport {
     pub messages: i64,
     pub parts: i64,
     pub stage_results: i64,
+    /// Kept `/v1/responses` responses.
+    pub responses: i64,
 }
 
 /// How a row of an encrypted table is found again.
@@ -340,6 +348,25 @@ const ENCRYPTED: &[EncryptedTable] = &[
         only: "",
         batch: 200,
         count: |r| &mut r.stage_results,
+    },
+    EncryptedTable {
+        name: "responses",
+        key: &[("id", RowKey::Text)],
+        columns: &[
+            EncryptedColumn {
+                name: "input",
+                column: Column::ResponseInput,
+                bytes: false,
+            },
+            EncryptedColumn {
+                name: "body",
+                column: Column::ResponseBody,
+                bytes: false,
+            },
+        ],
+        only: "",
+        batch: 200,
+        count: |r| &mut r.responses,
     },
 ];
 

@@ -565,6 +565,13 @@ impl Store {
                 *rows.entry(rule.0.clone()).or_insert(0) += n;
             }
         }
+        // Kept `/v1/responses` conversations: sealed, so opened and matched here.
+        if exists("responses") {
+            let n = crate::responses::erase_in(&mut tx, self.keys(), subject, dry_run).await?;
+            if n > 0 {
+                rows.insert("responses".to_string(), n);
+            }
+        }
         let tombstoned = tombstone(&mut tx, &audit_subjects, subject, now, dry_run).await?;
         let mut report = ErasureReport {
             dry_run,
@@ -676,7 +683,7 @@ impl Store {
 }
 
 /// All strings of a JSON value, joined by spaces.
-fn json_strings(v: &serde_json::Value) -> String {
+pub(crate) fn json_strings(v: &serde_json::Value) -> String {
     let mut out = String::new();
     fn walk(v: &serde_json::Value, out: &mut String) {
         match v {

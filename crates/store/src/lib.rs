@@ -19,6 +19,7 @@ pub mod ledger;
 mod migrate;
 pub mod outbox;
 mod queue;
+pub mod responses;
 pub mod retention;
 pub mod review;
 
@@ -39,6 +40,7 @@ pub use audit_key::AuditKey;
 pub use crypto::{Keyring, RekeyReport};
 pub use erase::{ErasureReport, Subject};
 pub use queue::{FailOutcome, Job, NewAction, NewPart, PiiTag, StageEffects};
+pub use responses::StoredResponse;
 pub use retention::{PurgeReport, Retention};
 
 /// Which database a [`Store`] talks to.

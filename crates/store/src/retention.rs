@@ -5,6 +5,7 @@
 //!   that many days after it arrived; its parts, extraction and actions stay.
 //! - `extracted_days`: a finished message and everything derived from it (parts, stage
 //!   results, staged actions, PII tags, jobs, quarantine) are deleted.
+//!   Responses kept by `/v1/responses` are deleted that many days after they were made.
 //! - `audit_days`: audit entries older than that are removed from the start of the chain;
 //!   a checkpoint (the last removed entry's sequence number and hash) and an `audit.purge`
 //!   entry let the rest still verify.
@@ -16,7 +17,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::Row;
 
 use crate::erase::{apply_rule, content_hashes, effective_rules};
@@ -31,19 +32,9 @@ const FINISHED: &str = "status <> 'pending' AND (status = 'quarantined' OR (\
     EXISTS (SELECT 1 FROM decisions d WHERE d.message_id = messages.id) \
     AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message_id = messages.id AND o.status = 'pending')))";
 
-/// How long each kind of data is kept, in days; None keeps it forever.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Retention {
-    pub raw_days: Option<u32>,
-    pub extracted_days: Option<u32>,
-    pub audit_days: Option<u32>,
-}
-
-impl Retention {
-    pub fn is_empty(&self) -> bool {
-        self.raw_days.is_none() && self.extracted_days.is_none() && self.audit_days.is_none()
-    }
-}
+/// How long each kind of data is kept, in days (None keeps it forever): verre.toml's
+/// `[retention]`, as verre-config parses it.
+pub use verre_config::Retention;
 
 /// What a purge removed (or, with `dry_run`, would remove).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -113,6 +104,11 @@ impl Store {
                 }
             }
             deleted = ids;
+            // Kept `/v1/responses` conversations age out with the extracted data.
+            let n = crate::responses::purge_in(&mut tx, cutoff(days), dry_run).await?;
+            if n > 0 {
+                report.rows.insert("responses".to_string(), n);
+            }
         }
 
         if let Some(days) = retention.raw_days {
@@ -156,7 +152,9 @@ impl Store {
             }
         }
 
-        if !dry_run && (report.raw_purged > 0 || report.messages_deleted > 0) {
+        if !dry_run
+            && (report.raw_purged > 0 || report.messages_deleted > 0 || !report.rows.is_empty())
+        {
             audit::append_in(
                 &mut tx,
                 self,

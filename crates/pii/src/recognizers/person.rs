@@ -31,11 +31,11 @@ use crate::names::{
 static WORD: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\p{Lu}(?:[\p{L}\p{M}]|['’\-][\p{L}])*").expect("word pattern"));
 static PARTICLE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(?:(?:van der|van den|van de|von der|von|van|de la|de|du|des|der|den|di|da|del|della|dos|le|la|ten|ter|zu)[ \u{a0}]|d['’]|l['’])")
+    Regex::new(r"^(?:(?:van der|van den|van de|van 't|van ’t|van het|von der|von und zu|von|van|de la|de las|de los|del|della|delle|degli|de|du|des|der|den|di|da|dos|das|do|le|la|lo|ten|ter|zu|in 't|op 't|'t|’t|Van der|Van den|Van de|Van 't|Von der|Von|Van|De la|De|Du|Des|Di|Da|Del|Della|Dalla|Dal|Le|La|Lo|Ten|Ter|Zu)[ \u{a0}]|[dD]['’]|l['’])")
         .expect("particle pattern")
 });
 static TITLE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\b(?:(?:Mr|Mrs|Ms|Mx|Dr|Prof|Herr|Frau|Dhr|Mevr|Mme|Mlle|Mmes|Sig|Sra|Ing|Dipl\.-Ing)\b\.?|(?:M|Hr|Fr|Pr|Sr|St)\.|(?:Mister|Miss|Sir|Monsieur|Madame|Mademoiselle|Docteur|Doktor|Professor|Professeur|Maître|Meneer|Mevrouw|Signor|Signora|Señor|Señora|Lord|Lady)\b)")
+    Regex::new(r"\b(?:(?:[Ss]ig\.r[aei]|[Ss]ig\.n[ae]|[Dd]ott\.ssa)\b|(?:[Ss]igg|[Dd]ott|[Aa]vv|[Ss]rta|[Ss]ra|[Ss]r|[Mm]evr|[Mm]w|[Dd]hr|[Dd]ña)\.|(?:Mr|Mrs|Ms|Mx|Dr|Prof|Herr|Frau|Dhr|Mevr|Mme|Mlle|Mmes|Sig|Sra|Ing|Dipl\.-Ing)\b\.?|(?:M|Hr|Fr|Pr|Sr|St)\.|(?:Mister|Miss|Sir|Monsieur|Madame|Mademoiselle|Docteur|Doktor|Professor|Professeur|Maître|Meneer|Mevrouw|Signor|Signora|Signorina|Señor|Señora|Señorita|Lord|Lady|monsieur|madame|mademoiselle|meneer|mevrouw|signor|signora|signorina|señor|señora|señorita|[Dd]e heer|[Gg]eachte heer)\b)")
         .expect("title pattern")
 });
 static GREETING: LazyLock<Regex> = LazyLock::new(|| {
@@ -84,12 +84,12 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
         });
     };
     for m in TITLE.find_iter(text) {
-        if let Some((start, end)) = chain(text, skip_titles(text, m.end()), Strictness::Lexicon) {
+        if let Some((start, end)) = surname_after_title(text, skip_titles(text, m.end())) {
             push(start, end, 0.85);
         }
     }
     for m in GREETING.find_iter(text) {
-        if let Some((start, end)) = chain(text, m.end(), Strictness::Any) {
+        if let Some((start, end)) = chain(text, skip_titles(text, m.end()), Strictness::Any) {
             push(start, end, 0.8);
         }
     }
@@ -137,7 +137,10 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
     }
     for m in WORD.find_iter(text) {
         let word = m.as_str();
-        if char_before(text, m.start()).is_some_and(char::is_alphanumeric) || !is_given(word) {
+        if char_before(text, m.start()).is_some_and(char::is_alphanumeric)
+            || !is_given(word)
+            || after_place_word(text, m.start())
+        {
             continue;
         }
         if let Some((start, end)) = chain(text, m.start(), Strictness::Lexicon)
@@ -238,6 +241,71 @@ fn occurrences(
     }
 }
 
+/// Whether a street or square word comes right before `start` ("avenue Jean Jaurès",
+/// "Calle de Vicenta Carrera", "Via Giuseppe Verdi"): a place named after a person.
+fn after_place_word(text: &str, start: usize) -> bool {
+    let before = super::window_before(text, start, 24);
+    let mut before = before.trim_end();
+    for particle in [
+        " de la", " del", " de", " du", " des", " della", " di", " van",
+    ] {
+        if let Some(rest) = before.strip_suffix(particle) {
+            before = rest;
+            break;
+        }
+    }
+    let last = before
+        .rsplit(|c: char| !c.is_alphanumeric() && c != '.')
+        .next()
+        .unwrap_or("");
+    PLACE_WORDS.contains(&last.trim_end_matches('.'))
+}
+
+/// Lower-case words that name a street or a square before the name it carries.
+const PLACE_WORDS: &[&str] = &[
+    "rue",
+    "avenue",
+    "av",
+    "boulevard",
+    "bd",
+    "place",
+    "allée",
+    "impasse",
+    "chemin",
+    "quai",
+    "square",
+    "via",
+    "viale",
+    "piazza",
+    "piazzale",
+    "corso",
+    "largo",
+    "vicolo",
+    "calle",
+    "avenida",
+    "avda",
+    "plaza",
+    "paseo",
+    "carrer",
+    "passeig",
+    "travesía",
+    "straat",
+    "laan",
+    "plein",
+    "weg",
+    "kade",
+    "singel",
+    "gracht",
+    "straße",
+    "strasse",
+    "str",
+    "platz",
+    "allee",
+    "gasse",
+    "street",
+    "road",
+];
+
 /// Whether one of the next two capitalised words on the line is an organisation word.
 fn followed_by_organisation(text: &str, mut end: usize) -> bool {
     for _ in 0..2 {
@@ -303,12 +371,19 @@ fn word_at(text: &str, pos: usize) -> Option<NameWord> {
     if char_at(text, end).is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '@') {
         return None;
     }
-    let initial = word.chars().count() == 1;
+    let mut initial = word.chars().count() == 1;
     if initial {
         if char_at(text, end) != Some('.') {
             return None;
         }
         end += 1;
+        // "H.-Dieter": an abbreviated first part of a double name.
+        if text[end..].starts_with('-')
+            && let Some(rest) = WORD.find_at(text, end + 1).filter(|w| w.start() == end + 1)
+        {
+            end = rest.end();
+            initial = false;
+        }
     }
     Some(NameWord {
         start,
@@ -328,6 +403,19 @@ fn skip_titles(text: &str, mut pos: usize) -> usize {
             None => return pos,
         }
     }
+}
+
+/// The name after a title: a chain, or a surname that starts with its particle
+/// ("Frau von Liebelt", "M. de La Fontaine", "mevrouw van 't Erve"), taken whole.
+fn surname_after_title(text: &str, pos: usize) -> Option<(usize, usize)> {
+    if let Some(found) = chain(text, pos, Strictness::Lexicon) {
+        return Some(found);
+    }
+    let rest = &text[pos..];
+    let start = pos + rest.len() - rest.trim_start_matches([' ', '\t', '\u{a0}']).len();
+    let particle = PARTICLE.find(&text[start..])?;
+    let (_, end) = chain(text, start + particle.end(), Strictness::Lexicon)?;
+    Some((start, end))
 }
 
 /// The span of the name that starts at `pos`, if any.
@@ -422,6 +510,31 @@ mod tests {
         );
         assert_eq!(persons("Herr Johann der Ältere"), ["Johann der Ältere"]);
         assert_eq!(persons("M. Jean d'Ormesson"), ["Jean d'Ormesson"]);
+    }
+
+    #[test]
+    fn surnames_with_particles_are_taken_whole() {
+        assert_eq!(persons("Frau von Liebelt ruft an."), ["von Liebelt"]);
+        assert_eq!(persons("M. de la Bourdon a écrit."), ["de la Bourdon"]);
+        assert_eq!(persons("Geachte mevrouw van 't Erve,"), ["van 't Erve"]);
+        assert_eq!(persons("de heer van den Corput belde"), ["van den Corput"]);
+        assert_eq!(persons("Buongiorno Sig.ra Di Salvemini,"), ["Di Salvemini"]);
+        assert_eq!(
+            persons("Il collega Luchino De Traetta segue l'ordine."),
+            ["Luchino De Traetta"]
+        );
+        assert_eq!(persons("Merci, Françoise Le Gall"), ["Françoise Le Gall"]);
+        assert_eq!(persons("el Sr. de Sosa llamó"), ["de Sosa"]);
+        assert_eq!(persons("Gruß\nH.-Dieter Niit"), ["H.-Dieter Niit"]);
+    }
+
+    #[test]
+    fn titles_and_greetings_are_not_names() {
+        assert_eq!(persons("Gentile Sig.ra Platini,"), ["Platini"]);
+        assert_eq!(persons("Estimada Sra. Valero:"), ["Valero"]);
+        assert!(persons("Beste Grüße\nIhr Kundenservice").is_empty());
+        assert!(persons("Boulangerie, 12 avenue Jean Jaurès, Lyon").is_empty());
+        assert!(persons("Calle de Vicenta Carrera 4").is_empty());
     }
 
     #[test]

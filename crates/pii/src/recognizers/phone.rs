@@ -39,8 +39,27 @@ static NANP: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 /// Words that announce a phone number (lower case).
-const PHONE_WORDS: [&str; 22] = [
+const PHONE_WORDS: [&str; 40] = [
     "tel",
+    "mob",
+    "móvil",
+    "movil",
+    "port.",
+    "tlf",
+    "cel",
+    // Verbs: "rufen Sie mich an", "rappelez-moi au", "mi chiami al", "llámeme al", "bel me op".
+    "anruf",
+    "rückruf",
+    "erreich",
+    "rappel",
+    "joindre",
+    "joignable",
+    "chiam",
+    "richiam",
+    "llam",
+    "bel me",
+    "bellen",
+    "terugbel",
     "tél",
     "phone",
     "fax",
@@ -182,20 +201,62 @@ fn longest_number_at(
         .filter(|&i| bytes[i - 1].is_ascii_digit() && !bytes[i].is_ascii_digit())
         .collect();
     ends.push(bytes.len());
-    for &end in ends.iter().rev() {
+    ends.retain(|&end| {
         let end = start + end;
         let after = char_at(text, end);
         let glued_after = after.is_some_and(|c| c.is_alphanumeric() || c == '@')
             || (matches!(after, Some(',' | '.' | '/' | '-' | ':'))
                 && char_at(text, end + 1).is_some_and(|c| c.is_ascii_digit()));
-        if glued_after {
+        !glued_after
+    });
+    let score_at = |end: usize| score(&text[start..start + end], context, regions);
+    for (i, &end) in ends.iter().enumerate().rev() {
+        let Some(found) = score_at(end) else {
             continue;
+        };
+        // Two numbers side by side ("01 42 68 53 00 06 12 34 56 78"): where numbers have
+        // variable lengths (Austria, Italy) the first with digits of the second is valid
+        // too; end the first where the rest of the run is a number of its own. Only a
+        // long reading can have swallowed digits of another number.
+        let digits = text[start..start + end]
+            .bytes()
+            .filter(u8::is_ascii_digit)
+            .count();
+        if digits < 12 {
+            return Some((start, start + end, found));
         }
-        if let Some(score) = score(&text[start..end], context, regions) {
-            return Some((start, end, score));
+        for &first_end in ends[..i].iter().rev() {
+            if let Some(first) = score_at(first_end)
+                && number_follows(text, start + first_end, regions)
+            {
+                return Some((start, start + first_end, first));
+            }
         }
+        return Some((start, start + end, found));
     }
     None
+}
+
+/// Whether a number starts at `pos`, after separators: one that reads as a number with
+/// no label before it.
+fn number_follows(text: &str, pos: usize, regions: &[country::Id]) -> bool {
+    let rest = &text[pos..];
+    let at = pos + rest.len()
+        - rest
+            .trim_start_matches([' ', '\u{a0}', '-', '/', '.'])
+            .len();
+    // A run never crosses a line: look no further than its end.
+    let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let Some(run) = RUN.find(&text[at..line_end]).filter(|m| m.start() == 0) else {
+        return false;
+    };
+    let run = run.as_str();
+    let bytes = run.as_bytes();
+    (1..=bytes.len())
+        .filter(|&i| {
+            bytes[i - 1].is_ascii_digit() && bytes.get(i).is_none_or(|b| !b.is_ascii_digit())
+        })
+        .any(|end| score(&run[..end], Context::None, regions).is_some())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -241,7 +302,17 @@ fn context(text: &str, start: usize) -> Context {
 }
 
 fn score(candidate: &str, context: Context, regions: &[country::Id]) -> Option<f32> {
-    let digits = candidate.chars().filter(char::is_ascii_digit).count();
+    let international = candidate.trim_start_matches('(');
+    let international = international
+        .strip_prefix('+')
+        .or_else(|| international.strip_prefix("00"));
+    // Digits as dialled: without the `00` and the trunk prefix in "(0)".
+    let digits = international
+        .map_or(candidate, |rest| rest)
+        .replacen("(0)", "", 1)
+        .chars()
+        .filter(char::is_ascii_digit)
+        .count();
     // A reference label does not turn "+44 20 …" into an order number.
     if !(7..=15).contains(&digits)
         || (context == Context::Reference && !candidate.starts_with(['+', '(']))
@@ -255,33 +326,66 @@ fn score(candidate: &str, context: Context, regions: &[country::Id]) -> Option<f
         return None;
     }
     let bonus = if context == Context::Phone { 0.1 } else { 0.0 };
-    let international = candidate.trim_start_matches('(');
-    if let Some(rest) = international
-        .strip_prefix('+')
-        .or_else(|| international.strip_prefix("00"))
-    {
+    if let Some(rest) = international {
         let number = parse_international(rest)?;
         return phonenumber::is_valid(&number).then_some(0.9 + bonus);
     }
     let first_digit = candidate.chars().find(char::is_ascii_digit)?;
     let nanp_shaped = NANP.is_match(candidate);
+    // Written in groups ("347 123 4567"), not one run of digits like a reference number.
+    let grouped = candidate.contains(|c: char| !c.is_ascii_digit());
     for &region in regions {
-        let nanp_region = matches!(region, country::Id::US | country::Id::CA);
-        let shaped = if nanp_region {
-            nanp_shaped
-        } else {
-            first_digit == '0'
+        let shaped = match region {
+            country::Id::US | country::Id::CA => nanp_shaped,
+            // Where no trunk prefix is dialled (Italian mobiles, all Spanish numbers), a
+            // national number starts with any digit: its grouping and length have to say
+            // it (nine digits or more; "4111 1111" is a card number's tail).
+            _ if !has_trunk_prefix(region) => first_digit == '0' || (grouped && digits >= 9),
+            _ => first_digit == '0',
         };
         if !shaped && context != Context::Phone {
             continue;
         }
-        if let Ok(number) = phonenumber::parse(Some(region), candidate)
+        if let Some(number) = parse_national(region, candidate)
             && phonenumber::is_valid(&number)
         {
             return Some(if shaped { 0.8 + bonus } else { 0.75 });
         }
     }
+    // After a phone label, an international number written without `+` or `00`
+    // ("Tel. 49 30 1234567").
+    if context == Context::Phone
+        && first_digit != '0'
+        && let Some(number) = parse_international(candidate)
+        && phonenumber::is_valid(&number)
+    {
+        return Some(0.8);
+    }
     None
+}
+
+/// `candidate` read as a national number of `region`.
+fn parse_national(region: country::Id, candidate: &str) -> Option<phonenumber::PhoneNumber> {
+    let number = phonenumber::parse(Some(region), candidate).ok()?;
+    if phonenumber::is_valid(&number) || has_trunk_prefix(region) {
+        return Some(number);
+    }
+    // Without a trunk prefix, a national number can start with the country's own code
+    // (Italian mobiles "392 …", code 39), which the parser strips as if it were dialled
+    // from abroad: read the digits as they are, after the code.
+    let code = phonenumber::metadata::DATABASE
+        .by_id(region.as_ref())?
+        .country_code();
+    let digits: String = candidate.chars().filter(char::is_ascii_digit).collect();
+    phonenumber::parse(None, format!("+{code}{digits}")).ok()
+}
+
+/// Whether national numbers of `region` are dialled with a trunk prefix (the `0` of
+/// "030 1234567"), per libphonenumber's metadata.
+fn has_trunk_prefix(region: country::Id) -> bool {
+    phonenumber::metadata::DATABASE
+        .by_id(region.as_ref())
+        .is_some_and(|m| m.national_prefix().is_some())
 }
 
 /// Parses what follows `+` or `00`, without a trunk prefix in parentheses ("+44 (0) 20 …":
@@ -302,7 +406,7 @@ pub(crate) fn normalize(candidate: &str, regions: &[String]) -> Option<String> {
         None => regions
             .iter()
             .filter_map(|r| country::Id::from_str(&r.to_ascii_uppercase()).ok())
-            .filter_map(|r| phonenumber::parse(Some(r), candidate).ok())
+            .filter_map(|r| parse_national(r, candidate))
             .find(phonenumber::is_valid),
     }?;
     Some(parsed.format().mode(phonenumber::Mode::E164).to_string())
@@ -352,6 +456,37 @@ mod tests {
             phones("01 42 68 53 00 06 12 34 56 78"),
             ["01 42 68 53 00", "06 12 34 56 78"]
         );
+    }
+
+    #[test]
+    fn international_forms_with_trunk_prefix_parentheses_and_no_plus() {
+        assert_eq!(
+            phones("Mobil: 0049 (0)176 74609122"),
+            ["0049 (0)176 74609122"]
+        );
+        assert_eq!(phones("(+49) 30 1234567"), ["(+49) 30 1234567"]);
+        assert_eq!(phones("+49 (341) 9130 1116"), ["+49 (341) 9130 1116"]);
+        assert_eq!(phones("+49-172-4845632"), ["+49-172-4845632"]);
+        assert_eq!(phones("0033 6 12 34 56 78"), ["0033 6 12 34 56 78"]);
+        // Without `+` or `00`, only a phone label says it is a number.
+        assert_eq!(phones("Tel. 31 6 10 60 40 38"), ["31 6 10 60 40 38"]);
+        assert_eq!(phones("Tel: 49 711 663 0699"), ["49 711 663 0699"]);
+        assert!(phones("Lieferung 49 711 663 0699").is_empty());
+    }
+
+    #[test]
+    fn national_numbers_of_the_default_regions() {
+        // Italian and Spanish numbers have no trunk prefix: grouped, nine digits or more.
+        assert_eq!(phones("mi chiami al 347 123 4567"), ["347 123 4567"]);
+        assert_eq!(phones("richiamarlo al 392-3432590."), ["392-3432590"]);
+        assert_eq!(phones("llámeme al 612 34 56 78"), ["612 34 56 78"]);
+        assert_eq!(phones("Roma 06 1234 5678"), ["06 1234 5678"]);
+        assert_eq!(phones("bel me op 06-12345678"), ["06-12345678"]);
+        assert!(phones("pedido 612345678").is_empty());
+        assert!(phones("4111 1111").is_empty());
+        // A French number followed by another is two numbers, though Austria and Italy
+        // would read the first with digits of the second.
+        assert_eq!(phones("0221/54 74 07 78"), ["0221/54 74 07 78"]);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use crate::config::{BackendConfig, BackendKind, GatewayConfig, HealthConfig};
+use crate::config::{BackendConfig, BackendKind, HealthConfig, VerreConfig};
 use crate::cost::CostConfig;
 use crate::ledger::{AuditConfig, ServedBy};
 use crate::openai::body::{ApiBody, Parsed};
@@ -75,17 +75,29 @@ enum Decision {
 }
 
 impl Gateway {
-    /// The gateway for a checked config. Starts nothing: call
-    /// [`Gateway::spawn_health_checks`] inside a runtime.
-    pub fn new(config: &GatewayConfig) -> Result<Self> {
+    /// The gateway for a checked config; each remote backend's API key is read from the
+    /// environment now (`api_key_env`; unset is an error with the backend's line). Starts
+    /// nothing: call [`Gateway::spawn_health_checks`] inside a runtime.
+    pub fn new(config: &VerreConfig) -> Result<Self> {
         let mut backends = Vec::new();
         let mut names = HashMap::new();
         let mut routes: HashMap<String, Vec<Target>> = HashMap::new();
         for (index, b) in config.backends.iter().enumerate() {
             let upstream = match &b.kind {
                 BackendKind::Local => None,
-                BackendKind::OpenAi { url, api_key } => {
-                    Some(Upstream::new(url.clone(), api_key.clone(), &config.health)?)
+                BackendKind::OpenAi { url, api_key_env } => {
+                    let api_key = api_key_env
+                        .as_deref()
+                        .map(|var| {
+                            std::env::var(var).map_err(|_| {
+                                config.error(b.line, format!(
+                                    "[[backend]] {:?}: api_key_env = {var:?}, but that environment variable is not set",
+                                    b.name
+                                ))
+                            })
+                        })
+                        .transpose()?;
+                    Some(Upstream::new(url.clone(), api_key, &config.health)?)
                 }
             };
             for m in &b.models {
@@ -232,6 +244,18 @@ impl Gateway {
         Some(keyed.into_iter().map(|(_, _, t)| t).collect())
     }
 
+    /// The targets at the head of `plan` that serve `/v1/responses` themselves
+    /// (`responses = true`): a Responses request is passed through to those, in order;
+    /// none when the first in line does not.
+    fn responses_backends<'a>(&self, plan: Vec<&'a Target>) -> Vec<&'a Target> {
+        plan.into_iter()
+            .take_while(|t| {
+                let b = &self.backends[t.backend];
+                b.upstream.is_some() && b.config.responses
+            })
+            .collect()
+    }
+
     /// Try the targets in order until one answers.
     async fn dispatch(
         &self,
@@ -358,6 +382,7 @@ fn upstream_path(path: &str) -> Option<&'static str> {
         "/v1/chat/completions" => Some("/chat/completions"),
         "/v1/completions" => Some("/completions"),
         "/v1/embeddings" => Some("/embeddings"),
+        "/v1/responses" => Some("/responses"),
         _ => None,
     }
 }
@@ -387,6 +412,30 @@ pub async fn route(State(state): State<Arc<AppState>>, request: Request, next: N
     };
     let key = parts.extensions.get::<KeyName>().map(|k| k.0.as_str());
     let canonical = gateway.names.get(&model).map(String::as_str);
+    if upstream_path == "/responses" {
+        // Served as a chat completion (which comes back through here, and is counted
+        // then), unless the first backends in line serve `/v1/responses` themselves.
+        let Some(plan) = gateway
+            .plan(&model)
+            .map(|plan| gateway.responses_backends(plan))
+        else {
+            return next.run(body.into_request(parts)).await;
+        };
+        if plan.is_empty() {
+            return next.run(body.into_request(parts)).await;
+        }
+        if let Err(refusal) = gateway
+            .quotas
+            .admit(key, &model, canonical, state.store())
+            .await
+        {
+            return refusal;
+        }
+        return match gateway.dispatch(upstream_path, &body, &model, plan).await {
+            Decision::Respond(response) => response,
+            Decision::Local(..) => unreachable!("only remote backends pass Responses through"),
+        };
+    }
     if let Err(refusal) = gateway
         .quotas
         .admit(key, &model, canonical, state.store())

@@ -24,6 +24,8 @@ const NOT_TEXT: &[&str] = &[
     "type",
     "id",
     "tool_call_id",
+    "call_id",
+    "previous_response_id",
     "encoding_format",
     "image_url",
     "input_audio",
@@ -45,6 +47,9 @@ const NAMED_BY_IDENTIFIER: &[&str] = &[
     "custom",
     "json_schema",
     "tool_choice",
+    // Responses: flat function tools, and function_call items among the input.
+    "tools",
+    "input",
 ];
 
 /// A request on its way to a pseudonymising backend: the body to send, always the parsed
@@ -168,6 +173,11 @@ pub async fn restore(response: Response, restorer: Restorer) -> Response {
     let body = match serde_json::from_slice::<Value>(&bytes) {
         Ok(mut value) => {
             restore_choices(&mut value, &restorer);
+            if let Some(Value::Array(output)) = value.get_mut("output") {
+                output
+                    .iter_mut()
+                    .for_each(|item| restore_item(item, &restorer));
+            }
             Bytes::from(serde_json::to_vec(&value).unwrap_or_else(|_| bytes.to_vec()))
         }
         Err(_) => bytes,
@@ -201,6 +211,28 @@ fn restore_choices(value: &mut Value, restorer: &Restorer) {
     }
 }
 
+/// The name of a Responses event: its `type`.
+fn kind_of(event: &Value, default: &str) -> String {
+    event["type"].as_str().unwrap_or(default).to_string()
+}
+
+/// A Responses output item whole: its message text, its call's arguments.
+fn restore_item(item: &mut Value, restorer: &Restorer) {
+    if let Some(Value::String(arguments)) = item.get_mut("arguments") {
+        *arguments = restorer.restore_escaped(arguments, Escape::JsonString);
+    }
+    if let Some(Value::String(text)) = item.get_mut("text") {
+        *text = restorer.restore(text);
+    }
+    for key in ["content", "part"] {
+        match item.get_mut(key) {
+            Some(Value::Array(parts)) => parts.iter_mut().for_each(|p| restore_item(p, restorer)),
+            Some(part @ Value::Object(_)) => restore_item(part, restorer),
+            _ => {}
+        }
+    }
+}
+
 /// Restores a stream of server-sent events chunk by chunk: each `data:` event is parsed
 /// once complete, and its text runs through a [`StreamRestorer`] per choice (and per
 /// tool call), which holds back only what could be the start of a placeholder.
@@ -212,6 +244,8 @@ struct SseRestorer {
     texts: HashMap<u64, StreamRestorer>,
     /// Per (choice index, tool-call index): the arguments.
     arguments: HashMap<(u64, u64), StreamRestorer>,
+    /// Responses events: per output item id, its text or arguments deltas.
+    items: HashMap<String, StreamRestorer>,
 }
 
 impl SseRestorer {
@@ -221,6 +255,7 @@ impl SseRestorer {
             partial: Vec::new(),
             texts: HashMap::new(),
             arguments: HashMap::new(),
+            items: HashMap::new(),
         }
     }
 
@@ -241,12 +276,76 @@ impl SseRestorer {
         else {
             return event.to_vec();
         };
+        if let Some(kind) = chunk["type"]
+            .as_str()
+            .filter(|t| t.starts_with("response."))
+        {
+            let kind = kind.to_string();
+            return self
+                .responses_event(&kind, chunk)
+                .iter()
+                .flat_map(|e| sse::named_event(&kind_of(e, &kind), &e.to_string()).into_bytes())
+                .collect();
+        }
         if let Some(choices) = chunk.get_mut("choices").and_then(Value::as_array_mut) {
             for choice in choices {
                 self.choice(choice);
             }
         }
         sse::data_event(&chunk.to_string()).into_bytes()
+    }
+
+    /// A Responses event, restored: deltas through a stream restorer per item (what it
+    /// holds back comes out in one more delta before the item's `done`), whole texts,
+    /// arguments, items and the final response as they are.
+    fn responses_event(&mut self, kind: &str, mut event: Value) -> Vec<Value> {
+        let item_id = event["item_id"].as_str().unwrap_or_default().to_string();
+        match kind {
+            "response.output_text.delta" | "response.function_call_arguments.delta" => {
+                let restorer = self.items.entry(item_id).or_insert_with(|| match kind {
+                    "response.output_text.delta" => self.restorer.stream(),
+                    _ => self.restorer.stream_escaped(Escape::JsonString),
+                });
+                if let Some(Value::String(delta)) = event.get_mut("delta") {
+                    *delta = restorer.push(delta);
+                }
+                vec![event]
+            }
+            "response.output_text.done" | "response.function_call_arguments.done" => {
+                let mut out = Vec::new();
+                if let Some(restorer) = self.items.remove(&item_id) {
+                    let rest = restorer.finish();
+                    if !rest.is_empty() {
+                        let mut delta = event.clone();
+                        let delta_kind = kind.replace(".done", ".delta");
+                        delta["type"] = delta_kind.into();
+                        delta["delta"] = rest.into();
+                        for key in ["text", "arguments", "name"] {
+                            if let Some(o) = delta.as_object_mut() {
+                                o.remove(key);
+                            }
+                        }
+                        out.push(delta);
+                    }
+                }
+                restore_item(&mut event, &self.restorer);
+                out.push(event);
+                out
+            }
+            _ => {
+                for key in ["item", "part"] {
+                    if let Some(item) = event.get_mut(key) {
+                        restore_item(item, &self.restorer);
+                    }
+                }
+                if let Some(Value::Array(output)) = event.pointer_mut("/response/output") {
+                    output
+                        .iter_mut()
+                        .for_each(|i| restore_item(i, &self.restorer));
+                }
+                vec![event]
+            }
+        }
     }
 
     fn choice(&mut self, choice: &mut Value) {

@@ -10,6 +10,7 @@ pub mod logprobs;
 pub mod models;
 pub mod reasoning;
 pub mod request;
+pub mod responses;
 pub mod structured;
 pub mod tools;
 
@@ -28,4 +29,5 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::get))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .merge(responses::routes())
 }

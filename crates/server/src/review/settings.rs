@@ -1,14 +1,15 @@
-//! `[review]` and `[delivery]` of `verre.toml`: cookie and session settings, the webhook
-//! targets approved actions may go to (each with its jurisdiction and `whsec_` secret),
-//! and the SMTP relay for replies. Checked when the config loads; webhook targets are
-//! checked against the egress policy then, at approval, and before every attempt.
+//! The review UI's and delivery worker's settings, from `[review]` and `[delivery]` of
+//! `verre.toml` (verre-config checks them when the file loads): cookie and session
+//! settings, the webhook targets approved actions may go to (each with its jurisdiction
+//! and `whsec_` secret, read from the environment here), and the SMTP relay for replies.
+//! Webhook targets are checked against the egress policy when the file loads, at
+//! approval, and before every attempt.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use reqwest::Url;
-use serde::Deserialize;
 use tokio::sync::Notify;
 use verre_delivery::WebhookSecret;
 use verre_delivery::mail::{Security, SmtpConfig};
@@ -16,7 +17,9 @@ use verre_store::ActionRow;
 use verre_store::review::LoginLimits;
 
 use super::auth::PasswordChecks;
+use crate::config::VerreConfig;
 use crate::gateway::policy::Policy;
+use verre_config::SmtpSecurity;
 
 /// Everything the review UI and the delivery worker are configured with.
 #[derive(Debug, Clone)]
@@ -73,21 +76,15 @@ pub struct WebhookTarget {
 impl DeliverySettings {
     /// The configured target a webhook URL falls under, if the egress policy allows it.
     pub fn webhook_target(&self, target: &str) -> Result<&WebhookTarget, String> {
-        let url = Url::parse(target).map_err(|e| format!("{target:?} is not a URL: {e}"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
-                "{target}: only http:// and https:// webhooks are sent"
-            ));
-        }
-        let Some(t) = self.webhooks.iter().find(|t| under(&url, &t.url)) else {
-            return Err(format!(
-                "{target} is under no [[delivery.webhook]] url in verre.toml, so it may not receive data"
-            ));
-        };
-        self.policy
-            .check(&format!("webhook {}", t.url), &url, Some(&t.jurisdiction))
+        let declared = self
+            .webhooks
+            .iter()
+            .map(|t| (&t.url, t.jurisdiction.as_str()));
+        let index = self
+            .policy
+            .check_webhook(target, declared)
             .map_err(|e| e.to_string())?;
-        Ok(t)
+        Ok(&self.webhooks[index])
     }
 
     /// Whether an action may be approved: webhooks to an allowed target, replies only
@@ -104,151 +101,71 @@ impl DeliverySettings {
     }
 }
 
-/// Same scheme, host and port, and the path within the prefix's path on a segment
-/// boundary (`/hooks` covers `/hooks` and `/hooks/crm`, not `/hooks-admin`).
-fn under(url: &Url, prefix: &Url) -> bool {
-    let within = match url.path().strip_prefix(prefix.path()) {
-        Some(rest) => prefix.path().ends_with('/') || rest.is_empty() || rest.starts_with('/'),
-        None => false,
-    };
-    url.scheme() == prefix.scheme()
-        && url.host_str() == prefix.host_str()
-        && url.port_or_known_default() == prefix.port_or_known_default()
-        && within
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawReview {
-    secure_cookies: Option<bool>,
-    session_hours: Option<f64>,
-    idle_minutes: Option<f64>,
-    second_approver: Option<bool>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawDelivery {
-    timeout_s: Option<f64>,
-    #[serde(default)]
-    webhook: Vec<RawWebhook>,
-    smtp: Option<RawSmtp>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawWebhook {
-    url: String,
-    jurisdiction: String,
-    secret_env: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSmtp {
-    host: String,
-    port: Option<u16>,
-    security: String,
-    username_env: Option<String>,
-    password_env: Option<String>,
-    from: String,
-}
-
-/// Check `[review]` and `[delivery]` (secrets are read from the environment now).
-pub(crate) fn parse(
-    review: RawReview,
-    delivery: RawDelivery,
-    policy: &Policy,
-    read_secrets: bool,
-) -> Result<ReviewSettings> {
-    let hours = review.session_hours.unwrap_or(12.0);
-    if !(hours.is_finite() && hours > 0.0) {
-        bail!("[review] session_hours = {hours} must be a positive number of hours");
-    }
-    let idle = review.idle_minutes.unwrap_or(30.0);
-    if !(idle.is_finite() && idle > 0.0) {
-        bail!("[review] idle_minutes = {idle} must be a positive number of minutes");
-    }
-    let timeout = delivery.timeout_s.unwrap_or(10.0);
-    if !(timeout.is_finite() && timeout > 0.0) {
-        bail!("[delivery] timeout_s = {timeout} must be a positive number of seconds");
-    }
-    let mut webhooks = Vec::new();
-    for w in delivery.webhook {
-        let url = Url::parse(&w.url)
-            .with_context(|| format!("[[delivery.webhook]] url = {:?} is not a URL", w.url))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            bail!(
-                "[[delivery.webhook]] url = \"{url}\" must be an http:// or https:// URL with a host"
-            );
-        }
-        policy
-            .check(&format!("webhook {url}"), &url, Some(&w.jurisdiction))
-            .map_err(|why| anyhow::anyhow!("[[delivery.webhook]]: {why}"))?;
-        let secret = match std::env::var(&w.secret_env) {
-            Ok(secret) => WebhookSecret::parse(&secret)
-                .with_context(|| format!("[[delivery.webhook]] {url}: ${}", w.secret_env))?,
-            // Commands that only describe the configuration (`verre gdpr report`, `verre
-            // purge`, `verre cost`) deliver nothing: a throwaway secret stands in.
-            Err(_) if !read_secrets => WebhookSecret::generate(),
-            Err(_) => bail!(
-                "[[delivery.webhook]] {url}: secret_env = {:?}, but that environment variable is not set (a whsec_ secret)",
-                w.secret_env
-            ),
-        };
-        webhooks.push(WebhookTarget {
-            url,
-            jurisdiction: w.jurisdiction,
-            secret,
-        });
-    }
-    let smtp = delivery
-        .smtp
-        .map(|s| -> Result<SmtpConfig> {
-            let security = match s.security.as_str() {
-                "starttls" => Security::StartTls,
-                "tls" => Security::Tls,
-                "plain" => Security::PlainLoopback,
-                other => bail!(
-                    "[delivery.smtp] security = {other:?}: expected \"starttls\", \"tls\" or \"plain\" (loopback only)"
-                ),
-            };
-            let port = s.port.unwrap_or(match security {
-                Security::StartTls => 587,
-                Security::Tls => 465,
-                Security::PlainLoopback => 25,
+impl ReviewSettings {
+    /// The settings of `[review]` and `[delivery]`, with the webhook secrets and SMTP
+    /// credentials read from the environment now: unset or malformed is an error with the
+    /// entry's line.
+    pub fn from_config(config: &VerreConfig) -> Result<Self> {
+        let (review, delivery) = (&config.review, &config.delivery);
+        let mut webhooks = Vec::new();
+        for w in &delivery.webhooks {
+            let secret = std::env::var(&w.secret_env).map_err(|_| {
+                config.error(
+                    w.line,
+                    format!(
+                        "[[delivery.webhook]] {}: secret_env = {:?}, but that environment variable is not set (a whsec_ secret)",
+                        w.url, w.secret_env
+                    ),
+                )
+            })?;
+            let secret = WebhookSecret::parse(&secret).with_context(|| {
+                config.error(
+                    w.line,
+                    format!("[[delivery.webhook]] {}: ${}", w.url, w.secret_env),
+                )
+            })?;
+            webhooks.push(WebhookTarget {
+                url: w.url.clone(),
+                jurisdiction: w.jurisdiction.clone(),
+                secret,
             });
-            let cfg = SmtpConfig {
-                host: s.host,
-                port,
-                security,
-                username_env: s.username_env,
-                password_env: s.password_env,
-                from: s.from,
-            };
-            // Fails now on a bad address, plain SMTP off loopback, or unset credentials
-            // (not checked by the commands that send nothing).
-            if read_secrets {
-                cfg.check().context("[delivery.smtp]")?;
-            }
-            Ok(cfg)
+        }
+        let smtp = delivery
+            .smtp
+            .as_ref()
+            .map(|s| -> Result<SmtpConfig> {
+                let cfg = SmtpConfig {
+                    host: s.host.clone(),
+                    port: s.port,
+                    security: match s.security {
+                        SmtpSecurity::StartTls => Security::StartTls,
+                        SmtpSecurity::Tls => Security::Tls,
+                        SmtpSecurity::Plain => Security::PlainLoopback,
+                    },
+                    username_env: s.username_env.clone(),
+                    password_env: s.password_env.clone(),
+                    from: s.from.clone(),
+                };
+                // A bad address, plain SMTP off loopback, unset credentials.
+                cfg.check()
+                    .with_context(|| config.error(s.line, "[delivery.smtp]"))?;
+                Ok(cfg)
+            })
+            .transpose()?;
+        Ok(Self {
+            secure_cookies: review.secure_cookies,
+            session_ttl: review.session_ttl,
+            session_idle: review.session_idle,
+            second_approver: review.second_approver,
+            delivery: Arc::new(DeliverySettings {
+                policy: config.policy.clone(),
+                webhooks,
+                smtp,
+                timeout: delivery.timeout,
+            }),
+            ..Self::default()
         })
-        .transpose()?;
-    Ok(ReviewSettings {
-        secure_cookies: review.secure_cookies,
-        session_ttl: Duration::from_secs_f64(hours * 3600.0),
-        session_idle: Duration::from_secs_f64(idle * 60.0),
-        second_approver: review.second_approver.unwrap_or(true),
-        delivery: Arc::new(DeliverySettings {
-            policy: policy.clone(),
-            webhooks,
-            smtp,
-            timeout: Duration::from_secs_f64(timeout),
-        }),
-        wake: Arc::default(),
-        login_limits: LoginLimits::default(),
-        password_checks: Arc::default(),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -320,8 +237,9 @@ mod tests {
     }
 
     #[test]
-    fn the_sections_parse_and_errors_name_the_key() {
-        let parse = |t: &str| crate::config::GatewayConfig::parse(t, "verre.toml");
+    fn secrets_are_read_when_the_settings_are_made() {
+        let settings =
+            |t: &str| ReviewSettings::from_config(&VerreConfig::parse(t, "verre.toml").unwrap());
         // SAFETY: no other test reads this variable.
         unsafe {
             std::env::set_var(
@@ -329,15 +247,12 @@ mod tests {
                 WebhookSecret::generate().expose(),
             )
         };
-        let ok = parse(
+        let ok = settings(
             r#"
 [policy]
 allow_jurisdictions = ["EU"]
 [review]
 session_hours = 2
-idle_minutes = 10
-second_approver = false
-secure_cookies = true
 [delivery]
 timeout_s = 3
 [[delivery.webhook]]
@@ -351,38 +266,32 @@ from = "Support <support@example.eu>"
 "#,
         )
         .unwrap();
-        let r = &ok.review;
-        assert_eq!(r.session_ttl, Duration::from_secs(7200));
-        assert_eq!(r.session_idle, Duration::from_secs(600));
-        assert!(!r.second_approver);
-        assert_eq!(r.secure_cookies, Some(true));
-        assert_eq!(r.delivery.timeout, Duration::from_secs(3));
-        assert_eq!(r.delivery.smtp.as_ref().unwrap().port, 25);
+        assert_eq!(ok.session_ttl, Duration::from_secs(7200));
+        assert_eq!(ok.delivery.timeout, Duration::from_secs(3));
+        assert_eq!(ok.delivery.smtp.as_ref().unwrap().port, 25);
         assert!(
-            r.delivery
+            ok.delivery
                 .webhook_target("https://crm.example.eu/hooks/x")
                 .is_ok()
         );
 
         for (text, expect) in [
-            ("[delivery]\nretries = 3\n", "retries"),
-            (
-                "[[delivery.webhook]]\nurl = \"https://a.example/\"\njurisdiction = \"EU-FR\"\nsecret_env = \"VERRE_TEST_REVIEW_HOOK_SECRET\"\n",
-                "allow_jurisdictions",
-            ),
             (
                 "[policy]\nallow_jurisdictions = [\"EU\"]\n[[delivery.webhook]]\nurl = \"https://a.example/\"\njurisdiction = \"EU-FR\"\nsecret_env = \"VERRE_TEST_REVIEW_UNSET\"\n",
-                "VERRE_TEST_REVIEW_UNSET",
+                "verre.toml:3: [[delivery.webhook]] https://a.example/: secret_env = \"VERRE_TEST_REVIEW_UNSET\"",
             ),
             (
-                "[delivery.smtp]\nhost = \"mail.example.eu\"\nsecurity = \"plain\"\nfrom = \"a@b.test\"\n",
-                "unencrypted",
+                "\n[delivery.smtp]\nhost = \"mail.example.eu\"\nsecurity = \"plain\"\nfrom = \"a@b.test\"\n",
+                "verre.toml:2: [delivery.smtp]",
             ),
-            ("[review]\nsession_hours = 0\n", "session_hours"),
-            ("[review]\nidle_minutes = -1\n", "idle_minutes"),
         ] {
-            let e = format!("{:#}", parse(text).unwrap_err());
-            assert!(e.contains(expect), "{text}: {e}");
+            let e = format!("{:#}", settings(text).unwrap_err());
+            assert!(e.starts_with(expect), "{text}: {e}");
         }
+        let e = format!(
+            "{:#}",
+            settings("\n[delivery.smtp]\nhost = \"mail.example.eu\"\nsecurity = \"plain\"\nfrom = \"a@b.test\"\n").unwrap_err()
+        );
+        assert!(e.contains("unencrypted"), "{e}");
     }
 }

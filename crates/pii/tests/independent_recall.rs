@@ -1,0 +1,74 @@
+//! Recall on an independent held-out corpus (issue 18 item 14).
+//!
+//! The data under `tests/data/independent/` comes from
+//! `eval/independent/gen.py` (own value lists and sentence frames, no Faker)
+//! and `eval/independent/handwritten.txt` (30 mails written by hand).  It was
+//! written without looking at the recognisers or their tuning data, so it
+//! measures generalisation rather than fit.  The bar is recall >= 0.99 per
+//! kind; nothing in the recognisers was tuned against these files.
+
+use std::path::PathBuf;
+
+use verre_pii::eval::{load_marked_file, measure_leaks};
+use verre_pii::{PiiKind, PseudonymizeOptions};
+
+const RECALL_BAR: f64 = 0.99;
+const CLEAN_REPLACED_BAR: f64 = 0.02;
+
+fn check(file: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(file);
+    let docs = load_marked_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    let report = measure_leaks(&docs, &PseudonymizeOptions::default());
+    println!("== {file}");
+    println!("{}", report.markdown_table());
+    for line in report.leaks.iter().chain(&report.false_alarms) {
+        println!("{line}");
+    }
+    let mut failures = Vec::new();
+    for kind in PiiKind::ALL {
+        let c = report.get(kind);
+        if c.values > 0 && c.recall() < RECALL_BAR {
+            failures.push(format!("{kind}: recall {:.3}", c.recall()));
+        }
+    }
+    assert!(failures.is_empty(), "{file}: {failures:?}");
+}
+
+// These three fail the bar today (issue 18 item 14 stays open; docs/GDPR.md has the table):
+// they run with `cargo test -p verre-pii --test independent_recall -- --include-ignored`.
+#[test]
+#[ignore = "fails the 0.99 bar (person 0.730, phone 0.912, date_of_birth 0.333 on 2026-12-06)"]
+fn independent_dev_recall() {
+    check("tests/data/independent/dev.txt");
+}
+
+#[test]
+#[ignore = "fails the 0.99 bar (person 0.718, phone 0.925, date_of_birth 0.339 on 2026-12-06)"]
+fn independent_test_recall() {
+    check("tests/data/independent/test.txt");
+}
+
+#[test]
+#[ignore = "fails the 0.99 bar (person 0.613, date_of_birth 0.733 on 2026-12-06)"]
+fn independent_handwritten_recall() {
+    check("eval/independent/handwritten.txt");
+}
+
+#[test]
+fn independent_clean_false_alarms() {
+    let mut failures = Vec::new();
+    for file in ["tests/data/independent/dev-clean.txt", "tests/data/independent/test-clean.txt"] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(file);
+        let docs = load_marked_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        let report = measure_leaks(&docs, &PseudonymizeOptions::default());
+        let share = report.other_words_replaced_share();
+        println!("== {file}: replaced-word share {share:.4}");
+        for line in &report.false_alarms {
+            println!("{line}");
+        }
+        if share > CLEAN_REPLACED_BAR {
+            failures.push(format!("{file}: replaced-word share {share:.4}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
