@@ -9,6 +9,7 @@
 //!   inside it.
 //! - The token limit inside the block: reasoning only, `finish_reason: length`.
 //! - A template that does not think leaves the same output in `content`, as it is.
+//! - `/v1/responses` turns the thinking into a `reasoning` item.
 
 mod scripted;
 
@@ -184,4 +185,28 @@ async fn a_template_that_does_not_think_is_left_alone() {
     );
     assert!(message.get("reasoning_content").is_none(), "{answer}");
     assert!(message.get("reasoning").is_none(), "{answer}");
+}
+
+#[tokio::test]
+async fn the_responses_api_answers_with_a_reasoning_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(app) = app(QWEN3_STYLE, dir.path()) else {
+        return;
+    };
+    let body =
+        json!({"model": MODEL, "input": "Tell me about Paris.", "temperature": 0, "store": false});
+    let (status, text) = scripted::post(&app, "/v1/responses", &body).await;
+    assert!(status.is_success(), "{status}: {text}");
+    let response: Value = serde_json::from_str(&text).unwrap();
+    let output = response["output"].as_array().unwrap();
+    assert_eq!(output[0]["type"], "reasoning", "{response}");
+    assert_eq!(
+        output[0]["content"][0]["text"], "Let me think",
+        "{response}"
+    );
+    assert_eq!(output[1]["type"], "message", "{response}");
+    assert_eq!(
+        output[1]["content"][0]["text"], "Paris is nice",
+        "{response}"
+    );
 }
