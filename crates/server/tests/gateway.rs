@@ -1605,3 +1605,44 @@ async fn a_backend_that_serves_responses_gets_them_passed_through() {
         );
     }
 }
+
+#[tokio::test]
+async fn messages_are_in_the_ledger_and_audit_log_as_chat_under_the_callers_key() {
+    let (url, fake) = good("up").await;
+    fake.gate.add_permits(100);
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = dir.path().join("keys");
+    let ops = verre_server::auth::add_key(&keys_file, "ops").unwrap();
+    let (base, state, store) = gateway_with_ledger(
+        &backend("up", &url, r#"["m"]"#, ""),
+        "",
+        dir.path(),
+        Some(&keys_file),
+    )
+    .await;
+    for stream in [false, true] {
+        let body = json!({ "model": "m", "max_tokens": 8, "stream": stream,
+                           "messages": [{ "role": "user", "content": "hi" }] });
+        let response = post_json(format!("{base}/v1/messages"), &body)
+            .header("x-api-key", ops.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        read_all(response).await;
+    }
+    flush(&state).await;
+    let rows = ledger_rows(&store).await;
+    let row = |p: i64, c: i64| {
+        json!({ "key": "ops", "endpoint": "chat", "model": "m", "backend": "up", "local": 0,
+                "status": 200, "prompt": p, "completion": c })
+    };
+    assert_eq!(rows, [row(3, 2), row(4, 2)]);
+    let audit = store.audit_entries(0, 100).await.unwrap();
+    assert_eq!(audit.len(), 2);
+    assert!(
+        audit
+            .iter()
+            .all(|e| e.action == "api.chat" && e.actor == "key:ops")
+    );
+}

@@ -99,6 +99,11 @@ async fn thinking_goes_to_reasoning_content_whole_and_streamed() {
     assert_eq!(message["reasoning_content"], "Let me think", "{answer}");
     assert_eq!(message["reasoning"], "Let me think", "{answer}");
     assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+    // `<think>`, "Let", " me", " think", `</think>`.
+    assert_eq!(
+        answer["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        5
+    );
 
     let (reasoning, content, finish) = stream(&app, json!({})).await;
     assert_eq!(reasoning.concat(), "Let me think");
@@ -108,6 +113,18 @@ async fn thinking_goes_to_reasoning_content_whole_and_streamed() {
     );
     assert_eq!(content.concat(), "Paris is nice");
     assert_eq!(finish, "stop");
+
+    // The usage chunk counts the thinking too.
+    let body = request(json!({"stream": true, "stream_options": {"include_usage": true}}));
+    let (_, text) = scripted::post(&app, "/v1/chat/completions", &body).await;
+    let usage: Value = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|c| c["usage"].is_object())
+        .map(|c| c["usage"].clone())
+        .unwrap_or_else(|| panic!("no usage chunk in {text}"));
+    assert_eq!(usage["completion_tokens_details"]["reasoning_tokens"], 5);
 }
 
 #[tokio::test]
@@ -208,5 +225,9 @@ async fn the_responses_api_answers_with_a_reasoning_item() {
     assert_eq!(
         output[1]["content"][0]["text"], "Paris is nice",
         "{response}"
+    );
+    assert_eq!(
+        response["usage"]["output_tokens_details"]["reasoning_tokens"],
+        5
     );
 }

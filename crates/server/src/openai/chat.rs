@@ -317,13 +317,35 @@ impl OutputReader {
     fn calls(&self) -> usize {
         self.calls.as_ref().map_or(0, ToolCallParser::calls)
     }
+
+    fn reasoning_tokens(&self) -> usize {
+        self.thinking
+            .as_ref()
+            .map_or(0, ReasoningSplitter::reasoning_tokens)
+    }
+}
+
+/// The usage, with the tokens spent thinking when the model thinks (OpenAI's
+/// `completion_tokens_details.reasoning_tokens`).
+fn chat_usage(usage: Usage, reasoning_tokens: Option<usize>) -> Value {
+    let mut json = usage_json(usage);
+    if let Some(tokens) = reasoning_tokens {
+        json["completion_tokens_details"] = json!({ "reasoning_tokens": tokens });
+    }
+    json
+}
+
+/// A choice's output read whole.
+#[derive(Default)]
+struct ReadOutput {
+    reasoning: String,
+    content: String,
+    calls: Vec<Value>,
+    reasoning_tokens: usize,
 }
 
 /// A choice's text read whole: reasoning, content and tool calls.
-fn read_output(
-    reading: OutputReading,
-    c: &generation::ChoiceOutput,
-) -> (String, String, Vec<Value>) {
+fn read_output(reading: OutputReading, c: &generation::ChoiceOutput) -> ReadOutput {
     let mut reader = reading.reader();
     let mut deltas: Vec<OutputDelta> = c
         .pieces
@@ -331,17 +353,18 @@ fn read_output(
         .flat_map(|(token, text)| reader.push(*token, text))
         .collect();
     deltas.extend(reader.finish(c.finish == Some(FinishReason::Length)));
-    let mut reasoning = String::new();
-    let mut content = String::new();
-    let mut calls = Vec::new();
+    let mut out = ReadOutput {
+        reasoning_tokens: reader.reasoning_tokens(),
+        ..ReadOutput::default()
+    };
     for d in deltas {
         match d {
-            OutputDelta::Reasoning(t) => reasoning.push_str(&t),
-            OutputDelta::Content(t) => content.push_str(&t),
-            OutputDelta::Call(call) => calls.push(call.to_json()),
+            OutputDelta::Reasoning(t) => out.reasoning.push_str(&t),
+            OutputDelta::Content(t) => out.content.push_str(&t),
+            OutputDelta::Call(call) => out.calls.push(call.to_json()),
         }
     }
-    (reasoning, content, calls)
+    out
 }
 
 /// The end-of-generation token that closed the answer (`<|im_end|>`): it is not in the
@@ -365,6 +388,7 @@ fn chat_response(
     reading: OutputReading,
     out: Outcome,
 ) -> Value {
+    let mut reasoning_tokens = 0;
     let choices: Vec<Value> = out
         .choices
         .into_iter()
@@ -381,10 +405,19 @@ fn chat_response(
                     .collect();
                 json!({ "content": content })
             });
-            let (reasoning, content, calls) = match reading.is_plain() {
-                true => (String::new(), c.text.clone(), Vec::new()),
+            let ReadOutput {
+                reasoning,
+                content,
+                calls,
+                reasoning_tokens: tokens,
+            } = match reading.is_plain() {
+                true => ReadOutput {
+                    content: c.text.clone(),
+                    ..ReadOutput::default()
+                },
                 false => read_output(reading, &c),
             };
+            reasoning_tokens += tokens;
             let mut message = json!({ "role": "assistant", "content": content });
             if reading.thinking.is_some() {
                 let reasoning = (!reasoning.is_empty()).then_some(reasoning);
@@ -416,7 +449,7 @@ fn chat_response(
         "model": meta.model,
         "system_fingerprint": meta.system_fingerprint,
         "choices": choices,
-        "usage": usage_json(out.usage),
+        "usage": chat_usage(out.usage, reading.thinking.map(|_| reasoning_tokens)),
     })
 }
 
@@ -623,7 +656,13 @@ impl ChatChunks {
     fn usage_chunk(&mut self, usage: Usage) -> Option<Value> {
         self.include_usage.then(|| {
             let mut chunk = self.chunk(Vec::new());
-            chunk["usage"] = usage_json(usage);
+            let thinking = self.readers.iter().any(|r| r.thinking.is_some());
+            let tokens = self
+                .readers
+                .iter()
+                .map(OutputReader::reasoning_tokens)
+                .sum();
+            chunk["usage"] = chat_usage(usage, thinking.then_some(tokens));
             chunk
         })
     }

@@ -181,6 +181,8 @@ pub struct ReasoningSplitter {
     buffer: String,
     /// Reasoning has gone out (leading whitespace is dropped until it has).
     reasoned: bool,
+    /// Tokens spent thinking, tags included.
+    tokens: usize,
     /// A tool call's marker (its text and token) ends the thinking: a call written inside
     /// a block that was never closed is still a call.
     call_marker: Option<(&'static str, Option<u32>)>,
@@ -198,6 +200,7 @@ impl ReasoningSplitter {
             },
             buffer: String::new(),
             reasoned: false,
+            tokens: 0,
             call_marker: None,
         }
     }
@@ -215,12 +218,24 @@ impl ReasoningSplitter {
         if self.phase == Phase::Answer {
             return vec![Piece::Content(text.to_string())];
         }
+        let thinking_before = self.phase == Phase::Thinking;
         let text = self.tags.text_of(token, text);
-        if text.is_empty() {
-            return self.control_token(token);
+        let out = if text.is_empty() {
+            self.control_token(token)
+        } else {
+            self.buffer.push_str(text);
+            self.advance()
+        };
+        // The tags count as thinking, as the tokens between them do.
+        if thinking_before || self.phase == Phase::Thinking {
+            self.tokens += 1;
         }
-        self.buffer.push_str(text);
-        self.advance()
+        out
+    }
+
+    /// Tokens spent thinking so far (OpenAI's `reasoning_tokens`).
+    pub fn reasoning_tokens(&self) -> usize {
+        self.tokens
     }
 
     /// A token without text that is not a reasoning tag. Only a tool call's marker means
@@ -444,6 +459,23 @@ mod tests {
         }
         out.extend(s.finish());
         assert_eq!(join(out), ("Hmm.".into(), "Yes".into()));
+    }
+
+    #[test]
+    fn thinking_tokens_are_counted_with_their_tags() {
+        let mut s = ReasoningSplitter::new(think(), false);
+        for piece in ["\n", "<think>", "a", "b", "</think>", "\n", "c", "d"] {
+            s.push(0, piece);
+        }
+        assert_eq!(s.reasoning_tokens(), 4);
+        let mut s = ReasoningSplitter::new(think(), true);
+        for piece in ["a", "</think>", "c"] {
+            s.push(0, piece);
+        }
+        assert_eq!(s.reasoning_tokens(), 2);
+        let mut s = ReasoningSplitter::new(think(), false);
+        s.push(0, "plain");
+        assert_eq!(s.reasoning_tokens(), 0);
     }
 
     #[test]
