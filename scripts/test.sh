@@ -89,6 +89,10 @@ cargo test --workspace "$@"
 # The OpenAI API as the official clients see it: Python `openai` + pytest, npm `openai`.
 VERRE_BIN=./target/debug/verre tests/openai/run.sh
 
+# The ecosystem matrix: openai-agents, langchain-openai, pydantic-ai, litellm, instructor,
+# npm openai and the Vercel AI SDK, pinned, each against a real `verre serve`.
+VERRE_BIN=./target/debug/verre tests/ecosystem/run.sh
+
 # The review UI in real headless Chromium: login, draft edit, approve (signed webhook and
 # reply mail received on loopback), reject, a forged CSRF token refused.
 VERRE_BIN=./target/debug/verre tests/browser/run.sh
