@@ -36,7 +36,6 @@ pub async fn chat_completions(
     let calls =
         (!req.tools.is_empty() && req.tool_choice != ToolChoice::None).then_some(CallReading {
             format: tool_format,
-            constrained: param == "tools",
         });
     // Under a grammar the whole output is the answer the grammar shapes.
     let thinking = ReasoningTags::for_model(&served.model)
@@ -183,19 +182,13 @@ async fn render_prompt(
 #[derive(Debug, Clone, Copy)]
 struct CallReading {
     format: ToolFormat,
-    /// The calls were constrained (`required` or a named function): a repeated call is
-    /// dropped.
-    constrained: bool,
 }
 
 impl CallReading {
+    /// A call repeated with the same name and arguments in one answer is dropped, whatever
+    /// the tool choice: a client would run it twice.
     fn parser(self) -> ToolCallParser {
-        let parser = ToolCallParser::new(self.format);
-        if self.constrained {
-            parser.distinct()
-        } else {
-            parser
-        }
+        ToolCallParser::new(self.format).distinct()
     }
 }
 
@@ -711,7 +704,6 @@ mod tests {
             thinking: Some(Thinking { tags, inside }),
             calls: Some(CallReading {
                 format: ToolFormat::Hermes,
-                constrained: false,
             }),
         };
         let call = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>";
@@ -739,6 +731,32 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_call_is_dropped_under_auto_too() {
+        let reading = OutputReading {
+            thinking: None,
+            calls: Some(CallReading {
+                format: ToolFormat::Hermes,
+            }),
+        };
+        let call = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>";
+        let other = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 2}}\n</tool_call>";
+        let text = format!("{call}\n{call}\n{other}");
+        let pieces: Vec<(u32, &str)> = text
+            .as_bytes()
+            .chunks(5)
+            .map(|c| (1, std::str::from_utf8(c).unwrap()))
+            .collect();
+        let deltas = read(reading, &pieces);
+        assert_eq!(
+            calls_of(&deltas),
+            vec![
+                ("f".to_string(), "{\"a\":1}".to_string()),
+                ("f".to_string(), "{\"a\":2}".to_string())
+            ]
+        );
+    }
+
+    #[test]
     fn mistral_thinking_then_a_call_by_control_tokens() {
         let ids = |p: &str| match p {
             "[THINK]" => Some(34),
@@ -757,10 +775,7 @@ mod tests {
                 tags,
                 inside: false,
             }),
-            calls: Some(CallReading {
-                format,
-                constrained: false,
-            }),
+            calls: Some(CallReading { format }),
         };
         let deltas = read(
             reading,
