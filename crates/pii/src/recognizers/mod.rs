@@ -11,6 +11,7 @@ mod iban;
 mod ip;
 mod person;
 mod phone;
+mod table;
 mod url;
 
 use crate::detect::{Candidate, DetectOptions, PiiKind};
@@ -37,6 +38,13 @@ pub(crate) fn all(text: &str, opts: &DetectOptions) -> Vec<Candidate> {
         if opts.wants(kind) {
             find(text, opts, &mut out);
         }
+    }
+    // Tables find persons, phone numbers and birth dates by their column's header.
+    if [PiiKind::Person, PiiKind::Phone, PiiKind::DateOfBirth]
+        .into_iter()
+        .any(|k| opts.wants(k))
+    {
+        table::find(text, opts, &mut out);
     }
     out
 }

@@ -112,6 +112,34 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
             push(start, end, 0.8);
         }
     }
+    signature_lines(text, &mut push);
+    for c in CAPS_THEN_GIVEN.captures_iter(text) {
+        let (Some(caps), Some(given)) = (c.get(1), c.get(2)) else {
+            continue;
+        };
+        if is_given(given.as_str())
+            && !is_ambiguous_given(given.as_str())
+            && !is_not_a_name(caps.as_str())
+            && caps.as_str().chars().count() >= 2
+            && is_word_bounded(text, caps.start(), given.end())
+        {
+            push(caps.start(), given.end(), 0.75);
+        }
+    }
+    for c in LOWERCASE_DISPLAY_NAME.captures_iter(text) {
+        let (Some(name), Some(local)) = (c.get(1), c.get(2)) else {
+            continue;
+        };
+        let local = local.as_str().to_lowercase();
+        let words: Vec<&str> = name.as_str().split_whitespace().collect();
+        if words
+            .iter()
+            .any(|w| w.chars().count() >= 3 && local.contains(&w.to_lowercase()))
+            && words.iter().all(|w| !STOP_WORDS.contains(w))
+        {
+            push(name.start(), name.end(), 0.75);
+        }
+    }
     for m in PERSON_FIELD.find_iter(text) {
         if let Some((start, end)) = chain(text, skip_titles(text, m.end()), Strictness::Any) {
             push(start, end, 0.75);
@@ -184,11 +212,142 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
     }
     let mut seen_again = Vec::new();
     occurrences(text, again, 0.7, Case::AsWritten, &mut seen_again);
+    // A given name found alone ("Hallo Ayşe,") is the start of the full name where a
+    // surname follows it elsewhere ("Ayşe Çelik hat angerufen").
+    for c in &mut seen_again {
+        if WORD.find_iter(&text[c.start..c.end]).count() == 1
+            && let Some((start, end)) = chain(text, c.start, Strictness::Any)
+            && start == c.start
+            && end > c.end
+            && !text[c.end..end].contains('\n')
+            && WORD.find_iter(&text[c.end..end]).count() <= 2
+        {
+            c.end = end;
+        }
+    }
     // "Müller Metallbau GmbH" after "Thomas Müller" names the company, not the person.
     seen_again.retain(|c| !followed_by_organisation(text, c.end));
     out.append(&mut seen_again);
     occurrences(text, caller, 1.0, Case::Any, out);
     out.append(&mut found);
+}
+
+/// An all-caps surname before a given name, as forms and lists write them ("MELIS
+/// Nicolò", "COURTOIS-MARIN Ségolène").
+static CAPS_THEN_GIVEN: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(\p{Lu}{2,}(?:[\-'’]\p{Lu}{2,})?)[ \u{a0}]+(\p{Lu}\p{Ll}[\p{Ll}\p{M}]*(?:-\p{Lu}\p{Ll}[\p{Ll}\p{M}]*)?)")
+        .expect("caps then given pattern")
+});
+/// A display name written in lower case in a mail header (`From: "bart janssens"
+/// <bart.janssens@…>`): a person's when a word of it is in the address.
+static LOWERCASE_DISPLAY_NAME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?im)^[ \t>]*(?:from|to|cc|von|an|de|à|van|aan|da|a|para|reply-to)[ \t]*:[ \t]*"?(\p{Ll}[\p{Ll}\p{M}'’\-]+(?:[ \t]\p{Ll}[\p{Ll}\p{M}'’\-]+){0,3})"?[ \t]*<([^@<>\s]+)@"#)
+        .expect("lower-case display name pattern")
+});
+/// Lower-case words that are no name ("info", "service" in `"info service" <info@…>`).
+const STOP_WORDS: &[&str] = &[
+    "info", "service", "support", "team", "office", "admin", "mail", "contact", "noreply",
+    "no-reply", "newsletter", "sales", "billing", "kontakt", "buchhaltung", "verwaltung",
+    "secretariat", "secrétariat", "secretaría", "segreteria", "administratie", "facturen",
+    "invoice", "rechnung", "factures", "compta", "comptabilité", "the", "und", "et", "and",
+];
+
+/// Words that close a mail (lower case), found at the start of a word on a short line:
+/// "Herzliche Grüße aus Salzburg", "Gracias de antemano,", "mes salutations distinguées."
+const SIGNOFF_WORDS: &[&str] = &[
+    "grüße", "grüsse", "gruß", "gruss", "groet", "groeten", "groetjes", "saluti", "saluto",
+    "saludos", "saludo", "regards", "wishes", "cordialement", "cordiales", "cordiali",
+    "salutations", "gracias", "grazie", "merci", "danke", "dank je", "bedankt", "cheers",
+    "thanks", "thank you", "abrazo", "besos", "un bacio", "a presto", "hasta pronto",
+    "tot ziens", "bis bald", "à bientôt", "amitiés", "bises", "atentamente", "distinti",
+    "sincerely", "bien à vous", "buona giornata", "buona serata", "bonne journée",
+    "bonne soirée", "schönen tag", "schönes wochenende", "fijne dag", "lg", "vg", "mfg",
+    "ciao", "un saludo", "best",
+];
+
+/// Whether `line` (lower-cased) holds a closing word at the start of a word.
+fn is_signoff(line: &str) -> bool {
+    let line = line.to_lowercase();
+    SIGNOFF_WORDS.iter().any(|w| {
+        line.match_indices(w).any(|(i, _)| {
+            !line[..i].chars().next_back().is_some_and(char::is_alphabetic)
+                && !line[i + w.len()..].chars().next().is_some_and(char::is_alphabetic)
+        })
+    })
+}
+
+/// Whether a line starts a quoted or forwarded mail ("Am … schrieb", "-----", "From:").
+fn starts_quote(line: &str) -> bool {
+    let l = line.trim_start();
+    l.starts_with('>')
+        || l.starts_with("--")
+        || l.starts_with("__")
+        || ["wrote:", "schrieb:", "a écrit", "escribió", "ha scritto", "schreef"]
+            .iter()
+            .any(|w| l.contains(w))
+        || [
+            "From:", "Von:", "De:", "Van:", "Da:", "Sent:", "Gesendet:", "Envoyé:", "Enviado:",
+            "Inviato:", "Verzonden:", "Original", "Ursprüngliche",
+        ]
+        .iter()
+        .any(|w| l.starts_with(w))
+}
+
+/// Signatures: a name on the line after a closing line ("Gracias de antemano,\nGuillermo"),
+/// and a name alone on its line, after a blank line, that ends a short message before the
+/// quoted mail ("dank je, is geregeld.\n\nHüseyin\n\n---------- Doorgestuurd …").
+fn signature_lines(text: &str, push: &mut impl FnMut(usize, usize, f32)) {
+    let mut lines: Vec<(usize, &str)> = Vec::new();
+    let mut pos = 0;
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\n', '\r']);
+        let skip = body.len() - body.trim_start_matches(['>', ' ', '\t']).len();
+        lines.push((pos + skip, body[skip..].trim_end()));
+        pos += line.len();
+    }
+    let next_nonempty = |from: usize, gap: usize| {
+        lines
+            .iter()
+            .skip(from)
+            .take(gap + 1)
+            .find(|(_, l)| !l.is_empty())
+            .copied()
+    };
+    for (idx, &(base, line)) in lines.iter().enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        if line.chars().count() <= 60
+            && !line.contains(|c: char| c.is_ascii_digit() || c == '@' || c == ':')
+            && is_signoff(line)
+            && let Some((next, _)) = next_nonempty(idx + 1, 1)
+            && let Some((start, end)) = chain(text, next, Strictness::Any)
+            && ends_line(text, end)
+        {
+            push(start, end, 0.8);
+        }
+        // A name alone on its line closing a short message.
+        let blank_before = idx >= 2 && lines[idx - 1].1.is_empty();
+        if !blank_before {
+            continue;
+        }
+        let Some((start, end)) = chain(text, base, Strictness::Any) else {
+            continue;
+        };
+        let prev = lines[..idx - 1].iter().rev().find(|(_, l)| !l.is_empty());
+        let after_prose = prev.is_some_and(|(_, l)| l.ends_with(['.', '!', ',']) && l.contains(' '));
+        let ends_mail = match next_nonempty(idx + 1, usize::MAX) {
+            None => true,
+            Some((_, l)) => starts_quote(l),
+        };
+        if end == base + line.len()
+            && after_prose
+            && ends_mail
+            && text[start..end].chars().filter(|c| c.is_alphabetic()).count() >= 3
+        {
+            push(start, end, 0.75);
+        }
+    }
 }
 
 /// How [`occurrences`] compares letters.
@@ -377,12 +536,23 @@ fn word_at(text: &str, pos: usize) -> Option<NameWord> {
             return None;
         }
         end += 1;
-        // "H.-Dieter": an abbreviated first part of a double name.
+        // "A.J.M.": more initials glued to the first.
+        while let Some(c) = char_at(text, end)
+            && c.is_uppercase()
+            && char_at(text, end + c.len_utf8()) == Some('.')
+        {
+            end += c.len_utf8() + 1;
+        }
+        // "H.-Dieter", "J.-P.": an abbreviated first part of a double name.
         if text[end..].starts_with('-')
             && let Some(rest) = WORD.find_at(text, end + 1).filter(|w| w.start() == end + 1)
         {
             end = rest.end();
-            initial = false;
+            if rest.as_str().chars().count() == 1 && char_at(text, end) == Some('.') {
+                end += 1;
+            } else {
+                initial = false;
+            }
         }
     }
     Some(NameWord {
@@ -430,6 +600,9 @@ fn chain(text: &str, pos: usize, strictness: Strictness) -> Option<(usize, usize
     }
     let mut end = first.end;
     let mut vouches_for_next = first.initial || is_given(first_text);
+    // After a given name and its surname, one more word may follow unvouched: the second
+    // surname of "Núria Domínguez Azcárate".
+    let mut second_surname = false;
     for _ in 0..3 {
         let gap = &text[end..];
         let spaces = gap.len() - gap.trim_start_matches([' ', '\u{a0}']).len();
@@ -449,11 +622,13 @@ fn chain(text: &str, pos: usize, strictness: Strictness) -> Option<(usize, usize
         }
         let vouched = strictness == Strictness::Any
             || vouches_for_next
+            || second_surname
             || is_given(word_text)
             || is_surname(word_text);
         if !vouched {
             break;
         }
+        second_surname = vouches_for_next && !word.initial && !is_given(word_text);
         end = word.end;
         vouches_for_next = word.initial || is_given(word_text);
     }
