@@ -336,7 +336,7 @@ fn signature_lines(text: &str, push: &mut impl FnMut(usize, usize, f32)) {
         };
         let prev = lines[..idx - 1].iter().rev().find(|(_, l)| !l.is_empty());
         let after_prose = prev.is_some_and(|(_, l)| l.ends_with(['.', '!', ',']) && l.contains(' '));
-        let ends_mail = match next_nonempty(idx + 1, usize::MAX) {
+        let ends_mail = match next_nonempty(idx + 1, lines.len()) {
             None => true,
             Some((_, l)) => starts_quote(l),
         };
