@@ -395,10 +395,11 @@ fn possible_length(number: &phonenumber::PhoneNumber) -> bool {
         .by_code(&number.code().value())
         .is_some_and(|metas| {
             metas.iter().any(|m| {
-                m.descriptors()
-                    .general()
-                    .possible_length()
-                    .contains(&(national.len() as u16))
+                let d = m.descriptors();
+                [d.fixed_line(), d.mobile()]
+                    .into_iter()
+                    .flatten()
+                    .any(|d| d.possible_length().contains(&(national.len() as u16)))
             })
         })
 }
