@@ -31,20 +31,20 @@ use crate::names::{
 static WORD: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\p{Lu}(?:[\p{L}\p{M}]|['’\-][\p{L}])*").expect("word pattern"));
 static PARTICLE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(?:(?:van der|van den|van de|van 't|van ’t|van het|von der|von und zu|von|van|de la|de las|de los|del|della|delle|degli|de|du|des|der|den|di|da|dos|das|do|le|la|lo|ten|ter|zu|in 't|op 't|'t|’t|Van der|Van den|Van de|Van 't|Von der|Von|Van|De la|De|Du|Des|Di|Da|Del|Della|Dalla|Dal|Le|La|Lo|Ten|Ter|Zu)[ \u{a0}]|[dD]['’]|l['’])")
+    Regex::new(r"^(?:(?:van der|van den|van de|van 't|van ’t|van het|von der|von dem|von und zu|von|van|tom|zur|zum|vom|Zur|Zum|Vom|de la|de las|de los|del|i|y|della|delle|degli|de|du|des|der|den|di|da|dos|das|do|le|la|lo|ten|ter|zu|in 't|op 't|'t|’t|Van der|Van den|Van de|Van 't|Von der|Von|Van|De la|De|Du|Des|Di|Da|Del|Della|Dalla|Dal|Le|La|Lo|Ten|Ter|Zu)[ \u{a0}]|[dD]['’]|l['’])")
         .expect("particle pattern")
 });
 static TITLE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\b(?:(?:[Ss]ig\.r[aei]|[Ss]ig\.n[ae]|[Dd]ott\.ssa)\b|(?:[Ss]igg|[Dd]ott|[Aa]vv|[Ss]rta|[Ss]ra|[Ss]r|[Mm]evr|[Mm]w|[Dd]hr|[Dd]ña)\.|(?:Mr|Mrs|Ms|Mx|Dr|Prof|Herr|Frau|Dhr|Mevr|Mme|Mlle|Mmes|Sig|Sra|Ing|Dipl\.-Ing)\b\.?|(?:M|Hr|Fr|Pr|Sr|St)\.|(?:Mister|Miss|Sir|Monsieur|Madame|Mademoiselle|Docteur|Doktor|Professor|Professeur|Maître|Meneer|Mevrouw|Signor|Signora|Signorina|Señor|Señora|Señorita|Lord|Lady|monsieur|madame|mademoiselle|meneer|mevrouw|signor|signora|signorina|señor|señora|señorita|[Dd]e heer|[Gg]eachte heer)\b)")
+    Regex::new(r"\b(?:(?:[Ss]ig\.r[aei]|[Ss]ig\.n[ae]|[Dd]ott\.ssa)\b|(?:[Ss]igg|[Dd]ott|[Aa]vv|[Ss]rta|[Ss]ra|[Ss]r|[Mm]evr|[Mm]w|[Dd]hr|[Dd]ña)\.|(?:Mr|Mrs|Ms|Mx|Dr|Prof|Herrn|Herr|Frau|Doña|doña|Dña|dña|don|Dhr|Mevr|Mme|Mlle|Mmes|Sig|Sra|Ing|Dipl\.-Ing)\b\.?|(?:M|Hr|Fr|Pr|Sr|St)\.|(?:Mister|Miss|Sir|Monsieur|Madame|Mademoiselle|Docteur|Doktor|Professor|Professeur|Maître|Meneer|Mevrouw|Signor|Signora|Signorina|Señor|Señora|Señorita|Lord|Lady|monsieur|madame|mademoiselle|meneer|mevrouw|signor|signora|signorina|señor|señora|señorita|[Dd]e heer|[Gg]eachte heer)\b)")
         .expect("title pattern")
 });
 static GREETING: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(?:dear|hi|hello|hey|bonjour|bonsoir|salut|cher|chère|liebe|lieber|hallo|moin|servus|beste|geachte|ciao|caro|cara|gentile|hola|estimado|estimada|querido|querida|hoi|hej|goedemorgen|goedemiddag|guten morgen|guten tag|grüß gott|grüezi|buongiorno|buenos días)[ \t]+")
+    Regex::new(r"(?i)\b(?:dear|hi|hello|hey|bonjour|bonsoir|salut|cher|chère|liebe|lieber|hallo|moin|servus|beste|geachte|ciao|caro|cara|gentile|hola|estimado|estimada|querido|querida|hoi|hej|goedemorgen|goedemiddag|guten morgen|guten tag|grüß gott|grüezi|buongiorno|buenos días|buenas|coucou|qué tal|que tal|dag|salve|moin moin)[ \t]+")
         .expect("greeting pattern")
 });
 /// A person naming themselves, or someone named by their relation to the writer.
 static INTRODUCTION: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(?:my name is|je m'appelle|mon nom est|ich heiße|ich heisse|mein name ist|mijn naam is|mi chiamo|me llamo|the undersigned|je soussignée?|der unterzeichnende|die unterzeichnende|(?:my|our|your|his|her|mon|ma|notre|votre|son|sa|mein|meine|unser|unsere|ihr|ihre|mijn|onze)\s+(?:wife|husband|partner|son|daughter|mother|father|sister|brother|colleague|manager|assistant|lawyer|femme|mari|conjoint|conjointe|fils|fille|mère|père|sœur|soeur|frère|collègue|avocat|avocate|frau|mann|sohn|tochter|mutter|vater|schwester|bruder|kollege|kollegin|anwalt|anwältin|vrouw|man|zoon|dochter|moeder|vader|zus|broer|collega))[ \t,]+")
+    Regex::new(r"(?i)\b(?:my name is|je m'appelle|mon nom est|ich heiße|ich heisse|mein name ist|mijn naam is|mi chiamo|me llamo|the undersigned|je soussignée?|der unterzeichnende|die unterzeichnende|de parte de|(?:my|our|your|his|her|mon|ma|notre|votre|son|sa|mein|meine|unser|unsere|ihr|ihre|mijn|onze|uw|jouw|je|haar|zijn|su|sus|mi|tu|nuestro|nuestra|vuestro|vuestra|suo|sua|mio|mia|tuo|tua|vostro|vostra|nostro|nostra)\s+(?:hijo|hija|hermano|hermana|marido|esposa|esposo|madre|padre|compañero|compañera|figlio|figlia|fratello|sorella|marito|moglie|collega|wife|husband|partner|son|daughter|mother|father|sister|brother|colleague|manager|assistant|lawyer|femme|mari|conjoint|conjointe|fils|fille|mère|père|sœur|soeur|frère|collègue|avocat|avocate|frau|mann|sohn|tochter|mutter|vater|schwester|bruder|kollege|kollegin|anwalt|anwältin|vrouw|man|zoon|dochter|moeder|vader|zus|broer|collega))[ \t,]+")
         .expect("introduction pattern")
 });
 /// "I, Name Surname, …" at the start of a sentence, as in declarations and mandates.
@@ -56,12 +56,12 @@ static CLOSING: LazyLock<Regex> = LazyLock::new(|| {
 });
 /// Labels whose value is a person's name.
 static PERSON_FIELD: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"(?im)^[ \t]*(?:full name|your name|customer name|nom|nom complet|prénom et nom|nom et prénom|prénom|vorname|nachname|familienname|name des kontoinhabers|kontoinhaber|kontoinhaberin|account holder|account name|titulaire du compte|titulaire|contact person|ansprechpartner|ansprechpartnerin|kontaktperson|patient|employee|employé|employée|mitarbeiter|mitarbeiterin|attn|attention|z\. ?hd\.?|à l'attention de|naam|voornaam|achternaam|signed|signé|unterschrift|beneficiary|bénéficiaire|begünstigter|cardholder|card holder|titular|nome|cognome|nombre|apellidos|dipendente|ship to|deliver to|delivery to|bill to|billing name|invoice to|lieferung an|liefern an|rechnung an|livraison à|livrer à|facturer à|t\.n\.v\.|ter attentie van)[ \t]*:[ \t]*"?"#)
+    Regex::new(r#"(?im)^[ \t]*(?:full name|your name|customer name|nom|nom complet|prénom et nom|nom et prénom|prénom|vorname|nachname|familienname|name des kontoinhabers|kontoinhaber|kontoinhaberin|account holder|account name|titulaire du compte|titulaire|contact person|ansprechpartner|ansprechpartnerin|kontaktperson|patient|employee|employé|employée|mitarbeiter|mitarbeiterin|attn|attention|z\. ?hd\.?|à l'attention de|naam|voornaam|achternaam|signed|signé|unterschrift|beneficiary|bénéficiaire|begünstigter|cardholder|card holder|titular|nome|cognome|nombre|apellidos|dipendente|ship to|deliver to|delivery to|bill to|billing name|invoice to|lieferung an|liefern an|rechnung an|livraison à|livrer à|facturer à|t\.n\.v\.|ter attentie van|nominativo|nome e cognome|nombre y apellidos|nombre completo|apellidos y nombre|patientin|paciente|paziente|teilnehmer|teilnehmerin|participant|participante|partecipante|deelnemer|alumno|alumna|alunno|alunna|schüler|schülerin|leerling)[ \t]*:[ \t]*"?"#)
         .expect("person field pattern")
 });
 /// Labels whose value is often, not always, a person: a product's "Name", a mail header.
 static GENERIC_FIELD: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"(?im)^[ \t]*(?:name|contact|sender|recipient|destinataire|expéditeur|empfänger|absender|from|to|cc|bcc|reply-to|an|von|de|à|signature)[ \t]*:[ \t]*"?"#)
+    Regex::new(r#"(?im)^[ \t]*(?:name|contact|sender|recipient|destinataire|expéditeur|empfänger|absender|from|to|cc|bcc|reply-to|an|von|de|à|a|para|aan|van|da|signature)[ \t]*:[ \t]*"?"#)
         .expect("generic field pattern")
 });
 /// "Weber, Julia": surname, comma, given name, as address books write display names.
@@ -126,20 +126,18 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
             push(caps.start(), given.end(), 0.75);
         }
     }
-    for c in LOWERCASE_DISPLAY_NAME.captures_iter(text) {
-        let (Some(name), Some(local)) = (c.get(1), c.get(2)) else {
-            continue;
-        };
-        let local = local.as_str().to_lowercase();
-        let words: Vec<&str> = name.as_str().split_whitespace().collect();
-        if words
-            .iter()
-            .any(|w| w.chars().count() >= 3 && local.contains(&w.to_lowercase()))
-            && words.iter().all(|w| !STOP_WORDS.contains(w))
+    display_names(text, &mut push);
+    for c in QUOTED_SURNAME_FIRST.captures_iter(text) {
+        let Some(name) = c.get(1) else { continue };
+        if name
+            .as_str()
+            .split(", ")
+            .all(|part| name_shaped(part) && !part.split(' ').any(is_not_a_name))
         {
             push(name.start(), name.end(), 0.75);
         }
     }
+    vocatives(text, &mut push);
     for m in PERSON_FIELD.find_iter(text) {
         if let Some((start, end)) = chain(text, skip_titles(text, m.end()), Strictness::Any) {
             push(start, end, 0.75);
@@ -238,19 +236,203 @@ static CAPS_THEN_GIVEN: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(\p{Lu}{2,}(?:[\-'’]\p{Lu}{2,})?)[ \u{a0}]+(\p{Lu}\p{Ll}[\p{Ll}\p{M}]*(?:-\p{Lu}\p{Ll}[\p{Ll}\p{M}]*)?)")
         .expect("caps then given pattern")
 });
-/// A display name written in lower case in a mail header (`From: "bart janssens"
-/// <bart.janssens@…>`): a person's when a word of it is in the address.
-static LOWERCASE_DISPLAY_NAME: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"(?im)^[ \t>]*(?:from|to|cc|von|an|de|à|van|aan|da|a|para|reply-to)[ \t]*:[ \t]*"?(\p{Ll}[\p{Ll}\p{M}'’\-]+(?:[ \t]\p{Ll}[\p{Ll}\p{M}'’\-]+){0,3})"?[ \t]*<([^@<>\s]+)@"#)
-        .expect("lower-case display name pattern")
-});
-/// Lower-case words that are no name ("info", "service" in `"info service" <info@…>`).
+/// Words that are no name in a display name ("info", "service" in `"info service" <info@…>`),
+/// and the words of reply lines around one ("schreef büşra demir <bd@…>").
 const STOP_WORDS: &[&str] = &[
     "info", "service", "support", "team", "office", "admin", "mail", "contact", "noreply",
     "no-reply", "newsletter", "sales", "billing", "kontakt", "buchhaltung", "verwaltung",
     "secretariat", "secrétariat", "secretaría", "segreteria", "administratie", "facturen",
     "invoice", "rechnung", "factures", "compta", "comptabilité", "the", "und", "et", "and",
+    "schrieb", "schreef", "wrote", "écrit", "scritto", "escribió", "geschreven", "heeft", "het",
+    "volgende", "om", "um", "at", "on", "am", "le", "el", "il", "op", "a", "à", "ha", "by", "from",
+    "to", "cc", "von", "an", "de", "da", "van", "para", "aan", "mail", "e-mail", "email",
 ];
+
+/// `"Squillace, Ottavio" <…>`, `"Çelik, Ayşe" ha scritto`: an address book's display name,
+/// surname first, in quotes before an address or a reply verb.
+static QUOTED_SURNAME_FIRST: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#""([^",\n<>@]{2,40}, [^",\n<>@]{2,30})"[ \t]*(?:<|ha scritto|wrote|a écrit|escribió|schreef|schrieb|heeft)"#)
+        .expect("quoted surname-first pattern")
+});
+
+/// Whether `part` is written as a name: capitalised words, with lower-case particles
+/// between them ("von dem Knesebeck", "Pérez de Guzmán Ibáñez").
+fn name_shaped(part: &str) -> bool {
+    let words: Vec<&str> = part.split(' ').collect();
+    !words.is_empty()
+        && words.len() <= 5
+        && words.last().is_some_and(|w| w.chars().next().is_some_and(char::is_uppercase))
+        && words.iter().all(|w| {
+            !w.is_empty()
+                && w.chars().all(|c| c.is_alphabetic() || matches!(c, '\'' | '’' | '-' | '.'))
+                && (w.chars().next().is_some_and(char::is_uppercase) || PARTICLES.contains(w))
+        })
+}
+
+/// Lower-case particles of surnames.
+const PARTICLES: &[&str] = &[
+    "van", "von", "de", "der", "den", "dem", "del", "della", "di", "da", "du", "des", "la", "le",
+    "los", "las", "lo", "ten", "ter", "tom", "zu", "zur", "y", "i", "'t", "d'", "dos", "das",
+];
+
+/// `text` in lower case, with letters folded to ASCII two ways: plain (`ö` → `o`) and as
+/// German writes them in addresses (`ö` → `oe`, `ß` → `ss`).
+fn folded(text: &str) -> [String; 2] {
+    const GROUPS: [(&str, char); 16] = [
+        ("àáâãäåāăąạảấầẩẫậắằẳẵặ", 'a'),
+        ("èéêëēęěẹẻẽếềểễệ", 'e'),
+        ("ìíîïıīịỉĩ", 'i'),
+        ("òóôõöøōőơọỏốồổỗộớờởỡợ", 'o'),
+        ("ùúûüūůűưụủứừửữự", 'u'),
+        ("ýÿỳỵỷỹ", 'y'),
+        ("çćč", 'c'),
+        ("ñńň", 'n'),
+        ("şšśș", 's'),
+        ("žźż", 'z'),
+        ("ğ", 'g'),
+        ("ł", 'l'),
+        ("đď", 'd'),
+        ("ř", 'r'),
+        ("ţťț", 't'),
+        ("'’-. ", '\0'),
+    ];
+    let mut plain = String::new();
+    let mut german = String::new();
+    for c in text.to_lowercase().chars() {
+        match c {
+            'ß' => {
+                plain.push_str("ss");
+                german.push_str("ss");
+            }
+            'ä' | 'ö' | 'ü' => {
+                plain.push(GROUPS.iter().find(|(g, _)| g.contains(c)).map_or(c, |(_, a)| *a));
+                german.push(match c {
+                    'ä' => 'a',
+                    'ö' => 'o',
+                    _ => 'u',
+                });
+                german.push('e');
+            }
+            _ => {
+                let a = GROUPS.iter().find(|(g, _)| g.contains(c)).map_or(c, |(_, a)| *a);
+                if a != '\0' {
+                    plain.push(a);
+                    german.push(a);
+                }
+            }
+        }
+    }
+    [plain, german]
+}
+
+/// Display names before an address (`Duc Vu <vu.duc@…>`, `Von: brigitte rößler
+/// <b.roessler@…>`, `schreef büşra demir <bd@…>`): the words right before `<`, in any
+/// case, are a name when the address's local part holds one of them (letters folded to
+/// ASCII) or their initials.
+fn display_names(text: &str, push: &mut impl FnMut(usize, usize, f32)) {
+    for c in ADDRESS_OPEN.captures_iter(text) {
+        let (Some(open), Some(local)) = (c.get(0), c.get(1)) else {
+            continue;
+        };
+        let local: String = local
+            .as_str()
+            .to_lowercase()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        let line_start = super::line_start(text, open.start());
+        let before = text[line_start..open.start()].trim_end_matches([' ', '\t', '"']);
+        // Up to five words back, each letters only; stop at anything else.
+        let mut words: Vec<(usize, usize)> = Vec::new();
+        let mut end = line_start + before.len();
+        while words.len() < 5 {
+            let head = &text[line_start..end];
+            let word_start = head
+                .char_indices()
+                .rev()
+                .take_while(|(_, c)| c.is_alphabetic() || matches!(c, '\'' | '’' | '-' | '.'))
+                .last()
+                .map_or(end, |(i, _)| line_start + i);
+            if word_start == end {
+                break;
+            }
+            words.push((word_start, end));
+            let gap = &text[line_start..word_start];
+            let trimmed = gap.trim_end_matches(' ');
+            if trimmed.len() == gap.len() || gap.len() - trimmed.len() > 2 {
+                break;
+            }
+            end = line_start + trimmed.len();
+        }
+        words.reverse();
+        // Frame words and particles on the left are no part of the name.
+        while let Some(&(s, e)) = words.first() {
+            let w = &text[s..e];
+            if STOP_WORDS.contains(&w.to_lowercase().as_str()) || PARTICLES.contains(&w) {
+                words.remove(0);
+            } else {
+                break;
+            }
+        }
+        let (Some(&(start, _)), Some(&(_, end))) = (words.first(), words.last()) else {
+            continue;
+        };
+        let name_words: Vec<&str> = words.iter().map(|&(s, e)| &text[s..e]).collect();
+        if name_words
+            .iter()
+            .any(|w| w.chars().any(char::is_lowercase) && w.chars().next().is_some_and(char::is_lowercase) && !PARTICLES.contains(w))
+            && name_words.iter().any(|w| w.chars().next().is_some_and(char::is_uppercase))
+        {
+            // Mixed "schreibt Anna Weber": keep the capitalised tail only.
+            continue;
+        }
+        if name_words.iter().any(|w| is_not_a_name(w) || STOP_WORDS.contains(&w.to_lowercase().as_str())) {
+            continue;
+        }
+        let in_address = name_words.iter().any(|w| {
+            folded(w)
+                .iter()
+                .any(|f| f.chars().count() >= 3 && local.contains(f.as_str()))
+        });
+        let initials: String = name_words
+            .iter()
+            .filter(|w| !PARTICLES.contains(w))
+            .filter_map(|w| folded(w)[0].chars().next())
+            .collect();
+        let by_initials = initials.len() >= 2 && local.starts_with(&initials);
+        if in_address || by_initials {
+            push(start, end, 0.75);
+        }
+    }
+}
+
+/// The local part of an address in angle brackets.
+static ADDRESS_OPEN: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"<([^@<>\s]{1,64})@").expect("address pattern"));
+
+/// A name alone on the first line of a mail's body, followed by a comma ("Orla,",
+/// "Léa de Saint-Aubin,"): the person the mail is written to.
+fn vocatives(text: &str, push: &mut impl FnMut(usize, usize, f32)) {
+    let mut prev_blank = true;
+    let mut pos = 0;
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\n', '\r']);
+        let skip = body.len() - body.trim_start_matches(['>', ' ', '\t']).len();
+        let content = body[skip..].trim_end();
+        if prev_blank
+            && let Some(stem) = content.strip_suffix([',', ':'])
+            && !stem.is_empty()
+            && !is_signoff(stem)
+            && let Some((start, end)) = chain(text, pos + skip, Strictness::Any)
+            && end == pos + skip + stem.len()
+            && name_shaped(stem)
+        {
+            push(start, end, 0.75);
+        }
+        prev_blank = content.is_empty();
+        pos += line.len();
+    }
+}
 
 /// Words that close a mail (lower case), found at the start of a word on a short line:
 /// "Herzliche Grüße aus Salzburg", "Gracias de antemano,", "mes salutations distinguées."
