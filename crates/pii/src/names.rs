@@ -14,6 +14,8 @@ static SURNAMES: LazyLock<HashSet<&'static str>> =
 /// Given names that are also everyday words or brands; alone they prove nothing, so the
 /// dictionary rule wants a known surname after them.
 const AMBIGUOUS_GIVEN: &[&str] = &[
+    // Words of the mail's languages written capitalised at the start of a sentence.
+    "Per",
     "Ace",
     "Amber",
     "Angel",

@@ -156,8 +156,17 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
     }
     for m in GENERIC_FIELD.find_iter(text) {
         if let Some((start, end)) = chain(text, skip_titles(text, m.end()), Strictness::Any)
-            && (known_name_inside(&text[start..end]) || named_in_address(text, start, end))
+            && (known_name_inside(&text[start..end])
+                || named_in_address(text, start, end)
+                || (m.as_str().trim_start().to_lowercase().starts_with("name")
+                    && ends_line(text, end)
+                    && FORM_LABEL.is_match(next_line(text, end))))
         {
+            push(start, end, 0.75);
+        }
+    }
+    for m in BIRTH_AFTER.find_iter(text) {
+        if let Some((start, end)) = name_before(text, m.start()) {
             push(start, end, 0.75);
         }
     }
@@ -179,6 +188,20 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
                 continue;
             }
             push(start, end, if surname_known { 0.85 } else { 0.7 });
+        } else if !is_ambiguous_given(word)
+            && !is_not_a_name(word)
+            && word.chars().count() >= 3
+            && !after_capitalised_word(text, m.start())
+            && !text[..m.start()]
+                .strip_suffix(' ')
+                .and_then(|h| h.chars().next_back())
+                .is_some_and(|c| c.is_ascii_digit())
+            && word.chars().skip(1).any(char::is_lowercase)
+            && given_alone(text, m.end())
+        {
+            // A known given name alone, followed by a verb or punctuation: "Bram is out",
+            // "Kobe reprend mes dossiers", "de parte de Xabier.".
+            push(m.start(), m.end(), 0.7);
         }
     }
     // A name found once is a name wherever else it is written in the same text
@@ -386,7 +409,10 @@ fn display_names(text: &str, push: &mut impl FnMut(usize, usize, f32)) {
             // Mixed "schreibt Anna Weber": keep the capitalised tail only.
             continue;
         }
-        if name_words.iter().any(|w| is_not_a_name(w) || STOP_WORDS.contains(&w.to_lowercase().as_str())) {
+        if name_words.iter().any(|w| {
+            !PARTICLES.contains(w)
+                && (is_not_a_name(w) || STOP_WORDS.contains(&w.to_lowercase().as_str()))
+        }) {
             continue;
         }
         let in_address = name_words.iter().any(|w| {
@@ -444,7 +470,7 @@ const SIGNOFF_WORDS: &[&str] = &[
     "tot ziens", "bis bald", "à bientôt", "amitiés", "bises", "atentamente", "distinti",
     "sincerely", "bien à vous", "buona giornata", "buona serata", "bonne journée",
     "bonne soirée", "schönen tag", "schönes wochenende", "fijne dag", "lg", "vg", "mfg",
-    "ciao", "un saludo", "best",
+    "ciao", "un saludo", "best", "mvg", "mvgr", "gr", "cdlt", "bàt", "slds",
 ];
 
 /// Whether `line` (lower-cased) holds a closing word at the start of a word.
@@ -529,6 +555,105 @@ fn signature_lines(text: &str, push: &mut impl FnMut(usize, usize, f32)) {
         {
             push(start, end, 0.75);
         }
+    }
+}
+
+/// Labels of a form's lines about a person, after a "Name:" line.
+static FORM_LABEL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)^[ \t>]*(?:dob|d\.o\.b|date of birth|birth|born|geburtsdatum|geb\.|geboren|geboortedatum|date de naissance|née?|data di nascita|nat[oa]|fecha de nacimiento|fecha nac|nacid[oa]|e-?mail|courriel|correo|tel|phone|telefon|téléphone|telefoon|teléfono|telefono|mobil|móvil|cellulare|gsm|iban|address|adresse|anschrift|adres|dirección|indirizzo|\*)\b")
+        .expect("form label pattern")
+});
+/// A birth date's lead right after a name: "Tuncay Şahin (Geboortedatum …", "(Ciarán
+/// Whitfield, Date of birth …", "Hülya Demir, * 25. Juni 1938".
+static BIRTH_AFTER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)[ \t]*[,(][ \t]*(?:geb\.|geboren|born|date of birth|dob\b|d\.o\.b|née?\b|nat[oa]\b|nacid[oa]\b|geboortedatum|geburtsdatum|data di nascita|fecha de nacimiento|fecha nac|date de naissance|\*[ \u{a0}]*[0-9])")
+        .expect("birth after pattern")
+});
+
+/// The line after the one holding byte `i` ("" at the end of the text).
+fn next_line(text: &str, i: usize) -> &str {
+    let Some(nl) = text[i..].find('\n') else {
+        return "";
+    };
+    let rest = &text[i + nl + 1..];
+    rest.split('\n').next().unwrap_or("")
+}
+
+/// The name that ends at byte `end`: its last two capitalised words (three when the
+/// first is a known given name: "Xabier Cañizares Domínguez"), with particles between.
+fn name_before(text: &str, end: usize) -> Option<(usize, usize)> {
+    let line = &text[super::line_start(text, end)..end];
+    let base = end - line.len();
+    // Words back from the end, separated by one space.
+    let mut starts: Vec<usize> = Vec::new();
+    let mut cut = line.len();
+    while starts.len() < 6 {
+        let head = &line[..cut];
+        let word_start = head
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| c.is_alphabetic() || matches!(c, '\'' | '’' | '-' | '.'))
+            .last()
+            .map(|(i, _)| i)?;
+        if word_start == cut {
+            break;
+        }
+        starts.push(word_start);
+        if !line[..word_start].ends_with(' ') || line[..word_start].ends_with("  ") {
+            break;
+        }
+        cut = word_start - 1;
+    }
+    let mut capitalised = 0;
+    let mut start = None;
+    for &s in &starts {
+        let w = &line[s..];
+        let w = w.split(' ').next().unwrap_or("");
+        if PARTICLES.contains(&w) {
+            continue;
+        }
+        if !w.chars().next().is_some_and(char::is_uppercase) || is_not_a_name(w) {
+            break;
+        }
+        capitalised += 1;
+        if capitalised <= 2 || (capitalised == 3 && is_given(w)) {
+            start = Some(s);
+        }
+        if capitalised >= 3 {
+            break;
+        }
+    }
+    let start = base + start?;
+    let (s, e) = chain(text, start, Strictness::Any)?;
+    (s == start && e == end).then_some((s, e))
+}
+
+/// Whether the word before `start` on its line, one space away, is capitalised: the
+/// given name is then part of a longer name, a place's or an organisation's ("Santa
+/// Teresa", "Assicurazioni Aurora", "rue Victor Hugo").
+fn after_capitalised_word(text: &str, start: usize) -> bool {
+    let Some(head) = text[..start].strip_suffix([' ', '\u{a0}']) else {
+        return false;
+    };
+    let word: String = head
+        .chars()
+        .rev()
+        .take_while(|c| c.is_alphabetic() || matches!(c, '\'' | '’' | '-' | '.'))
+        .collect();
+    word.chars().last().is_some_and(char::is_uppercase)
+}
+
+/// Whether a lone given name ending at `end` is followed by what follows a name in a
+/// sentence: a lower-case word, or punctuation that ends a clause.
+fn given_alone(text: &str, end: usize) -> bool {
+    let rest = &text[end..];
+    let Some(c) = rest.chars().next() else {
+        return true;
+    };
+    match c {
+        ' ' => rest[1..].chars().next().is_some_and(char::is_lowercase),
+        ',' | '.' | ';' | '!' | '?' | ')' | '\n' | ':' => true,
+        _ => false,
     }
 }
 
@@ -645,6 +770,36 @@ const PLACE_WORDS: &[&str] = &[
     "gasse",
     "street",
     "road",
+    // Rooms, buildings and saints named after people ("zaal Rembrandt", "San Rocco").
+    "zaal",
+    "sala",
+    "salle",
+    "saal",
+    "raum",
+    "room",
+    "aula",
+    "hotel",
+    "colegio",
+    "collège",
+    "lycée",
+    "école",
+    "scuola",
+    "istituto",
+    "schule",
+    "gymnasium",
+    "school",
+    "hospital",
+    "ospedale",
+    "hôpital",
+    "clinica",
+    "klinik",
+    "san",
+    "santa",
+    "santo",
+    "saint",
+    "sainte",
+    "sankt",
+    "st",
 ];
 
 /// Whether one of the next two capitalised words on the line is an organisation word.

@@ -15,6 +15,9 @@ use super::dob::DATE;
 use crate::detect::{Candidate, DetectOptions, PiiKind};
 use crate::names::is_not_a_name;
 
+/// Lower-case particles that may open a surname cell ("von dem Knesebeck, Korbinian").
+const PARTICLES: &[&str] = &["van", "von", "de", "der", "den", "dem", "del", "della", "di", "da", "du", "des", "la", "le", "ten", "ter", "tom", "zu", "zur"];
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Column {
     Person,
@@ -197,7 +200,11 @@ pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) 
                     Column::Person
                         if people
                             && NAME_CELL.is_match(cell)
-                            && cell.chars().next().is_some_and(char::is_uppercase)
+                            && cell
+                                .split(' ')
+                                .find(|w| !PARTICLES.contains(w))
+                                .and_then(|w| w.chars().next())
+                                .is_some_and(char::is_uppercase)
                             && !cell.split([' ', ',']).any(is_not_a_name) =>
                     {
                         out.push(Candidate {
@@ -278,6 +285,9 @@ mod tests {
         let f = found(text);
         assert!(f.contains(&(PiiKind::Person, "Pfannenstiel, Brigitte".into())), "{f:?}");
         assert!(f.contains(&(PiiKind::DateOfBirth, "17.04.41".into())), "{f:?}");
+        let text = "Name;E-Mail;Telefon;Geburtsdatum\nvon dem Knesebeck, Korbinian;k@t-online.de;+49 511 8133211;8. Juni 1989\n";
+        let f = found(text);
+        assert!(f.contains(&(PiiKind::Person, "von dem Knesebeck, Korbinian".into())), "{f:?}");
         let text = "naam | e-mail | telefoon | geboortedatum\nSietske Zwartkruis | z@xs4all.nl | 070 - 8976939 | 27 februari 1987\n";
         let f = found(text);
         assert!(f.contains(&(PiiKind::Person, "Sietske Zwartkruis".into())), "{f:?}");
