@@ -88,7 +88,9 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
             push(start, end, 0.85);
         }
     }
+    let mut greetings = Vec::new();
     for m in GREETING.find_iter(text) {
+        greetings.push(m.start());
         if let Some((start, end)) = chain(text, skip_titles(text, m.end()), Strictness::Any) {
             push(start, end, 0.8);
         }
@@ -175,6 +177,8 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
         if char_before(text, m.start()).is_some_and(char::is_alphanumeric)
             || !is_given(word)
             || after_place_word(text, m.start())
+            // "Dag Ineke,": the Dutch greeting, not the given name Dag.
+            || greetings.binary_search(&m.start()).is_ok()
         {
             continue;
         }
@@ -449,6 +453,7 @@ fn vocatives(text: &str, push: &mut impl FnMut(usize, usize, f32)) {
             && let Some(stem) = content.strip_suffix([',', ':'])
             && !stem.is_empty()
             && !is_signoff(stem)
+            && GREETING.find(stem).is_none_or(|g| g.start() > 0)
             && let Some((start, end)) = chain(text, pos + skip, Strictness::Any)
             && end == pos + skip + stem.len()
             && name_shaped(stem)
@@ -490,7 +495,7 @@ fn starts_quote(line: &str) -> bool {
     l.starts_with('>')
         || l.starts_with("--")
         || l.starts_with("__")
-        || ["wrote:", "schrieb:", "a écrit", "escribió", "ha scritto", "schreef"]
+        || [" wrote", " schrieb", "a écrit", "escribió", "ha scritto", "schreef", "geschreven"]
             .iter()
             .any(|w| l.contains(w))
         || [
@@ -928,8 +933,14 @@ fn surname_after_title(text: &str, pos: usize) -> Option<(usize, usize)> {
 /// The span of the name that starts at `pos`, if any.
 fn chain(text: &str, pos: usize, strictness: Strictness) -> Option<(usize, usize)> {
     let first = word_at(text, pos)?;
-    if first.initial && word_at(text, first.end).is_none() {
-        return None;
+    if first.initial {
+        // "J. Weber", "J.-P. de Kerangal": an initial wants a word after it.
+        let gap = &text[first.end..];
+        let mut next = first.end + gap.len() - gap.trim_start_matches([' ', '\u{a0}']).len();
+        if let Some(p) = PARTICLE.find(&text[next..]) {
+            next += p.end();
+        }
+        word_at(text, next)?;
     }
     let first_text = &text[first.start..first.end];
     if is_not_a_name(first_text) {
@@ -1115,5 +1126,143 @@ mod tests {
             .map(|s| s.text)
             .collect();
         assert_eq!(found, ["ZOÉ\n  KRASZEWSKI"]);
+    }
+
+    #[test]
+    fn names_after_closing_lines_and_ending_short_messages() {
+        assert_eq!(persons("Gracias de antemano,\nGuillermo"), ["Guillermo"]);
+        assert_eq!(persons("Herzliche Grüße aus Salzburg\nZorvan Qelaj"), ["Zorvan Qelaj"]);
+        assert_eq!(
+            persons("Mvg,\nRutger Kuipers\nOffice manager"),
+            ["Rutger Kuipers"]
+        );
+        assert_eq!(
+            persons("ok, passt so.\n\nZorvan\n\nAm 3.4.2025 schrieb Info <info@example.org>:\n> Text"),
+            ["Zorvan"]
+        );
+        assert!(persons("Bitte beachten.\n\nWichtig\n\nMehr Text folgt hier.").is_empty());
+    }
+
+    #[test]
+    fn all_caps_surname_before_a_given_name() {
+        assert_eq!(persons("Rückfrage von MELIS Giovanni heute"), ["MELIS Giovanni"]);
+        assert!(persons("Das PDF Dokument liegt bei").is_empty());
+    }
+
+    #[test]
+    fn display_names_that_the_address_confirms() {
+        assert_eq!(
+            persons("Von: brigitte rößler <b.roessler@example.de>"),
+            ["brigitte rößler"]
+        );
+        assert_eq!(
+            persons("Op 1-8-2024 om 9:47 schreef büşra demir <bd@example.nl>:"),
+            ["büşra demir"]
+        );
+        assert_eq!(
+            persons("Aan: sanne van beek <sanne.vanb730@example.nl>"),
+            ["sanne van beek"]
+        );
+        assert_eq!(
+            persons("Van: GÜLŞEN DOĞAN <dogan@example.nl>"),
+            ["GÜLŞEN DOĞAN"]
+        );
+        assert_eq!(
+            persons("Am 24.05.2025 um 10:37 schrieb Duc Vu <vu.duc@example.de>:"),
+            ["Duc Vu"]
+        );
+        assert!(persons("From: info service <info@example.com>").is_empty());
+        assert!(persons("Von: Buchhaltung <rechnung@example.de>").is_empty());
+    }
+
+    #[test]
+    fn quoted_surname_first_display_names() {
+        assert_eq!(
+            persons("Il 21/10/2026 \"Nguyen, Tuấn\" ha scritto:"),
+            ["Nguyen, Tuấn"]
+        );
+        assert_eq!(
+            persons("An: \"zu Dohna, Jannik\" <jz@example.de>"),
+            ["zu Dohna, Jannik"]
+        );
+        assert!(persons("Ort: \"Paris, France\" im Kalender").is_empty());
+    }
+
+    #[test]
+    fn vocative_first_lines() {
+        assert_eq!(
+            persons("Subject: list\n\nOrla,\n\nhere is the list."),
+            ["Orla"]
+        );
+        assert_eq!(
+            persons("Subject: x\n\nLéa de Saint-Aubin,\n\nquick note."),
+            ["Léa de Saint-Aubin"]
+        );
+        assert!(persons("Objet: x\n\nBuongiorno,\n\nnota.").is_empty());
+        assert!(persons("Asunto: x\n\nAtentamente,\n\nnota.").is_empty());
+    }
+
+    #[test]
+    fn more_titles_particles_greetings_and_relations() {
+        assert_eq!(persons("Herrn Haselhorst zieht aus."), ["Haselhorst"]);
+        assert_eq!(
+            persons("Estimada doña Peñalver Llorente:"),
+            ["Peñalver Llorente"]
+        );
+        assert_eq!(persons("Sehr geehrter Herr tom Dieck,"), ["tom Dieck"]);
+        assert_eq!(persons("Coucou Zorvan,"), ["Zorvan"]);
+        assert_eq!(persons("Dag Zorvan,"), ["Zorvan"]);
+        assert_eq!(
+            persons("la cita de su hijo Zorvan Qelaj el lunes"),
+            ["Zorvan Qelaj"]
+        );
+        assert_eq!(persons("Dile que vas de parte de Zorvan."), ["Zorvan"]);
+    }
+
+    #[test]
+    fn initials_glued_and_hyphenated() {
+        assert_eq!(persons("Gruß\nA.J.M. Verhoeven"), ["A.J.M. Verhoeven"]);
+        assert_eq!(
+            persons("Cordialement,\nJ.-P. de Kerangal"),
+            ["J.-P. de Kerangal"]
+        );
+    }
+
+    #[test]
+    fn second_surname_and_a_given_name_seen_before() {
+        assert_eq!(
+            persons("Le escribe Lucía Fernández Zubiarrenza hoy."),
+            ["Lucía Fernández Zubiarrenza"]
+        );
+        assert_eq!(
+            persons("Hallo Zorvan,\nwie besprochen hat Zorvan Çelikbaş angerufen."),
+            ["Zorvan", "Zorvan Çelikbaş"]
+        );
+    }
+
+    #[test]
+    fn a_known_given_name_alone_before_a_verb() {
+        assert_eq!(persons("quick heads-up: Bram is out until Monday"), ["Bram"]);
+        assert!(persons("Per informazioni chiamate il numero verde").is_empty());
+        assert!(persons("in zaal Rembrandt.").is_empty());
+        assert!(persons("Postfach 309, 72988 Henry").is_empty());
+        assert!(persons("Colegio Santa Teresa").is_empty());
+    }
+
+    #[test]
+    fn names_before_a_birth_date_and_on_form_lines() {
+        assert_eq!(
+            persons("Zorvan Qelaj (Geboortedatum 28/09/1980) wil zich inschrijven"),
+            ["Zorvan Qelaj"]
+        );
+        assert_eq!(
+            persons("Ihr Sohn Zorvan Qelaj (geb. am 7.12.2009) hat"),
+            ["Zorvan Qelaj"]
+        );
+        assert_eq!(
+            persons("Name: Zorvan Qelaj\nDOB: 01/02/1990"),
+            ["Zorvan Qelaj"]
+        );
+        assert!(persons("Name: Eckregal Fjord\nPreis: 200 €").is_empty());
     }
 }
