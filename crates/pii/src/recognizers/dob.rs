@@ -67,7 +67,7 @@ fn has_birth_word(before: &str) -> bool {
 /// * 25. Juni 1938"): at the start of the line, after a comma or a parenthesis, and the
 /// date ends the line or the clause.
 fn after_birth_star(text: &str, start: usize, end: usize) -> bool {
-    let line = &text[super::line_start(text, start)..start];
+    let line = &text[super::near_line_start(text, start, 128)..start];
     let Some(lead) = line.strip_suffix("* ").or_else(|| line.strip_suffix("*\u{a0}")) else {
         return false;
     };

@@ -78,3 +78,14 @@ pub(crate) fn window_before(text: &str, i: usize, max_bytes: usize) -> String {
 pub(crate) fn line_start(text: &str, i: usize) -> usize {
     text[..i].rfind('\n').map_or(0, |p| p + 1)
 }
+
+/// The start of the line that contains byte `i`, or of the text at most `max_bytes`
+/// before `i` when the line is longer: rules that look back a few words stay linear on
+/// text without line breaks.
+pub(crate) fn near_line_start(text: &str, i: usize, max_bytes: usize) -> usize {
+    let mut from = i.saturating_sub(max_bytes);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    text[from..i].rfind('\n').map_or(from, |p| from + p + 1)
+}

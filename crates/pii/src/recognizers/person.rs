@@ -367,7 +367,7 @@ fn display_names(text: &str, push: &mut impl FnMut(usize, usize, f32)) {
             .chars()
             .filter(char::is_ascii_alphanumeric)
             .collect();
-        let line_start = super::line_start(text, open.start());
+        let line_start = super::near_line_start(text, open.start(), 256);
         let before = text[line_start..open.start()].trim_end_matches([' ', '\t', '"']);
         // Up to five words back, each letters only; stop at anything else.
         let mut words: Vec<(usize, usize)> = Vec::new();
@@ -587,7 +587,7 @@ fn next_line(text: &str, i: usize) -> &str {
 /// The name that ends at byte `end`: its last two capitalised words (three when the
 /// first is a known given name: "Xabier Cañizares Domínguez"), with particles between.
 fn name_before(text: &str, end: usize) -> Option<(usize, usize)> {
-    let line = &text[super::line_start(text, end)..end];
+    let line = &text[super::near_line_start(text, end, 256)..end];
     let base = end - line.len();
     // Words back from the end, separated by one space.
     let mut starts: Vec<usize> = Vec::new();
