@@ -35,16 +35,16 @@ static PARTICLE: LazyLock<Regex> = LazyLock::new(|| {
         .expect("particle pattern")
 });
 static TITLE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\b(?:(?:[Ss]ig\.r[aei]|[Ss]ig\.n[ae]|[Dd]ott\.ssa)\b|(?:[Ss]igg|[Dd]ott|[Aa]vv|[Ss]rta|[Ss]ra|[Ss]r|[Mm]evr|[Mm]w|[Dd]hr|[Dd]ña)\.|(?:Mr|Mrs|Ms|Mx|Dr|Prof|Herrn|Herr|Frau|Doña|doña|Dña|dña|don|Dhr|Mevr|Mme|Mlle|Mmes|Sig|Sra|Ing|Dipl\.-Ing)\b\.?|(?:M|Hr|Fr|Pr|Sr|St)\.|(?:Mister|Miss|Sir|Monsieur|Madame|Mademoiselle|Docteur|Doktor|Professor|Professeur|Maître|Meneer|Mevrouw|Signor|Signora|Signorina|Señor|Señora|Señorita|Lord|Lady|monsieur|madame|mademoiselle|meneer|mevrouw|signor|signora|signorina|señor|señora|señorita|[Dd]e heer|[Gg]eachte heer)\b)")
+    Regex::new(r"(?-u:\b)(?:(?:[Ss]ig\.r[aei]|[Ss]ig\.n[ae]|[Dd]ott\.ssa)(?-u:\b)|(?:[Ss]igg|[Dd]ott|[Aa]vv|[Ss]rta|[Ss]ra|[Ss]r|[Mm]evr|[Mm]w|[Dd]hr|[Dd]ña)\.|(?:Mr|Mrs|Ms|Mx|Dr|Prof|Herrn|Herr|Frau|Doña|doña|Dña|dña|don|Dhr|Mevr|Mme|Mlle|Mmes|Sig|Sra|Ing|Dipl\.-Ing)(?-u:\b)\.?|(?:M|Hr|Fr|Pr|Sr|St)\.|(?:Mister|Miss|Sir|Monsieur|Madame|Mademoiselle|Docteur|Doktor|Professor|Professeur|Maître|Meneer|Mevrouw|Signor|Signora|Signorina|Señor|Señora|Señorita|Lord|Lady|monsieur|madame|mademoiselle|meneer|mevrouw|signor|signora|signorina|señor|señora|señorita|[Dd]e heer|[Gg]eachte heer)(?-u:\b))")
         .expect("title pattern")
 });
 static GREETING: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(?:dear|hi|hello|hey|bonjour|bonsoir|salut|cher|chère|liebe|lieber|hallo|moin|servus|beste|geachte|ciao|caro|cara|gentile|hola|estimado|estimada|querido|querida|hoi|hej|goedemorgen|goedemiddag|guten morgen|guten tag|grüß gott|grüezi|buongiorno|buenos días|buenas|coucou|qué tal|que tal|dag|salve|moin moin)[ \t]+")
+    Regex::new(r"(?i)(?-u:\b)(?:dear|hi|hello|hey|bonjour|bonsoir|salut|cher|chère|liebe|lieber|hallo|moin|servus|beste|geachte|ciao|caro|cara|gentile|hola|estimado|estimada|querido|querida|hoi|hej|goedemorgen|goedemiddag|guten morgen|guten tag|grüß gott|grüezi|buongiorno|buenos días|buenas|coucou|qué tal|que tal|dag|salve|moin moin)[ \t]+")
         .expect("greeting pattern")
 });
 /// A person naming themselves, or someone named by their relation to the writer.
 static INTRODUCTION: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(?:my name is|je m'appelle|mon nom est|ich heiße|ich heisse|mein name ist|mijn naam is|mi chiamo|me llamo|the undersigned|je soussignée?|der unterzeichnende|die unterzeichnende|de parte de|(?:my|our|your|his|her|mon|ma|notre|votre|son|sa|mein|meine|unser|unsere|ihr|ihre|mijn|onze|uw|jouw|je|haar|zijn|su|sus|mi|tu|nuestro|nuestra|vuestro|vuestra|suo|sua|mio|mia|tuo|tua|vostro|vostra|nostro|nostra)\s+(?:hijo|hija|hermano|hermana|marido|esposa|esposo|madre|padre|compañero|compañera|figlio|figlia|fratello|sorella|marito|moglie|collega|wife|husband|partner|son|daughter|mother|father|sister|brother|colleague|manager|assistant|lawyer|femme|mari|conjoint|conjointe|fils|fille|mère|père|sœur|soeur|frère|collègue|avocat|avocate|frau|mann|sohn|tochter|mutter|vater|schwester|bruder|kollege|kollegin|anwalt|anwältin|vrouw|man|zoon|dochter|moeder|vader|zus|broer|collega))[ \t,]+")
+    Regex::new(r"(?i)(?-u:\b)(?:my name is|je m'appelle|mon nom est|ich heiße|ich heisse|mein name ist|mijn naam is|mi chiamo|me llamo|the undersigned|je soussignée?|der unterzeichnende|die unterzeichnende|de parte de|(?:my|our|your|his|her|mon|ma|notre|votre|son|sa|mein|meine|unser|unsere|ihr|ihre|mijn|onze|uw|jouw|je|haar|zijn|su|sus|mi|tu|nuestro|nuestra|vuestro|vuestra|suo|sua|mio|mia|tuo|tua|vostro|vostra|nostro|nostra)\s+(?:hijo|hija|hermano|hermana|marido|esposa|esposo|madre|padre|compañero|compañera|figlio|figlia|fratello|sorella|marito|moglie|collega|wife|husband|partner|son|daughter|mother|father|sister|brother|colleague|manager|assistant|lawyer|femme|mari|conjoint|conjointe|fils|fille|mère|père|sœur|soeur|frère|collègue|avocat|avocate|frau|mann|sohn|tochter|mutter|vater|schwester|bruder|kollege|kollegin|anwalt|anwältin|vrouw|man|zoon|dochter|moeder|vader|zus|broer|collega))[ \t,]+")
         .expect("introduction pattern")
 });
 /// "I, Name Surname, …" at the start of a sentence, as in declarations and mandates.
@@ -478,15 +478,16 @@ const SIGNOFF_WORDS: &[&str] = &[
     "ciao", "un saludo", "best", "mvg", "mvgr", "gr", "cdlt", "bàt", "slds",
 ];
 
-/// Whether `line` (lower-cased) holds a closing word at the start of a word.
+/// [`SIGNOFF_WORDS`] as one pattern, each word whole.
+static SIGNOFF: LazyLock<Regex> = LazyLock::new(|| {
+    let words: Vec<String> = SIGNOFF_WORDS.iter().map(|w| regex::escape(w)).collect();
+    Regex::new(&format!(r"(?i)(?:^|[^\p{{L}}])(?:{})(?:$|[^\p{{L}}])", words.join("|")))
+        .expect("signoff pattern")
+});
+
+/// Whether `line` holds a closing word, whole.
 fn is_signoff(line: &str) -> bool {
-    let line = line.to_lowercase();
-    SIGNOFF_WORDS.iter().any(|w| {
-        line.match_indices(w).any(|(i, _)| {
-            !line[..i].chars().next_back().is_some_and(char::is_alphabetic)
-                && !line[i + w.len()..].chars().next().is_some_and(char::is_alphabetic)
-        })
-    })
+    SIGNOFF.is_match(line)
 }
 
 /// Whether a line starts a quoted or forwarded mail ("Am … schrieb", "-----", "From:").
@@ -571,7 +572,7 @@ static FORM_LABEL: LazyLock<Regex> = LazyLock::new(|| {
 /// A birth date's lead right after a name: "Tuncay Şahin (Geboortedatum …", "(Ciarán
 /// Whitfield, Date of birth …", "Hülya Demir, * 25. Juni 1938".
 static BIRTH_AFTER: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)[ \t]*[,(][ \t]*(?:geb\.|geboren|born|date of birth|dob\b|d\.o\.b|née?\b|nat[oa]\b|nacid[oa]\b|geboortedatum|geburtsdatum|data di nascita|fecha de nacimiento|fecha nac|date de naissance|\*[ \u{a0}]*[0-9])")
+    Regex::new(r"(?i)[ \t]*[,(][ \t]*(?:geb\.|geboren|born|date of birth|dob(?-u:\b)|d\.o\.b|née?(?-u:\b)|nat[oa](?-u:\b)|nacid[oa](?-u:\b)|geboortedatum|geburtsdatum|data di nascita|fecha de nacimiento|fecha nac|date de naissance|\*[ \u{a0}]*[0-9])")
         .expect("birth after pattern")
 });
 

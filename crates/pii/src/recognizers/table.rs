@@ -121,6 +121,22 @@ fn column_of(cell: &str) -> Option<Column> {
 
 /// The separator of a header line, if it has one that splits it into three cells or more.
 fn separator(line: &str) -> Option<char> {
+    if line.len() > 400 {
+        return None;
+    }
+    let mut counts = [0u8; 4];
+    for b in line.bytes() {
+        match b {
+            b'\t' => counts[0] = counts[0].saturating_add(1),
+            b'|' => counts[1] = counts[1].saturating_add(1),
+            b';' => counts[2] = counts[2].saturating_add(1),
+            b',' => counts[3] = counts[3].saturating_add(1),
+            _ => {}
+        }
+    }
+    if counts.iter().all(|&c| c < 2) {
+        return None;
+    }
     ['\t', '|', ';', ',']
         .into_iter()
         .find(|&s| line.split(s).filter(|c| !c.trim().is_empty()).count() >= 3)
