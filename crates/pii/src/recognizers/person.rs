@@ -401,18 +401,25 @@ fn display_names(text: &str, push: &mut impl FnMut(usize, usize, f32)) {
                 break;
             }
         }
+        // Mixed case ("terecht bij Thanh Huong Vu"): the capitalised tail is the name.
+        let lower = |&(s, e): &(usize, usize)| {
+            let w = &text[s..e];
+            w.chars().next().is_some_and(char::is_lowercase) && !PARTICLES.contains(&w)
+        };
+        if words
+            .iter()
+            .any(|&(s, _)| text[s..].chars().next().is_some_and(char::is_uppercase))
+            && let Some(last_lower) = words.iter().rposition(lower)
+        {
+            words.drain(..=last_lower);
+            while words.first().is_some_and(|&(s, e)| PARTICLES.contains(&&text[s..e])) {
+                words.remove(0);
+            }
+        }
         let (Some(&(start, _)), Some(&(_, end))) = (words.first(), words.last()) else {
             continue;
         };
         let name_words: Vec<&str> = words.iter().map(|&(s, e)| &text[s..e]).collect();
-        if name_words
-            .iter()
-            .any(|w| w.chars().any(char::is_lowercase) && w.chars().next().is_some_and(char::is_lowercase) && !PARTICLES.contains(w))
-            && name_words.iter().any(|w| w.chars().next().is_some_and(char::is_uppercase))
-        {
-            // Mixed "schreibt Anna Weber": keep the capitalised tail only.
-            continue;
-        }
         if name_words.iter().any(|w| {
             !PARTICLES.contains(w)
                 && (is_not_a_name(w) || STOP_WORDS.contains(&w.to_lowercase().as_str()))
@@ -436,9 +443,10 @@ fn display_names(text: &str, push: &mut impl FnMut(usize, usize, f32)) {
     }
 }
 
-/// The local part of an address in angle brackets.
+/// The local part of an address in angle brackets, or opening a parenthesis
+/// ("Thanh Huong Vu (thanhhuong@…, 030 …)").
 static ADDRESS_OPEN: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"<([^@<>\s]{1,64})@").expect("address pattern"));
+    LazyLock::new(|| Regex::new(r"[<(]([^@<>()\s]{1,64})@").expect("address pattern"));
 
 /// A name alone on the first line of a mail's body, followed by a comma ("Orla,",
 /// "Léa de Saint-Aubin,"): the person the mail is written to.
@@ -1171,6 +1179,10 @@ mod tests {
         assert_eq!(
             persons("Am 24.05.2025 um 10:37 schrieb Duc Vu <vu.duc@example.de>:"),
             ["Duc Vu"]
+        );
+        assert_eq!(
+            persons("Voor vragen kun je terecht bij Thanh Huong Vu (thanhhuong@example.nl)."),
+            ["Thanh Huong Vu"]
         );
         assert!(persons("From: info service <info@example.com>").is_empty());
         assert!(persons("Von: Buchhaltung <rechnung@example.de>").is_empty());
