@@ -35,7 +35,7 @@ static PARTICLE: LazyLock<Regex> = LazyLock::new(|| {
         .expect("particle pattern")
 });
 static TITLE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?-u:\b)(?:(?:[Ss]ig\.r[aei]|[Ss]ig\.n[ae]|[Dd]ott\.ssa)(?-u:\b)|(?:[Ss]igg|[Dd]ott|[Aa]vv|[Ss]rta|[Ss]ra|[Ss]r|[Mm]evr|[Mm]w|[Dd]hr|[Dd]ña)\.|(?:Mr|Mrs|Ms|Mx|Dr|Prof|Herrn|Herr|Frau|Doña|doña|Dña|dña|don|Dhr|Mevr|Mme|Mlle|Mmes|Sig|Sra|Ing|Dipl\.-Ing)(?-u:\b)\.?|(?:M|Hr|Fr|Pr|Sr|St)\.|(?:Mister|Miss|Sir|Monsieur|Madame|Mademoiselle|Docteur|Doktor|Professor|Professeur|Maître|Meneer|Mevrouw|Signor|Signora|Signorina|Señor|Señora|Señorita|Lord|Lady|monsieur|madame|mademoiselle|meneer|mevrouw|signor|signora|signorina|señor|señora|señorita|[Dd]e heer|[Gg]eachte heer)(?-u:\b))")
+    Regex::new(r"(?-u:\b)(?:(?:[Ss]ig\.r[aei]|[Ss]ig\.n[ae]|[Dd]ott\.ssa)(?-u:\b)|(?:[Ss]igg|[Dd]ott|[Aa]vv|[Ss]rta|[Ss]ra|[Ss]r|[Mm]evr|[Mm]w|[Dd]hr|[Dd]ña)\.|(?:[Gg]eom|[Aa]rch|[Rr]ag|[Ee]gr|[Mm]ag|[Ll]ic|[Dd]ra|[Dd]rs|[Ii]r|mr|[Pp]rof\.ssa|Dipl\.-Kfm)\.|(?:Notar|Notarin|Notaio|Rechtsanwalt|Rechtsanwältin|Avvocato|Avvocata|Abogado|Abogada|Advocaat|Advocate)[ \u{a0}]|(?:Mr|Mrs|Ms|Mx|Dr|Prof|Herrn|Herr|Frau|Doña|doña|Dña|dña|don|Dhr|Mevr|Mme|Mlle|Mmes|Sig|Sra|Ing|Dipl\.-Ing)(?-u:\b)\.?|(?:M|Hr|Fr|Pr|Sr|St)\.|(?:Mister|Miss|Sir|Monsieur|Madame|Mademoiselle|Docteur|Doktor|Professor|Professeur|Maître|Meneer|Mevrouw|Signor|Signora|Signorina|Señor|Señora|Señorita|Lord|Lady|monsieur|madame|mademoiselle|meneer|mevrouw|signor|signora|signorina|señor|señora|señorita|[Dd]e heer|[Gg]eachte heer)(?-u:\b))")
         .expect("title pattern")
 });
 static GREETING: LazyLock<Regex> = LazyLock::new(|| {
@@ -98,6 +98,17 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
     for m in INTRODUCTION.find_iter(text) {
         if let Some((start, end)) = chain(text, skip_titles(text, m.end()), Strictness::Any) {
             push(start, end, 0.75);
+        } else if SELF_NAMING.is_match(m.as_str())
+            && let Some(c) = LOWERCASE_NAME.captures(&text[m.end()..])
+            && let Some(name) = c.get(1)
+        {
+            // "mein Name ist brinkmann.": a name written in lower case, ending the clause.
+            let (start, end) = (m.end() + name.start(), m.end() + name.end());
+            if text[end..].chars().next().is_none_or(|c| ".,;!?\n\r".contains(c))
+                && name.as_str().split(' ').all(|w| !STOP_WORDS.contains(&w) && !NOT_A_NAME_LOWER.contains(&w))
+            {
+                push(start, end, 0.75);
+            }
         }
     }
     for m in FIRST_PERSON.find_iter(text) {
@@ -257,6 +268,21 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
     out.append(&mut found);
 }
 
+/// Introductions in which the writer names themself (not a relation).
+static SELF_NAMING: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)^(?:my name is|je m'appelle|mon nom est|ich heiße|ich heisse|mein name ist|mijn naam is|mi chiamo|me llamo)")
+        .expect("self naming pattern")
+});
+/// One or two lower-case words.
+static LOWERCASE_NAME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(\p{Ll}[\p{Ll}\p{M}'’\-]+(?: \p{Ll}[\p{Ll}\p{M}'’\-]+)?)").expect("lower-case name pattern")
+});
+/// Lower-case words that end an introduction without being a name.
+const NOT_A_NAME_LOWER: &[&str] = &[
+    "not", "nicht", "pas", "niet", "non", "no", "egal", "unwichtig", "irrelevant", "here",
+    "hier", "ici", "qui", "aquí", "hidden", "secret", "geheim", "unknown", "unbekannt",
+];
+
 /// An all-caps surname before a given name, as forms and lists write them ("MELIS
 /// Nicolò", "COURTOIS-MARIN Ségolène").
 static CAPS_THEN_GIVEN: LazyLock<Regex> = LazyLock::new(|| {
@@ -413,6 +439,20 @@ fn display_names(text: &str, push: &mut impl FnMut(usize, usize, f32)) {
         {
             words.drain(..=last_lower);
             while words.first().is_some_and(|&(s, e)| PARTICLES.contains(&&text[s..e])) {
+                words.remove(0);
+            }
+            // In running text a noun may come before the name ("mein Kollege Friedl
+            // Jacob (friedl.jacob@…"): beyond two words, a word that is neither in the
+            // address nor a given name is left out.
+            while words.len() > 2
+                && words.first().is_some_and(|&(s, e)| {
+                    let w = &text[s..e];
+                    !is_given(w)
+                        && !folded(w)
+                            .iter()
+                            .any(|f| f.chars().count() >= 3 && local.contains(f.as_str()))
+                })
+            {
                 words.remove(0);
             }
         }
@@ -881,7 +921,10 @@ fn word_at(text: &str, pos: usize) -> Option<NameWord> {
     if char_at(text, end).is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '@') {
         return None;
     }
-    let mut initial = word.chars().count() == 1;
+    // "Ch. Pölzl", "Th. Weber": a given name cut to its first sounds is an initial too.
+    let mut initial = word.chars().count() == 1
+        || (["Ch", "Chr", "Th", "Ph", "Wm", "Jos", "Joh"].contains(&word)
+            && char_at(text, end) == Some('.'));
     if initial {
         if char_at(text, end) != Some('.') {
             return None;
@@ -929,14 +972,15 @@ fn skip_titles(text: &str, mut pos: usize) -> usize {
 /// The name after a title: a chain, or a surname that starts with its particle
 /// ("Frau von Liebelt", "M. de La Fontaine", "mevrouw van 't Erve"), taken whole.
 fn surname_after_title(text: &str, pos: usize) -> Option<(usize, usize)> {
-    if let Some(found) = chain(text, pos, Strictness::Lexicon) {
-        return Some(found);
-    }
     let rest = &text[pos..];
     let start = pos + rest.len() - rest.trim_start_matches([' ', '\t', '\u{a0}']).len();
-    let particle = PARTICLE.find(&text[start..])?;
-    let (_, end) = chain(text, start + particle.end(), Strictness::Lexicon)?;
-    Some((start, end))
+    // The particle first: "Frau Van Rossum" is one surname, not "Van" and a word after it.
+    if let Some(particle) = PARTICLE.find(&text[start..])
+        && let Some((_, end)) = chain(text, start + particle.end(), Strictness::Lexicon)
+    {
+        return Some((start, end));
+    }
+    chain(text, pos, Strictness::Lexicon)
 }
 
 /// The span of the name that starts at `pos`, if any.
@@ -1184,6 +1228,10 @@ mod tests {
             persons("Voor vragen kun je terecht bij Thanh Huong Vu (thanhhuong@example.nl)."),
             ["Thanh Huong Vu"]
         );
+        assert_eq!(
+            persons("mein Kollege Zorvan Qelaj (zorvan.qelaj@example.de) übernimmt"),
+            ["Zorvan Qelaj"]
+        );
         assert!(persons("From: info service <info@example.com>").is_empty());
         assert!(persons("Von: Buchhaltung <rechnung@example.de>").is_empty());
     }
@@ -1233,7 +1281,18 @@ mod tests {
     }
 
     #[test]
+    fn lower_case_names_after_a_self_introduction_and_particles_after_titles() {
+        assert_eq!(persons("Hallo, mein Name ist brinkmann."), ["brinkmann"]);
+        assert_eq!(persons("hi, my name is bart janssens, I live"), ["bart janssens"]);
+        assert!(persons("my name is not important.").is_empty());
+        assert_eq!(persons("Sehr geehrte Frau Van Rossum,"), ["Van Rossum"]);
+        assert_eq!(persons("Gentile Geom. Zorvani,"), ["Zorvani"]);
+        assert_eq!(persons("Geachte mr. Zorvani,"), ["Zorvani"]);
+    }
+
+    #[test]
     fn initials_glued_and_hyphenated() {
+        assert_eq!(persons("Gruß\nCh. Pölzl"), ["Ch. Pölzl"]);
         assert_eq!(persons("Gruß\nA.J.M. Verhoeven"), ["A.J.M. Verhoeven"]);
         assert_eq!(
             persons("Cordialement,\nJ.-P. de Kerangal"),
