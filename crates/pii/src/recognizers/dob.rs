@@ -93,6 +93,12 @@ pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) 
             Some((i, _)) => &before[i + 1..],
             None => &before[..],
         };
+        // A birth word speaks for the first date after it, not for one after another
+        // date ("née le 02/09/2019) le 13/05/2024").
+        let before = match before.rfind(|c: char| c.is_ascii_digit()) {
+            Some(i) => &before[i + 1..],
+            None => before,
+        };
         if has_birth_word(before) || after_birth_star(text, m.start(), m.end()) {
             out.push(Candidate {
                 kind: PiiKind::DateOfBirth,
@@ -137,6 +143,14 @@ mod tests {
         assert_eq!(dobs("Name: Irmgard Heckelmann\n> * 23.1.1997\n"), ["23.1.1997"]);
         assert_eq!(dobs("Patientin: Hülya Demir, * 25. Juni 1938, Versichert"), ["25. Juni 1938"]);
         assert_eq!(dobs("Elle est née à Lyon le 3 avril 1979"), ["3 avril 1979"]);
+    }
+
+    #[test]
+    fn birth_words_speak_for_the_next_date_only() {
+        assert_eq!(
+            dobs("votre fille (née le 02/09/2019) le 13/05/2024 à 14h30"),
+            ["02/09/2019"]
+        );
     }
 
     #[test]

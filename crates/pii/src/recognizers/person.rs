@@ -179,7 +179,12 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
         }
     }
     for m in BIRTH_AFTER.find_iter(text) {
-        if let Some((start, end)) = name_before(text, m.start()) {
+        // The lead is followed by the date, not a header row's next column.
+        let date_follows = text[m.end()..]
+            .char_indices()
+            .take_while(|&(i, c)| i < 40 && c != '\n')
+            .any(|(_, c)| c.is_ascii_digit());
+        if date_follows && let Some((start, end)) = name_before(text, m.start()) {
             push(start, end, 0.75);
         }
     }
@@ -666,7 +671,11 @@ fn name_before(text: &str, end: usize) -> Option<(usize, usize)> {
         if PARTICLES.contains(&w) {
             continue;
         }
-        if !w.chars().next().is_some_and(char::is_uppercase) || is_not_a_name(w) {
+        if !w.chars().next().is_some_and(char::is_uppercase)
+            || is_not_a_name(w)
+            || RELATION_NOUNS.contains(&w.to_lowercase().as_str())
+            || TITLE.find(w).is_some_and(|t| t.start() == 0 && t.end() >= w.len() - 1)
+        {
             break;
         }
         capitalised += 1;
@@ -696,6 +705,20 @@ fn after_capitalised_word(text: &str, start: usize) -> bool {
         .collect();
     word.chars().last().is_some_and(char::is_uppercase)
 }
+
+/// How street names end in Dutch and German compounds ("Frankstraat", "Goethestraße").
+const STREET_ENDINGS: &[&str] = &[
+    "straat", "laan", "gracht", "plein", "kade", "singel", "steeg", "straße", "strasse",
+    "gasse", "allee", "platz", "ufer", "damm",
+];
+
+/// Nouns for a person's relation to someone, written before their name ("Ihr Sohn Paweł").
+const RELATION_NOUNS: &[&str] = &[
+    "sohn", "tochter", "kind", "kollege", "kollegin", "patient", "patientin", "mitarbeiter",
+    "mitarbeiterin", "fils", "fille", "enfant", "collègue", "hijo", "hija", "niño", "niña",
+    "figlio", "figlia", "bambino", "bambina", "zoon", "dochter", "kind", "collega", "son",
+    "daughter", "child", "colleague", "patient", "paciente", "paziente", "schüler", "schülerin",
+];
 
 /// Whether a lone given name ending at `end` is followed by what follows a name in a
 /// sentence: a lower-case word, or punctuation that ends a clause.
@@ -1047,6 +1070,13 @@ fn chain(text: &str, pos: usize, strictness: Strictness) -> Option<(usize, usize
     {
         return None;
     }
+    // "Anne Frankstraat", "Johan de Wittlaan": a street named after a person.
+    let last = text[first.start..end].rsplit(' ').next().unwrap_or("").to_lowercase();
+    if last.chars().count() > 6
+        && STREET_ENDINGS.iter().any(|s| last.ends_with(s))
+    {
+        return None;
+    }
     Some((first.start, end))
 }
 
@@ -1319,6 +1349,7 @@ mod tests {
         assert!(persons("in zaal Rembrandt.").is_empty());
         assert!(persons("Postfach 309, 72988 Henry").is_empty());
         assert!(persons("Colegio Santa Teresa").is_empty());
+        assert!(persons("Kantoor: Anne Frankstraat 12, Utrecht").is_empty());
     }
 
     #[test]
@@ -1336,5 +1367,6 @@ mod tests {
             ["Zorvan Qelaj"]
         );
         assert!(persons("Name: Eckregal Fjord\nPreis: 200 €").is_empty());
+        assert!(persons("Cognome,Nome,Email,Cellulare,Data di nascita\n").is_empty());
     }
 }
