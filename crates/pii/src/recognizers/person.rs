@@ -584,6 +584,14 @@ fn signature_lines(text: &str, push: &mut impl FnMut(usize, usize, f32)) {
         if line.is_empty() {
             continue;
         }
+        // The signature delimiter "-- ": the line after it names the writer.
+        if line == "--"
+            && let Some((next, _)) = next_nonempty(idx + 1, 1)
+            && let Some((start, end)) = chain(text, next, Strictness::Any)
+            && ends_line(text, end)
+        {
+            push(start, end, 0.8);
+        }
         if line.chars().count() <= 60
             && !line.contains(|c: char| c.is_ascii_digit() || c == '@' || c == ':')
             && is_signoff(line)
@@ -1224,6 +1232,10 @@ mod tests {
             ["Zorvan"]
         );
         assert!(persons("Bitte beachten.\n\nWichtig\n\nMehr Text folgt hier.").is_empty());
+        assert_eq!(
+            persons("Bien à vous.\n\n-- \nZorvan Qelaj\nGestionnaire"),
+            ["Zorvan Qelaj"]
+        );
     }
 
     #[test]
