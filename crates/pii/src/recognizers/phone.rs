@@ -97,6 +97,16 @@ const PHONE_WORDS: [&str; 54] = [
     "contatt",
     "kontaktier",
 ];
+/// [`PHONE_WORDS`] and [`REFERENCE_WORDS`] as patterns, searched once per window instead
+/// of once per word.
+static PHONE_WORDS_RE: LazyLock<Regex> = LazyLock::new(|| words_pattern(&PHONE_WORDS));
+static REFERENCE_WORDS_RE: LazyLock<Regex> = LazyLock::new(|| words_pattern(&REFERENCE_WORDS));
+
+fn words_pattern(words: &[&str]) -> Regex {
+    let alternatives: Vec<String> = words.iter().map(|w| regex::escape(w)).collect();
+    Regex::new(&alternatives.join("|")).expect("word list pattern")
+}
+
 /// Words that announce some other number (lower case).
 const REFERENCE_WORDS: [&str; 44] = [
     "invoice",
@@ -296,19 +306,24 @@ fn context(text: &str, start: usize) -> Context {
         None => &before[..],
     };
     // Words count where they start a word: "Bestellnummer" holds "tel", "Brasserie" "serie".
-    let last = |words: &[&str]| {
-        words
-            .iter()
-            .flat_map(|w| before.match_indices(w).map(|(i, _)| i))
-            .filter(|&i| {
-                !before[..i]
-                    .chars()
-                    .next_back()
-                    .is_some_and(char::is_alphabetic)
-            })
-            .max()
+    // Every start at which a word of the list matches, the last one at a word start.
+    let last = |words: &Regex| {
+        let mut at = 0;
+        let mut found = None;
+        while let Some(m) = words.find_at(before, at) {
+            let i = m.start();
+            if !before[..i]
+                .chars()
+                .next_back()
+                .is_some_and(char::is_alphabetic)
+            {
+                found = Some(i);
+            }
+            at = i + before[i..].chars().next().map_or(1, char::len_utf8);
+        }
+        found
     };
-    match (last(&PHONE_WORDS), last(&REFERENCE_WORDS)) {
+    match (last(&PHONE_WORDS_RE), last(&REFERENCE_WORDS_RE)) {
         (Some(p), Some(r)) if r > p => Context::Reference,
         (Some(_), _) => Context::Phone,
         (None, Some(_)) => Context::Reference,
