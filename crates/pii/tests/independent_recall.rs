@@ -59,7 +59,10 @@ fn independent_handwritten_recall() {
 #[test]
 fn independent_clean_false_alarms() {
     let mut failures = Vec::new();
-    for file in ["tests/data/independent/dev-clean.txt", "tests/data/independent/test-clean.txt"] {
+    for file in [
+        "tests/data/independent/dev-clean.txt",
+        "tests/data/independent/test-clean.txt",
+    ] {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(file);
         let docs = load_marked_file(&path).unwrap_or_else(|e| panic!("{e}"));
         let report = measure_leaks(&docs, &PseudonymizeOptions::default());

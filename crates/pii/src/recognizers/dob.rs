@@ -57,22 +57,29 @@ const BIRTH_WORDS: [&str; 30] = [
 /// Whether a birth word starts a word in `before`.
 fn has_birth_word(before: &str) -> bool {
     BIRTH_WORDS.iter().any(|w| {
-        before
-            .match_indices(w)
-            .any(|(i, _)| !before[..i].chars().next_back().is_some_and(char::is_alphabetic))
+        before.match_indices(w).any(|(i, _)| {
+            !before[..i]
+                .chars()
+                .next_back()
+                .is_some_and(char::is_alphabetic)
+        })
     })
 }
 
-/// The German genealogical star right before the date ("* 16.12.1963", "Hülya Demir,
-/// * 25. Juni 1938"): at the start of the line, after a comma or a parenthesis, and the
+/// The German genealogical star right before the date: `* 16.12.1963` at the start of
+/// the line, or after a comma or a parenthesis (`Hülya Demir, * 25. Juni 1938`); the
 /// date ends the line or the clause.
 fn after_birth_star(text: &str, start: usize, end: usize) -> bool {
     let line = &text[super::near_line_start(text, start, 128)..start];
-    let Some(lead) = line.strip_suffix("* ").or_else(|| line.strip_suffix("*\u{a0}")) else {
+    let Some(lead) = line
+        .strip_suffix("* ")
+        .or_else(|| line.strip_suffix("*\u{a0}"))
+    else {
         return false;
     };
     let lead = lead.trim_end_matches([' ', '\t']);
-    let lead_ok = lead.trim_start_matches(['>', ' ', '\t']).is_empty() || lead.ends_with([',', '(']);
+    let lead_ok =
+        lead.trim_start_matches(['>', ' ', '\t']).is_empty() || lead.ends_with([',', '(']);
     let rest = text[end..].trim_start_matches([' ', '\t']);
     let end_ok = rest.is_empty()
         || rest.starts_with(['\n', '\r', ',', ')', ';'])
@@ -138,11 +145,26 @@ mod tests {
     fn italian_spanish_and_star_lead_forms() {
         assert_eq!(dobs("nato a Catania il 16/2/1985"), ["16/2/1985"]);
         assert_eq!(dobs("nata ad Ancona il 3 marzo 1950"), ["3 marzo 1950"]);
-        assert_eq!(dobs("su hijo Tarek (Fecha nac.: 28/04/2013) el"), ["28/04/2013"]);
-        assert_eq!(dobs("nacida el 7 de marzo de 1966."), ["7 de marzo de 1966"]);
-        assert_eq!(dobs("Name: Irmgard Heckelmann\n> * 23.1.1997\n"), ["23.1.1997"]);
-        assert_eq!(dobs("Patientin: Hülya Demir, * 25. Juni 1938, Versichert"), ["25. Juni 1938"]);
-        assert_eq!(dobs("Elle est née à Lyon le 3 avril 1979"), ["3 avril 1979"]);
+        assert_eq!(
+            dobs("su hijo Tarek (Fecha nac.: 28/04/2013) el"),
+            ["28/04/2013"]
+        );
+        assert_eq!(
+            dobs("nacida el 7 de marzo de 1966."),
+            ["7 de marzo de 1966"]
+        );
+        assert_eq!(
+            dobs("Name: Irmgard Heckelmann\n> * 23.1.1997\n"),
+            ["23.1.1997"]
+        );
+        assert_eq!(
+            dobs("Patientin: Hülya Demir, * 25. Juni 1938, Versichert"),
+            ["25. Juni 1938"]
+        );
+        assert_eq!(
+            dobs("Elle est née à Lyon le 3 avril 1979"),
+            ["3 avril 1979"]
+        );
     }
 
     #[test]

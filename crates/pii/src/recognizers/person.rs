@@ -104,8 +104,14 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
         {
             // "mein Name ist brinkmann.": a name written in lower case, ending the clause.
             let (start, end) = (m.end() + name.start(), m.end() + name.end());
-            if text[end..].chars().next().is_none_or(|c| ".,;!?\n\r".contains(c))
-                && name.as_str().split(' ').all(|w| !STOP_WORDS.contains(&w) && !NOT_A_NAME_LOWER.contains(&w))
+            if text[end..]
+                .chars()
+                .next()
+                .is_none_or(|c| ".,;!?\n\r".contains(c))
+                && name
+                    .as_str()
+                    .split(' ')
+                    .all(|w| !STOP_WORDS.contains(&w) && !NOT_A_NAME_LOWER.contains(&w))
             {
                 push(start, end, 0.75);
             }
@@ -280,12 +286,30 @@ static SELF_NAMING: LazyLock<Regex> = LazyLock::new(|| {
 });
 /// One or two lower-case words.
 static LOWERCASE_NAME: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(\p{Ll}[\p{Ll}\p{M}'’\-]+(?: \p{Ll}[\p{Ll}\p{M}'’\-]+)?)").expect("lower-case name pattern")
+    Regex::new(r"^(\p{Ll}[\p{Ll}\p{M}'’\-]+(?: \p{Ll}[\p{Ll}\p{M}'’\-]+)?)")
+        .expect("lower-case name pattern")
 });
 /// Lower-case words that end an introduction without being a name.
 const NOT_A_NAME_LOWER: &[&str] = &[
-    "not", "nicht", "pas", "niet", "non", "no", "egal", "unwichtig", "irrelevant", "here",
-    "hier", "ici", "qui", "aquí", "hidden", "secret", "geheim", "unknown", "unbekannt",
+    "not",
+    "nicht",
+    "pas",
+    "niet",
+    "non",
+    "no",
+    "egal",
+    "unwichtig",
+    "irrelevant",
+    "here",
+    "hier",
+    "ici",
+    "qui",
+    "aquí",
+    "hidden",
+    "secret",
+    "geheim",
+    "unknown",
+    "unbekannt",
 ];
 
 /// An all-caps surname before a given name, as forms and lists write them ("MELIS
@@ -297,13 +321,73 @@ static CAPS_THEN_GIVEN: LazyLock<Regex> = LazyLock::new(|| {
 /// Words that are no name in a display name ("info", "service" in `"info service" <info@…>`),
 /// and the words of reply lines around one ("schreef büşra demir <bd@…>").
 const STOP_WORDS: &[&str] = &[
-    "info", "service", "support", "team", "office", "admin", "mail", "contact", "noreply",
-    "no-reply", "newsletter", "sales", "billing", "kontakt", "buchhaltung", "verwaltung",
-    "secretariat", "secrétariat", "secretaría", "segreteria", "administratie", "facturen",
-    "invoice", "rechnung", "factures", "compta", "comptabilité", "the", "und", "et", "and",
-    "schrieb", "schreef", "wrote", "écrit", "scritto", "escribió", "geschreven", "heeft", "het",
-    "volgende", "om", "um", "at", "on", "am", "le", "el", "il", "op", "a", "à", "ha", "by", "from",
-    "to", "cc", "von", "an", "de", "da", "van", "para", "aan", "mail", "e-mail", "email",
+    "info",
+    "service",
+    "support",
+    "team",
+    "office",
+    "admin",
+    "mail",
+    "contact",
+    "noreply",
+    "no-reply",
+    "newsletter",
+    "sales",
+    "billing",
+    "kontakt",
+    "buchhaltung",
+    "verwaltung",
+    "secretariat",
+    "secrétariat",
+    "secretaría",
+    "segreteria",
+    "administratie",
+    "facturen",
+    "invoice",
+    "rechnung",
+    "factures",
+    "compta",
+    "comptabilité",
+    "the",
+    "und",
+    "et",
+    "and",
+    "schrieb",
+    "schreef",
+    "wrote",
+    "écrit",
+    "scritto",
+    "escribió",
+    "geschreven",
+    "heeft",
+    "het",
+    "volgende",
+    "om",
+    "um",
+    "at",
+    "on",
+    "am",
+    "le",
+    "el",
+    "il",
+    "op",
+    "a",
+    "à",
+    "ha",
+    "by",
+    "from",
+    "to",
+    "cc",
+    "von",
+    "an",
+    "de",
+    "da",
+    "van",
+    "para",
+    "aan",
+    "mail",
+    "e-mail",
+    "email",
 ];
 
 /// `"Squillace, Ottavio" <…>`, `"Çelik, Ayşe" ha scritto`: an address book's display name,
@@ -319,10 +403,13 @@ fn name_shaped(part: &str) -> bool {
     let words: Vec<&str> = part.split(' ').collect();
     !words.is_empty()
         && words.len() <= 5
-        && words.last().is_some_and(|w| w.chars().next().is_some_and(char::is_uppercase))
+        && words
+            .last()
+            .is_some_and(|w| w.chars().next().is_some_and(char::is_uppercase))
         && words.iter().all(|w| {
             !w.is_empty()
-                && w.chars().all(|c| c.is_alphabetic() || matches!(c, '\'' | '’' | '-' | '.'))
+                && w.chars()
+                    .all(|c| c.is_alphabetic() || matches!(c, '\'' | '’' | '-' | '.'))
                 && (w.chars().next().is_some_and(char::is_uppercase) || PARTICLES.contains(w))
         })
 }
@@ -363,7 +450,12 @@ fn folded(text: &str) -> [String; 2] {
                 german.push_str("ss");
             }
             'ä' | 'ö' | 'ü' => {
-                plain.push(GROUPS.iter().find(|(g, _)| g.contains(c)).map_or(c, |(_, a)| *a));
+                plain.push(
+                    GROUPS
+                        .iter()
+                        .find(|(g, _)| g.contains(c))
+                        .map_or(c, |(_, a)| *a),
+                );
                 german.push(match c {
                     'ä' => 'a',
                     'ö' => 'o',
@@ -372,7 +464,10 @@ fn folded(text: &str) -> [String; 2] {
                 german.push('e');
             }
             _ => {
-                let a = GROUPS.iter().find(|(g, _)| g.contains(c)).map_or(c, |(_, a)| *a);
+                let a = GROUPS
+                    .iter()
+                    .find(|(g, _)| g.contains(c))
+                    .map_or(c, |(_, a)| *a);
                 if a != '\0' {
                     plain.push(a);
                     german.push(a);
@@ -443,7 +538,10 @@ fn display_names(text: &str, push: &mut impl FnMut(usize, usize, f32)) {
             && let Some(last_lower) = words.iter().rposition(lower)
         {
             words.drain(..=last_lower);
-            while words.first().is_some_and(|&(s, e)| PARTICLES.contains(&&text[s..e])) {
+            while words
+                .first()
+                .is_some_and(|&(s, e)| PARTICLES.contains(&&text[s..e]))
+            {
                 words.remove(0);
             }
             // In running text a noun may come before the name ("mein Kollege Friedl
@@ -521,21 +619,75 @@ fn vocatives(text: &str, push: &mut impl FnMut(usize, usize, f32)) {
 /// Words that close a mail (lower case), found at the start of a word on a short line:
 /// "Herzliche Grüße aus Salzburg", "Gracias de antemano,", "mes salutations distinguées."
 const SIGNOFF_WORDS: &[&str] = &[
-    "grüße", "grüsse", "gruß", "gruss", "groet", "groeten", "groetjes", "saluti", "saluto",
-    "saludos", "saludo", "regards", "wishes", "cordialement", "cordiales", "cordiali",
-    "salutations", "gracias", "grazie", "merci", "danke", "dank je", "bedankt", "cheers",
-    "thanks", "thank you", "abrazo", "besos", "un bacio", "a presto", "hasta pronto",
-    "tot ziens", "bis bald", "à bientôt", "amitiés", "bises", "atentamente", "distinti",
-    "sincerely", "bien à vous", "buona giornata", "buona serata", "bonne journée",
-    "bonne soirée", "schönen tag", "schönes wochenende", "fijne dag", "lg", "vg", "mfg",
-    "ciao", "un saludo", "best", "mvg", "mvgr", "gr", "cdlt", "bàt", "slds",
+    "grüße",
+    "grüsse",
+    "gruß",
+    "gruss",
+    "groet",
+    "groeten",
+    "groetjes",
+    "saluti",
+    "saluto",
+    "saludos",
+    "saludo",
+    "regards",
+    "wishes",
+    "cordialement",
+    "cordiales",
+    "cordiali",
+    "salutations",
+    "gracias",
+    "grazie",
+    "merci",
+    "danke",
+    "dank je",
+    "bedankt",
+    "cheers",
+    "thanks",
+    "thank you",
+    "abrazo",
+    "besos",
+    "un bacio",
+    "a presto",
+    "hasta pronto",
+    "tot ziens",
+    "bis bald",
+    "à bientôt",
+    "amitiés",
+    "bises",
+    "atentamente",
+    "distinti",
+    "sincerely",
+    "bien à vous",
+    "buona giornata",
+    "buona serata",
+    "bonne journée",
+    "bonne soirée",
+    "schönen tag",
+    "schönes wochenende",
+    "fijne dag",
+    "lg",
+    "vg",
+    "mfg",
+    "ciao",
+    "un saludo",
+    "best",
+    "mvg",
+    "mvgr",
+    "gr",
+    "cdlt",
+    "bàt",
+    "slds",
 ];
 
 /// [`SIGNOFF_WORDS`] as one pattern, each word whole.
 static SIGNOFF: LazyLock<Regex> = LazyLock::new(|| {
     let words: Vec<String> = SIGNOFF_WORDS.iter().map(|w| regex::escape(w)).collect();
-    Regex::new(&format!(r"(?i)(?:^|[^\p{{L}}])(?:{})(?:$|[^\p{{L}}])", words.join("|")))
-        .expect("signoff pattern")
+    Regex::new(&format!(
+        r"(?i)(?:^|[^\p{{L}}])(?:{})(?:$|[^\p{{L}}])",
+        words.join("|")
+    ))
+    .expect("signoff pattern")
 });
 
 /// Whether `line` holds a closing word, whole.
@@ -549,12 +701,31 @@ fn starts_quote(line: &str) -> bool {
     l.starts_with('>')
         || l.starts_with("--")
         || l.starts_with("__")
-        || [" wrote", " schrieb", "a écrit", "escribió", "ha scritto", "schreef", "geschreven"]
-            .iter()
-            .any(|w| l.contains(w))
         || [
-            "From:", "Von:", "De:", "Van:", "Da:", "Sent:", "Gesendet:", "Envoyé:", "Enviado:",
-            "Inviato:", "Verzonden:", "Original", "Ursprüngliche",
+            " wrote",
+            " schrieb",
+            "a écrit",
+            "escribió",
+            "ha scritto",
+            "schreef",
+            "geschreven",
+        ]
+        .iter()
+        .any(|w| l.contains(w))
+        || [
+            "From:",
+            "Von:",
+            "De:",
+            "Van:",
+            "Da:",
+            "Sent:",
+            "Gesendet:",
+            "Envoyé:",
+            "Enviado:",
+            "Inviato:",
+            "Verzonden:",
+            "Original",
+            "Ursprüngliche",
         ]
         .iter()
         .any(|w| l.starts_with(w))
@@ -610,7 +781,8 @@ fn signature_lines(text: &str, push: &mut impl FnMut(usize, usize, f32)) {
             continue;
         };
         let prev = lines[..idx - 1].iter().rev().find(|(_, l)| !l.is_empty());
-        let after_prose = prev.is_some_and(|(_, l)| l.ends_with(['.', '!', ',']) && l.contains(' '));
+        let after_prose =
+            prev.is_some_and(|(_, l)| l.ends_with(['.', '!', ',']) && l.contains(' '));
         let ends_mail = match next_nonempty(idx + 1, lines.len()) {
             None => true,
             Some((_, l)) => starts_quote(l),
@@ -618,7 +790,11 @@ fn signature_lines(text: &str, push: &mut impl FnMut(usize, usize, f32)) {
         if end == base + line.len()
             && after_prose
             && ends_mail
-            && text[start..end].chars().filter(|c| c.is_alphabetic()).count() >= 3
+            && text[start..end]
+                .chars()
+                .filter(|c| c.is_alphabetic())
+                .count()
+                >= 3
         {
             push(start, end, 0.75);
         }
@@ -682,7 +858,9 @@ fn name_before(text: &str, end: usize) -> Option<(usize, usize)> {
         if !w.chars().next().is_some_and(char::is_uppercase)
             || is_not_a_name(w)
             || RELATION_NOUNS.contains(&w.to_lowercase().as_str())
-            || TITLE.find(w).is_some_and(|t| t.start() == 0 && t.end() >= w.len() - 1)
+            || TITLE
+                .find(w)
+                .is_some_and(|t| t.start() == 0 && t.end() >= w.len() - 1)
         {
             break;
         }
@@ -716,16 +894,46 @@ fn after_capitalised_word(text: &str, start: usize) -> bool {
 
 /// How street names end in Dutch and German compounds ("Frankstraat", "Goethestraße").
 const STREET_ENDINGS: &[&str] = &[
-    "straat", "laan", "gracht", "plein", "kade", "singel", "steeg", "straße", "strasse",
-    "gasse", "allee", "platz", "ufer", "damm",
+    "straat", "laan", "gracht", "plein", "kade", "singel", "steeg", "straße", "strasse", "gasse",
+    "allee", "platz", "ufer", "damm",
 ];
 
 /// Nouns for a person's relation to someone, written before their name ("Ihr Sohn Paweł").
 const RELATION_NOUNS: &[&str] = &[
-    "sohn", "tochter", "kind", "kollege", "kollegin", "patient", "patientin", "mitarbeiter",
-    "mitarbeiterin", "fils", "fille", "enfant", "collègue", "hijo", "hija", "niño", "niña",
-    "figlio", "figlia", "bambino", "bambina", "zoon", "dochter", "kind", "collega", "son",
-    "daughter", "child", "colleague", "patient", "paciente", "paziente", "schüler", "schülerin",
+    "sohn",
+    "tochter",
+    "kind",
+    "kollege",
+    "kollegin",
+    "patient",
+    "patientin",
+    "mitarbeiter",
+    "mitarbeiterin",
+    "fils",
+    "fille",
+    "enfant",
+    "collègue",
+    "hijo",
+    "hija",
+    "niño",
+    "niña",
+    "figlio",
+    "figlia",
+    "bambino",
+    "bambina",
+    "zoon",
+    "dochter",
+    "kind",
+    "collega",
+    "son",
+    "daughter",
+    "child",
+    "colleague",
+    "patient",
+    "paciente",
+    "paziente",
+    "schüler",
+    "schülerin",
 ];
 
 /// Whether a lone given name ending at `end` is followed by what follows a name in a
@@ -1079,10 +1287,12 @@ fn chain(text: &str, pos: usize, strictness: Strictness) -> Option<(usize, usize
         return None;
     }
     // "Anne Frankstraat", "Johan de Wittlaan": a street named after a person.
-    let last = text[first.start..end].rsplit(' ').next().unwrap_or("").to_lowercase();
-    if last.chars().count() > 6
-        && STREET_ENDINGS.iter().any(|s| last.ends_with(s))
-    {
+    let last = text[first.start..end]
+        .rsplit(' ')
+        .next()
+        .unwrap_or("")
+        .to_lowercase();
+    if last.chars().count() > 6 && STREET_ENDINGS.iter().any(|s| last.ends_with(s)) {
         return None;
     }
     Some((first.start, end))
@@ -1222,13 +1432,18 @@ mod tests {
     #[test]
     fn names_after_closing_lines_and_ending_short_messages() {
         assert_eq!(persons("Gracias de antemano,\nGuillermo"), ["Guillermo"]);
-        assert_eq!(persons("Herzliche Grüße aus Salzburg\nZorvan Qelaj"), ["Zorvan Qelaj"]);
+        assert_eq!(
+            persons("Herzliche Grüße aus Salzburg\nZorvan Qelaj"),
+            ["Zorvan Qelaj"]
+        );
         assert_eq!(
             persons("Mvg,\nRutger Kuipers\nOffice manager"),
             ["Rutger Kuipers"]
         );
         assert_eq!(
-            persons("ok, passt so.\n\nZorvan\n\nAm 3.4.2025 schrieb Info <info@example.org>:\n> Text"),
+            persons(
+                "ok, passt so.\n\nZorvan\n\nAm 3.4.2025 schrieb Info <info@example.org>:\n> Text"
+            ),
             ["Zorvan"]
         );
         assert!(persons("Bitte beachten.\n\nWichtig\n\nMehr Text folgt hier.").is_empty());
@@ -1240,7 +1455,10 @@ mod tests {
 
     #[test]
     fn all_caps_surname_before_a_given_name() {
-        assert_eq!(persons("Rückfrage von MELIS Giovanni heute"), ["MELIS Giovanni"]);
+        assert_eq!(
+            persons("Rückfrage von MELIS Giovanni heute"),
+            ["MELIS Giovanni"]
+        );
         assert!(persons("Das PDF Dokument liegt bei").is_empty());
     }
 
@@ -1325,7 +1543,10 @@ mod tests {
     #[test]
     fn lower_case_names_after_a_self_introduction_and_particles_after_titles() {
         assert_eq!(persons("Hallo, mein Name ist brinkmann."), ["brinkmann"]);
-        assert_eq!(persons("hi, my name is bart janssens, I live"), ["bart janssens"]);
+        assert_eq!(
+            persons("hi, my name is bart janssens, I live"),
+            ["bart janssens"]
+        );
         assert!(persons("my name is not important.").is_empty());
         assert_eq!(persons("Sehr geehrte Frau Van Rossum,"), ["Van Rossum"]);
         assert_eq!(persons("Gentile Geom. Zorvani,"), ["Zorvani"]);
@@ -1356,7 +1577,10 @@ mod tests {
 
     #[test]
     fn a_known_given_name_alone_before_a_verb() {
-        assert_eq!(persons("quick heads-up: Bram is out until Monday"), ["Bram"]);
+        assert_eq!(
+            persons("quick heads-up: Bram is out until Monday"),
+            ["Bram"]
+        );
         assert!(persons("Per informazioni chiamate il numero verde").is_empty());
         assert!(persons("in zaal Rembrandt.").is_empty());
         assert!(persons("Postfach 309, 72988 Henry").is_empty());

@@ -563,9 +563,18 @@ mod tests {
         assert_eq!(phones("T. 962683423, Móvil"), ["962683423"]);
         assert_eq!(phones("☎ 971910764"), ["971910764"]);
         assert_eq!(phones("M: 3408138077"), ["3408138077"]);
-        assert_eq!(phones("Télécopie : +32 (0)4 609 16 08"), ["+32 (0)4 609 16 08"]);
-        assert_eq!(phones("vous pouvez la joindre au +33696698555"), ["+33696698555"]);
-        assert_eq!(phones("Puede contactar con ella en el 944533182"), ["944533182"]);
+        assert_eq!(
+            phones("Télécopie : +32 (0)4 609 16 08"),
+            ["+32 (0)4 609 16 08"]
+        );
+        assert_eq!(
+            phones("vous pouvez la joindre au +33696698555"),
+            ["+33696698555"]
+        );
+        assert_eq!(
+            phones("Puede contactar con ella en el 944533182"),
+            ["944533182"]
+        );
         // Without a label or "(0)", an unknown number is not taken.
         assert!(phones("Ergebnis +33696698555").is_empty());
         assert!(phones("+32 (0)4 609").is_empty());

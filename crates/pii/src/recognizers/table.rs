@@ -16,7 +16,10 @@ use crate::detect::{Candidate, DetectOptions, PiiKind};
 use crate::names::is_not_a_name;
 
 /// Lower-case particles that may open a surname cell ("von dem Knesebeck, Korbinian").
-const PARTICLES: &[&str] = &["van", "von", "de", "der", "den", "dem", "del", "della", "di", "da", "du", "des", "la", "le", "ten", "ter", "tom", "zu", "zur"];
+const PARTICLES: &[&str] = &[
+    "van", "von", "de", "der", "den", "dem", "del", "della", "di", "da", "du", "des", "la", "le",
+    "ten", "ter", "tom", "zu", "zur",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Column {
@@ -28,8 +31,10 @@ enum Column {
 
 /// A cell of a name column: capitalised words, particles, initials, "Surname, Given".
 static NAME_CELL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(?:[\p{L}\p{M}][\p{L}\p{M}'’.\-]*)(?:,?[ \u{a0}]+[\p{L}\p{M}][\p{L}\p{M}'’.\-]*){0,5}$")
-        .expect("name cell pattern")
+    Regex::new(
+        r"^(?:[\p{L}\p{M}][\p{L}\p{M}'’.\-]*)(?:,?[ \u{a0}]+[\p{L}\p{M}][\p{L}\p{M}'’.\-]*){0,5}$",
+    )
+    .expect("name cell pattern")
 });
 /// A cell of a phone column.
 static PHONE_CELL: LazyLock<Regex> = LazyLock::new(|| {
@@ -41,7 +46,11 @@ fn column_of(cell: &str) -> Option<Column> {
     if cell.len() > 48 {
         return None;
     }
-    let cell = cell.trim().trim_matches(['"', '*', ':']).trim().to_lowercase();
+    let cell = cell
+        .trim()
+        .trim_matches(['"', '*', ':'])
+        .trim()
+        .to_lowercase();
     if cell.is_empty()
         || cell.chars().count() > 32
         || cell.contains(['@', '[', ']'])
@@ -65,8 +74,8 @@ fn column_of(cell: &str) -> Option<Column> {
         "born",
     ];
     const PHONE: [&str; 12] = [
-        "tel", "tél", "phone", "fon", "handy", "mobil", "móvil", "movil", "gsm", "cell", "portable",
-        "fax",
+        "tel", "tél", "phone", "fon", "handy", "mobil", "móvil", "movil", "gsm", "cell",
+        "portable", "fax",
     ];
     const PERSON: [&str; 22] = [
         "name",
@@ -102,17 +111,31 @@ fn column_of(cell: &str) -> Option<Column> {
     if BIRTH.iter().any(|w| cell.contains(w)) {
         return Some(Column::Birth);
     }
-    if words
-        .iter()
-        .any(|w| PHONE.iter().any(|p| w.starts_with(p)) || w.ends_with("fon") || w.ends_with("fono"))
-        && !cell.contains("mail")
+    if words.iter().any(|w| {
+        PHONE.iter().any(|p| w.starts_with(p)) || w.ends_with("fon") || w.ends_with("fono")
+    }) && !cell.contains("mail")
     {
         return Some(Column::Phone);
     }
-    if words.iter().any(|w| PERSON.contains(w) || w.ends_with("name"))
-        && !["firma", "company", "société", "empresa", "azienda", "bedrijf", "produkt", "product", "file", "datei", "user", "benutzer"]
-            .iter()
-            .any(|w| cell.contains(w))
+    if words
+        .iter()
+        .any(|w| PERSON.contains(w) || w.ends_with("name"))
+        && ![
+            "firma",
+            "company",
+            "société",
+            "empresa",
+            "azienda",
+            "bedrijf",
+            "produkt",
+            "product",
+            "file",
+            "datei",
+            "user",
+            "benutzer",
+        ]
+        .iter()
+        .any(|w| cell.contains(w))
     {
         return Some(Column::Person);
     }
@@ -182,7 +205,7 @@ pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) 
         };
         let header: Option<Vec<Column>> = content
             .split(sep)
-            .map(|c| column_of(c))
+            .map(column_of)
             .collect::<Option<Vec<_>>>();
         let Some(header) = header.filter(|h| h.iter().any(|c| *c != Column::Other)) else {
             i += 1;
@@ -190,7 +213,9 @@ pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) 
         };
         // A "Name" column is a person's only in a table of people: one with an address,
         // a phone number or a birth date beside it ("Name;Preis;Menge" lists products).
-        let people = header.iter().any(|c| matches!(c, Column::Phone | Column::Birth))
+        let people = header
+            .iter()
+            .any(|c| matches!(c, Column::Phone | Column::Birth))
             || content.split(sep).any(|c| {
                 let c = c.to_lowercase();
                 c.contains("mail") || c.contains("courriel") || c.contains("correo")
@@ -244,7 +269,9 @@ pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) 
                     Column::Birth => {
                         // The date may hold the separator ("May 9, 1970" in a comma row).
                         let line_end = row_base + row.len();
-                        if let Some(m) = DATE.find(&text[start..line_end]).filter(|m| m.start() == 0) {
+                        if let Some(m) =
+                            DATE.find(&text[start..line_end]).filter(|m| m.start() == 0)
+                        {
                             out.push(Candidate {
                                 kind: PiiKind::DateOfBirth,
                                 start,
@@ -279,7 +306,10 @@ mod tests {
         let f = found(text);
         assert!(f.contains(&(PiiKind::Person, "KAYA".into())), "{f:?}");
         assert!(f.contains(&(PiiKind::Person, "Elif".into())), "{f:?}");
-        assert!(f.contains(&(PiiKind::DateOfBirth, "03/04/2002".into())), "{f:?}");
+        assert!(
+            f.contains(&(PiiKind::DateOfBirth, "03/04/2002".into())),
+            "{f:?}"
+        );
     }
 
     #[test]
@@ -289,25 +319,46 @@ mod tests {
         assert!(f.contains(&(PiiKind::Person, "Ferraro".into())), "{f:?}");
         assert!(f.contains(&(PiiKind::Person, "Giuseppina".into())), "{f:?}");
         assert!(f.contains(&(PiiKind::Phone, "3451740028".into())), "{f:?}");
-        assert!(f.contains(&(PiiKind::DateOfBirth, "15/12/1990".into())), "{f:?}");
+        assert!(
+            f.contains(&(PiiKind::DateOfBirth, "15/12/1990".into())),
+            "{f:?}"
+        );
         let text = "name,email,phone,dob\nUte Ruß,ru@proton.me,329-1412224,February 5, 1945\n";
         let f = found(text);
-        assert!(f.contains(&(PiiKind::DateOfBirth, "February 5, 1945".into())), "{f:?}");
+        assert!(
+            f.contains(&(PiiKind::DateOfBirth, "February 5, 1945".into())),
+            "{f:?}"
+        );
     }
 
     #[test]
     fn surname_comma_given_cells_and_pipes() {
         let text = "Name;E-Mail;Telefon;Geburtsdatum\nPfannenstiel, Brigitte;pf@mailbox.org;0179-9488853;17.04.41\n";
         let f = found(text);
-        assert!(f.contains(&(PiiKind::Person, "Pfannenstiel, Brigitte".into())), "{f:?}");
-        assert!(f.contains(&(PiiKind::DateOfBirth, "17.04.41".into())), "{f:?}");
+        assert!(
+            f.contains(&(PiiKind::Person, "Pfannenstiel, Brigitte".into())),
+            "{f:?}"
+        );
+        assert!(
+            f.contains(&(PiiKind::DateOfBirth, "17.04.41".into())),
+            "{f:?}"
+        );
         let text = "Name;E-Mail;Telefon;Geburtsdatum\nvon dem Knesebeck, Korbinian;k@t-online.de;+49 511 8133211;8. Juni 1989\n";
         let f = found(text);
-        assert!(f.contains(&(PiiKind::Person, "von dem Knesebeck, Korbinian".into())), "{f:?}");
+        assert!(
+            f.contains(&(PiiKind::Person, "von dem Knesebeck, Korbinian".into())),
+            "{f:?}"
+        );
         let text = "naam | e-mail | telefoon | geboortedatum\nSietske Zwartkruis | z@xs4all.nl | 070 - 8976939 | 27 februari 1987\n";
         let f = found(text);
-        assert!(f.contains(&(PiiKind::Person, "Sietske Zwartkruis".into())), "{f:?}");
-        assert!(f.contains(&(PiiKind::DateOfBirth, "27 februari 1987".into())), "{f:?}");
+        assert!(
+            f.contains(&(PiiKind::Person, "Sietske Zwartkruis".into())),
+            "{f:?}"
+        );
+        assert!(
+            f.contains(&(PiiKind::DateOfBirth, "27 februari 1987".into())),
+            "{f:?}"
+        );
     }
 
     #[test]
