@@ -11,6 +11,7 @@ mod iban;
 mod ip;
 mod person;
 mod phone;
+mod table;
 mod url;
 
 use crate::detect::{Candidate, DetectOptions, PiiKind};
@@ -37,6 +38,13 @@ pub(crate) fn all(text: &str, opts: &DetectOptions) -> Vec<Candidate> {
         if opts.wants(kind) {
             find(text, opts, &mut out);
         }
+    }
+    // Tables find persons, phone numbers and birth dates by their column's header.
+    if [PiiKind::Person, PiiKind::Phone, PiiKind::DateOfBirth]
+        .into_iter()
+        .any(|k| opts.wants(k))
+    {
+        table::find(text, opts, &mut out);
     }
     out
 }
@@ -69,4 +77,15 @@ pub(crate) fn window_before(text: &str, i: usize, max_bytes: usize) -> String {
 /// The line (without its terminator) that contains byte `i`.
 pub(crate) fn line_start(text: &str, i: usize) -> usize {
     text[..i].rfind('\n').map_or(0, |p| p + 1)
+}
+
+/// The start of the line that contains byte `i`, or of the text at most `max_bytes`
+/// before `i` when the line is longer: rules that look back a few words stay linear on
+/// text without line breaks.
+pub(crate) fn near_line_start(text: &str, i: usize, max_bytes: usize) -> usize {
+    let mut from = i.saturating_sub(max_bytes);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    text[from..i].rfind('\n').map_or(from, |p| from + p + 1)
 }

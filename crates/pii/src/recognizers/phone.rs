@@ -39,7 +39,7 @@ static NANP: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 /// Words that announce a phone number (lower case).
-const PHONE_WORDS: [&str; 40] = [
+const PHONE_WORDS: [&str; 54] = [
     "tel",
     "mob",
     "móvil",
@@ -81,7 +81,32 @@ const PHONE_WORDS: [&str; 40] = [
     "hotline",
     "standard",
     "telephone",
+    // Short labels of signatures and forms: "T. 962683423", "M: 3408138077", "☎ 971910764".
+    "t.",
+    "t:",
+    "m.",
+    "m:",
+    "f.",
+    "f:",
+    "☎",
+    "📞",
+    "tfno",
+    "télécopie",
+    "telefax",
+    "contact",
+    "contatt",
+    "kontaktier",
 ];
+/// [`PHONE_WORDS`] and [`REFERENCE_WORDS`] as patterns, searched once per window instead
+/// of once per word.
+static PHONE_WORDS_RE: LazyLock<Regex> = LazyLock::new(|| words_pattern(&PHONE_WORDS));
+static REFERENCE_WORDS_RE: LazyLock<Regex> = LazyLock::new(|| words_pattern(&REFERENCE_WORDS));
+
+fn words_pattern(words: &[&str]) -> Regex {
+    let alternatives: Vec<String> = words.iter().map(|w| regex::escape(w)).collect();
+    Regex::new(&alternatives.join("|")).expect("word list pattern")
+}
+
 /// Words that announce some other number (lower case).
 const REFERENCE_WORDS: [&str; 44] = [
     "invoice",
@@ -281,19 +306,24 @@ fn context(text: &str, start: usize) -> Context {
         None => &before[..],
     };
     // Words count where they start a word: "Bestellnummer" holds "tel", "Brasserie" "serie".
-    let last = |words: &[&str]| {
-        words
-            .iter()
-            .flat_map(|w| before.match_indices(w).map(|(i, _)| i))
-            .filter(|&i| {
-                !before[..i]
-                    .chars()
-                    .next_back()
-                    .is_some_and(char::is_alphabetic)
-            })
-            .max()
+    // Every start at which a word of the list matches, the last one at a word start.
+    let last = |words: &Regex| {
+        let mut at = 0;
+        let mut found = None;
+        while let Some(m) = words.find_at(before, at) {
+            let i = m.start();
+            if !before[..i]
+                .chars()
+                .next_back()
+                .is_some_and(char::is_alphabetic)
+            {
+                found = Some(i);
+            }
+            at = i + before[i..].chars().next().map_or(1, char::len_utf8);
+        }
+        found
     };
-    match (last(&PHONE_WORDS), last(&REFERENCE_WORDS)) {
+    match (last(&PHONE_WORDS_RE), last(&REFERENCE_WORDS_RE)) {
         (Some(p), Some(r)) if r > p => Context::Reference,
         (Some(_), _) => Context::Phone,
         (None, Some(_)) => Context::Reference,
@@ -328,7 +358,16 @@ fn score(candidate: &str, context: Context, regions: &[country::Id]) -> Option<f
     let bonus = if context == Context::Phone { 0.1 } else { 0.0 };
     if let Some(rest) = international {
         let number = parse_international(rest)?;
-        return phonenumber::is_valid(&number).then_some(0.9 + bonus);
+        if phonenumber::is_valid(&number) {
+            return Some(0.9 + bonus);
+        }
+        // A number libphonenumber does not know (a new range, a typo in one digit) is
+        // still a number where it is written as one: `+` with the trunk prefix in "(0)"
+        // ("+32 (0)4 609 16 08") or after a phone word, with a length the country's numbers
+        // can have.
+        let written_as_phone = candidate.starts_with(['+', '('])
+            && (candidate.contains("(0)") || context == Context::Phone);
+        return (written_as_phone && possible_length(&number)).then_some(0.75);
     }
     let first_digit = candidate.chars().find(char::is_ascii_digit)?;
     let nanp_shaped = NANP.is_match(candidate);
@@ -362,6 +401,22 @@ fn score(candidate: &str, context: Context, regions: &[country::Id]) -> Option<f
         return Some(0.8);
     }
     None
+}
+
+/// Whether the national number of `number` has a length that its country's numbers have.
+fn possible_length(number: &phonenumber::PhoneNumber) -> bool {
+    let national = number.national().to_string();
+    phonenumber::metadata::DATABASE
+        .by_code(&number.code().value())
+        .is_some_and(|metas| {
+            metas.iter().any(|m| {
+                let d = m.descriptors();
+                [d.fixed_line(), d.mobile()]
+                    .into_iter()
+                    .flatten()
+                    .any(|d| d.possible_length().contains(&(national.len() as u16)))
+            })
+        })
 }
 
 /// `candidate` read as a national number of `region`.
@@ -501,6 +556,28 @@ mod tests {
         assert!(phones("version 10.0.19045.2965").is_empty());
         assert!(phones("12572103").is_empty());
         assert!(phones("facture du 02/05/2024 (1 980,00 €)").is_empty());
+    }
+
+    #[test]
+    fn short_labels_and_numbers_unknown_to_the_metadata() {
+        assert_eq!(phones("T. 962683423, Móvil"), ["962683423"]);
+        assert_eq!(phones("☎ 971910764"), ["971910764"]);
+        assert_eq!(phones("M: 3408138077"), ["3408138077"]);
+        assert_eq!(
+            phones("Télécopie : +32 (0)4 609 16 08"),
+            ["+32 (0)4 609 16 08"]
+        );
+        assert_eq!(
+            phones("vous pouvez la joindre au +33696698555"),
+            ["+33696698555"]
+        );
+        assert_eq!(
+            phones("Puede contactar con ella en el 944533182"),
+            ["944533182"]
+        );
+        // Without a label or "(0)", an unknown number is not taken.
+        assert!(phones("Ergebnis +33696698555").is_empty());
+        assert!(phones("+32 (0)4 609").is_empty());
     }
 
     #[test]
