@@ -569,8 +569,8 @@ pub fn gdpr(cmd: GdprCommand) -> Result<()> {
 async fn rekey(store: &Store) -> Result<()> {
     let r = store.rekey().await?;
     println!(
-        "re-encrypted with key {}: {} messages, {} parts, {} stage results",
-        r.key_id, r.messages, r.parts, r.stage_results
+        "re-encrypted with key {}: {} messages, {} parts, {} stage results, {} quarantine reasons, {} job errors",
+        r.key_id, r.messages, r.parts, r.stage_results, r.quarantine, r.jobs
     );
     for (id, n) in store.key_usage().await? {
         println!(

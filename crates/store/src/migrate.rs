@@ -50,6 +50,11 @@ const SQLITE: &[Migration] = &[
         "review guards",
         include_str!("../migrations/sqlite/0007_review_guards.sql"),
     ),
+    (
+        9,
+        "sealed reasons",
+        include_str!("../migrations/sqlite/0009_sealed_reasons.sql"),
+    ),
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -87,6 +92,11 @@ const POSTGRES: &[Migration] = &[
         7,
         "review guards",
         include_str!("../migrations/postgres/0007_review_guards.sql"),
+    ),
+    (
+        9,
+        "sealed reasons",
+        include_str!("../migrations/postgres/0009_sealed_reasons.sql"),
     ),
 ];
 
