@@ -482,7 +482,8 @@ impl Store {
         ] {
             for r in sqlx::query(sql).bind(id).fetch_all(&self.pool).await? {
                 let key_id: Option<String> = r.try_get("key_id")?;
-                let text = crypto::open_text(self.keys(), key_id.as_deref(), column, r.try_get("v")?)?;
+                let text =
+                    crypto::open_text(self.keys(), key_id.as_deref(), column, r.try_get("v")?)?;
                 if text.is_some_and(|t| subject.mentioned_in(&t)) {
                     return Ok(true);
                 }
@@ -926,11 +927,7 @@ async fn tombstone(
             "SELECT seq, detail FROM audit_log WHERE erased_at IS NULL AND detail IS NOT NULL",
         )
         .fetch(&mut **tx);
-        while let Some(row) = details
-            .try_next()
-            .await
-            .context("reading the audit log")?
-        {
+        while let Some(row) = details.try_next().await.context("reading the audit log")? {
             let detail: Option<String> = row.try_get("detail")?;
             if detail.is_some_and(|d| subject.mentioned_in(&d)) {
                 seqs.insert(row.try_get::<i64, _>("seq")?);

@@ -989,12 +989,24 @@ async fn failure_reasons_are_encrypted_at_rest() {
         .await
         .unwrap();
     let quarantined = store
-        .ingest("test", "a.eml", &mail("Greta", "greta@example.de", "a"), "extract", 1)
+        .ingest(
+            "test",
+            "a.eml",
+            &mail("Greta", "greta@example.de", "a"),
+            "extract",
+            1,
+        )
         .await
         .unwrap()
         .message_id;
     let retried = store
-        .ingest("test", "b.eml", &mail("Greta", "greta@example.de", "b"), "extract", 3)
+        .ingest(
+            "test",
+            "b.eml",
+            &mail("Greta", "greta@example.de", "b"),
+            "extract",
+            3,
+        )
         .await
         .unwrap()
         .message_id;
