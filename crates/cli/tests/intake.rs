@@ -478,3 +478,52 @@ fn the_example_runs_as_shipped_and_a_missing_business_database_is_refused_at_sta
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["processed"], 3, "{summary:#}");
 }
+
+/// Issue 18, item 13: with a data key, a quarantine reason is stored encrypted (it may
+/// quote the mail or the model's answer) and `verre intake show` and `quarantine list`
+/// still show it, decrypted.
+#[test]
+fn quarantine_reasons_are_encrypted_and_shown_decrypted() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = example_pipeline(dir.path());
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::write(inbox.join("empty.eml"), "").unwrap();
+    let db = format!("sqlite://{}", dir.path().join("verre.db").display());
+    let key = "ab".repeat(32);
+    let keyed = || {
+        let mut c = verre();
+        c.env("VERRE_DATA_KEY", &key);
+        c
+    };
+    run_ok(
+        keyed()
+            .args([
+                "intake",
+                "run",
+                inbox.to_str().unwrap(),
+                "--pipeline",
+                pipeline.to_str().unwrap(),
+            ])
+            .args(["--database", &db, "--backend", "stub", "--quiet"]),
+    );
+    let out = run_ok(keyed().args(["intake", "quarantine", "list", "--json", "--database", &db]));
+    let q: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reason = q[0]["reason"].as_str().unwrap().to_string();
+    assert!(reason.len() > 10, "{q}");
+    let id = q[0]["message_id"].as_i64().unwrap().to_string();
+    let out = run_ok(keyed().args(["intake", "show", &id, "--database", &db]));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(&reason),
+        "the reason is shown decrypted: {shown}"
+    );
+    let mut bytes = Vec::new();
+    for name in ["verre.db", "verre.db-wal"] {
+        bytes.extend(std::fs::read(dir.path().join(name)).unwrap_or_default());
+    }
+    assert!(
+        !bytes.windows(reason.len()).any(|w| w == reason.as_bytes()),
+        "the reason {reason:?} is readable in the database file"
+    );
+}

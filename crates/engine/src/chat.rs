@@ -265,7 +265,8 @@ fn without_generation_tags(source: &str) -> String {
     while let Some(at) = rest.find("{%") {
         out.push_str(&rest[..at]);
         let tag = &rest[at..];
-        let Some(close) = tag.find("%}") else {
+        // The `%}` that closes this tag starts after its `{%` (in `{%}` they overlap).
+        let Some(close) = tag[2..].find("%}").map(|c| c + 2) else {
             break;
         };
         let inner = &tag[2..close];
@@ -439,6 +440,24 @@ mod tests {
     #[test]
     fn a_broken_template_is_an_error_not_a_panic() {
         assert!(ChatTemplate::new(Some("{% for x in %}"), "", "").is_err());
+        // Found by fuzzing (fuzz/regressions/template/): a `{%` whose `%` also starts `%}`.
+        for src in ["{%}", "a {%} b {% endgeneration %}", "{%-}", "{%+%}"] {
+            let _ = ChatTemplate::new(Some(src), "", "");
+        }
+    }
+
+    /// Found by fuzzing (fuzz/regressions/template/): each `tojson` of a string escapes its
+    /// quotes, so fifty in a row grow a value past any memory; fuel counts filters, not bytes.
+    /// Past its cap, `tojson` is an error.
+    #[test]
+    fn chained_tojson_is_capped_not_a_memory_exhaustion() {
+        let src = format!("{{{{ true{} }}}}", " | tojson".repeat(60));
+        let t = ChatTemplate::new(Some(&src), "", "").unwrap();
+        let e = t.render(&[Message::new("user", "hi")], true).unwrap_err();
+        assert!(format!("{e:#}").contains("tojson"), "{e:#}");
+        let wide =
+            ChatTemplate::new(Some("{{ messages | tojson(indent=999999999) }}"), "", "").unwrap();
+        assert!(wide.render(&[Message::new("user", "hi")], true).is_err());
     }
 
     /// `strftime_now(fmt)` rendered with the clock fixed at `unix_secs`.

@@ -213,6 +213,10 @@ enum Answer {
         bytes: usize,
     },
     Empty,
+    /// The MIME structure itself could not be read (the parser gave up on it).
+    Unreadable {
+        why: String,
+    },
     Pages {
         pages: Vec<String>,
     },
@@ -256,8 +260,8 @@ fn answer(raw: &[u8], mode: ChildMode) -> Answer {
     });
     match (mode, parsed) {
         (_, Err(ParseError::NotMime(bytes))) => Answer::NotMime { bytes },
-        // parse_mail_reading never says Unreadable: only a parent does, of its child.
-        (_, Err(ParseError::Empty | ParseError::Unreadable(_))) => Answer::Empty,
+        (_, Err(ParseError::Empty)) => Answer::Empty,
+        (_, Err(ParseError::Unreadable(why))) => Answer::Unreadable { why },
         (ChildMode::Document(_), Ok(_)) => match document {
             Some(Ok(pages)) => Answer::Pages { pages },
             Some(Err(error)) => Answer::DocumentFailed { error },
@@ -382,6 +386,7 @@ fn mail_of(answer: Answer) -> Result<ParsedMail, ParseError> {
         Answer::Mail { fields, parts, .. } => Ok(ParsedMail { fields, parts }),
         Answer::NotMime { bytes } => Err(ParseError::NotMime(bytes)),
         Answer::Empty => Err(ParseError::Empty),
+        Answer::Unreadable { why } => Err(ParseError::Unreadable(why)),
         other => Err(ParseError::Unreadable(format!(
             "unexpected answer from the parser: {other:?}"
         ))),

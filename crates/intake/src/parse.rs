@@ -51,7 +51,34 @@ pub fn parse_mail(raw: &[u8]) -> Result<ParsedMail, ParseError> {
 }
 
 /// As [`parse_mail`], with each PDF attachment's text from `read_pdf(part index, bytes)`.
+/// mail-parser panics on some malformed structures: the message is then
+/// [`ParseError::Unreadable`].
 pub fn parse_mail_reading(
+    raw: &[u8],
+    read_pdf: &mut dyn FnMut(i64, &[u8]) -> DocumentText,
+) -> Result<ParsedMail, ParseError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        parse_unguarded(raw, read_pdf)
+    }))
+    .unwrap_or_else(|panic| {
+        Err(ParseError::Unreadable(format!(
+            "the MIME parser failed on this message ({})",
+            panic_message(panic.as_ref())
+        )))
+    })
+}
+
+/// What a caught panic said.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or(panic.downcast_ref::<&str>().copied())
+        .unwrap_or("panic")
+        .to_string()
+}
+
+fn parse_unguarded(
     raw: &[u8],
     read_pdf: &mut dyn FnMut(i64, &[u8]) -> DocumentText,
 ) -> Result<ParsedMail, ParseError> {
@@ -409,6 +436,18 @@ fn text_of<'a>(parts: impl Iterator<Item = &'a verre_store::PartRow>, max_chars:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (fuzz/regressions/mime/): mail-parser panics ("Invalid part ID")
+    /// on nested message/rfc822 parts in a multipart whose boundary line runs on. The
+    /// message is unreadable, the caller lives.
+    #[test]
+    fn a_mime_parser_panic_is_an_unreadable_message() {
+        let raw = include_bytes!("../../../fuzz/regressions/mime/mail-parser-invalid-part-id.eml");
+        match parse_mail(raw) {
+            Err(ParseError::Unreadable(why)) => assert!(why.contains("MIME"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn parses_bodies_html_attachments_and_encoded_names() {

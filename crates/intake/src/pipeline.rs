@@ -236,6 +236,17 @@ struct ActionFile {
     payload: Option<Spanned<String>>,
 }
 
+/// A minijinja compilation, its panics (the expression lexer has one on `}}`) as errors.
+fn guarded(compile: impl FnOnce() -> Result<(), minijinja::Error>) -> Result<(), String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(compile)) {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(panic) => Err(format!(
+            "the template compiler failed ({})",
+            crate::parse::panic_message(panic.as_ref())
+        )),
+    }
+}
+
 /// The minijinja environment every pipeline template and expression runs in: strict
 /// undefined (a typo is an error, not an empty string), no auto-escaping, no loader (a
 /// template cannot read files).
@@ -267,15 +278,13 @@ impl Checker<'_> {
     }
 
     fn template(&self, what: &str, t: &Spanned<String>) -> Result<String, PipelineError> {
-        self.env
-            .template_from_str(t.get_ref())
+        guarded(|| self.env.template_from_str(t.get_ref()).map(|_| ()))
             .map_err(|e| self.err(t.span(), format!("{what}: not a valid template: {e}")))?;
         Ok(t.get_ref().clone())
     }
 
     fn expression(&self, what: &str, t: &Spanned<String>) -> Result<String, PipelineError> {
-        self.env
-            .compile_expression(t.get_ref())
+        guarded(|| self.env.compile_expression(t.get_ref()).map(|_| ()))
             .map_err(|e| self.err(t.span(), format!("{what}: not a valid expression: {e}")))?;
         Ok(t.get_ref().clone())
     }
@@ -799,6 +808,23 @@ mod tests {
 
     fn parse(text: &str) -> Result<Pipeline, PipelineError> {
         Pipeline::parse(Path::new("p.toml"), text)
+    }
+
+    /// Found by fuzzing (fuzz/regressions/pipeline/): minijinja's expression lexer panics
+    /// on `}}` ("empty lexer stack"); the file is refused with its line instead.
+    #[test]
+    fn an_expression_that_panics_minijinja_is_refused_with_its_line() {
+        for (key, line) in [("when = \"}}t\"", 8), ("when = \"a }} b\"", 8)] {
+            let text = format!(
+                "name = \"x\"\n[extract]\nmodel = \"m\"\nsystem = \"s\"\nschema = {{ type = \"object\" }}\n\n[[route]]\n{key}\nname = \"r\"\n"
+            );
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.line, line, "{e}");
+            assert!(e.reason.contains("not a valid expression"), "{e}");
+        }
+        let fuzzed =
+            include_str!("../../../fuzz/regressions/pipeline/expression-closing-braces.toml");
+        assert!(parse(fuzzed).is_err());
     }
 
     #[test]

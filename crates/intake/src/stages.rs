@@ -241,7 +241,11 @@ impl StageRunner {
                 sqlx::any::install_default_drivers();
                 AnyPoolOptions::new()
                     .max_connections(4)
-                    // Lookups only read: on PostgreSQL the server refuses any write.
+                    // Lookups only read: PostgreSQL refuses any write, SQLite opens the
+                    // file read-only and writes no other file.
+                    .after_connect(|conn, _| {
+                        Box::pin(async move { verre_store::read_only_session(conn).await })
+                    })
                     .connect(&verre_store::read_only_url(url))
                     .await
                     .map_err(|e| {

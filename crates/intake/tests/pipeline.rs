@@ -860,3 +860,72 @@ async fn a_stage_past_its_time_limit_is_retried_then_quarantined_with_the_reason
         assert!(e.reason.contains(what), "{e}");
     }
 }
+
+/// Issue 18 (low): a SQLite business database is opened read-only, like PostgreSQL's: a
+/// lookup whose SQL tries to write (an UPDATE, a copy of the database, a write to an
+/// attached file) fails, the message ends in quarantine with why, and no file is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_cannot_write_to_a_sqlite_business_database() {
+    for (n, sql) in [
+        "UPDATE customers SET tier = 'platinum' WHERE email = $1 RETURNING id",
+        "VACUUM INTO 'DIR/copy.db'",
+        "ATTACH DATABASE 'DIR/other.db' AS other; CREATE TABLE other.stolen AS SELECT * FROM customers",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = sql.replace("DIR", &dir.path().display().to_string());
+        let sql = sql.as_str();
+        let store = sqlite(dir.path()).await;
+        write_pipeline(dir.path()).await;
+        let crm = dir.path().join("crm.db");
+        let before = std::fs::read(&crm).unwrap();
+        let path = dir.path().join("pipeline.toml");
+        let params = if sql.contains("$1") {
+            r#"params = ["message.from"]"#
+        } else {
+            "params = []"
+        };
+        let text = PIPELINE.replace(
+            "sql = \"SELECT id, name, tier FROM customers WHERE email = $1\"\nparams = [\"message.from\"]",
+            &format!("sql = \"{sql}\"\n{params}"),
+        );
+        assert_ne!(text, PIPELINE);
+        std::fs::write(&path, text).unwrap();
+        let runner = Arc::new(StageRunner::new(
+            store.clone(),
+            Arc::new(Pipeline::load(&path).unwrap()),
+            stub_models(StubBackend::default()),
+            None,
+        ));
+        let id = store
+            .ingest(
+                "t",
+                "1",
+                &mail("Alice <alice@example.com>", "Order", "Where?"),
+                "parse",
+                2,
+            )
+            .await
+            .unwrap()
+            .message_id;
+        verre_intake::run_until_idle(runner, 1, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let d = store.detail(id).await.unwrap().unwrap();
+        let q = d.quarantine.unwrap_or_else(|| panic!("{sql}: {:?}", d.jobs));
+        assert_eq!(q.stage, "crossref", "{sql}");
+        // Refused as a write, or (ATTACH) as a file a read-only connection cannot open.
+        assert!(
+            q.reason.contains("readonly") || q.reason.contains("unable to open"),
+            "{sql}: {}",
+            q.reason
+        );
+        assert_eq!(std::fs::read(&crm).unwrap(), before, "{sql}: crm.db changed");
+        for name in ["copy.db", "other.db"] {
+            let written = std::fs::metadata(dir.path().join(name)).map_or(0, |m| m.len());
+            assert_eq!(written, 0, "case {n}: {sql} wrote {name}");
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! Encryption at rest: AES-256-GCM over the columns that hold message content — a
-//! message's raw bytes, a part's text and pages, a stage's output.
+//! message's raw bytes, a part's text and pages, a stage's output, a quarantine reason and a
+//! job's last error (both may quote the message or the model's answer).
 //!
 //! The data keys come from the environment: `VERRE_DATA_KEY` (keys inline),
 //! `VERRE_DATA_KEY_FILE` (a file of keys, one a line, `#` comments), or a systemd
@@ -51,6 +52,8 @@ pub enum Column {
     ResponseInput,
     /// A kept response's object (`responses.body`).
     ResponseBody,
+    QuarantineReason,
+    JobError,
 }
 
 impl Column {
@@ -62,6 +65,8 @@ impl Column {
             Column::StageOutput => b"verre:stage_results.output",
             Column::ResponseInput => b"verre:responses.input",
             Column::ResponseBody => b"verre:responses.body",
+            Column::QuarantineReason => b"verre:quarantine.reason",
+            Column::JobError => b"verre:jobs.last_error",
         }
     }
 }
@@ -275,6 +280,8 @@ pub struct RekeyReport {
     pub stage_results: i64,
     /// Kept `/v1/responses` responses.
     pub responses: i64,
+    pub quarantine: i64,
+    pub jobs: i64,
 }
 
 /// How a row of an encrypted table is found again.
@@ -367,6 +374,31 @@ const ENCRYPTED: &[EncryptedTable] = &[
         only: "",
         batch: 200,
         count: |r| &mut r.responses,
+    },
+    EncryptedTable {
+        name: "quarantine",
+        key: &[("message_id", RowKey::Integer)],
+        columns: &[EncryptedColumn {
+            name: "reason",
+            column: Column::QuarantineReason,
+            bytes: false,
+        }],
+        only: "",
+        batch: 200,
+        count: |r| &mut r.quarantine,
+    },
+    EncryptedTable {
+        name: "jobs",
+        key: &[("id", RowKey::Integer)],
+        columns: &[EncryptedColumn {
+            name: "last_error",
+            column: Column::JobError,
+            bytes: false,
+        }],
+        // A job that never failed has nothing to encrypt.
+        only: " AND last_error IS NOT NULL",
+        batch: 200,
+        count: |r| &mut r.jobs,
     },
 ];
 
@@ -478,9 +510,10 @@ impl crate::Store {
     /// The key ids rows are encrypted with now, and how many rows each.
     pub async fn key_usage(&self) -> Result<Vec<(Option<String>, i64)>> {
         let mut usage: Vec<(Option<String>, i64)> = Vec::new();
-        for table in ENCRYPTED.iter().map(|t| t.name) {
+        for table in ENCRYPTED {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT key_id, COUNT(*) AS n FROM {table} GROUP BY key_id"
+                "SELECT key_id, COUNT(*) AS n FROM {} WHERE 1 = 1{} GROUP BY key_id",
+                table.name, table.only
             )))
             .fetch_all(self.pool())
             .await?;

@@ -1,8 +1,10 @@
 //! Erasure of a data subject (GDPR Art. 17): `verre erase --subject EMAIL|NAME`.
 //!
-//! 1. Find the subject's messages: every message whose raw bytes (decrypted), parts
-//!    (headers, bodies, attachment text), stage outputs, staged actions, quarantine reason or
-//!    job errors mention the subject — compared case-insensitively, white space collapsed.
+//! 1. Find the subject's messages: every message whose raw bytes, parts (headers, bodies,
+//!    attachment text), stage outputs, quarantine reason or job errors (all decrypted),
+//!    staged actions or review and delivery rows mention the subject — compared in Rust
+//!    after Unicode case folding, white space collapsed ([`Subject::mentioned_in`]); SQL's
+//!    `LIKE` is used nowhere (it folds ASCII only and sees `ann@…` in `joann@…`).
 //! 2. Delete them and every row that hangs off them, table by table, as [`REGISTRY`] says;
 //!    a table with a `message_id` column that the registry does not name is treated as
 //!    hanging off its message too, deleted from first (so tables added later are covered
@@ -30,6 +32,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
+use futures_util::TryStreamExt;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
@@ -218,28 +221,14 @@ impl Subject {
         })
     }
 
-    /// A `LIKE` pattern (with `ESCAPE '\'`) for a lower-cased column: a prefilter that
-    /// finds every row [`Subject::matches`] may accept, and more (SQL's `LOWER` folds ASCII
-    /// only, so a needle with other letters is searched for by its longest ASCII run).
-    fn like(&self) -> String {
-        let needle = if self.needle.is_ascii() {
-            self.needle.clone()
-        } else {
-            self.needle
-                .split(|c: char| !c.is_ascii())
-                .max_by_key(|run| run.len())
-                .unwrap_or("")
-                .to_string()
-        };
-        let mut p = String::from("%");
-        for c in needle.chars() {
-            if matches!(c, '%' | '_' | '\\') {
-                p.push('\\');
-            }
-            p.push(c);
-        }
-        p.push('%');
-        p
+    /// Whether `text`, or the strings of `text` read as JSON, mention the subject: a JSON
+    /// document (an audit detail, a staged action's payload) writes a line break inside a
+    /// name as `\n` and may escape letters as `\u00c9`.
+    pub fn mentioned_in(&self, text: &str) -> bool {
+        self.matches(text)
+            || (text.contains('\\')
+                && serde_json::from_str::<serde_json::Value>(text)
+                    .is_ok_and(|v| self.matches(&json_strings(&v))))
     }
 }
 
@@ -320,7 +309,7 @@ pub struct ColumnInfo {
 }
 
 impl ColumnInfo {
-    /// Whether the column holds text that `LOWER(...) LIKE` can search.
+    /// Whether the column holds text (searched for a subject by the residual scan).
     pub fn is_text(&self) -> bool {
         let k = self.kind.as_str();
         k.contains("text") || k.contains("char") || k.contains("clob") || k.contains("json")
@@ -477,20 +466,31 @@ impl Store {
                 Column::StageOutput,
                 r.try_get("output")?,
             )?;
-            // JSON escapes non-ASCII; compare the parsed value's strings too.
-            if let Some(t) = text {
-                let unescaped = serde_json::from_str::<serde_json::Value>(&t)
-                    .map(|v| json_strings(&v))
-                    .unwrap_or_default();
-                if subject.matches(&t) || subject.matches(&unescaped) {
+            if text.is_some_and(|t| subject.mentioned_in(&t)) {
+                return Ok(true);
+            }
+        }
+        for (sql, column) in [
+            (
+                "SELECT reason AS v, key_id FROM quarantine WHERE message_id = $1",
+                Column::QuarantineReason,
+            ),
+            (
+                "SELECT last_error AS v, key_id FROM jobs WHERE message_id = $1",
+                Column::JobError,
+            ),
+        ] {
+            for r in sqlx::query(sql).bind(id).fetch_all(&self.pool).await? {
+                let key_id: Option<String> = r.try_get("key_id")?;
+                let text =
+                    crypto::open_text(self.keys(), key_id.as_deref(), column, r.try_get("v")?)?;
+                if text.is_some_and(|t| subject.mentioned_in(&t)) {
                     return Ok(true);
                 }
             }
         }
         for sql in [
             "SELECT target AS a, payload AS b FROM actions WHERE message_id = $1",
-            "SELECT reason AS a, stage AS b FROM quarantine WHERE message_id = $1",
-            "SELECT last_error AS a, stage AS b FROM jobs WHERE message_id = $1",
             // Review and delivery: a person's draft or reason, what went out, what came back.
             // Not who reviewed: erasing a reviewer's name must not take every message they
             // decided.
@@ -504,7 +504,7 @@ impl Store {
             for r in sqlx::query(sql).bind(id).fetch_all(&self.pool).await? {
                 let a: Option<String> = r.try_get("a")?;
                 let b: Option<String> = r.try_get("b")?;
-                if [a, b].iter().flatten().any(|t| subject.matches(t)) {
+                if [a, b].iter().flatten().any(|t| subject.mentioned_in(t)) {
                     return Ok(true);
                 }
             }
@@ -646,25 +646,24 @@ impl Store {
             if !c.is_text() {
                 continue;
             }
+            // Every row is read and `Subject::matches` decides, as erasure does: SQL's
+            // `LOWER`/`LIKE` fold neither Unicode nor white space.
             let sql = format!(
-                "SELECT CAST({1} AS TEXT) AS v FROM {0} WHERE LOWER(CAST({1} AS TEXT)) LIKE $1 ESCAPE '\\'",
+                "SELECT CAST({1} AS TEXT) AS v FROM {0} WHERE {1} IS NOT NULL",
                 ident(&c.table),
                 ident(&c.column)
             );
-            // Identifiers from the database's own catalog, quoted; the pattern is bound.
-            // LIKE finds candidates; `Subject::matches` decides, as erasure does.
-            let n = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(subject.like())
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .filter(|row| {
-                    row.try_get::<Option<String>, _>("v")
-                        .ok()
-                        .flatten()
-                        .is_some_and(|v| subject.matches(&v))
-                })
-                .count() as i64;
+            // Identifiers from the database's own catalog, quoted.
+            let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&self.pool);
+            let mut n = 0i64;
+            while let Some(row) = rows.try_next().await? {
+                if row
+                    .try_get::<Option<String>, _>("v")?
+                    .is_some_and(|v| subject.mentioned_in(&v))
+                {
+                    n += 1;
+                }
+            }
             if n > 0 {
                 let why = RETAINED
                     .iter()
@@ -880,8 +879,8 @@ fn row_id(tx: &mut Transaction<'_, Any>) -> &'static str {
 }
 
 /// The rows of `table` where one of `columns` mentions the subject, each with the indexes
-/// of the columns that do. SQL's `LIKE` finds the candidates (a substring: `ann@…` is in
-/// `joann@…`); [`Subject::matches`] decides (whole addresses, whole words, Unicode case).
+/// of the columns that do. Every row is read and [`Subject::mentioned_in`] decides (whole
+/// addresses, whole words, Unicode case, any white space): SQL's `LIKE` cannot.
 async fn mentioning_rows(
     tx: &mut Transaction<'_, Any>,
     table: &str,
@@ -895,31 +894,22 @@ async fn mentioning_rows(
         .map(|(i, c)| format!("CAST({} AS TEXT) AS c{i}", ident(c)))
         .collect::<Vec<_>>()
         .join(", ");
-    let cond = columns
-        .iter()
-        .map(|c| format!("LOWER(CAST({} AS TEXT)) LIKE $1 ESCAPE '\\'", ident(c)))
-        .collect::<Vec<_>>()
-        .join(" OR ");
-    let sql = format!(
-        "SELECT {rid} AS rid, {values} FROM {} WHERE {cond}",
-        ident(table)
-    );
-    // Identifiers from the registry, quoted; the pattern is bound.
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(subject.like())
-        .fetch_all(&mut **tx)
-        .await
-        .with_context(|| format!("reading {table}"))?;
+    let sql = format!("SELECT {rid} AS rid, {values} FROM {}", ident(table));
+    // Identifiers from the registry, quoted.
+    let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&mut **tx);
     let mut out = Vec::new();
-    for row in rows {
-        let matched: Vec<usize> = (0..columns.len())
-            .filter(|i| {
-                row.try_get::<Option<String>, _>(format!("c{i}").as_str())
-                    .ok()
-                    .flatten()
-                    .is_some_and(|v| subject.matches(&v))
-            })
-            .collect();
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .with_context(|| format!("reading {table}"))?
+    {
+        let mut matched = Vec::new();
+        for i in 0..columns.len() {
+            let value: Option<String> = row.try_get(format!("c{i}").as_str())?;
+            if value.is_some_and(|v| subject.mentioned_in(&v)) {
+                matched.push(i);
+            }
+        }
         if !matched.is_empty() {
             out.push((row.try_get::<String, _>("rid")?, matched));
         }
@@ -937,19 +927,18 @@ async fn tombstone(
     dry_run: bool,
 ) -> Result<i64> {
     // The entries about the erased messages and actions, and those whose detail mentions
-    // the subject (LIKE finds candidates, `Subject::matches` decides): each once.
+    // the subject (every detail is read; `Subject::mentioned_in` decides): each once.
     let mut seqs = std::collections::BTreeSet::new();
-    let candidates = sqlx::query(
-        "SELECT seq, detail FROM audit_log WHERE erased_at IS NULL AND LOWER(detail) LIKE $1 ESCAPE '\\'",
-    )
-    .bind(subject.like())
-    .fetch_all(&mut **tx)
-    .await
-    .context("reading the audit log")?;
-    for row in candidates {
-        let detail: Option<String> = row.try_get("detail")?;
-        if detail.is_some_and(|d| subject.matches(&d)) {
-            seqs.insert(row.try_get::<i64, _>("seq")?);
+    {
+        let mut details = sqlx::query(
+            "SELECT seq, detail FROM audit_log WHERE erased_at IS NULL AND detail IS NOT NULL",
+        )
+        .fetch(&mut **tx);
+        while let Some(row) = details.try_next().await.context("reading the audit log")? {
+            let detail: Option<String> = row.try_get("detail")?;
+            if detail.is_some_and(|d| subject.mentioned_in(&d)) {
+                seqs.insert(row.try_get::<i64, _>("seq")?);
+            }
         }
     }
     for chunk in subjects.chunks(500) {

@@ -558,14 +558,14 @@ impl Store {
         };
         let parts = self.parts(id).await?;
         let jobs = sqlx::query(
-            "SELECT id, message_id, stage, state, attempts, max_attempts, run_after, lease_owner, last_error
+            "SELECT id, message_id, stage, state, attempts, max_attempts, run_after, lease_owner, last_error, key_id
              FROM jobs WHERE message_id = $1 ORDER BY id",
         )
         .bind(id)
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(job_row)
+        .map(|r| job_row(self.keys(), r))
         .collect::<Result<Vec<_>>>()?;
         let results = sqlx::query(
             "SELECT stage, output, key_id, prompt_tokens, completion_tokens, worker, created_at
@@ -639,7 +639,7 @@ impl Store {
     /// Quarantined messages, oldest first.
     pub async fn quarantined(&self) -> Result<Vec<QuarantineRow>> {
         let rows = sqlx::query(
-            "SELECT q.message_id, q.stage, q.reason, q.attempts, q.created_at, m.source_ref
+            "SELECT q.message_id, q.stage, q.reason, q.key_id, q.attempts, q.created_at, m.source_ref
              FROM quarantine q JOIN messages m ON m.id = q.message_id ORDER BY q.created_at, q.message_id",
         )
         .fetch_all(&self.pool)
@@ -649,7 +649,13 @@ impl Store {
                 Ok(QuarantineRow {
                     message_id: r.try_get("message_id")?,
                     stage: r.try_get("stage")?,
-                    reason: r.try_get("reason")?,
+                    reason: crypto::open_text(
+                        self.keys(),
+                        r.try_get::<Option<String>, _>("key_id")?.as_deref(),
+                        crypto::Column::QuarantineReason,
+                        r.try_get("reason")?,
+                    )?
+                    .unwrap_or_default(),
                     attempts: r.try_get("attempts")?,
                     created_at: r.try_get("created_at")?,
                     source_ref: r.try_get("source_ref")?,
@@ -839,7 +845,7 @@ fn action_row(r: &AnyRow) -> Result<ActionRow> {
     })
 }
 
-fn job_row(r: &AnyRow) -> Result<JobRow> {
+fn job_row(keys: Option<&Keyring>, r: &AnyRow) -> Result<JobRow> {
     Ok(JobRow {
         id: r.try_get("id")?,
         message_id: r.try_get("message_id")?,
@@ -849,7 +855,12 @@ fn job_row(r: &AnyRow) -> Result<JobRow> {
         max_attempts: r.try_get("max_attempts")?,
         run_after: r.try_get("run_after")?,
         lease_owner: r.try_get("lease_owner")?,
-        last_error: r.try_get("last_error")?,
+        last_error: crypto::open_text(
+            keys,
+            r.try_get::<Option<String>, _>("key_id")?.as_deref(),
+            crypto::Column::JobError,
+            r.try_get("last_error")?,
+        )?,
     })
 }
 
@@ -864,15 +875,39 @@ pub fn redact(url: &str) -> String {
     url.to_string()
 }
 
-/// A business database URL opened read-only where the server can enforce it: on
-/// PostgreSQL every transaction starts read-only (`default_transaction_read_only`), so a
-/// lookup cannot write, whatever its SQL. Other URLs are returned as they are.
+/// A business database URL opened read-only: on PostgreSQL every transaction starts
+/// read-only (`default_transaction_read_only`), so a lookup cannot write, whatever its SQL;
+/// a SQLite file is opened with `mode=ro` (any `mode` the URL gave is replaced). Pair it with
+/// [`read_only_session`], which also stops SQLite writing other files (`VACUUM INTO`, an
+/// attached database). Other URLs are returned as they are.
 pub fn read_only_url(url: &str) -> String {
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return url.to_string();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        return format!("{url}{separator}options%5Bdefault_transaction_read_only%5D=on");
     }
-    let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}options%5Bdefault_transaction_read_only%5D=on")
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if path.contains(":memory:") {
+            return url.to_string();
+        }
+        let mut params: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("mode="))
+            .collect();
+        params.push("mode=ro");
+        return format!("sqlite:{path}?{}", params.join("&"));
+    }
+    url.to_string()
+}
+
+/// What a read-only business database connection runs first: on SQLite `PRAGMA query_only`,
+/// so that no statement writes any file (a connection opened `mode=ro` may still copy the
+/// database with `VACUUM INTO` or write a database it attaches). Nothing on PostgreSQL.
+pub async fn read_only_session(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    if conn.backend_name() == "SQLite" {
+        sqlx::query("PRAGMA query_only = ON").execute(conn).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -889,7 +924,12 @@ mod tests {
             read_only_url("postgresql://u@h/crm?sslmode=require"),
             "postgresql://u@h/crm?sslmode=require&options%5Bdefault_transaction_read_only%5D=on"
         );
-        assert_eq!(read_only_url("sqlite://crm.db"), "sqlite://crm.db");
+        assert_eq!(read_only_url("sqlite://crm.db"), "sqlite://crm.db?mode=ro");
+        assert_eq!(
+            read_only_url("sqlite:///srv/crm.db?mode=rwc&cache=shared"),
+            "sqlite:///srv/crm.db?cache=shared&mode=ro"
+        );
+        assert_eq!(read_only_url("sqlite::memory:"), "sqlite::memory:");
     }
 
     #[test]

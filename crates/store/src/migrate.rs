@@ -55,6 +55,11 @@ const SQLITE: &[Migration] = &[
         "responses",
         include_str!("../migrations/sqlite/0008_responses.sql"),
     ),
+    (
+        9,
+        "sealed reasons",
+        include_str!("../migrations/sqlite/0009_sealed_reasons.sql"),
+    ),
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -97,6 +102,11 @@ const POSTGRES: &[Migration] = &[
         8,
         "responses",
         include_str!("../migrations/postgres/0008_responses.sql"),
+    ),
+    (
+        9,
+        "sealed reasons",
+        include_str!("../migrations/postgres/0009_sealed_reasons.sql"),
     ),
 ];
 

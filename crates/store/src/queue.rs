@@ -397,7 +397,18 @@ impl Store {
         permanent: bool,
         backoff: Duration,
     ) -> Result<FailOutcome> {
+        self.check_writable()?;
         let now = now_ms();
+        // The reason may quote the message or the model's answer: sealed like the content,
+        // and kept out of the audit log (which has its length only).
+        let (error, reason_stored, key_id) = match self.keys() {
+            Some(k) => (
+                k.seal_text(Column::JobError, reason)?,
+                k.seal_text(Column::QuarantineReason, reason)?,
+                Some(k.current_id().to_string()),
+            ),
+            None => (reason.to_string(), reason.to_string(), None),
+        };
         let mut tx = self.pool.begin().await?;
         let terminal = permanent || job.attempts >= job.max_attempts;
         let run_after = if terminal {
@@ -408,15 +419,16 @@ impl Store {
         };
         let held = sqlx::query(
             "UPDATE jobs SET state = $3, run_after = $4, lease_owner = NULL, lease_expires = NULL,
-                 last_error = $5, updated_at = $6
+                 last_error = $5, key_id = $7, updated_at = $6
              WHERE id = $1 AND lease_owner = $2 AND state = 'leased'",
         )
         .bind(job.id)
         .bind(&job.worker)
         .bind(if terminal { "failed" } else { "ready" })
         .bind(run_after)
-        .bind(reason)
+        .bind(error)
         .bind(now)
+        .bind(key_id.clone())
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -431,7 +443,7 @@ impl Store {
                 "attempt": job.attempts,
                 "max_attempts": job.max_attempts,
                 "permanent": permanent,
-                "reason": reason,
+                "reason_chars": reason.chars().count(),
             })
         };
         let action = format!("intake.{}", job.stage);
@@ -452,13 +464,15 @@ impl Store {
             return Ok(FailOutcome::Retry { run_after });
         }
         sqlx::query(
-            "INSERT INTO quarantine (message_id, stage, reason, attempts, created_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO quarantine (message_id, stage, reason, attempts, created_at, key_id)
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(job.message_id)
         .bind(&job.stage)
-        .bind(reason)
+        .bind(reason_stored)
         .bind(job.attempts)
         .bind(now)
+        .bind(key_id)
         .execute(&mut *tx)
         .await
         .with_context(|| format!("quarantining message {}", job.message_id))?;

@@ -452,7 +452,9 @@ async fn a_copy_without_the_key_reveals_no_content_and_rotation_reencrypts() {
     assert_eq!((r.messages, r.parts), (3, 4));
     assert_eq!(r.stage_results, 2);
     let usage = rotated.key_usage().await.unwrap();
-    assert_eq!(usage, [(Some(new_id), 9)]);
+    // 3 messages, 4 parts, 2 stage results, a quarantine reason and its job's error.
+    assert_eq!((r.quarantine, r.jobs), (1, 1));
+    assert_eq!(usage, [(Some(new_id), 11)]);
     let only_new = Store::open_in_home(dir.path())
         .await
         .unwrap()
@@ -853,5 +855,202 @@ async fn erasure_outside_messages_matches_whole_addresses_too() {
     assert!(
         store.audit_verify().await.unwrap().ok(),
         "the chain still verifies"
+    );
+}
+
+/// Issue 18, item 8, the rest: outside messages (failed logins, the ledger's key names,
+/// audit details, the residual scan) SQL's `LIKE` used to pick the candidates, and it knows
+/// neither Unicode folding nor white space: `Hans Straße`, a name broken by a non-breaking
+/// space or two spaces, or a line break JSON-escaped in an audit detail, escaped erasure and
+/// the residual scan reported nothing left.
+async fn erasure_outside_messages_folds_like_messages(store: Store) {
+    use verre_store::ledger::{ApiAudit, ApiCall, LedgerEntry};
+    let call = |key: &str| ApiCall {
+        entry: LedgerEntry {
+            at: verre_store::now_ms(),
+            api_key: key.into(),
+            endpoint: "chat".into(),
+            model: "m".into(),
+            backend: "local".into(),
+            local: true,
+            status: 200,
+            prompt_tokens: 3,
+            completion_tokens: 1,
+            first_byte_ms: 1,
+            latency_ms: 1,
+        },
+        audit: ApiAudit::Metadata,
+        pseudonymized: false,
+    };
+    store
+        .insert_api_calls(&[call("ÉMILE  ZOLA"), call("Émile Zolachenko")])
+        .await
+        .unwrap();
+    for user in ["ÉMILE\u{a0}ZOLA", "HANS STRAẞE", "Émile Zolachenko"] {
+        sqlx::query("INSERT INTO login_failures (user_name, ip, at) VALUES ($1, '127.0.0.1', $2)")
+            .bind(user)
+            .bind(verre_store::now_ms())
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    let noted = store
+        .audit(AuditEvent {
+            actor: "reviewer:bob",
+            action: "review.note",
+            subject: "queue",
+            detail: json!({"note": "Cher Émile\nZola, merci."}),
+        })
+        .await
+        .unwrap();
+    let count = |sql: &'static str| {
+        let store = store.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+        }
+    };
+    let emile = Subject::parse("émile zola").unwrap();
+    let found = store.scan(&emile).await.unwrap();
+    let columns: Vec<String> = found
+        .iter()
+        .map(|r| format!("{}.{}={}", r.table, r.column, r.rows))
+        .collect();
+    for expected in [
+        "ledger.api_key=1",
+        "login_failures.user_name=1",
+        "audit_log.detail=1",
+    ] {
+        assert!(
+            columns.iter().any(|c| c == expected),
+            "the scan finds {expected}: {columns:?}"
+        );
+    }
+    let report = store.erase(&emile, "test", false).await.unwrap();
+    assert_eq!(report.rows.get("ledger"), Some(&1), "{report:#?}");
+    assert_eq!(report.rows.get("login_failures"), Some(&1), "{report:#?}");
+    assert!(report.residual.is_empty(), "{:#?}", report.residual);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM ledger WHERE api_key = '[erased]'").await,
+        1
+    );
+    let noted_detail: Option<String> =
+        sqlx::query_scalar("SELECT detail FROM audit_log WHERE seq = $1")
+            .bind(noted)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(noted_detail, None, "the note naming him is tombstoned");
+    assert_eq!(
+        count("SELECT COUNT(*) FROM login_failures").await,
+        2,
+        "Hans and Zolachenko stay"
+    );
+    let hans = Subject::parse("Hans Strasse").unwrap();
+    let report = store.erase(&hans, "test", false).await.unwrap();
+    assert_eq!(report.rows.get("login_failures"), Some(&1), "{report:#?}");
+    assert_eq!(
+        count("SELECT COUNT(*) FROM ledger WHERE api_key <> '[erased]'").await,
+        1,
+        "Zolachenko's key keeps its name"
+    );
+    assert!(store.audit_verify().await.unwrap().ok());
+}
+
+#[tokio::test]
+async fn erasure_outside_messages_folds_like_messages_sqlite() {
+    let (_d, store) = sqlite().await;
+    erasure_outside_messages_folds_like_messages(store).await;
+}
+
+#[tokio::test]
+async fn erasure_outside_messages_folds_like_messages_postgres() {
+    let Some(url) = verre_store::testing::postgres_url("gdpr_fold").await else {
+        return;
+    };
+    let store = Store::open(&url).await.unwrap();
+    erasure_outside_messages_folds_like_messages(store).await;
+}
+
+/// Issue 18, item 13: a stage's failure reason quotes the model's answer or the mail (a
+/// schema error names the value it refuses). In the job's `last_error` and the quarantine
+/// reason it is encrypted like the content, not copied into the audit log, and still shown
+/// decrypted; a reason stored in clear before stays readable and `rekey` encrypts it.
+#[tokio::test]
+async fn failure_reasons_are_encrypted_at_rest() {
+    const QUOTED: &str = "iban-DE89370400440532013000-of-greta";
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_in_home(dir.path())
+        .await
+        .unwrap()
+        .with_keys(Some(keyring()))
+        .await
+        .unwrap();
+    let quarantined = store
+        .ingest(
+            "test",
+            "a.eml",
+            &mail("Greta", "greta@example.de", "a"),
+            "extract",
+            1,
+        )
+        .await
+        .unwrap()
+        .message_id;
+    let retried = store
+        .ingest(
+            "test",
+            "b.eml",
+            &mail("Greta", "greta@example.de", "b"),
+            "extract",
+            3,
+        )
+        .await
+        .unwrap()
+        .message_id;
+    let reason = format!("schema: \"{QUOTED}\" is not a valid amount");
+    while let Some(job) = store.claim("w1", Duration::from_secs(30)).await.unwrap() {
+        let permanent = job.message_id == quarantined;
+        store
+            .fail(&job, &reason, permanent, Duration::from_secs(3600))
+            .await
+            .unwrap();
+    }
+    store.flush_deleted().await.unwrap();
+    assert!(
+        !contains(&file_bytes(dir.path()), QUOTED),
+        "the quoted value is readable in the database file"
+    );
+    let detail = store.detail(quarantined).await.unwrap().unwrap();
+    assert_eq!(detail.quarantine.unwrap().reason, reason);
+    assert_eq!(detail.jobs[0].last_error.as_deref(), Some(reason.as_str()));
+    let detail = store.detail(retried).await.unwrap().unwrap();
+    assert_eq!(detail.jobs[0].last_error.as_deref(), Some(reason.as_str()));
+    assert_eq!(store.quarantined().await.unwrap()[0].reason, reason);
+
+    // A reason stored in clear (before this release) reads back, and rekey encrypts it.
+    sqlx::query("UPDATE quarantine SET reason = 'clear: greta', key_id = NULL")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(store.quarantined().await.unwrap()[0].reason, "clear: greta");
+    let r = store.rekey().await.unwrap();
+    assert_eq!((r.quarantine, r.jobs), (1, 0), "{r:?}");
+    let usage = store.key_usage().await.unwrap();
+    assert_eq!(usage.len(), 1, "everything under the one key: {usage:?}");
+    assert_eq!(store.quarantined().await.unwrap()[0].reason, "clear: greta");
+    store.flush_deleted().await.unwrap();
+    assert!(!contains(&file_bytes(dir.path()), "clear: greta"));
+
+    // Erasure still finds the mails by what their jobs' errors quote.
+    let erased = store
+        .erase(&Subject::parse(QUOTED).unwrap(), "test", false)
+        .await
+        .unwrap();
+    assert_eq!(
+        erased.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [quarantined, retried]
     );
 }

@@ -145,6 +145,12 @@ struct Options {
     sort_keys: bool,
 }
 
+/// The largest text `tojson` makes: each call escapes the quotes of a string it is given,
+/// so a chain of them doubles a value each time (fuel counts filters, not bytes).
+pub const MAX_TOJSON_BYTES: usize = 4 << 20;
+/// The widest `indent` `tojson` accepts.
+const MAX_TOJSON_INDENT: usize = 64;
+
 /// The `tojson` filter: positional arguments in transformers' order, or keywords.
 pub fn tojson(value: &Value, args: Rest<Value>, kwargs: Kwargs) -> Result<Value, Error> {
     const NAMES: [&str; 4] = ["ensure_ascii", "indent", "separators", "sort_keys"];
@@ -170,10 +176,15 @@ pub fn tojson(value: &Value, args: Rest<Value>, kwargs: Kwargs) -> Result<Value,
         Some(v) if v.is_none() => None,
         Some(v) if v.kind() == ValueKind::String => Some(v.as_str().unwrap_or("").to_string()),
         Some(v) => match v.as_i64() {
-            Some(n) => Some(" ".repeat(n.max(0) as usize)),
+            Some(n) => Some(" ".repeat(n.clamp(0, MAX_TOJSON_INDENT as i64 + 1) as usize)),
             None => return Err(invalid("tojson: indent must be an integer or a string")),
         },
     };
+    if indent.as_ref().is_some_and(|i| i.len() > MAX_TOJSON_INDENT) {
+        return Err(invalid(&format!(
+            "tojson: an indent wider than {MAX_TOJSON_INDENT}"
+        )));
+    }
     let (item_separator, key_separator) = match separators {
         Some(v) if !v.is_none() => {
             let parts: Vec<Value> = v.try_iter()?.collect();
@@ -195,6 +206,12 @@ pub fn tojson(value: &Value, args: Rest<Value>, kwargs: Kwargs) -> Result<Value,
     };
     let mut out = String::new();
     dump(value, &options, 0, &mut out)?;
+    if out.len() > MAX_TOJSON_BYTES {
+        return Err(invalid(&format!(
+            "tojson: the text would be {} bytes, over the {MAX_TOJSON_BYTES}-byte limit",
+            out.len()
+        )));
+    }
     Ok(Value::from(out))
 }
 
