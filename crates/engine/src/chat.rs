@@ -170,8 +170,12 @@ impl ChatTemplate {
         env.add_filter("string", python::string_filter);
         env.add_test("iterable", python::is_iterable);
         env.set_formatter(python::format);
-        env.add_template_owned("chat", without_generation_tags(&source))
-            .context("compiling the model's chat template")?;
+        // minijinja folds constants while compiling, and its arithmetic can panic there too.
+        let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            env.add_template_owned("chat", without_generation_tags(&source))
+        }))
+        .unwrap_or_else(|panic| Err(panicked(panic.as_ref())));
+        compiled.context("compiling the model's chat template")?;
         Ok(Self {
             env,
             source,
@@ -208,17 +212,9 @@ impl ChatTemplate {
         let mut out = CappedOutput::default();
         // minijinja panics on some arithmetic (a sequence repeated past usize): an error.
         let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            tmpl.render_to_write(ctx, &mut out).map(|_| ())
+            tmpl.render_captured_to(ctx, &mut out).map(|_| ())
         }))
-        .unwrap_or_else(|panic| {
-            let why = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or(panic.downcast_ref::<&str>().copied())
-                .unwrap_or("panic")
-                .to_string();
-            Err(Error::new(ErrorKind::InvalidOperation, why))
-        });
+        .unwrap_or_else(|panic| Err(panicked(panic.as_ref())));
         if out.overflowed {
             bail!(
                 "rendering chat template: the prompt would be over {MAX_PROMPT_BYTES} bytes; a template that writes this much is broken or hostile"
@@ -268,6 +264,19 @@ impl std::io::Write for CappedOutput {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// A panic inside minijinja, as its error.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> Error {
+    let why = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or(panic.downcast_ref::<&str>().copied())
+        .unwrap_or("panic");
+    Error::new(
+        ErrorKind::InvalidOperation,
+        format!("the template engine failed: {why}"),
+    )
 }
 
 /// An error and its causes on one line (minijinja's alternate form would also dump the
@@ -467,6 +476,7 @@ mod tests {
         ];
         for src in [
             "{{ messages * 999999999 * 999999999 * 999999999 }}",
+            "{{ [1, 2] * 999999999 * 999999999 * 999999999 }}",
             "{{ messages * 200000 }}",
             "{{ (messages * 99999999) | tojson }}",
         ] {
