@@ -328,6 +328,31 @@ fn the_hidden_subcommand_parses_what_it_is_given() {
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["answer"], "mail", "{answer}");
     assert_eq!(answer["parts"][1]["text"], "hello\r\n", "{answer}");
+    // A MIME structure mail-parser panics on (found by fuzzing) is answered as unreadable,
+    // with why, not a dead child.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_verre"))
+        .args([verre_intake::isolation::SUBCOMMAND, "mail"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(include_bytes!(
+            "../../../fuzz/regressions/mime/mail-parser-invalid-part-id.eml"
+        ))
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["answer"], "unreadable", "{answer}");
+    assert!(
+        answer["why"].as_str().unwrap().contains("MIME parser"),
+        "{answer}"
+    );
     let help = Command::new(env!("CARGO_BIN_EXE_verre"))
         .arg("--help")
         .output()

@@ -3,7 +3,7 @@
 //! or, for files that carry none, a built-in template of the model's family: Gemma's turns
 //! for Gemma, Mistral's `[INST]` otherwise.
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, format::StrftimeItems};
 use minijinja::{Environment, Error, ErrorKind, Value, context};
 use serde::{Deserialize, Serialize};
@@ -170,8 +170,12 @@ impl ChatTemplate {
         env.add_filter("string", python::string_filter);
         env.add_test("iterable", python::is_iterable);
         env.set_formatter(python::format);
-        env.add_template_owned("chat", without_generation_tags(&source))
-            .context("compiling the model's chat template")?;
+        // minijinja folds constants while compiling, and its arithmetic can panic there too.
+        let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            env.add_template_owned("chat", without_generation_tags(&source))
+        }))
+        .unwrap_or_else(|panic| Err(panicked(panic.as_ref())));
+        compiled.context("compiling the model's chat template")?;
         Ok(Self {
             env,
             source,
@@ -215,7 +219,7 @@ impl ChatTemplate {
         add_generation_prompt: bool,
     ) -> Result<String> {
         let tmpl = self.env.get_template("chat").map_err(|e| anyhow!("{e}"))?;
-        tmpl.render(context! {
+        let ctx = context! {
             messages => messages,
             tools => tools.map(Value::from_serialize),
             documents => Value::from(()),
@@ -223,13 +227,25 @@ impl ChatTemplate {
             bos_token => self.bos_token,
             eos_token => self.eos_token,
             ..Value::from_serialize(kwargs)
-        })
-        .map_err(|e| match e.kind() {
+        };
+        let mut out = CappedOutput::default();
+        // minijinja panics on some arithmetic (a sequence repeated past usize): an error.
+        let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tmpl.render_captured_to(ctx, &mut out).map(|_| ())
+        }))
+        .unwrap_or_else(|panic| Err(panicked(panic.as_ref())));
+        if out.overflowed {
+            bail!(
+                "rendering chat template: the prompt would be over {MAX_PROMPT_BYTES} bytes; a template that writes this much is broken or hostile"
+            );
+        }
+        rendered.map_err(|e| match e.kind() {
             ErrorKind::OutOfFuel => anyhow!(
                 "rendering chat template: the template did more work than allowed ({RENDER_FUEL} steps); a template that loops this much is broken or hostile"
             ),
             _ => anyhow!("rendering chat template: {}", error_chain(&e)),
-        })
+        })?;
+        String::from_utf8(out.bytes).context("rendering chat template: the text is not UTF-8")
     }
 
     /// The template's source text (to tell which tool-call format a model was taught).
@@ -241,6 +257,45 @@ impl ChatTemplate {
     pub fn handles_tools(&self) -> bool {
         self.source.contains("tools") && self.source.contains("tool_calls")
     }
+}
+
+/// The longest prompt a template may write: far past any context window. Fuel counts a
+/// template's steps, not what one step writes (`{{ messages * 99999999 }}` is one step).
+pub const MAX_PROMPT_BYTES: usize = 8 << 20;
+
+/// Where a rendering writes: refuses to grow past [`MAX_PROMPT_BYTES`].
+#[derive(Default)]
+struct CappedOutput {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_PROMPT_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("the prompt is too long"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A panic inside minijinja, as its error.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> Error {
+    let why = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or(panic.downcast_ref::<&str>().copied())
+        .unwrap_or("panic");
+    Error::new(
+        ErrorKind::InvalidOperation,
+        format!("the template engine failed: {why}"),
+    )
 }
 
 /// An error and its causes on one line (minijinja's alternate form would also dump the
@@ -443,6 +498,26 @@ mod tests {
         // Found by fuzzing (fuzz/regressions/template/): a `{%` whose `%` also starts `%}`.
         for src in ["{%}", "a {%} b {% endgeneration %}", "{%-}", "{%+%}"] {
             let _ = ChatTemplate::new(Some(src), "", "");
+        }
+    }
+
+    /// Found by fuzzing (fuzz/regressions/template/): a sequence repeated past `usize`
+    /// panics minijinja (an overflow), and one repeated less writes gigabytes in one step
+    /// (fuel counts steps). Both are errors.
+    #[test]
+    fn a_repeated_sequence_is_an_error_not_a_panic_or_gigabytes() {
+        let hi = [
+            Message::new("user", "hi"),
+            Message::new("assistant", "hello"),
+        ];
+        for src in [
+            "{{ messages * 999999999 * 999999999 * 999999999 }}",
+            "{{ [1, 2] * 999999999 * 999999999 * 999999999 }}",
+            "{{ messages * 200000 }}",
+            "{{ (messages * 99999999) | tojson }}",
+        ] {
+            let t = ChatTemplate::new(Some(src), "", "").unwrap();
+            assert!(t.render(&hi, true).is_err(), "{src}");
         }
     }
 

@@ -1,5 +1,5 @@
 //! `verre-fuzz [--seconds N] [--execs N] [--seed N] [--root DIR] [--memory-mib N]
-//! [--timeout-ms N] [--list] [--replay TARGET FILE] [TARGET...]`: fuzz the named targets (all without a name),
+//! [--timeout-ms N] [--list] [--show-classes] [--replay TARGET FILE] [TARGET...]`: fuzz the named targets (all without a name),
 //! one after the other, and print executions per target. `scripts/fuzz.sh` runs each target
 //! in its own process, so that one that dies does not stop the others.
 
@@ -21,6 +21,7 @@ fn main() -> Result<()> {
     };
     let mut memory_mib = 2048u64;
     let mut names = Vec::new();
+    let mut show_classes = false;
     while let Some(arg) = args.next() {
         let mut value = |name: &str| -> Result<String> {
             args.next().with_context(|| format!("{name} needs a value"))
@@ -56,6 +57,7 @@ fn main() -> Result<()> {
                 }
                 return Ok(());
             }
+            "--show-classes" => show_classes = true,
             "--list" => {
                 for t in TARGETS {
                     println!("{}\t{}", t.name, t.about);
@@ -64,7 +66,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "verre-fuzz [--seconds N] [--execs N] [--seed N] [--root DIR] [--memory-mib N] [--timeout-ms N] [--list] [TARGET...]"
+                    "verre-fuzz [--seconds N] [--execs N] [--seed N] [--root DIR] [--memory-mib N] [--timeout-ms N] [--list] [--show-classes] [--replay TARGET FILE] [TARGET...]"
                 );
                 return Ok(());
             }
@@ -90,6 +92,11 @@ fn main() -> Result<()> {
     for target in chosen {
         let stats = run(target, &options)?;
         println!("{}", stats.line(target.name));
+        if show_classes {
+            for class in &stats.class_names {
+                println!("  class: {class}");
+            }
+        }
         for (path, why) in &stats.panics {
             println!("  panic: {why}\n    input: {}", path.display());
         }

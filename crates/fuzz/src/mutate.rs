@@ -10,7 +10,7 @@ impl Rng {
         Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -21,7 +21,7 @@ impl Rng {
 
     /// A number in `0..n` (`n` > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
 
     pub fn chance(&mut self, one_in: usize) -> bool {
@@ -90,7 +90,7 @@ impl Mutator {
             1 if !b.is_empty() => {
                 let i = r.below(b.len());
                 b[i] = match r.below(4) {
-                    0 => r.next() as u8,
+                    0 => r.next_u64() as u8,
                     1 => 0,
                     2 => 0xff,
                     _ => *b"\0\n\r\"\\{}[]<>:=;%'&\x7f\x80"
@@ -179,7 +179,7 @@ impl Mutator {
             11 => {
                 let at = r.below(b.len() + 1);
                 let n = 1 + r.below(16);
-                let bytes: Vec<u8> = (0..n).map(|_| r.next() as u8).collect();
+                let bytes: Vec<u8> = (0..n).map(|_| r.next_u64() as u8).collect();
                 b.splice(at..at, bytes);
             }
             // Repeat a token many times (deep nesting).

@@ -37,6 +37,8 @@ pub struct Stats {
     pub kept: usize,
     /// Distinct outcome classes seen.
     pub classes: usize,
+    /// The classes themselves, sorted (`verre-fuzz --show-classes`).
+    pub class_names: Vec<String>,
     /// Panics caught, each saved under `crashes/<target>/`.
     pub panics: Vec<(PathBuf, String)>,
     pub elapsed: Duration,
@@ -244,6 +246,8 @@ pub fn run(target: &Target, options: &Options) -> Result<Stats> {
         CURRENT_PTR.store(std::ptr::null_mut(), Ordering::SeqCst);
     }
     stats.classes = classes.len();
+    stats.class_names = classes.into_iter().collect();
+    stats.class_names.sort();
     stats.elapsed = started.elapsed();
     Ok(stats)
 }

@@ -206,17 +206,33 @@ pub fn tojson(value: &Value, args: Rest<Value>, kwargs: Kwargs) -> Result<Value,
     };
     let mut out = String::new();
     dump(value, &options, 0, &mut out)?;
-    if out.len() > MAX_TOJSON_BYTES {
-        return Err(invalid(&format!(
-            "tojson: the text would be {} bytes, over the {MAX_TOJSON_BYTES}-byte limit",
-            out.len()
-        )));
-    }
+    check_size(&out)?;
     Ok(Value::from(out))
 }
 
 fn invalid(message: &str) -> Error {
     Error::new(ErrorKind::InvalidOperation, message.to_string())
+}
+
+fn too_large() -> Error {
+    invalid(&format!(
+        "tojson: the text would be over the {MAX_TOJSON_BYTES}-byte limit"
+    ))
+}
+
+fn check_size(out: &str) -> Result<(), Error> {
+    if out.len() > MAX_TOJSON_BYTES {
+        return Err(too_large());
+    }
+    Ok(())
+}
+
+fn bounded(items: impl Iterator<Item = Value>) -> Result<Vec<Value>, Error> {
+    let items: Vec<Value> = items.take(MAX_TOJSON_BYTES / 2 + 1).collect();
+    if items.len() > MAX_TOJSON_BYTES / 2 {
+        return Err(too_large());
+    }
+    Ok(items)
 }
 
 fn dump(value: &Value, o: &Options, level: usize, out: &mut String) -> Result<(), Error> {
@@ -226,17 +242,21 @@ fn dump(value: &Value, o: &Options, level: usize, out: &mut String) -> Result<()
         ValueKind::Number => out.push_str(&number(value)),
         ValueKind::String => string(value.as_str().unwrap_or(""), o.ensure_ascii, out),
         ValueKind::Seq | ValueKind::Iterable => {
-            let items: Vec<Value> = value.try_iter()?.collect();
+            // A repeated sequence (`messages * 999999999`) is lazy: take no more items than
+            // the output could hold (each is at least two bytes).
+            let items = bounded(value.try_iter()?)?;
             container(out, o, level, '[', ']', &items, |item, out| {
+                check_size(out)?;
                 dump(item, o, level + 1, out)
             })?;
         }
         ValueKind::Map => {
-            let mut keys: Vec<Value> = value.try_iter()?.collect();
+            let mut keys = bounded(value.try_iter()?)?;
             if o.sort_keys {
                 keys.sort();
             }
             container(out, o, level, '{', '}', &keys, |key, out| {
+                check_size(out)?;
                 string(&key_text(key)?, o.ensure_ascii, out);
                 out.push_str(&o.key_separator);
                 dump(&value.get_item(key)?, o, level + 1, out)
