@@ -86,6 +86,11 @@ export VERRE_F64_MODELS_DIR VERRE_ARCH_MODELS_DIR
 
 cargo test --workspace "$@"
 
+# A short fuzzing pass over the parsers of untrusted input (GGUF, MIME in and out of the
+# parser child, pipeline TOML, chat templates, OpenAI bodies, SSE): 10 s a target, a fixed
+# mutation sequence; `cargo test` above already replayed every seed and regression input.
+FUZZ_SEED=1 scripts/fuzz.sh 10
+
 # The OpenAI API as the official clients see it: Python `openai` + pytest, npm `openai`.
 VERRE_BIN=./target/debug/verre tests/openai/run.sh
 
