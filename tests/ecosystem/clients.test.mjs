@@ -86,12 +86,13 @@ test("npm openai: a forced tool call comes back as one call with arguments that 
 
 test("npm openai: responses.create and a streamed response", async () => {
   const client = openai();
-  const r = await client.responses.create({ model: MODEL, input: "Say hello.", max_output_tokens: 16 });
+  const r = await client.responses.create({ model: MODEL, input: "Say hello.", max_output_tokens: 16, temperature: 0 });
   assert.ok(r.output_text.length > 0);
   const stream = await client.responses.create({
     model: MODEL,
     input: "Count to three.",
     max_output_tokens: 16,
+    temperature: 0,
     stream: true,
   });
   const types = [];
@@ -109,9 +110,9 @@ test("npm openai: responses.create and a streamed response", async () => {
 
 test("AI SDK: generateText and streamText", async () => {
   const model = verre()(MODEL);
-  const { text } = await generateText({ model, prompt: "Say hello.", maxOutputTokens: 8 });
+  const { text } = await generateText({ model, prompt: "Say hello.", maxOutputTokens: 8, temperature: 0 });
   assert.ok(text.length > 0);
-  const result = streamText({ model, prompt: "Count to three.", maxOutputTokens: 8 });
+  const result = streamText({ model, prompt: "Count to three.", maxOutputTokens: 8, temperature: 0 });
   let streamed = "";
   for await (const part of result.textStream) streamed += part;
   assert.ok(streamed.length > 0);

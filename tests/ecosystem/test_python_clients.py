@@ -65,7 +65,8 @@ def test_openai_chat_stream_tools_parse(server):
 
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
     chat = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8
+        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8,
+        temperature=0,
     )
     assert chat.choices[0].message.content
 
@@ -75,6 +76,7 @@ def test_openai_chat_stream_tools_parse(server):
             model=MODEL,
             messages=[{"role": "user", "content": "Count to three."}],
             max_tokens=8,
+            temperature=0,
             stream=True,
         )
         if c.choices
@@ -107,18 +109,27 @@ def test_openai_responses_create_and_stream(server):
     import openai
 
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
-    r = client.responses.create(model=MODEL, input="Say hello.", max_output_tokens=16)
+    r = client.responses.create(model=MODEL, input="Say hello.", max_output_tokens=16, temperature=0)
     assert r.status in ("completed", "incomplete") and r.output_text
 
     kinds = []
     text = []
-    with client.responses.stream(model=MODEL, input="Count to three.", max_output_tokens=16) as s:
+    final = None
+    with client.responses.stream(
+        model=MODEL, input="Count to three.", max_output_tokens=16, temperature=0
+    ) as s:
         for event in s:
             kinds.append(event.type)
             if event.type == "response.output_text.delta":
                 text.append(event.delta)
-        final = s.get_final_response()
+            if event.type in ("response.completed", "response.incomplete"):
+                final = event.response
+        if kinds[-1] == "response.completed":
+            # The helper's own final object (it raises when the answer was cut, as it does
+            # against OpenAI: `max_output_tokens` ends a response as `incomplete`).
+            final = s.get_final_response()
     assert kinds[0] == "response.created" and kinds[-1] in ("response.completed", "response.incomplete")
+    assert final is not None and final.status == kinds[-1].split(".")[1]
     assert "".join(text) == final.output_text != ""
 
 
@@ -141,7 +152,7 @@ def test_openai_agents_default_agent_with_one_tool(base_url):
         tools=[agents.function_tool(get_weather)],
         # A 135M model does not reliably choose a tool on its own: require the first call;
         # the SDK resets the choice after it, so the agent then answers in text.
-        model_settings=agents.ModelSettings(tool_choice="required", max_tokens=64),
+        model_settings=agents.ModelSettings(tool_choice="required", max_tokens=64, temperature=0),
     )
     result = agents.Runner.run_sync(agent, "What is the weather in Paris?", max_turns=4)
     assert WEATHER_CALLS, "the tool never ran"
@@ -155,7 +166,9 @@ def test_langchain_structured_output_tools_and_responses(base_url):
     from langchain_core.tools import tool
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(model=MODEL, base_url=base_url, api_key="none", max_tokens=120, max_retries=0)
+    llm = ChatOpenAI(
+        model=MODEL, base_url=base_url, api_key="none", max_tokens=120, max_retries=0, temperature=0
+    )
     customer = llm.with_structured_output(Customer).invoke(
         "Ada Lovelace lives at 12 St James Square, London."
     )
@@ -172,7 +185,7 @@ def test_langchain_structured_output_tools_and_responses(base_url):
 
     responses = ChatOpenAI(
         model=MODEL, base_url=base_url, api_key="none", max_tokens=16, max_retries=0,
-        use_responses_api=True,
+        temperature=0, use_responses_api=True,
     )
     assert responses.invoke("Say hello.").text
 
@@ -189,12 +202,12 @@ def test_pydantic_ai_default_output_type_and_responses_model(base_url):
     agent = Agent(OpenAIChatModel(MODEL, provider=provider), output_type=Customer)
     out = agent.run_sync(
         "Ada Lovelace lives at 12 St James Square, London.",
-        model_settings={"max_tokens": 160},
+        model_settings={"max_tokens": 160, "temperature": 0},
     ).output
     assert isinstance(out, Customer)
 
     responses = Agent(OpenAIResponsesModel(MODEL, provider=provider))
-    text = responses.run_sync("Say hello.", model_settings={"max_tokens": 16}).output
+    text = responses.run_sync("Say hello.", model_settings={"max_tokens": 16, "temperature": 0}).output
     assert isinstance(text, str) and text
 
 
@@ -204,7 +217,7 @@ def test_pydantic_ai_default_output_type_and_responses_model(base_url):
 def test_litellm_completion_stream_and_async(base_url):
     import litellm
 
-    kw = dict(model=f"openai/{MODEL}", api_base=base_url, api_key="none", max_tokens=8)
+    kw = dict(model=f"openai/{MODEL}", api_base=base_url, api_key="none", max_tokens=8, temperature=0)
     r = litellm.completion(messages=[{"role": "user", "content": "Say hello."}], **kw)
     assert r.choices[0].message.content
 
