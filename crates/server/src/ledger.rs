@@ -216,7 +216,7 @@ struct SseScan {
     /// Take the usage chunk out (the client did not ask for it).
     strip: bool,
     /// An event not complete yet.
-    partial: Vec<u8>,
+    partial: sse::EventBuffer,
     usage: Option<Tokens>,
     /// `data:` events other than `[DONE]` and the usage chunk.
     events: u64,
@@ -243,7 +243,7 @@ impl Scan {
             Scan::Json(_) => Bytes::new(),
             Scan::Sse(sse) => {
                 // An event the upstream did not end with a blank line.
-                let rest = std::mem::take(&mut sse.partial);
+                let rest = sse.partial.take_rest();
                 let keep = !rest.is_empty() && sse.event(&rest);
                 if sse.strip && keep {
                     Bytes::from(rest)
@@ -276,18 +276,15 @@ impl SseScan {
                 return data;
             }
         }
-        self.partial.extend_from_slice(&data);
+        self.partial.push(&data);
         let mut out = Vec::new();
-        let mut consumed = 0;
-        while let Some(end) = event_end(&self.partial[consumed..]) {
-            let event = self.partial[consumed..consumed + end].to_vec();
-            consumed += end;
+        while let Some(event) = self.partial.next_event() {
+            let event = event.to_vec();
             let keep = self.event(&event);
             if self.strip && keep {
                 out.extend_from_slice(&event);
             }
         }
-        self.partial.drain(..consumed);
         if self.strip { Bytes::from(out) } else { data }
     }
 

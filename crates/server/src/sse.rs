@@ -8,25 +8,104 @@
 /// if one is complete. A CR at the very end may be the first half of a CRLF and waits for
 /// the next bytes.
 pub fn event_end(buffer: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    let mut line_start = 0;
+    match scan(buffer, Resume::default()) {
+        Scanned::End(end) => Some(end),
+        Scanned::More(_) => None,
+    }
+}
+
+/// Where a scan of one event stopped: the next byte to look at, and where its current line
+/// starts (both from the event's first byte).
+#[derive(Debug, Clone, Copy, Default)]
+struct Resume {
+    at: usize,
+    line_start: usize,
+}
+
+enum Scanned {
+    End(usize),
+    More(Resume),
+}
+
+fn scan(buffer: &[u8], from: Resume) -> Scanned {
+    let Resume {
+        at: mut i,
+        mut line_start,
+    } = from;
     while i < buffer.len() {
         let end_of_line = match buffer[i] {
             b'\n' => i + 1,
             b'\r' if i + 1 < buffer.len() => i + 1 + usize::from(buffer[i + 1] == b'\n'),
-            b'\r' => return None,
+            b'\r' => return Scanned::More(Resume { at: i, line_start }),
             _ => {
                 i += 1;
                 continue;
             }
         };
         if i == line_start && line_start > 0 {
-            return Some(end_of_line);
+            return Scanned::End(end_of_line);
         }
         line_start = end_of_line;
         i = end_of_line;
     }
-    None
+    Scanned::More(Resume { at: i, line_start })
+}
+
+/// A stream's bytes, cut into whole events as they arrive. Each byte is looked at once
+/// however the stream is chunked: an upstream that sends one long event a few bytes at a
+/// time costs linear time, not quadratic.
+#[derive(Debug, Default)]
+pub struct EventBuffer {
+    bytes: Vec<u8>,
+    /// Where the next event starts in `bytes` (what is before it was handed out).
+    start: usize,
+    /// How far the event at `start` was scanned.
+    resume: Resume,
+    #[cfg(test)]
+    examined: usize,
+}
+
+impl EventBuffer {
+    pub fn push(&mut self, data: &[u8]) {
+        if self.start > 0 && self.start >= self.bytes.len() / 2 {
+            self.bytes.drain(..self.start);
+            self.start = 0;
+        }
+        self.bytes.extend_from_slice(data);
+    }
+
+    /// The next whole event (with the blank line that ends it), if one has arrived.
+    pub fn next_event(&mut self) -> Option<&[u8]> {
+        let rest = &self.bytes[self.start..];
+        #[cfg(test)]
+        {
+            self.examined += rest.len() - self.resume.at;
+        }
+        match scan(rest, self.resume) {
+            Scanned::End(end) => {
+                let event = self.start..self.start + end;
+                self.start += end;
+                self.resume = Resume::default();
+                Some(&self.bytes[event])
+            }
+            Scanned::More(resume) => {
+                self.resume = resume;
+                None
+            }
+        }
+    }
+
+    /// Nothing held back.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.bytes.len()
+    }
+
+    /// What is held back (an event not ended yet), emptying the buffer.
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        let rest = self.bytes.split_off(self.start);
+        *self = Self::default();
+        rest
+    }
 }
 
 /// The `data:` lines of one event, joined with newlines (one space after the colon
@@ -58,6 +137,61 @@ pub const DONE: &str = "[DONE]";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn events_of(chunks: &[&[u8]]) -> (Vec<Vec<u8>>, Vec<u8>, usize) {
+        let mut buffer = EventBuffer::default();
+        let mut events = Vec::new();
+        for chunk in chunks {
+            buffer.push(chunk);
+            while let Some(event) = buffer.next_event() {
+                events.push(event.to_vec());
+            }
+        }
+        let examined = buffer.examined;
+        (events, buffer.take_rest(), examined)
+    }
+
+    #[test]
+    fn an_event_buffer_cuts_the_same_events_however_the_bytes_are_chunked() {
+        let stream: &[u8] = b"data: 1\r\n\r\nevent: x\rdata: 2\r\rdata: 3\n\n: ping\n\ndata: 4";
+        let whole = events_of(&[stream]);
+        assert_eq!(
+            whole.0,
+            vec![
+                b"data: 1\r\n\r\n".to_vec(),
+                b"event: x\rdata: 2\r\r".to_vec(),
+                b"data: 3\n\n".to_vec(),
+                b": ping\n\n".to_vec()
+            ]
+        );
+        assert_eq!(whole.1, b"data: 4");
+        for size in 1..stream.len() {
+            let chunks: Vec<&[u8]> = stream.chunks(size).collect();
+            let (events, rest, _) = events_of(&chunks);
+            assert_eq!(
+                (events, rest),
+                (whole.0.clone(), whole.1.clone()),
+                "chunks of {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_event_sent_byte_by_byte_is_scanned_once() {
+        // 20,000 data lines and no blank line until the end, one byte at a time: a scan from
+        // the start of the event on every byte would look at ~2e11 bytes.
+        let mut stream = b"data: x\n".repeat(20_000);
+        stream.extend_from_slice(b"\n");
+        let chunks: Vec<&[u8]> = stream.chunks(1).collect();
+        let (events, rest, examined) = events_of(&chunks);
+        assert_eq!(events, vec![stream.clone()]);
+        assert!(rest.is_empty());
+        assert!(
+            examined <= 2 * stream.len(),
+            "{examined} bytes examined for {}",
+            stream.len()
+        );
+    }
 
     #[test]
     fn events_end_at_a_blank_line_in_any_line_ending() {

@@ -239,7 +239,7 @@ fn restore_item(item: &mut Value, restorer: &Restorer) {
 struct SseRestorer {
     restorer: Restorer,
     /// Bytes of an event not complete yet.
-    partial: Vec<u8>,
+    partial: sse::EventBuffer,
     /// Per choice index: its content (chat) or text (completions).
     texts: HashMap<u64, StreamRestorer>,
     /// Per (choice index, tool-call index): the arguments.
@@ -252,7 +252,7 @@ impl SseRestorer {
     fn new(restorer: Restorer) -> Self {
         Self {
             restorer,
-            partial: Vec::new(),
+            partial: sse::EventBuffer::default(),
             texts: HashMap::new(),
             arguments: HashMap::new(),
             items: HashMap::new(),
@@ -261,10 +261,10 @@ impl SseRestorer {
 
     /// The next bytes from upstream; what may go to the client now.
     fn push(&mut self, bytes: &[u8]) -> Bytes {
-        self.partial.extend_from_slice(bytes);
+        self.partial.push(bytes);
         let mut out = Vec::new();
-        while let Some(end) = sse::event_end(&self.partial) {
-            let event: Vec<u8> = self.partial.drain(..end).collect();
+        while let Some(event) = self.partial.next_event() {
+            let event = event.to_vec();
             out.extend(self.event(&event));
         }
         Bytes::from(out)
