@@ -12,30 +12,14 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use verre_engine::LoadedModel;
 use verre_engine::engine::EngineOptions;
 use verre_engine::model::bert::{Embedder, cosine};
 use verre_server::auth::{ApiKeys, add_key};
 use verre_server::{AppState, EmbeddingModel, ServedModel, router};
 
-const MODEL: &str = "smollm2-135m";
+mod common;
+use common::{MODEL, model};
 const EMBEDDING_MODEL: &str = "minilm-l6";
-
-fn model() -> Option<Arc<LoadedModel>> {
-    static MODEL: OnceLock<Option<Arc<LoadedModel>>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| match std::env::var_os("VERRE_SMOLLM2_GGUF") {
-            Some(path) => Some(Arc::new(LoadedModel::load(PathBuf::from(path)).unwrap())),
-            None if std::env::var_os("CI").is_some() => {
-                panic!("VERRE_SMOLLM2_GGUF must point at the model file in CI")
-            }
-            None => {
-                eprintln!("skipped: set VERRE_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf");
-                None
-            }
-        })
-        .clone()
-}
 
 fn embedder() -> Option<Arc<Embedder>> {
     static EMBEDDER: OnceLock<Option<Arc<Embedder>>> = OnceLock::new();

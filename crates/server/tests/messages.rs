@@ -6,7 +6,7 @@
 
 mod scripted;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -14,31 +14,11 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use verre_engine::LoadedModel;
-use verre_engine::engine::EngineOptions;
 use verre_server::auth::{ApiKeys, add_key};
-use verre_server::{AppState, ServedModel, router};
+use verre_server::{AppState, router};
 
-const MODEL: &str = "smollm2-135m";
-
-fn model() -> Option<Arc<LoadedModel>> {
-    static MODEL: OnceLock<Option<Arc<LoadedModel>>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let path = scripted::smollm2()?;
-            Some(Arc::new(LoadedModel::load(path).unwrap()))
-        })
-        .clone()
-}
-
-fn app() -> Option<Router> {
-    let served = ServedModel::start(MODEL, model()?, EngineOptions::default()).unwrap();
-    Some(router(Arc::new(AppState::with_models(
-        vec![served],
-        vec![],
-        None,
-    ))))
-}
+mod common;
+use common::{MODEL, app};
 
 /// POST to `/v1/messages` with the headers Anthropic's SDK sends.
 async fn post(app: &Router, uri: &str, body: &Value, key: Option<&str>) -> (StatusCode, String) {

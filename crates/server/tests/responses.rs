@@ -4,8 +4,7 @@
 //! and erasure of a kept response. Needs the embedded default model from
 //! `VERRE_SMOLLM2_GGUF` (skipped without it, except in CI).
 
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -14,38 +13,12 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use verre_engine::LoadedModel;
 use verre_engine::engine::EngineOptions;
 use verre_server::{AppState, ServedModel, router};
 use verre_store::Store;
 
-const MODEL: &str = "smollm2-135m";
-
-fn model() -> Option<Arc<LoadedModel>> {
-    static MODEL: OnceLock<Option<Arc<LoadedModel>>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| match std::env::var_os("VERRE_SMOLLM2_GGUF") {
-            Some(path) => Some(Arc::new(LoadedModel::load(PathBuf::from(path)).unwrap())),
-            None if std::env::var_os("CI").is_some() => {
-                panic!("VERRE_SMOLLM2_GGUF must point at the model file in CI")
-            }
-            None => {
-                eprintln!("skipped: set VERRE_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf");
-                None
-            }
-        })
-        .clone()
-}
-
-/// An app serving the model, keeping responses in memory (no store).
-fn app() -> Option<Router> {
-    let served = ServedModel::start(MODEL, model()?, EngineOptions::default()).unwrap();
-    Some(router(Arc::new(AppState::with_models(
-        vec![served],
-        vec![],
-        None,
-    ))))
-}
+mod common;
+use common::{MODEL, app, model};
 
 /// An app serving the model that keeps responses in `store`.
 fn app_with_store(store: Store) -> Option<Router> {
