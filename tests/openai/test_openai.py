@@ -554,8 +554,11 @@ def test_full_queue_is_429_with_retry_after(keyed):
     c = keyed.client(api_key=keyed.key)
     long = dict(model=MODEL, messages=HI, max_tokens=2000, stream=True, extra_body={"ignore_eos": True})
     running = c.chat.completions.create(**long)
-    next(iter(running))  # admitted and decoding: the one running slot is taken
+    next(iter(running))  # the role chunk: sent at once, admitted or not
+    # Admitted and decoding: the one running slot is taken.
+    wait_for(lambda: keyed.metric("verre:num_requests_running") == 1)
     waiting = c.chat.completions.create(**long)  # answered with headers: queued
+    wait_for(lambda: keyed.metric("verre:num_requests_waiting") == 1)
     try:
         with pytest.raises(openai.RateLimitError) as e:
             c.chat.completions.create(model=MODEL, messages=HI, max_tokens=2)
