@@ -452,9 +452,10 @@ async fn a_copy_without_the_key_reveals_no_content_and_rotation_reencrypts() {
     assert_eq!((r.messages, r.parts), (3, 4));
     assert_eq!(r.stage_results, 2);
     let usage = rotated.key_usage().await.unwrap();
-    // 3 messages, 4 parts, 2 stage results, a quarantine reason and its job's error.
-    assert_eq!((r.quarantine, r.jobs), (1, 1));
-    assert_eq!(usage, [(Some(new_id), 11)]);
+    // 3 messages, 4 parts, 2 stage results, a quarantine reason and its job's error, and
+    // the 2 staged actions' payloads.
+    assert_eq!((r.quarantine, r.jobs, r.actions), (1, 1, 2));
+    assert_eq!(usage, [(Some(new_id), 13)]);
     let only_new = Store::open_in_home(dir.path())
         .await
         .unwrap()
