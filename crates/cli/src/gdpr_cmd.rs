@@ -550,8 +550,19 @@ pub fn gdpr(cmd: GdprCommand) -> Result<()> {
 async fn rekey(store: &Store) -> Result<()> {
     let r = store.rekey().await?;
     println!(
-        "re-encrypted with key {}: {} messages, {} parts, {} stage results, {} quarantine reasons, {} job errors, {} kept API responses",
-        r.key_id, r.messages, r.parts, r.stage_results, r.quarantine, r.jobs, r.responses
+        "re-encrypted with key {}: {} messages, {} parts, {} stage results, {} quarantine reasons, {} job errors, {} kept API responses, {} drafts, {} staged actions, {} decisions, {} deliveries, {} delivery attempts",
+        r.key_id,
+        r.messages,
+        r.parts,
+        r.stage_results,
+        r.quarantine,
+        r.jobs,
+        r.responses,
+        r.drafts,
+        r.actions,
+        r.decisions,
+        r.outbox,
+        r.outbox_attempts
     );
     for (id, n) in store.key_usage().await? {
         println!(

@@ -54,6 +54,18 @@ pub enum Column {
     ResponseBody,
     QuarantineReason,
     JobError,
+    /// A review draft (`drafts.body`).
+    DraftBody,
+    /// A staged action's payload (`actions.payload`).
+    ActionPayload,
+    /// A rejection reason (`decisions.reason`).
+    DecisionReason,
+    /// What a delivery sends (`outbox.payload`).
+    OutboxPayload,
+    /// A delivery's last error (`outbox.last_error`).
+    OutboxError,
+    /// A delivery attempt's error (`outbox_attempts.error`).
+    AttemptError,
 }
 
 impl Column {
@@ -67,6 +79,12 @@ impl Column {
             Column::ResponseBody => b"verre:responses.body",
             Column::QuarantineReason => b"verre:quarantine.reason",
             Column::JobError => b"verre:jobs.last_error",
+            Column::DraftBody => b"verre:drafts.body",
+            Column::ActionPayload => b"verre:actions.payload",
+            Column::DecisionReason => b"verre:decisions.reason",
+            Column::OutboxPayload => b"verre:outbox.payload",
+            Column::OutboxError => b"verre:outbox.last_error",
+            Column::AttemptError => b"verre:outbox_attempts.error",
         }
     }
 }
@@ -264,6 +282,38 @@ pub(crate) fn open_text(
     }
 }
 
+/// Seal text with the current key when a keyring is configured: the value to store and its
+/// key id (NULL: in clear).
+pub(crate) fn seal_text(
+    keys: Option<&Keyring>,
+    column: Column,
+    plain: &str,
+) -> Result<(String, Option<String>)> {
+    match keys {
+        Some(k) => Ok((
+            k.seal_text(column, plain)?,
+            Some(k.current_id().to_string()),
+        )),
+        None => Ok((plain.to_string(), None)),
+    }
+}
+
+/// [`seal_text`] for an optional value: a missing value stays NULL.
+pub(crate) fn seal_opt(
+    keys: Option<&Keyring>,
+    column: Column,
+    plain: Option<&str>,
+) -> Result<Option<String>> {
+    plain
+        .map(|p| seal_text(keys, column, p).map(|(v, _)| v))
+        .transpose()
+}
+
+/// The key id new values are sealed with (None: stored in clear).
+pub(crate) fn current_key_id(keys: Option<&Keyring>) -> Option<String> {
+    keys.map(|k| k.current_id().to_string())
+}
+
 fn no_key(id: &str) -> anyhow::Error {
     anyhow::anyhow!(
         "this data is encrypted (key {id}) and no data key is configured: set {KEY_ENV} or {KEY_FILE_ENV}"
@@ -282,6 +332,16 @@ pub struct RekeyReport {
     pub responses: i64,
     pub quarantine: i64,
     pub jobs: i64,
+    /// Review drafts.
+    pub drafts: i64,
+    /// Staged actions.
+    pub actions: i64,
+    /// Decisions (a rejection's reason).
+    pub decisions: i64,
+    /// Deliveries (payload and last error).
+    pub outbox: i64,
+    /// Delivery attempts (their errors).
+    pub outbox_attempts: i64,
 }
 
 /// How a row of an encrypted table is found again.
@@ -399,6 +459,78 @@ const ENCRYPTED: &[EncryptedTable] = &[
         only: " AND last_error IS NOT NULL",
         batch: 200,
         count: |r| &mut r.jobs,
+    },
+    EncryptedTable {
+        name: "drafts",
+        key: &[
+            ("message_id", RowKey::Integer),
+            ("version", RowKey::Integer),
+        ],
+        columns: &[EncryptedColumn {
+            name: "body",
+            column: Column::DraftBody,
+            bytes: false,
+        }],
+        only: "",
+        batch: 200,
+        count: |r| &mut r.drafts,
+    },
+    EncryptedTable {
+        name: "actions",
+        key: &[("id", RowKey::Integer)],
+        columns: &[EncryptedColumn {
+            name: "payload",
+            column: Column::ActionPayload,
+            bytes: false,
+        }],
+        only: "",
+        batch: 200,
+        count: |r| &mut r.actions,
+    },
+    EncryptedTable {
+        name: "decisions",
+        key: &[("message_id", RowKey::Integer)],
+        columns: &[EncryptedColumn {
+            name: "reason",
+            column: Column::DecisionReason,
+            bytes: false,
+        }],
+        // An approval has no reason to encrypt.
+        only: " AND reason IS NOT NULL",
+        batch: 200,
+        count: |r| &mut r.decisions,
+    },
+    EncryptedTable {
+        name: "outbox",
+        key: &[("id", RowKey::Integer)],
+        columns: &[
+            EncryptedColumn {
+                name: "payload",
+                column: Column::OutboxPayload,
+                bytes: false,
+            },
+            EncryptedColumn {
+                name: "last_error",
+                column: Column::OutboxError,
+                bytes: false,
+            },
+        ],
+        only: "",
+        batch: 200,
+        count: |r| &mut r.outbox,
+    },
+    EncryptedTable {
+        name: "outbox_attempts",
+        key: &[("id", RowKey::Integer)],
+        columns: &[EncryptedColumn {
+            name: "error",
+            column: Column::AttemptError,
+            bytes: false,
+        }],
+        // An attempt that succeeded has no error to encrypt.
+        only: " AND error IS NOT NULL",
+        batch: 200,
+        count: |r| &mut r.outbox_attempts,
     },
 ];
 

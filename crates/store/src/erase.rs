@@ -479,6 +479,34 @@ impl Store {
                 "SELECT last_error AS v, key_id FROM jobs WHERE message_id = $1",
                 Column::JobError,
             ),
+            // Review and delivery: a staged action, a person's draft or reason, what went
+            // out, what came back. Not who reviewed: erasing a reviewer's name must not take
+            // every message they decided.
+            (
+                "SELECT payload AS v, key_id FROM actions WHERE message_id = $1",
+                Column::ActionPayload,
+            ),
+            (
+                "SELECT body AS v, key_id FROM drafts WHERE message_id = $1",
+                Column::DraftBody,
+            ),
+            (
+                "SELECT reason AS v, key_id FROM decisions WHERE message_id = $1",
+                Column::DecisionReason,
+            ),
+            (
+                "SELECT payload AS v, key_id FROM outbox WHERE message_id = $1",
+                Column::OutboxPayload,
+            ),
+            (
+                "SELECT last_error AS v, key_id FROM outbox WHERE message_id = $1",
+                Column::OutboxError,
+            ),
+            (
+                "SELECT t.error AS v, t.key_id FROM outbox_attempts t
+                 JOIN outbox o ON o.id = t.outbox_id WHERE o.message_id = $1",
+                Column::AttemptError,
+            ),
         ] {
             for r in sqlx::query(sql).bind(id).fetch_all(&self.pool).await? {
                 let key_id: Option<String> = r.try_get("key_id")?;
@@ -489,22 +517,14 @@ impl Store {
                 }
             }
         }
+        // Stored in clear: where actions and deliveries go.
         for sql in [
-            "SELECT target AS a, payload AS b FROM actions WHERE message_id = $1",
-            // Review and delivery: a person's draft or reason, what went out, what came back.
-            // Not who reviewed: erasing a reviewer's name must not take every message they
-            // decided.
-            "SELECT body AS a, body AS b FROM drafts WHERE message_id = $1",
-            "SELECT reason AS a, decision AS b FROM decisions WHERE message_id = $1",
-            "SELECT payload AS a, target AS b FROM outbox WHERE message_id = $1",
-            "SELECT last_error AS a, webhook_id AS b FROM outbox WHERE message_id = $1",
-            "SELECT t.error AS a, o.target AS b FROM outbox_attempts t
-             JOIN outbox o ON o.id = t.outbox_id WHERE o.message_id = $1",
+            "SELECT target AS v FROM actions WHERE message_id = $1",
+            "SELECT target AS v FROM outbox WHERE message_id = $1",
         ] {
             for r in sqlx::query(sql).bind(id).fetch_all(&self.pool).await? {
-                let a: Option<String> = r.try_get("a")?;
-                let b: Option<String> = r.try_get("b")?;
-                if [a, b].iter().flatten().any(|t| subject.mentioned_in(t)) {
+                let v: Option<String> = r.try_get("v")?;
+                if v.is_some_and(|t| subject.mentioned_in(&t)) {
                     return Ok(true);
                 }
             }

@@ -592,22 +592,13 @@ impl Store {
             .into_iter()
             .find(|q| q.message_id == id);
         let actions = sqlx::query(
-            "SELECT id, name, kind, target, payload, status FROM actions WHERE message_id = $1 ORDER BY id",
+            "SELECT id, name, kind, target, payload, key_id, status FROM actions WHERE message_id = $1 ORDER BY id",
         )
         .bind(id)
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|r| {
-            Ok(ActionRow {
-                id: r.try_get("id")?,
-                name: r.try_get("name")?,
-                kind: r.try_get("kind")?,
-                target: r.try_get("target")?,
-                payload: r.try_get("payload")?,
-                status: r.try_get("status")?,
-            })
-        })
+        .map(|r| action_row(self.keys(), r))
         .collect::<Result<Vec<_>>>()?;
         let pii_tags = sqlx::query(
             "SELECT part_idx, kind, span_start, span_end FROM pii_tags WHERE message_id = $1 ORDER BY id",
@@ -834,13 +825,25 @@ fn message_row(r: &AnyRow) -> Result<MessageRow> {
     })
 }
 
-fn action_row(r: &AnyRow) -> Result<ActionRow> {
+/// A staged action's payload, decrypted (the row has `payload` and `key_id`).
+fn action_payload(keys: Option<&Keyring>, r: &AnyRow) -> Result<String> {
+    let key_id: Option<String> = r.try_get("key_id")?;
+    Ok(crypto::open_text(
+        keys,
+        key_id.as_deref(),
+        crypto::Column::ActionPayload,
+        Some(r.try_get("payload")?),
+    )?
+    .unwrap_or_default())
+}
+
+fn action_row(keys: Option<&Keyring>, r: &AnyRow) -> Result<ActionRow> {
     Ok(ActionRow {
         id: r.try_get("id")?,
         name: r.try_get("name")?,
         kind: r.try_get("kind")?,
         target: r.try_get("target")?,
-        payload: r.try_get("payload")?,
+        payload: action_payload(keys, r)?,
         status: r.try_get("status")?,
     })
 }

@@ -60,6 +60,11 @@ const SQLITE: &[Migration] = &[
         "sealed reasons",
         include_str!("../migrations/sqlite/0009_sealed_reasons.sql"),
     ),
+    (
+        10,
+        "sealed review",
+        include_str!("../migrations/sqlite/0010_sealed_review.sql"),
+    ),
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -107,6 +112,11 @@ const POSTGRES: &[Migration] = &[
         9,
         "sealed reasons",
         include_str!("../migrations/postgres/0009_sealed_reasons.sql"),
+    ),
+    (
+        10,
+        "sealed review",
+        include_str!("../migrations/postgres/0010_sealed_review.sql"),
     ),
 ];
 

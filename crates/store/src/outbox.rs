@@ -16,6 +16,7 @@ use serde_json::json;
 use sqlx::Row;
 
 use crate::audit::{AuditEvent, append_in};
+use crate::crypto::{self, Column, Keyring};
 use crate::queue::LeaseClaim;
 use crate::{Store, now_ms};
 
@@ -92,12 +93,12 @@ const DELIVERY_CLAIM: LeaseClaim = LeaseClaim {
     claimable: "status = 'pending' AND next_attempt_at <= $3
         AND (lease_expires IS NULL OR lease_expires < $3)",
     order: "next_attempt_at, id",
-    returning: "id, action_id, message_id, webhook_id, kind, target, payload, attempts",
+    returning: "id, action_id, message_id, webhook_id, kind, target, payload, key_id, attempts",
 };
 
 const OUTBOX_COLUMNS: &str =
     "id, action_id, message_id, webhook_id, kind, target, payload, status, attempts,
-     next_attempt_at, last_error, last_status, created_at, sent_at";
+     next_attempt_at, last_error, last_status, created_at, sent_at, key_id";
 
 impl Store {
     /// Claim the most overdue delivery for `worker`, leased for `lease`. The claim counts
@@ -119,7 +120,13 @@ impl Store {
                 webhook_id: r.try_get("webhook_id")?,
                 kind: r.try_get("kind")?,
                 target: r.try_get("target")?,
-                payload: r.try_get("payload")?,
+                payload: crypto::open_text(
+                    self.keys(),
+                    r.try_get::<Option<String>, _>("key_id")?.as_deref(),
+                    Column::OutboxPayload,
+                    Some(r.try_get("payload")?),
+                )?
+                .unwrap_or_default(),
                 attempts: r.try_get("attempts")?,
                 worker: worker.to_string(),
             })
@@ -154,20 +161,28 @@ impl Store {
             DeliveryResult::Failed => ("failed", now),
             DeliveryResult::Gone => ("gone", now),
         };
+        // The row's values share one key id: the payload is sealed again with the error.
+        let keys = self.keys();
+        let key_id = crypto::current_key_id(keys);
+        let payload = crypto::seal_text(keys, Column::OutboxPayload, &entry.payload)?.0;
+        let error = crypto::seal_opt(keys, Column::OutboxError, record.error.as_deref())?;
         let mut tx = self.pool.begin().await?;
         let held = sqlx::query(
             "UPDATE outbox SET status = $3, next_attempt_at = $4, last_error = $5, last_status = $6,
                  lease_owner = NULL, lease_expires = NULL, updated_at = $7,
-                 sent_at = CASE WHEN $3 = 'sent' THEN $7 ELSE sent_at END
+                 sent_at = CASE WHEN $3 = 'sent' THEN $7 ELSE sent_at END,
+                 payload = $8, key_id = $9
              WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
         )
         .bind(entry.id)
         .bind(&entry.worker)
         .bind(status)
         .bind(next)
-        .bind(&record.error)
+        .bind(error)
         .bind(record.response_status)
         .bind(now)
+        .bind(payload)
+        .bind(key_id.clone())
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -176,14 +191,19 @@ impl Store {
             return Ok(false);
         }
         sqlx::query(
-            "INSERT INTO outbox_attempts (outbox_id, attempt, at, response_status, error)
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO outbox_attempts (outbox_id, attempt, at, response_status, error, key_id)
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(entry.id)
         .bind(entry.attempts)
         .bind(now)
         .bind(record.response_status)
-        .bind(&record.error)
+        .bind(crypto::seal_opt(
+            keys,
+            Column::AttemptError,
+            record.error.as_deref(),
+        )?)
+        .bind(record.error.as_ref().and(key_id))
         .execute(&mut *tx)
         .await?;
         if record.result == DeliveryResult::Gone {
@@ -330,7 +350,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(outbox_row)
+            .map(|r| outbox_row(self.keys(), r))
             .collect()
     }
 
@@ -342,14 +362,14 @@ impl Store {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(outbox_row)
+            .map(|r| outbox_row(self.keys(), r))
             .collect()
     }
 
     /// A delivery's attempts, first first.
     pub async fn delivery_attempts(&self, outbox_id: i64) -> Result<Vec<AttemptRow>> {
         sqlx::query(
-            "SELECT attempt, at, response_status, error FROM outbox_attempts
+            "SELECT attempt, at, response_status, error, key_id FROM outbox_attempts
              WHERE outbox_id = $1 ORDER BY id",
         )
         .bind(outbox_id)
@@ -361,14 +381,21 @@ impl Store {
                 attempt: r.try_get("attempt")?,
                 at: r.try_get("at")?,
                 response_status: r.try_get("response_status")?,
-                error: r.try_get("error")?,
+                error: crypto::open_text(
+                    self.keys(),
+                    r.try_get::<Option<String>, _>("key_id")?.as_deref(),
+                    Column::AttemptError,
+                    r.try_get("error")?,
+                )?,
             })
         })
         .collect()
     }
 }
 
-fn outbox_row(r: &sqlx::any::AnyRow) -> Result<OutboxRow> {
+fn outbox_row(keys: Option<&Keyring>, r: &sqlx::any::AnyRow) -> Result<OutboxRow> {
+    let key_id: Option<String> = r.try_get("key_id")?;
+    let key_id = key_id.as_deref();
     Ok(OutboxRow {
         id: r.try_get("id")?,
         action_id: r.try_get("action_id")?,
@@ -376,11 +403,12 @@ fn outbox_row(r: &sqlx::any::AnyRow) -> Result<OutboxRow> {
         webhook_id: r.try_get("webhook_id")?,
         kind: r.try_get("kind")?,
         target: r.try_get("target")?,
-        payload: r.try_get("payload")?,
+        payload: crypto::open_text(keys, key_id, Column::OutboxPayload, r.try_get("payload")?)?
+            .unwrap_or_default(),
         status: r.try_get("status")?,
         attempts: r.try_get("attempts")?,
         next_attempt_at: r.try_get("next_attempt_at")?,
-        last_error: r.try_get("last_error")?,
+        last_error: crypto::open_text(keys, key_id, Column::OutboxError, r.try_get("last_error")?)?,
         last_status: r.try_get("last_status")?,
         created_at: r.try_get("created_at")?,
         sent_at: r.try_get("sent_at")?,

@@ -335,15 +335,16 @@ impl Store {
         }
         for a in &effects.actions {
             sqlx::query(
-                "INSERT INTO actions (message_id, name, kind, target, payload, status, created_at)
-                 VALUES ($1, $2, $3, $4, $5, 'staged', $6)",
+                "INSERT INTO actions (message_id, name, kind, target, payload, status, created_at, key_id)
+                 VALUES ($1, $2, $3, $4, $5, 'staged', $6, $7)",
             )
             .bind(job.message_id)
             .bind(&a.name)
             .bind(&a.kind)
             .bind(&a.target)
-            .bind(&a.payload)
+            .bind(crate::crypto::seal_text(self.keys(), crate::crypto::Column::ActionPayload, &a.payload)?.0)
             .bind(now)
+            .bind(crate::crypto::current_key_id(self.keys()))
             .execute(&mut *tx)
             .await
             .with_context(ctx)?;

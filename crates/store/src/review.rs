@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{Any, Row, Transaction};
 
 use crate::audit::{AuditEvent, append_in};
+use crate::crypto::{self, Column, Keyring};
 use crate::{ActionRow, MessageRow, Store, now_ms};
 
 /// What a reviewer may do: `reviewer` decides on messages; `admin` also re-enables
@@ -530,7 +531,7 @@ impl Store {
         // A fixed condition from the enum above; no value is formatted into the SQL.
         let sql = format!(
             "SELECT m.id, m.content_hash, m.source, m.source_ref, m.size, m.status, m.received_at,
-                    m.finished_at, d.decision, d.reviewer, d.reason, d.decided_at,
+                    m.finished_at, d.decision, d.reviewer, d.reason, d.key_id AS decision_key_id, d.decided_at,
                     e.output AS extract, e.key_id AS extract_key, r.output AS route,
                     r.key_id AS route_key,
                     (SELECT COUNT(*) FROM actions a WHERE a.message_id = m.id) AS n_actions
@@ -561,7 +562,7 @@ impl Store {
                 .open_stage_output(r, "route", "route_key")?
                 .and_then(|v| v["route"].as_str().map(str::to_string));
             let message = crate::message_row(r)?;
-            let decision = decision_from(r)?;
+            let decision = decision_from(self.keys(), r)?;
             items.push(QueueItem {
                 status: ReviewStatus::of(
                     &message.status,
@@ -582,13 +583,14 @@ impl Store {
 
     pub async fn decision(&self, message_id: i64) -> Result<Option<Decision>> {
         let row = sqlx::query(
-            "SELECT decision, reviewer, reason, decided_at FROM decisions WHERE message_id = $1",
+            "SELECT decision, reviewer, reason, key_id AS decision_key_id, decided_at
+             FROM decisions WHERE message_id = $1",
         )
         .bind(message_id)
         .fetch_optional(&self.pool)
         .await?;
         match row {
-            Some(r) => decision_from(&r),
+            Some(r) => decision_from(self.keys(), &r),
             None => Ok(None),
         }
     }
@@ -610,7 +612,7 @@ impl Store {
     /// person saved an edit; before that it is the only version (0, not yet stored).
     pub async fn drafts(&self, message_id: i64) -> Result<Vec<DraftVersion>> {
         let rows = sqlx::query(
-            "SELECT version, body, author, created_at FROM drafts WHERE message_id = $1 ORDER BY version",
+            "SELECT version, body, key_id, author, created_at FROM drafts WHERE message_id = $1 ORDER BY version",
         )
         .bind(message_id)
         .fetch_all(&self.pool)
@@ -622,7 +624,7 @@ impl Store {
             .map(|r| {
                 Ok(DraftVersion {
                     version: r.try_get("version")?,
-                    body: r.try_get("body")?,
+                    body: draft_body(self.keys(), r)?,
                     author: r.try_get("author")?,
                     created_at: r.try_get("created_at")?,
                 })
@@ -684,13 +686,16 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let last = sqlx::query(
-            "SELECT version, body FROM drafts WHERE message_id = $1 ORDER BY version DESC LIMIT 1",
+            "SELECT version, body, key_id FROM drafts WHERE message_id = $1 ORDER BY version DESC LIMIT 1",
         )
         .bind(message_id)
         .fetch_optional(&mut *tx)
         .await?;
         let (mut version, previous) = match last {
-            Some(r) => (r.try_get::<i64, _>("version")?, r.try_get("body")?),
+            Some(r) => (
+                r.try_get::<i64, _>("version")?,
+                draft_body(self.keys(), &r)?,
+            ),
             None => (
                 0,
                 model.as_ref().map(|m| m.body.clone()).unwrap_or_default(),
@@ -700,25 +705,47 @@ impl Store {
             && let Some(m) = &model
         {
             version = 1;
-            insert_draft(&mut tx, message_id, 1, &m.body, "model", m.created_at).await?;
+            insert_draft(
+                &mut tx,
+                self.keys(),
+                message_id,
+                1,
+                &m.body,
+                "model",
+                m.created_at,
+            )
+            .await?;
         }
         version += 1;
         let author = format!("user:{user}");
-        insert_draft(&mut tx, message_id, version, body, &author, now_ms()).await?;
+        insert_draft(
+            &mut tx,
+            self.keys(),
+            message_id,
+            version,
+            body,
+            &author,
+            now_ms(),
+        )
+        .await?;
         let replies = sqlx::query(
-            "SELECT id, payload FROM actions WHERE message_id = $1 AND kind = 'reply' AND status = 'staged'",
+            "SELECT id, payload, key_id FROM actions WHERE message_id = $1 AND kind = 'reply' AND status = 'staged'",
         )
         .bind(message_id)
         .fetch_all(&mut *tx)
         .await?;
         for r in replies {
             let id: i64 = r.try_get("id")?;
-            let mut payload: Value = serde_json::from_str(&r.try_get::<String, _>("payload")?)?;
+            let mut payload: Value =
+                serde_json::from_str(&crate::action_payload(self.keys(), &r)?)?;
             let old_body = payload["body"].as_str().unwrap_or("").to_string();
             payload["body"] = body_with_draft(&old_body, &previous, body).into();
-            sqlx::query("UPDATE actions SET payload = $2 WHERE id = $1")
+            let (sealed, key_id) =
+                crypto::seal_text(self.keys(), Column::ActionPayload, &payload.to_string())?;
+            sqlx::query("UPDATE actions SET payload = $2, key_id = $3 WHERE id = $1")
                 .bind(id)
-                .bind(payload.to_string())
+                .bind(sealed)
+                .bind(key_id)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -741,13 +768,13 @@ impl Store {
 
     pub async fn actions(&self, message_id: i64) -> Result<Vec<ActionRow>> {
         sqlx::query(
-            "SELECT id, name, kind, target, payload, status FROM actions WHERE message_id = $1 ORDER BY id",
+            "SELECT id, name, kind, target, payload, key_id, status FROM actions WHERE message_id = $1 ORDER BY id",
         )
         .bind(message_id)
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(crate::action_row)
+        .map(|r| crate::action_row(self.keys(), r))
         .collect()
     }
 
@@ -767,13 +794,16 @@ impl Store {
     pub async fn edit_action(&self, action_id: i64, payload: &str, user: &str) -> Result<()> {
         let value: Value = serde_json::from_str(payload)
             .map_err(|e| anyhow::anyhow!("the payload is not valid JSON: {e}"))?;
+        let (sealed, key_id) =
+            crypto::seal_text(self.keys(), Column::ActionPayload, &value.to_string())?;
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "UPDATE actions SET payload = $2 WHERE id = $1 AND status = 'staged'
+            "UPDATE actions SET payload = $2, key_id = $3 WHERE id = $1 AND status = 'staged'
              RETURNING message_id, kind, target, staged_target",
         )
         .bind(action_id)
-        .bind(value.to_string())
+        .bind(sealed)
+        .bind(key_id)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
@@ -947,16 +977,25 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        decide(&mut tx, message_id, "approved", user, None, now).await?;
+        decide(
+            &mut tx,
+            self.keys(),
+            message_id,
+            "approved",
+            user,
+            None,
+            now,
+        )
+        .await?;
         let actions: Vec<ActionRow> = sqlx::query(
-            "SELECT id, name, kind, target, payload, status FROM actions
+            "SELECT id, name, kind, target, payload, key_id, status FROM actions
              WHERE message_id = $1 AND status = 'staged' ORDER BY id",
         )
         .bind(message_id)
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(crate::action_row)
+        .map(|r| crate::action_row(self.keys(), r))
         .collect::<Result<_>>()?;
         let hash: String = sqlx::query("SELECT content_hash FROM messages WHERE id = $1")
             .bind(message_id)
@@ -979,16 +1018,17 @@ impl Store {
             );
             let outbox_id: i64 = sqlx::query(
                 "INSERT INTO outbox (action_id, message_id, webhook_id, kind, target, payload, status,
-                     attempts, next_attempt_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $7) RETURNING id",
+                     attempts, next_attempt_at, created_at, updated_at, key_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $7, $8) RETURNING id",
             )
             .bind(a.id)
             .bind(message_id)
             .bind(&webhook_id)
             .bind(&a.kind)
             .bind(&a.target)
-            .bind(&a.payload)
+            .bind(crypto::seal_text(self.keys(), Column::OutboxPayload, &a.payload)?.0)
             .bind(now)
+            .bind(crypto::current_key_id(self.keys()))
             .fetch_one(&mut *tx)
             .await
             .with_context(|| format!("putting action {} in the outbox", a.name))?
@@ -1028,7 +1068,16 @@ impl Store {
         ensure!(!reason.is_empty(), "a rejection needs a reason");
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        decide(&mut tx, message_id, "rejected", user, Some(reason), now).await?;
+        decide(
+            &mut tx,
+            self.keys(),
+            message_id,
+            "rejected",
+            user,
+            Some(reason),
+            now,
+        )
+        .await?;
         sqlx::query("DELETE FROM approvals WHERE message_id = $1")
             .bind(message_id)
             .execute(&mut *tx)
@@ -1047,7 +1096,9 @@ impl Store {
                 actor: &format!("user:{user}"),
                 action: "review.reject",
                 subject: &format!("message:{message_id}"),
-                detail: json!({"reason": reason, "actions": n}),
+                // The reason may quote the mail: it is kept (encrypted) with the decision,
+                // not copied into the audit log.
+                detail: json!({"reason_chars": reason.chars().count(), "actions": n}),
             },
         )
         .await?;
@@ -1136,6 +1187,7 @@ impl Store {
 /// already, or not processed, is an error.
 async fn decide(
     tx: &mut Transaction<'_, Any>,
+    keys: Option<&Keyring>,
     message_id: i64,
     decision: &str,
     user: &str,
@@ -1143,15 +1195,16 @@ async fn decide(
     now: i64,
 ) -> Result<()> {
     let inserted = sqlx::query(
-        "INSERT INTO decisions (message_id, decision, reviewer, reason, decided_at)
-         SELECT id, $2, $3, $4, $5 FROM messages WHERE id = $1 AND status = 'processed'
+        "INSERT INTO decisions (message_id, decision, reviewer, reason, decided_at, key_id)
+         SELECT id, $2, $3, $4, $5, $6 FROM messages WHERE id = $1 AND status = 'processed'
          ON CONFLICT (message_id) DO NOTHING",
     )
     .bind(message_id)
     .bind(decision)
     .bind(user)
-    .bind(reason)
+    .bind(crypto::seal_opt(keys, Column::DecisionReason, reason)?)
     .bind(now)
+    .bind(reason.and(crypto::current_key_id(keys)))
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -1243,8 +1296,22 @@ fn is_one_address(to: &str) -> bool {
         && !domain.ends_with('.')
 }
 
+/// A draft row's body, decrypted.
+fn draft_body(keys: Option<&Keyring>, r: &sqlx::any::AnyRow) -> Result<String> {
+    let key_id: Option<String> = r.try_get("key_id")?;
+    Ok(crypto::open_text(
+        keys,
+        key_id.as_deref(),
+        Column::DraftBody,
+        Some(r.try_get("body")?),
+    )?
+    .unwrap_or_default())
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn insert_draft(
     tx: &mut Transaction<'_, Any>,
+    keys: Option<&Keyring>,
     message_id: i64,
     version: i64,
     body: &str,
@@ -1252,13 +1319,15 @@ async fn insert_draft(
     at: i64,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO drafts (message_id, version, body, author, created_at) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO drafts (message_id, version, body, author, created_at, key_id)
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(message_id)
     .bind(version)
-    .bind(body)
+    .bind(crypto::seal_text(keys, Column::DraftBody, body)?.0)
     .bind(author)
     .bind(at)
+    .bind(crypto::current_key_id(keys))
     .execute(&mut **tx)
     .await
     .with_context(|| format!("saving draft version {version} of message {message_id}"))?;
@@ -1274,7 +1343,7 @@ fn user_row(r: &sqlx::any::AnyRow) -> Result<User> {
     })
 }
 
-fn decision_from(r: &sqlx::any::AnyRow) -> Result<Option<Decision>> {
+fn decision_from(keys: Option<&Keyring>, r: &sqlx::any::AnyRow) -> Result<Option<Decision>> {
     let decision: Option<String> = r.try_get("decision")?;
     let Some(decision) = decision else {
         return Ok(None);
@@ -1282,7 +1351,13 @@ fn decision_from(r: &sqlx::any::AnyRow) -> Result<Option<Decision>> {
     Ok(Some(Decision {
         decision,
         reviewer: r.try_get("reviewer")?,
-        reason: r.try_get("reason")?,
+        reason: crypto::open_text(
+            keys,
+            r.try_get::<Option<String>, _>("decision_key_id")?
+                .as_deref(),
+            Column::DecisionReason,
+            r.try_get("reason")?,
+        )?,
         decided_at: r.try_get("decided_at")?,
     }))
 }

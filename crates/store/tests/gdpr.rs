@@ -452,9 +452,10 @@ async fn a_copy_without_the_key_reveals_no_content_and_rotation_reencrypts() {
     assert_eq!((r.messages, r.parts), (3, 4));
     assert_eq!(r.stage_results, 2);
     let usage = rotated.key_usage().await.unwrap();
-    // 3 messages, 4 parts, 2 stage results, a quarantine reason and its job's error.
-    assert_eq!((r.quarantine, r.jobs), (1, 1));
-    assert_eq!(usage, [(Some(new_id), 11)]);
+    // 3 messages, 4 parts, 2 stage results, a quarantine reason and its job's error, and
+    // the 2 staged actions' payloads.
+    assert_eq!((r.quarantine, r.jobs, r.actions), (1, 1, 2));
+    assert_eq!(usage, [(Some(new_id), 13)]);
     let only_new = Store::open_in_home(dir.path())
         .await
         .unwrap()
@@ -1053,4 +1054,273 @@ async fn failure_reasons_are_encrypted_at_rest() {
         erased.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
         [quarantined, retried]
     );
+}
+
+/// The values of one column, as stored (text; NULLs left out).
+async fn stored(store: &Store, table: &str, column: &str) -> Vec<String> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT CAST({column} AS TEXT) AS v FROM {table} WHERE {column} IS NOT NULL"
+    )))
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.try_get::<String, _>("v").unwrap())
+    .collect()
+}
+
+/// A mail taken through the pipeline to review: its draft stage's output holds `draft`,
+/// and a reply to the sender is staged.
+async fn to_review(store: &Store, from: &str, draft: &str) -> i64 {
+    let id = store
+        .ingest(
+            "test",
+            &format!("{from}.eml"),
+            &mail("Hugo", from, "Bonjour"),
+            "draft",
+            1,
+        )
+        .await
+        .unwrap()
+        .message_id;
+    let job = store
+        .claim("w1", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.message_id, id);
+    let effects = StageEffects {
+        output: json!({"draft": draft}),
+        actions: vec![NewAction {
+            name: "reply".into(),
+            kind: "reply".into(),
+            target: from.into(),
+            payload: json!({"to": from, "subject": "Re: Facture", "body": draft}).to_string(),
+        }],
+        ..Default::default()
+    };
+    assert!(store.complete(&job, &effects, None, 1).await.unwrap());
+    id
+}
+
+/// Issue 18, item 13 ("encrypt those columns like the rest"): a reviewer's draft, an edited
+/// payload, a rejection reason, what the outbox sends and what a delivery's attempts
+/// answered quote the mail or name the people in it. With a data key none of them is stored
+/// in clear; the store still returns them decrypted, a row written in clear before still
+/// reads, `rekey` seals them (again, under a new key), `key_usage` counts them, and
+/// erasure still finds a subject in them.
+async fn review_and_delivery_are_encrypted_at_rest(store: Store) {
+    const QUOTED: &str = "iban-FR7630006000011234567890189-of-hugo";
+    let old_key = crypto::generate_key().unwrap();
+    let store = store
+        .with_keys(Some(Keyring::parse(&old_key, "test").unwrap()))
+        .await
+        .unwrap();
+    let sent = to_review(&store, "hugo@example.fr", "Merci, à demain.").await;
+    let rejected = to_review(&store, "hugo.b@example.fr", "Merci.").await;
+
+    let draft = format!("Dear Hugo,\nyour IBAN {QUOTED} is noted.");
+    assert_eq!(store.save_draft(sent, &draft, "alice").await.unwrap(), 2);
+    let reply = store.actions(sent).await.unwrap()[0].clone();
+    let edited = json!({"to": "hugo@example.fr", "subject": "Re: Facture",
+        "body": format!("{draft}\n(edited: {QUOTED})")});
+    store
+        .edit_action(reply.id, &edited.to_string(), "alice")
+        .await
+        .unwrap();
+    let reason = format!("asks us to debit {QUOTED}");
+    store.reject(rejected, "bob", &reason).await.unwrap();
+    let allow = |_: &verre_store::ActionRow| -> Result<(), String> { Ok(()) };
+    store.approve(sent, "alice", &allow).await.unwrap();
+    let entry = store
+        .claim_delivery("d1", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    // What the delivery worker sends: the payload, decrypted.
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&entry.payload).unwrap(),
+        edited
+    );
+    let error = format!("550 mailbox of {QUOTED} unavailable");
+    assert!(
+        store
+            .record_delivery(
+                &entry,
+                &verre_store::outbox::AttemptRecord {
+                    response_status: Some(550),
+                    error: Some(error.clone()),
+                    result: verre_store::outbox::DeliveryResult::RetryAt(
+                        verre_store::now_ms() + 3_600_000
+                    ),
+                },
+            )
+            .await
+            .unwrap()
+    );
+
+    // Nothing of it in clear: not in these columns, nor anywhere else.
+    let columns = [
+        ("drafts", "body"),
+        ("actions", "payload"),
+        ("decisions", "reason"),
+        ("outbox", "payload"),
+        ("outbox", "last_error"),
+        ("outbox_attempts", "error"),
+    ];
+    for (table, column) in columns {
+        let values = stored(&store, table, column).await;
+        assert!(!values.is_empty(), "{table}.{column} holds nothing");
+        assert!(
+            values
+                .iter()
+                .all(|v| !v.contains(QUOTED) && !v.contains("Hugo")),
+            "{table}.{column} is in clear: {values:?}"
+        );
+    }
+    assert_eq!(
+        mentions(&every_value(&store).await, QUOTED),
+        Vec::<String>::new(),
+        "the quoted value is stored in clear"
+    );
+
+    // The store API returns them decrypted.
+    let drafts = store.drafts(sent).await.unwrap();
+    assert_eq!(drafts.len(), 2);
+    assert_eq!(drafts[0].body, "Merci, à demain.");
+    assert_eq!(drafts[1].body, draft);
+    let payload: serde_json::Value =
+        serde_json::from_str(&store.actions(sent).await.unwrap()[0].payload).unwrap();
+    assert_eq!(payload, edited);
+    assert_eq!(
+        store.decision(rejected).await.unwrap().unwrap().reason,
+        Some(reason.clone())
+    );
+    let delivery = &store.deliveries(sent).await.unwrap()[0];
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&delivery.payload).unwrap(),
+        edited
+    );
+    assert_eq!(delivery.last_error.as_deref(), Some(error.as_str()));
+    let attempts = store.delivery_attempts(delivery.id).await.unwrap();
+    assert_eq!(attempts[0].error.as_deref(), Some(error.as_str()));
+    let queue = store
+        .review_queue(&verre_store::review::QueueFilter::default())
+        .await
+        .unwrap();
+    let item = queue.iter().find(|q| q.message.id == rejected).unwrap();
+    assert_eq!(
+        item.decision.as_ref().unwrap().reason.as_deref(),
+        Some(reason.as_str())
+    );
+
+    // A reason stored in clear (before this release) still reads, and rekey seals it.
+    let clear = format!("clear: {QUOTED}");
+    sqlx::query("UPDATE decisions SET reason = $2, key_id = NULL WHERE message_id = $1")
+        .bind(rejected)
+        .bind(&clear)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .decision(rejected)
+            .await
+            .unwrap()
+            .unwrap()
+            .reason
+            .as_deref(),
+        Some(clear.as_str())
+    );
+    let r = store.rekey().await.unwrap();
+    assert_eq!(
+        (
+            r.drafts,
+            r.actions,
+            r.decisions,
+            r.outbox,
+            r.outbox_attempts
+        ),
+        (0, 0, 1, 0, 0),
+        "{r:?}"
+    );
+    assert!(
+        stored(&store, "decisions", "reason")
+            .await
+            .iter()
+            .all(|v| !v.contains(QUOTED))
+    );
+    assert_eq!(
+        store
+            .decision(rejected)
+            .await
+            .unwrap()
+            .unwrap()
+            .reason
+            .as_deref(),
+        Some(clear.as_str())
+    );
+
+    // A new key: rekey seals every row again, and key_usage sees only the new key.
+    let new_key = crypto::generate_key().unwrap();
+    let store = store
+        .with_keys(Some(
+            Keyring::parse(&format!("{new_key}\n{old_key}\n"), "test").unwrap(),
+        ))
+        .await
+        .unwrap();
+    let r = store.rekey().await.unwrap();
+    assert_eq!(
+        (
+            r.drafts,
+            r.actions,
+            r.decisions,
+            r.outbox,
+            r.outbox_attempts
+        ),
+        (2, 2, 1, 1, 1),
+        "{r:?}"
+    );
+    let current = store.keys().unwrap().current_id().to_string();
+    let usage = store.key_usage().await.unwrap();
+    assert_eq!(usage.len(), 1, "everything under the one key: {usage:?}");
+    assert_eq!(usage[0].0, Some(current));
+    assert_eq!(store.drafts(sent).await.unwrap()[1].body, draft);
+    assert_eq!(
+        store.delivery_attempts(delivery.id).await.unwrap()[0]
+            .error
+            .as_deref(),
+        Some(error.as_str())
+    );
+
+    // Erasure finds the subject in the sealed rows (the stage outputs do not name it).
+    let erased = store
+        .erase(&Subject::parse(QUOTED).unwrap(), "test", false)
+        .await
+        .unwrap();
+    assert_eq!(
+        erased.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [sent, rejected]
+    );
+    for (table, column) in columns {
+        assert_eq!(
+            stored(&store, table, column).await,
+            Vec::<String>::new(),
+            "{table}.{column} kept rows of erased messages"
+        );
+    }
+}
+
+#[tokio::test]
+async fn review_and_delivery_are_encrypted_at_rest_sqlite() {
+    let (_dir, store) = sqlite().await;
+    review_and_delivery_are_encrypted_at_rest(store).await;
+}
+
+#[tokio::test]
+async fn review_and_delivery_are_encrypted_at_rest_postgres() {
+    let Some(url) = verre_store::testing::postgres_url("gdpr_sealed_review").await else {
+        return;
+    };
+    review_and_delivery_are_encrypted_at_rest(Store::open(&url).await.unwrap()).await;
 }
