@@ -178,7 +178,12 @@ fn skeleton(schema: &Value) -> String {
     let fields: Vec<String> = props
         .iter()
         .map(|(k, v)| {
-            let example = match (v.get("enum").and_then(Value::as_array), v.get("type")) {
+            // A nullable field (`["number", "null"]`) shows its other type.
+            let ty = match v.get("type") {
+                Some(Value::Array(types)) => types.iter().find(|t| *t != "null"),
+                other => other,
+            };
+            let example = match (v.get("enum").and_then(Value::as_array), ty) {
                 (Some(options), _) => options
                     .iter()
                     .map(Value::to_string)
@@ -513,8 +518,11 @@ mod tests {
 
     #[test]
     fn skeletons_show_keys_and_choices() {
-        let schema = json!({"type": "object", "properties": {"a": {"type": "string"}, "n": {"type": "number"}, "l": {"enum": ["x", "y"]}}});
-        assert_eq!(skeleton(&schema), r#"{"a": "...", "n": 0, "l": "x" | "y"}"#);
+        let schema = json!({"type": "object", "properties": {"a": {"type": "string"}, "n": {"type": "number"}, "l": {"enum": ["x", "y"]}, "m": {"type": ["null", "number"]}}});
+        assert_eq!(
+            skeleton(&schema),
+            r#"{"a": "...", "n": 0, "l": "x" | "y", "m": 0}"#
+        );
     }
 
     fn request<'a>(schema: &'a Value, retries: u32) -> ExtractRequest<'a> {

@@ -146,11 +146,18 @@ impl StageRunner {
         }
     }
 
+    /// A stage's stored output as templates see it (the extraction without
+    /// [`crate::DOCUMENT_KEY`]).
     async fn output(&self, message_id: i64, stage: &str) -> Result<Value, StageError> {
-        self.store
+        let mut output = self
+            .store
             .stage_output(message_id, stage)
             .await?
-            .ok_or_else(|| StageError::permanent(format!("the {stage} result is missing")))
+            .ok_or_else(|| StageError::permanent(format!("the {stage} result is missing")))?;
+        if let Some(fields) = output.as_object_mut() {
+            fields.remove(crate::DOCUMENT_KEY);
+        }
+        Ok(output)
     }
 
     async fn parse(&self, message_id: i64) -> StageResult {
@@ -198,8 +205,14 @@ impl StageRunner {
 
     async fn extract(&self, message_id: i64) -> StageResult {
         let parts = self.store.parts(message_id).await?;
-        let max = self.pipeline.max_document_chars;
         let message = self.message_context(message_id).await?;
+        let pages = crate::document::message_pages(&parts);
+        let plan = crate::document::plan(&pages, &self.pipeline.budget);
+        if plan.chunks.len() > 1 || !plan.unread.is_empty() {
+            return self.extract_chunks(&message, &plan).await;
+        }
+        // The whole message fits one call: read as it always was.
+        let max = self.pipeline.max_document_chars;
         let ex = &self.pipeline.extract;
         let ctx = json!({
             "document": document_text(&parts, max),
@@ -209,28 +222,199 @@ impl StageRunner {
         });
         let system = render(&ex.system, &ctx, "extract.system")?;
         let prompt = render(&ex.prompt, &ctx, "extract.prompt")?;
+        let extraction = self
+            .extract_one(&system, &prompt, &ex.schema)
+            .await?
+            .map_err(|e| StageError::permanent(e.to_string()))?;
+        // Never store an extraction that does not validate, whatever the backend claims.
+        validate(&ex.schema, &extraction.value)
+            .map_err(|e| StageError::permanent(format!("the extraction does not validate: {e}")))?;
+        let mut output = extraction.value;
+        // Values of a paged document keep their page.
+        if let Some(chunk) = plan.chunks.first()
+            && chunk.content().any(|p| p.number.is_some())
+        {
+            let sources: Map<String, Value> = output
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), json!(crate::merge::locate(v, chunk))))
+                .collect();
+            output[crate::DOCUMENT_KEY] = json!({
+                "chunks": 1,
+                "pages_read": plan.pages_read,
+                "pages_total": plan.pages_total,
+                "unread": [],
+                "sources": sources,
+            });
+        }
+        Ok(StageEffects {
+            output,
+            prompt_tokens: extraction.prompt_tokens as i64,
+            completion_tokens: extraction.completion_tokens as i64,
+            ..Default::default()
+        })
+    }
+
+    /// One extraction call under `schema`: Ok(Err) when the model never answered with a
+    /// valid value (the same input fails the same way), Err when the call itself failed.
+    async fn extract_one(
+        &self,
+        system: &str,
+        prompt: &str,
+        schema: &Value,
+    ) -> Result<Result<crate::backend::Extraction, ExtractError>, StageError> {
+        let ex = &self.pipeline.extract;
         let request = ExtractRequest {
             model: &ex.model,
-            system: &system,
-            prompt: &prompt,
-            schema: &ex.schema,
+            system,
+            prompt,
+            schema,
             max_tokens: ex.max_tokens,
             retries: ex.retries,
             repetition_penalty: ex.repetition_penalty,
         };
-        let extraction = match crate::backend::extract(self.models.as_ref(), &request).await {
-            Ok(x) => x,
-            // The model was already asked again with the error; the same input fails the same way.
-            Err(e @ ExtractError::Invalid(_)) => return Err(StageError::permanent(e.to_string())),
-            Err(ExtractError::Call(e)) => return Err(call_failed("extraction", &ex.model, e)),
-        };
-        // Never store an extraction that does not validate, whatever the backend claims.
-        validate(&ex.schema, &extraction.value)
-            .map_err(|e| StageError::permanent(format!("the extraction does not validate: {e}")))?;
+        match crate::backend::extract(self.models.as_ref(), &request).await {
+            Ok(x) => Ok(Ok(x)),
+            Err(e @ ExtractError::Invalid(_)) => Ok(Err(e)),
+            Err(ExtractError::Call(e)) => Err(call_failed("extraction", &ex.model, e)),
+        }
+    }
+
+    /// A message longer than one call: every chunk extracted under the nullable schema,
+    /// all requests at once (the engine batches them), then merged field by field with
+    /// each value's page; fields ruled `reconcile`, and required fields no chunk stated,
+    /// decided by one more call over the chunks' candidates.
+    async fn extract_chunks(&self, message: &Value, plan: &crate::document::Plan) -> StageResult {
+        use crate::merge::{ChunkAnswer, chunk_schema, merge, reconcile_prompt, reconcile_schema};
+        let ex = &self.pipeline.extract;
+        let labels: Vec<String> = self
+            .pipeline
+            .labels
+            .iter()
+            .map(|l| l.name.clone())
+            .collect();
+        let schema = chunk_schema(&ex.schema, &labels);
+        let n = plan.chunks.len();
+        let mut prompts = Vec::with_capacity(n);
+        for (i, chunk) in plan.chunks.iter().enumerate() {
+            let ctx = json!({
+                "document": chunk.document(),
+                "body": chunk.body(),
+                "attachments": chunk.attachments(),
+                "message": message,
+            });
+            let system = render(&ex.system, &ctx, "extract.system")?;
+            let prompt = format!(
+                "{}\n\n(This is part {} of {n} of a longer message: {}. Answer from this part only; null for a field it does not state.)",
+                render(&ex.prompt, &ctx, "extract.prompt")?,
+                i + 1,
+                chunk.span()
+            );
+            prompts.push((system, prompt));
+        }
+        let calls = prompts
+            .iter()
+            .map(|(system, prompt)| self.extract_one(system, prompt, &schema));
+        let results = futures_util::future::join_all(calls).await;
+
+        let (mut prompt_tokens, mut completion_tokens) = (0i64, 0i64);
+        let mut answers = Vec::new();
+        let mut unread = plan.unread.clone();
+        for (chunk, result) in plan.chunks.iter().zip(results) {
+            match result? {
+                Ok(x) => {
+                    prompt_tokens += x.prompt_tokens as i64;
+                    completion_tokens += x.completion_tokens as i64;
+                    answers.push(ChunkAnswer {
+                        chunk,
+                        value: x.value,
+                    });
+                }
+                // The pages stay listed as not read rather than failing the whole message.
+                Err(e) => {
+                    let numbers: Vec<u32> = chunk.content().filter_map(|p| p.number).collect();
+                    let first = chunk.content().next();
+                    unread.push(crate::document::Unread {
+                        part: first.map_or(0, |p| p.part),
+                        file: first.and_then(|p| p.file.clone()),
+                        first: numbers.first().copied(),
+                        last: numbers.last().copied(),
+                        reason: format!("the extraction failed: {e}"),
+                    });
+                }
+            }
+        }
+        if answers.is_empty() {
+            return Err(StageError::permanent(format!(
+                "no part of the message could be extracted: {}",
+                unread.last().map(|u| u.reason.as_str()).unwrap_or("")
+            )));
+        }
+
+        let fields: Vec<String> = ex.schema["properties"]
+            .as_object()
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        let required: Vec<&str> = ex.schema["required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let order = |f: &str| ex.schema["properties"][f]["enum"].as_array().cloned();
+        let mut merged = merge(&answers, &fields, |f| ex.merge_rule(f), order);
+        // A required field no chunk stated is decided with the others (the reconciling
+        // call sees that every part said null); an optional one is left out.
+        for f in &fields {
+            if merged.value.get(f) == Some(&Value::Null) {
+                merged.value.remove(f);
+                if required.contains(&f.as_str()) {
+                    merged.reconcile.push(f.clone());
+                }
+            }
+        }
+        if !merged.reconcile.is_empty() {
+            let schema = reconcile_schema(&ex.schema, &merged.reconcile);
+            let system = render(
+                &ex.system,
+                &json!({"document": "", "body": "", "attachments": "", "message": message}),
+                "extract.system",
+            )?;
+            let prompt = reconcile_prompt(&answers, &merged.reconcile);
+            let x = self
+                .extract_one(&system, &prompt, &schema)
+                .await?
+                .map_err(|e| StageError::permanent(format!("reconciling the parts: {e}")))?;
+            prompt_tokens += x.prompt_tokens as i64;
+            completion_tokens += x.completion_tokens as i64;
+            for f in &merged.reconcile {
+                if let Some(v) = x.value.get(f) {
+                    if let Some(source) = crate::merge::reconciled_source(v, f, &answers) {
+                        merged.sources.insert(f.clone(), json!(source));
+                    }
+                    merged.value.insert(f.clone(), v.clone());
+                }
+            }
+        }
+        let mut output = Value::Object(merged.value);
+        validate(&ex.schema, &output).map_err(|e| {
+            StageError::permanent(format!("the merged extraction does not validate: {e}"))
+        })?;
+        output[crate::DOCUMENT_KEY] = json!({
+            "chunks": n,
+            "pages_read": plan.pages_read,
+            "pages_total": plan.pages_total,
+            "unread": unread.iter().map(|u| json!({
+                "part": u.part, "file": u.file, "first": u.first, "last": u.last,
+                "reason": u.reason, "line": u.line(),
+            })).collect::<Vec<_>>(),
+            "sources": merged.sources,
+        });
         Ok(StageEffects {
-            output: extraction.value,
-            prompt_tokens: extraction.prompt_tokens as i64,
-            completion_tokens: extraction.completion_tokens as i64,
+            output,
+            prompt_tokens,
+            completion_tokens,
             ..Default::default()
         })
     }
