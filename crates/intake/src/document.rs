@@ -82,7 +82,8 @@ pub fn message_pages(parts: &[PartRow]) -> Vec<Page> {
 /// How much of one message the extraction reads (`[limits]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
-    /// Pages read per message, all documents together (a part without pages is one).
+    /// Document pages (PDF) read per message, all documents together. A part without
+    /// pages (a mail body, a text attachment) counts against the tokens only.
     pub max_pages: usize,
     /// Tokens read per message, all chunks together (estimated: [`tokens`]).
     pub max_tokens: usize,
@@ -207,7 +208,7 @@ fn render<'a>(pages: impl Iterator<Item = &'a Page>) -> String {
 pub struct Plan {
     pub chunks: Vec<Chunk>,
     pub unread: Vec<Unread>,
-    /// Pages read and pages in all (the headers not counted).
+    /// Document pages read, and in all.
     pub pages_read: usize,
     pub pages_total: usize,
 }
@@ -228,7 +229,8 @@ pub fn plan(pages: &[Page], budget: &Budget) -> Plan {
     let mut unread: Vec<Unread> = Vec::new();
     for page in &content {
         let cost = tokens(&page.text);
-        let reason = if used_pages + 1 > budget.max_pages {
+        let paged = page.number.is_some() as usize;
+        let reason = if used_pages + paged > budget.max_pages {
             Some(format!("budget (max_pages = {})", budget.max_pages))
         } else if used_tokens + cost > budget.max_tokens {
             Some(format!(
@@ -240,7 +242,7 @@ pub fn plan(pages: &[Page], budget: &Budget) -> Plan {
         };
         match reason {
             None => {
-                used_pages += 1;
+                used_pages += paged;
                 used_tokens += cost;
                 read.push((*page).clone());
             }
@@ -307,7 +309,7 @@ pub fn plan(pages: &[Page], budget: &Budget) -> Plan {
         chunks,
         unread,
         pages_read: used_pages,
-        pages_total: content.len(),
+        pages_total: content.iter().filter(|p| p.number.is_some()).count(),
     }
 }
 
