@@ -447,7 +447,15 @@ fn stub_value(schema: &Value, seed: &[u8], key: &str) -> Value {
     {
         return options[(n % options.len() as u64) as usize].clone();
     }
-    match schema.get("type").and_then(Value::as_str) {
+    // A nullable type (`["number", "null"]`, a chunk's schema) is answered in its other type.
+    let ty = match schema.get("type") {
+        Some(Value::Array(types)) => types
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null"),
+        other => other.and_then(Value::as_str),
+    };
+    match ty {
         Some("object") => {
             let mut obj = serde_json::Map::new();
             if let Some(props) = schema.get("properties").and_then(Value::as_object) {

@@ -79,6 +79,61 @@ pub fn message_pages(parts: &[PartRow]) -> Vec<Page> {
     pages
 }
 
+/// The pages of a file given by its user (`verre summarize`): a PDF page by page, a mail
+/// (`.eml`) as its parts, anything else as UTF-8 text (Markdown, plain text). Read in
+/// this process: for files from outside, the intake's parser child reads mail.
+pub fn file_pages(name: &str, bytes: &[u8]) -> anyhow::Result<Vec<Page>> {
+    use anyhow::Context as _;
+    let lower = name.to_ascii_lowercase();
+    if bytes.starts_with(b"%PDF-") || lower.ends_with(".pdf") {
+        let texts = crate::parse::pdf_pages(bytes)
+            .map_err(|e| anyhow::anyhow!("reading the PDF {name}: {e}"))?;
+        let file = std::path::Path::new(name)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned());
+        return Ok(texts
+            .into_iter()
+            .enumerate()
+            .map(|(i, text)| Page {
+                part: 1,
+                kind: "attachment".into(),
+                file: file.clone(),
+                number: Some(i as u32 + 1),
+                text,
+            })
+            .collect());
+    }
+    if lower.ends_with(".eml") {
+        let parsed =
+            crate::parse::parse_mail(bytes).map_err(|e| anyhow::anyhow!("reading {name}: {e}"))?;
+        let parts: Vec<PartRow> = parsed
+            .parts
+            .into_iter()
+            .map(|p| PartRow {
+                idx: p.idx,
+                kind: p.kind,
+                filename: p.filename,
+                content_type: p.content_type,
+                size: p.size,
+                supported: p.supported,
+                note: p.note,
+                text: p.text,
+                pages: p.pages.map(|p| serde_json::json!(p)),
+            })
+            .collect();
+        return Ok(message_pages(&parts));
+    }
+    let text = std::str::from_utf8(bytes)
+        .with_context(|| format!("{name} is neither a PDF, a mail (.eml) nor UTF-8 text"))?;
+    Ok(vec![Page {
+        part: 1,
+        kind: "text".into(),
+        file: None,
+        number: None,
+        text: text.to_string(),
+    }])
+}
+
 /// How much of one message the extraction reads (`[limits]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {

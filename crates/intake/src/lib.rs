@@ -19,6 +19,7 @@ pub mod pdf;
 pub mod pipeline;
 pub mod source;
 pub mod stages;
+pub mod summary;
 pub mod worker;
 
 use std::sync::Arc;

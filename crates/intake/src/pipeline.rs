@@ -46,6 +46,17 @@ pub struct Pipeline {
     pub routes: Vec<Route>,
     pub draft: Option<DraftConfig>,
     pub actions: Vec<Action>,
+    /// `[summary]`: the summarize stage summarises the message's documents.
+    pub summary: Option<SummaryConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SummaryConfig {
+    /// The extraction model unless the section names one.
+    pub model: String,
+    pub model_line: usize,
+    /// About how many words.
+    pub words: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -170,6 +181,14 @@ struct File {
     draft: Option<Spanned<DraftFile>>,
     #[serde(default)]
     action: Vec<Spanned<ActionFile>>,
+    summary: Option<Spanned<SummaryFile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SummaryFile {
+    model: Option<Spanned<String>>,
+    words: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -634,6 +653,32 @@ impl Pipeline {
             }
         };
 
+        let summary = match &file.summary {
+            None => None,
+            Some(sm) => {
+                let sm = sm.get_ref();
+                let words = match &sm.words {
+                    Some(w) if !(20..=5000).contains(w.get_ref()) => {
+                        return Err(c.err(w.span(), "summary.words: between 20 and 5000"));
+                    }
+                    Some(w) => *w.get_ref(),
+                    None => 200,
+                };
+                Some(match &sm.model {
+                    Some(m) => SummaryConfig {
+                        model: model_ref(&c, m)?,
+                        model_line: c.line(m.span()),
+                        words,
+                    },
+                    None => SummaryConfig {
+                        model: extract.model.clone(),
+                        model_line: extract.model_line,
+                        words,
+                    },
+                })
+            }
+        };
+
         Ok(Pipeline {
             name: file.name.get_ref().clone(),
             path: path.to_path_buf(),
@@ -648,6 +693,7 @@ impl Pipeline {
             routes,
             draft,
             actions,
+            summary,
         })
     }
 
@@ -667,7 +713,11 @@ impl Pipeline {
     pub fn models(&self) -> Vec<(String, usize)> {
         let mut models: Vec<(String, usize)> =
             vec![(self.extract.model.clone(), self.extract.model_line)];
-        let drafts = self.draft.iter().map(|d| (d.model.clone(), d.model_line));
+        let drafts = self
+            .draft
+            .iter()
+            .map(|d| (d.model.clone(), d.model_line))
+            .chain(self.summary.iter().map(|s| (s.model.clone(), s.model_line)));
         let routes = self.routes.iter().filter_map(|r| r.draft_model.clone());
         for (name, line) in drafts.chain(routes) {
             if !models.iter().any(|(seen, _)| *seen == name) {

@@ -1,7 +1,7 @@
 //! The stages, each a function from what the store holds about a message to the effects
 //! of the stage (written by the worker, atomically with the job's completion).
 //!
-//! `parse -> extract -> crossref -> route -> draft -> stage`
+//! `parse -> extract -> summarize -> crossref -> route -> draft -> stage`
 
 use std::sync::Arc;
 
@@ -17,7 +17,15 @@ use crate::parse::{ParseError, attachments_text, body_text, document_text};
 use crate::pipeline::{ActionKind, Pipeline, template_env};
 
 /// The stages in order.
-pub const STAGES: [&str; 6] = ["parse", "extract", "crossref", "route", "draft", "stage"];
+pub const STAGES: [&str; 7] = [
+    "parse",
+    "extract",
+    "summarize",
+    "crossref",
+    "route",
+    "draft",
+    "stage",
+];
 
 /// The stage after `stage`, or None after the last.
 pub fn next_stage(stage: &str) -> Option<&'static str> {
@@ -136,6 +144,7 @@ impl StageRunner {
         match stage {
             "parse" => self.parse(message_id).await,
             "extract" => self.extract(message_id).await,
+            "summarize" => self.summarize(message_id).await,
             "crossref" => self.crossref(message_id).await,
             "route" => self.route(message_id).await,
             "draft" => self.draft(message_id).await,
@@ -419,6 +428,45 @@ impl StageRunner {
         })
     }
 
+    /// The pipeline's `[summary]` of the message's documents (what the reading budget
+    /// lets in), by map and reduce over its chunks; `{"summary": null}` without one.
+    async fn summarize(&self, message_id: i64) -> StageResult {
+        let Some(cfg) = &self.pipeline.summary else {
+            return Ok(StageEffects {
+                output: json!({"summary": null}),
+                ..Default::default()
+            });
+        };
+        let parts = self.store.parts(message_id).await?;
+        let pages = crate::document::message_pages(&parts);
+        let plan = crate::document::plan(&pages, &self.pipeline.budget);
+        let mut read: Vec<crate::document::Page> = Vec::new();
+        for (i, chunk) in plan.chunks.iter().enumerate() {
+            let keep = chunk.pages.iter().filter(|p| i == 0 || p.kind != "headers");
+            read.extend(keep.cloned());
+        }
+        let options = crate::summary::SummaryOptions {
+            model: cfg.model.clone(),
+            words: cfg.words,
+            chunk_tokens: self.pipeline.budget.chunk_tokens,
+        };
+        let s = crate::summary::summarize(self.models.as_ref(), &read, &options, &|_, _| {})
+            .await
+            .map_err(|e| call_failed("summary", &cfg.model, e))?;
+        Ok(StageEffects {
+            output: json!({
+                "summary": s.text,
+                "model": cfg.model,
+                "chunks": s.chunks,
+                "pages_read": plan.pages_read,
+                "pages_total": plan.pages_total,
+            }),
+            prompt_tokens: s.prompt_tokens as i64,
+            completion_tokens: s.completion_tokens as i64,
+            ..Default::default()
+        })
+    }
+
     async fn business_db(&self, url: &str) -> Result<&AnyPool, StageError> {
         self.business_db
             .get_or_try_init(|| async {
@@ -500,6 +548,7 @@ impl StageRunner {
         let ctx = json!({
             "message": self.message_context(message_id).await?,
             "extract": self.output(message_id, "extract").await?,
+            "summary": self.summary(message_id).await?,
             "lookup": self.output(message_id, "crossref").await?,
         });
         let env = template_env();
@@ -532,9 +581,21 @@ impl StageRunner {
         Ok(json!({
             "message": self.message_context(message_id).await?,
             "extract": self.output(message_id, "extract").await?,
+            "summary": self.summary(message_id).await?,
             "lookup": self.output(message_id, "crossref").await?,
             "route": route["route"],
         }))
+    }
+
+    /// `summary` in templates: the summarize stage's text, empty without one (and for a
+    /// message that went past that stage before it existed).
+    async fn summary(&self, message_id: i64) -> Result<String, StageError> {
+        Ok(self
+            .store
+            .stage_output(message_id, "summarize")
+            .await?
+            .and_then(|o| o["summary"].as_str().map(str::to_string))
+            .unwrap_or_default())
     }
 
     async fn draft(&self, message_id: i64) -> StageResult {

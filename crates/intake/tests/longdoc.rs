@@ -273,3 +273,143 @@ async fn a_field_ruled_reconcile_is_decided_by_one_more_call() {
         reconciling[0]
     );
 }
+
+/// A summariser that keeps what it is told to keep: for a part, each chapter heading it
+/// reads with its page; for a reduce, every line of the parts. Counts calls in flight.
+#[derive(Default)]
+struct Summariser {
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
+    calls: AtomicUsize,
+}
+
+impl ModelApi for Summariser {
+    fn chat(&self, request: Value) -> BoxFuture<'_, Result<Value, ModelCallError>> {
+        Box::pin(async move {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let prompt = request["messages"][1]["content"].as_str().unwrap();
+            let mut points = Vec::new();
+            if prompt.contains("from the summaries of its parts") {
+                for line in prompt.lines().filter(|l| l.starts_with("Part (")) {
+                    points.push(line.split_once("): ").unwrap().1.to_string());
+                }
+            } else {
+                let mut page = 0;
+                for line in prompt.lines() {
+                    if let Some(n) = line
+                        .strip_prefix("[page ")
+                        .and_then(|n| n.strip_suffix(']'))
+                    {
+                        page = n.parse().unwrap();
+                    }
+                    if let Some(topic) = line.strip_prefix("Chapter ") {
+                        points.push(format!(
+                            "{} [p. {page}].",
+                            topic.split_once(": ").unwrap().1
+                        ));
+                    }
+                }
+            }
+            Ok(
+                json!({"choices": [{"message": {"content": points.join(" ")}}],
+                      "usage": {"prompt_tokens": prompt.len() / 4, "completion_tokens": 10}}),
+            )
+        })
+    }
+}
+
+const TOPICS: [&str; 10] = [
+    "beekeeping",
+    "glaciers",
+    "semiconductors",
+    "orchestras",
+    "lighthouses",
+    "vineyards",
+    "volcanoes",
+    "submarines",
+    "orchards",
+    "railways",
+];
+
+#[tokio::test]
+async fn a_200_page_report_is_summarised_by_map_and_reduce_with_page_citations() {
+    let pdf = verre_intake::demo::sectioned_report(200, &TOPICS).unwrap();
+    let pages = verre_intake::document::file_pages("report.pdf", &pdf).unwrap();
+    assert_eq!(pages.len(), 200);
+    let api = Summariser::default();
+    let progress = Mutex::new(Vec::new());
+    let options = verre_intake::summary::SummaryOptions {
+        model: "m".into(),
+        words: 200,
+        chunk_tokens: 1500,
+    };
+    let s = verre_intake::summary::summarize(&api, &pages, &options, &|done, total| {
+        progress.lock().unwrap().push((done, total))
+    })
+    .await
+    .unwrap();
+    for (i, topic) in TOPICS.iter().enumerate() {
+        // Chapter i opens on page 20 i + 1.
+        let cited = format!("{topic} [p. {}]", i * 20 + 1);
+        assert!(s.text.contains(&cited), "{cited} missing: {}", s.text);
+    }
+    assert!(s.chunks > 8, "{s:?}");
+    assert_eq!(
+        api.most_in_flight.load(Ordering::SeqCst),
+        s.chunks,
+        "the map calls at once"
+    );
+    assert_eq!(api.calls.load(Ordering::SeqCst), s.chunks + s.reduce_calls);
+    let progress = progress.lock().unwrap();
+    let (done, total) = *progress.last().unwrap();
+    assert_eq!(done, total, "{progress:?}");
+}
+
+#[tokio::test]
+async fn the_summarize_stage_summarises_the_documents_for_later_templates() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = PIPELINE
+        .replace("MAX_PAGES", "")
+        .replace("MERGE", "")
+        .replace(
+            "payload = \"{{ extract | tojson }}\"",
+            "payload = '{\"summary\": {{ summary | tojson }}}'\n\n[summary]\nwords = 60",
+        );
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    let store = Store::open(&format!(
+        "sqlite://{}",
+        dir.path().join("verre.db").display()
+    ))
+    .await
+    .unwrap();
+    let runner = Arc::new(StageRunner::new(
+        store.clone(),
+        Arc::new(Pipeline::load(&path).unwrap()),
+        Arc::new(verre_intake::StubBackend::default()),
+        None,
+    ));
+    let contract = long_contract(50, None).unwrap();
+    let mail = mail_with_pdf("a@b.example", "MSA", "attached", "msa.pdf", &contract.pdf);
+    let id = store
+        .ingest("t", "1", &mail, "parse", 1)
+        .await
+        .unwrap()
+        .message_id;
+    verre_intake::run_until_idle(runner, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let out = store.stage_output(id, "summarize").await.unwrap().unwrap();
+    let summary = out["summary"].as_str().unwrap();
+    assert!(summary.contains("stub draft"), "{out:#}");
+    assert!(out["chunks"].as_u64().unwrap() > 1, "{out:#}");
+    assert_eq!(out["pages_read"], 50);
+    let d = store.detail(id).await.unwrap().unwrap();
+    assert_eq!(d.message.status, "processed");
+    let payload: Value = serde_json::from_str(&d.actions[0].payload).unwrap();
+    assert_eq!(payload["summary"], summary);
+}
