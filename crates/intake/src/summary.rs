@@ -160,6 +160,37 @@ pub async fn summarize(
     }
 }
 
+/// Summarise `pages` in one call, the whole text in one prompt (a document that fits the
+/// model's context; `verre summarize --single-pass`, to compare with map and reduce).
+pub async fn summarize_single_pass(
+    api: &dyn ModelApi,
+    pages: &[Page],
+    options: &SummaryOptions,
+) -> Result<Summary, ModelCallError> {
+    let whole = Chunk {
+        pages: pages.to_vec(),
+    };
+    let prompt = map_prompt(&whole, options.words);
+    let c = complete(
+        api,
+        &CompleteRequest {
+            model: &options.model,
+            system: MAP_SYSTEM,
+            prompt: &prompt,
+            max_tokens: options.words * 2 + 64,
+            repetition_penalty: 1.1,
+        },
+    )
+    .await?;
+    Ok(Summary {
+        text: c.text,
+        chunks: 1,
+        reduce_calls: 0,
+        prompt_tokens: c.prompt_tokens,
+        completion_tokens: c.completion_tokens,
+    })
+}
+
 fn map_prompt(chunk: &Chunk, words: usize) -> String {
     format!(
         "{}\n\nSummarise the text above ({}) in at most {words} words. Name each section's subject, and cite the page of each point as [p. N].",
