@@ -323,7 +323,7 @@ fn spellings(value: &Value) -> Vec<String> {
                 let digits = whole.abs().to_string();
                 let mut g = String::new();
                 for (i, ch) in digits.chars().enumerate() {
-                    if i > 0 && (digits.len() - i) % 3 == 0 {
+                    if i > 0 && (digits.len() - i).is_multiple_of(3) {
                         g.push_str(sep);
                     }
                     g.push(ch);
