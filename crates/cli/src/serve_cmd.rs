@@ -107,6 +107,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             max_waiting: args.max_waiting,
             kv_cache_bytes: args.kv_cache_mb << 20,
             prefill_chunk: args.max_batched_tokens,
+            ..EngineOptions::default()
         },
         gateway,
         database: Some(args.db.url()?),
