@@ -81,6 +81,16 @@ pub struct EngineOptions {
 }
 
 impl EngineOptions {
+    /// With speculative decoding and grammar fast-forward on (the defaults), or both off.
+    pub fn speculative(self, on: bool) -> Self {
+        let defaults = Self::default();
+        Self {
+            draft_tokens: if on { defaults.draft_tokens } else { 0 },
+            grammar_fast_forward: on && defaults.grammar_fast_forward,
+            ..self
+        }
+    }
+
     /// One request at a time with room for a whole context: a terminal command
     /// (`verre run`), a benchmark, or the reference a batched run is compared with.
     pub fn one_at_a_time(model: &LoadedModel) -> Self {
