@@ -41,6 +41,10 @@ pub struct EvalArgs {
     /// measure throughput; accuracy is counted over every mail.
     #[arg(long)]
     pub mails: Option<usize>,
+    /// Decode token by token: no speculative decoding, no grammar fast-forward (the
+    /// fields are the same; for comparing times).
+    #[arg(long)]
+    pub no_speculation: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -113,6 +117,7 @@ async fn eval(args: EvalArgs) -> Result<()> {
         backend: args.backend,
         config: args.config.clone(),
         lease_secs: 120,
+        no_speculation: args.no_speculation,
     };
     let source = Source::detect(mail_dir.to_str().context("a UTF-8 temporary path")?)?;
     let (store, ids, summary) = ingest_and_run(&source, &work, pipeline, !args.json).await?;

@@ -319,6 +319,15 @@ impl KvPool {
         }
     }
 
+    /// Give back blocks reserved past what `len` positions need (a reservation for draft
+    /// tokens that fell short). Stored positions stay.
+    pub fn unreserve(&mut self, seq: &mut SeqKv, len: usize) {
+        let keep = Self::blocks_for(len.max(seq.len));
+        for b in seq.blocks.drain(keep.min(seq.blocks.len())..) {
+            self.alloc.release(b);
+        }
+    }
+
     /// Start an empty sequence from the cache: take the cached blocks that hold the
     /// longest prefix of `tokens` (whole blocks), leaving at least one token to compute.
     /// Returns the positions covered.
