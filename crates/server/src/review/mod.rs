@@ -11,6 +11,7 @@
 
 pub mod auth;
 mod pages;
+pub mod triage;
 pub mod settings;
 pub mod worker;
 
