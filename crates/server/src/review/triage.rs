@@ -67,16 +67,33 @@ fn deadline_patterns() -> &'static [(Regex, i64)] {
     PATTERNS.get_or_init(|| {
         [
             // "within 72 hours", "72-hour deadline"
-            (r"(?i)\b(?:within|in|next)\s+(\d{1,3})\s*(?:hours?|h)\b", 200),
+            (
+                r"(?i)\b(?:within|in|next)\s+(\d{1,3})\s*(?:hours?|h)\b",
+                200,
+            ),
             (r"(?i)\b(\d{1,3})[- ]hours?\b", 180),
             // "within 8 days", "8 days from receipt"
-            (r"(?i)\b(?:within|in)\s+(\d{1,2})\s+(?:business\s+|working\s+)?days?\b", 150),
+            (
+                r"(?i)\b(?:within|in)\s+(\d{1,2})\s+(?:business\s+|working\s+)?days?\b",
+                150,
+            ),
             (r"(?i)\b(\d{1,2})\s+days?\s+(?:from|of|after)\b", 150),
-            (r"(?i)\b(?:deadline|due(?:\s+(?:on|by|date))?|by)\s*:?\s*(\d{4}-\d{2}-\d{2})\b", 60),
-            (r"(?i)\b(immediately|urgent(?:ly)?|asap|as soon as possible)\b", 100),
+            (
+                r"(?i)\b(?:deadline|due(?:\s+(?:on|by|date))?|by)\s*:?\s*(\d{4}-\d{2}-\d{2})\b",
+                60,
+            ),
+            (
+                r"(?i)\b(immediately|urgent(?:ly)?|asap|as soon as possible)\b",
+                100,
+            ),
         ]
         .into_iter()
-        .map(|(p, w)| (Regex::new(p).expect("the deadline patterns are valid (tested)"), w))
+        .map(|(p, w)| {
+            (
+                Regex::new(p).expect("the deadline patterns are valid (tested)"),
+                w,
+            )
+        })
         .collect()
     })
 }
@@ -196,7 +213,10 @@ pub fn declared_values_of(
         .iter()
         .filter_map(|(name, values)| {
             let v = extract?.get(name)?.as_str()?;
-            values.iter().any(|d| d == v).then(|| (name.clone(), v.to_string()))
+            values
+                .iter()
+                .any(|d| d == v)
+                .then(|| (name.clone(), v.to_string()))
         })
         .collect()
 }
@@ -311,7 +331,10 @@ mod tests {
 
     #[test]
     fn search_needs_every_word_somewhere_ignoring_case() {
-        let fields = ["URGENT: patient records exposed", "p.devries@kliniek-noord.example"];
+        let fields = [
+            "URGENT: patient records exposed",
+            "p.devries@kliniek-noord.example",
+        ];
         assert!(matches("patient KLINIEK", &fields));
         assert!(matches("", &fields));
         assert!(!matches("patient invoice", &fields));
