@@ -449,8 +449,16 @@ impl StageRunner {
             };
             actions.push(staged);
         }
+        // The label values the pipeline declares, for the review desk's filters and forms
+        // (values a model invented elsewhere are not offered).
+        let labels: Map<String, Value> = self
+            .pipeline
+            .labels
+            .iter()
+            .map(|l| (l.name.clone(), json!(l.values)))
+            .collect();
         Ok(StageEffects {
-            output: json!({"actions": actions.iter().map(|a| a.name.clone()).collect::<Vec<_>>()}),
+            output: json!({"actions": actions.iter().map(|a| a.name.clone()).collect::<Vec<_>>(), "labels": labels}),
             actions,
             ..Default::default()
         })

@@ -50,7 +50,7 @@ pub struct DraftVersion {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
-    /// `approved` or `rejected`.
+    /// `approved`, `rejected` or `filed`.
     pub decision: String,
     pub reviewer: String,
     pub reason: Option<String>,
@@ -68,13 +68,17 @@ pub enum ReviewStatus {
     ToReview,
     Approved,
     Rejected,
+    /// Decided with nothing to send: the pipeline staged no action (the "nothing to send"
+    /// lane), and a reviewer filed it.
+    Filed,
 }
 
 impl ReviewStatus {
-    pub const ALL: [ReviewStatus; 5] = [
+    pub const ALL: [ReviewStatus; 6] = [
         ReviewStatus::ToReview,
         ReviewStatus::Approved,
         ReviewStatus::Rejected,
+        ReviewStatus::Filed,
         ReviewStatus::InProgress,
         ReviewStatus::Quarantined,
     ];
@@ -86,6 +90,7 @@ impl ReviewStatus {
             ReviewStatus::ToReview => "to_review",
             ReviewStatus::Approved => "approved",
             ReviewStatus::Rejected => "rejected",
+            ReviewStatus::Filed => "filed",
         }
     }
 
@@ -96,6 +101,7 @@ impl ReviewStatus {
     fn of(message_status: &str, decision: Option<&str>) -> Self {
         match (decision, message_status) {
             (Some("approved"), _) => ReviewStatus::Approved,
+            (Some("filed"), _) => ReviewStatus::Filed,
             (Some(_), _) => ReviewStatus::Rejected,
             (None, "processed") => ReviewStatus::ToReview,
             (None, "quarantined") => ReviewStatus::Quarantined,
@@ -111,6 +117,7 @@ impl ReviewStatus {
             ReviewStatus::ToReview => "d.decision IS NULL AND m.status = 'processed'",
             ReviewStatus::Approved => "d.decision = 'approved'",
             ReviewStatus::Rejected => "d.decision = 'rejected'",
+            ReviewStatus::Filed => "d.decision = 'filed'",
         }
     }
 }
@@ -1099,6 +1106,110 @@ impl Store {
                 // The reason may quote the mail: it is kept (encrypted) with the decision,
                 // not copied into the audit log.
                 detail: json!({"reason_chars": reason.chars().count(), "actions": n}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    /// File a processed message that has nothing to send: the decision `filed`, audited as
+    /// `user:NAME`. A message with a staged action is refused: it is approved or rejected.
+    pub async fn file_message(&self, message_id: i64, user: &str) -> Result<i64> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        decide(&mut tx, self.keys(), message_id, "filed", user, None, now).await?;
+        let staged: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM actions WHERE message_id = $1 AND status = 'staged'",
+        )
+        .bind(message_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+        ensure!(
+            staged == 0,
+            "message {message_id} has {staged} action(s) staged: approve or reject it instead of filing it"
+        );
+        let seq = append_in(
+            &mut tx,
+            self,
+            &AuditEvent {
+                actor: &format!("user:{user}"),
+                action: "review.file",
+                subject: &format!("message:{message_id}"),
+                detail: Value::Null,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    /// Whether the decision on a message can still be undone: it was rejected or filed, or
+    /// approved and the delivery worker has claimed none of its outbox rows yet.
+    pub async fn undoable(&self, message_id: i64) -> Result<bool> {
+        let claimed: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM outbox
+             WHERE message_id = $1 AND (status <> 'pending' OR attempts > 0 OR lease_owner IS NOT NULL)",
+        )
+        .bind(message_id)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")?;
+        Ok(claimed == 0 && self.decision(message_id).await?.is_some())
+    }
+
+    /// Undo the decision on a message while nothing of it reached the delivery worker: its
+    /// unclaimed outbox rows are removed, its actions staged again and the decision deleted,
+    /// in one transaction, audited as `review.undo`. Refused once the worker claimed any of
+    /// its deliveries (a claim counts an attempt, so `attempts = 0` means never claimed).
+    pub async fn undo_decision(&self, message_id: i64, user: &str) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        // A write first (SQLite's lock; on PostgreSQL the rows a claim would lock).
+        let removed = sqlx::query(
+            "DELETE FROM outbox WHERE message_id = $1 AND status = 'pending' AND attempts = 0
+               AND lease_owner IS NULL",
+        )
+        .bind(message_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let left: i64 = sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE message_id = $1")
+            .bind(message_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if left > 0 {
+            tx.rollback().await?;
+            bail!(
+                "message {message_id} can no longer be undone: the delivery worker has picked up its actions"
+            );
+        }
+        let decision =
+            sqlx::query("DELETE FROM decisions WHERE message_id = $1 RETURNING decision")
+                .bind(message_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(decision) = decision else {
+            tx.rollback().await?;
+            bail!("message {message_id} has no decision to undo");
+        };
+        let decision: String = decision.try_get("decision")?;
+        let restaged = sqlx::query(
+            "UPDATE actions SET status = 'staged' WHERE message_id = $1 AND status IN ('approved', 'rejected')",
+        )
+        .bind(message_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let seq = append_in(
+            &mut tx,
+            self,
+            &AuditEvent {
+                actor: &format!("user:{user}"),
+                action: "review.undo",
+                subject: &format!("message:{message_id}"),
+                detail: json!({"decision": decision, "outbox_removed": removed, "actions": restaged}),
             },
         )
         .await?;

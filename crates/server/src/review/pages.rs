@@ -13,17 +13,23 @@ use chrono::DateTime;
 use minijinja::{Environment, Value as Tpl, context};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use verre_store::review::{LoginRefusal, LoginReservation, QueueFilter, ReviewStatus};
+use verre_store::review::{LoginRefusal, LoginReservation, QueueFilter, QueueItem, ReviewStatus};
 use verre_store::{Store, now_ms};
 
 use super::auth::{self, LOGIN_CSRF_COOKIE, Reviewer, SESSION_COOKIE};
+use super::flash::Flash;
+use super::form;
+use super::triage::{self, Priority, Signals};
 use crate::AppState;
 
-/// Nothing loads from anywhere but this server, no script runs, no page frames this one.
-pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+/// Nothing loads from anywhere but this server, no script runs but the desk's own keyboard
+/// script (a file served from here: no inline script, no event handler attribute), no page
+/// frames this one.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; \
      frame-ancestors 'none'; base-uri 'none'";
 
 const STYLE: &str = include_str!("templates/style.css");
+const KEYS: &str = include_str!("templates/keys.js");
 
 fn templates() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
@@ -36,6 +42,7 @@ fn templates() -> &'static Environment<'static> {
             ("queue.html", include_str!("templates/queue.html")),
             ("message.html", include_str!("templates/message.html")),
             ("deliveries.html", include_str!("templates/deliveries.html")),
+            ("confirm.html", include_str!("templates/confirm.html")),
         ] {
             env.add_template(name, text)
                 .expect("the review templates are valid (tested)");
@@ -205,6 +212,14 @@ fn user_ctx(r: &Reviewer) -> Tpl {
 
 pub async fn style() -> Response {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
+}
+
+pub async fn keys_script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        KEYS,
+    )
+        .into_response()
 }
 
 // --- login ----------------------------------------------------------------------------
@@ -394,28 +409,18 @@ pub async fn logout(
 pub struct QueueQuery {
     status: Option<String>,
     label: Option<String>,
+    /// Words to search for in subject, sender, extraction and text.
+    q: Option<String>,
+    notice: Option<String>,
+    /// The message a notice is about (approved, rejected, filed: undo is offered).
+    message: Option<i64>,
+    flash: Option<String>,
 }
 
 #[derive(Serialize)]
 struct Label {
     key: String,
     value: String,
-}
-
-/// The short string values of an extraction: its labels (threat_level, intent...).
-fn labels_of(extract: Option<&Value>) -> Vec<Label> {
-    let Some(Value::Object(map)) = extract else {
-        return Vec::new();
-    };
-    map.iter()
-        .filter_map(|(k, v)| {
-            let v = v.as_str()?;
-            (v.len() <= 24 && !v.contains(char::is_whitespace)).then(|| Label {
-                key: k.clone(),
-                value: v.to_string(),
-            })
-        })
-        .collect()
 }
 
 /// `Subject` and `From` from the stored header text.
@@ -433,13 +438,111 @@ fn subject_and_from(headers: Option<&str>) -> (String, String) {
     out
 }
 
-async fn headers_text(store: &Store, message_id: i64) -> anyhow::Result<Option<String>> {
-    Ok(store
-        .parts(message_id)
+/// One message of the queue as the desk ranks and shows it.
+struct Triaged {
+    item: QueueItem,
+    subject: String,
+    from: String,
+    /// The mail's `Date` header, else when verre read it.
+    received: i64,
+    labels: Vec<Label>,
+    declared: BTreeMap<String, Vec<String>>,
+    priority: Priority,
+}
+
+/// Characters of a message's text read for deadlines and the search.
+const TEXT_SCANNED: usize = 20_000;
+
+/// The queue for `filter`, each message decrypted, ranked and (with `query`) matched; the
+/// undecided in priority order (highest first, then the longest waiting), the decided
+/// newest first.
+async fn triaged(store: &Store, filter: QueueFilter, query: &str) -> anyhow::Result<Vec<Triaged>> {
+    let now = now_ms();
+    let undecided = matches!(
+        filter.status,
+        Some(ReviewStatus::ToReview | ReviewStatus::InProgress | ReviewStatus::Quarantined)
+    );
+    let mut out = Vec::new();
+    for item in store
+        .review_queue(&QueueFilter {
+            limit: triage::SCAN_LIMIT,
+            ..filter
+        })
         .await?
-        .into_iter()
-        .find(|p| p.kind == "headers")
-        .and_then(|p| p.text))
+    {
+        let id = item.message.id;
+        let parts = store.parts(id).await?;
+        let headers = parts
+            .iter()
+            .find(|p| p.kind == "headers")
+            .and_then(|p| p.text.as_deref())
+            .unwrap_or("");
+        let (subject, from) = subject_and_from(Some(headers));
+        let mut text = String::new();
+        for p in parts.iter().filter(|p| p.kind != "headers") {
+            if let Some(t) = &p.text {
+                text.extend(t.chars().take(TEXT_SCANNED.saturating_sub(text.len())));
+                text.push('\n');
+            }
+        }
+        let extract_text = triage::strings_of(item.extract.as_ref());
+        if !triage::matches(query, &[&subject, &from, &extract_text, &text]) {
+            continue;
+        }
+        let declared = triage::declared_labels(store.stage_output(id, "stage").await?.as_ref());
+        let lookup = store.stage_output(id, "crossref").await?;
+        let received = triage::date_header(headers).unwrap_or(item.message.received_at);
+        let priority = triage::priority(&Signals {
+            extract: item.extract.as_ref(),
+            declared: &declared,
+            lookup: lookup.as_ref(),
+            text: &text,
+            waited_ms: now - received.min(item.message.received_at),
+        });
+        let labels = triage::declared_values_of(item.extract.as_ref(), &declared)
+            .into_iter()
+            .map(|(key, value)| Label { key, value })
+            .collect();
+        out.push(Triaged {
+            item,
+            subject,
+            from,
+            received,
+            labels,
+            declared,
+            priority,
+        });
+    }
+    if undecided {
+        out.sort_by_key(|t| (std::cmp::Reverse(t.priority.score), t.received));
+    }
+    Ok(out)
+}
+
+fn queue_row(t: &Triaged) -> Tpl {
+    context! {
+        id => t.item.message.id,
+        received_at => t.received,
+        source_ref => &t.item.message.source_ref,
+        subject => &t.subject,
+        from => &t.from,
+        labels => &t.labels,
+        route => &t.item.route,
+        actions => t.item.actions,
+        status => t.item.status.as_str(),
+        score => t.priority.score,
+        reasons => &t.priority.reasons,
+    }
+}
+
+/// The queue's notices, from a fixed list (never echoed from the URL).
+fn queue_notice(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "approved" => "Approved: its actions are in the outbox.",
+        "rejected" => "Rejected.",
+        "filed" => "Filed: nothing was sent.",
+        _ => return None,
+    })
 }
 
 pub async fn queue(
@@ -460,46 +563,41 @@ pub async fn queue(
         })?),
     };
     let label = q.label.filter(|l| !l.is_empty());
-    let all = store
-        .review_queue(&QueueFilter {
+    let query = q.q.unwrap_or_default();
+    let all = triaged(
+        store,
+        QueueFilter {
             status,
-            label: None,
+            label: label
+                .as_deref()
+                .and_then(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string())),
             limit: 0,
-        })
-        .await?;
-    let mut options: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for item in &all {
-        for l in labels_of(item.extract.as_ref()) {
-            *options.entry((l.key, l.value)).or_default() += 1;
+        },
+        &query,
+    )
+    .await?;
+    // Only what the pipelines declared is offered, never a value a model made up.
+    let mut options: BTreeMap<(String, String), ()> = BTreeMap::new();
+    for t in &all {
+        for (name, values) in &t.declared {
+            for v in values {
+                options.insert((name.clone(), v.clone()), ());
+            }
         }
     }
-    let wanted = label.as_deref().and_then(|l| l.split_once('='));
-    let mut items = Vec::new();
-    for item in all
-        .iter()
-        .filter(|i| {
-            wanted.is_none_or(|(k, v)| {
-                labels_of(i.extract.as_ref())
-                    .iter()
-                    .any(|l| l.key == k && l.value == v)
-            })
-        })
-        .take(200)
-    {
-        let (subject, from) =
-            subject_and_from(headers_text(store, item.message.id).await?.as_deref());
-        items.push(context! {
-            id => item.message.id,
-            received_at => item.message.received_at,
-            source_ref => &item.message.source_ref,
-            subject => subject,
-            from => from,
-            labels => labels_of(item.extract.as_ref()),
-            route => &item.route,
-            actions => item.actions,
-            status => item.status.as_str(),
-        });
-    }
+    let lanes = status == Some(ReviewStatus::ToReview);
+    let shown = all.iter().take(200);
+    let (items, nothing): (Vec<&Triaged>, Vec<&Triaged>) =
+        shown.partition(|t| !lanes || t.item.actions > 0);
+    let flash = q
+        .flash
+        .as_deref()
+        .and_then(|t| state.review().flashes.get(reviewer.name(), t));
+    let undo = match q.message {
+        Some(id) if store.undoable(id).await? => Some(id),
+        _ => None,
+    };
     let failed = store.deliveries_with_status("failed").await?.len();
     Ok(page(
         StatusCode::OK,
@@ -507,11 +605,19 @@ pub async fn queue(
         context! {
             user => user_ctx(&reviewer),
             csrf => &reviewer.session.csrf_token,
-            items => items,
+            notice => q.notice.as_deref().and_then(queue_notice).or(flash.as_ref().and_then(|f| f.notice.as_deref())),
+            error => flash.as_ref().and_then(|f| f.error.clone()),
+            decided => q.message,
+            undo => undo,
+            items => items.into_iter().map(queue_row).collect::<Vec<_>>(),
+            nothing => nothing.into_iter().map(queue_row).collect::<Vec<_>>(),
+            lanes => lanes,
             statuses => ReviewStatus::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
             status => status_name,
             labels => options.keys().map(|(k, v)| Label { key: k.clone(), value: v.clone() }).collect::<Vec<_>>(),
             label => label.unwrap_or_default(),
+            q => query,
+            scanned => triage::SCAN_LIMIT,
             failed => failed,
         },
     ))
@@ -554,23 +660,40 @@ pub fn sanitize_mail_html(html: &str) -> String {
     b.clean(html).to_string()
 }
 
-/// What the page shows about an edit that did not go through.
-struct Problem {
-    action: Option<(i64, String)>,
-    message: String,
-}
-
 fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// The neighbours of a message in the to-review queue's priority order: (previous, next).
+/// A message not on it (decided) has the queue's first as its next.
+async fn neighbours(store: &Store, id: i64) -> anyhow::Result<(Option<i64>, Option<i64>)> {
+    let order: Vec<i64> = triaged(
+        store,
+        QueueFilter {
+            status: Some(ReviewStatus::ToReview),
+            ..Default::default()
+        },
+        "",
+    )
+    .await?
+    .iter()
+    .map(|t| t.item.message.id)
+    .collect();
+    Ok(match order.iter().position(|&m| m == id) {
+        Some(at) => (
+            at.checked_sub(1).map(|p| order[p]),
+            order.get(at + 1).copied(),
+        ),
+        None => (None, order.first().copied()),
+    })
 }
 
 async fn message_page(
     state: &AppState,
     reviewer: &Reviewer,
     id: i64,
-    status: StatusCode,
     notice: Option<&str>,
-    problem: Option<Problem>,
+    flash: Option<Flash>,
 ) -> PageResult {
     let store = store(state)?;
     let Some(detail) = store.detail(id).await? else {
@@ -625,6 +748,7 @@ async fn message_page(
     let route = output("route")
         .and_then(|r| r["route"].as_str())
         .map(str::to_string);
+    let declared = triage::declared_labels(output("stage"));
     let sender = sender_ctx(output("parse"));
     let decision = store.decision(id).await?;
     let review_status = store
@@ -640,28 +764,30 @@ async fn message_page(
     let changed = store.recipient_changes(id).await?;
     let drafts = store.drafts(id).await?;
     let draft = drafts.last().map(|d| d.body.clone()).unwrap_or_default();
+    let flash = flash.unwrap_or_default();
     let actions: Vec<Tpl> = detail
         .actions
         .iter()
         .map(|a| {
-            let (payload, error) = match &problem {
-                Some(Problem {
-                    action: Some((aid, submitted)),
-                    message,
-                }) if *aid == a.id => (submitted.clone(), Some(message.clone())),
-                _ => (
-                    serde_json::from_str::<Value>(&a.payload)
-                        .map(|v| pretty(&v))
-                        .unwrap_or_else(|_| a.payload.clone()),
-                    None,
-                ),
+            let current: Value = serde_json::from_str(&a.payload).unwrap_or(Value::Null);
+            let schema = form::payload_schema(&a.kind, &current, &declared);
+            let (submitted, error) = match &flash.action {
+                Some((aid, fields)) if *aid == a.id => {
+                    (Some(fields.as_slice()), flash.error.clone())
+                }
+                _ => (None, None),
             };
+            let raw = submitted
+                .and_then(|f| f.iter().find(|(k, _)| k == "payload"))
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| pretty(&current));
             let staged_target = changed
                 .iter()
                 .find(|(aid, _, _)| *aid == a.id)
                 .map(|(_, staged, _)| staged.clone());
             context! { id => a.id, name => &a.name, kind => &a.kind, target => &a.target,
-            staged_target => staged_target, status => &a.status, payload => payload, error => error }
+            staged_target => staged_target, status => &a.status, payload => raw,
+            fields => form::form_items(&schema, &current, submitted), error => error }
         })
         .collect();
     let stages: Vec<&str> = detail
@@ -670,22 +796,25 @@ async fn message_page(
         .filter(|j| j.stage != "parse" && matches!(j.state.as_str(), "done" | "failed"))
         .map(|j| j.stage.as_str())
         .collect();
-    let page_error = problem
-        .as_ref()
-        .filter(|p| p.action.is_none())
-        .map(|p| p.message.clone());
+    let page_error = flash.error.clone().filter(|_| flash.action.is_none());
+    let (previous, next) = neighbours(store, id).await?;
+    let undecided = review_status == ReviewStatus::ToReview;
     Ok(page(
-        status,
+        StatusCode::OK,
         "message.html",
         context! {
             user => user_ctx(reviewer),
             csrf => &reviewer.session.csrf_token,
-            notice => notice,
+            notice => notice.or(flash.notice.as_deref()),
             error => page_error,
             m => &detail.message,
+            received => triage::date_header(&header_text),
             subject => subject,
             status => review_status.as_str(),
-            undecided => review_status == ReviewStatus::ToReview,
+            undecided => undecided,
+            undo => !undecided && store.undoable(id).await?,
+            previous => previous,
+            next => next,
             decision => decision,
             headers => header_text,
             sender => sender,
@@ -698,6 +827,7 @@ async fn message_page(
             draft => draft,
             drafts => drafts,
             actions => actions,
+            staged => detail.actions.iter().filter(|a| a.status == "staged").count(),
             approvals => approvals,
             second_approver => state.review().second_approver && !changed.is_empty(),
             deliveries => store.deliveries(id).await?,
@@ -729,6 +859,7 @@ fn sender_ctx(parse: Option<&Value>) -> Tpl {
 #[derive(Deserialize, Default)]
 pub struct NoticeQuery {
     notice: Option<String>,
+    flash: Option<String>,
 }
 
 pub async fn message(
@@ -742,7 +873,11 @@ pub async fn message(
         Err(r) => return Ok(r),
     };
     let notice = q.notice.as_deref().and_then(notice_text);
-    message_page(&state, &reviewer, id, StatusCode::OK, notice, None).await
+    let flash = q
+        .flash
+        .as_deref()
+        .and_then(|t| state.review().flashes.get(reviewer.name(), t));
+    message_page(&state, &reviewer, id, notice, flash).await
 }
 
 /// Notices are picked from a fixed list (never echoed from the URL).
@@ -756,6 +891,7 @@ fn notice_text(key: &str) -> Option<&'static str> {
         }
         "rejected" => "Rejected.",
         "rerun" => "The stage is queued again; intake workers will run it.",
+        "undone" => "The decision is undone: nothing was sent, the message is to review again.",
         _ => return None,
     })
 }
@@ -764,26 +900,29 @@ fn back_to(id: i64, notice: &str) -> Response {
     Redirect::to(&format!("/review/messages/{id}?notice={notice}")).into_response()
 }
 
-/// A store refusal (decided already, invalid payload...) shown on the message page.
-async fn refused(
+/// After a decision: the queue, which offers to undo it while nothing was picked up.
+fn decided(id: i64, notice: &str) -> Response {
+    Redirect::to(&format!("/review?notice={notice}&message={id}")).into_response()
+}
+
+/// A store refusal (decided already, invalid payload...) shown on the message page after a
+/// redirect, so that reloading the page does not post the form again.
+fn refused(
     state: &AppState,
     reviewer: &Reviewer,
     id: i64,
-    action: Option<(i64, String)>,
+    action: Option<(i64, Vec<(String, String)>)>,
     e: anyhow::Error,
 ) -> PageResult {
-    message_page(
-        state,
-        reviewer,
-        id,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        None,
-        Some(Problem {
+    let token = state.review().flashes.put(
+        reviewer.name(),
+        Flash {
+            error: Some(format!("{e:#}")),
             action,
-            message: format!("{e:#}"),
-        }),
-    )
-    .await
+            ..Default::default()
+        },
+    );
+    Ok(Redirect::to(&format!("/review/messages/{id}?flash={token}")).into_response())
 }
 
 #[derive(Deserialize)]
@@ -799,7 +938,7 @@ pub async fn save_draft(
     let body = f.body.replace("\r\n", "\n");
     match store(&state)?.save_draft(id, &body, reviewer.name()).await {
         Ok(_) => Ok(back_to(id, "draft")),
-        Err(e) => refused(&state, &reviewer, id, None, e).await,
+        Err(e) => refused(&state, &reviewer, id, None, e),
     }
 }
 
@@ -808,25 +947,151 @@ pub struct PayloadForm {
     payload: String,
 }
 
+/// The payload as raw JSON: for admins (reviewers edit it through the form).
 pub async fn save_payload(
     State(state): State<Arc<AppState>>,
     Path(action_id): Path<i64>,
     Posted { reviewer, form: f }: Posted<PayloadForm>,
 ) -> PageResult {
+    admin_only(&reviewer)?;
     let store = store(&state)?;
-    let Some(id) = store.action_message(action_id).await? else {
-        return Err(PageError::new(
-            StatusCode::NOT_FOUND,
-            format!("there is no action {action_id}"),
-        ));
-    };
+    let id = action_message(store, action_id).await?;
     match store
         .edit_action(action_id, &f.payload, reviewer.name())
         .await
     {
         Ok(()) => Ok(back_to(id, "payload")),
-        Err(e) => refused(&state, &reviewer, id, Some((action_id, f.payload)), e).await,
+        Err(e) => refused(
+            &state,
+            &reviewer,
+            id,
+            Some((action_id, vec![("payload".into(), f.payload)])),
+            e,
+        ),
     }
+}
+
+async fn action_message(store: &Store, action_id: i64) -> Result<i64, PageError> {
+    store.action_message(action_id).await?.ok_or_else(|| {
+        PageError::new(
+            StatusCode::NOT_FOUND,
+            format!("there is no action {action_id}"),
+        )
+    })
+}
+
+/// The payload edited through the form generated from its schema, validated against the
+/// schema before it is saved.
+pub async fn save_fields(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(action_id): Path<i64>,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> PageResult {
+    let csrf = fields
+        .iter()
+        .find(|(k, _)| k == "csrf")
+        .map_or("", |(_, v)| v.as_str());
+    let reviewer = match form_author(&state, &headers, csrf).await {
+        Ok(r) => r,
+        Err(r) => return Ok(r),
+    };
+    let store = store(&state)?;
+    let id = action_message(store, action_id).await?;
+    let Some(action) = store
+        .actions(id)
+        .await?
+        .into_iter()
+        .find(|a| a.id == action_id)
+    else {
+        return Err(PageError::new(StatusCode::NOT_FOUND, "no such action"));
+    };
+    let declared = triage::declared_labels(store.stage_output(id, "stage").await?.as_ref());
+    let current: Value = serde_json::from_str(&action.payload).unwrap_or(Value::Null);
+    let schema = form::payload_schema(&action.kind, &current, &declared);
+    let fields: Vec<(String, String)> = fields.into_iter().filter(|(k, _)| k != "csrf").collect();
+    let saved = match form::payload_from_form(&schema, &current, &fields) {
+        Ok(payload) => {
+            store
+                .edit_action(action_id, &payload.to_string(), reviewer.name())
+                .await
+        }
+        Err(why) => Err(anyhow::anyhow!(why)),
+    };
+    match saved {
+        Ok(()) => Ok(back_to(id, "payload")),
+        Err(e) => refused(&state, &reviewer, id, Some((action_id, fields)), e),
+    }
+}
+
+/// What approving would send where: every staged action with its resolved target and
+/// payload, and whether the configuration allows it. Nothing changes here.
+pub async fn confirm(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> PageResult {
+    let reviewer = match signed_in(&state, &headers).await {
+        Ok(r) => r,
+        Err(r) => return Ok(r),
+    };
+    let store = store(&state)?;
+    let nothing = store
+        .actions(id)
+        .await?
+        .iter()
+        .all(|a| a.status != "staged");
+    let messages = vec![sending(&state, store, id).await?];
+    Ok(page(
+        StatusCode::OK,
+        "confirm.html",
+        context! {
+            user => user_ctx(&reviewer),
+            csrf => &reviewer.session.csrf_token,
+            messages => messages,
+            what => if nothing { "file" } else { "approve" },
+            post_to => format!("/review/messages/{id}/{}", if nothing { "file" } else { "approve" }),
+            single => id,
+        },
+    ))
+}
+
+/// One message as the confirmation shows it.
+async fn sending(state: &AppState, store: &Store, id: i64) -> Result<Tpl, PageError> {
+    let Some(status) = store.review_status(id).await? else {
+        return Err(PageError::new(
+            StatusCode::NOT_FOUND,
+            format!("there is no message {id}"),
+        ));
+    };
+    let (subject, from) = subject_and_from(
+        store
+            .parts(id)
+            .await?
+            .iter()
+            .find(|p| p.kind == "headers")
+            .and_then(|p| p.text.as_deref()),
+    );
+    let delivery = &state.review().delivery;
+    let actions: Vec<Tpl> = store
+        .actions(id)
+        .await?
+        .into_iter()
+        .filter(|a| a.status == "staged")
+        .map(|a| {
+            let payload: Value = serde_json::from_str(&a.payload).unwrap_or(Value::Null);
+            let refused = delivery.allow(&a).err();
+            context! {
+                name => &a.name, kind => &a.kind, target => &a.target,
+                subject => payload["subject"].as_str(), body => payload["body"].as_str(),
+                payload => pretty(&payload), refused => refused,
+            }
+        })
+        .collect();
+    Ok(context! {
+        id => id, subject => subject, from => from, status => status.as_str(),
+        undecided => status == ReviewStatus::ToReview, actions => actions,
+    })
 }
 
 pub async fn approve(
@@ -834,20 +1099,29 @@ pub async fn approve(
     Path(id): Path<i64>,
     Posted { reviewer, .. }: Posted<NoFields>,
 ) -> PageResult {
+    match approve_one(&state, &reviewer, id).await {
+        Ok(true) => Ok(back_to(id, "awaiting")),
+        Ok(false) => Ok(decided(id, "approved")),
+        Err(e) => refused(&state, &reviewer, id, None, e),
+    }
+}
+
+/// Approve a message (true: recorded, waiting for a second approver).
+async fn approve_one(state: &AppState, reviewer: &Reviewer, id: i64) -> anyhow::Result<bool> {
     let settings = state.review();
     let delivery = settings.delivery.clone();
     let allow = move |a: &verre_store::ActionRow| delivery.allow(a);
-    match store(&state)?
+    let store = state
+        .store()
+        .ok_or_else(|| anyhow::anyhow!("this server was started without a database"))?;
+    let approval = store
         .approve_with(id, reviewer.name(), &allow, settings.second_approver)
-        .await
-    {
-        Ok(approval) if approval.awaiting.is_some() => Ok(back_to(id, "awaiting")),
-        Ok(_) => {
-            settings.wake.notify_one();
-            Ok(back_to(id, "approved"))
-        }
-        Err(e) => refused(&state, &reviewer, id, None, e).await,
+        .await?;
+    if approval.awaiting.is_some() {
+        return Ok(true);
     }
+    settings.wake.notify_one();
+    Ok(false)
 }
 
 #[derive(Deserialize)]
@@ -861,9 +1135,166 @@ pub async fn reject(
     Posted { reviewer, form: f }: Posted<RejectForm>,
 ) -> PageResult {
     match store(&state)?.reject(id, reviewer.name(), &f.reason).await {
-        Ok(_) => Ok(back_to(id, "rejected")),
-        Err(e) => refused(&state, &reviewer, id, None, e).await,
+        Ok(_) => Ok(decided(id, "rejected")),
+        Err(e) => refused(&state, &reviewer, id, None, e),
     }
+}
+
+/// File a message that has nothing to send.
+pub async fn file(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<i64>,
+    Posted { reviewer, .. }: Posted<NoFields>,
+) -> PageResult {
+    match store(&state)?.file_message(id, reviewer.name()).await {
+        Ok(_) => Ok(decided(id, "filed")),
+        Err(e) => refused(&state, &reviewer, id, None, e),
+    }
+}
+
+/// Undo a decision while the delivery worker has not picked anything of it up.
+pub async fn undo(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<i64>,
+    Posted { reviewer, .. }: Posted<NoFields>,
+) -> PageResult {
+    match store(&state)?.undo_decision(id, reviewer.name()).await {
+        Ok(_) => Ok(back_to(id, "undone")),
+        Err(e) => refused(&state, &reviewer, id, None, e),
+    }
+}
+
+/// The messages a bulk decision is about, from the checked boxes (`id=1&id=2`) or a list
+/// (`ids=1,2`); at most [`BULK_LIMIT`].
+fn bulk_ids(pairs: &[(String, String)]) -> Result<Vec<i64>, PageError> {
+    let mut ids = Vec::new();
+    for (k, v) in pairs {
+        let values: Vec<&str> = match k.as_str() {
+            "id" => vec![v.as_str()],
+            "ids" => v.split(',').filter(|s| !s.is_empty()).collect(),
+            _ => continue,
+        };
+        for s in values {
+            let id = s.trim().parse::<i64>().map_err(|_| {
+                PageError::new(StatusCode::BAD_REQUEST, format!("not a message id: {s:?}"))
+            })?;
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    if ids.is_empty() {
+        return Err(PageError::new(
+            StatusCode::BAD_REQUEST,
+            "tick the messages to decide on first",
+        ));
+    }
+    if ids.len() > BULK_LIMIT {
+        return Err(PageError::new(
+            StatusCode::BAD_REQUEST,
+            format!("at most {BULK_LIMIT} messages at once"),
+        ));
+    }
+    Ok(ids)
+}
+
+/// The most messages one bulk decision covers.
+const BULK_LIMIT: usize = 100;
+
+fn bulk_what(pairs: &[(String, String)]) -> Result<&'static str, PageError> {
+    let what = pairs
+        .iter()
+        .find(|(k, _)| k == "do")
+        .map_or("", |(_, v)| v.as_str());
+    ["approve", "reject", "file"]
+        .into_iter()
+        .find(|w| *w == what)
+        .ok_or_else(|| PageError::new(StatusCode::BAD_REQUEST, "choose approve, reject or file"))
+}
+
+/// The one confirmation of a bulk decision: every message with what it would send where.
+pub async fn bulk_confirm(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> PageResult {
+    let reviewer = match signed_in(&state, &headers).await {
+        Ok(r) => r,
+        Err(r) => return Ok(r),
+    };
+    let ids = bulk_ids(&pairs)?;
+    let what = bulk_what(&pairs)?;
+    let store = store(&state)?;
+    let mut messages = Vec::new();
+    for &id in &ids {
+        messages.push(sending(&state, store, id).await?);
+    }
+    Ok(page(
+        StatusCode::OK,
+        "confirm.html",
+        context! {
+            user => user_ctx(&reviewer),
+            csrf => &reviewer.session.csrf_token,
+            messages => messages,
+            what => what,
+            ids => ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","),
+        },
+    ))
+}
+
+/// A bulk decision, confirmed: each message decided in its own transaction; what was
+/// refused is listed on the queue.
+pub async fn bulk(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> PageResult {
+    let csrf = pairs
+        .iter()
+        .find(|(k, _)| k == "csrf")
+        .map_or("", |(_, v)| v.as_str());
+    let reviewer = match form_author(&state, &headers, csrf).await {
+        Ok(r) => r,
+        Err(r) => return Ok(r),
+    };
+    let ids = bulk_ids(&pairs)?;
+    let what = bulk_what(&pairs)?;
+    let reason = pairs
+        .iter()
+        .find(|(k, _)| k == "reason")
+        .map_or("", |(_, v)| v.as_str());
+    let store = store(&state)?;
+    let (mut done, mut problems) = (0, Vec::new());
+    for id in ids {
+        let outcome = match what {
+            "approve" => match approve_one(&state, &reviewer, id).await {
+                Ok(true) => Err(anyhow::anyhow!(
+                    "your approval is recorded; a reply's recipient was changed, so another reviewer must approve too"
+                )),
+                other => other.map(|_| ()),
+            },
+            "reject" => store.reject(id, reviewer.name(), reason).await.map(|_| ()),
+            _ => store.file_message(id, reviewer.name()).await.map(|_| ()),
+        };
+        match outcome {
+            Ok(()) => done += 1,
+            Err(e) => problems.push(format!("message {id}: {e:#}")),
+        }
+    }
+    let past = match what {
+        "approve" => "approved",
+        "reject" => "rejected",
+        _ => "filed",
+    };
+    let token = state.review().flashes.put(
+        reviewer.name(),
+        Flash {
+            notice: Some(format!("{done} message(s) {past}.")),
+            error: (!problems.is_empty()).then(|| problems.join("; ")),
+            action: None,
+        },
+    );
+    Ok(Redirect::to(&format!("/review?flash={token}")).into_response())
 }
 
 #[derive(Deserialize)]
@@ -881,7 +1312,7 @@ pub async fn rerun(
         .await
     {
         Ok(()) => Ok(back_to(id, "rerun")),
-        Err(e) => refused(&state, &reviewer, id, None, e).await,
+        Err(e) => refused(&state, &reviewer, id, None, e),
     }
 }
 
@@ -939,6 +1370,7 @@ mod tests {
             "queue.html",
             "message.html",
             "deliveries.html",
+            "confirm.html",
         ] {
             let t = templates().get_template(name).unwrap();
             // The smallest context each page is rendered with.

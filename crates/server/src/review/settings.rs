@@ -39,6 +39,8 @@ pub struct ReviewSettings {
     pub login_limits: LoginLimits,
     /// The password checks running at once.
     pub password_checks: Arc<PasswordChecks>,
+    /// What a form post tells the page it redirects to (post/redirect/get).
+    pub flashes: Arc<super::flash::Flashes>,
 }
 
 impl Default for ReviewSettings {
@@ -52,6 +54,7 @@ impl Default for ReviewSettings {
             wake: Arc::default(),
             login_limits: LoginLimits::default(),
             password_checks: Arc::default(),
+            flashes: Arc::default(),
         }
     }
 }
