@@ -9,9 +9,11 @@
 
 pub mod backend;
 pub mod demo;
+pub mod evidence;
 pub mod imap;
 pub mod inbox;
 pub mod isolation;
+pub mod pages;
 pub mod parse;
 pub mod pdf;
 pub mod pipeline;
