@@ -248,6 +248,62 @@ fn skip_value(b: &[u8], i: usize) -> usize {
     }
 }
 
+/// The context paths a route's `when` expression reads (`extract.x`, `lookup.c[0].tier`,
+/// `message.from`), each once, in the order written; text in quotes is skipped.
+pub fn rule_paths(when: &str) -> Vec<String> {
+    let b = when.as_bytes();
+    let mut paths: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'"' | b'\'') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                let root = &when[start..i];
+                if !["extract", "lookup", "message"].contains(&root)
+                    || (start > 0 && b[start - 1] == b'.')
+                {
+                    continue;
+                }
+                // Attribute and index steps: `.name`, `[0]`, `["key"]`.
+                loop {
+                    if i + 1 < b.len()
+                        && b[i] == b'.'
+                        && (b[i + 1].is_ascii_alphabetic() || b[i + 1] == b'_')
+                    {
+                        i += 1;
+                        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                            i += 1;
+                        }
+                    } else if i < b.len() && b[i] == b'[' {
+                        match when[i..].find(']') {
+                            Some(close) if !when[i + 1..i + close].contains('[') => i += close + 1,
+                            _ => break,
+                        }
+                    } else {
+                        break;
+                    }
+                }
+                let path = when[start..i].to_string();
+                if path.len() > root.len() && !paths.contains(&path) {
+                    paths.push(path);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    paths
+}
+
 /// Where `value` stands in `document`: text compared without case and with white space
 /// collapsed (then by letters and digits alone), numbers as numbers in the forms invoices
 /// print them (`1.234,50`, `1,234.50`), dates as dates (`7. Mai 2014` for `2014-05-07`).
@@ -590,6 +646,22 @@ mod tests {
         // Without log-probabilities: spans, no confidence, nothing marked.
         let e = evidence(DOC, &extraction, None, 0.5);
         assert!(e.fields.iter().all(|f| f.confidence.is_none() && !f.check));
+    }
+
+    #[test]
+    fn a_rule_names_the_values_it_reads() {
+        assert_eq!(
+            rule_paths(
+                r#"extract.threat_level in ["high", "critical"] or (lookup.customer and lookup.customer[0].tier == "gold" and "extract.x" != message.from)"#
+            ),
+            [
+                "extract.threat_level",
+                "lookup.customer",
+                "lookup.customer[0].tier",
+                "message.from"
+            ]
+        );
+        assert!(rule_paths("true").is_empty());
     }
 
     #[test]
