@@ -13,7 +13,6 @@ pub mod evidence;
 pub mod imap;
 pub mod inbox;
 pub mod isolation;
-pub mod pages;
 pub mod parse;
 pub mod pdf;
 pub mod pipeline;
