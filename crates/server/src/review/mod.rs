@@ -5,11 +5,14 @@
 //!   egress policy, their `whsec_` secrets, the SMTP relay);
 //! - [`auth`]: argon2 passwords, session cookies, CSRF tokens, the login rate limit;
 //! - `pages`: the server-rendered pages and forms (no JavaScript, strict CSP);
+//! - `evidence`: where each extracted field came from, how sure the model was, corrections,
+//!   why the route was taken; the original PDF (CSP `sandbox`) and the raw mail (admins);
 //! - [`worker`]: the outbox delivery loop (signed webhooks, reply mail, retries).
 //!
 //! The durable state (users, sessions, drafts, decisions, the outbox) is in verre-store.
 
 pub mod auth;
+mod evidence;
 mod pages;
 pub mod settings;
 pub mod worker;
@@ -39,6 +42,16 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/review/messages/{id}/approve", post(pages::approve))
         .route("/review/messages/{id}/reject", post(pages::reject))
         .route("/review/messages/{id}/rerun", post(pages::rerun))
+        .route("/review/messages/{id}/evidence", get(evidence::evidence))
+        .route(
+            "/review/messages/{id}/fields/{field}",
+            post(evidence::correct_field),
+        )
+        .route(
+            "/review/messages/{id}/attachments/{idx}",
+            get(evidence::attachment),
+        )
+        .route("/review/messages/{id}/raw", get(evidence::raw_mail))
         .route("/review/actions/{id}/payload", post(pages::save_payload))
         .route("/review/deliveries/{id}/retry", post(pages::retry_delivery))
         .route("/review/endpoints/enable", post(pages::enable_endpoint))
