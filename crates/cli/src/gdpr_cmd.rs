@@ -550,7 +550,7 @@ pub fn gdpr(cmd: GdprCommand) -> Result<()> {
 async fn rekey(store: &Store) -> Result<()> {
     let r = store.rekey().await?;
     println!(
-        "re-encrypted with key {}: {} messages, {} parts, {} stage results, {} quarantine reasons, {} job errors, {} kept API responses, {} drafts, {} staged actions, {} decisions, {} deliveries, {} delivery attempts",
+        "re-encrypted with key {}: {} messages, {} parts, {} stage results, {} quarantine reasons, {} job errors, {} kept API responses, {} drafts, {} staged actions, {} decisions, {} deliveries, {} delivery attempts, {} evidence, {} corrections",
         r.key_id,
         r.messages,
         r.parts,
@@ -562,7 +562,9 @@ async fn rekey(store: &Store) -> Result<()> {
         r.actions,
         r.decisions,
         r.outbox,
-        r.outbox_attempts
+        r.outbox_attempts,
+        r.evidence,
+        r.corrections
     );
     for (id, n) in store.key_usage().await? {
         println!(

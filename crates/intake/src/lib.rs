@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod demo;
+pub mod evidence;
 pub mod imap;
 pub mod inbox;
 pub mod isolation;

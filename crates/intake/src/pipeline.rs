@@ -64,6 +64,14 @@ pub struct ExtractConfig {
     /// The schema the model answers to: the file's schema with the labels merged in as
     /// required enum properties.
     pub schema: Value,
+    /// Fields whose confidence is below this are marked for checking (`check_below`,
+    /// between 0 and 1; default [`crate::evidence::DEFAULT_CHECK_BELOW`]).
+    pub check_below: f32,
+    /// How many of the reviewers' most similar corrected examples the prompt shows
+    /// (`few_shot_from_corrections`; 0, the default: none).
+    pub few_shot: usize,
+    /// The embedding model that finds the most similar examples (`few_shot_model`).
+    pub few_shot_model: String,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +183,9 @@ struct ExtractFile {
     repetition_penalty: Option<Spanned<f32>>,
     schema: Option<Spanned<Value>>,
     schema_file: Option<Spanned<String>>,
+    check_below: Option<Spanned<f32>>,
+    few_shot_from_corrections: Option<usize>,
+    few_shot_model: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -443,6 +454,21 @@ impl Pipeline {
             retries: ex.retries.unwrap_or(2),
             repetition_penalty: penalty(&c, "extract", &ex.repetition_penalty, 1.0)?,
             schema,
+            check_below: match &ex.check_below {
+                None => crate::evidence::DEFAULT_CHECK_BELOW,
+                Some(t) if (0.0..=1.0).contains(t.get_ref()) => *t.get_ref(),
+                Some(t) => {
+                    return Err(c.err(
+                        t.span(),
+                        "extract.check_below: a probability, between 0 and 1",
+                    ));
+                }
+            },
+            few_shot: ex.few_shot_from_corrections.unwrap_or(0),
+            few_shot_model: match &ex.few_shot_model {
+                Some(m) => model_ref(&c, m)?,
+                None => "minilm-l6".to_string(),
+            },
         };
 
         let crossref = match &file.crossref {

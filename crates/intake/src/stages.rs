@@ -201,8 +201,9 @@ impl StageRunner {
         let max = self.pipeline.max_document_chars;
         let message = self.message_context(message_id).await?;
         let ex = &self.pipeline.extract;
+        let document = document_text(&parts, max);
         let ctx = json!({
-            "document": document_text(&parts, max),
+            "document": &document,
             "body": body_text(&parts, max),
             "attachments": attachments_text(&parts, max),
             "message": message,
@@ -227,10 +228,17 @@ impl StageRunner {
         // Never store an extraction that does not validate, whatever the backend claims.
         validate(&ex.schema, &extraction.value)
             .map_err(|e| StageError::permanent(format!("the extraction does not validate: {e}")))?;
+        let evidence = crate::evidence::evidence(
+            &document,
+            &extraction.value,
+            extraction.answer.as_ref(),
+            ex.check_below,
+        );
         Ok(StageEffects {
             output: extraction.value,
             prompt_tokens: extraction.prompt_tokens as i64,
             completion_tokens: extraction.completion_tokens as i64,
+            evidence: Some(json!(evidence)),
             ..Default::default()
         })
     }
@@ -320,6 +328,8 @@ impl StageRunner {
         });
         let env = template_env();
         let mj_ctx = minijinja::Value::from_serialize(&ctx);
+        // Why: each route tried, in order, with the values its rule read.
+        let mut why = Vec::new();
         for r in &self.pipeline.routes {
             let taken = match &r.when {
                 None => true,
@@ -329,16 +339,22 @@ impl StageRunner {
                     .map_err(|e| StageError::permanent(format!("route {:?}: {e}", r.name)))?
                     .is_true(),
             };
+            why.push(json!({
+                "route": r.name,
+                "when": r.when,
+                "matched": taken,
+                "values": r.when.as_deref().map(|w| rule_values(&env, w, &mj_ctx)).unwrap_or_default(),
+            }));
             if taken {
                 let draft_model = r.draft_model.as_ref().map(|(m, _)| m);
                 return Ok(StageEffects {
-                    output: json!({"route": r.name, "draft": r.draft, "draft_model": draft_model, "actions": r.actions}),
+                    output: json!({"route": r.name, "draft": r.draft, "draft_model": draft_model, "actions": r.actions, "why": why}),
                     ..Default::default()
                 });
             }
         }
         Ok(StageEffects {
-            output: json!({"route": null, "draft": false, "actions": []}),
+            output: json!({"route": null, "draft": false, "actions": [], "why": why}),
             ..Default::default()
         })
     }
@@ -470,6 +486,26 @@ impl StageRunner {
         m["id"] = json!(message_id);
         Ok(m)
     }
+}
+
+/// The values a route's rule reads (`extract.threat_level`, `lookup.customer[0].tier`,
+/// `message.from`), each as the rule saw it; a path that is not there reads as null.
+fn rule_values(
+    env: &minijinja::Environment<'_>,
+    when: &str,
+    ctx: &minijinja::Value,
+) -> Map<String, Value> {
+    let mut values = Map::new();
+    for path in crate::evidence::rule_paths(when) {
+        let value = env
+            .compile_expression(&path)
+            .and_then(|e| e.eval(ctx))
+            .ok()
+            .and_then(|v| serde_json::to_value(&v).ok())
+            .unwrap_or(Value::Null);
+        values.insert(path, value);
+    }
+    values
 }
 
 /// A model call that failed, as the stage's error: permanent when the request itself was

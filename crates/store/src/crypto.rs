@@ -66,6 +66,10 @@ pub enum Column {
     OutboxError,
     /// A delivery attempt's error (`outbox_attempts.error`).
     AttemptError,
+    /// An extraction's evidence (`evidence.body`).
+    EvidenceBody,
+    /// A reviewer's correction of a field (`corrections.body`).
+    CorrectionBody,
 }
 
 impl Column {
@@ -85,6 +89,8 @@ impl Column {
             Column::OutboxPayload => b"verre:outbox.payload",
             Column::OutboxError => b"verre:outbox.last_error",
             Column::AttemptError => b"verre:outbox_attempts.error",
+            Column::EvidenceBody => b"verre:evidence.body",
+            Column::CorrectionBody => b"verre:corrections.body",
         }
     }
 }
@@ -342,6 +348,10 @@ pub struct RekeyReport {
     pub outbox: i64,
     /// Delivery attempts (their errors).
     pub outbox_attempts: i64,
+    /// Extraction evidence.
+    pub evidence: i64,
+    /// Reviewers' corrections of fields.
+    pub corrections: i64,
 }
 
 /// How a row of an encrypted table is found again.
@@ -531,6 +541,30 @@ const ENCRYPTED: &[EncryptedTable] = &[
         only: " AND error IS NOT NULL",
         batch: 200,
         count: |r| &mut r.outbox_attempts,
+    },
+    EncryptedTable {
+        name: "evidence",
+        key: &[("message_id", RowKey::Integer)],
+        columns: &[EncryptedColumn {
+            name: "body",
+            column: Column::EvidenceBody,
+            bytes: false,
+        }],
+        only: "",
+        batch: 200,
+        count: |r| &mut r.evidence,
+    },
+    EncryptedTable {
+        name: "corrections",
+        key: &[("id", RowKey::Integer)],
+        columns: &[EncryptedColumn {
+            name: "body",
+            column: Column::CorrectionBody,
+            bytes: false,
+        }],
+        only: "",
+        batch: 200,
+        count: |r| &mut r.corrections,
     },
 ];
 

@@ -115,6 +115,15 @@ pub const REGISTRY: &[Rule] = &[
         table: "outbox",
         relation: Relation::Message("message_id"),
     },
+    // Evidence and reviewers' corrections (0012_evidence.sql).
+    Rule {
+        table: "corrections",
+        relation: Relation::Message("message_id"),
+    },
+    Rule {
+        table: "evidence",
+        relation: Relation::Message("message_id"),
+    },
     Rule {
         table: "decisions",
         relation: Relation::Message("message_id"),
@@ -493,6 +502,14 @@ impl Store {
             (
                 "SELECT reason AS v, key_id FROM decisions WHERE message_id = $1",
                 Column::DecisionReason,
+            ),
+            (
+                "SELECT body AS v, key_id FROM corrections WHERE message_id = $1",
+                Column::CorrectionBody,
+            ),
+            (
+                "SELECT body AS v, key_id FROM evidence WHERE message_id = $1",
+                Column::EvidenceBody,
             ),
             (
                 "SELECT payload AS v, key_id FROM outbox WHERE message_id = $1",

@@ -31,7 +31,7 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 const STYLE: &str = include_str!("templates/style.css");
 const KEYS: &str = include_str!("templates/keys.js");
 
-fn templates() -> &'static Environment<'static> {
+pub(super) fn templates() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     ENV.get_or_init(|| {
         let mut env = Environment::new();
@@ -43,6 +43,7 @@ fn templates() -> &'static Environment<'static> {
             ("message.html", include_str!("templates/message.html")),
             ("deliveries.html", include_str!("templates/deliveries.html")),
             ("confirm.html", include_str!("templates/confirm.html")),
+            ("evidence.html", include_str!("templates/evidence.html")),
         ] {
             env.add_template(name, text)
                 .expect("the review templates are valid (tested)");
@@ -59,7 +60,7 @@ pub fn utc_time(ms: Option<i64>) -> String {
 }
 
 /// A rendered page (or an error page) with the review UI's security headers.
-fn page(status: StatusCode, name: &str, ctx: Tpl) -> Response {
+pub(super) fn page(status: StatusCode, name: &str, ctx: Tpl) -> Response {
     match templates().get_template(name).and_then(|t| t.render(ctx)) {
         Ok(html) => (
             status,
@@ -85,7 +86,7 @@ pub struct PageError {
 }
 
 impl PageError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -117,13 +118,16 @@ impl IntoResponse for PageError {
     }
 }
 
-type PageResult = Result<Response, PageError>;
+pub(super) type PageResult = Result<Response, PageError>;
 
 /// Security headers on every review response.
 pub async fn security_headers(mut response: Response) -> Response {
     let h = response.headers_mut();
+    // A handler may set a stricter policy of its own (an original document: `sandbox`).
+    if !h.contains_key("content-security-policy") {
+        h.insert("content-security-policy", HeaderValue::from_static(CSP));
+    }
     for (name, value) in [
-        ("content-security-policy", CSP),
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
         ("referrer-policy", "no-referrer"),
@@ -134,7 +138,7 @@ pub async fn security_headers(mut response: Response) -> Response {
     response
 }
 
-fn store(state: &AppState) -> Result<&Store, PageError> {
+pub(super) fn store(state: &AppState) -> Result<&Store, PageError> {
     state.store().ok_or_else(|| {
         PageError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -144,7 +148,7 @@ fn store(state: &AppState) -> Result<&Store, PageError> {
 }
 
 /// The signed-in reviewer, or a redirect to the login page.
-async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Reviewer, Response> {
+pub(super) async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Reviewer, Response> {
     let store = store(state).map_err(IntoResponse::into_response)?;
     let token = auth::review_cookie(state.review(), headers, SESSION_COOKIE).unwrap_or("");
     if token.is_empty() {
@@ -178,8 +182,8 @@ async fn form_author(
 /// A form posted by the signed-in reviewer with the session's CSRF token; otherwise the
 /// login redirect or a 403 page. `T` is the form's other fields.
 pub struct Posted<T> {
-    reviewer: Reviewer,
-    form: T,
+    pub(super) reviewer: Reviewer,
+    pub(super) form: T,
 }
 
 #[derive(Deserialize)]
@@ -206,7 +210,7 @@ impl<T: serde::de::DeserializeOwned + Send> FromRequest<Arc<AppState>> for Poste
     }
 }
 
-fn user_ctx(r: &Reviewer) -> Tpl {
+pub(super) fn user_ctx(r: &Reviewer) -> Tpl {
     context! { name => r.name(), role => &r.session.role }
 }
 
@@ -1316,7 +1320,7 @@ pub async fn rerun(
     }
 }
 
-fn admin_only(reviewer: &Reviewer) -> Result<(), PageError> {
+pub(super) fn admin_only(reviewer: &Reviewer) -> Result<(), PageError> {
     if reviewer.is_admin() {
         Ok(())
     } else {
@@ -1371,6 +1375,7 @@ mod tests {
             "message.html",
             "deliveries.html",
             "confirm.html",
+            "evidence.html",
         ] {
             let t = templates().get_template(name).unwrap();
             // The smallest context each page is rendered with.
