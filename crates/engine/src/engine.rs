@@ -48,7 +48,7 @@ use crate::EngineError;
 use crate::constraint::Constraint;
 use crate::decoding::Decoding;
 use crate::generate::{FinishReason, GenerateRequest, LoadedModel, PREFILL_CHUNK};
-use crate::kv::KvPool;
+use crate::kv::{KvCacheType, KvPool};
 use crate::model::Logits;
 use crate::sampler::{Sampled, log_softmax, top_n};
 use crate::scheduler::{
@@ -78,6 +78,9 @@ pub struct EngineOptions {
     pub draft_tokens: usize,
     /// Under a grammar, draft the tokens it forces (checked in the same forward).
     pub grammar_fast_forward: bool,
+    /// How the cache stores keys and values: q8_0 fits 1.9x the positions of f16 in the
+    /// same memory.
+    pub kv_cache_type: KvCacheType,
 }
 
 impl EngineOptions {
@@ -94,12 +97,18 @@ impl EngineOptions {
     /// One request at a time with room for a whole context: a terminal command
     /// (`verre run`), a benchmark, or the reference a batched run is compared with.
     pub fn one_at_a_time(model: &LoadedModel) -> Self {
+        Self::one_at_a_time_as(model, KvCacheType::default())
+    }
+
+    /// The same with the KV cache stored as `kind`.
+    pub fn one_at_a_time_as(model: &LoadedModel, kind: KvCacheType) -> Self {
         let (layers, width) = model.model.kv_geometry();
         Self {
             max_running: 1,
             max_waiting: 1,
             kv_cache_bytes: KvPool::blocks_for(model.info().context_length)
-                * KvPool::block_bytes(layers, width),
+                * KvPool::block_bytes(kind, layers, width),
+            kv_cache_type: kind,
             ..Self::default()
         }
     }
@@ -114,6 +123,7 @@ impl Default for EngineOptions {
             kv_cache_bytes: DEFAULT_KV_CACHE_MB << 20,
             draft_tokens: DEFAULT_DRAFT_TOKENS,
             grammar_fast_forward: true,
+            kv_cache_type: KvCacheType::default(),
         }
     }
 }
@@ -311,12 +321,14 @@ impl EngineHandle {
             "prefill_chunk must be at least 1"
         );
         let (layers, width) = model.model.kv_geometry();
-        let kv_blocks = options.kv_cache_bytes / KvPool::block_bytes(layers, width);
+        let kind = options.kv_cache_type;
+        model.model.check_kv_cache_type(kind)?;
+        let block_bytes = KvPool::block_bytes(kind, layers, width);
+        let kv_blocks = options.kv_cache_bytes / block_bytes;
         anyhow::ensure!(
             kv_blocks >= 1,
-            "the KV cache budget of {} bytes holds no block of {} bytes",
+            "the KV cache budget of {} bytes holds no block of {block_bytes} bytes",
             options.kv_cache_bytes,
-            KvPool::block_bytes(layers, width)
         );
         let (submissions, inbox) = mpsc::channel();
         let shared = Arc::new(Shared {
@@ -533,7 +545,10 @@ impl<'m> EngineLoop<'m> {
             token_budget: options.prefill_chunk,
             context_length: shared.context_length,
         });
-        let pool = model.model.new_kv_pool(shared.kv_blocks);
+        let pool = model
+            .model
+            .new_kv_pool_as(options.kv_cache_type, shared.kv_blocks)
+            .expect("the KV cache type was checked against the model in spawn");
         Self {
             model,
             shared,
@@ -1242,7 +1257,7 @@ mod tests {
         let Some(model) = model() else { return };
         let (layers, width) = model.model.kv_geometry();
         let options = EngineOptions {
-            kv_cache_bytes: 14 * KvPool::block_bytes(layers, width),
+            kv_cache_bytes: 14 * KvPool::block_bytes(KvCacheType::F16, layers, width),
             max_running: 4,
             ..Default::default()
         };
