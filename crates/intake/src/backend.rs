@@ -183,7 +183,12 @@ fn skeleton(schema: &Value) -> String {
     let fields: Vec<String> = props
         .iter()
         .map(|(k, v)| {
-            let example = match (v.get("enum").and_then(Value::as_array), v.get("type")) {
+            // A nullable field (`["number", "null"]`) shows its other type.
+            let ty = match v.get("type") {
+                Some(Value::Array(types)) => types.iter().find(|t| *t != "null"),
+                other => other,
+            };
+            let example = match (v.get("enum").and_then(Value::as_array), ty) {
                 (Some(options), _) => options
                     .iter()
                     .map(Value::to_string)
@@ -481,7 +486,15 @@ fn stub_value(schema: &Value, seed: &[u8], key: &str) -> Value {
     {
         return options[(n % options.len() as u64) as usize].clone();
     }
-    match schema.get("type").and_then(Value::as_str) {
+    // A nullable type (`["number", "null"]`, a chunk's schema) is answered in its other type.
+    let ty = match schema.get("type") {
+        Some(Value::Array(types)) => types
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null"),
+        other => other.and_then(Value::as_str),
+    };
+    match ty {
         Some("object") => {
             let mut obj = serde_json::Map::new();
             if let Some(props) = schema.get("properties").and_then(Value::as_object) {
@@ -552,8 +565,11 @@ mod tests {
 
     #[test]
     fn skeletons_show_keys_and_choices() {
-        let schema = json!({"type": "object", "properties": {"a": {"type": "string"}, "n": {"type": "number"}, "l": {"enum": ["x", "y"]}}});
-        assert_eq!(skeleton(&schema), r#"{"a": "...", "n": 0, "l": "x" | "y"}"#);
+        let schema = json!({"type": "object", "properties": {"a": {"type": "string"}, "n": {"type": "number"}, "l": {"enum": ["x", "y"]}, "m": {"type": ["null", "number"]}}});
+        assert_eq!(
+            skeleton(&schema),
+            r#"{"a": "...", "n": 0, "l": "x" | "y", "m": 0}"#
+        );
     }
 
     fn request<'a>(schema: &'a Value, retries: u32) -> ExtractRequest<'a> {

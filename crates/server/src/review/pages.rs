@@ -749,6 +749,7 @@ async fn message_page(
             .find(|r| r.stage == stage)
             .map(|r| &r.output)
     };
+    let extraction = ExtractionView::of(output("extract"));
     let route = output("route")
         .and_then(|r| r["route"].as_str())
         .map(str::to_string);
@@ -825,7 +826,9 @@ async fn message_page(
             html => html.map(Tpl::from_safe_string),
             text => text,
             attachments => attachments,
-            extract => output("extract").map(pretty),
+            extract => extraction.value.as_ref().map(pretty),
+            extract_sources => extraction.sources,
+            unread => extraction.unread,
             lookup => output("crossref").map(pretty),
             route => route,
             draft => draft,
@@ -838,6 +841,71 @@ async fn message_page(
             stages => stages,
         },
     ))
+}
+
+/// The extraction as review shows it: the schema's fields, where each value was found
+/// ("msa.pdf p. 37"), and the lines saying what was not read ("msa.pdf: pages 41-50 not
+/// read: budget ..."), from the `_document` record the intake keeps beside the fields.
+#[derive(Debug, Default, PartialEq)]
+struct ExtractionView {
+    value: Option<Value>,
+    /// (field, where) for each value placed in the document.
+    sources: Vec<(String, String)>,
+    unread: Vec<String>,
+}
+
+impl ExtractionView {
+    /// The intake's key for its record of the document (`verre_intake::DOCUMENT_KEY`).
+    const DOCUMENT_KEY: &str = "_document";
+
+    fn of(extract: Option<&Value>) -> Self {
+        let Some(extract) = extract else {
+            return Self::default();
+        };
+        let mut value = extract.clone();
+        let document = value
+            .as_object_mut()
+            .and_then(|fields| fields.remove(Self::DOCUMENT_KEY))
+            .unwrap_or(Value::Null);
+        let place = |s: &Value| -> Option<String> {
+            let file = s["file"].as_str().unwrap_or("the mail");
+            match (s["page"].as_u64(), s["pages"].as_array()) {
+                (Some(p), _) => Some(format!("{file} p. {p}")),
+                (None, Some(r)) if r.len() == 2 => Some(format!(
+                    "{file} pp. {}-{}",
+                    r[0].as_u64().unwrap_or(0),
+                    r[1].as_u64().unwrap_or(0)
+                )),
+                _ => s["file"].as_str().map(str::to_string),
+            }
+        };
+        let sources = document["sources"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(field, s)| {
+                let at = match s {
+                    Value::Array(items) => {
+                        let places: Vec<String> = items.iter().filter_map(place).collect();
+                        (!places.is_empty()).then(|| places.join("; "))
+                    }
+                    one => place(one),
+                }?;
+                Some((field.clone(), at))
+            })
+            .collect();
+        let unread = document["unread"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|u| u["line"].as_str().map(str::to_string))
+            .collect();
+        Self {
+            value: Some(value),
+            sources,
+            unread,
+        }
+    }
 }
 
 /// What the page flags about the sender, from the parse stage's fields: a `Reply-To`
@@ -1365,6 +1433,38 @@ pub async fn enable_endpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_extraction_shows_each_value_s_page_and_what_was_not_read() {
+        let extract = serde_json::json!({
+            "counterparty": "Northwind", "deadline": "2027-09-15", "tags": ["a", "b"], "level": "high",
+            "_document": {"chunks": 6, "pages_read": 40, "pages_total": 50,
+                "unread": [{"line": "msa.pdf: pages 41-50 not read: budget (max_pages = 40)"}],
+                "sources": {
+                    "counterparty": {"part": 2, "file": "msa.pdf", "page": 1},
+                    "deadline": {"part": 2, "file": "msa.pdf", "pages": [36, 40]},
+                    "tags": [{"part": 2, "file": "msa.pdf", "page": 3}, {"part": 1}],
+                }}
+        });
+        let view = ExtractionView::of(Some(&extract));
+        assert!(view.value.as_ref().unwrap().get("_document").is_none());
+        assert_eq!(view.value.as_ref().unwrap()["level"], "high");
+        let at = |f: &str| {
+            view.sources
+                .iter()
+                .find(|(k, _)| k == f)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(at("counterparty"), Some("msa.pdf p. 1"));
+        assert_eq!(at("deadline"), Some("msa.pdf pp. 36-40"));
+        assert_eq!(at("tags"), Some("msa.pdf p. 3"));
+        assert_eq!(at("level"), None);
+        assert_eq!(
+            view.unread,
+            ["msa.pdf: pages 41-50 not read: budget (max_pages = 40)"]
+        );
+        assert_eq!(ExtractionView::of(None), ExtractionView::default());
+    }
 
     #[test]
     fn every_template_renders_with_little_context() {
