@@ -242,6 +242,17 @@ impl Store {
             .collect()
     }
 
+    /// (passages, highest passage id): changes whenever a document is added or removed,
+    /// so an index built over the passages knows when it is stale.
+    pub async fn archive_fingerprint(&self) -> Result<(i64, i64)> {
+        let r =
+            sqlx::query("SELECT COUNT(*) AS n, COALESCE(MAX(id), 0) AS last FROM archive_chunks")
+                .fetch_one(&self.pool)
+                .await
+                .context("counting the archived passages")?;
+        Ok((r.try_get("n")?, r.try_get("last")?))
+    }
+
     /// Remove an archived document and its passages (`archive.remove` audited); false if
     /// there was none.
     pub async fn archive_remove(&self, id: i64, actor: &str) -> Result<bool> {
