@@ -778,6 +778,7 @@ async fn retention_keeps_the_undecided_and_undelivered_and_a_missing_raw_message
         raw_days: Some(30),
         extracted_days: Some(35),
         audit_days: None,
+        ..Default::default()
     };
     let report = verre_store::retention::purge(&f.store, &retention, false)
         .await

@@ -70,6 +70,12 @@ pub enum Column {
     EvidenceBody,
     /// A reviewer's correction of a field (`corrections.body`).
     CorrectionBody,
+    /// The file name an archived document was added from (`archive_documents.name`).
+    ArchiveName,
+    /// An archived passage (`archive_chunks.text`).
+    ArchiveText,
+    /// An archived passage's embedding (`archive_chunks.vector`).
+    ArchiveVector,
 }
 
 impl Column {
@@ -91,6 +97,9 @@ impl Column {
             Column::AttemptError => b"verre:outbox_attempts.error",
             Column::EvidenceBody => b"verre:evidence.body",
             Column::CorrectionBody => b"verre:corrections.body",
+            Column::ArchiveName => b"verre:archive_documents.name",
+            Column::ArchiveText => b"verre:archive_chunks.text",
+            Column::ArchiveVector => b"verre:archive_chunks.vector",
         }
     }
 }
@@ -352,6 +361,10 @@ pub struct RekeyReport {
     pub evidence: i64,
     /// Reviewers' corrections of fields.
     pub corrections: i64,
+    /// Archived documents (their names).
+    pub archive_documents: i64,
+    /// Archived passages (text and vector).
+    pub archive_chunks: i64,
 }
 
 /// How a row of an encrypted table is found again.
@@ -565,6 +578,37 @@ const ENCRYPTED: &[EncryptedTable] = &[
         only: "",
         batch: 200,
         count: |r| &mut r.corrections,
+    },
+    EncryptedTable {
+        name: "archive_documents",
+        key: &[("id", RowKey::Integer)],
+        columns: &[EncryptedColumn {
+            name: "name",
+            column: Column::ArchiveName,
+            bytes: false,
+        }],
+        only: "",
+        batch: 200,
+        count: |r| &mut r.archive_documents,
+    },
+    EncryptedTable {
+        name: "archive_chunks",
+        key: &[("id", RowKey::Integer)],
+        columns: &[
+            EncryptedColumn {
+                name: "text",
+                column: Column::ArchiveText,
+                bytes: false,
+            },
+            EncryptedColumn {
+                name: "vector",
+                column: Column::ArchiveVector,
+                bytes: true,
+            },
+        ],
+        only: "",
+        batch: 200,
+        count: |r| &mut r.archive_chunks,
     },
 ];
 

@@ -609,6 +609,19 @@ impl Store {
                 rows.insert("responses".to_string(), n);
             }
         }
+        // Archived documents that mention the subject go whole, passages and vectors with
+        // them; the same file is not archived again.
+        if exists("archive_chunks") {
+            let (documents, chunks, hashes) =
+                crate::archive::erase_in(&mut tx, self.keys(), subject, dry_run).await?;
+            if documents > 0 {
+                rows.insert("archive_documents".to_string(), documents);
+                rows.insert("archive_chunks".to_string(), chunks);
+            }
+            if !dry_run {
+                crate::forget_in(&mut tx, &self.audit_key, &hashes, "erased").await?;
+            }
+        }
         let tombstoned = tombstone(&mut tx, &audit_subjects, subject, now, dry_run).await?;
         let mut report = ErasureReport {
             dry_run,

@@ -11,6 +11,7 @@
 //! by the lease. A worker killed mid-stage leaves no effect; its lease expires and another
 //! worker runs the stage again.
 
+pub mod archive;
 pub mod audit;
 pub mod audit_key;
 pub mod crypto;

@@ -66,6 +66,11 @@ const SQLITE: &[Migration] = &[
         include_str!("../migrations/sqlite/0010_sealed_review.sql"),
     ),
     (
+        11,
+        "archive",
+        include_str!("../migrations/sqlite/0011_archive.sql"),
+    ),
+    (
         12,
         "evidence",
         include_str!("../migrations/sqlite/0012_evidence.sql"),
@@ -122,6 +127,11 @@ const POSTGRES: &[Migration] = &[
         10,
         "sealed review",
         include_str!("../migrations/postgres/0010_sealed_review.sql"),
+    ),
+    (
+        11,
+        "archive",
+        include_str!("../migrations/postgres/0011_archive.sql"),
     ),
     (
         12,
