@@ -20,6 +20,9 @@ use pdf_extract::{Document, MediaBox, OutputDev, OutputError, Transform};
 pub const NO_TEXT_LAYER: &str =
     "[no text layer: nothing on this page is text (a scan or a picture); OCR is a later step]";
 
+/// How the text of a page the reader failed on begins.
+pub const UNREADABLE_PAGE: &str = "[page unreadable: ";
+
 /// What reading one page gave.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PageText {
@@ -37,7 +40,7 @@ impl PageText {
         match self {
             PageText::Text(text) => text,
             PageText::NoTextLayer => NO_TEXT_LAYER.to_string(),
-            PageText::Failed(why) => format!("[page unreadable: {why}]"),
+            PageText::Failed(why) => format!("{UNREADABLE_PAGE}{why}]"),
         }
     }
 }

@@ -147,3 +147,38 @@ fn recall_counts_repeated_words_and_ignores_typography() {
     assert_eq!(word_recall("", "anything").0, 1.0);
     assert_eq!(word_recall("a b", "").0, 0.0);
 }
+
+#[test]
+fn a_page_without_text_is_marked_and_the_part_says_so() {
+    use base64::Engine;
+    use verre_intake::pdf::{NO_TEXT_LAYER, PageText};
+
+    let scan = fixtures::scan_page_pdf();
+    let pages = verre_intake::pdf::read(&scan).expect("the PDF reads");
+    assert_eq!(pages.len(), 2, "{pages:?}");
+    assert!(
+        matches!(&pages[0], PageText::Text(t) if t.contains("signed contract")),
+        "{pages:?}"
+    );
+    assert_eq!(pages[1], PageText::NoTextLayer);
+
+    // Through the parser: the page's text says so, and so does the part's note, which
+    // review shows beside the attachment.
+    let raw = format!(
+        "From: a@example.com\r\nSubject: contract\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
+         --b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n\
+         --b\r\nContent-Type: application/pdf; name=contract.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b--\r\n",
+        base64::engine::general_purpose::STANDARD.encode(&scan)
+    );
+    let parsed = verre_intake::parse::parse_mail(raw.as_bytes()).expect("the mail parses");
+    let part = parsed
+        .parts
+        .iter()
+        .find(|p| p.content_type == "application/pdf")
+        .expect("the PDF part");
+    let stored = part.pages.as_ref().expect("pages are kept");
+    assert_eq!(stored[1], NO_TEXT_LAYER);
+    assert!(part.text.as_deref().unwrap().contains(NO_TEXT_LAYER));
+    let note = part.note.as_deref().unwrap_or("");
+    assert!(note.contains("no text layer on page 2 of 2"), "{note:?}");
+}
