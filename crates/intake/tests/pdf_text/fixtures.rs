@@ -402,3 +402,87 @@ pub fn scan_page_pdf() -> Vec<u8> {
     scan.xobjects.push(("Im1", image));
     document(vec![text, scan], None)
 }
+
+/// A PDF written object by object (object 1 the catalog, 2 the page tree, 3 the page, 4 its
+/// content, 5 Helvetica, then `extra` from 6 on): for files lopdf would not write.
+fn raw_pdf(content: &[u8], page_resources: &str, extra: &[Vec<u8>]) -> Vec<u8> {
+    let stream = |data: &[u8], dict: &str| {
+        let mut s = format!("<< /Length {} {dict} >>\nstream\n", data.len()).into_bytes();
+        s.extend_from_slice(data);
+        s.extend_from_slice(b"\nendstream");
+        s
+    };
+    let mut objects = vec![
+        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 /MediaBox [0 0 595 842] >>".to_vec(),
+        format!("<< /Type /Page /Parent 2 0 R /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> {page_resources} >> >>").into_bytes(),
+        stream(content, ""),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_vec(),
+    ];
+    objects.extend(extra.iter().map(|body| {
+        let (dict, data) = std::str::from_utf8(body)
+            .expect("ASCII")
+            .split_once("|stream|")
+            .expect("a form: dictionary entries |stream| content");
+        stream(data.as_bytes(), dict)
+    }));
+    let mut out = b"%PDF-1.5\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, body) in objects.iter().enumerate() {
+        offsets.push(out.len());
+        out.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
+        out.extend_from_slice(body);
+        out.extend_from_slice(b"\nendobj\n");
+    }
+    let xref = out.len();
+    out.extend_from_slice(
+        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+    );
+    for offset in offsets {
+        out.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
+    }
+    out.extend_from_slice(
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            objects.len() + 1
+        )
+        .as_bytes(),
+    );
+    out
+}
+
+/// A form that draws itself (pdf-extract alone recursed until the stack overflowed).
+pub fn self_drawing_form_pdf() -> Vec<u8> {
+    raw_pdf(
+        b"BT /F1 12 Tf 72 700 Td (Text before the form) Tj ET /Fm Do",
+        "/XObject << /Fm 6 0 R >>",
+        &[b"/Type /XObject /Subtype /Form /BBox [0 0 10 10] \
+            /Resources << /XObject << /Fm 6 0 R >> >>|stream|/Fm Do"
+            .to_vec()],
+    )
+}
+
+/// Seven levels of forms, each drawing the next ten times: a million draws if followed.
+pub fn form_fan_out_pdf() -> Vec<u8> {
+    let levels: Vec<Vec<u8>> = (0..7)
+        .map(|level| {
+            let next = if level < 6 {
+                format!("/XObject << /N {} 0 R >>", 7 + level)
+            } else {
+                String::new()
+            };
+            let draws = if level < 6 {
+                "/N Do ".repeat(10)
+            } else {
+                String::new()
+            };
+            format!(
+                "/Type /XObject /Subtype /Form /BBox [0 0 100 100] \
+                 /Resources << /Font << /F1 5 0 R >> {next} >>|stream|\
+                 BT /F1 8 Tf 0 0 Td (level{level}) Tj ET {draws}"
+            )
+            .into_bytes()
+        })
+        .collect();
+    raw_pdf(b"/Fm Do", "/XObject << /Fm 6 0 R >>", &levels)
+}

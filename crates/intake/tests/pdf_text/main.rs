@@ -182,3 +182,21 @@ fn a_page_without_text_is_marked_and_the_part_says_so() {
     let note = part.note.as_deref().unwrap_or("");
     assert!(note.contains("no text layer on page 2 of 2"), "{note:?}");
 }
+
+#[test]
+fn forms_that_draw_themselves_or_fan_out_stop_at_the_limits() {
+    use verre_intake::pdf::PageText;
+    // Before the rewrite this overflowed the stack (the process died).
+    let pages = verre_intake::pdf::read(&fixtures::self_drawing_form_pdf()).expect("reads");
+    assert!(
+        matches!(&pages[..], [PageText::Text(t)] if t.contains("Text before the form")),
+        "{pages:?}"
+    );
+    // A million draws if followed: the copies stop at the limit (all draw at one place, so
+    // the levels' digits run together).
+    let pages = verre_intake::pdf::read(&fixtures::form_fan_out_pdf()).expect("reads");
+    assert!(
+        matches!(&pages[..], [PageText::Text(t)] if t.starts_with("level0")),
+        "{pages:?}"
+    );
+}
