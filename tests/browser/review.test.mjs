@@ -215,7 +215,7 @@ test("log in, edit the draft, approve: signed webhook and reply delivered; rejec
 
   // Approve: the confirmation shows what goes where, then it is sent.
   await page.click("button.approve");
-  await page.waitForURL(/\/confirm$/);
+  await page.waitForURL(/\/confirm\??$/);
   assert.ok(await page.isVisible("code.target >> text=alice@client.test"));
   await page.click("#confirm");
   await page.waitForURL(/notice=approved/);
@@ -255,7 +255,7 @@ test("log in, edit the draft, approve: signed webhook and reply delivered; rejec
   await page.click("text=Invoice question");
   const third = page.url();
   await page.click("button.approve");
-  await page.waitForURL(/\/confirm$/);
+  await page.waitForURL(/\/confirm\??$/);
   await page.locator("form.confirm input[name=csrf]").evaluate((el) => { el.value = "forged"; });
   const [response] = await Promise.all([page.waitForResponse((r) => r.url().endsWith("/approve")), page.click("#confirm")]);
   assert.equal(response.status(), 403);

@@ -142,7 +142,7 @@ test("verre up --demo: review queue fills, an approval is delivered signed, the 
   await page.goto(new URL(target, printed.review).href);
   assert.ok(await page.isVisible("#extraction >> text=threat_level"));
   await page.click("button.approve");
-  await page.waitForURL(/\/confirm$/);
+  await page.waitForURL(/\/confirm\??$/);
   await page.click("#confirm");
   await page.waitForURL(/notice=approved/);
 
