@@ -2,7 +2,8 @@
 // intake models, so the queue fills in seconds): the queue is ordered by priority with the
 // reasons shown, j/k move, / searches, and a reviewer clears all six mails, each with at most
 // six keystrokes including opening it (counted here); every approval goes through the
-// confirmation that shows what is sent where; a filed mail is undone with `u`.
+// confirmation that shows what is sent where; the decision is focused when a message opens,
+// e/r reach the payload and the reason; a filed mail is undone with `u`.
 //
 // Run: VERRE_BIN=target/debug/verre VERRE_HOME=<a home with smollm2-135m and minilm-l6>
 //      node --test tests/browser/desk.test.mjs   (tests/browser/run.sh sets it all up)
@@ -129,6 +130,25 @@ test("the six demo mails cleared with the keyboard alone, at most six keys each"
   await page.keyboard.press("Enter");
   await page.waitForURL(/q=kliniek/);
   assert.equal(await queued().count(), 1);
+  await page.goto(review);
+
+  // On a message the decision comes first: focused as the page opens (no Tab needed); `e`
+  // edits the first payload field, `r` goes to the rejection's reason, Escape leaves a
+  // field, j/k move to the next/previous message in the queue's order.
+  const firstHref = await page.locator("tr.selected").getAttribute("data-href");
+  await page.goto(new URL(firstHref, review).href);
+  const focused = () => page.evaluate(() => document.activeElement.id || document.activeElement.name);
+  assert.equal(await focused(), "approve");
+  await page.keyboard.press("e");
+  assert.equal(await focused(), "p.to");
+  await page.keyboard.press("Escape");
+  await page.keyboard.press("r");
+  assert.equal(await focused(), "reject-reason");
+  await page.keyboard.press("Escape");
+  await page.keyboard.press("j");
+  await page.waitForURL((u) => u.pathname !== firstHref && /\/review\/messages\/\d+$/.test(u.pathname));
+  await page.keyboard.press("k");
+  await page.waitForURL((u) => u.pathname === firstHref);
   await page.goto(review);
 
   // Clear the queue: Enter opens the selected (most urgent) mail, `a` shows what would be
