@@ -1539,6 +1539,75 @@ async fn the_desk_ranks_searches_files_in_bulk_confirms_what_it_sends_and_undoes
         ]
     );
 
+    // A bulk rejection takes one reason for all; without one, each is refused and listed.
+    let (_, headers, _) = send(
+        &app,
+        form(
+            "/review/bulk",
+            &alice,
+            &[
+                ("csrf", &csrf),
+                ("do", "reject"),
+                ("ids", &breach.to_string()),
+                ("reason", " "),
+            ],
+        ),
+    )
+    .await;
+    let (_, html) = followed(&app, &headers, &alice).await;
+    assert!(
+        html.contains("0 message(s) rejected.") && html.contains("needs a reason"),
+        "{html}"
+    );
+    let (_, headers, _) = send(
+        &app,
+        form(
+            "/review/bulk",
+            &alice,
+            &[
+                ("csrf", &csrf),
+                ("do", "reject"),
+                ("ids", &breach.to_string()),
+                ("reason", "duplicate"),
+            ],
+        ),
+    )
+    .await;
+    let (_, html) = followed(&app, &headers, &alice).await;
+    assert!(html.contains("1 message(s) rejected."), "{html}");
+    assert_eq!(
+        f.store
+            .decision(breach)
+            .await
+            .unwrap()
+            .unwrap()
+            .reason
+            .as_deref(),
+        Some("duplicate")
+    );
+
+    // An admin's refused retry is shown after a redirect too.
+    add_user(&f.store, "root", "root-password", "admin").await;
+    let root = log_in(&app, "root", "root-password").await;
+    let (_, _, html) = send(&app, get("/review/deliveries", &root)).await;
+    let root_csrf = csrf_in(&html);
+    let (status, headers, _) = send(
+        &app,
+        form(
+            &format!("/review/deliveries/{}/retry", claimed.id),
+            &root,
+            &[("csrf", &root_csrf)],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, html) = followed(&app, &headers, &root).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains(r#"class="error""#),
+        "a pending delivery is not retried: {html}"
+    );
+
     // The keyboard script: served from here, as JavaScript.
     let (status, headers, js) = send(&app, get("/review/static/keys.js", &alice)).await;
     assert_eq!(status, StatusCode::OK);
