@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use base64::Engine as _;
 use clap::Args;
 use serde_json::{Value, json};
+use verre_intake::evidence::{normalise_date, parse_number};
 use verre_intake::{Pipeline, Source};
 
 use crate::intake_cmd::{BackendArg, DbArgs, WorkArgs, ingest_and_run};
@@ -41,6 +42,10 @@ pub struct EvalArgs {
     /// measure throughput; accuracy is counted over every mail.
     #[arg(long)]
     pub mails: Option<usize>,
+    /// Decode token by token: no speculative decoding, no grammar fast-forward (the
+    /// fields are the same; for comparing times).
+    #[arg(long)]
+    pub no_speculation: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -113,6 +118,7 @@ async fn eval(args: EvalArgs) -> Result<()> {
         backend: args.backend,
         config: args.config.clone(),
         lease_secs: 120,
+        no_speculation: args.no_speculation,
     };
     let source = Source::detect(mail_dir.to_str().context("a UTF-8 temporary path")?)?;
     let (store, ids, summary) = ingest_and_run(&source, &work, pipeline, !args.json).await?;
@@ -271,27 +277,7 @@ fn words(s: &str) -> String {
 }
 
 fn number(v: &Value) -> Option<f64> {
-    if let Some(n) = v.as_f64() {
-        return Some(n);
-    }
-    let s: String = v
-        .as_str()?
-        .chars()
-        .filter(|c| c.is_ascii_digit() || *c == '.' || *c == ',' || *c == '-')
-        .collect();
-    // "1.234,56" and "1,234.56": the last separator is the decimal one when two digits follow.
-    let last = s.rfind(['.', ','])?;
-    let (int, frac) = s.split_at(last);
-    let int: String = int
-        .chars()
-        .filter(|c| c.is_ascii_digit() || *c == '-')
-        .collect();
-    if frac.len() == 3 {
-        format!("{int}.{}", &frac[1..]).parse().ok()
-    } else {
-        s.replace(',', "").parse().ok()
-    }
-    .or_else(|| s.replace(',', "").parse().ok())
+    v.as_f64().or_else(|| parse_number(v.as_str()?))
 }
 
 fn currency_code(s: &str) -> Option<String> {
@@ -314,68 +300,6 @@ fn currency_code(s: &str) -> Option<String> {
         .iter()
         .find(|(sym, _)| lower.contains(sym))
         .map(|(_, c)| c.to_string())
-}
-
-/// A date in the forms invoices use, as YYYY-MM-DD.
-fn normalise_date(s: &str) -> Option<String> {
-    // English, then the German, French and Dutch spellings that differ.
-    const MONTHS: [&[&str]; 12] = [
-        &["jan"],
-        &["feb", "fév", "fev"],
-        &["mar", "mär", "maa"],
-        &["apr", "avr"],
-        &["may", "mai", "mei"],
-        &["jun", "juin"],
-        &["jul", "juil"],
-        &["aug", "aoû", "aou"],
-        &["sep"],
-        &["oct", "okt"],
-        &["nov"],
-        &["dec", "dez", "déc"],
-    ];
-    let s = s.trim();
-    let tokens: Vec<String> = s
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|t| !t.is_empty())
-        .map(|t| t.to_lowercase())
-        .collect();
-    let month_of = |t: &str| {
-        MONTHS
-            .iter()
-            .position(|names| names.iter().any(|m| t.starts_with(m)))
-            .map(|i| i as u32 + 1)
-    };
-    let num = |t: &str| {
-        t.trim_end_matches(|c: char| c.is_alphabetic())
-            .parse::<u32>()
-            .ok()
-    };
-    let ymd = |y: u32, m: u32, d: u32| {
-        ((1900..2200).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&d))
-            .then(|| format!("{y:04}-{m:02}-{d:02}"))
-    };
-    match tokens.as_slice() {
-        [a, b, c] => {
-            let (a_n, b_n, c_n) = (num(a), num(b), num(c));
-            if let (Some(y), Some(m), Some(d)) = (a_n, b_n, c_n)
-                && a.len() == 4
-            {
-                return ymd(y, m, d);
-            }
-            if let (Some(d), Some(m), Some(y)) = (a_n, b_n, c_n) {
-                // Day first (European invoices), unless that is impossible.
-                return ymd(y, m, d).or_else(|| ymd(y, d, m));
-            }
-            if let (Some(m), Some(d), Some(y)) = (month_of(a), b_n, c_n) {
-                return ymd(y, m, d);
-            }
-            if let (Some(d), Some(m), Some(y)) = (a_n, month_of(b), c_n) {
-                return ymd(y, m, d);
-            }
-            None
-        }
-        _ => None,
-    }
 }
 
 #[cfg(test)]

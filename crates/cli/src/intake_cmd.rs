@@ -90,6 +90,10 @@ pub struct WorkArgs {
     /// while the stage runs).
     #[arg(long, default_value_t = 30)]
     pub lease_secs: u64,
+    /// Decode token by token: no speculative decoding, no grammar fast-forward (the output
+    /// is the same; for comparing times).
+    #[arg(long)]
+    pub no_speculation: bool,
 }
 
 #[derive(Args)]
@@ -307,7 +311,7 @@ pub(crate) async fn in_process_api(
     for (spec, name) in specs.iter_mut().zip(&names) {
         spec.id = name.clone();
     }
-    let options = verre_engine::engine::EngineOptions::default();
+    let options = verre_engine::engine::EngineOptions::default().speculative(!work.no_speculation);
     let (chat, embedding) =
         tokio::task::spawn_blocking(move || verre_server::load_models(&specs, &options))
             .await

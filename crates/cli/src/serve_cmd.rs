@@ -51,6 +51,13 @@ pub struct ServeArgs {
     /// Most tokens per engine step: decode tokens first, then prompt chunks.
     #[arg(long, default_value_t = verre_engine::generate::PREFILL_CHUNK)]
     pub max_batched_tokens: usize,
+    /// Speculative decoding: most tokens drafted by prompt lookup per sequence and step
+    /// (0 = off). The output is the same with or without; a request may turn it off.
+    #[arg(long, default_value_t = verre_engine::engine::DEFAULT_DRAFT_TOKENS)]
+    pub draft_tokens: usize,
+    /// Under a grammar, do not draft the tokens it forces (grammar fast-forward).
+    #[arg(long)]
+    pub no_grammar_fast_forward: bool,
     /// Worker threads for the model (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -107,6 +114,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             max_waiting: args.max_waiting,
             kv_cache_bytes: args.kv_cache_mb << 20,
             prefill_chunk: args.max_batched_tokens,
+            draft_tokens: args.draft_tokens,
+            grammar_fast_forward: !args.no_grammar_fast_forward,
+            ..EngineOptions::default()
         },
         gateway,
         database: Some(args.db.url()?),

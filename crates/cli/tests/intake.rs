@@ -362,7 +362,7 @@ fn show_and_quarantine_list_and_retry() {
     ]));
     let detail: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(detail["message"]["status"], "processed");
-    assert_eq!(detail["results"].as_array().unwrap().len(), 6);
+    assert_eq!(detail["results"].as_array().unwrap().len(), 7);
 
     run_ok(verre().args([
         "intake",

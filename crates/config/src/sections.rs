@@ -62,11 +62,16 @@ pub struct Retention {
     pub extracted_days: Option<u32>,
     /// Remove audit entries older than this, leaving a checkpoint.
     pub audit_days: Option<u32>,
+    /// Delete a document added to the archive (`verre archive add`), with its passages.
+    pub archive_days: Option<u32>,
 }
 
 impl Retention {
     pub fn is_empty(&self) -> bool {
-        self.raw_days.is_none() && self.extracted_days.is_none() && self.audit_days.is_none()
+        self.raw_days.is_none()
+            && self.extracted_days.is_none()
+            && self.audit_days.is_none()
+            && self.archive_days.is_none()
     }
 }
 

@@ -19,6 +19,8 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::evidence::AnswerTokens;
+
 /// A boxed future, for the object-safe [`ModelApi`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -91,6 +93,9 @@ pub struct Extraction {
     pub completion_tokens: usize,
     /// Model calls made (1 + retries used).
     pub calls: u32,
+    /// The validated answer token by token with its log-probabilities, when the backend
+    /// gives them (the confidence of each field, [`crate::evidence`]).
+    pub answer: Option<AnswerTokens>,
 }
 
 /// A drafted text and what it cost.
@@ -178,7 +183,12 @@ fn skeleton(schema: &Value) -> String {
     let fields: Vec<String> = props
         .iter()
         .map(|(k, v)| {
-            let example = match (v.get("enum").and_then(Value::as_array), v.get("type")) {
+            // A nullable field (`["number", "null"]`) shows its other type.
+            let ty = match v.get("type") {
+                Some(Value::Array(types)) => types.iter().find(|t| *t != "null"),
+                other => other,
+            };
+            let example = match (v.get("enum").and_then(Value::as_array), ty) {
                 (Some(options), _) => options
                     .iter()
                     .map(Value::to_string)
@@ -247,6 +257,7 @@ pub async fn extract(
         json!({"role": "user", "content": req.prompt}),
     ];
     let mut constrained = true;
+    let mut logprobs = true;
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
     let mut last_error = String::new();
     let mut last_answer = String::new();
@@ -254,6 +265,9 @@ pub async fn extract(
     while call <= req.retries {
         let mut request =
             chat_request(req.model, &messages, req.max_tokens, req.repetition_penalty);
+        if logprobs {
+            request["logprobs"] = json!(true);
+        }
         if constrained {
             request["response_format"] = json!({
                 "type": "json_schema",
@@ -271,6 +285,11 @@ pub async fn extract(
                 constrained = false;
                 continue;
             }
+            // Log-probabilities only give the fields' confidence: not worth a failed call.
+            Err(e) if logprobs && e.permanent && e.param.as_deref() == Some("logprobs") => {
+                logprobs = false;
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
         call += 1;
@@ -286,6 +305,8 @@ pub async fn extract(
                         prompt_tokens,
                         completion_tokens,
                         calls: call,
+                        answer: AnswerTokens::from_chat(&response["choices"][0])
+                            .filter(|a| a.text == text),
                     });
                 }
                 Err(e) => e,
@@ -411,10 +432,12 @@ impl StubBackend {
             ),
         };
         let prompt_tokens = (text("system").len() + text("user").len()) / 4;
+        let logprobs =
+            (request["logprobs"] == json!(true)).then(|| json!({"content": stub_tokens(&content)}));
         Ok(json!({
             "object": "chat.completion",
             "model": request["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": logprobs, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": content.len() / 4},
         }))
     }
@@ -431,6 +454,27 @@ impl ModelApi for StubBackend {
     }
 }
 
+/// The stub's answer as chat `logprobs` tokens: each top-level value one token, with a
+/// probability from a hash of the value (some below 0.5, so a demo has fields to check),
+/// the JSON around them certain.
+fn stub_tokens(content: &str) -> Vec<Value> {
+    let token = |text: &str, p: f64| json!({"token": text, "logprob": p.ln(), "bytes": text.as_bytes(), "top_logprobs": []});
+    let mut tokens = Vec::new();
+    let mut at = 0;
+    for (_, (start, end)) in crate::evidence::value_ranges(content) {
+        if start > at {
+            tokens.push(token(&content[at..start], 1.0));
+        }
+        let h = Sha256::digest(content[start..end].as_bytes());
+        tokens.push(token(&content[start..end], 0.2 + 0.8 * h[0] as f64 / 255.0));
+        at = end;
+    }
+    if at < content.len() {
+        tokens.push(token(&content[at..], 1.0));
+    }
+    tokens
+}
+
 fn stub_value(schema: &Value, seed: &[u8], key: &str) -> Value {
     let h = Sha256::new()
         .chain_update(seed)
@@ -442,7 +486,15 @@ fn stub_value(schema: &Value, seed: &[u8], key: &str) -> Value {
     {
         return options[(n % options.len() as u64) as usize].clone();
     }
-    match schema.get("type").and_then(Value::as_str) {
+    // A nullable type (`["number", "null"]`, a chunk's schema) is answered in its other type.
+    let ty = match schema.get("type") {
+        Some(Value::Array(types)) => types
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null"),
+        other => other.and_then(Value::as_str),
+    };
+    match ty {
         Some("object") => {
             let mut obj = serde_json::Map::new();
             if let Some(props) = schema.get("properties").and_then(Value::as_object) {
@@ -513,8 +565,11 @@ mod tests {
 
     #[test]
     fn skeletons_show_keys_and_choices() {
-        let schema = json!({"type": "object", "properties": {"a": {"type": "string"}, "n": {"type": "number"}, "l": {"enum": ["x", "y"]}}});
-        assert_eq!(skeleton(&schema), r#"{"a": "...", "n": 0, "l": "x" | "y"}"#);
+        let schema = json!({"type": "object", "properties": {"a": {"type": "string"}, "n": {"type": "number"}, "l": {"enum": ["x", "y"]}, "m": {"type": ["null", "number"]}}});
+        assert_eq!(
+            skeleton(&schema),
+            r#"{"a": "...", "n": 0, "l": "x" | "y", "m": 0}"#
+        );
     }
 
     fn request<'a>(schema: &'a Value, retries: u32) -> ExtractRequest<'a> {
@@ -597,6 +652,31 @@ mod tests {
             Err(ExtractError::Invalid(f)) => assert_eq!(f.calls, 2),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn the_answer_comes_back_with_its_token_probabilities() {
+        let schema = json!({"type": "object", "required": ["who"], "properties": {"who": {"type": "string"}}});
+        let x = extract(&StubBackend::default(), &request(&schema, 0))
+            .await
+            .unwrap();
+        let answer = x.answer.expect("the stub gives log-probabilities");
+        assert_eq!(answer.text, x.value.to_string());
+        let e = crate::evidence::evidence("", &x.value, Some(&answer), 0.5);
+        assert!(e.fields[0].confidence.is_some_and(|c| c > 0.0 && c <= 1.0));
+
+        // A backend that refuses log-probabilities is asked without them.
+        let refused = ModelCallError {
+            permanent: true,
+            param: Some("logprobs".into()),
+            message: "unsupported".into(),
+        };
+        let api = Scripted::new(vec![Err(refused), Ok("{\"who\": \"x\"}")]);
+        let x = extract(&api, &request(&schema, 0)).await.unwrap();
+        assert_eq!((x.calls, x.answer), (1, None));
+        let requests = api.requests.lock().unwrap();
+        assert_eq!(requests[0]["logprobs"], true);
+        assert!(requests[1].get("logprobs").is_none());
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use base64::Engine as _;
 use lopdf::content::{Content, Operation};
 use lopdf::{Document, Object, Stream, dictionary};
+use sha2::Digest as _;
 
 /// One sample message.
 #[derive(Debug, Clone)]
@@ -298,6 +299,12 @@ fn encode_header(mailbox: &str) -> String {
 
 /// A one-page PDF with `lines` of Helvetica text, top to bottom.
 pub fn pdf(lines: &[&str]) -> Result<Vec<u8>> {
+    let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    pdf_document(&[lines])
+}
+
+/// A PDF with one page per entry of `pages`, each its lines of Helvetica text.
+pub fn pdf_document(pages: &[Vec<String>]) -> Result<Vec<u8>> {
     let mut doc = Document::with_version("1.5");
     let pages_id = doc.new_object_id();
     let font_id = doc.add_object(dictionary! {
@@ -309,36 +316,41 @@ pub fn pdf(lines: &[&str]) -> Result<Vec<u8>> {
     let resources_id = doc.add_object(dictionary! {
         "Font" => dictionary! { "F1" => font_id },
     });
-    let mut operations = vec![
-        Operation::new("BT", vec![]),
-        Operation::new("Tf", vec!["F1".into(), 12.into()]),
-        Operation::new("TL", vec![18.into()]),
-        Operation::new("Td", vec![72.into(), 760.into()]),
-    ];
-    for line in lines {
-        operations.push(Operation::new(
-            "Tj",
-            vec![Object::string_literal(line.as_bytes().to_vec())],
+    let mut kids: Vec<Object> = Vec::new();
+    for lines in pages {
+        let mut operations = vec![
+            Operation::new("BT", vec![]),
+            Operation::new("Tf", vec!["F1".into(), 12.into()]),
+            Operation::new("TL", vec![18.into()]),
+            Operation::new("Td", vec![72.into(), 760.into()]),
+        ];
+        for line in lines {
+            operations.push(Operation::new(
+                "Tj",
+                vec![Object::string_literal(line.as_bytes().to_vec())],
+            ));
+            operations.push(Operation::new("T*", vec![]));
+        }
+        operations.push(Operation::new("ET", vec![]));
+        let content = Content { operations };
+        let content_id = doc.add_object(Stream::new(
+            dictionary! {},
+            content.encode().context("encoding a PDF page")?,
         ));
-        operations.push(Operation::new("T*", vec![]));
+        let page_id = doc.add_object(dictionary! {
+            "Type" => "Page",
+            "Parent" => pages_id,
+            "Contents" => content_id,
+        });
+        kids.push(page_id.into());
     }
-    operations.push(Operation::new("ET", vec![]));
-    let content = Content { operations };
-    let content_id = doc.add_object(Stream::new(
-        dictionary! {},
-        content.encode().context("encoding the PDF page")?,
-    ));
-    let page_id = doc.add_object(dictionary! {
-        "Type" => "Page",
-        "Parent" => pages_id,
-        "Contents" => content_id,
-    });
+    let count = kids.len() as i64;
     doc.objects.insert(
         pages_id,
         Object::Dictionary(dictionary! {
             "Type" => "Pages",
-            "Kids" => vec![page_id.into()],
-            "Count" => 1,
+            "Kids" => kids,
+            "Count" => count,
             "Resources" => resources_id,
             "MediaBox" => vec![0.into(), 0.into(), 595.into(), 842.into()],
         }),
@@ -351,6 +363,154 @@ pub fn pdf(lines: &[&str]) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     doc.save_to(&mut bytes).context("writing the PDF")?;
     Ok(bytes)
+}
+
+/// A mail with a plain-text body and one PDF attachment.
+pub fn mail_with_pdf(from: &str, subject: &str, body: &str, file: &str, pdf: &[u8]) -> Vec<u8> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut out = format!(
+        "From: {from}\r\nTo: Legal <legal@verre-demo.example>\r\nSubject: {subject}\r\n\
+         Date: Mon, 7 Dec 2026 03:00:00 +0000\r\nMessage-ID: <{}@verre-demo.example>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"verre-doc\"\r\n\r\n\
+         --verre-doc\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n\
+         --verre-doc\r\nContent-Type: application/pdf; name=\"{file}\"\r\n\
+         Content-Disposition: attachment; filename=\"{file}\"\r\nContent-Transfer-Encoding: base64\r\n\r\n",
+        &hex::encode(sha2::Sha256::digest(pdf))[..16],
+        body.replace('\n', "\r\n"),
+    );
+    for chunk in b64.encode(pdf).as_bytes().chunks(76) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        out.push_str("\r\n");
+    }
+    out.push_str("--verre-doc--\r\n");
+    out.into_bytes()
+}
+
+// ---- long documents, for tests and trials of whole-document reading ----
+
+/// Clause sentences without names, dates or amounts: the body of a long document's pages.
+const CLAUSES: [&str; 12] = [
+    "The parties shall cooperate in good faith in the performance of this Agreement.",
+    "Each party shall keep the other party's confidential information secret.",
+    "Notices under this Agreement shall be given in writing to the addresses on file.",
+    "No failure to exercise a right shall operate as a waiver of that right.",
+    "The services shall be performed with reasonable skill, care and diligence.",
+    "Each party remains responsible for its own employees and subcontractors.",
+    "Changes to the scope of the services require a written change request.",
+    "The supplier shall maintain adequate insurance for the duration of the services.",
+    "Records relating to the services shall be kept for the statutory period.",
+    "Any amendment to this Agreement must be signed by both parties.",
+    "If any provision is held invalid, the remaining provisions stay in force.",
+    "Headings are for convenience only and do not affect interpretation.",
+];
+
+/// A generated contract whose three key facts sit on known pages.
+#[derive(Debug, Clone)]
+pub struct LongContract {
+    pub pdf: Vec<u8>,
+    pub counterparty: &'static str,
+    /// ISO date of the termination deadline.
+    pub deadline: &'static str,
+    pub penalty: f64,
+    /// 1-based pages of the counterparty, the deadline and the penalty in the PDF.
+    pub pages: [u32; 3],
+}
+
+/// A `pages`-page contract: the counterparty on page 1, the termination deadline on page
+/// 37, the penalty on page 49 (of a 50-page document), every other page clauses. With
+/// `shuffle` the pages are laid out in another order (a fixed permutation from the seed)
+/// and `pages` says where the facts went.
+pub fn long_contract(pages: usize, shuffle: Option<u64>) -> Result<LongContract> {
+    anyhow::ensure!(
+        pages >= 50,
+        "the contract has the facts up to page 49 of 50"
+    );
+    let counterparty = "Northwind Logistics B.V.";
+    let mut content: Vec<Vec<String>> = (0..pages)
+        .map(|i| {
+            let mut lines = vec![format!("MASTER SERVICES AGREEMENT - Section {}", i + 1)];
+            for k in 0..8 {
+                lines.push(CLAUSES[(i * 5 + k * 7) % CLAUSES.len()].to_string());
+            }
+            lines
+        })
+        .collect();
+    content[0].splice(
+        1..1,
+        [
+            "This Agreement is made between Verre Demo Services SARL (the Client) and".to_string(),
+            format!("{counterparty} (the Counterparty), registered in Rotterdam."),
+        ],
+    );
+    content[36].splice(
+        1..1,
+        [
+            "Termination. Either party may terminate this Agreement by written notice".to_string(),
+            "received no later than 15 September 2027 (the termination deadline).".to_string(),
+        ],
+    );
+    content[48].splice(
+        1..1,
+        [
+            "Penalty. For each breach of the service levels the Counterparty shall pay".to_string(),
+            "a contractual penalty of EUR 48,500.00 to the Client.".to_string(),
+        ],
+    );
+    let mut order: Vec<usize> = (0..pages).collect();
+    if let Some(seed) = shuffle {
+        // A small deterministic shuffle (xorshift), so the test needs no rand crate.
+        let mut x = seed.max(1);
+        for i in (1..order.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            order.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+    }
+    let laid_out: Vec<Vec<String>> = order.iter().map(|&i| content[i].clone()).collect();
+    let page_of = |i: usize| order.iter().position(|&o| o == i).expect("a permutation") as u32 + 1;
+    Ok(LongContract {
+        pdf: pdf_document(&laid_out)?,
+        counterparty,
+        deadline: "2027-09-15",
+        penalty: 48500.0,
+        pages: [page_of(0), page_of(36), page_of(48)],
+    })
+}
+
+/// A `pages`-page report in sections, one per topic, each opening with a heading that
+/// names its topic and then discussing it: for summaries, where every topic must come
+/// through.
+pub fn sectioned_report(pages: usize, topics: &[&str]) -> Result<Vec<u8>> {
+    anyhow::ensure!(
+        !topics.is_empty() && pages >= topics.len(),
+        "one page per topic at least"
+    );
+    let per = pages / topics.len();
+    let mut laid_out = Vec::new();
+    for (t, topic) in topics.iter().enumerate() {
+        let n = if t + 1 == topics.len() {
+            pages - per * t
+        } else {
+            per
+        };
+        for k in 0..n {
+            let mut lines = Vec::new();
+            if k == 0 {
+                lines.push(format!("Chapter {}: {topic}", t + 1));
+            }
+            for j in 0..4 {
+                lines.push(CLAUSES[(t * 3 + k + j) % CLAUSES.len()].to_string());
+                lines.push(format!(
+                    "Finding {}.{} of this chapter concerns {topic}.",
+                    t + 1,
+                    k * 4 + j + 1
+                ));
+            }
+            laid_out.push(lines);
+        }
+    }
+    pdf_document(&laid_out)
 }
 
 #[cfg(test)]

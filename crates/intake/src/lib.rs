@@ -9,14 +9,18 @@
 
 pub mod backend;
 pub mod demo;
+pub mod evidence;
+pub mod document;
 pub mod imap;
 pub mod inbox;
 pub mod isolation;
+pub mod merge;
 pub mod parse;
 pub mod pdf;
 pub mod pipeline;
 pub mod source;
 pub mod stages;
+pub mod summary;
 pub mod worker;
 
 use std::sync::Arc;
@@ -33,6 +37,12 @@ pub use stages::{PiiSpan, PiiTagger, STAGES, StageRunner};
 pub use worker::{Worker, WorkerOptions, WorkerStats};
 
 use verre_store::Store;
+
+/// The key of the extract stage's output that holds what verre knows of the document
+/// rather than what the model extracted: each value's page (`sources`), the pages not
+/// read and why (`unread`), how many chunks were read. Templates never see it (`extract`
+/// is the schema's fields); review shows it.
+pub const DOCUMENT_KEY: &str = "_document";
 
 /// What one read of a source stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -189,9 +189,13 @@ fn parse_unguarded(
                     || b.starts_with(b"%PDF-");
                 if is_pdf && b.len() <= MAX_EXTRACT_BYTES {
                     match read_pdf(idx, b) {
-                        DocumentText::Pages(pages) => {
-                            (b.len(), true, None, Some(join_pages(&pages)), Some(pages))
-                        }
+                        DocumentText::Pages(pages) => (
+                            b.len(),
+                            true,
+                            pages_without_text(&pages),
+                            Some(join_pages(&pages)),
+                            Some(pages),
+                        ),
                         DocumentText::Failed(e) => (
                             b.len(),
                             false,
@@ -370,6 +374,26 @@ pub fn pdf_pages(bytes: &[u8]) -> Result<Vec<String>, String> {
                 .unwrap_or("panic")
         )),
     }
+}
+
+/// The note for a PDF with pages that gave no text (scans, for which OCR is a later step,
+/// or pages the reader failed on), so that review shows what was not read.
+fn pages_without_text(pages: &[String]) -> Option<String> {
+    let listed = |unread: &dyn Fn(&str) -> bool| -> Option<String> {
+        let numbers: Vec<String> = (1..)
+            .zip(pages)
+            .filter(|(_, text)| unread(text))
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let s = if numbers.len() == 1 { "" } else { "s" };
+        (!numbers.is_empty()).then(|| format!("page{s} {} of {}", numbers.join(", "), pages.len()))
+    };
+    let scans = listed(&|t| t == crate::pdf::NO_TEXT_LAYER)
+        .map(|p| format!("no text layer on {p} (a scan? OCR is a later step)"));
+    let failed =
+        listed(&|t| t.starts_with(crate::pdf::UNREADABLE_PAGE)).map(|p| format!("unreadable {p}"));
+    let notes: Vec<String> = scans.into_iter().chain(failed).collect();
+    (!notes.is_empty()).then(|| notes.join("; "))
 }
 
 pub(crate) fn join_pages(pages: &[String]) -> String {

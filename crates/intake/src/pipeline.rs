@@ -31,7 +31,12 @@ pub struct Pipeline {
     pub path: PathBuf,
     pub max_attempts: u32,
     pub backoff_ms: u64,
+    /// Characters one model call reads of the message (`chunk_tokens` x 4): the draft
+    /// stage's `document`, and what older files meant by `max_document_chars`.
     pub max_document_chars: usize,
+    /// How much of a message the extraction reads, and in what pieces (`[limits]`
+    /// `max_pages`, `max_document_tokens`, `chunk_tokens`).
+    pub budget: crate::document::Budget,
     /// How long a stage may run before it fails like any other error (`[limits]
     /// stage_timeout_s`, and per stage `[limits.stage_timeouts]`), by stage name.
     pub timeouts: std::collections::BTreeMap<String, std::time::Duration>,
@@ -41,6 +46,17 @@ pub struct Pipeline {
     pub routes: Vec<Route>,
     pub draft: Option<DraftConfig>,
     pub actions: Vec<Action>,
+    /// `[summary]`: the summarize stage summarises the message's documents.
+    pub summary: Option<SummaryConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SummaryConfig {
+    /// The extraction model unless the section names one.
+    pub model: String,
+    pub model_line: usize,
+    /// About how many words.
+    pub words: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +80,28 @@ pub struct ExtractConfig {
     /// The schema the model answers to: the file's schema with the labels merged in as
     /// required enum properties.
     pub schema: Value,
+    /// Fields whose confidence is below this are marked for checking (`check_below`,
+    /// between 0 and 1; default [`crate::evidence::DEFAULT_CHECK_BELOW`]).
+    pub check_below: f32,
+    /// How many of the reviewers' most similar corrected examples the prompt shows
+    /// (`few_shot_from_corrections`; 0, the default: none).
+    pub few_shot: usize,
+    /// The embedding model that finds the most similar examples (`few_shot_model`).
+    pub few_shot_model: String,
+    /// How each top-level field of a document read in several chunks is merged
+    /// (`[extract.merge]`): labels by `max` (the worst value by the declared order),
+    /// other fields by `first`, unless the file says otherwise.
+    pub merge: std::collections::BTreeMap<String, crate::merge::MergeRule>,
+}
+
+impl ExtractConfig {
+    /// The merge rule of a top-level field.
+    pub fn merge_rule(&self, field: &str) -> crate::merge::MergeRule {
+        self.merge
+            .get(field)
+            .copied()
+            .unwrap_or(crate::merge::MergeRule::First)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +189,14 @@ struct File {
     draft: Option<Spanned<DraftFile>>,
     #[serde(default)]
     action: Vec<Spanned<ActionFile>>,
+    summary: Option<Spanned<SummaryFile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SummaryFile {
+    model: Option<Spanned<String>>,
+    words: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -158,7 +204,10 @@ struct File {
 struct Limits {
     max_attempts: Option<u32>,
     backoff_ms: Option<u64>,
-    max_document_chars: Option<usize>,
+    max_document_chars: Option<Spanned<usize>>,
+    max_pages: Option<Spanned<usize>>,
+    max_document_tokens: Option<Spanned<usize>>,
+    chunk_tokens: Option<Spanned<usize>>,
     stage_timeout_s: Option<Spanned<u64>>,
     #[serde(default)]
     stage_timeouts: std::collections::BTreeMap<String, Spanned<u64>>,
@@ -175,6 +224,11 @@ struct ExtractFile {
     repetition_penalty: Option<Spanned<f32>>,
     schema: Option<Spanned<Value>>,
     schema_file: Option<Spanned<String>>,
+    check_below: Option<Spanned<f32>>,
+    few_shot_from_corrections: Option<usize>,
+    few_shot_model: Option<Spanned<String>>,
+    #[serde(default)]
+    merge: std::collections::BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -346,6 +400,7 @@ impl Pipeline {
             return Err(c.err(0..0, "limits.max_attempts must be at least 1"));
         }
         let timeouts = stage_timeouts(&c, limits)?;
+        let budget = budget(&c, limits)?;
 
         // Labels first: they become part of the extraction schema.
         let mut names = BTreeSet::new();
@@ -396,6 +451,15 @@ impl Pipeline {
             .map(|s| s.span())
             .or(ex.schema_file.as_ref().map(|s| s.span()))
             .unwrap_or(0..0);
+        if schema["properties"].get(crate::DOCUMENT_KEY).is_some() {
+            return Err(c.err(
+                schema_span,
+                format!(
+                    "extract.schema: {:?} is verre's own key in the extraction (pages and what was not read)",
+                    crate::DOCUMENT_KEY
+                ),
+            ));
+        }
         if schema.get("type") != Some(&json!("object")) {
             return Err(c.err(
                 schema_span,
@@ -442,7 +506,23 @@ impl Pipeline {
             max_tokens: ex.max_tokens.unwrap_or(256),
             retries: ex.retries.unwrap_or(2),
             repetition_penalty: penalty(&c, "extract", &ex.repetition_penalty, 1.0)?,
+            merge: merge_rules(&c, ex, &schema, &labels)?,
             schema,
+            check_below: match &ex.check_below {
+                None => crate::evidence::DEFAULT_CHECK_BELOW,
+                Some(t) if (0.0..=1.0).contains(t.get_ref()) => *t.get_ref(),
+                Some(t) => {
+                    return Err(c.err(
+                        t.span(),
+                        "extract.check_below: a probability, between 0 and 1",
+                    ));
+                }
+            },
+            few_shot: ex.few_shot_from_corrections.unwrap_or(0),
+            few_shot_model: match &ex.few_shot_model {
+                Some(m) => model_ref(&c, m)?,
+                None => "minilm-l6".to_string(),
+            },
         };
 
         let crossref = match &file.crossref {
@@ -599,12 +679,39 @@ impl Pipeline {
             }
         };
 
+        let summary = match &file.summary {
+            None => None,
+            Some(sm) => {
+                let sm = sm.get_ref();
+                let words = match &sm.words {
+                    Some(w) if !(20..=5000).contains(w.get_ref()) => {
+                        return Err(c.err(w.span(), "summary.words: between 20 and 5000"));
+                    }
+                    Some(w) => *w.get_ref(),
+                    None => 200,
+                };
+                Some(match &sm.model {
+                    Some(m) => SummaryConfig {
+                        model: model_ref(&c, m)?,
+                        model_line: c.line(m.span()),
+                        words,
+                    },
+                    None => SummaryConfig {
+                        model: extract.model.clone(),
+                        model_line: extract.model_line,
+                        words,
+                    },
+                })
+            }
+        };
+
         Ok(Pipeline {
             name: file.name.get_ref().clone(),
             path: path.to_path_buf(),
             max_attempts,
             backoff_ms: limits.backoff_ms.unwrap_or(1000),
-            max_document_chars: limits.max_document_chars.unwrap_or(6000),
+            max_document_chars: budget.chunk_tokens * 4,
+            budget,
             timeouts,
             extract,
             labels,
@@ -612,6 +719,7 @@ impl Pipeline {
             routes,
             draft,
             actions,
+            summary,
         })
     }
 
@@ -631,7 +739,11 @@ impl Pipeline {
     pub fn models(&self) -> Vec<(String, usize)> {
         let mut models: Vec<(String, usize)> =
             vec![(self.extract.model.clone(), self.extract.model_line)];
-        let drafts = self.draft.iter().map(|d| (d.model.clone(), d.model_line));
+        let drafts = self
+            .draft
+            .iter()
+            .map(|d| (d.model.clone(), d.model_line))
+            .chain(self.summary.iter().map(|s| (s.model.clone(), s.model_line)));
         let routes = self.routes.iter().filter_map(|r| r.draft_model.clone());
         for (name, line) in drafts.chain(routes) {
             if !models.iter().any(|(seen, _)| *seen == name) {
@@ -714,6 +826,91 @@ fn stage_timeouts(
         );
     }
     Ok(timeouts)
+}
+
+/// The reading budget of `[limits]`. `max_document_chars` (older files) sets the size of
+/// one chunk, `chunk_tokens = max_document_chars / 4`, as it bounded what one call read.
+fn budget(c: &Checker, limits: &Limits) -> Result<crate::document::Budget, PipelineError> {
+    let positive = |what: &str, v: &Option<Spanned<usize>>| match v {
+        Some(n) if *n.get_ref() == 0 => Err(c.err(n.span(), format!("limits.{what}: at least 1"))),
+        Some(n) => Ok(Some(*n.get_ref())),
+        None => Ok(None),
+    };
+    let chars = positive("max_document_chars", &limits.max_document_chars)?;
+    let chunk_tokens = match (&limits.chunk_tokens, chars) {
+        (Some(t), Some(_)) => {
+            return Err(c.err(
+                t.span(),
+                "limits: give chunk_tokens or max_document_chars (older files), not both",
+            ));
+        }
+        (Some(_), None) => positive("chunk_tokens", &limits.chunk_tokens)?.unwrap_or(1500),
+        (None, Some(chars)) => chars.div_ceil(4),
+        (None, None) => DEFAULT_CHUNK_TOKENS,
+    };
+    if let Some(t) = &limits.chunk_tokens
+        && *t.get_ref() < 128
+    {
+        return Err(c.err(t.span(), "limits.chunk_tokens: at least 128"));
+    }
+    Ok(crate::document::Budget {
+        max_pages: positive("max_pages", &limits.max_pages)?.unwrap_or(DEFAULT_MAX_PAGES),
+        max_tokens: positive("max_document_tokens", &limits.max_document_tokens)?
+            .unwrap_or(DEFAULT_MAX_DOCUMENT_TOKENS),
+        chunk_tokens,
+    })
+}
+
+/// Tokens one extraction call reads when the file does not say (about two dense pages).
+pub const DEFAULT_CHUNK_TOKENS: usize = 1500;
+/// Pages read per message when the file does not say.
+pub const DEFAULT_MAX_PAGES: usize = 100;
+/// Tokens read per message, all chunks together, when the file does not say.
+pub const DEFAULT_MAX_DOCUMENT_TOKENS: usize = 100_000;
+
+/// `[extract.merge]`: a known rule for a declared top-level field; `union` only for lists.
+/// Labels default to `max` (the worst value by the declared order).
+fn merge_rules(
+    c: &Checker,
+    ex: &ExtractFile,
+    schema: &Value,
+    labels: &[Label],
+) -> Result<std::collections::BTreeMap<String, crate::merge::MergeRule>, PipelineError> {
+    use crate::merge::MergeRule;
+    let mut rules: std::collections::BTreeMap<String, MergeRule> = labels
+        .iter()
+        .map(|l| (l.name.clone(), MergeRule::Max))
+        .collect();
+    for (field, rule) in &ex.merge {
+        let Some(prop) = schema["properties"].get(field) else {
+            return Err(c.err(
+                rule.span(),
+                format!("extract.merge: {field:?} is not a property of the schema"),
+            ));
+        };
+        let parsed = MergeRule::parse(rule.get_ref()).ok_or_else(|| {
+            c.err(
+                rule.span(),
+                format!(
+                    "extract.merge.{field}: unknown rule {:?} (expected one of {})",
+                    rule.get_ref(),
+                    MergeRule::NAMES.join(", ")
+                ),
+            )
+        })?;
+        let is_list = prop["type"] == "array"
+            || prop["type"]
+                .as_array()
+                .is_some_and(|t| t.contains(&json!("array")));
+        if parsed == MergeRule::Union && !is_list {
+            return Err(c.err(
+                rule.span(),
+                format!("extract.merge.{field}: union needs a list (type = \"array\")"),
+            ));
+        }
+        rules.insert(field.clone(), parsed);
+    }
+    Ok(rules)
 }
 
 fn penalty(
@@ -926,6 +1123,64 @@ schema = { type = "object", properties = { a = { type = "string" } } }
         let e = error_of("name = \"t\"\n[extract\n");
         assert_eq!(e.line, 2, "{e}");
         assert!(e.to_string().starts_with("p.toml:2: "), "{e}");
+    }
+
+    #[test]
+    fn budgets_and_merge_rules_are_read_and_checked() {
+        use crate::merge::MergeRule;
+        let p = parse(&format!(
+            "{BASE}[[labels]]\nname = \"level\"\nvalues = [\"low\", \"high\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(p.budget.chunk_tokens, DEFAULT_CHUNK_TOKENS);
+        assert_eq!(p.budget.max_pages, DEFAULT_MAX_PAGES);
+        assert_eq!(
+            p.extract.merge_rule("level"),
+            MergeRule::Max,
+            "labels: the worst wins"
+        );
+        assert_eq!(p.extract.merge_rule("a"), MergeRule::First);
+
+        // Older files: max_document_chars is the size of one call.
+        let old = BASE.replace(
+            "name = \"t\"\n",
+            "name = \"t\"\n[limits]\nmax_document_chars = 8000\n",
+        );
+        let p = parse(&old).unwrap();
+        assert_eq!((p.budget.chunk_tokens, p.max_document_chars), (2000, 8000));
+
+        let new = BASE.replace(
+            "name = \"t\"\n",
+            "name = \"t\"\n[limits]\nmax_pages = 40\nmax_document_tokens = 9000\nchunk_tokens = 700\n",
+        );
+        let p = parse(&format!("{new}merge = {{ a = \"most_frequent\" }}\n")).unwrap();
+        assert_eq!(
+            (
+                p.budget.max_pages,
+                p.budget.max_tokens,
+                p.budget.chunk_tokens
+            ),
+            (40, 9000, 700)
+        );
+        assert_eq!(p.extract.merge_rule("a"), MergeRule::MostFrequent);
+
+        let e = error_of(&format!("{BASE}merge = {{ a = \"average\" }}\n"));
+        assert_eq!(e.line, 6, "{e}");
+        assert!(e.reason.contains("unknown rule"), "{e}");
+        let e = error_of(&format!("{BASE}merge = {{ a = \"union\" }}\n"));
+        assert!(e.reason.contains("union needs a list"), "{e}");
+        let e = error_of(&format!("{BASE}merge = {{ b = \"first\" }}\n"));
+        assert!(e.reason.contains("not a property"), "{e}");
+        let both = BASE.replace(
+            "name = \"t\"\n",
+            "name = \"t\"\n[limits]\nmax_document_chars = 8000\nchunk_tokens = 700\n",
+        );
+        assert!(error_of(&both).reason.contains("not both"));
+        let e = error_of(&BASE.replace(
+            "properties = { a",
+            "properties = { _document = { type = \"object\" }, a",
+        ));
+        assert!(e.reason.contains("verre's own key"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The stages, each a function from what the store holds about a message to the effects
 //! of the stage (written by the worker, atomically with the job's completion).
 //!
-//! `parse -> extract -> crossref -> route -> draft -> stage`
+//! `parse -> extract -> summarize -> crossref -> route -> draft -> stage`
 
 use std::sync::Arc;
 
@@ -17,7 +17,15 @@ use crate::parse::{ParseError, attachments_text, body_text, document_text};
 use crate::pipeline::{ActionKind, Pipeline, template_env};
 
 /// The stages in order.
-pub const STAGES: [&str; 6] = ["parse", "extract", "crossref", "route", "draft", "stage"];
+pub const STAGES: [&str; 7] = [
+    "parse",
+    "extract",
+    "summarize",
+    "crossref",
+    "route",
+    "draft",
+    "stage",
+];
 
 /// The stage after `stage`, or None after the last.
 pub fn next_stage(stage: &str) -> Option<&'static str> {
@@ -136,6 +144,7 @@ impl StageRunner {
         match stage {
             "parse" => self.parse(message_id).await,
             "extract" => self.extract(message_id).await,
+            "summarize" => self.summarize(message_id).await,
             "crossref" => self.crossref(message_id).await,
             "route" => self.route(message_id).await,
             "draft" => self.draft(message_id).await,
@@ -146,11 +155,18 @@ impl StageRunner {
         }
     }
 
+    /// A stage's stored output as templates see it (the extraction without
+    /// [`crate::DOCUMENT_KEY`]).
     async fn output(&self, message_id: i64, stage: &str) -> Result<Value, StageError> {
-        self.store
+        let mut output = self
+            .store
             .stage_output(message_id, stage)
             .await?
-            .ok_or_else(|| StageError::permanent(format!("the {stage} result is missing")))
+            .ok_or_else(|| StageError::permanent(format!("the {stage} result is missing")))?;
+        if let Some(fields) = output.as_object_mut() {
+            fields.remove(crate::DOCUMENT_KEY);
+        }
+        Ok(output)
     }
 
     async fn parse(&self, message_id: i64) -> StageResult {
@@ -198,39 +214,263 @@ impl StageRunner {
 
     async fn extract(&self, message_id: i64) -> StageResult {
         let parts = self.store.parts(message_id).await?;
-        let max = self.pipeline.max_document_chars;
         let message = self.message_context(message_id).await?;
+        let pages = crate::document::message_pages(&parts);
+        let plan = crate::document::plan(&pages, &self.pipeline.budget);
+        if plan.chunks.len() > 1 || !plan.unread.is_empty() {
+            return self.extract_chunks(&message, &plan).await;
+        }
+        // The whole message fits one call: read as it always was.
+        let max = self.pipeline.max_document_chars;
         let ex = &self.pipeline.extract;
+        let document = document_text(&parts, max);
         let ctx = json!({
-            "document": document_text(&parts, max),
+            "document": &document,
             "body": body_text(&parts, max),
             "attachments": attachments_text(&parts, max),
             "message": message,
         });
         let system = render(&ex.system, &ctx, "extract.system")?;
         let prompt = render(&ex.prompt, &ctx, "extract.prompt")?;
+        let extraction = self
+            .extract_one(&system, &prompt, &ex.schema)
+            .await?
+            .map_err(|e| StageError::permanent(e.to_string()))?;
+        // Never store an extraction that does not validate, whatever the backend claims.
+        validate(&ex.schema, &extraction.value)
+            .map_err(|e| StageError::permanent(format!("the extraction does not validate: {e}")))?;
+        let evidence = crate::evidence::evidence(
+            &document,
+            &extraction.value,
+            extraction.answer.as_ref(),
+            ex.check_below,
+        );
+        let mut output = extraction.value;
+        // Values of a paged document keep their page.
+        if let Some(chunk) = plan.chunks.first()
+            && chunk.content().any(|p| p.number.is_some())
+        {
+            let sources: Map<String, Value> = output
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), json!(crate::merge::locate(v, chunk))))
+                .collect();
+            output[crate::DOCUMENT_KEY] = json!({
+                "chunks": 1,
+                "pages_read": plan.pages_read,
+                "pages_total": plan.pages_total,
+                "unread": [],
+                "sources": sources,
+            });
+        }
+        Ok(StageEffects {
+            output,
+            prompt_tokens: extraction.prompt_tokens as i64,
+            completion_tokens: extraction.completion_tokens as i64,
+            evidence: Some(json!(evidence)),
+            ..Default::default()
+        })
+    }
+
+    /// One extraction call under `schema`: Ok(Err) when the model never answered with a
+    /// valid value (the same input fails the same way), Err when the call itself failed.
+    async fn extract_one(
+        &self,
+        system: &str,
+        prompt: &str,
+        schema: &Value,
+    ) -> Result<Result<crate::backend::Extraction, ExtractError>, StageError> {
+        let ex = &self.pipeline.extract;
         let request = ExtractRequest {
             model: &ex.model,
-            system: &system,
-            prompt: &prompt,
-            schema: &ex.schema,
+            system,
+            prompt,
+            schema,
             max_tokens: ex.max_tokens,
             retries: ex.retries,
             repetition_penalty: ex.repetition_penalty,
         };
-        let extraction = match crate::backend::extract(self.models.as_ref(), &request).await {
-            Ok(x) => x,
-            // The model was already asked again with the error; the same input fails the same way.
-            Err(e @ ExtractError::Invalid(_)) => return Err(StageError::permanent(e.to_string())),
-            Err(ExtractError::Call(e)) => return Err(call_failed("extraction", &ex.model, e)),
-        };
-        // Never store an extraction that does not validate, whatever the backend claims.
-        validate(&ex.schema, &extraction.value)
-            .map_err(|e| StageError::permanent(format!("the extraction does not validate: {e}")))?;
+        match crate::backend::extract(self.models.as_ref(), &request).await {
+            Ok(x) => Ok(Ok(x)),
+            Err(e @ ExtractError::Invalid(_)) => Ok(Err(e)),
+            Err(ExtractError::Call(e)) => Err(call_failed("extraction", &ex.model, e)),
+        }
+    }
+
+    /// A message longer than one call: every chunk extracted under the nullable schema,
+    /// all requests at once (the engine batches them), then merged field by field with
+    /// each value's page; fields ruled `reconcile`, and required fields no chunk stated,
+    /// decided by one more call over the chunks' candidates.
+    async fn extract_chunks(&self, message: &Value, plan: &crate::document::Plan) -> StageResult {
+        use crate::merge::{ChunkAnswer, chunk_schema, merge, reconcile_prompt, reconcile_schema};
+        let ex = &self.pipeline.extract;
+        let labels: Vec<String> = self
+            .pipeline
+            .labels
+            .iter()
+            .map(|l| l.name.clone())
+            .collect();
+        let schema = chunk_schema(&ex.schema, &labels);
+        let n = plan.chunks.len();
+        let mut prompts = Vec::with_capacity(n);
+        for (i, chunk) in plan.chunks.iter().enumerate() {
+            let ctx = json!({
+                "document": chunk.document(),
+                "body": chunk.body(),
+                "attachments": chunk.attachments(),
+                "message": message,
+            });
+            let system = render(&ex.system, &ctx, "extract.system")?;
+            let prompt = format!(
+                "{}\n\n(This is part {} of {n} of a longer message: {}. Answer from this part only; null for a field it does not state.)",
+                render(&ex.prompt, &ctx, "extract.prompt")?,
+                i + 1,
+                chunk.span()
+            );
+            prompts.push((system, prompt));
+        }
+        let calls = prompts
+            .iter()
+            .map(|(system, prompt)| self.extract_one(system, prompt, &schema));
+        let results = futures_util::future::join_all(calls).await;
+
+        let (mut prompt_tokens, mut completion_tokens) = (0i64, 0i64);
+        let mut answers = Vec::new();
+        let mut unread = plan.unread.clone();
+        for (chunk, result) in plan.chunks.iter().zip(results) {
+            match result? {
+                Ok(x) => {
+                    prompt_tokens += x.prompt_tokens as i64;
+                    completion_tokens += x.completion_tokens as i64;
+                    answers.push(ChunkAnswer {
+                        chunk,
+                        value: x.value,
+                    });
+                }
+                // The pages stay listed as not read rather than failing the whole message.
+                Err(e) => {
+                    let numbers: Vec<u32> = chunk.content().filter_map(|p| p.number).collect();
+                    let first = chunk.content().next();
+                    unread.push(crate::document::Unread {
+                        part: first.map_or(0, |p| p.part),
+                        file: first.and_then(|p| p.file.clone()),
+                        first: numbers.first().copied(),
+                        last: numbers.last().copied(),
+                        reason: format!("the extraction failed: {e}"),
+                    });
+                }
+            }
+        }
+        if answers.is_empty() {
+            return Err(StageError::permanent(format!(
+                "no part of the message could be extracted: {}",
+                unread.last().map(|u| u.reason.as_str()).unwrap_or("")
+            )));
+        }
+
+        let fields: Vec<String> = ex.schema["properties"]
+            .as_object()
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        let required: Vec<&str> = ex.schema["required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let order = |f: &str| ex.schema["properties"][f]["enum"].as_array().cloned();
+        let mut merged = merge(&answers, &fields, |f| ex.merge_rule(f), order);
+        // A required field no chunk stated is decided with the others (the reconciling
+        // call sees that every part said null); an optional one is left out.
+        for f in &fields {
+            if merged.value.get(f) == Some(&Value::Null) {
+                merged.value.remove(f);
+                if required.contains(&f.as_str()) {
+                    merged.reconcile.push(f.clone());
+                }
+            }
+        }
+        if !merged.reconcile.is_empty() {
+            let schema = reconcile_schema(&ex.schema, &merged.reconcile);
+            let system = render(
+                &ex.system,
+                &json!({"document": "", "body": "", "attachments": "", "message": message}),
+                "extract.system",
+            )?;
+            let prompt = reconcile_prompt(&answers, &merged.reconcile);
+            let x = self
+                .extract_one(&system, &prompt, &schema)
+                .await?
+                .map_err(|e| StageError::permanent(format!("reconciling the parts: {e}")))?;
+            prompt_tokens += x.prompt_tokens as i64;
+            completion_tokens += x.completion_tokens as i64;
+            for f in &merged.reconcile {
+                if let Some(v) = x.value.get(f) {
+                    if let Some(source) = crate::merge::reconciled_source(v, f, &answers) {
+                        merged.sources.insert(f.clone(), json!(source));
+                    }
+                    merged.value.insert(f.clone(), v.clone());
+                }
+            }
+        }
+        let mut output = Value::Object(merged.value);
+        validate(&ex.schema, &output).map_err(|e| {
+            StageError::permanent(format!("the merged extraction does not validate: {e}"))
+        })?;
+        output[crate::DOCUMENT_KEY] = json!({
+            "chunks": n,
+            "pages_read": plan.pages_read,
+            "pages_total": plan.pages_total,
+            "unread": unread.iter().map(|u| json!({
+                "part": u.part, "file": u.file, "first": u.first, "last": u.last,
+                "reason": u.reason, "line": u.line(),
+            })).collect::<Vec<_>>(),
+            "sources": merged.sources,
+        });
         Ok(StageEffects {
-            output: extraction.value,
-            prompt_tokens: extraction.prompt_tokens as i64,
-            completion_tokens: extraction.completion_tokens as i64,
+            output,
+            prompt_tokens,
+            completion_tokens,
+            ..Default::default()
+        })
+    }
+
+    /// The pipeline's `[summary]` of the message's documents (what the reading budget
+    /// lets in), by map and reduce over its chunks; `{"summary": null}` without one.
+    async fn summarize(&self, message_id: i64) -> StageResult {
+        let Some(cfg) = &self.pipeline.summary else {
+            return Ok(StageEffects {
+                output: json!({"summary": null}),
+                ..Default::default()
+            });
+        };
+        let parts = self.store.parts(message_id).await?;
+        let pages = crate::document::message_pages(&parts);
+        let plan = crate::document::plan(&pages, &self.pipeline.budget);
+        let mut read: Vec<crate::document::Page> = Vec::new();
+        for (i, chunk) in plan.chunks.iter().enumerate() {
+            let keep = chunk.pages.iter().filter(|p| i == 0 || p.kind != "headers");
+            read.extend(keep.cloned());
+        }
+        let options = crate::summary::SummaryOptions {
+            model: cfg.model.clone(),
+            words: cfg.words,
+            chunk_tokens: self.pipeline.budget.chunk_tokens,
+        };
+        let s = crate::summary::summarize(self.models.as_ref(), &read, &options, &|_, _| {})
+            .await
+            .map_err(|e| call_failed("summary", &cfg.model, e))?;
+        Ok(StageEffects {
+            output: json!({
+                "summary": s.text,
+                "model": cfg.model,
+                "chunks": s.chunks,
+                "pages_read": plan.pages_read,
+                "pages_total": plan.pages_total,
+            }),
+            prompt_tokens: s.prompt_tokens as i64,
+            completion_tokens: s.completion_tokens as i64,
             ..Default::default()
         })
     }
@@ -316,10 +556,13 @@ impl StageRunner {
         let ctx = json!({
             "message": self.message_context(message_id).await?,
             "extract": self.output(message_id, "extract").await?,
+            "summary": self.summary(message_id).await?,
             "lookup": self.output(message_id, "crossref").await?,
         });
         let env = template_env();
         let mj_ctx = minijinja::Value::from_serialize(&ctx);
+        // Why: each route tried, in order, with the values its rule read.
+        let mut why = Vec::new();
         for r in &self.pipeline.routes {
             let taken = match &r.when {
                 None => true,
@@ -329,16 +572,22 @@ impl StageRunner {
                     .map_err(|e| StageError::permanent(format!("route {:?}: {e}", r.name)))?
                     .is_true(),
             };
+            why.push(json!({
+                "route": r.name,
+                "when": r.when,
+                "matched": taken,
+                "values": r.when.as_deref().map(|w| rule_values(&env, w, &mj_ctx)).unwrap_or_default(),
+            }));
             if taken {
                 let draft_model = r.draft_model.as_ref().map(|(m, _)| m);
                 return Ok(StageEffects {
-                    output: json!({"route": r.name, "draft": r.draft, "draft_model": draft_model, "actions": r.actions}),
+                    output: json!({"route": r.name, "draft": r.draft, "draft_model": draft_model, "actions": r.actions, "why": why}),
                     ..Default::default()
                 });
             }
         }
         Ok(StageEffects {
-            output: json!({"route": null, "draft": false, "actions": []}),
+            output: json!({"route": null, "draft": false, "actions": [], "why": why}),
             ..Default::default()
         })
     }
@@ -348,9 +597,21 @@ impl StageRunner {
         Ok(json!({
             "message": self.message_context(message_id).await?,
             "extract": self.output(message_id, "extract").await?,
+            "summary": self.summary(message_id).await?,
             "lookup": self.output(message_id, "crossref").await?,
             "route": route["route"],
         }))
+    }
+
+    /// `summary` in templates: the summarize stage's text, empty without one (and for a
+    /// message that went past that stage before it existed).
+    async fn summary(&self, message_id: i64) -> Result<String, StageError> {
+        Ok(self
+            .store
+            .stage_output(message_id, "summarize")
+            .await?
+            .and_then(|o| o["summary"].as_str().map(str::to_string))
+            .unwrap_or_default())
     }
 
     async fn draft(&self, message_id: i64) -> StageResult {
@@ -470,6 +731,26 @@ impl StageRunner {
         m["id"] = json!(message_id);
         Ok(m)
     }
+}
+
+/// The values a route's rule reads (`extract.threat_level`, `lookup.customer[0].tier`,
+/// `message.from`), each as the rule saw it; a path that is not there reads as null.
+fn rule_values(
+    env: &minijinja::Environment<'_>,
+    when: &str,
+    ctx: &minijinja::Value,
+) -> Map<String, Value> {
+    let mut values = Map::new();
+    for path in crate::evidence::rule_paths(when) {
+        let value = env
+            .compile_expression(&path)
+            .and_then(|e| e.eval(ctx))
+            .ok()
+            .and_then(|v| serde_json::to_value(&v).ok())
+            .unwrap_or(Value::Null);
+        values.insert(path, value);
+    }
+    values
 }
 
 /// A model call that failed, as the stage's error: permanent when the request itself was

@@ -183,7 +183,7 @@ async fn end_to_end(store: Store, dir: &Path) {
 
     let d = store.detail(known).await.unwrap().unwrap();
     assert_eq!(d.message.status, "processed");
-    assert_eq!(d.results.len(), 6, "one result per stage");
+    assert_eq!(d.results.len(), 7, "one result per stage");
     let route = store.stage_output(known, "route").await.unwrap().unwrap();
     assert_eq!(route["route"], "known");
     assert_eq!(

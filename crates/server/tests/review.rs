@@ -818,6 +818,7 @@ async fn retention_keeps_the_undecided_and_undelivered_and_a_missing_raw_message
         raw_days: Some(30),
         extracted_days: Some(35),
         audit_days: None,
+        ..Default::default()
     };
     let report = verre_store::retention::purge(&f.store, &retention, false)
         .await
@@ -1618,4 +1619,39 @@ async fn the_desk_ranks_searches_files_in_bulk_confirms_what_it_sends_and_undoes
             .starts_with("text/javascript")
     );
     assert!(js.contains("keydown"));
+}
+
+// --- whole documents (issue 22 item 5) -----------------------------------------------------
+
+/// Each extracted value shows the page it was found on, and the pages the budget left
+/// unread are said; verre's record of the document is not shown as a field.
+#[tokio::test]
+async fn extracted_values_show_their_pages_and_the_unread_pages_are_said() {
+    let f = fixture(vec![]).await;
+    add_user(&f.store, "alice", "alice-password", "reviewer").await;
+    let id = processed(&f.store, 1, &format!("{}crm", f.hooks)).await;
+    let extract = json!({
+        "customer": "Northwind Logistics B.V.", "threat_level": "high",
+        "_document": {"chunks": 6, "pages_read": 40, "pages_total": 50,
+            "unread": [{"part": 2, "file": "msa.pdf", "first": 41, "last": 50,
+                "reason": "budget (max_pages = 40)",
+                "line": "msa.pdf: pages 41-50 not read: budget (max_pages = 40)"}],
+            "sources": {"customer": {"part": 2, "file": "msa.pdf", "page": 37}}},
+    });
+    sqlx::query("UPDATE stage_results SET output = $2 WHERE message_id = $1 AND stage = 'extract'")
+        .bind(id)
+        .bind(extract.to_string())
+        .execute(f.store.pool())
+        .await
+        .unwrap();
+    let app = app(&f);
+    let alice = log_in(&app, "alice", "alice-password").await;
+    let (status, _, html) = send(&app, get(&format!("/review/messages/{id}"), &alice)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("<td>customer</td><td>msa.pdf p. 37</td>"),
+        "{html}"
+    );
+    assert!(html.contains("msa.pdf: pages 41-50 not read: budget (max_pages = 40)"));
+    assert!(!html.contains("_document"), "{html}");
 }

@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 use candle_core::Device;
 
 use crate::gguf::GgufFile;
-use crate::kv::{KvCache, KvPool, SeqKv};
+use crate::kv::{KvCache, KvCacheType, KvPool, SeqKv};
 
 /// One sequence's part of a forward pass: the tokens it adds now (a prompt chunk or one
 /// decoded token) and its cache, whose length is the position of the first new token.
@@ -96,10 +96,37 @@ impl Model {
         }
     }
 
-    /// A pool of `num_blocks` KV blocks shaped for this model.
+    /// A pool of `num_blocks` f16 KV blocks shaped for this model.
     pub fn new_kv_pool(&self, num_blocks: usize) -> KvPool {
         let (layers, width) = self.kv_geometry();
         KvPool::new(layers, width, num_blocks)
+    }
+
+    /// A pool of `num_blocks` KV blocks stored as `kind`; an error when this model's
+    /// attention heads do not fit `kind`'s blocks.
+    pub fn new_kv_pool_as(&self, kind: KvCacheType, num_blocks: usize) -> Result<KvPool> {
+        self.check_kv_cache_type(kind)?;
+        let (layers, width) = self.kv_geometry();
+        Ok(KvPool::with_type(kind, layers, width, num_blocks))
+    }
+
+    /// One sequence with a cache of its own for the whole context, stored as `kind`.
+    pub fn new_kv_cache_as(&self, kind: KvCacheType) -> Result<KvCache> {
+        self.check_kv_cache_type(kind)?;
+        let (layers, width) = self.kv_geometry();
+        Ok(KvCache::with_type(
+            kind,
+            layers,
+            width,
+            self.info().context_length,
+        ))
+    }
+
+    /// Whether this model's KV cache can be stored as `kind`.
+    pub fn check_kv_cache_type(&self, kind: KvCacheType) -> Result<()> {
+        match self {
+            Model::Llama(m) => kind.check_head_dim(m.config().head_dim),
+        }
     }
 
     /// Layers and values per position of this model's KV blocks.

@@ -9,6 +9,8 @@
 //! - [`triage`]: the queue's priority order with its reasons, search, declared labels;
 //! - [`form`]: payloads edited as forms generated from their JSON Schema;
 //! - [`flash`]: what a post tells the page it redirects to (post/redirect/get);
+//! - `evidence`: where each extracted field came from, how sure the model was, corrections,
+//!   why the route was taken; the original PDF (CSP `sandbox`) and the raw mail (admins);
 //! - [`worker`]: the outbox delivery loop (signed webhooks, reply mail, retries).
 //!
 //! The durable state (users, sessions, drafts, decisions, the outbox) is in verre-store.
@@ -16,6 +18,7 @@
 pub mod auth;
 pub mod flash;
 pub mod form;
+mod evidence;
 mod pages;
 pub mod settings;
 pub mod triage;
@@ -51,6 +54,16 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/review/messages/{id}/undo", post(pages::undo))
         .route("/review/messages/{id}/reject", post(pages::reject))
         .route("/review/messages/{id}/rerun", post(pages::rerun))
+        .route("/review/messages/{id}/evidence", get(evidence::evidence))
+        .route(
+            "/review/messages/{id}/fields/{field}",
+            post(evidence::correct_field),
+        )
+        .route(
+            "/review/messages/{id}/attachments/{idx}",
+            get(evidence::attachment),
+        )
+        .route("/review/messages/{id}/raw", get(evidence::raw_mail))
         .route("/review/actions/{id}/payload", post(pages::save_payload))
         .route("/review/actions/{id}/fields", post(pages::save_fields))
         .route("/review/deliveries/{id}/retry", post(pages::retry_delivery))

@@ -31,7 +31,7 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 const STYLE: &str = include_str!("templates/style.css");
 const KEYS: &str = include_str!("templates/keys.js");
 
-fn templates() -> &'static Environment<'static> {
+pub(super) fn templates() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     ENV.get_or_init(|| {
         let mut env = Environment::new();
@@ -43,6 +43,7 @@ fn templates() -> &'static Environment<'static> {
             ("message.html", include_str!("templates/message.html")),
             ("deliveries.html", include_str!("templates/deliveries.html")),
             ("confirm.html", include_str!("templates/confirm.html")),
+            ("evidence.html", include_str!("templates/evidence.html")),
         ] {
             env.add_template(name, text)
                 .expect("the review templates are valid (tested)");
@@ -59,7 +60,7 @@ pub fn utc_time(ms: Option<i64>) -> String {
 }
 
 /// A rendered page (or an error page) with the review UI's security headers.
-fn page(status: StatusCode, name: &str, ctx: Tpl) -> Response {
+pub(super) fn page(status: StatusCode, name: &str, ctx: Tpl) -> Response {
     match templates().get_template(name).and_then(|t| t.render(ctx)) {
         Ok(html) => (
             status,
@@ -85,7 +86,7 @@ pub struct PageError {
 }
 
 impl PageError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -117,13 +118,16 @@ impl IntoResponse for PageError {
     }
 }
 
-type PageResult = Result<Response, PageError>;
+pub(super) type PageResult = Result<Response, PageError>;
 
 /// Security headers on every review response.
 pub async fn security_headers(mut response: Response) -> Response {
     let h = response.headers_mut();
+    // A handler may set a stricter policy of its own (an original document: `sandbox`).
+    if !h.contains_key("content-security-policy") {
+        h.insert("content-security-policy", HeaderValue::from_static(CSP));
+    }
     for (name, value) in [
-        ("content-security-policy", CSP),
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
         ("referrer-policy", "no-referrer"),
@@ -134,7 +138,7 @@ pub async fn security_headers(mut response: Response) -> Response {
     response
 }
 
-fn store(state: &AppState) -> Result<&Store, PageError> {
+pub(super) fn store(state: &AppState) -> Result<&Store, PageError> {
     state.store().ok_or_else(|| {
         PageError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -144,7 +148,7 @@ fn store(state: &AppState) -> Result<&Store, PageError> {
 }
 
 /// The signed-in reviewer, or a redirect to the login page.
-async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Reviewer, Response> {
+pub(super) async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Reviewer, Response> {
     let store = store(state).map_err(IntoResponse::into_response)?;
     let token = auth::review_cookie(state.review(), headers, SESSION_COOKIE).unwrap_or("");
     if token.is_empty() {
@@ -178,8 +182,8 @@ async fn form_author(
 /// A form posted by the signed-in reviewer with the session's CSRF token; otherwise the
 /// login redirect or a 403 page. `T` is the form's other fields.
 pub struct Posted<T> {
-    reviewer: Reviewer,
-    form: T,
+    pub(super) reviewer: Reviewer,
+    pub(super) form: T,
 }
 
 #[derive(Deserialize)]
@@ -206,7 +210,7 @@ impl<T: serde::de::DeserializeOwned + Send> FromRequest<Arc<AppState>> for Poste
     }
 }
 
-fn user_ctx(r: &Reviewer) -> Tpl {
+pub(super) fn user_ctx(r: &Reviewer) -> Tpl {
     context! { name => r.name(), role => &r.session.role }
 }
 
@@ -761,6 +765,7 @@ async fn message_page(
             .find(|r| r.stage == stage)
             .map(|r| &r.output)
     };
+    let extraction = ExtractionView::of(output("extract"));
     let route = output("route")
         .and_then(|r| r["route"].as_str())
         .map(str::to_string);
@@ -837,7 +842,9 @@ async fn message_page(
             html => html.map(Tpl::from_safe_string),
             text => text,
             attachments => attachments,
-            extract => output("extract").map(pretty),
+            extract => extraction.value.as_ref().map(pretty),
+            extract_sources => extraction.sources,
+            unread => extraction.unread,
             lookup => output("crossref").map(pretty),
             route => route,
             draft => draft,
@@ -850,6 +857,71 @@ async fn message_page(
             stages => stages,
         },
     ))
+}
+
+/// The extraction as review shows it: the schema's fields, where each value was found
+/// ("msa.pdf p. 37"), and the lines saying what was not read ("msa.pdf: pages 41-50 not
+/// read: budget ..."), from the `_document` record the intake keeps beside the fields.
+#[derive(Debug, Default, PartialEq)]
+struct ExtractionView {
+    value: Option<Value>,
+    /// (field, where) for each value placed in the document.
+    sources: Vec<(String, String)>,
+    unread: Vec<String>,
+}
+
+impl ExtractionView {
+    /// The intake's key for its record of the document (`verre_intake::DOCUMENT_KEY`).
+    const DOCUMENT_KEY: &str = "_document";
+
+    fn of(extract: Option<&Value>) -> Self {
+        let Some(extract) = extract else {
+            return Self::default();
+        };
+        let mut value = extract.clone();
+        let document = value
+            .as_object_mut()
+            .and_then(|fields| fields.remove(Self::DOCUMENT_KEY))
+            .unwrap_or(Value::Null);
+        let place = |s: &Value| -> Option<String> {
+            let file = s["file"].as_str().unwrap_or("the mail");
+            match (s["page"].as_u64(), s["pages"].as_array()) {
+                (Some(p), _) => Some(format!("{file} p. {p}")),
+                (None, Some(r)) if r.len() == 2 => Some(format!(
+                    "{file} pp. {}-{}",
+                    r[0].as_u64().unwrap_or(0),
+                    r[1].as_u64().unwrap_or(0)
+                )),
+                _ => s["file"].as_str().map(str::to_string),
+            }
+        };
+        let sources = document["sources"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(field, s)| {
+                let at = match s {
+                    Value::Array(items) => {
+                        let places: Vec<String> = items.iter().filter_map(place).collect();
+                        (!places.is_empty()).then(|| places.join("; "))
+                    }
+                    one => place(one),
+                }?;
+                Some((field.clone(), at))
+            })
+            .collect();
+        let unread = document["unread"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|u| u["line"].as_str().map(str::to_string))
+            .collect();
+        Self {
+            value: Some(value),
+            sources,
+            unread,
+        }
+    }
 }
 
 /// What the page flags about the sender, from the parse stage's fields: a `Reply-To`
@@ -1332,7 +1404,7 @@ pub async fn rerun(
     }
 }
 
-fn admin_only(reviewer: &Reviewer) -> Result<(), PageError> {
+pub(super) fn admin_only(reviewer: &Reviewer) -> Result<(), PageError> {
     if reviewer.is_admin() {
         Ok(())
     } else {
@@ -1403,6 +1475,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_extraction_shows_each_value_s_page_and_what_was_not_read() {
+        let extract = serde_json::json!({
+            "counterparty": "Northwind", "deadline": "2027-09-15", "tags": ["a", "b"], "level": "high",
+            "_document": {"chunks": 6, "pages_read": 40, "pages_total": 50,
+                "unread": [{"line": "msa.pdf: pages 41-50 not read: budget (max_pages = 40)"}],
+                "sources": {
+                    "counterparty": {"part": 2, "file": "msa.pdf", "page": 1},
+                    "deadline": {"part": 2, "file": "msa.pdf", "pages": [36, 40]},
+                    "tags": [{"part": 2, "file": "msa.pdf", "page": 3}, {"part": 1}],
+                }}
+        });
+        let view = ExtractionView::of(Some(&extract));
+        assert!(view.value.as_ref().unwrap().get("_document").is_none());
+        assert_eq!(view.value.as_ref().unwrap()["level"], "high");
+        let at = |f: &str| {
+            view.sources
+                .iter()
+                .find(|(k, _)| k == f)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(at("counterparty"), Some("msa.pdf p. 1"));
+        assert_eq!(at("deadline"), Some("msa.pdf pp. 36-40"));
+        assert_eq!(at("tags"), Some("msa.pdf p. 3"));
+        assert_eq!(at("level"), None);
+        assert_eq!(
+            view.unread,
+            ["msa.pdf: pages 41-50 not read: budget (max_pages = 40)"]
+        );
+        assert_eq!(ExtractionView::of(None), ExtractionView::default());
+    }
+
+    #[test]
     fn every_template_renders_with_little_context() {
         for name in [
             "login.html",
@@ -1411,6 +1515,7 @@ mod tests {
             "message.html",
             "deliveries.html",
             "confirm.html",
+            "evidence.html",
         ] {
             let t = templates().get_template(name).unwrap();
             // The smallest context each page is rendered with.
