@@ -627,11 +627,25 @@ pub async fn queue(
     ))
 }
 
-pub async fn deliveries(State(state): State<Arc<AppState>>, headers: HeaderMap) -> PageResult {
+#[derive(Deserialize, Default)]
+pub struct FlashQuery {
+    flash: Option<String>,
+}
+
+pub async fn deliveries(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<FlashQuery>,
+) -> PageResult {
     let reviewer = match signed_in(&state, &headers).await {
         Ok(r) => r,
         Err(r) => return Ok(r),
     };
+    let flash = q
+        .flash
+        .as_deref()
+        .and_then(|t| state.review().flashes.get(reviewer.name(), t))
+        .unwrap_or_default();
     let store = store(&state)?;
     let mut rows = store.deliveries_with_status("failed").await?;
     rows.extend(store.deliveries_with_status("gone").await?);
@@ -649,6 +663,8 @@ pub async fn deliveries(State(state): State<Arc<AppState>>, headers: HeaderMap) 
             csrf => &reviewer.session.csrf_token,
             deliveries => rows,
             endpoints => endpoints,
+            notice => flash.notice,
+            error => flash.error,
         },
     ))
 }
@@ -1405,12 +1421,17 @@ pub async fn retry_delivery(
     Posted { reviewer, .. }: Posted<NoFields>,
 ) -> PageResult {
     admin_only(&reviewer)?;
-    store(&state)?
+    let done = store(&state)?
         .retry_delivery(outbox_id, reviewer.name())
-        .await
-        .map_err(|e| PageError::new(StatusCode::CONFLICT, format!("{e:#}")))?;
-    state.review().wake.notify_one();
-    Ok(Redirect::to("/review/deliveries").into_response())
+        .await;
+    if done.is_ok() {
+        state.review().wake.notify_one();
+    }
+    Ok(to_deliveries(
+        &state,
+        &reviewer,
+        done.map(|_| "Retrying: attempts reset."),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -1423,11 +1444,30 @@ pub async fn enable_endpoint(
     Posted { reviewer, form: f }: Posted<EndpointForm>,
 ) -> PageResult {
     admin_only(&reviewer)?;
-    store(&state)?
+    let done = store(&state)?
         .enable_endpoint(&f.url, reviewer.name())
-        .await
-        .map_err(|e| PageError::new(StatusCode::CONFLICT, format!("{e:#}")))?;
-    Ok(Redirect::to("/review/deliveries").into_response())
+        .await;
+    Ok(to_deliveries(
+        &state,
+        &reviewer,
+        done.map(|_| "Endpoint re-enabled."),
+    ))
+}
+
+/// Back to the deliveries page with what happened (post/redirect/get).
+fn to_deliveries(state: &AppState, reviewer: &Reviewer, outcome: anyhow::Result<&str>) -> Response {
+    let flash = match outcome {
+        Ok(notice) => Flash {
+            notice: Some(notice.to_string()),
+            ..Default::default()
+        },
+        Err(e) => Flash {
+            error: Some(format!("{e:#}")),
+            ..Default::default()
+        },
+    };
+    let token = state.review().flashes.put(reviewer.name(), flash);
+    Redirect::to(&format!("/review/deliveries?flash={token}")).into_response()
 }
 
 #[cfg(test)]

@@ -221,7 +221,8 @@ pub fn declared_values_of(
         .collect()
 }
 
-/// The `Date` header of the stored header text, as Unix ms.
+/// The `Date` header of the stored header text (RFC 3339 as the intake stores it, or RFC
+/// 5322), as Unix ms.
 pub fn date_header(headers: &str) -> Option<i64> {
     let mut value: Option<String> = None;
     for line in headers.lines() {
@@ -235,7 +236,10 @@ pub fn date_header(headers: &str) -> Option<i64> {
             _ => {}
         }
     }
-    let t = mail_parser::DateTime::parse_rfc822(value?.trim())?;
+    // The intake stores it as RFC 3339; a mail's own text is RFC 5322.
+    let value = value?;
+    let t = mail_parser::DateTime::parse_rfc3339(value.trim())
+        .or_else(|| mail_parser::DateTime::parse_rfc822(value.trim()))?;
     t.is_valid().then(|| t.to_timestamp() * 1000)
 }
 
@@ -350,6 +354,8 @@ mod tests {
         assert_eq!(date_header(h), Some(1_795_759_080_000));
         let folded = "Subject: x\nDate: Fri,\n 27 Nov 2026 06:58:00 +0100\nTo: y\n";
         assert_eq!(date_header(folded), Some(1_795_759_080_000));
+        let stored = "Subject: x\nDate: 2026-11-27T06:58:00+01:00\n";
+        assert_eq!(date_header(stored), Some(1_795_759_080_000));
         assert_eq!(date_header("Subject: no date\n"), None);
         assert_eq!(date_header("Date: not a date\n"), None);
     }
