@@ -519,6 +519,10 @@ struct Request<'m> {
 struct Choice<'m> {
     dec: Decoding<'m>,
     finished: bool,
+    /// Most tokens prompt lookup may draft next: halved when a draft is rejected, doubled
+    /// (up to the request's `draft_tokens`) when one is taken whole, so that a sequence
+    /// whose guesses keep failing spends little compute on them.
+    lookup_cap: usize,
 }
 
 /// The engine's thread: schedule, execute (forward, sample), update, emit.
@@ -700,6 +704,7 @@ impl<'m> EngineLoop<'m> {
                 Choice {
                     dec: Decoding::new(&self.model.tokenizer, &g, sampling, max_tokens),
                     finished: false,
+                    lookup_cap: draft_tokens,
                 }
             })
             .collect();
@@ -784,6 +789,7 @@ impl<'m> EngineLoop<'m> {
             let first = logits.rows[row].end - 1 - chunk.draft;
             let drafted = &chunk.tokens[chunk.tokens.len() - chunk.draft..];
             let mut finish = None;
+            let mut accepted = 0;
             for i in 0..=chunk.draft {
                 let step = match choice.dec.step(logits.row(first + i), &req.prompt) {
                     Ok(step) => step,
@@ -807,7 +813,7 @@ impl<'m> EngineLoop<'m> {
                     break;
                 }
                 match drafted.get(i) {
-                    Some(&d) if d == token => self.metrics.accepted_draft_tokens += 1,
+                    Some(&d) if d == token => accepted += 1,
                     _ => break,
                 }
             }
@@ -815,7 +821,14 @@ impl<'m> EngineLoop<'m> {
                 continue;
             }
             self.metrics.draft_tokens += chunk.draft as u64;
+            self.metrics.accepted_draft_tokens += accepted as u64;
             if chunk.draft > 0 {
+                let choice = &mut req.choices[chunk.choice];
+                choice.lookup_cap = if accepted == chunk.draft {
+                    (choice.lookup_cap * 2).clamp(1, req.draft_tokens.max(1))
+                } else {
+                    (choice.lookup_cap / 2).max(1)
+                };
                 self.scheduler
                     .drop_rejected(chunk.request, chunk.choice, &mut self.pool);
             }
@@ -826,9 +839,8 @@ impl<'m> EngineLoop<'m> {
                 }
                 None if req.draft_tokens > 0 || req.fast_forward => {
                     let choice = &mut req.choices[chunk.choice];
-                    let draft = choice
-                        .dec
-                        .draft(&req.prompt, req.draft_tokens, req.fast_forward);
+                    let lookup = choice.lookup_cap.min(req.draft_tokens);
+                    let draft = choice.dec.draft(&req.prompt, lookup, req.fast_forward);
                     self.scheduler.set_draft(chunk.request, chunk.choice, draft);
                 }
                 None => {}
