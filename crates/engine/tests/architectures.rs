@@ -272,6 +272,12 @@ fn check_with(name: &str, source: Source, kv_type: KvCacheType) {
         );
     }
 
+    let bytes_per_token = |t| model.model.kv_layout(t).unwrap().block_bytes() / 16;
+    eprintln!(
+        "{name}: KV bytes per token {} ({kv_type}), {} (f16)",
+        bytes_per_token(kv_type),
+        bytes_per_token(KvCacheType::F16)
+    );
     let mut report = format!(
         "{name} ({}{}, {kv_type} KV cache): top-1 {}/{} where llama.cpp's gap >= {CONFIDENT_GAP}; |Δ logprob| over its \
          top-5: mean {:.4}, max {:.4} ({} rows)",
