@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
+use verre_engine::kv::KvCacheType;
 use verre_engine::{
     EngineHandle, EngineOptions, GenerateRequest, GrammarSpec, LoadedModel, Message, SamplingParams,
 };
@@ -54,6 +55,9 @@ pub struct RunArgs {
     /// The answer must be a sentence of the Lark grammar in this file.
     #[arg(long, value_name = "FILE")]
     pub grammar: Option<std::path::PathBuf>,
+    /// How the KV cache stores keys and values: f16, q8_0 or q4_0.
+    #[arg(long, default_value_t = KvCacheType::F16)]
+    pub kv_cache_type: KvCacheType,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -108,7 +112,8 @@ pub fn run(args: RunArgs) -> Result<()> {
             .transpose()?,
     };
 
-    let engine = EngineHandle::spawn(model.clone(), EngineOptions::one_at_a_time(&model))?;
+    let options = EngineOptions::one_at_a_time_as(&model, args.kv_cache_type)?;
+    let engine = EngineHandle::spawn(model.clone(), options)?;
     let stdout = std::io::stdout();
     let out = engine.generate(req, |text| {
         if !args.json {

@@ -293,3 +293,13 @@ pub enum SmtpSecurity {
     /// To a loopback relay only.
     Plain,
 }
+
+/// `[engine]`: how local models run (`verre serve`); command-line flags win.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// How the KV cache stores keys and values: one of [`KV_CACHE_TYPES`].
+    pub kv_cache_type: Option<String>,
+}
+
+/// The KV cache types the engine takes (`--kv-cache-type`).
+pub const KV_CACHE_TYPES: [&str; 3] = ["f16", "q8_0", "q4_0"];

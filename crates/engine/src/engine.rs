@@ -97,20 +97,20 @@ impl EngineOptions {
     /// One request at a time with room for a whole context: a terminal command
     /// (`verre run`), a benchmark, or the reference a batched run is compared with.
     pub fn one_at_a_time(model: &LoadedModel) -> Self {
-        Self::one_at_a_time_as(model, KvCacheType::default())
+        Self::one_at_a_time_as(model, KvCacheType::F16).expect("an f16 cache fits every model")
     }
 
     /// The same with the KV cache stored as `kind`.
-    pub fn one_at_a_time_as(model: &LoadedModel, kind: KvCacheType) -> Self {
-        let (layers, width) = model.model.kv_geometry();
-        Self {
+    /// `kind` must fit the model ([`crate::model::Model::kv_layout`]).
+    pub fn one_at_a_time_as(model: &LoadedModel, kind: KvCacheType) -> Result<Self> {
+        let layout = model.model.kv_layout(kind)?;
+        Ok(Self {
             max_running: 1,
             max_waiting: 1,
-            kv_cache_bytes: KvPool::blocks_for(model.info().context_length)
-                * KvPool::block_bytes(kind, layers, width),
+            kv_cache_bytes: KvPool::blocks_for(model.info().context_length) * layout.block_bytes(),
             kv_cache_type: kind,
             ..Self::default()
-        }
+        })
     }
 }
 
@@ -320,10 +320,7 @@ impl EngineHandle {
             options.prefill_chunk >= 1,
             "prefill_chunk must be at least 1"
         );
-        let (layers, width) = model.model.kv_geometry();
-        let kind = options.kv_cache_type;
-        model.model.check_kv_cache_type(kind)?;
-        let block_bytes = KvPool::block_bytes(kind, layers, width);
+        let block_bytes = model.model.kv_layout(options.kv_cache_type)?.block_bytes();
         let kv_blocks = options.kv_cache_bytes / block_bytes;
         anyhow::ensure!(
             kv_blocks >= 1,
@@ -1267,9 +1264,13 @@ mod tests {
     #[test]
     fn preemption_recomputes_to_the_same_answers() {
         let Some(model) = model() else { return };
-        let (layers, width) = model.model.kv_geometry();
         let options = EngineOptions {
-            kv_cache_bytes: 14 * KvPool::block_bytes(KvCacheType::F16, layers, width),
+            kv_cache_bytes: 14
+                * model
+                    .model
+                    .kv_layout(KvCacheType::F16)
+                    .unwrap()
+                    .block_bytes(),
             max_running: 4,
             ..Default::default()
         };

@@ -25,8 +25,8 @@ use anyhow::{Result, ensure};
 use half::f16;
 use half::vec::HalfBitsVecExt;
 
-use crate::kernels::attention::KvRows;
-use crate::kernels::kv_rows::{QK, quantize_q4_0, quantize_q8_0};
+use crate::kernels::attention::{KvRows, MAX_HEAD_DIM};
+use crate::kernels::kv_rows::{QK, quantize_q4_0, quantize_q8_0, rotate};
 
 /// Positions per block (a multiple of the attention kernel's key chunk).
 pub const BLOCK_TOKENS: usize = 16;
@@ -93,6 +93,57 @@ impl std::str::FromStr for KvCacheType {
     }
 }
 
+/// What a pool stores per position, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvLayout {
+    pub kind: KvCacheType,
+    pub layers: usize,
+    /// Values per position in one layer: `kv_heads * head_dim`.
+    pub width: usize,
+    pub head_dim: usize,
+    /// Layers whose keys stay f16 in a quantized cache: their keys carry a large constant
+    /// offset (a big key bias, as in Qwen2's first layers) that would take the bits of
+    /// every 32-block, leaving the part that tells keys apart almost none. Empty: none.
+    pub f16_key_layers: Vec<bool>,
+}
+
+impl KvLayout {
+    /// Every layer stored as `kind`. Panics on heads a quantized `kind` cannot take
+    /// (callers check with [`KvCacheType::check_head_dim`]).
+    pub fn new(kind: KvCacheType, layers: usize, width: usize, head_dim: usize) -> Self {
+        if let Err(e) = kind.check_head_dim(head_dim) {
+            panic!("{e}");
+        }
+        assert!(
+            width.is_multiple_of(head_dim),
+            "rows of {width} values are not whole heads of {head_dim}"
+        );
+        Self {
+            kind,
+            layers,
+            width,
+            head_dim,
+            f16_key_layers: Vec::new(),
+        }
+    }
+
+    /// How layer `l`'s keys are stored.
+    pub fn key_type(&self, layer: usize) -> KvCacheType {
+        match self.f16_key_layers.get(layer) {
+            Some(true) => KvCacheType::F16,
+            _ => self.kind,
+        }
+    }
+
+    /// Bytes one block of [`BLOCK_TOKENS`] positions takes over all layers, keys and values.
+    pub fn block_bytes(&self) -> usize {
+        let values = BLOCK_TOKENS * self.width;
+        (0..self.layers)
+            .map(|l| self.key_type(l).bytes(values) + self.kind.bytes(values))
+            .sum()
+    }
+}
+
 /// One layer's keys (or values) of every block, in the pool's storage type.
 enum LayerRows {
     F16(Vec<f16>),
@@ -115,6 +166,21 @@ impl LayerRows {
                 quants: vec![0; values / 2],
                 scales: scales(),
             },
+        }
+    }
+
+    /// Store keys or values: as `write`, each head of `head_dim` values rotated first when
+    /// quantized (see `kernels::kv_rows`).
+    fn write_rotated(&mut self, at: usize, src: &[f32], head_dim: usize) {
+        if let LayerRows::F16(_) = self {
+            return self.write(at, src);
+        }
+        let mut head = [0f32; MAX_HEAD_DIM];
+        let head = &mut head[..head_dim];
+        for (h, src) in src.chunks_exact(head_dim).enumerate() {
+            head.copy_from_slice(src);
+            rotate(head);
+            self.write(at + h * head_dim, head);
         }
     }
 
@@ -350,6 +416,8 @@ pub struct PrefixStats {
 pub struct KvPool {
     kind: KvCacheType,
     width: usize,
+    head_dim: usize,
+    block_bytes: usize,
     k: Vec<LayerRows>,
     v: Vec<LayerRows>,
     alloc: BlockAllocator,
@@ -360,40 +428,40 @@ impl KvPool {
     /// An f16 pool of `num_blocks` blocks for a model with `n_layers` layers of `width` =
     /// `kv_heads * head_dim` values per position.
     pub fn new(n_layers: usize, width: usize, num_blocks: usize) -> Self {
-        Self::with_type(KvCacheType::F16, n_layers, width, num_blocks)
+        Self::with_layout(
+            &KvLayout::new(KvCacheType::F16, n_layers, width, width),
+            num_blocks,
+        )
     }
 
-    /// A pool storing keys and values as `kind` (a quantized `kind` needs `width` in whole
-    /// 32-blocks; see [`KvCacheType::check_head_dim`] for the model's side). Memory is
-    /// zeroed lazily by the OS: pages are only resident once written.
-    pub fn with_type(kind: KvCacheType, n_layers: usize, width: usize, num_blocks: usize) -> Self {
-        assert!(
-            kind == KvCacheType::F16 || width.is_multiple_of(QK),
-            "a {kind} KV cache needs rows of whole {QK}-blocks, not {width} values"
-        );
-        let per_layer = num_blocks * BLOCK_TOKENS * width;
+    /// A pool of `num_blocks` blocks stored as `layout` says. Memory is zeroed lazily by
+    /// the OS: pages are only resident once written.
+    pub fn with_layout(layout: &KvLayout, num_blocks: usize) -> Self {
+        let per_layer = num_blocks * BLOCK_TOKENS * layout.width;
         Self {
-            kind,
-            width,
-            k: (0..n_layers)
-                .map(|_| LayerRows::new(kind, per_layer))
+            kind: layout.kind,
+            width: layout.width,
+            head_dim: layout.head_dim,
+            k: (0..layout.layers)
+                .map(|l| LayerRows::new(layout.key_type(l), per_layer))
                 .collect(),
-            v: (0..n_layers)
-                .map(|_| LayerRows::new(kind, per_layer))
+            v: (0..layout.layers)
+                .map(|_| LayerRows::new(layout.kind, per_layer))
                 .collect(),
             alloc: BlockAllocator::new(num_blocks),
             stats: PrefixStats::default(),
+            block_bytes: layout.block_bytes(),
         }
-    }
-
-    /// Bytes one block takes over all layers (keys and values) when stored as `kind`.
-    pub fn block_bytes(kind: KvCacheType, n_layers: usize, width: usize) -> usize {
-        n_layers * 2 * kind.bytes(BLOCK_TOKENS * width)
     }
 
     /// How this pool stores keys and values.
     pub fn cache_type(&self) -> KvCacheType {
         self.kind
+    }
+
+    /// Bytes one block takes over all layers, keys and values.
+    pub fn block_bytes(&self) -> usize {
+        self.block_bytes
     }
 
     pub fn allocator(&self) -> &BlockAllocator {
@@ -537,8 +605,8 @@ impl KvPool {
             let pos = start + i;
             let block = seq.blocks[pos / BLOCK_TOKENS] as usize;
             let at = (block * BLOCK_TOKENS + pos % BLOCK_TOKENS) * w;
-            self.k[layer].write(at, &k[i * w..(i + 1) * w]);
-            self.v[layer].write(at, &v[i * w..(i + 1) * w]);
+            self.k[layer].write_rotated(at, &k[i * w..(i + 1) * w], self.head_dim);
+            self.v[layer].write_rotated(at, &v[i * w..(i + 1) * w], self.head_dim);
         }
     }
 
@@ -573,13 +641,16 @@ pub struct KvCache {
 impl KvCache {
     /// Room for `capacity` positions (memory becomes resident as it is written).
     pub fn new(n_layers: usize, width: usize, capacity: usize) -> Self {
-        Self::with_type(KvCacheType::F16, n_layers, width, capacity)
+        Self::with_layout(
+            &KvLayout::new(KvCacheType::F16, n_layers, width, width),
+            capacity,
+        )
     }
 
-    /// The same, stored as `kind`.
-    pub fn with_type(kind: KvCacheType, n_layers: usize, width: usize, capacity: usize) -> Self {
+    /// The same, stored as `layout` says.
+    pub fn with_layout(layout: &KvLayout, capacity: usize) -> Self {
         Self {
-            pool: KvPool::with_type(kind, n_layers, width, KvPool::blocks_for(capacity)),
+            pool: KvPool::with_layout(layout, KvPool::blocks_for(capacity)),
             seq: SeqKv::new(capacity),
         }
     }
@@ -603,8 +674,7 @@ impl KvCache {
 
     /// Bytes of keys and values written so far (whole blocks).
     pub fn size_bytes(&self) -> usize {
-        self.seq.blocks.len()
-            * KvPool::block_bytes(self.pool.kind, self.pool.k.len(), self.pool.width)
+        self.seq.blocks.len() * self.pool.block_bytes
     }
 }
 
@@ -715,10 +785,11 @@ mod tests {
     #[test]
     fn quantized_pools_take_fewer_bytes_per_token_and_read_back() {
         // Qwen2.5-Coder-1.5B: 28 layers, 2 KV heads of 128.
-        let (layers, width) = (28, 256);
-        let f16_bytes = KvPool::block_bytes(KvCacheType::F16, layers, width);
-        let q8_bytes = KvPool::block_bytes(KvCacheType::Q8_0, layers, width);
-        let q4_bytes = KvPool::block_bytes(KvCacheType::Q4_0, layers, width);
+        let layers = 28;
+        let bytes = |kind| KvLayout::new(kind, layers, 256, 128).block_bytes();
+        let f16_bytes = bytes(KvCacheType::F16);
+        let q8_bytes = bytes(KvCacheType::Q8_0);
+        let q4_bytes = bytes(KvCacheType::Q4_0);
         assert_eq!(
             f16_bytes / BLOCK_TOKENS,
             28 * 2 * 256 * 2,
@@ -738,7 +809,8 @@ mod tests {
         assert!(budget / q8_bytes * 100 >= budget / f16_bytes * 188);
 
         for kind in [KvCacheType::Q8_0, KvCacheType::Q4_0] {
-            let mut pool = KvPool::with_type(kind, 2, 64, 4);
+            let mut pool = KvPool::with_layout(&KvLayout::new(kind, 2, 64, 32), 4);
+            assert_eq!(pool.block_bytes(), 2 * 2 * kind.bytes(16 * 64));
             assert_eq!(pool.cache_type(), kind);
             let mut s = SeqKv::new(100);
             assert!(pool.reserve(&mut s, 20));
@@ -751,14 +823,22 @@ mod tests {
             s.commit(20);
             let (ks, vs) = pool.layer_blocks(1, &s, 20);
             assert_eq!((ks.len(), ks[0].len(), ks[1].len()), (2, 16 * 64, 4 * 64));
-            // Half a step of 2/127 (q8_0); q4_0 clips the sign opposite its largest value
-            // at 7 steps of 2/8, so up to a whole step there.
-            let bound = match kind {
-                KvCacheType::Q8_0 => 0.51 * 2.0 / 127.0,
-                _ => 1.01 * 2.0 / 8.0,
+            // Stored rotated per head of 32 (`kernels::kv_rows`).
+            let rotated = |x: &[f32]| {
+                let mut x = x.to_vec();
+                x.chunks_exact_mut(32).for_each(rotate);
+                x
             };
-            for (got, want) in [(widened(&ks), &k), (widened(&vs), &v)] {
+            for (got, want) in [(widened(&ks), &rotated(&k)), (widened(&vs), &rotated(&v))] {
                 for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+                    let block = &want[i / QK * QK..][..QK];
+                    let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    // Half a step (q8_0); q4_0 clips the sign opposite its largest value at
+                    // 7 steps, so up to a whole step there.
+                    let bound = match kind {
+                        KvCacheType::Q8_0 => 0.51 * amax / 127.0,
+                        _ => 1.01 * amax / 8.0,
+                    };
                     assert!((g - w).abs() <= bound, "{kind} value {i}: {g} for {w}");
                 }
             }
@@ -780,6 +860,32 @@ mod tests {
                 "{kind}: prefix shared"
             );
         }
+    }
+
+    /// Layers whose keys stay f16 are stored and counted as such; their values, and every
+    /// other layer, as the cache's type.
+    #[test]
+    fn f16_key_layers_are_stored_and_counted_in_f16() {
+        let mut layout = KvLayout::new(KvCacheType::Q8_0, 2, 64, 32);
+        let plain = layout.block_bytes();
+        layout.f16_key_layers = vec![true, false];
+        assert_eq!(
+            layout.block_bytes(),
+            plain + KvCacheType::F16.bytes(16 * 64) - KvCacheType::Q8_0.bytes(16 * 64)
+        );
+        let mut pool = KvPool::with_layout(&layout, 2);
+        let mut s = SeqKv::new(32);
+        assert!(pool.reserve(&mut s, 3));
+        let k: Vec<f32> = (0..3 * 64).map(|i| 100.0 + i as f32 / 8.0).collect();
+        for layer in 0..2 {
+            pool.write(layer, &s, 0, &k, &k);
+        }
+        s.commit(3);
+        let (k0, v0) = pool.layer_blocks(0, &s, 3);
+        assert!(matches!(k0[0], KvRows::F16(_)) && matches!(v0[0], KvRows::Q8_0 { .. }));
+        assert_eq!(widened(&k0), k, "f16 keys hold these values exactly");
+        let (k1, _) = pool.layer_blocks(1, &s, 3);
+        assert!(matches!(k1[0], KvRows::Q8_0 { .. }));
     }
 
     #[test]

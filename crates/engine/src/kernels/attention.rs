@@ -18,6 +18,10 @@
 //! rounds the *normalised* weights to f16, and this small model's logits are sensitive
 //! enough for that to matter.
 //!
+//! Quantized keys and values are stored rotated by a Hadamard transform per head (see
+//! `kv_rows`): the queries are rotated the same way before they meet them, and the outputs
+//! rotated back.
+//!
 //! Numerics follow llama.cpp: the query meets the keys rounded to f16, the softmax
 //! weights meet the values rounded to f16, sums in f32 (quantized keys and values are
 //! widened exactly: `d * q` is exact in f32). Chunks sit at fixed absolute positions and
@@ -37,6 +41,7 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 pub use super::kv_rows::KvRows;
+use super::kv_rows::rotate;
 
 /// Positions per key chunk; KV blocks hold a multiple of this many positions.
 pub const CHUNK: usize = 16;
@@ -210,6 +215,8 @@ unsafe fn attend(
     let end = (pos_of(rows.end - 1) + 1).next_multiple_of(CHUNK);
     let n = end - start;
     let n_vectors = rows.len() * group;
+    // Quantized keys are stored rotated (see `kv_rows`): rotate the queries to meet them.
+    let rotated_keys = !matches!(s.k.first(), Some(KvRows::F16(_)) | None);
     let Scratch {
         block,
         scores,
@@ -223,9 +230,12 @@ unsafe fn attend(
         qv.pos = pos_of(row);
         qv.first = first_of(qv.pos);
         (qv.row, qv.head) = (row, head);
-        let src = &q[row * width + head * hd..][..hd];
-        for (d, &x) in qv.q[..hd].iter_mut().zip(src) {
-            *d = f16::from_f32(x).to_f32();
+        qv.q[..hd].copy_from_slice(&q[row * width + head * hd..][..hd]);
+        if rotated_keys {
+            rotate(&mut qv.q[..hd]);
+        }
+        for d in &mut qv.q[..hd] {
+            *d = f16::from_f32(*d).to_f32();
         }
     }
     // Per tile: the chunk-aligned span (relative to `start`) that any of its queries reads.
@@ -296,6 +306,16 @@ unsafe fn attend(
             let w = &scores[t * TILE * n..];
             // SAFETY: as above; `dsts[..tile.len()]` each have room for `hd` floats.
             unsafe { (kernels.weighted_sum)(w, n, span, values, &dsts[..tile.len()], hd) };
+        }
+    }
+    // Quantized values are stored rotated too: rotate the weighted sums back.
+    if !matches!(s.v.first(), Some(KvRows::F16(_)) | None) {
+        for qv in queries.iter() {
+            // SAFETY: as above.
+            let o = unsafe {
+                std::slice::from_raw_parts_mut(out.0.add(qv.row * width + qv.head * hd), hd)
+            };
+            rotate(o);
         }
     }
 }
@@ -907,6 +927,10 @@ mod tests {
             let v32 = random(len * kv_dim, 12);
             let q = random(n_rows * 6 * 64, 13);
             let f32_truth = reference(&shape, &k32, &v32, len, &q, n_rows);
+            // Stored rotated per head, as the cache stores them.
+            let (mut k_rot, mut v_rot) = (k32.clone(), v32.clone());
+            k_rot.chunks_exact_mut(64).for_each(rotate);
+            v_rot.chunks_exact_mut(64).for_each(rotate);
             for (t, q4) in [false, true].into_iter().enumerate() {
                 let per_block = BLOCK * kv_dim;
                 let scales = |x: &[f32]| vec![f16::ZERO; x.len() / QK];
@@ -914,8 +938,8 @@ mod tests {
                 let (mut k8, mut v8) = (vec![0i8; k32.len()], vec![0i8; v32.len()]);
                 let (mut k4, mut v4) = (vec![0u8; k32.len() / 2], vec![0u8; v32.len() / 2]);
                 let (kb, vb): (Vec<KvRows<'_>>, Vec<KvRows<'_>>) = if q4 {
-                    quantize_q4_0(&k32, &mut k4, &mut kd);
-                    quantize_q4_0(&v32, &mut v4, &mut vd);
+                    quantize_q4_0(&k_rot, &mut k4, &mut kd);
+                    quantize_q4_0(&v_rot, &mut v4, &mut vd);
                     fn rows<'a>(q: &'a [u8], d: &'a [f16], per_block: usize) -> Vec<KvRows<'a>> {
                         q.chunks(per_block / 2)
                             .zip(d.chunks(per_block / QK))
@@ -924,8 +948,8 @@ mod tests {
                     }
                     (rows(&k4, &kd, per_block), rows(&v4, &vd, per_block))
                 } else {
-                    quantize_q8_0(&k32, &mut k8, &mut kd);
-                    quantize_q8_0(&v32, &mut v8, &mut vd);
+                    quantize_q8_0(&k_rot, &mut k8, &mut kd);
+                    quantize_q8_0(&v_rot, &mut v8, &mut vd);
                     fn rows<'a>(q: &'a [i8], d: &'a [f16], per_block: usize) -> Vec<KvRows<'a>> {
                         q.chunks(per_block)
                             .zip(d.chunks(per_block / QK))
@@ -943,14 +967,10 @@ mod tests {
                     }
                     all
                 };
-                let want = reference(
-                    &shape,
-                    &dequantised(&kb),
-                    &dequantised(&vb),
-                    len,
-                    &q,
-                    n_rows,
-                );
+                let (mut keys, mut values) = (dequantised(&kb), dequantised(&vb));
+                keys.chunks_exact_mut(64).for_each(rotate);
+                values.chunks_exact_mut(64).for_each(rotate);
+                let want = reference(&shape, &keys, &values, len, &q, n_rows);
                 let mut got = vec![f32::NAN; q.len()];
                 let seq = SeqAttention {
                     k: &kb,
@@ -960,9 +980,11 @@ mod tests {
                     rows: 0..n_rows,
                 };
                 attention(&shape, &[seq], &q, &mut got);
+                // The queries are rounded to f16 after the rotation here, before it in the
+                // reference: a little more than the f16 case's 5e-4.
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!(
-                        (g - w).abs() <= 5e-4 * w.abs().max(1.0),
+                        (g - w).abs() <= 2e-3 * w.abs().max(1.0),
                         "q4 {q4} len {len} element {i}: {g} vs {w}"
                     );
                 }
@@ -975,7 +997,8 @@ mod tests {
             "max |quantized - f32|: q8_0 {}, q4_0 {}",
             worst[0], worst[1]
         );
-        assert!(worst[0] <= 0.01, "q8_0 strays {} from f32", worst[0]);
+        // Rotated values of these heads reach about 2.5 in magnitude: a q8_0 step of 0.02.
+        assert!(worst[0] <= 0.015, "q8_0 strays {} from f32", worst[0]);
         assert!(
             worst[0] * 4.0 < worst[1],
             "q8_0 is not clearly closer than q4_0"

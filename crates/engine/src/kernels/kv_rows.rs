@@ -11,6 +11,18 @@
 //! Quantizing rounds as ggml's reference quantizers do. A quantized row is always a whole
 //! number of 32-blocks: attention reads one KV head at a time, so the head size must be a
 //! multiple of [`QK`].
+//!
+//! Quantized keys and values are stored rotated: each head goes through the normalised
+//! Walsh-Hadamard transform ([`rotate`]) before it is quantized; attention rotates the
+//! queries the same way and its outputs back (the transform is its own inverse). Being
+//! orthogonal it leaves scores and weighted sums unchanged, but it spreads the few huge
+//! channels some models put in their keys over the whole head: quantized as they come, one
+//! such channel sets the scale of its 32-block and the other 31 keep almost no bits. Layers
+//! whose keys are dominated by a large constant offset (Qwen2's key bias in its first
+//! layers) keep their keys in f16 (`kv::KvLayout::f16_key_layers`). Measured on
+//! Qwen2.5-Coder-0.5B, teacher-forced against llama.cpp, mean / max |Δ logprob|: f16 0.051 /
+//! 0.40; q8_0 as it comes 0.18 / 2.6; rotated 0.13 / 4.5; rotated with the offset layers'
+//! keys in f16 0.056 / 0.56.
 
 use half::f16;
 
@@ -76,6 +88,32 @@ impl KvRows<'_> {
     }
 }
 
+/// Values per rotation of a head of `head_dim` values: the largest power of two that
+/// divides it (the whole head for 64, 128, 256).
+pub fn rotation_group(head_dim: usize) -> usize {
+    1 << head_dim.trailing_zeros()
+}
+
+/// Each group of [`rotation_group`]`(x.len())` values times the normalised Hadamard matrix
+/// (its own inverse). The fast transform: `log2(n)` passes of sums and differences.
+pub fn rotate(x: &mut [f32]) {
+    let n = rotation_group(x.len());
+    let norm = 1.0 / (n as f32).sqrt();
+    for group in x.chunks_exact_mut(n) {
+        let mut h = 1;
+        while h < n {
+            for pair in group.chunks_exact_mut(2 * h) {
+                let (a, b) = pair.split_at_mut(h);
+                for (a, b) in a.iter_mut().zip(b) {
+                    (*a, *b) = (*a + *b, *a - *b);
+                }
+            }
+            h *= 2;
+        }
+        group.iter_mut().for_each(|v| *v *= norm);
+    }
+}
+
 /// Portable q8_0 widening: `dst[j] = d * q[j]` per block (exact in f32).
 fn widen_q8_0(quants: &[i8], scales: &[f16], dst: &mut [f32]) {
     for ((q, &d), out) in quants
@@ -105,8 +143,8 @@ fn widen_q4_0(quants: &[u8], scales: &[f16], dst: &mut [f32]) {
     }
 }
 
-/// `src` (whole blocks) into q8_0, as ggml's `quantize_row_q8_0_ref`: `d = max|x| / 127`,
-/// `q = round(x / d)`, `d` stored as f16.
+/// `src` (whole blocks) into q8_0, as ggml's `quantize_row_q8_0_ref` but for one rounding:
+/// `d = max|x| / 127` stored as f16, `q = round(x / d)` with that stored `d`.
 pub fn quantize_q8_0(src: &[f32], quants: &mut [i8], scales: &mut [f16]) {
     for ((x, q), d_out) in src
         .chunks_exact(QK)
@@ -114,9 +152,11 @@ pub fn quantize_q8_0(src: &[f32], quants: &mut [i8], scales: &mut [f16]) {
         .zip(scales.iter_mut())
     {
         let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
+        // Quantize against the scale as stored, so that `d * q` is the nearest value
+        // (`as` saturates where the rounded scale is a little under amax / 127).
+        *d_out = f16::from_f32(amax / 127.0);
+        let d = d_out.to_f32();
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        *d_out = f16::from_f32(d);
         for (q, &v) in q.iter_mut().zip(x) {
             *q = (v * id).round() as i8;
         }
@@ -208,6 +248,31 @@ mod tests {
         let mut part = vec![0f32; QK];
         rows.widen(2 * QK, &mut part);
         assert_eq!(part, back[2 * QK..3 * QK]);
+    }
+
+    #[test]
+    fn rotation_is_orthogonal_and_its_own_inverse() {
+        assert_eq!(
+            (rotation_group(64), rotation_group(128), rotation_group(96)),
+            (64, 128, 32)
+        );
+        let x = sample(128);
+        let mut y = x.clone();
+        rotate(&mut y);
+        let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
+        assert!((norm(&x) - norm(&y)).abs() <= 1e-4 * norm(&x));
+        // One spike spreads evenly over the group.
+        let mut spike = vec![0f32; 64];
+        spike[5] = 8.0;
+        rotate(&mut spike);
+        assert!(
+            spike.iter().all(|v| (v.abs() - 1.0).abs() < 1e-6),
+            "{spike:?}"
+        );
+        rotate(&mut y);
+        for (a, b) in x.iter().zip(&y) {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+        }
     }
 
     #[test]
