@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod demo;
 pub mod evidence;
+pub mod fewshot;
 pub mod imap;
 pub mod inbox;
 pub mod isolation;
