@@ -47,7 +47,9 @@ pub async fn embeddings(
     model: &str,
     inputs: &[String],
 ) -> Result<Vec<Vec<f32>>, ModelCallError> {
-    let response = api.embed(json!({"model": model, "input": inputs})).await?;
+    // A document is longer than an embedding model reads: its start stands for it.
+    let request = json!({"model": model, "input": inputs, "truncate": true});
+    let response = api.embed(request).await?;
     let data = response["data"].as_array().ok_or_else(|| {
         ModelCallError::transient(format!(
             "the embeddings answer has no data: {:.300}",

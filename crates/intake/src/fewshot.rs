@@ -180,6 +180,25 @@ mod tests {
         store.correct_field(id, field, &c, "rita").await.unwrap();
     }
 
+    /// The stub's embeddings, refusing a request that does not allow truncation (a
+    /// document is longer than minilm-l6's 256 tokens; the server refuses it then).
+    struct Truncating(StubBackend);
+
+    impl ModelApi for Truncating {
+        fn chat(&self, request: Value) -> crate::BoxFuture<'_, Result<Value, ModelCallError>> {
+            self.0.chat(request)
+        }
+
+        fn embed(&self, request: Value) -> crate::BoxFuture<'_, Result<Value, ModelCallError>> {
+            if request["truncate"] != json!(true) {
+                return Box::pin(async {
+                    Err(ModelCallError::permanent("context_length_exceeded"))
+                });
+            }
+            self.0.embed(request)
+        }
+    }
+
     #[tokio::test]
     async fn the_most_similar_documents_corrections_come_first_and_the_latest_wins() {
         let dir = tempfile::tempdir().unwrap();
@@ -190,7 +209,7 @@ mod tests {
         correct(&store, acme, "invoice_number", "A-1", "Rechnungsnr A-1").await;
         correct(&store, acme, "date", "2014-05-07", "Datum 07.05.2014").await;
         correct(&store, shop, "issuer", "Flipkart", "Sold by Flipkart").await;
-        let api = StubBackend::default();
+        let api = Truncating(StubBackend::default());
         let doc = "ACME GmbH Rechnung Rechnungsnr 7 Summe EUR 12";
         let got = examples(&store, &api, "m", 0, doc, 1).await.unwrap();
         let fields: Vec<(&str, &Value)> =
