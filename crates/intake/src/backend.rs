@@ -533,7 +533,7 @@ fn stub_tokens(content: &str) -> Vec<Value> {
         if start > at {
             tokens.push(token(&content[at..start], 1.0));
         }
-        let h = Sha256::digest(content[start..end].as_bytes());
+        let h = Sha256::digest(&content.as_bytes()[start..end]);
         tokens.push(token(&content[start..end], 0.2 + 0.8 * h[0] as f64 / 255.0));
         at = end;
     }
