@@ -46,6 +46,13 @@ pub struct EvalArgs {
     /// fields are the same; for comparing times).
     #[arg(long)]
     pub no_speculation: bool,
+    /// Then measure corrections that teach: the wrong fields of the first half of the
+    /// invoices are corrected (as a reviewer would), and the second half is extracted
+    /// again with the N most similar corrected documents' fields as examples
+    /// (`few_shot_from_corrections = N`); accuracy on the second half is printed without
+    /// and with them.
+    #[arg(long, value_name = "N")]
+    pub few_shot: Option<usize>,
     #[arg(long)]
     pub json: bool,
 }
@@ -120,12 +127,43 @@ async fn eval(args: EvalArgs) -> Result<()> {
         lease_secs: 120,
         no_speculation: args.no_speculation,
     };
+    anyhow::ensure!(
+        args.few_shot.is_none() || args.mails.is_none(),
+        "--few-shot measures over the invoices once each: leave out --mails"
+    );
+    let second_pipeline = pipeline.clone();
     let source = Source::detect(mail_dir.to_str().context("a UTF-8 temporary path")?)?;
     let (store, ids, summary) = ingest_and_run(&source, &work, pipeline, !args.json).await?;
+    let (correct, rows) = score(&store, &cases, &ids).await?;
+    let few_shot = match args.few_shot {
+        Some(n) => Some(
+            feed_back(
+                &store,
+                &work,
+                second_pipeline,
+                (&cases, &rows, &pdfs),
+                tmp.path(),
+                n,
+                !args.json,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    report(&args, &cases, &rows, &correct, &summary, few_shot.as_ref())
+}
 
+type Case = (String, String, Value);
+
+/// Each extraction against its answer: correct counts per field, and a row per case.
+async fn score(
+    store: &verre_store::Store,
+    cases: &[Case],
+    ids: &[i64],
+) -> Result<(BTreeMap<&'static str, usize>, Vec<Value>)> {
     let mut correct: BTreeMap<&str, usize> = FIELDS.iter().map(|f| (*f, 0)).collect();
     let mut rows = Vec::new();
-    for ((stem, _, answer), id) in cases.iter().zip(&ids) {
+    for ((stem, _, answer), id) in cases.iter().zip(ids) {
         let got = store.stage_output(*id, "extract").await?;
         let mut row = json!({"file": stem, "message": id});
         match &got {
@@ -149,6 +187,98 @@ async fn eval(args: EvalArgs) -> Result<()> {
         }
         rows.push(row);
     }
+    Ok((correct, rows))
+}
+
+fn accuracy_of(correct: &BTreeMap<&str, usize>, n: usize) -> BTreeMap<String, f64> {
+    correct
+        .iter()
+        .map(|(f, c)| (f.to_string(), *c as f64 / n.max(1) as f64))
+        .collect()
+}
+
+/// Corrections that teach, measured: the wrong fields of the first half (rounded up) of
+/// the invoices corrected with their answers, each with the words of the document the
+/// answer stands in, then the second half extracted again, in the same store, with
+/// `few_shot_from_corrections = n`. Accuracy on the second half without and with.
+async fn feed_back(
+    store: &verre_store::Store,
+    work: &WorkArgs,
+    mut pipeline: Pipeline,
+    (cases, rows, pdfs): (&[Case], &[Value], &[PathBuf]),
+    tmp: &Path,
+    n: usize,
+    progress: bool,
+) -> Result<Value> {
+    let half = cases.len().div_ceil(2);
+    let mut corrections = 0;
+    for ((_, _, answer), row) in cases.iter().zip(rows).take(half) {
+        let Some(id) = row["message"]
+            .as_i64()
+            .filter(|_| row.get("error").is_none())
+        else {
+            continue;
+        };
+        let evidence = store.evidence(id).await?.unwrap_or_default();
+        let document = evidence["document"].as_str().unwrap_or("");
+        for f in FIELDS.iter().filter(|f| row[**f]["ok"] != json!(true)) {
+            let span = verre_intake::evidence::find_value(document, &answer[*f]);
+            let correction = verre_store::FieldCorrection {
+                value: answer[*f].clone(),
+                previous: row[*f]["got"].clone(),
+                quote: span.map(|(s, e)| document[s..e].to_string()),
+                context: span.map(|(s, e)| verre_intake::evidence::context_of(document, s, e)),
+            };
+            store
+                .correct_field(id, f, &correction, "eval-extract")
+                .await?;
+            corrections += 1;
+        }
+    }
+    let second = &cases[half..];
+    let mail_dir = tmp.join("mail-again");
+    std::fs::create_dir_all(&mail_dir)?;
+    for (i, pdf) in pdfs[half..].iter().enumerate() {
+        // Other mails (another Message-ID), the same invoices.
+        let name = format!("{:03}.eml", 1001 + half + i);
+        std::fs::write(
+            mail_dir.join(name),
+            invoice_mail(1001 + half + i, &std::fs::read(pdf)?),
+        )?;
+    }
+    pipeline.extract.few_shot = n;
+    let source = Source::detect(mail_dir.to_str().context("a UTF-8 temporary path")?)?;
+    let (store, ids, summary) = ingest_and_run(&source, work, pipeline, progress).await?;
+    let (with, with_rows) = score(&store, second, &ids).await?;
+    let (without, _) = score(
+        &store,
+        second,
+        &rows[half..]
+            .iter()
+            .map(|r| r["message"].as_i64().unwrap_or(-1))
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    Ok(json!({
+        "fed_back": half,
+        "corrections": corrections,
+        "examples": n,
+        "second_half": second.iter().map(|c| &c.0).collect::<Vec<_>>(),
+        "without": accuracy_of(&without, second.len()),
+        "with": accuracy_of(&with, second.len()),
+        "cases_with": with_rows,
+        "seconds": summary.seconds,
+    }))
+}
+
+fn report(
+    args: &EvalArgs,
+    cases: &[Case],
+    rows: &[Value],
+    correct: &BTreeMap<&str, usize>,
+    summary: &crate::intake_cmd::Summary,
+    few_shot: Option<&Value>,
+) -> Result<()> {
     let n = cases.len();
     let accuracy: BTreeMap<&str, f64> = correct
         .iter()
@@ -161,12 +291,12 @@ async fn eval(args: EvalArgs) -> Result<()> {
                 "documents": n, "accuracy": accuracy, "cases": rows,
                 "prompt_tokens": summary.prompt_tokens, "completion_tokens": summary.completion_tokens,
                 "seconds": summary.seconds, "quarantined": summary.quarantined,
-                "workers": args.workers,
+                "workers": args.workers, "few_shot": few_shot,
             }))?
         );
         return Ok(());
     }
-    for row in &rows {
+    for row in rows {
         println!("{}:", row["file"].as_str().unwrap_or(""));
         if let Some(e) = row.get("error") {
             println!("  not extracted: {}", e.as_str().unwrap_or(""));
@@ -200,6 +330,24 @@ async fn eval(args: EvalArgs) -> Result<()> {
         "tokens {} prompt + {} completion, {:.1} s, {} quarantined",
         summary.prompt_tokens, summary.completion_tokens, summary.seconds, summary.quarantined
     );
+    if let Some(f) = few_shot {
+        println!(
+            "\ncorrections that teach: {} wrong field(s) of the first {} invoice(s) corrected; the other {} extracted again with the {} most similar corrected document(s) as examples:",
+            f["corrections"],
+            f["fed_back"],
+            f["second_half"].as_array().map_or(0, Vec::len),
+            f["examples"]
+        );
+        println!("  {:<15} {:>8} {:>8}", "field", "without", "with");
+        for field in FIELDS {
+            println!(
+                "  {:<15} {:>7.0}% {:>7.0}%",
+                field,
+                f["without"][field].as_f64().unwrap_or(0.0) * 100.0,
+                f["with"][field].as_f64().unwrap_or(0.0) * 100.0
+            );
+        }
+    }
     Ok(())
 }
 

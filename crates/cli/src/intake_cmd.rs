@@ -229,18 +229,26 @@ impl PipelineApi {
     }
 }
 
+impl PipelineApi {
+    async fn post(&self, path: &str, request: Value) -> Result<Value, ModelCallError> {
+        self.client
+            .post(&self.caller, path, &request)
+            .await
+            .map_err(|e| ModelCallError {
+                permanent: e.is_permanent(),
+                param: e.param.clone(),
+                message: e.to_string(),
+            })
+    }
+}
+
 impl ModelApi for PipelineApi {
     fn chat(&self, request: Value) -> BoxFuture<'_, Result<Value, ModelCallError>> {
-        Box::pin(async move {
-            self.client
-                .post(&self.caller, "/v1/chat/completions", &request)
-                .await
-                .map_err(|e| ModelCallError {
-                    permanent: e.is_permanent(),
-                    param: e.param.clone(),
-                    message: e.to_string(),
-                })
-        })
+        Box::pin(self.post("/v1/chat/completions", request))
+    }
+
+    fn embed(&self, request: Value) -> BoxFuture<'_, Result<Value, ModelCallError>> {
+        Box::pin(self.post("/v1/embeddings", request))
     }
 }
 

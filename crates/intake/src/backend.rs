@@ -28,6 +28,53 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait ModelApi: Send + Sync {
     /// The answer to an OpenAI-shaped chat request (never streamed).
     fn chat(&self, request: Value) -> BoxFuture<'_, Result<Value, ModelCallError>>;
+
+    /// The answer to an OpenAI-shaped `/v1/embeddings` request (finding the corrected
+    /// examples most like a document, [`crate::fewshot`]). None by default.
+    fn embed(&self, request: Value) -> BoxFuture<'_, Result<Value, ModelCallError>> {
+        let _ = request;
+        Box::pin(async {
+            Err(ModelCallError::permanent(
+                "this model API serves no embeddings",
+            ))
+        })
+    }
+}
+
+/// The vectors of `inputs` from the embedding model `model`, in order.
+pub async fn embeddings(
+    api: &dyn ModelApi,
+    model: &str,
+    inputs: &[String],
+) -> Result<Vec<Vec<f32>>, ModelCallError> {
+    // A document is longer than an embedding model reads: its start stands for it.
+    let request = json!({"model": model, "input": inputs, "truncate": true});
+    let response = api.embed(request).await?;
+    let data = response["data"].as_array().ok_or_else(|| {
+        ModelCallError::transient(format!(
+            "the embeddings answer has no data: {:.300}",
+            response.to_string()
+        ))
+    })?;
+    let mut vectors = vec![Vec::new(); inputs.len()];
+    for (i, d) in data.iter().enumerate() {
+        let at = d["index"].as_u64().map_or(i, |x| x as usize);
+        let v: Vec<f32> = d["embedding"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_f64().map(|x| x as f32))
+            .collect();
+        if let Some(slot) = vectors.get_mut(at) {
+            *slot = v;
+        }
+    }
+    if vectors.iter().any(Vec::is_empty) {
+        return Err(ModelCallError::transient(
+            "the embeddings answer lacks a vector for an input",
+        ));
+    }
+    Ok(vectors)
 }
 
 /// A model call that did not answer.
@@ -452,6 +499,32 @@ impl ModelApi for StubBackend {
             self.answer(&request)
         })
     }
+
+    /// Each input as counts of its lower-cased words hashed into 64 dimensions: texts that
+    /// share words are near.
+    fn embed(&self, request: Value) -> BoxFuture<'_, Result<Value, ModelCallError>> {
+        let data: Vec<Value> = request["input"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(index, text)| {
+                let mut v = [0f32; 64];
+                for word in text
+                    .as_str()
+                    .unwrap_or("")
+                    .split(|c: char| !c.is_alphanumeric())
+                {
+                    if !word.is_empty() {
+                        let h = Sha256::digest(word.to_lowercase().as_bytes());
+                        v[h[0] as usize % 64] += 1.0;
+                    }
+                }
+                json!({"index": index, "embedding": v.to_vec()})
+            })
+            .collect();
+        Box::pin(async move { Ok(json!({"object": "list", "data": data})) })
+    }
 }
 
 /// The stub's answer as chat `logprobs` tokens: each top-level value one token, with a
@@ -465,7 +538,7 @@ fn stub_tokens(content: &str) -> Vec<Value> {
         if start > at {
             tokens.push(token(&content[at..start], 1.0));
         }
-        let h = Sha256::digest(content[start..end].as_bytes());
+        let h = Sha256::digest(&content.as_bytes()[start..end]);
         tokens.push(token(&content[start..end], 0.2 + 0.8 * h[0] as f64 / 255.0));
         at = end;
     }

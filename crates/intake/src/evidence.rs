@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use verre_spans::PageMap;
-pub use verre_spans::{PagePlace, find_value, normalise_date, parse_number};
+pub use verre_spans::{PagePlace, context_of, find_value, normalise_date, parse_number};
 
 /// Below this confidence a field is marked for checking, unless the pipeline says
 /// otherwise (`[extract] check_below`).

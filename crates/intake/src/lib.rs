@@ -11,6 +11,7 @@ pub mod backend;
 pub mod demo;
 pub mod evidence;
 pub mod document;
+pub mod fewshot;
 pub mod imap;
 pub mod inbox;
 pub mod isolation;

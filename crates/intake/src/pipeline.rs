@@ -86,8 +86,10 @@ pub struct ExtractConfig {
     /// How many of the reviewers' most similar corrected examples the prompt shows
     /// (`few_shot_from_corrections`; 0, the default: none).
     pub few_shot: usize,
-    /// The embedding model that finds the most similar examples (`few_shot_model`).
+    /// The embedding model that finds the most similar examples (`few_shot_model`), with
+    /// its line in the file.
     pub few_shot_model: String,
+    pub few_shot_model_line: usize,
     /// How each top-level field of a document read in several chunks is merged
     /// (`[extract.merge]`): labels by `max` (the worst value by the declared order),
     /// other fields by `first`, unless the file says otherwise.
@@ -523,6 +525,11 @@ impl Pipeline {
                 Some(m) => model_ref(&c, m)?,
                 None => "minilm-l6".to_string(),
             },
+            few_shot_model_line: c.line(
+                ex.few_shot_model
+                    .as_ref()
+                    .map_or(file.extract.span(), |m| m.span()),
+            ),
         };
 
         let crossref = match &file.crossref {
@@ -739,6 +746,12 @@ impl Pipeline {
     pub fn models(&self) -> Vec<(String, usize)> {
         let mut models: Vec<(String, usize)> =
             vec![(self.extract.model.clone(), self.extract.model_line)];
+        if self.extract.few_shot > 0 {
+            models.push((
+                self.extract.few_shot_model.clone(),
+                self.extract.few_shot_model_line,
+            ));
+        }
         let drafts = self
             .draft
             .iter()
@@ -1181,6 +1194,29 @@ schema = { type = "object", properties = { a = { type = "string" } } }
             "properties = { _document = { type = \"object\" }, a",
         ));
         assert!(e.reason.contains("verre's own key"), "{e}");
+    }
+
+    #[test]
+    fn evidence_and_few_shot_options_are_read_and_checked() {
+        let p = parse(BASE).unwrap();
+        assert_eq!(
+            (p.extract.check_below, p.extract.few_shot),
+            (crate::evidence::DEFAULT_CHECK_BELOW, 0)
+        );
+        assert_eq!(p.models().len(), 1, "no embedding model unless asked");
+        let text = BASE.replace(
+            "system = \"Extract.\"",
+            "system = \"Extract.\"\ncheck_below = 0.8\nfew_shot_from_corrections = 3",
+        );
+        let p = parse(&text).unwrap();
+        assert_eq!((p.extract.check_below, p.extract.few_shot), (0.8, 3));
+        assert_eq!(p.models()[1], ("minilm-l6".to_string(), 2));
+        let e = error_of(&BASE.replace(
+            "system = \"Extract.\"",
+            "system = \"Extract.\"\ncheck_below = 1.5",
+        ));
+        assert_eq!(e.line, 5, "{e}");
+        assert!(e.reason.contains("between 0 and 1"), "{e}");
     }
 
     #[test]

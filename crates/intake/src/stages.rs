@@ -230,7 +230,25 @@ impl StageRunner {
             "attachments": attachments_text(&parts, max),
             "message": message,
         });
-        let system = render(&ex.system, &ctx, "extract.system")?;
+        let mut system = render(&ex.system, &ctx, "extract.system")?;
+        if ex.few_shot > 0 {
+            let examples = crate::fewshot::examples(
+                &self.store,
+                self.models.as_ref(),
+                &ex.few_shot_model,
+                message_id,
+                &document,
+                ex.few_shot,
+            )
+            .await
+            .map_err(|e| match e {
+                crate::fewshot::ExamplesError::Embed(e) => {
+                    call_failed("few-shot embedding", &ex.few_shot_model, e)
+                }
+                crate::fewshot::ExamplesError::Store(e) => e.into(),
+            })?;
+            system.push_str(&crate::fewshot::prompt_section(&examples));
+        }
         let prompt = render(&ex.prompt, &ctx, "extract.prompt")?;
         let extraction = self
             .extract_one(&system, &prompt, &ex.schema)

@@ -60,6 +60,10 @@ impl ModelApi for Answers {
             async move { Ok(json!({"choices": [{"message": {"content": answer}}], "usage": {}})) },
         )
     }
+
+    fn embed(&self, request: Value) -> BoxFuture<'_, Result<Value, ModelCallError>> {
+        Box::pin(async move { verre_intake::StubBackend::default().embed(request).await })
+    }
 }
 
 fn invoice_mail(name: &str, pdf: &[u8]) -> Vec<u8> {
@@ -314,4 +318,61 @@ async fn the_local_engine_gives_every_field_a_confidence() {
         assert!(c > 0.0 && c <= 1.0, "{f}");
         assert_eq!(f["check"], c < 0.5, "{f}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrected_field_teaches_the_next_similar_extraction() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_in_home(dir.path()).await.unwrap();
+    let pipeline = || {
+        Pipeline::parse(
+            Path::new("p.toml"),
+            &ROUTED.replace(
+                "system = \"Extract.\"",
+                "system = \"Extract.\"\nfew_shot_from_corrections = 1",
+            ),
+        )
+        .unwrap()
+    };
+    let api = Arc::new(Answers {
+        answers: vec![(
+            "Alice".into(),
+            json!({"customer": "Alice", "threat_level": "low"}),
+        )],
+        requests: Mutex::default(),
+    });
+    let first = b"From: Alice <alice@example.com>\r\nSubject: Order\r\n\r\nAlice Smith of Acme Tools orders 4 drills.\r\n";
+    let id = store
+        .ingest("t", "1", first, "parse", 1)
+        .await
+        .unwrap()
+        .message_id;
+    run(&store, pipeline(), api.clone()).await;
+    let correction = verre_store::FieldCorrection {
+        value: json!("Acme Tools"),
+        previous: json!("Alice"),
+        quote: Some("Acme Tools".into()),
+        context: Some("Alice Smith of Acme Tools orders 4 drills.".into()),
+    };
+    store
+        .correct_field(id, "customer", &correction, "rita")
+        .await
+        .unwrap();
+
+    let second = b"From: Alice <alice@example.com>\r\nSubject: Order again\r\n\r\nAlice Smith of Acme Tools orders 9 saws.\r\n";
+    store.ingest("t", "2", second, "parse", 1).await.unwrap();
+    run(&store, pipeline(), api.clone()).await;
+    let requests = api.requests.lock().unwrap();
+    let system = |r: &Value| r["messages"][0]["content"].as_str().unwrap().to_string();
+    assert!(
+        !system(&requests[0]).contains("Reviewers corrected"),
+        "no corrections yet"
+    );
+    let taught = system(requests.last().unwrap());
+    assert!(
+        taught.contains(
+            "where the document reads \"Alice Smith of Acme Tools orders 4 drills.\", customer is \"Acme Tools\" (not \"Alice\")"
+        ),
+        "{taught}"
+    );
 }

@@ -252,6 +252,30 @@ pub fn normalise_date(s: &str) -> Option<String> {
     }
 }
 
+/// The lines around a span (the line it is on, and the ones before and after), at most
+/// about 400 bytes: what a later extraction is shown as an example of a
+/// corrected field.
+pub fn context_of(document: &str, start: usize, end: usize) -> String {
+    let line_start = |at: usize| document[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = |at: usize| document[at..].find('\n').map_or(document.len(), |i| at + i);
+    let mut s = line_start(start);
+    if s > 0 {
+        s = line_start(s - 1);
+    }
+    let mut e = line_end(end);
+    if e < document.len() {
+        e = line_end(e + 1);
+    }
+    let (mut s, mut e) = (s.max(start.saturating_sub(200)), e.min(end + 200));
+    while !document.is_char_boundary(s) {
+        s -= 1;
+    }
+    while !document.is_char_boundary(e) {
+        e += 1;
+    }
+    document[s..e].trim().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -283,6 +307,13 @@ mod tests {
         assert_eq!(span_of(json!(20)), None);
         assert_eq!(span_of(json!("ACM")), None);
         assert_eq!(span_of(json!(true)), None);
+    }
+
+    #[test]
+    fn a_context_is_the_lines_around_the_words() {
+        let doc = "a\nb\nInvoice no: 42\nc\nd";
+        let s = doc.find("42").unwrap();
+        assert_eq!(context_of(doc, s, s + 2), "b\nInvoice no: 42\nc");
     }
 
     #[test]
