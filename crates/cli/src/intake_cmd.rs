@@ -222,9 +222,14 @@ pub(crate) struct PipelineApi {
 
 impl PipelineApi {
     pub(crate) fn new(state: Arc<AppState>, pipeline: &Pipeline) -> Self {
+        Self::for_caller(state, format!("pipeline:{}", pipeline.name))
+    }
+
+    /// The same API for another caller (`verre summarize` calls as `summarize`).
+    pub(crate) fn for_caller(state: Arc<AppState>, caller: String) -> Self {
         Self {
             client: ApiClient::new(state),
-            caller: format!("pipeline:{}", pipeline.name),
+            caller,
         }
     }
 }

@@ -12,6 +12,7 @@ mod loadtest_cmd;
 mod models_cmd;
 mod run_cmd;
 mod serve_cmd;
+mod summarize_cmd;
 mod up_cmd;
 mod users_cmd;
 
@@ -77,6 +78,9 @@ enum Command {
         #[command(subcommand)]
         command: intake_cmd::IntakeCommand,
     },
+    /// Summarise a long document (PDF, .eml, text) by map and reduce, its points cited to
+    /// pages, with a progress bar.
+    Summarize(summarize_cmd::SummarizeArgs),
     /// Measure extraction accuracy on a folder of invoice PDFs with .json answers.
     EvalExtract(eval_cmd::EvalArgs),
     /// The tamper-evident audit log: verify its hash chain, show entries.
@@ -137,6 +141,7 @@ fn main() -> ExitCode {
         Command::Loadtest(args) => loadtest_cmd::loadtest(args),
         Command::Keys { command } => serve_cmd::keys(command),
         Command::Intake { command } => intake_cmd::intake(command),
+        Command::Summarize(args) => summarize_cmd::summarize_file(args),
         Command::EvalExtract(args) => eval_cmd::eval_extract(args),
         Command::Audit { command } => gdpr_cmd::audit(command),
         Command::Erase(args) => gdpr_cmd::erase(args),

@@ -86,7 +86,7 @@ fn a_50_page_contract_gives_its_three_facts_with_their_pages_on_the_default_mode
         verre()
             .args(["intake", "run", inbox.to_str().unwrap(), "--pipeline"])
             .arg(&pipeline)
-            .args(["--database", &db, "--workers", "1", "--json"]),
+            .args(["--database", &db, "--workers", "2", "--json"]),
     );
     let seconds = start.elapsed().as_secs_f64();
     let summary: Value = serde_json::from_slice(&summary).unwrap();

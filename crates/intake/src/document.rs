@@ -258,6 +258,21 @@ fn render<'a>(pages: impl Iterator<Item = &'a Page>) -> String {
     doc.trim().to_string()
 }
 
+/// Most model calls one message has in flight at once. Every chunk of a usual document is
+/// sent at once (the engine batches them); past this, calls wait for earlier ones, so a
+/// 300-page message does not fill the engine's waiting queue (64 by default) and get
+/// refused.
+pub const MAX_CALLS_IN_FLIGHT: usize = 32;
+
+/// Run `calls` with at most [`MAX_CALLS_IN_FLIGHT`] at once, results in their order.
+pub async fn all_in_order<T>(calls: Vec<crate::BoxFuture<'_, T>>) -> Vec<T> {
+    use futures_util::StreamExt as _;
+    futures_util::stream::iter(calls)
+        .buffered(MAX_CALLS_IN_FLIGHT)
+        .collect()
+        .await
+}
+
 /// What the extraction reads of a message, and what it leaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -504,6 +519,26 @@ mod tests {
         );
         assert_eq!(by_tokens.pages_read, 10, "{by_tokens:?}");
         assert!(by_tokens.unread[0].reason.contains("max_document_tokens"));
+    }
+
+    #[tokio::test]
+    async fn calls_run_at_once_up_to_the_cap_and_come_back_in_order() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let calls = (0..MAX_CALLS_IN_FLIGHT + 8)
+            .map(|i| {
+                let (now, most) = (&now, &most);
+                Box::pin(async move {
+                    most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    i
+                }) as crate::BoxFuture<'_, usize>
+            })
+            .collect();
+        let out = all_in_order(calls).await;
+        assert_eq!(out, (0..MAX_CALLS_IN_FLIGHT + 8).collect::<Vec<_>>());
+        assert_eq!(most.load(Ordering::SeqCst), MAX_CALLS_IN_FLIGHT);
     }
 
     #[test]

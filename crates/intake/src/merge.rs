@@ -141,13 +141,19 @@ pub fn merge(
     let mut out = Merged::default();
     for field in fields {
         // Every chunk's value for the field, nulls left out.
-        let candidates: Vec<(&Value, &Chunk)> = answers
+        let mut candidates: Vec<(&Value, &Chunk)> = answers
             .iter()
             .filter_map(|a| match a.value.get(field) {
                 None | Some(Value::Null) => None,
                 Some(v) => Some((v, a.chunk)),
             })
             .collect();
+        // Small models fill a field they were told to leave null (a date made up from the
+        // mail's, an amount of 0): a value its chunk's text does not hold counts only when
+        // no chunk's value is found in its text. Labels are judgements, not quotes.
+        if order(field).is_none() && candidates.iter().any(|(v, c)| is_grounded(v, c)) {
+            candidates.retain(|(v, c)| is_grounded(v, c));
+        }
         let rule = rule(field);
         if rule == MergeRule::Reconcile {
             out.reconcile.push(field.clone());
@@ -253,7 +259,12 @@ pub fn locate(value: &Value, chunk: &Chunk) -> Source {
         }
     }
     let numbers: Vec<u32> = pages.iter().filter_map(|p| p.number).collect();
-    let first = pages.first().copied();
+    // The chunk's document, when it has one, rather than the mail body before it.
+    let first = pages
+        .iter()
+        .find(|p| p.number.is_some())
+        .or(pages.first())
+        .copied();
     match (first, numbers.first(), numbers.last()) {
         (Some(p), Some(&a), Some(&b)) if a != b => Source {
             pages: Some((a, b)),
@@ -268,6 +279,22 @@ pub fn locate(value: &Value, chunk: &Chunk) -> Source {
             pages: None,
         },
     }
+}
+
+/// Whether `chunk`'s own pages hold `value` (a list: any of its items).
+fn is_grounded(value: &Value, chunk: &Chunk) -> bool {
+    let items = match value {
+        Value::Array(items) => items.iter().collect(),
+        one => vec![one],
+    };
+    items.into_iter().any(|v| {
+        let needles = spellings(v);
+        !needles.is_empty()
+            && chunk.content().any(|p| {
+                let hay = normalise(&p.text);
+                needles.iter().any(|n| hay.contains(n.as_str()))
+            })
+    })
 }
 
 /// Lower case, whitespace runs as one space.
@@ -432,11 +459,18 @@ mod tests {
             "c.pdf",
             &[(36, "nothing"), (37, "Terminate by 31 March 2027.")],
         );
-        let c3 = chunk("c.pdf", &[(49, "Penalty: EUR 25,000.00"), (50, "Signed.")]);
+        let c3 = chunk(
+            "c.pdf",
+            &[
+                (49, "Penalty: EUR 25,000.00"),
+                (50, "Signed for Other Ltd."),
+            ],
+        );
         let answers = [
+            // A deadline and a penalty the first chunk's text does not hold (made up).
             ChunkAnswer {
                 chunk: &c1,
-                value: json!({"party": "ACME GmbH", "deadline": null, "penalty": null, "level": "low", "tags": ["a"]}),
+                value: json!({"party": "ACME GmbH", "deadline": "2026-12-07", "penalty": 0, "level": "low", "tags": ["a"]}),
             },
             ChunkAnswer {
                 chunk: &c2,
@@ -475,6 +509,14 @@ mod tests {
         assert_eq!(page("party"), 1);
         assert_eq!(page("deadline"), 37, "an ISO date found as printed");
         assert_eq!(page("penalty"), 49, "a number found with its separators");
+        // With no value found in its text, the made-up one is all there is.
+        let alone = merge(
+            &answers[..1],
+            &fields(&["deadline"]),
+            |_| MergeRule::First,
+            order,
+        );
+        assert_eq!(alone.value["deadline"], "2026-12-07");
         assert_eq!(m.sources["tags"][1]["page"], Value::Null);
         assert_eq!(m.sources["tags"][1]["pages"], json!([36, 37]));
 

@@ -220,8 +220,8 @@ impl StageRunner {
         if plan.chunks.len() > 1 || !plan.unread.is_empty() {
             return self.extract_chunks(&message, &plan).await;
         }
-        // The whole message fits one call: read as it always was.
-        let max = self.pipeline.max_document_chars;
+        // The whole message fits one call (the plan says so): read as it always was.
+        let max = usize::MAX;
         let ex = &self.pipeline.extract;
         let document = document_text(&parts, max);
         let ctx = json!({
@@ -350,8 +350,12 @@ impl StageRunner {
         }
         let calls = prompts
             .iter()
-            .map(|(system, prompt)| self.extract_one(system, prompt, &schema));
-        let results = futures_util::future::join_all(calls).await;
+            .map(|(system, prompt)| {
+                Box::pin(self.extract_one(system, prompt, &schema)) as crate::BoxFuture<'_, _>
+            })
+            .collect();
+        let results: Vec<Result<Result<crate::backend::Extraction, ExtractError>, StageError>> =
+            crate::document::all_in_order(calls).await;
 
         let (mut prompt_tokens, mut completion_tokens) = (0i64, 0i64);
         let mut answers = Vec::new();

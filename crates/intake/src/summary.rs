@@ -4,11 +4,10 @@
 //! asked for, in groups that fit one call, until one is left. `verre summarize` and the
 //! pipeline's `summarize` stage both run [`summarize`].
 
-use futures_util::future::join_all;
 use serde::Serialize;
 
-use crate::backend::{CompleteRequest, ModelApi, ModelCallError, complete};
-use crate::document::{Budget, Chunk, Page, plan, tokens};
+use crate::backend::{BoxFuture, CompleteRequest, ModelApi, ModelCallError, complete};
+use crate::document::{Budget, Chunk, Page, all_in_order, plan, tokens};
 
 /// What to summarise with, and how long.
 #[derive(Debug, Clone)]
@@ -73,24 +72,29 @@ pub async fn summarize(
     progress(0, total);
 
     let prompts: Vec<String> = chunks.iter().map(|c| map_prompt(c, map_words)).collect();
-    let calls = prompts.iter().map(|prompt| async {
-        let c = complete(
-            api,
-            &CompleteRequest {
-                model: &options.model,
-                system: MAP_SYSTEM,
-                prompt,
-                max_tokens: map_words * 2 + 32,
-                repetition_penalty: 1.1,
-            },
-        )
-        .await;
-        tick();
-        c
-    });
+    let calls = prompts
+        .iter()
+        .map(|prompt| {
+            Box::pin(async {
+                let c = complete(
+                    api,
+                    &CompleteRequest {
+                        model: &options.model,
+                        system: MAP_SYSTEM,
+                        prompt,
+                        max_tokens: map_words * 2 + 32,
+                        repetition_penalty: 1.1,
+                    },
+                )
+                .await;
+                tick();
+                c
+            }) as BoxFuture<'_, Result<crate::backend::Completion, ModelCallError>>
+        })
+        .collect();
     let mut partials = Vec::with_capacity(n);
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
-    for (chunk, c) in chunks.iter().zip(join_all(calls).await) {
+    for (chunk, c) in chunks.iter().zip(all_in_order(calls).await) {
         let c = c?;
         prompt_tokens += c.prompt_tokens;
         completion_tokens += c.completion_tokens;
@@ -123,22 +127,28 @@ pub async fn summarize(
             .iter()
             .map(|g| reduce_prompt(g, words, last))
             .collect();
-        let calls = prompts.iter().map(|prompt| async {
-            let c = complete(
-                api,
-                &CompleteRequest {
-                    model: &options.model,
-                    system: REDUCE_SYSTEM,
-                    prompt,
-                    max_tokens: words * 2 + 64,
-                    repetition_penalty: 1.1,
-                },
-            )
-            .await;
-            tick();
-            c
-        });
-        let results = join_all(calls).await;
+        let calls = prompts
+            .iter()
+            .map(|prompt| {
+                Box::pin(async {
+                    let c = complete(
+                        api,
+                        &CompleteRequest {
+                            model: &options.model,
+                            system: REDUCE_SYSTEM,
+                            prompt,
+                            max_tokens: words * 2 + 64,
+                            repetition_penalty: 1.1,
+                        },
+                    )
+                    .await;
+                    tick();
+                    c
+                })
+                    as BoxFuture<'_, Result<crate::backend::Completion, ModelCallError>>
+            })
+            .collect();
+        let results = all_in_order(calls).await;
         reduce_calls += results.len();
         let mut next = Vec::with_capacity(results.len());
         for c in results {
@@ -158,6 +168,37 @@ pub async fn summarize(
         }
         partials = next;
     }
+}
+
+/// Summarise `pages` in one call, the whole text in one prompt (a document that fits the
+/// model's context; `verre summarize --single-pass`, to compare with map and reduce).
+pub async fn summarize_single_pass(
+    api: &dyn ModelApi,
+    pages: &[Page],
+    options: &SummaryOptions,
+) -> Result<Summary, ModelCallError> {
+    let whole = Chunk {
+        pages: pages.to_vec(),
+    };
+    let prompt = map_prompt(&whole, options.words);
+    let c = complete(
+        api,
+        &CompleteRequest {
+            model: &options.model,
+            system: MAP_SYSTEM,
+            prompt: &prompt,
+            max_tokens: options.words * 2 + 64,
+            repetition_penalty: 1.1,
+        },
+    )
+    .await?;
+    Ok(Summary {
+        text: c.text,
+        chunks: 1,
+        reduce_calls: 0,
+        prompt_tokens: c.prompt_tokens,
+        completion_tokens: c.completion_tokens,
+    })
 }
 
 fn map_prompt(chunk: &Chunk, words: usize) -> String {
