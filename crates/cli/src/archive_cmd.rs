@@ -178,7 +178,7 @@ async fn add(
                 failed += 1;
                 let message = format!("{}: {e:#}", file.display());
                 match &bar {
-                    Some(bar) => bar.println(format!("error: {message}")),
+                    Some(bar) => bar.suspend(|| eprintln!("error: {message}")),
                     None => eprintln!("error: {message}"),
                 }
                 results.push(serde_json::json!({"name": file.display().to_string(), "outcome": "failed", "error": format!("{e:#}")}));

@@ -9,7 +9,7 @@
 //! says so and no model is called.
 //!
 //! Optional request field `archive`: `{"k": 5, "retrieval": "hybrid"|"vector"|"keyword",
-//! "min_score": 0.25}`; it is not passed on.
+//! "min_score": 0.35}`; it is not passed on.
 
 use std::sync::Arc;
 
