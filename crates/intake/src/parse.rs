@@ -378,7 +378,7 @@ pub fn pdf_pages(bytes: &[u8]) -> Result<Vec<String>, String> {
 
 /// The note for a PDF with pages that gave no text (scans, for which OCR is a later step,
 /// or pages the reader failed on), so that review shows what was not read.
-fn pages_without_text(pages: &[String]) -> Option<String> {
+pub(crate) fn pages_without_text(pages: &[String]) -> Option<String> {
     let listed = |unread: &dyn Fn(&str) -> bool| -> Option<String> {
         let numbers: Vec<String> = (1..)
             .zip(pages)
