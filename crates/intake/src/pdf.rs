@@ -180,6 +180,13 @@ pub fn read(bytes: &[u8]) -> Result<Vec<PageText>, OutputError> {
     }
     prepare(&mut doc);
     let numbers: Vec<u32> = doc.get_pages().keys().copied().collect();
+    if numbers.is_empty() {
+        // A page tree that leads nowhere (or could not be parsed) is not an empty document.
+        return Err(OutputError::IoError(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the PDF's page tree leads to no page",
+        )));
+    }
     let mut out = LayoutText::default();
     let mut first_panic = None;
     let mut texts = Vec::with_capacity(numbers.len());

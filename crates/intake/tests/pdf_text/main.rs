@@ -200,3 +200,15 @@ fn forms_that_draw_themselves_or_fan_out_stop_at_the_limits() {
         "{pages:?}"
     );
 }
+
+#[test]
+fn a_pdf_whose_page_tree_leads_nowhere_is_an_error_not_an_empty_document() {
+    let mut doc = lopdf::Document::with_version("1.5");
+    let pages = doc.add_object(lopdf::dictionary! { "Type" => "Pages", "Kids" => Vec::<lopdf::Object>::new(), "Count" => 0 });
+    let catalog = doc.add_object(lopdf::dictionary! { "Type" => "Catalog", "Pages" => pages });
+    doc.trailer.set("Root", catalog);
+    let mut bytes = Vec::new();
+    doc.save_to(&mut bytes).unwrap();
+    let err = verre_intake::parse::pdf_pages(&bytes).expect_err("no pages is an error");
+    assert!(err.contains("no page"), "{err}");
+}
