@@ -447,7 +447,65 @@ pub struct ToolCallParser {
     bare: Option<Vec<String>>,
     /// Whether the answer so far could still be such a bare call (its text is held back).
     bare_possible: bool,
+    /// How far the held text was scanned for the end of its JSON value, so that each byte
+    /// is looked at once while the value is incomplete (see [`BareScan`]).
+    bare_scan: BareScan,
+    /// Times the held text was parsed whole (bounded: see [`BareScan`]).
+    bare_parses: std::cell::Cell<usize>,
 }
+
+/// The structure of a held answer's JSON, scanned incrementally: its nesting depth outside
+/// strings. Parsing the whole held text again on every token would cost quadratic time on
+/// a long answer; the scan says when the value may be complete, and only then is it parsed.
+#[derive(Debug, Default)]
+struct BareScan {
+    /// Bytes of the buffer scanned.
+    at: usize,
+    started: bool,
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+    /// The value's outermost bracket closed: parse it (and whatever follows) now.
+    closed: bool,
+}
+
+impl BareScan {
+    fn advance(&mut self, text: &str) {
+        for &b in &text.as_bytes()[self.at..] {
+            if !self.started {
+                if b == b'{' || b == b'[' {
+                    self.started = true;
+                    self.depth = 1;
+                }
+                continue;
+            }
+            if self.in_string {
+                match b {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.depth == 0 {
+                        self.closed = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.at = text.len();
+    }
+}
+
+/// Held text short enough to decide on by parsing it whole (the fence, the first bracket).
+const BARE_PREFIX: usize = 64;
 
 impl ToolCallParser {
     pub fn new(format: ToolFormat) -> Self {
@@ -459,6 +517,8 @@ impl ToolCallParser {
             distinct: None,
             bare: None,
             bare_possible: false,
+            bare_scan: BareScan::default(),
+            bare_parses: std::cell::Cell::new(0),
         }
     }
 
@@ -492,9 +552,23 @@ impl ToolCallParser {
         let mut out = Vec::new();
         self.buffer.push_str(text);
         if self.bare_possible && !self.in_calls {
-            match self.bare_state() {
-                Bare::Possible => return out,
-                Bare::Ruled => self.bare_possible = false,
+            // The call marker in the new text ends it; else the held text is parsed only
+            // while it is short or once its value's brackets closed.
+            let marker = self.format.marker();
+            let from = self.bare_scan.at.saturating_sub(marker.len());
+            let from = (0..=from)
+                .rev()
+                .find(|&i| self.buffer.is_char_boundary(i))
+                .unwrap_or(0);
+            let marked = self.buffer[from..].contains(marker);
+            self.bare_scan.advance(&self.buffer);
+            let decide = marked || self.buffer.len() <= BARE_PREFIX || self.bare_scan.closed;
+            match decide {
+                false => return out,
+                true => match self.bare_state() {
+                    Bare::Possible => return out,
+                    Bare::Ruled => self.bare_possible = false,
+                },
             }
         }
         if !self.in_calls {
@@ -565,6 +639,7 @@ impl ToolCallParser {
 
     /// Whether the text so far could still be a bare call answer.
     fn bare_state(&self) -> Bare {
+        self.bare_parses.set(self.bare_parses.get() + 1);
         let text = self.buffer.trim_start();
         if text.contains(self.format.marker()) {
             return Bare::Ruled;
@@ -1383,6 +1458,30 @@ mod tests {
         assert_eq!(
             p.push(0, ", \"x\": 1} no"),
             vec![ToolDelta::Content("{\"name\": \"f\", \"x\": 1} no".into())]
+        );
+    }
+
+    #[test]
+    fn a_long_held_answer_is_parsed_a_bounded_number_of_times() {
+        // A bare call whose argument is 100 KB, one byte per token: parsing the held text
+        // at every token would be quadratic.
+        let long = "x".repeat(100_000);
+        let text = format!("{{\"name\": \"f\", \"arguments\": {{\"text\": \"{long}\"}}}}");
+        let mut p = ToolCallParser::new(ToolFormat::Hermes).bare_calls(vec!["f".into()]);
+        let mut deltas = Vec::new();
+        for i in 0..text.len() {
+            deltas.extend(p.push(0, &text[i..i + 1]));
+        }
+        deltas.extend(p.finish(false));
+        assert!(
+            matches!(&deltas[..], [ToolDelta::Call(c)] if c.name == "f" && c.arguments.len() > 100_000),
+            "{:?}",
+            deltas.len()
+        );
+        assert!(
+            p.bare_parses.get() <= BARE_PREFIX + 4,
+            "{}",
+            p.bare_parses.get()
         );
     }
 }

@@ -16,9 +16,9 @@
 //! The durable state (users, sessions, drafts, decisions, the outbox) is in verre-store.
 
 pub mod auth;
+mod evidence;
 pub mod flash;
 pub mod form;
-mod evidence;
 mod pages;
 pub mod settings;
 pub mod triage;
