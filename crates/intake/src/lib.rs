@@ -9,8 +9,8 @@
 
 pub mod backend;
 pub mod demo;
-pub mod evidence;
 pub mod document;
+pub mod evidence;
 pub mod fewshot;
 pub mod imap;
 pub mod inbox;

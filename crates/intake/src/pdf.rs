@@ -221,6 +221,9 @@ pub fn read(bytes: &[u8]) -> Result<Vec<PageText>, OutputError> {
 /// that draws itself, or a tree of forms each drawing the next many times, stops here.
 const MAX_FORM_DEPTH: usize = 8;
 const MAX_FORM_COPIES: usize = 2_000;
+/// Most bytes of decoded form content copied per document: a large form drawn many times
+/// would otherwise multiply into gigabytes of new objects before the copy limit.
+const MAX_FORM_BYTES: usize = 64 << 20;
 
 /// Rewrites what pdf-extract 0.12 does not follow, page by page, before it walks them:
 /// - `'` and `"` (move to the next line and show a string; pdf-extract ignores them, so a
@@ -232,8 +235,16 @@ const MAX_FORM_COPIES: usize = 2_000;
 ///
 /// A page whose content cannot be decoded is left as it is (pdf-extract then reports it).
 fn prepare(doc: &mut Document) {
+    prepare_within(doc, MAX_FORM_BYTES);
+}
+
+/// [`prepare`] with at most `max_bytes` of form content copied; what it copied.
+fn prepare_within(doc: &mut Document, max_bytes: usize) -> FormCopies {
     let page_ids: Vec<ObjectId> = doc.get_pages().values().copied().collect();
-    let mut forms = FormCopies::default();
+    let mut forms = FormCopies {
+        max_bytes,
+        ..FormCopies::default()
+    };
     for page_id in page_ids {
         let Ok(bytes) = doc.get_page_content(page_id) else {
             continue;
@@ -263,6 +274,7 @@ fn prepare(doc: &mut Document) {
             page.set("Resources", resources);
         }
     }
+    forms
 }
 
 type Matrix = [f64; 6];
@@ -324,6 +336,9 @@ fn inherited_resources(doc: &Document, page_id: ObjectId) -> Dictionary {
 #[derive(Default)]
 struct FormCopies {
     made: usize,
+    /// Decoded content bytes copied so far, and the most allowed ([`MAX_FORM_BYTES`]).
+    bytes: usize,
+    max_bytes: usize,
 }
 
 impl FormCopies {
@@ -423,7 +438,12 @@ impl FormCopies {
             _ => resources.clone(),
         };
         let bbox = form.dict.get(b"BBox").ok().cloned();
-        let content = Content::decode(&form.decompressed_content().ok()?).ok()?;
+        let decoded = form.decompressed_content().ok()?;
+        if self.bytes + decoded.len() > self.max_bytes {
+            return None;
+        }
+        self.bytes += decoded.len();
+        let content = Content::decode(&decoded).ok()?;
         let placed = multiply(&matrix, ctm);
         self.made += 1;
         let mut inner_changed = false;
@@ -531,6 +551,46 @@ fn line_text(line: &[Glyph]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn form_copies_stop_at_the_byte_limit() {
+        // A 64 KB form drawn 100 times: 6.4 MB of copies if each were made.
+        let mut doc = Document::with_version("1.5");
+        let form_content = "0 0 m 1 1 l S\n".repeat(64 * 1024 / 14);
+        let mut form_dict = Dictionary::new();
+        form_dict.set("Type", Object::Name(b"XObject".to_vec()));
+        form_dict.set("Subtype", Object::Name(b"Form".to_vec()));
+        let form = doc.add_object(Stream::new(form_dict, form_content.into_bytes()));
+        let mut xobjects = Dictionary::new();
+        xobjects.set("Fm", form);
+        let mut resources = Dictionary::new();
+        resources.set("XObject", xobjects);
+        let content = doc.add_object(Stream::new(
+            Dictionary::new(),
+            "/Fm Do\n".repeat(100).into_bytes(),
+        ));
+        let pages_id = doc.new_object_id();
+        let mut page = Dictionary::new();
+        page.set("Type", Object::Name(b"Page".to_vec()));
+        page.set("Parent", pages_id);
+        page.set("Contents", content);
+        page.set("Resources", resources);
+        let page = doc.add_object(page);
+        let mut pages = Dictionary::new();
+        pages.set("Type", Object::Name(b"Pages".to_vec()));
+        pages.set("Kids", vec![Object::Reference(page)]);
+        pages.set("Count", 1);
+        doc.objects.insert(pages_id, Object::Dictionary(pages));
+        let mut catalog = Dictionary::new();
+        catalog.set("Type", Object::Name(b"Catalog".to_vec()));
+        catalog.set("Pages", pages_id);
+        let catalog = doc.add_object(catalog);
+        doc.trailer.set("Root", catalog);
+
+        let copies = prepare_within(&mut doc, 1 << 20);
+        assert!(copies.bytes <= 1 << 20, "{} bytes copied", copies.bytes);
+        assert!((10..=16).contains(&copies.made), "{} copies", copies.made);
+    }
 
     fn glyphs(items: &[(f64, f64, &str)]) -> Vec<Glyph> {
         // 10-point text whose glyphs are 6 points wide per character.
