@@ -61,6 +61,10 @@ pub struct RunArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Decode token by token: no speculative decoding, no grammar fast-forward (the answer
+    /// is the same; for comparing times).
+    #[arg(long)]
+    pub no_speculation: bool,
     /// Print one JSON object (text, token ids, counts, timings) instead of streaming.
     #[arg(long)]
     pub json: bool,
@@ -112,7 +116,8 @@ pub fn run(args: RunArgs) -> Result<()> {
             .transpose()?,
     };
 
-    let options = EngineOptions::one_at_a_time_as(&model, args.kv_cache_type)?;
+    let options = EngineOptions::one_at_a_time_as(&model, args.kv_cache_type)?
+        .speculative(!args.no_speculation);
     let engine = EngineHandle::spawn(model.clone(), options)?;
     let stdout = std::io::stdout();
     let out = engine.generate(req, |text| {
@@ -128,6 +133,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     })?;
 
     if args.json {
+        let m = engine.metrics();
         let out = json!({
             "model": args.model,
             "path": entry.path,
@@ -142,6 +148,12 @@ pub fn run(args: RunArgs) -> Result<()> {
                 "decode_ms": round2(out.decode_ms),
                 "prefill_tokens_per_second": round2(out.prefill_tokens_per_second()),
                 "decode_tokens_per_second": round2(out.decode_tokens_per_second()),
+            },
+            // Speculative decoding: forward passes, and the drafts checked and confirmed.
+            "engine": {
+                "forward_passes": m.steps,
+                "draft_tokens": m.draft_tokens,
+                "accepted_draft_tokens": m.accepted_draft_tokens,
             },
         });
         println!("{}", serde_json::to_string_pretty(&out)?);

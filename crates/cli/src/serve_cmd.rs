@@ -134,7 +134,6 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             prefill_chunk: args.max_batched_tokens,
             draft_tokens: args.draft_tokens,
             grammar_fast_forward: !args.no_grammar_fast_forward,
-            ..EngineOptions::default()
         },
         gateway,
         database: Some(args.db.url()?),
