@@ -2,6 +2,9 @@
 //! N`), the extraction prompt shows the fields reviewers corrected in the N earlier
 //! documents most like this one (by the cosine of their embeddings, `few_shot_model`,
 //! minilm-l6 by default), each with the words of the document the right value stood in.
+//! Documents less similar than `few_shot_min_similarity` (0.7) are not shown: corrections
+//! of another layout do not carry over (measured on the invoices of five issuers, whose
+//! cosines are 0.24–0.52: their corrections made a 0.5B model take the wrong date).
 
 use std::collections::BTreeMap;
 
@@ -37,9 +40,9 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     if n > 0.0 { dot / n } else { 0.0 }
 }
 
-/// The corrected fields of the `n` documents most like `document`, most similar first
-/// (not those of `message_id` itself); each field once per document, its latest
-/// correction.
+/// The corrected fields of the `n` documents most like `document` whose similarity (the
+/// cosine of their embeddings) is at least `min_similarity`, most similar first (not those
+/// of `message_id` itself); each field once per document, its latest correction.
 pub async fn examples(
     store: &Store,
     api: &dyn ModelApi,
@@ -47,6 +50,7 @@ pub async fn examples(
     message_id: i64,
     document: &str,
     n: usize,
+    min_similarity: f32,
 ) -> Result<Vec<Example>, ExamplesError> {
     if n == 0 {
         return Ok(Vec::new());
@@ -85,7 +89,10 @@ pub async fn examples(
         .collect();
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
     let mut out = Vec::new();
-    for (_, id) in ranked.into_iter().take(n) {
+    let near = ranked
+        .into_iter()
+        .filter(|(similarity, _)| *similarity >= min_similarity);
+    for (_, id) in near.take(n) {
         // Newest first from the store: the first of each field is its latest correction.
         let mut seen = Vec::new();
         let mut fields: Vec<Example> = Vec::new();
@@ -211,7 +218,7 @@ mod tests {
         correct(&store, shop, "issuer", "Flipkart", "Sold by Flipkart").await;
         let api = Truncating(StubBackend::default());
         let doc = "ACME GmbH Rechnung Rechnungsnr 7 Summe EUR 12";
-        let got = examples(&store, &api, "m", 0, doc, 1).await.unwrap();
+        let got = examples(&store, &api, "m", 0, doc, 1, 0.0).await.unwrap();
         let fields: Vec<(&str, &Value)> =
             got.iter().map(|e| (e.field.as_str(), &e.value)).collect();
         assert_eq!(
@@ -221,18 +228,26 @@ mod tests {
                 ("date", &json!("2014-05-07"))
             ]
         );
-        let both = examples(&store, &api, "m", 0, doc, 5).await.unwrap();
+        let both = examples(&store, &api, "m", 0, doc, 5, 0.0).await.unwrap();
         assert_eq!(both.len(), 3);
         assert_eq!(both[2].field, "issuer");
         // A message's own corrections are not its examples; none asked, none given.
-        let own = examples(&store, &api, "m", acme, doc, 5).await.unwrap();
+        let own = examples(&store, &api, "m", acme, doc, 5, 0.0)
+            .await
+            .unwrap();
         assert_eq!(own.len(), 1);
         assert!(
-            examples(&store, &api, "m", 0, doc, 0)
+            examples(&store, &api, "m", 0, doc, 0, 0.0)
                 .await
                 .unwrap()
                 .is_empty()
         );
+
+        // Below the similarity floor a document teaches nothing: the shop's layout is
+        // unlike the ACME invoice.
+        let near = examples(&store, &api, "m", 0, doc, 5, 0.7).await.unwrap();
+        assert_eq!(near.len(), 2, "{near:?}");
+        assert!(near.iter().all(|e| e.field != "issuer"));
 
         let section = prompt_section(&got);
         assert!(

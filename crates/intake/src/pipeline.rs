@@ -90,6 +90,9 @@ pub struct ExtractConfig {
     /// its line in the file.
     pub few_shot_model: String,
     pub few_shot_model_line: usize,
+    /// How similar an earlier document must be for its corrections to be shown
+    /// (`few_shot_min_similarity`, a cosine; default [`DEFAULT_FEW_SHOT_MIN_SIMILARITY`]).
+    pub few_shot_min_similarity: f32,
     /// How each top-level field of a document read in several chunks is merged
     /// (`[extract.merge]`): labels by `max` (the worst value by the declared order),
     /// other fields by `first`, unless the file says otherwise.
@@ -105,6 +108,10 @@ impl ExtractConfig {
             .unwrap_or(crate::merge::MergeRule::First)
     }
 }
+
+/// Documents of one layout (the same issuer's invoices) are nearer than this; documents of
+/// different issuers are far below it (0.24–0.52 between the five eval invoices).
+pub const DEFAULT_FEW_SHOT_MIN_SIMILARITY: f32 = 0.7;
 
 #[derive(Debug, Clone)]
 pub struct Label {
@@ -229,6 +236,7 @@ struct ExtractFile {
     check_below: Option<Spanned<f32>>,
     few_shot_from_corrections: Option<usize>,
     few_shot_model: Option<Spanned<String>>,
+    few_shot_min_similarity: Option<Spanned<f32>>,
     #[serde(default)]
     merge: std::collections::BTreeMap<String, Spanned<String>>,
 }
@@ -524,6 +532,16 @@ impl Pipeline {
             few_shot_model: match &ex.few_shot_model {
                 Some(m) => model_ref(&c, m)?,
                 None => "minilm-l6".to_string(),
+            },
+            few_shot_min_similarity: match &ex.few_shot_min_similarity {
+                None => DEFAULT_FEW_SHOT_MIN_SIMILARITY,
+                Some(t) if (-1.0..=1.0).contains(t.get_ref()) => *t.get_ref(),
+                Some(t) => {
+                    return Err(c.err(
+                        t.span(),
+                        "extract.few_shot_min_similarity: a cosine, between -1 and 1",
+                    ));
+                }
             },
             few_shot_model_line: c.line(
                 ex.few_shot_model

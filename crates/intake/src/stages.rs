@@ -239,6 +239,7 @@ impl StageRunner {
                 message_id,
                 &document,
                 ex.few_shot,
+                ex.few_shot_min_similarity,
             )
             .await
             .map_err(|e| match e {
