@@ -107,9 +107,14 @@ fn archive_add_list_ask_remove() {
         "How much notice ends the Lyon warehouse lease?",
     ]))))
     .unwrap();
-    let first = &ask["passages"][0];
-    assert_eq!(first["document"], "lease-lyon.txt", "{ask}");
-    assert_eq!(first["page"], 2, "the notice is on page 2: {ask}");
+    // The notice is on page 2 of the lease, and cited as such.
+    let passages = ask["passages"].as_array().unwrap();
+    assert!(
+        passages.iter().any(|p| p["document"] == "lease-lyon.txt"
+            && p["page"] == 2
+            && p["text"].as_str().unwrap().contains("six months' notice")),
+        "{ask}"
+    );
     assert_eq!(ask["relevant"], true);
 
     if paths.len() > 1 {
