@@ -211,6 +211,66 @@ fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
+/// What a confirmation showed, as a digest: each staged action's id, target and payload,
+/// in id order. An approval carrying it is refused when what is staged differs
+/// ([`ChangedSinceConfirmed`]), so nothing unseen is sent.
+pub fn staged_digest(actions: &[ActionRow]) -> String {
+    let mut h = Sha256::new();
+    for a in actions.iter().filter(|a| a.status == "staged") {
+        // Length-prefixed, so no two different lists hash alike.
+        for field in [a.id.to_string().as_str(), &a.target, &a.payload] {
+            h.update((field.len() as u64).to_le_bytes());
+            h.update(field.as_bytes());
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+/// An approval refused because the staged actions changed after the reviewer confirmed
+/// them (another reviewer edited a reply, a stage ran again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedSinceConfirmed {
+    pub message_id: i64,
+}
+
+impl std::fmt::Display for ChangedSinceConfirmed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "message {}: what it would send changed since you confirmed; look again",
+            self.message_id
+        )
+    }
+}
+
+impl std::error::Error for ChangedSinceConfirmed {}
+
+/// The staged actions of a message as a transaction sees them.
+async fn staged_in(
+    tx: &mut Transaction<'_, Any>,
+    keys: Option<&Keyring>,
+    message_id: i64,
+) -> Result<Vec<ActionRow>> {
+    sqlx::query(
+        "SELECT id, name, kind, target, payload, key_id, status FROM actions
+         WHERE message_id = $1 AND status = 'staged' ORDER BY id",
+    )
+    .bind(message_id)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| crate::action_row(keys, r))
+    .collect()
+}
+
+/// Refuse when `confirmed` is given and differs from the digest of `staged`.
+fn ensure_confirmed(message_id: i64, staged: &[ActionRow], confirmed: Option<&str>) -> Result<()> {
+    match confirmed {
+        Some(d) if d != staged_digest(staged) => Err(ChangedSinceConfirmed { message_id }.into()),
+        _ => Ok(()),
+    }
+}
+
 /// The stored form of a session token.
 pub fn session_token_hash(token: &str) -> String {
     sha256_hex(token)
@@ -911,8 +971,27 @@ impl Store {
         allow: &(dyn Fn(&ActionRow) -> Result<(), String> + Sync),
         second_approver: bool,
     ) -> Result<Approval> {
+        self.approve_confirmed(message_id, user, allow, second_approver, None)
+            .await
+    }
+
+    /// [`Store::approve_with`], bound to what the reviewer confirmed: with `confirmed` (the
+    /// [`staged_digest`] the confirmation showed) the approval is refused with
+    /// [`ChangedSinceConfirmed`] when the staged actions differ, checked in its transaction.
+    pub async fn approve_confirmed(
+        &self,
+        message_id: i64,
+        user: &str,
+        allow: &(dyn Fn(&ActionRow) -> Result<(), String> + Sync),
+        second_approver: bool,
+        confirmed: Option<&str>,
+    ) -> Result<Approval> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        if confirmed.is_some() {
+            let staged = staged_in(&mut tx, self.keys(), message_id).await?;
+            ensure_confirmed(message_id, &staged, confirmed)?;
+        }
         let changes = if second_approver {
             undecided_guard(&mut tx, message_id).await?;
             recipient_changes_in(&mut *tx, message_id).await?
@@ -994,16 +1073,9 @@ impl Store {
             now,
         )
         .await?;
-        let actions: Vec<ActionRow> = sqlx::query(
-            "SELECT id, name, kind, target, payload, key_id, status FROM actions
-             WHERE message_id = $1 AND status = 'staged' ORDER BY id",
-        )
-        .bind(message_id)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| crate::action_row(self.keys(), r))
-        .collect::<Result<_>>()?;
+        // Read again after the decision's write: what is released is what was confirmed.
+        let actions = staged_in(&mut tx, self.keys(), message_id).await?;
+        ensure_confirmed(message_id, &actions, confirmed)?;
         let hash: String = sqlx::query("SELECT content_hash FROM messages WHERE id = $1")
             .bind(message_id)
             .fetch_one(&mut *tx)

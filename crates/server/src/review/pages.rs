@@ -13,7 +13,10 @@ use chrono::DateTime;
 use minijinja::{Environment, Value as Tpl, context};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use verre_store::review::{LoginRefusal, LoginReservation, QueueFilter, QueueItem, ReviewStatus};
+use verre_store::review::{
+    ChangedSinceConfirmed, LoginRefusal, LoginReservation, QueueFilter, QueueItem, ReviewStatus,
+    staged_digest,
+};
 use verre_store::{Store, now_ms};
 
 use super::auth::{self, LOGIN_CSRF_COOKIE, Reviewer, SESSION_COOKIE};
@@ -1118,6 +1121,7 @@ pub async fn confirm(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<i64>,
+    Query(q): Query<NoticeQuery>,
 ) -> PageResult {
     let reviewer = match signed_in(&state, &headers).await {
         Ok(r) => r,
@@ -1140,11 +1144,24 @@ pub async fn confirm(
             what => if nothing { "file" } else { "approve" },
             post_to => format!("/review/messages/{id}/{}", if nothing { "file" } else { "approve" }),
             single => id,
+            notice => q.notice.as_deref().and_then(confirm_notice),
         },
     ))
 }
 
-/// One message as the confirmation shows it.
+/// The confirmation's notices, from a fixed list.
+fn confirm_notice(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "changed" => {
+            "Changed since you confirmed: another reviewer edited what this message sends. Look again before you approve."
+        }
+        "unconfirmed" => "Confirm what this message sends first.",
+        _ => return None,
+    })
+}
+
+/// One message as the confirmation shows it, with the digest of what it shows that the
+/// approval must carry back.
 async fn sending(state: &AppState, store: &Store, id: i64) -> Result<Tpl, PageError> {
     let Some(status) = store.review_status(id).await? else {
         return Err(PageError::new(
@@ -1161,11 +1178,15 @@ async fn sending(state: &AppState, store: &Store, id: i64) -> Result<Tpl, PageEr
             .and_then(|p| p.text.as_deref()),
     );
     let delivery = &state.review().delivery;
-    let actions: Vec<Tpl> = store
+    let staged: Vec<_> = store
         .actions(id)
         .await?
         .into_iter()
         .filter(|a| a.status == "staged")
+        .collect();
+    let digest = staged_digest(&staged);
+    let actions: Vec<Tpl> = staged
+        .into_iter()
         .map(|a| {
             let payload: Value = serde_json::from_str(&a.payload).unwrap_or(Value::Null);
             let refused = delivery.allow(&a).err();
@@ -1178,24 +1199,45 @@ async fn sending(state: &AppState, store: &Store, id: i64) -> Result<Tpl, PageEr
         .collect();
     Ok(context! {
         id => id, subject => subject, from => from, status => status.as_str(),
-        undecided => status == ReviewStatus::ToReview, actions => actions,
+        undecided => status == ReviewStatus::ToReview, actions => actions, digest => digest,
     })
 }
 
+#[derive(Deserialize)]
+pub struct ApproveForm {
+    /// The digest of the staged actions the confirmation showed.
+    digest: Option<String>,
+}
+
+/// Approve what the confirmation showed: an approval without its digest, or with one that
+/// no longer matches, goes back to the confirmation.
 pub async fn approve(
     State(state): State<Arc<AppState>>,
     Path(id): Path<i64>,
-    Posted { reviewer, .. }: Posted<NoFields>,
+    Posted { reviewer, form: f }: Posted<ApproveForm>,
 ) -> PageResult {
-    match approve_one(&state, &reviewer, id).await {
+    let Some(digest) = f.digest.filter(|d| !d.is_empty()) else {
+        return Ok(to_confirmation(id, "unconfirmed"));
+    };
+    match approve_one(&state, &reviewer, id, &digest).await {
         Ok(true) => Ok(back_to(id, "awaiting")),
         Ok(false) => Ok(decided(id, "approved")),
+        Err(e) if e.is::<ChangedSinceConfirmed>() => Ok(to_confirmation(id, "changed")),
         Err(e) => refused(&state, &reviewer, id, None, e),
     }
 }
 
-/// Approve a message (true: recorded, waiting for a second approver).
-async fn approve_one(state: &AppState, reviewer: &Reviewer, id: i64) -> anyhow::Result<bool> {
+fn to_confirmation(id: i64, notice: &str) -> Response {
+    Redirect::to(&format!("/review/messages/{id}/confirm?notice={notice}")).into_response()
+}
+
+/// Approve a message as confirmed (`digest`; true: recorded, waiting for a second approver).
+async fn approve_one(
+    state: &AppState,
+    reviewer: &Reviewer,
+    id: i64,
+    digest: &str,
+) -> anyhow::Result<bool> {
     let settings = state.review();
     let delivery = settings.delivery.clone();
     let allow = move |a: &verre_store::ActionRow| delivery.allow(a);
@@ -1203,7 +1245,13 @@ async fn approve_one(state: &AppState, reviewer: &Reviewer, id: i64) -> anyhow::
         .store()
         .ok_or_else(|| anyhow::anyhow!("this server was started without a database"))?;
     let approval = store
-        .approve_with(id, reviewer.name(), &allow, settings.second_approver)
+        .approve_confirmed(
+            id,
+            reviewer.name(),
+            &allow,
+            settings.second_approver,
+            Some(digest),
+        )
         .await?;
     if approval.awaiting.is_some() {
         return Ok(true);
@@ -1317,6 +1365,11 @@ pub async fn bulk_confirm(
     for &id in &ids {
         messages.push(sending(&state, store, id).await?);
     }
+    let flash = pairs
+        .iter()
+        .find(|(k, _)| k == "flash")
+        .and_then(|(_, t)| state.review().flashes.get(reviewer.name(), t))
+        .unwrap_or_default();
     Ok(page(
         StatusCode::OK,
         "confirm.html",
@@ -1324,6 +1377,8 @@ pub async fn bulk_confirm(
             user => user_ctx(&reviewer),
             csrf => &reviewer.session.csrf_token,
             messages => messages,
+            notice => flash.notice,
+            error => flash.error,
             what => what,
             ids => ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","),
         },
@@ -1352,15 +1407,27 @@ pub async fn bulk(
         .find(|(k, _)| k == "reason")
         .map_or("", |(_, v)| v.as_str());
     let store = store(&state)?;
-    let (mut done, mut problems) = (0, Vec::new());
+    let (mut done, mut problems, mut changed) = (0, Vec::new(), Vec::new());
     for id in ids {
         let outcome = match what {
-            "approve" => match approve_one(&state, &reviewer, id).await {
-                Ok(true) => Err(anyhow::anyhow!(
-                    "your approval is recorded; a reply's recipient was changed, so another reviewer must approve too"
-                )),
-                other => other.map(|_| ()),
-            },
+            "approve" => {
+                // Each message's confirmation digest (`digest.ID`); none is never a match.
+                let key = format!("digest.{id}");
+                let digest = pairs
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map_or("", |(_, v)| v.as_str());
+                match approve_one(&state, &reviewer, id, digest).await {
+                    Ok(true) => Err(anyhow::anyhow!(
+                        "your approval is recorded; a reply's recipient was changed, so another reviewer must approve too"
+                    )),
+                    Err(e) if e.is::<ChangedSinceConfirmed>() => {
+                        changed.push(id);
+                        continue;
+                    }
+                    other => other.map(|_| ()),
+                }
+            }
             "reject" => store.reject(id, reviewer.name(), reason).await.map(|_| ()),
             _ => store.file_message(id, reviewer.name()).await.map(|_| ()),
         };
@@ -1374,6 +1441,16 @@ pub async fn bulk(
         "reject" => "rejected",
         _ => "filed",
     };
+    if !changed.is_empty() {
+        problems.push(format!(
+            "changed since you confirmed, not approved: {}; look again",
+            changed
+                .iter()
+                .map(|id| format!("message {id}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     let token = state.review().flashes.put(
         reviewer.name(),
         Flash {
@@ -1382,6 +1459,15 @@ pub async fn bulk(
             action: None,
         },
     );
+    if !changed.is_empty() {
+        // Back to the confirmation of what changed, as it stands now.
+        let ids = changed.iter().map(i64::to_string).collect::<Vec<_>>();
+        return Ok(Redirect::to(&format!(
+            "/review/bulk?do=approve&ids={}&flash={token}",
+            ids.join(",")
+        ))
+        .into_response());
+    }
     Ok(Redirect::to(&format!("/review?flash={token}")).into_response())
 }
 
