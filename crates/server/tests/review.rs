@@ -1856,3 +1856,58 @@ async fn an_approval_is_bound_to_what_its_confirmation_showed() {
         "{html}"
     );
 }
+
+/// The queue is read and ranked once while it does not change: the next message's page (j/k)
+/// and the queue page reuse the ranking; a decision changes the queue and it is read again.
+#[tokio::test]
+async fn the_queue_is_ranked_once_until_it_changes() {
+    let f = fixture(vec![]).await;
+    add_user(&f.store, "alice", "alice-password", "reviewer").await;
+    let hook = format!("{}crm", f.hooks);
+    let mail = |n: u32| format!("From: A <a@b.example>\r\nSubject: Mail {n}\r\n\r\nText {n}.\r\n");
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let to = format!("a{n}@b.example");
+        ids.push(
+            staged(
+                &f.store,
+                &mail(n),
+                json!({}),
+                json!({}),
+                reply_and_hook(&to, &hook),
+            )
+            .await,
+        );
+    }
+    let app = app(&f);
+    let alice = log_in(&app, "alice", "alice-password").await;
+    let read = || f.settings.rankings.messages_read();
+    let before = read();
+    let (status, _, html) = send(&app, get(&format!("/review/messages/{}", ids[0]), &alice)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(read() - before, 3, "the queue read once");
+    let next = ids[1..]
+        .iter()
+        .find(|id| html.contains(&format!("/review/messages/{id}\"")))
+        .copied()
+        .expect("a next message");
+    let (status, _, _) = send(&app, get(&format!("/review/messages/{next}"), &alice)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, html) = send(&app, get("/review", &alice)).await;
+    assert!(html.contains(&format!(r#"<tr data-href="/review/messages/{}">"#, ids[0])));
+    assert_eq!(
+        read() - before,
+        3,
+        "the next page and the queue reuse the ranking"
+    );
+
+    // A decision changes the queue: read again, without the decided message.
+    f.store.reject(ids[0], "alice", "spam").await.unwrap();
+    let (_, _, html) = send(&app, get("/review", &alice)).await;
+    assert_eq!(read() - before, 3 + 2);
+    assert!(!html.contains(&format!(r#"<tr data-href="/review/messages/{}">"#, ids[0])));
+    // A search scans the queue every time.
+    send(&app, get("/review?q=mail", &alice)).await;
+    send(&app, get("/review?q=mail", &alice)).await;
+    assert_eq!(read() - before, 3 + 2 + 2 + 2);
+}

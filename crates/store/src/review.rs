@@ -592,6 +592,66 @@ impl Store {
 
     // --- the queue ------------------------------------------------------------------
 
+    /// A fingerprint of what the queue's ranking reads, from cheap aggregates: messages
+    /// (ingested, their status), jobs (a stage ran or was re-run), stage results, actions,
+    /// decisions (made or undone). Equal fingerprints: the ranking computed for one still
+    /// holds, but for the time waited.
+    pub async fn queue_state(&self) -> Result<Vec<i64>> {
+        let row = sqlx::query(
+            "SELECT
+               (SELECT COUNT(*) FROM messages) AS messages,
+               (SELECT COALESCE(MAX(id), 0) FROM messages) AS last_message,
+               (SELECT COALESCE(MAX(finished_at), 0) FROM messages) AS finished,
+               (SELECT COUNT(*) FROM messages WHERE status = 'processed') AS processed,
+               (SELECT COUNT(*) FROM jobs) AS jobs,
+               (SELECT COALESCE(MAX(updated_at), 0) FROM jobs) AS jobs_at,
+               (SELECT COUNT(*) FROM stage_results) AS results,
+               (SELECT COALESCE(MAX(created_at), 0) FROM stage_results) AS results_at,
+               (SELECT COUNT(*) FROM actions WHERE status = 'staged') AS staged,
+               (SELECT COUNT(*) FROM decisions) AS decisions,
+               (SELECT COALESCE(MAX(decided_at), 0) FROM decisions) AS decided_at",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        [
+            "messages",
+            "last_message",
+            "finished",
+            "processed",
+            "jobs",
+            "jobs_at",
+            "results",
+            "results_at",
+            "staged",
+            "decisions",
+            "decided_at",
+        ]
+        .iter()
+        .map(|c| Ok(row.try_get::<i64, _>(*c)?))
+        .collect()
+    }
+
+    /// A message's parts as the triage reads them: (kind, text), in order; the per-page
+    /// texts of attachments (`pages`) are neither read nor decrypted.
+    pub async fn triage_parts(&self, message_id: i64) -> Result<Vec<(String, Option<String>)>> {
+        sqlx::query("SELECT kind, text, key_id FROM parts WHERE message_id = $1 ORDER BY idx")
+            .bind(message_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                let key_id: Option<String> = r.try_get("key_id")?;
+                let text = crypto::open_text(
+                    self.keys(),
+                    key_id.as_deref(),
+                    Column::PartText,
+                    r.try_get("text")?,
+                )?;
+                Ok((r.try_get("kind")?, text))
+            })
+            .collect()
+    }
+
     /// Messages for review, newest first, filtered by review status and extraction label.
     pub async fn review_queue(&self, filter: &QueueFilter) -> Result<Vec<QueueItem>> {
         let condition = filter.status.map_or("1 = 1", ReviewStatus::condition);

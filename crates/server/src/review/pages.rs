@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::DateTime;
 use minijinja::{Environment, Value as Tpl, context};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use verre_store::review::{
     ChangedSinceConfirmed, LoginRefusal, LoginReservation, QueueFilter, QueueItem, ReviewStatus,
@@ -22,7 +22,7 @@ use verre_store::{Store, now_ms};
 use super::auth::{self, LOGIN_CSRF_COOKIE, Reviewer, SESSION_COOKIE};
 use super::flash::Flash;
 use super::form;
-use super::triage::{self, Priority, Signals};
+use super::triage::{self, Label, Signals, Triaged};
 use crate::AppState;
 
 /// Nothing loads from anywhere but this server, no script runs but the desk's own keyboard
@@ -424,12 +424,6 @@ pub struct QueueQuery {
     flash: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Label {
-    key: String,
-    value: String,
-}
-
 /// `Subject` and `From` from the stored header text.
 fn subject_and_from(headers: Option<&str>) -> (String, String) {
     let mut out = (String::new(), String::new());
@@ -445,31 +439,48 @@ fn subject_and_from(headers: Option<&str>) -> (String, String) {
     out
 }
 
-/// One message of the queue as the desk ranks and shows it.
-struct Triaged {
-    item: QueueItem,
-    subject: String,
-    from: String,
-    /// The mail's `Date` header, else when verre read it.
-    received: i64,
-    labels: Vec<Label>,
-    declared: BTreeMap<String, Vec<String>>,
-    priority: Priority,
-}
-
 /// Characters of a message's text read for deadlines and the search.
 const TEXT_SCANNED: usize = 20_000;
 
+/// What the ranking reads of one message, read and decrypted on the runtime, ranked off it.
+struct Unranked {
+    item: QueueItem,
+    headers: String,
+    text: String,
+    declared: BTreeMap<String, Vec<String>>,
+    lookup: Option<Value>,
+}
+
 /// The queue for `filter`, each message decrypted, ranked and (with `query`) matched; the
 /// undecided in priority order (highest first, then the longest waiting), the decided
-/// newest first.
-async fn triaged(store: &Store, filter: QueueFilter, query: &str) -> anyhow::Result<Vec<Triaged>> {
-    let now = now_ms();
+/// newest first. Without a query the ranking is reused while the queue's state is the
+/// same ([`triage::RankingCache`]); a search scans (at most [`triage::SCAN_LIMIT`]).
+async fn triaged(
+    state: &AppState,
+    store: &Store,
+    filter: QueueFilter,
+    query: &str,
+) -> anyhow::Result<Arc<Vec<Triaged>>> {
+    let cache = &state.review().rankings;
+    let view = format!(
+        "{}|{}",
+        filter.status.map_or("all", |s| s.as_str()),
+        filter
+            .label
+            .as_ref()
+            .map_or(String::new(), |(k, v)| format!("{k}={v}"))
+    );
+    let queue_state = store.queue_state().await?;
+    if query.is_empty()
+        && let Some(ranked) = cache.get(&view, &queue_state)
+    {
+        return Ok(ranked);
+    }
     let undecided = matches!(
         filter.status,
         Some(ReviewStatus::ToReview | ReviewStatus::InProgress | ReviewStatus::Quarantined)
     );
-    let mut out = Vec::new();
+    let mut unranked = Vec::new();
     for item in store
         .review_queue(&QueueFilter {
             limit: triage::SCAN_LIMIT,
@@ -478,52 +489,77 @@ async fn triaged(store: &Store, filter: QueueFilter, query: &str) -> anyhow::Res
         .await?
     {
         let id = item.message.id;
-        let parts = store.parts(id).await?;
-        let headers = parts
-            .iter()
-            .find(|p| p.kind == "headers")
-            .and_then(|p| p.text.as_deref())
-            .unwrap_or("");
-        let (subject, from) = subject_and_from(Some(headers));
+        let mut headers = String::new();
         let mut text = String::new();
-        for p in parts.iter().filter(|p| p.kind != "headers") {
-            if let Some(t) = &p.text {
-                text.extend(t.chars().take(TEXT_SCANNED.saturating_sub(text.len())));
+        for (kind, part) in store.triage_parts(id).await? {
+            let Some(part) = part else { continue };
+            if kind == "headers" {
+                headers = part;
+            } else if text.len() < TEXT_SCANNED {
+                text.extend(part.chars().take(TEXT_SCANNED - text.len()));
                 text.push('\n');
             }
         }
-        let extract_text = triage::strings_of(item.extract.as_ref());
-        if !triage::matches(query, &[&subject, &from, &extract_text, &text]) {
-            continue;
-        }
         let declared = triage::declared_labels(store.stage_output(id, "stage").await?.as_ref());
         let lookup = store.stage_output(id, "crossref").await?;
-        let received = triage::date_header(headers).unwrap_or(item.message.received_at);
-        let priority = triage::priority(&Signals {
-            extract: item.extract.as_ref(),
-            declared: &declared,
-            lookup: lookup.as_ref(),
-            text: &text,
-            waited_ms: now - received.min(item.message.received_at),
+        unranked.push(Unranked {
+            item,
+            headers,
+            text,
+            declared,
+            lookup,
         });
-        let labels = triage::declared_values_of(item.extract.as_ref(), &declared)
+    }
+    cache.read(unranked.len());
+    let query = query.to_string();
+    let searching = !query.is_empty();
+    // Six regexes over up to 20 KB of each of a thousand messages: off the runtime.
+    let ranked = tokio::task::spawn_blocking(move || rank(unranked, &query, undecided))
+        .await
+        .map_err(|e| anyhow::anyhow!("ranking the queue: {e}"))?;
+    let ranked = Arc::new(ranked);
+    if !searching {
+        cache.put(&view, queue_state, ranked.clone());
+    }
+    Ok(ranked)
+}
+
+/// Rank (and with `query`, match) what [`triaged`] read.
+fn rank(unranked: Vec<Unranked>, query: &str, undecided: bool) -> Vec<Triaged> {
+    let now = now_ms();
+    let mut out = Vec::new();
+    for u in unranked {
+        let (subject, from) = subject_and_from(Some(&u.headers));
+        let extract_text = triage::strings_of(u.item.extract.as_ref());
+        if !triage::matches(query, &[&subject, &from, &extract_text, &u.text]) {
+            continue;
+        }
+        let received = triage::date_header(&u.headers).unwrap_or(u.item.message.received_at);
+        let priority = triage::priority(&Signals {
+            extract: u.item.extract.as_ref(),
+            declared: &u.declared,
+            lookup: u.lookup.as_ref(),
+            text: &u.text,
+            waited_ms: now - received.min(u.item.message.received_at),
+        });
+        let labels = triage::declared_values_of(u.item.extract.as_ref(), &u.declared)
             .into_iter()
             .map(|(key, value)| Label { key, value })
             .collect();
         out.push(Triaged {
-            item,
+            item: u.item,
             subject,
             from,
             received,
             labels,
-            declared,
+            declared: u.declared,
             priority,
         });
     }
     if undecided {
         out.sort_by_key(|t| (std::cmp::Reverse(t.priority.score), t.received));
     }
-    Ok(out)
+    out
 }
 
 fn queue_row(t: &Triaged) -> Tpl {
@@ -572,6 +608,7 @@ pub async fn queue(
     let label = q.label.filter(|l| !l.is_empty());
     let query = q.q.unwrap_or_default();
     let all = triaged(
+        &state,
         store,
         QueueFilter {
             status,
@@ -586,7 +623,7 @@ pub async fn queue(
     .await?;
     // Only what the pipelines declared is offered, never a value a model made up.
     let mut options: BTreeMap<(String, String), ()> = BTreeMap::new();
-    for t in &all {
+    for t in all.iter() {
         for (name, values) in &t.declared {
             for v in values {
                 options.insert((name.clone(), v.clone()), ());
@@ -689,8 +726,13 @@ fn pretty(v: &Value) -> String {
 
 /// The neighbours of a message in the to-review queue's priority order: (previous, next).
 /// A message not on it (decided) has the queue's first as its next.
-async fn neighbours(store: &Store, id: i64) -> anyhow::Result<(Option<i64>, Option<i64>)> {
+async fn neighbours(
+    state: &AppState,
+    store: &Store,
+    id: i64,
+) -> anyhow::Result<(Option<i64>, Option<i64>)> {
     let order: Vec<i64> = triaged(
+        state,
         store,
         QueueFilter {
             status: Some(ReviewStatus::ToReview),
@@ -821,7 +863,7 @@ async fn message_page(
         .map(|j| j.stage.as_str())
         .collect();
     let page_error = flash.error.clone().filter(|_| flash.action.is_none());
-    let (previous, next) = neighbours(store, id).await?;
+    let (previous, next) = neighbours(state, store, id).await?;
     let undecided = review_status == ReviewStatus::ToReview;
     Ok(page(
         StatusCode::OK,
