@@ -1278,11 +1278,14 @@ impl Store {
     }
 
     /// Whether the decision on a message can still be undone: it was rejected or filed, or
-    /// approved and the delivery worker has claimed none of its outbox rows yet.
+    /// approved and the delivery worker has claimed none of its outbox rows yet (none was
+    /// ever attempted: an admin's retry resets `attempts` but the attempts stay recorded).
     pub async fn undoable(&self, message_id: i64) -> Result<bool> {
         let claimed: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM outbox
-             WHERE message_id = $1 AND (status <> 'pending' OR attempts > 0 OR lease_owner IS NOT NULL)",
+            "SELECT COUNT(*) AS n FROM outbox o
+             WHERE o.message_id = $1 AND (o.status <> 'pending' OR o.attempts > 0
+               OR o.lease_owner IS NOT NULL
+               OR EXISTS (SELECT 1 FROM outbox_attempts a WHERE a.outbox_id = o.id))",
         )
         .bind(message_id)
         .fetch_one(&self.pool)
@@ -1294,13 +1297,15 @@ impl Store {
     /// Undo the decision on a message while nothing of it reached the delivery worker: its
     /// unclaimed outbox rows are removed, its actions staged again and the decision deleted,
     /// in one transaction, audited as `review.undo`. Refused once the worker claimed any of
-    /// its deliveries (a claim counts an attempt, so `attempts = 0` means never claimed).
+    /// its deliveries (a claim counts an attempt, and an attempt is recorded: an admin's
+    /// retry resets the count, not the record).
     pub async fn undo_decision(&self, message_id: i64, user: &str) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
         // A write first (SQLite's lock; on PostgreSQL the rows a claim would lock).
         let removed = sqlx::query(
             "DELETE FROM outbox WHERE message_id = $1 AND status = 'pending' AND attempts = 0
-               AND lease_owner IS NULL",
+               AND lease_owner IS NULL
+               AND NOT EXISTS (SELECT 1 FROM outbox_attempts a WHERE a.outbox_id = outbox.id)",
         )
         .bind(message_id)
         .execute(&mut *tx)

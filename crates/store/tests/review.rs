@@ -623,3 +623,41 @@ async fn a_decision_is_undone_until_the_worker_claims_it_and_nothing_to_send_is_
     })
     .await;
 }
+
+/// An admin's retry resets a failed delivery's attempts, but a delivery was attempted:
+/// Undo is neither offered nor done (and not a foreign-key error).
+#[tokio::test]
+async fn no_undo_after_an_admin_retried_a_failed_delivery() {
+    on_both("review_undo_retry", |store| async move {
+        let id = processed(&store, "Subject: f\r\n\r\nfails once", "high").await;
+        store.approve(id, "alice", &allow_all).await.unwrap();
+        let entry = store
+            .claim_delivery("worker", LEASE)
+            .await
+            .unwrap()
+            .unwrap();
+        let failed = AttemptRecord {
+            response_status: Some(500),
+            error: Some("HTTP 500".into()),
+            result: DeliveryResult::Failed,
+        };
+        assert!(store.record_delivery(&entry, &failed).await.unwrap());
+        store.retry_delivery(entry.id, "admin").await.unwrap();
+        assert!(
+            !store.undoable(id).await.unwrap(),
+            "a delivery was attempted"
+        );
+        let e = store.undo_decision(id, "alice").await.unwrap_err();
+        assert!(e.to_string().contains("no longer be undone"), "{e:#}");
+        assert_eq!(
+            store.review_status(id).await.unwrap(),
+            Some(ReviewStatus::Approved)
+        );
+        assert_eq!(
+            store.deliveries(id).await.unwrap().len(),
+            2,
+            "nothing removed"
+        );
+    })
+    .await;
+}
