@@ -838,9 +838,11 @@ async fn message_page(
             let current: Value = serde_json::from_str(&a.payload).unwrap_or(Value::Null);
             let schema = form::payload_schema(&a.kind, &current, &declared);
             let (submitted, error) = match &flash.action {
-                Some((aid, fields)) if *aid == a.id => {
-                    (Some(fields.as_slice()), flash.error.clone())
-                }
+                // Values too large to keep were dropped: the form shows what is stored.
+                Some((aid, fields)) if *aid == a.id => (
+                    (!fields.is_empty()).then_some(fields.as_slice()),
+                    flash.error.clone(),
+                ),
                 _ => (None, None),
             };
             let raw = submitted
