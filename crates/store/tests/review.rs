@@ -661,3 +661,38 @@ async fn no_undo_after_an_admin_retried_a_failed_delivery() {
     })
     .await;
 }
+
+/// An approval bound to a confirmation's digest approves nothing once what is staged
+/// changed; the queue's state moves with a decision.
+#[tokio::test]
+async fn a_stale_confirmation_approves_nothing_and_the_queue_state_moves() {
+    use verre_store::review::{ChangedSinceConfirmed, staged_digest};
+    on_both("review_confirmed", |store| async move {
+        let id = processed(&store, "Subject: c\r\n\r\nconfirm me", "high").await;
+        let shown = staged_digest(&store.actions(id).await.unwrap());
+        let before = store.queue_state().await.unwrap();
+        assert_eq!(store.queue_state().await.unwrap(), before, "stable");
+        let reply = store.actions(id).await.unwrap()[0].id;
+        let edited = json!({"to": "a@client.test", "subject": "Re: x", "body": "Unseen."});
+        store
+            .edit_action(reply, &edited.to_string(), "bob")
+            .await
+            .unwrap();
+        let e = store
+            .approve_confirmed(id, "alice", &allow_all, true, Some(&shown))
+            .await
+            .unwrap_err();
+        assert!(e.is::<ChangedSinceConfirmed>(), "{e:#}");
+        assert!(store.decision(id).await.unwrap().is_none());
+        assert!(store.deliveries(id).await.unwrap().is_empty());
+        let now_shown = staged_digest(&store.actions(id).await.unwrap());
+        assert_ne!(now_shown, shown);
+        store
+            .approve_confirmed(id, "alice", &allow_all, true, Some(&now_shown))
+            .await
+            .unwrap();
+        assert_eq!(store.deliveries(id).await.unwrap().len(), 2);
+        assert_ne!(store.queue_state().await.unwrap(), before);
+    })
+    .await;
+}
