@@ -241,6 +241,18 @@ fn csrf_in(html: &str) -> String {
     html[at..].split('"').next().unwrap().to_string()
 }
 
+/// The digest of what a message's confirmation shows, as an approval carries it back.
+async fn digest_of(store: &Store, id: i64) -> String {
+    verre_store::review::staged_digest(&store.actions(id).await.unwrap())
+}
+
+/// The value of the first field named `name` in a page.
+fn field_in(html: &str, name: &str) -> Option<String> {
+    let key = format!(r#"name="{name}" value=""#);
+    let at = html.find(&key)? + key.len();
+    Some(html[at..].split('"').next()?.to_string())
+}
+
 fn set_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::SET_COOKIE)
@@ -516,12 +528,13 @@ async fn decisions_need_the_csrf_token_and_are_audited_with_the_user() {
     )
     .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
+    let digest = digest_of(&f.store, id).await;
     let (status, _, _) = send(
         &app,
         form(
             &format!("/review/messages/{id}/approve"),
             &alice,
-            &[("csrf", &csrf)],
+            &[("csrf", &csrf), ("digest", &digest)],
         ),
     )
     .await;
@@ -529,12 +542,13 @@ async fn decisions_need_the_csrf_token_and_are_audited_with_the_user() {
     assert_eq!(f.store.deliveries(id).await.unwrap().len(), 2);
 
     // A webhook outside the configured targets cannot be approved.
+    let digest = digest_of(&f.store, outside).await;
     let (status, headers, _) = send(
         &app,
         form(
             &format!("/review/messages/{outside}/approve"),
             &alice,
-            &[("csrf", &csrf)],
+            &[("csrf", &csrf), ("digest", &digest)],
         ),
     )
     .await;
@@ -1050,11 +1064,12 @@ async fn a_changed_recipient_is_audited_and_needs_a_second_approver() {
     );
 
     // alice approves: recorded, nothing decided or sent; she cannot be the second.
+    let digest = digest_of(&f.store, id).await;
     let approve = |who: &str| {
         form(
             &format!("/review/messages/{id}/approve"),
             who,
-            &[("csrf", &csrf)],
+            &[("csrf", &csrf), ("digest", &digest)],
         )
     };
     let (status, headers, _) = send(&app, approve(&alice)).await;
@@ -1082,7 +1097,7 @@ async fn a_changed_recipient_is_audited_and_needs_a_second_approver() {
         form(
             &format!("/review/messages/{id}/approve"),
             &bob,
-            &[("csrf", &bob_csrf)],
+            &[("csrf", &bob_csrf), ("digest", &digest)],
         ),
     )
     .await;
@@ -1131,7 +1146,10 @@ async fn without_the_second_approver_one_approval_decides() {
         form(
             &format!("/review/messages/{id}/approve"),
             &alice,
-            &[("csrf", &csrf_in(&html))],
+            &[
+                ("csrf", &csrf_in(&html)),
+                ("digest", &digest_of(&f.store, id).await),
+            ],
         ),
     )
     .await;
@@ -1451,12 +1469,22 @@ async fn the_desk_ranks_searches_files_in_bulk_confirms_what_it_sends_and_undoes
         "{html}"
     );
     let ids = format!("{breach},{complaint}");
+    let (breach_digest, complaint_digest) = (
+        field_in(&html, &format!("digest.{breach}")).unwrap(),
+        field_in(&html, &format!("digest.{complaint}")).unwrap(),
+    );
     let (status, headers, _) = send(
         &app,
         form(
             "/review/bulk",
             &alice,
-            &[("csrf", &csrf), ("do", "approve"), ("ids", &ids)],
+            &[
+                ("csrf", &csrf),
+                ("do", "approve"),
+                ("ids", &ids),
+                (&format!("digest.{breach}"), &breach_digest),
+                (&format!("digest.{complaint}"), &complaint_digest),
+            ],
         ),
     )
     .await;
@@ -1654,4 +1682,232 @@ async fn extracted_values_show_their_pages_and_the_unread_pages_are_said() {
     );
     assert!(html.contains("msa.pdf: pages 41-50 not read: budget (max_pages = 40)"));
     assert!(!html.contains("_document"), "{html}");
+}
+
+/// An approval carries the digest of what its confirmation showed: when another reviewer
+/// changed what the message sends in between, nothing is approved and the reviewer is sent
+/// back to the confirmation, as it stands now; the same for each message of a bulk approval.
+#[tokio::test]
+async fn an_approval_is_bound_to_what_its_confirmation_showed() {
+    let f = fixture(vec![]).await;
+    add_user(&f.store, "alice", "alice-password", "reviewer").await;
+    add_user(&f.store, "bob", "bob-password", "reviewer").await;
+    let hook = format!("{}crm", f.hooks);
+    let raw = "From: Jonas <j@weber.example>\r\nSubject: Late\r\n\r\nLate again.\r\n";
+    let one = staged(
+        &f.store,
+        raw,
+        json!({"threat_level": "medium"}),
+        json!({}),
+        reply_and_hook("j@weber.example", &hook),
+    )
+    .await;
+    let app = app(&f);
+    let alice = log_in(&app, "alice", "alice-password").await;
+    let (_, _, html) = send(
+        &app,
+        get(&format!("/review/messages/{one}/confirm"), &alice),
+    )
+    .await;
+    assert!(html.contains("We are on it."), "{html}");
+    let csrf = csrf_in(&html);
+    let shown = field_in(&html, "digest").expect("the confirmation carries its digest");
+
+    // bob edits the reply after alice confirmed it.
+    let reply = f.store.actions(one).await.unwrap()[0].id;
+    let edited =
+        json!({"to": "j@weber.example", "subject": "Re: your mail", "body": "Unseen text."});
+    f.store
+        .edit_action(reply, &edited.to_string(), "bob")
+        .await
+        .unwrap();
+    let approve = |digest: &str| {
+        form(
+            &format!("/review/messages/{one}/approve"),
+            &alice,
+            &[("csrf", &csrf), ("digest", digest)],
+        )
+    };
+    let (status, headers, _) = send(&app, approve(&shown)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        headers[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .ends_with(&format!("/review/messages/{one}/confirm?notice=changed")),
+        "{headers:?}"
+    );
+    assert!(
+        f.store.decision(one).await.unwrap().is_none(),
+        "nothing approved"
+    );
+    assert!(
+        f.store.deliveries(one).await.unwrap().is_empty(),
+        "nothing sent"
+    );
+    let (_, html) = followed(&app, &headers, &alice).await;
+    assert!(
+        html.contains("Changed since you confirmed") && html.contains("Unseen text."),
+        "{html}"
+    );
+    // Without a digest: back to the confirmation as well.
+    let (_, headers, _) = send(
+        &app,
+        form(
+            &format!("/review/messages/{one}/approve"),
+            &alice,
+            &[("csrf", &csrf)],
+        ),
+    )
+    .await;
+    assert!(
+        headers[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .ends_with("confirm?notice=unconfirmed")
+    );
+    assert!(f.store.decision(one).await.unwrap().is_none());
+    // Approving what the confirmation shows now sends exactly that.
+    let now_shown = field_in(&html, "digest").unwrap();
+    assert_ne!(now_shown, shown);
+    let (_, headers, _) = send(&app, approve(&now_shown)).await;
+    assert!(
+        headers[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .contains("notice=approved")
+    );
+    let sent = f.store.deliveries(one).await.unwrap();
+    assert_eq!(sent.len(), 2);
+    assert!(
+        sent.iter().any(|d| d.payload.contains("Unseen text.")),
+        "{sent:?}"
+    );
+
+    // Bulk: the changed message is refused and shown again; the unchanged one is approved.
+    let mail = |n: u32| format!("From: A <a@b.example>\r\nSubject: Mail {n}\r\n\r\nText {n}.\r\n");
+    let two = staged(
+        &f.store,
+        &mail(2),
+        json!({}),
+        json!({}),
+        reply_and_hook("a@b.example", &hook),
+    )
+    .await;
+    let three = staged(
+        &f.store,
+        &mail(3),
+        json!({}),
+        json!({}),
+        reply_and_hook("c@d.example", &hook),
+    )
+    .await;
+    let (_, _, html) = send(
+        &app,
+        get(
+            &format!("/review/bulk?do=approve&id={two}&id={three}"),
+            &alice,
+        ),
+    )
+    .await;
+    let (d2, d3) = (
+        field_in(&html, &format!("digest.{two}")).unwrap(),
+        field_in(&html, &format!("digest.{three}")).unwrap(),
+    );
+    let reply = f.store.actions(three).await.unwrap()[0].id;
+    f.store
+        .edit_action(
+            reply,
+            &json!({"to": "c@d.example", "subject": "Re", "body": "Changed."}).to_string(),
+            "bob",
+        )
+        .await
+        .unwrap();
+    let (status, headers, _) = send(
+        &app,
+        form(
+            "/review/bulk",
+            &alice,
+            &[
+                ("csrf", &csrf),
+                ("do", "approve"),
+                ("ids", &format!("{two},{three}")),
+                (&format!("digest.{two}"), &d2),
+                (&format!("digest.{three}"), &d3),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let to = headers[header::LOCATION].to_str().unwrap().to_string();
+    assert!(
+        to.starts_with(&format!("/review/bulk?do=approve&ids={three}&flash=")),
+        "{to}"
+    );
+    assert_eq!(f.store.deliveries(two).await.unwrap().len(), 2);
+    assert!(f.store.decision(three).await.unwrap().is_none());
+    let (_, html) = followed(&app, &headers, &alice).await;
+    assert!(
+        html.contains("1 message(s) approved.")
+            && html.contains(&format!(
+                "changed since you confirmed, not approved: message {three}"
+            ))
+            && html.contains("Changed."),
+        "{html}"
+    );
+}
+
+/// The queue is read and ranked once while it does not change: the next message's page (j/k)
+/// and the queue page reuse the ranking; a decision changes the queue and it is read again.
+#[tokio::test]
+async fn the_queue_is_ranked_once_until_it_changes() {
+    let f = fixture(vec![]).await;
+    add_user(&f.store, "alice", "alice-password", "reviewer").await;
+    let hook = format!("{}crm", f.hooks);
+    let mail = |n: u32| format!("From: A <a@b.example>\r\nSubject: Mail {n}\r\n\r\nText {n}.\r\n");
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let to = format!("a{n}@b.example");
+        ids.push(
+            staged(
+                &f.store,
+                &mail(n),
+                json!({}),
+                json!({}),
+                reply_and_hook(&to, &hook),
+            )
+            .await,
+        );
+    }
+    let app = app(&f);
+    let alice = log_in(&app, "alice", "alice-password").await;
+    let read = || f.settings.rankings.messages_read();
+    let before = read();
+    let (status, _, html) = send(&app, get(&format!("/review/messages/{}", ids[0]), &alice)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(read() - before, 3, "the queue read once");
+    let next = ids[1..]
+        .iter()
+        .find(|id| html.contains(&format!("/review/messages/{id}\"")))
+        .copied()
+        .expect("a next message");
+    let (status, _, _) = send(&app, get(&format!("/review/messages/{next}"), &alice)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, html) = send(&app, get("/review", &alice)).await;
+    assert!(html.contains(&format!(r#"<tr data-href="/review/messages/{}">"#, ids[0])));
+    assert_eq!(
+        read() - before,
+        3,
+        "the next page and the queue reuse the ranking"
+    );
+
+    // A decision changes the queue: read again, without the decided message.
+    f.store.reject(ids[0], "alice", "spam").await.unwrap();
+    let (_, _, html) = send(&app, get("/review", &alice)).await;
+    assert_eq!(read() - before, 3 + 2);
+    assert!(!html.contains(&format!(r#"<tr data-href="/review/messages/{}">"#, ids[0])));
+    // A search scans the queue every time.
+    send(&app, get("/review?q=mail", &alice)).await;
+    send(&app, get("/review?q=mail", &alice)).await;
+    assert_eq!(read() - before, 3 + 2 + 2 + 2);
 }

@@ -623,3 +623,76 @@ async fn a_decision_is_undone_until_the_worker_claims_it_and_nothing_to_send_is_
     })
     .await;
 }
+
+/// An admin's retry resets a failed delivery's attempts, but a delivery was attempted:
+/// Undo is neither offered nor done (and not a foreign-key error).
+#[tokio::test]
+async fn no_undo_after_an_admin_retried_a_failed_delivery() {
+    on_both("review_undo_retry", |store| async move {
+        let id = processed(&store, "Subject: f\r\n\r\nfails once", "high").await;
+        store.approve(id, "alice", &allow_all).await.unwrap();
+        let entry = store
+            .claim_delivery("worker", LEASE)
+            .await
+            .unwrap()
+            .unwrap();
+        let failed = AttemptRecord {
+            response_status: Some(500),
+            error: Some("HTTP 500".into()),
+            result: DeliveryResult::Failed,
+        };
+        assert!(store.record_delivery(&entry, &failed).await.unwrap());
+        store.retry_delivery(entry.id, "admin").await.unwrap();
+        assert!(
+            !store.undoable(id).await.unwrap(),
+            "a delivery was attempted"
+        );
+        let e = store.undo_decision(id, "alice").await.unwrap_err();
+        assert!(e.to_string().contains("no longer be undone"), "{e:#}");
+        assert_eq!(
+            store.review_status(id).await.unwrap(),
+            Some(ReviewStatus::Approved)
+        );
+        assert_eq!(
+            store.deliveries(id).await.unwrap().len(),
+            2,
+            "nothing removed"
+        );
+    })
+    .await;
+}
+
+/// An approval bound to a confirmation's digest approves nothing once what is staged
+/// changed; the queue's state moves with a decision.
+#[tokio::test]
+async fn a_stale_confirmation_approves_nothing_and_the_queue_state_moves() {
+    use verre_store::review::{ChangedSinceConfirmed, staged_digest};
+    on_both("review_confirmed", |store| async move {
+        let id = processed(&store, "Subject: c\r\n\r\nconfirm me", "high").await;
+        let shown = staged_digest(&store.actions(id).await.unwrap());
+        let before = store.queue_state().await.unwrap();
+        assert_eq!(store.queue_state().await.unwrap(), before, "stable");
+        let reply = store.actions(id).await.unwrap()[0].id;
+        let edited = json!({"to": "a@client.test", "subject": "Re: x", "body": "Unseen."});
+        store
+            .edit_action(reply, &edited.to_string(), "bob")
+            .await
+            .unwrap();
+        let e = store
+            .approve_confirmed(id, "alice", &allow_all, true, Some(&shown))
+            .await
+            .unwrap_err();
+        assert!(e.is::<ChangedSinceConfirmed>(), "{e:#}");
+        assert!(store.decision(id).await.unwrap().is_none());
+        assert!(store.deliveries(id).await.unwrap().is_empty());
+        let now_shown = staged_digest(&store.actions(id).await.unwrap());
+        assert_ne!(now_shown, shown);
+        store
+            .approve_confirmed(id, "alice", &allow_all, true, Some(&now_shown))
+            .await
+            .unwrap();
+        assert_eq!(store.deliveries(id).await.unwrap().len(), 2);
+        assert_ne!(store.queue_state().await.unwrap(), before);
+    })
+    .await;
+}

@@ -249,6 +249,8 @@ fn read(
             .filter(|(k, _)| *k == name)
             .map(|(_, v)| v.replace("\r\n", "\n"))
             .next_back();
+        // What the payload held before (indexing below adds a missing key as null).
+        let before = value.get(key).map(Value::is_null);
         let slot = &mut value[key.as_str()];
         let parse_number = |s: &str, integer: bool| -> Result<Value, String> {
             let s = s.trim();
@@ -265,12 +267,14 @@ fn read(
                     .ok_or_else(|| format!("{shown}: {s:?} is not a number"))
             }
         };
+        let mut emptied = false;
         match (sub["type"].as_str(), sent) {
             (Some("object"), _) => read(sub, slot, &name, fields)?,
             (Some("string"), Some(s)) => *slot = Value::String(s),
             (Some(t @ ("integer" | "number")), Some(s)) => {
                 if s.trim().is_empty() {
                     *slot = Value::Null;
+                    emptied = true;
                 } else {
                     *slot = parse_number(&s, t == "integer")?;
                 }
@@ -293,10 +297,13 @@ fn read(
             // Not in the form (or not representable): left as it was.
             _ => {}
         }
-        // An emptied optional number is left out rather than sent as null.
-        if slot.is_null()
-            && let Some(o) = value.as_object_mut()
-        {
+        // An emptied optional number is left out rather than sent as null (one that was null
+        // stays null); a key the payload did not have is not added; other nulls stay.
+        let drop = match before {
+            None => slot.is_null(),
+            Some(was_null) => emptied && !was_null,
+        };
+        if drop && let Some(o) = value.as_object_mut() {
             o.remove(key);
         }
     }
@@ -393,6 +400,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.starts_with("threat_level:"), "{e}");
+    }
+
+    #[test]
+    fn a_save_keeps_null_fields_and_drops_only_an_emptied_number() {
+        let payload = json!({"note": null, "count": 3, "score": 0.5, "customer": {"id": null}});
+        let schema = payload_schema("webhook", &payload, &declared());
+        // A save of another field leaves the nulls as they were.
+        let v = payload_from_form(&schema, &payload, &pairs(&[("p.count", "4")])).unwrap();
+        assert_eq!(
+            v,
+            json!({"note": null, "count": 4, "score": 0.5, "customer": {"id": null}})
+        );
+        // An emptied optional number is left out; nothing absent is added.
+        let v = payload_from_form(&schema, &payload, &pairs(&[("p.score", " ")])).unwrap();
+        assert_eq!(
+            v,
+            json!({"note": null, "count": 3, "customer": {"id": null}})
+        );
+        // A number that was null and is submitted empty stays null.
+        let with_null = json!({"count": null});
+        let schema = json!({"type": "object", "properties": {"count": {"type": ["integer", "null"]},
+            "total": {"type": "integer"}}});
+        let v = payload_from_form(&schema, &with_null, &pairs(&[("p.count", "")])).unwrap();
+        assert_eq!(v, json!({"count": null}));
     }
 
     #[test]

@@ -11,15 +11,18 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::DateTime;
 use minijinja::{Environment, Value as Tpl, context};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
-use verre_store::review::{LoginRefusal, LoginReservation, QueueFilter, QueueItem, ReviewStatus};
+use verre_store::review::{
+    ChangedSinceConfirmed, LoginRefusal, LoginReservation, QueueFilter, QueueItem, ReviewStatus,
+    staged_digest,
+};
 use verre_store::{Store, now_ms};
 
 use super::auth::{self, LOGIN_CSRF_COOKIE, Reviewer, SESSION_COOKIE};
 use super::flash::Flash;
 use super::form;
-use super::triage::{self, Priority, Signals};
+use super::triage::{self, Label, Signals, Triaged};
 use crate::AppState;
 
 /// Nothing loads from anywhere but this server, no script runs but the desk's own keyboard
@@ -421,12 +424,6 @@ pub struct QueueQuery {
     flash: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Label {
-    key: String,
-    value: String,
-}
-
 /// `Subject` and `From` from the stored header text.
 fn subject_and_from(headers: Option<&str>) -> (String, String) {
     let mut out = (String::new(), String::new());
@@ -442,31 +439,48 @@ fn subject_and_from(headers: Option<&str>) -> (String, String) {
     out
 }
 
-/// One message of the queue as the desk ranks and shows it.
-struct Triaged {
-    item: QueueItem,
-    subject: String,
-    from: String,
-    /// The mail's `Date` header, else when verre read it.
-    received: i64,
-    labels: Vec<Label>,
-    declared: BTreeMap<String, Vec<String>>,
-    priority: Priority,
-}
-
 /// Characters of a message's text read for deadlines and the search.
 const TEXT_SCANNED: usize = 20_000;
 
+/// What the ranking reads of one message, read and decrypted on the runtime, ranked off it.
+struct Unranked {
+    item: QueueItem,
+    headers: String,
+    text: String,
+    declared: BTreeMap<String, Vec<String>>,
+    lookup: Option<Value>,
+}
+
 /// The queue for `filter`, each message decrypted, ranked and (with `query`) matched; the
 /// undecided in priority order (highest first, then the longest waiting), the decided
-/// newest first.
-async fn triaged(store: &Store, filter: QueueFilter, query: &str) -> anyhow::Result<Vec<Triaged>> {
-    let now = now_ms();
+/// newest first. Without a query the ranking is reused while the queue's state is the
+/// same ([`triage::RankingCache`]); a search scans (at most [`triage::SCAN_LIMIT`]).
+async fn triaged(
+    state: &AppState,
+    store: &Store,
+    filter: QueueFilter,
+    query: &str,
+) -> anyhow::Result<Arc<Vec<Triaged>>> {
+    let cache = &state.review().rankings;
+    let view = format!(
+        "{}|{}",
+        filter.status.map_or("all", |s| s.as_str()),
+        filter
+            .label
+            .as_ref()
+            .map_or(String::new(), |(k, v)| format!("{k}={v}"))
+    );
+    let queue_state = store.queue_state().await?;
+    if query.is_empty()
+        && let Some(ranked) = cache.get(&view, &queue_state)
+    {
+        return Ok(ranked);
+    }
     let undecided = matches!(
         filter.status,
         Some(ReviewStatus::ToReview | ReviewStatus::InProgress | ReviewStatus::Quarantined)
     );
-    let mut out = Vec::new();
+    let mut unranked = Vec::new();
     for item in store
         .review_queue(&QueueFilter {
             limit: triage::SCAN_LIMIT,
@@ -475,52 +489,77 @@ async fn triaged(store: &Store, filter: QueueFilter, query: &str) -> anyhow::Res
         .await?
     {
         let id = item.message.id;
-        let parts = store.parts(id).await?;
-        let headers = parts
-            .iter()
-            .find(|p| p.kind == "headers")
-            .and_then(|p| p.text.as_deref())
-            .unwrap_or("");
-        let (subject, from) = subject_and_from(Some(headers));
+        let mut headers = String::new();
         let mut text = String::new();
-        for p in parts.iter().filter(|p| p.kind != "headers") {
-            if let Some(t) = &p.text {
-                text.extend(t.chars().take(TEXT_SCANNED.saturating_sub(text.len())));
+        for (kind, part) in store.triage_parts(id).await? {
+            let Some(part) = part else { continue };
+            if kind == "headers" {
+                headers = part;
+            } else if text.len() < TEXT_SCANNED {
+                text.extend(part.chars().take(TEXT_SCANNED - text.len()));
                 text.push('\n');
             }
         }
-        let extract_text = triage::strings_of(item.extract.as_ref());
-        if !triage::matches(query, &[&subject, &from, &extract_text, &text]) {
-            continue;
-        }
         let declared = triage::declared_labels(store.stage_output(id, "stage").await?.as_ref());
         let lookup = store.stage_output(id, "crossref").await?;
-        let received = triage::date_header(headers).unwrap_or(item.message.received_at);
-        let priority = triage::priority(&Signals {
-            extract: item.extract.as_ref(),
-            declared: &declared,
-            lookup: lookup.as_ref(),
-            text: &text,
-            waited_ms: now - received.min(item.message.received_at),
+        unranked.push(Unranked {
+            item,
+            headers,
+            text,
+            declared,
+            lookup,
         });
-        let labels = triage::declared_values_of(item.extract.as_ref(), &declared)
+    }
+    cache.read(unranked.len());
+    let query = query.to_string();
+    let searching = !query.is_empty();
+    // Six regexes over up to 20 KB of each of a thousand messages: off the runtime.
+    let ranked = tokio::task::spawn_blocking(move || rank(unranked, &query, undecided))
+        .await
+        .map_err(|e| anyhow::anyhow!("ranking the queue: {e}"))?;
+    let ranked = Arc::new(ranked);
+    if !searching {
+        cache.put(&view, queue_state, ranked.clone());
+    }
+    Ok(ranked)
+}
+
+/// Rank (and with `query`, match) what [`triaged`] read.
+fn rank(unranked: Vec<Unranked>, query: &str, undecided: bool) -> Vec<Triaged> {
+    let now = now_ms();
+    let mut out = Vec::new();
+    for u in unranked {
+        let (subject, from) = subject_and_from(Some(&u.headers));
+        let extract_text = triage::strings_of(u.item.extract.as_ref());
+        if !triage::matches(query, &[&subject, &from, &extract_text, &u.text]) {
+            continue;
+        }
+        let received = triage::date_header(&u.headers).unwrap_or(u.item.message.received_at);
+        let priority = triage::priority(&Signals {
+            extract: u.item.extract.as_ref(),
+            declared: &u.declared,
+            lookup: u.lookup.as_ref(),
+            text: &u.text,
+            waited_ms: now - received.min(u.item.message.received_at),
+        });
+        let labels = triage::declared_values_of(u.item.extract.as_ref(), &u.declared)
             .into_iter()
             .map(|(key, value)| Label { key, value })
             .collect();
         out.push(Triaged {
-            item,
+            item: u.item,
             subject,
             from,
             received,
             labels,
-            declared,
+            declared: u.declared,
             priority,
         });
     }
     if undecided {
         out.sort_by_key(|t| (std::cmp::Reverse(t.priority.score), t.received));
     }
-    Ok(out)
+    out
 }
 
 fn queue_row(t: &Triaged) -> Tpl {
@@ -569,6 +608,7 @@ pub async fn queue(
     let label = q.label.filter(|l| !l.is_empty());
     let query = q.q.unwrap_or_default();
     let all = triaged(
+        &state,
         store,
         QueueFilter {
             status,
@@ -583,7 +623,7 @@ pub async fn queue(
     .await?;
     // Only what the pipelines declared is offered, never a value a model made up.
     let mut options: BTreeMap<(String, String), ()> = BTreeMap::new();
-    for t in &all {
+    for t in all.iter() {
         for (name, values) in &t.declared {
             for v in values {
                 options.insert((name.clone(), v.clone()), ());
@@ -686,8 +726,13 @@ fn pretty(v: &Value) -> String {
 
 /// The neighbours of a message in the to-review queue's priority order: (previous, next).
 /// A message not on it (decided) has the queue's first as its next.
-async fn neighbours(store: &Store, id: i64) -> anyhow::Result<(Option<i64>, Option<i64>)> {
+async fn neighbours(
+    state: &AppState,
+    store: &Store,
+    id: i64,
+) -> anyhow::Result<(Option<i64>, Option<i64>)> {
     let order: Vec<i64> = triaged(
+        state,
         store,
         QueueFilter {
             status: Some(ReviewStatus::ToReview),
@@ -793,9 +838,11 @@ async fn message_page(
             let current: Value = serde_json::from_str(&a.payload).unwrap_or(Value::Null);
             let schema = form::payload_schema(&a.kind, &current, &declared);
             let (submitted, error) = match &flash.action {
-                Some((aid, fields)) if *aid == a.id => {
-                    (Some(fields.as_slice()), flash.error.clone())
-                }
+                // Values too large to keep were dropped: the form shows what is stored.
+                Some((aid, fields)) if *aid == a.id => (
+                    (!fields.is_empty()).then_some(fields.as_slice()),
+                    flash.error.clone(),
+                ),
                 _ => (None, None),
             };
             let raw = submitted
@@ -818,7 +865,7 @@ async fn message_page(
         .map(|j| j.stage.as_str())
         .collect();
     let page_error = flash.error.clone().filter(|_| flash.action.is_none());
-    let (previous, next) = neighbours(store, id).await?;
+    let (previous, next) = neighbours(state, store, id).await?;
     let undecided = review_status == ReviewStatus::ToReview;
     Ok(page(
         StatusCode::OK,
@@ -1118,6 +1165,7 @@ pub async fn confirm(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<i64>,
+    Query(q): Query<NoticeQuery>,
 ) -> PageResult {
     let reviewer = match signed_in(&state, &headers).await {
         Ok(r) => r,
@@ -1140,11 +1188,24 @@ pub async fn confirm(
             what => if nothing { "file" } else { "approve" },
             post_to => format!("/review/messages/{id}/{}", if nothing { "file" } else { "approve" }),
             single => id,
+            notice => q.notice.as_deref().and_then(confirm_notice),
         },
     ))
 }
 
-/// One message as the confirmation shows it.
+/// The confirmation's notices, from a fixed list.
+fn confirm_notice(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "changed" => {
+            "Changed since you confirmed: another reviewer edited what this message sends. Look again before you approve."
+        }
+        "unconfirmed" => "Confirm what this message sends first.",
+        _ => return None,
+    })
+}
+
+/// One message as the confirmation shows it, with the digest of what it shows that the
+/// approval must carry back.
 async fn sending(state: &AppState, store: &Store, id: i64) -> Result<Tpl, PageError> {
     let Some(status) = store.review_status(id).await? else {
         return Err(PageError::new(
@@ -1161,11 +1222,15 @@ async fn sending(state: &AppState, store: &Store, id: i64) -> Result<Tpl, PageEr
             .and_then(|p| p.text.as_deref()),
     );
     let delivery = &state.review().delivery;
-    let actions: Vec<Tpl> = store
+    let staged: Vec<_> = store
         .actions(id)
         .await?
         .into_iter()
         .filter(|a| a.status == "staged")
+        .collect();
+    let digest = staged_digest(&staged);
+    let actions: Vec<Tpl> = staged
+        .into_iter()
         .map(|a| {
             let payload: Value = serde_json::from_str(&a.payload).unwrap_or(Value::Null);
             let refused = delivery.allow(&a).err();
@@ -1178,24 +1243,45 @@ async fn sending(state: &AppState, store: &Store, id: i64) -> Result<Tpl, PageEr
         .collect();
     Ok(context! {
         id => id, subject => subject, from => from, status => status.as_str(),
-        undecided => status == ReviewStatus::ToReview, actions => actions,
+        undecided => status == ReviewStatus::ToReview, actions => actions, digest => digest,
     })
 }
 
+#[derive(Deserialize)]
+pub struct ApproveForm {
+    /// The digest of the staged actions the confirmation showed.
+    digest: Option<String>,
+}
+
+/// Approve what the confirmation showed: an approval without its digest, or with one that
+/// no longer matches, goes back to the confirmation.
 pub async fn approve(
     State(state): State<Arc<AppState>>,
     Path(id): Path<i64>,
-    Posted { reviewer, .. }: Posted<NoFields>,
+    Posted { reviewer, form: f }: Posted<ApproveForm>,
 ) -> PageResult {
-    match approve_one(&state, &reviewer, id).await {
+    let Some(digest) = f.digest.filter(|d| !d.is_empty()) else {
+        return Ok(to_confirmation(id, "unconfirmed"));
+    };
+    match approve_one(&state, &reviewer, id, &digest).await {
         Ok(true) => Ok(back_to(id, "awaiting")),
         Ok(false) => Ok(decided(id, "approved")),
+        Err(e) if e.is::<ChangedSinceConfirmed>() => Ok(to_confirmation(id, "changed")),
         Err(e) => refused(&state, &reviewer, id, None, e),
     }
 }
 
-/// Approve a message (true: recorded, waiting for a second approver).
-async fn approve_one(state: &AppState, reviewer: &Reviewer, id: i64) -> anyhow::Result<bool> {
+fn to_confirmation(id: i64, notice: &str) -> Response {
+    Redirect::to(&format!("/review/messages/{id}/confirm?notice={notice}")).into_response()
+}
+
+/// Approve a message as confirmed (`digest`; true: recorded, waiting for a second approver).
+async fn approve_one(
+    state: &AppState,
+    reviewer: &Reviewer,
+    id: i64,
+    digest: &str,
+) -> anyhow::Result<bool> {
     let settings = state.review();
     let delivery = settings.delivery.clone();
     let allow = move |a: &verre_store::ActionRow| delivery.allow(a);
@@ -1203,7 +1289,13 @@ async fn approve_one(state: &AppState, reviewer: &Reviewer, id: i64) -> anyhow::
         .store()
         .ok_or_else(|| anyhow::anyhow!("this server was started without a database"))?;
     let approval = store
-        .approve_with(id, reviewer.name(), &allow, settings.second_approver)
+        .approve_confirmed(
+            id,
+            reviewer.name(),
+            &allow,
+            settings.second_approver,
+            Some(digest),
+        )
         .await?;
     if approval.awaiting.is_some() {
         return Ok(true);
@@ -1317,6 +1409,11 @@ pub async fn bulk_confirm(
     for &id in &ids {
         messages.push(sending(&state, store, id).await?);
     }
+    let flash = pairs
+        .iter()
+        .find(|(k, _)| k == "flash")
+        .and_then(|(_, t)| state.review().flashes.get(reviewer.name(), t))
+        .unwrap_or_default();
     Ok(page(
         StatusCode::OK,
         "confirm.html",
@@ -1324,6 +1421,8 @@ pub async fn bulk_confirm(
             user => user_ctx(&reviewer),
             csrf => &reviewer.session.csrf_token,
             messages => messages,
+            notice => flash.notice,
+            error => flash.error,
             what => what,
             ids => ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","),
         },
@@ -1352,15 +1451,27 @@ pub async fn bulk(
         .find(|(k, _)| k == "reason")
         .map_or("", |(_, v)| v.as_str());
     let store = store(&state)?;
-    let (mut done, mut problems) = (0, Vec::new());
+    let (mut done, mut problems, mut changed) = (0, Vec::new(), Vec::new());
     for id in ids {
         let outcome = match what {
-            "approve" => match approve_one(&state, &reviewer, id).await {
-                Ok(true) => Err(anyhow::anyhow!(
-                    "your approval is recorded; a reply's recipient was changed, so another reviewer must approve too"
-                )),
-                other => other.map(|_| ()),
-            },
+            "approve" => {
+                // Each message's confirmation digest (`digest.ID`); none is never a match.
+                let key = format!("digest.{id}");
+                let digest = pairs
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map_or("", |(_, v)| v.as_str());
+                match approve_one(&state, &reviewer, id, digest).await {
+                    Ok(true) => Err(anyhow::anyhow!(
+                        "your approval is recorded; a reply's recipient was changed, so another reviewer must approve too"
+                    )),
+                    Err(e) if e.is::<ChangedSinceConfirmed>() => {
+                        changed.push(id);
+                        continue;
+                    }
+                    other => other.map(|_| ()),
+                }
+            }
             "reject" => store.reject(id, reviewer.name(), reason).await.map(|_| ()),
             _ => store.file_message(id, reviewer.name()).await.map(|_| ()),
         };
@@ -1374,6 +1485,16 @@ pub async fn bulk(
         "reject" => "rejected",
         _ => "filed",
     };
+    if !changed.is_empty() {
+        problems.push(format!(
+            "changed since you confirmed, not approved: {}; look again",
+            changed
+                .iter()
+                .map(|id| format!("message {id}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     let token = state.review().flashes.put(
         reviewer.name(),
         Flash {
@@ -1382,6 +1503,15 @@ pub async fn bulk(
             action: None,
         },
     );
+    if !changed.is_empty() {
+        // Back to the confirmation of what changed, as it stands now.
+        let ids = changed.iter().map(i64::to_string).collect::<Vec<_>>();
+        return Ok(Redirect::to(&format!(
+            "/review/bulk?do=approve&ids={}&flash={token}",
+            ids.join(",")
+        ))
+        .into_response());
+    }
     Ok(Redirect::to(&format!("/review?flash={token}")).into_response())
 }
 

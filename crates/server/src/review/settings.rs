@@ -41,6 +41,8 @@ pub struct ReviewSettings {
     pub password_checks: Arc<PasswordChecks>,
     /// What a form post tells the page it redirects to (post/redirect/get).
     pub flashes: Arc<super::flash::Flashes>,
+    /// The queue's rankings, reused while the queue does not change.
+    pub rankings: Arc<super::triage::RankingCache>,
 }
 
 impl Default for ReviewSettings {
@@ -55,6 +57,7 @@ impl Default for ReviewSettings {
             login_limits: LoginLimits::default(),
             password_checks: Arc::default(),
             flashes: Arc::default(),
+            rankings: Arc::default(),
         }
     }
 }

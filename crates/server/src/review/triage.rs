@@ -5,15 +5,92 @@
 //! decrypted by the store as it reads them, and ranked and matched here, in Rust, over a
 //! bounded number of them ([`SCAN_LIMIT`]).
 
-use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use regex::Regex;
 use serde::Serialize;
 use serde_json::Value;
+use verre_store::review::QueueItem;
 
 /// The most messages of one queue view read, ranked and searched.
 pub const SCAN_LIMIT: usize = 1000;
+
+/// How long a computed ranking is reused while the queue's state stays the same (the time
+/// waited counts a point an hour, so a little staleness changes nothing).
+pub const RANKING_TTL: Duration = Duration::from_secs(30);
+
+/// A label value of a message, as the queue shows and filters it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Label {
+    pub key: String,
+    pub value: String,
+}
+
+/// One message of the queue as the desk ranks and shows it.
+#[derive(Debug)]
+pub struct Triaged {
+    pub item: QueueItem,
+    pub subject: String,
+    pub from: String,
+    /// The mail's `Date` header, else when verre read it.
+    pub received: i64,
+    pub labels: Vec<Label>,
+    pub declared: BTreeMap<String, Vec<String>>,
+    pub priority: Priority,
+}
+
+/// The queue views ranked lately, each under its filter with the queue's state
+/// ([`verre_store::Store::queue_state`]) it was computed from: a page view, or a j/k to the
+/// next message, while nothing changed reuses it instead of decrypting and ranking the
+/// queue again.
+#[derive(Debug, Default)]
+pub struct RankingCache {
+    entries: Mutex<HashMap<String, CachedRanking>>,
+    /// Messages read for a ranking since start (what the cache saves).
+    messages_read: AtomicU64,
+}
+
+#[derive(Debug)]
+struct CachedRanking {
+    state: Vec<i64>,
+    at: Instant,
+    ranked: Arc<Vec<Triaged>>,
+}
+
+/// The most queue views kept (one per status and label filter in use).
+const RANKINGS_KEPT: usize = 64;
+
+impl RankingCache {
+    /// The ranking of `view` computed from `state` within [`RANKING_TTL`].
+    pub fn get(&self, view: &str, state: &[i64]) -> Option<Arc<Vec<Triaged>>> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = entries.get(view)?;
+        (hit.state == state && hit.at.elapsed() < RANKING_TTL).then(|| hit.ranked.clone())
+    }
+
+    pub fn put(&self, view: &str, state: Vec<i64>, ranked: Arc<Vec<Triaged>>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, c| c.at.elapsed() < RANKING_TTL);
+        if entries.len() >= RANKINGS_KEPT {
+            entries.clear();
+        }
+        let at = Instant::now();
+        entries.insert(view.to_string(), CachedRanking { state, at, ranked });
+    }
+
+    /// Count `n` messages read for a ranking.
+    pub fn read(&self, n: usize) {
+        self.messages_read.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Messages read for rankings since start.
+    pub fn messages_read(&self) -> u64 {
+        self.messages_read.load(Ordering::Relaxed)
+    }
+}
 
 /// How urgent a message is, with the reasons a reviewer sees.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
