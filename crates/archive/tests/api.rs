@@ -26,6 +26,11 @@ fn env_path(name: &str) -> Option<std::path::PathBuf> {
 }
 
 async fn served(dir: &std::path::Path) -> Option<Arc<AppState>> {
+    served_with(dir, None).await
+}
+
+/// The same, behind a gateway with the `[[key]]` limits of `keys` (verre.toml text).
+async fn served_with(dir: &std::path::Path, keys: Option<&str>) -> Option<Arc<AppState>> {
     let chat = env_path("VERRE_SMOLLM2_GGUF")?;
     let minilm = env_path("VERRE_MINILM_DIR")?;
     let specs = vec![
@@ -46,7 +51,12 @@ async fn served(dir: &std::path::Path) -> Option<Arc<AppState>> {
             .unwrap()
             .unwrap();
     let store = Store::open_in_home(dir).await.unwrap();
-    let state = AppState::new(None).with_store(store.clone());
+    let mut state = AppState::new(None).with_store(store.clone());
+    if let Some(keys) = keys {
+        let config = verre_config::VerreConfig::parse(keys, "verre.toml").unwrap();
+        let gateway = verre_server::gateway::Gateway::new(&config).unwrap();
+        state = state.with_gateway(Arc::new(gateway));
+    }
     state.set_models(chat, embedding);
     let embedder = state.models().unwrap().embedding[0].embedder.clone();
     let archive = Archive::new(store, embedder, "minilm-l6");
@@ -161,4 +171,58 @@ async fn archive_model_answers_with_passages_and_citations() {
     assert_eq!(first["choices"], json!([]));
     assert_eq!(first["passages"].as_array().unwrap().len(), 5);
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+}
+
+/// A key that may not use the chat model gets neither an answer nor passages, relevant or
+/// not; `min_score` outside 0..1 is refused; a key's request limit counts the answers the
+/// archive gives without a model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_answers_only_keys_that_may_use_its_chat_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = "[[key]]\nname = \"other\"\nmodels = [\"elsewhere\"]\n[[key]]\nname = \"smol\"\nmodels = [\"smol\"]\nrequests_per_minute = 2\n";
+    let Some(state) = served_with(dir.path(), Some(keys)).await else {
+        return;
+    };
+    let client = ApiClient::new(state);
+    let (_, q) = common::document(0);
+    for question in [q.question.as_str(), common::UNRELATED[0]] {
+        let e = client
+            .post(
+                "other",
+                "/v1/chat/completions",
+                &json!({"model": "archive:smol", "messages": [{"role": "user", "content": question}],
+                        "archive": {"k": 50, "min_score": 1.0}}),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!((e.status, e.param.as_deref()), (403, Some("model")), "{e}");
+        assert!(!e.to_string().contains(&q.document), "{e}");
+    }
+    let e = client
+        .post(
+            "smol",
+            "/v1/chat/completions",
+            &json!({"model": "archive:smol", "messages": [{"role": "user", "content": "x"}],
+                    "archive": {"min_score": 2}}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.status, e.param.as_deref()),
+        (400, Some("archive.min_score")),
+        "{e}"
+    );
+    // Nothing relevant, answered without a model: still two requests a minute.
+    let unrelated = json!({"model": "archive:smol", "messages": [{"role": "user", "content": common::UNRELATED[0]}]});
+    for _ in 0..2 {
+        client
+            .post("smol", "/v1/chat/completions", &unrelated)
+            .await
+            .unwrap();
+    }
+    let e = client
+        .post("smol", "/v1/chat/completions", &unrelated)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status, 429, "{e}");
 }

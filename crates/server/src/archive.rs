@@ -85,8 +85,10 @@ fn options(object: &Map<String, Value>) -> Result<Options, ApiError> {
     if let Some(s) = given.get("min_score") {
         o.min_score = s
             .as_f64()
-            .ok_or_else(|| ApiError::invalid("archive.min_score", "must be a number"))?
-            as f32;
+            .filter(|s| (0.0..=1.0).contains(s))
+            .ok_or_else(|| {
+                ApiError::invalid("archive.min_score", "`archive.min_score` must be 0 to 1")
+            })? as f32;
     }
     Ok(o)
 }
@@ -138,6 +140,26 @@ async fn ask(
             "`archive:` needs a chat model after it, as in `archive:qwen2.5-coder-1.5b`",
         ));
     }
+    // The key must be one that may use the chat model: the passages are the archive's
+    // content, answered or not (`[[key]] models`).
+    let key = request
+        .extensions()
+        .get::<crate::gateway::KeyName>()
+        .map(|k| k.0.clone());
+    if let Some(gateway) = state.gateway()
+        && !gateway.key_may_use(key.as_deref(), &base)
+    {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "the API key {:?} may not use the model `{base}`, nor the archive through it",
+                key.unwrap_or_default()
+            ),
+            kind: "invalid_request_error",
+            param: Some("model".into()),
+            code: Some("model_not_allowed"),
+        });
+    }
     let options = options(&object)?;
     object.remove("archive");
     let mut messages: Vec<Value> = object
@@ -164,6 +186,12 @@ async fn ask(
         .map_err(|e| ApiError::internal(format!("searching the archive: {e:#}")))?;
     let stream = object.get("stream").and_then(Value::as_bool) == Some(true);
     if !answer::relevant(&passages, options.min_score) {
+        // Answered here, so counted here: the key's request limits apply to it too.
+        if let Some(gateway) = state.gateway()
+            && let Err(refusal) = gateway.admit(key.as_deref(), &base, state.store()).await
+        {
+            return Ok(refusal);
+        }
         return Ok(nothing_relevant(&requested, &passages, stream));
     }
     answer::augment(&mut messages, &passages);
