@@ -238,6 +238,7 @@ impl StageRunner {
                 &ex.few_shot_model,
                 message_id,
                 &document,
+                &ex.schema,
                 ex.few_shot,
                 ex.few_shot_min_similarity,
             )
