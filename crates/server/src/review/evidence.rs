@@ -415,9 +415,15 @@ pub async fn attachment(
     }
     let raw = raw_or_refusal(store, id).await?;
     let parsed = mail_parser::MessageParser::default().parse(&raw[..]);
+    // The parser stores no part for an attachment mail-parser left multipart (a nested
+    // message it never closed): skipped here too, so the counts agree.
     let bytes = parsed
         .as_ref()
-        .and_then(|m| m.attachments().nth(nth))
+        .and_then(|m| {
+            m.attachments()
+                .filter(|a| !matches!(a.body, mail_parser::PartType::Multipart(_)))
+                .nth(nth)
+        })
         .map(|a| a.contents().to_vec())
         .filter(|b| b.starts_with(b"%PDF-"))
         .ok_or_else(not_found)?;
