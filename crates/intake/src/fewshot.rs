@@ -42,22 +42,27 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 
 /// The corrected fields of the `n` documents most like `document` whose similarity (the
 /// cosine of their embeddings) is at least `min_similarity`, most similar first (not those
-/// of `message_id` itself); each field once per document, its latest correction.
+/// of `message_id` itself); each field once per document, its latest correction; only the
+/// fields `schema` has (a correction of a field since removed teaches nothing).
+#[allow(clippy::too_many_arguments)]
 pub async fn examples(
     store: &Store,
     api: &dyn ModelApi,
     model: &str,
     message_id: i64,
     document: &str,
+    schema: &Value,
     n: usize,
     min_similarity: f32,
 ) -> Result<Vec<Example>, ExamplesError> {
     if n == 0 {
         return Ok(Vec::new());
     }
+    let properties = schema["properties"].as_object();
     let mut by_message: BTreeMap<i64, Vec<Correction>> = BTreeMap::new();
     for c in store.recent_corrections(CANDIDATES).await? {
-        if c.message_id != message_id {
+        let in_schema = properties.is_some_and(|p| p.contains_key(&c.field));
+        if c.message_id != message_id && in_schema {
             by_message.entry(c.message_id).or_default().push(c);
         }
     }
@@ -206,6 +211,39 @@ mod tests {
         }
     }
 
+    fn invoice_schema(fields: &[&str]) -> Value {
+        let properties: serde_json::Map<String, Value> = fields
+            .iter()
+            .map(|f| (f.to_string(), json!({"type": "string"})))
+            .collect();
+        json!({"type": "object", "properties": properties})
+    }
+
+    #[tokio::test]
+    async fn corrections_of_fields_the_schema_no_longer_has_are_not_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in_home(dir.path()).await.unwrap();
+        let old = extracted(&store, "ACME GmbH Rechnung Rechnungsnr 1 Bestellnr 9").await;
+        // The document most like the new one (the same words).
+        let dropped = extracted(&store, "ACME GmbH Rechnung Rechnungsnr 7 Bestellnr 7").await;
+        correct(&store, old, "invoice_number", "A-1", "Rechnungsnr A-1").await;
+        correct(&store, old, "po_number", "P-9", "Bestellnr P-9").await;
+        correct(&store, dropped, "po_number", "P-8", "Bestellnr P-8").await;
+        let api = Truncating(StubBackend::default());
+        let doc = "ACME GmbH Rechnung Rechnungsnr 7 Bestellnr 7";
+        let schema = invoice_schema(&["invoice_number", "date"]);
+        let got = examples(&store, &api, "m", 0, doc, &schema, 5, 0.0)
+            .await
+            .unwrap();
+        let fields: Vec<&str> = got.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["invoice_number"], "{got:?}");
+        // A document whose corrections are all of dropped fields takes no one's place.
+        let one = examples(&store, &api, "m", 0, doc, &schema, 1, 0.0)
+            .await
+            .unwrap();
+        assert_eq!(one.len(), 1, "{one:?}");
+    }
+
     #[tokio::test]
     async fn the_most_similar_documents_corrections_come_first_and_the_latest_wins() {
         let dir = tempfile::tempdir().unwrap();
@@ -218,7 +256,10 @@ mod tests {
         correct(&store, shop, "issuer", "Flipkart", "Sold by Flipkart").await;
         let api = Truncating(StubBackend::default());
         let doc = "ACME GmbH Rechnung Rechnungsnr 7 Summe EUR 12";
-        let got = examples(&store, &api, "m", 0, doc, 1, 0.0).await.unwrap();
+        let schema = invoice_schema(&["invoice_number", "date", "issuer"]);
+        let got = examples(&store, &api, "m", 0, doc, &schema, 1, 0.0)
+            .await
+            .unwrap();
         let fields: Vec<(&str, &Value)> =
             got.iter().map(|e| (e.field.as_str(), &e.value)).collect();
         assert_eq!(
@@ -228,16 +269,18 @@ mod tests {
                 ("date", &json!("2014-05-07"))
             ]
         );
-        let both = examples(&store, &api, "m", 0, doc, 5, 0.0).await.unwrap();
+        let both = examples(&store, &api, "m", 0, doc, &schema, 5, 0.0)
+            .await
+            .unwrap();
         assert_eq!(both.len(), 3);
         assert_eq!(both[2].field, "issuer");
         // A message's own corrections are not its examples; none asked, none given.
-        let own = examples(&store, &api, "m", acme, doc, 5, 0.0)
+        let own = examples(&store, &api, "m", acme, doc, &schema, 5, 0.0)
             .await
             .unwrap();
         assert_eq!(own.len(), 1);
         assert!(
-            examples(&store, &api, "m", 0, doc, 0, 0.0)
+            examples(&store, &api, "m", 0, doc, &schema, 0, 0.0)
                 .await
                 .unwrap()
                 .is_empty()
@@ -245,7 +288,9 @@ mod tests {
 
         // Below the similarity floor a document teaches nothing: the shop's layout is
         // unlike the ACME invoice.
-        let near = examples(&store, &api, "m", 0, doc, 5, 0.7).await.unwrap();
+        let near = examples(&store, &api, "m", 0, doc, &schema, 5, 0.7)
+            .await
+            .unwrap();
         assert_eq!(near.len(), 2, "{near:?}");
         assert!(near.iter().all(|e| e.field != "issuer"));
 

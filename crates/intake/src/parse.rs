@@ -229,6 +229,8 @@ fn parse_unguarded(
                     )
                 }
             }
+            // No part (the review's attachment lookup skips these alike: crates/server
+            // review/evidence.rs).
             PartType::Multipart(_) => continue,
         };
         parts.push(NewPart {
@@ -510,6 +512,48 @@ mod tests {
             .unwrap();
         assert_eq!(png.filename.as_deref(), Some("résumé.png"));
         assert!(!png.supported && png.note.as_deref().unwrap().contains("unsupported"));
+    }
+
+    /// The review serves attachment N as mail-parser's N-th attachment (crates/server
+    /// review/evidence.rs): a forwarded message, multipart with a PDF of its own, is one
+    /// stored part, and the PDF after it keeps its place.
+    #[test]
+    fn a_forwarded_message_is_one_attachment_part() {
+        let raw = concat!(
+            "From: a@example.com\r\nSubject: Fwd\r\nMIME-Version: 1.0\r\n",
+            "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n",
+            "--b\r\nContent-Type: text/plain\r\n\r\nSee the forwarded mail.\r\n",
+            "--b\r\nContent-Type: message/rfc822\r\n\r\n",
+            "From: old@example.com\r\nSubject: Old\r\nMIME-Version: 1.0\r\n",
+            "Content-Type: multipart/mixed; boundary=\"c\"\r\n\r\n",
+            "--c\r\nContent-Type: text/plain\r\n\r\nold\r\n",
+            "--c\r\nContent-Type: application/pdf; name=\"old.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--c--\r\n",
+            "--b\r\nContent-Type: application/pdf; name=\"inv.pdf\"\r\n",
+            "Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n"
+        );
+        let p = parse_mail(raw.as_bytes()).unwrap();
+        let stored: Vec<(i64, &str, &str)> = p
+            .parts
+            .iter()
+            .filter(|p| p.kind == "attachment")
+            .map(|p| {
+                (
+                    p.idx,
+                    p.content_type.as_str(),
+                    p.filename.as_deref().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            stored,
+            [(2, "message/rfc822", ""), (3, "application/pdf", "inv.pdf")]
+        );
+        let listed = MessageParser::default()
+            .parse(raw.as_bytes())
+            .unwrap()
+            .attachments()
+            .count();
+        assert_eq!(listed, stored.len());
     }
 
     #[test]

@@ -238,6 +238,7 @@ impl StageRunner {
                 &ex.few_shot_model,
                 message_id,
                 &document,
+                &ex.schema,
                 ex.few_shot,
                 ex.few_shot_min_similarity,
             )
@@ -441,6 +442,12 @@ impl StageRunner {
         validate(&ex.schema, &output).map_err(|e| {
             StageError::permanent(format!("the merged extraction does not validate: {e}"))
         })?;
+        // The spans point into the pages read, headers once; the merged values have no
+        // token probabilities, so no confidence.
+        let read = crate::document::Chunk {
+            pages: plan.read_pages(),
+        };
+        let evidence = crate::evidence::evidence(&read.document(), &output, None, ex.check_below);
         output[crate::DOCUMENT_KEY] = json!({
             "chunks": n,
             "pages_read": plan.pages_read,
@@ -455,6 +462,7 @@ impl StageRunner {
             output,
             prompt_tokens,
             completion_tokens,
+            evidence: Some(json!(evidence)),
             ..Default::default()
         })
     }
@@ -471,11 +479,7 @@ impl StageRunner {
         let parts = self.store.parts(message_id).await?;
         let pages = crate::document::message_pages(&parts);
         let plan = crate::document::plan(&pages, &self.pipeline.budget);
-        let mut read: Vec<crate::document::Page> = Vec::new();
-        for (i, chunk) in plan.chunks.iter().enumerate() {
-            let keep = chunk.pages.iter().filter(|p| i == 0 || p.kind != "headers");
-            read.extend(keep.cloned());
-        }
+        let read = plan.read_pages();
         let options = crate::summary::SummaryOptions {
             model: cfg.model.clone(),
             words: cfg.words,

@@ -354,6 +354,69 @@ async fn an_original_larger_than_the_bound_is_refused() {
     assert!(text(body).contains("20 MiB"));
 }
 
+/// The PDF after a forwarded message (itself multipart, with a PDF of its own) is the one
+/// served: the parts stored by the parser (crates/intake parse.rs: the attached message is
+/// one part, its insides are not) and mail-parser's attachments count alike.
+#[tokio::test]
+async fn the_pdf_after_a_forwarded_message_is_the_one_served() {
+    let (_dir, store, app, _) = setup(PDF.len() as i64).await;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(PDF);
+    let other =
+        base64::engine::general_purpose::STANDARD.encode(b"%PDF-1.4\n% the forwarded one\n");
+    let raw = format!(
+        "From: Accounts <accounts@acme.example>\r\nSubject: Fwd\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain\r\n\r\nSee the forwarded mail.\r\n\
+         --b\r\nContent-Type: message/rfc822\r\n\r\n\
+         From: Old <old@acme.example>\r\nSubject: Old\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"c\"\r\n\r\n\
+         --c\r\nContent-Type: text/plain\r\n\r\nold\r\n\
+         --c\r\nContent-Type: application/pdf; name=\"old.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{other}\r\n--c--\r\n\
+         --b\r\nContent-Type: application/pdf; name=\"inv.pdf\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{b64}\r\n--b--\r\n"
+    );
+    let id = store
+        .ingest("test", "fwd.eml", raw.as_bytes(), "parse", 3)
+        .await
+        .unwrap()
+        .message_id;
+    let part = |idx: i64, kind: &str, filename: Option<&str>, ctype: &str| NewPart {
+        idx,
+        kind: kind.into(),
+        filename: filename.map(str::to_string),
+        content_type: ctype.into(),
+        size: PDF.len() as i64,
+        supported: true,
+        note: None,
+        text: Some("text".into()),
+        pages: None,
+    };
+    let effects = StageEffects {
+        output: json!({}),
+        parts: vec![
+            part(0, "headers", None, "text/rfc822-headers"),
+            part(1, "text", None, "text/plain"),
+            part(2, "attachment", None, "message/rfc822"),
+            part(3, "attachment", Some("inv.pdf"), "application/pdf"),
+        ],
+        ..Default::default()
+    };
+    let job = store
+        .claim("w", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.complete(&job, &effects, None, 3).await.unwrap());
+    let rita = log_in(&app, &store, "rita", "reviewer").await;
+    let (status, _, body) = send(
+        &app,
+        get(&format!("/review/messages/{id}/attachments/3"), &rita),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, PDF);
+}
+
 #[tokio::test]
 async fn a_corrected_field_is_stored_with_its_words() {
     let (_dir, store, app, id) = setup(PDF.len() as i64).await;

@@ -84,7 +84,8 @@ pub struct StageEffects {
     pub parts: Vec<NewPart>,
     pub pii_tags: Vec<PiiTag>,
     pub actions: Vec<NewAction>,
-    /// What backs the extraction (the extract stage's evidence): replaces any earlier.
+    /// What backs the extraction (the extract stage's evidence): replaces any earlier; an
+    /// `extract` stage completed without it removes the earlier.
     pub evidence: Option<serde_json::Value>,
 }
 
@@ -341,13 +342,16 @@ impl Store {
             .await
             .with_context(ctx)?;
         }
-        if let Some(body) = evidence {
-            // A stage run again (rerun, a lost lease) replaces what the last run found.
+        // An extraction run again (rerun, a lost lease) replaces what the last run found:
+        // evidence of an earlier extraction would back values that are no longer there.
+        if job.stage == "extract" || evidence.is_some() {
             sqlx::query("DELETE FROM evidence WHERE message_id = $1")
                 .bind(job.message_id)
                 .execute(&mut *tx)
                 .await
                 .with_context(ctx)?;
+        }
+        if let Some(body) = evidence {
             sqlx::query(
                 "INSERT INTO evidence (message_id, body, key_id, created_at) VALUES ($1, $2, $3, $4)",
             )

@@ -120,3 +120,23 @@ async fn evidence_and_corrections_are_sealed_and_erased_with_the_subject() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_extraction_run_again_without_evidence_leaves_none_of_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_in_home(dir.path()).await.unwrap();
+    let id = extracted(&store, "Jeanne Martin", "jeanne@example.fr").await;
+    assert!(store.evidence(id).await.unwrap().is_some());
+    store.rerun_stage(id, "extract", "alice").await.unwrap();
+    let job = store.claim("w", LEASE).await.unwrap().unwrap();
+    assert_eq!(job.stage, "extract");
+    let effects = StageEffects {
+        output: json!({"customer": "Jeanne Martin-Dupont"}),
+        ..Default::default()
+    };
+    assert!(store.complete(&job, &effects, None, 3).await.unwrap());
+    assert!(
+        store.evidence(id).await.unwrap().is_none(),
+        "the evidence of the earlier run no longer backs the extraction"
+    );
+}

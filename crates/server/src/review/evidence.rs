@@ -287,10 +287,19 @@ fn corrected_value(field: &str, typed: &str, previous: &Value) -> Result<Value, 
         return Err(format!("{field}: give the correct value"));
     }
     let value = match previous {
-        Value::Number(_) => verre_spans::parse_number(typed)
-            .and_then(serde_json::Number::from_f64)
-            .map(Value::Number)
-            .ok_or_else(|| format!("{field}: {typed:?} is not a number"))?,
+        Value::Number(n) => {
+            let typed_number = verre_spans::parse_number(typed)
+                .ok_or_else(|| format!("{field}: {typed:?} is not a number"))?;
+            // An integer stays one: 15, not 15.0, so it compares equal to an extracted 15.
+            let whole = typed_number.fract() == 0.0 && typed_number.abs() < 2f64.powi(53);
+            if (n.is_i64() || n.is_u64()) && whole {
+                Value::from(typed_number as i64)
+            } else {
+                serde_json::Number::from_f64(typed_number)
+                    .map(Value::Number)
+                    .ok_or_else(|| format!("{field}: {typed:?} is not a number"))?
+            }
+        }
         Value::Bool(_) => match typed {
             "true" => Value::Bool(true),
             "false" => Value::Bool(false),
@@ -406,9 +415,15 @@ pub async fn attachment(
     }
     let raw = raw_or_refusal(store, id).await?;
     let parsed = mail_parser::MessageParser::default().parse(&raw[..]);
+    // The parser stores no part for an attachment mail-parser left multipart (a nested
+    // message it never closed): skipped here too, so the counts agree.
     let bytes = parsed
         .as_ref()
-        .and_then(|m| m.attachments().nth(nth))
+        .and_then(|m| {
+            m.attachments()
+                .filter(|a| !matches!(a.body, mail_parser::PartType::Multipart(_)))
+                .nth(nth)
+        })
         .map(|a| a.contents().to_vec())
         .filter(|b| b.starts_with(b"%PDF-"))
         .ok_or_else(not_found)?;
@@ -486,6 +501,20 @@ mod tests {
             "amount, net"
         );
         assert!(segs[1].get_attr("check").unwrap().is_true());
+    }
+
+    #[test]
+    fn a_corrected_integer_stays_an_integer() {
+        assert_eq!(corrected_value("qty", "15", &json!(12)), Ok(json!(15)));
+        assert_eq!(corrected_value("qty", "1,500", &json!(12)), Ok(json!(1500)));
+        assert_eq!(corrected_value("qty", "-3", &json!(12)), Ok(json!(-3)));
+        assert_eq!(corrected_value("qty", "15.5", &json!(12)), Ok(json!(15.5)));
+        assert!(corrected_value("qty", "12", &json!(12)).is_err());
+        assert_eq!(
+            corrected_value("amount", "15", &json!(4.11)),
+            Ok(json!(15.0))
+        );
+        assert!(corrected_value("amount", "4.11", &json!(4.11)).is_err());
     }
 
     #[test]
