@@ -6,26 +6,40 @@
 #   2. prefix cache: one ~PREFIX_PROMPT-token prompt sent twice, one after the other: the
 #      second request's TTFT shows whether the server reuses the first one's KV cache.
 #
-# Usage: bench/compare-llama-server.sh MODEL.gguf
+# Usage: bench/compare-llama-server.sh MODEL
+#   MODEL: a .gguf file, or a name in verre's model store (`verre models`), e.g.
+#   qwen2.5-coder-1.5b: both servers get the same file.
 # Environment: THREADS (2), CONCURRENCY (8; also llama-server's -np and verre's --max-running),
 #   REQUESTS (32), PROMPT (128), MAX_TOKENS (128), WARMUP (2), SLOT_CTX (2048: context per
 #   sequence; llama-server gets -c SLOT_CTX*CONCURRENCY), PREFIX_PROMPT (1500), DURATION
 #   (1800: cap in seconds on each load test), PORT_VERRE (18080), PORT_LLAMA (18081),
 #   VERRE_SERVE_ARGS and LLAMA_SERVER_ARGS (more flags for each server, e.g.
-#   LLAMA_SERVER_ARGS="--poll 0"), VERRE (target/release/verre),
+#   LLAMA_SERVER_ARGS="--poll 0", VERRE_SERVE_ARGS="--kv-cache-type q8_0"), VERRE
+#   (target/release/verre),
 #   VERRE_BENCH_CACHE (default ~/.cache/verre-bench): llama.cpp is built there as by
 #   bench/compare-llamacpp.sh, once. Both servers listen on 127.0.0.1 and are stopped at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -eq 1 ] || { sed -n '2,/^set /{/^#/p}' "$0"; exit 2; }
 model="$1"
-[ -f "$model" ] || { echo "compare-llama-server: no such file: $model" >&2; exit 1; }
 threads="${THREADS:-2}"; concurrency="${CONCURRENCY:-8}"; requests="${REQUESTS:-32}"
 prompt="${PROMPT:-128}"; max_tokens="${MAX_TOKENS:-128}"; warmup="${WARMUP:-2}"
 slot_ctx="${SLOT_CTX:-2048}"; prefix_prompt="${PREFIX_PROMPT:-1500}"; duration="${DURATION:-1800}"
 port_verre="${PORT_VERRE:-18080}"; port_llama="${PORT_LLAMA:-18081}"
 verre="${VERRE:-target/release/verre}"
 . bench/llamacpp.sh
+
+if [ ! -f "$model" ]; then
+    # A store name: the file verre would load for it.
+    model="$("$verre" models --json | python3 -c '
+import json, sys
+name = sys.argv[1]
+for m in json.load(sys.stdin):
+    if m.get("name") == name and str(m.get("path", "")).endswith(".gguf"):
+        print(m["path"])
+' "$model")"
+    [ -f "$model" ] || { echo "compare-llama-server: $1 is neither a file nor a GGUF model in the store (verre models)" >&2; exit 1; }
+fi
 
 for port in "$port_verre" "$port_llama"; do
     if curl -s -o /dev/null "http://127.0.0.1:$port/"; then

@@ -2,6 +2,7 @@
 # Throwaway services for verre's tests, on 127.0.0.1 only, from Debian's packages:
 # - PostgreSQL (`postgresql`): trust authentication, fsync off, data in a temporary folder;
 #   exports VERRE_TEST_POSTGRES_URL (an admin URL; tests create their own databases).
+# - poppler-utils (`pdftotext`): the reference of the PDF text measurement (installed only).
 # - Dovecot IMAP over TLS (`dovecot-imapd`): one user, a test CA, a Maildir the tests write
 #   into; exports VERRE_TEST_IMAP_URL, VERRE_TEST_IMAP_CA, VERRE_TEST_IMAP_MAILDIR.
 #
@@ -156,6 +157,21 @@ STATE
     echo "ci-services: Dovecot IMAPS at 127.0.0.1:$port (in $d)" >&2
 }
 
+# poppler's `pdftotext`, the reference the PDF text measurement compares with
+# (crates/intake/tests/pdf_text): installed when absent and root, as the services are.
+_verre_ci_poppler() {
+    command -v pdftotext >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" != 0 ]; then
+        echo "ci-services: pdftotext is not installed and this is not root; skipping it" >&2
+        return 0
+    fi
+    echo "ci-services: installing poppler-utils from Debian's packages" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    [ -n "${_VERRE_APT_UPDATED:-}" ] || apt-get update -qq >&2
+    _VERRE_APT_UPDATED=1
+    apt-get install -y -qq --no-install-recommends poppler-utils >&2
+}
+
 # Stop what _verre_ci_services started (the EXIT trap of a shell that sourced this file).
 ci_services_stop() {
     local dir="${VERRE_CI_SERVICES_DIR:-/tmp/verre-ci-services}"
@@ -179,6 +195,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     set -euo pipefail
     _verre_ci_services
     _verre_ci_dovecot
+    _verre_ci_poppler
     for v in VERRE_TEST_POSTGRES_URL VERRE_TEST_IMAP_URL VERRE_TEST_IMAP_CA VERRE_TEST_IMAP_MAILDIR; do
         echo "export $v=${!v:-}"
     done
@@ -186,4 +203,5 @@ else
     trap ci_services_stop EXIT
     _verre_ci_services || return 1
     _verre_ci_dovecot || return 1
+    _verre_ci_poppler || return 1
 fi

@@ -5,7 +5,9 @@
 # from package-lock.json.
 #
 # Usage: VERRE_BIN=target/debug/verre tests/browser/run.sh
-# VERRE_SCREENSHOT=docs/review-message.png also saves a screenshot of the message page.
+# VERRE_SCREENSHOT=docs/review-message.png also saves a screenshot of the message page;
+# VERRE_SCREENSHOTS=docs saves the desk's (queue, message, confirmation) there;
+# VERRE_SCREENSHOT_EVIDENCE=docs/review-evidence.png one of an evidence page.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
@@ -15,6 +17,14 @@ export VERRE_BIN
 if [ -n "${VERRE_SCREENSHOT:-}" ]; then
   VERRE_SCREENSHOT="$(realpath -m "$VERRE_SCREENSHOT")"
   export VERRE_SCREENSHOT
+fi
+if [ -n "${VERRE_SCREENSHOTS:-}" ]; then
+  VERRE_SCREENSHOTS="$(realpath -m "$VERRE_SCREENSHOTS")"
+  export VERRE_SCREENSHOTS
+fi
+if [ -n "${VERRE_SCREENSHOT_EVIDENCE:-}" ]; then
+  VERRE_SCREENSHOT_EVIDENCE="$(realpath -m "$VERRE_SCREENSHOT_EVIDENCE")"
+  export VERRE_SCREENSHOT_EVIDENCE
 fi
 command -v node >/dev/null && command -v npm >/dev/null || {
   echo "tests/browser/run.sh: node and npm are required" >&2
@@ -32,4 +42,4 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 cd "$here"
 npm ci --silent --no-audit --no-fund
-node --test review.test.mjs up.test.mjs
+node --test review.test.mjs desk.test.mjs up.test.mjs evidence.test.mjs

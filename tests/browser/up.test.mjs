@@ -130,12 +130,11 @@ test("verre up --demo: review queue fills, an approval is delivered signed, the 
   // Wait for a demo mail that reached review with staged actions.
   const target = await waitFor("a demo mail with staged actions in the review queue", async () => {
     await page.goto(printed.review);
-    for (const row of await page.locator("table.queue tbody tr").all()) {
+    for (const row of await page.locator("#queue tbody tr[data-href]").all()) {
       const cells = row.locator("td");
-      if ((await cells.count()) < 7) continue;
-      const actions = Number((await cells.nth(5).innerText()).trim());
-      const status = (await cells.nth(6).innerText()).trim();
-      if (actions >= 2 && status === "to review") return await cells.nth(0).locator("a").getAttribute("href");
+      const actions = Number((await cells.nth(7).innerText()).trim());
+      const status = (await cells.nth(8).innerText()).trim();
+      if (actions >= 2 && status === "to review") return await row.getAttribute("data-href");
     }
     return null;
   }, QUEUE_TIMEOUT_MS);
@@ -143,6 +142,8 @@ test("verre up --demo: review queue fills, an approval is delivered signed, the 
   await page.goto(new URL(target, printed.review).href);
   assert.ok(await page.isVisible("#extraction >> text=threat_level"));
   await page.click("button.approve");
+  await page.waitForURL(/\/confirm\??$/);
+  await page.click("#confirm");
   await page.waitForURL(/notice=approved/);
 
   await waitFor("the CRM webhook", () => webhooks.length >= 1, 60_000);

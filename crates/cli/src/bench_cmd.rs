@@ -7,6 +7,7 @@ use anyhow::{Context, Result, ensure};
 use clap::Args;
 use serde_json::json;
 use verre_engine::LoadedModel;
+use verre_engine::kv::KvCacheType;
 use verre_engine::model::SeqChunk;
 
 #[derive(Args)]
@@ -26,6 +27,9 @@ pub struct BenchArgs {
     /// Repetitions of each measurement (min/median/max are reported).
     #[arg(long, default_value_t = 3)]
     pub repetitions: usize,
+    /// How the KV cache stores keys and values: f16, q8_0 or q4_0.
+    #[arg(long, default_value_t = KvCacheType::F16)]
+    pub kv_cache_type: KvCacheType,
     #[arg(long)]
     pub threads: Option<usize>,
     #[arg(long)]
@@ -73,12 +77,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 
     // Prefill: one sequence of prompt_tokens from an empty cache.
     let prompt = filler(args.prompt_tokens, info.vocab_size, 1);
-    let mut pp = Vec::new();
+    let (mut pp, mut ttft_ms) = (Vec::new(), Vec::new());
     for _ in 0..args.repetitions {
-        let mut kv = model.new_kv_cache();
+        let mut kv = model.model.new_kv_cache_as(args.kv_cache_type)?;
         let t = Instant::now();
         model.prefill(&mut kv, &prompt).context("prefill")?;
         pp.push(args.prompt_tokens as f64 / t.elapsed().as_secs_f64());
+        ttft_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
 
     // Decode: `batch` sequences, each with a short prompt, then gen_tokens steps together.
@@ -88,9 +93,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         for rep in 0..args.repetitions {
             // One pool for the batch, as the engine has: each sequence a block table in it.
             let per_seq = 16 + args.gen_tokens + 1;
-            let mut pool = model
-                .model
-                .new_kv_pool(b * verre_engine::kv::KvPool::blocks_for(per_seq));
+            let mut pool = model.model.new_kv_pool_as(
+                args.kv_cache_type,
+                b * verre_engine::kv::KvPool::blocks_for(per_seq),
+            )?;
             let mut seqs: Vec<_> = (0..b)
                 .map(|_| verre_engine::kv::SeqKv::new(info.context_length))
                 .collect();
@@ -135,7 +141,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "prompt_tokens": args.prompt_tokens,
         "gen_tokens": args.gen_tokens,
         "repetitions": args.repetitions,
+        "kv_cache_type": args.kv_cache_type.name(),
         "prefill_tokens_per_second": summary(pp.clone()),
+        "prefill_ms": summary(ttft_ms),
         "decode": decode.iter().map(|(b, s)| json!({"batch": b, "tokens_per_second": summary(s.clone())})).collect::<Vec<_>>(),
         "peak_rss_bytes": rss,
     });
@@ -144,10 +152,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} ({}, {} threads)",
+        "{} ({}, {} threads, {} KV cache)",
         args.model,
         entry.path.display(),
-        threads
+        threads,
+        args.kv_cache_type
     );
     println!(
         "{:<22} {:>10} {:>10} {:>10}",

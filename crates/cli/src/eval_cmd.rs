@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use base64::Engine as _;
 use clap::Args;
 use serde_json::{Value, json};
+use verre_intake::evidence::{normalise_date, parse_number};
 use verre_intake::{Pipeline, Source};
 
 use crate::intake_cmd::{BackendArg, DbArgs, WorkArgs, ingest_and_run};
@@ -41,6 +42,17 @@ pub struct EvalArgs {
     /// measure throughput; accuracy is counted over every mail.
     #[arg(long)]
     pub mails: Option<usize>,
+    /// Decode token by token: no speculative decoding, no grammar fast-forward (the
+    /// fields are the same; for comparing times).
+    #[arg(long)]
+    pub no_speculation: bool,
+    /// Then measure corrections that teach: the wrong fields of the first half of the
+    /// invoices are corrected (as a reviewer would), and the second half is extracted
+    /// again with the N most similar corrected documents' fields as examples
+    /// (`few_shot_from_corrections = N`); accuracy on the second half is printed without
+    /// and with them.
+    #[arg(long, value_name = "N")]
+    pub few_shot: Option<usize>,
     #[arg(long)]
     pub json: bool,
 }
@@ -113,13 +125,45 @@ async fn eval(args: EvalArgs) -> Result<()> {
         backend: args.backend,
         config: args.config.clone(),
         lease_secs: 120,
+        no_speculation: args.no_speculation,
     };
+    anyhow::ensure!(
+        args.few_shot.is_none() || args.mails.is_none(),
+        "--few-shot measures over the invoices once each: leave out --mails"
+    );
+    let second_pipeline = pipeline.clone();
     let source = Source::detect(mail_dir.to_str().context("a UTF-8 temporary path")?)?;
     let (store, ids, summary) = ingest_and_run(&source, &work, pipeline, !args.json).await?;
+    let (correct, rows) = score(&store, &cases, &ids).await?;
+    let few_shot = match args.few_shot {
+        Some(n) => Some(
+            feed_back(
+                &store,
+                &work,
+                second_pipeline,
+                (&cases, &rows, &pdfs),
+                tmp.path(),
+                n,
+                !args.json,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    report(&args, &cases, &rows, &correct, &summary, few_shot.as_ref())
+}
 
+type Case = (String, String, Value);
+
+/// Each extraction against its answer: correct counts per field, and a row per case.
+async fn score(
+    store: &verre_store::Store,
+    cases: &[Case],
+    ids: &[i64],
+) -> Result<(BTreeMap<&'static str, usize>, Vec<Value>)> {
     let mut correct: BTreeMap<&str, usize> = FIELDS.iter().map(|f| (*f, 0)).collect();
     let mut rows = Vec::new();
-    for ((stem, _, answer), id) in cases.iter().zip(&ids) {
+    for ((stem, _, answer), id) in cases.iter().zip(ids) {
         let got = store.stage_output(*id, "extract").await?;
         let mut row = json!({"file": stem, "message": id});
         match &got {
@@ -143,6 +187,98 @@ async fn eval(args: EvalArgs) -> Result<()> {
         }
         rows.push(row);
     }
+    Ok((correct, rows))
+}
+
+fn accuracy_of(correct: &BTreeMap<&str, usize>, n: usize) -> BTreeMap<String, f64> {
+    correct
+        .iter()
+        .map(|(f, c)| (f.to_string(), *c as f64 / n.max(1) as f64))
+        .collect()
+}
+
+/// Corrections that teach, measured: the wrong fields of the first half (rounded up) of
+/// the invoices corrected with their answers, each with the words of the document the
+/// answer stands in, then the second half extracted again, in the same store, with
+/// `few_shot_from_corrections = n`. Accuracy on the second half without and with.
+async fn feed_back(
+    store: &verre_store::Store,
+    work: &WorkArgs,
+    mut pipeline: Pipeline,
+    (cases, rows, pdfs): (&[Case], &[Value], &[PathBuf]),
+    tmp: &Path,
+    n: usize,
+    progress: bool,
+) -> Result<Value> {
+    let half = cases.len().div_ceil(2);
+    let mut corrections = 0;
+    for ((_, _, answer), row) in cases.iter().zip(rows).take(half) {
+        let Some(id) = row["message"]
+            .as_i64()
+            .filter(|_| row.get("error").is_none())
+        else {
+            continue;
+        };
+        let evidence = store.evidence(id).await?.unwrap_or_default();
+        let document = evidence["document"].as_str().unwrap_or("");
+        for f in FIELDS.iter().filter(|f| row[**f]["ok"] != json!(true)) {
+            let span = verre_intake::evidence::find_value(document, &answer[*f]);
+            let correction = verre_store::FieldCorrection {
+                value: answer[*f].clone(),
+                previous: row[*f]["got"].clone(),
+                quote: span.map(|(s, e)| document[s..e].to_string()),
+                context: span.map(|(s, e)| verre_intake::evidence::context_of(document, s, e)),
+            };
+            store
+                .correct_field(id, f, &correction, "eval-extract")
+                .await?;
+            corrections += 1;
+        }
+    }
+    let second = &cases[half..];
+    let mail_dir = tmp.join("mail-again");
+    std::fs::create_dir_all(&mail_dir)?;
+    for (i, pdf) in pdfs[half..].iter().enumerate() {
+        // Other mails (another Message-ID), the same invoices.
+        let name = format!("{:03}.eml", 1001 + half + i);
+        std::fs::write(
+            mail_dir.join(name),
+            invoice_mail(1001 + half + i, &std::fs::read(pdf)?),
+        )?;
+    }
+    pipeline.extract.few_shot = n;
+    let source = Source::detect(mail_dir.to_str().context("a UTF-8 temporary path")?)?;
+    let (store, ids, summary) = ingest_and_run(&source, work, pipeline, progress).await?;
+    let (with, with_rows) = score(&store, second, &ids).await?;
+    let (without, _) = score(
+        &store,
+        second,
+        &rows[half..]
+            .iter()
+            .map(|r| r["message"].as_i64().unwrap_or(-1))
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    Ok(json!({
+        "fed_back": half,
+        "corrections": corrections,
+        "examples": n,
+        "second_half": second.iter().map(|c| &c.0).collect::<Vec<_>>(),
+        "without": accuracy_of(&without, second.len()),
+        "with": accuracy_of(&with, second.len()),
+        "cases_with": with_rows,
+        "seconds": summary.seconds,
+    }))
+}
+
+fn report(
+    args: &EvalArgs,
+    cases: &[Case],
+    rows: &[Value],
+    correct: &BTreeMap<&str, usize>,
+    summary: &crate::intake_cmd::Summary,
+    few_shot: Option<&Value>,
+) -> Result<()> {
     let n = cases.len();
     let accuracy: BTreeMap<&str, f64> = correct
         .iter()
@@ -155,12 +291,12 @@ async fn eval(args: EvalArgs) -> Result<()> {
                 "documents": n, "accuracy": accuracy, "cases": rows,
                 "prompt_tokens": summary.prompt_tokens, "completion_tokens": summary.completion_tokens,
                 "seconds": summary.seconds, "quarantined": summary.quarantined,
-                "workers": args.workers,
+                "workers": args.workers, "few_shot": few_shot,
             }))?
         );
         return Ok(());
     }
-    for row in &rows {
+    for row in rows {
         println!("{}:", row["file"].as_str().unwrap_or(""));
         if let Some(e) = row.get("error") {
             println!("  not extracted: {}", e.as_str().unwrap_or(""));
@@ -194,6 +330,24 @@ async fn eval(args: EvalArgs) -> Result<()> {
         "tokens {} prompt + {} completion, {:.1} s, {} quarantined",
         summary.prompt_tokens, summary.completion_tokens, summary.seconds, summary.quarantined
     );
+    if let Some(f) = few_shot {
+        println!(
+            "\ncorrections that teach: {} wrong field(s) of the first {} invoice(s) corrected; the other {} extracted again with the {} most similar corrected document(s) as examples:",
+            f["corrections"],
+            f["fed_back"],
+            f["second_half"].as_array().map_or(0, Vec::len),
+            f["examples"]
+        );
+        println!("  {:<15} {:>8} {:>8}", "field", "without", "with");
+        for field in FIELDS {
+            println!(
+                "  {:<15} {:>7.0}% {:>7.0}%",
+                field,
+                f["without"][field].as_f64().unwrap_or(0.0) * 100.0,
+                f["with"][field].as_f64().unwrap_or(0.0) * 100.0
+            );
+        }
+    }
     Ok(())
 }
 
@@ -271,27 +425,7 @@ fn words(s: &str) -> String {
 }
 
 fn number(v: &Value) -> Option<f64> {
-    if let Some(n) = v.as_f64() {
-        return Some(n);
-    }
-    let s: String = v
-        .as_str()?
-        .chars()
-        .filter(|c| c.is_ascii_digit() || *c == '.' || *c == ',' || *c == '-')
-        .collect();
-    // "1.234,56" and "1,234.56": the last separator is the decimal one when two digits follow.
-    let last = s.rfind(['.', ','])?;
-    let (int, frac) = s.split_at(last);
-    let int: String = int
-        .chars()
-        .filter(|c| c.is_ascii_digit() || *c == '-')
-        .collect();
-    if frac.len() == 3 {
-        format!("{int}.{}", &frac[1..]).parse().ok()
-    } else {
-        s.replace(',', "").parse().ok()
-    }
-    .or_else(|| s.replace(',', "").parse().ok())
+    v.as_f64().or_else(|| parse_number(v.as_str()?))
 }
 
 fn currency_code(s: &str) -> Option<String> {
@@ -314,68 +448,6 @@ fn currency_code(s: &str) -> Option<String> {
         .iter()
         .find(|(sym, _)| lower.contains(sym))
         .map(|(_, c)| c.to_string())
-}
-
-/// A date in the forms invoices use, as YYYY-MM-DD.
-fn normalise_date(s: &str) -> Option<String> {
-    // English, then the German, French and Dutch spellings that differ.
-    const MONTHS: [&[&str]; 12] = [
-        &["jan"],
-        &["feb", "fév", "fev"],
-        &["mar", "mär", "maa"],
-        &["apr", "avr"],
-        &["may", "mai", "mei"],
-        &["jun", "juin"],
-        &["jul", "juil"],
-        &["aug", "aoû", "aou"],
-        &["sep"],
-        &["oct", "okt"],
-        &["nov"],
-        &["dec", "dez", "déc"],
-    ];
-    let s = s.trim();
-    let tokens: Vec<String> = s
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|t| !t.is_empty())
-        .map(|t| t.to_lowercase())
-        .collect();
-    let month_of = |t: &str| {
-        MONTHS
-            .iter()
-            .position(|names| names.iter().any(|m| t.starts_with(m)))
-            .map(|i| i as u32 + 1)
-    };
-    let num = |t: &str| {
-        t.trim_end_matches(|c: char| c.is_alphabetic())
-            .parse::<u32>()
-            .ok()
-    };
-    let ymd = |y: u32, m: u32, d: u32| {
-        ((1900..2200).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&d))
-            .then(|| format!("{y:04}-{m:02}-{d:02}"))
-    };
-    match tokens.as_slice() {
-        [a, b, c] => {
-            let (a_n, b_n, c_n) = (num(a), num(b), num(c));
-            if let (Some(y), Some(m), Some(d)) = (a_n, b_n, c_n)
-                && a.len() == 4
-            {
-                return ymd(y, m, d);
-            }
-            if let (Some(d), Some(m), Some(y)) = (a_n, b_n, c_n) {
-                // Day first (European invoices), unless that is impossible.
-                return ymd(y, m, d).or_else(|| ymd(y, d, m));
-            }
-            if let (Some(m), Some(d), Some(y)) = (month_of(a), b_n, c_n) {
-                return ymd(y, m, d);
-            }
-            if let (Some(d), Some(m), Some(y)) = (a_n, month_of(b), c_n) {
-                return ymd(y, m, d);
-            }
-            None
-        }
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -504,9 +504,16 @@ pub fn purge(a: PurgeArgs) -> Result<()> {
             r.messages_deleted,
             r.rows
                 .iter()
+                .filter(|(t, _)| !t.starts_with("archive_"))
                 .map(|(t, n)| format!("{t} {n}"))
                 .collect::<Vec<_>>()
                 .join(", ")
+        );
+        println!(
+            "archived documents past archive_days ({}): {verb} {} with {} passages",
+            days(retention.archive_days),
+            r.rows.get("archive_documents").unwrap_or(&0),
+            r.rows.get("archive_chunks").unwrap_or(&0)
         );
         println!(
             "audit entries past audit_days ({}): {verb} {}{}",
@@ -550,7 +557,7 @@ pub fn gdpr(cmd: GdprCommand) -> Result<()> {
 async fn rekey(store: &Store) -> Result<()> {
     let r = store.rekey().await?;
     println!(
-        "re-encrypted with key {}: {} messages, {} parts, {} stage results, {} quarantine reasons, {} job errors, {} kept API responses, {} drafts, {} staged actions, {} decisions, {} deliveries, {} delivery attempts",
+        "re-encrypted with key {}: {} messages, {} parts, {} stage results, {} quarantine reasons, {} job errors, {} kept API responses, {} drafts, {} staged actions, {} decisions, {} deliveries, {} delivery attempts, {} evidence, {} corrections",
         r.key_id,
         r.messages,
         r.parts,
@@ -562,7 +569,13 @@ async fn rekey(store: &Store) -> Result<()> {
         r.actions,
         r.decisions,
         r.outbox,
-        r.outbox_attempts
+        r.outbox_attempts,
+        r.evidence,
+        r.corrections
+    );
+    println!(
+        "  and {} archived documents, {} archived passages",
+        r.archive_documents, r.archive_chunks
     );
     for (id, n) in store.key_usage().await? {
         println!(

@@ -90,6 +90,10 @@ pub struct WorkArgs {
     /// while the stage runs).
     #[arg(long, default_value_t = 30)]
     pub lease_secs: u64,
+    /// Decode token by token: no speculative decoding, no grammar fast-forward (the output
+    /// is the same; for comparing times).
+    #[arg(long)]
+    pub no_speculation: bool,
 }
 
 #[derive(Args)]
@@ -230,18 +234,26 @@ impl PipelineApi {
     }
 }
 
+impl PipelineApi {
+    async fn post(&self, path: &str, request: Value) -> Result<Value, ModelCallError> {
+        self.client
+            .post(&self.caller, path, &request)
+            .await
+            .map_err(|e| ModelCallError {
+                permanent: e.is_permanent(),
+                param: e.param.clone(),
+                message: e.to_string(),
+            })
+    }
+}
+
 impl ModelApi for PipelineApi {
     fn chat(&self, request: Value) -> BoxFuture<'_, Result<Value, ModelCallError>> {
-        Box::pin(async move {
-            self.client
-                .post(&self.caller, "/v1/chat/completions", &request)
-                .await
-                .map_err(|e| ModelCallError {
-                    permanent: e.is_permanent(),
-                    param: e.param.clone(),
-                    message: e.to_string(),
-                })
-        })
+        Box::pin(self.post("/v1/chat/completions", request))
+    }
+
+    fn embed(&self, request: Value) -> BoxFuture<'_, Result<Value, ModelCallError>> {
+        Box::pin(self.post("/v1/embeddings", request))
     }
 }
 
@@ -312,7 +324,7 @@ pub(crate) async fn in_process_api(
     for (spec, name) in specs.iter_mut().zip(&names) {
         spec.id = name.clone();
     }
-    let options = verre_engine::engine::EngineOptions::default();
+    let options = verre_engine::engine::EngineOptions::default().speculative(!work.no_speculation);
     let (chat, embedding) =
         tokio::task::spawn_blocking(move || verre_server::load_models(&specs, &options))
             .await

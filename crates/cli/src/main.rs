@@ -1,5 +1,6 @@
 //! The `verre` binary: argument parsing and wiring, nothing else.
 
+mod archive_cmd;
 mod bench_cmd;
 mod bench_schemas_cmd;
 mod config_file;
@@ -106,6 +107,11 @@ enum Command {
     /// Tokens served, what they cost on your hardware, and what the same tokens would
     /// have cost at API list prices (from the ledger `verre serve` keeps).
     Cost(cost_cmd::CostArgs),
+    /// An archive you can ask: add documents, ask questions answered with citations.
+    Archive {
+        #[command(subcommand)]
+        command: archive_cmd::ArchiveCommand,
+    },
     /// Parse one untrusted message read on stdin, as the intake stage's child process
     /// (verre_intake::isolation); not for people.
     #[command(name = "__parse-untrusted", hide = true)]
@@ -143,6 +149,7 @@ fn main() -> ExitCode {
         Command::Gdpr { command } => gdpr_cmd::gdpr(command),
         Command::Users { command } => users_cmd::users(command),
         Command::Cost(args) => cost_cmd::cost(args),
+        Command::Archive { command } => archive_cmd::archive(command),
         Command::ParseUntrusted { mode } => verre_intake::isolation::serve_child(&mode),
     };
     match result {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
+use verre_engine::kv::KvCacheType;
 use verre_engine::{
     EngineHandle, EngineOptions, GenerateRequest, GrammarSpec, LoadedModel, Message, SamplingParams,
 };
@@ -54,9 +55,16 @@ pub struct RunArgs {
     /// The answer must be a sentence of the Lark grammar in this file.
     #[arg(long, value_name = "FILE")]
     pub grammar: Option<std::path::PathBuf>,
+    /// How the KV cache stores keys and values: f16, q8_0 or q4_0.
+    #[arg(long, default_value_t = KvCacheType::F16)]
+    pub kv_cache_type: KvCacheType,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Decode token by token: no speculative decoding, no grammar fast-forward (the answer
+    /// is the same; for comparing times).
+    #[arg(long)]
+    pub no_speculation: bool,
     /// Print one JSON object (text, token ids, counts, timings) instead of streaming.
     #[arg(long)]
     pub json: bool,
@@ -108,7 +116,9 @@ pub fn run(args: RunArgs) -> Result<()> {
             .transpose()?,
     };
 
-    let engine = EngineHandle::spawn(model.clone(), EngineOptions::one_at_a_time(&model))?;
+    let options = EngineOptions::one_at_a_time_as(&model, args.kv_cache_type)?
+        .speculative(!args.no_speculation);
+    let engine = EngineHandle::spawn(model.clone(), options)?;
     let stdout = std::io::stdout();
     let out = engine.generate(req, |text| {
         if !args.json {
@@ -123,6 +133,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     })?;
 
     if args.json {
+        let m = engine.metrics();
         let out = json!({
             "model": args.model,
             "path": entry.path,
@@ -137,6 +148,12 @@ pub fn run(args: RunArgs) -> Result<()> {
                 "decode_ms": round2(out.decode_ms),
                 "prefill_tokens_per_second": round2(out.prefill_tokens_per_second()),
                 "decode_tokens_per_second": round2(out.decode_tokens_per_second()),
+            },
+            // Speculative decoding: forward passes, and the drafts checked and confirmed.
+            "engine": {
+                "forward_passes": m.steps,
+                "draft_tokens": m.draft_tokens,
+                "accepted_draft_tokens": m.accepted_draft_tokens,
             },
         });
         println!("{}", serde_json::to_string_pretty(&out)?);

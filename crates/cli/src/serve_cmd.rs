@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use verre_engine::engine::EngineOptions;
+use verre_engine::kv::KvCacheType;
 use verre_models::ModelFormat;
 use verre_server::auth::{self, ApiKeys};
 use verre_server::config::VerreConfig;
@@ -48,9 +49,21 @@ pub struct ServeArgs {
     /// the cache runs out.
     #[arg(long, default_value_t = verre_engine::engine::DEFAULT_KV_CACHE_MB)]
     pub kv_cache_mb: usize,
+    /// How the KV cache stores keys and values: f16, q8_0 (0.53x the bytes: 1.9x the
+    /// positions in the same --kv-cache-mb) or q4_0. Default: `[engine] kv_cache_type` of
+    /// verre.toml, else f16.
+    #[arg(long)]
+    pub kv_cache_type: Option<KvCacheType>,
     /// Most tokens per engine step: decode tokens first, then prompt chunks.
     #[arg(long, default_value_t = verre_engine::generate::PREFILL_CHUNK)]
     pub max_batched_tokens: usize,
+    /// Speculative decoding: most tokens drafted by prompt lookup per sequence and step
+    /// (0 = off). The output is the same with or without; a request may turn it off.
+    #[arg(long, default_value_t = verre_engine::engine::DEFAULT_DRAFT_TOKENS)]
+    pub draft_tokens: usize,
+    /// Under a grammar, do not draft the tokens it forces (grammar fast-forward).
+    #[arg(long)]
+    pub no_grammar_fast_forward: bool,
     /// Worker threads for the model (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -88,6 +101,17 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .transpose()
         .context("setting up the gateway")?;
     let models = model_specs(&names)?;
+    let kv_cache_type = match (args.kv_cache_type, &gateway_config) {
+        (Some(t), _) => t,
+        (None, Some(c)) => c
+            .engine
+            .kv_cache_type
+            .as_deref()
+            .map(str::parse)
+            .transpose()?
+            .unwrap_or_default(),
+        (None, None) => KvCacheType::default(),
+    };
     let keys = args
         .api_key_file
         .as_deref()
@@ -106,7 +130,10 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             max_running: args.max_running,
             max_waiting: args.max_waiting,
             kv_cache_bytes: args.kv_cache_mb << 20,
+            kv_cache_type,
             prefill_chunk: args.max_batched_tokens,
+            draft_tokens: args.draft_tokens,
+            grammar_fast_forward: !args.no_grammar_fast_forward,
         },
         gateway,
         database: Some(args.db.url()?),

@@ -36,8 +36,8 @@ use url::Url;
 pub use backend::{BackendConfig, BackendKind, KeyLimits, ModelRoute};
 pub use policy::{Policy, PolicyError};
 pub use sections::{
-    AuditConfig, CostConfig, DeliveryConfig, GdprConfig, HealthConfig, HttpConfig, ListPrice,
-    Retention, ReviewConfig, SmtpSection, SmtpSecurity, WebhookConfig,
+    AuditConfig, CostConfig, DeliveryConfig, EngineConfig, GdprConfig, HealthConfig, HttpConfig,
+    KV_CACHE_TYPES, ListPrice, Retention, ReviewConfig, SmtpSection, SmtpSecurity, WebhookConfig,
 };
 
 /// The file name every command looks for.
@@ -72,6 +72,7 @@ pub struct VerreConfig {
     pub cost: CostConfig,
     pub audit: AuditConfig,
     pub http: HttpConfig,
+    pub engine: EngineConfig,
 }
 
 /// The verre.toml a command uses: `given` (`--config FILE`), else `verre.toml` in `home`
@@ -272,6 +273,28 @@ impl VerreConfig {
                 .collect::<Result<_, _>>()?,
         };
 
+        let engine = EngineConfig {
+            kv_cache_type: raw
+                .engine
+                .kv_cache_type
+                .map(|t| {
+                    let name = t.get_ref().to_ascii_lowercase();
+                    if KV_CACHE_TYPES.contains(&name.as_str()) {
+                        Ok(name)
+                    } else {
+                        Err(error(
+                            Some(t.span()),
+                            format!(
+                                "[engine] kv_cache_type = {:?}: use one of {}",
+                                t.get_ref(),
+                                KV_CACHE_TYPES.join(", ")
+                            ),
+                        ))
+                    }
+                })
+                .transpose()?,
+        };
+
         Ok(Self {
             origin: origin.to_string(),
             policy,
@@ -285,6 +308,7 @@ impl VerreConfig {
             cost,
             audit: raw.audit,
             http,
+            engine,
         })
     }
 
@@ -444,6 +468,14 @@ struct RawConfig {
     audit: AuditConfig,
     #[serde(default)]
     http: RawHttp,
+    #[serde(default)]
+    engine: RawEngine,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    kv_cache_type: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -62,11 +62,16 @@ pub struct Retention {
     pub extracted_days: Option<u32>,
     /// Remove audit entries older than this, leaving a checkpoint.
     pub audit_days: Option<u32>,
+    /// Delete a document added to the archive (`verre archive add`), with its passages.
+    pub archive_days: Option<u32>,
 }
 
 impl Retention {
     pub fn is_empty(&self) -> bool {
-        self.raw_days.is_none() && self.extracted_days.is_none() && self.audit_days.is_none()
+        self.raw_days.is_none()
+            && self.extracted_days.is_none()
+            && self.audit_days.is_none()
+            && self.archive_days.is_none()
     }
 }
 
@@ -288,3 +293,13 @@ pub enum SmtpSecurity {
     /// To a loopback relay only.
     Plain,
 }
+
+/// `[engine]`: how local models run (`verre serve`); command-line flags win.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// How the KV cache stores keys and values: one of [`KV_CACHE_TYPES`].
+    pub kv_cache_type: Option<String>,
+}
+
+/// The KV cache types the engine takes (`--kv-cache-type`).
+pub const KV_CACHE_TYPES: [&str; 3] = ["f16", "q8_0", "q4_0"];

@@ -328,3 +328,16 @@ fn discovery_prefers_the_flag_then_verre_home_then_here() {
         Path::new(FILE_NAME).is_file().then_some(true)
     );
 }
+
+#[test]
+fn engine_kv_cache_type_is_checked() {
+    assert_eq!(parse("").unwrap().engine.kv_cache_type, None);
+    let c = parse("[engine]\nkv_cache_type = \"Q8_0\"\n").unwrap();
+    assert_eq!(c.engine.kv_cache_type.as_deref(), Some("q8_0"));
+    let e = error("[engine]\nkv_cache_type = \"q5_1\"\n");
+    assert!(
+        e.starts_with("verre.toml:2:") && e.contains("use one of f16, q8_0, q4_0"),
+        "{e}"
+    );
+    assert!(error("[engine]\nkv_cache = \"f16\"\n").contains("unknown field"));
+}

@@ -562,6 +562,30 @@ impl Constraint {
         }
     }
 
+    /// The tokens the grammar forces next, whatever the model would write (the keys,
+    /// quotes and punctuation of a JSON schema), as llguidance tokenizes them. Nothing is
+    /// committed. The model may still spell the same bytes with other tokens: the engine
+    /// checks these as drafts rather than taking them on trust.
+    pub fn forced_tokens(&mut self) -> Vec<u32> {
+        if self.matcher.is_stopped() {
+            return Vec::new();
+        }
+        self.matcher.compute_ff_tokens()
+    }
+
+    /// How many of `tokens`, in order from here, the grammar allows. Nothing is committed.
+    /// End-of-generation tokens are never counted (they end the output).
+    pub fn allowed_prefix(&mut self, tokens: &[u32]) -> usize {
+        let upto = tokens
+            .iter()
+            .position(|t| self.eog.contains(t))
+            .unwrap_or(tokens.len());
+        if upto == 0 || self.matcher.is_stopped() {
+            return 0;
+        }
+        self.matcher.validate_tokens(&tokens[..upto]).unwrap_or(0)
+    }
+
     /// The grammar is complete and allows nothing more: the output ends here.
     pub fn is_finished(&self) -> bool {
         self.matcher.is_stopped()

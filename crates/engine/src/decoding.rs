@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::constraint::Constraint;
+use crate::draft::prompt_lookup;
 use crate::generate::{FinishReason, GenerateRequest};
 use crate::sampler::{Sampled, Sampler, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -128,6 +129,43 @@ impl<'t> Decoding<'t> {
             text,
             finish,
         })
+    }
+
+    /// Tokens to check in the next forward along with the last one (speculative decoding):
+    /// under a grammar, the tokens it forces, then up to `lookup` tokens found by prompt
+    /// lookup, as far as the grammar allows them. Never past the token limit. Nothing is
+    /// committed: the engine verifies each with [`Decoding::step`] on its own row.
+    pub fn draft(&mut self, prompt: &[u32], lookup: usize, fast_forward: bool) -> Vec<u32> {
+        // Row i of the check picks token `output.len() + 1 + i`; the last row is a bonus.
+        let room = self.max_tokens.saturating_sub(self.output.len() + 1);
+        if room == 0 {
+            return Vec::new();
+        }
+        let mut draft = match self.constraint.as_mut() {
+            Some(c) if fast_forward => c.forced_tokens(),
+            _ => Vec::new(),
+        };
+        if lookup > 0 {
+            let mut context = Vec::with_capacity(prompt.len() + self.output.len() + draft.len());
+            context.extend_from_slice(prompt);
+            context.extend_from_slice(&self.output);
+            context.extend_from_slice(&draft);
+            draft.extend(prompt_lookup(&context, lookup));
+        }
+        draft.truncate(room);
+        match self.constraint.as_mut() {
+            Some(c) => {
+                let allowed = c.allowed_prefix(&draft);
+                draft.truncate(allowed);
+            }
+            None => {
+                // An end token ends the output: nothing after it is worth computing.
+                if let Some(end) = draft.iter().position(|t| self.eog.contains(t)) {
+                    draft.truncate(end + 1);
+                }
+            }
+        }
+        draft
     }
 
     /// The text a token lets out, and whether the output ends here: an end-of-generation

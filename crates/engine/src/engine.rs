@@ -9,7 +9,8 @@
 //!    step's plan: which sequences compute which positions into which blocks, who was
 //!    preempted, who ran out of blocks;
 //! 2. **execute** — one batched forward over the plan (the token masks of constrained
-//!    sequences computed beside it), then a token for every sequence that reached its end;
+//!    sequences computed beside it), then a token for every sequence that reached its end,
+//!    or several where drafts were checked (speculative decoding, below);
 //! 3. **update** — the scheduler hears the tokens and the finished choices, names the
 //!    blocks the step filled and gives back finished sequences' blocks;
 //! 4. **emit** — each request's events on its channel, and the counters.
@@ -17,6 +18,21 @@
 //! The scheduler owns the queues and the block tables and alone asks the KV manager
 //! ([`KvPool`]) for blocks; this loop owns each request's output side (`Decoding`:
 //! sampling, grammar, stop strings, text) and knows nothing about queues.
+//!
+//! **Speculative decoding.** After a sequence takes a token, its output side drafts the
+//! tokens likely to follow: under a grammar, those the grammar forces (fast-forward: the
+//! keys, quotes and punctuation of a JSON schema), then those found by prompt lookup
+//! (`draft.rs`), as far as the grammar allows. The next step computes the last token and
+//! the drafts in one chunk with logits for every row. Row `i` then goes through the same
+//! `Decoding::step` as a plain decode step would, on exactly the context a plain step would
+//! see if drafts `..i` are right: the token it picks is kept, and the check goes on to the
+//! next row only while the picked token is the draft. So the output is the one decoding
+//! token by token gives — greedy, under a grammar (its mask applies at every row), and
+//! seeded sampling too, token for token: the sampler draws the same uniform per token, and
+//! with a drafter that proposes one token `d` with certainty (q = one-hot) this is the
+//! rejection sampling of Leviathan et al. (2023): `d` is kept with probability `p(d)`, and
+//! when it is not, the token drawn is distributed as `p` without `d`, renormalised. The keys
+//! and values of rejected drafts are dropped (`Scheduler::drop_rejected`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,7 +48,7 @@ use crate::EngineError;
 use crate::constraint::Constraint;
 use crate::decoding::Decoding;
 use crate::generate::{FinishReason, GenerateRequest, LoadedModel, PREFILL_CHUNK};
-use crate::kv::KvPool;
+use crate::kv::{KvCacheType, KvPool};
 use crate::model::Logits;
 use crate::sampler::{Sampled, log_softmax, top_n};
 use crate::scheduler::{
@@ -41,6 +57,9 @@ use crate::scheduler::{
 
 /// Default KV cache budget: pages become resident only as blocks are first written.
 pub const DEFAULT_KV_CACHE_MB: usize = 1024;
+
+/// Default most tokens drafted by prompt lookup per sequence and step.
+pub const DEFAULT_DRAFT_TOKENS: usize = 8;
 
 /// Limits of one engine.
 #[derive(Debug, Clone)]
@@ -54,20 +73,44 @@ pub struct EngineOptions {
     pub prefill_chunk: usize,
     /// Memory for the paged KV cache; the pool has as many blocks as fit.
     pub kv_cache_bytes: usize,
+    /// Speculative decoding by prompt lookup: most tokens drafted per sequence and step
+    /// (0 = off). Exact: the output is the same with or without.
+    pub draft_tokens: usize,
+    /// Under a grammar, draft the tokens it forces (checked in the same forward).
+    pub grammar_fast_forward: bool,
+    /// How the cache stores keys and values: q8_0 fits 1.9x the positions of f16 in the
+    /// same memory.
+    pub kv_cache_type: KvCacheType,
 }
 
 impl EngineOptions {
+    /// With speculative decoding and grammar fast-forward on (the defaults), or both off.
+    pub fn speculative(self, on: bool) -> Self {
+        let defaults = Self::default();
+        Self {
+            draft_tokens: if on { defaults.draft_tokens } else { 0 },
+            grammar_fast_forward: on && defaults.grammar_fast_forward,
+            ..self
+        }
+    }
+
     /// One request at a time with room for a whole context: a terminal command
     /// (`verre run`), a benchmark, or the reference a batched run is compared with.
     pub fn one_at_a_time(model: &LoadedModel) -> Self {
-        let (layers, width) = model.model.kv_geometry();
-        Self {
+        Self::one_at_a_time_as(model, KvCacheType::F16).expect("an f16 cache fits every model")
+    }
+
+    /// The same with the KV cache stored as `kind`.
+    /// `kind` must fit the model ([`crate::model::Model::kv_layout`]).
+    pub fn one_at_a_time_as(model: &LoadedModel, kind: KvCacheType) -> Result<Self> {
+        let layout = model.model.kv_layout(kind)?;
+        Ok(Self {
             max_running: 1,
             max_waiting: 1,
-            kv_cache_bytes: KvPool::blocks_for(model.info().context_length)
-                * KvPool::block_bytes(layers, width),
+            kv_cache_bytes: KvPool::blocks_for(model.info().context_length) * layout.block_bytes(),
+            kv_cache_type: kind,
             ..Self::default()
-        }
+        })
     }
 }
 
@@ -78,6 +121,9 @@ impl Default for EngineOptions {
             max_waiting: 64,
             prefill_chunk: PREFILL_CHUNK,
             kv_cache_bytes: DEFAULT_KV_CACHE_MB << 20,
+            draft_tokens: DEFAULT_DRAFT_TOKENS,
+            grammar_fast_forward: true,
+            kv_cache_type: KvCacheType::default(),
         }
     }
 }
@@ -91,6 +137,9 @@ pub struct EngineRequest {
     pub n: usize,
     /// Report the log-probability of every prompt token (a completion's `echo`).
     pub prompt_logprobs: bool,
+    /// Speculative decoding and grammar fast-forward for this request: `None` takes the
+    /// engine's options, `Some(false)` turns both off, `Some(true)` on.
+    pub speculative: Option<bool>,
 }
 
 impl From<GenerateRequest> for EngineRequest {
@@ -99,6 +148,7 @@ impl From<GenerateRequest> for EngineRequest {
             generate,
             n: 1,
             prompt_logprobs: false,
+            speculative: None,
         }
     }
 }
@@ -174,6 +224,10 @@ pub struct EngineMetrics {
     pub prefix_cache_hits: u64,
     /// Requests preempted (blocks freed, tokens recomputed later) for lack of KV blocks.
     pub preemptions: u64,
+    /// Speculative decoding: tokens drafted (forced by a grammar or found by prompt
+    /// lookup) and checked, and those the model confirmed.
+    pub draft_tokens: u64,
+    pub accepted_draft_tokens: u64,
 }
 
 /// One finished generation, as [`EngineHandle::generate`] collects it.
@@ -266,13 +320,12 @@ impl EngineHandle {
             options.prefill_chunk >= 1,
             "prefill_chunk must be at least 1"
         );
-        let (layers, width) = model.model.kv_geometry();
-        let kv_blocks = options.kv_cache_bytes / KvPool::block_bytes(layers, width);
+        let block_bytes = model.model.kv_layout(options.kv_cache_type)?.block_bytes();
+        let kv_blocks = options.kv_cache_bytes / block_bytes;
         anyhow::ensure!(
             kv_blocks >= 1,
-            "the KV cache budget of {} bytes holds no block of {} bytes",
+            "the KV cache budget of {} bytes holds no block of {block_bytes} bytes",
             options.kv_cache_bytes,
-            KvPool::block_bytes(layers, width)
         );
         let (submissions, inbox) = mpsc::channel();
         let shared = Arc::new(Shared {
@@ -454,11 +507,19 @@ struct Request<'m> {
     choices: Vec<Choice<'m>>,
     /// Ended with an error (already sent); its remaining chunks are skipped.
     failed: bool,
+    /// Most tokens drafted by prompt lookup per step, and whether forced tokens are
+    /// drafted: this request's speculative decoding.
+    draft_tokens: usize,
+    fast_forward: bool,
 }
 
 struct Choice<'m> {
     dec: Decoding<'m>,
     finished: bool,
+    /// Most tokens prompt lookup may draft next: halved when a draft is rejected, doubled
+    /// (up to the request's `draft_tokens`) when one is taken whole, so that a sequence
+    /// whose guesses keep failing spends little compute on them.
+    lookup_cap: usize,
 }
 
 /// The engine's thread: schedule, execute (forward, sample), update, emit.
@@ -485,7 +546,10 @@ impl<'m> EngineLoop<'m> {
             token_budget: options.prefill_chunk,
             context_length: shared.context_length,
         });
-        let pool = model.model.new_kv_pool(shared.kv_blocks);
+        let pool = model
+            .model
+            .new_kv_pool_as(options.kv_cache_type, shared.kv_blocks)
+            .expect("the KV cache type was checked against the model in spawn");
         Self {
             model,
             shared,
@@ -619,7 +683,14 @@ impl<'m> EngineLoop<'m> {
             generate: g,
             n,
             prompt_logprobs,
+            speculative,
         } = s.request;
+        let options = &self.shared.options;
+        let (draft_tokens, fast_forward) = match speculative {
+            None => (options.draft_tokens, options.grammar_fast_forward),
+            Some(false) => (0, false),
+            Some(true) => (options.draft_tokens.max(1), true),
+        };
         let max_tokens = g
             .max_tokens
             .min(self.shared.context_length - g.prompt_ids.len());
@@ -630,6 +701,7 @@ impl<'m> EngineLoop<'m> {
                 Choice {
                     dec: Decoding::new(&self.model.tokenizer, &g, sampling, max_tokens),
                     finished: false,
+                    lookup_cap: draft_tokens,
                 }
             })
             .collect();
@@ -640,6 +712,8 @@ impl<'m> EngineLoop<'m> {
             prompt: g.prompt_ids,
             choices,
             failed: false,
+            draft_tokens,
+            fast_forward,
         }
     }
 
@@ -692,7 +766,7 @@ impl<'m> EngineLoop<'m> {
             if req.failed {
                 continue;
             }
-            if chunk.all_logits {
+            if chunk.all_logits && chunk.draft == 0 {
                 record_prompt_logprobs(req, chunk, logits, row);
             }
             if !chunk.samples {
@@ -703,40 +777,70 @@ impl<'m> EngineLoop<'m> {
                 let _ = req.events.send(EngineEvent::PromptLogprobs(lps));
             }
             let choice = &mut req.choices[chunk.choice];
-            let (event, finish) = if req.max_tokens == 0 {
-                (None, Some(FinishReason::Length))
-            } else {
-                let step = match choice.dec.step(logits.last_row(row), &req.prompt) {
+            if req.max_tokens == 0 {
+                finish_choice(req, chunk.choice, FinishReason::Length);
+                self.scheduler.finish(chunk.request, chunk.choice);
+                continue;
+            }
+            // The rows that pick tokens: the last one, or with drafts the last `draft + 1`.
+            let first = logits.rows[row].end - 1 - chunk.draft;
+            let drafted = &chunk.tokens[chunk.tokens.len() - chunk.draft..];
+            let mut finish = None;
+            let mut accepted = 0;
+            for i in 0..=chunk.draft {
+                let step = match choice.dec.step(logits.row(first + i), &req.prompt) {
                     Ok(step) => step,
                     Err(e) => {
                         fail_request(req, &format!("constrained decoding failed: {e:#}"));
                         self.scheduler.finish_request(chunk.request);
-                        continue;
+                        break;
                     }
                 };
+                let token = step.sampled.token;
                 self.metrics.generation_tokens += 1;
                 self.scheduler
-                    .append_token(chunk.request, chunk.choice, step.sampled.token);
-                (Some((step.sampled, step.text)), step.finish)
-            };
-            if let Some((sampled, text)) = event {
+                    .append_token(chunk.request, chunk.choice, token);
                 let _ = req.events.send(EngineEvent::Token {
                     index: chunk.choice,
-                    sampled,
-                    text,
+                    sampled: step.sampled,
+                    text: step.text,
                 });
+                if step.finish.is_some() {
+                    finish = step.finish;
+                    break;
+                }
+                match drafted.get(i) {
+                    Some(&d) if d == token => accepted += 1,
+                    _ => break,
+                }
             }
-            if let Some(reason) = finish {
-                choice.finished = true;
-                self.scheduler.finish(chunk.request, chunk.choice);
-                let _ = req.events.send(EngineEvent::Finished {
-                    index: chunk.choice,
-                    reason,
-                    completion_tokens: choice.dec.output.len(),
-                    mask_times: choice.dec.mask_times(),
-                    stop: choice.dec.stop_string().map(str::to_string),
-                });
-                send_done_if_complete(req);
+            if req.failed {
+                continue;
+            }
+            self.metrics.draft_tokens += chunk.draft as u64;
+            self.metrics.accepted_draft_tokens += accepted as u64;
+            if chunk.draft > 0 {
+                let choice = &mut req.choices[chunk.choice];
+                choice.lookup_cap = if accepted == chunk.draft {
+                    (choice.lookup_cap * 2).clamp(1, req.draft_tokens.max(1))
+                } else {
+                    (choice.lookup_cap / 2).max(1)
+                };
+                self.scheduler
+                    .drop_rejected(chunk.request, chunk.choice, &mut self.pool);
+            }
+            match finish {
+                Some(reason) => {
+                    finish_choice(req, chunk.choice, reason);
+                    self.scheduler.finish(chunk.request, chunk.choice);
+                }
+                None if req.draft_tokens > 0 || req.fast_forward => {
+                    let choice = &mut req.choices[chunk.choice];
+                    let lookup = choice.lookup_cap.min(req.draft_tokens);
+                    let draft = choice.dec.draft(&req.prompt, lookup, req.fast_forward);
+                    self.scheduler.set_draft(chunk.request, chunk.choice, draft);
+                }
+                None => {}
             }
         }
     }
@@ -780,6 +884,20 @@ fn finish_out_of_blocks(req: &mut Request<'_>, c: usize) {
         completion_tokens: choice.dec.output.len(),
         mask_times: choice.dec.mask_times(),
         stop: None,
+    });
+    send_done_if_complete(req);
+}
+
+/// A choice ended: `Finished`, and `Done` if it was the last.
+fn finish_choice(req: &mut Request<'_>, c: usize, reason: FinishReason) {
+    let choice = &mut req.choices[c];
+    choice.finished = true;
+    let _ = req.events.send(EngineEvent::Finished {
+        index: c,
+        reason,
+        completion_tokens: choice.dec.output.len(),
+        mask_times: choice.dec.mask_times(),
+        stop: choice.dec.stop_string().map(str::to_string),
     });
     send_done_if_complete(req);
 }
@@ -967,6 +1085,7 @@ mod tests {
             generate: g,
             n: 2,
             prompt_logprobs: false,
+            speculative: None,
         };
         let a = collect(engine.submit(req.clone()).unwrap(), 2);
         let b = collect(engine.submit(req).unwrap(), 2);
@@ -996,6 +1115,7 @@ mod tests {
                     generate: g,
                     n: 1,
                     prompt_logprobs: true,
+                    speculative: None,
                 })
                 .unwrap(),
             1,
@@ -1099,6 +1219,7 @@ mod tests {
             generate: g,
             n: 99,
             prompt_logprobs: false,
+            speculative: None,
         };
         assert!(matches!(
             engine.submit(many),
@@ -1143,9 +1264,13 @@ mod tests {
     #[test]
     fn preemption_recomputes_to_the_same_answers() {
         let Some(model) = model() else { return };
-        let (layers, width) = model.model.kv_geometry();
         let options = EngineOptions {
-            kv_cache_bytes: 14 * KvPool::block_bytes(layers, width),
+            kv_cache_bytes: 14
+                * model
+                    .model
+                    .kv_layout(KvCacheType::F16)
+                    .unwrap()
+                    .block_bytes(),
             max_running: 4,
             ..Default::default()
         };
@@ -1230,6 +1355,7 @@ mod tests {
                     generate: r,
                     n: 3,
                     prompt_logprobs: false,
+                    speculative: None,
                 })
                 .unwrap(),
             3,

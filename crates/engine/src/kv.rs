@@ -1,8 +1,10 @@
 //! The paged key/value cache: fixed-size blocks in one pool, a block table per sequence,
 //! and automatic prefix caching.
 //!
-//! Keys and values are stored as f16, as llama.cpp stores them. A block holds
-//! [`BLOCK_TOKENS`] positions of every layer: in layer `l`, block `b` is
+//! Keys and values are stored in the pool's [`KvCacheType`]: f16 by default, as llama.cpp
+//! stores them, or q8_0 / q4_0 (32-value blocks with an f16 scale: 0.53x / 0.28x the bytes
+//! of f16), quantized as they are written and read by attention block by block. A block
+//! holds [`BLOCK_TOKENS`] positions of every layer: in layer `l`, block `b` is
 //! `[position][kv_head * head_dim]` at `b * BLOCK_TOKENS * width` of that layer's keys (and
 //! values). A sequence ([`SeqKv`]) owns a list of block ids; attention reads its blocks in
 //! order.
@@ -19,11 +21,206 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
+use anyhow::{Result, ensure};
 use half::f16;
 use half::vec::HalfBitsVecExt;
 
+use crate::kernels::attention::{KvRows, MAX_HEAD_DIM};
+use crate::kernels::kv_rows::{QK, quantize_q4_0, quantize_q8_0, rotate};
+
 /// Positions per block (a multiple of the attention kernel's key chunk).
 pub const BLOCK_TOKENS: usize = 16;
+
+/// How the cache stores keys and values (`--kv-cache-type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum KvCacheType {
+    /// 16 bits a value, as llama.cpp stores them by default.
+    #[default]
+    F16,
+    /// ggml's q8_0: 32 signed bytes and an f16 scale per 32 values (8.5 bits a value).
+    Q8_0,
+    /// ggml's q4_0: 16 bytes and an f16 scale per 32 values (4.5 bits a value).
+    Q4_0,
+}
+
+impl KvCacheType {
+    pub const ALL: [KvCacheType; 3] = [KvCacheType::F16, KvCacheType::Q8_0, KvCacheType::Q4_0];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvCacheType::F16 => "f16",
+            KvCacheType::Q8_0 => "q8_0",
+            KvCacheType::Q4_0 => "q4_0",
+        }
+    }
+
+    /// Bytes that `values` cached values take (a whole number of 32-blocks when quantized).
+    pub fn bytes(self, values: usize) -> usize {
+        match self {
+            KvCacheType::F16 => values * 2,
+            KvCacheType::Q8_0 => values / QK * (QK + 2),
+            KvCacheType::Q4_0 => values / QK * (QK / 2 + 2),
+        }
+    }
+
+    /// Whether a model whose attention heads have `head_dim` values can use this type:
+    /// quantized rows are read one head at a time, in whole 32-blocks.
+    pub fn check_head_dim(self, head_dim: usize) -> Result<()> {
+        ensure!(
+            self == KvCacheType::F16 || head_dim.is_multiple_of(QK),
+            "the {} KV cache needs attention heads of a multiple of {QK} values; this model's \
+             have {head_dim} (use --kv-cache-type f16)",
+            self.name()
+        );
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for KvCacheType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for KvCacheType {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| anyhow::anyhow!("unknown KV cache type {s:?}: use f16, q8_0 or q4_0"))
+    }
+}
+
+/// What a pool stores per position, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvLayout {
+    pub kind: KvCacheType,
+    pub layers: usize,
+    /// Values per position in one layer: `kv_heads * head_dim`.
+    pub width: usize,
+    pub head_dim: usize,
+    /// Layers whose keys stay f16 in a quantized cache: their keys carry a large constant
+    /// offset (a big key bias, as in Qwen2's first layers) that would take the bits of
+    /// every 32-block, leaving the part that tells keys apart almost none. Empty: none.
+    pub f16_key_layers: Vec<bool>,
+}
+
+impl KvLayout {
+    /// Every layer stored as `kind`. Panics on heads a quantized `kind` cannot take
+    /// (callers check with [`KvCacheType::check_head_dim`]).
+    pub fn new(kind: KvCacheType, layers: usize, width: usize, head_dim: usize) -> Self {
+        if let Err(e) = kind.check_head_dim(head_dim) {
+            panic!("{e}");
+        }
+        assert!(
+            width.is_multiple_of(head_dim),
+            "rows of {width} values are not whole heads of {head_dim}"
+        );
+        Self {
+            kind,
+            layers,
+            width,
+            head_dim,
+            f16_key_layers: Vec::new(),
+        }
+    }
+
+    /// How layer `l`'s keys are stored.
+    pub fn key_type(&self, layer: usize) -> KvCacheType {
+        match self.f16_key_layers.get(layer) {
+            Some(true) => KvCacheType::F16,
+            _ => self.kind,
+        }
+    }
+
+    /// Bytes one block of [`BLOCK_TOKENS`] positions takes over all layers, keys and values.
+    pub fn block_bytes(&self) -> usize {
+        let values = BLOCK_TOKENS * self.width;
+        (0..self.layers)
+            .map(|l| self.key_type(l).bytes(values) + self.kind.bytes(values))
+            .sum()
+    }
+}
+
+/// One layer's keys (or values) of every block, in the pool's storage type.
+enum LayerRows {
+    F16(Vec<f16>),
+    Q8_0 { quants: Vec<i8>, scales: Vec<f16> },
+    Q4_0 { quants: Vec<u8>, scales: Vec<f16> },
+}
+
+impl LayerRows {
+    /// Room for `values` values. Zeroed vectors of integers come from the allocator's
+    /// zeroed pages: no memset, nothing resident until written.
+    fn new(kind: KvCacheType, values: usize) -> Self {
+        let scales = || -> Vec<f16> { vec![0u16; values / QK].reinterpret_into() };
+        match kind {
+            KvCacheType::F16 => LayerRows::F16(vec![0u16; values].reinterpret_into()),
+            KvCacheType::Q8_0 => LayerRows::Q8_0 {
+                quants: vec![0; values],
+                scales: scales(),
+            },
+            KvCacheType::Q4_0 => LayerRows::Q4_0 {
+                quants: vec![0; values / 2],
+                scales: scales(),
+            },
+        }
+    }
+
+    /// Store keys or values: as `write`, each head of `head_dim` values rotated first when
+    /// quantized (see `kernels::kv_rows`).
+    fn write_rotated(&mut self, at: usize, src: &[f32], head_dim: usize) {
+        if let LayerRows::F16(_) = self {
+            return self.write(at, src);
+        }
+        let mut head = [0f32; MAX_HEAD_DIM];
+        let head = &mut head[..head_dim];
+        for (h, src) in src.chunks_exact(head_dim).enumerate() {
+            head.copy_from_slice(src);
+            rotate(head);
+            self.write(at + h * head_dim, head);
+        }
+    }
+
+    /// Store `src` at value offset `at` (whole blocks when quantized).
+    fn write(&mut self, at: usize, src: &[f32]) {
+        let n = src.len();
+        match self {
+            LayerRows::F16(x) => {
+                for (dst, &v) in x[at..at + n].iter_mut().zip(src) {
+                    *dst = f16::from_f32(v);
+                }
+            }
+            LayerRows::Q8_0 { quants, scales } => quantize_q8_0(
+                src,
+                &mut quants[at..at + n],
+                &mut scales[at / QK..(at + n) / QK],
+            ),
+            LayerRows::Q4_0 { quants, scales } => quantize_q4_0(
+                src,
+                &mut quants[at / 2..(at + n) / 2],
+                &mut scales[at / QK..(at + n) / QK],
+            ),
+        }
+    }
+
+    /// Values `at..at + len`, as attention reads them.
+    fn rows(&self, at: usize, len: usize) -> KvRows<'_> {
+        match self {
+            LayerRows::F16(x) => KvRows::F16(&x[at..at + len]),
+            LayerRows::Q8_0 { quants, scales } => KvRows::Q8_0 {
+                quants: &quants[at..at + len],
+                scales: &scales[at / QK..(at + len).div_ceil(QK)],
+            },
+            LayerRows::Q4_0 { quants, scales } => KvRows::Q4_0 {
+                quants: &quants[at / 2..(at + len) / 2],
+                scales: &scales[at / QK..(at + len).div_ceil(QK)],
+            },
+        }
+    }
+}
 
 /// What a block's name covers: the name of the block before it and its own tokens. The
 /// tokens are kept to rule out hash collisions.
@@ -217,34 +414,54 @@ pub struct PrefixStats {
 
 /// The memory of every block, and their bookkeeping.
 pub struct KvPool {
+    kind: KvCacheType,
     width: usize,
-    k: Vec<Vec<f16>>,
-    v: Vec<Vec<f16>>,
+    head_dim: usize,
+    block_bytes: usize,
+    k: Vec<LayerRows>,
+    v: Vec<LayerRows>,
     alloc: BlockAllocator,
     pub stats: PrefixStats,
 }
 
 impl KvPool {
-    /// A pool of `num_blocks` blocks for a model with `n_layers` layers of `width` =
-    /// `kv_heads * head_dim` values per position. Memory is zeroed lazily by the OS: pages
-    /// are only resident once written.
+    /// An f16 pool of `num_blocks` blocks for a model with `n_layers` layers of `width` =
+    /// `kv_heads * head_dim` values per position.
     pub fn new(n_layers: usize, width: usize, num_blocks: usize) -> Self {
-        let per_layer = num_blocks * BLOCK_TOKENS * width;
-        // Zeroed u16s come from the allocator's zeroed pages (no memset, nothing resident
-        // until written); f16 has the same layout.
-        let zeroed = || -> Vec<f16> { vec![0u16; per_layer].reinterpret_into() };
+        Self::with_layout(
+            &KvLayout::new(KvCacheType::F16, n_layers, width, width),
+            num_blocks,
+        )
+    }
+
+    /// A pool of `num_blocks` blocks stored as `layout` says. Memory is zeroed lazily by
+    /// the OS: pages are only resident once written.
+    pub fn with_layout(layout: &KvLayout, num_blocks: usize) -> Self {
+        let per_layer = num_blocks * BLOCK_TOKENS * layout.width;
         Self {
-            width,
-            k: (0..n_layers).map(|_| zeroed()).collect(),
-            v: (0..n_layers).map(|_| zeroed()).collect(),
+            kind: layout.kind,
+            width: layout.width,
+            head_dim: layout.head_dim,
+            k: (0..layout.layers)
+                .map(|l| LayerRows::new(layout.key_type(l), per_layer))
+                .collect(),
+            v: (0..layout.layers)
+                .map(|_| LayerRows::new(layout.kind, per_layer))
+                .collect(),
             alloc: BlockAllocator::new(num_blocks),
             stats: PrefixStats::default(),
+            block_bytes: layout.block_bytes(),
         }
     }
 
-    /// Bytes one block takes over all layers (keys and values).
-    pub fn block_bytes(n_layers: usize, width: usize) -> usize {
-        n_layers * 2 * BLOCK_TOKENS * width * std::mem::size_of::<f16>()
+    /// How this pool stores keys and values.
+    pub fn cache_type(&self) -> KvCacheType {
+        self.kind
+    }
+
+    /// Bytes one block takes over all layers, keys and values.
+    pub fn block_bytes(&self) -> usize {
+        self.block_bytes
     }
 
     pub fn allocator(&self) -> &BlockAllocator {
@@ -319,6 +536,15 @@ impl KvPool {
         }
     }
 
+    /// Give back blocks reserved past what `len` positions need (a reservation for draft
+    /// tokens that fell short). Stored positions stay.
+    pub fn unreserve(&mut self, seq: &mut SeqKv, len: usize) {
+        let keep = Self::blocks_for(len.max(seq.len));
+        for b in seq.blocks.drain(keep.min(seq.blocks.len())..) {
+            self.alloc.release(b);
+        }
+    }
+
     /// Start an empty sequence from the cache: take the cached blocks that hold the
     /// longest prefix of `tokens` (whole blocks), leaving at least one token to compute.
     /// Returns the positions covered.
@@ -379,18 +605,8 @@ impl KvPool {
             let pos = start + i;
             let block = seq.blocks[pos / BLOCK_TOKENS] as usize;
             let at = (block * BLOCK_TOKENS + pos % BLOCK_TOKENS) * w;
-            for (dst, src) in self.k[layer][at..at + w]
-                .iter_mut()
-                .zip(&k[i * w..(i + 1) * w])
-            {
-                *dst = f16::from_f32(*src);
-            }
-            for (dst, src) in self.v[layer][at..at + w]
-                .iter_mut()
-                .zip(&v[i * w..(i + 1) * w])
-            {
-                *dst = f16::from_f32(*src);
-            }
+            self.k[layer].write_rotated(at, &k[i * w..(i + 1) * w], self.head_dim);
+            self.v[layer].write_rotated(at, &v[i * w..(i + 1) * w], self.head_dim);
         }
     }
 
@@ -401,7 +617,7 @@ impl KvPool {
         layer: usize,
         seq: &SeqKv,
         len: usize,
-    ) -> (Vec<&[f16]>, Vec<&[f16]>) {
+    ) -> (Vec<KvRows<'_>>, Vec<KvRows<'_>>) {
         let w = self.width;
         let n = Self::blocks_for(len);
         let mut ks = Vec::with_capacity(n);
@@ -409,8 +625,8 @@ impl KvPool {
         for (i, &b) in seq.blocks[..n].iter().enumerate() {
             let held = (len - i * BLOCK_TOKENS).min(BLOCK_TOKENS);
             let at = b as usize * BLOCK_TOKENS * w;
-            ks.push(&self.k[layer][at..at + held * w]);
-            vs.push(&self.v[layer][at..at + held * w]);
+            ks.push(self.k[layer].rows(at, held * w));
+            vs.push(self.v[layer].rows(at, held * w));
         }
         (ks, vs)
     }
@@ -425,8 +641,16 @@ pub struct KvCache {
 impl KvCache {
     /// Room for `capacity` positions (memory becomes resident as it is written).
     pub fn new(n_layers: usize, width: usize, capacity: usize) -> Self {
+        Self::with_layout(
+            &KvLayout::new(KvCacheType::F16, n_layers, width, width),
+            capacity,
+        )
+    }
+
+    /// The same, stored as `layout` says.
+    pub fn with_layout(layout: &KvLayout, capacity: usize) -> Self {
         Self {
-            pool: KvPool::new(n_layers, width, KvPool::blocks_for(capacity)),
+            pool: KvPool::with_layout(layout, KvPool::blocks_for(capacity)),
             seq: SeqKv::new(capacity),
         }
     }
@@ -450,7 +674,7 @@ impl KvCache {
 
     /// Bytes of keys and values written so far (whole blocks).
     pub fn size_bytes(&self) -> usize {
-        self.seq.blocks.len() * BLOCK_TOKENS * self.pool.width * 2 * 2 * self.pool.k.len()
+        self.seq.blocks.len() * self.pool.block_bytes
     }
 }
 
@@ -540,13 +764,141 @@ mod tests {
         s.commit(20);
         let (ks, vs) = pool.layer_blocks(1, &s, 20);
         assert_eq!((ks.len(), ks[0].len(), ks[1].len()), (2, 48, 12));
-        let flat: Vec<f32> = ks
-            .iter()
-            .flat_map(|b| b.iter().map(|x| x.to_f32()))
-            .collect();
-        assert_eq!(flat, k);
-        assert_eq!(vs[1][11].to_f32(), -59.0);
+        assert_eq!(widened(&ks), k);
+        assert_eq!(widened(&vs[1..])[11], -59.0);
         assert!(!pool.reserve(&mut s, 101), "past the capacity");
+    }
+
+    fn widened(blocks: &[KvRows<'_>]) -> Vec<f32> {
+        let mut all = Vec::new();
+        for b in blocks {
+            let mut x = vec![0f32; b.len()];
+            b.widen(0, &mut x);
+            all.extend(x);
+        }
+        all
+    }
+
+    /// A q8_0 pool takes 34 bytes per 32 values where f16 takes 64 (a block budget buys
+    /// 1.88x the positions), q4_0 18; what is written reads back within the quantization
+    /// step, through the same block tables; prefix sharing does not depend on the type.
+    #[test]
+    fn quantized_pools_take_fewer_bytes_per_token_and_read_back() {
+        // Qwen2.5-Coder-1.5B: 28 layers, 2 KV heads of 128.
+        let layers = 28;
+        let bytes = |kind| KvLayout::new(kind, layers, 256, 128).block_bytes();
+        let f16_bytes = bytes(KvCacheType::F16);
+        let q8_bytes = bytes(KvCacheType::Q8_0);
+        let q4_bytes = bytes(KvCacheType::Q4_0);
+        assert_eq!(
+            f16_bytes / BLOCK_TOKENS,
+            28 * 2 * 256 * 2,
+            "f16 bytes per token"
+        );
+        assert_eq!(
+            q8_bytes * 64,
+            f16_bytes * 34,
+            "q8_0: 34 bytes per 32 values"
+        );
+        assert_eq!(
+            q4_bytes * 64,
+            f16_bytes * 18,
+            "q4_0: 18 bytes per 32 values"
+        );
+        let budget = 1 << 30;
+        assert!(budget / q8_bytes * 100 >= budget / f16_bytes * 188);
+
+        for kind in [KvCacheType::Q8_0, KvCacheType::Q4_0] {
+            let mut pool = KvPool::with_layout(&KvLayout::new(kind, 2, 64, 32), 4);
+            assert_eq!(pool.block_bytes(), 2 * 2 * kind.bytes(16 * 64));
+            assert_eq!(pool.cache_type(), kind);
+            let mut s = SeqKv::new(100);
+            assert!(pool.reserve(&mut s, 20));
+            let k: Vec<f32> = (0..20 * 64)
+                .map(|i| ((i * 37) % 101) as f32 / 25.0 - 2.0)
+                .collect();
+            let v: Vec<f32> = k.iter().map(|x| -x).collect();
+            pool.write(1, &s, 0, &k[..7 * 64], &v[..7 * 64]);
+            pool.write(1, &s, 7, &k[7 * 64..], &v[7 * 64..]);
+            s.commit(20);
+            let (ks, vs) = pool.layer_blocks(1, &s, 20);
+            assert_eq!((ks.len(), ks[0].len(), ks[1].len()), (2, 16 * 64, 4 * 64));
+            // Stored rotated per head of 32 (`kernels::kv_rows`).
+            let rotated = |x: &[f32]| {
+                let mut x = x.to_vec();
+                x.chunks_exact_mut(32).for_each(rotate);
+                x
+            };
+            for (got, want) in [(widened(&ks), &rotated(&k)), (widened(&vs), &rotated(&v))] {
+                for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+                    let block = &want[i / QK * QK..][..QK];
+                    let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    // Half a step (q8_0); q4_0 clips the sign opposite its largest value at
+                    // 7 steps, so up to a whole step there.
+                    let bound = match kind {
+                        KvCacheType::Q8_0 => 0.51 * amax / 127.0,
+                        _ => 1.01 * amax / 8.0,
+                    };
+                    assert!((g - w).abs() <= bound, "{kind} value {i}: {g} for {w}");
+                }
+            }
+
+            let prompt = tokens(3, 40);
+            let mut a = SeqKv::new(1000);
+            assert!(
+                pool.reserve(&mut a, 40) || {
+                    pool.release(&mut s);
+                    pool.reserve(&mut a, 40)
+                }
+            );
+            a.commit(40);
+            pool.register(&mut a, &prompt);
+            let mut b = SeqKv::new(1000);
+            assert_eq!(
+                pool.attach_prefix(&mut b, &prompt),
+                32,
+                "{kind}: prefix shared"
+            );
+        }
+    }
+
+    /// Layers whose keys stay f16 are stored and counted as such; their values, and every
+    /// other layer, as the cache's type.
+    #[test]
+    fn f16_key_layers_are_stored_and_counted_in_f16() {
+        let mut layout = KvLayout::new(KvCacheType::Q8_0, 2, 64, 32);
+        let plain = layout.block_bytes();
+        layout.f16_key_layers = vec![true, false];
+        assert_eq!(
+            layout.block_bytes(),
+            plain + KvCacheType::F16.bytes(16 * 64) - KvCacheType::Q8_0.bytes(16 * 64)
+        );
+        let mut pool = KvPool::with_layout(&layout, 2);
+        let mut s = SeqKv::new(32);
+        assert!(pool.reserve(&mut s, 3));
+        let k: Vec<f32> = (0..3 * 64).map(|i| 100.0 + i as f32 / 8.0).collect();
+        for layer in 0..2 {
+            pool.write(layer, &s, 0, &k, &k);
+        }
+        s.commit(3);
+        let (k0, v0) = pool.layer_blocks(0, &s, 3);
+        assert!(matches!(k0[0], KvRows::F16(_)) && matches!(v0[0], KvRows::Q8_0 { .. }));
+        assert_eq!(widened(&k0), k, "f16 keys hold these values exactly");
+        let (k1, _) = pool.layer_blocks(1, &s, 3);
+        assert!(matches!(k1[0], KvRows::Q8_0 { .. }));
+    }
+
+    #[test]
+    fn cache_types_parse_by_name() {
+        for kind in KvCacheType::ALL {
+            assert_eq!(kind.name().parse::<KvCacheType>().unwrap(), kind);
+        }
+        assert_eq!("Q8_0".parse::<KvCacheType>().unwrap(), KvCacheType::Q8_0);
+        let err = "q5_1".parse::<KvCacheType>().unwrap_err().to_string();
+        assert!(err.contains("f16, q8_0 or q4_0"), "{err}");
+        assert!(KvCacheType::Q8_0.check_head_dim(40).is_err());
+        assert!(KvCacheType::F16.check_head_dim(40).is_ok());
+        assert!(KvCacheType::Q8_0.check_head_dim(128).is_ok());
     }
 
     /// 10,000 random operations: allocate, extend, share prefixes, release, evict. The

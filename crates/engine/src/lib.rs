@@ -14,6 +14,7 @@
 pub mod chat;
 pub mod constraint;
 mod decoding;
+mod draft;
 pub mod engine;
 pub mod generate;
 pub mod gguf;

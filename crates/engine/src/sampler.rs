@@ -365,6 +365,52 @@ mod tests {
         assert_eq!(s.sample(&logits, &[], &[0, 0]).token, 1, "two cost 0.12");
     }
 
+    /// The engine checks a draft token `d` by sampling the row as usual and keeping `d`
+    /// when the sample is `d` (engine.rs, speculative decoding). Over many seeds that is
+    /// the rejection sampling of Leviathan et al. for a drafter certain of `d`: `d` kept
+    /// with probability p(d), and otherwise a token distributed as p without `d`,
+    /// renormalised. Checked here against those two laws (4 sigma, chi-square p < 0.001).
+    #[test]
+    fn checking_a_draft_by_sampling_is_rejection_sampling() {
+        let logits = [1.0, 0.2, 2.0, -0.5, 0.7, 1.5];
+        let draft = 2usize;
+        let p: Vec<f64> = log_softmax(&logits)
+            .iter()
+            .map(|l| (*l as f64).exp())
+            .collect();
+        let n = 20_000;
+        let mut rejected = [0usize; 6];
+        let mut kept = 0;
+        for seed in 0..n {
+            let mut s = Sampler::new(params(|q| {
+                q.temperature = 1.0;
+                q.seed = Some(seed)
+            }));
+            match s.sample(&logits, &[], &[]).token as usize {
+                t if t == draft => kept += 1,
+                t => rejected[t] += 1,
+            }
+        }
+        let rate = kept as f64 / n as f64;
+        let sigma = (p[draft] * (1.0 - p[draft]) / n as f64).sqrt();
+        assert!(
+            (rate - p[draft]).abs() < 4.0 * sigma,
+            "kept {rate}, p(d) = {}",
+            p[draft]
+        );
+        let misses = (n - kept) as f64;
+        let residual = 1.0 - p[draft];
+        let chi2: f64 = (0..6)
+            .filter(|&t| t != draft)
+            .map(|t| {
+                let expected = misses * p[t] / residual;
+                (rejected[t] as f64 - expected).powi(2) / expected
+            })
+            .sum();
+        // 4 degrees of freedom: chi-square above 18.47 has probability 0.001.
+        assert!(chi2 < 18.47, "chi2 {chi2}: {rejected:?}");
+    }
+
     #[test]
     fn validate_names_the_bad_parameter() {
         let e = params(|p| p.top_p = 0.0).validate().unwrap_err();

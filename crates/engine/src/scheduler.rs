@@ -16,7 +16,11 @@
 //! - each sequence first looks its tokens up in the prefix cache; the later choices of an
 //!   `n > 1` request wait for the first one's prompt, then share its blocks;
 //! - when the pool is short, the request admitted last is preempted: its blocks are freed
-//!   and its prompt and output recomputed when it resumes (often from the prefix cache).
+//!   and its prompt and output recomputed when it resumes (often from the prefix cache);
+//! - speculative decoding: a sequence in decode given draft tokens ([`Scheduler::set_draft`])
+//!   computes its last token and the drafts in one chunk, when the blocks for them are free
+//!   (drafts never preempt anyone); after the check, [`Scheduler::drop_rejected`] gives back
+//!   the positions of the drafts the model did not confirm.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -75,6 +79,9 @@ pub(crate) struct ScheduledChunk {
     /// The chunk reaches the end of what the sequence holds: its last row picks the next
     /// token. Otherwise more prompt (or recomputed output) is to come.
     pub samples: bool,
+    /// Draft tokens at the end of `tokens` (speculative decoding): the last `draft + 1`
+    /// rows each pick a token, checked against the drafts in order.
+    pub draft: usize,
 }
 
 /// The plan of one step, in the order of the running requests and their choices.
@@ -96,6 +103,8 @@ struct Sequence {
     /// The prefix cache was consulted since the sequence (re)started.
     looked_up: bool,
     finished: bool,
+    /// Tokens proposed to follow the output, checked with the next decode step.
+    draft: Vec<u32>,
 }
 
 struct Running {
@@ -239,6 +248,7 @@ impl Scheduler {
                         output: Vec::new(),
                         looked_up: false,
                         finished: false,
+                        draft: Vec::new(),
                     })
                     .collect(),
                 prompt: r.prompt,
@@ -259,8 +269,11 @@ impl Scheduler {
                     !s.finished && r.target_len(*c) - s.kv.len() == 1 && !s.kv.is_empty()
                 })
             })
-            .count();
+            .map(|(_, s)| 1 + s.draft.len())
+            .sum::<usize>();
         let mut prefill_budget = self.config.token_budget.saturating_sub(decodes).max(1);
+        // Decode chunks with drafts: (chunk, request, choice, drafts), extended at the end.
+        let mut drafts = Vec::new();
         let mut r = 0;
         while r < self.running.len() {
             let mut c = 0;
@@ -291,6 +304,10 @@ impl Scheduler {
                 }
                 let start = req.choices[c].kv.len();
                 let need = req.target_len(c) - start;
+                let mut draft = std::mem::take(&mut req.choices[c].draft);
+                if !(need == 1 && start > 0) {
+                    draft.clear(); // drafts follow a decoded token, not a prompt chunk
+                }
                 let take = if need == 1 && start > 0 {
                     1
                 } else {
@@ -319,6 +336,9 @@ impl Scheduler {
                 }
                 let samples = end == req.target_len(c);
                 let all_logits = start < req.prompt.len() && c == 0 && req.prompt_logprobs;
+                if !draft.is_empty() {
+                    drafts.push((out.chunks.len(), r, c, draft));
+                }
                 out.chunks.push(ScheduledChunk {
                     request: req.id,
                     choice: c,
@@ -329,6 +349,7 @@ impl Scheduler {
                         .to_vec(),
                     all_logits,
                     samples,
+                    draft: 0,
                 });
                 if samples {
                     // The prompt's log-probabilities go out with this step.
@@ -337,6 +358,22 @@ impl Scheduler {
                 c += 1;
             }
             r += 1;
+        }
+        // Drafts last, into blocks nobody planned above needs: they never preempt anyone.
+        for (i, r, c, draft) in drafts {
+            let chunk = &mut out.chunks[i];
+            let kv = &mut self.running[r].choices[c].kv;
+            let end = chunk.positions.end + draft.len();
+            if !pool.reserve(kv, end) {
+                pool.unreserve(kv, chunk.positions.end);
+                continue;
+            }
+            chunk.positions.end = end;
+            chunk.tokens.extend_from_slice(&draft);
+            chunk.blocks =
+                kv.blocks()[chunk.positions.start / BLOCK_TOKENS..KvPool::blocks_for(end)].to_vec();
+            chunk.all_logits = true;
+            chunk.draft = draft.len();
         }
     }
 
@@ -391,6 +428,27 @@ impl Scheduler {
     pub fn append_token(&mut self, id: RequestId, choice: usize, token: u32) {
         if let Some(req) = self.running.iter_mut().find(|r| r.id == id) {
             req.choices[choice].output.push(token);
+        }
+    }
+
+    /// Tokens to check after a choice's last one in its next decode step (replacing any
+    /// not yet planned). Dropped if the next step is not a plain decode step.
+    pub fn set_draft(&mut self, id: RequestId, choice: usize, draft: Vec<u32>) {
+        if let Some(req) = self.running.iter_mut().find(|r| r.id == id) {
+            req.choices[choice].draft = draft;
+        }
+    }
+
+    /// After a step that checked drafts: keep the keys and values of the positions the
+    /// output now confirms (all but its latest token, computed next step), give back the
+    /// rest.
+    pub fn drop_rejected(&mut self, id: RequestId, choice: usize, pool: &mut KvPool) {
+        if let Some(req) = self.running.iter_mut().find(|r| r.id == id) {
+            let confirmed = req.target_len(choice) - 1;
+            let seq = &mut req.choices[choice];
+            if seq.kv.len() > confirmed {
+                pool.truncate(&mut seq.kv, confirmed);
+            }
         }
     }
 

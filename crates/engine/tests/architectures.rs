@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use verre_engine::kv::KvCacheType;
 use verre_engine::sampler::{argmax, log_softmax};
 use verre_engine::{LoadedModel, Message};
 
@@ -174,6 +175,11 @@ impl Agreement {
 }
 
 fn check(name: &str, source: Source) {
+    check_with(name, source, KvCacheType::F16);
+}
+
+/// `check` with keys and values stored as `kv_type`: the same bounds.
+fn check_with(name: &str, source: Source, kv_type: KvCacheType) {
     let fx = fixture(name);
     let Some(path) = model_path(&fx, &source) else {
         return;
@@ -228,7 +234,7 @@ fn check(name: &str, source: Source) {
         }
 
         // llama.cpp's tokens, in one forward, logits for every position.
-        let mut kv = model.new_kv_cache();
+        let mut kv = model.model.new_kv_cache_as(kv_type).unwrap();
         let logits = model
             .model
             .forward_cache(&mut kv, &tokens, true)
@@ -266,8 +272,14 @@ fn check(name: &str, source: Source) {
         );
     }
 
+    let bytes_per_token = |t| model.model.kv_layout(t).unwrap().block_bytes() / 16;
+    eprintln!(
+        "{name}: KV bytes per token {} ({kv_type}), {} (f16)",
+        bytes_per_token(kv_type),
+        bytes_per_token(KvCacheType::F16)
+    );
     let mut report = format!(
-        "{name} ({}{}): top-1 {}/{} where llama.cpp's gap >= {CONFIDENT_GAP}; |Δ logprob| over its \
+        "{name} ({}{}, {kv_type} KV cache): top-1 {}/{} where llama.cpp's gap >= {CONFIDENT_GAP}; |Δ logprob| over its \
          top-5: mean {:.4}, max {:.4} ({} rows)",
         fx.architecture,
         fx.window
@@ -387,4 +399,23 @@ fn qwen25_coder_15b_q4_k_m() {
 #[test]
 fn qwen25_coder_05b_q4_k_m() {
     check("qwen2.5-coder-0.5b", Source::File("VERRE_QWEN05_GGUF"));
+}
+
+/// Issue 20: the q8_0 KV cache within the same bounds, on both real files.
+#[test]
+fn qwen25_coder_05b_q4_k_m_kv_q8_0() {
+    check_with(
+        "qwen2.5-coder-0.5b",
+        Source::File("VERRE_QWEN05_GGUF"),
+        KvCacheType::Q8_0,
+    );
+}
+
+#[test]
+fn qwen25_coder_15b_q4_k_m_kv_q8_0() {
+    check_with(
+        "qwen2.5-coder-1.5b",
+        Source::File("VERRE_QWEN15_GGUF"),
+        KvCacheType::Q8_0,
+    );
 }

@@ -212,6 +212,7 @@ fn engine_batch_under_a_schema() {
                     generate,
                     n: 2,
                     prompt_logprobs: false,
+                    speculative: None,
                 })
                 .unwrap(),
         );

@@ -29,7 +29,7 @@
 use std::path::PathBuf;
 
 use serde::Deserialize;
-use verre_engine::kv::SeqKv;
+use verre_engine::kv::{KvCacheType, SeqKv};
 use verre_engine::model::SeqChunk;
 use verre_engine::sampler::log_softmax;
 use verre_engine::{LoadedModel, Message};
@@ -108,8 +108,23 @@ fn chat_template_and_tokenizer_match_llama_cpp() {
 
 #[test]
 fn logits_match_llama_cpp_under_teacher_forcing() {
+    teacher_forced_within_bounds(KvCacheType::F16);
+}
+
+/// The same bounds with keys and values stored as q8_0 (issue 20: a quantized KV cache).
+/// Not met on this model yet: mean 0.109 (bound 0.12), max 1.19 (bound 1.0), no top-1 flip
+/// at a gap >= 0.5 — SmolLM2 is the model whose logits llama.cpp's own flash attention moves
+/// by max 1.09. The Qwen2.5 files meet their bounds at q8_0 (tests/architectures.rs).
+#[test]
+#[ignore = "q8_0 on SmolLM2-135M: max |Δ logprob| 1.19 > 1.0 (issue 20 item 3, open)"]
+fn q8_0_kv_cache_stays_within_the_teacher_forced_bounds() {
+    teacher_forced_within_bounds(KvCacheType::Q8_0);
+}
+
+fn teacher_forced_within_bounds(kv_type: KvCacheType) {
     let Some(path) = model_path() else { return };
     let model = LoadedModel::load(&path).unwrap();
+    eprintln!("KV cache: {kv_type}");
     let fx = fixture();
     let (mut n_diffs, mut sum_diff, mut max_diff) = (0usize, 0f64, 0f32);
     let (mut confident, mut agree_confident, mut agree_all, mut steps) = (0, 0, 0, 0);
@@ -121,7 +136,7 @@ fn logits_match_llama_cpp_under_teacher_forcing() {
         // position and after each reference token are the 64 predictions.
         let mut tokens = case.prompt_ids.clone();
         tokens.extend_from_slice(&case.greedy_ids[..steps_here - 1]);
-        let mut kv = model.new_kv_cache();
+        let mut kv = model.model.new_kv_cache_as(kv_type).unwrap();
         let logits = model.model.forward_cache(&mut kv, &tokens, true).unwrap();
         let first = case.prompt_ids.len() - 1;
         let mut case_max = 0f32;

@@ -19,6 +19,8 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::evidence::AnswerTokens;
+
 /// A boxed future, for the object-safe [`ModelApi`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -26,6 +28,53 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait ModelApi: Send + Sync {
     /// The answer to an OpenAI-shaped chat request (never streamed).
     fn chat(&self, request: Value) -> BoxFuture<'_, Result<Value, ModelCallError>>;
+
+    /// The answer to an OpenAI-shaped `/v1/embeddings` request (finding the corrected
+    /// examples most like a document, [`crate::fewshot`]). None by default.
+    fn embed(&self, request: Value) -> BoxFuture<'_, Result<Value, ModelCallError>> {
+        let _ = request;
+        Box::pin(async {
+            Err(ModelCallError::permanent(
+                "this model API serves no embeddings",
+            ))
+        })
+    }
+}
+
+/// The vectors of `inputs` from the embedding model `model`, in order.
+pub async fn embeddings(
+    api: &dyn ModelApi,
+    model: &str,
+    inputs: &[String],
+) -> Result<Vec<Vec<f32>>, ModelCallError> {
+    // A document is longer than an embedding model reads: its start stands for it.
+    let request = json!({"model": model, "input": inputs, "truncate": true});
+    let response = api.embed(request).await?;
+    let data = response["data"].as_array().ok_or_else(|| {
+        ModelCallError::transient(format!(
+            "the embeddings answer has no data: {:.300}",
+            response.to_string()
+        ))
+    })?;
+    let mut vectors = vec![Vec::new(); inputs.len()];
+    for (i, d) in data.iter().enumerate() {
+        let at = d["index"].as_u64().map_or(i, |x| x as usize);
+        let v: Vec<f32> = d["embedding"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_f64().map(|x| x as f32))
+            .collect();
+        if let Some(slot) = vectors.get_mut(at) {
+            *slot = v;
+        }
+    }
+    if vectors.iter().any(Vec::is_empty) {
+        return Err(ModelCallError::transient(
+            "the embeddings answer lacks a vector for an input",
+        ));
+    }
+    Ok(vectors)
 }
 
 /// A model call that did not answer.
@@ -91,6 +140,9 @@ pub struct Extraction {
     pub completion_tokens: usize,
     /// Model calls made (1 + retries used).
     pub calls: u32,
+    /// The validated answer token by token with its log-probabilities, when the backend
+    /// gives them (the confidence of each field, [`crate::evidence`]).
+    pub answer: Option<AnswerTokens>,
 }
 
 /// A drafted text and what it cost.
@@ -252,6 +304,7 @@ pub async fn extract(
         json!({"role": "user", "content": req.prompt}),
     ];
     let mut constrained = true;
+    let mut logprobs = true;
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
     let mut last_error = String::new();
     let mut last_answer = String::new();
@@ -259,6 +312,9 @@ pub async fn extract(
     while call <= req.retries {
         let mut request =
             chat_request(req.model, &messages, req.max_tokens, req.repetition_penalty);
+        if logprobs {
+            request["logprobs"] = json!(true);
+        }
         if constrained {
             request["response_format"] = json!({
                 "type": "json_schema",
@@ -276,6 +332,11 @@ pub async fn extract(
                 constrained = false;
                 continue;
             }
+            // Log-probabilities only give the fields' confidence: not worth a failed call.
+            Err(e) if logprobs && e.permanent && e.param.as_deref() == Some("logprobs") => {
+                logprobs = false;
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
         call += 1;
@@ -291,6 +352,8 @@ pub async fn extract(
                         prompt_tokens,
                         completion_tokens,
                         calls: call,
+                        answer: AnswerTokens::from_chat(&response["choices"][0])
+                            .filter(|a| a.text == text),
                     });
                 }
                 Err(e) => e,
@@ -416,10 +479,12 @@ impl StubBackend {
             ),
         };
         let prompt_tokens = (text("system").len() + text("user").len()) / 4;
+        let logprobs =
+            (request["logprobs"] == json!(true)).then(|| json!({"content": stub_tokens(&content)}));
         Ok(json!({
             "object": "chat.completion",
             "model": request["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": logprobs, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": content.len() / 4},
         }))
     }
@@ -434,6 +499,53 @@ impl ModelApi for StubBackend {
             self.answer(&request)
         })
     }
+
+    /// Each input as counts of its lower-cased words hashed into 64 dimensions: texts that
+    /// share words are near.
+    fn embed(&self, request: Value) -> BoxFuture<'_, Result<Value, ModelCallError>> {
+        let data: Vec<Value> = request["input"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(index, text)| {
+                let mut v = [0f32; 64];
+                for word in text
+                    .as_str()
+                    .unwrap_or("")
+                    .split(|c: char| !c.is_alphanumeric())
+                {
+                    if !word.is_empty() {
+                        let h = Sha256::digest(word.to_lowercase().as_bytes());
+                        v[h[0] as usize % 64] += 1.0;
+                    }
+                }
+                json!({"index": index, "embedding": v.to_vec()})
+            })
+            .collect();
+        Box::pin(async move { Ok(json!({"object": "list", "data": data})) })
+    }
+}
+
+/// The stub's answer as chat `logprobs` tokens: each top-level value one token, with a
+/// probability from a hash of the value (some below 0.5, so a demo has fields to check),
+/// the JSON around them certain.
+fn stub_tokens(content: &str) -> Vec<Value> {
+    let token = |text: &str, p: f64| json!({"token": text, "logprob": p.ln(), "bytes": text.as_bytes(), "top_logprobs": []});
+    let mut tokens = Vec::new();
+    let mut at = 0;
+    for (_, (start, end)) in crate::evidence::value_ranges(content) {
+        if start > at {
+            tokens.push(token(&content[at..start], 1.0));
+        }
+        let h = Sha256::digest(&content.as_bytes()[start..end]);
+        tokens.push(token(&content[start..end], 0.2 + 0.8 * h[0] as f64 / 255.0));
+        at = end;
+    }
+    if at < content.len() {
+        tokens.push(token(&content[at..], 1.0));
+    }
+    tokens
 }
 
 fn stub_value(schema: &Value, seed: &[u8], key: &str) -> Value {
@@ -613,6 +725,31 @@ mod tests {
             Err(ExtractError::Invalid(f)) => assert_eq!(f.calls, 2),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn the_answer_comes_back_with_its_token_probabilities() {
+        let schema = json!({"type": "object", "required": ["who"], "properties": {"who": {"type": "string"}}});
+        let x = extract(&StubBackend::default(), &request(&schema, 0))
+            .await
+            .unwrap();
+        let answer = x.answer.expect("the stub gives log-probabilities");
+        assert_eq!(answer.text, x.value.to_string());
+        let e = crate::evidence::evidence("", &x.value, Some(&answer), 0.5);
+        assert!(e.fields[0].confidence.is_some_and(|c| c > 0.0 && c <= 1.0));
+
+        // A backend that refuses log-probabilities is asked without them.
+        let refused = ModelCallError {
+            permanent: true,
+            param: Some("logprobs".into()),
+            message: "unsupported".into(),
+        };
+        let api = Scripted::new(vec![Err(refused), Ok("{\"who\": \"x\"}")]);
+        let x = extract(&api, &request(&schema, 0)).await.unwrap();
+        assert_eq!((x.calls, x.answer), (1, None));
+        let requests = api.requests.lock().unwrap();
+        assert_eq!(requests[0]["logprobs"], true);
+        assert!(requests[1].get("logprobs").is_none());
     }
 
     #[tokio::test]

@@ -283,6 +283,18 @@ pub struct Plan {
     pub pages_total: usize,
 }
 
+impl Plan {
+    /// Every page the chunks read, in order, the headers once.
+    pub fn read_pages(&self) -> Vec<Page> {
+        let mut read = Vec::new();
+        for (i, chunk) in self.chunks.iter().enumerate() {
+            let keep = chunk.pages.iter().filter(|p| i == 0 || p.kind != "headers");
+            read.extend(keep.cloned());
+        }
+        read
+    }
+}
+
 /// Apply `budget` to a message's pages and pack what is read into chunks.
 pub fn plan(pages: &[Page], budget: &Budget) -> Plan {
     let headers: Vec<Page> = pages

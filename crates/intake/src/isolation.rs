@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use verre_store::NewPart;
 
-use crate::parse::{DocumentText, ParseError, ParsedMail, join_pages, parse_mail, pdf_pages};
+use crate::parse::{
+    DocumentText, ParseError, ParsedMail, join_pages, pages_without_text, parse_mail, pdf_pages,
+};
 
 /// The hidden subcommand of `verre` that [`serve_child`] answers.
 pub const SUBCOMMAND: &str = "__parse-untrusted";
@@ -302,9 +304,9 @@ impl ChildParser {
             match self.run(raw, ChildMode::Document(idx)) {
                 Ok(Answer::Pages { pages }) => {
                     part.text = Some(join_pages(&pages));
+                    part.note = pages_without_text(&pages);
                     part.pages = Some(pages);
                     part.supported = true;
-                    part.note = None;
                 }
                 Ok(Answer::DocumentFailed { error }) => {
                     part.note = Some(format!("PDF text could not be extracted: {error}"));

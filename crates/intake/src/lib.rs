@@ -10,6 +10,8 @@
 pub mod backend;
 pub mod demo;
 pub mod document;
+pub mod evidence;
+pub mod fewshot;
 pub mod imap;
 pub mod inbox;
 pub mod isolation;

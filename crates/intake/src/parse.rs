@@ -189,9 +189,13 @@ fn parse_unguarded(
                     || b.starts_with(b"%PDF-");
                 if is_pdf && b.len() <= MAX_EXTRACT_BYTES {
                     match read_pdf(idx, b) {
-                        DocumentText::Pages(pages) => {
-                            (b.len(), true, None, Some(join_pages(&pages)), Some(pages))
-                        }
+                        DocumentText::Pages(pages) => (
+                            b.len(),
+                            true,
+                            pages_without_text(&pages),
+                            Some(join_pages(&pages)),
+                            Some(pages),
+                        ),
                         DocumentText::Failed(e) => (
                             b.len(),
                             false,
@@ -225,6 +229,8 @@ fn parse_unguarded(
                     )
                 }
             }
+            // No part (the review's attachment lookup skips these alike: crates/server
+            // review/evidence.rs).
             PartType::Multipart(_) => continue,
         };
         parts.push(NewPart {
@@ -372,6 +378,26 @@ pub fn pdf_pages(bytes: &[u8]) -> Result<Vec<String>, String> {
     }
 }
 
+/// The note for a PDF with pages that gave no text (scans, for which OCR is a later step,
+/// or pages the reader failed on), so that review shows what was not read.
+pub(crate) fn pages_without_text(pages: &[String]) -> Option<String> {
+    let listed = |unread: &dyn Fn(&str) -> bool| -> Option<String> {
+        let numbers: Vec<String> = (1..)
+            .zip(pages)
+            .filter(|(_, text)| unread(text))
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let s = if numbers.len() == 1 { "" } else { "s" };
+        (!numbers.is_empty()).then(|| format!("page{s} {} of {}", numbers.join(", "), pages.len()))
+    };
+    let scans = listed(&|t| t == crate::pdf::NO_TEXT_LAYER)
+        .map(|p| format!("no text layer on {p} (a scan? OCR is a later step)"));
+    let failed =
+        listed(&|t| t.starts_with(crate::pdf::UNREADABLE_PAGE)).map(|p| format!("unreadable {p}"));
+    let notes: Vec<String> = scans.into_iter().chain(failed).collect();
+    (!notes.is_empty()).then(|| notes.join("; "))
+}
+
 pub(crate) fn join_pages(pages: &[String]) -> String {
     pages
         .iter()
@@ -486,6 +512,48 @@ mod tests {
             .unwrap();
         assert_eq!(png.filename.as_deref(), Some("résumé.png"));
         assert!(!png.supported && png.note.as_deref().unwrap().contains("unsupported"));
+    }
+
+    /// The review serves attachment N as mail-parser's N-th attachment (crates/server
+    /// review/evidence.rs): a forwarded message, multipart with a PDF of its own, is one
+    /// stored part, and the PDF after it keeps its place.
+    #[test]
+    fn a_forwarded_message_is_one_attachment_part() {
+        let raw = concat!(
+            "From: a@example.com\r\nSubject: Fwd\r\nMIME-Version: 1.0\r\n",
+            "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n",
+            "--b\r\nContent-Type: text/plain\r\n\r\nSee the forwarded mail.\r\n",
+            "--b\r\nContent-Type: message/rfc822\r\n\r\n",
+            "From: old@example.com\r\nSubject: Old\r\nMIME-Version: 1.0\r\n",
+            "Content-Type: multipart/mixed; boundary=\"c\"\r\n\r\n",
+            "--c\r\nContent-Type: text/plain\r\n\r\nold\r\n",
+            "--c\r\nContent-Type: application/pdf; name=\"old.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--c--\r\n",
+            "--b\r\nContent-Type: application/pdf; name=\"inv.pdf\"\r\n",
+            "Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n"
+        );
+        let p = parse_mail(raw.as_bytes()).unwrap();
+        let stored: Vec<(i64, &str, &str)> = p
+            .parts
+            .iter()
+            .filter(|p| p.kind == "attachment")
+            .map(|p| {
+                (
+                    p.idx,
+                    p.content_type.as_str(),
+                    p.filename.as_deref().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            stored,
+            [(2, "message/rfc822", ""), (3, "application/pdf", "inv.pdf")]
+        );
+        let listed = MessageParser::default()
+            .parse(raw.as_bytes())
+            .unwrap()
+            .attachments()
+            .count();
+        assert_eq!(listed, stored.len());
     }
 
     #[test]

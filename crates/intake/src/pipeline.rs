@@ -80,6 +80,19 @@ pub struct ExtractConfig {
     /// The schema the model answers to: the file's schema with the labels merged in as
     /// required enum properties.
     pub schema: Value,
+    /// Fields whose confidence is below this are marked for checking (`check_below`,
+    /// between 0 and 1; default [`crate::evidence::DEFAULT_CHECK_BELOW`]).
+    pub check_below: f32,
+    /// How many of the reviewers' most similar corrected examples the prompt shows
+    /// (`few_shot_from_corrections`; 0, the default: none).
+    pub few_shot: usize,
+    /// The embedding model that finds the most similar examples (`few_shot_model`), with
+    /// its line in the file.
+    pub few_shot_model: String,
+    pub few_shot_model_line: usize,
+    /// How similar an earlier document must be for its corrections to be shown
+    /// (`few_shot_min_similarity`, a cosine; default [`DEFAULT_FEW_SHOT_MIN_SIMILARITY`]).
+    pub few_shot_min_similarity: f32,
     /// How each top-level field of a document read in several chunks is merged
     /// (`[extract.merge]`): labels by `max` (the worst value by the declared order),
     /// other fields by `first`, unless the file says otherwise.
@@ -95,6 +108,10 @@ impl ExtractConfig {
             .unwrap_or(crate::merge::MergeRule::First)
     }
 }
+
+/// Documents of one layout (the same issuer's invoices) are nearer than this; documents of
+/// different issuers are far below it (0.24–0.52 between the five eval invoices).
+pub const DEFAULT_FEW_SHOT_MIN_SIMILARITY: f32 = 0.7;
 
 #[derive(Debug, Clone)]
 pub struct Label {
@@ -216,6 +233,10 @@ struct ExtractFile {
     repetition_penalty: Option<Spanned<f32>>,
     schema: Option<Spanned<Value>>,
     schema_file: Option<Spanned<String>>,
+    check_below: Option<Spanned<f32>>,
+    few_shot_from_corrections: Option<usize>,
+    few_shot_model: Option<Spanned<String>>,
+    few_shot_min_similarity: Option<Spanned<f32>>,
     #[serde(default)]
     merge: std::collections::BTreeMap<String, Spanned<String>>,
 }
@@ -497,6 +518,36 @@ impl Pipeline {
             repetition_penalty: penalty(&c, "extract", &ex.repetition_penalty, 1.0)?,
             merge: merge_rules(&c, ex, &schema, &labels)?,
             schema,
+            check_below: match &ex.check_below {
+                None => crate::evidence::DEFAULT_CHECK_BELOW,
+                Some(t) if (0.0..=1.0).contains(t.get_ref()) => *t.get_ref(),
+                Some(t) => {
+                    return Err(c.err(
+                        t.span(),
+                        "extract.check_below: a probability, between 0 and 1",
+                    ));
+                }
+            },
+            few_shot: ex.few_shot_from_corrections.unwrap_or(0),
+            few_shot_model: match &ex.few_shot_model {
+                Some(m) => model_ref(&c, m)?,
+                None => "minilm-l6".to_string(),
+            },
+            few_shot_min_similarity: match &ex.few_shot_min_similarity {
+                None => DEFAULT_FEW_SHOT_MIN_SIMILARITY,
+                Some(t) if (-1.0..=1.0).contains(t.get_ref()) => *t.get_ref(),
+                Some(t) => {
+                    return Err(c.err(
+                        t.span(),
+                        "extract.few_shot_min_similarity: a cosine, between -1 and 1",
+                    ));
+                }
+            },
+            few_shot_model_line: c.line(
+                ex.few_shot_model
+                    .as_ref()
+                    .map_or(file.extract.span(), |m| m.span()),
+            ),
         };
 
         let crossref = match &file.crossref {
@@ -713,6 +764,12 @@ impl Pipeline {
     pub fn models(&self) -> Vec<(String, usize)> {
         let mut models: Vec<(String, usize)> =
             vec![(self.extract.model.clone(), self.extract.model_line)];
+        if self.extract.few_shot > 0 {
+            models.push((
+                self.extract.few_shot_model.clone(),
+                self.extract.few_shot_model_line,
+            ));
+        }
         let drafts = self
             .draft
             .iter()
@@ -1155,6 +1212,29 @@ schema = { type = "object", properties = { a = { type = "string" } } }
             "properties = { _document = { type = \"object\" }, a",
         ));
         assert!(e.reason.contains("verre's own key"), "{e}");
+    }
+
+    #[test]
+    fn evidence_and_few_shot_options_are_read_and_checked() {
+        let p = parse(BASE).unwrap();
+        assert_eq!(
+            (p.extract.check_below, p.extract.few_shot),
+            (crate::evidence::DEFAULT_CHECK_BELOW, 0)
+        );
+        assert_eq!(p.models().len(), 1, "no embedding model unless asked");
+        let text = BASE.replace(
+            "system = \"Extract.\"",
+            "system = \"Extract.\"\ncheck_below = 0.8\nfew_shot_from_corrections = 3",
+        );
+        let p = parse(&text).unwrap();
+        assert_eq!((p.extract.check_below, p.extract.few_shot), (0.8, 3));
+        assert_eq!(p.models()[1], ("minilm-l6".to_string(), 2));
+        let e = error_of(&BASE.replace(
+            "system = \"Extract.\"",
+            "system = \"Extract.\"\ncheck_below = 1.5",
+        ));
+        assert_eq!(e.line, 5, "{e}");
+        assert!(e.reason.contains("between 0 and 1"), "{e}");
     }
 
     #[test]

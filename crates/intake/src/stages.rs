@@ -223,13 +223,34 @@ impl StageRunner {
         // The whole message fits one call (the plan says so): read as it always was.
         let max = usize::MAX;
         let ex = &self.pipeline.extract;
+        let document = document_text(&parts, max);
         let ctx = json!({
-            "document": document_text(&parts, max),
+            "document": &document,
             "body": body_text(&parts, max),
             "attachments": attachments_text(&parts, max),
             "message": message,
         });
-        let system = render(&ex.system, &ctx, "extract.system")?;
+        let mut system = render(&ex.system, &ctx, "extract.system")?;
+        if ex.few_shot > 0 {
+            let examples = crate::fewshot::examples(
+                &self.store,
+                self.models.as_ref(),
+                &ex.few_shot_model,
+                message_id,
+                &document,
+                &ex.schema,
+                ex.few_shot,
+                ex.few_shot_min_similarity,
+            )
+            .await
+            .map_err(|e| match e {
+                crate::fewshot::ExamplesError::Embed(e) => {
+                    call_failed("few-shot embedding", &ex.few_shot_model, e)
+                }
+                crate::fewshot::ExamplesError::Store(e) => e.into(),
+            })?;
+            system.push_str(&crate::fewshot::prompt_section(&examples));
+        }
         let prompt = render(&ex.prompt, &ctx, "extract.prompt")?;
         let extraction = self
             .extract_one(&system, &prompt, &ex.schema)
@@ -238,6 +259,12 @@ impl StageRunner {
         // Never store an extraction that does not validate, whatever the backend claims.
         validate(&ex.schema, &extraction.value)
             .map_err(|e| StageError::permanent(format!("the extraction does not validate: {e}")))?;
+        let evidence = crate::evidence::evidence(
+            &document,
+            &extraction.value,
+            extraction.answer.as_ref(),
+            ex.check_below,
+        );
         let mut output = extraction.value;
         // Values of a paged document keep their page.
         if let Some(chunk) = plan.chunks.first()
@@ -261,6 +288,7 @@ impl StageRunner {
             output,
             prompt_tokens: extraction.prompt_tokens as i64,
             completion_tokens: extraction.completion_tokens as i64,
+            evidence: Some(json!(evidence)),
             ..Default::default()
         })
     }
@@ -414,6 +442,12 @@ impl StageRunner {
         validate(&ex.schema, &output).map_err(|e| {
             StageError::permanent(format!("the merged extraction does not validate: {e}"))
         })?;
+        // The spans point into the pages read, headers once; the merged values have no
+        // token probabilities, so no confidence.
+        let read = crate::document::Chunk {
+            pages: plan.read_pages(),
+        };
+        let evidence = crate::evidence::evidence(&read.document(), &output, None, ex.check_below);
         output[crate::DOCUMENT_KEY] = json!({
             "chunks": n,
             "pages_read": plan.pages_read,
@@ -428,6 +462,7 @@ impl StageRunner {
             output,
             prompt_tokens,
             completion_tokens,
+            evidence: Some(json!(evidence)),
             ..Default::default()
         })
     }
@@ -444,11 +479,7 @@ impl StageRunner {
         let parts = self.store.parts(message_id).await?;
         let pages = crate::document::message_pages(&parts);
         let plan = crate::document::plan(&pages, &self.pipeline.budget);
-        let mut read: Vec<crate::document::Page> = Vec::new();
-        for (i, chunk) in plan.chunks.iter().enumerate() {
-            let keep = chunk.pages.iter().filter(|p| i == 0 || p.kind != "headers");
-            read.extend(keep.cloned());
-        }
+        let read = plan.read_pages();
         let options = crate::summary::SummaryOptions {
             model: cfg.model.clone(),
             words: cfg.words,
@@ -557,6 +588,8 @@ impl StageRunner {
         });
         let env = template_env();
         let mj_ctx = minijinja::Value::from_serialize(&ctx);
+        // Why: each route tried, in order, with the values its rule read.
+        let mut why = Vec::new();
         for r in &self.pipeline.routes {
             let taken = match &r.when {
                 None => true,
@@ -566,16 +599,22 @@ impl StageRunner {
                     .map_err(|e| StageError::permanent(format!("route {:?}: {e}", r.name)))?
                     .is_true(),
             };
+            why.push(json!({
+                "route": r.name,
+                "when": r.when,
+                "matched": taken,
+                "values": r.when.as_deref().map(|w| rule_values(&env, w, &mj_ctx)).unwrap_or_default(),
+            }));
             if taken {
                 let draft_model = r.draft_model.as_ref().map(|(m, _)| m);
                 return Ok(StageEffects {
-                    output: json!({"route": r.name, "draft": r.draft, "draft_model": draft_model, "actions": r.actions}),
+                    output: json!({"route": r.name, "draft": r.draft, "draft_model": draft_model, "actions": r.actions, "why": why}),
                     ..Default::default()
                 });
             }
         }
         Ok(StageEffects {
-            output: json!({"route": null, "draft": false, "actions": []}),
+            output: json!({"route": null, "draft": false, "actions": [], "why": why}),
             ..Default::default()
         })
     }
@@ -698,8 +737,16 @@ impl StageRunner {
             };
             actions.push(staged);
         }
+        // The label values the pipeline declares, for the review desk's filters and forms
+        // (values a model invented elsewhere are not offered).
+        let labels: Map<String, Value> = self
+            .pipeline
+            .labels
+            .iter()
+            .map(|l| (l.name.clone(), json!(l.values)))
+            .collect();
         Ok(StageEffects {
-            output: json!({"actions": actions.iter().map(|a| a.name.clone()).collect::<Vec<_>>()}),
+            output: json!({"actions": actions.iter().map(|a| a.name.clone()).collect::<Vec<_>>(), "labels": labels}),
             actions,
             ..Default::default()
         })
@@ -711,6 +758,26 @@ impl StageRunner {
         m["id"] = json!(message_id);
         Ok(m)
     }
+}
+
+/// The values a route's rule reads (`extract.threat_level`, `lookup.customer[0].tier`,
+/// `message.from`), each as the rule saw it; a path that is not there reads as null.
+fn rule_values(
+    env: &minijinja::Environment<'_>,
+    when: &str,
+    ctx: &minijinja::Value,
+) -> Map<String, Value> {
+    let mut values = Map::new();
+    for path in crate::evidence::rule_paths(when) {
+        let value = env
+            .compile_expression(&path)
+            .and_then(|e| e.eval(ctx))
+            .ok()
+            .and_then(|v| serde_json::to_value(&v).ok())
+            .unwrap_or(Value::Null);
+        values.insert(path, value);
+    }
+    values
 }
 
 /// A model call that failed, as the stage's error: permanent when the request itself was

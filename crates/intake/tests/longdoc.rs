@@ -123,6 +123,7 @@ impl ModelApi for Reader {
 
 struct Run {
     extract: Value,
+    evidence: Option<Value>,
     payload: Value,
     reader: Arc<Reader>,
 }
@@ -167,11 +168,13 @@ async fn run(dir: &Path, shuffle: Option<u64>, limits: &str, merge: &str) -> (Ru
         store.quarantined().await.unwrap()
     );
     let extract = store.stage_output(id, "extract").await.unwrap().unwrap();
+    let evidence = store.evidence(id).await.unwrap();
     let d = store.detail(id).await.unwrap().unwrap();
     let payload = serde_json::from_str(&d.actions[0].payload).unwrap();
     (
         Run {
             extract,
+            evidence,
             payload,
             reader,
         },
@@ -213,6 +216,23 @@ async fn a_50_page_contract_is_read_whole_in_chunks_at_once_with_pages() {
             r.reader.most_in_flight.load(Ordering::SeqCst),
             chunks,
             "every chunk's request is in flight at once"
+        );
+        // The evidence is the merged extraction's, each value found on its page.
+        let e = r
+            .evidence
+            .as_ref()
+            .expect("the chunked extraction keeps evidence");
+        let counterparty = e["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["field"] == "counterparty")
+            .unwrap_or_else(|| panic!("{e:#}"));
+        assert_eq!(counterparty["value"], x["counterparty"]);
+        assert_eq!(counterparty["span"]["place"]["attachment"], "msa.pdf");
+        assert_eq!(
+            counterparty["span"]["place"]["page"], pages[0],
+            "{shuffle:?}"
         );
         // Templates see the schema's fields, not verre's record of the document.
         assert!(r.payload.get("_document").is_none(), "{}", r.payload);

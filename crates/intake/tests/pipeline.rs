@@ -222,6 +222,11 @@ async fn end_to_end(store: Store, dir: &Path) {
         json!(null)
     );
     assert!(d.actions.is_empty());
+    // The stage stage records the label values the pipeline declares, for the review desk.
+    assert_eq!(
+        store.stage_output(unknown, "stage").await.unwrap().unwrap()["labels"]["threat_level"],
+        json!(["low", "medium", "high", "critical"])
+    );
     assert_eq!(
         store
             .stage_output(injection, "crossref")

@@ -132,7 +132,7 @@ pub fn records(
     let encryption = match keys {
         Ok(Some(k)) => json!({
             "at_rest": "AES-256-GCM",
-            "columns": ["messages.raw", "parts.text", "parts.pages", "stage_results.output", "quarantine.reason", "jobs.last_error", "responses.input", "responses.body", "drafts.body", "actions.payload", "decisions.reason", "outbox.payload", "outbox.last_error", "outbox_attempts.error"],
+            "columns": ["messages.raw", "parts.text", "parts.pages", "stage_results.output", "quarantine.reason", "jobs.last_error", "responses.input", "responses.body", "drafts.body", "actions.payload", "decisions.reason", "outbox.payload", "outbox.last_error", "outbox_attempts.error", "archive_documents.name", "archive_chunks.text", "archive_chunks.vector", "evidence.body", "corrections.body"],
             "current_key_id": k.current_id(),
             "keys": k.ids().len(),
         }),
@@ -166,6 +166,7 @@ pub fn records(
             "raw_messages": kept(r.raw_days),
             "extracted_data": kept(r.extracted_days),
             "audit_log": kept(r.audit_days),
+            "archive": kept(r.archive_days),
         },
         "security": {
             "encryption": encryption,

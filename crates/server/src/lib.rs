@@ -18,6 +18,7 @@
 //! [`router`] builds the whole app over an [`AppState`]; [`run`] serves it for real.
 
 pub mod anthropic;
+pub mod archive;
 pub mod auth;
 pub mod config;
 pub mod cost;
@@ -103,6 +104,11 @@ pub(crate) fn api_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             ledger::record,
+        ))
+        // `archive:<model>` adds the archive's passages before anything meters the call.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            archive::route,
         ))
         // Outermost: each body is read and parsed once, for the ledger, the gateway and
         // the handlers alike.

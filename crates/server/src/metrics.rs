@@ -214,6 +214,18 @@ pub fn render(all: &Models) -> String {
         "Requests preempted for lack of KV cache blocks (recomputed later).",
         engines.iter().map(|m| m.preemptions).collect(),
     );
+    family(
+        "verre:spec_decode_num_draft_tokens_total",
+        "counter",
+        "Draft tokens checked by speculative decoding (prompt lookup and grammar-forced tokens).",
+        engines.iter().map(|m| m.draft_tokens).collect(),
+    );
+    family(
+        "verre:spec_decode_num_accepted_tokens_total",
+        "counter",
+        "Draft tokens the model confirmed (each saved a forward pass).",
+        engines.iter().map(|m| m.accepted_draft_tokens).collect(),
+    );
     let _ = writeln!(
         out,
         "# HELP verre:kv_cache_usage_perc KV cache usage: share of blocks in use, 1 means 100 percent.\n# TYPE verre:kv_cache_usage_perc gauge"
@@ -225,6 +237,21 @@ pub fn render(all: &Models) -> String {
             m.kv_blocks_used as f64 / m.kv_blocks_total as f64
         };
         let _ = writeln!(out, "verre:kv_cache_usage_perc{{{label}}} {usage}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP verre:spec_decode_draft_acceptance_rate Share of draft tokens accepted, 1 means 100 percent (0 before any draft).\n# TYPE verre:spec_decode_draft_acceptance_rate gauge"
+    );
+    for (m, label) in engines.iter().zip(&labels) {
+        let rate = if m.draft_tokens == 0 {
+            0.0
+        } else {
+            m.accepted_draft_tokens as f64 / m.draft_tokens as f64
+        };
+        let _ = writeln!(
+            out,
+            "verre:spec_decode_draft_acceptance_rate{{{label}}} {rate}"
+        );
     }
     let mut histograms = |name: &str, help: &str, pick: fn(&RequestLatency) -> &Histogram| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");

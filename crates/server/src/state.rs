@@ -62,6 +62,8 @@ pub struct AppState {
     ledger: Option<Ledger>,
     /// `/v1/responses` kept without a store, and background ones running.
     responses: crate::openai::responses::kept::KeptResponses,
+    /// The archive `archive:<model>` asks, opened on first use (crate::archive).
+    pub(crate) archive: OnceLock<Arc<verre_archive::Archive>>,
 }
 
 impl AppState {
@@ -77,6 +79,7 @@ impl AppState {
             review: Default::default(),
             ledger: None,
             responses: Default::default(),
+            archive: OnceLock::new(),
         }
     }
 

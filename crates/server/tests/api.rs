@@ -657,3 +657,49 @@ async fn chat_and_embedding_models_each_answer_their_own_endpoints() {
     let (status, _, body) = post(&app, "/v1/chat/completions", hi(json!({}))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// The number after `{name}{model_name="MODEL"} ` on the `/metrics` page.
+async fn metric(app: &Router, name: &str) -> f64 {
+    let (_, _, page) = call(app, request("GET", "/metrics", None, None)).await;
+    let line = format!("{name}{{model_name=\"{MODEL}\"}} ");
+    page.as_str()
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix(&line)))
+        .unwrap_or_else(|| panic!("{line} missing from {page}"))
+        .parse()
+        .unwrap()
+}
+
+/// Copying text from the prompt is drafted and counted in `/metrics`; `"speculative":
+/// false` decodes token by token, to the same answer, with nothing drafted.
+#[tokio::test]
+async fn speculative_drafts_are_counted_and_a_request_can_turn_them_off() {
+    let Some((app, _)) = app() else { return };
+    let copy = hi(json!({
+        "messages": [{"role": "user", "content":
+            "Repeat exactly: Invoice INV-2024-0457 from Quality Hosting AG, Uferstrasse 90, 4057 Basel, total 255.60 EUR."}],
+        "max_tokens": 40,
+    }));
+    let (status, _, fast) = post(&app, "/v1/chat/completions", copy.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{fast}");
+    let drafted = metric(&app, "verre:spec_decode_num_draft_tokens_total").await;
+    let accepted = metric(&app, "verre:spec_decode_num_accepted_tokens_total").await;
+    let rate = metric(&app, "verre:spec_decode_draft_acceptance_rate").await;
+    assert!(drafted > 0.0 && accepted > 0.0, "{drafted} {accepted}");
+    assert!((rate - accepted / drafted).abs() < 1e-9);
+
+    let mut off = copy;
+    off["speculative"] = json!(false);
+    let (status, _, slow) = post(&app, "/v1/chat/completions", off).await;
+    assert_eq!(status, StatusCode::OK, "{slow}");
+    assert_eq!(
+        slow["choices"][0]["message"]["content"],
+        fast["choices"][0]["message"]["content"]
+    );
+    assert_eq!(
+        metric(&app, "verre:spec_decode_num_draft_tokens_total").await,
+        drafted
+    );
+    let (status, _, body) = post(&app, "/v1/chat/completions", hi(json!({"speculative": 1}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, Some("speculative"), None);
+}

@@ -566,3 +566,56 @@ async fn a_kept_response_is_its_api_keys_only() {
     let (status, kept) = send(as_key("GET", &uri, &alice, None)).await;
     assert_eq!((status, &kept["id"]), (StatusCode::OK, &response["id"]));
 }
+
+/// A background response whose server stopped (a restart: its task is gone, its heartbeat
+/// stale) is `failed` with an error when read, not `in_progress` for ever; one whose
+/// heartbeat is recent (another server may be making it) is left as it is.
+#[tokio::test]
+async fn a_background_response_whose_server_stopped_fails_when_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_in_home(dir.path()).await.unwrap();
+    let Some(app) = app_with_store(store.clone()) else {
+        return;
+    };
+    // As the stopped server left them: written, then no more heartbeats.
+    let left = |id: &str| verre_store::StoredResponse {
+        id: id.to_string(),
+        api_key: String::new(),
+        model: MODEL.to_string(),
+        status: "in_progress".to_string(),
+        created_at: verre_store::now_ms(),
+        input: json!([{"type": "message", "role": "user", "content": "Hi"}]),
+        body: json!({"id": id, "object": "response", "status": "in_progress", "background": true, "output": []}),
+    };
+    for id in ["resp_stopped", "resp_elsewhere"] {
+        store.put_response(&left(id)).await.unwrap();
+    }
+    let long_ago = verre_store::now_ms() - 10 * 60 * 1000;
+    store
+        .touch_response("resp_stopped", long_ago)
+        .await
+        .unwrap();
+
+    let (status, stopped) = call(&app, "GET", "/v1/responses/resp_stopped", None).await;
+    assert_eq!(status, StatusCode::OK, "{stopped}");
+    assert_eq!(stopped["status"], "failed", "{stopped}");
+    assert_eq!(stopped["error"]["code"], "server_error", "{stopped}");
+    assert!(
+        stopped["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stopped")
+    );
+    // Kept so: read again straight from the store.
+    let kept = store.response("resp_stopped").await.unwrap().unwrap();
+    assert_eq!(
+        (kept.status.as_str(), &kept.body["status"]),
+        ("failed", &json!("failed"))
+    );
+
+    let (_, elsewhere) = call(&app, "GET", "/v1/responses/resp_elsewhere", None).await;
+    assert_eq!(elsewhere["status"], "in_progress", "{elsewhere}");
+    // A response that ended is not touched by a late heartbeat, nor failed.
+    let (_, again) = call(&app, "GET", "/v1/responses/resp_stopped", None).await;
+    assert_eq!(again["status"], "failed");
+}

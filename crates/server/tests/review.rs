@@ -198,6 +198,13 @@ async fn send(app: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, Strin
     )
 }
 
+/// The page a post redirected to (post/redirect/get): its status and HTML.
+async fn followed(app: &Router, headers: &HeaderMap, cookie: &str) -> (StatusCode, String) {
+    let to = headers[header::LOCATION].to_str().unwrap();
+    let (status, _, html) = send(app, get(to, cookie)).await;
+    (status, html)
+}
+
 fn get(path: &str, cookie: &str) -> Request<Body> {
     Request::get(path)
         .header(header::COOKIE, cookie)
@@ -232,6 +239,18 @@ fn csrf_in(html: &str) -> String {
     let at =
         html.find(r#"name="csrf" value=""#).expect("a csrf field") + r#"name="csrf" value=""#.len();
     html[at..].split('"').next().unwrap().to_string()
+}
+
+/// The digest of what a message's confirmation shows, as an approval carries it back.
+async fn digest_of(store: &Store, id: i64) -> String {
+    verre_store::review::staged_digest(&store.actions(id).await.unwrap())
+}
+
+/// The value of the first field named `name` in a page.
+fn field_in(html: &str, name: &str) -> Option<String> {
+    let key = format!(r#"name="{name}" value=""#);
+    let at = html.find(&key)? + key.len();
+    Some(html[at..].split('"').next()?.to_string())
 }
 
 fn set_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -450,22 +469,53 @@ async fn decisions_need_the_csrf_token_and_are_audited_with_the_user() {
     .await;
     assert!(status.is_client_error(), "no token at all: {status}");
 
-    // An invalid payload is shown back with the error.
+    // The raw JSON is for admins; a reviewer edits the payload through its form.
     let crm = f.store.actions(id).await.unwrap()[1].id;
-    let (status, _, html) = send(
+    let (status, _, _) = send(
         &app,
         form(
             &format!("/review/actions/{crm}/payload"),
             &alice,
-            &[("csrf", &csrf), ("payload", "{\"n\": ")],
+            &[("csrf", &csrf), ("payload", "{\"n\": 3}")],
         ),
     )
     .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(html.contains(r#"name="p.n""#), "{html}");
+    // An invalid field is refused; the redirect's page shows it back with the error, and
+    // reloading that page posts nothing.
+    let (status, headers, _) = send(
+        &app,
+        form(
+            &format!("/review/actions/{crm}/fields"),
+            &alice,
+            &[("csrf", &csrf), ("p.n", "seven")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, html) = followed(&app, &headers, &alice).await;
+    assert_eq!(status, StatusCode::OK);
     assert!(
-        html.contains("not valid JSON") && html.contains("{&quot;n&quot;: "),
+        html.contains("not a whole number") && html.contains(r#"value="seven""#),
         "{html}"
     );
+    let audited = f.store.audit_entries(0, 100).await.unwrap();
+    assert!(!audited.iter().any(|e| e.action == "review.edit_action"));
+    // A valid one is saved, as JSON of the schema's types.
+    let (status, _, _) = send(
+        &app,
+        form(
+            &format!("/review/actions/{crm}/fields"),
+            &alice,
+            &[("csrf", &csrf), ("p.n", "12")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let saved: serde_json::Value =
+        serde_json::from_str(&f.store.actions(id).await.unwrap()[1].payload).unwrap();
+    assert_eq!(saved, json!({"message": id, "n": 12}));
 
     // Draft edit, approve.
     let (status, _, _) = send(
@@ -478,12 +528,13 @@ async fn decisions_need_the_csrf_token_and_are_audited_with_the_user() {
     )
     .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
+    let digest = digest_of(&f.store, id).await;
     let (status, _, _) = send(
         &app,
         form(
             &format!("/review/messages/{id}/approve"),
             &alice,
-            &[("csrf", &csrf)],
+            &[("csrf", &csrf), ("digest", &digest)],
         ),
     )
     .await;
@@ -491,16 +542,18 @@ async fn decisions_need_the_csrf_token_and_are_audited_with_the_user() {
     assert_eq!(f.store.deliveries(id).await.unwrap().len(), 2);
 
     // A webhook outside the configured targets cannot be approved.
-    let (status, _, html) = send(
+    let digest = digest_of(&f.store, outside).await;
+    let (status, headers, _) = send(
         &app,
         form(
             &format!("/review/messages/{outside}/approve"),
             &alice,
-            &[("csrf", &csrf)],
+            &[("csrf", &csrf), ("digest", &digest)],
         ),
     )
     .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, html) = followed(&app, &headers, &alice).await;
     assert!(html.contains("under no [[delivery.webhook]]"), "{html}");
     assert!(f.store.deliveries(outside).await.unwrap().is_empty());
     // Reject it instead, with a reason.
@@ -524,6 +577,7 @@ async fn decisions_need_the_csrf_token_and_are_audited_with_the_user() {
     assert_eq!(
         decisions,
         [
+            ("user:alice", "review.edit_action"),
             ("user:alice", "review.edit_draft"),
             ("user:alice", "review.approve"),
             ("user:alice", "review.reject")
@@ -778,6 +832,7 @@ async fn retention_keeps_the_undecided_and_undelivered_and_a_missing_raw_message
         raw_days: Some(30),
         extracted_days: Some(35),
         audit_days: None,
+        ..Default::default()
     };
     let report = verre_store::retention::purge(&f.store, &retention, false)
         .await
@@ -953,32 +1008,38 @@ async fn a_changed_recipient_is_audited_and_needs_a_second_approver() {
     let (_, _, html) = send(&app, get(&format!("/review/messages/{id}"), &alice)).await;
     let csrf = csrf_in(&html);
     let reply = f.store.actions(id).await.unwrap()[0].id;
+    // The reply's form: to, subject, body.
     let edit = |to: &str| {
-        json!({"to": to, "subject": "Re: Order 1", "body": "We will call you."}).to_string()
+        form(
+            &format!("/review/actions/{reply}/fields"),
+            &alice,
+            &[
+                ("csrf", &csrf),
+                ("p.to", to),
+                ("p.subject", "Re: Order 1"),
+                ("p.body", "We will call you."),
+            ],
+        )
     };
 
     // Not an address: refused, nothing changes.
-    let (status, _, _) = send(
-        &app,
-        form(
-            &format!("/review/actions/{reply}/payload"),
-            &alice,
-            &[("csrf", &csrf), ("payload", &edit("a@x.test, b@y.test"))],
-        ),
-    )
-    .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-
-    let (status, _, _) = send(
-        &app,
-        form(
-            &format!("/review/actions/{reply}/payload"),
-            &alice,
-            &[("csrf", &csrf), ("payload", &edit("mallory@evil.test"))],
-        ),
-    )
-    .await;
+    let (status, headers, _) = send(&app, edit("a@x.test, b@y.test")).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, html) = followed(&app, &headers, &alice).await;
+    assert!(html.contains("must be one e-mail address"), "{html}");
+    assert_eq!(
+        f.store.actions(id).await.unwrap()[0].target,
+        "alice@client.test"
+    );
+
+    let (status, headers, _) = send(&app, edit("mallory@evil.test")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        headers[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .ends_with("notice=payload")
+    );
     assert_eq!(
         f.store.actions(id).await.unwrap()[0].target,
         "mallory@evil.test"
@@ -1003,11 +1064,12 @@ async fn a_changed_recipient_is_audited_and_needs_a_second_approver() {
     );
 
     // alice approves: recorded, nothing decided or sent; she cannot be the second.
+    let digest = digest_of(&f.store, id).await;
     let approve = |who: &str| {
         form(
             &format!("/review/messages/{id}/approve"),
             who,
-            &[("csrf", &csrf)],
+            &[("csrf", &csrf), ("digest", &digest)],
         )
     };
     let (status, headers, _) = send(&app, approve(&alice)).await;
@@ -1020,8 +1082,9 @@ async fn a_changed_recipient_is_audited_and_needs_a_second_approver() {
     );
     assert!(f.store.decision(id).await.unwrap().is_none());
     assert!(f.store.deliveries(id).await.unwrap().is_empty());
-    let (status, _, html) = send(&app, approve(&alice)).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, headers, _) = send(&app, approve(&alice)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, html) = followed(&app, &headers, &alice).await;
     assert!(html.contains("another reviewer"), "{html}");
 
     // bob approves: decided, both released, the reply to the new address.
@@ -1034,7 +1097,7 @@ async fn a_changed_recipient_is_audited_and_needs_a_second_approver() {
         form(
             &format!("/review/messages/{id}/approve"),
             &bob,
-            &[("csrf", &bob_csrf)],
+            &[("csrf", &bob_csrf), ("digest", &digest)],
         ),
     )
     .await;
@@ -1083,7 +1146,10 @@ async fn without_the_second_approver_one_approval_decides() {
         form(
             &format!("/review/messages/{id}/approve"),
             &alice,
-            &[("csrf", &csrf_in(&html))],
+            &[
+                ("csrf", &csrf_in(&html)),
+                ("digest", &digest_of(&f.store, id).await),
+            ],
         ),
     )
     .await;
@@ -1172,6 +1238,417 @@ async fn an_idle_session_ends() {
     assert_eq!(left, 0, "the idle session is ended");
 }
 
+// --- the desk: triage, bulk, confirmation, undo ------------------------------------------
+
+/// A message through extract -> crossref -> stage with `extract`, the lookups `lookup`, the
+/// pipeline's declared labels, and `actions` staged.
+async fn staged(
+    store: &Store,
+    raw: &str,
+    extract: serde_json::Value,
+    lookup: serde_json::Value,
+    actions: Vec<NewAction>,
+) -> i64 {
+    let id = store
+        .ingest("test", "d.eml", raw.as_bytes(), "parse", 3)
+        .await
+        .unwrap()
+        .message_id;
+    // The parse stage's parts, as the intake's parser stores them: headers, then the body.
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let part = |idx: i64, kind: &str, text: &str| verre_store::NewPart {
+        idx,
+        kind: kind.into(),
+        filename: None,
+        content_type: "text/plain".into(),
+        size: text.len() as i64,
+        supported: true,
+        note: None,
+        text: Some(text.replace("\r\n", "\n")),
+        pages: None,
+    };
+    let job = store
+        .claim("w", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let parsed = StageEffects {
+        output: json!({}),
+        parts: vec![part(0, "headers", head), part(1, "text", body)],
+        ..Default::default()
+    };
+    assert!(
+        store
+            .complete(&job, &parsed, Some("extract"), 3)
+            .await
+            .unwrap()
+    );
+    let labels = json!({"threat_level": ["low", "medium", "high", "critical"],
+        "intent": ["question", "complaint", "incident", "newsletter"]});
+    let steps = [
+        (extract, Some("crossref"), vec![]),
+        (lookup, Some("stage"), vec![]),
+        (json!({"actions": [], "labels": labels}), None, actions),
+    ];
+    for (output, next, actions) in steps {
+        let job = store
+            .claim("w", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        let effects = StageEffects {
+            output,
+            actions,
+            ..Default::default()
+        };
+        assert!(store.complete(&job, &effects, next, 3).await.unwrap());
+    }
+    id
+}
+
+fn reply_and_hook(to: &str, hook: &str) -> Vec<NewAction> {
+    vec![
+        NewAction {
+            name: "reply".into(),
+            kind: "reply".into(),
+            target: to.into(),
+            payload: json!({"to": to, "subject": "Re: your mail", "body": "We are on it."})
+                .to_string(),
+        },
+        NewAction {
+            name: "crm".into(),
+            kind: "webhook".into(),
+            target: hook.into(),
+            payload: json!({"threat_level": "critical", "note": "call back"}).to_string(),
+        },
+    ]
+}
+
+#[tokio::test]
+async fn the_desk_ranks_searches_files_in_bulk_confirms_what_it_sends_and_undoes() {
+    let f = fixture(vec![]).await;
+    add_user(&f.store, "alice", "alice-password", "reviewer").await;
+    let hook = format!("{}crm", f.hooks);
+    let news = staged(
+        &f.store,
+        "From: Events <news@summit.example>\r\nSubject: Early-bird tickets\r\n\r\n30% off until December.\r\n",
+        json!({"customer": "Summit", "threat_level": "low", "intent": "newsletter"}),
+        json!({"customer": []}),
+        vec![],
+    )
+    .await;
+    let complaint = staged(
+        &f.store,
+        "From: Jonas <j@weber.example>\r\nSubject: Third late delivery\r\n\r\nLate again.\r\n",
+        json!({"customer": "Weber", "threat_level": "medium", "intent": "Sender"}),
+        json!({"customer": [{"tier": "silver"}]}),
+        reply_and_hook("j@weber.example", &hook),
+    )
+    .await;
+    let breach = staged(
+        &f.store,
+        "From: Dr. de Vries <p@kliniek.example>\r\nSubject: URGENT: patient records exposed\r\n\
+         Date: Fri, 27 Nov 2026 06:58:00 +0100\r\n\r\nWe must notify the authority within 72 hours.\r\n",
+        json!({"customer": "Kliniek Noord", "threat_level": "critical", "intent": "incident"}),
+        json!({"customer": [{"tier": "platinum"}]}),
+        reply_and_hook("p@kliniek.example", &hook),
+    )
+    .await;
+    let app = app(&f);
+    let alice = log_in(&app, "alice", "alice-password").await;
+    let row = |id: i64| format!(r#"<tr data-href="/review/messages/{id}">"#);
+
+    // Most urgent first, with the reasons; nothing to send in its own lane.
+    let (status, headers, html) = send(&app, get("/review", &alice)).await;
+    assert_eq!(status, StatusCode::OK);
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("default-src 'none'"));
+    assert!(
+        !html.contains("<script>") && !html.contains(" onclick"),
+        "no inline script"
+    );
+    let at = |id: i64| {
+        html.find(&row(id))
+            .unwrap_or_else(|| panic!("{id} missing: {html}"))
+    };
+    let lane = html.find(r#"id="nothing-to-send""#).unwrap();
+    assert!(at(breach) < at(complaint) && at(complaint) < lane && lane < at(news));
+    assert!(
+        html.contains("threat level critical · deadline: “within 72 hours” · platinum customer"),
+        "{html}"
+    );
+    // Received: the Date header where there is one.
+    assert!(html.contains("2026-11-27 05:58 UTC"), "{html}");
+    // Filters over the declared values only.
+    assert!(html.contains(r#"value="intent=incident""#));
+    assert!(
+        !html.contains("Sender"),
+        "a value the model invented is not offered"
+    );
+
+    // Search: subject, sender, fields, text.
+    for (q, hit) in [
+        ("patient", breach),
+        ("weber.example", complaint),
+        ("72 hours", breach),
+        ("Summit", news),
+    ] {
+        let (_, _, html) = send(&app, get(&format!("/review?q={}", urlencode(q)), &alice)).await;
+        for id in [news, complaint, breach] {
+            assert_eq!(html.contains(&row(id)), id == hit, "{q:?} and message {id}");
+        }
+    }
+
+    // One message's confirmation shows exactly what goes where.
+    let (_, _, html) = send(
+        &app,
+        get(&format!("/review/messages/{breach}/confirm"), &alice),
+    )
+    .await;
+    assert!(
+        html.contains(r#"<code class="target">p@kliniek.example</code>"#),
+        "{html}"
+    );
+    // (HTML-escaped as the templates write it: `/` as `&#x2f;`.)
+    let shown = hook.replace('/', "&#x2f;");
+    assert!(
+        html.contains(&format!(r#"<code class="target">{shown}</code>"#)),
+        "{html}"
+    );
+    assert!(
+        html.contains("We are on it.") && html.contains("call back"),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!(
+            r#"action="&#x2f;review&#x2f;messages&#x2f;{breach}&#x2f;approve""#
+        )),
+        "{html}"
+    );
+    assert!(
+        f.store.decision(breach).await.unwrap().is_none(),
+        "nothing decided by looking"
+    );
+
+    // Bulk: one confirmation, then each message decided.
+    let (status, _, html) = send(
+        &app,
+        get(&format!("/review/bulk?do=file&id={news}"), &alice),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("Nothing will be sent"), "{html}");
+    let csrf = csrf_in(&html);
+    let (status, headers, _) = send(
+        &app,
+        form(
+            "/review/bulk",
+            &alice,
+            &[("csrf", &csrf), ("do", "file"), ("ids", &news.to_string())],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, html) = followed(&app, &headers, &alice).await;
+    assert!(html.contains("1 message(s) filed."), "{html}");
+    assert_eq!(
+        f.store.decision(news).await.unwrap().unwrap().decision,
+        "filed"
+    );
+
+    let (_, _, html) = send(
+        &app,
+        get(
+            &format!("/review/bulk?do=approve&id={breach}&id={complaint}"),
+            &alice,
+        ),
+    )
+    .await;
+    assert!(
+        html.contains("p@kliniek.example") && html.contains("j@weber.example"),
+        "{html}"
+    );
+    let ids = format!("{breach},{complaint}");
+    let (breach_digest, complaint_digest) = (
+        field_in(&html, &format!("digest.{breach}")).unwrap(),
+        field_in(&html, &format!("digest.{complaint}")).unwrap(),
+    );
+    let (status, headers, _) = send(
+        &app,
+        form(
+            "/review/bulk",
+            &alice,
+            &[
+                ("csrf", &csrf),
+                ("do", "approve"),
+                ("ids", &ids),
+                (&format!("digest.{breach}"), &breach_digest),
+                (&format!("digest.{complaint}"), &complaint_digest),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, html) = followed(&app, &headers, &alice).await;
+    assert!(html.contains("2 message(s) approved."), "{html}");
+    assert_eq!(f.store.deliveries(breach).await.unwrap().len(), 2);
+
+    // Undo until the delivery worker picks it up.
+    let (_, _, html) = send(
+        &app,
+        get(&format!("/review?notice=approved&message={breach}"), &alice),
+    )
+    .await;
+    assert!(
+        html.contains(&format!(r#"action="/review/messages/{breach}/undo""#)),
+        "{html}"
+    );
+    let (status, headers, _) = send(
+        &app,
+        form(
+            &format!("/review/messages/{breach}/undo"),
+            &alice,
+            &[("csrf", &csrf)],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        headers[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .ends_with("notice=undone")
+    );
+    assert!(f.store.decision(breach).await.unwrap().is_none());
+    assert!(
+        f.store.deliveries(breach).await.unwrap().is_empty(),
+        "nothing left to send"
+    );
+    let claimed = f
+        .store
+        .claim_delivery("worker", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.message_id, complaint);
+    let (_, _, html) = send(&app, get(&format!("/review/messages/{complaint}"), &alice)).await;
+    assert!(!html.contains(r#"id="undo""#), "picked up: no undo offered");
+    let (status, headers, _) = send(
+        &app,
+        form(
+            &format!("/review/messages/{complaint}/undo"),
+            &alice,
+            &[("csrf", &csrf)],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, html) = followed(&app, &headers, &alice).await;
+    assert!(html.contains("can no longer be undone"), "{html}");
+    assert_eq!(
+        f.store.decision(complaint).await.unwrap().unwrap().decision,
+        "approved"
+    );
+    let actions: Vec<String> = f
+        .store
+        .audit_entries(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action.starts_with("review.") && e.action != "review.login")
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "review.file",
+            "review.approve",
+            "review.approve",
+            "review.undo"
+        ]
+    );
+
+    // A bulk rejection takes one reason for all; without one, each is refused and listed.
+    let (_, headers, _) = send(
+        &app,
+        form(
+            "/review/bulk",
+            &alice,
+            &[
+                ("csrf", &csrf),
+                ("do", "reject"),
+                ("ids", &breach.to_string()),
+                ("reason", " "),
+            ],
+        ),
+    )
+    .await;
+    let (_, html) = followed(&app, &headers, &alice).await;
+    assert!(
+        html.contains("0 message(s) rejected.") && html.contains("needs a reason"),
+        "{html}"
+    );
+    let (_, headers, _) = send(
+        &app,
+        form(
+            "/review/bulk",
+            &alice,
+            &[
+                ("csrf", &csrf),
+                ("do", "reject"),
+                ("ids", &breach.to_string()),
+                ("reason", "duplicate"),
+            ],
+        ),
+    )
+    .await;
+    let (_, html) = followed(&app, &headers, &alice).await;
+    assert!(html.contains("1 message(s) rejected."), "{html}");
+    assert_eq!(
+        f.store
+            .decision(breach)
+            .await
+            .unwrap()
+            .unwrap()
+            .reason
+            .as_deref(),
+        Some("duplicate")
+    );
+
+    // An admin's refused retry is shown after a redirect too.
+    add_user(&f.store, "root", "root-password", "admin").await;
+    let root = log_in(&app, "root", "root-password").await;
+    let (_, _, html) = send(&app, get("/review/deliveries", &root)).await;
+    let root_csrf = csrf_in(&html);
+    let (status, headers, _) = send(
+        &app,
+        form(
+            &format!("/review/deliveries/{}/retry", claimed.id),
+            &root,
+            &[("csrf", &root_csrf)],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, html) = followed(&app, &headers, &root).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains(r#"class="error""#),
+        "a pending delivery is not retried: {html}"
+    );
+
+    // The keyboard script: served from here, as JavaScript.
+    let (status, headers, js) = send(&app, get("/review/static/keys.js", &alice)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(js.contains("keydown"));
+}
+
 // --- whole documents (issue 22 item 5) -----------------------------------------------------
 
 /// Each extracted value shows the page it was found on, and the pages the budget left
@@ -1205,4 +1682,232 @@ async fn extracted_values_show_their_pages_and_the_unread_pages_are_said() {
     );
     assert!(html.contains("msa.pdf: pages 41-50 not read: budget (max_pages = 40)"));
     assert!(!html.contains("_document"), "{html}");
+}
+
+/// An approval carries the digest of what its confirmation showed: when another reviewer
+/// changed what the message sends in between, nothing is approved and the reviewer is sent
+/// back to the confirmation, as it stands now; the same for each message of a bulk approval.
+#[tokio::test]
+async fn an_approval_is_bound_to_what_its_confirmation_showed() {
+    let f = fixture(vec![]).await;
+    add_user(&f.store, "alice", "alice-password", "reviewer").await;
+    add_user(&f.store, "bob", "bob-password", "reviewer").await;
+    let hook = format!("{}crm", f.hooks);
+    let raw = "From: Jonas <j@weber.example>\r\nSubject: Late\r\n\r\nLate again.\r\n";
+    let one = staged(
+        &f.store,
+        raw,
+        json!({"threat_level": "medium"}),
+        json!({}),
+        reply_and_hook("j@weber.example", &hook),
+    )
+    .await;
+    let app = app(&f);
+    let alice = log_in(&app, "alice", "alice-password").await;
+    let (_, _, html) = send(
+        &app,
+        get(&format!("/review/messages/{one}/confirm"), &alice),
+    )
+    .await;
+    assert!(html.contains("We are on it."), "{html}");
+    let csrf = csrf_in(&html);
+    let shown = field_in(&html, "digest").expect("the confirmation carries its digest");
+
+    // bob edits the reply after alice confirmed it.
+    let reply = f.store.actions(one).await.unwrap()[0].id;
+    let edited =
+        json!({"to": "j@weber.example", "subject": "Re: your mail", "body": "Unseen text."});
+    f.store
+        .edit_action(reply, &edited.to_string(), "bob")
+        .await
+        .unwrap();
+    let approve = |digest: &str| {
+        form(
+            &format!("/review/messages/{one}/approve"),
+            &alice,
+            &[("csrf", &csrf), ("digest", digest)],
+        )
+    };
+    let (status, headers, _) = send(&app, approve(&shown)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        headers[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .ends_with(&format!("/review/messages/{one}/confirm?notice=changed")),
+        "{headers:?}"
+    );
+    assert!(
+        f.store.decision(one).await.unwrap().is_none(),
+        "nothing approved"
+    );
+    assert!(
+        f.store.deliveries(one).await.unwrap().is_empty(),
+        "nothing sent"
+    );
+    let (_, html) = followed(&app, &headers, &alice).await;
+    assert!(
+        html.contains("Changed since you confirmed") && html.contains("Unseen text."),
+        "{html}"
+    );
+    // Without a digest: back to the confirmation as well.
+    let (_, headers, _) = send(
+        &app,
+        form(
+            &format!("/review/messages/{one}/approve"),
+            &alice,
+            &[("csrf", &csrf)],
+        ),
+    )
+    .await;
+    assert!(
+        headers[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .ends_with("confirm?notice=unconfirmed")
+    );
+    assert!(f.store.decision(one).await.unwrap().is_none());
+    // Approving what the confirmation shows now sends exactly that.
+    let now_shown = field_in(&html, "digest").unwrap();
+    assert_ne!(now_shown, shown);
+    let (_, headers, _) = send(&app, approve(&now_shown)).await;
+    assert!(
+        headers[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .contains("notice=approved")
+    );
+    let sent = f.store.deliveries(one).await.unwrap();
+    assert_eq!(sent.len(), 2);
+    assert!(
+        sent.iter().any(|d| d.payload.contains("Unseen text.")),
+        "{sent:?}"
+    );
+
+    // Bulk: the changed message is refused and shown again; the unchanged one is approved.
+    let mail = |n: u32| format!("From: A <a@b.example>\r\nSubject: Mail {n}\r\n\r\nText {n}.\r\n");
+    let two = staged(
+        &f.store,
+        &mail(2),
+        json!({}),
+        json!({}),
+        reply_and_hook("a@b.example", &hook),
+    )
+    .await;
+    let three = staged(
+        &f.store,
+        &mail(3),
+        json!({}),
+        json!({}),
+        reply_and_hook("c@d.example", &hook),
+    )
+    .await;
+    let (_, _, html) = send(
+        &app,
+        get(
+            &format!("/review/bulk?do=approve&id={two}&id={three}"),
+            &alice,
+        ),
+    )
+    .await;
+    let (d2, d3) = (
+        field_in(&html, &format!("digest.{two}")).unwrap(),
+        field_in(&html, &format!("digest.{three}")).unwrap(),
+    );
+    let reply = f.store.actions(three).await.unwrap()[0].id;
+    f.store
+        .edit_action(
+            reply,
+            &json!({"to": "c@d.example", "subject": "Re", "body": "Changed."}).to_string(),
+            "bob",
+        )
+        .await
+        .unwrap();
+    let (status, headers, _) = send(
+        &app,
+        form(
+            "/review/bulk",
+            &alice,
+            &[
+                ("csrf", &csrf),
+                ("do", "approve"),
+                ("ids", &format!("{two},{three}")),
+                (&format!("digest.{two}"), &d2),
+                (&format!("digest.{three}"), &d3),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let to = headers[header::LOCATION].to_str().unwrap().to_string();
+    assert!(
+        to.starts_with(&format!("/review/bulk?do=approve&ids={three}&flash=")),
+        "{to}"
+    );
+    assert_eq!(f.store.deliveries(two).await.unwrap().len(), 2);
+    assert!(f.store.decision(three).await.unwrap().is_none());
+    let (_, html) = followed(&app, &headers, &alice).await;
+    assert!(
+        html.contains("1 message(s) approved.")
+            && html.contains(&format!(
+                "changed since you confirmed, not approved: message {three}"
+            ))
+            && html.contains("Changed."),
+        "{html}"
+    );
+}
+
+/// The queue is read and ranked once while it does not change: the next message's page (j/k)
+/// and the queue page reuse the ranking; a decision changes the queue and it is read again.
+#[tokio::test]
+async fn the_queue_is_ranked_once_until_it_changes() {
+    let f = fixture(vec![]).await;
+    add_user(&f.store, "alice", "alice-password", "reviewer").await;
+    let hook = format!("{}crm", f.hooks);
+    let mail = |n: u32| format!("From: A <a@b.example>\r\nSubject: Mail {n}\r\n\r\nText {n}.\r\n");
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let to = format!("a{n}@b.example");
+        ids.push(
+            staged(
+                &f.store,
+                &mail(n),
+                json!({}),
+                json!({}),
+                reply_and_hook(&to, &hook),
+            )
+            .await,
+        );
+    }
+    let app = app(&f);
+    let alice = log_in(&app, "alice", "alice-password").await;
+    let read = || f.settings.rankings.messages_read();
+    let before = read();
+    let (status, _, html) = send(&app, get(&format!("/review/messages/{}", ids[0]), &alice)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(read() - before, 3, "the queue read once");
+    let next = ids[1..]
+        .iter()
+        .find(|id| html.contains(&format!("/review/messages/{id}\"")))
+        .copied()
+        .expect("a next message");
+    let (status, _, _) = send(&app, get(&format!("/review/messages/{next}"), &alice)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, html) = send(&app, get("/review", &alice)).await;
+    assert!(html.contains(&format!(r#"<tr data-href="/review/messages/{}">"#, ids[0])));
+    assert_eq!(
+        read() - before,
+        3,
+        "the next page and the queue reuse the ranking"
+    );
+
+    // A decision changes the queue: read again, without the decided message.
+    f.store.reject(ids[0], "alice", "spam").await.unwrap();
+    let (_, _, html) = send(&app, get("/review", &alice)).await;
+    assert_eq!(read() - before, 3 + 2);
+    assert!(!html.contains(&format!(r#"<tr data-href="/review/messages/{}">"#, ids[0])));
+    // A search scans the queue every time.
+    send(&app, get("/review?q=mail", &alice)).await;
+    send(&app, get("/review?q=mail", &alice)).await;
+    assert_eq!(read() - before, 3 + 2 + 2 + 2);
 }

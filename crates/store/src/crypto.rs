@@ -66,6 +66,16 @@ pub enum Column {
     OutboxError,
     /// A delivery attempt's error (`outbox_attempts.error`).
     AttemptError,
+    /// An extraction's evidence (`evidence.body`).
+    EvidenceBody,
+    /// A reviewer's correction of a field (`corrections.body`).
+    CorrectionBody,
+    /// The file name an archived document was added from (`archive_documents.name`).
+    ArchiveName,
+    /// An archived passage (`archive_chunks.text`).
+    ArchiveText,
+    /// An archived passage's embedding (`archive_chunks.vector`).
+    ArchiveVector,
 }
 
 impl Column {
@@ -85,6 +95,11 @@ impl Column {
             Column::OutboxPayload => b"verre:outbox.payload",
             Column::OutboxError => b"verre:outbox.last_error",
             Column::AttemptError => b"verre:outbox_attempts.error",
+            Column::EvidenceBody => b"verre:evidence.body",
+            Column::CorrectionBody => b"verre:corrections.body",
+            Column::ArchiveName => b"verre:archive_documents.name",
+            Column::ArchiveText => b"verre:archive_chunks.text",
+            Column::ArchiveVector => b"verre:archive_chunks.vector",
         }
     }
 }
@@ -342,6 +357,14 @@ pub struct RekeyReport {
     pub outbox: i64,
     /// Delivery attempts (their errors).
     pub outbox_attempts: i64,
+    /// Extraction evidence.
+    pub evidence: i64,
+    /// Reviewers' corrections of fields.
+    pub corrections: i64,
+    /// Archived documents (their names).
+    pub archive_documents: i64,
+    /// Archived passages (text and vector).
+    pub archive_chunks: i64,
 }
 
 /// How a row of an encrypted table is found again.
@@ -531,6 +554,61 @@ const ENCRYPTED: &[EncryptedTable] = &[
         only: " AND error IS NOT NULL",
         batch: 200,
         count: |r| &mut r.outbox_attempts,
+    },
+    EncryptedTable {
+        name: "evidence",
+        key: &[("message_id", RowKey::Integer)],
+        columns: &[EncryptedColumn {
+            name: "body",
+            column: Column::EvidenceBody,
+            bytes: false,
+        }],
+        only: "",
+        batch: 200,
+        count: |r| &mut r.evidence,
+    },
+    EncryptedTable {
+        name: "corrections",
+        key: &[("id", RowKey::Integer)],
+        columns: &[EncryptedColumn {
+            name: "body",
+            column: Column::CorrectionBody,
+            bytes: false,
+        }],
+        only: "",
+        batch: 200,
+        count: |r| &mut r.corrections,
+    },
+    EncryptedTable {
+        name: "archive_documents",
+        key: &[("id", RowKey::Integer)],
+        columns: &[EncryptedColumn {
+            name: "name",
+            column: Column::ArchiveName,
+            bytes: false,
+        }],
+        only: "",
+        batch: 200,
+        count: |r| &mut r.archive_documents,
+    },
+    EncryptedTable {
+        name: "archive_chunks",
+        key: &[("id", RowKey::Integer)],
+        columns: &[
+            EncryptedColumn {
+                name: "text",
+                column: Column::ArchiveText,
+                bytes: false,
+            },
+            EncryptedColumn {
+                name: "vector",
+                column: Column::ArchiveVector,
+                bytes: true,
+            },
+        ],
+        only: "",
+        batch: 200,
+        count: |r| &mut r.archive_chunks,
     },
 ];
 

@@ -115,6 +115,15 @@ pub const REGISTRY: &[Rule] = &[
         table: "outbox",
         relation: Relation::Message("message_id"),
     },
+    // Evidence and reviewers' corrections (0012_evidence.sql).
+    Rule {
+        table: "corrections",
+        relation: Relation::Message("message_id"),
+    },
+    Rule {
+        table: "evidence",
+        relation: Relation::Message("message_id"),
+    },
     Rule {
         table: "decisions",
         relation: Relation::Message("message_id"),
@@ -495,6 +504,14 @@ impl Store {
                 Column::DecisionReason,
             ),
             (
+                "SELECT body AS v, key_id FROM corrections WHERE message_id = $1",
+                Column::CorrectionBody,
+            ),
+            (
+                "SELECT body AS v, key_id FROM evidence WHERE message_id = $1",
+                Column::EvidenceBody,
+            ),
+            (
                 "SELECT payload AS v, key_id FROM outbox WHERE message_id = $1",
                 Column::OutboxPayload,
             ),
@@ -590,6 +607,19 @@ impl Store {
             let n = crate::responses::erase_in(&mut tx, self.keys(), subject, dry_run).await?;
             if n > 0 {
                 rows.insert("responses".to_string(), n);
+            }
+        }
+        // Archived documents that mention the subject go whole, passages and vectors with
+        // them; the same file is not archived again.
+        if exists("archive_chunks") {
+            let (documents, chunks, hashes) =
+                crate::archive::erase_in(&mut tx, self.keys(), subject, dry_run).await?;
+            if documents > 0 {
+                rows.insert("archive_documents".to_string(), documents);
+                rows.insert("archive_chunks".to_string(), chunks);
+            }
+            if !dry_run {
+                crate::forget_in(&mut tx, &self.audit_key, &hashes, "erased").await?;
             }
         }
         let tombstoned = tombstone(&mut tx, &audit_subjects, subject, now, dry_run).await?;

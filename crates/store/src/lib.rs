@@ -11,10 +11,12 @@
 //! by the lease. A worker killed mid-stage leaves no effect; its lease expires and another
 //! worker runs the stage again.
 
+pub mod archive;
 pub mod audit;
 pub mod audit_key;
 pub mod crypto;
 pub mod erase;
+pub mod evidence;
 pub mod ledger;
 mod migrate;
 pub mod outbox;
@@ -39,6 +41,7 @@ pub use audit::{AuditEntry, AuditEvent, AuditProblem, AuditReport};
 pub use audit_key::AuditKey;
 pub use crypto::{Keyring, RekeyReport};
 pub use erase::{ErasureReport, Subject};
+pub use evidence::{Correction, FieldCorrection};
 pub use queue::{FailOutcome, Job, NewAction, NewPart, PiiTag, StageEffects};
 pub use responses::StoredResponse;
 pub use retention::{PurgeReport, Retention};

@@ -65,6 +65,16 @@ const SQLITE: &[Migration] = &[
         "sealed review",
         include_str!("../migrations/sqlite/0010_sealed_review.sql"),
     ),
+    (
+        11,
+        "archive",
+        include_str!("../migrations/sqlite/0011_archive.sql"),
+    ),
+    (
+        12,
+        "evidence",
+        include_str!("../migrations/sqlite/0012_evidence.sql"),
+    ),
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -117,6 +127,16 @@ const POSTGRES: &[Migration] = &[
         10,
         "sealed review",
         include_str!("../migrations/postgres/0010_sealed_review.sql"),
+    ),
+    (
+        11,
+        "archive",
+        include_str!("../migrations/postgres/0011_archive.sql"),
+    ),
+    (
+        12,
+        "evidence",
+        include_str!("../migrations/postgres/0012_evidence.sql"),
     ),
 ];
 

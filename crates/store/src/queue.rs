@@ -84,6 +84,9 @@ pub struct StageEffects {
     pub parts: Vec<NewPart>,
     pub pii_tags: Vec<PiiTag>,
     pub actions: Vec<NewAction>,
+    /// What backs the extraction (the extract stage's evidence): replaces any earlier; an
+    /// `extract` stage completed without it removes the earlier.
+    pub evidence: Option<serde_json::Value>,
 }
 
 /// What [`Store::fail`] did with a job.
@@ -263,6 +266,12 @@ impl Store {
                 seal(Column::PartPages, pages.as_deref())?,
             ));
         }
+        let evidence = effects
+            .evidence
+            .as_ref()
+            .map(|e| seal(Column::EvidenceBody, Some(&e.to_string())))
+            .transpose()?
+            .flatten();
         let mut tx = self.pool.begin().await?;
         // The guard comes first: it is also the write that takes SQLite's lock.
         let held = sqlx::query(
@@ -329,6 +338,27 @@ impl Store {
             .bind(&t.kind)
             .bind(t.start)
             .bind(t.end)
+            .execute(&mut *tx)
+            .await
+            .with_context(ctx)?;
+        }
+        // An extraction run again (rerun, a lost lease) replaces what the last run found:
+        // evidence of an earlier extraction would back values that are no longer there.
+        if job.stage == "extract" || evidence.is_some() {
+            sqlx::query("DELETE FROM evidence WHERE message_id = $1")
+                .bind(job.message_id)
+                .execute(&mut *tx)
+                .await
+                .with_context(ctx)?;
+        }
+        if let Some(body) = evidence {
+            sqlx::query(
+                "INSERT INTO evidence (message_id, body, key_id, created_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(job.message_id)
+            .bind(body)
+            .bind(&key_id)
+            .bind(now)
             .execute(&mut *tx)
             .await
             .with_context(ctx)?;

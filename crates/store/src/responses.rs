@@ -103,6 +103,91 @@ impl Store {
         }))
     }
 
+    /// Note that the background response `id` is still being made (its heartbeat): its
+    /// `updated_at` becomes `at_ms`. A response that already ended is left alone.
+    pub async fn touch_response(&self, id: &str, at_ms: i64) -> Result<()> {
+        self.check_writable()?;
+        sqlx::query(
+            "UPDATE responses SET updated_at = $2 WHERE id = $1 AND status IN ('queued', 'in_progress')",
+        )
+        .bind(id)
+        .bind(at_ms)
+        .execute(&self.pool)
+        .await
+        .with_context(|| format!("noting the response {id} as running"))?;
+        Ok(())
+    }
+
+    /// Background responses (`queued` or `in_progress`) whose last heartbeat is older than
+    /// `cutoff_ms` — the server making them stopped — become `failed` with `message` as
+    /// their error (`only`: just that one). Returns the ids failed.
+    pub async fn fail_stale_responses(
+        &self,
+        cutoff_ms: i64,
+        only: Option<&str>,
+        message: &str,
+    ) -> Result<Vec<String>> {
+        self.check_writable()?;
+        let rows = sqlx::query(
+            "SELECT id FROM responses WHERE status IN ('queued', 'in_progress') AND updated_at < $1",
+        )
+        .bind(cutoff_ms)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading the background responses")?;
+        let mut failed = Vec::new();
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            if only.is_some_and(|only| only != id) {
+                continue;
+            }
+            let Some(mut kept) = self.response(&id).await? else {
+                continue;
+            };
+            // Another server may have ended it since the query above.
+            if !matches!(kept.status.as_str(), "queued" | "in_progress") {
+                continue;
+            }
+            if let Some(body) = kept.body.as_object_mut() {
+                body.insert("status".into(), "failed".into());
+                body.insert(
+                    "error".into(),
+                    serde_json::json!({"code": "server_error", "message": message}),
+                );
+            }
+            // Both columns sealed again under the current key, as `put_response` does.
+            let keys = self.keys();
+            let seal = |column: Column, value: &Value| -> Result<String> {
+                let text = value.to_string();
+                match keys {
+                    Some(k) => k.seal_text(column, &text),
+                    None => Ok(text),
+                }
+            };
+            let input = seal(Column::ResponseInput, &kept.input)?;
+            let body = seal(Column::ResponseBody, &kept.body)?;
+            // Only if it is still stale: the server making it may have ended it meanwhile.
+            let done = sqlx::query(
+                "UPDATE responses SET status = 'failed', input = $2, body = $3, key_id = $4, updated_at = $5
+                 WHERE id = $1 AND status IN ('queued', 'in_progress') AND updated_at < $6",
+            )
+            .bind(&id)
+            .bind(input)
+            .bind(body)
+            .bind(keys.map(|k| k.current_id().to_string()))
+            .bind(now_ms())
+            .bind(cutoff_ms)
+            .execute(&self.pool)
+            .await
+            .with_context(|| format!("failing the interrupted response {id}"))?;
+            if done.rows_affected() == 0 {
+                continue;
+            }
+            failed.push(id);
+        }
+        Ok(failed)
+    }
+
     /// Delete the response kept under `id`; false if there was none.
     pub async fn delete_response(&self, id: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM responses WHERE id = $1")

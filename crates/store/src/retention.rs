@@ -6,6 +6,8 @@
 //! - `extracted_days`: a finished message and everything derived from it (parts, stage
 //!   results, staged actions, PII tags, jobs, quarantine) are deleted.
 //!   Responses kept by `/v1/responses` are deleted that many days after they were made.
+//! - `archive_days`: a document added to the archive (`verre archive add`) is deleted with
+//!   its passages and vectors that many days after it was added.
 //! - `audit_days`: audit entries older than that are removed from the start of the chain;
 //!   a checkpoint (the last removed entry's sequence number and hash) and an `audit.purge`
 //!   entry let the rest still verify.
@@ -108,6 +110,17 @@ impl Store {
             let n = crate::responses::purge_in(&mut tx, cutoff(days), dry_run).await?;
             if n > 0 {
                 report.rows.insert("responses".to_string(), n);
+            }
+        }
+
+        if let Some(days) = retention.archive_days {
+            let (documents, chunks) =
+                crate::archive::purge_in(&mut tx, cutoff(days), dry_run).await?;
+            if documents > 0 {
+                report
+                    .rows
+                    .insert("archive_documents".to_string(), documents);
+                report.rows.insert("archive_chunks".to_string(), chunks);
             }
         }
 

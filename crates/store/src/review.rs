@@ -50,7 +50,7 @@ pub struct DraftVersion {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
-    /// `approved` or `rejected`.
+    /// `approved`, `rejected` or `filed`.
     pub decision: String,
     pub reviewer: String,
     pub reason: Option<String>,
@@ -68,13 +68,17 @@ pub enum ReviewStatus {
     ToReview,
     Approved,
     Rejected,
+    /// Decided with nothing to send: the pipeline staged no action (the "nothing to send"
+    /// lane), and a reviewer filed it.
+    Filed,
 }
 
 impl ReviewStatus {
-    pub const ALL: [ReviewStatus; 5] = [
+    pub const ALL: [ReviewStatus; 6] = [
         ReviewStatus::ToReview,
         ReviewStatus::Approved,
         ReviewStatus::Rejected,
+        ReviewStatus::Filed,
         ReviewStatus::InProgress,
         ReviewStatus::Quarantined,
     ];
@@ -86,6 +90,7 @@ impl ReviewStatus {
             ReviewStatus::ToReview => "to_review",
             ReviewStatus::Approved => "approved",
             ReviewStatus::Rejected => "rejected",
+            ReviewStatus::Filed => "filed",
         }
     }
 
@@ -96,6 +101,7 @@ impl ReviewStatus {
     fn of(message_status: &str, decision: Option<&str>) -> Self {
         match (decision, message_status) {
             (Some("approved"), _) => ReviewStatus::Approved,
+            (Some("filed"), _) => ReviewStatus::Filed,
             (Some(_), _) => ReviewStatus::Rejected,
             (None, "processed") => ReviewStatus::ToReview,
             (None, "quarantined") => ReviewStatus::Quarantined,
@@ -111,6 +117,7 @@ impl ReviewStatus {
             ReviewStatus::ToReview => "d.decision IS NULL AND m.status = 'processed'",
             ReviewStatus::Approved => "d.decision = 'approved'",
             ReviewStatus::Rejected => "d.decision = 'rejected'",
+            ReviewStatus::Filed => "d.decision = 'filed'",
         }
     }
 }
@@ -202,6 +209,66 @@ pub struct Approval {
 
 fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// What a confirmation showed, as a digest: each staged action's id, target and payload,
+/// in id order. An approval carrying it is refused when what is staged differs
+/// ([`ChangedSinceConfirmed`]), so nothing unseen is sent.
+pub fn staged_digest(actions: &[ActionRow]) -> String {
+    let mut h = Sha256::new();
+    for a in actions.iter().filter(|a| a.status == "staged") {
+        // Length-prefixed, so no two different lists hash alike.
+        for field in [a.id.to_string().as_str(), &a.target, &a.payload] {
+            h.update((field.len() as u64).to_le_bytes());
+            h.update(field.as_bytes());
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+/// An approval refused because the staged actions changed after the reviewer confirmed
+/// them (another reviewer edited a reply, a stage ran again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedSinceConfirmed {
+    pub message_id: i64,
+}
+
+impl std::fmt::Display for ChangedSinceConfirmed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "message {}: what it would send changed since you confirmed; look again",
+            self.message_id
+        )
+    }
+}
+
+impl std::error::Error for ChangedSinceConfirmed {}
+
+/// The staged actions of a message as a transaction sees them.
+async fn staged_in(
+    tx: &mut Transaction<'_, Any>,
+    keys: Option<&Keyring>,
+    message_id: i64,
+) -> Result<Vec<ActionRow>> {
+    sqlx::query(
+        "SELECT id, name, kind, target, payload, key_id, status FROM actions
+         WHERE message_id = $1 AND status = 'staged' ORDER BY id",
+    )
+    .bind(message_id)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| crate::action_row(keys, r))
+    .collect()
+}
+
+/// Refuse when `confirmed` is given and differs from the digest of `staged`.
+fn ensure_confirmed(message_id: i64, staged: &[ActionRow], confirmed: Option<&str>) -> Result<()> {
+    match confirmed {
+        Some(d) if d != staged_digest(staged) => Err(ChangedSinceConfirmed { message_id }.into()),
+        _ => Ok(()),
+    }
 }
 
 /// The stored form of a session token.
@@ -524,6 +591,66 @@ impl Store {
     }
 
     // --- the queue ------------------------------------------------------------------
+
+    /// A fingerprint of what the queue's ranking reads, from cheap aggregates: messages
+    /// (ingested, their status), jobs (a stage ran or was re-run), stage results, actions,
+    /// decisions (made or undone). Equal fingerprints: the ranking computed for one still
+    /// holds, but for the time waited.
+    pub async fn queue_state(&self) -> Result<Vec<i64>> {
+        let row = sqlx::query(
+            "SELECT
+               (SELECT COUNT(*) FROM messages) AS messages,
+               (SELECT COALESCE(MAX(id), 0) FROM messages) AS last_message,
+               (SELECT COALESCE(MAX(finished_at), 0) FROM messages) AS finished,
+               (SELECT COUNT(*) FROM messages WHERE status = 'processed') AS processed,
+               (SELECT COUNT(*) FROM jobs) AS jobs,
+               (SELECT COALESCE(MAX(updated_at), 0) FROM jobs) AS jobs_at,
+               (SELECT COUNT(*) FROM stage_results) AS results,
+               (SELECT COALESCE(MAX(created_at), 0) FROM stage_results) AS results_at,
+               (SELECT COUNT(*) FROM actions WHERE status = 'staged') AS staged,
+               (SELECT COUNT(*) FROM decisions) AS decisions,
+               (SELECT COALESCE(MAX(decided_at), 0) FROM decisions) AS decided_at",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        [
+            "messages",
+            "last_message",
+            "finished",
+            "processed",
+            "jobs",
+            "jobs_at",
+            "results",
+            "results_at",
+            "staged",
+            "decisions",
+            "decided_at",
+        ]
+        .iter()
+        .map(|c| Ok(row.try_get::<i64, _>(*c)?))
+        .collect()
+    }
+
+    /// A message's parts as the triage reads them: (kind, text), in order; the per-page
+    /// texts of attachments (`pages`) are neither read nor decrypted.
+    pub async fn triage_parts(&self, message_id: i64) -> Result<Vec<(String, Option<String>)>> {
+        sqlx::query("SELECT kind, text, key_id FROM parts WHERE message_id = $1 ORDER BY idx")
+            .bind(message_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                let key_id: Option<String> = r.try_get("key_id")?;
+                let text = crypto::open_text(
+                    self.keys(),
+                    key_id.as_deref(),
+                    Column::PartText,
+                    r.try_get("text")?,
+                )?;
+                Ok((r.try_get("kind")?, text))
+            })
+            .collect()
+    }
 
     /// Messages for review, newest first, filtered by review status and extraction label.
     pub async fn review_queue(&self, filter: &QueueFilter) -> Result<Vec<QueueItem>> {
@@ -904,8 +1031,27 @@ impl Store {
         allow: &(dyn Fn(&ActionRow) -> Result<(), String> + Sync),
         second_approver: bool,
     ) -> Result<Approval> {
+        self.approve_confirmed(message_id, user, allow, second_approver, None)
+            .await
+    }
+
+    /// [`Store::approve_with`], bound to what the reviewer confirmed: with `confirmed` (the
+    /// [`staged_digest`] the confirmation showed) the approval is refused with
+    /// [`ChangedSinceConfirmed`] when the staged actions differ, checked in its transaction.
+    pub async fn approve_confirmed(
+        &self,
+        message_id: i64,
+        user: &str,
+        allow: &(dyn Fn(&ActionRow) -> Result<(), String> + Sync),
+        second_approver: bool,
+        confirmed: Option<&str>,
+    ) -> Result<Approval> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        if confirmed.is_some() {
+            let staged = staged_in(&mut tx, self.keys(), message_id).await?;
+            ensure_confirmed(message_id, &staged, confirmed)?;
+        }
         let changes = if second_approver {
             undecided_guard(&mut tx, message_id).await?;
             recipient_changes_in(&mut *tx, message_id).await?
@@ -987,16 +1133,9 @@ impl Store {
             now,
         )
         .await?;
-        let actions: Vec<ActionRow> = sqlx::query(
-            "SELECT id, name, kind, target, payload, key_id, status FROM actions
-             WHERE message_id = $1 AND status = 'staged' ORDER BY id",
-        )
-        .bind(message_id)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| crate::action_row(self.keys(), r))
-        .collect::<Result<_>>()?;
+        // Read again after the decision's write: what is released is what was confirmed.
+        let actions = staged_in(&mut tx, self.keys(), message_id).await?;
+        ensure_confirmed(message_id, &actions, confirmed)?;
         let hash: String = sqlx::query("SELECT content_hash FROM messages WHERE id = $1")
             .bind(message_id)
             .fetch_one(&mut *tx)
@@ -1099,6 +1238,115 @@ impl Store {
                 // The reason may quote the mail: it is kept (encrypted) with the decision,
                 // not copied into the audit log.
                 detail: json!({"reason_chars": reason.chars().count(), "actions": n}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    /// File a processed message that has nothing to send: the decision `filed`, audited as
+    /// `user:NAME`. A message with a staged action is refused: it is approved or rejected.
+    pub async fn file_message(&self, message_id: i64, user: &str) -> Result<i64> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        decide(&mut tx, self.keys(), message_id, "filed", user, None, now).await?;
+        let staged: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM actions WHERE message_id = $1 AND status = 'staged'",
+        )
+        .bind(message_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+        ensure!(
+            staged == 0,
+            "message {message_id} has {staged} action(s) staged: approve or reject it instead of filing it"
+        );
+        let seq = append_in(
+            &mut tx,
+            self,
+            &AuditEvent {
+                actor: &format!("user:{user}"),
+                action: "review.file",
+                subject: &format!("message:{message_id}"),
+                detail: Value::Null,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    /// Whether the decision on a message can still be undone: it was rejected or filed, or
+    /// approved and the delivery worker has claimed none of its outbox rows yet (none was
+    /// ever attempted: an admin's retry resets `attempts` but the attempts stay recorded).
+    pub async fn undoable(&self, message_id: i64) -> Result<bool> {
+        let claimed: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM outbox o
+             WHERE o.message_id = $1 AND (o.status <> 'pending' OR o.attempts > 0
+               OR o.lease_owner IS NOT NULL
+               OR EXISTS (SELECT 1 FROM outbox_attempts a WHERE a.outbox_id = o.id))",
+        )
+        .bind(message_id)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")?;
+        Ok(claimed == 0 && self.decision(message_id).await?.is_some())
+    }
+
+    /// Undo the decision on a message while nothing of it reached the delivery worker: its
+    /// unclaimed outbox rows are removed, its actions staged again and the decision deleted,
+    /// in one transaction, audited as `review.undo`. Refused once the worker claimed any of
+    /// its deliveries (a claim counts an attempt, and an attempt is recorded: an admin's
+    /// retry resets the count, not the record).
+    pub async fn undo_decision(&self, message_id: i64, user: &str) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        // A write first (SQLite's lock; on PostgreSQL the rows a claim would lock).
+        let removed = sqlx::query(
+            "DELETE FROM outbox WHERE message_id = $1 AND status = 'pending' AND attempts = 0
+               AND lease_owner IS NULL
+               AND NOT EXISTS (SELECT 1 FROM outbox_attempts a WHERE a.outbox_id = outbox.id)",
+        )
+        .bind(message_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let left: i64 = sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE message_id = $1")
+            .bind(message_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if left > 0 {
+            tx.rollback().await?;
+            bail!(
+                "message {message_id} can no longer be undone: the delivery worker has picked up its actions"
+            );
+        }
+        let decision =
+            sqlx::query("DELETE FROM decisions WHERE message_id = $1 RETURNING decision")
+                .bind(message_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(decision) = decision else {
+            tx.rollback().await?;
+            bail!("message {message_id} has no decision to undo");
+        };
+        let decision: String = decision.try_get("decision")?;
+        let restaged = sqlx::query(
+            "UPDATE actions SET status = 'staged' WHERE message_id = $1 AND status IN ('approved', 'rejected')",
+        )
+        .bind(message_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let seq = append_in(
+            &mut tx,
+            self,
+            &AuditEvent {
+                actor: &format!("user:{user}"),
+                action: "review.undo",
+                subject: &format!("message:{message_id}"),
+                detail: json!({"decision": decision, "outbox_removed": removed, "actions": restaged}),
             },
         )
         .await?;

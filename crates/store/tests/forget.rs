@@ -133,6 +133,7 @@ async fn a_dry_run_purge_reports_what_the_real_one_removes() {
         raw_days: Some(90),
         extracted_days: Some(365),
         audit_days: None,
+        ..Default::default()
     };
     let dry = verre_store::retention::purge(&store, &retention, true)
         .await

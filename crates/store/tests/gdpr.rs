@@ -549,6 +549,7 @@ async fn retention_purges_and_the_chain_still_verifies(store: Store) {
         raw_days: Some(30),
         extracted_days: Some(35),
         audit_days: Some(35),
+        ..Default::default()
     };
     let r = verre_store::retention::purge(&store, &all, false)
         .await

@@ -66,6 +66,75 @@ on_both!(
     erasure_and_retention_delete_kept_responses_postgres
 );
 
+on_both!(
+    stale_fail,
+    a_stale_background_response_fails_and_stays_sealed,
+    a_stale_background_response_fails_and_stays_sealed_postgres
+);
+
+/// A background response whose heartbeat is older than the cutoff becomes `failed` with
+/// the error, sealed as before (also one written in clear before the key); a fresh one, an
+/// ended one and another id than `only` are left alone.
+async fn stale_fail(clear: Store) {
+    let running = |id: &str| {
+        let mut r = response(id, "Jeanne Martin");
+        r.status = "in_progress".into();
+        r.body["status"] = "in_progress".into();
+        r
+    };
+    clear
+        .put_response(&running("resp_old_clear"))
+        .await
+        .unwrap();
+    let key = generate_key().unwrap();
+    let store = clear
+        .with_keys(Some(Keyring::parse(&key, "t").unwrap()))
+        .await
+        .unwrap();
+    for id in ["resp_old", "resp_other", "resp_fresh"] {
+        store.put_response(&running(id)).await.unwrap();
+    }
+    store
+        .put_response(&response("resp_done", "x"))
+        .await
+        .unwrap();
+    let now = verre_store::now_ms();
+    for id in ["resp_old_clear", "resp_old", "resp_other", "resp_done"] {
+        store.touch_response(id, now - 120_000).await.unwrap();
+    }
+    let cutoff = now - 60_000;
+    let failed = store
+        .fail_stale_responses(cutoff, Some("resp_old"), "stopped")
+        .await
+        .unwrap();
+    assert_eq!(failed, vec!["resp_old".to_string()]);
+    let mut failed = store
+        .fail_stale_responses(cutoff, None, "stopped")
+        .await
+        .unwrap();
+    failed.sort();
+    assert_eq!(
+        failed,
+        vec!["resp_old_clear".to_string(), "resp_other".to_string()]
+    );
+    for id in ["resp_old", "resp_old_clear", "resp_other"] {
+        let kept = store.response(id).await.unwrap().unwrap();
+        assert_eq!(kept.status, "failed");
+        assert_eq!(kept.body["error"]["message"], "stopped");
+        assert_eq!(kept.input[0]["content"][0]["text"], "Jeanne Martin");
+        let (input, body, key_id) = raw_columns(&store, id).await;
+        assert!(!input.contains("Jeanne") && !body.contains("stopped") && key_id.is_some());
+    }
+    assert_eq!(
+        store.response("resp_fresh").await.unwrap().unwrap().status,
+        "in_progress"
+    );
+    assert_eq!(
+        store.response("resp_done").await.unwrap().unwrap().status,
+        "completed"
+    );
+}
+
 async fn read_back_update_delete(store: Store) {
     let mut kept = response("resp_1", "hello");
     store.put_response(&kept).await.unwrap();

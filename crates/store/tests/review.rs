@@ -505,3 +505,194 @@ async fn login_failures_are_reserved_per_client_and_back_off_per_account() {
     })
     .await;
 }
+
+/// A message taken through extract -> stage with nothing staged (the "file" route).
+async fn nothing_to_send(store: &Store, raw: &str) -> i64 {
+    let id = store
+        .ingest("test", "n.eml", raw.as_bytes(), "extract", 3)
+        .await
+        .unwrap()
+        .message_id;
+    for (output, next) in [
+        (
+            json!({"customer": "News", "threat_level": "low"}),
+            Some("stage"),
+        ),
+        (json!({"actions": []}), None),
+    ] {
+        let job = store.claim("w", LEASE).await.unwrap().unwrap();
+        let effects = StageEffects {
+            output,
+            ..Default::default()
+        };
+        assert!(store.complete(&job, &effects, next, 3).await.unwrap());
+    }
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_is_undone_until_the_worker_claims_it_and_nothing_to_send_is_filed() {
+    on_both("review_undo", |store| async move {
+        let id = processed(&store, "Subject: u\r\n\r\nundo me", "high").await;
+        let news = nothing_to_send(&store, "Subject: n\r\n\r\nnewsletter").await;
+
+        // Filing: only a message with nothing staged.
+        let e = store.file_message(id, "alice").await.unwrap_err();
+        assert!(e.to_string().contains("approve or reject"), "{e}");
+        assert_eq!(
+            store.review_status(id).await.unwrap(),
+            Some(ReviewStatus::ToReview)
+        );
+        store.file_message(news, "alice").await.unwrap();
+        assert_eq!(
+            store.review_status(news).await.unwrap(),
+            Some(ReviewStatus::Filed)
+        );
+        let filed = store
+            .review_queue(&QueueFilter {
+                status: Some(ReviewStatus::Filed),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            filed.iter().map(|q| q.message.id).collect::<Vec<_>>(),
+            vec![news]
+        );
+        assert!(store.undoable(news).await.unwrap());
+        store.undo_decision(news, "alice").await.unwrap();
+        assert_eq!(
+            store.review_status(news).await.unwrap(),
+            Some(ReviewStatus::ToReview)
+        );
+
+        // An approval is undone while its outbox rows are unclaimed: nothing left to send.
+        store.approve(id, "alice", &allow_all).await.unwrap();
+        assert!(store.undoable(id).await.unwrap());
+        store.undo_decision(id, "alice").await.unwrap();
+        assert_eq!(
+            store.review_status(id).await.unwrap(),
+            Some(ReviewStatus::ToReview)
+        );
+        assert!(
+            store
+                .claim_delivery("worker", LEASE)
+                .await
+                .unwrap()
+                .is_none(),
+            "nothing to deliver"
+        );
+        assert!(
+            store
+                .actions(id)
+                .await
+                .unwrap()
+                .iter()
+                .all(|a| a.status == "staged")
+        );
+        let e = store.undo_decision(id, "alice").await.unwrap_err();
+        assert!(e.to_string().contains("no decision"), "{e}");
+
+        // Approved again, and once the worker claimed a delivery, no undo.
+        store.approve(id, "alice", &allow_all).await.unwrap();
+        let claimed = store.claim_delivery("worker", LEASE).await.unwrap();
+        assert!(claimed.is_some());
+        assert!(!store.undoable(id).await.unwrap());
+        let e = store.undo_decision(id, "alice").await.unwrap_err();
+        assert!(e.to_string().contains("no longer be undone"), "{e}");
+        assert_eq!(
+            store.review_status(id).await.unwrap(),
+            Some(ReviewStatus::Approved)
+        );
+        let outbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE message_id = $1")
+            .bind(id)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(outbox, 2, "the unclaimed row stays with the claimed one");
+
+        // A rejection is undone too.
+        let other = processed(&store, "Subject: r\r\n\r\nreject me", "low").await;
+        store.reject(other, "alice", "spam").await.unwrap();
+        store.undo_decision(other, "alice").await.unwrap();
+        assert_eq!(
+            store.review_status(other).await.unwrap(),
+            Some(ReviewStatus::ToReview)
+        );
+        assert!(store.audit_verify().await.unwrap().ok());
+    })
+    .await;
+}
+
+/// An admin's retry resets a failed delivery's attempts, but a delivery was attempted:
+/// Undo is neither offered nor done (and not a foreign-key error).
+#[tokio::test]
+async fn no_undo_after_an_admin_retried_a_failed_delivery() {
+    on_both("review_undo_retry", |store| async move {
+        let id = processed(&store, "Subject: f\r\n\r\nfails once", "high").await;
+        store.approve(id, "alice", &allow_all).await.unwrap();
+        let entry = store
+            .claim_delivery("worker", LEASE)
+            .await
+            .unwrap()
+            .unwrap();
+        let failed = AttemptRecord {
+            response_status: Some(500),
+            error: Some("HTTP 500".into()),
+            result: DeliveryResult::Failed,
+        };
+        assert!(store.record_delivery(&entry, &failed).await.unwrap());
+        store.retry_delivery(entry.id, "admin").await.unwrap();
+        assert!(
+            !store.undoable(id).await.unwrap(),
+            "a delivery was attempted"
+        );
+        let e = store.undo_decision(id, "alice").await.unwrap_err();
+        assert!(e.to_string().contains("no longer be undone"), "{e:#}");
+        assert_eq!(
+            store.review_status(id).await.unwrap(),
+            Some(ReviewStatus::Approved)
+        );
+        assert_eq!(
+            store.deliveries(id).await.unwrap().len(),
+            2,
+            "nothing removed"
+        );
+    })
+    .await;
+}
+
+/// An approval bound to a confirmation's digest approves nothing once what is staged
+/// changed; the queue's state moves with a decision.
+#[tokio::test]
+async fn a_stale_confirmation_approves_nothing_and_the_queue_state_moves() {
+    use verre_store::review::{ChangedSinceConfirmed, staged_digest};
+    on_both("review_confirmed", |store| async move {
+        let id = processed(&store, "Subject: c\r\n\r\nconfirm me", "high").await;
+        let shown = staged_digest(&store.actions(id).await.unwrap());
+        let before = store.queue_state().await.unwrap();
+        assert_eq!(store.queue_state().await.unwrap(), before, "stable");
+        let reply = store.actions(id).await.unwrap()[0].id;
+        let edited = json!({"to": "a@client.test", "subject": "Re: x", "body": "Unseen."});
+        store
+            .edit_action(reply, &edited.to_string(), "bob")
+            .await
+            .unwrap();
+        let e = store
+            .approve_confirmed(id, "alice", &allow_all, true, Some(&shown))
+            .await
+            .unwrap_err();
+        assert!(e.is::<ChangedSinceConfirmed>(), "{e:#}");
+        assert!(store.decision(id).await.unwrap().is_none());
+        assert!(store.deliveries(id).await.unwrap().is_empty());
+        let now_shown = staged_digest(&store.actions(id).await.unwrap());
+        assert_ne!(now_shown, shown);
+        store
+            .approve_confirmed(id, "alice", &allow_all, true, Some(&now_shown))
+            .await
+            .unwrap();
+        assert_eq!(store.deliveries(id).await.unwrap().len(), 2);
+        assert_ne!(store.queue_state().await.unwrap(), before);
+    })
+    .await;
+}

@@ -1,25 +1,37 @@
 //! Causal attention of new query rows over a sequence's cached keys and values, read as a
-//! list of blocks (a paged cache's blocks, or one block for a contiguous cache).
+//! list of blocks (a paged cache's blocks, or one block for a contiguous cache) in the
+//! cache's storage type (f16, q8_0 or q4_0: [`KvRows`]).
 //!
-//! Blocked: per task, the keys and values of one KV head are widened from f16 once into a
-//! per-thread buffer (keys transposed within each chunk of [`CHUNK`] positions, so that one
-//! vector FMA gives 16 scores) and then serve every query head of the group and every
-//! query row of the task; a tile of [`TILE`] query vectors reads each chunk of keys once.
-//! The softmax is exact two-pass over a tile's stored scores rather than online
+//! Blocked: a task is one KV head of up to [`TASK_ROWS`] query rows, that is every query
+//! head of the group for those rows. The keys are read in blocks of [`KEY_BLOCK`]
+//! positions: each block is widened to f32 once (from f16, or dequantised per 32-block from
+//! q8_0/q4_0) into a per-thread buffer that stays in L2 — keys transposed within each chunk
+//! of [`CHUNK`] positions, so that one vector FMA gives 16 scores — and every query vector
+//! of the task passes over it, a tile of [`TILE`] vectors per chunk. The values are then
+//! read the same way, block by block, and added into each output. Work per task is
+//! O(rows × context) and the memory a thread holds is the task's score rows plus one block
+//! of keys or values: a 16K-token context is read from the cache once per task, never
+//! widened whole.
+//!
+//! The softmax is exact two-pass over each query's stored scores rather than online
 //! (flash-style): llama.cpp (without flash attention, as verre's fixtures were made)
 //! rounds the *normalised* weights to f16, and this small model's logits are sensitive
-//! enough for that to matter. The buffer holds `TILE` rows of scores, a few KB per 1K of
-//! context.
+//! enough for that to matter.
 //!
-//! Numerics follow llama.cpp: the query meets the f16 keys rounded to f16, the softmax
-//! weights meet the f16 values rounded to f16, sums in f32. Chunks sit at fixed absolute
-//! positions and masked keys weigh exactly 0, so a row's output depends only on its own
-//! position and the cache: the same whether its sequence is prefilled, decoded one token
-//! at a time or batched with others.
+//! Quantized keys and values are stored rotated by a Hadamard transform per head (see
+//! `kv_rows`): the queries are rotated the same way before they meet them, and the outputs
+//! rotated back.
+//!
+//! Numerics follow llama.cpp: the query meets the keys rounded to f16, the softmax
+//! weights meet the values rounded to f16, sums in f32 (quantized keys and values are
+//! widened exactly: `d * q` is exact in f32). Chunks sit at fixed absolute positions and
+//! masked keys weigh exactly 0, so a row's output depends only on its own position and the
+//! cache: the same whether its sequence is prefilled, decoded one token at a time or
+//! batched with others.
 //!
 //! The code is plain Rust over fixed-size arrays, which the compiler vectorises for the
 //! build's target (AVX2 on x86-64-v3, NEON on aarch64); the exponential is a polynomial
-//! that vectorises with it.
+//! that vectorises with it. AVX-512 inner loops where the CPU has them, bit-identical.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -27,6 +39,9 @@ use std::ops::Range;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
+
+pub use super::kv_rows::KvRows;
+use super::kv_rows::rotate;
 
 /// Positions per key chunk; KV blocks hold a multiple of this many positions.
 pub const CHUNK: usize = 16;
@@ -39,6 +54,10 @@ const TILE: usize = 4;
 
 /// Query rows per parallel task.
 const TASK_ROWS: usize = 32;
+
+/// Positions of keys (or values) widened at a time: 128 KB of f32 at a head size of 128,
+/// which stays in L2 while every query vector of a task reads it.
+const KEY_BLOCK: usize = 256;
 
 /// The shape of one layer's attention.
 #[derive(Debug, Clone, Copy)]
@@ -55,10 +74,10 @@ pub struct AttentionShape {
 /// One sequence's part of an attention call.
 pub struct SeqAttention<'a> {
     /// Key blocks: each `block_len` positions (the last may hold fewer) of
-    /// `n_kv_head * head_dim` f16 values, position-major.
-    pub k: &'a [&'a [f16]],
+    /// `n_kv_head * head_dim` values, position-major.
+    pub k: &'a [KvRows<'a>],
     /// Value blocks, laid out as the keys.
-    pub v: &'a [&'a [f16]],
+    pub v: &'a [KvRows<'a>],
     /// Positions per block, a multiple of [`CHUNK`] (a single block may hold any number).
     pub block_len: usize,
     /// Positions in the cache, the new ones included.
@@ -95,6 +114,12 @@ fn attention_with(
             "attention: blocks of {} positions are not whole chunks",
             s.block_len
         );
+        assert!(
+            s.k.iter()
+                .all(|b| matches!(b, KvRows::F16(_)) || hd.is_multiple_of(super::kv_rows::QK)),
+            "attention: quantized keys and values need a head size that is a multiple of {}",
+            super::kv_rows::QK
+        );
     }
     // Tasks: (sequence, kv head, slice of up to TASK_ROWS query rows), numbered in order.
     let tasks_of = |s: &SeqAttention<'_>| shape.n_kv_head * s.rows.len().div_ceil(TASK_ROWS);
@@ -111,9 +136,9 @@ fn attention_with(
         let (kvh, slice) = (t / slices, t % slices);
         let start = s.rows.start + slice * TASK_ROWS;
         let rows = start..s.rows.end.min(start + TASK_ROWS);
-        WIDENED.with_borrow_mut(|buf| {
+        SCRATCH.with_borrow_mut(|scratch| {
             // SAFETY: each task writes the heads of KV head `kvh` of its own rows only.
-            unsafe { attend(shape, s, kvh, rows, q, out_ptr, buf, kernels) }
+            unsafe { attend(shape, s, kvh, rows, q, out_ptr, scratch, kernels) }
         });
     };
     if total == 1 {
@@ -123,10 +148,18 @@ fn attention_with(
     }
 }
 
+/// A thread's buffers for the task it runs; they grow to the largest task seen, then stay.
+#[derive(Default)]
+struct Scratch {
+    /// One block of widened keys (transposed per chunk) or values.
+    block: Vec<f32>,
+    /// Per query vector of the task, its scores over the task's span, then its weights.
+    scores: Vec<f32>,
+    queries: Vec<Query>,
+}
+
 thread_local! {
-    /// Widened keys and values of the task a thread runs; grows to the longest context
-    /// seen, then stays.
-    static WIDENED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 #[derive(Clone, Copy)]
@@ -135,7 +168,8 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-/// One query vector of a tile.
+/// One query vector of a task.
+#[derive(Clone)]
 struct Query {
     q: [f32; MAX_HEAD_DIM],
     pos: usize,
@@ -167,108 +201,169 @@ unsafe fn attend(
     rows: Range<usize>,
     q: &[f32],
     out: OutPtr,
-    buf: &mut Vec<f32>,
+    scratch: &mut Scratch,
     kernels: Kernels,
 ) {
     let hd = shape.head_dim;
     let width = shape.n_head * hd;
-    let kv_dim = shape.n_kv_head * hd;
     let group = shape.n_head / shape.n_kv_head;
     let pos_of = |row: usize| s.len - s.rows.len() + (row - s.rows.start);
     let first_of = |pos: usize| shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
 
-    // Widen the keys and values this task needs, whole chunks from an aligned start.
-    let last_pos = pos_of(rows.end - 1);
+    // The positions this task reads: whole chunks from an aligned start.
     let start = first_of(pos_of(rows.start)) / CHUNK * CHUNK;
-    let end = (last_pos + 1).next_multiple_of(CHUNK);
+    let end = (pos_of(rows.end - 1) + 1).next_multiple_of(CHUNK);
     let n = end - start;
-    buf.resize(2 * n * hd + TILE * n, 0.0);
-    let (kt, rest) = buf.split_at_mut(n * hd);
-    let (vw, scores) = rest.split_at_mut(n * hd);
-    let block_len = if s.k.len() == 1 {
-        usize::MAX
-    } else {
-        s.block_len
-    };
-    let mut row_f32 = [0f32; MAX_HEAD_DIM];
-    for p in start..end {
-        let (c, j) = ((p - start) / CHUNK, (p - start) % CHUNK);
-        let v_dst = &mut vw[(p - start) * hd..][..hd];
-        if p < s.len {
-            let (b, o) = (p / block_len, p % block_len);
-            let at = o * kv_dim + kvh * hd;
-            s.k[b][at..at + hd].convert_to_f32_slice(&mut row_f32[..hd]);
-            s.v[b][at..at + hd].convert_to_f32_slice(v_dst);
-        } else {
-            row_f32[..hd].fill(0.0);
-            v_dst.fill(0.0);
+    let n_vectors = rows.len() * group;
+    // Quantized keys are stored rotated (see `kv_rows`): rotate the queries to meet them.
+    let rotated_keys = !matches!(s.k.first(), Some(KvRows::F16(_)) | None);
+    let Scratch {
+        block,
+        scores,
+        queries,
+    } = scratch;
+    block.resize(KEY_BLOCK.min(n) * hd, 0.0);
+    scores.resize(n_vectors * n, 0.0);
+    queries.resize(n_vectors, Query::EMPTY);
+    for (i, qv) in queries.iter_mut().enumerate() {
+        let (row, head) = (rows.start + i / group, kvh * group + i % group);
+        qv.pos = pos_of(row);
+        qv.first = first_of(qv.pos);
+        (qv.row, qv.head) = (row, head);
+        qv.q[..hd].copy_from_slice(&q[row * width + head * hd..][..hd]);
+        if rotated_keys {
+            rotate(&mut qv.q[..hd]);
         }
-        let kt_chunk = &mut kt[c * hd * CHUNK..][..hd * CHUNK];
-        for (d, &x) in row_f32[..hd].iter().enumerate() {
-            kt_chunk[d * CHUNK + j] = x;
+        for d in &mut qv.q[..hd] {
+            *d = f16::from_f32(*d).to_f32();
+        }
+    }
+    // Per tile: the chunk-aligned span (relative to `start`) that any of its queries reads.
+    let tile_span = |tile: &[Query]| {
+        let first = tile.iter().map(|qv| qv.first).min().unwrap_or(0);
+        let last = tile.iter().map(|qv| qv.pos).max().unwrap_or(0);
+        (first / CHUNK * CHUNK - start)..((last / CHUNK + 1) * CHUNK - start)
+    };
+
+    // Scores, key block by key block.
+    for b0 in (start..end).step_by(KEY_BLOCK) {
+        let b1 = (b0 + KEY_BLOCK).min(end);
+        widen_block(s, shape, kvh, b0..b1, true, block);
+        for (t, tile) in queries.chunks(TILE).enumerate() {
+            let span = tile_span(tile);
+            let from = (span.start + start).max(b0);
+            let to = (span.end + start).min(b1);
+            for c0 in (from..to).step_by(CHUNK) {
+                let kt_chunk = &block[(c0 - b0) * hd..][..hd * CHUNK];
+                let tile_scores = &mut scores[t * TILE * n..];
+                chunk_scores(
+                    kernels,
+                    tile,
+                    hd,
+                    shape.scale,
+                    c0,
+                    kt_chunk,
+                    tile_scores,
+                    n,
+                    start,
+                );
+            }
         }
     }
 
-    let n_vectors = rows.len() * group;
-    let mut tile = [const { Query::EMPTY }; TILE];
-    for v0 in (0..n_vectors).step_by(TILE) {
-        let queries = &mut tile[..TILE.min(n_vectors - v0)];
-        for (i, qv) in queries.iter_mut().enumerate() {
-            let (row, head) = (
-                rows.start + (v0 + i) / group,
-                kvh * group + (v0 + i) % group,
-            );
-            *qv = Query {
-                pos: pos_of(row),
-                first: first_of(pos_of(row)),
-                row,
-                head,
-                ..Query::EMPTY
-            };
-            let src = &q[row * width + head * hd..][..hd];
-            for (d, &x) in qv.q[..hd].iter_mut().zip(src) {
-                *d = f16::from_f32(x).to_f32();
-            }
-        }
-        let tile_first = queries.iter().map(|qv| qv.first).min().unwrap_or(0);
-        let tile_last = queries.iter().map(|qv| qv.pos).max().unwrap_or(0);
-        let mut c0 = tile_first / CHUNK * CHUNK;
-        while c0 <= tile_last {
-            let c = (c0 - start) / CHUNK;
-            let kt_chunk = &kt[c * hd * CHUNK..][..hd * CHUNK];
-            chunk_scores(
-                kernels,
-                queries,
-                hd,
-                shape.scale,
-                c0,
-                kt_chunk,
-                scores,
-                n,
-                start,
-            );
-            c0 += CHUNK;
-        }
-        // Softmax per query over its own span; zero weights elsewhere in the tile's span,
-        // so that the tile's values are read once for all its queries.
-        let span_of =
-            |qv: &Query| (qv.first / CHUNK * CHUNK - start)..((qv.pos / CHUNK + 1) * CHUNK - start);
-        let tile_span =
-            (tile_first / CHUNK * CHUNK - start)..((tile_last / CHUNK + 1) * CHUNK - start);
-        let mut dsts = [std::ptr::null_mut(); TILE];
-        for (i, qv) in queries.iter().enumerate() {
-            let span = span_of(qv);
-            let row = &mut scores[i * n..(i + 1) * n];
+    // Softmax per query over its own span; zero weights elsewhere in its tile's span, so
+    // that the tile's values are read once for all its queries. The outputs start at zero.
+    for (t, tile) in queries.chunks(TILE).enumerate() {
+        let tile_span = tile_span(tile);
+        for (i, qv) in tile.iter().enumerate() {
+            let span = (qv.first / CHUNK * CHUNK - start)..((qv.pos / CHUNK + 1) * CHUNK - start);
+            let row = &mut scores[(t * TILE + i) * n..][..n];
             // SAFETY: `Kernels::for_head_dim` chose kernels this CPU runs.
             unsafe { (kernels.softmax_f16)(&mut row[span.clone()]) };
             row[tile_span.start..span.start].fill(0.0);
             row[span.end..tile_span.end].fill(0.0);
             // SAFETY: `out` holds every row; this task alone writes head `qv.head` of `qv.row`.
-            dsts[i] = unsafe { out.0.add(qv.row * width + qv.head * hd) };
+            unsafe { std::ptr::write_bytes(out.0.add(qv.row * width + qv.head * hd), 0, hd) };
         }
-        let values = &vw[tile_span.start * hd..tile_span.end * hd];
-        // SAFETY: as above; `dsts[..queries.len()]` each have room for `hd` floats.
-        unsafe { (kernels.weighted_sum)(scores, n, tile_span, values, &dsts[..queries.len()], hd) };
+    }
+
+    // Weighted values, value block by value block, added into the outputs in position order.
+    for b0 in (start..end).step_by(KEY_BLOCK) {
+        let b1 = (b0 + KEY_BLOCK).min(end);
+        widen_block(s, shape, kvh, b0..b1, false, block);
+        for (t, tile) in queries.chunks(TILE).enumerate() {
+            let tile_span = tile_span(tile);
+            let span = tile_span.start.max(b0 - start)..tile_span.end.min(b1 - start);
+            if span.is_empty() {
+                continue;
+            }
+            let mut dsts = [std::ptr::null_mut(); TILE];
+            for (d, qv) in dsts.iter_mut().zip(tile) {
+                // SAFETY: as above.
+                *d = unsafe { out.0.add(qv.row * width + qv.head * hd) };
+            }
+            let values = &block[(span.start + start - b0) * hd..(span.end + start - b0) * hd];
+            let w = &scores[t * TILE * n..];
+            // SAFETY: as above; `dsts[..tile.len()]` each have room for `hd` floats.
+            unsafe { (kernels.weighted_sum)(w, n, span, values, &dsts[..tile.len()], hd) };
+        }
+    }
+    // Quantized values are stored rotated too: rotate the weighted sums back.
+    if !matches!(s.v.first(), Some(KvRows::F16(_)) | None) {
+        for qv in queries.iter() {
+            // SAFETY: as above.
+            let o = unsafe {
+                std::slice::from_raw_parts_mut(out.0.add(qv.row * width + qv.head * hd), hd)
+            };
+            rotate(o);
+        }
+    }
+}
+
+/// Widen KV head `kvh` of positions `range` (whole chunks) into `dst`: keys transposed
+/// within each chunk (`dst[chunk][d][j]`), values as rows (`dst[p][d]`). Positions past the
+/// sequence are zeros.
+fn widen_block(
+    s: &SeqAttention<'_>,
+    shape: &AttentionShape,
+    kvh: usize,
+    range: Range<usize>,
+    keys: bool,
+    dst: &mut [f32],
+) {
+    let hd = shape.head_dim;
+    let kv_dim = shape.n_kv_head * hd;
+    let block_len = if s.k.len() == 1 {
+        usize::MAX
+    } else {
+        s.block_len
+    };
+    let at = |p: usize| (p / block_len, (p % block_len) * kv_dim + kvh * hd);
+    if !keys {
+        for (p, row) in range.zip(dst.chunks_exact_mut(hd)) {
+            if p < s.len {
+                let (b, o) = at(p);
+                s.v[b].widen(o, row);
+            } else {
+                row.fill(0.0);
+            }
+        }
+        return;
+    }
+    let mut row = [0f32; MAX_HEAD_DIM];
+    let row = &mut row[..hd];
+    for (i, p) in range.enumerate() {
+        if p < s.len {
+            let (b, o) = at(p);
+            s.k[b].widen(o, row);
+        } else {
+            row.fill(0.0);
+        }
+        let (c, j) = (i / CHUNK, i % CHUNK);
+        let kt_chunk = &mut dst[c * hd * CHUNK..][..hd * CHUNK];
+        for (d, &x) in row.iter().enumerate() {
+            kt_chunk[d * CHUNK + j] = x;
+        }
     }
 }
 
@@ -317,7 +412,8 @@ struct Kernels {
     dots: unsafe fn(&[f32], &[f32]) -> [f32; CHUNK],
     softmax_f16: unsafe fn(&mut [f32]),
     /// `weighted_sum(w, n, span, values, outs, hd)`: for each query `i`,
-    /// `outs[i] = sum over p in span of w[i * n + p] * values[p - span.start]`.
+    /// `outs[i] += sum over p in span of w[i * n + p] * values[p - span.start]`, added one
+    /// position at a time (so that a span summed in pieces gives the same bits).
     weighted_sum: WeightedSumFn,
 }
 
@@ -417,8 +513,8 @@ fn softmax_f16(scores: &mut [f32]) {
     }
 }
 
-/// Portable `Kernels::weighted_sum`: per query, one running sum per output element,
-/// positions in order, zero weights skipped. (Summing in llama.cpp's 16 lanes here, as the
+/// Portable `Kernels::weighted_sum`: per query, one running sum per output element, from
+/// what the output holds, positions in order, zero weights skipped. (Summing in llama.cpp's 16 lanes here, as the
 /// scores do, measured further from the fixtures, by chance: this model amplifies any
 /// rounding change.)
 ///
@@ -435,6 +531,8 @@ unsafe fn weighted_sum(
     for (i, &out) in outs.iter().enumerate() {
         let mut acc = [0f32; MAX_HEAD_DIM];
         let acc = &mut acc[..hd];
+        // SAFETY: the caller's.
+        unsafe { std::ptr::copy_nonoverlapping(out, acc.as_mut_ptr(), hd) };
         let w = &w[i * n..][span.clone()];
         for (&wp, v) in w.iter().zip(values.chunks_exact(hd)) {
             if wp == 0.0 {
@@ -622,6 +720,11 @@ mod avx512 {
         let hd = N * 16;
         let mut acc = [[_mm512_setzero_ps(); N]; Q];
         unsafe {
+            for (acc, &out) in acc.iter_mut().zip(outs) {
+                for (c, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(out.add(16 * c));
+                }
+            }
             for (i, p) in span.clone().enumerate() {
                 let v = values.as_ptr().add(i * hd);
                 let rows: [__m512; N] = std::array::from_fn(|c| _mm512_loadu_ps(v.add(16 * c)));
@@ -645,11 +748,15 @@ mod avx512 {
 mod tests {
     use super::*;
 
-    /// Plain attention: all scores, one softmax, the weights rounded to f16 as llama.cpp does.
+    /// Positions per paged block in these tests, as the cache has them.
+    const BLOCK: usize = 16;
+
+    /// Plain attention over widened keys and values: all scores, one softmax, the weights
+    /// rounded to f16 as llama.cpp does.
     fn reference(
         shape: &AttentionShape,
-        k: &[f16],
-        v: &[f16],
+        k: &[f32],
+        v: &[f32],
         len: usize,
         q: &[f32],
         n_rows: usize,
@@ -670,7 +777,7 @@ mod tests {
                 let scores: Vec<f32> = (first..=pos)
                     .map(|p| {
                         let kr = &k[p * kv_dim + off..][..hd];
-                        qv.iter().zip(kr).map(|(a, b)| a * b.to_f32()).sum::<f32>() * shape.scale
+                        qv.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * shape.scale
                     })
                     .collect();
                 let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
@@ -680,12 +787,16 @@ mod tests {
                 for (i, p) in (first..=pos).enumerate() {
                     let w = f16::from_f32(e[i] / sum).to_f32();
                     for (d, o) in o.iter_mut().enumerate() {
-                        *o += w * v[p * kv_dim + off + d].to_f32();
+                        *o += w * v[p * kv_dim + off + d];
                     }
                 }
             }
         }
         out
+    }
+
+    fn widen(x: &[f16]) -> Vec<f32> {
+        x.iter().map(|v| v.to_f32()).collect()
     }
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -710,8 +821,14 @@ mod tests {
         block_len: usize,
     ) -> Vec<f32> {
         let kv_dim = shape.n_kv_head * shape.head_dim;
-        let kb: Vec<&[f16]> = k[..len * kv_dim].chunks(block_len * kv_dim).collect();
-        let vb: Vec<&[f16]> = v[..len * kv_dim].chunks(block_len * kv_dim).collect();
+        let kb: Vec<KvRows<'_>> = k[..len * kv_dim]
+            .chunks(block_len * kv_dim)
+            .map(KvRows::F16)
+            .collect();
+        let vb: Vec<KvRows<'_>> = v[..len * kv_dim]
+            .chunks(block_len * kv_dim)
+            .map(KvRows::F16)
+            .collect();
         let mut out = vec![f32::NAN; q.len()];
         let seq = SeqAttention {
             k: &kb,
@@ -753,7 +870,15 @@ mod tests {
                 window,
             };
             let kv_dim = kv_heads * hd;
-            for (len, n_rows) in [(1, 1), (37, 37), (70, 5), (16, 1), (33, 2), (300, 300)] {
+            for (len, n_rows) in [
+                (1, 1),
+                (37, 37),
+                (70, 5),
+                (16, 1),
+                (33, 2),
+                (300, 300),
+                (700, 40),
+            ] {
                 let k: Vec<f16> = random(len * kv_dim, 1)
                     .iter()
                     .map(|&x| f16::from_f32(3.0 * x))
@@ -766,7 +891,7 @@ mod tests {
                     .iter()
                     .map(|x| 4.0 * x)
                     .collect();
-                let want = reference(&shape, &k, &v, len, &q, n_rows);
+                let want = reference(&shape, &widen(&k), &widen(&v), len, &q, n_rows);
                 for block_len in [len.max(1), 16, 32] {
                     let got = run_blocks(&shape, &k, &v, len, &q, n_rows, block_len);
                     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -780,6 +905,104 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// q8_0 and q4_0 caches: the kernel reads their blocks as exactly the dequantised
+    /// values (plain attention over those values agrees as the f16 case does), and with
+    /// q8_0 the result stays close to attention over the unquantized f32 keys and values.
+    #[test]
+    fn quantized_blocks_match_plain_attention() {
+        use crate::kernels::kv_rows::{QK, quantize_q4_0, quantize_q8_0};
+        let shape = AttentionShape {
+            n_head: 6,
+            n_kv_head: 2,
+            head_dim: 64,
+            scale: 0.125,
+            window: None,
+        };
+        let kv_dim = 2 * 64;
+        let mut worst = [0f32; 2];
+        for (len, n_rows) in [(1, 1), (45, 45), (300, 3), (600, 1)] {
+            let k32: Vec<f32> = random(len * kv_dim, 11).iter().map(|x| 3.0 * x).collect();
+            let v32 = random(len * kv_dim, 12);
+            let q = random(n_rows * 6 * 64, 13);
+            let f32_truth = reference(&shape, &k32, &v32, len, &q, n_rows);
+            // Stored rotated per head, as the cache stores them.
+            let (mut k_rot, mut v_rot) = (k32.clone(), v32.clone());
+            k_rot.chunks_exact_mut(64).for_each(rotate);
+            v_rot.chunks_exact_mut(64).for_each(rotate);
+            for (t, q4) in [false, true].into_iter().enumerate() {
+                let per_block = BLOCK * kv_dim;
+                let scales = |x: &[f32]| vec![f16::ZERO; x.len() / QK];
+                let (mut kd, mut vd) = (scales(&k32), scales(&v32));
+                let (mut k8, mut v8) = (vec![0i8; k32.len()], vec![0i8; v32.len()]);
+                let (mut k4, mut v4) = (vec![0u8; k32.len() / 2], vec![0u8; v32.len() / 2]);
+                let (kb, vb): (Vec<KvRows<'_>>, Vec<KvRows<'_>>) = if q4 {
+                    quantize_q4_0(&k_rot, &mut k4, &mut kd);
+                    quantize_q4_0(&v_rot, &mut v4, &mut vd);
+                    fn rows<'a>(q: &'a [u8], d: &'a [f16], per_block: usize) -> Vec<KvRows<'a>> {
+                        q.chunks(per_block / 2)
+                            .zip(d.chunks(per_block / QK))
+                            .map(|(quants, scales)| KvRows::Q4_0 { quants, scales })
+                            .collect()
+                    }
+                    (rows(&k4, &kd, per_block), rows(&v4, &vd, per_block))
+                } else {
+                    quantize_q8_0(&k_rot, &mut k8, &mut kd);
+                    quantize_q8_0(&v_rot, &mut v8, &mut vd);
+                    fn rows<'a>(q: &'a [i8], d: &'a [f16], per_block: usize) -> Vec<KvRows<'a>> {
+                        q.chunks(per_block)
+                            .zip(d.chunks(per_block / QK))
+                            .map(|(quants, scales)| KvRows::Q8_0 { quants, scales })
+                            .collect()
+                    }
+                    (rows(&k8, &kd, per_block), rows(&v8, &vd, per_block))
+                };
+                let dequantised = |blocks: &[KvRows<'_>]| -> Vec<f32> {
+                    let mut all = Vec::new();
+                    for b in blocks {
+                        let mut x = vec![0f32; b.len()];
+                        b.widen(0, &mut x);
+                        all.extend(x);
+                    }
+                    all
+                };
+                let (mut keys, mut values) = (dequantised(&kb), dequantised(&vb));
+                keys.chunks_exact_mut(64).for_each(rotate);
+                values.chunks_exact_mut(64).for_each(rotate);
+                let want = reference(&shape, &keys, &values, len, &q, n_rows);
+                let mut got = vec![f32::NAN; q.len()];
+                let seq = SeqAttention {
+                    k: &kb,
+                    v: &vb,
+                    block_len: BLOCK,
+                    len,
+                    rows: 0..n_rows,
+                };
+                attention(&shape, &[seq], &q, &mut got);
+                // The queries are rounded to f16 after the rotation here, before it in the
+                // reference: a little more than the f16 case's 5e-4.
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 2e-3 * w.abs().max(1.0),
+                        "q4 {q4} len {len} element {i}: {g} vs {w}"
+                    );
+                }
+                for (g, w) in got.iter().zip(&f32_truth) {
+                    worst[t] = worst[t].max((g - w).abs());
+                }
+            }
+        }
+        eprintln!(
+            "max |quantized - f32|: q8_0 {}, q4_0 {}",
+            worst[0], worst[1]
+        );
+        // Rotated values of these heads reach about 2.5 in magnitude: a q8_0 step of 0.02.
+        assert!(worst[0] <= 0.015, "q8_0 strays {} from f32", worst[0]);
+        assert!(
+            worst[0] * 4.0 < worst[1],
+            "q8_0 is not clearly closer than q4_0"
+        );
     }
 
     #[test]
@@ -802,7 +1025,7 @@ mod tests {
                 .map(|&x| f16::from_f32(x))
                 .collect();
             let q = random(len * 4 * hd, 9);
-            let (kb, vb) = ([&k[..]], [&v[..]]);
+            let (kb, vb) = ([KvRows::F16(&k)], [KvRows::F16(&v)]);
             let seqs = [SeqAttention {
                 k: &kb,
                 v: &vb,

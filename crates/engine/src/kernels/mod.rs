@@ -32,6 +32,7 @@ mod acts;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod kv_rows;
 mod packed;
 mod scalar;
 #[cfg(test)]

@@ -674,6 +674,19 @@ impl Llama {
         )
     }
 
+    /// Per layer, the largest magnitude of its key bias (0 without one): a large one puts
+    /// the same big offset in every key of the layer.
+    pub fn key_bias_max(&self) -> Vec<f32> {
+        self.layers
+            .iter()
+            .map(|l| {
+                l.qkv_bias.as_ref().map_or(0.0, |[_, bk, _]| {
+                    bk.iter().fold(0f32, |m, x| m.max(x.abs()))
+                })
+            })
+            .collect()
+    }
+
     /// Layers and values per position: the shape of this model's KV blocks.
     pub fn kv_geometry(&self) -> (usize, usize) {
         (self.cfg.n_layer, self.cfg.n_kv_head * self.cfg.head_dim)

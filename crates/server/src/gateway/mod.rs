@@ -186,6 +186,20 @@ impl Gateway {
         self.quotas.allows(key, model, canonical)
     }
 
+    /// Let a request from `key` for `model` in and count it against the key's limits
+    /// (`[[key]]`: models, requests per minute, tokens per day), or the response that says
+    /// why not. For a request answered before it reaches [`route`] (the archive's "nothing
+    /// relevant"), which would otherwise escape the limits.
+    pub async fn admit(
+        &self,
+        key: Option<&str>,
+        model: &str,
+        store: Option<&verre_store::Store>,
+    ) -> Result<(), Response> {
+        let canonical = self.names.get(model).map(String::as_str);
+        self.quotas.admit(key, model, canonical, store).await
+    }
+
     /// Whether the API key named `key` has `admin = true` (sees every key's usage).
     pub fn key_is_admin(&self, key: &str) -> bool {
         self.quotas.is_admin(key)

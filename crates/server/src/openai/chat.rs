@@ -34,8 +34,9 @@ pub async fn chat_completions(
     let prompt = chat_prompt(&served, &req, constrained).await?;
     let grammar = structured::compile(&served.model, spec, param).await?;
     let calls =
-        (!req.tools.is_empty() && req.tool_choice != ToolChoice::None).then_some(CallReading {
+        (!req.tools.is_empty() && req.tool_choice != ToolChoice::None).then(|| CallReading {
             format: tool_format,
+            tools: req.tools.iter().map(|t| t.name.clone()).collect(),
         });
     // Under a grammar the whole output is the answer the grammar shapes.
     let thinking = ReasoningTags::for_model(&served.model)
@@ -179,16 +180,21 @@ async fn render_prompt(
 }
 
 /// How tool calls are read from a request's output.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct CallReading {
     format: ToolFormat,
+    /// The declared tools' names: an answer that is nothing but a call to one of them is
+    /// that call, markers or not.
+    tools: Arc<[String]>,
 }
 
 impl CallReading {
     /// A call repeated with the same name and arguments in one answer is dropped, whatever
     /// the tool choice: a client would run it twice.
-    fn parser(self) -> ToolCallParser {
-        ToolCallParser::new(self.format).distinct()
+    fn parser(&self) -> ToolCallParser {
+        ToolCallParser::new(self.format)
+            .distinct()
+            .bare_calls(self.tools.to_vec())
     }
 }
 
@@ -200,7 +206,7 @@ struct Thinking {
 }
 
 /// How a request's output is read: thinking apart from the answer, tool calls out of it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct OutputReading {
     thinking: Option<Thinking>,
     calls: Option<CallReading>,
@@ -212,10 +218,10 @@ impl OutputReading {
         self.thinking.is_none() && self.calls.is_none()
     }
 
-    fn reader(self) -> OutputReader {
+    fn reader(&self) -> OutputReader {
         let thinking = self.thinking.map(|t| {
             let splitter = ReasoningSplitter::new(t.tags, t.inside);
-            match self.calls {
+            match &self.calls {
                 Some(calls) => {
                     let (marker, token) = calls.format.call_marker();
                     splitter.ending_at_call(marker, token)
@@ -225,7 +231,7 @@ impl OutputReading {
         });
         OutputReader {
             thinking,
-            calls: self.calls.map(CallReading::parser),
+            calls: self.calls.as_ref().map(CallReading::parser),
         }
     }
 }
@@ -338,7 +344,7 @@ struct ReadOutput {
 }
 
 /// A choice's text read whole: reasoning, content and tool calls.
-fn read_output(reading: OutputReading, c: &generation::ChoiceOutput) -> ReadOutput {
+fn read_output(reading: &OutputReading, c: &generation::ChoiceOutput) -> ReadOutput {
     let mut reader = reading.reader();
     let mut deltas: Vec<OutputDelta> = c
         .pieces
@@ -408,7 +414,7 @@ fn chat_response(
                     content: c.text.clone(),
                     ..ReadOutput::default()
                 },
-                false => read_output(reading, &c),
+                false => read_output(&reading, &c),
             };
             reasoning_tokens += tokens;
             let mut message = json!({ "role": "assistant", "content": content });
@@ -704,6 +710,7 @@ mod tests {
             thinking: Some(Thinking { tags, inside }),
             calls: Some(CallReading {
                 format: ToolFormat::Hermes,
+                tools: Arc::from(["get_weather".to_string()]),
             }),
         };
         let call = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>";
@@ -736,6 +743,7 @@ mod tests {
             thinking: None,
             calls: Some(CallReading {
                 format: ToolFormat::Hermes,
+                tools: Arc::from(["get_weather".to_string()]),
             }),
         };
         let call = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>";
@@ -775,7 +783,10 @@ mod tests {
                 tags,
                 inside: false,
             }),
-            calls: Some(CallReading { format }),
+            calls: Some(CallReading {
+                format,
+                tools: Arc::from(["get_weather".to_string()]),
+            }),
         };
         let deltas = read(
             reading,

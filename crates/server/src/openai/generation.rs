@@ -70,6 +70,7 @@ pub fn engine_request(
         },
         n: params.n,
         prompt_logprobs,
+        speculative: params.speculative,
     }
 }
 

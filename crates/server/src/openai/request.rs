@@ -49,6 +49,9 @@ pub struct GenerationParams {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub ignore_eos: bool,
+    /// verre's extension `"speculative": false`: decode this request token by token (no
+    /// speculative decoding, no grammar fast-forward). `None`: the server's setting.
+    pub speculative: Option<bool>,
     /// `Some` when the answer is streamed as server-sent events.
     pub stream: Option<StreamOptions>,
 }
@@ -210,6 +213,8 @@ struct RawSampling {
     min_p: Option<f32>,
     repetition_penalty: Option<f32>,
     ignore_eos: Option<bool>,
+    // verre's own: speculative decoding for this request (the output is the same).
+    speculative: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -530,6 +535,7 @@ fn generation_params(
         sampling,
         stop: stop_strings(raw.stop)?,
         ignore_eos: raw.ignore_eos.unwrap_or(false),
+        speculative: raw.speculative,
         stream,
     })
 }
@@ -1036,6 +1042,11 @@ mod tests {
             })
         );
         assert_eq!(r.params.sampling.temperature, 0.0);
+        assert_eq!(r.params.speculative, None);
+        let off = chat(&format!(r#"{{{HI}, "speculative": false}}"#)).unwrap();
+        assert_eq!(off.params.speculative, Some(false));
+        let e = chat(&format!(r#"{{{HI}, "speculative": "no"}}"#)).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("speculative"));
         let e = chat(&format!(r#"{{{HI}, "stop": [1]}}"#)).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("stop"));
         let e = chat(&format!(

@@ -442,7 +442,70 @@ pub struct ToolCallParser {
     calls: usize,
     /// Calls let out so far (name, arguments), when a repeated call is dropped.
     distinct: Option<Vec<(String, String)>>,
+    /// The declared tools' names, when an answer that is nothing but a call object (bare or
+    /// in a fenced code block) is read as that call; see [`ToolCallParser::bare_calls`].
+    bare: Option<Vec<String>>,
+    /// Whether the answer so far could still be such a bare call (its text is held back).
+    bare_possible: bool,
+    /// How far the held text was scanned for the end of its JSON value, so that each byte
+    /// is looked at once while the value is incomplete (see [`BareScan`]).
+    bare_scan: BareScan,
+    /// Times the held text was parsed whole (bounded: see [`BareScan`]).
+    bare_parses: std::cell::Cell<usize>,
 }
+
+/// The structure of a held answer's JSON, scanned incrementally: its nesting depth outside
+/// strings. Parsing the whole held text again on every token would cost quadratic time on
+/// a long answer; the scan says when the value may be complete, and only then is it parsed.
+#[derive(Debug, Default)]
+struct BareScan {
+    /// Bytes of the buffer scanned.
+    at: usize,
+    started: bool,
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+    /// The value's outermost bracket closed: parse it (and whatever follows) now.
+    closed: bool,
+}
+
+impl BareScan {
+    fn advance(&mut self, text: &str) {
+        for &b in &text.as_bytes()[self.at..] {
+            if !self.started {
+                if b == b'{' || b == b'[' {
+                    self.started = true;
+                    self.depth = 1;
+                }
+                continue;
+            }
+            if self.in_string {
+                match b {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.depth == 0 {
+                        self.closed = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.at = text.len();
+    }
+}
+
+/// Held text short enough to decide on by parsing it whole (the fence, the first bracket).
+const BARE_PREFIX: usize = 64;
 
 impl ToolCallParser {
     pub fn new(format: ToolFormat) -> Self {
@@ -452,7 +515,22 @@ impl ToolCallParser {
             buffer: String::new(),
             calls: 0,
             distinct: None,
+            bare: None,
+            bare_possible: false,
+            bare_scan: BareScan::default(),
+            bare_parses: std::cell::Cell::new(0),
         }
+    }
+
+    /// An answer that is nothing but a call object, `{"name": ..., "arguments": {...}}` (or a
+    /// list of them), without the format's call markers — bare or in a ```json fence — is
+    /// read as that call when `name` is one of `tools`. Small Hermes-format models (Qwen2.5
+    /// Coder 0.5B and 1.5B) answer this way under `tool_choice: auto`. Such an answer is held
+    /// back until it is known; an answer that starts otherwise streams as before.
+    pub fn bare_calls(mut self, tools: Vec<String>) -> Self {
+        self.bare_possible = matches!(self.format, ToolFormat::Hermes) && !tools.is_empty();
+        self.bare = Some(tools);
+        self
     }
 
     /// A call with the same name and arguments as an earlier one of the same answer is
@@ -473,6 +551,26 @@ impl ToolCallParser {
         let text = self.format.control_text(token).unwrap_or(text);
         let mut out = Vec::new();
         self.buffer.push_str(text);
+        if self.bare_possible && !self.in_calls {
+            // The call marker in the new text ends it; else the held text is parsed only
+            // while it is short or once its value's brackets closed.
+            let marker = self.format.marker();
+            let from = self.bare_scan.at.saturating_sub(marker.len());
+            let from = (0..=from)
+                .rev()
+                .find(|&i| self.buffer.is_char_boundary(i))
+                .unwrap_or(0);
+            let marked = self.buffer[from..].contains(marker);
+            self.bare_scan.advance(&self.buffer);
+            let decide = marked || self.buffer.len() <= BARE_PREFIX || self.bare_scan.closed;
+            match decide {
+                false => return out,
+                true => match self.bare_state() {
+                    Bare::Possible => return out,
+                    Bare::Ruled => self.bare_possible = false,
+                },
+            }
+        }
         if !self.in_calls {
             let marker = self.format.marker();
             if let Some(at) = self.buffer.find(marker) {
@@ -497,6 +595,16 @@ impl ToolCallParser {
     /// left of a call that does not parse is dropped rather than shown as content.
     pub fn finish(&mut self, cut: bool) -> Vec<ToolDelta> {
         let mut out = Vec::new();
+        if self.bare_possible && !self.in_calls {
+            self.bare_possible = false;
+            if let Some(calls) = self.bare_answer() {
+                self.buffer.clear();
+                for call in calls {
+                    out.extend(self.call(call));
+                }
+                return out;
+            }
+        }
         if !self.in_calls {
             out.extend(content(std::mem::take(&mut self.buffer)));
             return out;
@@ -527,6 +635,67 @@ impl ToolCallParser {
             None => out.extend(content(self.unparsed(&rest))),
         }
         out
+    }
+
+    /// Whether the text so far could still be a bare call answer.
+    fn bare_state(&self) -> Bare {
+        self.bare_parses.set(self.bare_parses.get() + 1);
+        let text = self.buffer.trim_start();
+        if text.contains(self.format.marker()) {
+            return Bare::Ruled;
+        }
+        let Some(body) = strip_open_fence(text) else {
+            return Bare::Ruled;
+        };
+        if body.is_empty() {
+            return Bare::Possible;
+        }
+        if !body.starts_with('{') && !body.starts_with('[') {
+            return Bare::Ruled;
+        }
+        let mut values = serde_json::Deserializer::from_str(body).into_iter::<Value>();
+        match values.next() {
+            Some(Ok(value)) => {
+                let tail = body[values.byte_offset()..].trim();
+                let fence_tail =
+                    tail.is_empty() || (text.starts_with('`') && "```".starts_with(tail));
+                match fence_tail && self.bare_calls_in(&value).is_some() {
+                    true => Bare::Possible,
+                    false => Bare::Ruled,
+                }
+            }
+            Some(Err(e)) if e.is_eof() => Bare::Possible,
+            _ => Bare::Ruled,
+        }
+    }
+
+    /// The whole answer read as bare calls, if it is one.
+    fn bare_answer(&self) -> Option<Vec<ParsedCall>> {
+        let text = self.buffer.trim();
+        let body = strip_open_fence(text)?;
+        let body = match text.starts_with('`') {
+            true => body.strip_suffix("```")?.trim_end(),
+            false => body,
+        };
+        let value: Value = serde_json::from_str(body).ok()?;
+        self.bare_calls_in(&value)
+    }
+
+    /// The calls `value` makes, when it is a call object or a list of them and every name is
+    /// a declared tool.
+    fn bare_calls_in(&self, value: &Value) -> Option<Vec<ParsedCall>> {
+        let tools = self.bare.as_ref()?;
+        let calls: Vec<ParsedCall> = match value {
+            Value::Array(items) if !items.is_empty() => {
+                items.iter().map(parsed_from_value).collect::<Option<_>>()?
+            }
+            object @ Value::Object(_) => vec![parsed_from_value(object)?],
+            _ => return None,
+        };
+        calls
+            .iter()
+            .all(|call| tools.contains(&call.name))
+            .then_some(calls)
     }
 
     /// Text that was taken for calls and is not: shown as it was written.
@@ -588,6 +757,31 @@ impl ToolCallParser {
             arguments: parsed.arguments,
         }))
     }
+}
+
+/// Whether an answer could still be a bare call.
+enum Bare {
+    Possible,
+    Ruled,
+}
+
+/// What follows an opening code fence (```` ``` ```` or ```` ```json ````, then a line
+/// break) at the start of `text`; `text` itself when it has no fence; the empty string
+/// while the fence is still being written; `None` when it opens some other block.
+fn strip_open_fence(text: &str) -> Option<&str> {
+    if !text.starts_with('`') {
+        return Some(text);
+    }
+    if "```".starts_with(text) {
+        return Some("");
+    }
+    let rest = text.strip_prefix("```")?;
+    let Some(line_end) = rest.find('\n') else {
+        // The fence's language tag, still being written.
+        return "json".starts_with(rest.trim_end()).then_some("");
+    };
+    let tag = rest[..line_end].trim();
+    (tag.is_empty() || tag.eq_ignore_ascii_case("json")).then(|| rest[line_end..].trim_start())
 }
 
 /// The complete Mistral call(s) at the start of `text` (what follows a `[TOOL_CALLS]`, or
@@ -1165,5 +1359,129 @@ mod tests {
             (2, 2)
         );
         assert_eq!(names(ToolCallParser::new(ToolFormat::Hermes)), (3, 3));
+    }
+
+    /// `every_split` for a parser that reads bare calls to the declared `tools`.
+    fn bare_split(tools: &[&str], text: &str) -> (String, Vec<(String, String)>) {
+        let run = |pieces: &[&str]| {
+            let names = tools.iter().map(|t| t.to_string()).collect();
+            let mut p = ToolCallParser::new(ToolFormat::Hermes).bare_calls(names);
+            let mut deltas = Vec::new();
+            for piece in pieces {
+                deltas.extend(p.push(0, piece));
+            }
+            deltas.extend(p.finish(false));
+            let mut text = String::new();
+            let mut calls = Vec::new();
+            for d in deltas {
+                match d {
+                    ToolDelta::Content(c) => text.push_str(&c),
+                    ToolDelta::Call(c) => calls.push((c.name, c.arguments)),
+                }
+            }
+            (text, calls)
+        };
+        let whole = run(&[text]);
+        for i in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+            assert_eq!(run(&[&text[..i], &text[i..]]), whole, "split at {i}");
+        }
+        let chars: Vec<String> = text.chars().map(String::from).collect();
+        let pieces: Vec<&str> = chars.iter().map(String::as_str).collect();
+        assert_eq!(run(&pieces), whole, "char by char");
+        whole
+    }
+
+    #[test]
+    fn an_answer_that_is_only_a_call_object_is_that_call() {
+        let weather = ("get_weather".to_string(), r#"{"city":"Paris"}"#.to_string());
+        // Qwen2.5-Coder 0.5B under `auto`: the object, bare.
+        let bare = "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}";
+        assert_eq!(
+            bare_split(&["get_weather"], bare),
+            (String::new(), vec![weather.clone()])
+        );
+        // Qwen2.5-Coder 1.5B: the same in a fenced block, with white space around.
+        let fenced = format!("\n```json\n{bare}\n```\n");
+        assert_eq!(
+            bare_split(&["get_weather"], &fenced),
+            (String::new(), vec![weather.clone()])
+        );
+        let plain_fence = format!("```\n{bare}\n```");
+        assert_eq!(
+            bare_split(&["get_weather"], &plain_fence).1,
+            vec![weather.clone()]
+        );
+        // A list of calls.
+        let list = format!("[{bare}, {{\"name\": \"get_time\", \"parameters\": {{}}}}]");
+        let (content, calls) = bare_split(&["get_weather", "get_time"], &list);
+        assert_eq!((content.as_str(), calls.len()), ("", 2));
+    }
+
+    #[test]
+    fn answers_that_only_look_like_calls_stay_content() {
+        let tools = ["get_weather"];
+        for text in [
+            // Not a declared tool.
+            "{\"name\": \"rm_rf\", \"arguments\": {}}",
+            // Arguments that are not an object.
+            "{\"name\": \"get_weather\", \"arguments\": [1]}",
+            // Text after the object.
+            "{\"name\": \"get_weather\", \"arguments\": {}} and then some",
+            // Text before it.
+            "Sure: {\"name\": \"get_weather\", \"arguments\": {}}",
+            // Another language's block, and text after the fence.
+            "```python\nprint(1)\n```",
+            "```json\n{\"name\": \"get_weather\", \"arguments\": {}}\n```\nDone.",
+            // JSON that is not a call, and a call cut short.
+            "{\"city\": \"Paris\"}",
+            "{\"name\": \"get_weather\", \"arguments\": {",
+            "[]",
+            "Paris is sunny.",
+        ] {
+            assert_eq!(
+                bare_split(&tools, text),
+                (text.to_string(), vec![]),
+                "{text:?}"
+            );
+        }
+        // Tagged calls are read as before.
+        let tagged = "<tool_call>{\"name\": \"get_weather\", \"arguments\": {}}</tool_call>";
+        assert_eq!(bare_split(&tools, tagged).1.len(), 1);
+    }
+
+    #[test]
+    fn an_answer_that_cannot_be_a_call_streams_at_once() {
+        let mut p = ToolCallParser::new(ToolFormat::Hermes).bare_calls(vec!["f".into()]);
+        assert_eq!(p.push(0, "Hello"), vec![ToolDelta::Content("Hello".into())]);
+        let mut p = ToolCallParser::new(ToolFormat::Hermes).bare_calls(vec!["f".into()]);
+        assert!(p.push(0, "{\"name\": \"f\"").is_empty());
+        assert_eq!(
+            p.push(0, ", \"x\": 1} no"),
+            vec![ToolDelta::Content("{\"name\": \"f\", \"x\": 1} no".into())]
+        );
+    }
+
+    #[test]
+    fn a_long_held_answer_is_parsed_a_bounded_number_of_times() {
+        // A bare call whose argument is 100 KB, one byte per token: parsing the held text
+        // at every token would be quadratic.
+        let long = "x".repeat(100_000);
+        let text = format!("{{\"name\": \"f\", \"arguments\": {{\"text\": \"{long}\"}}}}");
+        let mut p = ToolCallParser::new(ToolFormat::Hermes).bare_calls(vec!["f".into()]);
+        let mut deltas = Vec::new();
+        for i in 0..text.len() {
+            deltas.extend(p.push(0, &text[i..i + 1]));
+        }
+        deltas.extend(p.finish(false));
+        assert!(
+            matches!(&deltas[..], [ToolDelta::Call(c)] if c.name == "f" && c.arguments.len() > 100_000),
+            "{:?}",
+            deltas.len()
+        );
+        assert!(
+            p.bare_parses.get() <= BARE_PREFIX + 4,
+            "{}",
+            p.bare_parses.get()
+        );
     }
 }

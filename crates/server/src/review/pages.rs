@@ -11,21 +11,30 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::DateTime;
 use minijinja::{Environment, Value as Tpl, context};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
-use verre_store::review::{LoginRefusal, LoginReservation, QueueFilter, ReviewStatus};
+use verre_store::review::{
+    ChangedSinceConfirmed, LoginRefusal, LoginReservation, QueueFilter, QueueItem, ReviewStatus,
+    staged_digest,
+};
 use verre_store::{Store, now_ms};
 
 use super::auth::{self, LOGIN_CSRF_COOKIE, Reviewer, SESSION_COOKIE};
+use super::flash::Flash;
+use super::form;
+use super::triage::{self, Label, Signals, Triaged};
 use crate::AppState;
 
-/// Nothing loads from anywhere but this server, no script runs, no page frames this one.
-pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+/// Nothing loads from anywhere but this server, no script runs but the desk's own keyboard
+/// script (a file served from here: no inline script, no event handler attribute), no page
+/// frames this one.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; \
      frame-ancestors 'none'; base-uri 'none'";
 
 const STYLE: &str = include_str!("templates/style.css");
+const KEYS: &str = include_str!("templates/keys.js");
 
-fn templates() -> &'static Environment<'static> {
+pub(super) fn templates() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     ENV.get_or_init(|| {
         let mut env = Environment::new();
@@ -36,6 +45,8 @@ fn templates() -> &'static Environment<'static> {
             ("queue.html", include_str!("templates/queue.html")),
             ("message.html", include_str!("templates/message.html")),
             ("deliveries.html", include_str!("templates/deliveries.html")),
+            ("confirm.html", include_str!("templates/confirm.html")),
+            ("evidence.html", include_str!("templates/evidence.html")),
         ] {
             env.add_template(name, text)
                 .expect("the review templates are valid (tested)");
@@ -52,7 +63,7 @@ pub fn utc_time(ms: Option<i64>) -> String {
 }
 
 /// A rendered page (or an error page) with the review UI's security headers.
-fn page(status: StatusCode, name: &str, ctx: Tpl) -> Response {
+pub(super) fn page(status: StatusCode, name: &str, ctx: Tpl) -> Response {
     match templates().get_template(name).and_then(|t| t.render(ctx)) {
         Ok(html) => (
             status,
@@ -78,7 +89,7 @@ pub struct PageError {
 }
 
 impl PageError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -110,13 +121,16 @@ impl IntoResponse for PageError {
     }
 }
 
-type PageResult = Result<Response, PageError>;
+pub(super) type PageResult = Result<Response, PageError>;
 
 /// Security headers on every review response.
 pub async fn security_headers(mut response: Response) -> Response {
     let h = response.headers_mut();
+    // A handler may set a stricter policy of its own (an original document: `sandbox`).
+    if !h.contains_key("content-security-policy") {
+        h.insert("content-security-policy", HeaderValue::from_static(CSP));
+    }
     for (name, value) in [
-        ("content-security-policy", CSP),
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
         ("referrer-policy", "no-referrer"),
@@ -127,7 +141,7 @@ pub async fn security_headers(mut response: Response) -> Response {
     response
 }
 
-fn store(state: &AppState) -> Result<&Store, PageError> {
+pub(super) fn store(state: &AppState) -> Result<&Store, PageError> {
     state.store().ok_or_else(|| {
         PageError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -137,7 +151,7 @@ fn store(state: &AppState) -> Result<&Store, PageError> {
 }
 
 /// The signed-in reviewer, or a redirect to the login page.
-async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Reviewer, Response> {
+pub(super) async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Reviewer, Response> {
     let store = store(state).map_err(IntoResponse::into_response)?;
     let token = auth::review_cookie(state.review(), headers, SESSION_COOKIE).unwrap_or("");
     if token.is_empty() {
@@ -171,8 +185,8 @@ async fn form_author(
 /// A form posted by the signed-in reviewer with the session's CSRF token; otherwise the
 /// login redirect or a 403 page. `T` is the form's other fields.
 pub struct Posted<T> {
-    reviewer: Reviewer,
-    form: T,
+    pub(super) reviewer: Reviewer,
+    pub(super) form: T,
 }
 
 #[derive(Deserialize)]
@@ -199,12 +213,20 @@ impl<T: serde::de::DeserializeOwned + Send> FromRequest<Arc<AppState>> for Poste
     }
 }
 
-fn user_ctx(r: &Reviewer) -> Tpl {
+pub(super) fn user_ctx(r: &Reviewer) -> Tpl {
     context! { name => r.name(), role => &r.session.role }
 }
 
 pub async fn style() -> Response {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
+}
+
+pub async fn keys_script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        KEYS,
+    )
+        .into_response()
 }
 
 // --- login ----------------------------------------------------------------------------
@@ -394,28 +416,12 @@ pub async fn logout(
 pub struct QueueQuery {
     status: Option<String>,
     label: Option<String>,
-}
-
-#[derive(Serialize)]
-struct Label {
-    key: String,
-    value: String,
-}
-
-/// The short string values of an extraction: its labels (threat_level, intent...).
-fn labels_of(extract: Option<&Value>) -> Vec<Label> {
-    let Some(Value::Object(map)) = extract else {
-        return Vec::new();
-    };
-    map.iter()
-        .filter_map(|(k, v)| {
-            let v = v.as_str()?;
-            (v.len() <= 24 && !v.contains(char::is_whitespace)).then(|| Label {
-                key: k.clone(),
-                value: v.to_string(),
-            })
-        })
-        .collect()
+    /// Words to search for in subject, sender, extraction and text.
+    q: Option<String>,
+    notice: Option<String>,
+    /// The message a notice is about (approved, rejected, filed: undo is offered).
+    message: Option<i64>,
+    flash: Option<String>,
 }
 
 /// `Subject` and `From` from the stored header text.
@@ -433,13 +439,153 @@ fn subject_and_from(headers: Option<&str>) -> (String, String) {
     out
 }
 
-async fn headers_text(store: &Store, message_id: i64) -> anyhow::Result<Option<String>> {
-    Ok(store
-        .parts(message_id)
+/// Characters of a message's text read for deadlines and the search.
+const TEXT_SCANNED: usize = 20_000;
+
+/// What the ranking reads of one message, read and decrypted on the runtime, ranked off it.
+struct Unranked {
+    item: QueueItem,
+    headers: String,
+    text: String,
+    declared: BTreeMap<String, Vec<String>>,
+    lookup: Option<Value>,
+}
+
+/// The queue for `filter`, each message decrypted, ranked and (with `query`) matched; the
+/// undecided in priority order (highest first, then the longest waiting), the decided
+/// newest first. Without a query the ranking is reused while the queue's state is the
+/// same ([`triage::RankingCache`]); a search scans (at most [`triage::SCAN_LIMIT`]).
+async fn triaged(
+    state: &AppState,
+    store: &Store,
+    filter: QueueFilter,
+    query: &str,
+) -> anyhow::Result<Arc<Vec<Triaged>>> {
+    let cache = &state.review().rankings;
+    let view = format!(
+        "{}|{}",
+        filter.status.map_or("all", |s| s.as_str()),
+        filter
+            .label
+            .as_ref()
+            .map_or(String::new(), |(k, v)| format!("{k}={v}"))
+    );
+    let queue_state = store.queue_state().await?;
+    if query.is_empty()
+        && let Some(ranked) = cache.get(&view, &queue_state)
+    {
+        return Ok(ranked);
+    }
+    let undecided = matches!(
+        filter.status,
+        Some(ReviewStatus::ToReview | ReviewStatus::InProgress | ReviewStatus::Quarantined)
+    );
+    let mut unranked = Vec::new();
+    for item in store
+        .review_queue(&QueueFilter {
+            limit: triage::SCAN_LIMIT,
+            ..filter
+        })
         .await?
-        .into_iter()
-        .find(|p| p.kind == "headers")
-        .and_then(|p| p.text))
+    {
+        let id = item.message.id;
+        let mut headers = String::new();
+        let mut text = String::new();
+        for (kind, part) in store.triage_parts(id).await? {
+            let Some(part) = part else { continue };
+            if kind == "headers" {
+                headers = part;
+            } else if text.len() < TEXT_SCANNED {
+                text.extend(part.chars().take(TEXT_SCANNED - text.len()));
+                text.push('\n');
+            }
+        }
+        let declared = triage::declared_labels(store.stage_output(id, "stage").await?.as_ref());
+        let lookup = store.stage_output(id, "crossref").await?;
+        unranked.push(Unranked {
+            item,
+            headers,
+            text,
+            declared,
+            lookup,
+        });
+    }
+    cache.read(unranked.len());
+    let query = query.to_string();
+    let searching = !query.is_empty();
+    // Six regexes over up to 20 KB of each of a thousand messages: off the runtime.
+    let ranked = tokio::task::spawn_blocking(move || rank(unranked, &query, undecided))
+        .await
+        .map_err(|e| anyhow::anyhow!("ranking the queue: {e}"))?;
+    let ranked = Arc::new(ranked);
+    if !searching {
+        cache.put(&view, queue_state, ranked.clone());
+    }
+    Ok(ranked)
+}
+
+/// Rank (and with `query`, match) what [`triaged`] read.
+fn rank(unranked: Vec<Unranked>, query: &str, undecided: bool) -> Vec<Triaged> {
+    let now = now_ms();
+    let mut out = Vec::new();
+    for u in unranked {
+        let (subject, from) = subject_and_from(Some(&u.headers));
+        let extract_text = triage::strings_of(u.item.extract.as_ref());
+        if !triage::matches(query, &[&subject, &from, &extract_text, &u.text]) {
+            continue;
+        }
+        let received = triage::date_header(&u.headers).unwrap_or(u.item.message.received_at);
+        let priority = triage::priority(&Signals {
+            extract: u.item.extract.as_ref(),
+            declared: &u.declared,
+            lookup: u.lookup.as_ref(),
+            text: &u.text,
+            waited_ms: now - received.min(u.item.message.received_at),
+        });
+        let labels = triage::declared_values_of(u.item.extract.as_ref(), &u.declared)
+            .into_iter()
+            .map(|(key, value)| Label { key, value })
+            .collect();
+        out.push(Triaged {
+            item: u.item,
+            subject,
+            from,
+            received,
+            labels,
+            declared: u.declared,
+            priority,
+        });
+    }
+    if undecided {
+        out.sort_by_key(|t| (std::cmp::Reverse(t.priority.score), t.received));
+    }
+    out
+}
+
+fn queue_row(t: &Triaged) -> Tpl {
+    context! {
+        id => t.item.message.id,
+        received_at => t.received,
+        source_ref => &t.item.message.source_ref,
+        subject => &t.subject,
+        from => &t.from,
+        labels => &t.labels,
+        route => &t.item.route,
+        actions => t.item.actions,
+        status => t.item.status.as_str(),
+        score => t.priority.score,
+        reasons => &t.priority.reasons,
+    }
+}
+
+/// The queue's notices, from a fixed list (never echoed from the URL).
+fn queue_notice(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "approved" => "Approved: its actions are in the outbox.",
+        "rejected" => "Rejected.",
+        "filed" => "Filed: nothing was sent.",
+        _ => return None,
+    })
 }
 
 pub async fn queue(
@@ -460,46 +606,42 @@ pub async fn queue(
         })?),
     };
     let label = q.label.filter(|l| !l.is_empty());
-    let all = store
-        .review_queue(&QueueFilter {
+    let query = q.q.unwrap_or_default();
+    let all = triaged(
+        &state,
+        store,
+        QueueFilter {
             status,
-            label: None,
+            label: label
+                .as_deref()
+                .and_then(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string())),
             limit: 0,
-        })
-        .await?;
-    let mut options: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for item in &all {
-        for l in labels_of(item.extract.as_ref()) {
-            *options.entry((l.key, l.value)).or_default() += 1;
+        },
+        &query,
+    )
+    .await?;
+    // Only what the pipelines declared is offered, never a value a model made up.
+    let mut options: BTreeMap<(String, String), ()> = BTreeMap::new();
+    for t in all.iter() {
+        for (name, values) in &t.declared {
+            for v in values {
+                options.insert((name.clone(), v.clone()), ());
+            }
         }
     }
-    let wanted = label.as_deref().and_then(|l| l.split_once('='));
-    let mut items = Vec::new();
-    for item in all
-        .iter()
-        .filter(|i| {
-            wanted.is_none_or(|(k, v)| {
-                labels_of(i.extract.as_ref())
-                    .iter()
-                    .any(|l| l.key == k && l.value == v)
-            })
-        })
-        .take(200)
-    {
-        let (subject, from) =
-            subject_and_from(headers_text(store, item.message.id).await?.as_deref());
-        items.push(context! {
-            id => item.message.id,
-            received_at => item.message.received_at,
-            source_ref => &item.message.source_ref,
-            subject => subject,
-            from => from,
-            labels => labels_of(item.extract.as_ref()),
-            route => &item.route,
-            actions => item.actions,
-            status => item.status.as_str(),
-        });
-    }
+    let lanes = status == Some(ReviewStatus::ToReview);
+    let shown = all.iter().take(200);
+    let (items, nothing): (Vec<&Triaged>, Vec<&Triaged>) =
+        shown.partition(|t| !lanes || t.item.actions > 0);
+    let flash = q
+        .flash
+        .as_deref()
+        .and_then(|t| state.review().flashes.get(reviewer.name(), t));
+    let undo = match q.message {
+        Some(id) if store.undoable(id).await? => Some(id),
+        _ => None,
+    };
     let failed = store.deliveries_with_status("failed").await?.len();
     Ok(page(
         StatusCode::OK,
@@ -507,21 +649,43 @@ pub async fn queue(
         context! {
             user => user_ctx(&reviewer),
             csrf => &reviewer.session.csrf_token,
-            items => items,
+            notice => q.notice.as_deref().and_then(queue_notice).or(flash.as_ref().and_then(|f| f.notice.as_deref())),
+            error => flash.as_ref().and_then(|f| f.error.clone()),
+            decided => q.message,
+            undo => undo,
+            items => items.into_iter().map(queue_row).collect::<Vec<_>>(),
+            nothing => nothing.into_iter().map(queue_row).collect::<Vec<_>>(),
+            lanes => lanes,
             statuses => ReviewStatus::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
             status => status_name,
             labels => options.keys().map(|(k, v)| Label { key: k.clone(), value: v.clone() }).collect::<Vec<_>>(),
             label => label.unwrap_or_default(),
+            q => query,
+            scanned => triage::SCAN_LIMIT,
             failed => failed,
         },
     ))
 }
 
-pub async fn deliveries(State(state): State<Arc<AppState>>, headers: HeaderMap) -> PageResult {
+#[derive(Deserialize, Default)]
+pub struct FlashQuery {
+    flash: Option<String>,
+}
+
+pub async fn deliveries(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<FlashQuery>,
+) -> PageResult {
     let reviewer = match signed_in(&state, &headers).await {
         Ok(r) => r,
         Err(r) => return Ok(r),
     };
+    let flash = q
+        .flash
+        .as_deref()
+        .and_then(|t| state.review().flashes.get(reviewer.name(), t))
+        .unwrap_or_default();
     let store = store(&state)?;
     let mut rows = store.deliveries_with_status("failed").await?;
     rows.extend(store.deliveries_with_status("gone").await?);
@@ -539,6 +703,8 @@ pub async fn deliveries(State(state): State<Arc<AppState>>, headers: HeaderMap) 
             csrf => &reviewer.session.csrf_token,
             deliveries => rows,
             endpoints => endpoints,
+            notice => flash.notice,
+            error => flash.error,
         },
     ))
 }
@@ -554,23 +720,45 @@ pub fn sanitize_mail_html(html: &str) -> String {
     b.clean(html).to_string()
 }
 
-/// What the page shows about an edit that did not go through.
-struct Problem {
-    action: Option<(i64, String)>,
-    message: String,
-}
-
 fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// The neighbours of a message in the to-review queue's priority order: (previous, next).
+/// A message not on it (decided) has the queue's first as its next.
+async fn neighbours(
+    state: &AppState,
+    store: &Store,
+    id: i64,
+) -> anyhow::Result<(Option<i64>, Option<i64>)> {
+    let order: Vec<i64> = triaged(
+        state,
+        store,
+        QueueFilter {
+            status: Some(ReviewStatus::ToReview),
+            ..Default::default()
+        },
+        "",
+    )
+    .await?
+    .iter()
+    .map(|t| t.item.message.id)
+    .collect();
+    Ok(match order.iter().position(|&m| m == id) {
+        Some(at) => (
+            at.checked_sub(1).map(|p| order[p]),
+            order.get(at + 1).copied(),
+        ),
+        None => (None, order.first().copied()),
+    })
 }
 
 async fn message_page(
     state: &AppState,
     reviewer: &Reviewer,
     id: i64,
-    status: StatusCode,
     notice: Option<&str>,
-    problem: Option<Problem>,
+    flash: Option<Flash>,
 ) -> PageResult {
     let store = store(state)?;
     let Some(detail) = store.detail(id).await? else {
@@ -626,6 +814,7 @@ async fn message_page(
     let route = output("route")
         .and_then(|r| r["route"].as_str())
         .map(str::to_string);
+    let declared = triage::declared_labels(output("stage"));
     let sender = sender_ctx(output("parse"));
     let decision = store.decision(id).await?;
     let review_status = store
@@ -641,28 +830,32 @@ async fn message_page(
     let changed = store.recipient_changes(id).await?;
     let drafts = store.drafts(id).await?;
     let draft = drafts.last().map(|d| d.body.clone()).unwrap_or_default();
+    let flash = flash.unwrap_or_default();
     let actions: Vec<Tpl> = detail
         .actions
         .iter()
         .map(|a| {
-            let (payload, error) = match &problem {
-                Some(Problem {
-                    action: Some((aid, submitted)),
-                    message,
-                }) if *aid == a.id => (submitted.clone(), Some(message.clone())),
-                _ => (
-                    serde_json::from_str::<Value>(&a.payload)
-                        .map(|v| pretty(&v))
-                        .unwrap_or_else(|_| a.payload.clone()),
-                    None,
+            let current: Value = serde_json::from_str(&a.payload).unwrap_or(Value::Null);
+            let schema = form::payload_schema(&a.kind, &current, &declared);
+            let (submitted, error) = match &flash.action {
+                // Values too large to keep were dropped: the form shows what is stored.
+                Some((aid, fields)) if *aid == a.id => (
+                    (!fields.is_empty()).then_some(fields.as_slice()),
+                    flash.error.clone(),
                 ),
+                _ => (None, None),
             };
+            let raw = submitted
+                .and_then(|f| f.iter().find(|(k, _)| k == "payload"))
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| pretty(&current));
             let staged_target = changed
                 .iter()
                 .find(|(aid, _, _)| *aid == a.id)
                 .map(|(_, staged, _)| staged.clone());
             context! { id => a.id, name => &a.name, kind => &a.kind, target => &a.target,
-            staged_target => staged_target, status => &a.status, payload => payload, error => error }
+            staged_target => staged_target, status => &a.status, payload => raw,
+            fields => form::form_items(&schema, &current, submitted), error => error }
         })
         .collect();
     let stages: Vec<&str> = detail
@@ -671,22 +864,25 @@ async fn message_page(
         .filter(|j| j.stage != "parse" && matches!(j.state.as_str(), "done" | "failed"))
         .map(|j| j.stage.as_str())
         .collect();
-    let page_error = problem
-        .as_ref()
-        .filter(|p| p.action.is_none())
-        .map(|p| p.message.clone());
+    let page_error = flash.error.clone().filter(|_| flash.action.is_none());
+    let (previous, next) = neighbours(state, store, id).await?;
+    let undecided = review_status == ReviewStatus::ToReview;
     Ok(page(
-        status,
+        StatusCode::OK,
         "message.html",
         context! {
             user => user_ctx(reviewer),
             csrf => &reviewer.session.csrf_token,
-            notice => notice,
+            notice => notice.or(flash.notice.as_deref()),
             error => page_error,
             m => &detail.message,
+            received => triage::date_header(&header_text),
             subject => subject,
             status => review_status.as_str(),
-            undecided => review_status == ReviewStatus::ToReview,
+            undecided => undecided,
+            undo => !undecided && store.undoable(id).await?,
+            previous => previous,
+            next => next,
             decision => decision,
             headers => header_text,
             sender => sender,
@@ -701,6 +897,7 @@ async fn message_page(
             draft => draft,
             drafts => drafts,
             actions => actions,
+            staged => detail.actions.iter().filter(|a| a.status == "staged").count(),
             approvals => approvals,
             second_approver => state.review().second_approver && !changed.is_empty(),
             deliveries => store.deliveries(id).await?,
@@ -797,6 +994,7 @@ fn sender_ctx(parse: Option<&Value>) -> Tpl {
 #[derive(Deserialize, Default)]
 pub struct NoticeQuery {
     notice: Option<String>,
+    flash: Option<String>,
 }
 
 pub async fn message(
@@ -810,7 +1008,11 @@ pub async fn message(
         Err(r) => return Ok(r),
     };
     let notice = q.notice.as_deref().and_then(notice_text);
-    message_page(&state, &reviewer, id, StatusCode::OK, notice, None).await
+    let flash = q
+        .flash
+        .as_deref()
+        .and_then(|t| state.review().flashes.get(reviewer.name(), t));
+    message_page(&state, &reviewer, id, notice, flash).await
 }
 
 /// Notices are picked from a fixed list (never echoed from the URL).
@@ -824,6 +1026,7 @@ fn notice_text(key: &str) -> Option<&'static str> {
         }
         "rejected" => "Rejected.",
         "rerun" => "The stage is queued again; intake workers will run it.",
+        "undone" => "The decision is undone: nothing was sent, the message is to review again.",
         _ => return None,
     })
 }
@@ -832,26 +1035,29 @@ fn back_to(id: i64, notice: &str) -> Response {
     Redirect::to(&format!("/review/messages/{id}?notice={notice}")).into_response()
 }
 
-/// A store refusal (decided already, invalid payload...) shown on the message page.
-async fn refused(
+/// After a decision: the queue, which offers to undo it while nothing was picked up.
+fn decided(id: i64, notice: &str) -> Response {
+    Redirect::to(&format!("/review?notice={notice}&message={id}")).into_response()
+}
+
+/// A store refusal (decided already, invalid payload...) shown on the message page after a
+/// redirect, so that reloading the page does not post the form again.
+fn refused(
     state: &AppState,
     reviewer: &Reviewer,
     id: i64,
-    action: Option<(i64, String)>,
+    action: Option<(i64, Vec<(String, String)>)>,
     e: anyhow::Error,
 ) -> PageResult {
-    message_page(
-        state,
-        reviewer,
-        id,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        None,
-        Some(Problem {
+    let token = state.review().flashes.put(
+        reviewer.name(),
+        Flash {
+            error: Some(format!("{e:#}")),
             action,
-            message: format!("{e:#}"),
-        }),
-    )
-    .await
+            ..Default::default()
+        },
+    );
+    Ok(Redirect::to(&format!("/review/messages/{id}?flash={token}")).into_response())
 }
 
 #[derive(Deserialize)]
@@ -867,7 +1073,7 @@ pub async fn save_draft(
     let body = f.body.replace("\r\n", "\n");
     match store(&state)?.save_draft(id, &body, reviewer.name()).await {
         Ok(_) => Ok(back_to(id, "draft")),
-        Err(e) => refused(&state, &reviewer, id, None, e).await,
+        Err(e) => refused(&state, &reviewer, id, None, e),
     }
 }
 
@@ -876,46 +1082,226 @@ pub struct PayloadForm {
     payload: String,
 }
 
+/// The payload as raw JSON: for admins (reviewers edit it through the form).
 pub async fn save_payload(
     State(state): State<Arc<AppState>>,
     Path(action_id): Path<i64>,
     Posted { reviewer, form: f }: Posted<PayloadForm>,
 ) -> PageResult {
+    admin_only(&reviewer)?;
     let store = store(&state)?;
-    let Some(id) = store.action_message(action_id).await? else {
-        return Err(PageError::new(
-            StatusCode::NOT_FOUND,
-            format!("there is no action {action_id}"),
-        ));
-    };
+    let id = action_message(store, action_id).await?;
     match store
         .edit_action(action_id, &f.payload, reviewer.name())
         .await
     {
         Ok(()) => Ok(back_to(id, "payload")),
-        Err(e) => refused(&state, &reviewer, id, Some((action_id, f.payload)), e).await,
+        Err(e) => refused(
+            &state,
+            &reviewer,
+            id,
+            Some((action_id, vec![("payload".into(), f.payload)])),
+            e,
+        ),
     }
 }
 
+async fn action_message(store: &Store, action_id: i64) -> Result<i64, PageError> {
+    store.action_message(action_id).await?.ok_or_else(|| {
+        PageError::new(
+            StatusCode::NOT_FOUND,
+            format!("there is no action {action_id}"),
+        )
+    })
+}
+
+/// The payload edited through the form generated from its schema, validated against the
+/// schema before it is saved.
+pub async fn save_fields(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(action_id): Path<i64>,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> PageResult {
+    let csrf = fields
+        .iter()
+        .find(|(k, _)| k == "csrf")
+        .map_or("", |(_, v)| v.as_str());
+    let reviewer = match form_author(&state, &headers, csrf).await {
+        Ok(r) => r,
+        Err(r) => return Ok(r),
+    };
+    let store = store(&state)?;
+    let id = action_message(store, action_id).await?;
+    let Some(action) = store
+        .actions(id)
+        .await?
+        .into_iter()
+        .find(|a| a.id == action_id)
+    else {
+        return Err(PageError::new(StatusCode::NOT_FOUND, "no such action"));
+    };
+    let declared = triage::declared_labels(store.stage_output(id, "stage").await?.as_ref());
+    let current: Value = serde_json::from_str(&action.payload).unwrap_or(Value::Null);
+    let schema = form::payload_schema(&action.kind, &current, &declared);
+    let fields: Vec<(String, String)> = fields.into_iter().filter(|(k, _)| k != "csrf").collect();
+    let saved = match form::payload_from_form(&schema, &current, &fields) {
+        Ok(payload) => {
+            store
+                .edit_action(action_id, &payload.to_string(), reviewer.name())
+                .await
+        }
+        Err(why) => Err(anyhow::anyhow!(why)),
+    };
+    match saved {
+        Ok(()) => Ok(back_to(id, "payload")),
+        Err(e) => refused(&state, &reviewer, id, Some((action_id, fields)), e),
+    }
+}
+
+/// What approving would send where: every staged action with its resolved target and
+/// payload, and whether the configuration allows it. Nothing changes here.
+pub async fn confirm(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Query(q): Query<NoticeQuery>,
+) -> PageResult {
+    let reviewer = match signed_in(&state, &headers).await {
+        Ok(r) => r,
+        Err(r) => return Ok(r),
+    };
+    let store = store(&state)?;
+    let nothing = store
+        .actions(id)
+        .await?
+        .iter()
+        .all(|a| a.status != "staged");
+    let messages = vec![sending(&state, store, id).await?];
+    Ok(page(
+        StatusCode::OK,
+        "confirm.html",
+        context! {
+            user => user_ctx(&reviewer),
+            csrf => &reviewer.session.csrf_token,
+            messages => messages,
+            what => if nothing { "file" } else { "approve" },
+            post_to => format!("/review/messages/{id}/{}", if nothing { "file" } else { "approve" }),
+            single => id,
+            notice => q.notice.as_deref().and_then(confirm_notice),
+        },
+    ))
+}
+
+/// The confirmation's notices, from a fixed list.
+fn confirm_notice(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "changed" => {
+            "Changed since you confirmed: another reviewer edited what this message sends. Look again before you approve."
+        }
+        "unconfirmed" => "Confirm what this message sends first.",
+        _ => return None,
+    })
+}
+
+/// One message as the confirmation shows it, with the digest of what it shows that the
+/// approval must carry back.
+async fn sending(state: &AppState, store: &Store, id: i64) -> Result<Tpl, PageError> {
+    let Some(status) = store.review_status(id).await? else {
+        return Err(PageError::new(
+            StatusCode::NOT_FOUND,
+            format!("there is no message {id}"),
+        ));
+    };
+    let (subject, from) = subject_and_from(
+        store
+            .parts(id)
+            .await?
+            .iter()
+            .find(|p| p.kind == "headers")
+            .and_then(|p| p.text.as_deref()),
+    );
+    let delivery = &state.review().delivery;
+    let staged: Vec<_> = store
+        .actions(id)
+        .await?
+        .into_iter()
+        .filter(|a| a.status == "staged")
+        .collect();
+    let digest = staged_digest(&staged);
+    let actions: Vec<Tpl> = staged
+        .into_iter()
+        .map(|a| {
+            let payload: Value = serde_json::from_str(&a.payload).unwrap_or(Value::Null);
+            let refused = delivery.allow(&a).err();
+            context! {
+                name => &a.name, kind => &a.kind, target => &a.target,
+                subject => payload["subject"].as_str(), body => payload["body"].as_str(),
+                payload => pretty(&payload), refused => refused,
+            }
+        })
+        .collect();
+    Ok(context! {
+        id => id, subject => subject, from => from, status => status.as_str(),
+        undecided => status == ReviewStatus::ToReview, actions => actions, digest => digest,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct ApproveForm {
+    /// The digest of the staged actions the confirmation showed.
+    digest: Option<String>,
+}
+
+/// Approve what the confirmation showed: an approval without its digest, or with one that
+/// no longer matches, goes back to the confirmation.
 pub async fn approve(
     State(state): State<Arc<AppState>>,
     Path(id): Path<i64>,
-    Posted { reviewer, .. }: Posted<NoFields>,
+    Posted { reviewer, form: f }: Posted<ApproveForm>,
 ) -> PageResult {
+    let Some(digest) = f.digest.filter(|d| !d.is_empty()) else {
+        return Ok(to_confirmation(id, "unconfirmed"));
+    };
+    match approve_one(&state, &reviewer, id, &digest).await {
+        Ok(true) => Ok(back_to(id, "awaiting")),
+        Ok(false) => Ok(decided(id, "approved")),
+        Err(e) if e.is::<ChangedSinceConfirmed>() => Ok(to_confirmation(id, "changed")),
+        Err(e) => refused(&state, &reviewer, id, None, e),
+    }
+}
+
+fn to_confirmation(id: i64, notice: &str) -> Response {
+    Redirect::to(&format!("/review/messages/{id}/confirm?notice={notice}")).into_response()
+}
+
+/// Approve a message as confirmed (`digest`; true: recorded, waiting for a second approver).
+async fn approve_one(
+    state: &AppState,
+    reviewer: &Reviewer,
+    id: i64,
+    digest: &str,
+) -> anyhow::Result<bool> {
     let settings = state.review();
     let delivery = settings.delivery.clone();
     let allow = move |a: &verre_store::ActionRow| delivery.allow(a);
-    match store(&state)?
-        .approve_with(id, reviewer.name(), &allow, settings.second_approver)
-        .await
-    {
-        Ok(approval) if approval.awaiting.is_some() => Ok(back_to(id, "awaiting")),
-        Ok(_) => {
-            settings.wake.notify_one();
-            Ok(back_to(id, "approved"))
-        }
-        Err(e) => refused(&state, &reviewer, id, None, e).await,
+    let store = state
+        .store()
+        .ok_or_else(|| anyhow::anyhow!("this server was started without a database"))?;
+    let approval = store
+        .approve_confirmed(
+            id,
+            reviewer.name(),
+            &allow,
+            settings.second_approver,
+            Some(digest),
+        )
+        .await?;
+    if approval.awaiting.is_some() {
+        return Ok(true);
     }
+    settings.wake.notify_one();
+    Ok(false)
 }
 
 #[derive(Deserialize)]
@@ -929,9 +1315,204 @@ pub async fn reject(
     Posted { reviewer, form: f }: Posted<RejectForm>,
 ) -> PageResult {
     match store(&state)?.reject(id, reviewer.name(), &f.reason).await {
-        Ok(_) => Ok(back_to(id, "rejected")),
-        Err(e) => refused(&state, &reviewer, id, None, e).await,
+        Ok(_) => Ok(decided(id, "rejected")),
+        Err(e) => refused(&state, &reviewer, id, None, e),
     }
+}
+
+/// File a message that has nothing to send.
+pub async fn file(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<i64>,
+    Posted { reviewer, .. }: Posted<NoFields>,
+) -> PageResult {
+    match store(&state)?.file_message(id, reviewer.name()).await {
+        Ok(_) => Ok(decided(id, "filed")),
+        Err(e) => refused(&state, &reviewer, id, None, e),
+    }
+}
+
+/// Undo a decision while the delivery worker has not picked anything of it up.
+pub async fn undo(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<i64>,
+    Posted { reviewer, .. }: Posted<NoFields>,
+) -> PageResult {
+    match store(&state)?.undo_decision(id, reviewer.name()).await {
+        Ok(_) => Ok(back_to(id, "undone")),
+        Err(e) => refused(&state, &reviewer, id, None, e),
+    }
+}
+
+/// The messages a bulk decision is about, from the checked boxes (`id=1&id=2`) or a list
+/// (`ids=1,2`); at most [`BULK_LIMIT`].
+fn bulk_ids(pairs: &[(String, String)]) -> Result<Vec<i64>, PageError> {
+    let mut ids = Vec::new();
+    for (k, v) in pairs {
+        let values: Vec<&str> = match k.as_str() {
+            "id" => vec![v.as_str()],
+            "ids" => v.split(',').filter(|s| !s.is_empty()).collect(),
+            _ => continue,
+        };
+        for s in values {
+            let id = s.trim().parse::<i64>().map_err(|_| {
+                PageError::new(StatusCode::BAD_REQUEST, format!("not a message id: {s:?}"))
+            })?;
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    if ids.is_empty() {
+        return Err(PageError::new(
+            StatusCode::BAD_REQUEST,
+            "tick the messages to decide on first",
+        ));
+    }
+    if ids.len() > BULK_LIMIT {
+        return Err(PageError::new(
+            StatusCode::BAD_REQUEST,
+            format!("at most {BULK_LIMIT} messages at once"),
+        ));
+    }
+    Ok(ids)
+}
+
+/// The most messages one bulk decision covers.
+const BULK_LIMIT: usize = 100;
+
+fn bulk_what(pairs: &[(String, String)]) -> Result<&'static str, PageError> {
+    let what = pairs
+        .iter()
+        .find(|(k, _)| k == "do")
+        .map_or("", |(_, v)| v.as_str());
+    ["approve", "reject", "file"]
+        .into_iter()
+        .find(|w| *w == what)
+        .ok_or_else(|| PageError::new(StatusCode::BAD_REQUEST, "choose approve, reject or file"))
+}
+
+/// The one confirmation of a bulk decision: every message with what it would send where.
+pub async fn bulk_confirm(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> PageResult {
+    let reviewer = match signed_in(&state, &headers).await {
+        Ok(r) => r,
+        Err(r) => return Ok(r),
+    };
+    let ids = bulk_ids(&pairs)?;
+    let what = bulk_what(&pairs)?;
+    let store = store(&state)?;
+    let mut messages = Vec::new();
+    for &id in &ids {
+        messages.push(sending(&state, store, id).await?);
+    }
+    let flash = pairs
+        .iter()
+        .find(|(k, _)| k == "flash")
+        .and_then(|(_, t)| state.review().flashes.get(reviewer.name(), t))
+        .unwrap_or_default();
+    Ok(page(
+        StatusCode::OK,
+        "confirm.html",
+        context! {
+            user => user_ctx(&reviewer),
+            csrf => &reviewer.session.csrf_token,
+            messages => messages,
+            notice => flash.notice,
+            error => flash.error,
+            what => what,
+            ids => ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","),
+        },
+    ))
+}
+
+/// A bulk decision, confirmed: each message decided in its own transaction; what was
+/// refused is listed on the queue.
+pub async fn bulk(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> PageResult {
+    let csrf = pairs
+        .iter()
+        .find(|(k, _)| k == "csrf")
+        .map_or("", |(_, v)| v.as_str());
+    let reviewer = match form_author(&state, &headers, csrf).await {
+        Ok(r) => r,
+        Err(r) => return Ok(r),
+    };
+    let ids = bulk_ids(&pairs)?;
+    let what = bulk_what(&pairs)?;
+    let reason = pairs
+        .iter()
+        .find(|(k, _)| k == "reason")
+        .map_or("", |(_, v)| v.as_str());
+    let store = store(&state)?;
+    let (mut done, mut problems, mut changed) = (0, Vec::new(), Vec::new());
+    for id in ids {
+        let outcome = match what {
+            "approve" => {
+                // Each message's confirmation digest (`digest.ID`); none is never a match.
+                let key = format!("digest.{id}");
+                let digest = pairs
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map_or("", |(_, v)| v.as_str());
+                match approve_one(&state, &reviewer, id, digest).await {
+                    Ok(true) => Err(anyhow::anyhow!(
+                        "your approval is recorded; a reply's recipient was changed, so another reviewer must approve too"
+                    )),
+                    Err(e) if e.is::<ChangedSinceConfirmed>() => {
+                        changed.push(id);
+                        continue;
+                    }
+                    other => other.map(|_| ()),
+                }
+            }
+            "reject" => store.reject(id, reviewer.name(), reason).await.map(|_| ()),
+            _ => store.file_message(id, reviewer.name()).await.map(|_| ()),
+        };
+        match outcome {
+            Ok(()) => done += 1,
+            Err(e) => problems.push(format!("message {id}: {e:#}")),
+        }
+    }
+    let past = match what {
+        "approve" => "approved",
+        "reject" => "rejected",
+        _ => "filed",
+    };
+    if !changed.is_empty() {
+        problems.push(format!(
+            "changed since you confirmed, not approved: {}; look again",
+            changed
+                .iter()
+                .map(|id| format!("message {id}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let token = state.review().flashes.put(
+        reviewer.name(),
+        Flash {
+            notice: Some(format!("{done} message(s) {past}.")),
+            error: (!problems.is_empty()).then(|| problems.join("; ")),
+            action: None,
+        },
+    );
+    if !changed.is_empty() {
+        // Back to the confirmation of what changed, as it stands now.
+        let ids = changed.iter().map(i64::to_string).collect::<Vec<_>>();
+        return Ok(Redirect::to(&format!(
+            "/review/bulk?do=approve&ids={}&flash={token}",
+            ids.join(",")
+        ))
+        .into_response());
+    }
+    Ok(Redirect::to(&format!("/review?flash={token}")).into_response())
 }
 
 #[derive(Deserialize)]
@@ -949,11 +1530,11 @@ pub async fn rerun(
         .await
     {
         Ok(()) => Ok(back_to(id, "rerun")),
-        Err(e) => refused(&state, &reviewer, id, None, e).await,
+        Err(e) => refused(&state, &reviewer, id, None, e),
     }
 }
 
-fn admin_only(reviewer: &Reviewer) -> Result<(), PageError> {
+pub(super) fn admin_only(reviewer: &Reviewer) -> Result<(), PageError> {
     if reviewer.is_admin() {
         Ok(())
     } else {
@@ -970,12 +1551,17 @@ pub async fn retry_delivery(
     Posted { reviewer, .. }: Posted<NoFields>,
 ) -> PageResult {
     admin_only(&reviewer)?;
-    store(&state)?
+    let done = store(&state)?
         .retry_delivery(outbox_id, reviewer.name())
-        .await
-        .map_err(|e| PageError::new(StatusCode::CONFLICT, format!("{e:#}")))?;
-    state.review().wake.notify_one();
-    Ok(Redirect::to("/review/deliveries").into_response())
+        .await;
+    if done.is_ok() {
+        state.review().wake.notify_one();
+    }
+    Ok(to_deliveries(
+        &state,
+        &reviewer,
+        done.map(|_| "Retrying: attempts reset."),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -988,11 +1574,30 @@ pub async fn enable_endpoint(
     Posted { reviewer, form: f }: Posted<EndpointForm>,
 ) -> PageResult {
     admin_only(&reviewer)?;
-    store(&state)?
+    let done = store(&state)?
         .enable_endpoint(&f.url, reviewer.name())
-        .await
-        .map_err(|e| PageError::new(StatusCode::CONFLICT, format!("{e:#}")))?;
-    Ok(Redirect::to("/review/deliveries").into_response())
+        .await;
+    Ok(to_deliveries(
+        &state,
+        &reviewer,
+        done.map(|_| "Endpoint re-enabled."),
+    ))
+}
+
+/// Back to the deliveries page with what happened (post/redirect/get).
+fn to_deliveries(state: &AppState, reviewer: &Reviewer, outcome: anyhow::Result<&str>) -> Response {
+    let flash = match outcome {
+        Ok(notice) => Flash {
+            notice: Some(notice.to_string()),
+            ..Default::default()
+        },
+        Err(e) => Flash {
+            error: Some(format!("{e:#}")),
+            ..Default::default()
+        },
+    };
+    let token = state.review().flashes.put(reviewer.name(), flash);
+    Redirect::to(&format!("/review/deliveries?flash={token}")).into_response()
 }
 
 #[cfg(test)]
@@ -1039,6 +1644,8 @@ mod tests {
             "queue.html",
             "message.html",
             "deliveries.html",
+            "confirm.html",
+            "evidence.html",
         ] {
             let t = templates().get_template(name).unwrap();
             // The smallest context each page is rendered with.

@@ -39,6 +39,10 @@ pub struct ReviewSettings {
     pub login_limits: LoginLimits,
     /// The password checks running at once.
     pub password_checks: Arc<PasswordChecks>,
+    /// What a form post tells the page it redirects to (post/redirect/get).
+    pub flashes: Arc<super::flash::Flashes>,
+    /// The queue's rankings, reused while the queue does not change.
+    pub rankings: Arc<super::triage::RankingCache>,
 }
 
 impl Default for ReviewSettings {
@@ -52,6 +56,8 @@ impl Default for ReviewSettings {
             wake: Arc::default(),
             login_limits: LoginLimits::default(),
             password_checks: Arc::default(),
+            flashes: Arc::default(),
+            rankings: Arc::default(),
         }
     }
 }

@@ -16,6 +16,17 @@ use super::super::error::ApiError;
 /// Most responses kept in memory without a store; the oldest goes first.
 pub const MEMORY_LIMIT: usize = 1000;
 
+/// How often a running background response notes in the store that it is still running.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A background response with no heartbeat for this long was being made by a server that
+/// stopped (a restart, a crash): it is `failed`, not `in_progress` for ever.
+pub const LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The error an interrupted background response ends with.
+pub const INTERRUPTED: &str = "The server making this background response stopped before it \
+finished (a restart or a crash). Send the request again.";
+
 #[derive(Default)]
 pub struct KeptResponses {
     memory: Mutex<VecDeque<StoredResponse>>,
@@ -76,7 +87,21 @@ impl KeptResponses {
         api_key: &str,
     ) -> Result<Option<StoredResponse>, ApiError> {
         let kept = match store {
-            Some(store) => store.response(id).await.map_err(storage_error)?,
+            Some(store) => {
+                let mut kept = store.response(id).await.map_err(storage_error)?;
+                if kept.as_ref().is_some_and(|r| self.is_orphan(r)) {
+                    let cutoff = verre_store::now_ms() - LEASE.as_millis() as i64;
+                    let failed = store
+                        .fail_stale_responses(cutoff, Some(id), INTERRUPTED)
+                        .await
+                        .map_err(storage_error)?;
+                    if !failed.is_empty() {
+                        tracing::warn!("background response {id}: its server stopped; failed");
+                        kept = store.response(id).await.map_err(storage_error)?;
+                    }
+                }
+                kept
+            }
             None => {
                 let memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
                 memory.iter().find(|r| r.id == id).cloned()
@@ -108,6 +133,17 @@ impl KeptResponses {
                 Ok(true)
             }
         }
+    }
+
+    /// A background response not ended that this server is not making: another server may
+    /// be (its heartbeat says), or the one that was stopped.
+    fn is_orphan(&self, response: &StoredResponse) -> bool {
+        matches!(response.status.as_str(), "queued" | "in_progress")
+            && !self
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&response.id)
     }
 
     /// Note a background response's task, to stop it on `cancel`.

@@ -215,6 +215,28 @@ impl Run {
         Ok(body)
     }
 
+    /// The chat call, noting in the store every [`kept::HEARTBEAT`] that the response is
+    /// still being made (another server, or this one after a restart, fails a response
+    /// whose heartbeat stopped: [`kept::LEASE`]).
+    async fn call_chat_with_heartbeat(&self) -> Response {
+        let call = self.call_chat();
+        tokio::pin!(call);
+        let mut beat = tokio::time::interval(kept::HEARTBEAT);
+        beat.tick().await;
+        loop {
+            tokio::select! {
+                chat = &mut call => return chat,
+                _ = beat.tick() => {
+                    if let Some(store) = self.state.store().filter(|_| self.req.store)
+                        && let Err(e) = store.touch_response(&self.id, verre_store::now_ms()).await
+                    {
+                        tracing::warn!("background response {}: {e:#}", self.id);
+                    }
+                }
+            }
+        }
+    }
+
     /// Answer `queued` now and make the response in a task (`cancel` stops it).
     async fn start_background(self) -> Result<Response, ApiError> {
         let queued = self.object("queued", &Answer::default());
@@ -226,7 +248,7 @@ impl Run {
             if let Err(e) = run.keep(&in_progress, false).await {
                 tracing::error!("background response {}: {}", run.id, e.message);
             }
-            let chat = run.call_chat().await;
+            let chat = run.call_chat_with_heartbeat().await;
             let answer = match chat.status().is_success() {
                 true => match read_json(chat).await {
                     Ok(completion) => output::from_chat_completion(&completion),

@@ -1,0 +1,142 @@
+//! Evidence and corrections (issue 21): stored with their message, sealed at rest like the
+//! extraction, re-encrypted by rekey, and erased with the data subject.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::Row;
+use verre_store::erase::Subject;
+use verre_store::{FieldCorrection, Keyring, StageEffects, Store, crypto};
+
+const LEASE: Duration = Duration::from_secs(60);
+
+async fn in_clear_and_sealed<F, Fut>(test: F)
+where
+    F: Fn(Store, bool) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    test(Store::open_in_home(dir.path()).await.unwrap(), false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keyring::parse(&crypto::generate_key().unwrap(), "test").unwrap();
+    let store = Store::open_in_home(dir.path()).await.unwrap();
+    test(store.with_keys(Some(keys)).await.unwrap(), true).await;
+}
+
+/// A message from `name` extracted, with evidence quoting the name.
+async fn extracted(store: &Store, name: &str, email: &str) -> i64 {
+    let raw = format!("From: {name} <{email}>\r\nSubject: Facture\r\n\r\nBonjour\r\n");
+    let id = store
+        .ingest("test", email, raw.as_bytes(), "extract", 3)
+        .await
+        .unwrap()
+        .message_id;
+    let job = store.claim("w", LEASE).await.unwrap().unwrap();
+    let evidence = json!({"fields": [{"field": "customer", "value": name,
+        "span": {"start": 6, "end": 6 + name.len(), "quote": name, "place": null},
+        "confidence": 0.4, "check": true}], "check_below": 0.5});
+    let effects = StageEffects {
+        output: json!({"customer": name}),
+        evidence: Some(evidence),
+        ..Default::default()
+    };
+    assert!(store.complete(&job, &effects, None, 3).await.unwrap());
+    id
+}
+
+#[tokio::test]
+async fn evidence_and_corrections_are_sealed_and_erased_with_the_subject() {
+    in_clear_and_sealed(|store, sealed| async move {
+        let jeanne = extracted(&store, "Jeanne Martin", "jeanne@example.fr").await;
+        let paul = extracted(&store, "Paul Durand", "paul@example.de").await;
+        let e = store.evidence(jeanne).await.unwrap().unwrap();
+        assert_eq!(e["fields"][0]["span"]["quote"], "Jeanne Martin");
+        assert!(store.evidence(9999).await.unwrap().is_none());
+
+        let correction = FieldCorrection {
+            value: json!("Jeanne Martin-Dupont"),
+            previous: json!("Jeanne Martin"),
+            quote: Some("Jeanne Martin".into()),
+            context: Some("From: Jeanne Martin <jeanne@example.fr>".into()),
+        };
+        store
+            .correct_field(jeanne, "customer", &correction, "alice")
+            .await
+            .unwrap();
+        store
+            .correct_field(paul, "customer", &FieldCorrection::default(), "alice")
+            .await
+            .unwrap();
+        let got = store.corrections(jeanne).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].field.as_str(), &got[0].correction),
+            ("customer", &correction)
+        );
+        assert_eq!(store.recent_corrections(10).await.unwrap().len(), 2);
+        assert!(
+            store
+                .correct_field(4242, "customer", &correction, "alice")
+                .await
+                .is_err()
+        );
+
+        // At rest: the name is nowhere in clear with a data key.
+        for sql in [
+            "SELECT body FROM evidence WHERE message_id = $1",
+            "SELECT body FROM corrections WHERE message_id = $1",
+        ] {
+            let body: String = sqlx::query(sql)
+                .bind(jeanne)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+                .try_get("body")
+                .unwrap();
+            assert_eq!(body.contains("Jeanne"), !sealed, "{sql}: {body}");
+        }
+
+        let report = store
+            .erase(&Subject::parse("Jeanne Martin").unwrap(), "test", false)
+            .await
+            .unwrap();
+        assert_eq!(report.rows.get("evidence"), Some(&1), "{report:?}");
+        assert_eq!(report.rows.get("corrections"), Some(&1), "{report:?}");
+        assert!(report.residual.is_empty(), "{:?}", report.residual);
+        assert!(store.evidence(jeanne).await.unwrap().is_none());
+        assert!(store.corrections(jeanne).await.unwrap().is_empty());
+        // Another subject's are untouched.
+        assert!(store.evidence(paul).await.unwrap().is_some());
+        assert_eq!(store.corrections(paul).await.unwrap().len(), 1);
+
+        if !sealed {
+            // Rows written in clear are sealed by rekey once a data key is configured.
+            let keys = Keyring::parse(&crypto::generate_key().unwrap(), "test").unwrap();
+            let keyed = store.clone().with_keys(Some(keys)).await.unwrap();
+            let r = keyed.rekey().await.unwrap();
+            assert_eq!((r.evidence, r.corrections), (1, 1));
+            assert_eq!(keyed.corrections(paul).await.unwrap().len(), 1);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_extraction_run_again_without_evidence_leaves_none_of_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_in_home(dir.path()).await.unwrap();
+    let id = extracted(&store, "Jeanne Martin", "jeanne@example.fr").await;
+    assert!(store.evidence(id).await.unwrap().is_some());
+    store.rerun_stage(id, "extract", "alice").await.unwrap();
+    let job = store.claim("w", LEASE).await.unwrap().unwrap();
+    assert_eq!(job.stage, "extract");
+    let effects = StageEffects {
+        output: json!({"customer": "Jeanne Martin-Dupont"}),
+        ..Default::default()
+    };
+    assert!(store.complete(&job, &effects, None, 3).await.unwrap());
+    assert!(
+        store.evidence(id).await.unwrap().is_none(),
+        "the evidence of the earlier run no longer backs the extraction"
+    );
+}
