@@ -102,7 +102,10 @@ test("every extracted field of the demo shows its source span, or says it has no
   // Every demo mail through the pipeline (6 in the queue, none pending).
   const links = await waitFor("the six demo mails in the review queue", async () => {
     await page.goto(printed.review);
-    const hrefs = await page.locator("table.queue tbody tr td:first-child a").evaluateAll((as) => as.map((a) => a.getAttribute("href")));
+    // Both lanes of the desk's queue: to review, and nothing to send.
+    const hrefs = await page
+      .locator("#queue tr[data-href], #nothing-to-send tr[data-href]")
+      .evaluateAll((rows) => rows.map((row) => row.getAttribute("data-href")));
     return hrefs.length >= 6 ? hrefs : null;
   }, QUEUE_TIMEOUT_MS);
 
