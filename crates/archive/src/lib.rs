@@ -22,7 +22,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
 use serde::Serialize;
-use verre_engine::model::bert::Embedder;
+use verre_engine::model::bert::{BATCH_SEQUENCES, Embedder};
 use verre_store::Store;
 use verre_store::archive::{ArchiveAdded, NewChunk, NewDocument};
 
@@ -252,11 +252,14 @@ impl Archive {
 }
 
 fn embed_all(embedder: &Embedder, texts: &[String]) -> Result<Vec<Vec<f32>>> {
-    texts
+    let ids = texts
         .par_iter()
-        .map(|t| {
-            let ids = embedder.tokenize(t)?;
-            embedder.embed_ids(&ids)
-        })
-        .collect()
+        .map(|t| embedder.tokenize(t))
+        .collect::<Result<Vec<_>>>()?;
+    // Batches of stacked sequences (large products), the batches spread over the pool.
+    let batches = ids
+        .par_chunks(BATCH_SEQUENCES)
+        .map(|batch| embedder.embed_batch(batch))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(batches.into_iter().flatten().collect())
 }

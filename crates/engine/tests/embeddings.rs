@@ -64,3 +64,34 @@ fn a_missing_model_directory_is_a_clear_error() {
     };
     assert!(err.contains("config.json"), "{err}");
 }
+
+#[test]
+fn a_batch_embeds_each_input_as_it_would_alone() {
+    let Some(dir) = model_dir() else { return };
+    let emb = Embedder::load(&dir).unwrap();
+    // Inputs of different lengths, so that a batch mixing them would show any leak of
+    // attention or pooling across sequences.
+    let texts = [
+        "Invoice 4711 is overdue.",
+        "Please send the signed contract for the Rotterdam warehouse before Friday, together with the insurance certificate and the updated delivery schedule.",
+        "ok",
+        "Die Rechnung vom 7. Mai 2014 über 34,73 EUR wurde noch nicht bezahlt.",
+    ];
+    let ids: Vec<Vec<u32>> = texts.iter().map(|t| emb.tokenize(t).unwrap()).collect();
+    let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
+    assert!(lengths.iter().any(|&n| n > 2 * lengths[2]), "lengths {lengths:?}");
+    let batched = emb.embed_batch(&ids).unwrap();
+    assert_eq!(batched.len(), texts.len());
+    for (i, seq) in ids.iter().enumerate() {
+        let alone = emb.embed_ids(seq).unwrap();
+        let c = cosine(&alone, &batched[i]);
+        let diff = alone
+            .iter()
+            .zip(&batched[i])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(c > 0.999_999 && diff < 1e-4, "input {i}: cosine {c}, max |diff| {diff}");
+    }
+    // The batch is not the same vector four times.
+    assert!(cosine(&batched[0], &batched[1]) < 0.99);
+}

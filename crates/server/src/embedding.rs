@@ -7,7 +7,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 use anyhow::{Context, Result};
 use tokio::sync::oneshot;
-use verre_engine::model::bert::Embedder;
+use verre_engine::model::bert::{BATCH_SEQUENCES, Embedder};
 
 use crate::openai::error::ApiError;
 use crate::openai::request::Prompt;
@@ -136,16 +136,16 @@ fn embed_job(
         tokenized.push(ids);
     }
     let mut out = Vec::with_capacity(tokenized.len());
-    for ids in tokenized {
+    for batch in tokenized.chunks(BATCH_SEQUENCES) {
         // A client that went away wants nothing more.
         if job.reply.is_closed() {
             return Err(ApiError::internal("the client went away"));
         }
-        let vector = embedder.embed_ids(&ids).map_err(failed)?;
-        out.push(Embedding {
+        let vectors = embedder.embed_batch(batch).map_err(failed)?;
+        out.extend(vectors.into_iter().zip(batch).map(|(vector, ids)| Embedding {
             vector,
             tokens: ids.len(),
-        });
+        }));
     }
     Ok(out)
 }

@@ -236,69 +236,107 @@ impl Embedder {
 
     /// Unit-length sentence vectors, one per input, and the tokens each used.
     pub fn embed(&self, inputs: &[&str]) -> Result<Vec<(Vec<f32>, usize)>> {
-        inputs
+        let ids = inputs
             .iter()
-            .map(|text| {
-                let ids = self.tokenize(text)?;
-                Ok((self.embed_ids(&ids)?, ids.len()))
-            })
-            .collect()
+            .map(|text| self.tokenize(text))
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(BATCH_SEQUENCES) {
+            let vectors = self.embed_batch(batch)?;
+            out.extend(vectors.into_iter().zip(batch.iter().map(Vec::len)));
+        }
+        Ok(out)
     }
 
     /// One sequence through the encoder, mean-pooled and normalised.
     pub fn embed_ids(&self, ids: &[u32]) -> Result<Vec<f32>> {
-        ensure!(!ids.is_empty(), "empty input");
-        ensure!(
-            ids.len() <= self.max_tokens,
-            "input of {} tokens exceeds {}",
-            ids.len(),
-            self.max_tokens
-        );
-        let n = ids.len();
+        let mut out = self.embed_batch(std::slice::from_ref(&ids.to_vec()))?;
+        Ok(out.pop().expect("one vector per sequence"))
+    }
+
+    /// Several sequences through the encoder in one pass: their tokens are stacked, so that
+    /// every linear layer is one large product (small per-sequence products leave most of a
+    /// core idle), while attention and pooling stay within each sequence. The vectors are
+    /// those of [`Embedder::embed_ids`] one sequence at a time, up to float rounding.
+    /// Callers bound the batch ([`BATCH_SEQUENCES`] is what verre uses): its activations
+    /// take about `4 * intermediate_size` bytes per token.
+    pub fn embed_batch(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        for ids in seqs {
+            ensure!(!ids.is_empty(), "empty input");
+            ensure!(
+                ids.len() <= self.max_tokens,
+                "input of {} tokens exceeds {}",
+                ids.len(),
+                self.max_tokens
+            );
+        }
         let (h, heads) = (self.cfg.hidden_size, self.cfg.num_attention_heads);
         let hd = h / heads;
         let dev = Device::Cpu;
+        let total: usize = seqs.iter().map(Vec::len).sum();
+        let flat: Vec<u32> = seqs.iter().flatten().copied().collect();
+        let positions: Vec<u32> = seqs.iter().flat_map(|ids| 0..ids.len() as u32).collect();
 
-        let ids_t = Tensor::from_slice(ids, n, &dev)?;
-        let x = self.word.index_select(&ids_t, 0)?;
-        let x = x.broadcast_add(&self.position.narrow(0, 0, n)?)?;
-        let x = x.broadcast_add(&self.token_type.narrow(0, 0, 1)?)?;
+        let x = self
+            .word
+            .index_select(&Tensor::from_slice(&flat, total, &dev)?, 0)?;
+        let pos = self
+            .position
+            .index_select(&Tensor::from_slice(&positions, total, &dev)?, 0)?;
+        let x = (x + pos)?.broadcast_add(&self.token_type.narrow(0, 0, 1)?)?;
         let mut x = self.embed_norm.forward(&x)?;
 
         let scale = 1.0 / (hd as f64).sqrt();
         for l in &self.layers {
-            // [n, h] -> [heads, n, hd]
-            let split = |t: Tensor| -> Result<Tensor> {
-                Ok(t.reshape((n, heads, hd))?.transpose(0, 1)?.contiguous()?)
-            };
-            let q = split(l.query.forward(&x)?)?;
-            let k = split(l.key.forward(&x)?)?;
-            let v = split(l.value.forward(&x)?)?;
-            let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
-            let probs = softmax_last(&scores)?;
-            let ctx = probs
-                .matmul(&v)?
-                .transpose(0, 1)?
-                .contiguous()?
-                .reshape((n, h))?;
+            let (q, k, v) = (l.query.forward(&x)?, l.key.forward(&x)?, l.value.forward(&x)?);
+            let mut ctx = Vec::with_capacity(seqs.len());
+            let mut start = 0;
+            for ids in seqs {
+                let n = ids.len();
+                // [n, h] -> [heads, n, hd]
+                let split = |t: &Tensor| -> Result<Tensor> {
+                    Ok(t.narrow(0, start, n)?
+                        .reshape((n, heads, hd))?
+                        .transpose(0, 1)?
+                        .contiguous()?)
+                };
+                let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
+                let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
+                let probs = softmax_last(&scores)?;
+                ctx.push(
+                    probs
+                        .matmul(&v)?
+                        .transpose(0, 1)?
+                        .contiguous()?
+                        .reshape((n, h))?,
+                );
+                start += n;
+            }
+            let ctx = Tensor::cat(&ctx, 0)?;
             x = l.attn_norm.forward(&(l.attn_out.forward(&ctx)? + &x)?)?;
             let inner = l.intermediate.forward(&x)?.gelu_erf()?;
             x = l.out_norm.forward(&(l.output.forward(&inner)? + &x)?)?;
         }
-        let pooled = x.mean(0)?;
-        let norm = pooled
-            .sqr()?
-            .sum_all()?
-            .sqrt()?
-            .to_scalar::<f32>()?
-            .max(1e-12);
-        Ok(pooled
-            .to_vec1::<f32>()?
-            .into_iter()
-            .map(|v| v / norm)
-            .collect())
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut start = 0;
+        for ids in seqs {
+            let pooled = x.narrow(0, start, ids.len())?.mean(0)?;
+            start += ids.len();
+            let pooled = pooled.to_vec1::<f32>()?;
+            let norm = pooled.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            out.push(pooled.into_iter().map(|v| v / norm).collect());
+        }
+        Ok(out)
     }
 }
+
+/// Sequences per [`Embedder::embed_batch`] call in verre's own callers: large enough that
+/// the linear layers run as large products, small enough that a batch of 256-token inputs
+/// stays in tens of megabytes.
+pub const BATCH_SEQUENCES: usize = 16;
 
 fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?;
