@@ -79,7 +79,10 @@ fn a_batch_embeds_each_input_as_it_would_alone() {
     ];
     let ids: Vec<Vec<u32>> = texts.iter().map(|t| emb.tokenize(t).unwrap()).collect();
     let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
-    assert!(lengths.iter().any(|&n| n > 2 * lengths[2]), "lengths {lengths:?}");
+    assert!(
+        lengths.iter().any(|&n| n > 2 * lengths[2]),
+        "lengths {lengths:?}"
+    );
     let batched = emb.embed_batch(&ids).unwrap();
     assert_eq!(batched.len(), texts.len());
     for (i, seq) in ids.iter().enumerate() {
@@ -90,7 +93,10 @@ fn a_batch_embeds_each_input_as_it_would_alone() {
             .zip(&batched[i])
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        assert!(c > 0.999_999 && diff < 1e-4, "input {i}: cosine {c}, max |diff| {diff}");
+        assert!(
+            c > 0.999_999 && diff < 1e-4,
+            "input {i}: cosine {c}, max |diff| {diff}"
+        );
     }
     // The batch is not the same vector four times.
     assert!(cosine(&batched[0], &batched[1]) < 0.99);

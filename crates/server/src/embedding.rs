@@ -142,10 +142,15 @@ fn embed_job(
             return Err(ApiError::internal("the client went away"));
         }
         let vectors = embedder.embed_batch(batch).map_err(failed)?;
-        out.extend(vectors.into_iter().zip(batch).map(|(vector, ids)| Embedding {
-            vector,
-            tokens: ids.len(),
-        }));
+        out.extend(
+            vectors
+                .into_iter()
+                .zip(batch)
+                .map(|(vector, ids)| Embedding {
+                    vector,
+                    tokens: ids.len(),
+                }),
+        );
     }
     Ok(out)
 }

@@ -291,7 +291,11 @@ impl Embedder {
 
         let scale = 1.0 / (hd as f64).sqrt();
         for l in &self.layers {
-            let (q, k, v) = (l.query.forward(&x)?, l.key.forward(&x)?, l.value.forward(&x)?);
+            let (q, k, v) = (
+                l.query.forward(&x)?,
+                l.key.forward(&x)?,
+                l.value.forward(&x)?,
+            );
             let mut ctx = Vec::with_capacity(seqs.len());
             let mut start = 0;
             for ids in seqs {
