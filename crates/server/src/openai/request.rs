@@ -1190,7 +1190,7 @@ mod tests {
         assert_eq!(r.tool_choice, ToolChoice::Function("get_weather".into()));
         assert!(r.parallel_tool_calls);
         for (bad, param) in [
-            (format!(r#""tool_choice": "required""#), "tool_choice"),
+            (r#""tool_choice": "required""#.to_string(), "tool_choice"),
             (
                 format!(r#"{tools}, "tool_choice": "sometimes""#),
                 "tool_choice",
