@@ -288,15 +288,13 @@ impl Store {
                     .iter()
                     .map(|(id, from, to)| json!({"action": id, "from": from, "to": to}))
                     .collect();
-                let audit_seq = append_in(
+                let audit_seq = audit_decision(
                     &mut tx,
                     self,
-                    &AuditEvent {
-                        actor: &format!("user:{user}"),
-                        action: "review.approve_first",
-                        subject: &format!("message:{message_id}"),
-                        detail: json!({"recipient_changed": changed}),
-                    },
+                    user,
+                    "review.approve_first",
+                    message_id,
+                    json!({"recipient_changed": changed}),
                 )
                 .await?;
                 tx.commit().await?;
@@ -371,18 +369,16 @@ impl Store {
             .iter()
             .map(|r| json!({"action": r.0, "outbox": r.1, "webhook_id": r.2}))
             .collect();
-        let audit_seq = append_in(
+        let audit_seq = audit_decision(
             &mut tx,
             self,
-            &AuditEvent {
-                actor: &format!("user:{user}"),
-                action: "review.approve",
-                subject: &format!("message:{message_id}"),
-                detail: if approvers.is_empty() {
-                    json!({"actions": released_json})
-                } else {
-                    json!({"actions": released_json, "approvers": approvers})
-                },
+            user,
+            "review.approve",
+            message_id,
+            if approvers.is_empty() {
+                json!({"actions": released_json})
+            } else {
+                json!({"actions": released_json, "approvers": approvers})
             },
         )
         .await?;
@@ -421,19 +417,10 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let seq = append_in(
-            &mut tx,
-            self,
-            &AuditEvent {
-                actor: &format!("user:{user}"),
-                action: "review.reject",
-                subject: &format!("message:{message_id}"),
-                // The reason may quote the mail: it is kept (encrypted) with the decision,
-                // not copied into the audit log.
-                detail: json!({"reason_chars": reason.chars().count(), "actions": n}),
-            },
-        )
-        .await?;
+        // The reason may quote the mail: it is kept (encrypted) with the decision, not
+        // copied into the audit log.
+        let detail = json!({"reason_chars": reason.chars().count(), "actions": n});
+        let seq = audit_decision(&mut tx, self, user, "review.reject", message_id, detail).await?;
         tx.commit().await?;
         Ok(seq)
     }
@@ -455,17 +442,8 @@ impl Store {
             staged == 0,
             "message {message_id} has {staged} action(s) staged: approve or reject it instead of filing it"
         );
-        let seq = append_in(
-            &mut tx,
-            self,
-            &AuditEvent {
-                actor: &format!("user:{user}"),
-                action: "review.file",
-                subject: &format!("message:{message_id}"),
-                detail: Value::Null,
-            },
-        )
-        .await?;
+        let seq =
+            audit_decision(&mut tx, self, user, "review.file", message_id, Value::Null).await?;
         tx.commit().await?;
         Ok(seq)
     }
@@ -532,15 +510,13 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let seq = append_in(
+        let seq = audit_decision(
             &mut tx,
             self,
-            &AuditEvent {
-                actor: &format!("user:{user}"),
-                action: "review.undo",
-                subject: &format!("message:{message_id}"),
-                detail: json!({"decision": decision, "outbox_removed": removed, "actions": restaged}),
-            },
+            user,
+            "review.undo",
+            message_id,
+            json!({"decision": decision, "outbox_removed": removed, "actions": restaged}),
         )
         .await?;
         tx.commit().await?;
@@ -608,15 +584,13 @@ impl Store {
             .bind(message_id)
             .execute(&mut *tx)
             .await?;
-        append_in(
+        audit_decision(
             &mut tx,
             self,
-            &AuditEvent {
-                actor: &format!("user:{user}"),
-                action: "review.rerun",
-                subject: &format!("message:{message_id}"),
-                detail: json!({"stage": stage, "removed": later}),
-            },
+            user,
+            "review.rerun",
+            message_id,
+            json!({"stage": stage, "removed": later}),
         )
         .await?;
         tx.commit().await?;
@@ -735,6 +709,29 @@ fn is_one_address(to: &str) -> bool {
         && domain.contains('.')
         && !domain.starts_with('.')
         && !domain.ends_with('.')
+}
+
+/// Append a reviewer's `action` on a message to the audit log, inside the transaction of
+/// the decision it records (`user:NAME` on `message:ID`).
+async fn audit_decision(
+    tx: &mut Transaction<'_, Any>,
+    store: &Store,
+    user: &str,
+    action: &str,
+    message_id: i64,
+    detail: Value,
+) -> Result<i64> {
+    append_in(
+        tx,
+        store,
+        &AuditEvent {
+            actor: &format!("user:{user}"),
+            action,
+            subject: &format!("message:{message_id}"),
+            detail,
+        },
+    )
+    .await
 }
 
 #[cfg(test)]
