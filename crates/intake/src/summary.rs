@@ -33,6 +33,9 @@ pub struct Summary {
     pub text: String,
     /// The document's sections as summarised, in order.
     pub sections: Vec<SectionSummary>,
+    /// Lines that recur on many pages across sections (standard clauses, running heads),
+    /// each with the first page it is on: read once, here, not in every section.
+    pub recurring: Vec<Point>,
     /// Chunks read (one model call each).
     pub chunks: usize,
     pub prompt_tokens: usize,
@@ -83,13 +86,16 @@ pub async fn summarize(
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Summary, ModelCallError> {
     let headings = headings(pages);
-    let chunks = section_chunks(pages, &headings, options.chunk_tokens);
+    let recurring = recurring_lines(pages, &headings);
+    let read = without_lines(pages, &recurring);
+    let chunks = section_chunks(&read, &headings, options.chunk_tokens);
     let layout = sections(&chunks, &headings);
     let n = chunks.len();
     if n == 0 {
         return Ok(Summary {
             text: String::new(),
             sections: Vec::new(),
+            recurring,
             chunks: 0,
             prompt_tokens: 0,
             completion_tokens: 0,
@@ -194,10 +200,11 @@ pub async fn summarize(
             }
         }
     }
-    let text = write_summary(&sections, options.words);
+    let text = write_summary(&sections, &recurring, options.words);
     Ok(Summary {
         text,
         sections,
+        recurring,
         chunks: n,
         prompt_tokens,
         completion_tokens,
@@ -421,6 +428,71 @@ fn is_ordinal(s: &str) -> bool {
             || (s.len() == 1 && s.chars().all(|c| c.is_ascii_alphabetic())))
 }
 
+/// Lines on three pages or more, in two sections or more (any, without headings): the
+/// clauses and running heads a document repeats, which say nothing of one section and
+/// would fill its share of the summary. In order of first appearance, with that page.
+pub fn recurring_lines(pages: &[Page], headings: &[Heading]) -> Vec<Point> {
+    use std::collections::{BTreeSet, HashMap};
+    let mut seen: HashMap<&str, (usize, BTreeSet<usize>, usize, Option<u32>)> = HashMap::new();
+    let mut section = 0;
+    let mut order = 0;
+    for (i, page) in pages
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.kind != "headers")
+    {
+        let mut on_page = BTreeSet::new();
+        for line in page.text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if headings.iter().any(|h| h.text == line) {
+                section += 1;
+                continue;
+            }
+            let entry = seen
+                .entry(line)
+                .or_insert_with(|| (0, BTreeSet::new(), order, page.number));
+            order += 1;
+            if on_page.insert(line) {
+                entry.0 += 1;
+            }
+            entry
+                .1
+                .insert(if headings.is_empty() { i } else { section });
+        }
+    }
+    let mut lines: Vec<(usize, Point)> = seen
+        .into_iter()
+        .filter(|(_, (pages, sections, _, _))| *pages >= 3 && sections.len() >= 2)
+        .map(|(text, (_, _, first, page))| {
+            (
+                first,
+                Point {
+                    text: text.to_string(),
+                    page,
+                },
+            )
+        })
+        .collect();
+    lines.sort_by_key(|(first, _)| *first);
+    lines.into_iter().map(|(_, p)| p).collect()
+}
+
+/// `pages` without the `lines` (whole lines, as [`recurring_lines`] found them).
+fn without_lines(pages: &[Page], lines: &[Point]) -> Vec<Page> {
+    let drop: std::collections::HashSet<&str> = lines.iter().map(|p| p.text.as_str()).collect();
+    pages
+        .iter()
+        .map(|p| Page {
+            text: p
+                .text
+                .lines()
+                .filter(|l| !drop.contains(l.trim()))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            ..p.clone()
+        })
+        .collect()
+}
+
 /// The pages cut into chunks of at most `chunk_tokens`, a new chunk at a section's start
 /// once the current one is half full (so a chunk holds whole short sections, and a long
 /// section's chunks are its own).
@@ -521,7 +593,7 @@ fn map_schema(sections: &[&SectionSpan], points: usize, paged: bool) -> Value {
 
 /// The summary's text: one line per section (or per run of sections, when `words` is too
 /// few for a line each), its heading, pages, topic and the points that fit, cited.
-fn write_summary(sections: &[SectionSummary], words: usize) -> String {
+fn write_summary(sections: &[SectionSummary], recurring: &[Point], words: usize) -> String {
     let n = sections.len();
     if n == 0 {
         return String::new();
@@ -550,8 +622,26 @@ fn write_summary(sections: &[SectionSummary], words: usize) -> String {
         )
     });
     let note_words = note.as_deref().map_or(0, count_words);
-    let line_budget = words.saturating_sub(note_words) / groups.len();
+    let shares = groups.len() + usize::from(!recurring.is_empty());
+    let line_budget = words.saturating_sub(note_words) / shares;
     let mut lines: Vec<String> = groups.iter().map(|g| write_line(g, line_budget)).collect();
+    // What recurs, once, as many of its lines as fit the last share.
+    let mut left = words
+        .saturating_sub(note_words)
+        .saturating_sub(lines.iter().map(|l| count_words(l)).sum());
+    let mut line = format!("Recurring on many pages ({} lines):", recurring.len());
+    if !recurring.is_empty() && count_words(&line) < left {
+        left -= count_words(&line);
+        for r in recurring {
+            let more = cited(&r.text, r.page);
+            if count_words(&more) > left {
+                break;
+            }
+            left -= count_words(&more);
+            line.push_str(&more);
+        }
+        lines.push(line);
+    }
     lines.extend(note);
     lines.join("\n")
 }
@@ -575,12 +665,10 @@ fn write_line(group: &[SectionSummary], words: usize) -> String {
     };
     line.push(':');
     let mut left = words.saturating_sub(count_words(&line));
-    let cited = |text: &str, page: Option<u32>| match page {
-        Some(p) => format!(" {} [p. {p}].", text.trim_end_matches('.')),
-        None => format!(" {}.", text.trim_end_matches('.')),
-    };
     for s in group {
-        if s.topic.is_empty() {
+        // A topic that only repeats the heading adds nothing to the line.
+        let heading = s.heading.as_deref().unwrap_or("").to_lowercase();
+        if s.topic.is_empty() || heading.contains(&s.topic.to_lowercase()) {
             continue;
         }
         let mut topic = cited(&s.topic, s.first_page);
@@ -610,6 +698,14 @@ fn write_line(group: &[SectionSummary], words: usize) -> String {
         }
     }
     line
+}
+
+/// ` Text [p. 4].`: a sentence of a summary line with its citation.
+fn cited(text: &str, page: Option<u32>) -> String {
+    match page {
+        Some(p) => format!(" {} [p. {p}].", text.trim_end_matches('.')),
+        None => format!(" {}.", text.trim_end_matches('.')),
+    }
 }
 
 /// "pages 41-60", "page 7", or None for text without pages.
@@ -712,6 +808,33 @@ mod tests {
     }
 
     #[test]
+    fn lines_repeated_across_sections_are_read_once_not_in_each_section() {
+        let pages = vec![
+            page(
+                1,
+                "Chapter 1: Bees\nStandard clause.\nOwn refrain.\nHives swarm.",
+            ),
+            page(2, "Standard clause.\nOwn refrain.\nQueens are marked."),
+            page(3, "Own refrain.\nStandard clause."),
+            page(4, "Chapter 2: Ice\nStandard clause.\nGlaciers retreat."),
+            page(5, "Ice is old."),
+        ];
+        let h = headings(&pages);
+        let recurring = recurring_lines(&pages, &h);
+        assert_eq!(
+            recurring,
+            [Point {
+                text: "Standard clause.".into(),
+                page: Some(1)
+            }]
+        );
+        // "Own refrain." is on three pages, all of one section: it is that section's.
+        let read = without_lines(&pages, &recurring);
+        assert_eq!(read[1].text, "Own refrain.\nQueens are marked.");
+        assert_eq!(read[3].text, "Chapter 2: Ice\nGlaciers retreat.");
+    }
+
+    #[test]
     fn a_chunk_starts_at_a_section_once_it_is_half_full() {
         let body = "word ".repeat(80); // 100 tokens a page
         let mut pages = Vec::new();
@@ -760,7 +883,7 @@ mod tests {
                 )
             })
             .collect();
-        let text = write_summary(&sections, 250);
+        let text = write_summary(&sections, &[], 250);
         assert_eq!(text.lines().count(), 10, "{text}");
         assert!(count_words(&text) <= 250, "{text}");
         assert!(
@@ -769,7 +892,7 @@ mod tests {
             ),
             "{text}"
         );
-        let short = write_summary(&sections, 60);
+        let short = write_summary(&sections, &[], 60);
         assert!(count_words(&short) <= 60, "{short}");
         for i in 1..=10 {
             assert!(short.contains(&format!("Chapter {i}")), "{short}");

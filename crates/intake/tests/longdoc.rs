@@ -294,9 +294,8 @@ async fn a_field_ruled_reconcile_is_decided_by_one_more_call() {
     );
 }
 
-/// A summariser like a small model that misses the point: for each section it is asked
-/// about, the topic is the chunk's first line of text (a boilerplate clause, not the
-/// chapter's subject), and the points (as many as the schema allows) one cited to a page
+/// A summariser that copies: for each section it is asked about, the topic is the chunk's
+/// first line of text, and the points (as many as the schema allows) one cited to a page
 /// that is not in the chunk, then the chunk's last line cited to its page. Counts calls in
 /// flight.
 #[derive(Default)]
@@ -389,7 +388,14 @@ async fn a_200_page_report_is_summarised_a_line_a_chapter_with_page_citations() 
     .unwrap();
     assert_eq!(s.sections.len(), 10, "{:#?}", s.sections);
     let lines: Vec<&str> = s.text.lines().collect();
-    assert_eq!(lines.len(), 10, "{}", s.text);
+    assert_eq!(lines.len(), 11, "{}", s.text);
+    // The report's standard clauses recur in every chapter: said once, not per chapter.
+    assert_eq!(s.recurring.len(), 12, "{:#?}", s.recurring);
+    assert!(
+        lines[10].starts_with("Recurring on many pages (12 lines): The "),
+        "{}",
+        s.text
+    );
     for (i, (topic, line)) in TOPICS.iter().zip(&lines).enumerate() {
         // Chapter i is on pages 20 i + 1 to 20 i + 20; the model's topic is cited to the
         // chapter's first page, its points to the pages they are on, never elsewhere.
@@ -485,10 +491,12 @@ async fn the_summarize_stage_summarises_the_documents_for_later_templates() {
         .unwrap();
     let out = store.stage_output(id, "summarize").await.unwrap().unwrap();
     let summary = out["summary"].as_str().unwrap();
-    // The contract has no section headings: lines by pages, the 50 pages covered.
+    // The contract has no section headings: lines by pages, the 50 pages covered, and
+    // its clauses (each on many pages) once.
     assert!(summary.starts_with("Pages 1-"), "{out:#}");
     assert!(summary.contains("-50: "), "{out:#}");
-    assert!(out["chunks"].as_u64().unwrap() > 1, "{out:#}");
+    assert!(summary.contains("\nRecurring on many pages ("), "{out:#}");
+    assert!(out["chunks"].as_u64().unwrap() >= 1, "{out:#}");
     assert_eq!(out["pages_read"], 50);
     let d = store.detail(id).await.unwrap().unwrap();
     assert_eq!(d.message.status, "processed");
