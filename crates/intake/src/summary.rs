@@ -433,7 +433,13 @@ fn is_ordinal(s: &str) -> bool {
 /// would fill its share of the summary. In order of first appearance, with that page.
 pub fn recurring_lines(pages: &[Page], headings: &[Heading]) -> Vec<Point> {
     use std::collections::{BTreeSet, HashMap};
-    let mut seen: HashMap<&str, (usize, BTreeSet<usize>, usize, Option<u32>)> = HashMap::new();
+    struct Seen {
+        pages: usize,
+        sections: BTreeSet<usize>,
+        order: usize,
+        first_page: Option<u32>,
+    }
+    let mut seen: HashMap<&str, Seen> = HashMap::new();
     let mut section = 0;
     let mut order = 0;
     for (i, page) in pages
@@ -447,27 +453,30 @@ pub fn recurring_lines(pages: &[Page], headings: &[Heading]) -> Vec<Point> {
                 section += 1;
                 continue;
             }
-            let entry = seen
-                .entry(line)
-                .or_insert_with(|| (0, BTreeSet::new(), order, page.number));
+            let entry = seen.entry(line).or_insert_with(|| Seen {
+                pages: 0,
+                sections: BTreeSet::new(),
+                order,
+                first_page: page.number,
+            });
             order += 1;
             if on_page.insert(line) {
-                entry.0 += 1;
+                entry.pages += 1;
             }
             entry
-                .1
+                .sections
                 .insert(if headings.is_empty() { i } else { section });
         }
     }
     let mut lines: Vec<(usize, Point)> = seen
         .into_iter()
-        .filter(|(_, (pages, sections, _, _))| *pages >= 3 && sections.len() >= 2)
-        .map(|(text, (_, _, first, page))| {
+        .filter(|(_, seen)| seen.pages >= 3 && seen.sections.len() >= 2)
+        .map(|(text, seen)| {
             (
-                first,
+                seen.order,
                 Point {
                     text: text.to_string(),
-                    page,
+                    page: seen.first_page,
                 },
             )
         })
@@ -547,7 +556,7 @@ fn map_prompt(chunk: &Chunk, sections: &[&SectionSpan], points: usize) -> String
         ""
     };
     format!(
-        "{}\n\nThe text above is {} of a longer document. It holds these sections:\n{}\n\nFor each section: `topic`, what the section is about, in at most 12 words that name its subject as its heading and its own lines do; then `points`, at most {points} facts particular to this section{cite}.",
+        "{}\n\nThe text above is {} of a longer document. It holds these sections:\n{}\n\nFor each section: `topic`, one sentence in your own words on what the section's own lines say (not its heading repeated); then `points`, at most {points} facts from this section's lines, each a whole sentence as the text states it{cite}.",
         chunk.document(),
         chunk.span(),
         listed.join("\n"),

@@ -418,12 +418,8 @@ async fn a_200_page_report_is_summarised_a_line_a_chapter_with_page_citations() 
         "every chunk's call at once"
     );
     assert_eq!(api.calls.load(Ordering::SeqCst), s.chunks);
-    let progress = progress.lock().unwrap();
-    assert_eq!(
-        *progress.last().unwrap(),
-        (s.chunks, s.chunks),
-        "{progress:?}"
-    );
+    let last = *progress.lock().unwrap().last().unwrap();
+    assert_eq!(last, (s.chunks, s.chunks));
 
     // Too few words for a line a chapter: chapters share lines, all their headings kept,
     // and the summary says which share.
