@@ -300,6 +300,17 @@ fn sections(chunks: &[Chunk], headings: &[Heading]) -> Layout {
                 }
             }
         }
+        if covered.is_empty() {
+            // Nothing but blank lines: the chunk continues the section before it.
+            if sections.is_empty() {
+                sections.push(SectionSpan {
+                    heading: None,
+                    first_page: chunk.content().find_map(|p| p.number),
+                    last_page: chunk.content().find_map(|p| p.number),
+                });
+            }
+            covered.push(sections.len() - 1);
+        }
         chunk_sections.push(covered);
     }
     Layout {
@@ -841,6 +852,41 @@ mod tests {
         let read = without_lines(&pages, &recurring);
         assert_eq!(read[1].text, "Own refrain.\nQueens are marked.");
         assert_eq!(read[3].text, "Chapter 2: Ice\nGlaciers retreat.");
+    }
+
+    #[test]
+    fn markdown_without_pages_is_summarised_by_its_headings_without_citations() {
+        let text = Page {
+            part: 1,
+            kind: "text".into(),
+            file: None,
+            number: None,
+            text: "# Notes\nIntro.\n\n## Sales\nSales grew.\n\n## Costs\nCosts fell.".into(),
+        };
+        let h = headings(std::slice::from_ref(&text));
+        let chunks = section_chunks(std::slice::from_ref(&text), &h, 1000);
+        let layout = sections(&chunks, &h);
+        let titles: Vec<Option<&str>> = layout
+            .sections
+            .iter()
+            .map(|s| s.heading.as_deref())
+            .collect();
+        assert_eq!(titles, [None, Some("## Sales"), Some("## Costs")]);
+        assert_eq!(layout.chunk_sections, [vec![0, 1, 2]]);
+        let schema = map_schema(&layout.sections.iter().collect::<Vec<_>>(), 2, false);
+        assert!(
+            schema["properties"]["section_3"]["properties"]["points"]["items"]["properties"]
+                .get("page")
+                .is_none()
+        );
+        let s = SectionSummary {
+            heading: Some("## Sales".into()),
+            first_page: None,
+            last_page: None,
+            topic: "Sales grew".into(),
+            points: vec![],
+        };
+        assert_eq!(write_line(&[s], 20), "## Sales: Sales grew.");
     }
 
     #[test]
