@@ -78,8 +78,8 @@ enum Command {
         #[command(subcommand)]
         command: intake_cmd::IntakeCommand,
     },
-    /// Summarise a long document (PDF, .eml, text) by map and reduce, its points cited to
-    /// pages, with a progress bar.
+    /// Summarise a long document (PDF, .eml, text) a line per section, its points cited
+    /// to pages, with a progress bar.
     Summarize(summarize_cmd::SummarizeArgs),
     /// Measure extraction accuracy on a folder of invoice PDFs with .json answers.
     EvalExtract(eval_cmd::EvalArgs),

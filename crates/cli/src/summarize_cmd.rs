@@ -1,4 +1,4 @@
-//! `verre summarize FILE`: a long document summarised by map and reduce on a local model,
+//! `verre summarize FILE`: a long document summarised section by section on a local model,
 //! with its points cited to pages. Wiring only; the summary is verre-intake's.
 
 use std::path::PathBuf;
@@ -105,9 +105,9 @@ pub fn summarize_file(args: SummarizeArgs) -> Result<()> {
         } else {
             println!("{}", summary.text);
             eprintln!(
-                "\n{} chunk(s), {} reduce call(s), {} prompt + {} completion tokens, {seconds:.1} s",
+                "\n{} section(s) read in {} chunk(s), {} prompt + {} completion tokens, {seconds:.1} s",
+                summary.sections.len(),
                 summary.chunks,
-                summary.reduce_calls,
                 summary.prompt_tokens,
                 summary.completion_tokens
             );

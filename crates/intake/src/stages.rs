@@ -468,7 +468,7 @@ impl StageRunner {
     }
 
     /// The pipeline's `[summary]` of the message's documents (what the reading budget
-    /// lets in), by map and reduce over its chunks; `{"summary": null}` without one.
+    /// lets in), section by section ([`crate::summary`]); `{"summary": null}` without one.
     async fn summarize(&self, message_id: i64) -> StageResult {
         let Some(cfg) = &self.pipeline.summary else {
             return Ok(StageEffects {
@@ -491,6 +491,7 @@ impl StageRunner {
         Ok(StageEffects {
             output: json!({
                 "summary": s.text,
+                "sections": s.sections,
                 "model": cfg.model,
                 "chunks": s.chunks,
                 "pages_read": plan.pages_read,

@@ -294,8 +294,10 @@ async fn a_field_ruled_reconcile_is_decided_by_one_more_call() {
     );
 }
 
-/// A summariser that keeps what it is told to keep: for a part, each chapter heading it
-/// reads with its page; for a reduce, every line of the parts. Counts calls in flight.
+/// A summariser that copies: for each section it is asked about, the topic is the chunk's
+/// first line of text, and the points (as many as the schema allows) one cited to a page
+/// that is not in the chunk, then the chunk's last line cited to its page. Counts calls in
+/// flight.
 #[derive(Default)]
 struct Summariser {
     in_flight: AtomicUsize,
@@ -312,32 +314,44 @@ impl ModelApi for Summariser {
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
             self.calls.fetch_add(1, Ordering::SeqCst);
             let prompt = request["messages"][1]["content"].as_str().unwrap();
-            let mut points = Vec::new();
-            if prompt.contains("from the summaries of its parts") {
-                for line in prompt.lines().filter(|l| l.starts_with("Part (")) {
-                    points.push(line.split_once("): ").unwrap().1.to_string());
-                }
-            } else {
-                let mut page = 0;
-                for line in prompt.lines() {
-                    if let Some(n) = line
-                        .strip_prefix("[page ")
-                        .and_then(|n| n.strip_suffix(']'))
-                    {
-                        page = n.parse().unwrap();
+            let schema = &request["response_format"]["json_schema"]["schema"];
+            let (mut page, mut first, mut last) = (0, None, None);
+            for line in prompt
+                .split("\n\nThe text above is")
+                .next()
+                .unwrap()
+                .lines()
+            {
+                match line
+                    .strip_prefix("[page ")
+                    .and_then(|n| n.strip_suffix(']'))
+                {
+                    Some(n) => page = n.parse().unwrap(),
+                    None if !line.starts_with("Chapter ") && !line.starts_with('[') => {
+                        first.get_or_insert(line);
+                        last = Some((line, page));
                     }
-                    if let Some(topic) = line.strip_prefix("Chapter ") {
-                        points.push(format!(
-                            "{} [p. {page}].",
-                            topic.split_once(": ").unwrap().1
-                        ));
-                    }
+                    None => {}
                 }
             }
-            Ok(
-                json!({"choices": [{"message": {"content": points.join(" ")}}],
-                      "usage": {"prompt_tokens": prompt.len() / 4, "completion_tokens": 10}}),
-            )
+            let (last_line, last_page) = last.unwrap();
+            let mut answer = serde_json::Map::new();
+            for (key, section) in schema["properties"].as_object().unwrap() {
+                let most = section["properties"]["points"]["maxItems"]
+                    .as_u64()
+                    .unwrap();
+                let points = [
+                    json!({"text": "A point from elsewhere", "page": 999}),
+                    json!({"text": last_line, "page": last_page}),
+                ];
+                answer.insert(
+                    key.clone(),
+                    json!({"topic": first.unwrap(), "points": points[..most.min(2) as usize]}),
+                );
+            }
+            let content = Value::Object(answer).to_string();
+            Ok(json!({"choices": [{"message": {"content": content}}],
+                      "usage": {"prompt_tokens": prompt.len() / 4, "completion_tokens": 10}}))
         })
     }
 }
@@ -356,7 +370,7 @@ const TOPICS: [&str; 10] = [
 ];
 
 #[tokio::test]
-async fn a_200_page_report_is_summarised_by_map_and_reduce_with_page_citations() {
+async fn a_200_page_report_is_summarised_a_line_a_chapter_with_page_citations() {
     let pdf = verre_intake::demo::sectioned_report(200, &TOPICS).unwrap();
     let pages = verre_intake::document::file_pages("report.pdf", &pdf).unwrap();
     assert_eq!(pages.len(), 200);
@@ -364,7 +378,7 @@ async fn a_200_page_report_is_summarised_by_map_and_reduce_with_page_citations()
     let progress = Mutex::new(Vec::new());
     let options = verre_intake::summary::SummaryOptions {
         model: "m".into(),
-        words: 200,
+        words: 600,
         chunk_tokens: 1500,
     };
     let s = verre_intake::summary::summarize(&api, &pages, &options, &|done, total| {
@@ -372,21 +386,69 @@ async fn a_200_page_report_is_summarised_by_map_and_reduce_with_page_citations()
     })
     .await
     .unwrap();
-    for (i, topic) in TOPICS.iter().enumerate() {
-        // Chapter i opens on page 20 i + 1.
-        let cited = format!("{topic} [p. {}]", i * 20 + 1);
-        assert!(s.text.contains(&cited), "{cited} missing: {}", s.text);
+    assert_eq!(s.sections.len(), 10, "{:#?}", s.sections);
+    let lines: Vec<&str> = s.text.lines().collect();
+    assert_eq!(lines.len(), 11, "{}", s.text);
+    // The report's standard clauses recur in every chapter: said once, not per chapter.
+    assert_eq!(s.recurring.len(), 12, "{:#?}", s.recurring);
+    assert!(
+        lines[10].starts_with("Recurring on many pages (12 lines): The "),
+        "{}",
+        s.text
+    );
+    for (i, (topic, line)) in TOPICS.iter().zip(&lines).enumerate() {
+        // Chapter i is on pages 20 i + 1 to 20 i + 20; the model's topic is cited to the
+        // chapter's first page, its points to the pages they are on, never elsewhere.
+        let (a, b) = (i * 20 + 1, i * 20 + 20);
+        let head = format!("Chapter {}: {topic} (pp. {a}-{b}): ", i + 1);
+        assert!(line.starts_with(&head), "{head} missing: {line}");
+        assert!(line.contains(&format!(" [p. {a}].")), "{line}");
+        assert!(line.contains(&format!("concerns {topic} [p. ")), "{line}");
+        for cite in line.split("[p. ").skip(1) {
+            let n: usize = cite.split(']').next().unwrap().parse().unwrap();
+            assert!((a..=b).contains(&n), "{line}");
+        }
     }
-    assert!(s.chunks > 8, "{s:?}");
+    assert!(!s.text.contains("elsewhere"), "{}", s.text);
+    assert!(s.text.split_whitespace().count() <= 600, "{}", s.text);
+    assert!(s.chunks >= 10, "{s:?}");
     assert_eq!(
         api.most_in_flight.load(Ordering::SeqCst),
         s.chunks,
-        "the map calls at once"
+        "every chunk's call at once"
     );
-    assert_eq!(api.calls.load(Ordering::SeqCst), s.chunks + s.reduce_calls);
-    let progress = progress.lock().unwrap();
-    let (done, total) = *progress.last().unwrap();
-    assert_eq!(done, total, "{progress:?}");
+    assert_eq!(api.calls.load(Ordering::SeqCst), s.chunks);
+    let last = *progress.lock().unwrap().last().unwrap();
+    assert_eq!(last, (s.chunks, s.chunks));
+
+    // Too few words for a line a chapter: chapters share lines, all their headings kept,
+    // and the summary says which share.
+    let short = verre_intake::summary::summarize(
+        &api,
+        &pages,
+        &verre_intake::summary::SummaryOptions {
+            words: 60,
+            ..options
+        },
+        &|_, _| {},
+    )
+    .await
+    .unwrap();
+    for topic in TOPICS {
+        assert!(short.text.contains(topic), "{topic}: {}", short.text);
+    }
+    assert!(
+        short.text.split_whitespace().count() <= 60,
+        "{}",
+        short.text
+    );
+    assert!(
+        short
+            .text
+            .ends_with("(To fit 60 words, sections share lines: 1-2, 3-4, 5-6, 7-8, 9-10.)"),
+        "{}",
+        short.text
+    );
 }
 
 #[tokio::test]
@@ -425,8 +487,12 @@ async fn the_summarize_stage_summarises_the_documents_for_later_templates() {
         .unwrap();
     let out = store.stage_output(id, "summarize").await.unwrap().unwrap();
     let summary = out["summary"].as_str().unwrap();
-    assert!(summary.contains("stub draft"), "{out:#}");
-    assert!(out["chunks"].as_u64().unwrap() > 1, "{out:#}");
+    // The contract has no section headings: lines by pages, the 50 pages covered, and
+    // its clauses (each on many pages) once.
+    assert!(summary.starts_with("Pages 1-"), "{out:#}");
+    assert!(summary.contains("-50: "), "{out:#}");
+    assert!(summary.contains("\nRecurring on many pages ("), "{out:#}");
+    assert!(out["chunks"].as_u64().unwrap() >= 1, "{out:#}");
     assert_eq!(out["pages_read"], 50);
     let d = store.detail(id).await.unwrap().unwrap();
     assert_eq!(d.message.status, "processed");
