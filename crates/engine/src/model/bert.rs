@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 use serde::Deserialize;
 
 /// The fields of a Hugging Face BERT `config.json` that the forward needs.
@@ -36,39 +37,59 @@ fn default_act() -> String {
     "gelu".into()
 }
 
+/// A dense layer: the product with the (transposed, contiguous) weights runs in candle's
+/// GEMM; the bias is added by whatever pass reads the product next.
 struct Linear {
     weight_t: Tensor,
-    bias: Tensor,
+    bias: Vec<f32>,
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&self.weight_t)?.broadcast_add(&self.bias)?)
+    /// `rows` rows of `x` times the weights, without the bias: `rows * out` floats.
+    fn product(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let k = self.weight_t.dim(0)?;
+        let x = Tensor::from_slice(x, (rows, k), &Device::Cpu)?;
+        Ok(x.matmul(&self.weight_t)?.flatten_all()?.to_vec1::<f32>()?)
     }
 }
 
 struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    eps: f32,
 }
 
 impl LayerNorm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centered = x.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(normed
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)?)
+    /// Each row of `x` (plus `bias` and `residual`, when given) normalised, in place: one
+    /// pass over the rows, spread over the rayon pool.
+    fn apply(&self, x: &mut [f32], bias: Option<&[f32]>, residual: Option<&[f32]>) {
+        let w = self.weight.len();
+        let row = |(i, r): (usize, &mut [f32])| {
+            if let Some(b) = bias {
+                r.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+            if let Some(res) = residual {
+                r.iter_mut()
+                    .zip(&res[i * w..(i + 1) * w])
+                    .for_each(|(v, x)| *v += x);
+            }
+            let mean = r.iter().sum::<f32>() / w as f32;
+            let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / w as f32;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            for ((v, g), b) in r.iter_mut().zip(&self.weight).zip(&self.bias) {
+                *v = (*v - mean) * inv * g + b;
+            }
+        };
+        x.par_chunks_mut(w)
+            .enumerate()
+            .with_min_len(32)
+            .for_each(row);
     }
 }
 
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// Query, key and value in one product (`3 * hidden` outputs).
+    qkv: Linear,
     attn_out: Linear,
     attn_norm: LayerNorm,
     intermediate: Linear,
@@ -80,9 +101,11 @@ struct Layer {
 pub struct Embedder {
     cfg: BertConfig,
     tokenizer: tokenizers::Tokenizer,
-    word: Tensor,
-    position: Tensor,
-    token_type: Tensor,
+    /// Embedding tables, row-major (`hidden_size` wide).
+    word: Vec<f32>,
+    position: Vec<f32>,
+    token_type: Vec<f32>,
+    vocab_size: usize,
     embed_norm: LayerNorm,
     layers: Vec<Layer>,
     /// Longest input in tokens; longer inputs are truncated, as sentence-transformers does.
@@ -152,39 +175,37 @@ impl Embedder {
                 .ok_or_else(|| anyhow!("{}: tensor {name} is missing", weights_path.display()))?;
             Ok(t.to_dtype(DType::F32)?)
         };
-        let linear = |take: &mut dyn FnMut(&str) -> Result<Tensor>, p: &str| -> Result<Linear> {
-            Ok(Linear {
-                weight_t: take(&format!("{p}.weight"))?.t()?.contiguous()?,
-                bias: take(&format!("{p}.bias"))?,
-            })
-        };
-        let eps = cfg.layer_norm_eps;
+        let vec = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+        // `names`' weights side by side in one product (query, key and value).
+        let linear =
+            |take: &mut dyn FnMut(&str) -> Result<Tensor>, names: &[&str]| -> Result<Linear> {
+                let mut weights = Vec::new();
+                let mut bias = Vec::new();
+                for p in names {
+                    weights.push(take(&format!("{p}.weight"))?);
+                    bias.extend(vec(take(&format!("{p}.bias"))?)?);
+                }
+                let weight_t = Tensor::cat(&weights, 0)?.t()?.contiguous()?;
+                ensure!(
+                    weight_t.dim(1)? == bias.len(),
+                    "{}: {} has {} outputs and {} biases",
+                    weights_path.display(),
+                    names[0],
+                    weight_t.dim(1)?,
+                    bias.len()
+                );
+                Ok(Linear { weight_t, bias })
+            };
+        let eps = cfg.layer_norm_eps as f32;
         let norm = |take: &mut dyn FnMut(&str) -> Result<Tensor>, p: &str| -> Result<LayerNorm> {
             Ok(LayerNorm {
-                weight: take(&format!("{p}.weight"))?,
-                bias: take(&format!("{p}.bias"))?,
+                weight: vec(take(&format!("{p}.weight"))?)?,
+                bias: vec(take(&format!("{p}.bias"))?)?,
                 eps,
             })
         };
 
         let word = take("embeddings.word_embeddings.weight")?;
-        let position = take("embeddings.position_embeddings.weight")?;
-        let token_type = take("embeddings.token_type_embeddings.weight")?;
-        let embed_norm = norm(&mut take, "embeddings.LayerNorm")?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let p = format!("encoder.layer.{i}");
-            layers.push(Layer {
-                query: linear(&mut take, &format!("{p}.attention.self.query"))?,
-                key: linear(&mut take, &format!("{p}.attention.self.key"))?,
-                value: linear(&mut take, &format!("{p}.attention.self.value"))?,
-                attn_out: linear(&mut take, &format!("{p}.attention.output.dense"))?,
-                attn_norm: norm(&mut take, &format!("{p}.attention.output.LayerNorm"))?,
-                intermediate: linear(&mut take, &format!("{p}.intermediate.dense"))?,
-                output: linear(&mut take, &format!("{p}.output.dense"))?,
-                out_norm: norm(&mut take, &format!("{p}.output.LayerNorm"))?,
-            });
-        }
         ensure!(
             word.dim(1)? == cfg.hidden_size,
             "{}: word embeddings are {} wide, config says {}",
@@ -192,12 +213,52 @@ impl Embedder {
             word.dim(1)?,
             cfg.hidden_size
         );
+        let vocab_size = word.dim(0)?;
+        let position = take("embeddings.position_embeddings.weight")?;
+        ensure!(
+            position.dims() == [cfg.max_position_embeddings, cfg.hidden_size],
+            "{}: position embeddings are {:?}, config says [{}, {}]",
+            weights_path.display(),
+            position.dims(),
+            cfg.max_position_embeddings,
+            cfg.hidden_size
+        );
+        let token_type = take("embeddings.token_type_embeddings.weight")?;
+        ensure!(
+            token_type.dim(1)? == cfg.hidden_size,
+            "{}: token type embeddings are {} wide",
+            weights_path.display(),
+            token_type.dim(1)?
+        );
+        let (word, position, token_type) = (vec(word)?, vec(position)?, vec(token_type)?);
+        let embed_norm = norm(&mut take, "embeddings.LayerNorm")?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            let attn = format!("{p}.attention.self");
+            layers.push(Layer {
+                qkv: linear(
+                    &mut take,
+                    &[
+                        &format!("{attn}.query"),
+                        &format!("{attn}.key"),
+                        &format!("{attn}.value"),
+                    ],
+                )?,
+                attn_out: linear(&mut take, &[&format!("{p}.attention.output.dense")])?,
+                attn_norm: norm(&mut take, &format!("{p}.attention.output.LayerNorm"))?,
+                intermediate: linear(&mut take, &[&format!("{p}.intermediate.dense")])?,
+                output: linear(&mut take, &[&format!("{p}.output.dense")])?,
+                out_norm: norm(&mut take, &format!("{p}.output.LayerNorm"))?,
+            });
+        }
         Ok(Self {
             cfg,
             tokenizer,
             word,
             position,
             token_type,
+            vocab_size,
             embed_norm,
             layers,
             max_tokens,
@@ -216,7 +277,7 @@ impl Embedder {
 
     /// Token ids run `0..vocab_size()`.
     pub fn vocab_size(&self) -> usize {
-        self.word.dims()[0]
+        self.vocab_size
     }
 
     /// Token ids of an input, with [CLS]/[SEP], truncated to `max_tokens`.
@@ -256,8 +317,10 @@ impl Embedder {
 
     /// Several sequences through the encoder in one pass: their tokens are stacked, so that
     /// every linear layer is one large product (small per-sequence products leave most of a
-    /// core idle), while attention and pooling stay within each sequence. The vectors are
-    /// those of [`Embedder::embed_ids`] one sequence at a time, up to float rounding.
+    /// core idle), while attention and pooling stay within each sequence. Biases,
+    /// residuals, LayerNorm and GELU are single passes over the rows (candle's element-wise
+    /// operators would take one pass, an allocation and a thread barrier each). The vectors
+    /// are those of [`Embedder::embed_ids`] one sequence at a time, up to float rounding.
     /// Callers bound the batch ([`BATCH_SEQUENCES`] is what verre uses): its activations
     /// take about `4 * intermediate_size` bytes per token.
     pub fn embed_batch(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
@@ -272,81 +335,134 @@ impl Embedder {
                 ids.len(),
                 self.max_tokens
             );
-        }
-        let (h, heads) = (self.cfg.hidden_size, self.cfg.num_attention_heads);
-        let hd = h / heads;
-        let dev = Device::Cpu;
-        let total: usize = seqs.iter().map(Vec::len).sum();
-        let flat: Vec<u32> = seqs.iter().flatten().copied().collect();
-        let positions: Vec<u32> = seqs.iter().flat_map(|ids| 0..ids.len() as u32).collect();
-
-        let x = self
-            .word
-            .index_select(&Tensor::from_slice(&flat, total, &dev)?, 0)?;
-        let pos = self
-            .position
-            .index_select(&Tensor::from_slice(&positions, total, &dev)?, 0)?;
-        let x = (x + pos)?.broadcast_add(&self.token_type.narrow(0, 0, 1)?)?;
-        let mut x = self.embed_norm.forward(&x)?;
-
-        let scale = 1.0 / (hd as f64).sqrt();
-        for l in &self.layers {
-            let (q, k, v) = (
-                l.query.forward(&x)?,
-                l.key.forward(&x)?,
-                l.value.forward(&x)?,
-            );
-            let mut ctx = Vec::with_capacity(seqs.len());
-            let mut start = 0;
-            for ids in seqs {
-                let n = ids.len();
-                // [n, h] -> [heads, n, hd]
-                let split = |t: &Tensor| -> Result<Tensor> {
-                    Ok(t.narrow(0, start, n)?
-                        .reshape((n, heads, hd))?
-                        .transpose(0, 1)?
-                        .contiguous()?)
-                };
-                let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
-                let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
-                let probs = softmax_last(&scores)?;
-                ctx.push(
-                    probs
-                        .matmul(&v)?
-                        .transpose(0, 1)?
-                        .contiguous()?
-                        .reshape((n, h))?,
+            if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+                bail!(
+                    "token id {id} is outside the vocabulary of {}",
+                    self.vocab_size
                 );
-                start += n;
             }
-            let ctx = Tensor::cat(&ctx, 0)?;
-            x = l.attn_norm.forward(&(l.attn_out.forward(&ctx)? + &x)?)?;
-            let inner = l.intermediate.forward(&x)?.gelu_erf()?;
-            x = l.out_norm.forward(&(l.output.forward(&inner)? + &x)?)?;
+        }
+        let h = self.cfg.hidden_size;
+        let total: usize = seqs.iter().map(Vec::len).sum();
+
+        let mut x = Vec::with_capacity(total * h);
+        for ids in seqs {
+            for (pos, &id) in ids.iter().enumerate() {
+                let (w, p) = (id as usize * h, pos * h);
+                let rows = self.word[w..w + h].iter().zip(&self.position[p..p + h]);
+                x.extend(rows.zip(&self.token_type[..h]).map(|((w, p), t)| w + p + t));
+            }
+        }
+        self.embed_norm.apply(&mut x, None, None);
+
+        for l in &self.layers {
+            let qkv = l.qkv.product(&x, total)?;
+            let ctx = self.attention(&qkv, &l.qkv.bias, seqs)?;
+            let mut attended = l.attn_out.product(&ctx, total)?;
+            l.attn_norm
+                .apply(&mut attended, Some(&l.attn_out.bias), Some(&x));
+            x = attended;
+            let mut inner = l.intermediate.product(&x, total)?;
+            gelu_with_bias(&mut inner, &l.intermediate.bias);
+            let mut out = l.output.product(&inner, total)?;
+            l.out_norm.apply(&mut out, Some(&l.output.bias), Some(&x));
+            x = out;
         }
         let mut out = Vec::with_capacity(seqs.len());
         let mut start = 0;
         for ids in seqs {
-            let pooled = x.narrow(0, start, ids.len())?.mean(0)?;
-            start += ids.len();
-            let pooled = pooled.to_vec1::<f32>()?;
+            let n = ids.len();
+            // The mean of the token vectors, scaled to unit length: the sum scaled alike.
+            let mut pooled = vec![0f32; h];
+            for row in x[start * h..(start + n) * h].chunks_exact(h) {
+                pooled.iter_mut().zip(row).for_each(|(p, v)| *p += v);
+            }
+            start += n;
             let norm = pooled.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
             out.push(pooled.into_iter().map(|v| v / norm).collect());
         }
         Ok(out)
     }
+
+    /// Self-attention of each sequence over itself, from the stacked query/key/value
+    /// product (`3 * hidden` per token, biases not added yet): the context vectors, stacked
+    /// as the tokens are (`hidden` per token).
+    fn attention(&self, qkv: &[f32], bias: &[f32], seqs: &[Vec<u32>]) -> Result<Vec<f32>> {
+        let (h, heads) = (self.cfg.hidden_size, self.cfg.num_attention_heads);
+        let hd = h / heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut starts = Vec::with_capacity(seqs.len());
+        let mut start = 0;
+        for ids in seqs {
+            starts.push(start);
+            start += ids.len();
+        }
+        let per_seq = seqs
+            .par_iter()
+            .zip(starts)
+            .map(|(ids, start)| -> Result<Vec<f32>> {
+                let n = ids.len();
+                // Head-major: queries and values [heads, n, hd], keys transposed [heads, hd, n].
+                let (mut q, mut kt, mut v) =
+                    (vec![0f32; n * h], vec![0f32; n * h], vec![0f32; n * h]);
+                for i in 0..n {
+                    let row = &qkv[(start + i) * 3 * h..(start + i + 1) * 3 * h];
+                    for head in 0..heads {
+                        for d in 0..hd {
+                            let c = head * hd + d;
+                            q[(head * n + i) * hd + d] = (row[c] + bias[c]) * scale;
+                            kt[(head * hd + d) * n + i] = row[h + c] + bias[h + c];
+                            v[(head * n + i) * hd + d] = row[2 * h + c] + bias[2 * h + c];
+                        }
+                    }
+                }
+                let dev = Device::Cpu;
+                let q = Tensor::from_vec(q, (heads, n, hd), &dev)?;
+                let kt = Tensor::from_vec(kt, (heads, hd, n), &dev)?;
+                let mut scores = q.matmul(&kt)?.flatten_all()?.to_vec1::<f32>()?;
+                for row in scores.chunks_exact_mut(n) {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for s in row.iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    row.iter_mut().for_each(|s| *s /= sum);
+                }
+                let probs = Tensor::from_vec(scores, (heads, n, n), &dev)?;
+                let v = Tensor::from_vec(v, (heads, n, hd), &dev)?;
+                let ctx = probs.matmul(&v)?.flatten_all()?.to_vec1::<f32>()?;
+                // Back to token-major [n, hidden].
+                let mut out = vec![0f32; n * h];
+                for head in 0..heads {
+                    for i in 0..n {
+                        let from = &ctx[(head * n + i) * hd..(head * n + i + 1) * hd];
+                        out[i * h + head * hd..i * h + (head + 1) * hd].copy_from_slice(from);
+                    }
+                }
+                Ok(out)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(per_seq.concat())
+    }
+}
+
+/// `x + bias`, then GELU (the exact, erf form BERT was trained with), row by row in place.
+fn gelu_with_bias(x: &mut [f32], bias: &[f32]) {
+    x.par_chunks_mut(bias.len())
+        .with_min_len(32)
+        .for_each(|row| {
+            for (v, b) in row.iter_mut().zip(bias) {
+                let t = *v + b;
+                *v = 0.5 * t * (1.0 + libm::erff(t * std::f32::consts::FRAC_1_SQRT_2));
+            }
+        });
 }
 
 /// Sequences per [`Embedder::embed_batch`] call in verre's own callers: large enough that
 /// the linear layers run as large products, small enough that a batch of 256-token inputs
 /// stays in tens of megabytes.
 pub const BATCH_SEQUENCES: usize = 16;
-
-fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-}
 
 /// Cosine similarity of two vectors.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
