@@ -27,6 +27,9 @@ pub struct Example {
     pub previous: Value,
     /// The lines of the corrected document around the right value (empty: not found).
     pub context: String,
+    /// The corrected message, and how like this document its document is (the cosine).
+    pub message_id: i64,
+    pub similarity: f32,
 }
 
 fn head(text: &str) -> String {
@@ -97,7 +100,7 @@ pub async fn examples(
     let near = ranked
         .into_iter()
         .filter(|(similarity, _)| *similarity >= min_similarity);
-    for (_, id) in near.take(n) {
+    for (similarity, id) in near.take(n) {
         // Newest first from the store: the first of each field is its latest correction.
         let mut seen = Vec::new();
         let mut fields: Vec<Example> = Vec::new();
@@ -111,6 +114,8 @@ pub async fn examples(
                 value: c.correction.value.clone(),
                 previous: c.correction.previous.clone(),
                 context: c.correction.context.clone().unwrap_or_default(),
+                message_id: id,
+                similarity,
             });
         }
         fields.reverse();
