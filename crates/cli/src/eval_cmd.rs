@@ -75,10 +75,10 @@ pub struct EvalArgs {
     #[arg(long)]
     pub no_speculation: bool,
     /// Then measure corrections that teach: the wrong fields of the first half of the
-    /// invoices are corrected (as a reviewer would), and the second half is extracted
-    /// again with the N most similar corrected documents' fields as examples
+    /// invoices are corrected (as a reviewer would), and every invoice is extracted again
+    /// with the N most similar corrected documents' fields as examples
     /// (`few_shot_from_corrections = N`); accuracy on the second half is printed without
-    /// and with them.
+    /// and with them (and on the first half, whose own corrections it is shown).
     #[arg(long, value_name = "N")]
     pub few_shot: Option<usize>,
     /// Compare every field of ALL_FIELDS (19) that an answer holds, not only the five;
@@ -253,8 +253,9 @@ fn tally_json(tally: &Tally) -> Value {
 
 /// Corrections that teach, measured: the wrong fields of the first half (rounded up) of
 /// the invoices corrected with their answers, each with the words of the document the
-/// answer stands in, then the second half extracted again, in the same store, with
-/// `few_shot_from_corrections = n`. Accuracy on the second half without and with.
+/// answer stands in, then every invoice extracted again, in the same store, with
+/// `few_shot_from_corrections = n`. Accuracy on the second half (the measurement) without
+/// and with, and on the first half without and, sent again, with its own corrections.
 async fn feed_back(
     store: &verre_store::Store,
     work: &WorkArgs,
@@ -295,20 +296,23 @@ async fn feed_back(
     let second = &cases[half..];
     let mail_dir = tmp.join("mail-again");
     std::fs::create_dir_all(&mail_dir)?;
-    for (i, pdf) in pdfs[half..].iter().enumerate() {
-        // Other mails (another Message-ID), the same invoices.
-        let name = format!("{:03}.eml", 1001 + half + i);
+    // Every invoice again, as other mails (another Message-ID): the second half is the
+    // measurement; the first half, sent again, shows whether the model follows its own
+    // corrections at all.
+    for (i, pdf) in pdfs.iter().enumerate() {
+        let name = format!("{:04}.eml", 1001 + i);
         std::fs::write(
             mail_dir.join(name),
-            invoice_mail(1001 + half + i, &std::fs::read(pdf)?),
+            invoice_mail(1001 + i, &std::fs::read(pdf)?),
         )?;
     }
     pipeline.extract.few_shot = n;
     let source = Source::detect(mail_dir.to_str().context("a UTF-8 temporary path")?)?;
     let (store, ids, summary) = ingest_and_run(&source, work, pipeline, progress).await?;
-    let (with, mut with_rows) = score(&store, fields, second, &ids).await?;
+    let (first_again, mut first_rows) = score(&store, fields, &cases[..half], &ids[..half]).await?;
+    let (with, mut with_rows) = score(&store, fields, second, &ids[half..]).await?;
     // Which corrected fields each extraction was shown, and how like its document theirs was.
-    for (row, id) in with_rows.iter_mut().zip(&ids) {
+    for (row, id) in first_rows.iter_mut().chain(with_rows.iter_mut()).zip(&ids) {
         let evidence = store.evidence(*id).await?.unwrap_or_default();
         row["few_shot"] = evidence.get("few_shot").cloned().unwrap_or(json!([]));
     }
@@ -338,8 +342,10 @@ async fn feed_back(
         "examples": n,
         "second_half": second.iter().map(|c| &c.0).collect::<Vec<_>>(),
         "first_half_without": tally_json(&first),
+        "first_half_again_with": tally_json(&first_again),
         "without": tally_json(&without),
         "with": tally_json(&with),
+        "cases_first_again": first_rows,
         "cases_with": with_rows,
         "seconds": summary.seconds,
     }))
@@ -417,20 +423,22 @@ fn report(
             }
         };
         println!(
-            "  {:<15} {:>10} {:>14} {:>11}",
-            "field", "first half", "second without", "second with"
+            "  {:<15} {:>13} {:>16} {:>14} {:>11}",
+            "field", "first without", "first again with", "second without", "second with"
         );
         for field in fields {
             println!(
-                "  {:<15} {:>10} {:>14} {:>11}",
+                "  {:<15} {:>13} {:>16} {:>14} {:>11}",
                 field,
                 count("first_half_without", field),
+                count("first_half_again_with", field),
                 count("without", field),
                 count("with", field)
             );
         }
         println!("examples shown (document, field, similarity):");
-        for row in f["cases_with"].as_array().into_iter().flatten() {
+        let again = f["cases_first_again"].as_array().into_iter().flatten();
+        for row in again.chain(f["cases_with"].as_array().into_iter().flatten()) {
             let shown: Vec<String> = row["few_shot"]
                 .as_array()
                 .into_iter()
