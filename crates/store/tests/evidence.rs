@@ -21,6 +21,9 @@ where
     let keys = Keyring::parse(&crypto::generate_key().unwrap(), "test").unwrap();
     let store = Store::open_in_home(dir.path()).await.unwrap();
     test(store.with_keys(Some(keys)).await.unwrap(), true).await;
+    if let Some(url) = verre_store::testing::postgres_url("evidence").await {
+        test(Store::open(&url).await.unwrap(), false).await;
+    }
 }
 
 /// A message from `name` extracted, with evidence quoting the name.
