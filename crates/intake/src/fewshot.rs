@@ -104,9 +104,12 @@ pub async fn examples(
     let mut embedded = embeddings(api, model, &inputs).await?.into_iter();
     let this = embedded.next().unwrap_or_default();
     for ((id, text), vector) in missing.into_iter().zip(embedded) {
-        store
-            .keep_correction_embedding(*id, model, text, &vector)
-            .await?;
+        // An answer without this document's vector is not kept: it is asked again next time.
+        if !vector.is_empty() {
+            store
+                .keep_correction_embedding(*id, model, text, &vector)
+                .await?;
+        }
         vectors.insert(*id, vector);
     }
     let mut ranked: Vec<(f32, i64)> = vectors
