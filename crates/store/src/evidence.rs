@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
+use crate::archive::{bytes_vector, vector_bytes};
 use crate::audit::{AuditEvent, append_in};
 use crate::crypto::{self, Column};
 use crate::{Store, now_ms};
@@ -183,16 +184,12 @@ impl Store {
             )
             .with_context(|| format!("opening the kept embedding of message {id}"))?;
             anyhow::ensure!(
-                plain.len() >= 32 && (plain.len() - 32).is_multiple_of(4),
-                "the kept embedding of message {id} is {} bytes: not a digest and f32s",
+                plain.len() >= 32,
+                "the kept embedding of message {id} is {} bytes: no digest",
                 plain.len()
             );
             if plain[..32] == digest[..] {
-                let vector = plain[32..]
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                found.insert(id, vector);
+                found.insert(id, bytes_vector(&plain[32..])?);
             }
         }
         Ok(found)
@@ -209,7 +206,7 @@ impl Store {
     ) -> Result<()> {
         self.check_writable()?;
         let mut plain: Vec<u8> = Sha256::digest(text.as_bytes()).to_vec();
-        plain.extend(vector.iter().flat_map(|x| x.to_le_bytes()));
+        plain.extend(vector_bytes(vector));
         let (sealed, key_id) = match self.keys() {
             Some(k) => (
                 k.seal(Column::CorrectionEmbedding, &plain)?,
