@@ -1,6 +1,8 @@
 //! `verre eval-extract DIR`: each `X.pdf` in DIR (with its answers in `X.json` beside it)
 //! becomes a mail with the PDF attached; the intake pipeline runs over them with an
 //! invoice schema; each field is compared with the answer, and accuracy per field printed.
+//! `--all-fields` compares [`ALL_FIELDS`] instead of [`FIELDS`], each over the invoices
+//! whose answer has it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,33 @@ use crate::intake_cmd::{BackendArg, DbArgs, WorkArgs, ingest_and_run};
 /// The fields compared, in the order printed.
 pub const FIELDS: [&str; 5] = ["invoice_number", "date", "amount", "currency", "issuer"];
 
+/// The fields `--all-fields` compares: [`FIELDS`], then every scalar field that two or
+/// more of the answers in ../shared/eval/invoices hold, and the tax amount, order number
+/// and due date (not free text such as notes, nor the invoice lines).
+pub const ALL_FIELDS: [&str; 19] = [
+    "invoice_number",
+    "date",
+    "amount",
+    "currency",
+    "issuer",
+    "amount_untaxed",
+    "amount_tax",
+    "date_due",
+    "order_id",
+    "partner_name",
+    "partner_website",
+    "partner_street",
+    "partner_zip",
+    "partner_city",
+    "country_code",
+    "vat",
+    "partner_coc",
+    "iban",
+    "bic",
+];
+
 const DEFAULT_PIPELINE: &str = include_str!("../../../examples/invoice-pipeline.toml");
+const FULL_PIPELINE: &str = include_str!("../../../examples/invoice-pipeline-full.toml");
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -47,12 +75,17 @@ pub struct EvalArgs {
     #[arg(long)]
     pub no_speculation: bool,
     /// Then measure corrections that teach: the wrong fields of the first half of the
-    /// invoices are corrected (as a reviewer would), and the second half is extracted
-    /// again with the N most similar corrected documents' fields as examples
+    /// invoices are corrected (as a reviewer would), and every invoice is extracted again
+    /// with the N most similar corrected documents' fields as examples
     /// (`few_shot_from_corrections = N`); accuracy on the second half is printed without
-    /// and with them.
+    /// and with them (and on the first half, whose own corrections it is shown).
     #[arg(long, value_name = "N")]
     pub few_shot: Option<usize>,
+    /// Compare every field of ALL_FIELDS (19) that an answer holds, not only the five;
+    /// without --pipeline, run examples/invoice-pipeline-full.toml (built in), whose schema
+    /// has them all.
+    #[arg(long)]
+    pub all_fields: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -102,13 +135,22 @@ async fn eval(args: EvalArgs) -> Result<()> {
     let (pipeline, pipeline_path) = match &args.pipeline {
         Some(p) => (crate::intake_cmd::load_pipeline(p)?, p.clone()),
         None => {
-            let p = Path::new("examples/invoice-pipeline.toml");
+            let (p, text) = if args.all_fields {
+                ("examples/invoice-pipeline-full.toml", FULL_PIPELINE)
+            } else {
+                ("examples/invoice-pipeline.toml", DEFAULT_PIPELINE)
+            };
             (
-                Pipeline::parse(p, DEFAULT_PIPELINE)
+                Pipeline::parse(Path::new(p), text)
                     .map_err(|e| anyhow::anyhow!("built-in pipeline: {e}"))?,
-                p.to_path_buf(),
+                p.into(),
             )
         }
+    };
+    let fields: &[&'static str] = if args.all_fields {
+        &ALL_FIELDS
+    } else {
+        &FIELDS
     };
     let db = DbArgs {
         database: Some(
@@ -134,14 +176,14 @@ async fn eval(args: EvalArgs) -> Result<()> {
     let second_pipeline = pipeline.clone();
     let source = Source::detect(mail_dir.to_str().context("a UTF-8 temporary path")?)?;
     let (store, ids, summary) = ingest_and_run(&source, &work, pipeline, !args.json).await?;
-    let (correct, rows) = score(&store, &cases, &ids).await?;
+    let (tally, rows) = score(&store, fields, &cases, &ids).await?;
     let few_shot = match args.few_shot {
         Some(n) => Some(
             feed_back(
                 &store,
                 &work,
                 second_pipeline,
-                (&cases, &rows, &pdfs),
+                (fields, &cases, &rows, &pdfs),
                 tmp.path(),
                 n,
                 !args.json,
@@ -150,18 +192,23 @@ async fn eval(args: EvalArgs) -> Result<()> {
         ),
         None => None,
     };
-    report(&args, &cases, &rows, &correct, &summary, few_shot.as_ref())
+    report(&args, fields, &rows, &tally, &summary, few_shot.as_ref())
 }
 
 type Case = (String, String, Value);
 
-/// Each extraction against its answer: correct counts per field, and a row per case.
+/// Per field: how many extractions got it right, over how many answers hold it.
+type Tally = BTreeMap<&'static str, (usize, usize)>;
+
+/// Each extraction against its answer: a tally per field, and a row per case. A field the
+/// answer does not hold (or holds as null) is not compared.
 async fn score(
     store: &verre_store::Store,
+    fields: &[&'static str],
     cases: &[Case],
     ids: &[i64],
-) -> Result<(BTreeMap<&'static str, usize>, Vec<Value>)> {
-    let mut correct: BTreeMap<&str, usize> = FIELDS.iter().map(|f| (*f, 0)).collect();
+) -> Result<(Tally, Vec<Value>)> {
+    let mut tally: Tally = fields.iter().map(|f| (*f, (0, 0))).collect();
     let mut rows = Vec::new();
     for ((stem, _, answer), id) in cases.iter().zip(ids) {
         let got = store.stage_output(*id, "extract").await?;
@@ -176,36 +223,44 @@ async fn score(
                     .map(|q| format!("{}: {}", q.stage, q.reason))
                     .unwrap_or_else(|| "not extracted".into());
                 row["error"] = json!(reason);
+                // Every field the answer holds counts as missed.
+                for f in fields.iter().filter(|f| !answer[**f].is_null()) {
+                    tally.get_mut(f).expect("a compared field").1 += 1;
+                }
             }
             Some(got) => {
-                for f in FIELDS {
-                    let ok = field_matches(f, &got[f], &answer[f]);
-                    *correct.get_mut(f).expect("a known field") += ok as usize;
-                    row[f] = json!({"expected": answer[f], "got": got[f], "ok": ok});
+                for f in fields.iter().filter(|f| !answer[**f].is_null()) {
+                    let ok = field_matches(f, &got[*f], &answer[*f]);
+                    let t = tally.get_mut(f).expect("a compared field");
+                    *t = (t.0 + ok as usize, t.1 + 1);
+                    row[*f] = json!({"expected": answer[*f], "got": got[*f], "ok": ok});
                 }
             }
         }
         rows.push(row);
     }
-    Ok((correct, rows))
+    Ok((tally, rows))
 }
 
-fn accuracy_of(correct: &BTreeMap<&str, usize>, n: usize) -> BTreeMap<String, f64> {
-    correct
+/// A tally as JSON: per field `{"correct", "of"}`.
+fn tally_json(tally: &Tally) -> Value {
+    tally
         .iter()
-        .map(|(f, c)| (f.to_string(), *c as f64 / n.max(1) as f64))
-        .collect()
+        .map(|(f, (c, n))| (f.to_string(), json!({"correct": c, "of": n})))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// Corrections that teach, measured: the wrong fields of the first half (rounded up) of
 /// the invoices corrected with their answers, each with the words of the document the
-/// answer stands in, then the second half extracted again, in the same store, with
-/// `few_shot_from_corrections = n`. Accuracy on the second half without and with.
+/// answer stands in, then every invoice extracted again, in the same store, with
+/// `few_shot_from_corrections = n`. Accuracy on the second half (the measurement) without
+/// and with, and on the first half without and, sent again, with its own corrections.
 async fn feed_back(
     store: &verre_store::Store,
     work: &WorkArgs,
     mut pipeline: Pipeline,
-    (cases, rows, pdfs): (&[Case], &[Value], &[PathBuf]),
+    (fields, cases, rows, pdfs): (&[&'static str], &[Case], &[Value], &[PathBuf]),
     tmp: &Path,
     n: usize,
     progress: bool,
@@ -221,7 +276,10 @@ async fn feed_back(
         };
         let evidence = store.evidence(id).await?.unwrap_or_default();
         let document = evidence["document"].as_str().unwrap_or("");
-        for f in FIELDS.iter().filter(|f| row[**f]["ok"] != json!(true)) {
+        let wrong = fields
+            .iter()
+            .filter(|f| !answer[**f].is_null() && row[**f]["ok"] != json!(true));
+        for f in wrong {
             let span = verre_intake::evidence::find_value(document, &answer[*f]);
             let correction = verre_store::FieldCorrection {
                 value: answer[*f].clone(),
@@ -238,20 +296,39 @@ async fn feed_back(
     let second = &cases[half..];
     let mail_dir = tmp.join("mail-again");
     std::fs::create_dir_all(&mail_dir)?;
-    for (i, pdf) in pdfs[half..].iter().enumerate() {
-        // Other mails (another Message-ID), the same invoices.
-        let name = format!("{:03}.eml", 1001 + half + i);
+    // Every invoice again, as other mails (another Message-ID): the second half is the
+    // measurement; the first half, sent again, shows whether the model follows its own
+    // corrections at all.
+    for (i, pdf) in pdfs.iter().enumerate() {
+        let name = format!("{:04}.eml", 1001 + i);
         std::fs::write(
             mail_dir.join(name),
-            invoice_mail(1001 + half + i, &std::fs::read(pdf)?),
+            invoice_mail(1001 + i, &std::fs::read(pdf)?),
         )?;
     }
     pipeline.extract.few_shot = n;
     let source = Source::detect(mail_dir.to_str().context("a UTF-8 temporary path")?)?;
     let (store, ids, summary) = ingest_and_run(&source, work, pipeline, progress).await?;
-    let (with, with_rows) = score(&store, second, &ids).await?;
+    let (first_again, mut first_rows) = score(&store, fields, &cases[..half], &ids[..half]).await?;
+    let (with, mut with_rows) = score(&store, fields, second, &ids[half..]).await?;
+    // Which corrected fields each extraction was shown, and how like its document theirs was.
+    for (row, id) in first_rows.iter_mut().chain(with_rows.iter_mut()).zip(&ids) {
+        let evidence = store.evidence(*id).await?.unwrap_or_default();
+        row["few_shot"] = evidence.get("few_shot").cloned().unwrap_or(json!([]));
+    }
+    let (first, _) = score(
+        &store,
+        fields,
+        &cases[..half],
+        &rows[..half]
+            .iter()
+            .map(|r| r["message"].as_i64().unwrap_or(-1))
+            .collect::<Vec<_>>(),
+    )
+    .await?;
     let (without, _) = score(
         &store,
+        fields,
         second,
         &rows[half..]
             .iter()
@@ -264,8 +341,11 @@ async fn feed_back(
         "corrections": corrections,
         "examples": n,
         "second_half": second.iter().map(|c| &c.0).collect::<Vec<_>>(),
-        "without": accuracy_of(&without, second.len()),
-        "with": accuracy_of(&with, second.len()),
+        "first_half_without": tally_json(&first),
+        "first_half_again_with": tally_json(&first_again),
+        "without": tally_json(&without),
+        "with": tally_json(&with),
+        "cases_first_again": first_rows,
         "cases_with": with_rows,
         "seconds": summary.seconds,
     }))
@@ -273,22 +353,23 @@ async fn feed_back(
 
 fn report(
     args: &EvalArgs,
-    cases: &[Case],
+    fields: &[&'static str],
     rows: &[Value],
-    correct: &BTreeMap<&str, usize>,
+    tally: &Tally,
     summary: &crate::intake_cmd::Summary,
     few_shot: Option<&Value>,
 ) -> Result<()> {
-    let n = cases.len();
-    let accuracy: BTreeMap<&str, f64> = correct
+    let n = rows.len();
+    // Over the invoices whose answer holds the field.
+    let accuracy: BTreeMap<&str, f64> = tally
         .iter()
-        .map(|(f, c)| (*f, *c as f64 / n as f64))
+        .map(|(f, (c, of))| (*f, *c as f64 / (*of).max(1) as f64))
         .collect();
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
-                "documents": n, "accuracy": accuracy, "cases": rows,
+                "documents": n, "accuracy": accuracy, "fields": tally_json(tally), "cases": rows,
                 "prompt_tokens": summary.prompt_tokens, "completion_tokens": summary.completion_tokens,
                 "seconds": summary.seconds, "quarantined": summary.quarantined,
                 "workers": args.workers, "few_shot": few_shot,
@@ -302,8 +383,8 @@ fn report(
             println!("  not extracted: {}", e.as_str().unwrap_or(""));
             continue;
         }
-        for f in FIELDS {
-            let r = &row[f];
+        for f in fields.iter().filter(|f| row.get(**f).is_some()) {
+            let r = &row[*f];
             println!(
                 "  {} {:<15} expected {:<28} got {}",
                 if r["ok"] == json!(true) {
@@ -317,14 +398,10 @@ fn report(
             );
         }
     }
-    println!("\naccuracy over {n} invoice(s):");
-    for f in FIELDS {
-        println!(
-            "  {:<15} {}/{n} ({:.0}%)",
-            f,
-            correct[f],
-            accuracy[f] * 100.0
-        );
+    println!("\naccuracy over {n} invoice(s), each field over the answers that hold it:");
+    for f in fields {
+        let (c, of) = tally[f];
+        println!("  {:<15} {c}/{of} ({:.0}%)", f, accuracy[f] * 100.0);
     }
     println!(
         "tokens {} prompt + {} completion, {:.1} s, {} quarantined",
@@ -338,13 +415,51 @@ fn report(
             f["second_half"].as_array().map_or(0, Vec::len),
             f["examples"]
         );
-        println!("  {:<15} {:>8} {:>8}", "field", "without", "with");
-        for field in FIELDS {
+        let count = |part: &str, field: &str| {
+            let t = &f[part][field];
+            match (t["correct"].as_u64(), t["of"].as_u64()) {
+                (Some(c), Some(of)) if of > 0 => format!("{c}/{of}"),
+                _ => "-".into(),
+            }
+        };
+        println!(
+            "  {:<15} {:>13} {:>16} {:>14} {:>11}",
+            "field", "first without", "first again with", "second without", "second with"
+        );
+        for field in fields {
             println!(
-                "  {:<15} {:>7.0}% {:>7.0}%",
+                "  {:<15} {:>13} {:>16} {:>14} {:>11}",
                 field,
-                f["without"][field].as_f64().unwrap_or(0.0) * 100.0,
-                f["with"][field].as_f64().unwrap_or(0.0) * 100.0
+                count("first_half_without", field),
+                count("first_half_again_with", field),
+                count("without", field),
+                count("with", field)
+            );
+        }
+        println!("examples shown (document, field, similarity):");
+        let again = f["cases_first_again"].as_array().into_iter().flatten();
+        for row in again.chain(f["cases_with"].as_array().into_iter().flatten()) {
+            let shown: Vec<String> = row["few_shot"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    format!(
+                        "message {} {} ({:.2})",
+                        e["message"],
+                        e["field"].as_str().unwrap_or(""),
+                        e["similarity"].as_f64().unwrap_or(0.0)
+                    )
+                })
+                .collect();
+            println!(
+                "  {}: {}",
+                row["file"].as_str().unwrap_or(""),
+                if shown.is_empty() {
+                    "none".to_string()
+                } else {
+                    shown.join(", ")
+                }
             );
         }
     }
@@ -376,11 +491,11 @@ fn invoice_mail(n: usize, pdf: &[u8]) -> String {
 /// checking the invoice would: numbers as numbers, dates as dates, names loosely.
 pub fn field_matches(field: &str, got: &Value, expected: &Value) -> bool {
     match field {
-        "amount" => match (number(got), number(expected)) {
+        "amount" | "amount_untaxed" | "amount_tax" => match (number(got), number(expected)) {
             (Some(a), Some(b)) => (a - b).abs() < 0.005,
             _ => false,
         },
-        "date" => match (got.as_str().and_then(normalise_date), expected.as_str()) {
+        "date" | "date_due" => match (got.as_str().and_then(normalise_date), expected.as_str()) {
             (Some(a), Some(b)) => a == b,
             _ => false,
         },
@@ -388,19 +503,42 @@ pub fn field_matches(field: &str, got: &Value, expected: &Value) -> bool {
             (Some(a), Some(b)) => currency_code(a).as_deref() == Some(b),
             _ => false,
         },
-        "invoice_number" => match (got.as_str().map(alnum), expected.as_str().map(alnum)) {
+        // Numbers and codes: the same letters and digits, spacing and punctuation aside.
+        "invoice_number" | "order_id" | "vat" | "partner_coc" | "iban" | "bic" | "partner_zip" => {
+            match (got.as_str().map(alnum), expected.as_str().map(alnum)) {
+                (Some(a), Some(b)) => !a.is_empty() && a == b,
+                _ => false,
+            }
+        }
+        "country_code" => match (got.as_str(), expected.as_str()) {
+            (Some(a), Some(b)) => a.trim().eq_ignore_ascii_case(b.trim()),
+            _ => false,
+        },
+        "partner_website" => match (got.as_str().map(host), expected.as_str().map(host)) {
             (Some(a), Some(b)) => !a.is_empty() && a == b,
             _ => false,
         },
-        "issuer" => match (got.as_str().map(words), expected.as_str().map(words)) {
-            // "Amazon Web Services, Inc." names "Amazon Web Services"; either may be the longer.
-            (Some(a), Some(b)) => {
-                !a.is_empty() && !b.is_empty() && (a.contains(&b) || b.contains(&a))
+        "issuer" | "partner_name" | "partner_street" | "partner_city" => {
+            match (got.as_str().map(words), expected.as_str().map(words)) {
+                // "Amazon Web Services, Inc." names "Amazon Web Services"; either may be the
+                // longer.
+                (Some(a), Some(b)) => {
+                    !a.is_empty() && !b.is_empty() && (a.contains(&b) || b.contains(&a))
+                }
+                _ => false,
             }
-            _ => false,
-        },
+        }
         _ => got == expected,
     }
+}
+
+/// A website's host, lower case, without `www.`: "http://www.azure-interior.com/" and
+/// "azure-interior.com" name the same site.
+fn host(s: &str) -> String {
+    let s = s.trim().to_lowercase();
+    let s = s.split_once("://").map_or(s.as_str(), |(_, rest)| rest);
+    let s = s.split('/').next().unwrap_or("");
+    s.strip_prefix("www.").unwrap_or(s).to_string()
 }
 
 fn alnum(s: &str) -> String {
@@ -499,5 +637,90 @@ mod tests {
             &json!("Amazon Web Services")
         ));
         assert!(!field_matches("issuer", &json!(""), &json!("Flipkart")));
+    }
+
+    #[test]
+    fn the_full_pipeline_asks_for_every_field_compared() {
+        let p = Pipeline::parse(Path::new("invoice-pipeline-full.toml"), FULL_PIPELINE).unwrap();
+        let properties = p.extract.schema["properties"].as_object().unwrap();
+        let asked: Vec<&str> = properties.keys().map(String::as_str).collect();
+        for f in ALL_FIELDS {
+            assert!(properties.contains_key(f), "{f} not in {asked:?}");
+            assert!(
+                p.extract.prompt.contains(f),
+                "the prompt does not say what {f} is"
+            );
+        }
+        assert_eq!(properties.len(), ALL_FIELDS.len());
+    }
+
+    #[test]
+    fn every_field_of_all_fields_has_its_comparison() {
+        assert!(field_matches("amount_tax", &json!("16,94"), &json!(16.94)));
+        assert!(field_matches(
+            "amount_untaxed",
+            &json!(593.36),
+            &json!(593.36)
+        ));
+        assert!(!field_matches(
+            "amount_untaxed",
+            &json!(717.97),
+            &json!(593.36)
+        ));
+        assert!(field_matches(
+            "date_due",
+            &json!("04/04/2023"),
+            &json!("2023-04-04")
+        ));
+        assert!(field_matches(
+            "vat",
+            &json!("DE232446240"),
+            &json!("DE 232 446 240")
+        ));
+        assert!(field_matches(
+            "iban",
+            &json!("NL50 INGB 0683 2513 09"),
+            &json!("NL50INGB0683251309")
+        ));
+        assert!(!field_matches(
+            "partner_coc",
+            &json!("2433008"),
+            &json!("24330087")
+        ));
+        assert!(field_matches(
+            "partner_website",
+            &json!("www.azure-interior.com"),
+            &json!("http://www.azure-interior.com")
+        ));
+        assert!(field_matches(
+            "partner_website",
+            &json!("https://aws.amazon.com/"),
+            &json!("aws.amazon.com")
+        ));
+        assert!(!field_matches(
+            "partner_website",
+            &json!("amazon.com"),
+            &json!("aws.amazon.com")
+        ));
+        assert!(field_matches("country_code", &json!("nl"), &json!("NL")));
+        assert!(field_matches(
+            "partner_name",
+            &json!("Coolblue B.V."),
+            &json!("Coolblue B.V.")
+        ));
+        assert!(field_matches(
+            "partner_street",
+            &json!("Weena 664,"),
+            &json!("Weena 664")
+        ));
+        assert!(field_matches(
+            "partner_zip",
+            &json!("3012CN"),
+            &json!("3012 CN")
+        ));
+        // A null where the answer has a value is a miss, whatever the field.
+        for f in ALL_FIELDS {
+            assert!(!field_matches(f, &Value::Null, &json!("x")), "{f}");
+        }
     }
 }

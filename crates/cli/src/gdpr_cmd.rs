@@ -574,8 +574,8 @@ async fn rekey(store: &Store) -> Result<()> {
         r.corrections
     );
     println!(
-        "  and {} archived documents, {} archived passages",
-        r.archive_documents, r.archive_chunks
+        "  and {} archived documents, {} archived passages, {} corrected documents' embeddings",
+        r.archive_documents, r.archive_chunks, r.correction_embeddings
     );
     for (id, n) in store.key_usage().await? {
         println!(

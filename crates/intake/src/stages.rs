@@ -231,6 +231,7 @@ impl StageRunner {
             "message": message,
         });
         let mut system = render(&ex.system, &ctx, "extract.system")?;
+        let mut shown = Vec::new();
         if ex.few_shot > 0 {
             let examples = crate::fewshot::examples(
                 &self.store,
@@ -250,6 +251,11 @@ impl StageRunner {
                 crate::fewshot::ExamplesError::Store(e) => e.into(),
             })?;
             system.push_str(&crate::fewshot::prompt_section(&examples));
+            // Kept with the evidence: why a later extraction answered as it did.
+            shown = examples
+                .iter()
+                .map(|e| json!({"message": e.message_id, "field": e.field, "similarity": e.similarity}))
+                .collect();
         }
         let prompt = render(&ex.prompt, &ctx, "extract.prompt")?;
         let extraction = self
@@ -265,6 +271,10 @@ impl StageRunner {
             extraction.answer.as_ref(),
             ex.check_below,
         );
+        let mut evidence = json!(evidence);
+        if ex.few_shot > 0 {
+            evidence["few_shot"] = json!(shown);
+        }
         let mut output = extraction.value;
         // Values of a paged document keep their page.
         if let Some(chunk) = plan.chunks.first()
@@ -288,7 +298,7 @@ impl StageRunner {
             output,
             prompt_tokens: extraction.prompt_tokens as i64,
             completion_tokens: extraction.completion_tokens as i64,
-            evidence: Some(json!(evidence)),
+            evidence: Some(evidence),
             ..Default::default()
         })
     }

@@ -360,8 +360,17 @@ async fn a_corrected_field_teaches_the_next_similar_extraction() {
         .unwrap();
 
     let second = b"From: Alice <alice@example.com>\r\nSubject: Order again\r\n\r\nAlice Smith of Acme Tools orders 9 saws.\r\n";
-    store.ingest("t", "2", second, "parse", 1).await.unwrap();
+    let again = store
+        .ingest("t", "2", second, "parse", 1)
+        .await
+        .unwrap()
+        .message_id;
     run(&store, pipeline(), api.clone()).await;
+    // The evidence says which corrected fields the extraction was shown, and from where.
+    let shown = store.evidence(again).await.unwrap().unwrap()["few_shot"].clone();
+    assert_eq!(shown[0]["message"], json!(id), "{shown}");
+    assert_eq!(shown[0]["field"], "customer", "{shown}");
+    assert!(shown[0]["similarity"].as_f64().is_some(), "{shown}");
     let requests = api.requests.lock().unwrap();
     let system = |r: &Value| r["messages"][0]["content"].as_str().unwrap().to_string();
     assert!(

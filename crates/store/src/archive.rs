@@ -76,11 +76,11 @@ pub enum ArchiveAdded {
 }
 
 /// Vectors are stored as little-endian f32s.
-fn vector_bytes(v: &[f32]) -> Vec<u8> {
+pub(crate) fn vector_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn bytes_vector(b: &[u8]) -> Result<Vec<f32>> {
+pub(crate) fn bytes_vector(b: &[u8]) -> Result<Vec<f32>> {
     anyhow::ensure!(
         b.len().is_multiple_of(4),
         "a stored vector of {} bytes is not f32s",

@@ -70,6 +70,8 @@ pub enum Column {
     EvidenceBody,
     /// A reviewer's correction of a field (`corrections.body`).
     CorrectionBody,
+    /// A corrected document's embedding (`correction_embeddings.vector`).
+    CorrectionEmbedding,
     /// The file name an archived document was added from (`archive_documents.name`).
     ArchiveName,
     /// An archived passage (`archive_chunks.text`).
@@ -97,6 +99,7 @@ impl Column {
             Column::AttemptError => b"verre:outbox_attempts.error",
             Column::EvidenceBody => b"verre:evidence.body",
             Column::CorrectionBody => b"verre:corrections.body",
+            Column::CorrectionEmbedding => b"verre:correction_embeddings.vector",
             Column::ArchiveName => b"verre:archive_documents.name",
             Column::ArchiveText => b"verre:archive_chunks.text",
             Column::ArchiveVector => b"verre:archive_chunks.vector",
@@ -361,6 +364,8 @@ pub struct RekeyReport {
     pub evidence: i64,
     /// Reviewers' corrections of fields.
     pub corrections: i64,
+    /// Corrected documents' embeddings.
+    pub correction_embeddings: i64,
     /// Archived documents (their names).
     pub archive_documents: i64,
     /// Archived passages (text and vector).
@@ -578,6 +583,18 @@ const ENCRYPTED: &[EncryptedTable] = &[
         only: "",
         batch: 200,
         count: |r| &mut r.corrections,
+    },
+    EncryptedTable {
+        name: "correction_embeddings",
+        key: &[("message_id", RowKey::Integer), ("model", RowKey::Text)],
+        columns: &[EncryptedColumn {
+            name: "vector",
+            column: Column::CorrectionEmbedding,
+            bytes: true,
+        }],
+        only: "",
+        batch: 200,
+        count: |r| &mut r.correction_embeddings,
     },
     EncryptedTable {
         name: "archive_documents",

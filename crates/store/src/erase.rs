@@ -115,7 +115,12 @@ pub const REGISTRY: &[Rule] = &[
         table: "outbox",
         relation: Relation::Message("message_id"),
     },
-    // Evidence and reviewers' corrections (0012_evidence.sql).
+    // Evidence and reviewers' corrections (0012_evidence.sql), and the corrected
+    // documents' embeddings (0013_correction_embeddings.sql).
+    Rule {
+        table: "correction_embeddings",
+        relation: Relation::Message("message_id"),
+    },
     Rule {
         table: "corrections",
         relation: Relation::Message("message_id"),

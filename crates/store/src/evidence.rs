@@ -2,13 +2,19 @@
 //! extract stage computed for each field (written with the stage's effects, see
 //! [`crate::StageEffects::evidence`]), and each field a reviewer corrected, with the words
 //! of the document the value stands in. Both are sealed at rest like the extraction and
-//! deleted with their message (erasure, retention).
+//! deleted with their message (erasure, retention), as is each corrected document's
+//! embedding, kept so that few-shot extraction embeds it once
+//! ([`Store::correction_embeddings`]).
+
+use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use sqlx::Row;
 
+use crate::archive::{bytes_vector, vector_bytes};
 use crate::audit::{AuditEvent, append_in};
 use crate::crypto::{self, Column};
 use crate::{Store, now_ms};
@@ -134,6 +140,95 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         rows.iter().map(|r| self.correction_row(r)).collect()
+    }
+
+    /// The embeddings by `model` kept for these corrected documents (message id, the text
+    /// that is embedded now), by message: only those of the same text (a document
+    /// extracted again, or corrections whose words changed, must be embedded again).
+    pub async fn correction_embeddings(
+        &self,
+        model: &str,
+        documents: &[(i64, &str)],
+    ) -> Result<BTreeMap<i64, Vec<f32>>> {
+        let mut found = BTreeMap::new();
+        let (Some(low), Some(high)) = (
+            documents.iter().map(|d| d.0).min(),
+            documents.iter().map(|d| d.0).max(),
+        ) else {
+            return Ok(found);
+        };
+        let wanted: BTreeMap<i64, [u8; 32]> = documents
+            .iter()
+            .map(|(id, text)| (*id, Sha256::digest(text.as_bytes()).into()))
+            .collect();
+        let rows = sqlx::query(
+            "SELECT message_id, vector, key_id FROM correction_embeddings
+             WHERE model = $1 AND message_id >= $2 AND message_id <= $3",
+        )
+        .bind(model)
+        .bind(low)
+        .bind(high)
+        .fetch_all(self.pool())
+        .await?;
+        for r in rows {
+            let id: i64 = r.try_get("message_id")?;
+            let Some(digest) = wanted.get(&id) else {
+                continue;
+            };
+            let key_id: Option<String> = r.try_get("key_id")?;
+            let plain = crypto::open_bytes(
+                self.keys(),
+                key_id.as_deref(),
+                Column::CorrectionEmbedding,
+                r.try_get("vector")?,
+            )
+            .with_context(|| format!("opening the kept embedding of message {id}"))?;
+            anyhow::ensure!(
+                plain.len() >= 32,
+                "the kept embedding of message {id} is {} bytes: no digest",
+                plain.len()
+            );
+            if plain[..32] == digest[..] {
+                found.insert(id, bytes_vector(&plain[32..])?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Keep `vector`, `model`'s embedding of `text` (the corrected document of message
+    /// `message_id`), in place of any kept before.
+    pub async fn keep_correction_embedding(
+        &self,
+        message_id: i64,
+        model: &str,
+        text: &str,
+        vector: &[f32],
+    ) -> Result<()> {
+        self.check_writable()?;
+        let mut plain: Vec<u8> = Sha256::digest(text.as_bytes()).to_vec();
+        plain.extend(vector_bytes(vector));
+        let (sealed, key_id) = match self.keys() {
+            Some(k) => (
+                k.seal(Column::CorrectionEmbedding, &plain)?,
+                Some(k.current_id().to_string()),
+            ),
+            None => (plain, None),
+        };
+        sqlx::query(
+            "INSERT INTO correction_embeddings (message_id, model, vector, key_id, created_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (message_id, model) DO UPDATE
+             SET vector = excluded.vector, key_id = excluded.key_id, created_at = excluded.created_at",
+        )
+        .bind(message_id)
+        .bind(model)
+        .bind(sealed)
+        .bind(key_id)
+        .bind(now_ms())
+        .execute(self.pool())
+        .await
+        .with_context(|| format!("keeping the embedding of message {message_id}"))?;
+        Ok(())
     }
 
     fn correction_row(&self, r: &sqlx::any::AnyRow) -> Result<Correction> {

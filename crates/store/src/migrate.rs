@@ -75,6 +75,11 @@ const SQLITE: &[Migration] = &[
         "evidence",
         include_str!("../migrations/sqlite/0012_evidence.sql"),
     ),
+    (
+        13,
+        "correction embeddings",
+        include_str!("../migrations/sqlite/0013_correction_embeddings.sql"),
+    ),
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -137,6 +142,11 @@ const POSTGRES: &[Migration] = &[
         12,
         "evidence",
         include_str!("../migrations/postgres/0012_evidence.sql"),
+    ),
+    (
+        13,
+        "correction embeddings",
+        include_str!("../migrations/postgres/0013_correction_embeddings.sql"),
     ),
 ];
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use sqlx::Row;
 use verre_store::erase::Subject;
-use verre_store::{FieldCorrection, Keyring, StageEffects, Store, crypto};
+use verre_store::{FieldCorrection, Keyring, Retention, StageEffects, Store, crypto};
 
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -21,6 +21,9 @@ where
     let keys = Keyring::parse(&crypto::generate_key().unwrap(), "test").unwrap();
     let store = Store::open_in_home(dir.path()).await.unwrap();
     test(store.with_keys(Some(keys)).await.unwrap(), true).await;
+    if let Some(url) = verre_store::testing::postgres_url("evidence").await {
+        test(Store::open(&url).await.unwrap(), false).await;
+    }
 }
 
 /// A message from `name` extracted, with evidence quoting the name.
@@ -96,12 +99,64 @@ async fn evidence_and_corrections_are_sealed_and_erased_with_the_subject() {
             assert_eq!(body.contains("Jeanne"), !sealed, "{sql}: {body}");
         }
 
+        // Each corrected document's embedding, kept for few-shot extraction.
+        let vector = [0.25f32, -1.5, 3.0];
+        for (id, text) in [(jeanne, "Jeanne Martin facture"), (paul, "Paul Durand")] {
+            store
+                .keep_correction_embedding(id, "minilm-l6", text, &vector)
+                .await
+                .unwrap();
+        }
+        let kept = store
+            .correction_embeddings("minilm-l6", &[(jeanne, "Jeanne Martin facture")])
+            .await
+            .unwrap();
+        assert_eq!(kept.get(&jeanne).map(Vec::as_slice), Some(&vector[..]));
+        // Another text (the document changed) or another model: nothing kept for it.
+        for (model, text) in [
+            ("minilm-l6", "Jeanne Martin-Dupont"),
+            ("other", "Jeanne Martin facture"),
+        ] {
+            let kept = store
+                .correction_embeddings(model, &[(jeanne, text)])
+                .await
+                .unwrap();
+            assert!(kept.is_empty(), "{model} {text}: {kept:?}");
+        }
+        let stored: Vec<u8> =
+            sqlx::query("SELECT vector FROM correction_embeddings WHERE message_id = $1")
+                .bind(jeanne)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+                .try_get("vector")
+                .unwrap();
+        let in_clear: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(stored.ends_with(&in_clear), !sealed, "the vector at rest");
+
         let report = store
             .erase(&Subject::parse("Jeanne Martin").unwrap(), "test", false)
             .await
             .unwrap();
         assert_eq!(report.rows.get("evidence"), Some(&1), "{report:?}");
         assert_eq!(report.rows.get("corrections"), Some(&1), "{report:?}");
+        assert_eq!(
+            report.rows.get("correction_embeddings"),
+            Some(&1),
+            "{report:?}"
+        );
+        let left = |id: i64, text: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .correction_embeddings("minilm-l6", &[(id, text)])
+                    .await
+                    .unwrap()
+                    .len()
+            }
+        };
+        assert_eq!(left(jeanne, "Jeanne Martin facture").await, 0);
+        assert_eq!(left(paul, "Paul Durand").await, 1);
         assert!(report.residual.is_empty(), "{:?}", report.residual);
         assert!(store.evidence(jeanne).await.unwrap().is_none());
         assert!(store.corrections(jeanne).await.unwrap().is_empty());
@@ -114,9 +169,37 @@ async fn evidence_and_corrections_are_sealed_and_erased_with_the_subject() {
             let keys = Keyring::parse(&crypto::generate_key().unwrap(), "test").unwrap();
             let keyed = store.clone().with_keys(Some(keys)).await.unwrap();
             let r = keyed.rekey().await.unwrap();
-            assert_eq!((r.evidence, r.corrections), (1, 1));
+            assert_eq!(
+                (r.evidence, r.corrections, r.correction_embeddings),
+                (1, 1, 1)
+            );
             assert_eq!(keyed.corrections(paul).await.unwrap().len(), 1);
+            let kept = keyed
+                .correction_embeddings("minilm-l6", &[(paul, "Paul Durand")])
+                .await
+                .unwrap();
+            assert_eq!(kept[&paul], vector);
         }
+
+        // Retention deletes the embedding with its message once it is decided.
+        store.reject(paul, "alice", "not an invoice").await.unwrap();
+        let purge = store
+            .purge_at(
+                &Retention {
+                    extracted_days: Some(0),
+                    ..Default::default()
+                },
+                verre_store::now_ms() + 1,
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            purge.rows.get("correction_embeddings"),
+            Some(&1),
+            "{purge:?}"
+        );
+        assert_eq!(left(paul, "Paul Durand").await, 0);
     })
     .await;
 }
