@@ -185,25 +185,91 @@ pub async fn ask(
     let content = response["choices"][0]["message"]["content"]
         .as_str()
         .with_context(|| format!("{model} answered without text: {response}"))?;
-    let cited: Value = serde_json::from_str(content)
+    let json: Value = serde_json::from_str(content)
         .with_context(|| format!("{model}'s answer is not the JSON asked for: {content}"))?;
-    let mut text = cited["answer"]
+    let mut text = json["answer"]
         .as_str()
         .unwrap_or_default()
         .trim()
         .to_string();
-    for source in cited["sources"].as_array().into_iter().flatten() {
+    for source in json["sources"].as_array().into_iter().flatten() {
         if let Some(label) = source.as_str() {
             text.push_str(&format!(" [{label}]"));
         }
     }
     Ok(Answer {
-        citations: citations(&text, &passages),
+        citations: cited(&text, &passages),
         text,
         passages,
         relevant: true,
     })
 }
+
+/// The citations of an answer that its passages support: [`citations`], then [`supported`].
+pub fn cited(text: &str, passages: &[Passage]) -> Vec<Citation> {
+    supported(text, &citations(text, passages), passages)
+}
+
+/// Of the passages an answer cites, those that support it best. A small model asked to
+/// name its sources tends to name every passage it was shown; the words that make an
+/// answer this answer (names, amounts, dates) stand in the passage it came from and not in
+/// the look-alikes retrieved beside it. Each answer word scores by how few of the retrieved
+/// passages hold it (words every passage has, such as "penalty" in five supply contracts,
+/// count for almost nothing), each cited passage by the answer words it holds, and a
+/// citation is kept when its passage scores at least [`SUPPORT_SHARE`] of the best one.
+/// When no cited passage holds a word of the answer, the citations are left as they are.
+pub fn supported(answer: &str, cited: &[Citation], passages: &[Passage]) -> Vec<Citation> {
+    use std::collections::HashSet;
+    // The answer without its own labels, as words.
+    let answer_words: HashSet<String> =
+        crate::index::words(&LABEL.replace_all(answer, " ")).collect();
+    let passage_words: Vec<HashSet<String>> = passages
+        .iter()
+        .map(|p| crate::index::words(&p.text).collect())
+        .collect();
+    let n = passages.len() as f32;
+    let weight = |w: &String| {
+        let df = passage_words.iter().filter(|ws| ws.contains(w)).count() as f32;
+        if df == 0.0 {
+            0.0
+        } else {
+            ((n + 1.0) / (df + 0.5)).ln()
+        }
+    };
+    let weights: Vec<(&String, f32)> = answer_words.iter().map(|w| (w, weight(w))).collect();
+    let score = |c: &Citation| -> f32 {
+        passages
+            .iter()
+            .zip(&passage_words)
+            .filter(|(p, _)| p.document == c.document && p.page == c.page)
+            .map(|(_, ws)| {
+                weights
+                    .iter()
+                    .filter(|(w, _)| ws.contains(*w))
+                    .map(|(_, x)| x)
+                    .sum::<f32>()
+            })
+            .fold(0.0, f32::max)
+    };
+    let scores: Vec<f32> = cited.iter().map(score).collect();
+    let best = scores.iter().copied().fold(0.0, f32::max);
+    if best <= 0.0 {
+        return cited.to_vec();
+    }
+    cited
+        .iter()
+        .zip(&scores)
+        .filter(|(_, s)| **s >= SUPPORT_SHARE * best)
+        .map(|(c, _)| c.clone())
+        .collect()
+}
+
+/// A cited passage is kept when it supports the answer at least this share as well as the
+/// best cited one (two passages that each hold half of a two-part answer both stay).
+pub const SUPPORT_SHARE: f32 = 0.75;
+
+/// `[document, p. N]` labels (the answer's citations, not its words).
+static LABEL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\[[^\[\]]{1,300}\]").unwrap());
 
 /// How the answer names its sources under [`cited_answer_format`].
 const SOURCES: &str = "Answer in JSON: `answer` is the answer in one or two sentences, `sources` lists the labels (without brackets) of the passages it comes from.";
@@ -294,6 +360,47 @@ mod tests {
             json!(["a.txt, p. 1", "b.pdf, p. 3"])
         );
         assert_eq!(sources["minItems"], 1);
+    }
+
+    #[test]
+    fn a_citation_is_kept_only_where_its_passage_supports_the_answer() {
+        let minutes = |doc: &str, company: &str, person: &str| Passage {
+            text: format!(
+                "Minutes of the board of {company}. The board named {person} as head of \
+                 logistics, effective immediately. The meeting closed at noon."
+            ),
+            ..passage(doc, 1, 0.6)
+        };
+        let ps = [
+            minutes("minutes-0245.md", "Kestrel Foods", "Olga Brandt"),
+            minutes("minutes-0325.md", "Kestrel Furniture", "Tilde Kowalski"),
+            minutes("minutes-0395.md", "Harbor Foods", "Jan Novak"),
+        ];
+        // The model named every passage it was shown.
+        let text = "The board of Kestrel Foods named Olga Brandt as head of logistics. \
+                    [minutes-0245.md, p. 1] [minutes-0325.md, p. 1] [minutes-0395.md, p. 1]";
+        let all = citations(text, &ps);
+        assert_eq!(all.len(), 3);
+        let kept = supported(text, &all, &ps);
+        assert_eq!(
+            kept,
+            [Citation {
+                document: "minutes-0245.md".into(),
+                page: 1
+            }]
+        );
+        // An answer drawn from two passages keeps both.
+        let both = "Olga Brandt leads logistics at Kestrel Foods and Tilde Kowalski at Kestrel \
+                    Furniture. [minutes-0245.md, p. 1] [minutes-0325.md, p. 1] [minutes-0395.md, p. 1]";
+        let kept = supported(both, &citations(both, &ps), &ps);
+        let docs: Vec<&str> = kept.iter().map(|c| c.document.as_str()).collect();
+        assert_eq!(docs, ["minutes-0245.md", "minutes-0325.md"]);
+        // Nothing of the answer in any passage: the model's citations stand.
+        let vague = "The archive does not say. [minutes-0395.md, p. 1]";
+        assert_eq!(
+            supported(vague, &citations(vague, &ps), &ps),
+            citations(vague, &ps)
+        );
     }
 
     #[test]

@@ -218,7 +218,7 @@ async fn ask(
         .unwrap_or_default()
         .to_string();
     answer["model"] = Value::String(requested);
-    answer["citations"] = json!(answer::citations(&text, &passages));
+    answer["citations"] = json!(answer::cited(&text, &passages));
     answer["passages"] = json!(passages);
     parts.headers.remove(header::CONTENT_LENGTH);
     Ok(Response::from_parts(parts, Body::from(answer.to_string())))
