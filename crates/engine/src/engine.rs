@@ -47,7 +47,7 @@ use tokio::sync::{mpsc as tokio_mpsc, watch};
 use crate::EngineError;
 use crate::constraint::Constraint;
 use crate::decoding::Decoding;
-use crate::draft::{DraftJob, DraftModel, DraftSeq, ModelDrafter};
+use crate::draft::{DraftJob, DraftModel, DraftSeq, ModelDrafter, Proposal};
 use crate::generate::{FinishReason, GenerateRequest, LoadedModel, PREFILL_CHUNK};
 use crate::kv::{KvCacheType, KvPool};
 use crate::model::Logits;
@@ -1008,6 +1008,7 @@ impl<'m> EngineLoop<'m> {
                 });
             }
         }
+        let asked: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].is_some()).collect();
         let mut jobs: Vec<DraftJob<'_>> = jobs.into_iter().flatten().collect();
         let proposals = match drafter.propose(&mut jobs) {
             Ok(p) => p,
@@ -1020,8 +1021,13 @@ impl<'m> EngineLoop<'m> {
             }
         };
         drop(jobs);
-        for ((id, c, forced), proposal) in wants.into_iter().zip(proposals) {
-            let Some(req) = self.requests.get_mut(&id) else {
+        let mut by_want: Vec<Option<Proposal>> = wants.iter().map(|_| None).collect();
+        for (i, p) in asked.into_iter().zip(proposals) {
+            by_want[i] = Some(p);
+        }
+        for (i, (id, c, forced)) in wants.into_iter().enumerate() {
+            let (Some(req), Some(proposal)) = (self.requests.get_mut(&id), by_want[i].take())
+            else {
                 continue;
             };
             let choice = &mut req.choices[c];
