@@ -62,11 +62,6 @@ pub const DEFAULT_KV_CACHE_MB: usize = 1024;
 /// Default most tokens drafted by prompt lookup per sequence and step.
 pub const DEFAULT_DRAFT_TOKENS: usize = 8;
 
-/// A draft model's first draft of a sequence, and the shortest after a rejection: each of
-/// its tokens costs a forward of the draft model, so it drafts long only while it is right.
-const FIRST_MODEL_DRAFT: usize = 4;
-const MIN_MODEL_DRAFT: usize = 2;
-
 /// Limits of one engine.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -543,10 +538,9 @@ struct Choice<'m> {
     /// (up to the request's `draft_tokens`) when one is taken whole, so that a sequence
     /// whose guesses keep failing spends little compute on them.
     lookup_cap: usize,
-    /// With a draft model: this sequence in it, the most tokens it drafts next (adapted
-    /// like `lookup_cap`), and what it proposed for the next check.
+    /// With a draft model: this sequence in it, and what it proposed for the next check.
+    /// (It drafts up to `draft_tokens`, while it is confident: `draft.rs`.)
     draft_seq: Option<DraftSeq>,
-    model_cap: usize,
     proposed: Option<Proposed>,
 }
 
@@ -774,7 +768,6 @@ impl<'m> EngineLoop<'m> {
                     dec: Decoding::new(&self.model.tokenizer, &g, sampling, max_tokens),
                     finished: false,
                     lookup_cap: draft_tokens,
-                    model_cap: draft_tokens.min(FIRST_MODEL_DRAFT),
                     proposed: None,
                 }
             })
@@ -912,11 +905,6 @@ impl<'m> EngineLoop<'m> {
                 let confirmed = accepted.saturating_sub(model_from);
                 self.metrics.model_draft_tokens += by_model as u64;
                 self.metrics.model_accepted_draft_tokens += confirmed as u64;
-                choice.model_cap = if confirmed == by_model {
-                    (choice.model_cap * 2).clamp(1, req.draft_tokens.max(1))
-                } else {
-                    (confirmed + 1).clamp(MIN_MODEL_DRAFT, req.draft_tokens.max(1))
-                };
             } else if chunk.draft > 0 {
                 choice.lookup_cap = if accepted == chunk.draft {
                     (choice.lookup_cap * 2).clamp(1, req.draft_tokens.max(1))
@@ -995,7 +983,7 @@ impl<'m> EngineLoop<'m> {
                 let mut context = prompt.clone();
                 context.extend_from_slice(&choice.dec.output);
                 context.extend_from_slice(forced);
-                let max = choice.model_cap.min(draft_tokens);
+                let max = draft_tokens;
                 let seq = choice
                     .draft_seq
                     .as_mut()
