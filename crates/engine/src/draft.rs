@@ -88,7 +88,7 @@ impl DraftModel {
         let shared = t.vocab_size().min(d.vocab_size());
         if let Some(id) = (0..shared).find(|&i| t.pieces()[i] != d.pieces()[i]) {
             bail!(
-                "{}: their vocabularies differ (token {id} is {:?} in one, {:?} in the other)",
+                "{}: their vocabularies differ (token {id} is {:?} for the model, {:?} for the draft model)",
                 names(),
                 t.pieces()[id],
                 d.pieces()[id]
