@@ -206,7 +206,8 @@ impl<'m> ModelDrafter<'m> {
     }
 
     /// Up to `max` tokens for every job, all sequences batched: first each catches up on
-    /// the context its cache lacks (in chunks), then one token per forward. A sequence
+    /// the context its cache lacks, then one token per forward. A sequence that lacks more
+    /// than a chunk computes one chunk and drafts nothing this time. A sequence
     /// stops at an end-of-generation token. A sequence whose blocks cannot be had gets
     /// none (its cache is emptied, to be rebuilt later): drafts never take room from the
     /// target.
@@ -227,27 +228,27 @@ impl<'m> ModelDrafter<'m> {
                 job.max = 0;
             }
         }
-        // Catch up, `chunk` tokens at a time, without logits.
-        loop {
-            let chunk = self.chunk;
-            let mut batch: Vec<SeqChunk<'_>> = jobs
-                .iter_mut()
-                .filter(|j| j.max > 0 && j.context.len() - j.seq.kv.len() > chunk)
-                .map(|j| {
-                    let start = j.seq.kv.len();
-                    j.seq
-                        .held
-                        .extend_from_slice(&j.context[start..start + chunk]);
-                    SeqChunk {
-                        tokens: &j.context[start..start + chunk],
-                        kv: &mut j.seq.kv,
-                        all_logits: false,
-                    }
-                })
-                .collect();
-            if batch.is_empty() {
-                break;
-            }
+        // A sequence far behind (a long prompt) catches up by one chunk per step, without
+        // logits, and drafts once it is close: one step never stalls the others' streams
+        // for more than a chunk of the draft model, as chunked prefill does for the target.
+        let chunk = self.chunk;
+        let mut batch: Vec<SeqChunk<'_>> = jobs
+            .iter_mut()
+            .filter(|j| j.max > 0 && j.context.len() - j.seq.kv.len() > chunk)
+            .map(|j| {
+                j.max = 0;
+                let start = j.seq.kv.len();
+                j.seq
+                    .held
+                    .extend_from_slice(&j.context[start..start + chunk]);
+                SeqChunk {
+                    tokens: &j.context[start..start + chunk],
+                    kv: &mut j.seq.kv,
+                    all_logits: false,
+                }
+            })
+            .collect();
+        if !batch.is_empty() {
             self.model.model.forward(&mut self.pool, &mut batch)?;
         }
         // The rest of each context; its last row is the first guess's distribution.
@@ -363,15 +364,24 @@ mod tests {
         let greedy = SamplingParams::default();
         let mut drafter = ModelDrafter::new(&model, model.model.new_kv_pool(64), 1 << 20, 7);
         let mut seq = DraftSeq::new(model.info().context_length, &greedy);
-        let first = drafter
-            .propose(&mut [DraftJob {
-                seq: &mut seq,
-                context: prompt.clone(),
-                prompt_len: prompt.len(),
-                max: 6,
-            }])
-            .unwrap()
-            .remove(0);
+        // Chunks of 7: the prompt is caught up on over a few calls, drafting nothing.
+        let mut calls = 0;
+        let first = loop {
+            calls += 1;
+            let p = drafter
+                .propose(&mut [DraftJob {
+                    seq: &mut seq,
+                    context: prompt.clone(),
+                    prompt_len: prompt.len(),
+                    max: 6,
+                }])
+                .unwrap()
+                .remove(0);
+            if !p.tokens.is_empty() || calls > prompt.len() {
+                break p;
+            }
+        };
+        assert_eq!(calls, prompt.len().div_ceil(7), "one chunk per call");
         assert!(first.tokens.len() >= 3, "{first:?}");
         // The target took the first two guesses, then another token.
         let mut accepted = prompt.clone();
