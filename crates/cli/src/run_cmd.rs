@@ -65,6 +65,14 @@ pub struct RunArgs {
     /// is the same; for comparing times).
     #[arg(long)]
     pub no_speculation: bool,
+    /// A smaller model with the same tokenizer (store name or .gguf path) that drafts
+    /// tokens for this one (e.g. qwen2.5-coder-0.5b for qwen2.5-coder-1.5b).
+    #[arg(long, value_name = "NAME|PATH")]
+    pub draft_model: Option<String>,
+    /// Speculative decoding: most tokens drafted per step (prompt lookup or the draft
+    /// model).
+    #[arg(long, default_value_t = verre_engine::engine::DEFAULT_DRAFT_TOKENS)]
+    pub draft_tokens: usize,
     /// Print one JSON object (text, token ids, counts, timings) instead of streaming.
     #[arg(long)]
     pub json: bool,
@@ -116,8 +124,17 @@ pub fn run(args: RunArgs) -> Result<()> {
             .transpose()?,
     };
 
-    let options = EngineOptions::one_at_a_time_as(&model, args.kv_cache_type)?
-        .speculative(!args.no_speculation);
+    let draft_model = args
+        .draft_model
+        .as_deref()
+        .map(load_draft_model)
+        .transpose()?;
+    let options = EngineOptions {
+        draft_tokens: args.draft_tokens,
+        draft_model,
+        ..EngineOptions::one_at_a_time_as(&model, args.kv_cache_type)?
+    }
+    .speculative(!args.no_speculation);
     let engine = EngineHandle::spawn(model.clone(), options)?;
     let stdout = std::io::stdout();
     let out = engine.generate(req, |text| {
@@ -154,6 +171,8 @@ pub fn run(args: RunArgs) -> Result<()> {
                 "forward_passes": m.steps,
                 "draft_tokens": m.draft_tokens,
                 "accepted_draft_tokens": m.accepted_draft_tokens,
+                "model_draft_tokens": m.model_draft_tokens,
+                "model_accepted_draft_tokens": m.model_accepted_draft_tokens,
             },
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -161,6 +180,14 @@ pub fn run(args: RunArgs) -> Result<()> {
         println!();
     }
     Ok(())
+}
+
+/// Load a draft model (`--draft-model`) by store name or path.
+pub(crate) fn load_draft_model(name: &str) -> Result<verre_engine::DraftModel> {
+    let entry = verre_models::ModelStore::from_env()?.resolve(name)?;
+    let model = LoadedModel::load(&entry.path)
+        .with_context(|| format!("loading the draft model {name}"))?;
+    Ok(verre_engine::DraftModel::new(Arc::new(model)))
 }
 
 fn round2(x: f64) -> f64 {

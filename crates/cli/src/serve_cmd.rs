@@ -61,6 +61,11 @@ pub struct ServeArgs {
     /// (0 = off). The output is the same with or without; a request may turn it off.
     #[arg(long, default_value_t = verre_engine::engine::DEFAULT_DRAFT_TOKENS)]
     pub draft_tokens: usize,
+    /// A smaller model with the same tokenizer (store name or .gguf path) that drafts up
+    /// to --draft-tokens tokens per step for the chat models (e.g. qwen2.5-coder-0.5b for
+    /// qwen2.5-coder-1.5b). Default: `[engine] draft_model` of verre.toml.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub draft_model: Option<String>,
     /// Under a grammar, do not draft the tokens it forces (grammar fast-forward).
     #[arg(long)]
     pub no_grammar_fast_forward: bool,
@@ -112,6 +117,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             .unwrap_or_default(),
         (None, None) => KvCacheType::default(),
     };
+    let draft_model = args
+        .draft_model
+        .clone()
+        .or_else(|| gateway_config.as_ref()?.engine.draft_model.clone())
+        .map(|name| crate::run_cmd::load_draft_model(&name))
+        .transpose()?;
     let keys = args
         .api_key_file
         .as_deref()
@@ -134,6 +145,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             prefill_chunk: args.max_batched_tokens,
             draft_tokens: args.draft_tokens,
             grammar_fast_forward: !args.no_grammar_fast_forward,
+            draft_model,
         },
         gateway,
         database: Some(args.db.url()?),

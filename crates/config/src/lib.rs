@@ -293,6 +293,7 @@ impl VerreConfig {
                     }
                 })
                 .transpose()?,
+            draft_model: raw.engine.draft_model,
         };
 
         Ok(Self {
@@ -476,6 +477,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawEngine {
     kv_cache_type: Option<Spanned<String>>,
+    draft_model: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -299,6 +299,9 @@ pub enum SmtpSecurity {
 pub struct EngineConfig {
     /// How the KV cache stores keys and values: one of [`KV_CACHE_TYPES`].
     pub kv_cache_type: Option<String>,
+    /// A smaller model (store name or .gguf path) with the chat models' tokenizer that
+    /// drafts tokens for them (`--draft-model`).
+    pub draft_model: Option<String>,
 }
 
 /// The KV cache types the engine takes (`--kv-cache-type`).

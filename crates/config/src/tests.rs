@@ -332,6 +332,9 @@ fn discovery_prefers_the_flag_then_verre_home_then_here() {
 #[test]
 fn engine_kv_cache_type_is_checked() {
     assert_eq!(parse("").unwrap().engine.kv_cache_type, None);
+    assert_eq!(parse("").unwrap().engine.draft_model, None);
+    let c = parse("[engine]\ndraft_model = \"qwen2.5-coder-0.5b\"\n").unwrap();
+    assert_eq!(c.engine.draft_model.as_deref(), Some("qwen2.5-coder-0.5b"));
     let c = parse("[engine]\nkv_cache_type = \"Q8_0\"\n").unwrap();
     assert_eq!(c.engine.kv_cache_type.as_deref(), Some("q8_0"));
     let e = error("[engine]\nkv_cache_type = \"q5_1\"\n");

@@ -101,10 +101,19 @@ impl<'t> Decoding<'t> {
     }
 
     /// Choose the next token from `logits` and take it. An error (a grammar that allows no
-    /// token) ends this sequence only.
-    pub fn step(&mut self, logits: &[f32], prompt: &[u32]) -> Result<Step> {
-        let sampled = match self.constraint.as_mut() {
-            None => self.sampler.sample(logits, prompt, &self.output),
+    /// token) ends this sequence only. With a draft model's guess, when the request samples,
+    /// `check` is the guess (`None`: one known to be rejected) and the distribution `q` it
+    /// was drawn from; the token then comes from speculative sampling, distributed as a
+    /// plain step's. Greedy steps ignore it (the guess is kept when it is the argmax).
+    pub fn step(
+        &mut self,
+        logits: &[f32],
+        prompt: &[u32],
+        check: Option<(Option<u32>, &[f32])>,
+    ) -> Result<Step> {
+        let check = check.filter(|_| !self.sampler.params().is_greedy());
+        let logits = match self.constraint.as_mut() {
+            None => logits,
             Some(c) => {
                 self.masked.clear();
                 self.masked.extend_from_slice(logits);
@@ -113,8 +122,14 @@ impl<'t> Decoding<'t> {
                 if self.output.len() + closing_margin(self.max_tokens) >= self.max_tokens {
                     c.close_json(&mut self.masked);
                 }
-                self.sampler.sample(&self.masked, prompt, &self.output)
+                &self.masked
             }
+        };
+        let sampled = match check {
+            None => self.sampler.sample(logits, prompt, &self.output),
+            Some((guess, q)) => self
+                .sampler
+                .sample_against(logits, prompt, &self.output, guess, q),
         };
         let grammar_done = match self.constraint.as_mut() {
             Some(c) => {
@@ -133,18 +148,20 @@ impl<'t> Decoding<'t> {
 
     /// Tokens to check in the next forward along with the last one (speculative decoding):
     /// under a grammar, the tokens it forces, then up to `lookup` tokens found by prompt
-    /// lookup, as far as the grammar allows them. Never past the token limit. Nothing is
-    /// committed: the engine verifies each with [`Decoding::step`] on its own row.
-    pub fn draft(&mut self, prompt: &[u32], lookup: usize, fast_forward: bool) -> Vec<u32> {
-        // Row i of the check picks token `output.len() + 1 + i`; the last row is a bonus.
-        let room = self.max_tokens.saturating_sub(self.output.len() + 1);
-        if room == 0 {
-            return Vec::new();
-        }
+    /// lookup, as far as [`Decoding::fit_draft`] keeps them. Nothing is committed: the
+    /// engine verifies each with [`Decoding::step`] on its own row. Also returns how many
+    /// lead tokens are forced ones.
+    pub fn draft(
+        &mut self,
+        prompt: &[u32],
+        lookup: usize,
+        fast_forward: bool,
+    ) -> (Vec<u32>, usize) {
         let mut draft = match self.constraint.as_mut() {
             Some(c) if fast_forward => c.forced_tokens(),
             _ => Vec::new(),
         };
+        let forced = draft.len();
         if lookup > 0 {
             let mut context = Vec::with_capacity(prompt.len() + self.output.len() + draft.len());
             context.extend_from_slice(prompt);
@@ -152,20 +169,32 @@ impl<'t> Decoding<'t> {
             context.extend_from_slice(&draft);
             draft.extend(prompt_lookup(&context, lookup));
         }
+        self.fit_draft(&mut draft);
+        (draft, forced)
+    }
+
+    /// Cut a draft to what is worth checking: never past the token limit, under a grammar
+    /// only what it allows, otherwise nothing after an end token (it ends the output).
+    /// True when the grammar cut it: the first token dropped is one the model cannot pick.
+    pub fn fit_draft(&mut self, draft: &mut Vec<u32>) -> bool {
+        // Row i of the check picks token `output.len() + 1 + i`; the last row is a bonus.
+        let room = self.max_tokens.saturating_sub(self.output.len() + 1);
         draft.truncate(room);
         match self.constraint.as_mut() {
             Some(c) => {
-                let allowed = c.allowed_prefix(&draft);
+                let allowed = c.allowed_prefix(draft);
+                let forbidden = draft.get(allowed).is_some_and(|t| !self.eog.contains(t));
                 draft.truncate(allowed);
+                forbidden
             }
             None => {
                 // An end token ends the output: nothing after it is worth computing.
                 if let Some(end) = draft.iter().position(|t| self.eog.contains(t)) {
                     draft.truncate(end + 1);
                 }
+                false
             }
         }
-        draft
     }
 
     /// The text a token lets out, and whether the output ends here: an end-of-generation

@@ -47,6 +47,7 @@ use tokio::sync::{mpsc as tokio_mpsc, watch};
 use crate::EngineError;
 use crate::constraint::Constraint;
 use crate::decoding::Decoding;
+use crate::draft::{DraftJob, DraftModel, DraftSeq, ModelDrafter, Proposal};
 use crate::generate::{FinishReason, GenerateRequest, LoadedModel, PREFILL_CHUNK};
 use crate::kv::{KvCacheType, KvPool};
 use crate::model::Logits;
@@ -81,6 +82,10 @@ pub struct EngineOptions {
     /// How the cache stores keys and values: q8_0 fits 1.9x the positions of f16 in the
     /// same memory.
     pub kv_cache_type: KvCacheType,
+    /// A smaller model with the same tokenizer that drafts up to `draft_tokens` tokens per
+    /// step (free text, and structured outputs where prompt lookup finds nothing). Its KV
+    /// pool has as many blocks as the target's.
+    pub draft_model: Option<DraftModel>,
 }
 
 impl EngineOptions {
@@ -90,6 +95,7 @@ impl EngineOptions {
         Self {
             draft_tokens: if on { defaults.draft_tokens } else { 0 },
             grammar_fast_forward: on && defaults.grammar_fast_forward,
+            draft_model: if on { self.draft_model } else { None },
             ..self
         }
     }
@@ -124,6 +130,7 @@ impl Default for EngineOptions {
             draft_tokens: DEFAULT_DRAFT_TOKENS,
             grammar_fast_forward: true,
             kv_cache_type: KvCacheType::default(),
+            draft_model: None,
         }
     }
 }
@@ -228,6 +235,10 @@ pub struct EngineMetrics {
     /// lookup) and checked, and those the model confirmed.
     pub draft_tokens: u64,
     pub accepted_draft_tokens: u64,
+    /// Of those, the tokens a draft model wrote (the rest are forced by a grammar or
+    /// found by prompt lookup), and those confirmed.
+    pub model_draft_tokens: u64,
+    pub model_accepted_draft_tokens: u64,
 }
 
 /// One finished generation, as [`EngineHandle::generate`] collects it.
@@ -327,6 +338,10 @@ impl EngineHandle {
             "the KV cache budget of {} bytes holds no block of {block_bytes} bytes",
             options.kv_cache_bytes,
         );
+        let draft = options.draft_model.clone();
+        if let Some(d) = &draft {
+            d.check_vocabulary(&model)?;
+        }
         let (submissions, inbox) = mpsc::channel();
         let shared = Arc::new(Shared {
             kv_blocks,
@@ -339,7 +354,10 @@ impl EngineHandle {
         let engine_shared = shared.clone();
         thread::Builder::new()
             .name("verre-engine".into())
-            .spawn(move || EngineLoop::new(&model, engine_shared, inbox).run())?;
+            .spawn(move || {
+                let drafter = draft.as_ref().map(|d| &**d.model());
+                EngineLoop::new(&model, drafter, engine_shared, inbox).run()
+            })?;
         Ok(Self {
             submissions,
             shared,
@@ -520,11 +538,30 @@ struct Choice<'m> {
     /// (up to the request's `draft_tokens`) when one is taken whole, so that a sequence
     /// whose guesses keep failing spends little compute on them.
     lookup_cap: usize,
+    /// With a draft model: this sequence in it, and what it proposed for the next check.
+    /// (It drafts up to `draft_tokens`, while it is confident: `draft.rs`.)
+    draft_seq: Option<DraftSeq>,
+    proposed: Option<Proposed>,
+}
+
+/// A draft checked at the next step, beyond its tokens: where the draft model's part
+/// starts, and for a sampling request the distributions its guesses were drawn from.
+struct Proposed {
+    /// The output length the draft follows (it is void once the output moved on).
+    at: usize,
+    /// Tokens before the model's (forced by the grammar).
+    model_from: usize,
+    len: usize,
+    q: Vec<Option<Vec<f32>>>,
+    /// The grammar cut the draft at a guess drawn from this distribution: the row after
+    /// the draft checks that rejected guess.
+    rejected_q: Option<Vec<f32>>,
 }
 
 /// The engine's thread: schedule, execute (forward, sample), update, emit.
 struct EngineLoop<'m> {
     model: &'m LoadedModel,
+    drafter: Option<ModelDrafter<'m>>,
     shared: Arc<Shared>,
     inbox: mpsc::Receiver<Submission>,
     inbox_open: bool,
@@ -539,7 +576,12 @@ struct EngineLoop<'m> {
 }
 
 impl<'m> EngineLoop<'m> {
-    fn new(model: &'m LoadedModel, shared: Arc<Shared>, inbox: mpsc::Receiver<Submission>) -> Self {
+    fn new(
+        model: &'m LoadedModel,
+        draft_model: Option<&'m LoadedModel>,
+        shared: Arc<Shared>,
+        inbox: mpsc::Receiver<Submission>,
+    ) -> Self {
         let options = &shared.options;
         let scheduler = Scheduler::new(SchedulerConfig {
             max_running: options.max_running,
@@ -550,8 +592,13 @@ impl<'m> EngineLoop<'m> {
             .model
             .new_kv_pool_as(options.kv_cache_type, shared.kv_blocks)
             .expect("the KV cache type was checked against the model in spawn");
+        let drafter = draft_model.map(|d| {
+            let pool = d.model.new_kv_pool(shared.kv_blocks);
+            ModelDrafter::new(d, pool, shared.vocab_size, options.prefill_chunk)
+        });
         Self {
             model,
+            drafter,
             shared,
             inbox,
             inbox_open: true,
@@ -580,7 +627,7 @@ impl<'m> EngineLoop<'m> {
                 self.metrics.steps += 1;
             }
             for id in self.scheduler.free_finished(&mut self.pool) {
-                self.requests.remove(&id);
+                self.forget(id);
             }
             self.publish();
         }
@@ -651,8 +698,21 @@ impl<'m> EngineLoop<'m> {
                 self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
             }
             self.pending.remove(&id);
-            self.requests.remove(&id);
+            self.forget(id);
         }
+    }
+
+    /// A request leaves: its sequences' blocks in the draft model go back.
+    fn forget(&mut self, id: RequestId) -> Option<Request<'m>> {
+        let mut req = self.requests.remove(&id)?;
+        if let Some(drafter) = self.drafter.as_mut() {
+            for choice in &mut req.choices {
+                if let Some(seq) = choice.draft_seq.as_mut() {
+                    drafter.release(seq);
+                }
+            }
+        }
+        Some(req)
     }
 
     /// Requests the scheduler admitted get their output side and hear `Admitted`; choices
@@ -694,14 +754,21 @@ impl<'m> EngineLoop<'m> {
         let max_tokens = g
             .max_tokens
             .min(self.shared.context_length - g.prompt_ids.len());
+        let draft_capacity = self
+            .drafter
+            .as_ref()
+            .filter(|_| draft_tokens > 0)
+            .map(|d| d.context_length().min(self.shared.context_length));
         let choices = (0..n)
             .map(|i| {
                 let mut sampling = g.sampling.clone();
                 sampling.seed = sampling.seed.map(|seed| seed.wrapping_add(i as u64));
                 Choice {
+                    draft_seq: draft_capacity.map(|cap| DraftSeq::new(cap, &sampling)),
                     dec: Decoding::new(&self.model.tokenizer, &g, sampling, max_tokens),
                     finished: false,
                     lookup_cap: draft_tokens,
+                    proposed: None,
                 }
             })
             .collect();
@@ -759,6 +826,9 @@ impl<'m> EngineLoop<'m> {
     }
 
     fn sample_and_emit(&mut self, plan: &SchedulerOutput, logits: &Logits) {
+        // Sequences the draft model writes for after this step: (request, choice, the
+        // tokens forced before its part).
+        let mut for_the_model = Vec::new();
         for (row, chunk) in plan.chunks.iter().enumerate() {
             let Some(req) = self.requests.get_mut(&chunk.request) else {
                 continue;
@@ -785,10 +855,19 @@ impl<'m> EngineLoop<'m> {
             // The rows that pick tokens: the last one, or with drafts the last `draft + 1`.
             let first = logits.rows[row].end - 1 - chunk.draft;
             let drafted = &chunk.tokens[chunk.tokens.len() - chunk.draft..];
+            let proposed = choice
+                .proposed
+                .take()
+                .filter(|p| p.at == choice.dec.output.len() && p.len == chunk.draft);
             let mut finish = None;
-            let mut accepted = 0;
+            let mut accepted: usize = 0;
             for i in 0..=chunk.draft {
-                let step = match choice.dec.step(logits.row(first + i), &req.prompt) {
+                // A draft model's guess drawn from q is checked against q (sampling).
+                let check = proposed.as_ref().and_then(|p| match p.q.get(i) {
+                    Some(q) => q.as_deref().map(|q| (Some(drafted[i]), q)),
+                    None => p.rejected_q.as_deref().map(|q| (None, q)),
+                });
+                let step = match choice.dec.step(logits.row(first + i), &req.prompt, check) {
                     Ok(step) => step,
                     Err(e) => {
                         fail_request(req, &format!("constrained decoding failed: {e:#}"));
@@ -819,15 +898,33 @@ impl<'m> EngineLoop<'m> {
             }
             self.metrics.draft_tokens += chunk.draft as u64;
             self.metrics.accepted_draft_tokens += accepted as u64;
-            if chunk.draft > 0 {
-                let choice = &mut req.choices[chunk.choice];
+            let choice = &mut req.choices[chunk.choice];
+            let by_model = proposed.as_ref().map_or(0, |p| p.len - p.model_from);
+            if by_model > 0 {
+                let model_from = chunk.draft - by_model;
+                let confirmed = accepted.saturating_sub(model_from);
+                self.metrics.model_draft_tokens += by_model as u64;
+                self.metrics.model_accepted_draft_tokens += confirmed as u64;
+            } else if chunk.draft > 0 {
                 choice.lookup_cap = if accepted == chunk.draft {
                     (choice.lookup_cap * 2).clamp(1, req.draft_tokens.max(1))
                 } else {
                     (choice.lookup_cap / 2).max(1)
                 };
+            }
+            if chunk.draft > 0 {
                 self.scheduler
                     .drop_rejected(chunk.request, chunk.choice, &mut self.pool);
+            }
+            if let (Some(drafter), Some(seq)) = (self.drafter.as_mut(), choice.draft_seq.as_mut()) {
+                if finish.is_some() {
+                    drafter.release(seq);
+                } else if seq.len() > req.prompt.len() {
+                    // Its cache keeps exactly the accepted tokens.
+                    let mut confirmed = req.prompt.clone();
+                    confirmed.extend_from_slice(&choice.dec.output);
+                    drafter.keep_confirmed(seq, &confirmed);
+                }
             }
             match finish {
                 Some(reason) => {
@@ -837,18 +934,118 @@ impl<'m> EngineLoop<'m> {
                 None if req.draft_tokens > 0 || req.fast_forward => {
                     let choice = &mut req.choices[chunk.choice];
                     let lookup = choice.lookup_cap.min(req.draft_tokens);
-                    let draft = choice.dec.draft(&req.prompt, lookup, req.fast_forward);
-                    self.scheduler.set_draft(chunk.request, chunk.choice, draft);
+                    let (draft, forced) = choice.dec.draft(&req.prompt, lookup, req.fast_forward);
+                    // The drafter: prompt lookup where it finds a match under a grammar
+                    // (copying from the document), the draft model everywhere else.
+                    let found = draft.len() > forced;
+                    let model =
+                        choice.draft_seq.is_some() && !(found && choice.dec.constraint.is_some());
+                    if model {
+                        let mut forced_tokens = draft;
+                        forced_tokens.truncate(forced);
+                        for_the_model.push((chunk.request, chunk.choice, forced_tokens));
+                    } else {
+                        self.scheduler.set_draft(chunk.request, chunk.choice, draft);
+                    }
                 }
                 None => {}
             }
+        }
+        if !for_the_model.is_empty() {
+            self.draft_with_model(for_the_model);
+        }
+    }
+
+    /// The draft model writes on after each sequence's output and forced tokens, all of
+    /// them batched; each draft goes to the scheduler for the next step's check. A draft
+    /// model that fails drafts nothing (the target decodes on without).
+    fn draft_with_model(&mut self, wants: Vec<(RequestId, usize, Vec<u32>)>) {
+        let Some(drafter) = self.drafter.as_mut() else {
+            return;
+        };
+        let mut by_request: HashMap<RequestId, Vec<(usize, usize)>> = HashMap::new();
+        for (i, (id, c, _)) in wants.iter().enumerate() {
+            by_request.entry(*id).or_default().push((*c, i));
+        }
+        // Jobs in the order of `wants`.
+        let mut jobs: Vec<Option<DraftJob<'_>>> = wants.iter().map(|_| None).collect();
+        for (id, req) in self.requests.iter_mut() {
+            let Some(wanted) = by_request.get(id) else {
+                continue;
+            };
+            let draft_tokens = req.draft_tokens;
+            let prompt = &req.prompt;
+            for (c, choice) in req.choices.iter_mut().enumerate() {
+                let Some(&(_, i)) = wanted.iter().find(|(wc, _)| *wc == c) else {
+                    continue;
+                };
+                let forced = &wants[i].2;
+                let mut context = prompt.clone();
+                context.extend_from_slice(&choice.dec.output);
+                context.extend_from_slice(forced);
+                let max = draft_tokens;
+                let seq = choice
+                    .draft_seq
+                    .as_mut()
+                    .expect("wanted only with a draft seq");
+                jobs[i] = Some(DraftJob {
+                    seq,
+                    context,
+                    prompt_len: prompt.len(),
+                    max,
+                });
+            }
+        }
+        let asked: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].is_some()).collect();
+        let mut jobs: Vec<DraftJob<'_>> = jobs.into_iter().flatten().collect();
+        let proposals = match drafter.propose(&mut jobs) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("the draft model failed, decoding on without it: {e:#}");
+                for job in &mut jobs {
+                    drafter.release(job.seq);
+                }
+                Vec::new()
+            }
+        };
+        drop(jobs);
+        let mut by_want: Vec<Option<Proposal>> = wants.iter().map(|_| None).collect();
+        for (i, p) in asked.into_iter().zip(proposals) {
+            by_want[i] = Some(p);
+        }
+        for (i, (id, c, forced)) in wants.into_iter().enumerate() {
+            let (Some(req), Some(proposal)) = (self.requests.get_mut(&id), by_want[i].take())
+            else {
+                continue;
+            };
+            let choice = &mut req.choices[c];
+            let model_from = forced.len();
+            let mut draft = forced;
+            draft.extend_from_slice(&proposal.tokens);
+            let mut q: Vec<Option<Vec<f32>>> = vec![None; model_from];
+            q.extend(proposal.q);
+            let grammar_cut = choice.dec.fit_draft(&mut draft);
+            let rejected_q = if grammar_cut {
+                q.get_mut(draft.len()).and_then(Option::take)
+            } else {
+                None
+            };
+            q.truncate(draft.len());
+            choice.proposed = Some(Proposed {
+                at: choice.dec.output.len(),
+                model_from: model_from.min(draft.len()),
+                len: draft.len(),
+                q,
+                rejected_q,
+            });
+            self.scheduler.set_draft(id, c, draft);
         }
     }
 
     fn fail_all(&mut self, error: &str) {
         tracing::error!("engine step failed: {error}");
         for id in self.scheduler.abort_running(&mut self.pool) {
-            if let Some(req) = self.requests.remove(&id) {
+            if let Some(req) = self.forget(id) {
                 let _ = req.events.send(EngineEvent::Failed(error.to_string()));
             }
         }

@@ -27,6 +27,7 @@ pub mod tokenizer;
 
 pub use chat::{ChatTemplate, Message};
 pub use constraint::{Constraint, ConstraintCompiler, Grammar, GrammarError, GrammarSpec};
+pub use draft::DraftModel;
 pub use engine::{EngineHandle, EngineOptions, Generation};
 pub use generate::{FinishReason, GenerateRequest, LoadedModel};
 pub use sampler::{Sampled, Sampler, SamplingParams};

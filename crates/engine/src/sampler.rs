@@ -151,6 +151,21 @@ impl Sampler {
 
     /// Temperature, then top-k, top-p and min-p filters, then a draw from what is left.
     fn draw(&mut self, logits: &[f32]) -> u32 {
+        let probs = self.filtered(logits);
+        let total: f32 = probs.iter().sum();
+        let mut r = self.rng.random::<f32>() * total;
+        for (i, &pr) in probs.iter().enumerate() {
+            if r < pr {
+                return self.candidates[i].0;
+            }
+            r -= pr;
+        }
+        self.candidates[probs.len() - 1].0
+    }
+
+    /// The tokens [`Sampler::draw`] picks from, most likely first, in `self.candidates`,
+    /// and their probabilities (in the same order, not renormalised after the filters).
+    fn filtered(&mut self, logits: &[f32]) -> Vec<f32> {
         let p = &self.params;
         let c = &mut self.candidates;
         c.clear();
@@ -188,16 +203,100 @@ impl Sampler {
             let floor = probs[0] * p.min_p;
             keep = keep.min(probs.iter().take_while(|&&pr| pr >= floor).count().max(1));
         }
-        let probs = &probs[..keep];
-        let total: f32 = probs.iter().sum();
-        let mut r = self.rng.random::<f32>() * total;
-        for (i, &pr) in probs.iter().enumerate() {
-            if r < pr {
-                return c[i].0;
-            }
-            r -= pr;
+        probs.truncate(keep);
+        probs
+    }
+
+    /// The distribution [`Sampler::sample`] draws the next token from (penalties and
+    /// filters applied), as a row of probabilities over the vocabulary; greedy: all on
+    /// the argmax.
+    pub(crate) fn distribution(
+        &mut self,
+        logits: &[f32],
+        prompt: &[u32],
+        output: &[u32],
+    ) -> Vec<f32> {
+        let mut adjusted = logits.to_vec();
+        if self.has_penalties() {
+            apply_penalties(&mut adjusted, &self.params, prompt, output);
         }
-        c[keep - 1].0
+        let mut dist = vec![0.0; logits.len()];
+        if self.params.is_greedy() {
+            dist[argmax(&adjusted) as usize] = 1.0;
+            return dist;
+        }
+        let probs = self.filtered(&adjusted);
+        let total: f32 = probs.iter().sum();
+        for (&(t, _), pr) in self.candidates.iter().zip(probs) {
+            dist[t as usize] = pr / total;
+        }
+        dist
+    }
+
+    /// A token drawn from `dist` (a row of probabilities) with this sampler's random
+    /// stream: how a draft model proposes a token when the request samples.
+    pub(crate) fn draw_from(&mut self, dist: &[f32]) -> u32 {
+        let total: f32 = dist.iter().sum();
+        let mut r = self.rng.random::<f32>() * total;
+        let mut last = 0;
+        for (t, &pr) in dist.iter().enumerate() {
+            if pr > 0.0 {
+                if r < pr {
+                    return t as u32;
+                }
+                r -= pr;
+                last = t;
+            }
+        }
+        last as u32
+    }
+
+    /// Speculative sampling (Leviathan et al. 2023, Chen et al. 2023) of a token some
+    /// drafter drew from `q`: the draft `proposal` is kept with probability
+    /// `min(1, p/q)`, where `p` is the distribution [`Sampler::sample`] draws from;
+    /// otherwise (or with no proposal: a draft known to be rejected) the token comes from
+    /// `norm(max(0, p - q))`. Over the drafter's draws the token is distributed as `p`.
+    pub(crate) fn sample_against(
+        &mut self,
+        logits: &[f32],
+        prompt: &[u32],
+        output: &[u32],
+        proposal: Option<u32>,
+        q: &[f32],
+    ) -> Sampled {
+        let p = self.distribution(logits, prompt, output);
+        let q_of = |t: usize| q.get(t).copied().unwrap_or(0.0);
+        let kept = proposal.filter(|&d| {
+            let (pd, qd) = (p[d as usize], q_of(d as usize));
+            self.rng.random::<f32>() * qd < pd
+        });
+        let token = kept.unwrap_or_else(|| {
+            let residual: Vec<f32> = p
+                .iter()
+                .enumerate()
+                .map(|(t, &pt)| (pt - q_of(t)).max(0.0))
+                .collect();
+            // p == q (to rounding): nothing is left over, and p itself is the answer.
+            if residual.iter().sum::<f32>() > 1e-6 {
+                self.draw_from(&residual)
+            } else {
+                self.draw_from(&p)
+            }
+        });
+        self.sampled(logits, token)
+    }
+
+    /// `token` with its log-probability under the raw logits and the top alternatives.
+    fn sampled(&self, logits: &[f32], token: u32) -> Sampled {
+        let log_norm = log_normalizer(logits);
+        let n = self.params.top_logprobs;
+        let mut top = if n > 0 { top_n(logits, n) } else { Vec::new() };
+        top.iter_mut().for_each(|(_, l)| *l -= log_norm);
+        Sampled {
+            token,
+            logprob: logits[token as usize] - log_norm,
+            top,
+        }
     }
 }
 
@@ -409,6 +508,67 @@ mod tests {
             .sum();
         // 4 degrees of freedom: chi-square above 18.47 has probability 0.001.
         assert!(chi2 < 18.47, "chi2 {chi2}: {rejected:?}");
+    }
+
+    /// A drafter that proposes tokens from its own distribution `q`, checked with
+    /// [`Sampler::sample_against`]: the tokens come out distributed as `p`, whatever `q`
+    /// (chi-square over 20,000 seeds, p < 0.001), and a draft `q` equal to `p` is always
+    /// kept.
+    #[test]
+    fn speculative_sampling_against_a_draft_distribution_gives_p() {
+        let logits = [1.0, 0.2, 2.0, -0.5, 0.7, 1.5];
+        let p: Vec<f64> = log_softmax(&logits)
+            .iter()
+            .map(|l| (*l as f64).exp())
+            .collect();
+        // A drafter far from p: most of its mass on token 3, which p finds unlikely.
+        let q = [0.05f32, 0.05, 0.1, 0.6, 0.1, 0.1];
+        let n = 20_000u64;
+        let mut counts = [0usize; 6];
+        for seed in 0..n {
+            let mut drafter = Sampler::new(params(|s| {
+                s.temperature = 1.0;
+                s.seed = Some(seed ^ 0x5eed)
+            }));
+            let d = drafter.draw_from(&q);
+            let mut s = Sampler::new(params(|s| {
+                s.temperature = 1.0;
+                s.seed = Some(seed)
+            }));
+            counts[s.sample_against(&logits, &[], &[], Some(d), &q).token as usize] += 1;
+        }
+        let chi2: f64 = (0..6)
+            .map(|t| {
+                let expected = n as f64 * p[t];
+                (counts[t] as f64 - expected).powi(2) / expected
+            })
+            .sum();
+        // 5 degrees of freedom: chi-square above 20.52 has probability 0.001.
+        assert!(chi2 < 20.52, "chi2 {chi2}: {counts:?}");
+        // Without the residual (a rejected draft resampled from p) token 3 would be
+        // over-represented: the test can tell.
+        let mut s = Sampler::new(params(|s| s.temperature = 1.0));
+        let exact: Vec<f32> = p.iter().map(|&x| x as f32).collect();
+        for d in 0..6 {
+            assert_eq!(
+                s.sample_against(&logits, &[], &[], Some(d), &exact).token,
+                d
+            );
+        }
+    }
+
+    #[test]
+    fn the_distribution_is_what_sample_draws_from() {
+        let logits = [4.0, 2.0, 1.0, 0.0];
+        let mut s = Sampler::new(params(|p| {
+            p.temperature = 1.0;
+            p.top_p = 0.9
+        }));
+        let d = s.distribution(&logits, &[], &[]);
+        assert!((d.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(d[3], 0.0, "top_p cuts the tail: {d:?}");
+        let mut g = Sampler::new(params(|_| {}));
+        assert_eq!(g.distribution(&logits, &[], &[]), vec![1.0, 0.0, 0.0, 0.0]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use verre_engine::engine::{
     EngineEvent, EngineHandle, EngineMetrics, EngineOptions, EngineRequest,
 };
 use verre_engine::{
-    FinishReason, GenerateRequest, GrammarSpec, LoadedModel, Message, SamplingParams,
+    DraftModel, FinishReason, GenerateRequest, GrammarSpec, LoadedModel, Message, SamplingParams,
 };
 
 fn load(var: &str) -> Option<Arc<LoadedModel>> {
@@ -262,4 +262,193 @@ fn a_request_can_turn_speculation_off() {
     );
     let (_, m) = run(&engine, vec![extraction(&model, 120).into()]);
     assert!(m.draft_tokens > 0, "{m:?}");
+}
+
+/// An engine with `draft` drafting for `target`.
+fn spawn_drafted(target: &Arc<LoadedModel>, draft: &Arc<LoadedModel>) -> EngineHandle {
+    let options = EngineOptions {
+        draft_model: Some(DraftModel::new(draft.clone())),
+        ..Default::default()
+    };
+    EngineHandle::spawn(target.clone(), options).unwrap()
+}
+
+/// Greedy requests, batched: free chat, copying, and a schema extraction (where the draft
+/// model writes where prompt lookup finds nothing, its guesses cut where the grammar
+/// forbids them).
+fn greedy_requests(model: &LoadedModel, max_tokens: usize) -> Vec<GenerateRequest> {
+    vec![
+        chat(
+            model,
+            "Write a Python function that checks whether a number is prime.",
+            max_tokens,
+        ),
+        chat(
+            model,
+            "What is the capital of France? Answer in one sentence.",
+            max_tokens,
+        ),
+        chat(
+            model,
+            &format!("Repeat the following invoice word for word.\n\n{INVOICE}"),
+            max_tokens,
+        ),
+        extraction(model, 3 * max_tokens),
+    ]
+}
+
+/// The draft model's drafts change the forward passes, never a greedy output.
+fn a_draft_model_keeps_greedy_outputs(
+    target: Arc<LoadedModel>,
+    draft: Arc<LoadedModel>,
+    max_tokens: usize,
+) -> (EngineMetrics, EngineMetrics) {
+    let reqs: Vec<EngineRequest> = greedy_requests(&target, max_tokens)
+        .into_iter()
+        .map(EngineRequest::from)
+        .collect();
+    let (plain, m_plain) = run(&spawn(&target, 0, false), reqs.clone());
+    let (drafted, m) = run(&spawn_drafted(&target, &draft), reqs);
+    for (i, (p, d)) in plain.iter().zip(&drafted).enumerate() {
+        assert_eq!(
+            d.tokens, p.tokens,
+            "request {i} with the draft model:\n{}\n--- without:\n{}",
+            d.text, p.text
+        );
+        assert_eq!((&d.text, d.finish), (&p.text, p.finish), "request {i}");
+    }
+    assert!(m.model_draft_tokens > 0, "{m:?}");
+    assert_eq!(m.generation_tokens, m_plain.generation_tokens);
+    eprintln!(
+        "{} drafting for {}: {} forward passes for {} tokens ({} without); the model drafted {} \
+         tokens, {} accepted",
+        draft.path.display(),
+        target.path.display(),
+        m.steps,
+        m.generation_tokens,
+        m_plain.steps,
+        m.model_draft_tokens,
+        m.model_accepted_draft_tokens,
+    );
+    (m_plain, m)
+}
+
+/// A model drafting for itself guesses what it will write: nearly every draft is taken.
+#[test]
+fn smollm2_drafting_for_itself_is_accepted_and_changes_nothing() {
+    let Some(model) = load("VERRE_SMOLLM2_GGUF") else {
+        return;
+    };
+    let (m_plain, m) = a_draft_model_keeps_greedy_outputs(model.clone(), model, 64);
+    assert!(
+        m.model_accepted_draft_tokens * 100 >= m.model_draft_tokens * 95,
+        "a model drafting for itself: {m:?}"
+    );
+    assert!(m.steps * 2 < m_plain.steps, "{m:?} vs {m_plain:?}");
+}
+
+/// qwen2.5-coder-0.5b drafting for qwen2.5-coder-1.5b (the pair the docs name).
+#[test]
+fn qwen05_drafting_for_qwen15_changes_no_greedy_output() {
+    let (Some(target), Some(draft)) = (load("VERRE_QWEN15_GGUF"), load("VERRE_QWEN05_GGUF")) else {
+        return;
+    };
+    let (m_plain, m) = a_draft_model_keeps_greedy_outputs(target, draft, 48);
+    assert!(m.steps < m_plain.steps, "{m:?} vs {m_plain:?}");
+}
+
+/// A drafter with another vocabulary is refused, naming both files.
+#[test]
+fn a_draft_model_with_another_vocabulary_is_refused() {
+    let (Some(target), Some(draft)) = (load("VERRE_QWEN05_GGUF"), load("VERRE_SMOLLM2_GGUF"))
+    else {
+        return;
+    };
+    let options = EngineOptions {
+        draft_model: Some(DraftModel::new(draft.clone())),
+        ..Default::default()
+    };
+    let e = match EngineHandle::spawn(target.clone(), options) {
+        Ok(_) => panic!("SmolLM2 accepted as a drafter for Qwen"),
+        Err(e) => e.to_string(),
+    };
+    for path in [&draft.path, &target.path] {
+        assert!(e.contains(&path.display().to_string()), "{e}");
+    }
+}
+
+/// Seeded sampling with a draft model is distributed as without it: the second and third
+/// tokens of 400 seeded answers, with and without, compared by a two-sample chi-square
+/// test (p < 0.001). Token for token they may differ: a guess is kept with probability
+/// min(1, p/q), not by drawing from p.
+#[test]
+fn sampling_with_a_draft_model_is_distributed_as_without() {
+    let Some(model) = load("VERRE_SMOLLM2_GGUF") else {
+        return;
+    };
+    let n = 400u64;
+    let reqs: Vec<EngineRequest> = (0..n)
+        .map(|seed| {
+            let mut r = chat(&model, "Name an animal and say one thing about it.", 3);
+            r.sampling = SamplingParams {
+                temperature: 1.0,
+                seed: Some(seed),
+                ..Default::default()
+            };
+            r.into()
+        })
+        .collect();
+    let counts = |engine: &EngineHandle| {
+        let mut counts = std::collections::HashMap::<(usize, u32), u64>::new();
+        let mut metrics = EngineMetrics::default();
+        for batch in reqs.chunks(32) {
+            let (outs, m) = run(engine, batch.to_vec());
+            metrics = m;
+            for out in outs {
+                for (pos, &t) in out.tokens.iter().enumerate().skip(1) {
+                    *counts.entry((pos, t)).or_default() += 1;
+                }
+            }
+        }
+        (counts, metrics)
+    };
+    let (plain, _) = counts(&spawn(&model, 0, false));
+    let (drafted, m) = counts(&spawn_drafted(&model, &model));
+    assert!(m.model_draft_tokens > 100, "{m:?}");
+    // Categories seen at least 10 times in all; the rarer ones pooled per position.
+    let mut keys: Vec<(usize, u32)> = plain.keys().chain(drafted.keys()).copied().collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut cells: Vec<(u64, u64)> = Vec::new();
+    let mut pooled = std::collections::HashMap::<usize, (u64, u64)>::new();
+    for k in keys {
+        let (a, b) = (
+            plain.get(&k).copied().unwrap_or(0),
+            drafted.get(&k).copied().unwrap_or(0),
+        );
+        if a + b >= 10 {
+            cells.push((a, b));
+        } else {
+            let p = pooled.entry(k.0).or_default();
+            *p = (p.0 + a, p.1 + b);
+        }
+    }
+    cells.extend(pooled.into_values().filter(|(a, b)| a + b > 0));
+    let chi2: f64 = cells
+        .iter()
+        .map(|&(a, b)| (a as f64 - b as f64).powi(2) / (a + b) as f64)
+        .sum();
+    // Two positions, each a distribution: cells - 2 degrees of freedom; the 0.001 quantile
+    // of chi-square is under df + 3.5 sqrt(2 df) + 6 for these df.
+    let df = (cells.len() - 2) as f64;
+    let bound = df + 3.5 * (2.0 * df).sqrt() + 6.0;
+    assert!(
+        chi2 < bound,
+        "chi2 {chi2} over {} cells (bound {bound})",
+        cells.len()
+    );
+    eprintln!(
+        "chi2 {chi2:.1} over {} cells (bound {bound:.1}); {m:?}",
+        cells.len()
+    );
 }

@@ -253,6 +253,48 @@ pub fn render(all: &Models) -> String {
             "verre:spec_decode_draft_acceptance_rate{{{label}}} {rate}"
         );
     }
+    // Per drafter: a draft model, or prompt lookup with the tokens a grammar forces.
+    type PerDrafter = fn(u64, u64) -> f64;
+    let per_drafter: [(&str, &str, &str, PerDrafter); 3] = [
+        (
+            "verre:spec_decode_drafter_draft_tokens_total",
+            "counter",
+            "Draft tokens checked, by drafter (model: a draft model; lookup: prompt lookup and grammar-forced tokens).",
+            |drafted, _| drafted as f64,
+        ),
+        (
+            "verre:spec_decode_drafter_accepted_tokens_total",
+            "counter",
+            "Draft tokens confirmed, by drafter.",
+            |_, accepted| accepted as f64,
+        ),
+        (
+            "verre:spec_decode_drafter_acceptance_rate",
+            "gauge",
+            "Share of a drafter's tokens accepted, 1 means 100 percent (0 before any draft).",
+            |drafted, accepted| {
+                if drafted == 0 {
+                    0.0
+                } else {
+                    accepted as f64 / drafted as f64
+                }
+            },
+        ),
+    ];
+    for (name, kind, help, value) in per_drafter {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (m, label) in engines.iter().zip(&labels) {
+            let by_model = (m.model_draft_tokens, m.model_accepted_draft_tokens);
+            let by_lookup = (
+                m.draft_tokens - m.model_draft_tokens,
+                m.accepted_draft_tokens - m.model_accepted_draft_tokens,
+            );
+            for (drafter, (drafted, accepted)) in [("model", by_model), ("lookup", by_lookup)] {
+                let v = value(drafted, accepted);
+                let _ = writeln!(out, "{name}{{{label},drafter=\"{drafter}\"}} {v}");
+            }
+        }
+    }
     let mut histograms = |name: &str, help: &str, pick: fn(&RequestLatency) -> &Histogram| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for (model, label) in models.iter().zip(&labels) {

@@ -669,6 +669,46 @@ async fn metric(app: &Router, name: &str) -> f64 {
         .unwrap()
 }
 
+/// With a draft model (here the model drafting for itself), `/metrics` counts each
+/// drafter's tokens and acceptance rate apart.
+#[tokio::test]
+async fn metrics_count_drafts_per_drafter() {
+    let Some(model) = model() else { return };
+    let options = EngineOptions {
+        draft_model: Some(verre_engine::DraftModel::new(model.clone())),
+        ..Default::default()
+    };
+    let Some((app, _)) = app_with(options) else {
+        return;
+    };
+    let (status, _, body) = post(
+        &app,
+        "/v1/chat/completions",
+        hi(json!({"messages": [{"role": "user", "content": "Tell me about the sea."}], "max_tokens": 24})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, _, page) = call(&app, request("GET", "/metrics", None, None)).await;
+    let page = page.as_str().unwrap_or_default().to_string();
+    let value = |name: &str, drafter: &str| -> f64 {
+        let line = format!("{name}{{model_name=\"{MODEL}\",drafter=\"{drafter}\"}} ");
+        page.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("{line} missing from {page}"))
+            .parse()
+            .unwrap()
+    };
+    let drafted = value("verre:spec_decode_drafter_draft_tokens_total", "model");
+    let accepted = value("verre:spec_decode_drafter_accepted_tokens_total", "model");
+    let rate = value("verre:spec_decode_drafter_acceptance_rate", "model");
+    assert!(drafted > 0.0 && accepted > 0.0, "{drafted} {accepted}");
+    assert!((rate - accepted / drafted).abs() < 1e-9, "{rate}");
+    assert_eq!(
+        value("verre:spec_decode_drafter_draft_tokens_total", "lookup"),
+        0.0
+    );
+}
+
 /// Copying text from the prompt is drafted and counted in `/metrics`; `"speculative":
 /// false` decodes token by token, to the same answer, with nothing drafted.
 #[tokio::test]
