@@ -198,10 +198,24 @@ pub(crate) unsafe fn q4k<const R: usize>(
                 for_rows!(R, |r| {
                     let x = qs.add(((row0 + r) * nsb + b) * QK_K + 64 * j).cast::<i32>();
                     let bcast = |i: usize| _mm512_set1_epi32(x.add(i).read_unaligned());
+                    // One row alone (decode) splits each chain in two, or it would wait on
+                    // the `vpdpbusd` latency; several rows' chains overlap by themselves.
                     let (mut s, mut t) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-                    for c in 0..8 {
-                        s = _mm512_dpbusd_epi32(s, lo[c], bcast(c));
-                        t = _mm512_dpbusd_epi32(t, hi[c], bcast(8 + c));
+                    if R == 1 {
+                        let (mut s1, mut t1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                        for c in (0..8).step_by(2) {
+                            s = _mm512_dpbusd_epi32(s, lo[c], bcast(c));
+                            s1 = _mm512_dpbusd_epi32(s1, lo[c + 1], bcast(c + 1));
+                            t = _mm512_dpbusd_epi32(t, hi[c], bcast(8 + c));
+                            t1 = _mm512_dpbusd_epi32(t1, hi[c + 1], bcast(9 + c));
+                        }
+                        s = _mm512_add_epi32(s, s1);
+                        t = _mm512_add_epi32(t, t1);
+                    } else {
+                        for c in 0..8 {
+                            s = _mm512_dpbusd_epi32(s, lo[c], bcast(c));
+                            t = _mm512_dpbusd_epi32(t, hi[c], bcast(8 + c));
+                        }
                     }
                     let l = _mm512_mullo_epi32(s, slo);
                     let h = _mm512_mullo_epi32(t, shi);
@@ -278,10 +292,20 @@ pub(crate) unsafe fn q6k<const R: usize>(
                 for_rows!(R, |r| {
                     let x = qs.add(((row0 + r) * nsb + b) * QK_K + 16 * s).cast::<i32>();
                     let bcast = |i: usize| _mm512_set1_epi32(x.add(i).read_unaligned());
-                    let mut p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], bcast(0));
-                    for c in 1..4 {
-                        p = _mm512_dpbusd_epi32(p, u[c], bcast(c));
-                    }
+                    let p = if R == 1 {
+                        // As in `q4k`: one row alone runs two chains.
+                        let s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], bcast(0));
+                        let s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[1], bcast(1));
+                        let s0 = _mm512_dpbusd_epi32(s0, u[2], bcast(2));
+                        let s1 = _mm512_dpbusd_epi32(s1, u[3], bcast(3));
+                        _mm512_add_epi32(s0, s1)
+                    } else {
+                        let mut p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], bcast(0));
+                        for c in 1..4 {
+                            p = _mm512_dpbusd_epi32(p, u[c], bcast(c));
+                        }
+                        p
+                    };
                     isum[r] = _mm512_add_epi32(isum[r], _mm512_mullo_epi32(p, scale));
                 });
             }
