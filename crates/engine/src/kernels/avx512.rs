@@ -301,8 +301,8 @@ pub(crate) unsafe fn q6k<const R: usize>(
                         _mm512_add_epi32(s0, s1)
                     } else {
                         let mut p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], bcast(0));
-                        for c in 1..4 {
-                            p = _mm512_dpbusd_epi32(p, u[c], bcast(c));
+                        for (c, &u) in u.iter().enumerate().skip(1) {
+                            p = _mm512_dpbusd_epi32(p, u, bcast(c));
                         }
                         p
                     };
