@@ -18,28 +18,21 @@ use super::packed::{
     Q4K_MINS, Q4K_QUANTS, Q4K_SCALES, Q6K_PAIRS, Q6K_QUANTS, Q6K_SCALES, Q6K_SUB_BLOCK,
 };
 
-/// `for r in 0..R { body }` written out for `R <= 4` with `r` a literal in each copy, so
+/// `for r in 0..R { body }` written out for `R <= 8` with `r` a literal in each copy, so
 /// that per-row arrays of vectors are indexed by constants and live in registers (LLVM
 /// does not unroll the loop by itself once the body is large).
 macro_rules! for_rows {
     ($R:ident, |$r:ident| $body:block) => {{
-        const { assert!($R <= 4, "at most 4 activation rows per call") };
-        if 0 < $R {
-            let $r: usize = 0;
-            $body
-        }
-        if 1 < $R {
-            let $r: usize = 1;
-            $body
-        }
-        if 2 < $R {
-            let $r: usize = 2;
-            $body
-        }
-        if 3 < $R {
-            let $r: usize = 3;
-            $body
-        }
+        const { assert!($R <= 8, "at most 8 activation rows per call") };
+        for_rows!(@ $R, $r, $body, 0 1 2 3 4 5 6 7)
+    }};
+    (@ $R:ident, $r:ident, $body:block, $($i:literal)*) => {{
+        $(
+            if $i < $R {
+                let $r: usize = $i;
+                $body
+            }
+        )*
     }};
 }
 
@@ -168,7 +161,8 @@ pub(crate) fn kernels(qtype: super::QuantType) -> (PackedFn, PackedFn) {
 
 /// Q4_K: per super-block, `d * sum_s(scale_s * q_s . a_s) - dmin * sum_s(min_s * bsum_s)`,
 /// both sums exact in i32 lanes (sub-block sums times scales by `vpmulld`, minimums by
-/// `vpmaddwd` against pairs of activation sums).
+/// `vpmaddwd` against pairs of activation sums). Up to 8 activation rows share each
+/// unpacking of the weights; per row, one `vpdpbusd` chain per sub-block of the pair.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn q4k<const R: usize>(
     g: *const u8,
@@ -188,22 +182,7 @@ pub(crate) unsafe fn q4k<const R: usize>(
         let (qs, ad, bsums) = (a.qs.as_ptr(), a.d.as_ptr(), a.bsums.as_ptr());
         for b in 0..nsb {
             let blk = g.add(b * stride);
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
-            let dminw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32).cast()));
             let mut isum = [_mm512_setzero_si512(); R];
-            let mut msum = [_mm512_setzero_si512(); R];
-            for_rows!(R, |r| {
-                let msum = &mut msum[r];
-                let bs = bsums.add(((row0 + r) * nsb + b) * 16);
-                for p in 0..4 {
-                    let lo = *bs.add(4 * p) + *bs.add(4 * p + 1);
-                    let hi = *bs.add(4 * p + 2) + *bs.add(4 * p + 3);
-                    let pair = (lo as u16 as u32 | (hi as u16 as u32) << 16) as i32;
-                    let mins = _mm512_loadu_si512(blk.add(Q4K_MINS + 64 * p).cast());
-                    *msum =
-                        _mm512_add_epi32(*msum, _mm512_madd_epi16(mins, _mm512_set1_epi32(pair)));
-                }
-            });
             for j in 0..4 {
                 let mut lo = [_mm512_setzero_si512(); 8];
                 let mut hi = [_mm512_setzero_si512(); 8];
@@ -217,27 +196,48 @@ pub(crate) unsafe fn q4k<const R: usize>(
                 };
                 let (slo, shi) = (scale(2 * j), scale(2 * j + 1));
                 for_rows!(R, |r| {
-                    let isum = &mut isum[r];
                     let x = qs.add(((row0 + r) * nsb + b) * QK_K + 64 * j).cast::<i32>();
                     let bcast = |i: usize| _mm512_set1_epi32(x.add(i).read_unaligned());
-                    let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-                    let (mut t0, mut t1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-                    for c in (0..8).step_by(2) {
-                        s0 = _mm512_dpbusd_epi32(s0, lo[c], bcast(c));
-                        s1 = _mm512_dpbusd_epi32(s1, lo[c + 1], bcast(c + 1));
-                        t0 = _mm512_dpbusd_epi32(t0, hi[c], bcast(8 + c));
-                        t1 = _mm512_dpbusd_epi32(t1, hi[c + 1], bcast(9 + c));
+                    // One row alone (decode) splits each chain in two, or it would wait on
+                    // the `vpdpbusd` latency; several rows' chains overlap by themselves.
+                    let (mut s, mut t) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                    if R == 1 {
+                        let (mut s1, mut t1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                        for c in (0..8).step_by(2) {
+                            s = _mm512_dpbusd_epi32(s, lo[c], bcast(c));
+                            s1 = _mm512_dpbusd_epi32(s1, lo[c + 1], bcast(c + 1));
+                            t = _mm512_dpbusd_epi32(t, hi[c], bcast(8 + c));
+                            t1 = _mm512_dpbusd_epi32(t1, hi[c + 1], bcast(9 + c));
+                        }
+                        s = _mm512_add_epi32(s, s1);
+                        t = _mm512_add_epi32(t, t1);
+                    } else {
+                        for c in 0..8 {
+                            s = _mm512_dpbusd_epi32(s, lo[c], bcast(c));
+                            t = _mm512_dpbusd_epi32(t, hi[c], bcast(8 + c));
+                        }
                     }
-                    let l = _mm512_mullo_epi32(_mm512_add_epi32(s0, s1), slo);
-                    let h = _mm512_mullo_epi32(_mm512_add_epi32(t0, t1), shi);
-                    *isum = _mm512_add_epi32(*isum, _mm512_add_epi32(l, h));
+                    let l = _mm512_mullo_epi32(s, slo);
+                    let h = _mm512_mullo_epi32(t, shi);
+                    isum[r] = _mm512_add_epi32(isum[r], _mm512_add_epi32(l, h));
                 });
             }
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
+            let dminw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32).cast()));
             for_rows!(R, |r| {
+                let bs = bsums.add(((row0 + r) * nsb + b) * 16);
+                let mut msum = _mm512_setzero_si512();
+                for p in 0..4 {
+                    let lo = *bs.add(4 * p) + *bs.add(4 * p + 1);
+                    let hi = *bs.add(4 * p + 2) + *bs.add(4 * p + 3);
+                    let pair = (lo as u16 as u32 | (hi as u16 as u32) << 16) as i32;
+                    let mins = _mm512_loadu_si512(blk.add(Q4K_MINS + 64 * p).cast());
+                    msum = _mm512_add_epi32(msum, _mm512_madd_epi16(mins, _mm512_set1_epi32(pair)));
+                }
                 let da = _mm512_set1_ps(*ad.add((row0 + r) * nsb + b));
                 let sums = _mm512_cvtepi32_ps(isum[r]);
                 acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), sums, acc[r]);
-                let mins = _mm512_cvtepi32_ps(msum[r]);
+                let mins = _mm512_cvtepi32_ps(msum);
                 acc[r] = _mm512_fnmadd_ps(_mm512_mul_ps(dminw, da), mins, acc[r]);
             });
         }
@@ -249,7 +249,8 @@ pub(crate) unsafe fn q4k<const R: usize>(
 }
 
 /// Q6_K: per super-block, `d * sum_s(scale_s * (q_s - 32) . a_s)`, exact in i32 lanes;
-/// the `- 32` applied once through the activation's sums of 16.
+/// the `- 32` applied once through the activation's sums of 16. Up to 8 activation rows
+/// share each unpacking of the weights.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn q6k<const R: usize>(
     g: *const u8,
@@ -268,19 +269,7 @@ pub(crate) unsafe fn q6k<const R: usize>(
         let (qs, ad, bsums) = (a.qs.as_ptr(), a.d.as_ptr(), a.bsums.as_ptr());
         for b in 0..nsb {
             let blk = g.add(b * stride);
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
             let mut isum = [_mm512_setzero_si512(); R];
-            for_rows!(R, |r| {
-                let isum = &mut isum[r];
-                let bs = bsums.add(((row0 + r) * nsb + b) * 16).cast::<i32>();
-                let mut offset = _mm512_setzero_si512();
-                for p in 0..8 {
-                    let scales = _mm512_loadu_si512(blk.add(Q6K_PAIRS + 64 * p).cast());
-                    let pair = _mm512_set1_epi32(bs.add(p).read_unaligned());
-                    offset = _mm512_add_epi32(offset, _mm512_madd_epi16(scales, pair));
-                }
-                *isum = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<5>(offset));
-            });
             let (low4, high2) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
             for s in 0..16 {
                 // The 6-bit quants of chunks 0..4 from their nibbles and high-bit pairs
@@ -301,20 +290,37 @@ pub(crate) unsafe fn q6k<const R: usize>(
                 let scale =
                     _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(Q6K_SCALES + 16 * s).cast()));
                 for_rows!(R, |r| {
-                    let isum = &mut isum[r];
                     let x = qs.add(((row0 + r) * nsb + b) * QK_K + 16 * s).cast::<i32>();
                     let bcast = |i: usize| _mm512_set1_epi32(x.add(i).read_unaligned());
-                    let s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], bcast(0));
-                    let s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[1], bcast(1));
-                    let s0 = _mm512_dpbusd_epi32(s0, u[2], bcast(2));
-                    let s1 = _mm512_dpbusd_epi32(s1, u[3], bcast(3));
-                    let p = _mm512_mullo_epi32(_mm512_add_epi32(s0, s1), scale);
-                    *isum = _mm512_add_epi32(*isum, p);
+                    let p = if R == 1 {
+                        // As in `q4k`: one row alone runs two chains.
+                        let s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], bcast(0));
+                        let s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[1], bcast(1));
+                        let s0 = _mm512_dpbusd_epi32(s0, u[2], bcast(2));
+                        let s1 = _mm512_dpbusd_epi32(s1, u[3], bcast(3));
+                        _mm512_add_epi32(s0, s1)
+                    } else {
+                        let mut p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], bcast(0));
+                        for (c, &u) in u.iter().enumerate().skip(1) {
+                            p = _mm512_dpbusd_epi32(p, u, bcast(c));
+                        }
+                        p
+                    };
+                    isum[r] = _mm512_add_epi32(isum[r], _mm512_mullo_epi32(p, scale));
                 });
             }
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
             for_rows!(R, |r| {
+                let bs = bsums.add(((row0 + r) * nsb + b) * 16).cast::<i32>();
+                let mut offset = _mm512_setzero_si512();
+                for p in 0..8 {
+                    let scales = _mm512_loadu_si512(blk.add(Q6K_PAIRS + 64 * p).cast());
+                    let pair = _mm512_set1_epi32(bs.add(p).read_unaligned());
+                    offset = _mm512_add_epi32(offset, _mm512_madd_epi16(scales, pair));
+                }
+                let isum = _mm512_sub_epi32(isum[r], _mm512_slli_epi32::<5>(offset));
                 let da = _mm512_set1_ps(*ad.add((row0 + r) * nsb + b));
-                let sums = _mm512_cvtepi32_ps(isum[r]);
+                let sums = _mm512_cvtepi32_ps(isum);
                 acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), sums, acc[r]);
             });
         }
@@ -329,12 +335,15 @@ pub(crate) unsafe fn q6k<const R: usize>(
 pub(crate) type PackedKFn =
     unsafe fn(*const u8, usize, &Q8KActs<'_>, usize, *mut f32, usize, usize);
 
-/// The 1-row and 4-row kernels of a packed K-quant type.
-pub(crate) fn k_kernels(qtype: super::QuantType) -> (PackedKFn, PackedKFn) {
+/// The 1-row, 4-row and 8-row kernels of a packed K-quant type.
+pub(crate) fn k_kernels(qtype: super::QuantType) -> (PackedKFn, PackedKFn, PackedKFn) {
     use super::QuantType as Q;
     match qtype {
-        Q::Q4K => (q4k::<1>, q4k::<4>),
-        Q::Q6K => (q6k::<1>, q6k::<4>),
+        Q::Q4K => (q4k::<1>, q4k::<4>, q4k::<8>),
+        Q::Q6K => (q6k::<1>, q6k::<4>, q6k::<8>),
         other => unreachable!("{other} has no packed kernel"),
     }
 }
+
+#[cfg(test)]
+pub(crate) mod previous;

@@ -462,7 +462,11 @@ fn matmul_many_with(
                 scratch.q8.quantize(x, m, k, isa.vex());
                 let kernels = |q| {
                     let (one, four) = avx512::kernels(q);
-                    (one as PackedFn<Q8Acts<'_>>, four as PackedFn<Q8Acts<'_>>)
+                    PackedKernels::<Q8Acts<'_>> {
+                        one,
+                        four,
+                        eight: None,
+                    }
                 };
                 packed_product(mats, &scratch.q8.view(), m, outs, kernels);
                 return;
@@ -470,8 +474,12 @@ fn matmul_many_with(
             ActKind::Q8K => {
                 scratch.q8k.quantize(x, m, k, isa.vex());
                 let kernels = |q| {
-                    let (one, four) = avx512::k_kernels(q);
-                    (one as PackedFn<Q8KActs<'_>>, four as PackedFn<Q8KActs<'_>>)
+                    let (one, four, eight) = avx512::k_kernels(q);
+                    PackedKernels::<Q8KActs<'_>> {
+                        one,
+                        four,
+                        eight: Some(eight),
+                    }
                 };
                 packed_product(mats, &scratch.q8k.view(), m, outs, kernels);
                 return;
@@ -781,6 +789,22 @@ unsafe fn rows_product<A>(
 /// against activation rows from `row0`, into `out + r * n` (`lanes` valid columns).
 type PackedFn<A> = unsafe fn(*const u8, usize, &A, usize, *mut f32, usize, usize);
 
+/// The packed kernels of one type: 1 and 4 activation rows per call, and 8 where the
+/// weights cost enough to unpack that sharing them across more rows pays (the K-quants).
+/// A (weight row, activation row) pair is computed by the same arithmetic in each.
+struct PackedKernels<A> {
+    one: PackedFn<A>,
+    four: PackedFn<A>,
+    eight: Option<PackedFn<A>>,
+}
+
+/// Activation rows that one group of weight rows meets before the next group comes; with
+/// 8-row kernels, a multiple of 8, so that they run even where a row is long.
+fn packed_block_rows(k: usize, eight: bool) -> usize {
+    let rows = act_block_rows(k);
+    if eight { rows.max(8) / 8 * 8 } else { rows }
+}
+
 /// Weight groups (of [`GROUP`] rows) per parallel task of a packed product.
 fn groups_per_task(groups: usize, m: usize, k: usize, threads: usize) -> usize {
     if threads <= 1 {
@@ -803,7 +827,7 @@ fn packed_product<A: Sync>(
     acts: &A,
     m: usize,
     outs: &mut [&mut [f32]],
-    kernels: impl Fn(QuantType) -> (PackedFn<A>, PackedFn<A>) + Sync,
+    kernels: impl Fn(QuantType) -> PackedKernels<A> + Sync,
 ) {
     debug_assert!(!mats.is_empty() && mats.len() <= MANY_MAX);
     let threads = rayon::current_num_threads();
@@ -847,12 +871,12 @@ unsafe fn packed_rows<A>(
     acts: &A,
     m: usize,
     out: OutPtr,
-    (one, four): (PackedFn<A>, PackedFn<A>),
+    kernels: PackedKernels<A>,
 ) {
     let packed = mat.packed.as_deref().expect("a packed matrix");
     let group_bytes = mat.cols / mat.qtype.block_len() * packed.stride;
     let n = mat.rows;
-    let block = act_block_rows(mat.cols);
+    let block = packed_block_rows(mat.cols, kernels.eight.is_some());
     let bytes = packed.bytes().as_ptr();
     let mut i0 = 0;
     while i0 < m {
@@ -863,29 +887,23 @@ unsafe fn packed_rows<A>(
             // `g` lie in `out`, as the caller guarantees.
             unsafe {
                 let w = bytes.add(g * group_bytes);
+                let call = |kernel: PackedFn<A>, i: usize| {
+                    let out = out.0.add(i * n + g * GROUP);
+                    kernel(w, packed.stride, acts, i, out, n, lanes)
+                };
                 let mut i = i0;
+                if let Some(eight) = kernels.eight {
+                    while i + 8 <= i1 {
+                        call(eight, i);
+                        i += 8;
+                    }
+                }
                 while i + 4 <= i1 {
-                    four(
-                        w,
-                        packed.stride,
-                        acts,
-                        i,
-                        out.0.add(i * n + g * GROUP),
-                        n,
-                        lanes,
-                    );
+                    call(kernels.four, i);
                     i += 4;
                 }
                 while i < i1 {
-                    one(
-                        w,
-                        packed.stride,
-                        acts,
-                        i,
-                        out.0.add(i * n + g * GROUP),
-                        n,
-                        lanes,
-                    );
+                    call(kernels.one, i);
                     i += 1;
                 }
             }

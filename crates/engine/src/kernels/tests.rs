@@ -208,7 +208,8 @@ fn batches_sum_exactly_like_single_rows() {
         for qtype in ALL {
             for cols in col_counts(qtype) {
                 let w = random_matrix(qtype, 45, cols, 11);
-                for m in [1, 3, 7, 64] {
+                // 13 = 8 + 4 + 1 and 64 take every row count of the packed kernels.
+                for m in [1, 3, 7, 13, 64] {
                     let x = random(m * cols, 100 + m as u64);
                     let batched = run(&w, isa, &x, m);
                     for i in 0..m {
@@ -467,4 +468,147 @@ fn reads_blocks_in_place_from_a_memory_map() {
     w.matmul(&x, 2, &mut a, &mut Scratch::new());
     owned.matmul(&x, 2, &mut b, &mut Scratch::new());
     assert_eq!(a, b);
+}
+
+/// The packed K-quant product of `w` (packed) with the kernels of `avx512::previous`
+/// (`previous`) or the current ones, as the engine calls them.
+#[cfg(target_arch = "x86_64")]
+fn packed_k_product(
+    w: &QuantMatrix,
+    acts: &Q8KActs<'_>,
+    m: usize,
+    out: &mut [f32],
+    previous: bool,
+) {
+    if previous {
+        let kernels = |q| {
+            let (one, four) = avx512::previous::k_kernels(q);
+            PackedKernels {
+                one,
+                four,
+                eight: None,
+            }
+        };
+        packed_product(&[w], acts, m, &mut [out], kernels);
+    } else {
+        let kernels = |q| {
+            let (one, four, eight) = avx512::k_kernels(q);
+            PackedKernels {
+                one,
+                four,
+                eight: Some(eight),
+            }
+        };
+        packed_product(&[w], acts, m, &mut [out], kernels);
+    }
+}
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn k_quant_kernels_match_previous_bit_for_bit() {
+    if isa() != Isa::Avx512Vnni {
+        return;
+    }
+    for qtype in [QuantType::Q4K, QuantType::Q6K] {
+        for (n, k) in [(37, 1280), (64, 768)] {
+            let w = random_matrix(qtype, n, k, 31).pack_for(Isa::Avx512Vnni);
+            for m in [1, 5, 8, 13, 29, 64] {
+                let x = random(m * k, 32 + m as u64);
+                let mut buf = Q8KBuf::default();
+                buf.quantize(&x, m, k, Isa::Avx512Vnni.vex());
+                let (mut old, mut new) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+                packed_k_product(&w, &buf.view(), m, &mut old, true);
+                packed_k_product(&w, &buf.view(), m, &mut new, false);
+                for (i, (a, b)) in new.iter().zip(&old).enumerate() {
+                    assert!(
+                        a.to_bits() == b.to_bits(),
+                        "{qtype} {n}x{k} m={m} element {i}: now {a}, before {b}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Packed Q4_K and Q6_K products on Qwen2.5-Coder-1.5B's shapes for a 512-token prompt:
+/// the kernels before the 8-row tiles (`avx512::previous`) and now, alternated in one
+/// process so that a busy machine slows both alike. Prints GFLOP/s (2mnk / time) by the
+/// process's CPU time, which other processes inflate far less than wall time (with one
+/// thread it is the kernel's own time; with more it includes the pool's spinning), and the
+/// ratio. `RAYON_NUM_THREADS=1 cargo test -p verre-engine --lib k_quant_prefill_throughput
+/// -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement, not a check"]
+#[cfg(target_arch = "x86_64")]
+fn k_quant_prefill_throughput() {
+    if isa() != Isa::Avx512Vnni {
+        eprintln!("no AVX-512 VNNI here: the packed kernels do not run");
+        return;
+    }
+    let m = 512;
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    let samples = 11;
+    let cpu_seconds = || {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id and a pointer to a timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+        t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+    };
+    println!("{threads} threads, m = {m}, {samples} alternated samples each; CPU time");
+    println!(
+        "type  k->n        before GFLOP/s (min, median)  now GFLOP/s (min, median)  now/before (medians)"
+    );
+    // Q and O, K and V, gate and up, down; Q4_K_M keeps V and half the downs in Q6_K.
+    let shapes = [
+        (QuantType::Q4K, 1536, 1536),
+        (QuantType::Q4K, 1536, 256),
+        (QuantType::Q4K, 1536, 8960),
+        (QuantType::Q4K, 8960, 1536),
+        (QuantType::Q6K, 1536, 256),
+        (QuantType::Q6K, 8960, 1536),
+    ];
+    for (qtype, k, n) in shapes {
+        let w = random_matrix(qtype, n, k, 41).pack_for(Isa::Avx512Vnni);
+        let x = random(m * k, 42);
+        let mut buf = Q8KBuf::default();
+        buf.quantize(&x, m, k, Isa::Avx512Vnni.vex());
+        let acts = buf.view();
+        let mut out = vec![0f32; m * n];
+        let mut time = |previous: bool| {
+            let start = cpu_seconds();
+            pool.install(|| packed_k_product(&w, &acts, m, &mut out, previous));
+            cpu_seconds() - start
+        };
+        time(true);
+        time(false);
+        let (mut before, mut now) = (Vec::new(), Vec::new());
+        for _ in 0..samples {
+            before.push(time(true));
+            now.push(time(false));
+        }
+        before.sort_by(f64::total_cmp);
+        now.sort_by(f64::total_cmp);
+        let gflop = 2.0 * (m * n * k) as f64 / 1e9;
+        let (b_med, n_med) = (before[samples / 2], now[samples / 2]);
+        println!(
+            "{:<5} {:<11} {:>8.1} {:>8.1} {:>18.1} {:>8.1} {:>12.3}x",
+            qtype.to_string(),
+            format!("{k}->{n}"),
+            gflop / before[0],
+            gflop / b_med,
+            gflop / now[0],
+            gflop / n_med,
+            b_med / n_med
+        );
+    }
 }
