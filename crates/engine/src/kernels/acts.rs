@@ -51,12 +51,19 @@ pub(crate) struct Q8Acts<'a> {
 
 /// Rows of `k` activations as ggml Q8_K super-blocks: super-block `b` of row `i` has quants
 /// `qs[i*k + 256*b..][..256]`, scale `d[i*k/256 + b]` and sums of 16 quants
-/// `bsums[(i*k/256 + b)*16..][..16]`.
+/// `bsums[(i*k/256 + b)*16..][..16]`. Derived from those sums, for the packed AVX-512
+/// kernels, which would otherwise redo the same scalar work for every group of 16 weight
+/// rows: `pairs[(i*k/256 + b)*4 + p]`, the sums of 32 quants of sub-blocks `2p` and
+/// `2p + 1` as two i16 halves (low, high) of one i32, for `vpmaddwd` against Q4_K's
+/// minimums; and `offsets6[(i*k/256 + b)*16 + s]` = `-32 * bsums[..s]`, Q6_K's offset
+/// applied to sub-block `s` of 16 quants.
 #[derive(Clone, Copy)]
 pub(crate) struct Q8KActs<'a> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
     pub bsums: &'a [i16],
+    pub pairs: &'a [i32],
+    pub offsets6: &'a [i32],
     pub k: usize,
 }
 
@@ -116,6 +123,8 @@ pub(crate) struct Q8KBuf {
     qs: Vec<Lane>,
     d: Vec<f32>,
     bsums: Vec<i16>,
+    pairs: Vec<i32>,
+    offsets6: Vec<i32>,
     k: usize,
 }
 
@@ -145,6 +154,15 @@ impl Q8KBuf {
                 quantize_q8k_row(isa, x, qs, d, bsums);
             }
         }
+        // Sums of 16 quants are at most 16 * 127 in magnitude: pairs of them fit an i16.
+        self.pairs.clear();
+        self.pairs.extend(self.bsums.chunks_exact(4).map(|s| {
+            let (lo, hi) = (s[0] + s[1], s[2] + s[3]);
+            (lo as u16 as u32 | (hi as u16 as u32) << 16) as i32
+        }));
+        self.offsets6.clear();
+        self.offsets6
+            .extend(self.bsums.iter().map(|&s| -32 * s as i32));
     }
 
     pub fn view(&self) -> Q8KActs<'_> {
@@ -152,6 +170,8 @@ impl Q8KBuf {
             qs: lanes_as_i8(&self.qs),
             d: &self.d,
             bsums: &self.bsums,
+            pairs: &self.pairs,
+            offsets6: &self.offsets6,
             k: self.k,
         }
     }

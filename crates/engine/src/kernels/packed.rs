@@ -21,8 +21,9 @@
 //! at [`pack_q4k`] and [`pack_q6k`]), with the sub-block scales unpacked row-interleaved
 //! beside the quants, so that a sub-block's 16 row sums meet their 16 scales in one
 //! vector multiply. Q6_K keeps its 6-bit quants as the file does, four low bits and two
-//! high bits apart (15% more than the file holds, for the unpacked scales), and its kernel
-//! puts each byte back together with a few shifts and masks per 256 quants.
+//! high bits apart (as many bytes as the file holds), and its kernel puts each byte back
+//! together with a few shifts and masks per 256 quants. Q4_K holds 2.8% more than the file
+//! (its minimums unpacked to bytes).
 
 use super::QuantType;
 
@@ -126,8 +127,9 @@ impl Packed {
 
 /// Where the quants of a packed Q4_K super-block start: after 16 f16 scales, 16 f16
 /// minimum scales, the 6-bit sub-block scales as bytes (`[sub-block][row]`) and the
-/// sub-block minimums as i16 pairs (`[pair][row][2]`, for `vpmaddwd`).
-pub(crate) const Q4K_QUANTS: usize = 32 + 32 + 8 * 16 + 4 * 16 * 4;
+/// 6-bit sub-block minimums as byte pairs (`[pair][row][2]`, widened to i16 for
+/// `vpmaddwd`): 2,368 bytes per 16 rows, 2.8% more than the file's 2,304.
+pub(crate) const Q4K_QUANTS: usize = 32 + 32 + 8 * 16 + 4 * 16 * 2;
 pub(crate) const Q4K_SCALES: usize = 64;
 pub(crate) const Q4K_MINS: usize = 64 + 128;
 
@@ -143,8 +145,7 @@ fn pack_q4k(src: &[u8], dst: &mut [u8], l: usize) {
     }
     for p in 0..4 {
         for h in 0..2 {
-            let at = Q4K_MINS + 64 * p + 4 * l + 2 * h;
-            dst[at..at + 2].copy_from_slice(&(mins[2 * p + h] as i16).to_le_bytes());
+            dst[Q4K_MINS + 32 * p + 2 * l + h] = mins[2 * p + h];
         }
     }
     for chunk in 0..32 {
@@ -153,27 +154,24 @@ fn pack_q4k(src: &[u8], dst: &mut [u8], l: usize) {
     }
 }
 
-/// Where the quants of a packed Q6_K super-block start: after 16 f16 scales, the 16
-/// sub-block scales as signed bytes (`[sub-block][row]`) and again as i16 pairs
-/// (`[pair][row][2]`).
-pub(crate) const Q6K_QUANTS: usize = 32 + 16 * 16 + 8 * 16 * 4;
+/// Where the quants of a packed Q6_K super-block start: after 16 f16 scales and the 16
+/// sub-block scales as signed bytes (`[sub-block][row]`): 3,360 bytes per 16 rows, as
+/// many as the file holds (the `- 32` offset comes with the activations, see
+/// `acts::Q8KActs::offsets6`).
+pub(crate) const Q6K_QUANTS: usize = 32 + 16 * 16;
 pub(crate) const Q6K_SCALES: usize = 32;
 /// Bytes of one 16-value sub-block of 16 rows: three vectors, each holding 4 bytes per
 /// row (`4 * row + j` for element `j` of a chunk of 4). The first holds the low four bits
 /// of chunk 0 (low nibble) and chunk 2 (high nibble), the second those of chunks 1 and 3,
 /// the third the two high bits of chunks 0, 1, 2, 3 (bits 0-1, 2-3, 4-5, 6-7).
 pub(crate) const Q6K_SUB_BLOCK: usize = 3 * 64;
-pub(crate) const Q6K_PAIRS: usize = 32 + 256;
 
 /// Q6_K, row `l` of a group: each 6-bit quant (0..64, the 32 offset left to the kernel)
 /// in its own byte, chunk `e / 4` holding elements `e` in order.
 fn pack_q6k(src: &[u8], dst: &mut [u8], l: usize) {
     dst[2 * l..2 * l + 2].copy_from_slice(&src[208..210]);
     for s in 0..16 {
-        let scale = src[192 + s];
-        dst[Q6K_SCALES + 16 * s + l] = scale;
-        let at = Q6K_PAIRS + 64 * (s / 2) + 4 * l + 2 * (s % 2);
-        dst[at..at + 2].copy_from_slice(&(scale as i8 as i16).to_le_bytes());
+        dst[Q6K_SCALES + 16 * s + l] = src[192 + s];
     }
     // Element e of the super-block (e = 128h + 32t + i) is element 4c + j of sub-block
     // s = e / 16, in chunk c; see `Q6K_SUB_BLOCK` for where its bits go.

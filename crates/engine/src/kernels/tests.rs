@@ -493,11 +493,7 @@ fn packed_k_product(
     } else {
         let kernels = |q| {
             let (one, four, eight) = avx512::k_kernels(q);
-            PackedKernels {
-                one,
-                four,
-                eight: Some(eight),
-            }
+            PackedKernels { one, four, eight }
         };
         packed_product(&[w], acts, m, &mut [out], kernels);
     }
@@ -541,11 +537,28 @@ fn k_quant_kernels_match_previous_bit_for_bit() {
 #[ignore = "a measurement, not a check"]
 #[cfg(target_arch = "x86_64")]
 fn k_quant_prefill_throughput() {
+    k_quant_throughput(512, 11);
+}
+
+/// As [`k_quant_prefill_throughput`] for one activation row (decode): the one-row kernels
+/// before (`avx512::previous`: high nibbles shifted down, the activation's pair sums
+/// rebuilt per group, Q6_K's offset from i16 scale pairs) and now. Both read the current
+/// packed layout, so the bytes the new layout saves (Q4_K 5%, Q6_K 13%) do not show
+/// here. `RAYON_NUM_THREADS=1 cargo test -p verre-engine --lib k_quant_decode_throughput
+/// -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement, not a check"]
+#[cfg(target_arch = "x86_64")]
+fn k_quant_decode_throughput() {
+    k_quant_throughput(1, 201);
+}
+
+#[cfg(target_arch = "x86_64")]
+fn k_quant_throughput(m: usize, samples: usize) {
     if isa() != Isa::Avx512Vnni {
         eprintln!("no AVX-512 VNNI here: the packed kernels do not run");
         return;
     }
-    let m = 512;
     let threads = std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -554,7 +567,6 @@ fn k_quant_prefill_throughput() {
         .num_threads(threads)
         .build()
         .unwrap();
-    let samples = 11;
     let cpu_seconds = || {
         let mut t = libc::timespec {
             tv_sec: 0,
@@ -575,6 +587,7 @@ fn k_quant_prefill_throughput() {
         (QuantType::Q4K, 1536, 8960),
         (QuantType::Q4K, 8960, 1536),
         (QuantType::Q6K, 1536, 256),
+        (QuantType::Q6K, 1536, 8960),
         (QuantType::Q6K, 8960, 1536),
     ];
     for (qtype, k, n) in shapes {

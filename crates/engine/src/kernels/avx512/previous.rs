@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 
 use super::super::acts::{Q8KActs, QK_K};
 use super::super::packed::{
-    Q4K_MINS, Q4K_QUANTS, Q4K_SCALES, Q6K_PAIRS, Q6K_QUANTS, Q6K_SCALES, Q6K_SUB_BLOCK,
+    Q4K_MINS, Q4K_QUANTS, Q4K_SCALES, Q6K_QUANTS, Q6K_SCALES, Q6K_SUB_BLOCK,
 };
 
 /// Q4_K: per super-block, `d * sum_s(scale_s * q_s . a_s) - dmin * sum_s(min_s * bsum_s)`,
@@ -43,7 +43,9 @@ pub(crate) unsafe fn q4k<const R: usize>(
                     let lo = *bs.add(4 * p) + *bs.add(4 * p + 1);
                     let hi = *bs.add(4 * p + 2) + *bs.add(4 * p + 3);
                     let pair = (lo as u16 as u32 | (hi as u16 as u32) << 16) as i32;
-                    let mins = _mm512_loadu_si512(blk.add(Q4K_MINS + 64 * p).cast());
+                    // (The minimums are bytes since the one-row kernels; widened here.)
+                    let mins = _mm256_loadu_si256(blk.add(Q4K_MINS + 32 * p).cast());
+                    let mins = _mm512_cvtepu8_epi16(mins);
                     *msum =
                         _mm512_add_epi32(*msum, _mm512_madd_epi16(mins, _mm512_set1_epi32(pair)));
                 }
@@ -116,12 +118,15 @@ pub(crate) unsafe fn q6k<const R: usize>(
             let mut isum = [_mm512_setzero_si512(); R];
             for_rows!(R, |r| {
                 let isum = &mut isum[r];
-                let bs = bsums.add(((row0 + r) * nsb + b) * 16).cast::<i32>();
+                // (The scales were also stored as i16 pairs before the one-row kernels; the
+                // same sum from the bytes.)
+                let bs = bsums.add(((row0 + r) * nsb + b) * 16);
                 let mut offset = _mm512_setzero_si512();
-                for p in 0..8 {
-                    let scales = _mm512_loadu_si512(blk.add(Q6K_PAIRS + 64 * p).cast());
-                    let pair = _mm512_set1_epi32(bs.add(p).read_unaligned());
-                    offset = _mm512_add_epi32(offset, _mm512_madd_epi16(scales, pair));
+                for s in 0..16 {
+                    let scales = _mm_loadu_si128(blk.add(Q6K_SCALES + 16 * s).cast());
+                    let sum = _mm512_set1_epi32(*bs.add(s) as i32);
+                    let product = _mm512_mullo_epi32(_mm512_cvtepi8_epi32(scales), sum);
+                    offset = _mm512_add_epi32(offset, product);
                 }
                 *isum = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<5>(offset));
             });
