@@ -204,29 +204,26 @@ pub(crate) unsafe fn q4k<const R: usize>(
                 for_rows!(R, |r| {
                     let x = qs.add(((row0 + r) * nsb + b) * QK_K + 64 * j).cast::<i32>();
                     let bcast = |i: usize| _mm512_set1_epi32(x.add(i).read_unaligned());
-                    // One row alone (decode) runs eight chains of two products, added by a
-                    // tree, or it would wait on the `vpdpbusd` latency. Several rows' chains
-                    // overlap by themselves, and there one chain per sub-block is faster
-                    // (measured by `k_quant_prefill_throughput` on Zen 5).
-                    let (s, t) = if R == 1 {
-                        let pair = |u: &[__m512i], i: usize| {
-                            let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], bcast(i));
-                            _mm512_dpbusd_epi32(p, u[1], bcast(i + 1))
-                        };
-                        let sum4 = |u: &[__m512i; 8], i: usize| {
-                            let a = _mm512_add_epi32(pair(&u[0..2], i), pair(&u[2..4], i + 2));
-                            let b = _mm512_add_epi32(pair(&u[4..6], i + 4), pair(&u[6..8], i + 6));
-                            _mm512_add_epi32(a, b)
-                        };
-                        (sum4(&lo, 0), sum4(&hi, 8))
+                    // One row alone (decode) splits each chain in two, or it would wait on
+                    // the `vpdpbusd` latency; several rows' chains overlap by themselves.
+                    // (Eight chains of two, added by a tree, decoded slower in the model.)
+                    let (mut s, mut t) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                    if R == 1 {
+                        let (mut s1, mut t1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                        for c in (0..8).step_by(2) {
+                            s = _mm512_dpbusd_epi32(s, lo[c], bcast(c));
+                            s1 = _mm512_dpbusd_epi32(s1, lo[c + 1], bcast(c + 1));
+                            t = _mm512_dpbusd_epi32(t, hi[c], bcast(8 + c));
+                            t1 = _mm512_dpbusd_epi32(t1, hi[c + 1], bcast(9 + c));
+                        }
+                        s = _mm512_add_epi32(s, s1);
+                        t = _mm512_add_epi32(t, t1);
                     } else {
-                        let (mut s, mut t) = (_mm512_setzero_si512(), _mm512_setzero_si512());
                         for c in 0..8 {
                             s = _mm512_dpbusd_epi32(s, lo[c], bcast(c));
                             t = _mm512_dpbusd_epi32(t, hi[c], bcast(8 + c));
                         }
-                        (s, t)
-                    };
+                    }
                     isum[r] = _mm512_add_epi32(isum[r], _mm512_mullo_epi32(s, slo));
                     isum16[r] = _mm512_add_epi32(isum16[r], _mm512_mullo_epi32(t, shi));
                 });

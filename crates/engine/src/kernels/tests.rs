@@ -531,8 +531,8 @@ fn k_quant_kernels_match_previous_bit_for_bit() {
 /// process so that a busy machine slows both alike. Prints GFLOP/s (2mnk / time) by the
 /// process's CPU time, which other processes inflate far less than wall time (with one
 /// thread it is the kernel's own time; with more it includes the pool's spinning), and the
-/// ratio. `RAYON_NUM_THREADS=1 cargo test -p verre-engine --lib k_quant_prefill_throughput
-/// -- --ignored --nocapture`
+/// ratio. `RAYON_NUM_THREADS=1 cargo test --release -p verre-engine --lib
+/// k_quant_prefill_throughput -- --ignored --nocapture` (release: see below).
 #[test]
 #[ignore = "a measurement, not a check"]
 #[cfg(target_arch = "x86_64")]
@@ -541,10 +541,9 @@ fn k_quant_prefill_throughput() {
 }
 
 /// As [`k_quant_prefill_throughput`] for one activation row (decode): the one-row kernels
-/// before (`avx512::previous`: high nibbles shifted down, the activation's pair sums
-/// rebuilt per group, Q6_K's offset from i16 scale pairs) and now. Both read the current
-/// packed layout, so the bytes the new layout saves (Q4_K 5%, Q6_K 13%) do not show
-/// here. `RAYON_NUM_THREADS=1 cargo test -p verre-engine --lib k_quant_decode_throughput
+/// of `avx512::previous` and now. Measure in a release build (`--release`): the test
+/// profile's debug assertions and overflow checks slow the kernels several times over.
+/// `RAYON_NUM_THREADS=1 cargo test --release -p verre-engine --lib k_quant_decode_throughput
 /// -- --ignored --nocapture`
 #[test]
 #[ignore = "a measurement, not a check"]
@@ -622,6 +621,67 @@ fn k_quant_throughput(m: usize, samples: usize) {
             gflop / now[0],
             gflop / n_med,
             b_med / n_med
+        );
+    }
+}
+
+/// The one-row K-quant kernels on weights that stay in L1 (one group of 16 rows, 6
+/// super-blocks): their arithmetic rate without memory, in CPU time per super-block of a
+/// group and in bytes of weights per nanosecond. `cargo test --release -p verre-engine
+/// --lib k_quant_kernel_rate -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement, not a check"]
+#[cfg(target_arch = "x86_64")]
+fn k_quant_kernel_rate() {
+    if isa() != Isa::Avx512Vnni {
+        eprintln!("no AVX-512 VNNI here: the packed kernels do not run");
+        return;
+    }
+    let cpu_seconds = || {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id and a pointer to a timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+    };
+    let k = 1536;
+    for qtype in [QuantType::Q4K, QuantType::Q6K] {
+        let w = random_matrix(qtype, GROUP, k, 51).pack_for(Isa::Avx512Vnni);
+        let packed = w.packed.as_deref().unwrap();
+        let x = random(k, 52);
+        let mut buf = Q8KBuf::default();
+        buf.quantize(&x, 1, k, Isa::Avx512Vnni.vex());
+        let acts = buf.view();
+        let (one, _, _) = avx512::k_kernels(qtype);
+        let mut out = [0f32; GROUP];
+        let calls = 200_000;
+        let mut best = f64::INFINITY;
+        for _ in 0..5 {
+            let start = cpu_seconds();
+            for _ in 0..calls {
+                // SAFETY: one packed group of `k` columns, one activation row, 16 outputs.
+                unsafe {
+                    one(
+                        packed.bytes().as_ptr(),
+                        packed.stride,
+                        &acts,
+                        0,
+                        out.as_mut_ptr(),
+                        GROUP,
+                        GROUP,
+                    )
+                };
+                std::hint::black_box(&mut out);
+            }
+            best = best.min((cpu_seconds() - start) / calls as f64);
+        }
+        let per_sb = best / (k / QK_K) as f64;
+        println!(
+            "{qtype}: {:.1} ns per super-block of 16 rows, {:.1} bytes/ns of packed weights",
+            per_sb * 1e9,
+            packed.stride as f64 / (per_sb * 1e9)
         );
     }
 }
