@@ -38,7 +38,9 @@ fn invoice(customer: &str) -> String {
         "[attachment invoice-5.pdf]\n[page 1]\nINVOICE\nInvoice number: INV-2024-0457\n\
          Date: 2024-03-18\nFrom: Quality Hosting AG, Uferstrasse 90, 4057 Basel, Switzerland\n",
     );
-    s.push_str(&format!("To: {customer}\n\nDescription   Qty   Unit price   Amount\n"));
+    s.push_str(&format!(
+        "To: {customer}\n\nDescription   Qty   Unit price   Amount\n"
+    ));
     for i in 1..=24 {
         s.push_str(&format!(
             "Managed server M{i} (March 2024)   {}   {}.50 EUR   {}.00 EUR\n",
@@ -90,7 +92,11 @@ fn request(model: &LoadedModel, constrained: bool, max_tokens: usize) -> Generat
         "Who issued this invoice, and what is its total? Answer in two sentences."
     };
     GenerateRequest {
-        prompt_ids: prompt(model, "Atelier Moreau SARL, 12 rue des Lilas, 69003 Lyon", ask),
+        prompt_ids: prompt(
+            model,
+            "Atelier Moreau SARL, 12 rue des Lilas, 69003 Lyon",
+            ask,
+        ),
         max_tokens,
         grammar: constrained.then(|| {
             model
@@ -111,7 +117,11 @@ fn others(model: &LoadedModel, max_tokens: usize) -> Vec<GenerateRequest> {
         ..Default::default()
     };
     vec![
-        other(prompt(model, "Boulangerie Petit, 3 place Bellecour, 69002 Lyon", EXTRACT)),
+        other(prompt(
+            model,
+            "Boulangerie Petit, 3 place Bellecour, 69002 Lyon",
+            EXTRACT,
+        )),
         other(
             model
                 .chat_prompt(&[Message::new("user", "Write a haiku about invoices.")])
@@ -175,9 +185,15 @@ fn same_greedy_output_whatever_the_engine_does(
         let e = engine(&model, speculative, 512);
         // The other customer's invoice first: the request then finds its head cached.
         run(&e, &others[..1]);
-        cases.push(("after a shared prefix", run(&e, std::slice::from_ref(&req)).remove(0)));
+        cases.push((
+            "after a shared prefix",
+            run(&e, std::slice::from_ref(&req)).remove(0),
+        ));
         // Its own prompt is cached now, but for the last block.
-        cases.push(("after itself", run(&e, std::slice::from_ref(&req)).remove(0)));
+        cases.push((
+            "after itself",
+            run(&e, std::slice::from_ref(&req)).remove(0),
+        ));
         let mut batch = others.clone();
         batch.insert(1, req.clone());
         cases.push(("batched with others", run(&e, &batch).remove(1)));
@@ -254,7 +270,11 @@ fn last_logits(
                     all_logits: true,
                 });
             }
-            last = m.forward(&mut pool, &mut batch).unwrap().last_row(0).to_vec();
+            last = m
+                .forward(&mut pool, &mut batch)
+                .unwrap()
+                .last_row(0)
+                .to_vec();
             for s in &mut other_seqs {
                 pool.release(s);
             }
@@ -266,15 +286,28 @@ fn last_logits(
 
 /// One forward's logits do not depend on chunking, batch or threads, bit for bit.
 fn forward_is_invariant(model: Arc<LoadedModel>) {
-    let p = prompt(&model, "Atelier Moreau SARL, 12 rue des Lilas, 69003 Lyon", EXTRACT);
-    let other = prompt(&model, "Boulangerie Petit, 3 place Bellecour, 69002 Lyon", EXTRACT);
+    let p = prompt(
+        &model,
+        "Atelier Moreau SARL, 12 rue des Lilas, 69003 Lyon",
+        EXTRACT,
+    );
+    let other = prompt(
+        &model,
+        "Boulangerie Petit, 3 place Bellecour, 69002 Lyon",
+        EXTRACT,
+    );
     let n = p.len();
     assert!(n > 512, "the prompt is {n} tokens");
     let whole = last_logits(&model, &p, &[], &[], 2);
     let cases: [(&str, &[usize], &[&[u32]], usize); 7] = [
         ("cut at a block boundary", &[256], &[], 2),
         ("cut inside a block", &[37, 300], &[], 2),
-        ("the last tokens one at a time", &[n - 3, n - 2, n - 1], &[], 2),
+        (
+            "the last tokens one at a time",
+            &[n - 3, n - 2, n - 1],
+            &[],
+            2,
+        ),
         ("batched with a prompt", &[], &[&other], 2),
         ("decoded beside one token", &[n - 1], &[&other[..1]], 2),
         ("on one thread", &[], &[], 1),
@@ -287,7 +320,12 @@ fn forward_is_invariant(model: Arc<LoadedModel>) {
             .zip(&whole)
             .filter(|(a, b)| a.to_bits() != b.to_bits())
             .count();
-        assert_eq!(differ, 0, "{}: {name}: {differ} logits differ", model.path.display());
+        assert_eq!(
+            differ,
+            0,
+            "{}: {name}: {differ} logits differ",
+            model.path.display()
+        );
     }
 }
 
