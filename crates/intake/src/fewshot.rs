@@ -7,6 +7,11 @@
 //! corrections made a 0.5B model take the wrong date; QualityHosting and AzureInterior are
 //! still 0.71 apart, and Azure's corrections turned the 0.5B's EUR into USD, see
 //! docs/PERFORMANCE.md).
+//! With `few_shot_per_field = true` the examples are chosen field by field instead: for
+//! each field reviewers corrected, its corrections in the N most similar documents that
+//! corrected it, with no floor — what a correction of a field teaches (where such a value
+//! is printed, in what form, what it is not) carries over to other issuers' layouts, which
+//! a whole document's corrections do not.
 //! Each corrected document is embedded once per embedding model and kept in the store
 //! (sealed, erased with its message): an extraction embeds only its own document, and a
 //! corrected one again only when its text changed.
@@ -48,11 +53,22 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     if n > 0.0 { dot / n } else { 0.0 }
 }
 
-/// The corrected fields of the `n` documents most like `document` whose similarity (the
-/// cosine of their embeddings) is at least `min_similarity`, most similar first (not those
-/// of `message_id` itself); each field once per document, its latest correction; only the
-/// fields `schema` has (a correction of a field since removed teaches nothing).
-#[allow(clippy::too_many_arguments)]
+/// Which corrections a prompt shows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Selection {
+    /// Documents (per field, with `per_field`) whose corrections are shown; 0: none.
+    pub n: usize,
+    /// The least cosine of a document whose corrections are shown (not with `per_field`).
+    pub min_similarity: f32,
+    /// For each corrected field, its corrections in the `n` most similar documents that
+    /// have one; otherwise every corrected field of the `n` most similar documents.
+    pub per_field: bool,
+}
+
+/// The corrections shown with `document` (never those of `message_id` itself), as
+/// `selection` says, most similar documents first: each field once per document, its latest
+/// correction; only the fields `schema` has (a correction of a field since removed teaches
+/// nothing). Similarity is the cosine of the documents' embeddings.
 pub async fn examples(
     store: &Store,
     api: &dyn ModelApi,
@@ -60,9 +76,13 @@ pub async fn examples(
     message_id: i64,
     document: &str,
     schema: &Value,
-    n: usize,
-    min_similarity: f32,
+    selection: Selection,
 ) -> Result<Vec<Example>, ExamplesError> {
+    let Selection {
+        n,
+        min_similarity,
+        per_field,
+    } = selection;
     if n == 0 {
         return Ok(Vec::new());
     }
@@ -117,11 +137,21 @@ pub async fn examples(
         .map(|(id, v)| (cosine(&this, v), *id))
         .collect();
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let mut out = Vec::new();
+    let floor = if per_field {
+        f32::NEG_INFINITY
+    } else {
+        min_similarity
+    };
     let near = ranked
         .into_iter()
-        .filter(|(similarity, _)| *similarity >= min_similarity);
-    for (similarity, id) in near.take(n) {
+        .filter(|(similarity, _)| *similarity >= floor);
+    let mut out = Vec::new();
+    // Per field: how many documents' corrections of it are shown.
+    let mut shown: BTreeMap<String, usize> = BTreeMap::new();
+    for (documents, (similarity, id)) in near.enumerate() {
+        if !per_field && documents == n {
+            break;
+        }
         // Newest first from the store: the first of each field is its latest correction.
         let mut seen = Vec::new();
         let mut fields: Vec<Example> = Vec::new();
@@ -130,6 +160,11 @@ pub async fn examples(
                 continue;
             }
             seen.push(c.field.clone());
+            let count = shown.entry(c.field.clone()).or_default();
+            if per_field && *count == n {
+                continue;
+            }
+            *count += 1;
             fields.push(Example {
                 field: c.field.clone(),
                 value: c.correction.value.clone(),
@@ -141,6 +176,11 @@ pub async fn examples(
         }
         fields.reverse();
         out.extend(fields);
+    }
+    if per_field {
+        // Field by field, in the schema's order, most similar document first.
+        let order = |f: &str| properties.and_then(|p| p.keys().position(|k| k == f));
+        out.sort_by_key(|e| order(&e.field));
     }
     Ok(out)
 }
@@ -154,14 +194,24 @@ pub enum ExamplesError {
     Embed(#[from] ModelCallError),
 }
 
-/// The examples as a passage of the extraction's instructions.
-pub fn prompt_section(examples: &[Example]) -> String {
+/// The examples as a passage of the extraction's instructions; chosen `per_field`, they
+/// come from other documents, and the passage says they show where and in what form a
+/// field is printed, not this document's values.
+pub fn prompt_section(examples: &[Example], per_field: bool) -> String {
     if examples.is_empty() {
         return String::new();
     }
-    let mut s = String::from(
-        "\n\nReviewers corrected these fields of similar documents; answer as they did:",
-    );
+    let mut s = String::from(if per_field {
+        "\n\nReviewers corrected these fields in other documents. They show where such a \
+         field is printed and in what form; answer with this document's own values:"
+    } else {
+        "\n\nReviewers corrected these fields of similar documents; answer as they did:"
+    });
+    let which = if per_field {
+        "a document"
+    } else {
+        "the document"
+    };
     for e in examples {
         let context = e.context.split_whitespace().collect::<Vec<_>>().join(" ");
         if context.is_empty() {
@@ -171,7 +221,7 @@ pub fn prompt_section(examples: &[Example]) -> String {
             ));
         } else {
             s.push_str(&format!(
-                "\n- where the document reads \"{context}\", {} is {} (not {})",
+                "\n- where {which} reads \"{context}\", {} is {} (not {})",
                 e.field, e.value, e.previous
             ));
         }
@@ -276,7 +326,7 @@ mod tests {
         let api = Counting::default();
         let schema = invoice_schema(&["invoice_number", "issuer"]);
         let first = "ACME GmbH Rechnung Rechnungsnr 7 Summe EUR 12";
-        let got = examples(&store, &api, "m", 0, first, &schema, 5, 0.0)
+        let got = examples(&store, &api, "m", 0, first, &schema, by_document(5, 0.0))
             .await
             .unwrap();
         assert_eq!(got.len(), 2);
@@ -288,7 +338,7 @@ mod tests {
 
         // The next extraction embeds only its own document, and ranks as before.
         let second = "ACME GmbH Rechnung Rechnungsnr 8 Summe EUR 13";
-        let again = examples(&store, &api, "m", 0, second, &schema, 5, 0.0)
+        let again = examples(&store, &api, "m", 0, second, &schema, by_document(5, 0.0))
             .await
             .unwrap();
         assert_eq!(api.take(), [second]);
@@ -298,9 +348,17 @@ mod tests {
         assert!(again[0].similarity > again[1].similarity, "{again:?}");
 
         // Another embedding model has its own vectors.
-        examples(&store, &api, "other", 0, second, &schema, 5, 0.0)
-            .await
-            .unwrap();
+        examples(
+            &store,
+            &api,
+            "other",
+            0,
+            second,
+            &schema,
+            by_document(5, 0.0),
+        )
+        .await
+        .unwrap();
         assert_eq!(api.take().len(), 3);
 
         // Without evidence a document is its corrections' words: a new correction
@@ -311,15 +369,23 @@ mod tests {
             .unwrap()
             .message_id;
         correct(&store, bare, "issuer", "Bauhaus", "Lieferant Bauhaus").await;
-        examples(&store, &api, "m", 0, second, &schema, 5, 0.0)
+        examples(&store, &api, "m", 0, second, &schema, by_document(5, 0.0))
             .await
             .unwrap();
         assert_eq!(api.take(), [second, "Lieferant Bauhaus"]);
         correct(&store, bare, "invoice_number", "L-2", "Lieferschein L-2").await;
-        examples(&store, &api, "m", 0, second, &schema, 5, 0.0)
+        examples(&store, &api, "m", 0, second, &schema, by_document(5, 0.0))
             .await
             .unwrap();
         assert_eq!(api.take(), [second, "Lieferschein L-2\nLieferant Bauhaus"]);
+    }
+
+    fn by_document(n: usize, min_similarity: f32) -> Selection {
+        Selection {
+            n,
+            min_similarity,
+            per_field: false,
+        }
     }
 
     fn invoice_schema(fields: &[&str]) -> Value {
@@ -328,6 +394,66 @@ mod tests {
             .map(|f| (f.to_string(), json!({"type": "string"})))
             .collect();
         json!({"type": "object", "properties": properties})
+    }
+
+    /// Per field: each corrected field from the most similar documents that corrected it,
+    /// however unlike this one, in the schema's order; never the message's own.
+    #[tokio::test]
+    async fn per_field_each_corrected_field_comes_from_the_nearest_document_that_has_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in_home(dir.path()).await.unwrap();
+        let acme = extracted(&store, "ACME GmbH Rechnung Rechnungsnr 1 Summe EUR").await;
+        let shop = extracted(&store, "Flipkart order invoice INR retail").await;
+        correct(&store, shop, "invoice_number", "F-9", "Invoice No F-9").await;
+        correct(&store, shop, "issuer", "Flipkart", "Sold by Flipkart").await;
+        correct(&store, acme, "date", "2014-05-07", "Datum 07.05.2014").await;
+        correct(&store, acme, "invoice_number", "A-1", "Rechnungsnr A-1").await;
+        let api = Truncating(StubBackend::default());
+        let doc = "ACME GmbH Rechnung Rechnungsnr 7 Summe EUR 12";
+        let schema = invoice_schema(&["issuer", "invoice_number", "date"]);
+        let per_field = |n| Selection {
+            n,
+            min_similarity: 0.7,
+            per_field: true,
+        };
+        let shown = |e: &[Example]| {
+            e.iter()
+                .map(|x| (x.field.clone(), x.message_id))
+                .collect::<Vec<_>>()
+        };
+        let one = examples(&store, &api, "m", 0, doc, &schema, per_field(1))
+            .await
+            .unwrap();
+        // The shop is below the floor, yet the only document that corrected the issuer.
+        assert_eq!(
+            shown(&one),
+            [
+                ("issuer".to_string(), shop),
+                ("invoice_number".to_string(), acme),
+                ("date".to_string(), acme)
+            ]
+        );
+        let two = examples(&store, &api, "m", 0, doc, &schema, per_field(2))
+            .await
+            .unwrap();
+        assert_eq!(
+            shown(&two)[1..3],
+            [
+                ("invoice_number".to_string(), acme),
+                ("invoice_number".to_string(), shop)
+            ]
+        );
+        assert_eq!(two.len(), 4);
+        let own = examples(&store, &api, "m", acme, doc, &schema, per_field(2))
+            .await
+            .unwrap();
+        assert!(own.iter().all(|e| e.message_id == shop), "{own:?}");
+        let section = prompt_section(&one, true);
+        assert!(section.contains("in other documents"), "{section}");
+        assert!(
+            section.contains("where a document reads \"Sold by Flipkart\", issuer is \"Flipkart\""),
+            "{section}"
+        );
     }
 
     #[tokio::test]
@@ -343,13 +469,13 @@ mod tests {
         let api = Truncating(StubBackend::default());
         let doc = "ACME GmbH Rechnung Rechnungsnr 7 Bestellnr 7";
         let schema = invoice_schema(&["invoice_number", "date"]);
-        let got = examples(&store, &api, "m", 0, doc, &schema, 5, 0.0)
+        let got = examples(&store, &api, "m", 0, doc, &schema, by_document(5, 0.0))
             .await
             .unwrap();
         let fields: Vec<&str> = got.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["invoice_number"], "{got:?}");
         // A document whose corrections are all of dropped fields takes no one's place.
-        let one = examples(&store, &api, "m", 0, doc, &schema, 1, 0.0)
+        let one = examples(&store, &api, "m", 0, doc, &schema, by_document(1, 0.0))
             .await
             .unwrap();
         assert_eq!(one.len(), 1, "{one:?}");
@@ -368,7 +494,7 @@ mod tests {
         let api = Truncating(StubBackend::default());
         let doc = "ACME GmbH Rechnung Rechnungsnr 7 Summe EUR 12";
         let schema = invoice_schema(&["invoice_number", "date", "issuer"]);
-        let got = examples(&store, &api, "m", 0, doc, &schema, 1, 0.0)
+        let got = examples(&store, &api, "m", 0, doc, &schema, by_document(1, 0.0))
             .await
             .unwrap();
         let fields: Vec<(&str, &Value)> =
@@ -380,18 +506,18 @@ mod tests {
                 ("date", &json!("2014-05-07"))
             ]
         );
-        let both = examples(&store, &api, "m", 0, doc, &schema, 5, 0.0)
+        let both = examples(&store, &api, "m", 0, doc, &schema, by_document(5, 0.0))
             .await
             .unwrap();
         assert_eq!(both.len(), 3);
         assert_eq!(both[2].field, "issuer");
         // A message's own corrections are not its examples; none asked, none given.
-        let own = examples(&store, &api, "m", acme, doc, &schema, 5, 0.0)
+        let own = examples(&store, &api, "m", acme, doc, &schema, by_document(5, 0.0))
             .await
             .unwrap();
         assert_eq!(own.len(), 1);
         assert!(
-            examples(&store, &api, "m", 0, doc, &schema, 0, 0.0)
+            examples(&store, &api, "m", 0, doc, &schema, by_document(0, 0.0))
                 .await
                 .unwrap()
                 .is_empty()
@@ -399,19 +525,19 @@ mod tests {
 
         // Below the similarity floor a document teaches nothing: the shop's layout is
         // unlike the ACME invoice.
-        let near = examples(&store, &api, "m", 0, doc, &schema, 5, 0.7)
+        let near = examples(&store, &api, "m", 0, doc, &schema, by_document(5, 0.7))
             .await
             .unwrap();
         assert_eq!(near.len(), 2, "{near:?}");
         assert!(near.iter().all(|e| e.field != "issuer"));
 
-        let section = prompt_section(&got);
+        let section = prompt_section(&got, false);
         assert!(
             section.contains(
                 "where the document reads \"Rechnungsnr A-1\", invoice_number is \"A-1\" (not \"wrong\")"
             ),
             "{section}"
         );
-        assert_eq!(prompt_section(&[]), "");
+        assert_eq!(prompt_section(&[], false), "");
     }
 }
