@@ -37,6 +37,8 @@ pub struct Example {
     pub previous: Value,
     /// The lines of the corrected document around the right value (empty: not found).
     pub context: String,
+    /// The right value as the corrected document prints it (empty: not found).
+    pub quote: String,
     /// The corrected message, and how like this document its document is (the cosine).
     pub message_id: i64,
     pub similarity: f32,
@@ -170,6 +172,7 @@ pub async fn examples(
                 value: c.correction.value.clone(),
                 previous: c.correction.previous.clone(),
                 context: c.correction.context.clone().unwrap_or_default(),
+                quote: c.correction.quote.clone().unwrap_or_default(),
                 message_id: id,
                 similarity,
             });
@@ -194,24 +197,20 @@ pub enum ExamplesError {
     Embed(#[from] ModelCallError),
 }
 
-/// The examples as a passage of the extraction's instructions; chosen `per_field`, they
-/// come from other documents, and the passage says they show where and in what form a
-/// field is printed, not this document's values.
+/// The examples as a passage of the extraction's instructions. Chosen `per_field`, they
+/// come from other documents, whose values a model copies (another issuer's currency or
+/// registration number): each is then told as a rule without its value — the words printed
+/// before it, and its form, digits as 9 and letters as A — never as an answer.
 pub fn prompt_section(examples: &[Example], per_field: bool) -> String {
     if examples.is_empty() {
         return String::new();
     }
-    let mut s = String::from(if per_field {
-        "\n\nReviewers corrected these fields in other documents. They show where such a \
-         field is printed and in what form; answer with this document's own values:"
-    } else {
-        "\n\nReviewers corrected these fields of similar documents; answer as they did:"
-    });
-    let which = if per_field {
-        "a document"
-    } else {
-        "the document"
-    };
+    if per_field {
+        return rules_section(examples);
+    }
+    let mut s = String::from(
+        "\n\nReviewers corrected these fields of similar documents; answer as they did:",
+    );
     for e in examples {
         let context = e.context.split_whitespace().collect::<Vec<_>>().join(" ");
         if context.is_empty() {
@@ -221,12 +220,86 @@ pub fn prompt_section(examples: &[Example], per_field: bool) -> String {
             ));
         } else {
             s.push_str(&format!(
-                "\n- where {which} reads \"{context}\", {} is {} (not {})",
+                "\n- where the document reads \"{context}\", {} is {} (not {})",
                 e.field, e.value, e.previous
             ));
         }
     }
     s
+}
+
+fn rules_section(examples: &[Example]) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    for e in examples {
+        let label = label_of(&e.context, &e.quote);
+        let form = form_of(&e.value);
+        let mut line = match (&label, &form) {
+            (Some(l), Some(f)) => format!("- {}: printed after \"{l}\", in the form {f}", e.field),
+            (Some(l), None) => format!("- {}: printed after \"{l}\"", e.field),
+            (None, Some(f)) => format!("- {}: in the form {f}", e.field),
+            (None, None) => continue,
+        };
+        match (&e.previous, form_of(&e.previous)) {
+            (Value::Null, _) => line.push_str(" (the model had answered null)"),
+            (_, Some(p)) if Some(&p) != form.as_ref() => {
+                line.push_str(&format!(" (the model had answered in the form {p})"))
+            }
+            _ => {}
+        }
+        if !lines.contains(&line) {
+            lines.push(line);
+        }
+    }
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n\nReviewers corrected these fields in other documents. Where and in what form \
+         each was printed there (not its value; answer with this document's own):\n{}",
+        lines.join("\n")
+    )
+}
+
+/// The words printed before `quote` in `context`, on its line or, when it starts the line,
+/// at the end of the line above: the label a value stands next to.
+fn label_of(context: &str, quote: &str) -> Option<String> {
+    const MOST: usize = 40;
+    let at = context.find(quote).filter(|_| !quote.is_empty())?;
+    let before = &context[..at];
+    let line = before.rsplit('\n').next().unwrap_or("").trim();
+    let label = if line.is_empty() {
+        before.trim_end().rsplit('\n').next().unwrap_or("").trim()
+    } else {
+        line
+    };
+    let words: Vec<&str> = label.split_whitespace().collect();
+    let mut out = String::new();
+    for w in words.iter().rev() {
+        if out.chars().count() + w.chars().count() > MOST {
+            break;
+        }
+        out = if out.is_empty() {
+            w.to_string()
+        } else {
+            format!("{w} {out}")
+        };
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// A code's form: digits as 9, letters as A, the rest as printed ("3012 CN" is "9999 AA");
+/// None for a value without digits (a name) or that is not a string.
+fn form_of(value: &Value) -> Option<String> {
+    let s = value.as_str()?;
+    s.chars().any(|c| c.is_ascii_digit()).then(|| {
+        s.chars()
+            .map(|c| match c {
+                c if c.is_ascii_digit() => '9',
+                c if c.is_alphabetic() => 'A',
+                c => c,
+            })
+            .collect()
+    })
 }
 
 #[cfg(test)]
@@ -388,6 +461,22 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_rule_names_the_label_and_the_form_of_a_value() {
+        assert_eq!(
+            label_of("Weena 664\n3012 CN Rotterdam\nKvK: 24330087", "24330087").as_deref(),
+            Some("KvK:")
+        );
+        assert_eq!(
+            label_of("Invoice date\n2023-03-20", "2023-03-20").as_deref(),
+            Some("Invoice date")
+        );
+        assert_eq!(label_of("no value here", "42"), None);
+        assert_eq!(form_of(&json!("3012 CN")).as_deref(), Some("9999 AA"));
+        assert_eq!(form_of(&json!("Coolblue B.V.")), None);
+        assert_eq!(form_of(&json!(12.5)), None);
+    }
+
     fn invoice_schema(fields: &[&str]) -> Value {
         let properties: serde_json::Map<String, Value> = fields
             .iter()
@@ -451,9 +540,17 @@ mod tests {
         let section = prompt_section(&one, true);
         assert!(section.contains("in other documents"), "{section}");
         assert!(
-            section.contains("where a document reads \"Sold by Flipkart\", issuer is \"Flipkart\""),
+            section.contains("- issuer: printed after \"Sold by\"\n"),
             "{section}"
         );
+        assert!(
+            section.contains("- invoice_number: printed after \"Rechnungsnr\", in the form A-9"),
+            "{section}"
+        );
+        // Rules, not answers: no other document's value is shown.
+        for value in ["Flipkart\"", "A-1", "2014-05-07"] {
+            assert!(!section.contains(value), "{value} in {section}");
+        }
     }
 
     #[tokio::test]
