@@ -299,7 +299,9 @@ fn forward_is_invariant(model: Arc<LoadedModel>) {
     let n = p.len();
     assert!(n > 512, "the prompt is {n} tokens");
     let whole = last_logits(&model, &p, &[], &[], 2);
-    let cases: [(&str, &[usize], &[&[u32]], usize); 7] = [
+    // (what, where the prompt is cut, the other prompts in each forward, threads)
+    type Case<'a> = (&'a str, &'a [usize], &'a [&'a [u32]], usize);
+    let cases: [Case<'_>; 7] = [
         ("cut at a block boundary", &[256], &[], 2),
         ("cut inside a block", &[37, 300], &[], 2),
         (
