@@ -9,9 +9,9 @@
 //! docs/PERFORMANCE.md).
 //! With `few_shot_per_field = true` the examples are chosen field by field instead: for
 //! each field reviewers corrected, its corrections in the N most similar documents that
-//! corrected it, with no floor — what a correction of a field teaches (where such a value
-//! is printed, in what form, what it is not) carries over to other issuers' layouts, which
-//! a whole document's corrections do not.
+//! corrected it, with no floor, told as a rule (the label the value was printed after, its
+//! form) without the value: where and how a field is printed carries over to other
+//! issuers' layouts, while their values, shown, were copied.
 //! Each corrected document is embedded once per embedding model and kept in the store
 //! (sealed, erased with its message): an extraction embeds only its own document, and a
 //! corrected one again only when its text changed.
