@@ -81,6 +81,11 @@ pub struct EvalArgs {
     /// and with them (and on the first half, whose own corrections it is shown).
     #[arg(long, value_name = "N")]
     pub few_shot: Option<usize>,
+    /// With --few-shot N: choose the examples field by field (`few_shot_per_field`): each
+    /// corrected field from the N most similar documents that corrected it, with no
+    /// similarity floor.
+    #[arg(long, requires = "few_shot")]
+    pub few_shot_per_field: bool,
     /// Compare every field of ALL_FIELDS (19) that an answer holds, not only the five;
     /// without --pipeline, run examples/invoice-pipeline-full.toml (built in), whose schema
     /// has them all.
@@ -120,7 +125,7 @@ async fn eval(args: EvalArgs) -> Result<()> {
         let name = format!("{:03}.eml", i + 1);
         std::fs::write(
             mail_dir.join(&name),
-            invoice_mail(i + 1, &std::fs::read(pdf)?),
+            invoice_mail(i + 1, i + 1, &std::fs::read(pdf)?),
         )?;
         cases.push((
             pdf.file_stem()
@@ -185,7 +190,7 @@ async fn eval(args: EvalArgs) -> Result<()> {
                 second_pipeline,
                 (fields, &cases, &rows, &pdfs),
                 tmp.path(),
-                n,
+                (n, args.few_shot_per_field),
                 !args.json,
             )
             .await?,
@@ -254,7 +259,7 @@ fn tally_json(tally: &Tally) -> Value {
 /// Corrections that teach, measured: the wrong fields of the first half (rounded up) of
 /// the invoices corrected with their answers, each with the words of the document the
 /// answer stands in, then every invoice extracted again, in the same store, with
-/// `few_shot_from_corrections = n`. Accuracy on the second half (the measurement) without
+/// `few_shot_from_corrections = n` (and `few_shot_per_field` when `per_field`). Accuracy on the second half (the measurement) without
 /// and with, and on the first half without and, sent again, with its own corrections.
 async fn feed_back(
     store: &verre_store::Store,
@@ -262,7 +267,7 @@ async fn feed_back(
     mut pipeline: Pipeline,
     (fields, cases, rows, pdfs): (&[&'static str], &[Case], &[Value], &[PathBuf]),
     tmp: &Path,
-    n: usize,
+    (n, per_field): (usize, bool),
     progress: bool,
 ) -> Result<Value> {
     let half = cases.len().div_ceil(2);
@@ -298,15 +303,19 @@ async fn feed_back(
     std::fs::create_dir_all(&mail_dir)?;
     // Every invoice again, as other mails (another Message-ID): the second half is the
     // measurement; the first half, sent again, shows whether the model follows its own
-    // corrections at all.
+    // corrections at all. The attachment keeps its first name: the model reads the file
+    // name, and a prompt that differs only there changed answers (invoice-5.pdf vs
+    // invoice-1005.pdf: coolblue1's partner_city and partner_coc), so only the examples may
+    // differ between the two runs.
     for (i, pdf) in pdfs.iter().enumerate() {
         let name = format!("{:04}.eml", 1001 + i);
         std::fs::write(
             mail_dir.join(name),
-            invoice_mail(1001 + i, &std::fs::read(pdf)?),
+            invoice_mail(1001 + i, i + 1, &std::fs::read(pdf)?),
         )?;
     }
     pipeline.extract.few_shot = n;
+    pipeline.extract.few_shot_per_field = per_field;
     let source = Source::detect(mail_dir.to_str().context("a UTF-8 temporary path")?)?;
     let (store, ids, summary) = ingest_and_run(&source, work, pipeline, progress).await?;
     let (first_again, mut first_rows) = score(&store, fields, &cases[..half], &ids[..half]).await?;
@@ -466,9 +475,9 @@ fn report(
     Ok(())
 }
 
-/// A plain mail with the invoice attached. The subject and file name say nothing about
-/// the invoice, so only the PDF's text can answer.
-fn invoice_mail(n: usize, pdf: &[u8]) -> String {
+/// Mail `n`, a plain mail with the invoice attached as `invoice-{attachment}.pdf`. The
+/// subject and file name say nothing about the invoice, so only the PDF's text can answer.
+fn invoice_mail(n: usize, attachment: usize, pdf: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(pdf);
     let wrapped: Vec<&str> = b64
         .as_bytes()
@@ -480,8 +489,8 @@ fn invoice_mail(n: usize, pdf: &[u8]) -> String {
          Date: Mon, 2 Mar 2026 09:00:00 +0000\r\nMessage-ID: <eval-{n}@example.com>\r\nMIME-Version: 1.0\r\n\
          Content-Type: multipart/mixed; boundary=\"verre-eval\"\r\n\r\n\
          --verre-eval\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nPlease find the invoice attached.\r\n\
-         --verre-eval\r\nContent-Type: application/pdf; name=\"invoice-{n}.pdf\"\r\n\
-         Content-Disposition: attachment; filename=\"invoice-{n}.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+         --verre-eval\r\nContent-Type: application/pdf; name=\"invoice-{attachment}.pdf\"\r\n\
+         Content-Disposition: attachment; filename=\"invoice-{attachment}.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n\
          {}\r\n--verre-eval--\r\n",
         wrapped.join("\r\n")
     )
@@ -637,6 +646,24 @@ mod tests {
             &json!("Amazon Web Services")
         ));
         assert!(!field_matches("issuer", &json!(""), &json!("Flipkart")));
+    }
+
+    /// An invoice sent again differs from its first mail in the headers the prompt does not
+    /// show, never in the attachment's name, which it does.
+    #[test]
+    fn an_invoice_sent_again_keeps_its_attachment_name() {
+        let first = invoice_mail(5, 5, b"%PDF-1.4");
+        let again = invoice_mail(1005, 5, b"%PDF-1.4");
+        let attachment = |m: &str| {
+            m[m.find("--verre-eval\r\nContent-Type: application/pdf")
+                .unwrap()..]
+                .to_string()
+        };
+        assert_eq!(attachment(&first), attachment(&again));
+        assert!(
+            again.contains("Message-ID: <eval-1005@example.com>"),
+            "{again}"
+        );
     }
 
     #[test]

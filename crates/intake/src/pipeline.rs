@@ -93,6 +93,11 @@ pub struct ExtractConfig {
     /// How similar an earlier document must be for its corrections to be shown
     /// (`few_shot_min_similarity`, a cosine; default [`DEFAULT_FEW_SHOT_MIN_SIMILARITY`]).
     pub few_shot_min_similarity: f32,
+    /// Pick the examples field by field (`few_shot_per_field`): for each field reviewers
+    /// corrected, its corrections in the N most similar documents that have one, however
+    /// unlike this one (no similarity floor): a field's correction shows where such a value
+    /// is printed and in what form, which carries over to other issuers' layouts.
+    pub few_shot_per_field: bool,
     /// How each top-level field of a document read in several chunks is merged
     /// (`[extract.merge]`): labels by `max` (the worst value by the declared order),
     /// other fields by `first`, unless the file says otherwise.
@@ -237,6 +242,7 @@ struct ExtractFile {
     few_shot_from_corrections: Option<usize>,
     few_shot_model: Option<Spanned<String>>,
     few_shot_min_similarity: Option<Spanned<f32>>,
+    few_shot_per_field: Option<bool>,
     #[serde(default)]
     merge: std::collections::BTreeMap<String, Spanned<String>>,
 }
@@ -543,6 +549,7 @@ impl Pipeline {
                     ));
                 }
             },
+            few_shot_per_field: ex.few_shot_per_field.unwrap_or(false),
             few_shot_model_line: c.line(
                 ex.few_shot_model
                     .as_ref()
@@ -1228,7 +1235,10 @@ schema = { type = "object", properties = { a = { type = "string" } } }
         );
         let p = parse(&text).unwrap();
         assert_eq!((p.extract.check_below, p.extract.few_shot), (0.8, 3));
+        assert!(!p.extract.few_shot_per_field, "per document unless asked");
         assert_eq!(p.models()[1], ("minilm-l6".to_string(), 2));
+        let p = parse(&text.replace("= 3", "= 3\nfew_shot_per_field = true")).unwrap();
+        assert!(p.extract.few_shot_per_field);
         let e = error_of(&BASE.replace(
             "system = \"Extract.\"",
             "system = \"Extract.\"\ncheck_below = 1.5",

@@ -240,8 +240,11 @@ impl StageRunner {
                 message_id,
                 &document,
                 &ex.schema,
-                ex.few_shot,
-                ex.few_shot_min_similarity,
+                crate::fewshot::Selection {
+                    n: ex.few_shot,
+                    min_similarity: ex.few_shot_min_similarity,
+                    per_field: ex.few_shot_per_field,
+                },
             )
             .await
             .map_err(|e| match e {
@@ -250,7 +253,10 @@ impl StageRunner {
                 }
                 crate::fewshot::ExamplesError::Store(e) => e.into(),
             })?;
-            system.push_str(&crate::fewshot::prompt_section(&examples));
+            system.push_str(&crate::fewshot::prompt_section(
+                &examples,
+                ex.few_shot_per_field,
+            ));
             // Kept with the evidence: why a later extraction answered as it did.
             shown = examples
                 .iter()
