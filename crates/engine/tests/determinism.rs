@@ -9,7 +9,6 @@
 //! The models come from `VERRE_SMOLLM2_GGUF`, `VERRE_QWEN05_GGUF` and `VERRE_QWEN15_GGUF`
 //! (scripts/test.sh pulls them); a test whose model is missing is skipped.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -18,15 +17,8 @@ use verre_engine::kv::SeqKv;
 use verre_engine::model::SeqChunk;
 use verre_engine::{GenerateRequest, GrammarSpec, LoadedModel, Message};
 
-fn load(var: &str) -> Option<Arc<LoadedModel>> {
-    match std::env::var_os(var) {
-        Some(p) => Some(Arc::new(LoadedModel::load(PathBuf::from(p)).unwrap())),
-        None => {
-            eprintln!("skipped: set {var} to the model file");
-            None
-        }
-    }
-}
+mod common;
+use common::load;
 
 const SYSTEM: &str = "You are an accounts-payable clerk. You read an invoice and copy its key \
                       fields exactly as they are printed, in the JSON form asked for.";

@@ -5,7 +5,6 @@
 //! The models come from `VERRE_SMOLLM2_GGUF` and `VERRE_QWEN05_GGUF` (scripts/test.sh
 //! pulls them); a test whose model is missing is skipped.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -16,15 +15,8 @@ use verre_engine::{
     DraftModel, FinishReason, GenerateRequest, GrammarSpec, LoadedModel, Message, SamplingParams,
 };
 
-fn load(var: &str) -> Option<Arc<LoadedModel>> {
-    match std::env::var_os(var) {
-        Some(p) => Some(Arc::new(LoadedModel::load(PathBuf::from(p)).unwrap())),
-        None => {
-            eprintln!("skipped: set {var} to the model file");
-            None
-        }
-    }
-}
+mod common;
+use common::load;
 
 const INVOICE: &str = "INVOICE
 Invoice number: INV-2024-0457

@@ -371,11 +371,11 @@ pub(crate) type PackedKFn =
     unsafe fn(*const u8, usize, &Q8KActs<'_>, usize, *mut f32, usize, usize);
 
 /// The 1-row, 4-row and 8-row kernels of a packed K-quant type.
-pub(crate) fn k_kernels(qtype: super::QuantType) -> (PackedKFn, PackedKFn, Option<PackedKFn>) {
+pub(crate) fn k_kernels(qtype: super::QuantType) -> (PackedKFn, PackedKFn, PackedKFn) {
     use super::QuantType as Q;
     match qtype {
-        Q::Q4K => (q4k::<1>, q4k::<4>, Some(q4k::<8>)),
-        Q::Q6K => (q6k::<1>, q6k::<4>, Some(q6k::<8>)),
+        Q::Q4K => (q4k::<1>, q4k::<4>, q4k::<8>),
+        Q::Q6K => (q6k::<1>, q6k::<4>, q6k::<8>),
         other => unreachable!("{other} has no packed kernel"),
     }
 }

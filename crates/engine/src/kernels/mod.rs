@@ -475,7 +475,11 @@ fn matmul_many_with(
                 scratch.q8k.quantize(x, m, k, isa.vex());
                 let kernels = |q| {
                     let (one, four, eight) = avx512::k_kernels(q);
-                    PackedKernels::<Q8KActs<'_>> { one, four, eight }
+                    PackedKernels::<Q8KActs<'_>> {
+                        one,
+                        four,
+                        eight: Some(eight),
+                    }
                 };
                 packed_product(mats, &scratch.q8k.view(), m, outs, kernels);
                 return;

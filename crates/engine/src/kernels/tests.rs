@@ -493,7 +493,11 @@ fn packed_k_product(
     } else {
         let kernels = |q| {
             let (one, four, eight) = avx512::k_kernels(q);
-            PackedKernels { one, four, eight }
+            PackedKernels {
+                one,
+                four,
+                eight: Some(eight),
+            }
         };
         packed_product(&[w], acts, m, &mut [out], kernels);
     }
@@ -552,6 +556,18 @@ fn k_quant_decode_throughput() {
     k_quant_throughput(1, 201);
 }
 
+/// Seconds of CPU time on `clock` (the process's or the calling thread's).
+#[cfg(target_arch = "x86_64")]
+fn cpu_seconds(clock: libc::clockid_t) -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a pointer to a timespec we own.
+    unsafe { libc::clock_gettime(clock, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
 #[cfg(target_arch = "x86_64")]
 fn k_quant_throughput(m: usize, samples: usize) {
     if isa() != Isa::Avx512Vnni {
@@ -566,15 +582,7 @@ fn k_quant_throughput(m: usize, samples: usize) {
         .num_threads(threads)
         .build()
         .unwrap();
-    let cpu_seconds = || {
-        let mut t = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid clock id and a pointer to a timespec we own.
-        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
-        t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-    };
+    let cpu_seconds = || cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID);
     println!("{threads} threads, m = {m}, {samples} alternated samples each; CPU time");
     println!(
         "type  k->n        before GFLOP/s (min, median)  now GFLOP/s (min, median)  now/before (medians)"
@@ -637,15 +645,7 @@ fn k_quant_kernel_rate() {
         eprintln!("no AVX-512 VNNI here: the packed kernels do not run");
         return;
     }
-    let cpu_seconds = || {
-        let mut t = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid clock id and a pointer to a timespec we own.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-        t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-    };
+    let cpu_seconds = || cpu_seconds(libc::CLOCK_THREAD_CPUTIME_ID);
     let k = 1536;
     for qtype in [QuantType::Q4K, QuantType::Q6K] {
         let w = random_matrix(qtype, GROUP, k, 51).pack_for(Isa::Avx512Vnni);
