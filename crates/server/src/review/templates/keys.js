@@ -18,8 +18,13 @@
     rows[at].querySelector("a.open")?.focus();
   };
   const search = document.getElementById("search");
+  // The page's [autofocus] element is focused here, before the load event: a browser applies
+  // autofocus at its next rendering step, which on a busy machine comes after the page has
+  // loaded, and a key pressed in between (Enter on a confirmation) would go nowhere.
+  const autofocus = document.querySelector("[autofocus]");
   if (search && location.hash === "#search") search.focus();
-  else if (rows.length && !document.querySelector("[autofocus]")) select(0);
+  else if (autofocus) autofocus.focus();
+  else if (rows.length) select(0);
   const click = (id) => document.getElementById(id)?.click();
   const follow = (rel) => {
     const link = document.querySelector(`a[rel=${rel}]`);
