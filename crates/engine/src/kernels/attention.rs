@@ -5,9 +5,10 @@
 //! Blocked: a task is one KV head of up to [`TASK_ROWS`] query rows, that is every query
 //! head of the group for those rows. The keys are read in blocks of [`KEY_BLOCK`]
 //! positions: each block is widened to f32 once (from f16, or dequantised per 32-block from
-//! q8_0/q4_0) into a per-thread buffer that stays in L2 — keys transposed within each chunk
-//! of [`CHUNK`] positions, so that one vector FMA gives 16 scores — and every query vector
-//! of the task passes over it, a tile of [`TILE`] vectors per chunk. The values are then
+//! q8_0/q4_0) into a per-thread buffer that stays in L2, and every query vector of the task
+//! passes over it, a tile of [`TILE`] vectors per chunk of [`CHUNK`] keys (on AVX-512 the
+//! tile's queries sit in registers and each key row is loaded once for all of them). The
+//! values are then
 //! read the same way, block by block, and added into each output. Work per task is
 //! O(rows × context) and the memory a thread holds is the task's score rows plus one block
 //! of keys or values: a 16K-token context is read from the cache once per task, never
@@ -58,6 +59,10 @@ const TASK_ROWS: usize = 32;
 /// Positions of keys (or values) widened at a time: 128 KB of f32 at a head size of 128,
 /// which stays in L2 while every query vector of a task reads it.
 const KEY_BLOCK: usize = 256;
+
+/// Positions of values that every tile passes over before the next ones: 16 KB of f32 at
+/// a head size of 128, in L1 beside the tile's sums.
+const VALUE_RUN: usize = 2 * CHUNK;
 
 /// The shape of one layer's attention.
 #[derive(Debug, Clone, Copy)]
@@ -245,16 +250,18 @@ unsafe fn attend(
         (first / CHUNK * CHUNK - start)..((last / CHUNK + 1) * CHUNK - start)
     };
 
+    let spans: Vec<Range<usize>> = queries.chunks(TILE).map(tile_span).collect();
     // Scores, key block by key block.
     for b0 in (start..end).step_by(KEY_BLOCK) {
         let b1 = (b0 + KEY_BLOCK).min(end);
         widen_block(s, shape, kvh, b0..b1, true, block);
-        for (t, tile) in queries.chunks(TILE).enumerate() {
-            let span = tile_span(tile);
-            let from = (span.start + start).max(b0);
-            let to = (span.end + start).min(b1);
-            for c0 in (from..to).step_by(CHUNK) {
-                let kt_chunk = &block[(c0 - b0) * hd..][..hd * CHUNK];
+        // Chunk by chunk, every tile that reads it: the chunk's 16 keys stay in L1.
+        for c0 in (b0..b1).step_by(CHUNK) {
+            let k_chunk = &block[(c0 - b0) * hd..][..hd * CHUNK];
+            for (t, (tile, span)) in queries.chunks(TILE).zip(&spans).enumerate() {
+                if !span.contains(&(c0 - start)) {
+                    continue;
+                }
                 let tile_scores = &mut scores[t * TILE * n..];
                 chunk_scores(
                     kernels,
@@ -262,7 +269,7 @@ unsafe fn attend(
                     hd,
                     shape.scale,
                     c0,
-                    kt_chunk,
+                    k_chunk,
                     tile_scores,
                     n,
                     start,
@@ -291,21 +298,24 @@ unsafe fn attend(
     for b0 in (start..end).step_by(KEY_BLOCK) {
         let b1 = (b0 + KEY_BLOCK).min(end);
         widen_block(s, shape, kvh, b0..b1, false, block);
-        for (t, tile) in queries.chunks(TILE).enumerate() {
-            let tile_span = tile_span(tile);
-            let span = tile_span.start.max(b0 - start)..tile_span.end.min(b1 - start);
-            if span.is_empty() {
-                continue;
+        // A few chunks at a time, every tile that reads them: their values stay in L1.
+        for c0 in (b0..b1).step_by(VALUE_RUN) {
+            let c1 = (c0 + VALUE_RUN).min(b1);
+            for (t, (tile, tile_span)) in queries.chunks(TILE).zip(&spans).enumerate() {
+                let span = tile_span.start.max(c0 - start)..tile_span.end.min(c1 - start);
+                if span.is_empty() {
+                    continue;
+                }
+                let mut dsts = [std::ptr::null_mut(); TILE];
+                for (d, qv) in dsts.iter_mut().zip(tile) {
+                    // SAFETY: as above.
+                    *d = unsafe { out.0.add(qv.row * width + qv.head * hd) };
+                }
+                let values = &block[(span.start + start - b0) * hd..(span.end + start - b0) * hd];
+                let w = &scores[t * TILE * n..];
+                // SAFETY: as above; `dsts[..tile.len()]` each have room for `hd` floats.
+                unsafe { (kernels.weighted_sum)(w, n, span, values, &dsts[..tile.len()], hd) };
             }
-            let mut dsts = [std::ptr::null_mut(); TILE];
-            for (d, qv) in dsts.iter_mut().zip(tile) {
-                // SAFETY: as above.
-                *d = unsafe { out.0.add(qv.row * width + qv.head * hd) };
-            }
-            let values = &block[(span.start + start - b0) * hd..(span.end + start - b0) * hd];
-            let w = &scores[t * TILE * n..];
-            // SAFETY: as above; `dsts[..tile.len()]` each have room for `hd` floats.
-            unsafe { (kernels.weighted_sum)(w, n, span, values, &dsts[..tile.len()], hd) };
         }
     }
     // Quantized values are stored rotated too: rotate the weighted sums back.
@@ -320,9 +330,9 @@ unsafe fn attend(
     }
 }
 
-/// Widen KV head `kvh` of positions `range` (whole chunks) into `dst`: keys transposed
-/// within each chunk (`dst[chunk][d][j]`), values as rows (`dst[p][d]`). Positions past the
-/// sequence are zeros.
+/// Widen KV head `kvh` of positions `range` (whole chunks) of the keys (or the values)
+/// into `dst`, one row of `head_dim` floats per position. Positions past the sequence are
+/// zeros.
 fn widen_block(
     s: &SeqAttention<'_>,
     shape: &AttentionShape,
@@ -338,31 +348,12 @@ fn widen_block(
     } else {
         s.block_len
     };
-    let at = |p: usize| (p / block_len, (p % block_len) * kv_dim + kvh * hd);
-    if !keys {
-        for (p, row) in range.zip(dst.chunks_exact_mut(hd)) {
-            if p < s.len {
-                let (b, o) = at(p);
-                s.v[b].widen(o, row);
-            } else {
-                row.fill(0.0);
-            }
-        }
-        return;
-    }
-    let mut row = [0f32; MAX_HEAD_DIM];
-    let row = &mut row[..hd];
-    for (i, p) in range.enumerate() {
+    let blocks = if keys { s.k } else { s.v };
+    for (p, row) in range.zip(dst.chunks_exact_mut(hd)) {
         if p < s.len {
-            let (b, o) = at(p);
-            s.k[b].widen(o, row);
+            blocks[p / block_len].widen((p % block_len) * kv_dim + kvh * hd, row);
         } else {
             row.fill(0.0);
-        }
-        let (c, j) = (i / CHUNK, i % CHUNK);
-        let kt_chunk = &mut dst[c * hd * CHUNK..][..hd * CHUNK];
-        for (d, &x) in row.iter().enumerate() {
-            kt_chunk[d * CHUNK + j] = x;
         }
     }
 }
@@ -373,8 +364,8 @@ fn widen_block(
 /// whose logits are sensitive to rounding, near where llama.cpp puts it.
 const LANES: usize = 16;
 
-/// Scores of every query of the tile against keys `c0..c0 + CHUNK` into
-/// `scores[query * n + c0 - start..][..CHUNK]`, masked keys at minus infinity.
+/// Scores of every query of the tile against keys `c0..c0 + CHUNK` (`keys`: their rows)
+/// into `scores[query * n + c0 - start..][..CHUNK]`, masked keys at minus infinity.
 #[allow(clippy::too_many_arguments)]
 fn chunk_scores(
     kernels: Kernels,
@@ -382,16 +373,23 @@ fn chunk_scores(
     hd: usize,
     scale: f32,
     c0: usize,
-    kt: &[f32],
+    keys: &[f32],
     scores: &mut [f32],
     n: usize,
     start: usize,
 ) {
-    for (i, qv) in queries.iter().enumerate() {
-        // SAFETY: `Kernels::for_head_dim` chose kernels this CPU runs.
-        let dots = unsafe { (kernels.dots)(&qv.q[..hd], kt) };
+    // SAFETY: `Kernels::for_head_dim` chose kernels this CPU runs.
+    let all = unsafe { (kernels.dots)(queries, keys, hd) };
+    for (i, (qv, dots)) in queries.iter().zip(&all).enumerate() {
         let dst = &mut scores[i * n + c0 - start..][..CHUNK];
-        for (j, (d, &s)) in dst.iter_mut().zip(&dots).enumerate() {
+        if c0 >= qv.first && c0 + CHUNK <= qv.pos + 1 {
+            // The whole chunk is visible (most chunks): one vector multiply.
+            for (d, &s) in dst.iter_mut().zip(dots) {
+                *d = s * scale;
+            }
+            continue;
+        }
+        for (j, (d, &s)) in dst.iter_mut().zip(dots).enumerate() {
             let p = c0 + j;
             *d = if p <= qv.pos && p >= qv.first {
                 s * scale
@@ -402,14 +400,18 @@ fn chunk_scores(
     }
 }
 
+/// See `Kernels::dots`.
+type DotsFn = unsafe fn(&[Query], &[f32], usize) -> [[f32; CHUNK]; TILE];
+
 /// See `Kernels::weighted_sum`.
 type WeightedSumFn = unsafe fn(&[f32], usize, Range<usize>, &[f32], &[*mut f32], usize);
 
 /// The three inner loops, portable or for this CPU.
 #[derive(Clone, Copy)]
 struct Kernels {
-    /// `dots(q, kt)`: the dot products of `q` with a chunk of 16 keys, transposed.
-    dots: unsafe fn(&[f32], &[f32]) -> [f32; CHUNK],
+    /// `dots(queries, keys, hd)`: the dot products of each query (at most [`TILE`]) with
+    /// a chunk of 16 keys given as rows of `hd`, each summed as [`LANES`] describes.
+    dots: DotsFn,
     softmax_f16: unsafe fn(&mut [f32]),
     /// `weighted_sum(w, n, span, values, outs, hd)`: for each query `i`,
     /// `outs[i] += sum over p in span of w[i * n + p] * values[p - span.start]`, added one
@@ -422,11 +424,19 @@ impl Kernels {
         #[cfg(target_arch = "x86_64")]
         if super::isa() == super::Isa::Avx512Vnni && hd.is_multiple_of(16) {
             return Kernels {
-                dots: avx512::dots,
+                dots: match hd / 16 {
+                    4 => avx512::dots::<4, 4>,
+                    6 => avx512::dots::<6, 2>,
+                    8 => avx512::dots::<8, 4>,
+                    16 => avx512::dots::<16, 1>,
+                    _ => dots,
+                },
                 softmax_f16: avx512::softmax_f16,
                 weighted_sum: match hd / 16 {
                     4 => avx512::weighted_sum::<4>,
+                    6 => avx512::weighted_sum::<6>,
                     8 => avx512::weighted_sum::<8>,
+                    16 => avx512::weighted_sum::<16>,
                     _ => weighted_sum,
                 },
             };
@@ -443,19 +453,21 @@ impl Kernels {
 }
 
 /// Portable `Kernels::dots`.
-fn dots(q: &[f32], kt: &[f32]) -> [f32; CHUNK] {
-    let hd = q.len();
-    // lanes[l][j]: key j's partial sum over the dimensions d = l (mod 16).
-    let mut lanes = [[0f32; CHUNK]; LANES];
-    for d in 0..hd {
-        let k: &[f32; CHUNK] = kt[d * CHUNK..][..CHUNK].try_into().unwrap();
-        let (x, lane) = (q[d], &mut lanes[d % LANES]);
-        for j in 0..CHUNK {
-            lane[j] = x.mul_add(k[j], lane[j]);
+fn dots(queries: &[Query], keys: &[f32], hd: usize) -> [[f32; CHUNK]; TILE] {
+    let mut out = [[0f32; CHUNK]; TILE];
+    for (qv, out) in queries.iter().zip(&mut out) {
+        // lanes[l][j]: key j's partial sum over the dimensions d = l (mod 16), d ascending.
+        let mut lanes = [[0f32; CHUNK]; LANES];
+        for (j, k) in keys.chunks_exact(hd).take(CHUNK).enumerate() {
+            for (d, (&x, &y)) in qv.q[..hd].iter().zip(k).enumerate() {
+                let lane = &mut lanes[d % LANES][j];
+                *lane = x.mul_add(y, *lane);
+            }
         }
+        fold_lanes(&mut lanes);
+        *out = lanes[0];
     }
-    fold_lanes(&mut lanes);
-    lanes[0]
+    out
 }
 
 /// `lanes[0] = sum of lanes`, folding halves: `l += l + 8`, then 4, 2, 1.
@@ -588,32 +600,106 @@ const EXP_POLY: [f32; 6] = [
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{CHUNK, LANES};
+    use super::CHUNK;
 
-    /// `super::dots`, the 16 lanes as 16 registers. `q.len()` is a multiple of 16.
+    /// `super::dots` for `N * 16` dimensions, `Q` queries at a time held in registers: each
+    /// key's row is loaded once for the `Q` queries, and one vector FMA per 16 dimensions
+    /// leaves the key's 16 lane sums in one register (lane `l` summing the dimensions
+    /// `d = l (mod 16)` in order, as `super::dots`). The 16 keys' registers are then folded
+    /// together, halves first as `super::fold_lanes` folds: the same operations on the same
+    /// values, so the same bits.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub(super) unsafe fn dots(q: &[f32], kt: &[f32]) -> [f32; CHUNK] {
-        let hd = q.len();
-        debug_assert!(hd.is_multiple_of(LANES) && kt.len() >= hd * CHUNK);
-        let mut lanes = [_mm512_setzero_ps(); LANES];
-        unsafe {
-            for d0 in (0..hd).step_by(LANES) {
-                for (l, lane) in lanes.iter_mut().enumerate() {
-                    let k = _mm512_loadu_ps(kt.as_ptr().add((d0 + l) * CHUNK));
-                    *lane = _mm512_fmadd_ps(_mm512_set1_ps(*q.get_unchecked(d0 + l)), k, *lane);
+    pub(super) unsafe fn dots<const N: usize, const Q: usize>(
+        queries: &[super::Query],
+        keys: &[f32],
+        hd: usize,
+    ) -> [[f32; CHUNK]; super::TILE] {
+        debug_assert!(hd == N * 16 && keys.len() >= CHUNK * hd && queries.len() <= super::TILE);
+        let mut out = [[0f32; CHUNK]; super::TILE];
+        // Key j's score sits at element 4 * (j % 4) + j / 4 of the folded register.
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        for (group, outs) in queries.chunks(Q).zip(out.chunks_mut(Q)) {
+            // A short group repeats its last query (its extra sums are not stored).
+            let q: [*const f32; Q] =
+                std::array::from_fn(|i| group[i.min(group.len() - 1)].q.as_ptr());
+            // SAFETY: `keys` holds 16 rows of `hd` floats, each query `hd` floats.
+            let folded = unsafe { fold_keys::<N, Q>(&q, keys.as_ptr()) };
+            for (out, f) in outs.iter_mut().zip(folded).take(group.len()) {
+                let f = _mm512_permutexvar_ps(order, f);
+                // SAFETY: `out` holds 16 floats.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr(), f) };
+            }
+        }
+        out
+    }
+
+    /// Per query, the lane sums of keys `j` (row `keys + j * N * 16`).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn lanes<const N: usize, const Q: usize>(
+        q: &[*const f32; Q],
+        keys: *const f32,
+        j: usize,
+    ) -> [__m512; Q] {
+        let mut acc = [_mm512_setzero_ps(); Q];
+        for c in 0..N {
+            // SAFETY: the caller's.
+            unsafe {
+                let k = _mm512_loadu_ps(keys.add((j * N + c) * 16));
+                for (a, &q) in acc.iter_mut().zip(q) {
+                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(16 * c)), k, *a);
                 }
             }
         }
-        let mut half = LANES / 2;
-        while half > 0 {
-            for l in 0..half {
-                lanes[l] = _mm512_add_ps(lanes[l], lanes[l + half]);
-            }
-            half /= 2;
-        }
-        let mut out = [0f32; CHUNK];
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), lanes[0]) };
-        out
+        acc
+    }
+
+    /// The 16 keys' lane sums folded into one register per query, in the order the
+    /// binary tree of `fold_keys` leaves them: key `i + 4 t` at element `4 i + t`.
+    /// Level 1 adds lanes `l + 8` of keys `2m, 2m + 1` (a 256-bit half each), level 2
+    /// lanes `l + 4` (a 128-bit quarter a key), level 3 `l + 2`, level 4 `l + 1`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn fold_keys<const N: usize, const Q: usize>(
+        q: &[*const f32; Q],
+        keys: *const f32,
+    ) -> [__m512; Q] {
+        let level1 = |j: usize| {
+            // SAFETY: the caller's.
+            let (a, b) = unsafe { (lanes::<N, Q>(q, keys, j), lanes::<N, Q>(q, keys, j + 1)) };
+            std::array::from_fn::<__m512, Q, _>(|i| {
+                _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0x44>(a[i], b[i]),
+                    _mm512_shuffle_f32x4::<0xEE>(a[i], b[i]),
+                )
+            })
+        };
+        let level2 = |j: usize| {
+            let (s, t) = (level1(j), level1(j + 2));
+            std::array::from_fn::<__m512, Q, _>(|i| {
+                _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0x88>(s[i], t[i]),
+                    _mm512_shuffle_f32x4::<0xDD>(s[i], t[i]),
+                )
+            })
+        };
+        let level3 = |j: usize| {
+            let (u, v) = (level2(j), level2(j + 4));
+            std::array::from_fn::<__m512, Q, _>(|i| {
+                let (u, v) = (_mm512_castps_pd(u[i]), _mm512_castps_pd(v[i]));
+                _mm512_add_ps(
+                    _mm512_castpd_ps(_mm512_unpacklo_pd(u, v)),
+                    _mm512_castpd_ps(_mm512_unpackhi_pd(u, v)),
+                )
+            })
+        };
+        let (w, z) = (level3(0), level3(8));
+        std::array::from_fn(|i| {
+            _mm512_add_ps(
+                _mm512_shuffle_ps::<0x88>(w[i], z[i]),
+                _mm512_shuffle_ps::<0xDD>(w[i], z[i]),
+            )
+        })
     }
 
     /// `super::exp16` on one register; the same arithmetic.
@@ -700,11 +786,17 @@ mod avx512 {
         hd: usize,
     ) {
         debug_assert!(hd == N * 16 && outs.len() <= 4 && values.len() >= span.len() * hd);
-        match outs.len() {
-            1 => unsafe { tile::<N, 1>(w, n, span, values, outs) },
-            2 => unsafe { tile::<N, 2>(w, n, span, values, outs) },
-            3 => unsafe { tile::<N, 3>(w, n, span, values, outs) },
-            _ => unsafe { tile::<N, 4>(w, n, span, values, outs) },
+        // At most 16 sums in registers (4 queries of 64 or 2 of 128 dimensions), or they
+        // spill; the queries of the tile go through the values in groups of that size.
+        let group = (16 / N).clamp(1, 4);
+        for (g, outs) in outs.chunks(group).enumerate() {
+            let w = &w[g * group * n..];
+            match outs.len() {
+                1 => unsafe { tile::<N, 1>(w, n, span.clone(), values, outs) },
+                2 => unsafe { tile::<N, 2>(w, n, span.clone(), values, outs) },
+                3 => unsafe { tile::<N, 3>(w, n, span.clone(), values, outs) },
+                _ => unsafe { tile::<N, 4>(w, n, span.clone(), values, outs) },
+            }
         }
     }
 
@@ -727,11 +819,12 @@ mod avx512 {
             }
             for (i, p) in span.clone().enumerate() {
                 let v = values.as_ptr().add(i * hd);
-                let rows: [__m512; N] = std::array::from_fn(|c| _mm512_loadu_ps(v.add(16 * c)));
-                for (q, acc) in acc.iter_mut().enumerate() {
-                    let wq = _mm512_set1_ps(*w.get_unchecked(q * n + p));
-                    for (a, row) in acc.iter_mut().zip(&rows) {
-                        *a = _mm512_fmadd_ps(wq, *row, *a);
+                let wq: [__m512; Q] =
+                    std::array::from_fn(|q| _mm512_set1_ps(*w.get_unchecked(q * n + p)));
+                for c in 0..N {
+                    let row = _mm512_loadu_ps(v.add(16 * c));
+                    for (acc, wq) in acc.iter_mut().zip(&wq) {
+                        acc[c] = _mm512_fmadd_ps(*wq, row, acc[c]);
                     }
                 }
             }
@@ -1007,7 +1100,7 @@ mod tests {
 
     #[test]
     fn simd_matches_portable_exactly() {
-        for hd in [64, 128, 96] {
+        for hd in [64, 128, 96, 256] {
             let shape = AttentionShape {
                 n_head: 4,
                 n_kv_head: 2,
