@@ -5,11 +5,12 @@
 //! Blocked: a task is one KV head of up to [`TASK_ROWS`] query rows, that is every query
 //! head of the group for those rows. The keys are read in blocks of [`KEY_BLOCK`]
 //! positions: each block is widened to f32 once (from f16, or dequantised per 32-block from
-//! q8_0/q4_0) into a per-thread buffer that stays in L2, and every query vector of the task
-//! passes over it, a tile of [`TILE`] vectors per chunk of [`CHUNK`] keys (on AVX-512 the
-//! tile's queries sit in registers and each key row is loaded once for all of them). The
-//! values are then
-//! read the same way, block by block, and added into each output. Work per task is
+//! q8_0/q4_0) into a per-thread buffer that stays in L2. Chunk by chunk of [`CHUNK`] keys
+//! (8 KB at a head size of 128, in L1), every tile of [`TILE`] query vectors that reads the
+//! chunk takes its scores from it: on AVX-512 each key row is loaded once for the tile's
+//! queries, one FMA per 16 dimensions, and the 16 keys' lane sums are folded together by
+//! shuffles. The values are then read the same way, block by block and [`VALUE_RUN`]
+//! positions at a time, and added into each output. Work per task is
 //! O(rows × context) and the memory a thread holds is the task's score rows plus one block
 //! of keys or values: a 16K-token context is read from the cache once per task, never
 //! widened whole.
