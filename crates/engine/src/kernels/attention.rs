@@ -604,8 +604,10 @@ mod avx512 {
 
     use super::CHUNK;
 
-    /// `super::dots` for `N * 16` dimensions, `Q` queries at a time held in registers: each
-    /// key's row is loaded once for the `Q` queries, and one vector FMA per 16 dimensions
+    /// `super::dots` for `N * 16` dimensions, `Q` queries at a time (their elements are FMA
+    /// memory operands): each key's row is loaded once for the `Q` queries (at a 16K
+    /// context, head size 128: one query at a time 409 ms a call against 301 for four;
+    /// eight 284 against 243), and one vector FMA per 16 dimensions
     /// leaves the key's 16 lane sums in one register (lane `l` summing the dimensions
     /// `d = l (mod 16)` in order, as `super::dots`). The 16 keys' registers are then folded
     /// together, halves first as `super::fold_lanes` folds: the same operations on the same
@@ -635,7 +637,7 @@ mod avx512 {
         out
     }
 
-    /// Per query, the lane sums of keys `j` (row `keys + j * N * 16`).
+    /// Per query, the lane sums of key `j` (row `keys + j * N * 16`).
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn lanes<const N: usize, const Q: usize>(
