@@ -83,15 +83,6 @@ fn models_dir() -> Option<PathBuf> {
     }
 }
 
-fn fixture() -> Fixture {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/float64-reference.json"
-    );
-    let text = std::fs::read_to_string(path).expect("reading the float64 fixture");
-    serde_json::from_str(&text).expect("parsing the float64 fixture")
-}
-
 fn sha256_hex(path: &std::path::Path) -> String {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     Sha256::digest(&bytes)
@@ -143,7 +134,7 @@ fn compare(positions: &[usize], rows: &[Row], logits: &[Vec<f32>]) -> (f64, f32,
 #[test]
 fn verre_matches_float64_reference() {
     let Some(dir) = models_dir() else { return };
-    let fixture = fixture();
+    let fixture: Fixture = read_fixture("float64-reference.json");
     assert_eq!(fixture.cases.len(), 4, "the fixture covers four models");
     let mut failures = Vec::new();
     for case in &fixture.cases {
@@ -194,6 +185,28 @@ fn verre_matches_float64_reference() {
     );
 }
 
+/// A fixture of `tests/fixtures`, parsed.
+fn read_fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+/// The model at `path`, which must be the file a fixture was made with.
+fn load_checked(path: &std::path::Path, sha256: &str) -> Model {
+    assert_eq!(
+        sha256_hex(path),
+        sha256,
+        "{} is not the file the fixture was made with",
+        path.display()
+    );
+    let gguf = GgufFile::open(path).expect("opening the model");
+    Model::load(&gguf, &Device::Cpu).expect("loading the model")
+}
+
 /// The real Gemma 3 270M (Q4_K_M, `verre pull gemma3-270m`) on 641 tokens of its own
 /// sampled text (BOS + 640), checked at positions 0-47 and 500-640: past its 512-token
 /// window, so the local layers' windows and their RoPE base of 10 000 both matter (the
@@ -211,20 +224,8 @@ fn gemma3_270m_matches_float64_reference() {
         );
         return;
     };
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/gemma3-270m-float64.json"
-    ))
-    .expect("reading the Gemma 3 fixture");
-    let case: Case = serde_json::from_str(&text).expect("parsing the Gemma 3 fixture");
-    assert_eq!(
-        sha256_hex(&path),
-        case.sha256,
-        "{} is not the file the fixture was made with",
-        path.display()
-    );
-    let gguf = GgufFile::open(&path).expect("opening the model");
-    let model = Model::load(&gguf, &Device::Cpu).expect("loading the model");
+    let case: Case = read_fixture("gemma3-270m-float64.json");
+    let model = load_checked(&path, &case.sha256);
     let logits = logits_in_chunks(&model, &case.ids, 256);
     let (mean, max, misses) = compare(&case.positions, &case.rows, &logits);
     eprintln!(
@@ -297,21 +298,8 @@ fn check_beside_llama(var: &str, fixture_name: &str) {
         eprintln!("skipped: set {var} (verre pull qwen2.5-coder-0.5b / -1.5b)");
         return;
     };
-    let text = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(fixture_name),
-    )
-    .expect("reading the fixture");
-    let fx: BesideLlama = serde_json::from_str(&text).expect("parsing the fixture");
-    assert_eq!(
-        sha256_hex(&path),
-        fx.sha256,
-        "{} is not the file the fixture was made with",
-        path.display()
-    );
-    let gguf = GgufFile::open(&path).expect("opening the model");
-    let model = Model::load(&gguf, &Device::Cpu).expect("loading the model");
+    let fx: BesideLlama = read_fixture(fixture_name);
+    let model = load_checked(&path, &fx.sha256);
     let (mut sum_exact, mut max_exact, mut n_exact) = (0f64, 0f32, 0usize);
     let (mut sum_llama, mut max_llama, mut n_llama) = (0f64, 0f32, 0usize);
     let mut misses = Vec::new();
