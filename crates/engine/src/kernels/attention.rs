@@ -18,7 +18,9 @@
 //! The softmax is exact two-pass over each query's stored scores rather than online
 //! (flash-style): llama.cpp (without flash attention, as verre's fixtures were made)
 //! rounds the *normalised* weights to f16, and this small model's logits are sensitive
-//! enough for that to matter.
+//! enough for that to matter. The maximum is kept as the scores are made; one pass turns
+//! the scores into exponentials and their sum, and each weight, `f16(e / sum)`, is made
+//! where the values are read.
 //!
 //! Quantized keys and values are stored rotated by a Hadamard transform per head (see
 //! `kv_rows`): the queries are rotated the same way before they meet them, and the outputs
@@ -39,7 +41,6 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 pub use super::kv_rows::KvRows;
@@ -54,8 +55,11 @@ pub const MAX_HEAD_DIM: usize = 256;
 /// Query vectors (row, head) that share each chunk of widened keys in registers.
 const TILE: usize = 4;
 
-/// Query rows per parallel task.
-const TASK_ROWS: usize = 32;
+/// Query rows per parallel task: each task widens the context's keys and values once, so
+/// more rows widen less, while the task's score rows (at 16K positions and 6 query heads a
+/// KV head, 25 MB for 64 rows) fall out of the caches (one layer's 512-row chunk at a 16K
+/// context, 2 threads: 32 rows 229-236 ms, 64 rows 216-219 ms, 128 rows 226-235 ms).
+const TASK_ROWS: usize = 64;
 
 /// Positions of keys (or values) widened at a time: 128 KB of f32 at a head size of 128,
 /// which stays in L2 while every query vector of a task reads it.
@@ -184,6 +188,11 @@ struct Query {
     /// Where its output goes: stacked row and head.
     row: usize,
     head: usize,
+    /// Lane `j`: the largest of its scores at positions `j (mod 16)`, kept as the scores
+    /// are made, so that the softmax needs no pass of its own to find it.
+    max: [f32; CHUNK],
+    /// One over the sum of its exponentials: its weights are `f16(e * inv)`.
+    inv: f32,
 }
 
 impl Query {
@@ -193,6 +202,8 @@ impl Query {
         first: 0,
         row: 0,
         head: 0,
+        max: [f32::NEG_INFINITY; CHUNK],
+        inv: 0.0,
     };
 }
 
@@ -236,6 +247,7 @@ unsafe fn attend(
         let (row, head) = (rows.start + i / group, kvh * group + i % group);
         qv.pos = pos_of(row);
         qv.first = first_of(qv.pos);
+        qv.max = [f32::NEG_INFINITY; CHUNK];
         (qv.row, qv.head) = (row, head);
         qv.q[..hd].copy_from_slice(&q[row * width + head * hd..][..hd]);
         if rotated_keys {
@@ -260,35 +272,31 @@ unsafe fn attend(
         // Chunk by chunk, every tile that reads it: the chunk's 16 keys stay in L1.
         for c0 in (b0..b1).step_by(CHUNK) {
             let k_chunk = &block[(c0 - b0) * hd..][..hd * CHUNK];
-            for (t, (tile, span)) in queries.chunks(TILE).zip(&spans).enumerate() {
+            for (t, (tile, span)) in queries.chunks_mut(TILE).zip(&spans).enumerate() {
                 if !span.contains(&(c0 - start)) {
                     continue;
                 }
-                let tile_scores = &mut scores[t * TILE * n..];
-                chunk_scores(
-                    kernels,
-                    tile,
-                    hd,
-                    shape.scale,
-                    c0,
-                    k_chunk,
-                    tile_scores,
-                    n,
-                    start,
-                );
+                // Each query's scores of the chunk, masked, into its row.
+                let dst = &mut scores[t * TILE * n + c0 - start..];
+                assert!(dst.len() > (tile.len() - 1) * n + CHUNK - 1);
+                // SAFETY: `Kernels::for_head_dim` chose kernels this CPU runs; `dst` holds
+                // 16 floats at every multiple of `n` up to the tile's last query (checked).
+                unsafe { (kernels.dots)(tile, k_chunk, hd, shape.scale, c0, dst.as_mut_ptr(), n) };
             }
         }
     }
 
-    // Softmax per query over its own span; zero weights elsewhere in its tile's span, so
-    // that the tile's values are read once for all its queries. The outputs start at zero.
-    for (t, tile) in queries.chunks(TILE).enumerate() {
-        let tile_span = tile_span(tile);
-        for (i, qv) in tile.iter().enumerate() {
+    // Softmax per query over its own span: the exponentials, and one over their sum (the
+    // weights are made from both as the values are read); zeros elsewhere in its tile's
+    // span, so that the tile's values are read once for all its queries. The outputs
+    // start at zero.
+    for (t, (tile, tile_span)) in queries.chunks_mut(TILE).zip(&spans).enumerate() {
+        for (i, qv) in tile.iter_mut().enumerate() {
             let span = (qv.first / CHUNK * CHUNK - start)..((qv.pos / CHUNK + 1) * CHUNK - start);
             let row = &mut scores[(t * TILE + i) * n..][..n];
+            let max = qv.max.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
             // SAFETY: `Kernels::for_head_dim` chose kernels this CPU runs.
-            unsafe { (kernels.softmax_f16)(&mut row[span.clone()]) };
+            qv.inv = unsafe { (kernels.softmax_f16)(&mut row[span.clone()], max) };
             row[tile_span.start..span.start].fill(0.0);
             row[span.end..tile_span.end].fill(0.0);
             // SAFETY: `out` holds every row; this task alone writes head `qv.head` of `qv.row`.
@@ -313,10 +321,12 @@ unsafe fn attend(
                     // SAFETY: as above.
                     *d = unsafe { out.0.add(qv.row * width + qv.head * hd) };
                 }
+                let invs: [f32; TILE] = std::array::from_fn(|i| tile.get(i).map_or(0.0, |q| q.inv));
                 let values = &block[(span.start + start - b0) * hd..(span.end + start - b0) * hd];
-                let w = &scores[t * TILE * n..];
-                // SAFETY: as above; `dsts[..tile.len()]` each have room for `hd` floats.
-                unsafe { (kernels.weighted_sum)(w, n, span, values, &dsts[..tile.len()], hd) };
+                let e = &scores[t * TILE * n..];
+                let outs = &dsts[..tile.len()];
+                // SAFETY: as above; `outs` each have room for `hd` floats.
+                unsafe { (kernels.weighted_sum)(e, &invs, n, span, values, outs, hd) };
             }
         }
     }
@@ -366,58 +376,38 @@ fn widen_block(
 /// whose logits are sensitive to rounding, near where llama.cpp puts it.
 const LANES: usize = 16;
 
-/// Scores of every query of the tile against keys `c0..c0 + CHUNK` (`keys`: their rows)
-/// into `scores[query * n + c0 - start..][..CHUNK]`, masked keys at minus infinity.
-#[allow(clippy::too_many_arguments)]
-fn chunk_scores(
-    kernels: Kernels,
-    queries: &[Query],
-    hd: usize,
-    scale: f32,
-    c0: usize,
-    keys: &[f32],
-    scores: &mut [f32],
-    n: usize,
-    start: usize,
-) {
-    // SAFETY: `Kernels::for_head_dim` chose kernels this CPU runs.
-    let all = unsafe { (kernels.dots)(queries, keys, hd) };
-    for (i, (qv, dots)) in queries.iter().zip(&all).enumerate() {
-        let dst = &mut scores[i * n + c0 - start..][..CHUNK];
-        if c0 >= qv.first && c0 + CHUNK <= qv.pos + 1 {
-            // The whole chunk is visible (most chunks): one vector multiply.
-            for (d, &s) in dst.iter_mut().zip(dots) {
-                *d = s * scale;
-            }
-            continue;
-        }
-        for (j, (d, &s)) in dst.iter_mut().zip(dots).enumerate() {
-            let p = c0 + j;
-            *d = if p <= qv.pos && p >= qv.first {
-                s * scale
-            } else {
-                f32::NEG_INFINITY
-            };
-        }
+impl Query {
+    /// The positions of keys `c0..c0 + CHUNK` that this query sees: `visible.start <= j <
+    /// visible.end` for key `c0 + j` (an empty range where it sees none).
+    fn visible(&self, c0: usize) -> Range<usize> {
+        let lo = self.first.saturating_sub(c0).min(CHUNK);
+        let hi = (self.pos + 1).saturating_sub(c0).min(CHUNK);
+        lo..hi.max(lo)
     }
 }
 
 /// See `Kernels::dots`.
-type DotsFn = unsafe fn(&[Query], &[f32], usize) -> [[f32; CHUNK]; TILE];
+type DotsFn = unsafe fn(&mut [Query], &[f32], usize, f32, usize, *mut f32, usize);
 
 /// See `Kernels::weighted_sum`.
-type WeightedSumFn = unsafe fn(&[f32], usize, Range<usize>, &[f32], &[*mut f32], usize);
+type WeightedSumFn =
+    unsafe fn(&[f32], &[f32; TILE], usize, Range<usize>, &[f32], &[*mut f32], usize);
 
 /// The three inner loops, portable or for this CPU.
 #[derive(Clone, Copy)]
 struct Kernels {
-    /// `dots(queries, keys, hd)`: the dot products of each query (at most [`TILE`]) with
-    /// a chunk of 16 keys given as rows of `hd`, each summed as [`LANES`] describes.
+    /// `dots(queries, keys, hd, scale, c0, dst, n)`: the dot products of each query `i`
+    /// (at most [`TILE`]) with the chunk of 16 keys at positions `c0..` given as rows of
+    /// `hd`, each summed as [`LANES`] describes, times `scale`, into `dst[i * n..][..16]`,
+    /// minus infinity where the query does not see the key; each query's `max` takes the
+    /// lane-wise maximum.
     dots: DotsFn,
-    softmax_f16: unsafe fn(&mut [f32]),
-    /// `weighted_sum(w, n, span, values, outs, hd)`: for each query `i`,
-    /// `outs[i] += sum over p in span of w[i * n + p] * values[p - span.start]`, added one
-    /// position at a time (so that a span summed in pieces gives the same bits).
+    /// `softmax_f16(scores, max)`: see [`softmax_f16`].
+    softmax_f16: unsafe fn(&mut [f32], f32) -> f32,
+    /// `weighted_sum(e, invs, n, span, values, outs, hd)`: for each query `i`,
+    /// `outs[i] += sum over p in span of w * values[p - span.start]` with the weight
+    /// `w = f16(e[i * n + p] * invs[i])`, added one position at a time (so that a span
+    /// summed in pieces gives the same bits).
     weighted_sum: WeightedSumFn,
 }
 
@@ -455,9 +445,19 @@ impl Kernels {
 }
 
 /// Portable `Kernels::dots`.
-fn dots(queries: &[Query], keys: &[f32], hd: usize) -> [[f32; CHUNK]; TILE] {
-    let mut out = [[0f32; CHUNK]; TILE];
-    for (qv, out) in queries.iter().zip(&mut out) {
+///
+/// # Safety
+/// `dst` has room for 16 floats at every multiple of `n` up to the last query's.
+unsafe fn dots(
+    queries: &mut [Query],
+    keys: &[f32],
+    hd: usize,
+    scale: f32,
+    c0: usize,
+    dst: *mut f32,
+    n: usize,
+) {
+    for (i, qv) in queries.iter_mut().enumerate() {
         // lanes[l][j]: key j's partial sum over the dimensions d = l (mod 16), d ascending.
         let mut lanes = [[0f32; CHUNK]; LANES];
         for (j, k) in keys.chunks_exact(hd).take(CHUNK).enumerate() {
@@ -467,9 +467,19 @@ fn dots(queries: &[Query], keys: &[f32], hd: usize) -> [[f32; CHUNK]; TILE] {
             }
         }
         fold_lanes(&mut lanes);
-        *out = lanes[0];
+        let visible = qv.visible(c0);
+        // SAFETY: the caller's.
+        let out = unsafe { std::slice::from_raw_parts_mut(dst.add(i * n), CHUNK) };
+        for (j, (o, &s)) in out.iter_mut().zip(&lanes[0]).enumerate() {
+            *o = if visible.contains(&j) {
+                s * scale
+            } else {
+                f32::NEG_INFINITY
+            };
+            let m = &mut qv.max[j];
+            *m = if *o > *m { *o } else { *m };
+        }
     }
-    out
 }
 
 /// `lanes[0] = sum of lanes`, folding halves: `l += l + 8`, then 4, 2, 1.
@@ -499,11 +509,12 @@ fn fold16(x: &[f32]) -> f32 {
     v[0]
 }
 
-/// Scores (whole chunks from a multiple of 16, masked ones at minus infinity) into softmax
-/// weights rounded to f16, as llama.cpp hands them to its f16 product with the values
-/// (sum of exponentials in f64, 16 at a time).
-fn softmax_f16(scores: &mut [f32]) {
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+/// Scores (whole chunks from a multiple of 16, masked ones at minus infinity, `max` the
+/// largest) into their exponentials `e` (`e^(s - max)`, 0 where masked); returns `inv`,
+/// one over their sum (in f64, 16 at a time). The softmax weights are `f16(e * inv)`,
+/// rounded as llama.cpp hands them to its f16 product with the values; `weighted_sum`
+/// makes them as it reads them.
+fn softmax_f16(scores: &mut [f32], max: f32) -> f32 {
     let mut sum = 0f64;
     for chunk in scores.chunks_exact_mut(CHUNK) {
         let mut shifted = [0f32; CHUNK];
@@ -516,15 +527,7 @@ fn softmax_f16(scores: &mut [f32]) {
         }
         sum += fold16(chunk) as f64;
     }
-    let inv = (1.0 / sum) as f32;
-    let mut w16 = [f16::ZERO; CHUNK];
-    for chunk in scores.chunks_exact_mut(CHUNK) {
-        for s in chunk.iter_mut() {
-            *s *= inv;
-        }
-        w16.convert_from_f32_slice(chunk);
-        w16.convert_to_f32_slice(chunk);
-    }
+    (1.0 / sum) as f32
 }
 
 /// Portable `Kernels::weighted_sum`: per query, one running sum per output element, from
@@ -535,7 +538,8 @@ fn softmax_f16(scores: &mut [f32]) {
 /// # Safety
 /// Each of `outs` points to `hd` floats that nothing else touches.
 unsafe fn weighted_sum(
-    w: &[f32],
+    e: &[f32],
+    invs: &[f32; TILE],
     n: usize,
     span: Range<usize>,
     values: &[f32],
@@ -547,8 +551,9 @@ unsafe fn weighted_sum(
         let acc = &mut acc[..hd];
         // SAFETY: the caller's.
         unsafe { std::ptr::copy_nonoverlapping(out, acc.as_mut_ptr(), hd) };
-        let w = &w[i * n..][span.clone()];
-        for (&wp, v) in w.iter().zip(values.chunks_exact(hd)) {
+        let e = &e[i * n..][span.clone()];
+        for (&ep, v) in e.iter().zip(values.chunks_exact(hd)) {
+            let wp = f16::from_f32(ep * invs[i]).to_f32();
             if wp == 0.0 {
                 continue;
             }
@@ -614,27 +619,38 @@ mod avx512 {
     /// values, so the same bits.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub(super) unsafe fn dots<const N: usize, const Q: usize>(
-        queries: &[super::Query],
+        queries: &mut [super::Query],
         keys: &[f32],
         hd: usize,
-    ) -> [[f32; CHUNK]; super::TILE] {
+        scale: f32,
+        c0: usize,
+        dst: *mut f32,
+        n: usize,
+    ) {
         debug_assert!(hd == N * 16 && keys.len() >= CHUNK * hd && queries.len() <= super::TILE);
-        let mut out = [[0f32; CHUNK]; super::TILE];
         // Key j's score sits at element 4 * (j % 4) + j / 4 of the folded register.
         let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-        for (group, outs) in queries.chunks(Q).zip(out.chunks_mut(Q)) {
+        let scale = _mm512_set1_ps(scale);
+        let hidden = _mm512_set1_ps(f32::NEG_INFINITY);
+        for (g, group) in queries.chunks_mut(Q).enumerate() {
             // A short group repeats its last query (its extra sums are not stored).
             let q: [*const f32; Q] =
                 std::array::from_fn(|i| group[i.min(group.len() - 1)].q.as_ptr());
             // SAFETY: `keys` holds 16 rows of `hd` floats, each query `hd` floats.
             let folded = unsafe { fold_keys::<N, Q>(&q, keys.as_ptr()) };
-            for (out, f) in outs.iter_mut().zip(folded).take(group.len()) {
-                let f = _mm512_permutexvar_ps(order, f);
-                // SAFETY: `out` holds 16 floats.
-                unsafe { _mm512_storeu_ps(out.as_mut_ptr(), f) };
+            for (i, (qv, f)) in group.iter_mut().zip(folded).enumerate() {
+                let visible = qv.visible(c0);
+                let mask = ((1u32 << visible.end) - (1u32 << visible.start)) as __mmask16;
+                let f = _mm512_mul_ps(_mm512_permutexvar_ps(order, f), scale);
+                let f = _mm512_mask_blend_ps(mask, hidden, f);
+                // SAFETY: the caller's; `max` holds 16 floats.
+                unsafe {
+                    _mm512_storeu_ps(dst.add((g * Q + i) * n), f);
+                    let m = _mm512_loadu_ps(qv.max.as_ptr());
+                    _mm512_storeu_ps(qv.max.as_mut_ptr(), _mm512_max_ps(f, m));
+                }
             }
         }
-        out
     }
 
     /// Per query, the lane sums of key `j` (row `keys + j * N * 16`).
@@ -730,24 +746,19 @@ mod avx512 {
             _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r),
             _mm512_set1_ps(1.0),
         );
-        let n_int = _mm512_sub_epi32(_mm512_castps_si512(z), _mm512_castps_si512(round));
-        let scale = _mm512_slli_epi32::<23>(_mm512_add_epi32(n_int, _mm512_set1_epi32(127)));
-        _mm512_mul_ps(e, _mm512_castsi512_ps(scale))
+        // e * 2^n, one rounding as `super::exp16`'s product with the power of two.
+        _mm512_scalef_ps(e, n)
     }
 
     /// `super::softmax_f16`; the same arithmetic.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub(super) unsafe fn softmax_f16(scores: &mut [f32]) {
+    pub(super) unsafe fn softmax_f16(scores: &mut [f32], max: f32) -> f32 {
         debug_assert!(scores.len().is_multiple_of(CHUNK));
         let p = scores.as_mut_ptr();
         let chunks = scores.len() / CHUNK;
+        let mut sum = 0f64;
         unsafe {
-            let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
-            for c in 0..chunks {
-                vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(p.add(c * CHUNK)));
-            }
-            let max = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
-            let mut sum = 0f64;
+            let max = _mm512_set1_ps(max);
             let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
             for c in 0..chunks {
                 let s = _mm512_loadu_ps(p.add(c * CHUNK));
@@ -756,13 +767,8 @@ mod avx512 {
                 _mm512_storeu_ps(p.add(c * CHUNK), e);
                 sum += fold(e) as f64;
             }
-            let inv = _mm512_set1_ps((1.0 / sum) as f32);
-            for c in 0..chunks {
-                let w = _mm512_mul_ps(_mm512_loadu_ps(p.add(c * CHUNK)), inv);
-                let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(w);
-                _mm512_storeu_ps(p.add(c * CHUNK), _mm512_cvtph_ps(h));
-            }
         }
+        (1.0 / sum) as f32
     }
 
     /// The 16 lanes summed as `super::fold16` sums them.
@@ -782,7 +788,8 @@ mod avx512 {
     /// of skipped (which leaves every sum unchanged), and each row of values loaded once.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub(super) unsafe fn weighted_sum<const N: usize>(
-        w: &[f32],
+        e: &[f32],
+        invs: &[f32; super::TILE],
         n: usize,
         span: std::ops::Range<usize>,
         values: &[f32],
@@ -793,13 +800,30 @@ mod avx512 {
         // At most 16 sums in registers (4 queries of 64 or 2 of 128 dimensions), or they
         // spill; the queries of the tile go through the values in groups of that size.
         let group = (16 / N).clamp(1, 4);
+        debug_assert!(span.len() <= super::VALUE_RUN && span.len().is_multiple_of(CHUNK));
         for (g, outs) in outs.chunks(group).enumerate() {
-            let w = &w[g * group * n..];
+            // The group's weights over the span, made from the exponentials (in L1 for the
+            // loop over the values).
+            let mut w = [[0f32; super::VALUE_RUN]; 4];
+            for (i, w) in w.iter_mut().enumerate().take(outs.len()) {
+                let q = g * group + i;
+                let inv = _mm512_set1_ps(invs[q]);
+                for (c, p) in span.clone().step_by(CHUNK).enumerate() {
+                    // SAFETY: the span holds whole chunks of `e`'s row `q`.
+                    unsafe {
+                        let x = _mm512_mul_ps(_mm512_loadu_ps(e.as_ptr().add(q * n + p)), inv);
+                        let h =
+                            _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+                        _mm512_storeu_ps(w.as_mut_ptr().add(c * CHUNK), _mm512_cvtph_ps(h));
+                    }
+                }
+            }
+            let len = span.len();
             match outs.len() {
-                1 => unsafe { tile::<N, 1>(w, n, span.clone(), values, outs) },
-                2 => unsafe { tile::<N, 2>(w, n, span.clone(), values, outs) },
-                3 => unsafe { tile::<N, 3>(w, n, span.clone(), values, outs) },
-                _ => unsafe { tile::<N, 4>(w, n, span.clone(), values, outs) },
+                1 => unsafe { tile::<N, 1>(&w, len, values, outs) },
+                2 => unsafe { tile::<N, 2>(&w, len, values, outs) },
+                3 => unsafe { tile::<N, 3>(&w, len, values, outs) },
+                _ => unsafe { tile::<N, 4>(&w, len, values, outs) },
             }
         }
     }
@@ -807,9 +831,8 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn tile<const N: usize, const Q: usize>(
-        w: &[f32],
-        n: usize,
-        span: std::ops::Range<usize>,
+        w: &[[f32; super::VALUE_RUN]; 4],
+        len: usize,
         values: &[f32],
         outs: &[*mut f32],
     ) {
@@ -821,10 +844,9 @@ mod avx512 {
                     *a = _mm512_loadu_ps(out.add(16 * c));
                 }
             }
-            for (i, p) in span.clone().enumerate() {
-                let v = values.as_ptr().add(i * hd);
-                let wq: [__m512; Q] =
-                    std::array::from_fn(|q| _mm512_set1_ps(*w.get_unchecked(q * n + p)));
+            for (i, v) in values.chunks_exact(hd).take(len).enumerate() {
+                let v = v.as_ptr();
+                let wq: [__m512; Q] = std::array::from_fn(|q| _mm512_set1_ps(w[q][i]));
                 for c in 0..N {
                     let row = _mm512_loadu_ps(v.add(16 * c));
                     for (acc, wq) in acc.iter_mut().zip(&wq) {
