@@ -55,11 +55,12 @@ pub const MAX_HEAD_DIM: usize = 256;
 /// Query vectors (row, head) that share each chunk of widened keys in registers.
 const TILE: usize = 4;
 
-/// Query rows per parallel task: each task widens the context's keys and values once, so
-/// more rows widen less, while the task's score rows (at 16K positions and 6 query heads a
-/// KV head, 25 MB for 64 rows) fall out of the caches (one layer's 512-row chunk at a 16K
-/// context, 2 threads: 32 rows 229-236 ms, 64 rows 216-219 ms, 128 rows 226-235 ms).
-const TASK_ROWS: usize = 64;
+/// Query rows per parallel task. Each task widens the context's keys and values once, so
+/// more rows would widen less, but their score rows (at 16K positions and 6 query heads a
+/// KV head, 12.6 MB for 32 rows) leave the caches: 64 rows measured faster in the attention
+/// bench with warm caches (216-219 ms against 229-236 a 16K call) and slower in a real 8K
+/// prefill of the 1.5B (attention samples per matmul sample 0.894 against 0.845).
+const TASK_ROWS: usize = 32;
 
 /// Positions of keys (or values) widened at a time: 128 KB of f32 at a head size of 128,
 /// which stays in L2 while every query vector of a task reads it.
