@@ -384,7 +384,7 @@ fn amx_scores(
     range: Range<usize>,
     queries: &mut [Query],
     scores: &mut [f32],
-    block: &mut Vec<f32>,
+    block: &mut [f32],
     packed_queries: &mut Vec<u16>,
     packed_keys: &mut Vec<u32>,
 ) {
