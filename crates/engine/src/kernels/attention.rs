@@ -133,21 +133,25 @@ fn attention_with(
             super::kv_rows::QK
         );
     }
-    // Tasks: (sequence, kv head, slice of up to TASK_ROWS query rows), numbered in order.
-    let tasks_of = |s: &SeqAttention<'_>| shape.n_kv_head * s.rows.len().div_ceil(TASK_ROWS);
-    let total: usize = seqs.iter().map(tasks_of).sum();
-    let out_ptr = OutPtr(out.as_mut_ptr());
-    let run = |mut t: usize| {
-        let mut si = 0;
-        while t >= tasks_of(&seqs[si]) {
-            t -= tasks_of(&seqs[si]);
-            si += 1;
+    // Tasks: (sequence, kv head, slice of up to TASK_ROWS query rows), slices cut where the
+    // rows reach `amx_from`, so that a task's rows all take one kind of scores.
+    let mut tasks: Vec<(usize, usize, Range<usize>)> = Vec::new();
+    for (si, s) in seqs.iter().enumerate() {
+        let first_pos = s.len - s.rows.len();
+        let cut = s.rows.start + kernels.amx_from.saturating_sub(first_pos).min(s.rows.len());
+        for kvh in 0..shape.n_kv_head {
+            for part in [s.rows.start..cut, cut..s.rows.end] {
+                for start in part.clone().step_by(TASK_ROWS) {
+                    tasks.push((si, kvh, start..part.end.min(start + TASK_ROWS)));
+                }
+            }
         }
+    }
+    let total = tasks.len();
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let run = |t: usize| {
+        let (si, kvh, rows) = tasks[t].clone();
         let s = &seqs[si];
-        let slices = s.rows.len().div_ceil(TASK_ROWS);
-        let (kvh, slice) = (t / slices, t % slices);
-        let start = s.rows.start + slice * TASK_ROWS;
-        let rows = start..s.rows.end.min(start + TASK_ROWS);
         SCRATCH.with_borrow_mut(|scratch| {
             // SAFETY: each task writes the heads of KV head `kvh` of its own rows only.
             unsafe { attend(shape, s, kvh, rows, q, out_ptr, scratch, kernels) }
@@ -165,9 +169,13 @@ fn attention_with(
 struct Scratch {
     /// One block of widened keys (transposed per chunk) or values.
     block: Vec<f32>,
-    /// Per query vector of the task, its scores over the task's span, then its weights.
+    /// Per query vector of the task, its scores over the task's span, then its
+    /// exponentials (rows up to a multiple of 16 on the AMX path).
     scores: Vec<f32>,
     queries: Vec<Query>,
+    /// AMX path: the task's query groups and one chunk of keys, packed in tiles.
+    amx_queries: Vec<u16>,
+    amx_keys: Vec<u32>,
 }
 
 thread_local! {
@@ -240,9 +248,13 @@ unsafe fn attend(
         block,
         scores,
         queries,
+        amx_queries,
+        amx_keys,
     } = scratch;
+    // AMX scores need keys of f16 values (whose bf16 halves are exact): an f16 cache.
+    let amx = pos_of(rows.start) >= kernels.amx_from && matches!(s.k.first(), Some(KvRows::F16(_)));
     block.resize(KEY_BLOCK.min(n) * hd, 0.0);
-    scores.resize(n_vectors * n, 0.0);
+    scores.resize(n_vectors.next_multiple_of(16) * n, 0.0);
     queries.resize(n_vectors, Query::EMPTY);
     for (i, qv) in queries.iter_mut().enumerate() {
         let (row, head) = (rows.start + i / group, kvh * group + i % group);
@@ -266,8 +278,25 @@ unsafe fn attend(
     };
 
     let spans: Vec<Range<usize>> = queries.chunks(TILE).map(tile_span).collect();
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if amx {
+        amx_scores(
+            shape,
+            s,
+            kvh,
+            start..end,
+            queries,
+            scores,
+            block,
+            amx_queries,
+            amx_keys,
+        );
+    }
     // Scores, key block by key block.
     for b0 in (start..end).step_by(KEY_BLOCK) {
+        if amx {
+            break;
+        }
         let b1 = (b0 + KEY_BLOCK).min(end);
         widen_block(s, shape, kvh, b0..b1, true, block);
         // Chunk by chunk, every tile that reads it: the chunk's 16 keys stay in L1.
@@ -343,6 +372,95 @@ unsafe fn attend(
     }
 }
 
+/// The scores phase of `attend` on AMX tiles: per key chunk, every group of 16 query
+/// vectors whose span reads it gets its 16 × 16 dot products from `kernels::amx`, then
+/// scaled, masked and folded into the maxima as `dots` does.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[allow(clippy::too_many_arguments)]
+fn amx_scores(
+    shape: &AttentionShape,
+    s: &SeqAttention<'_>,
+    kvh: usize,
+    range: Range<usize>,
+    queries: &mut [Query],
+    scores: &mut [f32],
+    block: &mut [f32],
+    packed_queries: &mut Vec<u16>,
+    packed_keys: &mut Vec<u32>,
+) {
+    use super::amx;
+    let (hd, start, n) = (shape.head_dim, range.start, range.len());
+    let steps = hd / 32;
+    let per_group = steps * 2 * amx::TILE_VALUES;
+    let groups = queries.len().div_ceil(16);
+    assert!(scores.len() >= groups * 16 * n);
+    packed_queries.resize(groups * per_group, 0);
+    packed_keys.resize(per_group / 2, 0);
+    let mut parts = [[0f32; 256]; 4];
+    let mut halves = Vec::new();
+    let mut spans = Vec::with_capacity(groups);
+    for (g, group) in queries.chunks(16).enumerate() {
+        let rows: Vec<&[f32]> = group.iter().map(|qv| &qv.q[..hd]).collect();
+        amx::pack_queries(
+            &rows,
+            steps,
+            &mut packed_queries[g * per_group..][..per_group],
+        );
+        let first = group.iter().map(|qv| qv.first).min().unwrap_or(0);
+        let last = group.iter().map(|qv| qv.pos).max().unwrap_or(0);
+        spans.push(first / CHUNK * CHUNK..(last / CHUNK + 1) * CHUNK);
+    }
+    // SAFETY: `Kernels::for_head_dim` chose this path only where `amx::available()`.
+    unsafe { amx::configure() };
+    for b0 in range.clone().step_by(KEY_BLOCK) {
+        let b1 = (b0 + KEY_BLOCK).min(range.end);
+        widen_block(s, shape, kvh, b0..b1, true, block);
+        for c0 in (b0..b1).step_by(CHUNK) {
+            amx::pack_keys(
+                &block[(c0 - b0) * hd..][..hd * CHUNK],
+                steps,
+                packed_keys,
+                &mut halves,
+            );
+            for (g, span) in spans.iter().enumerate() {
+                if !span.contains(&c0) {
+                    continue;
+                }
+                // SAFETY: configured above; both packings hold `steps` steps.
+                unsafe {
+                    amx::scores(
+                        &packed_queries[g * per_group..],
+                        packed_keys,
+                        steps,
+                        &mut parts,
+                    )
+                };
+                for (i, qv) in queries[g * 16..].iter_mut().take(16).enumerate() {
+                    let dots = amx::dot_row(&parts, i);
+                    let row: &mut [f32; CHUNK] = (&mut scores[(g * 16 + i) * n + c0 - start..]
+                        [..CHUNK])
+                        .try_into()
+                        .unwrap();
+                    let visible = qv.visible(c0);
+                    let mut max = qv.max;
+                    for (j, ((o, m), d)) in row.iter_mut().zip(max.iter_mut()).zip(dots).enumerate()
+                    {
+                        *o = if visible.contains(&j) {
+                            d * shape.scale
+                        } else {
+                            f32::NEG_INFINITY
+                        };
+                        *m = if *o > *m { *o } else { *m };
+                    }
+                    qv.max = max;
+                }
+            }
+        }
+    }
+    // SAFETY: configured above on this thread.
+    unsafe { amx::release() };
+}
+
 /// Widen KV head `kvh` of positions `range` (whole chunks) of the keys (or the values)
 /// into `dst`, one row of `head_dim` floats per position. Positions past the sequence are
 /// zeros.
@@ -410,6 +528,29 @@ struct Kernels {
     /// `w = f16(e[i * n + p] * invs[i])`, added one position at a time (so that a span
     /// summed in pieces gives the same bits).
     weighted_sum: WeightedSumFn,
+    /// Query rows at this position or later take their scores from AMX tiles
+    /// (`kernels::amx`); `usize::MAX` where there are none.
+    amx_from: usize,
+}
+
+/// From this position on, scores come from AMX tiles where the CPU has them: the tiles sum
+/// in another order than the FMA kernels, so the choice goes by position alone (a row's
+/// output stays a function of its position and the cache), and the short prompts of the
+/// accuracy fixtures keep the FMA kernels' numbers.
+const AMX_FROM: usize = 2048;
+
+/// Whether `VERRE_AMX=1` asks for AMX scores (off by default: see [`AMX_FROM`]).
+fn amx_wanted() -> bool {
+    static WANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WANTED.get_or_init(|| std::env::var("VERRE_AMX").is_ok_and(|v| v == "1"))
+}
+
+/// Whether `kernels::amx` may run here.
+fn amx_available() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    return super::amx::available();
+    #[allow(unreachable_code)]
+    false
 }
 
 impl Kernels {
@@ -432,6 +573,11 @@ impl Kernels {
                     16 => avx512::weighted_sum::<16>,
                     _ => weighted_sum,
                 },
+                amx_from: if hd.is_multiple_of(32) && amx_wanted() && amx_available() {
+                    AMX_FROM
+                } else {
+                    usize::MAX
+                },
             };
         }
         let _ = hd;
@@ -442,6 +588,7 @@ impl Kernels {
         dots,
         softmax_f16,
         weighted_sum,
+        amx_from: usize::MAX,
     };
 }
 
@@ -940,6 +1087,21 @@ mod tests {
         n_rows: usize,
         block_len: usize,
     ) -> Vec<f32> {
+        let kernels = Kernels::for_head_dim(shape.head_dim);
+        run_blocks_with(kernels, shape, k, v, len, q, n_rows, block_len)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_blocks_with(
+        kernels: Kernels,
+        shape: &AttentionShape,
+        k: &[f16],
+        v: &[f16],
+        len: usize,
+        q: &[f32],
+        n_rows: usize,
+        block_len: usize,
+    ) -> Vec<f32> {
         let kv_dim = shape.n_kv_head * shape.head_dim;
         let kb: Vec<KvRows<'_>> = k[..len * kv_dim]
             .chunks(block_len * kv_dim)
@@ -957,8 +1119,78 @@ mod tests {
             len,
             rows: 0..n_rows,
         };
-        attention(shape, &[seq], q, &mut out);
+        attention_with(kernels, shape, &[seq], q, &mut out);
         out
+    }
+
+    /// The AMX scores (where this machine has them; from position 40 here): as near plain
+    /// attention as the FMA kernels are, and each row the same alone as in a batch.
+    #[test]
+    fn amx_scores_match_plain_attention_and_the_batch() {
+        if !amx_available() {
+            eprintln!("no AMX on this machine: not run");
+            return;
+        }
+        for (hd, heads, kv_heads, window) in
+            [(128, 12, 2, None), (64, 6, 2, Some(50)), (96, 4, 2, None)]
+        {
+            let shape = AttentionShape {
+                n_head: heads,
+                n_kv_head: kv_heads,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+                window,
+            };
+            let mut kernels = Kernels::for_head_dim(hd);
+            kernels.amx_from = 40;
+            let (len, kv_dim, width) = (300, kv_heads * hd, heads * hd);
+            let k: Vec<f16> = random(len * kv_dim, 1)
+                .iter()
+                .map(|&x| f16::from_f32(3.0 * x))
+                .collect();
+            let v: Vec<f16> = random(len * kv_dim, 2)
+                .iter()
+                .map(|&x| f16::from_f32(x))
+                .collect();
+            let q: Vec<f32> = random(len * width, 3).iter().map(|x| 4.0 * x).collect();
+            let want = reference(&shape, &widen(&k), &widen(&v), len, &q, len);
+            let all = run_blocks_with(kernels, &shape, &k, &v, len, &q, len, 16);
+            let fma = run_blocks_with(
+                Kernels {
+                    amx_from: usize::MAX,
+                    ..kernels
+                },
+                &shape,
+                &k,
+                &v,
+                len,
+                &q,
+                len,
+                16,
+            );
+            for (i, (g, w)) in all.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 5e-4 * w.abs().max(1.0),
+                    "hd {hd} element {i} (row {}): {g} vs {w}",
+                    i / width
+                );
+            }
+            // Rows before position 40 take the FMA kernels' scores, bit for bit.
+            assert_eq!(all[..40 * width], fma[..40 * width], "hd {hd}");
+            for r in [39, 40, 41, 63, 64, 200, 299] {
+                let one = run_blocks_with(
+                    kernels,
+                    &shape,
+                    &k,
+                    &v,
+                    r + 1,
+                    &q[r * width..][..width],
+                    1,
+                    16,
+                );
+                assert_eq!(one, all[r * width..][..width], "hd {hd} row {r}");
+            }
+        }
     }
 
     #[test]

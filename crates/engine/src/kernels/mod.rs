@@ -29,6 +29,8 @@
 //! product pays a round trip through the pool's queue, which costs more than a small gemv.
 
 mod acts;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
