@@ -292,11 +292,9 @@ unsafe fn attend(
             amx_keys,
         );
     }
-    // Scores, key block by key block.
-    for b0 in (start..end).step_by(KEY_BLOCK) {
-        if amx {
-            break;
-        }
+    // Scores, key block by key block (unless the tiles made them).
+    let fma_keys = if amx { start..start } else { start..end };
+    for b0 in fma_keys.step_by(KEY_BLOCK) {
         let b1 = (b0 + KEY_BLOCK).min(end);
         widen_block(s, shape, kvh, b0..b1, true, block);
         // Chunk by chunk, every tile that reads it: the chunk's 16 keys stay in L1.

@@ -710,17 +710,12 @@ impl ToolCallParser {
     fn drain_complete_calls(&mut self, out: &mut Vec<ToolDelta>) {
         match self.format {
             ToolFormat::Hermes => {
-                while let Some(end) = self.buffer.find(HERMES_CLOSE) {
-                    let body = self.buffer[..end].trim().to_string();
-                    let body = body
-                        .strip_prefix(HERMES_OPEN)
-                        .unwrap_or(&body)
-                        .trim()
-                        .to_string();
+                while let Some((end, parsed)) = hermes_call_end(&self.buffer) {
+                    let body = hermes_body(&self.buffer[..end]).to_string();
                     self.buffer.drain(..end + HERMES_CLOSE.len());
                     let trimmed = self.buffer.trim_start().to_string();
                     self.buffer = trimmed;
-                    match parse_call(&body) {
+                    match parsed {
                         Some(call) => out.extend(self.call(call)),
                         None => out.extend(content(format!("{HERMES_OPEN}{body}{HERMES_CLOSE}"))),
                     }
@@ -757,6 +752,41 @@ impl ToolCallParser {
             arguments: parsed.arguments,
         }))
     }
+}
+
+/// A Hermes call's text without its opening tag and the space around it.
+fn hermes_body(text: &str) -> &str {
+    let body = text.trim();
+    body.strip_prefix(HERMES_OPEN).unwrap_or(body).trim()
+}
+
+/// Where the first complete Hermes call in `buffer` ends (the offset of its closing tag),
+/// with the call: the first closing tag before which the text parses as a call, so that a
+/// closing tag written inside a string argument (which a grammar allows) does not cut the
+/// call; else the first closing tag outside the JSON strings, ending a call that does not
+/// parse. `None` while neither is there yet.
+fn hermes_call_end(buffer: &str) -> Option<(usize, Option<ParsedCall>)> {
+    for (end, _) in buffer.match_indices(HERMES_CLOSE) {
+        if let Some(call) = parse_call(hermes_body(&buffer[..end])) {
+            return Some((end, Some(call)));
+        }
+    }
+    let (mut in_string, mut escaped) = (false, false);
+    for (i, c) in buffer.char_indices() {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if buffer[i..].starts_with(HERMES_CLOSE) {
+            return Some((i, None));
+        }
+    }
+    None
 }
 
 /// Whether an answer could still be a bare call.
@@ -1336,6 +1366,47 @@ mod tests {
         assert_eq!(
             out,
             vec![ToolDelta::Content("<tool_call>{\"name\": ".into())]
+        );
+    }
+
+    /// A grammar lets a string argument hold the closing tag (a 135M model sampled
+    /// `"street": "…London}}}</tool_call><tool_call>In this command…"` in about 1 of 75
+    /// forced calls): the call ends at the closing tag after its JSON, token by token and
+    /// whole.
+    #[test]
+    fn a_closing_tag_inside_a_string_argument_does_not_end_the_call() {
+        let street = "12 Lane}}}</tool_call><tool_call>In this \\\"text\\\" </tool_call>";
+        let text = format!(
+            "<tool_call>{{\"name\": \"save\", \"arguments\": {{\"street\": \"{street}\", \"city\": \"\"}}}}</tool_call>"
+        );
+        let want = serde_json::json!({"street": "12 Lane}}}</tool_call><tool_call>In this \"text\" </tool_call>", "city": ""});
+        for step in [text.len(), 1, 3] {
+            let mut p = ToolCallParser::new(ToolFormat::Hermes);
+            let mut out = Vec::new();
+            let mut at = 0;
+            while at < text.len() {
+                let end = (at + step).min(text.len());
+                out.extend(p.push(0, &text[at..end]));
+                at = end;
+            }
+            out.extend(p.finish(false));
+            match &out[..] {
+                [ToolDelta::Call(c)] => {
+                    assert_eq!(c.name, "save");
+                    let args: Value = serde_json::from_str(&c.arguments).unwrap();
+                    assert_eq!(args, want, "step {step}");
+                }
+                other => panic!("step {step}: {other:?}"),
+            }
+        }
+        // A malformed call still ends at the first closing tag outside its strings.
+        let mut p = ToolCallParser::new(ToolFormat::Hermes);
+        let out = p.push(0, "<tool_call>{\"name\": }</tool_call>after");
+        assert_eq!(
+            out,
+            vec![ToolDelta::Content(
+                "<tool_call>{\"name\": }</tool_call>".into()
+            )]
         );
     }
 
