@@ -1,6 +1,7 @@
 //! Attention alone at long contexts: one prefill chunk of 512 query rows (the last chunk of
 //! a prompt of CONTEXT tokens) and one decode row, on Qwen2.5-Coder-1.5B's shape (12 query
-//! heads, 2 KV heads of 128), KV cache in f16 and q8_0. Prints the time per call and per
+//! heads, 2 KV heads of 128), KV cache in f16 and q8_0, and q8_0 with keys stored less a
+//! large bias's rotation (`q8_0+b`: Qwen2's first layers, `kernels::key_offset`). Prints the time per call and per
 //! (query head, key) pair: a kernel without a cliff keeps the second roughly flat as the
 //! context grows.
 //!
@@ -12,6 +13,7 @@ use std::time::Instant;
 
 use half::f16;
 use verre_engine::kernels::attention::{AttentionShape, KvRows, SeqAttention, attention};
+use verre_engine::kernels::key_offset::KeyOffset;
 use verre_engine::kernels::kv_rows::{QK, quantize_q8_0};
 
 const BLOCK: usize = 16;
@@ -108,16 +110,28 @@ fn main() {
                 q8_blocks(&v8, &vd, per_block),
             ),
         ];
+        // A bias as large as Qwen2.5's first layer's, on its last pairs; NeoX pairs, base 1e6.
+        let bias: Vec<f32> = (0..kv_dim)
+            .map(|i| if i % 64 >= 58 { 300.0 } else { 2.0 })
+            .collect();
+        let pairs: Vec<(usize, usize)> = (0..64).map(|i| (i, i + 64)).collect();
+        let speeds: Vec<f64> = (0..64).map(|i| 1e6f64.powf(-(i as f64) / 64.0)).collect();
+        let offset = KeyOffset::new(&bias, 128, &pairs, &speeds, 1.0);
         for rows in [512.min(len), 1] {
             let q = random(rows * 12 * 128, 3);
             let mut out = vec![0f32; q.len()];
-            for (name, kb, vb) in &caches {
+            let runs = caches
+                .iter()
+                .map(|(name, kb, vb)| (*name, kb, vb, None))
+                .chain([("q8_0+b", &caches[1].1, &caches[1].2, Some(&offset))]);
+            for (name, kb, vb, key_offset) in runs {
                 let seq = [SeqAttention {
                     k: kb,
                     v: vb,
                     block_len: BLOCK,
                     len,
                     rows: 0..rows,
+                    key_offset,
                 }];
                 attention(&shape, &seq, &q, &mut out);
                 let reps = (20_000_000 / (rows * len)).clamp(1, 50);

@@ -20,12 +20,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use anyhow::{Result, ensure};
 use half::f16;
 use half::vec::HalfBitsVecExt;
 
 use crate::kernels::attention::{KvRows, MAX_HEAD_DIM};
+use crate::kernels::key_offset::KeyOffset;
 use crate::kernels::kv_rows::{QK, quantize_q4_0, quantize_q8_0, rotate};
 
 /// Positions per block (a multiple of the attention kernel's key chunk).
@@ -105,6 +107,10 @@ pub struct KvLayout {
     /// offset (a big key bias, as in Qwen2's first layers) that would take the bits of
     /// every 32-block, leaving the part that tells keys apart almost none. Empty: none.
     pub f16_key_layers: Vec<bool>,
+    /// Layers whose quantized keys are stored less their bias's rotation (see
+    /// `kernels::key_offset`): the same large offset, taken out before quantizing and added
+    /// back by attention. Empty: none.
+    pub key_offsets: Vec<Option<Arc<KeyOffset>>>,
 }
 
 impl KvLayout {
@@ -124,7 +130,16 @@ impl KvLayout {
             width,
             head_dim,
             f16_key_layers: Vec::new(),
+            key_offsets: Vec::new(),
         }
+    }
+
+    /// The offset taken out of layer `l`'s stored keys, if any (never for f16 keys).
+    pub fn key_offset(&self, layer: usize) -> Option<&Arc<KeyOffset>> {
+        self.key_offsets
+            .get(layer)
+            .and_then(Option::as_ref)
+            .filter(|_| self.key_type(layer) != KvCacheType::F16)
     }
 
     /// How layer `l`'s keys are stored.
@@ -420,6 +435,8 @@ pub struct KvPool {
     block_bytes: usize,
     k: Vec<LayerRows>,
     v: Vec<LayerRows>,
+    /// Per layer, the offset taken out of its stored keys.
+    key_offsets: Vec<Option<Arc<KeyOffset>>>,
     alloc: BlockAllocator,
     pub stats: PrefixStats,
 }
@@ -447,6 +464,9 @@ impl KvPool {
                 .collect(),
             v: (0..layout.layers)
                 .map(|_| LayerRows::new(layout.kind, per_layer))
+                .collect(),
+            key_offsets: (0..layout.layers)
+                .map(|l| layout.key_offset(l).cloned())
                 .collect(),
             alloc: BlockAllocator::new(num_blocks),
             stats: PrefixStats::default(),
@@ -601,6 +621,18 @@ impl KvPool {
             start + n <= seq.reserved(),
             "KV write past the reserved blocks"
         );
+        let offset_keys;
+        let k = match &self.key_offsets[layer] {
+            Some(offset) => {
+                offset_keys = {
+                    let mut k = k.to_vec();
+                    offset.subtract(start, &mut k);
+                    k
+                };
+                &offset_keys[..]
+            }
+            None => k,
+        };
         for i in 0..n {
             let pos = start + i;
             let block = seq.blocks[pos / BLOCK_TOKENS] as usize;
@@ -612,6 +644,11 @@ impl KvPool {
 
     /// The key and value blocks of one layer covering positions `..len`, in order; the
     /// last block is cut to the positions it holds.
+    /// The offset taken out of layer `layer`'s stored keys, for attention to add back.
+    pub(crate) fn key_offset(&self, layer: usize) -> Option<&KeyOffset> {
+        self.key_offsets[layer].as_deref()
+    }
+
     pub(crate) fn layer_blocks(
         &self,
         layer: usize,

@@ -275,11 +275,17 @@ fn check_with(name: &str, source: Source, kv_type: KvCacheType) {
     }
 
     let bytes_per_token = |t| model.model.kv_layout(t).unwrap().block_bytes() / 16;
-    eprintln!(
-        "{name}: KV bytes per token {} ({kv_type}), {} (f16)",
-        bytes_per_token(kv_type),
-        bytes_per_token(KvCacheType::F16)
-    );
+    let (bytes, f16_bytes) = (bytes_per_token(kv_type), bytes_per_token(KvCacheType::F16));
+    eprintln!("{name}: KV bytes per token {bytes} ({kv_type}), {f16_bytes} (f16)");
+    // Issue 20: q8_0 halves the bytes, but for its scales (34 bytes per 32 values against
+    // 64): every layer quantized, those with a large key bias included.
+    if kv_type == KvCacheType::Q8_0 {
+        assert_eq!(
+            bytes * 64,
+            f16_bytes * 34,
+            "{name}: q8_0 KV bytes per token {bytes} against {f16_bytes} in f16"
+        );
+    }
     let mut report = format!(
         "{name} ({}{}, {kv_type} KV cache): top-1 {}/{} where llama.cpp's gap >= {CONFIDENT_GAP}; |Δ logprob| over its \
          top-5: mean {:.4}, max {:.4} ({} rows)",

@@ -43,6 +43,7 @@ use std::ops::Range;
 use half::f16;
 use rayon::prelude::*;
 
+use super::key_offset::KeyOffset;
 pub use super::kv_rows::KvRows;
 use super::kv_rows::rotate;
 
@@ -97,6 +98,8 @@ pub struct SeqAttention<'a> {
     /// The stacked query rows of this sequence: rows `rows.start + i` is at position
     /// `len - rows.len() + i`.
     pub rows: Range<usize>,
+    /// Quantized keys stored less their bias's rotation: added back as they are widened.
+    pub key_offset: Option<&'a KeyOffset>,
 }
 
 /// `out[row] = softmax(q[row] K^T * scale) V` for every stacked query row of every
@@ -478,11 +481,17 @@ fn widen_block(
         s.block_len
     };
     let blocks = if keys { s.k } else { s.v };
-    for (p, row) in range.zip(dst.chunks_exact_mut(hd)) {
+    for (p, row) in range.clone().zip(dst.chunks_exact_mut(hd)) {
         if p < s.len {
             blocks[p / block_len].widen((p % block_len) * kv_dim + kvh * hd, row);
         } else {
             row.fill(0.0);
+        }
+    }
+    if let Some(offset) = s.key_offset.filter(|_| keys) {
+        let cached = range.start..range.end.min(s.len);
+        if !cached.is_empty() {
+            offset.add_rotated(cached.clone(), kvh, &mut dst[..cached.len() * hd]);
         }
     }
 }
@@ -1116,6 +1125,7 @@ mod tests {
             block_len,
             len,
             rows: 0..n_rows,
+            key_offset: None,
         };
         attention_with(kernels, shape, &[seq], q, &mut out);
         out
@@ -1328,6 +1338,7 @@ mod tests {
                     block_len: BLOCK,
                     len,
                     rows: 0..n_rows,
+                    key_offset: None,
                 };
                 attention(&shape, &[seq], &q, &mut got);
                 // The queries are rounded to f16 after the rotation here, before it in the
@@ -1382,6 +1393,7 @@ mod tests {
                 block_len: len,
                 len,
                 rows: 0..len,
+                key_offset: None,
             }];
             let mut simd = vec![0f32; q.len()];
             let mut portable = vec![0f32; q.len()];

@@ -18,11 +18,12 @@
 //! orthogonal it leaves scores and weighted sums unchanged, but it spreads the few huge
 //! channels some models put in their keys over the whole head: quantized as they come, one
 //! such channel sets the scale of its 32-block and the other 31 keep almost no bits. Layers
-//! whose keys are dominated by a large constant offset (Qwen2's key bias in its first
-//! layers) keep their keys in f16 (`kv::KvLayout::f16_key_layers`). Measured on
-//! Qwen2.5-Coder-0.5B, teacher-forced against llama.cpp, mean / max |Δ logprob|: f16 0.051 /
-//! 0.40; q8_0 as it comes 0.18 / 2.6; rotated 0.13 / 4.5; rotated with the offset layers'
-//! keys in f16 0.056 / 0.56.
+//! whose keys are dominated by a large offset (Qwen2's key bias in its first layers) store
+//! their keys less that offset (`key_offset`; f16 where it cannot be taken out,
+//! `kv::KvLayout::f16_key_layers`). Measured on Qwen2.5-Coder-0.5B, teacher-forced against
+//! llama.cpp, mean / max |Δ logprob|: f16 0.051 / 0.40; q8_0 as it comes 0.18 / 2.6;
+//! rotated 0.13 / 4.5; rotated with the offset layers' keys in f16 0.056 / 0.56; rotated
+//! with the offset taken out 0.0545 / 0.567.
 
 use half::f16;
 
@@ -98,6 +99,16 @@ pub fn rotation_group(head_dim: usize) -> usize {
 /// (its own inverse). The fast transform: `log2(n)` passes of sums and differences.
 pub fn rotate(x: &mut [f32]) {
     let n = rotation_group(x.len());
+    #[cfg(target_arch = "x86_64")]
+    if n >= 16 && super::isa() == super::Isa::Avx512Vnni {
+        // SAFETY: the CPU has AVX-512 (checked by `isa`).
+        return unsafe { avx512::rotate(x, n) };
+    }
+    rotate_portable(x, n);
+}
+
+/// [`rotate`] in plain Rust: the reference the SIMD version matches bit for bit.
+fn rotate_portable(x: &mut [f32], n: usize) {
     let norm = 1.0 / (n as f32).sqrt();
     for group in x.chunks_exact_mut(n) {
         let mut h = 1;
@@ -192,6 +203,68 @@ mod avx512 {
 
     use super::QK;
 
+    /// `super::rotate_portable` for groups of `n` (a power of two >= 16), with the same sums
+    /// and differences in the same order: passes over whole vectors while the halves are 16
+    /// lanes or more apart, then within each vector through a permutation (`x + p` on the
+    /// lower lanes of each pair, `p - x` on the upper ones: `a + b` and `a - b` as before).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn rotate(x: &mut [f32], n: usize) {
+        debug_assert!(n >= 16 && n.is_power_of_two() && x.len().is_multiple_of(n));
+        /// Per pass within a vector (halves 1, 2, 4, 8 lanes apart): each lane's partner.
+        const PARTNER: [[i32; 16]; 4] = {
+            let mut t = [[0; 16]; 4];
+            let mut s = 0;
+            while s < 4 {
+                let mut i = 0;
+                while i < 16 {
+                    t[s][i] = i as i32 ^ (1 << s);
+                    i += 1;
+                }
+                s += 1;
+            }
+            t
+        };
+        /// The upper lane of each pair, per pass.
+        const UPPER: [u16; 4] = [0xAAAA, 0xCCCC, 0xF0F0, 0xFF00];
+        let norm = _mm512_set1_ps(1.0 / (n as f32).sqrt());
+        // SAFETY: 16 i32 read from each 16-element row.
+        let inner: [(__m512i, __mmask16); 4] = std::array::from_fn(|s| {
+            (
+                unsafe { _mm512_loadu_si512(PARTNER[s].as_ptr().cast()) },
+                UPPER[s],
+            )
+        });
+        for group in x.chunks_exact_mut(n) {
+            let p = group.as_mut_ptr();
+            // SAFETY: every offset below is inside the group of `n` floats.
+            unsafe {
+                for (idx, upper) in inner {
+                    for v in (0..n).step_by(16) {
+                        let a = _mm512_loadu_ps(p.add(v));
+                        let b = _mm512_permutexvar_ps(idx, a);
+                        let sum = _mm512_add_ps(a, b);
+                        _mm512_storeu_ps(p.add(v), _mm512_mask_sub_ps(sum, upper, b, a));
+                    }
+                }
+                let mut h = 16;
+                while h < n {
+                    for base in (0..n).step_by(2 * h) {
+                        for v in (base..base + h).step_by(16) {
+                            let a = _mm512_loadu_ps(p.add(v));
+                            let b = _mm512_loadu_ps(p.add(v + h));
+                            _mm512_storeu_ps(p.add(v), _mm512_add_ps(a, b));
+                            _mm512_storeu_ps(p.add(v + h), _mm512_sub_ps(a, b));
+                        }
+                    }
+                    h *= 2;
+                }
+                for v in (0..n).step_by(16) {
+                    _mm512_storeu_ps(p.add(v), _mm512_mul_ps(_mm512_loadu_ps(p.add(v)), norm));
+                }
+            }
+        }
+    }
+
     /// `super::widen_q8_0`: 16 bytes sign-extended to 16 floats, times the block's scale.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub(super) unsafe fn widen_q8_0(quants: &[i8], scales: &[f16], dst: &mut [f32]) {
@@ -248,6 +321,23 @@ mod tests {
         let mut part = vec![0f32; QK];
         rows.widen(2 * QK, &mut part);
         assert_eq!(part, back[2 * QK..3 * QK]);
+    }
+
+    #[test]
+    fn simd_rotation_matches_the_portable_one_bit_for_bit() {
+        for n in [16, 32, 64, 128, 256, 96, 80] {
+            let x: Vec<f32> = (0..n * 3)
+                .map(|i| ((i * 2654435761usize) % 1000) as f32 / 37.0 - 13.0)
+                .collect();
+            let (mut a, mut b) = (x.clone(), x.clone());
+            rotate(&mut a);
+            rotate_portable(&mut b, rotation_group(n * 3));
+            assert_eq!(
+                a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "n = {n}"
+            );
+        }
     }
 
     #[test]

@@ -34,6 +34,7 @@ mod amx;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod key_offset;
 pub mod kv_rows;
 mod packed;
 mod scalar;

@@ -29,6 +29,7 @@ use candle_core::{Device, Module, Tensor};
 use super::{Logits, ModelInfo, SeqChunk};
 use crate::gguf::GgufFile;
 use crate::kernels::attention::{AttentionShape, MAX_HEAD_DIM, SeqAttention, attention};
+use crate::kernels::key_offset::KeyOffset;
 use crate::kernels::{self, QuantMatrix, Scratch};
 use crate::kv::{BLOCK_TOKENS, KvCache, KvPool};
 
@@ -87,6 +88,56 @@ pub struct RopeConfig {
     pub freq_factors: Option<Vec<f32>>,
     /// Which dimensions of a head rotate together.
     pub style: RopeStyle,
+}
+
+impl RopeConfig {
+    /// The pairs of a head's dimensions that rotate together.
+    pub fn pairs(&self) -> Vec<(usize, usize)> {
+        let half = self.n_rot / 2;
+        (0..half)
+            .map(|i| match self.style {
+                RopeStyle::Normal => (2 * i, 2 * i + 1),
+                RopeStyle::Neox => (i, i + half),
+            })
+            .collect()
+    }
+
+    /// Per pair, the angle it turns by per position, and the magnitude scale (YaRN's), in
+    /// f64: the angles [`RopeTable`] computes in f32, as `position * speed`.
+    pub fn angular_speeds(&self) -> (Vec<f64>, f64) {
+        let half = self.n_rot / 2;
+        let theta_scale = (self.freq_base as f64).powf(-2.0 / self.n_rot as f64);
+        let freq_scale = self.freq_scale as f64;
+        let mut mscale = 1.0;
+        let speeds = (0..half)
+            .map(|i| {
+                let ff = self.freq_factors.as_ref().map_or(1.0, |f| f[i] as f64);
+                let base = theta_scale.powi(i as i32) / ff;
+                match self.scaling {
+                    RopeScaling::Yarn {
+                        original_context,
+                        ext_factor,
+                        attn_factor,
+                        beta_fast,
+                        beta_slow,
+                    } => {
+                        let (low, high) = yarn_corr_dims(
+                            self.n_rot,
+                            original_context,
+                            self.freq_base,
+                            beta_fast,
+                            beta_slow,
+                        );
+                        let ramp = (yarn_ramp(low, high, 2 * i) * ext_factor) as f64;
+                        mscale = attn_factor as f64 * (1.0 + 0.1 * (1.0 / freq_scale).ln());
+                        freq_scale * base * (1.0 - ramp) + base * ramp
+                    }
+                    _ => freq_scale * base,
+                }
+            })
+            .collect();
+        (speeds, mscale)
+    }
 }
 
 /// How a head's dimensions pair up for rotation (llama.cpp's rope types).
@@ -687,6 +738,32 @@ impl Llama {
             .collect()
     }
 
+    /// Per layer, the offset a quantized cache takes out of its keys (see
+    /// `kernels::key_offset`): for layers whose key bias reaches `from`, the bias as RoPE
+    /// turns it. `Err(layer)`: a layer whose keys are normalised after the bias (the offset
+    /// is not the bias then): its keys must stay f16.
+    pub fn key_offsets(&self, from: f32) -> Vec<Result<Option<KeyOffset>, usize>> {
+        let hd = self.cfg.head_dim;
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(li, l)| {
+                let Some([_, bk, _]) = &l.qkv_bias else {
+                    return Ok(None);
+                };
+                if bk.iter().all(|b| b.abs() < from) {
+                    return Ok(None);
+                }
+                if l.k_norm.is_some() {
+                    return Err(li);
+                }
+                let rope = self.cfg.rope_of(li);
+                let (speeds, mscale) = rope.angular_speeds();
+                Ok(Some(KeyOffset::new(bk, hd, &rope.pairs(), &speeds, mscale)))
+            })
+            .collect()
+    }
+
     /// Layers and values per position: the shape of this model's KV blocks.
     pub fn kv_geometry(&self) -> (usize, usize) {
         (self.cfg.n_layer, self.cfg.n_kv_head * self.cfg.head_dim)
@@ -830,6 +907,7 @@ impl Llama {
                 .iter()
                 .map(|c| pool.layer_blocks(li, c.kv, c.kv.len() + c.tokens.len()))
                 .collect();
+            let key_offset = pool.key_offset(li);
             let mut row = 0;
             let seqs: Vec<SeqAttention<'_>> = batch
                 .iter()
@@ -843,6 +921,7 @@ impl Llama {
                         block_len: BLOCK_TOKENS,
                         len: c.kv.len() + n,
                         rows: row - n..row,
+                        key_offset,
                     }
                 })
                 .collect();
@@ -1191,6 +1270,57 @@ mod tests {
                     (c - theta.cos()).abs() <= bound && (s - theta.sin()).abs() <= bound,
                     "position {pos}, pair {i}: ({c}, {s}) vs angle {theta}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn angular_speeds_turn_as_the_rope_table_turns() {
+        // What a quantized cache takes out of keys (`key_offset`) must be the bias as the
+        // table rotates it: plain, linear, YaRN with per-frequency factors.
+        let plain = RopeConfig {
+            n_rot: 64,
+            freq_base: 1e6,
+            freq_scale: 1.0,
+            scaling: RopeScaling::None,
+            freq_factors: None,
+            style: RopeStyle::Neox,
+        };
+        let linear = RopeConfig {
+            freq_scale: 0.25,
+            scaling: RopeScaling::Linear,
+            style: RopeStyle::Normal,
+            ..plain.clone()
+        };
+        let yarn = RopeConfig {
+            freq_base: 1e4,
+            freq_scale: 0.25,
+            scaling: RopeScaling::Yarn {
+                original_context: 4096,
+                ext_factor: 1.0,
+                attn_factor: 1.0,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+            },
+            freq_factors: Some((0..32).map(|i| 1.0 + i as f32 / 8.0).collect()),
+            ..plain.clone()
+        };
+        let positions = [0usize, 1, 7, 300, 4095];
+        for cfg in [plain, linear, yarn] {
+            let (speeds, mscale) = cfg.angular_speeds();
+            let table = RopeTable::new(&cfg, &positions);
+            for (r, &pos) in positions.iter().enumerate() {
+                for (i, w) in speeds.iter().enumerate() {
+                    let (s, c) = (w * pos as f64).sin_cos();
+                    let got = (table.cos[r * 32 + i] as f64, table.sin[r * 32 + i] as f64);
+                    let bound = 1e-7 * pos as f64 + 1e-6;
+                    assert!(
+                        (got.0 - c * mscale).abs() <= bound && (got.1 - s * mscale).abs() <= bound,
+                        "{:?} position {pos}, pair {i}: {got:?} vs {:?}",
+                        cfg.scaling,
+                        (c * mscale, s * mscale)
+                    );
+                }
             }
         }
     }

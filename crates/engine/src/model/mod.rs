@@ -8,6 +8,7 @@ pub mod mistral3;
 pub mod qwen2;
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use candle_core::Device;
@@ -103,18 +104,20 @@ impl Model {
     }
 
     /// How this model's KV cache is laid out when stored as `kind`; an error when its
-    /// attention heads do not fit `kind`'s blocks. Layers with a large key bias keep their
-    /// keys in f16 (see [`KvLayout::f16_key_layers`]).
+    /// attention heads do not fit `kind`'s blocks. Layers with a large key bias store their
+    /// keys less its rotation (see [`KvLayout::key_offsets`]), or in f16 where that cannot
+    /// be done ([`KvLayout::f16_key_layers`]).
     pub fn kv_layout(&self, kind: KvCacheType) -> Result<KvLayout> {
         kind.check_head_dim(self.head_dim())?;
         let (layers, width) = self.kv_geometry();
         let mut layout = KvLayout::new(kind, layers, width, self.head_dim());
         if kind != KvCacheType::F16 {
             let Model::Llama(m) = self;
-            layout.f16_key_layers = m
-                .key_bias_max()
-                .iter()
-                .map(|&b| b >= F16_KEYS_ABOVE_BIAS)
+            let offsets = m.key_offsets(OFFSET_KEYS_ABOVE_BIAS);
+            layout.f16_key_layers = offsets.iter().map(Result::is_err).collect();
+            layout.key_offsets = offsets
+                .into_iter()
+                .map(|o| o.ok().flatten().map(Arc::new))
                 .collect();
         }
         Ok(layout)
@@ -171,13 +174,14 @@ impl Model {
     }
 }
 
-/// A layer whose key bias reaches this magnitude keeps its keys in f16 in a quantized
-/// cache. Qwen2.5-Coder's first layers have biases of 66-354 (keys of norm ~390 that differ
-/// by a few units); the other layers of these files, and models without a key bias, stay
-/// under 12 but for a few at 21-46. Measured on Qwen2.5-Coder-0.5B (q8_0, teacher-forced
+/// A layer whose key bias reaches this magnitude stores its keys less the bias's rotation
+/// in a quantized cache (`kernels::key_offset`), or in f16 where that offset cannot be
+/// taken out. Qwen2.5-Coder's first layers have biases of 66-354 (keys of norm ~390 that
+/// differ by a few units); the other layers of these files, and models without a key bias,
+/// stay under 12 but for a few at 21-46. Measured on Qwen2.5-Coder-0.5B (q8_0, teacher-forced
 /// against llama.cpp): every key in q8_0 mean |Δ logprob| 0.126 / max 4.5; layers 0-2 in
 /// f16, 0.059 / 0.50.
-const F16_KEYS_ABOVE_BIAS: f32 = 32.0;
+const OFFSET_KEYS_ABOVE_BIAS: f32 = 32.0;
 
 /// Tiny GGUF files written by tests: metadata for config parsing, and F32 tensors of a
 /// one-layer model for load errors.
