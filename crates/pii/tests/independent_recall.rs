@@ -45,7 +45,7 @@ fn independent_dev_recall() {
 // These two fail the bar today (issue 18 item 14 stays open; docs/GDPR.md has the table):
 // they run with `cargo test -p verre-pii --test independent_recall -- --include-ignored`.
 #[test]
-#[ignore = "fails the 0.99 bar (person 0.976, date_of_birth 0.983; phone 0.993 passes) after tuning on dev, 2026-12-06"]
+#[ignore = "fails the 0.99 bar for persons (0.976; date_of_birth 1.000 and phone 0.993 pass), 2026-12-07"]
 fn independent_test_recall() {
     check("tests/data/independent/test.txt");
 }
@@ -54,6 +54,14 @@ fn independent_test_recall() {
 #[ignore = "fails the 0.99 bar (person 0.790, date_of_birth 0.800) after tuning on dev, 2026-12-06"]
 fn independent_handwritten_recall() {
     check("eval/independent/handwritten.txt");
+}
+
+// Hand-written mails for tuning (a dev split like `dev.txt`, but not from a generator's
+// frames), written 2026-12-07 by someone who did not see the recognisers.
+#[test]
+#[ignore = "a tuning split since 2026-12-07; fails the 0.99 bar for persons (0.900; date_of_birth 1.000)"]
+fn independent_handwritten_dev2_recall() {
+    check("eval/independent/handwritten-dev2.txt");
 }
 
 #[test]

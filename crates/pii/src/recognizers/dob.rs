@@ -10,7 +10,7 @@ use regex::Regex;
 use super::{is_word_bounded, window_before};
 use crate::detect::{Candidate, DetectOptions, PiiKind};
 
-const MONTHS: &str = "jan(?:uary|vier|uar|uari|naio)?|j[äa]nner|feb(?:ruary|ruar|ruari|braio)?|f[ée]v(?:rier)?|m[äa]r(?:ch|s|z|zo)?|maerz|maart|apr(?:il|ile)?|avr(?:il)?|may|mai|mei|maggio|mayo|june?|juin|juni|giugno|junio|july?|juil(?:let)?|juli|luglio|julio|aug(?:ust|ustus)?|ao[ûu]t|agosto|sep(?:t|tember|tembre)?|sett(?:embre)?|oct(?:ober|obre)?|okt(?:ober)?|ottobre|nov(?:ember|embre)?|dec(?:ember)?|d[ée]c(?:embre)?|dez(?:ember)?|dicembre|diciembre|enero|febrero|marzo|abril|agosto|septiembre|octubre|noviembre";
+const MONTHS: &str = "jan(?:uary|vier|uar|uari)?|gennaio|j[äa]nner|feb(?:ruary|ruar|ruari|braio)?|f[ée]v(?:rier)?|m[äa]r(?:ch|s|z|zo)?|maerz|maart|apr(?:il|ile)?|avr(?:il)?|may|mai|mei|maggio|mayo|june?|juin|juni|giugno|junio|july?|juil(?:let)?|juli|luglio|julio|aug(?:ust|ustus)?|ao[ûu]t|agosto|sep(?:t|tember|tembre)?|sett(?:embre)?|oct(?:ober|obre)?|okt(?:ober)?|ottobre|nov(?:ember|embre)?|dec(?:ember)?|d[ée]c(?:embre)?|dez(?:ember)?|dicembre|diciembre|enero|febrero|marzo|abril|agosto|septiembre|setiembre|octubre|noviembre";
 
 pub(super) static DATE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(&format!(
@@ -145,6 +145,8 @@ mod tests {
     fn italian_spanish_and_star_lead_forms() {
         assert_eq!(dobs("nato a Catania il 16/2/1985"), ["16/2/1985"]);
         assert_eq!(dobs("nata ad Ancona il 3 marzo 1950"), ["3 marzo 1950"]);
+        assert_eq!(dobs("Sofia, nata il 9 gennaio 2017"), ["9 gennaio 2017"]);
+        assert_eq!(dobs("nacido el 4 de setiembre de 1999"), ["4 de setiembre de 1999"]);
         assert_eq!(
             dobs("su hijo Tarek (Fecha nac.: 28/04/2013) el"),
             ["28/04/2013"]

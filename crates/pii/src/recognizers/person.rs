@@ -889,7 +889,11 @@ fn after_capitalised_word(text: &str, start: usize) -> bool {
         .rev()
         .take_while(|c| c.is_alphabetic() || matches!(c, '\'' | '’' | '-' | '.'))
         .collect();
-    word.chars().last().is_some_and(char::is_uppercase)
+    // A relation noun is capitalised in German ("meinen Mann Markus", "Ihr Sohn Paweł")
+    // and at a sentence's start elsewhere: the name after it stands alone.
+    let word: String = word.chars().rev().collect();
+    word.chars().next().is_some_and(char::is_uppercase)
+        && !RELATION_NOUNS.contains(&word.to_lowercase().as_str())
 }
 
 /// How street names end in Dutch and German compounds ("Frankstraat", "Goethestraße").
@@ -934,6 +938,74 @@ const RELATION_NOUNS: &[&str] = &[
     "paziente",
     "schüler",
     "schülerin",
+    // Family and partners.
+    "mann",
+    "ehemann",
+    "ehefrau",
+    "partner",
+    "partnerin",
+    "freund",
+    "freundin",
+    "bruder",
+    "schwester",
+    "vater",
+    "mutter",
+    "opa",
+    "oma",
+    "onkel",
+    "tante",
+    "neffe",
+    "nichte",
+    "enkel",
+    "enkelin",
+    "broer",
+    "zus",
+    "vader",
+    "moeder",
+    "vriend",
+    "vriendin",
+    "mari",
+    "frère",
+    "sœur",
+    "père",
+    "mère",
+    "oncle",
+    "ami",
+    "amie",
+    "marito",
+    "moglie",
+    "fratello",
+    "sorella",
+    "nonno",
+    "nonna",
+    "zio",
+    "zia",
+    "amico",
+    "amica",
+    "marido",
+    "esposo",
+    "esposa",
+    "hermano",
+    "hermana",
+    "abuelo",
+    "abuela",
+    "tío",
+    "tía",
+    "amigo",
+    "amiga",
+    "husband",
+    "wife",
+    "brother",
+    "sister",
+    "father",
+    "mother",
+    "grandfather",
+    "grandmother",
+    "uncle",
+    "aunt",
+    "friend",
+    "nephew",
+    "niece",
 ];
 
 /// Whether a lone given name ending at `end` is followed by what follows a name in a
@@ -1313,6 +1385,17 @@ mod tests {
             .into_iter()
             .map(|s| s.text)
             .collect()
+    }
+
+    #[test]
+    fn a_given_name_after_a_capitalised_relation_noun() {
+        assert_eq!(
+            persons("erreichen Sie meinen Mann Markus unter dieser Nummer."),
+            ["Markus"]
+        );
+        assert_eq!(persons("Ihr Sohn Jonas ist krank."), ["Jonas"]);
+        // Another capitalised word before it still makes it part of a longer name.
+        assert!(persons("im Hotel Santa Teresa übernachten").is_empty());
     }
 
     #[test]

@@ -77,7 +77,7 @@ fn column_of(cell: &str) -> Option<Column> {
         "tel", "tél", "phone", "fon", "handy", "mobil", "móvil", "movil", "gsm", "cell",
         "portable", "fax",
     ];
-    const PERSON: [&str; 22] = [
+    const PERSON: &[&str] = &[
         "name",
         "nom",
         "prénom",
@@ -100,6 +100,67 @@ fn column_of(cell: &str) -> Option<Column> {
         "participant",
         "partecipante",
         "deelnemer",
+        // People a row names beside its first person: parents, guardians, contacts.
+        "parent",
+        "guardian",
+        "ouder",
+        "verzorger",
+        "eltern",
+        "elternteil",
+        "erziehungsberechtigter",
+        "genitore",
+        "tutore",
+        "tuteur",
+        "tutrice",
+        "tutor",
+        "padre",
+        "madre",
+        "mother",
+        "father",
+        "mutter",
+        "vater",
+        "mère",
+        "père",
+        "moeder",
+        "vader",
+        "contact",
+        "kontakt",
+        "contatto",
+        "contacto",
+        "ansprechpartner",
+        // Whom a row is about.
+        "patient",
+        "patiënt",
+        "paziente",
+        "paciente",
+        "employee",
+        "mitarbeiter",
+        "medewerker",
+        "dipendente",
+        "empleado",
+        "employé",
+        "child",
+        "kind",
+        "enfant",
+        "bambino",
+        "niño",
+        "student",
+        "schüler",
+        "leerling",
+        "élève",
+        "alunno",
+        "alumno",
+        "passenger",
+        "passagier",
+        "passager",
+        "passeggero",
+        "pasajero",
+        "guest",
+        "gast",
+        "invité",
+        "ospite",
+        "invitado",
+        "attendee",
     ];
     let words: Vec<&str> = cell
         .split(|c: char| !c.is_alphanumeric() && c != '.')
@@ -117,9 +178,15 @@ fn column_of(cell: &str) -> Option<Column> {
     {
         return Some(Column::Phone);
     }
+    // Plurals count as the word ("Apellidos", "Noms", "Namen").
+    let person_word = |w: &str| {
+        [w, w.strip_suffix('s').unwrap_or(w), w.strip_suffix("en").unwrap_or(w)]
+            .iter()
+            .any(|w| PERSON.contains(w))
+    };
     if words
         .iter()
-        .any(|w| PERSON.contains(w) || w.ends_with("name"))
+        .any(|w| person_word(w) || w.ends_with("name") || w.ends_with("namen"))
         && ![
             "firma",
             "company",
@@ -170,6 +237,22 @@ fn content_start(line: &str) -> usize {
     line.len() - line.trim_start_matches(['>', ' ']).len()
 }
 
+/// A Markdown-style row ("| Nombre | Apellidos |") without its outer pipes: the offset of
+/// what is left within `content`, and that part.
+fn inner_cells(content: &str) -> (usize, &str) {
+    let trimmed = content.trim_end();
+    match trimmed.strip_prefix('|') {
+        Some(inner) => (1, inner.strip_suffix('|').unwrap_or(inner)),
+        None => (0, trimmed.strip_suffix('|').unwrap_or(trimmed)),
+    }
+}
+
+/// A Markdown table's rule under its header ("|---|:---:|").
+fn is_rule(content: &str) -> bool {
+    let t = content.trim();
+    t.contains('-') && t.chars().all(|c| matches!(c, '|' | '-' | ':' | ' ' | '+'))
+}
+
 /// Cells of `line` (starting at byte `base` of the text) split on `sep`: (start, end).
 fn cells(line: &str, base: usize, sep: char) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
@@ -203,6 +286,11 @@ pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) 
             i += 1;
             continue;
         };
+        let content = if sep == '|' {
+            inner_cells(content).1
+        } else {
+            content
+        };
         let header: Option<Vec<Column>> = content
             .split(sep)
             .map(column_of)
@@ -223,10 +311,19 @@ pub(super) fn find(text: &str, _opts: &DetectOptions, out: &mut Vec<Candidate>) 
         let mut j = i + 1;
         while j < lines.len() {
             let (row_base, row) = lines[j];
-            let skip = content_start(row);
-            let content = &row[skip..];
+            let mut skip = content_start(row);
+            let mut content = &row[skip..];
             if !content.contains(sep) || content.trim().is_empty() {
                 break;
+            }
+            if sep == '|' {
+                if is_rule(content) {
+                    j += 1;
+                    continue;
+                }
+                let (lead, inner) = inner_cells(content);
+                skip += lead;
+                content = inner;
             }
             let cells = cells(content, row_base + skip, sep);
             for (k, column) in header.iter().enumerate() {
@@ -362,10 +459,38 @@ mod tests {
     }
 
     #[test]
+    fn markdown_tables_with_outer_pipes_and_a_rule() {
+        let text = "| Nombre | Apellidos | Fecha nac. | Teléfono |\n|---|---|:---:|---|\n| Inés | Quiroga Baeza | 03/11/1979 | +34 612 300 401 |\n| Tomás | Ruiz | 14/02/2011 | – |\n";
+        let f = found(text);
+        for (kind, value) in [
+            (PiiKind::Person, "Inés"),
+            (PiiKind::Person, "Quiroga Baeza"),
+            (PiiKind::DateOfBirth, "03/11/1979"),
+            (PiiKind::Phone, "+34 612 300 401"),
+            (PiiKind::Person, "Tomás"),
+            (PiiKind::Person, "Ruiz"),
+            (PiiKind::DateOfBirth, "14/02/2011"),
+        ] {
+            assert!(f.contains(&(kind, value.into())), "{value}: {f:?}");
+        }
+        // A second person column (a parent) in a tab table.
+        let text = "Naam\tGeboortedatum\tOuder/verzorger\tTelefoon\nTeun Brouwer\t02-09-2016\tMarleen Brouwer\t06 20 31 44 55\n";
+        let f = found(text);
+        assert!(f.contains(&(PiiKind::Person, "Marleen Brouwer".into())), "{f:?}");
+        // Plural headers, German.
+        let text = "| Vornamen | Nachnamen | Geburtsdatum |\n| Lotte | Brandauer | 2.5.1961 |\n";
+        let f = found(text);
+        assert!(f.contains(&(PiiKind::Person, "Brandauer".into())), "{f:?}");
+        assert!(f.contains(&(PiiKind::DateOfBirth, "2.5.1961".into())), "{f:?}");
+    }
+
+    #[test]
     fn tables_without_person_columns_stay_untouched() {
         let text = "Artikel;Menge;Preis;Lieferdatum\nSchrauben M4;200;12,40;03.04.2025\n";
         assert!(found(text).is_empty(), "{:?}", found(text));
         let text = "Produktname | Menge | Datum\nEckregal Fjord | 2 | 03.04.2025\n";
+        assert!(found(text).is_empty(), "{:?}", found(text));
+        let text = "| Artikel | Menge | Lieferdatum |\n|---|---|---|\n| Eckregal Fjord | 2 | 03.04.2025 |\n";
         assert!(found(text).is_empty(), "{:?}", found(text));
     }
 }
