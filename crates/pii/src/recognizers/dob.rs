@@ -146,7 +146,10 @@ mod tests {
         assert_eq!(dobs("nato a Catania il 16/2/1985"), ["16/2/1985"]);
         assert_eq!(dobs("nata ad Ancona il 3 marzo 1950"), ["3 marzo 1950"]);
         assert_eq!(dobs("Sofia, nata il 9 gennaio 2017"), ["9 gennaio 2017"]);
-        assert_eq!(dobs("nacido el 4 de setiembre de 1999"), ["4 de setiembre de 1999"]);
+        assert_eq!(
+            dobs("nacido el 4 de setiembre de 1999"),
+            ["4 de setiembre de 1999"]
+        );
         assert_eq!(
             dobs("su hijo Tarek (Fecha nac.: 28/04/2013) el"),
             ["28/04/2013"]

@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | a name the caller supplied ([`DetectOptions::extra_names`]) | "Dupont" | 1.0 |
 //! | after a title | "M. Dupont", "Frau Dr. Sabine Weber" | 0.85 |
+//! | after a profession with an article | "il geometra Santoro", "der Architekt Krause" | 0.8 |
 //! | after a greeting | "Dear Anna,", "Bonjour Claire" | 0.8 |
 //! | alone on its line after a closing, or after "Thanks, " at the end of a line | "Best regards,\nTom Baker" | 0.8 |
 //! | after a label for a person ("Kontoinhaber:", "Prénom :", "Patient:") | | 0.75 |
@@ -41,6 +42,14 @@ static TITLE: LazyLock<Regex> = LazyLock::new(|| {
 static GREETING: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)(?-u:\b)(?:dear|hi|hello|hey|bonjour|bonsoir|salut|cher|chère|liebe|lieber|hallo|moin|servus|beste|geachte|ciao|caro|cara|gentile|hola|estimado|estimada|querido|querida|hoi|hej|goedemorgen|goedemiddag|guten morgen|guten tag|grüß gott|grüezi|buongiorno|buenos días|buenas|coucou|qué tal|que tal|dag|salve|moin moin)[ \t]+")
         .expect("greeting pattern")
+});
+/// A profession named with an article or a possessive, then the surname: "il geometra
+/// Santoro", "l'avvocato Bianchi", "der Architekt Krause", "el notario Ruiz". Only the
+/// professions that are used as forms of address in these languages; the name must pass
+/// the same checks as after a title.
+static PROFESSION: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)(?-u:\b)(?:il|lo|la|l'|l’|el|le|der|die|den|dem|de|het|the|our|your|my|mio|mia|nostro|nostra|vostro|vostra|suo|sua|mon|ma|notre|votre|mein|meine|meinem|meinen|unser|unsere|unserem|unseren|ihr|ihre|ihrem|ihren|mijn|onze|uw|mi|su|nuestro|nuestra)[ \t]*(?:geometra|ingegnere|avvocato|avvocata|architetto|architetta|notaio|ragioniere|ragioniera|commercialista|dottore|dottoressa|dottor|perito|arquitecto|arquitecta|abogado|abogada|notario|notaria|gestor|gestora|aparejador|aparejadora|avocat|avocate|notaire|architecte|expert-comptable|huissier|architekt|architektin|anwalt|anwältin|steuerberater|steuerberaterin|gutachter|gutachterin|notar|notarin|notaris|advocaat|architect|boekhouder|deurwaarder|lawyer|attorney|notary|surveyor|accountant)[ \t]+")
+        .expect("profession pattern")
 });
 /// A person naming themselves, or someone named by their relation to the writer.
 static INTRODUCTION: LazyLock<Regex> = LazyLock::new(|| {
@@ -86,6 +95,17 @@ pub(super) fn find(text: &str, opts: &DetectOptions, out: &mut Vec<Candidate>) {
     for m in TITLE.find_iter(text) {
         if let Some((start, end)) = surname_after_title(text, skip_titles(text, m.end())) {
             push(start, end, 0.85);
+        }
+    }
+    for m in PROFESSION.find_iter(text) {
+        // A lower-case particle here names an office more often than a family ("il
+        // geometra del Comune", "el abogado del Estado"): only "Van Damme", "De Luca".
+        let pos = skip_titles(text, m.end());
+        if text[pos..].chars().next().is_some_and(char::is_lowercase) {
+            continue;
+        }
+        if let Some((start, end)) = surname_after_title(text, pos) {
+            push(start, end, 0.8);
         }
     }
     let mut greetings = Vec::new();
@@ -1396,6 +1416,19 @@ mod tests {
         assert_eq!(persons("Ihr Sohn Jonas ist krank."), ["Jonas"]);
         // Another capitalised word before it still makes it part of a longer name.
         assert!(persons("im Hotel Santa Teresa übernachten").is_empty());
+    }
+
+    #[test]
+    fn a_surname_after_a_profession_and_its_article() {
+        assert_eq!(persons("Ho sentito il geometra Santoro ieri."), ["Santoro"]);
+        assert_eq!(persons("Parli con l'avvocato Bianchi."), ["Bianchi"]);
+        assert_eq!(persons("Der Architekt Krause kommt am Montag."), ["Krause"]);
+        assert_eq!(persons("Lo firmó el notario Ruiz Olmedo."), ["Ruiz Olmedo"]);
+        assert_eq!(persons("Onze notaris Van Damme belt."), ["Van Damme"]);
+        // No name after it, or a place or an institution: nothing.
+        assert!(persons("il geometra del Comune ha risposto").is_empty());
+        assert!(persons("der Architekt des Neubaus").is_empty());
+        assert!(persons("the lawyer Services GmbH").is_empty());
     }
 
     #[test]

@@ -180,9 +180,13 @@ fn column_of(cell: &str) -> Option<Column> {
     }
     // Plurals count as the word ("Apellidos", "Noms", "Namen").
     let person_word = |w: &str| {
-        [w, w.strip_suffix('s').unwrap_or(w), w.strip_suffix("en").unwrap_or(w)]
-            .iter()
-            .any(|w| PERSON.contains(w))
+        [
+            w,
+            w.strip_suffix('s').unwrap_or(w),
+            w.strip_suffix("en").unwrap_or(w),
+        ]
+        .iter()
+        .any(|w| PERSON.contains(w))
     };
     if words
         .iter()
@@ -476,12 +480,18 @@ mod tests {
         // A second person column (a parent) in a tab table.
         let text = "Naam\tGeboortedatum\tOuder/verzorger\tTelefoon\nTeun Brouwer\t02-09-2016\tMarleen Brouwer\t06 20 31 44 55\n";
         let f = found(text);
-        assert!(f.contains(&(PiiKind::Person, "Marleen Brouwer".into())), "{f:?}");
+        assert!(
+            f.contains(&(PiiKind::Person, "Marleen Brouwer".into())),
+            "{f:?}"
+        );
         // Plural headers, German.
         let text = "| Vornamen | Nachnamen | Geburtsdatum |\n| Lotte | Brandauer | 2.5.1961 |\n";
         let f = found(text);
         assert!(f.contains(&(PiiKind::Person, "Brandauer".into())), "{f:?}");
-        assert!(f.contains(&(PiiKind::DateOfBirth, "2.5.1961".into())), "{f:?}");
+        assert!(
+            f.contains(&(PiiKind::DateOfBirth, "2.5.1961".into())),
+            "{f:?}"
+        );
     }
 
     #[test]
