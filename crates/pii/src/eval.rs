@@ -318,8 +318,20 @@ fn leak_row(out: &mut String, name: &str, c: LeakCounts) {
 /// per text, as the gateway makes one per request) and measures, for each label, whether
 /// its value left in clear, and for the words outside the labels, how many were replaced.
 pub fn measure_leaks(texts: &[LabelledText], opts: &crate::PseudonymizeOptions) -> LeakReport {
+    measure_leaks_with(texts, opts, |_| Vec::new())
+}
+
+/// [`measure_leaks`], with names from elsewhere for each text (a named-entity model's, a
+/// CRM's) added to `opts.detect.extra_names` as a caller of the pseudonymiser would.
+pub fn measure_leaks_with(
+    texts: &[LabelledText],
+    opts: &crate::PseudonymizeOptions,
+    mut names: impl FnMut(&LabelledText) -> Vec<String>,
+) -> LeakReport {
     let mut report = LeakReport::default();
     for doc in texts {
+        let mut opts = opts.clone();
+        opts.detect.extra_names.extend(names(doc));
         // What `Pseudonymizer::pseudonymize` does, with the spans kept to see what each
         // label was covered by.
         let spans = detect(&doc.text, &opts.detect);

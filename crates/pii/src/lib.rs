@@ -47,3 +47,4 @@ mod recognizers;
 pub use checksum::{iban_is_valid, iban_length, luhn_is_valid};
 pub use detect::{DetectOptions, PiiKind, PiiSpan, detect};
 pub use pseudonym::{Escape, PseudonymizeOptions, Pseudonymizer, Restorer, StreamRestorer};
+pub use recognizers::vet_proposed_names;

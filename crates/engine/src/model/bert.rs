@@ -116,7 +116,12 @@ pub struct Embedder {
 impl Embedder {
     /// Load a model directory (as `verre pull minilm-l6` stores it).
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
-        let dir = dir.as_ref();
+        Ok(Self::load_with_rest(dir.as_ref())?.0)
+    }
+
+    /// [`Embedder::load`], also handing back the tensors the encoder did not take (a
+    /// task head such as `classifier.weight`) and the path of the weights file.
+    pub(crate) fn load_with_rest(dir: &Path) -> Result<(Self, HashMap<String, Tensor>, PathBuf)> {
         let read = |name: &str| {
             std::fs::read_to_string(dir.join(name))
                 .with_context(|| format!("reading {}", dir.join(name).display()))
@@ -163,10 +168,7 @@ impl Embedder {
             }))
             .map_err(|e| anyhow!("{}: {e}", tok_path.display()))?;
 
-        let weights_path = dir.join("model.safetensors");
-        let mut w: HashMap<String, Tensor> =
-            candle_core::safetensors::load(&weights_path, &Device::Cpu)
-                .map_err(|e| anyhow!("{}: {e}", weights_path.display()))?;
+        let (weights_path, mut w) = load_weights(dir)?;
         // Some exports prefix every name with "bert.".
         let mut take = |name: &str| -> Result<Tensor> {
             let t = w
@@ -252,7 +254,7 @@ impl Embedder {
                 out_norm: norm(&mut take, &format!("{p}.output.LayerNorm"))?,
             });
         }
-        Ok(Self {
+        let embedder = Self {
             cfg,
             tokenizer,
             word,
@@ -263,10 +265,16 @@ impl Embedder {
             layers,
             max_tokens,
             dir: dir.to_path_buf(),
-        })
+        };
+        Ok((embedder, w, weights_path))
     }
 
     /// Length of the vectors this model produces.
+    /// The tokenizer, truncating at [`Embedder::max_tokens`].
+    pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        &self.tokenizer
+    }
+
     pub fn dimensions(&self) -> usize {
         self.cfg.hidden_size
     }
@@ -327,6 +335,27 @@ impl Embedder {
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
+        let h = self.cfg.hidden_size;
+        let x = self.hidden_states(seqs)?;
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut start = 0;
+        for ids in seqs {
+            let n = ids.len();
+            // The mean of the token vectors, scaled to unit length: the sum scaled alike.
+            let mut pooled = vec![0f32; h];
+            for row in x[start * h..(start + n) * h].chunks_exact(h) {
+                pooled.iter_mut().zip(row).for_each(|(p, v)| *p += v);
+            }
+            start += n;
+            let norm = pooled.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            out.push(pooled.into_iter().map(|v| v / norm).collect());
+        }
+        Ok(out)
+    }
+
+    /// The last layer's vector of every token of `seqs`, stacked: `hidden_size` floats a
+    /// token, the sequences one after the other (see [`Embedder::embed_batch`]).
+    pub fn hidden_states(&self, seqs: &[Vec<u32>]) -> Result<Vec<f32>> {
         for ids in seqs {
             ensure!(!ids.is_empty(), "empty input");
             ensure!(
@@ -368,20 +397,7 @@ impl Embedder {
             l.out_norm.apply(&mut out, Some(&l.output.bias), Some(&x));
             x = out;
         }
-        let mut out = Vec::with_capacity(seqs.len());
-        let mut start = 0;
-        for ids in seqs {
-            let n = ids.len();
-            // The mean of the token vectors, scaled to unit length: the sum scaled alike.
-            let mut pooled = vec![0f32; h];
-            for row in x[start * h..(start + n) * h].chunks_exact(h) {
-                pooled.iter_mut().zip(row).for_each(|(p, v)| *p += v);
-            }
-            start += n;
-            let norm = pooled.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-            out.push(pooled.into_iter().map(|v| v / norm).collect());
-        }
-        Ok(out)
+        Ok(x)
     }
 
     /// Self-attention of each sequence over itself, from the stacked query/key/value
@@ -448,6 +464,53 @@ impl Embedder {
 }
 
 /// `x + bias`, then GELU (the exact, erf form BERT was trained with), row by row in place.
+/// The weights in `dir`: `model.safetensors`, else an ONNX export (`model.onnx`, or the
+/// only `.onnx` file in `dir` or `dir/onnx`, such as a 4-bit `onnx/model_q4.onnx`).
+fn load_weights(dir: &Path) -> Result<(PathBuf, HashMap<String, Tensor>)> {
+    let safetensors = dir.join("model.safetensors");
+    if safetensors.exists() {
+        let w = candle_core::safetensors::load(&safetensors, &Device::Cpu)
+            .map_err(|e| anyhow!("{}: {e}", safetensors.display()))?;
+        return Ok((safetensors, w));
+    }
+    let mut onnx = Vec::new();
+    for folder in [dir.to_path_buf(), dir.join("onnx")] {
+        let Ok(items) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for item in items.flatten() {
+            let path = item.path();
+            if path.extension().is_some_and(|e| e == "onnx") {
+                onnx.push(path);
+            }
+        }
+    }
+    onnx.sort();
+    let path = match onnx.as_slice() {
+        [] => bail!(
+            "{} holds no model.safetensors and no .onnx file",
+            dir.display()
+        ),
+        [one] => one.clone(),
+        many => many
+            .iter()
+            .find(|p| p.file_name().is_some_and(|n| n == "model.onnx"))
+            .cloned()
+            .ok_or_else(|| {
+                anyhow!(
+                    "{} holds several .onnx files and none is model.onnx: {}",
+                    dir.display(),
+                    many.iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?,
+    };
+    let w = super::onnx::load_bert_weights(&path)?;
+    Ok((path, w))
+}
+
 fn gelu_with_bias(x: &mut [f32], bias: &[f32]) {
     x.par_chunks_mut(bias.len())
         .with_min_len(32)

@@ -5,6 +5,8 @@ pub mod bert;
 pub mod gemma3;
 pub mod llama;
 pub mod mistral3;
+pub mod ner;
+pub mod onnx;
 pub mod qwen2;
 
 use std::ops::Range;

@@ -10,6 +10,7 @@ mod email;
 mod iban;
 mod ip;
 mod person;
+pub use person::vet_proposed_names;
 mod phone;
 mod table;
 mod url;

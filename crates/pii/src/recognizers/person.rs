@@ -434,6 +434,54 @@ fn name_shaped(part: &str) -> bool {
         })
 }
 
+/// Names proposed by a statistical recogniser (a named-entity model), cut down to what the
+/// rules accept as a name before they go to [`DetectOptions::extra_names`]: only words that
+/// start with a capital, or particles between two of them ("Sophie de Vries"); no word the
+/// rules know is not a name (greetings, closings, months, departments, place words); and
+/// nothing that an organisation word ends ("Boulangerie Levain SARL", "Hotel Adler").
+/// What is left of a proposal is each run of such words.
+pub fn vet_proposed_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        let words: Vec<&str> = name
+            .split_whitespace()
+            .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
+            .filter(|w| !w.is_empty())
+            .collect();
+        if words.iter().any(|w| is_organisation_suffix(w)) {
+            continue;
+        }
+        let capital = |w: &str| {
+            w.chars().next().is_some_and(char::is_uppercase)
+                && w.chars().count() >= 2
+                && !is_not_a_name(w)
+                && !STOP_WORDS.contains(&w.to_lowercase().as_str())
+        };
+        let mut run: Vec<&str> = Vec::new();
+        let mut flush = |run: &mut Vec<&str>| {
+            while run.last().is_some_and(|w| !capital(w)) {
+                run.pop();
+            }
+            if !run.is_empty() {
+                let joined = run.join(" ");
+                if !out.contains(&joined) {
+                    out.push(joined);
+                }
+            }
+            run.clear();
+        };
+        for w in words {
+            if capital(w) || PARTICLES.contains(&w.to_lowercase().as_str()) {
+                run.push(w);
+            } else {
+                flush(&mut run);
+            }
+        }
+        flush(&mut run);
+    }
+    out
+}
+
 /// Lower-case particles of surnames.
 const PARTICLES: &[&str] = &[
     "van", "von", "de", "der", "den", "dem", "del", "della", "di", "da", "du", "des", "la", "le",
@@ -1416,6 +1464,20 @@ mod tests {
         assert_eq!(persons("Ihr Sohn Jonas ist krank."), ["Jonas"]);
         // Another capitalised word before it still makes it part of a longer name.
         assert!(persons("im Hotel Santa Teresa übernachten").is_empty());
+    }
+
+    #[test]
+    fn proposed_names_keep_only_what_can_be_a_name() {
+        use super::vet_proposed_names;
+        assert_eq!(
+            vet_proposed_names(["Sophie de Vries", "De Jong belde", "juf Marieke"]),
+            ["Sophie de Vries", "De Jong", "Marieke"]
+        );
+        // An organisation word anywhere drops the whole proposal.
+        assert!(vet_proposed_names(["Boulangerie Levain SARL", "Hotel Adler"]).is_empty());
+        // Closings, months and lower-case words are not names.
+        assert!(vet_proposed_names(["Cordialement", "Januar", "bonne", "x"]).is_empty());
+        assert_eq!(vet_proposed_names(["(Marlowe", "Marlowe"]), ["Marlowe"]);
     }
 
     #[test]
