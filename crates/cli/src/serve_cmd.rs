@@ -173,6 +173,12 @@ pub(crate) fn model_specs(names: &[String]) -> Result<Vec<ModelSpec>> {
                 entry.name,
                 entry.architecture
             ),
+            ModelFormat::OnnxDir => bail!(
+                "{} is an ONNX {} model (a token classifier for finding personal data): it is \
+                 not served, name it in verre.toml's [pii] ner_model instead",
+                entry.name,
+                entry.architecture
+            ),
         };
         if models.iter().any(|m: &ModelSpec| m.id == entry.name) {
             bail!("model {} is given twice", entry.name);

