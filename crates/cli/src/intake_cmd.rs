@@ -12,7 +12,6 @@ use serde_json::Value;
 use verre_intake::{BoxFuture, ModelApi, ModelCallError, Pipeline, Source, StageRunner};
 use verre_server::AppState;
 use verre_server::config::VerreConfig;
-use verre_server::gateway::Gateway;
 use verre_server::internal::ApiClient;
 use verre_store::Store;
 
@@ -297,7 +296,7 @@ pub(crate) async fn in_process_api(
         return Ok((Arc::new(verre_intake::StubBackend::from_env()), None));
     }
     let gateway = config
-        .map(|c| Gateway::new(c).map(Arc::new))
+        .map(crate::config_file::gateway)
         .transpose()
         .context("setting up the gateway")?;
     let remote: Vec<String> = gateway

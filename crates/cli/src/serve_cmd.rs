@@ -1,7 +1,6 @@
 //! `verre serve` and `verre keys add`: arguments, wired to verre-server.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -10,7 +9,6 @@ use verre_engine::kv::KvCacheType;
 use verre_models::ModelFormat;
 use verre_server::auth::{self, ApiKeys};
 use verre_server::config::VerreConfig;
-use verre_server::gateway::Gateway;
 use verre_server::{ModelKind, ModelSpec, ServeConfig};
 
 #[derive(Args)]
@@ -102,7 +100,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     }
     let gateway = gateway_config
         .as_ref()
-        .map(|c| Gateway::new(c).map(Arc::new))
+        .map(crate::config_file::gateway)
         .transpose()
         .context("setting up the gateway")?;
     let models = model_specs(&names)?;

@@ -15,7 +15,6 @@ use verre_models::{ModelStore, PullOptions};
 use verre_server::ServeConfig;
 use verre_server::auth::{self, ApiKeys};
 use verre_server::config::VerreConfig;
-use verre_server::gateway::Gateway;
 
 use crate::intake_cmd::{BackendArg, DbArgs};
 
@@ -128,7 +127,7 @@ pub fn up(args: UpArgs) -> Result<()> {
     // limits, which apply to local models too.
     let gateway = gateway_config
         .as_ref()
-        .map(|c| Gateway::new(c).map(Arc::new))
+        .map(crate::config_file::gateway)
         .transpose()
         .context("setting up the gateway")?;
     let keys = ApiKeys::load(&home.keys)?;

@@ -36,8 +36,9 @@ use url::Url;
 pub use backend::{BackendConfig, BackendKind, KeyLimits, ModelRoute};
 pub use policy::{Policy, PolicyError};
 pub use sections::{
-    AuditConfig, CostConfig, DeliveryConfig, EngineConfig, GdprConfig, HealthConfig, HttpConfig,
-    KV_CACHE_TYPES, ListPrice, Retention, ReviewConfig, SmtpSection, SmtpSecurity, WebhookConfig,
+    AuditConfig, CostConfig, DEFAULT_NER_THRESHOLD, DeliveryConfig, EngineConfig, GdprConfig,
+    HealthConfig, HttpConfig, KV_CACHE_TYPES, ListPrice, PiiConfig, Retention, ReviewConfig,
+    SmtpSection, SmtpSecurity, WebhookConfig,
 };
 
 /// The file name every command looks for.
@@ -73,6 +74,7 @@ pub struct VerreConfig {
     pub audit: AuditConfig,
     pub http: HttpConfig,
     pub engine: EngineConfig,
+    pub pii: PiiConfig,
 }
 
 /// The verre.toml a command uses: `given` (`--config FILE`), else `verre.toml` in `home`
@@ -295,6 +297,22 @@ impl VerreConfig {
                 .transpose()?,
             draft_model: raw.engine.draft_model,
         };
+        let pii = PiiConfig {
+            ner_model: raw.pii.ner_model,
+            ner_threshold: match raw.pii.ner_threshold {
+                Some(t) if !(t.get_ref() > &0.0 && t.get_ref() <= &1.0) => {
+                    return Err(error(
+                        Some(t.span()),
+                        format!(
+                            "[pii] ner_threshold is {}: it is a probability above 0, at most 1",
+                            t.get_ref()
+                        ),
+                    ));
+                }
+                Some(t) => t.into_inner() as f32,
+                None => DEFAULT_NER_THRESHOLD,
+            },
+        };
 
         Ok(Self {
             origin: origin.to_string(),
@@ -310,6 +328,7 @@ impl VerreConfig {
             audit: raw.audit,
             http,
             engine,
+            pii,
         })
     }
 
@@ -471,6 +490,15 @@ struct RawConfig {
     http: RawHttp,
     #[serde(default)]
     engine: RawEngine,
+    #[serde(default)]
+    pii: RawPii,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPii {
+    ner_model: Option<String>,
+    ner_threshold: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -304,5 +304,30 @@ pub struct EngineConfig {
     pub draft_model: Option<String>,
 }
 
+/// `[pii]`: how personal data is found before a request leaves for a backend that is not
+/// local (`pseudonymize`). The rules always run; a named-entity model adds the names of
+/// persons they miss.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PiiConfig {
+    /// A token-classification model (store name such as `rampart-ner`, or a model
+    /// directory) whose person names are added to the rules' findings.
+    pub ner_model: Option<String>,
+    /// The probability from which a token counts as part of a person's name.
+    pub ner_threshold: f32,
+}
+
+/// The threshold chosen on verre-pii's tuning splits (docs/GDPR.md): the most recall
+/// with under 2% of the words of PII-free mail replaced.
+pub const DEFAULT_NER_THRESHOLD: f32 = 0.8;
+
+impl Default for PiiConfig {
+    fn default() -> Self {
+        PiiConfig {
+            ner_model: None,
+            ner_threshold: DEFAULT_NER_THRESHOLD,
+        }
+    }
+}
+
 /// The KV cache types the engine takes (`--kv-cache-type`).
 pub const KV_CACHE_TYPES: [&str; 3] = ["f16", "q8_0", "q4_0"];

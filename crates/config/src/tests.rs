@@ -344,3 +344,21 @@ fn engine_kv_cache_type_is_checked() {
     );
     assert!(error("[engine]\nkv_cache = \"f16\"\n").contains("unknown field"));
 }
+
+#[test]
+fn the_pii_section_names_a_model_and_a_probability() {
+    let c = parse("").unwrap();
+    assert_eq!(c.pii.ner_model, None);
+    assert_eq!(c.pii.ner_threshold, crate::DEFAULT_NER_THRESHOLD);
+    let c = parse("[pii]\nner_model = \"rampart-ner\"\nner_threshold = 0.6\n").unwrap();
+    assert_eq!(c.pii.ner_model.as_deref(), Some("rampart-ner"));
+    assert_eq!(c.pii.ner_threshold, 0.6);
+    for bad in ["0", "1.5", "-0.2", "nan"] {
+        let e = error(&format!("[pii]\nner_threshold = {bad}\n"));
+        assert!(
+            e.starts_with("verre.toml:2:") && e.contains("probability"),
+            "{e}"
+        );
+    }
+    assert!(error("[pii]\nmodel = \"x\"\n").contains("unknown field"));
+}

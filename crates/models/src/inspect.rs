@@ -100,7 +100,9 @@ fn inspect_onnx_dir(dir: &Path) -> anyhow::Result<ModelInfo> {
     Ok(ModelInfo {
         architecture: architecture.to_string(),
         quantization,
-        context_length: config.get("max_position_embeddings").and_then(|v| v.as_u64()),
+        context_length: config
+            .get("max_position_embeddings")
+            .and_then(|v| v.as_u64()),
     })
 }
 

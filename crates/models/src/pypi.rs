@@ -226,7 +226,10 @@ fn find_model(names: &[String]) -> anyhow::Result<WheelModel> {
         [] if !onnx_dirs(names).is_empty() => {
             let dirs = onnx_dirs(names);
             let [dir] = dirs.as_slice() else {
-                bail!("it holds several ONNX model directories: {}", dirs.join(", "));
+                bail!(
+                    "it holds several ONNX model directories: {}",
+                    dirs.join(", ")
+                );
             };
             let prefix = if dir.is_empty() {
                 String::new()

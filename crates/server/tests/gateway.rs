@@ -1646,3 +1646,64 @@ async fn messages_are_in_the_ledger_and_audit_log_as_chat_under_the_callers_key(
             .all(|e| e.action == "api.chat" && e.actor == "key:ops")
     );
 }
+
+/// `[pii] ner_model`: a named-entity model adds the names of persons that the rules miss
+/// (names outside the lexicon with no title, greeting or label around them). The model
+/// directory comes from `VERRE_RAMPART_DIR` (scripts/test.sh pulls `rampart-ner`).
+#[tokio::test]
+async fn a_person_model_pseudonymises_names_the_rules_miss() {
+    let Some(dir) = std::env::var_os("VERRE_RAMPART_DIR") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "VERRE_RAMPART_DIR must be set in CI"
+        );
+        eprintln!("skipped: set VERRE_RAMPART_DIR to the rampart-ner model directory");
+        return;
+    };
+    let text = "Please forward the file to Ngozi Okafor before noon. Yesterday Dmitri Volkov \
+                confirmed the delivery date; Okafor has the invoice.";
+    let chat = json!({ "model": "far", "messages": [{ "role": "user", "content": text }] });
+    let config_text = format!(
+        "[policy]\nallow_jurisdictions = [\"EU\"]\n{}",
+        backend("remote", "URL", r#"["far"]"#, "")
+    );
+
+    let mut sent = Vec::new();
+    for with_model in [false, true] {
+        let (url, recorder) = recorder().await;
+        let config = GatewayConfig::parse(&config_text.replace("URL", &url), "test.toml").unwrap();
+        let mut gateway = Gateway::new(&config).unwrap();
+        if with_model {
+            let model = verre_engine::model::ner::TokenClassifier::load(&dir).unwrap();
+            gateway = gateway.with_person_model(Arc::new(
+                verre_server::gateway::pii::PersonModel::new(model, config.pii.ner_threshold),
+            ));
+        }
+        let state = AppState::with_models(vec![], vec![], None).with_gateway(Arc::new(gateway));
+        let base = format!("http://{}", serve(router(Arc::new(state))).await);
+        let response = post_json(format!("{base}/v1/chat/completions"), &chat)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        read_all(response).await;
+        let bodies = recorder.bodies.lock().unwrap().clone();
+        assert_eq!(bodies.len(), 1);
+        sent.push(String::from_utf8(bodies[0].1.clone()).unwrap());
+    }
+    // The rules alone leave these names in clear: that is what the model is for.
+    assert!(sent[0].contains("Okafor"), "{}", sent[0]);
+    for clear in ["Ngozi", "Okafor", "Dmitri", "Volkov"] {
+        assert!(
+            !sent[1].contains(clear),
+            "{clear} reached the upstream: {}",
+            sent[1]
+        );
+    }
+    // The rest of the sentence is sent as it was.
+    assert!(
+        sent[1].contains("confirmed the delivery date"),
+        "{}",
+        sent[1]
+    );
+}

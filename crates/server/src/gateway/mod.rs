@@ -11,7 +11,7 @@
 //! this process goes on to the handlers (under its local name when asked for by alias),
 //! one served remotely never reaches them.
 
-mod pii;
+pub mod pii;
 pub mod policy;
 mod quota;
 mod upstream;
@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use anyhow::Result;
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
@@ -53,6 +54,8 @@ pub struct Gateway {
     cost: CostConfig,
     audit: AuditConfig,
     cors_origins: Vec<String>,
+    /// `[pii] ner_model`, loaded: names of persons for the pseudonymiser.
+    person_model: Option<Arc<pii::PersonModel>>,
 }
 
 struct Backend {
@@ -125,7 +128,35 @@ impl Gateway {
             cost: config.cost.clone(),
             audit: config.audit.clone(),
             cors_origins: config.http.cors_origins.clone(),
+            person_model: None,
         })
+    }
+
+    /// Adds a named-entity model to the pseudonymisation of requests to backends that are
+    /// not local (`[pii] ner_model`, loaded by the caller).
+    pub fn with_person_model(mut self, model: Arc<pii::PersonModel>) -> Self {
+        self.person_model = Some(model);
+        self
+    }
+
+    /// [`pii::pseudonymize`] with this gateway's person model; a model runs on the
+    /// blocking pool, off the async workers.
+    async fn pseudonymize(&self, body: &Bytes) -> Result<pii::Pseudonymized, ApiError> {
+        let Some(model) = self.person_model.clone() else {
+            return pii::pseudonymize(body, None);
+        };
+        let body = body.clone();
+        tokio::task::spawn_blocking(move || pii::pseudonymize(&body, Some(&model)))
+            .await
+            .unwrap_or_else(|e| {
+                Err(ApiError {
+                    status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    message: format!("pseudonymising the request stopped ({e}); it was not sent"),
+                    kind: "server_error",
+                    param: None,
+                    code: Some("cannot_pseudonymize"),
+                })
+            })
     }
 
     /// Probe every remote backend the policy allows every `health_check_interval_s`, for
@@ -301,7 +332,7 @@ impl Gateway {
             };
             // Fails closed: a body that cannot be rewritten is refused, not sent as it is.
             let (body, restorer) = match backend.config.pseudonymize {
-                true => match pii::pseudonymize(body.bytes()) {
+                true => match self.pseudonymize(body.bytes()).await {
                     Ok(p) => (p.body, p.restorer),
                     Err(refusal) => return Decision::Respond(refusal.into_response()),
                 },

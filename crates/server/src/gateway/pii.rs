@@ -60,12 +60,40 @@ pub struct Pseudonymized {
     pub restorer: Option<Restorer>,
 }
 
+/// A named-entity model that finds the names of persons the rules miss (`[pii]
+/// ner_model`): its proposals, vetted by the rules, are added to every request's
+/// pseudonymiser before any field is rewritten, so that a name is replaced everywhere.
+pub struct PersonModel {
+    model: verre_engine::model::ner::TokenClassifier,
+    threshold: f32,
+}
+
+impl PersonModel {
+    pub fn new(model: verre_engine::model::ner::TokenClassifier, threshold: f32) -> Self {
+        PersonModel { model, threshold }
+    }
+
+    /// The names of persons in `text`, as the rules accept them.
+    pub fn names(&self, text: &str) -> anyhow::Result<Vec<String>> {
+        let spans = self.model.persons(text, self.threshold)?;
+        Ok(verre_pii::vet_proposed_names(
+            spans.iter().map(|s| &text[s.start..s.end]),
+        ))
+    }
+}
+
 /// `body` (a request for the upstream endpoint `path`) with the personal data in every
 /// text-bearing field replaced: message contents, names, tool-call arguments, tool and
 /// schema descriptions, prompts, inputs, `user`, `metadata`... A body that cannot be
 /// parsed in full (invalid UTF-8, a lone surrogate, nesting past serde_json's limit, a
-/// number out of range) is refused: it is never forwarded as it came.
-pub fn pseudonymize(body: &Bytes) -> Result<Pseudonymized, ApiError> {
+/// number out of range) is refused: it is never forwarded as it came. With a
+/// `person_model`, the names it finds in those same fields are replaced too; if it fails,
+/// the request is refused (500), not sent with less replaced. It runs on the calling
+/// thread: call this off the async runtime when a model is given.
+pub fn pseudonymize(
+    body: &Bytes,
+    person_model: Option<&PersonModel>,
+) -> Result<Pseudonymized, ApiError> {
     let mut value: Value = serde_json::from_slice(body).map_err(|e| {
         cannot_pseudonymize(format!(
             "the request body could not be read in full to pseudonymise it before it leaves \
@@ -78,15 +106,37 @@ pub fn pseudonymize(body: &Bytes) -> Result<Pseudonymized, ApiError> {
         ));
     };
     let mut p = Pseudonymizer::new(PseudonymizeOptions::default());
-    for (key, field) in request.iter_mut() {
-        if key == "messages" {
-            for message in field.as_array_mut().into_iter().flatten() {
-                pseudonymize_message(&mut p, message);
+    if let Some(model) = person_model {
+        let mut names = Vec::new();
+        let mut failure = None;
+        for_each_text(request, &mut |field, text| {
+            if field == Field::Text && failure.is_none() {
+                match model.names(text) {
+                    Ok(found) => names.extend(found),
+                    Err(e) => failure = Some(e),
+                }
             }
-        } else {
-            pseudonymize_field(&mut p, key, field);
+        });
+        if let Some(e) = failure {
+            return Err(ApiError {
+                status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                message: format!(
+                    "the named-entity model failed while pseudonymising the request ({e:#}); \
+                     it was not sent"
+                ),
+                kind: "server_error",
+                param: None,
+                code: Some("cannot_pseudonymize"),
+            });
         }
+        p.add_names(names);
     }
+    for_each_text(request, &mut |field, text| match field {
+        Field::ParticipantName => {
+            *text = p.placeholder(PiiKind::Person, &text.replace(['_', '-'], " "));
+        }
+        Field::Text => *text = p.pseudonymize(text),
+    });
     let body = serde_json::to_vec(&value).map_err(|e| {
         cannot_pseudonymize(format!(
             "writing the pseudonymised request: {e}; it was not sent"
@@ -108,35 +158,58 @@ fn cannot_pseudonymize(message: String) -> ApiError {
     }
 }
 
-/// One chat message: its `name` is a participant's name as a whole (OpenAI allows no
-/// spaces in it, so `Jean_Dupont` is how a name is written there).
-fn pseudonymize_message(p: &mut Pseudonymizer, message: &mut Value) {
+/// What a string of a request is to the pseudonymiser.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    /// Text that may contain personal data anywhere.
+    Text,
+    /// A chat message's `name`: a participant's name as a whole (OpenAI allows no spaces
+    /// in it, so `Jean_Dupont` is how a name is written there).
+    ParticipantName,
+}
+
+/// Calls `f` on every text-bearing string of `request`, the one place that says which
+/// fields those are.
+fn for_each_text(
+    request: &mut serde_json::Map<String, Value>,
+    f: &mut dyn FnMut(Field, &mut String),
+) {
+    for (key, field) in request.iter_mut() {
+        if key == "messages" {
+            for message in field.as_array_mut().into_iter().flatten() {
+                message_texts(message, f);
+            }
+        } else {
+            field_texts(key, field, f);
+        }
+    }
+}
+
+fn message_texts(message: &mut Value, f: &mut dyn FnMut(Field, &mut String)) {
     let Value::Object(message) = message else {
-        return pseudonymize_field(p, "messages", message);
+        return field_texts("messages", message, f);
     };
     for (key, field) in message.iter_mut() {
         match (key.as_str(), field) {
-            ("name", Value::String(name)) if !name.is_empty() => {
-                *name = p.placeholder(PiiKind::Person, &name.replace(['_', '-'], " "));
-            }
-            (key, field) => pseudonymize_field(p, key, field),
+            ("name", Value::String(name)) if !name.is_empty() => f(Field::ParticipantName, name),
+            (key, field) => field_texts(key, field, f),
         }
     }
 }
 
 /// Every string under the member `key`, but for [`NOT_TEXT`] and identifier names.
-fn pseudonymize_field(p: &mut Pseudonymizer, key: &str, value: &mut Value) {
+fn field_texts(key: &str, value: &mut Value, f: &mut dyn FnMut(Field, &mut String)) {
     if NOT_TEXT.contains(&key) {
         return;
     }
     match value {
-        Value::String(text) => *text = p.pseudonymize(text),
-        Value::Array(items) => items.iter_mut().for_each(|v| pseudonymize_field(p, key, v)),
+        Value::String(text) => f(Field::Text, text),
+        Value::Array(items) => items.iter_mut().for_each(|v| field_texts(key, v, f)),
         Value::Object(members) => {
             let identifier_name = NAMED_BY_IDENTIFIER.contains(&key);
             for (member, v) in members.iter_mut() {
                 if !(identifier_name && member == "name") {
-                    pseudonymize_field(p, member, v);
+                    field_texts(member, v, f);
                 }
             }
         }
