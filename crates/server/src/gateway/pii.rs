@@ -578,7 +578,7 @@ mod tests {
         let Pseudonymized {
             body: sent,
             restorer,
-        } = pseudonymize(&body).unwrap();
+        } = pseudonymize(&body, None).unwrap();
         let restorer = restorer.unwrap();
         let sent = String::from_utf8(sent.to_vec()).unwrap();
         assert!(
@@ -591,6 +591,6 @@ mod tests {
         );
         let plain =
             Bytes::from(r#"{"model": "m", "messages": [{"role": "user", "content": "hello"}]}"#);
-        assert!(pseudonymize(&plain).unwrap().restorer.is_none());
+        assert!(pseudonymize(&plain, None).unwrap().restorer.is_none());
     }
 }
